@@ -1,0 +1,184 @@
+//! argv → `Command`. clap prints usage errors and exits 2, which is what
+//! SPEC wants for bad usage.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use log::LevelFilter;
+
+use crate::config::DEFAULT_CONFIG_PATH;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<LogLevel> for LevelFilter {
+    fn from(l: LogLevel) -> LevelFilter {
+        match l {
+            LogLevel::Error => LevelFilter::Error,
+            LogLevel::Warn => LevelFilter::Warn,
+            LogLevel::Info => LevelFilter::Info,
+            LogLevel::Debug => LevelFilter::Debug,
+            LogLevel::Trace => LevelFilter::Trace,
+        }
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "summond",
+    version,
+    about = "inetd-style socket-activation super-server",
+    args_conflicts_with_subcommands = true
+)]
+struct Args {
+    /// The services file
+    #[arg(short = 'c', long = "config", value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Validate the config, print "ok: N services" and exit
+    #[arg(long)]
+    check: bool,
+    /// Detach and log to syslog
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+    /// Write the pid here and hold a lock on it
+    #[arg(long, value_name = "PATH")]
+    pidfile: Option<PathBuf>,
+    /// error, warn, info (default), debug, trace; overrides RUST_LOG
+    #[arg(long, value_enum, value_name = "LEVEL")]
+    log_level: Option<LogLevel>,
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Print one row per service from a running summond
+    Status {
+        /// Find the control socket in this config's [daemon] control
+        #[arg(short = 'c', long = "config", value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The control socket (instead of reading the config)
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+        /// One JSON document instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunArgs {
+    pub config: PathBuf,
+    pub daemon: bool,
+    pub pidfile: Option<PathBuf>,
+    pub log_level: Option<LevelFilter>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Run(RunArgs),
+    Check {
+        config: PathBuf,
+    },
+    Status {
+        config: PathBuf,
+        control: Option<PathBuf>,
+        json: bool,
+    },
+}
+
+/// Parse argv; on bad usage clap prints the error and exits 2.
+pub fn parse() -> Command {
+    from_args(Args::parse())
+}
+
+fn from_args(a: Args) -> Command {
+    match a.command {
+        Some(Sub::Status {
+            config,
+            control,
+            json,
+        }) => Command::Status {
+            config,
+            control,
+            json,
+        },
+        None if a.check => Command::Check { config: a.config },
+        None => Command::Run(RunArgs {
+            config: a.config,
+            daemon: a.daemon,
+            pidfile: a.pidfile,
+            log_level: a.log_level.map(Into::into),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_from(args: &[&str]) -> Result<Command, clap::Error> {
+        Args::try_parse_from(args).map(from_args)
+    }
+
+    #[test]
+    fn run_with_defaults() {
+        assert_eq!(
+            parse_from(&["summond"]).unwrap(),
+            Command::Run(RunArgs {
+                config: PathBuf::from(DEFAULT_CONFIG_PATH),
+                daemon: false,
+                pidfile: None,
+                log_level: None
+            })
+        );
+    }
+
+    #[test]
+    fn check_and_flags() {
+        assert_eq!(
+            parse_from(&["summond", "--check", "-c", "x.toml"]).unwrap(),
+            Command::Check {
+                config: PathBuf::from("x.toml")
+            }
+        );
+        let Command::Run(r) = parse_from(&[
+            "summond",
+            "-d",
+            "--pidfile",
+            "/run/s.pid",
+            "--log-level",
+            "debug",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        assert!(r.daemon);
+        assert_eq!(r.log_level, Some(LevelFilter::Debug));
+    }
+
+    #[test]
+    fn status_subcommand() {
+        assert_eq!(
+            parse_from(&["summond", "status", "--control", "/run/c.sock", "--json"]).unwrap(),
+            Command::Status {
+                config: PathBuf::from(DEFAULT_CONFIG_PATH),
+                control: Some(PathBuf::from("/run/c.sock")),
+                json: true
+            }
+        );
+    }
+
+    #[test]
+    fn bad_usage_is_an_error_with_exit_2() {
+        let e = parse_from(&["summond", "--log-level", "loud"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(parse_from(&["summond", "--bogus"]).is_err());
+    }
+}

@@ -1,0 +1,16 @@
+//! summond: an inetd-style socket-activation super-server for Linux.
+//! The modules are in a library so they can be unit-tested; `main.rs` only
+//! picks what to run and maps the result to an exit status.
+
+pub mod access;
+pub mod addr;
+pub mod cli;
+pub mod config;
+pub mod daemonize;
+pub mod limits;
+pub mod listener;
+pub mod logging;
+pub mod peer;
+pub mod server;
+pub mod signals;
+pub mod spawn;

@@ -1,0 +1,195 @@
+//! The counting behind "may a child start now?": children over all
+//! services, per service, per client; the restart-storm guard for
+//! `accept = false` services; the back-off after running out of fds or
+//! processes. Pure state machines: the caller passes `now`, makes the
+//! syscalls and writes the logs.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+/// SPEC: a pass-mode child failing 5 times in 10 s is held for 10 s.
+pub const CRASH_LIMIT: usize = 5;
+pub const CRASH_WINDOW: Duration = Duration::from_secs(10);
+pub const CRASH_HOLD: Duration = Duration::from_secs(10);
+
+/// SPEC "Faults": 100 ms, doubling to at most 2 s while the fault lasts.
+pub const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Counts of live children keyed by something (a client IP, a uid).
+/// Entries at zero are removed, so the map only holds active clients.
+#[derive(Debug)]
+pub struct Counter<K: Eq + Hash> {
+    counts: HashMap<K, u32>,
+}
+
+impl<K: Eq + Hash> Default for Counter<K> {
+    fn default() -> Self {
+        Counter {
+            counts: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone> Counter<K> {
+    pub fn get(&self, k: &K) -> u32 {
+        self.counts.get(k).copied().unwrap_or(0)
+    }
+
+    pub fn add(&mut self, k: K) {
+        *self.counts.entry(k).or_insert(0) += 1;
+    }
+
+    pub fn remove(&mut self, k: &K) {
+        if let Some(n) = self.counts.get_mut(k) {
+            *n -= 1;
+            if *n == 0 {
+                self.counts.remove(k);
+            }
+        }
+    }
+}
+
+/// The restart-storm guard of one `accept = false` service.
+///
+/// States: *running* (failures inside the window < CRASH_LIMIT) and *held*
+/// (`held_until` in the future). The CRASH_LIMIT-th failure inside
+/// CRASH_WINDOW moves to held and clears the window; time passing moves
+/// back.
+#[derive(Debug, Default, Clone)]
+pub struct CrashGuard {
+    failures: Vec<Instant>,
+    held_until: Option<Instant>,
+}
+
+impl CrashGuard {
+    /// Record a failed exit; returns the hold deadline if this failure
+    /// started a hold.
+    pub fn record_failure(&mut self, now: Instant) -> Option<Instant> {
+        self.failures
+            .retain(|t| now.saturating_duration_since(*t) < CRASH_WINDOW);
+        self.failures.push(now);
+        if self.failures.len() >= CRASH_LIMIT {
+            self.failures.clear();
+            let until = now + CRASH_HOLD;
+            self.held_until = Some(until);
+            return Some(until);
+        }
+        None
+    }
+
+    pub fn held_until(&self, now: Instant) -> Option<Instant> {
+        self.held_until.filter(|t| *t > now)
+    }
+
+    pub fn is_held(&self, now: Instant) -> bool {
+        self.held_until(now).is_some()
+    }
+}
+
+/// The back-off after EMFILE/ENFILE/EAGAIN: one log line per episode,
+/// listeners unwatched until `paused_until`, the pause doubling while the
+/// fault repeats and reset by the first success.
+///
+/// States: *clear*; *paused* (`until` in the future); *recovering*
+/// (pause over, no success yet: the next fault doubles the delay).
+#[derive(Debug, Default, Clone)]
+pub struct Backoff {
+    delay: Option<Duration>,
+    until: Option<Instant>,
+}
+
+impl Backoff {
+    /// A fault happened. Returns the pause deadline and whether this is the
+    /// first fault of an episode (the one to log).
+    pub fn fault(&mut self, now: Instant) -> (Instant, bool) {
+        let first = self.delay.is_none();
+        let delay = match self.delay {
+            None => BACKOFF_FIRST,
+            Some(d) => (d * 2).min(BACKOFF_MAX),
+        };
+        self.delay = Some(delay);
+        let until = now + delay;
+        self.until = Some(until);
+        (until, first)
+    }
+
+    /// Something worked: the episode is over. Returns whether one was open.
+    pub fn success(&mut self) -> bool {
+        self.until = None;
+        self.delay.take().is_some()
+    }
+
+    pub fn paused_until(&self, now: Instant) -> Option<Instant> {
+        self.until.filter(|t| *t > now)
+    }
+
+    pub fn is_paused(&self, now: Instant) -> bool {
+        self.paused_until(now).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_drops_zero_entries() {
+        let mut c = Counter::default();
+        c.add("a");
+        c.add("a");
+        assert_eq!(c.get(&"a"), 2);
+        c.remove(&"a");
+        c.remove(&"a");
+        c.remove(&"a");
+        assert_eq!(c.get(&"a"), 0);
+        assert!(c.counts.is_empty());
+    }
+
+    #[test]
+    fn fifth_failure_in_window_holds() {
+        let t0 = Instant::now();
+        let mut g = CrashGuard::default();
+        for i in 0..4 {
+            assert_eq!(g.record_failure(t0 + Duration::from_secs(i)), None);
+        }
+        let until = g.record_failure(t0 + Duration::from_secs(4)).unwrap();
+        assert_eq!(until, t0 + Duration::from_secs(14));
+        assert!(g.is_held(t0 + Duration::from_secs(13)));
+        assert!(!g.is_held(t0 + Duration::from_secs(14)));
+        // the window restarted: one more failure does not hold again
+        assert_eq!(g.record_failure(t0 + Duration::from_secs(15)), None);
+    }
+
+    #[test]
+    fn failures_spread_out_never_hold() {
+        let t0 = Instant::now();
+        let mut g = CrashGuard::default();
+        for i in 0..20 {
+            assert_eq!(g.record_failure(t0 + Duration::from_secs(3 * i)), None);
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap_and_logs_once() {
+        let t0 = Instant::now();
+        let mut b = Backoff::default();
+        let (u, first) = b.fault(t0);
+        assert!(first);
+        assert_eq!(u - t0, BACKOFF_FIRST);
+        let mut delays = vec![];
+        for _ in 0..8 {
+            let (u, first) = b.fault(t0);
+            assert!(!first);
+            delays.push(u - t0);
+        }
+        assert_eq!(delays[0], Duration::from_millis(200));
+        assert_eq!(*delays.last().unwrap(), BACKOFF_MAX);
+        assert!(b.is_paused(t0 + Duration::from_millis(1999)));
+        assert!(b.success());
+        assert!(!b.success());
+        assert!(!b.is_paused(t0));
+        assert!(b.fault(t0).1, "a new episode logs again");
+    }
+}

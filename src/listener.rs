@@ -1,0 +1,284 @@
+//! `ListenAddr` → a bound, listening, non-blocking, close-on-exec socket.
+//! TCP and UDP get `SO_REUSEADDR` (a restart must not wait out TIME_WAIT),
+//! IPv6 addresses are v6-only so `[::]:80` sits beside `0.0.0.0:80`. A Unix
+//! path is probed before it is replaced: a file nobody answers on is stale
+//! and removed, a live one is an error (inetd and systemfd unlink blindly
+//! and can steal a running server's path). The file a `Listener` created is
+//! removed when it drops, but only if it is still the file we bound.
+//! Knows nothing of services, limits or poll tokens.
+
+use std::fmt;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use crate::addr::{ListenAddr, UnixPath};
+
+/// The kernel caps this at `net.core.somaxconn` (4096 on current kernels).
+/// Clients held back by `max_instances` wait here, so bigger is better;
+/// systemd uses the same default.
+pub const DEFAULT_BACKLOG: i32 = 4096;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ListenOptions {
+    pub socket_mode: Option<u32>,
+    pub backlog: Option<i32>,
+}
+
+#[derive(Debug)]
+pub enum ListenError {
+    Socket(io::Error),
+    Bind(io::Error),
+    Listen(io::Error),
+    Chmod(io::Error),
+    /// Something answered on the socket file: another server owns it.
+    Live(PathBuf),
+    /// The path exists and is not a socket: never removed.
+    NotASocket(PathBuf),
+    RemoveStale(PathBuf, io::Error),
+}
+
+impl fmt::Display for ListenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenError::Socket(e) => write!(f, "socket: {e}"),
+            ListenError::Bind(e) => write!(f, "{e}"),
+            ListenError::Listen(e) => write!(f, "listen: {e}"),
+            ListenError::Chmod(e) => write!(f, "chmod: {e}"),
+            ListenError::Live(p) => write!(
+                f,
+                "{} is in use: another process is listening on it",
+                p.display()
+            ),
+            ListenError::NotASocket(p) => {
+                write!(
+                    f,
+                    "{} exists and is not a socket; not replacing it",
+                    p.display()
+                )
+            }
+            ListenError::RemoveStale(p, e) => {
+                write!(f, "cannot remove stale socket {}: {e}", p.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ListenError {}
+
+/// A socket file we bound, identified by device and inode so we never
+/// remove a file someone else put there since.
+#[derive(Debug)]
+struct OwnedPath {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+#[derive(Debug)]
+pub struct Listener {
+    pub addr: ListenAddr,
+    pub socket: Socket,
+    created: Option<OwnedPath>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some(owned) = &self.created {
+            if let Ok(meta) = std::fs::symlink_metadata(&owned.path) {
+                if meta.dev() == owned.dev && meta.ino() == owned.ino {
+                    let _ = std::fs::remove_file(&owned.path);
+                }
+            }
+        }
+    }
+}
+
+/// Decide whether an existing socket file may be replaced.
+fn clear_stale(path: &Path, stream: bool) -> Result<(), ListenError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(ListenError::Bind(e)),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(ListenError::NotASocket(path.to_path_buf()));
+    }
+    let probe = if stream {
+        UnixStream::connect(path).map(drop)
+    } else {
+        UnixDatagram::unbound().and_then(|d| d.connect(path))
+    };
+    match probe {
+        Ok(()) => Err(ListenError::Live(path.to_path_buf())),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ECONNREFUSED) => {
+            std::fs::remove_file(path).map_err(|e| ListenError::RemoveStale(path.to_path_buf(), e))
+        }
+        // EPROTOTYPE: a socket of the other type is bound there and alive.
+        Err(e) if e.raw_os_error() == Some(nix::libc::EPROTOTYPE) => {
+            Err(ListenError::Live(path.to_path_buf()))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ListenError::Bind(e)),
+    }
+}
+
+fn unix_sockaddr(path: &UnixPath) -> io::Result<SockAddr> {
+    match path {
+        UnixPath::File(p) => SockAddr::unix(p),
+        UnixPath::Abstract(name) => {
+            // socket2 takes an abstract name as a path starting with NUL.
+            let mut raw = vec![0u8];
+            raw.extend_from_slice(name.as_bytes());
+            SockAddr::unix(std::ffi::OsStr::from_bytes(&raw))
+        }
+    }
+}
+
+/// Create, bind and (for stream sockets) listen on `addr`.
+pub fn open(addr: &ListenAddr, opts: ListenOptions) -> Result<Listener, ListenError> {
+    let backlog = opts.backlog.unwrap_or(DEFAULT_BACKLOG);
+    // socket2 creates every socket with SOCK_CLOEXEC on Linux.
+    let (socket, sockaddr, unix_path) = match addr {
+        ListenAddr::Tcp(sa) | ListenAddr::Udp(sa) => {
+            let ty = if matches!(addr, ListenAddr::Tcp(_)) {
+                Type::STREAM
+            } else {
+                Type::DGRAM
+            };
+            let s = Socket::new(Domain::for_address(*sa), ty, None).map_err(ListenError::Socket)?;
+            s.set_reuse_address(true).map_err(ListenError::Socket)?;
+            if sa.is_ipv6() {
+                s.set_only_v6(true).map_err(ListenError::Socket)?;
+            }
+            (s, SockAddr::from(*sa), None)
+        }
+        ListenAddr::Unix(p) | ListenAddr::UnixGram(p) => {
+            let stream = addr.is_stream();
+            if let UnixPath::File(path) = p {
+                clear_stale(path, stream)?;
+            }
+            let ty = if stream { Type::STREAM } else { Type::DGRAM };
+            let s = Socket::new(Domain::UNIX, ty, None).map_err(ListenError::Socket)?;
+            let sockaddr = unix_sockaddr(p).map_err(ListenError::Bind)?;
+            let file = match p {
+                UnixPath::File(path) => Some(path.clone()),
+                UnixPath::Abstract(_) => None,
+            };
+            (s, sockaddr, file)
+        }
+    };
+    socket.bind(&sockaddr).map_err(ListenError::Bind)?;
+    let mut listener = Listener {
+        addr: addr.clone(),
+        socket,
+        created: None,
+    };
+    if let Some(path) = unix_path {
+        // From here on the file is ours; dropping `listener` removes it.
+        let meta = std::fs::symlink_metadata(&path).map_err(ListenError::Bind)?;
+        listener.created = Some(OwnedPath {
+            path: path.clone(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        });
+        if let Some(mode) = opts.socket_mode {
+            // Before listen(): no client can connect while the mode is wrong.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .map_err(ListenError::Chmod)?;
+        }
+    }
+    if addr.is_stream() {
+        listener
+            .socket
+            .listen(backlog)
+            .map_err(ListenError::Listen)?;
+    }
+    listener
+        .socket
+        .set_nonblocking(true)
+        .map_err(ListenError::Socket)?;
+    Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("summond-listener-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn stale_socket_file_is_replaced_and_removed_on_drop() {
+        let dir = temp_dir("stale");
+        let path = dir.join("s.sock");
+        drop(UnixListener::bind(&path).unwrap()); // leaves a dead socket file
+        assert!(path.exists());
+        let addr: ListenAddr = format!("unix://{}", path.display()).parse().unwrap();
+        let l = open(
+            &addr,
+            ListenOptions {
+                socket_mode: Some(0o600),
+                backlog: None,
+            },
+        )
+        .unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600);
+        UnixStream::connect(&path).unwrap();
+        drop(l);
+        assert!(!path.exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn live_socket_and_plain_file_are_refused() {
+        let dir = temp_dir("live");
+        let path = dir.join("live.sock");
+        let _live = UnixListener::bind(&path).unwrap();
+        let addr: ListenAddr = format!("unix://{}", path.display()).parse().unwrap();
+        assert!(matches!(
+            open(&addr, ListenOptions::default()),
+            Err(ListenError::Live(_))
+        ));
+        let file = dir.join("plain");
+        std::fs::write(&file, "x").unwrap();
+        let addr: ListenAddr = format!("unixgram://{}", file.display()).parse().unwrap();
+        assert!(matches!(
+            open(&addr, ListenOptions::default()),
+            Err(ListenError::NotASocket(_))
+        ));
+        assert!(file.exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn tcp_listener_is_nonblocking_and_cloexec() {
+        let addr: ListenAddr = "tcp://127.0.0.1:1".parse().unwrap();
+        // port 1 needs root to bind; use an ephemeral one instead
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        let addr = match addr {
+            ListenAddr::Tcp(mut sa) => {
+                sa.set_port(port);
+                ListenAddr::Tcp(sa)
+            }
+            _ => unreachable!(),
+        };
+        let l = open(&addr, ListenOptions::default()).unwrap();
+        assert!(l.socket.nonblocking().unwrap());
+        let flags = nix::fcntl::fcntl(&l.socket, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert!(flags & nix::libc::FD_CLOEXEC != 0);
+        assert!(l.socket.reuse_address().unwrap());
+    }
+}

@@ -1,0 +1,175 @@
+//! The client on the other end of an accepted connection: its address (an
+//! IPv4 client seen through an IPv6 socket is IPv4 everywhere), or for a
+//! Unix socket its credentials; the variables that describe it to the
+//! child (systemd's REMOTE_*, ucspi-tcp's TCP*); and the key that
+//! `max_per_source` counts it under.
+
+use std::ffi::CString;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use socket2::{SockAddr, Socket};
+
+use crate::access::canonical_ip;
+use crate::spawn::env_var;
+
+/// What `max_per_source` counts: a client IP, or a Unix peer's uid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SourceKey {
+    Ip(IpAddr),
+    Uid(u32),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Peer {
+    Inet {
+        remote: SocketAddr,
+        local: Option<SocketAddr>,
+    },
+    Unix {
+        pid: i32,
+        uid: u32,
+        gid: u32,
+    },
+    Unknown,
+}
+
+pub fn canonical_addr(sa: SocketAddr) -> SocketAddr {
+    SocketAddr::new(canonical_ip(sa.ip()), sa.port())
+}
+
+impl Peer {
+    /// Describe the client of `conn`, accepted from `from`.
+    pub fn of(conn: &Socket, from: &SockAddr) -> Peer {
+        if let Some(remote) = from.as_socket() {
+            let local = conn
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .map(canonical_addr);
+            return Peer::Inet {
+                remote: canonical_addr(remote),
+                local,
+            };
+        }
+        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+        match getsockopt(conn, PeerCredentials) {
+            Ok(cred) => Peer::Unix {
+                pid: cred.pid(),
+                uid: cred.uid(),
+                gid: cred.gid(),
+            },
+            Err(_) => Peer::Unknown,
+        }
+    }
+
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Peer::Inet { remote, .. } => Some(remote.ip()),
+            _ => None,
+        }
+    }
+
+    pub fn source_key(&self) -> Option<SourceKey> {
+        match self {
+            Peer::Inet { remote, .. } => Some(SourceKey::Ip(remote.ip())),
+            Peer::Unix { uid, .. } => Some(SourceKey::Uid(*uid)),
+            Peer::Unknown => None,
+        }
+    }
+
+    /// The per-connection variables of SPEC "The four ways".
+    pub fn env(&self) -> Vec<CString> {
+        match self {
+            Peer::Inet { remote, local } => {
+                let mut v = vec![
+                    env_var("REMOTE_ADDR", remote.ip()),
+                    env_var("REMOTE_PORT", remote.port()),
+                    env_var("PROTO", "TCP"),
+                    env_var("TCPREMOTEIP", remote.ip()),
+                    env_var("TCPREMOTEPORT", remote.port()),
+                ];
+                if let Some(l) = local {
+                    v.push(env_var("TCPLOCALIP", l.ip()));
+                    v.push(env_var("TCPLOCALPORT", l.port()));
+                }
+                v
+            }
+            Peer::Unix { pid, uid, gid } => vec![
+                env_var("REMOTE_UID", uid),
+                env_var("REMOTE_GID", gid),
+                env_var("REMOTE_PID", pid),
+            ],
+            Peer::Unknown => Vec::new(),
+        }
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Inet { remote, .. } => write!(f, "{remote}"),
+            Peer::Unix { pid, uid, .. } => write!(f, "uid {uid} pid {pid}"),
+            Peer::Unknown => f.write_str("unknown peer"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapped_clients_are_ipv4() {
+        let sa: SocketAddr = "[::ffff:10.1.2.3]:5512".parse().unwrap();
+        assert_eq!(canonical_addr(sa).to_string(), "10.1.2.3:5512");
+        let v6: SocketAddr = "[::1]:80".parse().unwrap();
+        assert_eq!(canonical_addr(v6), v6);
+    }
+
+    #[test]
+    fn inet_env_has_both_naming_schemes() {
+        let p = Peer::Inet {
+            remote: "10.0.0.1:4000".parse().unwrap(),
+            local: Some("10.0.0.2:80".parse().unwrap()),
+        };
+        let env: Vec<String> = p
+            .env()
+            .into_iter()
+            .map(|c| c.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            env,
+            [
+                "REMOTE_ADDR=10.0.0.1",
+                "REMOTE_PORT=4000",
+                "PROTO=TCP",
+                "TCPREMOTEIP=10.0.0.1",
+                "TCPREMOTEPORT=4000",
+                "TCPLOCALIP=10.0.0.2",
+                "TCPLOCALPORT=80"
+            ]
+        );
+        assert_eq!(
+            p.source_key(),
+            Some(SourceKey::Ip("10.0.0.1".parse().unwrap()))
+        );
+    }
+
+    #[test]
+    fn unix_env_and_key_use_credentials() {
+        let p = Peer::Unix {
+            pid: 42,
+            uid: 1000,
+            gid: 100,
+        };
+        let env: Vec<String> = p
+            .env()
+            .into_iter()
+            .map(|c| c.into_string().unwrap())
+            .collect();
+        assert_eq!(env, ["REMOTE_UID=1000", "REMOTE_GID=100", "REMOTE_PID=42"]);
+        assert_eq!(p.source_key(), Some(SourceKey::Uid(1000)));
+        assert_eq!(p.to_string(), "uid 1000 pid 42");
+    }
+}

@@ -1,0 +1,866 @@
+//! The event loop and everything happening at run time: the socket table
+//! keyed by address, poll tokens, per-service runtime state, the child
+//! table, accept vs pass, watching and unwatching listeners, timers,
+//! the reload diff and shutdown. This is the one place that logs
+//! per-event outcomes. Sockets are built by `listener.rs`, children by
+//! `spawn.rs`, decisions about counts by `limits.rs`.
+//!
+//! Listener watching is reconciled, not toggled: `sync_service` computes
+//! whether each socket should be in the poll set (not held by a pass-mode
+//! child, and its service may start a child) and registers or deregisters
+//! to match. mio is edge-triggered, so a listener that was left with
+//! queued clients must be re-registered to wake us again; epoll reports a
+//! ready fd at registration, which is exactly that wake-up.
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsString};
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, log, warn, Level};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::libc;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+use socket2::Socket;
+
+use crate::addr::ListenAddr;
+use crate::config::{self, Config, Host, Pass, ServiceSpec};
+use crate::limits::{Backoff, Counter, CrashGuard};
+use crate::listener::{self, ListenError, ListenOptions, Listener};
+use crate::peer::{Peer, SourceKey};
+use crate::signals::{self, Signals};
+use crate::spawn::{self, ChildSetup, ExecImage, ExecStatus, Stage};
+
+const SIGNALS: Token = Token(0);
+const FIRST_DYNAMIC_TOKEN: usize = 16;
+
+/// Startup failures (exit 1). Anything after startup is logged, not returned.
+#[derive(Debug)]
+pub enum ServerError {
+    Setup(&'static str, io::Error),
+    Bind {
+        service: String,
+        addr: ListenAddr,
+        err: ListenError,
+    },
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::Setup(what, e) => write!(f, "{what}: {e}"),
+            ServerError::Bind { service, addr, err } => {
+                write!(f, "bind {addr} for service \"{service}\": {err}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// What the process-wide setup hands the server.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    /// The RLIMIT_NOFILE summond was started with, for its children.
+    pub child_nofile: Option<libc::rlimit>,
+}
+
+/// What a poll token stands for.
+#[derive(Clone, Debug)]
+enum Source {
+    Listener(ListenAddr),
+    ExecStatus(Pid),
+}
+
+struct OpenSocket {
+    listener: Listener,
+    token: Token,
+    /// Index into `Server::services`.
+    service: usize,
+    watched: bool,
+    /// A pass-mode child owns this socket until it exits.
+    busy: Option<Pid>,
+}
+
+/// Counters for status and logs; each changes in exactly one place.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub served: u64,
+    pub refused: u64,
+    pub spawn_failures: u64,
+    pub last_exit: Option<String>,
+}
+
+struct ServiceRuntime {
+    spec: ServiceSpec,
+    image: ExecImage,
+    active: u32,
+    per_source: Counter<SourceKey>,
+    crash: CrashGuard,
+    stats: Stats,
+}
+
+struct Child {
+    service: String,
+    peer: Option<Peer>,
+    source: Option<SourceKey>,
+    started_at: Instant,
+    status_pipe: Option<(OwnedFd, Token)>,
+    exec_failed: bool,
+    /// Sockets a pass-mode child holds; empty in accept mode.
+    holds: Vec<ListenAddr>,
+}
+
+impl Child {
+    fn is_pass_mode(&self) -> bool {
+        !self.holds.is_empty()
+    }
+}
+
+pub struct Server {
+    poll: Poll,
+    config: Config,
+    services: Vec<ServiceRuntime>,
+    sockets: HashMap<ListenAddr, OpenSocket>,
+    sources: HashMap<Token, Source>,
+    next_token: usize,
+    children: HashMap<Pid, Child>,
+    signals: Signals,
+    devnull: File,
+    inherited_env: Vec<(OsString, OsString)>,
+    opts: RunOptions,
+    /// EMFILE/ENFILE/EAGAIN back-off: no listener is watched while paused.
+    resources: Backoff,
+    stopping: bool,
+}
+
+fn describe_status(status: &WaitStatus) -> (String, bool) {
+    match status {
+        WaitStatus::Exited(_, 0) => ("exited with status 0".into(), true),
+        WaitStatus::Exited(_, code) => (format!("exited with status {code}"), false),
+        WaitStatus::Signaled(_, sig, core) => (
+            format!(
+                "killed by signal {} ({sig}){}",
+                *sig as i32,
+                if *core { ", core dumped" } else { "" }
+            ),
+            false,
+        ),
+        other => (format!("{other:?}"), false),
+    }
+}
+
+fn is_resource_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EAGAIN)
+    )
+}
+
+impl Server {
+    /// Open every listener of `config` and get ready to serve. Fails (exit
+    /// 1) if a socket cannot be bound.
+    pub fn new(config: Config, opts: RunOptions) -> Result<Server, ServerError> {
+        // Signals first: no SIGCHLD may arrive before its signalfd exists.
+        let signals = Signals::open().map_err(|e| ServerError::Setup("signalfd", e))?;
+        let poll = Poll::new().map_err(|e| ServerError::Setup("epoll", e))?;
+        poll.registry()
+            .register(
+                &mut SourceFd(&signals.raw_fd()),
+                SIGNALS,
+                Interest::READABLE,
+            )
+            .map_err(|e| ServerError::Setup("register signalfd", e))?;
+        // std opens files with O_CLOEXEC.
+        let devnull = File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(|e| ServerError::Setup("open /dev/null", e))?;
+        let mut server = Server {
+            poll,
+            config: Config {
+                path: config.path.clone(),
+                daemon: config.daemon.clone(),
+                services: Vec::new(),
+            },
+            services: Vec::new(),
+            sockets: HashMap::new(),
+            sources: HashMap::new(),
+            next_token: FIRST_DYNAMIC_TOKEN,
+            children: HashMap::new(),
+            signals,
+            devnull,
+            inherited_env: std::env::vars_os().collect(),
+            opts,
+            resources: Backoff::default(),
+            stopping: false,
+        };
+        server.apply_config(config)?;
+        Ok(server)
+    }
+
+    /// Serve until SIGTERM or SIGINT.
+    pub fn run(&mut self) -> Result<(), ServerError> {
+        let mut events = Events::with_capacity(256);
+        info!(
+            "summond {} serving {} services from {}",
+            env!("CARGO_PKG_VERSION"),
+            self.services.len(),
+            self.config.path.display()
+        );
+        while !self.stopping {
+            let timeout = self
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(ServerError::Setup("epoll_wait", e));
+            }
+            for event in events.iter() {
+                match event.token() {
+                    SIGNALS => self.handle_signals(),
+                    token => match self.sources.get(&token).cloned() {
+                        Some(Source::Listener(addr)) => self.on_listener_ready(&addr),
+                        Some(Source::ExecStatus(pid)) => self.on_exec_status(pid),
+                        // A source removed earlier in this batch.
+                        None => {}
+                    },
+                }
+            }
+            // Holds and back-offs that ran out re-arm their listeners.
+            self.sync_all(Instant::now());
+        }
+        self.shutdown();
+        Ok(())
+    }
+
+    fn next_token(&mut self) -> Token {
+        let t = Token(self.next_token);
+        self.next_token += 1;
+        t
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let holds = self.services.iter().filter_map(|s| s.crash.held_until(now));
+        holds.chain(self.resources.paused_until(now)).min()
+    }
+
+    // ---- signals ------------------------------------------------------
+
+    fn handle_signals(&mut self) {
+        for sig in self.signals.drain() {
+            match sig {
+                Signal::SIGCHLD => self.reap_children(),
+                Signal::SIGTERM | Signal::SIGINT => {
+                    info!("{sig} received: stopping");
+                    self.stopping = true;
+                }
+                Signal::SIGHUP => self.reload(),
+                _ => {}
+            }
+        }
+    }
+
+    // ---- watching listeners --------------------------------------------
+
+    fn service_index(&self, name: &str) -> Option<usize> {
+        self.services.iter().position(|s| s.spec.name == name)
+    }
+
+    fn at_global_limit(&self) -> bool {
+        self.children.len() >= self.config.daemon.max_children as usize
+    }
+
+    /// May service `idx` start a child now? (global cap, its own cap, the
+    /// crash hold, the resource back-off)
+    fn may_spawn(&self, idx: usize, now: Instant) -> bool {
+        let svc = &self.services[idx];
+        !self.at_global_limit()
+            && svc.spec.max_instances.is_none_or(|max| svc.active < max)
+            && !svc.crash.is_held(now)
+            && !self.resources.is_paused(now)
+    }
+
+    fn set_watched(&mut self, addr: &ListenAddr, want: bool) {
+        let Some(sock) = self.sockets.get_mut(addr) else {
+            return;
+        };
+        if sock.watched == want {
+            return;
+        }
+        let fd = sock.listener.socket.as_raw_fd();
+        let registry = self.poll.registry();
+        let result = if want {
+            registry.register(&mut SourceFd(&fd), sock.token, Interest::READABLE)
+        } else {
+            registry.deregister(&mut SourceFd(&fd))
+        };
+        match result {
+            Ok(()) => sock.watched = want,
+            Err(e) => error!(
+                "{}: cannot {} {addr}: {e}",
+                self.services[sock.service].spec.name,
+                if want { "watch" } else { "unwatch" }
+            ),
+        }
+    }
+
+    /// Make the poll set match what service `idx` may do now.
+    fn sync_service(&mut self, idx: usize, now: Instant) {
+        let may = self.may_spawn(idx, now);
+        let addrs: Vec<(ListenAddr, bool)> = self.services[idx]
+            .spec
+            .listen
+            .iter()
+            .filter_map(|l| {
+                self.sockets
+                    .get(&l.addr)
+                    .map(|s| (l.addr.clone(), may && s.busy.is_none()))
+            })
+            .collect();
+        for (addr, want) in addrs {
+            self.set_watched(&addr, want);
+        }
+    }
+
+    fn sync_all(&mut self, now: Instant) {
+        for idx in 0..self.services.len() {
+            self.sync_service(idx, now);
+        }
+    }
+
+    // ---- connections and children ------------------------------------
+
+    fn on_listener_ready(&mut self, addr: &ListenAddr) {
+        let Some(sock) = self.sockets.get(addr) else {
+            return;
+        };
+        let idx = sock.service;
+        if sock.busy.is_some() || !sock.watched {
+            return;
+        }
+        if self.services[idx].spec.accept {
+            self.accept_connections(idx, addr);
+        } else {
+            self.start_pass_child(idx, addr);
+        }
+        self.sync_service(idx, Instant::now());
+        if self.at_global_limit() || self.resources.is_paused(Instant::now()) {
+            self.sync_all(Instant::now());
+        }
+    }
+
+    /// Accept until the queue is empty or a limit closes the gate; at a
+    /// limit the rest wait in the kernel backlog, unwatched.
+    fn accept_connections(&mut self, idx: usize, addr: &ListenAddr) {
+        loop {
+            let now = Instant::now();
+            if !self.may_spawn(idx, now) {
+                return;
+            }
+            let Some(sock) = self.sockets.get(addr) else {
+                return;
+            };
+            match sock.listener.socket.accept() {
+                Ok((conn, from)) => {
+                    let peer = Peer::of(&conn, &from);
+                    self.start_connection(idx, addr, conn, peer);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO | libc::EPERM)
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) if is_resource_error(&e) => {
+                    let name = self.services[idx].spec.name.clone();
+                    self.resource_fault(&format!("{name}: accept on {addr}"), &e, now);
+                    return;
+                }
+                Err(e) => {
+                    error!("{}: accept on {addr}: {e}", self.services[idx].spec.name);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One accepted client: access rules, per-source count, then a child.
+    fn start_connection(&mut self, idx: usize, addr: &ListenAddr, conn: Socket, peer: Peer) {
+        let svc = &mut self.services[idx];
+        let name = &svc.spec.name;
+        if let Some(ip) = peer.ip() {
+            if let Err(why) = svc.spec.access.permits(ip) {
+                svc.stats.refused += 1;
+                info!("{name}: refused {peer} ({why})");
+                return;
+            }
+        }
+        let source = peer.source_key();
+        if let (Some(max), Some(key)) = (svc.spec.max_per_source, source) {
+            if svc.per_source.get(&key) >= max {
+                svc.stats.refused += 1;
+                info!("{name}: refused {peer} (max_per_source {max} reached)");
+                return;
+            }
+        }
+        let spec = &svc.spec;
+        let fds = spawn::plan_fds(
+            spec.pass,
+            spec.stderr,
+            &[conn.as_raw_fd()],
+            self.devnull.as_raw_fd(),
+        );
+        let mut env = peer.env();
+        let listen_pid = spec.pass == Pass::ListenFds;
+        if listen_pid {
+            env.push(spawn::env_var("LISTEN_FDS", 1));
+            env.push(spawn::env_var("LISTEN_FDNAMES", "connection"));
+        }
+        debug!("{name}: connection from {peer} on {addr}");
+        self.spawn_child(idx, &fds, &env, listen_pid, Some(peer), source, Vec::new());
+        // `conn` drops here: the child has its own copy.
+    }
+
+    /// `accept = false`: hand the socket(s) over and stop watching them
+    /// until the child exits.
+    fn start_pass_child(&mut self, idx: usize, ready: &ListenAddr) {
+        let spec = &self.services[idx].spec;
+        let holds: Vec<ListenAddr> = match spec.pass {
+            Pass::Stdio => vec![ready.clone()],
+            Pass::ListenFds => spec
+                .listen
+                .iter()
+                .filter(|l| self.sockets.contains_key(&l.addr))
+                .map(|l| l.addr.clone())
+                .collect(),
+        };
+        let mut payload: Vec<RawFd> = Vec::with_capacity(holds.len());
+        for a in &holds {
+            let sock = &self.sockets[a];
+            // Legacy wait-mode programs (tftpd) read with blocking calls;
+            // O_NONBLOCK lives on the shared file description, and summond
+            // does not touch the socket until the child exits.
+            let _ = sock.listener.socket.set_nonblocking(false);
+            payload.push(sock.listener.socket.as_raw_fd());
+        }
+        let fds = spawn::plan_fds(spec.pass, spec.stderr, &payload, self.devnull.as_raw_fd());
+        let mut env = Vec::new();
+        let listen_pid = spec.pass == Pass::ListenFds;
+        if listen_pid {
+            let names: Vec<&str> = spec
+                .listen
+                .iter()
+                .filter(|l| holds.contains(&l.addr))
+                .map(|l| l.name.as_deref().unwrap_or(&spec.name))
+                .collect();
+            env.push(spawn::env_var("LISTEN_FDS", payload.len()));
+            env.push(spawn::env_var("LISTEN_FDNAMES", names.join(":")));
+        }
+        if !self.spawn_child(idx, &fds, &env, listen_pid, None, None, holds.clone()) {
+            self.release_sockets(&holds, None);
+        }
+    }
+
+    /// Fork and exec for service `idx`; record the child. Returns whether a
+    /// child was started.
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_child(
+        &mut self,
+        idx: usize,
+        fds: &[spawn::FdMove],
+        env: &[CString],
+        listen_pid: bool,
+        peer: Option<Peer>,
+        source: Option<SourceKey>,
+        holds: Vec<ListenAddr>,
+    ) -> bool {
+        let setup = ChildSetup {
+            fds,
+            env,
+            listen_pid,
+            nofile: self.opts.child_nofile,
+        };
+        let now = Instant::now();
+        let svc = &mut self.services[idx];
+        let spawned = match spawn::spawn(&svc.image, &setup) {
+            Ok(s) => s,
+            Err(e) => {
+                svc.stats.spawn_failures += 1;
+                let who = peer
+                    .as_ref()
+                    .map(|p| format!(" for {p}"))
+                    .unwrap_or_default();
+                let what = format!("{}: cannot start{who}", svc.spec.name);
+                if is_resource_error(e.io_error()) {
+                    self.resource_fault(&what, e.io_error(), now);
+                } else {
+                    error!("{what}: {e}");
+                }
+                return false;
+            }
+        };
+        svc.active += 1;
+        svc.stats.served += 1;
+        if let Some(key) = source {
+            svc.per_source.add(key);
+        }
+        let name = svc.spec.name.clone();
+        let pid = spawned.pid;
+        for a in &holds {
+            if let Some(sock) = self.sockets.get_mut(a) {
+                sock.busy = Some(pid);
+            }
+        }
+        let token = self.next_token();
+        let status_pipe = match self.poll.registry().register(
+            &mut SourceFd(&spawned.status_pipe.as_raw_fd()),
+            token,
+            Interest::READABLE,
+        ) {
+            Ok(()) => {
+                self.sources.insert(token, Source::ExecStatus(pid));
+                Some((spawned.status_pipe, token))
+            }
+            // Still read at reap time; only the early report is lost.
+            Err(_) => Some((spawned.status_pipe, Token(usize::MAX))),
+        };
+        debug!("{name}: started pid {pid}");
+        self.children.insert(
+            pid,
+            Child {
+                service: name,
+                peer,
+                source,
+                started_at: now,
+                status_pipe,
+                exec_failed: false,
+                holds,
+            },
+        );
+        if self.resources.success() {
+            info!("resources available again: accepting connections");
+        }
+        true
+    }
+
+    /// EMFILE/ENFILE/EAGAIN: log once per episode, stop watching every
+    /// listener until the back-off deadline.
+    fn resource_fault(&mut self, what: &str, err: &io::Error, now: Instant) {
+        let (until, first) = self.resources.fault(now);
+        if first {
+            warn!(
+                "{what}: {err}; pausing all listeners ({} ms, doubling up to {} ms while this lasts)",
+                until.saturating_duration_since(now).as_millis(),
+                crate::limits::BACKOFF_MAX.as_millis()
+            );
+        }
+        self.sync_all(now);
+    }
+
+    fn on_exec_status(&mut self, pid: Pid) {
+        let status = match self.children.get(&pid).and_then(|c| c.status_pipe.as_ref()) {
+            Some((pipe, _)) => spawn::read_exec_status(pipe),
+            None => return,
+        };
+        if status != ExecStatus::Pending {
+            self.finish_exec_status(pid, status);
+        }
+    }
+
+    /// The child reported (or EOF showed) how its exec went: log a failure
+    /// once, count it, and stop watching the pipe.
+    fn finish_exec_status(&mut self, pid: Pid, status: ExecStatus) {
+        let Some(child) = self.children.get_mut(&pid) else {
+            return;
+        };
+        if let Some((pipe, token)) = child.status_pipe.take() {
+            self.sources.remove(&token);
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&pipe.as_raw_fd()));
+        }
+        let ExecStatus::Failed { stage, errno } = status else {
+            return;
+        };
+        child.exec_failed = true;
+        let err = io::Error::from_raw_os_error(errno);
+        let who = child
+            .peer
+            .as_ref()
+            .map(|p| format!(" for {p}"))
+            .unwrap_or_default();
+        let name = child.service.clone();
+        let svc = self.service_index(&name).map(|i| &mut self.services[i]);
+        let program = svc
+            .as_ref()
+            .map(|s| s.spec.program.display().to_string())
+            .unwrap_or_default();
+        match stage {
+            Stage::Exec => error!("{name}: exec {program}{who}: {err}"),
+            _ => error!("{name}: child {pid}{who} failed to {stage} before exec {program}: {err}"),
+        }
+        if let Some(svc) = svc {
+            svc.stats.spawn_failures += 1;
+        }
+    }
+
+    fn reap_children(&mut self) {
+        let now = Instant::now();
+        for status in signals::reap() {
+            if let Some(pid) = status.pid() {
+                self.child_exited(pid, &status, now);
+            }
+        }
+    }
+
+    fn child_exited(&mut self, pid: Pid, status: &WaitStatus, now: Instant) {
+        // Read the status pipe first: a child that failed exec is dead, so
+        // its report (or EOF) is there to read.
+        if let Some((pipe, _)) = self.children.get(&pid).and_then(|c| c.status_pipe.as_ref()) {
+            let report = spawn::read_exec_status(pipe);
+            self.finish_exec_status(pid, report);
+        }
+        let Some(child) = self.children.remove(&pid) else {
+            return;
+        };
+        let (what, success) = describe_status(status);
+        let ran = now.saturating_duration_since(child.started_at);
+        let who = child
+            .peer
+            .as_ref()
+            .map(|p| format!(" for {p}"))
+            .unwrap_or_default();
+        let line = format!(
+            "{}: pid {pid}{who} {what} after {:.3}s",
+            child.service,
+            ran.as_secs_f64()
+        );
+        // Routine accept-mode exits are debug; an exec failure was already
+        // logged at error; everything else is worth an info line.
+        let level = if child.exec_failed || (success && !child.is_pass_mode()) {
+            Level::Debug
+        } else {
+            Level::Info
+        };
+        log!(level, "{line}");
+
+        self.release_sockets(&child.holds, Some(pid));
+        if let Some(idx) = self.service_index(&child.service) {
+            let svc = &mut self.services[idx];
+            svc.active = svc.active.saturating_sub(1);
+            if let Some(key) = &child.source {
+                svc.per_source.remove(key);
+            }
+            svc.stats.last_exit = Some(what);
+            if child.is_pass_mode() && (!success || child.exec_failed) {
+                if let Some(until) = svc.crash.record_failure(now) {
+                    warn!(
+                        "{}: failed {} times in {}s; not restarting it for {}s",
+                        svc.spec.name,
+                        crate::limits::CRASH_LIMIT,
+                        crate::limits::CRASH_WINDOW.as_secs(),
+                        until.saturating_duration_since(now).as_secs()
+                    );
+                }
+            }
+            self.sync_service(idx, now);
+        }
+        // A slot under max_children may have opened for every service.
+        if self.children.len() + 1 == self.config.daemon.max_children as usize {
+            self.sync_all(now);
+        }
+    }
+
+    /// Give sockets back after a pass-mode child (`owner`: only if it still
+    /// holds them) and make them non-blocking again for accept().
+    fn release_sockets(&mut self, addrs: &[ListenAddr], owner: Option<Pid>) {
+        for a in addrs {
+            if let Some(sock) = self.sockets.get_mut(a) {
+                if owner.is_none() || sock.busy == owner {
+                    sock.busy = None;
+                    let _ = sock.listener.socket.set_nonblocking(true);
+                }
+            }
+        }
+    }
+
+    // ---- reload ---------------------------------------------------------
+
+    fn reload(&mut self) {
+        info!("SIGHUP received: reloading {}", self.config.path.display());
+        match config::load(&self.config.path, &Host::current()) {
+            Ok(new) => {
+                let n = new.services.len();
+                match self.apply_config(new) {
+                    Ok(()) => info!("reload done: {n} services"),
+                    Err(e) => error!("reload failed, keeping the old config: {e}"),
+                }
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    error!("{e}");
+                }
+                error!(
+                    "reload failed with {} errors, keeping the old config",
+                    errors.0.len()
+                );
+            }
+        }
+    }
+
+    /// Move to `new`: a diff keyed by address. Sockets whose address stays
+    /// are kept open (even if it moves to another service); new ones are
+    /// opened first, and if any fails nothing changes; removed ones are
+    /// closed last. Running children are left alone.
+    fn apply_config(&mut self, new: Config) -> Result<(), ServerError> {
+        let mut opened: Vec<(Listener, usize)> = Vec::new();
+        for (idx, spec) in new.services.iter().enumerate() {
+            for l in &spec.listen {
+                if self.sockets.contains_key(&l.addr) {
+                    continue;
+                }
+                let opts = ListenOptions {
+                    socket_mode: spec.socket_mode,
+                    backlog: None,
+                };
+                match listener::open(&l.addr, opts) {
+                    Ok(listener) => opened.push((listener, idx)),
+                    Err(err) => {
+                        // `opened` drops: its files are removed.
+                        return Err(ServerError::Bind {
+                            service: spec.name.clone(),
+                            addr: l.addr.clone(),
+                            err,
+                        });
+                    }
+                }
+            }
+        }
+
+        // Runtime state follows the service name across reloads.
+        let mut old: HashMap<String, ServiceRuntime> = self
+            .services
+            .drain(..)
+            .map(|s| (s.spec.name.clone(), s))
+            .collect();
+        let inherited = &self.inherited_env;
+        self.services = new
+            .services
+            .iter()
+            .map(|spec| {
+                let image = ExecImage::new(spec, inherited.iter().cloned());
+                match old.remove(&spec.name) {
+                    Some(rt) => ServiceRuntime {
+                        spec: spec.clone(),
+                        image,
+                        ..rt
+                    },
+                    None => ServiceRuntime {
+                        spec: spec.clone(),
+                        image,
+                        active: 0,
+                        per_source: Counter::default(),
+                        crash: CrashGuard::default(),
+                        stats: Stats::default(),
+                    },
+                }
+            })
+            .collect();
+
+        let owner: HashMap<&ListenAddr, usize> = new
+            .services
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.listen.iter().map(move |l| (&l.addr, i)))
+            .collect();
+        let removed: Vec<ListenAddr> = self
+            .sockets
+            .keys()
+            .filter(|a| !owner.contains_key(a))
+            .cloned()
+            .collect();
+        for (listener, idx) in opened {
+            let token = self.next_token();
+            self.sources
+                .insert(token, Source::Listener(listener.addr.clone()));
+            self.sockets.insert(
+                listener.addr.clone(),
+                OpenSocket {
+                    listener,
+                    token,
+                    service: idx,
+                    watched: false,
+                    busy: None,
+                },
+            );
+        }
+        for (addr, sock) in self.sockets.iter_mut() {
+            if let Some(idx) = owner.get(addr) {
+                sock.service = *idx;
+            }
+        }
+        for addr in removed {
+            self.set_watched(&addr, false);
+            if let Some(sock) = self.sockets.remove(&addr) {
+                self.sources.remove(&sock.token);
+                debug!("closed {addr}");
+            }
+        }
+        self.config = new;
+        self.sync_all(Instant::now());
+        Ok(())
+    }
+
+    // ---- stop -------------------------------------------------------
+
+    /// Stop listening (dropping listeners removes their socket files),
+    /// SIGTERM the pass-mode children, which own listening sockets, and
+    /// leave connection children to finish on their own.
+    fn shutdown(&mut self) {
+        let addrs: Vec<ListenAddr> = self.sockets.keys().cloned().collect();
+        for a in &addrs {
+            self.set_watched(a, false);
+        }
+        self.sockets.clear();
+        for (pid, child) in &self.children {
+            if child.is_pass_mode() {
+                if let Err(e) = kill(*pid, Signal::SIGTERM) {
+                    warn!("{}: cannot SIGTERM pid {pid}: {e}", child.service);
+                }
+            }
+        }
+        let pending = self.children.len();
+        if pending > 0 {
+            info!("stopped; {pending} children still running are left to finish");
+        } else {
+            info!("stopped");
+        }
+    }
+
+    /// The config file this server reloads from.
+    pub fn config_path(&self) -> &PathBuf {
+        &self.config.path
+    }
+
+    /// Time until the earliest timer, for tests of the loop's idleness.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.next_deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+}

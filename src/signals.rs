@@ -1,0 +1,76 @@
+//! Bringing signals into the event loop: the handled signals are blocked
+//! and read from a non-blocking, close-on-exec `signalfd` that mio watches.
+//! What a signal means is decided in `server.rs`; this module only
+//! delivers them and reaps children.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+
+use nix::errno::Errno;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+
+/// The signals summond acts on (SPEC "Signals").
+pub const HANDLED: &[Signal] = &[
+    Signal::SIGCHLD,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+];
+
+pub struct Signals {
+    fd: SignalFd,
+}
+
+impl Signals {
+    /// Block `HANDLED` and open the signalfd. Call before any child exists
+    /// so no SIGCHLD is delivered the default way (and lost).
+    pub fn open() -> io::Result<Signals> {
+        let mut set = SigSet::empty();
+        for s in HANDLED {
+            set.add(*s);
+        }
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        Ok(Signals { fd })
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_fd().as_raw_fd()
+    }
+
+    /// Every pending signal, in arrival order. The kernel merges repeats of
+    /// one standard signal, so a SIGCHLD means "one or more children".
+    pub fn drain(&mut self) -> Vec<Signal> {
+        let mut out = Vec::new();
+        loop {
+            match self.fd.read_signal() {
+                Ok(Some(info)) => {
+                    if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
+                        out.push(sig);
+                    }
+                }
+                Ok(None) => break,
+                Err(Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+        }
+        out
+    }
+}
+
+/// Reap every child that has exited: `waitpid(-1, WNOHANG)` until none.
+pub fn reap() -> Vec<WaitStatus> {
+    let mut out = Vec::new();
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => break,
+            Ok(status) => out.push(status),
+            Err(Errno::EINTR) => continue,
+            // ECHILD: no children left.
+            Err(_) => break,
+        }
+    }
+    out
+}
