@@ -751,9 +751,8 @@ impl Checker<'_> {
                 .filter(|m| *m <= 0o7777 && !s.is_empty());
             let reason = if mode.is_none() {
                 format!("\"{s}\" is not an octal file mode like \"0660\"")
-            } else if !has_unix || listen.iter().any(|l| l.addr.socket_file().is_none()) {
-                "applies only to unix sockets with a path (not IP or abstract addresses)"
-                    .to_string()
+            } else if listen.iter().all(|l| l.addr.socket_file().is_none()) {
+                "applies to unix socket files, and this service listens on none".to_string()
             } else {
                 return mode;
             };

@@ -373,10 +373,22 @@ unsafe fn child_after_fork(a: &ChildArgs<'_>) -> ! {
     // survives execve; legacy filters rely on dying of SIGPIPE. Then an
     // empty mask: summond blocks the signals its signalfd reads, and a
     // blocked mask survives execve too.
+    // The raw syscall, because glibc's signal()/sigaction() refuse the two
+    // real-time signals it reserves (32, 33), which can still arrive
+    // ignored from our own parent. An all-zero kernel sigaction is SIG_DFL
+    // with no flags and an empty mask on every architecture; the buffer is
+    // larger than any of their layouts.
+    let dfl = [0u64; 8];
     let mut sig = 1;
     while sig < 65 {
         if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            libc::signal(sig, libc::SIG_DFL);
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                dfl.as_ptr(),
+                ptr::null_mut::<u64>(),
+                8usize,
+            );
         }
         sig += 1;
     }

@@ -1,0 +1,180 @@
+//! Bad configs: each one exits 2 with `PATH:LINE:COL: message` on stderr,
+//! every error in the file at once, and never a panic.
+
+use crate::util::*;
+
+const OK: &str = "[[service]]\nname = \"a\"\nlisten = \"tcp://127.0.0.1:7007\"\nexec = [\"cat\"]\n";
+
+fn check(text: &str) -> (i32, String, String, String) {
+    let dir = TempDir::new("cfg");
+    let path = dir.path("bad.toml");
+    std::fs::write(&path, text).unwrap();
+    let p = path.to_str().unwrap().to_string();
+    let (code, out, err) = run_to_exit(&["--check", "-c", &p]);
+    (code, out, err, p)
+}
+
+/// (config, expected `LINE:COL: message` start) — the message is matched
+/// from its start so the test pins the wording a user sees.
+fn table() -> Vec<(String, String)> {
+    let svc = |extra: &str| format!("{OK}{extra}");
+    let is_root = nix::unistd::geteuid().is_root();
+    let mut t: Vec<(String, &str)> = vec![
+        ("bogus = 1\n".into(), "1:1: unknown key `bogus` in the top level"),
+        (svc("colour = \"red\"\n"), "5:1: unknown key `colour` in [[service]] (expected one of: name, listen"),
+        ("[[service]]\nlisten = \"tcp://127.0.0.1:1\"\nexec = [\"cat\"]\n".into(), "1:1: missing required key `name`"),
+        ("[[service]]\nname = \"a\"\nexec = [\"cat\"]\n".into(), "1:1: missing required key `listen`"),
+        ("[[service]]\nname = \"a\"\nlisten = \"tcp://127.0.0.1:1\"\n".into(), "1:1: missing required key `exec`"),
+        (format!("{OK}\n[[service]]\nname = \"a\"\nlisten = \"tcp://127.0.0.1:2\"\nexec = [\"cat\"]\n"), "7:8: duplicate service name \"a\" (first defined at line 2)"),
+        (format!("{OK}\n[[service]]\nname = \"b\"\nlisten = \"tcp://127.0.0.1:7007\"\nexec = [\"cat\"]\n"), "8:10: address tcp://127.0.0.1:7007 is already used by service \"a\""),
+        (OK.replace("127.0.0.1:7007", "localhost:80"), "3:10: `listen`: \"localhost:80\" is not IP:PORT"),
+        (OK.replace("tcp://", "sctp://"), "3:10: `listen`: unknown address scheme \"sctp://\""),
+        (OK.replace("7007", "0"), "3:10: `listen`: port 0 is not allowed"),
+        (OK.replace("tcp://127.0.0.1:7007", "unix://run/x.sock"), "3:10: `listen`: unix socket path \"run/x.sock\" must be absolute"),
+        (svc("allow = [\"10.0.0.0/33\"]\n"), "5:10: `allow`: prefix length \"33\" must be a number from 0 to 32"),
+        (svc("deny = [\"127.0.0.1\", \"not-an-ip\"]\n"), "5:22: `deny`: \"not-an-ip\" is not an IP address"),
+        (OK.replace("tcp://", "udp://") + "accept = true\n", "5:10: `accept = true` is impossible on datagram socket udp://127.0.0.1:7007"),
+        (OK.replace("tcp://127.0.0.1:7007", "unixgram:///tmp/g.sock") + "accept = true\n", "5:10: `accept = true` is impossible on datagram socket unixgram:///tmp/g.sock"),
+        (svc("accept = false\nallow = [\"127.0.0.1\"]\n"), "6:9: `allow` needs `accept = true`"),
+        (svc("accept = false\nmax_per_source = 2\n"), "6:18: `max_per_source` needs `accept = true`"),
+        (OK.replace("tcp://127.0.0.1:7007", "unix:///tmp/a.sock") + "deny = [\"10.0.0.0/8\"]\n", "5:8: `deny` filters IP addresses and cannot apply to a unix socket"),
+        (OK.replace("[\"cat\"]", "\"cat\""), "4:8: `exec` must be an array of strings like [\"/bin/cat\"], found a string"),
+        (OK.replace("[\"cat\"]", "[]"), "4:8: `exec`: is empty: name the program to run"),
+        (OK.replace("[\"cat\"]", "[\"cat\", 3]"), "4:16: `exec` must be an array of strings"),
+        (OK.replace("\"cat\"", "\"bin/cat\""), "4:9: `exec`: \"bin/cat\" must be an absolute path or a bare name looked up in PATH"),
+        (OK.replace("\"cat\"", "\"no-such-program-xyz\""), "4:9: `exec`: \"no-such-program-xyz\" not found in PATH"),
+        (OK.replace("\"cat\"", "\"/etc/passwd\""), "4:9: `exec`: /etc/passwd is not executable"),
+        (OK.replace("\"cat\"", "\"/nonexistent/prog\""), "4:9: `exec`: /nonexistent/prog does not exist"),
+        (svc("max_instances = 0\n"), "5:17: `max_instances`: must be from 1 to 4294967295"),
+        (svc("max_instances = \"many\"\n"), "5:17: `max_instances` must be a positive integer, found a string"),
+        ("[daemon]\nmax_children = 0\n".into(), "2:16: `max_children`: must be from 1 to 4294967295"),
+        ("[daemon]\ncontrol = \"rel.sock\"\n".into(), "2:11: `control`: \"rel.sock\" must be an absolute path"),
+        (svc("pass = \"socket\"\n"), "5:8: `pass`: \"socket\" is not one of \"stdio\", \"listen_fds\""),
+        (svc("stderr = \"file\"\n"), "5:10: `stderr`: \"file\" is not one of \"inherit\", \"socket\", \"null\""),
+        (svc("pass = \"listen_fds\"\nstderr = \"socket\"\n"), "6:10: `stderr`: \"socket\" needs pass = \"stdio\""),
+        (svc("accept = \"yes\"\n"), "5:10: `accept` must be true or false, found a string"),
+        (svc("socket_mode = \"0660\"\n"), "5:15: `socket_mode`: applies to unix socket files, and this service listens on none"),
+        (OK.replace("tcp://127.0.0.1:7007", "unix:///tmp/m.sock") + "socket_mode = \"rw\"\n", "5:15: `socket_mode`: \"rw\" is not an octal file mode"),
+        (svc("env = { LISTEN_FDS = \"1\" }\n"), "5:9: `env`: LISTEN_FDS is set by summond itself"),
+        (OK.replace("\"a\"", "\"my service\""), "2:8: `name`: \"my service\" may use only letters, digits"),
+        ("[service]\nname = \"a\"\n".into(), "1:1: `service` must be an array of tables [[service]], found a table"),
+        (OK.replace("exec", "exec = [\"cat\"]\nexec"), "5:1: TOML syntax:"),
+        ("[[service]]\nname = \"a\nlisten = 1\n".into(), "2:10: TOML syntax:"),
+    ];
+    if is_root {
+        t.push((
+            svc("user = \"no-such-user-xyz\"\n"),
+            "5:8: `user`: no such user \"no-such-user-xyz\"",
+        ));
+        t.push((
+            svc("group = \"no-such-group-xyz\"\n"),
+            "5:9: `group`: no such group \"no-such-group-xyz\"",
+        ));
+    } else {
+        t.push((
+            svc("user = \"nobody\"\n"),
+            "5:8: `user` needs summond to run as root",
+        ));
+    }
+    t.into_iter().map(|(c, e)| (c, e.to_string())).collect()
+}
+
+#[test]
+fn each_bad_config_exits_2_with_its_line_and_column() {
+    let mut failures = Vec::new();
+    let cases = table();
+    assert!(cases.len() >= 20);
+    for (text, want) in &cases {
+        let (code, out, err, path) = check(text);
+        let expected = format!("{path}:{want}");
+        if code != 2 || !err.lines().any(|l| l.starts_with(&expected)) || !out.is_empty() {
+            failures.push(format!(
+                "config:\n{text}\nwant exit 2 and a line starting {expected:?}\ngot exit {code}, stderr:\n{err}"
+            ));
+        }
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n----\n")
+    );
+}
+
+#[test]
+fn every_error_in_the_file_is_reported_at_once() {
+    let text = "[[service]]\nname = \"a\"\nlisten = \"tcp://127.0.0.1:0\"\nexec = [\"no-such-program-xyz\"]\nmax_instances = 0\n\n\
+                [[service]]\nname = \"a\"\nlisten = \"bogus\"\nexec = [\"cat\"]\nwhat = 1\n";
+    let (code, _, err, path) = check(text);
+    assert_eq!(code, 2);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 6, "{err}");
+    for (line, want) in lines
+        .iter()
+        .zip(["3:10:", "4:9:", "5:17:", "8:8:", "9:10:", "11:1:"])
+    {
+        assert!(
+            line.starts_with(&format!("{path}:{want}")),
+            "{line} should start {want}"
+        );
+    }
+}
+
+#[test]
+fn check_prints_ok_with_the_service_count_and_binds_nothing() {
+    let port = free_port();
+    let (code, out, err, _) = check(&format!(
+        "{}\n[[service]]\nname = \"b\"\nlisten = \"udp://127.0.0.1:{port}\"\nexec = [\"cat\"]\n",
+        OK.replace("7007", &port.to_string())
+    ));
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (0, "ok: 2 services\n", "")
+    );
+    // the port is still free: --check bound nothing
+    std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let (code, out, _, _) = check("");
+    assert_eq!((code, out.as_str()), (0, "ok: 0 services\n"));
+}
+
+#[test]
+fn unreadable_config_exits_2() {
+    let (code, _, err) = run_to_exit(&["--check", "-c", "/nonexistent/summond.toml"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.starts_with("/nonexistent/summond.toml: cannot read config: No such file"),
+        "{err}"
+    );
+    let (code, _, _) = run_to_exit(&["-c", "/nonexistent/summond.toml"]);
+    assert_eq!(
+        code, 2,
+        "starting with an unreadable config is a config error too"
+    );
+}
+
+#[test]
+fn bad_config_at_startup_exits_2_and_bad_usage_exits_2() {
+    let dir = TempDir::new("startbad");
+    let path = dir.path("c.toml");
+    std::fs::write(&path, "[[service]]\nname = 1\n").unwrap();
+    let (code, _, err) = run_to_exit(&["-c", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains(":2:8: `name` must be a string, found an integer"),
+        "{err}"
+    );
+    let (code, _, err) = run_to_exit(&["--no-such-flag"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn binary_garbage_is_an_error_not_a_panic() {
+    let dir = TempDir::new("garbage");
+    let path = dir.path("g.toml");
+    std::fs::write(&path, [0xffu8, 0xfe, 0x00, b'[', b'[', 0x80]).unwrap();
+    let (code, _, err) = run_to_exit(&["--check", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -1,0 +1,156 @@
+//! Signals, reaping and the sample config: SIGTERM stops cleanly and
+//! SIGTERMs only the pass-mode children; SIGHUP does not kill; many quick
+//! connections leave no zombie; `conf/summond.toml` really serves.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::util::*;
+
+fn alive(pid: i32) -> bool {
+    matches!(proc_state(pid), Some(s) if s != 'Z')
+}
+
+#[test]
+fn sigterm_stops_listening_terminates_pass_children_and_leaves_connections_running() {
+    let (p_conn, p_pass) = (free_port(), free_port());
+    let mut s = Summond::start(&format!(
+        "[[service]]\nname = \"slow\"\nlisten = \"tcp://127.0.0.1:{p_conn}\"\nexec = {}\n\
+         [[service]]\nname = \"daemon\"\nlisten = \"tcp://127.0.0.1:{p_pass}\"\nexec = [{}]\naccept = false\npass = \"listen_fds\"\n",
+        sh("echo $$; exec sleep 30"),
+        toml_str(example("hello_listenfd").to_str().unwrap())
+    ));
+    let conn = connect_tcp(SocketAddr::from(([127, 0, 0, 1], p_conn)));
+    let mut line = String::new();
+    BufReader::new(&conn).read_line(&mut line).unwrap();
+    let conn_child: i32 = line.trim().parse().unwrap();
+    let hello = tcp_port_exchange(p_pass, b"");
+    let daemon_pid: i32 = hello.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert!(alive(conn_child) && alive(daemon_pid));
+
+    s.signal(nix::libc::SIGTERM);
+    let status = s
+        .wait_exit(Duration::from_secs(2))
+        .expect("summond exits promptly");
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        wait_until(TIMEOUT, || !alive(daemon_pid)),
+        "the pass-mode daemon got SIGTERM"
+    );
+    assert!(alive(conn_child), "connection children are left to finish");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", p_conn)).is_err(),
+        "no longer listening"
+    );
+    // clean up our own leftover child by pid
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(conn_child),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+#[test]
+fn sigint_also_stops_with_status_0() {
+    let port = free_port();
+    let mut s = Summond::start(&format!(
+        "[[service]]\nname = \"e\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"cat\"]\n"
+    ));
+    s.signal(nix::libc::SIGINT);
+    assert_eq!(
+        s.wait_exit(Duration::from_secs(2)).and_then(|st| st.code()),
+        Some(0)
+    );
+}
+
+#[test]
+fn sighup_does_not_kill_and_service_goes_on() {
+    let port = free_port();
+    let mut s = Summond::start(&format!(
+        "[[service]]\nname = \"e\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"cat\"]\n"
+    ));
+    s.signal(nix::libc::SIGHUP);
+    assert!(s.wait_log("reload done"), "{}", s.log_text());
+    assert!(!s.has_exited());
+    assert_eq!(tcp_port_exchange(port, b"still here\n"), "still here\n");
+}
+
+#[test]
+fn two_hundred_quick_connections_leave_no_zombie() {
+    let port = free_port();
+    let s = Summond::start(&format!(
+        "[[service]]\nname = \"quick\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {}\n",
+        sh("echo x")
+    ));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    assert_eq!(tcp_port_exchange(port, b""), "x\n");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let reaped = wait_until(TIMEOUT, || s.children().0.is_empty());
+    let (left, zombies) = s.children();
+    assert!(reaped, "children left: {left:?} ({zombies} zombies)");
+    let log = s.log_text();
+    assert_eq!(log.matches("quick: started pid").count(), 200);
+    assert!(
+        wait_until(TIMEOUT, || s.log_text().matches("quick: pid ").count()
+            == 200),
+        "every exit logged"
+    );
+}
+
+/// The sample config with its ports, socket paths and example paths
+/// rewritten for this test, so it runs beside anything else.
+#[test]
+fn sample_config_serves_every_service() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sample = std::fs::read_to_string(root.join("conf/summond.toml")).unwrap();
+    let (code, out, err) = run_to_exit(&[
+        "--check",
+        "-c",
+        root.join("conf/summond.toml").to_str().unwrap(),
+    ]);
+    assert_eq!((code, out.as_str()), (0, "ok: 5 services\n"), "{err}");
+
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let examples = example("rot13").parent().unwrap().display().to_string();
+    let mut text = sample
+        .replace("./target/release/examples", &examples)
+        .replace("/tmp/summond-sample-", "{dir}/");
+    for (i, p) in ports.iter().enumerate() {
+        text = text.replace(
+            &format!("127.0.0.1:{}", 7007 + i),
+            &format!("127.0.0.1:{p}"),
+        );
+    }
+    let s = Summond::start(&text);
+    assert_eq!(tcp_port_exchange(ports[0], b"echo me\n"), "echo me\n");
+    assert_eq!(tcp_port_exchange(ports[1], b"uryyb\n"), "hello\n");
+    assert_eq!(
+        udp_exchange(ports[2], b"shout").as_deref(),
+        Some(&b"SHOUT"[..])
+    );
+    let a = tcp_port_exchange(ports[3], b"");
+    let b = unix_exchange(&s.dir.path("hello.sock"), b"");
+    assert!(
+        a.contains(" on hello, client 1") && b.contains(" on local, client 2"),
+        "{a}{b}"
+    );
+    let who = unix_exchange(&s.dir.path("whoami.sock"), b"");
+    assert!(
+        who.starts_with(&format!(
+            "uid {} pid {}",
+            nix::unistd::getuid(),
+            std::process::id()
+        )),
+        "{who}"
+    );
+}

@@ -1,0 +1,357 @@
+//! The harness: a fresh temp dir per test, the config written there, the
+//! real `summond` binary started with its log captured to a file, ports
+//! picked at run time on loopback, bounded waits. Dropping a `Summond`
+//! SIGTERMs it by pid (SIGKILL after a deadline) and prints its log if the
+//! test is failing.
+
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_summond");
+/// Generous: the CI machine has 2 cores and may be loaded.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "summond-it-{}-{}-{tag}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A loopback TCP port nobody in this test binary has used yet; the kernel
+/// picks it, we release it for summond to bind.
+pub fn free_port() -> u16 {
+    static USED: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    loop {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind ephemeral port");
+        let port = tcp.local_addr().unwrap().port();
+        // the same port must be free for UDP too (udp services use it)
+        if UdpSocket::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        let mut used = USED.lock().unwrap();
+        if used.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
+}
+
+pub fn ipv6_available() -> bool {
+    TcpListener::bind("[::1]:0").is_ok()
+}
+
+/// Poll `cond` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The path of an example program built by `cargo test`.
+pub fn example(name: &str) -> PathBuf {
+    let bin_dir = Path::new(BIN).parent().expect("binary has a directory");
+    let path = bin_dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} not built (cargo test builds examples)",
+        path.display()
+    );
+    path
+}
+
+/// A TOML string literal.
+pub fn toml_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `exec = ["sh", "-c", SCRIPT]` as TOML.
+pub fn sh(script: &str) -> String {
+    format!("[\"sh\", \"-c\", {}]", toml_str(script))
+}
+
+pub struct Summond {
+    pub child: Option<Child>,
+    pub dir: TempDir,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    status: Option<ExitStatus>,
+}
+
+pub struct Start<'a> {
+    pub config: &'a str,
+    pub args: &'a [&'a str],
+    pub env: &'a [(&'a str, &'a str)],
+    /// Wait for the "serving" line (false for runs expected to fail).
+    pub wait_ready: bool,
+}
+
+impl Default for Start<'_> {
+    fn default() -> Self {
+        Start {
+            config: "",
+            args: &[],
+            env: &[],
+            wait_ready: true,
+        }
+    }
+}
+
+impl Summond {
+    /// Start summond on `config` (with `{dir}` replaced by the temp dir)
+    /// and wait until it serves.
+    pub fn start(config: &str) -> Summond {
+        Summond::start_with(Start {
+            config,
+            ..Start::default()
+        })
+    }
+
+    pub fn start_with(opts: Start<'_>) -> Summond {
+        let dir = TempDir::new("run");
+        Summond::start_in(dir, opts)
+    }
+
+    pub fn start_in(dir: TempDir, opts: Start<'_>) -> Summond {
+        let config = dir.path("summond.toml");
+        let text = opts.config.replace("{dir}", &dir.0.display().to_string());
+        std::fs::write(&config, text).expect("write config");
+        let log = dir.path("summond.log");
+        let log_file = std::fs::File::create(&log).expect("create log");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("-c")
+            .arg(&config)
+            .arg("--log-level")
+            .arg("debug")
+            .args(opts.args)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file);
+        for (k, v) in opts.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn summond");
+        let mut s = Summond {
+            child: Some(child),
+            dir,
+            config,
+            log,
+            status: None,
+        };
+        if opts.wait_ready {
+            let ready = wait_until(TIMEOUT, || {
+                s.log_text().contains(" serving ") || s.has_exited()
+            });
+            assert!(
+                ready && !s.has_exited(),
+                "summond did not start:\n{}",
+                s.log_text()
+            );
+        }
+        s
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(-1)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str) -> bool {
+        wait_until(TIMEOUT, || self.log_text().contains(needle))
+    }
+
+    pub fn has_exited(&mut self) -> bool {
+        if self.status.is_some() {
+            return true;
+        }
+        if let Some(c) = self.child.as_mut() {
+            if let Ok(Some(st)) = c.try_wait() {
+                self.status = Some(st);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Wait for summond to exit; None if it is still running at the deadline.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        wait_until(timeout, || self.has_exited());
+        self.status
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY-free: kill(2) through the libc the crate already links.
+        let rc = unsafe { nix::libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill {} {}", self.pid(), sig);
+    }
+
+    /// Pids of summond's live children, and how many of them are zombies.
+    pub fn children(&self) -> (Vec<i32>, usize) {
+        let pid = self.pid();
+        let path = format!("/proc/{pid}/task/{pid}/children");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let pids: Vec<i32> = text
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        let zombies = pids.iter().filter(|p| proc_state(**p) == Some('Z')).count();
+        (pids, zombies)
+    }
+
+    /// Rewrite the config file (for reload tests).
+    pub fn write_config(&self, config: &str) {
+        let text = config.replace("{dir}", &self.dir.0.display().to_string());
+        std::fs::write(&self.config, text).expect("write config");
+    }
+}
+
+pub fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // the state follows the ")" that closes the command name
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+impl Drop for Summond {
+    fn drop(&mut self) {
+        if !self.has_exited() {
+            let _ = unsafe { nix::libc::kill(self.pid(), nix::libc::SIGTERM) };
+            if self.wait_exit(Duration::from_secs(3)).is_none() {
+                if let Some(c) = self.child.as_mut() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- summond log ({}) ----\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
+    }
+}
+
+/// Run summond to completion with `args` (for --check and failing starts).
+pub fn run_to_exit(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run summond");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn read_all(mut r: impl Read) -> String {
+    let mut buf = Vec::new();
+    let _ = r.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+pub fn connect_tcp(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(TIMEOUT)).unwrap();
+    s
+}
+
+/// Connect, send `input`, half-close, read until EOF.
+pub fn tcp_exchange(addr: impl Into<SocketAddr>, input: &[u8]) -> String {
+    let mut s = connect_tcp(addr.into());
+    s.write_all(input).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    read_all(s)
+}
+
+pub fn tcp_port_exchange(port: u16, input: &[u8]) -> String {
+    tcp_exchange(SocketAddr::from(([127, 0, 0, 1], port)), input)
+}
+
+pub fn unix_exchange(path: &Path, input: &[u8]) -> String {
+    let mut s =
+        UnixStream::connect(path).unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.write_all(input).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    read_all(s)
+}
+
+pub fn abstract_exchange(name: &str, input: &[u8]) -> String {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let mut s = UnixStream::connect_addr(&addr).unwrap_or_else(|e| panic!("connect @{name}: {e}"));
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.write_all(input).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    read_all(s)
+}
+
+/// Send one datagram from a fresh socket and wait for one reply.
+pub fn udp_exchange(port: u16, payload: &[u8]) -> Option<Vec<u8>> {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.send_to(payload, ("127.0.0.1", port)).unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, _) = s.recv_from(&mut buf).ok()?;
+    Some(buf[..n].to_vec())
+}
+
+/// `KEY=value` lines → the value of `key`.
+pub fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
