@@ -178,3 +178,29 @@ fn binary_garbage_is_an_error_not_a_panic() {
     assert_eq!(code, 2);
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// The documentation entries in conf/examples/ name programs this machine
+/// may not have; everything else about them must be valid.
+#[test]
+fn example_service_entries_are_valid_but_for_missing_programs() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let (code, _, err) = run_to_exit(&["--check", "-c", path.to_str().unwrap()]);
+        let acceptable = |l: &str| {
+            l.contains("not found in PATH")
+                || l.contains("does not exist")
+                || l.contains("needs summond to run as root")
+                || l.contains("no such user")
+                || l.contains("no such group")
+        };
+        assert!(
+            code == 0 || err.lines().all(acceptable),
+            "{}:\n{err}",
+            path.display()
+        );
+        seen += 1;
+    }
+    assert!(seen >= 4);
+}
