@@ -351,6 +351,29 @@ pub fn parse(path: &Path, text: &str, host: &Host) -> Result<Config, ConfigError
     Err(ConfigErrors(errors))
 }
 
+/// Only `[daemon] control` from the file at `path`, for `summond status`:
+/// it must work for a user who could not load the whole config (services
+/// with `user` need root to validate).
+pub fn control_socket(path: &Path) -> Result<Option<PathBuf>, ConfigErrors> {
+    let one = |kind| {
+        ConfigErrors(vec![ConfigError {
+            path: path.into(),
+            pos: None,
+            service: None,
+            kind,
+        }])
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| one(ErrorKind::Read(e)))?;
+    let root = DeTable::parse(&text)
+        .map_err(|e| one(ErrorKind::Syntax(e.message().trim().to_string())))?;
+    let control = root
+        .get_ref()
+        .get("daemon")
+        .and_then(|d| d.get_ref().as_table()?.get("control"))
+        .and_then(|c| c.get_ref().as_str().map(PathBuf::from));
+    Ok(control)
+}
+
 type Value<'i> = Spanned<DeValue<'i>>;
 
 fn type_name(v: &DeValue<'_>) -> &'static str {

@@ -1,11 +1,17 @@
-//! Process hygiene before the loop starts: make sure fds 0-2 exist (so no
-//! socket lands on them and a child's "inherit" stderr is real), mark fds
-//! inherited from our parent close-on-exec (children must get no fds but
-//! their own), and raise RLIMIT_NOFILE while remembering the limit we were
-//! started with, which children get back.
+//! The process around the loop, set up before it starts: make sure fds 0-2
+//! exist (so no socket lands on them and a child's "inherit" stderr is
+//! real), mark fds inherited from our parent close-on-exec (children must
+//! get no fds but their own), raise RLIMIT_NOFILE while remembering the
+//! limit we were started with (children get it back), the `-d` ritual, and
+//! the locked pidfile.
 
+use std::fmt;
+use std::fs::File;
 use std::io;
-use std::os::fd::RawFd;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 
 use nix::libc;
 
@@ -74,4 +80,193 @@ pub fn raise_nofile() -> io::Result<libc::rlimit> {
         return Err(io::Error::last_os_error());
     }
     Ok(original)
+}
+
+/// The classic ritual for `-d`, split in two so startup errors still reach
+/// the terminal: `detach` forks (the original parent stays, waiting on a
+/// pipe), `setsid` to leave the terminal's session, forks again so we are
+/// not a session leader and can never reacquire a controlling terminal,
+/// `chdir("/")` so no mount is held busy, umask 022. The daemon then binds
+/// its sockets and builds its event loop (after the forks: an epoll
+/// instance only reports a signalfd for the process that registered it)
+/// and calls `Detached::ready`, which puts stdin/stdout/stderr on
+/// /dev/null and lets the parent exit 0; or `Detached::failed`, which makes
+/// the parent print the error and exit with its status.
+pub fn detach() -> io::Result<Detached> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 fills the local array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds are fresh and ours.
+    let (read, write) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    // SAFETY: summond is single-threaded here; the parent only reads the
+    // pipe and leaves with _exit, running no destructors (the pidfile).
+    match unsafe { libc::fork() } {
+        -1 => return Err(io::Error::last_os_error()),
+        0 => drop(read),
+        _ => {
+            drop(write);
+            wait_for_daemon(read)
+        }
+    }
+    // SAFETY: plain syscalls in the only thread of the child.
+    unsafe {
+        if libc::setsid() == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        match libc::fork() {
+            -1 => return Err(io::Error::last_os_error()),
+            0 => {}
+            _ => libc::_exit(0),
+        }
+        libc::umask(0o022);
+    }
+    std::env::set_current_dir("/")?;
+    Ok(Detached { report: write })
+}
+
+/// The original parent: relay the daemon's startup outcome and exit.
+fn wait_for_daemon(mut read: File) -> ! {
+    use std::io::Read;
+    let mut report = Vec::new();
+    let _ = read.read_to_end(&mut report);
+    let code = match report.split_first() {
+        Some((&b'0', _)) => 0,
+        Some((&code, message)) => {
+            eprintln!("summond: {}", String::from_utf8_lossy(message));
+            code.saturating_sub(b'0').max(1)
+        }
+        None => {
+            eprintln!("summond: the daemon exited during startup");
+            1
+        }
+    };
+    // SAFETY: leaving the process without running destructors.
+    unsafe { libc::_exit(i32::from(code)) }
+}
+
+/// The daemon's half of the startup report.
+pub struct Detached {
+    report: File,
+}
+
+impl Detached {
+    /// Serving: detach stdio and let the parent exit 0.
+    pub fn ready(mut self) -> io::Result<()> {
+        // SAFETY: the fd juggling only touches 0-2.
+        unsafe {
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+            if null < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            for fd in 0..3 {
+                // dup2 clears CLOEXEC on 0-2, which children inherit.
+                if libc::dup2(null, fd) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if null > 2 {
+                libc::close(null);
+            }
+        }
+        self.report.write_all(b"0")
+    }
+
+    /// Startup failed: the parent prints `message` and exits `code`.
+    pub fn failed(mut self, code: u8, message: &str) {
+        let mut report = vec![b'0' + code];
+        report.extend_from_slice(message.as_bytes());
+        let _ = self.report.write_all(&report);
+    }
+}
+
+#[derive(Debug)]
+pub enum PidfileError {
+    Open(PathBuf, io::Error),
+    /// Another summond holds the lock.
+    Held {
+        path: PathBuf,
+        pid: Option<u32>,
+    },
+    Write(PathBuf, io::Error),
+}
+
+impl fmt::Display for PidfileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PidfileError::Open(p, e) => write!(f, "pidfile {}: {e}", p.display()),
+            PidfileError::Held {
+                path,
+                pid: Some(pid),
+            } => write!(
+                f,
+                "already running as pid {pid} (pidfile {} is locked)",
+                path.display()
+            ),
+            PidfileError::Held { path, pid: None } => write!(
+                f,
+                "already running (pidfile {} is locked by another process)",
+                path.display()
+            ),
+            PidfileError::Write(p, e) => write!(f, "writing pidfile {}: {e}", p.display()),
+        }
+    }
+}
+
+impl std::error::Error for PidfileError {}
+
+/// A pidfile held with `flock`: a second instance finds it locked and
+/// refuses; a file nobody holds is stale (its owner died) and is taken
+/// over. The lock lives as long as the open file, so it follows summond
+/// through `daemonize`'s forks. Removed on drop (a clean exit).
+pub struct Pidfile {
+    file: File,
+    path: PathBuf,
+}
+
+impl Pidfile {
+    pub fn acquire(path: &Path) -> Result<Pidfile, PidfileError> {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(path)
+            .map_err(|e| PidfileError::Open(path.into(), e))?;
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let pid = std::fs::read_to_string(path)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok());
+                return Err(PidfileError::Held {
+                    path: path.into(),
+                    pid,
+                });
+            }
+            return Err(PidfileError::Open(path.into(), err));
+        }
+        Ok(Pidfile {
+            file,
+            path: path.into(),
+        })
+    }
+
+    /// Record our pid (after daemonizing, so it is the final one).
+    pub fn write_pid(&mut self) -> Result<(), PidfileError> {
+        let pid = format!("{}\n", std::process::id());
+        self.file
+            .set_len(0)
+            .and_then(|()| self.file.write_all_at(pid.as_bytes(), 0))
+            .map_err(|e| PidfileError::Write(self.path.clone(), e))
+    }
+}
+
+impl Drop for Pidfile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }

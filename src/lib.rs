@@ -6,6 +6,7 @@ pub mod access;
 pub mod addr;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemonize;
 pub mod limits;
 pub mod listener;

@@ -1,32 +1,112 @@
-//! Log output: env_logger to stderr, with the level from `--log-level` or,
-//! without it, `RUST_LOG` (default `info`). Callers format their messages.
+//! Log output. In the foreground: env_logger to stderr. With `-d`: a small
+//! `log::Log` that sends RFC 3164 lines to the local syslog socket
+//! (`/dev/log`, datagrams, facility daemon). The level comes from
+//! `--log-level` or, without it, `RUST_LOG` (default `info`). Callers
+//! format their messages.
 
 use std::io::Write;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
 
-use log::LevelFilter;
+use log::{Level, LevelFilter, Log, Metadata, Record};
 
-pub fn init(level: Option<LevelFilter>) {
-    let mut builder = env_logger::Builder::new();
+/// Where syslog listens; `SUMMOND_SYSLOG_SOCKET` overrides it (containers
+/// with a relay elsewhere, and the tests).
+const SYSLOG_SOCKET: &str = "/dev/log";
+const LOG_DAEMON: u8 = 3 << 3;
+
+fn filter(level: Option<LevelFilter>) -> env_filter::Filter {
+    let mut b = env_filter::Builder::new();
     match level {
         Some(l) => {
-            builder.filter_level(l);
+            b.filter_level(l);
         }
         None => {
-            builder.filter_level(LevelFilter::Info);
+            b.filter_level(LevelFilter::Info);
+            if let Ok(spec) = std::env::var("RUST_LOG") {
+                b.parse(&spec);
+            }
+        }
+    }
+    b.build()
+}
+
+/// Log to stderr (foreground) or to syslog (`-d`).
+pub fn init(level: Option<LevelFilter>, to_syslog: bool) {
+    let filter = filter(level);
+    log::set_max_level(filter.filter());
+    // A second init (tests) keeps the first logger.
+    let _ = if to_syslog {
+        log::set_boxed_logger(Box::new(Syslog::new(filter)))
+    } else {
+        let mut builder = env_logger::Builder::new();
+        builder.filter_level(filter.filter()).format(|buf, record| {
+            writeln!(
+                buf,
+                "{} {:<5} {}",
+                buf.timestamp_millis(),
+                record.level(),
+                record.args()
+            )
+        });
+        if level.is_none() {
             if let Ok(spec) = std::env::var("RUST_LOG") {
                 builder.parse_filters(&spec);
             }
         }
+        log::set_boxed_logger(Box::new(builder.build()))
+    };
+}
+
+struct Syslog {
+    filter: env_filter::Filter,
+    socket: Option<UnixDatagram>,
+    path: PathBuf,
+}
+
+impl Syslog {
+    fn new(filter: env_filter::Filter) -> Syslog {
+        let path = std::env::var_os("SUMMOND_SYSLOG_SOCKET")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(SYSLOG_SOCKET));
+        // Unconnected, addressed per message: a syslog daemon restarting
+        // under us costs the lines sent while it is down, nothing more.
+        Syslog {
+            filter,
+            socket: UnixDatagram::unbound().ok(),
+            path,
+        }
     }
-    builder.format(|buf, record| {
-        writeln!(
-            buf,
-            "{} {:<5} {}",
-            buf.timestamp_millis(),
-            record.level(),
-            record.args()
-        )
-    });
-    // A second init (tests) keeps the first logger.
-    let _ = builder.try_init();
+}
+
+fn severity(level: Level) -> u8 {
+    match level {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug | Level::Trace => 7,
+    }
+}
+
+impl Log for Syslog {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        self.filter.enabled(metadata)
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if !self.filter.matches(record) {
+            return;
+        }
+        if let Some(socket) = &self.socket {
+            let line = format!(
+                "<{}>summond[{}]: {}",
+                LOG_DAEMON | severity(record.level()),
+                std::process::id(),
+                record.args()
+            );
+            let _ = socket.send_to(line.as_bytes(), &self.path);
+        }
+    }
+
+    fn flush(&self) {}
 }

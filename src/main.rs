@@ -2,14 +2,17 @@
 //! and map its outcome to SPEC's exit status (0 clean, 1 runtime failure,
 //! 2 bad usage or bad config).
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use log::error;
+use log::warn;
 
 use summond::cli::{self, Command, RunArgs};
 use summond::config::{self, Host};
+use summond::control;
+use summond::daemonize::{self, Pidfile};
+use summond::logging;
 use summond::server::{RunOptions, Server};
-use summond::{daemonize, logging};
 
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
@@ -18,16 +21,15 @@ fn main() -> ExitCode {
     match cli::parse() {
         Command::Check { config } => check(&config),
         Command::Run(args) => run(args),
-        Command::Status { .. } => {
-            eprintln!(
-                "summond: status needs a control socket, which this build does not serve yet"
-            );
-            ExitCode::from(EXIT_RUNTIME)
-        }
+        Command::Status {
+            config,
+            control,
+            json,
+        } => status(&config, control, json),
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(path: &Path) -> ExitCode {
     match config::load(path, &Host::current()) {
         Ok(c) => {
             println!("ok: {} services", c.services.len());
@@ -40,9 +42,16 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
+fn fail(code: u8, what: impl std::fmt::Display) -> ExitCode {
+    eprintln!("summond: {what}");
+    ExitCode::from(code)
+}
+
 fn run(args: RunArgs) -> ExitCode {
-    logging::init(args.log_level);
-    let config = match config::load(&args.config, &Host::current()) {
+    logging::init(args.log_level, args.daemon);
+    // Absolute, so SIGHUP re-reads the same file after `-d` chdirs to /.
+    let path = std::fs::canonicalize(&args.config).unwrap_or(args.config);
+    let config = match config::load(&path, &Host::current()) {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{errors}");
@@ -50,28 +59,94 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     if let Err(e) = daemonize::ensure_std_fds().and_then(|()| daemonize::mark_inherited_cloexec()) {
-        error!("cannot prepare file descriptors: {e}");
-        return ExitCode::from(EXIT_RUNTIME);
+        return fail(
+            EXIT_RUNTIME,
+            format!("cannot prepare file descriptors: {e}"),
+        );
     }
     let child_nofile = match daemonize::raise_nofile() {
         Ok(original) => Some(original),
         Err(e) => {
-            log::warn!("cannot raise RLIMIT_NOFILE: {e}");
+            warn!("cannot raise RLIMIT_NOFILE: {e}");
             None
         }
     };
-    let mut server = match Server::new(config, RunOptions { child_nofile }) {
-        Ok(s) => s,
-        Err(e) => {
-            error!("{e}");
+    // The lock first: a second instance must say "already running", not
+    // fail to bind the first one's ports.
+    let mut pidfile = match args.pidfile.as_deref().map(Pidfile::acquire).transpose() {
+        Ok(p) => p,
+        Err(e) => return fail(EXIT_RUNTIME, e),
+    };
+    let detached = if args.daemon {
+        match daemonize::detach() {
+            Ok(d) => Some(d),
+            Err(e) => return fail(EXIT_RUNTIME, format!("cannot daemonize: {e}")),
+        }
+    } else {
+        None
+    };
+    let started = Server::new(config, RunOptions { child_nofile })
+        .map_err(|e| e.to_string())
+        .and_then(|server| match pidfile.as_mut().map(Pidfile::write_pid) {
+            Some(Err(e)) => Err(e.to_string()),
+            _ => Ok(server),
+        });
+    let mut server = match (started, detached) {
+        (Ok(server), None) => server,
+        (Ok(server), Some(d)) => match d.ready() {
+            Ok(()) => server,
+            Err(e) => return ExitCode::from(log_fatal(format!("cannot detach: {e}"))),
+        },
+        (Err(e), None) => return fail(EXIT_RUNTIME, e),
+        (Err(e), Some(d)) => {
+            // The waiting parent prints it on the terminal.
+            d.failed(EXIT_RUNTIME, &e);
             return ExitCode::from(EXIT_RUNTIME);
         }
     };
-    match server.run() {
+    let result = server.run();
+    drop(pidfile);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            error!("{e}");
-            ExitCode::from(EXIT_RUNTIME)
+        Err(e) => ExitCode::from(log_fatal(e)),
+    }
+}
+
+/// A fatal error once serving: stderr may be /dev/null by now, so log it.
+fn log_fatal(e: impl std::fmt::Display) -> u8 {
+    log::error!("{e}");
+    EXIT_RUNTIME
+}
+
+fn status(config: &Path, control_path: Option<PathBuf>, json: bool) -> ExitCode {
+    let socket = match control_path {
+        Some(p) => p,
+        None => match config::control_socket(config) {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                return fail(
+                    EXIT_CONFIG,
+                    control::ControlError::NoControlSocket(config.into()),
+                )
+            }
+            Err(errors) => {
+                eprintln!("{errors}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+    };
+    match control::query(&socket) {
+        Ok(status) if json => {
+            println!(
+                "{}",
+                serde_json::to_string(&status).expect("a Status always serialises")
+            );
+            ExitCode::SUCCESS
         }
+        Ok(status) => {
+            print!("{}", control::render_table(&status));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(EXIT_RUNTIME, e),
     }
 }

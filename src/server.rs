@@ -19,7 +19,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use log::{debug, error, info, log, warn, Level};
 use mio::unix::SourceFd;
@@ -32,6 +32,7 @@ use socket2::Socket;
 
 use crate::addr::ListenAddr;
 use crate::config::{self, Config, Host, Pass, ServiceSpec};
+use crate::control::{ServiceStatus, Status};
 use crate::limits::{Backoff, Counter, CrashGuard};
 use crate::listener::{self, ListenError, ListenOptions, Listener};
 use crate::peer::{Peer, SourceKey};
@@ -39,6 +40,9 @@ use crate::signals::{self, Signals};
 use crate::spawn::{self, ChildSetup, ExecImage, ExecStatus, Stage};
 
 const SIGNALS: Token = Token(0);
+const CONTROL: Token = Token(1);
+/// SPEC: the control socket is for root (or summond's user) only.
+const CONTROL_SOCKET_MODE: u32 = 0o600;
 const FIRST_DYNAMIC_TOKEN: usize = 16;
 
 /// Startup failures (exit 1). Anything after startup is logged, not returned.
@@ -50,6 +54,7 @@ pub enum ServerError {
         addr: ListenAddr,
         err: ListenError,
     },
+    Control(PathBuf, ListenError),
 }
 
 impl fmt::Display for ServerError {
@@ -58,6 +63,9 @@ impl fmt::Display for ServerError {
             ServerError::Setup(what, e) => write!(f, "{what}: {e}"),
             ServerError::Bind { service, addr, err } => {
                 write!(f, "bind {addr} for service \"{service}\": {err}")
+            }
+            ServerError::Control(path, err) => {
+                write!(f, "control socket {}: {err}", path.display())
             }
         }
     }
@@ -77,6 +85,23 @@ pub struct RunOptions {
 enum Source {
     Listener(ListenAddr),
     ExecStatus(Pid),
+    ControlClient,
+}
+
+/// A status reply still being written to a slow `summond status` client.
+struct ControlClient {
+    socket: Socket,
+    reply: Vec<u8>,
+    written: usize,
+}
+
+/// An accepted client whose child could not be started for lack of fds or
+/// processes; it is started when the back-off ends instead of being
+/// dropped.
+struct PendingConnection {
+    addr: ListenAddr,
+    conn: Socket,
+    peer: Peer,
 }
 
 struct OpenSocket {
@@ -96,6 +121,15 @@ pub struct Stats {
     pub refused: u64,
     pub spawn_failures: u64,
     pub last_exit: Option<String>,
+}
+
+/// What became of an attempt to start a child.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Launch {
+    Started,
+    /// Out of fds or processes: try again after the back-off.
+    RetryLater,
+    Failed,
 }
 
 struct ServiceRuntime {
@@ -138,6 +172,9 @@ pub struct Server {
     opts: RunOptions,
     /// EMFILE/ENFILE/EAGAIN back-off: no listener is watched while paused.
     resources: Backoff,
+    pending: Vec<PendingConnection>,
+    control: Option<Listener>,
+    control_clients: HashMap<Token, ControlClient>,
     stopping: bool,
 }
 
@@ -155,6 +192,22 @@ fn describe_status(status: &WaitStatus) -> (String, bool) {
         ),
         other => (format!("{other:?}"), false),
     }
+}
+
+/// Write what the socket takes; true when the reply is done (or the
+/// client is gone).
+fn flush_control_reply(c: &mut ControlClient) -> bool {
+    use std::io::Write;
+    while c.written < c.reply.len() {
+        match (&c.socket).write(&c.reply[c.written..]) {
+            Ok(0) => return true,
+            Ok(n) => c.written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return true,
+        }
+    }
+    true
 }
 
 fn is_resource_error(e: &io::Error) -> bool {
@@ -201,6 +254,9 @@ impl Server {
             inherited_env: std::env::vars_os().collect(),
             opts,
             resources: Backoff::default(),
+            pending: Vec::new(),
+            control: None,
+            control_clients: HashMap::new(),
             stopping: false,
         };
         server.apply_config(config)?;
@@ -229,16 +285,20 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     SIGNALS => self.handle_signals(),
+                    CONTROL => self.accept_control_clients(),
                     token => match self.sources.get(&token).cloned() {
                         Some(Source::Listener(addr)) => self.on_listener_ready(&addr),
                         Some(Source::ExecStatus(pid)) => self.on_exec_status(pid),
+                        Some(Source::ControlClient) => self.write_control_reply(token),
                         // A source removed earlier in this batch.
                         None => {}
                     },
                 }
             }
             // Holds and back-offs that ran out re-arm their listeners.
-            self.sync_all(Instant::now());
+            let now = Instant::now();
+            self.retry_pending(now);
+            self.sync_all(now);
         }
         self.shutdown();
         Ok(())
@@ -351,6 +411,7 @@ impl Server {
             return;
         }
         if self.services[idx].spec.accept {
+            self.retry_pending(Instant::now());
             self.accept_connections(idx, addr);
         } else {
             self.start_pass_child(idx, addr);
@@ -401,24 +462,36 @@ impl Server {
 
     /// One accepted client: access rules, per-source count, then a child.
     fn start_connection(&mut self, idx: usize, addr: &ListenAddr, conn: Socket, peer: Peer) {
-        let svc = &mut self.services[idx];
-        let name = &svc.spec.name;
+        let svc = &self.services[idx];
         if let Some(ip) = peer.ip() {
             if let Err(why) = svc.spec.access.permits(ip) {
-                svc.stats.refused += 1;
-                info!("{name}: refused {peer} ({why})");
+                self.refuse(idx, &peer, &why.to_string());
                 return;
             }
         }
-        let source = peer.source_key();
-        if let (Some(max), Some(key)) = (svc.spec.max_per_source, source) {
+        if let (Some(max), Some(key)) = (svc.spec.max_per_source, peer.source_key()) {
             if svc.per_source.get(&key) >= max {
-                svc.stats.refused += 1;
-                info!("{name}: refused {peer} (max_per_source {max} reached)");
+                self.refuse(idx, &peer, &format!("max_per_source {max} reached"));
                 return;
             }
         }
-        let spec = &svc.spec;
+        debug!("{}: connection from {peer} on {addr}", svc.spec.name);
+        self.launch_connection(idx, addr, conn, peer);
+    }
+
+    /// The one place a refusal is counted and logged; the connection is
+    /// closed when the caller drops it.
+    fn refuse(&mut self, idx: usize, peer: &Peer, why: &str) {
+        let svc = &mut self.services[idx];
+        svc.stats.refused += 1;
+        info!("{}: refused {peer} ({why})", svc.spec.name);
+    }
+
+    /// Start the child for an accepted, admitted connection. If fds or
+    /// processes ran out, keep the connection for a retry after the
+    /// back-off rather than dropping the client.
+    fn launch_connection(&mut self, idx: usize, addr: &ListenAddr, conn: Socket, peer: Peer) {
+        let spec = &self.services[idx].spec;
         let fds = spawn::plan_fds(
             spec.pass,
             spec.stderr,
@@ -431,9 +504,42 @@ impl Server {
             env.push(spawn::env_var("LISTEN_FDS", 1));
             env.push(spawn::env_var("LISTEN_FDNAMES", "connection"));
         }
-        debug!("{name}: connection from {peer} on {addr}");
-        self.spawn_child(idx, &fds, &env, listen_pid, Some(peer), source, Vec::new());
-        // `conn` drops here: the child has its own copy.
+        let source = peer.source_key();
+        let outcome = self.spawn_child(
+            idx,
+            &fds,
+            &env,
+            listen_pid,
+            Some(peer.clone()),
+            source,
+            Vec::new(),
+        );
+        if outcome == Launch::RetryLater {
+            self.pending.push(PendingConnection {
+                addr: addr.clone(),
+                conn,
+                peer,
+            });
+        }
+        // Otherwise `conn` drops here: the child has its own copy.
+    }
+
+    /// Start children for connections kept through a back-off, as soon as
+    /// their service may.
+    fn retry_pending(&mut self, now: Instant) {
+        if self.pending.is_empty() || self.resources.is_paused(now) {
+            return;
+        }
+        for p in std::mem::take(&mut self.pending) {
+            match self.sockets.get(&p.addr).map(|s| s.service) {
+                Some(idx) if self.may_spawn(idx, now) => {
+                    self.launch_connection(idx, &p.addr, p.conn, p.peer)
+                }
+                Some(_) => self.pending.push(p),
+                // The address went away in a reload: the client is closed.
+                None => {}
+            }
+        }
     }
 
     /// `accept = false`: hand the socket(s) over and stop watching them
@@ -471,13 +577,14 @@ impl Server {
             env.push(spawn::env_var("LISTEN_FDS", payload.len()));
             env.push(spawn::env_var("LISTEN_FDNAMES", names.join(":")));
         }
-        if !self.spawn_child(idx, &fds, &env, listen_pid, None, None, holds.clone()) {
+        if self.spawn_child(idx, &fds, &env, listen_pid, None, None, holds.clone())
+            != Launch::Started
+        {
             self.release_sockets(&holds, None);
         }
     }
 
-    /// Fork and exec for service `idx`; record the child. Returns whether a
-    /// child was started.
+    /// Fork and exec for service `idx`; record the child.
     #[allow(clippy::too_many_arguments)]
     fn spawn_child(
         &mut self,
@@ -488,7 +595,7 @@ impl Server {
         peer: Option<Peer>,
         source: Option<SourceKey>,
         holds: Vec<ListenAddr>,
-    ) -> bool {
+    ) -> Launch {
         let setup = ChildSetup {
             fds,
             env,
@@ -496,24 +603,27 @@ impl Server {
             nofile: self.opts.child_nofile,
         };
         let now = Instant::now();
-        let svc = &mut self.services[idx];
-        let spawned = match spawn::spawn(&svc.image, &setup) {
+        let spawned = match spawn::spawn(&self.services[idx].image, &setup) {
             Ok(s) => s,
             Err(e) => {
-                svc.stats.spawn_failures += 1;
+                self.count_spawn_failure(idx);
                 let who = peer
                     .as_ref()
                     .map(|p| format!(" for {p}"))
                     .unwrap_or_default();
-                let what = format!("{}: cannot start{who}", svc.spec.name);
+                let what = format!(
+                    "{}: cannot start a child{who}",
+                    self.services[idx].spec.name
+                );
                 if is_resource_error(e.io_error()) {
-                    self.resource_fault(&what, e.io_error(), now);
-                } else {
-                    error!("{what}: {e}");
+                    self.resource_fault(&what, &e, now);
+                    return Launch::RetryLater;
                 }
-                return false;
+                error!("{what}: {e}");
+                return Launch::Failed;
             }
         };
+        let svc = &mut self.services[idx];
         svc.active += 1;
         svc.stats.served += 1;
         if let Some(key) = source {
@@ -555,12 +665,17 @@ impl Server {
         if self.resources.success() {
             info!("resources available again: accepting connections");
         }
-        true
+        Launch::Started
+    }
+
+    /// The one place a spawn failure (fork, pipe or exec) is counted.
+    fn count_spawn_failure(&mut self, idx: usize) {
+        self.services[idx].stats.spawn_failures += 1;
     }
 
     /// EMFILE/ENFILE/EAGAIN: log once per episode, stop watching every
     /// listener until the back-off deadline.
-    fn resource_fault(&mut self, what: &str, err: &io::Error, now: Instant) {
+    fn resource_fault(&mut self, what: &str, err: &dyn fmt::Display, now: Instant) {
         let (until, first) = self.resources.fault(now);
         if first {
             warn!(
@@ -606,17 +721,16 @@ impl Server {
             .map(|p| format!(" for {p}"))
             .unwrap_or_default();
         let name = child.service.clone();
-        let svc = self.service_index(&name).map(|i| &mut self.services[i]);
-        let program = svc
-            .as_ref()
-            .map(|s| s.spec.program.display().to_string())
+        let idx = self.service_index(&name);
+        let program = idx
+            .map(|i| self.services[i].spec.program.display().to_string())
             .unwrap_or_default();
         match stage {
             Stage::Exec => error!("{name}: exec {program}{who}: {err}"),
             _ => error!("{name}: child {pid}{who} failed to {stage} before exec {program}: {err}"),
         }
-        if let Some(svc) = svc {
-            svc.stats.spawn_failures += 1;
+        if let Some(i) = idx {
+            self.count_spawn_failure(i);
         }
     }
 
@@ -700,6 +814,94 @@ impl Server {
         }
     }
 
+    // ---- status -------------------------------------------------------
+
+    /// A snapshot for `summond status`. `active` is counted from the child
+    /// table itself, so it can never drift from what is running.
+    pub fn status(&self) -> Status {
+        let mut active: HashMap<&str, u64> = HashMap::new();
+        for child in self.children.values() {
+            *active.entry(child.service.as_str()).or_default() += 1;
+        }
+        Status {
+            pid: std::process::id(),
+            config: self.config.path.display().to_string(),
+            children: self.children.len() as u64,
+            max_children: u64::from(self.config.daemon.max_children),
+            services: self
+                .services
+                .iter()
+                .map(|svc| ServiceStatus {
+                    name: svc.spec.name.clone(),
+                    addresses: svc.spec.listen.iter().map(|l| l.addr.to_string()).collect(),
+                    mode: svc.spec.mode().to_string(),
+                    active: active.get(svc.spec.name.as_str()).copied().unwrap_or(0),
+                    served: svc.stats.served,
+                    refused: svc.stats.refused,
+                    spawn_failures: svc.stats.spawn_failures,
+                    last_exit: svc.stats.last_exit.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn accept_control_clients(&mut self) {
+        loop {
+            let Some(control) = &self.control else {
+                return;
+            };
+            match control.socket.accept() {
+                Ok((socket, _)) => {
+                    let mut client = ControlClient {
+                        socket,
+                        reply: self.status().to_json_line(),
+                        written: 0,
+                    };
+                    if client.socket.set_nonblocking(true).is_err()
+                        || flush_control_reply(&mut client)
+                    {
+                        continue;
+                    }
+                    // A big status for a slow reader: finish when writable.
+                    let token = self.next_token();
+                    let fd = client.socket.as_raw_fd();
+                    if self
+                        .poll
+                        .registry()
+                        .register(&mut SourceFd(&fd), token, Interest::WRITABLE)
+                        .is_ok()
+                    {
+                        self.sources.insert(token, Source::ControlClient);
+                        self.control_clients.insert(token, client);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // The client stays queued; the next one wakes us again.
+                    warn!("control socket: accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn write_control_reply(&mut self, token: Token) {
+        let done = match self.control_clients.get_mut(&token) {
+            Some(client) => flush_control_reply(client),
+            None => return,
+        };
+        if done {
+            if let Some(client) = self.control_clients.remove(&token) {
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&client.socket.as_raw_fd()));
+            }
+            self.sources.remove(&token);
+        }
+    }
+
     // ---- reload ---------------------------------------------------------
 
     fn reload(&mut self) {
@@ -752,6 +954,24 @@ impl Server {
                 }
             }
         }
+
+        let new_control = match &new.daemon.control {
+            Some(path)
+                if self.control.as_ref().and_then(|c| c.addr.socket_file()) != Some(path) =>
+            {
+                let addr = ListenAddr::Unix(crate::addr::UnixPath::File(path.clone()));
+                let opts = ListenOptions {
+                    socket_mode: Some(CONTROL_SOCKET_MODE),
+                    backlog: None,
+                };
+                match listener::open(&addr, opts) {
+                    Ok(l) => Some(Some(l)),
+                    Err(err) => return Err(ServerError::Control(path.clone(), err)),
+                }
+            }
+            Some(_) => None,
+            None => Some(None),
+        };
 
         // Runtime state follows the service name across reloads.
         let mut old: HashMap<String, ServiceRuntime> = self
@@ -822,9 +1042,32 @@ impl Server {
                 debug!("closed {addr}");
             }
         }
+        if let Some(control) = new_control {
+            self.set_control(control);
+        }
         self.config = new;
         self.sync_all(Instant::now());
         Ok(())
+    }
+
+    /// Swap the control socket (the old one's file is removed on drop).
+    fn set_control(&mut self, control: Option<Listener>) {
+        if let Some(old) = self.control.take() {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&old.socket.as_raw_fd()));
+        }
+        if let Some(new) = &control {
+            if let Err(e) = self.poll.registry().register(
+                &mut SourceFd(&new.socket.as_raw_fd()),
+                CONTROL,
+                Interest::READABLE,
+            ) {
+                error!("control socket {}: {e}", new.addr);
+            }
+        }
+        self.control = control;
     }
 
     // ---- stop -------------------------------------------------------
@@ -838,6 +1081,7 @@ impl Server {
             self.set_watched(a, false);
         }
         self.sockets.clear();
+        self.set_control(None);
         for (pid, child) in &self.children {
             if child.is_pass_mode() {
                 if let Err(e) = kill(*pid, Signal::SIGTERM) {
@@ -851,16 +1095,5 @@ impl Server {
         } else {
             info!("stopped");
         }
-    }
-
-    /// The config file this server reloads from.
-    pub fn config_path(&self) -> &PathBuf {
-        &self.config.path
-    }
-
-    /// Time until the earliest timer, for tests of the loop's idleness.
-    pub fn idle_timeout(&self) -> Option<Duration> {
-        self.next_deadline()
-            .map(|d| d.saturating_duration_since(Instant::now()))
     }
 }

@@ -1,0 +1,231 @@
+//! The status socket: its protocol, the `Status` snapshot, the table
+//! `summond status` prints, and the client side of it.
+//!
+//! Protocol: a client connects to the Unix socket (mode 0600); summond
+//! writes one JSON document (the `Status` below) followed by a newline and
+//! closes. Nothing is read from the client, so a client can never stall the
+//! loop; summond writes without blocking and finishes a long answer when
+//! the socket is writable again. This module only renders snapshots; the
+//! server fills them in.
+
+use std::fmt;
+use std::io::{self, Read};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How long `summond status` waits for an answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub addresses: Vec<String>,
+    pub mode: String,
+    /// Children of this service running now.
+    pub active: u64,
+    /// Children started: connections served in accept mode.
+    pub served: u64,
+    /// Clients turned away by allow/deny or max_per_source.
+    pub refused: u64,
+    /// fork/pipe failures and failed execs.
+    pub spawn_failures: u64,
+    /// How the last child ended, e.g. "exited with status 0".
+    pub last_exit: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub pid: u32,
+    pub config: String,
+    pub children: u64,
+    pub max_children: u64,
+    pub services: Vec<ServiceStatus>,
+}
+
+impl Status {
+    pub fn to_json_line(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec(self).expect("a Status always serialises");
+        out.push(b'\n');
+        out
+    }
+}
+
+const HEADERS: [&str; 8] = [
+    "NAME",
+    "ADDRESSES",
+    "MODE",
+    "ACTIVE",
+    "SERVED",
+    "REFUSED",
+    "FAILED",
+    "LAST EXIT",
+];
+
+/// A table with a header row and one row per service, columns padded to
+/// their widest cell.
+pub fn render_table(status: &Status) -> String {
+    let rows: Vec<[String; 8]> = status
+        .services
+        .iter()
+        .map(|s| {
+            [
+                s.name.clone(),
+                s.addresses.join(","),
+                s.mode.clone(),
+                s.active.to_string(),
+                s.served.to_string(),
+                s.refused.to_string(),
+                s.spawn_failures.to_string(),
+                s.last_exit.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let mut widths = HEADERS.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let header = HEADERS.map(String::from);
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (cell, w))| {
+                if i == row.len() - 1 {
+                    cell.clone()
+                } else {
+                    format!("{cell:<w$}")
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[derive(Debug)]
+pub enum ControlError {
+    NoControlSocket(PathBuf),
+    Connect(PathBuf, io::Error),
+    Read(PathBuf, io::Error),
+    BadAnswer(PathBuf, serde_json::Error),
+}
+
+impl fmt::Display for ControlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ControlError::NoControlSocket(config) => write!(
+                f,
+                "{} sets no [daemon] control socket; set one or pass --control PATH",
+                config.display()
+            ),
+            ControlError::Connect(p, e) => {
+                write!(
+                    f,
+                    "cannot connect to {}: {e} (is summond running?)",
+                    p.display()
+                )
+            }
+            ControlError::Read(p, e) => write!(f, "reading from {}: {e}", p.display()),
+            ControlError::BadAnswer(p, e) => {
+                write!(
+                    f,
+                    "{} answered something that is not a status: {e}",
+                    p.display()
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for ControlError {}
+
+/// Ask the summond behind `socket` for its status.
+pub fn query(socket: &Path) -> Result<Status, ControlError> {
+    let mut stream =
+        UnixStream::connect(socket).map_err(|e| ControlError::Connect(socket.into(), e))?;
+    stream
+        .set_read_timeout(Some(CLIENT_TIMEOUT))
+        .map_err(|e| ControlError::Read(socket.into(), e))?;
+    let mut text = String::new();
+    stream
+        .read_to_string(&mut text)
+        .map_err(|e| ControlError::Read(socket.into(), e))?;
+    serde_json::from_str(text.trim_end()).map_err(|e| ControlError::BadAnswer(socket.into(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Status {
+        Status {
+            pid: 42,
+            config: "/etc/summond/summond.toml".into(),
+            children: 1,
+            max_children: 1024,
+            services: vec![
+                ServiceStatus {
+                    name: "echo".into(),
+                    addresses: vec!["tcp://127.0.0.1:7007".into()],
+                    mode: "accept/stdio".into(),
+                    active: 1,
+                    served: 120,
+                    refused: 3,
+                    spawn_failures: 0,
+                    last_exit: Some("exited with status 0".into()),
+                },
+                ServiceStatus {
+                    name: "tftp".into(),
+                    addresses: vec!["udp://0.0.0.0:69".into(), "udp://[::]:69".into()],
+                    mode: "pass/stdio".into(),
+                    active: 0,
+                    served: 0,
+                    refused: 0,
+                    spawn_failures: 2,
+                    last_exit: None,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn table_has_a_header_and_a_row_per_service() {
+        let t = render_table(&sample());
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("NAME  ADDRESSES"));
+        assert!(lines[0].ends_with("LAST EXIT"));
+        let cols: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            &cols[..7],
+            [
+                "echo",
+                "tcp://127.0.0.1:7007",
+                "accept/stdio",
+                "1",
+                "120",
+                "3",
+                "0"
+            ]
+        );
+        assert!(lines[2].contains("udp://0.0.0.0:69,udp://[::]:69"));
+        assert!(lines[2].ends_with(" -"));
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let s = sample();
+        let line = s.to_json_line();
+        assert_eq!(*line.last().unwrap(), b'\n');
+        let back: Status = serde_json::from_slice(&line).unwrap();
+        assert_eq!(back, s);
+    }
+}
