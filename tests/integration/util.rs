@@ -129,6 +129,8 @@ pub struct Start<'a> {
     pub env: &'a [(&'a str, &'a str)],
     /// Wait for the "serving" line (false for runs expected to fail).
     pub wait_ready: bool,
+    /// RLIMIT_NOFILE (soft, hard) to start summond with.
+    pub nofile: Option<(u64, u64)>,
 }
 
 impl Default for Start<'_> {
@@ -138,6 +140,7 @@ impl Default for Start<'_> {
             args: &[],
             env: &[],
             wait_ready: true,
+            nofile: None,
         }
     }
 }
@@ -174,6 +177,22 @@ impl Summond {
             .stderr(log_file);
         for (k, v) in opts.env {
             cmd.env(k, v);
+        }
+        if let Some((soft, hard)) = opts.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = nix::libc::rlimit {
+                        rlim_cur: soft,
+                        rlim_max: hard,
+                    };
+                    if nix::libc::setrlimit(nix::libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let child = cmd.spawn().expect("spawn summond");
         let mut s = Summond {
@@ -251,6 +270,29 @@ impl Summond {
     pub fn write_config(&self, config: &str) {
         let text = config.replace("{dir}", &self.dir.0.display().to_string());
         std::fs::write(&self.config, text).expect("write config");
+    }
+
+    /// Rewrite the config, SIGHUP, and wait for the outcome line
+    /// ("reload done" or "reload failed") to appear once more.
+    pub fn reload(&self, config: &str) -> bool {
+        let before = self.log_text();
+        let outcomes =
+            |t: &str| t.matches("reload done").count() + t.matches("reload failed").count();
+        let n = outcomes(&before);
+        let done_before = before.matches("reload done").count();
+        self.write_config(config);
+        self.signal(nix::libc::SIGHUP);
+        assert!(
+            wait_until(TIMEOUT, || outcomes(&self.log_text()) > n),
+            "no reload outcome:\n{}",
+            self.log_text()
+        );
+        self.log_text().matches("reload done").count() > done_before
+    }
+
+    /// Count of log lines containing `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log_text().matches(needle).count()
     }
 }
 
@@ -348,6 +390,33 @@ pub fn udp_exchange(port: u16, payload: &[u8]) -> Option<Vec<u8>> {
     let mut buf = [0u8; 2048];
     let (n, _) = s.recv_from(&mut buf).ok()?;
     Some(buf[..n].to_vec())
+}
+
+/// Connect and expect the server to close without a byte: a refusal.
+pub fn closed_at_once(port: u16) -> bool {
+    let mut s = connect_tcp(SocketAddr::from(([127, 0, 0, 1], port)));
+    let mut buf = [0u8; 16];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    }
+}
+
+/// A TCP client that read nothing within `wait`: it is waiting.
+pub fn still_waiting(s: &mut TcpStream, wait: Duration) -> bool {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 16];
+    let waiting = matches!(s.read(&mut buf), Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut));
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    waiting
+}
+
+/// Read one line.
+pub fn read_line(s: &TcpStream) -> String {
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut line).unwrap();
+    line
 }
 
 /// `KEY=value` lines → the value of `key`.

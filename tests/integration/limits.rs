@@ -1,0 +1,100 @@
+//! max_instances and max_children make clients wait in the kernel backlog
+//! (the listener is unwatched, never accept-and-drop); max_per_source
+//! closes the extra connection at once and logs who it was.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::util::*;
+
+const HOLD: &str = "echo start; read x; echo done";
+
+fn connect(port: u16) -> TcpStream {
+    connect_tcp(([127, 0, 0, 1], port).into())
+}
+
+#[test]
+fn max_instances_makes_the_next_client_wait_in_the_backlog_until_a_child_exits() {
+    let port = free_port();
+    let s = Summond::start(&format!(
+        "[[service]]\nname = \"one\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {}\nmax_instances = 1\n",
+        sh(HOLD)
+    ));
+    let mut first = connect(port);
+    assert_eq!(read_line(&first), "start\n");
+    let mut waiting: Vec<TcpStream> = (0..3).map(|_| connect(port)).collect();
+    for w in &mut waiting {
+        assert!(
+            still_waiting(w, Duration::from_millis(200)),
+            "no child while at the limit"
+        );
+    }
+    assert_eq!(s.log_count("one: started pid"), 1);
+    // Free the slot: each waiting client is served in turn, none dropped.
+    first.write_all(b"go\n").unwrap();
+    for w in &mut waiting {
+        assert_eq!(read_line(w), "start\n");
+        w.write_all(b"go\n").unwrap();
+    }
+    assert!(wait_until(TIMEOUT, || s.log_count("one: started pid") == 4));
+    assert!(!s.log_text().contains("refused"));
+}
+
+#[test]
+fn max_children_caps_all_services_together() {
+    let (pa, pb) = (free_port(), free_port());
+    let s = Summond::start(&format!(
+        "[daemon]\nmax_children = 1\n\
+         [[service]]\nname = \"a\"\nlisten = \"tcp://127.0.0.1:{pa}\"\nexec = {}\n\
+         [[service]]\nname = \"b\"\nlisten = \"tcp://127.0.0.1:{pb}\"\nexec = {}\n",
+        sh(HOLD),
+        sh(HOLD)
+    ));
+    let mut a = connect(pa);
+    assert_eq!(read_line(&a), "start\n");
+    let mut b = connect(pb);
+    assert!(
+        still_waiting(&mut b, Duration::from_millis(300)),
+        "b waits for a's child"
+    );
+    a.write_all(b"go\n").unwrap();
+    assert_eq!(read_line(&b), "start\n");
+    assert!(!s.log_text().contains("refused"));
+}
+
+#[test]
+fn max_per_source_closes_the_extra_connection_at_once_and_logs_the_client() {
+    let port = free_port();
+    let s = Summond::start(&format!(
+        "[[service]]\nname = \"ps\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {}\nmax_per_source = 1\n",
+        sh(HOLD)
+    ));
+    let mut first = connect(port);
+    assert_eq!(read_line(&first), "start\n");
+    let extra = connect(port);
+    let extra_port = extra.local_addr().unwrap().port();
+    let mut buf = [0u8; 8];
+    assert_eq!(
+        std::io::Read::read(&mut &extra, &mut buf).unwrap(),
+        0,
+        "closed at once"
+    );
+    assert!(
+        s.wait_log(&format!(
+            "ps: refused 127.0.0.1:{extra_port} (max_per_source 1 reached)"
+        )),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(
+        s.log_count("ps: started pid"),
+        1,
+        "no fork for a refused client"
+    );
+    // once the first child is gone the same client may connect again
+    first.write_all(b"go\n").unwrap();
+    assert_eq!(read_line(&first), "done\n");
+    assert!(wait_until(TIMEOUT, || s.log_count("ps: pid ") == 1));
+    assert_eq!(read_line(&connect(port)), "start\n");
+}

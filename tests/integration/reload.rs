@@ -1,0 +1,211 @@
+//! SIGHUP: a diff keyed by address. Unchanged sockets stay open (no client
+//! is ever refused or reset during a reload), added services open, removed
+//! ones close, changed settings apply to the next child, a bad config
+//! keeps the old one running.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::util::*;
+
+fn echo_service(name: &str, port: u16, extra: &str) -> String {
+    format!("[[service]]\nname = \"{name}\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"cat\"]\n{extra}\n")
+}
+
+/// The inode of the socket listening on 127.0.0.1:port, from /proc/net/tcp.
+fn listen_inode(port: u16) -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&"0A")).then(|| f[9].to_string())
+    })
+}
+
+#[test]
+fn clients_connecting_during_repeated_reloads_are_never_refused_or_reset() {
+    let (port, other) = (free_port(), free_port());
+    let base = echo_service("echo", port, "");
+    let s = Summond::start(&base);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..3)
+        .map(|w| {
+            let (stop, ok) = (stop.clone(), ok.clone());
+            std::thread::spawn(move || {
+                let mut errors = Vec::new();
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) && i < 5000 {
+                    let msg = format!("w{w} n{i}\n");
+                    let res = std::panic::catch_unwind(|| tcp_port_exchange(port, msg.as_bytes()));
+                    match res {
+                        Ok(got) if got == msg => {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(got) => errors.push(format!("{msg:?} answered {got:?}")),
+                        Err(_) => errors.push(format!("{msg:?}: connect or i/o failed")),
+                    }
+                    i += 1;
+                }
+                errors
+            })
+        })
+        .collect();
+    // Reload 12 times under that load, each time changing something:
+    // an added service, then removed, an env change on the busy one.
+    for round in 0..12 {
+        let config = match round % 3 {
+            0 => format!("{base}{}", echo_service("other", other, "")),
+            1 => echo_service("echo", port, &format!("env = {{ ROUND = \"{round}\" }}")),
+            _ => base.clone(),
+        };
+        assert!(
+            s.reload(&config),
+            "reload {round} failed:\n{}",
+            s.log_text()
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    let errors: Vec<String> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{} failures, e.g. {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    assert!(
+        ok.load(Ordering::SeqCst) > 20,
+        "the load ran: {}",
+        ok.load(Ordering::SeqCst)
+    );
+    assert_eq!(s.log_count("reload done"), 12);
+}
+
+#[test]
+fn reload_adds_removes_and_changes_services_and_leaves_running_children_alone() {
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let s = Summond::start(&format!(
+        "[[service]]\nname = \"a\"\nlisten = \"tcp://127.0.0.1:{pa}\"\nexec = {}\n\
+         [[service]]\nname = \"b\"\nlisten = \"tcp://127.0.0.1:{pb}\"\nexec = {}\n",
+        sh("echo v1 $GREETING"),
+        sh("echo $$; exec sleep 30")
+    ));
+    assert_eq!(tcp_port_exchange(pa, b""), "v1\n");
+    let inode_a = listen_inode(pa).expect("a listens");
+    let b_conn = connect_tcp(([127, 0, 0, 1], pb).into());
+    let b_child: i32 = read_line(&b_conn).trim().parse().unwrap();
+
+    assert!(s.reload(&format!(
+        "[[service]]\nname = \"a\"\nlisten = \"tcp://127.0.0.1:{pa}\"\nexec = {}\nenv = {{ GREETING = \"hello\" }}\n\
+         [[service]]\nname = \"c\"\nlisten = \"tcp://127.0.0.1:{pc}\"\nexec = [\"cat\"]\n",
+        sh("echo v2 $GREETING")
+    )));
+    assert_eq!(
+        tcp_port_exchange(pa, b""),
+        "v2 hello\n",
+        "changed exec and env apply to the next child"
+    );
+    assert_eq!(
+        listen_inode(pa),
+        Some(inode_a),
+        "an unchanged address keeps its socket"
+    );
+    assert_eq!(
+        tcp_port_exchange(pc, b"new\n"),
+        "new\n",
+        "added service serves"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", pb)).is_err(),
+        "removed service no longer listens"
+    );
+    assert_eq!(
+        proc_state(b_child).map(|c| c != 'Z'),
+        Some(true),
+        "b's running child is left alone"
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(b_child),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+#[test]
+fn an_address_moving_to_another_service_keeps_its_socket() {
+    let port = free_port();
+    let s = Summond::start(&format!(
+        "[[service]]\nname = \"first\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {}\n",
+        sh("echo first")
+    ));
+    assert_eq!(tcp_port_exchange(port, b""), "first\n");
+    let inode = listen_inode(port);
+    assert!(s.reload(&format!(
+        "[[service]]\nname = \"second\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {}\n",
+        sh("echo second")
+    )));
+    assert_eq!(tcp_port_exchange(port, b""), "second\n");
+    assert_eq!(listen_inode(port), inode);
+}
+
+#[test]
+fn a_config_that_fails_to_load_keeps_the_old_one_and_logs_every_error() {
+    let port = free_port();
+    let good = echo_service("echo", port, "");
+    let s = Summond::start(&good);
+    let bad = format!("{good}max_instances = 0\ncolour = \"red\"\n");
+    assert!(!s.reload(&bad));
+    let log = s.log_text();
+    assert!(
+        log.contains("summond.toml:6:17: `max_instances`: must be from 1"),
+        "{log}"
+    );
+    assert!(
+        log.contains("summond.toml:7:1: unknown key `colour`"),
+        "{log}"
+    );
+    assert!(
+        log.contains("reload failed with 2 errors, keeping the old config"),
+        "{log}"
+    );
+    assert_eq!(tcp_port_exchange(port, b"old\n"), "old\n");
+}
+
+#[test]
+fn a_new_address_that_cannot_be_bound_leaves_everything_as_it_was() {
+    let (port, taken) = (free_port(), free_port());
+    let _holder = std::net::TcpListener::bind(("127.0.0.1", taken)).unwrap();
+    let good = echo_service("echo", port, "");
+    let s = Summond::start(&good);
+    assert!(!s.reload(&format!(
+        "{}{}",
+        echo_service("echo2", port, "").replace("echo2", "echo"),
+        echo_service("x", taken, "")
+    )));
+    assert!(s
+        .log_text()
+        .contains(&format!("bind tcp://127.0.0.1:{taken} for service \"x\"")));
+    assert_eq!(tcp_port_exchange(port, b"still\n"), "still\n");
+}
+
+#[test]
+fn a_raised_max_instances_lets_the_waiting_client_in_at_once() {
+    let port = free_port();
+    let held = "[[service]]\nname = \"one\"\nlisten = \"tcp://127.0.0.1:PORT\"\nexec = SCRIPT\nmax_instances = MAX\n"
+        .replace("PORT", &port.to_string())
+        .replace("SCRIPT", &sh("echo start; read x"));
+    let s = Summond::start(&held.replace("MAX", "1"));
+    let first = connect_tcp(([127, 0, 0, 1], port).into());
+    assert_eq!(read_line(&first), "start\n");
+    let mut second = connect_tcp(([127, 0, 0, 1], port).into());
+    assert!(still_waiting(&mut second, Duration::from_millis(300)));
+    assert!(s.reload(&held.replace("MAX", "2")));
+    assert_eq!(
+        read_line(&second),
+        "start\n",
+        "the new limit applies at once"
+    );
+}
