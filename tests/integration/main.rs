@@ -3,9 +3,13 @@
 
 mod access;
 mod config_errors;
+mod control;
+mod daemon;
+mod faults;
 mod lifecycle;
 mod limits;
 mod modes;
+mod privileges;
 mod reload;
 mod unix_sockets;
 mod util;

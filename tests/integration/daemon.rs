@@ -1,0 +1,186 @@
+//! `-d` and `--pidfile`: the classic detach, a pidfile held with flock so a
+//! second instance refuses naming the first one's pid, a stale pidfile
+//! taken over, startup errors still on the terminal, logs to syslog.
+
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
+
+use crate::util::*;
+
+/// Kills a daemon by pid if a test fails before stopping it.
+struct Reaper(i32);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if matches!(proc_state(self.0), Some(s) if s != 'Z') {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(args).stdin(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn daemon_mode_detaches_holds_its_pidfile_logs_to_syslog_and_cleans_up() {
+    let dir = TempDir::new("daemon");
+    let port = free_port();
+    let config = dir.path("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[service]]\nname = \"d\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"cat\"]\n"
+        ),
+    )
+    .unwrap();
+    let pidfile = dir.path("summond.pid");
+    let syslog_path = dir.path("log.sock");
+    let syslog = UnixDatagram::bind(&syslog_path).unwrap();
+    syslog.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let env = [("SUMMOND_SYSLOG_SOCKET", syslog_path.to_str().unwrap())];
+    let args = [
+        "-d",
+        "--pidfile",
+        pidfile.to_str().unwrap(),
+        "-c",
+        config.to_str().unwrap(),
+    ];
+
+    let (code, err) = run_with_env(&args, &env);
+    assert_eq!(code, 0, "{err}");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _reaper = Reaper(pid);
+    assert_eq!(tcp_port_exchange(port, b"daemon\n"), "daemon\n");
+
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<i32> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .skip(1)
+        .take(4)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let (ppid, pgrp, session) = (f[0], f[1], f[2]);
+    assert_ne!(ppid, std::process::id() as i32, "detached from us");
+    assert_ne!(session, pid, "not a session leader (second fork)");
+    assert_eq!(pgrp, session, "in the session setsid made");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .unwrap()
+            .to_str(),
+        Some("/")
+    );
+    for fd in 0..3 {
+        assert_eq!(
+            std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                .unwrap()
+                .to_str(),
+            Some("/dev/null")
+        );
+    }
+    let mut buf = [0u8; 512];
+    let n = syslog.recv(&mut buf).unwrap();
+    let line = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        line.starts_with(&format!("<30>summond[{pid}]: summond "))
+            && line.contains(" serving 1 services"),
+        "{line}"
+    );
+
+    // a second instance refuses, naming the first
+    let (code, err) = run_with_env(&args, &env);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("already running as pid {pid}")),
+        "{err}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(
+        wait_until(TIMEOUT, || !pidfile.exists()),
+        "pidfile removed on a clean exit"
+    );
+    assert!(wait_until(
+        TIMEOUT,
+        || !matches!(proc_state(pid), Some(s) if s != 'Z')
+    ));
+}
+
+#[test]
+fn a_stale_pidfile_is_taken_over() {
+    let dir = TempDir::new("stalepid");
+    let pidfile = dir.path("s.pid");
+    std::fs::write(&pidfile, "999999\n").unwrap();
+    let port = free_port();
+    let p = pidfile.to_str().unwrap().to_string();
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &format!("[[service]]\nname = \"e\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"cat\"]\n"),
+            args: &["--pidfile", &p],
+            ..Start::default()
+        },
+    );
+    assert!(wait_until(TIMEOUT, || std::fs::read_to_string(&p)
+        .unwrap_or_default()
+        == format!("{}\n", s.pid())));
+}
+
+#[test]
+fn a_startup_error_in_daemon_mode_reaches_the_terminal_with_status_1() {
+    let dir = TempDir::new("daemonfail");
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let config = dir.path("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[service]]\nname = \"x\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"cat\"]\n"
+        ),
+    )
+    .unwrap();
+    let pidfile = dir.path("x.pid");
+    let started = std::time::Instant::now();
+    let (code, err) = run_with_env(
+        &[
+            "-d",
+            "--pidfile",
+            pidfile.to_str().unwrap(),
+            "-c",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!(
+            "bind tcp://127.0.0.1:{port} for service \"x\": Address already in use"
+        )),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(!pidfile.exists(), "no pidfile left behind");
+}

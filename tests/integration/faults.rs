@@ -1,0 +1,145 @@
+//! Runtime faults: a failed exec is reported by the child over the status
+//! pipe and logged with service, program and errno; running out of fds
+//! pauses the listeners (logged once, no spinning) and serving resumes
+//! afterwards without losing the waiting clients; an accept = false child
+//! that keeps failing is held for 10 s instead of respawned in a loop.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+#[test]
+fn exec_failure_closes_the_client_logs_service_program_errno_and_serving_goes_on() {
+    let (pgone, pnox, pok) = (free_port(), free_port(), free_port());
+    let dir = TempDir::new("execfail");
+    let gone = dir.path("gone-prog");
+    let noexec = dir.path("noexec-prog");
+    for p in [&gone, &noexec] {
+        std::fs::copy("/bin/cat", p).unwrap();
+    }
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &format!(
+                "[[service]]\nname = \"gone\"\nlisten = \"tcp://127.0.0.1:{pgone}\"\nexec = [{}]\n\
+                 [[service]]\nname = \"noexec\"\nlisten = \"tcp://127.0.0.1:{pnox}\"\nexec = [{}]\n\
+                 [[service]]\nname = \"fine\"\nlisten = \"tcp://127.0.0.1:{pok}\"\nexec = [\"cat\"]\n",
+                toml_str(gone.to_str().unwrap()),
+                toml_str(noexec.to_str().unwrap())
+            ),
+            ..Start::default()
+        },
+    );
+    // Break both programs after the config was validated.
+    std::fs::remove_file(&gone).unwrap();
+    std::fs::set_permissions(&noexec, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let client = connect_tcp(([127, 0, 0, 1], pgone).into());
+    let client_port = client.local_addr().unwrap().port();
+    let mut buf = [0u8; 8];
+    assert_eq!(
+        std::io::Read::read(&mut &client, &mut buf).unwrap(),
+        0,
+        "client closed"
+    );
+    assert!(
+        s.wait_log(&format!(
+            "gone: exec {} for 127.0.0.1:{client_port}: No such file or directory (os error 2)",
+            gone.display()
+        )),
+        "{}",
+        s.log_text()
+    );
+    assert!(closed_at_once(pnox));
+    assert!(s.wait_log(&format!("noexec: exec {} for 127.0.0.1:", noexec.display())));
+    assert!(s.log_text().contains("Permission denied (os error 13)"));
+    assert_eq!(
+        tcp_port_exchange(pok, b"on\n"),
+        "on\n",
+        "summond goes on serving"
+    );
+    assert_eq!(s.log_count("gone: exec "), 1, "one line per failure");
+}
+
+#[test]
+fn out_of_fds_pauses_without_spinning_logs_once_and_serves_the_waiting_clients_after() {
+    let port = free_port();
+    let s = Summond::start(&format!(
+        "[[service]]\nname = \"fds\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {}\n",
+        sh("echo served")
+    ));
+    assert_eq!(tcp_port_exchange(port, b""), "served\n");
+    // Leave summond no free fd: accept() now fails with EMFILE.
+    let pid = s.pid();
+    let mut limit = lowest_free_fd(pid);
+    set_nofile(pid, limit);
+    let clients: Vec<_> = (0..20)
+        .map(|_| std::thread::spawn(move || tcp_port_exchange(port, b"")))
+        .collect();
+    assert!(s.wait_log("Too many open files"), "{}", s.log_text());
+    // A status pipe may have closed since we counted; keep the door shut.
+    limit = limit.min(lowest_free_fd(pid));
+    set_nofile(pid, limit);
+    let cpu_before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_millis(1500));
+    let cpu_used = cpu_ticks(pid) - cpu_before;
+    eprintln!("summond CPU while out of fds: {cpu_used} ticks in 1.5 s");
+    // A busy loop would burn ~150 ticks in 1.5 s; the back-off a few.
+    assert!(
+        cpu_used <= 10,
+        "summond used {cpu_used} ticks while out of fds"
+    );
+    assert_eq!(
+        s.log_count("Too many open files"),
+        1,
+        "logged once per episode:\n{}",
+        s.log_text()
+    );
+
+    set_nofile(pid, 1024);
+    for c in clients {
+        assert_eq!(
+            c.join().unwrap(),
+            "served\n",
+            "every waiting client is served"
+        );
+    }
+    assert!(s.wait_log("resources available again"));
+}
+
+#[test]
+fn a_pass_mode_child_failing_5_times_in_10s_is_held_for_10s_then_retried() {
+    let port = free_port();
+    let s = Summond::start(&format!(
+        "[[service]]\nname = \"crashy\"\nlisten = \"udp://127.0.0.1:{port}\"\nexec = {}\n",
+        sh("exit 3")
+    ));
+    // The datagram is never read, so the socket stays readable and the
+    // child is restarted at once each time it fails.
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.send_to(b"x", ("127.0.0.1", port)).unwrap();
+    let held_at = Instant::now();
+    assert!(
+        s.wait_log("crashy: failed 5 times in 10s; not restarting it for 10s"),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(s.log_count("crashy: started pid"), 5);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        s.log_count("crashy: started pid"),
+        5,
+        "no restart while held"
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || s
+            .log_count("crashy: started pid")
+            > 5),
+        "retried after the hold"
+    );
+    assert!(
+        held_at.elapsed() >= Duration::from_secs(9),
+        "held for about 10 s"
+    );
+}
