@@ -397,7 +397,13 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn line_col(&self, offset: usize) -> (usize, usize) {
-        let before = &self.text[..offset.min(self.text.len())];
+        // A span from the parser should sit on a char boundary; if one ever
+        // does not, report the char it falls in rather than panic.
+        let mut end = offset.min(self.text.len());
+        while !self.text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let before = &self.text[..end];
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let col = before[line_start..].chars().count() + 1;
@@ -1217,6 +1223,22 @@ accept = true
         let got = errs("[[service]]\nname = \"a\nlisten = 1\n", true);
         assert_eq!(got.len(), 1);
         assert!(got[0].starts_with("t.toml:2:"), "{got:?}");
+    }
+
+    #[test]
+    fn positions_inside_multibyte_text_do_not_panic() {
+        let text = "name = \"日本\"";
+        let cx = Checker {
+            path: Path::new("t"),
+            text,
+            host: &host(true),
+            errors: Vec::new(),
+        };
+        for offset in 0..=text.len() + 3 {
+            let (line, col) = cx.line_col(offset);
+            assert_eq!(line, 1);
+            assert!(col >= 1 && col <= text.chars().count() + 1);
+        }
     }
 
     #[test]

@@ -143,3 +143,35 @@ fn a_pass_mode_child_failing_5_times_in_10s_is_held_for_10s_then_retried() {
         "held for about 10 s"
     );
 }
+
+#[test]
+fn a_client_accepted_when_no_fd_is_left_for_the_spawn_is_kept_and_served_later() {
+    let port = free_port();
+    let s = Summond::start(&format!(
+        "[[service]]\nname = \"keep\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {}\n",
+        sh("echo served")
+    ));
+    assert_eq!(tcp_port_exchange(port, b""), "served\n");
+    // One free fd: accept() takes it, the exec-status pipe cannot be made.
+    let pid = s.pid();
+    set_nofile(pid, lowest_free_fd(pid) + 1);
+    let mut client = connect_tcp(([127, 0, 0, 1], port).into());
+    assert!(
+        s.wait_log("keep: cannot start a child for 127.0.0.1:"),
+        "{}",
+        s.log_text()
+    );
+    assert!(
+        still_waiting(&mut client, Duration::from_millis(500)),
+        "the client is held, not closed"
+    );
+    set_nofile(pid, 1024);
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut client, &mut out).unwrap();
+    assert_eq!(out, "served\n");
+    assert_eq!(
+        s.log_count("cannot start a child"),
+        1,
+        "logged once per episode"
+    );
+}

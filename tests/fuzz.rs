@@ -1,0 +1,407 @@
+//! A bounded mutation fuzzer over everything that reads user text: the
+//! config parser (TOML → validated Config or located errors), listen
+//! addresses and CIDR blocks. Runs in-process on stable Rust, so CI runs it
+//! on every change: no input may panic or take longer than a second, an
+//! address that parses must print back to itself, and every config error
+//! must print as `PATH:...`.
+//!
+//! `cargo test` runs it for SUMMOND_FUZZ_SECS seconds (default 5); `.ci/run`
+//! gives it longer in release mode. The seed is the time unless
+//! SUMMOND_FUZZ_SEED is set; a failure prints the seed and the input.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use summond::access::Cidr;
+use summond::addr::ListenAddr;
+use summond::config::{parse, Host};
+
+/// xorshift64*: small, fast, and reproducible from the seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+const SEEDS: &[&str] = &[
+    include_str!("../conf/summond.toml"),
+    include_str!("../conf/examples/bc.toml"),
+    include_str!("../conf/examples/gunicorn.toml"),
+    "[daemon]\nmax_children = 10\ncontrol = \"/run/s.sock\"\n",
+    "[[service]]\nname = \"a\"\nlisten = [\"tcp://[::1]:7\", \"udp://127.0.0.1:7\"]\nexec = [\"cat\", \"-u\"]\naccept = false\npass = \"listen_fds\"\nstderr = \"null\"\n",
+    "[[service]]\nname = \"b\"\nlisten = \"unix://@x\"\nexec = [\"/bin/sh\", \"-c\", \"true\"]\nmax_per_source = 3\nmax_instances = 0x10\nenv = { A = \"1\" }\n",
+    "[[service]]\nname = \"c\"\nlisten = \"tcp://0.0.0.0:1\"\nexec = [\"cat\"]\nallow = [\"10.0.0.0/8\", \"::ffff:1.2.3.4/120\"]\ndeny = [\"::/0\"]\nuser = \"nobody\"\ngroup = \"nogroup\"\n",
+];
+
+const TOKENS: &[&str] = &[
+    "[[service]]",
+    "[service]",
+    "[daemon]",
+    "name",
+    "listen",
+    "exec",
+    "accept",
+    "pass",
+    "stderr",
+    "user",
+    "group",
+    "env",
+    "max_instances",
+    "max_per_source",
+    "allow",
+    "deny",
+    "socket_mode",
+    "max_children",
+    "control",
+    "address",
+    "=",
+    "\"",
+    "'",
+    "'''",
+    "\"\"\"",
+    "[",
+    "]",
+    "{",
+    "}",
+    ",",
+    "\n",
+    ".",
+    "tcp://",
+    "udp://",
+    "unix://",
+    "unixgram://",
+    "unix://@",
+    "127.0.0.1:",
+    "[::1]:",
+    "::ffff:",
+    "/",
+    "/128",
+    "/33",
+    "0",
+    "-1",
+    "65536",
+    "99999999999999999999",
+    "0x7fffffff",
+    "0o777",
+    "1e9",
+    "inf",
+    "nan",
+    "true",
+    "false",
+    "1979-05-27T07:32:00Z",
+    "\"0660\"",
+    "é",
+    "日本",
+    "\u{10FFFF}",
+    "\\u0000",
+    "\\",
+    "\t",
+    "#",
+    "LISTEN_FDS",
+    "stdio",
+    "listen_fds",
+    "socket",
+    "null",
+];
+
+const KEYS: &[&str] = &[
+    "name",
+    "listen",
+    "exec",
+    "accept",
+    "pass",
+    "stderr",
+    "user",
+    "group",
+    "env",
+    "max_instances",
+    "max_per_source",
+    "allow",
+    "deny",
+    "socket_mode",
+    "address",
+    "bogus",
+    "max_children",
+    "control",
+];
+
+const STRINGS: &[&str] = &[
+    "tcp://127.0.0.1:7007",
+    "tcp://[::1]:7007",
+    "tcp://[::]:80",
+    "udp://127.0.0.1:53",
+    "udp://[::1]:0",
+    "unix:///tmp/fuzz.sock",
+    "unixgram:///tmp/fuzz.sock",
+    "unix://@fuzz",
+    "unix://@",
+    "unix://rel",
+    "tcp://localhost:1",
+    "tcp://1.2.3.4",
+    "sctp://1.2.3.4:5",
+    "10.0.0.0/8",
+    "::1/128",
+    "1.2.3.4/33",
+    "::ffff:1.2.3.4/96",
+    "0.0.0.0/0",
+    "cat",
+    "/bin/sh",
+    "sh",
+    "bin/sh",
+    "/etc/passwd",
+    "/nonexistent",
+    "",
+    "stdio",
+    "listen_fds",
+    "inherit",
+    "socket",
+    "null",
+    "0660",
+    "0777",
+    "9999",
+    "rw",
+    "root",
+    "nobody",
+    "no-such-user",
+    "nogroup",
+    "a",
+    "a b",
+    "svc.1-x_y",
+    "LISTEN_FDS",
+    "REMOTE_ADDR",
+    "é",
+    "/tmp/\\u0000x",
+    "x:y",
+];
+
+const INTS: &[&str] = &[
+    "0",
+    "1",
+    "-1",
+    "2",
+    "1024",
+    "4294967295",
+    "4294967296",
+    "0x10",
+    "0o7",
+    "0b1",
+    "9223372036854775807",
+];
+
+fn value(rng: &mut Rng, depth: usize) -> String {
+    match rng.below(if depth > 1 { 4 } else { 6 }) {
+        0 | 1 => format!("\"{}\"", rng.pick(STRINGS)),
+        2 => rng.pick(INTS).to_string(),
+        3 => rng
+            .pick(&["true", "false", "1.5", "1979-05-27"])
+            .to_string(),
+        4 => {
+            let n = rng.below(4);
+            let items: Vec<String> = (0..n).map(|_| value(rng, depth + 1)).collect();
+            format!("[{}]", items.join(", "))
+        }
+        _ => {
+            let n = rng.below(3);
+            let items: Vec<String> = (0..n)
+                .map(|i| format!("{}{i} = {}", rng.pick(KEYS), value(rng, depth + 1)))
+                .collect();
+            format!("{{ {} }}", items.join(", "))
+        }
+    }
+}
+
+/// Valid TOML made of our own keys and plausible or hostile values, so
+/// the validator (not just the TOML lexer) sees most inputs.
+fn generate(rng: &mut Rng) -> String {
+    let mut out = String::new();
+    if rng.below(3) == 0 {
+        out.push_str("[daemon]\n");
+        for key in ["max_children", "control"] {
+            if rng.below(2) == 0 {
+                out.push_str(&format!("{key} = {}\n", value(rng, 0)));
+            }
+        }
+    }
+    for s in 0..=rng.below(3) {
+        out.push_str("[[service]]\n");
+        let mut used = std::collections::HashSet::new();
+        // mostly the three required keys, so deeper checks run
+        for key in ["name", "listen", "exec"] {
+            if rng.below(8) != 0 {
+                used.insert(key);
+                let v = match key {
+                    "name" if rng.below(4) != 0 => format!("\"s{s}\""),
+                    "exec" if rng.below(3) != 0 => {
+                        let program = *rng.pick(&["cat", "/bin/sh", "sh", "/nonexistent"]);
+                        format!("[\"{program}\"]")
+                    }
+                    _ => value(rng, 0),
+                };
+                out.push_str(&format!("{key} = {v}\n"));
+            }
+        }
+        for _ in 0..rng.below(6) {
+            let key = *rng.pick(KEYS);
+            if used.insert(key) {
+                out.push_str(&format!("{key} = {}\n", value(rng, 0)));
+            }
+        }
+    }
+    out
+}
+
+fn mutate(rng: &mut Rng, text: &str) -> String {
+    let mut chars: Vec<char> = text.chars().collect();
+    for _ in 0..=rng.below(4) {
+        let at = rng.below(chars.len() + 1);
+        match rng.below(6) {
+            0 if !chars.is_empty() => {
+                let end = (at + rng.below(16)).min(chars.len());
+                chars.drain(at.min(end)..end);
+            }
+            1 => {
+                let tok: Vec<char> = rng.pick(TOKENS).chars().collect();
+                chars.splice(at..at, tok);
+            }
+            2 if !chars.is_empty() => {
+                let i = rng.below(chars.len());
+                chars[i] = char::from_u32(rng.below(0x80) as u32).unwrap_or('x');
+            }
+            3 if !chars.is_empty() => {
+                let start = rng.below(chars.len());
+                let end = (start + rng.below(40)).min(chars.len());
+                let copy: Vec<char> = chars[start..end].to_vec();
+                chars.splice(at..at, copy);
+            }
+            4 => chars.truncate(at),
+            _ => {
+                let other: Vec<char> = rng.pick(SEEDS).chars().collect();
+                let start = rng.below(other.len());
+                let end = (start + rng.below(80)).min(other.len());
+                chars.splice(at..at, other[start..end].iter().copied());
+            }
+        }
+    }
+    chars.into_iter().collect()
+}
+
+/// How deep the inputs got: a fuzzer whose mutants all die in the TOML
+/// lexer would say nothing about the validator.
+#[derive(Default, Debug)]
+struct Depth {
+    valid: u64,
+    syntax_errors: u64,
+    semantic_errors: u64,
+}
+
+fn check_one(text: &str, host: &Host, depth: &mut Depth) -> Result<(), String> {
+    let path = Path::new("fuzz.toml");
+    let started = Instant::now();
+    let outcome = catch_unwind(AssertUnwindSafe(|| parse(path, text, host)))
+        .map_err(|_| "config::parse panicked".to_string())?;
+    if started.elapsed() > Duration::from_secs(1) {
+        return Err(format!("config::parse took {:?}", started.elapsed()));
+    }
+    match &outcome {
+        Ok(_) => depth.valid += 1,
+        Err(errors)
+            if errors
+                .0
+                .iter()
+                .any(|e| matches!(e.kind, summond::config::ErrorKind::Syntax(_))) =>
+        {
+            depth.syntax_errors += 1
+        }
+        Err(_) => depth.semantic_errors += 1,
+    }
+    if let Err(errors) = outcome {
+        for e in &errors.0 {
+            let line = e.to_string();
+            if !line.starts_with("fuzz.toml:") {
+                return Err(format!("error without its path: {line}"));
+            }
+        }
+    }
+    // Every short piece of the text as an address and as a CIDR.
+    for piece in text.split(['"', '\n', ',', ' ', '[', ']']).take(64) {
+        let addr = catch_unwind(|| ListenAddr::from_str(piece))
+            .map_err(|_| format!("ListenAddr::from_str({piece:?}) panicked"))?;
+        if let Ok(a) = addr {
+            let back = ListenAddr::from_str(&a.to_string());
+            if back.as_ref() != Ok(&a) {
+                return Err(format!(
+                    "{piece:?} parsed as {a} which reads back as {back:?}"
+                ));
+            }
+        }
+        catch_unwind(|| Cidr::from_str(piece).is_ok())
+            .map_err(|_| format!("Cidr::from_str({piece:?}) panicked"))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn no_input_panics_or_hangs() {
+    let secs: u64 = std::env::var("SUMMOND_FUZZ_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let seed: u64 = std::env::var("SUMMOND_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    let host = Host::current();
+    // Quiet the default hook: a caught panic is reported below, once.
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut rng = Rng(seed);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut runs = 0u64;
+    let mut corpus: Vec<String> = SEEDS.iter().map(|s| s.to_string()).collect();
+    let mut depth = Depth::default();
+    while Instant::now() < deadline {
+        let input = match rng.below(4) {
+            0 | 1 => generate(&mut rng),
+            2 => {
+                let generated = generate(&mut rng);
+                mutate(&mut rng, &generated)
+            }
+            _ => {
+                let base = rng.pick(&corpus).clone();
+                mutate(&mut rng, &base)
+            }
+        };
+        if let Err(why) = check_one(&input, &host, &mut depth) {
+            let _ = std::panic::take_hook();
+            panic!("fuzz failure after {runs} runs (SUMMOND_FUZZ_SEED={seed}): {why}\ninput: {input:?}");
+        }
+        // Keep some survivors so mutations compound.
+        if corpus.len() < 512 && rng.below(8) == 0 {
+            corpus.push(input);
+        }
+        runs += 1;
+    }
+    let _ = std::panic::take_hook();
+    eprintln!("fuzz: {runs} inputs in {secs} s, seed {seed}, no failure; {depth:?}");
+    assert!(runs > 0);
+}
