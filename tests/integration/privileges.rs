@@ -93,3 +93,34 @@ fn children_get_back_the_nofile_limit_summond_was_started_with() {
         "summond raised its own soft limit: {line}"
     );
 }
+
+#[test]
+fn a_child_that_cannot_drop_privileges_never_runs_the_program() {
+    if !nix::unistd::geteuid().is_root() || !std::path::Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("skipped: needs root and setpriv");
+        return;
+    }
+    let port = free_port();
+    let dir = TempDir::new("failclosed");
+    let marker = dir.path("ran");
+    // summond is root but lacks CAP_SETGID/CAP_SETUID: setgroups fails.
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &format!(
+                "[[service]]\nname = \"drop\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {}\nuser = \"nobody\"\n",
+                sh(&format!("touch {}; id -u", marker.display()))
+            ),
+            wrapper: &["/usr/bin/setpriv", "--bounding-set", "-setuid,-setgid"],
+            ..Start::default()
+        },
+    );
+    assert!(closed_at_once(port), "the client is closed");
+    assert!(
+        s.wait_log("drop: child ") && s.log_text().contains("failed to setgroups before exec /"),
+        "{}",
+        s.log_text()
+    );
+    assert!(s.log_text().contains("Operation not permitted"));
+    assert!(!marker.exists(), "the program never ran");
+}

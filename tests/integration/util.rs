@@ -131,6 +131,8 @@ pub struct Start<'a> {
     pub wait_ready: bool,
     /// RLIMIT_NOFILE (soft, hard) to start summond with.
     pub nofile: Option<(u64, u64)>,
+    /// A command that execs summond (e.g. `setpriv ...`), keeping its pid.
+    pub wrapper: &'a [&'a str],
 }
 
 impl Default for Start<'_> {
@@ -141,6 +143,7 @@ impl Default for Start<'_> {
             env: &[],
             wait_ready: true,
             nofile: None,
+            wrapper: &[],
         }
     }
 }
@@ -166,7 +169,14 @@ impl Summond {
         std::fs::write(&config, text).expect("write config");
         let log = dir.path("summond.log");
         let log_file = std::fs::File::create(&log).expect("create log");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match opts.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("-c")
             .arg(&config)
             .arg("--log-level")
