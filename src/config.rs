@@ -28,9 +28,10 @@ pub const DEFAULT_MAX_CHILDREN: u32 = 1024;
 /// Used when summond's own environment has no PATH, as execvp does.
 const FALLBACK_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
-const TOP_KEYS: &[&str] = &["daemon", "service"];
-const DAEMON_KEYS: &[&str] = &["max_children", "control"];
-const SERVICE_KEYS: &[&str] = &[
+/// The keys each section accepts (also the fuzzer's dictionary).
+pub const TOP_KEYS: &[&str] = &["daemon", "service"];
+pub const DAEMON_KEYS: &[&str] = &["max_children", "control"];
+pub const SERVICE_KEYS: &[&str] = &[
     "name",
     "listen",
     "exec",
@@ -46,7 +47,7 @@ const SERVICE_KEYS: &[&str] = &[
     "deny",
     "socket_mode",
 ];
-const LISTEN_TABLE_KEYS: &[&str] = &["address", "name"];
+pub const LISTEN_TABLE_KEYS: &[&str] = &["address", "name"];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {

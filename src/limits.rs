@@ -125,6 +125,23 @@ impl Backoff {
         self.until.filter(|t| *t > now)
     }
 
+    /// When the current pause ends, if one is running.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.until
+    }
+
+    /// True once, when the pause has run out: time to re-arm. The delay
+    /// is kept, so a fault right after doubles it; `success` resets it.
+    pub fn expire(&mut self, now: Instant) -> bool {
+        match self.until {
+            Some(t) if t <= now => {
+                self.until = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn is_paused(&self, now: Instant) -> bool {
         self.paused_until(now).is_some()
     }
@@ -187,6 +204,14 @@ mod tests {
         assert_eq!(delays[0], Duration::from_millis(200));
         assert_eq!(*delays.last().unwrap(), BACKOFF_MAX);
         assert!(b.is_paused(t0 + Duration::from_millis(1999)));
+        assert!(!b.expire(t0 + Duration::from_millis(1999)));
+        assert!(b.expire(t0 + BACKOFF_MAX));
+        assert!(!b.expire(t0 + BACKOFF_MAX), "expires once");
+        assert_eq!(
+            b.fault(t0).0 - t0,
+            BACKOFF_MAX,
+            "the delay is kept until a success"
+        );
         assert!(b.success());
         assert!(!b.success());
         assert!(!b.is_paused(t0));

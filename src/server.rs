@@ -173,6 +173,10 @@ pub struct Server {
     /// EMFILE/ENFILE/EAGAIN back-off: no listener is watched while paused.
     resources: Backoff,
     pending: Vec<PendingConnection>,
+    /// Services held by the crash guard, and until when.
+    holds: Vec<(Instant, String)>,
+    /// Service name → index into `services`, rebuilt on reload.
+    by_name: HashMap<String, usize>,
     control: Option<Listener>,
     control_clients: HashMap<Token, ControlClient>,
     stopping: bool,
@@ -255,6 +259,8 @@ impl Server {
             opts,
             resources: Backoff::default(),
             pending: Vec::new(),
+            holds: Vec::new(),
+            by_name: HashMap::new(),
             control: None,
             control_clients: HashMap::new(),
             stopping: false,
@@ -295,10 +301,7 @@ impl Server {
                     },
                 }
             }
-            // Holds and back-offs that ran out re-arm their listeners.
-            let now = Instant::now();
-            self.retry_pending(now);
-            self.sync_all(now);
+            self.run_timers(Instant::now());
         }
         self.shutdown();
         Ok(())
@@ -310,10 +313,31 @@ impl Server {
         t
     }
 
+    /// The earliest timer: a crash hold or the resource back-off ending.
+    /// Both lists are short (holds only exist while a service is held), so
+    /// an idle loop costs nothing per configured socket.
     fn next_deadline(&self) -> Option<Instant> {
-        let now = Instant::now();
-        let holds = self.services.iter().filter_map(|s| s.crash.held_until(now));
-        holds.chain(self.resources.paused_until(now)).min()
+        let holds = self.holds.iter().map(|(until, _)| *until);
+        holds.chain(self.resources.deadline()).min()
+    }
+
+    /// Re-arm what a timer that ran out was holding back.
+    fn run_timers(&mut self, now: Instant) {
+        if self.resources.expire(now) {
+            self.retry_pending(now);
+            self.sync_all(now);
+        }
+        if self.holds.iter().any(|(until, _)| *until <= now) {
+            let (expired, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.holds)
+                .into_iter()
+                .partition(|(until, _)| *until <= now);
+            self.holds = held;
+            for (_, name) in expired {
+                if let Some(idx) = self.service_index(&name) {
+                    self.sync_service(idx, now);
+                }
+            }
+        }
     }
 
     // ---- signals ------------------------------------------------------
@@ -335,7 +359,7 @@ impl Server {
     // ---- watching listeners --------------------------------------------
 
     fn service_index(&self, name: &str) -> Option<usize> {
-        self.services.iter().position(|s| s.spec.name == name)
+        self.by_name.get(name).copied()
     }
 
     fn at_global_limit(&self) -> bool {
@@ -784,6 +808,7 @@ impl Server {
             svc.stats.last_exit = Some(what);
             if child.is_pass_mode() && (!success || child.exec_failed) {
                 if let Some(until) = svc.crash.record_failure(now) {
+                    self.holds.push((until, svc.spec.name.clone()));
                     warn!(
                         "{}: failed {} times in {}s; not restarting it for {}s",
                         svc.spec.name,
@@ -1003,6 +1028,12 @@ impl Server {
             })
             .collect();
 
+        self.by_name = self
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.spec.name.clone(), i))
+            .collect();
         let owner: HashMap<&ListenAddr, usize> = new
             .services
             .iter()

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use summond::access::Cidr;
 use summond::addr::ListenAddr;
-use summond::config::{parse, Host};
+use summond::config::{parse, Host, DAEMON_KEYS, LISTEN_TABLE_KEYS, SERVICE_KEYS, TOP_KEYS};
 
 /// xorshift64*: small, fast, and reproducible from the seed.
 struct Rng(u64);
@@ -48,27 +48,11 @@ const SEEDS: &[&str] = &[
     "[[service]]\nname = \"c\"\nlisten = \"tcp://0.0.0.0:1\"\nexec = [\"cat\"]\nallow = [\"10.0.0.0/8\", \"::ffff:1.2.3.4/120\"]\ndeny = [\"::/0\"]\nuser = \"nobody\"\ngroup = \"nogroup\"\n",
 ];
 
+/// Syntax and values; the key names come from config.rs itself.
 const TOKENS: &[&str] = &[
     "[[service]]",
     "[service]",
     "[daemon]",
-    "name",
-    "listen",
-    "exec",
-    "accept",
-    "pass",
-    "stderr",
-    "user",
-    "group",
-    "env",
-    "max_instances",
-    "max_per_source",
-    "allow",
-    "deny",
-    "socket_mode",
-    "max_children",
-    "control",
-    "address",
     "=",
     "\"",
     "'",
@@ -119,26 +103,17 @@ const TOKENS: &[&str] = &[
     "null",
 ];
 
-const KEYS: &[&str] = &[
-    "name",
-    "listen",
-    "exec",
-    "accept",
-    "pass",
-    "stderr",
-    "user",
-    "group",
-    "env",
-    "max_instances",
-    "max_per_source",
-    "allow",
-    "deny",
-    "socket_mode",
-    "address",
-    "bogus",
-    "max_children",
-    "control",
-];
+/// Every key summond knows, plus one it does not.
+fn keys() -> Vec<&'static str> {
+    [
+        SERVICE_KEYS,
+        DAEMON_KEYS,
+        TOP_KEYS,
+        LISTEN_TABLE_KEYS,
+        &["bogus"],
+    ]
+    .concat()
+}
 
 const STRINGS: &[&str] = &[
     "tcp://127.0.0.1:7007",
@@ -218,7 +193,7 @@ fn value(rng: &mut Rng, depth: usize) -> String {
         _ => {
             let n = rng.below(3);
             let items: Vec<String> = (0..n)
-                .map(|i| format!("{}{i} = {}", rng.pick(KEYS), value(rng, depth + 1)))
+                .map(|i| format!("{}{i} = {}", rng.pick(&keys()), value(rng, depth + 1)))
                 .collect();
             format!("{{ {} }}", items.join(", "))
         }
@@ -256,7 +231,7 @@ fn generate(rng: &mut Rng) -> String {
             }
         }
         for _ in 0..rng.below(6) {
-            let key = *rng.pick(KEYS);
+            let key = *rng.pick(&keys());
             if used.insert(key) {
                 out.push_str(&format!("{key} = {}\n", value(rng, 0)));
             }
@@ -275,7 +250,8 @@ fn mutate(rng: &mut Rng, text: &str) -> String {
                 chars.drain(at.min(end)..end);
             }
             1 => {
-                let tok: Vec<char> = rng.pick(TOKENS).chars().collect();
+                let all: Vec<&str> = [TOKENS, &keys()].concat();
+                let tok: Vec<char> = rng.pick(&all).chars().collect();
                 chars.splice(at..at, tok);
             }
             2 if !chars.is_empty() => {
