@@ -175,3 +175,69 @@ fn a_client_accepted_when_no_fd_is_left_for_the_spawn_is_kept_and_served_later()
         "logged once per episode"
     );
 }
+
+/// Root ignores RLIMIT_NPROC, so summond runs as nobody here, with room
+/// for itself and two children: the third client's fork fails with EAGAIN.
+#[test]
+fn fork_failing_with_eagain_backs_off_keeps_the_client_and_serves_it_when_a_child_exits() {
+    if !nix::unistd::geteuid().is_root() || !std::path::Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("skipped: needs root (to become nobody) and setpriv");
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("user nobody");
+    let uid = nobody.uid.as_raw().to_string();
+    let others = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
+        .filter(|m| std::os::unix::fs::MetadataExt::uid(m) == nobody.uid.as_raw())
+        .count() as u64;
+    let port = free_port();
+    let (reuid, regid) = (
+        format!("--reuid={uid}"),
+        format!("--regid={}", nobody.gid.as_raw()),
+    );
+    let s = Summond::start_with(Start {
+        config: &format!(
+            "[[service]]\nname = \"np\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {}\n",
+            sh("echo start; read x")
+        ),
+        wrapper: &["/usr/bin/setpriv", &reuid, &regid, "--clear-groups"],
+        nproc: Some(others + 3),
+        ..Start::default()
+    });
+    let mut held: Vec<_> = (0..2)
+        .map(|_| connect_tcp(([127, 0, 0, 1], port).into()))
+        .collect();
+    for h in &held {
+        assert_eq!(read_line(h), "start\n");
+    }
+    let mut third = connect_tcp(([127, 0, 0, 1], port).into());
+    assert!(
+        s.wait_log("np: cannot start a child for 127.0.0.1:"),
+        "{}",
+        s.log_text()
+    );
+    assert!(
+        s.log_text().contains("Resource temporarily unavailable"),
+        "{}",
+        s.log_text()
+    );
+    assert!(
+        still_waiting(&mut third, Duration::from_millis(300)),
+        "kept, not closed"
+    );
+    std::io::Write::write_all(&mut held[0], b"go\n").unwrap();
+    assert_eq!(
+        read_line(&third),
+        "start\n",
+        "served once a process slot is free"
+    );
+    assert_eq!(
+        s.log_count("cannot start a child"),
+        1,
+        "logged once per episode"
+    );
+    let _ = held.pop();
+}

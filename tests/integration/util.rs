@@ -133,6 +133,8 @@ pub struct Start<'a> {
     pub nofile: Option<(u64, u64)>,
     /// A command that execs summond (e.g. `setpriv ...`), keeping its pid.
     pub wrapper: &'a [&'a str],
+    /// RLIMIT_NPROC (soft = hard) to start summond with.
+    pub nproc: Option<u64>,
 }
 
 impl Default for Start<'_> {
@@ -144,6 +146,7 @@ impl Default for Start<'_> {
             wait_ready: true,
             nofile: None,
             wrapper: &[],
+            nproc: None,
         }
     }
 }
@@ -188,17 +191,25 @@ impl Summond {
         for (k, v) in opts.env {
             cmd.env(k, v);
         }
-        if let Some((soft, hard)) = opts.nofile {
+        let limits: Vec<(nix::libc::__rlimit_resource_t, u64, u64)> = opts
+            .nofile
+            .map(|(soft, hard)| (nix::libc::RLIMIT_NOFILE, soft, hard))
+            .into_iter()
+            .chain(opts.nproc.map(|n| (nix::libc::RLIMIT_NPROC, n, n)))
+            .collect();
+        if !limits.is_empty() {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
             unsafe {
                 cmd.pre_exec(move || {
-                    let lim = nix::libc::rlimit {
-                        rlim_cur: soft,
-                        rlim_max: hard,
-                    };
-                    if nix::libc::setrlimit(nix::libc::RLIMIT_NOFILE, &lim) != 0 {
-                        return Err(std::io::Error::last_os_error());
+                    for (resource, soft, hard) in &limits {
+                        let lim = nix::libc::rlimit {
+                            rlim_cur: *soft,
+                            rlim_max: *hard,
+                        };
+                        if nix::libc::setrlimit(*resource, &lim) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
                     }
                     Ok(())
                 });
