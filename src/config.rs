@@ -21,7 +21,7 @@ use toml::Spanned;
 
 use crate::access::{AccessList, Cidr, CidrError};
 use crate::addr::{AddrError, ListenAddr};
-use crate::spawn::RESERVED_ENV;
+use crate::spawn::is_reserved_env;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/summond/summond.toml";
 pub const DEFAULT_MAX_CHILDREN: u32 = 1024;
@@ -950,7 +950,7 @@ impl Checker<'_> {
                 );
                 continue;
             }
-            if RESERVED_ENV.contains(&name) {
+            if is_reserved_env(name) {
                 self.at(key.span(), ErrorKind::ReservedEnv(name.to_string()));
                 continue;
             }

@@ -33,16 +33,9 @@ pub const ACTIVATION_ENV: &[&str] = &[
     "WATCHDOG_USEC",
 ];
 
-/// Every variable summond sets per child: removed from the inherited
-/// environment and refused in a service's `env`.
-pub const RESERVED_ENV: &[&str] = &[
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "LISTEN_PIDFDID",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_PID",
-    "WATCHDOG_USEC",
+/// The variables that describe an accepted client (systemd's and
+/// ucspi-tcp's names).
+pub const CONNECTION_ENV: &[&str] = &[
     "REMOTE_ADDR",
     "REMOTE_PORT",
     "REMOTE_UID",
@@ -54,6 +47,12 @@ pub const RESERVED_ENV: &[&str] = &[
     "TCPLOCALIP",
     "TCPLOCALPORT",
 ];
+
+/// Every variable summond sets per child: removed from the inherited
+/// environment and refused in a service's `env`.
+pub fn is_reserved_env(name: &str) -> bool {
+    ACTIVATION_ENV.contains(&name) || CONNECTION_ENV.contains(&name)
+}
 
 /// The first fd `LISTEN_FDS` hands over (`SD_LISTEN_FDS_START`).
 pub const LISTEN_FDS_START: RawFd = 3;
@@ -130,7 +129,7 @@ impl ExecImage {
         argv_ptrs.push(ptr::null());
 
         let overridden = |name: &OsStr| {
-            RESERVED_ENV.iter().any(|r| OsStr::new(r) == name)
+            name.to_str().is_some_and(is_reserved_env)
                 || spec.env.iter().any(|(k, _)| OsStr::new(k) == name)
         };
         let mut base_env: Vec<CString> = inherited
@@ -162,10 +161,6 @@ impl ExecImage {
             credentials: spec.credentials.clone(),
             groups,
         }
-    }
-
-    pub fn program(&self) -> &CString {
-        &self.program
     }
 }
 
@@ -557,10 +552,11 @@ mod tests {
     }
 
     #[test]
-    fn activation_vars_are_reserved() {
-        for v in ACTIVATION_ENV {
-            assert!(RESERVED_ENV.contains(v));
+    fn activation_and_connection_vars_are_reserved() {
+        for v in ACTIVATION_ENV.iter().chain(CONNECTION_ENV) {
+            assert!(is_reserved_env(v));
         }
+        assert!(!is_reserved_env("PATH"));
     }
 
     #[test]
