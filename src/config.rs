@@ -1119,6 +1119,16 @@ mod tests {
     }
 
     #[test]
+    fn tcp_and_udp_on_one_port_are_different_addresses() {
+        let c = ok("[[service]]\nname = \"dns\"\nlisten = [\"tcp://127.0.0.1:53\", \"udp://127.0.0.1:53\"]\nexec = [\"cat\"]\n");
+        assert_eq!(c.services[0].listen.len(), 2);
+        assert!(
+            !c.services[0].accept,
+            "a datagram address makes accept default to false"
+        );
+    }
+
+    #[test]
     fn empty_config_is_valid() {
         assert!(ok("").services.is_empty());
         assert_eq!(ok("[daemon]\nmax_children = 5\n").daemon.max_children, 5);

@@ -262,6 +262,21 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_listeners_are_v6_only() {
+        let Ok(probe) = std::net::TcpListener::bind("[::1]:0") else {
+            return; // no IPv6 loopback here
+        };
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        let addr: ListenAddr = format!("tcp://[::1]:{port}").parse().unwrap();
+        let l = open(&addr, ListenOptions::default()).unwrap();
+        assert!(
+            l.socket.only_v6().unwrap(),
+            "[::] must be able to sit beside 0.0.0.0"
+        );
+    }
+
+    #[test]
     fn tcp_listener_is_nonblocking_and_cloexec() {
         let addr: ListenAddr = "tcp://127.0.0.1:1".parse().unwrap();
         // port 1 needs root to bind; use an ephemeral one instead

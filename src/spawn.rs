@@ -314,7 +314,7 @@ pub fn spawn(image: &ExecImage, setup: &ChildSetup<'_>) -> Result<Spawned, Spawn
     // prepared above and leaves by execve or _exit.
     match unsafe { libc::fork() } {
         -1 => Err(SpawnError::Fork(io::Error::last_os_error())),
-                // SAFETY: this is the forked child, which `child_after_fork` is for.
+        // SAFETY: this is the forked child, which `child_after_fork` is for.
         0 => unsafe { child_after_fork(&child) },
         pid => {
             drop(status_write);

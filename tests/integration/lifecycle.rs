@@ -154,3 +154,51 @@ fn sample_config_serves_every_service() {
         "{who}"
     );
 }
+
+#[test]
+fn log_level_flag_and_rust_log_choose_what_is_logged() {
+    let port = free_port();
+    let config = format!(
+        "[[service]]\nname = \"q\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"cat\"]\n"
+    );
+
+    let quiet = Summond::start_with(Start {
+        config: &config,
+        args: &["--log-level", "warn"],
+        wait_ready: false,
+        ..Start::default()
+    });
+    assert!(wait_until(TIMEOUT, || std::net::TcpStream::connect((
+        "127.0.0.1",
+        port
+    ))
+    .is_ok()));
+    assert_eq!(tcp_port_exchange(port, b"x"), "x");
+    let text = quiet.log_text();
+    assert!(!text.contains("INFO") && !text.contains("DEBUG"), "{text}");
+    drop(quiet);
+    let dir = TempDir::new("rustlog");
+    let log = dir.path("l.log");
+    let cfg = dir.path("c.toml");
+    let port2 = free_port();
+    std::fs::write(&cfg, config.replace(&port.to_string(), &port2.to_string())).unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(["-c", cfg.to_str().unwrap()])
+        .env("RUST_LOG", "debug")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(TIMEOUT, || std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains(" serving ")));
+    assert_eq!(tcp_port_exchange(port2, b"y"), "y");
+    assert!(wait_until(TIMEOUT, || std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("DEBUG q: connection from")));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+}

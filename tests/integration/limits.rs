@@ -98,3 +98,41 @@ fn max_per_source_closes_the_extra_connection_at_once_and_logs_the_client() {
     assert!(wait_until(TIMEOUT, || s.log_count("ps: pid ") == 1));
     assert_eq!(read_line(&connect(port)), "start\n");
 }
+
+#[test]
+fn on_a_unix_socket_max_per_source_counts_the_peers_uid() {
+    let dir = TempDir::new("unixps");
+    let sock = dir.path("ps.sock");
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &format!(
+                "[[service]]\nname = \"ups\"\nlisten = \"unix://{}\"\nexec = {}\nmax_per_source = 1\n",
+                sock.display(),
+                sh(HOLD)
+            ),
+            ..Start::default()
+        },
+    );
+    let first = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&first), &mut line).unwrap();
+    assert_eq!(line, "start\n");
+    let second = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    second.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!(
+        std::io::Read::read(&mut &second, &mut buf).unwrap(),
+        0,
+        "closed at once"
+    );
+    let uid = nix::unistd::getuid();
+    assert!(
+        s.wait_log(&format!(
+            "ups: refused uid {uid} pid {} (max_per_source 1 reached)",
+            std::process::id()
+        )),
+        "{}",
+        s.log_text()
+    );
+}

@@ -209,3 +209,29 @@ fn a_raised_max_instances_lets_the_waiting_client_in_at_once() {
         "the new limit applies at once"
     );
 }
+
+#[test]
+fn an_empty_config_idles_until_a_reload_adds_a_service() {
+    let port = free_port();
+    let s = Summond::start("# nothing yet\n");
+    assert!(s.log_text().contains("serving 0 services"));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    assert!(s.reload(&echo_service("late", port, "")));
+    assert_eq!(tcp_port_exchange(port, b"here\n"), "here\n");
+}
+
+#[test]
+fn a_changed_control_socket_path_moves_the_status_socket() {
+    let s = Summond::start("[daemon]\ncontrol = \"{dir}/one.sock\"\n");
+    let one = s.dir.path("one.sock");
+    let two = s.dir.path("two.sock");
+    assert!(one.exists());
+    assert!(s.reload("[daemon]\ncontrol = \"{dir}/two.sock\"\n"));
+    assert!(
+        two.exists() && !one.exists(),
+        "old socket file removed, new one served"
+    );
+    let (code, out, _) = run_to_exit(&["status", "--control", two.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&format!("\"pid\":{}", s.pid())), "{out}");
+}

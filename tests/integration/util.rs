@@ -180,11 +180,13 @@ impl Summond {
             }
             None => Command::new(BIN),
         };
-        cmd.arg("-c")
-            .arg(&config)
-            .arg("--log-level")
-            .arg("debug")
-            .args(opts.args)
+        cmd.arg("-c").arg(&config);
+        // debug, so tests can see per-connection lines, unless the test
+        // chooses its own level
+        if !opts.args.contains(&"--log-level") {
+            cmd.args(["--log-level", "debug"]);
+        }
+        cmd.args(opts.args)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file);
