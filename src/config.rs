@@ -321,16 +321,23 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+impl ConfigErrors {
+    /// A file-level error with no position (unreadable, not TOML).
+    fn one(path: &Path, kind: ErrorKind) -> ConfigErrors {
+        ConfigErrors(vec![ConfigError {
+            path: path.to_path_buf(),
+            pos: None,
+            service: None,
+            kind,
+        }])
+    }
+}
+
 /// Read and validate the file at `path`.
 pub fn load(path: &Path, host: &Host) -> Result<Config, ConfigErrors> {
     match std::fs::read_to_string(path) {
         Ok(text) => parse(path, &text, host),
-        Err(e) => Err(ConfigErrors(vec![ConfigError {
-            path: path.to_path_buf(),
-            pos: None,
-            service: None,
-            kind: ErrorKind::Read(e),
-        }])),
+        Err(e) => Err(ConfigErrors::one(path, ErrorKind::Read(e))),
     }
 }
 
@@ -356,17 +363,10 @@ pub fn parse(path: &Path, text: &str, host: &Host) -> Result<Config, ConfigError
 /// it must work for a user who could not load the whole config (services
 /// with `user` need root to validate).
 pub fn control_socket(path: &Path) -> Result<Option<PathBuf>, ConfigErrors> {
-    let one = |kind| {
-        ConfigErrors(vec![ConfigError {
-            path: path.into(),
-            pos: None,
-            service: None,
-            kind,
-        }])
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| one(ErrorKind::Read(e)))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigErrors::one(path, ErrorKind::Read(e)))?;
     let root = DeTable::parse(&text)
-        .map_err(|e| one(ErrorKind::Syntax(e.message().trim().to_string())))?;
+        .map_err(|e| ConfigErrors::one(path, ErrorKind::Syntax(e.message().trim().to_string())))?;
     let control = root
         .get_ref()
         .get("daemon")

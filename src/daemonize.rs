@@ -20,23 +20,36 @@ fn fd_is_open(fd: RawFd) -> bool {
     unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
 }
 
-/// Open /dev/null onto any of fds 0, 1, 2 that are closed. `open` returns
-/// the lowest free fd, so opening until 2 is taken fills the gaps in order.
-pub fn ensure_std_fds() -> io::Result<()> {
-    while !(fd_is_open(0) && fd_is_open(1) && fd_is_open(2)) {
-        // SAFETY: a NUL-terminated literal path; the fd is intentionally
-        // leaked into the 0-2 slot it lands in.
-        let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
-        if fd < 0 {
+/// Put /dev/null on fds 0, 1 and 2: all of them (`replace_open`), or
+/// only those that are closed. The copies on 0-2 are inheritable (a
+/// child's "inherit" stderr must survive exec).
+fn null_onto_std_fds(replace_open: bool) -> io::Result<()> {
+    // SAFETY: open, fcntl, dup2 and close on fds 0-2 and one fresh fd we own.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if null < 0 {
             return Err(io::Error::last_os_error());
         }
-        if fd > 2 {
-            // SAFETY: we just opened it and nothing else refers to it.
-            unsafe { libc::close(fd) };
-            break;
+        for fd in 0..3 {
+            if fd == null {
+                // It landed in a closed std slot: dup2(fd, fd) would keep
+                // CLOEXEC, so clear it instead.
+                libc::fcntl(fd, libc::F_SETFD, 0);
+            } else if (replace_open || !fd_is_open(fd)) && libc::dup2(null, fd) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        if null > 2 {
+            libc::close(null);
         }
     }
     Ok(())
+}
+
+/// Open /dev/null onto any of fds 0, 1, 2 that are closed, so no socket
+/// lands there and a child's inherited stderr is real.
+pub fn ensure_std_fds() -> io::Result<()> {
+    null_onto_std_fds(false)
 }
 
 /// Set FD_CLOEXEC on every fd >= 3 we inherited, so that no child of ours
@@ -154,22 +167,7 @@ pub struct Detached {
 impl Detached {
     /// Serving: detach stdio and let the parent exit 0.
     pub fn ready(mut self) -> io::Result<()> {
-        // SAFETY: the fd juggling only touches 0-2.
-        unsafe {
-            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
-            if null < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            for fd in 0..3 {
-                // dup2 clears CLOEXEC on 0-2, which children inherit.
-                if libc::dup2(null, fd) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            if null > 2 {
-                libc::close(null);
-            }
-        }
+        null_onto_std_fds(true)?;
         self.report.write_all(b"0")
     }
 

@@ -434,15 +434,18 @@ impl Server {
         if sock.busy.is_some() || !sock.watched {
             return;
         }
+        let now = Instant::now();
         if self.services[idx].spec.accept {
-            self.retry_pending(Instant::now());
+            self.retry_pending(now);
             self.accept_connections(idx, addr);
         } else {
             self.start_pass_child(idx, addr);
         }
-        self.sync_service(idx, Instant::now());
-        if self.at_global_limit() || self.resources.is_paused(Instant::now()) {
-            self.sync_all(Instant::now());
+        // Spawning moved the clock on; limits and back-offs read the latest.
+        let now = Instant::now();
+        self.sync_service(idx, now);
+        if self.at_global_limit() || self.resources.is_paused(now) {
+            self.sync_all(now);
         }
     }
 
@@ -768,12 +771,9 @@ impl Server {
     }
 
     fn child_exited(&mut self, pid: Pid, status: &WaitStatus, now: Instant) {
-        // Read the status pipe first: a child that failed exec is dead, so
-        // its report (or EOF) is there to read.
-        if let Some((pipe, _)) = self.children.get(&pid).and_then(|c| c.status_pipe.as_ref()) {
-            let report = spawn::read_exec_status(pipe);
-            self.finish_exec_status(pid, report);
-        }
+        // Read the status pipe first: the child is dead, so its report (or
+        // EOF) is there to read, never pending.
+        self.on_exec_status(pid);
         let Some(child) = self.children.remove(&pid) else {
             return;
         };
