@@ -133,7 +133,7 @@ impl fmt::Display for Cidr {
 }
 
 /// Why a client was turned away, for the log line and the counters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Refusal {
     /// Matched a `deny` block.
     Denied,

@@ -12,6 +12,8 @@ pub mod limits;
 pub mod listener;
 pub mod logging;
 pub mod peer;
+pub mod queue;
+pub mod refusals;
 pub mod server;
 pub mod signals;
 pub mod spawn;

@@ -41,6 +41,11 @@ impl<K: Eq + Hash + Clone> Counter<K> {
         *self.counts.entry(k).or_insert(0) += 1;
     }
 
+    /// Every key with its count (entries at zero are never kept).
+    pub fn iter(&self) -> impl Iterator<Item = (&K, u32)> {
+        self.counts.iter().map(|(k, n)| (k, *n))
+    }
+
     pub fn remove(&mut self, k: &K) {
         if let Some(n) = self.counts.get_mut(k) {
             *n -= 1;

@@ -11,7 +11,6 @@ use std::fmt;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -108,13 +107,12 @@ fn clear_stale(path: &Path, stream: bool) -> Result<(), ListenError> {
     if !meta.file_type().is_socket() {
         return Err(ListenError::NotASocket(path.to_path_buf()));
     }
-    let probe = if stream {
-        UnixStream::connect(path).map(drop)
-    } else {
-        UnixDatagram::unbound().and_then(|d| d.connect(path))
-    };
-    match probe {
+    match probe(path, stream) {
         Ok(()) => Err(ListenError::Live(path.to_path_buf())),
+        // A full backlog (or a full datagram queue) is a live server.
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            Err(ListenError::Live(path.to_path_buf()))
+        }
         Err(e) if e.raw_os_error() == Some(nix::libc::ECONNREFUSED) => {
             std::fs::remove_file(path).map_err(|e| ListenError::RemoveStale(path.to_path_buf(), e))
         }
@@ -125,6 +123,16 @@ fn clear_stale(path: &Path, stream: bool) -> Result<(), ListenError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(ListenError::Bind(e)),
     }
+}
+
+/// Connect to the socket file at `path` without ever blocking: a server
+/// whose backlog is full makes a blocking unix connect() wait for room,
+/// and this runs in the event loop on reload.
+fn probe(path: &Path, stream: bool) -> io::Result<()> {
+    let ty = if stream { Type::STREAM } else { Type::DGRAM };
+    let s = Socket::new(Domain::UNIX, ty, None)?;
+    s.set_nonblocking(true)?;
+    s.connect(&SockAddr::unix(path)?)
 }
 
 fn unix_sockaddr(path: &UnixPath) -> io::Result<SockAddr> {
@@ -208,7 +216,7 @@ pub fn open(addr: &ListenAddr, opts: ListenOptions) -> Result<Listener, ListenEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::net::UnixListener;
+    use std::os::unix::net::{UnixListener, UnixStream};
 
     fn temp_dir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("summond-listener-{tag}-{}", std::process::id()));
@@ -262,9 +270,42 @@ mod tests {
     }
 
     #[test]
+    fn a_live_server_with_a_full_backlog_is_refused_without_blocking() {
+        let dir = temp_dir("full");
+        let path = dir.join("full.sock");
+        let server = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+        server.bind(&SockAddr::unix(&path).unwrap()).unwrap();
+        server.listen(0).unwrap();
+        // Fill the backlog; the server never accepts.
+        let mut clients = Vec::new();
+        for _ in 0..64 {
+            let c = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+            c.set_nonblocking(true).unwrap();
+            match c.connect(&SockAddr::unix(&path).unwrap()) {
+                Ok(()) => clients.push(c),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("filling the backlog: {e}"),
+            }
+        }
+        let addr: ListenAddr = format!("unix://{}", path.display()).parse().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(matches!(
+                open(&addr, ListenOptions::default()),
+                Err(ListenError::Live(_))
+            ));
+        });
+        let outcome = rx.recv_timeout(std::time::Duration::from_secs(5));
+        assert_eq!(outcome, Ok(true), "the probe must not wait for room");
+        drop(clients);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn ipv6_listeners_are_v6_only() {
         let Ok(probe) = std::net::TcpListener::bind("[::1]:0") else {
-            return; // no IPv6 loopback here
+            eprintln!("skipped ipv6_listeners_are_v6_only: no IPv6 loopback here");
+            return;
         };
         let port = probe.local_addr().unwrap().port();
         drop(probe);

@@ -7,6 +7,7 @@
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
@@ -62,6 +63,9 @@ struct Syslog {
     filter: env_filter::Filter,
     socket: Option<UnixDatagram>,
     path: PathBuf,
+    /// Lines dropped because the syslog daemon's queue was full; reported
+    /// with the next line that gets through.
+    dropped: AtomicU64,
 }
 
 impl Syslog {
@@ -71,10 +75,16 @@ impl Syslog {
             .unwrap_or_else(|| PathBuf::from(SYSLOG_SOCKET));
         // Unconnected, addressed per message: a syslog daemon restarting
         // under us costs the lines sent while it is down, nothing more.
+        // Non-blocking: the event loop logs, and a slow /dev/log reader
+        // must cost lines, never a stalled loop.
+        let socket = UnixDatagram::unbound()
+            .and_then(|s| s.set_nonblocking(true).map(|()| s))
+            .ok();
         Syslog {
             filter,
-            socket: UnixDatagram::unbound().ok(),
+            socket,
             path,
+            dropped: AtomicU64::new(0),
         }
     }
 }
@@ -97,14 +107,29 @@ impl Log for Syslog {
         if !self.filter.matches(record) {
             return;
         }
-        if let Some(socket) = &self.socket {
-            let line = format!(
-                "<{}>summond[{}]: {}",
-                LOG_DAEMON | severity(record.level()),
-                std::process::id(),
-                record.args()
+        let Some(socket) = &self.socket else {
+            return;
+        };
+        let pid = std::process::id();
+        let dropped = self.dropped.load(Ordering::Relaxed);
+        if dropped > 0 {
+            let note = format!(
+                "<{}>summond[{pid}]: {dropped} log lines dropped: the syslog socket was full",
+                LOG_DAEMON | severity(Level::Warn),
             );
-            let _ = socket.send_to(line.as_bytes(), &self.path);
+            if socket.send_to(note.as_bytes(), &self.path).is_ok() {
+                self.dropped.fetch_sub(dropped, Ordering::Relaxed);
+            }
+        }
+        let line = format!(
+            "<{}>summond[{pid}]: {}",
+            LOG_DAEMON | severity(record.level()),
+            record.args()
+        );
+        if let Err(e) = socket.send_to(line.as_bytes(), &self.path) {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 

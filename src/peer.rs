@@ -20,6 +20,15 @@ pub enum SourceKey {
     Uid(u32),
 }
 
+impl fmt::Display for SourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceKey::Ip(ip) => write!(f, "{ip}"),
+            SourceKey::Uid(uid) => write!(f, "uid {uid}"),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Peer {
     Inet {

@@ -12,14 +12,14 @@
 //! queued clients must be re-registered to wake us again; epoll reports a
 //! ready fd at registration, which is exactly that wake-up.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::{CString, OsString};
 use std::fmt;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, error, info, log, warn, Level};
 use mio::unix::SourceFd;
@@ -30,20 +30,27 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use socket2::Socket;
 
+use crate::access::Refusal;
 use crate::addr::ListenAddr;
 use crate::config::{self, Config, Host, Pass, ServiceSpec};
 use crate::control::{ServiceStatus, Status};
 use crate::limits::{Backoff, Counter, CrashGuard};
 use crate::listener::{self, ListenError, ListenOptions, Listener};
 use crate::peer::{Peer, SourceKey};
+use crate::queue::QueueHead;
+use crate::refusals::{RefusalLog, REFUSAL_INTERVAL};
 use crate::signals::{self, Signals};
-use crate::spawn::{self, ChildSetup, ExecImage, ExecStatus, Stage};
+use crate::spawn::{self, ChildSetup, ExecImage, ExecStatus, FdMove, Stage};
 
 const SIGNALS: Token = Token(0);
 const CONTROL: Token = Token(1);
 /// SPEC: the control socket is for root (or summond's user) only.
 const CONTROL_SOCKET_MODE: u32 = 0o600;
 const FIRST_DYNAMIC_TOKEN: usize = 16;
+/// Connections taken from one listener per wake-up before the loop turns
+/// to its other sources (signals, the control socket, other listeners);
+/// a listener with clients left is served again on the next turn.
+const ACCEPT_BUDGET: usize = 64;
 
 /// Startup failures (exit 1). Anything after startup is logged, not returned.
 #[derive(Debug)]
@@ -80,9 +87,16 @@ pub struct RunOptions {
     pub child_nofile: Option<libc::rlimit>,
 }
 
+/// A service for the length of the run: kept across reloads while its
+/// name stays in the config, new when a name appears (again). Children
+/// refer to it, not to the name, so a service removed and re-added while
+/// its old children run starts with counts of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct ServiceId(u64);
+
 /// What a poll token stands for.
 #[derive(Clone, Debug)]
-enum Source {
+enum TokenKind {
     Listener(ListenAddr),
     ExecStatus(Pid),
     ControlClient,
@@ -97,9 +111,12 @@ struct ControlClient {
 
 /// An accepted client whose child could not be started for lack of fds or
 /// processes; it is started when the back-off ends instead of being
-/// dropped.
+/// dropped, after being admitted again by whichever service owns its
+/// address then.
 struct PendingConnection {
     addr: ListenAddr,
+    /// The service that accepted it, for the log line if it is closed.
+    name: String,
     conn: Socket,
     peer: Peer,
 }
@@ -107,11 +124,17 @@ struct PendingConnection {
 struct OpenSocket {
     listener: Listener,
     token: Token,
-    /// Index into `Server::services`.
+    /// Index into `Server::services`: the service owning the address now.
     service: usize,
     watched: bool,
     /// A pass-mode child owns this socket until it exits.
     busy: Option<Pid>,
+    /// Unwatched because it became readable while the gate over all
+    /// services (max_children, the resource back-off) was shut; in
+    /// `Server::parked`, watched again when the gate opens.
+    parked: bool,
+    /// In `Server::ready`: clients were left after the accept budget.
+    queued: bool,
 }
 
 /// Counters for status and logs; each changes in exactly one place.
@@ -123,6 +146,25 @@ pub struct Stats {
     pub last_exit: Option<String>,
 }
 
+/// Why a client was turned away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum RefuseReason {
+    Access(Refusal),
+    MaxPerSource(u32),
+}
+
+impl fmt::Display for RefuseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RefuseReason::Access(r) => write!(f, "{r}"),
+            RefuseReason::MaxPerSource(max) => write!(f, "max_per_source {max} reached"),
+        }
+    }
+}
+
+/// What repeated refusals are counted under: service, client, reason.
+type RefusalKey = (ServiceId, Option<SourceKey>, RefuseReason);
+
 /// What became of an attempt to start a child.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Launch {
@@ -133,28 +175,56 @@ enum Launch {
 }
 
 struct ServiceRuntime {
+    id: ServiceId,
     spec: ServiceSpec,
     image: ExecImage,
+    /// Children of this service; changed only by `add_child` and
+    /// `remove_child`, which also keep `per_source`.
     active: u32,
     per_source: Counter<SourceKey>,
     crash: CrashGuard,
     stats: Stats,
+    /// Children have been leaving their socket unread; the first such exit
+    /// was logged, the rest are not until one does its work.
+    unread_episode: bool,
+}
+
+/// A socket lent to a pass-mode child, and what waited on it then.
+struct HeldSocket {
+    addr: ListenAddr,
+    head: QueueHead,
+}
+
+/// What a new child is: built by the accept and pass paths, consumed by
+/// `spawn_child`.
+struct ChildRequest<'a> {
+    fds: &'a [FdMove],
+    env: &'a [CString],
+    /// Add `LISTEN_PID` (listen_fds mode).
+    listen_pid: bool,
+    /// The client, in accept mode.
+    peer: Option<Peer>,
+    /// The sockets, in pass mode.
+    held_sockets: Vec<HeldSocket>,
 }
 
 struct Child {
-    service: String,
+    service: ServiceId,
+    /// The service's name when the child started, for its log lines even
+    /// after a reload removed the service.
+    name: String,
     peer: Option<Peer>,
     source: Option<SourceKey>,
     started_at: Instant,
     status_pipe: Option<(OwnedFd, Token)>,
     exec_failed: bool,
     /// Sockets a pass-mode child holds; empty in accept mode.
-    holds: Vec<ListenAddr>,
+    held_sockets: Vec<HeldSocket>,
 }
 
 impl Child {
     fn is_pass_mode(&self) -> bool {
-        !self.holds.is_empty()
+        !self.held_sockets.is_empty()
     }
 }
 
@@ -163,8 +233,9 @@ pub struct Server {
     config: Config,
     services: Vec<ServiceRuntime>,
     sockets: HashMap<ListenAddr, OpenSocket>,
-    sources: HashMap<Token, Source>,
+    tokens: HashMap<Token, TokenKind>,
     next_token: usize,
+    next_service_id: u64,
     children: HashMap<Pid, Child>,
     signals: Signals,
     devnull: File,
@@ -174,9 +245,14 @@ pub struct Server {
     resources: Backoff,
     pending: Vec<PendingConnection>,
     /// Services held by the crash guard, and until when.
-    holds: Vec<(Instant, String)>,
-    /// Service name → index into `services`, rebuilt on reload.
-    by_name: HashMap<String, usize>,
+    crash_holds: Vec<(Instant, ServiceId)>,
+    /// Service identity → index into `services`, rebuilt on reload.
+    by_id: HashMap<ServiceId, usize>,
+    /// Listeners unwatched while the gate over all services was shut.
+    parked: Vec<ListenAddr>,
+    /// Listeners with clients left after their accept budget.
+    ready: VecDeque<ListenAddr>,
+    refusals: RefusalLog<RefusalKey>,
     control: Option<Listener>,
     control_clients: HashMap<Token, ControlClient>,
     stopping: bool,
@@ -196,6 +272,11 @@ fn describe_status(status: &WaitStatus) -> (String, bool) {
         ),
         other => (format!("{other:?}"), false),
     }
+}
+
+/// " for PEER", or nothing for a child without a client.
+fn for_peer(peer: Option<&Peer>) -> String {
+    peer.map(|p| format!(" for {p}")).unwrap_or_default()
 }
 
 /// Write what the socket takes; true when the reply is done (or the
@@ -250,8 +331,9 @@ impl Server {
             },
             services: Vec::new(),
             sockets: HashMap::new(),
-            sources: HashMap::new(),
+            tokens: HashMap::new(),
             next_token: FIRST_DYNAMIC_TOKEN,
+            next_service_id: 1,
             children: HashMap::new(),
             signals,
             devnull,
@@ -259,8 +341,11 @@ impl Server {
             opts,
             resources: Backoff::default(),
             pending: Vec::new(),
-            holds: Vec::new(),
-            by_name: HashMap::new(),
+            crash_holds: Vec::new(),
+            by_id: HashMap::new(),
+            parked: Vec::new(),
+            ready: VecDeque::new(),
+            refusals: RefusalLog::default(),
             control: None,
             control_clients: HashMap::new(),
             stopping: false,
@@ -279,9 +364,14 @@ impl Server {
             self.config.path.display()
         );
         while !self.stopping {
-            let timeout = self
-                .next_deadline()
-                .map(|d| d.saturating_duration_since(Instant::now()));
+            // Listeners with clients left over are served again right after
+            // a look at everything else, so no wait then.
+            let timeout = if self.ready.is_empty() {
+                self.next_deadline()
+                    .map(|d| d.saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -292,15 +382,16 @@ impl Server {
                 match event.token() {
                     SIGNALS => self.handle_signals(),
                     CONTROL => self.accept_control_clients(),
-                    token => match self.sources.get(&token).cloned() {
-                        Some(Source::Listener(addr)) => self.on_listener_ready(&addr),
-                        Some(Source::ExecStatus(pid)) => self.on_exec_status(pid),
-                        Some(Source::ControlClient) => self.write_control_reply(token),
+                    token => match self.tokens.get(&token).cloned() {
+                        Some(TokenKind::Listener(addr)) => self.on_listener_ready(&addr),
+                        Some(TokenKind::ExecStatus(pid)) => self.on_exec_status(pid),
+                        Some(TokenKind::ControlClient) => self.write_control_reply(token),
                         // A source removed earlier in this batch.
                         None => {}
                     },
                 }
             }
+            self.serve_ready();
             self.run_timers(Instant::now());
         }
         self.shutdown();
@@ -313,29 +404,49 @@ impl Server {
         t
     }
 
-    /// The earliest timer: a crash hold or the resource back-off ending.
-    /// Both lists are short (holds only exist while a service is held), so
-    /// an idle loop costs nothing per configured socket.
+    /// The earliest timer: a crash hold, the resource back-off or the
+    /// refusal summary ending. All are short lists (holds exist only while
+    /// a service is held), so an idle loop costs nothing per socket.
     fn next_deadline(&self) -> Option<Instant> {
-        let holds = self.holds.iter().map(|(until, _)| *until);
-        holds.chain(self.resources.deadline()).min()
+        let holds = self.crash_holds.iter().map(|(until, _)| *until);
+        holds
+            .chain(self.resources.deadline())
+            .chain(self.refusals.deadline())
+            .min()
     }
 
     /// Re-arm what a timer that ran out was holding back.
     fn run_timers(&mut self, now: Instant) {
         if self.resources.expire(now) {
             self.retry_pending(now);
-            self.sync_all(now);
+            self.unpark(now);
         }
-        if self.holds.iter().any(|(until, _)| *until <= now) {
-            let (expired, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.holds)
+        if self.crash_holds.iter().any(|(until, _)| *until <= now) {
+            let (expired, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.crash_holds)
                 .into_iter()
                 .partition(|(until, _)| *until <= now);
-            self.holds = held;
-            for (_, name) in expired {
-                if let Some(idx) = self.service_index(&name) {
+            self.crash_holds = held;
+            for (_, id) in expired {
+                if let Some(idx) = self.service_index(id) {
                     self.sync_service(idx, now);
                 }
+            }
+        }
+        if let Some(summary) = self.refusals.flush(now) {
+            for ((id, client, why), n) in summary.repeats {
+                let name = self.service_name(id);
+                let client = client.map_or_else(|| "unknown peer".to_string(), |c| c.to_string());
+                info!(
+                    "{name}: refused {client} {n} more times in the last {}s ({why})",
+                    REFUSAL_INTERVAL.as_secs()
+                );
+            }
+            if summary.untracked > 0 {
+                info!(
+                    "refused {} more connections from other clients in the last {}s",
+                    summary.untracked,
+                    REFUSAL_INTERVAL.as_secs()
+                );
             }
         }
     }
@@ -358,22 +469,34 @@ impl Server {
 
     // ---- watching listeners --------------------------------------------
 
-    fn service_index(&self, name: &str) -> Option<usize> {
-        self.by_name.get(name).copied()
+    fn service_index(&self, id: ServiceId) -> Option<usize> {
+        self.by_id.get(&id).copied()
+    }
+
+    fn service_name(&self, id: ServiceId) -> &str {
+        self.service_index(id)
+            .map_or("(removed service)", |i| self.services[i].spec.name.as_str())
     }
 
     fn at_global_limit(&self) -> bool {
         self.children.len() >= self.config.daemon.max_children as usize
     }
 
-    /// May service `idx` start a child now? (global cap, its own cap, the
-    /// crash hold, the resource back-off)
-    fn may_spawn(&self, idx: usize, now: Instant) -> bool {
+    /// The gate over all services: below max_children and not backing
+    /// off after running out of fds or processes.
+    fn gate_is_open(&self, now: Instant) -> bool {
+        !self.at_global_limit() && !self.resources.is_paused(now)
+    }
+
+    /// May service `idx` start a child as far as its own limits go? (its
+    /// max_instances, the crash hold)
+    fn service_may_spawn(&self, idx: usize, now: Instant) -> bool {
         let svc = &self.services[idx];
-        !self.at_global_limit()
-            && svc.spec.max_instances.is_none_or(|max| svc.active < max)
-            && !svc.crash.is_held(now)
-            && !self.resources.is_paused(now)
+        svc.spec.max_instances.is_none_or(|max| svc.active < max) && !svc.crash.is_held(now)
+    }
+
+    fn may_spawn(&self, idx: usize, now: Instant) -> bool {
+        self.gate_is_open(now) && self.service_may_spawn(idx, now)
     }
 
     fn set_watched(&mut self, addr: &ListenAddr, want: bool) {
@@ -400,9 +523,12 @@ impl Server {
         }
     }
 
-    /// Make the poll set match what service `idx` may do now.
+    /// Make the poll set match what service `idx` may do now. The gate
+    /// over all services is not consulted: a listener that turns readable
+    /// while it is shut is parked then, so closing it costs nothing and
+    /// opening it costs one registration per listener that had a client.
     fn sync_service(&mut self, idx: usize, now: Instant) {
-        let may = self.may_spawn(idx, now);
+        let may = self.service_may_spawn(idx, now);
         let addrs: Vec<(ListenAddr, bool)> = self.services[idx]
             .spec
             .listen
@@ -410,7 +536,7 @@ impl Server {
             .filter_map(|l| {
                 self.sockets
                     .get(&l.addr)
-                    .map(|s| (l.addr.clone(), may && s.busy.is_none()))
+                    .map(|s| (l.addr.clone(), may && s.busy.is_none() && !s.parked))
             })
             .collect();
         for (addr, want) in addrs {
@@ -421,6 +547,58 @@ impl Server {
     fn sync_all(&mut self, now: Instant) {
         for idx in 0..self.services.len() {
             self.sync_service(idx, now);
+        }
+    }
+
+    /// The gate is shut and `addr` has clients: stop watching it (they
+    /// wait in the backlog) until the gate opens.
+    fn park(&mut self, addr: &ListenAddr) {
+        self.set_watched(addr, false);
+        if let Some(sock) = self.sockets.get_mut(addr) {
+            if !sock.parked {
+                sock.parked = true;
+                self.parked.push(addr.clone());
+            }
+        }
+    }
+
+    /// The gate is open again: watch the parked listeners (epoll reports
+    /// their waiting clients at registration).
+    fn unpark(&mut self, now: Instant) {
+        if self.parked.is_empty() || !self.gate_is_open(now) {
+            return;
+        }
+        for addr in std::mem::take(&mut self.parked) {
+            let Some(sock) = self.sockets.get_mut(&addr) else {
+                continue;
+            };
+            sock.parked = false;
+            let want = sock.busy.is_none();
+            let idx = sock.service;
+            let want = want && self.service_may_spawn(idx, now);
+            self.set_watched(&addr, want);
+        }
+    }
+
+    /// Serve the listeners whose accept budget ran out last turn.
+    fn serve_ready(&mut self) {
+        for _ in 0..self.ready.len() {
+            let Some(addr) = self.ready.pop_front() else {
+                break;
+            };
+            if let Some(sock) = self.sockets.get_mut(&addr) {
+                sock.queued = false;
+                self.on_listener_ready(&addr);
+            }
+        }
+    }
+
+    fn queue_ready(&mut self, addr: &ListenAddr) {
+        if let Some(sock) = self.sockets.get_mut(addr) {
+            if !sock.queued {
+                sock.queued = true;
+                self.ready.push_back(addr.clone());
+            }
         }
     }
 
@@ -435,26 +613,29 @@ impl Server {
             return;
         }
         let now = Instant::now();
+        if !self.gate_is_open(now) {
+            self.park(addr);
+            return;
+        }
         if self.services[idx].spec.accept {
             self.retry_pending(now);
-            self.accept_connections(idx, addr);
-        } else {
+            self.accept_connections(idx, addr, now);
+        } else if self.service_may_spawn(idx, now) {
             self.start_pass_child(idx, addr);
         }
-        // Spawning moved the clock on; limits and back-offs read the latest.
-        let now = Instant::now();
-        self.sync_service(idx, now);
-        if self.at_global_limit() || self.resources.is_paused(now) {
-            self.sync_all(now);
-        }
+        self.sync_service(idx, Instant::now());
     }
 
-    /// Accept until the queue is empty or a limit closes the gate; at a
-    /// limit the rest wait in the kernel backlog, unwatched.
-    fn accept_connections(&mut self, idx: usize, addr: &ListenAddr) {
-        loop {
-            let now = Instant::now();
-            if !self.may_spawn(idx, now) {
+    /// Accept until the queue is empty, a limit closes the gate, or the
+    /// budget for this turn is spent; at a limit the rest wait in the
+    /// kernel backlog, unwatched.
+    fn accept_connections(&mut self, idx: usize, addr: &ListenAddr, now: Instant) {
+        for _ in 0..ACCEPT_BUDGET {
+            if !self.gate_is_open(now) {
+                self.park(addr);
+                return;
+            }
+            if !self.service_may_spawn(idx, now) {
                 return;
             }
             let Some(sock) = self.sockets.get(addr) else {
@@ -463,20 +644,18 @@ impl Server {
             match sock.listener.socket.accept() {
                 Ok((conn, from)) => {
                     let peer = Peer::of(&conn, &from);
-                    self.start_connection(idx, addr, conn, peer);
+                    self.start_connection(idx, addr, conn, peer, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
                     if matches!(
                         e.raw_os_error(),
                         Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO | libc::EPERM)
-                    ) =>
-                {
-                    continue
-                }
+                    ) => {}
                 Err(e) if is_resource_error(&e) => {
                     let name = self.services[idx].spec.name.clone();
                     self.resource_fault(&format!("{name}: accept on {addr}"), &e, now);
+                    self.park(addr);
                     return;
                 }
                 Err(e) => {
@@ -485,20 +664,28 @@ impl Server {
                 }
             }
         }
+        self.queue_ready(addr);
     }
 
     /// One accepted client: access rules, per-source count, then a child.
-    fn start_connection(&mut self, idx: usize, addr: &ListenAddr, conn: Socket, peer: Peer) {
+    fn start_connection(
+        &mut self,
+        idx: usize,
+        addr: &ListenAddr,
+        conn: Socket,
+        peer: Peer,
+        now: Instant,
+    ) {
         let svc = &self.services[idx];
         if let Some(ip) = peer.ip() {
             if let Err(why) = svc.spec.access.permits(ip) {
-                self.refuse(idx, &peer, &why.to_string());
+                self.refuse(idx, &peer, RefuseReason::Access(why), now);
                 return;
             }
         }
         if let (Some(max), Some(key)) = (svc.spec.max_per_source, peer.source_key()) {
             if svc.per_source.get(&key) >= max {
-                self.refuse(idx, &peer, &format!("max_per_source {max} reached"));
+                self.refuse(idx, &peer, RefuseReason::MaxPerSource(max), now);
                 return;
             }
         }
@@ -507,11 +694,14 @@ impl Server {
     }
 
     /// The one place a refusal is counted and logged; the connection is
-    /// closed when the caller drops it.
-    fn refuse(&mut self, idx: usize, peer: &Peer, why: &str) {
+    /// closed when the caller drops it. Repeats from the same client are
+    /// summarised once per interval instead of logged one by one.
+    fn refuse(&mut self, idx: usize, peer: &Peer, why: RefuseReason, now: Instant) {
         let svc = &mut self.services[idx];
         svc.stats.refused += 1;
-        info!("{}: refused {peer} ({why})", svc.spec.name);
+        if self.refusals.record((svc.id, peer.source_key(), why), now) {
+            info!("{}: refused {peer} ({why})", svc.spec.name);
+        }
     }
 
     /// Start the child for an accepted, admitted connection. If fds or
@@ -531,19 +721,21 @@ impl Server {
             env.push(spawn::env_var("LISTEN_FDS", 1));
             env.push(spawn::env_var("LISTEN_FDNAMES", "connection"));
         }
-        let source = peer.source_key();
         let outcome = self.spawn_child(
             idx,
-            &fds,
-            &env,
-            listen_pid,
-            Some(peer.clone()),
-            source,
-            Vec::new(),
+            ChildRequest {
+                fds: &fds,
+                env: &env,
+                listen_pid,
+                peer: Some(peer.clone()),
+                held_sockets: Vec::new(),
+            },
         );
         if outcome == Launch::RetryLater {
+            let name = self.services[idx].spec.name.clone();
             self.pending.push(PendingConnection {
                 addr: addr.clone(),
+                name,
                 conn,
                 peer,
             });
@@ -552,28 +744,49 @@ impl Server {
     }
 
     /// Start children for connections kept through a back-off, as soon as
-    /// their service may.
+    /// their service may. The service that owns the address now admits
+    /// each one afresh (a reload may have changed its rules, or given the
+    /// address to another service); one that cannot take a connection any
+    /// more closes it with a line saying why.
     fn retry_pending(&mut self, now: Instant) {
         if self.pending.is_empty() || self.resources.is_paused(now) {
             return;
         }
         for p in std::mem::take(&mut self.pending) {
-            match self.sockets.get(&p.addr).map(|s| s.service) {
+            let PendingConnection {
+                addr,
+                name,
+                conn,
+                peer,
+            } = p;
+            match self.sockets.get(&addr).map(|s| s.service) {
+                None => info!(
+                    "{name}: closing the kept connection of {peer}: {addr} was removed by a reload"
+                ),
+                Some(idx) if !self.services[idx].spec.accept => info!(
+                    "{name}: closing the kept connection of {peer}: {addr} now belongs to \
+                     \"{}\", which does not accept connections",
+                    self.services[idx].spec.name
+                ),
                 Some(idx) if self.may_spawn(idx, now) => {
-                    self.launch_connection(idx, &p.addr, p.conn, p.peer)
+                    self.start_connection(idx, &addr, conn, peer, now)
                 }
-                Some(_) => self.pending.push(p),
-                // The address went away in a reload: the client is closed.
-                None => {}
+                Some(_) => self.pending.push(PendingConnection {
+                    addr,
+                    name,
+                    conn,
+                    peer,
+                }),
             }
         }
     }
 
     /// `accept = false`: hand the socket(s) over and stop watching them
-    /// until the child exits.
+    /// until the child exits. What waits on each is noted, so the exit
+    /// can tell whether the child took anything.
     fn start_pass_child(&mut self, idx: usize, ready: &ListenAddr) {
         let spec = &self.services[idx].spec;
-        let holds: Vec<ListenAddr> = match spec.pass {
+        let addrs: Vec<ListenAddr> = match spec.pass {
             Pass::Stdio => vec![ready.clone()],
             Pass::ListenFds => spec
                 .listen
@@ -582,9 +795,14 @@ impl Server {
                 .map(|l| l.addr.clone())
                 .collect(),
         };
-        let mut payload: Vec<RawFd> = Vec::with_capacity(holds.len());
-        for a in &holds {
-            let sock = &self.sockets[a];
+        let mut payload: Vec<RawFd> = Vec::with_capacity(addrs.len());
+        let mut held_sockets = Vec::with_capacity(addrs.len());
+        for a in addrs {
+            let sock = &self.sockets[&a];
+            held_sockets.push(HeldSocket {
+                head: QueueHead::of(&sock.listener.socket, &a),
+                addr: a,
+            });
             // Legacy wait-mode programs (tftpd) read with blocking calls;
             // O_NONBLOCK lives on the shared file description, and summond
             // does not touch the socket until the child exits.
@@ -598,35 +816,31 @@ impl Server {
             let names: Vec<&str> = spec
                 .listen
                 .iter()
-                .filter(|l| holds.contains(&l.addr))
+                .filter(|l| held_sockets.iter().any(|h| h.addr == l.addr))
                 .map(|l| l.name.as_deref().unwrap_or(&spec.name))
                 .collect();
             env.push(spawn::env_var("LISTEN_FDS", payload.len()));
             env.push(spawn::env_var("LISTEN_FDNAMES", names.join(":")));
         }
-        if self.spawn_child(idx, &fds, &env, listen_pid, None, None, holds.clone())
-            != Launch::Started
-        {
-            self.release_sockets(&holds, None);
+        let addrs: Vec<ListenAddr> = held_sockets.iter().map(|h| h.addr.clone()).collect();
+        let request = ChildRequest {
+            fds: &fds,
+            env: &env,
+            listen_pid,
+            peer: None,
+            held_sockets,
+        };
+        if self.spawn_child(idx, request) != Launch::Started {
+            self.release_sockets(&addrs, None);
         }
     }
 
     /// Fork and exec for service `idx`; record the child.
-    #[allow(clippy::too_many_arguments)]
-    fn spawn_child(
-        &mut self,
-        idx: usize,
-        fds: &[spawn::FdMove],
-        env: &[CString],
-        listen_pid: bool,
-        peer: Option<Peer>,
-        source: Option<SourceKey>,
-        holds: Vec<ListenAddr>,
-    ) -> Launch {
+    fn spawn_child(&mut self, idx: usize, req: ChildRequest<'_>) -> Launch {
         let setup = ChildSetup {
-            fds,
-            env,
-            listen_pid,
+            fds: req.fds,
+            env: req.env,
+            listen_pid: req.listen_pid,
             nofile: self.opts.child_nofile,
         };
         let now = Instant::now();
@@ -634,13 +848,10 @@ impl Server {
             Ok(s) => s,
             Err(e) => {
                 self.count_spawn_failure(idx);
-                let who = peer
-                    .as_ref()
-                    .map(|p| format!(" for {p}"))
-                    .unwrap_or_default();
                 let what = format!(
-                    "{}: cannot start a child{who}",
-                    self.services[idx].spec.name
+                    "{}: cannot start a child{}",
+                    self.services[idx].spec.name,
+                    for_peer(req.peer.as_ref())
                 );
                 if is_resource_error(e.io_error()) {
                     self.resource_fault(&what, &e, now);
@@ -650,16 +861,9 @@ impl Server {
                 return Launch::Failed;
             }
         };
-        let svc = &mut self.services[idx];
-        svc.active += 1;
-        svc.stats.served += 1;
-        if let Some(key) = source {
-            svc.per_source.add(key);
-        }
-        let name = svc.spec.name.clone();
         let pid = spawned.pid;
-        for a in &holds {
-            if let Some(sock) = self.sockets.get_mut(a) {
+        for h in &req.held_sockets {
+            if let Some(sock) = self.sockets.get_mut(&h.addr) {
                 sock.busy = Some(pid);
             }
         }
@@ -670,29 +874,92 @@ impl Server {
             Interest::READABLE,
         ) {
             Ok(()) => {
-                self.sources.insert(token, Source::ExecStatus(pid));
+                self.tokens.insert(token, TokenKind::ExecStatus(pid));
                 Some((spawned.status_pipe, token))
             }
             // Still read at reap time; only the early report is lost.
             Err(_) => Some((spawned.status_pipe, Token(usize::MAX))),
         };
-        debug!("{name}: started pid {pid}");
-        self.children.insert(
-            pid,
-            Child {
-                service: name,
-                peer,
-                source,
-                started_at: now,
-                status_pipe,
-                exec_failed: false,
-                holds,
-            },
-        );
+        let svc = &mut self.services[idx];
+        svc.stats.served += 1;
+        debug!("{}: started pid {pid}", svc.spec.name);
+        let child = Child {
+            service: svc.id,
+            name: svc.spec.name.clone(),
+            source: req.peer.as_ref().and_then(Peer::source_key),
+            peer: req.peer,
+            started_at: now,
+            status_pipe,
+            exec_failed: false,
+            held_sockets: req.held_sockets,
+        };
+        self.add_child(pid, child);
         if self.resources.success() {
             info!("resources available again: accepting connections");
         }
         Launch::Started
+    }
+
+    /// Record a child; with `remove_child` the only place the per-service
+    /// and per-source counts change, so they always match the table.
+    fn add_child(&mut self, pid: Pid, child: Child) {
+        if let Some(idx) = self.service_index(child.service) {
+            let svc = &mut self.services[idx];
+            svc.active += 1;
+            if let Some(key) = child.source {
+                svc.per_source.add(key);
+            }
+        }
+        self.children.insert(pid, child);
+        self.check_counts();
+    }
+
+    fn remove_child(&mut self, pid: Pid) -> Option<Child> {
+        let child = self.children.remove(&pid)?;
+        if let Some(idx) = self.service_index(child.service) {
+            let svc = &mut self.services[idx];
+            svc.active -= 1;
+            if let Some(key) = &child.source {
+                svc.per_source.remove(key);
+            }
+        }
+        self.check_counts();
+        Some(child)
+    }
+
+    /// Debug builds (the tests) check after every change that each count
+    /// is what the child table says.
+    fn check_counts(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        let mut active: HashMap<ServiceId, u32> = HashMap::new();
+        let mut sources: HashMap<(ServiceId, SourceKey), u32> = HashMap::new();
+        for c in self.children.values() {
+            *active.entry(c.service).or_default() += 1;
+            if let Some(k) = c.source {
+                *sources.entry((c.service, k)).or_default() += 1;
+            }
+        }
+        for svc in &self.services {
+            let want = active.get(&svc.id).copied().unwrap_or(0);
+            assert_eq!(svc.active, want, "{}: active count drifted", svc.spec.name);
+            for (k, n) in svc.per_source.iter() {
+                assert_eq!(
+                    sources.get(&(svc.id, *k)).copied().unwrap_or(0),
+                    n,
+                    "{}: per-source count of {k} drifted",
+                    svc.spec.name
+                );
+            }
+            let listed: usize = svc.per_source.iter().count();
+            let expected = sources.keys().filter(|(id, _)| *id == svc.id).count();
+            assert_eq!(
+                listed, expected,
+                "{}: per-source keys drifted",
+                svc.spec.name
+            );
+        }
     }
 
     /// The one place a spawn failure (fork, pipe or exec) is counted.
@@ -700,8 +967,9 @@ impl Server {
         self.services[idx].stats.spawn_failures += 1;
     }
 
-    /// EMFILE/ENFILE/EAGAIN: log once per episode, stop watching every
-    /// listener until the back-off deadline.
+    /// EMFILE/ENFILE/EAGAIN: log once per episode and shut the gate until
+    /// the back-off deadline; listeners that turn readable meanwhile are
+    /// parked.
     fn resource_fault(&mut self, what: &str, err: &dyn fmt::Display, now: Instant) {
         let (until, first) = self.resources.fault(now);
         if first {
@@ -711,7 +979,6 @@ impl Server {
                 crate::limits::BACKOFF_MAX.as_millis()
             );
         }
-        self.sync_all(now);
     }
 
     fn on_exec_status(&mut self, pid: Pid) {
@@ -731,7 +998,7 @@ impl Server {
             return;
         };
         if let Some((pipe, token)) = child.status_pipe.take() {
-            self.sources.remove(&token);
+            self.tokens.remove(&token);
             let _ = self
                 .poll
                 .registry()
@@ -742,13 +1009,10 @@ impl Server {
         };
         child.exec_failed = true;
         let err = io::Error::from_raw_os_error(errno);
-        let who = child
-            .peer
-            .as_ref()
-            .map(|p| format!(" for {p}"))
-            .unwrap_or_default();
-        let name = child.service.clone();
-        let idx = self.service_index(&name);
+        let who = for_peer(child.peer.as_ref());
+        let name = child.name.clone();
+        let service = child.service;
+        let idx = self.service_index(service);
         let program = idx
             .map(|i| self.services[i].spec.program.display().to_string())
             .unwrap_or_default();
@@ -770,45 +1034,74 @@ impl Server {
         }
     }
 
+    /// Did a pass-mode child leave a socket it held exactly as it found
+    /// it (the same datagram at the head, a client still waiting after a
+    /// quick exit)? Such a child did no work, whatever its exit status.
+    fn left_sockets_unread(&self, pid: Pid, child: &Child, ran: Duration) -> bool {
+        child.held_sockets.iter().any(|h| {
+            self.sockets.get(&h.addr).is_some_and(|s| {
+                s.busy == Some(pid)
+                    && h.head
+                        .untouched_by(&QueueHead::of(&s.listener.socket, &h.addr), ran)
+            })
+        })
+    }
+
     fn child_exited(&mut self, pid: Pid, status: &WaitStatus, now: Instant) {
         // Read the status pipe first: the child is dead, so its report (or
         // EOF) is there to read, never pending.
         self.on_exec_status(pid);
-        let Some(child) = self.children.remove(&pid) else {
+        let Some(child) = self.remove_child(pid) else {
             return;
         };
         let (what, success) = describe_status(status);
         let ran = now.saturating_duration_since(child.started_at);
-        let who = child
-            .peer
-            .as_ref()
-            .map(|p| format!(" for {p}"))
-            .unwrap_or_default();
-        let line = format!(
-            "{}: pid {pid}{who} {what} after {:.3}s",
-            child.service,
-            ran.as_secs_f64()
-        );
+        let unread = child.is_pass_mode() && self.left_sockets_unread(pid, &child, ran);
+        let idx = self.service_index(child.service);
+
         // Routine accept-mode exits are debug; an exec failure was already
-        // logged at error; everything else is worth an info line.
-        let level = if child.exec_failed || (success && !child.is_pass_mode()) {
+        // logged at error; a child leaving its socket unread is logged once
+        // per episode; everything else is worth an info line.
+        let first_unread =
+            unread && success && idx.is_some_and(|i| !self.services[i].unread_episode);
+        let level = if child.exec_failed
+            || (success && !child.is_pass_mode())
+            || (unread && success && !first_unread)
+        {
             Level::Debug
         } else {
             Level::Info
         };
-        log!(level, "{line}");
-
-        self.release_sockets(&child.holds, Some(pid));
-        if let Some(idx) = self.service_index(&child.service) {
-            let svc = &mut self.services[idx];
-            svc.active = svc.active.saturating_sub(1);
-            if let Some(key) = &child.source {
-                svc.per_source.remove(key);
+        log!(
+            level,
+            "{}: pid {pid}{} {what} after {:.3}s{}",
+            child.name,
+            for_peer(child.peer.as_ref()),
+            ran.as_secs_f64(),
+            if unread {
+                " leaving its socket unread; such exits count toward the restart guard"
+            } else {
+                ""
             }
+        );
+
+        // The socket table decides what is watched again: a reload may have
+        // given a held socket to another service since the child started.
+        let held: Vec<ListenAddr> = child.held_sockets.iter().map(|h| h.addr.clone()).collect();
+        let mut owners: HashSet<usize> = self.release_sockets(&held, Some(pid));
+        if let Some(i) = idx {
+            let svc = &mut self.services[i];
             svc.stats.last_exit = Some(what);
-            if child.is_pass_mode() && (!success || child.exec_failed) {
+            if child.is_pass_mode() {
+                if first_unread {
+                    svc.unread_episode = true;
+                } else if !unread {
+                    svc.unread_episode = false;
+                }
+            }
+            if child.is_pass_mode() && (!success || child.exec_failed || unread) {
                 if let Some(until) = svc.crash.record_failure(now) {
-                    self.holds.push((until, svc.spec.name.clone()));
+                    self.crash_holds.push((until, svc.id));
                     warn!(
                         "{}: failed {} times in {}s; not restarting it for {}s",
                         svc.spec.name,
@@ -818,25 +1111,30 @@ impl Server {
                     );
                 }
             }
-            self.sync_service(idx, now);
+            owners.insert(i);
+        }
+        for i in owners {
+            self.sync_service(i, now);
         }
         // A slot under max_children may have opened for every service.
-        if self.children.len() + 1 == self.config.daemon.max_children as usize {
-            self.sync_all(now);
-        }
+        self.unpark(now);
     }
 
     /// Give sockets back after a pass-mode child (`owner`: only if it still
-    /// holds them) and make them non-blocking again for accept().
-    fn release_sockets(&mut self, addrs: &[ListenAddr], owner: Option<Pid>) {
+    /// holds them) and make them non-blocking again for accept(). Returns
+    /// the services that own them now.
+    fn release_sockets(&mut self, addrs: &[ListenAddr], owner: Option<Pid>) -> HashSet<usize> {
+        let mut services = HashSet::new();
         for a in addrs {
             if let Some(sock) = self.sockets.get_mut(a) {
                 if owner.is_none() || sock.busy == owner {
                     sock.busy = None;
                     let _ = sock.listener.socket.set_nonblocking(true);
+                    services.insert(sock.service);
                 }
             }
         }
+        services
     }
 
     // ---- status -------------------------------------------------------
@@ -844,9 +1142,9 @@ impl Server {
     /// A snapshot for `summond status`. `active` is counted from the child
     /// table itself, so it can never drift from what is running.
     pub fn status(&self) -> Status {
-        let mut active: HashMap<&str, u64> = HashMap::new();
+        let mut active: HashMap<ServiceId, u64> = HashMap::new();
         for child in self.children.values() {
-            *active.entry(child.service.as_str()).or_default() += 1;
+            *active.entry(child.service).or_default() += 1;
         }
         Status {
             pid: std::process::id(),
@@ -860,7 +1158,7 @@ impl Server {
                     name: svc.spec.name.clone(),
                     addresses: svc.spec.listen.iter().map(|l| l.addr.to_string()).collect(),
                     mode: svc.spec.mode().to_string(),
-                    active: active.get(svc.spec.name.as_str()).copied().unwrap_or(0),
+                    active: active.get(&svc.id).copied().unwrap_or(0),
                     served: svc.stats.served,
                     refused: svc.stats.refused,
                     spawn_failures: svc.stats.spawn_failures,
@@ -896,7 +1194,7 @@ impl Server {
                         .register(&mut SourceFd(&fd), token, Interest::WRITABLE)
                         .is_ok()
                     {
-                        self.sources.insert(token, Source::ControlClient);
+                        self.tokens.insert(token, TokenKind::ControlClient);
                         self.control_clients.insert(token, client);
                     }
                 }
@@ -923,7 +1221,7 @@ impl Server {
                     .registry()
                     .deregister(&mut SourceFd(&client.socket.as_raw_fd()));
             }
-            self.sources.remove(&token);
+            self.tokens.remove(&token);
         }
     }
 
@@ -998,41 +1296,44 @@ impl Server {
             None => Some(None),
         };
 
-        // Runtime state follows the service name across reloads.
+        // Runtime state (and with it the service's identity) follows the
+        // name across reloads; a name new to this config is a new service.
         let mut old: HashMap<String, ServiceRuntime> = self
             .services
             .drain(..)
             .map(|s| (s.spec.name.clone(), s))
             .collect();
-        let inherited = &self.inherited_env;
-        self.services = new
-            .services
-            .iter()
-            .map(|spec| {
-                let image = ExecImage::new(spec, inherited.iter().cloned());
-                match old.remove(&spec.name) {
-                    Some(rt) => ServiceRuntime {
-                        spec: spec.clone(),
-                        image,
-                        ..rt
-                    },
-                    None => ServiceRuntime {
+        let mut services = Vec::with_capacity(new.services.len());
+        for spec in &new.services {
+            let image = ExecImage::new(spec, self.inherited_env.iter().cloned());
+            services.push(match old.remove(&spec.name) {
+                Some(rt) => ServiceRuntime {
+                    spec: spec.clone(),
+                    image,
+                    ..rt
+                },
+                None => {
+                    let id = ServiceId(self.next_service_id);
+                    self.next_service_id += 1;
+                    ServiceRuntime {
+                        id,
                         spec: spec.clone(),
                         image,
                         active: 0,
                         per_source: Counter::default(),
                         crash: CrashGuard::default(),
                         stats: Stats::default(),
-                    },
+                        unread_episode: false,
+                    }
                 }
-            })
-            .collect();
-
-        self.by_name = self
+            });
+        }
+        self.services = services;
+        self.by_id = self
             .services
             .iter()
             .enumerate()
-            .map(|(i, s)| (s.spec.name.clone(), i))
+            .map(|(i, s)| (s.id, i))
             .collect();
         let owner: HashMap<&ListenAddr, usize> = new
             .services
@@ -1048,8 +1349,8 @@ impl Server {
             .collect();
         for (listener, idx) in opened {
             let token = self.next_token();
-            self.sources
-                .insert(token, Source::Listener(listener.addr.clone()));
+            self.tokens
+                .insert(token, TokenKind::Listener(listener.addr.clone()));
             self.sockets.insert(
                 listener.addr.clone(),
                 OpenSocket {
@@ -1058,6 +1359,8 @@ impl Server {
                     service: idx,
                     watched: false,
                     busy: None,
+                    parked: false,
+                    queued: false,
                 },
             );
         }
@@ -1069,7 +1372,7 @@ impl Server {
         for addr in removed {
             self.set_watched(&addr, false);
             if let Some(sock) = self.sockets.remove(&addr) {
-                self.sources.remove(&sock.token);
+                self.tokens.remove(&sock.token);
                 debug!("closed {addr}");
             }
         }
@@ -1116,7 +1419,7 @@ impl Server {
         for (pid, child) in &self.children {
             if child.is_pass_mode() {
                 if let Err(e) = kill(*pid, Signal::SIGTERM) {
-                    warn!("{}: cannot SIGTERM pid {pid}: {e}", child.service);
+                    warn!("{}: cannot SIGTERM pid {pid}: {e}", child.name);
                 }
             }
         }

@@ -289,6 +289,11 @@ pub fn spawn(image: &ExecImage, setup: &ChildSetup<'_>) -> Result<Spawned, Spawn
             OwnedFd::from_raw_fd(pipe_fds[1]),
         )
     };
+    // pipe2 takes the lowest free fds, which can lie inside the target
+    // range (3.. after a reload freed low fds): the child's dup2 would
+    // then overwrite its own status pipe and report into a handed socket.
+    // Its write end must sit above every target before the moves.
+    let status_write = lift_above(status_write, first_temp).map_err(SpawnError::Pipe)?;
 
     let child = ChildArgs {
         program: image.program.as_ptr(),
@@ -324,6 +329,21 @@ pub fn spawn(image: &ExecImage, setup: &ChildSetup<'_>) -> Result<Spawned, Spawn
             })
         }
     }
+}
+
+/// `fd` itself if it is at or above `floor`, else a close-on-exec copy
+/// there (the original is closed).
+fn lift_above(fd: OwnedFd, floor: RawFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() >= floor {
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on an fd we own returns a new fd or -1.
+    let lifted = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
+    if lifted < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fcntl just returned this fd; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(lifted) })
 }
 
 /// Raw pointers and values the child uses; no owned data, nothing to drop.

@@ -10,6 +10,7 @@ mod lifecycle;
 mod limits;
 mod modes;
 mod privileges;
+mod regressions;
 mod reload;
 mod unix_sockets;
 mod util;

@@ -278,15 +278,14 @@ impl Summond {
 
     /// Pids of summond's live children, and how many of them are zombies.
     pub fn children(&self) -> (Vec<i32>, usize) {
-        let pid = self.pid();
-        let path = format!("/proc/{pid}/task/{pid}/children");
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let pids: Vec<i32> = text
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect();
+        let pids = children_of(self.pid());
         let zombies = pids.iter().filter(|p| proc_state(**p) == Some('Z')).count();
         (pids, zombies)
+    }
+
+    /// How many fds summond's epoll instance watches now.
+    pub fn epoll_watched(&self) -> usize {
+        epoll_watched(self.pid())
     }
 
     /// Rewrite the config file (for reload tests).
@@ -361,6 +360,113 @@ pub fn set_nofile(pid: i32, soft: u64) {
     let rc =
         unsafe { nix::libc::prlimit(pid, nix::libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// The children of `pid`: from `/proc/PID/task/PID/children` where the
+/// kernel has it (CONFIG_PROC_CHILDREN), else by scanning every process's
+/// parent pid, so the answer never silently comes back empty.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    if let Ok(text) = std::fs::read_to_string(path) {
+        return text
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+    }
+    std::fs::read_dir("/proc")
+        .expect("read /proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| parent_pid(*p) == Some(pid))
+        .collect()
+}
+
+pub fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // after ")": state, then ppid
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// How many fds the epoll instance of `pid` watches (its fdinfo lists one
+/// `tfd:` line per registered fd).
+pub fn epoll_watched(pid: i32) -> usize {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("read fds") {
+        let entry = entry.unwrap();
+        let is_epoll = std::fs::read_link(entry.path())
+            .map(|t| t.to_string_lossy().contains("eventpoll"))
+            .unwrap_or(false);
+        if is_epoll {
+            let info = std::fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                entry.file_name().to_string_lossy()
+            ))
+            .unwrap_or_default();
+            return info.lines().filter(|l| l.starts_with("tfd:")).count();
+        }
+    }
+    panic!("process {pid} has no epoll fd");
+}
+
+/// Clients waiting in the accept queue of the loopback TCP listener on
+/// `port` (the rx_queue column of a LISTEN row of /proc/net/tcp).
+pub fn accept_queue(port: u16) -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+        if local_port != port || *f.get(3)? != "0A" {
+            return None;
+        }
+        u32::from_str_radix(f.get(4)?.rsplit(':').next()?, 16).ok()
+    })
+}
+
+/// Wait until `n` clients wait in the backlog of `port`: summond is not
+/// accepting them (a limit holds them there).
+pub fn wait_in_backlog(port: u16, n: u32) -> bool {
+    wait_until(TIMEOUT, || accept_queue(port) == Some(n))
+}
+
+/// A test that cannot run here. In CI (root, IPv6 loopback, util-linux)
+/// every test must run, so there a skip is a failure; elsewhere it says
+/// so on stderr.
+pub fn skip(test: &str, reason: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("{test} cannot run in CI: {reason}");
+    }
+    eprintln!("SKIPPED {test}: {reason}");
+}
+
+/// The time of a log line (RFC 3339 with milliseconds, UTC), as
+/// milliseconds since midnight, for comparing two lines of one run.
+pub fn log_millis(line: &str) -> u64 {
+    let ts = line.split_whitespace().next().expect("timestamp");
+    let time = ts.split('T').nth(1).expect("time part");
+    let time = time.trim_end_matches('Z');
+    let mut parts = time.split(':');
+    let h: u64 = parts.next().unwrap().parse().unwrap();
+    let m: u64 = parts.next().unwrap().parse().unwrap();
+    let s: f64 = parts.next().unwrap().parse().unwrap();
+    (h * 3600 + m * 60) * 1000 + (s * 1000.0).round() as u64
+}
+
+/// Kills a process started outside the harness if the test fails before
+/// stopping it.
+pub struct KillOnDrop(pub i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(proc_state(self.0), Some(s) if s != 'Z') {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 pub fn proc_state(pid: i32) -> Option<char> {

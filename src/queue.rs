@@ -1,0 +1,172 @@
+//! What waits on a socket handed to an `accept = false` child, seen
+//! without taking it, so summond can tell a child that did its work from
+//! one that left its socket exactly as it found it (`exec = ["true"]` on a
+//! udp socket exits 0 at once and would otherwise be restarted in a busy
+//! loop: the datagram that woke it is still there).
+//!
+//! - Datagram sockets (udp, unixgram): the head datagram is peeked
+//!   (`MSG_PEEK | MSG_TRUNC`, nothing consumed) and reduced to its sender,
+//!   its full length and a digest of its first bytes. The same head before
+//!   the child started and after it exited means nothing was read.
+//! - Stream listeners: the kernel shows neither the head of the accept
+//!   queue nor how many connections were taken from it, only whether one
+//!   is waiting. A child that exits within `QUICK_EXIT` while a connection
+//!   is still waiting counts as having left it.
+//!
+//! Knows nothing of services or children; `server` decides what an
+//! untouched socket means (the crash guard of `limits`).
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::io::IoSliceMut;
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{recvmsg, MsgFlags, SockaddrLike, SockaddrStorage};
+
+use crate::addr::ListenAddr;
+
+/// How many payload bytes the fingerprint covers: enough to tell two
+/// requests apart, small enough to live on the stack.
+const PEEK_BYTES: usize = 64;
+
+/// A stream child that exits sooner than this while a client is still
+/// queued is taken to have left the queue as it found it.
+pub const QUICK_EXIT: Duration = Duration::from_secs(1);
+
+/// The head of a socket's queue at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueHead {
+    /// Nothing waiting (or the socket could not be inspected).
+    Empty,
+    /// A datagram: its full length and a digest of sender and first bytes.
+    Datagram { len: usize, digest: u64 },
+    /// A stream listener with at least one connection waiting.
+    Connections,
+}
+
+impl QueueHead {
+    /// Look at `socket`, bound to `addr`, without consuming anything.
+    pub fn of(socket: &impl AsFd, addr: &ListenAddr) -> QueueHead {
+        match addr {
+            ListenAddr::Udp(_) => peek_datagram::<SockaddrStorage>(socket),
+            // An unbound unix sender has an empty address, which nix's
+            // address types do not take; the payload tells datagrams apart.
+            ListenAddr::UnixGram(_) => peek_datagram::<()>(socket),
+            ListenAddr::Tcp(_) | ListenAddr::Unix(_) => Self::of_listener(socket),
+        }
+    }
+
+    fn of_listener(socket: &impl AsFd) -> QueueHead {
+        if is_readable(socket) {
+            QueueHead::Connections
+        } else {
+            QueueHead::Empty
+        }
+    }
+
+    /// Did a child that started with `self` at the head and ran for `ran`
+    /// leave the socket as it found it?
+    pub fn untouched_by(&self, after: &QueueHead, ran: Duration) -> bool {
+        match (self, after) {
+            (QueueHead::Datagram { .. }, QueueHead::Datagram { .. }) => self == after,
+            (QueueHead::Connections, QueueHead::Connections) => ran < QUICK_EXIT,
+            _ => false,
+        }
+    }
+}
+
+fn peek_datagram<A: SockaddrLike + Hash>(socket: &impl AsFd) -> QueueHead {
+    let mut buf = [0u8; PEEK_BYTES];
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC;
+    let (len, from) = match recvmsg::<A>(socket.as_fd().as_raw_fd(), &mut iov, None, flags) {
+        // With MSG_TRUNC `bytes` is the datagram's full length.
+        Ok(msg) => (msg.bytes, msg.address),
+        Err(_) => return QueueHead::Empty,
+    };
+    let mut h = DefaultHasher::new();
+    from.hash(&mut h);
+    buf[..len.min(PEEK_BYTES)].hash(&mut h);
+    QueueHead::Datagram {
+        len,
+        digest: h.finish(),
+    }
+}
+
+fn is_readable(socket: &impl AsFd) -> bool {
+    let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+
+    fn udp() -> ListenAddr {
+        "udp://127.0.0.1:9".parse().unwrap()
+    }
+
+    fn tcp() -> ListenAddr {
+        "tcp://127.0.0.1:9".parse().unwrap()
+    }
+
+    #[test]
+    fn a_datagram_peeked_twice_is_the_same_head_and_reading_it_changes_it() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_eq!(QueueHead::of(&rx, &udp()), QueueHead::Empty);
+        tx.send_to(b"one", rx.local_addr().unwrap()).unwrap();
+        tx.send_to(b"two", rx.local_addr().unwrap()).unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut b = [0u8; 8];
+        rx.peek(&mut b).unwrap();
+        let first = QueueHead::of(&rx, &udp());
+        assert!(matches!(first, QueueHead::Datagram { len: 3, .. }));
+        let again = QueueHead::of(&rx, &udp());
+        assert!(first.untouched_by(&again, Duration::from_secs(60)));
+        rx.recv(&mut b).unwrap();
+        let next = QueueHead::of(&rx, &udp());
+        assert!(matches!(next, QueueHead::Datagram { len: 3, .. }));
+        assert!(!first.untouched_by(&next, Duration::ZERO), "one was read");
+        rx.recv(&mut b).unwrap();
+        assert!(!first.untouched_by(&QueueHead::of(&rx, &udp()), Duration::ZERO));
+    }
+
+    #[test]
+    fn a_long_datagram_reports_its_full_length() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.send_to(&[7u8; 1000], rx.local_addr().unwrap()).unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        rx.peek(&mut [0u8; 1]).unwrap();
+        assert!(matches!(
+            QueueHead::of(&rx, &udp()),
+            QueueHead::Datagram { len: 1000, .. }
+        ));
+    }
+
+    #[test]
+    fn a_waiting_connection_left_by_a_quick_exit_is_untouched() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_eq!(QueueHead::of(&l, &tcp()), QueueHead::Empty);
+        let _c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let mut head = QueueHead::Empty;
+        for _ in 0..100 {
+            head = QueueHead::of(&l, &tcp());
+            if head == QueueHead::Connections {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(head, QueueHead::Connections);
+        assert!(head.untouched_by(&head, Duration::from_millis(5)));
+        assert!(!head.untouched_by(&head, QUICK_EXIT), "a long run did work");
+        assert!(!head.untouched_by(&QueueHead::Empty, Duration::ZERO));
+    }
+}
