@@ -55,7 +55,10 @@ fn allow_and_deny_decide_who_is_served() {
 #[test]
 fn ipv6_clients_are_matched_against_ipv6_blocks() {
     if !ipv6_available() {
-        eprintln!("skipped: no ::1 on this machine");
+        skip(
+            "ipv6_clients_are_matched_against_ipv6_blocks",
+            "no ::1 on this machine",
+        );
         return;
     }
     let (p1, p2) = (free_port(), free_port());

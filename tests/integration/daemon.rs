@@ -7,20 +7,6 @@ use std::time::Duration;
 
 use crate::util::*;
 
-/// Kills a daemon by pid if a test fails before stopping it.
-struct Reaper(i32);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        if matches!(proc_state(self.0), Some(s) if s != 'Z') {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.0),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
-
 fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let mut cmd = std::process::Command::new(BIN);
     cmd.args(args).stdin(std::process::Stdio::null());
@@ -66,7 +52,7 @@ fn daemon_mode_detaches_holds_its_pidfile_logs_to_syslog_and_cleans_up() {
         .trim()
         .parse()
         .unwrap();
-    let _reaper = Reaper(pid);
+    let _reaper = KillOnDrop(pid);
     assert_eq!(tcp_port_exchange(port, b"daemon\n"), "daemon\n");
 
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -183,4 +169,72 @@ fn a_startup_error_in_daemon_mode_reaches_the_terminal_with_status_1() {
     );
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(!pidfile.exists(), "no pidfile left behind");
+}
+
+/// The syslog reader stalls (its socket is never read, so its queue of
+/// net.unix.max_dgram_qlen datagrams fills): summond must go on serving,
+/// dropping lines instead of blocking its loop, and say how many it
+/// dropped once the reader catches up.
+#[test]
+fn a_stalled_syslog_reader_never_blocks_the_loop_and_dropped_lines_are_counted() {
+    let dir = TempDir::new("syslogfull");
+    let port = free_port();
+    let config = dir.path("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[service]]\nname = \"d\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"cat\"]\n"
+        ),
+    )
+    .unwrap();
+    let pidfile = dir.path("summond.pid");
+    let syslog_path = dir.path("log.sock");
+    let syslog = UnixDatagram::bind(&syslog_path).unwrap();
+    let env = [("SUMMOND_SYSLOG_SOCKET", syslog_path.to_str().unwrap())];
+    let args = [
+        "-d",
+        "--log-level",
+        "debug",
+        "--pidfile",
+        pidfile.to_str().unwrap(),
+        "-c",
+        config.to_str().unwrap(),
+    ];
+    let (code, err) = run_with_env(&args, &env);
+    assert_eq!(code, 0, "{err}");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _reaper = KillOnDrop(pid);
+    // Each connection logs at least two debug lines: far more than the
+    // queue holds.
+    for i in 0..40 {
+        let line = format!("line {i}\n");
+        assert_eq!(tcp_port_exchange(port, line.as_bytes()), line);
+    }
+    // Catch up, then one more connection carries the count.
+    syslog.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 1024];
+    while syslog.recv(&mut buf).is_ok() {}
+    syslog.set_nonblocking(false).unwrap();
+    syslog.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert_eq!(tcp_port_exchange(port, b"again\n"), "again\n");
+    let n = syslog.recv(&mut buf).expect("a line after catching up");
+    let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let dropped: u64 = line
+        .split("]: ")
+        .nth(1)
+        .and_then(|r| r.strip_suffix(" log lines dropped: the syslog socket was full"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("first line after catching up: {line}"));
+    assert!(dropped >= 40, "{dropped} lines dropped");
+    assert!(line.starts_with("<28>"), "warning priority: {line}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(wait_until(TIMEOUT, || !pidfile.exists()));
 }

@@ -4,7 +4,6 @@
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::time::Duration;
 
 use crate::util::*;
 
@@ -24,12 +23,10 @@ fn max_instances_makes_the_next_client_wait_in_the_backlog_until_a_child_exits()
     let mut first = connect(port);
     assert_eq!(read_line(&first), "start\n");
     let mut waiting: Vec<TcpStream> = (0..3).map(|_| connect(port)).collect();
-    for w in &mut waiting {
-        assert!(
-            still_waiting(w, Duration::from_millis(200)),
-            "no child while at the limit"
-        );
-    }
+    assert!(
+        wait_in_backlog(port, 3),
+        "no child while at the limit: all three wait in the backlog"
+    );
     assert_eq!(s.log_count("one: started pid"), 1);
     // Free the slot: each waiting client is served in turn, none dropped.
     first.write_all(b"go\n").unwrap();
@@ -53,11 +50,8 @@ fn max_children_caps_all_services_together() {
     ));
     let mut a = connect(pa);
     assert_eq!(read_line(&a), "start\n");
-    let mut b = connect(pb);
-    assert!(
-        still_waiting(&mut b, Duration::from_millis(300)),
-        "b waits for a's child"
-    );
+    let b = connect(pb);
+    assert!(wait_in_backlog(pb, 1), "b waits for a's child");
     a.write_all(b"go\n").unwrap();
     assert_eq!(read_line(&b), "start\n");
     assert!(!s.log_text().contains("refused"));

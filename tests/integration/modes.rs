@@ -256,7 +256,10 @@ fn udp_wait_mode_serves_two_exchanges_in_a_row() {
 #[test]
 fn ipv6_loopback_service_sees_an_ipv6_peer() {
     if !ipv6_available() {
-        eprintln!("skipped: no ::1 on this machine");
+        skip(
+            "ipv6_loopback_service_sees_an_ipv6_peer",
+            "no ::1 on this machine",
+        );
         return;
     }
     let port = free_port();

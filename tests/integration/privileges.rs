@@ -19,7 +19,10 @@ const IDS: &str = "grep -E '^(Uid|Gid|Groups):' /proc/$$/status | tr -d ':' | se
 #[test]
 fn user_and_group_are_applied_with_the_users_supplementary_groups() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root");
+        skip(
+            "user_and_group_are_applied_with_the_users_supplementary_groups",
+            "needs root",
+        );
         return;
     }
     let nobody = nix::unistd::User::from_name("nobody")
@@ -97,7 +100,10 @@ fn children_get_back_the_nofile_limit_summond_was_started_with() {
 #[test]
 fn a_child_that_cannot_drop_privileges_never_runs_the_program() {
     if !nix::unistd::geteuid().is_root() || !std::path::Path::new("/usr/bin/setpriv").exists() {
-        eprintln!("skipped: needs root and setpriv");
+        skip(
+            "a_child_that_cannot_drop_privileges_never_runs_the_program",
+            "needs root and setpriv",
+        );
         return;
     }
     let port = free_port();

@@ -441,17 +441,30 @@ pub fn skip(test: &str, reason: &str) {
     eprintln!("SKIPPED {test}: {reason}");
 }
 
-/// The time of a log line (RFC 3339 with milliseconds, UTC), as
-/// milliseconds since midnight, for comparing two lines of one run.
+/// The time of a log line (RFC 3339 with milliseconds, UTC) in
+/// milliseconds since the Unix epoch.
 pub fn log_millis(line: &str) -> u64 {
     let ts = line.split_whitespace().next().expect("timestamp");
-    let time = ts.split('T').nth(1).expect("time part");
-    let time = time.trim_end_matches('Z');
+    let (date, time) = ts
+        .trim_end_matches('Z')
+        .split_once('T')
+        .expect("date and time");
+    let d: Vec<i64> = date.split('-').map(|p| p.parse().unwrap()).collect();
+    // days from civil (Howard Hinnant's algorithm)
+    let (y, m) = if d[1] <= 2 {
+        (d[0] - 1, d[1] + 9)
+    } else {
+        (d[0], d[1] - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d[2] - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
     let mut parts = time.split(':');
     let h: u64 = parts.next().unwrap().parse().unwrap();
-    let m: u64 = parts.next().unwrap().parse().unwrap();
+    let min: u64 = parts.next().unwrap().parse().unwrap();
     let s: f64 = parts.next().unwrap().parse().unwrap();
-    (h * 3600 + m * 60) * 1000 + (s * 1000.0).round() as u64
+    days as u64 * 86_400_000 + (h * 3600 + min * 60) * 1000 + (s * 1000.0).round() as u64
 }
 
 /// Kills a process started outside the harness if the test fails before
@@ -576,13 +589,27 @@ pub fn closed_at_once(port: u16) -> bool {
     }
 }
 
-/// A TCP client that read nothing within `wait`: it is waiting.
-pub fn still_waiting(s: &mut TcpStream, wait: Duration) -> bool {
-    s.set_read_timeout(Some(wait)).unwrap();
-    let mut buf = [0u8; 16];
-    let waiting = matches!(s.read(&mut buf), Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut));
-    s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    waiting
+/// Does process `pid` hold the server end of `client`'s loopback TCP
+/// connection open? (The ESTABLISHED row of /proc/net/tcp whose remote
+/// port is the client's names the socket inode; `pid` has it as an fd.)
+pub fn holds_connection(pid: i32, client: &TcpStream) -> bool {
+    let client_port = client.local_addr().unwrap().port();
+    let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let inode = text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let rem_port = u16::from_str_radix(f.get(2)?.rsplit(':').next()?, 16).ok()?;
+        (rem_port == client_port && *f.get(3)? == "01").then(|| f.get(9).map(|s| s.to_string()))?
+    });
+    let Some(inode) = inode else {
+        return false;
+    };
+    let want = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == want))
+        })
+        .unwrap_or(false)
 }
 
 /// Read one line.
