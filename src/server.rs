@@ -1380,7 +1380,10 @@ impl Server {
             self.set_control(control);
         }
         self.config = new;
-        self.sync_all(Instant::now());
+        let now = Instant::now();
+        self.sync_all(now);
+        // A raised max_children may have opened the gate.
+        self.unpark(now);
         Ok(())
     }
 

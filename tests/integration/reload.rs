@@ -234,3 +234,22 @@ fn a_changed_control_socket_path_moves_the_status_socket() {
     assert_eq!(code, 0);
     assert!(out.contains(&format!("\"pid\":{}", s.pid())), "{out}");
 }
+
+#[test]
+fn a_raised_max_children_lets_a_client_parked_at_the_cap_in_at_once() {
+    let (pa, pb) = (free_port(), free_port());
+    let config = format!(
+        "[daemon]\nmax_children = MAX\n\
+         [[service]]\nname = \"a\"\nlisten = \"tcp://127.0.0.1:{pa}\"\nexec = {}\n\
+         [[service]]\nname = \"b\"\nlisten = \"tcp://127.0.0.1:{pb}\"\nexec = {}\n",
+        sh("echo start; read x"),
+        sh("echo start; read x")
+    );
+    let s = Summond::start(&config.replace("MAX", "1"));
+    let a = connect_tcp(([127, 0, 0, 1], pa).into());
+    assert_eq!(read_line(&a), "start\n");
+    let b = connect_tcp(([127, 0, 0, 1], pb).into());
+    assert!(wait_in_backlog(pb, 1), "b waits at the cap");
+    assert!(s.reload(&config.replace("MAX", "2")));
+    assert_eq!(read_line(&b), "start\n", "the new cap applies at once");
+}
