@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemonize;
+pub mod env;
 pub mod limits;
 pub mod listener;
 pub mod logging;

@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use socket2::{SockAddr, Socket};
 
 use crate::access::canonical_ip;
-use crate::spawn::env_var;
+use crate::env::env_var;
 
 /// What `max_per_source` counts: a client IP, or a Unix peer's uid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

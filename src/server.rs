@@ -34,6 +34,7 @@ use crate::access::Refusal;
 use crate::addr::ListenAddr;
 use crate::config::{self, Config, Host, Pass, ServiceSpec};
 use crate::control::{ServiceStatus, Status};
+use crate::env;
 use crate::limits::{Backoff, Counter, CrashGuard};
 use crate::listener::{self, ListenError, ListenOptions, Listener};
 use crate::peer::{Peer, SourceKey};
@@ -718,8 +719,8 @@ impl Server {
         let mut env = peer.env();
         let listen_pid = spec.pass == Pass::ListenFds;
         if listen_pid {
-            env.push(spawn::env_var("LISTEN_FDS", 1));
-            env.push(spawn::env_var("LISTEN_FDNAMES", "connection"));
+            env.push(env::env_var("LISTEN_FDS", 1));
+            env.push(env::env_var("LISTEN_FDNAMES", "connection"));
         }
         let outcome = self.spawn_child(
             idx,
@@ -819,8 +820,8 @@ impl Server {
                 .filter(|l| held_sockets.iter().any(|h| h.addr == l.addr))
                 .map(|l| l.name.as_deref().unwrap_or(&spec.name))
                 .collect();
-            env.push(spawn::env_var("LISTEN_FDS", payload.len()));
-            env.push(spawn::env_var("LISTEN_FDNAMES", names.join(":")));
+            env.push(env::env_var("LISTEN_FDS", payload.len()));
+            env.push(env::env_var("LISTEN_FDNAMES", names.join(":")));
         }
         let addrs: Vec<ListenAddr> = held_sockets.iter().map(|h| h.addr.clone()).collect();
         let request = ChildRequest {

@@ -19,40 +19,7 @@ use nix::libc::{self, c_char, c_int};
 use nix::unistd::Pid;
 
 use crate::config::{Credentials, Pass, ServiceSpec, StderrMode};
-
-/// Variables of the socket-activation protocols that summond may itself
-/// have been started with; a child must never inherit them (SPEC: "those
-/// are removed, and set afresh only where this table says").
-pub const ACTIVATION_ENV: &[&str] = &[
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "LISTEN_PIDFDID",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_PID",
-    "WATCHDOG_USEC",
-];
-
-/// The variables that describe an accepted client (systemd's and
-/// ucspi-tcp's names).
-pub const CONNECTION_ENV: &[&str] = &[
-    "REMOTE_ADDR",
-    "REMOTE_PORT",
-    "REMOTE_UID",
-    "REMOTE_GID",
-    "REMOTE_PID",
-    "PROTO",
-    "TCPREMOTEIP",
-    "TCPREMOTEPORT",
-    "TCPLOCALIP",
-    "TCPLOCALPORT",
-];
-
-/// Every variable summond sets per child: removed from the inherited
-/// environment and refused in a service's `env`.
-pub fn is_reserved_env(name: &str) -> bool {
-    ACTIVATION_ENV.contains(&name) || CONNECTION_ENV.contains(&name)
-}
+use crate::env::is_reserved_env;
 
 /// The first fd `LISTEN_FDS` hands over (`SD_LISTEN_FDS_START`).
 pub const LISTEN_FDS_START: RawFd = 3;
@@ -527,11 +494,6 @@ pub fn plan_fds(pass: Pass, stderr: StderrMode, payload: &[RawFd], devnull: RawF
     moves
 }
 
-/// Build a `NAME=value` environment string.
-pub fn env_var(name: &str, value: impl fmt::Display) -> CString {
-    CString::new(format!("{name}={value}")).expect("variable names and numbers contain no NUL")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -570,14 +532,6 @@ mod tests {
             plan_fds(Pass::ListenFds, StderrMode::Null, &[9], 5),
             vec![mv(5, 0), mv(5, 1), mv(5, 2), mv(9, 3)]
         );
-    }
-
-    #[test]
-    fn activation_and_connection_vars_are_reserved() {
-        for v in ACTIVATION_ENV.iter().chain(CONNECTION_ENV) {
-            assert!(is_reserved_env(v));
-        }
-        assert!(!is_reserved_env("PATH"));
     }
 
     #[test]

@@ -1,0 +1,190 @@
+//! Config mistakes as values: what went wrong (`ErrorKind`) and where
+//! (`ConfigError` prints `PATH:LINE:COL: message`, or `PATH: service "x":
+//! message` when no position applies), collected per load.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::access::CidrError;
+use crate::addr::{AddrError, ListenAddr};
+
+#[derive(Debug)]
+pub enum ErrorKind {
+    Read(std::io::Error),
+    Syntax(String),
+    UnknownKey {
+        key: String,
+        section: &'static str,
+        expected: &'static [&'static str],
+    },
+    WrongType {
+        key: String,
+        expected: &'static str,
+        found: &'static str,
+    },
+    Missing {
+        key: &'static str,
+    },
+    Invalid {
+        key: &'static str,
+        reason: String,
+    },
+    Address(AddrError),
+    Cidr {
+        key: &'static str,
+        err: CidrError,
+    },
+    DuplicateName {
+        name: String,
+        first_line: usize,
+    },
+    AddressTaken {
+        addr: ListenAddr,
+        other: String,
+    },
+    AcceptOnDatagram {
+        addr: ListenAddr,
+    },
+    NeedsAccept {
+        key: &'static str,
+    },
+    AccessOnUnix {
+        key: &'static str,
+    },
+    ProgramNotFound {
+        name: String,
+    },
+    ProgramRelative {
+        path: String,
+    },
+    ProgramNotExecutable {
+        path: PathBuf,
+        why: &'static str,
+    },
+    UnknownUser(String),
+    UnknownGroup(String),
+    NotRoot {
+        key: &'static str,
+    },
+    ReservedEnv(String),
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ErrorKind::*;
+        match self {
+            Read(e) => write!(f, "cannot read config: {e}"),
+            Syntax(m) => write!(f, "TOML syntax: {m}"),
+            UnknownKey {
+                key,
+                section,
+                expected,
+            } => write!(
+                f,
+                "unknown key `{key}` in {section} (expected one of: {})",
+                expected.join(", ")
+            ),
+            WrongType {
+                key,
+                expected,
+                found,
+            } => write!(f, "`{key}` must be {expected}, found {found}"),
+            Missing { key } => write!(f, "missing required key `{key}`"),
+            Invalid { key, reason } => write!(f, "`{key}`: {reason}"),
+            Address(e) => write!(f, "`listen`: {e}"),
+            Cidr { key, err } => write!(f, "`{key}`: {err}"),
+            DuplicateName { name, first_line } => write!(
+                f,
+                "duplicate service name \"{name}\" (first defined at line {first_line})"
+            ),
+            AddressTaken { addr, other } => {
+                write!(f, "address {addr} is already used by service \"{other}\"")
+            }
+            AcceptOnDatagram { addr } => write!(
+                f,
+                "`accept = true` is impossible on datagram socket {addr}: nothing to accept, \
+                 the service must read the datagrams itself (accept = false)"
+            ),
+            NeedsAccept { key } => write!(
+                f,
+                "`{key}` needs `accept = true`: with accept = false the child accepts \
+                 connections, so summond could never apply it"
+            ),
+            AccessOnUnix { key } => write!(
+                f,
+                "`{key}` filters IP addresses and cannot apply to a unix socket"
+            ),
+            ProgramNotFound { name } => write!(f, "`exec`: \"{name}\" not found in PATH"),
+            ProgramRelative { path } => write!(
+                f,
+                "`exec`: \"{path}\" must be an absolute path or a bare name looked up in PATH"
+            ),
+            ProgramNotExecutable { path, why } => {
+                write!(f, "`exec`: {} {why}", path.display())
+            }
+            UnknownUser(u) => write!(f, "`user`: no such user \"{u}\""),
+            UnknownGroup(g) => write!(f, "`group`: no such group \"{g}\""),
+            NotRoot { key } => write!(
+                f,
+                "`{key}` needs summond to run as root (it cannot change a child's identity otherwise)"
+            ),
+            ReservedEnv(name) => write!(
+                f,
+                "`env`: {name} is set by summond itself and cannot be configured"
+            ),
+        }
+    }
+}
+
+/// One mistake in a config file. Prints `PATH:LINE:COL: message`, or
+/// `PATH: service "x": message` when no position applies.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub pos: Option<(usize, usize)>,
+    pub service: Option<String>,
+    pub kind: ErrorKind,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:", self.path.display())?;
+        match (self.pos, &self.service) {
+            (Some((line, col)), _) => write!(f, "{line}:{col}: {}", self.kind),
+            (None, Some(name)) => write!(f, " service \"{name}\": {}", self.kind),
+            (None, None) => write!(f, " {}", self.kind),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// All the errors of one load, in file order.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    /// A file-level error with no position (unreadable, not TOML).
+    pub(super) fn one(path: &Path, kind: ErrorKind) -> ConfigErrors {
+        ConfigErrors(vec![ConfigError {
+            path: path.to_path_buf(),
+            pos: None,
+            service: None,
+            kind,
+        }])
+    }
+}

@@ -1,0 +1,153 @@
+//! Config validation on inline TOML, asserting whole error lines.
+
+use super::*;
+
+fn host(is_root: bool) -> Host {
+    Host {
+        path_var: "/usr/local/bin:/usr/bin:/bin".into(),
+        is_root,
+    }
+}
+
+fn ok(text: &str) -> Config {
+    parse(Path::new("t.toml"), text, &host(true)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn errs(text: &str, is_root: bool) -> Vec<String> {
+    match parse(Path::new("t.toml"), text, &host(is_root)) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn minimal_service_gets_the_defaults() {
+    let c =
+        ok("[[service]]\nname = \"echo\"\nlisten = \"tcp://127.0.0.1:7007\"\nexec = [\"cat\"]\n");
+    assert_eq!(c.daemon, DaemonSpec::default());
+    let s = &c.services[0];
+    assert_eq!(s.name, "echo");
+    assert!(s.accept);
+    assert_eq!(s.pass, Pass::Stdio);
+    assert_eq!(s.stderr, StderrMode::Inherit);
+    assert!(s.program.is_absolute() && s.program.ends_with("cat"));
+    assert_eq!(s.exec, vec!["cat"]);
+    assert_eq!(s.mode(), "accept/stdio");
+}
+
+#[test]
+fn tcp_and_udp_on_one_port_are_different_addresses() {
+    let c = ok("[[service]]\nname = \"dns\"\nlisten = [\"tcp://127.0.0.1:53\", \"udp://127.0.0.1:53\"]\nexec = [\"cat\"]\n");
+    assert_eq!(c.services[0].listen.len(), 2);
+    assert!(
+        !c.services[0].accept,
+        "a datagram address makes accept default to false"
+    );
+}
+
+#[test]
+fn empty_config_is_valid() {
+    assert!(ok("").services.is_empty());
+    assert_eq!(ok("[daemon]\nmax_children = 5\n").daemon.max_children, 5);
+}
+
+#[test]
+fn datagram_services_default_to_pass_mode() {
+    let c =
+        ok("[[service]]\nname = \"u\"\nlisten = \"udp://127.0.0.1:6969\"\nexec = [\"/bin/cat\"]\n");
+    assert!(!c.services[0].accept);
+}
+
+#[test]
+fn full_service_parses() {
+    let c = ok(r#"
+[daemon]
+max_children = 10
+control = "/run/summond.sock"
+
+[[service]]
+name = "web"
+listen = ["unix:///tmp/x.sock", { address = "unix:///tmp/y.sock", name = "second" }]
+exec = ["/bin/sh", "-c", "exit 0"]
+accept = false
+pass = "listen_fds"
+stderr = "null"
+user = "nobody"
+env = { A = "1", B = "two" }
+max_instances = 3
+socket_mode = "0660"
+"#);
+    let s = &c.services[0];
+    assert_eq!(s.listen.len(), 2);
+    assert_eq!(s.listen[1].name.as_deref(), Some("second"));
+    assert_eq!(s.mode(), "pass/listen_fds");
+    assert_eq!(s.socket_mode, Some(0o660));
+    assert_eq!(
+        s.env,
+        vec![("A".into(), "1".into()), ("B".into(), "two".into())]
+    );
+    let creds = s.credentials.as_ref().unwrap();
+    assert!(creds.uid.is_some() && creds.groups.contains(&creds.gid));
+    assert_eq!(c.daemon.control, Some(PathBuf::from("/run/summond.sock")));
+}
+
+#[test]
+fn every_error_is_reported_with_its_line() {
+    let got = errs(
+        r#"[[service]]
+name = "a"
+listen = "tcp://127.0.0.1:0"
+exec = ["cat"]
+colour = "red"
+
+[[service]]
+name = "a"
+listen = "udp://127.0.0.1:5000"
+exec = "cat"
+accept = true
+"#,
+        true,
+    );
+    assert_eq!(
+        got,
+        vec![
+            "t.toml:3:10: `listen`: port 0 is not allowed: name the port to listen on",
+            "t.toml:5:1: unknown key `colour` in [[service]] (expected one of: name, listen, exec, accept, pass, stderr, user, group, env, max_instances, max_per_source, allow, deny, socket_mode)",
+            "t.toml:8:8: duplicate service name \"a\" (first defined at line 2)",
+            "t.toml:10:8: `exec` must be an array of strings like [\"/bin/cat\"], found a string",
+            "t.toml:11:10: `accept = true` is impossible on datagram socket udp://127.0.0.1:5000: nothing to accept, the service must read the datagrams itself (accept = false)",
+        ]
+    );
+}
+
+#[test]
+fn identity_keys_need_root() {
+    let got = errs(
+        "[[service]]\nname = \"a\"\nlisten = \"tcp://127.0.0.1:1\"\nexec = [\"cat\"]\nuser = \"nobody\"\n",
+        false,
+    );
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0].starts_with("t.toml:5:8: `user` needs summond to run as root"),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn reserved_environment_cannot_be_set() {
+    let got = errs(
+        "[[service]]\nname = \"a\"\nlisten = \"tcp://127.0.0.1:1\"\nexec = [\"cat\"]\nenv = { LISTEN_FDS = \"3\" }\n",
+        true,
+    );
+    assert_eq!(
+        got,
+        vec!["t.toml:5:9: `env`: LISTEN_FDS is set by summond itself and cannot be configured"]
+    );
+}
+
+#[test]
+fn syntax_errors_carry_a_position() {
+    let got = errs("[[service]]\nname = \"a\nlisten = 1\n", true);
+    assert_eq!(got.len(), 1);
+    assert!(got[0].starts_with("t.toml:2:"), "{got:?}");
+}
