@@ -22,10 +22,40 @@ use crate::addr::{ListenAddr, UnixPath};
 /// systemd uses the same default.
 pub const DEFAULT_BACKLOG: i32 = 4096;
 
-#[derive(Clone, Copy, Debug, Default)]
+/// How a listening socket is made; from a service's keys (`socket_mode`,
+/// `socket_user`, `socket_group`, `backlog`, `v6only`, `reuse_port`,
+/// `keepalive`, `nodelay`, `freebind`). Options that do not apply to the
+/// address's kind are not set (the config checker rejects them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListenOptions {
     pub socket_mode: Option<u32>,
+    /// uid and gid for the socket file (`socket_user`, `socket_group`).
+    pub owner: Option<u32>,
+    pub group: Option<u32>,
     pub backlog: Option<i32>,
+    /// IPv6 addresses only: false makes one dual-stack socket.
+    pub v6only: bool,
+    pub reuse_port: bool,
+    /// Set on the listener; accepted TCP sockets inherit both.
+    pub keepalive: bool,
+    pub nodelay: bool,
+    pub freebind: bool,
+}
+
+impl Default for ListenOptions {
+    fn default() -> Self {
+        ListenOptions {
+            socket_mode: None,
+            owner: None,
+            group: None,
+            backlog: None,
+            v6only: true,
+            reuse_port: false,
+            keepalive: false,
+            nodelay: false,
+            freebind: false,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -34,6 +64,7 @@ pub enum ListenError {
     Bind(io::Error),
     Listen(io::Error),
     Chmod(io::Error),
+    Chown(io::Error),
     /// Something answered on the socket file: another server owns it.
     Live(PathBuf),
     /// The path exists and is not a socket: never removed.
@@ -48,6 +79,7 @@ impl fmt::Display for ListenError {
             ListenError::Bind(e) => write!(f, "{e}"),
             ListenError::Listen(e) => write!(f, "listen: {e}"),
             ListenError::Chmod(e) => write!(f, "chmod: {e}"),
+            ListenError::Chown(e) => write!(f, "chown: {e}"),
             ListenError::Live(p) => write!(
                 f,
                 "{} is in use: another process is listening on it",
@@ -147,6 +179,27 @@ fn unix_sockaddr(path: &UnixPath) -> io::Result<SockAddr> {
     }
 }
 
+/// Give the socket file at `path` the owner and group of `opts`, if any.
+fn set_owner(path: &Path, opts: &ListenOptions) -> Result<(), ListenError> {
+    if opts.owner.is_none() && opts.group.is_none() {
+        return Ok(());
+    }
+    std::os::unix::fs::lchown(path, opts.owner, opts.group).map_err(ListenError::Chown)
+}
+
+/// Re-apply mode and owner to the file of a socket kept across a reload
+/// whose `socket_mode`, `socket_user` or `socket_group` changed.
+pub fn reapply_file_options(listener: &Listener, opts: &ListenOptions) -> Result<(), ListenError> {
+    let Some(owned) = &listener.created else {
+        return Ok(());
+    };
+    if let Some(mode) = opts.socket_mode {
+        std::fs::set_permissions(&owned.path, std::fs::Permissions::from_mode(mode))
+            .map_err(ListenError::Chmod)?;
+    }
+    set_owner(&owned.path, opts)
+}
+
 /// Create, bind and (for stream sockets) listen on `addr`.
 pub fn open(addr: &ListenAddr, opts: ListenOptions) -> Result<Listener, ListenError> {
     let backlog = opts.backlog.unwrap_or(DEFAULT_BACKLOG);
@@ -161,7 +214,26 @@ pub fn open(addr: &ListenAddr, opts: ListenOptions) -> Result<Listener, ListenEr
             let s = Socket::new(Domain::for_address(*sa), ty, None).map_err(ListenError::Socket)?;
             s.set_reuse_address(true).map_err(ListenError::Socket)?;
             if sa.is_ipv6() {
-                s.set_only_v6(true).map_err(ListenError::Socket)?;
+                s.set_only_v6(opts.v6only).map_err(ListenError::Socket)?;
+            }
+            if opts.reuse_port {
+                s.set_reuse_port(true).map_err(ListenError::Socket)?;
+            }
+            if opts.freebind {
+                if sa.is_ipv6() {
+                    s.set_freebind_v6(true).map_err(ListenError::Socket)?;
+                } else {
+                    s.set_freebind_v4(true).map_err(ListenError::Socket)?;
+                }
+            }
+            if ty == Type::STREAM {
+                // accept() copies both to each connection.
+                if opts.keepalive {
+                    s.set_keepalive(true).map_err(ListenError::Socket)?;
+                }
+                if opts.nodelay {
+                    s.set_tcp_nodelay(true).map_err(ListenError::Socket)?;
+                }
             }
             (s, SockAddr::from(*sa), None)
         }
@@ -199,6 +271,7 @@ pub fn open(addr: &ListenAddr, opts: ListenOptions) -> Result<Listener, ListenEr
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
                 .map_err(ListenError::Chmod)?;
         }
+        set_owner(&path, &opts)?;
     }
     if addr.is_stream() {
         listener
@@ -236,7 +309,7 @@ mod tests {
             &addr,
             ListenOptions {
                 socket_mode: Some(0o600),
-                backlog: None,
+                ..ListenOptions::default()
             },
         )
         .unwrap();

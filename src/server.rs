@@ -1256,16 +1256,16 @@ impl Server {
     /// closed last. Running children are left alone.
     fn apply_config(&mut self, new: Config) -> Result<(), ServerError> {
         let mut opened: Vec<(Listener, usize)> = Vec::new();
+        // A disabled service keeps its entry and listens on nothing.
         for (idx, spec) in new.services.iter().enumerate() {
+            if spec.disabled {
+                continue;
+            }
             for l in &spec.listen {
                 if self.sockets.contains_key(&l.addr) {
                     continue;
                 }
-                let opts = ListenOptions {
-                    socket_mode: spec.socket_mode,
-                    backlog: None,
-                };
-                match listener::open(&l.addr, opts) {
+                match listener::open(&l.addr, spec.socket) {
                     Ok(listener) => opened.push((listener, idx)),
                     Err(err) => {
                         // `opened` drops: its files are removed.
@@ -1286,7 +1286,7 @@ impl Server {
                 let addr = ListenAddr::Unix(crate::addr::UnixPath::File(path.clone()));
                 let opts = ListenOptions {
                     socket_mode: Some(CONTROL_SOCKET_MODE),
-                    backlog: None,
+                    ..ListenOptions::default()
                 };
                 match listener::open(&addr, opts) {
                     Ok(l) => Some(Some(l)),
@@ -1340,6 +1340,7 @@ impl Server {
             .services
             .iter()
             .enumerate()
+            .filter(|(_, s)| !s.disabled)
             .flat_map(|(i, s)| s.listen.iter().map(move |l| (&l.addr, i)))
             .collect();
         let removed: Vec<ListenAddr> = self

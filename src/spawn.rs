@@ -18,7 +18,7 @@ use std::ptr;
 use nix::libc::{self, c_char, c_int};
 use nix::unistd::Pid;
 
-use crate::config::{Credentials, Pass, ServiceSpec, StderrMode};
+use crate::config::{Credentials, Pass, RlimitKind, Sandbox, ServiceSpec, StderrMode};
 use crate::env::is_reserved_env;
 
 /// The first fd `LISTEN_FDS` hands over (`SD_LISTEN_FDS_START`).
@@ -36,19 +36,28 @@ pub enum Stage {
     Setgid = 4,
     Setuid = 5,
     Exec = 6,
+    Nice = 7,
+    Chroot = 8,
+    Chdir = 9,
+    NoNewPrivs = 10,
 }
 
 impl Stage {
+    const ALL: [Stage; 10] = [
+        Stage::Fds,
+        Stage::Rlimit,
+        Stage::Setgroups,
+        Stage::Setgid,
+        Stage::Setuid,
+        Stage::Exec,
+        Stage::Nice,
+        Stage::Chroot,
+        Stage::Chdir,
+        Stage::NoNewPrivs,
+    ];
+
     fn from_u32(n: u32) -> Option<Stage> {
-        Some(match n {
-            1 => Stage::Fds,
-            2 => Stage::Rlimit,
-            3 => Stage::Setgroups,
-            4 => Stage::Setgid,
-            5 => Stage::Setuid,
-            6 => Stage::Exec,
-            _ => return None,
-        })
+        Stage::ALL.into_iter().find(|s| *s as u32 == n)
     }
 }
 
@@ -56,11 +65,15 @@ impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Stage::Fds => "set up fds",
-            Stage::Rlimit => "set RLIMIT_NOFILE",
+            Stage::Rlimit => "set rlimits",
             Stage::Setgroups => "setgroups",
             Stage::Setgid => "setgid",
             Stage::Setuid => "setuid",
             Stage::Exec => "exec",
+            Stage::Nice => "set nice",
+            Stage::Chroot => "chroot",
+            Stage::Chdir => "chdir to working_directory",
+            Stage::NoNewPrivs => "set no_new_privs",
         })
     }
 }
@@ -76,6 +89,60 @@ pub struct ExecImage {
     credentials: Option<Credentials>,
     /// For the `setgroups` call: gid_t is u32 on Linux.
     groups: Vec<libc::gid_t>,
+    sandbox: SandboxImage,
+}
+
+/// `Sandbox` in the form the child applies it: C strings and libc values.
+struct SandboxImage {
+    rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
+    umask: Option<libc::mode_t>,
+    nice: Option<c_int>,
+    chroot: Option<CString>,
+    working_directory: CString,
+    no_new_privs: bool,
+}
+
+fn rlimit_resource(kind: RlimitKind) -> libc::__rlimit_resource_t {
+    match kind {
+        RlimitKind::Nofile => libc::RLIMIT_NOFILE,
+        RlimitKind::Nproc => libc::RLIMIT_NPROC,
+        RlimitKind::As => libc::RLIMIT_AS,
+        RlimitKind::Cpu => libc::RLIMIT_CPU,
+        RlimitKind::Core => libc::RLIMIT_CORE,
+        RlimitKind::Fsize => libc::RLIMIT_FSIZE,
+        RlimitKind::Data => libc::RLIMIT_DATA,
+        RlimitKind::Stack => libc::RLIMIT_STACK,
+        RlimitKind::Memlock => libc::RLIMIT_MEMLOCK,
+    }
+}
+
+impl SandboxImage {
+    fn new(sb: &Sandbox) -> SandboxImage {
+        let cpath = |p: &std::path::Path| {
+            CString::new(p.as_os_str().as_bytes()).expect("config paths contain no NUL")
+        };
+        SandboxImage {
+            rlimits: sb
+                .rlimits
+                .iter()
+                .map(|r| {
+                    let v = r.value.unwrap_or(libc::RLIM_INFINITY);
+                    (
+                        rlimit_resource(r.resource),
+                        libc::rlimit {
+                            rlim_cur: v,
+                            rlim_max: v,
+                        },
+                    )
+                })
+                .collect(),
+            umask: sb.umask.map(|m| m as libc::mode_t),
+            nice: sb.nice,
+            chroot: sb.chroot.as_deref().map(cpath),
+            working_directory: cpath(&sb.working_directory),
+            no_new_privs: sb.no_new_privs,
+        }
+    }
 }
 
 impl ExecImage {
@@ -99,9 +166,13 @@ impl ExecImage {
             name.to_str().is_some_and(is_reserved_env)
                 || spec.env.iter().any(|(k, _)| OsStr::new(k) == name)
         };
+        // clear_env: only PATH and the names in `passenv` pass through.
+        let kept = |name: &OsStr| {
+            !spec.clear_env || name == "PATH" || spec.passenv.iter().any(|p| OsStr::new(p) == name)
+        };
         let mut base_env: Vec<CString> = inherited
             .into_iter()
-            .filter(|(k, _)| !overridden(k))
+            .filter(|(k, _)| kept(k) && !overridden(k))
             .map(|(k, v)| {
                 let mut kv = k.as_bytes().to_vec();
                 kv.push(b'=');
@@ -127,6 +198,7 @@ impl ExecImage {
             base_env,
             credentials: spec.credentials.clone(),
             groups,
+            sandbox: SandboxImage::new(&spec.sandbox),
         }
     }
 }
@@ -278,6 +350,7 @@ pub fn spawn(image: &ExecImage, setup: &ChildSetup<'_>) -> Result<Spawned, Spawn
         nofile: setup.nofile,
         credentials: image.credentials.as_ref(),
         groups: &image.groups,
+        sandbox: &image.sandbox,
         status_fd: status_write.as_raw_fd(),
     };
 
@@ -325,6 +398,7 @@ struct ChildArgs<'a> {
     nofile: Option<libc::rlimit>,
     credentials: Option<&'a Credentials>,
     groups: &'a [libc::gid_t],
+    sandbox: &'a SandboxImage,
     status_fd: RawFd,
 }
 
@@ -403,10 +477,40 @@ unsafe fn child_after_fork(a: &ChildArgs<'_>) -> ! {
         i += 1;
     }
 
+    // The sandbox, in the documented order: rlimits, umask, nice, chroot,
+    // chdir, credentials, no_new_privs. Every step is checked; a child
+    // that cannot apply one never runs with less isolation than asked.
     if let Some(limit) = &a.nofile {
         if libc::setrlimit(libc::RLIMIT_NOFILE, limit) != 0 {
             fail(a.status_fd, Stage::Rlimit);
         }
+    }
+    let sb = a.sandbox;
+    let mut i = 0;
+    while i < sb.rlimits.len() {
+        let (resource, limit) = &sb.rlimits[i];
+        if libc::setrlimit(*resource, limit) != 0 {
+            fail(a.status_fd, Stage::Rlimit);
+        }
+        i += 1;
+    }
+    if let Some(mask) = sb.umask {
+        libc::umask(mask);
+    }
+    if let Some(nice) = sb.nice {
+        if libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
+            fail(a.status_fd, Stage::Nice);
+        }
+    }
+    if let Some(root) = &sb.chroot {
+        if libc::chroot(root.as_ptr()) != 0 {
+            fail(a.status_fd, Stage::Chroot);
+        }
+    }
+    // After chroot, so the directory is looked up inside it (and "/" is
+    // the new root, never a directory outside it).
+    if libc::chdir(sb.working_directory.as_ptr()) != 0 {
+        fail(a.status_fd, Stage::Chdir);
     }
 
     // setgroups → setgid → setuid: each needs the privilege the next drops.
@@ -423,6 +527,10 @@ unsafe fn child_after_fork(a: &ChildArgs<'_>) -> ! {
                 fail(a.status_fd, Stage::Setuid);
             }
         }
+    }
+
+    if sb.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+        fail(a.status_fd, Stage::NoNewPrivs);
     }
 
     if !a.listen_pid_digits.is_null() {
@@ -536,14 +644,7 @@ mod tests {
 
     #[test]
     fn stage_codes_round_trip() {
-        for s in [
-            Stage::Fds,
-            Stage::Rlimit,
-            Stage::Setgroups,
-            Stage::Setgid,
-            Stage::Setuid,
-            Stage::Exec,
-        ] {
+        for s in Stage::ALL {
             assert_eq!(Stage::from_u32(s as u32), Some(s));
         }
         assert_eq!(Stage::from_u32(0), None);

@@ -4,7 +4,7 @@
 
 /// The keys each section accepts (also the fuzzer's dictionary).
 pub const TOP_KEYS: &[&str] = &["daemon", "service"];
-pub const DAEMON_KEYS: &[&str] = &["max_children", "control"];
+pub const DAEMON_KEYS: &[&str] = &["max_children", "control", "log_format"];
 pub const SERVICE_KEYS: &[&str] = &[
     "name",
     "listen",
@@ -20,5 +20,29 @@ pub const SERVICE_KEYS: &[&str] = &[
     "allow",
     "deny",
     "socket_mode",
+    "socket_user",
+    "socket_group",
+    "clear_env",
+    "passenv",
+    "working_directory",
+    "chroot",
+    "umask",
+    "nice",
+    "rlimits",
+    "no_new_privs",
+    "supplementary_groups",
+    "max_runtime",
+    "rate",
+    "per_source_rate",
+    "per_source_prefix",
+    "banner",
+    "banner_fail",
+    "backlog",
+    "v6only",
+    "reuse_port",
+    "keepalive",
+    "nodelay",
+    "freebind",
+    "disabled",
 ];
 pub const LISTEN_TABLE_KEYS: &[&str] = &["address", "name"];

@@ -15,15 +15,22 @@
 
 mod error;
 mod keys;
+mod options;
 mod parse;
+pub mod units;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use toml::de::DeTable;
 
+use std::time::Duration;
+
 use crate::access::AccessList;
 use crate::addr::ListenAddr;
+use crate::listener::ListenOptions;
+
+pub use units::Rate;
 
 pub use error::{ConfigError, ConfigErrors, ErrorKind};
 pub use keys::{DAEMON_KEYS, LISTEN_TABLE_KEYS, SERVICE_KEYS, TOP_KEYS};
@@ -44,6 +51,7 @@ pub struct Config {
 pub struct DaemonSpec {
     pub max_children: u32,
     pub control: Option<PathBuf>,
+    pub log_format: LogFormat,
 }
 
 impl Default for DaemonSpec {
@@ -51,7 +59,120 @@ impl Default for DaemonSpec {
         DaemonSpec {
             max_children: DEFAULT_MAX_CHILDREN,
             control: None,
+            log_format: LogFormat::Text,
         }
+    }
+}
+
+/// `[daemon] log_format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A service summond answers itself, in the event loop, without a child
+/// (`exec = ["internal:NAME"]`, RFC 862-868).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Internal {
+    Echo,
+    Discard,
+    Chargen,
+    Daytime,
+    Time,
+}
+
+impl Internal {
+    pub const ALL: &'static [(&'static str, Internal)] = &[
+        ("echo", Internal::Echo),
+        ("discard", Internal::Discard),
+        ("chargen", Internal::Chargen),
+        ("daytime", Internal::Daytime),
+        ("time", Internal::Time),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Internal::ALL
+            .iter()
+            .find(|(_, i)| *i == self)
+            .map_or("?", |(n, _)| n)
+    }
+}
+
+/// A resource limit a child gets (`rlimits`): soft and hard both set to
+/// `value`, as systemd's `LimitX=` does; `None` is infinity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rlimit {
+    pub resource: RlimitKind,
+    pub value: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RlimitKind {
+    Nofile,
+    Nproc,
+    As,
+    Cpu,
+    Core,
+    Fsize,
+    Data,
+    Stack,
+    Memlock,
+}
+
+impl RlimitKind {
+    /// The names `rlimits` takes, with whether the value is a size (K/M/G
+    /// suffixes) rather than a count or seconds.
+    pub const ALL: &'static [(&'static str, RlimitKind, bool)] = &[
+        ("nofile", RlimitKind::Nofile, false),
+        ("nproc", RlimitKind::Nproc, false),
+        ("as", RlimitKind::As, true),
+        ("cpu", RlimitKind::Cpu, false),
+        ("core", RlimitKind::Core, true),
+        ("fsize", RlimitKind::Fsize, true),
+        ("data", RlimitKind::Data, true),
+        ("stack", RlimitKind::Stack, true),
+        ("memlock", RlimitKind::Memlock, true),
+    ];
+}
+
+/// What a child is confined to. Applied between fork and exec in this
+/// order: rlimits, umask, nice, chroot, chdir, credentials, no_new_privs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sandbox {
+    /// Inside `chroot` when both are set.
+    pub working_directory: PathBuf,
+    pub chroot: Option<PathBuf>,
+    pub umask: Option<u32>,
+    pub nice: Option<i32>,
+    pub rlimits: Vec<Rlimit>,
+    pub no_new_privs: bool,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Sandbox {
+            working_directory: PathBuf::from("/"),
+            chroot: None,
+            umask: None,
+            nice: None,
+            rlimits: Vec::new(),
+            no_new_privs: true,
+        }
+    }
+}
+
+/// How clients are grouped for `max_per_source` and `per_source_rate`:
+/// by network prefix, so an IPv6 host that owns a /64 is one source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourcePrefix {
+    pub v4: u8,
+    pub v6: u8,
+}
+
+impl Default for SourcePrefix {
+    fn default() -> Self {
+        SourcePrefix { v4: 32, v6: 64 }
     }
 }
 
@@ -104,7 +225,23 @@ pub struct ServiceSpec {
     pub max_instances: Option<u32>,
     pub max_per_source: Option<u32>,
     pub access: AccessList,
-    pub socket_mode: Option<u32>,
+    /// How the listening sockets are made (mode, owner, backlog, options).
+    pub socket: ListenOptions,
+    /// `exec = ["internal:NAME"]`: served in the loop, no child.
+    pub internal: Option<Internal>,
+    /// The child gets only PATH, `passenv`, `env` and summond's variables.
+    pub clear_env: bool,
+    pub passenv: Vec<String>,
+    pub sandbox: Sandbox,
+    /// Accept mode: SIGTERM the child's group after this, SIGKILL 5 s later.
+    pub max_runtime: Option<Duration>,
+    pub rate: Option<Rate>,
+    pub per_source_rate: Option<Rate>,
+    pub per_source_prefix: SourcePrefix,
+    pub banner: Option<String>,
+    pub banner_fail: Option<String>,
+    /// Kept in the file, listening on nothing.
+    pub disabled: bool,
 }
 
 impl ServiceSpec {

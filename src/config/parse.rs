@@ -13,10 +13,14 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::keys::{DAEMON_KEYS, LISTEN_TABLE_KEYS, SERVICE_KEYS, TOP_KEYS};
+use super::options::Shape;
 use super::{
-    Config, ConfigError, Credentials, DaemonSpec, ErrorKind, Host, ListenSpec, Pass, ServiceSpec,
-    StderrMode,
+    Config, ConfigError, Credentials, DaemonSpec, ErrorKind, Host, Internal, ListenSpec, LogFormat,
+    Pass, ServiceSpec, StderrMode,
 };
+
+/// `exec = ["internal:echo"]` names a service summond serves itself.
+const INTERNAL_PREFIX: &str = "internal:";
 use crate::access::{AccessList, Cidr};
 use crate::addr::ListenAddr;
 use crate::env::is_reserved_env;
@@ -34,7 +38,7 @@ pub(super) fn check(path: &Path, text: &str, host: &Host) -> (Config, Vec<Config
     (config, cx.errors)
 }
 
-type Value<'i> = Spanned<DeValue<'i>>;
+pub(super) type Value<'i> = Spanned<DeValue<'i>>;
 
 fn type_name(v: &DeValue<'_>) -> &'static str {
     match v {
@@ -48,11 +52,11 @@ fn type_name(v: &DeValue<'_>) -> &'static str {
     }
 }
 
-struct Checker<'a> {
-    path: &'a Path,
-    text: &'a str,
-    host: &'a Host,
-    errors: Vec<ConfigError>,
+pub(super) struct Checker<'a> {
+    pub(super) path: &'a Path,
+    pub(super) text: &'a str,
+    pub(super) host: &'a Host,
+    pub(super) errors: Vec<ConfigError>,
 }
 
 impl Checker<'_> {
@@ -80,11 +84,11 @@ impl Checker<'_> {
         });
     }
 
-    fn at(&mut self, span: Range<usize>, kind: ErrorKind) {
+    pub(super) fn at(&mut self, span: Range<usize>, kind: ErrorKind) {
         self.error(Some(span), None, kind);
     }
 
-    fn wrong_type(&mut self, key: &str, v: &Value<'_>, expected: &'static str) {
+    pub(super) fn wrong_type(&mut self, key: &str, v: &Value<'_>, expected: &'static str) {
         self.at(
             v.span(),
             ErrorKind::WrongType {
@@ -95,7 +99,7 @@ impl Checker<'_> {
         );
     }
 
-    fn check_keys(
+    pub(super) fn check_keys(
         &mut self,
         table: &DeTable<'_>,
         section: &'static str,
@@ -170,6 +174,15 @@ impl Checker<'_> {
                 d.max_children = n;
             }
         }
+        if let Some(v) = t.get("log_format") {
+            if let Some(f) = self.choice(
+                "log_format",
+                v,
+                &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+            ) {
+                d.log_format = f;
+            }
+        }
         if let Some(v) = t.get("control") {
             if let Some(p) = self.string("control", v) {
                 if p.starts_with('/') {
@@ -188,7 +201,7 @@ impl Checker<'_> {
         d
     }
 
-    fn string<'v>(&mut self, key: &str, v: &'v Value<'_>) -> Option<&'v str> {
+    pub(super) fn string<'v>(&mut self, key: &str, v: &'v Value<'_>) -> Option<&'v str> {
         match v.get_ref() {
             DeValue::String(s) => Some(s.as_ref()),
             _ => {
@@ -198,7 +211,7 @@ impl Checker<'_> {
         }
     }
 
-    fn boolean(&mut self, key: &str, v: &Value<'_>) -> Option<bool> {
+    pub(super) fn boolean(&mut self, key: &str, v: &Value<'_>) -> Option<bool> {
         match v.get_ref() {
             DeValue::Boolean(b) => Some(*b),
             _ => {
@@ -210,7 +223,7 @@ impl Checker<'_> {
 
     /// An integer from 1 to u32::MAX; 0 is an error (a limit of zero would
     /// make the service unreachable, which is never what was meant).
-    fn positive(&mut self, key: &'static str, v: &Value<'_>) -> Option<u32> {
+    pub(super) fn positive(&mut self, key: &'static str, v: &Value<'_>) -> Option<u32> {
         let DeValue::Integer(i) = v.get_ref() else {
             self.wrong_type(key, v, "a positive integer");
             return None;
@@ -230,7 +243,7 @@ impl Checker<'_> {
         }
     }
 
-    fn string_list<'v>(
+    pub(super) fn string_list<'v>(
         &mut self,
         key: &str,
         v: &'v Value<'_>,
@@ -252,7 +265,7 @@ impl Checker<'_> {
         Some(out)
     }
 
-    fn choice<T: Copy>(
+    pub(super) fn choice<T: Copy>(
         &mut self,
         key: &'static str,
         v: &Value<'_>,
@@ -333,11 +346,21 @@ impl Checker<'_> {
             }
         };
 
-        let (exec, program) = match t.get("exec") {
-            Some(v) => self.exec(v).unzip(),
+        // The program of a chrooted service lives inside the jail (the
+        // `chroot` key itself is checked with the sandbox).
+        let jail = t
+            .get("chroot")
+            .and_then(|v| v.get_ref().as_str())
+            .filter(|s| s.starts_with('/'))
+            .map(PathBuf::from);
+        let (exec, program, internal) = match t.get("exec") {
+            Some(v) => match self.exec(v, jail.as_deref()) {
+                Some((argv, program, internal)) => (Some(argv), Some(program), internal),
+                None => (None, None, None),
+            },
             None => {
                 self.at(span.clone(), ErrorKind::Missing { key: "exec" });
-                (None, None)
+                (None, None, None)
             }
         };
 
@@ -433,28 +456,41 @@ impl Checker<'_> {
             }
         }
 
-        let socket_mode = t.get("socket_mode").and_then(|v| {
-            let s = self.string("socket_mode", v)?;
-            let mode = u32::from_str_radix(s, 8)
-                .ok()
-                .filter(|m| *m <= 0o7777 && !s.is_empty());
-            let reason = if mode.is_none() {
-                format!("\"{s}\" is not an octal file mode like \"0660\"")
-            } else if listen.iter().all(|l| l.addr.socket_file().is_none()) {
-                "applies to unix socket files, and this service listens on none".to_string()
+        let opts = self.options(
+            t,
+            &Shape {
+                listen: &listen,
+                accept,
+            },
+        );
+        if let (Some(internal), Some(v)) = (internal, t.get("exec")) {
+            let stream = listen.iter().any(|l| l.addr.is_stream());
+            let reason = if pass == Pass::ListenFds {
+                Some("is served inside summond and takes no pass = \"listen_fds\"")
+            } else if stream && !accept {
+                Some("over a stream socket needs accept = true (summond serves each connection)")
+            } else if listen.iter().any(|l| l.addr.is_unix()) {
+                Some("is served over TCP and UDP only")
             } else {
-                return mode;
+                None
             };
-            self.at(
-                v.span(),
-                ErrorKind::Invalid {
-                    key: "socket_mode",
-                    reason,
-                },
-            );
-            None
-        });
+            if let Some(reason) = reason {
+                self.at(
+                    v.span(),
+                    ErrorKind::Invalid {
+                        key: "exec",
+                        reason: format!("\"internal:{}\" {reason}", internal.name()),
+                    },
+                );
+            }
+        }
 
+        let mut credentials = credentials;
+        if let (false, Some(c)) = (opts.supplementary_groups, credentials.as_mut()) {
+            // Only the primary group, as xinetd and systemd do without
+            // SupplementaryGroups=.
+            c.groups = vec![c.gid];
+        }
         if self.errors.len() != errors_before {
             return None;
         }
@@ -473,7 +509,18 @@ impl Checker<'_> {
             max_instances,
             max_per_source,
             access,
-            socket_mode,
+            socket: opts.socket,
+            internal,
+            clear_env: opts.clear_env,
+            passenv: opts.passenv,
+            sandbox: opts.sandbox,
+            max_runtime: opts.max_runtime,
+            rate: opts.rate,
+            per_source_rate: opts.per_source_rate,
+            per_source_prefix: opts.per_source_prefix,
+            banner: opts.banner,
+            banner_fail: opts.banner_fail,
+            disabled: opts.disabled,
         })
     }
 
@@ -554,7 +601,11 @@ impl Checker<'_> {
         out
     }
 
-    fn exec(&mut self, v: &Value<'_>) -> Option<(Vec<String>, PathBuf)> {
+    fn exec(
+        &mut self,
+        v: &Value<'_>,
+        jail: Option<&Path>,
+    ) -> Option<(Vec<String>, PathBuf, Option<Internal>)> {
         let argv = match v.get_ref() {
             DeValue::Array(_) => self.string_list("exec", v)?,
             _ => {
@@ -582,8 +633,39 @@ impl Checker<'_> {
             );
             return None;
         }
-        match resolve_program(first, &self.host.path_var) {
-            Ok(program) => Some((argv.iter().map(|(a, _)| a.to_string()).collect(), program)),
+        let owned: Vec<String> = argv.iter().map(|(a, _)| a.to_string()).collect();
+        if let Some(name) = first.strip_prefix(INTERNAL_PREFIX) {
+            let Some((_, internal)) = Internal::ALL.iter().find(|(n, _)| *n == name) else {
+                let names: Vec<String> = Internal::ALL
+                    .iter()
+                    .map(|(n, _)| format!("internal:{n}"))
+                    .collect();
+                self.at(
+                    first_span,
+                    ErrorKind::Invalid {
+                        key: "exec",
+                        reason: format!(
+                            "\"{first}\" is not an internal service (there are {})",
+                            names.join(", ")
+                        ),
+                    },
+                );
+                return None;
+            };
+            if let Some((_, span)) = argv.get(1) {
+                self.at(
+                    span.clone(),
+                    ErrorKind::Invalid {
+                        key: "exec",
+                        reason: format!("\"{first}\" takes no arguments"),
+                    },
+                );
+                return None;
+            }
+            return Some((owned, PathBuf::from(first), Some(*internal)));
+        }
+        match resolve_program(first, &self.host.path_var, jail) {
+            Ok(program) => Some((owned, program, None)),
             Err(kind) => {
                 self.at(first_span, kind);
                 None
@@ -718,15 +800,29 @@ fn check_executable(path: &Path) -> Result<(), &'static str> {
 /// `exec[0]`: an absolute path that must be executable, or a bare name
 /// looked up in PATH now, so a typo is a config error rather than a
 /// failure on the first connection.
-fn resolve_program(name: &str, path_var: &OsString) -> Result<PathBuf, ErrorKind> {
+///
+/// With a `chroot` the child execs after chroot(2), so the program is
+/// looked up inside the jail and named by its path there.
+fn resolve_program(
+    name: &str,
+    path_var: &OsString,
+    jail: Option<&Path>,
+) -> Result<PathBuf, ErrorKind> {
+    let on_disk = |p: &Path| match jail {
+        Some(j) => j.join(p.strip_prefix("/").unwrap_or(p)),
+        None => p.to_path_buf(),
+    };
     if name.contains('/') {
         if !name.starts_with('/') {
             return Err(ErrorKind::ProgramRelative { path: name.into() });
         }
         let path = PathBuf::from(name);
-        return match check_executable(&path) {
+        return match check_executable(&on_disk(&path)) {
             Ok(()) => Ok(path),
-            Err(why) => Err(ErrorKind::ProgramNotExecutable { path, why }),
+            Err(why) => Err(ErrorKind::ProgramNotExecutable {
+                path: on_disk(&path),
+                why,
+            }),
         };
     }
     if name.is_empty() {
@@ -735,7 +831,7 @@ fn resolve_program(name: &str, path_var: &OsString) -> Result<PathBuf, ErrorKind
     std::env::split_paths(path_var)
         .filter(|dir| dir.is_absolute())
         .map(|dir| dir.join(name))
-        .find(|candidate| check_executable(candidate).is_ok())
+        .find(|candidate| check_executable(&on_disk(candidate)).is_ok())
         .ok_or_else(|| ErrorKind::ProgramNotFound { name: name.into() })
 }
 
@@ -769,24 +865,24 @@ mod tests {
     #[test]
     fn program_resolution() {
         let path: OsString = "/nonexistent:/usr/bin:/bin".into();
-        assert!(resolve_program("sh", &path).unwrap().ends_with("sh"));
+        assert!(resolve_program("sh", &path, None).unwrap().ends_with("sh"));
         assert!(matches!(
-            resolve_program("no-such-program-xyz", &path),
+            resolve_program("no-such-program-xyz", &path, None),
             Err(ErrorKind::ProgramNotFound { .. })
         ));
         assert!(matches!(
-            resolve_program("bin/sh", &path),
+            resolve_program("bin/sh", &path, None),
             Err(ErrorKind::ProgramRelative { .. })
         ));
         assert!(matches!(
-            resolve_program("/etc/passwd", &path),
+            resolve_program("/etc/passwd", &path, None),
             Err(ErrorKind::ProgramNotExecutable {
                 why: "is not executable",
                 ..
             })
         ));
         assert!(matches!(
-            resolve_program("/tmp", &path),
+            resolve_program("/tmp", &path, None),
             Err(ErrorKind::ProgramNotExecutable {
                 why: "is not a regular file",
                 ..

@@ -81,7 +81,7 @@ socket_mode = "0660"
     assert_eq!(s.listen.len(), 2);
     assert_eq!(s.listen[1].name.as_deref(), Some("second"));
     assert_eq!(s.mode(), "pass/listen_fds");
-    assert_eq!(s.socket_mode, Some(0o660));
+    assert_eq!(s.socket.socket_mode, Some(0o660));
     assert_eq!(
         s.env,
         vec![("A".into(), "1".into()), ("B".into(), "two".into())]
@@ -108,11 +108,15 @@ accept = true
 "#,
         true,
     );
+    let unknown = format!(
+        "t.toml:5:1: unknown key `colour` in [[service]] (expected one of: {})",
+        SERVICE_KEYS.join(", ")
+    );
     assert_eq!(
         got,
         vec![
             "t.toml:3:10: `listen`: port 0 is not allowed: name the port to listen on",
-            "t.toml:5:1: unknown key `colour` in [[service]] (expected one of: name, listen, exec, accept, pass, stderr, user, group, env, max_instances, max_per_source, allow, deny, socket_mode)",
+            unknown.as_str(),
             "t.toml:8:8: duplicate service name \"a\" (first defined at line 2)",
             "t.toml:10:8: `exec` must be an array of strings like [\"/bin/cat\"], found a string",
             "t.toml:11:10: `accept = true` is impossible on datagram socket udp://127.0.0.1:5000: nothing to accept, the service must read the datagrams itself (accept = false)",
@@ -150,4 +154,23 @@ fn syntax_errors_carry_a_position() {
     let got = errs("[[service]]\nname = \"a\nlisten = 1\n", true);
     assert_eq!(got.len(), 1);
     assert!(got[0].starts_with("t.toml:2:"), "{got:?}");
+}
+
+#[test]
+fn a_relative_working_directory_is_resolved_against_the_config_files_directory() {
+    let dir = std::env::temp_dir().join(format!("summond-cfg-wd-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    let text = "[[service]]\nname = \"a\"\nlisten = \"tcp://127.0.0.1:7\"\nexec = [\"cat\"]\nworking_directory = \"sub\"\n";
+    let config = parse(&dir.join("c.toml"), text, &host(false)).unwrap();
+    let wd = &config.services[0].sandbox.working_directory;
+    assert!(wd.is_absolute(), "{}", wd.display());
+    assert_eq!(wd, &std::fs::canonicalize(&dir).unwrap().join("sub"));
+    let jailed = "[[service]]\nname = \"a\"\nlisten = \"tcp://127.0.0.1:7\"\nexec = [\"cat\"]\nworking_directory = \"sub\"\nchroot = \"/\"\n";
+    let got = errs(jailed, true);
+    assert!(
+        got.iter()
+            .any(|e| e.contains("must be an absolute path inside `chroot`")),
+        "{got:?}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
 }

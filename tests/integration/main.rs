@@ -12,5 +12,6 @@ mod modes;
 mod privileges;
 mod regressions;
 mod reload;
+mod sandbox;
 mod unix_sockets;
 mod util;

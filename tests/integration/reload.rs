@@ -253,3 +253,27 @@ fn a_raised_max_children_lets_a_client_parked_at_the_cap_in_at_once() {
     assert!(s.reload(&config.replace("MAX", "2")));
     assert_eq!(read_line(&b), "start\n", "the new cap applies at once");
 }
+
+#[test]
+fn a_disabled_service_listens_on_nothing_and_enabling_it_opens_its_socket() {
+    let (port, other) = (free_port(), free_port());
+    let config = |disabled: bool| {
+        format!(
+            "{}{}",
+            echo_service("off", port, &format!("disabled = {disabled}")),
+            echo_service("on", other, "")
+        )
+    };
+    let s = Summond::start(&config(true));
+    assert!(s.log_text().contains("serving 2 services"));
+    assert_eq!(
+        listen_inode(port),
+        None,
+        "nothing listens for a disabled service"
+    );
+    assert_eq!(tcp_port_exchange(other, b"x\n"), "x\n");
+    assert!(s.reload(&config(false)));
+    assert_eq!(tcp_port_exchange(port, b"now\n"), "now\n");
+    assert!(s.reload(&config(true)));
+    assert_eq!(listen_inode(port), None, "disabling closes it again");
+}

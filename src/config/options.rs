@@ -1,0 +1,511 @@
+//! The service keys beyond the core: environment hygiene, the sandbox,
+//! limits in time and rate, socket options, banners. Each is validated
+//! here when the config loads (paths exist, names resolve, numbers are in
+//! range) and checked against the service's shape: a key that can never
+//! take effect for its addresses or mode is an error, not ignored.
+
+use std::path::{Path, PathBuf};
+
+use toml::de::{DeTable, DeValue};
+
+use super::parse::{Checker, Value};
+use super::units;
+use super::{ErrorKind, ListenSpec, Rlimit, RlimitKind, Sandbox, SourcePrefix};
+use crate::addr::ListenAddr;
+use crate::listener::ListenOptions;
+
+/// A banner is written with one non-blocking send to a fresh connection;
+/// a fresh socket's send buffer always has room for this much.
+pub const MAX_BANNER: usize = 4096;
+
+/// What the checker already knows about the service.
+pub(super) struct Shape<'a> {
+    pub listen: &'a [ListenSpec],
+    pub accept: bool,
+}
+
+impl Shape<'_> {
+    fn any(&self, f: impl Fn(&ListenAddr) -> bool) -> bool {
+        self.listen.iter().any(|l| f(&l.addr))
+    }
+}
+
+/// The values of the keys this file reads.
+pub(super) struct Options {
+    pub socket: ListenOptions,
+    pub clear_env: bool,
+    pub passenv: Vec<String>,
+    pub sandbox: Sandbox,
+    pub supplementary_groups: bool,
+    pub max_runtime: Option<std::time::Duration>,
+    pub rate: Option<units::Rate>,
+    pub per_source_rate: Option<units::Rate>,
+    pub per_source_prefix: SourcePrefix,
+    pub banner: Option<String>,
+    pub banner_fail: Option<String>,
+    pub disabled: bool,
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ErrorKind {
+    ErrorKind::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+impl Checker<'_> {
+    pub(super) fn options(&mut self, t: &DeTable<'_>, shape: &Shape<'_>) -> Options {
+        let flag = |cx: &mut Self, key: &'static str, default: bool| {
+            t.get(key)
+                .and_then(|v| cx.boolean(key, v))
+                .unwrap_or(default)
+        };
+        let clear_env = flag(self, "clear_env", false);
+        let passenv = self.passenv(t, clear_env);
+        let sandbox = self.sandbox(t);
+        let supplementary_groups = flag(self, "supplementary_groups", true);
+        let disabled = flag(self, "disabled", false);
+        let socket = self.socket_options(t, shape);
+
+        let max_runtime = self.parsed(t, "max_runtime", units::duration);
+        let rate = self.parsed(t, "rate", units::rate);
+        let per_source_rate = self.parsed(t, "per_source_rate", units::rate);
+        let per_source_prefix = t
+            .get("per_source_prefix")
+            .and_then(|v| self.prefix(v))
+            .unwrap_or_default();
+        let banner = self.banner(t, "banner");
+        let banner_fail = self.banner(t, "banner_fail");
+
+        if !shape.accept {
+            for key in [
+                "max_runtime",
+                "per_source_rate",
+                "per_source_prefix",
+                "banner",
+                "banner_fail",
+            ] {
+                if let Some(v) = t.get(key) {
+                    self.at(v.span(), ErrorKind::NeedsAccept { key });
+                }
+            }
+        }
+        Options {
+            socket,
+            clear_env,
+            passenv,
+            sandbox,
+            supplementary_groups,
+            max_runtime,
+            rate,
+            per_source_rate,
+            per_source_prefix,
+            banner,
+            banner_fail,
+            disabled,
+        }
+    }
+
+    /// A string key read by `parse`, its error reported at the value.
+    fn parsed<T>(
+        &mut self,
+        t: &DeTable<'_>,
+        key: &'static str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let v = t.get(key)?;
+        let s = self.string(key, v)?;
+        match parse(s) {
+            Ok(x) => Some(x),
+            Err(reason) => {
+                self.at(v.span(), invalid(key, reason));
+                None
+            }
+        }
+    }
+
+    fn passenv(&mut self, t: &DeTable<'_>, clear_env: bool) -> Vec<String> {
+        let Some(v) = t.get("passenv") else {
+            return Vec::new();
+        };
+        if !clear_env {
+            self.at(
+                v.span(),
+                invalid(
+                    "passenv",
+                    "has effect only with clear_env = true (otherwise the child \
+                     inherits summond's whole environment)",
+                ),
+            );
+        }
+        let mut out = Vec::new();
+        for (name, span) in self.string_list("passenv", v).unwrap_or_default() {
+            if name.is_empty() || name.contains('=') || name.contains('\0') {
+                self.at(
+                    span,
+                    invalid(
+                        "passenv",
+                        format!("\"{name}\" is not an environment variable name"),
+                    ),
+                );
+            } else if crate::env::is_reserved_env(name) {
+                self.at(span, ErrorKind::ReservedEnv(name.to_string()));
+            } else {
+                out.push(name.to_string());
+            }
+        }
+        out
+    }
+
+    /// An existing directory: absolute, under `root` if given; or, with
+    /// `relative_ok` and no root, relative to the config file's directory
+    /// (so a config kept beside its programs works from anywhere).
+    fn directory(
+        &mut self,
+        key: &'static str,
+        v: &Value<'_>,
+        root: Option<&Path>,
+        relative_ok: bool,
+    ) -> Option<PathBuf> {
+        let s = self.string(key, v)?;
+        let on_disk = match root {
+            _ if !s.starts_with('/') && (!relative_ok || root.is_some()) => {
+                let why = if root.is_some() {
+                    "must be an absolute path inside `chroot`"
+                } else {
+                    "must be an absolute path"
+                };
+                self.at(v.span(), invalid(key, format!("\"{s}\" {why}")));
+                return None;
+            }
+            Some(r) => r.join(s.trim_start_matches('/')),
+            None if s.starts_with('/') => PathBuf::from(s),
+            None => {
+                let dir = match self.path.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                    _ => PathBuf::from("."),
+                };
+                std::fs::canonicalize(&dir).unwrap_or(dir).join(s)
+            }
+        };
+        let reason = match std::fs::metadata(&on_disk) {
+            Ok(m) if m.is_dir() => {
+                return Some(if root.is_some() {
+                    PathBuf::from(s)
+                } else {
+                    on_disk
+                })
+            }
+            Ok(_) => "is not a directory",
+            Err(_) => "does not exist",
+        };
+        let shown = on_disk.display();
+        self.at(v.span(), invalid(key, format!("{shown} {reason}")));
+        None
+    }
+
+    fn sandbox(&mut self, t: &DeTable<'_>) -> Sandbox {
+        let mut sb = Sandbox::default();
+        if let Some(v) = t.get("chroot") {
+            if !self.host.is_root {
+                self.at(v.span(), ErrorKind::NotRoot { key: "chroot" });
+            } else {
+                sb.chroot = self.directory("chroot", v, None, false);
+            }
+        }
+        if let Some(v) = t.get("working_directory") {
+            let root = sb.chroot.clone();
+            if let Some(dir) = self.directory("working_directory", v, root.as_deref(), true) {
+                sb.working_directory = dir;
+            }
+        }
+        sb.umask = t.get("umask").and_then(|v| {
+            let s = self.string("umask", v)?;
+            let mode = units::octal(s, 0o777);
+            if mode.is_none() {
+                self.at(
+                    v.span(),
+                    invalid(
+                        "umask",
+                        format!("\"{s}\" is not an octal mask like \"0022\""),
+                    ),
+                );
+            }
+            mode
+        });
+        sb.nice = t.get("nice").and_then(|v| {
+            let n = self.integer("nice", v)?;
+            if (-20..=19).contains(&n) {
+                Some(n as i32)
+            } else {
+                self.at(v.span(), invalid("nice", format!("{n} is outside -20..19")));
+                None
+            }
+        });
+        if let Some(v) = t.get("rlimits") {
+            sb.rlimits = self.rlimits(v);
+        }
+        if let Some(v) = t.get("no_new_privs") {
+            if let Some(b) = self.boolean("no_new_privs", v) {
+                sb.no_new_privs = b;
+            }
+        }
+        sb
+    }
+
+    fn integer(&mut self, key: &'static str, v: &Value<'_>) -> Option<i64> {
+        let DeValue::Integer(i) = v.get_ref() else {
+            self.wrong_type(key, v, "an integer");
+            return None;
+        };
+        match i64::from_str_radix(i.as_str(), i.radix()) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                self.at(v.span(), invalid(key, "is out of range"));
+                None
+            }
+        }
+    }
+
+    fn rlimits(&mut self, v: &Value<'_>) -> Vec<Rlimit> {
+        let DeValue::Table(t) = v.get_ref() else {
+            self.wrong_type(
+                "rlimits",
+                v,
+                "a table like { nofile = 1024, as = \"512M\" }",
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (key, value) in t.iter() {
+            let name = key.get_ref().as_ref();
+            let Some((_, resource, is_size)) =
+                RlimitKind::ALL.iter().find(|(n, _, _)| *n == name).copied()
+            else {
+                let names: Vec<&str> = RlimitKind::ALL.iter().map(|(n, _, _)| *n).collect();
+                self.at(
+                    key.span(),
+                    invalid(
+                        "rlimits",
+                        format!(
+                            "unknown limit \"{name}\" (expected one of: {})",
+                            names.join(", ")
+                        ),
+                    ),
+                );
+                continue;
+            };
+            let parsed = match value.get_ref() {
+                DeValue::Integer(_) => self.integer("rlimits", value).and_then(|n| {
+                    if n < 0 {
+                        self.at(
+                            value.span(),
+                            invalid("rlimits", format!("{name} = {n} is negative")),
+                        );
+                        None
+                    } else {
+                        Some(Some(n as u64))
+                    }
+                }),
+                DeValue::String(s) => {
+                    let s: &str = s.as_ref();
+                    let result = if is_size {
+                        units::size(s)
+                    } else if s == "infinity" || s == "unlimited" {
+                        Ok(None)
+                    } else {
+                        Err(format!("\"{s}\" is not a number or \"infinity\""))
+                    };
+                    match result {
+                        Ok(x) => Some(x),
+                        Err(reason) => {
+                            self.at(
+                                value.span(),
+                                invalid("rlimits", format!("{name}: {reason}")),
+                            );
+                            None
+                        }
+                    }
+                }
+                _ => {
+                    self.wrong_type(name, value, "an integer or a string");
+                    None
+                }
+            };
+            if let Some(value) = parsed {
+                out.push(Rlimit { resource, value });
+            }
+        }
+        out
+    }
+
+    fn prefix(&mut self, v: &Value<'_>) -> Option<SourcePrefix> {
+        let DeValue::Table(t) = v.get_ref() else {
+            self.wrong_type("per_source_prefix", v, "a table like { v4 = 32, v6 = 64 }");
+            return None;
+        };
+        self.check_keys(t, "`per_source_prefix`", &["v4", "v6"]);
+        let mut p = SourcePrefix::default();
+        for (family, max) in [("v4", 32i64), ("v6", 128)] {
+            let Some(n) = t.get(family) else { continue };
+            let Some(bits) = self.integer("per_source_prefix", n) else {
+                continue;
+            };
+            if !(1..=max).contains(&bits) {
+                self.at(
+                    n.span(),
+                    invalid(
+                        "per_source_prefix",
+                        format!("{family} = {bits}: an IP{family} prefix is 1 to {max} bits"),
+                    ),
+                );
+                continue;
+            }
+            if family == "v4" {
+                p.v4 = bits as u8;
+            } else {
+                p.v6 = bits as u8;
+            }
+        }
+        Some(p)
+    }
+
+    fn banner(&mut self, t: &DeTable<'_>, key: &'static str) -> Option<String> {
+        let v = t.get(key)?;
+        let s = self.string(key, v)?;
+        if s.len() > MAX_BANNER {
+            self.at(
+                v.span(),
+                invalid(key, format!("is {} bytes; at most {MAX_BANNER}", s.len())),
+            );
+            return None;
+        }
+        Some(s.to_string())
+    }
+
+    fn socket_options(&mut self, t: &DeTable<'_>, shape: &Shape<'_>) -> ListenOptions {
+        let mut o = ListenOptions::default();
+        // (key, applies, what it needs)
+        let needs: [(&'static str, bool, &str); 9] = [
+            (
+                "socket_mode",
+                shape.any(|a| a.socket_file().is_some()),
+                "unix socket files",
+            ),
+            (
+                "socket_user",
+                shape.any(|a| a.socket_file().is_some()),
+                "unix socket files",
+            ),
+            (
+                "socket_group",
+                shape.any(|a| a.socket_file().is_some()),
+                "unix socket files",
+            ),
+            (
+                "backlog",
+                shape.any(ListenAddr::is_stream),
+                "stream sockets",
+            ),
+            ("v6only", shape.any(is_ipv6), "IPv6 addresses"),
+            ("reuse_port", shape.any(is_ip), "TCP and UDP addresses"),
+            ("freebind", shape.any(is_ip), "TCP and UDP addresses"),
+            ("keepalive", shape.any(is_tcp), "TCP addresses"),
+            ("nodelay", shape.any(is_tcp), "TCP addresses"),
+        ];
+        for (key, applies, what) in needs {
+            if let (Some(v), false) = (t.get(key), applies) {
+                self.at(
+                    v.span(),
+                    invalid(
+                        key,
+                        format!("applies to {what}, and this service listens on none"),
+                    ),
+                );
+            }
+        }
+        o.socket_mode = t.get("socket_mode").and_then(|v| {
+            let s = self.string("socket_mode", v)?;
+            let mode = units::octal(s, 0o7777);
+            if mode.is_none() {
+                self.at(
+                    v.span(),
+                    invalid(
+                        "socket_mode",
+                        format!("\"{s}\" is not an octal file mode like \"0660\""),
+                    ),
+                );
+            }
+            mode
+        });
+        o.owner = t
+            .get("socket_user")
+            .and_then(|v| self.socket_owner("socket_user", v));
+        o.group = t
+            .get("socket_group")
+            .and_then(|v| self.socket_owner("socket_group", v));
+        o.backlog = t.get("backlog").and_then(|v| {
+            let n = self.positive("backlog", v)?;
+            i32::try_from(n).ok().or_else(|| {
+                self.at(
+                    v.span(),
+                    invalid("backlog", format!("must be at most {}", i32::MAX)),
+                );
+                None
+            })
+        });
+        let flag = |cx: &mut Self, key: &'static str, default: bool| {
+            t.get(key)
+                .and_then(|v| cx.boolean(key, v))
+                .unwrap_or(default)
+        };
+        o.v6only = flag(self, "v6only", true);
+        o.reuse_port = flag(self, "reuse_port", false);
+        o.freebind = flag(self, "freebind", false);
+        o.keepalive = flag(self, "keepalive", false);
+        o.nodelay = flag(self, "nodelay", false);
+        o
+    }
+
+    /// `socket_user` / `socket_group`: a name resolved now; chown to
+    /// another user needs root.
+    fn socket_owner(&mut self, key: &'static str, v: &Value<'_>) -> Option<u32> {
+        let name = self.string(key, v)?;
+        if !self.host.is_root {
+            self.at(v.span(), ErrorKind::NotRoot { key });
+            return None;
+        }
+        let id = if key == "socket_user" {
+            nix::unistd::User::from_name(name)
+                .ok()
+                .flatten()
+                .map(|u| u.uid.as_raw())
+        } else {
+            nix::unistd::Group::from_name(name)
+                .ok()
+                .flatten()
+                .map(|g| g.gid.as_raw())
+        };
+        if id.is_none() {
+            let what = if key == "socket_user" {
+                "user"
+            } else {
+                "group"
+            };
+            self.at(v.span(), invalid(key, format!("no such {what} \"{name}\"")));
+        }
+        id
+    }
+}
+
+fn is_ip(a: &ListenAddr) -> bool {
+    matches!(a, ListenAddr::Tcp(_) | ListenAddr::Udp(_))
+}
+
+fn is_tcp(a: &ListenAddr) -> bool {
+    matches!(a, ListenAddr::Tcp(_))
+}
+
+fn is_ipv6(a: &ListenAddr) -> bool {
+    matches!(a, ListenAddr::Tcp(s) | ListenAddr::Udp(s) if s.is_ipv6())
+}
