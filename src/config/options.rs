@@ -19,9 +19,9 @@ use crate::listener::ListenOptions;
 pub const MAX_BANNER: usize = 4096;
 
 /// What the checker already knows about the service.
-pub(super) struct Shape<'a> {
-    pub listen: &'a [ListenSpec],
-    pub accept: bool,
+struct Shape<'a> {
+    listen: &'a [ListenSpec],
+    accept: bool,
 }
 
 impl Shape<'_> {
@@ -54,7 +54,13 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ErrorKind {
 }
 
 impl Checker<'_> {
-    pub(super) fn options(&mut self, t: &DeTable<'_>, shape: &Shape<'_>) -> Options {
+    pub(super) fn options(
+        &mut self,
+        t: &DeTable<'_>,
+        listen: &[ListenSpec],
+        accept: bool,
+    ) -> Options {
+        let shape = &Shape { listen, accept };
         let flag = |cx: &mut Self, key: &'static str, default: bool| {
             t.get(key)
                 .and_then(|v| cx.boolean(key, v))

@@ -13,7 +13,6 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::keys::{DAEMON_KEYS, LISTEN_TABLE_KEYS, SERVICE_KEYS, TOP_KEYS};
-use super::options::Shape;
 use super::{
     Config, ConfigError, Credentials, DaemonSpec, ErrorKind, Host, Internal, ListenSpec, LogFormat,
     Pass, ServiceSpec, StderrMode,
@@ -456,13 +455,7 @@ impl Checker<'_> {
             }
         }
 
-        let opts = self.options(
-            t,
-            &Shape {
-                listen: &listen,
-                accept,
-            },
-        );
+        let opts = self.options(t, &listen, accept);
         if let (Some(internal), Some(v)) = (internal, t.get("exec")) {
             let stream = listen.iter().any(|l| l.addr.is_stream());
             let reason = if pass == Pass::ListenFds {
