@@ -17,7 +17,7 @@ use std::ffi::{CString, OsString};
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -35,13 +35,17 @@ use crate::addr::ListenAddr;
 use crate::config::{self, Config, Host, Pass, ServiceSpec};
 use crate::control::{ServiceStatus, Status};
 use crate::env;
-use crate::limits::{Backoff, Counter, CrashGuard};
+use crate::limits::{Backoff, CrashGuard};
 use crate::listener::{self, ListenError, ListenOptions, Listener};
 use crate::peer::{Peer, SourceKey};
 use crate::queue::QueueHead;
 use crate::refusals::{RefusalLog, REFUSAL_INTERVAL};
 use crate::signals::{self, Signals};
 use crate::spawn::{self, ChildSetup, ExecImage, ExecStatus, FdMove, Stage};
+
+mod children;
+
+use children::{describe_status, for_peer, Child, ChildTable, HeldSocket};
 
 const SIGNALS: Token = Token(0);
 const CONTROL: Token = Token(1);
@@ -179,21 +183,11 @@ struct ServiceRuntime {
     id: ServiceId,
     spec: ServiceSpec,
     image: ExecImage,
-    /// Children of this service; changed only by `add_child` and
-    /// `remove_child`, which also keep `per_source`.
-    active: u32,
-    per_source: Counter<SourceKey>,
     crash: CrashGuard,
     stats: Stats,
     /// Children have been leaving their socket unread; the first such exit
     /// was logged, the rest are not until one does its work.
     unread_episode: bool,
-}
-
-/// A socket lent to a pass-mode child, and what waited on it then.
-struct HeldSocket {
-    addr: ListenAddr,
-    head: QueueHead,
 }
 
 /// What a new child is: built by the accept and pass paths, consumed by
@@ -209,26 +203,6 @@ struct ChildRequest<'a> {
     held_sockets: Vec<HeldSocket>,
 }
 
-struct Child {
-    service: ServiceId,
-    /// The service's name when the child started, for its log lines even
-    /// after a reload removed the service.
-    name: String,
-    peer: Option<Peer>,
-    source: Option<SourceKey>,
-    started_at: Instant,
-    status_pipe: Option<(OwnedFd, Token)>,
-    exec_failed: bool,
-    /// Sockets a pass-mode child holds; empty in accept mode.
-    held_sockets: Vec<HeldSocket>,
-}
-
-impl Child {
-    fn is_pass_mode(&self) -> bool {
-        !self.held_sockets.is_empty()
-    }
-}
-
 pub struct Server {
     poll: Poll,
     config: Config,
@@ -237,7 +211,7 @@ pub struct Server {
     tokens: HashMap<Token, TokenKind>,
     next_token: usize,
     next_service_id: u64,
-    children: HashMap<Pid, Child>,
+    children: ChildTable,
     signals: Signals,
     devnull: File,
     inherited_env: Vec<(OsString, OsString)>,
@@ -257,27 +231,6 @@ pub struct Server {
     control: Option<Listener>,
     control_clients: HashMap<Token, ControlClient>,
     stopping: bool,
-}
-
-fn describe_status(status: &WaitStatus) -> (String, bool) {
-    match status {
-        WaitStatus::Exited(_, 0) => ("exited with status 0".into(), true),
-        WaitStatus::Exited(_, code) => (format!("exited with status {code}"), false),
-        WaitStatus::Signaled(_, sig, core) => (
-            format!(
-                "killed by signal {} ({sig}){}",
-                *sig as i32,
-                if *core { ", core dumped" } else { "" }
-            ),
-            false,
-        ),
-        other => (format!("{other:?}"), false),
-    }
-}
-
-/// " for PEER", or nothing for a child without a client.
-fn for_peer(peer: Option<&Peer>) -> String {
-    peer.map(|p| format!(" for {p}")).unwrap_or_default()
 }
 
 /// Write what the socket takes; true when the reply is done (or the
@@ -335,7 +288,7 @@ impl Server {
             tokens: HashMap::new(),
             next_token: FIRST_DYNAMIC_TOKEN,
             next_service_id: 1,
-            children: HashMap::new(),
+            children: ChildTable::default(),
             signals,
             devnull,
             inherited_env: std::env::vars_os().collect(),
@@ -493,7 +446,10 @@ impl Server {
     /// max_instances, the crash hold)
     fn service_may_spawn(&self, idx: usize, now: Instant) -> bool {
         let svc = &self.services[idx];
-        svc.spec.max_instances.is_none_or(|max| svc.active < max) && !svc.crash.is_held(now)
+        svc.spec
+            .max_instances
+            .is_none_or(|max| self.children.active(svc.id) < max)
+            && !svc.crash.is_held(now)
     }
 
     fn may_spawn(&self, idx: usize, now: Instant) -> bool {
@@ -685,7 +641,7 @@ impl Server {
             }
         }
         if let (Some(max), Some(key)) = (svc.spec.max_per_source, peer.source_key()) {
-            if svc.per_source.get(&key) >= max {
+            if self.children.per_source(svc.id, &key) >= max {
                 self.refuse(idx, &peer, RefuseReason::MaxPerSource(max), now);
                 return;
             }
@@ -894,73 +850,11 @@ impl Server {
             exec_failed: false,
             held_sockets: req.held_sockets,
         };
-        self.add_child(pid, child);
+        self.children.insert(pid, child);
         if self.resources.success() {
             info!("resources available again: accepting connections");
         }
         Launch::Started
-    }
-
-    /// Record a child; with `remove_child` the only place the per-service
-    /// and per-source counts change, so they always match the table.
-    fn add_child(&mut self, pid: Pid, child: Child) {
-        if let Some(idx) = self.service_index(child.service) {
-            let svc = &mut self.services[idx];
-            svc.active += 1;
-            if let Some(key) = child.source {
-                svc.per_source.add(key);
-            }
-        }
-        self.children.insert(pid, child);
-        self.check_counts();
-    }
-
-    fn remove_child(&mut self, pid: Pid) -> Option<Child> {
-        let child = self.children.remove(&pid)?;
-        if let Some(idx) = self.service_index(child.service) {
-            let svc = &mut self.services[idx];
-            svc.active -= 1;
-            if let Some(key) = &child.source {
-                svc.per_source.remove(key);
-            }
-        }
-        self.check_counts();
-        Some(child)
-    }
-
-    /// Debug builds (the tests) check after every change that each count
-    /// is what the child table says.
-    fn check_counts(&self) {
-        if !cfg!(debug_assertions) {
-            return;
-        }
-        let mut active: HashMap<ServiceId, u32> = HashMap::new();
-        let mut sources: HashMap<(ServiceId, SourceKey), u32> = HashMap::new();
-        for c in self.children.values() {
-            *active.entry(c.service).or_default() += 1;
-            if let Some(k) = c.source {
-                *sources.entry((c.service, k)).or_default() += 1;
-            }
-        }
-        for svc in &self.services {
-            let want = active.get(&svc.id).copied().unwrap_or(0);
-            assert_eq!(svc.active, want, "{}: active count drifted", svc.spec.name);
-            for (k, n) in svc.per_source.iter() {
-                assert_eq!(
-                    sources.get(&(svc.id, *k)).copied().unwrap_or(0),
-                    n,
-                    "{}: per-source count of {k} drifted",
-                    svc.spec.name
-                );
-            }
-            let listed: usize = svc.per_source.iter().count();
-            let expected = sources.keys().filter(|(id, _)| *id == svc.id).count();
-            assert_eq!(
-                listed, expected,
-                "{}: per-source keys drifted",
-                svc.spec.name
-            );
-        }
     }
 
     /// The one place a spawn failure (fork, pipe or exec) is counted.
@@ -1052,7 +946,7 @@ impl Server {
         // Read the status pipe first: the child is dead, so its report (or
         // EOF) is there to read, never pending.
         self.on_exec_status(pid);
-        let Some(child) = self.remove_child(pid) else {
+        let Some(child) = self.children.remove(&pid) else {
             return;
         };
         let (what, success) = describe_status(status);
@@ -1140,13 +1034,9 @@ impl Server {
 
     // ---- status -------------------------------------------------------
 
-    /// A snapshot for `summond status`. `active` is counted from the child
-    /// table itself, so it can never drift from what is running.
+    /// A snapshot for `summond status`. `active` comes from the child
+    /// table, whose counts change only with its entries.
     pub fn status(&self) -> Status {
-        let mut active: HashMap<ServiceId, u64> = HashMap::new();
-        for child in self.children.values() {
-            *active.entry(child.service).or_default() += 1;
-        }
         Status {
             pid: std::process::id(),
             config: self.config.path.display().to_string(),
@@ -1159,7 +1049,7 @@ impl Server {
                     name: svc.spec.name.clone(),
                     addresses: svc.spec.listen.iter().map(|l| l.addr.to_string()).collect(),
                     mode: svc.spec.mode().to_string(),
-                    active: active.get(&svc.id).copied().unwrap_or(0),
+                    active: u64::from(self.children.active(svc.id)),
                     served: svc.stats.served,
                     refused: svc.stats.refused,
                     spawn_failures: svc.stats.spawn_failures,
@@ -1320,8 +1210,6 @@ impl Server {
                         id,
                         spec: spec.clone(),
                         image,
-                        active: 0,
-                        per_source: Counter::default(),
                         crash: CrashGuard::default(),
                         stats: Stats::default(),
                         unread_episode: false,
@@ -1421,7 +1309,7 @@ impl Server {
         }
         self.sockets.clear();
         self.set_control(None);
-        for (pid, child) in &self.children {
+        for (pid, child) in self.children.iter() {
             if child.is_pass_mode() {
                 if let Err(e) = kill(*pid, Signal::SIGTERM) {
                     warn!("{}: cannot SIGTERM pid {pid}: {e}", child.name);

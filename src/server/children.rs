@@ -1,0 +1,218 @@
+//! The child table: every running child by pid, and the counts limits are
+//! decided on (children per service, per service and client) kept in the
+//! same two functions that insert and remove, so they always agree with
+//! the table. Counts are keyed by the service's identity, not its name: a
+//! service removed and re-added while old children run starts from zero.
+//! Knows nothing of sockets, polling or logging.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::time::Instant;
+
+use mio::Token;
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+
+use super::ServiceId;
+use crate::addr::ListenAddr;
+use crate::limits::Counter;
+use crate::peer::{Peer, SourceKey};
+use crate::queue::QueueHead;
+
+/// A socket lent to a pass-mode child, and what waited on it then.
+pub(super) struct HeldSocket {
+    pub addr: ListenAddr,
+    pub head: QueueHead,
+}
+
+pub(super) struct Child {
+    pub service: ServiceId,
+    /// The service's name when the child started, for its log lines even
+    /// after a reload removed the service.
+    pub name: String,
+    pub peer: Option<Peer>,
+    pub source: Option<SourceKey>,
+    pub started_at: Instant,
+    pub status_pipe: Option<(OwnedFd, Token)>,
+    pub exec_failed: bool,
+    /// Sockets a pass-mode child holds; empty in accept mode.
+    pub held_sockets: Vec<HeldSocket>,
+}
+
+impl Child {
+    pub fn is_pass_mode(&self) -> bool {
+        !self.held_sockets.is_empty()
+    }
+}
+
+/// What one service has running.
+#[derive(Default)]
+struct Counts {
+    active: u32,
+    per_source: Counter<SourceKey>,
+}
+
+#[derive(Default)]
+pub(super) struct ChildTable {
+    children: HashMap<Pid, Child>,
+    /// Only services with children have an entry.
+    counts: HashMap<ServiceId, Counts>,
+}
+
+impl ChildTable {
+    pub fn len(&self) -> usize {
+        self.children.len()
+    }
+
+    pub fn get(&self, pid: &Pid) -> Option<&Child> {
+        self.children.get(pid)
+    }
+
+    pub fn get_mut(&mut self, pid: &Pid) -> Option<&mut Child> {
+        self.children.get_mut(pid)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Pid, &Child)> {
+        self.children.iter()
+    }
+
+    /// Children of service `id` running now.
+    pub fn active(&self, id: ServiceId) -> u32 {
+        self.counts.get(&id).map_or(0, |c| c.active)
+    }
+
+    /// Children of service `id` started for client `key`.
+    pub fn per_source(&self, id: ServiceId, key: &SourceKey) -> u32 {
+        self.counts.get(&id).map_or(0, |c| c.per_source.get(key))
+    }
+
+    pub fn insert(&mut self, pid: Pid, child: Child) {
+        let counts = self.counts.entry(child.service).or_default();
+        counts.active += 1;
+        if let Some(key) = child.source {
+            counts.per_source.add(key);
+        }
+        self.children.insert(pid, child);
+        self.check_counts();
+    }
+
+    pub fn remove(&mut self, pid: &Pid) -> Option<Child> {
+        let child = self.children.remove(pid)?;
+        if let Some(counts) = self.counts.get_mut(&child.service) {
+            counts.active -= 1;
+            if let Some(key) = &child.source {
+                counts.per_source.remove(key);
+            }
+            if counts.active == 0 {
+                self.counts.remove(&child.service);
+            }
+        }
+        self.check_counts();
+        Some(child)
+    }
+
+    /// Debug builds (the tests) check after every change that each count
+    /// is what the table says.
+    fn check_counts(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        let mut active: HashMap<ServiceId, u32> = HashMap::new();
+        let mut sources: HashMap<(ServiceId, SourceKey), u32> = HashMap::new();
+        for c in self.children.values() {
+            *active.entry(c.service).or_default() += 1;
+            if let Some(k) = c.source {
+                *sources.entry((c.service, k)).or_default() += 1;
+            }
+        }
+        assert_eq!(
+            active.len(),
+            self.counts.len(),
+            "services with children drifted"
+        );
+        for (id, counts) in &self.counts {
+            assert_eq!(
+                Some(&counts.active),
+                active.get(id),
+                "active count of {id:?} drifted"
+            );
+            let mut listed = 0;
+            for (k, n) in counts.per_source.iter() {
+                assert_eq!(
+                    sources.get(&(*id, *k)),
+                    Some(&n),
+                    "per-source count drifted"
+                );
+                listed += 1;
+            }
+            let expected = sources.keys().filter(|(sid, _)| sid == id).count();
+            assert_eq!(listed, expected, "per-source keys of {id:?} drifted");
+        }
+    }
+}
+
+pub(super) fn describe_status(status: &WaitStatus) -> (String, bool) {
+    match status {
+        WaitStatus::Exited(_, 0) => ("exited with status 0".into(), true),
+        WaitStatus::Exited(_, code) => (format!("exited with status {code}"), false),
+        WaitStatus::Signaled(_, sig, core) => (
+            format!(
+                "killed by signal {} ({sig}){}",
+                *sig as i32,
+                if *core { ", core dumped" } else { "" }
+            ),
+            false,
+        ),
+        other => (format!("{other:?}"), false),
+    }
+}
+
+/// " for PEER", or nothing for a child without a client.
+pub(super) fn for_peer(peer: Option<&Peer>) -> String {
+    peer.map(|p| format!(" for {p}")).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn child(service: u64, source: Option<SourceKey>) -> Child {
+        Child {
+            service: ServiceId(service),
+            name: format!("s{service}"),
+            peer: None,
+            source,
+            started_at: Instant::now(),
+            status_pipe: None,
+            exec_failed: false,
+            held_sockets: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn counts_follow_the_table_and_are_kept_per_service_identity() {
+        let ip = SourceKey::Ip("10.0.0.1".parse().unwrap());
+        let mut t = ChildTable::default();
+        t.insert(Pid::from_raw(10), child(1, Some(ip)));
+        t.insert(Pid::from_raw(11), child(1, Some(ip)));
+        t.insert(Pid::from_raw(12), child(2, None));
+        assert_eq!(
+            (t.active(ServiceId(1)), t.per_source(ServiceId(1), &ip)),
+            (2, 2)
+        );
+        assert_eq!(t.active(ServiceId(2)), 1);
+        // A re-added service has a new identity: the old children's exits
+        // never touch its counts.
+        assert_eq!(t.active(ServiceId(3)), 0);
+        assert!(t.remove(&Pid::from_raw(10)).is_some());
+        assert!(t.remove(&Pid::from_raw(10)).is_none(), "removed once");
+        assert_eq!(
+            (t.active(ServiceId(1)), t.per_source(ServiceId(1), &ip)),
+            (1, 1)
+        );
+        t.remove(&Pid::from_raw(11));
+        t.remove(&Pid::from_raw(12));
+        assert_eq!(t.len(), 0);
+        assert!(t.counts.is_empty(), "no entry outlives its children");
+    }
+}
