@@ -12,7 +12,7 @@
 //! queued clients must be re-registered to wake us again; epoll reports a
 //! ready fd at registration, which is exactly that wake-up.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsString};
 use std::fmt;
 use std::fs::File;
@@ -44,8 +44,10 @@ use crate::signals::{self, Signals};
 use crate::spawn::{self, ChildSetup, ExecImage, ExecStatus, FdMove, Stage};
 
 mod children;
+mod sockets;
 
 use children::{describe_status, for_peer, Child, ChildTable, HeldSocket};
+use sockets::SocketTable;
 
 const SIGNALS: Token = Token(0);
 const CONTROL: Token = Token(1);
@@ -126,22 +128,6 @@ struct PendingConnection {
     peer: Peer,
 }
 
-struct OpenSocket {
-    listener: Listener,
-    token: Token,
-    /// Index into `Server::services`: the service owning the address now.
-    service: usize,
-    watched: bool,
-    /// A pass-mode child owns this socket until it exits.
-    busy: Option<Pid>,
-    /// Unwatched because it became readable while the gate over all
-    /// services (max_children, the resource back-off) was shut; in
-    /// `Server::parked`, watched again when the gate opens.
-    parked: bool,
-    /// In `Server::ready`: clients were left after the accept budget.
-    queued: bool,
-}
-
 /// Counters for status and logs; each changes in exactly one place.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
@@ -207,7 +193,7 @@ pub struct Server {
     poll: Poll,
     config: Config,
     services: Vec<ServiceRuntime>,
-    sockets: HashMap<ListenAddr, OpenSocket>,
+    sockets: SocketTable,
     tokens: HashMap<Token, TokenKind>,
     next_token: usize,
     next_service_id: u64,
@@ -223,10 +209,6 @@ pub struct Server {
     crash_holds: Vec<(Instant, ServiceId)>,
     /// Service identity → index into `services`, rebuilt on reload.
     by_id: HashMap<ServiceId, usize>,
-    /// Listeners unwatched while the gate over all services was shut.
-    parked: Vec<ListenAddr>,
-    /// Listeners with clients left after their accept budget.
-    ready: VecDeque<ListenAddr>,
     refusals: RefusalLog<RefusalKey>,
     control: Option<Listener>,
     control_clients: HashMap<Token, ControlClient>,
@@ -284,7 +266,7 @@ impl Server {
                 services: Vec::new(),
             },
             services: Vec::new(),
-            sockets: HashMap::new(),
+            sockets: SocketTable::default(),
             tokens: HashMap::new(),
             next_token: FIRST_DYNAMIC_TOKEN,
             next_service_id: 1,
@@ -297,8 +279,6 @@ impl Server {
             pending: Vec::new(),
             crash_holds: Vec::new(),
             by_id: HashMap::new(),
-            parked: Vec::new(),
-            ready: VecDeque::new(),
             refusals: RefusalLog::default(),
             control: None,
             control_clients: HashMap::new(),
@@ -320,7 +300,7 @@ impl Server {
         while !self.stopping {
             // Listeners with clients left over are served again right after
             // a look at everything else, so no wait then.
-            let timeout = if self.ready.is_empty() {
+            let timeout = if !self.sockets.has_ready() {
                 self.next_deadline()
                     .map(|d| d.saturating_duration_since(Instant::now()))
             } else {
@@ -457,26 +437,13 @@ impl Server {
     }
 
     fn set_watched(&mut self, addr: &ListenAddr, want: bool) {
-        let Some(sock) = self.sockets.get_mut(addr) else {
-            return;
-        };
-        if sock.watched == want {
-            return;
-        }
-        let fd = sock.listener.socket.as_raw_fd();
-        let registry = self.poll.registry();
-        let result = if want {
-            registry.register(&mut SourceFd(&fd), sock.token, Interest::READABLE)
-        } else {
-            registry.deregister(&mut SourceFd(&fd))
-        };
-        match result {
-            Ok(()) => sock.watched = want,
-            Err(e) => error!(
-                "{}: cannot {} {addr}: {e}",
-                self.services[sock.service].spec.name,
-                if want { "watch" } else { "unwatch" }
-            ),
+        if let Err(e) = self.sockets.set_watched(self.poll.registry(), addr, want) {
+            let name = self
+                .sockets
+                .get(addr)
+                .map_or("?", |s| self.services[s.service].spec.name.as_str());
+            let what = if want { "watch" } else { "unwatch" };
+            error!("{name}: cannot {what} {addr}: {e}");
         }
     }
 
@@ -511,51 +478,28 @@ impl Server {
     /// wait in the backlog) until the gate opens.
     fn park(&mut self, addr: &ListenAddr) {
         self.set_watched(addr, false);
-        if let Some(sock) = self.sockets.get_mut(addr) {
-            if !sock.parked {
-                sock.parked = true;
-                self.parked.push(addr.clone());
-            }
-        }
+        self.sockets.park(addr);
     }
 
     /// The gate is open again: watch the parked listeners (epoll reports
     /// their waiting clients at registration).
     fn unpark(&mut self, now: Instant) {
-        if self.parked.is_empty() || !self.gate_is_open(now) {
+        if !self.sockets.has_parked() || !self.gate_is_open(now) {
             return;
         }
-        for addr in std::mem::take(&mut self.parked) {
-            let Some(sock) = self.sockets.get_mut(&addr) else {
+        for addr in self.sockets.take_parked() {
+            let Some(sock) = self.sockets.get(&addr) else {
                 continue;
             };
-            sock.parked = false;
-            let want = sock.busy.is_none();
-            let idx = sock.service;
-            let want = want && self.service_may_spawn(idx, now);
+            let want = sock.busy.is_none() && self.service_may_spawn(sock.service, now);
             self.set_watched(&addr, want);
         }
     }
 
     /// Serve the listeners whose accept budget ran out last turn.
     fn serve_ready(&mut self) {
-        for _ in 0..self.ready.len() {
-            let Some(addr) = self.ready.pop_front() else {
-                break;
-            };
-            if let Some(sock) = self.sockets.get_mut(&addr) {
-                sock.queued = false;
-                self.on_listener_ready(&addr);
-            }
-        }
-    }
-
-    fn queue_ready(&mut self, addr: &ListenAddr) {
-        if let Some(sock) = self.sockets.get_mut(addr) {
-            if !sock.queued {
-                sock.queued = true;
-                self.ready.push_back(addr.clone());
-            }
+        for addr in self.sockets.take_ready() {
+            self.on_listener_ready(&addr);
         }
     }
 
@@ -621,7 +565,7 @@ impl Server {
                 }
             }
         }
-        self.queue_ready(addr);
+        self.sockets.queue_ready(addr);
     }
 
     /// One accepted client: access rules, per-source count, then a child.
@@ -748,14 +692,16 @@ impl Server {
             Pass::ListenFds => spec
                 .listen
                 .iter()
-                .filter(|l| self.sockets.contains_key(&l.addr))
+                .filter(|l| self.sockets.contains(&l.addr))
                 .map(|l| l.addr.clone())
                 .collect(),
         };
         let mut payload: Vec<RawFd> = Vec::with_capacity(addrs.len());
         let mut held_sockets = Vec::with_capacity(addrs.len());
         for a in addrs {
-            let sock = &self.sockets[&a];
+            let Some(sock) = self.sockets.get(&a) else {
+                continue;
+            };
             held_sockets.push(HeldSocket {
                 head: QueueHead::of(&sock.listener.socket, &a),
                 addr: a,
@@ -788,7 +734,7 @@ impl Server {
             held_sockets,
         };
         if self.spawn_child(idx, request) != Launch::Started {
-            self.release_sockets(&addrs, None);
+            self.sockets.release(&addrs, None);
         }
     }
 
@@ -983,7 +929,7 @@ impl Server {
         // The socket table decides what is watched again: a reload may have
         // given a held socket to another service since the child started.
         let held: Vec<ListenAddr> = child.held_sockets.iter().map(|h| h.addr.clone()).collect();
-        let mut owners: HashSet<usize> = self.release_sockets(&held, Some(pid));
+        let mut owners: HashSet<usize> = self.sockets.release(&held, Some(pid));
         if let Some(i) = idx {
             let svc = &mut self.services[i];
             svc.stats.last_exit = Some(what);
@@ -1013,23 +959,6 @@ impl Server {
         }
         // A slot under max_children may have opened for every service.
         self.unpark(now);
-    }
-
-    /// Give sockets back after a pass-mode child (`owner`: only if it still
-    /// holds them) and make them non-blocking again for accept(). Returns
-    /// the services that own them now.
-    fn release_sockets(&mut self, addrs: &[ListenAddr], owner: Option<Pid>) -> HashSet<usize> {
-        let mut services = HashSet::new();
-        for a in addrs {
-            if let Some(sock) = self.sockets.get_mut(a) {
-                if owner.is_none() || sock.busy == owner {
-                    sock.busy = None;
-                    let _ = sock.listener.socket.set_nonblocking(true);
-                    services.insert(sock.service);
-                }
-            }
-        }
-        services
     }
 
     // ---- status -------------------------------------------------------
@@ -1145,26 +1074,19 @@ impl Server {
     /// opened first, and if any fails nothing changes; removed ones are
     /// closed last. Running children are left alone.
     fn apply_config(&mut self, new: Config) -> Result<(), ServerError> {
+        let plan = sockets::plan(self.sockets.addrs(), &new);
         let mut opened: Vec<(Listener, usize)> = Vec::new();
-        // A disabled service keeps its entry and listens on nothing.
-        for (idx, spec) in new.services.iter().enumerate() {
-            if spec.disabled {
-                continue;
-            }
-            for l in &spec.listen {
-                if self.sockets.contains_key(&l.addr) {
-                    continue;
-                }
-                match listener::open(&l.addr, spec.socket) {
-                    Ok(listener) => opened.push((listener, idx)),
-                    Err(err) => {
-                        // `opened` drops: its files are removed.
-                        return Err(ServerError::Bind {
-                            service: spec.name.clone(),
-                            addr: l.addr.clone(),
-                            err,
-                        });
-                    }
+        for (addr, idx) in &plan.open {
+            let spec = &new.services[*idx];
+            match listener::open(addr, spec.socket) {
+                Ok(listener) => opened.push((listener, *idx)),
+                Err(err) => {
+                    // `opened` drops: its files are removed.
+                    return Err(ServerError::Bind {
+                        service: spec.name.clone(),
+                        addr: addr.clone(),
+                        err,
+                    });
                 }
             }
         }
@@ -1224,44 +1146,15 @@ impl Server {
             .enumerate()
             .map(|(i, s)| (s.id, i))
             .collect();
-        let owner: HashMap<&ListenAddr, usize> = new
-            .services
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| !s.disabled)
-            .flat_map(|(i, s)| s.listen.iter().map(move |l| (&l.addr, i)))
-            .collect();
-        let removed: Vec<ListenAddr> = self
-            .sockets
-            .keys()
-            .filter(|a| !owner.contains_key(a))
-            .cloned()
-            .collect();
         for (listener, idx) in opened {
             let token = self.next_token();
             self.tokens
                 .insert(token, TokenKind::Listener(listener.addr.clone()));
-            self.sockets.insert(
-                listener.addr.clone(),
-                OpenSocket {
-                    listener,
-                    token,
-                    service: idx,
-                    watched: false,
-                    busy: None,
-                    parked: false,
-                    queued: false,
-                },
-            );
+            self.sockets.insert(listener, token, idx);
         }
-        for (addr, sock) in self.sockets.iter_mut() {
-            if let Some(idx) = owner.get(addr) {
-                sock.service = *idx;
-            }
-        }
-        for addr in removed {
-            self.set_watched(&addr, false);
-            if let Some(sock) = self.sockets.remove(&addr) {
+        self.sockets.reassign(&plan.owners);
+        for addr in &plan.close {
+            if let Some(sock) = self.sockets.remove(self.poll.registry(), addr) {
                 self.tokens.remove(&sock.token);
                 debug!("closed {addr}");
             }
@@ -1303,11 +1196,7 @@ impl Server {
     /// SIGTERM the pass-mode children, which own listening sockets, and
     /// leave connection children to finish on their own.
     fn shutdown(&mut self) {
-        let addrs: Vec<ListenAddr> = self.sockets.keys().cloned().collect();
-        for a in &addrs {
-            self.set_watched(a, false);
-        }
-        self.sockets.clear();
+        self.sockets.clear(self.poll.registry());
         self.set_control(None);
         for (pid, child) in self.children.iter() {
             if child.is_pass_mode() {

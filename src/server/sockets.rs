@@ -1,0 +1,284 @@
+//! The socket table: every open listening socket keyed by its address,
+//! with its poll token, the service that owns it now, and whether it is
+//! watched, lent to a pass-mode child, parked at the gate or waiting for
+//! another turn of accepts; and the reload diff as a pure function of the
+//! open addresses and the new config (keep, open, close). Makes no
+//! decision about limits and never logs.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::os::fd::AsRawFd;
+
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+use nix::unistd::Pid;
+
+use crate::addr::ListenAddr;
+use crate::config::Config;
+use crate::listener::Listener;
+
+pub(super) struct OpenSocket {
+    pub listener: Listener,
+    pub token: Token,
+    /// Index into `Server::services`: the service owning the address now.
+    pub service: usize,
+    pub watched: bool,
+    /// A pass-mode child owns this socket until it exits.
+    pub busy: Option<Pid>,
+    /// Unwatched because it became readable while the gate over all
+    /// services (max_children, the resource back-off) was shut; watched
+    /// again when the gate opens.
+    pub parked: bool,
+    /// Clients were left after the accept budget: served next turn.
+    pub queued: bool,
+}
+
+#[derive(Default)]
+pub(super) struct SocketTable {
+    sockets: HashMap<ListenAddr, OpenSocket>,
+    parked: Vec<ListenAddr>,
+    ready: VecDeque<ListenAddr>,
+}
+
+impl SocketTable {
+    pub fn get(&self, addr: &ListenAddr) -> Option<&OpenSocket> {
+        self.sockets.get(addr)
+    }
+
+    pub fn get_mut(&mut self, addr: &ListenAddr) -> Option<&mut OpenSocket> {
+        self.sockets.get_mut(addr)
+    }
+
+    pub fn contains(&self, addr: &ListenAddr) -> bool {
+        self.sockets.contains_key(addr)
+    }
+
+    pub fn addrs(&self) -> impl Iterator<Item = &ListenAddr> {
+        self.sockets.keys()
+    }
+
+    /// A newly opened socket for service `service`, not yet watched.
+    pub fn insert(&mut self, listener: Listener, token: Token, service: usize) {
+        self.sockets.insert(
+            listener.addr.clone(),
+            OpenSocket {
+                listener,
+                token,
+                service,
+                watched: false,
+                busy: None,
+                parked: false,
+                queued: false,
+            },
+        );
+    }
+
+    /// Close `addr` (the listener's file is removed when it drops).
+    pub fn remove(&mut self, registry: &Registry, addr: &ListenAddr) -> Option<OpenSocket> {
+        let _ = self.set_watched(registry, addr, false);
+        self.sockets.remove(addr)
+    }
+
+    /// Register or deregister `addr` so its watching matches `want`.
+    pub fn set_watched(
+        &mut self,
+        registry: &Registry,
+        addr: &ListenAddr,
+        want: bool,
+    ) -> io::Result<()> {
+        let Some(sock) = self.sockets.get_mut(addr) else {
+            return Ok(());
+        };
+        if sock.watched == want {
+            return Ok(());
+        }
+        let fd = sock.listener.socket.as_raw_fd();
+        if want {
+            registry.register(&mut SourceFd(&fd), sock.token, Interest::READABLE)?;
+        } else {
+            registry.deregister(&mut SourceFd(&fd))?;
+        }
+        sock.watched = want;
+        Ok(())
+    }
+
+    /// The gate is shut and `addr` has clients: note it for `take_parked`.
+    /// The caller unwatches it.
+    pub fn park(&mut self, addr: &ListenAddr) {
+        if let Some(sock) = self.sockets.get_mut(addr) {
+            if !sock.parked {
+                sock.parked = true;
+                self.parked.push(addr.clone());
+            }
+        }
+    }
+
+    pub fn has_parked(&self) -> bool {
+        !self.parked.is_empty()
+    }
+
+    /// Every parked socket still open, no longer marked parked.
+    pub fn take_parked(&mut self) -> Vec<ListenAddr> {
+        let mut out = Vec::with_capacity(self.parked.len());
+        for addr in std::mem::take(&mut self.parked) {
+            if let Some(sock) = self.sockets.get_mut(&addr) {
+                sock.parked = false;
+                out.push(addr);
+            }
+        }
+        out
+    }
+
+    /// `addr` has clients left after its accept budget.
+    pub fn queue_ready(&mut self, addr: &ListenAddr) {
+        if let Some(sock) = self.sockets.get_mut(addr) {
+            if !sock.queued {
+                sock.queued = true;
+                self.ready.push_back(addr.clone());
+            }
+        }
+    }
+
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    /// The sockets queued so far, in order, no longer marked queued.
+    pub fn take_ready(&mut self) -> Vec<ListenAddr> {
+        let mut out = Vec::with_capacity(self.ready.len());
+        for addr in std::mem::take(&mut self.ready) {
+            if let Some(sock) = self.sockets.get_mut(&addr) {
+                sock.queued = false;
+                out.push(addr);
+            }
+        }
+        out
+    }
+
+    /// Give sockets back after a pass-mode child (`owner`: only those it
+    /// still holds) and make them non-blocking again for accept().
+    /// Returns the services that own them now.
+    pub fn release(&mut self, addrs: &[ListenAddr], owner: Option<Pid>) -> HashSet<usize> {
+        let mut services = HashSet::new();
+        for a in addrs {
+            if let Some(sock) = self.sockets.get_mut(a) {
+                if owner.is_none() || sock.busy == owner {
+                    sock.busy = None;
+                    let _ = sock.listener.socket.set_nonblocking(true);
+                    services.insert(sock.service);
+                }
+            }
+        }
+        services
+    }
+
+    /// Point each kept socket at the service that owns its address now.
+    pub fn reassign(&mut self, owners: &HashMap<ListenAddr, usize>) {
+        for (addr, sock) in self.sockets.iter_mut() {
+            if let Some(idx) = owners.get(addr) {
+                sock.service = *idx;
+            }
+        }
+    }
+
+    /// Close everything (at stop).
+    pub fn clear(&mut self, registry: &Registry) {
+        let addrs: Vec<ListenAddr> = self.sockets.keys().cloned().collect();
+        for a in &addrs {
+            self.remove(registry, a);
+        }
+    }
+}
+
+/// What a reload does to the sockets, keyed by address.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct SocketPlan {
+    /// Addresses to bind, with the index of the service that wants them.
+    pub open: Vec<(ListenAddr, usize)>,
+    /// Every address of the new config (not disabled) → its service.
+    pub owners: HashMap<ListenAddr, usize>,
+    /// Open addresses no service wants any more.
+    pub close: Vec<ListenAddr>,
+}
+
+/// The reload diff: open what is new, keep what stays (even if it moved
+/// to another service), close what is gone. A disabled service listens
+/// on nothing.
+pub(super) fn plan<'a>(open_now: impl Iterator<Item = &'a ListenAddr>, new: &Config) -> SocketPlan {
+    let mut owners = HashMap::new();
+    let mut open = Vec::new();
+    let open_now: HashSet<&ListenAddr> = open_now.collect();
+    for (idx, spec) in new.services.iter().enumerate() {
+        if spec.disabled {
+            continue;
+        }
+        for l in &spec.listen {
+            owners.insert(l.addr.clone(), idx);
+            if !open_now.contains(&l.addr) {
+                open.push((l.addr.clone(), idx));
+            }
+        }
+    }
+    let mut close: Vec<ListenAddr> = open_now
+        .into_iter()
+        .filter(|a| !owners.contains_key(*a))
+        .cloned()
+        .collect();
+    close.sort_by_key(|a| a.to_string());
+    SocketPlan {
+        open,
+        owners,
+        close,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse, Host};
+    use std::path::Path;
+
+    fn config(text: &str) -> Config {
+        let host = Host {
+            path_var: "/usr/bin:/bin".into(),
+            is_root: false,
+        };
+        parse(Path::new("t.toml"), text, &host).unwrap()
+    }
+
+    fn addr(s: &str) -> ListenAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn reload_keeps_moved_addresses_opens_new_ones_and_closes_the_rest() {
+        let new = config(
+            "[[service]]\nname = \"a\"\nlisten = [\"tcp://127.0.0.1:1\", \"tcp://127.0.0.1:2\"]\nexec = [\"cat\"]\n\
+             [[service]]\nname = \"b\"\nlisten = \"tcp://127.0.0.1:3\"\nexec = [\"cat\"]\n\
+             [[service]]\nname = \"off\"\nlisten = \"tcp://127.0.0.1:5\"\nexec = [\"cat\"]\ndisabled = true\n",
+        );
+        let now = [
+            addr("tcp://127.0.0.1:3"),
+            addr("tcp://127.0.0.1:4"),
+            addr("tcp://127.0.0.1:5"),
+        ];
+        let p = plan(now.iter(), &new);
+        assert_eq!(
+            p.open,
+            vec![
+                (addr("tcp://127.0.0.1:1"), 0),
+                (addr("tcp://127.0.0.1:2"), 0)
+            ]
+        );
+        assert_eq!(
+            p.owners.get(&addr("tcp://127.0.0.1:3")),
+            Some(&1),
+            "kept, owned by b"
+        );
+        assert_eq!(
+            p.close,
+            vec![addr("tcp://127.0.0.1:4"), addr("tcp://127.0.0.1:5")],
+            "gone, and disabled"
+        );
+    }
+}
