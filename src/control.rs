@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use socket2::Socket;
 
 /// How long `summond status` waits for an answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,6 +67,46 @@ const HEADERS: [&str; 8] = [
 
 /// A table with a header row and one row per service, columns padded to
 /// their widest cell.
+/// A status reply being written to a `summond status` client from the
+/// event loop: non-blocking, finished over several writable events when
+/// the status is larger than the socket buffer.
+pub struct Reply {
+    socket: Socket,
+    bytes: Vec<u8>,
+    written: usize,
+}
+
+impl Reply {
+    pub fn new(socket: Socket, status: &Status) -> io::Result<Reply> {
+        socket.set_nonblocking(true)?;
+        Ok(Reply {
+            socket,
+            bytes: status.to_json_line(),
+            written: 0,
+        })
+    }
+
+    pub fn socket(&self) -> &Socket {
+        &self.socket
+    }
+
+    /// Write what the socket takes; true when the reply is done (or the
+    /// client is gone).
+    pub fn flush(&mut self) -> bool {
+        use std::io::Write;
+        while self.written < self.bytes.len() {
+            match (&self.socket).write(&self.bytes[self.written..]) {
+                Ok(0) => return true,
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return true,
+            }
+        }
+        true
+    }
+}
+
 pub fn render_table(status: &Status) -> String {
     let rows: Vec<[String; 8]> = status
         .services

@@ -1,0 +1,412 @@
+//! One client's path, from a readable listener to an exec'd child, as a
+//! straight line: the gate (max_children, the resource back-off, the
+//! service's own limits), accept with a budget per turn, admission (access
+//! rules, per-source count; refusals summarised), the child's fds and
+//! variables, spawn, and keeping the client through a back-off. For
+//! `accept = false` the listening sockets themselves are the payload.
+
+use std::ffi::CString;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Instant;
+
+use log::{debug, error, info, warn};
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
+use nix::libc;
+use socket2::Socket;
+
+use super::children::{for_peer, Child, HeldSocket};
+use super::{Server, ServiceId, TokenKind};
+use crate::access::Refusal;
+use crate::addr::ListenAddr;
+use crate::config::Pass;
+use crate::env;
+use crate::peer::{Peer, SourceKey};
+use crate::queue::QueueHead;
+use crate::spawn::{self, ChildSetup, FdMove};
+
+/// Connections taken from one listener per wake-up before the loop turns
+/// to its other sources (signals, the control socket, other listeners);
+/// a listener with clients left is served again on the next turn.
+const ACCEPT_BUDGET: usize = 64;
+
+/// An accepted client whose child could not be started for lack of fds or
+/// processes; it is started when the back-off ends instead of being
+/// dropped, after being admitted again by whichever service owns its
+/// address then.
+pub(super) struct PendingConnection {
+    addr: ListenAddr,
+    /// The service that accepted it, for the log line if it is closed.
+    name: String,
+    conn: Socket,
+    peer: Peer,
+}
+
+/// Why a client was turned away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum RefuseReason {
+    Access(Refusal),
+    MaxPerSource(u32),
+}
+
+impl fmt::Display for RefuseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RefuseReason::Access(r) => write!(f, "{r}"),
+            RefuseReason::MaxPerSource(max) => write!(f, "max_per_source {max} reached"),
+        }
+    }
+}
+
+/// What repeated refusals are counted under: service, client, reason.
+pub(super) type RefusalKey = (ServiceId, Option<SourceKey>, RefuseReason);
+
+/// What became of an attempt to start a child.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Launch {
+    Started,
+    /// Out of fds or processes: try again after the back-off.
+    RetryLater,
+    Failed,
+}
+
+/// What a new child is: built by the accept and pass paths, consumed by
+/// `spawn_child`.
+struct ChildRequest<'a> {
+    fds: &'a [FdMove],
+    env: &'a [CString],
+    /// Add `LISTEN_PID` (listen_fds mode).
+    listen_pid: bool,
+    /// The client, in accept mode.
+    peer: Option<Peer>,
+    /// The sockets, in pass mode.
+    held_sockets: Vec<HeldSocket>,
+}
+
+fn is_resource_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EAGAIN)
+    )
+}
+
+impl Server {
+    pub(super) fn on_listener_ready(&mut self, addr: &ListenAddr) {
+        let Some(sock) = self.sockets.get(addr) else {
+            return;
+        };
+        let idx = sock.service;
+        if sock.busy.is_some() || !sock.watched {
+            return;
+        }
+        let now = Instant::now();
+        if !self.gate_is_open(now) {
+            self.park(addr);
+            return;
+        }
+        if self.services[idx].spec.accept {
+            self.retry_pending(now);
+            self.accept_connections(idx, addr, now);
+        } else if self.service_may_spawn(idx, now) {
+            self.start_pass_child(idx, addr);
+        }
+        self.sync_service(idx, Instant::now());
+    }
+
+    /// Accept until the queue is empty, a limit closes the gate, or the
+    /// budget for this turn is spent; at a limit the rest wait in the
+    /// kernel backlog, unwatched.
+    fn accept_connections(&mut self, idx: usize, addr: &ListenAddr, now: Instant) {
+        for _ in 0..ACCEPT_BUDGET {
+            if !self.gate_is_open(now) {
+                self.park(addr);
+                return;
+            }
+            if !self.service_may_spawn(idx, now) {
+                return;
+            }
+            let Some(sock) = self.sockets.get(addr) else {
+                return;
+            };
+            match sock.listener.socket.accept() {
+                Ok((conn, from)) => {
+                    let peer = Peer::of(&conn, &from);
+                    self.start_connection(idx, addr, conn, peer, now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO | libc::EPERM)
+                    ) => {}
+                Err(e) if is_resource_error(&e) => {
+                    let name = self.services[idx].spec.name.clone();
+                    self.resource_fault(&format!("{name}: accept on {addr}"), &e, now);
+                    self.park(addr);
+                    return;
+                }
+                Err(e) => {
+                    error!("{}: accept on {addr}: {e}", self.services[idx].spec.name);
+                    return;
+                }
+            }
+        }
+        self.sockets.queue_ready(addr);
+    }
+
+    /// One accepted client: access rules, per-source count, then a child.
+    fn start_connection(
+        &mut self,
+        idx: usize,
+        addr: &ListenAddr,
+        conn: Socket,
+        peer: Peer,
+        now: Instant,
+    ) {
+        let svc = &self.services[idx];
+        if let Some(ip) = peer.ip() {
+            if let Err(why) = svc.spec.access.permits(ip) {
+                self.refuse(idx, &peer, RefuseReason::Access(why), now);
+                return;
+            }
+        }
+        if let (Some(max), Some(key)) = (svc.spec.max_per_source, peer.source_key()) {
+            if self.children.per_source(svc.id, &key) >= max {
+                self.refuse(idx, &peer, RefuseReason::MaxPerSource(max), now);
+                return;
+            }
+        }
+        debug!("{}: connection from {peer} on {addr}", svc.spec.name);
+        self.launch_connection(idx, addr, conn, peer);
+    }
+
+    /// The one place a refusal is counted and logged; the connection is
+    /// closed when the caller drops it. Repeats from the same client are
+    /// summarised once per interval instead of logged one by one.
+    fn refuse(&mut self, idx: usize, peer: &Peer, why: RefuseReason, now: Instant) {
+        let svc = &mut self.services[idx];
+        svc.stats.refused += 1;
+        if self.refusals.record((svc.id, peer.source_key(), why), now) {
+            info!("{}: refused {peer} ({why})", svc.spec.name);
+        }
+    }
+
+    /// Start the child for an accepted, admitted connection. If fds or
+    /// processes ran out, keep the connection for a retry after the
+    /// back-off rather than dropping the client.
+    fn launch_connection(&mut self, idx: usize, addr: &ListenAddr, conn: Socket, peer: Peer) {
+        let spec = &self.services[idx].spec;
+        let fds = spawn::plan_fds(
+            spec.pass,
+            spec.stderr,
+            &[conn.as_raw_fd()],
+            self.devnull.as_raw_fd(),
+        );
+        let mut env = peer.env();
+        let listen_pid = spec.pass == Pass::ListenFds;
+        if listen_pid {
+            env.push(env::env_var("LISTEN_FDS", 1));
+            env.push(env::env_var("LISTEN_FDNAMES", "connection"));
+        }
+        let outcome = self.spawn_child(
+            idx,
+            ChildRequest {
+                fds: &fds,
+                env: &env,
+                listen_pid,
+                peer: Some(peer.clone()),
+                held_sockets: Vec::new(),
+            },
+        );
+        if outcome == Launch::RetryLater {
+            let name = self.services[idx].spec.name.clone();
+            self.pending.push(PendingConnection {
+                addr: addr.clone(),
+                name,
+                conn,
+                peer,
+            });
+        }
+        // Otherwise `conn` drops here: the child has its own copy.
+    }
+
+    /// Start children for connections kept through a back-off, as soon as
+    /// their service may. The service that owns the address now admits
+    /// each one afresh (a reload may have changed its rules, or given the
+    /// address to another service); one that cannot take a connection any
+    /// more closes it with a line saying why.
+    pub(super) fn retry_pending(&mut self, now: Instant) {
+        if self.pending.is_empty() || self.resources.is_paused(now) {
+            return;
+        }
+        for p in std::mem::take(&mut self.pending) {
+            let PendingConnection {
+                addr,
+                name,
+                conn,
+                peer,
+            } = p;
+            match self.sockets.get(&addr).map(|s| s.service) {
+                None => info!(
+                    "{name}: closing the kept connection of {peer}: {addr} was removed by a reload"
+                ),
+                Some(idx) if !self.services[idx].spec.accept => info!(
+                    "{name}: closing the kept connection of {peer}: {addr} now belongs to \
+                     \"{}\", which does not accept connections",
+                    self.services[idx].spec.name
+                ),
+                Some(idx) if self.may_spawn(idx, now) => {
+                    self.start_connection(idx, &addr, conn, peer, now)
+                }
+                Some(_) => self.pending.push(PendingConnection {
+                    addr,
+                    name,
+                    conn,
+                    peer,
+                }),
+            }
+        }
+    }
+
+    /// `accept = false`: hand the socket(s) over and stop watching them
+    /// until the child exits. What waits on each is noted, so the exit
+    /// can tell whether the child took anything.
+    fn start_pass_child(&mut self, idx: usize, ready: &ListenAddr) {
+        let spec = &self.services[idx].spec;
+        let addrs: Vec<ListenAddr> = match spec.pass {
+            Pass::Stdio => vec![ready.clone()],
+            Pass::ListenFds => spec
+                .listen
+                .iter()
+                .filter(|l| self.sockets.contains(&l.addr))
+                .map(|l| l.addr.clone())
+                .collect(),
+        };
+        let mut payload: Vec<RawFd> = Vec::with_capacity(addrs.len());
+        let mut held_sockets = Vec::with_capacity(addrs.len());
+        for a in addrs {
+            let Some(sock) = self.sockets.get(&a) else {
+                continue;
+            };
+            held_sockets.push(HeldSocket {
+                head: QueueHead::of(&sock.listener.socket, &a),
+                addr: a,
+            });
+            // Legacy wait-mode programs (tftpd) read with blocking calls;
+            // O_NONBLOCK lives on the shared file description, and summond
+            // does not touch the socket until the child exits.
+            let _ = sock.listener.socket.set_nonblocking(false);
+            payload.push(sock.listener.socket.as_raw_fd());
+        }
+        let fds = spawn::plan_fds(spec.pass, spec.stderr, &payload, self.devnull.as_raw_fd());
+        let mut env = Vec::new();
+        let listen_pid = spec.pass == Pass::ListenFds;
+        if listen_pid {
+            let names: Vec<&str> = spec
+                .listen
+                .iter()
+                .filter(|l| held_sockets.iter().any(|h| h.addr == l.addr))
+                .map(|l| l.name.as_deref().unwrap_or(&spec.name))
+                .collect();
+            env.push(env::env_var("LISTEN_FDS", payload.len()));
+            env.push(env::env_var("LISTEN_FDNAMES", names.join(":")));
+        }
+        let addrs: Vec<ListenAddr> = held_sockets.iter().map(|h| h.addr.clone()).collect();
+        let request = ChildRequest {
+            fds: &fds,
+            env: &env,
+            listen_pid,
+            peer: None,
+            held_sockets,
+        };
+        if self.spawn_child(idx, request) != Launch::Started {
+            self.sockets.release(&addrs, None);
+        }
+    }
+
+    /// Fork and exec for service `idx`; record the child.
+    fn spawn_child(&mut self, idx: usize, req: ChildRequest<'_>) -> Launch {
+        let setup = ChildSetup {
+            fds: req.fds,
+            env: req.env,
+            listen_pid: req.listen_pid,
+            nofile: self.opts.child_nofile,
+        };
+        let now = Instant::now();
+        let spawned = match spawn::spawn(&self.services[idx].image, &setup) {
+            Ok(s) => s,
+            Err(e) => {
+                self.count_spawn_failure(idx);
+                let what = format!(
+                    "{}: cannot start a child{}",
+                    self.services[idx].spec.name,
+                    for_peer(req.peer.as_ref())
+                );
+                if is_resource_error(e.io_error()) {
+                    self.resource_fault(&what, &e, now);
+                    return Launch::RetryLater;
+                }
+                error!("{what}: {e}");
+                return Launch::Failed;
+            }
+        };
+        let pid = spawned.pid;
+        for h in &req.held_sockets {
+            if let Some(sock) = self.sockets.get_mut(&h.addr) {
+                sock.busy = Some(pid);
+            }
+        }
+        let token = self.next_token();
+        let status_pipe = match self.poll.registry().register(
+            &mut SourceFd(&spawned.status_pipe.as_raw_fd()),
+            token,
+            Interest::READABLE,
+        ) {
+            Ok(()) => {
+                self.tokens.insert(token, TokenKind::ExecStatus(pid));
+                Some((spawned.status_pipe, token))
+            }
+            // Still read at reap time; only the early report is lost.
+            Err(_) => Some((spawned.status_pipe, Token(usize::MAX))),
+        };
+        let svc = &mut self.services[idx];
+        svc.stats.served += 1;
+        debug!("{}: started pid {pid}", svc.spec.name);
+        let child = Child {
+            service: svc.id,
+            name: svc.spec.name.clone(),
+            source: req.peer.as_ref().and_then(Peer::source_key),
+            peer: req.peer,
+            started_at: now,
+            status_pipe,
+            exec_failed: false,
+            held_sockets: req.held_sockets,
+        };
+        self.children.insert(pid, child);
+        if self.resources.success() {
+            info!("resources available again: accepting connections");
+        }
+        Launch::Started
+    }
+
+    /// The one place a spawn failure (fork, pipe or exec) is counted.
+    pub(super) fn count_spawn_failure(&mut self, idx: usize) {
+        self.services[idx].stats.spawn_failures += 1;
+    }
+
+    /// EMFILE/ENFILE/EAGAIN: log once per episode and shut the gate until
+    /// the back-off deadline; listeners that turn readable meanwhile are
+    /// parked.
+    pub(super) fn resource_fault(&mut self, what: &str, err: &dyn fmt::Display, now: Instant) {
+        let (until, first) = self.resources.fault(now);
+        if first {
+            warn!(
+                "{what}: {err}; pausing all listeners ({} ms, doubling up to {} ms while this lasts)",
+                until.saturating_duration_since(now).as_millis(),
+                crate::limits::BACKOFF_MAX.as_millis()
+            );
+        }
+    }
+}
