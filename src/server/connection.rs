@@ -17,8 +17,9 @@ use mio::{Interest, Token};
 use nix::libc;
 use socket2::Socket;
 
+use super::children::ServiceId;
 use super::children::{for_peer, Child, HeldSocket};
-use super::{Server, ServiceId, TokenKind};
+use super::{Server, TokenKind};
 use crate::access::Refusal;
 use crate::addr::ListenAddr;
 use crate::config::Pass;

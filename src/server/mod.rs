@@ -44,7 +44,7 @@ mod children;
 mod connection;
 mod sockets;
 
-use children::{describe_status, for_peer, Child, ChildTable};
+use children::{describe_status, for_peer, Child, ChildTable, ServiceId};
 use connection::{PendingConnection, RefusalKey};
 use sockets::SocketTable;
 
@@ -87,13 +87,6 @@ pub struct RunOptions {
     /// The RLIMIT_NOFILE summond was started with, for its children.
     pub child_nofile: Option<libc::rlimit>,
 }
-
-/// A service for the length of the run: kept across reloads while its
-/// name stays in the config, new when a name appears (again). Children
-/// refer to it, not to the name, so a service removed and re-added while
-/// its old children run starts with counts of its own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct ServiceId(u64);
 
 /// What a poll token stands for.
 #[derive(Clone, Debug)]
