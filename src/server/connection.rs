@@ -19,6 +19,7 @@ use socket2::Socket;
 
 use super::children::ServiceId;
 use super::children::{for_peer, Child, HeldSocket};
+use super::timers::Timer;
 use super::{Server, TokenKind};
 use crate::access::Refusal;
 use crate::addr::ListenAddr;
@@ -385,6 +386,15 @@ impl Server {
             exec_failed: false,
             held_sockets: req.held_sockets,
         };
+        if let Some(limit) = self.services[idx].spec.max_runtime {
+            self.timers.add(
+                now + limit,
+                Timer::RuntimeUp {
+                    pid,
+                    started_at: now,
+                },
+            );
+        }
         self.children.insert(pid, child);
         if self.resources.success() {
             info!("resources available again: accepting connections");

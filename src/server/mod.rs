@@ -43,10 +43,12 @@ use crate::spawn::{self, ExecImage, ExecStatus, Stage};
 mod children;
 mod connection;
 mod sockets;
+mod timers;
 
 use children::{describe_status, for_peer, Child, ChildTable, ServiceId};
 use connection::{PendingConnection, RefusalKey};
 use sockets::SocketTable;
+use timers::{Timer, Timers, KILL_AFTER};
 
 const SIGNALS: Token = Token(0);
 const CONTROL: Token = Token(1);
@@ -133,7 +135,7 @@ pub struct Server {
     resources: Backoff,
     pending: Vec<PendingConnection>,
     /// Services held by the crash guard, and until when.
-    crash_holds: Vec<(Instant, ServiceId)>,
+    timers: Timers,
     /// Service identity → index into `services`, rebuilt on reload.
     by_id: HashMap<ServiceId, usize>,
     refusals: RefusalLog<RefusalKey>,
@@ -181,7 +183,7 @@ impl Server {
             opts,
             resources: Backoff::default(),
             pending: Vec::new(),
-            crash_holds: Vec::new(),
+            timers: Timers::default(),
             by_id: HashMap::new(),
             refusals: RefusalLog::default(),
             control: None,
@@ -246,8 +248,9 @@ impl Server {
     /// refusal summary ending. All are short lists (holds exist only while
     /// a service is held), so an idle loop costs nothing per socket.
     fn next_deadline(&self) -> Option<Instant> {
-        let holds = self.crash_holds.iter().map(|(until, _)| *until);
-        holds
+        self.timers
+            .next_deadline()
+            .into_iter()
             .chain(self.resources.deadline())
             .chain(self.refusals.deadline())
             .min()
@@ -259,14 +262,21 @@ impl Server {
             self.retry_pending(now);
             self.unpark(now);
         }
-        if self.crash_holds.iter().any(|(until, _)| *until <= now) {
-            let (expired, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.crash_holds)
-                .into_iter()
-                .partition(|(until, _)| *until <= now);
-            self.crash_holds = held;
-            for (_, id) in expired {
-                if let Some(idx) = self.service_index(id) {
-                    self.sync_service(idx, now);
+        for timer in self.timers.take_due(now) {
+            match timer {
+                Timer::HoldEnds(id) => {
+                    if let Some(idx) = self.service_index(id) {
+                        self.sync_service(idx, now);
+                    }
+                }
+                Timer::RuntimeUp { pid, started_at } => {
+                    if self.signal_overdue_child(pid, started_at, Signal::SIGTERM) {
+                        self.timers
+                            .add(now + KILL_AFTER, Timer::Kill { pid, started_at });
+                    }
+                }
+                Timer::Kill { pid, started_at } => {
+                    self.signal_overdue_child(pid, started_at, Signal::SIGKILL);
                 }
             }
         }
@@ -287,6 +297,43 @@ impl Server {
                 );
             }
         }
+    }
+
+    /// `max_runtime` ran out for the child `pid` started at `started_at`
+    /// (if it is still that child): signal its process group (the child
+    /// leads its own session) and log it. True if it was signalled.
+    fn signal_overdue_child(&self, pid: Pid, started_at: Instant, sig: Signal) -> bool {
+        let Some(child) = self.children.get(&pid) else {
+            return false;
+        };
+        if child.started_at != started_at {
+            return false;
+        }
+        let limit = self
+            .service_index(child.service)
+            .and_then(|i| self.services[i].spec.max_runtime)
+            .map_or_else(String::new, |d| format!(" {}s", d.as_secs_f64()));
+        let what = if sig == Signal::SIGTERM {
+            format!(
+                "; SIGTERM to its process group, SIGKILL in {}s",
+                KILL_AFTER.as_secs()
+            )
+        } else {
+            format!(
+                " and is still running {}s after SIGTERM; SIGKILL to its process group",
+                KILL_AFTER.as_secs()
+            )
+        };
+        warn!(
+            "{}: pid {pid}{} ran past max_runtime{limit}{what}",
+            child.name,
+            for_peer(child.peer.as_ref()),
+        );
+        if let Err(e) = kill(Pid::from_raw(-pid.as_raw()), sig) {
+            warn!("{}: cannot {sig} process group {pid}: {e}", child.name);
+            return false;
+        }
+        true
     }
 
     // ---- signals ------------------------------------------------------
@@ -529,7 +576,7 @@ impl Server {
             }
             if child.is_pass_mode() && (!success || child.exec_failed || unread) {
                 if let Some(until) = svc.crash.record_failure(now) {
-                    self.crash_holds.push((until, svc.id));
+                    self.timers.add(until, Timer::HoldEnds(svc.id));
                     warn!(
                         "{}: failed {} times in {}s; not restarting it for {}s",
                         svc.spec.name,

@@ -130,3 +130,67 @@ fn on_a_unix_socket_max_per_source_counts_the_peers_uid() {
         s.log_text()
     );
 }
+
+#[test]
+fn max_runtime_terms_the_childs_process_group_then_kills_what_ignores_it() {
+    let (port, stubborn) = (free_port(), free_port());
+    let s = Summond::start(&format!(
+        "[[service]]\nname = \"slow\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {}\nmax_runtime = \"1s\"\n\
+         [[service]]\nname = \"deaf\"\nlisten = \"tcp://127.0.0.1:{stubborn}\"\nexec = {}\nmax_runtime = \"500ms\"\n",
+        // a grandchild in the same process group, then wait
+        sh("sleep 30 & echo $!; wait"),
+        sh("trap '' TERM; echo $$; exec sleep 30")
+    ));
+    let slow = connect(port);
+    let slow_port = slow.local_addr().unwrap().port();
+    let grandchild: i32 = read_line(&slow).trim().parse().unwrap();
+    let slow_pid = parent_pid(grandchild).expect("the child is the grandchild's parent");
+    let deaf = connect(stubborn);
+    let deaf_pid: i32 = read_line(&deaf).trim().parse().unwrap();
+
+    assert!(
+        s.wait_log(&format!(
+            "slow: pid {slow_pid} for 127.0.0.1:{slow_port} ran past max_runtime 1s; \
+             SIGTERM to its process group, SIGKILL in 5s"
+        )),
+        "{}",
+        s.log_text()
+    );
+    assert!(
+        wait_until(
+            TIMEOUT,
+            || !matches!(proc_state(grandchild), Some(s) if s != 'Z')
+        ),
+        "the whole process group got SIGTERM"
+    );
+    assert!(s.wait_log(&format!(
+        "slow: pid {slow_pid} for 127.0.0.1:{slow_port} killed by signal 15 (SIGTERM)"
+    )));
+
+    // SIGTERM ignored: SIGKILL 5 s later.
+    assert!(
+        s.wait_log(&format!(
+            "deaf: pid {deaf_pid} for 127.0.0.1:{} killed by signal 9 (SIGKILL)",
+            deaf.local_addr().unwrap().port()
+        )),
+        "{}",
+        s.log_text()
+    );
+    let log = s.log_text();
+    let line = |needle: &str| {
+        log.lines()
+            .find(|l| l.contains(needle))
+            .map(log_millis)
+            .unwrap_or_else(|| panic!("no line with {needle}:\n{log}"))
+    };
+    let term = line(&format!(
+        "deaf: pid {deaf_pid} for 127.0.0.1:{}",
+        deaf.local_addr().unwrap().port()
+    ));
+    let killed = line("is still running 5s after SIGTERM; SIGKILL to its process group");
+    assert!(
+        killed >= term + 5000,
+        "SIGKILL {} ms after SIGTERM",
+        killed - term
+    );
+}
