@@ -35,6 +35,20 @@ pub struct ServiceStatus {
     pub spawn_failures: u64,
     /// How the last child ended, e.g. "exited with status 0".
     pub last_exit: Option<String>,
+    /// Why new children wait now and for how long, e.g. "rate 50/1s,
+    /// 0.12s left" or "crash hold, 8s left"; none when it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
+    /// The clients refused most (by limits and access rules), most first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_refused: Vec<RefusedSource>,
+}
+
+/// One client (or client prefix) and how often it was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedSource {
+    pub source: String,
+    pub refused: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +162,24 @@ pub fn render_table(status: &Status) -> String {
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
     }
+    // Pauses and the most refused clients, under the table where any.
+    for svc in &status.services {
+        if let Some(p) = &svc.paused {
+            out.push_str(&format!("{}: paused ({p})\n", svc.name));
+        }
+        if !svc.top_refused.is_empty() {
+            let list: Vec<String> = svc
+                .top_refused
+                .iter()
+                .map(|r| format!("{} ({})", r.source, r.refused))
+                .collect();
+            out.push_str(&format!(
+                "{}: most refused: {}\n",
+                svc.name,
+                list.join(", ")
+            ));
+        }
+    }
     out
 }
 
@@ -222,6 +254,8 @@ mod tests {
                     refused: 3,
                     spawn_failures: 0,
                     last_exit: Some("exited with status 0".into()),
+                    paused: None,
+                    top_refused: Vec::new(),
                 },
                 ServiceStatus {
                     name: "tftp".into(),
@@ -232,6 +266,11 @@ mod tests {
                     refused: 0,
                     spawn_failures: 2,
                     last_exit: None,
+                    paused: Some("crash hold, 8.0s left".into()),
+                    top_refused: vec![RefusedSource {
+                        source: "10.1.2.0".into(),
+                        refused: 12,
+                    }],
                 },
             ],
         }
@@ -241,7 +280,9 @@ mod tests {
     fn table_has_a_header_and_a_row_per_service() {
         let t = render_table(&sample());
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 3);
+        assert_eq!(lines.len(), 5);
+        assert_eq!(lines[3], "tftp: paused (crash hold, 8.0s left)");
+        assert_eq!(lines[4], "tftp: most refused: 10.1.2.0 (12)");
         assert!(lines[0].starts_with("NAME  ADDRESSES"));
         assert!(lines[0].ends_with("LAST EXIT"));
         let cols: Vec<&str> = lines[1].split_whitespace().collect();

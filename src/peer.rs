@@ -11,6 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use socket2::{SockAddr, Socket};
 
 use crate::access::canonical_ip;
+use crate::config::SourcePrefix;
 use crate::env::env_var;
 
 /// What `max_per_source` counts: a client IP, or a Unix peer's uid.
@@ -18,6 +19,38 @@ use crate::env::env_var;
 pub enum SourceKey {
     Ip(IpAddr),
     Uid(u32),
+}
+
+impl SourceKey {
+    /// The key a client is counted under with `per_source_prefix`: its
+    /// address with the host bits past the prefix cleared (an IPv6 host
+    /// owns a /64, so per-address limits would be no limit there). A uid
+    /// is its own group.
+    pub fn grouped(self, prefix: SourcePrefix) -> SourceKey {
+        match self {
+            SourceKey::Ip(IpAddr::V4(a)) => {
+                let bits = u32::from(a) & mask32(prefix.v4);
+                SourceKey::Ip(IpAddr::V4(bits.into()))
+            }
+            SourceKey::Ip(IpAddr::V6(a)) => {
+                let bits = u128::from(a) & mask128(prefix.v6);
+                SourceKey::Ip(IpAddr::V6(bits.into()))
+            }
+            SourceKey::Uid(_) => self,
+        }
+    }
+}
+
+fn mask32(bits: u8) -> u32 {
+    u32::MAX
+        .checked_shl(32 - u32::from(bits.min(32)))
+        .unwrap_or(0)
+}
+
+fn mask128(bits: u8) -> u128 {
+    u128::MAX
+        .checked_shl(128 - u32::from(bits.min(128)))
+        .unwrap_or(0)
 }
 
 impl fmt::Display for SourceKey {
@@ -163,6 +196,21 @@ mod tests {
             p.source_key(),
             Some(SourceKey::Ip("10.0.0.1".parse().unwrap()))
         );
+    }
+
+    #[test]
+    fn sources_are_grouped_by_prefix() {
+        let p = SourcePrefix { v4: 24, v6: 64 };
+        let ip = |s: &str| SourceKey::Ip(s.parse().unwrap());
+        assert_eq!(ip("10.1.2.3").grouped(p), ip("10.1.2.0"));
+        assert_eq!(ip("2001:db8:1:2:aaaa::1").grouped(p), ip("2001:db8:1:2::"));
+        assert_eq!(
+            ip("10.1.2.3").grouped(SourcePrefix::default()),
+            ip("10.1.2.3")
+        );
+        let full = SourcePrefix { v4: 32, v6: 128 };
+        assert_eq!(ip("2001:db8::5").grouped(full), ip("2001:db8::5"));
+        assert_eq!(SourceKey::Uid(7).grouped(p), SourceKey::Uid(7));
     }
 
     #[test]

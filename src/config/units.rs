@@ -6,10 +6,36 @@
 use std::time::Duration;
 
 /// A token bucket: `count` tokens, refilled `count` per `per`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Rate {
     pub count: u32,
     pub per: Duration,
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.count, DurationText(self.per))
+    }
+}
+
+/// A duration in the largest unit that states it exactly ("1m", "500ms").
+pub struct DurationText(pub Duration);
+
+impl std::fmt::Display for DurationText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1000),
+        ] {
+            if ms >= size && ms % size == 0 {
+                return write!(f, "{}{unit}", ms / size);
+            }
+        }
+        write!(f, "{ms}ms")
+    }
 }
 
 /// `"90"` (seconds), `"500ms"`, `"30s"`, `"5m"`, `"2h"`, `"1d"`; never zero.

@@ -23,7 +23,7 @@ use super::timers::Timer;
 use super::{Server, TokenKind};
 use crate::access::Refusal;
 use crate::addr::ListenAddr;
-use crate::config::Pass;
+use crate::config::{Pass, Rate};
 use crate::env;
 use crate::peer::{Peer, SourceKey};
 use crate::queue::QueueHead;
@@ -51,6 +51,7 @@ pub(super) struct PendingConnection {
 pub(super) enum RefuseReason {
     Access(Refusal),
     MaxPerSource(u32),
+    PerSourceRate(Rate),
 }
 
 impl fmt::Display for RefuseReason {
@@ -58,6 +59,7 @@ impl fmt::Display for RefuseReason {
         match self {
             RefuseReason::Access(r) => write!(f, "{r}"),
             RefuseReason::MaxPerSource(max) => write!(f, "max_per_source {max} reached"),
+            RefuseReason::PerSourceRate(rate) => write!(f, "per_source_rate {rate} reached"),
         }
     }
 }
@@ -83,6 +85,8 @@ struct ChildRequest<'a> {
     listen_pid: bool,
     /// The client, in accept mode.
     peer: Option<Peer>,
+    /// What it counts under for max_per_source.
+    source: Option<SourceKey>,
     /// The sockets, in pass mode.
     held_sockets: Vec<HeldSocket>,
 }
@@ -174,14 +178,28 @@ impl Server {
                 return;
             }
         }
-        if let (Some(max), Some(key)) = (svc.spec.max_per_source, peer.source_key()) {
+        // Clients are counted by prefix (per_source_prefix).
+        let source = peer
+            .source_key()
+            .map(|k| k.grouped(svc.spec.per_source_prefix));
+        if let (Some(max), Some(key)) = (svc.spec.max_per_source, source) {
             if self.children.per_source(svc.id, &key) >= max {
                 self.refuse(idx, &peer, RefuseReason::MaxPerSource(max), now);
                 return;
             }
         }
-        debug!("{}: connection from {peer} on {addr}", svc.spec.name);
-        self.launch_connection(idx, addr, conn, peer);
+        if let (Some(rate), Some(key)) = (svc.spec.per_source_rate, source) {
+            // Last, so a client refused for another reason spends nothing.
+            if !self.services[idx].source_rates.admit(key, rate, now) {
+                self.refuse(idx, &peer, RefuseReason::PerSourceRate(rate), now);
+                return;
+            }
+        }
+        debug!(
+            "{}: connection from {peer} on {addr}",
+            self.services[idx].spec.name
+        );
+        self.launch_connection(idx, addr, conn, peer, source);
     }
 
     /// The one place a refusal is counted and logged; the connection is
@@ -190,7 +208,13 @@ impl Server {
     fn refuse(&mut self, idx: usize, peer: &Peer, why: RefuseReason, now: Instant) {
         let svc = &mut self.services[idx];
         svc.stats.refused += 1;
-        if self.refusals.record((svc.id, peer.source_key(), why), now) {
+        let source = peer
+            .source_key()
+            .map(|k| k.grouped(svc.spec.per_source_prefix));
+        if let Some(key) = source {
+            svc.top_refused.record(key);
+        }
+        if self.refusals.record((svc.id, source, why), now) {
             info!("{}: refused {peer} ({why})", svc.spec.name);
         }
     }
@@ -198,7 +222,14 @@ impl Server {
     /// Start the child for an accepted, admitted connection. If fds or
     /// processes ran out, keep the connection for a retry after the
     /// back-off rather than dropping the client.
-    fn launch_connection(&mut self, idx: usize, addr: &ListenAddr, conn: Socket, peer: Peer) {
+    fn launch_connection(
+        &mut self,
+        idx: usize,
+        addr: &ListenAddr,
+        conn: Socket,
+        peer: Peer,
+        source: Option<SourceKey>,
+    ) {
         let spec = &self.services[idx].spec;
         let fds = spawn::plan_fds(
             spec.pass,
@@ -219,6 +250,7 @@ impl Server {
                 env: &env,
                 listen_pid,
                 peer: Some(peer.clone()),
+                source,
                 held_sockets: Vec::new(),
             },
         );
@@ -321,6 +353,7 @@ impl Server {
             env: &env,
             listen_pid,
             peer: None,
+            source: None,
             held_sockets,
         };
         if self.spawn_child(idx, request) != Launch::Started {
@@ -376,10 +409,12 @@ impl Server {
         let svc = &mut self.services[idx];
         svc.stats.served += 1;
         debug!("{}: started pid {pid}", svc.spec.name);
+        self.take_rate_token(idx, now);
+        let svc = &self.services[idx];
         let child = Child {
             service: svc.id,
             name: svc.spec.name.clone(),
-            source: req.peer.as_ref().and_then(Peer::source_key),
+            source: req.source,
             peer: req.peer,
             started_at: now,
             status_pipe,
@@ -400,6 +435,36 @@ impl Server {
             info!("resources available again: accepting connections");
         }
         Launch::Started
+    }
+
+    /// A child started: spend a `rate` token. With the bucket empty the
+    /// service stops watching its listeners (clients wait in the backlog)
+    /// and a timer watches them again when a token is back; the first
+    /// pause of an episode is logged.
+    fn take_rate_token(&mut self, idx: usize, now: Instant) {
+        let svc = &mut self.services[idx];
+        let Some(bucket) = svc.rate.as_mut() else {
+            return;
+        };
+        if bucket.is_full(now) {
+            svc.rate_logged = false;
+        }
+        bucket.take(now);
+        if bucket.has_token(now) || svc.rate_timer {
+            return;
+        }
+        let back = bucket.next_token_at(now);
+        if !svc.rate_logged {
+            svc.rate_logged = true;
+            info!(
+                "{}: rate {} reached; new clients wait in the backlog ({} ms to the next token)",
+                svc.spec.name,
+                bucket.rate(),
+                back.saturating_duration_since(now).as_millis()
+            );
+        }
+        svc.rate_timer = true;
+        self.timers.add(back, Timer::TokenBack(svc.id));
     }
 
     /// The one place a spawn failure (fork, pipe or exec) is counted.

@@ -32,9 +32,11 @@ use nix::unistd::Pid;
 
 use crate::addr::ListenAddr;
 use crate::config::{self, Config, Host, ServiceSpec};
-use crate::control::{Reply, ServiceStatus, Status};
+use crate::control::{RefusedSource, Reply, ServiceStatus, Status};
+use crate::limits::rate::{SourceBuckets, TokenBucket, TopRefused};
 use crate::limits::{Backoff, CrashGuard};
 use crate::listener::{self, ListenError, ListenOptions, Listener};
+use crate::peer::SourceKey;
 use crate::queue::QueueHead;
 use crate::refusals::{RefusalLog, REFUSAL_INTERVAL};
 use crate::signals::{self, Signals};
@@ -113,6 +115,16 @@ struct ServiceRuntime {
     image: ExecImage,
     crash: CrashGuard,
     stats: Stats,
+    /// `rate`: new children service-wide.
+    rate: Option<TokenBucket>,
+    /// The rate pause of this episode was logged; cleared once the bucket
+    /// is full again.
+    rate_logged: bool,
+    /// A timer is set for the next token.
+    rate_timer: bool,
+    /// `per_source_rate`: one bucket per client (prefix).
+    source_rates: SourceBuckets<SourceKey>,
+    top_refused: TopRefused<SourceKey>,
     /// Children have been leaving their socket unread; the first such exit
     /// was logged, the rest are not until one does its work.
     unread_episode: bool,
@@ -269,6 +281,12 @@ impl Server {
                         self.sync_service(idx, now);
                     }
                 }
+                Timer::TokenBack(id) => {
+                    if let Some(idx) = self.service_index(id) {
+                        self.services[idx].rate_timer = false;
+                        self.sync_service(idx, now);
+                    }
+                }
                 Timer::RuntimeUp { pid, started_at } => {
                     if self.signal_overdue_child(pid, started_at, Signal::SIGTERM) {
                         self.timers
@@ -381,6 +399,7 @@ impl Server {
             .max_instances
             .is_none_or(|max| self.children.active(svc.id) < max)
             && !svc.crash.is_held(now)
+            && svc.rate.is_none_or(|b| b.has_token(now))
     }
 
     fn may_spawn(&self, idx: usize, now: Instant) -> bool {
@@ -600,6 +619,7 @@ impl Server {
     /// A snapshot for `summond status`. `active` comes from the child
     /// table, whose counts change only with its entries.
     pub fn status(&self) -> Status {
+        let now = Instant::now();
         Status {
             pid: std::process::id(),
             config: self.config.path.display().to_string(),
@@ -617,9 +637,38 @@ impl Server {
                     refused: svc.stats.refused,
                     spawn_failures: svc.stats.spawn_failures,
                     last_exit: svc.stats.last_exit.clone(),
+                    paused: self.pause_of(svc, now),
+                    top_refused: svc
+                        .top_refused
+                        .top(3)
+                        .into_iter()
+                        .map(|(k, n)| RefusedSource {
+                            source: k.to_string(),
+                            refused: n,
+                        })
+                        .collect(),
                 })
                 .collect(),
         }
+    }
+
+    /// Why `svc` starts no child now, and for how long, for status.
+    fn pause_of(&self, svc: &ServiceRuntime, now: Instant) -> Option<String> {
+        let left = |until: Instant| until.saturating_duration_since(now).as_secs_f64();
+        if let Some(until) = svc.crash.held_until(now) {
+            return Some(format!("crash hold, {:.1}s left", left(until)));
+        }
+        if let Some(b) = svc.rate.as_ref().filter(|b| !b.has_token(now)) {
+            return Some(format!(
+                "rate {}, {:.2}s left",
+                b.rate(),
+                left(b.next_token_at(now))
+            ));
+        }
+        if let Some(until) = self.resources.paused_until(now) {
+            return Some(format!("out of fds or processes, {:.1}s left", left(until)));
+        }
+        None
     }
 
     fn accept_control_clients(&mut self) {
@@ -750,11 +799,23 @@ impl Server {
         for spec in &new.services {
             let image = ExecImage::new(spec, self.inherited_env.iter().cloned());
             services.push(match old.remove(&spec.name) {
-                Some(rt) => ServiceRuntime {
-                    spec: spec.clone(),
-                    image,
-                    ..rt
-                },
+                Some(mut rt) => {
+                    // A changed rate starts from a full bucket; an unchanged
+                    // one keeps its tokens across the reload.
+                    if rt.rate.map(|b| b.rate()) != spec.rate {
+                        rt.rate = spec.rate.map(|r| TokenBucket::new(r, Instant::now()));
+                    }
+                    if rt.spec.per_source_rate != spec.per_source_rate
+                        || rt.spec.per_source_prefix != spec.per_source_prefix
+                    {
+                        rt.source_rates = SourceBuckets::default();
+                    }
+                    ServiceRuntime {
+                        spec: spec.clone(),
+                        image,
+                        ..rt
+                    }
+                }
                 None => {
                     let id = ServiceId(self.next_service_id);
                     self.next_service_id += 1;
@@ -764,6 +825,11 @@ impl Server {
                         image,
                         crash: CrashGuard::default(),
                         stats: Stats::default(),
+                        rate: spec.rate.map(|r| TokenBucket::new(r, Instant::now())),
+                        rate_logged: false,
+                        rate_timer: false,
+                        source_rates: SourceBuckets::default(),
+                        top_refused: TopRefused::default(),
                         unread_episode: false,
                     }
                 }

@@ -20,6 +20,8 @@ pub(super) const KILL_AFTER: Duration = Duration::from_secs(5);
 pub(super) enum Timer {
     /// The crash guard's hold of a service ends.
     HoldEnds(ServiceId),
+    /// A service's `rate` bucket has a token again.
+    TokenBack(ServiceId),
     /// A child reached its service's `max_runtime`: SIGTERM its group.
     RuntimeUp { pid: Pid, started_at: Instant },
     /// The SIGTERM was not enough: SIGKILL the group.

@@ -74,13 +74,19 @@ fn status_reports_what_each_service_did() {
         (Some(1), Some(0))
     );
     assert_eq!(svc("broken")["spawn_failures"].as_u64(), Some(1));
+    assert_eq!(svc("denied")["top_refused"][0]["source"], "127.0.0.1");
+    assert!(svc("echo").get("paused").is_none(), "serving: no pause");
     assert_eq!(svc("held")["active"].as_u64(), Some(1));
     assert_eq!(v["children"].as_u64(), Some(1));
 
     let (code, table, _) = run_to_exit(&["status", "--control", control.to_str().unwrap()]);
     assert_eq!(code, 0);
     let lines: Vec<&str> = table.lines().collect();
-    assert_eq!(lines.len(), 5, "{table}");
+    assert_eq!(lines.len(), 6, "{table}");
+    assert_eq!(
+        lines[5], "denied: most refused: 127.0.0.1 (1)",
+        "under the table: who was refused most\n{table}"
+    );
     assert!(
         lines[0].starts_with("NAME")
             && lines[0].contains("ACTIVE")

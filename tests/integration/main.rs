@@ -10,6 +10,7 @@ mod lifecycle;
 mod limits;
 mod modes;
 mod privileges;
+mod rates;
 mod regressions;
 mod reload;
 mod sandbox;

@@ -624,3 +624,24 @@ pub fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.lines()
         .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
+
+/// Connect to 127.0.0.1:`port` from the loopback address `from` (any of
+/// 127.0.0.0/8 works on Linux without configuration).
+pub fn connect_from(from: [u8; 4], port: u16) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from((from, 0)).into()).unwrap();
+    s.connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)).into(), TIMEOUT)
+        .unwrap();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s
+}
+
+/// `summond status --json` through the control socket at `control`.
+pub fn status_json(control: &Path) -> serde_json::Value {
+    let (code, out, err) =
+        run_to_exit(&["status", "--control", control.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}

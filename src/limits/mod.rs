@@ -2,7 +2,10 @@
 //! services, per service, per client; the restart-storm guard for
 //! `accept = false` services; the back-off after running out of fds or
 //! processes. Pure state machines: the caller passes `now`, makes the
-//! syscalls and writes the logs.
+//! syscalls and writes the logs. Rates (token buckets, per-source tables,
+//! the most refused clients) are in `rate.rs`.
+
+pub mod rate;
 
 use std::collections::HashMap;
 use std::hash::Hash;
