@@ -44,6 +44,8 @@ pub(super) struct PendingConnection {
     name: String,
     conn: Socket,
     peer: Peer,
+    /// A banner was written to it already.
+    greeted: bool,
 }
 
 /// Why a client was turned away.
@@ -89,6 +91,17 @@ struct ChildRequest<'a> {
     source: Option<SourceKey>,
     /// The sockets, in pass mode.
     held_sockets: Vec<HeldSocket>,
+}
+
+/// Write `text` to a freshly accepted client without ever waiting: one
+/// non-blocking send, which a new socket's empty buffer always takes
+/// whole (the config caps banners at MAX_BANNER bytes). A client gone
+/// already is not an error worth a line.
+fn send_banner(conn: &Socket, text: &str) {
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    if let Err(e) = conn.send_with_flags(text.as_bytes(), flags) {
+        debug!("banner not sent: {e}");
+    }
 }
 
 fn is_resource_error(e: &io::Error) -> bool {
@@ -139,7 +152,7 @@ impl Server {
             match sock.listener.socket.accept() {
                 Ok((conn, from)) => {
                     let peer = Peer::of(&conn, &from);
-                    self.start_connection(idx, addr, conn, peer, now);
+                    self.start_connection(idx, addr, conn, peer, now, false);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
@@ -170,11 +183,12 @@ impl Server {
         conn: Socket,
         peer: Peer,
         now: Instant,
+        greeted: bool,
     ) {
         let svc = &self.services[idx];
         if let Some(ip) = peer.ip() {
             if let Err(why) = svc.spec.access.permits(ip) {
-                self.refuse(idx, &peer, RefuseReason::Access(why), now);
+                self.refuse(idx, &conn, &peer, RefuseReason::Access(why), now);
                 return;
             }
         }
@@ -184,14 +198,14 @@ impl Server {
             .map(|k| k.grouped(svc.spec.per_source_prefix));
         if let (Some(max), Some(key)) = (svc.spec.max_per_source, source) {
             if self.children.per_source(svc.id, &key) >= max {
-                self.refuse(idx, &peer, RefuseReason::MaxPerSource(max), now);
+                self.refuse(idx, &conn, &peer, RefuseReason::MaxPerSource(max), now);
                 return;
             }
         }
         if let (Some(rate), Some(key)) = (svc.spec.per_source_rate, source) {
             // Last, so a client refused for another reason spends nothing.
             if !self.services[idx].source_rates.admit(key, rate, now) {
-                self.refuse(idx, &peer, RefuseReason::PerSourceRate(rate), now);
+                self.refuse(idx, &conn, &peer, RefuseReason::PerSourceRate(rate), now);
                 return;
             }
         }
@@ -199,15 +213,18 @@ impl Server {
             "{}: connection from {peer} on {addr}",
             self.services[idx].spec.name
         );
-        self.launch_connection(idx, addr, conn, peer, source);
+        self.launch_connection(idx, addr, conn, peer, source, greeted);
     }
 
     /// The one place a refusal is counted and logged; the connection is
     /// closed when the caller drops it. Repeats from the same client are
     /// summarised once per interval instead of logged one by one.
-    fn refuse(&mut self, idx: usize, peer: &Peer, why: RefuseReason, now: Instant) {
+    fn refuse(&mut self, idx: usize, conn: &Socket, peer: &Peer, why: RefuseReason, now: Instant) {
         let svc = &mut self.services[idx];
         svc.stats.refused += 1;
+        if let Some(text) = &svc.spec.banner_fail {
+            send_banner(conn, text);
+        }
         let source = peer
             .source_key()
             .map(|k| k.grouped(svc.spec.per_source_prefix));
@@ -229,6 +246,7 @@ impl Server {
         conn: Socket,
         peer: Peer,
         source: Option<SourceKey>,
+        greeted: bool,
     ) {
         let spec = &self.services[idx].spec;
         let fds = spawn::plan_fds(
@@ -237,6 +255,13 @@ impl Server {
             &[conn.as_raw_fd()],
             self.devnull.as_raw_fd(),
         );
+        let greeted = match (&spec.banner, greeted) {
+            (Some(text), false) => {
+                send_banner(&conn, text);
+                true
+            }
+            _ => greeted,
+        };
         let mut env = peer.env();
         let listen_pid = spec.pass == Pass::ListenFds;
         if listen_pid {
@@ -261,6 +286,7 @@ impl Server {
                 name,
                 conn,
                 peer,
+                greeted,
             });
         }
         // Otherwise `conn` drops here: the child has its own copy.
@@ -281,6 +307,7 @@ impl Server {
                 name,
                 conn,
                 peer,
+                greeted,
             } = p;
             match self.sockets.get(&addr).map(|s| s.service) {
                 None => info!(
@@ -292,13 +319,14 @@ impl Server {
                     self.services[idx].spec.name
                 ),
                 Some(idx) if self.may_spawn(idx, now) => {
-                    self.start_connection(idx, &addr, conn, peer, now)
+                    self.start_connection(idx, &addr, conn, peer, now, greeted)
                 }
                 Some(_) => self.pending.push(PendingConnection {
                     addr,
                     name,
                     conn,
                     peer,
+                    greeted,
                 }),
             }
         }

@@ -77,3 +77,22 @@ fn ipv6_clients_are_matched_against_ipv6_blocks() {
     );
     assert!(s.wait_log("v6no: refused [::1]:"));
 }
+
+#[test]
+fn banner_comes_before_the_child_and_banner_fail_goes_to_refused_clients() {
+    let (port, shut) = (free_port(), free_port());
+    let _s = Summond::start(&format!(
+        "[[service]]\nname = \"greet\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {}\nbanner = \"hello\\r\\n\"\nbanner_fail = \"busy\\r\\n\"\n\
+         [[service]]\nname = \"shut\"\nlisten = \"tcp://127.0.0.1:{shut}\"\nexec = [\"cat\"]\ndeny = [\"127.0.0.0/8\"]\nbanner = \"never\\r\\n\"\nbanner_fail = \"go away\\r\\n\"\n",
+        sh("echo from-child; cat")
+    ));
+    assert_eq!(
+        tcp_port_exchange(port, b"typed\n"),
+        "hello\r\nfrom-child\ntyped\n"
+    );
+    assert_eq!(
+        tcp_port_exchange(shut, b""),
+        "go away\r\n",
+        "refused: banner_fail, then closed"
+    );
+}
