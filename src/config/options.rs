@@ -59,6 +59,7 @@ impl Checker<'_> {
         t: &DeTable<'_>,
         listen: &[ListenSpec],
         accept: bool,
+        internal: bool,
     ) -> Options {
         let shape = &Shape { listen, accept };
         let flag = |cx: &mut Self, key: &'static str, default: bool| {
@@ -84,15 +85,34 @@ impl Checker<'_> {
         let banner_fail = self.banner(t, "banner_fail");
 
         if !shape.accept {
-            for key in [
-                "max_runtime",
-                "per_source_rate",
-                "per_source_prefix",
-                "banner",
-                "banner_fail",
-            ] {
+            let keys: &[&'static str] = if internal {
+                // summond sees each datagram of an internal service
+                &["max_runtime", "banner", "banner_fail"]
+            } else {
+                &[
+                    "max_runtime",
+                    "per_source_rate",
+                    "per_source_prefix",
+                    "banner",
+                    "banner_fail",
+                ]
+            };
+            for &key in keys {
                 if let Some(v) = t.get(key) {
                     self.at(v.span(), ErrorKind::NeedsAccept { key });
+                }
+            }
+        }
+        if internal {
+            for key in ["banner", "banner_fail", "max_runtime"] {
+                if let (Some(v), true) = (t.get(key), shape.accept) {
+                    self.at(
+                        v.span(),
+                        invalid(
+                            key,
+                            "has no use with an internal service (no child, a fixed protocol)",
+                        ),
+                    );
                 }
             }
         }

@@ -448,14 +448,21 @@ impl Checker<'_> {
             }
         }
         if !accept {
-            for key in ["allow", "deny", "max_per_source"] {
+            // An internal service sees every datagram itself, so access
+            // rules apply to it; a child that accepts hides its clients.
+            let keys: &[&'static str] = if internal.is_some() {
+                &["max_per_source"]
+            } else {
+                &["allow", "deny", "max_per_source"]
+            };
+            for &key in keys {
                 if let Some(v) = t.get(key) {
                     self.at(v.span(), ErrorKind::NeedsAccept { key });
                 }
             }
         }
 
-        let opts = self.options(t, &listen, accept);
+        let opts = self.options(t, &listen, accept, internal.is_some());
         if let (Some(internal), Some(v)) = (internal, t.get("exec")) {
             let stream = listen.iter().any(|l| l.addr.is_stream());
             let reason = if pass == Pass::ListenFds {

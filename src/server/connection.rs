@@ -128,6 +128,8 @@ impl Server {
         if self.services[idx].spec.accept {
             self.retry_pending(now);
             self.accept_connections(idx, addr, now);
+        } else if self.services[idx].spec.internal.is_some() {
+            self.serve_datagrams(idx, addr);
         } else if self.service_may_spawn(idx, now) {
             self.start_pass_child(idx, addr);
         }
@@ -197,7 +199,9 @@ impl Server {
             .source_key()
             .map(|k| k.grouped(svc.spec.per_source_prefix));
         if let (Some(max), Some(key)) = (svc.spec.max_per_source, source) {
-            if self.children.per_source(svc.id, &key) >= max {
+            let running =
+                self.children.per_source(svc.id, &key) + self.internals.per_source(svc.id, &key);
+            if running >= max {
                 self.refuse(idx, &conn, &peer, RefuseReason::MaxPerSource(max), now);
                 return;
             }
@@ -255,6 +259,11 @@ impl Server {
             &[conn.as_raw_fd()],
             self.devnull.as_raw_fd(),
         );
+        if spec.internal.is_some() {
+            // Served in the loop, no child.
+            self.start_internal(idx, conn, peer, source);
+            return;
+        }
         let greeted = match (&spec.banner, greeted) {
             (Some(text), false) => {
                 send_banner(&conn, text);
@@ -469,7 +478,7 @@ impl Server {
     /// service stops watching its listeners (clients wait in the backlog)
     /// and a timer watches them again when a token is back; the first
     /// pause of an episode is logged.
-    fn take_rate_token(&mut self, idx: usize, now: Instant) {
+    pub(super) fn take_rate_token(&mut self, idx: usize, now: Instant) {
         let svc = &mut self.services[idx];
         let Some(bucket) = svc.rate.as_mut() else {
             return;

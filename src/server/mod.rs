@@ -44,11 +44,13 @@ use crate::spawn::{self, ExecImage, ExecStatus, Stage};
 
 mod children;
 mod connection;
+mod internal;
 mod sockets;
 mod timers;
 
 use children::{describe_status, for_peer, Child, ChildTable, ServiceId};
 use connection::{PendingConnection, RefusalKey};
+use internal::InternalConns;
 use sockets::SocketTable;
 use timers::{Timer, Timers, KILL_AFTER};
 
@@ -96,6 +98,8 @@ pub struct RunOptions {
 #[derive(Clone, Debug)]
 enum TokenKind {
     Listener(ListenAddr),
+    /// A TCP client of an internal service.
+    Internal,
     ExecStatus(Pid),
     ControlClient,
 }
@@ -148,6 +152,11 @@ pub struct Server {
     pending: Vec<PendingConnection>,
     /// Services held by the crash guard, and until when.
     timers: Timers,
+    /// TCP clients of internal services, served in the loop.
+    internals: InternalConns,
+    /// Ports of the internal services: datagrams from them are never
+    /// answered.
+    internal_ports: HashSet<u16>,
     /// Service identity → index into `services`, rebuilt on reload.
     by_id: HashMap<ServiceId, usize>,
     refusals: RefusalLog<RefusalKey>,
@@ -196,6 +205,8 @@ impl Server {
             resources: Backoff::default(),
             pending: Vec::new(),
             timers: Timers::default(),
+            internals: InternalConns::default(),
+            internal_ports: HashSet::new(),
             by_id: HashMap::new(),
             refusals: RefusalLog::default(),
             control: None,
@@ -218,7 +229,7 @@ impl Server {
         while !self.stopping {
             // Listeners with clients left over are served again right after
             // a look at everything else, so no wait then.
-            let timeout = if !self.sockets.has_ready() {
+            let timeout = if !self.sockets.has_ready() && !self.internals.has_ready() {
                 self.next_deadline()
                     .map(|d| d.saturating_duration_since(Instant::now()))
             } else {
@@ -238,12 +249,14 @@ impl Server {
                         Some(TokenKind::Listener(addr)) => self.on_listener_ready(&addr),
                         Some(TokenKind::ExecStatus(pid)) => self.on_exec_status(pid),
                         Some(TokenKind::ControlClient) => self.write_control_reply(token),
+                        Some(TokenKind::Internal) => self.on_internal_ready(token),
                         // A source removed earlier in this batch.
                         None => {}
                     },
                 }
             }
             self.serve_ready();
+            self.serve_internal_ready();
             self.run_timers(Instant::now());
         }
         self.shutdown();
@@ -397,9 +410,15 @@ impl Server {
         let svc = &self.services[idx];
         svc.spec
             .max_instances
-            .is_none_or(|max| self.children.active(svc.id) < max)
+            .is_none_or(|max| self.active(svc.id) < max)
             && !svc.crash.is_held(now)
             && svc.rate.is_none_or(|b| b.has_token(now))
+    }
+
+    /// What service `id` has running: children, and for an internal
+    /// service its open connections.
+    fn active(&self, id: ServiceId) -> u32 {
+        self.children.active(id) + self.internals.active(id)
     }
 
     fn may_spawn(&self, idx: usize, now: Instant) -> bool {
@@ -632,7 +651,7 @@ impl Server {
                     name: svc.spec.name.clone(),
                     addresses: svc.spec.listen.iter().map(|l| l.addr.to_string()).collect(),
                     mode: svc.spec.mode().to_string(),
-                    active: u64::from(self.children.active(svc.id)),
+                    active: u64::from(self.active(svc.id)),
                     served: svc.stats.served,
                     refused: svc.stats.refused,
                     spawn_failures: svc.stats.spawn_failures,
@@ -858,6 +877,16 @@ impl Server {
         if let Some(control) = new_control {
             self.set_control(control);
         }
+        self.internal_ports = new
+            .services
+            .iter()
+            .filter(|s| s.internal.is_some() && !s.disabled)
+            .flat_map(|s| s.listen.iter())
+            .filter_map(|l| match &l.addr {
+                ListenAddr::Tcp(a) | ListenAddr::Udp(a) => Some(a.port()),
+                _ => None,
+            })
+            .collect();
         self.config = new;
         let now = Instant::now();
         self.sync_all(now);
@@ -893,6 +922,7 @@ impl Server {
     /// leave connection children to finish on their own.
     fn shutdown(&mut self) {
         self.sockets.clear(self.poll.registry());
+        self.close_all_internal();
         self.set_control(None);
         for (pid, child) in self.children.iter() {
             if child.is_pass_mode() {

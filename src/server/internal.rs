@@ -1,0 +1,545 @@
+//! The internal services, answered inside the event loop without a child:
+//! echo (RFC 862), discard (863), chargen (864), daytime (867) and time
+//! (868), over TCP and UDP.
+//!
+//! Bounded by construction: a TCP connection owns one fixed buffer of
+//! `BUF` bytes; echo stops reading while its echo is unsent, so a client
+//! that writes without reading costs that buffer and nothing more, and
+//! every wake-up does at most `BUDGET` bytes of work before the loop turns
+//! to other sources. A UDP answer is one datagram of at most 512 bytes
+//! (chargen's limit in RFC 864), so no answer is larger than its
+//! question by more than that; datagrams from the internal services' own
+//! ports are never answered (the echo/chargen loop between two servers).
+
+use std::io::{self, Read, Write};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use socket2::Socket;
+
+use super::children::ServiceId;
+use crate::config::Internal;
+use crate::peer::{Peer, SourceKey};
+
+/// One TCP connection's buffer.
+pub(super) const BUF: usize = 4096;
+/// Bytes moved per wake-up before yielding to the rest of the loop.
+pub(super) const BUDGET: usize = 64 * 1024;
+/// The largest UDP answer (RFC 864's chargen datagram).
+pub(super) const MAX_DATAGRAM: usize = 512;
+
+/// Seconds from 1900 (RFC 868's epoch) to 1970.
+const RFC868_OFFSET: u64 = 2_208_988_800;
+
+/// What a wake-up left the connection as.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Progress {
+    /// Waiting for the socket; the next readiness event continues.
+    Waiting,
+    /// The budget ran out with work left: continue next turn.
+    MoreWork,
+    /// Finished or the client is gone: close it.
+    Done,
+}
+
+pub(super) struct InternalConn {
+    pub kind: Internal,
+    pub socket: Socket,
+    pub service: ServiceId,
+    pub source: Option<SourceKey>,
+    pub peer: Peer,
+    buf: Box<[u8; BUF]>,
+    /// Unsent bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+    /// chargen: where in the pattern the next line starts.
+    line: usize,
+    /// daytime/time: the answer is all there is; close once it is sent.
+    one_shot: bool,
+}
+
+impl InternalConn {
+    pub fn new(
+        kind: Internal,
+        socket: Socket,
+        service: ServiceId,
+        source: Option<SourceKey>,
+        peer: Peer,
+        now: SystemTime,
+    ) -> InternalConn {
+        let mut conn = InternalConn {
+            kind,
+            socket,
+            service,
+            source,
+            peer,
+            buf: Box::new([0; BUF]),
+            start: 0,
+            end: 0,
+            line: 0,
+            one_shot: false,
+        };
+        if matches!(kind, Internal::Daytime | Internal::Time) {
+            conn.end = one_shot_answer(kind, now, &mut conn.buf[..]);
+            conn.one_shot = true;
+        }
+        conn
+    }
+
+    /// Move what the socket allows, up to the budget.
+    pub fn on_ready(&mut self) -> Progress {
+        let mut moved = 0;
+        while moved < BUDGET {
+            // Flush what is pending first.
+            if self.start < self.end {
+                match (&self.socket).write(&self.buf[self.start..self.end]) {
+                    Ok(0) => return Progress::Done,
+                    Ok(n) => {
+                        self.start += n;
+                        moved += n;
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Progress::Waiting,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => return Progress::Done,
+                }
+            }
+            self.start = 0;
+            self.end = 0;
+            match self.kind {
+                Internal::Daytime | Internal::Time => return Progress::Done,
+                Internal::Chargen => {
+                    // Drain (and ignore) input so the client's writes never
+                    // fill our receive buffer, then refill the output.
+                    if let Some(Progress::Done) = self.read_and_discard() {
+                        return Progress::Done;
+                    }
+                    self.end = chargen_fill(&mut self.line, &mut self.buf[..]);
+                }
+                Internal::Discard => {
+                    return self.read_and_discard().unwrap_or(Progress::MoreWork);
+                }
+                Internal::Echo => match (&self.socket).read(&mut self.buf[..]) {
+                    Ok(0) => return Progress::Done,
+                    Ok(n) => {
+                        self.end = n;
+                        moved += n;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Progress::Waiting,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return Progress::Done,
+                },
+            }
+        }
+        Progress::MoreWork
+    }
+
+    /// Read and drop what is there, up to the budget. `Some` when reading
+    /// decided the outcome (EOF or error: done; nothing there: waiting).
+    fn read_and_discard(&mut self) -> Option<Progress> {
+        let mut scratch = [0u8; 1024];
+        let mut taken = 0;
+        while taken < BUDGET {
+            match (&self.socket).read(&mut scratch) {
+                Ok(0) => return Some(Progress::Done),
+                Ok(n) => taken += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(Progress::Waiting),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Some(Progress::Done),
+            }
+        }
+        None
+    }
+}
+
+/// daytime or time, written into `out`; returns the length.
+fn one_shot_answer(kind: Internal, now: SystemTime, out: &mut [u8]) -> usize {
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    match kind {
+        Internal::Time => {
+            // RFC 868: 32 bits, seconds since 1900, big-endian (it wraps in
+            // 2036, as every implementation's does).
+            let t = (secs + RFC868_OFFSET) as u32;
+            out[..4].copy_from_slice(&t.to_be_bytes());
+            4
+        }
+        _ => {
+            let text = daytime(secs);
+            out[..text.len()].copy_from_slice(text.as_bytes());
+            text.len()
+        }
+    }
+}
+
+/// RFC 867 leaves the format open; this is ctime's, in UTC, as inetd's
+/// built-in daytime writes it: "Wed Dec  2 02:59:00 2026\r\n".
+pub(super) fn daytime(unix_secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = unix_secs / 86_400;
+    let rem = unix_secs % 86_400;
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{} {} {:>2} {:02}:{:02}:{:02} {}\r\n",
+        DAYS[(days % 7) as usize],
+        MONTHS[(m - 1) as usize],
+        d,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        y
+    )
+}
+
+/// (year, month 1-12, day 1-31) of a day count from 1970-01-01 (Howard
+/// Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// RFC 864's pattern: 95 printable characters, lines of 72 starting one
+/// character further on each time. Fills whole lines into `out`.
+const LINE: usize = 72;
+const PRINTABLE: usize = 95;
+
+fn chargen_line(line: usize, out: &mut [u8]) {
+    for (i, b) in out[..LINE].iter_mut().enumerate() {
+        *b = b' ' + ((line + i) % PRINTABLE) as u8;
+    }
+    out[LINE] = b'\r';
+    out[LINE + 1] = b'\n';
+}
+
+fn chargen_fill(line: &mut usize, out: &mut [u8]) -> usize {
+    let mut n = 0;
+    while n + LINE + 2 <= out.len() {
+        chargen_line(*line, &mut out[n..]);
+        *line = (*line + 1) % PRINTABLE;
+        n += LINE + 2;
+    }
+    n
+}
+
+/// The answer to one datagram, written into `out` (at most MAX_DATAGRAM
+/// bytes); `None` for discard.
+pub(super) fn datagram_answer(
+    kind: Internal,
+    question: &[u8],
+    now: SystemTime,
+    out: &mut [u8; MAX_DATAGRAM],
+) -> Option<usize> {
+    match kind {
+        Internal::Discard => None,
+        Internal::Echo => {
+            let n = question.len().min(MAX_DATAGRAM);
+            out[..n].copy_from_slice(&question[..n]);
+            Some(n)
+        }
+        Internal::Chargen => {
+            let mut line = 0;
+            Some(chargen_fill(&mut line, &mut out[..]))
+        }
+        Internal::Daytime | Internal::Time => Some(one_shot_answer(kind, now, &mut out[..])),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn daytime_is_ctime_in_utc() {
+        assert_eq!(daytime(0), "Thu Jan  1 00:00:00 1970\r\n");
+        assert_eq!(daytime(1_796_180_340), "Wed Dec  2 02:59:00 2026\r\n");
+        assert_eq!(daytime(951_782_400), "Tue Feb 29 00:00:00 2000\r\n");
+    }
+
+    #[test]
+    fn time_counts_seconds_from_1900() {
+        let mut out = [0u8; MAX_DATAGRAM];
+        let n = datagram_answer(Internal::Time, b"", UNIX_EPOCH, &mut out).unwrap();
+        assert_eq!(&out[..n], &2_208_988_800u32.to_be_bytes());
+    }
+
+    #[test]
+    fn udp_answers_are_bounded_and_chargen_lines_rotate() {
+        let mut out = [0u8; MAX_DATAGRAM];
+        let big = [b'x'; 9000];
+        let now = UNIX_EPOCH + Duration::from_secs(5);
+        assert_eq!(
+            datagram_answer(Internal::Echo, &big, now, &mut out),
+            Some(MAX_DATAGRAM)
+        );
+        assert_eq!(
+            datagram_answer(Internal::Discard, b"x", now, &mut out),
+            None
+        );
+        let n = datagram_answer(Internal::Chargen, b"", now, &mut out).unwrap();
+        assert!(n <= MAX_DATAGRAM && n % (LINE + 2) == 0);
+        assert_eq!(&out[..3], b" !\"");
+        assert_eq!(
+            &out[LINE + 2..LINE + 5],
+            b"!\"#",
+            "each line starts one further"
+        );
+        assert_eq!(&out[LINE..LINE + 2], b"\r\n");
+    }
+}
+
+// ---- the loop's side ----------------------------------------------------
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use log::{debug, info};
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
+
+use super::connection::RefuseReason;
+use super::{Server, TokenKind};
+use crate::addr::ListenAddr;
+use crate::limits::Counter;
+
+/// Datagrams answered per wake-up of one internal UDP service.
+const DATAGRAM_BUDGET: usize = 64;
+
+/// Open internal TCP connections and what they count toward.
+#[derive(Default)]
+pub(super) struct InternalConns {
+    conns: HashMap<Token, InternalConn>,
+    active: HashMap<ServiceId, u32>,
+    per_source: Counter<(ServiceId, SourceKey)>,
+    /// Connections whose budget ran out last turn.
+    ready: Vec<Token>,
+}
+
+impl InternalConns {
+    pub fn active(&self, id: ServiceId) -> u32 {
+        self.active.get(&id).copied().unwrap_or(0)
+    }
+
+    pub fn per_source(&self, id: ServiceId, key: &SourceKey) -> u32 {
+        self.per_source.get(&(id, *key))
+    }
+
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    fn insert(&mut self, token: Token, conn: InternalConn) {
+        *self.active.entry(conn.service).or_default() += 1;
+        if let Some(k) = conn.source {
+            self.per_source.add((conn.service, k));
+        }
+        self.conns.insert(token, conn);
+    }
+
+    fn remove(&mut self, token: Token) -> Option<InternalConn> {
+        let conn = self.conns.remove(&token)?;
+        if let Some(n) = self.active.get_mut(&conn.service) {
+            *n -= 1;
+            if *n == 0 {
+                self.active.remove(&conn.service);
+            }
+        }
+        if let Some(k) = conn.source {
+            self.per_source.remove(&(conn.service, k));
+        }
+        Some(conn)
+    }
+}
+
+impl Server {
+    /// An admitted TCP client of an internal service: served here.
+    pub(super) fn start_internal(
+        &mut self,
+        idx: usize,
+        conn: socket2::Socket,
+        peer: Peer,
+        source: Option<SourceKey>,
+    ) {
+        let Some(kind) = self.services[idx].spec.internal else {
+            return;
+        };
+        if conn.set_nonblocking(true).is_err() {
+            return;
+        }
+        let token = self.next_token();
+        let fd = conn.as_raw_fd();
+        let svc = &self.services[idx];
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&fd),
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            info!("{}: cannot serve {peer}: {e}", svc.spec.name);
+            return;
+        }
+        debug!("{}: internal:{} for {peer}", svc.spec.name, kind.name());
+        let id = svc.id;
+        self.services[idx].stats.served += 1;
+        self.take_rate_token(idx, Instant::now());
+        let c = InternalConn::new(kind, conn, id, source, peer, SystemTime::now());
+        self.tokens.insert(token, TokenKind::Internal);
+        self.internals.insert(token, c);
+        // Answer at once (daytime and time need no readiness).
+        self.on_internal_ready(token);
+    }
+
+    pub(super) fn on_internal_ready(&mut self, token: Token) {
+        let Some(conn) = self.internals.conns.get_mut(&token) else {
+            return;
+        };
+        match conn.on_ready() {
+            Progress::Waiting => {}
+            Progress::MoreWork => self.internals.ready.push(token),
+            Progress::Done => self.close_internal(token),
+        }
+    }
+
+    /// Serve the connections whose budget ran out last turn.
+    pub(super) fn serve_internal_ready(&mut self) {
+        for token in std::mem::take(&mut self.internals.ready) {
+            self.on_internal_ready(token);
+        }
+    }
+
+    fn close_internal(&mut self, token: Token) {
+        self.tokens.remove(&token);
+        if let Some(conn) = self.internals.remove(token) {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&conn.socket.as_raw_fd()));
+            if let Some(idx) = self.service_index(conn.service) {
+                debug!(
+                    "{}: internal:{} done for {}",
+                    self.services[idx].spec.name,
+                    conn.kind.name(),
+                    conn.peer
+                );
+                // A slot under max_instances may have opened.
+                self.sync_service(idx, Instant::now());
+            }
+        }
+    }
+
+    /// Close every internal connection (at stop).
+    pub(super) fn close_all_internal(&mut self) {
+        let tokens: Vec<Token> = self.internals.conns.keys().copied().collect();
+        for t in tokens {
+            self.close_internal(t);
+        }
+    }
+
+    /// A readable internal UDP socket: answer up to the budget, as the
+    /// service's rules allow.
+    pub(super) fn serve_datagrams(&mut self, idx: usize, addr: &ListenAddr) {
+        let Some(kind) = self.services[idx].spec.internal else {
+            return;
+        };
+        let mut question = [0u8; 2048];
+        let mut answer = [0u8; MAX_DATAGRAM];
+        for _ in 0..DATAGRAM_BUDGET {
+            let now = Instant::now();
+            if !self.service_may_spawn(idx, now) {
+                return;
+            }
+            let Some(sock) = self.sockets.get(addr) else {
+                return;
+            };
+            let socket = &sock.listener.socket;
+            let (n, from) = match recv_from(socket, &mut question) {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            let from = crate::peer::canonical_addr(from);
+            // Never answer another echo/chargen server: the loop of RFC 862.
+            if from.port() == 0 || self.internal_ports.contains(&from.port()) {
+                debug!(
+                    "{}: ignored a datagram from {from}: its port is an internal service's",
+                    self.services[idx].spec.name
+                );
+                continue;
+            }
+            let svc = &self.services[idx];
+            let key = SourceKey::Ip(from.ip()).grouped(svc.spec.per_source_prefix);
+            let peer = Peer::Inet {
+                remote: from,
+                local: None,
+            };
+            if let Err(why) = svc.spec.access.permits(from.ip()) {
+                self.refuse_datagram(idx, &peer, key, RefuseReason::Access(why), now);
+                continue;
+            }
+            if let Some(rate) = svc.spec.per_source_rate {
+                if !self.services[idx].source_rates.admit(key, rate, now) {
+                    self.refuse_datagram(idx, &peer, key, RefuseReason::PerSourceRate(rate), now);
+                    continue;
+                }
+            }
+            self.services[idx].stats.served += 1;
+            self.take_rate_token(idx, now);
+            if let Some(len) = datagram_answer(kind, &question[..n], SystemTime::now(), &mut answer)
+            {
+                if let Some(sock) = self.sockets.get(addr) {
+                    let _ = sock.listener.socket.send_to_with_flags(
+                        &answer[..len],
+                        &from.into(),
+                        nix::libc::MSG_DONTWAIT,
+                    );
+                }
+            }
+        }
+        // Budget spent with datagrams possibly left: next turn.
+        self.sockets.queue_ready(addr);
+    }
+
+    fn refuse_datagram(
+        &mut self,
+        idx: usize,
+        peer: &Peer,
+        key: SourceKey,
+        why: RefuseReason,
+        now: Instant,
+    ) {
+        let svc = &mut self.services[idx];
+        svc.stats.refused += 1;
+        svc.top_refused.record(key);
+        if self.refusals.record((svc.id, Some(key), why), now) {
+            info!("{}: refused {peer} ({why})", svc.spec.name);
+        }
+    }
+}
+
+/// recvfrom into a plain byte buffer; the sender as a std address.
+fn recv_from(socket: &Socket, buf: &mut [u8]) -> io::Result<(usize, std::net::SocketAddr)> {
+    use nix::sys::socket::{recvfrom, SockaddrStorage};
+    let (n, from) =
+        recvfrom::<SockaddrStorage>(socket.as_raw_fd(), buf).map_err(io::Error::from)?;
+    let from = from
+        .and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| std::net::SocketAddr::V4((*v4).into()))
+                .or_else(|| {
+                    a.as_sockaddr_in6()
+                        .map(|v6| std::net::SocketAddr::V6((*v6).into()))
+                })
+        })
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
+    Ok((n, from))
+}
