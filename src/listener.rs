@@ -187,17 +187,33 @@ fn set_owner(path: &Path, opts: &ListenOptions) -> Result<(), ListenError> {
     std::os::unix::fs::lchown(path, opts.owner, opts.group).map_err(ListenError::Chown)
 }
 
-/// Re-apply mode and owner to the file of a socket kept across a reload
-/// whose `socket_mode`, `socket_user` or `socket_group` changed.
-pub fn reapply_file_options(listener: &Listener, opts: &ListenOptions) -> Result<(), ListenError> {
-    let Some(owned) = &listener.created else {
-        return Ok(());
-    };
-    if let Some(mode) = opts.socket_mode {
-        std::fs::set_permissions(&owned.path, std::fs::Permissions::from_mode(mode))
-            .map_err(ListenError::Chmod)?;
+/// Re-apply to a socket kept across a reload what can change on an open
+/// listening socket: the file's mode and owner, the backlog (listen(2)
+/// again), keepalive and nodelay. v6only, reuse_port and freebind only
+/// matter at bind time; they apply when the address is opened anew.
+pub fn reapply(listener: &Listener, opts: &ListenOptions) -> Result<(), ListenError> {
+    if let Some(owned) = &listener.created {
+        if let Some(mode) = opts.socket_mode {
+            std::fs::set_permissions(&owned.path, std::fs::Permissions::from_mode(mode))
+                .map_err(ListenError::Chmod)?;
+        }
+        set_owner(&owned.path, opts)?;
     }
-    set_owner(&owned.path, opts)
+    if listener.addr.is_stream() {
+        let backlog = opts.backlog.unwrap_or(DEFAULT_BACKLOG);
+        listener
+            .socket
+            .listen(backlog)
+            .map_err(ListenError::Listen)?;
+    }
+    if matches!(listener.addr, ListenAddr::Tcp(_)) {
+        let s = &listener.socket;
+        s.set_keepalive(opts.keepalive)
+            .map_err(ListenError::Socket)?;
+        s.set_tcp_nodelay(opts.nodelay)
+            .map_err(ListenError::Socket)?;
+    }
+    Ok(())
 }
 
 /// Create, bind and (for stream sockets) listen on `addr`.

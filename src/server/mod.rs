@@ -807,6 +807,17 @@ impl Server {
             None => Some(None),
         };
 
+        // The options each kept address was opened or last set with.
+        let old_options: HashMap<ListenAddr, ListenOptions> = self
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.spec
+                    .listen
+                    .iter()
+                    .map(move |l| (l.addr.clone(), s.spec.socket))
+            })
+            .collect();
         // Runtime state (and with it the service's identity) follows the
         // name across reloads; a name new to this config is a new service.
         let mut old: HashMap<String, ServiceRuntime> = self
@@ -868,6 +879,20 @@ impl Server {
             self.sockets.insert(listener, token, idx);
         }
         self.sockets.reassign(&plan.owners);
+        // Kept sockets whose options changed take those that can change
+        // while open; the others cost nothing.
+        for (addr, idx) in &plan.owners {
+            let new_options = &new.services[*idx].socket;
+            let Some(sock) = self.sockets.get(addr) else {
+                continue;
+            };
+            if old_options.get(addr).is_none_or(|o| o == new_options) {
+                continue;
+            }
+            if let Err(e) = listener::reapply(&sock.listener, new_options) {
+                error!("{}: {addr}: {e}", new.services[*idx].name);
+            }
+        }
         for addr in &plan.close {
             if let Some(sock) = self.sockets.remove(self.poll.registry(), addr) {
                 self.tokens.remove(&sock.token);

@@ -15,5 +15,6 @@ mod rates;
 mod regressions;
 mod reload;
 mod sandbox;
+mod sockets;
 mod unix_sockets;
 mod util;

@@ -645,3 +645,65 @@ pub fn status_json(control: &Path) -> serde_json::Value {
     assert_eq!(code, 0, "{err}");
     serde_json::from_str(&out).unwrap()
 }
+
+/// The inode of the socket listening on loopback `port` (TCP, v4 or v6).
+pub fn listening_inode(port: u16) -> Option<String> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .find_map(|table| {
+            let text = std::fs::read_to_string(table).ok()?;
+            text.lines().skip(1).find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let p = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+                (p == port && *f.get(3)? == "0A").then(|| f[9].to_string())
+            })
+        })
+}
+
+/// A duplicate of process `pid`'s fd for the socket with `inode`, taken
+/// with pidfd_getfd(2) (the test started summond, so it may), to read
+/// the options summond set on it.
+pub fn socket_of(pid: i32, inode: &str) -> socket2::Socket {
+    use std::os::fd::FromRawFd;
+    let want = format!("socket:[{inode}]");
+    let fd: i32 = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == want))
+        .and_then(|e| e.file_name().to_str()?.parse().ok())
+        .unwrap_or_else(|| panic!("pid {pid} has no fd for {want}"));
+    // SAFETY: plain syscalls; the returned fds are checked and owned below.
+    unsafe {
+        let pidfd = nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) as i32;
+        assert!(
+            pidfd >= 0,
+            "pidfd_open: {}",
+            std::io::Error::last_os_error()
+        );
+        let dup = nix::libc::syscall(nix::libc::SYS_pidfd_getfd, pidfd, fd, 0) as i32;
+        let err = std::io::Error::last_os_error();
+        nix::libc::close(pidfd);
+        assert!(dup >= 0, "pidfd_getfd: {err}");
+        socket2::Socket::from_raw_fd(dup)
+    }
+}
+
+/// The backlog a listening TCP socket was given (TCP_INFO's tcpi_sacked
+/// holds it for a listener).
+pub fn listen_backlog(s: &socket2::Socket) -> u32 {
+    use std::os::fd::AsRawFd;
+    let mut info: nix::libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<nix::libc::tcp_info>() as nix::libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`.
+    let rc = unsafe {
+        nix::libc::getsockopt(
+            s.as_raw_fd(),
+            nix::libc::IPPROTO_TCP,
+            nix::libc::TCP_INFO,
+            (&mut info as *mut nix::libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    info.tcpi_sacked
+}
