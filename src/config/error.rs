@@ -37,6 +37,8 @@ pub enum ErrorKind {
     DuplicateName {
         name: String,
         first_line: usize,
+        /// Set when the first definition is in another file.
+        first_file: Option<PathBuf>,
     },
     AddressTaken {
         addr: ListenAddr,
@@ -93,9 +95,22 @@ impl fmt::Display for ErrorKind {
             Invalid { key, reason } => write!(f, "`{key}`: {reason}"),
             Address(e) => write!(f, "`listen`: {e}"),
             Cidr { key, err } => write!(f, "`{key}`: {err}"),
-            DuplicateName { name, first_line } => write!(
+            DuplicateName {
+                name,
+                first_line,
+                first_file: None,
+            } => write!(
                 f,
                 "duplicate service name \"{name}\" (first defined at line {first_line})"
+            ),
+            DuplicateName {
+                name,
+                first_line,
+                first_file: Some(file),
+            } => write!(
+                f,
+                "duplicate service name \"{name}\" (first defined at {}:{first_line})",
+                file.display()
             ),
             AddressTaken { addr, other } => {
                 write!(f, "address {addr} is already used by service \"{other}\"")

@@ -4,7 +4,7 @@
 
 /// The keys each section accepts (also the fuzzer's dictionary).
 pub const TOP_KEYS: &[&str] = &["daemon", "service"];
-pub const DAEMON_KEYS: &[&str] = &["max_children", "control", "log_format"];
+pub const DAEMON_KEYS: &[&str] = &["max_children", "control", "include", "log_format"];
 pub const SERVICE_KEYS: &[&str] = &[
     "name",
     "listen",

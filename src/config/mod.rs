@@ -14,6 +14,7 @@
 //! types; `parse.rs` the TOML walk that collects every error with its span.
 
 mod error;
+mod include;
 mod keys;
 mod options;
 mod parse;
@@ -52,6 +53,9 @@ pub struct DaemonSpec {
     pub max_children: u32,
     pub control: Option<PathBuf>,
     pub log_format: LogFormat,
+    /// Glob patterns of drop-in files (`[[service]]` entries), relative
+    /// ones against the main file's directory.
+    pub include: Vec<String>,
 }
 
 impl Default for DaemonSpec {
@@ -60,6 +64,7 @@ impl Default for DaemonSpec {
             max_children: DEFAULT_MAX_CHILDREN,
             control: None,
             log_format: LogFormat::Text,
+            include: Vec::new(),
         }
     }
 }
@@ -283,13 +288,33 @@ pub fn load(path: &Path, host: &Host) -> Result<Config, ConfigErrors> {
 
 /// Validate `text` as the contents of `path` (the path only labels errors).
 pub fn parse(path: &Path, text: &str, host: &Host) -> Result<Config, ConfigErrors> {
-    let (config, mut errors) = parse::check(path, text, host);
-    if errors.is_empty() {
-        return Ok(config);
-    }
+    let mut seen = parse::Seen::default();
+    let (mut config, mut errors) = parse::check(path, text, host, &mut seen);
     // Walk order is nearly file order; cross-service checks come last.
     errors.sort_by_key(|e| e.pos.unwrap_or((usize::MAX, usize::MAX)));
-    Err(ConfigErrors(errors))
+    for file in include::files(path, &config.daemon.include, &mut errors) {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(ConfigError {
+                    path: file,
+                    pos: None,
+                    service: None,
+                    kind: ErrorKind::Read(e),
+                });
+                continue;
+            }
+        };
+        let (services, mut file_errors) = parse::check_dropin(&file, &text, host, &mut seen);
+        file_errors.sort_by_key(|e| e.pos.unwrap_or((usize::MAX, usize::MAX)));
+        errors.extend(file_errors);
+        config.services.extend(services);
+    }
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
 }
 
 /// Only `[daemon] control` from the file at `path`, for `summond status`:

@@ -25,16 +25,39 @@ use crate::addr::ListenAddr;
 use crate::env::is_reserved_env;
 
 /// Walk `text` (the contents of `path`): the config as far as it is valid,
-/// and every error found.
-pub(super) fn check(path: &Path, text: &str, host: &Host) -> (Config, Vec<ConfigError>) {
+/// and every error found. `seen` carries names and addresses across the
+/// main file and its drop-ins.
+pub(super) fn check(
+    path: &Path,
+    text: &str,
+    host: &Host,
+    seen: &mut Seen,
+) -> (Config, Vec<ConfigError>) {
     let mut cx = Checker {
         path,
         text,
         host,
         errors: Vec::new(),
     };
-    let config = cx.document();
+    let config = cx.document(seen, false);
     (config, cx.errors)
+}
+
+/// Walk a drop-in named by `[daemon] include`: `[[service]]` entries only.
+pub(super) fn check_dropin(
+    path: &Path,
+    text: &str,
+    host: &Host,
+    seen: &mut Seen,
+) -> (Vec<ServiceSpec>, Vec<ConfigError>) {
+    let mut cx = Checker {
+        path,
+        text,
+        host,
+        errors: Vec::new(),
+    };
+    let config = cx.document(seen, true);
+    (config.services, cx.errors)
 }
 
 pub(super) type Value<'i> = Spanned<DeValue<'i>>;
@@ -118,7 +141,7 @@ impl Checker<'_> {
         }
     }
 
-    fn document(&mut self) -> Config {
+    fn document(&mut self, seen: &mut Seen, dropin: bool) -> Config {
         let mut config = Config {
             path: self.path.to_path_buf(),
             daemon: DaemonSpec::default(),
@@ -137,21 +160,24 @@ impl Checker<'_> {
             }
         };
         let root = root.get_ref();
-        self.check_keys(root, "the top level", TOP_KEYS);
-        if let Some(daemon) = root.get("daemon") {
+        if dropin {
+            self.check_keys(root, "a drop-in", &["service"]);
+        } else {
+            self.check_keys(root, "the top level", TOP_KEYS);
+        }
+        if let (Some(daemon), false) = (root.get("daemon"), dropin) {
             match daemon.get_ref() {
                 DeValue::Table(t) => config.daemon = self.daemon(t),
                 _ => self.wrong_type("daemon", daemon, "a table [daemon]"),
             }
         }
-        let mut seen = Seen::default();
         if let Some(services) = root.get("service") {
             match services.get_ref() {
                 DeValue::Array(items) => {
                     for item in items.iter() {
                         match item.get_ref() {
                             DeValue::Table(t) => {
-                                if let Some(s) = self.service(t, item.span(), &mut seen) {
+                                if let Some(s) = self.service(t, item.span(), seen) {
                                     config.services.push(s);
                                 }
                             }
@@ -171,6 +197,29 @@ impl Checker<'_> {
         if let Some(v) = t.get("max_children") {
             if let Some(n) = self.positive("max_children", v) {
                 d.max_children = n;
+            }
+        }
+        if let Some(v) = t.get("include") {
+            for (pattern, span) in self.string_list("include", v).unwrap_or_default() {
+                if pattern.is_empty() {
+                    self.at(
+                        span,
+                        ErrorKind::Invalid {
+                            key: "include",
+                            reason: "an empty pattern".into(),
+                        },
+                    );
+                } else if let Err(e) = glob::Pattern::new(pattern) {
+                    self.at(
+                        span,
+                        ErrorKind::Invalid {
+                            key: "include",
+                            reason: format!("\"{pattern}\" is not a glob pattern: {}", e.msg),
+                        },
+                    );
+                } else {
+                    d.include.push(pattern.to_string());
+                }
             }
         }
         if let Some(v) = t.get("log_format") {
@@ -321,16 +370,19 @@ impl Checker<'_> {
         };
         if let Some((name, name_span)) = &name {
             let line = self.line_col(name_span.start).0;
-            if let Some(first_line) = seen.names.get(name) {
+            if let Some((first_file, first_line)) = seen.names.get(name) {
+                let first_file = (first_file != self.path).then(|| first_file.clone());
                 self.at(
                     name_span.clone(),
                     ErrorKind::DuplicateName {
                         name: name.clone(),
                         first_line: *first_line,
+                        first_file,
                     },
                 );
             } else {
-                seen.names.insert(name.clone(), line);
+                seen.names
+                    .insert(name.clone(), (self.path.to_path_buf(), line));
             }
         }
         let label = name
@@ -779,8 +831,9 @@ impl Checker<'_> {
 
 /// What earlier services claimed, for the duplicate checks.
 #[derive(Default)]
-struct Seen {
-    names: HashMap<String, usize>,
+pub(super) struct Seen {
+    /// Name → the file and line that first defined it.
+    names: HashMap<String, (PathBuf, usize)>,
     addrs: HashMap<ListenAddr, String>,
 }
 

@@ -6,6 +6,7 @@ mod config_errors;
 mod control;
 mod daemon;
 mod faults;
+mod include;
 mod internal;
 mod lifecycle;
 mod limits;

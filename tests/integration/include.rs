@@ -1,0 +1,106 @@
+//! `[daemon] include`: drop-in files of `[[service]]` entries merged into
+//! the config; an error in one names that file and line; a reload picks
+//! up added, changed and removed files; a pattern matching nothing is
+//! fine, a matched file that cannot be read is an error.
+
+use crate::util::*;
+
+fn service(name: &str, port: u16) -> String {
+    format!(
+        "[[service]]\nname = \"{name}\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"cat\"]\n"
+    )
+}
+
+#[test]
+fn drop_ins_are_merged_and_a_reload_picks_up_added_changed_and_removed_files() {
+    let (main, a, b) = (free_port(), free_port(), free_port());
+    let dir = TempDir::new("include");
+    let confd = dir.path("conf.d");
+    std::fs::create_dir(&confd).unwrap();
+    std::fs::write(confd.join("10-a.toml"), service("a", a)).unwrap();
+    std::fs::write(confd.join("README"), "not matched").unwrap();
+    let config = format!(
+        "[daemon]\ninclude = [\"conf.d/*.toml\", \"/nonexistent-summond-dir/*.toml\"]\n{}",
+        service("main", main)
+    );
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &config,
+            ..Start::default()
+        },
+    );
+    assert!(
+        s.log_text().contains("serving 2 services"),
+        "{}",
+        s.log_text()
+    );
+    let (code, out, err) = run_to_exit(&["--check", "-c", s.config.to_str().unwrap()]);
+    assert_eq!((code, out.as_str()), (0, "ok: 2 services\n"), "{err}");
+    assert_eq!(tcp_port_exchange(a, b"a\n"), "a\n");
+
+    // Added and changed: b appears, a moves to another port.
+    let a2 = free_port();
+    std::fs::write(confd.join("20-b.toml"), service("b", b)).unwrap();
+    std::fs::write(confd.join("10-a.toml"), service("a", a2)).unwrap();
+    assert!(s.reload(&config));
+    assert_eq!(tcp_port_exchange(b, b"b\n"), "b\n");
+    assert_eq!(tcp_port_exchange(a2, b"a2\n"), "a2\n");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", a)).is_err(),
+        "a's old port closed"
+    );
+    // Removed.
+    std::fs::remove_file(confd.join("20-b.toml")).unwrap();
+    assert!(s.reload(&config));
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", b)).is_err(),
+        "b is gone"
+    );
+    assert_eq!(tcp_port_exchange(main, b"m\n"), "m\n");
+}
+
+#[test]
+fn an_error_in_a_drop_in_names_that_file_and_line() {
+    let dir = TempDir::new("include-err");
+    let confd = dir.path("conf.d");
+    std::fs::create_dir(&confd).unwrap();
+    let main = dir.path("summond.toml");
+    std::fs::write(
+        &main,
+        format!(
+            "[daemon]\ninclude = [\"conf.d/*.toml\"]\n{}",
+            service("dup", 7101)
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        confd.join("a.toml"),
+        "# a drop-in\n[[service]]\nname = \"x\"\nlisten = \"tcp://127.0.0.1:0\"\nexec = [\"cat\"]\n",
+    )
+    .unwrap();
+    std::fs::write(confd.join("b.toml"), service("dup", 7102)).unwrap();
+    std::fs::write(confd.join("c.toml"), "[daemon]\nmax_children = 3\n").unwrap();
+    std::os::unix::fs::symlink(dir.path("missing"), confd.join("d.toml")).unwrap();
+    let (code, _, err) = run_to_exit(&["--check", "-c", main.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    let a = confd.join("a.toml");
+    let b = confd.join("b.toml");
+    let c = confd.join("c.toml");
+    let d = confd.join("d.toml");
+    for expected in [
+        format!("{}:4:10: `listen`: port 0 is not allowed", a.display()),
+        format!(
+            "{}:2:8: duplicate service name \"dup\" (first defined at {}:4)",
+            b.display(),
+            main.display()
+        ),
+        format!(
+            "{}:1:2: unknown key `daemon` in a drop-in (expected one of: service)",
+            c.display()
+        ),
+        format!("{}: cannot read config:", d.display()),
+    ] {
+        assert!(err.contains(&expected), "missing {expected:?} in:\n{err}");
+    }
+}
