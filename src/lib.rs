@@ -18,3 +18,4 @@ pub mod refusals;
 pub mod server;
 pub mod signals;
 pub mod spawn;
+pub mod timefmt;

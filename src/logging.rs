@@ -9,7 +9,14 @@ use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::sync::atomic::AtomicBool;
+use std::time::SystemTime;
+
+use log::kv::{self, Key, Value, VisitSource};
 use log::{Level, LevelFilter, Log, Metadata, Record};
+
+use crate::config::LogFormat;
+use crate::timefmt::rfc3339_millis;
 
 /// Where syslog listens; `SUMMOND_SYSLOG_SOCKET` overrides it (containers
 /// with a relay elsewhere, and the tests).
@@ -55,8 +62,90 @@ pub fn init(level: Option<LevelFilter>, to_syslog: bool) {
                 builder.parse_filters(&spec);
             }
         }
-        log::set_boxed_logger(Box::new(builder.build()))
+        log::set_boxed_logger(Box::new(Stderr {
+            text: builder.build(),
+        }))
     };
+}
+
+/// `[daemon] log_format`, read by the stderr logger for every line, so a
+/// reload can switch it. The logger is process-global by the `log`
+/// crate's design; this one flag goes with it.
+static JSON: AtomicBool = AtomicBool::new(false);
+
+pub fn set_format(format: LogFormat) {
+    JSON.store(format == LogFormat::Json, Ordering::Relaxed);
+}
+
+pub fn is_json() -> bool {
+    JSON.load(Ordering::Relaxed)
+}
+
+/// stderr: env_logger's text lines, or one JSON object per line.
+struct Stderr {
+    text: env_logger::Logger,
+}
+
+impl Log for Stderr {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        self.text.enabled(metadata)
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if !self.text.matches(record) {
+            return;
+        }
+        if !JSON.load(Ordering::Relaxed) {
+            self.text.log(record);
+            return;
+        }
+        let mut line = json_line(record, SystemTime::now());
+        line.push('\n');
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {
+        self.text.flush();
+    }
+}
+
+/// The JSON form of a log line: `ts`, `level`, the event's fields
+/// (`event`, `service`, `peer`, `pid`, `status`, `duration_s`, whichever
+/// the line has) and `msg`, the text line's message.
+pub fn json_line(record: &Record<'_>, now: SystemTime) -> String {
+    let mut obj = serde_json::Map::new();
+    obj.insert("ts".into(), rfc3339_millis(now).into());
+    obj.insert(
+        "level".into(),
+        record.level().as_str().to_ascii_lowercase().into(),
+    );
+    struct Fields<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+    impl<'kvs> VisitSource<'kvs> for Fields<'_> {
+        fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), kv::Error> {
+            let v = if let Some(i) = value.to_i64() {
+                serde_json::Value::from(i)
+            } else if let Some(u) = value.to_u64() {
+                serde_json::Value::from(u)
+            } else if let Some(f) = value.to_f64() {
+                serde_json::Value::from(f)
+            } else if let Some(b) = value.to_bool() {
+                serde_json::Value::from(b)
+            } else {
+                // An empty string is a field the line does not have (a
+                // child without a client has no peer).
+                let s = value.to_string();
+                if s.is_empty() {
+                    return Ok(());
+                }
+                serde_json::Value::from(s)
+            };
+            self.0.insert(key.as_str().to_string(), v);
+            Ok(())
+        }
+    }
+    let _ = record.key_values().visit(&mut Fields(&mut obj));
+    obj.insert("msg".into(), record.args().to_string().into());
+    serde_json::Value::Object(obj).to_string()
 }
 
 struct Syslog {

@@ -43,7 +43,11 @@ fn check(path: &Path) -> ExitCode {
 }
 
 fn fail(code: u8, what: impl std::fmt::Display) -> ExitCode {
-    eprintln!("summond: {what}");
+    if logging::is_json() {
+        log::error!(event = "fatal"; "{what}");
+    } else {
+        eprintln!("summond: {what}");
+    }
     ExitCode::from(code)
 }
 
@@ -58,6 +62,7 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    logging::set_format(config.daemon.log_format);
     if let Err(e) = daemonize::ensure_std_fds().and_then(|()| daemonize::mark_inherited_cloexec()) {
         return fail(
             EXIT_RUNTIME,

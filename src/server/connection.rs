@@ -213,10 +213,9 @@ impl Server {
                 return;
             }
         }
-        debug!(
-            "{}: connection from {peer} on {addr}",
-            self.services[idx].spec.name
-        );
+        let name = self.services[idx].spec.name.as_str();
+        debug!(event = "connection", service = name, peer:% = peer;
+            "{name}: connection from {peer} on {addr}");
         self.launch_connection(idx, addr, conn, peer, source, greeted);
     }
 
@@ -236,7 +235,9 @@ impl Server {
             svc.top_refused.record(key);
         }
         if self.refusals.record((svc.id, source, why), now) {
-            info!("{}: refused {peer} ({why})", svc.spec.name);
+            let name = svc.spec.name.as_str();
+            info!(event = "refused", service = name, peer:% = peer;
+                "{name}: refused {peer} ({why})");
         }
     }
 
@@ -420,7 +421,8 @@ impl Server {
                     self.resource_fault(&what, &e, now);
                     return Launch::RetryLater;
                 }
-                error!("{what}: {e}");
+                error!(event = "spawn_failed", service = self.services[idx].spec.name.as_str();
+                    "{what}: {e}");
                 return Launch::Failed;
             }
         };
@@ -445,7 +447,8 @@ impl Server {
         };
         let svc = &mut self.services[idx];
         svc.stats.served += 1;
-        debug!("{}: started pid {pid}", svc.spec.name);
+        let name = svc.spec.name.as_str();
+        debug!(event = "spawn", service = name, pid = pid.as_raw(); "{name}: started pid {pid}");
         self.take_rate_token(idx, now);
         let svc = &self.services[idx];
         let child = Child {
@@ -493,7 +496,7 @@ impl Server {
         let back = bucket.next_token_at(now);
         if !svc.rate_logged {
             svc.rate_logged = true;
-            info!(
+            info!(event = "rate_pause", service = svc.spec.name.as_str();
                 "{}: rate {} reached; new clients wait in the backlog ({} ms to the next token)",
                 svc.spec.name,
                 bucket.rate(),
@@ -515,7 +518,7 @@ impl Server {
     pub(super) fn resource_fault(&mut self, what: &str, err: &dyn fmt::Display, now: Instant) {
         let (until, first) = self.resources.fault(now);
         if first {
-            warn!(
+            warn!(event = "resource_fault";
                 "{what}: {err}; pausing all listeners ({} ms, doubling up to {} ms while this lasts)",
                 until.saturating_duration_since(now).as_millis(),
                 crate::limits::BACKOFF_MAX.as_millis()

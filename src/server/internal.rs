@@ -179,7 +179,7 @@ pub(super) fn daytime(unix_secs: u64) -> String {
     ];
     let days = unix_secs / 86_400;
     let rem = unix_secs % 86_400;
-    let (y, m, d) = civil_from_days(days as i64);
+    let (y, m, d) = crate::timefmt::civil_from_days(days as i64);
     format!(
         "{} {} {:>2} {:02}:{:02}:{:02} {}\r\n",
         DAYS[(days % 7) as usize],
@@ -190,21 +190,6 @@ pub(super) fn daytime(unix_secs: u64) -> String {
         rem % 60,
         y
     )
-}
-
-/// (year, month 1-12, day 1-31) of a day count from 1970-01-01 (Howard
-/// Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// RFC 864's pattern: 95 printable characters, lines of 72 starting one
@@ -521,7 +506,9 @@ impl Server {
         svc.stats.refused += 1;
         svc.top_refused.record(key);
         if self.refusals.record((svc.id, Some(key), why), now) {
-            info!("{}: refused {peer} ({why})", svc.spec.name);
+            let name = svc.spec.name.as_str();
+            info!(event = "refused", service = name, peer:% = peer;
+                "{name}: refused {peer} ({why})");
         }
     }
 }

@@ -220,7 +220,7 @@ impl Server {
     /// Serve until SIGTERM or SIGINT.
     pub fn run(&mut self) -> Result<(), ServerError> {
         let mut events = Events::with_capacity(256);
-        info!(
+        info!(event = "start";
             "summond {} serving {} services from {}",
             env!("CARGO_PKG_VERSION"),
             self.services.len(),
@@ -355,7 +355,7 @@ impl Server {
                 KILL_AFTER.as_secs()
             )
         };
-        warn!(
+        warn!(event = "max_runtime", service = child.name.as_str(), pid = pid.as_raw();
             "{}: pid {pid}{} ran past max_runtime{limit}{what}",
             child.name,
             for_peer(child.peer.as_ref()),
@@ -374,7 +374,7 @@ impl Server {
             match sig {
                 Signal::SIGCHLD => self.reap_children(),
                 Signal::SIGTERM | Signal::SIGINT => {
-                    info!("{sig} received: stopping");
+                    info!(event = "stopping"; "{sig} received: stopping");
                     self.stopping = true;
                 }
                 Signal::SIGHUP => self.reload(),
@@ -530,8 +530,12 @@ impl Server {
             .map(|i| self.services[i].spec.program.display().to_string())
             .unwrap_or_default();
         match stage {
-            Stage::Exec => error!("{name}: exec {program}{who}: {err}"),
-            _ => error!("{name}: child {pid}{who} failed to {stage} before exec {program}: {err}"),
+            Stage::Exec => {
+                error!(event = "exec_failed", service = name.as_str(), pid = pid.as_raw();
+                "{name}: exec {program}{who}: {err}")
+            }
+            _ => error!(event = "exec_failed", service = name.as_str(), pid = pid.as_raw();
+                "{name}: child {pid}{who} failed to {stage} before exec {program}: {err}"),
         }
         if let Some(i) = idx {
             self.count_spawn_failure(i);
@@ -587,6 +591,12 @@ impl Server {
         };
         log!(
             level,
+            event = "exit",
+            service = child.name.as_str(),
+            pid = pid.as_raw(),
+            peer = child.peer.as_ref().map(|p| p.to_string()).unwrap_or_default().as_str(),
+            status = what.as_str(),
+            duration_s = ran.as_secs_f64();
             "{}: pid {pid}{} {what} after {:.3}s{}",
             child.name,
             for_peer(child.peer.as_ref()),
@@ -615,7 +625,7 @@ impl Server {
             if child.is_pass_mode() && (!success || child.exec_failed || unread) {
                 if let Some(until) = svc.crash.record_failure(now) {
                     self.timers.add(until, Timer::HoldEnds(svc.id));
-                    warn!(
+                    warn!(event = "hold", service = svc.spec.name.as_str();
                         "{}: failed {} times in {}s; not restarting it for {}s",
                         svc.spec.name,
                         crate::limits::CRASH_LIMIT,
@@ -746,7 +756,7 @@ impl Server {
     // ---- reload ---------------------------------------------------------
 
     fn reload(&mut self) {
-        info!("SIGHUP received: reloading {}", self.config.path.display());
+        info!(event = "reload"; "SIGHUP received: reloading {}", self.config.path.display());
         match config::load(&self.config.path, &Host::current()) {
             Ok(new) => {
                 let n = new.services.len();
@@ -912,6 +922,7 @@ impl Server {
                 _ => None,
             })
             .collect();
+        crate::logging::set_format(new.daemon.log_format);
         self.config = new;
         let now = Instant::now();
         self.sync_all(now);
@@ -958,9 +969,9 @@ impl Server {
         }
         let pending = self.children.len();
         if pending > 0 {
-            info!("stopped; {pending} children still running are left to finish");
+            info!(event = "stop"; "stopped; {pending} children still running are left to finish");
         } else {
-            info!("stopped");
+            info!(event = "stop"; "stopped");
         }
     }
 }

@@ -204,3 +204,57 @@ fn log_level_flag_and_rust_log_choose_what_is_logged() {
     .unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_from_start_to_stop_with_stable_fields() {
+    let (port, shut) = (free_port(), free_port());
+    let mut s = Summond::start(&format!(
+        "[daemon]\nlog_format = \"json\"\n\
+         [[service]]\nname = \"j\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"cat\"]\n\
+         [[service]]\nname = \"no\"\nlisten = \"tcp://127.0.0.1:{shut}\"\nexec = [\"cat\"]\ndeny = [\"127.0.0.1\"]\n"
+    ));
+    let c = connect_tcp(SocketAddr::from(([127, 0, 0, 1], port)));
+    let client = c.local_addr().unwrap().to_string();
+    drop(c);
+    assert!(closed_at_once(shut));
+    assert!(s.wait_log("\"event\":\"exit\""), "{}", s.log_text());
+    assert!(s.wait_log("\"event\":\"refused\""), "{}", s.log_text());
+    s.signal(nix::libc::SIGTERM);
+    assert!(s.wait_exit(TIMEOUT).is_some_and(|st| st.success()));
+    let lines: Vec<serde_json::Value> = s
+        .log_text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for l in &lines {
+        assert!(l["ts"].as_str().is_some_and(|t| t.ends_with('Z')), "{l}");
+        assert!(l["level"].is_string() && l["msg"].is_string(), "{l}");
+    }
+    let event = |name: &str| {
+        lines
+            .iter()
+            .find(|l| l["event"] == name)
+            .unwrap_or_else(|| panic!("no {name} event in {lines:?}"))
+            .clone()
+    };
+    assert!(event("start")["msg"]
+        .as_str()
+        .unwrap()
+        .contains("serving 2 services"));
+    let conn = event("connection");
+    assert_eq!(
+        (conn["service"].as_str(), conn["peer"].as_str()),
+        (Some("j"), Some(client.as_str()))
+    );
+    let exit = event("exit");
+    assert_eq!(exit["service"], "j");
+    assert!(exit["pid"].as_i64().is_some_and(|p| p > 0), "{exit}");
+    assert_eq!(exit["status"], "exited with status 0");
+    assert!(exit["duration_s"].as_f64().is_some(), "{exit}");
+    assert_eq!(exit["peer"].as_str(), Some(client.as_str()));
+    let refused = event("refused");
+    assert_eq!(refused["service"], "no");
+    assert!(refused["msg"].as_str().unwrap().ends_with("(deny list)"));
+    assert_eq!(event("stopping")["level"], "info");
+    assert_eq!(lines.last().unwrap()["event"], "stop", "the last line too");
+}
