@@ -70,6 +70,42 @@ enum Sub {
         #[arg(long)]
         json: bool,
     },
+    /// Serve one program without a config file, in the foreground
+    #[command(after_help = "Example: summond wrap -l tcp://127.0.0.1:9000 -- bc -q")]
+    Wrap {
+        /// An address to listen on (repeatable)
+        #[arg(short = 'l', long = "listen", value_name = "ADDR", required = true)]
+        listen: Vec<String>,
+        /// One child holds the sockets (accept = false) instead of one per connection
+        #[arg(long)]
+        no_accept: bool,
+        /// How the socket reaches the program
+        #[arg(long, value_enum, value_name = "HOW")]
+        pass: Option<PassArg>,
+        /// error, warn, info (default), debug, trace; overrides RUST_LOG
+        #[arg(long, value_enum, value_name = "LEVEL")]
+        log_level: Option<LogLevel>,
+        /// The program and its arguments
+        #[arg(last = true, required = true, value_name = "PROGRAM")]
+        program: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PassArg {
+    Stdio,
+    #[value(name = "listen_fds")]
+    ListenFds,
+}
+
+/// `summond wrap`: one service from the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrapArgs {
+    pub listen: Vec<String>,
+    pub accept: bool,
+    pub pass: Option<PassArg>,
+    pub log_level: Option<LevelFilter>,
+    pub program: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,6 +127,7 @@ pub enum Command {
         control: Option<PathBuf>,
         json: bool,
     },
+    Wrap(WrapArgs),
 }
 
 /// Parse argv; on bad usage clap prints the error and exits 2.
@@ -109,6 +146,19 @@ fn from_args(a: Args) -> Command {
             control,
             json,
         },
+        Some(Sub::Wrap {
+            listen,
+            no_accept,
+            pass,
+            log_level,
+            program,
+        }) => Command::Wrap(WrapArgs {
+            listen,
+            accept: !no_accept,
+            pass,
+            log_level: log_level.map(Into::into),
+            program,
+        }),
         None if a.check => Command::Check { config: a.config },
         None => Command::Run(RunArgs {
             config: a.config,
@@ -125,6 +175,43 @@ mod tests {
 
     fn parse_from(args: &[&str]) -> Result<Command, clap::Error> {
         Args::try_parse_from(args).map(from_args)
+    }
+
+    #[test]
+    fn wrap_takes_addresses_options_and_the_program_after_the_dashes() {
+        let w = parse_from(&[
+            "summond",
+            "wrap",
+            "-l",
+            "tcp://127.0.0.1:9000",
+            "-l",
+            "udp://127.0.0.1:9000",
+            "--no-accept",
+            "--pass",
+            "listen_fds",
+            "--",
+            "bc",
+            "-q",
+        ])
+        .unwrap();
+        assert_eq!(
+            w,
+            Command::Wrap(WrapArgs {
+                listen: vec!["tcp://127.0.0.1:9000".into(), "udp://127.0.0.1:9000".into()],
+                accept: false,
+                pass: Some(PassArg::ListenFds),
+                log_level: None,
+                program: vec!["bc".into(), "-q".into()],
+            })
+        );
+        assert!(
+            parse_from(&["summond", "wrap", "--", "bc"]).is_err(),
+            "needs -l"
+        );
+        assert!(
+            parse_from(&["summond", "wrap", "-l", "tcp://127.0.0.1:1"]).is_err(),
+            "needs a program"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use log::warn;
 
-use summond::cli::{self, Command, RunArgs};
+use summond::cli::{self, Command, PassArg, RunArgs, WrapArgs};
 use summond::config::{self, Host};
 use summond::control;
 use summond::daemonize::{self, Pidfile};
@@ -26,7 +26,31 @@ fn main() -> ExitCode {
             control,
             json,
         } => status(&config, control, json),
+        Command::Wrap(w) => wrap(w),
     }
+}
+
+/// `summond wrap`: the same server as a one-service config, in the
+/// foreground.
+fn wrap(w: WrapArgs) -> ExitCode {
+    logging::init(w.log_level, false);
+    let spec = config::WrapSpec {
+        listen: w.listen,
+        accept: w.accept,
+        pass: w.pass.map(|p| match p {
+            PassArg::Stdio => "stdio",
+            PassArg::ListenFds => "listen_fds",
+        }),
+        exec: w.program,
+    };
+    let config = match config::wrap(&spec, &Host::current()) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    serve(config, false, None)
 }
 
 fn check(path: &Path) -> ExitCode {
@@ -63,6 +87,12 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     logging::set_format(config.daemon.log_format);
+    serve(config, args.daemon, args.pidfile.as_deref())
+}
+
+/// Start serving `config` (detached with `daemon`, holding `pidfile`) and
+/// run until stopped.
+fn serve(config: config::Config, daemon: bool, pidfile: Option<&Path>) -> ExitCode {
     if let Err(e) = daemonize::ensure_std_fds().and_then(|()| daemonize::mark_inherited_cloexec()) {
         return fail(
             EXIT_RUNTIME,
@@ -78,11 +108,11 @@ fn run(args: RunArgs) -> ExitCode {
     };
     // The lock first: a second instance must say "already running", not
     // fail to bind the first one's ports.
-    let mut pidfile = match args.pidfile.as_deref().map(Pidfile::acquire).transpose() {
+    let mut pidfile = match pidfile.map(Pidfile::acquire).transpose() {
         Ok(p) => p,
         Err(e) => return fail(EXIT_RUNTIME, e),
     };
-    let detached = if args.daemon {
+    let detached = if daemon {
         match daemonize::detach() {
             Ok(d) => Some(d),
             Err(e) => return fail(EXIT_RUNTIME, format!("cannot daemonize: {e}")),

@@ -46,6 +46,59 @@ pub struct Config {
     pub path: PathBuf,
     pub daemon: DaemonSpec,
     pub services: Vec<ServiceSpec>,
+    /// False for `summond wrap`: there is no file to re-read on SIGHUP.
+    pub reloadable: bool,
+}
+
+/// What `summond wrap` was given: one service, named "wrap".
+#[derive(Clone, Debug, Default)]
+pub struct WrapSpec {
+    pub listen: Vec<String>,
+    pub accept: bool,
+    /// "stdio" or "listen_fds"; the service default when absent.
+    pub pass: Option<&'static str>,
+    pub exec: Vec<String>,
+}
+
+/// The label wrap's errors carry where a file name would be.
+pub const WRAP_LABEL: &str = "summond wrap";
+
+/// The config of `summond wrap`: the same checks as a one-service file
+/// (addresses, the program in PATH, the mode), with errors labelled
+/// `summond wrap: ...` instead of positions in a file nobody wrote.
+pub fn wrap(spec: &WrapSpec, host: &Host) -> Result<Config, ConfigErrors> {
+    let mut svc = toml::Table::new();
+    svc.insert("name".into(), "wrap".into());
+    let listen: Vec<toml::Value> = spec.listen.iter().map(|a| a.as_str().into()).collect();
+    svc.insert("listen".into(), listen.into());
+    let exec: Vec<toml::Value> = spec.exec.iter().map(|a| a.as_str().into()).collect();
+    svc.insert("exec".into(), exec.into());
+    // SPEC: accept is true unless --no-accept, even for a udp address
+    // (which then needs --no-accept, as a file would need accept = false).
+    svc.insert("accept".into(), spec.accept.into());
+    if let Some(pass) = spec.pass {
+        svc.insert("pass".into(), pass.into());
+    }
+    let mut root = toml::Table::new();
+    root.insert("service".into(), toml::Value::Array(vec![svc.into()]));
+    let text = toml::to_string(&root)
+        .map_err(|e| ConfigErrors::one(Path::new(WRAP_LABEL), ErrorKind::Syntax(e.to_string())))?;
+    match parse(Path::new(WRAP_LABEL), &text, host) {
+        Ok(mut c) => {
+            c.reloadable = false;
+            Ok(c)
+        }
+        Err(ConfigErrors(errors)) => Err(ConfigErrors(
+            errors
+                .into_iter()
+                .map(|e| ConfigError {
+                    pos: None,
+                    service: None,
+                    ..e
+                })
+                .collect(),
+        )),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

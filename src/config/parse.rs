@@ -146,6 +146,7 @@ impl Checker<'_> {
             path: self.path.to_path_buf(),
             daemon: DaemonSpec::default(),
             services: Vec::new(),
+            reloadable: true,
         };
         let root = match DeTable::parse(self.text) {
             Ok(root) => root,

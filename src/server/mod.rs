@@ -191,6 +191,7 @@ impl Server {
                 path: config.path.clone(),
                 daemon: config.daemon.clone(),
                 services: Vec::new(),
+                reloadable: config.reloadable,
             },
             services: Vec::new(),
             sockets: SocketTable::default(),
@@ -756,6 +757,10 @@ impl Server {
     // ---- reload ---------------------------------------------------------
 
     fn reload(&mut self) {
+        if !self.config.reloadable {
+            info!(event = "reload"; "SIGHUP received: nothing to reload (summond wrap has no config file)");
+            return;
+        }
         info!(event = "reload"; "SIGHUP received: reloading {}", self.config.path.display());
         match config::load(&self.config.path, &Host::current()) {
             Ok(new) => {

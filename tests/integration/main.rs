@@ -19,3 +19,4 @@ mod sandbox;
 mod sockets;
 mod unix_sockets;
 mod util;
+mod wrap;
