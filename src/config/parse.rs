@@ -210,6 +210,19 @@ impl Checker<'_> {
                             reason: "an empty pattern".into(),
                         },
                     );
+                } else if pattern.contains("**") {
+                    // A recursive walk at every load (and reload, in the
+                    // loop) is never what a conf.d means.
+                    self.at(
+                        span,
+                        ErrorKind::Invalid {
+                            key: "include",
+                            reason: format!(
+                                "\"{pattern}\": recursive patterns (**) are not supported; \
+                                 name a directory of drop-ins, like \"conf.d/*.toml\""
+                            ),
+                        },
+                    );
                 } else if let Err(e) = glob::Pattern::new(pattern) {
                     self.at(
                         span,

@@ -84,6 +84,9 @@ fn table() -> Vec<(String, String)> {
         (OK.replace("tcp://", "udp://") + "nodelay = true\n", "5:11: `nodelay`: applies to TCP addresses"),
         (svc("banner = \"x\"\nbanner_fail = 3\n"), "6:15: `banner_fail` must be a string, found an integer"),
         (svc("disabled = 1\n"), "5:12: `disabled` must be true or false, found an integer"),
+        ("[daemon]\ninclude = [\"/etc/**\"]\n".into(), "2:12: `include`: \"/etc/**\": recursive patterns (**) are not supported"),
+        ("[daemon]\ninclude = [\"conf.d/[\"]\n".into(), "2:12: `include`: \"conf.d/[\" is not a glob pattern"),
+        ("[daemon]\nlog_format = \"xml\"\n".into(), "2:14: `log_format`: \"xml\" is not one of \"text\", \"json\""),
     ];
     if is_root {
         t.push((
