@@ -513,14 +513,11 @@ impl Checker<'_> {
                 self.at(v.span(), ErrorKind::AccessOnUnix { key });
             }
         }
-        if !accept {
-            // An internal service sees every datagram itself, so access
-            // rules apply to it; a child that accepts hides its clients.
-            let keys: &[&'static str] = if internal.is_some() {
-                &["max_per_source"]
-            } else {
-                &["allow", "deny", "max_per_source"]
-            };
+        // An internal service serves each TCP connection and sees every
+        // datagram itself, so its rules always apply; otherwise a child that
+        // accepts hides the clients from summond.
+        if !accept && internal.is_none() {
+            let keys: &[&'static str] = &["allow", "deny", "max_per_source"];
             for &key in keys {
                 if let Some(v) = t.get(key) {
                     self.at(v.span(), ErrorKind::NeedsAccept { key });
@@ -528,12 +525,14 @@ impl Checker<'_> {
             }
         }
 
-        let opts = self.options(t, &listen, accept, internal.is_some());
+        let opts = self.options(t, &listen, accept || internal.is_some(), internal.is_some());
         if let (Some(internal), Some(v)) = (internal, t.get("exec")) {
             let stream = listen.iter().any(|l| l.addr.is_stream());
+            let explicit_no_accept =
+                t.get("accept").and_then(|v| v.get_ref().as_bool()) == Some(false);
             let reason = if pass == Pass::ListenFds {
                 Some("is served inside summond and takes no pass = \"listen_fds\"")
-            } else if stream && !accept {
+            } else if stream && explicit_no_accept {
                 Some("over a stream socket needs accept = true (summond serves each connection)")
             } else if listen.iter().any(|l| l.addr.is_unix()) {
                 Some("is served over TCP and UDP only")

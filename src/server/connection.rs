@@ -125,11 +125,14 @@ impl Server {
             self.park(addr);
             return;
         }
-        if self.services[idx].spec.accept {
+        let spec = &self.services[idx].spec;
+        // An internal service's mode follows the socket: connections on a
+        // stream socket, datagrams on the other.
+        if spec.internal.is_some() && !addr.is_stream() {
+            self.serve_datagrams(idx, addr);
+        } else if spec.accept || spec.internal.is_some() {
             self.retry_pending(now);
             self.accept_connections(idx, addr, now);
-        } else if self.services[idx].spec.internal.is_some() {
-            self.serve_datagrams(idx, addr);
         } else if self.service_may_spawn(idx, now) {
             self.start_pass_child(idx, addr);
         }
@@ -323,11 +326,16 @@ impl Server {
                 None => info!(
                     "{name}: closing the kept connection of {peer}: {addr} was removed by a reload"
                 ),
-                Some(idx) if !self.services[idx].spec.accept => info!(
-                    "{name}: closing the kept connection of {peer}: {addr} now belongs to \
-                     \"{}\", which does not accept connections",
-                    self.services[idx].spec.name
-                ),
+                Some(idx)
+                    if !self.services[idx].spec.accept
+                        && self.services[idx].spec.internal.is_none() =>
+                {
+                    info!(
+                        "{name}: closing the kept connection of {peer}: {addr} now belongs to \
+                         \"{}\", which does not accept connections",
+                        self.services[idx].spec.name
+                    )
+                }
                 Some(idx) if self.may_spawn(idx, now) => {
                     self.start_connection(idx, &addr, conn, peer, now, greeted)
                 }

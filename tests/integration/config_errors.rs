@@ -86,6 +86,8 @@ fn table() -> Vec<(String, String)> {
         (svc("disabled = 1\n"), "5:12: `disabled` must be true or false, found an integer"),
         ("[daemon]\ninclude = [\"/etc/**\"]\n".into(), "2:12: `include`: \"/etc/**\": recursive patterns (**) are not supported"),
         ("[daemon]\ninclude = [\"conf.d/[\"]\n".into(), "2:12: `include`: \"conf.d/[\" is not a glob pattern"),
+        (OK.replace("[\"cat\"]", "[\"internal:echo\"]") + "accept = false\n", "4:8: `exec`: \"internal:echo\" over a stream socket needs accept = true"),
+        (OK.replace("tcp://127.0.0.1:7007", "unix:///tmp/i.sock").replace("[\"cat\"]", "[\"internal:echo\"]"), "4:8: `exec`: \"internal:echo\" is served over TCP and UDP only"),
         ("[daemon]\nlog_format = \"xml\"\n".into(), "2:14: `log_format`: \"xml\" is not one of \"text\", \"json\""),
     ];
     if is_root {

@@ -118,22 +118,24 @@ fn sample_config_serves_every_service() {
         "-c",
         root.join("conf/summond.toml").to_str().unwrap(),
     ]);
-    assert_eq!((code, out.as_str()), (0, "ok: 5 services\n"), "{err}");
+    assert_eq!((code, out.as_str()), (0, "ok: 7 services\n"), "{err}");
 
-    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
     let examples = example("rot13").parent().unwrap().display().to_string();
     let mut text = sample
         .replace("./target/release/examples", &examples)
         .replace("/tmp/summond-sample-", "{dir}/");
     for (i, p) in ports.iter().enumerate() {
-        text = text.replace(
-            &format!("127.0.0.1:{}", 7007 + i),
-            &format!("127.0.0.1:{p}"),
-        );
+        for host in ["127.0.0.1", "[::]"] {
+            text = text.replace(&format!("{host}:{}", 7007 + i), &format!("{host}:{p}"));
+        }
     }
     let s = Summond::start(&text);
     assert_eq!(tcp_port_exchange(ports[0], b"echo me\n"), "echo me\n");
-    assert_eq!(tcp_port_exchange(ports[1], b"uryyb\n"), "hello\n");
+    assert_eq!(
+        tcp_port_exchange(ports[1], b"uryyb\n"),
+        "rot13 ready\r\nhello\n"
+    );
     assert_eq!(
         udp_exchange(ports[2], b"shout").as_deref(),
         Some(&b"SHOUT"[..])
@@ -143,6 +145,19 @@ fn sample_config_serves_every_service() {
     assert!(
         a.contains(" on hello, client 1") && b.contains(" on local, client 2"),
         "{a}{b}"
+    );
+    let day = tcp_port_exchange(ports[4], b"");
+    assert!(day.ends_with("\r\n") && day.len() == 26, "{day:?}");
+    assert!(udp_exchange(ports[4], b"").is_some_and(|d| d.ends_with(b"\r\n")));
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", ports[5])).is_err(),
+        "the disabled service listens on nothing"
+    );
+    let status = status_json(&s.dir.path("control.sock"));
+    assert_eq!(
+        status["services"].as_array().map(Vec::len),
+        Some(7),
+        "{status}"
     );
     let who = unix_exchange(&s.dir.path("whoami.sock"), b"");
     assert!(
