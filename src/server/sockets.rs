@@ -119,10 +119,20 @@ impl SocketTable {
 
     /// Every parked socket still open, no longer marked parked.
     pub fn take_parked(&mut self) -> Vec<ListenAddr> {
-        let mut out = Vec::with_capacity(self.parked.len());
-        for addr in std::mem::take(&mut self.parked) {
+        let parked = std::mem::take(&mut self.parked);
+        self.take_marked(parked, |s| &mut s.parked)
+    }
+
+    /// The still-open sockets among `addrs`, each with its mark cleared.
+    fn take_marked(
+        &mut self,
+        addrs: impl IntoIterator<Item = ListenAddr>,
+        mark: fn(&mut OpenSocket) -> &mut bool,
+    ) -> Vec<ListenAddr> {
+        let mut out = Vec::new();
+        for addr in addrs {
             if let Some(sock) = self.sockets.get_mut(&addr) {
-                sock.parked = false;
+                *mark(sock) = false;
                 out.push(addr);
             }
         }
@@ -145,14 +155,8 @@ impl SocketTable {
 
     /// The sockets queued so far, in order, no longer marked queued.
     pub fn take_ready(&mut self) -> Vec<ListenAddr> {
-        let mut out = Vec::with_capacity(self.ready.len());
-        for addr in std::mem::take(&mut self.ready) {
-            if let Some(sock) = self.sockets.get_mut(&addr) {
-                sock.queued = false;
-                out.push(addr);
-            }
-        }
-        out
+        let ready = std::mem::take(&mut self.ready);
+        self.take_marked(ready, |s| &mut s.queued)
     }
 
     /// Give sockets back after a pass-mode child (`owner`: only those it

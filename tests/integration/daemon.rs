@@ -20,38 +20,80 @@ fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     )
 }
 
+/// A summond started with `-d`, its config, pidfile and a syslog socket
+/// of the test's own in a fresh directory.
+struct Daemon {
+    /// Removed when the test ends.
+    _dir: TempDir,
+    port: u16,
+    pidfile: std::path::PathBuf,
+    syslog: UnixDatagram,
+    syslog_path: std::path::PathBuf,
+    config: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn new(tag: &str) -> Daemon {
+        let dir = TempDir::new(tag);
+        let port = free_port();
+        let config = dir.path("c.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[service]]\nname = \"d\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"cat\"]\n"
+            ),
+        )
+        .unwrap();
+        let syslog_path = dir.path("log.sock");
+        Daemon {
+            pidfile: dir.path("summond.pid"),
+            syslog: UnixDatagram::bind(&syslog_path).unwrap(),
+            syslog_path,
+            config,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// `-d --pidfile P -c C` plus `extra`.
+    fn args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut a = vec!["-d"];
+        a.extend_from_slice(extra);
+        a.extend([
+            "--pidfile",
+            self.pidfile.to_str().unwrap(),
+            "-c",
+            self.config.to_str().unwrap(),
+        ]);
+        a
+    }
+
+    /// Run `summond ARGS` with syslog pointed at the test's socket.
+    fn run(&self, args: &[&str]) -> (i32, String) {
+        run_with_env(
+            args,
+            &[("SUMMOND_SYSLOG_SOCKET", self.syslog_path.to_str().unwrap())],
+        )
+    }
+
+    fn pid(&self) -> i32 {
+        std::fs::read_to_string(&self.pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
 #[test]
 fn daemon_mode_detaches_holds_its_pidfile_logs_to_syslog_and_cleans_up() {
-    let dir = TempDir::new("daemon");
-    let port = free_port();
-    let config = dir.path("c.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[service]]\nname = \"d\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"cat\"]\n"
-        ),
-    )
-    .unwrap();
-    let pidfile = dir.path("summond.pid");
-    let syslog_path = dir.path("log.sock");
-    let syslog = UnixDatagram::bind(&syslog_path).unwrap();
+    let d = Daemon::new("daemon");
+    let (port, pidfile, syslog) = (d.port, &d.pidfile, &d.syslog);
     syslog.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let env = [("SUMMOND_SYSLOG_SOCKET", syslog_path.to_str().unwrap())];
-    let args = [
-        "-d",
-        "--pidfile",
-        pidfile.to_str().unwrap(),
-        "-c",
-        config.to_str().unwrap(),
-    ];
-
-    let (code, err) = run_with_env(&args, &env);
+    let args = d.args(&[]);
+    let (code, err) = d.run(&args);
     assert_eq!(code, 0, "{err}");
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = d.pid();
     let _reaper = KillOnDrop(pid);
     assert_eq!(tcp_port_exchange(port, b"daemon\n"), "daemon\n");
 
@@ -93,7 +135,7 @@ fn daemon_mode_detaches_holds_its_pidfile_logs_to_syslog_and_cleans_up() {
     );
 
     // a second instance refuses, naming the first
-    let (code, err) = run_with_env(&args, &env);
+    let (code, err) = d.run(&args);
     assert_eq!(code, 1);
     assert!(
         err.contains(&format!("already running as pid {pid}")),
@@ -177,36 +219,11 @@ fn a_startup_error_in_daemon_mode_reaches_the_terminal_with_status_1() {
 /// dropped once the reader catches up.
 #[test]
 fn a_stalled_syslog_reader_never_blocks_the_loop_and_dropped_lines_are_counted() {
-    let dir = TempDir::new("syslogfull");
-    let port = free_port();
-    let config = dir.path("c.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[service]]\nname = \"d\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"cat\"]\n"
-        ),
-    )
-    .unwrap();
-    let pidfile = dir.path("summond.pid");
-    let syslog_path = dir.path("log.sock");
-    let syslog = UnixDatagram::bind(&syslog_path).unwrap();
-    let env = [("SUMMOND_SYSLOG_SOCKET", syslog_path.to_str().unwrap())];
-    let args = [
-        "-d",
-        "--log-level",
-        "debug",
-        "--pidfile",
-        pidfile.to_str().unwrap(),
-        "-c",
-        config.to_str().unwrap(),
-    ];
-    let (code, err) = run_with_env(&args, &env);
+    let d = Daemon::new("syslogfull");
+    let (port, pidfile, syslog) = (d.port, &d.pidfile, &d.syslog);
+    let (code, err) = d.run(&d.args(&["--log-level", "debug"]));
     assert_eq!(code, 0, "{err}");
-    let pid: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = d.pid();
     let _reaper = KillOnDrop(pid);
     // Each connection logs at least two debug lines: far more than the
     // queue holds.

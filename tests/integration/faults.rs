@@ -195,34 +195,21 @@ fn a_client_accepted_when_no_fd_is_left_for_the_spawn_is_kept_and_served_later()
 /// for itself and two children: the third client's fork fails with EAGAIN.
 #[test]
 fn fork_failing_with_eagain_backs_off_keeps_the_client_and_serves_it_when_a_child_exits() {
-    if !nix::unistd::geteuid().is_root() || !std::path::Path::new("/usr/bin/setpriv").exists() {
-        skip(
-            "fork_failing_with_eagain_backs_off_keeps_the_client_and_serves_it_when_a_child_exits",
-            "needs root (to become nobody) and setpriv",
-        );
+    let Some((wrapper, nproc)) = as_nobody_with_room_for(
+        "fork_failing_with_eagain_backs_off_keeps_the_client_and_serves_it_when_a_child_exits",
+        2,
+    ) else {
         return;
-    }
-    let nobody = nix::unistd::User::from_name("nobody")
-        .unwrap()
-        .expect("user nobody");
-    let uid = nobody.uid.as_raw().to_string();
-    let others = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
-        .filter(|m| std::os::unix::fs::MetadataExt::uid(m) == nobody.uid.as_raw())
-        .count() as u64;
+    };
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let port = free_port();
-    let (reuid, regid) = (
-        format!("--reuid={uid}"),
-        format!("--regid={}", nobody.gid.as_raw()),
-    );
     let s = Summond::start_with(Start {
         config: &format!(
             "[[service]]\nname = \"np\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {}\n",
             sh("echo start; read x")
         ),
-        wrapper: &["/usr/bin/setpriv", &reuid, &regid, "--clear-groups"],
-        nproc: Some(others + 3),
+        wrapper: &wrapper,
+        nproc: Some(nproc),
         ..Start::default()
     });
     let mut held: Vec<_> = (0..2)

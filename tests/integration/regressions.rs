@@ -344,21 +344,13 @@ fn a_flood_of_refused_clients_is_summarised_and_other_services_are_served_meanwh
 /// rules, not start a child for a client the config now refuses.
 #[test]
 fn a_connection_kept_through_a_back_off_is_admitted_again_after_a_reload() {
-    if !nix::unistd::geteuid().is_root() || !std::path::Path::new("/usr/bin/setpriv").exists() {
-        skip(
-            "a_connection_kept_through_a_back_off_is_admitted_again_after_a_reload",
-            "needs root (to become nobody) and setpriv",
-        );
+    let Some((wrapper, nproc)) = as_nobody_with_room_for(
+        "a_connection_kept_through_a_back_off_is_admitted_again_after_a_reload",
+        2,
+    ) else {
         return;
-    }
-    let nobody = nix::unistd::User::from_name("nobody")
-        .unwrap()
-        .expect("user nobody");
-    let others = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
-        .filter(|m| std::os::unix::fs::MetadataExt::uid(m) == nobody.uid.as_raw())
-        .count() as u64;
+    };
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let port = free_port();
     let service = |extra: &str| {
         format!(
@@ -366,14 +358,10 @@ fn a_connection_kept_through_a_back_off_is_admitted_again_after_a_reload() {
             sh("echo start; read x")
         )
     };
-    let (reuid, regid) = (
-        format!("--reuid={}", nobody.uid.as_raw()),
-        format!("--regid={}", nobody.gid.as_raw()),
-    );
     let s = Summond::start_with(Start {
         config: &service(""),
-        wrapper: &["/usr/bin/setpriv", &reuid, &regid, "--clear-groups"],
-        nproc: Some(others + 3),
+        wrapper: &wrapper,
+        nproc: Some(nproc),
         ..Start::default()
     });
     let held: Vec<_> = (0..2)

@@ -707,3 +707,30 @@ pub fn listen_backlog(s: &socket2::Socket) -> u32 {
     assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
     info.tcpi_sacked
 }
+
+/// What it takes to run summond as `nobody` under RLIMIT_NPROC (root
+/// ignores the limit): the setpriv wrapper arguments and the soft limit
+/// that leaves room for summond and `children` children beside the
+/// processes nobody already has. `None` (with a skip line) where this
+/// cannot run: not root, or no setpriv.
+pub fn as_nobody_with_room_for(test: &str, children: u64) -> Option<(Vec<String>, u64)> {
+    if !nix::unistd::geteuid().is_root() || !Path::new("/usr/bin/setpriv").exists() {
+        skip(test, "needs root (to become nobody) and setpriv");
+        return None;
+    }
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("user nobody");
+    let others = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
+        .filter(|m| std::os::unix::fs::MetadataExt::uid(m) == nobody.uid.as_raw())
+        .count() as u64;
+    let wrapper = vec![
+        "/usr/bin/setpriv".to_string(),
+        format!("--reuid={}", nobody.uid.as_raw()),
+        format!("--regid={}", nobody.gid.as_raw()),
+        "--clear-groups".to_string(),
+    ];
+    Some((wrapper, others + 1 + children))
+}
