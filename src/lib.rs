@@ -12,6 +12,7 @@ pub mod env;
 pub mod limits;
 pub mod listener;
 pub mod logging;
+pub mod notify;
 pub mod peer;
 pub mod queue;
 pub mod refusals;

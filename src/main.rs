@@ -12,6 +12,7 @@ use summond::config::{self, Host};
 use summond::control;
 use summond::daemonize::{self, Pidfile};
 use summond::logging;
+use summond::notify::Notifier;
 use summond::server::{RunOptions, Server};
 
 const EXIT_RUNTIME: u8 = 1;
@@ -120,7 +121,16 @@ fn serve(config: config::Config, daemon: bool, pidfile: Option<&Path>) -> ExitCo
     } else {
         None
     };
-    let started = Server::new(config, RunOptions { child_nofile })
+    let (notifier, problems) = Notifier::from_env(
+        std::env::var("NOTIFY_SOCKET").ok().as_deref(),
+        std::env::var("WATCHDOG_USEC").ok().as_deref(),
+        std::env::var("WATCHDOG_PID").ok().as_deref(),
+        std::process::id(),
+    );
+    for p in problems {
+        warn!("{p}");
+    }
+    let started = Server::new(config, RunOptions { child_nofile }, notifier)
         .map_err(|e| e.to_string())
         .and_then(|server| match pidfile.as_mut().map(Pidfile::write_pid) {
             Some(Err(e)) => Err(e.to_string()),

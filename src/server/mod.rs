@@ -36,6 +36,7 @@ use crate::control::{RefusedSource, Reply, ServiceStatus, Status};
 use crate::limits::rate::{SourceBuckets, TokenBucket, TopRefused};
 use crate::limits::{Backoff, CrashGuard};
 use crate::listener::{self, ListenError, ListenOptions, Listener};
+use crate::notify::Notifier;
 use crate::peer::SourceKey;
 use crate::queue::QueueHead;
 use crate::refusals::{RefusalLog, REFUSAL_INTERVAL};
@@ -154,6 +155,8 @@ pub struct Server {
     timers: Timers,
     /// TCP clients of internal services, served in the loop.
     internals: InternalConns,
+    /// The service manager (NOTIFY_SOCKET), if summond runs under one.
+    notifier: Notifier,
     /// Ports of the internal services: datagrams from them are never
     /// answered.
     internal_ports: HashSet<u16>,
@@ -168,7 +171,11 @@ pub struct Server {
 impl Server {
     /// Open every listener of `config` and get ready to serve. Fails (exit
     /// 1) if a socket cannot be bound.
-    pub fn new(config: Config, opts: RunOptions) -> Result<Server, ServerError> {
+    pub fn new(
+        config: Config,
+        opts: RunOptions,
+        notifier: Notifier,
+    ) -> Result<Server, ServerError> {
         // Signals first: no SIGCHLD may arrive before its signalfd exists.
         let signals = Signals::open().map_err(|e| ServerError::Setup("signalfd", e))?;
         let poll = Poll::new().map_err(|e| ServerError::Setup("epoll", e))?;
@@ -207,6 +214,7 @@ impl Server {
             pending: Vec::new(),
             timers: Timers::default(),
             internals: InternalConns::default(),
+            notifier,
             internal_ports: HashSet::new(),
             by_id: HashMap::new(),
             refusals: RefusalLog::default(),
@@ -227,6 +235,12 @@ impl Server {
             self.services.len(),
             self.config.path.display()
         );
+        // Every socket is bound by now: clients connecting from here on
+        // wait in a backlog at worst.
+        self.notify(&format!("READY=1\n{}", self.status_line()));
+        if let Some(every) = self.notifier.watchdog_interval() {
+            self.timers.add(Instant::now() + every, Timer::Watchdog);
+        }
         while !self.stopping {
             // Listeners with clients left over are served again right after
             // a look at everything else, so no wait then.
@@ -310,6 +324,13 @@ impl Server {
                 Timer::Kill { pid, started_at } => {
                     self.signal_overdue_child(pid, started_at, Signal::SIGKILL);
                 }
+                Timer::Watchdog => {
+                    // From the loop itself: a wedged loop stops the pings.
+                    self.notify(&format!("WATCHDOG=1\n{}", self.status_line()));
+                    if let Some(every) = self.notifier.watchdog_interval() {
+                        self.timers.add(now + every, Timer::Watchdog);
+                    }
+                }
             }
         }
         if let Some(summary) = self.refusals.flush(now) {
@@ -329,6 +350,23 @@ impl Server {
                 );
             }
         }
+    }
+
+    /// Tell the service manager (if any); a lost datagram is not worth
+    /// more than a debug line.
+    fn notify(&self, message: &str) {
+        if let Err(e) = self.notifier.send(message) {
+            debug!("NOTIFY_SOCKET: {e}");
+        }
+    }
+
+    /// The `STATUS=` line: what a `systemctl status` reader wants first.
+    fn status_line(&self) -> String {
+        format!(
+            "STATUS={} services, {} children",
+            self.services.len(),
+            self.children.len()
+        )
     }
 
     /// `max_runtime` ran out for the child `pid` started at `started_at`
@@ -757,6 +795,15 @@ impl Server {
     // ---- reload ---------------------------------------------------------
 
     fn reload(&mut self) {
+        self.notify(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}",
+            crate::notify::monotonic_usec()
+        ));
+        self.reload_config();
+        self.notify(&format!("READY=1\n{}", self.status_line()));
+    }
+
+    fn reload_config(&mut self) {
         if !self.config.reloadable {
             info!(event = "reload"; "SIGHUP received: nothing to reload (summond wrap has no config file)");
             return;
@@ -962,6 +1009,7 @@ impl Server {
     /// SIGTERM the pass-mode children, which own listening sockets, and
     /// leave connection children to finish on their own.
     fn shutdown(&mut self) {
+        self.notify("STOPPING=1");
         self.sockets.clear(self.poll.registry());
         self.close_all_internal();
         self.set_control(None);

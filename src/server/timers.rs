@@ -26,6 +26,8 @@ pub(super) enum Timer {
     RuntimeUp { pid: Pid, started_at: Instant },
     /// The SIGTERM was not enough: SIGKILL the group.
     Kill { pid: Pid, started_at: Instant },
+    /// Time to tell the service manager's watchdog the loop is alive.
+    Watchdog,
 }
 
 #[derive(Debug)]

@@ -11,6 +11,7 @@ mod internal;
 mod lifecycle;
 mod limits;
 mod modes;
+mod notify;
 mod privileges;
 mod rates;
 mod regressions;

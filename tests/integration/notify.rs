@@ -1,0 +1,184 @@
+//! `Type=notify`: a real datagram socket in systemd's place, checking the
+//! messages' order and timing: READY=1 once every socket is bound,
+//! watchdog pings at half WATCHDOG_USEC from the loop, RELOADING=1 with
+//! MONOTONIC_USEC then READY=1 around a reload, STOPPING=1 at stop; an
+//! abstract `@name` socket; garbage in the variables is reported and
+//! ignored.
+
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+fn recv(sock: &UnixDatagram) -> Option<String> {
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// The next message that is not a watchdog ping.
+fn next_event(sock: &UnixDatagram) -> Option<String> {
+    loop {
+        let m = recv(sock)?;
+        if m != "WATCHDOG=1" && !m.starts_with("WATCHDOG=1\n") {
+            return Some(m);
+        }
+    }
+}
+
+fn monotonic_usec() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+    t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000
+}
+
+#[test]
+fn ready_watchdog_reloading_and_stopping_arrive_in_order_and_on_time() {
+    let dir = TempDir::new("notify");
+    let path = dir.path("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let port = free_port();
+    let mut s = Summond::start_in(
+        dir,
+        Start {
+            config: &format!(
+                "[[service]]\nname = \"n\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"cat\"]\n"
+            ),
+            env: &[
+                ("NOTIFY_SOCKET", path.to_str().unwrap()),
+                ("WATCHDOG_USEC", "200000"),
+            ],
+            ..Start::default()
+        },
+    );
+    let ready = recv(&sock).expect("READY=1");
+    assert_eq!(ready, "READY=1\nSTATUS=1 services, 0 children");
+    // Sent after binding: the port answers now.
+    assert_eq!(tcp_port_exchange(port, b"up\n"), "up\n");
+
+    // Watchdog pings every 100 ms (half of WATCHDOG_USEC).
+    let mut stamps = Vec::new();
+    while stamps.len() < 6 {
+        let m = recv(&sock).expect("a watchdog ping");
+        assert!(m.starts_with("WATCHDOG=1\nSTATUS="), "{m}");
+        stamps.push(Instant::now());
+    }
+    for w in stamps.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            gap >= Duration::from_millis(50) && gap <= Duration::from_millis(400),
+            "ping interval {gap:?}"
+        );
+    }
+
+    let before = monotonic_usec();
+    s.signal(nix::libc::SIGHUP);
+    let reloading = next_event(&sock).expect("RELOADING=1");
+    let after = monotonic_usec();
+    let usec: u64 = reloading
+        .strip_prefix("RELOADING=1\nMONOTONIC_USEC=")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{reloading:?}"));
+    assert!(
+        before <= usec && usec <= after,
+        "{before} <= {usec} <= {after}"
+    );
+    assert_eq!(
+        next_event(&sock).as_deref(),
+        Some("READY=1\nSTATUS=1 services, 0 children")
+    );
+    assert!(
+        s.log_text().contains("reload done"),
+        "READY=1 came after the reload"
+    );
+
+    s.signal(nix::libc::SIGTERM);
+    assert_eq!(next_event(&sock).as_deref(), Some("STOPPING=1"));
+    assert!(s.wait_exit(TIMEOUT).is_some_and(|st| st.success()));
+}
+
+#[test]
+fn an_abstract_notify_socket_is_used_and_garbage_is_reported_and_ignored() {
+    let name = format!("summond-test-notify-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let sock = UnixDatagram::bind_addr(&addr).unwrap();
+    sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let port = free_port();
+    let config = format!(
+        "[[service]]\nname = \"n\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"sh\", \"-c\", \"echo ${{NOTIFY_SOCKET:-unset}}\"]\n"
+    );
+    let at = format!("@{name}");
+    let s = Summond::start_with(Start {
+        config: &config,
+        env: &[("NOTIFY_SOCKET", &at)],
+        ..Start::default()
+    });
+    assert_eq!(
+        recv(&sock).as_deref(),
+        Some("READY=1\nSTATUS=1 services, 0 children")
+    );
+    assert_eq!(
+        tcp_port_exchange(port, b""),
+        "unset\n",
+        "children never see it"
+    );
+    drop(s);
+
+    let port2 = free_port();
+    let s = Summond::start_with(Start {
+        config: &config.replace(&port.to_string(), &port2.to_string()),
+        env: &[
+            ("NOTIFY_SOCKET", "relative/notify"),
+            ("WATCHDOG_USEC", "soon"),
+        ],
+        ..Start::default()
+    });
+    assert!(
+        s.log_text()
+            .contains("NOTIFY_SOCKET=\"relative/notify\" is neither an absolute path nor @name"),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(
+        tcp_port_exchange(port2, b""),
+        "unset\n",
+        "serving regardless"
+    );
+}
+
+/// The shipped unit passes systemd's own checker without a warning (an
+/// unknown or misspelt directive is only a warning to systemd, and would
+/// silently drop a hardening line).
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify_without_warnings() {
+    let analyze = std::path::Path::new("/usr/bin/systemd-analyze");
+    if !analyze.exists() {
+        skip(
+            "the_systemd_unit_passes_systemd_analyze_verify_without_warnings",
+            "systemd-analyze is not installed",
+        );
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(root.join("conf/summond.service")).unwrap();
+    let dir = TempDir::new("unit");
+    let path = dir.path("summond.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/summond", BIN).replace(
+            "/etc/summond/summond.toml",
+            root.join("conf/summond.toml").to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(analyze)
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .env("SYSTEMD_LOG_LEVEL", "notice")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.trim().is_empty(), "{err}");
+    assert!(unit.contains("Type=notify") && unit.contains("WatchdogSec="));
+}
