@@ -47,16 +47,24 @@ pub fn init(level: Option<LevelFilter>, to_syslog: bool) {
     let _ = if to_syslog {
         log::set_boxed_logger(Box::new(Syslog::new(filter)))
     } else {
+        let journal = stderr_is_journal(std::env::var("JOURNAL_STREAM").ok().as_deref());
         let mut builder = env_logger::Builder::new();
-        builder.filter_level(filter.filter()).format(|buf, record| {
-            writeln!(
-                buf,
-                "{} {:<5} {}",
-                buf.timestamp_millis(),
-                record.level(),
-                record.args()
-            )
-        });
+        builder
+            .filter_level(filter.filter())
+            .format(move |buf, record| {
+                if journal {
+                    // journald reads the priority and adds its own time.
+                    writeln!(buf, "<{}>{}", severity(record.level()), record.args())
+                } else {
+                    writeln!(
+                        buf,
+                        "{} {:<5} {}",
+                        buf.timestamp_millis(),
+                        record.level(),
+                        record.args()
+                    )
+                }
+            });
         if level.is_none() {
             if let Ok(spec) = std::env::var("RUST_LOG") {
                 builder.parse_filters(&spec);
@@ -64,8 +72,25 @@ pub fn init(level: Option<LevelFilter>, to_syslog: bool) {
         }
         log::set_boxed_logger(Box::new(Stderr {
             text: builder.build(),
+            journal,
         }))
     };
+}
+
+/// systemd connects a service's stderr to the journal and says so in
+/// `JOURNAL_STREAM=DEVICE:INODE`; it only applies if fd 2 is still that
+/// stream (a shell redirect in between makes it someone else's file).
+pub fn stderr_is_journal(journal_stream: Option<&str>) -> bool {
+    let Some((dev, ino)) = journal_stream.and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    match nix::sys::stat::fstat(std::io::stderr()) {
+        Ok(st) => st.st_dev == dev && st.st_ino == ino,
+        Err(_) => false,
+    }
 }
 
 /// `[daemon] log_format`, read by the stderr logger for every line, so a
@@ -84,6 +109,8 @@ pub fn is_json() -> bool {
 /// stderr: env_logger's text lines, or one JSON object per line.
 struct Stderr {
     text: env_logger::Logger,
+    /// stderr is the journal's stream: `<N>` priority prefixes.
+    journal: bool,
 }
 
 impl Log for Stderr {
@@ -100,6 +127,9 @@ impl Log for Stderr {
             return;
         }
         let mut line = json_line(record, SystemTime::now());
+        if self.journal {
+            line.insert_str(0, &format!("<{}>", severity(record.level())));
+        }
         line.push('\n');
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }

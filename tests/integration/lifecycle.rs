@@ -273,3 +273,51 @@ fn json_logs_are_one_object_per_line_from_start_to_stop_with_stable_fields() {
     assert_eq!(event("stopping")["level"], "info");
     assert_eq!(lines.last().unwrap()["event"], "stop", "the last line too");
 }
+
+/// systemd says which stream is the journal with JOURNAL_STREAM=DEV:INO;
+/// here it is the real device and inode of the file summond's stderr
+/// goes to.
+#[test]
+fn journal_stream_on_stderr_gives_priority_prefixes_and_no_timestamps() {
+    use std::os::unix::fs::MetadataExt;
+    let port = free_port();
+    let config = format!(
+        "[[service]]\nname = \"jn\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"cat\"]\n"
+    );
+    let dir = TempDir::new("journal");
+    // The harness writes the log here (truncating, so the inode stays).
+    std::fs::write(dir.path("summond.log"), "").unwrap();
+    let meta = std::fs::metadata(dir.path("summond.log")).unwrap();
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &config,
+            env: &[("JOURNAL_STREAM", &stream)],
+            ..Start::default()
+        },
+    );
+    assert_eq!(tcp_port_exchange(port, b"j\n"), "j\n");
+    assert!(s.wait_log("<7>jn: pid "), "{}", s.log_text());
+    let text = s.log_text();
+    assert!(text.starts_with("<6>summond "), "{text}");
+    for line in text.lines() {
+        assert!(
+            line.starts_with('<') && !line.contains("Z INFO") && !line.contains("Z DEBUG"),
+            "{line}"
+        );
+    }
+    // Another file's identity (the first file still exists, so its inode
+    // cannot be reused meanwhile): plain lines with timestamps.
+    let other = Summond::start_with(Start {
+        config: &config.replace(&port.to_string(), &free_port().to_string()),
+        env: &[("JOURNAL_STREAM", &stream)],
+        ..Start::default()
+    });
+    assert!(
+        other.log_text().contains("Z INFO  summond "),
+        "{}",
+        other.log_text()
+    );
+    drop(s);
+}
