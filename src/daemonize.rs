@@ -72,6 +72,67 @@ pub fn mark_inherited_cloexec() -> io::Result<()> {
     Ok(())
 }
 
+/// More sockets than this in LISTEN_FDS is garbage, not a configuration.
+const MAX_LISTEN_FDS: i32 = 65_536;
+
+/// The sockets a service manager passed, as sd_listen_fds(3) finds them:
+/// fds 3, 4, … LISTEN_FDS of them, only when LISTEN_PID is summond's own
+/// pid. Anything else (garbage, another process's variables, an fd that
+/// is not open) is ignored, with a reason to log. The fds stay
+/// close-on-exec (they were marked so at startup) and are owned by the
+/// returned sockets.
+pub fn take_listen_fds(
+    listen_pid: Option<&str>,
+    listen_fds: Option<&str>,
+    own_pid: u32,
+) -> (Vec<socket2::Socket>, Option<String>) {
+    let Some(fds) = listen_fds else {
+        return (Vec::new(), None);
+    };
+    match listen_pid.map(str::trim) {
+        Some(p) if p == own_pid.to_string() => {}
+        Some(p) => {
+            return (
+                Vec::new(),
+                Some(format!(
+                    "LISTEN_PID={p} is not summond's pid {own_pid}; ignoring LISTEN_FDS"
+                )),
+            )
+        }
+        None => {
+            return (
+                Vec::new(),
+                Some("LISTEN_FDS without LISTEN_PID; ignoring it".into()),
+            )
+        }
+    }
+    let n: i32 = match fds.trim().parse() {
+        Ok(n) if (0..=MAX_LISTEN_FDS).contains(&n) => n,
+        _ => {
+            return (
+                Vec::new(),
+                Some(format!(
+                    "LISTEN_FDS=\"{fds}\" is not a count of fds; ignoring it"
+                )),
+            )
+        }
+    };
+    let mut out = Vec::new();
+    for fd in 3..3 + n {
+        // SAFETY: F_GETFD only reads a descriptor flag.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return (
+                out,
+                Some(format!("LISTEN_FDS={n}, but fd {fd} is not open")),
+            );
+        }
+        // SAFETY: fd is open, was passed to this process for it to own
+        // (sd_listen_fds), and nothing else in summond has taken it.
+        out.push(unsafe { socket2::Socket::from_raw_fd(fd) });
+    }
+    (out, None)
+}
+
 /// Raise the soft RLIMIT_NOFILE to the hard limit and return the limit we
 /// were started with. Children get that one back: legacy programs that
 /// `select()` or close every fd up to the limit break with a huge one.

@@ -216,6 +216,18 @@ pub fn reapply(listener: &Listener, opts: &ListenOptions) -> Result<(), ListenEr
     Ok(())
 }
 
+/// A socket summond was handed for `addr` (LISTEN_FDS): used as it is,
+/// made non-blocking; its file (if any) is not summond's to remove.
+pub fn adopt(addr: ListenAddr, socket: Socket) -> Result<Listener, ListenError> {
+    socket.set_nonblocking(true).map_err(ListenError::Socket)?;
+    socket.set_cloexec(true).map_err(ListenError::Socket)?;
+    Ok(Listener {
+        addr,
+        socket,
+        created: None,
+    })
+}
+
 /// Create, bind and (for stream sockets) listen on `addr`.
 pub fn open(addr: &ListenAddr, opts: ListenOptions) -> Result<Listener, ListenError> {
     let backlog = opts.backlog.unwrap_or(DEFAULT_BACKLOG);

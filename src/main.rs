@@ -130,7 +130,15 @@ fn serve(config: config::Config, daemon: bool, pidfile: Option<&Path>) -> ExitCo
     for p in problems {
         warn!("{p}");
     }
-    let started = Server::new(config, RunOptions { child_nofile }, notifier)
+    let (handed, problem) = daemonize::take_listen_fds(
+        std::env::var("LISTEN_PID").ok().as_deref(),
+        std::env::var("LISTEN_FDS").ok().as_deref(),
+        std::process::id(),
+    );
+    if let Some(p) = problem {
+        warn!("{p}");
+    }
+    let started = Server::new(config, RunOptions { child_nofile }, notifier, handed)
         .map_err(|e| e.to_string())
         .and_then(|server| match pidfile.as_mut().map(Pidfile::write_pid) {
             Some(Err(e)) => Err(e.to_string()),

@@ -29,6 +29,7 @@ use nix::libc;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
+use socket2::Socket;
 
 use crate::addr::ListenAddr;
 use crate::config::{self, Config, Host, ServiceSpec};
@@ -157,6 +158,9 @@ pub struct Server {
     internals: InternalConns,
     /// The service manager (NOTIFY_SOCKET), if summond runs under one.
     notifier: Notifier,
+    /// Sockets handed over at startup (LISTEN_FDS), by address, until the
+    /// first config takes them.
+    handed: HashMap<ListenAddr, Socket>,
     /// Ports of the internal services: datagrams from them are never
     /// answered.
     internal_ports: HashSet<u16>,
@@ -169,12 +173,15 @@ pub struct Server {
 }
 
 impl Server {
-    /// Open every listener of `config` and get ready to serve. Fails (exit
-    /// 1) if a socket cannot be bound.
+    /// Open every listener of `config` and get ready to serve; fails (exit
+    /// 1) if a socket cannot be bound. `handed` are the sockets passed with
+    /// LISTEN_FDS: adopted for the `listen` addresses they match, the
+    /// others closed.
     pub fn new(
         config: Config,
         opts: RunOptions,
         notifier: Notifier,
+        handed: Vec<Socket>,
     ) -> Result<Server, ServerError> {
         // Signals first: no SIGCHLD may arrive before its signalfd exists.
         let signals = Signals::open().map_err(|e| ServerError::Setup("signalfd", e))?;
@@ -215,6 +222,7 @@ impl Server {
             timers: Timers::default(),
             internals: InternalConns::default(),
             notifier,
+            handed: HashMap::new(),
             internal_ports: HashSet::new(),
             by_id: HashMap::new(),
             refusals: RefusalLog::default(),
@@ -222,7 +230,22 @@ impl Server {
             control_clients: HashMap::new(),
             stopping: false,
         };
+        for socket in handed {
+            let fd = socket.as_raw_fd();
+            match crate::handed::address_of(&socket) {
+                Ok(addr) => {
+                    server.handed.insert(addr, socket);
+                }
+                Err(e) => warn!("passed fd {fd}: {e}; closing it"),
+            }
+        }
         server.apply_config(config)?;
+        for (addr, socket) in server.handed.drain() {
+            warn!(
+                "passed socket {addr} (fd {}) matches no configured listen; closing it",
+                socket.as_raw_fd()
+            );
+        }
         Ok(server)
     }
 
@@ -838,7 +861,14 @@ impl Server {
         let mut opened: Vec<(Listener, usize)> = Vec::new();
         for (addr, idx) in &plan.open {
             let spec = &new.services[*idx];
-            match listener::open(addr, spec.socket) {
+            let made = match self.handed.remove(addr) {
+                Some(socket) => {
+                    info!("{}: {addr} adopted from the service manager", spec.name);
+                    listener::adopt(addr.clone(), socket)
+                }
+                None => listener::open(addr, spec.socket),
+            };
+            match made {
                 Ok(listener) => opened.push((listener, *idx)),
                 Err(err) => {
                     // `opened` drops: its files are removed.

@@ -1,9 +1,11 @@
-//! `Type=notify`: a real datagram socket in systemd's place, checking the
+//! Life under systemd. `Type=notify`: a real datagram socket in systemd's
+//! place, checking the
 //! messages' order and timing: READY=1 once every socket is bound,
 //! watchdog pings at half WATCHDOG_USEC from the loop, RELOADING=1 with
 //! MONOTONIC_USEC then READY=1 around a reload, STOPPING=1 at stop; an
 //! abstract `@name` socket; garbage in the variables is reported and
-//! ignored.
+//! ignored. Handed sockets: the real systemd-socket-activate passes them
+//! and summond adopts them. The shipped unit passes systemd-analyze.
 
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::UnixDatagram;
@@ -181,4 +183,82 @@ fn the_systemd_unit_passes_systemd_analyze_verify_without_warnings() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.trim().is_empty(), "{err}");
     assert!(unit.contains("Type=notify") && unit.contains("WatchdogSec="));
+}
+
+/// Debian's real systemd-socket-activate holds the sockets and execs
+/// summond (same pid) on the first connection, with LISTEN_FDS.
+#[test]
+fn sockets_handed_by_systemd_socket_activate_are_adopted_not_bound_again() {
+    let activate = std::path::Path::new("/usr/bin/systemd-socket-activate");
+    if !activate.exists() {
+        skip(
+            "sockets_handed_by_systemd_socket_activate_are_adopted_not_bound_again",
+            "systemd-socket-activate is not installed",
+        );
+        return;
+    }
+    let (port, stray) = (free_port(), free_port());
+    let a = format!("127.0.0.1:{port}");
+    let b = format!("127.0.0.1:{stray}");
+    let s = Summond::start_with(Start {
+        config: &format!(
+            "[[service]]\nname = \"sa\"\nlisten = \"tcp://{a}\"\nexec = {}\n",
+            sh("echo served $REMOTE_ADDR")
+        ),
+        wrapper: &[activate.to_str().unwrap(), "-l", &a, "-l", &b, "--"],
+        wait_ready: false,
+        ..Start::default()
+    });
+    // The socket exists before summond does.
+    assert!(wait_until(TIMEOUT, || listening_inode(port).is_some()));
+    let inode = listening_inode(port).unwrap();
+    // This client starts summond, and is served by it.
+    assert_eq!(tcp_port_exchange(port, b""), "served 127.0.0.1\n");
+    assert!(s.wait_log(" serving 1 services"), "{}", s.log_text());
+    assert!(
+        s.log_text()
+            .contains(&format!("sa: tcp://{a} adopted from the service manager")),
+        "{}",
+        s.log_text()
+    );
+    assert!(
+        s.wait_log(&format!(
+            "passed socket tcp://{b} (fd 4) matches no configured listen; closing it"
+        )),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(
+        listening_inode(port),
+        Some(inode.clone()),
+        "the same socket, not a new bind"
+    );
+    assert_eq!(listening_inode(stray), None, "the stray socket was closed");
+    assert_eq!(tcp_port_exchange(port, b""), "served 127.0.0.1\n");
+    // Adopted sockets survive reloads like bound ones.
+    assert!(s.reload(&std::fs::read_to_string(&s.config).unwrap()));
+    assert_eq!(
+        listening_inode(port),
+        Some(inode.clone()),
+        "kept across a reload"
+    );
+    assert_eq!(tcp_port_exchange(port, b""), "served 127.0.0.1\n");
+}
+
+#[test]
+fn listen_fds_meant_for_another_process_are_ignored() {
+    let port = free_port();
+    let s = Summond::start_with(Start {
+        config: &format!(
+            "[[service]]\nname = \"own\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"cat\"]\n"
+        ),
+        env: &[("LISTEN_PID", "1"), ("LISTEN_FDS", "2")],
+        ..Start::default()
+    });
+    assert!(
+        s.log_text().contains("LISTEN_PID=1 is not summond's pid"),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(tcp_port_exchange(port, b"own\n"), "own\n", "bound itself");
 }
