@@ -173,10 +173,10 @@ pub struct Server {
 }
 
 impl Server {
-    /// Open every listener of `config` and get ready to serve; fails (exit
-    /// 1) if a socket cannot be bound. `handed` are the sockets passed with
-    /// LISTEN_FDS: adopted for the `listen` addresses they match, the
-    /// others closed.
+    /// Open every listener of `config` and get ready to serve; a socket
+    /// that cannot be bound is an error (exit 1). `handed` are the sockets
+    /// passed with LISTEN_FDS: adopted for the `listen` addresses they
+    /// match, the others closed.
     pub fn new(
         config: Config,
         opts: RunOptions,
