@@ -47,7 +47,7 @@ fn wrap(w: WrapArgs) -> ExitCode {
     let config = match config::wrap(&spec, &Host::current()) {
         Ok(c) => c,
         Err(errors) => {
-            eprintln!("{errors}");
+            eprintln!("{}", errors.render(stderr_is_terminal()));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -61,10 +61,15 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(errors) => {
-            eprintln!("{errors}");
+            eprintln!("{}", errors.render(stderr_is_terminal()));
             ExitCode::from(EXIT_CONFIG)
         }
     }
+}
+
+/// Colour in diagnostics only for a person at a terminal.
+fn stderr_is_terminal() -> bool {
+    nix::unistd::isatty(std::io::stderr()).unwrap_or(false)
 }
 
 fn fail(code: u8, what: impl std::fmt::Display) -> ExitCode {
@@ -83,7 +88,7 @@ fn run(args: RunArgs) -> ExitCode {
     let config = match config::load(&path, &Host::current()) {
         Ok(c) => c,
         Err(errors) => {
-            eprintln!("{errors}");
+            eprintln!("{}", errors.render(stderr_is_terminal()));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -183,7 +188,7 @@ fn status(config: &Path, control_path: Option<PathBuf>, json: bool) -> ExitCode 
                 )
             }
             Err(errors) => {
-                eprintln!("{errors}");
+                eprintln!("{}", errors.render(stderr_is_terminal()));
                 return ExitCode::from(EXIT_CONFIG);
             }
         },

@@ -360,6 +360,17 @@ fn check_one(text: &str, host: &Host, depth: &mut Depth) -> Result<(), String> {
         Err(_) => depth.semantic_errors += 1,
     }
     if let Err(errors) = outcome {
+        // The diagnostics drawing must hold for every span the checker
+        // produces (multibyte text, spans at the end, empty lines).
+        for color in [false, true] {
+            let rendered = catch_unwind(AssertUnwindSafe(|| errors.render(color)))
+                .map_err(|_| "ConfigErrors::render panicked".to_string())?;
+            if !rendered.starts_with(&errors.0[0].to_string()) {
+                return Err(format!(
+                    "rendered errors lost their first line:\n{rendered}"
+                ));
+            }
+        }
         for e in &errors.0 {
             let line = e.to_string();
             // The main file, or a drop-in `include` matched, names itself.

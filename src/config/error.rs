@@ -3,7 +3,11 @@
 //! message` when no position applies), collected per load.
 
 use std::fmt;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use annotate_snippets::{AnnotationKind, Level, Renderer, Snippet};
 
 use crate::access::CidrError;
 use crate::addr::{AddrError, ListenAddr};
@@ -16,6 +20,8 @@ pub enum ErrorKind {
         key: String,
         section: &'static str,
         expected: &'static [&'static str],
+        /// The known key it is closest to, if one is close.
+        suggestion: Option<&'static str>,
     },
     WrongType {
         key: String,
@@ -80,7 +86,14 @@ impl fmt::Display for ErrorKind {
             UnknownKey {
                 key,
                 section,
+                suggestion: Some(close),
+                ..
+            } => write!(f, "unknown key `{key}` in {section}; did you mean `{close}`?"),
+            UnknownKey {
+                key,
+                section,
                 expected,
+                suggestion: None,
             } => write!(
                 f,
                 "unknown key `{key}` in {section} (expected one of: {})",
@@ -152,13 +165,72 @@ impl fmt::Display for ErrorKind {
 }
 
 /// One mistake in a config file. Prints `PATH:LINE:COL: message`, or
-/// `PATH: service "x": message` when no position applies.
+/// `PATH: service "x": message` when no position applies; `render` adds
+/// the source line with a caret under the span.
 #[derive(Debug)]
 pub struct ConfigError {
     pub path: PathBuf,
     pub pos: Option<(usize, usize)>,
     pub service: Option<String>,
     pub kind: ErrorKind,
+    /// Where in `source` the mistake is, for the caret.
+    pub span: Option<Range<usize>>,
+    /// The text of the file the error is in.
+    pub source: Option<Arc<str>>,
+}
+
+impl ConfigError {
+    /// An error about a whole file (no position).
+    pub fn in_file(path: &Path, kind: ErrorKind) -> ConfigError {
+        ConfigError {
+            path: path.to_path_buf(),
+            pos: None,
+            service: None,
+            kind,
+            span: None,
+            source: None,
+        }
+    }
+
+    /// The first line (`PATH:LINE:COL: message`, what scripts match) and,
+    /// where the error has a span, the source line with a caret under it,
+    /// drawn by annotate-snippets as compilers draw theirs; ANSI colour
+    /// with `color`.
+    pub fn render(&self, color: bool) -> String {
+        let mut out = self.to_string();
+        if let (Some(span), Some(source)) = (&self.span, &self.source) {
+            let span = clamp_span(source, span.clone());
+            let report = &[Level::ERROR.no_name().primary_title("").element(
+                Snippet::source(&**source).annotation(AnnotationKind::Primary.span(span)),
+            )];
+            let renderer = if color {
+                Renderer::styled()
+            } else {
+                Renderer::plain()
+            };
+            out.push('\n');
+            out.push_str(renderer.render(report).trim_end());
+        }
+        out
+    }
+}
+
+/// A span on char boundaries, at least one char wide where the text
+/// allows, so the caret always shows.
+fn clamp_span(text: &str, span: Range<usize>) -> Range<usize> {
+    let fix = |mut i: usize| {
+        i = i.min(text.len());
+        while !text.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    };
+    let start = fix(span.start);
+    let mut end = fix(span.end.max(start));
+    if end == start && start < text.len() {
+        end = start + text[start..].chars().next().map_or(0, char::len_utf8);
+    }
+    start..end
 }
 
 impl fmt::Display for ConfigError {
@@ -195,11 +267,25 @@ impl std::error::Error for ConfigErrors {}
 impl ConfigErrors {
     /// A file-level error with no position (unreadable, not TOML).
     pub(super) fn one(path: &Path, kind: ErrorKind) -> ConfigErrors {
-        ConfigErrors(vec![ConfigError {
-            path: path.to_path_buf(),
-            pos: None,
-            service: None,
-            kind,
-        }])
+        ConfigErrors(vec![ConfigError::in_file(path, kind)])
     }
+
+    /// Every error rendered (`ConfigError::render`), one after another.
+    pub fn render(&self, color: bool) -> String {
+        let all: Vec<String> = self.0.iter().map(|e| e.render(color)).collect();
+        all.join("\n")
+    }
+}
+
+/// The candidate closest to `word`, if it is close enough to be a typo
+/// (Damerau-Levenshtein distance at most a third of its length, and 2 at
+/// the least).
+pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let limit = (word.chars().count() / 3).max(2);
+    candidates
+        .iter()
+        .map(|c| (strsim::damerau_levenshtein(word, c), *c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
 }

@@ -58,13 +58,11 @@ pub(super) fn files(
 }
 
 fn error(main: &Path, reason: String) -> ConfigError {
-    ConfigError {
-        path: main.to_path_buf(),
-        pos: None,
-        service: None,
-        kind: ErrorKind::Invalid {
+    ConfigError::in_file(
+        main,
+        ErrorKind::Invalid {
             key: "include",
             reason,
         },
-    }
+    )
 }

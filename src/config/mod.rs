@@ -349,12 +349,7 @@ pub fn parse(path: &Path, text: &str, host: &Host) -> Result<Config, ConfigError
         let text = match std::fs::read_to_string(&file) {
             Ok(t) => t,
             Err(e) => {
-                errors.push(ConfigError {
-                    path: file,
-                    pos: None,
-                    service: None,
-                    kind: ErrorKind::Read(e),
-                });
+                errors.push(ConfigError::in_file(&file, ErrorKind::Read(e)));
                 continue;
             }
         };

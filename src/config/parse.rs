@@ -8,10 +8,12 @@ use std::ffi::{CString, OsString};
 use std::ops::Range;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+use super::error::closest;
 use super::keys::{DAEMON_KEYS, LISTEN_TABLE_KEYS, SERVICE_KEYS, TOP_KEYS};
 use super::{
     Config, ConfigError, Credentials, DaemonSpec, ErrorKind, Host, Internal, ListenSpec, LogFormat,
@@ -38,6 +40,7 @@ pub(super) fn check(
         text,
         host,
         errors: Vec::new(),
+        shared: None,
     };
     let config = cx.document(seen, false);
     (config, cx.errors)
@@ -55,6 +58,7 @@ pub(super) fn check_dropin(
         text,
         host,
         errors: Vec::new(),
+        shared: None,
     };
     let config = cx.document(seen, true);
     (config.services, cx.errors)
@@ -79,6 +83,8 @@ pub(super) struct Checker<'a> {
     pub(super) text: &'a str,
     pub(super) host: &'a Host,
     pub(super) errors: Vec<ConfigError>,
+    /// `text`, shared by the errors that show it (made once, on the first).
+    pub(super) shared: Option<Arc<str>>,
 }
 
 impl Checker<'_> {
@@ -97,13 +103,22 @@ impl Checker<'_> {
     }
 
     fn error(&mut self, span: Option<Range<usize>>, service: Option<&str>, kind: ErrorKind) {
-        let pos = span.map(|s| self.line_col(s.start));
+        let pos = span.as_ref().map(|s| self.line_col(s.start));
+        let source = span.is_some().then(|| self.source());
         self.errors.push(ConfigError {
             path: self.path.to_path_buf(),
             pos,
             service: service.map(str::to_string),
             kind,
+            span,
+            source,
         });
+    }
+
+    fn source(&mut self) -> Arc<str> {
+        self.shared
+            .get_or_insert_with(|| Arc::from(self.text))
+            .clone()
     }
 
     pub(super) fn at(&mut self, span: Range<usize>, kind: ErrorKind) {
@@ -135,6 +150,7 @@ impl Checker<'_> {
                         key: key.get_ref().to_string(),
                         section,
                         expected: allowed,
+                        suggestion: closest(key.get_ref(), allowed),
                     },
                 );
             }
@@ -338,11 +354,15 @@ impl Checker<'_> {
             return Some(*t);
         }
         let names: Vec<String> = options.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+        let plain: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+        let hint = closest(s, &plain)
+            .map(|c| format!("; did you mean \"{c}\"?"))
+            .unwrap_or_default();
         self.at(
             v.span(),
             ErrorKind::Invalid {
                 key,
-                reason: format!("\"{s}\" is not one of {}", names.join(", ")),
+                reason: format!("\"{s}\" is not one of {}{hint}", names.join(", ")),
             },
         );
         None
@@ -920,6 +940,7 @@ mod tests {
             text,
             host: &host(true),
             errors: Vec::new(),
+            shared: None,
         };
         for offset in 0..=text.len() + 3 {
             let (line, col) = cx.line_col(offset);

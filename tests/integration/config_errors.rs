@@ -138,7 +138,9 @@ fn every_error_in_the_file_is_reported_at_once() {
                 [[service]]\nname = \"a\"\nlisten = \"bogus\"\nexec = [\"cat\"]\nwhat = 1\n";
     let (code, _, err, path) = check(text);
     assert_eq!(code, 2);
-    let lines: Vec<&str> = err.lines().collect();
+    // The error lines (what scripts grep); each is followed by its
+    // source line and caret.
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with(&path)).collect();
     assert_eq!(lines.len(), 6, "{err}");
     for (line, want) in lines
         .iter()
@@ -225,11 +227,55 @@ fn example_service_entries_are_valid_but_for_missing_programs() {
                 || l.contains("no such group")
         };
         assert!(
-            code == 0 || err.lines().all(acceptable),
+            code == 0
+                || err
+                    .lines()
+                    .filter(|l| l.starts_with(path.to_str().unwrap()))
+                    .all(acceptable),
             "{}:\n{err}",
             path.display()
         );
         seen += 1;
     }
     assert!(seen >= 4);
+}
+
+/// Each error shows its source line with a caret under the span (drawn by
+/// annotate-snippets), unknown keys and misspelt values name the closest
+/// choice, and colour appears only on a terminal.
+#[test]
+fn errors_show_the_source_line_with_a_caret_and_suggest_the_closest_key() {
+    let text = "[daemon]\nmaxchildren = 5\n[[service]]\nname = \"a\"\nlisten = \"tcp://127.0.0.1:7\"\nexec = [\"cat\"]\npass = \"listen_fd\"\n";
+    let dir = TempDir::new("caret");
+    let file = dir.path("bad.toml");
+    std::fs::write(&file, text).unwrap();
+    let path = file.to_str().unwrap().to_string();
+    let (code, _, err) = run_to_exit(&["--check", "-c", &path]);
+    assert_eq!(code, 2);
+    let want = format!(
+        "{path}:2:1: unknown key `maxchildren` in [daemon]; did you mean `max_children`?\n  \
+         |\n2 | maxchildren = 5\n  | ^^^^^^^^^^^\n\
+         {path}:7:8: `pass`: \"listen_fd\" is not one of \"stdio\", \"listen_fds\"; did you mean \"listen_fds\"?\n  \
+         |\n7 | pass = \"listen_fd\"\n  |        ^^^^^^^^^^^\n"
+    );
+    assert_eq!(err, want);
+    assert!(!err.contains('\x1b'), "no colour when stderr is a file");
+
+    // On a terminal (script(1) gives summond a pty): the same, in colour.
+    if std::path::Path::new("/usr/bin/script").exists() {
+        let cmd = format!("{BIN} --check -c {path}");
+        let out = std::process::Command::new("/usr/bin/script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let tty = String::from_utf8_lossy(&out.stdout);
+        assert!(tty.contains('\x1b'), "colour on a terminal: {tty:?}");
+        assert!(tty.contains("did you mean `max_children`?"), "{tty}");
+    } else {
+        skip(
+            "errors_show_the_source_line_with_a_caret_and_suggest_the_closest_key",
+            "script(1) is not installed for the terminal half",
+        );
+    }
 }
