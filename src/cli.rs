@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use log::LevelFilter;
 
 use crate::config::DEFAULT_CONFIG_PATH;
@@ -34,7 +34,8 @@ impl From<LogLevel> for LevelFilter {
     name = "summond",
     version,
     about = "inetd-style socket-activation super-server",
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true
 )]
 struct Args {
     /// The services file
@@ -128,6 +129,12 @@ pub enum Command {
         json: bool,
     },
     Wrap(WrapArgs),
+}
+
+/// The clap definition itself: build.rs writes summond(8) and the shell
+/// completions from it, so they always match what the binary accepts.
+pub fn command() -> clap::Command {
+    Args::command()
 }
 
 /// Parse argv; on bad usage clap prints the error and exits 2.

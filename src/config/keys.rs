@@ -1,6 +1,8 @@
-//! The keys each section of the services file accepts: one table that the
-//! checker, the fuzzer's grammar (and later the man page and the importer)
-//! share, so a key cannot exist in one and be missing from another.
+//! The keys each section of the services file accepts, and what each one
+//! means: the checker, the fuzzer's grammar and the summond.toml(5) man
+//! page (written by build.rs from `KEY_DOCS`) share them, and a test holds
+//! the lists and the documentation together, so a key cannot exist in one
+//! and be missing from another. Plain data: build.rs includes this file.
 
 /// The keys each section accepts (also the fuzzer's dictionary).
 pub const TOP_KEYS: &[&str] = &["daemon", "service"];
@@ -46,3 +48,102 @@ pub const SERVICE_KEYS: &[&str] = &[
     "disabled",
 ];
 pub const LISTEN_TABLE_KEYS: &[&str] = &["address", "name"];
+
+/// One key as the manual describes it.
+pub struct KeyDoc {
+    /// "daemon", "service" or "listen" (a table entry of `listen`).
+    pub section: &'static str,
+    pub name: &'static str,
+    /// The form of its value.
+    pub value: &'static str,
+    /// The default, or "" when there is none (required or unset).
+    pub default: &'static str,
+    pub text: &'static str,
+}
+
+const fn key(
+    section: &'static str,
+    name: &'static str,
+    value: &'static str,
+    default: &'static str,
+    text: &'static str,
+) -> KeyDoc {
+    KeyDoc {
+        section,
+        name,
+        value,
+        default,
+        text,
+    }
+}
+
+pub const KEY_DOCS: &[KeyDoc] = &[
+    key("daemon", "max_children", "INTEGER", "1024", "Children running at once over all services; at the limit new clients wait in the kernel backlog."),
+    key("daemon", "control", "PATH", "", "The control socket (mode 0600) that summond status asks."),
+    key("daemon", "include", "[GLOB, ...]", "", "Drop-in files of [[service]] entries, merged in sorted order; relative patterns are taken from the main file's directory; a pattern matching nothing is fine; ** is refused."),
+    key("daemon", "log_format", "\"text\" | \"json\"", "\"text\"", "json: one JSON object per line on stderr (ts, level, event, service, peer, pid, status, duration_s, msg)."),
+    key("service", "name", "STRING", "", "Required, unique: letters, digits, _ . and -."),
+    key("service", "listen", "ADDRESS | TABLE | [...]", "", "Required: tcp://IP:PORT, udp://IP:PORT, unix:///path, unixgram:///path, unix://@abstract; a table { address, name } names the fd in LISTEN_FDNAMES."),
+    key("service", "exec", "[PROGRAM, ARG, ...]", "", "Required: the argv; PROGRAM absolute or found in PATH when the config loads; internal:echo, internal:discard, internal:chargen, internal:daytime and internal:time are served inside summond."),
+    key("service", "accept", "BOOL", "true (false with a datagram address)", "true: one child per connection; false: one child gets the listening sockets."),
+    key("service", "pass", "\"stdio\" | \"listen_fds\"", "\"stdio\"", "How the socket reaches the child: as fd 0 and 1, or as fd 3, 4, ... with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES."),
+    key("service", "stderr", "\"inherit\" | \"socket\" | \"null\"", "\"inherit\"", "The child's fd 2: summond's stderr, the connection (stdio only), or /dev/null."),
+    key("service", "user", "NAME", "", "Run the child as this user (summond must be root)."),
+    key("service", "group", "NAME", "the user's primary group", "Run the child with this group (summond must be root)."),
+    key("service", "env", "{ NAME = \"value\", ... }", "", "Extra environment for the child; the variables summond sets itself are refused."),
+    key("service", "max_instances", "INTEGER", "", "Children of this service at once; at the limit clients wait in the backlog."),
+    key("service", "max_per_source", "INTEGER", "", "Accept mode: children per client (prefix, or uid on a unix socket); more are refused."),
+    key("service", "allow", "[CIDR, ...]", "", "Accept mode: only these clients are served."),
+    key("service", "deny", "[CIDR, ...]", "", "Accept mode: these clients are refused; deny wins over allow."),
+    key("service", "socket_mode", "\"OCTAL\"", "", "File mode of the service's unix socket files."),
+    key("service", "socket_user", "NAME", "", "Owner of the service's unix socket files (root only)."),
+    key("service", "socket_group", "NAME", "", "Group of the service's unix socket files (root only)."),
+    key("service", "clear_env", "BOOL", "false", "true: the child gets only PATH, passenv, env and the variables of its start mode."),
+    key("service", "passenv", "[NAME, ...]", "", "With clear_env: variables kept from summond's environment."),
+    key("service", "working_directory", "PATH", "\"/\"", "The child's working directory (inside chroot when both are set); a relative path is taken from the config file's directory."),
+    key("service", "chroot", "PATH", "", "The child's root directory (root only); exec is then found inside it."),
+    key("service", "umask", "\"OCTAL\"", "summond's", "The child's umask."),
+    key("service", "nice", "INTEGER", "", "The child's niceness, -20 to 19 (negative needs root)."),
+    key("service", "rlimits", "{ NAME = VALUE, ... }", "", "Resource limits (soft and hard): nofile, nproc, as, cpu, core, fsize, data, stack, memlock; sizes take K, M, G, T or \"infinity\"."),
+    key("service", "no_new_privs", "BOOL", "true", "Set PR_SET_NO_NEW_PRIVS in the child, so setuid programs gain nothing."),
+    key("service", "supplementary_groups", "BOOL", "true", "Give the child the user's groups from the group database; false: only the primary group."),
+    key("service", "max_runtime", "DURATION", "", "Accept mode: SIGTERM the child's process group after this long, SIGKILL 5 s later."),
+    key("service", "rate", "\"COUNT/DURATION\"", "", "New children service-wide as a token bucket; when empty the listener pauses until a token is back."),
+    key("service", "per_source_rate", "\"COUNT/DURATION\"", "", "New connections per client (prefix) as a token bucket; over it that client is refused, others are served."),
+    key("service", "per_source_prefix", "{ v4 = BITS, v6 = BITS }", "{ v4 = 32, v6 = 64 }", "How clients are grouped for max_per_source and per_source_rate."),
+    key("service", "banner", "STRING", "", "Accept mode: written to each client before its child starts (at most 4096 bytes)."),
+    key("service", "banner_fail", "STRING", "", "Accept mode: written to a client refused by a limit or access rule (at most 4096 bytes)."),
+    key("service", "backlog", "INTEGER", "4096", "The listen backlog of stream sockets (capped by net.core.somaxconn)."),
+    key("service", "v6only", "BOOL", "true", "IPv6 addresses: false makes one dual-stack socket; its IPv4 clients are plain IPv4 everywhere."),
+    key("service", "reuse_port", "BOOL", "false", "Set SO_REUSEPORT on TCP and UDP sockets."),
+    key("service", "keepalive", "BOOL", "false", "Set SO_KEEPALIVE on TCP listeners; accepted connections inherit it."),
+    key("service", "nodelay", "BOOL", "false", "Set TCP_NODELAY on TCP listeners; accepted connections inherit it."),
+    key("service", "freebind", "BOOL", "false", "Set IP_FREEBIND: bind an address not (yet) on this host."),
+    key("service", "disabled", "BOOL", "false", "Keep the entry, listen on nothing."),
+    key("listen", "address", "ADDRESS", "", "In a listen table: the address."),
+    key("listen", "name", "STRING", "the service name", "In a listen table: the name of this fd in LISTEN_FDNAMES."),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_the_checker_knows_is_documented_and_nothing_else() {
+        for (section, keys) in [
+            ("daemon", DAEMON_KEYS),
+            ("service", SERVICE_KEYS),
+            ("listen", LISTEN_TABLE_KEYS),
+        ] {
+            let documented: Vec<&str> = KEY_DOCS
+                .iter()
+                .filter(|d| d.section == section)
+                .map(|d| d.name)
+                .collect();
+            assert_eq!(documented, keys, "[{section}] keys and their documentation");
+        }
+        assert!(KEY_DOCS
+            .iter()
+            .all(|d| !d.text.is_empty() && !d.value.is_empty()));
+    }
+}

@@ -34,7 +34,7 @@ use crate::listener::ListenOptions;
 pub use units::Rate;
 
 pub use error::{ConfigError, ConfigErrors, ErrorKind};
-pub use keys::{DAEMON_KEYS, LISTEN_TABLE_KEYS, SERVICE_KEYS, TOP_KEYS};
+pub use keys::{KeyDoc, DAEMON_KEYS, KEY_DOCS, LISTEN_TABLE_KEYS, SERVICE_KEYS, TOP_KEYS};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/summond/summond.toml";
 pub const DEFAULT_MAX_CHILDREN: u32 = 1024;

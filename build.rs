@@ -1,0 +1,184 @@
+//! Writes the manual pages and shell completions from the same definitions
+//! the program uses: summond(8) and the bash, zsh and fish completions from
+//! the clap command in src/cli.rs, summond.toml(5) from the key table in
+//! src/config/keys.rs. They go to OUT_DIR and, for people and packages, to
+//! `target/<profile>/man` and `target/<profile>/completions`.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap_complete::Shell;
+use roff::{bold, italic, roman, Roff};
+
+/// What src/cli.rs takes from the crate, for including it here.
+mod config {
+    pub const DEFAULT_CONFIG_PATH: &str = "/etc/summond/summond.toml";
+}
+
+#[allow(dead_code)]
+#[path = "src/cli.rs"]
+mod cli;
+
+#[allow(dead_code)]
+#[path = "src/config/keys.rs"]
+mod keys;
+
+fn main() {
+    println!("cargo:rerun-if-changed=src/cli.rs");
+    println!("cargo:rerun-if-changed=src/config/keys.rs");
+    println!("cargo:rerun-if-changed=build.rs");
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    // OUT_DIR is target/<profile>/build/summond-<hash>/out.
+    let profile_dir = out.ancestors().nth(3).map(Path::to_path_buf);
+    let mut dirs = vec![out.clone()];
+    dirs.extend(profile_dir);
+    for dir in &dirs {
+        let man = dir.join("man");
+        let completions = dir.join("completions");
+        fs::create_dir_all(&man).expect("create man dir");
+        fs::create_dir_all(&completions).expect("create completions dir");
+        write_summond_8(&man.join("summond.8"));
+        // summond-status(8), summond-wrap(8): the subcommands' own pages.
+        let cmd = cli::command();
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            let name = format!("summond-{}", sub.get_name());
+            // A 'static name, as clap's builder wants (a build script's
+            // handful of strings).
+            let sub = sub.clone().name(&*Box::leak(name.clone().into_boxed_str()));
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(sub)
+                .section("8")
+                .render(&mut buf)
+                .expect("render a subcommand page");
+            fs::write(man.join(format!("{name}.8")), buf).expect("write a subcommand page");
+        }
+        write_summond_toml_5(&man.join("summond.toml.5"));
+        for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+            let mut cmd = cli::command();
+            clap_complete::generate_to(shell, &mut cmd, "summond", &completions)
+                .expect("write completions");
+        }
+    }
+}
+
+fn write_summond_8(path: &Path) {
+    let cmd = cli::command().long_about(
+        "One event loop holds every configured TCP, UDP and Unix socket. When a \
+         client arrives, summond starts the program mapped to that socket and hands \
+         the socket over: as stdin/stdout, the inetd way, or as LISTEN_FDS, the \
+         systemd socket-activation protocol. The services are configured in one \
+         TOML file; see summond.toml(5).",
+    );
+    let man = clap_mangen::Man::new(cmd).section("8");
+    let mut buf = Vec::new();
+    man.render_title(&mut buf).unwrap();
+    man.render_name_section(&mut buf).unwrap();
+    man.render_synopsis_section(&mut buf).unwrap();
+    man.render_description_section(&mut buf).unwrap();
+    man.render_options_section(&mut buf).unwrap();
+    man.render_subcommands_section(&mut buf).unwrap();
+    let mut extra = Roff::new();
+    section(
+        &mut extra,
+        "SIGNALS",
+        &[
+            ("SIGHUP", "Re-read the config; sockets whose address stays are kept open, new ones are opened first; a config that fails to load keeps the old one."),
+            ("SIGTERM, SIGINT", "Stop listening, remove created socket files and the pidfile, SIGTERM the accept = false children, leave connection children to finish; exit 0."),
+            ("SIGCHLD", "Every child is reaped; there are never zombies."),
+        ],
+    );
+    section(
+        &mut extra,
+        "EXIT STATUS",
+        &[
+            ("0", "A clean stop, or --check found the config valid."),
+            ("1", "A runtime failure: a socket that cannot be bound, a live unix socket in the way, a pidfile held by another instance."),
+            ("2", "Bad usage or a bad config (every error is printed as PATH:LINE:COL: message)."),
+        ],
+    );
+    section(
+        &mut extra,
+        "ENVIRONMENT",
+        &[
+            ("NOTIFY_SOCKET, WATCHDOG_USEC", "Under systemd Type=notify: READY=1, RELOADING=1, STOPPING=1, STATUS= and watchdog pings."),
+            ("LISTEN_FDS, LISTEN_PID", "Sockets handed by a service manager are adopted for the listen addresses they match."),
+            ("JOURNAL_STREAM", "When it names stderr, lines carry <N> priorities and no timestamps."),
+            ("RUST_LOG", "The log filter when --log-level is not given."),
+        ],
+    );
+    section(
+        &mut extra,
+        "FILES",
+        &[(
+            "/etc/summond/summond.toml",
+            "The services file; see summond.toml(5).",
+        )],
+    );
+    extra.control("SH", ["SEE ALSO"]);
+    extra.text([roman(
+        "summond.toml(5), systemd.socket(5), inetd(8), xinetd(8)",
+    )]);
+    buf.extend_from_slice(extra.render().as_bytes());
+    man.render_version_section(&mut buf).unwrap();
+    fs::write(path, buf).expect("write summond.8");
+}
+
+fn section(roff: &mut Roff, title: &str, items: &[(&str, &str)]) {
+    roff.control("SH", [title]);
+    for (term, text) in items {
+        roff.control("TP", []);
+        roff.text([bold(*term)]);
+        roff.text([roman(*text)]);
+    }
+}
+
+fn write_summond_toml_5(path: &Path) {
+    let mut r = Roff::new();
+    r.control("TH", ["SUMMOND.TOML", "5", "", "summond", "File Formats"]);
+    r.control("SH", ["NAME"]);
+    r.text([roman("summond.toml - services file of summond(8)")]);
+    r.control("SH", ["DESCRIPTION"]);
+    r.text([roman(
+        "A TOML file with an optional [daemon] table and one [[service]] table per service. \
+         Every mistake is reported at once as PATH:LINE:COL: message, with the source line; \
+         summond --check validates a file without binding anything.",
+    )]);
+    r.control("SH", ["EXAMPLE"]);
+    r.control("nf", []);
+    for line in [
+        "[daemon]",
+        "max_children = 64",
+        "control = \"/run/summond.sock\"",
+        "",
+        "[[service]]",
+        "name = \"echo\"",
+        "listen = \"tcp://127.0.0.1:7007\"",
+        "exec = [\"cat\"]",
+        "max_instances = 16",
+    ] {
+        r.text([roman(line)]);
+    }
+    r.control("fi", []);
+    for (section, title) in [
+        ("daemon", "[daemon] KEYS"),
+        ("service", "[[service]] KEYS"),
+        ("listen", "LISTEN TABLE KEYS"),
+    ] {
+        r.control("SH", [title]);
+        for d in keys::KEY_DOCS.iter().filter(|d| d.section == section) {
+            r.control("TP", []);
+            r.text([bold(d.name), roman(" = "), italic(d.value)]);
+            let mut text = d.text.to_string();
+            if !d.default.is_empty() {
+                text.push_str(&format!(" Default: {}.", d.default));
+            }
+            r.text([roman(text)]);
+        }
+    }
+    r.control("SH", ["SEE ALSO"]);
+    r.text([roman("summond(8)")]);
+    let mut f = fs::File::create(path).expect("create summond.toml.5");
+    f.write_all(r.render().as_bytes())
+        .expect("write summond.toml.5");
+}
