@@ -307,3 +307,44 @@ fn inherited_stderr_reaches_summonds_log() {
     assert_eq!(tcp_port_exchange(port, b""), "ok\n");
     assert!(s.wait_log("to-summond-stderr"));
 }
+
+/// conf/examples/dbus.toml's way: the real dbus-daemon started on demand,
+/// taking its listening socket with --address=systemd: (LISTEN_FDS), and
+/// the real dbus-send talking to it.
+#[test]
+fn dbus_daemon_started_on_demand_answers_dbus_send() {
+    if !std::path::Path::new("/usr/bin/dbus-daemon").exists()
+        || !std::path::Path::new("/usr/bin/dbus-send").exists()
+    {
+        skip(
+            "dbus_daemon_started_on_demand_answers_dbus_send",
+            "dbus-daemon and dbus-send are not installed",
+        );
+        return;
+    }
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/examples/dbus.toml"),
+    )
+    .unwrap();
+    let s = Summond::start(&example.replace("/run/user/1000/bus", "{dir}/bus"));
+    let bus = format!("unix:path={}", s.dir.path("bus").display());
+    let out = std::process::Command::new("/usr/bin/dbus-send")
+        .args([
+            &format!("--bus={bus}"),
+            "--print-reply",
+            "--reply-timeout=5000",
+            "--dest=org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.ListNames",
+        ])
+        .output()
+        .unwrap();
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && reply.contains("\"org.freedesktop.DBus\""),
+        "{reply}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.log_text()
+    );
+    assert!(s.log_text().contains("dbus-kiosk: started pid"));
+}
