@@ -13,6 +13,7 @@ pub mod handed;
 pub mod limits;
 pub mod listener;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod peer;
 pub mod queue;

@@ -330,6 +330,38 @@ fn mutate(rng: &mut Rng, text: &str) -> String {
     chars.into_iter().collect()
 }
 
+const REQUESTS: &[&str] = &[
+    "GET /metrics HTTP/1.1\r\nHost: localhost\r\nUser-Agent: Prometheus/2.42\r\nAccept: text/plain\r\n\r\n",
+    "GET / HTTP/1.0\n\n",
+    "HEAD /metrics?x=1 HTTP/1.1\r\n\r\n",
+    "POST /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+];
+
+fn rng_pick_request(rng: &mut Rng) -> &'static str {
+    *rng.pick(REQUESTS)
+}
+
+/// The metrics request parser: no panic, no slowness, and an answer
+/// (complete or not) for every prefix of the input.
+fn check_request(bytes: &[u8]) -> Result<(), String> {
+    use summond::metrics::{parse_request, Request, MAX_REQUEST};
+    let started = Instant::now();
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        (1..=bytes.len().min(64)).for_each(|n| {
+            let _ = parse_request(&bytes[..n]);
+        });
+        parse_request(bytes)
+    }))
+    .map_err(|_| "metrics::parse_request panicked".to_string())?;
+    if started.elapsed() > Duration::from_secs(1) {
+        return Err("metrics::parse_request was slow".into());
+    }
+    if bytes.len() >= MAX_REQUEST && outcome == Request::Incomplete {
+        return Err("an over-long request is still incomplete".into());
+    }
+    Ok(())
+}
+
 /// How deep the inputs got: a fuzzer whose mutants all die in the TOML
 /// lexer would say nothing about the validator.
 #[derive(Default, Debug)]
@@ -436,6 +468,16 @@ fn no_input_panics_or_hangs() {
                 mutate(&mut rng, &base)
             }
         };
+        // Every eighth input also goes to the metrics listener's request
+        // parser, as the bytes a scraper (or anyone) might send.
+        if runs % 8 == 0 {
+            let base = rng_pick_request(&mut rng);
+            let request = mutate(&mut rng, base);
+            if let Err(why) = check_request(request.as_bytes()) {
+                let _ = std::panic::take_hook();
+                panic!("fuzz failure after {runs} runs (SUMMOND_FUZZ_SEED={seed}): {why}\ninput: {request:?}");
+            }
+        }
         if let Err(why) = check_one(&input, &host, &mut depth) {
             let _ = std::panic::take_hook();
             panic!("fuzz failure after {runs} runs (SUMMOND_FUZZ_SEED={seed}): {why}\ninput: {input:?}");

@@ -109,6 +109,8 @@ pub struct DaemonSpec {
     /// Glob patterns of drop-in files (`[[service]]` entries), relative
     /// ones against the main file's directory.
     pub include: Vec<String>,
+    /// Where Prometheus scrapes `GET /metrics` (a TCP or unix stream address).
+    pub metrics: Option<ListenAddr>,
 }
 
 impl Default for DaemonSpec {
@@ -118,6 +120,7 @@ impl Default for DaemonSpec {
             control: None,
             log_format: LogFormat::Text,
             include: Vec::new(),
+            metrics: None,
         }
     }
 }

@@ -252,6 +252,23 @@ impl Checker<'_> {
                 }
             }
         }
+        if let Some(v) = t.get("metrics") {
+            if let Some(s) = self.string("metrics", v) {
+                match s.parse::<ListenAddr>() {
+                    Ok(a) if a.is_stream() => d.metrics = Some(a),
+                    Ok(a) => self.at(
+                        v.span(),
+                        ErrorKind::Invalid {
+                            key: "metrics",
+                            reason: format!(
+                                "{a} is a datagram address; HTTP needs tcp:// or unix://"
+                            ),
+                        },
+                    ),
+                    Err(e) => self.at(v.span(), ErrorKind::Address(e)),
+                }
+            }
+        }
         if let Some(v) = t.get("log_format") {
             if let Some(f) = self.choice(
                 "log_format",

@@ -56,6 +56,17 @@ pub(super) enum RefuseReason {
     PerSourceRate(Rate),
 }
 
+impl RefuseReason {
+    /// Its place in `metrics::REFUSAL_REASONS`.
+    pub(super) fn index(self) -> usize {
+        match self {
+            RefuseReason::Access(_) => 0,
+            RefuseReason::MaxPerSource(_) => 1,
+            RefuseReason::PerSourceRate(_) => 2,
+        }
+    }
+}
+
 impl fmt::Display for RefuseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -228,6 +239,7 @@ impl Server {
     fn refuse(&mut self, idx: usize, conn: &Socket, peer: &Peer, why: RefuseReason, now: Instant) {
         let svc = &mut self.services[idx];
         svc.stats.refused += 1;
+        svc.stats.refused_by[why.index()] += 1;
         if let Some(text) = &svc.spec.banner_fail {
             send_banner(conn, text);
         }

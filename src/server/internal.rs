@@ -504,6 +504,7 @@ impl Server {
     ) {
         let svc = &mut self.services[idx];
         svc.stats.refused += 1;
+        svc.stats.refused_by[why.index()] += 1;
         svc.top_refused.record(key);
         if self.refusals.record((svc.id, Some(key), why), now) {
             let name = svc.spec.name.as_str();

@@ -37,6 +37,7 @@ use crate::control::{RefusedSource, Reply, ServiceStatus, Status};
 use crate::limits::rate::{SourceBuckets, TokenBucket, TopRefused};
 use crate::limits::{Backoff, CrashGuard};
 use crate::listener::{self, ListenError, ListenOptions, Listener};
+use crate::metrics::{Histogram, Scrape};
 use crate::notify::Notifier;
 use crate::peer::SourceKey;
 use crate::queue::QueueHead;
@@ -47,6 +48,7 @@ use crate::spawn::{self, ExecImage, ExecStatus, Stage};
 mod children;
 mod connection;
 mod internal;
+mod scrape;
 mod sockets;
 mod timers;
 
@@ -58,6 +60,7 @@ use timers::{Timer, Timers, KILL_AFTER};
 
 const SIGNALS: Token = Token(0);
 const CONTROL: Token = Token(1);
+const METRICS: Token = Token(2);
 /// SPEC: the control socket is for root (or summond's user) only.
 const CONTROL_SOCKET_MODE: u32 = 0o600;
 const FIRST_DYNAMIC_TOKEN: usize = 16;
@@ -71,6 +74,7 @@ pub enum ServerError {
         err: ListenError,
     },
     Control(PathBuf, ListenError),
+    Metrics(ListenAddr, ListenError),
 }
 
 impl fmt::Display for ServerError {
@@ -83,6 +87,7 @@ impl fmt::Display for ServerError {
             ServerError::Control(path, err) => {
                 write!(f, "control socket {}: {err}", path.display())
             }
+            ServerError::Metrics(addr, err) => write!(f, "metrics {addr}: {err}"),
         }
     }
 }
@@ -102,17 +107,24 @@ enum TokenKind {
     Listener(ListenAddr),
     /// A TCP client of an internal service.
     Internal,
+    /// A Prometheus scraper.
+    Scrape,
     ExecStatus(Pid),
     ControlClient,
 }
 
-/// Counters for status and logs; each changes in exactly one place.
+/// Counters for status, metrics and logs; each changes in exactly one place.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
     pub served: u64,
     pub refused: u64,
+    /// `refused` by reason, in `metrics::REFUSAL_REASONS` order.
+    pub refused_by: [u64; 3],
     pub spawn_failures: u64,
     pub last_exit: Option<String>,
+    /// Child exits by outcome, in `metrics::EXIT_OUTCOMES` order.
+    pub exits: [u64; 4],
+    pub durations: Histogram,
 }
 
 struct ServiceRuntime {
@@ -161,6 +173,11 @@ pub struct Server {
     /// Sockets handed over at startup (LISTEN_FDS), by address, until the
     /// first config takes them.
     handed: HashMap<ListenAddr, Socket>,
+    /// `[daemon] metrics`: the Prometheus listener and its scrapers.
+    metrics: Option<Listener>,
+    scrapes: HashMap<Token, Scrape>,
+    /// The scrape budget ran out with scrapers possibly left.
+    accept_more_scrapers: bool,
     /// Ports of the internal services: datagrams from them are never
     /// answered.
     internal_ports: HashSet<u16>,
@@ -223,6 +240,9 @@ impl Server {
             internals: InternalConns::default(),
             notifier,
             handed: HashMap::new(),
+            metrics: None,
+            scrapes: HashMap::new(),
+            accept_more_scrapers: false,
             internal_ports: HashSet::new(),
             by_id: HashMap::new(),
             refusals: RefusalLog::default(),
@@ -267,7 +287,10 @@ impl Server {
         while !self.stopping {
             // Listeners with clients left over are served again right after
             // a look at everything else, so no wait then.
-            let timeout = if !self.sockets.has_ready() && !self.internals.has_ready() {
+            let timeout = if !self.sockets.has_ready()
+                && !self.internals.has_ready()
+                && !self.accept_more_scrapers
+            {
                 self.next_deadline()
                     .map(|d| d.saturating_duration_since(Instant::now()))
             } else {
@@ -283,11 +306,13 @@ impl Server {
                 match event.token() {
                     SIGNALS => self.handle_signals(),
                     CONTROL => self.accept_control_clients(),
+                    METRICS => self.accept_scrapers(),
                     token => match self.tokens.get(&token).cloned() {
                         Some(TokenKind::Listener(addr)) => self.on_listener_ready(&addr),
                         Some(TokenKind::ExecStatus(pid)) => self.on_exec_status(pid),
                         Some(TokenKind::ControlClient) => self.write_control_reply(token),
                         Some(TokenKind::Internal) => self.on_internal_ready(token),
+                        Some(TokenKind::Scrape) => self.on_scrape_ready(token),
                         // A source removed earlier in this batch.
                         None => {}
                     },
@@ -295,6 +320,9 @@ impl Server {
             }
             self.serve_ready();
             self.serve_internal_ready();
+            if std::mem::take(&mut self.accept_more_scrapers) {
+                self.accept_scrapers();
+            }
             self.run_timers(Instant::now());
         }
         self.shutdown();
@@ -347,6 +375,7 @@ impl Server {
                 Timer::Kill { pid, started_at } => {
                     self.signal_overdue_child(pid, started_at, Signal::SIGKILL);
                 }
+                Timer::ScrapeTimeout(token) => self.scrape_timed_out(token),
                 Timer::Watchdog => {
                     // From the loop itself: a wedged loop stops the pings.
                     self.notify(&format!("WATCHDOG=1\n{}", self.status_line()));
@@ -676,6 +705,17 @@ impl Server {
         let mut owners: HashSet<usize> = self.sockets.release(&held, Some(pid));
         if let Some(i) = idx {
             let svc = &mut self.services[i];
+            let outcome = if child.exec_failed {
+                3
+            } else if matches!(status, WaitStatus::Signaled(..)) {
+                2
+            } else if success {
+                0
+            } else {
+                1
+            };
+            svc.stats.exits[outcome] += 1;
+            svc.stats.durations.observe(ran.as_secs_f64());
             svc.stats.last_exit = Some(what);
             if child.is_pass_mode() {
                 if first_unread {
@@ -740,6 +780,19 @@ impl Server {
                         .collect(),
                 })
                 .collect(),
+        }
+    }
+
+    /// Why `svc` starts no child now, as the metrics' `reason` label.
+    fn pause_reason(&self, svc: &ServiceRuntime, now: Instant) -> Option<&'static str> {
+        if svc.crash.is_held(now) {
+            Some("crash_hold")
+        } else if svc.rate.as_ref().is_some_and(|b| !b.has_token(now)) {
+            Some("rate")
+        } else if self.resources.is_paused(now) {
+            Some("resources")
+        } else {
+            None
         }
     }
 
@@ -881,6 +934,16 @@ impl Server {
             }
         }
 
+        let new_metrics = match &new.daemon.metrics {
+            Some(addr) if self.metrics.as_ref().map(|m| &m.addr) != Some(addr) => {
+                match listener::open(addr, ListenOptions::default()) {
+                    Ok(l) => Some(Some(l)),
+                    Err(err) => return Err(ServerError::Metrics(addr.clone(), err)),
+                }
+            }
+            Some(_) => None,
+            None => Some(None),
+        };
         let new_control = match &new.daemon.control {
             Some(path)
                 if self.control.as_ref().and_then(|c| c.addr.socket_file()) != Some(path) =>
@@ -994,6 +1057,9 @@ impl Server {
         if let Some(control) = new_control {
             self.set_control(control);
         }
+        if let Some(metrics) = new_metrics {
+            self.set_metrics(metrics);
+        }
         self.internal_ports = new
             .services
             .iter()
@@ -1042,6 +1108,7 @@ impl Server {
         self.notify("STOPPING=1");
         self.sockets.clear(self.poll.registry());
         self.close_all_internal();
+        self.set_metrics(None);
         self.set_control(None);
         for (pid, child) in self.children.iter() {
             if child.is_pass_mode() {

@@ -28,6 +28,8 @@ pub(super) enum Timer {
     Kill { pid: Pid, started_at: Instant },
     /// Time to tell the service manager's watchdog the loop is alive.
     Watchdog,
+    /// A Prometheus scraper's time is up.
+    ScrapeTimeout(mio::Token),
 }
 
 #[derive(Debug)]

@@ -88,6 +88,7 @@ fn table() -> Vec<(String, String)> {
         ("[daemon]\ninclude = [\"conf.d/[\"]\n".into(), "2:12: `include`: \"conf.d/[\" is not a glob pattern"),
         (OK.replace("[\"cat\"]", "[\"internal:echo\"]") + "accept = false\n", "4:8: `exec`: \"internal:echo\" over a stream socket needs accept = true"),
         (OK.replace("tcp://127.0.0.1:7007", "unix:///tmp/i.sock").replace("[\"cat\"]", "[\"internal:echo\"]"), "4:8: `exec`: \"internal:echo\" is served over TCP and UDP only"),
+        ("[daemon]\nmetrics = \"udp://127.0.0.1:9\"\n".into(), "2:11: `metrics`: udp://127.0.0.1:9 is a datagram address; HTTP needs tcp:// or unix://"),
         ("[daemon]\nlog_format = \"xml\"\n".into(), "2:14: `log_format`: \"xml\" is not one of \"text\", \"json\""),
     ];
     if is_root {

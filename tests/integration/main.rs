@@ -11,6 +11,7 @@ mod include;
 mod internal;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod modes;
 mod privileges;
 mod rates;

@@ -1,0 +1,510 @@
+//! Prometheus metrics on `[daemon] metrics`: the text exposition format
+//! (version 0.0.4) rendered from a snapshot of the counters, summond's own
+//! `process_*` figures from /proc/self, and the HTTP exchange a scraper
+//! has with the event loop: one request of at most `MAX_REQUEST` bytes,
+//! answered with `Connection: close`, never blocking (a slow or silent
+//! scraper costs this buffer and is dropped at `SCRAPE_TIMEOUT`).
+//! `GET /metrics` is the page; any other path is 404.
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::time::Duration;
+
+use socket2::Socket;
+
+/// The longest request head accepted; scrapers send a few hundred bytes.
+pub const MAX_REQUEST: usize = 8192;
+/// A scraper that has not sent its request and read the answer by then
+/// is dropped.
+pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Upper bounds of the child run time histogram, in seconds.
+pub const DURATION_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0,
+];
+
+/// Why a client was refused, as the `reason` label says it.
+pub const REFUSAL_REASONS: [&str; 3] = ["access", "max_per_source", "per_source_rate"];
+
+/// How a child ended, as the `outcome` label says it.
+pub const EXIT_OUTCOMES: [&str; 4] = ["success", "failure", "signal", "exec_failed"];
+
+/// Child run times: counts per bucket (not cumulative), sum and count.
+#[derive(Clone, Debug, Default)]
+pub struct Histogram {
+    buckets: [u64; DURATION_BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, seconds: f64) {
+        if let Some(i) = DURATION_BUCKETS.iter().position(|b| seconds <= *b) {
+            self.buckets[i] += 1;
+        }
+        self.sum += seconds;
+        self.count += 1;
+    }
+}
+
+/// One service's figures at the moment of a scrape.
+pub struct ServiceFigures<'a> {
+    pub name: &'a str,
+    pub connections: u64,
+    pub children: u64,
+    pub refused: [u64; REFUSAL_REASONS.len()],
+    pub spawn_failures: u64,
+    pub exits: [u64; EXIT_OUTCOMES.len()],
+    pub durations: &'a Histogram,
+    /// Why it starts nothing now, if it is paused ("rate", "crash_hold",
+    /// "resources").
+    pub paused: Option<&'static str>,
+}
+
+/// summond's own process figures, read from /proc/self.
+#[derive(Debug, Default, PartialEq)]
+pub struct ProcessFigures {
+    pub cpu_seconds: f64,
+    pub resident_bytes: u64,
+    pub open_fds: u64,
+    pub start_time_seconds: f64,
+}
+
+impl ProcessFigures {
+    /// Read /proc/self (stat, statm, fd) and /proc/stat's boot time.
+    pub fn read() -> ProcessFigures {
+        let tick = clock_ticks();
+        let page = page_size();
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        // Fields after the ")" that closes the command name: state is 0,
+        // utime 11, stime 12, starttime 19.
+        let f: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, r)| r)
+            .split_whitespace()
+            .collect();
+        let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let boot = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        let resident_pages = std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap_or(0);
+        let open_fds = std::fs::read_dir("/proc/self/fd")
+            .map(|d| d.count() as u64)
+            .unwrap_or(0);
+        ProcessFigures {
+            cpu_seconds: (field(11) + field(12)) as f64 / tick,
+            resident_bytes: resident_pages * page,
+            open_fds,
+            start_time_seconds: boot as f64 + field(19) as f64 / tick,
+        }
+    }
+}
+
+fn clock_ticks() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map_or(100.0, |t| t as f64)
+}
+
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |p| p as u64)
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// The page: every service's figures and summond's process figures.
+pub fn render(services: &[ServiceFigures<'_>], process: &ProcessFigures) -> String {
+    let mut out = String::with_capacity(512 + services.len() * 2048);
+    header(
+        &mut out,
+        "summond_connections_total",
+        "counter",
+        "Children started (connections served in accept mode).",
+    );
+    for s in services {
+        let _ = writeln!(
+            out,
+            "summond_connections_total{{service=\"{}\"}} {}",
+            label(s.name),
+            s.connections
+        );
+    }
+    header(
+        &mut out,
+        "summond_children",
+        "gauge",
+        "Children running now.",
+    );
+    for s in services {
+        let _ = writeln!(
+            out,
+            "summond_children{{service=\"{}\"}} {}",
+            label(s.name),
+            s.children
+        );
+    }
+    header(
+        &mut out,
+        "summond_refused_total",
+        "counter",
+        "Clients turned away, by reason.",
+    );
+    for s in services {
+        for (reason, n) in REFUSAL_REASONS.iter().zip(s.refused) {
+            let _ = writeln!(
+                out,
+                "summond_refused_total{{service=\"{}\",reason=\"{reason}\"}} {n}",
+                label(s.name)
+            );
+        }
+    }
+    header(
+        &mut out,
+        "summond_spawn_failures_total",
+        "counter",
+        "Children that could not be started (fork, pipe, exec).",
+    );
+    for s in services {
+        let _ = writeln!(
+            out,
+            "summond_spawn_failures_total{{service=\"{}\"}} {}",
+            label(s.name),
+            s.spawn_failures
+        );
+    }
+    header(
+        &mut out,
+        "summond_child_exits_total",
+        "counter",
+        "Children that ended, by outcome.",
+    );
+    for s in services {
+        for (outcome, n) in EXIT_OUTCOMES.iter().zip(s.exits) {
+            let _ = writeln!(
+                out,
+                "summond_child_exits_total{{service=\"{}\",outcome=\"{outcome}\"}} {n}",
+                label(s.name)
+            );
+        }
+    }
+    header(
+        &mut out,
+        "summond_child_duration_seconds",
+        "histogram",
+        "How long children ran.",
+    );
+    for s in services {
+        let name = label(s.name);
+        let mut cumulative = 0;
+        for (bound, n) in DURATION_BUCKETS.iter().zip(s.durations.buckets) {
+            cumulative += n;
+            let _ = writeln!(
+                out,
+                "summond_child_duration_seconds_bucket{{service=\"{name}\",le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "summond_child_duration_seconds_bucket{{service=\"{name}\",le=\"+Inf\"}} {}",
+            s.durations.count
+        );
+        let _ = writeln!(
+            out,
+            "summond_child_duration_seconds_sum{{service=\"{name}\"}} {}",
+            s.durations.sum
+        );
+        let _ = writeln!(
+            out,
+            "summond_child_duration_seconds_count{{service=\"{name}\"}} {}",
+            s.durations.count
+        );
+    }
+    header(
+        &mut out,
+        "summond_paused",
+        "gauge",
+        "1 while a service starts no child, with why (rate, crash_hold, resources).",
+    );
+    for s in services {
+        let (v, reason) = match s.paused {
+            Some(r) => (1, r),
+            None => (0, "none"),
+        };
+        let _ = writeln!(
+            out,
+            "summond_paused{{service=\"{}\",reason=\"{reason}\"}} {v}",
+            label(s.name)
+        );
+    }
+    header(
+        &mut out,
+        "process_cpu_seconds_total",
+        "counter",
+        "User and system CPU time spent in seconds.",
+    );
+    let _ = writeln!(out, "process_cpu_seconds_total {}", process.cpu_seconds);
+    header(
+        &mut out,
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+    );
+    let _ = writeln!(
+        out,
+        "process_resident_memory_bytes {}",
+        process.resident_bytes
+    );
+    header(
+        &mut out,
+        "process_open_fds",
+        "gauge",
+        "Number of open file descriptors.",
+    );
+    let _ = writeln!(out, "process_open_fds {}", process.open_fds);
+    header(
+        &mut out,
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+    );
+    let _ = writeln!(
+        out,
+        "process_start_time_seconds {}",
+        process.start_time_seconds
+    );
+    out
+}
+
+/// What a scraper asked for, once its request head is complete.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    /// More bytes needed.
+    Incomplete,
+    Metrics,
+    NotFound,
+    /// Not a GET, or not HTTP, or too long: answered with this status.
+    Bad(u16),
+}
+
+/// Look at the bytes received so far.
+pub fn parse_request(buf: &[u8]) -> Request {
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .or_else(|| buf.windows(2).position(|w| w == b"\n\n"));
+    let Some(end) = end else {
+        return if buf.len() >= MAX_REQUEST {
+            Request::Bad(431)
+        } else {
+            Request::Incomplete
+        };
+    };
+    let head = String::from_utf8_lossy(&buf[..end]);
+    let line = head.lines().next().unwrap_or("");
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Request::Bad(400);
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Request::Bad(400);
+    }
+    if method != "GET" && method != "HEAD" {
+        return Request::Bad(405);
+    }
+    let path = target.split('?').next().unwrap_or("");
+    if path == "/metrics" {
+        Request::Metrics
+    } else {
+        Request::NotFound
+    }
+}
+
+/// A full HTTP/1.1 response with `Connection: close`.
+pub fn response(status: u16, body: &str) -> Vec<u8> {
+    let reason = match status {
+        200 => "OK",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        _ => "Bad Request",
+    };
+    let kind = if status == 200 {
+        "text/plain; version=0.0.4; charset=utf-8"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// One scraper's exchange, driven by readiness events.
+pub struct Scrape {
+    pub socket: Socket,
+    request: Vec<u8>,
+    answer: Option<(Vec<u8>, usize)>,
+}
+
+/// What a readiness event left the exchange as.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ScrapeState {
+    /// Waiting for more of the request or room to write.
+    Waiting,
+    /// The request is complete and names `Request`: render and `answer`.
+    Asked(Request),
+    /// Answered or gone: close it.
+    Done,
+}
+
+impl Scrape {
+    pub fn new(socket: Socket) -> io::Result<Scrape> {
+        socket.set_nonblocking(true)?;
+        Ok(Scrape {
+            socket,
+            request: Vec::new(),
+            answer: None,
+        })
+    }
+
+    /// Read what has arrived (at most MAX_REQUEST bytes in all), or write
+    /// what is left of the answer.
+    pub fn on_ready(&mut self) -> ScrapeState {
+        if self.answer.is_some() {
+            return self.write();
+        }
+        let mut buf = [0u8; 1024];
+        loop {
+            let room = MAX_REQUEST
+                .saturating_sub(self.request.len())
+                .min(buf.len());
+            if room == 0 {
+                return ScrapeState::Asked(parse_request(&self.request));
+            }
+            match (&self.socket).read(&mut buf[..room]) {
+                Ok(0) => return ScrapeState::Done,
+                Ok(n) => {
+                    self.request.extend_from_slice(&buf[..n]);
+                    match parse_request(&self.request) {
+                        Request::Incomplete => {}
+                        asked => return ScrapeState::Asked(asked),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ScrapeState::Waiting,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return ScrapeState::Done,
+            }
+        }
+    }
+
+    /// Start sending `bytes`; the rest goes out on later events.
+    pub fn answer(&mut self, bytes: Vec<u8>) -> ScrapeState {
+        self.answer = Some((bytes, 0));
+        self.write()
+    }
+
+    fn write(&mut self) -> ScrapeState {
+        let Some((bytes, sent)) = self.answer.as_mut() else {
+            return ScrapeState::Done;
+        };
+        while *sent < bytes.len() {
+            match (&self.socket).write(&bytes[*sent..]) {
+                Ok(0) => return ScrapeState::Done,
+                Ok(n) => *sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ScrapeState::Waiting,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return ScrapeState::Done,
+            }
+        }
+        ScrapeState::Done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_parsed_and_bounded() {
+        assert_eq!(
+            parse_request(b"GET /metrics HTTP/1.1\r\nHost: x\r\n"),
+            Request::Incomplete
+        );
+        assert_eq!(
+            parse_request(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Request::Metrics
+        );
+        assert_eq!(
+            parse_request(b"GET /metrics?x=1 HTTP/1.0\n\n"),
+            Request::Metrics
+        );
+        assert_eq!(parse_request(b"GET / HTTP/1.1\r\n\r\n"), Request::NotFound);
+        assert_eq!(
+            parse_request(b"POST /metrics HTTP/1.1\r\n\r\n"),
+            Request::Bad(405)
+        );
+        assert_eq!(parse_request(b"hello\r\n\r\n"), Request::Bad(400));
+        assert_eq!(parse_request(&[b'a'; MAX_REQUEST]), Request::Bad(431));
+    }
+
+    #[test]
+    fn the_page_has_help_type_and_cumulative_buckets() {
+        let mut h = Histogram::default();
+        for s in [0.001, 0.2, 0.2, 4000.0] {
+            h.observe(s);
+        }
+        let figures = [ServiceFigures {
+            name: "we\"ird",
+            connections: 3,
+            children: 1,
+            refused: [1, 0, 2],
+            spawn_failures: 0,
+            exits: [2, 1, 0, 0],
+            durations: &h,
+            paused: Some("rate"),
+        }];
+        let page = render(&figures, &ProcessFigures::default());
+        assert!(page.contains("# TYPE summond_connections_total counter\n"));
+        assert!(page.contains("summond_connections_total{service=\"we\\\"ird\"} 3\n"));
+        assert!(page.contains(
+            "summond_refused_total{service=\"we\\\"ird\",reason=\"per_source_rate\"} 2\n"
+        ));
+        assert!(page.contains("le=\"0.005\"} 1\n"));
+        assert!(page.contains("le=\"0.5\"} 3\n"), "{page}");
+        assert!(page.contains("le=\"1800\"} 3\n"));
+        assert!(page.contains("le=\"+Inf\"} 4\n"));
+        assert!(page.contains("summond_paused{service=\"we\\\"ird\",reason=\"rate\"} 1\n"));
+    }
+
+    #[test]
+    fn process_figures_come_from_proc() {
+        let p = ProcessFigures::read();
+        assert!(
+            p.resident_bytes > 0 && p.open_fds >= 3 && p.start_time_seconds > 1e9,
+            "{p:?}"
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! Prometheus scrapes in the event loop: the `[daemon] metrics` listener,
+//! each scraper's exchange (`metrics::Scrape`), a timeout per scrape from
+//! the timer heap, and the page rendered from the live counters. A slow
+//! or silent scraper costs its buffers until the timeout and delays
+//! nobody else.
+
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use log::{debug, error, warn};
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
+
+use super::timers::Timer;
+use super::{Server, TokenKind, METRICS};
+use crate::listener::Listener;
+use crate::metrics::{self as prom, Request, Scrape, ScrapeState};
+
+/// Scrapers accepted per wake-up before the loop turns to other sources.
+const SCRAPE_ACCEPT_BUDGET: usize = 16;
+
+impl Server {
+    /// Swap the metrics listener (the old one's file is removed on drop).
+    pub(super) fn set_metrics(&mut self, metrics: Option<Listener>) {
+        if let Some(old) = self.metrics.take() {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&old.socket.as_raw_fd()));
+        }
+        if let Some(new) = &metrics {
+            if let Err(e) = self.poll.registry().register(
+                &mut SourceFd(&new.socket.as_raw_fd()),
+                METRICS,
+                Interest::READABLE,
+            ) {
+                error!("metrics {}: {e}", new.addr);
+            }
+        }
+        self.metrics = metrics;
+    }
+
+    pub(super) fn accept_scrapers(&mut self) {
+        for _ in 0..SCRAPE_ACCEPT_BUDGET {
+            let Some(listener) = &self.metrics else {
+                return;
+            };
+            let socket = match listener.socket.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    warn!("metrics: accept: {e}");
+                    return;
+                }
+            };
+            let Ok(scrape) = Scrape::new(socket) else {
+                continue;
+            };
+            let token = self.next_token();
+            let fd = scrape.socket.as_raw_fd();
+            if self
+                .poll
+                .registry()
+                .register(
+                    &mut SourceFd(&fd),
+                    token,
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .is_err()
+            {
+                continue;
+            }
+            self.tokens.insert(token, TokenKind::Scrape);
+            self.scrapes.insert(token, scrape);
+            self.timers.add(
+                Instant::now() + prom::SCRAPE_TIMEOUT,
+                Timer::ScrapeTimeout(token),
+            );
+        }
+        // More may be queued: epoll reports them again only for new ones.
+        self.accept_more_scrapers = true;
+    }
+
+    pub(super) fn on_scrape_ready(&mut self, token: Token) {
+        let Some(scrape) = self.scrapes.get_mut(&token) else {
+            return;
+        };
+        let state = match scrape.on_ready() {
+            ScrapeState::Asked(request) => {
+                let answer = match request {
+                    Request::Metrics => prom::response(200, &self.render_metrics()),
+                    Request::NotFound => prom::response(404, "only /metrics is here\n"),
+                    Request::Bad(code) => prom::response(code, "bad request\n"),
+                    Request::Incomplete => return,
+                };
+                match self.scrapes.get_mut(&token) {
+                    Some(s) => s.answer(answer),
+                    None => return,
+                }
+            }
+            other => other,
+        };
+        if state == ScrapeState::Done {
+            self.close_scrape(token);
+        }
+    }
+
+    pub(super) fn close_scrape(&mut self, token: Token) {
+        self.tokens.remove(&token);
+        if let Some(scrape) = self.scrapes.remove(&token) {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&scrape.socket.as_raw_fd()));
+        }
+    }
+
+    /// A scrape that has not finished by its deadline is dropped.
+    pub(super) fn scrape_timed_out(&mut self, token: Token) {
+        if self.scrapes.contains_key(&token) {
+            debug!(
+                "metrics: a scraper took longer than {:?}; closed",
+                prom::SCRAPE_TIMEOUT
+            );
+            self.close_scrape(token);
+        }
+    }
+
+    fn render_metrics(&self) -> String {
+        let now = Instant::now();
+        let figures: Vec<prom::ServiceFigures<'_>> = self
+            .services
+            .iter()
+            .map(|svc| prom::ServiceFigures {
+                name: &svc.spec.name,
+                connections: svc.stats.served,
+                children: u64::from(self.active(svc.id)),
+                refused: svc.stats.refused_by,
+                spawn_failures: svc.stats.spawn_failures,
+                exits: svc.stats.exits,
+                durations: &svc.stats.durations,
+                paused: self.pause_reason(svc, now),
+            })
+            .collect();
+        prom::render(&figures, &prom::ProcessFigures::read())
+    }
+}
