@@ -90,6 +90,23 @@ enum Sub {
         #[arg(last = true, required = true, value_name = "PROGRAM")]
         program: Vec<String>,
     },
+    /// Print an inetd.conf or xinetd configuration as summond TOML
+    #[command(after_help = "Example: summond import /etc/xinetd.conf > /etc/summond/summond.toml")]
+    Import {
+        /// The input's format (detected when not given)
+        #[arg(long, value_enum, value_name = "FORMAT")]
+        from: Option<ImportFormat>,
+        /// The files to read
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// The formats `summond import` reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ImportFormat {
+    Inetd,
+    Xinetd,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -129,6 +146,10 @@ pub enum Command {
         json: bool,
     },
     Wrap(WrapArgs),
+    Import {
+        from: Option<ImportFormat>,
+        files: Vec<PathBuf>,
+    },
 }
 
 /// The clap definition itself: build.rs writes summond(8) and the shell
@@ -166,6 +187,7 @@ fn from_args(a: Args) -> Command {
             log_level: log_level.map(Into::into),
             program,
         }),
+        Some(Sub::Import { from, files }) => Command::Import { from, files },
         None if a.check => Command::Check { config: a.config },
         None => Command::Run(RunArgs {
             config: a.config,

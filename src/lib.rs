@@ -10,6 +10,7 @@ pub mod control;
 pub mod daemonize;
 pub mod env;
 pub mod handed;
+pub mod import;
 pub mod limits;
 pub mod listener;
 pub mod logging;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use log::warn;
 
-use summond::cli::{self, Command, PassArg, RunArgs, WrapArgs};
+use summond::cli::{self, Command, ImportFormat, PassArg, RunArgs, WrapArgs};
 use summond::config::{self, Host};
 use summond::control;
 use summond::daemonize::{self, Pidfile};
@@ -28,6 +28,27 @@ fn main() -> ExitCode {
             json,
         } => status(&config, control, json),
         Command::Wrap(w) => wrap(w),
+        Command::Import { from, files } => import(from, &files),
+    }
+}
+
+/// `summond import`: the TOML on stdout, or every problem and exit 2.
+fn import(from: Option<ImportFormat>, files: &[PathBuf]) -> ExitCode {
+    let format = from.map(|f| match f {
+        ImportFormat::Inetd => summond::import::Format::Inetd,
+        ImportFormat::Xinetd => summond::import::Format::Xinetd,
+    });
+    match summond::import::import(files, format) {
+        Ok(toml) => {
+            print!("{toml}");
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            ExitCode::from(EXIT_CONFIG)
+        }
     }
 }
 

@@ -330,6 +330,37 @@ fn mutate(rng: &mut Rng, text: &str) -> String {
     chars.into_iter().collect()
 }
 
+const IMPORTS: &[&str] = &[
+    "daytime\tstream\ttcp\tnowait\troot\tinternal\n#<off># tftp\tdgram\tudp\twait\tnobody\t/usr/sbin/tcpd\t/usr/sbin/in.tftpd /srv/tftp\n127.0.0.1:9 stream tcp6 nowait.40.2 nobody:nogroup /bin/cat cat -u\n",
+    "defaults\n{\n  instances = 60\n  only_from = 10.0.0.0/8 host\n}\nservice git\n{\n  port = 9418\n  socket_type = stream\n  wait = no\n  server = /bin/cat\n  server_args = -u\n  cps = 25 30\n  flags = NODELAY IPv6 SENSOR\n  env = A=1 B=2\n  rlimit_as = 8M\n  only_from += 127.0.0.1\n}\nservice daytime\n{\n  type = INTERNAL\n  id = daytime-dgram\n  socket_type = dgram\n  wait = yes\n}\n",
+];
+
+/// The importers: no panic, and their output parses as TOML.
+fn check_import(text: &str) -> Result<(), String> {
+    use summond::import::{convert, Format};
+    for format in [Format::Inetd, Format::Xinetd] {
+        let out = catch_unwind(AssertUnwindSafe(|| {
+            convert(Path::new("in.conf"), text, format)
+        }))
+        .map_err(|_| format!("import::convert ({format:?}) panicked"))?;
+        match out {
+            Ok(toml) => {
+                if let Err(e) = toml.parse::<toml::Table>() {
+                    return Err(format!(
+                        "{format:?} import wrote invalid TOML ({e}):\n{toml}"
+                    ));
+                }
+            }
+            Err(errors) => {
+                if errors.iter().any(|e| !e.to_string().starts_with("in.conf")) {
+                    return Err(format!("an import error without its path: {errors:?}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 const REQUESTS: &[&str] = &[
     "GET /metrics HTTP/1.1\r\nHost: localhost\r\nUser-Agent: Prometheus/2.42\r\nAccept: text/plain\r\n\r\n",
     "GET / HTTP/1.0\n\n",
@@ -468,6 +499,16 @@ fn no_input_panics_or_hangs() {
                 mutate(&mut rng, &base)
             }
         };
+        // Every eighth input also goes to the importers, as inetd.conf and
+        // as xinetd text; what they write must be TOML that parses.
+        if runs % 8 == 4 {
+            let base = IMPORTS[rng.below(IMPORTS.len())];
+            let text = mutate(&mut rng, base).replace("include", "xnclude");
+            if let Err(why) = check_import(&text) {
+                let _ = std::panic::take_hook();
+                panic!("fuzz failure after {runs} runs (SUMMOND_FUZZ_SEED={seed}): {why}\ninput: {text:?}");
+            }
+        }
         // Every eighth input also goes to the metrics listener's request
         // parser, as the bytes a scraper (or anyone) might send.
         if runs % 8 == 0 {

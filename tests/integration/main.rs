@@ -7,6 +7,7 @@ mod control;
 mod daemon;
 mod docs;
 mod faults;
+mod import;
 mod include;
 mod internal;
 mod lifecycle;

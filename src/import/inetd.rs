@@ -1,0 +1,220 @@
+//! inetd.conf: `service socktype proto wait[.max] user[.group] server args…`
+//! per line, as Debian's update-inetd writes it (a line it disabled starts
+//! with `#<off>#`). `internal` servers become summond's internal services;
+//! a tcpd wrapper is unwrapped (its hosts.allow rules are not carried
+//! over, and said so).
+
+use std::path::Path;
+
+use super::{list, s, Entry, ImportError, Services};
+
+const INTERNAL: &[&str] = &["echo", "discard", "chargen", "daytime", "time"];
+const TCPD: &str = "/usr/sbin/tcpd";
+
+pub fn parse(path: &Path, text: &str, services: &Services) -> Result<Vec<Entry>, Vec<ImportError>> {
+    let mut entries = Vec::new();
+    let mut errors = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line_no = i + 1;
+        let trimmed = raw.trim();
+        let (disabled, body) = match trimmed.strip_prefix("#<off>#") {
+            Some(rest) => (true, rest.trim()),
+            None if trimmed.is_empty() || trimmed.starts_with('#') => continue,
+            None => (false, trimmed),
+        };
+        match entry(path, line_no, body, disabled, services) {
+            Ok(e) => entries.push(e),
+            Err(message) => errors.push(ImportError {
+                path: path.to_path_buf(),
+                line: Some(line_no),
+                message,
+            }),
+        }
+    }
+    if errors.is_empty() {
+        Ok(entries)
+    } else {
+        Err(errors)
+    }
+}
+
+fn entry(
+    path: &Path,
+    line_no: usize,
+    body: &str,
+    disabled: bool,
+    services: &Services,
+) -> Result<Entry, String> {
+    let f: Vec<&str> = body.split_whitespace().collect();
+    if f.len() < 6 {
+        return Err(format!(
+            "expected `service socktype proto wait user server [args]`, found {} fields",
+            f.len()
+        ));
+    }
+    let (service, socktype, proto, wait, user, server) = (f[0], f[1], f[2], f[3], f[4], f[5]);
+    let args = &f[6..];
+    let mut e = Entry {
+        name: service.rsplit(':').next().unwrap_or(service).to_string(),
+        origin: format!("{}:{line_no}: {body}", path.display()),
+        ..Entry::default()
+    };
+    // `host:service` binds one address (OpenBSD and FreeBSD inetd).
+    let (host, service) = match service.rsplit_once(':') {
+        Some((h, svc)) => (Some(h), svc),
+        None => (None, service),
+    };
+    let stream = match socktype {
+        "stream" => true,
+        "dgram" => false,
+        other => {
+            e.unusable = Some(format!("socket type {other} is not served by summond"));
+            return Ok(e);
+        }
+    };
+    let (family_any, base_proto) = match proto {
+        "tcp" | "tcp4" => ("0.0.0.0", "tcp"),
+        "udp" | "udp4" => ("0.0.0.0", "udp"),
+        "tcp6" => ("[::]", "tcp"),
+        "udp6" => ("[::]", "udp"),
+        other if other.starts_with("rpc/") => {
+            e.unusable =
+                Some("ONC RPC services (portmapper registration) are not supported".into());
+            return Ok(e);
+        }
+        other => return Err(format!("unknown protocol {other}")),
+    };
+    if (base_proto == "tcp") != stream {
+        return Err(format!("{socktype} does not go with {proto}"));
+    }
+    let Some(port) = services.port(service, base_proto) else {
+        return Err(format!(
+            "no port for service {service}/{base_proto} in /etc/services"
+        ));
+    };
+    let addr = match host {
+        Some("*") | None => family_any.to_string(),
+        Some(h) if h.contains(':') => format!("[{h}]"),
+        Some(h) => h.to_string(),
+    };
+    e.set("listen", s(&format!("{base_proto}://{addr}:{port}")));
+
+    let (mode, max) = match wait.split_once('.') {
+        Some((m, n)) => (m, Some(n)),
+        None => (wait, None),
+    };
+    match (mode, stream) {
+        ("nowait", true) => {}
+        ("wait", _) => e.set("accept", "false".into()),
+        ("nowait", false) => {
+            e.unusable = Some("a datagram service in nowait mode has nothing to accept".into());
+            return Ok(e);
+        }
+        (other, _) => return Err(format!("wait field must be wait or nowait, found {other}")),
+    }
+    if let Some(n) = max {
+        // inetd's nowait.N: N per minute, then the service is disabled for
+        // ten minutes; summond's rate pauses instead.
+        match n.split('.').next().and_then(|n| n.parse::<u32>().ok()) {
+            Some(n) if n > 0 => e.set("rate", s(&format!("{n}/1m"))),
+            _ => e.drop_setting(format!("{wait}: not a count")),
+        }
+        if let Some(per_source) = n.split('.').nth(1).and_then(|m| m.parse::<u32>().ok()) {
+            e.set("max_per_source", per_source.to_string());
+        }
+    }
+
+    if server == "internal" {
+        if INTERNAL.contains(&service) {
+            e.set("exec", list([format!("internal:{service}").as_str()]));
+        } else {
+            e.unusable = Some(format!(
+                "inetd's internal {service} has no summond equivalent"
+            ));
+            return Ok(e);
+        }
+    } else {
+        // inetd passes args as argv (args[0] is the program's name);
+        // tcpd execs its argv[0] after checking hosts.allow.
+        let mut argv: Vec<&str> = args.to_vec();
+        if server == TCPD {
+            e.drop_setting("the tcpd wrapper (hosts.allow/hosts.deny); use allow and deny instead");
+            if argv.is_empty() {
+                return Err("tcpd without a program to run".into());
+            }
+        } else {
+            if argv.is_empty() {
+                argv.push(server);
+            }
+            argv[0] = server;
+        }
+        e.set("exec", list(argv));
+    }
+
+    let (u, g) = match user.split_once(['.', ':']) {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    if u != "root" {
+        e.set("user", s(u));
+    }
+    if let Some(g) = g {
+        e.set("group", s(g));
+    }
+    if disabled {
+        e.set("disabled", "true".into());
+    }
+    Ok(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> Services {
+        Services::parse("daytime 13/tcp\ndaytime 13/udp\ntftp 69/udp\nftp 21/tcp\ndiscard 9/tcp\n")
+    }
+
+    #[test]
+    fn update_inetd_lines_become_services() {
+        let text = "# comment\n\
+            daytime\tstream\ttcp\tnowait\troot\tinternal\n\
+            #<off># tftp\tdgram\tudp\twait\tnobody\t/usr/sbin/tcpd\t/usr/sbin/in.tftpd /srv/tftp\n\
+            discard stream tcp6 nowait.40 nobody.nogroup internal\n\
+            127.0.0.1:ftp stream tcp nowait root /usr/sbin/in.ftpd in.ftpd -l\n";
+        let e = parse(Path::new("inetd.conf"), text, &db()).unwrap();
+        assert_eq!(e.len(), 4);
+        let keys = |i: usize| e[i].keys.clone();
+        assert!(keys(0).contains(&("listen".into(), "\"tcp://0.0.0.0:13\"".into())));
+        assert!(keys(0).contains(&("exec".into(), "[\"internal:daytime\"]".into())));
+        assert!(keys(1).contains(&(
+            "exec".into(),
+            "[\"/usr/sbin/in.tftpd\", \"/srv/tftp\"]".into()
+        )));
+        assert!(keys(1).contains(&("accept".into(), "false".into())));
+        assert!(keys(1).contains(&("disabled".into(), "true".into())));
+        assert!(e[1].dropped[0].contains("tcpd"));
+        assert!(keys(2).contains(&("listen".into(), "\"tcp://[::]:9\"".into())));
+        assert!(keys(2).contains(&("rate".into(), "\"40/1m\"".into())));
+        assert!(keys(2).contains(&("group".into(), "\"nogroup\"".into())));
+        assert!(keys(3).contains(&("listen".into(), "\"tcp://127.0.0.1:21\"".into())));
+        assert!(keys(3).contains(&("exec".into(), "[\"/usr/sbin/in.ftpd\", \"-l\"]".into())));
+    }
+
+    #[test]
+    fn bad_lines_are_located() {
+        let err = parse(Path::new("i.conf"), "ok\nfoo stream\n", &db()).unwrap_err();
+        assert_eq!(
+            err[0].to_string(),
+            "i.conf:1: expected `service socktype proto wait user server [args]`, found 1 fields"
+        );
+        assert_eq!(err[1].line, Some(2));
+        let err = parse(
+            Path::new("i.conf"),
+            "nosuch stream tcp nowait root /bin/cat cat\n",
+            &db(),
+        )
+        .unwrap_err();
+        assert!(err[0].message.contains("no port for service nosuch/tcp"));
+    }
+}

@@ -1,0 +1,319 @@
+//! `summond import`: an existing inetd.conf or xinetd configuration as
+//! summond TOML. Each input is parsed into `Entry` values (one per
+//! service), which are written out as `[[service]]` tables; every setting
+//! that cannot be carried over becomes a comment at its service saying
+//! what it was and why it was left out, so nothing is dropped silently.
+//! The format is detected when `--from` is not given. Unreadable or
+//! unparsable input is an `ImportError` (`PATH:LINE: message`, exit 2).
+//!
+//! - `inetd.rs`: inetd.conf lines, including update-inetd's `#<off>#`.
+//! - `xinetd.rs`: xinetd.conf and /etc/xinetd.d files, with `defaults`,
+//!   `include` and `includedir`.
+
+mod inetd;
+mod xinetd;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Where service names are turned into ports.
+const SERVICES_DB: &str = "/etc/services";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Inetd,
+    Xinetd,
+}
+
+/// Why an input cannot be imported.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ImportError {
+    pub path: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ImportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{l}: {}", self.path.display(), self.message),
+            None => write!(f, "{}: {}", self.path.display(), self.message),
+        }
+    }
+}
+
+/// One service as it will be written: keys with their TOML values, and
+/// what was left out.
+#[derive(Debug, Default, PartialEq)]
+pub struct Entry {
+    pub name: String,
+    /// Where it came from, for the comment above it.
+    pub origin: String,
+    /// `key = value` with the value already TOML.
+    pub keys: Vec<(String, String)>,
+    /// Settings not carried over, each with why.
+    pub dropped: Vec<String>,
+    /// The whole entry cannot be served; written commented out.
+    pub unusable: Option<String>,
+}
+
+impl Entry {
+    pub fn set(&mut self, key: &str, value: String) {
+        self.keys.retain(|(k, _)| k != key);
+        self.keys.push((key.to_string(), value));
+    }
+
+    pub fn drop_setting(&mut self, what: impl Into<String>) {
+        self.dropped.push(what.into());
+    }
+}
+
+/// A TOML string literal.
+pub fn s(v: &str) -> String {
+    toml::Value::String(v.to_string()).to_string()
+}
+
+/// A TOML array of strings.
+pub fn list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    let v: Vec<String> = items.into_iter().map(s).collect();
+    format!("[{}]", v.join(", "))
+}
+
+/// /etc/services: (name or alias, protocol) → port.
+pub struct Services(HashMap<(String, String), u16>);
+
+impl Services {
+    pub fn load() -> Services {
+        Services::parse(&std::fs::read_to_string(SERVICES_DB).unwrap_or_default())
+    }
+
+    pub fn parse(text: &str) -> Services {
+        let mut map = HashMap::new();
+        for line in text.lines() {
+            let line = line.split('#').next().unwrap_or("");
+            let mut f = line.split_whitespace();
+            let (Some(name), Some(port_proto)) = (f.next(), f.next()) else {
+                continue;
+            };
+            let Some((port, proto)) = port_proto.split_once('/') else {
+                continue;
+            };
+            let Ok(port) = port.parse::<u16>() else {
+                continue;
+            };
+            for n in std::iter::once(name).chain(f) {
+                map.entry((n.to_string(), proto.to_string()))
+                    .or_insert(port);
+            }
+        }
+        Services(map)
+    }
+
+    /// A number, or a name looked up for `proto` ("tcp" or "udp").
+    pub fn port(&self, service: &str, proto: &str) -> Option<u16> {
+        service.parse().ok().or_else(|| {
+            self.0
+                .get(&(service.to_string(), proto.to_string()))
+                .copied()
+        })
+    }
+}
+
+/// Guess the format from the text.
+pub fn detect(text: &str) -> Option<Format> {
+    let meaningful = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && (!l.starts_with('#') || l.starts_with("#<off>#")));
+    for l in meaningful {
+        if l.starts_with("service ")
+            || l.starts_with("defaults")
+            || l.starts_with("includedir ")
+            || l == "{"
+        {
+            return Some(Format::Xinetd);
+        }
+        let fields = l.trim_start_matches("#<off>#").split_whitespace().count();
+        if fields >= 6 {
+            return Some(Format::Inetd);
+        }
+    }
+    None
+}
+
+/// Import every file of `paths` and write one summond config.
+pub fn import(paths: &[PathBuf], from: Option<Format>) -> Result<String, Vec<ImportError>> {
+    let services = Services::load();
+    let mut entries = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(ImportError {
+                    path: path.clone(),
+                    line: None,
+                    message: format!("cannot read it: {e}"),
+                });
+                continue;
+            }
+        };
+        let format = match from.or_else(|| detect(&text)) {
+            Some(f) => f,
+            None => {
+                errors.push(ImportError {
+                    path: path.clone(),
+                    line: None,
+                    message: "neither inetd.conf lines nor xinetd service blocks; \
+                              name the format with --from"
+                        .into(),
+                });
+                continue;
+            }
+        };
+        let result = match format {
+            Format::Inetd => inetd::parse(path, &text, &services),
+            Format::Xinetd => xinetd::parse(path, &text, &services),
+        };
+        match result {
+            Ok(mut e) => entries.append(&mut e),
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(render(paths, entries))
+}
+
+/// One input's text as summond TOML (no files are read but, for xinetd,
+/// those its include directives name).
+pub fn convert(path: &Path, text: &str, format: Format) -> Result<String, Vec<ImportError>> {
+    let services = Services::load();
+    let entries = match format {
+        Format::Inetd => inetd::parse(path, text, &services)?,
+        Format::Xinetd => xinetd::parse(path, text, &services)?,
+    };
+    Ok(render(&[path.to_path_buf()], entries))
+}
+
+/// Names unique and made of the characters summond allows.
+fn unique_names(entries: &mut [Entry]) {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for e in entries.iter_mut() {
+        let mut name: String = e
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        if name.is_empty() {
+            name = "service".into();
+        }
+        let n = seen.entry(name.clone()).or_insert(0);
+        *n += 1;
+        if *n > 1 {
+            name = format!("{name}-{n}");
+        }
+        e.name = name;
+    }
+}
+
+/// One address, one service: a later entry whose address is taken is
+/// written commented out (xinetd allows duplicates while at most one of
+/// them is enabled; summond refuses them).
+fn one_service_per_address(entries: &mut [Entry]) {
+    let mut owner: HashMap<String, String> = HashMap::new();
+    for e in entries.iter_mut().filter(|e| e.unusable.is_none()) {
+        let Some((_, listen)) = e.keys.iter().find(|(k, _)| k == "listen") else {
+            continue;
+        };
+        match owner.get(listen) {
+            Some(first) => {
+                e.unusable = Some(format!(
+                    "its address {listen} is already used by \"{first}\" above; \
+                     enable one of the two"
+                ))
+            }
+            None => {
+                owner.insert(listen.clone(), e.name.clone());
+            }
+        }
+    }
+}
+
+/// Text fit for a TOML comment: one line, no control characters (the
+/// input's own bytes end up here).
+fn comment(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
+        .collect()
+}
+
+fn render(paths: &[PathBuf], mut entries: Vec<Entry>) -> String {
+    unique_names(&mut entries);
+    one_service_per_address(&mut entries);
+    let mut out = String::from("# Written by summond import from:\n");
+    for p in paths {
+        out.push_str(&format!("#   {}\n", comment(&p.display().to_string())));
+    }
+    out.push_str("# Check it with `summond --check -c FILE` before use.\n");
+    for e in &entries {
+        out.push('\n');
+        out.push_str(&format!("# {}\n", comment(&e.origin)));
+        let prefix = if let Some(why) = &e.unusable {
+            out.push_str(&format!("# not imported: {}\n", comment(why)));
+            "# "
+        } else {
+            ""
+        };
+        out.push_str(&format!("{prefix}[[service]]\n"));
+        out.push_str(&format!("{prefix}name = {}\n", s(&e.name)));
+        for (k, v) in &e.keys {
+            out.push_str(&format!("{prefix}{k} = {v}\n"));
+        }
+        for d in &e.dropped {
+            out.push_str(&format!("# not carried over: {}\n", comment(d)));
+        }
+    }
+    out
+}
+
+/// Does `path` exist as a file the importer could read? For includedir.
+fn readable(path: &Path) -> bool {
+    path.is_file()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_are_detected() {
+        assert_eq!(detect("# c\nservice echo\n{\n}\n"), Some(Format::Xinetd));
+        assert_eq!(
+            detect("defaults\n{\n}\nincludedir /etc/xinetd.d\n"),
+            Some(Format::Xinetd)
+        );
+        assert_eq!(
+            detect("#<off># tftp dgram udp wait nobody /usr/sbin/tcpd /usr/sbin/in.tftpd\n"),
+            Some(Format::Inetd)
+        );
+        assert_eq!(detect("hello world\n"), None);
+    }
+
+    #[test]
+    fn service_names_become_ports() {
+        let db = Services::parse("daytime 13/tcp\ndaytime 13/udp\ntime 37/tcp timserver # x\n");
+        assert_eq!(db.port("daytime", "udp"), Some(13));
+        assert_eq!(db.port("timserver", "tcp"), Some(37));
+        assert_eq!(db.port("9000", "tcp"), Some(9000));
+        assert_eq!(db.port("nope", "tcp"), None);
+    }
+}
