@@ -90,7 +90,7 @@ enum Sub {
         #[arg(last = true, required = true, value_name = "PROGRAM")]
         program: Vec<String>,
     },
-    /// Print an inetd.conf or xinetd configuration as summond TOML
+    /// Print an inetd.conf, xinetd or systemd .socket configuration as summond TOML
     #[command(after_help = "Example: summond import /etc/xinetd.conf > /etc/summond/summond.toml")]
     Import {
         /// The input's format (detected when not given)
@@ -107,6 +107,7 @@ enum Sub {
 pub enum ImportFormat {
     Inetd,
     Xinetd,
+    Systemd,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -37,6 +37,7 @@ fn import(from: Option<ImportFormat>, files: &[PathBuf]) -> ExitCode {
     let format = from.map(|f| match f {
         ImportFormat::Inetd => summond::import::Format::Inetd,
         ImportFormat::Xinetd => summond::import::Format::Xinetd,
+        ImportFormat::Systemd => summond::import::Format::Systemd,
     });
     match summond::import::import(files, format) {
         Ok(toml) => {

@@ -11,6 +11,7 @@
 //!   `include` and `includedir`.
 
 mod inetd;
+mod systemd;
 mod xinetd;
 
 use std::collections::HashMap;
@@ -24,6 +25,8 @@ const SERVICES_DB: &str = "/etc/services";
 pub enum Format {
     Inetd,
     Xinetd,
+    /// A `.socket` unit, with its service beside it.
+    Systemd,
 }
 
 /// Why an input cannot be imported.
@@ -120,6 +123,14 @@ impl Services {
     }
 }
 
+/// Guess the format from the file name and text.
+pub fn detect_file(path: &Path, text: &str) -> Option<Format> {
+    if path.extension().is_some_and(|e| e == "socket") || text.contains("[Socket]") {
+        return Some(Format::Systemd);
+    }
+    detect(text)
+}
+
 /// Guess the format from the text.
 pub fn detect(text: &str) -> Option<Format> {
     let meaningful = text
@@ -159,14 +170,14 @@ pub fn import(paths: &[PathBuf], from: Option<Format>) -> Result<String, Vec<Imp
                 continue;
             }
         };
-        let format = match from.or_else(|| detect(&text)) {
+        let format = match from.or_else(|| detect_file(path, &text)) {
             Some(f) => f,
             None => {
                 errors.push(ImportError {
                     path: path.clone(),
                     line: None,
-                    message: "neither inetd.conf lines nor xinetd service blocks; \
-                              name the format with --from"
+                    message: "neither inetd.conf lines, xinetd service blocks nor a \
+                              systemd .socket unit; name the format with --from"
                         .into(),
                 });
                 continue;
@@ -175,6 +186,7 @@ pub fn import(paths: &[PathBuf], from: Option<Format>) -> Result<String, Vec<Imp
         let result = match format {
             Format::Inetd => inetd::parse(path, &text, &services),
             Format::Xinetd => xinetd::parse(path, &text, &services),
+            Format::Systemd => systemd::parse(path, &text),
         };
         match result {
             Ok(mut e) => entries.append(&mut e),
@@ -194,6 +206,7 @@ pub fn convert(path: &Path, text: &str, format: Format) -> Result<String, Vec<Im
     let entries = match format {
         Format::Inetd => inetd::parse(path, text, &services)?,
         Format::Xinetd => xinetd::parse(path, text, &services)?,
+        Format::Systemd => systemd::parse(path, text)?,
     };
     Ok(render(&[path.to_path_buf()], entries))
 }

@@ -145,7 +145,7 @@ fn input_in_no_known_format_is_exit_2_with_its_path() {
     assert_eq!((code, out.as_str()), (2, ""));
     assert!(
         err.starts_with(&format!(
-            "{}: neither inetd.conf lines nor xinetd service blocks",
+            "{}: neither inetd.conf lines, xinetd service blocks nor a systemd .socket unit",
             junk.display()
         )),
         "{err}"
@@ -161,4 +161,73 @@ fn input_in_no_known_format_is_exit_2_with_its_path() {
     let (code, _, err) = run_to_exit(&["import", dir.path("missing").to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(err.contains("cannot read it"), "{err}");
+}
+
+/// The .socket units Debian packages installed here, with their services:
+/// dbus.socket (the system bus) and uuidd.socket. Both pass --check; the
+/// imported system bus, moved to a socket of the test's own, is started
+/// by summond on the first client and answers the real dbus-send.
+#[test]
+fn installed_socket_units_import_check_and_the_system_bus_answers() {
+    let units = std::path::Path::new("/lib/systemd/system");
+    let dbus = units.join("dbus.socket");
+    if !dbus.exists() || !std::path::Path::new("/usr/bin/dbus-send").exists() {
+        skip(
+            "installed_socket_units_import_check_and_the_system_bus_answers",
+            "dbus.socket and dbus-send are not installed",
+        );
+        return;
+    }
+    let mut args = vec!["import", dbus.to_str().unwrap()];
+    let uuidd = units.join("uuidd.socket");
+    if uuidd.exists() {
+        args.push(uuidd.to_str().unwrap());
+    }
+    let (code, toml, err) = run_to_exit(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        toml.contains("exec = [\"/usr/bin/dbus-daemon\", \"--system\""),
+        "{toml}"
+    );
+    assert!(
+        toml.contains("pass = \"listen_fds\"") && toml.contains("accept = false"),
+        "{toml}"
+    );
+    assert!(toml.contains("# not carried over: Type=notify"), "{toml}");
+    let dir = TempDir::new("import-systemd");
+    let out = dir.path("summond.toml");
+    std::fs::write(&out, &toml).unwrap();
+    let (code, ok, err) = run_to_exit(&["--check", "-c", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}\n{toml}");
+    assert!(ok.starts_with("ok: "));
+
+    if !nix::unistd::geteuid().is_root() {
+        skip(
+            "installed_socket_units_import_check_and_the_system_bus_answers",
+            "the system bus drops to messagebus, which needs root",
+        );
+        return;
+    }
+    let (_, bus_only, _) = run_to_exit(&["import", dbus.to_str().unwrap()]);
+    let s =
+        Summond::start(&bus_only.replace("/run/dbus/system_bus_socket", "{dir}/system_bus_socket"));
+    let bus = format!("unix:path={}", s.dir.path("system_bus_socket").display());
+    let reply = std::process::Command::new("/usr/bin/dbus-send")
+        .args([
+            &format!("--bus={bus}"),
+            "--print-reply",
+            "--reply-timeout=5000",
+            "--dest=org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.GetId",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        reply.status.success() && String::from_utf8_lossy(&reply.stdout).contains("string \""),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&reply.stdout),
+        String::from_utf8_lossy(&reply.stderr),
+        s.log_text()
+    );
 }
