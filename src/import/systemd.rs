@@ -148,6 +148,16 @@ fn address(value: &str, stream: bool) -> Option<String> {
     None
 }
 
+/// Socket kinds summond does not serve (each is reported).
+const UNSERVED_LISTEN: &[&str] = &[
+    "ListenSequentialPacket",
+    "ListenFIFO",
+    "ListenSpecial",
+    "ListenNetlink",
+    "ListenMessageQueue",
+    "ListenUSBFunction",
+];
+
 const SANDBOX_SETTINGS: &[&str] = &[
     "ProtectSystem",
     "ProtectHome",
@@ -198,14 +208,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, Vec<ImportError>> {
             }
         }
     }
-    for key in [
-        "ListenSequentialPacket",
-        "ListenFIFO",
-        "ListenSpecial",
-        "ListenNetlink",
-        "ListenMessageQueue",
-        "ListenUSBFunction",
-    ] {
+    for key in UNSERVED_LISTEN {
         for v in get(key) {
             e.drop_setting(format!("{key}={v}: not served by summond"));
         }
@@ -262,12 +265,6 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, Vec<ImportError>> {
         let known = [
             "ListenStream",
             "ListenDatagram",
-            "ListenSequentialPacket",
-            "ListenFIFO",
-            "ListenSpecial",
-            "ListenNetlink",
-            "ListenMessageQueue",
-            "ListenUSBFunction",
             "Accept",
             "MaxConnections",
             "MaxConnectionsPerSource",
@@ -284,7 +281,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, Vec<ImportError>> {
             "Service",
             "RemoveOnStop",
         ];
-        if !known.contains(&k.as_str()) {
+        if !known.contains(&k.as_str()) && !UNSERVED_LISTEN.contains(&k.as_str()) {
             e.drop_setting(format!(
                 "{k}={}: socket tuning summond does not carry",
                 v.join(" ")

@@ -1081,22 +1081,33 @@ impl Server {
 
     /// Swap the control socket (the old one's file is removed on drop).
     fn set_control(&mut self, control: Option<Listener>) {
-        if let Some(old) = self.control.take() {
+        let old = std::mem::replace(&mut self.control, control);
+        self.swap_watched(old, CONTROL, "control socket");
+    }
+
+    /// Stop watching `old` (dropping it) and watch the listener now in the
+    /// slot for `token` (the control or metrics socket).
+    pub(super) fn swap_watched(&mut self, old: Option<Listener>, token: Token, what: &str) {
+        if let Some(old) = old {
             let _ = self
                 .poll
                 .registry()
                 .deregister(&mut SourceFd(&old.socket.as_raw_fd()));
         }
-        if let Some(new) = &control {
+        let new = if token == CONTROL {
+            &self.control
+        } else {
+            &self.metrics
+        };
+        if let Some(new) = new {
             if let Err(e) = self.poll.registry().register(
                 &mut SourceFd(&new.socket.as_raw_fd()),
-                CONTROL,
+                token,
                 Interest::READABLE,
             ) {
-                error!("control socket {}: {e}", new.addr);
+                error!("{what} {}: {e}", new.addr);
             }
         }
-        self.control = control;
     }
 
     // ---- stop -------------------------------------------------------

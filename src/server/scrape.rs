@@ -7,7 +7,7 @@
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-use log::{debug, error, warn};
+use log::{debug, warn};
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
 
@@ -22,22 +22,8 @@ const SCRAPE_ACCEPT_BUDGET: usize = 16;
 impl Server {
     /// Swap the metrics listener (the old one's file is removed on drop).
     pub(super) fn set_metrics(&mut self, metrics: Option<Listener>) {
-        if let Some(old) = self.metrics.take() {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&old.socket.as_raw_fd()));
-        }
-        if let Some(new) = &metrics {
-            if let Err(e) = self.poll.registry().register(
-                &mut SourceFd(&new.socket.as_raw_fd()),
-                METRICS,
-                Interest::READABLE,
-            ) {
-                error!("metrics {}: {e}", new.addr);
-            }
-        }
-        self.metrics = metrics;
+        let old = std::mem::replace(&mut self.metrics, metrics);
+        self.swap_watched(old, METRICS, "metrics");
     }
 
     pub(super) fn accept_scrapers(&mut self) {

@@ -212,22 +212,10 @@ fn installed_socket_units_import_check_and_the_system_bus_answers() {
     let s =
         Summond::start(&bus_only.replace("/run/dbus/system_bus_socket", "{dir}/system_bus_socket"));
     let bus = format!("unix:path={}", s.dir.path("system_bus_socket").display());
-    let reply = std::process::Command::new("/usr/bin/dbus-send")
-        .args([
-            &format!("--bus={bus}"),
-            "--print-reply",
-            "--reply-timeout=5000",
-            "--dest=org.freedesktop.DBus",
-            "/org/freedesktop/DBus",
-            "org.freedesktop.DBus.GetId",
-        ])
-        .output()
-        .unwrap();
+    let (ok, reply) = dbus_call(&bus, "GetId");
     assert!(
-        reply.status.success() && String::from_utf8_lossy(&reply.stdout).contains("string \""),
-        "{}{}\n{}",
-        String::from_utf8_lossy(&reply.stdout),
-        String::from_utf8_lossy(&reply.stderr),
+        ok && reply.contains("string \""),
+        "{reply}\n{}",
         s.log_text()
     );
 }

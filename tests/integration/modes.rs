@@ -328,22 +328,10 @@ fn dbus_daemon_started_on_demand_answers_dbus_send() {
     .unwrap();
     let s = Summond::start(&example.replace("/run/user/1000/bus", "{dir}/bus"));
     let bus = format!("unix:path={}", s.dir.path("bus").display());
-    let out = std::process::Command::new("/usr/bin/dbus-send")
-        .args([
-            &format!("--bus={bus}"),
-            "--print-reply",
-            "--reply-timeout=5000",
-            "--dest=org.freedesktop.DBus",
-            "/org/freedesktop/DBus",
-            "org.freedesktop.DBus.ListNames",
-        ])
-        .output()
-        .unwrap();
-    let reply = String::from_utf8_lossy(&out.stdout);
+    let (ok, reply) = dbus_call(&bus, "ListNames");
     assert!(
-        out.status.success() && reply.contains("\"org.freedesktop.DBus\""),
-        "{reply}{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
+        ok && reply.contains("\"org.freedesktop.DBus\""),
+        "{reply}\n{}",
         s.log_text()
     );
     assert!(s.log_text().contains("dbus-kiosk: started pid"));

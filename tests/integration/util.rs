@@ -734,3 +734,27 @@ pub fn as_nobody_with_room_for(test: &str, children: u64) -> Option<(Vec<String>
     ];
     Some((wrapper, others + 1 + children))
 }
+
+/// Ask the bus at `bus` (a D-Bus address) `method` of org.freedesktop.DBus
+/// with the real dbus-send: (succeeded, stdout + stderr).
+pub fn dbus_call(bus: &str, method: &str) -> (bool, String) {
+    let out = Command::new("/usr/bin/dbus-send")
+        .args([
+            &format!("--bus={bus}"),
+            "--print-reply",
+            "--reply-timeout=5000",
+            "--dest=org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            &format!("org.freedesktop.DBus.{method}"),
+        ])
+        .output()
+        .expect("run dbus-send");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
