@@ -335,9 +335,25 @@ const IMPORTS: &[&str] = &[
     "defaults\n{\n  instances = 60\n  only_from = 10.0.0.0/8 host\n}\nservice git\n{\n  port = 9418\n  socket_type = stream\n  wait = no\n  server = /bin/cat\n  server_args = -u\n  cps = 25 30\n  flags = NODELAY IPv6 SENSOR\n  env = A=1 B=2\n  rlimit_as = 8M\n  only_from += 127.0.0.1\n}\nservice daytime\n{\n  type = INTERNAL\n  id = daytime-dgram\n  socket_type = dgram\n  wait = yes\n}\n",
 ];
 
+const UNITS: &[&str] = &[
+    "[Unit]\nDescription=x\n[Socket]\nListenStream=22\nListenStream=/run/%N.sock\nListenDatagram=127.0.0.1:53\nAccept=yes\nMaxConnections=64\nFileDescriptorName=ssh\nBindIPv6Only=both\nKeepAlive=yes\nTriggerLimitBurst=5\n[Install]\nWantedBy=sockets.target\n",
+    "[Service]\nExecStart=-@/usr/sbin/sshd sshd -i \"-o x\"\nStandardInput=socket\nUser=nobody\nEnvironment=A=1 \"B=2 3\"\nLimitNOFILE=1024:4096\nNoNewPrivileges=yes\nRuntimeMaxSec=30\nProtectSystem=strict\n",
+];
+
 /// The importers: no panic, and their output parses as TOML.
 fn check_import(text: &str) -> Result<(), String> {
-    use summond::import::{convert, Format};
+    use summond::import::{convert, convert_units, Format};
+    // As a .socket unit, with the other text as its service.
+    let units = catch_unwind(AssertUnwindSafe(|| {
+        convert_units(Path::new("in.socket"), text, UNITS[1])
+            .and_then(|_| convert_units(Path::new("in.socket"), UNITS[0], text))
+    }))
+    .map_err(|_| "import::convert_units panicked".to_string())?;
+    if let Ok(toml) = &units {
+        if let Err(e) = toml.parse::<toml::Table>() {
+            return Err(format!("systemd import wrote invalid TOML ({e}):\n{toml}"));
+        }
+    }
     for format in [Format::Inetd, Format::Xinetd] {
         let out = catch_unwind(AssertUnwindSafe(|| {
             convert(Path::new("in.conf"), text, format)
@@ -502,7 +518,8 @@ fn no_input_panics_or_hangs() {
         // Every eighth input also goes to the importers, as inetd.conf and
         // as xinetd text; what they write must be TOML that parses.
         if runs % 8 == 4 {
-            let base = IMPORTS[rng.below(IMPORTS.len())];
+            let all: Vec<&str> = [IMPORTS, UNITS].concat();
+            let base = all[rng.below(all.len())];
             let text = mutate(&mut rng, base).replace("include", "xnclude");
             if let Err(why) = check_import(&text) {
                 let _ = std::panic::take_hook();

@@ -77,6 +77,33 @@ pub fn s(v: &str) -> String {
     toml::Value::String(v.to_string()).to_string()
 }
 
+/// A TOML key: always a basic string with every control character
+/// escaped (a value may be a multi-line literal, a key may not).
+pub fn key(k: &str) -> String {
+    let mut out = String::from("\"");
+    for c in k.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A number as TOML (`096` is `96`); anything else as a string, which
+/// `summond --check` then reports as the wrong type at its line.
+pub fn num(v: &str) -> String {
+    match v.trim().parse::<i64>() {
+        Ok(n) => n.to_string(),
+        Err(_) => s(v),
+    }
+}
+
 /// A TOML array of strings.
 pub fn list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
     let v: Vec<String> = items.into_iter().map(s).collect();
@@ -211,6 +238,18 @@ pub fn convert(path: &Path, text: &str, format: Format) -> Result<String, Vec<Im
     Ok(render(&[path.to_path_buf()], entries))
 }
 
+/// A `.socket` unit's text and its service's, as summond TOML, without
+/// reading any file (for the fuzzer).
+pub fn convert_units(
+    socket_path: &Path,
+    socket: &str,
+    service: &str,
+) -> Result<String, Vec<ImportError>> {
+    let service = service.to_string();
+    let entries = systemd::parse_with(socket_path, socket, |_| Ok(service.clone()))?;
+    Ok(render(&[socket_path.to_path_buf()], entries))
+}
+
 /// Names unique and made of the characters summond allows.
 fn unique_names(entries: &mut [Entry]) {
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -319,6 +358,27 @@ mod tests {
             Some(Format::Inetd)
         );
         assert_eq!(detect("hello world\n"), None);
+    }
+
+    #[test]
+    fn keys_and_numbers_are_always_valid_toml() {
+        let odd = [
+            "A",
+            "a b",
+            "q\"uote",
+            "back\\slash",
+            "new\nline",
+            "del\u{7f}",
+            "'''x'''",
+        ];
+        for k in odd {
+            let doc = format!("t = {{ {} = 1 }}", key(k));
+            let parsed: toml::Table = doc.parse().unwrap_or_else(|e| panic!("{doc}: {e}"));
+            assert!(parsed["t"].as_table().unwrap().contains_key(k), "{doc}");
+        }
+        assert_eq!(num("096"), "96");
+        assert_eq!(num("-3"), "-3");
+        assert_eq!(num("12x"), "\"12x\"");
     }
 
     #[test]

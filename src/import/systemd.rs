@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::{list, s, Entry, ImportError};
+use super::{key, list, num, s, Entry, ImportError};
 
 /// One unit file: section → key → values in order (a key may repeat; an
 /// empty assignment resets it, as systemd does).
@@ -177,6 +177,16 @@ const SANDBOX_SETTINGS: &[&str] = &[
 ];
 
 pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, Vec<ImportError>> {
+    parse_with(path, text, |p| std::fs::read_to_string(p))
+}
+
+/// `parse`, with the service unit read by `read_service` (the fuzzer
+/// supplies it instead of the filesystem).
+pub fn parse_with(
+    path: &Path,
+    text: &str,
+    read_service: impl Fn(&Path) -> std::io::Result<String>,
+) -> Result<Vec<Entry>, Vec<ImportError>> {
     let socket = parse_unit(path, text)?;
     let unit_name = path
         .file_name()
@@ -234,10 +244,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, Vec<ImportError>> {
         _ => {}
     }
     if let Some(n) = one("MaxConnections") {
-        e.set("max_instances", n);
+        e.set("max_instances", num(&n));
     }
     if let Some(n) = one("MaxConnectionsPerSource") {
-        e.set("max_per_source", n);
+        e.set("max_per_source", num(&n));
     }
     if let Some(m) = one("SocketMode") {
         e.set("socket_mode", s(&m));
@@ -249,7 +259,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, Vec<ImportError>> {
         e.set("socket_group", s(&g));
     }
     if let Some(b) = one("Backlog") {
-        e.set("backlog", b);
+        e.set("backlog", num(&b));
     }
     for (key, ours) in [
         ("KeepAlive", "keepalive"),
@@ -298,7 +308,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, Vec<ImportError>> {
         }
     });
     let service_path: PathBuf = path.with_file_name(&service_name);
-    let service_text = std::fs::read_to_string(&service_path).map_err(|x| {
+    let service_text = read_service(&service_path).map_err(|x| {
         vec![err(
             &service_path,
             None,
@@ -370,7 +380,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, Vec<ImportError>> {
         e.set("umask", s(&m));
     }
     if let Some(n) = sone("Nice") {
-        e.set("nice", n);
+        e.set("nice", num(&n));
     }
     // systemd's default is off; summond's is on.
     e.set(
@@ -422,7 +432,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, Vec<ImportError>> {
     if !env.is_empty() {
         let pairs: Vec<String> = env
             .iter()
-            .map(|(k, v)| format!("{} = {}", s(k), s(v)))
+            .map(|(k, v)| format!("{} = {}", key(k), s(v)))
             .collect();
         e.set("env", format!("{{ {} }}", pairs.join(", ")));
     }
@@ -440,12 +450,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, Vec<ImportError>> {
     ] {
         if let Some(v) = sone(key) {
             // soft:hard: summond sets both to one value; the hard one.
-            let v = v.rsplit(':').next().unwrap_or(&v).to_string();
-            let v = if v.chars().all(|c| c.is_ascii_digit()) {
-                v
-            } else {
-                s(&v)
+            let Some(last) = v.split(':').rfind(|p| !p.trim().is_empty()) else {
+                e.drop_setting(format!("{key}={v}: no value"));
+                continue;
             };
+            let last = last.trim();
+            let v = num(last);
             rlimits.push(format!("{ours} = {v}"));
         }
     }

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::{list, readable, s, Entry, ImportError, Services};
+use super::{key, list, num, readable, s, Entry, ImportError, Services};
 
 const INTERNAL: &[&str] = &["echo", "discard", "chargen", "daytime", "time"];
 /// includedir inside includedir: deeper than this is a loop.
@@ -305,12 +305,12 @@ fn entry(b: Block, defaults: &Attrs, services: &Services) -> Entry {
     }
     if let Some(n) = one("instances").filter(|n| n != "UNLIMITED") {
         if n.parse::<u32>().is_ok_and(|n| n > 0) {
-            e.set("max_instances", n);
+            e.set("max_instances", num(&n));
         }
     }
     if let Some(n) = one("per_source").filter(|n| n != "UNLIMITED") {
         if n.parse::<u32>().is_ok_and(|n| n > 0) {
-            e.set("max_per_source", n);
+            e.set("max_per_source", num(&n));
         }
     }
     let cps = get("cps");
@@ -350,7 +350,7 @@ fn entry(b: Block, defaults: &Attrs, services: &Services) -> Entry {
     }
     if let Some(n) = one("nice") {
         if n.parse::<i32>().is_ok_and(|n| (-20..=19).contains(&n)) {
-            e.set("nice", n);
+            e.set("nice", num(&n));
         }
     }
     if let Some(m) = one("umask") {
@@ -372,7 +372,7 @@ fn entry(b: Block, defaults: &Attrs, services: &Services) -> Entry {
         if !vars.is_empty() {
             let pairs: Vec<String> = vars
                 .iter()
-                .map(|(k, v)| format!("{} = {}", s(k), s(v)))
+                .map(|(k, v)| format!("{} = {}", key(k), s(v)))
                 .collect();
             e.set("env", format!("{{ {} }}", pairs.join(", ")));
         }
