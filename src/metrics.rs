@@ -133,81 +133,78 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// One value per service: `NAME{service="…"} V`.
+fn series(
+    out: &mut String,
+    (name, kind): (&str, &str),
+    help: &str,
+    services: &[ServiceFigures<'_>],
+    value: impl Fn(&ServiceFigures<'_>) -> u64,
+) {
+    header(out, name, kind, help);
+    for s in services {
+        let _ = writeln!(out, "{name}{{service=\"{}\"}} {}", label(s.name), value(s));
+    }
+}
+
+/// A counter per service and label value: `NAME{service="…",KEY="…"} V`.
+fn labelled<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    services: &'a [ServiceFigures<'a>],
+    (key, names): (&str, &[&str]),
+    values: impl Fn(&'a ServiceFigures<'a>) -> &'a [u64],
+) {
+    header(out, name, "counter", help);
+    for s in services {
+        let service = label(s.name);
+        for (v, n) in names.iter().zip(values(s)) {
+            let _ = writeln!(out, "{name}{{service=\"{service}\",{key}=\"{v}\"}} {n}");
+        }
+    }
+}
+
 /// The page: every service's figures and summond's process figures.
 pub fn render(services: &[ServiceFigures<'_>], process: &ProcessFigures) -> String {
     let mut out = String::with_capacity(512 + services.len() * 2048);
-    header(
+    series(
         &mut out,
-        "summond_connections_total",
-        "counter",
+        ("summond_connections_total", "counter"),
         "Children started (connections served in accept mode).",
+        services,
+        |s| s.connections,
     );
-    for s in services {
-        let _ = writeln!(
-            out,
-            "summond_connections_total{{service=\"{}\"}} {}",
-            label(s.name),
-            s.connections
-        );
-    }
-    header(
+    series(
         &mut out,
-        "summond_children",
-        "gauge",
+        ("summond_children", "gauge"),
         "Children running now.",
+        services,
+        |s| s.children,
     );
-    for s in services {
-        let _ = writeln!(
-            out,
-            "summond_children{{service=\"{}\"}} {}",
-            label(s.name),
-            s.children
-        );
-    }
-    header(
+    labelled(
         &mut out,
         "summond_refused_total",
-        "counter",
         "Clients turned away, by reason.",
+        services,
+        ("reason", &REFUSAL_REASONS),
+        |s| &s.refused,
     );
-    for s in services {
-        for (reason, n) in REFUSAL_REASONS.iter().zip(s.refused) {
-            let _ = writeln!(
-                out,
-                "summond_refused_total{{service=\"{}\",reason=\"{reason}\"}} {n}",
-                label(s.name)
-            );
-        }
-    }
-    header(
+    series(
         &mut out,
-        "summond_spawn_failures_total",
-        "counter",
+        ("summond_spawn_failures_total", "counter"),
         "Children that could not be started (fork, pipe, exec).",
+        services,
+        |s| s.spawn_failures,
     );
-    for s in services {
-        let _ = writeln!(
-            out,
-            "summond_spawn_failures_total{{service=\"{}\"}} {}",
-            label(s.name),
-            s.spawn_failures
-        );
-    }
-    header(
+    labelled(
         &mut out,
         "summond_child_exits_total",
-        "counter",
         "Children that ended, by outcome.",
+        services,
+        ("outcome", &EXIT_OUTCOMES),
+        |s| &s.exits,
     );
-    for s in services {
-        for (outcome, n) in EXIT_OUTCOMES.iter().zip(s.exits) {
-            let _ = writeln!(
-                out,
-                "summond_child_exits_total{{service=\"{}\",outcome=\"{outcome}\"}} {n}",
-                label(s.name)
-            );
-        }
-    }
     header(
         &mut out,
         "summond_child_duration_seconds",

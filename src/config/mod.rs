@@ -345,7 +345,7 @@ pub fn load(path: &Path, host: &Host) -> Result<Config, ConfigErrors> {
 /// Validate `text` as the contents of `path` (the path only labels errors).
 pub fn parse(path: &Path, text: &str, host: &Host) -> Result<Config, ConfigErrors> {
     let mut seen = parse::Seen::default();
-    let (mut config, mut errors) = parse::check(path, text, host, &mut seen);
+    let (mut config, mut errors) = parse::check(path, text, host, &mut seen, false);
     // Walk order is nearly file order; cross-service checks come last.
     errors.sort_by_key(|e| e.pos.unwrap_or((usize::MAX, usize::MAX)));
     for file in include::files(path, &config.daemon.include, &mut errors) {
@@ -356,10 +356,10 @@ pub fn parse(path: &Path, text: &str, host: &Host) -> Result<Config, ConfigError
                 continue;
             }
         };
-        let (services, mut file_errors) = parse::check_dropin(&file, &text, host, &mut seen);
+        let (dropin, mut file_errors) = parse::check(&file, &text, host, &mut seen, true);
         file_errors.sort_by_key(|e| e.pos.unwrap_or((usize::MAX, usize::MAX)));
         errors.extend(file_errors);
-        config.services.extend(services);
+        config.services.extend(dropin.services);
     }
     if errors.is_empty() {
         Ok(config)

@@ -62,16 +62,11 @@ impl Checker<'_> {
         internal: bool,
     ) -> Options {
         let shape = &Shape { listen, accept };
-        let flag = |cx: &mut Self, key: &'static str, default: bool| {
-            t.get(key)
-                .and_then(|v| cx.boolean(key, v))
-                .unwrap_or(default)
-        };
-        let clear_env = flag(self, "clear_env", false);
+        let clear_env = self.flag(t, "clear_env", false);
         let passenv = self.passenv(t, clear_env);
         let sandbox = self.sandbox(t);
-        let supplementary_groups = flag(self, "supplementary_groups", true);
-        let disabled = flag(self, "disabled", false);
+        let supplementary_groups = self.flag(t, "supplementary_groups", true);
+        let disabled = self.flag(t, "disabled", false);
         let socket = self.socket_options(t, shape);
 
         let max_runtime = self.parsed(t, "max_runtime", units::duration);
@@ -130,6 +125,13 @@ impl Checker<'_> {
             banner_fail,
             disabled,
         }
+    }
+
+    /// A boolean key, `default` when absent (a wrong type is reported).
+    fn flag(&mut self, t: &DeTable<'_>, key: &'static str, default: bool) -> bool {
+        t.get(key)
+            .and_then(|v| self.boolean(key, v))
+            .unwrap_or(default)
     }
 
     /// A string key read by `parse`, its error reported at the value.
@@ -245,19 +247,8 @@ impl Checker<'_> {
                 sb.working_directory = dir;
             }
         }
-        sb.umask = t.get("umask").and_then(|v| {
-            let s = self.string("umask", v)?;
-            let mode = units::octal(s, 0o777);
-            if mode.is_none() {
-                self.at(
-                    v.span(),
-                    invalid(
-                        "umask",
-                        format!("\"{s}\" is not an octal mask like \"0022\""),
-                    ),
-                );
-            }
-            mode
+        sb.umask = self.parsed(t, "umask", |s| {
+            units::octal(s, 0o777).ok_or(format!("\"{s}\" is not an octal mask like \"0022\""))
         });
         sb.nice = t.get("nice").and_then(|v| {
             let n = self.integer("nice", v)?;
@@ -450,19 +441,9 @@ impl Checker<'_> {
                 );
             }
         }
-        o.socket_mode = t.get("socket_mode").and_then(|v| {
-            let s = self.string("socket_mode", v)?;
-            let mode = units::octal(s, 0o7777);
-            if mode.is_none() {
-                self.at(
-                    v.span(),
-                    invalid(
-                        "socket_mode",
-                        format!("\"{s}\" is not an octal file mode like \"0660\""),
-                    ),
-                );
-            }
-            mode
+        o.socket_mode = self.parsed(t, "socket_mode", |s| {
+            units::octal(s, 0o7777)
+                .ok_or(format!("\"{s}\" is not an octal file mode like \"0660\""))
         });
         o.owner = t
             .get("socket_user")
@@ -480,16 +461,11 @@ impl Checker<'_> {
                 None
             })
         });
-        let flag = |cx: &mut Self, key: &'static str, default: bool| {
-            t.get(key)
-                .and_then(|v| cx.boolean(key, v))
-                .unwrap_or(default)
-        };
-        o.v6only = flag(self, "v6only", true);
-        o.reuse_port = flag(self, "reuse_port", false);
-        o.freebind = flag(self, "freebind", false);
-        o.keepalive = flag(self, "keepalive", false);
-        o.nodelay = flag(self, "nodelay", false);
+        o.v6only = self.flag(t, "v6only", true);
+        o.reuse_port = self.flag(t, "reuse_port", false);
+        o.freebind = self.flag(t, "freebind", false);
+        o.keepalive = self.flag(t, "keepalive", false);
+        o.nodelay = self.flag(t, "nodelay", false);
         o
     }
 

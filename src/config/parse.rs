@@ -28,12 +28,14 @@ use crate::env::is_reserved_env;
 
 /// Walk `text` (the contents of `path`): the config as far as it is valid,
 /// and every error found. `seen` carries names and addresses across the
-/// main file and its drop-ins.
+/// main file and its drop-ins; a `dropin` (named by `[daemon] include`)
+/// holds `[[service]]` entries only.
 pub(super) fn check(
     path: &Path,
     text: &str,
     host: &Host,
     seen: &mut Seen,
+    dropin: bool,
 ) -> (Config, Vec<ConfigError>) {
     let mut cx = Checker {
         path,
@@ -42,26 +44,8 @@ pub(super) fn check(
         errors: Vec::new(),
         shared: None,
     };
-    let config = cx.document(seen, false);
+    let config = cx.document(seen, dropin);
     (config, cx.errors)
-}
-
-/// Walk a drop-in named by `[daemon] include`: `[[service]]` entries only.
-pub(super) fn check_dropin(
-    path: &Path,
-    text: &str,
-    host: &Host,
-    seen: &mut Seen,
-) -> (Vec<ServiceSpec>, Vec<ConfigError>) {
-    let mut cx = Checker {
-        path,
-        text,
-        host,
-        errors: Vec::new(),
-        shared: None,
-    };
-    let config = cx.document(seen, true);
-    (config.services, cx.errors)
 }
 
 pub(super) type Value<'i> = Spanned<DeValue<'i>>;

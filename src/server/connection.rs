@@ -202,28 +202,43 @@ impl Server {
         greeted: bool,
     ) {
         let svc = &self.services[idx];
-        if let Some(ip) = peer.ip() {
-            if let Err(why) = svc.spec.access.permits(ip) {
-                self.refuse(idx, &conn, &peer, RefuseReason::Access(why), now);
-                return;
-            }
-        }
-        // Clients are counted by prefix (per_source_prefix).
+        // Clients are counted (and refusals summarised) by prefix
+        // (per_source_prefix); computed once here.
         let source = peer
             .source_key()
             .map(|k| k.grouped(svc.spec.per_source_prefix));
+        if let Some(ip) = peer.ip() {
+            if let Err(why) = svc.spec.access.permits(ip) {
+                self.refuse(idx, &conn, &peer, source, RefuseReason::Access(why), now);
+                return;
+            }
+        }
         if let (Some(max), Some(key)) = (svc.spec.max_per_source, source) {
             let running =
                 self.children.per_source(svc.id, &key) + self.internals.per_source(svc.id, &key);
             if running >= max {
-                self.refuse(idx, &conn, &peer, RefuseReason::MaxPerSource(max), now);
+                self.refuse(
+                    idx,
+                    &conn,
+                    &peer,
+                    source,
+                    RefuseReason::MaxPerSource(max),
+                    now,
+                );
                 return;
             }
         }
         if let (Some(rate), Some(key)) = (svc.spec.per_source_rate, source) {
             // Last, so a client refused for another reason spends nothing.
             if !self.services[idx].source_rates.admit(key, rate, now) {
-                self.refuse(idx, &conn, &peer, RefuseReason::PerSourceRate(rate), now);
+                self.refuse(
+                    idx,
+                    &conn,
+                    &peer,
+                    source,
+                    RefuseReason::PerSourceRate(rate),
+                    now,
+                );
                 return;
             }
         }
@@ -236,16 +251,20 @@ impl Server {
     /// The one place a refusal is counted and logged; the connection is
     /// closed when the caller drops it. Repeats from the same client are
     /// summarised once per interval instead of logged one by one.
-    fn refuse(&mut self, idx: usize, conn: &Socket, peer: &Peer, why: RefuseReason, now: Instant) {
+    fn refuse(
+        &mut self,
+        idx: usize,
+        conn: &Socket,
+        peer: &Peer,
+        source: Option<SourceKey>,
+        why: RefuseReason,
+        now: Instant,
+    ) {
         let svc = &mut self.services[idx];
-        svc.stats.refused += 1;
         svc.stats.refused_by[why.index()] += 1;
         if let Some(text) = &svc.spec.banner_fail {
             send_banner(conn, text);
         }
-        let source = peer
-            .source_key()
-            .map(|k| k.grouped(svc.spec.per_source_prefix));
         if let Some(key) = source {
             svc.top_refused.record(key);
         }

@@ -503,7 +503,6 @@ impl Server {
         now: Instant,
     ) {
         let svc = &mut self.services[idx];
-        svc.stats.refused += 1;
         svc.stats.refused_by[why.index()] += 1;
         svc.top_refused.record(key);
         if self.refusals.record((svc.id, Some(key), why), now) {

@@ -117,8 +117,7 @@ enum TokenKind {
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
     pub served: u64,
-    pub refused: u64,
-    /// `refused` by reason, in `metrics::REFUSAL_REASONS` order.
+    /// Refused clients by reason, in `metrics::REFUSAL_REASONS` order.
     pub refused_by: [u64; 3],
     pub spawn_failures: u64,
     pub last_exit: Option<String>,
@@ -531,20 +530,29 @@ impl Server {
     /// over all services is not consulted: a listener that turns readable
     /// while it is shut is parked then, so closing it costs nothing and
     /// opening it costs one registration per listener that had a client.
+    /// Runs after every readiness event and child exit, so it touches
+    /// only the sockets whose watching has to change, and allocates nothing.
     fn sync_service(&mut self, idx: usize, now: Instant) {
         let may = self.service_may_spawn(idx, now);
-        let addrs: Vec<(ListenAddr, bool)> = self.services[idx]
-            .spec
-            .listen
-            .iter()
-            .filter_map(|l| {
-                self.sockets
-                    .get(&l.addr)
-                    .map(|s| (l.addr.clone(), may && s.busy.is_none() && !s.parked))
-            })
-            .collect();
-        for (addr, want) in addrs {
-            self.set_watched(&addr, want);
+        let Server {
+            services,
+            sockets,
+            poll,
+            ..
+        } = self;
+        let spec = &services[idx].spec;
+        for l in &spec.listen {
+            let Some(s) = sockets.get(&l.addr) else {
+                continue;
+            };
+            let want = may && s.busy.is_none() && !s.parked;
+            if s.watched == want {
+                continue;
+            }
+            if let Err(e) = sockets.set_watched(poll.registry(), &l.addr, want) {
+                let what = if want { "watch" } else { "unwatch" };
+                error!("{}: cannot {what} {}: {e}", spec.name, l.addr);
+            }
         }
     }
 
@@ -702,7 +710,8 @@ impl Server {
         // The socket table decides what is watched again: a reload may have
         // given a held socket to another service since the child started.
         let held: Vec<ListenAddr> = child.held_sockets.iter().map(|h| h.addr.clone()).collect();
-        let mut owners: HashSet<usize> = self.sockets.release(&held, Some(pid));
+        // Empty (and so free) for an accept-mode child.
+        let owners: HashSet<usize> = self.sockets.release(&held, Some(pid));
         if let Some(i) = idx {
             let svc = &mut self.services[i];
             let outcome = if child.exec_failed {
@@ -736,9 +745,11 @@ impl Server {
                     );
                 }
             }
-            owners.insert(i);
         }
-        for i in owners {
+        if let Some(i) = idx {
+            self.sync_service(i, now);
+        }
+        for i in owners.into_iter().filter(|o| Some(*o) != idx) {
             self.sync_service(i, now);
         }
         // A slot under max_children may have opened for every service.
@@ -765,7 +776,7 @@ impl Server {
                     mode: svc.spec.mode().to_string(),
                     active: u64::from(self.active(svc.id)),
                     served: svc.stats.served,
-                    refused: svc.stats.refused,
+                    refused: svc.stats.refused_by.iter().sum(),
                     spawn_failures: svc.stats.spawn_failures,
                     last_exit: svc.stats.last_exit.clone(),
                     paused: self.pause_of(svc, now),
