@@ -71,6 +71,16 @@ enum Sub {
         #[arg(long)]
         json: bool,
     },
+    /// Replace the running summond's binary in place, without dropping a
+    /// connection; exit 0 once the new binary serves
+    Upgrade {
+        /// Find the control socket in this config's [daemon] control
+        #[arg(short = 'c', long = "config", value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The control socket (instead of reading the config)
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+    },
     /// Serve one program without a config file, in the foreground
     #[command(after_help = "Example: summond wrap -l tcp://127.0.0.1:9000 -- bc -q")]
     Wrap {
@@ -146,6 +156,10 @@ pub enum Command {
         control: Option<PathBuf>,
         json: bool,
     },
+    Upgrade {
+        config: PathBuf,
+        control: Option<PathBuf>,
+    },
     Wrap(WrapArgs),
     Import {
         from: Option<ImportFormat>,
@@ -175,6 +189,7 @@ fn from_args(a: Args) -> Command {
             control,
             json,
         },
+        Some(Sub::Upgrade { config, control }) => Command::Upgrade { config, control },
         Some(Sub::Wrap {
             listen,
             no_accept,

@@ -58,6 +58,21 @@ pub struct Status {
     pub children: u64,
     pub max_children: u64,
     pub services: Vec<ServiceStatus>,
+    /// The running binary's version; absent from a summond that cannot
+    /// upgrade in place.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Live upgrades done and failed since summond started, and the last
+    /// failure's reason: `summond upgrade` watches these move.
+    #[serde(default)]
+    pub upgrades: u64,
+    #[serde(default)]
+    pub upgrade_failures: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_upgrade_error: Option<String>,
+    /// An upgrade is under way (the new binary is being checked).
+    #[serde(default)]
+    pub upgrading: bool,
 }
 
 impl Status {
@@ -220,6 +235,91 @@ impl fmt::Display for ControlError {
 
 impl std::error::Error for ControlError {}
 
+/// Why `summond upgrade` did not end with a new binary serving.
+#[derive(Debug)]
+pub enum UpgradeError {
+    Control(ControlError),
+    NotSupported(u32),
+    AlreadyRunning(u32),
+    Signal(u32, nix::errno::Errno),
+    Failed(String),
+    Died(u32),
+    TimedOut(u32, Duration),
+}
+
+impl fmt::Display for UpgradeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpgradeError::Control(e) => e.fmt(f),
+            UpgradeError::NotSupported(pid) => write!(
+                f,
+                "the summond running as pid {pid} is too old to upgrade in place; restart it"
+            ),
+            UpgradeError::AlreadyRunning(pid) => write!(
+                f,
+                "an upgrade of pid {pid} is already running; wait for it to finish"
+            ),
+            UpgradeError::Signal(pid, e) => write!(f, "cannot send SIGUSR2 to pid {pid}: {e}"),
+            UpgradeError::Failed(why) => {
+                write!(f, "upgrade failed, the old binary serves on: {why}")
+            }
+            UpgradeError::Died(pid) => write!(
+                f,
+                "pid {pid} exited during the upgrade; see its log and start summond again"
+            ),
+            UpgradeError::TimedOut(pid, after) => write!(
+                f,
+                "pid {pid} did not finish its upgrade within {}s; see its log",
+                after.as_secs()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for UpgradeError {}
+
+/// `summond upgrade`: signal the summond behind `socket` and wait until
+/// its new binary serves (its upgrade count moves) or the upgrade fails
+/// (its failure count moves), for at most `timeout`. While the binary is
+/// being replaced the socket may not answer for a moment; that is retried.
+pub fn upgrade(socket: &Path, timeout: Duration) -> Result<Status, UpgradeError> {
+    let before = query(socket).map_err(UpgradeError::Control)?;
+    let pid = before.pid;
+    if before.version.is_none() {
+        return Err(UpgradeError::NotSupported(pid));
+    }
+    if before.upgrading {
+        return Err(UpgradeError::AlreadyRunning(pid));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGUSR2,
+    )
+    .map_err(|e| UpgradeError::Signal(pid, e))?;
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        let Ok(now) = query(socket) else {
+            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None)
+                == Err(nix::errno::Errno::ESRCH)
+            {
+                return Err(UpgradeError::Died(pid));
+            }
+            continue;
+        };
+        if now.upgrades > before.upgrades {
+            return Ok(now);
+        }
+        if now.upgrade_failures > before.upgrade_failures {
+            return Err(UpgradeError::Failed(
+                now.last_upgrade_error
+                    .unwrap_or_else(|| "see its log".into()),
+            ));
+        }
+    }
+    Err(UpgradeError::TimedOut(pid, timeout))
+}
+
 /// Ask the summond behind `socket` for its status.
 pub fn query(socket: &Path) -> Result<Status, ControlError> {
     let mut stream =
@@ -273,6 +373,11 @@ mod tests {
                     }],
                 },
             ],
+            version: Some("1.0.0".into()),
+            upgrades: 0,
+            upgrade_failures: 0,
+            last_upgrade_error: None,
+            upgrading: false,
         }
     }
 

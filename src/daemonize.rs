@@ -314,6 +314,24 @@ impl Pidfile {
         })
     }
 
+    /// The pidfile the previous image of a live upgrade held: `fd` is its
+    /// open file, still locked (the lock belongs to the open file).
+    pub fn adopt(fd: std::os::fd::OwnedFd, path: PathBuf) -> Pidfile {
+        Pidfile {
+            file: File::from(fd),
+            path,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open, locked file, for the next image of an upgrade.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
+
     /// Record our pid (after daemonizing, so it is the final one).
     pub fn write_pid(&mut self) -> Result<(), PidfileError> {
         let pid = format!("{}\n", std::process::id());

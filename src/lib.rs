@@ -23,3 +23,4 @@ pub mod server;
 pub mod signals;
 pub mod spawn;
 pub mod timefmt;
+pub mod upgrade;

@@ -117,6 +117,22 @@ pub struct Listener {
     created: Option<OwnedPath>,
 }
 
+impl Listener {
+    /// The socket file summond created for it: path, device, inode.
+    pub fn created_file(&self) -> Option<(PathBuf, u64, u64)> {
+        self.created
+            .as_ref()
+            .map(|o| (o.path.clone(), o.dev, o.ino))
+    }
+
+    /// Take over the removal of a socket file the previous image created
+    /// (live upgrade): removed when this listener closes, if it is still
+    /// that file.
+    pub fn claim_file(&mut self, (path, dev, ino): (PathBuf, u64, u64)) {
+        self.created = Some(OwnedPath { path, dev, ino });
+    }
+}
+
 impl Drop for Listener {
     fn drop(&mut self) {
         if let Some(owned) = &self.created {

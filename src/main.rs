@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use log::warn;
+use nix::libc;
 
 use summond::cli::{self, Command, ImportFormat, PassArg, RunArgs, WrapArgs};
 use summond::config::{self, Host};
@@ -14,9 +15,12 @@ use summond::daemonize::{self, Pidfile};
 use summond::logging;
 use summond::notify::Notifier;
 use summond::server::{RunOptions, Server};
+use summond::upgrade;
 
 const EXIT_RUNTIME: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
+/// How long `summond upgrade` waits: the new binary's check may take 30s.
+const UPGRADE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn main() -> ExitCode {
     match cli::parse() {
@@ -27,6 +31,7 @@ fn main() -> ExitCode {
             control,
             json,
         } => status(&config, control, json),
+        Command::Upgrade { config, control } => upgrade(&config, control),
         Command::Wrap(w) => wrap(w),
         Command::Import { from, files } => import(from, &files),
     }
@@ -56,7 +61,12 @@ fn import(from: Option<ImportFormat>, files: &[PathBuf]) -> ExitCode {
 /// `summond wrap`: the same server as a one-service config, in the
 /// foreground.
 fn wrap(w: WrapArgs) -> ExitCode {
+    let incoming = upgrade::take();
     logging::init(w.log_level, false);
+    let incoming = match arrived(incoming) {
+        Ok(i) => i,
+        Err(code) => return code,
+    };
     let spec = config::WrapSpec {
         listen: w.listen,
         accept: w.accept,
@@ -70,10 +80,38 @@ fn wrap(w: WrapArgs) -> ExitCode {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{}", errors.render(stderr_is_terminal()));
-            return ExitCode::from(EXIT_CONFIG);
+            return go_back_or(incoming, "its command line is not valid", EXIT_CONFIG);
         }
     };
-    serve(config, false, None)
+    serve(config, false, None, incoming)
+}
+
+/// What a live upgrade handed this process, if anything; an unusable
+/// state sends it back to the previous binary at once.
+fn arrived(taken: upgrade::Taken) -> Result<Option<upgrade::Incoming>, ExitCode> {
+    match taken {
+        upgrade::Taken::Fresh => Ok(None),
+        upgrade::Taken::Ready(incoming) => Ok(Some(*incoming)),
+        upgrade::Taken::Unreadable(why, back) => {
+            let err =
+                back.map_or_else(|| std::io::Error::other("no way back"), |b| b.go_back(&why));
+            Err(fail(
+                EXIT_RUNTIME,
+                format!("upgrade: {why}; cannot go back to the previous binary: {err}"),
+            ))
+        }
+    }
+}
+
+/// This process cannot start: if it is the new image of an upgrade, the
+/// previous one takes over again (this returns only if that fails).
+fn go_back_or(incoming: Option<upgrade::Incoming>, why: &str, code: u8) -> ExitCode {
+    if let Some(incoming) = incoming {
+        log::error!("upgrade: the new binary cannot start: {why}; going back to the previous one");
+        let err = incoming.go_back(why);
+        log::error!("upgrade: cannot go back: {err}");
+    }
+    ExitCode::from(code)
 }
 
 fn check(path: &Path) -> ExitCode {
@@ -104,43 +142,80 @@ fn fail(code: u8, what: impl std::fmt::Display) -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
+    // Before anything marks inherited fds close-on-exec: the state names
+    // fds that must survive a way back to the previous binary.
+    let incoming = upgrade::take();
     logging::init(args.log_level, args.daemon);
+    let incoming = match arrived(incoming) {
+        Ok(i) => i,
+        Err(code) => return code,
+    };
     // Absolute, so SIGHUP re-reads the same file after `-d` chdirs to /.
     let path = std::fs::canonicalize(&args.config).unwrap_or(args.config);
     let config = match config::load(&path, &Host::current()) {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{}", errors.render(stderr_is_terminal()));
-            return ExitCode::from(EXIT_CONFIG);
+            if incoming.is_some() {
+                for e in &errors.0 {
+                    log::error!("{e}");
+                }
+            }
+            let why = match errors.0.len() {
+                1 => errors.0[0].to_string(),
+                n => format!("{} (and {} more errors)", errors.0[0], n - 1),
+            };
+            return go_back_or(incoming, &why, EXIT_CONFIG);
         }
     };
     logging::set_format(config.daemon.log_format);
-    serve(config, args.daemon, args.pidfile.as_deref())
+    serve(config, args.daemon, args.pidfile.as_deref(), incoming)
 }
 
 /// Start serving `config` (detached with `daemon`, holding `pidfile`) and
 /// run until stopped.
-fn serve(config: config::Config, daemon: bool, pidfile: Option<&Path>) -> ExitCode {
+fn serve(
+    config: config::Config,
+    daemon: bool,
+    pidfile: Option<&Path>,
+    incoming: Option<upgrade::Incoming>,
+) -> ExitCode {
     if let Err(e) = daemonize::ensure_std_fds().and_then(|()| daemonize::mark_inherited_cloexec()) {
         return fail(
             EXIT_RUNTIME,
             format!("cannot prepare file descriptors: {e}"),
         );
     }
-    let child_nofile = match daemonize::raise_nofile() {
+    let raised = match daemonize::raise_nofile() {
         Ok(original) => Some(original),
         Err(e) => {
             warn!("cannot raise RLIMIT_NOFILE: {e}");
             None
         }
     };
-    // The lock first: a second instance must say "already running", not
-    // fail to bind the first one's ports.
-    let mut pidfile = match pidfile.map(Pidfile::acquire).transpose() {
-        Ok(p) => p,
-        Err(e) => return fail(EXIT_RUNTIME, e),
+    // After an upgrade the limit was raised by the first image already.
+    let child_nofile = match &incoming {
+        Some(i) => i.state.child_nofile.map(|(cur, max)| libc::rlimit {
+            rlim_cur: cur,
+            rlim_max: max,
+        }),
+        None => raised,
     };
-    let detached = if daemon {
+    // The lock first: a second instance must say "already running", not
+    // fail to bind the first one's ports. An upgrade holds it already.
+    let handed_pidfile = incoming.as_ref().and_then(|i| i.state.pidfile.clone());
+    let mut pidfile = match handed_pidfile {
+        // SAFETY: the state names this fd; only the pidfile takes it.
+        Some((fd, path)) => Some(Pidfile::adopt(
+            unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) },
+            path,
+        )),
+        None => match pidfile.map(Pidfile::acquire).transpose() {
+            Ok(p) => p,
+            Err(e) => return fail(EXIT_RUNTIME, e),
+        },
+    };
+    let detached = if daemon && incoming.is_none() {
         match daemonize::detach() {
             Ok(d) => Some(d),
             Err(e) => return fail(EXIT_RUNTIME, format!("cannot daemonize: {e}")),
@@ -157,20 +232,46 @@ fn serve(config: config::Config, daemon: bool, pidfile: Option<&Path>) -> ExitCo
     for p in problems {
         warn!("{p}");
     }
-    let (handed, problem) = daemonize::take_listen_fds(
-        std::env::var("LISTEN_PID").ok().as_deref(),
-        std::env::var("LISTEN_FDS").ok().as_deref(),
-        std::process::id(),
-    );
-    if let Some(p) = problem {
-        warn!("{p}");
-    }
-    let started = Server::new(config, RunOptions { child_nofile }, notifier, handed)
+    let handed = match &incoming {
+        Some(i) => handed_over(&i.state),
+        None => {
+            let (handed, problem) = daemonize::take_listen_fds(
+                std::env::var("LISTEN_PID").ok().as_deref(),
+                std::env::var("LISTEN_FDS").ok().as_deref(),
+                std::process::id(),
+            );
+            if let Some(p) = problem {
+                warn!("{p}");
+            }
+            handed
+        }
+    };
+    let opts = RunOptions {
+        child_nofile,
+        detached: daemon,
+        pidfile: pidfile
+            .as_ref()
+            .map(|p| (p.raw_fd(), p.path().to_path_buf())),
+        resumed: incoming.is_some(),
+    };
+    let started = Server::new(config, opts, notifier, handed)
         .map_err(|e| e.to_string())
         .and_then(|server| match pidfile.as_mut().map(Pidfile::write_pid) {
             Some(Err(e)) => Err(e.to_string()),
             _ => Ok(server),
         });
+    let started = match (started, incoming) {
+        (Err(e), Some(incoming)) => {
+            // The file is the previous image's again: not removed here.
+            std::mem::forget(pidfile);
+            return go_back_or(Some(incoming), &e, EXIT_RUNTIME);
+        }
+        (Ok(mut server), Some(incoming)) => {
+            server.resume(incoming);
+            Ok(server)
+        }
+        (started, None) => started,
+    };
     let mut server = match (started, detached) {
         (Ok(server), None) => server,
         (Ok(server), Some(d)) => match d.ready() {
@@ -198,22 +299,65 @@ fn log_fatal(e: impl std::fmt::Display) -> u8 {
     EXIT_RUNTIME
 }
 
-fn status(config: &Path, control_path: Option<PathBuf>, json: bool) -> ExitCode {
-    let socket = match control_path {
-        Some(p) => p,
-        None => match config::control_socket(config) {
-            Ok(Some(p)) => p,
-            Ok(None) => {
-                return fail(
-                    EXIT_CONFIG,
-                    control::ControlError::NoControlSocket(config.into()),
-                )
+/// The sockets a live upgrade handed over, as duplicates: the originals
+/// stay as the state names them until this image serves, so the way back
+/// to the previous binary finds them all.
+fn handed_over(state: &upgrade::State) -> Vec<socket2::Socket> {
+    state
+        .listeners
+        .iter()
+        .filter_map(|l| match upgrade::dup(l.fd) {
+            Ok(fd) => Some(socket2::Socket::from(fd)),
+            Err(e) => {
+                warn!("upgrade: {} (fd {}): {e}", l.addr, l.fd);
+                None
             }
+        })
+        .collect()
+}
+
+/// The control socket `--control` names, or the config's.
+fn control_path(config: &Path, control_path: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
+    match control_path {
+        Some(p) => Ok(p),
+        None => match config::control_socket(config) {
+            Ok(Some(p)) => Ok(p),
+            Ok(None) => Err(fail(
+                EXIT_CONFIG,
+                control::ControlError::NoControlSocket(config.into()),
+            )),
             Err(errors) => {
                 eprintln!("{}", errors.render(stderr_is_terminal()));
-                return ExitCode::from(EXIT_CONFIG);
+                Err(ExitCode::from(EXIT_CONFIG))
             }
         },
+    }
+}
+
+/// `summond upgrade`: 0 once the new binary serves, with its version.
+fn upgrade(config: &Path, control_path_arg: Option<PathBuf>) -> ExitCode {
+    let socket = match control_path(config, control_path_arg) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    match control::upgrade(&socket, UPGRADE_TIMEOUT) {
+        Ok(status) => {
+            println!(
+                "upgraded: pid {} serves with summond {} ({} services)",
+                status.pid,
+                status.version.as_deref().unwrap_or("?"),
+                status.services.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(EXIT_RUNTIME, e),
+    }
+}
+
+fn status(config: &Path, control_path_arg: Option<PathBuf>, json: bool) -> ExitCode {
+    let socket = match control_path(config, control_path_arg) {
+        Ok(p) => p,
+        Err(code) => return code,
     };
     match control::query(&socket) {
         Ok(status) if json => {

@@ -15,7 +15,7 @@ use crate::config::SourcePrefix;
 use crate::env::env_var;
 
 /// What `max_per_source` counts: a client IP, or a Unix peer's uid.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum SourceKey {
     Ip(IpAddr),
     Uid(u32),
@@ -62,7 +62,7 @@ impl fmt::Display for SourceKey {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Peer {
     Inet {
         remote: SocketAddr,

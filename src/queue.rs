@@ -36,7 +36,7 @@ const PEEK_BYTES: usize = 64;
 pub const QUICK_EXIT: Duration = Duration::from_secs(1);
 
 /// The head of a socket's queue at one moment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum QueueHead {
     /// Nothing waiting (or the socket could not be inspected).
     Empty,

@@ -17,6 +17,7 @@ pub const HANDLED: &[Signal] = &[
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGHUP,
+    Signal::SIGUSR2,
 ];
 
 pub struct Signals {

@@ -134,7 +134,7 @@ pub enum LogFormat {
 
 /// A service summond answers itself, in the event loop, without a child
 /// (`exec = ["internal:NAME"]`, RFC 862-868).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Internal {
     Echo,
     Discard,

@@ -48,6 +48,31 @@ pub(super) struct PendingConnection {
     greeted: bool,
 }
 
+impl PendingConnection {
+    /// A connection the previous image kept through a back-off.
+    pub fn resumed(
+        addr: ListenAddr,
+        name: String,
+        conn: Socket,
+        peer: Peer,
+        greeted: bool,
+    ) -> Self {
+        PendingConnection {
+            addr,
+            name,
+            conn,
+            peer,
+            greeted,
+        }
+    }
+
+    /// What the next image needs of it: the socket, its address, the
+    /// service's name, the client, whether it was greeted.
+    pub fn parts(&self) -> (&Socket, &ListenAddr, &str, &Peer, bool) {
+        (&self.conn, &self.addr, &self.name, &self.peer, self.greeted)
+    }
+}
+
 /// Why a client was turned away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum RefuseReason {

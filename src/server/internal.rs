@@ -85,6 +85,39 @@ impl InternalConn {
         conn
     }
 
+    /// A connection handed over by the previous image in a live upgrade,
+    /// with the output it had not written yet.
+    pub fn resumed(
+        kind: Internal,
+        socket: Socket,
+        service: ServiceId,
+        source: Option<SourceKey>,
+        peer: Peer,
+        progress: (&[u8], usize, bool),
+    ) -> InternalConn {
+        let (unsent, line, one_shot) = progress;
+        let mut conn = InternalConn {
+            kind,
+            socket,
+            service,
+            source,
+            peer,
+            buf: Box::new([0; BUF]),
+            start: 0,
+            end: unsent.len().min(BUF),
+            line,
+            one_shot,
+        };
+        conn.buf[..conn.end].copy_from_slice(&unsent[..conn.end]);
+        conn
+    }
+
+    /// What the next image needs to carry on: the unsent output, the
+    /// chargen line, whether the answer is all there is.
+    pub fn progress(&self) -> (&[u8], usize, bool) {
+        (&self.buf[self.start..self.end], self.line, self.one_shot)
+    }
+
     /// Move what the socket allows, up to the budget.
     pub fn on_ready(&mut self) -> Progress {
         let mut moved = 0;
@@ -323,6 +356,10 @@ impl InternalConns {
         !self.ready.is_empty()
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &InternalConn> {
+        self.conns.values()
+    }
+
     fn insert(&mut self, token: Token, conn: InternalConn) {
         *self.active.entry(conn.service).or_default() += 1;
         if let Some(k) = conn.source {
@@ -381,6 +418,22 @@ impl Server {
         self.internals.insert(token, c);
         // Answer at once (daytime and time need no readiness).
         self.on_internal_ready(token);
+    }
+
+    /// A connection the previous image was serving (live upgrade).
+    pub(super) fn resume_internal(&mut self, conn: InternalConn) {
+        let token = self.next_token();
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&conn.socket.as_raw_fd()),
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            info!("internal: cannot serve {} any more: {e}", conn.peer);
+            return;
+        }
+        self.tokens.insert(token, TokenKind::Internal);
+        self.internals.insert(token, conn);
+        self.internals.ready.push(token);
     }
 
     pub(super) fn on_internal_ready(&mut self, token: Token) {

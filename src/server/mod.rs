@@ -51,12 +51,14 @@ mod internal;
 mod scrape;
 mod sockets;
 mod timers;
+mod upgrade;
 
 use children::{describe_status, for_peer, Child, ChildTable, ServiceId};
 use connection::{PendingConnection, RefusalKey};
 use internal::InternalConns;
 use sockets::SocketTable;
 use timers::{Timer, Timers, KILL_AFTER};
+use upgrade::Upgrades;
 
 const SIGNALS: Token = Token(0);
 const CONTROL: Token = Token(1);
@@ -95,10 +97,18 @@ impl fmt::Display for ServerError {
 impl std::error::Error for ServerError {}
 
 /// What the process-wide setup hands the server.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     /// The RLIMIT_NOFILE summond was started with, for its children.
     pub child_nofile: Option<libc::rlimit>,
+    /// `-d`: detached from the terminal (the next image of an upgrade
+    /// must not detach again).
+    pub detached: bool,
+    /// The pidfile's open, locked fd and path, handed over on upgrade.
+    pub pidfile: Option<(std::os::fd::RawFd, PathBuf)>,
+    /// The sockets passed to `new` come from the previous image of a live
+    /// upgrade, not from a service manager.
+    pub resumed: bool,
 }
 
 /// What a poll token stands for.
@@ -114,7 +124,7 @@ enum TokenKind {
 }
 
 /// Counters for status, metrics and logs; each changes in exactly one place.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     pub served: u64,
     /// Refused clients by reason, in `metrics::REFUSAL_REASONS` order.
@@ -185,6 +195,7 @@ pub struct Server {
     refusals: RefusalLog<RefusalKey>,
     control: Option<Listener>,
     control_clients: HashMap<Token, Reply>,
+    upgrades: Upgrades,
     stopping: bool,
 }
 
@@ -247,6 +258,7 @@ impl Server {
             refusals: RefusalLog::default(),
             control: None,
             control_clients: HashMap::new(),
+            upgrades: Upgrades::new(),
             stopping: false,
         };
         for socket in handed {
@@ -375,6 +387,7 @@ impl Server {
                     self.signal_overdue_child(pid, started_at, Signal::SIGKILL);
                 }
                 Timer::ScrapeTimeout(token) => self.scrape_timed_out(token),
+                Timer::UpgradeCheck(pid) => self.upgrade_check_overdue(pid),
                 Timer::Watchdog => {
                     // From the loop itself: a wedged loop stops the pings.
                     self.notify(&format!("WATCHDOG=1\n{}", self.status_line()));
@@ -468,6 +481,7 @@ impl Server {
                     self.stopping = true;
                 }
                 Signal::SIGHUP => self.reload(),
+                Signal::SIGUSR2 => self.start_upgrade(),
                 _ => {}
             }
         }
@@ -645,6 +659,9 @@ impl Server {
         let now = Instant::now();
         for status in signals::reap() {
             if let Some(pid) = status.pid() {
+                if self.upgrade_check_exited(pid, &status) {
+                    continue;
+                }
                 self.child_exited(pid, &status, now);
             }
         }
@@ -767,6 +784,11 @@ impl Server {
             config: self.config.path.display().to_string(),
             children: self.children.len() as u64,
             max_children: u64::from(self.config.daemon.max_children),
+            version: Some(env!("CARGO_PKG_VERSION").into()),
+            upgrades: self.upgrades.done,
+            upgrade_failures: self.upgrades.failed,
+            last_upgrade_error: self.upgrades.last_error.clone(),
+            upgrading: self.upgrades.running(),
             services: self
                 .services
                 .iter()
@@ -927,7 +949,9 @@ impl Server {
             let spec = &new.services[*idx];
             let made = match self.handed.remove(addr) {
                 Some(socket) => {
-                    info!("{}: {addr} adopted from the service manager", spec.name);
+                    if !self.opts.resumed {
+                        info!("{}: {addr} adopted from the service manager", spec.name);
+                    }
                     listener::adopt(addr.clone(), socket)
                 }
                 None => listener::open(addr, spec.socket),
@@ -947,7 +971,7 @@ impl Server {
 
         let new_metrics = match &new.daemon.metrics {
             Some(addr) if self.metrics.as_ref().map(|m| &m.addr) != Some(addr) => {
-                match listener::open(addr, ListenOptions::default()) {
+                match self.adopt_or_open(addr, ListenOptions::default()) {
                     Ok(l) => Some(Some(l)),
                     Err(err) => return Err(ServerError::Metrics(addr.clone(), err)),
                 }
@@ -964,7 +988,7 @@ impl Server {
                     socket_mode: Some(CONTROL_SOCKET_MODE),
                     ..ListenOptions::default()
                 };
-                match listener::open(&addr, opts) {
+                match self.adopt_or_open(&addr, opts) {
                     Ok(l) => Some(Some(l)),
                     Err(err) => return Err(ServerError::Control(path.clone(), err)),
                 }
@@ -1088,6 +1112,18 @@ impl Server {
         // A raised max_children may have opened the gate.
         self.unpark(now);
         Ok(())
+    }
+
+    /// A socket for `addr`: the one handed over for it, if any, or a new one.
+    fn adopt_or_open(
+        &mut self,
+        addr: &ListenAddr,
+        opts: ListenOptions,
+    ) -> Result<Listener, ListenError> {
+        match self.handed.remove(addr) {
+            Some(socket) => listener::adopt(addr.clone(), socket),
+            None => listener::open(addr, opts),
+        }
     }
 
     /// Swap the control socket (the old one's file is removed on drop).

@@ -53,6 +53,10 @@ impl SocketTable {
         self.sockets.contains_key(addr)
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &OpenSocket> {
+        self.sockets.values()
+    }
+
     pub fn addrs(&self) -> impl Iterator<Item = &ListenAddr> {
         self.sockets.keys()
     }

@@ -30,6 +30,8 @@ pub(super) enum Timer {
     Watchdog,
     /// A Prometheus scraper's time is up.
     ScrapeTimeout(mio::Token),
+    /// The new binary's check before an upgrade ran too long.
+    UpgradeCheck(Pid),
 }
 
 #[derive(Debug)]

@@ -1,0 +1,446 @@
+//! Live binary upgrade, the server's side (SPEC "Living in the system"):
+//! on SIGUSR2 the binary at summond's path is first run with `--check`
+//! against the config (as a child, watched like any other, so the loop
+//! never waits); if that passes, every listening socket, the child table,
+//! kept connections and the counters go into an `upgrade::State` and the
+//! binary is executed in place. The new image (or the old one, when the
+//! new one could not start) rebuilds the same server from that state in
+//! `resume`, so no socket is ever closed and every child is still reaped.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use mio::unix::SourceFd;
+use mio::Interest;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+use socket2::Socket;
+
+use super::children::{describe_status, Child, HeldSocket, ServiceId};
+use super::connection::PendingConnection;
+use super::internal::InternalConn;
+use super::timers::Timer;
+use super::{Server, TokenKind};
+use crate::addr::ListenAddr;
+use crate::upgrade::{self, ChildState, ConnState, InternalState, ListenerState, State};
+
+/// How long the new binary's `--check` may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+/// What of the check's output goes into the error.
+const CHECK_OUTPUT_LIMIT: usize = 4096;
+
+/// Upgrades of this run: the check under way, and what happened so far
+/// (for status, so `summond upgrade` can tell when its upgrade is done).
+#[derive(Default)]
+pub(super) struct Upgrades {
+    /// The binary summond was started from, executed on upgrade.
+    exe: Option<PathBuf>,
+    check: Option<Check>,
+    pub done: u64,
+    pub failed: u64,
+    pub last_error: Option<String>,
+}
+
+/// The new binary checking the config, before it is executed.
+struct Check {
+    pid: Pid,
+    output: File,
+}
+
+impl Upgrades {
+    pub fn new() -> Upgrades {
+        // Resolved now: /proc/self/exe names the running file, which a
+        // package upgrade replaces at this same path.
+        let exe = std::fs::read_link("/proc/self/exe")
+            .ok()
+            .filter(|p| !p.to_string_lossy().ends_with(" (deleted)"));
+        Upgrades {
+            exe,
+            ..Upgrades::default()
+        }
+    }
+
+    pub fn running(&self) -> bool {
+        self.check.is_some()
+    }
+}
+
+impl Server {
+    /// SIGUSR2: check the binary at summond's path, then execute it.
+    pub(super) fn start_upgrade(&mut self) {
+        if let Some(check) = &self.upgrades.check {
+            warn!(event = "upgrade";
+                "SIGUSR2 received while an upgrade is running (checking pid {}); ignoring it",
+                check.pid
+            );
+            return;
+        }
+        let Some(exe) = self.upgrades.exe.clone() else {
+            self.upgrade_failed("the path of summond's binary is unknown".into());
+            return;
+        };
+        let mut cmd = Command::new(&exe);
+        if self.config.reloadable {
+            cmd.arg("--check").arg("-c").arg(&self.config.path);
+        } else {
+            cmd.arg("--version");
+        }
+        let (read, write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok(p) => p,
+            Err(e) => {
+                self.upgrade_failed(format!("cannot make a pipe: {e}"));
+                return;
+            }
+        };
+        let write2 = match write.try_clone() {
+            Ok(w) => w,
+            Err(e) => {
+                self.upgrade_failed(format!("cannot make a pipe: {e}"));
+                return;
+            }
+        };
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(write))
+            .stderr(Stdio::from(write2));
+        match cmd.spawn() {
+            Ok(child) => {
+                // Reaped by the loop like every child; the handle is not
+                // needed (dropping it neither waits nor kills).
+                let pid = Pid::from_raw(child.id() as i32);
+                drop(cmd);
+                info!(event = "upgrade";
+                    "SIGUSR2 received: upgrading; checking {} first (pid {pid})",
+                    exe.display()
+                );
+                let output = File::from(read);
+                self.upgrades.check = Some(Check { pid, output });
+                self.timers
+                    .add(Instant::now() + CHECK_TIMEOUT, Timer::UpgradeCheck(pid));
+            }
+            Err(e) => self.upgrade_failed(format!("cannot run {}: {e}", exe.display())),
+        }
+    }
+
+    /// Is `pid` the upgrade's check? Then its exit decides the upgrade.
+    pub(super) fn upgrade_check_exited(&mut self, pid: Pid, status: &WaitStatus) -> bool {
+        if self.upgrades.check.as_ref().map(|c| c.pid) != Some(pid) {
+            return false;
+        }
+        let Some(mut check) = self.upgrades.check.take() else {
+            return false;
+        };
+        let exe = self.upgrades.exe.clone().unwrap_or_default();
+        if matches!(status, WaitStatus::Exited(_, 0)) {
+            self.exec_upgrade(&exe);
+            return true;
+        }
+        // The child is gone: what it wrote is all in the pipe.
+        let _ = nix::fcntl::fcntl(
+            &check.output,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        );
+        let mut out = Vec::new();
+        let _ = (&mut check.output)
+            .take(CHECK_OUTPUT_LIMIT as u64)
+            .read_to_end(&mut out);
+        let out = String::from_utf8_lossy(&out);
+        let (what, _) = describe_status(status);
+        let mut why = format!("{} --check {what}", exe.display());
+        if !out.trim().is_empty() {
+            why.push_str(": ");
+            why.push_str(out.trim());
+        }
+        self.upgrade_failed(why);
+        true
+    }
+
+    /// The check ran past its time: kill it; its exit fails the upgrade.
+    pub(super) fn upgrade_check_overdue(&mut self, pid: Pid) {
+        if self.upgrades.check.as_ref().map(|c| c.pid) == Some(pid) {
+            warn!(event = "upgrade";
+                "upgrade: the new binary's check (pid {pid}) is still running after {}s; killing it",
+                CHECK_TIMEOUT.as_secs()
+            );
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+    }
+
+    fn upgrade_failed(&mut self, why: String) {
+        error!(event = "upgrade_failed"; "upgrade failed, still serving: {why}");
+        self.upgrades.failed += 1;
+        self.upgrades.last_error = Some(why);
+    }
+
+    /// Hand everything over and execute `exe` in place. Returns only if the
+    /// exec failed, with every socket still served.
+    fn exec_upgrade(&mut self, exe: &std::path::Path) {
+        let state = self.handover_state();
+        info!(event = "upgrade";
+            "upgrade: executing {} in place ({} sockets, {} children handed over)",
+            exe.display(),
+            state.listeners.len(),
+            state.children.len()
+        );
+        self.notify(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}",
+            crate::notify::monotonic_usec()
+        ));
+        let err = upgrade::exec_new(exe, &state);
+        self.upgrade_failed(format!("cannot execute {}: {err}", exe.display()));
+        self.notify(&format!("READY=1\n{}", self.status_line()));
+    }
+
+    /// Everything the next image needs to serve on as this one does.
+    fn handover_state(&self) -> State {
+        let mut listeners: Vec<ListenerState> = self
+            .sockets
+            .iter()
+            .map(|s| &s.listener)
+            .chain(self.control.iter())
+            .chain(self.metrics.iter())
+            .map(|l| ListenerState {
+                fd: l.socket.as_raw_fd(),
+                addr: l.addr.to_string(),
+                file: l.created_file(),
+            })
+            .collect();
+        listeners.sort_by_key(|l| l.fd);
+        let now = Instant::now();
+        let children = self
+            .children
+            .iter()
+            .map(|(pid, c)| ChildState {
+                pid: pid.as_raw(),
+                service: self
+                    .service_index(c.service)
+                    .map(|i| self.services[i].spec.name.clone()),
+                name: c.name.clone(),
+                peer: c.peer.clone(),
+                source: c.source,
+                age_ns: now.saturating_duration_since(c.started_at).as_nanos() as u64,
+                status_pipe: c.status_pipe.as_ref().map(|(p, _)| p.as_raw_fd()),
+                exec_failed: c.exec_failed,
+                held: c
+                    .held_sockets
+                    .iter()
+                    .map(|h| (h.addr.to_string(), h.head))
+                    .collect(),
+            })
+            .collect();
+        let pending = self
+            .pending
+            .iter()
+            .map(|p| {
+                let (conn, addr, name, peer, greeted) = p.parts();
+                ConnState {
+                    fd: conn.as_raw_fd(),
+                    addr: addr.to_string(),
+                    name: name.to_string(),
+                    peer: peer.clone(),
+                    greeted,
+                }
+            })
+            .collect();
+        let internal = self
+            .internals
+            .iter()
+            .filter_map(|c| {
+                let service = self.service_index(c.service)?;
+                let (unsent, line, one_shot) = c.progress();
+                Some(InternalState {
+                    fd: c.socket.as_raw_fd(),
+                    service: self.services[service].spec.name.clone(),
+                    kind: c.kind,
+                    peer: c.peer.clone(),
+                    source: c.source,
+                    unsent: unsent.to_vec(),
+                    line,
+                    one_shot,
+                })
+            })
+            .collect();
+        State {
+            format: upgrade::FORMAT,
+            version: env!("CARGO_PKG_VERSION").into(),
+            argv: upgrade::own_argv(),
+            exe: self.upgrades.exe.clone(),
+            upgrades: self.upgrades.done,
+            failures: self.upgrades.failed,
+            last_error: self.upgrades.last_error.clone(),
+            detached: self.opts.detached,
+            child_nofile: self.opts.child_nofile.map(|l| (l.rlim_cur, l.rlim_max)),
+            pidfile: self.opts.pidfile.clone(),
+            listeners,
+            children,
+            pending,
+            internal,
+            stats: self
+                .services
+                .iter()
+                .map(|s| (s.spec.name.clone(), s.stats.clone()))
+                .collect(),
+        }
+    }
+
+    /// Serve on from what the previous image handed over. Its listeners
+    /// were adopted by `new` (as duplicates); the originals close here.
+    pub fn resume(&mut self, incoming: upgrade::Incoming) {
+        let returning = incoming.returning().map(str::to_string);
+        let state = incoming.done();
+        let now = Instant::now();
+        for l in state.listeners {
+            // SAFETY: the state names this fd, and only here is it taken.
+            drop(unsafe { OwnedFd::from_raw_fd(l.fd) });
+            if let (Some(file), Ok(addr)) = (l.file, l.addr.parse::<ListenAddr>()) {
+                self.claim_file(&addr, file);
+            }
+        }
+        let by_name = |s: &Server, name: &str| {
+            s.services
+                .iter()
+                .find(|svc| svc.spec.name == name)
+                .map(|svc| svc.id)
+        };
+        let children = state.children.len();
+        for c in state.children {
+            let pid = Pid::from_raw(c.pid);
+            let service = c
+                .service
+                .as_deref()
+                .and_then(|n| by_name(self, n))
+                .unwrap_or_else(|| self.orphan_service());
+            let started_at = now
+                .checked_sub(Duration::from_nanos(c.age_ns))
+                .unwrap_or(now);
+            let status_pipe = c.status_pipe.map(|fd| {
+                // SAFETY: named by the state, taken once.
+                let pipe = unsafe { OwnedFd::from_raw_fd(fd) };
+                let token = self.next_token();
+                if self
+                    .poll
+                    .registry()
+                    .register(&mut SourceFd(&fd), token, Interest::READABLE)
+                    .is_ok()
+                {
+                    self.tokens.insert(token, TokenKind::ExecStatus(pid));
+                }
+                (pipe, token)
+            });
+            let mut held_sockets = Vec::new();
+            for (addr, head) in c.held {
+                let Ok(addr) = addr.parse::<ListenAddr>() else {
+                    continue;
+                };
+                if let Some(sock) = self.sockets.get_mut(&addr) {
+                    sock.busy = Some(pid);
+                }
+                held_sockets.push(HeldSocket { addr, head });
+            }
+            if let Some(limit) = self
+                .service_index(service)
+                .and_then(|i| self.services[i].spec.max_runtime)
+            {
+                self.timers
+                    .add(started_at + limit, Timer::RuntimeUp { pid, started_at });
+            }
+            self.children.insert(
+                pid,
+                Child {
+                    service,
+                    name: c.name,
+                    peer: c.peer,
+                    source: c.source,
+                    started_at,
+                    status_pipe,
+                    exec_failed: c.exec_failed,
+                    held_sockets,
+                },
+            );
+        }
+        for p in state.pending {
+            // SAFETY: named by the state, taken once.
+            let conn = Socket::from(unsafe { OwnedFd::from_raw_fd(p.fd) });
+            if let Ok(addr) = p.addr.parse() {
+                self.pending.push(PendingConnection::resumed(
+                    addr, p.name, conn, p.peer, p.greeted,
+                ));
+            }
+        }
+        for c in state.internal {
+            // SAFETY: named by the state, taken once.
+            let socket = Socket::from(unsafe { OwnedFd::from_raw_fd(c.fd) });
+            let Some(id) = by_name(self, &c.service) else {
+                debug!(
+                    "{}: internal service removed; closing {}",
+                    c.service, c.peer
+                );
+                continue;
+            };
+            let progress = (c.unsent.as_slice(), c.line, c.one_shot);
+            let conn = InternalConn::resumed(c.kind, socket, id, c.source, c.peer, progress);
+            self.resume_internal(conn);
+        }
+        for (name, stats) in state.stats {
+            if let Some(svc) = self.services.iter_mut().find(|s| s.spec.name == name) {
+                svc.stats = stats;
+            }
+        }
+        if state.exe.is_some() {
+            self.upgrades.exe = state.exe;
+        }
+        self.upgrades.done = state.upgrades;
+        self.upgrades.failed = state.failures;
+        self.upgrades.last_error = state.last_error;
+        match returning {
+            Some(why) => {
+                self.upgrades.failed += 1;
+                error!(event = "upgrade_failed";
+                    "upgrade failed: the new binary could not start ({why}); \
+                     summond {} serves on with {children} children",
+                    env!("CARGO_PKG_VERSION")
+                );
+                self.upgrades.last_error = Some(why);
+            }
+            None => {
+                self.upgrades.done += 1;
+                info!(event = "upgraded";
+                    "upgraded in place from summond {} to {}: {} services, {children} children",
+                    state.version,
+                    env!("CARGO_PKG_VERSION"),
+                    self.services.len()
+                );
+            }
+        }
+        self.sync_all(now);
+        self.unpark(now);
+        // A child that exited during the exec: its SIGCHLD is pending and
+        // the signalfd reports it, but reaping now costs nothing.
+        self.reap_children();
+    }
+
+    /// A service identity for children whose service is gone.
+    fn orphan_service(&mut self) -> ServiceId {
+        let id = ServiceId(self.next_service_id);
+        self.next_service_id += 1;
+        id
+    }
+
+    fn claim_file(&mut self, addr: &ListenAddr, file: (PathBuf, u64, u64)) {
+        if let Some(sock) = self.sockets.get_mut(addr) {
+            sock.listener.claim_file(file);
+            return;
+        }
+        for l in self.control.iter_mut().chain(self.metrics.iter_mut()) {
+            if &l.addr == addr {
+                l.claim_file(file);
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! Live binary upgrade, the process side: the state one summond image
+//! hands the next through `execve` in place (same pid), and the plumbing
+//! that carries it. The state is a JSON document in a memfd; the sockets,
+//! pipes and the pidfile it names are fds left open across the exec. The
+//! old image stays reachable as an fd, so a new binary that cannot start
+//! goes back to it with the same state (`Incoming::go_back`).
+//!
+//! What goes into the state and what it becomes again is the server's
+//! business (`server/upgrade.rs`); this module knows the format, the
+//! environment variables and the exec.
+
+use std::ffi::{CString, OsString};
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use nix::libc;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Internal;
+use crate::peer::{Peer, SourceKey};
+use crate::queue::QueueHead;
+
+/// The fd of the memfd holding the state.
+pub const STATE_ENV: &str = "SUMMOND_UPGRADE_STATE";
+/// The fd of the image that wrote the state, to go back to.
+pub const OLD_EXE_ENV: &str = "SUMMOND_UPGRADE_OLD_EXE";
+/// Set when a new image could not start and the old one comes back: why.
+pub const RETURNING_ENV: &str = "SUMMOND_UPGRADE_RETURNING";
+const OWN_ENV: &[&str] = &[STATE_ENV, OLD_EXE_ENV, RETURNING_ENV];
+/// Bumped when a field changes meaning; an image reading a format it does
+/// not know goes back.
+pub const FORMAT: u32 = 1;
+
+/// The variables a service manager hands sockets with: consumed by the
+/// first image, so never seen again by the next.
+const CONSUMED_ENV: &[&str] = &[
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "LISTEN_PIDFDID",
+];
+
+/// Everything one image hands the next.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct State {
+    pub format: u32,
+    /// The version of the image that wrote it.
+    pub version: String,
+    /// That image's argv, to go back with.
+    pub argv: Vec<Vec<u8>>,
+    /// The path summond was started from, executed by the next upgrade
+    /// (the running file may be deleted by then, replaced by a package).
+    pub exe: Option<PathBuf>,
+    /// Upgrades done and failed since summond started.
+    pub upgrades: u64,
+    pub failures: u64,
+    pub last_error: Option<String>,
+    /// `-d`: the process is detached already.
+    pub detached: bool,
+    /// The RLIMIT_NOFILE summond was started with (soft, hard), which its
+    /// children get; the process's own is raised by now.
+    pub child_nofile: Option<(u64, u64)>,
+    pub pidfile: Option<(RawFd, PathBuf)>,
+    pub listeners: Vec<ListenerState>,
+    pub children: Vec<ChildState>,
+    /// Accepted connections kept through a back-off.
+    pub pending: Vec<ConnState>,
+    /// Connections of internal services, mid-conversation.
+    pub internal: Vec<InternalState>,
+    /// Counters by service name.
+    pub stats: Vec<(String, crate::server::Stats)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ListenerState {
+    pub fd: RawFd,
+    pub addr: String,
+    /// The socket file summond created (path, device, inode), removed when
+    /// the listener closes.
+    pub file: Option<(PathBuf, u64, u64)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChildState {
+    pub pid: i32,
+    /// The service it belongs to now; none if a reload removed it.
+    pub service: Option<String>,
+    /// The service's name when it started, for its log lines.
+    pub name: String,
+    pub peer: Option<Peer>,
+    pub source: Option<SourceKey>,
+    /// How long it has run, in nanoseconds.
+    pub age_ns: u64,
+    /// The exec-status pipe, while the child has not exec'd yet.
+    pub status_pipe: Option<RawFd>,
+    pub exec_failed: bool,
+    /// Sockets a pass-mode child holds, with what waited on each.
+    pub held: Vec<(String, QueueHead)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConnState {
+    pub fd: RawFd,
+    pub addr: String,
+    pub name: String,
+    pub peer: Peer,
+    pub greeted: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InternalState {
+    pub fd: RawFd,
+    pub service: String,
+    pub kind: Internal,
+    pub peer: Peer,
+    pub source: Option<SourceKey>,
+    /// Output accepted but not yet written.
+    pub unsent: Vec<u8>,
+    pub line: usize,
+    pub one_shot: bool,
+}
+
+impl State {
+    /// Every fd the state names: they must survive the exec.
+    pub fn fds(&self) -> Vec<RawFd> {
+        let mut fds: Vec<RawFd> = self.listeners.iter().map(|l| l.fd).collect();
+        fds.extend(self.children.iter().filter_map(|c| c.status_pipe));
+        fds.extend(self.pending.iter().map(|c| c.fd));
+        fds.extend(self.internal.iter().map(|c| c.fd));
+        fds.extend(self.pidfile.as_ref().map(|p| p.0));
+        fds
+    }
+}
+
+/// The state this process was started with by a previous image.
+#[derive(Debug)]
+pub struct Incoming {
+    pub state: State,
+    handover: Handover,
+}
+
+/// The fds an upgrade arrives with, before the state is read.
+#[derive(Debug)]
+struct Handover {
+    memfd: OwnedFd,
+    old_exe: Option<OwnedFd>,
+    returning: Option<String>,
+}
+
+/// What `take` found.
+#[derive(Debug)]
+pub enum Taken {
+    /// A normal start.
+    Fresh,
+    Ready(Box<Incoming>),
+    /// The variables are there but the state cannot be used: go back with
+    /// `GoBack::go_back` at once, if there is a way back.
+    Unreadable(String, Option<GoBack>),
+}
+
+/// A way back to the previous image when the state cannot even be read.
+#[derive(Debug)]
+pub struct GoBack(Handover);
+
+impl GoBack {
+    /// Nothing of the state was touched (every fd it names is still open
+    /// and not close-on-exec), so the old image finds it all again.
+    pub fn go_back(self, why: &str) -> io::Error {
+        go_back(&self.0, &[], &own_argv(), why)
+    }
+}
+
+/// Read and consume the upgrade variables. Call before anything marks
+/// inherited fds close-on-exec.
+pub fn take() -> Taken {
+    let Some(state_var) = std::env::var_os(STATE_ENV) else {
+        return Taken::Fresh;
+    };
+    let exe_var = std::env::var_os(OLD_EXE_ENV);
+    let returning = std::env::var(RETURNING_ENV).ok();
+    // Consumed here, so no child (or later image) sees them.
+    std::env::remove_var(STATE_ENV);
+    std::env::remove_var(OLD_EXE_ENV);
+    std::env::remove_var(RETURNING_ENV);
+    let memfd = match claim_fd(&state_var) {
+        Ok(fd) => fd,
+        // Without the state nothing can be served, by this image or the
+        // old one.
+        Err(e) => return Taken::Unreadable(format!("no upgrade state: {e}"), None),
+    };
+    let handover = Handover {
+        memfd,
+        old_exe: exe_var.and_then(|v| claim_fd(&v).ok()),
+        returning,
+    };
+    match read_state(&handover.memfd) {
+        Ok(state) if state.format == FORMAT => Taken::Ready(Box::new(Incoming { state, handover })),
+        Ok(state) => Taken::Unreadable(
+            format!(
+                "the state from summond {} has format {}; this binary reads format {FORMAT}",
+                state.version, state.format
+            ),
+            Some(GoBack(handover)),
+        ),
+        Err(e) => Taken::Unreadable(
+            format!("cannot read the upgrade state: {e}"),
+            Some(GoBack(handover)),
+        ),
+    }
+}
+
+impl Incoming {
+    /// This process is the old image, back after a new one failed: why it
+    /// failed.
+    pub fn returning(&self) -> Option<&str> {
+        self.handover.returning.as_deref()
+    }
+
+    /// This image cannot start: execute the old one again with the same
+    /// state, telling it `why`. Returns only if that is impossible (this is
+    /// the old image already, or the exec failed).
+    pub fn go_back(self, why: &str) -> io::Error {
+        go_back(&self.handover, &self.state.fds(), &self.state.argv, why)
+    }
+
+    /// The image serves: the memfd and the old image are not needed.
+    pub fn done(self) -> State {
+        self.state
+    }
+}
+
+/// Execute the old image with the state in `h` (naming `fds`), the old
+/// image's `argv` and `why` this one could not start.
+fn go_back(h: &Handover, fds: &[RawFd], argv: &[Vec<u8>], why: &str) -> io::Error {
+    let Some(old_exe) = &h.old_exe else {
+        return io::Error::other("there is no previous binary to go back to");
+    };
+    if h.returning.is_some() {
+        return io::Error::other("the previous binary cannot start either");
+    }
+    let mut fds = fds.to_vec();
+    fds.push(h.memfd.as_raw_fd());
+    let Ok(why) = CString::new(format!("{RETURNING_ENV}={why}").replace('\0', " ")) else {
+        return io::Error::other("unreachable: NUL removed");
+    };
+    let state_var = format!("{STATE_ENV}={}", h.memfd.as_raw_fd());
+    exec_keeping(&fds, argv, &[state_var.as_str()], |argv, env| {
+        let mut env = env.to_vec();
+        env.push(why);
+        nix::unistd::fexecve(old_exe, argv, &env)
+    })
+}
+
+/// Execute `exe` in place with `state`; returns only on failure, with
+/// every fd as it was.
+pub fn exec_new(exe: &Path, state: &State) -> io::Error {
+    let Ok(path) = CString::new(exe.as_os_str().as_bytes()) else {
+        return io::Error::other("the binary's path has a NUL byte");
+    };
+    // The running image, to come back to: opened now, so it is this
+    // file even if a package manager has since replaced the path.
+    let old = match File::open("/proc/self/exe") {
+        Ok(f) => OwnedFd::from(f),
+        Err(e) => return io::Error::other(format!("cannot open /proc/self/exe: {e}")),
+    };
+    let memfd = match write_state(state) {
+        Ok(f) => f,
+        Err(e) => return io::Error::other(format!("cannot write the upgrade state: {e}")),
+    };
+    let mut fds = state.fds();
+    fds.push(memfd.as_raw_fd());
+    fds.push(old.as_raw_fd());
+    let vars = [
+        format!("{STATE_ENV}={}", memfd.as_raw_fd()),
+        format!("{OLD_EXE_ENV}={}", old.as_raw_fd()),
+    ];
+    let vars: Vec<&str> = vars.iter().map(String::as_str).collect();
+    exec_keeping(&fds, &state.argv, &vars, |argv, env| {
+        nix::unistd::execve(&path, argv, env)
+    })
+}
+
+/// Leave `fds` open across exec and run `exec` with `argv` and this
+/// process's environment plus `vars` (without the variables that were
+/// for this image only). On failure the fds are close-on-exec again.
+fn exec_keeping(
+    fds: &[RawFd],
+    argv: &[Vec<u8>],
+    vars: &[&str],
+    exec: impl FnOnce(&[CString], &[CString]) -> nix::Result<std::convert::Infallible>,
+) -> io::Error {
+    if let Err(e) = fds.iter().try_for_each(|fd| set_cloexec(*fd, false)) {
+        restore_cloexec(fds);
+        return e;
+    }
+    let argv: Vec<CString> = argv
+        .iter()
+        .filter_map(|a| CString::new(a.clone()).ok())
+        .collect();
+    let mut env: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| {
+            let k = k.to_string_lossy();
+            !CONSUMED_ENV.contains(&k.as_ref()) && !OWN_ENV.contains(&k.as_ref())
+        })
+        .filter_map(|(k, v)| {
+            let mut kv = k.into_vec();
+            kv.push(b'=');
+            kv.extend(v.into_vec());
+            CString::new(kv).ok()
+        })
+        .collect();
+    env.extend(vars.iter().filter_map(|v| CString::new(*v).ok()));
+    let err = match exec(&argv, &env) {
+        Err(e) => io::Error::from(e),
+        Ok(never) => match never {},
+    };
+    restore_cloexec(fds);
+    err
+}
+
+fn restore_cloexec(fds: &[RawFd]) {
+    for fd in fds {
+        let _ = set_cloexec(*fd, true);
+    }
+}
+
+/// The argv this process was started with.
+pub fn own_argv() -> Vec<Vec<u8>> {
+    std::env::args_os().map(OsString::into_vec).collect()
+}
+
+fn write_state(state: &State) -> io::Result<File> {
+    let json = serde_json::to_vec(state).map_err(io::Error::other)?;
+    // SAFETY: memfd_create with a valid NUL-terminated name; the fd is ours.
+    let fd = unsafe { libc::memfd_create(c"summond-upgrade".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd nothing else owns.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    file.write_all(&json)?;
+    Ok(file)
+}
+
+fn read_state(fd: &OwnedFd) -> io::Result<State> {
+    let mut text = String::new();
+    let mut file = File::from(fd.try_clone()?);
+    file.rewind()?;
+    file.read_to_string(&mut text)?;
+    serde_json::from_str(&text).map_err(io::Error::other)
+}
+
+/// The open fd a variable names, now owned by the caller.
+fn claim_fd(var: &std::ffi::OsStr) -> io::Result<OwnedFd> {
+    let fd: RawFd = var
+        .to_str()
+        .and_then(|s| s.parse().ok())
+        .filter(|fd| *fd > 2)
+        .ok_or_else(|| io::Error::other(format!("{var:?} is not an fd number")))?;
+    // SAFETY: F_GETFD only reads a descriptor flag.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::other(format!("fd {fd} is not open")));
+    }
+    // SAFETY: the previous image left this fd open for us to own, and
+    // nothing else in this process has taken it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
+    // SAFETY: F_GETFD/F_SETFD only change a descriptor flag.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let new = if on {
+            flags | libc::FD_CLOEXEC
+        } else {
+            flags & !libc::FD_CLOEXEC
+        };
+        if libc::fcntl(fd, libc::F_SETFD, new) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// A duplicate of `fd`, close-on-exec, for the new image to use while the
+/// original stays as the state names it (to go back with) until it serves.
+pub fn dup(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC makes a new fd we own, or fails.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: just created.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_survives_its_memfd_and_names_its_fds() {
+        let state = State {
+            format: FORMAT,
+            version: "1.2.3".into(),
+            argv: vec![b"summond".to_vec(), b"-c".to_vec(), b"/x.toml".to_vec()],
+            pidfile: Some((9, "/run/summond.pid".into())),
+            listeners: vec![ListenerState {
+                fd: 5,
+                addr: "tcp://127.0.0.1:7".into(),
+                file: None,
+            }],
+            children: vec![ChildState {
+                pid: 42,
+                service: Some("echo".into()),
+                name: "echo".into(),
+                peer: Some(Peer::Unknown),
+                source: Some(SourceKey::Uid(7)),
+                age_ns: 5,
+                status_pipe: Some(6),
+                exec_failed: false,
+                held: vec![("udp://127.0.0.1:9".into(), QueueHead::Empty)],
+            }],
+            ..State::default()
+        };
+        let f = write_state(&state).unwrap();
+        let back = read_state(&OwnedFd::from(f)).unwrap();
+        assert_eq!(back.children[0].held[0].0, "udp://127.0.0.1:9");
+        assert_eq!(back.fds(), vec![5, 6, 9]);
+    }
+}
