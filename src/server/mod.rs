@@ -335,6 +335,7 @@ impl Server {
                 self.accept_scrapers();
             }
             self.run_timers(Instant::now());
+            self.upgrade_if_due();
         }
         self.shutdown();
         Ok(())
@@ -379,8 +380,10 @@ impl Server {
                 }
                 Timer::RuntimeUp { pid, started_at } => {
                     if self.signal_overdue_child(pid, started_at, Signal::SIGTERM) {
+                        // From when the SIGTERM went, not from when this
+                        // turn began: the grace is never shorter than SPEC's.
                         self.timers
-                            .add(now + KILL_AFTER, Timer::Kill { pid, started_at });
+                            .add(Instant::now() + KILL_AFTER, Timer::Kill { pid, started_at });
                     }
                 }
                 Timer::Kill { pid, started_at } => {

@@ -42,6 +42,10 @@ pub(super) struct Upgrades {
     /// The binary summond was started from, executed on upgrade.
     exe: Option<PathBuf>,
     check: Option<Check>,
+    /// The check passed: execute at the end of this turn of the loop,
+    /// once every event of the turn (every reaped exit above all) is
+    /// accounted for.
+    exec_due: bool,
     pub done: u64,
     pub failed: u64,
     pub last_error: Option<String>,
@@ -137,7 +141,7 @@ impl Server {
         };
         let exe = self.upgrades.exe.clone().unwrap_or_default();
         if matches!(status, WaitStatus::Exited(_, 0)) {
-            self.exec_upgrade(&exe);
+            self.upgrades.exec_due = true;
             return true;
         }
         // The child is gone: what it wrote is all in the pipe.
@@ -177,9 +181,21 @@ impl Server {
         self.upgrades.last_error = Some(why);
     }
 
+    /// The end of a turn of the loop: execute the new binary if its check
+    /// passed.
+    pub(super) fn upgrade_if_due(&mut self) {
+        if std::mem::take(&mut self.upgrades.exec_due) {
+            let exe = self.upgrades.exe.clone().unwrap_or_default();
+            self.exec_upgrade(&exe);
+        }
+    }
+
     /// Hand everything over and execute `exe` in place. Returns only if the
     /// exec failed, with every socket still served.
     fn exec_upgrade(&mut self, exe: &std::path::Path) {
+        // Exits that happened since the signal was read: a child reaped
+        // here is not handed over, one exiting later is the next image's.
+        self.reap_children();
         let state = self.handover_state();
         info!(event = "upgrade";
             "upgrade: executing {} in place ({} sockets, {} children handed over)",

@@ -22,5 +22,6 @@ mod sandbox;
 mod sockets;
 mod systemd;
 mod unix_sockets;
+mod upgrade;
 mod util;
 mod wrap;

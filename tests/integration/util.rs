@@ -135,6 +135,8 @@ pub struct Start<'a> {
     pub wrapper: &'a [&'a str],
     /// RLIMIT_NPROC (soft = hard) to start summond with.
     pub nproc: Option<u64>,
+    /// The summond binary to run (a copy an upgrade test replaces).
+    pub binary: Option<&'a Path>,
 }
 
 impl Default for Start<'_> {
@@ -147,6 +149,7 @@ impl Default for Start<'_> {
             nofile: None,
             wrapper: &[],
             nproc: None,
+            binary: None,
         }
     }
 }
@@ -172,13 +175,14 @@ impl Summond {
         std::fs::write(&config, text).expect("write config");
         let log = dir.path("summond.log");
         let log_file = std::fs::File::create(&log).expect("create log");
+        let bin = opts.binary.unwrap_or(Path::new(BIN));
         let mut cmd = match opts.wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
-                c.args(args).arg(BIN);
+                c.args(args).arg(bin);
                 c
             }
-            None => Command::new(BIN),
+            None => Command::new(bin),
         };
         cmd.arg("-c").arg(&config);
         // debug, so tests can see per-connection lines, unless the test

@@ -1,0 +1,449 @@
+//! Live binary upgrade (`summond upgrade`, SIGUSR2): summond runs from a
+//! copy of the binary in the test's directory, which the test replaces the
+//! way a package manager does (a new file renamed over the path) with the
+//! real binary, a broken one, or one that cannot start.
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// Put `content` at `path` as a new executable file, renamed over the old.
+fn install(path: &Path, content: &[u8]) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A fresh copy of the real binary at `dir/summond`.
+fn install_real(dir: &Path) -> PathBuf {
+    let path = dir.join("summond");
+    install(&path, &std::fs::read(BIN).unwrap());
+    path
+}
+
+/// A script at `dir/summond` that runs the real binary for `--check` and
+/// something else (`otherwise`, shell) when executed to serve.
+fn install_script(dir: &Path, check: &str, otherwise: &str) {
+    let script = format!(
+        "#!/bin/sh\nfor a; do [ \"$a\" = --check ] && {{ {check}; exec {BIN} \"$@\"; }}; done\n{otherwise}\n"
+    );
+    install(&dir.join("summond"), script.as_bytes());
+}
+
+fn upgrade(control: &Path) -> (i32, String, String) {
+    run_to_exit(&["upgrade", "--control", control.to_str().unwrap()])
+}
+
+fn status(control: &Path) -> serde_json::Value {
+    status_json(control)
+}
+
+fn service<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap()
+}
+
+/// Clients that connect, read everything and expect `hi\n`, until told to
+/// stop; every other outcome (refused, reset, short answer) is kept.
+struct Stream {
+    stop: Arc<AtomicBool>,
+    served: Arc<AtomicU64>,
+    errors: Arc<Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Stream {
+    fn start(tcp_port: u16, tcp_clients: usize, unix: &Path) -> Stream {
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let mut threads = Vec::new();
+        for i in 0..=tcp_clients {
+            let (stop, served, errors) = (stop.clone(), served.clone(), errors.clone());
+            let unix = unix.to_path_buf();
+            threads.push(std::thread::spawn(move || {
+                // Bounded in count as well as by the flag.
+                for _ in 0..200_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let got = if i < tcp_clients {
+                        std::net::TcpStream::connect(("127.0.0.1", tcp_port))
+                            .and_then(|mut s| {
+                                s.set_read_timeout(Some(TIMEOUT))?;
+                                let mut out = String::new();
+                                s.read_to_string(&mut out).map(|_| out)
+                            })
+                            .map_err(|e| format!("tcp client: {e}"))
+                    } else {
+                        UnixStream::connect(&unix)
+                            .and_then(|mut s| {
+                                s.set_read_timeout(Some(TIMEOUT))?;
+                                let mut out = String::new();
+                                s.read_to_string(&mut out).map(|_| out)
+                            })
+                            .map_err(|e| format!("unix client: {e}"))
+                    };
+                    match got {
+                        Ok(out) if out == "hi\n" => {
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(out) => errors.lock().unwrap().push(format!("answer {out:?}")),
+                        Err(e) => errors.lock().unwrap().push(e),
+                    }
+                }
+            }));
+        }
+        Stream {
+            stop,
+            served,
+            errors,
+            threads,
+        }
+    }
+
+    fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let errors = self.errors.lock().unwrap().clone();
+        (self.served.load(Ordering::Relaxed), errors)
+    }
+}
+
+#[test]
+fn two_upgrades_under_a_steady_stream_refuse_and_reset_no_client() {
+    let port = free_port();
+    let dir = TempDir::new("upgrade-stream");
+    let bin = install_real(&dir.0);
+    let control = dir.path("control.sock");
+    let unix = dir.path("hello.sock");
+    let mut s = Summond::start_in(
+        dir,
+        Start {
+            config: &format!(
+                "[daemon]\ncontrol = \"{}\"\n\
+                 [[service]]\nname = \"hello\"\nlisten = [\"tcp://127.0.0.1:{port}\", \"unix://{}\"]\n\
+                 exec = [\"/bin/echo\", \"hi\"]\n",
+                control.display(),
+                unix.display()
+            ),
+            // Per-connection lines would make this test about the log.
+            args: &["--log-level", "info"],
+            binary: Some(&bin),
+            ..Start::default()
+        },
+    );
+    let inode = listening_inode(port).unwrap();
+    let unix_inode = std::fs::metadata(&unix).unwrap();
+    let stream = Stream::start(port, 4, &unix);
+    assert!(wait_until(TIMEOUT, || stream.served() > 50));
+    let mut took = Vec::new();
+    for round in 1..=2 {
+        // A new file at the path, as a package upgrade leaves it.
+        install_real(&s.dir.0);
+        let before = stream.served();
+        let t = Instant::now();
+        let (code, out, err) = upgrade(&control);
+        took.push(t.elapsed());
+        assert_eq!(code, 0, "upgrade {round}: {err}\n{}", s.log_text());
+        assert!(
+            out.starts_with(&format!("upgraded: pid {} serves with summond ", s.pid())),
+            "{out}"
+        );
+        assert_eq!(status(&control)["upgrades"], round);
+        // Clients keep being served by the new image.
+        assert!(wait_until(TIMEOUT, || stream.served() > before + 50));
+    }
+    let (served, errors) = stream.finish();
+    assert!(
+        errors.is_empty(),
+        "{} of {} clients failed, e.g. {:?}",
+        errors.len(),
+        served,
+        &errors[..errors.len().min(5)]
+    );
+    assert_eq!(s.log_count("upgraded in place from summond"), 2);
+    // The same listening sockets throughout, and counters that carried
+    // over: every client was one child.
+    assert_eq!(listening_inode(port), Some(inode));
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&unix).unwrap().ino(), unix_inode.ino());
+    assert!(wait_until(TIMEOUT, || service(&status(&control), "hello")
+        ["active"]
+        == 0));
+    let st = status(&control);
+    assert_eq!(service(&st, "hello")["served"], served, "{st}");
+    assert_eq!(st["pid"], s.pid());
+    eprintln!("upgrades under load: {served} clients, 0 failed; `summond upgrade` took {took:?}");
+    // The new image owns the socket file: a clean stop removes it.
+    s.signal(nix::libc::SIGTERM);
+    assert!(s.wait_exit(TIMEOUT).is_some());
+    assert!(!unix.exists(), "the socket file outlived summond");
+    assert!(!control.exists());
+}
+
+#[test]
+fn children_and_connections_from_before_an_upgrade_finish_after_it() {
+    let (pw, pe) = (free_port(), free_port());
+    let dir = TempDir::new("upgrade-children");
+    let bin = install_real(&dir.0);
+    let control = dir.path("control.sock");
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &format!(
+                "[daemon]\ncontrol = \"{}\"\n\
+                 [[service]]\nname = \"wait\"\nlisten = \"tcp://127.0.0.1:{pw}\"\nexec = {}\n\
+                 [[service]]\nname = \"echo\"\nlisten = \"tcp://127.0.0.1:{pe}\"\nexec = [\"internal:echo\"]\n",
+                control.display(),
+                sh("read l; echo \"got $l\"")
+            ),
+            binary: Some(&bin),
+            ..Start::default()
+        },
+    );
+    let waiting = connect_tcp(([127, 0, 0, 1], pw).into());
+    let mut echo = connect_tcp(([127, 0, 0, 1], pe).into());
+    use std::io::Write;
+    echo.write_all(b"before ").unwrap();
+    let mut buf = [0u8; 7];
+    echo.read_exact(&mut buf).unwrap();
+    assert!(wait_until(TIMEOUT, || service(&status(&control), "wait")
+        ["active"]
+        == 1));
+    let (children, _) = s.children();
+    assert_eq!(children.len(), 1);
+    let child = children[0];
+
+    let (code, _, err) = upgrade(&control);
+    assert_eq!(code, 0, "{err}");
+    let st = status(&control);
+    assert_eq!(service(&st, "wait")["active"], 1, "{st}");
+    assert_eq!(st["children"], 1);
+
+    // The internal service's connection was handed over mid-conversation.
+    echo.write_all(b"after").unwrap();
+    let mut buf = [0u8; 5];
+    echo.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"after");
+    // The child started by the old image exits under the new one: reaped,
+    // logged and counted.
+    (&waiting).write_all(b"late\n").unwrap();
+    assert_eq!(read_line(&waiting), "got late\n");
+    assert!(s.wait_log(&format!("wait: pid {child} for 127.0.0.1:")));
+    assert!(wait_until(TIMEOUT, || service(&status(&control), "wait")
+        ["active"]
+        == 0));
+    let st = status(&control);
+    let wait = service(&st, "wait");
+    assert_eq!(wait["served"], 1);
+    assert_eq!(wait["last_exit"], "exited with status 0");
+    assert_eq!(st["children"], 0);
+    let (left, zombies) = s.children();
+    assert!(left.is_empty() && zombies == 0, "{left:?}");
+    assert!(s
+        .log_text()
+        .lines()
+        .any(|l| l.contains(&format!("pid {child} ")) && l.contains("exited with status 0")));
+}
+
+#[test]
+fn a_binary_that_fails_its_check_is_never_executed() {
+    let port = free_port();
+    let dir = TempDir::new("upgrade-broken");
+    let bin = install_real(&dir.0);
+    let control = dir.path("control.sock");
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &format!(
+                "[daemon]\ncontrol = \"{}\"\n\
+                 [[service]]\nname = \"hello\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"/bin/echo\", \"hi\"]\n",
+                control.display()
+            ),
+            binary: Some(&bin),
+            ..Start::default()
+        },
+    );
+    install(
+        &bin,
+        b"#!/bin/sh\necho 'this build is broken' >&2\nexit 3\n",
+    );
+    let (code, _, err) = upgrade(&control);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("upgrade failed, the old binary serves on")
+            && err.contains("--check exited with status 3: this build is broken"),
+        "{err}"
+    );
+    assert!(s.wait_log("upgrade failed, still serving"));
+    assert_eq!(tcp_port_exchange(port, b""), "hi\n");
+    let st = status(&control);
+    assert_eq!(
+        (st["upgrades"].clone(), st["upgrade_failures"].clone()),
+        (0.into(), 1.into())
+    );
+}
+
+#[test]
+fn a_binary_that_cannot_start_hands_everything_back_to_the_old_one() {
+    let port = free_port();
+    let dir = TempDir::new("upgrade-goback");
+    let bin = install_real(&dir.0);
+    let control = dir.path("control.sock");
+    let pidfile = dir.path("summond.pid");
+    let dir_path = dir.0.clone();
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &format!(
+                "[daemon]\ncontrol = \"{}\"\n\
+                 [[service]]\nname = \"wait\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {}\n",
+                control.display(),
+                sh("echo hi; read l; echo \"got $l\"")
+            ),
+            args: &["--pidfile", pidfile.to_str().unwrap()],
+            binary: Some(&bin),
+            ..Start::default()
+        },
+    );
+    let inode = listening_inode(port).unwrap();
+    let held = connect_tcp(([127, 0, 0, 1], port).into());
+    assert_eq!(read_line(&held), "hi\n");
+    // Passes the check, then cannot read its config when it runs.
+    install_script(
+        &dir_path,
+        "true",
+        &format!("exec {BIN} -c /nonexistent/summond.toml"),
+    );
+    let (code, _, err) = upgrade(&control);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("/nonexistent/summond.toml: cannot read config"),
+        "{err}\n{}",
+        s.log_text()
+    );
+    assert!(s.wait_log("going back to the previous one"));
+    assert!(s.wait_log("upgrade failed: the new binary could not start"));
+    // The same process, sockets, child and pidfile lock.
+    assert_eq!(status(&control)["pid"], s.pid());
+    assert_eq!(listening_inode(port), Some(inode));
+    let (code, _, err) = run_to_exit(&[
+        "-c",
+        s.config.to_str().unwrap(),
+        "--pidfile",
+        pidfile.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("{}", s.pid())), "{err}");
+    (&held).write_all_line("late");
+    assert_eq!(read_line(&held), "got late\n");
+    assert!(wait_until(TIMEOUT, || status(&control)["children"] == 0));
+    let next = connect_tcp(([127, 0, 0, 1], port).into());
+    assert_eq!(read_line(&next), "hi\n");
+    drop(next);
+
+    // The path is remembered: the next good binary there upgrades.
+    install_real(&dir_path);
+    let (code, _, err) = upgrade(&control);
+    assert_eq!(code, 0, "{err}");
+    let st = status(&control);
+    assert_eq!(
+        (st["upgrades"].clone(), st["upgrade_failures"].clone()),
+        (1.into(), 1.into())
+    );
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        s.pid().to_string()
+    );
+}
+
+#[test]
+fn an_upgrade_while_another_runs_is_refused() {
+    let port = free_port();
+    let dir = TempDir::new("upgrade-twice");
+    let bin = install_real(&dir.0);
+    let control = dir.path("control.sock");
+    let dir_path = dir.0.clone();
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &format!(
+                "[daemon]\ncontrol = \"{}\"\n\
+                 [[service]]\nname = \"hello\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"/bin/echo\", \"hi\"]\n",
+                control.display()
+            ),
+            binary: Some(&bin),
+            ..Start::default()
+        },
+    );
+    // A slow check keeps the first upgrade running.
+    install_script(&dir_path, "sleep 1.5", &format!("exec {BIN} \"$@\""));
+    let mut first = std::process::Command::new(BIN)
+        .args(["upgrade", "--control", control.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(first.id() as i32);
+    assert!(wait_until(TIMEOUT, || status(&control)["upgrading"] == true));
+    let (code, _, err) = upgrade(&control);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("an upgrade of pid {} is already running", s.pid())),
+        "{err}"
+    );
+    // A second SIGUSR2 sent by hand is logged and ignored.
+    s.signal(nix::libc::SIGUSR2);
+    assert!(s.wait_log("while an upgrade is running"));
+    let done = first.wait_timeout_or_kill(Duration::from_secs(20));
+    assert_eq!(done, Some(0));
+    assert_eq!(status(&control)["upgrades"], 1);
+    assert_eq!(tcp_port_exchange(port, b""), "hi\n");
+}
+
+trait WriteLine {
+    fn write_all_line(self, line: &str);
+}
+
+impl WriteLine for &std::net::TcpStream {
+    fn write_all_line(mut self, line: &str) {
+        use std::io::Write;
+        self.write_all(format!("{line}\n").as_bytes()).unwrap();
+    }
+}
+
+trait WaitTimeout {
+    fn wait_timeout_or_kill(&mut self, timeout: Duration) -> Option<i32>;
+}
+
+impl WaitTimeout for std::process::Child {
+    fn wait_timeout_or_kill(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.kill();
+        let _ = self.wait();
+        None
+    }
+}
