@@ -21,7 +21,7 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
 
 /// An address block: the network address (host bits cleared) and its
 /// prefix length.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Cidr {
     net: IpAddr,
     prefix: u8,
@@ -151,7 +151,7 @@ impl fmt::Display for Refusal {
 }
 
 /// `allow` absent means everyone; `deny` wins over `allow`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AccessList {
     pub allow: Option<Vec<Cidr>>,
     pub deny: Vec<Cidr>,

@@ -130,6 +130,21 @@ fn parse_unix(rest: &str) -> Result<UnixPath, AddrError> {
     Ok(UnixPath::File(PathBuf::from(rest)))
 }
 
+/// As its text (`tcp://127.0.0.1:7`), which `FromStr` reads back.
+impl serde::Serialize for ListenAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ListenAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        text.parse()
+            .map_err(|e: AddrError| serde::de::Error::custom(e.to_string()))
+    }
+}
+
 impl FromStr for ListenAddr {
     type Err = AddrError;
 

@@ -300,9 +300,7 @@ pub fn upgrade(socket: &Path, timeout: Duration) -> Result<Status, UpgradeError>
     while std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
         let Ok(now) = query(socket) else {
-            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None)
-                == Err(nix::errno::Errno::ESRCH)
-            {
+            if !alive(pid) {
                 return Err(UpgradeError::Died(pid));
             }
             continue;
@@ -318,6 +316,18 @@ pub fn upgrade(socket: &Path, timeout: Duration) -> Result<Status, UpgradeError>
         }
     }
     Err(UpgradeError::TimedOut(pid, timeout))
+}
+
+/// Is `pid` running (not gone, not a zombie waiting for its parent)?
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // The state follows the parenthesised command name.
+            let state = s.rsplit_once(") ")?.1.chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
 }
 
 /// Ask the summond behind `socket` for its status.

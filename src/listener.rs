@@ -26,7 +26,7 @@ pub const DEFAULT_BACKLOG: i32 = 4096;
 /// `socket_user`, `socket_group`, `backlog`, `v6only`, `reuse_port`,
 /// `keepalive`, `nodelay`, `freebind`). Options that do not apply to the
 /// address's kind are not set (the config checker rejects them).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ListenOptions {
     pub socket_mode: Option<u32>,
     /// uid and gid for the socket file (`socket_user`, `socket_group`).

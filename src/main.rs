@@ -76,7 +76,11 @@ fn wrap(w: WrapArgs) -> ExitCode {
         }),
         exec: w.program,
     };
-    let config = match config::wrap(&spec, &Host::current()) {
+    let loaded = match incoming.as_ref().and_then(upgrade::Incoming::config_ran) {
+        Some(config) => Ok(config),
+        None => config::wrap(&spec, &Host::current()),
+    };
+    let config = match loaded {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{}", errors.render(stderr_is_terminal()));
@@ -152,7 +156,11 @@ fn run(args: RunArgs) -> ExitCode {
     };
     // Absolute, so SIGHUP re-reads the same file after `-d` chdirs to /.
     let path = std::fs::canonicalize(&args.config).unwrap_or(args.config);
-    let config = match config::load(&path, &Host::current()) {
+    let loaded = match incoming.as_ref().and_then(upgrade::Incoming::config_ran) {
+        Some(config) => Ok(config),
+        None => config::load(&path, &Host::current()),
+    };
+    let config = match loaded {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{}", errors.render(stderr_is_terminal()));

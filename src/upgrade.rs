@@ -72,6 +72,11 @@ pub struct State {
     pub internal: Vec<InternalState>,
     /// Counters by service name.
     pub stats: Vec<(String, crate::server::Stats)>,
+    /// The config the writing image ran, in its own format: if the next
+    /// image cannot start, the old one serves on with it, whatever the
+    /// file says by then (a key only the new binary knows, an address that
+    /// cannot be bound). Only the image that wrote it reads it.
+    pub config: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -224,6 +229,12 @@ impl Incoming {
     /// the old image already, or the exec failed).
     pub fn go_back(self, why: &str) -> io::Error {
         go_back(&self.handover, &self.state.fds(), &self.state.argv, why)
+    }
+
+    /// Back after a failed upgrade: the config this image ran before it.
+    pub fn config_ran(&self) -> Option<crate::config::Config> {
+        self.returning()?;
+        serde_json::from_value(self.state.config.clone()?).ok()
     }
 
     /// The image serves: the memfd and the old image are not needed.

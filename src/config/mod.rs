@@ -41,7 +41,7 @@ pub const DEFAULT_MAX_CHILDREN: u32 = 1024;
 /// Used when summond's own environment has no PATH, as execvp does.
 const FALLBACK_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Config {
     pub path: PathBuf,
     pub daemon: DaemonSpec,
@@ -101,7 +101,7 @@ pub fn wrap(spec: &WrapSpec, host: &Host) -> Result<Config, ConfigErrors> {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DaemonSpec {
     pub max_children: u32,
     pub control: Option<PathBuf>,
@@ -126,7 +126,7 @@ impl Default for DaemonSpec {
 }
 
 /// `[daemon] log_format`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum LogFormat {
     Text,
     Json,
@@ -162,13 +162,13 @@ impl Internal {
 
 /// A resource limit a child gets (`rlimits`): soft and hard both set to
 /// `value`, as systemd's `LimitX=` does; `None` is infinity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rlimit {
     pub resource: RlimitKind,
     pub value: Option<u64>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RlimitKind {
     Nofile,
     Nproc,
@@ -199,7 +199,7 @@ impl RlimitKind {
 
 /// What a child is confined to. Applied between fork and exec in this
 /// order: rlimits, umask, nice, chroot, chdir, credentials, no_new_privs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Sandbox {
     /// Inside `chroot` when both are set.
     pub working_directory: PathBuf,
@@ -225,7 +225,7 @@ impl Default for Sandbox {
 
 /// How clients are grouped for `max_per_source` and `per_source_rate`:
 /// by network prefix, so an IPv6 host that owns a /64 is one source.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SourcePrefix {
     pub v4: u8,
     pub v6: u8,
@@ -238,20 +238,20 @@ impl Default for SourcePrefix {
 }
 
 /// How the socket reaches the child (SPEC "The four ways").
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Pass {
     Stdio,
     ListenFds,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StderrMode {
     Inherit,
     Socket,
     Null,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ListenSpec {
     pub addr: ListenAddr,
     /// The `LISTEN_FDNAMES` entry for `accept = false` services.
@@ -259,7 +259,7 @@ pub struct ListenSpec {
 }
 
 /// Who the child runs as, resolved when the config loads.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Credentials {
     /// `None`: only `group` was given; the child keeps summond's uid.
     pub uid: Option<u32>,
@@ -270,7 +270,7 @@ pub struct Credentials {
 
 /// One `[[service]]` as the file says it. Immutable and comparable, so a
 /// reload can tell an unchanged service from a changed one.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ServiceSpec {
     pub name: String,
     pub listen: Vec<ListenSpec>,

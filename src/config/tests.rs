@@ -174,3 +174,52 @@ fn a_relative_working_directory_is_resolved_against_the_config_files_directory()
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_config_survives_the_upgrade_state_unchanged() {
+    // The old image of a failed upgrade serves on with the config it ran,
+    // carried through JSON: every kind of value must come back as it was.
+    let c = ok(r#"
+[daemon]
+max_children = 7
+control = "/run/s.sock"
+log_format = "json"
+metrics = "tcp://127.0.0.1:9101"
+
+[[service]]
+name = "all"
+listen = ["tcp://127.0.0.1:7007", "tcp://[::1]:7007"]
+exec = ["cat", "-u"]
+stderr = "null"
+env = { A = "1" }
+max_instances = 3
+rate = "10/1s"
+per_source_rate = "2/1m"
+per_source_prefix = { v4 = 24, v6 = 56 }
+allow = ["10.0.0.0/8", "::1"]
+deny = ["10.1.0.0/16"]
+max_runtime = "1500ms"
+umask = "027"
+nice = 5
+rlimits = { nofile = 1024, core = "infinity" }
+backlog = 16
+keepalive = true
+banner = "hello"
+
+[[service]]
+name = "held"
+listen = ["udp://[::1]:7", "unix:///run/a.sock", "unixgram://@abs"]
+exec = ["cat"]
+accept = false
+pass = "listen_fds"
+socket_mode = "0660"
+
+[[service]]
+name = "echo"
+listen = "tcp://127.0.0.1:7"
+exec = ["internal:echo"]
+"#);
+    let json = serde_json::to_value(&c).unwrap();
+    let back: Config = serde_json::from_value(json).unwrap();
+    assert_eq!(back, c);
+}

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 /// A token bucket: `count` tokens, refilled `count` per `per`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Rate {
     pub count: u32,
     pub per: Duration,

@@ -296,6 +296,7 @@ impl Server {
             children,
             pending,
             internal,
+            config: serde_json::to_value(&self.config).ok(),
             stats: self
                 .services
                 .iter()

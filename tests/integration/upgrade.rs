@@ -376,6 +376,45 @@ fn a_binary_that_cannot_start_hands_everything_back_to_the_old_one() {
 }
 
 #[test]
+fn the_old_binary_comes_back_with_the_config_it_ran_when_the_new_config_cannot_be_served() {
+    let (pa, pb) = (free_port(), free_port());
+    let dir = TempDir::new("upgrade-config");
+    let bin = install_real(&dir.0);
+    let control = dir.path("control.sock");
+    let service = |name: &str, port: u16| {
+        format!(
+            "[[service]]\nname = \"{name}\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"/bin/echo\", \"{name}\"]\n"
+        )
+    };
+    let daemon = format!("[daemon]\ncontrol = \"{}\"\n", control.display());
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &format!("{daemon}{}", service("a", pa)),
+            binary: Some(&bin),
+            ..Start::default()
+        },
+    );
+    // The edited file passes --check (which binds nothing), but its new
+    // address is taken: the new image cannot bind it, and neither could
+    // the old one if it read the file again.
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", pb)).unwrap();
+    s.write_config(&format!("{daemon}{}{}", service("a", pa), service("b", pb)));
+    let (code, _, err) = upgrade(&control);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("bind tcp://127.0.0.1:{pb} for service \"b\"")),
+        "{err}\n{}",
+        s.log_text()
+    );
+    assert!(s.wait_log("upgrade failed: the new binary could not start"));
+    assert_eq!(tcp_port_exchange(pa, b""), "a\n");
+    let st = status(&control);
+    assert_eq!(st["pid"], s.pid());
+    assert_eq!(st["services"].as_array().unwrap().len(), 1, "{st}");
+}
+
+#[test]
 fn an_upgrade_while_another_runs_is_refused() {
     let port = free_port();
     let dir = TempDir::new("upgrade-twice");
