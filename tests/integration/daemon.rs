@@ -267,3 +267,60 @@ fn a_stalled_syslog_reader_never_blocks_the_loop_and_dropped_lines_are_counted()
     .unwrap();
     assert!(wait_until(TIMEOUT, || !pidfile.exists()));
 }
+
+#[test]
+fn a_daemon_upgraded_in_place_stays_detached_and_keeps_its_pidfile() {
+    let d = Daemon::new("daemon-upgrade");
+    d.syslog.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let args = d.args(&[]);
+    let (code, err) = d.run(&args);
+    assert_eq!(code, 0, "{err}");
+    let pid = d.pid();
+    let _reaper = KillOnDrop(pid);
+    let session = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap()
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .nth(3)
+            .unwrap()
+            .to_string()
+    };
+    let before = session(pid);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGUSR2,
+    )
+    .unwrap();
+    let mut buf = [0u8; 512];
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("upgraded in place"))
+    {
+        let n = d
+            .syslog
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("{e}: {seen:?}"));
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    // The same process, still detached (no second fork), still holding
+    // its pidfile, still serving, logging to syslog.
+    assert_eq!(d.pid(), pid);
+    assert_eq!(session(pid), before);
+    assert_eq!(tcp_port_exchange(d.port, b"after\n"), "after\n");
+    let (code, err) = d.run(&args);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("already running as pid {pid}")),
+        "{err}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(wait_until(TIMEOUT, || !d.pidfile.exists()));
+}

@@ -486,3 +486,43 @@ impl WaitTimeout for std::process::Child {
         None
     }
 }
+
+#[test]
+fn under_systemd_an_upgrade_is_reloading_then_ready_from_the_same_pid() {
+    use std::os::unix::net::UnixDatagram;
+    let port = free_port();
+    let dir = TempDir::new("upgrade-notify");
+    let bin = install_real(&dir.0);
+    let control = dir.path("control.sock");
+    let notify = dir.path("notify.sock");
+    let sock = UnixDatagram::bind(&notify).unwrap();
+    sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let recv = || {
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).expect("a notify message");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &format!(
+                "[daemon]\ncontrol = \"{}\"\n\
+                 [[service]]\nname = \"hello\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {}\n",
+                control.display(),
+                sh("echo ${NOTIFY_SOCKET:-unset}")
+            ),
+            env: &[("NOTIFY_SOCKET", notify.to_str().unwrap())],
+            binary: Some(&bin),
+            ..Start::default()
+        },
+    );
+    assert!(recv().starts_with("READY=1\n"));
+    let (code, _, err) = upgrade(&control);
+    assert_eq!(code, 0, "{err}");
+    assert!(recv().starts_with("RELOADING=1\nMONOTONIC_USEC="));
+    assert_eq!(recv(), "READY=1\nSTATUS=1 services, 0 children");
+    assert_eq!(status(&control)["pid"], s.pid());
+    // The next image still tells the service manager, and children still
+    // never see NOTIFY_SOCKET.
+    assert_eq!(tcp_port_exchange(port, b""), "unset\n");
+}
