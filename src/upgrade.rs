@@ -75,8 +75,9 @@ pub struct State {
     /// The config the writing image ran, in its own format: if the next
     /// image cannot start, the old one serves on with it, whatever the
     /// file says by then (a key only the new binary knows, an address that
-    /// cannot be bound). Only the image that wrote it reads it.
-    pub config: Option<serde_json::Value>,
+    /// cannot be bound). Only the image that wrote it reads it, so it is
+    /// kept as JSON text, never parsed by the next image.
+    pub config: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -234,7 +235,7 @@ impl Incoming {
     /// Back after a failed upgrade: the config this image ran before it.
     pub fn config_ran(&self) -> Option<crate::config::Config> {
         self.returning()?;
-        serde_json::from_value(self.state.config.clone()?).ok()
+        serde_json::from_str(self.state.config.as_deref()?).ok()
     }
 
     /// The image serves: the memfd and the old image are not needed.

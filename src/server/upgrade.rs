@@ -296,7 +296,7 @@ impl Server {
             children,
             pending,
             internal,
-            config: serde_json::to_value(&self.config).ok(),
+            config: serde_json::to_string(&self.config).ok(),
             stats: self
                 .services
                 .iter()
