@@ -133,6 +133,24 @@ pub fn take_listen_fds(
     (out, None)
 }
 
+/// Where summond keeps its listening sockets: at or above this fd, so a
+/// child's copy of the fd table (only the part below) stays small however
+/// many sockets summond holds (see `spawn.rs`). Half the fd limit, at most
+/// 1024, leaving the low part for connections in flight; none when the
+/// limit is too small to split.
+pub fn fd_base() -> Option<RawFd> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    let half = (lim.rlim_cur / 2).min(1024) as RawFd;
+    (half >= 64).then_some(half)
+}
+
 /// Raise the soft RLIMIT_NOFILE to the hard limit and return the limit we
 /// were started with. Children get that one back: legacy programs that
 /// `select()` or close every fd up to the limit break with a huge one.

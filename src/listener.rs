@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -123,6 +124,21 @@ impl Listener {
         self.created
             .as_ref()
             .map(|o| (o.path.clone(), o.dev, o.ino))
+    }
+
+    /// Move the socket to the lowest free fd at or above `base` (see
+    /// `spawn.rs` for why); where there is none it stays where it is.
+    pub fn lift(&mut self, base: RawFd) {
+        if self.socket.as_raw_fd() >= base {
+            return;
+        }
+        // SAFETY: F_DUPFD_CLOEXEC on an fd we own returns a new fd or -1.
+        let fd =
+            unsafe { nix::libc::fcntl(self.socket.as_raw_fd(), nix::libc::F_DUPFD_CLOEXEC, base) };
+        if fd >= 0 {
+            // SAFETY: just created; the old socket closes on replacement.
+            self.socket = unsafe { Socket::from_raw_fd(fd) };
+        }
     }
 
     /// Take over the removal of a socket file the previous image created

@@ -261,6 +261,7 @@ fn serve(
             .as_ref()
             .map(|p| (p.raw_fd(), p.path().to_path_buf())),
         resumed: incoming.is_some(),
+        fd_base: daemonize::fd_base(),
     };
     let started = Server::new(config, opts, notifier, handed)
         .map_err(|e| e.to_string())

@@ -1,17 +1,26 @@
 //! Starting a child: `ExecImage` (argv, base environment, credentials)
 //! built once per service when the config loads, the per-child fd moves and
-//! variables built before `fork`, then `fork` and a child that makes only
-//! async-signal-safe syscalls up to `execve`. A failure in the child is
-//! reported as (stage, errno) over a close-on-exec pipe, the way s6's
-//! `cspawn` does; EOF on that pipe means `execve` succeeded.
+//! variables built before the spawn, then `clone(CLONE_VM | CLONE_VFORK)`
+//! on a stack of our own and a child that makes only raw, async-signal-safe
+//! syscalls up to `execve`, the way glibc's `posix_spawn` does. The
+//! parent's page tables are never copied; it waits (vfork semantics) until
+//! the child has exec'd or failed, and a failure is reported as (stage,
+//! errno) in memory the two share, so the parent knows how the exec went
+//! when `clone` returns, with no pipe.
 //!
-//! Nothing after `fork` allocates, locks, logs or touches Rust I/O: the
-//! child of a (future) multi-threaded or vfork'ed parent must not.
+//! With an fd base (`Spawner::new`), summond keeps its long-lived fds
+//! (listeners) at or above it and the child shares the parent's fd table
+//! (`CLONE_FILES`) until it unshares only the part below the base
+//! (`close_range(base, ~0, CLOSE_RANGE_UNSHARE)`): the cost of a spawn no
+//! longer grows with the number of sockets summond holds.
+//!
+//! Nothing in the child allocates, locks, logs or touches Rust I/O; it
+//! runs on memory the parent prepared and the parent is suspended.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::ptr;
 
@@ -223,16 +232,18 @@ pub struct ChildSetup<'a> {
 
 #[derive(Debug)]
 pub enum SpawnError {
-    /// `pipe2` for the exec-status pipe failed (EMFILE/ENFILE).
-    Pipe(io::Error),
-    /// `fork` failed (EAGAIN: process limit; ENOMEM).
+    /// `clone` failed (EAGAIN: process limit; ENOMEM).
     Fork(io::Error),
+    /// The child ran out of fds placing its sockets (EMFILE, ENFILE): a
+    /// shortage like a failed fork, not a broken service. It has exited
+    /// and is reaped as a stranger.
+    Fds(io::Error),
 }
 
 impl SpawnError {
     pub fn io_error(&self) -> &io::Error {
         match self {
-            SpawnError::Pipe(e) | SpawnError::Fork(e) => e,
+            SpawnError::Fork(e) | SpawnError::Fds(e) => e,
         }
     }
 }
@@ -240,150 +251,223 @@ impl SpawnError {
 impl fmt::Display for SpawnError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SpawnError::Pipe(e) => write!(f, "cannot create exec-status pipe: {e}"),
-            SpawnError::Fork(e) => write!(f, "fork: {e}"),
+            SpawnError::Fork(e) => write!(f, "clone: {e}"),
+            SpawnError::Fds(e) => write!(f, "no fd left for the child's sockets: {e}"),
         }
     }
 }
 
 impl std::error::Error for SpawnError {}
 
-/// A started child and the read end of its exec-status pipe (non-blocking,
-/// close-on-exec): register it with the poller and call `read_exec_status`.
+/// A started child. With `failed` set it never reached its program: it
+/// exited with status 127 after the stage that failed (reap it as usual).
+#[derive(Debug)]
 pub struct Spawned {
     pub pid: Pid,
-    pub status_pipe: OwnedFd,
+    pub failed: Option<(Stage, i32)>,
 }
 
-/// The child's report, read from the status pipe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExecStatus {
-    /// Nothing to read yet: the child has not reached `execve`.
-    Pending,
-    /// EOF: `execve` closed the pipe; the program is running.
-    Running,
-    Failed {
-        stage: Stage,
-        errno: i32,
-    },
+/// Where the child writes how it failed; read by the parent once `clone`
+/// returns (the child has exec'd or exited by then).
+#[repr(C)]
+struct Report {
+    stage: u32,
+    errno: i32,
 }
 
-/// Read the status pipe once without blocking.
-pub fn read_exec_status(pipe: &OwnedFd) -> ExecStatus {
-    let mut buf = [0u8; 8];
-    loop {
-        // SAFETY: reading into a local buffer of the stated length from an
-        // fd we own.
-        let n = unsafe { libc::read(pipe.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n == 8 {
-            let stage = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
-            let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
-            return match Stage::from_u32(stage) {
-                Some(stage) => ExecStatus::Failed { stage, errno },
-                None => ExecStatus::Running,
+/// The child's stack: one for every spawn, since with `CLONE_VFORK` the
+/// parent waits until the child is done with it. Untouched pages cost
+/// nothing; a guard page below catches an overflow.
+const STACK_SIZE: usize = 256 * 1024;
+const GUARD_SIZE: usize = 4096;
+
+/// Spawns children; holds what every spawn reuses.
+pub struct Spawner {
+    stack: *mut libc::c_void,
+    /// Signals that are not at their default disposition in summond (Rust
+    /// ignores SIGPIPE and handles SIGSEGV/SIGBUS): the child resets just
+    /// these, found once, not all 64 on every spawn.
+    reset: Vec<c_int>,
+    /// Share the fd table and unshare below this fd (see the module doc).
+    fd_base: Option<RawFd>,
+    /// Reused per spawn, so a spawn allocates nothing once warm.
+    envp: Vec<*const c_char>,
+    temp_fds: Vec<RawFd>,
+}
+
+impl Drop for Spawner {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unused once no child runs on it.
+        unsafe { libc::munmap(self.stack, STACK_SIZE + GUARD_SIZE) };
+    }
+}
+
+impl Spawner {
+    /// `fd_base`: the fd at or above which summond keeps its listeners
+    /// (`None`: the child gets a full copy of the fd table).
+    pub fn new(fd_base: Option<RawFd>) -> io::Result<Spawner> {
+        // SAFETY: an anonymous private mapping; checked below.
+        let stack = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                STACK_SIZE + GUARD_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if stack == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the lowest page of the mapping just made.
+        unsafe { libc::mprotect(stack, GUARD_SIZE, libc::PROT_NONE) };
+        let mut reset = Vec::new();
+        for sig in 1..65 {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            let mut old = [0u64; 8];
+            // SAFETY: reading a disposition into a buffer larger than the
+            // kernel's sigaction on every architecture.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    ptr::null::<u64>(),
+                    old.as_mut_ptr(),
+                    8usize,
+                )
             };
+            // The handler is the first word; 0 is SIG_DFL.
+            if rc == 0 && old[0] != 0 {
+                reset.push(sig);
+            }
         }
-        if n >= 0 {
-            // EOF (or a short write, which the child never makes).
-            return ExecStatus::Running;
+        // close_range(2) is Linux 5.9; without it, no sharing.
+        // SAFETY: closes the fd ~0, which never exists.
+        let has_close_range =
+            unsafe { libc::syscall(libc::SYS_close_range, u32::MAX, u32::MAX, 0) } == 0;
+        Ok(Spawner {
+            stack,
+            reset,
+            fd_base: fd_base.filter(|_| has_close_range),
+            envp: Vec::new(),
+            temp_fds: Vec::new(),
+        })
+    }
+
+    /// Start `image` with `setup`. Everything the child needs is prepared
+    /// here, before `clone`.
+    pub fn spawn(
+        &mut self,
+        image: &ExecImage,
+        setup: &ChildSetup<'_>,
+    ) -> Result<Spawned, SpawnError> {
+        let mut listen_pid_slot = [0u8; LISTEN_PID_PREFIX.len() + 24];
+        listen_pid_slot[..LISTEN_PID_PREFIX.len()].copy_from_slice(LISTEN_PID_PREFIX);
+        self.envp.clear();
+        self.envp.extend(image.base_env.iter().map(|e| e.as_ptr()));
+        self.envp.extend(setup.env.iter().map(|e| e.as_ptr()));
+        if setup.listen_pid {
+            self.envp.push(listen_pid_slot.as_ptr().cast());
         }
-        match io::Error::last_os_error().raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EAGAIN) => return ExecStatus::Pending,
-            _ => return ExecStatus::Running,
+        self.envp.push(ptr::null());
+        self.temp_fds.clear();
+        self.temp_fds.resize(setup.fds.len(), -1);
+        // Temporaries go above every target so no dup2 clobbers a source.
+        let first_temp = setup.fds.iter().map(|m| m.to + 1).max().unwrap_or(3).max(3);
+        // Share the table only if everything the child moves lies below
+        // the base (a connection accepted with the low range full does not).
+        let unshare_from = self
+            .fd_base
+            .filter(|base| setup.fds.iter().all(|m| m.from < *base));
+        let mut report = Report { stage: 0, errno: 0 };
+        let child = ChildArgs {
+            program: image.program.as_ptr(),
+            argv: image.argv_ptrs.as_ptr(),
+            envp: self.envp.as_ptr(),
+            fds: setup.fds,
+            temp_fds: self.temp_fds.as_mut_ptr(),
+            first_temp,
+            listen_pid_digits: if setup.listen_pid {
+                // SAFETY: the slot is PREFIX + 24 bytes long.
+                unsafe { listen_pid_slot.as_mut_ptr().add(LISTEN_PID_PREFIX.len()) }
+            } else {
+                ptr::null_mut()
+            },
+            nofile: setup.nofile,
+            credentials: image.credentials.as_ref(),
+            groups: &image.groups,
+            sandbox: &image.sandbox,
+            reset: &self.reset,
+            unshare_from,
+            report: &mut report,
+        };
+        let mut flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
+        if unshare_from.is_some() {
+            flags |= libc::CLONE_FILES;
         }
-    }
-}
-
-/// Fork and exec `image` with `setup`. Everything the child needs is
-/// allocated here, before `fork`.
-pub fn spawn(image: &ExecImage, setup: &ChildSetup<'_>) -> Result<Spawned, SpawnError> {
-    let mut listen_pid_slot: Vec<u8> = Vec::new();
-    if setup.listen_pid {
-        listen_pid_slot.extend_from_slice(LISTEN_PID_PREFIX);
-        // room for any pid's digits plus the NUL, zero-filled
-        listen_pid_slot.resize(LISTEN_PID_PREFIX.len() + 24, 0);
-    }
-    let mut envp: Vec<*const c_char> =
-        Vec::with_capacity(image.base_env.len() + setup.env.len() + 2);
-    envp.extend(image.base_env.iter().map(|e| e.as_ptr()));
-    envp.extend(setup.env.iter().map(|e| e.as_ptr()));
-    if setup.listen_pid {
-        envp.push(listen_pid_slot.as_ptr().cast());
-    }
-    envp.push(ptr::null());
-    let mut temp_fds: Vec<RawFd> = vec![-1; setup.fds.len()];
-    // Temporaries go above every target so no dup2 clobbers a source.
-    let first_temp = setup.fds.iter().map(|m| m.to + 1).max().unwrap_or(3).max(3);
-
-    let mut pipe_fds = [0 as c_int; 2];
-    // SAFETY: pipe2 writes two fds into the local array.
-    if unsafe { libc::pipe2(pipe_fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-        return Err(SpawnError::Pipe(io::Error::last_os_error()));
-    }
-    // SAFETY: pipe2 succeeded, so both fds are fresh and ours.
-    let (status_read, status_write) = unsafe {
-        (
-            OwnedFd::from_raw_fd(pipe_fds[0]),
-            OwnedFd::from_raw_fd(pipe_fds[1]),
-        )
-    };
-    // pipe2 takes the lowest free fds, which can lie inside the target
-    // range (3.. after a reload freed low fds): the child's dup2 would
-    // then overwrite its own status pipe and report into a handed socket.
-    // Its write end must sit above every target before the moves.
-    let status_write = lift_above(status_write, first_temp).map_err(SpawnError::Pipe)?;
-
-    let child = ChildArgs {
-        program: image.program.as_ptr(),
-        argv: image.argv_ptrs.as_ptr(),
-        envp: envp.as_ptr(),
-        fds: setup.fds,
-        temp_fds: temp_fds.as_mut_ptr(),
-        first_temp,
-        listen_pid_digits: if setup.listen_pid {
-            // SAFETY: the slot is PREFIX + 24 bytes long.
-            unsafe { listen_pid_slot.as_mut_ptr().add(LISTEN_PID_PREFIX.len()) }
-        } else {
-            ptr::null_mut()
-        },
-        nofile: setup.nofile,
-        credentials: image.credentials.as_ref(),
-        groups: &image.groups,
-        sandbox: &image.sandbox,
-        status_fd: status_write.as_raw_fd(),
-    };
-
-    // SAFETY: summond is single-threaded, and the child runs only
-    // `child_after_fork`, which makes async-signal-safe syscalls on memory
-    // prepared above and leaves by execve or _exit.
-    match unsafe { libc::fork() } {
-        -1 => Err(SpawnError::Fork(io::Error::last_os_error())),
-        // SAFETY: this is the forked child, which `child_after_fork` is for.
-        0 => unsafe { child_after_fork(&child) },
-        pid => {
-            drop(status_write);
-            Ok(Spawned {
-                pid: Pid::from_raw(pid),
-                status_pipe: status_read,
-            })
+        // Every signal blocked across clone: no handler of summond's may
+        // ever run on the child's side of the shared memory. The child
+        // resets the handled ones, then unblocks.
+        let all = [!0u64; 1];
+        let mut old = [0u64; 1];
+        // SAFETY: rt_sigprocmask with 8-byte sets (the kernel's size).
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                all.as_ptr(),
+                old.as_mut_ptr(),
+                8usize,
+            )
+        };
+        // SAFETY: the top of our stack mapping (stacks grow down), aligned.
+        let top = unsafe { self.stack.cast::<u8>().add(STACK_SIZE + GUARD_SIZE) };
+        // SAFETY: the child runs `child_entry` on its own stack, using only
+        // memory prepared above, which lives until clone returns: with
+        // CLONE_VFORK that is after the child exec'd or exited.
+        let pid = unsafe {
+            libc::clone(
+                child_entry,
+                top.cast(),
+                flags,
+                (&child as *const ChildArgs<'_>).cast_mut().cast(),
+            )
+        };
+        let clone_err = io::Error::last_os_error();
+        // SAFETY: as above; restores summond's mask.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                old.as_ptr(),
+                ptr::null_mut::<u64>(),
+                8usize,
+            )
+        };
+        if pid < 0 {
+            return Err(SpawnError::Fork(clone_err));
         }
+        // SAFETY: the child wrote it (or not) before exec or exit; read it
+        // as memory the compiler did not see change.
+        let (stage, errno) = unsafe {
+            (
+                ptr::read_volatile(&report.stage),
+                ptr::read_volatile(&report.errno),
+            )
+        };
+        let failed = Stage::from_u32(stage).map(|s| (s, errno));
+        if failed == Some((Stage::Fds, libc::EMFILE)) || failed == Some((Stage::Fds, libc::ENFILE))
+        {
+            return Err(SpawnError::Fds(io::Error::from_raw_os_error(errno)));
+        }
+        Ok(Spawned {
+            pid: Pid::from_raw(pid),
+            failed,
+        })
     }
-}
-
-/// `fd` itself if it is at or above `floor`, else a close-on-exec copy
-/// there (the original is closed).
-fn lift_above(fd: OwnedFd, floor: RawFd) -> io::Result<OwnedFd> {
-    if fd.as_raw_fd() >= floor {
-        return Ok(fd);
-    }
-    // SAFETY: F_DUPFD_CLOEXEC on an fd we own returns a new fd or -1.
-    let lifted = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
-    if lifted < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fcntl just returned this fd; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(lifted) })
 }
 
 /// Raw pointers and values the child uses; no owned data, nothing to drop.
@@ -399,63 +483,67 @@ struct ChildArgs<'a> {
     credentials: Option<&'a Credentials>,
     groups: &'a [libc::gid_t],
     sandbox: &'a SandboxImage,
-    status_fd: RawFd,
+    reset: &'a [c_int],
+    unshare_from: Option<RawFd>,
+    report: *mut Report,
+}
+
+extern "C" fn child_entry(arg: *mut libc::c_void) -> c_int {
+    // SAFETY: `arg` is the ChildArgs `spawn` passed to clone; this runs in
+    // the child only.
+    unsafe { child_after_clone(&*arg.cast::<ChildArgs<'_>>()) }
 }
 
 /// Report (stage, errno) to the parent and leave without running any Rust
 /// destructors or atexit handlers.
 ///
-/// SAFETY: only for the forked child.
-unsafe fn fail(status_fd: RawFd, stage: Stage) -> ! {
+/// SAFETY: only for the cloned child.
+unsafe fn fail(a: &ChildArgs<'_>, stage: Stage) -> ! {
     let errno = *libc::__errno_location();
-    let mut msg = [0u8; 8];
-    let s = (stage as u32).to_ne_bytes();
-    let e = errno.to_ne_bytes();
-    let mut i = 0;
-    while i < 4 {
-        msg[i] = s[i];
-        msg[4 + i] = e[i];
-        i += 1;
-    }
-    libc::write(status_fd, msg.as_ptr().cast(), msg.len());
+    ptr::write_volatile(&mut (*a.report).errno, errno);
+    ptr::write_volatile(&mut (*a.report).stage, stage as u32);
     libc::_exit(127)
 }
 
-/// The child between `fork` and `execve`: async-signal-safe syscalls only.
+/// The child between `clone` and `execve`: async-signal-safe syscalls only.
 ///
-/// SAFETY: only for the forked child of a single-threaded parent; every
-/// pointer in `a` points into memory the parent prepared before `fork`.
-unsafe fn child_after_fork(a: &ChildArgs<'_>) -> ! {
-    // Default dispositions: Rust ignores SIGPIPE and an ignored signal
-    // survives execve; legacy filters rely on dying of SIGPIPE. Then an
-    // empty mask: summond blocks the signals its signalfd reads, and a
-    // blocked mask survives execve too.
-    // The raw syscall, because glibc's signal()/sigaction() refuse the two
-    // real-time signals it reserves (32, 33), which can still arrive
-    // ignored from our own parent. An all-zero kernel sigaction is SIG_DFL
-    // with no flags and an empty mask on every architecture; the buffer is
-    // larger than any of their layouts.
+/// SAFETY: only for the cloned child of a single-threaded parent that
+/// waits (CLONE_VFORK); every pointer in `a` points into memory the parent
+/// prepared before `clone`.
+unsafe fn child_after_clone(a: &ChildArgs<'_>) -> ! {
+    // Default dispositions for what summond changed: Rust ignores SIGPIPE
+    // and an ignored signal survives execve; legacy filters rely on dying
+    // of SIGPIPE. The raw syscall, because glibc's sigaction() refuses the
+    // two real-time signals it reserves (32, 33). An all-zero kernel
+    // sigaction is SIG_DFL with no flags and an empty mask on every
+    // architecture; the buffer is larger than any of their layouts.
     let dfl = [0u64; 8];
-    let mut sig = 1;
-    while sig < 65 {
-        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            libc::syscall(
-                libc::SYS_rt_sigaction,
-                sig,
-                dfl.as_ptr(),
-                ptr::null_mut::<u64>(),
-                8usize,
-            );
-        }
-        sig += 1;
+    for sig in a.reset {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            *sig,
+            dfl.as_ptr(),
+            ptr::null_mut::<u64>(),
+            8usize,
+        );
     }
-    let mut empty: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut empty);
-    libc::sigprocmask(libc::SIG_SETMASK, &empty, ptr::null_mut());
+    // A table of our own, copied only below the base: summond's
+    // listeners above it are neither copied here nor closed by execve.
+    if let Some(base) = a.unshare_from {
+        if libc::syscall(
+            libc::SYS_close_range,
+            base as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_UNSHARE,
+        ) != 0
+        {
+            fail(a, Stage::Fds);
+        }
+    }
 
     // Its own session and process group, so a signal to the child's group
     // never reaches summond, and a terminal's ^C never reaches the child.
-    libc::setsid();
+    libc::syscall(libc::SYS_setsid);
 
     // Two passes: lift every source above the target range (CLOEXEC, so
     // the copies vanish at exec), then dup2 down; dup2 clears CLOEXEC on
@@ -464,7 +552,7 @@ unsafe fn child_after_fork(a: &ChildArgs<'_>) -> ! {
     while i < a.fds.len() {
         let t = libc::fcntl(a.fds[i].from, libc::F_DUPFD_CLOEXEC, a.first_temp);
         if t < 0 {
-            fail(a.status_fd, Stage::Fds);
+            fail(a, Stage::Fds);
         }
         *a.temp_fds.add(i) = t;
         i += 1;
@@ -472,7 +560,7 @@ unsafe fn child_after_fork(a: &ChildArgs<'_>) -> ! {
     i = 0;
     while i < a.fds.len() {
         if libc::dup2(*a.temp_fds.add(i), a.fds[i].to) < 0 {
-            fail(a.status_fd, Stage::Fds);
+            fail(a, Stage::Fds);
         }
         i += 1;
     }
@@ -482,7 +570,7 @@ unsafe fn child_after_fork(a: &ChildArgs<'_>) -> ! {
     // that cannot apply one never runs with less isolation than asked.
     if let Some(limit) = &a.nofile {
         if libc::setrlimit(libc::RLIMIT_NOFILE, limit) != 0 {
-            fail(a.status_fd, Stage::Rlimit);
+            fail(a, Stage::Rlimit);
         }
     }
     let sb = a.sandbox;
@@ -490,7 +578,7 @@ unsafe fn child_after_fork(a: &ChildArgs<'_>) -> ! {
     while i < sb.rlimits.len() {
         let (resource, limit) = &sb.rlimits[i];
         if libc::setrlimit(*resource, limit) != 0 {
-            fail(a.status_fd, Stage::Rlimit);
+            fail(a, Stage::Rlimit);
         }
         i += 1;
     }
@@ -499,46 +587,64 @@ unsafe fn child_after_fork(a: &ChildArgs<'_>) -> ! {
     }
     if let Some(nice) = sb.nice {
         if libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
-            fail(a.status_fd, Stage::Nice);
+            fail(a, Stage::Nice);
         }
     }
     if let Some(root) = &sb.chroot {
         if libc::chroot(root.as_ptr()) != 0 {
-            fail(a.status_fd, Stage::Chroot);
+            fail(a, Stage::Chroot);
         }
     }
     // After chroot, so the directory is looked up inside it (and "/" is
     // the new root, never a directory outside it).
     if libc::chdir(sb.working_directory.as_ptr()) != 0 {
-        fail(a.status_fd, Stage::Chdir);
+        fail(a, Stage::Chdir);
     }
 
     // setgroups → setgid → setuid: each needs the privilege the next drops.
     // Each is checked; a child that cannot drop privileges never runs.
+    // Raw syscalls: glibc's wrappers would signal every thread glibc knows
+    // of to change theirs too, which in a CLONE_VM child are the parent's.
     if let Some(c) = a.credentials {
-        if libc::setgroups(a.groups.len(), a.groups.as_ptr()) != 0 {
-            fail(a.status_fd, Stage::Setgroups);
+        if libc::syscall(libc::SYS_setgroups, a.groups.len(), a.groups.as_ptr()) != 0 {
+            fail(a, Stage::Setgroups);
         }
-        if libc::setgid(c.gid) != 0 || libc::getgid() != c.gid || libc::getegid() != c.gid {
-            fail(a.status_fd, Stage::Setgid);
+        if libc::syscall(libc::SYS_setresgid, c.gid, c.gid, c.gid) != 0
+            || libc::syscall(libc::SYS_getgid) != c.gid as libc::c_long
+            || libc::syscall(libc::SYS_getegid) != c.gid as libc::c_long
+        {
+            fail(a, Stage::Setgid);
         }
         if let Some(uid) = c.uid {
-            if libc::setuid(uid) != 0 || libc::getuid() != uid || libc::geteuid() != uid {
-                fail(a.status_fd, Stage::Setuid);
+            if libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
+                || libc::syscall(libc::SYS_getuid) != uid as libc::c_long
+                || libc::syscall(libc::SYS_geteuid) != uid as libc::c_long
+            {
+                fail(a, Stage::Setuid);
             }
         }
     }
 
     if sb.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-        fail(a.status_fd, Stage::NoNewPrivs);
+        fail(a, Stage::NoNewPrivs);
     }
 
     if !a.listen_pid_digits.is_null() {
-        write_decimal(a.listen_pid_digits, libc::getpid() as u64);
+        write_decimal(a.listen_pid_digits, libc::syscall(libc::SYS_getpid) as u64);
     }
 
+    // An empty mask: summond blocks every signal across the spawn, and a
+    // blocked mask survives execve.
+    let empty = [0u64; 1];
+    libc::syscall(
+        libc::SYS_rt_sigprocmask,
+        libc::SIG_SETMASK,
+        empty.as_ptr(),
+        ptr::null_mut::<u64>(),
+        8usize,
+    );
     libc::execve(a.program, a.argv, a.envp);
-    fail(a.status_fd, Stage::Exec)
+    fail(a, Stage::Exec)
 }
 
 /// Write `n` in decimal at `out`, NUL-terminated (at most 21 bytes).

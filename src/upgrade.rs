@@ -100,8 +100,6 @@ pub struct ChildState {
     pub source: Option<SourceKey>,
     /// How long it has run, in nanoseconds.
     pub age_ns: u64,
-    /// The exec-status pipe, while the child has not exec'd yet.
-    pub status_pipe: Option<RawFd>,
     pub exec_failed: bool,
     /// Sockets a pass-mode child holds, with what waited on each.
     pub held: Vec<(String, QueueHead)>,
@@ -133,7 +131,6 @@ impl State {
     /// Every fd the state names: they must survive the exec.
     pub fn fds(&self) -> Vec<RawFd> {
         let mut fds: Vec<RawFd> = self.listeners.iter().map(|l| l.fd).collect();
-        fds.extend(self.children.iter().filter_map(|c| c.status_pipe));
         fds.extend(self.pending.iter().map(|c| c.fd));
         fds.extend(self.internal.iter().map(|c| c.fd));
         fds.extend(self.pidfile.as_ref().map(|p| p.0));
@@ -435,7 +432,6 @@ mod tests {
                 peer: Some(Peer::Unknown),
                 source: Some(SourceKey::Uid(7)),
                 age_ns: 5,
-                status_pipe: Some(6),
                 exec_failed: false,
                 held: vec![("udp://127.0.0.1:9".into(), QueueHead::Empty)],
             }],
@@ -444,6 +440,6 @@ mod tests {
         let f = write_state(&state).unwrap();
         let back = read_state(&OwnedFd::from(f)).unwrap();
         assert_eq!(back.children[0].held[0].0, "udp://127.0.0.1:9");
-        assert_eq!(back.fds(), vec![5, 6, 9]);
+        assert_eq!(back.fds(), vec![5, 9]);
     }
 }

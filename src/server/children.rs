@@ -6,10 +6,8 @@
 //! Knows nothing of sockets, polling or logging.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
 use std::time::Instant;
 
-use mio::Token;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
@@ -39,7 +37,7 @@ pub(super) struct Child {
     pub peer: Option<Peer>,
     pub source: Option<SourceKey>,
     pub started_at: Instant,
-    pub status_pipe: Option<(OwnedFd, Token)>,
+    /// It never reached its program (logged and counted at spawn).
     pub exec_failed: bool,
     /// Sockets a pass-mode child holds; empty in accept mode.
     pub held_sockets: Vec<HeldSocket>,
@@ -72,10 +70,6 @@ impl ChildTable {
 
     pub fn get(&self, pid: &Pid) -> Option<&Child> {
         self.children.get(pid)
-    }
-
-    pub fn get_mut(&mut self, pid: &Pid) -> Option<&mut Child> {
-        self.children.get_mut(pid)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&Pid, &Child)> {
@@ -189,7 +183,6 @@ mod tests {
             peer: None,
             source,
             started_at: Instant::now(),
-            status_pipe: None,
             exec_failed: false,
             held_sockets: Vec::new(),
         }

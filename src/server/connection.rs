@@ -12,15 +12,13 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
 use log::{debug, error, info, warn};
-use mio::unix::SourceFd;
-use mio::{Interest, Token};
 use nix::libc;
 use socket2::Socket;
 
 use super::children::ServiceId;
 use super::children::{for_peer, Child, HeldSocket};
 use super::timers::Timer;
-use super::{Server, TokenKind};
+use super::Server;
 use crate::access::Refusal;
 use crate::addr::ListenAddr;
 use crate::config::{Pass, Rate};
@@ -472,7 +470,7 @@ impl Server {
             nofile: self.opts.child_nofile,
         };
         let now = Instant::now();
-        let spawned = match spawn::spawn(&self.services[idx].image, &setup) {
+        let spawned = match self.spawner.spawn(&self.services[idx].image, &setup) {
             Ok(s) => s,
             Err(e) => {
                 self.count_spawn_failure(idx);
@@ -496,19 +494,6 @@ impl Server {
                 sock.busy = Some(pid);
             }
         }
-        let token = self.next_token();
-        let status_pipe = match self.poll.registry().register(
-            &mut SourceFd(&spawned.status_pipe.as_raw_fd()),
-            token,
-            Interest::READABLE,
-        ) {
-            Ok(()) => {
-                self.tokens.insert(token, TokenKind::ExecStatus(pid));
-                Some((spawned.status_pipe, token))
-            }
-            // Still read at reap time; only the early report is lost.
-            Err(_) => Some((spawned.status_pipe, Token(usize::MAX))),
-        };
         let svc = &mut self.services[idx];
         svc.stats.served += 1;
         let name = svc.spec.name.as_str();
@@ -521,8 +506,7 @@ impl Server {
             source: req.source,
             peer: req.peer,
             started_at: now,
-            status_pipe,
-            exec_failed: false,
+            exec_failed: spawned.failed.is_some(),
             held_sockets: req.held_sockets,
         };
         if let Some(limit) = self.services[idx].spec.max_runtime {
@@ -535,6 +519,9 @@ impl Server {
             );
         }
         self.children.insert(pid, child);
+        if let Some((stage, errno)) = spawned.failed {
+            self.exec_failed(pid, stage, errno);
+        }
         if self.resources.success() {
             info!("resources available again: accepting connections");
         }

@@ -43,7 +43,7 @@ use crate::peer::SourceKey;
 use crate::queue::QueueHead;
 use crate::refusals::{RefusalLog, REFUSAL_INTERVAL};
 use crate::signals::{self, Signals};
-use crate::spawn::{self, ExecImage, ExecStatus, Stage};
+use crate::spawn::{ExecImage, Spawner, Stage};
 
 mod children;
 mod connection;
@@ -109,6 +109,9 @@ pub struct RunOptions {
     /// The sockets passed to `new` come from the previous image of a live
     /// upgrade, not from a service manager.
     pub resumed: bool,
+    /// Listening sockets are kept at or above this fd, so a spawn copies
+    /// only the fd table's low part (see `spawn.rs`).
+    pub fd_base: Option<std::os::fd::RawFd>,
 }
 
 /// What a poll token stands for.
@@ -119,7 +122,6 @@ enum TokenKind {
     Internal,
     /// A Prometheus scraper.
     Scrape,
-    ExecStatus(Pid),
     ControlClient,
 }
 
@@ -196,6 +198,7 @@ pub struct Server {
     control: Option<Listener>,
     control_clients: HashMap<Token, Reply>,
     upgrades: Upgrades,
+    spawner: Spawner,
     stopping: bool,
 }
 
@@ -226,6 +229,8 @@ impl Server {
             .write(true)
             .open("/dev/null")
             .map_err(|e| ServerError::Setup("open /dev/null", e))?;
+        let spawner =
+            Spawner::new(opts.fd_base).map_err(|e| ServerError::Setup("child stack", e))?;
         let mut server = Server {
             poll,
             config: Config {
@@ -259,6 +264,7 @@ impl Server {
             control: None,
             control_clients: HashMap::new(),
             upgrades: Upgrades::new(),
+            spawner,
             stopping: false,
         };
         for socket in handed {
@@ -320,7 +326,6 @@ impl Server {
                     METRICS => self.accept_scrapers(),
                     token => match self.tokens.get(&token).cloned() {
                         Some(TokenKind::Listener(addr)) => self.on_listener_ready(&addr),
-                        Some(TokenKind::ExecStatus(pid)) => self.on_exec_status(pid),
                         Some(TokenKind::ControlClient) => self.write_control_reply(token),
                         Some(TokenKind::Internal) => self.on_internal_ready(token),
                         Some(TokenKind::Scrape) => self.on_scrape_ready(token),
@@ -610,47 +615,25 @@ impl Server {
 
     // ---- children ----------------------------------------------------
 
-    fn on_exec_status(&mut self, pid: Pid) {
-        let status = match self.children.get(&pid).and_then(|c| c.status_pipe.as_ref()) {
-            Some((pipe, _)) => spawn::read_exec_status(pipe),
-            None => return,
-        };
-        if status != ExecStatus::Pending {
-            self.finish_exec_status(pid, status);
-        }
-    }
-
-    /// The child reported (or EOF showed) how its exec went: log a failure
-    /// once, count it, and stop watching the pipe.
-    fn finish_exec_status(&mut self, pid: Pid, status: ExecStatus) {
-        let Some(child) = self.children.get_mut(&pid) else {
+    /// The child never reached its program (it has exited with status
+    /// 127 and is reaped as usual): log it once and count it.
+    fn exec_failed(&mut self, pid: Pid, stage: Stage, errno: i32) {
+        let Some(child) = self.children.get(&pid) else {
             return;
         };
-        if let Some((pipe, token)) = child.status_pipe.take() {
-            self.tokens.remove(&token);
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&pipe.as_raw_fd()));
-        }
-        let ExecStatus::Failed { stage, errno } = status else {
-            return;
-        };
-        child.exec_failed = true;
         let err = io::Error::from_raw_os_error(errno);
         let who = for_peer(child.peer.as_ref());
-        let name = child.name.clone();
-        let service = child.service;
-        let idx = self.service_index(service);
+        let name = child.name.as_str();
+        let idx = self.service_index(child.service);
         let program = idx
             .map(|i| self.services[i].spec.program.display().to_string())
             .unwrap_or_default();
         match stage {
             Stage::Exec => {
-                error!(event = "exec_failed", service = name.as_str(), pid = pid.as_raw();
+                error!(event = "exec_failed", service = name, pid = pid.as_raw();
                 "{name}: exec {program}{who}: {err}")
             }
-            _ => error!(event = "exec_failed", service = name.as_str(), pid = pid.as_raw();
+            _ => error!(event = "exec_failed", service = name, pid = pid.as_raw();
                 "{name}: child {pid}{who} failed to {stage} before exec {program}: {err}"),
         }
         if let Some(i) = idx {
@@ -684,9 +667,6 @@ impl Server {
     }
 
     fn child_exited(&mut self, pid: Pid, status: &WaitStatus, now: Instant) {
-        // Read the status pipe first: the child is dead, so its report (or
-        // EOF) is there to read, never pending.
-        self.on_exec_status(pid);
         let Some(child) = self.children.remove(&pid) else {
             return;
         };
@@ -960,7 +940,12 @@ impl Server {
                 None => listener::open(addr, spec.socket),
             };
             match made {
-                Ok(listener) => opened.push((listener, *idx)),
+                Ok(mut listener) => {
+                    if let Some(base) = self.opts.fd_base {
+                        listener.lift(base);
+                    }
+                    opened.push((listener, *idx))
+                }
                 Err(err) => {
                     // `opened` drops: its files are removed.
                     return Err(ServerError::Bind {
@@ -1123,10 +1108,14 @@ impl Server {
         addr: &ListenAddr,
         opts: ListenOptions,
     ) -> Result<Listener, ListenError> {
-        match self.handed.remove(addr) {
+        let mut made = match self.handed.remove(addr) {
             Some(socket) => listener::adopt(addr.clone(), socket),
             None => listener::open(addr, opts),
+        }?;
+        if let Some(base) = self.opts.fd_base {
+            made.lift(base);
         }
+        Ok(made)
     }
 
     /// Swap the control socket (the old one's file is removed on drop).

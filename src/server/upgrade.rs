@@ -15,8 +15,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
-use mio::unix::SourceFd;
-use mio::Interest;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
@@ -26,7 +24,7 @@ use super::children::{describe_status, Child, HeldSocket, ServiceId};
 use super::connection::PendingConnection;
 use super::internal::InternalConn;
 use super::timers::Timer;
-use super::{Server, TokenKind};
+use super::Server;
 use crate::addr::ListenAddr;
 use crate::upgrade::{self, ChildState, ConnState, InternalState, ListenerState, State};
 
@@ -240,7 +238,6 @@ impl Server {
                 peer: c.peer.clone(),
                 source: c.source,
                 age_ns: now.saturating_duration_since(c.started_at).as_nanos() as u64,
-                status_pipe: c.status_pipe.as_ref().map(|(p, _)| p.as_raw_fd()),
                 exec_failed: c.exec_failed,
                 held: c
                     .held_sockets
@@ -335,20 +332,6 @@ impl Server {
             let started_at = now
                 .checked_sub(Duration::from_nanos(c.age_ns))
                 .unwrap_or(now);
-            let status_pipe = c.status_pipe.map(|fd| {
-                // SAFETY: named by the state, taken once.
-                let pipe = unsafe { OwnedFd::from_raw_fd(fd) };
-                let token = self.next_token();
-                if self
-                    .poll
-                    .registry()
-                    .register(&mut SourceFd(&fd), token, Interest::READABLE)
-                    .is_ok()
-                {
-                    self.tokens.insert(token, TokenKind::ExecStatus(pid));
-                }
-                (pipe, token)
-            });
             let mut held_sockets = Vec::new();
             for (addr, head) in c.held {
                 let Ok(addr) = addr.parse::<ListenAddr>() else {
@@ -374,7 +357,6 @@ impl Server {
                     peer: c.peer,
                     source: c.source,
                     started_at,
-                    status_pipe,
                     exec_failed: c.exec_failed,
                     held_sockets,
                 },

@@ -167,7 +167,7 @@ fn a_client_accepted_when_no_fd_is_left_for_the_spawn_is_kept_and_served_later()
         sh("echo served")
     ));
     assert_eq!(tcp_port_exchange(port, b""), "served\n");
-    // One free fd: accept() takes it, the exec-status pipe cannot be made.
+    // One free fd: accept() takes it, the child cannot place it at 0 and 1.
     let pid = s.pid();
     set_nofile(pid, lowest_free_fd(pid) + 1);
     let mut client = connect_tcp(([127, 0, 0, 1], port).into());
