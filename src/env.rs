@@ -4,7 +4,6 @@
 //! ucspi-tcp's TCP*). Here, not in `spawn` or `config`, so both can know
 //! them without knowing each other.
 
-use std::ffi::CString;
 use std::fmt;
 
 /// Variables of the socket-activation protocols that summond may itself
@@ -41,9 +40,45 @@ pub fn is_reserved_env(name: &str) -> bool {
     ACTIVATION_ENV.contains(&name) || CONNECTION_ENV.contains(&name)
 }
 
-/// Build a `NAME=value` environment string.
-pub fn env_var(name: &str, value: impl fmt::Display) -> CString {
-    CString::new(format!("{name}={value}")).expect("variable names and numbers contain no NUL")
+/// The variables summond sets for one child, as `NAME=value\0` strings in
+/// one buffer that is cleared and reused, so a connection's variables cost
+/// no allocation once the buffer has grown to fit them.
+#[derive(Debug, Default)]
+pub struct EnvBlock {
+    bytes: Vec<u8>,
+    starts: Vec<usize>,
+}
+
+impl EnvBlock {
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.starts.clear();
+    }
+
+    /// Add `name=value`. Names are summond's own and values are numbers,
+    /// addresses and config strings, none holding a NUL.
+    pub fn push(&mut self, name: &str, value: impl fmt::Display) {
+        use std::io::Write;
+        self.starts.push(self.bytes.len());
+        let _ = write!(self.bytes, "{name}={value}\0");
+    }
+
+    /// Each string's address, NUL-terminated; valid until the next change.
+    pub fn pointers(&self) -> impl Iterator<Item = *const std::ffi::c_char> + '_ {
+        self.starts.iter().map(|s| self.bytes[*s..].as_ptr().cast())
+    }
+
+    /// The strings, for tests and logs.
+    pub fn strings(&self) -> Vec<String> {
+        self.starts
+            .iter()
+            .map(|s| {
+                let rest = &self.bytes[*s..];
+                let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+                String::from_utf8_lossy(&rest[..end]).into_owned()
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

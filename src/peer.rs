@@ -4,7 +4,6 @@
 //! child (systemd's REMOTE_*, ucspi-tcp's TCP*); and the key that
 //! `max_per_source` counts it under.
 
-use std::ffi::CString;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
@@ -12,7 +11,7 @@ use socket2::{SockAddr, Socket};
 
 use crate::access::canonical_ip;
 use crate::config::SourcePrefix;
-use crate::env::env_var;
+use crate::env::EnvBlock;
 
 /// What `max_per_source` counts: a client IP, or a Unix peer's uid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -81,14 +80,20 @@ pub fn canonical_addr(sa: SocketAddr) -> SocketAddr {
 }
 
 impl Peer {
-    /// Describe the client of `conn`, accepted from `from`.
-    pub fn of(conn: &Socket, from: &SockAddr) -> Peer {
+    /// Describe the client of `conn`, accepted from `from` on a listener
+    /// bound to `listening`: a listener bound to one address is the local
+    /// end of every connection it accepts, so only a wildcard one costs a
+    /// getsockname.
+    pub fn of(conn: &Socket, from: &SockAddr, listening: Option<SocketAddr>) -> Peer {
         if let Some(remote) = from.as_socket() {
-            let local = conn
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_socket())
-                .map(canonical_addr);
+            let local = match listening.filter(|l| !l.ip().is_unspecified()) {
+                Some(l) => Some(canonical_addr(l)),
+                None => conn
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+                    .map(canonical_addr),
+            };
             return Peer::Inet {
                 remote: canonical_addr(remote),
                 local,
@@ -120,29 +125,26 @@ impl Peer {
         }
     }
 
-    /// The per-connection variables of SPEC "The four ways".
-    pub fn env(&self) -> Vec<CString> {
+    /// Add the per-connection variables of SPEC "The four ways" to `env`.
+    pub fn write_env(&self, env: &mut EnvBlock) {
         match self {
             Peer::Inet { remote, local } => {
-                let mut v = vec![
-                    env_var("REMOTE_ADDR", remote.ip()),
-                    env_var("REMOTE_PORT", remote.port()),
-                    env_var("PROTO", "TCP"),
-                    env_var("TCPREMOTEIP", remote.ip()),
-                    env_var("TCPREMOTEPORT", remote.port()),
-                ];
+                env.push("REMOTE_ADDR", remote.ip());
+                env.push("REMOTE_PORT", remote.port());
+                env.push("PROTO", "TCP");
+                env.push("TCPREMOTEIP", remote.ip());
+                env.push("TCPREMOTEPORT", remote.port());
                 if let Some(l) = local {
-                    v.push(env_var("TCPLOCALIP", l.ip()));
-                    v.push(env_var("TCPLOCALPORT", l.port()));
+                    env.push("TCPLOCALIP", l.ip());
+                    env.push("TCPLOCALPORT", l.port());
                 }
-                v
             }
-            Peer::Unix { pid, uid, gid } => vec![
-                env_var("REMOTE_UID", uid),
-                env_var("REMOTE_GID", gid),
-                env_var("REMOTE_PID", pid),
-            ],
-            Peer::Unknown => Vec::new(),
+            Peer::Unix { pid, uid, gid } => {
+                env.push("REMOTE_UID", uid);
+                env.push("REMOTE_GID", gid);
+                env.push("REMOTE_PID", pid);
+            }
+            Peer::Unknown => {}
         }
     }
 }
@@ -175,11 +177,9 @@ mod tests {
             remote: "10.0.0.1:4000".parse().unwrap(),
             local: Some("10.0.0.2:80".parse().unwrap()),
         };
-        let env: Vec<String> = p
-            .env()
-            .into_iter()
-            .map(|c| c.into_string().unwrap())
-            .collect();
+        let mut block = EnvBlock::default();
+        p.write_env(&mut block);
+        let env = block.strings();
         assert_eq!(
             env,
             [
@@ -220,11 +220,9 @@ mod tests {
             uid: 1000,
             gid: 100,
         };
-        let env: Vec<String> = p
-            .env()
-            .into_iter()
-            .map(|c| c.into_string().unwrap())
-            .collect();
+        let mut block = EnvBlock::default();
+        p.write_env(&mut block);
+        let env = block.strings();
         assert_eq!(env, ["REMOTE_UID=1000", "REMOTE_GID=100", "REMOTE_PID=42"]);
         assert_eq!(p.source_key(), Some(SourceKey::Uid(1000)));
         assert_eq!(p.to_string(), "uid 1000 pid 42");

@@ -28,7 +28,7 @@ use nix::libc::{self, c_char, c_int};
 use nix::unistd::Pid;
 
 use crate::config::{Credentials, Pass, RlimitKind, Sandbox, ServiceSpec, StderrMode};
-use crate::env::is_reserved_env;
+use crate::env::{is_reserved_env, EnvBlock};
 
 /// The first fd `LISTEN_FDS` hands over (`SD_LISTEN_FDS_START`).
 pub const LISTEN_FDS_START: RawFd = 3;
@@ -223,7 +223,7 @@ pub struct FdMove {
 pub struct ChildSetup<'a> {
     pub fds: &'a [FdMove],
     /// `NAME=value` strings: LISTEN_FDS, REMOTE_ADDR and the like.
-    pub env: &'a [CString],
+    pub env: &'a EnvBlock,
     /// Add `LISTEN_PID=<the child's own pid>`, written in the child.
     pub listen_pid: bool,
     /// The RLIMIT_NOFILE summond was started with, restored in the child.
@@ -288,6 +288,12 @@ pub struct Spawner {
     /// ignores SIGPIPE and handles SIGSEGV/SIGBUS): the child resets just
     /// these, found once, not all 64 on every spawn.
     reset: Vec<c_int>,
+    /// Some signal has a handler that could run asynchronously: block every
+    /// signal across the clone so none runs on the child's side of the
+    /// shared memory. Rust's only handlers (SIGSEGV, SIGBUS) are for faults
+    /// of the process itself, and the signals summond handles are blocked
+    /// already (signalfd), so normally this costs nothing per spawn.
+    block_across_clone: bool,
     /// Share the fd table and unshare below this fd (see the module doc).
     fd_base: Option<RawFd>,
     /// Reused per spawn, so a spawn allocates nothing once warm.
@@ -323,6 +329,7 @@ impl Spawner {
         // SAFETY: the lowest page of the mapping just made.
         unsafe { libc::mprotect(stack, GUARD_SIZE, libc::PROT_NONE) };
         let mut reset = Vec::new();
+        let mut block_across_clone = false;
         for sig in 1..65 {
             if sig == libc::SIGKILL || sig == libc::SIGSTOP {
                 continue;
@@ -339,9 +346,13 @@ impl Spawner {
                     8usize,
                 )
             };
-            // The handler is the first word; 0 is SIG_DFL.
+            // The handler is the first word; 0 is SIG_DFL, 1 SIG_IGN.
             if rc == 0 && old[0] != 0 {
                 reset.push(sig);
+                let synchronous = [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE];
+                if old[0] != 1 && !synchronous.contains(&sig) {
+                    block_across_clone = true;
+                }
             }
         }
         // close_range(2) is Linux 5.9; without it, no sharing.
@@ -351,6 +362,7 @@ impl Spawner {
         Ok(Spawner {
             stack,
             reset,
+            block_across_clone,
             fd_base: fd_base.filter(|_| has_close_range),
             envp: Vec::new(),
             temp_fds: Vec::new(),
@@ -368,7 +380,7 @@ impl Spawner {
         listen_pid_slot[..LISTEN_PID_PREFIX.len()].copy_from_slice(LISTEN_PID_PREFIX);
         self.envp.clear();
         self.envp.extend(image.base_env.iter().map(|e| e.as_ptr()));
-        self.envp.extend(setup.env.iter().map(|e| e.as_ptr()));
+        self.envp.extend(setup.env.pointers());
         if setup.listen_pid {
             self.envp.push(listen_pid_slot.as_ptr().cast());
         }
@@ -408,21 +420,20 @@ impl Spawner {
         if unshare_from.is_some() {
             flags |= libc::CLONE_FILES;
         }
-        // Every signal blocked across clone: no handler of summond's may
-        // ever run on the child's side of the shared memory. The child
-        // resets the handled ones, then unblocks.
         let all = [!0u64; 1];
         let mut old = [0u64; 1];
-        // SAFETY: rt_sigprocmask with 8-byte sets (the kernel's size).
-        unsafe {
-            libc::syscall(
-                libc::SYS_rt_sigprocmask,
-                libc::SIG_SETMASK,
-                all.as_ptr(),
-                old.as_mut_ptr(),
-                8usize,
-            )
-        };
+        if self.block_across_clone {
+            // SAFETY: rt_sigprocmask with 8-byte sets (the kernel's size).
+            unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigprocmask,
+                    libc::SIG_SETMASK,
+                    all.as_ptr(),
+                    old.as_mut_ptr(),
+                    8usize,
+                )
+            };
+        }
         // SAFETY: the top of our stack mapping (stacks grow down), aligned.
         let top = unsafe { self.stack.cast::<u8>().add(STACK_SIZE + GUARD_SIZE) };
         // SAFETY: the child runs `child_entry` on its own stack, using only
@@ -437,16 +448,18 @@ impl Spawner {
             )
         };
         let clone_err = io::Error::last_os_error();
-        // SAFETY: as above; restores summond's mask.
-        unsafe {
-            libc::syscall(
-                libc::SYS_rt_sigprocmask,
-                libc::SIG_SETMASK,
-                old.as_ptr(),
-                ptr::null_mut::<u64>(),
-                8usize,
-            )
-        };
+        if self.block_across_clone {
+            // SAFETY: as above; restores summond's mask.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigprocmask,
+                    libc::SIG_SETMASK,
+                    old.as_ptr(),
+                    ptr::null_mut::<u64>(),
+                    8usize,
+                )
+            };
+        }
         if pid < 0 {
             return Err(SpawnError::Fork(clone_err));
         }
@@ -633,7 +646,7 @@ unsafe fn child_after_clone(a: &ChildArgs<'_>) -> ! {
         write_decimal(a.listen_pid_digits, libc::syscall(libc::SYS_getpid) as u64);
     }
 
-    // An empty mask: summond blocks every signal across the spawn, and a
+    // An empty mask: summond blocks the signals its signalfd reads, and a
     // blocked mask survives execve.
     let empty = [0u64; 1];
     libc::syscall(
@@ -678,8 +691,21 @@ unsafe fn write_decimal(out: *mut u8, mut n: u64) {
 /// (inherit: summond's fd 2; null: /dev/null). Config validation rules
 /// out `stderr = "socket"` with listen_fds.
 pub fn plan_fds(pass: Pass, stderr: StderrMode, payload: &[RawFd], devnull: RawFd) -> Vec<FdMove> {
-    let mv = |from, to| FdMove { from, to };
     let mut moves = Vec::with_capacity(payload.len() + 3);
+    plan_fds_into(&mut moves, pass, stderr, payload, devnull);
+    moves
+}
+
+/// `plan_fds` into a buffer the caller reuses.
+pub fn plan_fds_into(
+    moves: &mut Vec<FdMove>,
+    pass: Pass,
+    stderr: StderrMode,
+    payload: &[RawFd],
+    devnull: RawFd,
+) {
+    let mv = |from, to| FdMove { from, to };
+    moves.clear();
     match pass {
         Pass::Stdio => {
             let s = payload[0];
@@ -705,7 +731,6 @@ pub fn plan_fds(pass: Pass, stderr: StderrMode, payload: &[RawFd], devnull: RawF
             }
         }
     }
-    moves
 }
 
 #[cfg(test)]

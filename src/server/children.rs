@@ -6,6 +6,7 @@
 //! Knows nothing of sockets, polling or logging.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Instant;
 
 use nix::sys::wait::WaitStatus;
@@ -32,8 +33,9 @@ pub(super) struct HeldSocket {
 pub(super) struct Child {
     pub service: ServiceId,
     /// The service's name when the child started, for its log lines even
-    /// after a reload removed the service.
-    pub name: String,
+    /// after a reload removed the service (shared with the service: no
+    /// copy per child).
+    pub name: Rc<str>,
     pub peer: Option<Peer>,
     pub source: Option<SourceKey>,
     pub started_at: Instant,
@@ -179,7 +181,7 @@ mod tests {
     fn child(service: u64, source: Option<SourceKey>) -> Child {
         Child {
             service: ServiceId(service),
-            name: format!("s{service}"),
+            name: format!("s{service}").into(),
             peer: None,
             source,
             started_at: Instant::now(),

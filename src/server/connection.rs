@@ -5,7 +5,6 @@
 //! variables, spawn, and keeping the client through a back-off. For
 //! `accept = false` the listening sockets themselves are the payload.
 
-use std::ffi::CString;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -22,7 +21,7 @@ use super::Server;
 use crate::access::Refusal;
 use crate::addr::ListenAddr;
 use crate::config::{Pass, Rate};
-use crate::env;
+use crate::env::EnvBlock;
 use crate::peer::{Peer, SourceKey};
 use crate::queue::QueueHead;
 use crate::spawn::{self, ChildSetup, FdMove};
@@ -116,7 +115,7 @@ enum Launch {
 /// `spawn_child`.
 struct ChildRequest<'a> {
     fds: &'a [FdMove],
-    env: &'a [CString],
+    env: &'a EnvBlock,
     /// Add `LISTEN_PID` (listen_fds mode).
     listen_pid: bool,
     /// The client, in accept mode.
@@ -190,7 +189,11 @@ impl Server {
             };
             match sock.listener.socket.accept() {
                 Ok((conn, from)) => {
-                    let peer = Peer::of(&conn, &from);
+                    let listening = match addr {
+                        ListenAddr::Tcp(sa) => Some(*sa),
+                        _ => None,
+                    };
+                    let peer = Peer::of(&conn, &from, listening);
                     self.start_connection(idx, addr, conn, peer, now, false);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -311,12 +314,6 @@ impl Server {
         greeted: bool,
     ) {
         let spec = &self.services[idx].spec;
-        let fds = spawn::plan_fds(
-            spec.pass,
-            spec.stderr,
-            &[conn.as_raw_fd()],
-            self.devnull.as_raw_fd(),
-        );
         if spec.internal.is_some() {
             // Served in the loop, no child.
             self.start_internal(idx, conn, peer, source);
@@ -329,11 +326,22 @@ impl Server {
             }
             _ => greeted,
         };
-        let mut env = peer.env();
+        // The scratch buffers of the last connection, reused: a connection
+        // allocates nothing for its fd plan and variables.
+        let (mut fds, mut env) = std::mem::take(&mut self.scratch);
+        spawn::plan_fds_into(
+            &mut fds,
+            spec.pass,
+            spec.stderr,
+            &[conn.as_raw_fd()],
+            self.devnull.as_raw_fd(),
+        );
+        env.clear();
+        peer.write_env(&mut env);
         let listen_pid = spec.pass == Pass::ListenFds;
         if listen_pid {
-            env.push(env::env_var("LISTEN_FDS", 1));
-            env.push(env::env_var("LISTEN_FDNAMES", "connection"));
+            env.push("LISTEN_FDS", 1);
+            env.push("LISTEN_FDNAMES", "connection");
         }
         let outcome = self.spawn_child(
             idx,
@@ -346,6 +354,7 @@ impl Server {
                 held_sockets: Vec::new(),
             },
         );
+        self.scratch = (fds, env);
         if outcome == Launch::RetryLater {
             let name = self.services[idx].spec.name.clone();
             self.pending.push(PendingConnection {
@@ -435,7 +444,7 @@ impl Server {
             payload.push(sock.listener.socket.as_raw_fd());
         }
         let fds = spawn::plan_fds(spec.pass, spec.stderr, &payload, self.devnull.as_raw_fd());
-        let mut env = Vec::new();
+        let mut env = EnvBlock::default();
         let listen_pid = spec.pass == Pass::ListenFds;
         if listen_pid {
             let names: Vec<&str> = spec
@@ -444,8 +453,8 @@ impl Server {
                 .filter(|l| held_sockets.iter().any(|h| h.addr == l.addr))
                 .map(|l| l.name.as_deref().unwrap_or(&spec.name))
                 .collect();
-            env.push(env::env_var("LISTEN_FDS", payload.len()));
-            env.push(env::env_var("LISTEN_FDNAMES", names.join(":")));
+            env.push("LISTEN_FDS", payload.len());
+            env.push("LISTEN_FDNAMES", names.join(":"));
         }
         let addrs: Vec<ListenAddr> = held_sockets.iter().map(|h| h.addr.clone()).collect();
         let request = ChildRequest {
@@ -502,7 +511,7 @@ impl Server {
         let svc = &self.services[idx];
         let child = Child {
             service: svc.id,
-            name: svc.spec.name.clone(),
+            name: svc.name.clone(),
             source: req.source,
             peer: req.peer,
             started_at: now,

@@ -140,6 +140,8 @@ pub struct Stats {
 
 struct ServiceRuntime {
     id: ServiceId,
+    /// `spec.name`, shared with the service's children.
+    name: std::rc::Rc<str>,
     spec: ServiceSpec,
     image: ExecImage,
     crash: CrashGuard,
@@ -199,6 +201,9 @@ pub struct Server {
     control_clients: HashMap<Token, Reply>,
     upgrades: Upgrades,
     spawner: Spawner,
+    /// The fd plan and variables of the last connection's child, kept to
+    /// be reused by the next.
+    scratch: (Vec<crate::spawn::FdMove>, crate::env::EnvBlock),
     stopping: bool,
 }
 
@@ -265,6 +270,7 @@ impl Server {
             control_clients: HashMap::new(),
             upgrades: Upgrades::new(),
             spawner,
+            scratch: Default::default(),
             stopping: false,
         };
         for socket in handed {
@@ -466,7 +472,7 @@ impl Server {
                 KILL_AFTER.as_secs()
             )
         };
-        warn!(event = "max_runtime", service = child.name.as_str(), pid = pid.as_raw();
+        warn!(event = "max_runtime", service = &*child.name, pid = pid.as_raw();
             "{}: pid {pid}{} ran past max_runtime{limit}{what}",
             child.name,
             for_peer(child.peer.as_ref()),
@@ -623,7 +629,7 @@ impl Server {
         };
         let err = io::Error::from_raw_os_error(errno);
         let who = for_peer(child.peer.as_ref());
-        let name = child.name.as_str();
+        let name = &*child.name;
         let idx = self.service_index(child.service);
         let program = idx
             .map(|i| self.services[i].spec.program.display().to_string())
@@ -691,7 +697,7 @@ impl Server {
         log!(
             level,
             event = "exit",
-            service = child.name.as_str(),
+            service = &*child.name,
             pid = pid.as_raw(),
             peer = child.peer.as_ref().map(|p| p.to_string()).unwrap_or_default().as_str(),
             status = what.as_str(),
@@ -1021,6 +1027,7 @@ impl Server {
                     ServiceRuntime {
                         spec: spec.clone(),
                         image,
+                        name: spec.name.as_str().into(),
                         ..rt
                     }
                 }
@@ -1029,6 +1036,7 @@ impl Server {
                     self.next_service_id += 1;
                     ServiceRuntime {
                         id,
+                        name: spec.name.as_str().into(),
                         spec: spec.clone(),
                         image,
                         crash: CrashGuard::default(),

@@ -234,7 +234,7 @@ impl Server {
                 service: self
                     .service_index(c.service)
                     .map(|i| self.services[i].spec.name.clone()),
-                name: c.name.clone(),
+                name: c.name.to_string(),
                 peer: c.peer.clone(),
                 source: c.source,
                 age_ns: now.saturating_duration_since(c.started_at).as_nanos() as u64,
@@ -353,7 +353,7 @@ impl Server {
                 pid,
                 Child {
                     service,
-                    name: c.name,
+                    name: c.name.into(),
                     peer: c.peer,
                     source: c.source,
                     started_at,
