@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod daemonize;
 pub mod env;
+pub mod footprint;
 pub mod handed;
 pub mod import;
 pub mod limits;

@@ -23,6 +23,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::ptr;
+use std::rc::Rc;
 
 use nix::libc::{self, c_char, c_int};
 use nix::unistd::Pid;
@@ -94,7 +95,9 @@ pub struct ExecImage {
     _argv: Vec<CString>,
     /// NULL-terminated pointers into `_argv` (heap data: stable).
     argv_ptrs: Vec<*const c_char>,
-    base_env: Vec<CString>,
+    /// Shared by every service whose environment comes out the same (most
+    /// of them: the inherited one), not one copy per service.
+    base_env: Rc<[CString]>,
     credentials: Option<Credentials>,
     /// For the `setgroups` call: gid_t is u32 on Linux.
     groups: Vec<libc::gid_t>,
@@ -158,7 +161,7 @@ impl ExecImage {
     /// `inherited` is summond's environment at startup; activation and
     /// per-connection variables are dropped from it, then `env` is added
     /// (a service's `env` overrides an inherited variable of the same name).
-    pub fn new<I>(spec: &ServiceSpec, inherited: I) -> ExecImage
+    pub fn new<I>(spec: &ServiceSpec, inherited: I, pool: &mut EnvPool) -> ExecImage
     where
         I: IntoIterator<Item = (OsString, OsString)>,
     {
@@ -195,6 +198,7 @@ impl ExecImage {
                 .map(|(k, v)| cstring(format!("{k}={v}").as_bytes())),
         );
 
+        let base_env = pool.intern(base_env);
         let groups = spec
             .credentials
             .as_ref()
@@ -209,6 +213,21 @@ impl ExecImage {
             groups,
             sandbox: SandboxImage::new(&spec.sandbox),
         }
+    }
+}
+
+/// The distinct base environments of the services of one config.
+#[derive(Default)]
+pub struct EnvPool(Vec<Rc<[CString]>>);
+
+impl EnvPool {
+    fn intern(&mut self, env: Vec<CString>) -> Rc<[CString]> {
+        if let Some(same) = self.0.iter().find(|e| e[..] == env[..]) {
+            return same.clone();
+        }
+        let env: Rc<[CString]> = env.into();
+        self.0.push(env.clone());
+        env
     }
 }
 

@@ -307,6 +307,8 @@ impl Server {
         if let Some(every) = self.notifier.watchdog_interval() {
             self.timers.add(Instant::now() + every, Timer::Watchdog);
         }
+        // What starting up left resident, serving does not need.
+        crate::footprint::shed();
         while !self.stopping {
             // Listeners with clients left over are served again right after
             // a look at everything else, so no wait then.
@@ -899,6 +901,7 @@ impl Server {
         ));
         self.reload_config();
         self.notify(&format!("READY=1\n{}", self.status_line()));
+        crate::footprint::shed();
     }
 
     fn reload_config(&mut self) {
@@ -1010,8 +1013,9 @@ impl Server {
             .map(|s| (s.spec.name.clone(), s))
             .collect();
         let mut services = Vec::with_capacity(new.services.len());
+        let mut envs = crate::spawn::EnvPool::default();
         for spec in &new.services {
-            let image = ExecImage::new(spec, self.inherited_env.iter().cloned());
+            let image = ExecImage::new(spec, self.inherited_env.iter().cloned(), &mut envs);
             services.push(match old.remove(&spec.name) {
                 Some(mut rt) => {
                     // A changed rate starts from a full bucket; an unchanged
@@ -1102,7 +1106,12 @@ impl Server {
             })
             .collect();
         crate::logging::set_format(new.daemon.log_format);
-        self.config = new;
+        // Each service keeps its spec; the config keeps the rest, not a
+        // second copy of every service.
+        self.config = Config {
+            services: Vec::new(),
+            ..new
+        };
         let now = Instant::now();
         self.sync_all(now);
         // A raised max_children may have opened the gate.

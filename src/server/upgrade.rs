@@ -26,6 +26,7 @@ use super::internal::InternalConn;
 use super::timers::Timer;
 use super::Server;
 use crate::addr::ListenAddr;
+use crate::config::Config;
 use crate::upgrade::{self, ChildState, ConnState, InternalState, ListenerState, State};
 
 /// How long the new binary's `--check` may take.
@@ -293,7 +294,11 @@ impl Server {
             children,
             pending,
             internal,
-            config: serde_json::to_string(&self.config).ok(),
+            config: serde_json::to_string(&Config {
+                services: self.services.iter().map(|s| s.spec.clone()).collect(),
+                ..self.config.clone()
+            })
+            .ok(),
             stats: self
                 .services
                 .iter()
