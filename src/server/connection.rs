@@ -162,8 +162,10 @@ impl Server {
         // An internal service's mode follows the socket: connections on a
         // stream socket, datagrams on the other.
         if spec.internal.is_some() && !addr.is_stream() {
+            self.sockets.set_blocking(addr, false);
             self.serve_datagrams(idx, addr);
         } else if spec.accept || spec.internal.is_some() {
+            self.sockets.set_blocking(addr, false);
             self.retry_pending(now);
             self.accept_connections(idx, addr, now);
         } else if self.service_may_spawn(idx, now) {
@@ -430,6 +432,10 @@ impl Server {
         let mut payload: Vec<RawFd> = Vec::with_capacity(addrs.len());
         let mut held_sockets = Vec::with_capacity(addrs.len());
         for a in addrs {
+            // Legacy wait-mode programs (tftpd) read with blocking calls;
+            // O_NONBLOCK lives on the shared file description, and summond
+            // does not touch the socket until the child exits.
+            self.sockets.set_blocking(&a, true);
             let Some(sock) = self.sockets.get(&a) else {
                 continue;
             };
@@ -437,10 +443,6 @@ impl Server {
                 head: QueueHead::of(&sock.listener.socket, &a),
                 addr: a,
             });
-            // Legacy wait-mode programs (tftpd) read with blocking calls;
-            // O_NONBLOCK lives on the shared file description, and summond
-            // does not touch the socket until the child exits.
-            let _ = sock.listener.socket.set_nonblocking(false);
             payload.push(sock.listener.socket.as_raw_fd());
         }
         let fds = spawn::plan_fds(spec.pass, spec.stderr, &payload, self.devnull.as_raw_fd());

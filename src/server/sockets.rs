@@ -31,6 +31,10 @@ pub(super) struct OpenSocket {
     pub parked: bool,
     /// Clients were left after the accept budget: served next turn.
     pub queued: bool,
+    /// Blocking, as pass-mode children (tftpd) need it; summond makes it
+    /// non-blocking again only when it accepts or reads on it itself, so a
+    /// wait service costs no fcntl per child.
+    pub blocking: bool,
 }
 
 #[derive(Default)]
@@ -73,6 +77,7 @@ impl SocketTable {
                 busy: None,
                 parked: false,
                 queued: false,
+                blocking: false,
             },
         );
     }
@@ -164,20 +169,29 @@ impl SocketTable {
     }
 
     /// Give sockets back after a pass-mode child (`owner`: only those it
-    /// still holds) and make them non-blocking again for accept().
-    /// Returns the services that own them now.
+    /// still holds). Returns the services that own them now.
     pub fn release(&mut self, addrs: &[ListenAddr], owner: Option<Pid>) -> HashSet<usize> {
         let mut services = HashSet::new();
         for a in addrs {
             if let Some(sock) = self.sockets.get_mut(a) {
                 if owner.is_none() || sock.busy == owner {
                     sock.busy = None;
-                    let _ = sock.listener.socket.set_nonblocking(true);
                     services.insert(sock.service);
                 }
             }
         }
         services
+    }
+
+    /// Make `addr` blocking (for a pass-mode child) or not (for summond's
+    /// own accept and reads), if it is not already.
+    pub fn set_blocking(&mut self, addr: &ListenAddr, blocking: bool) {
+        if let Some(sock) = self.sockets.get_mut(addr) {
+            if sock.blocking != blocking && sock.listener.socket.set_nonblocking(!blocking).is_ok()
+            {
+                sock.blocking = blocking;
+            }
+        }
     }
 
     /// Point each kept socket at the service that owns its address now.

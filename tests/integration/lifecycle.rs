@@ -321,3 +321,45 @@ fn journal_stream_on_stderr_gives_priority_prefixes_and_no_timestamps() {
     );
     drop(s);
 }
+
+/// summond's resident file pages (its code and libc's), in kB.
+fn rss_file_kb(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssFile:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn code_only_starting_up_or_reloading_used_does_not_stay_resident() {
+    // The debug binary's startup (clap, the TOML parser, the checker)
+    // touches many megabytes of code; serving needs a small part of it.
+    let port = free_port();
+    let config = format!(
+        "[[service]]\nname = \"e\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"/bin/echo\", \"hi\"]\n"
+    );
+    let s = Summond::start_with(Start {
+        config: &config,
+        // Debug lines would bring the logger's code back in between.
+        args: &["--log-level", "info"],
+        ..Start::default()
+    });
+    let limit = 3 * 1024;
+    assert!(
+        wait_until(TIMEOUT, || rss_file_kb(s.pid()) < limit),
+        "{} kB of file pages resident at idle",
+        rss_file_kb(s.pid())
+    );
+    // Serving works from the pages it maps again.
+    assert_eq!(tcp_port_exchange(port, b""), "hi\n");
+    assert!(wait_until(TIMEOUT, || s.children().0.is_empty()));
+    assert!(s.reload(&config));
+    assert!(
+        wait_until(TIMEOUT, || rss_file_kb(s.pid()) < limit),
+        "{} kB of file pages resident after a reload",
+        rss_file_kb(s.pid())
+    );
+    assert_eq!(tcp_port_exchange(port, b""), "hi\n");
+}
