@@ -14,6 +14,16 @@ struct Wrapped {
     _dir: TempDir,
 }
 
+/// Stop it the way a user does, so it stops its `--no-accept` daemon too
+/// (SIGKILL, the guard's fallback, would leave that daemon running).
+impl Drop for Wrapped {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        wait_until(TIMEOUT, || matches!(self.child.try_wait(), Ok(Some(_))));
+    }
+}
+
 impl Wrapped {
     fn start(args: &[&str]) -> Wrapped {
         let dir = TempDir::new("wrap");
