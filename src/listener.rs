@@ -263,15 +263,14 @@ pub fn adopt(addr: ListenAddr, socket: Socket) -> Result<Listener, ListenError> 
 /// Create, bind and (for stream sockets) listen on `addr`.
 pub fn open(addr: &ListenAddr, opts: ListenOptions) -> Result<Listener, ListenError> {
     let backlog = opts.backlog.unwrap_or(DEFAULT_BACKLOG);
-    // socket2 creates every socket with SOCK_CLOEXEC on Linux.
+    // socket2 creates every socket with SOCK_CLOEXEC on Linux; non-blocking
+    // from the start too (no fcntl per socket: 10,000 add up).
     let (socket, sockaddr, unix_path) = match addr {
         ListenAddr::Tcp(sa) | ListenAddr::Udp(sa) => {
-            let ty = if matches!(addr, ListenAddr::Tcp(_)) {
-                Type::STREAM
-            } else {
-                Type::DGRAM
-            };
-            let s = Socket::new(Domain::for_address(*sa), ty, None).map_err(ListenError::Socket)?;
+            let stream = matches!(addr, ListenAddr::Tcp(_));
+            let ty = if stream { Type::STREAM } else { Type::DGRAM };
+            let s = Socket::new(Domain::for_address(*sa), ty.nonblocking(), None)
+                .map_err(ListenError::Socket)?;
             s.set_reuse_address(true).map_err(ListenError::Socket)?;
             if sa.is_ipv6() {
                 s.set_only_v6(opts.v6only).map_err(ListenError::Socket)?;
@@ -286,7 +285,7 @@ pub fn open(addr: &ListenAddr, opts: ListenOptions) -> Result<Listener, ListenEr
                     s.set_freebind_v4(true).map_err(ListenError::Socket)?;
                 }
             }
-            if ty == Type::STREAM {
+            if stream {
                 // accept() copies both to each connection.
                 if opts.keepalive {
                     s.set_keepalive(true).map_err(ListenError::Socket)?;
@@ -303,7 +302,8 @@ pub fn open(addr: &ListenAddr, opts: ListenOptions) -> Result<Listener, ListenEr
                 clear_stale(path, stream)?;
             }
             let ty = if stream { Type::STREAM } else { Type::DGRAM };
-            let s = Socket::new(Domain::UNIX, ty, None).map_err(ListenError::Socket)?;
+            let s =
+                Socket::new(Domain::UNIX, ty.nonblocking(), None).map_err(ListenError::Socket)?;
             let sockaddr = unix_sockaddr(p).map_err(ListenError::Bind)?;
             let file = match p {
                 UnixPath::File(path) => Some(path.clone()),
@@ -339,10 +339,6 @@ pub fn open(addr: &ListenAddr, opts: ListenOptions) -> Result<Listener, ListenEr
             .listen(backlog)
             .map_err(ListenError::Listen)?;
     }
-    listener
-        .socket
-        .set_nonblocking(true)
-        .map_err(ListenError::Socket)?;
     Ok(listener)
 }
 

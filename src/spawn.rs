@@ -17,6 +17,7 @@
 //! Nothing in the child allocates, locks, logs or touches Rust I/O; it
 //! runs on memory the parent prepared and the parent is suspended.
 
+use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
 use std::io;
@@ -158,47 +159,12 @@ impl SandboxImage {
 }
 
 impl ExecImage {
-    /// `inherited` is summond's environment at startup; activation and
-    /// per-connection variables are dropped from it, then `env` is added
-    /// (a service's `env` overrides an inherited variable of the same name).
-    pub fn new<I>(spec: &ServiceSpec, inherited: I, pool: &mut EnvPool) -> ExecImage
-    where
-        I: IntoIterator<Item = (OsString, OsString)>,
-    {
-        let cstring = |bytes: &[u8]| {
-            // Config validation and the OS rule out NULs in all of these.
-            CString::new(bytes).expect("config and environ strings contain no NUL")
-        };
+    pub fn new(spec: &ServiceSpec, pool: &mut EnvPool<'_>) -> ExecImage {
         let program = cstring(spec.program.as_os_str().as_bytes());
         let argv: Vec<CString> = spec.exec.iter().map(|a| cstring(a.as_bytes())).collect();
         let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|a| a.as_ptr()).collect();
         argv_ptrs.push(ptr::null());
-
-        let overridden = |name: &OsStr| {
-            name.to_str().is_some_and(is_reserved_env)
-                || spec.env.iter().any(|(k, _)| OsStr::new(k) == name)
-        };
-        // clear_env: only PATH and the names in `passenv` pass through.
-        let kept = |name: &OsStr| {
-            !spec.clear_env || name == "PATH" || spec.passenv.iter().any(|p| OsStr::new(p) == name)
-        };
-        let mut base_env: Vec<CString> = inherited
-            .into_iter()
-            .filter(|(k, _)| kept(k) && !overridden(k))
-            .map(|(k, v)| {
-                let mut kv = k.as_bytes().to_vec();
-                kv.push(b'=');
-                kv.extend_from_slice(v.as_bytes());
-                cstring(&kv)
-            })
-            .collect();
-        base_env.extend(
-            spec.env
-                .iter()
-                .map(|(k, v)| cstring(format!("{k}={v}").as_bytes())),
-        );
-
-        let base_env = pool.intern(base_env);
+        let base_env = pool.base_env(spec);
         let groups = spec
             .credentials
             .as_ref()
@@ -216,17 +182,64 @@ impl ExecImage {
     }
 }
 
-/// The distinct base environments of the services of one config.
-#[derive(Default)]
-pub struct EnvPool(Vec<Rc<[CString]>>);
+/// Config validation and the OS rule out NULs in all of these.
+fn cstring(bytes: &[u8]) -> CString {
+    CString::new(bytes).expect("config and environ strings contain no NUL")
+}
 
-impl EnvPool {
-    fn intern(&mut self, env: Vec<CString>) -> Rc<[CString]> {
-        if let Some(same) = self.0.iter().find(|e| e[..] == env[..]) {
-            return same.clone();
+/// What a service's base environment depends on: clear_env, passenv, env.
+type EnvKey = (bool, Vec<String>, Vec<(String, String)>);
+
+/// The base environments of the services of one config, built once for
+/// each distinct (clear_env, passenv, env): most services share one.
+pub struct EnvPool<'a> {
+    inherited: &'a [(OsString, OsString)],
+    built: HashMap<EnvKey, Rc<[CString]>>,
+}
+
+impl<'a> EnvPool<'a> {
+    /// `inherited` is summond's environment at startup.
+    pub fn new(inherited: &'a [(OsString, OsString)]) -> EnvPool<'a> {
+        EnvPool {
+            inherited,
+            built: HashMap::new(),
         }
+    }
+
+    /// The inherited environment without activation and per-connection
+    /// variables, then `env` (a service's `env` overrides an inherited
+    /// variable of the same name); with clear_env only PATH and the names
+    /// in `passenv` pass through.
+    fn base_env(&mut self, spec: &ServiceSpec) -> Rc<[CString]> {
+        let key = (spec.clear_env, spec.passenv.clone(), spec.env.clone());
+        if let Some(env) = self.built.get(&key) {
+            return env.clone();
+        }
+        let overridden = |name: &OsStr| {
+            name.to_str().is_some_and(is_reserved_env)
+                || spec.env.iter().any(|(k, _)| OsStr::new(k) == name)
+        };
+        let kept = |name: &OsStr| {
+            !spec.clear_env || name == "PATH" || spec.passenv.iter().any(|p| OsStr::new(p) == name)
+        };
+        let mut env: Vec<CString> = self
+            .inherited
+            .iter()
+            .filter(|(k, _)| kept(k) && !overridden(k))
+            .map(|(k, v)| {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                cstring(&kv)
+            })
+            .collect();
+        env.extend(
+            spec.env
+                .iter()
+                .map(|(k, v)| cstring(format!("{k}={v}").as_bytes())),
+        );
         let env: Rc<[CString]> = env.into();
-        self.0.push(env.clone());
+        self.built.insert(key, env.clone());
         env
     }
 }

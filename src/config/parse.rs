@@ -43,6 +43,8 @@ pub(super) fn check(
         host,
         errors: Vec::new(),
         shared: None,
+        line_starts: line_starts(text),
+        programs: HashMap::new(),
     };
     let config = cx.document(seen, dropin);
     (config, cx.errors)
@@ -69,6 +71,19 @@ pub(super) struct Checker<'a> {
     pub(super) errors: Vec<ConfigError>,
     /// `text`, shared by the errors that show it (made once, on the first).
     pub(super) shared: Option<Arc<str>>,
+    /// Where each line of `text` starts: a position's line is a binary
+    /// search, not a scan from the top (a 10,000-service file asks 10,000
+    /// times).
+    pub(super) line_starts: Vec<usize>,
+    /// Programs found so far, by name and jail.
+    pub(super) programs: HashMap<(String, Option<PathBuf>), PathBuf>,
+}
+
+/// The offset of every line's first byte.
+fn line_starts(text: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+        .collect()
 }
 
 impl Checker<'_> {
@@ -79,10 +94,10 @@ impl Checker<'_> {
         while !self.text.is_char_boundary(end) {
             end -= 1;
         }
-        let before = &self.text[..end];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let col = before[line_start..].chars().count() + 1;
+        // The last line starting at or before `end`.
+        let line = self.line_starts.partition_point(|s| *s <= end);
+        let line_start = self.line_starts[line - 1];
+        let col = self.text[line_start..end].chars().count() + 1;
         (line, col)
     }
 
@@ -750,8 +765,16 @@ impl Checker<'_> {
             }
             return Some((owned, PathBuf::from(first), Some(*internal)));
         }
+        // Services running the same program look it up once.
+        let key = (first.to_string(), jail.map(Path::to_path_buf));
+        if let Some(program) = self.programs.get(&key) {
+            return Some((owned, program.clone(), None));
+        }
         match resolve_program(first, &self.host.path_var, jail) {
-            Ok(program) => Some((owned, program, None)),
+            Ok(program) => {
+                self.programs.insert(key, program.clone());
+                Some((owned, program, None))
+            }
             Err(kind) => {
                 self.at(first_span, kind);
                 None
@@ -942,12 +965,36 @@ mod tests {
             host: &host(true),
             errors: Vec::new(),
             shared: None,
+            line_starts: line_starts(text),
+            programs: HashMap::new(),
         };
         for offset in 0..=text.len() + 3 {
             let (line, col) = cx.line_col(offset);
             assert_eq!(line, 1);
             assert!(col >= 1 && col <= text.chars().count() + 1);
         }
+    }
+
+    #[test]
+    fn lines_and_columns_count_from_one_across_lines() {
+        let text = "a = 1\n\nb = \"é\"\nc";
+        let cx = Checker {
+            path: Path::new("t"),
+            text,
+            host: &host(true),
+            errors: Vec::new(),
+            shared: None,
+            line_starts: line_starts(text),
+            programs: HashMap::new(),
+        };
+        assert_eq!(cx.line_col(0), (1, 1));
+        assert_eq!(cx.line_col(4), (1, 5));
+        assert_eq!(cx.line_col(5), (1, 6), "the newline ends line 1");
+        assert_eq!(cx.line_col(6), (2, 1));
+        assert_eq!(cx.line_col(7), (3, 1));
+        // After the two-byte é: column 7 in chars.
+        assert_eq!(cx.line_col(7 + 7), (3, 7));
+        assert_eq!(cx.line_col(text.len()), (4, 2));
     }
 
     #[test]

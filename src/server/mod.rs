@@ -1007,16 +1007,25 @@ impl Server {
             .collect();
         // Runtime state (and with it the service's identity) follows the
         // name across reloads; a name new to this config is a new service.
-        let mut old: HashMap<String, ServiceRuntime> = self
-            .services
-            .drain(..)
-            .map(|s| (s.spec.name.clone(), s))
+        // Each runtime is moved once, into the new list: indexed by name
+        // here, not moved into a map (10,000 of them are 11 MB).
+        let mut old: Vec<Option<ServiceRuntime>> = std::mem::take(&mut self.services)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let old_index: HashMap<String, usize> = old
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((s.as_ref()?.spec.name.clone(), i)))
             .collect();
         let mut services = Vec::with_capacity(new.services.len());
-        let mut envs = crate::spawn::EnvPool::default();
+        let mut envs = crate::spawn::EnvPool::new(&self.inherited_env);
         for spec in &new.services {
-            let image = ExecImage::new(spec, self.inherited_env.iter().cloned(), &mut envs);
-            services.push(match old.remove(&spec.name) {
+            let kept = old_index.get(&spec.name).and_then(|i| old[*i].take());
+            services.push(match kept {
+                // Unchanged (most services in most reloads): kept whole,
+                // nothing rebuilt.
+                Some(rt) if rt.spec == *spec => rt,
                 Some(mut rt) => {
                     // A changed rate starts from a full bucket; an unchanged
                     // one keeps its tokens across the reload.
@@ -1030,7 +1039,7 @@ impl Server {
                     }
                     ServiceRuntime {
                         spec: spec.clone(),
-                        image,
+                        image: ExecImage::new(spec, &mut envs),
                         name: spec.name.as_str().into(),
                         ..rt
                     }
@@ -1042,7 +1051,7 @@ impl Server {
                         id,
                         name: spec.name.as_str().into(),
                         spec: spec.clone(),
-                        image,
+                        image: ExecImage::new(spec, &mut envs),
                         crash: CrashGuard::default(),
                         stats: Stats::default(),
                         rate: spec.rate.map(|r| TokenBucket::new(r, Instant::now())),
