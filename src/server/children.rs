@@ -153,19 +153,36 @@ impl ChildTable {
     }
 }
 
-pub(super) fn describe_status(status: &WaitStatus) -> (String, bool) {
-    match status {
-        WaitStatus::Exited(_, 0) => ("exited with status 0".into(), true),
-        WaitStatus::Exited(_, code) => (format!("exited with status {code}"), false),
-        WaitStatus::Signaled(_, sig, core) => (
-            format!(
+/// How a child ended, as status and the logs say it ("exited with status
+/// 0"): written when shown, not built for every exit.
+pub(super) struct ExitText<'a>(pub &'a WaitStatus);
+
+impl std::fmt::Display for ExitText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            WaitStatus::Exited(_, code) => write!(f, "exited with status {code}"),
+            WaitStatus::Signaled(_, sig, core) => write!(
+                f,
                 "killed by signal {} ({sig}){}",
                 *sig as i32,
                 if *core { ", core dumped" } else { "" }
             ),
-            false,
-        ),
-        other => (format!("{other:?}"), false),
+            other => write!(f, "{other:?}"),
+        }
+    }
+}
+
+/// Did the child exit with status 0?
+pub(super) fn succeeded(status: &WaitStatus) -> bool {
+    matches!(status, WaitStatus::Exited(_, 0))
+}
+
+/// An exit without its pid: two exits with the same key read the same.
+pub(super) fn exit_key(status: &WaitStatus) -> (i32, i32, bool) {
+    match status {
+        WaitStatus::Exited(_, code) => (0, *code, false),
+        WaitStatus::Signaled(_, sig, core) => (1, *sig as i32, *core),
+        _ => (2, 0, false),
     }
 }
 

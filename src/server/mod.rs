@@ -53,7 +53,7 @@ mod sockets;
 mod timers;
 mod upgrade;
 
-use children::{describe_status, for_peer, Child, ChildTable, ServiceId};
+use children::{exit_key, for_peer, succeeded, Child, ChildTable, ExitText, ServiceId};
 use connection::{PendingConnection, RefusalKey};
 use internal::InternalConns;
 use sockets::SocketTable;
@@ -159,6 +159,8 @@ struct ServiceRuntime {
     /// Children have been leaving their socket unread; the first such exit
     /// was logged, the rest are not until one does its work.
     unread_episode: bool,
+    /// What `stats.last_exit` says, without the text.
+    last_exit_key: Option<(i32, i32, bool)>,
 }
 
 pub struct Server {
@@ -678,7 +680,8 @@ impl Server {
         let Some(child) = self.children.remove(&pid) else {
             return;
         };
-        let (what, success) = describe_status(status);
+        let success = succeeded(status);
+        let what = ExitText(status);
         let ran = now.saturating_duration_since(child.started_at);
         let unread = child.is_pass_mode() && self.left_sockets_unread(pid, &child, ran);
         let idx = self.service_index(child.service);
@@ -702,7 +705,7 @@ impl Server {
             service = &*child.name,
             pid = pid.as_raw(),
             peer = child.peer.as_ref().map(|p| p.to_string()).unwrap_or_default().as_str(),
-            status = what.as_str(),
+            status:% = what,
             duration_s = ran.as_secs_f64();
             "{}: pid {pid}{} {what} after {:.3}s{}",
             child.name,
@@ -733,7 +736,11 @@ impl Server {
             };
             svc.stats.exits[outcome] += 1;
             svc.stats.durations.observe(ran.as_secs_f64());
-            svc.stats.last_exit = Some(what);
+            // The text only when it changes: most exits read like the last.
+            if svc.last_exit_key != Some(exit_key(status)) {
+                svc.last_exit_key = Some(exit_key(status));
+                svc.stats.last_exit = Some(what.to_string());
+            }
             if child.is_pass_mode() {
                 if first_unread {
                     svc.unread_episode = true;
@@ -1060,6 +1067,7 @@ impl Server {
                         source_rates: SourceBuckets::default(),
                         top_refused: TopRefused::default(),
                         unread_episode: false,
+                        last_exit_key: None,
                     }
                 }
             });

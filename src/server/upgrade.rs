@@ -20,7 +20,7 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use socket2::Socket;
 
-use super::children::{describe_status, Child, HeldSocket, ServiceId};
+use super::children::{Child, ExitText, HeldSocket, ServiceId};
 use super::connection::PendingConnection;
 use super::internal::InternalConn;
 use super::timers::Timer;
@@ -153,7 +153,7 @@ impl Server {
             .take(CHECK_OUTPUT_LIMIT as u64)
             .read_to_end(&mut out);
         let out = String::from_utf8_lossy(&out);
-        let (what, _) = describe_status(status);
+        let what = ExitText(status);
         let mut why = format!("{} --check {what}", exe.display());
         if !out.trim().is_empty() {
             why.push_str(": ");

@@ -129,3 +129,32 @@ fn status_without_a_control_socket_says_what_to_do() {
     assert_eq!(code, 1);
     assert!(err.contains("is summond running?"), "{err}");
 }
+
+#[test]
+fn last_exit_follows_every_change_of_outcome() {
+    let port = free_port();
+    let dir = TempDir::new("last-exit");
+    let control = dir.path("control.sock");
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &format!(
+                "[daemon]\ncontrol = \"{}\"\n\
+                 [[service]]\nname = \"x\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {}\n",
+                control.display(),
+                sh("read code; exit $code")
+            ),
+            ..Start::default()
+        },
+    );
+    for (n, code) in ["0", "3", "3", "0"].iter().enumerate() {
+        tcp_port_exchange(port, format!("{code}\n").as_bytes());
+        assert!(wait_until(TIMEOUT, || s.log_count("x: pid ") == n + 1));
+        let st = status_json(&control);
+        assert_eq!(
+            st["services"][0]["last_exit"],
+            format!("exited with status {code}"),
+            "after exit {n}"
+        );
+    }
+}
