@@ -61,17 +61,17 @@ impl Signals {
     }
 }
 
-/// Reap every child that has exited: `waitpid(-1, WNOHANG)` until none.
-pub fn reap() -> Vec<WaitStatus> {
-    let mut out = Vec::new();
-    loop {
+/// Reap every child that has exited, one at a time as the caller takes
+/// them: `waitpid(-1, WNOHANG)` until none (nothing collected, nothing
+/// allocated).
+pub fn reap() -> impl Iterator<Item = WaitStatus> {
+    std::iter::from_fn(|| loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) => break,
-            Ok(status) => out.push(status),
+            Ok(WaitStatus::StillAlive) => return None,
+            Ok(status) => return Some(status),
             Err(Errno::EINTR) => continue,
             // ECHILD: no children left.
-            Err(_) => break,
+            Err(_) => return None,
         }
-    }
-    out
+    })
 }
