@@ -367,17 +367,8 @@ impl Spawner {
                 continue;
             }
             let mut old = [0u64; 8];
-            // SAFETY: reading a disposition into a buffer larger than the
-            // kernel's sigaction on every architecture.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    sig,
-                    ptr::null::<u64>(),
-                    old.as_mut_ptr(),
-                    8usize,
-                )
-            };
+            // SAFETY: only reads the disposition into `old`.
+            let rc = unsafe { sigaction(sig, ptr::null(), &mut old) };
             // The handler is the first word; 0 is SIG_DFL, 1 SIG_IGN.
             if rc == 0 && old[0] != 0 {
                 reset.push(sig);
@@ -452,19 +443,10 @@ impl Spawner {
         if unshare_from.is_some() {
             flags |= libc::CLONE_FILES;
         }
-        let all = [!0u64; 1];
-        let mut old = [0u64; 1];
+        let mut old = 0u64;
         if self.block_across_clone {
-            // SAFETY: rt_sigprocmask with 8-byte sets (the kernel's size).
-            unsafe {
-                libc::syscall(
-                    libc::SYS_rt_sigprocmask,
-                    libc::SIG_SETMASK,
-                    all.as_ptr(),
-                    old.as_mut_ptr(),
-                    8usize,
-                )
-            };
+            // SAFETY: a valid mask and a place for the old one.
+            unsafe { set_sigmask(!0, &mut old) };
         }
         // SAFETY: the top of our stack mapping (stacks grow down), aligned.
         let top = unsafe { self.stack.cast::<u8>().add(STACK_SIZE + GUARD_SIZE) };
@@ -479,21 +461,13 @@ impl Spawner {
                 (&child as *const ChildArgs<'_>).cast_mut().cast(),
             )
         };
-        let clone_err = io::Error::last_os_error();
+        let clone_err = (pid < 0).then(io::Error::last_os_error);
         if self.block_across_clone {
-            // SAFETY: as above; restores summond's mask.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_rt_sigprocmask,
-                    libc::SIG_SETMASK,
-                    old.as_ptr(),
-                    ptr::null_mut::<u64>(),
-                    8usize,
-                )
-            };
+            // SAFETY: restores summond's mask.
+            unsafe { set_sigmask(old, ptr::null_mut()) };
         }
-        if pid < 0 {
-            return Err(SpawnError::Fork(clone_err));
+        if let Some(e) = clone_err {
+            return Err(SpawnError::Fork(e));
         }
         // SAFETY: the child wrote it (or not) before exec or exit; read it
         // as memory the compiler did not see change.
@@ -558,19 +532,11 @@ unsafe fn fail(a: &ChildArgs<'_>, stage: Stage) -> ! {
 unsafe fn child_after_clone(a: &ChildArgs<'_>) -> ! {
     // Default dispositions for what summond changed: Rust ignores SIGPIPE
     // and an ignored signal survives execve; legacy filters rely on dying
-    // of SIGPIPE. The raw syscall, because glibc's sigaction() refuses the
-    // two real-time signals it reserves (32, 33). An all-zero kernel
-    // sigaction is SIG_DFL with no flags and an empty mask on every
-    // architecture; the buffer is larger than any of their layouts.
+    // of SIGPIPE. An all-zero kernel sigaction is SIG_DFL with no flags and
+    // an empty mask on every architecture.
     let dfl = [0u64; 8];
     for sig in a.reset {
-        libc::syscall(
-            libc::SYS_rt_sigaction,
-            *sig,
-            dfl.as_ptr(),
-            ptr::null_mut::<u64>(),
-            8usize,
-        );
+        sigaction(*sig, &dfl, ptr::null_mut());
     }
     // A table of our own, copied only below the base: summond's
     // listeners above it are neither copied here nor closed by execve.
@@ -680,16 +646,33 @@ unsafe fn child_after_clone(a: &ChildArgs<'_>) -> ! {
 
     // An empty mask: summond blocks the signals its signalfd reads, and a
     // blocked mask survives execve.
-    let empty = [0u64; 1];
+    set_sigmask(0, ptr::null_mut());
+    libc::execve(a.program, a.argv, a.envp);
+    fail(a, Stage::Exec)
+}
+
+/// The raw rt_sigaction syscall: glibc's sigaction() refuses the two
+/// real-time signals it reserves (32, 33), which can still arrive ignored
+/// from our own parent. `act` and `old` are kernel sigactions; 8 words is
+/// larger than their layout on every architecture. Returns 0 on success.
+///
+/// SAFETY: `act` and `old` are null or point to 8 writable/readable words.
+unsafe fn sigaction(sig: c_int, act: *const [u64; 8], old: *mut [u64; 8]) -> libc::c_long {
+    libc::syscall(libc::SYS_rt_sigaction, sig, act, old, 8usize)
+}
+
+/// The raw rt_sigprocmask syscall (SIG_SETMASK), with the kernel's 64-bit
+/// mask; the old one into `old` unless it is null.
+///
+/// SAFETY: `old` is null or points to a writable u64.
+unsafe fn set_sigmask(mask: u64, old: *mut u64) {
     libc::syscall(
         libc::SYS_rt_sigprocmask,
         libc::SIG_SETMASK,
-        empty.as_ptr(),
-        ptr::null_mut::<u64>(),
+        &mask,
+        old,
         8usize,
     );
-    libc::execve(a.program, a.argv, a.envp);
-    fail(a, Stage::Exec)
 }
 
 /// Write `n` in decimal at `out`, NUL-terminated (at most 21 bytes).

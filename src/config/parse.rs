@@ -956,18 +956,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn positions_inside_multibyte_text_do_not_panic() {
-        let text = "name = \"日本\"";
-        let cx = Checker {
+    fn checker<'a>(text: &'a str, host: &'a Host) -> Checker<'a> {
+        Checker {
             path: Path::new("t"),
             text,
-            host: &host(true),
+            host,
             errors: Vec::new(),
             shared: None,
             line_starts: line_starts(text),
             programs: HashMap::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn positions_inside_multibyte_text_do_not_panic() {
+        let text = "name = \"日本\"";
+        let host = host(true);
+        let cx = checker(text, &host);
         for offset in 0..=text.len() + 3 {
             let (line, col) = cx.line_col(offset);
             assert_eq!(line, 1);
@@ -978,15 +983,8 @@ mod tests {
     #[test]
     fn lines_and_columns_count_from_one_across_lines() {
         let text = "a = 1\n\nb = \"é\"\nc";
-        let cx = Checker {
-            path: Path::new("t"),
-            text,
-            host: &host(true),
-            errors: Vec::new(),
-            shared: None,
-            line_starts: line_starts(text),
-            programs: HashMap::new(),
-        };
+        let host = host(true);
+        let cx = checker(text, &host);
         assert_eq!(cx.line_col(0), (1, 1));
         assert_eq!(cx.line_col(4), (1, 5));
         assert_eq!(cx.line_col(5), (1, 6), "the newline ends line 1");

@@ -149,7 +149,7 @@ impl Server {
         let Some(sock) = self.sockets.get(addr) else {
             return;
         };
-        let idx = sock.service;
+        let (idx, blocking) = (sock.service, sock.blocking);
         if sock.busy.is_some() || !sock.watched {
             return;
         }
@@ -159,13 +159,16 @@ impl Server {
             return;
         }
         let spec = &self.services[idx].spec;
+        let reads_itself = spec.accept || spec.internal.is_some();
+        if reads_itself && blocking {
+            // A pass-mode child had it before a reload moved it here.
+            self.sockets.set_blocking(addr, false);
+        }
         // An internal service's mode follows the socket: connections on a
         // stream socket, datagrams on the other.
         if spec.internal.is_some() && !addr.is_stream() {
-            self.sockets.set_blocking(addr, false);
             self.serve_datagrams(idx, addr);
-        } else if spec.accept || spec.internal.is_some() {
-            self.sockets.set_blocking(addr, false);
+        } else if reads_itself {
             self.retry_pending(now);
             self.accept_connections(idx, addr, now);
         } else if self.service_may_spawn(idx, now) {
@@ -178,6 +181,12 @@ impl Server {
     /// budget for this turn is spent; at a limit the rest wait in the
     /// kernel backlog, unwatched.
     fn accept_connections(&mut self, idx: usize, addr: &ListenAddr, now: Instant) {
+        // A listener bound to one address is the local end of every
+        // connection it accepts.
+        let listening = match addr {
+            ListenAddr::Tcp(sa) => Some(*sa),
+            _ => None,
+        };
         for _ in 0..ACCEPT_BUDGET {
             if !self.gate_is_open(now) {
                 self.park(addr);
@@ -191,10 +200,6 @@ impl Server {
             };
             match sock.listener.socket.accept() {
                 Ok((conn, from)) => {
-                    let listening = match addr {
-                        ListenAddr::Tcp(sa) => Some(*sa),
-                        _ => None,
-                    };
                     let peer = Peer::of(&conn, &from, listening);
                     self.start_connection(idx, addr, conn, peer, now, false);
                 }

@@ -66,18 +66,7 @@ impl InternalConn {
         peer: Peer,
         now: SystemTime,
     ) -> InternalConn {
-        let mut conn = InternalConn {
-            kind,
-            socket,
-            service,
-            source,
-            peer,
-            buf: Box::new([0; BUF]),
-            start: 0,
-            end: 0,
-            line: 0,
-            one_shot: false,
-        };
+        let mut conn = InternalConn::resumed(kind, socket, service, source, peer, (&[], 0, false));
         if matches!(kind, Internal::Daytime | Internal::Time) {
             conn.end = one_shot_answer(kind, now, &mut conn.buf[..]);
             conn.one_shot = true;

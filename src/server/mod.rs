@@ -946,22 +946,8 @@ impl Server {
         let mut opened: Vec<(Listener, usize)> = Vec::new();
         for (addr, idx) in &plan.open {
             let spec = &new.services[*idx];
-            let made = match self.handed.remove(addr) {
-                Some(socket) => {
-                    if !self.opts.resumed {
-                        info!("{}: {addr} adopted from the service manager", spec.name);
-                    }
-                    listener::adopt(addr.clone(), socket)
-                }
-                None => listener::open(addr, spec.socket),
-            };
-            match made {
-                Ok(mut listener) => {
-                    if let Some(base) = self.opts.fd_base {
-                        listener.lift(base);
-                    }
-                    opened.push((listener, *idx))
-                }
+            match self.adopt_or_open(addr, spec.socket, &spec.name) {
+                Ok(listener) => opened.push((listener, *idx)),
                 Err(err) => {
                     // `opened` drops: its files are removed.
                     return Err(ServerError::Bind {
@@ -975,7 +961,7 @@ impl Server {
 
         let new_metrics = match &new.daemon.metrics {
             Some(addr) if self.metrics.as_ref().map(|m| &m.addr) != Some(addr) => {
-                match self.adopt_or_open(addr, ListenOptions::default()) {
+                match self.adopt_or_open(addr, ListenOptions::default(), "metrics") {
                     Ok(l) => Some(Some(l)),
                     Err(err) => return Err(ServerError::Metrics(addr.clone(), err)),
                 }
@@ -992,7 +978,7 @@ impl Server {
                     socket_mode: Some(CONTROL_SOCKET_MODE),
                     ..ListenOptions::default()
                 };
-                match self.adopt_or_open(&addr, opts) {
+                match self.adopt_or_open(&addr, opts, "control socket") {
                     Ok(l) => Some(Some(l)),
                     Err(err) => return Err(ServerError::Control(path.clone(), err)),
                 }
@@ -1136,14 +1122,23 @@ impl Server {
         Ok(())
     }
 
-    /// A socket for `addr`: the one handed over for it, if any, or a new one.
+    /// A socket for `addr` (of `owner`: a service, the control socket,
+    /// metrics): the one handed over for it, if any, or a new one; either
+    /// way kept at the fd base.
     fn adopt_or_open(
         &mut self,
         addr: &ListenAddr,
         opts: ListenOptions,
+        owner: &str,
     ) -> Result<Listener, ListenError> {
         let mut made = match self.handed.remove(addr) {
-            Some(socket) => listener::adopt(addr.clone(), socket),
+            Some(socket) => {
+                // From the previous image of an upgrade it is no news.
+                if !self.opts.resumed {
+                    info!("{owner}: {addr} adopted from the service manager");
+                }
+                listener::adopt(addr.clone(), socket)
+            }
             None => listener::open(addr, opts),
         }?;
         if let Some(base) = self.opts.fd_base {

@@ -7,6 +7,7 @@
 //! new one could not start) rebuilds the same server from that state in
 //! `resume`, so no socket is ever closed and every child is still reaped.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -213,7 +214,7 @@ impl Server {
 
     /// Everything the next image needs to serve on as this one does.
     fn handover_state(&self) -> State {
-        let mut listeners: Vec<ListenerState> = self
+        let listeners: Vec<ListenerState> = self
             .sockets
             .iter()
             .map(|s| &s.listener)
@@ -225,7 +226,6 @@ impl Server {
                 file: l.created_file(),
             })
             .collect();
-        listeners.sort_by_key(|l| l.fd);
         let now = Instant::now();
         let children = self
             .children
@@ -320,12 +320,15 @@ impl Server {
                 self.claim_file(&addr, file);
             }
         }
-        let by_name = |s: &Server, name: &str| {
-            s.services
-                .iter()
-                .find(|svc| svc.spec.name == name)
-                .map(|svc| svc.id)
-        };
+        // Services by name, once: children, connections and counters name
+        // theirs (10,000 of each would otherwise be searched one by one).
+        let index: HashMap<String, usize> = self
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, svc)| (svc.spec.name.clone(), i))
+            .collect();
+        let by_name = |s: &Server, name: &str| index.get(name).map(|i| s.services[*i].id);
         let children = state.children.len();
         for c in state.children {
             let pid = Pid::from_raw(c.pid);
@@ -391,8 +394,8 @@ impl Server {
             self.resume_internal(conn);
         }
         for (name, stats) in state.stats {
-            if let Some(svc) = self.services.iter_mut().find(|s| s.spec.name == name) {
-                svc.stats = stats;
+            if let Some(i) = index.get(&name) {
+                self.services[*i].stats = stats;
             }
         }
         if state.exe.is_some() {

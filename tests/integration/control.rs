@@ -17,12 +17,12 @@ fn status_reports_what_each_service_did() {
         dir,
         Start {
             config: &format!(
-                "[daemon]\ncontrol = \"{}\"\n\
+                "{}\
                  [[service]]\nname = \"echo\"\nlisten = \"tcp://127.0.0.1:{pe}\"\nexec = [\"cat\"]\n\
                  [[service]]\nname = \"denied\"\nlisten = \"tcp://127.0.0.1:{pd}\"\nexec = [\"cat\"]\ndeny = [\"127.0.0.0/8\"]\n\
                  [[service]]\nname = \"broken\"\nlisten = \"tcp://127.0.0.1:{pf}\"\nexec = [{}]\n\
                  [[service]]\nname = \"held\"\nlisten = \"tcp://127.0.0.1:{ph}\"\nexec = {}\n",
-                control.display(),
+                daemon_control(&control),
                 toml_str(gone.to_str().unwrap()),
                 sh("echo in; read x")
             ),
@@ -139,9 +139,8 @@ fn last_exit_follows_every_change_of_outcome() {
         dir,
         Start {
             config: &format!(
-                "[daemon]\ncontrol = \"{}\"\n\
-                 [[service]]\nname = \"x\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {}\n",
-                control.display(),
+                "{}[[service]]\nname = \"x\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {}\n",
+                daemon_control(&control),
                 sh("read code; exit $code")
             ),
             ..Start::default()

@@ -20,6 +20,21 @@ fn run_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     )
 }
 
+/// Process `pid`'s parent, process group and session, from /proc.
+fn parent_group_session(pid: i32) -> (i32, i32, i32) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<i32> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .skip(1)
+        .take(4)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    (f[0], f[1], f[2])
+}
+
 /// A summond started with `-d`, its config, pidfile and a syslog socket
 /// of the test's own in a fresh directory.
 struct Daemon {
@@ -76,6 +91,16 @@ impl Daemon {
         )
     }
 
+    /// A second instance with `args` refuses, naming `pid`.
+    fn assert_second_refused(&self, args: &[&str], pid: i32) {
+        let (code, err) = self.run(args);
+        assert_eq!(code, 1);
+        assert!(
+            err.contains(&format!("already running as pid {pid}")),
+            "{err}"
+        );
+    }
+
     fn pid(&self) -> i32 {
         std::fs::read_to_string(&self.pidfile)
             .unwrap()
@@ -97,17 +122,7 @@ fn daemon_mode_detaches_holds_its_pidfile_logs_to_syslog_and_cleans_up() {
     let _reaper = KillOnDrop(pid);
     assert_eq!(tcp_port_exchange(port, b"daemon\n"), "daemon\n");
 
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let f: Vec<i32> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .skip(1)
-        .take(4)
-        .map(|x| x.parse().unwrap())
-        .collect();
-    let (ppid, pgrp, session) = (f[0], f[1], f[2]);
+    let (ppid, pgrp, session) = parent_group_session(pid);
     assert_ne!(ppid, std::process::id() as i32, "detached from us");
     assert_ne!(session, pid, "not a session leader (second fork)");
     assert_eq!(pgrp, session, "in the session setsid made");
@@ -135,12 +150,7 @@ fn daemon_mode_detaches_holds_its_pidfile_logs_to_syslog_and_cleans_up() {
     );
 
     // a second instance refuses, naming the first
-    let (code, err) = d.run(&args);
-    assert_eq!(code, 1);
-    assert!(
-        err.contains(&format!("already running as pid {pid}")),
-        "{err}"
-    );
+    d.assert_second_refused(&args, pid);
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
@@ -277,17 +287,7 @@ fn a_daemon_upgraded_in_place_stays_detached_and_keeps_its_pidfile() {
     assert_eq!(code, 0, "{err}");
     let pid = d.pid();
     let _reaper = KillOnDrop(pid);
-    let session = |pid: i32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap()
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .nth(3)
-            .unwrap()
-            .to_string()
-    };
+    let session = |pid| parent_group_session(pid).2;
     let before = session(pid);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
@@ -311,12 +311,7 @@ fn a_daemon_upgraded_in_place_stays_detached_and_keeps_its_pidfile() {
     assert_eq!(d.pid(), pid);
     assert_eq!(session(pid), before);
     assert_eq!(tcp_port_exchange(d.port, b"after\n"), "after\n");
-    let (code, err) = d.run(&args);
-    assert_eq!(code, 1);
-    assert!(
-        err.contains(&format!("already running as pid {pid}")),
-        "{err}"
-    );
+    d.assert_second_refused(&args, pid);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGTERM,

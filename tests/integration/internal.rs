@@ -118,10 +118,7 @@ fn udp_answers_are_one_bounded_datagram_and_other_internal_ports_are_never_answe
 /// cost. Code pages are left out: summond drops the ones only startup
 /// used, and serving maps some of them again.
 fn rss_kb(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    field(&status.replace(":\t", "=").replace(' ', ""), "RssAnon")
-        .and_then(|v| v.trim_end_matches("kB").parse().ok())
-        .unwrap()
+    proc_status_kb(pid, "RssAnon")
 }
 
 #[test]

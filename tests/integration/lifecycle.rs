@@ -324,12 +324,7 @@ fn journal_stream_on_stderr_gives_priority_prefixes_and_no_timestamps() {
 
 /// summond's resident file pages (its code and libc's), in kB.
 fn rss_file_kb(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssFile:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    proc_status_kb(pid, "RssFile")
 }
 
 #[test]

@@ -37,6 +37,31 @@ fn install_script(dir: &Path, check: &str, otherwise: &str) {
     install(&dir.join("summond"), script.as_bytes());
 }
 
+/// summond in `dir`, run from a fresh copy of the binary there, with a
+/// control socket there; `services` is the config after `[daemon]`.
+/// Returns it with the binary's path and the control socket's.
+fn start_upgradable(dir: TempDir, services: &str, opts: Start<'_>) -> (Summond, PathBuf, PathBuf) {
+    let bin = install_real(&dir.0);
+    let control = dir.path("control.sock");
+    let config = format!("{}{services}", daemon_control(&control));
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &config,
+            binary: Some(&bin),
+            ..opts
+        },
+    );
+    (s, bin, control)
+}
+
+/// A service answering `word` on a TCP port.
+fn echo_service(name: &str, port: u16, word: &str) -> String {
+    format!(
+        "[[service]]\nname = \"{name}\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"/bin/echo\", \"{word}\"]\n"
+    )
+}
+
 fn upgrade(control: &Path) -> (i32, String, String) {
     run_to_exit(&["upgrade", "--control", control.to_str().unwrap()])
 }
@@ -130,26 +155,19 @@ impl Stream {
 #[test]
 fn two_upgrades_under_a_steady_stream_refuse_and_reset_no_client() {
     let port = free_port();
-    let dir = TempDir::new("upgrade-stream");
-    let bin = install_real(&dir.0);
-    let control = dir.path("control.sock");
-    let unix = dir.path("hello.sock");
-    let mut s = Summond::start_in(
-        dir,
+    let (mut s, _, control) = start_upgradable(
+        TempDir::new("upgrade-stream"),
+        &format!(
+            "[[service]]\nname = \"hello\"\nlisten = [\"tcp://127.0.0.1:{port}\", \"unix://{{dir}}/hello.sock\"]\n\
+             exec = [\"/bin/echo\", \"hi\"]\n"
+        ),
         Start {
-            config: &format!(
-                "[daemon]\ncontrol = \"{}\"\n\
-                 [[service]]\nname = \"hello\"\nlisten = [\"tcp://127.0.0.1:{port}\", \"unix://{}\"]\n\
-                 exec = [\"/bin/echo\", \"hi\"]\n",
-                control.display(),
-                unix.display()
-            ),
             // Per-connection lines would make this test about the log.
             args: &["--log-level", "info"],
-            binary: Some(&bin),
             ..Start::default()
         },
     );
+    let unix = s.dir.path("hello.sock");
     let inode = listening_inode(port).unwrap();
     let unix_inode = std::fs::metadata(&unix).unwrap();
     let stream = Stream::start(port, 4, &unix);
@@ -202,22 +220,14 @@ fn two_upgrades_under_a_steady_stream_refuse_and_reset_no_client() {
 #[test]
 fn children_and_connections_from_before_an_upgrade_finish_after_it() {
     let (pw, pe) = (free_port(), free_port());
-    let dir = TempDir::new("upgrade-children");
-    let bin = install_real(&dir.0);
-    let control = dir.path("control.sock");
-    let s = Summond::start_in(
-        dir,
-        Start {
-            config: &format!(
-                "[daemon]\ncontrol = \"{}\"\n\
-                 [[service]]\nname = \"wait\"\nlisten = \"tcp://127.0.0.1:{pw}\"\nexec = {}\n\
-                 [[service]]\nname = \"echo\"\nlisten = \"tcp://127.0.0.1:{pe}\"\nexec = [\"internal:echo\"]\n",
-                control.display(),
-                sh("read l; echo \"got $l\"")
-            ),
-            binary: Some(&bin),
-            ..Start::default()
-        },
+    let (s, _, control) = start_upgradable(
+        TempDir::new("upgrade-children"),
+        &format!(
+            "[[service]]\nname = \"wait\"\nlisten = \"tcp://127.0.0.1:{pw}\"\nexec = {}\n\
+             [[service]]\nname = \"echo\"\nlisten = \"tcp://127.0.0.1:{pe}\"\nexec = [\"internal:echo\"]\n",
+            sh("read l; echo \"got $l\"")
+        ),
+        Start::default(),
     );
     let waiting = connect_tcp(([127, 0, 0, 1], pw).into());
     let mut echo = connect_tcp(([127, 0, 0, 1], pe).into());
@@ -267,20 +277,10 @@ fn children_and_connections_from_before_an_upgrade_finish_after_it() {
 #[test]
 fn a_binary_that_fails_its_check_is_never_executed() {
     let port = free_port();
-    let dir = TempDir::new("upgrade-broken");
-    let bin = install_real(&dir.0);
-    let control = dir.path("control.sock");
-    let s = Summond::start_in(
-        dir,
-        Start {
-            config: &format!(
-                "[daemon]\ncontrol = \"{}\"\n\
-                 [[service]]\nname = \"hello\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"/bin/echo\", \"hi\"]\n",
-                control.display()
-            ),
-            binary: Some(&bin),
-            ..Start::default()
-        },
+    let (s, bin, control) = start_upgradable(
+        TempDir::new("upgrade-broken"),
+        &echo_service("hello", port, "hi"),
+        Start::default(),
     );
     install(
         &bin,
@@ -306,24 +306,19 @@ fn a_binary_that_fails_its_check_is_never_executed() {
 fn a_binary_that_cannot_start_hands_everything_back_to_the_old_one() {
     let port = free_port();
     let dir = TempDir::new("upgrade-goback");
-    let bin = install_real(&dir.0);
-    let control = dir.path("control.sock");
     let pidfile = dir.path("summond.pid");
-    let dir_path = dir.0.clone();
-    let s = Summond::start_in(
+    let (s, _, control) = start_upgradable(
         dir,
+        &format!(
+            "[[service]]\nname = \"wait\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {}\n",
+            sh("echo hi; read l; echo \"got $l\"")
+        ),
         Start {
-            config: &format!(
-                "[daemon]\ncontrol = \"{}\"\n\
-                 [[service]]\nname = \"wait\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {}\n",
-                control.display(),
-                sh("echo hi; read l; echo \"got $l\"")
-            ),
             args: &["--pidfile", pidfile.to_str().unwrap()],
-            binary: Some(&bin),
             ..Start::default()
         },
     );
+    let dir_path = s.dir.0.clone();
     let inode = listening_inode(port).unwrap();
     let held = connect_tcp(([127, 0, 0, 1], port).into());
     assert_eq!(read_line(&held), "hi\n");
@@ -378,23 +373,13 @@ fn a_binary_that_cannot_start_hands_everything_back_to_the_old_one() {
 #[test]
 fn the_old_binary_comes_back_with_the_config_it_ran_when_the_new_config_cannot_be_served() {
     let (pa, pb) = (free_port(), free_port());
-    let dir = TempDir::new("upgrade-config");
-    let bin = install_real(&dir.0);
-    let control = dir.path("control.sock");
-    let service = |name: &str, port: u16| {
-        format!(
-            "[[service]]\nname = \"{name}\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"/bin/echo\", \"{name}\"]\n"
-        )
-    };
-    let daemon = format!("[daemon]\ncontrol = \"{}\"\n", control.display());
-    let s = Summond::start_in(
-        dir,
-        Start {
-            config: &format!("{daemon}{}", service("a", pa)),
-            binary: Some(&bin),
-            ..Start::default()
-        },
+    let service = |name: &str, port: u16| echo_service(name, port, name);
+    let (s, _, control) = start_upgradable(
+        TempDir::new("upgrade-config"),
+        &service("a", pa),
+        Start::default(),
     );
+    let daemon = daemon_control(&control);
     // The edited file passes --check (which binds nothing), but its new
     // address is taken: the new image cannot bind it, and neither could
     // the old one if it read the file again.
@@ -417,22 +402,12 @@ fn the_old_binary_comes_back_with_the_config_it_ran_when_the_new_config_cannot_b
 #[test]
 fn an_upgrade_while_another_runs_is_refused() {
     let port = free_port();
-    let dir = TempDir::new("upgrade-twice");
-    let bin = install_real(&dir.0);
-    let control = dir.path("control.sock");
-    let dir_path = dir.0.clone();
-    let s = Summond::start_in(
-        dir,
-        Start {
-            config: &format!(
-                "[daemon]\ncontrol = \"{}\"\n\
-                 [[service]]\nname = \"hello\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"/bin/echo\", \"hi\"]\n",
-                control.display()
-            ),
-            binary: Some(&bin),
-            ..Start::default()
-        },
+    let (s, _, control) = start_upgradable(
+        TempDir::new("upgrade-twice"),
+        &echo_service("hello", port, "hi"),
+        Start::default(),
     );
+    let dir_path = s.dir.0.clone();
     // A slow check keeps the first upgrade running.
     install_script(&dir_path, "sleep 1.5", &format!("exec {BIN} \"$@\""));
     let mut first = std::process::Command::new(BIN)
@@ -492,8 +467,6 @@ fn under_systemd_an_upgrade_is_reloading_then_ready_from_the_same_pid() {
     use std::os::unix::net::UnixDatagram;
     let port = free_port();
     let dir = TempDir::new("upgrade-notify");
-    let bin = install_real(&dir.0);
-    let control = dir.path("control.sock");
     let notify = dir.path("notify.sock");
     let sock = UnixDatagram::bind(&notify).unwrap();
     sock.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -502,17 +475,14 @@ fn under_systemd_an_upgrade_is_reloading_then_ready_from_the_same_pid() {
         let n = sock.recv(&mut buf).expect("a notify message");
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
-    let s = Summond::start_in(
+    let (s, _, control) = start_upgradable(
         dir,
+        &format!(
+            "[[service]]\nname = \"hello\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {}\n",
+            sh("echo ${NOTIFY_SOCKET:-unset}")
+        ),
         Start {
-            config: &format!(
-                "[daemon]\ncontrol = \"{}\"\n\
-                 [[service]]\nname = \"hello\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {}\n",
-                control.display(),
-                sh("echo ${NOTIFY_SOCKET:-unset}")
-            ),
             env: &[("NOTIFY_SOCKET", notify.to_str().unwrap())],
-            binary: Some(&bin),
             ..Start::default()
         },
     );

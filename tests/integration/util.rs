@@ -642,6 +642,21 @@ pub fn connect_from(from: [u8; 4], port: u16) -> TcpStream {
     s
 }
 
+/// A `kB` field of /proc/PID/status (`VmRSS`, `RssAnon`, `RssFile`…).
+pub fn proc_status_kb(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// A config's `[daemon]` table naming `control` as the control socket.
+pub fn daemon_control(control: &Path) -> String {
+    format!("[daemon]\ncontrol = \"{}\"\n", control.display())
+}
+
 /// `summond status --json` through the control socket at `control`.
 pub fn status_json(control: &Path) -> serde_json::Value {
     let (code, out, err) =
