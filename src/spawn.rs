@@ -17,7 +17,7 @@
 //! Nothing in the child allocates, locks, logs or touches Rust I/O; it
 //! runs on memory the parent prepared and the parent is suspended.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
 use std::io;
@@ -194,7 +194,7 @@ type EnvKey = (bool, Vec<String>, Vec<(String, String)>);
 /// each distinct (clear_env, passenv, env): most services share one.
 pub struct EnvPool<'a> {
     inherited: &'a [(OsString, OsString)],
-    built: HashMap<EnvKey, Rc<[CString]>>,
+    built: FxHashMap<EnvKey, Rc<[CString]>>,
 }
 
 impl<'a> EnvPool<'a> {
@@ -202,7 +202,7 @@ impl<'a> EnvPool<'a> {
     pub fn new(inherited: &'a [(OsString, OsString)]) -> EnvPool<'a> {
         EnvPool {
             inherited,
-            built: HashMap::new(),
+            built: FxHashMap::default(),
         }
     }
 

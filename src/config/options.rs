@@ -6,9 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use toml::de::{DeTable, DeValue};
+use toml::de::DeValue;
 
-use super::parse::{Checker, Value};
+use super::parse::{Checker, Field, Table, Value};
 use super::units;
 use super::{ErrorKind, ListenSpec, Rlimit, RlimitKind, Sandbox, SourcePrefix};
 use crate::addr::ListenAddr;
@@ -56,7 +56,7 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ErrorKind {
 impl Checker<'_> {
     pub(super) fn options(
         &mut self,
-        t: &DeTable<'_>,
+        t: &Table<'_, '_>,
         listen: &[ListenSpec],
         accept: bool,
         internal: bool,
@@ -73,7 +73,7 @@ impl Checker<'_> {
         let rate = self.parsed(t, "rate", units::rate);
         let per_source_rate = self.parsed(t, "per_source_rate", units::rate);
         let per_source_prefix = t
-            .get("per_source_prefix")
+            .field("per_source_prefix")
             .and_then(|v| self.prefix(v))
             .unwrap_or_default();
         let banner = self.banner(t, "banner");
@@ -93,14 +93,14 @@ impl Checker<'_> {
                 ]
             };
             for &key in keys {
-                if let Some(v) = t.get(key) {
+                if let Some(v) = t.field(key) {
                     self.at(v.span(), ErrorKind::NeedsAccept { key });
                 }
             }
         }
         if internal {
             for key in ["banner", "banner_fail", "max_runtime"] {
-                if let (Some(v), true) = (t.get(key), shape.accept) {
+                if let (Some(v), true) = (t.field(key), shape.accept) {
                     self.at(
                         v.span(),
                         invalid(
@@ -128,8 +128,8 @@ impl Checker<'_> {
     }
 
     /// A boolean key, `default` when absent (a wrong type is reported).
-    fn flag(&mut self, t: &DeTable<'_>, key: &'static str, default: bool) -> bool {
-        t.get(key)
+    fn flag(&mut self, t: &Table<'_, '_>, key: &'static str, default: bool) -> bool {
+        t.field(key)
             .and_then(|v| self.boolean(key, v))
             .unwrap_or(default)
     }
@@ -137,11 +137,11 @@ impl Checker<'_> {
     /// A string key read by `parse`, its error reported at the value.
     fn parsed<T>(
         &mut self,
-        t: &DeTable<'_>,
+        t: &Table<'_, '_>,
         key: &'static str,
         parse: impl Fn(&str) -> Result<T, String>,
     ) -> Option<T> {
-        let v = t.get(key)?;
+        let v = t.field(key)?;
         let s = self.string(key, v)?;
         match parse(s) {
             Ok(x) => Some(x),
@@ -152,8 +152,8 @@ impl Checker<'_> {
         }
     }
 
-    fn passenv(&mut self, t: &DeTable<'_>, clear_env: bool) -> Vec<String> {
-        let Some(v) = t.get("passenv") else {
+    fn passenv(&mut self, t: &Table<'_, '_>, clear_env: bool) -> Vec<String> {
+        let Some(v) = t.field("passenv") else {
             return Vec::new();
         };
         if !clear_env {
@@ -232,16 +232,16 @@ impl Checker<'_> {
         None
     }
 
-    fn sandbox(&mut self, t: &DeTable<'_>) -> Sandbox {
+    fn sandbox(&mut self, t: &Table<'_, '_>) -> Sandbox {
         let mut sb = Sandbox::default();
-        if let Some(v) = t.get("chroot") {
+        if let Some(v) = t.field("chroot") {
             if !self.host.is_root {
                 self.at(v.span(), ErrorKind::NotRoot { key: "chroot" });
             } else {
                 sb.chroot = self.directory("chroot", v, None, false);
             }
         }
-        if let Some(v) = t.get("working_directory") {
+        if let Some(v) = t.field("working_directory") {
             let root = sb.chroot.clone();
             if let Some(dir) = self.directory("working_directory", v, root.as_deref(), true) {
                 sb.working_directory = dir;
@@ -250,7 +250,7 @@ impl Checker<'_> {
         sb.umask = self.parsed(t, "umask", |s| {
             units::octal(s, 0o777).ok_or(format!("\"{s}\" is not an octal mask like \"0022\""))
         });
-        sb.nice = t.get("nice").and_then(|v| {
+        sb.nice = t.field("nice").and_then(|v| {
             let n = self.integer("nice", v)?;
             if (-20..=19).contains(&n) {
                 Some(n as i32)
@@ -259,10 +259,10 @@ impl Checker<'_> {
                 None
             }
         });
-        if let Some(v) = t.get("rlimits") {
+        if let Some(v) = t.field("rlimits") {
             sb.rlimits = self.rlimits(v);
         }
-        if let Some(v) = t.get("no_new_privs") {
+        if let Some(v) = t.field("no_new_privs") {
             if let Some(b) = self.boolean("no_new_privs", v) {
                 sb.no_new_privs = b;
             }
@@ -364,7 +364,7 @@ impl Checker<'_> {
         self.check_keys(t, "`per_source_prefix`", &["v4", "v6"]);
         let mut p = SourcePrefix::default();
         for (family, max) in [("v4", 32i64), ("v6", 128)] {
-            let Some(n) = t.get(family) else { continue };
+            let Some(n) = t.field(family) else { continue };
             let Some(bits) = self.integer("per_source_prefix", n) else {
                 continue;
             };
@@ -387,8 +387,8 @@ impl Checker<'_> {
         Some(p)
     }
 
-    fn banner(&mut self, t: &DeTable<'_>, key: &'static str) -> Option<String> {
-        let v = t.get(key)?;
+    fn banner(&mut self, t: &Table<'_, '_>, key: &'static str) -> Option<String> {
+        let v = t.field(key)?;
         let s = self.string(key, v)?;
         if s.len() > MAX_BANNER {
             self.at(
@@ -400,7 +400,7 @@ impl Checker<'_> {
         Some(s.to_string())
     }
 
-    fn socket_options(&mut self, t: &DeTable<'_>, shape: &Shape<'_>) -> ListenOptions {
+    fn socket_options(&mut self, t: &Table<'_, '_>, shape: &Shape<'_>) -> ListenOptions {
         let mut o = ListenOptions::default();
         // (key, applies, what it needs)
         let needs: [(&'static str, bool, &str); 9] = [
@@ -431,7 +431,7 @@ impl Checker<'_> {
             ("nodelay", shape.any(is_tcp), "TCP addresses"),
         ];
         for (key, applies, what) in needs {
-            if let (Some(v), false) = (t.get(key), applies) {
+            if let (Some(v), false) = (t.field(key), applies) {
                 self.at(
                     v.span(),
                     invalid(
@@ -446,12 +446,12 @@ impl Checker<'_> {
                 .ok_or(format!("\"{s}\" is not an octal file mode like \"0660\""))
         });
         o.owner = t
-            .get("socket_user")
+            .field("socket_user")
             .and_then(|v| self.socket_owner("socket_user", v));
         o.group = t
-            .get("socket_group")
+            .field("socket_group")
             .and_then(|v| self.socket_owner("socket_group", v));
-        o.backlog = t.get("backlog").and_then(|v| {
+        o.backlog = t.field("backlog").and_then(|v| {
             let n = self.positive("backlog", v)?;
             i32::try_from(n).ok().or_else(|| {
                 self.at(

@@ -5,7 +5,7 @@
 //! service removed and re-added while old children run starts from zero.
 //! Knows nothing of sockets, polling or logging.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -60,9 +60,9 @@ struct Counts {
 
 #[derive(Default)]
 pub(super) struct ChildTable {
-    children: HashMap<Pid, Child>,
+    children: FxHashMap<Pid, Child>,
     /// Only services with children have an entry.
-    counts: HashMap<ServiceId, Counts>,
+    counts: FxHashMap<ServiceId, Counts>,
 }
 
 impl ChildTable {
@@ -119,8 +119,8 @@ impl ChildTable {
         if !cfg!(debug_assertions) {
             return;
         }
-        let mut active: HashMap<ServiceId, u32> = HashMap::new();
-        let mut sources: HashMap<(ServiceId, SourceKey), u32> = HashMap::new();
+        let mut active: FxHashMap<ServiceId, u32> = FxHashMap::default();
+        let mut sources: FxHashMap<(ServiceId, SourceKey), u32> = FxHashMap::default();
         for c in self.children.values() {
             *active.entry(c.service).or_default() += 1;
             if let Some(k) = c.source {

@@ -306,7 +306,7 @@ mod tests {
 
 // ---- the loop's side ----------------------------------------------------
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
@@ -325,8 +325,8 @@ const DATAGRAM_BUDGET: usize = 64;
 /// Open internal TCP connections and what they count toward.
 #[derive(Default)]
 pub(super) struct InternalConns {
-    conns: HashMap<Token, InternalConn>,
-    active: HashMap<ServiceId, u32>,
+    conns: FxHashMap<Token, InternalConn>,
+    active: FxHashMap<ServiceId, u32>,
     per_source: Counter<(ServiceId, SourceKey)>,
     /// Connections whose budget ran out last turn.
     ready: Vec<Token>,

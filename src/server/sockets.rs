@@ -5,7 +5,8 @@
 //! open addresses and the new config (keep, open, close). Makes no
 //! decision about limits and never logs.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsRawFd;
 
@@ -39,7 +40,7 @@ pub(super) struct OpenSocket {
 
 #[derive(Default)]
 pub(super) struct SocketTable {
-    sockets: HashMap<ListenAddr, OpenSocket>,
+    sockets: FxHashMap<ListenAddr, OpenSocket>,
     parked: Vec<ListenAddr>,
     ready: VecDeque<ListenAddr>,
 }
@@ -170,8 +171,8 @@ impl SocketTable {
 
     /// Give sockets back after a pass-mode child (`owner`: only those it
     /// still holds). Returns the services that own them now.
-    pub fn release(&mut self, addrs: &[ListenAddr], owner: Option<Pid>) -> HashSet<usize> {
-        let mut services = HashSet::new();
+    pub fn release(&mut self, addrs: &[ListenAddr], owner: Option<Pid>) -> FxHashSet<usize> {
+        let mut services = FxHashSet::default();
         for a in addrs {
             if let Some(sock) = self.sockets.get_mut(a) {
                 if owner.is_none() || sock.busy == owner {
@@ -195,7 +196,7 @@ impl SocketTable {
     }
 
     /// Point each kept socket at the service that owns its address now.
-    pub fn reassign(&mut self, owners: &HashMap<ListenAddr, usize>) {
+    pub fn reassign(&mut self, owners: &FxHashMap<ListenAddr, usize>) {
         for (addr, sock) in self.sockets.iter_mut() {
             if let Some(idx) = owners.get(addr) {
                 sock.service = *idx;
@@ -218,7 +219,7 @@ pub(super) struct SocketPlan {
     /// Addresses to bind, with the index of the service that wants them.
     pub open: Vec<(ListenAddr, usize)>,
     /// Every address of the new config (not disabled) → its service.
-    pub owners: HashMap<ListenAddr, usize>,
+    pub owners: FxHashMap<ListenAddr, usize>,
     /// Open addresses no service wants any more.
     pub close: Vec<ListenAddr>,
 }
@@ -227,9 +228,9 @@ pub(super) struct SocketPlan {
 /// to another service), close what is gone. A disabled service listens
 /// on nothing.
 pub(super) fn plan<'a>(open_now: impl Iterator<Item = &'a ListenAddr>, new: &Config) -> SocketPlan {
-    let mut owners = HashMap::new();
+    let mut owners = FxHashMap::default();
     let mut open = Vec::new();
-    let open_now: HashSet<&ListenAddr> = open_now.collect();
+    let open_now: FxHashSet<&ListenAddr> = open_now.collect();
     for (idx, spec) in new.services.iter().enumerate() {
         if spec.disabled {
             continue;

@@ -7,7 +7,7 @@
 //! new one could not start) rebuilds the same server from that state in
 //! `resume`, so no socket is ever closed and every child is still reaped.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -322,7 +322,7 @@ impl Server {
         }
         // Services by name, once: children, connections and counters name
         // theirs (10,000 of each would otherwise be searched one by one).
-        let index: HashMap<String, usize> = self
+        let index: FxHashMap<String, usize> = self
             .services
             .iter()
             .enumerate()
