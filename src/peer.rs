@@ -140,9 +140,9 @@ impl Peer {
                 }
             }
             Peer::Unix { pid, uid, gid } => {
-                env.push("REMOTE_UID", uid);
-                env.push("REMOTE_GID", gid);
-                env.push("REMOTE_PID", pid);
+                env.push("REMOTE_UID", *uid);
+                env.push("REMOTE_GID", *gid);
+                env.push("REMOTE_PID", *pid);
             }
             Peer::Unknown => {}
         }
