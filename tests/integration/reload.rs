@@ -103,6 +103,25 @@ fn reload_adds_removes_and_changes_services_and_leaves_running_children_alone() 
          [[service]]\nname = \"c\"\nlisten = \"tcp://127.0.0.1:{pc}\"\nexec = [\"cat\"]\n",
         sh("echo v2 $GREETING")
     )));
+    // The line says where a slow reload's time went, in whole ms.
+    let log = s.log_text();
+    let done = log
+        .lines()
+        .find(|l| l.contains("reload done: 2 services (config read and checked in "))
+        .unwrap_or_else(|| panic!("no timed reload line:\n{log}"));
+    let times: Vec<u64> = done
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .iter()
+        .rev()
+        .take(2)
+        .map(|w| w.parse().unwrap())
+        .collect();
+    assert!(
+        done.ends_with(" ms)") && done.contains(" ms, applied in ") && times.len() == 2,
+        "{done}"
+    );
     assert_eq!(
         tcp_port_exchange(pa, b""),
         "v2 hello\n",
