@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use toml::de::DeValue;
 
-use super::parse::{Checker, Field, Table, Value};
+use super::parse::{Checker, Table, Value};
 use super::units;
 use super::{ErrorKind, ListenSpec, Rlimit, RlimitKind, Sandbox, SourcePrefix};
 use crate::addr::ListenAddr;
@@ -364,7 +364,7 @@ impl Checker<'_> {
         self.check_keys(t, "`per_source_prefix`", &["v4", "v6"]);
         let mut p = SourcePrefix::default();
         for (family, max) in [("v4", 32i64), ("v6", 128)] {
-            let Some(n) = t.field(family) else { continue };
+            let Some(n) = t.get(family) else { continue };
             let Some(bits) = self.integer("per_source_prefix", n) else {
                 continue;
             };

@@ -53,17 +53,6 @@ pub(super) fn check(
 
 pub(super) type Value<'i> = Spanned<DeValue<'i>>;
 
-/// A key of a table.
-pub(super) trait Field<'i> {
-    fn field(&self, key: &str) -> Option<&Value<'i>>;
-}
-
-impl<'i> Field<'i> for DeTable<'i> {
-    fn field(&self, key: &str) -> Option<&Value<'i>> {
-        self.get(key)
-    }
-}
-
 /// A `[[service]]` table's entries, gathered once. A service has a handful
 /// of keys and is asked for each of about 40; a scan of a flat list that
 /// compares lengths first beats the map's ordered search (which compares
@@ -81,8 +70,8 @@ impl<'t, 'i> Table<'t, 'i> {
     }
 }
 
-impl<'i> Field<'i> for Table<'_, 'i> {
-    fn field(&self, key: &str) -> Option<&Value<'i>> {
+impl<'i> Table<'_, 'i> {
+    pub(super) fn field(&self, key: &str) -> Option<&Value<'i>> {
         self.entries
             .iter()
             .find(|(k, _)| *k == key)
@@ -249,12 +238,12 @@ impl Checker<'_> {
     fn daemon(&mut self, t: &DeTable<'_>) -> DaemonSpec {
         self.check_keys(t, "[daemon]", DAEMON_KEYS);
         let mut d = DaemonSpec::default();
-        if let Some(v) = t.field("max_children") {
+        if let Some(v) = t.get("max_children") {
             if let Some(n) = self.positive("max_children", v) {
                 d.max_children = n;
             }
         }
-        if let Some(v) = t.field("include") {
+        if let Some(v) = t.get("include") {
             for (pattern, span) in self.string_list("include", v).unwrap_or_default() {
                 if pattern.is_empty() {
                     self.at(
@@ -290,7 +279,7 @@ impl Checker<'_> {
                 }
             }
         }
-        if let Some(v) = t.field("metrics") {
+        if let Some(v) = t.get("metrics") {
             if let Some(s) = self.string("metrics", v) {
                 match s.parse::<ListenAddr>() {
                     Ok(a) if a.is_stream() => d.metrics = Some(a),
@@ -307,7 +296,7 @@ impl Checker<'_> {
                 }
             }
         }
-        if let Some(v) = t.field("log_format") {
+        if let Some(v) = t.get("log_format") {
             if let Some(f) = self.choice(
                 "log_format",
                 v,
@@ -316,7 +305,7 @@ impl Checker<'_> {
                 d.log_format = f;
             }
         }
-        if let Some(v) = t.field("control") {
+        if let Some(v) = t.get("control") {
             if let Some(p) = self.string("control", v) {
                 if p.starts_with('/') {
                     d.control = Some(PathBuf::from(p));
@@ -683,7 +672,7 @@ impl Checker<'_> {
                 DeValue::String(s) => (s.as_ref(), entry.span(), None),
                 DeValue::Table(t) => {
                     self.check_keys(t, "a `listen` entry", LISTEN_TABLE_KEYS);
-                    let name = t.field("name").and_then(|n| {
+                    let name = t.get("name").and_then(|n| {
                         let s = self.string("name", n)?;
                         if s.is_empty() || s.len() > 255 || s.chars().any(|c| c == ':' || !c.is_ascii_graphic()) {
                             self.at(
@@ -699,7 +688,7 @@ impl Checker<'_> {
                         }
                         Some(s.to_string())
                     });
-                    match t.field("address") {
+                    match t.get("address") {
                         Some(a) => match self.string("address", a) {
                             Some(s) => (s, a.span(), name),
                             None => continue,

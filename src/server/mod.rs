@@ -1017,15 +1017,17 @@ impl Server {
             .into_iter()
             .map(Some)
             .collect();
-        let old_index: FxHashMap<String, usize> = old
+        let old_index: FxHashMap<std::rc::Rc<str>, usize> = old
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| Some((s.as_ref()?.spec.name.clone(), i)))
+            .filter_map(|(i, s)| Some((s.as_ref()?.name.clone(), i)))
             .collect();
         let mut services = Vec::with_capacity(new.services.len());
         let mut envs = crate::spawn::EnvPool::new(&self.inherited_env);
         for spec in &new.services {
-            let kept = old_index.get(&spec.name).and_then(|i| old[*i].take());
+            let kept = old_index
+                .get(spec.name.as_str())
+                .and_then(|i| old[*i].take());
             services.push(match kept {
                 // Unchanged (most services in most reloads): kept whole,
                 // nothing rebuilt.
@@ -1043,7 +1045,7 @@ impl Server {
                     }
                     rt.spec = spec.clone();
                     rt.image = ExecImage::new(spec, &mut envs);
-                    rt.name = spec.name.as_str().into();
+                    // `rt.name` stays: the runtime was found by it.
                     rt
                 }
                 None => {

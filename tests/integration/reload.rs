@@ -112,8 +112,6 @@ fn reload_adds_removes_and_changes_services_and_leaves_running_children_alone() 
     let times: Vec<u64> = done
         .split(|c: char| !c.is_ascii_digit())
         .filter(|w| !w.is_empty())
-        .collect::<Vec<_>>()
-        .iter()
         .rev()
         .take(2)
         .map(|w| w.parse().unwrap())
