@@ -28,6 +28,7 @@ fn main() {
     println!("cargo:rerun-if-changed=src/cli.rs");
     println!("cargo:rerun-if-changed=src/config/keys.rs");
     println!("cargo:rerun-if-changed=build.rs");
+    link_hot_text();
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     // OUT_DIR is target/<profile>/build/summond-<hash>/out.
     let profile_dir = out.ancestors().nth(3).map(Path::to_path_buf);
@@ -60,6 +61,27 @@ fn main() {
                 .expect("write completions");
         }
     }
+}
+
+/// Release builds link the functions summond runs while serving next to
+/// each other (link/hot-text.ld, made by benches/hot-text.sh): the kernel
+/// maps code 64 kB around each page first touched, so a scattered serving
+/// path kept about 1 MB of text resident in an idle summond. The script
+/// only adds an output section to the linker's default script (`INSERT`),
+/// which GNU ld and lld understand; `SUMMOND_HOT_TEXT=0` leaves it out for
+/// a linker that does not.
+fn link_hot_text() {
+    println!("cargo:rerun-if-changed=link/hot-text.ld");
+    println!("cargo:rerun-if-env-changed=SUMMOND_HOT_TEXT");
+    let var = |name: &str| std::env::var(name).unwrap_or_default();
+    if var("PROFILE") != "release"
+        || var("CARGO_CFG_TARGET_OS") != "linux"
+        || var("SUMMOND_HOT_TEXT") == "0"
+    {
+        return;
+    }
+    let script = Path::new(&var("CARGO_MANIFEST_DIR")).join("link/hot-text.ld");
+    println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", script.display());
 }
 
 fn write_summond_8(path: &Path) {
