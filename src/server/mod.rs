@@ -952,7 +952,7 @@ impl Server {
     /// are kept open (even if it moves to another service); new ones are
     /// opened first, and if any fails nothing changes; removed ones are
     /// closed last. Running children are left alone.
-    fn apply_config(&mut self, new: Config) -> Result<(), ServerError> {
+    fn apply_config(&mut self, mut new: Config) -> Result<(), ServerError> {
         let plan = sockets::plan(self.sockets.addrs(), &new);
         let mut opened: Vec<(Listener, usize)> = Vec::new();
         for (addr, idx) in &plan.open {
@@ -1024,14 +1024,16 @@ impl Server {
             .collect();
         let mut services = Vec::with_capacity(new.services.len());
         let mut envs = crate::spawn::EnvPool::new(&self.inherited_env);
-        for spec in &new.services {
+        // Each spec moves into its runtime (or is dropped for the equal one
+        // kept), not copied: the config keeps no second set.
+        for spec in std::mem::take(&mut new.services) {
             let kept = old_index
                 .get(spec.name.as_str())
                 .and_then(|i| old[*i].take());
             services.push(match kept {
                 // Unchanged (most services in most reloads): kept whole,
                 // nothing rebuilt.
-                Some(rt) if rt.spec == *spec => rt,
+                Some(rt) if rt.spec == spec => rt,
                 Some(mut rt) => {
                     // A changed rate starts from a full bucket; an unchanged
                     // one keeps its tokens across the reload.
@@ -1043,8 +1045,8 @@ impl Server {
                     {
                         rt.source_rates = SourceBuckets::default();
                     }
-                    rt.spec = spec.clone();
-                    rt.image = ExecImage::new(spec, &mut envs);
+                    rt.image = ExecImage::new(&spec, &mut envs);
+                    rt.spec = spec;
                     // `rt.name` stays: the runtime was found by it.
                     rt
                 }
@@ -1054,8 +1056,7 @@ impl Server {
                     Box::new(ServiceRuntime {
                         id,
                         name: spec.name.as_str().into(),
-                        spec: spec.clone(),
-                        image: ExecImage::new(spec, &mut envs),
+                        image: ExecImage::new(&spec, &mut envs),
                         crash: CrashGuard::default(),
                         stats: Stats::default(),
                         rate: spec.rate.map(|r| TokenBucket::new(r, Instant::now())),
@@ -1065,6 +1066,7 @@ impl Server {
                         top_refused: TopRefused::default(),
                         unread_episode: false,
                         last_exit_key: None,
+                        spec,
                     })
                 }
             });
@@ -1086,7 +1088,7 @@ impl Server {
         // Kept sockets whose options changed take those that can change
         // while open; the others cost nothing.
         for (addr, idx) in &plan.owners {
-            let new_options = &new.services[*idx].socket;
+            let new_options = &self.services[*idx].spec.socket;
             let Some(sock) = self.sockets.get(addr) else {
                 continue;
             };
@@ -1094,7 +1096,7 @@ impl Server {
                 continue;
             }
             if let Err(e) = listener::reapply(&sock.listener, new_options) {
-                error!("{}: {addr}: {e}", new.services[*idx].name);
+                error!("{}: {addr}: {e}", self.services[*idx].spec.name);
             }
         }
         for addr in &plan.close {
@@ -1109,9 +1111,10 @@ impl Server {
         if let Some(metrics) = new_metrics {
             self.set_metrics(metrics);
         }
-        self.internal_ports = new
+        self.internal_ports = self
             .services
             .iter()
+            .map(|rt| &rt.spec)
             .filter(|s| s.internal.is_some() && !s.disabled)
             .flat_map(|s| s.listen.iter())
             .filter_map(|l| match &l.addr {
@@ -1120,12 +1123,8 @@ impl Server {
             })
             .collect();
         crate::logging::set_format(new.daemon.log_format);
-        // Each service keeps its spec; the config keeps the rest, not a
-        // second copy of every service.
-        self.config = Config {
-            services: Vec::new(),
-            ..new
-        };
+        // Each service holds its spec; the config keeps the rest.
+        self.config = new;
         let now = Instant::now();
         self.sync_all(now);
         // A raised max_children may have opened the gate.
