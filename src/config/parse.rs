@@ -666,7 +666,7 @@ impl Checker<'_> {
                 },
             );
         }
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
             let (text, text_span, name) = match entry.get_ref() {
                 DeValue::String(s) => (s.as_ref(), entry.span(), None),

@@ -263,7 +263,7 @@ impl Server {
         }
         if let (Some(rate), Some(key)) = (svc.spec.per_source_rate, source) {
             // Last, so a client refused for another reason spends nothing.
-            if !self.services[idx].source_rates.admit(key, rate, now) {
+            if !self.services[idx].source_rates().admit(key, rate, now) {
                 self.refuse(
                     idx,
                     &conn,

@@ -514,7 +514,7 @@ impl Server {
                 continue;
             }
             if let Some(rate) = svc.spec.per_source_rate {
-                if !self.services[idx].source_rates.admit(key, rate, now) {
+                if !self.services[idx].source_rates().admit(key, rate, now) {
                     self.refuse_datagram(idx, &peer, key, RefuseReason::PerSourceRate(rate), now);
                     continue;
                 }

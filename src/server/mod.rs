@@ -37,7 +37,7 @@ use crate::control::{RefusedSource, Reply, ServiceStatus, Status};
 use crate::limits::rate::{SourceBuckets, TokenBucket, TopRefused};
 use crate::limits::{Backoff, CrashGuard};
 use crate::listener::{self, ListenError, ListenOptions, Listener};
-use crate::metrics::{Histogram, Scrape};
+use crate::metrics::{LazyHistogram, Scrape};
 use crate::notify::Notifier;
 use crate::peer::SourceKey;
 use crate::queue::QueueHead;
@@ -135,7 +135,7 @@ pub struct Stats {
     pub last_exit: Option<String>,
     /// Child exits by outcome, in `metrics::EXIT_OUTCOMES` order.
     pub exits: [u64; 4],
-    pub durations: Histogram,
+    pub durations: LazyHistogram,
 }
 
 struct ServiceRuntime {
@@ -153,14 +153,21 @@ struct ServiceRuntime {
     rate_logged: bool,
     /// A timer is set for the next token.
     rate_timer: bool,
-    /// `per_source_rate`: one bucket per client (prefix).
-    source_rates: SourceBuckets<SourceKey>,
+    /// `per_source_rate`: one bucket per client (prefix); allocated at
+    /// the first client, as most services have no such rate.
+    source_rates: Option<Box<SourceBuckets<SourceKey>>>,
     top_refused: TopRefused<SourceKey>,
     /// Children have been leaving their socket unread; the first such exit
     /// was logged, the rest are not until one does its work.
     unread_episode: bool,
     /// What `stats.last_exit` says, without the text.
     last_exit_key: Option<(i32, i32, bool)>,
+}
+
+impl ServiceRuntime {
+    fn source_rates(&mut self) -> &mut SourceBuckets<SourceKey> {
+        self.source_rates.get_or_insert_with(Box::default)
+    }
 }
 
 pub struct Server {
@@ -1043,7 +1050,7 @@ impl Server {
                     if rt.spec.per_source_rate != spec.per_source_rate
                         || rt.spec.per_source_prefix != spec.per_source_prefix
                     {
-                        rt.source_rates = SourceBuckets::default();
+                        rt.source_rates = None;
                     }
                     rt.image = ExecImage::new(&spec, &mut envs);
                     rt.spec = spec;
@@ -1062,7 +1069,7 @@ impl Server {
                         rate: spec.rate.map(|r| TokenBucket::new(r, Instant::now())),
                         rate_logged: false,
                         rate_timer: false,
-                        source_rates: SourceBuckets::default(),
+                        source_rates: None,
                         top_refused: TopRefused::default(),
                         unread_episode: false,
                         last_exit_key: None,

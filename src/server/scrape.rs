@@ -125,7 +125,7 @@ impl Server {
                 refused: svc.stats.refused_by,
                 spawn_failures: svc.stats.spawn_failures,
                 exits: svc.stats.exits,
-                durations: &svc.stats.durations,
+                durations: svc.stats.durations.get(),
                 paused: self.pause_reason(svc, now),
             })
             .collect();
