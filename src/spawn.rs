@@ -159,7 +159,7 @@ impl SandboxImage {
 }
 
 impl ExecImage {
-    pub fn new(spec: &ServiceSpec, pool: &mut EnvPool<'_>) -> ExecImage {
+    pub fn new(spec: &ServiceSpec, pool: &mut EnvPool) -> ExecImage {
         let program = cstring(spec.program.as_os_str().as_bytes());
         let argv: Vec<CString> = spec.exec.iter().map(|a| cstring(a.as_bytes())).collect();
         let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|a| a.as_ptr()).collect();
@@ -190,20 +190,25 @@ fn cstring(bytes: &[u8]) -> CString {
 /// What a service's base environment depends on: clear_env, passenv, env.
 type EnvKey = (bool, Vec<String>, Vec<(String, String)>);
 
-/// The base environments of the services of one config, built once for
-/// each distinct (clear_env, passenv, env): most services share one.
-pub struct EnvPool<'a> {
-    inherited: &'a [(OsString, OsString)],
+/// The base environments of the services, built once for each distinct
+/// (clear_env, passenv, env): most services share one.
+pub struct EnvPool {
+    inherited: Vec<(OsString, OsString)>,
     built: FxHashMap<EnvKey, Rc<[CString]>>,
 }
 
-impl<'a> EnvPool<'a> {
+impl EnvPool {
     /// `inherited` is summond's environment at startup.
-    pub fn new(inherited: &'a [(OsString, OsString)]) -> EnvPool<'a> {
+    pub fn new(inherited: Vec<(OsString, OsString)>) -> EnvPool {
         EnvPool {
             inherited,
             built: FxHashMap::default(),
         }
+    }
+
+    /// Forget the environments no image holds any more (after a reload).
+    pub fn prune(&mut self) {
+        self.built.retain(|_, env| Rc::strong_count(env) > 1);
     }
 
     /// The inherited environment without activation and per-connection

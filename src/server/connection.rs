@@ -24,7 +24,7 @@ use crate::config::{Pass, Rate};
 use crate::env::EnvBlock;
 use crate::peer::{Peer, SourceKey};
 use crate::queue::QueueHead;
-use crate::spawn::{self, ChildSetup, FdMove};
+use crate::spawn::{self, ChildSetup, ExecImage, FdMove};
 
 /// Connections taken from one listener per wake-up before the loop turns
 /// to its other sources (signals, the control socket, other listeners);
@@ -486,7 +486,12 @@ impl Server {
             nofile: self.opts.child_nofile,
         };
         let now = Instant::now();
-        let spawned = match self.spawner.spawn(&self.services[idx].image, &setup) {
+        let rt = &mut *self.services[idx];
+        let envs = &mut self.envs;
+        let image = rt
+            .image
+            .get_or_insert_with(|| Box::new(ExecImage::new(&rt.spec, envs)));
+        let spawned = match self.spawner.spawn(image, &setup) {
             Ok(s) => s,
             Err(e) => {
                 self.count_spawn_failure(idx);

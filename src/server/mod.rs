@@ -14,7 +14,6 @@
 //! ready fd at registration, which is exactly that wake-up.
 
 use rustc_hash::{FxHashMap, FxHashSet};
-use std::ffi::OsString;
 use std::fmt;
 use std::fs::File;
 use std::io;
@@ -43,7 +42,7 @@ use crate::peer::SourceKey;
 use crate::queue::QueueHead;
 use crate::refusals::{RefusalLog, REFUSAL_INTERVAL};
 use crate::signals::{self, Signals};
-use crate::spawn::{ExecImage, Spawner, Stage};
+use crate::spawn::{EnvPool, ExecImage, Spawner, Stage};
 
 mod children;
 mod connection;
@@ -143,7 +142,10 @@ struct ServiceRuntime {
     /// `spec.name`, shared with the service's children.
     name: std::rc::Rc<str>,
     spec: ServiceSpec,
-    image: ExecImage,
+    /// Built at the service's first child, not when the config loads:
+    /// most services of a large config wait long for their first client
+    /// (or never see one), and an image is a few hundred bytes.
+    image: Option<Box<ExecImage>>,
     crash: CrashGuard,
     stats: Stats,
     /// `rate`: new children service-wide.
@@ -184,7 +186,8 @@ pub struct Server {
     children: ChildTable,
     signals: Signals,
     devnull: File,
-    inherited_env: Vec<(OsString, OsString)>,
+    /// The inherited environment and the base environments made of it.
+    envs: EnvPool,
     opts: RunOptions,
     /// EMFILE/ENFILE/EAGAIN back-off: no listener is watched while paused.
     resources: Backoff,
@@ -264,7 +267,7 @@ impl Server {
             children: ChildTable::default(),
             signals,
             devnull,
-            inherited_env: std::env::vars_os().collect(),
+            envs: EnvPool::new(std::env::vars_os().collect()),
             opts,
             resources: Backoff::default(),
             pending: Vec::new(),
@@ -1030,7 +1033,6 @@ impl Server {
             .filter_map(|(i, s)| Some((s.as_ref()?.name.clone(), i)))
             .collect();
         let mut services = Vec::with_capacity(new.services.len());
-        let mut envs = crate::spawn::EnvPool::new(&self.inherited_env);
         // Each spec moves into its runtime (or is dropped for the equal one
         // kept), not copied: the config keeps no second set.
         for spec in std::mem::take(&mut new.services) {
@@ -1052,7 +1054,7 @@ impl Server {
                     {
                         rt.source_rates = None;
                     }
-                    rt.image = ExecImage::new(&spec, &mut envs);
+                    rt.image = None;
                     rt.spec = spec;
                     // `rt.name` stays: the runtime was found by it.
                     rt
@@ -1063,7 +1065,7 @@ impl Server {
                     Box::new(ServiceRuntime {
                         id,
                         name: spec.name.as_str().into(),
-                        image: ExecImage::new(&spec, &mut envs),
+                        image: None,
                         crash: CrashGuard::default(),
                         stats: Stats::default(),
                         rate: spec.rate.map(|r| TokenBucket::new(r, Instant::now())),
@@ -1079,6 +1081,10 @@ impl Server {
             });
         }
         self.services = services;
+        // Old images are gone with the old runtimes: so are the
+        // environments only they used.
+        drop(old);
+        self.envs.prune();
         self.by_id = self
             .services
             .iter()
