@@ -7,6 +7,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use nix::errno::Errno;
+use nix::libc;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -41,23 +42,56 @@ impl Signals {
         self.fd.as_fd().as_raw_fd()
     }
 
-    /// Every pending signal, in arrival order. The kernel merges repeats of
-    /// one standard signal, so a SIGCHLD means "one or more children".
-    pub fn drain(&mut self) -> Vec<Signal> {
-        let mut out = Vec::new();
-        loop {
-            match self.fd.read_signal() {
-                Ok(Some(info)) => {
-                    if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
-                        out.push(sig);
-                    }
-                }
-                Ok(None) => break,
-                Err(Errno::EINTR) => continue,
-                Err(_) => break,
+    /// Every pending signal, in the order the kernel gives them. The
+    /// kernel merges repeats of one standard signal (a SIGCHLD means "one
+    /// or more children"), so no more than `HANDLED.len()` are ever
+    /// pending and one read takes them all: no second read to find the
+    /// queue empty, nothing allocated. A signal that arrives after the read
+    /// wakes the loop again.
+    pub fn drain(&mut self) -> Pending {
+        // SAFETY: all-zero is a valid signalfd_siginfo (plain integers).
+        let mut buf: [libc::signalfd_siginfo; 8] = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        let mut out = Pending {
+            sigs: [Signal::SIGCHLD; 8],
+            len: 0,
+        };
+        let n = loop {
+            // SAFETY: reads into `buf`, whose length in bytes is passed.
+            let n = unsafe {
+                libc::read(
+                    self.raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    std::mem::size_of_val(&buf),
+                )
+            };
+            if n < 0 && Errno::last() == Errno::EINTR {
+                continue;
+            }
+            break n.max(0) as usize / size;
+        };
+        for info in &buf[..n] {
+            if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
+                out.sigs[out.len] = sig;
+                out.len += 1;
             }
         }
         out
+    }
+}
+
+/// The signals one `drain` read.
+pub struct Pending {
+    sigs: [Signal; 8],
+    len: usize,
+}
+
+impl IntoIterator for Pending {
+    type Item = Signal;
+    type IntoIter = std::iter::Take<std::array::IntoIter<Signal, 8>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.sigs.into_iter().take(self.len)
     }
 }
 

@@ -358,3 +358,30 @@ fn code_only_starting_up_or_reloading_used_does_not_stay_resident() {
     );
     assert_eq!(tcp_port_exchange(port, b""), "hi\n");
 }
+
+#[test]
+fn signals_that_arrive_together_are_all_acted_on_in_one_wake() {
+    // summond reads its signalfd once per wake; every signal pending then
+    // (here a reload and a child's exit, queued while summond was
+    // stopped) must be handled, none left for a wake that never comes.
+    let port = free_port();
+    let mut s = Summond::start(&format!(
+        "[[service]]\nname = \"brief\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {}\n",
+        sh("echo $$; exec sleep 0.2")
+    ));
+    let client = connect_tcp(([127, 0, 0, 1], port).into());
+    let child: i32 = read_line(&client).trim().parse().unwrap();
+    s.signal(nix::libc::SIGSTOP);
+    // The child exits (SIGCHLD pending) while summond cannot run.
+    assert!(wait_until(TIMEOUT, || proc_state(child) == Some('Z')));
+    s.signal(nix::libc::SIGHUP);
+    s.signal(nix::libc::SIGCONT);
+    assert!(s.wait_log("reload done"), "the reload:\n{}", s.log_text());
+    assert!(
+        wait_until(TIMEOUT, || proc_state(child).is_none()),
+        "summond reaped its child (state {:?})",
+        proc_state(child)
+    );
+    assert!(!s.has_exited());
+    assert_eq!(s.children(), (vec![], 0));
+}
