@@ -336,6 +336,9 @@ pub struct Spawner {
     /// Reused per spawn, so a spawn allocates nothing once warm.
     envp: Vec<*const c_char>,
     temp_fds: Vec<RawFd>,
+    /// The fd moves as the child makes them: a source at or above the
+    /// base (a pass-mode child's listener) replaced by a copy below it.
+    moves: Vec<FdMove>,
 }
 
 impl Drop for Spawner {
@@ -394,7 +397,19 @@ impl Spawner {
             fd_base: fd_base.filter(|_| has_close_range),
             envp: Vec::new(),
             temp_fds: Vec::new(),
+            moves: Vec::new(),
         })
+    }
+
+    /// Close the copies `spawn` made below the base: the entries of
+    /// `moves` whose source differs from the caller's.
+    fn close_low_copies(&mut self, asked: &[FdMove]) {
+        for (m, a) in self.moves.iter().zip(asked) {
+            if m.from != a.from {
+                // SAFETY: a copy made by `spawn`, owned by no one else.
+                unsafe { libc::close(m.from) };
+            }
+        }
     }
 
     /// Start `image` with `setup`. Everything the child needs is prepared
@@ -418,16 +433,40 @@ impl Spawner {
         // Temporaries go above every target so no dup2 clobbers a source.
         let first_temp = setup.fds.iter().map(|m| m.to + 1).max().unwrap_or(3).max(3);
         // Share the table only if everything the child moves lies below
-        // the base (a connection accepted with the low range full does not).
-        let unshare_from = self
-            .fd_base
-            .filter(|base| setup.fds.iter().all(|m| m.from < *base));
+        // the base. A listener lent to a pass-mode child lies above it: a
+        // copy below the base, closed again once the child has its own
+        // table, costs two syscalls where copying the whole table for the
+        // child costs more (the fd table runs past the base). With the low
+        // range full (no copy can be made), the child copies the table.
+        self.moves.clear();
+        self.moves.extend_from_slice(setup.fds);
+        let mut unshare_from = self.fd_base;
+        if let Some(base) = self.fd_base {
+            for m in self.moves.iter_mut().filter(|m| m.from >= base) {
+                // SAFETY: duplicates an fd the caller holds open.
+                let low = unsafe { libc::fcntl(m.from, libc::F_DUPFD_CLOEXEC, 0) };
+                if low < 0 || low >= base {
+                    if low >= 0 {
+                        // SAFETY: the copy just made.
+                        unsafe { libc::close(low) };
+                    }
+                    unshare_from = None;
+                    break;
+                }
+                m.from = low;
+            }
+        }
+        if unshare_from.is_none() {
+            self.close_low_copies(setup.fds);
+            self.moves.clear();
+            self.moves.extend_from_slice(setup.fds);
+        }
         let mut report = Report { stage: 0, errno: 0 };
         let child = ChildArgs {
             program: image.program.as_ptr(),
             argv: image.argv_ptrs.as_ptr(),
             envp: self.envp.as_ptr(),
-            fds: setup.fds,
+            fds: &self.moves,
             temp_fds: self.temp_fds.as_mut_ptr(),
             first_temp,
             listen_pid_digits: if setup.listen_pid {
@@ -471,6 +510,8 @@ impl Spawner {
             // SAFETY: restores summond's mask.
             unsafe { set_sigmask(old, ptr::null_mut()) };
         }
+        // The child has its own table by now (exec'd or exited).
+        self.close_low_copies(setup.fds);
         if let Some(e) = clone_err {
             return Err(SpawnError::Fork(e));
         }

@@ -336,3 +336,40 @@ fn dbus_daemon_started_on_demand_answers_dbus_send() {
     );
     assert!(s.log_text().contains("dbus-kiosk: started pid"));
 }
+
+#[test]
+fn a_wait_child_gets_the_listening_socket_itself_and_summond_keeps_no_copy_of_it() {
+    // summond keeps listeners above its fd base and lends a pass-mode
+    // child a copy made below it; the child must still find the very
+    // socket summond listens on, and the copy must be gone after each.
+    let port = free_port();
+    let s = Summond::start(&format!(
+        "[[service]]\nname = \"inode\"\nlisten = \"udp://127.0.0.1:{port}\"\nexec = [\"perl\", \"-e\", {}]\n",
+        toml_str("my $peer = recv(STDIN, my $buf, 65536, 0); send(STDOUT, readlink(\"/proc/$$/fd/0\"), 0, $peer)")
+    ));
+    let summond_fds = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
+            .expect("summond's fds")
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .map(|t| t.to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let got = String::from_utf8(udp_exchange(port, b"x").expect("first reply")).unwrap();
+    let before = summond_fds();
+    assert!(got.starts_with("socket:["), "{got}");
+    assert!(
+        before.contains(&got),
+        "the child's fd 0 ({got}) is a socket summond holds: {before:?}"
+    );
+    for i in 0..20 {
+        let again = String::from_utf8(udp_exchange(port, b"x").expect("reply")).unwrap();
+        assert_eq!(again, got, "exchange {i}: the same listener each time");
+    }
+    assert!(
+        wait_until(TIMEOUT, || summond_fds() == before),
+        "summond's fds after 20 children: {:?}, before: {before:?}",
+        summond_fds()
+    );
+}
