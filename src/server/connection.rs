@@ -172,9 +172,34 @@ impl Server {
             self.retry_pending(now);
             self.accept_connections(idx, addr, now);
         } else if self.service_may_spawn(idx, now) {
-            self.start_pass_child(idx, addr);
+            self.start_pass_child(idx, addr, None);
         }
         self.sync_service(idx, Instant::now());
+    }
+
+    /// A pass-mode child gave back `addr` with a datagram or client
+    /// already waiting: start the next child now, as the event would,
+    /// rather than watch the socket only for epoll to report it and unwatch
+    /// it again at the spawn (two epoll_ctl, a wake and a peek per
+    /// datagram of a busy wait service). `head` is what waits, just seen.
+    /// Anything that would hold the spawn back leaves the socket to the
+    /// usual watching.
+    pub(super) fn serve_waiting(&mut self, addr: &ListenAddr, head: QueueHead, now: Instant) {
+        let Some(sock) = self.sockets.get(addr) else {
+            return;
+        };
+        let idx = sock.service;
+        if sock.busy.is_some() || sock.watched || sock.parked {
+            return;
+        }
+        let spec = &self.services[idx].spec;
+        if spec.accept || spec.internal.is_some() {
+            // A reload gave the address to a service that reads it itself.
+            return;
+        }
+        if self.gate_is_open(now) && self.service_may_spawn(idx, now) {
+            self.start_pass_child(idx, addr, Some(head));
+        }
     }
 
     /// Accept until the queue is empty, a limit closes the gate, or the
@@ -423,7 +448,9 @@ impl Server {
     /// `accept = false`: hand the socket(s) over and stop watching them
     /// until the child exits. What waits on each is noted, so the exit
     /// can tell whether the child took anything.
-    fn start_pass_child(&mut self, idx: usize, ready: &ListenAddr) {
+    /// `ready_head`: what waits on `ready`, if it was just seen (not looked
+    /// at again).
+    fn start_pass_child(&mut self, idx: usize, ready: &ListenAddr, ready_head: Option<QueueHead>) {
         let spec = &self.services[idx].spec;
         let addrs: Vec<ListenAddr> = match spec.pass {
             Pass::Stdio => vec![ready.clone()],
@@ -444,10 +471,11 @@ impl Server {
             let Some(sock) = self.sockets.get(&a) else {
                 continue;
             };
-            held_sockets.push(HeldSocket {
-                head: QueueHead::of(&sock.listener.socket, &a),
-                addr: a,
-            });
+            let head = match ready_head {
+                Some(h) if a == *ready => h,
+                _ => QueueHead::of(&sock.listener.socket, &a),
+            };
+            held_sockets.push(HeldSocket { head, addr: a });
             payload.push(sock.listener.socket.as_raw_fd());
         }
         let fds = spawn::plan_fds(spec.pass, spec.stderr, &payload, self.devnull.as_raw_fd());

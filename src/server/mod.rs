@@ -676,17 +676,32 @@ impl Server {
         }
     }
 
-    /// Did a pass-mode child leave a socket it held exactly as it found
-    /// it (the same datagram at the head, a client still waiting after a
-    /// quick exit)? Such a child did no work, whatever its exit status.
-    fn left_sockets_unread(&self, pid: Pid, child: &Child, ran: Duration) -> bool {
-        child.held_sockets.iter().any(|h| {
-            self.sockets.get(&h.addr).is_some_and(|s| {
-                s.busy == Some(pid)
-                    && h.head
-                        .untouched_by(&QueueHead::of(&s.listener.socket, &h.addr), ran)
-            })
-        })
+    /// What a pass-mode child left on the sockets it held: did it leave
+    /// one exactly as it found it (the same datagram at the head, a client
+    /// still waiting after a quick exit)? Such a child did no work,
+    /// whatever its exit status. And is something waiting on one now (the
+    /// first such socket, with its head), to be served without epoll?
+    fn left_on_sockets(
+        &self,
+        pid: Pid,
+        child: &Child,
+        ran: Duration,
+    ) -> (bool, Option<(usize, QueueHead)>) {
+        let (mut unread, mut waiting) = (false, None);
+        for (i, h) in child.held_sockets.iter().enumerate() {
+            let Some(s) = self.sockets.get(&h.addr) else {
+                continue;
+            };
+            if s.busy != Some(pid) {
+                continue;
+            }
+            let now = QueueHead::of(&s.listener.socket, &h.addr);
+            unread |= h.head.untouched_by(&now, ran);
+            if now != QueueHead::Empty && waiting.is_none() {
+                waiting = Some((i, now));
+            }
+        }
+        (unread, waiting)
     }
 
     fn child_exited(&mut self, pid: Pid, status: &WaitStatus, now: Instant) {
@@ -696,7 +711,11 @@ impl Server {
         let success = succeeded(status);
         let what = ExitText(status);
         let ran = now.saturating_duration_since(child.started_at);
-        let unread = child.is_pass_mode() && self.left_sockets_unread(pid, &child, ran);
+        let (unread, waiting) = if child.is_pass_mode() {
+            self.left_on_sockets(pid, &child, ran)
+        } else {
+            (false, None)
+        };
         let idx = self.service_index(child.service);
 
         // Routine accept-mode exits are debug; an exec failure was already
@@ -773,6 +792,9 @@ impl Server {
                     );
                 }
             }
+        }
+        if let Some((i, head)) = waiting {
+            self.serve_waiting(&child.held_sockets[i].addr, head, now);
         }
         if let Some(i) = idx {
             self.sync_service(i, now);

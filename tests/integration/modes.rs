@@ -373,3 +373,40 @@ fn a_wait_child_gets_the_listening_socket_itself_and_summond_keeps_no_copy_of_it
         summond_fds()
     );
 }
+
+#[test]
+fn a_burst_of_datagrams_to_a_wait_service_is_served_one_child_each_and_the_socket_watched_after() {
+    // Datagrams queued while a child runs are served as the child exits
+    // (summond starts the next child at once, without watching the socket
+    // in between); once the queue is empty the socket is watched again.
+    let port = free_port();
+    let _s = Summond::start(&format!(
+        "[[service]]\nname = \"burst\"\nlisten = \"udp://127.0.0.1:{port}\"\nexec = [\"perl\", \"-e\", {}]\n",
+        toml_str("my $peer = recv(STDIN, my $buf, 65536, 0); select(undef, undef, undef, 0.05); send(STDOUT, \"$buf $$\", 0, $peer)")
+    ));
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+    for i in 0..10 {
+        sock.send_to(format!("d{i}").as_bytes(), ("127.0.0.1", port))
+            .unwrap();
+    }
+    let mut replies = Vec::new();
+    let mut buf = [0u8; 256];
+    for _ in 0..10 {
+        let n = sock.recv(&mut buf).expect("a reply to every datagram");
+        replies.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let order: Vec<&str> = replies
+        .iter()
+        .map(|r| r.split(' ').next().unwrap())
+        .collect();
+    let expected: Vec<String> = (0..10).map(|i| format!("d{i}")).collect();
+    assert_eq!(order, expected, "in the order sent: {replies:?}");
+    let pids: HashSet<&str> = replies
+        .iter()
+        .map(|r| r.split(' ').nth(1).unwrap())
+        .collect();
+    assert_eq!(pids.len(), 10, "one child each: {replies:?}");
+    let later = String::from_utf8(udp_exchange(port, b"later").expect("watched again")).unwrap();
+    assert!(later.starts_with("later "), "{later}");
+}
