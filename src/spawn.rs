@@ -402,10 +402,11 @@ impl Spawner {
     }
 
     /// Close the copies `spawn` made below the base: the entries of
-    /// `moves` whose source differs from the caller's.
+    /// `moves` whose source differs from the caller's, each copy once.
     fn close_low_copies(&mut self, asked: &[FdMove]) {
-        for (m, a) in self.moves.iter().zip(asked) {
-            if m.from != a.from {
+        for (i, (m, a)) in self.moves.iter().zip(asked).enumerate() {
+            let first_use = !self.moves[..i].iter().any(|e| e.from == m.from);
+            if m.from != a.from && first_use {
                 // SAFETY: a copy made by `spawn`, owned by no one else.
                 unsafe { libc::close(m.from) };
             }
@@ -442,9 +443,18 @@ impl Spawner {
         self.moves.extend_from_slice(setup.fds);
         let mut unshare_from = self.fd_base;
         if let Some(base) = self.fd_base {
-            for m in self.moves.iter_mut().filter(|m| m.from >= base) {
+            for i in 0..self.moves.len() {
+                let from = self.moves[i].from;
+                if from < base {
+                    continue;
+                }
+                // One copy per source: stdio hands a socket over twice.
+                if let Some(j) = (0..i).find(|&j| setup.fds[j].from == from) {
+                    self.moves[i].from = self.moves[j].from;
+                    continue;
+                }
                 // SAFETY: duplicates an fd the caller holds open.
-                let low = unsafe { libc::fcntl(m.from, libc::F_DUPFD_CLOEXEC, 0) };
+                let low = unsafe { libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 0) };
                 if low < 0 || low >= base {
                     if low >= 0 {
                         // SAFETY: the copy just made.
@@ -453,7 +463,7 @@ impl Spawner {
                     unshare_from = None;
                     break;
                 }
-                m.from = low;
+                self.moves[i].from = low;
             }
         }
         if unshare_from.is_none() {
