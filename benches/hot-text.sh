@@ -31,12 +31,8 @@ VG=""
 cleanup() { [ -n "$VG" ] && kill -9 "$VG" 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$WORK"; }
 trap cleanup EXIT
 
-free_ports() {
-  python3 -c 'import socket,sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
-}
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 # wait_port PORT: until a socket listens on it, without connecting (a
 # client now would be served before the counts are zeroed).
 wait_port() {

@@ -1,5 +1,5 @@
 //! Starting a child: `ExecImage` (argv, base environment, credentials)
-//! built once per service when the config loads, the per-child fd moves and
+//! built once per service (at its first child), the per-child fd moves and
 //! variables built before the spawn, then `clone(CLONE_VM | CLONE_VFORK)`
 //! on a stack of our own and a child that makes only raw, async-signal-safe
 //! syscalls up to `execve`, the way glibc's `posix_spawn` does. The
@@ -12,7 +12,8 @@
 //! (listeners) at or above it and the child shares the parent's fd table
 //! (`CLONE_FILES`) until it unshares only the part below the base
 //! (`close_range(base, ~0, CLOSE_RANGE_UNSHARE)`): the cost of a spawn no
-//! longer grows with the number of sockets summond holds.
+//! longer grows with the number of sockets summond holds. A listener lent
+//! to a child is lent as a copy made below the base.
 //!
 //! Nothing in the child allocates, locks, logs or touches Rust I/O; it
 //! runs on memory the parent prepared and the parent is suspended.
@@ -401,8 +402,47 @@ impl Spawner {
         })
     }
 
-    /// Close the copies `spawn` made below the base: the entries of
-    /// `moves` whose source differs from the caller's, each copy once.
+    /// Fill `moves` from `asked` and decide whether the child may share
+    /// the table (the base to unshare from) or must copy it (`None`).
+    /// Sharing needs every source below the base. A listener lent to a
+    /// pass-mode child lies above it: it is lent as a copy made below the
+    /// base (one per source), closed again once the child has its own
+    /// table, which costs two syscalls where copying the whole table for
+    /// the child costs more (the table runs past the base). With the low
+    /// range full (no copy can be made there) the child copies the table.
+    fn lend_below_base(&mut self, asked: &[FdMove]) -> Option<RawFd> {
+        self.moves.clear();
+        self.moves.extend_from_slice(asked);
+        let base = self.fd_base?;
+        for i in 0..self.moves.len() {
+            let from = asked[i].from;
+            if from < base {
+                continue;
+            }
+            // One copy per source: stdio hands a socket over twice.
+            if let Some(j) = (0..i).find(|&j| asked[j].from == from) {
+                self.moves[i].from = self.moves[j].from;
+                continue;
+            }
+            // SAFETY: duplicates an fd the caller holds open.
+            let low = unsafe { libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 0) };
+            if low < 0 || low >= base {
+                if low >= 0 {
+                    // SAFETY: the copy just made.
+                    unsafe { libc::close(low) };
+                }
+                self.close_low_copies(asked);
+                self.moves.clear();
+                self.moves.extend_from_slice(asked);
+                return None;
+            }
+            self.moves[i].from = low;
+        }
+        Some(base)
+    }
+
+    /// Close the copies `lend_below_base` made: the entries of `moves`
+    /// whose source differs from the caller's, each copy once.
     fn close_low_copies(&mut self, asked: &[FdMove]) {
         for (i, (m, a)) in self.moves.iter().zip(asked).enumerate() {
             let first_use = !self.moves[..i].iter().any(|e| e.from == m.from);
@@ -433,44 +473,7 @@ impl Spawner {
         self.temp_fds.resize(setup.fds.len(), -1);
         // Temporaries go above every target so no dup2 clobbers a source.
         let first_temp = setup.fds.iter().map(|m| m.to + 1).max().unwrap_or(3).max(3);
-        // Share the table only if everything the child moves lies below
-        // the base. A listener lent to a pass-mode child lies above it: a
-        // copy below the base, closed again once the child has its own
-        // table, costs two syscalls where copying the whole table for the
-        // child costs more (the fd table runs past the base). With the low
-        // range full (no copy can be made), the child copies the table.
-        self.moves.clear();
-        self.moves.extend_from_slice(setup.fds);
-        let mut unshare_from = self.fd_base;
-        if let Some(base) = self.fd_base {
-            for i in 0..self.moves.len() {
-                let from = self.moves[i].from;
-                if from < base {
-                    continue;
-                }
-                // One copy per source: stdio hands a socket over twice.
-                if let Some(j) = (0..i).find(|&j| setup.fds[j].from == from) {
-                    self.moves[i].from = self.moves[j].from;
-                    continue;
-                }
-                // SAFETY: duplicates an fd the caller holds open.
-                let low = unsafe { libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 0) };
-                if low < 0 || low >= base {
-                    if low >= 0 {
-                        // SAFETY: the copy just made.
-                        unsafe { libc::close(low) };
-                    }
-                    unshare_from = None;
-                    break;
-                }
-                self.moves[i].from = low;
-            }
-        }
-        if unshare_from.is_none() {
-            self.close_low_copies(setup.fds);
-            self.moves.clear();
-            self.moves.extend_from_slice(setup.fds);
-        }
+        let unshare_from = self.lend_below_base(setup.fds);
         let mut report = Report { stage: 0, errno: 0 };
         let child = ChildArgs {
             program: image.program.as_ptr(),
