@@ -13,7 +13,7 @@
 //! (`CLONE_FILES`) until it unshares only the part below the base
 //! (`close_range(base, ~0, CLOSE_RANGE_UNSHARE)`): the cost of a spawn no
 //! longer grows with the number of sockets summond holds. A listener lent
-//! to a child is lent as a copy made below the base.
+//! to a child is handed over as a copy below the base (`SocketTable`).
 //!
 //! Nothing in the child allocates, locks, logs or touches Rust I/O; it
 //! runs on memory the parent prepared and the parent is suspended.
@@ -337,9 +337,6 @@ pub struct Spawner {
     /// Reused per spawn, so a spawn allocates nothing once warm.
     envp: Vec<*const c_char>,
     temp_fds: Vec<RawFd>,
-    /// The fd moves as the child makes them: a source at or above the
-    /// base (a pass-mode child's listener) replaced by a copy below it.
-    moves: Vec<FdMove>,
 }
 
 impl Drop for Spawner {
@@ -398,59 +395,7 @@ impl Spawner {
             fd_base: fd_base.filter(|_| has_close_range),
             envp: Vec::new(),
             temp_fds: Vec::new(),
-            moves: Vec::new(),
         })
-    }
-
-    /// Fill `moves` from `asked` and decide whether the child may share
-    /// the table (the base to unshare from) or must copy it (`None`).
-    /// Sharing needs every source below the base. A listener lent to a
-    /// pass-mode child lies above it: it is lent as a copy made below the
-    /// base (one per source), closed again once the child has its own
-    /// table, which costs two syscalls where copying the whole table for
-    /// the child costs more (the table runs past the base). With the low
-    /// range full (no copy can be made there) the child copies the table.
-    fn lend_below_base(&mut self, asked: &[FdMove]) -> Option<RawFd> {
-        self.moves.clear();
-        self.moves.extend_from_slice(asked);
-        let base = self.fd_base?;
-        for i in 0..self.moves.len() {
-            let from = asked[i].from;
-            if from < base {
-                continue;
-            }
-            // One copy per source: stdio hands a socket over twice.
-            if let Some(j) = (0..i).find(|&j| asked[j].from == from) {
-                self.moves[i].from = self.moves[j].from;
-                continue;
-            }
-            // SAFETY: duplicates an fd the caller holds open.
-            let low = unsafe { libc::fcntl(from, libc::F_DUPFD_CLOEXEC, 0) };
-            if low < 0 || low >= base {
-                if low >= 0 {
-                    // SAFETY: the copy just made.
-                    unsafe { libc::close(low) };
-                }
-                self.close_low_copies(asked);
-                self.moves.clear();
-                self.moves.extend_from_slice(asked);
-                return None;
-            }
-            self.moves[i].from = low;
-        }
-        Some(base)
-    }
-
-    /// Close the copies `lend_below_base` made: the entries of `moves`
-    /// whose source differs from the caller's, each copy once.
-    fn close_low_copies(&mut self, asked: &[FdMove]) {
-        for (i, (m, a)) in self.moves.iter().zip(asked).enumerate() {
-            let first_use = !self.moves[..i].iter().any(|e| e.from == m.from);
-            if m.from != a.from && first_use {
-                // SAFETY: a copy made by `spawn`, owned by no one else.
-                unsafe { libc::close(m.from) };
-            }
-        }
     }
 
     /// Start `image` with `setup`. Everything the child needs is prepared
@@ -473,13 +418,18 @@ impl Spawner {
         self.temp_fds.resize(setup.fds.len(), -1);
         // Temporaries go above every target so no dup2 clobbers a source.
         let first_temp = setup.fds.iter().map(|m| m.to + 1).max().unwrap_or(3).max(3);
-        let unshare_from = self.lend_below_base(setup.fds);
+        // Share the table only if everything the child moves lies below
+        // the base (the server lends a listener as a copy below it; a
+        // connection accepted with the low range full lies above it).
+        let unshare_from = self
+            .fd_base
+            .filter(|base| setup.fds.iter().all(|m| m.from < *base));
         let mut report = Report { stage: 0, errno: 0 };
         let child = ChildArgs {
             program: image.program.as_ptr(),
             argv: image.argv_ptrs.as_ptr(),
             envp: self.envp.as_ptr(),
-            fds: &self.moves,
+            fds: setup.fds,
             temp_fds: self.temp_fds.as_mut_ptr(),
             first_temp,
             listen_pid_digits: if setup.listen_pid {
@@ -523,8 +473,6 @@ impl Spawner {
             // SAFETY: restores summond's mask.
             unsafe { set_sigmask(old, ptr::null_mut()) };
         }
-        // The child has its own table by now (exec'd or exited).
-        self.close_low_copies(setup.fds);
         if let Some(e) = clone_err {
             return Err(SpawnError::Fork(e));
         }

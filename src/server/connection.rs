@@ -475,8 +475,10 @@ impl Server {
                 Some(h) if a == *ready => h,
                 _ => QueueHead::of(&sock.listener.socket, &a),
             };
+            if let Some(fd) = self.sockets.lent_fd(&a, self.opts.fd_base) {
+                payload.push(fd);
+            }
             held_sockets.push(HeldSocket { head, addr: a });
-            payload.push(sock.listener.socket.as_raw_fd());
         }
         let fds = spawn::plan_fds(spec.pass, spec.stderr, &payload, self.devnull.as_raw_fd());
         let mut env = EnvBlock::default();

@@ -8,10 +8,11 @@
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
+use nix::libc;
 use nix::unistd::Pid;
 
 use crate::addr::ListenAddr;
@@ -36,6 +37,9 @@ pub(super) struct OpenSocket {
     /// non-blocking again only when it accepts or reads on it itself, so a
     /// wait service costs no fcntl per child.
     pub blocking: bool,
+    /// A copy of the listener below the fd base, made when a pass-mode
+    /// child is first lent the socket and closed with it (`lent_fd`).
+    low: Option<OwnedFd>,
 }
 
 #[derive(Default)]
@@ -79,8 +83,36 @@ impl SocketTable {
                 parked: false,
                 queued: false,
                 blocking: false,
+                low: None,
             },
         );
+    }
+
+    /// The fd to hand `addr`'s socket to a child as. A child shares
+    /// summond's fd table only if everything it is handed lies below the
+    /// fd base (spawn.rs), and listeners live above it: so a socket lent
+    /// to pass-mode children is lent as a copy below the base, made once
+    /// and kept with the socket (no syscall per child). If no copy can be
+    /// made there (the low range is full), the listener itself: that
+    /// child then copies the fd table.
+    pub fn lent_fd(&mut self, addr: &ListenAddr, base: Option<RawFd>) -> Option<RawFd> {
+        let sock = self.sockets.get_mut(addr)?;
+        let fd = sock.listener.socket.as_raw_fd();
+        let Some(base) = base.filter(|b| fd >= *b) else {
+            return Some(fd);
+        };
+        if sock.low.is_none() {
+            // SAFETY: duplicates the listener, which the table holds open.
+            let low = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+            if low >= 0 {
+                // SAFETY: a new fd that nothing else owns.
+                let low = unsafe { OwnedFd::from_raw_fd(low) };
+                if low.as_raw_fd() < base {
+                    sock.low = Some(low);
+                }
+            }
+        }
+        Some(sock.low.as_ref().map_or(fd, |l| l.as_raw_fd()))
     }
 
     /// Close `addr` (the listener's file is removed when it drops).

@@ -338,15 +338,27 @@ fn dbus_daemon_started_on_demand_answers_dbus_send() {
 }
 
 #[test]
-fn a_wait_child_gets_the_listening_socket_itself_and_summond_keeps_no_copy_of_it() {
+fn a_wait_child_gets_the_listening_socket_itself_and_summond_holds_no_more_fds_per_child() {
     // summond keeps listeners above its fd base and lends a pass-mode
-    // child a copy made below it; the child must still find the very
-    // socket summond listens on, and the copy must be gone after each.
+    // child a copy made below it, once per socket; the child must still
+    // find the very socket summond listens on, summond's fds must not grow
+    // with the children, and a reload that removes the service closes the
+    // socket and its copy.
     let port = free_port();
-    let s = Summond::start(&format!(
-        "[[service]]\nname = \"inode\"\nlisten = \"udp://127.0.0.1:{port}\"\nexec = [\"perl\", \"-e\", {}]\n",
-        toml_str("my $peer = recv(STDIN, my $buf, 65536, 0); send(STDOUT, readlink(\"/proc/$$/fd/0\"), 0, $peer)")
-    ));
+    let config = |with: bool| {
+        let mut c = format!(
+            "[[service]]\nname = \"other\"\nlisten = \"tcp://127.0.0.1:{}\"\nexec = [\"cat\"]\n",
+            free_port()
+        );
+        if with {
+            c += &format!(
+                "[[service]]\nname = \"inode\"\nlisten = \"udp://127.0.0.1:{port}\"\nexec = [\"perl\", \"-e\", {}]\n",
+                toml_str("my $peer = recv(STDIN, my $buf, 65536, 0); send(STDOUT, readlink(\"/proc/$$/fd/0\"), 0, $peer)")
+            );
+        }
+        c
+    };
+    let s = Summond::start(&config(true));
     let summond_fds = || -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
             .expect("summond's fds")
@@ -363,6 +375,16 @@ fn a_wait_child_gets_the_listening_socket_itself_and_summond_keeps_no_copy_of_it
         before.contains(&got),
         "the child's fd 0 ({got}) is a socket summond holds: {before:?}"
     );
+    // With an fd base (a soft limit of 128 or more), the listener and its
+    // one copy below the base.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", s.pid())).unwrap();
+    let soft: u64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        .unwrap_or(0);
+    let held = before.iter().filter(|t| **t == got).count();
+    assert_eq!(held, if soft >= 128 { 2 } else { 1 }, "{before:?}");
     for i in 0..20 {
         let again = String::from_utf8(udp_exchange(port, b"x").expect("reply")).unwrap();
         assert_eq!(again, got, "exchange {i}: the same listener each time");
@@ -370,6 +392,12 @@ fn a_wait_child_gets_the_listening_socket_itself_and_summond_keeps_no_copy_of_it
     assert!(
         wait_until(TIMEOUT, || summond_fds() == before),
         "summond's fds after 20 children: {:?}, before: {before:?}",
+        summond_fds()
+    );
+    assert!(s.reload(&config(false)));
+    assert!(
+        wait_until(TIMEOUT, || !summond_fds().contains(&got)),
+        "removed, the socket is closed with every copy: {:?}",
         summond_fds()
     );
 }
