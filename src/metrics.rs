@@ -30,11 +30,17 @@ pub const REFUSAL_REASONS: [&str; 3] = ["access", "max_per_source", "per_source_
 pub const EXIT_OUTCOMES: [&str; 4] = ["success", "failure", "signal", "exec_failed"];
 
 /// Child run times: counts per bucket (not cumulative), sum and count.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Histogram {
     buckets: [u64; DURATION_BUCKETS.len()],
     sum: f64,
     count: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram::EMPTY
+    }
 }
 
 impl Histogram {

@@ -50,10 +50,11 @@ impl Signals {
     /// wakes the loop again.
     pub fn drain(&mut self) -> Pending {
         // SAFETY: all-zero is a valid signalfd_siginfo (plain integers).
-        let mut buf: [libc::signalfd_siginfo; 8] = unsafe { std::mem::zeroed() };
+        let mut buf: [libc::signalfd_siginfo; READ_AT_ONCE] = unsafe { std::mem::zeroed() };
         let size = std::mem::size_of::<libc::signalfd_siginfo>();
         let mut out = Pending {
-            sigs: [Signal::SIGCHLD; 8],
+            // Placeholders past `len`, never read.
+            sigs: [Signal::SIGCHLD; READ_AT_ONCE],
             len: 0,
         };
         let n = loop {
@@ -80,15 +81,19 @@ impl Signals {
     }
 }
 
+/// Room for more than the `HANDLED.len()` signals that can be pending.
+const READ_AT_ONCE: usize = 8;
+const _: () = assert!(HANDLED.len() <= READ_AT_ONCE);
+
 /// The signals one `drain` read.
 pub struct Pending {
-    sigs: [Signal; 8],
+    sigs: [Signal; READ_AT_ONCE],
     len: usize,
 }
 
 impl IntoIterator for Pending {
     type Item = Signal;
-    type IntoIter = std::iter::Take<std::array::IntoIter<Signal, 8>>;
+    type IntoIter = std::iter::Take<std::array::IntoIter<Signal, READ_AT_ONCE>>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.sigs.into_iter().take(self.len)

@@ -306,6 +306,13 @@ pub struct ServiceSpec {
 }
 
 impl ServiceSpec {
+    /// Summond itself takes what arrives on the sockets (accepts the
+    /// connections, or answers as an internal service); otherwise it lends
+    /// the sockets to a child.
+    pub fn reads_itself(&self) -> bool {
+        self.accept || self.internal.is_some()
+    }
+
     /// The SPEC table's name for this start mode, for logs and status.
     pub fn mode(&self) -> &'static str {
         match (self.accept, self.pass) {

@@ -159,7 +159,7 @@ impl Server {
             return;
         }
         let spec = &self.services[idx].spec;
-        let reads_itself = spec.accept || spec.internal.is_some();
+        let reads_itself = spec.reads_itself();
         if reads_itself && blocking {
             // A pass-mode child had it before a reload moved it here.
             self.sockets.set_blocking(addr, false);
@@ -192,8 +192,7 @@ impl Server {
         if sock.busy.is_some() || sock.watched || sock.parked {
             return;
         }
-        let spec = &self.services[idx].spec;
-        if spec.accept || spec.internal.is_some() {
+        if self.services[idx].spec.reads_itself() {
             // A reload gave the address to a service that reads it itself.
             return;
         }
