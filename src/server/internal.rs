@@ -7,9 +7,14 @@
 //! that writes without reading costs that buffer and nothing more, and
 //! every wake-up does at most `BUDGET` bytes of work before the loop turns
 //! to other sources. A UDP answer is one datagram of at most 512 bytes
-//! (chargen's limit in RFC 864), so no answer is larger than its
-//! question by more than that; datagrams from the internal services' own
-//! ports are never answered (the echo/chargen loop between two servers).
+//! (chargen's limit in RFC 864), and echo's and chargen's are no longer
+//! than the question, so a spoofed sender gains nothing by reflection but
+//! daytime's 26 bytes. No datagram is answered that comes from a port
+//! below 1024 (where the servers live: a spoofed request from echo, DNS
+//! or NTP would start a loop or a reflection) or from one of the internal
+//! services' own ports (two summonds' echoes), nor from an address no
+//! real sender has (multicast, broadcast, unspecified), as OpenBSD's inetd
+//! refuses them.
 
 use std::io::{self, Read, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -253,12 +258,46 @@ pub(super) fn datagram_answer(
             Some(n)
         }
         Internal::Chargen => {
+            // RFC 864 allows any length from 0 to 512. The BSDs send a
+            // line (74 bytes) and xinetd a full buffer to any datagram,
+            // an empty one too: a reflector that multiplies what a spoofed
+            // sender spends. As long as the question, it multiplies nothing.
+            let n = question.len().min(MAX_DATAGRAM);
+            let mut lines = [0u8; MAX_DATAGRAM + LINE + 2];
             let mut line = 0;
-            Some(chargen_fill(&mut line, &mut out[..]))
+            chargen_fill(&mut line, &mut lines[..]);
+            out[..n].copy_from_slice(&lines[..n]);
+            Some(n)
         }
         Internal::Daytime | Internal::Time => Some(one_shot_answer(kind, now, &mut out[..])),
     }
 }
+
+/// Why a datagram from `from` must not be answered, if it must not: a
+/// source port below 1024 (echo, chargen, DNS, NTP and the other servers
+/// whose answer would come straight back, or which a spoofed request
+/// would turn summond against), one of `internal_ports` (another internal
+/// service of this summond), or a source address no host sends from.
+pub(super) fn unanswerable(
+    from: std::net::SocketAddr,
+    internal_ports: &rustc_hash::FxHashSet<u16>,
+) -> Option<&'static str> {
+    use std::net::IpAddr;
+    if from.port() < RESERVED_PORTS {
+        return Some("its port is below 1024");
+    }
+    if internal_ports.contains(&from.port()) {
+        return Some("its port is an internal service's");
+    }
+    let bogus = match from.ip() {
+        IpAddr::V4(a) => a.is_multicast() || a.is_broadcast() || a.is_unspecified(),
+        IpAddr::V6(a) => a.is_multicast() || a.is_unspecified(),
+    };
+    bogus.then_some("no host sends from that address")
+}
+
+/// Ports below this are the servers' (IPPORT_RESERVED).
+const RESERVED_PORTS: u16 = 1024;
 
 #[cfg(test)]
 mod tests {
@@ -292,8 +331,18 @@ mod tests {
             datagram_answer(Internal::Discard, b"x", now, &mut out),
             None
         );
-        let n = datagram_answer(Internal::Chargen, b"", now, &mut out).unwrap();
-        assert!(n <= MAX_DATAGRAM && n % (LINE + 2) == 0);
+        assert_eq!(
+            datagram_answer(Internal::Chargen, b"", now, &mut out),
+            Some(0),
+            "nothing asked, nothing sent"
+        );
+        assert_eq!(
+            datagram_answer(Internal::Chargen, &big, now, &mut out),
+            Some(512),
+            "RFC 864's limit"
+        );
+        let n = datagram_answer(Internal::Chargen, &[0; 200], now, &mut out).unwrap();
+        assert_eq!(n, 200, "as long as the question");
         assert_eq!(&out[..3], b" !\"");
         assert_eq!(
             &out[LINE + 2..LINE + 5],
@@ -301,6 +350,37 @@ mod tests {
             "each line starts one further"
         );
         assert_eq!(&out[LINE..LINE + 2], b"\r\n");
+    }
+
+    #[test]
+    fn datagrams_from_servers_ports_internal_ports_and_bogus_addresses_go_unanswered() {
+        let ports: rustc_hash::FxHashSet<u16> = [7007].into_iter().collect();
+        let at = |s: &str| unanswerable(s.parse().unwrap(), &ports);
+        for from in [
+            "127.0.0.1:0",
+            "127.0.0.1:7",
+            "10.0.0.1:53",
+            "[::1]:123",
+            "1.2.3.4:1023",
+        ] {
+            assert_eq!(at(from), Some("its port is below 1024"), "{from}");
+        }
+        assert_eq!(
+            at("127.0.0.1:7007"),
+            Some("its port is an internal service's")
+        );
+        for from in [
+            "224.0.0.1:5000",
+            "255.255.255.255:5000",
+            "0.0.0.0:5000",
+            "[ff02::1]:5000",
+            "[::]:5000",
+        ] {
+            assert_eq!(at(from), Some("no host sends from that address"), "{from}");
+        }
+        for from in ["127.0.0.1:1024", "10.0.0.1:40000", "[::1]:65535"] {
+            assert_eq!(at(from), None, "{from}");
+        }
     }
 }
 
@@ -495,10 +575,11 @@ impl Server {
                 Err(_) => return,
             };
             let from = crate::peer::canonical_addr(from);
-            // Never answer another echo/chargen server: the loop of RFC 862.
-            if from.port() == 0 || self.internal_ports.contains(&from.port()) {
+            // Never answer another server: the echo/chargen loop, and
+            // reflection through spoofed sources.
+            if let Some(why) = unanswerable(from, &self.internal_ports) {
                 debug!(
-                    "{}: ignored a datagram from {from}: its port is an internal service's",
+                    "{}: ignored a datagram from {from}: {why}",
                     self.services[idx].spec.name
                 );
                 continue;
