@@ -56,6 +56,10 @@ pub struct Status {
     pub pid: u32,
     pub config: String,
     pub children: u64,
+    /// TCP clients of internal services: with `children`, what counts
+    /// toward `max_children`.
+    #[serde(default)]
+    pub internal_clients: u64,
     pub max_children: u64,
     pub services: Vec<ServiceStatus>,
     /// The running binary's version; absent from a summond that cannot
@@ -353,6 +357,7 @@ mod tests {
             pid: 42,
             config: "/etc/summond/summond.toml".into(),
             children: 1,
+            internal_clients: 0,
             max_children: 1024,
             services: vec![
                 ServiceStatus {

@@ -31,6 +31,7 @@ use crate::access::AccessList;
 use crate::addr::ListenAddr;
 use crate::listener::ListenOptions;
 
+pub use options::DEFAULT_IDLE_TIMEOUT;
 pub use units::Rate;
 
 pub use error::{ConfigError, ConfigErrors, ErrorKind};
@@ -296,6 +297,9 @@ pub struct ServiceSpec {
     pub sandbox: Sandbox,
     /// Accept mode: SIGTERM the child's group after this, SIGKILL 5 s later.
     pub max_runtime: Option<Duration>,
+    /// An internal service's TCP client is closed after this long without
+    /// a byte moved (SPEC: "its own timeout, default 5 minutes").
+    pub idle_timeout: Duration,
     pub rate: Option<Rate>,
     pub per_source_rate: Option<Rate>,
     pub per_source_prefix: SourcePrefix,

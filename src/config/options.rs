@@ -18,6 +18,10 @@ use crate::listener::ListenOptions;
 /// a fresh socket's send buffer always has room for this much.
 pub const MAX_BANNER: usize = 4096;
 
+/// An internal service's idle TCP client is closed after this long
+/// (`idle_timeout`'s default; SPEC: five minutes).
+pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// What the checker already knows about the service.
 struct Shape<'a> {
     listen: &'a [ListenSpec],
@@ -38,6 +42,7 @@ pub(super) struct Options {
     pub sandbox: Sandbox,
     pub supplementary_groups: bool,
     pub max_runtime: Option<std::time::Duration>,
+    pub idle_timeout: std::time::Duration,
     pub rate: Option<units::Rate>,
     pub per_source_rate: Option<units::Rate>,
     pub per_source_prefix: SourcePrefix,
@@ -70,6 +75,7 @@ impl Checker<'_> {
         let socket = self.socket_options(t, shape);
 
         let max_runtime = self.parsed(t, "max_runtime", units::duration);
+        let idle_timeout = self.parsed(t, "idle_timeout", units::duration);
         let rate = self.parsed(t, "rate", units::rate);
         let per_source_rate = self.parsed(t, "per_source_rate", units::rate);
         let per_source_prefix = t
@@ -111,6 +117,19 @@ impl Checker<'_> {
                 }
             }
         }
+        if let Some(v) = t.field("idle_timeout") {
+            // Only summond's own TCP clients idle in summond.
+            let reason = if !internal {
+                Some("applies to internal services only (a child keeps its own connection)")
+            } else if !shape.any(ListenAddr::is_stream) {
+                Some("has no use without a TCP address (a datagram is answered at once)")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                self.at(v.span(), invalid("idle_timeout", reason));
+            }
+        }
         Options {
             socket,
             clear_env,
@@ -118,6 +137,7 @@ impl Checker<'_> {
             sandbox,
             supplementary_groups,
             max_runtime,
+            idle_timeout: idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
             rate,
             per_source_rate,
             per_source_prefix,

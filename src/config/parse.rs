@@ -643,6 +643,7 @@ impl Checker<'_> {
             passenv: opts.passenv,
             sandbox: opts.sandbox,
             max_runtime: opts.max_runtime,
+            idle_timeout: opts.idle_timeout,
             rate: opts.rate,
             per_source_rate: opts.per_source_rate,
             per_source_prefix: opts.per_source_prefix,

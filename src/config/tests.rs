@@ -223,3 +223,44 @@ exec = ["internal:echo"]
     let back: Config = serde_json::from_value(json).unwrap();
     assert_eq!(back, c);
 }
+
+#[test]
+fn idle_timeout_is_for_an_internal_services_tcp_clients() {
+    let svc = |listen: &str, exec: &str, extra: &str| {
+        format!("[[service]]\nname = \"s\"\nlisten = {listen}\nexec = [\"{exec}\"]\n{extra}")
+    };
+    let tcp = "\"tcp://127.0.0.1:9\"";
+    let c = ok(&svc(tcp, "internal:discard", ""));
+    assert_eq!(
+        c.services[0].idle_timeout,
+        Duration::from_secs(300),
+        "SPEC's default"
+    );
+    let c = ok(&svc(tcp, "internal:discard", "idle_timeout = \"1500ms\"\n"));
+    assert_eq!(c.services[0].idle_timeout, Duration::from_millis(1500));
+    let both = "[\"tcp://127.0.0.1:7\", \"udp://127.0.0.1:7\"]";
+    assert!(
+        ok(&svc(both, "internal:echo", "idle_timeout = \"1m\"\n")).services[0].idle_timeout
+            == Duration::from_secs(60)
+    );
+    for (listen, exec, value, want) in [
+        (tcp, "cat", "\"1m\"", "applies to internal services only"),
+        (
+            "\"udp://127.0.0.1:7\"",
+            "internal:echo",
+            "\"1m\"",
+            "has no use without a TCP address",
+        ),
+        (tcp, "internal:echo", "\"0s\"", "is zero"),
+        (tcp, "internal:echo", "30", "string"),
+    ] {
+        let e = errs(
+            &svc(listen, exec, &format!("idle_timeout = {value}\n")),
+            true,
+        );
+        assert!(
+            e.len() == 1 && e[0].starts_with("t.toml:5:") && e[0].contains(want),
+            "{listen} {exec} {value}: {e:?}"
+        );
+    }
+}

@@ -17,7 +17,7 @@
 //! refuses them.
 
 use std::io::{self, Read, Write};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use socket2::Socket;
 
@@ -60,6 +60,10 @@ pub(super) struct InternalConn {
     line: usize,
     /// daytime/time: the answer is all there is; close once it is sent.
     one_shot: bool,
+    /// When a byte last moved either way, and how long the client may
+    /// then stay silent (its service's `idle_timeout`) before it is closed.
+    last_active: Instant,
+    idle: Duration,
 }
 
 impl InternalConn {
@@ -101,6 +105,9 @@ impl InternalConn {
             end: unsent.len().min(BUF),
             line,
             one_shot,
+            // A resumed client's idle clock starts again in the new image.
+            last_active: Instant::now(),
+            idle: crate::config::DEFAULT_IDLE_TIMEOUT,
         };
         conn.buf[..conn.end].copy_from_slice(&unsent[..conn.end]);
         conn
@@ -112,8 +119,14 @@ impl InternalConn {
         (&self.buf[self.start..self.end], self.line, self.one_shot)
     }
 
-    /// Move what the socket allows, up to the budget.
-    pub fn on_ready(&mut self) -> Progress {
+    /// When the client will have been silent for its idle timeout.
+    fn idle_deadline(&self) -> Instant {
+        self.last_active + self.idle
+    }
+
+    /// Move what the socket allows, up to the budget; a byte moved either
+    /// way at `now` restarts the idle clock.
+    pub fn on_ready(&mut self, now: Instant) -> Progress {
         let mut moved = 0;
         while moved < BUDGET {
             // Flush what is pending first.
@@ -123,6 +136,7 @@ impl InternalConn {
                     Ok(n) => {
                         self.start += n;
                         moved += n;
+                        self.last_active = now;
                         continue;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Progress::Waiting,
@@ -137,19 +151,20 @@ impl InternalConn {
                 Internal::Chargen => {
                     // Drain (and ignore) input so the client's writes never
                     // fill our receive buffer, then refill the output.
-                    if let Some(Progress::Done) = self.read_and_discard() {
+                    if let Some(Progress::Done) = self.read_and_discard(now) {
                         return Progress::Done;
                     }
                     self.end = chargen_fill(&mut self.line, &mut self.buf[..]);
                 }
                 Internal::Discard => {
-                    return self.read_and_discard().unwrap_or(Progress::MoreWork);
+                    return self.read_and_discard(now).unwrap_or(Progress::MoreWork);
                 }
                 Internal::Echo => match (&self.socket).read(&mut self.buf[..]) {
                     Ok(0) => return Progress::Done,
                     Ok(n) => {
                         self.end = n;
                         moved += n;
+                        self.last_active = now;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Progress::Waiting,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -162,13 +177,16 @@ impl InternalConn {
 
     /// Read and drop what is there, up to the budget. `Some` when reading
     /// decided the outcome (EOF or error: done; nothing there: waiting).
-    fn read_and_discard(&mut self) -> Option<Progress> {
+    fn read_and_discard(&mut self, now: Instant) -> Option<Progress> {
         let mut scratch = [0u8; 1024];
         let mut taken = 0;
         while taken < BUDGET {
             match (&self.socket).read(&mut scratch) {
                 Ok(0) => return Some(Progress::Done),
-                Ok(n) => taken += n,
+                Ok(n) => {
+                    taken += n;
+                    self.last_active = now;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(Progress::Waiting),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Some(Progress::Done),
@@ -353,6 +371,50 @@ mod tests {
     }
 
     #[test]
+    fn idle_deadlines_come_up_when_due_and_closed_connections_do_not_pile_up() {
+        use mio::Token;
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let conn = |idle: u64| {
+            let socket = Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+            let mut c = InternalConn::new(
+                Internal::Discard,
+                socket,
+                ServiceId(1),
+                None,
+                Peer::Unknown,
+                SystemTime::now(),
+            );
+            c.idle = ms(idle);
+            c.last_active = t0;
+            c
+        };
+        let mut conns = InternalConns::default();
+        conns.insert(Token(1), conn(300));
+        conns.insert(Token(2), conn(100));
+        assert_eq!(conns.next_deadline(), Some(t0 + ms(100)));
+        assert!(conns.take_idle(t0 + ms(50)).is_empty());
+        // Token 2 moved a byte since its deadline was queued: not idle,
+        // queued again at its new deadline.
+        conns.conns.get_mut(&Token(2)).unwrap().last_active = t0 + ms(250);
+        assert!(conns.take_idle(t0 + ms(200)).is_empty());
+        assert_eq!(conns.next_deadline(), Some(t0 + ms(300)));
+        assert_eq!(conns.take_idle(t0 + ms(340)), vec![Token(1)]);
+        assert_eq!(conns.take_idle(t0 + ms(350)), vec![Token(2)]);
+        // A retime to a shorter timeout comes up before the old deadline.
+        conns.insert(Token(3), conn(60_000));
+        conns.retime(|_| Some(ms(10)));
+        assert_eq!(conns.next_deadline().unwrap() - t0, ms(10));
+        // Many short connections leave the heap the size of the open ones.
+        for i in 10..10_010 {
+            conns.insert(Token(i), conn(300_000));
+            conns.remove(Token(i));
+        }
+        assert_eq!(conns.len(), 3);
+        assert!(conns.idle.len() <= 2 * 3 + 64 + 1, "{}", conns.idle.len());
+    }
+
+    #[test]
     fn datagrams_from_servers_ports_internal_ports_and_bogus_addresses_go_unanswered() {
         let ports: rustc_hash::FxHashSet<u16> = [7007].into_iter().collect();
         let at = |s: &str| unanswerable(s.parse().unwrap(), &ports);
@@ -387,8 +449,9 @@ mod tests {
 // ---- the loop's side ----------------------------------------------------
 
 use rustc_hash::FxHashMap;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::os::fd::AsRawFd;
-use std::time::Instant;
 
 use log::{debug, info};
 use mio::unix::SourceFd;
@@ -410,6 +473,11 @@ pub(super) struct InternalConns {
     per_source: Counter<(ServiceId, SourceKey)>,
     /// Connections whose budget ran out last turn.
     ready: Vec<Token>,
+    /// One idle deadline per connection, as it was when pushed: a
+    /// connection active since is pushed again with its new deadline when
+    /// the old one comes up, so activity costs a timestamp, not a heap
+    /// operation.
+    idle: BinaryHeap<Reverse<(Instant, Token)>>,
 }
 
 impl InternalConns {
@@ -425,6 +493,50 @@ impl InternalConns {
         !self.ready.is_empty()
     }
 
+    /// Open connections over all services: they count toward
+    /// `max_children` as children do.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// The earliest a connection may have been idle too long.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.idle.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// The connections silent for their whole idle timeout at `now`.
+    fn take_idle(&mut self, now: Instant) -> Vec<Token> {
+        let mut out = Vec::new();
+        while let Some(&Reverse((at, token))) = self.idle.peek() {
+            if at > now {
+                break;
+            }
+            self.idle.pop();
+            let Some(conn) = self.conns.get(&token) else {
+                continue; // closed since
+            };
+            let due = conn.idle_deadline();
+            if due <= now {
+                out.push(token);
+            } else {
+                self.idle.push(Reverse((due, token)));
+            }
+        }
+        out
+    }
+
+    /// Give every connection the idle timeout `timeout_of` its service has
+    /// now (a reload may have changed it; a removed service's keep theirs).
+    fn retime(&mut self, timeout_of: impl Fn(ServiceId) -> Option<Duration>) {
+        for conn in self.conns.values_mut() {
+            if let Some(t) = timeout_of(conn.service) {
+                conn.idle = t;
+            }
+        }
+        // A shorter timeout must come up in the heap before the old one.
+        self.rebuild_idle();
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &InternalConn> {
         self.conns.values()
     }
@@ -434,6 +546,7 @@ impl InternalConns {
         if let Some(k) = conn.source {
             self.per_source.add((conn.service, k));
         }
+        self.idle.push(Reverse((conn.idle_deadline(), token)));
         self.conns.insert(token, conn);
     }
 
@@ -448,7 +561,22 @@ impl InternalConns {
         if let Some(k) = conn.source {
             self.per_source.remove(&(conn.service, k));
         }
+        // A closed connection's deadline stays in the heap until it comes
+        // up; with many short connections (daytime) that would be one
+        // entry per connection of the last `idle_timeout`. Rebuilt when
+        // most entries are stale: amortised O(1) per connection.
+        if self.idle.len() > 2 * self.conns.len() + 64 {
+            self.rebuild_idle();
+        }
         Some(conn)
+    }
+
+    fn rebuild_idle(&mut self) {
+        self.idle = self
+            .conns
+            .iter()
+            .map(|(t, c)| Reverse((c.idle_deadline(), *t)))
+            .collect();
     }
 }
 
@@ -482,7 +610,8 @@ impl Server {
         let id = svc.id;
         self.services[idx].stats.served += 1;
         self.take_rate_token(idx, Instant::now());
-        let c = InternalConn::new(kind, conn, id, source, peer, SystemTime::now());
+        let mut c = InternalConn::new(kind, conn, id, source, peer, SystemTime::now());
+        c.idle = self.services[idx].spec.idle_timeout;
         self.tokens.insert(token, TokenKind::Internal);
         self.internals.insert(token, c);
         // Answer at once (daytime and time need no readiness).
@@ -490,7 +619,10 @@ impl Server {
     }
 
     /// A connection the previous image was serving (live upgrade).
-    pub(super) fn resume_internal(&mut self, conn: InternalConn) {
+    pub(super) fn resume_internal(&mut self, mut conn: InternalConn) {
+        if let Some(idx) = self.service_index(conn.service) {
+            conn.idle = self.services[idx].spec.idle_timeout;
+        }
         let token = self.next_token();
         if let Err(e) = self.poll.registry().register(
             &mut SourceFd(&conn.socket.as_raw_fd()),
@@ -509,7 +641,7 @@ impl Server {
         let Some(conn) = self.internals.conns.get_mut(&token) else {
             return;
         };
-        match conn.on_ready() {
+        match conn.on_ready(Instant::now()) {
             Progress::Waiting => {}
             Progress::MoreWork => self.internals.ready.push(token),
             Progress::Done => self.close_internal(token),
@@ -530,6 +662,7 @@ impl Server {
                 .poll
                 .registry()
                 .deregister(&mut SourceFd(&conn.socket.as_raw_fd()));
+            let now = Instant::now();
             if let Some(idx) = self.service_index(conn.service) {
                 debug!(
                     "{}: internal:{} done for {}",
@@ -538,9 +671,40 @@ impl Server {
                     conn.peer
                 );
                 // A slot under max_instances may have opened.
-                self.sync_service(idx, Instant::now());
+                self.sync_service(idx, now);
             }
+            // And one under max_children, for every service.
+            self.unpark(now);
         }
+    }
+
+    /// Close the connections that have been silent for their service's
+    /// `idle_timeout`: an idle client must not keep a descriptor (and a
+    /// place under the limits) for ever.
+    pub(super) fn close_idle_internal(&mut self, now: Instant) {
+        for token in self.internals.take_idle(now) {
+            if let Some(conn) = self.internals.conns.get(&token) {
+                debug!(
+                    "{}: internal:{} closing {}: idle for {:.1}s",
+                    self.service_name(conn.service),
+                    conn.kind.name(),
+                    conn.peer,
+                    conn.idle.as_secs_f64()
+                );
+            }
+            self.close_internal(token);
+        }
+    }
+
+    /// After a reload: each connection takes its service's idle timeout.
+    pub(super) fn retime_internal(&mut self) {
+        let Server {
+            internals,
+            services,
+            by_id,
+            ..
+        } = self;
+        internals.retime(|id| by_id.get(&id).map(|i| services[*i].spec.idle_timeout));
     }
 
     /// Close every internal connection (at stop).

@@ -382,6 +382,7 @@ impl Server {
         self.timers
             .next_deadline()
             .into_iter()
+            .chain(self.internals.next_deadline())
             .chain(self.resources.deadline())
             .chain(self.refusals.deadline())
             .min()
@@ -389,6 +390,7 @@ impl Server {
 
     /// Re-arm what a timer that ran out was holding back.
     fn run_timers(&mut self, now: Instant) {
+        self.close_idle_internal(now);
         if self.resources.expire(now) {
             self.retry_pending(now);
             self.unpark(now);
@@ -529,8 +531,9 @@ impl Server {
             .map_or("(removed service)", |i| self.services[i].spec.name.as_str())
     }
 
+    /// An internal service's TCP client counts as a child (SPEC).
     fn at_global_limit(&self) -> bool {
-        self.children.len() >= self.config.daemon.max_children as usize
+        self.children.len() + self.internals.len() >= self.config.daemon.max_children as usize
     }
 
     /// The gate over all services: below max_children and not backing
@@ -816,6 +819,7 @@ impl Server {
             pid: std::process::id(),
             config: self.config.path.display().to_string(),
             children: self.children.len() as u64,
+            internal_clients: self.internals.len() as u64,
             max_children: u64::from(self.config.daemon.max_children),
             version: Some(env!("CARGO_PKG_VERSION").into()),
             upgrades: self.upgrades.done,
@@ -1157,6 +1161,7 @@ impl Server {
                 _ => None,
             })
             .collect();
+        self.retime_internal();
         crate::logging::set_format(new.daemon.log_format);
         // Each service holds its spec; the config keeps the rest.
         self.config = new;

@@ -371,3 +371,198 @@ fn a_port_that_becomes_an_internal_services_at_a_reload_or_upgrade_is_never_answ
     let (n, _) = from.recv_from(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"removed");
 }
+
+fn connect_to(port: u16) -> std::net::TcpStream {
+    connect_tcp(([127, 0, 0, 1], port).into())
+}
+
+/// `n` clients wait in `port`'s backlog, and still do after summond has
+/// answered a status request made after they connected: it has looked at
+/// its listeners since, and left them there.
+fn still_waiting(s: &Summond, port: u16, n: u32) -> bool {
+    wait_in_backlog(port, n) && {
+        status_json(&s.dir.path("control.sock"));
+        accept_queue(port) == Some(n)
+    }
+}
+
+fn active(s: &Summond, name: &str) -> u64 {
+    service_status(s, name)["active"].as_u64().unwrap()
+}
+
+fn internal_clients(s: &Summond) -> u64 {
+    status_json(&s.dir.path("control.sock"))["internal_clients"]
+        .as_u64()
+        .expect("status has internal_clients")
+}
+
+#[test]
+fn max_instances_holds_an_internal_services_third_client_in_the_backlog_until_one_leaves() {
+    let port = free_port();
+    let s = Summond::start(&control(&internal(
+        "discard",
+        "tcp",
+        port,
+        "max_instances = 2\n",
+    )));
+    let first = connect_to(port);
+    let _second = connect_to(port);
+    assert!(wait_until(TIMEOUT, || s.log_count("internal:discard for") == 2));
+    let _third = connect_to(port);
+    assert!(
+        still_waiting(&s, port, 1),
+        "max_instances = 2 holds the third"
+    );
+    assert_eq!(service_status(&s, "discard-tcp")["active"], 2);
+    drop(first);
+    assert!(wait_in_backlog(port, 0), "taken once one has left");
+    assert!(wait_until(TIMEOUT, || s.log_count("internal:discard for") == 3));
+    assert_eq!(service_status(&s, "discard-tcp")["active"], 2);
+}
+
+#[test]
+fn internal_clients_count_toward_max_children_with_the_children() {
+    let (discard, cat) = (free_port(), free_port());
+    let s = Summond::start(&format!(
+        "[daemon]\nmax_children = 2\ncontrol = \"{{dir}}/control.sock\"\n{}\
+         [[service]]\nname = \"cat\"\nlisten = \"tcp://127.0.0.1:{cat}\"\nexec = [\"/bin/cat\"]\n",
+        internal("discard", "tcp", discard, "")
+    ));
+    let a = connect_to(discard);
+    let b = connect_to(discard);
+    assert!(wait_until(TIMEOUT, || active(&s, "discard-tcp") == 2));
+    // The limit is reached: a child of another service waits, and so
+    // does a third internal client.
+    let mut c = connect_to(cat);
+    let _d = connect_to(discard);
+    assert!(
+        still_waiting(&s, cat, 1),
+        "cat waits for a slot under max_children"
+    );
+    assert!(
+        still_waiting(&s, discard, 1),
+        "the third internal client waits too"
+    );
+    assert_eq!(s.log_count("cat: started pid"), 0);
+    drop((a, b));
+    c.write_all(b"through\n").unwrap();
+    assert_eq!(read_line(&c), "through\n");
+    assert!(wait_in_backlog(discard, 0));
+    assert!(wait_until(TIMEOUT, || internal_clients(&s) == 1));
+    assert_eq!(active(&s, "discard-tcp"), 1);
+}
+
+#[test]
+fn an_idle_internal_client_is_closed_after_idle_timeout_and_a_talking_one_is_not() {
+    let port = free_port();
+    let config = |timeout: &str| {
+        control(&internal(
+            "echo",
+            "tcp",
+            port,
+            &format!("idle_timeout = \"{timeout}\"\n"),
+        ))
+    };
+    let s = Summond::start(&config("2s"));
+    let mut silent = connect_to(port);
+    let mut talker = connect_to(port);
+    // The talker speaks more often than the timeout, for longer than it:
+    // never closed. The silent one is closed meanwhile.
+    let mut silent_closed = false;
+    for i in 0..200 {
+        let line = format!("line {i}\n");
+        talker.write_all(line.as_bytes()).unwrap();
+        assert_eq!(read_line(&talker), line, "the talker is still served");
+        silent.set_nonblocking(true).unwrap();
+        if matches!(silent.read(&mut [0u8; 8]), Ok(0)) {
+            silent_closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(silent_closed, "{}", s.log_text());
+    assert!(s.log_text().contains("idle for 2.0s"), "{}", s.log_text());
+    assert_eq!(internal_clients(&s), 1, "the talker only");
+    // Silent now: closed too, and nothing is counted any more.
+    talker.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert_eq!(talker.read(&mut [0u8; 8]).unwrap(), 0);
+    assert!(wait_until(TIMEOUT, || internal_clients(&s) == 0));
+    assert_eq!(service_status(&s, "echo-tcp")["active"], 0);
+    // A reload that shortens the timeout applies to open clients.
+    assert!(s.reload(&config("1h")));
+    let mut waiting = connect_to(port);
+    assert!(wait_until(TIMEOUT, || internal_clients(&s) == 1));
+    assert!(s.reload(&config("500ms")));
+    waiting.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert_eq!(
+        waiting.read(&mut [0u8; 8]).unwrap(),
+        0,
+        "closed at the new timeout"
+    );
+}
+
+#[test]
+fn internal_client_counts_are_kept_across_reload_and_upgrade_and_return_to_zero() {
+    let (port, other) = (free_port(), free_port());
+    let first = control(&internal("discard", "tcp", port, "max_instances = 3\n"));
+    let s = Summond::start(&first);
+    let mut clients: Vec<_> = (0..3).map(|_| connect_to(port)).collect();
+    assert!(wait_until(TIMEOUT, || internal_clients(&s) == 3));
+    let _fourth = connect_to(port);
+    assert!(still_waiting(&s, port, 1));
+    let check = |when: &str| {
+        assert_eq!(internal_clients(&s), 3, "{when}");
+        assert_eq!(service_status(&s, "discard-tcp")["active"], 3, "{when}");
+        assert!(still_waiting(&s, port, 1), "{when}: the fourth still waits");
+    };
+    assert!(s.reload(&format!("{first}{}", internal("echo", "tcp", other, ""))));
+    check("after a reload");
+    // An upgrade hands the clients over: still counted, still limiting.
+    s.signal(nix::libc::SIGUSR2);
+    assert!(s.wait_log("upgraded in place"), "{}", s.log_text());
+    check("after an upgrade");
+    for c in &mut clients {
+        c.write_all(b"still served\n").unwrap();
+    }
+    clients.pop();
+    assert!(
+        wait_in_backlog(port, 0),
+        "the fourth is taken when one leaves"
+    );
+    assert!(wait_until(TIMEOUT, || internal_clients(&s) == 3));
+    drop(clients);
+    drop(_fourth);
+    assert!(wait_until(TIMEOUT, || internal_clients(&s) == 0));
+    assert_eq!(service_status(&s, "discard-tcp")["active"], 0);
+}
+
+#[test]
+fn many_idle_internal_clients_under_a_low_nofile_leave_a_cat_service_answering() {
+    let (discard, cat) = (free_port(), free_port());
+    let s = Summond::start(&format!(
+        "{}[[service]]\nname = \"cat\"\nlisten = \"tcp://127.0.0.1:{cat}\"\nexec = [\"/bin/cat\"]\n",
+        control(&internal("discard", "tcp", discard, "max_instances = 50\n"))
+    ));
+    // Room for summond's own fds and the 50 clients, not for the rest.
+    let own = std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
+        .unwrap()
+        .count() as u64;
+    set_nofile(s.pid(), own + 70);
+    let idle: Vec<_> = (0..200).map(|_| connect_to(discard)).collect();
+    assert!(wait_until(TIMEOUT, || active(&s, "discard-tcp") == 50));
+    assert!(
+        still_waiting(&s, discard, 150),
+        "the rest wait in the backlog"
+    );
+    for i in 0..3 {
+        let line = format!("cat {i}\n");
+        assert_eq!(tcp_port_exchange(cat, line.as_bytes()), line);
+    }
+    assert!(
+        !s.log_text().contains("pausing all listeners"),
+        "{}",
+        s.log_text()
+    );
+    drop(idle);
+    assert!(wait_until(TIMEOUT, || active(&s, "discard-tcp") == 0));
+}
