@@ -9,11 +9,13 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{fstat, umask, Mode, SFlag};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::addr::{ListenAddr, UnixPath};
@@ -71,6 +73,10 @@ pub enum ListenError {
     /// The path exists and is not a socket: never removed.
     NotASocket(PathBuf),
     RemoveStale(PathBuf, io::Error),
+    /// The path no longer names the socket file summond bound (renamed,
+    /// replaced by a symlink or another file): its mode and owner are
+    /// left alone.
+    Replaced(PathBuf),
 }
 
 impl fmt::Display for ListenError {
@@ -96,6 +102,11 @@ impl fmt::Display for ListenError {
             ListenError::RemoveStale(p, e) => {
                 write!(f, "cannot remove stale socket {}: {e}", p.display())
             }
+            ListenError::Replaced(p) => write!(
+                f,
+                "{} is no longer the socket summond bound; not changing its mode or owner",
+                p.display()
+            ),
         }
     }
 }
@@ -178,7 +189,17 @@ fn clear_stale(path: &Path, stream: bool) -> Result<(), ListenError> {
             Err(ListenError::Live(path.to_path_buf()))
         }
         Err(e) if e.raw_os_error() == Some(nix::libc::ECONNREFUSED) => {
-            std::fs::remove_file(path).map_err(|e| ListenError::RemoveStale(path.to_path_buf(), e))
+            // The probe took time: remove the file only if the path still
+            // names the dead socket it reached, not something swapped in.
+            match std::fs::symlink_metadata(path) {
+                Ok(now) if now.dev() == meta.dev() && now.ino() == meta.ino() => {
+                    std::fs::remove_file(path)
+                        .map_err(|e| ListenError::RemoveStale(path.to_path_buf(), e))
+                }
+                Ok(_) => Err(ListenError::NotASocket(path.to_path_buf())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(ListenError::Bind(e)),
+            }
         }
         // EPROTOTYPE: a socket of the other type is bound there and alive.
         Err(e) if e.raw_os_error() == Some(nix::libc::EPROTOTYPE) => {
@@ -211,12 +232,72 @@ fn unix_sockaddr(path: &UnixPath) -> io::Result<SockAddr> {
     }
 }
 
-/// Give the socket file at `path` the owner and group of `opts`, if any.
-fn set_owner(path: &Path, opts: &ListenOptions) -> Result<(), ListenError> {
+/// Sets the process umask and puts the old one back when dropped. Used
+/// around bind(2), which creates a socket file with mode `0777 & ~umask`:
+/// the file is born with the wanted mode, so it is never wider for a
+/// moment and no chmod by path (which follows symlinks) is needed. The
+/// umask is process-wide; summond has one thread and spawns no child
+/// while the guard lives, so no child sees it.
+struct UmaskGuard(Mode);
+
+impl UmaskGuard {
+    fn set(mask: u32) -> UmaskGuard {
+        UmaskGuard(umask(Mode::from_bits_truncate(mask & 0o777)))
+    }
+}
+
+impl Drop for UmaskGuard {
+    fn drop(&mut self) {
+        umask(self.0);
+    }
+}
+
+/// An `O_PATH` handle on the file at `owned.path`, if it is still the
+/// socket file summond bound (same device and inode; `O_NOFOLLOW`: a
+/// symlink is a file of its own and does not match). Mode and owner are
+/// then changed through the handle, never by path, so a file swapped in
+/// after the check is not touched either.
+fn open_owned(owned: &OwnedPath) -> Result<OwnedFd, ListenError> {
+    let fd = nix::fcntl::open(
+        &owned.path,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        nix::errno::Errno::ENOENT => ListenError::Replaced(owned.path.clone()),
+        e => ListenError::Chmod(e.into()),
+    })?;
+    let st = fstat(&fd).map_err(|e| ListenError::Chmod(e.into()))?;
+    if st.st_dev != owned.dev || st.st_ino != owned.ino {
+        return Err(ListenError::Replaced(owned.path.clone()));
+    }
+    Ok(fd)
+}
+
+/// Set the mode of the file behind an `O_PATH` handle. fchmod(2) refuses
+/// O_PATH descriptors and fchmodat(2) cannot be told not to follow a
+/// symlink on Linux; chmod of the handle's /proc/self/fd entry reaches
+/// exactly the inode the handle holds (what systemd's fchmod_opath does).
+fn chmod_handle(fd: &OwnedFd, mode: u32) -> Result<(), ListenError> {
+    let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    std::fs::set_permissions(link, std::fs::Permissions::from_mode(mode))
+        .map_err(ListenError::Chmod)
+}
+
+/// Give the file behind an `O_PATH` handle the owner and group of `opts`,
+/// if any (fchownat with AT_EMPTY_PATH works on O_PATH handles).
+fn chown_handle(fd: &OwnedFd, opts: &ListenOptions) -> Result<(), ListenError> {
     if opts.owner.is_none() && opts.group.is_none() {
         return Ok(());
     }
-    std::os::unix::fs::lchown(path, opts.owner, opts.group).map_err(ListenError::Chown)
+    nix::unistd::fchownat(
+        fd,
+        "",
+        opts.owner.map(nix::unistd::Uid::from_raw),
+        opts.group.map(nix::unistd::Gid::from_raw),
+        AtFlags::AT_EMPTY_PATH,
+    )
+    .map_err(|e| ListenError::Chown(e.into()))
 }
 
 /// Re-apply to a socket kept across a reload what can change on an open
@@ -225,11 +306,13 @@ fn set_owner(path: &Path, opts: &ListenOptions) -> Result<(), ListenError> {
 /// matter at bind time; they apply when the address is opened anew.
 pub fn reapply(listener: &Listener, opts: &ListenOptions) -> Result<(), ListenError> {
     if let Some(owned) = &listener.created {
-        if let Some(mode) = opts.socket_mode {
-            std::fs::set_permissions(&owned.path, std::fs::Permissions::from_mode(mode))
-                .map_err(ListenError::Chmod)?;
+        if opts.socket_mode.is_some() || opts.owner.is_some() || opts.group.is_some() {
+            let fd = open_owned(owned)?;
+            if let Some(mode) = opts.socket_mode {
+                chmod_handle(&fd, mode)?;
+            }
+            chown_handle(&fd, opts)?;
         }
-        set_owner(&owned.path, opts)?;
     }
     if listener.addr.is_stream() {
         let backlog = opts.backlog.unwrap_or(DEFAULT_BACKLOG);
@@ -312,26 +395,50 @@ pub fn open(addr: &ListenAddr, opts: ListenOptions) -> Result<Listener, ListenEr
             (s, sockaddr, file)
         }
     };
-    socket.bind(&sockaddr).map_err(ListenError::Bind)?;
+    {
+        // The file is born with socket_mode (see UmaskGuard); the guard
+        // goes before anything else can run.
+        let _mask = match (&unix_path, opts.socket_mode) {
+            (Some(_), Some(mode)) => Some(UmaskGuard::set(!mode)),
+            _ => None,
+        };
+        socket.bind(&sockaddr).map_err(ListenError::Bind)?;
+    }
     let mut listener = Listener {
         addr: addr.clone(),
         socket,
         created: None,
     };
     if let Some(path) = unix_path {
-        // From here on the file is ours; dropping `listener` removes it.
-        let meta = std::fs::symlink_metadata(&path).map_err(ListenError::Bind)?;
-        listener.created = Some(OwnedPath {
-            path: path.clone(),
-            dev: meta.dev(),
-            ino: meta.ino(),
-        });
-        if let Some(mode) = opts.socket_mode {
-            // Before listen(): no client can connect while the mode is wrong.
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-                .map_err(ListenError::Chmod)?;
+        // What the path names now must be the socket bind(2) just made:
+        // a socket file owned by summond's euid (no one else can make
+        // one of those, and protected_hardlinks forbids linking one).
+        // Something else means the path was swapped under us: refuse,
+        // and never remove or chown it.
+        let fd = nix::fcntl::open(
+            &path,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| ListenError::Bind(e.into()))?;
+        let st = fstat(&fd).map_err(|e| ListenError::Bind(e.into()))?;
+        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK
+            || st.st_uid != nix::unistd::geteuid().as_raw()
+        {
+            return Err(ListenError::Replaced(path));
         }
-        set_owner(&path, &opts)?;
+        // From here on the file is ours; dropping `listener` removes it.
+        listener.created = Some(OwnedPath {
+            path,
+            dev: st.st_dev,
+            ino: st.st_ino,
+        });
+        // Bits beyond 0777 (setgid, sticky) are not made by bind(2).
+        if let Some(mode) = opts.socket_mode.filter(|m| m & !0o777 != 0) {
+            chmod_handle(&fd, mode)?;
+        }
+        // Before listen(): no client connects before the owner is right.
+        chown_handle(&fd, &opts)?;
     }
     if addr.is_stream() {
         listener

@@ -2,7 +2,7 @@
 //! socket file's mode, stale files replaced, live ones refused, files
 //! removed at stop.
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::time::Duration;
 
@@ -146,4 +146,130 @@ fn socket_files_are_removed_on_sigterm() {
         .expect("exits within a second or so");
     assert_eq!(status.code(), Some(0));
     assert!(!a.exists() && !b.exists(), "socket files removed");
+}
+
+/// Issue 15 item 2: a reload that changes socket_mode/user/group must not
+/// follow a symlink put in place of the socket file (root chmod'ed a 0600
+/// root file to 0666 through one).
+#[test]
+fn reload_does_not_chmod_or_chown_through_a_symlink_swapped_in() {
+    if !nix::unistd::getuid().is_root() {
+        return skip(
+            "reload_does_not_chmod_or_chown_through_a_symlink_swapped_in",
+            "chown needs root",
+        );
+    }
+    let dir = TempDir::new("symlink");
+    let sock = dir.path("s.sock");
+    let secret = dir.path("secret");
+    std::fs::write(&secret, "root only\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = |mode: &str, extra: &str| {
+        format!(
+            "[[service]]\nname = \"s\"\nlisten = \"unix://{}\"\nexec = [\"cat\"]\nsocket_mode = \"{mode}\"\n{extra}",
+            sock.display()
+        )
+    };
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &config("0600", ""),
+            ..Start::default()
+        },
+    );
+    // Someone who can write the directory swaps the socket for a symlink.
+    let moved = s.dir.path("moved.sock");
+    std::fs::rename(&sock, &moved).unwrap();
+    std::os::unix::fs::symlink(&secret, &sock).unwrap();
+    let ok = s.reload(&config(
+        "0666",
+        "socket_user = \"nobody\"\nsocket_group = \"nogroup\"\n",
+    ));
+    let meta = std::fs::metadata(&secret).unwrap();
+    assert_eq!(
+        meta.permissions().mode() & 0o7777,
+        0o600,
+        "the symlink's target was chmod'ed:\n{}",
+        s.log_text()
+    );
+    assert_eq!((meta.uid(), meta.gid()), (0, 0), "the target was chown'ed");
+    assert!(ok, "the reload itself applies:\n{}", s.log_text());
+    assert!(
+        s.wait_log("is no longer the socket summond bound"),
+        "the refusal is logged:\n{}",
+        s.log_text()
+    );
+    drop(s);
+    let _ = moved;
+}
+
+/// Issue 15 item 2: the socket file is born with socket_mode exactly,
+/// whatever umask summond runs under (it used to be created by bind with
+/// the umask's mode and chmod'ed by path afterwards).
+#[test]
+fn a_fresh_socket_file_has_exactly_socket_mode_whatever_the_umask() {
+    let dir = TempDir::new("umask");
+    let a = dir.path("a.sock");
+    let b = dir.path("b.sock");
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &format!(
+                "[[service]]\nname = \"a\"\nlisten = \"unix://{}\"\nexec = [\"cat\"]\nsocket_mode = \"0600\"\n\
+                 [[service]]\nname = \"b\"\nlisten = \"unixgram://{}\"\nexec = [\"cat\"]\nsocket_mode = \"0666\"\n",
+                a.display(),
+                b.display()
+            ),
+            wrapper: &["sh", "-c", "umask 0; exec \"$0\" \"$@\""],
+            ..Start::default()
+        },
+    );
+    let mode =
+        |p: &std::path::Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&a), 0o600);
+    assert_eq!(mode(&b), 0o666);
+    // summond's own umask is left as it found it (children inherit it).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    assert_eq!(field_colon(&status, "Umask"), Some("0000"), "{status}");
+}
+
+fn field_colon<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+/// Issue 15 item 2: at stop summond removes only the socket file it bound;
+/// a symlink or a file swapped in at its path stays.
+#[test]
+fn stop_leaves_a_file_swapped_in_for_the_socket() {
+    let dir = TempDir::new("swapstop");
+    let a = dir.path("a.sock");
+    let b = dir.path("b.sock");
+    let mut s = Summond::start_in(
+        dir,
+        Start {
+            config: &format!(
+                "[[service]]\nname = \"a\"\nlisten = \"unix://{}\"\nexec = [\"cat\"]\n\
+                 [[service]]\nname = \"b\"\nlisten = \"unix://{}\"\nexec = [\"cat\"]\n",
+                a.display(),
+                b.display()
+            ),
+            ..Start::default()
+        },
+    );
+    let target = s.dir.path("target");
+    std::fs::write(&target, "keep\n").unwrap();
+    std::fs::remove_file(&a).unwrap();
+    std::os::unix::fs::symlink(&target, &a).unwrap();
+    std::fs::remove_file(&b).unwrap();
+    std::fs::write(&b, "plain\n").unwrap();
+    s.signal(nix::libc::SIGTERM);
+    assert!(s.wait_exit(TIMEOUT).is_some());
+    assert!(std::fs::symlink_metadata(&a)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read_to_string(&b).unwrap(), "plain\n");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep\n");
 }
