@@ -4,6 +4,7 @@
 //! order (so `10-x.toml` comes before `20-y.toml`, as in conf.d
 //! directories everywhere). A pattern matching nothing is fine (an empty
 //! conf.d); a matched file that cannot be read is an error naming it.
+//! Wildcards skip names that start with a dot (editors' locks, backups).
 
 use std::path::{Path, PathBuf};
 
@@ -30,7 +31,15 @@ pub(super) fn files(
         let Some(text) = full.to_str() else {
             continue;
         };
-        let matches = match glob::glob(text) {
+        // A wildcard never matches a leading dot: editors' locks
+        // (`.#a.toml`) and hidden backups (`.old-a.toml`) sit beside the
+        // drop-ins, and run-parts and systemd skip them too. A pattern
+        // that spells the dot out still matches it.
+        let options = glob::MatchOptions {
+            require_literal_leading_dot: true,
+            ..glob::MatchOptions::new()
+        };
+        let matches = match glob::glob_with(text, options) {
             Ok(m) => m,
             // The checker validated the pattern; a joined base path with
             // glob characters in it is the only way here.

@@ -104,3 +104,37 @@ fn an_error_in_a_drop_in_names_that_file_and_line() {
         assert!(err.contains(&expected), "missing {expected:?} in:\n{err}");
     }
 }
+
+/// Issue 15 item 16: an editor's lock (`.#a.toml`, a dangling symlink
+/// emacs leaves) or a hidden backup (`.old-a.toml`) beside the drop-ins
+/// broke --check and every reload; names starting with a dot are skipped,
+/// as run-parts and systemd do.
+#[test]
+fn include_globs_skip_dotfiles() {
+    let (main, a, b) = (free_port(), free_port(), free_port());
+    let dir = TempDir::new("include-dot");
+    let confd = dir.path("conf.d");
+    std::fs::create_dir(&confd).unwrap();
+    std::fs::write(confd.join("a.toml"), service("a", a)).unwrap();
+    // emacs' lock: a symlink to "user@host.pid", which does not exist.
+    std::os::unix::fs::symlink("root@host.1234:1700000000", confd.join(".#a.toml")).unwrap();
+    std::fs::write(confd.join(".old-a.toml"), service("a", a)).unwrap();
+    let config = format!(
+        "[daemon]\ninclude = [\"conf.d/*.toml\"]\n{}",
+        service("main", main)
+    );
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &config,
+            ..Start::default()
+        },
+    );
+    let (code, out, err) = run_to_exit(&["--check", "-c", s.config.to_str().unwrap()]);
+    assert_eq!((code, out.as_str()), (0, "ok: 2 services\n"), "{err}");
+    std::fs::write(confd.join("b.toml"), service("b", b)).unwrap();
+    std::fs::write(confd.join(".#b.toml"), "junk = [").unwrap();
+    assert!(s.reload(&config), "{}", s.log_text());
+    assert_eq!(tcp_port_exchange(b, b"b\n"), "b\n");
+    assert_eq!(tcp_port_exchange(a, b"a\n"), "a\n");
+}
