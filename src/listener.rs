@@ -163,11 +163,19 @@ impl Listener {
 impl Drop for Listener {
     fn drop(&mut self) {
         if let Some(owned) = &self.created {
-            if let Ok(meta) = std::fs::symlink_metadata(&owned.path) {
-                if meta.dev() == owned.dev && meta.ino() == owned.ino {
-                    let _ = std::fs::remove_file(&owned.path);
-                }
-            }
+            remove_created_file((owned.path.clone(), owned.dev, owned.ino));
+        }
+    }
+}
+
+/// Remove the socket file summond created at `path`, if the path still
+/// names it (device and inode as recorded at bind): a file or symlink put
+/// there since is someone else's. Also for the file of a socket the
+/// previous image of an upgrade created and the new config no longer has.
+pub fn remove_created_file((path, dev, ino): (PathBuf, u64, u64)) {
+    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+        if meta.dev() == dev && meta.ino() == ino {
+            let _ = std::fs::remove_file(&path);
         }
     }
 }

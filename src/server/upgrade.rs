@@ -438,6 +438,9 @@ impl Server {
         id
     }
 
+    /// Take over the removal of a socket file the previous image created;
+    /// one whose address the new config dropped is removed now, as a
+    /// reload would have (nobody else ever would).
     fn claim_file(&mut self, addr: &ListenAddr, file: (PathBuf, u64, u64)) {
         if let Some(sock) = self.sockets.get_mut(addr) {
             sock.listener.claim_file(file);
@@ -449,5 +452,7 @@ impl Server {
                 return;
             }
         }
+        debug!("{addr}: no longer configured; removing its socket file");
+        crate::listener::remove_created_file(file);
     }
 }

@@ -496,3 +496,31 @@ fn under_systemd_an_upgrade_is_reloading_then_ready_from_the_same_pid() {
     // never see NOTIFY_SOCKET.
     assert_eq!(tcp_port_exchange(port, b""), "unset\n");
 }
+
+/// Issue 15 item 15: an upgrade with a config that dropped a unix service
+/// left its socket file behind for ever (a reload removes it); the new
+/// image removes it as a reload does, and keeps the others.
+#[test]
+fn an_upgrade_removes_the_socket_file_of_a_dropped_unix_service() {
+    let service = |name: &str| {
+        format!("[[service]]\nname = \"{name}\"\nlisten = \"unix://{{dir}}/{name}.sock\"\nexec = [\"cat\"]\n")
+    };
+    let (s, _, control) = start_upgradable(
+        TempDir::new("upgrade-unix-drop"),
+        &format!("{}{}", service("kept"), service("dropped")),
+        Start::default(),
+    );
+    let kept = s.dir.path("kept.sock");
+    let dropped = s.dir.path("dropped.sock");
+    assert!(kept.exists() && dropped.exists());
+    s.write_config(&format!("{}{}", daemon_control(&control), service("kept")));
+    let (code, _, err) = upgrade(&control);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        wait_until(TIMEOUT, || !dropped.exists()),
+        "the dropped service's socket file is still there:\n{}",
+        s.log_text()
+    );
+    assert_eq!(unix_exchange(&kept, b"kept\n"), "kept\n");
+    assert!(control.exists());
+}
