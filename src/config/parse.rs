@@ -46,6 +46,7 @@ pub(super) fn check(
         shared: None,
         line_starts: line_starts(text),
         programs: FxHashMap::default(),
+        rlimit_ceilings: None,
     };
     let config = cx.document(seen, dropin);
     (config, cx.errors)
@@ -104,6 +105,8 @@ pub(super) struct Checker<'a> {
     pub(super) line_starts: Vec<usize>,
     /// Programs found so far, by name and jail.
     pub(super) programs: FxHashMap<(String, Option<PathBuf>), PathBuf>,
+    /// How high `rlimits` can go here, read at the first that asks.
+    pub(super) rlimit_ceilings: Option<super::options::RlimitCeilings>,
 }
 
 /// The offset of every line's first byte.
@@ -1007,6 +1010,7 @@ mod tests {
             shared: None,
             line_starts: line_starts(text),
             programs: FxHashMap::default(),
+            rlimit_ceilings: None,
         }
     }
 
