@@ -47,6 +47,7 @@ use crate::spawn::{EnvPool, ExecImage, Spawner, Stage};
 mod children;
 mod connection;
 mod internal;
+mod reload;
 mod scrape;
 mod sockets;
 mod timers;
@@ -55,6 +56,7 @@ mod upgrade;
 use children::{exit_key, for_peer, succeeded, Child, ChildTable, ExitText, ServiceId};
 use connection::{PendingConnection, RefusalKey};
 use internal::InternalConns;
+use reload::ConfigLoad;
 use sockets::SocketTable;
 use timers::{Timer, Timers, KILL_AFTER};
 use upgrade::Upgrades;
@@ -62,6 +64,8 @@ use upgrade::Upgrades;
 const SIGNALS: Token = Token(0);
 const CONTROL: Token = Token(1);
 const METRICS: Token = Token(2);
+/// The pipe a reload's config load answers on (`reload.rs`).
+const CONFIG_LOAD: Token = Token(5);
 /// SPEC: the control socket is for root (or summond's user) only.
 const CONTROL_SOCKET_MODE: u32 = 0o600;
 const FIRST_DYNAMIC_TOKEN: usize = 16;
@@ -220,6 +224,11 @@ pub struct Server {
     /// be reused by the next.
     scratch: (Vec<crate::spawn::FdMove>, crate::env::EnvBlock),
     stopping: bool,
+    /// A reload's config load running in a helper process.
+    config_load: Option<ConfigLoad>,
+    /// A SIGHUP came while a load ran: the files may have changed since
+    /// the helper read them, so load again when it is done.
+    reload_again: bool,
 }
 
 impl Server {
@@ -287,6 +296,8 @@ impl Server {
             spawner,
             scratch: Default::default(),
             stopping: false,
+            config_load: None,
+            reload_again: false,
         };
         for socket in handed {
             let fd = socket.as_raw_fd();
@@ -347,6 +358,7 @@ impl Server {
                     SIGNALS => self.handle_signals(),
                     CONTROL => self.accept_control_clients(),
                     METRICS => self.accept_scrapers(),
+                    CONFIG_LOAD => self.on_config_load_output(),
                     token => match self.tokens.get(&token).cloned() {
                         Some(TokenKind::Listener(addr)) => self.on_listener_ready(&addr),
                         Some(TokenKind::ControlClient) => self.write_control_reply(token),
@@ -674,6 +686,11 @@ impl Server {
                 if self.upgrade_check_exited(pid, &status) {
                     continue;
                 }
+                if let Some(load) = self.config_load.as_mut().filter(|l| l.pid == pid) {
+                    load.mark_reaped();
+                    self.finish_reload_if_loaded();
+                    continue;
+                }
                 self.child_exited(pid, &status, now);
             }
         }
@@ -940,24 +957,86 @@ impl Server {
 
     // ---- reload ---------------------------------------------------------
 
+    /// SIGHUP: load the config in a helper process (`reload.rs`) and apply
+    /// it when it is done; the loop serves on meanwhile.
     fn reload(&mut self) {
-        self.notify(&format!(
-            "RELOADING=1\nMONOTONIC_USEC={}",
-            crate::notify::monotonic_usec()
-        ));
-        self.reload_config();
-        self.notify(&format!("READY=1\n{}", self.status_line()));
-        crate::footprint::shed();
-    }
-
-    fn reload_config(&mut self) {
         if !self.config.reloadable {
             info!(event = "reload"; "SIGHUP received: nothing to reload (summond wrap has no config file)");
             return;
         }
+        if let Some(load) = &self.config_load {
+            info!(event = "reload";
+                "SIGHUP received while the config is loading (pid {}); loading again after it",
+                load.pid
+            );
+            self.reload_again = true;
+            return;
+        }
+        self.notify(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}",
+            crate::notify::monotonic_usec()
+        ));
         info!(event = "reload"; "SIGHUP received: reloading {}", self.config.path.display());
-        let t0 = Instant::now();
-        match config::load(&self.config.path, &Host::current()) {
+        match ConfigLoad::start(&self.config.path) {
+            Ok(load) => {
+                if let Err(e) = self.poll.registry().register(
+                    &mut SourceFd(&load.raw_fd()),
+                    CONFIG_LOAD,
+                    Interest::READABLE,
+                ) {
+                    error!(
+                        "reload failed, keeping the old config: watching the config loader: {e}"
+                    );
+                    load.cancel();
+                    self.notify(&format!("READY=1\n{}", self.status_line()));
+                    return;
+                }
+                self.config_load = Some(load);
+            }
+            Err(e) => {
+                // No process to spare (EAGAIN, ENOMEM): load here, as
+                // summond did before loads had their own process.
+                warn!("reload: cannot start the config loader ({e}); loading in the event loop");
+                let t0 = Instant::now();
+                let loaded = config::load(&self.config.path, &Host::current())
+                    .map_err(|errors| errors.0.iter().map(|e| e.to_string()).collect());
+                self.finish_reload(loaded, t0);
+            }
+        }
+    }
+
+    /// The config loader's pipe is readable.
+    fn on_config_load_output(&mut self) {
+        let Some(load) = self.config_load.as_mut() else {
+            return;
+        };
+        if load.read_output() {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&load.raw_fd()));
+            self.finish_reload_if_loaded();
+        }
+    }
+
+    /// Apply the loaded config once the loader wrote all and was reaped.
+    fn finish_reload_if_loaded(&mut self) {
+        if !self.config_load.as_ref().is_some_and(ConfigLoad::is_done) {
+            return;
+        }
+        let Some(load) = self.config_load.take() else {
+            return;
+        };
+        let t0 = load.started_at;
+        self.finish_reload(load.outcome(), t0);
+        if std::mem::take(&mut self.reload_again) && !self.stopping {
+            self.reload();
+        }
+    }
+
+    /// Apply a loaded config (loading began at `t0`) or log why not.
+    fn finish_reload(&mut self, loaded: reload::Loaded, t0: Instant) {
+        match loaded {
             Ok(new) => {
                 let n = new.services.len();
                 let t1 = Instant::now();
@@ -973,14 +1052,27 @@ impl Server {
                 }
             }
             Err(errors) => {
-                for e in &errors.0 {
+                for e in &errors {
                     error!("{e}");
                 }
                 error!(
                     "reload failed with {} errors, keeping the old config",
-                    errors.0.len()
+                    errors.len()
                 );
             }
+        }
+        self.notify(&format!("READY=1\n{}", self.status_line()));
+        crate::footprint::shed();
+    }
+
+    /// Give up a config load in flight (stop, upgrade).
+    fn cancel_config_load(&mut self) {
+        if let Some(load) = self.config_load.take() {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&load.raw_fd()));
+            load.cancel();
         }
     }
 
@@ -1235,6 +1327,7 @@ impl Server {
     /// leave connection children to finish on their own.
     fn shutdown(&mut self) {
         self.notify("STOPPING=1");
+        self.cancel_config_load();
         self.sockets.clear(self.poll.registry());
         self.close_all_internal();
         self.set_metrics(None);

@@ -207,9 +207,16 @@ impl Server {
             "RELOADING=1\nMONOTONIC_USEC={}",
             crate::notify::monotonic_usec()
         ));
+        // A reload loading now goes with this image (the new one reads
+        // the config itself); if the exec fails, it starts again.
+        let was_loading = self.config_load.is_some();
+        self.cancel_config_load();
         let err = upgrade::exec_new(exe, &state);
         self.upgrade_failed(format!("cannot execute {}: {err}", exe.display()));
         self.notify(&format!("READY=1\n{}", self.status_line()));
+        if was_loading {
+            self.reload();
+        }
     }
 
     /// Everything the next image needs to serve on as this one does.

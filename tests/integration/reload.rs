@@ -294,3 +294,90 @@ fn a_disabled_service_listens_on_nothing_and_enabling_it_opens_its_socket() {
     assert!(s.reload(&config(true)));
     assert_eq!(listen_inode(port), None, "disabling closes it again");
 }
+
+/// `pid` or a child of it has `path` open (the config is being read).
+fn has_open(pid: i32, path: &std::path::Path) -> bool {
+    std::iter::once(pid).chain(children_of(pid)).any(|c| {
+        std::fs::read_dir(format!("/proc/{c}/fd"))
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                    .any(|t| t == path)
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// Issue 15 item 23: a reload read drop-ins and resolved names (NSS)
+/// inside the loop, so a slow NFS or LDAP answer stopped all serving.
+/// Here a drop-in is a FIFO the test holds open without writing: the
+/// load waits on it for as long as the test likes, summond serves on,
+/// and the config applies when the load finishes. A second SIGHUP during
+/// the load loads again after it (the files may have changed since).
+#[test]
+fn summond_serves_while_a_reload_waits_on_a_slow_drop_in() {
+    use std::io::Write;
+    let (a, b, c) = (free_port(), free_port(), free_port());
+    let dir = TempDir::new("slow-load");
+    let confd = dir.path("conf.d");
+    std::fs::create_dir(&confd).unwrap();
+    let config = format!(
+        "[daemon]\ninclude = [\"conf.d/*.toml\"]\n{}",
+        echo_service("a", a, "")
+    );
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &config,
+            ..Start::default()
+        },
+    );
+    let fifo = confd.join("slow.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // Read-write: holds a writer (so the loader's open returns and its
+    // read waits) without waiting for a reader itself.
+    let mut writer = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    s.signal(nix::libc::SIGHUP);
+    assert!(
+        wait_until(TIMEOUT, || has_open(s.pid(), &fifo)),
+        "nobody reads the drop-in:\n{}",
+        s.log_text()
+    );
+    // The load waits; summond serves.
+    for _ in 0..3 {
+        assert_eq!(tcp_port_exchange(a, b"still serving\n"), "still serving\n");
+    }
+    assert_eq!(s.log_count("reload done"), 0, "{}", s.log_text());
+    // Meanwhile the drop-in changes for good, and the operator says so.
+    let real = confd.join("real.tmp");
+    std::fs::write(&real, echo_service("c", c, "")).unwrap();
+    std::fs::rename(&real, &fifo).unwrap();
+    s.signal(nix::libc::SIGHUP);
+    assert!(s.wait_log("loading again after it"), "{}", s.log_text());
+    // The slow answer arrives: the first load finishes and applies.
+    writer
+        .write_all(echo_service("b", b, "").as_bytes())
+        .unwrap();
+    drop(writer);
+    assert!(
+        wait_until(TIMEOUT, || s.log_count("reload done") == 2),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(tcp_port_exchange(c, b"c\n"), "c\n");
+    assert_eq!(tcp_port_exchange(a, b"a\n"), "a\n");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", b)).is_err(),
+        "b, from the first load, went with the second"
+    );
+    let first = s
+        .log_text()
+        .lines()
+        .find(|l| l.contains("reload done"))
+        .map(str::to_string)
+        .unwrap();
+    assert!(first.contains("reload done: 2 services"), "{first}");
+}

@@ -1,0 +1,179 @@
+//! A reload's config load, off the loop. Reading the config can wait on
+//! the world: drop-ins on NFS, user and group names through NSS (LDAP,
+//! sssd), programs looked up in PATH. On SIGHUP summond forks a helper
+//! that loads and checks the config and writes the result back over a
+//! pipe as JSON; the loop serves on meanwhile, and applies the result
+//! once the pipe reached EOF and the helper was reaped (so "reload done"
+//! is never logged while the helper is still a child).
+//!
+//! A process, not a thread: summond has one thread (STYLE), and the umask
+//! around bind(2) in `listener.rs` and the raw set*id calls in `spawn.rs`
+//! rely on it. After fork(2) in a one-thread process the child may
+//! allocate and run the same code as the parent; it only must never
+//! return into the loop's frames (dropping the server would remove socket
+//! files), so it leaves with `_exit` whatever happens, panics included.
+//!
+//! `unsafe` here: fork(2) and the helper's fd clean-up and `_exit`, below
+//! what std offers.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::time::Instant;
+
+use nix::libc;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{fork, ForkResult, Pid};
+
+use crate::config::{self, Config, Host};
+
+/// What the helper writes: the checked config, or every error rendered
+/// as summond would log it.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Outcome {
+    Loaded(Box<Config>),
+    Failed(Vec<String>),
+}
+
+/// The fd the result is written to in the helper.
+const RESULT_FD: RawFd = 3;
+
+/// A config load in a helper process.
+#[derive(Debug)]
+pub(super) struct ConfigLoad {
+    pub pid: Pid,
+    pipe: File,
+    output: Vec<u8>,
+    /// The pipe reached EOF: the helper wrote all it will.
+    eof: bool,
+    /// The helper was reaped (its pid is no longer ours to signal).
+    reaped: bool,
+    pub started_at: Instant,
+}
+
+/// A finished load: the config, or the lines saying why there is none.
+pub(super) type Loaded = Result<Config, Vec<String>>;
+
+impl ConfigLoad {
+    /// Fork a helper that loads `path`.
+    pub fn start(path: &Path) -> io::Result<ConfigLoad> {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        nix::fcntl::fcntl(
+            &read,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )?;
+        let started_at = Instant::now();
+        // SAFETY: summond has one thread, so the child starts with no lock
+        // held by another; it leaves only through `_exit` (helper_main).
+        match unsafe { fork() }? {
+            ForkResult::Child => {
+                drop(read);
+                helper_main(path, write)
+            }
+            ForkResult::Parent { child } => Ok(ConfigLoad {
+                pid: child,
+                pipe: File::from(read),
+                output: Vec::new(),
+                eof: false,
+                reaped: false,
+                started_at,
+            }),
+        }
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.pipe.as_raw_fd()
+    }
+
+    /// Read what the helper wrote so far; true once the pipe is at EOF.
+    pub fn read_output(&mut self) -> bool {
+        let mut chunk = [0u8; 64 * 1024];
+        while !self.eof {
+            match self.pipe.read(&mut chunk) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.output.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // Nothing more will come.
+                Err(_) => self.eof = true,
+            }
+        }
+        self.eof
+    }
+
+    pub fn mark_reaped(&mut self) {
+        self.reaped = true;
+    }
+
+    /// Both ends done: the helper wrote all and was reaped.
+    pub fn is_done(&self) -> bool {
+        self.eof && self.reaped
+    }
+
+    /// The result, once done.
+    pub fn outcome(self) -> Loaded {
+        match serde_json::from_slice::<Outcome>(&self.output) {
+            Ok(Outcome::Loaded(c)) => Ok(*c),
+            Ok(Outcome::Failed(lines)) => Err(lines),
+            Err(_) => Err(vec![format!(
+                "the config loader (pid {}) ended without a result",
+                self.pid
+            )]),
+        }
+    }
+
+    /// Give up on the load (stop, upgrade): the helper is killed, if it is
+    /// still ours to kill.
+    pub fn cancel(self) {
+        if !self.reaped {
+            let _ = kill(self.pid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// The helper: load, write the outcome, `_exit`. Never returns.
+fn helper_main(path: &Path, write: OwnedFd) -> ! {
+    // SAFETY: plain syscalls on fds this process owns; the write end is
+    // moved to RESULT_FD and everything above it closed, so the helper
+    // holds no listener or client of summond's (a client must see EOF
+    // when summond closes it, however long NSS keeps the helper).
+    unsafe {
+        // A helper stuck on NFS goes when summond goes.
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if write.as_raw_fd() != RESULT_FD {
+            libc::dup2(write.as_raw_fd(), RESULT_FD);
+        }
+        // close_range(2) is Linux 5.9; before it, one close per open fd.
+        if libc::syscall(libc::SYS_close_range, RESULT_FD as u32 + 1, u32::MAX, 0) != 0 {
+            for fd in open_fds() {
+                if fd > RESULT_FD {
+                    libc::close(fd);
+                }
+            }
+        }
+    }
+    std::mem::forget(write);
+    let written = std::panic::catch_unwind(|| {
+        let outcome = match config::load(path, &Host::current()) {
+            Ok(c) => Outcome::Loaded(Box::new(c)),
+            Err(errors) => Outcome::Failed(errors.0.iter().map(|e| e.to_string()).collect()),
+        };
+        // SAFETY: RESULT_FD is the pipe's write end, set up above.
+        let mut out = BufWriter::new(unsafe { File::from_raw_fd(RESULT_FD) });
+        serde_json::to_writer(&mut out, &outcome).is_ok() && out.flush().is_ok()
+    });
+    let code = if matches!(written, Ok(true)) { 0 } else { 1 };
+    // SAFETY: _exit runs no destructor of the frames below (the server's).
+    unsafe { libc::_exit(code) }
+}
+
+/// The fds open in this process (without close_range).
+fn open_fds() -> Vec<RawFd> {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
