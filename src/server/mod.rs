@@ -977,7 +977,8 @@ impl Server {
             crate::notify::monotonic_usec()
         ));
         info!(event = "reload"; "SIGHUP received: reloading {}", self.config.path.display());
-        match ConfigLoad::start(&self.config.path) {
+        let running: Vec<&ServiceSpec> = self.services.iter().map(|rt| &rt.spec).collect();
+        match ConfigLoad::start(&self.config.path, &running) {
             Ok(load) => {
                 if let Err(e) = self.poll.registry().register(
                     &mut SourceFd(&load.raw_fd()),
@@ -1028,7 +1029,9 @@ impl Server {
             return;
         };
         let t0 = load.started_at;
-        self.finish_reload(load.outcome(), t0);
+        let running: Vec<&ServiceSpec> = self.services.iter().map(|rt| &rt.spec).collect();
+        let loaded = load.outcome(&running);
+        self.finish_reload(loaded, t0);
         if std::mem::take(&mut self.reload_again) && !self.stopping {
             self.reload();
         }
