@@ -381,3 +381,44 @@ fn summond_serves_while_a_reload_waits_on_a_slow_drop_in() {
         .unwrap();
     assert!(first.contains("reload done: 2 services"), "{first}");
 }
+
+/// Issue 15 item 23: a stop while a reload's load hangs (a drop-in on a
+/// FIFO nobody writes) stops at once, and takes the loader with it.
+#[test]
+fn a_stop_while_a_reload_hangs_in_the_load_stops_and_ends_the_loader() {
+    let a = free_port();
+    let dir = TempDir::new("hung-load");
+    let confd = dir.path("conf.d");
+    std::fs::create_dir(&confd).unwrap();
+    let mut s = Summond::start_in(
+        dir,
+        Start {
+            config: &format!(
+                "[daemon]\ninclude = [\"conf.d/*.toml\"]\n{}",
+                echo_service("a", a, "")
+            ),
+            ..Start::default()
+        },
+    );
+    let fifo = confd.join("hung.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let _writer = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    s.signal(nix::libc::SIGHUP);
+    assert!(wait_until(TIMEOUT, || has_open(s.pid(), &fifo)));
+    let loaders = children_of(s.pid());
+    assert_eq!(tcp_port_exchange(a, b"a\n"), "a\n");
+    s.signal(nix::libc::SIGTERM);
+    let status = s.wait_exit(TIMEOUT).expect("summond stops");
+    assert_eq!(status.code(), Some(0), "{}", s.log_text());
+    for pid in loaders {
+        assert!(
+            wait_until(TIMEOUT, || !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || proc_state(pid) == Some('Z')),
+            "the config loader {pid} outlived summond"
+        );
+    }
+}
