@@ -493,6 +493,41 @@ mod tests {
     }
 
     #[test]
+    fn reapply_changes_only_the_socket_file_it_bound() {
+        let dir = temp_dir("reapply");
+        let path = dir.join("s.sock");
+        let addr: ListenAddr = format!("unix://{}", path.display()).parse().unwrap();
+        let opts = |mode| ListenOptions {
+            socket_mode: Some(mode),
+            ..ListenOptions::default()
+        };
+        let l = open(&addr, opts(0o600)).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        reapply(&l, &opts(0o640)).unwrap();
+        assert_eq!(mode(&path), 0o640, "the bound file itself changes");
+        // Swapped for a symlink to a file of someone else's.
+        let target = dir.join("target");
+        std::fs::write(&target, "x").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::rename(&path, dir.join("moved.sock")).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(matches!(
+            reapply(&l, &opts(0o666)),
+            Err(ListenError::Replaced(_))
+        ));
+        assert_eq!(mode(&target), 0o600, "nothing followed the symlink");
+        drop(l);
+        assert!(
+            std::fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "and the symlink is not removed at drop"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn live_socket_and_plain_file_are_refused() {
         let dir = temp_dir("live");
         let path = dir.join("live.sock");

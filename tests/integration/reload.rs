@@ -416,7 +416,8 @@ fn a_stop_while_a_reload_hangs_in_the_load_stops_and_ends_the_loader() {
     assert_eq!(status.code(), Some(0), "{}", s.log_text());
     for pid in loaders {
         assert!(
-            wait_until(TIMEOUT, || !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            wait_until(TIMEOUT, || !std::path::Path::new(&format!("/proc/{pid}"))
+                .exists()
                 || proc_state(pid) == Some('Z')),
             "the config loader {pid} outlived summond"
         );
