@@ -112,7 +112,7 @@ pub const KEY_DOCS: &[KeyDoc] = &[
     key("service", "chroot", "PATH", "", "The child's root directory (root only); exec is then found inside it."),
     key("service", "umask", "\"OCTAL\"", "summond's", "The child's umask."),
     key("service", "nice", "INTEGER", "", "The child's niceness, -20 to 19 (negative needs root)."),
-    key("service", "rlimits", "{ NAME = VALUE, ... }", "", "Resource limits (soft and hard): nofile, nproc, as, cpu, core, fsize, data, stack, memlock; sizes take K, M, G, T or \"infinity\"."),
+    key("service", "rlimits", "{ NAME = VALUE, ... }", "", "Resource limits (soft and hard): nofile, nproc, as, cpu, core, fsize, data, stack, memlock; sizes take K, M, G, T or \"infinity\" (the most the kernel allows: fs.nr_open for nofile; a number above it is an error)."),
     key("service", "no_new_privs", "BOOL", "true", "Set PR_SET_NO_NEW_PRIVS in the child, so setuid programs gain nothing."),
     key("service", "supplementary_groups", "BOOL", "true", "Give the child the user's groups from the group database; false: only the primary group."),
     key("service", "max_runtime", "DURATION", "", "Accept mode: SIGTERM the child's process group after this long, SIGKILL 5 s later."),
