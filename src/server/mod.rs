@@ -960,11 +960,19 @@ impl Server {
     /// SIGHUP: load the config in a helper process (`reload.rs`) and apply
     /// it when it is done; the loop serves on meanwhile.
     fn reload(&mut self) {
+        // Every SIGHUP is a reload to systemd (`systemctl reload` waits
+        // for READY=1 after this), even one that has nothing to load.
+        self.notify(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}",
+            crate::notify::monotonic_usec()
+        ));
         if !self.config.reloadable {
             info!(event = "reload"; "SIGHUP received: nothing to reload (summond wrap has no config file)");
+            self.notify(&format!("READY=1\n{}", self.status_line()));
             return;
         }
         if let Some(load) = &self.config_load {
+            // READY=1 then comes when the next load is done.
             info!(event = "reload";
                 "SIGHUP received while the config is loading (pid {}); loading again after it",
                 load.pid
@@ -972,10 +980,6 @@ impl Server {
             self.reload_again = true;
             return;
         }
-        self.notify(&format!(
-            "RELOADING=1\nMONOTONIC_USEC={}",
-            crate::notify::monotonic_usec()
-        ));
         info!(event = "reload"; "SIGHUP received: reloading {}", self.config.path.display());
         let running: Vec<&ServiceSpec> = self.services.iter().map(|rt| &rt.spec).collect();
         match ConfigLoad::start(&self.config.path, &running) {
@@ -1002,6 +1006,7 @@ impl Server {
                 let loaded = config::load(&self.config.path, &Host::current())
                     .map_err(|errors| errors.0.iter().map(|e| e.to_string()).collect());
                 self.finish_reload(loaded, t0);
+                self.notify(&format!("READY=1\n{}", self.status_line()));
             }
         }
     }
@@ -1034,6 +1039,8 @@ impl Server {
         self.finish_reload(loaded, t0);
         if std::mem::take(&mut self.reload_again) && !self.stopping {
             self.reload();
+        } else {
+            self.notify(&format!("READY=1\n{}", self.status_line()));
         }
     }
 
@@ -1064,7 +1071,6 @@ impl Server {
                 );
             }
         }
-        self.notify(&format!("READY=1\n{}", self.status_line()));
         crate::footprint::shed();
     }
 
