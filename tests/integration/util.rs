@@ -429,10 +429,75 @@ pub fn accept_queue(port: u16) -> Option<u32> {
     })
 }
 
-/// Wait until `n` clients wait in the backlog of `port`: summond is not
-/// accepting them (a limit holds them there).
+/// Wait until `n` clients wait in the backlog of `port`, and prove they
+/// stay there: summond is not accepting them (a limit holds them there).
+/// Seeing `n` right after `connect` proves nothing (summond may not have
+/// had its turn yet), so summond is then made to take two turns of its
+/// loop (`loop_turns`) and the queue must still hold `n`: a listener that
+/// was readable before the first turn has been served by the end of the
+/// second, had summond been going to accept.
 pub fn wait_in_backlog(port: u16, n: u32) -> bool {
-    wait_until(TIMEOUT, || accept_queue(port) == Some(n))
+    if !wait_until(TIMEOUT, || accept_queue(port) == Some(n)) {
+        return false;
+    }
+    let Some(pid) = listener_owner(port) else {
+        panic!("no process listens on 127.0.0.1:{port}");
+    };
+    assert!(
+        loop_turns(pid, 2),
+        "summond (pid {pid}) did not take its signals"
+    );
+    accept_queue(port) == Some(n)
+}
+
+/// The process that owns the loopback TCP listener on `port`: of those
+/// holding the socket, the one whose parent does not (a child that was
+/// lent the listener holds it too). Found, not assumed, so it is summond
+/// under `-d` and after an upgrade too.
+pub fn listener_owner(port: u16) -> Option<i32> {
+    let want = format!("socket:[{}]", listening_inode(port)?);
+    let holds = |pid: i32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|d| {
+            d.filter_map(|e| e.ok())
+                .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == want))
+        })
+    };
+    let holders: Vec<i32> = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| holds(*p))
+        .collect();
+    holders
+        .iter()
+        .copied()
+        .find(|p| parent_pid(*p).is_none_or(|pp| !holders.contains(&pp)))
+}
+
+/// Is `sig` pending for process `pid` as a whole (ShdPnd of its status)?
+/// summond blocks the signals it handles and reads them from a signalfd,
+/// so one stays pending until its loop has read it.
+pub fn signal_pending(pid: i32, sig: i32) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mask = status.lines().find_map(|l| l.strip_prefix("ShdPnd:"))?;
+    let mask = u64::from_str_radix(mask.trim(), 16).ok()?;
+    Some(mask & (1 << (sig - 1)) != 0)
+}
+
+/// Make summond's loop take `turns` turns, one after the other: each a
+/// SIGCHLD (summond reaps, finds nothing new, changes nothing) and a wait
+/// until its loop has read it. Every event that was ready before a turn
+/// has been handled once the next turn's signal is read (one read of the
+/// signalfd per wake-up, and the wake-up returns what was ready before).
+pub fn loop_turns(pid: i32, turns: usize) -> bool {
+    (0..turns).all(|_| {
+        // SAFETY-free: kill(2) to a process this test started.
+        if unsafe { nix::libc::kill(pid, nix::libc::SIGCHLD) } != 0 {
+            return false;
+        }
+        wait_until(TIMEOUT, || {
+            signal_pending(pid, nix::libc::SIGCHLD) == Some(false)
+        })
+    })
 }
 
 /// A test that cannot run here. In CI (root, IPv6 loopback, util-linux)
