@@ -415,6 +415,40 @@ pub fn epoll_watched(pid: i32) -> usize {
     panic!("process {pid} has no epoll fd");
 }
 
+/// The fd number in `pid` of the socket with `inode`.
+pub fn fd_of_socket(pid: i32, inode: &str) -> Option<i32> {
+    let want = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .find(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == want))
+        .and_then(|e| e.file_name().to_str()?.parse().ok())
+}
+
+/// Is the loopback TCP listener on `port` among the fds the epoll
+/// instance of `pid` watches (a `tfd:` line of its fdinfo)?
+pub fn epoll_watches_listener(pid: i32, port: u16) -> bool {
+    let inode = listening_inode(port).unwrap_or_else(|| panic!("nothing listens on {port}"));
+    let fd = fd_of_socket(pid, &inode).unwrap_or_else(|| panic!("{pid} has no fd for {port}"));
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("read fds");
+    let epoll = fds
+        .filter_map(|e| e.ok())
+        .find(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().contains("eventpoll"))
+        })
+        .unwrap_or_else(|| panic!("process {pid} has no epoll fd"));
+    let info = std::fs::read_to_string(format!(
+        "/proc/{pid}/fdinfo/{}",
+        epoll.file_name().to_string_lossy()
+    ))
+    .unwrap_or_default();
+    info.lines().any(|l| {
+        l.strip_prefix("tfd:")
+            .and_then(|r| r.split_whitespace().next()?.parse::<i32>().ok())
+            == Some(fd)
+    })
+}
+
 /// Clients waiting in the accept queue of the loopback TCP listener on
 /// `port` (the rx_queue column of a LISTEN row of /proc/net/tcp).
 pub fn accept_queue(port: u16) -> Option<u32> {
