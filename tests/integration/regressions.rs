@@ -276,7 +276,9 @@ fn at_max_children_a_connection_unwatches_only_the_listener_it_came_on() {
         "s1's listener, with a client at the cap, is unwatched"
     );
     assert!(
-        ports[2..].iter().all(|p| epoll_watches_listener(s.pid(), *p)),
+        ports[2..]
+            .iter()
+            .all(|p| epoll_watches_listener(s.pid(), *p)),
         "listeners without a client stay watched"
     );
     first.write_all(b"go\n").unwrap();

@@ -111,7 +111,12 @@ fn changed_socket_mode_and_owner_are_applied_to_a_kept_socket_file_on_reload() {
             ..Start::default()
         },
     );
-    let ino = std::fs::metadata(&path).unwrap().ino();
+    // The listening socket itself, not its file's inode number (a file
+    // removed and bound again may get the same number back): a duplicate
+    // of it held here keeps its sockfs inode from being reused, and
+    // summond must hold that very socket after the reload.
+    let listener = unix_listener_inode(&path).expect("listening on the path");
+    let _held = socket_of(s.pid(), &listener);
     assert_eq!(
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
         0o600
@@ -124,7 +129,15 @@ fn changed_socket_mode_and_owner_are_applied_to_a_kept_socket_file_on_reload() {
     };
     assert!(s.reload(&service(&format!("socket_mode = \"0640\"\n{owner}"))));
     let meta = std::fs::metadata(&path).unwrap();
-    assert_eq!(meta.ino(), ino, "the same socket file, kept");
+    assert_eq!(
+        unix_listener_inode(&path).as_deref(),
+        Some(listener.as_str()),
+        "the same socket, kept"
+    );
+    assert!(
+        fd_of_socket(s.pid(), &listener).is_some(),
+        "summond still holds the socket it listened on before the reload"
+    );
     assert_eq!(
         meta.permissions().mode() & 0o7777,
         0o640,

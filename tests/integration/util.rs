@@ -764,6 +764,26 @@ pub fn status_json(control: &Path) -> serde_json::Value {
     serde_json::from_str(&out).unwrap()
 }
 
+/// The sockfs inode of the one Unix stream socket listening on `path`
+/// (a row of /proc/net/unix with the listening flag, __SO_ACCEPTCON);
+/// None if there is none or more than one.
+pub fn unix_listener_inode(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/net/unix").ok()?;
+    let want = path.to_str()?;
+    let rows: Vec<String> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(7) == Some(&want) && f.get(3) == Some(&"00010000")).then(|| f[6].to_string())
+        })
+        .collect();
+    match rows.as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
+    }
+}
+
 /// The inode of the socket listening on loopback `port` (TCP, v4 or v6).
 pub fn listening_inode(port: u16) -> Option<String> {
     ["/proc/net/tcp", "/proc/net/tcp6"]
