@@ -31,20 +31,22 @@ fn rate_pauses_the_listener_and_resumes_by_itself_without_losing_a_client() {
         "{}",
         s.log_text()
     );
-    let status = status_json(&s.dir.path("control.sock"));
-    let paused = status["services"][0]["paused"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    // The pause is visible while it lasts (about 2 s for this burst; a
+    // status without it is not accepted).
+    let mut paused = String::new();
+    let shown = wait_until(TIMEOUT, || {
+        let status = status_json(&s.dir.path("control.sock"));
+        paused = status["services"][0]["paused"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        !paused.is_empty()
+    });
+    assert!(shown, "status never showed the pause:\n{}", s.log_text());
+    assert!(paused.starts_with("rate 5/1s, "), "{paused}");
     for c in clients {
         assert_eq!(c.join().unwrap(), "served\n", "every client is served");
     }
-    // The pause is visible while it lasts (unless the burst was already
-    // over when status asked).
-    assert!(
-        paused.is_empty() || paused.starts_with("rate 5/1s, "),
-        "{paused}"
-    );
     let log = s.log_text();
     assert!(!log.contains("refused"), "{log}");
     assert_eq!(
@@ -59,13 +61,12 @@ fn rate_pauses_the_listener_and_resumes_by_itself_without_losing_a_client() {
         .map(log_millis)
         .collect();
     assert_eq!(starts.len(), N);
+    // On summond's own clock (its log lines), 10 starts past the burst
+    // take 2 s at least; a loaded machine only makes it longer. That the
+    // listener resumes by itself is shown above: every client was served.
     let span = starts[N - 1] - starts[0];
     eprintln!("{N} children under rate 5/1s took {span} ms (ideal 2000 ms)");
     assert!(span >= 1900, "{span} ms: faster than the rate");
-    assert!(
-        span <= 4000,
-        "{span} ms: the listener did not resume promptly"
-    );
 }
 
 #[test]
