@@ -846,31 +846,54 @@ pub fn listen_backlog(s: &socket2::Socket) -> u32 {
     info.tcpi_sacked
 }
 
-/// What it takes to run summond as `nobody` under RLIMIT_NPROC (root
-/// ignores the limit): the setpriv wrapper arguments and the soft limit
-/// that leaves room for summond and `children` children beside the
-/// processes nobody already has. `None` (with a skip line) where this
+/// What it takes to run summond as an unprivileged user under
+/// RLIMIT_NPROC (root ignores the limit): the setpriv wrapper arguments
+/// and the soft limit that leaves room for summond and `children`
+/// children. The limit counts every process of the real uid, so the uid
+/// is one of the test's own that no process has (not `nobody`, whose
+/// processes parallel tests start and stop while this one counts): room
+/// is then exactly 1 + `children`. `None` (with a skip line) where this
 /// cannot run: not root, or no setpriv.
 pub fn as_nobody_with_room_for(test: &str, children: u64) -> Option<(Vec<String>, u64)> {
     if !nix::unistd::geteuid().is_root() || !Path::new("/usr/bin/setpriv").exists() {
-        skip(test, "needs root (to become nobody) and setpriv");
+        skip(test, "needs root (to change uid) and setpriv");
         return None;
     }
     let nobody = nix::unistd::User::from_name("nobody")
         .unwrap()
         .expect("user nobody");
-    let others = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
-        .filter(|m| std::os::unix::fs::MetadataExt::uid(m) == nobody.uid.as_raw())
-        .count() as u64;
+    let uid = unused_uid();
     let wrapper = vec![
         "/usr/bin/setpriv".to_string(),
-        format!("--reuid={}", nobody.uid.as_raw()),
+        format!("--reuid={uid}"),
         format!("--regid={}", nobody.gid.as_raw()),
         "--clear-groups".to_string(),
     ];
-    Some((wrapper, others + 1 + children))
+    Some((wrapper, 1 + children))
+}
+
+/// A uid no account names and no process runs as, different for each
+/// call (this process's pid and a counter pick it; one taken is skipped).
+fn unused_uid() -> u32 {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let in_use = |uid: u32| {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
+            .any(|m| std::os::unix::fs::MetadataExt::uid(&m) == uid)
+    };
+    for _ in 0..1000 {
+        let n = N.fetch_add(1, Ordering::SeqCst) as u32;
+        let uid = 1_000_000 + (std::process::id() % 100_000) * 64 + n % 64;
+        let named = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .is_some();
+        if !named && !in_use(uid) {
+            return uid;
+        }
+    }
+    panic!("no unused uid found");
 }
 
 /// Ask the bus at `bus` (a D-Bus address) `method` of org.freedesktop.DBus
