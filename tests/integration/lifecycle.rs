@@ -5,7 +5,6 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use crate::util::*;
 
@@ -32,7 +31,7 @@ fn sigterm_stops_listening_terminates_pass_children_and_leaves_connections_runni
 
     s.signal(nix::libc::SIGTERM);
     let status = s
-        .wait_exit(Duration::from_secs(2))
+        .wait_exit(TIMEOUT)
         .expect("summond exits promptly");
     assert_eq!(status.code(), Some(0));
     assert!(
@@ -59,7 +58,7 @@ fn sigint_also_stops_with_status_0() {
     ));
     s.signal(nix::libc::SIGINT);
     assert_eq!(
-        s.wait_exit(Duration::from_secs(2)).and_then(|st| st.code()),
+        s.wait_exit(TIMEOUT).and_then(|st| st.code()),
         Some(0)
     );
 }
@@ -367,14 +366,29 @@ fn signals_that_arrive_together_are_all_acted_on_in_one_wake() {
     let port = free_port();
     let mut s = Summond::start(&format!(
         "[[service]]\nname = \"brief\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {}\n",
-        sh("echo $$; exec sleep 0.2")
+        sh("echo $$; read x")
     ));
     let client = connect_tcp(([127, 0, 0, 1], port).into());
     let child: i32 = read_line(&client).trim().parse().unwrap();
     s.signal(nix::libc::SIGSTOP);
+    assert!(
+        wait_until(TIMEOUT, || proc_state(s.pid()) == Some('T')),
+        "summond stopped"
+    );
     // The child exits (SIGCHLD pending) while summond cannot run.
+    std::io::Write::write_all(&mut &client, b"go\n").unwrap();
     assert!(wait_until(TIMEOUT, || proc_state(child) == Some('Z')));
+    assert!(
+        wait_until(TIMEOUT, || signal_pending(s.pid(), nix::libc::SIGCHLD)
+            == Some(true)),
+        "SIGCHLD pending"
+    );
     s.signal(nix::libc::SIGHUP);
+    assert_eq!(
+        signal_pending(s.pid(), nix::libc::SIGHUP),
+        Some(true),
+        "both pending together before summond runs again"
+    );
     s.signal(nix::libc::SIGCONT);
     assert!(s.wait_log("reload done"), "the reload:\n{}", s.log_text());
     assert!(
