@@ -5,7 +5,7 @@
 //! that keeps failing is held for 10 s instead of respawned in a loop.
 
 use std::os::unix::fs::PermissionsExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::util::*;
 
@@ -123,22 +123,16 @@ fn a_pass_mode_child_failing_5_times_in_10s_is_held_for_10s_then_retried() {
     // child is restarted at once each time it fails.
     let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     client.send_to(b"x", ("127.0.0.1", port)).unwrap();
-    let held_at = Instant::now();
     assert!(
         s.wait_log("crashy: failed 5 times in 10s; not restarting it for 10s"),
         "{}",
         s.log_text()
     );
     assert_eq!(s.log_count("crashy: started pid"), 5);
+    // The hold is 10 s: a generous bound past it.
     assert!(
-        wait_until(Duration::from_secs(15), || s
-            .log_count("crashy: started pid")
-            > 5),
+        wait_until(TIMEOUT * 3, || s.log_count("crashy: started pid") > 5),
         "retried after the hold"
-    );
-    assert!(
-        held_at.elapsed() >= Duration::from_secs(9),
-        "held for about 10 s"
     );
     // From summond's own clock: nothing started between the hold and its
     // end, and the sixth child came 10 s after the hold began.

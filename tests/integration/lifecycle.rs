@@ -30,9 +30,7 @@ fn sigterm_stops_listening_terminates_pass_children_and_leaves_connections_runni
     assert!(alive(conn_child) && alive(daemon_pid));
 
     s.signal(nix::libc::SIGTERM);
-    let status = s
-        .wait_exit(TIMEOUT)
-        .expect("summond exits promptly");
+    let status = s.wait_exit(TIMEOUT).expect("summond exits promptly");
     assert_eq!(status.code(), Some(0));
     assert!(
         wait_until(TIMEOUT, || !alive(daemon_pid)),
@@ -57,10 +55,7 @@ fn sigint_also_stops_with_status_0() {
         "[[service]]\nname = \"e\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"cat\"]\n"
     ));
     s.signal(nix::libc::SIGINT);
-    assert_eq!(
-        s.wait_exit(TIMEOUT).and_then(|st| st.code()),
-        Some(0)
-    );
+    assert_eq!(s.wait_exit(TIMEOUT).and_then(|st| st.code()), Some(0));
 }
 
 #[test]
