@@ -534,6 +534,16 @@ pub fn loop_turns(pid: i32, turns: usize) -> bool {
     })
 }
 
+/// Nothing has arrived on `sock` (a non-blocking read finds its queue
+/// empty). After `loop_turns` this says "no answer": loopback delivers
+/// an answer into the queue before the sender's sendto returns.
+pub fn no_datagram_waiting(sock: &UdpSocket) -> bool {
+    sock.set_nonblocking(true).unwrap();
+    let got = sock.recv_from(&mut [0u8; 16]);
+    sock.set_nonblocking(false).unwrap();
+    matches!(got, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
 /// A test that cannot run here. In CI (root, IPv6 loopback, util-linux)
 /// every test must run, so there a skip is a failure; elsewhere it says
 /// so on stderr.
