@@ -408,8 +408,18 @@ fn an_upgrade_while_another_runs_is_refused() {
         Start::default(),
     );
     let dir_path = s.dir.0.clone();
-    // A slow check keeps the first upgrade running.
-    install_script(&dir_path, "sleep 1.5", &format!("exec {BIN} \"$@\""));
+    // The check keeps the first upgrade running until the test has seen
+    // the second refused: it waits for a file the test creates then
+    // (bounded: 20 s, under the upgrade's 30 s limit on the check).
+    let go = dir_path.join("go");
+    install_script(
+        &dir_path,
+        &format!(
+            "i=0; while [ ! -e {} ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done",
+            go.display()
+        ),
+        &format!("exec {BIN} \"$@\""),
+    );
     let mut first = std::process::Command::new(BIN)
         .args(["upgrade", "--control", control.to_str().unwrap()])
         .stdout(std::process::Stdio::piped())
@@ -426,7 +436,8 @@ fn an_upgrade_while_another_runs_is_refused() {
     // A second SIGUSR2 sent by hand is logged and ignored.
     s.signal(nix::libc::SIGUSR2);
     assert!(s.wait_log("while an upgrade is running"));
-    let done = first.wait_timeout_or_kill(Duration::from_secs(20));
+    std::fs::write(&go, b"").unwrap();
+    let done = first.wait_timeout_or_kill(Duration::from_secs(30));
     assert_eq!(done, Some(0));
     assert_eq!(status(&control)["upgrades"], 1);
     assert_eq!(tcp_port_exchange(port, b""), "hi\n");
