@@ -4,7 +4,6 @@
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixDatagram, UnixListener};
-use std::time::Duration;
 
 use crate::util::*;
 
@@ -141,9 +140,7 @@ fn socket_files_are_removed_on_sigterm() {
     );
     assert!(a.exists() && b.exists());
     s.signal(nix::libc::SIGTERM);
-    let status = s
-        .wait_exit(Duration::from_secs(2))
-        .expect("exits within a second or so");
+    let status = s.wait_exit(TIMEOUT).expect("exits after SIGTERM");
     assert_eq!(status.code(), Some(0));
     assert!(!a.exists() && !b.exists(), "socket files removed");
 }
