@@ -1,8 +1,9 @@
 //! The environment variables summond itself sets for a child: the
 //! socket-activation ones (systemd's LISTEN_*, which summond may also have
 //! been started with) and the ones describing a client (systemd's REMOTE_*,
-//! ucspi-tcp's TCP*). Here, not in `spawn` or `config`, so both can know
-//! them without knowing each other.
+//! ucspi-tcp's TCP*), with the families of client variables a child must
+//! never inherit. Here, not in `spawn` or `config`, so both can know them
+//! without knowing each other.
 
 /// Variables of the socket-activation protocols that summond may itself
 /// have been started with; a child must never inherit them (SPEC: "those
@@ -32,10 +33,53 @@ pub const CONNECTION_ENV: &[&str] = &[
     "TCPLOCALPORT",
 ];
 
-/// Every variable summond sets per child: removed from the inherited
-/// environment and refused in a service's `env`.
-pub fn is_reserved_env(name: &str) -> bool {
+/// The families of variables that describe a client to a program started
+/// by a super-server: systemd's `REMOTE_*`, ucspi-tcp's `TCPREMOTE*` and
+/// `TCPLOCAL*` (and ucspi-tcp6's `TCP6*`), ucspi-unix's `UNIXREMOTE*` and
+/// `UNIXLOCAL*`, s6's `IPCREMOTE*` and `IPCLOCAL*`, ucspi-ssl's `SSLREMOTE*`
+/// and `SSLLOCAL*`, mod_ssl's `SSL_*`, and summond's `PROXY_*` (the PROXY
+/// header's). summond sets only some of them; any other one inherited from
+/// summond's own environment (`TCPREMOTEHOST=evil`) would reach every child
+/// as if it described its client, so the whole family is removed, in every
+/// mode, and a service can neither set nor pass one.
+pub const CLIENT_ENV_PREFIXES: &[&str] = &[
+    "REMOTE_",
+    "TCPREMOTE",
+    "TCPLOCAL",
+    "TCP6REMOTE",
+    "TCP6LOCAL",
+    "UNIXREMOTE",
+    "UNIXLOCAL",
+    "IPCREMOTE",
+    "IPCLOCAL",
+    "SSLREMOTE",
+    "SSLLOCAL",
+    "SSL_",
+    "PROXY_",
+];
+
+/// `SSL_*` names that configure OpenSSL for the host (its trust store)
+/// rather than describe a client: inherited and configurable as usual.
+const HOST_SSL_ENV: &[&str] = &["SSL_CERT_FILE", "SSL_CERT_DIR"];
+
+/// A name of the client families (`CLIENT_ENV_PREFIXES`, and `PROTO`).
+pub fn is_client_env(name: &str) -> bool {
+    name == "PROTO"
+        || (CLIENT_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
+            && !HOST_SSL_ENV.contains(&name))
+}
+
+/// A variable summond itself sets for some child (rather than one of the
+/// client families it only removes).
+pub fn is_set_by_summond(name: &str) -> bool {
     ACTIVATION_ENV.contains(&name) || CONNECTION_ENV.contains(&name)
+}
+
+/// Every variable summond sets per child or that would describe a client:
+/// removed from the inherited environment and refused in a service's
+/// `env` and `passenv`.
+pub fn is_reserved_env(name: &str) -> bool {
+    is_set_by_summond(name) || is_client_env(name)
 }
 
 /// The variables summond sets for one child, as `NAME=value\0` strings in
@@ -171,6 +215,41 @@ mod tests {
             assert!(is_reserved_env(v));
         }
         assert!(!is_reserved_env("PATH"));
+    }
+
+    #[test]
+    fn every_client_family_is_reserved_but_host_settings_are_not() {
+        for v in [
+            "TCPREMOTEHOST",
+            "TCPREMOTEINFO",
+            "TCPLOCALHOST",
+            "TCP6REMOTEIP",
+            "REMOTE_HOST",
+            "REMOTE_USER",
+            "PROTO",
+            "UNIXREMOTEEUID",
+            "IPCREMOTEPATH",
+            "SSLREMOTEIP",
+            "SSL_CLIENT_S_DN",
+            "SSL_PROTOCOL",
+            "PROXY_ADDR",
+        ] {
+            assert!(is_reserved_env(v), "{v}");
+            assert!(is_client_env(v), "{v}");
+        }
+        for v in [
+            "SSL_CERT_FILE",
+            "SSL_CERT_DIR",
+            "SSLKEYLOGFILE",
+            "PROTOCOL",
+            "TCP_KEEPALIVE",
+            "HTTP_PROXY",
+            "REMOTE",
+            "TZ",
+        ] {
+            assert!(!is_reserved_env(v), "{v}");
+        }
+        assert!(is_set_by_summond("TCPREMOTEIP") && !is_set_by_summond("TCPREMOTEHOST"));
     }
 
     #[test]

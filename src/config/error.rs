@@ -156,9 +156,15 @@ impl fmt::Display for ErrorKind {
                 f,
                 "`{key}` needs summond to run as root (it cannot change a child's identity otherwise)"
             ),
-            ReservedEnv(name) => write!(
+            ReservedEnv(name) if crate::env::is_set_by_summond(name) => write!(
                 f,
                 "`env`: {name} is set by summond itself and cannot be configured"
+            ),
+            // A client-family name summond does not set: removed from every
+            // child's environment, so no child mistakes it for its client's.
+            ReservedEnv(name) => write!(
+                f,
+                "`env`: {name} would describe the client, which only summond does; it cannot be configured"
             ),
         }
     }
