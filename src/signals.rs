@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use nix::errno::Errno;
 use nix::libc;
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 
@@ -28,12 +28,41 @@ pub struct Signals {
 impl Signals {
     /// Block `HANDLED` and open the signalfd. Call before any child exists
     /// so no SIGCHLD is delivered the default way (and lost).
+    ///
+    /// What summond was started with is not trusted: the mask becomes
+    /// exactly `HANDLED` (a signal blocked by whoever started summond, say
+    /// SIGQUIT, would otherwise stay blocked in it), and each handled
+    /// signal gets its default disposition back. An ignored SIGCHLD above
+    /// all: the kernel then reaps every child itself (SA_NOCLDWAIT
+    /// semantics, blocked or not), `waitpid` finds none, and no exit is
+    /// ever logged or counted, so a service at `max_instances` never
+    /// starts another child. Blocked first, then reset, so no handled
+    /// signal is acted on the default way in between. SIGPIPE stays
+    /// ignored (set so by Rust's runtime): a write to a closed socket is
+    /// an EPIPE to handle, not a reason to die. Children get default
+    /// dispositions and an empty mask in `spawn`.
     pub fn open() -> io::Result<Signals> {
         let mut set = SigSet::empty();
         for s in HANDLED {
             set.add(*s);
         }
-        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&set), None)?;
+        for s in HANDLED {
+            // SAFETY: SIG_DFL installs no handler; no flags, empty mask.
+            unsafe {
+                sigaction(
+                    *s,
+                    &SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty()),
+                )
+            }?;
+        }
+        // SAFETY: SIG_IGN installs no handler.
+        unsafe {
+            sigaction(
+                Signal::SIGPIPE,
+                &SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty()),
+            )
+        }?;
         let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
         Ok(Signals { fd })
     }
