@@ -24,7 +24,20 @@ pub enum NotifyError {
     BadSocket(String),
     /// WATCHDOG_USEC is not a positive number of microseconds.
     BadWatchdog(String),
+    /// WATCHDOG_USEC (in microseconds) asks for pings more often than
+    /// `MIN_WATCHDOG_PING`: pinged at that interval instead.
+    ShortWatchdog(u64),
 }
+
+/// The shortest interval between two `WATCHDOG=1` pings. Half of
+/// WATCHDOG_USEC, as sd_watchdog_enabled(3) suggests, would be every turn
+/// of the loop for `WATCHDOG_USEC=1`: a core spent pinging (and, with
+/// nobody reading, a log line per failed send). 10 ms keeps every
+/// watchdog an event loop can honour working (any WATCHDOG_USEC from 20 ms
+/// up is pinged at exactly half) and bounds the pings at 100 a second,
+/// which cost nothing measurable; a manager asking for less than 20 ms
+/// may then find summond late, which it would be at any interval.
+pub const MIN_WATCHDOG_PING: Duration = Duration::from_millis(10);
 
 impl fmt::Display for NotifyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -37,6 +50,11 @@ impl fmt::Display for NotifyError {
                 f,
                 "WATCHDOG_USEC=\"{s}\" is not a positive number of microseconds; no watchdog pings"
             ),
+            NotifyError::ShortWatchdog(us) => write!(
+                f,
+                "WATCHDOG_USEC={us} asks for a ping every {us}/2 microseconds; pinging every {} ms instead",
+                MIN_WATCHDOG_PING.as_millis()
+            ),
         }
     }
 }
@@ -46,6 +64,10 @@ pub struct Notifier {
     target: Option<(UnixDatagram, SocketAddr)>,
     /// Half of WATCHDOG_USEC: how often to ping.
     watchdog: Option<Duration>,
+    /// The last send failed: the failures that follow are not reported
+    /// until one succeeds (a manager that stopped reading fails every
+    /// ping).
+    failing: std::cell::Cell<bool>,
 }
 
 impl Notifier {
@@ -54,6 +76,7 @@ impl Notifier {
         Notifier {
             target: None,
             watchdog: None,
+            failing: std::cell::Cell::new(false),
         }
     }
 
@@ -85,7 +108,13 @@ impl Notifier {
         let for_us = watchdog_pid.is_none_or(|p| p.trim() == own_pid.to_string());
         let watchdog = match (watchdog_usec, for_us, &target) {
             (Some(v), true, Some(_)) => match v.trim().parse::<u64>() {
-                Ok(us) if us > 0 => Some(Duration::from_micros(us / 2)),
+                Ok(us) if us > 0 => {
+                    let half = Duration::from_micros(us / 2);
+                    if half < MIN_WATCHDOG_PING {
+                        errors.push(NotifyError::ShortWatchdog(us));
+                    }
+                    Some(half.max(MIN_WATCHDOG_PING))
+                }
                 _ => {
                     errors.push(NotifyError::BadWatchdog(v.to_string()));
                     None
@@ -93,7 +122,12 @@ impl Notifier {
             },
             _ => None,
         };
-        (Notifier { target, watchdog }, errors)
+        let notifier = Notifier {
+            target,
+            watchdog,
+            failing: std::cell::Cell::new(false),
+        };
+        (notifier, errors)
     }
 
     pub fn is_active(&self) -> bool {
@@ -105,11 +139,17 @@ impl Notifier {
         self.watchdog
     }
 
-    /// Send one notification (`KEY=value` lines). Never blocks.
-    pub fn send(&self, message: &str) -> io::Result<()> {
-        match &self.target {
-            Some((socket, addr)) => socket.send_to_addr(message.as_bytes(), addr).map(drop),
-            None => Ok(()),
+    /// Send one notification (`KEY=value` lines). Never blocks. Returns
+    /// the error of the first failure of a run of them, once: the caller
+    /// logs it without a line per lost message.
+    pub fn send(&self, message: &str) -> Option<io::Error> {
+        let (socket, addr) = self.target.as_ref()?;
+        match socket.send_to_addr(message.as_bytes(), addr) {
+            Ok(_) => {
+                self.failing.set(false);
+                None
+            }
+            Err(e) => (!self.failing.replace(true)).then_some(e),
         }
     }
 }
@@ -159,6 +199,21 @@ mod tests {
         assert_eq!(errors, vec![NotifyError::BadWatchdog("abc".into())]);
         let (n, _) = Notifier::from_env(Some("@x"), Some("2000000"), Some("1"), 1);
         assert_eq!(n.watchdog_interval(), Some(Duration::from_secs(1)));
+        for (usec, every) in [
+            ("1", 10_000),
+            ("19999", 10_000),
+            ("20000", 10_000),
+            ("20002", 10_001),
+        ] {
+            let (n, errors) = Notifier::from_env(Some("@x"), Some(usec), None, 1);
+            assert_eq!(
+                n.watchdog_interval(),
+                Some(Duration::from_micros(every)),
+                "{usec}"
+            );
+            let short = usec.parse::<u64>().unwrap() < 20_000;
+            assert_eq!(!errors.is_empty(), short, "{usec}: {errors:?}");
+        }
         let (n, errors) = Notifier::from_env(Some("@x"), Some("2000000"), Some("2"), 1);
         assert!(
             n.watchdog_interval().is_none() && errors.is_empty(),

@@ -462,10 +462,12 @@ impl Server {
     }
 
     /// Tell the service manager (if any); a lost datagram is not worth
-    /// more than a debug line.
+    /// more than a debug line, and a run of them not more than one.
     fn notify(&self, message: &str) {
-        if let Err(e) = self.notifier.send(message) {
-            debug!("NOTIFY_SOCKET: {e}");
+        if let Some(e) = self.notifier.send(message) {
+            debug!(
+                "NOTIFY_SOCKET: {e} (further failures are not logged until a message goes through)"
+            );
         }
     }
 

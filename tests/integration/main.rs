@@ -9,6 +9,7 @@ mod docs;
 mod faults;
 mod import;
 mod include;
+mod inheritance;
 mod internal;
 mod lifecycle;
 mod limits;
