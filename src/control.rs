@@ -77,6 +77,10 @@ pub struct Status {
     /// An upgrade is under way (the new binary is being checked).
     #[serde(default)]
     pub upgrading: bool,
+    /// Deadlines the loop holds (`max_runtime`, holds, rate refills, the
+    /// SIGKILLs due): they follow what runs now, never what was served.
+    #[serde(default)]
+    pub pending_timers: u64,
 }
 
 impl Status {
@@ -393,6 +397,7 @@ mod tests {
             upgrade_failures: 0,
             last_upgrade_error: None,
             upgrading: false,
+            pending_timers: 0,
         }
     }
 

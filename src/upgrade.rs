@@ -72,6 +72,10 @@ pub struct State {
     pub internal: Vec<InternalState>,
     /// Counters by service name.
     pub stats: Vec<(String, crate::server::Stats)>,
+    /// Process groups `max_runtime` sent SIGTERM whose SIGKILL is still
+    /// due (absent from the state of an image that did not carry them).
+    #[serde(default)]
+    pub stopping_groups: Vec<StoppingState>,
     /// The config the writing image ran, in its own format: if the next
     /// image cannot start, the old one serves on with it, whatever the
     /// file says by then (a key only the new binary knows, an address that
@@ -103,6 +107,21 @@ pub struct ChildState {
     pub exec_failed: bool,
     /// Sockets a pass-mode child holds, with what waited on each.
     pub held: Vec<(String, QueueHead)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StoppingState {
+    /// The group's id: its leader's pid.
+    pub pgid: i32,
+    /// The leader's service name, for the log line.
+    pub name: String,
+    pub peer: Option<Peer>,
+    /// How long ago the leader started, in nanoseconds (as `ChildState`).
+    pub age_ns: u64,
+    /// How long until the SIGKILL, in nanoseconds.
+    pub kill_in_ns: u64,
+    /// The leader has been reaped already.
+    pub leader_reaped: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

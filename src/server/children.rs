@@ -17,6 +17,8 @@ use crate::limits::Counter;
 use crate::peer::{Peer, SourceKey};
 use crate::queue::QueueHead;
 
+use super::timers::TimerKey;
+
 /// A service for the length of the run: kept across reloads while its
 /// name stays in the config, new when a name appears (again). Children
 /// refer to it, not to the name, so a service removed and re-added while
@@ -43,6 +45,26 @@ pub(super) struct Child {
     pub exec_failed: bool,
     /// Sockets a pass-mode child holds; empty in accept mode.
     pub held_sockets: Vec<HeldSocket>,
+    /// Its `max_runtime` deadline, cancelled when it exits first.
+    pub runtime_timer: Option<TimerKey>,
+}
+
+/// A child's process group that `max_runtime` sent SIGTERM, with the
+/// SIGKILL still due: kept by the group's id (the leader's pid) until the
+/// SIGKILL is sent or the group is seen empty, so the SIGKILL reaches what
+/// is left of the group after its leader exited, and an upgrade carries it.
+pub(super) struct StoppingGroup {
+    /// The leader's start, as in the child table: the group is this
+    /// child's and no later one's with the same pid.
+    pub started_at: Instant,
+    pub name: Rc<str>,
+    pub peer: Option<Peer>,
+    /// When the SIGKILL is due, and its timer.
+    pub kill_at: Instant,
+    pub timer: TimerKey,
+    /// The leader has been reaped: its pid is free for the kernel to
+    /// give out again once the group is empty.
+    pub leader_reaped: bool,
 }
 
 impl Child {
@@ -204,6 +226,7 @@ mod tests {
             started_at: Instant::now(),
             exec_failed: false,
             held_sockets: Vec::new(),
+            runtime_timer: None,
         }
     }
 

@@ -558,16 +558,18 @@ impl Server {
             started_at: now,
             exec_failed: spawned.failed.is_some(),
             held_sockets: req.held_sockets,
+            // Cancelled when the child exits: an entry per child served
+            // within the limit would otherwise stay until the deadline.
+            runtime_timer: self.services[idx].spec.max_runtime.map(|limit| {
+                self.timers.add(
+                    now + limit,
+                    Timer::RuntimeUp {
+                        pid,
+                        started_at: now,
+                    },
+                )
+            }),
         };
-        if let Some(limit) = self.services[idx].spec.max_runtime {
-            self.timers.add(
-                now + limit,
-                Timer::RuntimeUp {
-                    pid,
-                    started_at: now,
-                },
-            );
-        }
         self.children.insert(pid, child);
         if let Some((stage, errno)) = spawned.failed {
             self.exec_failed(pid, stage, errno);

@@ -53,7 +53,9 @@ mod sockets;
 mod timers;
 mod upgrade;
 
-use children::{exit_key, for_peer, succeeded, Child, ChildTable, ExitText, ServiceId};
+use children::{
+    exit_key, for_peer, succeeded, Child, ChildTable, ExitText, ServiceId, StoppingGroup,
+};
 use connection::{PendingConnection, RefusalKey};
 use internal::InternalConns;
 use reload::ConfigLoad;
@@ -198,6 +200,9 @@ pub struct Server {
     pending: Vec<PendingConnection>,
     /// Services held by the crash guard, and until when.
     timers: Timers,
+    /// Process groups `max_runtime` sent SIGTERM, SIGKILL still due, by
+    /// group id.
+    stopping_groups: FxHashMap<Pid, StoppingGroup>,
     /// TCP clients of internal services, served in the loop.
     internals: InternalConns,
     /// The service manager (NOTIFY_SOCKET), if summond runs under one.
@@ -281,6 +286,7 @@ impl Server {
             resources: Backoff::default(),
             pending: Vec::new(),
             timers: Timers::default(),
+            stopping_groups: FxHashMap::default(),
             internals: InternalConns::default(),
             notifier,
             handed: FxHashMap::default(),
@@ -421,16 +427,9 @@ impl Server {
                     }
                 }
                 Timer::RuntimeUp { pid, started_at } => {
-                    if self.signal_overdue_child(pid, started_at, Signal::SIGTERM) {
-                        // From when the SIGTERM went, not from when this
-                        // turn began: the grace is never shorter than SPEC's.
-                        self.timers
-                            .add(Instant::now() + KILL_AFTER, Timer::Kill { pid, started_at });
-                    }
+                    self.runtime_up(pid, started_at);
                 }
-                Timer::Kill { pid, started_at } => {
-                    self.signal_overdue_child(pid, started_at, Signal::SIGKILL);
-                }
+                Timer::Kill { pid, started_at } => self.kill_overdue_group(pid, started_at),
                 Timer::ScrapeTimeout(token) => self.scrape_timed_out(token),
                 Timer::UpgradeCheck(pid) => self.upgrade_check_overdue(pid),
                 Timer::Watchdog => {
@@ -481,40 +480,113 @@ impl Server {
     }
 
     /// `max_runtime` ran out for the child `pid` started at `started_at`
-    /// (if it is still that child): signal its process group (the child
-    /// leads its own session) and log it. True if it was signalled.
-    fn signal_overdue_child(&self, pid: Pid, started_at: Instant, sig: Signal) -> bool {
+    /// (if it is still that child): SIGTERM its process group (the child
+    /// leads its own session), log it, and keep the group to SIGKILL
+    /// `KILL_AFTER` later.
+    fn runtime_up(&mut self, pid: Pid, started_at: Instant) {
         let Some(child) = self.children.get(&pid) else {
-            return false;
+            return;
         };
         if child.started_at != started_at {
-            return false;
+            return;
         }
-        let limit = self
-            .service_index(child.service)
-            .and_then(|i| self.services[i].spec.max_runtime)
-            .map_or_else(String::new, |d| format!(" {}s", d.as_secs_f64()));
-        let what = if sig == Signal::SIGTERM {
-            format!(
-                "; SIGTERM to its process group, SIGKILL in {}s",
-                KILL_AFTER.as_secs()
-            )
-        } else {
-            format!(
-                " and is still running {}s after SIGTERM; SIGKILL to its process group",
-                KILL_AFTER.as_secs()
-            )
-        };
         warn!(event = "max_runtime", service = &*child.name, pid = pid.as_raw();
-            "{}: pid {pid}{} ran past max_runtime{limit}{what}",
+            "{}: pid {pid}{} ran past max_runtime{}; SIGTERM to its process group, SIGKILL in {}s",
             child.name,
             for_peer(child.peer.as_ref()),
+            self.runtime_limit(child),
+            KILL_AFTER.as_secs()
         );
-        if let Err(e) = kill(Pid::from_raw(-pid.as_raw()), sig) {
-            warn!("{}: cannot {sig} process group {pid}: {e}", child.name);
-            return false;
+        if let Err(e) = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGTERM) {
+            warn!("{}: cannot SIGTERM process group {pid}: {e}", child.name);
+            return;
         }
-        true
+        // From when the SIGTERM went, not from when this turn began: the
+        // grace is never shorter than SPEC's.
+        let kill_at = Instant::now() + KILL_AFTER;
+        let group = StoppingGroup {
+            started_at,
+            name: child.name.clone(),
+            peer: child.peer.clone(),
+            kill_at,
+            timer: self.timers.add(kill_at, Timer::Kill { pid, started_at }),
+            leader_reaped: false,
+        };
+        if let Some(old) = self.stopping_groups.insert(pid, group) {
+            self.timers.cancel(old.timer);
+        }
+    }
+
+    /// " 5s": the `max_runtime` of `child`'s service, for log lines.
+    fn runtime_limit(&self, child: &Child) -> String {
+        self.service_index(child.service)
+            .and_then(|i| self.services[i].spec.max_runtime)
+            .map_or_else(String::new, |d| format!(" {}s", d.as_secs_f64()))
+    }
+
+    /// `KILL_AFTER` after the SIGTERM: SIGKILL the group, whether or not
+    /// its leader is still there, if anything of it is.
+    ///
+    /// The group's id is the leader's pid, which the kernel does not give
+    /// out again while any process has it as its group (or session) id. So
+    /// while the leader is unreaped (in the child table) the id is surely
+    /// this group's; once it is reaped, a process with that pid means the
+    /// group emptied and the pid went to someone else, and nothing is sent.
+    fn kill_overdue_group(&mut self, pgid: Pid, started_at: Instant) {
+        let Some(group) = self.stopping_groups.remove(&pgid) else {
+            return;
+        };
+        if group.started_at != started_at {
+            self.stopping_groups.insert(pgid, group);
+            return;
+        }
+        let name = &*group.name;
+        let who = for_peer(group.peer.as_ref());
+        if group.leader_reaped && pid_in_use(pgid) {
+            debug!("{name}: pid {pgid}{who} and its process group are gone; no SIGKILL");
+            return;
+        }
+        match kill(Pid::from_raw(-pgid.as_raw()), Signal::SIGKILL) {
+            Ok(()) if group.leader_reaped => {
+                warn!(event = "max_runtime", service = name, pid = pgid.as_raw();
+                    "{name}: pid {pgid}{who} exited, but its process group is still there {}s after SIGTERM; SIGKILL to it",
+                    KILL_AFTER.as_secs()
+                );
+            }
+            Ok(()) => {
+                let limit = self
+                    .children
+                    .get(&pgid)
+                    .map(|c| self.runtime_limit(c))
+                    .unwrap_or_default();
+                warn!(event = "max_runtime", service = name, pid = pgid.as_raw();
+                    "{name}: pid {pgid}{who} ran past max_runtime{limit} and is still running {}s after SIGTERM; SIGKILL to its process group",
+                    KILL_AFTER.as_secs()
+                );
+            }
+            // Everything of it exited within the grace.
+            Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => warn!("{name}: cannot SIGKILL process group {pgid}: {e}"),
+        }
+    }
+
+    /// A child that `max_runtime` is stopping was reaped: the SIGKILL stays
+    /// due for the rest of its group, unless nothing of it is left.
+    fn stopping_leader_reaped(&mut self, pid: Pid, started_at: Instant) {
+        let Some(group) = self.stopping_groups.get_mut(&pid) else {
+            return;
+        };
+        if group.started_at != started_at {
+            return;
+        }
+        group.leader_reaped = true;
+        // The leader is reaped but its id is still the group's if any
+        // member is left; with none, the pid is free and forgotten here.
+        if kill(Pid::from_raw(-pid.as_raw()), None) == Err(nix::errno::Errno::ESRCH) {
+            if let Some(group) = self.stopping_groups.remove(&pid) {
+                self.timers.cancel(group.timer);
+            }
+        }
     }
 
     // ---- signals ------------------------------------------------------
@@ -730,6 +802,10 @@ impl Server {
         let Some(child) = self.children.remove(&pid) else {
             return;
         };
+        if let Some(key) = child.runtime_timer {
+            self.timers.cancel(key);
+        }
+        self.stopping_leader_reaped(pid, child.started_at);
         let success = succeeded(status);
         let what = ExitText(status);
         let ran = now.saturating_duration_since(child.started_at);
@@ -845,6 +921,7 @@ impl Server {
             upgrade_failures: self.upgrades.failed,
             last_upgrade_error: self.upgrades.last_error.clone(),
             upgrading: self.upgrades.running(),
+            pending_timers: self.timers.len() as u64,
             services: self
                 .services
                 .iter()
@@ -1357,4 +1434,10 @@ impl Server {
             info!(event = "stop"; "stopped");
         }
     }
+}
+
+/// Does a process (or thread) with id `pid` exist? `kill(pid, 0)` signals
+/// nothing; EPERM means it exists but is not ours to signal.
+fn pid_in_use(pid: Pid) -> bool {
+    kill(pid, None) != Err(nix::errno::Errno::ESRCH)
 }

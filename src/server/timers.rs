@@ -1,12 +1,15 @@
-//! Deadlines, in one binary heap: a crash hold ending, a child's
+//! Deadlines, in one ordered map: a crash hold ending, a child's
 //! `max_runtime` running out, the SIGKILL that follows an ignored SIGTERM.
-//! O(log n) to add and to take the next; nothing scans the children.
-//! Timers are not cancelled: each names what it is for (a child by pid
-//! and start time, so a reused pid is never hit) and the server checks
-//! that it still applies when it fires.
+//! O(log n) to add, to cancel and to take the next; nothing scans the
+//! children. A timer whose reason can end first is cancelled then by the
+//! key `add` returned (a child's `max_runtime` when it exits: otherwise a
+//! service with `max_runtime = "1d"` would keep a day's worth of entries
+//! for children long gone). The others are short-lived or one at a time;
+//! each names what it is for (a child by pid and start time, so a reused
+//! pid is never hit) and the server checks that it still applies when it
+//! fires.
 
-use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
@@ -34,71 +37,55 @@ pub(super) enum Timer {
     UpgradeCheck(Pid),
 }
 
-#[derive(Debug)]
-struct Entry {
+/// A timer's place in the map: its deadline, then the order it was added
+/// in (equal deadlines fire first-in first-out). Unique for the run, so a
+/// stale key never cancels another timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct TimerKey {
     at: Instant,
-    /// Insertion order, so equal deadlines fire first-in first-out.
     seq: u64,
-    timer: Timer,
-}
-
-impl PartialEq for Entry {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-
-impl Eq for Entry {}
-
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Entry {
-    fn cmp(&self, other: &Self) -> Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
 }
 
 #[derive(Debug, Default)]
 pub(super) struct Timers {
-    heap: BinaryHeap<Reverse<Entry>>,
+    due: BTreeMap<TimerKey, Timer>,
     seq: u64,
 }
 
 impl Timers {
-    pub fn add(&mut self, at: Instant, timer: Timer) {
+    /// Set `timer` for `at`; the key cancels it.
+    pub fn add(&mut self, at: Instant, timer: Timer) -> TimerKey {
         self.seq += 1;
-        self.heap.push(Reverse(Entry {
-            at,
-            seq: self.seq,
-            timer,
-        }));
+        let key = TimerKey { at, seq: self.seq };
+        self.due.insert(key, timer);
+        key
+    }
+
+    /// Drop the timer set with `key`, if it has not fired yet.
+    pub fn cancel(&mut self, key: TimerKey) -> Option<Timer> {
+        self.due.remove(&key)
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse(e)| e.at)
+        self.due.first_key_value().map(|(k, _)| k.at)
     }
 
     /// Every timer due at `now`, earliest first.
     pub fn take_due(&mut self, now: Instant) -> Vec<Timer> {
         let mut due = Vec::new();
-        while let Some(Reverse(e)) = self.heap.peek() {
-            if e.at > now {
+        while let Some(entry) = self.due.first_entry() {
+            if entry.key().at > now {
                 break;
             }
-            if let Some(Reverse(e)) = self.heap.pop() {
-                due.push(e.timer);
-            }
+            due.push(entry.remove());
         }
         due
     }
 
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.heap.len()
+    /// Timers pending (status shows it: it must not grow with the
+    /// children served).
+    pub fn len(&self) -> usize {
+        self.due.len()
     }
 }
 
@@ -123,5 +110,34 @@ mod tests {
         );
         assert_eq!(t.len(), 1);
         assert_eq!(t.next_deadline(), Some(t0 + Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn a_cancelled_timer_is_gone_and_a_stale_key_cancels_nothing() {
+        let t0 = Instant::now();
+        let mut t = Timers::default();
+        let day = Duration::from_secs(86_400);
+        let run = |n| Timer::RuntimeUp {
+            pid: Pid::from_raw(n),
+            started_at: t0,
+        };
+        // A child per key, each with a day to run; every one exits.
+        let keys: Vec<TimerKey> = (1..=1000).map(|n| t.add(t0 + day, run(n))).collect();
+        let hold = t.add(t0 + day, Timer::HoldEnds(ServiceId(1)));
+        for (n, key) in keys.iter().enumerate() {
+            assert_eq!(t.cancel(*key), Some(run(n as i32 + 1)));
+        }
+        assert_eq!(t.len(), 1, "only the hold is left");
+        assert_eq!(t.cancel(keys[0]), None, "cancelled once");
+        // A key whose timer fired cancels nothing set since.
+        let soon = t.add(t0, run(7));
+        assert_eq!(t.take_due(t0), vec![run(7)]);
+        let later = t.add(t0, run(8));
+        assert_eq!(t.cancel(soon), None);
+        assert_eq!(
+            t.take_due(t0 + day),
+            vec![run(8), Timer::HoldEnds(ServiceId(1))]
+        );
+        assert_eq!((t.cancel(later), t.cancel(hold), t.len()), (None, None, 0));
     }
 }

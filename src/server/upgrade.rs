@@ -21,14 +21,16 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use socket2::Socket;
 
-use super::children::{Child, ExitText, HeldSocket, ServiceId};
+use super::children::{Child, ExitText, HeldSocket, ServiceId, StoppingGroup};
 use super::connection::PendingConnection;
 use super::internal::InternalConn;
 use super::timers::Timer;
 use super::Server;
 use crate::addr::ListenAddr;
 use crate::config::Config;
-use crate::upgrade::{self, ChildState, ConnState, InternalState, ListenerState, State};
+use crate::upgrade::{
+    self, ChildState, ConnState, InternalState, ListenerState, State, StoppingState,
+};
 
 /// How long the new binary's `--check` may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -311,7 +313,57 @@ impl Server {
                 .iter()
                 .map(|s| (s.spec.name.clone(), s.stats.clone()))
                 .collect(),
+            stopping_groups: self.stopping_groups_state(now),
         }
+    }
+
+    /// The SIGKILLs `max_runtime` still owes, for the next image: a group
+    /// that ignores SIGTERM is not spared by an upgrade in its grace.
+    fn stopping_groups_state(&self, now: Instant) -> Vec<StoppingState> {
+        self.stopping_groups
+            .iter()
+            .map(|(pgid, g)| StoppingState {
+                pgid: pgid.as_raw(),
+                name: g.name.to_string(),
+                peer: g.peer.clone(),
+                age_ns: now.saturating_duration_since(g.started_at).as_nanos() as u64,
+                kill_in_ns: g.kill_at.saturating_duration_since(now).as_nanos() as u64,
+                leader_reaped: g.leader_reaped,
+            })
+            .collect()
+    }
+
+    /// Set again the SIGKILLs the previous image owed; returns the
+    /// leaders among them that still run (their `max_runtime` has fired,
+    /// so it is not set again).
+    fn resume_stopping_groups(&mut self, groups: Vec<StoppingState>, now: Instant) -> Vec<i32> {
+        let mut running = Vec::new();
+        for g in groups {
+            let pgid = Pid::from_raw(g.pgid);
+            let started_at = now
+                .checked_sub(Duration::from_nanos(g.age_ns))
+                .unwrap_or(now);
+            let kill_at = now + Duration::from_nanos(g.kill_in_ns);
+            if !g.leader_reaped {
+                running.push(g.pgid);
+            }
+            let group = StoppingGroup {
+                started_at,
+                name: g.name.into(),
+                peer: g.peer,
+                kill_at,
+                timer: self.timers.add(
+                    kill_at,
+                    Timer::Kill {
+                        pid: pgid,
+                        started_at,
+                    },
+                ),
+                leader_reaped: g.leader_reaped,
+            };
+            self.stopping_groups.insert(pgid, group);
+        }
+        running
     }
 
     /// Serve on from what the previous image handed over. Its listeners
@@ -337,6 +389,8 @@ impl Server {
             .collect();
         let by_name = |s: &Server, name: &str| index.get(name).map(|i| s.services[*i].id);
         let children = state.children.len();
+        // Before the children: a child's start time must match its group's.
+        let stopping_leaders = self.resume_stopping_groups(state.stopping_groups, now);
         for c in state.children {
             let pid = Pid::from_raw(c.pid);
             let service = c
@@ -357,13 +411,14 @@ impl Server {
                 }
                 held_sockets.push(HeldSocket { addr, head });
             }
-            if let Some(limit) = self
+            let runtime_timer = self
                 .service_index(service)
                 .and_then(|i| self.services[i].spec.max_runtime)
-            {
-                self.timers
-                    .add(started_at + limit, Timer::RuntimeUp { pid, started_at });
-            }
+                .filter(|_| !stopping_leaders.contains(&c.pid))
+                .map(|limit| {
+                    self.timers
+                        .add(started_at + limit, Timer::RuntimeUp { pid, started_at })
+                });
             self.children.insert(
                 pid,
                 Child {
@@ -374,6 +429,7 @@ impl Server {
                     started_at,
                     exec_failed: c.exec_failed,
                     held_sockets,
+                    runtime_timer,
                 },
             );
         }

@@ -19,6 +19,7 @@ mod privileges;
 mod rates;
 mod regressions;
 mod reload;
+mod runtime;
 mod sandbox;
 mod sockets;
 mod systemd;

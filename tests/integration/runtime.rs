@@ -1,0 +1,196 @@
+//! `max_runtime` and the deadlines it sets: the SIGKILL reaches what is
+//! left of a child's process group after the child itself exited, it is
+//! still owed after a live upgrade in the grace, and a child that exits
+//! within its limit leaves no deadline behind.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::util::*;
+
+/// summond in `dir`, run from a copy of the binary there (so it can be
+/// upgraded in place) with a control socket there.
+fn start_upgradable(dir: TempDir, services: &str) -> (Summond, PathBuf) {
+    let bin = dir.path("summond");
+    std::fs::copy(BIN, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let control = dir.path("control.sock");
+    let config = format!("{}{services}", daemon_control(&control));
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &config,
+            binary: Some(&bin),
+            ..Start::default()
+        },
+    );
+    (s, control)
+}
+
+fn upgrade(s: &Summond, control: &Path) {
+    let (code, out, err) = run_to_exit(&["upgrade", "--control", control.to_str().unwrap()]);
+    assert_eq!(code, 0, "upgrade: {out}{err}\n{}", s.log_text());
+}
+
+/// Is `pid` gone (or a zombie, which signals no longer matter to)?
+fn gone(pid: i32) -> bool {
+    !matches!(proc_state(pid), Some(s) if s != 'Z')
+}
+
+/// A leader that dies of the SIGTERM, leaving in its group a process that
+/// ignores it; the leader prints that process's pid.
+fn orphaning(port: u16) -> String {
+    format!(
+        "[[service]]\nname = \"orphaning\"\nlisten = \"tcp://127.0.0.1:{port}\"\nmax_runtime = \"1s\"\nexec = {}\n",
+        sh("sh -c \"trap '' TERM; exec sleep 60\" & echo $!; sleep 60")
+    )
+}
+
+/// A leader that ignores the SIGTERM and prints its own pid.
+fn deaf(port: u16) -> String {
+    format!(
+        "[[service]]\nname = \"deaf\"\nlisten = \"tcp://127.0.0.1:{port}\"\nmax_runtime = \"1s\"\nexec = {}\n",
+        sh("trap '' TERM; echo $$; exec sleep 60")
+    )
+}
+
+fn first_pid(port: u16) -> (std::net::TcpStream, i32) {
+    let conn = connect_tcp(([127, 0, 0, 1], port).into());
+    let pid = read_line(&conn).trim().parse().expect("a pid");
+    (conn, pid)
+}
+
+#[test]
+fn max_runtime_sigkills_what_is_left_of_the_group_after_its_leader_died_of_the_sigterm() {
+    let port = free_port();
+    let s = Summond::start(&orphaning(port));
+    let (_conn, straggler) = first_pid(port);
+    let leader = parent_pid(straggler).expect("the leader is the straggler's parent");
+    let client = _conn.local_addr().unwrap().port();
+    assert!(
+        s.wait_log(&format!(
+            "orphaning: pid {leader} for 127.0.0.1:{client} ran past max_runtime 1s; SIGTERM"
+        )),
+        "{}",
+        s.log_text()
+    );
+    assert!(
+        s.wait_log(&format!(
+            "orphaning: pid {leader} for 127.0.0.1:{client} killed by signal 15 (SIGTERM)"
+        )),
+        "the leader died of the SIGTERM:\n{}",
+        s.log_text()
+    );
+    assert!(!gone(straggler), "the straggler ignores SIGTERM");
+    // The SIGKILL is due 5 s after the SIGTERM; 10 s more are allowed.
+    assert!(
+        wait_until(TIMEOUT + KILL_AFTER, || gone(straggler)),
+        "pid {straggler} of the group survived:\n{}",
+        s.log_text()
+    );
+    assert!(
+        s.log_text().contains(&format!(
+            "orphaning: pid {leader} for 127.0.0.1:{client} exited, but its process group is still there 5s after SIGTERM; SIGKILL to it"
+        )),
+        "{}",
+        s.log_text()
+    );
+}
+
+const KILL_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+#[test]
+fn a_sigkill_due_from_max_runtime_is_still_sent_after_an_upgrade_in_its_grace() {
+    let (p_deaf, p_orphaning) = (free_port(), free_port());
+    let (s, control) = start_upgradable(
+        TempDir::new("runtime-upgrade"),
+        &format!("{}{}", deaf(p_deaf), orphaning(p_orphaning)),
+    );
+    let (_c1, deaf_pid) = first_pid(p_deaf);
+    let (_c2, straggler) = first_pid(p_orphaning);
+    let leader = parent_pid(straggler).expect("the leader is the straggler's parent");
+    let term = |pid: i32| format!("pid {pid} for 127.0.0.1:");
+    assert!(
+        wait_until(TIMEOUT, || {
+            let log = s.log_text();
+            log.lines()
+                .filter(|l| l.contains("SIGTERM to its process group, SIGKILL in 5s"))
+                .filter(|l| l.contains(&term(deaf_pid)) || l.contains(&term(leader)))
+                .count()
+                == 2
+        }),
+        "{}",
+        s.log_text()
+    );
+    upgrade(&s, &control);
+    // The upgrade fell in the grace: both groups are still there.
+    assert!(
+        !gone(deaf_pid) && !gone(straggler),
+        "the SIGKILL came before the upgrade finished; the test proves nothing:\n{}",
+        s.log_text()
+    );
+    assert!(
+        wait_until(TIMEOUT + KILL_AFTER, || gone(deaf_pid) && gone(straggler)),
+        "a SIGKILL was lost in the upgrade:\n{}",
+        s.log_text()
+    );
+    assert!(s.wait_log(&format!(
+        "deaf: pid {deaf_pid} for 127.0.0.1:{} killed by signal 9 (SIGKILL)",
+        _c1.local_addr().unwrap().port()
+    )));
+    let log = s.log_text();
+    for pid in [deaf_pid, leader] {
+        // Owed, not started over: one SIGTERM each, not a second one
+        // from a max_runtime set again by the new image.
+        assert_eq!(
+            log.lines()
+                .filter(|l| l.contains(&term(pid)) && l.contains("ran past max_runtime"))
+                .count(),
+            1 + usize::from(pid == deaf_pid),
+            "pid {pid}: one SIGTERM line (and for the deaf one the SIGKILL line):\n{log}"
+        );
+    }
+    assert!(
+        log.contains("is still running 5s after SIGTERM; SIGKILL to its process group")
+            && log.contains("exited, but its process group is still there 5s after SIGTERM"),
+        "{log}"
+    );
+}
+
+#[test]
+fn children_that_exit_within_max_runtime_leave_no_deadline_behind() {
+    let (quick, held) = (free_port(), free_port());
+    let dir = TempDir::new("runtime-timers");
+    let control = dir.path("control.sock");
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &format!(
+                "{}[[service]]\nname = \"quick\"\nlisten = \"tcp://127.0.0.1:{quick}\"\nmax_runtime = \"1d\"\nexec = [\"echo\", \"hi\"]\n\
+                 [[service]]\nname = \"held\"\nlisten = \"tcp://127.0.0.1:{held}\"\nmax_runtime = \"1d\"\nexec = {}\n",
+                daemon_control(&control),
+                sh("echo up; read x")
+            ),
+            ..Start::default()
+        },
+    );
+    let timers = || status_json(&control)["pending_timers"].as_u64().unwrap();
+    assert_eq!(timers(), 0);
+    let running = connect_tcp(([127, 0, 0, 1], held).into());
+    assert_eq!(read_line(&running), "up\n");
+    assert_eq!(timers(), 1, "the running child's max_runtime");
+    const N: usize = 60;
+    for _ in 0..N {
+        assert_eq!(tcp_port_exchange(quick, b""), "hi\n");
+    }
+    assert!(
+        wait_until(TIMEOUT, || s.log_count("quick: pid") >= N
+            && status_json(&control)["children"] == 1),
+        "every quick child exited:\n{}",
+        s.log_text()
+    );
+    assert_eq!(timers(), 1, "{N} children served, one running");
+    drop(running);
+    assert!(wait_until(TIMEOUT, || status_json(&control)["children"] == 0));
+    assert_eq!(timers(), 0);
+}
