@@ -52,8 +52,8 @@ impl fmt::Display for NotifyError {
             ),
             NotifyError::ShortWatchdog(us) => write!(
                 f,
-                "WATCHDOG_USEC={us} asks for a ping every {us}/2 microseconds; pinging every {} ms instead",
-                MIN_WATCHDOG_PING.as_millis()
+                "WATCHDOG_USEC={us}: pinging at half that would be more often than every {ms} ms; pinging every {ms} ms instead",
+                ms = MIN_WATCHDOG_PING.as_millis()
             ),
         }
     }

@@ -251,7 +251,7 @@ fn a_one_microsecond_watchdog_is_pinged_at_a_bounded_rate_and_logged_once() {
     );
     assert!(
         s.log_text().contains(
-            "WATCHDOG_USEC=1 asks for a ping every 1/2 microseconds; pinging every 10 ms instead"
+            "WATCHDOG_USEC=1: pinging at half that would be more often than every 10 ms; pinging every 10 ms instead"
         ),
         "{}",
         s.log_text()
