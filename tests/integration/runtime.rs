@@ -155,6 +155,13 @@ fn a_sigkill_due_from_max_runtime_is_still_sent_after_an_upgrade_in_its_grace() 
             && log.contains("exited, but its process group is still there 5s after SIGTERM"),
         "{log}"
     );
+    // Nothing of either is left to wait for in the new image.
+    assert!(
+        wait_until(TIMEOUT, || status_json(&control)["children"] == 0),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(status_json(&control)["pending_timers"], 0);
 }
 
 #[test]
