@@ -291,3 +291,59 @@ fn a_one_microsecond_watchdog_is_pinged_at_a_bounded_rate_and_logged_once() {
     }
     assert!(got.contains("WATCHDOG=1"), "{got}");
 }
+
+#[test]
+fn under_d_an_ignored_sigchld_and_client_variables_are_shed_as_well() {
+    let dir = TempDir::new("inherit-daemon");
+    let port = free_port();
+    let config = dir.path("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[service]]\nname = \"sig\"\nlisten = \"tcp://127.0.0.1:{port}\"\nmax_instances = 1\nexec = {}\n",
+            sh("env; exec grep -E '^Sig(Ign|Blk)' /proc/self/status")
+        ),
+    )
+    .unwrap();
+    let pidfile = dir.path("summond.pid");
+    let syslog_path = dir.path("log.sock");
+    let _syslog = UnixDatagram::bind(&syslog_path).unwrap();
+    // The detach forks twice; what the first process was started with
+    // reaches the daemon that serves.
+    let out = std::process::Command::new("perl")
+        .args([
+            "-e",
+            "$SIG{CHLD} = 'IGNORE'; exec @ARGV or die",
+            BIN,
+            "-d",
+            "--pidfile",
+            pidfile.to_str().unwrap(),
+            "-c",
+            config.to_str().unwrap(),
+        ])
+        .env("SUMMOND_SYSLOG_SOCKET", &syslog_path)
+        .env("TCPREMOTEHOST", "evil")
+        .env("REMOTE_HOST", "evil")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _reaper = KillOnDrop(pid);
+    for i in 0..3 {
+        // Served only once the previous child's exit was counted.
+        let out = tcp_port_exchange(port, b"");
+        assert!(!out.contains("evil"), "connection {i}:\n{out}");
+        assert_eq!(field(&out, "TCPREMOTEIP"), Some("127.0.0.1"), "{out}");
+        assert_eq!(
+            sig_masks(&out),
+            ("0000000000000000".into(), "0000000000000000".into()),
+            "connection {i}"
+        );
+    }
+    assert!(wait_until(TIMEOUT, || children_of(pid).is_empty()));
+}
