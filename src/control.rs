@@ -7,18 +7,54 @@
 //! loop; summond writes without blocking and finishes a long answer when
 //! the socket is writable again. This module only renders snapshots; the
 //! server fills them in.
+//!
+//! Who is at either end is the kernel's word (`SO_PEERCRED`), never the
+//! answer's: summond answers only root and its own uid, and a client
+//! believes only a socket made by root or by its own uid, signals only the
+//! pid the kernel names (and only when the answer names the same one),
+//! and reads at most `MAX_ANSWER` bytes within `CLIENT_TIMEOUT`. Whoever
+//! can bind the control path (a world-writable directory, a leftover
+//! file) then learns nothing and makes no client kill anything.
 
 use std::fmt;
 use std::io::{self, Read};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use socket2::Socket;
 
-/// How long `summond status` waits for an answer.
+/// How long `summond status` waits for the whole answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest answer a client reads: the status of 100,000 services is
+/// about 25 MB, 10,000 about 2.5 MB. More is not a status, and must not cost unbounded memory.
+pub const MAX_ANSWER: usize = 16 << 20;
+
+/// Who the kernel says is at the other end of a control socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerCred {
+    pub pid: i32,
+    pub uid: u32,
+}
+
+impl PeerCred {
+    /// `SO_PEERCRED` of a connected Unix socket: for a client, the process
+    /// that made the listening socket; for summond, the connecting one.
+    pub fn of(socket: &impl std::os::fd::AsFd) -> io::Result<PeerCred> {
+        let c = nix::sys::socket::getsockopt(socket, nix::sys::socket::sockopt::PeerCredentials)
+            .map_err(io::Error::from)?;
+        Ok(PeerCred {
+            pid: c.pid(),
+            uid: c.uid(),
+        })
+    }
+
+    /// SPEC: root and summond's own uid, and nobody else, on either side.
+    pub fn is_trusted(&self) -> bool {
+        self.uid == 0 || self.uid == nix::unistd::geteuid().as_raw()
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceStatus {
@@ -212,6 +248,12 @@ pub enum ControlError {
     Connect(PathBuf, io::Error),
     Read(PathBuf, io::Error),
     BadAnswer(PathBuf, serde_json::Error),
+    /// The socket was made by a uid that is neither root nor ours.
+    Untrusted(PathBuf, PeerCred),
+    /// The answer went on past `MAX_ANSWER` bytes.
+    TooLong(PathBuf),
+    /// The answer did not end within `CLIENT_TIMEOUT`.
+    TooSlow(PathBuf),
 }
 
 impl fmt::Display for ControlError {
@@ -230,6 +272,26 @@ impl fmt::Display for ControlError {
                 )
             }
             ControlError::Read(p, e) => write!(f, "reading from {}: {e}", p.display()),
+            ControlError::Untrusted(p, peer) => write!(
+                f,
+                "{} is served by pid {} of uid {}, neither root nor uid {}: not asking it",
+                p.display(),
+                peer.pid,
+                peer.uid,
+                nix::unistd::geteuid()
+            ),
+            ControlError::TooLong(p) => write!(
+                f,
+                "{} answered more than {} MiB: not a status",
+                p.display(),
+                MAX_ANSWER >> 20
+            ),
+            ControlError::TooSlow(p) => write!(
+                f,
+                "{} did not finish its answer within {}s",
+                p.display(),
+                CLIENT_TIMEOUT.as_secs()
+            ),
             ControlError::BadAnswer(p, e) => {
                 write!(
                     f,
@@ -250,6 +312,14 @@ pub enum UpgradeError {
     NotSupported(u32),
     AlreadyRunning(u32),
     Signal(u32, nix::errno::Errno),
+    /// The answer names another pid than the kernel does for the socket.
+    PidMismatch {
+        claimed: u32,
+        kernel: i32,
+    },
+    /// The kernel names no process summond could be (0: another pid
+    /// namespace; 1: init, which made the socket for summond).
+    NoPid(i32),
     Failed(String),
     Died(u32),
     TimedOut(u32, Duration),
@@ -268,6 +338,16 @@ impl fmt::Display for UpgradeError {
                 "an upgrade of pid {pid} is already running; wait for it to finish"
             ),
             UpgradeError::Signal(pid, e) => write!(f, "cannot send SIGUSR2 to pid {pid}: {e}"),
+            UpgradeError::PidMismatch { claimed, kernel } => write!(
+                f,
+                "the control socket's answer names pid {claimed}, but the kernel says the \
+                 socket is pid {kernel}'s: signalling neither (send SIGUSR2 to summond yourself)"
+            ),
+            UpgradeError::NoPid(pid) => write!(
+                f,
+                "the kernel names pid {pid} as the control socket's owner, which cannot be \
+                 signalled: send SIGUSR2 to summond yourself"
+            ),
             UpgradeError::Failed(why) => {
                 write!(f, "upgrade failed, the old binary serves on: {why}")
             }
@@ -291,8 +371,18 @@ impl std::error::Error for UpgradeError {}
 /// (its failure count moves), for at most `timeout`. While the binary is
 /// being replaced the socket may not answer for a moment; that is retried.
 pub fn upgrade(socket: &Path, timeout: Duration) -> Result<Status, UpgradeError> {
-    let before = query(socket).map_err(UpgradeError::Control)?;
-    let pid = before.pid;
+    let (before, peer) = ask(socket).map_err(UpgradeError::Control)?;
+    // The pid to signal is the kernel's; the answer only has to agree.
+    if peer.pid <= 1 {
+        return Err(UpgradeError::NoPid(peer.pid));
+    }
+    if i64::from(before.pid) != i64::from(peer.pid) {
+        return Err(UpgradeError::PidMismatch {
+            claimed: before.pid,
+            kernel: peer.pid,
+        });
+    }
+    let pid = peer.pid.unsigned_abs();
     if before.version.is_none() {
         return Err(UpgradeError::NotSupported(pid));
     }
@@ -300,18 +390,22 @@ pub fn upgrade(socket: &Path, timeout: Duration) -> Result<Status, UpgradeError>
         return Err(UpgradeError::AlreadyRunning(pid));
     }
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
+        nix::unistd::Pid::from_raw(peer.pid),
         nix::sys::signal::Signal::SIGUSR2,
     )
     .map_err(|e| UpgradeError::Signal(pid, e))?;
     let deadline = std::time::Instant::now() + timeout;
     while std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
-        let Ok(now) = query(socket) else {
-            if !alive(pid) {
-                return Err(UpgradeError::Died(pid));
+        // Counters from another process at the path mean nothing.
+        let now = match ask(socket) {
+            Ok((now, p)) if p.pid == peer.pid => now,
+            _ => {
+                if !alive(pid) {
+                    return Err(UpgradeError::Died(pid));
+                }
+                continue;
             }
-            continue;
         };
         if now.upgrades > before.upgrades {
             return Ok(now);
@@ -340,16 +434,63 @@ fn alive(pid: u32) -> bool {
 
 /// Ask the summond behind `socket` for its status.
 pub fn query(socket: &Path) -> Result<Status, ControlError> {
-    let mut stream =
+    ask(socket).map(|(status, _)| status)
+}
+
+/// The status behind `socket`, and who the kernel says made the socket
+/// (root or our own uid, else nothing is read).
+fn ask(socket: &Path) -> Result<(Status, PeerCred), ControlError> {
+    let stream =
         UnixStream::connect(socket).map_err(|e| ControlError::Connect(socket.into(), e))?;
-    stream
-        .set_read_timeout(Some(CLIENT_TIMEOUT))
-        .map_err(|e| ControlError::Read(socket.into(), e))?;
-    let mut text = String::new();
-    stream
-        .read_to_string(&mut text)
-        .map_err(|e| ControlError::Read(socket.into(), e))?;
-    serde_json::from_str(text.trim_end()).map_err(|e| ControlError::BadAnswer(socket.into(), e))
+    let peer = PeerCred::of(&stream).map_err(|e| ControlError::Read(socket.into(), e))?;
+    if !peer.is_trusted() {
+        return Err(ControlError::Untrusted(socket.into(), peer));
+    }
+    let text = read_bounded(stream, MAX_ANSWER, CLIENT_TIMEOUT).map_err(|e| match e {
+        Bounded::Io(e) => ControlError::Read(socket.into(), e),
+        Bounded::TooLong => ControlError::TooLong(socket.into()),
+        Bounded::TooSlow => ControlError::TooSlow(socket.into()),
+    })?;
+    let status = serde_json::from_slice(text.trim_ascii_end())
+        .map_err(|e| ControlError::BadAnswer(socket.into(), e))?;
+    Ok((status, peer))
+}
+
+enum Bounded {
+    Io(io::Error),
+    TooLong,
+    TooSlow,
+}
+
+/// Everything `stream` sends until EOF: at most `max` bytes, all within
+/// `within` (a server dripping a byte a second gets no more time than
+/// one that is silent).
+fn read_bounded(mut stream: UnixStream, max: usize, within: Duration) -> Result<Vec<u8>, Bounded> {
+    let deadline = Instant::now() + within;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Bounded::TooSlow);
+        }
+        stream.set_read_timeout(Some(left)).map_err(Bounded::Io)?;
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(out),
+            Ok(n) if out.len() + n > max => return Err(Bounded::TooLong),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(Bounded::TooSlow)
+            }
+            Err(e) => return Err(Bounded::Io(e)),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -408,6 +408,15 @@ pub struct Scrape {
     answer: Option<(Vec<u8>, usize)>,
 }
 
+/// The head of an HTTP response: a HEAD request gets it alone (RFC 9110
+/// 9.3.2), Content-Length still saying what GET would send.
+fn head_only(mut response: Vec<u8>) -> Vec<u8> {
+    if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+        response.truncate(end + 4);
+    }
+    response
+}
+
 /// What a readiness event left the exchange as.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ScrapeState {
@@ -461,6 +470,11 @@ impl Scrape {
 
     /// Start sending `bytes`; the rest goes out on later events.
     pub fn answer(&mut self, bytes: Vec<u8>) -> ScrapeState {
+        let bytes = if self.request.starts_with(b"HEAD ") {
+            head_only(bytes)
+        } else {
+            bytes
+        };
         self.answer = Some((bytes, 0));
         self.write()
     }
@@ -559,6 +573,14 @@ mod tests {
         assert!(page.contains("le=\"1800\"} 3\n"));
         assert!(page.contains("le=\"+Inf\"} 4\n"));
         assert!(page.contains("summond_paused{service=\"we\\\"ird\",reason=\"rate\"} 1\n"));
+    }
+
+    #[test]
+    fn a_head_answer_is_the_head_alone() {
+        let full = response(200, "abc\n");
+        let head = head_only(full.clone());
+        assert!(head.ends_with(b"Content-Length: 4\r\nConnection: close\r\n\r\n"));
+        assert_eq!(head.len() + 4, full.len());
     }
 
     #[test]

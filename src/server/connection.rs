@@ -137,7 +137,7 @@ fn send_banner(conn: &Socket, text: &str) {
     }
 }
 
-fn is_resource_error(e: &io::Error) -> bool {
+pub(super) fn is_resource_error(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EAGAIN)

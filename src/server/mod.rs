@@ -70,6 +70,11 @@ const METRICS: Token = Token(2);
 const CONFIG_LOAD: Token = Token(5);
 /// SPEC: the control socket is for root (or summond's user) only.
 const CONTROL_SOCKET_MODE: u32 = 0o600;
+/// Control clients answered at once; more wait in the backlog. Each
+/// costs an fd until its answer is read.
+const MAX_CONTROL_CLIENTS: usize = 16;
+/// A control client that has not read its answer by then is closed.
+const CONTROL_CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 const FIRST_DYNAMIC_TOKEN: usize = 16;
 /// Startup failures (exit 1). Anything after startup is logged, not returned.
 #[derive(Debug)]
@@ -223,6 +228,14 @@ pub struct Server {
     refusals: RefusalLog<RefusalKey>,
     control: Option<Listener>,
     control_clients: FxHashMap<Token, Reply>,
+    /// Clients of other uids closed since a trusted one was last
+    /// answered: an episode of refusals, logged once.
+    control_refused: Option<u64>,
+    /// An accept on the control socket failed for want of fds: its
+    /// queued clients are accepted when the back-off ends.
+    control_stalled: bool,
+    /// The same for the metrics listener.
+    metrics_stalled: bool,
     upgrades: Upgrades,
     spawner: Spawner,
     /// The fd plan and variables of the last connection's child, kept to
@@ -298,6 +311,9 @@ impl Server {
             refusals: RefusalLog::default(),
             control: None,
             control_clients: FxHashMap::default(),
+            control_refused: None,
+            control_stalled: false,
+            metrics_stalled: false,
             upgrades: Upgrades::new(),
             spawner,
             scratch: Default::default(),
@@ -412,6 +428,14 @@ impl Server {
         if self.resources.expire(now) {
             self.retry_pending(now);
             self.unpark(now);
+            // Their clients queued while fds ran out: no new event comes
+            // for them (edge-triggered), so accept them now.
+            if std::mem::take(&mut self.control_stalled) {
+                self.accept_control_clients();
+            }
+            if std::mem::take(&mut self.metrics_stalled) {
+                self.accept_more_scrapers = true;
+            }
         }
         for timer in self.timers.take_due(now) {
             match timer {
@@ -431,6 +455,7 @@ impl Server {
                 }
                 Timer::Kill { pid, started_at } => self.kill_overdue_group(pid, started_at),
                 Timer::ScrapeTimeout(token) => self.scrape_timed_out(token),
+                Timer::ControlTimeout(token) => self.control_client_timed_out(token),
                 Timer::UpgradeCheck(pid) => self.upgrade_check_overdue(pid),
                 Timer::Watchdog => {
                     // From the loop itself: a wedged loop stops the pings.
@@ -986,15 +1011,32 @@ impl Server {
             let Some(control) = &self.control else {
                 return;
             };
+            // At the cap the rest wait in the backlog; a reply that ends
+            // accepts them (edge-triggered: nothing else would).
+            if self.control_clients.len() >= MAX_CONTROL_CLIENTS {
+                return;
+            }
+            // Out of fds a moment ago: wait for the back-off to end.
+            if self.resources.is_paused(Instant::now()) {
+                self.control_stalled = true;
+                return;
+            }
             match control.socket.accept() {
                 Ok((socket, _)) => {
+                    if !self.control_peer_trusted(&socket) {
+                        continue;
+                    }
+                    if self.resources.success() {
+                        info!("resources available again: accepting connections");
+                    }
                     let Ok(mut client) = Reply::new(socket, &self.status()) else {
                         continue;
                     };
                     if client.flush() {
                         continue;
                     }
-                    // A big status for a slow reader: finish when writable.
+                    // A big status for a slow reader: finish when writable,
+                    // or drop it at the timeout.
                     let token = self.next_token();
                     let fd = client.socket().as_raw_fd();
                     if self
@@ -1005,15 +1047,60 @@ impl Server {
                     {
                         self.tokens.insert(token, TokenKind::ControlClient);
                         self.control_clients.insert(token, client);
+                        self.timers.add(
+                            Instant::now() + CONTROL_CLIENT_TIMEOUT,
+                            Timer::ControlTimeout(token),
+                        );
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if connection::is_resource_error(&e) => {
+                    // The client stays queued, and nothing would wake us
+                    // for it again: retried when the back-off ends.
+                    self.control_stalled = true;
+                    self.resource_fault("control socket: accept", &e, Instant::now());
+                    return;
+                }
                 Err(e) => {
-                    // The client stays queued; the next one wakes us again.
                     warn!("control socket: accept: {e}");
                     return;
                 }
+            }
+        }
+    }
+
+    /// SPEC: the control socket answers root and summond's own uid only,
+    /// whatever its file mode says. Others are closed unanswered; the
+    /// first of an episode is logged, and how many followed when a
+    /// trusted client is next answered.
+    fn control_peer_trusted(&mut self, socket: &Socket) -> bool {
+        match crate::control::PeerCred::of(socket) {
+            Ok(peer) if peer.is_trusted() => {
+                if let Some(n) = self.control_refused.take().filter(|n| *n > 1) {
+                    warn!(
+                        "control socket: refused {} more clients of other uids",
+                        n - 1
+                    );
+                }
+                true
+            }
+            Ok(peer) => {
+                let n = self.control_refused.get_or_insert(0);
+                *n += 1;
+                if *n == 1 {
+                    warn!(
+                        "control socket: refused pid {} of uid {}: only root and uid {} are answered",
+                        peer.pid,
+                        peer.uid,
+                        nix::unistd::geteuid()
+                    );
+                }
+                false
+            }
+            Err(e) => {
+                debug!("control socket: SO_PEERCRED: {e}; closed");
+                false
             }
         }
     }
@@ -1024,13 +1111,35 @@ impl Server {
             None => return,
         };
         if done {
-            if let Some(client) = self.control_clients.remove(&token) {
-                let _ = self
-                    .poll
-                    .registry()
-                    .deregister(&mut SourceFd(&client.socket().as_raw_fd()));
-            }
-            self.tokens.remove(&token);
+            self.close_control_client(token);
+        }
+    }
+
+    fn close_control_client(&mut self, token: Token) {
+        let Some(client) = self.control_clients.remove(&token) else {
+            return;
+        };
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&client.socket().as_raw_fd()));
+        self.tokens.remove(&token);
+        drop(client);
+        // Below the cap again: clients may be waiting in the backlog.
+        if self.control_clients.len() + 1 == MAX_CONTROL_CLIENTS {
+            self.accept_control_clients();
+        }
+    }
+
+    /// A control client that has not read its whole answer by now is
+    /// dropped, so idle clients cannot keep summond's fds.
+    fn control_client_timed_out(&mut self, token: Token) {
+        if self.control_clients.contains_key(&token) {
+            debug!(
+                "control socket: a client did not read its answer within {}s; closed",
+                CONTROL_CLIENT_TIMEOUT.as_secs()
+            );
+            self.close_control_client(token);
         }
     }
 

@@ -7,7 +7,7 @@
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-use log::{debug, warn};
+use log::{debug, info, warn};
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
 
@@ -18,6 +18,10 @@ use crate::metrics::{self as prom, Request, Scrape, ScrapeState};
 
 /// Scrapers accepted per wake-up before the loop turns to other sources.
 const SCRAPE_ACCEPT_BUDGET: usize = 16;
+/// Scrapes served at once; more wait in the listener's backlog, so idle
+/// scrapers cannot take the fds services need (each is closed at
+/// `SCRAPE_TIMEOUT` anyway). Prometheus sends one scrape at a time.
+const MAX_SCRAPES: usize = 32;
 
 impl Server {
     /// Swap the metrics listener (the old one's file is removed on drop).
@@ -31,15 +35,35 @@ impl Server {
             let Some(listener) = &self.metrics else {
                 return;
             };
+            // At the cap the rest wait in the backlog; a scrape that ends
+            // accepts them (edge-triggered: nothing else would).
+            if self.scrapes.len() >= MAX_SCRAPES {
+                return;
+            }
+            // Out of fds a moment ago: wait for the back-off to end.
+            if self.resources.is_paused(Instant::now()) {
+                self.metrics_stalled = true;
+                return;
+            }
             let socket = match listener.socket.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if super::connection::is_resource_error(&e) => {
+                    // The scraper stays queued, and nothing would wake us
+                    // for it again: retried when the back-off ends.
+                    self.metrics_stalled = true;
+                    self.resource_fault("metrics: accept", &e, Instant::now());
+                    return;
+                }
                 Err(e) => {
                     warn!("metrics: accept: {e}");
                     return;
                 }
             };
+            if self.resources.success() {
+                info!("resources available again: accepting connections");
+            }
             let Ok(scrape) = Scrape::new(socket) else {
                 continue;
             };
@@ -99,6 +123,10 @@ impl Server {
                 .poll
                 .registry()
                 .deregister(&mut SourceFd(&scrape.socket.as_raw_fd()));
+            // Below the cap again: scrapers may wait in the backlog.
+            if self.scrapes.len() + 1 == MAX_SCRAPES {
+                self.accept_more_scrapers = true;
+            }
         }
     }
 

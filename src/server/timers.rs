@@ -33,6 +33,8 @@ pub(super) enum Timer {
     Watchdog,
     /// A Prometheus scraper's time is up.
     ScrapeTimeout(mio::Token),
+    /// A control client's time to read its answer is up.
+    ControlTimeout(mio::Token),
     /// The new binary's check before an upgrade ran too long.
     UpgradeCheck(Pid),
 }

@@ -157,3 +157,201 @@ fn last_exit_follows_every_change_of_outcome() {
         );
     }
 }
+
+/// A "control socket" the test binds itself, answering every client with
+/// `answer` (repeated `times` times): what a user who can bind the
+/// control path would put there.
+fn fake_control(dir: &TempDir, answer: Vec<u8>, times: usize) -> std::path::PathBuf {
+    let path = dir.path("fake.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                for _ in 0..times {
+                    if conn.write_all(&answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    path
+}
+
+fn status_claiming(pid: u64) -> Vec<u8> {
+    format!(
+        "{{\"pid\":{pid},\"config\":\"x\",\"children\":0,\"max_children\":1,\"services\":[],\"version\":\"9.9.9\"}}\n"
+    )
+    .into_bytes()
+}
+
+/// Run `summond ARGS` to its end: exit code, stderr, and its peak RSS
+/// in KiB (its own rusage, not that of the test's other children).
+#[allow(clippy::zombie_processes)] // reaped by wait4, which std does not know
+fn run_measured(args: &[&str]) -> (i32, String, i64) {
+    let mut child = std::process::Command::new(BIN)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let mut status = 0;
+    // SAFETY: wait4 on our own child writes into the two locals.
+    let usage = unsafe {
+        let mut usage: nix::libc::rusage = std::mem::zeroed();
+        let pid = nix::libc::wait4(child.id() as i32, &mut status, 0, &mut usage);
+        assert_eq!(pid, child.id() as i32);
+        usage
+    };
+    let code = if nix::libc::WIFEXITED(status) {
+        nix::libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    (code, err, usage.ru_maxrss)
+}
+
+/// Issue 15 item 1: `summond upgrade` signalled whatever pid the control
+/// socket's answer named (4294967295 became kill(-1, SIGUSR2)). The pid
+/// is now the kernel's (SO_PEERCRED), and an answer naming another is
+/// refused without signalling anything.
+#[test]
+fn upgrade_never_signals_a_pid_the_control_socket_claims() {
+    let dir = TempDir::new("forged-pid");
+    let mut sleep = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let _reaper = KillOnDrop(sleep.id() as i32);
+    for claimed in [u64::from(sleep.id()), 4_294_967_295] {
+        let sub = TempDir::new("forged-pid-sock");
+        let path = fake_control(&sub, status_claiming(claimed), 1);
+        let (code, _, err) = run_to_exit(&["upgrade", "--control", path.to_str().unwrap()]);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains(&format!("answer names pid {claimed}"))
+                && err.contains(&format!("socket is pid {}'s", std::process::id())),
+            "{err}"
+        );
+        assert!(
+            matches!(sleep.try_wait(), Ok(None)),
+            "the sleep the answer named was signalled"
+        );
+    }
+    drop(dir);
+    let _ = sleep.kill();
+    let _ = sleep.wait();
+}
+
+/// Issue 15 item 1: a control socket that streams forever cost the
+/// client 393 MB. The answer is bounded: a clear error, little memory.
+#[test]
+fn a_control_socket_that_streams_forever_gets_a_clear_error_and_little_memory() {
+    let dir = TempDir::new("stream-forever");
+    // 256 MiB, then the stream ends: an unbounded client holds all of it.
+    let path = fake_control(&dir, vec![b' '; 1 << 20], 256);
+    for cmd in ["status", "upgrade"] {
+        let (code, err, maxrss_kib) = run_measured(&[cmd, "--control", path.to_str().unwrap()]);
+        assert_eq!(code, 1, "{cmd}: {err}");
+        assert!(err.contains("answered more than 16 MiB"), "{cmd}: {err}");
+        assert!(maxrss_kib < 64 * 1024, "{cmd}: peak RSS {maxrss_kib} KiB");
+    }
+}
+
+/// Issue 15 item 1: a socket made by another uid is not asked at all, and
+/// summond answers only root and its own uid whatever the socket's mode,
+/// logging the first refusal of an episode only.
+#[test]
+fn control_sockets_of_and_clients_from_other_uids_are_refused() {
+    if !nix::unistd::geteuid().is_root() || !std::path::Path::new("/usr/bin/setpriv").exists() {
+        skip(
+            "control_sockets_of_and_clients_from_other_uids_are_refused",
+            "needs root (to be nobody) and setpriv",
+        );
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let as_nobody = |args: &[&str]| {
+        let out = std::process::Command::new("/usr/bin/setpriv")
+            .args([
+                &format!("--reuid={}", nobody.uid),
+                &format!("--regid={}", nobody.gid),
+                "--clear-groups",
+                BIN,
+            ])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The client side: a socket nobody made, asked by root.
+    let dir = TempDir::new("other-uid");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let sock = dir.path("nobody.sock");
+    let script = format!(
+        "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.bind({:?})\ns.listen(8)\nsys.stdout.write('up\\n');sys.stdout.flush()\nwhile True:\n c,_=s.accept()\n try: c.sendall(b'{{\"pid\":1}}\\n')\n except OSError: pass\n c.close()\n",
+        sock.to_str().unwrap()
+    );
+    let mut server = std::process::Command::new("/usr/bin/setpriv")
+        .args([
+            &format!("--reuid={}", nobody.uid),
+            &format!("--regid={}", nobody.gid),
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            &script,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _reaper = KillOnDrop(server.id() as i32);
+    let mut up = [0u8; 3];
+    std::io::Read::read_exact(server.stdout.as_mut().unwrap(), &mut up).unwrap();
+    for cmd in ["status", "upgrade"] {
+        let (code, _, err) = run_to_exit(&[cmd, "--control", sock.to_str().unwrap()]);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains(&format!("of uid {}, neither root nor uid 0", nobody.uid)),
+            "{err}"
+        );
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+
+    // The server side: a control socket opened to everyone by its mode.
+    let sdir = TempDir::new("refuse-uid");
+    std::fs::set_permissions(&sdir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let control = sdir.path("control.sock");
+    let s = Summond::start_in(
+        sdir,
+        Start {
+            config: &daemon_control(&control),
+            ..Start::default()
+        },
+    );
+    std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let c = control.to_str().unwrap();
+    for _ in 0..3 {
+        let (code, err) = as_nobody(&["status", "--control", c]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("not a status"), "{err}");
+    }
+    assert!(s.wait_log("control socket: refused pid "));
+    assert_eq!(
+        s.log_count("control socket: refused pid "),
+        1,
+        "once per episode"
+    );
+    assert_eq!(status_json(&control)["pid"], s.pid());
+    assert!(s.wait_log("control socket: refused 2 more clients of other uids"));
+}
