@@ -261,6 +261,10 @@ impl Detached {
 #[derive(Debug)]
 pub enum PidfileError {
     Open(PathBuf, io::Error),
+    /// Something summond will not write into (or remove at exit) is at
+    /// the path: root writing through a symlink or into another user's
+    /// file would hand them any file on the system.
+    Refused(PathBuf, PidfileRefusal),
     /// Another summond holds the lock.
     Held {
         path: PathBuf,
@@ -269,10 +273,41 @@ pub enum PidfileError {
     Write(PathBuf, io::Error),
 }
 
+/// Why a pidfile is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PidfileRefusal {
+    Symlink,
+    NotRegular,
+    /// Owned by this uid, not summond's.
+    Owner(u32),
+    /// A hard link to a file that has other names.
+    Links(u64),
+}
+
+impl fmt::Display for PidfileRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PidfileRefusal::Symlink => f.write_str("is a symbolic link"),
+            PidfileRefusal::NotRegular => f.write_str("is not a regular file"),
+            PidfileRefusal::Owner(uid) => write!(
+                f,
+                "is owned by uid {uid}, not by summond's uid {}",
+                nix::unistd::geteuid()
+            ),
+            PidfileRefusal::Links(n) => write!(f, "has {n} hard links"),
+        }
+    }
+}
+
 impl fmt::Display for PidfileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PidfileError::Open(p, e) => write!(f, "pidfile {}: {e}", p.display()),
+            PidfileError::Refused(p, why) => write!(
+                f,
+                "pidfile {} {why}; refusing to use it (remove it, or name another path)",
+                p.display()
+            ),
             PidfileError::Held {
                 path,
                 pid: Some(pid),
@@ -304,14 +339,27 @@ pub struct Pidfile {
 
 impl Pidfile {
     pub fn acquire(path: &Path) -> Result<Pidfile, PidfileError> {
+        // O_NOFOLLOW: a symlink at the path (even a dangling one, which
+        // O_CREAT would follow to create its target) fails with ELOOP.
+        // Nothing is truncated until the lock is held and the checks pass.
         let file = File::options()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
             .open(path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => PidfileError::Refused(path.into(), PidfileRefusal::Symlink),
+                _ => PidfileError::Open(path.into(), e),
+            })?;
+        let meta = file
+            .metadata()
             .map_err(|e| PidfileError::Open(path.into(), e))?;
+        if let Some(why) = refusal(&meta) {
+            return Err(PidfileError::Refused(path.into(), why));
+        }
         // SAFETY: flock on an fd we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let err = io::Error::last_os_error();
@@ -358,6 +406,21 @@ impl Pidfile {
             .and_then(|()| self.file.write_all_at(pid.as_bytes(), 0))
             .map_err(|e| PidfileError::Write(self.path.clone(), e))
     }
+}
+
+/// What is wrong with the file opened as the pidfile, if anything.
+fn refusal(meta: &std::fs::Metadata) -> Option<PidfileRefusal> {
+    use std::os::unix::fs::MetadataExt;
+    if !meta.file_type().is_file() {
+        return Some(PidfileRefusal::NotRegular);
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Some(PidfileRefusal::Owner(meta.uid()));
+    }
+    if meta.nlink() > 1 {
+        return Some(PidfileRefusal::Links(meta.nlink()));
+    }
+    None
 }
 
 impl Drop for Pidfile {

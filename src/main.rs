@@ -87,7 +87,7 @@ fn wrap(w: WrapArgs) -> ExitCode {
             return go_back_or(incoming, "its command line is not valid", EXIT_CONFIG);
         }
     };
-    serve(config, false, None, incoming)
+    serve(config, false, None, incoming, None)
 }
 
 /// What a live upgrade handed this process, if anything; an unusable
@@ -154,8 +154,12 @@ fn run(args: RunArgs) -> ExitCode {
         Ok(i) => i,
         Err(code) => return code,
     };
-    // Absolute, so SIGHUP re-reads the same file after `-d` chdirs to /.
-    let path = std::fs::canonicalize(&args.config).unwrap_or(args.config);
+    // Absolute, so SIGHUP and the next image of an upgrade read the same
+    // files (and a clean stop removes the same pidfile) after `-d`
+    // chdirs to /.
+    let path = std::fs::canonicalize(&args.config).unwrap_or_else(|_| absolute(&args.config));
+    let pidfile = args.pidfile.as_deref().map(absolute);
+    let argv = upgrade_argv(&path, pidfile.as_deref(), &args);
     let loaded = match incoming.as_ref().and_then(upgrade::Incoming::config_ran) {
         Some(config) => Ok(config),
         None => config::load(&path, &Host::current()),
@@ -177,7 +181,39 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     logging::set_format(config.daemon.log_format);
-    serve(config, args.daemon, args.pidfile.as_deref(), incoming)
+    serve(
+        config,
+        args.daemon,
+        pidfile.as_deref(),
+        incoming,
+        Some(argv),
+    )
+}
+
+/// `path` made absolute against the working directory of now.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The command line the next image of an upgrade runs with: this one's,
+/// its paths absolute (it starts in / under `-d`).
+fn upgrade_argv(config: &Path, pidfile: Option<&Path>, args: &RunArgs) -> Vec<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut argv: Vec<Vec<u8>> = upgrade::own_argv().into_iter().take(1).collect();
+    argv.push(b"-c".to_vec());
+    argv.push(config.as_os_str().as_bytes().to_vec());
+    if args.daemon {
+        argv.push(b"-d".to_vec());
+    }
+    if let Some(p) = pidfile {
+        argv.push(b"--pidfile".to_vec());
+        argv.push(p.as_os_str().as_bytes().to_vec());
+    }
+    if let Some(level) = args.log_level {
+        argv.push(b"--log-level".to_vec());
+        argv.push(level.as_str().to_ascii_lowercase().into_bytes());
+    }
+    argv
 }
 
 /// Start serving `config` (detached with `daemon`, holding `pidfile`) and
@@ -187,6 +223,7 @@ fn serve(
     daemon: bool,
     pidfile: Option<&Path>,
     incoming: Option<upgrade::Incoming>,
+    argv: Option<Vec<Vec<u8>>>,
 ) -> ExitCode {
     if let Err(e) = daemonize::ensure_std_fds().and_then(|()| daemonize::mark_inherited_cloexec()) {
         return fail(
@@ -223,6 +260,22 @@ fn serve(
             Err(e) => return fail(EXIT_RUNTIME, e),
         },
     };
+    // Before `-d` forks: LISTEN_PID names the pid the service manager
+    // started, which the daemon no longer has.
+    let handed = match &incoming {
+        Some(i) => handed_over(&i.state),
+        None => {
+            let (handed, problem) = daemonize::take_listen_fds(
+                std::env::var("LISTEN_PID").ok().as_deref(),
+                std::env::var("LISTEN_FDS").ok().as_deref(),
+                std::process::id(),
+            );
+            if let Some(p) = problem {
+                warn!("{p}");
+            }
+            handed
+        }
+    };
     let detached = if daemon && incoming.is_none() {
         match daemonize::detach() {
             Ok(d) => Some(d),
@@ -240,20 +293,6 @@ fn serve(
     for p in problems {
         warn!("{p}");
     }
-    let handed = match &incoming {
-        Some(i) => handed_over(&i.state),
-        None => {
-            let (handed, problem) = daemonize::take_listen_fds(
-                std::env::var("LISTEN_PID").ok().as_deref(),
-                std::env::var("LISTEN_FDS").ok().as_deref(),
-                std::process::id(),
-            );
-            if let Some(p) = problem {
-                warn!("{p}");
-            }
-            handed
-        }
-    };
     let opts = RunOptions {
         child_nofile,
         detached: daemon,
@@ -262,6 +301,7 @@ fn serve(
             .map(|p| (p.raw_fd(), p.path().to_path_buf())),
         resumed: incoming.is_some(),
         fd_base: daemonize::fd_base(),
+        argv,
     };
     let started = Server::new(config, opts, notifier, handed)
         .map_err(|e| e.to_string())

@@ -122,6 +122,9 @@ pub struct RunOptions {
     /// Listening sockets are kept at or above this fd, so a spawn copies
     /// only the fd table's low part (see `spawn.rs`).
     pub fd_base: Option<std::os::fd::RawFd>,
+    /// The command line the next image of an upgrade runs with, its
+    /// paths absolute; none: this process's own.
+    pub argv: Option<Vec<Vec<u8>>>,
 }
 
 /// What a poll token stands for.

@@ -291,7 +291,7 @@ impl Server {
         State {
             format: upgrade::FORMAT,
             version: env!("CARGO_PKG_VERSION").into(),
-            argv: upgrade::own_argv(),
+            argv: self.opts.argv.clone().unwrap_or_else(upgrade::own_argv),
             exe: self.upgrades.exe.clone(),
             upgrades: self.upgrades.done,
             failures: self.upgrades.failed,

@@ -339,3 +339,159 @@ fn a_daemon_upgraded_in_place_stays_detached_and_keeps_its_pidfile() {
     .unwrap();
     assert!(wait_until(TIMEOUT, || !d.pidfile.exists()));
 }
+
+/// Issue 15 item 3: the pidfile followed symlinks and was truncated, so
+/// root's summond wrote its pid over whatever a link in a writable
+/// directory named. Now a symlink (and another uid's file) is refused,
+/// with exit 1, before anything is written.
+#[test]
+fn a_pidfile_that_is_a_symlink_or_another_users_file_is_refused_untouched() {
+    let d = Daemon::new("pidfile-link");
+    let target = d._dir.path("precious");
+    std::fs::write(&target, "precious\n").unwrap();
+    std::os::unix::fs::symlink(&target, &d.pidfile).unwrap();
+    let args = d.args(&[]);
+    let (code, err) = d.run(&args);
+    if code == 0 {
+        // The old behaviour: it runs, its pid written through the link.
+        if let Ok(pid) = std::fs::read_to_string(&target).unwrap().trim().parse() {
+            drop(KillOnDrop(pid));
+        }
+    }
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "pidfile {} is a symbolic link; refusing",
+            d.pidfile.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+    assert!(d.pidfile.is_symlink(), "the link is left as it was");
+
+    if !nix::unistd::geteuid().is_root() {
+        skip(
+            "a_pidfile_that_is_a_symlink_or_another_users_file_is_refused_untouched",
+            "the other-uid half needs root to chown",
+        );
+        return;
+    }
+    std::fs::remove_file(&d.pidfile).unwrap();
+    std::fs::write(&d.pidfile, "theirs\n").unwrap();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    nix::unistd::chown(&d.pidfile, Some(nobody.uid), None).unwrap();
+    let (code, err) = d.run(&args);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "is owned by uid {}, not by summond's uid 0",
+            nobody.uid
+        )),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&d.pidfile).unwrap(), "theirs\n");
+}
+
+/// Issue 15 item 12: `summond -d -c summond.toml` re-read the relative
+/// path from / at `summond upgrade`, and `--pidfile summond.pid` was
+/// left behind at stop. Every path is absolute before detaching.
+#[test]
+fn relative_paths_under_daemon_mode_survive_upgrade_and_stop() {
+    let d = Daemon::new("daemon-relative");
+    let dir = d.config.parent().unwrap().to_path_buf();
+    let control = dir.join("control.sock");
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, format!("{}{text}", daemon_control(&control))).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["-d", "-c", "c.toml", "--pidfile", "summond.pid"])
+        .current_dir(&dir)
+        .env("SUMMOND_SYSLOG_SOCKET", &d.syslog_path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid = d.pid();
+    let _reaper = KillOnDrop(pid);
+    let (code, stdout, err) = run_to_exit(&["upgrade", "--control", control.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert!(
+        stdout.contains(&format!("upgraded: pid {pid} serves")),
+        "{stdout}"
+    );
+    assert_eq!(tcp_port_exchange(d.port, b"after\n"), "after\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(
+        wait_until(TIMEOUT, || !matches!(proc_state(pid), Some(s) if s != 'Z')),
+        "summond stopped"
+    );
+    assert!(!d.pidfile.exists(), "the relative pidfile removed at stop");
+}
+
+/// Issue 15 item 13: under `-d`, LISTEN_PID was compared with the
+/// daemon's pid after the fork, so handed sockets were ignored (and
+/// binding the same address failed). They are taken before detaching.
+#[test]
+fn daemon_mode_adopts_sockets_handed_by_systemd_socket_activate() {
+    let activate = "/usr/bin/systemd-socket-activate";
+    if !std::path::Path::new(activate).exists() {
+        skip(
+            "daemon_mode_adopts_sockets_handed_by_systemd_socket_activate",
+            "needs systemd-socket-activate",
+        );
+        return;
+    }
+    let d = Daemon::new("daemon-handed");
+    d.syslog.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let syslog_env = format!("SUMMOND_SYSLOG_SOCKET={}", d.syslog_path.display());
+    let listen = format!("127.0.0.1:{}", d.port);
+    let mut args = vec!["-l", &listen, "-E", &syslog_env, "--", BIN];
+    args.extend(d.args(&[]));
+    let mut activated = std::process::Command::new(activate)
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _activate_reaper = KillOnDrop(activated.id() as i32);
+    assert!(wait_until(TIMEOUT, || listening_inode(d.port).is_some()));
+    // It starts summond at the first client, which waits in the backlog
+    // of the handed socket until summond serves it.
+    assert_eq!(tcp_port_exchange(d.port, b"handed\n"), "handed\n");
+    let mut err = String::new();
+    std::io::Read::read_to_string(activated.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(activated.wait().unwrap().success(), "{err}");
+    let pid = d.pid();
+    let _reaper = KillOnDrop(pid);
+    assert_ne!(pid, activated.id() as i32, "detached");
+    let mut buf = [0u8; 512];
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains(" serving ")) {
+        let n = d
+            .syslog
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("{e}: {seen:?}"));
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(
+        seen.iter().any(|l| l.contains(&format!(
+            "d: tcp://127.0.0.1:{} adopted from the service manager",
+            d.port
+        ))),
+        "{seen:?}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(wait_until(TIMEOUT, || !d.pidfile.exists()));
+}
