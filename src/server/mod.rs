@@ -68,6 +68,8 @@ const CONTROL: Token = Token(1);
 const METRICS: Token = Token(2);
 /// The pipe a reload's config load answers on (`reload.rs`).
 const CONFIG_LOAD: Token = Token(5);
+/// The output of the new binary's check before an upgrade.
+const UPGRADE_CHECK: Token = Token(3);
 /// SPEC: the control socket is for root (or summond's user) only.
 const CONTROL_SOCKET_MODE: u32 = 0o600;
 /// Control clients answered at once; more wait in the backlog. Each
@@ -384,6 +386,7 @@ impl Server {
                     CONTROL => self.accept_control_clients(),
                     METRICS => self.accept_scrapers(),
                     CONFIG_LOAD => self.on_config_load_output(),
+                    UPGRADE_CHECK => self.read_check_output(),
                     token => match self.tokens.get(&token).cloned() {
                         Some(TokenKind::Listener(addr)) => self.on_listener_ready(&addr),
                         Some(TokenKind::ControlClient) => self.write_control_reply(token),

@@ -16,6 +16,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
+use mio::unix::SourceFd;
+use mio::Interest;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
@@ -56,7 +58,31 @@ pub(super) struct Upgrades {
 /// The new binary checking the config, before it is executed.
 struct Check {
     pid: Pid,
+    /// Its stdout and stderr, non-blocking, watched by the loop: read as
+    /// it comes, or a check writing more than the pipe holds (64 KiB of
+    /// errors) would block until the timeout killed it.
     output: File,
+    /// The first `CHECK_OUTPUT_LIMIT` bytes of it; the rest is read and
+    /// dropped.
+    collected: Vec<u8>,
+}
+
+impl Check {
+    /// Read what the pipe holds now.
+    fn drain(&mut self) {
+        let mut buf = [0u8; 8192];
+        loop {
+            match self.output.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    let room = CHECK_OUTPUT_LIMIT.saturating_sub(self.collected.len());
+                    self.collected.extend_from_slice(&buf[..n.min(room)]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
 }
 
 impl Upgrades {
@@ -125,7 +151,23 @@ impl Server {
                     exe.display()
                 );
                 let output = File::from(read);
-                self.upgrades.check = Some(Check { pid, output });
+                let _ = nix::fcntl::fcntl(
+                    &output,
+                    nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+                );
+                if let Err(e) = self.poll.registry().register(
+                    &mut SourceFd(&output.as_raw_fd()),
+                    super::UPGRADE_CHECK,
+                    Interest::READABLE,
+                ) {
+                    // Read at its exit only: enough for a short report.
+                    warn!("upgrade: cannot watch the check's output: {e}");
+                }
+                self.upgrades.check = Some(Check {
+                    pid,
+                    output,
+                    collected: Vec::new(),
+                });
                 self.timers
                     .add(Instant::now() + CHECK_TIMEOUT, Timer::UpgradeCheck(pid));
             }
@@ -141,21 +183,18 @@ impl Server {
         let Some(mut check) = self.upgrades.check.take() else {
             return false;
         };
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&check.output.as_raw_fd()));
         let exe = self.upgrades.exe.clone().unwrap_or_default();
         if matches!(status, WaitStatus::Exited(_, 0)) {
             self.upgrades.exec_due = true;
             return true;
         }
-        // The child is gone: what it wrote is all in the pipe.
-        let _ = nix::fcntl::fcntl(
-            &check.output,
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        );
-        let mut out = Vec::new();
-        let _ = (&mut check.output)
-            .take(CHECK_OUTPUT_LIMIT as u64)
-            .read_to_end(&mut out);
-        let out = String::from_utf8_lossy(&out);
+        // The child is gone: what it wrote last is in the pipe.
+        check.drain();
+        let out = String::from_utf8_lossy(&check.collected);
         let what = ExitText(status);
         let mut why = format!("{} --check {what}", exe.display());
         if !out.trim().is_empty() {
@@ -164,6 +203,14 @@ impl Server {
         }
         self.upgrade_failed(why);
         true
+    }
+
+    /// The check wrote something: keep the start of it, so it never
+    /// blocks on a full pipe.
+    pub(super) fn read_check_output(&mut self) {
+        if let Some(check) = self.upgrades.check.as_mut() {
+            check.drain();
+        }
     }
 
     /// The check ran past its time: kill it; its exit fails the upgrade.

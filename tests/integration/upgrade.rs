@@ -535,3 +535,35 @@ fn an_upgrade_removes_the_socket_file_of_a_dropped_unix_service() {
     assert_eq!(unix_exchange(&kept, b"kept\n"), "kept\n");
     assert!(control.exists());
 }
+
+/// Issue 15 item 22: the check's output was read only after it exited,
+/// so a check writing more than a pipe holds (64 KiB) blocked until the
+/// 30 s kill and the upgrade failed as "killed by signal 9". Its output
+/// is now read as it comes: the failure is the check's own, exit 2.
+#[test]
+fn a_check_with_more_errors_than_a_pipe_holds_fails_the_upgrade_with_its_own_status() {
+    let port = free_port();
+    let (s, _bin, control) = start_upgradable(
+        TempDir::new("upgrade-verbose-check"),
+        &echo_service("hello", port, "hi"),
+        Start::default(),
+    );
+    // A misspelt key in each of 1,000 services: some 150 KiB of errors.
+    let mut bad = daemon_control(&control);
+    for i in 0..1000 {
+        bad.push_str(&format!(
+            "[[service]]\nname = \"bad{i}\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"cat\"]\nmax_instance = 3\n"
+        ));
+    }
+    s.write_config(&bad);
+    let (_, _, check_err) = run_to_exit(&["--check", "-c", s.config.to_str().unwrap()]);
+    assert!(check_err.len() > 128 * 1024, "{} bytes", check_err.len());
+    let (code, _, err) = upgrade(&control);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--check exited with status 2: ") && err.contains("did you mean"),
+        "{err}"
+    );
+    assert!(s.wait_log("upgrade failed, still serving"));
+    assert_eq!(tcp_port_exchange(port, b""), "hi\n");
+}
