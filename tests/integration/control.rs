@@ -229,6 +229,8 @@ fn upgrade_never_signals_a_pid_the_control_socket_claims() {
         .spawn()
         .unwrap();
     let _reaper = KillOnDrop(sleep.id() as i32);
+    // The sleep first: a client that believes the answer fails there,
+    // before it could be asked to kill(-1) every process of the machine.
     for claimed in [u64::from(sleep.id()), 4_294_967_295] {
         let sub = TempDir::new("forged-pid-sock");
         let path = fake_control(&sub, status_claiming(claimed), 1);
