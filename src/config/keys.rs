@@ -86,7 +86,7 @@ const fn key(
 
 pub const KEY_DOCS: &[KeyDoc] = &[
     key("daemon", "max_children", "INTEGER", "1024", "Children running at once over all services; at the limit new clients wait in the kernel backlog."),
-    key("daemon", "control", "PATH", "", "The control socket (mode 0600) that summond status asks."),
+    key("daemon", "control", "PATH", "", "The control socket (mode 0600) that summond status asks; a relative path is taken from this file's directory."),
     key("daemon", "include", "[GLOB, ...]", "", "Drop-in files of [[service]] entries, merged in sorted order; relative patterns are taken from the main file's directory; a pattern matching nothing is fine; ** is refused."),
     key("daemon", "log_format", "\"text\" | \"json\"", "\"text\"", "json: one JSON object per line on stderr (ts, level, event, service, peer, pid, status, duration_s, msg)."),
     key("daemon", "metrics", "ADDRESS", "", "tcp://IP:PORT or unix:///path: Prometheus metrics at GET /metrics, served from the event loop."),

@@ -391,8 +391,18 @@ pub fn control_socket(path: &Path) -> Result<Option<PathBuf>, ConfigErrors> {
         .get_ref()
         .get("daemon")
         .and_then(|d| d.get_ref().as_table()?.get("control"))
-        .and_then(|c| c.get_ref().as_str().map(PathBuf::from));
+        .and_then(|c| c.get_ref().as_str().map(|p| beside(path, p)));
     Ok(control)
+}
+
+/// `p` as the config file at `file` means it: relative paths are taken
+/// from the file's directory (as `include` patterns are), so summond and
+/// `summond status` find the same socket from any working directory.
+fn beside(file: &Path, p: &str) -> PathBuf {
+    match file.parent() {
+        Some(dir) if !p.starts_with('/') && !dir.as_os_str().is_empty() => dir.join(p),
+        _ => PathBuf::from(p),
+    }
 }
 
 #[cfg(test)]

@@ -310,16 +310,16 @@ impl Checker<'_> {
         }
         if let Some(v) = t.get("control") {
             if let Some(p) = self.string("control", v) {
-                if p.starts_with('/') {
-                    d.control = Some(PathBuf::from(p));
-                } else {
+                if p.is_empty() {
                     self.at(
                         v.span(),
                         ErrorKind::Invalid {
                             key: "control",
-                            reason: format!("\"{p}\" must be an absolute path"),
+                            reason: "must name a socket file".into(),
                         },
                     );
+                } else {
+                    d.control = Some(super::beside(self.path, p));
                 }
             }
         }

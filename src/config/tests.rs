@@ -264,3 +264,16 @@ fn idle_timeout_is_for_an_internal_services_tcp_clients() {
         );
     }
 }
+
+#[test]
+fn a_relative_control_socket_is_taken_from_the_files_directory() {
+    let text = "[daemon]\ncontrol = \"../run/c.sock\"\n";
+    let c = parse(Path::new("/etc/summond/summond.toml"), text, &host(true)).unwrap();
+    assert_eq!(
+        c.daemon.control.as_deref(),
+        Some(Path::new("/etc/summond/../run/c.sock"))
+    );
+    let c = ok("[daemon]\ncontrol = \"/run/c.sock\"\n");
+    assert_eq!(c.daemon.control.as_deref(), Some(Path::new("/run/c.sock")));
+    assert_eq!(beside(Path::new("t.toml"), "c.sock"), Path::new("c.sock"));
+}

@@ -48,7 +48,7 @@ fn table() -> Vec<(String, String)> {
         (svc("max_instances = 0\n"), "5:17: `max_instances`: must be from 1 to 4294967295"),
         (svc("max_instances = \"many\"\n"), "5:17: `max_instances` must be a positive integer, found a string"),
         ("[daemon]\nmax_children = 0\n".into(), "2:16: `max_children`: must be from 1 to 4294967295"),
-        ("[daemon]\ncontrol = \"rel.sock\"\n".into(), "2:11: `control`: \"rel.sock\" must be an absolute path"),
+        ("[daemon]\ncontrol = \"\"\n".into(), "2:11: `control`: must name a socket file"),
         (svc("pass = \"socket\"\n"), "5:8: `pass`: \"socket\" is not one of \"stdio\", \"listen_fds\""),
         (svc("stderr = \"file\"\n"), "5:10: `stderr`: \"file\" is not one of \"inherit\", \"socket\", \"null\""),
         (svc("pass = \"listen_fds\"\nstderr = \"socket\"\n"), "6:10: `stderr`: \"socket\" needs pass = \"stdio\""),

@@ -118,7 +118,9 @@ fn sample_config_serves_every_service() {
     let examples = example("rot13").parent().unwrap().display().to_string();
     let mut text = sample
         .replace("./target/release/examples", &examples)
-        .replace("/tmp/summond-sample-", "{dir}/");
+        .replace("/tmp/summond-sample-", "{dir}/")
+        // Relative: taken from the rewritten file's directory.
+        .replace("../target/summond-sample-control.sock", "control.sock");
     for (i, p) in ports.iter().enumerate() {
         for host in ["127.0.0.1", "[::]"] {
             text = text.replace(&format!("{host}:{}", 7007 + i), &format!("{host}:{p}"));
