@@ -8,17 +8,18 @@
 //! the socket is writable again. This module only renders snapshots; the
 //! server fills them in.
 //!
-//! Who is at either end is the kernel's word (`SO_PEERCRED`), never the
-//! answer's: summond answers only root and its own uid, and a client
-//! believes only a socket made by root or by its own uid, signals only the
-//! pid the kernel names (and only when the answer names the same one),
-//! and reads at most `MAX_ANSWER` bytes within `CLIENT_TIMEOUT`. Whoever
+//! Who is at either end is the kernel's word (`SO_PEERCRED`, and the
+//! `SCM_CREDENTIALS` it attaches to the answer), never the answer's:
+//! summond answers only root and its own uid, and a client believes only a
+//! socket made and an answer written by root or by its own uid, signals
+//! only the pid the kernel names as the writer (and only when the answer
+//! names the same one), and reads at most `MAX_ANSWER` bytes within
+//! `CLIENT_TIMEOUT`. Whoever
 //! can bind the control path (a world-writable directory, a leftover
 //! file) then learns nothing and makes no client kill anything.
 
 use std::fmt;
-use std::io::{self, Read};
-use std::os::unix::net::UnixStream;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -254,6 +255,8 @@ pub enum ControlError {
     TooLong(PathBuf),
     /// The answer did not end within `CLIENT_TIMEOUT`.
     TooSlow(PathBuf),
+    /// More than one process wrote the answer.
+    MixedWriters(PathBuf),
 }
 
 impl fmt::Display for ControlError {
@@ -286,6 +289,11 @@ impl fmt::Display for ControlError {
                 p.display(),
                 MAX_ANSWER >> 20
             ),
+            ControlError::MixedWriters(p) => write!(
+                f,
+                "{}: more than one process wrote the answer; not a status",
+                p.display()
+            ),
             ControlError::TooSlow(p) => write!(
                 f,
                 "{} did not finish its answer within {}s",
@@ -317,8 +325,8 @@ pub enum UpgradeError {
         claimed: u32,
         kernel: i32,
     },
-    /// The kernel names no process summond could be (0: another pid
-    /// namespace; 1: init, which made the socket for summond).
+    /// The kernel names no process summond could be (0: one in another
+    /// pid namespace; 1: init).
     NoPid(i32),
     Failed(String),
     Died(u32),
@@ -340,13 +348,13 @@ impl fmt::Display for UpgradeError {
             UpgradeError::Signal(pid, e) => write!(f, "cannot send SIGUSR2 to pid {pid}: {e}"),
             UpgradeError::PidMismatch { claimed, kernel } => write!(
                 f,
-                "the control socket's answer names pid {claimed}, but the kernel says the \
-                 socket is pid {kernel}'s: signalling neither (send SIGUSR2 to summond yourself)"
+                "the control socket's answer names pid {claimed}, but the kernel says pid \
+                 {kernel} wrote it: signalling neither (send SIGUSR2 to summond yourself)"
             ),
             UpgradeError::NoPid(pid) => write!(
                 f,
-                "the kernel names pid {pid} as the control socket's owner, which cannot be \
-                 signalled: send SIGUSR2 to summond yourself"
+                "the kernel names pid {pid} as the writer of the control socket's answer, \
+                 which cannot be signalled: send SIGUSR2 to summond yourself"
             ),
             UpgradeError::Failed(why) => {
                 write!(f, "upgrade failed, the old binary serves on: {why}")
@@ -372,7 +380,8 @@ impl std::error::Error for UpgradeError {}
 /// being replaced the socket may not answer for a moment; that is retried.
 pub fn upgrade(socket: &Path, timeout: Duration) -> Result<Status, UpgradeError> {
     let (before, peer) = ask(socket).map_err(UpgradeError::Control)?;
-    // The pid to signal is the kernel's; the answer only has to agree.
+    // The pid to signal is the kernel's (the answer's writer); the answer
+    // only has to agree.
     if peer.pid <= 1 {
         return Err(UpgradeError::NoPid(peer.pid));
     }
@@ -437,37 +446,65 @@ pub fn query(socket: &Path) -> Result<Status, ControlError> {
     ask(socket).map(|(status, _)| status)
 }
 
-/// The status behind `socket`, and who the kernel says made the socket
-/// (root or our own uid, else nothing is read).
+/// The status behind `socket`, and who the kernel says wrote it. The
+/// socket must have been made by root or our own uid (`SO_PEERCRED`),
+/// and so must every byte of the answer have been written
+/// (`SCM_CREDENTIALS`, which the kernel attaches to what a peer sends once
+/// `SO_PASSCRED` is set). The writer, not the socket's maker, is the pid
+/// that counts: a socket handed by a service manager, or made before `-d`
+/// forked, was listened on by another process than the summond answering.
 fn ask(socket: &Path) -> Result<(Status, PeerCred), ControlError> {
-    let stream =
-        UnixStream::connect(socket).map_err(|e| ControlError::Connect(socket.into(), e))?;
-    let peer = PeerCred::of(&stream).map_err(|e| ControlError::Read(socket.into(), e))?;
-    if !peer.is_trusted() {
-        return Err(ControlError::Untrusted(socket.into(), peer));
+    use socket2::{Domain, SockAddr, Type};
+    let connect = || -> io::Result<Socket> {
+        let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+        // Before connecting: summond writes its answer at once.
+        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::PassCred, &true)
+            .map_err(io::Error::from)?;
+        s.connect(&SockAddr::unix(socket)?)?;
+        Ok(s)
+    };
+    let stream = connect().map_err(|e| ControlError::Connect(socket.into(), e))?;
+    let maker = PeerCred::of(&stream).map_err(|e| ControlError::Read(socket.into(), e))?;
+    if !maker.is_trusted() {
+        return Err(ControlError::Untrusted(socket.into(), maker));
     }
-    let text = read_bounded(stream, MAX_ANSWER, CLIENT_TIMEOUT).map_err(|e| match e {
-        Bounded::Io(e) => ControlError::Read(socket.into(), e),
-        Bounded::TooLong => ControlError::TooLong(socket.into()),
-        Bounded::TooSlow => ControlError::TooSlow(socket.into()),
-    })?;
+    let (text, writer) =
+        read_bounded(&stream, MAX_ANSWER, CLIENT_TIMEOUT).map_err(|e| match e {
+            Bounded::Io(e) => ControlError::Read(socket.into(), e),
+            Bounded::TooLong => ControlError::TooLong(socket.into()),
+            Bounded::TooSlow => ControlError::TooSlow(socket.into()),
+            Bounded::MixedWriters => ControlError::MixedWriters(socket.into()),
+        })?;
+    let writer = writer.unwrap_or(maker);
+    if !writer.is_trusted() {
+        return Err(ControlError::Untrusted(socket.into(), writer));
+    }
     let status = serde_json::from_slice(text.trim_ascii_end())
         .map_err(|e| ControlError::BadAnswer(socket.into(), e))?;
-    Ok((status, peer))
+    Ok((status, writer))
 }
 
 enum Bounded {
     Io(io::Error),
     TooLong,
     TooSlow,
+    MixedWriters,
 }
 
-/// Everything `stream` sends until EOF: at most `max` bytes, all within
-/// `within` (a server dripping a byte a second gets no more time than
-/// one that is silent).
-fn read_bounded(mut stream: UnixStream, max: usize, within: Duration) -> Result<Vec<u8>, Bounded> {
+/// Everything `stream` sends until EOF, and who the kernel says wrote it:
+/// at most `max` bytes, all within `within` (a server dripping a byte a
+/// second gets no more time than one that is silent), all from one
+/// process (a stream read never joins bytes of two writers).
+fn read_bounded(
+    stream: &Socket,
+    max: usize,
+    within: Duration,
+) -> Result<(Vec<u8>, Option<PeerCred>), Bounded> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr, UnixCredentials};
+    use std::os::fd::AsRawFd;
     let deadline = Instant::now() + within;
     let mut out = Vec::new();
+    let mut writer: Option<PeerCred> = None;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -475,21 +512,42 @@ fn read_bounded(mut stream: UnixStream, max: usize, within: Duration) -> Result<
             return Err(Bounded::TooSlow);
         }
         stream.set_read_timeout(Some(left)).map_err(Bounded::Io)?;
-        match stream.read(&mut buf) {
-            Ok(0) => return Ok(out),
-            Ok(n) if out.len() + n > max => return Err(Bounded::TooLong),
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(Bounded::TooSlow)
+        let mut cmsg = nix::cmsg_space!(UnixCredentials);
+        let mut iov = [io::IoSliceMut::new(&mut buf)];
+        let (n, from) = match recvmsg::<UnixAddr>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => {
+                let from = msg.cmsgs().ok().and_then(|mut c| {
+                    c.find_map(|c| match c {
+                        ControlMessageOwned::ScmCredentials(c) => Some(PeerCred {
+                            pid: c.pid(),
+                            uid: c.uid(),
+                        }),
+                        _ => None,
+                    })
+                });
+                (msg.bytes, from)
             }
-            Err(e) => return Err(Bounded::Io(e)),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EAGAIN) => return Err(Bounded::TooSlow),
+            Err(e) => return Err(Bounded::Io(e.into())),
+        };
+        if n == 0 {
+            return Ok((out, writer));
         }
+        if out.len() + n > max {
+            return Err(Bounded::TooLong);
+        }
+        match (writer, from) {
+            (None, _) => writer = from,
+            (Some(w), Some(f)) if w == f => {}
+            _ => return Err(Bounded::MixedWriters),
+        }
+        out.extend_from_slice(&buf[..n]);
     }
 }
 

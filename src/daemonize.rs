@@ -364,9 +364,13 @@ impl Pidfile {
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let err = io::Error::last_os_error();
             if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let pid = std::fs::read_to_string(path)
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok());
+                // From the file checked above, not the path again (which
+                // may name something else by now), and no more than a
+                // pid's worth of it.
+                let mut text = String::new();
+                let _ =
+                    std::io::Read::read_to_string(&mut std::io::Read::take(&file, 32), &mut text);
+                let pid = text.trim().parse().ok();
                 return Err(PidfileError::Held {
                     path: path.into(),
                     pid,

@@ -238,7 +238,7 @@ fn upgrade_never_signals_a_pid_the_control_socket_claims() {
         assert_eq!(code, 1, "{err}");
         assert!(
             err.contains(&format!("answer names pid {claimed}"))
-                && err.contains(&format!("socket is pid {}'s", std::process::id())),
+                && err.contains(&format!("kernel says pid {} wrote it", std::process::id())),
             "{err}"
         );
         assert!(

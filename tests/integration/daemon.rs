@@ -450,9 +450,24 @@ fn daemon_mode_adopts_sockets_handed_by_systemd_socket_activate() {
     }
     let d = Daemon::new("daemon-handed");
     d.syslog.set_read_timeout(Some(TIMEOUT)).unwrap();
+    // The control socket is handed too: listened on before the fork, so
+    // the kernel's SO_PEERCRED names a pid that is not the daemon's.
+    let control = d.config.with_file_name("control.sock");
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, format!("{}{text}", daemon_control(&control))).unwrap();
     let syslog_env = format!("SUMMOND_SYSLOG_SOCKET={}", d.syslog_path.display());
     let listen = format!("127.0.0.1:{}", d.port);
-    let mut args = vec!["-l", &listen, "-E", &syslog_env, "--", BIN];
+    let control_arg = control.to_str().unwrap();
+    let mut args = vec![
+        "-l",
+        &listen,
+        "-l",
+        control_arg,
+        "-E",
+        &syslog_env,
+        "--",
+        BIN,
+    ];
     args.extend(d.args(&[]));
     let mut activated = std::process::Command::new(activate)
         .args(&args)
@@ -488,6 +503,14 @@ fn daemon_mode_adopts_sockets_handed_by_systemd_socket_activate() {
         ))),
         "{seen:?}"
     );
+    // `summond upgrade` signals the daemon that writes the answers.
+    let (code, out, err) = run_to_exit(&["upgrade", "--control", control_arg]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("upgraded: pid {pid} serves")),
+        "{out}"
+    );
+    assert_eq!(tcp_port_exchange(d.port, b"after\n"), "after\n");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGTERM,
