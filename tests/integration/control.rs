@@ -357,3 +357,44 @@ fn control_sockets_of_and_clients_from_other_uids_are_refused() {
     assert_eq!(status_json(&control)["pid"], s.pid());
     assert!(s.wait_log("control socket: refused 2 more clients of other uids"));
 }
+
+/// Issue 15 item 5: a control client that never read its answer (one
+/// larger than the socket buffer) kept summond's fd for ever. It is
+/// closed after a timeout, as a silent scraper is.
+#[test]
+fn a_control_client_that_never_reads_is_closed() {
+    let dir = TempDir::new("control-idle");
+    let control = dir.path("control.sock");
+    // Some 800 KB of status: far more than a socket buffer holds.
+    let mut config = daemon_control(&control);
+    for i in 0..4000 {
+        config.push_str(&format!(
+            "[[service]]\nname = \"s{i}\"\nlisten = \"tcp://127.0.0.1:{}\"\nexec = [\"cat\"]\ndisabled = true\n",
+            10000 + i
+        ));
+    }
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &config,
+            ..Start::default()
+        },
+    );
+    let idle = std::os::unix::net::UnixStream::connect(&control).unwrap();
+    assert!(
+        s.wait_log("control socket: a client did not read its answer within 5s; closed"),
+        "{}",
+        s.log_text()
+    );
+    // What was sent before the close, then the end: never the whole status.
+    let mut text = Vec::new();
+    let mut idle = idle;
+    idle.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let _ = std::io::Read::read_to_end(&mut idle, &mut text);
+    assert!(serde_json::from_slice::<serde_json::Value>(&text).is_err());
+    // A client that reads gets it all.
+    assert_eq!(
+        status_json(&control)["services"].as_array().map(Vec::len),
+        Some(4000)
+    );
+}
