@@ -241,6 +241,8 @@ pub struct Server {
     control_stalled: bool,
     /// The same for the metrics listener.
     metrics_stalled: bool,
+    /// The last resource fault was an accept of one of them.
+    accept_fd_fault: bool,
     upgrades: Upgrades,
     spawner: Spawner,
     /// The fd plan and variables of the last connection's child, kept to
@@ -319,6 +321,7 @@ impl Server {
             control_refused: None,
             control_stalled: false,
             metrics_stalled: false,
+            accept_fd_fault: false,
             upgrades: Upgrades::new(),
             spawner,
             scratch: Default::default(),
@@ -1032,9 +1035,7 @@ impl Server {
                     if !self.control_peer_trusted(&socket) {
                         continue;
                     }
-                    if self.resources.success() {
-                        info!("resources available again: accepting connections");
-                    }
+                    self.accepted_after_fd_fault();
                     let Ok(mut client) = Reply::new(socket, &self.status()) else {
                         continue;
                     };
@@ -1065,6 +1066,7 @@ impl Server {
                     // The client stays queued, and nothing would wake us
                     // for it again: retried when the back-off ends.
                     self.control_stalled = true;
+                    self.accept_fd_fault = true;
                     self.resource_fault("control socket: accept", &e, Instant::now());
                     return;
                 }
@@ -1073,6 +1075,15 @@ impl Server {
                     return;
                 }
             }
+        }
+    }
+
+    /// An accept of the control or metrics socket worked after one of
+    /// them ran out of fds: the episode is over (a fork failure's is
+    /// not, so only an accept's own fault is ended here).
+    pub(super) fn accepted_after_fd_fault(&mut self) {
+        if std::mem::take(&mut self.accept_fd_fault) && self.resources.success() {
+            info!("resources available again: accepting connections");
         }
     }
 

@@ -7,7 +7,7 @@
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-use log::{debug, info, warn};
+use log::{debug, warn};
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
 
@@ -53,6 +53,7 @@ impl Server {
                     // The scraper stays queued, and nothing would wake us
                     // for it again: retried when the back-off ends.
                     self.metrics_stalled = true;
+                    self.accept_fd_fault = true;
                     self.resource_fault("metrics: accept", &e, Instant::now());
                     return;
                 }
@@ -61,9 +62,7 @@ impl Server {
                     return;
                 }
             };
-            if self.resources.success() {
-                info!("resources available again: accepting connections");
-            }
+            self.accepted_after_fd_fault();
             let Ok(scrape) = Scrape::new(socket) else {
                 continue;
             };

@@ -347,4 +347,5 @@ fn clients_queued_while_out_of_fds_are_answered_when_fds_are_back() {
         "{read:?} {text}"
     );
     assert_eq!(s.log_count("Too many open files"), 1, "once per episode");
+    assert!(s.wait_log("resources available again"), "and its end");
 }
