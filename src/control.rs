@@ -14,9 +14,9 @@
 //! socket made and an answer written by root or by its own uid, signals
 //! only the pid the kernel names as the writer (and only when the answer
 //! names the same one), and reads at most `MAX_ANSWER` bytes within
-//! `CLIENT_TIMEOUT`. Whoever
-//! can bind the control path (a world-writable directory, a leftover
-//! file) then learns nothing and makes no client kill anything.
+//! `CLIENT_TIMEOUT`. Whoever can bind the control path (a world-writable
+//! directory, a leftover file) then learns nothing and makes no client
+//! kill anything.
 
 use std::fmt;
 use std::io;
@@ -28,8 +28,8 @@ use socket2::Socket;
 
 /// How long `summond status` waits for the whole answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest answer a client reads: the status of 100,000 services is
-/// about 25 MB, 10,000 about 2.5 MB. More is not a status, and must not cost unbounded memory.
+/// The longest answer a client reads: the status of 10,000 services is
+/// about 2.5 MB. More is not a status, and must not cost unbounded memory.
 pub const MAX_ANSWER: usize = 16 << 20;
 
 /// Who the kernel says is at the other end of a control socket.
@@ -41,7 +41,7 @@ pub struct PeerCred {
 
 impl PeerCred {
     /// `SO_PEERCRED` of a connected Unix socket: for a client, the process
-    /// that made the listening socket; for summond, the connecting one.
+    /// that listened on the socket; for summond, the connecting one.
     pub fn of(socket: &impl std::os::fd::AsFd) -> io::Result<PeerCred> {
         let c = nix::sys::socket::getsockopt(socket, nix::sys::socket::sockopt::PeerCredentials)
             .map_err(io::Error::from)?;
