@@ -365,7 +365,7 @@ fn control_sockets_of_and_clients_from_other_uids_are_refused() {
 fn a_control_client_that_never_reads_is_closed() {
     let dir = TempDir::new("control-idle");
     let control = dir.path("control.sock");
-    // Some 800 KB of status: far more than a socket buffer holds.
+    // Some 600 KB of status: more than a socket buffer holds.
     let mut config = daemon_control(&control);
     for i in 0..4000 {
         config.push_str(&format!(
