@@ -22,11 +22,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use socket2::Socket;
 
 use super::children::ServiceId;
-use crate::config::Internal;
+use crate::config::{Internal, Rate};
 use crate::peer::{Peer, SourceKey};
 
 /// One TCP connection's buffer.
 pub(super) const BUF: usize = 4096;
+/// SO_SNDBUF and SO_RCVBUF of a TCP connection (Linux doubles them for
+/// its bookkeeping: 32 KiB each at most in the queues).
+pub(super) const KERNEL_BUF: usize = 16 * 1024;
 /// Bytes moved per wake-up before yielding to the rest of the loop.
 pub(super) const BUDGET: usize = 64 * 1024;
 /// The largest UDP answer (RFC 864's chargen datagram).
@@ -291,28 +294,113 @@ pub(super) fn datagram_answer(
     }
 }
 
-/// Why a datagram from `from` must not be answered, if it must not: a
-/// source port below 1024 (echo, chargen, DNS, NTP and the other servers
-/// whose answer would come straight back, or which a spoofed request
-/// would turn summond against), one of `internal_ports` (another internal
-/// service of this summond), or a source address no host sends from.
+/// Why a datagram goes unanswered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Unanswered {
+    /// Its source port is below 1024, where the servers live: echo,
+    /// chargen, DNS, NTP, whose answer would come straight back, or which
+    /// a spoofed request would turn summond against.
+    ReservedPort,
+    /// Its source port is one summond listens on: an answer would start a
+    /// loop with one of its own services (or the same service of another
+    /// summond with the same config).
+    OwnPort,
+    /// Its source address is one no host sends from.
+    NoSuchSender,
+    /// It was sent to a broadcast or multicast address ("fraggle"): one
+    /// datagram would draw an answer from every host that got it.
+    NotToUs,
+    /// The service's budget of answers is spent: what ends a loop between
+    /// two hosts that no port rule can see, and bounds reflection.
+    OverBudget(Rate),
+}
+
+impl Unanswered {
+    /// Its slot in the table of episodes.
+    fn index(self) -> u8 {
+        match self {
+            Unanswered::ReservedPort => 0,
+            Unanswered::OwnPort => 1,
+            Unanswered::NoSuchSender => 2,
+            Unanswered::NotToUs => 3,
+            Unanswered::OverBudget(_) => 4,
+        }
+    }
+}
+
+impl std::fmt::Display for Unanswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unanswered::ReservedPort => f.write_str("its port is below 1024"),
+            Unanswered::OwnPort => f.write_str("its port is one summond listens on"),
+            Unanswered::NoSuchSender => f.write_str("no host sends from that address"),
+            Unanswered::NotToUs => f.write_str("it was sent to a broadcast or multicast address"),
+            Unanswered::OverBudget(r) => write!(f, "over the service's {r} answers"),
+        }
+    }
+}
+
+/// Whether a datagram from `from` must go unanswered for its source
+/// alone: a port below 1024, one of `own_ports`, or an address no host
+/// sends from (OpenBSD inetd's dg_badinput, FreeBSD's check_loop).
 pub(super) fn unanswerable(
     from: std::net::SocketAddr,
-    internal_ports: &rustc_hash::FxHashSet<u16>,
-) -> Option<&'static str> {
+    own_ports: &rustc_hash::FxHashSet<u16>,
+) -> Option<Unanswered> {
     use std::net::IpAddr;
     if from.port() < RESERVED_PORTS {
-        return Some("its port is below 1024");
+        return Some(Unanswered::ReservedPort);
     }
-    if internal_ports.contains(&from.port()) {
-        return Some("its port is an internal service's");
+    if own_ports.contains(&from.port()) {
+        return Some(Unanswered::OwnPort);
     }
     let bogus = match from.ip() {
         IpAddr::V4(a) => a.is_multicast() || a.is_broadcast() || a.is_unspecified(),
         IpAddr::V6(a) => a.is_multicast() || a.is_unspecified(),
     };
-    bogus.then_some("no host sends from that address")
+    bogus.then_some(Unanswered::NoSuchSender)
 }
+
+/// Where a datagram was sent, as IP_PKTINFO / IPV6_PKTINFO tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Destination {
+    /// `header` is the packet's destination (ipi_addr); `local` is what
+    /// Linux puts in ipi_spec_dst: the same address for a packet to one
+    /// of this host's unicast addresses, an interface address for a
+    /// broadcast or multicast one (fib_compute_spec_dst).
+    V4 {
+        header: std::net::Ipv4Addr,
+        local: std::net::Ipv4Addr,
+    },
+    V6(std::net::Ipv6Addr),
+    /// No packet info came with it (the option could not be set).
+    Unknown,
+}
+
+/// Was the datagram sent to more hosts than this one?
+pub(super) fn not_to_us_alone(dest: Destination) -> bool {
+    match dest {
+        Destination::V4 { header, local } => {
+            // A directed broadcast (10.9.0.255) is not "broadcast" to
+            // is_broadcast(); the kernel's answer in `local` tells it.
+            // `local` unspecified means the kernel computed nothing: the
+            // address classes are all that is left to go by.
+            header.is_multicast()
+                || header.is_broadcast()
+                || (!local.is_unspecified() && header != local)
+        }
+        Destination::V6(a) => a.is_multicast(),
+        Destination::Unknown => false,
+    }
+}
+
+/// Answers per second an internal UDP service sends when its `rate` key
+/// does not say (a burst of as many). Far above what anyone asks of echo
+/// or daytime, far below what a loop or a reflector runs at.
+pub(super) const DEFAULT_ANSWERS: Rate = Rate {
+    count: 100,
+    per: Duration::from_secs(1),
+};
 
 /// Ports below this are the servers' (IPPORT_RESERVED).
 const RESERVED_PORTS: u16 = 1024;
@@ -418,7 +506,7 @@ mod tests {
     }
 
     #[test]
-    fn datagrams_from_servers_ports_internal_ports_and_bogus_addresses_go_unanswered() {
+    fn datagrams_from_servers_ports_own_ports_and_bogus_addresses_go_unanswered() {
         let ports: rustc_hash::FxHashSet<u16> = [7007].into_iter().collect();
         let at = |s: &str| unanswerable(s.parse().unwrap(), &ports);
         for from in [
@@ -428,12 +516,9 @@ mod tests {
             "[::1]:123",
             "1.2.3.4:1023",
         ] {
-            assert_eq!(at(from), Some("its port is below 1024"), "{from}");
+            assert_eq!(at(from), Some(Unanswered::ReservedPort), "{from}");
         }
-        assert_eq!(
-            at("127.0.0.1:7007"),
-            Some("its port is an internal service's")
-        );
+        assert_eq!(at("127.0.0.1:7007"), Some(Unanswered::OwnPort));
         for from in [
             "224.0.0.1:5000",
             "255.255.255.255:5000",
@@ -441,32 +526,115 @@ mod tests {
             "[ff02::1]:5000",
             "[::]:5000",
         ] {
-            assert_eq!(at(from), Some("no host sends from that address"), "{from}");
+            assert_eq!(at(from), Some(Unanswered::NoSuchSender), "{from}");
         }
         for from in ["127.0.0.1:1024", "10.0.0.1:40000", "[::1]:65535"] {
             assert_eq!(at(from), None, "{from}");
         }
     }
+
+    #[test]
+    fn datagrams_sent_to_broadcast_or_multicast_addresses_are_not_to_us_alone() {
+        let v4 = |header: [u8; 4], local: [u8; 4]| Destination::V4 {
+            header: header.into(),
+            local: local.into(),
+        };
+        // Linux: a local unicast packet has ipi_spec_dst = its destination.
+        assert!(!not_to_us_alone(v4([127, 0, 0, 1], [127, 0, 0, 1])));
+        assert!(!not_to_us_alone(v4([10, 9, 0, 1], [10, 9, 0, 1])));
+        // A directed broadcast: the interface's address in ipi_spec_dst.
+        assert!(not_to_us_alone(v4([10, 9, 0, 255], [10, 9, 0, 1])));
+        assert!(not_to_us_alone(v4([255, 255, 255, 255], [10, 9, 0, 1])));
+        assert!(not_to_us_alone(v4([224, 0, 0, 1], [10, 9, 0, 1])));
+        // Nothing computed: the address classes still count.
+        assert!(not_to_us_alone(v4([224, 0, 0, 1], [0, 0, 0, 0])));
+        assert!(!not_to_us_alone(v4([10, 9, 0, 1], [0, 0, 0, 0])));
+        assert!(not_to_us_alone(Destination::V6("ff02::1".parse().unwrap())));
+        assert!(!not_to_us_alone(Destination::V6("::1".parse().unwrap())));
+        assert!(!not_to_us_alone(Destination::Unknown));
+    }
+
+    #[test]
+    fn an_answer_budget_ends_a_loop_and_drops_are_logged_once_an_episode() {
+        let t0 = Instant::now();
+        let id = ServiceId(3);
+        let mut guard = DatagramGuard::default();
+        guard
+            .answers
+            .insert(id, TokenBucket::new(DEFAULT_ANSWERS, t0));
+        // A loop runs far faster than the budget refills: it is cut after
+        // the burst, at the first datagram with no answer left.
+        let answered = (0..10_000)
+            .take_while(|_| guard.take_answer(id, t0))
+            .count();
+        assert_eq!(answered, 100);
+        let why = Unanswered::OverBudget(DEFAULT_ANSWERS);
+        assert_eq!(guard.episode(id, why, t0), Some(0), "the first is logged");
+        for _ in 0..5 {
+            assert_eq!(guard.episode(id, why, t0 + Duration::from_secs(1)), None);
+        }
+        // Another reason is an episode of its own.
+        assert_eq!(guard.episode(id, Unanswered::OwnPort, t0), Some(0));
+        // After the interval: logged again, with the count kept quiet.
+        assert_eq!(guard.episode(id, why, t0 + REFUSAL_INTERVAL), Some(5));
+        // A service with no budget (not internal) is never cut.
+        assert!(guard.take_answer(ServiceId(4), t0));
+    }
 }
 
 // ---- the loop's side ----------------------------------------------------
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::os::fd::AsRawFd;
 
-use log::{debug, info};
+use log::{debug, info, warn};
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
 
 use super::connection::RefuseReason;
 use super::{Server, TokenKind};
 use crate::addr::ListenAddr;
+use crate::limits::rate::TokenBucket;
 use crate::limits::Counter;
+use crate::refusals::REFUSAL_INTERVAL;
 
 /// Datagrams answered per wake-up of one internal UDP service.
 const DATAGRAM_BUDGET: usize = 64;
+
+/// What the internal UDP services may answer: the ports summond listens
+/// on (a datagram from one is never answered), each service's budget of
+/// answers, and when a dropped datagram was last logged.
+#[derive(Default)]
+pub(super) struct DatagramGuard {
+    own_ports: FxHashSet<u16>,
+    answers: FxHashMap<ServiceId, TokenBucket>,
+    /// Per service and reason: until when further drops are logged at
+    /// debug only, and how many were since the last info line.
+    episodes: FxHashMap<(ServiceId, u8), (Instant, u64)>,
+}
+
+impl DatagramGuard {
+    /// Spend one of service `id`'s answers, if one is left.
+    fn take_answer(&mut self, id: ServiceId, now: Instant) -> bool {
+        self.answers.get_mut(&id).is_none_or(|b| b.take(now))
+    }
+
+    /// A datagram of service `id` dropped for `why` at `now`: `Some(n)`
+    /// when it is the one to log at info (the first of an episode, `n`
+    /// dropped since the last such line), `None` while the episode lasts.
+    fn episode(&mut self, id: ServiceId, why: Unanswered, now: Instant) -> Option<u64> {
+        let e = self.episodes.entry((id, why.index())).or_insert((now, 0));
+        if now < e.0 {
+            e.1 += 1;
+            return None;
+        }
+        let since = e.1;
+        *e = (now + REFUSAL_INTERVAL, 0);
+        Some(since)
+    }
+}
 
 /// Open internal TCP connections and what they count toward.
 #[derive(Default)]
@@ -598,6 +766,14 @@ impl Server {
         if conn.set_nonblocking(true).is_err() {
             return;
         }
+        // Our 4 KiB buffer bounds what summond holds; the socket's own
+        // buffers are kernel memory charged to summond's sockets, and
+        // autotuning grows them to megabytes (tcp_wmem/tcp_rmem's maximum)
+        // for a client with a zero window (chargen) or one that writes
+        // and never reads (echo stops reading, so its input waits in the
+        // receive queue). Fixed small buffers bound both per client.
+        let _ = conn.set_send_buffer_size(KERNEL_BUF);
+        let _ = conn.set_recv_buffer_size(KERNEL_BUF);
         let token = self.next_token();
         let fd = conn.as_raw_fd();
         let svc = &self.services[idx];
@@ -718,14 +894,68 @@ impl Server {
         }
     }
 
+    /// After every config load (startup, reload, and so the new image of
+    /// an upgrade too): the ports summond listens on, every internal UDP
+    /// socket told to report each datagram's destination, and a budget of
+    /// answers for each internal service.
+    pub(super) fn guard_datagrams(&mut self) {
+        // Every UDP port (a wait service answers what it reads, so an
+        // internal service answering it would ping-pong for ever), and the
+        // internal services' TCP ports too: another summond with this
+        // config has its UDP echo there.
+        let mut ports: FxHashSet<u16> = self
+            .services
+            .iter()
+            .map(|rt| &rt.spec)
+            .filter(|s| s.internal.is_some() && !s.disabled)
+            .flat_map(|s| s.listen.iter())
+            .filter_map(|l| match &l.addr {
+                ListenAddr::Tcp(a) | ListenAddr::Udp(a) => Some(a.port()),
+                _ => None,
+            })
+            .collect();
+        for sock in self.sockets.iter() {
+            let ListenAddr::Udp(a) = &sock.listener.addr else {
+                continue;
+            };
+            ports.insert(a.port());
+            let internal = self.services[sock.service].spec.internal.is_some();
+            if let Err(e) = want_destination(&sock.listener.socket, a.is_ipv4(), internal) {
+                warn!(
+                    "{}: {a}: cannot learn datagrams' destinations, so broadcast and \
+                     multicast ones cannot be told apart: {e}",
+                    self.services[sock.service].spec.name
+                );
+            }
+        }
+        self.datagrams.own_ports = ports;
+        let now = Instant::now();
+        let mut old = std::mem::take(&mut self.datagrams.answers);
+        for rt in self.services.iter().filter(|rt| rt.spec.internal.is_some()) {
+            let rate = rt.spec.rate.unwrap_or(DEFAULT_ANSWERS);
+            let bucket = old
+                .remove(&rt.id)
+                .filter(|b| b.rate() == rate)
+                .unwrap_or_else(|| TokenBucket::new(rate, now));
+            self.datagrams.answers.insert(rt.id, bucket);
+        }
+        let answers = &self.datagrams.answers;
+        self.datagrams
+            .episodes
+            .retain(|(id, _), _| answers.contains_key(id));
+    }
+
     /// A readable internal UDP socket: answer up to the budget, as the
-    /// service's rules allow.
+    /// service's rules allow. What must not be answered is read and
+    /// dropped, never left queued: a datagram answered later keeps a loop
+    /// going as surely as one answered now.
     pub(super) fn serve_datagrams(&mut self, idx: usize, addr: &ListenAddr) {
         let Some(kind) = self.services[idx].spec.internal else {
             return;
         };
         let mut question = [0u8; 2048];
         let mut answer = [0u8; MAX_DATAGRAM];
+        let mut cmsg = nix::cmsg_space!(nix::libc::in_pktinfo, nix::libc::in6_pktinfo);
         for _ in 0..DATAGRAM_BUDGET {
             let now = Instant::now();
             if !self.service_may_spawn(idx, now) {
@@ -735,20 +965,20 @@ impl Server {
                 return;
             };
             let socket = &sock.listener.socket;
-            let (n, from) = match recv_from(socket, &mut question) {
+            let (n, from, dest) = match recv_datagram(socket, &mut question, &mut cmsg) {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return,
             };
             let from = crate::peer::canonical_addr(from);
-            // Never answer another server: the echo/chargen loop, and
-            // reflection through spoofed sources.
-            if let Some(why) = unanswerable(from, &self.internal_ports) {
-                debug!(
-                    "{}: ignored a datagram from {from}: {why}",
-                    self.services[idx].spec.name
-                );
+            // Never answer another server (the echo/chargen loop, and
+            // reflection through spoofed sources), nor a datagram sent to
+            // many hosts at once.
+            let why = unanswerable(from, &self.datagrams.own_ports)
+                .or_else(|| not_to_us_alone(dest).then_some(Unanswered::NotToUs));
+            if let Some(why) = why {
+                self.drop_datagram(idx, from, why, now);
                 continue;
             }
             let svc = &self.services[idx];
@@ -767,21 +997,55 @@ impl Server {
                     continue;
                 }
             }
+            let id = self.services[idx].id;
+            let len = datagram_answer(kind, &question[..n], SystemTime::now(), &mut answer);
+            // Only an answer spends the budget (discard sends none). The
+            // service's `rate` is not spent here: it sets this budget, and
+            // its pause would leave datagrams queued.
+            if len.is_some() && !self.datagrams.take_answer(id, now) {
+                let rate = self.services[idx].spec.rate.unwrap_or(DEFAULT_ANSWERS);
+                self.drop_datagram(idx, from, Unanswered::OverBudget(rate), now);
+                continue;
+            }
             self.services[idx].stats.served += 1;
-            self.take_rate_token(idx, now);
-            if let Some(len) = datagram_answer(kind, &question[..n], SystemTime::now(), &mut answer)
-            {
-                if let Some(sock) = self.sockets.get(addr) {
-                    let _ = sock.listener.socket.send_to_with_flags(
-                        &answer[..len],
-                        &from.into(),
-                        nix::libc::MSG_DONTWAIT,
-                    );
-                }
+            if let (Some(len), Some(sock)) = (len, self.sockets.get(addr)) {
+                let _ = sock.listener.socket.send_to_with_flags(
+                    &answer[..len],
+                    &from.into(),
+                    nix::libc::MSG_DONTWAIT,
+                );
             }
         }
         // Budget spent with datagrams possibly left: next turn.
         self.sockets.queue_ready(addr);
+    }
+
+    /// A datagram read and not answered: the first of an episode (per
+    /// service and reason) is logged at info so that an operator sees a
+    /// loop or a reflection attempt, the rest at debug until
+    /// REFUSAL_INTERVAL has passed, as refusals are.
+    fn drop_datagram(
+        &mut self,
+        idx: usize,
+        from: std::net::SocketAddr,
+        why: Unanswered,
+        now: Instant,
+    ) {
+        let svc = &self.services[idx];
+        let name = svc.spec.name.as_str();
+        match self.datagrams.episode(svc.id, why, now) {
+            Some(since) => {
+                let more = if since > 0 {
+                    format!(" ({since} more since the last such line)")
+                } else {
+                    String::new()
+                };
+                info!(event = "datagram_ignored", service = name, peer:% = from;
+                    "{name}: ignored a datagram from {from}: {why}{more}; more of these for {}s are logged at debug",
+                    REFUSAL_INTERVAL.as_secs());
+            }
+            None => debug!("{name}: ignored a datagram from {from}: {why}"),
+        }
     }
 
     fn refuse_datagram(
@@ -803,12 +1067,47 @@ impl Server {
     }
 }
 
-/// recvfrom into a plain byte buffer; the sender as a std address.
-fn recv_from(socket: &Socket, buf: &mut [u8]) -> io::Result<(usize, std::net::SocketAddr)> {
-    use nix::sys::socket::{recvfrom, SockaddrStorage};
-    let (n, from) =
-        recvfrom::<SockaddrStorage>(socket.as_raw_fd(), buf).map_err(io::Error::from)?;
-    let from = from
+/// Turn the report of each datagram's destination on for an internal
+/// service's UDP socket, off for another's (a reload may move a socket
+/// from one to the other; a child reading it expects no extra cmsg).
+fn want_destination(socket: &Socket, v4: bool, on: bool) -> nix::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if v4 {
+        setsockopt(socket, sockopt::Ipv4PacketInfo, &on)
+    } else {
+        setsockopt(socket, sockopt::Ipv6RecvPacketInfo, &on)
+    }
+}
+
+/// recvmsg into a plain byte buffer: the length, the sender as a std
+/// address, and where the datagram was sent.
+fn recv_datagram(
+    socket: &Socket,
+    buf: &mut [u8],
+    cmsg: &mut [u8],
+) -> io::Result<(usize, std::net::SocketAddr, Destination)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let msg =
+        recvmsg::<SockaddrStorage>(socket.as_raw_fd(), &mut iov, Some(cmsg), MsgFlags::empty())
+            .map_err(io::Error::from)?;
+    let mut dest = Destination::Unknown;
+    for c in msg.cmsgs().into_iter().flatten() {
+        match c {
+            ControlMessageOwned::Ipv4PacketInfo(i) => {
+                dest = Destination::V4 {
+                    header: u32::from_be(i.ipi_addr.s_addr).into(),
+                    local: u32::from_be(i.ipi_spec_dst.s_addr).into(),
+                }
+            }
+            ControlMessageOwned::Ipv6PacketInfo(i) => {
+                dest = Destination::V6(i.ipi6_addr.s6_addr.into());
+            }
+            _ => {}
+        }
+    }
+    let from = msg
+        .address
         .and_then(|a| {
             a.as_sockaddr_in()
                 .map(|v4| std::net::SocketAddr::V4((*v4).into()))
@@ -818,5 +1117,5 @@ fn recv_from(socket: &Socket, buf: &mut [u8]) -> io::Result<(usize, std::net::So
                 })
         })
         .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
-    Ok((n, from))
+    Ok((msg.bytes, from, dest))
 }

@@ -57,7 +57,7 @@ use children::{
     exit_key, for_peer, succeeded, Child, ChildTable, ExitText, ServiceId, StoppingGroup,
 };
 use connection::{PendingConnection, RefusalKey};
-use internal::InternalConns;
+use internal::{DatagramGuard, InternalConns};
 use reload::ConfigLoad;
 use sockets::SocketTable;
 use timers::{Timer, Timers, KILL_AFTER};
@@ -225,9 +225,9 @@ pub struct Server {
     scrapes: FxHashMap<Token, Scrape>,
     /// The scrape budget ran out with scrapers possibly left.
     accept_more_scrapers: bool,
-    /// Ports of the internal services: datagrams from them are never
-    /// answered.
-    internal_ports: FxHashSet<u16>,
+    /// What the internal UDP services must not answer, and how many
+    /// answers they may send.
+    datagrams: DatagramGuard,
     /// Service identity → index into `services`, rebuilt on reload.
     by_id: FxHashMap<ServiceId, usize>,
     refusals: RefusalLog<RefusalKey>,
@@ -313,7 +313,7 @@ impl Server {
             metrics: None,
             scrapes: FxHashMap::default(),
             accept_more_scrapers: false,
-            internal_ports: FxHashSet::default(),
+            datagrams: DatagramGuard::default(),
             by_id: FxHashMap::default(),
             refusals: RefusalLog::default(),
             control: None,
@@ -1456,17 +1456,7 @@ impl Server {
         if let Some(metrics) = new_metrics {
             self.set_metrics(metrics);
         }
-        self.internal_ports = self
-            .services
-            .iter()
-            .map(|rt| &rt.spec)
-            .filter(|s| s.internal.is_some() && !s.disabled)
-            .flat_map(|s| s.listen.iter())
-            .filter_map(|l| match &l.addr {
-                ListenAddr::Tcp(a) | ListenAddr::Udp(a) => Some(a.port()),
-                _ => None,
-            })
-            .collect();
+        self.guard_datagrams();
         self.retime_internal();
         crate::logging::set_format(new.daemon.log_format);
         // Each service holds its spec; the config keeps the rest.

@@ -320,19 +320,21 @@ impl Server {
         let internal = self
             .internals
             .iter()
-            .filter_map(|c| {
-                let service = self.service_index(c.service)?;
+            .map(|c| {
                 let (unsent, line, one_shot) = c.progress();
-                Some(InternalState {
+                InternalState {
                     fd: c.socket.as_raw_fd(),
-                    service: self.services[service].spec.name.clone(),
+                    // A client of a service a reload removed is carried
+                    // too (under a name no service can have), as its
+                    // children are: a reload keeps them, so must this.
+                    service: self.service_name(c.service).to_string(),
                     kind: c.kind,
                     peer: c.peer.clone(),
                     source: c.source,
                     unsent: unsent.to_vec(),
                     line,
                     one_shot,
-                })
+                }
             })
             .collect();
         State {
@@ -492,13 +494,16 @@ impl Server {
         for c in state.internal {
             // SAFETY: named by the state, taken once.
             let socket = Socket::from(unsafe { OwnedFd::from_raw_fd(c.fd) });
-            let Some(id) = by_name(self, &c.service) else {
+            // A client of a service the new config drops stays, counted,
+            // until it leaves or is idle too long, as after a reload (and
+            // as a removed service's children do).
+            let id = by_name(self, &c.service).unwrap_or_else(|| {
                 debug!(
-                    "{}: internal service removed; closing {}",
+                    "{}: internal service removed; keeping {} until it leaves",
                     c.service, c.peer
                 );
-                continue;
-            };
+                self.orphan_service()
+            });
             let progress = (c.unsent.as_slice(), c.line, c.one_shot);
             let conn = InternalConn::resumed(c.kind, socket, id, c.source, c.peer, progress);
             self.resume_internal(conn);

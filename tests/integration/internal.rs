@@ -330,7 +330,7 @@ fn a_port_that_becomes_an_internal_services_at_a_reload_or_upgrade_is_never_answ
     // test keeps the UDP port): from now on its datagrams are ignored.
     assert!(s.reload(&format!("{first}{}", internal("discard", "tcp", added, ""))));
     let ignored =
-        format!("ignored a datagram from 127.0.0.1:{added}: its port is an internal service's");
+        format!("ignored a datagram from 127.0.0.1:{added}: its port is one summond listens on");
     ask(b"after reload");
     assert!(
         wait_until(TIMEOUT, || s.log_count(&ignored) == 1),
@@ -556,4 +556,121 @@ fn many_idle_internal_clients_under_a_low_nofile_leave_a_cat_service_answering()
     );
     drop(idle);
     assert!(wait_until(TIMEOUT, || active(&s, "discard-tcp") == 0));
+}
+
+fn served(s: &Summond, name: &str) -> u64 {
+    service_status(s, name)["served"].as_u64().unwrap()
+}
+
+/// The two summonds' counts of `name`'s answers, once they have stopped
+/// growing: two reads two loop turns of each apart are equal (a live loop
+/// moves at least one datagram a turn).
+fn settled(a: &Summond, b: &Summond, name: &str) -> Option<(u64, u64)> {
+    let mut last = None;
+    for _ in 0..200 {
+        let now = (served(a, name), served(b, name));
+        if last == Some(now) {
+            return last;
+        }
+        last = Some(now);
+        if !(loop_turns(a.pid(), 2) && loop_turns(b.pid(), 2)) {
+            return None;
+        }
+    }
+    None
+}
+
+#[test]
+fn two_summonds_echoes_on_high_ports_stop_their_loop_by_themselves() {
+    if !nix::unistd::geteuid().is_root() {
+        return skip(
+            "two_summonds_echoes_on_high_ports_stop_their_loop_by_themselves",
+            "spoofing the other echo's port needs a raw socket (root)",
+        );
+    }
+    // Ports no rule can tell from a client's: only a budget of answers
+    // ends the loop, the first time either side has none left. One side
+    // has a `rate` (its budget), the other the default.
+    let (pa, pb) = (free_port(), free_port());
+    let a = Summond::start(&control(&internal("echo", "udp", pa, "rate = \"50/1s\"\n")));
+    let b = Summond::start(&control(&internal("echo", "udp", pb, "")));
+    for round in ["at start", "after a's upgrade"] {
+        let (a0, b0) = (served(&a, "echo-udp"), served(&b, "echo-udp"));
+        spoof_udp(pb, pa, b"ping-pong");
+        let (a1, b1) = settled(&a, &b, "echo-udp").expect("the loop never stopped");
+        eprintln!("{round}: a answered {}, b {}", a1 - a0, b1 - b0);
+        // A runaway loop answers hundreds of thousands a second.
+        assert!(a1 - a0 >= 1 && a1 - a0 <= 200, "{round}: a {}", a1 - a0);
+        assert!(b1 - b0 <= 200, "{round}: b {}", b1 - b0);
+        let spent = a.log_count("over the service's 50/1s answers")
+            + b.log_count("over the service's 100/1s answers");
+        assert!(spent >= 1, "{round}: {}{}", a.log_text(), b.log_text());
+        // A client is answered after it, by each.
+        assert!(wait_until(TIMEOUT, || udp_exchange(pa, b"a").as_deref()
+            == Some(&b"a"[..])));
+        assert!(wait_until(TIMEOUT, || udp_exchange(pb, b"b").as_deref()
+            == Some(&b"b"[..])));
+        if round == "at start" {
+            a.signal(nix::libc::SIGUSR2);
+            assert!(a.wait_log("upgraded in place"), "{}", a.log_text());
+        }
+    }
+    // Logged at info, so an operator sees it without debug.
+    assert!(
+        a.log_text()
+            .lines()
+            .chain(b.log_text().lines())
+            .any(|l| l.contains(" INFO ") && l.contains("answers")),
+        "{}{}",
+        a.log_text(),
+        b.log_text()
+    );
+}
+
+#[test]
+fn a_datagram_from_any_udp_port_summond_listens_on_is_never_answered_across_reload_and_upgrade() {
+    if !nix::unistd::geteuid().is_root() {
+        return skip(
+            "a_datagram_from_any_udp_port_summond_listens_on_is_never_answered_across_reload_and_upgrade",
+            "spoofing a service's port needs a raw socket (root)",
+        );
+    }
+    // The sample config's loop: daytime answered a datagram "from" a wait
+    // service's UDP port, whose child answered daytime, for ever.
+    let (day, wait) = (free_port(), free_port());
+    let config = control(&format!(
+        "{}[[service]]\nname = \"waiter\"\nlisten = \"udp://127.0.0.1:{wait}\"\nexec = [\"/bin/sleep\", \"60\"]\n",
+        internal("daytime", "udp", day, "")
+    ));
+    let s = Summond::start(&config);
+    let ignored =
+        format!("ignored a datagram from 127.0.0.1:{wait}: its port is one summond listens on");
+    for (n, when) in [
+        (1, "at start"),
+        (2, "after a reload"),
+        (3, "after an upgrade"),
+    ] {
+        match when {
+            "after a reload" => assert!(s.reload(&format!("{config}# again\n"))),
+            "after an upgrade" => {
+                s.signal(nix::libc::SIGUSR2);
+                assert!(s.wait_log("upgraded in place"), "{}", s.log_text());
+            }
+            _ => {}
+        }
+        spoof_udp(wait, day, b"time?");
+        assert!(
+            wait_until(TIMEOUT, || s.log_count(&ignored) == n),
+            "{when}: {}",
+            s.log_text()
+        );
+        assert!(loop_turns(s.pid(), 2));
+        assert_eq!(
+            s.log_count("waiter: started pid"),
+            0,
+            "{when}: {}",
+            s.log_text()
+        );
+    }
+    assert!(udp_exchange(day, b"").is_some(), "a client is answered");
 }
