@@ -580,6 +580,21 @@ fn settled(a: &Summond, b: &Summond, name: &str) -> Option<(u64, u64)> {
     None
 }
 
+/// Ask `port`'s echo until it answers: right after a loop spent its
+/// budget, a datagram is dropped until a token is back. A dropped ask is
+/// answered never (loopback answers before sendto returns), so a short
+/// wait per ask is enough.
+fn answered_once_the_budget_refills(port: u16, payload: &[u8]) -> bool {
+    let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    wait_until(TIMEOUT, || {
+        c.send_to(payload, ("127.0.0.1", port)).unwrap();
+        let mut buf = [0u8; 64];
+        matches!(c.recv_from(&mut buf), Ok((n, _)) if &buf[..n] == payload)
+    })
+}
+
 #[test]
 fn two_summonds_echoes_on_high_ports_stop_their_loop_by_themselves() {
     if !nix::unistd::geteuid().is_root() {
@@ -602,14 +617,19 @@ fn two_summonds_echoes_on_high_ports_stop_their_loop_by_themselves() {
         // A runaway loop answers hundreds of thousands a second.
         assert!(a1 - a0 >= 1 && a1 - a0 <= 200, "{round}: a {}", a1 - a0);
         assert!(b1 - b0 <= 200, "{round}: b {}", b1 - b0);
+        // A client is answered after it, by each, and that is all either
+        // answered since: the loop is over, not paused.
+        assert!(answered_once_the_budget_refills(pa, b"a"), "{round}");
+        assert!(answered_once_the_budget_refills(pb, b"b"), "{round}");
+        assert!(loop_turns(a.pid(), 2) && loop_turns(b.pid(), 2));
+        assert_eq!(
+            (served(&a, "echo-udp"), served(&b, "echo-udp")),
+            (a1 + 1, b1 + 1),
+            "{round}"
+        );
         let spent = a.log_count("over the service's 50/1s answers")
             + b.log_count("over the service's 100/1s answers");
         assert!(spent >= 1, "{round}: {}{}", a.log_text(), b.log_text());
-        // A client is answered after it, by each.
-        assert!(wait_until(TIMEOUT, || udp_exchange(pa, b"a").as_deref()
-            == Some(&b"a"[..])));
-        assert!(wait_until(TIMEOUT, || udp_exchange(pb, b"b").as_deref()
-            == Some(&b"b"[..])));
         if round == "at start" {
             a.signal(nix::libc::SIGUSR2);
             assert!(a.wait_log("upgraded in place"), "{}", a.log_text());
@@ -673,4 +693,209 @@ fn a_datagram_from_any_udp_port_summond_listens_on_is_never_answered_across_relo
         );
     }
     assert!(udp_exchange(day, b"").is_some(), "a client is answered");
+}
+
+/// Run `f` in a thread of its own that has entered process `pid`'s
+/// network namespace (setns changes the calling thread only); sockets it
+/// makes stay in that namespace.
+fn in_netns_of<T: Send>(pid: i32, f: impl FnOnce() -> T + Send) -> T {
+    use std::os::fd::AsRawFd;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
+                // SAFETY: setns on an fd this thread owns.
+                let rc = unsafe { nix::libc::setns(ns.as_raw_fd(), nix::libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap()
+    })
+}
+
+#[test]
+fn datagrams_sent_to_a_broadcast_or_multicast_address_are_never_answered() {
+    if !nix::unistd::geteuid().is_root() {
+        return skip(
+            "datagrams_sent_to_a_broadcast_or_multicast_address_are_never_answered",
+            "a network namespace of the test's own needs root",
+        );
+    }
+    // A network namespace of summond's own, with loopback and a veth pair
+    // whose one end has 10.9.0.1/24 (broadcast 10.9.0.255): what the test
+    // sends there never leaves it. summond listens on 0.0.0.0 in it, as a
+    // host's echo does, so that broadcasts reach it.
+    let port = free_port();
+    let setup = "ip link set lo up && ip link add d0 type veth peer name d1 \
+                 && ip addr add 10.9.0.1/24 brd + dev d0 && ip link set d0 up \
+                 && ip link set d1 up && exec \"$0\" \"$@\"";
+    let config = control(&format!(
+        "[[service]]\nname = \"echo\"\nlisten = \"udp://0.0.0.0:{port}\"\nexec = [\"internal:echo\"]\n"
+    ));
+    let s = Summond::start_with(Start {
+        config: &config,
+        wrapper: &["unshare", "-n", "sh", "-c", setup],
+        ..Start::default()
+    });
+    let to_many: [std::net::Ipv4Addr; 3] = [
+        [10, 9, 0, 255].into(),
+        [255, 255, 255, 255].into(),
+        [224, 0, 0, 1].into(),
+    ];
+    let (answers, also) = in_netns_of(s.pid(), || {
+        let c = UdpSocket::bind("10.9.0.1:40000").unwrap();
+        c.set_broadcast(true).unwrap();
+        c.set_multicast_loop_v4(true).unwrap();
+        let sock = socket2::SockRef::from(&c);
+        sock.set_multicast_if_v4(&[10, 9, 0, 1].into()).unwrap();
+        for to in to_many {
+            c.send_to(format!("to {to}").as_bytes(), (to, port))
+                .unwrap();
+        }
+        // Then one to summond alone: answered, and the only answer.
+        c.set_read_timeout(Some(TIMEOUT)).unwrap();
+        c.send_to(b"to us", ("10.9.0.1", port)).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = c.recv_from(&mut buf).unwrap();
+        let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+        (first, no_datagram_waiting(&c))
+    });
+    assert_eq!(answers, "to us", "a datagram to many was answered first");
+    assert!(also, "another answer came");
+    let ignored =
+        "ignored a datagram from 10.9.0.1:40000: it was sent to a broadcast or multicast address";
+    assert!(
+        wait_until(TIMEOUT, || s.log_count(ignored) == 3),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(served(&s, "echo"), 1);
+}
+
+/// summond's side of the loopback connection whose client is `client`:
+/// (tx_queue, rx_queue) from /proc/net/tcp, bytes the kernel holds for it.
+fn server_queues(client: &socket2::Socket) -> Option<(u64, u64)> {
+    let port = client.local_addr().unwrap().as_socket().unwrap().port();
+    let text = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let rem_port = u16::from_str_radix(f.get(2)?.rsplit(':').next()?, 16).ok()?;
+        if rem_port != port || *f.get(3)? != "01" {
+            return None;
+        }
+        let (tx, rx) = f.get(4)?.split_once(':')?;
+        Some((
+            u64::from_str_radix(tx, 16).ok()?,
+            u64::from_str_radix(rx, 16).ok()?,
+        ))
+    })
+}
+
+/// The queues once they stopped growing: three reads two loop turns of
+/// summond apart are equal.
+fn settled_queues(s: &Summond, client: &socket2::Socket) -> (u64, u64) {
+    let mut seen = Vec::new();
+    for _ in 0..500 {
+        seen.push(server_queues(client).expect("summond's side of the connection"));
+        if seen.len() >= 3
+            && seen[seen.len() - 3..]
+                .iter()
+                .all(|q| *q == seen[seen.len() - 1])
+        {
+            return seen[seen.len() - 1];
+        }
+        assert!(loop_turns(s.pid(), 2));
+    }
+    panic!("the queues never settled: {:?}", &seen[seen.len() - 5..]);
+}
+
+#[test]
+fn a_client_that_never_reads_pins_a_bounded_socket_buffer_in_summond() {
+    use socket2::{Domain, Socket, Type};
+    let (chargen, echo) = (free_port(), free_port());
+    let s = Summond::start(&format!(
+        "{}{}",
+        internal("chargen", "tcp", chargen, ""),
+        internal("echo", "tcp", echo, ""),
+    ));
+    let client = |port: u16| {
+        let c = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        // A small window, soon zero: the client never reads.
+        c.set_recv_buffer_size(1024).unwrap();
+        c.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+            .unwrap();
+        c
+    };
+    const BOUND: u64 = 64 * 1024;
+    let reader = client(chargen);
+    let (tx, rx) = settled_queues(&s, &reader);
+    eprintln!("chargen, a client that never reads: Send-Q {tx}, Recv-Q {rx}");
+    assert!(tx > 0, "chargen wrote");
+    assert!(tx + rx < BOUND, "summond's socket holds {tx} + {rx} bytes");
+    // echo: the client writes and never reads; summond stops reading
+    // when it cannot write, and its socket holds a bounded amount.
+    let writer = client(echo);
+    writer.set_nonblocking(true).unwrap();
+    let chunk = [b'e'; 65536];
+    let mut sent = 0usize;
+    for _ in 0..2000 {
+        match (&writer).write(&chunk) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // Full for now: let summond take what it will, then again.
+                if !loop_turns(s.pid(), 2) {
+                    break;
+                }
+                if (&writer).write(&chunk).is_err() {
+                    break;
+                }
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let (tx, rx) = settled_queues(&s, &writer);
+    eprintln!("echo, a client that writes {sent} bytes and never reads: Send-Q {tx}, Recv-Q {rx}");
+    assert!(
+        tx + rx < 2 * BOUND,
+        "summond's socket holds {tx} + {rx} bytes"
+    );
+}
+
+#[test]
+fn clients_of_an_internal_service_removed_by_a_reload_or_an_upgrade_stay_until_they_leave() {
+    let (removed, kept, other) = (free_port(), free_port(), free_port());
+    let base = control(&internal("echo", "tcp", kept, ""));
+    let with = format!(
+        "{base}[[service]]\nname = \"going\"\nlisten = \"tcp://127.0.0.1:{removed}\"\nexec = [\"internal:echo\"]\n"
+    );
+    let s = Summond::start(&with);
+    let mut before_reload = connect_to(removed);
+    assert!(wait_until(TIMEOUT, || internal_clients(&s) == 1));
+    assert!(s.reload(&base), "the service is removed by a reload");
+    let check = |c: &mut std::net::TcpStream, when: &str| {
+        c.write_all(when.as_bytes()).unwrap();
+        c.write_all(b"\n").unwrap();
+        assert_eq!(read_line(c), format!("{when}\n"), "{when}: still served");
+        assert!(holds_connection(s.pid(), c), "{when}");
+    };
+    check(&mut before_reload, "after the reload");
+    assert_eq!(internal_clients(&s), 1, "counted");
+    // Added back, a client taken, removed by the new config of an upgrade.
+    assert!(s.reload(&with));
+    let mut before_upgrade = connect_to(removed);
+    assert!(wait_until(TIMEOUT, || internal_clients(&s) == 2));
+    s.write_config(&format!("{base}{}", internal("discard", "tcp", other, "")));
+    s.signal(nix::libc::SIGUSR2);
+    assert!(s.wait_log("upgraded in place"), "{}", s.log_text());
+    check(&mut before_reload, "the first after the upgrade");
+    check(&mut before_upgrade, "the second after the upgrade");
+    assert_eq!(internal_clients(&s), 2, "both counted");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", removed)).is_err(),
+        "its listener is closed"
+    );
+    drop(before_reload);
+    drop(before_upgrade);
+    assert!(wait_until(TIMEOUT, || internal_clients(&s) == 0));
 }
