@@ -117,7 +117,7 @@ pub const KEY_DOCS: &[KeyDoc] = &[
     key("service", "supplementary_groups", "BOOL", "true", "Give the child the user's groups from the group database; false: only the primary group."),
     key("service", "max_runtime", "DURATION", "", "Accept mode: SIGTERM the child's process group after this long, SIGKILL 5 s later."),
     key("service", "idle_timeout", "DURATION", "\"5m\"", "Internal services over TCP: close a client after this long without a byte moved either way."),
-    key("service", "rate", "\"COUNT/DURATION\"", "", "New children service-wide as a token bucket; when empty the listener pauses until a token is back."),
+    key("service", "rate", "\"COUNT/DURATION\"", "", "New children service-wide as a token bucket; when empty the listener pauses until a token is back. For an internal service's UDP datagrams, the answers it sends (default 100/1s); over it datagrams are read and dropped, which ends a loop between two servers."),
     key("service", "per_source_rate", "\"COUNT/DURATION\"", "", "New connections per client (prefix) as a token bucket; over it that client is refused, others are served."),
     key("service", "per_source_prefix", "{ v4 = BITS, v6 = BITS }", "{ v4 = 32, v6 = 64 }", "How clients are grouped for max_per_source and per_source_rate."),
     key("service", "banner", "STRING", "", "Accept mode: written to each client before its child starts (at most 4096 bytes)."),

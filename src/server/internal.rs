@@ -11,10 +11,15 @@
 //! than the question, so a spoofed sender gains nothing by reflection but
 //! daytime's 26 bytes. No datagram is answered that comes from a port
 //! below 1024 (where the servers live: a spoofed request from echo, DNS
-//! or NTP would start a loop or a reflection) or from one of the internal
-//! services' own ports (two summonds' echoes), nor from an address no
-//! real sender has (multicast, broadcast, unspecified), as OpenBSD's inetd
-//! refuses them.
+//! or NTP would start a loop or a reflection) or from a port summond
+//! listens on (its own services, or another summond's with the same
+//! config), nor from an address no real sender has (multicast,
+//! broadcast, unspecified), as OpenBSD's inetd refuses them, nor one sent
+//! to a broadcast or multicast address (IP_PKTINFO tells). A loop between
+//! two hosts on ordinary ports no rule can see: each service has a budget
+//! of answers, and the first datagram over it ends the loop.
+//! A TCP connection's socket buffers are fixed small (autotuning would
+//! let a client that never reads pin megabytes of kernel memory).
 
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
