@@ -339,10 +339,13 @@ pub fn reapply(listener: &Listener, opts: &ListenOptions) -> Result<(), ListenEr
     Ok(())
 }
 
-/// A socket summond was handed for `addr` (LISTEN_FDS): used as it is,
-/// made non-blocking; its file (if any) is not summond's to remove.
+/// A socket summond was handed for `addr` (LISTEN_FDS, or the previous
+/// image of an upgrade): used as it is; its file (if any) is not summond's
+/// to remove. O_NONBLOCK is left as it came: it lives on the open file
+/// description, which a wait child handed the socket before an upgrade
+/// shares and may be blocked reading (its next read would fail with
+/// EAGAIN). Whoever reads the socket itself makes it non-blocking first.
 pub fn adopt(addr: ListenAddr, socket: Socket) -> Result<Listener, ListenError> {
-    socket.set_nonblocking(true).map_err(ListenError::Socket)?;
     socket.set_cloexec(true).map_err(ListenError::Socket)?;
     Ok(Listener {
         addr,

@@ -1296,11 +1296,17 @@ impl Server {
     /// closed last. Running children are left alone.
     fn apply_config(&mut self, mut new: Config) -> Result<(), ServerError> {
         let plan = sockets::plan(self.sockets.addrs(), &new);
-        let mut opened: Vec<(Listener, usize)> = Vec::new();
+        let mut opened: Vec<(Listener, usize, bool)> = Vec::new();
         for (addr, idx) in &plan.open {
             let spec = &new.services[*idx];
+            // A handed socket may be blocking: one lent to a wait child
+            // before an upgrade is, and stays so until the child exits.
+            let blocking = self
+                .handed
+                .get(addr)
+                .is_some_and(|s| matches!(s.nonblocking(), Ok(false)));
             match self.adopt_or_open(addr, spec.socket, &spec.name) {
-                Ok(listener) => opened.push((listener, *idx)),
+                Ok(listener) => opened.push((listener, *idx, blocking)),
                 Err(err) => {
                     // `opened` drops: its files are removed.
                     return Err(ServerError::Bind {
@@ -1423,11 +1429,11 @@ impl Server {
             .enumerate()
             .map(|(i, s)| (s.id, i))
             .collect();
-        for (listener, idx) in opened {
+        for (listener, idx, blocking) in opened {
             let token = self.next_token();
             self.tokens
                 .insert(token, TokenKind::Listener(listener.addr.clone()));
-            self.sockets.insert(listener, token, idx);
+            self.sockets.insert(listener, token, idx, blocking);
         }
         self.sockets.reassign(&plan.owners);
         // Kept sockets whose options changed take those that can change
@@ -1514,6 +1520,10 @@ impl Server {
             &self.metrics
         };
         if let Some(new) = new {
+            // summond accepts on it itself; a handed one may be blocking.
+            if let Err(e) = new.socket.set_nonblocking(true) {
+                error!("{what} {}: {e}", new.addr);
+            }
             if let Err(e) = self.poll.registry().register(
                 &mut SourceFd(&new.socket.as_raw_fd()),
                 token,

@@ -70,8 +70,9 @@ impl SocketTable {
         self.sockets.keys()
     }
 
-    /// A newly opened socket for service `service`, not yet watched.
-    pub fn insert(&mut self, listener: Listener, token: Token, service: usize) {
+    /// A newly opened socket for service `service`, not yet watched;
+    /// `blocking` as it came (a handed socket may be).
+    pub fn insert(&mut self, listener: Listener, token: Token, service: usize, blocking: bool) {
         self.sockets.insert(
             listener.addr.clone(),
             OpenSocket {
@@ -82,7 +83,7 @@ impl SocketTable {
                 busy: None,
                 parked: false,
                 queued: false,
-                blocking: false,
+                blocking,
                 low: None,
             },
         );

@@ -274,6 +274,87 @@ fn children_and_connections_from_before_an_upgrade_finish_after_it() {
         .any(|l| l.contains(&format!("pid {child} ")) && l.contains("exited with status 0")));
 }
 
+/// `flags:` of `pid`'s fd `fd` (octal in /proc), for O_NONBLOCK.
+fn fd_flags(pid: i32, fd: i32) -> u32 {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+    let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).unwrap();
+    u32::from_str_radix(flags.trim(), 8).unwrap()
+}
+
+/// Wait children read their sockets with blocking calls (tftpd's
+/// recvfrom, a daemon's accept), and O_NONBLOCK lives on the open file
+/// description they share with summond: neither a reload nor an upgrade
+/// may make a socket lent to a running child non-blocking, or its next
+/// read fails with EAGAIN and it exits.
+#[test]
+fn a_wait_childs_socket_stays_blocking_across_a_reload_and_an_upgrade() {
+    let (pu, pt) = (free_port(), free_port());
+    let services = format!(
+        "[[service]]\nname = \"dgram\"\nlisten = \"udp://127.0.0.1:{pu}\"\nexec = [\"perl\", \"-e\", {}]\n\
+         [[service]]\nname = \"stream\"\nlisten = \"tcp://127.0.0.1:{pt}\"\naccept = false\npass = \"listen_fds\"\n\
+         exec = [\"perl\", \"-e\", {}]\n",
+        toml_str(
+            "while (1) { my $peer = recv(STDIN, my $buf, 65536, 0); \
+             defined $peer or do { print STDERR \"dgram child: recv: $!\\n\"; exit 1 }; \
+             send(STDOUT, \"$$ \" . uc($buf), 0, $peer) }"
+        ),
+        toml_str(
+            "open(L, '+<&=', 3) or die; while (1) { accept(C, L) or do { \
+             print STDERR \"stream child: accept: $!\\n\"; exit 1 }; print C \"$$\\n\"; close C }"
+        )
+    );
+    let (s, _, control) = start_upgradable(
+        TempDir::new("upgrade-blocking"),
+        &services,
+        Start::default(),
+    );
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let ask = |word: &str| -> String {
+        client.send_to(word.as_bytes(), ("127.0.0.1", pu)).unwrap();
+        let mut buf = [0u8; 256];
+        let (n, _) = client.recv_from(&mut buf).expect("an answer");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = ask("one");
+    let (dgram, word) = first.split_once(' ').unwrap();
+    assert_eq!(word, "ONE");
+    let dgram: i32 = dgram.parse().unwrap();
+    let stream: i32 = tcp_port_exchange(pt, b"").trim().parse().unwrap();
+    let blocking = |when: &str| {
+        for (pid, fd) in [(dgram, 0), (stream, 3)] {
+            let flags = fd_flags(pid, fd);
+            assert_eq!(
+                flags & nix::libc::O_NONBLOCK as u32,
+                0,
+                "{when}: pid {pid} fd {fd} flags {flags:o}\n{}",
+                s.log_text()
+            );
+        }
+    };
+    blocking("started");
+    let more = format!(
+        "{services}[[service]]\nname = \"extra\"\nlisten = \"tcp://127.0.0.1:{}\"\nexec = [\"true\"]\n",
+        free_port()
+    );
+    assert!(s.reload(&format!("{}{more}", daemon_control(&control))));
+    blocking("reloaded");
+    assert_eq!(ask("two"), format!("{dgram} TWO"));
+    let (code, _, err) = upgrade(&control);
+    assert_eq!(code, 0, "{err}");
+    blocking("upgraded");
+    // The same children answer on: a non-blocking socket would have made
+    // the second read after the upgrade fail.
+    for word in ["three", "four", "five"] {
+        assert_eq!(ask(word), format!("{dgram} {}", word.to_uppercase()));
+        assert_eq!(tcp_port_exchange(pt, b"").trim(), stream.to_string());
+    }
+    let log = s.log_text();
+    assert!(!log.contains("child: "), "{log}");
+    assert_eq!(log.matches("dgram: started pid").count(), 1, "{log}");
+    assert_eq!(log.matches("stream: started pid").count(), 1, "{log}");
+}
+
 #[test]
 fn a_binary_that_fails_its_check_is_never_executed() {
     let port = free_port();
