@@ -501,8 +501,16 @@ impl Server {
             source: None,
             held_sockets,
         };
-        if self.spawn_child(idx, request) != Launch::Started {
+        let outcome = self.spawn_child(idx, request);
+        if outcome != Launch::Started {
             self.sockets.release(&addrs, None);
+        }
+        if outcome == Launch::RetryLater {
+            // What woke us is still queued, and epoll (edge-triggered)
+            // reports it only once: parked, the socket is watched again
+            // when the back-off ends, and epoll reports the datagram or
+            // client at that registration, as for a kept connection.
+            self.park(ready);
         }
     }
 

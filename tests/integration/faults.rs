@@ -185,6 +185,36 @@ fn a_client_accepted_when_no_fd_is_left_for_the_spawn_is_kept_and_served_later()
     );
 }
 
+/// A wait service's spawn that fails for want of fds leaves its datagram
+/// queued: the socket is parked like a kept connection and served when
+/// the back-off ends, not when a second datagram happens to arrive.
+#[test]
+fn a_datagram_whose_wait_child_could_not_start_for_want_of_fds_is_served_after_the_back_off() {
+    let port = free_port();
+    let s = Summond::start(&format!(
+        "[[service]]\nname = \"up\"\nlisten = \"udp://127.0.0.1:{port}\"\nexec = [\"perl\", \"-e\", {}]\n",
+        toml_str("my $peer = recv(STDIN, my $buf, 65536, 0); send(STDOUT, uc($buf), 0, $peer)")
+    ));
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut buf = [0u8; 64];
+    client.send_to(b"one", ("127.0.0.1", port)).unwrap();
+    let (n, _) = client.recv_from(&mut buf).expect("first answer");
+    assert_eq!(&buf[..n], b"ONE");
+    assert!(s.wait_log("up: pid "), "{}", s.log_text());
+    // No fd left: the child cannot place the socket at 0 and 1.
+    let pid = s.pid();
+    set_nofile(pid, lowest_free_fd(pid));
+    client.send_to(b"two", ("127.0.0.1", port)).unwrap();
+    assert!(s.wait_log("up: cannot start a child"), "{}", s.log_text());
+    set_nofile(pid, 1024);
+    let (n, _) = client
+        .recv_from(&mut buf)
+        .expect("the same datagram answered, without a second one");
+    assert_eq!(&buf[..n], b"TWO");
+    assert_eq!(s.log_count("cannot start a child"), 1, "{}", s.log_text());
+}
+
 /// Root ignores RLIMIT_NPROC, so summond runs as nobody here, with room
 /// for itself and two children: the third client's fork fails with EAGAIN.
 #[test]
