@@ -406,6 +406,10 @@ impl Server {
                 self.accept_scrapers();
             }
             self.run_timers(Instant::now());
+            // Whatever held a kept connection back (the back-off, a crash
+            // hold, a rate, max_instances, max_children) ends with an
+            // event or a timer of this turn.
+            self.retry_pending(Instant::now());
             self.upgrade_if_due();
         }
         self.shutdown();

@@ -541,6 +541,10 @@ impl Server {
         }
         self.sync_all(now);
         self.unpark(now);
+        // Connections kept through a back-off: the back-off was this
+        // image's predecessor's, and nothing here would wake the loop for
+        // them. If fds or processes are still short, a new one starts.
+        self.retry_pending(now);
         // A child that exited during the exec: its SIGCHLD is pending and
         // the signalfd reports it, but reaping now costs nothing.
         self.reap_children();

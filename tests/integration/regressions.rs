@@ -9,6 +9,7 @@
 
 use std::io::Write;
 use std::net::UdpSocket;
+use std::os::unix::fs::PermissionsExt;
 
 use crate::util::*;
 
@@ -350,6 +351,67 @@ fn a_flood_of_refused_clients_is_summarised_and_other_services_are_served_meanwh
         CLIENTS * EACH,
         "every refusal counted:\n{log}"
     );
+}
+
+/// fork fails with EAGAIN (summond as nobody under RLIMIT_NPROC, room for
+/// two children), so the third client is kept; a reload lowers
+/// max_instances to the two running, so the retry at the end of the
+/// back-off keeps it again. When a child exits the kept client must be
+/// served: nothing else wakes its listener (no other client waits).
+#[test]
+fn a_connection_kept_past_its_back_off_by_max_instances_is_served_when_a_child_exits() {
+    let Some((wrapper, nproc)) = as_nobody_with_room_for(
+        "a_connection_kept_past_its_back_off_by_max_instances_is_served_when_a_child_exits",
+        2,
+    ) else {
+        return;
+    };
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let port = free_port();
+    let service = |extra: &str| {
+        format!(
+            "[[service]]\nname = \"np\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {}\n{extra}",
+            sh("echo start; read x; echo done")
+        )
+    };
+    // nobody makes the control socket in the test's directory.
+    let dir = TempDir::new("kept-max");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let control = dir.path("control.sock");
+    let service = |extra: &str| format!("{}{}", daemon_control(&control), service(extra));
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &service(""),
+            wrapper: &wrapper,
+            nproc: Some(nproc),
+            ..Start::default()
+        },
+    );
+    let held: Vec<_> = (0..2)
+        .map(|_| connect_tcp(([127, 0, 0, 1], port).into()))
+        .collect();
+    for h in &held {
+        assert_eq!(read_line(h), "start\n");
+    }
+    let kept = connect_tcp(([127, 0, 0, 1], port).into());
+    assert!(
+        s.wait_log("np: cannot start a child for 127.0.0.1:"),
+        "{}",
+        s.log_text()
+    );
+    assert!(s.reload(&service("max_instances = 2\n")));
+    // The back-off ends after the reload: its retry finds max_instances
+    // reached and keeps the client.
+    let paused = || status_json(&control)["services"][0]["paused"].clone();
+    assert!(
+        wait_until(TIMEOUT, || paused().is_null()),
+        "{}",
+        s.log_text()
+    );
+    std::io::Write::write_all(&mut &held[0], b"go\n").unwrap();
+    assert_eq!(read_line(&held[0]), "done\n");
+    assert_eq!(read_line(&kept), "start\n", "{}", s.log_text());
 }
 
 /// fork fails with EAGAIN (summond as nobody under RLIMIT_NPROC), so the

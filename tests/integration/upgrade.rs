@@ -355,6 +355,66 @@ fn a_wait_childs_socket_stays_blocking_across_a_reload_and_an_upgrade() {
     assert_eq!(log.matches("stream: started pid").count(), 1, "{log}");
 }
 
+/// A client kept through a back-off (fork failing with EAGAIN: summond as
+/// nobody under RLIMIT_NPROC, its one process slot taken by the new
+/// binary's check, which waits for the file `go`) is handed over by the
+/// upgrade and must then be served, not stranded in the new image.
+#[test]
+fn a_connection_kept_through_a_back_off_is_served_after_an_upgrade() {
+    let test = "a_connection_kept_through_a_back_off_is_served_after_an_upgrade";
+    let Some((wrapper, nproc)) = as_nobody_with_room_for(test, 1) else {
+        return;
+    };
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let dir = TempDir::new("upgrade-kept");
+    let bin = install_real(&dir.0);
+    let go = dir.path("go");
+    let port = free_port();
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &format!(
+                "[[service]]\nname = \"np\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {}\n",
+                sh("echo served")
+            ),
+            binary: Some(&bin),
+            wrapper: &wrapper,
+            nproc: Some(nproc),
+            ..Start::default()
+        },
+    );
+    // One process throughout: sh becomes perl becomes the real check.
+    let gate = format!(
+        "for (1..400) {{ last if -e '{}'; select(undef, undef, undef, 0.05) }} exec @ARGV",
+        go.display()
+    );
+    install(
+        &bin,
+        format!(
+            "#!/bin/sh\nfor a; do [ \"$a\" = --check ] && exec perl -e \"{gate}\" {BIN} \"$@\"; done\nexec {BIN} \"$@\"\n"
+        )
+        .as_bytes(),
+    );
+    s.signal(nix::libc::SIGUSR2);
+    assert!(s.wait_log("first (pid "), "{}", s.log_text());
+    let client = connect_tcp(([127, 0, 0, 1], port).into());
+    assert!(
+        s.wait_log("np: cannot start a child for 127.0.0.1:"),
+        "{}",
+        s.log_text()
+    );
+    assert!(holds_connection(s.pid(), &client), "kept, not closed");
+    std::fs::write(&go, "").unwrap();
+    assert!(s.wait_log("upgraded in place"), "{}", s.log_text());
+    assert_eq!(read_line(&client), "served\n", "{}", s.log_text());
+    let log = s.log_text();
+    let upgraded = log.find("upgraded in place").unwrap();
+    assert!(
+        log[upgraded..].contains("np: started pid"),
+        "started by the new image:\n{log}"
+    );
+}
+
 #[test]
 fn a_binary_that_fails_its_check_is_never_executed() {
     let port = free_port();
