@@ -6,15 +6,25 @@
 //!
 //! - Datagram sockets (udp, unixgram): the head datagram is peeked
 //!   (`MSG_PEEK | MSG_TRUNC`, nothing consumed) and reduced to its sender,
-//!   its full length and a digest of its first bytes. The same head before
-//!   the child started and after it exited means nothing was read.
+//!   its full length, a digest of its first bytes and, on udp, the time
+//!   the kernel received it. The same head before the child started and
+//!   after it exited means nothing was read. Sender, length and bytes
+//!   alone cannot tell a datagram left unread from an identical one sent
+//!   again after the child read and answered the first (a client
+//!   retransmitting its request); the receive time can, as the kernel
+//!   stamps each datagram once, when it arrives. It is read with
+//!   `SIOCGSTAMPNS`, which answers for the datagram last peeked (and
+//!   first turns stamping on for the socket; a datagram that arrived
+//!   before then has no stamp, and is told apart by its bytes only, as
+//!   unixgram datagrams are: the kernel keeps no stamp for those).
 //! - Stream listeners: the kernel shows neither the head of the accept
 //!   queue nor how many connections were taken from it, only whether one
 //!   is waiting. A child that exits within `QUICK_EXIT` while a connection
 //!   is still waiting counts as having left it.
 //!
 //! Knows nothing of services or children; `server` decides what an
-//! untouched socket means (the crash guard of `limits`).
+//! untouched socket means (the crash guard of `limits`). `unsafe` once,
+//! for the `SIOCGSTAMPNS` ioctl, which neither nix nor socket2 offers.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -22,6 +32,7 @@ use std::io::IoSliceMut;
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
+use nix::libc;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recvmsg, MsgFlags, SockaddrLike, SockaddrStorage};
 
@@ -40,8 +51,16 @@ pub const QUICK_EXIT: Duration = Duration::from_secs(1);
 pub enum QueueHead {
     /// Nothing waiting (or the socket could not be inspected).
     Empty,
-    /// A datagram: its full length and a digest of sender and first bytes.
-    Datagram { len: usize, digest: u64 },
+    /// A datagram: its full length, a digest of sender and first bytes,
+    /// and when the kernel received it (ns since the epoch), if it was
+    /// stamped.
+    Datagram {
+        len: usize,
+        digest: u64,
+        /// Absent from the state of an image that did not record it.
+        #[serde(default)]
+        arrived: Option<i64>,
+    },
     /// A stream listener with at least one connection waiting.
     Connections,
 }
@@ -50,10 +69,10 @@ impl QueueHead {
     /// Look at `socket`, bound to `addr`, without consuming anything.
     pub fn of(socket: &impl AsFd, addr: &ListenAddr) -> QueueHead {
         match addr {
-            ListenAddr::Udp(_) => peek_datagram::<SockaddrStorage>(socket),
+            ListenAddr::Udp(_) => peek_datagram::<SockaddrStorage>(socket, true),
             // An unbound unix sender has an empty address, which nix's
             // address types do not take; the payload tells datagrams apart.
-            ListenAddr::UnixGram(_) => peek_datagram::<()>(socket),
+            ListenAddr::UnixGram(_) => peek_datagram::<()>(socket, false),
             ListenAddr::Tcp(_) | ListenAddr::Unix(_) => Self::of_listener(socket),
         }
     }
@@ -77,22 +96,66 @@ impl QueueHead {
     }
 }
 
-fn peek_datagram<A: SockaddrLike + Hash>(socket: &impl AsFd) -> QueueHead {
-    let mut buf = [0u8; PEEK_BYTES];
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC;
-    let (len, from) = match recvmsg::<A>(socket.as_fd().as_raw_fd(), &mut iov, None, flags) {
-        // With MSG_TRUNC `bytes` is the datagram's full length.
-        Ok(msg) => (msg.bytes, msg.address),
-        Err(_) => return QueueHead::Empty,
-    };
-    let mut h = DefaultHasher::new();
-    from.hash(&mut h);
-    buf[..len.min(PEEK_BYTES)].hash(&mut h);
-    QueueHead::Datagram {
-        len,
-        digest: h.finish(),
+/// The head datagram of `socket`, with its receive time if `stamped`.
+fn peek_datagram<A: SockaddrLike + Hash>(socket: &impl AsFd, stamped: bool) -> QueueHead {
+    let fd = socket.as_fd().as_raw_fd();
+    // A second look only when the first found no stamp: the first
+    // SIOCGSTAMPNS on a socket turns recording on, so the datagram's own
+    // stamp (if the kernel gave it one) shows at the next peek. Either way
+    // a datagram gets the same answer every time it is looked at.
+    let mut looks = if stamped { 2 } else { 1 };
+    loop {
+        looks -= 1;
+        let mut buf = [0u8; PEEK_BYTES];
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC;
+        let (len, from) = match recvmsg::<A>(fd, &mut iov, None, flags) {
+            // With MSG_TRUNC `bytes` is the datagram's full length.
+            Ok(msg) => (msg.bytes, msg.address),
+            Err(_) => return QueueHead::Empty,
+        };
+        let arrived = if stamped { arrival_of_peeked(fd) } else { None };
+        if arrived.is_none() && looks > 0 {
+            continue;
+        }
+        let mut h = DefaultHasher::new();
+        from.hash(&mut h);
+        buf[..len.min(PEEK_BYTES)].hash(&mut h);
+        return QueueHead::Datagram {
+            len,
+            digest: h.finish(),
+            arrived,
+        };
     }
+}
+
+/// `SIOCGSTAMPNS` (asm-generic/sockios.h; the 64-bit time layout of
+/// `libc::timespec` on 64-bit targets).
+const SIOCGSTAMPNS: libc::c_ulong = 0x8907;
+
+/// When the kernel received the datagram just peeked on `fd`, in ns since
+/// the epoch; none if it was not stamped (or the socket keeps no stamps).
+fn arrival_of_peeked(fd: std::os::fd::RawFd) -> Option<i64> {
+    let asked_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: SIOCGSTAMPNS writes one `struct timespec` to the pointer,
+    // which points at one.
+    if unsafe { libc::ioctl(fd, SIOCGSTAMPNS as _, &mut ts as *mut libc::timespec) } != 0 {
+        return None;
+    }
+    let stamp = i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec);
+    // For a datagram without a stamp the kernel answers with the current
+    // time, later than `asked_at`; a stamp is earlier, as the datagram
+    // was queued before it was peeked.
+    (stamp < asked_at as i128)
+        .then(|| i64::try_from(stamp).ok())
+        .flatten()
 }
 
 fn is_readable(socket: &impl AsFd) -> bool {
@@ -136,6 +199,62 @@ mod tests {
         assert!(!first.untouched_by(&next, Duration::ZERO), "one was read");
         rx.recv(&mut b).unwrap();
         assert!(!first.untouched_by(&QueueHead::of(&rx, &udp()), Duration::ZERO));
+    }
+
+    #[test]
+    fn an_identical_datagram_sent_after_the_first_was_read_is_another_head() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let to = rx.local_addr().unwrap();
+        let mut b = [0u8; 8];
+        // The first look turns stamping on for the socket (and the kernel
+        // may take a moment to stamp every datagram): until a datagram
+        // arrives with its stamp, bounded.
+        let mut stamped = false;
+        for _ in 0..100 {
+            tx.send_to(b"warm", to).unwrap();
+            rx.peek(&mut b).unwrap();
+            let head = QueueHead::of(&rx, &udp());
+            rx.recv(&mut b).unwrap();
+            if matches!(
+                head,
+                QueueHead::Datagram {
+                    arrived: Some(_),
+                    ..
+                }
+            ) {
+                stamped = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(stamped, "no datagram was stamped");
+        tx.send_to(b"same", to).unwrap();
+        rx.peek(&mut b).unwrap();
+        let first = QueueHead::of(&rx, &udp());
+        assert!(first.untouched_by(&QueueHead::of(&rx, &udp()), Duration::ZERO));
+        rx.recv(&mut b).unwrap();
+        tx.send_to(b"same", to).unwrap();
+        rx.peek(&mut b).unwrap();
+        let second = QueueHead::of(&rx, &udp());
+        assert!(
+            !first.untouched_by(&second, Duration::ZERO),
+            "the first was read: {first:?} {second:?}"
+        );
+    }
+
+    #[test]
+    fn a_head_recorded_by_an_image_without_receive_times_still_reads() {
+        let head: QueueHead = serde_json::from_str(r#"{"Datagram":{"len":3,"digest":7}}"#).unwrap();
+        assert_eq!(
+            head,
+            QueueHead::Datagram {
+                len: 3,
+                digest: 7,
+                arrived: None
+            }
+        );
     }
 
     #[test]

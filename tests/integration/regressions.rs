@@ -142,6 +142,34 @@ fn tftpd_style_children_that_read_their_datagram_and_exit_0_are_never_held() {
     assert!(!log.contains("unread"), "{log}");
 }
 
+/// A client that retransmits the same request (same socket, same bytes)
+/// to a tftpd-style service: each child reads one datagram, answers and
+/// exits 0, and the next, identical datagram is often queued before the
+/// exit is seen. It is a new datagram, not the one left unread: no exit
+/// may count toward the restart guard.
+#[test]
+fn identical_datagrams_answered_one_child_each_never_trip_the_restart_guard() {
+    let port = free_port();
+    let s = Summond::start(&format!(
+        "[[service]]\nname = \"same\"\nlisten = \"udp://127.0.0.1:{port}\"\nexec = [\"perl\", \"-e\", {}]\n",
+        toml_str("my $peer = recv(STDIN, my $buf, 65536, 0); send(STDOUT, uc($buf), 0, $peer)")
+    ));
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(TIMEOUT)).unwrap();
+    for i in 0..12 {
+        assert_eq!(
+            ask(&client, port, b"again").as_deref(),
+            Some(&b"AGAIN"[..]),
+            "request {i}:\n{}",
+            s.log_text()
+        );
+    }
+    assert!(wait_until(TIMEOUT, || s.log_count("same: pid ") == 12));
+    let log = s.log_text();
+    assert!(!log.contains("unread"), "{log}");
+    assert!(!log.contains("not restarting"), "{log}");
+}
+
 /// Low fds freed by a reload (the 8 sockets of a removed service) are
 /// where pipe2 puts the exec-status pipe; the child's moves to 3..10 must
 /// not overwrite it, or the exec failure is reported into a socket and
