@@ -16,7 +16,10 @@
 //!   `SIOCGSTAMPNS`, which answers for the datagram last peeked (and
 //!   first turns stamping on for the socket; a datagram that arrived
 //!   before then has no stamp, and is told apart by its bytes only, as
-//!   unixgram datagrams are: the kernel keeps no stamp for those).
+//!   unixgram datagrams are: the kernel keeps no stamp for those). The
+//!   child sees no difference (no control messages are added to its
+//!   reads); the kernel then stamps every packet it receives, as it does
+//!   for any socket that asks (chronyd, ping), one clock read a packet.
 //! - Stream listeners: the kernel shows neither the head of the accept
 //!   queue nor how many connections were taken from it, only whether one
 //!   is waiting. A child that exits within `QUICK_EXIT` while a connection
