@@ -407,11 +407,16 @@ fn a_connection_kept_through_a_back_off_is_served_after_an_upgrade() {
     std::fs::write(&go, "").unwrap();
     assert!(s.wait_log("upgraded in place"), "{}", s.log_text());
     assert_eq!(read_line(&client), "served\n", "{}", s.log_text());
-    let log = s.log_text();
-    let upgraded = log.find("upgraded in place").unwrap();
+    // The child can answer before summond has logged its start.
+    let started_after_upgrade = || {
+        let log = s.log_text();
+        log.find("upgraded in place")
+            .is_some_and(|at| log[at..].contains("np: started pid"))
+    };
     assert!(
-        log[upgraded..].contains("np: started pid"),
-        "started by the new image:\n{log}"
+        wait_until(TIMEOUT, started_after_upgrade),
+        "started by the new image:\n{}",
+        s.log_text()
     );
 }
 
