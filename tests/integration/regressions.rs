@@ -431,7 +431,7 @@ fn a_connection_kept_past_its_back_off_by_max_instances_is_served_when_a_child_e
     assert!(s.reload(&service("max_instances = 2\n")));
     // The back-off ends after the reload: its retry finds max_instances
     // reached and keeps the client.
-    let paused = || status_json(&control)["services"][0]["paused"].clone();
+    let paused = || status_json_of_other_uid(&control)["services"][0]["paused"].clone();
     assert!(
         wait_until(TIMEOUT, || paused().is_null()),
         "{}",

@@ -774,6 +774,15 @@ pub fn status_json(control: &Path) -> serde_json::Value {
     serde_json::from_str(&out).unwrap()
 }
 
+/// The status JSON of a summond running as another uid, read by the test
+/// itself (root, whom summond answers): `summond status` rightly refuses
+/// a control socket made by a uid that is neither root nor its own.
+pub fn status_json_of_other_uid(control: &Path) -> serde_json::Value {
+    let s = std::os::unix::net::UnixStream::connect(control).expect("connect control");
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    serde_json::from_str(&read_all(&s)).unwrap()
+}
+
 /// The sockfs inode of the one Unix stream socket listening on `path`
 /// (a row of /proc/net/unix with the listening flag, __SO_ACCEPTCON);
 /// None if there is none or more than one.
