@@ -60,7 +60,7 @@ use connection::{PendingConnection, RefusalKey};
 use internal::{DatagramGuard, InternalConns};
 use reload::ConfigLoad;
 use sockets::SocketTable;
-use timers::{Timer, Timers, KILL_AFTER};
+use timers::{Timer, TimerKey, Timers, KILL_AFTER};
 use upgrade::Upgrades;
 
 const SIGNALS: Token = Token(0);
@@ -223,6 +223,9 @@ pub struct Server {
     /// `[daemon] metrics`: the Prometheus listener and its scrapers.
     metrics: Option<Listener>,
     scrapes: FxHashMap<Token, Scrape>,
+    /// The timeout of each scrape and control client, cancelled when it
+    /// closes first (or status would count a timer per finished client).
+    client_timers: FxHashMap<Token, TimerKey>,
     /// The scrape budget ran out with scrapers possibly left.
     accept_more_scrapers: bool,
     /// What the internal UDP services must not answer, and how many
@@ -312,6 +315,7 @@ impl Server {
             handed: FxHashMap::default(),
             metrics: None,
             scrapes: FxHashMap::default(),
+            client_timers: FxHashMap::default(),
             accept_more_scrapers: false,
             datagrams: DatagramGuard::default(),
             by_id: FxHashMap::default(),
@@ -1058,10 +1062,11 @@ impl Server {
                     {
                         self.tokens.insert(token, TokenKind::ControlClient);
                         self.control_clients.insert(token, client);
-                        self.timers.add(
+                        let timer = self.timers.add(
                             Instant::now() + CONTROL_CLIENT_TIMEOUT,
                             Timer::ControlTimeout(token),
                         );
+                        self.client_timers.insert(token, timer);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -1145,6 +1150,7 @@ impl Server {
             .registry()
             .deregister(&mut SourceFd(&client.socket().as_raw_fd()));
         self.tokens.remove(&token);
+        self.cancel_client_timer(token);
         drop(client);
         // Below the cap again: clients may be waiting in the backlog.
         if self.control_clients.len() + 1 == MAX_CONTROL_CLIENTS {
@@ -1154,6 +1160,13 @@ impl Server {
 
     /// A control client that has not read its whole answer by now is
     /// dropped, so idle clients cannot keep summond's fds.
+    /// A scrape or control client closed: its timeout goes with it.
+    pub(super) fn cancel_client_timer(&mut self, token: Token) {
+        if let Some(key) = self.client_timers.remove(&token) {
+            self.timers.cancel(key);
+        }
+    }
+
     fn control_client_timed_out(&mut self, token: Token) {
         if self.control_clients.contains_key(&token) {
             debug!(

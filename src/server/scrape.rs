@@ -82,10 +82,11 @@ impl Server {
             }
             self.tokens.insert(token, TokenKind::Scrape);
             self.scrapes.insert(token, scrape);
-            self.timers.add(
+            let timer = self.timers.add(
                 Instant::now() + prom::SCRAPE_TIMEOUT,
                 Timer::ScrapeTimeout(token),
             );
+            self.client_timers.insert(token, timer);
         }
         // More may be queued: epoll reports them again only for new ones.
         self.accept_more_scrapers = true;
@@ -117,6 +118,7 @@ impl Server {
 
     pub(super) fn close_scrape(&mut self, token: Token) {
         self.tokens.remove(&token);
+        self.cancel_client_timer(token);
         if let Some(scrape) = self.scrapes.remove(&token) {
             let _ = self
                 .poll

@@ -26,7 +26,7 @@ use socket2::Socket;
 use super::children::{Child, ExitText, HeldSocket, ServiceId, StoppingGroup};
 use super::connection::PendingConnection;
 use super::internal::InternalConn;
-use super::timers::Timer;
+use super::timers::{Timer, TimerKey};
 use super::Server;
 use crate::addr::ListenAddr;
 use crate::config::Config;
@@ -65,6 +65,8 @@ struct Check {
     /// The first `CHECK_OUTPUT_LIMIT` bytes of it; the rest is read and
     /// dropped.
     collected: Vec<u8>,
+    /// Its `CHECK_TIMEOUT`, cancelled when it exits first.
+    timer: TimerKey,
 }
 
 impl Check {
@@ -163,13 +165,15 @@ impl Server {
                     // Read at its exit only: enough for a short report.
                     warn!("upgrade: cannot watch the check's output: {e}");
                 }
+                let timer = self
+                    .timers
+                    .add(Instant::now() + CHECK_TIMEOUT, Timer::UpgradeCheck(pid));
                 self.upgrades.check = Some(Check {
                     pid,
                     output,
                     collected: Vec::new(),
+                    timer,
                 });
-                self.timers
-                    .add(Instant::now() + CHECK_TIMEOUT, Timer::UpgradeCheck(pid));
             }
             Err(e) => self.upgrade_failed(format!("cannot run {}: {e}", exe.display())),
         }
@@ -183,6 +187,7 @@ impl Server {
         let Some(mut check) = self.upgrades.check.take() else {
             return false;
         };
+        self.timers.cancel(check.timer);
         let _ = self
             .poll
             .registry()

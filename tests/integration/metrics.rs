@@ -349,3 +349,36 @@ fn clients_queued_while_out_of_fds_are_answered_when_fds_are_back() {
     assert_eq!(s.log_count("Too many open files"), 1, "once per episode");
     assert!(s.wait_log("resources available again"), "and its end");
 }
+
+/// Review of issue 15 (timers): every finished scrape left its 5 s
+/// timeout pending (status said `pending_timers` 2000 after 2,000
+/// scrapes), and so did every finished control client. A scrape or
+/// client that closes takes its timeout with it: right after 200
+/// scrapes and 20 status queries the count is what it was before.
+#[test]
+fn finished_scrapes_and_control_clients_leave_no_timer_behind() {
+    let mport = free_port();
+    let dir = TempDir::new("scrape-timers");
+    let control = dir.path("control.sock");
+    let _s = Summond::start_in(
+        dir,
+        Start {
+            config: &format!(
+                "{}metrics = \"tcp://127.0.0.1:{mport}\"\n",
+                daemon_control(&control)
+            ),
+            ..Start::default()
+        },
+    );
+    let timers = || status_json(&control)["pending_timers"].as_u64().unwrap();
+    let idle = timers();
+    for _ in 0..200 {
+        let answer = raw_http(mport, b"GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(answer.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    }
+    assert_eq!(timers(), idle, "200 scrapes done");
+    for _ in 0..20 {
+        timers();
+    }
+    assert_eq!(timers(), idle, "20 status clients done");
+}
