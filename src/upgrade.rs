@@ -107,6 +107,19 @@ pub struct ChildState {
     pub exec_failed: bool,
     /// Sockets a pass-mode child holds, with what waited on each.
     pub held: Vec<(String, QueueHead)>,
+    /// Its own `max_runtime` deadline, as it started with it: a reload or
+    /// upgrade since changes only the next child's. Absent from the
+    /// state of an image that did not carry it (the service's applies).
+    #[serde(default)]
+    pub runtime: Option<RuntimeLeft>,
+}
+
+/// A child's `max_runtime` deadline across an upgrade.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct RuntimeLeft {
+    /// How long after the hand-over it is due, in nanoseconds; none if
+    /// the child has no deadline (or its SIGTERM has gone already).
+    pub left_ns: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -453,6 +466,7 @@ mod tests {
                 age_ns: 5,
                 exec_failed: false,
                 held: vec![("udp://127.0.0.1:9".into(), QueueHead::Empty)],
+                runtime: Some(RuntimeLeft { left_ns: None }),
             }],
             ..State::default()
         };

@@ -559,10 +559,13 @@ impl Server {
         }
     }
 
-    /// " 5s": the `max_runtime` of `child`'s service, for log lines.
+    /// " 5s": the `max_runtime` `child` was started with, for log lines
+    /// (its own deadline: a reload or upgrade since may have changed the
+    /// service's, which only the next child gets).
     fn runtime_limit(&self, child: &Child) -> String {
-        self.service_index(child.service)
-            .and_then(|i| self.services[i].spec.max_runtime)
+        child
+            .runtime_timer
+            .map(|k| k.at().saturating_duration_since(child.started_at))
             .map_or_else(String::new, |d| format!(" {}s", d.as_secs_f64()))
     }
 

@@ -54,6 +54,13 @@ pub(super) struct Timers {
     seq: u64,
 }
 
+impl TimerKey {
+    /// When the timer is (or was) due.
+    pub fn at(&self) -> Instant {
+        self.at
+    }
+}
+
 impl Timers {
     /// Set `timer` for `at`; the key cancels it.
     pub fn add(&mut self, at: Instant, timer: Timer) -> TimerKey {

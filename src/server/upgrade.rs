@@ -31,7 +31,7 @@ use super::Server;
 use crate::addr::ListenAddr;
 use crate::config::Config;
 use crate::upgrade::{
-    self, ChildState, ConnState, InternalState, ListenerState, State, StoppingState,
+    self, ChildState, ConnState, InternalState, ListenerState, RuntimeLeft, State, StoppingState,
 };
 
 /// How long the new binary's `--check` may take.
@@ -306,6 +306,14 @@ impl Server {
                     .iter()
                     .map(|h| (h.addr.to_string(), h.head))
                     .collect(),
+                runtime: Some(RuntimeLeft {
+                    // Still set: not fired, since it is cancelled at exit
+                    // and a fired one moved the child to stopping_groups
+                    // (left out again on the other side).
+                    left_ns: c
+                        .runtime_timer
+                        .map(|k| k.at().saturating_duration_since(now).as_nanos() as u64),
+                }),
             })
             .collect();
         let pending = self
@@ -465,14 +473,20 @@ impl Server {
                 }
                 held_sockets.push(HeldSocket { addr, head });
             }
-            let runtime_timer = self
-                .service_index(service)
-                .and_then(|i| self.services[i].spec.max_runtime)
+            // The child's own deadline, as a reload leaves it: the new
+            // config's max_runtime is for the next child, and a child of a
+            // removed service keeps its own. An older image's state says
+            // nothing: the service's then, as that image did.
+            let deadline = match c.runtime {
+                Some(r) => r.left_ns.map(|ns| now + Duration::from_nanos(ns)),
+                None => self
+                    .service_index(service)
+                    .and_then(|i| self.services[i].spec.max_runtime)
+                    .map(|limit| started_at + limit),
+            };
+            let runtime_timer = deadline
                 .filter(|_| !stopping_leaders.contains(&c.pid))
-                .map(|limit| {
-                    self.timers
-                        .add(started_at + limit, Timer::RuntimeUp { pid, started_at })
-                });
+                .map(|at| self.timers.add(at, Timer::RuntimeUp { pid, started_at }));
             self.children.insert(
                 pid,
                 Child {

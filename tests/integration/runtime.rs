@@ -201,3 +201,76 @@ fn children_that_exit_within_max_runtime_leave_no_deadline_behind() {
     assert!(wait_until(TIMEOUT, || status_json(&control)["children"] == 0));
     assert_eq!(timers(), 0);
 }
+
+/// A service running `sleep` under `max_runtime` (none if `limit` is
+/// empty) that prints its pid.
+fn sleeper(name: &str, port: u16, limit: &str) -> String {
+    let limit = if limit.is_empty() {
+        String::new()
+    } else {
+        format!("max_runtime = \"{limit}\"\n")
+    };
+    format!(
+        "[[service]]\nname = \"{name}\"\nlisten = \"tcp://127.0.0.1:{port}\"\n{limit}exec = {}\n",
+        sh("echo $$; exec sleep 60")
+    )
+}
+
+/// Review of issue 15 (spawn, finding 4): an upgrade gave running children
+/// the new config's `max_runtime` (a `1d` child killed at a new `2s`, a
+/// `3s` one never killed once the limit was removed) and a removed
+/// service's children none at all; a reload leaves each child its own.
+/// Each keeps the deadline it started with across an upgrade too.
+#[test]
+fn running_children_keep_their_own_max_runtime_across_an_upgrade() {
+    let (p_long, p_short, p_gone) = (free_port(), free_port(), free_port());
+    let (s, control) = start_upgradable(
+        TempDir::new("runtime-carry"),
+        &format!(
+            "{}{}{}",
+            sleeper("long", p_long, "1d"),
+            sleeper("short", p_short, "3s"),
+            sleeper("gone", p_gone, "3s")
+        ),
+    );
+    // `long` first: 2 s from its start comes before the others' 3 s.
+    let (_c1, long) = first_pid(p_long);
+    let _long = KillOnDrop(long);
+    let (_c2, short) = first_pid(p_short);
+    let (_c3, removed) = first_pid(p_gone);
+    s.write_config(&format!(
+        "{}{}{}",
+        daemon_control(&control),
+        sleeper("long", p_long, "2s"),
+        sleeper("short", p_short, "")
+    ));
+    upgrade(&s, &control);
+    let stopped = |name: &str, pid: i32, limit: &str| {
+        s.log_text().lines().any(|l| {
+            l.contains(&format!("{name}: pid {pid} for"))
+                && l.contains(&format!("ran past max_runtime {limit}; SIGTERM"))
+        })
+    };
+    assert!(
+        wait_until(TIMEOUT, || stopped("short", short, "3s")
+            && stopped("gone", removed, "3s")
+            && gone(short)
+            && gone(removed)),
+        "the 3s children were not stopped at 3s:\n{}",
+        s.log_text()
+    );
+    assert!(
+        !gone(long) && !s.log_text().contains("ran past max_runtime 2s"),
+        "the 1d child got the new 2s:\n{}",
+        s.log_text()
+    );
+    // The new limit is for the next child.
+    let (_c4, next) = first_pid(p_long);
+    let _next = KillOnDrop(next);
+    assert!(
+        wait_until(TIMEOUT, || stopped("long", next, "2s") && gone(next)),
+        "{}",
+        s.log_text()
+    );
+    assert!(!gone(long));
+}
