@@ -19,7 +19,9 @@ use std::path::{Path, PathBuf};
 use nix::libc;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Internal;
+use crate::config::{Internal, Rate, SourcePrefix};
+use crate::limits::rate::BucketState;
+use crate::limits::CrashGuardState;
 use crate::peer::{Peer, SourceKey};
 use crate::queue::QueueHead;
 
@@ -76,6 +78,10 @@ pub struct State {
     /// due (absent from the state of an image that did not carry them).
     #[serde(default)]
     pub stopping_groups: Vec<StoppingState>,
+    /// The crash guard and rate buckets of services, by name (absent
+    /// from the state of an image that did not carry them).
+    #[serde(default)]
+    pub limits: Vec<LimitsState>,
     /// The config the writing image ran, in its own format: if the next
     /// image cannot start, the old one serves on with it, whatever the
     /// file says by then (a key only the new binary knows, an address that
@@ -120,6 +126,26 @@ pub struct RuntimeLeft {
     /// How long after the hand-over it is due, in nanoseconds; none if
     /// the child has no deadline (or its SIGTERM has gone already).
     pub left_ns: Option<u64>,
+}
+
+/// What a service's limits remember, for the service of the same name
+/// in the next image (taken as a reload would keep it).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LimitsState {
+    pub service: String,
+    pub crash: Option<CrashGuardState>,
+    /// The `rate` bucket, and whether its pause was logged.
+    pub rate: Option<(BucketState, bool)>,
+    /// The `per_source_rate` buckets that are not full, with the setting
+    /// and prefix they were made for.
+    pub sources: Option<SourcesState>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SourcesState {
+    pub rate: Option<Rate>,
+    pub prefix: SourcePrefix,
+    pub buckets: Vec<(SourceKey, BucketState)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -96,6 +96,55 @@ impl CrashGuard {
     }
 }
 
+/// A `CrashGuard` as a live upgrade carries it: `Instant`s mean nothing
+/// to the next image, so times are kept as how long before (failures) or
+/// after (the hold's end) the hand-over they are.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CrashGuardState {
+    /// The failures in the window, how long ago, in nanoseconds.
+    pub failures_ago_ns: Vec<u64>,
+    /// How long the hold has to run, in nanoseconds.
+    pub held_for_ns: Option<u64>,
+}
+
+impl CrashGuard {
+    /// What the next image needs to carry on at `now`; none if the guard
+    /// has nothing to remember.
+    pub fn to_state(&self, now: Instant) -> Option<CrashGuardState> {
+        let failures_ago_ns: Vec<u64> = self
+            .failures
+            .iter()
+            .map(|t| now.saturating_duration_since(*t))
+            .filter(|ago| *ago < CRASH_WINDOW)
+            .map(|ago| ago.as_nanos() as u64)
+            .collect();
+        let held_for_ns = self
+            .held_until(now)
+            .map(|t| t.saturating_duration_since(now).as_nanos() as u64);
+        if failures_ago_ns.is_empty() && held_for_ns.is_none() {
+            return None;
+        }
+        Some(CrashGuardState {
+            failures_ago_ns,
+            held_for_ns,
+        })
+    }
+
+    /// The guard `state` describes, taken over at `now`.
+    pub fn from_state(state: &CrashGuardState, now: Instant) -> CrashGuard {
+        CrashGuard {
+            failures: state
+                .failures_ago_ns
+                .iter()
+                // A failure older than this process's clock can say is
+                // older than the window anyway: it would not count.
+                .filter_map(|ns| now.checked_sub(Duration::from_nanos(*ns)))
+                .collect(),
+            held_until: state.held_for_ns.map(|ns| now + Duration::from_nanos(ns)),
+        }
+    }
+}
+
 /// The back-off after EMFILE/ENFILE/EAGAIN: one log line per episode,
 /// listeners unwatched until `paused_until`, the pause doubling while the
 /// fault repeats and reset by the first success.
@@ -194,6 +243,30 @@ mod tests {
         for i in 0..20 {
             assert_eq!(g.record_failure(t0 + Duration::from_secs(3 * i)), None);
         }
+    }
+
+    #[test]
+    fn a_guard_carried_to_another_clock_keeps_its_failures_and_its_hold() {
+        let t0 = Instant::now();
+        let mut g = CrashGuard::default();
+        assert_eq!(g.to_state(t0), None, "nothing to carry");
+        for i in 0..3 {
+            g.record_failure(t0 + Duration::from_secs(i));
+        }
+        let state = g.to_state(t0 + Duration::from_secs(3)).unwrap();
+        assert_eq!(state.held_for_ns, None);
+        // The other side's clock reads something else entirely.
+        let t1 = t0 + Duration::from_secs(1000);
+        let mut back = CrashGuard::from_state(&state, t1);
+        assert_eq!(back.record_failure(t1), None, "4 in the window");
+        let until = back.record_failure(t1).unwrap();
+        assert_eq!(until, t1 + CRASH_HOLD, "the 5th holds");
+        let state = back.to_state(t1 + Duration::from_secs(4)).unwrap();
+        assert_eq!(state.held_for_ns, Some(6_000_000_000));
+        let t2 = t1 + Duration::from_secs(500);
+        let held = CrashGuard::from_state(&state, t2);
+        assert_eq!(held.held_until(t2), Some(t2 + Duration::from_secs(6)));
+        assert!(!held.is_held(t2 + Duration::from_secs(6)));
     }
 
     #[test]

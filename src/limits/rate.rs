@@ -79,6 +79,33 @@ impl TokenBucket {
     }
 }
 
+/// A `TokenBucket` as a live upgrade carries it: its rate and the
+/// tokens it holds at the hand-over (an `Instant` means nothing to the
+/// next image).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BucketState {
+    pub rate: Rate,
+    pub tokens: f64,
+}
+
+impl TokenBucket {
+    pub fn to_state(&self, now: Instant) -> BucketState {
+        BucketState {
+            rate: self.rate,
+            tokens: self.available(now),
+        }
+    }
+
+    /// The bucket `state` describes, taken over at `now`.
+    pub fn from_state(state: BucketState, now: Instant) -> TokenBucket {
+        TokenBucket {
+            rate: state.rate,
+            tokens: state.tokens.clamp(0.0, f64::from(state.rate.count)),
+            at: now,
+        }
+    }
+}
+
 /// One bucket per client key, bounded.
 #[derive(Debug)]
 pub struct SourceBuckets<K: Eq + Hash> {
@@ -154,6 +181,36 @@ impl<K: Eq + Hash + Copy> SourceBuckets<K> {
     }
 }
 
+impl<K: Eq + Hash + Copy> SourceBuckets<K> {
+    /// The clients whose bucket is not full at `now`, oldest first, with
+    /// their buckets (a full one is the same as none), for an upgrade.
+    pub fn to_state(&self, now: Instant) -> Vec<(K, BucketState)> {
+        self.order
+            .iter()
+            .filter_map(|k| Some((*k, self.buckets.get(k)?)))
+            .filter(|(_, b)| !b.is_full(now))
+            .map(|(k, b)| (k, b.to_state(now)))
+            .collect()
+    }
+
+    /// The table `entries` describe, taken over at `now`.
+    pub fn from_state(entries: &[(K, BucketState)], now: Instant) -> Self {
+        let mut t = SourceBuckets::default();
+        for (k, b) in entries {
+            if t.buckets.len() >= t.max {
+                t.evict_oldest();
+            }
+            if t.buckets
+                .insert(*k, TokenBucket::from_state(*b, now))
+                .is_none()
+            {
+                t.order.push_back(*k);
+            }
+        }
+        t
+    }
+}
+
 /// The most refused clients of a service, approximately (the
 /// space-saving algorithm): at most `TOP_TRACKED` counters, a new client
 /// taking over the smallest one, so memory stays fixed under a flood of
@@ -204,6 +261,29 @@ mod tests {
             count,
             per: Duration::from_millis(per_ms),
         }
+    }
+
+    #[test]
+    fn buckets_carried_to_another_clock_keep_their_tokens() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(rate(2, 1000), t0);
+        assert!(b.take(t0) && b.take(t0));
+        let t1 = t0 + Duration::from_secs(1000);
+        let back = TokenBucket::from_state(b.to_state(t0 + Duration::from_millis(250)), t1);
+        assert!(!back.has_token(t1), "half a token");
+        assert_eq!(back.next_token_at(t1), t1 + Duration::from_millis(250));
+        let mut t = SourceBuckets::default();
+        assert!(t.admit('a', rate(1, 1000), t0));
+        assert!(t.admit('b', rate(1, 1000), t0));
+        let state = t.to_state(t0 + Duration::from_millis(500));
+        assert_eq!(state.len(), 2);
+        let mut back = SourceBuckets::from_state(&state, t1);
+        assert!(
+            !back.admit('a', rate(1, 1000), t1),
+            "a's token is still out"
+        );
+        assert!(back.admit('a', rate(1, 1000), t1 + Duration::from_millis(500)));
+        assert!(back.admit('c', rate(1, 1000), t1), "a new client is fresh");
     }
 
     #[test]

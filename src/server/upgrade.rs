@@ -30,8 +30,11 @@ use super::timers::{Timer, TimerKey};
 use super::Server;
 use crate::addr::ListenAddr;
 use crate::config::Config;
+use crate::limits::rate::{SourceBuckets, TokenBucket};
+use crate::limits::CrashGuard;
 use crate::upgrade::{
-    self, ChildState, ConnState, InternalState, ListenerState, RuntimeLeft, State, StoppingState,
+    self, ChildState, ConnState, InternalState, LimitsState, ListenerState, RuntimeLeft,
+    SourcesState, State, StoppingState,
 };
 
 /// How long the new binary's `--check` may take.
@@ -376,6 +379,79 @@ impl Server {
                 .map(|s| (s.spec.name.clone(), s.stats.clone()))
                 .collect(),
             stopping_groups: self.stopping_groups_state(now),
+            limits: self.limits_state(now),
+        }
+    }
+
+    /// The crash guards and rate buckets with something to remember.
+    fn limits_state(&self, now: Instant) -> Vec<LimitsState> {
+        self.services
+            .iter()
+            .filter_map(|svc| {
+                let crash = svc.crash.to_state(now);
+                let rate = svc
+                    .rate
+                    .filter(|b| !b.is_full(now))
+                    .map(|b| (b.to_state(now), svc.rate_logged));
+                let sources = svc
+                    .source_rates
+                    .as_ref()
+                    .map(|t| t.to_state(now))
+                    .filter(|b| !b.is_empty())
+                    .map(|buckets| SourcesState {
+                        rate: svc.spec.per_source_rate,
+                        prefix: svc.spec.per_source_prefix,
+                        buckets,
+                    });
+                if crash.is_none() && rate.is_none() && sources.is_none() {
+                    return None;
+                }
+                Some(LimitsState {
+                    service: svc.spec.name.clone(),
+                    crash,
+                    rate,
+                    sources,
+                })
+            })
+            .collect()
+    }
+
+    /// Take over what the previous image's limits remembered, as a
+    /// reload keeps it for a service of the same name: the crash guard
+    /// (a hold goes on), and the buckets of a rate that did not change (a
+    /// changed one starts full).
+    fn resume_limits(
+        &mut self,
+        limits: Vec<LimitsState>,
+        index: &FxHashMap<String, usize>,
+        now: Instant,
+    ) {
+        for l in limits {
+            let Some(&idx) = index.get(&l.service) else {
+                continue;
+            };
+            let svc = &mut self.services[idx];
+            if let Some(crash) = &l.crash {
+                svc.crash = CrashGuard::from_state(crash, now);
+                if let Some(until) = svc.crash.held_until(now) {
+                    self.timers.add(until, Timer::HoldEnds(svc.id));
+                }
+            }
+            if let Some((bucket, logged)) = l.rate.filter(|(b, _)| svc.spec.rate == Some(b.rate)) {
+                let bucket = TokenBucket::from_state(bucket, now);
+                svc.rate_logged = logged;
+                if !bucket.has_token(now) {
+                    svc.rate_timer = true;
+                    self.timers
+                        .add(bucket.next_token_at(now), Timer::TokenBack(svc.id));
+                }
+                svc.rate = Some(bucket);
+            }
+            if let Some(sources) = l.sources.filter(|t| {
+                t.rate == svc.spec.per_source_rate && t.prefix == svc.spec.per_source_prefix
+            }) {
+                svc.source_rates = Some(Box::new(SourceBuckets::from_state(&sources.buckets, now)));
+            }
         }
     }
 
@@ -532,6 +608,7 @@ impl Server {
                 self.services[*i].stats = stats;
             }
         }
+        self.resume_limits(state.limits, &index, now);
         if state.exe.is_some() {
             self.upgrades.exe = state.exe;
         }

@@ -713,3 +713,77 @@ fn a_check_with_more_errors_than_a_pipe_holds_fails_the_upgrade_with_its_own_sta
     assert!(s.wait_log("upgrade failed, still serving"));
     assert_eq!(tcp_port_exchange(port, b""), "hi\n");
 }
+
+/// Review of issue 15 (spawn, finding 8): an upgrade forgot the crash
+/// guard (a held service was restarted 5 more times at once, then held
+/// again) and the rate buckets (a spent `rate` or `per_source_rate` was
+/// full again). They are carried as a reload keeps them: a hold goes on,
+/// a spent bucket stays spent, and a changed rate starts full.
+#[test]
+fn an_upgrade_keeps_a_crash_hold_and_spent_rate_buckets() {
+    let (p_t, p_r, p_q, p_p) = (free_port(), free_port(), free_port(), free_port());
+    let crashing = format!(
+        "[[service]]\nname = \"t\"\nlisten = \"udp://127.0.0.1:{p_t}\"\nexec = [\"true\"]\n"
+    );
+    let rated = |q_rate: &str| {
+        format!(
+            "{crashing}{}rate = \"2/1h\"\n{}rate = \"{q_rate}\"\n{}per_source_rate = \"1/1h\"\n",
+            echo_service("r", p_r, "r"),
+            echo_service("q", p_q, "q"),
+            echo_service("p", p_p, "p"),
+        )
+    };
+    let (s, _, control) = start_upgradable(
+        TempDir::new("upgrade-limits"),
+        &rated("2/1h"),
+        Start::default(),
+    );
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.send_to(b"x", ("127.0.0.1", p_t)).unwrap();
+    assert!(
+        s.wait_log("t: failed 5 times in 10s; not restarting it for 10s"),
+        "{}",
+        s.log_text()
+    );
+    for _ in 0..2 {
+        assert_eq!(tcp_port_exchange(p_r, b""), "r\n");
+        assert_eq!(tcp_port_exchange(p_q, b""), "q\n");
+    }
+    assert_eq!(tcp_port_exchange(p_p, b""), "p\n");
+    let before = status(&control);
+    assert!(service(&before, "r")["paused"]
+        .as_str()
+        .is_some_and(|p| p.starts_with("rate 2/1h")));
+    // q's rate changes: a new bucket, full.
+    s.write_config(&format!("{}{}", daemon_control(&control), rated("3/1h")));
+    let (code, _, err) = upgrade(&control);
+    assert_eq!(code, 0, "{err}");
+    let after = status(&control);
+    let paused = |name: &str| service(&after, name)["paused"].as_str().map(str::to_string);
+    assert!(
+        paused("t").is_some_and(|p| p.starts_with("crash hold")),
+        "{after:#}\n{}",
+        s.log_text()
+    );
+    assert_eq!(
+        s.log_count("t: started pid"),
+        5,
+        "restarted in its hold:\n{}",
+        s.log_text()
+    );
+    assert!(
+        paused("r").is_some_and(|p| p.starts_with("rate 2/1h")),
+        "{after:#}"
+    );
+    assert_eq!(paused("q"), None, "{after:#}");
+    assert_eq!(tcp_port_exchange(p_q, b""), "q\n");
+    // The client p served already has no token left.
+    assert_eq!(tcp_port_exchange(p_p, b""), "");
+    assert_eq!(service(&status(&control), "p")["refused"], 1);
+    // The hold ends when it would have: the service is restarted then.
+    assert!(
+        wait_until(TIMEOUT, || s.log_count("t: started pid") > 5),
+        "{}",
+        s.log_text()
+    );
+}
