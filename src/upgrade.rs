@@ -183,6 +183,11 @@ pub struct InternalState {
     pub unsent: Vec<u8>,
     pub line: usize,
     pub one_shot: bool,
+    /// Its idle timeout and how long it had been silent at the hand-over,
+    /// in nanoseconds (absent from an older image's state: the clock
+    /// starts again).
+    #[serde(default)]
+    pub idle: Option<(u64, u64)>,
 }
 
 impl State {

@@ -113,7 +113,7 @@ impl InternalConn {
             end: unsent.len().min(BUF),
             line,
             one_shot,
-            // A resumed client's idle clock starts again in the new image.
+            // Until `resume_idle_clock` says how long it has been silent.
             last_active: Instant::now(),
             idle: crate::config::DEFAULT_IDLE_TIMEOUT,
         };
@@ -125,6 +125,20 @@ impl InternalConn {
     /// chargen line, whether the answer is all there is.
     pub fn progress(&self) -> (&[u8], usize, bool) {
         (&self.buf[self.start..self.end], self.line, self.one_shot)
+    }
+
+    /// Its idle timeout and how long it has been silent at `now`, for the
+    /// next image of an upgrade.
+    pub fn idle_clock(&self, now: Instant) -> (Duration, Duration) {
+        (self.idle, now.saturating_duration_since(self.last_active))
+    }
+
+    /// Carry on with the idle clock of the previous image: its timeout
+    /// (a client of a removed service keeps it, as at a reload) and the
+    /// silence so far, which does not start again.
+    pub fn resume_idle_clock(&mut self, timeout: Duration, silent: Duration, now: Instant) {
+        self.idle = timeout;
+        self.last_active = now.checked_sub(silent).unwrap_or(now);
     }
 
     /// When the client will have been silent for its idle timeout.

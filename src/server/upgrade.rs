@@ -338,6 +338,7 @@ impl Server {
             .iter()
             .map(|c| {
                 let (unsent, line, one_shot) = c.progress();
+                let (timeout, silent) = c.idle_clock(now);
                 InternalState {
                     fd: c.socket.as_raw_fd(),
                     // A client of a service a reload removed is carried
@@ -350,6 +351,7 @@ impl Server {
                     unsent: unsent.to_vec(),
                     line,
                     one_shot,
+                    idle: Some((timeout.as_nanos() as u64, silent.as_nanos() as u64)),
                 }
             })
             .collect();
@@ -600,7 +602,11 @@ impl Server {
                 self.orphan_service()
             });
             let progress = (c.unsent.as_slice(), c.line, c.one_shot);
-            let conn = InternalConn::resumed(c.kind, socket, id, c.source, c.peer, progress);
+            let mut conn = InternalConn::resumed(c.kind, socket, id, c.source, c.peer, progress);
+            if let Some((timeout, silent)) = c.idle {
+                let ns = Duration::from_nanos;
+                conn.resume_idle_clock(ns(timeout), ns(silent), now);
+            }
             self.resume_internal(conn);
         }
         for (name, stats) in state.stats {

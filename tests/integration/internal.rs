@@ -899,3 +899,46 @@ fn clients_of_an_internal_service_removed_by_a_reload_or_an_upgrade_stay_until_t
     drop(before_upgrade);
     assert!(wait_until(TIMEOUT, || internal_clients(&s) == 0));
 }
+
+/// An internal TCP client handed over by an upgrade got the default 5
+/// minute idle timeout in the new image when its service was removed
+/// (a reload keeps its own), and every client's idle clock started
+/// again, so upgrades more often than the timeout kept a silent client
+/// for ever. Both are carried: a silent client is closed after its own
+/// timeout however many upgrades come in between.
+#[test]
+fn an_upgrade_keeps_an_internal_clients_idle_timeout_and_idle_clock() {
+    let (kept, going) = (free_port(), free_port());
+    let idle = "idle_timeout = \"3s\"\n";
+    let base = control(&internal("discard", "tcp", kept, idle));
+    let s = Summond::start(&format!("{base}{}", internal("echo", "tcp", going, idle)));
+    let silent = connect_to(kept);
+    let orphan = connect_to(going);
+    assert!(wait_until(TIMEOUT, || internal_clients(&s) == 2));
+    s.write_config(&base);
+    // Upgrades a second apart, each well inside the timeout: the clock
+    // of a silent client runs on through them.
+    for n in 1..=8 {
+        if !holds_connection(s.pid(), &silent) && !holds_connection(s.pid(), &orphan) {
+            break;
+        }
+        s.signal(nix::libc::SIGUSR2);
+        assert!(
+            wait_until(TIMEOUT, || s.log_count("upgraded in place") == n),
+            "{}",
+            s.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    assert!(
+        wait_until(TIMEOUT, || !holds_connection(s.pid(), &orphan)),
+        "the removed service's client lost its 3s timeout:\n{}",
+        s.log_text()
+    );
+    assert!(
+        !holds_connection(s.pid(), &silent),
+        "the silent client's idle clock started again at each upgrade:\n{}",
+        s.log_text()
+    );
+    assert!(wait_until(TIMEOUT, || internal_clients(&s) == 0));
+}
