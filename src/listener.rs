@@ -127,6 +127,9 @@ pub struct Listener {
     pub addr: ListenAddr,
     pub socket: Socket,
     created: Option<OwnedPath>,
+    /// The options the socket (and its file) were opened or last set
+    /// with; none for one handed over, until some are applied.
+    applied: Option<ListenOptions>,
 }
 
 impl Listener {
@@ -150,6 +153,25 @@ impl Listener {
             // SAFETY: just created; the old socket closes on replacement.
             self.socket = unsafe { Socket::from_raw_fd(fd) };
         }
+    }
+
+    /// The options it was opened or last set with, if known.
+    pub fn applied(&self) -> Option<&ListenOptions> {
+        self.applied.as_ref()
+    }
+
+    /// What the previous image of an upgrade says it applied.
+    pub fn set_applied(&mut self, opts: Option<ListenOptions>) {
+        self.applied = opts;
+    }
+
+    /// `reapply` `opts`, and remember them only if that worked: a change
+    /// refused now (the file was not the one bound) is tried again by the
+    /// next reload.
+    pub fn apply(&mut self, opts: &ListenOptions) -> Result<(), ListenError> {
+        reapply(self, opts)?;
+        self.applied = Some(*opts);
+        Ok(())
     }
 
     /// Take over the removal of a socket file the previous image created
@@ -351,6 +373,7 @@ pub fn adopt(addr: ListenAddr, socket: Socket) -> Result<Listener, ListenError> 
         addr,
         socket,
         created: None,
+        applied: None,
     })
 }
 
@@ -419,6 +442,7 @@ pub fn open(addr: &ListenAddr, opts: ListenOptions) -> Result<Listener, ListenEr
         addr: addr.clone(),
         socket,
         created: None,
+        applied: Some(opts),
     };
     if let Some(path) = unix_path {
         // What the path names now must be the socket bind(2) just made:

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Internal, Rate, SourcePrefix};
 use crate::limits::rate::BucketState;
 use crate::limits::CrashGuardState;
+use crate::listener::ListenOptions;
 use crate::peer::{Peer, SourceKey};
 use crate::queue::QueueHead;
 
@@ -97,6 +98,10 @@ pub struct ListenerState {
     /// The socket file summond created (path, device, inode), removed when
     /// the listener closes.
     pub file: Option<(PathBuf, u64, u64)>,
+    /// The options it was opened or last set with (absent from an older
+    /// image's state; none for a socket handed to summond and never set).
+    #[serde(default)]
+    pub options: Option<ListenOptions>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -487,6 +492,7 @@ mod tests {
                 fd: 5,
                 addr: "tcp://127.0.0.1:7".into(),
                 file: None,
+                options: None,
             }],
             children: vec![ChildState {
                 pid: 42,

@@ -71,7 +71,7 @@ const CONFIG_LOAD: Token = Token(5);
 /// The output of the new binary's check before an upgrade.
 const UPGRADE_CHECK: Token = Token(3);
 /// SPEC: the control socket is for root (or summond's user) only.
-const CONTROL_SOCKET_MODE: u32 = 0o600;
+pub(super) const CONTROL_SOCKET_MODE: u32 = 0o600;
 /// Control clients answered at once; more wait in the backlog. Each
 /// costs an fd until its answer is read.
 const MAX_CONTROL_CLIENTS: usize = 16;
@@ -1460,13 +1460,18 @@ impl Server {
         // while open; the others cost nothing.
         for (addr, idx) in &plan.owners {
             let new_options = &self.services[*idx].spec.socket;
-            let Some(sock) = self.sockets.get(addr) else {
+            let Some(sock) = self.sockets.get_mut(addr) else {
                 continue;
             };
-            if old_options.get(addr).is_none_or(|o| o == new_options) {
+            // What was applied last, not what the old config said: a
+            // change refused then (the file was not the one bound) is
+            // tried again now, and an upgrade's carried socket compares
+            // with what its previous image applied.
+            let before = sock.listener.applied().or(old_options.get(addr));
+            if before.is_none_or(|o| o == new_options) {
                 continue;
             }
-            if let Err(e) = listener::reapply(&sock.listener, new_options) {
+            if let Err(e) = sock.listener.apply(new_options) {
                 error!("{}: {addr}: {e}", self.services[*idx].spec.name);
             }
         }

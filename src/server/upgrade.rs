@@ -32,6 +32,7 @@ use crate::addr::ListenAddr;
 use crate::config::Config;
 use crate::limits::rate::{SourceBuckets, TokenBucket};
 use crate::limits::CrashGuard;
+use crate::listener::ListenOptions;
 use crate::upgrade::{
     self, ChildState, ConnState, InternalState, LimitsState, ListenerState, RuntimeLeft,
     SourcesState, State, StoppingState,
@@ -288,6 +289,7 @@ impl Server {
                 fd: l.socket.as_raw_fd(),
                 addr: l.addr.to_string(),
                 file: l.created_file(),
+                options: l.applied().copied(),
             })
             .collect();
         let now = Instant::now();
@@ -515,9 +517,14 @@ impl Server {
         for l in state.listeners {
             // SAFETY: the state names this fd, and only here is it taken.
             drop(unsafe { OwnedFd::from_raw_fd(l.fd) });
-            if let (Some(file), Ok(addr)) = (l.file, l.addr.parse::<ListenAddr>()) {
+            let Ok(addr) = l.addr.parse::<ListenAddr>() else {
+                continue;
+            };
+            let had_file = l.file.is_some();
+            if let Some(file) = l.file {
                 self.claim_file(&addr, file);
             }
+            self.apply_carried_options(&addr, l.options, had_file);
         }
         // Services by name, once: children, connections and counters name
         // theirs (10,000 of each would otherwise be searched one by one).
@@ -657,6 +664,44 @@ impl Server {
         let id = ServiceId(self.next_service_id);
         self.next_service_id += 1;
         id
+    }
+
+    /// A carried socket takes the new config's options as a reload would
+    /// give a kept one: the mode, owner and group of its file (through
+    /// `Listener::apply`, on the file bound only), the backlog and so on,
+    /// if they differ from what the previous image applied. A socket
+    /// whose options that image did not say (an older image) is set if
+    /// summond made its file; one handed to summond is left as it came.
+    fn apply_carried_options(
+        &mut self,
+        addr: &ListenAddr,
+        carried: Option<ListenOptions>,
+        had_file: bool,
+    ) {
+        let control_options = ListenOptions {
+            socket_mode: Some(super::CONTROL_SOCKET_MODE),
+            ..ListenOptions::default()
+        };
+        let (listener, wanted, owner) = if let Some(sock) = self.sockets.get_mut(addr) {
+            let svc = &self.services[sock.service];
+            (&mut sock.listener, svc.spec.socket, svc.spec.name.as_str())
+        } else if let Some(l) = self.control.as_mut().filter(|l| &l.addr == addr) {
+            (l, control_options, "control socket")
+        } else if let Some(l) = self.metrics.as_mut().filter(|l| &l.addr == addr) {
+            (l, ListenOptions::default(), "metrics")
+        } else {
+            return;
+        };
+        listener.set_applied(carried);
+        let due = match carried {
+            Some(before) => before != wanted,
+            None => had_file,
+        };
+        if due {
+            if let Err(e) = listener.apply(&wanted) {
+                error!("{owner}: {addr}: {e}");
+            }
+        }
     }
 
     /// Take over the removal of a socket file the previous image created;

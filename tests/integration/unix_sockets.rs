@@ -270,3 +270,120 @@ fn stop_leaves_a_file_swapped_in_for_the_socket() {
     assert_eq!(std::fs::read_to_string(&b).unwrap(), "plain\n");
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep\n");
 }
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// Upgrade in place by SIGUSR2 and wait for the new image (the `n`th).
+fn upgrade_by_signal(s: &Summond, n: usize) {
+    s.signal(nix::libc::SIGUSR2);
+    assert!(
+        wait_until(TIMEOUT, || s.log_count("upgraded in place") == n),
+        "{}",
+        s.log_text()
+    );
+}
+
+/// Review of issue 15 (fs, finding 6): an upgrade never applied a changed
+/// socket_mode (or owner) to a unix socket it carried over, and no later
+/// reload did either (0660 -> 0600, SIGUSR2, SIGHUP: still 0660); a
+/// control socket path given to a service kept the control socket's
+/// 0600. A carried socket takes the new config's options as a reload
+/// gives a kept one, on the file summond bound only.
+#[test]
+fn an_upgrade_applies_changed_socket_options_to_the_sockets_it_carries() {
+    let dir = TempDir::new("upgrade-sockmode");
+    let path = dir.path("s.sock");
+    let old_control = dir.path("control.sock");
+    let service = |name: &str, path: &std::path::Path, mode: &str| {
+        format!(
+            "[[service]]\nname = \"{name}\"\nlisten = \"unix://{}\"\nexec = [\"cat\"]\nsocket_mode = \"{mode}\"\n",
+            path.display()
+        )
+    };
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &format!(
+                "{}{}",
+                daemon_control(&old_control),
+                service("u", &path, "0660")
+            ),
+            ..Start::default()
+        },
+    );
+    assert_eq!(mode_of(&path), 0o660);
+    assert_eq!(mode_of(&old_control), 0o600);
+    let listener = unix_listener_inode(&path).expect("listening");
+    s.write_config(&format!(
+        "{}{}",
+        daemon_control(&old_control),
+        service("u", &path, "0600")
+    ));
+    upgrade_by_signal(&s, 1);
+    assert_eq!(
+        unix_listener_inode(&path).as_deref(),
+        Some(listener.as_str()),
+        "the same socket, carried"
+    );
+    assert_eq!(mode_of(&path), 0o600, "{}", s.log_text());
+    // A reload after it sees what was applied.
+    assert!(s.reload(&format!(
+        "{}{}",
+        daemon_control(&old_control),
+        service("u", &path, "0640")
+    )));
+    assert_eq!(mode_of(&path), 0o640, "{}", s.log_text());
+    // The control socket's path becomes a service's, open to all.
+    let new_control = s.dir.path("control2.sock");
+    s.write_config(&format!(
+        "{}{}{}",
+        daemon_control(&new_control),
+        service("u", &path, "0640"),
+        service("c", &old_control, "0666")
+    ));
+    upgrade_by_signal(&s, 2);
+    assert_eq!(mode_of(&old_control), 0o666, "{}", s.log_text());
+    assert_eq!(mode_of(&new_control), 0o600);
+    assert_eq!(unix_exchange(&old_control, b"c\n"), "c\n");
+    assert_eq!(unix_exchange(&path, b"u\n"), "u\n");
+}
+
+/// Review of issue 15 (fs, finding 8): a reload whose change of a socket
+/// file was refused (the path no longer named the socket summond bound)
+/// recorded the new options anyway, so once the file was back no later
+/// reload applied them. Options are recorded only once applied.
+#[test]
+fn a_socket_option_change_refused_at_a_reload_is_applied_by_the_next() {
+    let dir = TempDir::new("reload-sockmode-retry");
+    let path = dir.path("s.sock");
+    let aside = dir.path("aside");
+    let service = |mode: &str| {
+        format!(
+            "[[service]]\nname = \"u\"\nlisten = \"unix://{}\"\nexec = [\"cat\"]\nsocket_mode = \"{mode}\"\n",
+            path.display()
+        )
+    };
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &service("0660"),
+            ..Start::default()
+        },
+    );
+    assert_eq!(mode_of(&path), 0o660);
+    std::fs::rename(&path, &aside).unwrap();
+    assert!(s.reload(&service("0600")));
+    assert!(
+        s.log_text()
+            .contains("is no longer the socket summond bound"),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(mode_of(&aside), 0o660, "not touched while away");
+    std::fs::rename(&aside, &path).unwrap();
+    assert!(s.reload(&service("0600")));
+    assert_eq!(mode_of(&path), 0o600, "{}", s.log_text());
+    assert_eq!(unix_exchange(&path, b"u\n"), "u\n");
+}
