@@ -144,6 +144,12 @@ pub struct LimitsState {
     /// The `per_source_rate` buckets that are not full, with the setting
     /// and prefix they were made for.
     pub sources: Option<SourcesState>,
+    /// An internal UDP service's budget of answers.
+    #[serde(default)]
+    pub answers: Option<BucketState>,
+    /// The clients refused most, for status.
+    #[serde(default)]
+    pub top_refused: Vec<(SourceKey, u64)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -243,6 +243,12 @@ impl<K: Eq + Copy> TopRefused<K> {
         }
     }
 
+    /// The counters `top` listed (an upgrade carries them).
+    pub fn from_counts(mut counts: Vec<(K, u64)>) -> Self {
+        counts.truncate(TOP_TRACKED);
+        TopRefused { counts }
+    }
+
     /// The `n` most refused, most first.
     pub fn top(&self, n: usize) -> Vec<(K, u64)> {
         let mut v = self.counts.clone();

@@ -615,7 +615,7 @@ use mio::{Interest, Token};
 use super::connection::RefuseReason;
 use super::{Server, TokenKind};
 use crate::addr::ListenAddr;
-use crate::limits::rate::TokenBucket;
+use crate::limits::rate::{BucketState, TokenBucket};
 use crate::limits::Counter;
 use crate::refusals::REFUSAL_INTERVAL;
 
@@ -638,6 +638,22 @@ impl DatagramGuard {
     /// Spend one of service `id`'s answers, if one is left.
     fn take_answer(&mut self, id: ServiceId, now: Instant) -> bool {
         self.answers.get_mut(&id).is_none_or(|b| b.take(now))
+    }
+
+    /// Service `id`'s budget of answers, if spent in part, for the next
+    /// image of an upgrade.
+    pub fn answers_state(&self, id: ServiceId, now: Instant) -> Option<BucketState> {
+        let b = self.answers.get(&id)?;
+        (!b.is_full(now)).then(|| b.to_state(now))
+    }
+
+    /// Carry on with the budget the previous image left, if the service
+    /// still has one at that rate (a changed one starts full, as at a
+    /// reload).
+    pub fn resume_answers(&mut self, id: ServiceId, state: BucketState, now: Instant) {
+        if let Some(b) = self.answers.get_mut(&id).filter(|b| b.rate() == state.rate) {
+            *b = TokenBucket::from_state(state, now);
+        }
     }
 
     /// A datagram of service `id` dropped for `why` at `now`: `Some(n)`

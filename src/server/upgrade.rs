@@ -30,7 +30,7 @@ use super::timers::{Timer, TimerKey};
 use super::Server;
 use crate::addr::ListenAddr;
 use crate::config::Config;
-use crate::limits::rate::{SourceBuckets, TokenBucket};
+use crate::limits::rate::{SourceBuckets, TokenBucket, TopRefused, TOP_TRACKED};
 use crate::limits::CrashGuard;
 use crate::listener::ListenOptions;
 use crate::upgrade::{
@@ -407,7 +407,14 @@ impl Server {
                         prefix: svc.spec.per_source_prefix,
                         buckets,
                     });
-                if crash.is_none() && rate.is_none() && sources.is_none() {
+                let answers = self.datagrams.answers_state(svc.id, now);
+                let top_refused = svc.top_refused.top(TOP_TRACKED);
+                if crash.is_none()
+                    && rate.is_none()
+                    && sources.is_none()
+                    && answers.is_none()
+                    && top_refused.is_empty()
+                {
                     return None;
                 }
                 Some(LimitsState {
@@ -415,6 +422,8 @@ impl Server {
                     crash,
                     rate,
                     sources,
+                    answers,
+                    top_refused,
                 })
             })
             .collect()
@@ -455,6 +464,11 @@ impl Server {
                 t.rate == svc.spec.per_source_rate && t.prefix == svc.spec.per_source_prefix
             }) {
                 svc.source_rates = Some(Box::new(SourceBuckets::from_state(&sources.buckets, now)));
+            }
+            svc.top_refused = TopRefused::from_counts(l.top_refused);
+            let id = svc.id;
+            if let Some(answers) = l.answers {
+                self.datagrams.resume_answers(id, answers, now);
             }
         }
     }

@@ -942,3 +942,40 @@ fn an_upgrade_keeps_an_internal_clients_idle_timeout_and_idle_clock() {
     );
     assert!(wait_until(TIMEOUT, || internal_clients(&s) == 0));
 }
+
+/// An internal UDP service's budget of answers (its `rate`) was full
+/// again after an upgrade, while a reload keeps it: a spent budget stays
+/// spent across an upgrade too.
+#[test]
+fn an_upgrade_keeps_an_internal_udp_services_spent_budget_of_answers() {
+    let port = free_port();
+    let s = Summond::start(&control(&internal(
+        "echo",
+        "udp",
+        port,
+        "rate = \"2/1h\"\n",
+    )));
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut buf = [0u8; 64];
+    for n in 0..2 {
+        client.send_to(b"hi", ("127.0.0.1", port)).unwrap();
+        assert_eq!(client.recv(&mut buf).unwrap(), 2, "answer {n}");
+    }
+    let spent = "over the service's 2/1h answers";
+    client.send_to(b"hi", ("127.0.0.1", port)).unwrap();
+    assert!(
+        wait_until(TIMEOUT, || s.log_count(spent) == 1),
+        "{}",
+        s.log_text()
+    );
+    s.signal(nix::libc::SIGUSR2);
+    assert!(s.wait_log("upgraded in place"), "{}", s.log_text());
+    client.send_to(b"hi", ("127.0.0.1", port)).unwrap();
+    assert!(
+        wait_until(TIMEOUT, || s.log_count(spent) == 2),
+        "the budget was full again after the upgrade:\n{}",
+        s.log_text()
+    );
+    assert!(no_datagram_waiting(&client), "answered over its budget");
+}

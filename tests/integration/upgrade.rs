@@ -718,7 +718,8 @@ fn a_check_with_more_errors_than_a_pipe_holds_fails_the_upgrade_with_its_own_sta
 /// guard (a held service was restarted 5 more times at once, then held
 /// again) and the rate buckets (a spent `rate` or `per_source_rate` was
 /// full again). They are carried as a reload keeps them: a hold goes on,
-/// a spent bucket stays spent, and a changed rate starts full.
+/// a spent bucket stays spent, and a changed rate starts full; so are
+/// the most refused clients status lists.
 #[test]
 fn an_upgrade_keeps_a_crash_hold_and_spent_rate_buckets() {
     let (p_t, p_r, p_q, p_p) = (free_port(), free_port(), free_port(), free_port());
@@ -750,6 +751,7 @@ fn an_upgrade_keeps_a_crash_hold_and_spent_rate_buckets() {
         assert_eq!(tcp_port_exchange(p_q, b""), "q\n");
     }
     assert_eq!(tcp_port_exchange(p_p, b""), "p\n");
+    assert_eq!(tcp_port_exchange(p_p, b""), "", "no token left");
     let before = status(&control);
     assert!(service(&before, "r")["paused"]
         .as_str()
@@ -779,7 +781,10 @@ fn an_upgrade_keeps_a_crash_hold_and_spent_rate_buckets() {
     assert_eq!(tcp_port_exchange(p_q, b""), "q\n");
     // The client p served already has no token left.
     assert_eq!(tcp_port_exchange(p_p, b""), "");
-    assert_eq!(service(&status(&control), "p")["refused"], 1);
+    let p = service(&status(&control), "p").clone();
+    assert_eq!(p["refused"], 2);
+    // The most refused clients, for status, are carried too.
+    assert_eq!(p["top_refused"][0]["refused"], 2, "{p:#}");
     // The hold ends when it would have: the service is restarted then.
     assert!(
         wait_until(TIMEOUT, || s.log_count("t: started pid") > 5),
