@@ -518,4 +518,44 @@ mod tests {
         assert_eq!(back.children[0].held[0].0, "udp://127.0.0.1:9");
         assert_eq!(back.fds(), vec![5, 9]);
     }
+
+    #[test]
+    fn a_state_of_an_image_that_carried_less_still_reads() {
+        let state = State {
+            format: FORMAT,
+            listeners: vec![ListenerState {
+                fd: 5,
+                addr: "unix:///run/x.sock".into(),
+                file: Some(("/run/x.sock".into(), 1, 2)),
+                options: Some(ListenOptions::default()),
+            }],
+            children: vec![ChildState {
+                pid: 42,
+                service: None,
+                name: "x".into(),
+                peer: None,
+                source: None,
+                age_ns: 5,
+                exec_failed: false,
+                held: Vec::new(),
+                runtime: Some(RuntimeLeft { left_ns: Some(7) }),
+            }],
+            ..State::default()
+        };
+        let mut json = serde_json::to_value(&state).unwrap();
+        // What an image before these fields wrote.
+        json.as_object_mut().unwrap().remove("limits");
+        json["listeners"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("options");
+        json["children"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("runtime");
+        let old: State = serde_json::from_value(json).unwrap();
+        assert!(old.limits.is_empty());
+        assert_eq!(old.listeners[0].options, None);
+        assert!(old.children[0].runtime.is_none(), "the service's applies");
+    }
 }
