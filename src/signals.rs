@@ -10,7 +10,8 @@ use nix::errno::Errno;
 use nix::libc;
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
 
 /// The signals summond acts on (SPEC "Signals").
 pub const HANDLED: &[Signal] = &[
@@ -142,4 +143,31 @@ pub fn reap() -> impl Iterator<Item = WaitStatus> {
             Err(_) => return None,
         }
     })
+}
+
+/// The pid of a child that has exited, left unreaped (`WNOWAIT`): its
+/// zombie keeps holding its pid, and its group's id, until `reap_pid`.
+pub fn exited_unreaped() -> Option<Pid> {
+    loop {
+        match waitid(
+            Id::All,
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+        ) {
+            Ok(status) => return status.pid(),
+            Err(Errno::EINTR) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Reap the exited child `pid`.
+pub fn reap_pid(pid: Pid) -> Option<WaitStatus> {
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => return None,
+            Ok(status) => return Some(status),
+            Err(Errno::EINTR) => continue,
+            Err(_) => return None,
+        }
+    }
 }

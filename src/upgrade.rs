@@ -172,6 +172,20 @@ pub struct StoppingState {
     pub kill_in_ns: u64,
     /// The leader has been reaped already.
     pub leader_reaped: bool,
+    /// The rest of the group when the leader was reaped: the group is
+    /// still the one to SIGKILL only while one of them is in it (none
+    /// from an older image: nothing is sent to a reaped leader's group).
+    #[serde(default)]
+    pub members: Vec<GroupMember>,
+}
+
+/// A process, known by its pid and its start time (clock ticks after
+/// boot, /proc/PID/stat field 22), so a later process given the same pid
+/// is not taken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMember {
+    pub pid: i32,
+    pub start: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

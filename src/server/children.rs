@@ -16,6 +16,7 @@ use crate::addr::ListenAddr;
 use crate::limits::Counter;
 use crate::peer::{Peer, SourceKey};
 use crate::queue::QueueHead;
+use crate::upgrade::GroupMember;
 
 use super::timers::TimerKey;
 
@@ -65,6 +66,8 @@ pub(super) struct StoppingGroup {
     /// The leader has been reaped: its pid is free for the kernel to
     /// give out again once the group is empty.
     pub leader_reaped: bool,
+    /// The rest of the group when the leader was reaped (`group.rs`).
+    pub members: Vec<GroupMember>,
 }
 
 impl Child {

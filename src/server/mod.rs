@@ -43,9 +43,11 @@ use crate::queue::QueueHead;
 use crate::refusals::{RefusalLog, REFUSAL_INTERVAL};
 use crate::signals::{self, Signals};
 use crate::spawn::{EnvPool, ExecImage, Spawner, Stage};
+use crate::upgrade::GroupMember;
 
 mod children;
 mod connection;
+mod group;
 mod internal;
 mod reload;
 mod scrape;
@@ -553,6 +555,7 @@ impl Server {
             kill_at,
             timer: self.timers.add(kill_at, Timer::Kill { pid, started_at }),
             leader_reaped: false,
+            members: Vec::new(),
         };
         if let Some(old) = self.stopping_groups.insert(pid, group) {
             self.timers.cancel(old.timer);
@@ -573,10 +576,12 @@ impl Server {
     /// its leader is still there, if anything of it is.
     ///
     /// The group's id is the leader's pid, which the kernel does not give
-    /// out again while any process has it as its group (or session) id. So
-    /// while the leader is unreaped (in the child table) the id is surely
-    /// this group's; once it is reaped, a process with that pid means the
-    /// group emptied and the pid went to someone else, and nothing is sent.
+    /// out again while any process has it as its pid, group or session id.
+    /// While the leader is unreaped (in the child table) its zombie holds
+    /// the id, which is surely this group's. Once it is reaped, the id is
+    /// this group's only while one of the members written down at the reap
+    /// is still in it (`group.rs`): otherwise the group emptied, and the
+    /// id may since lead someone else's group; nothing is sent.
     fn kill_overdue_group(&mut self, pgid: Pid, started_at: Instant) {
         let Some(group) = self.stopping_groups.remove(&pgid) else {
             return;
@@ -587,7 +592,7 @@ impl Server {
         }
         let name = &*group.name;
         let who = for_peer(group.peer.as_ref());
-        if group.leader_reaped && pid_in_use(pgid) {
+        if group.leader_reaped && !group::still_held(pgid, &group.members) {
             debug!("{name}: pid {pgid}{who} and its process group are gone; no SIGKILL");
             return;
         }
@@ -616,8 +621,9 @@ impl Server {
     }
 
     /// A child that `max_runtime` is stopping was reaped: the SIGKILL stays
-    /// due for the rest of its group, unless nothing of it is left.
-    fn stopping_leader_reaped(&mut self, pid: Pid, started_at: Instant) {
+    /// due for the rest of its group (`members`, written down before the
+    /// reap), unless nothing of it is left.
+    fn stopping_leader_reaped(&mut self, pid: Pid, started_at: Instant, members: Vec<GroupMember>) {
         let Some(group) = self.stopping_groups.get_mut(&pid) else {
             return;
         };
@@ -625,9 +631,9 @@ impl Server {
             return;
         }
         group.leader_reaped = true;
-        // The leader is reaped but its id is still the group's if any
-        // member is left; with none, the pid is free and forgotten here.
-        if kill(Pid::from_raw(-pid.as_raw()), None) == Err(nix::errno::Errno::ESRCH) {
+        group.members = members;
+        // With none left the pid is free, and forgotten here.
+        if group.members.is_empty() {
             if let Some(group) = self.stopping_groups.remove(&pid) {
                 self.timers.cancel(group.timer);
             }
@@ -800,19 +806,55 @@ impl Server {
 
     fn reap_children(&mut self) {
         let now = Instant::now();
-        for status in signals::reap() {
-            if let Some(pid) = status.pid() {
-                if self.upgrade_check_exited(pid, &status) {
-                    continue;
-                }
-                if let Some(load) = self.config_load.as_mut().filter(|l| l.pid == pid) {
-                    load.mark_reaped();
-                    self.finish_reload_if_loaded();
-                    continue;
-                }
-                self.child_exited(pid, &status, now);
+        // A leader `max_runtime` is stopping is looked at before it is
+        // reaped: while its zombie holds its pid, every process in its
+        // group is of its group, and written down as such (`group.rs`).
+        // Without one, one waitpid per child as before.
+        if self.stopping_groups.values().any(|g| !g.leader_reaped) {
+            while let Some(pid) = signals::exited_unreaped() {
+                let members = self.members_at_reap(pid);
+                let Some(status) = signals::reap_pid(pid) else {
+                    break;
+                };
+                self.reaped(status, members, now);
+            }
+        } else {
+            for status in signals::reap() {
+                self.reaped(status, Vec::new(), now);
             }
         }
+    }
+
+    /// The rest of `pid`'s process group if it is a leader `max_runtime`
+    /// is stopping, not reaped yet; empty otherwise.
+    fn members_at_reap(&self, pid: Pid) -> Vec<GroupMember> {
+        let stopping = self.stopping_groups.get(&pid).is_some_and(|g| {
+            !g.leader_reaped
+                && self
+                    .children
+                    .get(&pid)
+                    .is_some_and(|c| c.started_at == g.started_at)
+        });
+        if stopping {
+            group::members_of(pid)
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn reaped(&mut self, status: WaitStatus, members: Vec<GroupMember>, now: Instant) {
+        let Some(pid) = status.pid() else {
+            return;
+        };
+        if self.upgrade_check_exited(pid, &status) {
+            return;
+        }
+        if let Some(load) = self.config_load.as_mut().filter(|l| l.pid == pid) {
+            load.mark_reaped();
+            self.finish_reload_if_loaded();
+            return;
+        }
+        self.child_exited(pid, &status, now, members);
     }
 
     /// What a pass-mode child left on the sockets it held: did it leave
@@ -843,14 +885,20 @@ impl Server {
         (unread, waiting)
     }
 
-    fn child_exited(&mut self, pid: Pid, status: &WaitStatus, now: Instant) {
+    fn child_exited(
+        &mut self,
+        pid: Pid,
+        status: &WaitStatus,
+        now: Instant,
+        members: Vec<GroupMember>,
+    ) {
         let Some(child) = self.children.remove(&pid) else {
             return;
         };
         if let Some(key) = child.runtime_timer {
             self.timers.cancel(key);
         }
-        self.stopping_leader_reaped(pid, child.started_at);
+        self.stopping_leader_reaped(pid, child.started_at, members);
         let success = succeeded(status);
         let what = ExitText(status);
         let ran = now.saturating_duration_since(child.started_at);
@@ -1585,10 +1633,4 @@ impl Server {
             info!(event = "stop"; "stopped");
         }
     }
-}
-
-/// Does a process (or thread) with id `pid` exist? `kill(pid, 0)` signals
-/// nothing; EPERM means it exists but is not ours to signal.
-fn pid_in_use(pid: Pid) -> bool {
-    kill(pid, None) != Err(nix::errno::Errno::ESRCH)
 }

@@ -485,6 +485,7 @@ impl Server {
                 age_ns: now.saturating_duration_since(g.started_at).as_nanos() as u64,
                 kill_in_ns: g.kill_at.saturating_duration_since(now).as_nanos() as u64,
                 leader_reaped: g.leader_reaped,
+                members: g.members.clone(),
             })
             .collect()
     }
@@ -516,6 +517,7 @@ impl Server {
                     },
                 ),
                 leader_reaped: g.leader_reaped,
+                members: g.members,
             };
             self.stopping_groups.insert(pgid, group);
         }

@@ -1,7 +1,8 @@
 //! `max_runtime` and the deadlines it sets: the SIGKILL reaches what is
 //! left of a child's process group after the child itself exited, it is
 //! still owed after a live upgrade in the grace, and a child that exits
-//! within its limit leaves no deadline behind.
+//! within its limit leaves no deadline behind, and the SIGKILL never
+//! reaches a new group that got the id of an emptied one.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -273,4 +274,177 @@ fn running_children_keep_their_own_max_runtime_across_an_upgrade() {
         s.log_text()
     );
     assert!(!gone(long));
+}
+
+/// summond as pid 1 of a pid namespace of the test's own, so the test can
+/// choose the pid its next child gets (ns_last_pid); run from a copy of
+/// the binary, so it can be upgraded. Returns it and its pid as the test
+/// sees it.
+fn start_in_pid_namespace(dir: TempDir, services: &str) -> (Summond, i32) {
+    let bin = dir.path("summond");
+    std::fs::copy(BIN, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let control = dir.path("control.sock");
+    let config = format!("{}{services}", daemon_control(&control));
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &config,
+            binary: Some(&bin),
+            wrapper: &["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"],
+            ..Start::default()
+        },
+    );
+    let mut host_pid = None;
+    assert!(wait_until(TIMEOUT, || {
+        host_pid = children_of(s.pid()).first().copied();
+        host_pid.is_some()
+    }));
+    (s, host_pid.unwrap())
+}
+
+/// (process group, state) of `pid` in the namespace of `ns_init`, whose
+/// /proc (mounted by unshare) the test reads through its root.
+fn ns_stat(ns_init: i32, pid: i32) -> Option<(i32, char)> {
+    let stat = std::fs::read_to_string(format!("/proc/{ns_init}/root/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let pgrp = f.nth(1)?.parse().ok()?;
+    Some((pgrp, state))
+}
+
+/// Is any process of the namespace in process group `pgid`?
+fn ns_group_in_use(ns_init: i32, pgid: i32) -> bool {
+    std::fs::read_dir(format!("/proc/{ns_init}/root/proc"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .any(|p| ns_stat(ns_init, p).is_some_and(|(g, _)| g == pgid))
+}
+
+/// The first child (in `{dir}/first` the marker is absent) leaves in its
+/// group a process that ignores SIGTERM and stays until `{dir}/release`
+/// exists, then dies of the SIGTERM itself. A later child (the marker
+/// `{dir}/victim` exists) leads a new group with an innocent long sleep
+/// in it, writes that sleep's pid, and exits.
+fn reusing(port: u16) -> String {
+    let script = "if [ -e {dir}/victim ]; then \
+                    sleep 300 </dev/null >/dev/null 2>&1 & echo $! > {dir}/victim.tmp; \
+                    mv {dir}/victim.tmp {dir}/victim.pid; exit 0; \
+                  fi; \
+                  ( trap '' TERM; while [ ! -e {dir}/release ]; do sleep 0.05; done ) \
+                    </dev/null >/dev/null 2>&1 & \
+                  echo $$; exec sleep 100";
+    format!(
+        "[[service]]\nname = \"reusing\"\nlisten = \"tcp://127.0.0.1:{port}\"\nmax_runtime = \"1s\"\nexec = {}\n",
+        sh(script)
+    )
+}
+
+/// The SIGKILL `max_runtime` owes a group whose leader was reaped in the
+/// grace never reaches a new group that got the id after the old one
+/// emptied (the kernel gives the pid out again then): the innocent
+/// process of the new group survives. With `upgrade`, summond is
+/// upgraded between the reap and the reuse.
+fn sigkill_spares_a_group_that_reused_the_id(test: &str, upgrade_between: bool) {
+    if !nix::unistd::geteuid().is_root() {
+        return skip(test, "a pid namespace of the test's own needs root");
+    }
+    let port = free_port();
+    let (s, ns_init) = start_in_pid_namespace(TempDir::new("runtime-reuse"), &reusing(port));
+    let dir = s.dir.0.clone();
+    let (_c1, leader) = first_pid(port);
+    // The leader dies of the SIGTERM and is reaped; its group lives on.
+    assert!(
+        s.wait_log(&format!("reusing: pid {leader} for 127.0.0.1:"))
+            && s.wait_log("killed by signal 15 (SIGTERM)"),
+        "{}",
+        s.log_text()
+    );
+    assert!(
+        ns_group_in_use(ns_init, leader),
+        "the group's other process is gone early"
+    );
+    if upgrade_between {
+        // SIGUSR2, not `summond upgrade`: that client refuses a server
+        // whose answer names a pid (1, here) the kernel gives otherwise.
+        // SAFETY-free: kill(2) of the summond this test started.
+        unsafe { nix::libc::kill(ns_init, nix::libc::SIGUSR2) };
+        assert!(s.wait_log("upgraded in place"), "{}", s.log_text());
+    }
+    // The group empties well within the grace, and the id is given out
+    // again: to a child of summond's that leads a group of its own.
+    std::fs::write(dir.join("release"), "").unwrap();
+    assert!(
+        wait_until(TIMEOUT, || !ns_group_in_use(ns_init, leader)),
+        "group {leader} did not empty"
+    );
+    std::fs::write(dir.join("victim"), "").unwrap();
+    let set_last_pid = format!("echo {} > /proc/sys/kernel/ns_last_pid", leader - 1);
+    let out = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &ns_init.to_string(),
+            "--pid",
+            "--",
+            "sh",
+            "-c",
+            &set_last_pid,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "nsenter: {out:?}");
+    let _c2 = connect_tcp(([127, 0, 0, 1], port).into());
+    let victim_pid = dir.join("victim.pid");
+    assert!(
+        wait_until(TIMEOUT, || victim_pid.exists()),
+        "{}",
+        s.log_text()
+    );
+    let victim: i32 = std::fs::read_to_string(&victim_pid)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        ns_stat(ns_init, victim).map(|(g, _)| g),
+        Some(leader),
+        "the pid was not given out again; the test proves nothing:\n{}",
+        s.log_text()
+    );
+    // When the SIGKILL was due, summond decided: nothing sent.
+    assert!(
+        wait_until(TIMEOUT + KILL_AFTER, || {
+            let log = s.log_text();
+            log.contains(&format!("pid {leader} for 127.0.0.1:"))
+                && (log.contains("its process group are gone; no SIGKILL")
+                    || log.contains("its process group is still there 5s after SIGTERM"))
+        }),
+        "{}",
+        s.log_text()
+    );
+    assert!(
+        matches!(ns_stat(ns_init, victim), Some((_, st)) if st != 'Z'),
+        "the innocent process of the group that reused id {leader} was killed:\n{}",
+        s.log_text()
+    );
+    assert!(!s.log_text().contains("SIGKILL to it"), "{}", s.log_text());
+    // SAFETY-free: kill(2) of the summond this test started.
+    unsafe { nix::libc::kill(ns_init, nix::libc::SIGTERM) };
+}
+
+#[test]
+fn max_runtime_sigkill_spares_a_new_group_that_got_the_id_of_an_emptied_one() {
+    sigkill_spares_a_group_that_reused_the_id(
+        "max_runtime_sigkill_spares_a_new_group_that_got_the_id_of_an_emptied_one",
+        false,
+    );
+}
+
+#[test]
+fn max_runtime_sigkill_spares_a_new_group_that_got_the_id_across_an_upgrade() {
+    sigkill_spares_a_group_that_reused_the_id(
+        "max_runtime_sigkill_spares_a_new_group_that_got_the_id_across_an_upgrade",
+        true,
+    );
 }
