@@ -62,6 +62,7 @@ fn import(from: Option<ImportFormat>, files: &[PathBuf]) -> ExitCode {
 /// foreground.
 fn wrap(w: WrapArgs) -> ExitCode {
     let incoming = upgrade::take();
+    let listen_fds = listen_fds_at_exec(&incoming);
     logging::init(w.log_level, false);
     let incoming = match arrived(incoming) {
         Ok(i) => i,
@@ -87,7 +88,7 @@ fn wrap(w: WrapArgs) -> ExitCode {
             return go_back_or(incoming, "its command line is not valid", EXIT_CONFIG);
         }
     };
-    serve(config, false, None, incoming, None)
+    serve(config, false, None, incoming, listen_fds, None)
 }
 
 /// What a live upgrade handed this process, if anything; an unusable
@@ -149,6 +150,7 @@ fn run(args: RunArgs) -> ExitCode {
     // Before anything marks inherited fds close-on-exec: the state names
     // fds that must survive a way back to the previous binary.
     let incoming = upgrade::take();
+    let listen_fds = listen_fds_at_exec(&incoming);
     logging::init(args.log_level, args.daemon);
     let incoming = match arrived(incoming) {
         Ok(i) => i,
@@ -186,7 +188,27 @@ fn run(args: RunArgs) -> ExitCode {
         args.daemon,
         pidfile.as_deref(),
         incoming,
+        listen_fds,
         Some(argv),
+    )
+}
+
+/// The sockets a service manager handed over (LISTEN_PID, LISTEN_FDS),
+/// and what was wrong with them, taken before summond opens anything (a
+/// log socket, its config, its pidfile, /dev/null): the fds LISTEN_FDS
+/// names are then ones open at exec, never one summond opened itself in
+/// the place of a closed one (with fd 3 closed, `LISTEN_FDS=1` took the
+/// pidfile's fd). Before `-d` forks too: LISTEN_PID names the pid the
+/// service manager started, which the daemon no longer has. None for a
+/// live upgrade, which hands its own.
+fn listen_fds_at_exec(taken: &upgrade::Taken) -> (Vec<socket2::Socket>, Option<String>) {
+    if !matches!(taken, upgrade::Taken::Fresh) {
+        return (Vec::new(), None);
+    }
+    daemonize::take_listen_fds(
+        std::env::var("LISTEN_PID").ok().as_deref(),
+        std::env::var("LISTEN_FDS").ok().as_deref(),
+        std::process::id(),
     )
 }
 
@@ -223,6 +245,7 @@ fn serve(
     daemon: bool,
     pidfile: Option<&Path>,
     incoming: Option<upgrade::Incoming>,
+    listen_fds: (Vec<socket2::Socket>, Option<String>),
     argv: Option<Vec<Vec<u8>>>,
 ) -> ExitCode {
     if let Err(e) = daemonize::ensure_std_fds().and_then(|()| daemonize::mark_inherited_cloexec()) {
@@ -260,16 +283,10 @@ fn serve(
             Err(e) => return fail(EXIT_RUNTIME, e),
         },
     };
-    // Before `-d` forks: LISTEN_PID names the pid the service manager
-    // started, which the daemon no longer has.
     let handed = match &incoming {
         Some(i) => handed_over(&i.state),
         None => {
-            let (handed, problem) = daemonize::take_listen_fds(
-                std::env::var("LISTEN_PID").ok().as_deref(),
-                std::env::var("LISTEN_FDS").ok().as_deref(),
-                std::process::id(),
-            );
+            let (handed, problem) = listen_fds;
             if let Some(p) = problem {
                 warn!("{p}");
             }

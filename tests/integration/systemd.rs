@@ -297,3 +297,38 @@ fn listen_fds_meant_for_another_process_are_ignored() {
     );
     assert_eq!(tcp_port_exchange(port, b"own\n"), "own\n", "bound itself");
 }
+
+/// LISTEN_FDS naming an fd that was closed at exec: summond says so and
+/// serves, and the fd it opens there itself (its pidfile) is never taken
+/// for a handed socket.
+#[test]
+fn listen_fds_naming_a_closed_fd_never_take_one_summond_opened() {
+    let port = free_port();
+    let dir = TempDir::new("listen-fds-closed");
+    let pidfile = dir.path("summond.pid");
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &format!(
+                "[[service]]\nname = \"own\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"cat\"]\n"
+            ),
+            args: &["--pidfile", pidfile.to_str().unwrap()],
+            wrapper: &[
+                "sh",
+                "-c",
+                "exec 3>&-; LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"",
+            ],
+            ..Start::default()
+        },
+    );
+    assert!(
+        s.log_text().contains("LISTEN_FDS=1, but fd 3 is not open"),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(tcp_port_exchange(port, b"own\n"), "own\n");
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        s.pid().to_string()
+    );
+}
