@@ -47,6 +47,7 @@ impl Signals {
         for s in HANDLED {
             set.add(*s);
         }
+        discard_pending_unhandled();
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&set), None)?;
         for s in HANDLED {
             // SAFETY: SIG_DFL installs no handler; no flags, empty mask.
@@ -108,6 +109,47 @@ impl Signals {
             }
         }
         out
+    }
+}
+
+/// Drop every signal pending at start that summond does not handle. One
+/// blocked by whoever started summond and sent before (or at) exec stays
+/// pending; unblocked by the mask `open` sets, it would be acted on the
+/// default way: a pending SIGUSR1 or SIGALRM killed summond before it
+/// logged a line, a SIGTSTP left it stopped. Handled ones stay pending,
+/// for the signalfd to read.
+///
+/// Discarded by setting SIG_IGN, which drops a pending signal whether or
+/// not it is blocked (POSIX), every queued instance of a real-time one
+/// too, then putting the disposition back as it was. sigtimedwait would
+/// take one instance per call, and only of a signal blocked in this
+/// thread; unblocking under SIG_IGN would leave a window with the mask
+/// open.
+fn discard_pending_unhandled() {
+    // SAFETY: sigset_t is plain data, filled in by sigpending.
+    let mut pending: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigpending writes the set passed.
+    if unsafe { libc::sigpending(&mut pending) } != 0 {
+        return;
+    }
+    for signo in 1..=libc::SIGRTMAX() {
+        // SAFETY: reads the set filled in above.
+        let is_pending = unsafe { libc::sigismember(&pending, signo) } == 1;
+        if !is_pending || HANDLED.iter().any(|s| *s as i32 == signo) {
+            continue;
+        }
+        // SAFETY: SIG_IGN installs no handler; the old action is kept in
+        // `old` and put back as it was (SIGKILL, SIGSTOP and the ones libc
+        // reserves fail with EINVAL and are left alone; none can be
+        // pending blocked).
+        unsafe {
+            let mut ign: libc::sigaction = std::mem::zeroed();
+            ign.sa_sigaction = libc::SIG_IGN;
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(signo, &ign, &mut old) == 0 {
+                libc::sigaction(signo, &old, std::ptr::null_mut());
+            }
+        }
     }
 }
 

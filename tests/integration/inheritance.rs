@@ -347,3 +347,39 @@ fn under_d_an_ignored_sigchld_and_client_variables_are_shed_as_well() {
     }
     assert!(wait_until(TIMEOUT, || children_of(pid).is_empty()));
 }
+
+/// Started with signals it does not handle blocked and pending (SIGUSR1,
+/// SIGALRM, SIGTSTP and a real-time signal queued twice): summond drops
+/// them and serves. Unblocked by summond's own mask, the first killed it
+/// before it logged a line.
+#[test]
+fn unhandled_signals_pending_at_start_are_dropped_not_acted_on() {
+    let port = free_port();
+    let wrapper = [
+        "perl",
+        "-MPOSIX",
+        "-e",
+        "my $rt = POSIX::SIGRTMIN() + 2; \
+         sigprocmask(SIG_BLOCK, POSIX::SigSet->new(SIGUSR1, SIGALRM, SIGTSTP, $rt)) or die; \
+         kill('USR1', $$); kill('ALRM', $$); kill('TSTP', $$); kill($rt, $$); kill($rt, $$); \
+         exec @ARGV or die",
+    ];
+    let s = Summond::start_with(Start {
+        config: &format!(
+            "[[service]]\nname = \"cat\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"cat\"]\n"
+        ),
+        wrapper: &wrapper,
+        ..Start::default()
+    });
+    assert_eq!(tcp_port_exchange(port, b"up\n"), "up\n", "{}", s.log_text());
+    let rt = nix::libc::SIGRTMIN() + 2;
+    for sig in [
+        nix::libc::SIGUSR1,
+        nix::libc::SIGALRM,
+        nix::libc::SIGTSTP,
+        rt,
+    ] {
+        assert_eq!(signal_pending(s.pid(), sig), Some(false), "signal {sig}");
+    }
+    assert_eq!(proc_state(s.pid()).map(|c| c != 'T'), Some(true), "stopped");
+}
