@@ -74,7 +74,10 @@ pub enum ErrorKind {
     NotRoot {
         key: &'static str,
     },
-    ReservedEnv(String),
+    ReservedEnv {
+        key: &'static str,
+        name: String,
+    },
 }
 
 impl fmt::Display for ErrorKind {
@@ -156,15 +159,15 @@ impl fmt::Display for ErrorKind {
                 f,
                 "`{key}` needs summond to run as root (it cannot change a child's identity otherwise)"
             ),
-            ReservedEnv(name) if crate::env::is_set_by_summond(name) => write!(
+            ReservedEnv { key, name } if crate::env::is_set_by_summond(name) => write!(
                 f,
-                "`env`: {name} is set by summond itself and cannot be configured"
+                "`{key}`: {name} is set by summond itself and cannot be configured"
             ),
             // A client-family name summond does not set: removed from every
             // child's environment, so no child mistakes it for its client's.
-            ReservedEnv(name) => write!(
+            ReservedEnv { key, name } => write!(
                 f,
-                "`env`: {name} would describe the client, which only summond does; it cannot be configured"
+                "`{key}`: {name} would describe the client, which only summond does; it cannot be configured"
             ),
         }
     }

@@ -197,7 +197,13 @@ impl Checker<'_> {
                     ),
                 );
             } else if crate::env::is_reserved_env(name) {
-                self.at(span, ErrorKind::ReservedEnv(name.to_string()));
+                self.at(
+                    span,
+                    ErrorKind::ReservedEnv {
+                        key: "passenv",
+                        name: name.to_string(),
+                    },
+                );
             } else {
                 out.push(name.to_string());
             }

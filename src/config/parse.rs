@@ -832,7 +832,13 @@ impl Checker<'_> {
                 continue;
             }
             if is_reserved_env(name) {
-                self.at(key.span(), ErrorKind::ReservedEnv(name.to_string()));
+                self.at(
+                    key.span(),
+                    ErrorKind::ReservedEnv {
+                        key: "env",
+                        name: name.to_string(),
+                    },
+                );
                 continue;
             }
             match value.get_ref() {

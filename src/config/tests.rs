@@ -150,6 +150,21 @@ fn reserved_environment_cannot_be_set() {
 }
 
 #[test]
+fn a_reserved_name_in_passenv_is_reported_under_passenv() {
+    let got = errs(
+        "[[service]]\nname = \"a\"\nlisten = \"tcp://127.0.0.1:1\"\nexec = [\"cat\"]\nclear_env = true\npassenv = [\"PROXY_ADDR\", \"LISTEN_PID\"]\n",
+        true,
+    );
+    assert_eq!(
+        got,
+        vec![
+            "t.toml:6:12: `passenv`: PROXY_ADDR would describe the client, which only summond does; it cannot be configured",
+            "t.toml:6:26: `passenv`: LISTEN_PID is set by summond itself and cannot be configured",
+        ]
+    );
+}
+
+#[test]
 fn syntax_errors_carry_a_position() {
     let got = errs("[[service]]\nname = \"a\nlisten = 1\n", true);
     assert_eq!(got.len(), 1);
