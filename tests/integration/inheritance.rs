@@ -137,7 +137,7 @@ fn client_variables_summond_was_started_with_reach_no_child_in_any_mode_nor_afte
     let (code, _, err) = run_to_exit(&["--check", "-c", cfg.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains(":6:12: `env`: TCPREMOTEHOST would describe the client, which only summond does; it cannot be configured"),
+        err.contains(":6:12: `passenv`: TCPREMOTEHOST would describe the client, which only summond does; it cannot be configured"),
         "{err}"
     );
     assert!(
