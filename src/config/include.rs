@@ -4,8 +4,17 @@
 //! order (so `10-x.toml` comes before `20-y.toml`, as in conf.d
 //! directories everywhere). A pattern matching nothing is fine (an empty
 //! conf.d); a matched file that cannot be read is an error naming it.
-//! Wildcards skip names that start with a dot (editors' locks, backups).
+//! A wildcard skips names that start with a dot (editors' locks, backups)
+//! unless the pattern's part starts with a literal dot.
+//!
+//! The walk is ours, a directory per wildcard part, with glob's `Pattern`
+//! matching one name at a time: a path is bytes on Linux, and the glob
+//! crate's walk takes the pattern (base directory included) as UTF-8 and
+//! cannot match, or with `require_literal_leading_dot` panics on, a name
+//! that is not. The base directory is taken literally (glob characters in
+//! it are no wildcards).
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use super::{ConfigError, ErrorKind};
@@ -23,39 +32,13 @@ pub(super) fn files(
     };
     let mut out: Vec<PathBuf> = Vec::new();
     for pattern in patterns {
-        let full = if pattern.starts_with('/') {
-            PathBuf::from(pattern)
-        } else {
-            base.join(pattern)
-        };
-        let Some(text) = full.to_str() else {
-            continue;
-        };
-        // A wildcard never matches a leading dot: editors' locks
-        // (`.#a.toml`) and hidden backups (`.old-a.toml`) sit beside the
-        // drop-ins, and run-parts and systemd skip them too. A pattern
-        // that spells the dot out still matches it.
-        let options = glob::MatchOptions {
-            require_literal_leading_dot: true,
-            ..glob::MatchOptions::new()
-        };
-        let matches = match glob::glob_with(text, options) {
-            Ok(m) => m,
-            // The checker validated the pattern; a joined base path with
-            // glob characters in it is the only way here.
-            Err(e) => {
-                errors.push(error(main, format!("\"{pattern}\": {}", e.msg)));
+        let mut found = match matches(&base, pattern) {
+            Ok(found) => found,
+            Err(reason) => {
+                errors.push(error(main, format!("\"{pattern}\": {reason}")));
                 continue;
             }
         };
-        let mut found: Vec<PathBuf> = Vec::new();
-        for m in matches {
-            match m {
-                Ok(p) if p.is_dir() => {}
-                Ok(p) => found.push(p),
-                Err(e) => errors.push(error(main, format!("\"{pattern}\": {e}"))),
-            }
-        }
         found.sort();
         for p in found {
             if !out.contains(&p) && p != main {
@@ -64,6 +47,63 @@ pub(super) fn files(
         }
     }
     out
+}
+
+/// The files (not directories) `pattern` names, from `base` if relative.
+fn matches(base: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
+    let (start, rest) = match pattern.strip_prefix('/') {
+        Some(rest) => (PathBuf::from("/"), rest),
+        None => (base.to_path_buf(), pattern),
+    };
+    let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+    let mut found = vec![start];
+    for part in parts {
+        let mut next = Vec::new();
+        if !part.contains(['*', '?', '[']) {
+            // No wildcard: no directory to read, as glob does.
+            next.extend(
+                found
+                    .iter()
+                    .map(|dir| dir.join(part))
+                    .filter(|p| p.symlink_metadata().is_ok()),
+            );
+        } else {
+            // The checker validated the whole pattern, so every part is
+            // valid; the error is for completeness.
+            let wildcard = glob::Pattern::new(part).map_err(|e| e.msg.to_string())?;
+            let dot_ok = part.starts_with('.');
+            for dir in found.iter().filter(|d| d.is_dir()) {
+                let entries = std::fs::read_dir(dir)
+                    .map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+                for entry in entries {
+                    let name = entry
+                        .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+                        .file_name();
+                    if name_matches(&wildcard, dot_ok, &name) {
+                        next.push(dir.join(name));
+                    }
+                }
+            }
+        }
+        found = next;
+    }
+    // A dangling symlink stays: reading it is the error that names it.
+    found.retain(|p| !p.is_dir());
+    Ok(found)
+}
+
+/// Does the directory entry `name` match one part of a pattern? A name
+/// starting with a dot only if the part does too (`dot_ok`): editors'
+/// locks (`.#a.toml`) and hidden backups (`.old-a.toml`) sit beside the
+/// drop-ins, and run-parts and systemd skip them. A byte that is not UTF-8
+/// matches a wildcard only (it is U+FFFD to the matcher, which no pattern
+/// in a config writes).
+fn name_matches(part: &glob::Pattern, dot_ok: bool, name: &OsStr) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    if name.as_bytes().starts_with(b".") && !dot_ok {
+        return false;
+    }
+    part.matches_with(&name.to_string_lossy(), glob::MatchOptions::new())
 }
 
 fn error(main: &Path, reason: String) -> ConfigError {

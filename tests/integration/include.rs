@@ -138,3 +138,85 @@ fn include_globs_skip_dotfiles() {
     assert_eq!(tcp_port_exchange(b, b"b\n"), "b\n");
     assert_eq!(tcp_port_exchange(a, b"a\n"), "a\n");
 }
+
+/// Fs review finding 1: a file whose name is not UTF-8 beside the
+/// drop-ins (`caf\xe9.bak`, a Latin-1 name) made the glob crate panic
+/// while skipping dot names: --check exited 101, startup failed and every
+/// reload ended "without a result". A name is bytes: it is skipped when
+/// the pattern does not match it, and loaded when it does (an invalid
+/// byte matches a wildcard only).
+#[test]
+fn a_drop_in_directory_with_a_non_utf8_name_checks_starts_and_reloads() {
+    use std::os::unix::ffi::OsStrExt;
+    let (main, a, b) = (free_port(), free_port(), free_port());
+    let dir = TempDir::new("include-latin1");
+    let confd = dir.path("conf.d");
+    std::fs::create_dir(&confd).unwrap();
+    std::fs::write(confd.join("a.toml"), service("a", a)).unwrap();
+    let latin1 = confd.join(std::ffi::OsStr::from_bytes(b"caf\xe9.bak"));
+    std::fs::write(&latin1, "junk = [").unwrap();
+    let config = format!(
+        "[daemon]\ninclude = [\"conf.d/*.toml\"]\n{}",
+        service("main", main)
+    );
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &config,
+            ..Start::default()
+        },
+    );
+    let (code, out, err) = run_to_exit(&["--check", "-c", s.config.to_str().unwrap()]);
+    assert_eq!((code, out.as_str()), (0, "ok: 2 services\n"), "{err}");
+    std::fs::write(confd.join("b.toml"), service("b", b)).unwrap();
+    assert!(s.reload(&config), "{}", s.log_text());
+    assert_eq!(tcp_port_exchange(b, b"b\n"), "b\n");
+    // A matching name that is not UTF-8 is a drop-in like any other.
+    let b2 = free_port();
+    std::fs::remove_file(confd.join("b.toml")).unwrap();
+    std::fs::write(
+        confd.join(std::ffi::OsStr::from_bytes(b"b-caf\xe9.toml")),
+        service("b", b2),
+    )
+    .unwrap();
+    assert!(s.reload(&config), "{}", s.log_text());
+    assert_eq!(tcp_port_exchange(b2, b"b2\n"), "b2\n");
+    assert_eq!(tcp_port_exchange(a, b"a\n"), "a\n");
+}
+
+/// Fs review finding 2: a pattern that spells the leading dot out with a
+/// wildcard in the same part (`conf.d/.*.toml`) matched nothing, silently;
+/// only the whole name spelled out did. A dot name is skipped only where
+/// the pattern's part does not begin with a literal dot.
+#[test]
+fn a_pattern_that_spells_the_leading_dot_matches_dot_names() {
+    let dir = TempDir::new("include-dotpat");
+    let confd = dir.path("conf.d");
+    std::fs::create_dir(&confd).unwrap();
+    std::fs::write(confd.join(".hidden.toml"), service("h", 7103)).unwrap();
+    std::fs::write(confd.join(".#a.toml"), "junk = [").unwrap();
+    let main = dir.path("summond.toml");
+    for (pattern, n) in [
+        ("conf.d/.h*.toml", 1),
+        ("conf.d/.hidden.tom?", 1),
+        ("conf.d/.hidden.toml", 1),
+        ("conf.d/*.toml", 0),
+        ("conf.d/?hidden.toml", 0),
+    ] {
+        std::fs::write(&main, format!("[daemon]\ninclude = [\"{pattern}\"]\n")).unwrap();
+        let (code, out, err) = run_to_exit(&["--check", "-c", main.to_str().unwrap()]);
+        assert_eq!(
+            (code, out.as_str()),
+            (0, format!("ok: {n} services\n").as_str()),
+            "{pattern}: {err}"
+        );
+    }
+    // `.*.toml` matches `.#a.toml` too, which is not TOML: an error naming it.
+    std::fs::write(&main, "[daemon]\ninclude = [\"conf.d/.*.toml\"]\n").unwrap();
+    let (code, _, err) = run_to_exit(&["--check", "-c", main.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(".#a.toml"), "{err}");
+    std::fs::remove_file(confd.join(".#a.toml")).unwrap();
+    let (code, out, err) = run_to_exit(&["--check", "-c", main.to_str().unwrap()]);
+    assert_eq!((code, out.as_str()), (0, "ok: 1 services\n"), "{err}");
+}
