@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use nix::libc;
 use serde::{Deserialize, Serialize};
 
+use crate::config::raw_path::{self, Raw};
 use crate::config::{Internal, Rate, SourcePrefix};
 use crate::limits::rate::BucketState;
 use crate::limits::CrashGuardState;
@@ -56,6 +57,7 @@ pub struct State {
     pub argv: Vec<Vec<u8>>,
     /// The path summond was started from, executed by the next upgrade
     /// (the running file may be deleted by then, replaced by a package).
+    #[serde(with = "raw_path::option")]
     pub exe: Option<PathBuf>,
     /// Upgrades done and failed since summond started.
     pub upgrades: u64,
@@ -66,6 +68,7 @@ pub struct State {
     /// The RLIMIT_NOFILE summond was started with (soft, hard), which its
     /// children get; the process's own is raised by now.
     pub child_nofile: Option<(u64, u64)>,
+    #[serde(with = "pidfile_json")]
     pub pidfile: Option<(RawFd, PathBuf)>,
     pub listeners: Vec<ListenerState>,
     pub children: Vec<ChildState>,
@@ -97,6 +100,7 @@ pub struct ListenerState {
     pub addr: String,
     /// The socket file summond created (path, device, inode), removed when
     /// the listener closes.
+    #[serde(with = "file_json")]
     pub file: Option<(PathBuf, u64, u64)>,
     /// The options it was opened or last set with (absent from an older
     /// image's state; none for a socket handed to summond and never set).
@@ -215,6 +219,44 @@ pub struct InternalState {
     pub idle: Option<(u64, u64)>,
 }
 
+/// `State::pidfile`, its path as `raw_path` writes it.
+mod pidfile_json {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(
+        v: &Option<(RawFd, PathBuf)>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        v.as_ref().map(|(fd, p)| (fd, Raw(p.clone()))).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<(RawFd, PathBuf)>, D::Error> {
+        Ok(Option::<(RawFd, Raw)>::deserialize(d)?.map(|(fd, p)| (fd, p.0)))
+    }
+}
+
+/// `ListenerState::file`, its path as `raw_path` writes it.
+mod file_json {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(
+        v: &Option<(PathBuf, u64, u64)>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        v.as_ref()
+            .map(|(p, dev, ino)| (Raw(p.clone()), dev, ino))
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<(PathBuf, u64, u64)>, D::Error> {
+        Ok(Option::<(Raw, u64, u64)>::deserialize(d)?.map(|(p, dev, ino)| (p.0, dev, ino)))
+    }
+}
+
 impl State {
     /// Every fd the state names: they must survive the exec.
     pub fn fds(&self) -> Vec<RawFd> {
@@ -318,9 +360,24 @@ impl Incoming {
     }
 
     /// Back after a failed upgrade: the config this image ran before it.
+    /// The image that wrote the state refuses to upgrade without it, so
+    /// its absence is a fault worth a line: the file is read instead, and
+    /// if that fails too there is no summond left.
     pub fn config_ran(&self) -> Option<crate::config::Config> {
         self.returning()?;
-        serde_json::from_str(self.state.config.as_deref()?).ok()
+        let read = match self.state.config.as_deref() {
+            Some(text) => serde_json::from_str(text).map_err(|e| e.to_string()),
+            None => Err("the upgrade state holds none".to_string()),
+        };
+        match read {
+            Ok(config) => Some(config),
+            Err(e) => {
+                log::error!(
+                    "upgrade: cannot read the config this image ran ({e}); reading the file again"
+                );
+                None
+            }
+        }
     }
 
     /// The image serves: the memfd and the old image are not needed.
@@ -571,5 +628,33 @@ mod tests {
         assert!(old.limits.is_empty());
         assert_eq!(old.listeners[0].options, None);
         assert!(old.children[0].runtime.is_none(), "the service's applies");
+    }
+
+    /// Paths are bytes (fs review findings 3, 7): a binary, pidfile or
+    /// socket file whose path is not UTF-8 made the state unwritable.
+    #[test]
+    fn paths_in_the_state_that_are_not_utf8_come_back_as_they_were() {
+        let odd = |s: &str| {
+            let mut bytes = s.as_bytes().to_vec();
+            bytes.push(0xff);
+            PathBuf::from(OsString::from_vec(bytes))
+        };
+        let state = State {
+            format: FORMAT,
+            exe: Some(odd("/opt/summond")),
+            pidfile: Some((9, odd("/run/summond.pid"))),
+            listeners: vec![ListenerState {
+                fd: 5,
+                addr: "unix:///run/c.sock".into(),
+                file: Some((odd("/run/c.sock"), 1, 2)),
+                options: None,
+            }],
+            ..State::default()
+        };
+        let f = write_state(&state).unwrap();
+        let back = read_state(&OwnedFd::from(f)).unwrap();
+        assert_eq!(back.exe, state.exe);
+        assert_eq!(back.pidfile, state.pidfile);
+        assert_eq!(back.listeners[0].file, state.listeners[0].file);
     }
 }

@@ -18,6 +18,7 @@ mod include;
 mod keys;
 mod options;
 mod parse;
+pub mod raw_path;
 pub mod units;
 
 use std::ffi::OsString;
@@ -44,6 +45,7 @@ const FALLBACK_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Config {
+    #[serde(with = "raw_path")]
     pub path: PathBuf,
     pub daemon: DaemonSpec,
     pub services: Vec<ServiceSpec>,
@@ -105,6 +107,7 @@ pub fn wrap(spec: &WrapSpec, host: &Host) -> Result<Config, ConfigErrors> {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DaemonSpec {
     pub max_children: u32,
+    #[serde(with = "raw_path::option")]
     pub control: Option<PathBuf>,
     pub log_format: LogFormat,
     /// Glob patterns of drop-in files (`[[service]]` entries), relative
@@ -203,7 +206,9 @@ impl RlimitKind {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Sandbox {
     /// Inside `chroot` when both are set.
+    #[serde(with = "raw_path")]
     pub working_directory: PathBuf,
+    #[serde(with = "raw_path::option")]
     pub chroot: Option<PathBuf>,
     pub umask: Option<u32>,
     pub nice: Option<i32>,
@@ -278,6 +283,7 @@ pub struct ServiceSpec {
     /// argv as written; `argv[0]` stays as the user wrote it.
     pub exec: Vec<String>,
     /// `exec[0]` resolved to an absolute path when the config loaded.
+    #[serde(with = "raw_path")]
     pub program: PathBuf,
     pub accept: bool,
     pub pass: Pass,

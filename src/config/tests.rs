@@ -237,6 +237,24 @@ exec = ["internal:echo"]
     let json = serde_json::to_value(&c).unwrap();
     let back: Config = serde_json::from_value(json).unwrap();
     assert_eq!(back, c);
+    // Paths are bytes (fs review finding 3): every path a config holds
+    // goes and comes back when it is not UTF-8.
+    let odd = |s: &str| {
+        use std::os::unix::ffi::OsStringExt;
+        let mut bytes = s.as_bytes().to_vec();
+        bytes.push(0xff);
+        PathBuf::from(std::ffi::OsString::from_vec(bytes))
+    };
+    let mut c = c;
+    c.path = odd("/etc/nu/s.toml");
+    c.daemon.control = Some(odd("/etc/nu/control.sock"));
+    for s in &mut c.services {
+        s.program = odd("/opt/bin/prog");
+        s.sandbox.working_directory = odd("/srv/work");
+        s.sandbox.chroot = Some(odd("/srv/jail"));
+    }
+    let back: Config = serde_json::from_slice(&serde_json::to_vec(&c).unwrap()).unwrap();
+    assert_eq!(back, c);
 }
 
 #[test]

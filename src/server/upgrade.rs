@@ -28,7 +28,7 @@ use super::connection::PendingConnection;
 use super::internal::InternalConn;
 use super::timers::{Timer, TimerKey};
 use super::Server;
-use crate::addr::ListenAddr;
+use crate::addr::{ListenAddr, UnixPath};
 use crate::config::Config;
 use crate::limits::rate::{SourceBuckets, TokenBucket, TopRefused, TOP_TRACKED};
 use crate::limits::CrashGuard;
@@ -254,7 +254,22 @@ impl Server {
         // Exits that happened since the signal was read: a child reaped
         // here is not handed over, one exiting later is the next image's.
         self.reap_children();
-        let state = self.handover_state();
+        // Without the running config in the state, a new image that cannot
+        // start would send the old one back to a file that may fail too,
+        // leaving no summond: no upgrade then.
+        let running = Config {
+            services: self.services.iter().map(|s| s.spec.clone()).collect(),
+            ..self.config.clone()
+        };
+        let state = match serde_json::to_string(&running) {
+            Ok(config) => self.handover_state(config),
+            Err(e) => {
+                self.upgrade_failed(format!(
+                    "cannot write the running config into the upgrade state: {e}"
+                ));
+                return;
+            }
+        };
         info!(event = "upgrade";
             "upgrade: executing {} in place ({} sockets, {} children handed over)",
             exe.display(),
@@ -278,7 +293,8 @@ impl Server {
     }
 
     /// Everything the next image needs to serve on as this one does.
-    fn handover_state(&self) -> State {
+    /// `config`: the running config, as JSON.
+    fn handover_state(&self, config: String) -> State {
         let listeners: Vec<ListenerState> = self
             .sockets
             .iter()
@@ -372,11 +388,7 @@ impl Server {
             children,
             pending,
             internal,
-            config: serde_json::to_string(&Config {
-                services: self.services.iter().map(|s| s.spec.clone()).collect(),
-                ..self.config.clone()
-            })
-            .ok(),
+            config: Some(config),
             stats: self
                 .services
                 .iter()
@@ -537,6 +549,18 @@ impl Server {
                 continue;
             };
             let had_file = l.file.is_some();
+            // The address is text (lossy where the path is not UTF-8, as
+            // a control socket beside such a config is); the file's path
+            // is the bytes bound.
+            let addr = match (addr, &l.file) {
+                (ListenAddr::Unix(UnixPath::File(_)), Some(file)) => {
+                    ListenAddr::Unix(UnixPath::File(file.0.clone()))
+                }
+                (ListenAddr::UnixGram(UnixPath::File(_)), Some(file)) => {
+                    ListenAddr::UnixGram(UnixPath::File(file.0.clone()))
+                }
+                (other, _) => other,
+            };
             if let Some(file) = l.file {
                 self.claim_file(&addr, file);
             }

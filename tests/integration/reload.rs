@@ -423,3 +423,52 @@ fn a_stop_while_a_reload_hangs_in_the_load_stops_and_ends_the_loader() {
         );
     }
 }
+
+/// A temp dir whose name ends in the byte 0xff (not UTF-8).
+pub fn non_utf8_dir(tag: &str) -> TempDir {
+    use std::os::unix::ffi::OsStrExt;
+    let mut name = format!("summond-it-{}-{tag}-", std::process::id()).into_bytes();
+    name.push(0xff);
+    let dir = TempDir(std::env::temp_dir().join(std::ffi::OsStr::from_bytes(&name)));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir_all(&dir.0).unwrap();
+    dir
+}
+
+/// Fs review finding 3: paths are bytes. With the config in a directory
+/// whose name is not UTF-8, the reload helper could not write the config
+/// (its path, the control socket and working_directory beside it) as
+/// JSON, exited 1, and every reload failed with only "ended without a
+/// result" in the log.
+#[test]
+fn a_config_in_a_non_utf8_directory_reloads() {
+    let (port, other) = (free_port(), free_port());
+    let dir = non_utf8_dir("reload");
+    std::fs::create_dir(dir.path("work")).unwrap();
+    std::fs::create_dir(dir.path("conf.d")).unwrap();
+    let config = |word: &str| {
+        format!(
+            "[daemon]\ncontrol = \"control.sock\"\ninclude = [\"conf.d/*.toml\"]\n\
+             [[service]]\nname = \"pwd\"\nlisten = \"tcp://127.0.0.1:{port}\"\n\
+             exec = [\"sh\", \"-c\", \"echo {word}; pwd\"]\nworking_directory = \"work\"\n"
+        )
+    };
+    std::fs::write(
+        dir.path("conf.d").join("b.toml"),
+        echo_service("b", other, ""),
+    )
+    .unwrap();
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &config("one"),
+            ..Start::default()
+        },
+    );
+    let work = s.dir.path("work");
+    let expected = |word: &str| format!("{word}\n{}\n", work.to_string_lossy());
+    assert_eq!(tcp_port_exchange(port, b""), expected("one"));
+    assert!(s.reload(&config("two")), "{}", s.log_text());
+    assert_eq!(tcp_port_exchange(port, b""), expected("two"));
+    assert_eq!(tcp_port_exchange(other, b"b\n"), "b\n");
+}

@@ -545,6 +545,99 @@ fn the_old_binary_comes_back_with_the_config_it_ran_when_the_new_config_cannot_b
     assert_eq!(st["services"].as_array().unwrap().len(), 1, "{st}");
 }
 
+/// Fs review findings 3 and 7: with the config in a directory whose name
+/// is not UTF-8, the upgrade state's copy of the running config could not
+/// be written as JSON and was dropped (`.ok()`): a new image that failed
+/// sent the old one back to the file, which failed too, and summond died
+/// ("cannot go back: there is no previous binary to go back to"). The
+/// binary, the control socket and the config all live in that directory.
+#[test]
+fn a_failed_upgrade_with_a_non_utf8_config_path_goes_back_and_serves_on() {
+    let (pa, pb) = (free_port(), free_port());
+    let dir = crate::reload::non_utf8_dir("upgrade");
+    let bin = install_real(&dir.0);
+    let daemon = "[daemon]\ncontrol = \"control.sock\"\n";
+    let mut s = Summond::start_in(
+        dir,
+        Start {
+            config: &format!("{daemon}{}", echo_service("a", pa, "a")),
+            binary: Some(&bin),
+            ..Start::default()
+        },
+    );
+    assert!(s.dir.path("control.sock").exists());
+    // The new file passes --check but its new address is taken.
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", pb)).unwrap();
+    s.write_config(&format!(
+        "{daemon}{}{}",
+        echo_service("a", pa, "a"),
+        echo_service("b", pb, "b")
+    ));
+    s.signal(nix::libc::SIGUSR2);
+    assert!(
+        s.wait_log("upgrade failed: the new binary could not start"),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(tcp_port_exchange(pa, b""), "a\n", "{}", s.log_text());
+    assert!(!s.has_exited(), "{}", s.log_text());
+    // The way back came with the config the old image ran: one service.
+    let out = std::process::Command::new(BIN)
+        .arg("status")
+        .arg("--control")
+        .arg(s.dir.path("control.sock"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(
+        st["pid"],
+        s.pid(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.log_text()
+    );
+    assert_eq!(st["services"].as_array().map(Vec::len), Some(1), "{st}");
+    // And a good upgrade from there goes through.
+    s.write_config(&format!("{daemon}{}", echo_service("a", pa, "a2")));
+    s.signal(nix::libc::SIGUSR2);
+    assert!(s.wait_log("upgraded in place"), "{}", s.log_text());
+    assert_eq!(tcp_port_exchange(pa, b""), "a2\n", "{}", s.log_text());
+    assert!(s.dir.path("control.sock").exists(), "{}", s.log_text());
+}
+
+/// Fs review finding 7 as found: only the config's path is not UTF-8 (the
+/// binary and everything else are), so the state was written without the
+/// config, and the old image, sent back to the file, died.
+#[test]
+fn a_failed_upgrade_with_only_the_config_path_non_utf8_leaves_summond_serving() {
+    let (pa, pb) = (free_port(), free_port());
+    let bin_dir = TempDir::new("upgrade-bin");
+    let bin = install_real(&bin_dir.0);
+    let mut s = Summond::start_in(
+        crate::reload::non_utf8_dir("upgrade-cfg"),
+        Start {
+            config: &echo_service("a", pa, "a"),
+            binary: Some(&bin),
+            ..Start::default()
+        },
+    );
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", pb)).unwrap();
+    s.write_config(&format!(
+        "{}{}",
+        echo_service("a", pa, "a"),
+        echo_service("b", pb, "b")
+    ));
+    s.signal(nix::libc::SIGUSR2);
+    assert!(
+        s.wait_log("upgrade failed: the new binary could not start"),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(tcp_port_exchange(pa, b""), "a\n", "{}", s.log_text());
+    assert!(!s.has_exited(), "{}", s.log_text());
+}
+
 #[test]
 fn an_upgrade_while_another_runs_is_refused() {
     let port = free_port();
