@@ -850,7 +850,7 @@ impl Server {
             return;
         }
         if let Some(load) = self.config_load.as_mut().filter(|l| l.pid == pid) {
-            load.mark_reaped();
+            load.mark_reaped(&status);
             self.finish_reload_if_loaded();
             return;
         }

@@ -21,15 +21,17 @@
 //! what std offers.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::Instant;
 
 use nix::libc;
 use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::WaitStatus;
 use nix::unistd::{fork, ForkResult, Pid};
 
+use super::ExitText;
 use crate::config::{self, Config, Host, ServiceSpec};
 
 /// What the helper writes: the checked config (its services apart), or
@@ -51,6 +53,9 @@ enum Service {
     New(Box<ServiceSpec>),
 }
 
+/// The last panic's message in the helper.
+static PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
 /// The fd the result is written to in the helper.
 const RESULT_FD: RawFd = 3;
 
@@ -62,8 +67,9 @@ pub(super) struct ConfigLoad {
     output: Vec<u8>,
     /// The pipe reached EOF: the helper wrote all it will.
     eof: bool,
-    /// The helper was reaped (its pid is no longer ours to signal).
-    reaped: bool,
+    /// The helper was reaped (its pid is no longer ours to signal): how
+    /// it ended.
+    reaped: Option<String>,
     pub started_at: Instant,
 }
 
@@ -92,7 +98,7 @@ impl ConfigLoad {
                 pipe: File::from(read),
                 output: Vec::new(),
                 eof: false,
-                reaped: false,
+                reaped: None,
                 started_at,
             }),
         }
@@ -118,20 +124,23 @@ impl ConfigLoad {
         self.eof
     }
 
-    pub fn mark_reaped(&mut self) {
-        self.reaped = true;
+    pub fn mark_reaped(&mut self, status: &WaitStatus) {
+        self.reaped = Some(ExitText(status).to_string());
     }
 
     /// Both ends done: the helper wrote all and was reaped.
     pub fn is_done(&self) -> bool {
-        self.eof && self.reaped
+        self.eof && self.reaped.is_some()
     }
 
     /// The result, once done; `running` as given to `start`.
     pub fn outcome(self, running: &[&ServiceSpec]) -> Loaded {
-        let no_result = || {
+        // The helper writes why it failed as its result; what is left is
+        // a helper killed (the OOM killer, an operator) or a bug.
+        let ended = self.reaped.as_deref().unwrap_or("ended");
+        let no_result = |why: &str| {
             vec![format!(
-                "the config loader (pid {}) ended without a result",
+                "the config loader (pid {}) {ended} without a result: {why}",
                 self.pid
             )]
         };
@@ -145,18 +154,19 @@ impl ConfigLoad {
                         Service::New(spec) => Some(*spec),
                     })
                     .collect::<Option<Vec<_>>>()
-                    .ok_or_else(no_result)?;
+                    .ok_or_else(|| no_result("it named a service that is not running"))?;
                 Ok(config)
             }
             Ok(Outcome::Failed(lines)) => Err(lines),
-            Err(_) => Err(no_result()),
+            Err(_) if self.output.is_empty() => Err(no_result("it wrote nothing")),
+            Err(e) => Err(no_result(&format!("what it wrote does not read: {e}"))),
         }
     }
 
     /// Give up on the load (stop, upgrade): the helper is killed, if it is
     /// still ours to kill.
     pub fn cancel(self) {
-        if !self.reaped {
+        if self.reaped.is_none() {
             let _ = kill(self.pid, Signal::SIGKILL);
         }
     }
@@ -184,35 +194,71 @@ fn helper_main(path: &Path, running: &[&ServiceSpec], write: OwnedFd) -> ! {
         }
     }
     std::mem::forget(write);
-    let written = std::panic::catch_unwind(|| {
-        let outcome = match config::load(path, &Host::current()) {
-            Ok(mut c) => {
-                let by_name: rustc_hash::FxHashMap<&str, usize> = running
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| (s.name.as_str(), i))
-                    .collect();
-                let services = std::mem::take(&mut c.services)
-                    .into_iter()
-                    .map(|spec| match by_name.get(spec.name.as_str()) {
-                        Some(&i) if *running[i] == spec => Service::Same(i),
-                        _ => Service::New(Box::new(spec)),
-                    })
-                    .collect();
-                Outcome::Loaded {
-                    config: Box::new(c),
-                    services,
-                }
-            }
-            Err(errors) => Outcome::Failed(errors.0.iter().map(|e| e.to_string()).collect()),
+    // A panic's message goes into the result, not to a stderr that is
+    // /dev/null under -d.
+    std::panic::set_hook(Box::new(|info| {
+        if let Ok(mut last) = PANIC.lock() {
+            *last = Some(info.to_string());
+        }
+    }));
+    // Nothing may unwind out of here (into the loop's frames).
+    let code = std::panic::catch_unwind(|| {
+        let encoded =
+            std::panic::catch_unwind(|| load_encoded(path, running)).unwrap_or_else(|_| {
+                let message = PANIC.lock().ok().and_then(|mut p| p.take());
+                Err(format!(
+                    "the config loader panicked: {}",
+                    message.as_deref().unwrap_or("no message")
+                ))
+            });
+        // A failure is a result too, so the log says why.
+        let (bytes, code) = match encoded {
+            Ok(bytes) => (bytes, 0),
+            Err(why) => (
+                serde_json::to_vec(&Outcome::Failed(vec![why])).unwrap_or_default(),
+                1,
+            ),
         };
         // SAFETY: RESULT_FD is the pipe's write end, set up above.
-        let mut out = BufWriter::new(unsafe { File::from_raw_fd(RESULT_FD) });
-        serde_json::to_writer(&mut out, &outcome).is_ok() && out.flush().is_ok()
-    });
-    let code = if matches!(written, Ok(true)) { 0 } else { 1 };
+        let mut out = unsafe { File::from_raw_fd(RESULT_FD) };
+        if out.write_all(&bytes).is_ok() {
+            code
+        } else {
+            1
+        }
+    })
+    .unwrap_or(1);
     // SAFETY: _exit runs no destructor of the frames below (the server's).
     unsafe { libc::_exit(code) }
+}
+
+/// Load the config at `path` and encode the outcome for the loop, a
+/// service equal to one of `running` as its index; Err: why there is no
+/// outcome to send.
+fn load_encoded(path: &Path, running: &[&ServiceSpec]) -> Result<Vec<u8>, String> {
+    let outcome = match config::load(path, &Host::current()) {
+        Ok(mut c) => {
+            let by_name: rustc_hash::FxHashMap<&str, usize> = running
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.name.as_str(), i))
+                .collect();
+            let services = std::mem::take(&mut c.services)
+                .into_iter()
+                .map(|spec| match by_name.get(spec.name.as_str()) {
+                    Some(&i) if *running[i] == spec => Service::Same(i),
+                    _ => Service::New(Box::new(spec)),
+                })
+                .collect();
+            Outcome::Loaded {
+                config: Box::new(c),
+                services,
+            }
+        }
+        Err(errors) => Outcome::Failed(errors.0.iter().map(|e| e.to_string()).collect()),
+    };
+    serde_json::to_vec(&outcome)
+        .map_err(|e| format!("the config loader cannot send the config it loaded: {e}"))
 }
 
 /// The fds open in this process (without close_range).

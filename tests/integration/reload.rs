@@ -472,3 +472,51 @@ fn a_config_in_a_non_utf8_directory_reloads() {
     assert_eq!(tcp_port_exchange(port, b""), expected("two"));
     assert_eq!(tcp_port_exchange(other, b"b\n"), "b\n");
 }
+
+/// A config loader that ends without a result says how it ended: the log
+/// said only "ended without a result" (a helper's own failures, a panic
+/// or a config it cannot send, are now its result: see
+/// a_config_in_a_non_utf8_directory_reloads). A drop-in that is a FIFO
+/// keeps the loader reading until the test kills it.
+#[test]
+fn a_config_loader_killed_mid_load_is_logged_with_how_it_ended() {
+    let port = free_port();
+    let dir = TempDir::new("reload-killed");
+    std::fs::create_dir(dir.path("conf.d")).unwrap();
+    let config = format!(
+        "[daemon]\ninclude = [\"conf.d/*.toml\"]\n{}",
+        echo_service("a", port, "")
+    );
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &config,
+            ..Start::default()
+        },
+    );
+    let fifo = s.dir.path("conf.d").join("slow.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    s.signal(nix::libc::SIGHUP);
+    let mut loader = None;
+    assert!(
+        wait_until(TIMEOUT, || {
+            loader = children_of(s.pid()).first().copied();
+            loader.is_some()
+        }),
+        "{}",
+        s.log_text()
+    );
+    let loader = loader.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(loader),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let expected =
+        format!("the config loader (pid {loader}) killed by signal 9 (SIGKILL) without a result");
+    assert!(s.wait_log(&expected), "{}", s.log_text());
+    assert!(s.wait_log("reload failed"), "{}", s.log_text());
+    std::fs::remove_file(&fifo).unwrap();
+    assert!(s.reload(&config), "{}", s.log_text());
+    assert_eq!(tcp_port_exchange(port, b"a\n"), "a\n");
+}
