@@ -347,7 +347,7 @@ impl Checker<'_> {
                         );
                         None
                     } else {
-                        Some(Some(n as u64))
+                        Some((Some(n as u64), None))
                     }
                 }),
                 DeValue::String(s) => {
@@ -360,7 +360,7 @@ impl Checker<'_> {
                         Err(format!("\"{s}\" is not a number or \"infinity\""))
                     };
                     match result {
-                        Ok(x) => Some(x),
+                        Ok(x) => Some((x, Some(s))),
                         Err(reason) => {
                             self.at(
                                 value.span(),
@@ -375,7 +375,7 @@ impl Checker<'_> {
                     None
                 }
             };
-            if let Some(limit) = parsed {
+            if let Some((limit, text)) = parsed {
                 let ceilings = *self
                     .rlimit_ceilings
                     .get_or_insert_with(|| RlimitCeilings::current(self.host.is_root));
@@ -385,11 +385,20 @@ impl Checker<'_> {
                     // as systemd's LimitNOFILE=infinity is fs.nr_open.
                     (None, Some(max)) => Some(max),
                     (Some(n), Some(max)) if n > max => {
+                        // As written, with the bytes a suffix makes: the
+                        // bound is in bytes.
+                        let written = match text {
+                            Some(s) if s.parse::<u64>().is_err() => format!("\"{s}\" ({n} bytes)"),
+                            Some(s) => format!("\"{s}\""),
+                            None => n.to_string(),
+                        };
                         self.at(
                             value.span(),
                             invalid(
                                 "rlimits",
-                                format!("{name} = {n} is more than the kernel allows ({why})"),
+                                format!(
+                                    "{name} = {written} is more than the kernel allows ({why})"
+                                ),
                             ),
                         );
                         continue;

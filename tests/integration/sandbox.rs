@@ -317,3 +317,69 @@ fn rlimits_beyond_what_the_kernel_allows_are_a_config_error() {
     );
     assert_eq!(tcp_port_exchange(port, b""), "ran\n");
 }
+
+/// Fs review finding 8: a size above the kernel's bound was reported in
+/// bytes (`memlock = 8389632`), not as written (`memlock = "8193K"`).
+/// summond --check runs with a memlock hard limit it cannot raise (as
+/// root, without CAP_SYS_RESOURCE).
+#[test]
+fn an_rlimit_above_the_kernels_bound_is_reported_as_written() {
+    use std::os::unix::process::CommandExt;
+    let root = nix::unistd::geteuid().is_root();
+    if root && !std::path::Path::new("/usr/bin/setpriv").exists() {
+        skip(
+            "an_rlimit_above_the_kernels_bound_is_reported_as_written",
+            "needs setpriv to drop CAP_SYS_RESOURCE as root",
+        );
+        return;
+    }
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK).unwrap();
+    let limit = hard.min(8 << 20) / 1024 * 1024;
+    let written = format!("{}K", limit / 1024 + 1);
+    let dir = TempDir::new("rlimit-written");
+    let config = dir.path("c.toml");
+    std::fs::write(
+        &config,
+        service(
+            free_port(),
+            "echo ran",
+            &format!("rlimits = {{ memlock = \"{written}\" }}\n"),
+        ),
+    )
+    .unwrap();
+    let mut cmd = if root {
+        let mut c = std::process::Command::new("/usr/bin/setpriv");
+        c.args([
+            "--bounding-set",
+            "-sys_resource",
+            "--inh-caps",
+            "-sys_resource",
+            BIN,
+        ]);
+        c
+    } else {
+        std::process::Command::new(BIN)
+    };
+    cmd.arg("--check").arg("-c").arg(&config);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs here.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::resource::setrlimit(
+                nix::sys::resource::Resource::RLIMIT_MEMLOCK,
+                limit,
+                limit,
+            )
+            .map_err(std::io::Error::from)
+        });
+    }
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let expected = format!(
+        "`rlimits`: memlock = \"{written}\" ({} bytes) is more than the kernel allows \
+         (summond's hard limit is {limit}",
+        (limit / 1024 + 1) * 1024
+    );
+    assert!(err.contains(&expected), "missing {expected:?} in:\n{err}");
+}
