@@ -366,6 +366,23 @@ pub fn set_nofile(pid: i32, soft: u64) {
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
 }
 
+/// Leave `pid` exactly `spare` free fds: its soft RLIMIT_NOFILE becomes
+/// its lowest free fd + `spare`. summond may hold an fd for a moment (it
+/// reads /proc/self/smaps after loading a config), so one reading could
+/// set the limit above a hole that then opens: the limit is set again
+/// until a reading after it finds the same lowest free fd.
+pub fn leave_free_fds(pid: i32, spare: u64) -> u64 {
+    for _ in 0..100 {
+        let lowest = lowest_free_fd(pid);
+        set_nofile(pid, lowest + spare);
+        if lowest_free_fd(pid) == lowest {
+            return lowest + spare;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("the fds of {pid} never settled");
+}
+
 /// The children of `pid`: from `/proc/PID/task/PID/children` where the
 /// kernel has it (CONFIG_PROC_CHILDREN), else by scanning every process's
 /// parent pid, so the answer never silently comes back empty.
