@@ -445,16 +445,17 @@ impl Server {
     fn run_timers(&mut self, now: Instant) {
         self.close_idle_internal(now);
         if self.resources.expire(now) {
-            self.retry_pending(now);
-            self.unpark(now);
             // Their clients queued while fds ran out: no new event comes
-            // for them (edge-triggered), so accept them now.
+            // for them (edge-triggered), so accept them now, before a
+            // retry that fails again starts the next pause.
             if std::mem::take(&mut self.control_stalled) {
                 self.accept_control_clients();
             }
             if std::mem::take(&mut self.metrics_stalled) {
                 self.accept_more_scrapers = true;
             }
+            self.retry_pending(now);
+            self.unpark(now);
         }
         for timer in self.timers.take_due(now) {
             match timer {
@@ -1084,11 +1085,13 @@ impl Server {
             if self.control_clients.len() >= MAX_CONTROL_CLIENTS {
                 return;
             }
-            // Out of fds a moment ago: wait for the back-off to end.
-            if self.resources.is_paused(Instant::now()) {
-                self.control_stalled = true;
+            // Its own accept ran out of fds a moment ago: wait for the
+            // back-off to end. A fork failure's back-off stalls no status
+            // query (it is the moment one is wanted).
+            if self.control_stalled && self.resources.is_paused(Instant::now()) {
                 return;
             }
+            self.control_stalled = false;
             match control.socket.accept() {
                 Ok((socket, _)) => {
                     if !self.control_peer_trusted(&socket) {

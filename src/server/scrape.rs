@@ -40,11 +40,12 @@ impl Server {
             if self.scrapes.len() >= MAX_SCRAPES {
                 return;
             }
-            // Out of fds a moment ago: wait for the back-off to end.
-            if self.resources.is_paused(Instant::now()) {
-                self.metrics_stalled = true;
+            // Its own accept ran out of fds a moment ago: wait for the
+            // back-off to end (a fork failure's stalls no scrape).
+            if self.metrics_stalled && self.resources.is_paused(Instant::now()) {
                 return;
             }
+            self.metrics_stalled = false;
             let socket = match listener.socket.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,

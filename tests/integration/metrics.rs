@@ -382,3 +382,63 @@ fn finished_scrapes_and_control_clients_leave_no_timer_behind() {
     }
     assert_eq!(timers(), idle, "20 status clients done");
 }
+
+/// Review of issue 15 (F1): while a fork kept failing with EAGAIN, the
+/// back-off that followed each retry also stalled the control and metrics
+/// listeners, so `summond status` and scrapes were never answered (the
+/// retry ran before them and restarted the pause). Only their own accept
+/// running out of fds stalls them: during a fork failure's back-off both
+/// answer, status saying why the service waits.
+#[test]
+fn status_and_scrapes_are_answered_while_forks_fail() {
+    let test = "status_and_scrapes_are_answered_while_forks_fail";
+    let Some((wrapper, nproc)) = as_nobody_with_room_for(test, 0) else {
+        return;
+    };
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let (port, mport) = (free_port(), free_port());
+    let dir = TempDir::new("eagain-status");
+    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let control = dir.path("control.sock");
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &format!(
+                "{}metrics = \"tcp://127.0.0.1:{mport}\"\n\
+                 [[service]]\nname = \"cat\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"/bin/cat\"]\n",
+                daemon_control(&control)
+            ),
+            wrapper: &wrapper,
+            nproc: Some(nproc),
+            ..Start::default()
+        },
+    );
+    let _kept = connect_tcp(([127, 0, 0, 1], port).into());
+    assert!(
+        s.wait_log("cat: cannot start a child for 127.0.0.1:"),
+        "{}",
+        s.log_text()
+    );
+    // Retried and failing again, episode after episode.
+    for _ in 0..5 {
+        let st = status_json_of_other_uid(&control);
+        let paused = st["services"][0]["paused"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        assert!(
+            paused.starts_with("out of fds or processes") || paused.is_empty(),
+            "{st}"
+        );
+        let page = String::from_utf8(raw_http(mport, b"GET /metrics HTTP/1.1\r\n\r\n")).unwrap();
+        assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    }
+    assert!(
+        wait_until(TIMEOUT, || status_json_of_other_uid(&control)["services"]
+            [0]["paused"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("out of fds or processes"))),
+        "{}",
+        s.log_text()
+    );
+}
