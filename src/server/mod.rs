@@ -79,6 +79,10 @@ pub(super) const CONTROL_SOCKET_MODE: u32 = 0o600;
 const MAX_CONTROL_CLIENTS: usize = 16;
 /// A control client that has not read its answer by then is closed.
 const CONTROL_CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Control clients accepted (or refused) per wake-up before the loop
+/// turns to other sources: a stream of connects to a socket others can
+/// reach must not keep it from serving.
+const CONTROL_ACCEPT_BUDGET: usize = 16;
 const FIRST_DYNAMIC_TOKEN: usize = 16;
 /// Startup failures (exit 1). Anything after startup is logged, not returned.
 #[derive(Debug)]
@@ -230,6 +234,8 @@ pub struct Server {
     client_timers: FxHashMap<Token, TimerKey>,
     /// The scrape budget ran out with scrapers possibly left.
     accept_more_scrapers: bool,
+    /// The same for the control socket.
+    accept_more_control: bool,
     /// What the internal UDP services must not answer, and how many
     /// answers they may send.
     datagrams: DatagramGuard,
@@ -319,6 +325,7 @@ impl Server {
             scrapes: FxHashMap::default(),
             client_timers: FxHashMap::default(),
             accept_more_scrapers: false,
+            accept_more_control: false,
             datagrams: DatagramGuard::default(),
             by_id: FxHashMap::default(),
             refusals: RefusalLog::default(),
@@ -377,6 +384,7 @@ impl Server {
             let timeout = if !self.sockets.has_ready()
                 && !self.internals.has_ready()
                 && !self.accept_more_scrapers
+                && !self.accept_more_control
             {
                 self.next_deadline()
                     .map(|d| d.saturating_duration_since(Instant::now()))
@@ -410,6 +418,9 @@ impl Server {
             self.serve_internal_ready();
             if std::mem::take(&mut self.accept_more_scrapers) {
                 self.accept_scrapers();
+            }
+            if std::mem::take(&mut self.accept_more_control) {
+                self.accept_control_clients();
             }
             self.run_timers(Instant::now());
             // Whatever held a kept connection back (the back-off, a crash
@@ -1076,7 +1087,7 @@ impl Server {
     }
 
     fn accept_control_clients(&mut self) {
-        loop {
+        for _ in 0..CONTROL_ACCEPT_BUDGET {
             let Some(control) = &self.control else {
                 return;
             };
@@ -1139,6 +1150,8 @@ impl Server {
                 }
             }
         }
+        // More may be queued: epoll reports them again only for new ones.
+        self.accept_more_control = true;
     }
 
     /// An accept of the control or metrics socket worked after one of
@@ -1208,7 +1221,7 @@ impl Server {
         drop(client);
         // Below the cap again: clients may be waiting in the backlog.
         if self.control_clients.len() + 1 == MAX_CONTROL_CLIENTS {
-            self.accept_control_clients();
+            self.accept_more_control = true;
         }
     }
 

@@ -398,3 +398,104 @@ fn a_control_client_that_never_reads_is_closed() {
         Some(4000)
     );
 }
+
+/// Processes of another uid that connect to `path` and close, over and
+/// over, for at most `secs` seconds: forked from this test, with every
+/// byte they need made before the fork (only raw syscalls after it).
+fn connect_flood(path: &std::path::Path, uid: u32, gid: u32, procs: usize, secs: i64) -> Vec<i32> {
+    use nix::libc;
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr
+        .sun_path
+        .iter_mut()
+        .zip(path.as_os_str().as_encoded_bytes())
+    {
+        *d = *s as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    (0..procs)
+        .map(|_| {
+            // SAFETY: the child makes raw syscalls only and ends in _exit.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                unsafe {
+                    libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>());
+                    libc::syscall(libc::SYS_setresgid, gid, gid, gid);
+                    if libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0 {
+                        libc::_exit(2);
+                    }
+                    let mut now: libc::timespec = std::mem::zeroed();
+                    libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
+                    let end = now.tv_sec + secs;
+                    while now.tv_sec < end {
+                        let s = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                        libc::connect(s, (&raw const addr).cast(), len);
+                        libc::close(s);
+                        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
+                    }
+                    libc::_exit(0);
+                }
+            }
+            assert!(pid > 0);
+            pid
+        })
+        .collect()
+}
+
+/// Review of issue 15 (F2): a control socket others can connect to (a
+/// service manager's SocketMode=0666 is adopted as is) was accepted
+/// without a bound per wake-up: a stream of connects from another uid,
+/// each refused at once, kept the loop in that accept, and a cat service
+/// took seconds per exchange. Refused or not, 16 are accepted per turn
+/// and the rest on the next: 20 exchanges with cat are done while the
+/// flood still runs.
+#[test]
+fn a_flood_of_refused_control_clients_delays_no_service() {
+    let test = "a_flood_of_refused_control_clients_delays_no_service";
+    if !nix::unistd::geteuid().is_root() {
+        skip(test, "needs root (to connect as nobody)");
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let port = free_port();
+    let dir = TempDir::new("flood");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let control = dir.path("control.sock");
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &format!(
+                "{}[[service]]\nname = \"cat\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"/bin/cat\"]\n",
+                daemon_control(&control)
+            ),
+            ..Start::default()
+        },
+    );
+    std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let flood = connect_flood(&control, nobody.uid.as_raw(), nobody.gid.as_raw(), 6, 60);
+    let _reapers: Vec<KillOnDrop> = flood.iter().map(|p| KillOnDrop(*p)).collect();
+    assert!(
+        s.wait_log("control socket: refused pid "),
+        "{}",
+        s.log_text()
+    );
+    for i in 0..20 {
+        let line = format!("probe {i}\n");
+        assert_eq!(tcp_port_exchange(port, line.as_bytes()), line);
+    }
+    for pid in &flood {
+        assert_eq!(
+            nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(*pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG)
+            )
+            .unwrap(),
+            nix::sys::wait::WaitStatus::StillAlive,
+            "the flood ended before the exchanges did"
+        );
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(*pid), None);
+    }
+    assert_eq!(status_json(&control)["pid"], s.pid());
+}
