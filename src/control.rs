@@ -247,6 +247,9 @@ pub fn render_table(status: &Status) -> String {
 pub enum ControlError {
     NoControlSocket(PathBuf),
     Connect(PathBuf, io::Error),
+    /// The connect did not end within `CLIENT_TIMEOUT` (a backlog that
+    /// stays full).
+    ConnectTimeout(PathBuf),
     Read(PathBuf, io::Error),
     BadAnswer(PathBuf, serde_json::Error),
     /// The socket was made by a uid that is neither root nor ours.
@@ -274,6 +277,12 @@ impl fmt::Display for ControlError {
                     p.display()
                 )
             }
+            ControlError::ConnectTimeout(p) => write!(
+                f,
+                "{} did not accept the connection within {}s",
+                p.display(),
+                CLIENT_TIMEOUT.as_secs()
+            ),
             ControlError::Read(p, e) => write!(f, "reading from {}: {e}", p.display()),
             ControlError::Untrusted(p, peer) => write!(
                 f,
@@ -455,26 +464,33 @@ pub fn query(socket: &Path) -> Result<Status, ControlError> {
 /// forked, was listened on by another process than the summond answering.
 fn ask(socket: &Path) -> Result<(Status, PeerCred), ControlError> {
     use socket2::{Domain, SockAddr, Type};
+    // One bound for the connect and the answer together.
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
     let connect = || -> io::Result<Socket> {
         let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
         // Before connecting: summond writes its answer at once.
         nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::PassCred, &true)
             .map_err(io::Error::from)?;
+        // A Unix stream connect waits while the listener's backlog is
+        // full, for at most SO_SNDTIMEO (then EAGAIN).
+        s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
         s.connect(&SockAddr::unix(socket)?)?;
         Ok(s)
     };
-    let stream = connect().map_err(|e| ControlError::Connect(socket.into(), e))?;
+    let stream = connect().map_err(|e| match e.kind() {
+        io::ErrorKind::WouldBlock => ControlError::ConnectTimeout(socket.into()),
+        _ => ControlError::Connect(socket.into(), e),
+    })?;
     let maker = PeerCred::of(&stream).map_err(|e| ControlError::Read(socket.into(), e))?;
     if !maker.is_trusted() {
         return Err(ControlError::Untrusted(socket.into(), maker));
     }
-    let (text, writer) =
-        read_bounded(&stream, MAX_ANSWER, CLIENT_TIMEOUT).map_err(|e| match e {
-            Bounded::Io(e) => ControlError::Read(socket.into(), e),
-            Bounded::TooLong => ControlError::TooLong(socket.into()),
-            Bounded::TooSlow => ControlError::TooSlow(socket.into()),
-            Bounded::MixedWriters => ControlError::MixedWriters(socket.into()),
-        })?;
+    let (text, writer) = read_bounded(&stream, MAX_ANSWER, deadline).map_err(|e| match e {
+        Bounded::Io(e) => ControlError::Read(socket.into(), e),
+        Bounded::TooLong => ControlError::TooLong(socket.into()),
+        Bounded::TooSlow => ControlError::TooSlow(socket.into()),
+        Bounded::MixedWriters => ControlError::MixedWriters(socket.into()),
+    })?;
     let writer = writer.unwrap_or(maker);
     if !writer.is_trusted() {
         return Err(ControlError::Untrusted(socket.into(), writer));
@@ -492,17 +508,16 @@ enum Bounded {
 }
 
 /// Everything `stream` sends until EOF, and who the kernel says wrote it:
-/// at most `max` bytes, all within `within` (a server dripping a byte a
+/// at most `max` bytes, all by `deadline` (a server dripping a byte a
 /// second gets no more time than one that is silent), all from one
 /// process (a stream read never joins bytes of two writers).
 fn read_bounded(
     stream: &Socket,
     max: usize,
-    within: Duration,
+    deadline: Instant,
 ) -> Result<(Vec<u8>, Option<PeerCred>), Bounded> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr, UnixCredentials};
     use std::os::fd::AsRawFd;
-    let deadline = Instant::now() + within;
     let mut out = Vec::new();
     let mut writer: Option<PeerCred> = None;
     let mut buf = vec![0u8; 64 * 1024];

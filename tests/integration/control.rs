@@ -499,3 +499,53 @@ fn a_flood_of_refused_control_clients_delays_no_service() {
     }
     assert_eq!(status_json(&control)["pid"], s.pid());
 }
+
+/// Review of issue 15 (F3): the client's 5 s bound did not cover
+/// connect(): a socket at the control path whose backlog stays full
+/// (anyone who can bind there can make one) kept `summond status` and
+/// `summond upgrade` waiting for ever. The connect is bounded too.
+#[test]
+fn a_control_socket_whose_backlog_stays_full_gets_a_clear_error() {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let dir = TempDir::new("full-backlog");
+    let path = dir.path("full.sock");
+    let listener = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+    listener.bind(&SockAddr::unix(&path).unwrap()).unwrap();
+    listener.listen(0).unwrap();
+    // Connect without blocking until the backlog refuses more.
+    let mut queued = Vec::new();
+    loop {
+        let c = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+        c.set_nonblocking(true).unwrap();
+        match c.connect(&SockAddr::unix(&path).unwrap()) {
+            Ok(()) => queued.push(c),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("connect: {e}"),
+        }
+        assert!(queued.len() < 64, "the backlog never filled");
+    }
+    for cmd in ["status", "upgrade"] {
+        let mut child = std::process::Command::new(BIN)
+            .args([cmd, "--control", path.to_str().unwrap()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _reaper = KillOnDrop(child.id() as i32);
+        assert!(
+            wait_until(std::time::Duration::from_secs(30), || matches!(
+                child.try_wait(),
+                Ok(Some(_))
+            )),
+            "{cmd} still waits to connect"
+        );
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {err}");
+        assert!(
+            err.contains("did not accept the connection within 5s"),
+            "{cmd}: {err}"
+        );
+    }
+}
