@@ -3,12 +3,13 @@
 //! `process_*` figures from /proc/self, and the HTTP exchange a scraper
 //! has with the event loop: one request of at most `MAX_REQUEST` bytes,
 //! answered with `Connection: close`, never blocking (a slow or silent
-//! scraper costs this buffer and is dropped at `SCRAPE_TIMEOUT`).
+//! scraper costs this buffer and is dropped at `SCRAPE_TIMEOUT`), then
+//! a lingering close (shut down, drop what still comes, until EOF).
 //! `GET /metrics` is the page; any other path is 404.
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
@@ -17,6 +18,12 @@ pub const MAX_REQUEST: usize = 8192;
 /// A scraper that has not sent its request and read the answer by then
 /// is dropped.
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an answered scraper's further bytes are read and dropped
+/// while waiting for it to close (a lingering close): closing with bytes
+/// unread sends an RST, which can destroy the answer on its way.
+pub const LINGER: Duration = Duration::from_secs(2);
+/// At most this much is read and dropped while lingering.
+const LINGER_BYTES: usize = 1 << 20;
 
 /// Upper bounds of the child run time histogram, in seconds.
 pub const DURATION_BUCKETS: [f64; 11] = [
@@ -406,6 +413,21 @@ pub struct Scrape {
     pub socket: Socket,
     request: Vec<u8>,
     answer: Option<(Vec<u8>, usize)>,
+    /// When it was accepted: the request of the oldest is the one
+    /// incomplete longest.
+    since: Instant,
+    /// Answered and shut down for writing: bytes dropped so far while
+    /// waiting for the client's EOF.
+    lingering: Option<usize>,
+}
+
+/// Which scrape a new one may replace at the cap, best first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Evictable {
+    /// Its request is still incomplete (since then): likely a slowloris.
+    Asking(Instant),
+    /// Answered, waiting for its EOF (since then).
+    Lingering(Instant),
 }
 
 /// The head of an HTTP response: a HEAD request gets it alone (RFC 9110
@@ -424,6 +446,9 @@ pub enum ScrapeState {
     Waiting,
     /// The request is complete and names `Request`: render and `answer`.
     Asked(Request),
+    /// The answer is out and the write side shut: it gets `LINGER` to
+    /// close its end.
+    Lingering,
     /// Answered or gone: close it.
     Done,
 }
@@ -435,12 +460,27 @@ impl Scrape {
             socket,
             request: Vec::new(),
             answer: None,
+            since: Instant::now(),
+            lingering: None,
         })
     }
 
+    /// Whether a new scraper may take this one's place at the cap, and
+    /// how: an answer being written is never cut short.
+    pub fn evictable(&self) -> Option<Evictable> {
+        match (&self.answer, self.lingering) {
+            (None, _) => Some(Evictable::Asking(self.since)),
+            (Some(_), Some(_)) => Some(Evictable::Lingering(self.since)),
+            (Some(_), None) => None,
+        }
+    }
+
     /// Read what has arrived (at most MAX_REQUEST bytes in all), or write
-    /// what is left of the answer.
+    /// what is left of the answer, or drop what comes after it.
     pub fn on_ready(&mut self) -> ScrapeState {
+        if self.lingering.is_some() {
+            return self.drain();
+        }
         if self.answer.is_some() {
             return self.write();
         }
@@ -492,7 +532,37 @@ impl Scrape {
                 Err(_) => return ScrapeState::Done,
             }
         }
-        ScrapeState::Done
+        // All written: end our side with a FIN, and read until the
+        // client's, so the close sends no RST.
+        if self.socket.shutdown(std::net::Shutdown::Write).is_err() {
+            return ScrapeState::Done;
+        }
+        self.lingering = Some(0);
+        match self.drain() {
+            ScrapeState::Waiting => ScrapeState::Lingering,
+            done => done,
+        }
+    }
+
+    /// Read and drop what the client sends after its request: Done at its
+    /// EOF (or an error, or past `LINGER_BYTES`).
+    fn drain(&mut self) -> ScrapeState {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let Some(dropped) = self.lingering.as_mut() else {
+                return ScrapeState::Done;
+            };
+            if *dropped > LINGER_BYTES {
+                return ScrapeState::Done;
+            }
+            match (&self.socket).read(&mut buf) {
+                Ok(0) => return ScrapeState::Done,
+                Ok(n) => *dropped += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ScrapeState::Waiting,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return ScrapeState::Done,
+            }
+        }
     }
 }
 

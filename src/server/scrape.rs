@@ -18,9 +18,9 @@ use crate::metrics::{self as prom, Request, Scrape, ScrapeState};
 
 /// Scrapers accepted per wake-up before the loop turns to other sources.
 const SCRAPE_ACCEPT_BUDGET: usize = 16;
-/// Scrapes served at once; more wait in the listener's backlog, so idle
-/// scrapers cannot take the fds services need (each is closed at
-/// `SCRAPE_TIMEOUT` anyway). Prometheus sends one scrape at a time.
+/// Scrapes open at once, so idle scrapers cannot take the fds services
+/// need (each is closed at `SCRAPE_TIMEOUT` anyway); at the cap a new one
+/// replaces the slowest asker. Prometheus sends one scrape at a time.
 const MAX_SCRAPES: usize = 32;
 
 impl Server {
@@ -35,9 +35,14 @@ impl Server {
             let Some(listener) = &self.metrics else {
                 return;
             };
-            // At the cap the rest wait in the backlog; a scrape that ends
-            // accepts them (edge-triggered: nothing else would).
-            if self.scrapes.len() >= MAX_SCRAPES {
+            // At the cap a new scraper takes the place of the one whose
+            // request has been incomplete longest (or else of one waiting
+            // to close after its answer), so clients trickling their
+            // request cannot make whole ones wait behind them. When all
+            // are being answered the rest wait in the backlog; a scrape
+            // that ends accepts them (edge-triggered: nothing else would).
+            let full = self.scrapes.len() >= MAX_SCRAPES;
+            if full && !self.scrapes.values().any(|s| s.evictable().is_some()) {
                 return;
             }
             // Its own accept ran out of fds a moment ago: wait for the
@@ -64,6 +69,9 @@ impl Server {
                 }
             };
             self.accepted_after_fd_fault();
+            if full {
+                self.evict_a_scrape();
+            }
             let Ok(scrape) = Scrape::new(socket) else {
                 continue;
             };
@@ -93,6 +101,19 @@ impl Server {
         self.accept_more_scrapers = true;
     }
 
+    /// Close the scrape a new one may replace at the cap, if any.
+    fn evict_a_scrape(&mut self) {
+        let victim = self
+            .scrapes
+            .iter()
+            .filter_map(|(token, s)| Some((s.evictable()?, *token)))
+            .min();
+        if let Some((_, token)) = victim {
+            debug!("metrics: {MAX_SCRAPES} scrapes open; closed the slowest for a new one");
+            self.close_scrape(token);
+        }
+    }
+
     pub(super) fn on_scrape_ready(&mut self, token: Token) {
         let Some(scrape) = self.scrapes.get_mut(&token) else {
             return;
@@ -112,8 +133,22 @@ impl Server {
             }
             other => other,
         };
-        if state == ScrapeState::Done {
-            self.close_scrape(token);
+        match state {
+            ScrapeState::Done => self.close_scrape(token),
+            // Its own short deadline to close its end, whatever was left
+            // of the scrape's.
+            ScrapeState::Lingering => {
+                self.cancel_client_timer(token);
+                let timer = self
+                    .timers
+                    .add(Instant::now() + prom::LINGER, Timer::ScrapeTimeout(token));
+                self.client_timers.insert(token, timer);
+                // At the cap, a scraper in the backlog may take its place.
+                if self.scrapes.len() >= MAX_SCRAPES {
+                    self.accept_more_scrapers = true;
+                }
+            }
+            _ => {}
         }
     }
 
