@@ -5,12 +5,13 @@
 //! limit we were started with (children get it back), the `-d` ritual, and
 //! the locked pidfile.
 
+use std::ffi::{CStr, CString};
 use std::fmt;
 use std::fs::File;
 use std::io;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use nix::libc;
@@ -271,6 +272,39 @@ pub enum PidfileError {
         pid: Option<u32>,
     },
     Write(PathBuf, io::Error),
+    /// A directory on the way to the pidfile can be changed by a user
+    /// other than root and summond's: they could swap the file (or the
+    /// directory) for another and have root write or remove that one.
+    UnsafeDirectory {
+        path: PathBuf,
+        dir: PathBuf,
+        why: DirectoryRefusal,
+    },
+}
+
+/// Why a directory above the pidfile is refused (OpenSSH's StrictModes).
+#[derive(Debug, PartialEq, Eq)]
+pub enum DirectoryRefusal {
+    /// Owned by this uid, neither root nor summond's.
+    Owner(u32),
+    /// Writable by group or others (this mode) without the sticky bit.
+    Writable(u32),
+}
+
+impl fmt::Display for DirectoryRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DirectoryRefusal::Owner(uid) => write!(
+                f,
+                "is owned by uid {uid}, neither root nor summond's uid {}",
+                nix::unistd::geteuid()
+            ),
+            DirectoryRefusal::Writable(mode) => write!(
+                f,
+                "is writable by others than its owner (mode {mode:04o}, no sticky bit)"
+            ),
+        }
+    }
 }
 
 /// Why a pidfile is refused.
@@ -322,6 +356,13 @@ impl fmt::Display for PidfileError {
                 path.display()
             ),
             PidfileError::Write(p, e) => write!(f, "writing pidfile {}: {e}", p.display()),
+            PidfileError::UnsafeDirectory { path, dir, why } => write!(
+                f,
+                "pidfile {}: directory {} {why}; refusing to use it (name a pidfile in a \
+                 directory only root or summond's user can change)",
+                path.display(),
+                dir.display()
+            ),
         }
     }
 }
@@ -331,29 +372,42 @@ impl std::error::Error for PidfileError {}
 /// A pidfile held with `flock`: a second instance finds it locked and
 /// refuses; a file nobody holds is stale (its owner died) and is taken
 /// over. The lock lives as long as the open file, so it follows summond
-/// through `daemonize`'s forks. Removed on drop (a clean exit).
+/// through `daemonize`'s forks. Removed on drop (a clean exit), from the
+/// directory it was opened in and only while its name there is still
+/// this file.
 pub struct Pidfile {
     file: File,
     path: PathBuf,
+    /// The directory holding it, opened once (every directory from / to
+    /// it checked), and its name there: what is removed at exit. None
+    /// when an adopted pidfile's directory could not be found again.
+    dir: Option<(OwnedFd, CString)>,
 }
 
 impl Pidfile {
     pub fn acquire(path: &Path) -> Result<Pidfile, PidfileError> {
+        let (dir, name) = open_parent(path)?;
         // O_NOFOLLOW: a symlink at the path (even a dangling one, which
         // O_CREAT would follow to create its target) fails with ELOOP.
         // Nothing is truncated until the lock is held and the checks pass.
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::ELOOP) => PidfileError::Refused(path.into(), PidfileRefusal::Symlink),
-                _ => PidfileError::Open(path.into(), e),
-            })?;
+        let file = nix::fcntl::openat(
+            &dir,
+            name.as_c_str(),
+            nix::fcntl::OFlag::from_bits_retain(
+                libc::O_RDWR
+                    | libc::O_CREAT
+                    | libc::O_NOFOLLOW
+                    | libc::O_CLOEXEC
+                    | libc::O_NOCTTY
+                    | libc::O_NONBLOCK,
+            ),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .map(File::from)
+        .map_err(|e| match e {
+            nix::errno::Errno::ELOOP => PidfileError::Refused(path.into(), PidfileRefusal::Symlink),
+            e => PidfileError::Open(path.into(), e.into()),
+        })?;
         let meta = file
             .metadata()
             .map_err(|e| PidfileError::Open(path.into(), e))?;
@@ -381,16 +435,34 @@ impl Pidfile {
         Ok(Pidfile {
             file,
             path: path.into(),
+            dir: Some((dir, name)),
         })
     }
 
     /// The pidfile the previous image of a live upgrade held: `fd` is its
-    /// open file, still locked (the lock belongs to the open file).
-    pub fn adopt(fd: std::os::fd::OwnedFd, path: PathBuf) -> Pidfile {
-        Pidfile {
+    /// open file, still locked (the lock belongs to the open file). Its
+    /// directory is looked up again and kept only if the name there still
+    /// is this file; otherwise the file is left at exit.
+    pub fn adopt(fd: OwnedFd, path: PathBuf) -> Pidfile {
+        let mut pidfile = Pidfile {
             file: File::from(fd),
             path,
+            dir: None,
+        };
+        if let Ok(dir) = open_parent(&pidfile.path) {
+            pidfile.dir = Some(dir).filter(|(d, n)| pidfile.is_named(d, n));
         }
+        pidfile
+    }
+
+    /// Is `name` in `dir` (not following a symlink) our open file?
+    fn is_named(&self, dir: &OwnedFd, name: &CStr) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(ours) = self.file.metadata() else {
+            return false;
+        };
+        nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| st.st_dev == ours.dev() && st.st_ino == ours.ino())
     }
 
     pub fn path(&self) -> &Path {
@@ -427,8 +499,83 @@ fn refusal(meta: &std::fs::Metadata) -> Option<PidfileRefusal> {
     None
 }
 
+/// The directory that holds `path`, opened from / one component at a
+/// time without following a symlink (the path is made canonical first),
+/// each directory checked as OpenSSH's StrictModes does: owned by root or
+/// summond's uid, and writable by no one else unless sticky. Nothing on
+/// the way can then be swapped, and the fd names the directory for good.
+fn open_parent(path: &Path) -> Result<(OwnedFd, CString), PidfileError> {
+    use nix::fcntl::OFlag;
+    use std::os::unix::ffi::OsStrExt;
+    let open_err = |e: io::Error| PidfileError::Open(path.into(), e);
+    let name = path
+        .file_name()
+        .ok_or_else(|| open_err(io::Error::from(io::ErrorKind::InvalidInput)))?;
+    let name = CString::new(name.as_bytes())
+        .map_err(|_| open_err(io::Error::from(io::ErrorKind::InvalidInput)))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let canonical = std::fs::canonicalize(parent).map_err(open_err)?;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let open = |at: Option<&OwnedFd>, name: &CStr| {
+        match at {
+            Some(at) => nix::fcntl::openat(at, name, flags, nix::sys::stat::Mode::empty()),
+            None => nix::fcntl::open(name, flags, nix::sys::stat::Mode::empty()),
+        }
+        .map_err(|e| open_err(e.into()))
+    };
+    let mut dir = open(None, c"/")?;
+    let mut walked = PathBuf::from("/");
+    check_directory(&dir, &walked, path)?;
+    for part in canonical.iter().skip(1) {
+        walked.push(part);
+        let part = CString::new(part.as_bytes())
+            .map_err(|_| open_err(io::Error::from(io::ErrorKind::InvalidInput)))?;
+        dir = open(Some(&dir), &part)?;
+        check_directory(&dir, &walked, path)?;
+    }
+    Ok((dir, name))
+}
+
+fn check_directory(dir: &OwnedFd, shown: &Path, path: &Path) -> Result<(), PidfileError> {
+    let st = nix::sys::stat::fstat(dir).map_err(|e| PidfileError::Open(path.into(), e.into()))?;
+    let why = directory_refusal(st.st_uid, st.st_mode as u32);
+    match why {
+        None => Ok(()),
+        Some(why) => Err(PidfileError::UnsafeDirectory {
+            path: path.into(),
+            dir: shown.into(),
+            why,
+        }),
+    }
+}
+
+/// What is wrong with a directory above the pidfile, if anything.
+fn directory_refusal(uid: u32, mode: u32) -> Option<DirectoryRefusal> {
+    if uid != 0 && uid != nix::unistd::geteuid().as_raw() {
+        return Some(DirectoryRefusal::Owner(uid));
+    }
+    if mode & 0o022 != 0 && mode & libc::S_ISVTX == 0 {
+        return Some(DirectoryRefusal::Writable(mode & 0o7777));
+    }
+    None
+}
+
 impl Drop for Pidfile {
+    /// Remove the file from the directory it was opened in, and only if
+    /// the name there is still our file: whatever else is there now
+    /// (another file, a symlink) is not ours to remove.
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if let Some((dir, name)) = &self.dir {
+            if self.is_named(dir, name) {
+                let _ = nix::unistd::unlinkat(
+                    dir,
+                    name.as_c_str(),
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                );
+            }
+        }
     }
 }

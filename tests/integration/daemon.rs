@@ -2,6 +2,7 @@
 //! second instance refuses naming the first one's pid, a stale pidfile
 //! taken over, startup errors still on the terminal, logs to syslog.
 
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
@@ -517,4 +518,133 @@ fn daemon_mode_adopts_sockets_handed_by_systemd_socket_activate() {
     )
     .unwrap();
     assert!(wait_until(TIMEOUT, || !d.pidfile.exists()));
+}
+
+/// Start `-d` with `pidfile`; the daemon's pid.
+fn start_with_pidfile(d: &Daemon, pidfile: &std::path::Path) -> i32 {
+    let args = [
+        "-d",
+        "--pidfile",
+        pidfile.to_str().unwrap(),
+        "-c",
+        d.config.to_str().unwrap(),
+    ];
+    let (code, err) = d.run(&args);
+    assert_eq!(code, 0, "{err}");
+    std::fs::read_to_string(pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn stop(pid: i32) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM).unwrap();
+    assert!(wait_until(
+        TIMEOUT,
+        || !matches!(proc_state(pid), Some(s) if s != 'Z')
+    ));
+}
+
+/// Review of issue 15 (F6a): the pidfile was removed by path at exit, so
+/// whatever the path named by then went: a file put in its place, or,
+/// after its directory was renamed and a symlink put at the old name,
+/// the file of that name in the directory the link points to. Now the
+/// file is removed from the directory it was opened in, and only while
+/// its name there is still the file summond opened.
+#[test]
+fn only_the_pidfile_summond_opened_is_removed_at_exit() {
+    let d = Daemon::new("pidfile-swap");
+    // A file put in its place while summond runs is left alone.
+    let pid = start_with_pidfile(&d, &d.pidfile);
+    std::fs::rename(&d.pidfile, d._dir.path("moved.pid")).unwrap();
+    std::fs::write(&d.pidfile, "someone else's\n").unwrap();
+    stop(pid);
+    assert_eq!(
+        std::fs::read_to_string(&d.pidfile).unwrap(),
+        "someone else's\n"
+    );
+    std::fs::remove_file(&d.pidfile).unwrap();
+
+    // Its directory renamed, a symlink at the old name: the file in the
+    // renamed directory goes, the one the link points at stays.
+    let (run, other) = (d._dir.path("run"), d._dir.path("other"));
+    std::fs::create_dir(&run).unwrap();
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("summond.pid"), "4242\n").unwrap();
+    let pid = start_with_pidfile(&d, &run.join("summond.pid"));
+    std::fs::rename(&run, d._dir.path("run.old")).unwrap();
+    std::os::unix::fs::symlink(&other, &run).unwrap();
+    stop(pid);
+    assert_eq!(
+        std::fs::read_to_string(other.join("summond.pid")).unwrap(),
+        "4242\n"
+    );
+    assert!(
+        wait_until(TIMEOUT, || !d._dir.path("run.old/summond.pid").exists()),
+        "its own pidfile is removed"
+    );
+}
+
+/// Review of issue 15 (F6b): a pidfile in a directory another user can
+/// change was used, so they could swap it for a link to any file and
+/// have root write or remove that. As OpenSSH's StrictModes: every
+/// directory from / down must be owned by root or summond's uid and
+/// writable by no one else unless sticky; the refusal names it.
+#[test]
+fn a_pidfile_in_a_directory_others_can_change_is_refused() {
+    let d = Daemon::new("pidfile-dir");
+    let open = d._dir.path("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let pidfile = open.join("sub/summond.pid");
+    std::fs::create_dir(open.join("sub")).unwrap();
+    let run = |pidfile: &std::path::Path| {
+        d.run(&[
+            "-d",
+            "--pidfile",
+            pidfile.to_str().unwrap(),
+            "-c",
+            d.config.to_str().unwrap(),
+        ])
+    };
+    let (code, err) = run(&pidfile);
+    if code == 0 {
+        // The old behaviour: it runs.
+        if let Ok(pid) = std::fs::read_to_string(&pidfile).unwrap().trim().parse() {
+            drop(KillOnDrop(pid));
+        }
+    }
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "directory {} is writable by others than its owner (mode 0777, no sticky bit)",
+            open.display()
+        )),
+        "{err}"
+    );
+    assert!(!pidfile.exists(), "nothing created");
+    // Sticky, as /tmp: fine.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    stop(start_with_pidfile(&d, &pidfile));
+
+    if !nix::unistd::geteuid().is_root() {
+        skip(
+            "a_pidfile_in_a_directory_others_can_change_is_refused",
+            "the other-owner half needs root to chown",
+        );
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    nix::unistd::chown(&open.join("sub"), Some(nobody.uid), None).unwrap();
+    let (code, err) = run(&pidfile);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "directory {} is owned by uid {}, neither root nor summond's uid 0",
+            open.join("sub").display(),
+            nobody.uid
+        )),
+        "{err}"
+    );
 }
