@@ -403,10 +403,16 @@ pub fn control_socket(path: &Path) -> Result<Option<PathBuf>, ConfigErrors> {
 
 /// `p` as the config file at `file` means it: relative paths are taken
 /// from the file's directory (as `include` patterns are), so summond and
-/// `summond status` find the same socket from any working directory.
+/// `summond status` find the same socket from any working directory. The
+/// file's own directory, through any symlink to it: summond reads the
+/// canonical path, so a link elsewhere must lead to the same socket.
 fn beside(file: &Path, p: &str) -> PathBuf {
+    if p.starts_with('/') {
+        return PathBuf::from(p);
+    }
+    let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
     match file.parent() {
-        Some(dir) if !p.starts_with('/') && !dir.as_os_str().is_empty() => dir.join(p),
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
         _ => PathBuf::from(p),
     }
 }

@@ -549,3 +549,33 @@ fn a_control_socket_whose_backlog_stays_full_gets_a_clear_error() {
         );
     }
 }
+
+/// Review of issue 15 (F7): with a symlinked config, summond took a
+/// relative `control` from the directory of the file the link points to,
+/// and `summond status -c LINK` from the link's directory: it asked a
+/// socket that was not there. Both take it from the file itself.
+#[test]
+fn a_relative_control_path_is_found_through_a_symlinked_config() {
+    let dir = TempDir::new("linked-config");
+    std::fs::create_dir_all(dir.path("real/conf")).unwrap();
+    std::fs::create_dir_all(dir.path("real/target")).unwrap();
+    // start_in writes the config through this link.
+    std::os::unix::fs::symlink("real/conf/s.toml", dir.path("summond.toml")).unwrap();
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: "[daemon]\ncontrol = \"../target/ctl.sock\"\n",
+            ..Start::default()
+        },
+    );
+    assert!(
+        s.dir.path("real/target/ctl.sock").exists(),
+        "{}",
+        s.log_text()
+    );
+    let config = s.dir.path("summond.toml");
+    // `summond upgrade` finds its socket the same way.
+    let (code, out, err) = run_to_exit(&["status", "-c", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("NAME"), "{out}");
+}
