@@ -31,6 +31,14 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest answer a client reads: the status of 10,000 services is
 /// about 2.5 MB. More is not a status, and must not cost unbounded memory.
 pub const MAX_ANSWER: usize = 16 << 20;
+/// How summond's one-line answer to a client it refuses starts; the
+/// reason follows.
+pub const REFUSED: &str = "refused: ";
+
+/// Why summond's control socket refuses a client of another uid.
+pub fn refusal_reason() -> String {
+    format!("only root and uid {} are answered", nix::unistd::geteuid())
+}
 
 /// Who the kernel says is at the other end of a control socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -260,6 +268,8 @@ pub enum ControlError {
     TooSlow(PathBuf),
     /// More than one process wrote the answer.
     MixedWriters(PathBuf),
+    /// summond refused this client, saying why.
+    Refused(PathBuf, String),
 }
 
 impl fmt::Display for ControlError {
@@ -309,6 +319,9 @@ impl fmt::Display for ControlError {
                 p.display(),
                 CLIENT_TIMEOUT.as_secs()
             ),
+            ControlError::Refused(p, why) => {
+                write!(f, "{} refused this client: {why}", p.display())
+            }
             ControlError::BadAnswer(p, e) => {
                 write!(
                     f,
@@ -495,8 +508,16 @@ fn ask(socket: &Path) -> Result<(Status, PeerCred), ControlError> {
     if !writer.is_trusted() {
         return Err(ControlError::Untrusted(socket.into(), writer));
     }
-    let status = serde_json::from_slice(text.trim_ascii_end())
-        .map_err(|e| ControlError::BadAnswer(socket.into(), e))?;
+    let text = text.trim_ascii_end();
+    // A one-line refusal: its reason, bounded and printable.
+    if let Some(why) = text.strip_prefix(REFUSED.as_bytes()) {
+        if why.len() <= 200 && !why.contains(&b'\n') {
+            let why = String::from_utf8_lossy(why).escape_debug().to_string();
+            return Err(ControlError::Refused(socket.into(), why));
+        }
+    }
+    let status =
+        serde_json::from_slice(text).map_err(|e| ControlError::BadAnswer(socket.into(), e))?;
     Ok((status, writer))
 }
 

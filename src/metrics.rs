@@ -355,10 +355,12 @@ pub enum Request {
 
 /// Look at the bytes received so far.
 pub fn parse_request(buf: &[u8]) -> Request {
-    let end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .or_else(|| buf.windows(2).position(|w| w == b"\n\n"));
+    // RFC 9112 2.2: empty lines before the request line are ignored.
+    let head = skip_empty_lines(buf);
+    // The head ends at its first empty line, CRLF or bare LF (a line
+    // ending in LF, then CRLF or LF).
+    let end = (0..head.len())
+        .find(|&i| head[i] == b'\n' && matches!(&head[i + 1..], [b'\n', ..] | [b'\r', b'\n', ..]));
     let Some(end) = end else {
         return if buf.len() >= MAX_REQUEST {
             Request::Bad(431)
@@ -366,7 +368,7 @@ pub fn parse_request(buf: &[u8]) -> Request {
             Request::Incomplete
         };
     };
-    let head = String::from_utf8_lossy(&buf[..end]);
+    let head = String::from_utf8_lossy(&head[..end]);
     let line = head.lines().next().unwrap_or("");
     let mut parts = line.split(' ');
     let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
@@ -385,6 +387,15 @@ pub fn parse_request(buf: &[u8]) -> Request {
     } else {
         Request::NotFound
     }
+}
+
+/// `buf` from its first byte that is not CR or LF.
+fn skip_empty_lines(buf: &[u8]) -> &[u8] {
+    let start = buf
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(buf.len());
+    &buf[start..]
 }
 
 /// A full HTTP/1.1 response with `Connection: close`.
@@ -510,7 +521,7 @@ impl Scrape {
 
     /// Start sending `bytes`; the rest goes out on later events.
     pub fn answer(&mut self, bytes: Vec<u8>) -> ScrapeState {
-        let bytes = if self.request.starts_with(b"HEAD ") {
+        let bytes = if skip_empty_lines(&self.request).starts_with(b"HEAD ") {
             head_only(bytes)
         } else {
             bytes
@@ -613,6 +624,21 @@ mod tests {
             Request::Bad(405)
         );
         assert_eq!(parse_request(b"hello\r\n\r\n"), Request::Bad(400));
+        // Review of issue 15: a bare LF then CRLF ends the head too, and
+        // empty lines before the request line are skipped.
+        assert_eq!(
+            parse_request(b"GET /metrics HTTP/1.1\n\r\n"),
+            Request::Metrics
+        );
+        assert_eq!(
+            parse_request(b"\r\nGET /metrics HTTP/1.1\r\n\r\n"),
+            Request::Metrics
+        );
+        assert_eq!(parse_request(b"\r\n\r\n"), Request::Incomplete);
+        assert_eq!(
+            parse_request(b"GET /metrics HTTP/1.1\r\nHost: x\r\n"),
+            Request::Incomplete
+        );
         assert_eq!(parse_request(&[b'a'; MAX_REQUEST]), Request::Bad(431));
     }
 

@@ -1106,6 +1106,14 @@ impl Server {
             match control.socket.accept() {
                 Ok((socket, _)) => {
                     if !self.control_peer_trusted(&socket) {
+                        // One line it can show, never waited for: a
+                        // fresh socket's buffer takes it, or it is lost.
+                        let line = format!(
+                            "{}{}\n",
+                            crate::control::REFUSED,
+                            crate::control::refusal_reason()
+                        );
+                        let _ = socket.send_with_flags(line.as_bytes(), nix::libc::MSG_DONTWAIT);
                         continue;
                     }
                     self.accepted_after_fd_fault();
@@ -1183,10 +1191,10 @@ impl Server {
                 *n += 1;
                 if *n == 1 {
                     warn!(
-                        "control socket: refused pid {} of uid {}: only root and uid {} are answered",
+                        "control socket: refused pid {} of uid {}: {}",
                         peer.pid,
                         peer.uid,
-                        nix::unistd::geteuid()
+                        crate::control::refusal_reason()
                     );
                 }
                 false
