@@ -20,9 +20,11 @@
 
 use std::fmt;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use nix::libc;
 use serde::{Deserialize, Serialize};
 use socket2::Socket;
 
@@ -401,7 +403,7 @@ impl std::error::Error for UpgradeError {}
 /// (its failure count moves), for at most `timeout`. While the binary is
 /// being replaced the socket may not answer for a moment; that is retried.
 pub fn upgrade(socket: &Path, timeout: Duration) -> Result<Status, UpgradeError> {
-    let (before, peer) = ask(socket).map_err(UpgradeError::Control)?;
+    let (before, peer, handle) = ask(socket).map_err(UpgradeError::Control)?;
     // The pid to signal is the kernel's (the answer's writer); the answer
     // only has to agree.
     if peer.pid <= 1 {
@@ -420,17 +422,17 @@ pub fn upgrade(socket: &Path, timeout: Duration) -> Result<Status, UpgradeError>
     if before.upgrading {
         return Err(UpgradeError::AlreadyRunning(pid));
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(peer.pid),
-        nix::sys::signal::Signal::SIGUSR2,
-    )
-    .map_err(|e| UpgradeError::Signal(pid, e))?;
+    signal_writer(peer.pid, handle).map_err(|e| match e {
+        // The writer is gone: a process that took its pid is not it.
+        nix::errno::Errno::ESRCH => UpgradeError::Died(pid),
+        e => UpgradeError::Signal(pid, e),
+    })?;
     let deadline = std::time::Instant::now() + timeout;
     while std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
         // Counters from another process at the path mean nothing.
         let now = match ask(socket) {
-            Ok((now, p)) if p.pid == peer.pid => now,
+            Ok((now, p, _)) if p.pid == peer.pid => now,
             _ => {
                 if !alive(pid) {
                     return Err(UpgradeError::Died(pid));
@@ -465,7 +467,7 @@ fn alive(pid: u32) -> bool {
 
 /// Ask the summond behind `socket` for its status.
 pub fn query(socket: &Path) -> Result<Status, ControlError> {
-    ask(socket).map(|(status, _)| status)
+    ask(socket).map(|(status, _, _)| status)
 }
 
 /// The status behind `socket`, and who the kernel says wrote it. The
@@ -475,22 +477,35 @@ pub fn query(socket: &Path) -> Result<Status, ControlError> {
 /// `SO_PASSCRED` is set). The writer, not the socket's maker, is the pid
 /// that counts: a socket handed by a service manager, or made before `-d`
 /// forked, was listened on by another process than the summond answering.
-fn ask(socket: &Path) -> Result<(Status, PeerCred), ControlError> {
+fn ask(socket: &Path) -> Result<(Status, PeerCred, Writer), ControlError> {
     use socket2::{Domain, SockAddr, Type};
     // One bound for the connect and the answer together.
     let deadline = Instant::now() + CLIENT_TIMEOUT;
-    let connect = || -> io::Result<Socket> {
+    let connect = || -> io::Result<(Socket, bool)> {
         let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
         // Before connecting: summond writes its answer at once.
         nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::PassCred, &true)
             .map_err(io::Error::from)?;
+        // And a pidfd of the writer with each read (Linux 6.5): the
+        // process itself, which a pid reused meanwhile is not.
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt reads an int from a local.
+        let pidfds = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_PASSPIDFD,
+                (&raw const on).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        } == 0;
         // A Unix stream connect waits while the listener's backlog is
         // full, for at most SO_SNDTIMEO (then EAGAIN).
         s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
         s.connect(&SockAddr::unix(socket)?)?;
-        Ok(s)
+        Ok((s, pidfds))
     };
-    let stream = connect().map_err(|e| match e.kind() {
+    let (stream, pidfds) = connect().map_err(|e| match e.kind() {
         io::ErrorKind::WouldBlock => ControlError::ConnectTimeout(socket.into()),
         _ => ControlError::Connect(socket.into(), e),
     })?;
@@ -498,12 +513,13 @@ fn ask(socket: &Path) -> Result<(Status, PeerCred), ControlError> {
     if !maker.is_trusted() {
         return Err(ControlError::Untrusted(socket.into(), maker));
     }
-    let (text, writer) = read_bounded(&stream, MAX_ANSWER, deadline).map_err(|e| match e {
-        Bounded::Io(e) => ControlError::Read(socket.into(), e),
-        Bounded::TooLong => ControlError::TooLong(socket.into()),
-        Bounded::TooSlow => ControlError::TooSlow(socket.into()),
-        Bounded::MixedWriters => ControlError::MixedWriters(socket.into()),
-    })?;
+    let (text, writer, pidfd) =
+        read_bounded(&stream, MAX_ANSWER, deadline).map_err(|e| match e {
+            Bounded::Io(e) => ControlError::Read(socket.into(), e),
+            Bounded::TooLong => ControlError::TooLong(socket.into()),
+            Bounded::TooSlow => ControlError::TooSlow(socket.into()),
+            Bounded::MixedWriters => ControlError::MixedWriters(socket.into()),
+        })?;
     let writer = writer.unwrap_or(maker);
     if !writer.is_trusted() {
         return Err(ControlError::Untrusted(socket.into(), writer));
@@ -518,8 +534,67 @@ fn ask(socket: &Path) -> Result<(Status, PeerCred), ControlError> {
     }
     let status =
         serde_json::from_slice(text).map_err(|e| ControlError::BadAnswer(socket.into(), e))?;
-    Ok((status, writer))
+    let handle = match (pidfds, pidfd) {
+        (true, Some(fd)) => Writer::Pidfd(fd),
+        // The kernel attaches none when the writer has gone by the read.
+        (true, None) => Writer::Gone,
+        (false, _) => Writer::PidOnly,
+    };
+    Ok((status, writer, handle))
 }
+
+/// `SO_PASSPIDFD` and `SCM_PIDFD` (asm-generic values; the libc crate
+/// has no names for them yet).
+const SO_PASSPIDFD: libc::c_int = 76;
+const SCM_PIDFD: libc::c_int = 4;
+
+/// How `summond upgrade` can reach the writer of an answer.
+enum Writer {
+    /// Its pidfd: the process, never another that took its pid.
+    Pidfd(OwnedFd),
+    /// The kernel passes pidfds but attached none: the writer had exited.
+    Gone,
+    /// A kernel before 6.5: its pid is all there is.
+    PidOnly,
+}
+
+/// SIGUSR2 to the writer: by its pidfd where there is one.
+fn signal_writer(pid: i32, writer: Writer) -> Result<(), nix::errno::Errno> {
+    match writer {
+        Writer::Pidfd(fd) => {
+            // SAFETY: pidfd_send_signal on a pidfd we own, no siginfo.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    libc::SIGUSR2,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+            match r {
+                0 => Ok(()),
+                _ => match nix::errno::Errno::last() {
+                    nix::errno::Errno::ENOSYS => kill_usr2(pid),
+                    e => Err(e),
+                },
+            }
+        }
+        Writer::Gone => Err(nix::errno::Errno::ESRCH),
+        Writer::PidOnly => kill_usr2(pid),
+    }
+}
+
+fn kill_usr2(pid: i32) -> Result<(), nix::errno::Errno> {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGUSR2,
+    )
+}
+
+/// An answer's bytes, its writer by the kernel's word, and the writer's
+/// pidfd if the kernel attached one.
+type Answer = (Vec<u8>, Option<PeerCred>, Option<OwnedFd>);
 
 enum Bounded {
     Io(io::Error),
@@ -528,19 +603,17 @@ enum Bounded {
     MixedWriters,
 }
 
-/// Everything `stream` sends until EOF, and who the kernel says wrote it:
+/// Everything `stream` sends until EOF, who the kernel says wrote it, and
+/// the writer's pidfd if the kernel attached one:
 /// at most `max` bytes, all by `deadline` (a server dripping a byte a
 /// second gets no more time than one that is silent), all from one
 /// process (a stream read never joins bytes of two writers).
-fn read_bounded(
-    stream: &Socket,
-    max: usize,
-    deadline: Instant,
-) -> Result<(Vec<u8>, Option<PeerCred>), Bounded> {
+fn read_bounded(stream: &Socket, max: usize, deadline: Instant) -> Result<Answer, Bounded> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr, UnixCredentials};
     use std::os::fd::AsRawFd;
     let mut out = Vec::new();
     let mut writer: Option<PeerCred> = None;
+    let mut pidfd: Option<OwnedFd> = None;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -548,7 +621,7 @@ fn read_bounded(
             return Err(Bounded::TooSlow);
         }
         stream.set_read_timeout(Some(left)).map_err(Bounded::Io)?;
-        let mut cmsg = nix::cmsg_space!(UnixCredentials);
+        let mut cmsg = nix::cmsg_space!(UnixCredentials, std::os::fd::RawFd);
         let mut iov = [io::IoSliceMut::new(&mut buf)];
         let (n, from) = match recvmsg::<UnixAddr>(
             stream.as_raw_fd(),
@@ -557,15 +630,33 @@ fn read_bounded(
             MsgFlags::MSG_CMSG_CLOEXEC,
         ) {
             Ok(msg) => {
-                let from = msg.cmsgs().ok().and_then(|mut c| {
-                    c.find_map(|c| match c {
-                        ControlMessageOwned::ScmCredentials(c) => Some(PeerCred {
-                            pid: c.pid(),
-                            uid: c.uid(),
-                        }),
-                        _ => None,
-                    })
-                });
+                let mut from = None;
+                // Every message is looked at: each pidfd is ours to close.
+                for c in msg.cmsgs().into_iter().flatten() {
+                    match c {
+                        ControlMessageOwned::ScmCredentials(c) => {
+                            from = Some(PeerCred {
+                                pid: c.pid(),
+                                uid: c.uid(),
+                            });
+                        }
+                        ControlMessageOwned::Unknown(u)
+                            if u.cmsg_header.cmsg_level == libc::SOL_SOCKET
+                                && u.cmsg_header.cmsg_type == SCM_PIDFD =>
+                        {
+                            if let Ok(raw) =
+                                <[u8; 4]>::try_from(&u.data_bytes[..4.min(u.data_bytes.len())])
+                            {
+                                // SAFETY: the kernel installed this fd for us.
+                                let fd = unsafe { OwnedFd::from_raw_fd(i32::from_ne_bytes(raw)) };
+                                // The first read's writer; the rest are the
+                                // same process (checked by credentials).
+                                pidfd.get_or_insert(fd);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
                 (msg.bytes, from)
             }
             Err(nix::errno::Errno::EINTR) => continue,
@@ -573,7 +664,7 @@ fn read_bounded(
             Err(e) => return Err(Bounded::Io(e.into())),
         };
         if n == 0 {
-            return Ok((out, writer));
+            return Ok((out, writer, pidfd));
         }
         if out.len() + n > max {
             return Err(Bounded::TooLong);

@@ -582,3 +582,109 @@ fn a_relative_control_path_is_found_through_a_symlinked_config() {
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("NAME"), "{out}");
 }
+
+/// Review of issue 15 (F8): `summond upgrade` signalled the writer of the
+/// answer by its pid, which can name another process by then. Here the
+/// writer (a trusted process: the test's own fork) exits after writing
+/// and a `sleep` takes its pid (ns_last_pid) before the answer ends: the
+/// SIGUSR2 once killed the sleep. With the writer's pidfd (SCM_PIDFD) the
+/// signal reaches the writer or nothing.
+#[test]
+fn upgrade_never_signals_a_process_that_took_the_writers_pid() {
+    let test = "upgrade_never_signals_a_process_that_took_the_writers_pid";
+    let last_pid = std::path::Path::new("/proc/sys/kernel/ns_last_pid");
+    if !nix::unistd::geteuid().is_root() || std::fs::write(last_pid, "300\n").is_err() {
+        skip(test, "needs root and a writable ns_last_pid");
+        return;
+    }
+    let dir = TempDir::new("pid-reuse");
+    let path = dir.path("c.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let mut client = std::process::Command::new(BIN)
+        .args(["upgrade", "--control", path.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _client_reaper = KillOnDrop(client.id() as i32);
+    let (conn, _) = listener.accept().unwrap();
+    // The answer, the writer's pid put in by the writer itself.
+    let (head, tail) = (
+        b"{\"pid\":".to_vec(),
+        b",\"config\":\"x\",\"children\":0,\"max_children\":1,\"services\":[],\"version\":\"9.9.9\"}\n"
+            .to_vec(),
+    );
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&conn);
+    // SAFETY: the child makes raw syscalls on memory made before the fork.
+    let writer = unsafe { nix::libc::fork() };
+    if writer == 0 {
+        unsafe {
+            let mut buf = [0u8; 256];
+            let mut n = 0;
+            for b in &head {
+                buf[n] = *b;
+                n += 1;
+            }
+            let mut digits = [0u8; 12];
+            let (mut pid, mut d) = (nix::libc::getpid() as u32, 0);
+            while pid > 0 || d == 0 {
+                digits[d] = b'0' + (pid % 10) as u8;
+                pid /= 10;
+                d += 1;
+            }
+            while d > 0 {
+                d -= 1;
+                buf[n] = digits[d];
+                n += 1;
+            }
+            for b in &tail {
+                buf[n] = *b;
+                n += 1;
+            }
+            nix::libc::write(fd, buf.as_ptr().cast(), n);
+            nix::libc::_exit(0);
+        }
+    }
+    assert!(writer > 0);
+    nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(writer), None).unwrap();
+    // A sleep with the writer's pid.
+    let mut sleep = None;
+    for _ in 0..50 {
+        std::fs::write(last_pid, format!("{}\n", writer - 1)).unwrap();
+        let s = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        if s.id() as i32 == writer {
+            sleep = Some(s);
+            break;
+        }
+        let mut s = s;
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    let Some(mut sleep) = sleep else {
+        panic!("no process could be given pid {writer}");
+    };
+    let _sleep_reaper = KillOnDrop(sleep.id() as i32);
+    // The answer ends: the client signals now.
+    drop(conn);
+    assert!(
+        wait_until(std::time::Duration::from_secs(30), || matches!(
+            client.try_wait(),
+            Ok(Some(_))
+        )),
+        "upgrade still running"
+    );
+    let out = client.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        matches!(sleep.try_wait(), Ok(None)),
+        "the process that took the writer's pid was signalled: {err}"
+    );
+    assert!(err.contains(&format!("pid {writer} exited")), "{err}");
+    let _ = sleep.kill();
+    let _ = sleep.wait();
+}
