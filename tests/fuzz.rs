@@ -416,8 +416,15 @@ fn check_request(bytes: &[u8]) -> Result<(), String> {
     let mut first: Option<&Request> = None;
     for (i, answer) in answers.iter().enumerate() {
         let prefix = &bytes[..=i];
+        // Empty lines before the request line are skipped (RFC 9112
+        // 2.2); the head ends at an LF followed by LF or CRLF.
+        let start = prefix
+            .iter()
+            .position(|b| *b != b'\r' && *b != b'\n')
+            .unwrap_or(prefix.len());
+        let head = &prefix[start..];
         let ended =
-            prefix.windows(4).any(|w| w == b"\r\n\r\n") || prefix.windows(2).any(|w| w == b"\n\n");
+            head.windows(3).any(|w| w == b"\n\r\n") || head.windows(2).any(|w| w == b"\n\n");
         let want_incomplete = !ended && prefix.len() < MAX_REQUEST;
         if (*answer == Request::Incomplete) != want_incomplete {
             return Err(format!(
