@@ -228,7 +228,7 @@ fn upgrade_never_signals_a_pid_the_control_socket_claims() {
         .arg("60")
         .spawn()
         .unwrap();
-    let _reaper = KillOnDrop(sleep.id() as i32);
+    let _reaper = KillOnDrop::new(sleep.id() as i32);
     // The sleep first: a client that believes the answer fails there,
     // before it could be asked to kill(-1) every process of the machine.
     for claimed in [u64::from(sleep.id()), 4_294_967_295] {
@@ -316,7 +316,7 @@ fn control_sockets_of_and_clients_from_other_uids_are_refused() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let _reaper = KillOnDrop(server.id() as i32);
+    let _reaper = KillOnDrop::new(server.id() as i32);
     let mut up = [0u8; 3];
     std::io::Read::read_exact(server.stdout.as_mut().unwrap(), &mut up).unwrap();
     for cmd in ["status", "upgrade"] {
@@ -477,7 +477,7 @@ fn a_flood_of_refused_control_clients_delays_no_service() {
     );
     std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o666)).unwrap();
     let flood = connect_flood(&control, nobody.uid.as_raw(), nobody.gid.as_raw(), 6, 60);
-    let _reapers: Vec<KillOnDrop> = flood.iter().map(|p| KillOnDrop(*p)).collect();
+    let _reapers: Vec<KillOnDrop> = flood.iter().map(|p| KillOnDrop::new(*p)).collect();
     assert!(
         s.wait_log("control socket: refused pid "),
         "{}",
@@ -535,7 +535,7 @@ fn a_control_socket_whose_backlog_stays_full_gets_a_clear_error() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let _reaper = KillOnDrop(child.id() as i32);
+        let _reaper = KillOnDrop::new(child.id() as i32);
         assert!(
             wait_until(std::time::Duration::from_secs(30), || matches!(
                 child.try_wait(),
@@ -585,106 +585,91 @@ fn a_relative_control_path_is_found_through_a_symlinked_config() {
 
 /// Review of issue 15 (F8): `summond upgrade` signalled the writer of the
 /// answer by its pid, which can name another process by then. Here the
-/// writer (a trusted process: the test's own fork) exits after writing
-/// and a `sleep` takes its pid (ns_last_pid) before the answer ends: the
-/// SIGUSR2 once killed the sleep. With the writer's pidfd (SCM_PIDFD) the
-/// signal reaches the writer or nothing.
+/// writer (a trusted process: the fake server's fork) exits after writing
+/// and a `sleep` takes its pid before the answer ends: the SIGUSR2 once
+/// killed the sleep. With the writer's pidfd (SCM_PIDFD) the signal
+/// reaches the writer or nothing. The pid is reused on purpose through
+/// ns_last_pid, which is the pid allocator of a namespace: all of it runs
+/// in a pid namespace of the test's own, never the machine's.
 #[test]
 fn upgrade_never_signals_a_process_that_took_the_writers_pid() {
     let test = "upgrade_never_signals_a_process_that_took_the_writers_pid";
-    let last_pid = std::path::Path::new("/proc/sys/kernel/ns_last_pid");
-    if !nix::unistd::geteuid().is_root() || std::fs::write(last_pid, "300\n").is_err() {
-        skip(test, "needs root and a writable ns_last_pid");
+    if !nix::unistd::geteuid().is_root() || !std::path::Path::new("/usr/bin/unshare").exists() {
+        skip(test, "needs root and unshare (a pid namespace)");
         return;
     }
     let dir = TempDir::new("pid-reuse");
     let path = dir.path("c.sock");
-    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-    let mut client = std::process::Command::new(BIN)
-        .args(["upgrade", "--control", path.to_str().unwrap()])
+    // The fake control socket, the writer, the sleep and `summond
+    // upgrade` all live in the namespace, so the pid the answer names is
+    // the one the kernel names to the client.
+    let script = r#"
+import os, socket, subprocess, sys
+bin, path = sys.argv[1], sys.argv[2]
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(path)
+srv.listen(1)
+client = subprocess.Popen([bin, "upgrade", "--control", path],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
+conn, _ = srv.accept()
+w = os.fork()
+if w == 0:
+    os.write(conn.fileno(), b'{"pid":%d,"config":"x","children":0,"max_children":1,"services":[],"version":"9.9.9"}\n' % os.getpid())
+    os._exit(0)
+os.waitpid(w, 0)
+sleep = None
+for _ in range(50):
+    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+        f.write("%d\n" % (w - 1))
+    s = subprocess.Popen(["sleep", "60"])
+    if s.pid == w:
+        sleep = s
+        break
+    s.kill()
+    s.wait()
+if sleep is None:
+    print("no-reuse")
+    sys.exit(3)
+conn.close()
+err = client.communicate(timeout=30)[1].decode(errors="replace")
+alive = sleep.poll() is None
+sleep.kill()
+sleep.wait()
+print("writer=%d code=%d alive=%s" % (w, client.returncode, alive))
+print(err)
+"#;
+    let out = std::process::Command::new("unshare")
+        .args([
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child",
+            "python3",
+            "-c",
+            script,
+        ])
+        .arg(BIN)
+        .arg(&path)
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+        .output()
         .unwrap();
-    let _client_reaper = KillOnDrop(client.id() as i32);
-    let (conn, _) = listener.accept().unwrap();
-    // The answer, the writer's pid put in by the writer itself.
-    let (head, tail) = (
-        b"{\"pid\":".to_vec(),
-        b",\"config\":\"x\",\"children\":0,\"max_children\":1,\"services\":[],\"version\":\"9.9.9\"}\n"
-            .to_vec(),
-    );
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&conn);
-    // SAFETY: the child makes raw syscalls on memory made before the fork.
-    let writer = unsafe { nix::libc::fork() };
-    if writer == 0 {
-        unsafe {
-            let mut buf = [0u8; 256];
-            let mut n = 0;
-            for b in &head {
-                buf[n] = *b;
-                n += 1;
-            }
-            let mut digits = [0u8; 12];
-            let (mut pid, mut d) = (nix::libc::getpid() as u32, 0);
-            while pid > 0 || d == 0 {
-                digits[d] = b'0' + (pid % 10) as u8;
-                pid /= 10;
-                d += 1;
-            }
-            while d > 0 {
-                d -= 1;
-                buf[n] = digits[d];
-                n += 1;
-            }
-            for b in &tail {
-                buf[n] = *b;
-                n += 1;
-            }
-            nix::libc::write(fd, buf.as_ptr().cast(), n);
-            nix::libc::_exit(0);
-        }
-    }
-    assert!(writer > 0);
-    nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(writer), None).unwrap();
-    // A sleep with the writer's pid.
-    let mut sleep = None;
-    for _ in 0..50 {
-        std::fs::write(last_pid, format!("{}\n", writer - 1)).unwrap();
-        let s = std::process::Command::new("sleep")
-            .arg("60")
-            .spawn()
-            .unwrap();
-        if s.id() as i32 == writer {
-            sleep = Some(s);
-            break;
-        }
-        let mut s = s;
-        let _ = s.kill();
-        let _ = s.wait();
-    }
-    let Some(mut sleep) = sleep else {
-        panic!("no process could be given pid {writer}");
-    };
-    let _sleep_reaper = KillOnDrop(sleep.id() as i32);
-    // The answer ends: the client signals now.
-    drop(conn);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap_or("");
     assert!(
-        wait_until(std::time::Duration::from_secs(30), || matches!(
-            client.try_wait(),
-            Ok(Some(_))
-        )),
-        "upgrade still running"
+        first.starts_with("writer="),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    let out = client.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let writer = first
+        .split_whitespace()
+        .next()
+        .and_then(|w| w.strip_prefix("writer="))
+        .unwrap();
+    assert!(first.contains(" code=1 "), "{text}");
     assert!(
-        matches!(sleep.try_wait(), Ok(None)),
-        "the process that took the writer's pid was signalled: {err}"
+        first.ends_with("alive=True"),
+        "the process that took the writer's pid was signalled: {text}"
     );
-    assert!(err.contains(&format!("pid {writer} exited")), "{err}");
-    let _ = sleep.kill();
-    let _ = sleep.wait();
+    assert!(text.contains(&format!("pid {writer} exited")), "{text}");
 }

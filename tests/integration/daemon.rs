@@ -120,7 +120,7 @@ fn daemon_mode_detaches_holds_its_pidfile_logs_to_syslog_and_cleans_up() {
     let (code, err) = d.run(&args);
     assert_eq!(code, 0, "{err}");
     let pid = d.pid();
-    let _reaper = KillOnDrop(pid);
+    let _reaper = KillOnDrop::new(pid);
     assert_eq!(tcp_port_exchange(port, b"daemon\n"), "daemon\n");
 
     let (ppid, pgrp, session) = parent_group_session(pid);
@@ -217,7 +217,7 @@ fn a_startup_error_in_daemon_mode_reaches_the_terminal_with_status_1() {
         .stderr(std::fs::File::create(&stderr).unwrap())
         .spawn()
         .unwrap();
-    let _reaper = KillOnDrop(parent.id() as i32);
+    let _reaper = KillOnDrop::new(parent.id() as i32);
     let mut status = None;
     let exited = wait_until(TIMEOUT, || {
         status = parent.try_wait().unwrap();
@@ -247,7 +247,7 @@ fn a_stalled_syslog_reader_never_blocks_the_loop_and_dropped_lines_are_counted()
     let (code, err) = d.run(&d.args(&["--log-level", "debug"]));
     assert_eq!(code, 0, "{err}");
     let pid = d.pid();
-    let _reaper = KillOnDrop(pid);
+    let _reaper = KillOnDrop::new(pid);
     // The queue holds net.unix.max_dgram_qlen datagrams at most (10 by
     // default; some systems raise it to 512): the flood is sized from it.
     // Each connection logs at least two debug lines: these are at least 80
@@ -307,7 +307,7 @@ fn a_daemon_upgraded_in_place_stays_detached_and_keeps_its_pidfile() {
     let (code, err) = d.run(&args);
     assert_eq!(code, 0, "{err}");
     let pid = d.pid();
-    let _reaper = KillOnDrop(pid);
+    let _reaper = KillOnDrop::new(pid);
     let session = |pid| parent_group_session(pid).2;
     let before = session(pid);
     nix::sys::signal::kill(
@@ -356,7 +356,7 @@ fn a_pidfile_that_is_a_symlink_or_another_users_file_is_refused_untouched() {
     if code == 0 {
         // The old behaviour: it runs, its pid written through the link.
         if let Ok(pid) = std::fs::read_to_string(&target).unwrap().trim().parse() {
-            drop(KillOnDrop(pid));
+            drop(KillOnDrop::new(pid));
         }
     }
     assert_eq!(code, 1, "{err}");
@@ -416,7 +416,7 @@ fn relative_paths_under_daemon_mode_survive_upgrade_and_stop() {
         String::from_utf8_lossy(&out.stderr)
     );
     let pid = d.pid();
-    let _reaper = KillOnDrop(pid);
+    let _reaper = KillOnDrop::new(pid);
     let (code, stdout, err) = run_to_exit(&["upgrade", "--control", control.to_str().unwrap()]);
     assert_eq!(code, 0, "{stdout}{err}");
     assert!(
@@ -477,7 +477,7 @@ fn daemon_mode_adopts_sockets_handed_by_systemd_socket_activate() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let _activate_reaper = KillOnDrop(activated.id() as i32);
+    let _activate_reaper = KillOnDrop::new(activated.id() as i32);
     assert!(wait_until(TIMEOUT, || listening_inode(d.port).is_some()));
     // It starts summond at the first client, which waits in the backlog
     // of the handed socket until summond serves it.
@@ -486,7 +486,7 @@ fn daemon_mode_adopts_sockets_handed_by_systemd_socket_activate() {
     std::io::Read::read_to_string(activated.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(activated.wait().unwrap().success(), "{err}");
     let pid = d.pid();
-    let _reaper = KillOnDrop(pid);
+    let _reaper = KillOnDrop::new(pid);
     assert_ne!(pid, activated.id() as i32, "detached");
     let mut buf = [0u8; 512];
     let mut seen = Vec::new();
@@ -612,7 +612,7 @@ fn a_pidfile_in_a_directory_others_can_change_is_refused() {
     if code == 0 {
         // The old behaviour: it runs.
         if let Ok(pid) = std::fs::read_to_string(&pidfile).unwrap().trim().parse() {
-            drop(KillOnDrop(pid));
+            drop(KillOnDrop::new(pid));
         }
     }
     assert_eq!(code, 1, "{err}");

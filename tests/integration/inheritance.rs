@@ -333,7 +333,7 @@ fn under_d_an_ignored_sigchld_and_client_variables_are_shed_as_well() {
         .trim()
         .parse()
         .unwrap();
-    let _reaper = KillOnDrop(pid);
+    let _reaper = KillOnDrop::new(pid);
     for i in 0..3 {
         // Served only once the previous child's exit was counted.
         let out = tcp_port_exchange(port, b"");

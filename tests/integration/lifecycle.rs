@@ -200,7 +200,7 @@ fn log_level_flag_and_rust_log_choose_what_is_logged() {
         .spawn()
         .unwrap();
     // Outside the harness: killed by pid if an assertion below fails.
-    let _guard = KillOnDrop(child.id() as i32);
+    let _guard = KillOnDrop::new(child.id() as i32);
     assert!(wait_until(TIMEOUT, || std::fs::read_to_string(&log)
         .unwrap_or_default()
         .contains(" serving ")));

@@ -236,7 +236,7 @@ fn running_children_keep_their_own_max_runtime_across_an_upgrade() {
     );
     // `long` first: 2 s from its start comes before the others' 3 s.
     let (_c1, long) = first_pid(p_long);
-    let _long = KillOnDrop(long);
+    let _long = KillOnDrop::new(long);
     let (_c2, short) = first_pid(p_short);
     let (_c3, removed) = first_pid(p_gone);
     s.write_config(&format!(
@@ -267,7 +267,7 @@ fn running_children_keep_their_own_max_runtime_across_an_upgrade() {
     );
     // The new limit is for the next child.
     let (_c4, next) = first_pid(p_long);
-    let _next = KillOnDrop(next);
+    let _next = KillOnDrop::new(next);
     assert!(
         wait_until(TIMEOUT, || stopped("long", next, "2s") && gone(next)),
         "{}",

@@ -664,7 +664,7 @@ fn an_upgrade_while_another_runs_is_refused() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let _guard = KillOnDrop(first.id() as i32);
+    let _guard = KillOnDrop::new(first.id() as i32);
     assert!(wait_until(TIMEOUT, || status(&control)["upgrading"] == true));
     let (code, _, err) = upgrade(&control);
     assert_eq!(code, 1);

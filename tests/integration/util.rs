@@ -599,17 +599,48 @@ pub fn log_millis(line: &str) -> u64 {
 
 /// Kills a process started outside the harness if the test fails before
 /// stopping it.
-pub struct KillOnDrop(pub i32);
+/// SIGKILL to a process the test started, when the guard is dropped,
+/// if that process is still there: the pid and its start time are read
+/// when the guard is made, so a pid reused since by someone else's
+/// process (the test may already have reaped its own) is never killed.
+pub struct KillOnDrop {
+    pid: i32,
+    start: Option<u64>,
+}
+
+impl KillOnDrop {
+    pub fn new(pid: i32) -> KillOnDrop {
+        KillOnDrop {
+            pid,
+            start: start_time(pid),
+        }
+    }
+}
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        if matches!(proc_state(self.0), Some(s) if s != 'Z') {
+        if self.start.is_some()
+            && start_time(self.pid) == self.start
+            && matches!(proc_state(self.pid), Some(s) if s != 'Z')
+        {
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.0),
+                nix::unistd::Pid::from_raw(self.pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
     }
+}
+
+/// A process's start time (clock ticks since boot, /proc/PID/stat field
+/// 22): with the pid, it names one process for the life of the machine.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 pub fn proc_state(pid: i32) -> Option<char> {

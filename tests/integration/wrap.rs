@@ -36,7 +36,7 @@ impl Wrapped {
             .spawn()
             .unwrap();
         let w = Wrapped {
-            _guard: KillOnDrop(child.id() as i32),
+            _guard: KillOnDrop::new(child.id() as i32),
             child,
             log,
             _dir: dir,
