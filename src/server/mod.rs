@@ -260,6 +260,9 @@ pub struct Server {
     /// be reused by the next.
     scratch: (Vec<crate::spawn::FdMove>, crate::env::EnvBlock),
     stopping: bool,
+    /// An accept of the control or metrics socket ended a resource
+    /// episode before its pause ran out: re-arm as the pause's end does.
+    backoff_ended: bool,
     /// A reload's config load running in a helper process.
     config_load: Option<ConfigLoad>,
     /// A SIGHUP came while a load ran: the files may have changed since
@@ -339,6 +342,7 @@ impl Server {
             spawner,
             scratch: Default::default(),
             stopping: false,
+            backoff_ended: false,
             config_load: None,
             reload_again: false,
         };
@@ -455,7 +459,7 @@ impl Server {
     /// Re-arm what a timer that ran out was holding back.
     fn run_timers(&mut self, now: Instant) {
         self.close_idle_internal(now);
-        if self.resources.expire(now) {
+        if self.resources.expire(now) | std::mem::take(&mut self.backoff_ended) {
             // Their clients queued while fds ran out: no new event comes
             // for them (edge-triggered), so accept them now, before a
             // retry that fails again starts the next pause.
@@ -1168,6 +1172,10 @@ impl Server {
     pub(super) fn accepted_after_fd_fault(&mut self) {
         if std::mem::take(&mut self.accept_fd_fault) && self.resources.success() {
             info!("resources available again: accepting connections");
+            // The pause it ends will never run out: what its end re-arms
+            // (parked listeners, kept connections, the other stalled
+            // listener) is re-armed at the end of this turn instead.
+            self.backoff_ended = true;
         }
     }
 
