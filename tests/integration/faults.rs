@@ -146,8 +146,11 @@ fn a_pass_mode_child_failing_5_times_in_10s_is_held_for_10s_then_retried() {
     let hold = line("not restarting it for 10s")[0];
     let starts = line("crashy: started pid");
     assert!(starts[4] <= hold, "five starts before the hold");
+    // The hold runs from the instant the fifth exit was reaped; the
+    // line saying so is stamped a moment later (9,999 ms was seen on a
+    // loaded machine), so the bound allows that moment.
     assert!(
-        starts[5] >= hold + 10_000,
+        starts[5] + 20 >= hold + 10_000,
         "the sixth start came {} ms after the hold began",
         starts[5] - hold
     );
