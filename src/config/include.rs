@@ -13,8 +13,17 @@
 //! cannot match, or with `require_literal_leading_dot` panics on, a name
 //! that is not. The base directory is taken literally (glob characters in
 //! it are no wildcards).
+//!
+//! A file is one file by identity, not by spelling: `conf.d/loop -> ..`,
+//! `*/../other/x.toml` or a symlinked config directory name one file
+//! many ways. Matches are told apart by (device, inode) of what they
+//! lead to, so the main config is never read as its own drop-in and a
+//! file two spellings match is read once (as the first spelling in sorted
+//! order, which errors then name).
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::{ConfigError, ErrorKind};
@@ -30,6 +39,13 @@ pub(super) fn files(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    // The main file was read just now; if it cannot be stat'ed now, no
+    // match is taken for it.
+    let main_id = identity(main);
+    let mut seen: HashSet<(u64, u64)> = HashSet::new();
+    // Matches that lead nowhere (a dangling symlink) have no identity:
+    // kept once per spelling, so reading it is the error naming it.
+    let mut dangling: HashSet<PathBuf> = HashSet::new();
     let mut out: Vec<PathBuf> = Vec::new();
     for pattern in patterns {
         let mut found = match matches(&base, pattern) {
@@ -41,7 +57,11 @@ pub(super) fn files(
         };
         found.sort();
         for p in found {
-            if !out.contains(&p) && p != main {
+            let new = match identity(&p) {
+                Some(id) => Some(id) != main_id && seen.insert(id),
+                None => dangling.insert(p.clone()),
+            };
+            if new {
                 out.push(p);
             }
         }
@@ -90,6 +110,11 @@ fn matches(base: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
     // A dangling symlink stays: reading it is the error that names it.
     found.retain(|p| !p.is_dir());
     Ok(found)
+}
+
+/// The (device, inode) of the file `path` leads to, symlinks followed.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// Does the directory entry `name` match one part of a pattern? A name
