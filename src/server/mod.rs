@@ -492,6 +492,8 @@ impl Server {
                 Timer::ScrapeTimeout(token) => self.scrape_timed_out(token),
                 Timer::ControlTimeout(token) => self.control_client_timed_out(token),
                 Timer::UpgradeCheck(pid) => self.upgrade_check_overdue(pid),
+                Timer::ConfigLoadSlow(pid) => self.config_load_slow(pid),
+                Timer::ConfigLoadOverdue(pid) => self.config_load_overdue(pid),
                 Timer::Watchdog => {
                     // From the loop itself: a wedged loop stops the pings.
                     self.notify(&format!("WATCHDOG=1\n{}", self.status_line()));
@@ -1285,10 +1287,15 @@ impl Server {
             self.reload_again = true;
             return;
         }
-        info!(event = "reload"; "SIGHUP received: reloading {}", self.config.path.display());
         let running: Vec<&ServiceSpec> = self.services.iter().map(|rt| &rt.spec).collect();
         match ConfigLoad::start(&self.config.path, &running) {
-            Ok(load) => {
+            Ok(mut load) => {
+                // The pid, so an operator can end a load that hangs.
+                info!(event = "reload";
+                    "SIGHUP received: reloading {} (config loader pid {})",
+                    self.config.path.display(),
+                    load.pid
+                );
                 if let Err(e) = self.poll.registry().register(
                     &mut SourceFd(&load.raw_fd()),
                     CONFIG_LOAD,
@@ -1301,9 +1308,19 @@ impl Server {
                     self.notify(&format!("READY=1\n{}", self.status_line()));
                     return;
                 }
+                let (warn_after, limit) = reload::load_limits();
+                load.timers = vec![
+                    self.timers.add(
+                        load.started_at + warn_after,
+                        Timer::ConfigLoadSlow(load.pid),
+                    ),
+                    self.timers
+                        .add(load.started_at + limit, Timer::ConfigLoadOverdue(load.pid)),
+                ];
                 self.config_load = Some(load);
             }
             Err(e) => {
+                info!(event = "reload"; "SIGHUP received: reloading {}", self.config.path.display());
                 // No process to spare (EAGAIN, ENOMEM): load here, as
                 // summond did before loads had their own process.
                 warn!("reload: cannot start the config loader ({e}); loading in the event loop");
@@ -1335,13 +1352,21 @@ impl Server {
         if !self.config_load.as_ref().is_some_and(ConfigLoad::is_done) {
             return;
         }
-        let Some(load) = self.config_load.take() else {
+        let Some(mut load) = self.config_load.take() else {
             return;
         };
+        for key in std::mem::take(&mut load.timers) {
+            self.timers.cancel(key);
+        }
         let t0 = load.started_at;
         let running: Vec<&ServiceSpec> = self.services.iter().map(|rt| &rt.spec).collect();
         let loaded = load.outcome(&running);
         self.finish_reload(loaded, t0);
+        self.after_reload();
+    }
+
+    /// A reload ended: the next one if SIGHUP came meanwhile, else ready.
+    fn after_reload(&mut self) {
         if std::mem::take(&mut self.reload_again) && !self.stopping {
             self.reload();
         } else {
@@ -1386,8 +1411,46 @@ impl Server {
                 .poll
                 .registry()
                 .deregister(&mut SourceFd(&load.raw_fd()));
+            for key in &load.timers {
+                self.timers.cancel(*key);
+            }
             load.cancel();
         }
+    }
+
+    /// The config load has run `LOAD_WARN_AFTER`: say so, with the pid
+    /// and what happens next.
+    fn config_load_slow(&mut self, pid: Pid) {
+        let Some(load) = self.config_load.as_ref().filter(|l| l.pid == pid) else {
+            return;
+        };
+        let (_, limit) = reload::load_limits();
+        warn!(event = "reload";
+            "reload: the config loader (pid {pid}) has been loading {} for {}; it is killed at {} (kill -TERM {pid} gives it up now)",
+            self.config.path.display(),
+            reload::HumanSecs(load.started_at.elapsed()),
+            reload::HumanSecs(limit)
+        );
+    }
+
+    /// The config load has run `LOAD_LIMIT`: kill the helper, fail the
+    /// reload, and do not wait for the helper to go (it may sit in a
+    /// filesystem call that no signal ends); a later SIGHUP loads afresh.
+    fn config_load_overdue(&mut self, pid: Pid) {
+        let Some(load) = self.config_load.take_if(|l| l.pid == pid) else {
+            return;
+        };
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&load.raw_fd()));
+        for key in &load.timers {
+            self.timers.cancel(*key);
+        }
+        let t0 = load.started_at;
+        let (_, limit) = reload::load_limits();
+        self.finish_reload(Err(load.give_up(limit)), t0);
+        self.after_reload();
     }
 
     /// Move to `new`: a diff keyed by address. Sockets whose address stays

@@ -17,6 +17,16 @@
 //! return into the loop's frames (dropping the server would remove socket
 //! files), so it leaves with `_exit` whatever happens, panics included.
 //!
+//! The helper is a process an operator can deal with: it is named
+//! `summond-load` (comm, as `ps -o comm`, `top` and `pgrep` show it), and
+//! it unblocks the signals summond blocks for its signalfd (their
+//! dispositions are the defaults already, see `signals.rs`), so the
+//! `kill -TERM` of the pid the log names ends it. It is bounded in time:
+//! a load still running after `LOAD_WARN_AFTER` is logged, and one still
+//! running at `LOAD_LIMIT` is killed and given up (the reload fails; a
+//! later SIGHUP starts afresh), so a drop-in on a hung NFS server or a
+//! FIFO does not hold every later reload for ever.
+//!
 //! `unsafe` here: fork(2) and the helper's fd clean-up and `_exit`, below
 //! what std offers.
 
@@ -24,13 +34,14 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::libc;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::{fork, ForkResult, Pid};
 
+use super::timers::TimerKey;
 use super::ExitText;
 use crate::config::{self, Config, Host, ServiceSpec};
 
@@ -59,6 +70,26 @@ static PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 /// The fd the result is written to in the helper.
 const RESULT_FD: RawFd = 3;
 
+/// A load running this long is logged as slow (README "Reload").
+pub(super) const LOAD_WARN_AFTER: Duration = Duration::from_secs(30);
+/// A load running this long is killed and the reload fails (README).
+pub(super) const LOAD_LIMIT: Duration = Duration::from_secs(300);
+
+/// The two bounds above, or for the test suite only (which cannot wait
+/// five minutes) what `SUMMOND_TEST_LOAD_LIMITS=WARN_MS,KILL_MS` says.
+pub(super) fn load_limits() -> (Duration, Duration) {
+    std::env::var("SUMMOND_TEST_LOAD_LIMITS")
+        .ok()
+        .and_then(|v| {
+            let (warn, kill) = v.split_once(',')?;
+            Some((
+                Duration::from_millis(warn.trim().parse().ok()?),
+                Duration::from_millis(kill.trim().parse().ok()?),
+            ))
+        })
+        .unwrap_or((LOAD_WARN_AFTER, LOAD_LIMIT))
+}
+
 /// A config load in a helper process.
 #[derive(Debug)]
 pub(super) struct ConfigLoad {
@@ -71,6 +102,9 @@ pub(super) struct ConfigLoad {
     /// it ended.
     reaped: Option<String>,
     pub started_at: Instant,
+    /// The warning and the limit (`LOAD_WARN_AFTER`, `LOAD_LIMIT`), to be
+    /// cancelled when the load ends first.
+    pub timers: Vec<TimerKey>,
 }
 
 /// A finished load: the config, or the lines saying why there is none.
@@ -86,12 +120,13 @@ impl ConfigLoad {
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
         )?;
         let started_at = Instant::now();
+        let parent = nix::unistd::getpid();
         // SAFETY: summond has one thread, so the child starts with no lock
         // held by another; it leaves only through `_exit` (helper_main).
         match unsafe { fork() }? {
             ForkResult::Child => {
                 drop(read);
-                helper_main(path, running, write)
+                helper_main(path, running, write, parent)
             }
             ForkResult::Parent { child } => Ok(ConfigLoad {
                 pid: child,
@@ -100,6 +135,7 @@ impl ConfigLoad {
                 eof: false,
                 reaped: None,
                 started_at,
+                timers: Vec::new(),
             }),
         }
     }
@@ -170,17 +206,59 @@ impl ConfigLoad {
             let _ = kill(self.pid, Signal::SIGKILL);
         }
     }
+
+    /// Give up on a load that ran `limit` without finishing: the helper is
+    /// killed and not waited for (a process in uninterruptible sleep on a
+    /// dead NFS server dies only when the server answers; its reap later
+    /// matches no load and is dropped). The lines saying why.
+    pub fn give_up(self, limit: Duration) -> Vec<String> {
+        let pid = self.pid;
+        self.cancel();
+        vec![format!(
+            "the config loader (pid {pid}) did not finish within {}; it was killed",
+            HumanSecs(limit)
+        )]
+    }
+}
+
+/// A duration as seconds, milliseconds below one (the tests' short bounds).
+pub(super) struct HumanSecs(pub Duration);
+
+impl std::fmt::Display for HumanSecs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0 >= Duration::from_secs(1) {
+            write!(f, "{} s", self.0.as_secs())
+        } else {
+            write!(f, "{} ms", self.0.as_millis())
+        }
+    }
 }
 
 /// The helper: load, write the outcome, `_exit`. Never returns.
-fn helper_main(path: &Path, running: &[&ServiceSpec], write: OwnedFd) -> ! {
+fn helper_main(path: &Path, running: &[&ServiceSpec], write: OwnedFd, parent: Pid) -> ! {
     // SAFETY: plain syscalls on fds this process owns; the write end is
     // moved to RESULT_FD and everything above it closed, so the helper
     // holds no listener or client of summond's (a client must see EOF
     // when summond closes it, however long NSS keeps the helper).
     unsafe {
-        // A helper stuck on NFS goes when summond goes.
+        // A helper stuck on NFS goes when summond goes; if summond went
+        // before this took effect, there is nobody to load for.
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() != parent.as_raw() {
+            libc::_exit(1);
+        }
+        // Told apart from summond in ps/top/pgrep (comm; the command line
+        // stays summond's).
+        libc::prctl(libc::PR_SET_NAME, c"summond-load".as_ptr());
+        // summond blocks the signals it reads from its signalfd; the mask
+        // is inherited, and with it a `kill -TERM` of the helper would stay
+        // pending for ever. Their dispositions are the defaults already
+        // (signals.rs), SIGPIPE stays ignored (a write to a pipe summond
+        // closed is an EPIPE, handled below), and nothing is pending in a
+        // new process: an empty mask is all it takes.
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         if write.as_raw_fd() != RESULT_FD {
             libc::dup2(write.as_raw_fd(), RESULT_FD);
         }

@@ -37,6 +37,10 @@ pub(super) enum Timer {
     ControlTimeout(mio::Token),
     /// The new binary's check before an upgrade ran too long.
     UpgradeCheck(Pid),
+    /// A reload's config load (its helper's pid) is slow: say so.
+    ConfigLoadSlow(Pid),
+    /// A reload's config load ran out of time: give it up.
+    ConfigLoadOverdue(Pid),
 }
 
 /// A timer's place in the map: its deadline, then the order it was added

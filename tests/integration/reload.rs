@@ -520,3 +520,145 @@ fn a_config_loader_killed_mid_load_is_logged_with_how_it_ended() {
     assert!(s.reload(&config), "{}", s.log_text());
     assert_eq!(tcp_port_exchange(port, b"a\n"), "a\n");
 }
+
+/// The pid the reload's log line names, from "config loader pid N)".
+fn loader_pid_logged(log: &str) -> Option<i32> {
+    let rest = log.split("(config loader pid ").nth(1)?;
+    rest.split(')').next()?.parse().ok()
+}
+
+/// SigBlk of `pid`, from /proc.
+fn blocked_mask(pid: i32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .map(|v| v.trim().to_string())
+}
+
+/// Attack review 5c: the config loader kept summond's blocked signal
+/// mask (HUP, INT, USR2, TERM, CHLD, read through its signalfd), so the
+/// `kill -TERM` of the pid the log names stayed pending and the load
+/// hung on; it also looked like summond in ps. A FIFO drop-in keeps it
+/// busy here.
+#[test]
+fn kill_term_of_the_config_loader_the_log_names_ends_the_load() {
+    let port = free_port();
+    let dir = TempDir::new("reload-term");
+    std::fs::create_dir(dir.path("conf.d")).unwrap();
+    let config = format!(
+        "[daemon]\ninclude = [\"conf.d/*.toml\"]\n{}",
+        echo_service("a", port, "")
+    );
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &config,
+            ..Start::default()
+        },
+    );
+    let fifo = s.dir.path("conf.d").join("slow.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    s.signal(nix::libc::SIGHUP);
+    let mut loader = None;
+    assert!(
+        wait_until(TIMEOUT, || {
+            loader = children_of(s.pid()).first().copied();
+            loader.is_some()
+        }),
+        "{}",
+        s.log_text()
+    );
+    let loader = loader.unwrap();
+    // Past the set-up: the mask is set before the load starts.
+    assert!(
+        wait_until(TIMEOUT, || blocked_mask(loader).as_deref()
+            == Some("0000000000000000")),
+        "SigBlk {:?}",
+        blocked_mask(loader)
+    );
+    let comm = std::fs::read_to_string(format!("/proc/{loader}/comm")).unwrap();
+    assert_eq!(comm, "summond-load\n");
+    assert_eq!(
+        loader_pid_logged(&s.log_text()),
+        Some(loader),
+        "{}",
+        s.log_text()
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(loader),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let expected =
+        format!("the config loader (pid {loader}) killed by signal 15 (SIGTERM) without a result");
+    assert!(s.wait_log(&expected), "{}", s.log_text());
+    assert!(s.wait_log("reload failed"), "{}", s.log_text());
+    std::fs::remove_file(&fifo).unwrap();
+    assert!(s.reload(&config), "{}", s.log_text());
+    assert_eq!(tcp_port_exchange(port, b"a\n"), "a\n");
+}
+
+/// Attack review 5c: a load had no time limit, so a helper stuck on a
+/// drop-in (a hung NFS server; a FIFO here) held every later reload for
+/// ever. It is logged as slow, then killed at its limit (shortened here
+/// through the variable that exists for the tests), the reload fails
+/// saying so, and the next SIGHUP loads afresh.
+#[test]
+fn a_config_load_that_hangs_is_given_up_at_its_limit() {
+    let (port, other) = (free_port(), free_port());
+    let dir = TempDir::new("reload-limit");
+    std::fs::create_dir(dir.path("conf.d")).unwrap();
+    let config = format!(
+        "[daemon]\ninclude = [\"conf.d/*.toml\"]\n{}",
+        echo_service("a", port, "")
+    );
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &config,
+            env: &[("SUMMOND_TEST_LOAD_LIMITS", "300,2000")],
+            ..Start::default()
+        },
+    );
+    let fifo = s.dir.path("conf.d").join("slow.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    s.signal(nix::libc::SIGHUP);
+    let mut loader = None;
+    assert!(
+        wait_until(TIMEOUT, || {
+            loader = children_of(s.pid()).first().copied();
+            loader.is_some()
+        }),
+        "{}",
+        s.log_text()
+    );
+    let loader = loader.unwrap();
+    let slow = format!("the config loader (pid {loader}) has been loading");
+    assert!(s.wait_log(&slow), "{}", s.log_text());
+    let given_up =
+        format!("the config loader (pid {loader}) did not finish within 2 s; it was killed");
+    assert!(s.wait_log(&given_up), "{}", s.log_text());
+    assert!(
+        s.wait_log("reload failed with 1 errors, keeping the old config"),
+        "{}",
+        s.log_text()
+    );
+    assert!(
+        wait_until(TIMEOUT, || !std::path::Path::new(&format!(
+            "/proc/{loader}"
+        ))
+        .exists()),
+        "the config loader {loader} lives on"
+    );
+    assert_eq!(tcp_port_exchange(port, b"a\n"), "a\n");
+    // The next SIGHUP loads afresh.
+    std::fs::remove_file(&fifo).unwrap();
+    std::fs::write(
+        s.dir.path("conf.d").join("b.toml"),
+        echo_service("b", other, ""),
+    )
+    .unwrap();
+    assert!(s.reload(&config), "{}", s.log_text());
+    assert_eq!(tcp_port_exchange(other, b"b\n"), "b\n");
+}
