@@ -147,10 +147,11 @@ fn a_pass_mode_child_failing_5_times_in_10s_is_held_for_10s_then_retried() {
     let starts = line("crashy: started pid");
     assert!(starts[4] <= hold, "five starts before the hold");
     // The hold runs from the instant the fifth exit was reaped; the
-    // line saying so is stamped a moment later (9,999 ms was seen on a
-    // loaded machine), so the bound allows that moment.
+    // line saying so is stamped later by however long summond was off
+    // the CPU in between (9,971 ms was seen with four test runs on two
+    // cores). A second of slack still tells a 10 s hold from none.
     assert!(
-        starts[5] + 20 >= hold + 10_000,
+        starts[5] + 1_000 >= hold + 10_000,
         "the sixth start came {} ms after the hold began",
         starts[5] - hold
     );
