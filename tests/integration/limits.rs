@@ -189,8 +189,11 @@ fn max_runtime_terms_the_childs_process_group_then_kills_what_ignores_it() {
         deaf.local_addr().unwrap().port()
     ));
     let killed = line("is still running 5s after SIGTERM; SIGKILL to its process group");
+    // The grace runs from the SIGTERM's instant; its line is stamped
+    // later by however long summond was off the CPU in between, so a
+    // second of slack (a missing grace kills within milliseconds).
     assert!(
-        killed >= term + 5000,
+        killed + 1000 >= term + 5000,
         "SIGKILL {} ms after SIGTERM",
         killed - term
     );

@@ -62,11 +62,14 @@ fn rate_pauses_the_listener_and_resumes_by_itself_without_losing_a_client() {
         .collect();
     assert_eq!(starts.len(), N);
     // On summond's own clock (its log lines), 10 starts past the burst
-    // take 2 s at least; a loaded machine only makes it longer. That the
-    // listener resumes by itself is shown above: every client was served.
+    // take 2 s; a line is stamped after the instant the bucket was read,
+    // by however long summond was then off the CPU, so the bound keeps a
+    // second of slack (without the rate all 15 start within
+    // milliseconds). That the listener resumes by itself is shown above:
+    // every client was served.
     let span = starts[N - 1] - starts[0];
     eprintln!("{N} children under rate 5/1s took {span} ms (ideal 2000 ms)");
-    assert!(span >= 1900, "{span} ms: faster than the rate");
+    assert!(span >= 1000, "{span} ms: faster than the rate");
 }
 
 #[test]
