@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use nix::libc;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{recvmsg, MsgFlags, SockaddrLike, SockaddrStorage};
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrLike, SockaddrStorage};
 
 use crate::addr::ListenAddr;
 
@@ -99,6 +99,13 @@ impl QueueHead {
     }
 }
 
+/// Room for the control messages a peek may carry: a child that turned
+/// on RX timestamps or other per-datagram messages on the socket it
+/// shares with summond gets them on summond's peeks too. The kernel puts
+/// the timestamps first (`sock_recv_cmsgs` before the IP ones); 512 bytes
+/// hold them and every IP/IPv6 message a child is likely to ask for.
+const CONTROL_BYTES: usize = 512;
+
 /// The head datagram of `socket`, with its receive time if `stamped`.
 fn peek_datagram<A: SockaddrLike + Hash>(socket: &impl AsFd, stamped: bool) -> QueueHead {
     let fd = socket.as_fd().as_raw_fd();
@@ -111,13 +118,30 @@ fn peek_datagram<A: SockaddrLike + Hash>(socket: &impl AsFd, stamped: bool) -> Q
         looks -= 1;
         let mut buf = [0u8; PEEK_BYTES];
         let mut iov = [IoSliceMut::new(&mut buf)];
+        let mut control = [0u8; CONTROL_BYTES];
         let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC;
-        let (len, from) = match recvmsg::<A>(fd, &mut iov, None, flags) {
+        // A control buffer costs nothing when the socket attaches nothing:
+        // summond never turns any option on, the child may have.
+        let cmsg = stamped.then_some(&mut control[..]);
+        let (len, from, attached) = match recvmsg::<A>(fd, &mut iov, cmsg, flags) {
             // With MSG_TRUNC `bytes` is the datagram's full length.
-            Ok(msg) => (msg.bytes, msg.address),
+            Ok(msg) => {
+                let attached = attached_stamp(&msg);
+                (msg.bytes, msg.address, attached)
+            }
             Err(_) => return QueueHead::Empty,
         };
-        let arrived = if stamped { arrival_of_peeked(fd) } else { None };
+        // With RX timestamps on (SO_TIMESTAMP, SO_TIMESTAMPNS or
+        // SO_TIMESTAMPING, set by the child on the socket it shares), the
+        // kernel attaches the datagram's stamp to every read, peeks
+        // included, and stops recording it where SIOCGSTAMPNS looks: the
+        // ioctl would answer with the stamp of the last datagram read
+        // before the option went on, the same for every later datagram.
+        let arrived = match attached {
+            Some(ns) => Some(ns),
+            None if stamped => arrival_of_peeked(fd),
+            None => None,
+        };
         if arrived.is_none() && looks > 0 {
             continue;
         }
@@ -130,6 +154,54 @@ fn peek_datagram<A: SockaddrLike + Hash>(socket: &impl AsFd, stamped: bool) -> Q
             arrived,
         };
     }
+}
+
+/// The receive time (ns since the epoch) the kernel attached to a read,
+/// if the socket has RX timestamps on. The `_NEW` forms (y2038 layout,
+/// `SO_TIMESTAMP*_NEW`, types 63 to 65) are the same bytes as the old
+/// ones on 64-bit targets, and nix passes them through as unknown.
+fn attached_stamp<A: SockaddrLike>(msg: &nix::sys::socket::RecvMsg<'_, '_, A>) -> Option<i64> {
+    const SCM_TIMESTAMP_NEW: libc::c_int = 63;
+    const SCM_TIMESTAMPNS_NEW: libc::c_int = 64;
+    const SCM_TIMESTAMPING_NEW: libc::c_int = 65;
+    let ns = |sec: i64, nsec: i64| sec.checked_mul(1_000_000_000)?.checked_add(nsec);
+    let words = |b: &[u8], i: usize| -> Option<i64> {
+        Some(i64::from_ne_bytes(
+            b.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+        ))
+    };
+    // A truncated control area (a child asking for more than fits) is
+    // read as no stamp: SIOCGSTAMPNS answers then, as before.
+    for c in msg.cmsgs().ok()? {
+        let stamp = match c {
+            ControlMessageOwned::ScmTimestamp(tv) => ns(tv.tv_sec(), tv.tv_usec() * 1000),
+            ControlMessageOwned::ScmTimestampns(ts) => ns(ts.tv_sec(), ts.tv_nsec()),
+            // The software stamp, or the hardware one if that is all the
+            // child asked to be reported.
+            ControlMessageOwned::ScmTimestampsns(t) => [t.system, t.hw_raw]
+                .into_iter()
+                .find(|ts| ts.tv_sec() != 0 || ts.tv_nsec() != 0)
+                .and_then(|ts| ns(ts.tv_sec(), ts.tv_nsec())),
+            ControlMessageOwned::Unknown(u) if u.cmsg_header.cmsg_level == libc::SOL_SOCKET => {
+                let b = &u.data_bytes;
+                match u.cmsg_header.cmsg_type {
+                    SCM_TIMESTAMP_NEW => ns(words(b, 0)?, words(b, 1)? * 1000),
+                    SCM_TIMESTAMPNS_NEW => ns(words(b, 0)?, words(b, 1)?),
+                    SCM_TIMESTAMPING_NEW => [0, 2]
+                        .into_iter()
+                        .map(|i| (words(b, 2 * i), words(b, 2 * i + 1)))
+                        .find(|t| !matches!(t, (Some(0), Some(0))))
+                        .and_then(|t| ns(t.0?, t.1?)),
+                    _ => continue,
+                }
+            }
+            _ => continue,
+        };
+        if stamp.is_some_and(|s| s > 0) {
+            return stamp;
+        }
+    }
+    None
 }
 
 /// `SIOCGSTAMPNS` (asm-generic/sockios.h; the 64-bit time layout of

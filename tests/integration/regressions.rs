@@ -170,6 +170,40 @@ fn identical_datagrams_answered_one_child_each_never_trip_the_restart_guard() {
     assert!(!log.contains("not restarting"), "{log}");
 }
 
+/// The same, with a child that turns RX timestamps on for the socket it
+/// shares with summond (SO_TIMESTAMP 29, SO_TIMESTAMPNS 35, SO_TIMESTAMPING
+/// 37 with software generation and reporting), as chronyd/ntpd-style
+/// servers do: the kernel then keeps no stamp for SIOCGSTAMPNS, and
+/// attaches one to each read instead, peeks included. Every request is
+/// answered, and no exit counts toward the restart guard.
+#[test]
+fn identical_datagrams_to_a_child_that_turns_on_rx_timestamps_never_trip_the_restart_guard() {
+    for (option, value) in [(29, 1), (35, 1), (37, 0x18)] {
+        let port = free_port();
+        let s = Summond::start(&format!(
+            "[[service]]\nname = \"ts\"\nlisten = \"udp://127.0.0.1:{port}\"\nexec = [\"perl\", \"-e\", {}]\n",
+            toml_str(&format!(
+                "setsockopt(STDIN, 1, {option}, {value}) or die $!; \
+                 my $peer = recv(STDIN, my $buf, 65536, 0); send(STDOUT, uc($buf), 0, $peer)"
+            ))
+        ));
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.set_read_timeout(Some(TIMEOUT)).unwrap();
+        for i in 0..12 {
+            assert_eq!(
+                ask(&client, port, b"again").as_deref(),
+                Some(&b"AGAIN"[..]),
+                "option {option}, request {i}:\n{}",
+                s.log_text()
+            );
+        }
+        assert!(wait_until(TIMEOUT, || s.log_count("ts: pid ") == 12));
+        let log = s.log_text();
+        assert!(!log.contains("unread"), "option {option}: {log}");
+        assert!(!log.contains("not restarting"), "option {option}: {log}");
+    }
+}
+
 /// Low fds freed by a reload (the 8 sockets of a removed service) are
 /// where pipe2 puts the exec-status pipe; the child's moves to 3..10 must
 /// not overwrite it, or the exec failure is reported into a socket and
