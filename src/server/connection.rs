@@ -33,8 +33,8 @@ const ACCEPT_BUDGET: usize = 64;
 
 /// An accepted client whose child could not be started for lack of fds or
 /// processes; it is started when the back-off ends instead of being
-/// dropped, after being admitted again by whichever service owns its
-/// address then.
+/// dropped; a service a reload gave its address to admits it afresh, the
+/// one that accepted it does not (its per-source token is spent).
 pub(super) struct PendingConnection {
     addr: ListenAddr,
     /// The service that accepted it, for the log line if it is closed.
@@ -225,7 +225,7 @@ impl Server {
             match sock.listener.socket.accept() {
                 Ok((conn, from)) => {
                     let peer = Peer::of(&conn, &from, listening);
-                    self.start_connection(idx, addr, conn, peer, now, false);
+                    self.start_connection(idx, addr, conn, peer, now, false, false);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
@@ -249,6 +249,13 @@ impl Server {
     }
 
     /// One accepted client: access rules, per-source count, then a child.
+    /// `admitted`: a client kept through a back-off by the service that
+    /// still owns its address. It passed the per-source count and spent
+    /// its per-source token when it was accepted; checking them again
+    /// would refuse it for its own token (`per_source_rate = "1/1m"`).
+    /// The access rules cost nothing and give the same answer unless a
+    /// reload changed them, so they are asked again.
+    #[allow(clippy::too_many_arguments)]
     fn start_connection(
         &mut self,
         idx: usize,
@@ -257,6 +264,7 @@ impl Server {
         peer: Peer,
         now: Instant,
         greeted: bool,
+        admitted: bool,
     ) {
         let svc = &self.services[idx];
         // Clients are counted (and refusals summarised) by prefix
@@ -270,7 +278,7 @@ impl Server {
                 return;
             }
         }
-        if let (Some(max), Some(key)) = (svc.spec.max_per_source, source) {
+        if let (Some(max), Some(key), false) = (svc.spec.max_per_source, source, admitted) {
             let running =
                 self.children.per_source(svc.id, &key) + self.internals.per_source(svc.id, &key);
             if running >= max {
@@ -285,7 +293,7 @@ impl Server {
                 return;
             }
         }
-        if let (Some(rate), Some(key)) = (svc.spec.per_source_rate, source) {
+        if let (Some(rate), Some(key), false) = (svc.spec.per_source_rate, source, admitted) {
             // Last, so a client refused for another reason spends nothing.
             if !self.services[idx].source_rates().admit(key, rate, now) {
                 self.refuse(
@@ -400,10 +408,11 @@ impl Server {
     }
 
     /// Start children for connections kept through a back-off, as soon as
-    /// their service may. The service that owns the address now admits
-    /// each one afresh (a reload may have changed its rules, or given the
-    /// address to another service); one that cannot take a connection any
-    /// more closes it with a line saying why.
+    /// their service may (max_instances, rate, a crash hold). The service
+    /// that accepted one does not count it against its per-source limits
+    /// again (it spent its token when accepted); a service a reload gave
+    /// the address to admits it afresh. One that cannot take a connection
+    /// any more closes it with a line saying why.
     pub(super) fn retry_pending(&mut self, now: Instant) {
         if self.pending.is_empty() || self.resources.is_paused(now) {
             return;
@@ -431,7 +440,11 @@ impl Server {
                     )
                 }
                 Some(idx) if self.may_spawn(idx, now) => {
-                    self.start_connection(idx, &addr, conn, peer, now, greeted)
+                    // Admitted already if the service that took it still
+                    // owns the address; another one (after a reload)
+                    // admits it afresh.
+                    let admitted = self.services[idx].spec.name == name;
+                    self.start_connection(idx, &addr, conn, peer, now, greeted, admitted)
                 }
                 Some(_) => self.pending.push(PendingConnection {
                     addr,

@@ -271,3 +271,46 @@ fn fork_failing_with_eagain_backs_off_keeps_the_client_and_serves_it_when_a_chil
     );
     let _ = held.pop();
 }
+
+/// A client kept through a fork back-off was admitted when it was
+/// accepted (access rules, its per-source token spent): its retry starts
+/// it without admitting it again, so `per_source_rate = "1/1m"` does not
+/// refuse it for the token it spent itself.
+#[test]
+fn a_client_kept_through_a_back_off_is_not_refused_by_its_own_per_source_rate() {
+    let test = "a_client_kept_through_a_back_off_is_not_refused_by_its_own_per_source_rate";
+    let Some((wrapper, nproc)) = as_nobody_with_room_for(test, 1) else {
+        return;
+    };
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let port = free_port();
+    let s = Summond::start_with(Start {
+        config: &format!(
+            "[[service]]\nname = \"np\"\nlisten = \"tcp://127.0.0.1:{port}\"\n\
+             per_source_rate = \"1/1m\"\nexec = {}\n",
+            sh("echo start; read x")
+        ),
+        wrapper: &wrapper,
+        nproc: Some(nproc),
+        ..Start::default()
+    });
+    // The holder comes from another source, so it spends another token.
+    let mut holder = connect_from([127, 0, 0, 2], port);
+    assert_eq!(read_line(&holder), "start\n");
+    let kept = connect_from([127, 0, 0, 1], port);
+    assert!(
+        s.wait_log("np: cannot start a child for 127.0.0.1:"),
+        "{}",
+        s.log_text()
+    );
+    assert!(holds_connection(s.pid(), &kept), "kept, not closed");
+    std::io::Write::write_all(&mut holder, b"go\n").unwrap();
+    assert_eq!(
+        read_line(&kept),
+        "start\n",
+        "served once a process slot is free:\n{}",
+        s.log_text()
+    );
+    let log = s.log_text();
+    assert!(!log.contains("refused"), "{log}");
+}
