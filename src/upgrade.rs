@@ -15,6 +15,7 @@ use std::io::{self, Read, Seek, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::libc;
 use serde::{Deserialize, Serialize};
@@ -86,6 +87,14 @@ pub struct State {
     /// from the state of an image that did not carry them).
     #[serde(default)]
     pub limits: Vec<LimitsState>,
+    /// When the hand-over was, in CLOCK_MONOTONIC nanoseconds: every time
+    /// above is a duration from that moment ("ran for", "due in"). That
+    /// clock goes on across the exec, so the reading image measures them
+    /// from it, not from its own start (which comes after the exec, the
+    /// config load, or a failed attempt of the next image). Absent from
+    /// an older image's state: measured from the reader's start, as then.
+    #[serde(default)]
+    pub handed_over_at_ns: Option<u64>,
     /// The config the writing image ran, in its own format: if the next
     /// image cannot start, the old one serves on with it, whatever the
     /// file says by then (a key only the new binary knows, an address that
@@ -255,6 +264,33 @@ mod file_json {
     ) -> Result<Option<(PathBuf, u64, u64)>, D::Error> {
         Ok(Option::<(Raw, u64, u64)>::deserialize(d)?.map(|(p, dev, ino)| (p.0, dev, ino)))
     }
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds, and the `Instant` of the same
+/// moment (std's `Instant` reads that clock on Linux; the two are read
+/// one after the other, so they differ by a clock read).
+fn monotonic_now() -> Option<(u64, Instant)> {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).ok()?;
+    let at = Instant::now();
+    let ns = u64::try_from(ts.tv_sec())
+        .ok()?
+        .checked_mul(1_000_000_000)?
+        .checked_add(u64::try_from(ts.tv_nsec()).ok()?)?;
+    Some((ns, at))
+}
+
+/// `at` in CLOCK_MONOTONIC nanoseconds, for the state.
+pub fn monotonic_ns(at: Instant) -> Option<u64> {
+    let (ns, now) = monotonic_now()?;
+    let back = u64::try_from(now.saturating_duration_since(at).as_nanos()).ok()?;
+    ns.checked_sub(back)
+}
+
+/// The `Instant` of a CLOCK_MONOTONIC time in nanoseconds (the hand-over,
+/// read from the state); never later than now.
+pub fn instant_of(ns: u64) -> Option<Instant> {
+    let (now_ns, now) = monotonic_now()?;
+    now.checked_sub(Duration::from_nanos(now_ns.saturating_sub(ns)))
 }
 
 impl State {
@@ -557,6 +593,24 @@ pub fn dup(fd: RawFd) -> io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_monotonic_time_comes_back_as_the_same_instant() {
+        let before = Instant::now() - Duration::from_secs(5);
+        let ns = monotonic_ns(before).unwrap();
+        let back = instant_of(ns).unwrap();
+        let off = if back > before {
+            back - before
+        } else {
+            before - back
+        };
+        // Two clock reads apart at most, each way.
+        assert!(off < Duration::from_millis(50), "{off:?}");
+        assert!(
+            instant_of(u64::MAX).unwrap() <= Instant::now(),
+            "never later than now"
+        );
+    }
 
     #[test]
     fn a_state_survives_its_memfd_and_names_its_fds() {

@@ -396,6 +396,7 @@ impl Server {
                 .collect(),
             stopping_groups: self.stopping_groups_state(now),
             limits: self.limits_state(now),
+            handed_over_at_ns: upgrade::monotonic_ns(now),
         }
     }
 
@@ -542,6 +543,15 @@ impl Server {
         let returning = incoming.returning().map(str::to_string);
         let state = incoming.done();
         let now = Instant::now();
+        // What the state carries is measured from the hand-over, which was
+        // some time ago (the exec, the config load, perhaps a new image
+        // that could not start): from there, not from now, or every carried
+        // time would lose that gap (a max_runtime deadline, a rate's next
+        // token, a crash hold would come late; ages would read short).
+        let handed = state
+            .handed_over_at_ns
+            .and_then(upgrade::instant_of)
+            .map_or(now, |t| t.min(now));
         for l in state.listeners {
             // SAFETY: the state names this fd, and only here is it taken.
             drop(unsafe { OwnedFd::from_raw_fd(l.fd) });
@@ -577,7 +587,7 @@ impl Server {
         let by_name = |s: &Server, name: &str| index.get(name).map(|i| s.services[*i].id);
         let children = state.children.len();
         // Before the children: a child's start time must match its group's.
-        let stopping_leaders = self.resume_stopping_groups(state.stopping_groups, now);
+        let stopping_leaders = self.resume_stopping_groups(state.stopping_groups, handed);
         for c in state.children {
             let pid = Pid::from_raw(c.pid);
             let service = c
@@ -585,9 +595,9 @@ impl Server {
                 .as_deref()
                 .and_then(|n| by_name(self, n))
                 .unwrap_or_else(|| self.orphan_service());
-            let started_at = now
+            let started_at = handed
                 .checked_sub(Duration::from_nanos(c.age_ns))
-                .unwrap_or(now);
+                .unwrap_or(handed);
             let mut held_sockets = Vec::new();
             for (addr, head) in c.held {
                 let Ok(addr) = addr.parse::<ListenAddr>() else {
@@ -603,7 +613,7 @@ impl Server {
             // removed service keeps its own. An older image's state says
             // nothing: the service's then, as that image did.
             let deadline = match c.runtime {
-                Some(r) => r.left_ns.map(|ns| now + Duration::from_nanos(ns)),
+                Some(r) => r.left_ns.map(|ns| handed + Duration::from_nanos(ns)),
                 None => self
                     .service_index(service)
                     .and_then(|i| self.services[i].spec.max_runtime)
@@ -652,7 +662,7 @@ impl Server {
             let mut conn = InternalConn::resumed(c.kind, socket, id, c.source, c.peer, progress);
             if let Some((timeout, silent)) = c.idle {
                 let ns = Duration::from_nanos;
-                conn.resume_idle_clock(ns(timeout), ns(silent), now);
+                conn.resume_idle_clock(ns(timeout), ns(silent), handed);
             }
             self.resume_internal(conn);
         }
@@ -661,7 +671,7 @@ impl Server {
                 self.services[*i].stats = stats;
             }
         }
-        self.resume_limits(state.limits, &index, now);
+        self.resume_limits(state.limits, &index, handed);
         if state.exe.is_some() {
             self.upgrades.exe = state.exe;
         }
