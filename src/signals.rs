@@ -189,6 +189,9 @@ pub fn reap() -> impl Iterator<Item = WaitStatus> {
 
 /// The pid of a child that has exited, left unreaped (`WNOWAIT`): its
 /// zombie keeps holding its pid, and its group's id, until `reap_pid`.
+/// The kernel gives the first exited child in the order they were
+/// forked, every time: while that one is left unreaped, no later one is
+/// seen here.
 pub fn exited_unreaped() -> Option<Pid> {
     loop {
         match waitid(
@@ -198,6 +201,20 @@ pub fn exited_unreaped() -> Option<Pid> {
             Ok(status) => return status.pid(),
             Err(Errno::EINTR) => continue,
             Err(_) => return None,
+        }
+    }
+}
+
+/// Has the child `pid` exited? It is left unreaped (`WNOWAIT`).
+pub fn has_exited(pid: Pid) -> bool {
+    loop {
+        match waitid(
+            Id::Pid(pid),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+        ) {
+            Ok(status) => return status.pid().is_some(),
+            Err(Errno::EINTR) => continue,
+            Err(_) => return false,
         }
     }
 }

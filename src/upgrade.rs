@@ -183,22 +183,14 @@ pub struct StoppingState {
     pub age_ns: u64,
     /// How long until the SIGKILL, in nanoseconds.
     pub kill_in_ns: u64,
-    /// The leader has been reaped already.
+    /// The leader has been reaped already: only by an image from before
+    /// leaders were held until the SIGKILL (its group gets none).
     pub leader_reaped: bool,
-    /// The rest of the group when the leader was reaped: the group is
-    /// still the one to SIGKILL only while one of them is in it (none
-    /// from an older image: nothing is sent to a reaped leader's group).
+    /// How long before the hand-over the leader exited, in nanoseconds:
+    /// its zombie is held, unreaped, until the SIGKILL (none while it
+    /// runs, or from an older image: the next image sees the exit itself).
     #[serde(default)]
-    pub members: Vec<GroupMember>,
-}
-
-/// A process, known by its pid and its start time (clock ticks after
-/// boot, /proc/PID/stat field 22), so a later process given the same pid
-/// is not taken for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupMember {
-    pub pid: i32,
-    pub start: u64,
+    pub exited_ns: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

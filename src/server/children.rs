@@ -16,7 +16,6 @@ use crate::addr::ListenAddr;
 use crate::limits::Counter;
 use crate::peer::{Peer, SourceKey};
 use crate::queue::QueueHead;
-use crate::upgrade::GroupMember;
 
 use super::timers::TimerKey;
 
@@ -51,9 +50,14 @@ pub(super) struct Child {
 }
 
 /// A child's process group that `max_runtime` sent SIGTERM, with the
-/// SIGKILL still due: kept by the group's id (the leader's pid) until the
-/// SIGKILL is sent or the group is seen empty, so the SIGKILL reaches what
-/// is left of the group after its leader exited, and an upgrade carries it.
+/// SIGKILL still due, kept by the group's id (the leader's pid) until
+/// the SIGKILL is sent, and carried by an upgrade.
+///
+/// The leader is not reaped before then, even once it has exited: its
+/// zombie keeps its pid, and so the group's id, from being given out
+/// again, so `kill(-pgid)` reaches this group and no later one that got
+/// the id, whatever was forked into it since. It stays in the child
+/// table (and counts as running) until reaped.
 pub(super) struct StoppingGroup {
     /// The leader's start, as in the child table: the group is this
     /// child's and no later one's with the same pid.
@@ -63,11 +67,9 @@ pub(super) struct StoppingGroup {
     /// When the SIGKILL is due, and its timer.
     pub kill_at: Instant,
     pub timer: TimerKey,
-    /// The leader has been reaped: its pid is free for the kernel to
-    /// give out again once the group is empty.
-    pub leader_reaped: bool,
-    /// The rest of the group when the leader was reaped (`group.rs`).
-    pub members: Vec<GroupMember>,
+    /// When the leader was seen to have exited (its zombie is held): its
+    /// exit is logged and counted with its real run time when reaped.
+    pub exited_at: Option<Instant>,
 }
 
 impl Child {

@@ -43,11 +43,9 @@ use crate::queue::QueueHead;
 use crate::refusals::{RefusalLog, REFUSAL_INTERVAL};
 use crate::signals::{self, Signals};
 use crate::spawn::{EnvPool, ExecImage, Spawner, Stage};
-use crate::upgrade::GroupMember;
 
 mod children;
 mod connection;
-mod group;
 mod internal;
 mod reload;
 mod scrape;
@@ -552,6 +550,11 @@ impl Server {
         if child.started_at != started_at {
             return;
         }
+        // It exited within its limit, its SIGCHLD not read yet: reaped as
+        // any, not stopped (nor held until a SIGKILL).
+        if signals::has_exited(pid) {
+            return;
+        }
         warn!(event = "max_runtime", service = &*child.name, pid = pid.as_raw();
             "{}: pid {pid}{} ran past max_runtime{}; SIGTERM to its process group, SIGKILL in {}s",
             child.name,
@@ -572,8 +575,7 @@ impl Server {
             peer: child.peer.clone(),
             kill_at,
             timer: self.timers.add(kill_at, Timer::Kill { pid, started_at }),
-            leader_reaped: false,
-            members: Vec::new(),
+            exited_at: None,
         };
         if let Some(old) = self.stopping_groups.insert(pid, group) {
             self.timers.cancel(old.timer);
@@ -591,15 +593,15 @@ impl Server {
     }
 
     /// `KILL_AFTER` after the SIGTERM: SIGKILL the group, whether or not
-    /// its leader is still there, if anything of it is.
+    /// its leader is still running, then reap the leader if it exited.
     ///
     /// The group's id is the leader's pid, which the kernel does not give
     /// out again while any process has it as its pid, group or session id.
-    /// While the leader is unreaped (in the child table) its zombie holds
-    /// the id, which is surely this group's. Once it is reaped, the id is
-    /// this group's only while one of the members written down at the reap
-    /// is still in it (`group.rs`): otherwise the group emptied, and the
-    /// id may since lead someone else's group; nothing is sent.
+    /// The leader has not been reaped (`reap_children` holds it), so its
+    /// zombie at least holds the id: the group is surely the one stopped,
+    /// with whatever was forked into it since, and the SIGKILL cannot
+    /// miss a member or reach a group that got the id later. Only then is
+    /// the zombie reaped, its exit logged and counted.
     fn kill_overdue_group(&mut self, pgid: Pid, started_at: Instant) {
         let Some(group) = self.stopping_groups.remove(&pgid) else {
             return;
@@ -610,15 +612,21 @@ impl Server {
         }
         let name = &*group.name;
         let who = for_peer(group.peer.as_ref());
-        if group.leader_reaped && !group::still_held(pgid, &group.members) {
-            debug!("{name}: pid {pgid}{who} and its process group are gone; no SIGKILL");
-            return;
-        }
+        let exited = group.exited_at.is_some() || signals::has_exited(pgid);
         match kill(Pid::from_raw(-pgid.as_raw()), Signal::SIGKILL) {
-            Ok(()) if group.leader_reaped => {
-                warn!(event = "max_runtime", service = name, pid = pgid.as_raw();
-                    "{name}: pid {pgid}{who} exited, but its process group is still there {}s after SIGTERM; SIGKILL to it",
-                    KILL_AFTER.as_secs()
+            // At stop (`kill_stopping_groups_now`), before it was due.
+            Ok(()) if self.stopping => {
+                info!(event = "max_runtime", service = name, pid = pgid.as_raw();
+                    "{name}: pid {pgid}{who} {} after SIGTERM; summond is stopping: SIGKILL to its process group {:.3}s before it was due",
+                    if exited { "exited" } else { "is still running" },
+                    group.kill_at.saturating_duration_since(Instant::now()).as_secs_f64()
+                );
+            }
+            // The zombie is one of the group (a signal to it is a no-op):
+            // whether anything else was left is not known.
+            Ok(()) if exited => {
+                debug!(event = "max_runtime", service = name, pid = pgid.as_raw();
+                    "{name}: pid {pgid}{who} exited after SIGTERM; SIGKILL to whatever is left of its process group"
                 );
             }
             Ok(()) => {
@@ -632,30 +640,20 @@ impl Server {
                     KILL_AFTER.as_secs()
                 );
             }
-            // Everything of it exited within the grace.
+            // Not while the leader is a child of ours, running or held.
             Err(nix::errno::Errno::ESRCH) => {}
             Err(e) => warn!("{name}: cannot SIGKILL process group {pgid}: {e}"),
         }
-    }
-
-    /// A child that `max_runtime` is stopping was reaped: the SIGKILL stays
-    /// due for the rest of its group (`members`, written down before the
-    /// reap), unless nothing of it is left.
-    fn stopping_leader_reaped(&mut self, pid: Pid, started_at: Instant, members: Vec<GroupMember>) {
-        let Some(group) = self.stopping_groups.get_mut(&pid) else {
-            return;
-        };
-        if group.started_at != started_at {
-            return;
-        }
-        group.leader_reaped = true;
-        group.members = members;
-        // With none left the pid is free, and forgotten here.
-        if group.members.is_empty() {
-            if let Some(group) = self.stopping_groups.remove(&pid) {
-                self.timers.cancel(group.timer);
+        if exited {
+            let now = Instant::now();
+            if let Some(status) = signals::reap_pid(pgid) {
+                self.reaped(status, now, group.exited_at);
             }
+            // Children that exited behind the held one in the kernel's
+            // order, whose SIGCHLD came and went while it was held.
+            self.reap_children();
         }
+        // A leader still running dies of the SIGKILL and is reaped as any.
     }
 
     // ---- signals ------------------------------------------------------
@@ -822,45 +820,66 @@ impl Server {
         }
     }
 
+    /// Reap every child that has exited, except a leader `max_runtime` is
+    /// stopping (`kill_overdue_group` reaps it after the SIGKILL).
+    ///
+    /// Without such a leader, one waitpid(-1) per child. With one, each
+    /// exited child is peeked at (waitid WNOWAIT) before it is reaped;
+    /// once the one the kernel gives is held, it gives that one every
+    /// time, so the others are reaped by pid, one waitpid per child of
+    /// the table (`reap_behind_held`): a waitpid per child and SIGCHLD,
+    /// for at most `KILL_AFTER` after a SIGTERM. An exited process not in
+    /// the table (an orphan given to summond as a subreaper or pid 1)
+    /// waits behind the held one until it is reaped.
     fn reap_children(&mut self) {
         let now = Instant::now();
-        // A leader `max_runtime` is stopping is looked at before it is
-        // reaped: while its zombie holds its pid, every process in its
-        // group is of its group, and written down as such (`group.rs`).
-        // Without one, one waitpid per child as before.
-        if self.stopping_groups.values().any(|g| !g.leader_reaped) {
-            while let Some(pid) = signals::exited_unreaped() {
-                let members = self.members_at_reap(pid);
-                let Some(status) = signals::reap_pid(pid) else {
-                    break;
-                };
-                self.reaped(status, members, now);
-            }
-        } else {
+        if self.stopping_groups.is_empty() {
             for status in signals::reap() {
-                self.reaped(status, Vec::new(), now);
+                self.reaped(status, now, None);
+            }
+            return;
+        }
+        while let Some(pid) = signals::exited_unreaped() {
+            if self.stopping_groups.contains_key(&pid) {
+                self.reap_behind_held(now);
+                return;
+            }
+            let Some(status) = signals::reap_pid(pid) else {
+                break;
+            };
+            self.reaped(status, now, None);
+        }
+    }
+
+    /// A held leader is the first exited child: reap every other child
+    /// summond knows that has exited, and note when each held one was
+    /// first seen exited (for its run time).
+    fn reap_behind_held(&mut self, now: Instant) {
+        let pids: Vec<Pid> = self
+            .children
+            .iter()
+            .map(|(pid, _)| *pid)
+            .chain(self.config_load.as_ref().map(|l| l.pid))
+            .chain(self.upgrade_check_pid())
+            .collect();
+        for pid in pids {
+            if let Some(group) = self.stopping_groups.get_mut(&pid) {
+                if group.exited_at.is_none() && signals::has_exited(pid) {
+                    group.exited_at = Some(now);
+                    debug!(
+                        "{}: pid {pid} exited; reaped when its group's SIGKILL is sent",
+                        group.name
+                    );
+                }
+            } else if let Some(status) = signals::reap_pid(pid) {
+                self.reaped(status, now, None);
             }
         }
     }
 
-    /// The rest of `pid`'s process group if it is a leader `max_runtime`
-    /// is stopping, not reaped yet; empty otherwise.
-    fn members_at_reap(&self, pid: Pid) -> Vec<GroupMember> {
-        let stopping = self.stopping_groups.get(&pid).is_some_and(|g| {
-            !g.leader_reaped
-                && self
-                    .children
-                    .get(&pid)
-                    .is_some_and(|c| c.started_at == g.started_at)
-        });
-        if stopping {
-            group::members_of(pid)
-        } else {
-            Vec::new()
-        }
-    }
-
-    fn reaped(&mut self, status: WaitStatus, members: Vec<GroupMember>, now: Instant) {
+    /// `exited_at`: when a held leader was seen to have exited, if before
+    /// `now`.
+    fn reaped(&mut self, status: WaitStatus, now: Instant, exited_at: Option<Instant>) {
         let Some(pid) = status.pid() else {
             return;
         };
@@ -872,7 +891,7 @@ impl Server {
             self.finish_reload_if_loaded();
             return;
         }
-        self.child_exited(pid, &status, now, members);
+        self.child_exited(pid, &status, now, exited_at);
     }
 
     /// What a pass-mode child left on the sockets it held: did it leave
@@ -908,7 +927,7 @@ impl Server {
         pid: Pid,
         status: &WaitStatus,
         now: Instant,
-        members: Vec<GroupMember>,
+        exited_at: Option<Instant>,
     ) {
         let Some(child) = self.children.remove(&pid) else {
             return;
@@ -916,10 +935,11 @@ impl Server {
         if let Some(key) = child.runtime_timer {
             self.timers.cancel(key);
         }
-        self.stopping_leader_reaped(pid, child.started_at, members);
         let success = succeeded(status);
         let what = ExitText(status);
-        let ran = now.saturating_duration_since(child.started_at);
+        let ran = exited_at
+            .unwrap_or(now)
+            .saturating_duration_since(child.started_at);
         let (unread, waiting) = if child.is_pass_mode() {
             self.left_on_sockets(pid, &child, ran)
         } else {
@@ -1704,13 +1724,31 @@ impl Server {
 
     // ---- stop -------------------------------------------------------
 
+    /// At stop: SIGKILL every group `max_runtime` has sent SIGTERM,
+    /// without the rest of its grace, and reap the leaders that exited
+    /// (held until now), so their exits are logged and their ids freed.
+    fn kill_stopping_groups_now(&mut self) {
+        let groups: Vec<(Pid, Instant)> = self
+            .stopping_groups
+            .iter()
+            .map(|(pgid, g)| (*pgid, g.started_at))
+            .collect();
+        for (pgid, started_at) in groups {
+            self.kill_overdue_group(pgid, started_at);
+        }
+    }
+
     /// Stop listening (dropping listeners removes their socket files),
     /// SIGTERM the pass-mode children, which own listening sockets, and
-    /// leave connection children to finish on their own.
+    /// leave connection children to finish on their own. The SIGKILLs
+    /// `max_runtime` still owes go now: no one would send them later, and
+    /// a group that ignores SIGTERM would run on for ever.
     fn shutdown(&mut self) {
         self.notify("STOPPING=1");
         self.cancel_config_load();
         self.sockets.clear(self.poll.registry());
+        // With no listener left, what a reaped leader frees starts nothing.
+        self.kill_stopping_groups_now();
         self.close_all_internal();
         self.set_metrics(None);
         self.set_control(None);

@@ -184,6 +184,11 @@ impl Server {
     }
 
     /// Is `pid` the upgrade's check? Then its exit decides the upgrade.
+    /// The pid of the `--check` child, while it runs.
+    pub(super) fn upgrade_check_pid(&self) -> Option<Pid> {
+        self.upgrades.check.as_ref().map(|c| c.pid)
+    }
+
     pub(super) fn upgrade_check_exited(&mut self, pid: Pid, status: &WaitStatus) -> bool {
         if self.upgrades.check.as_ref().map(|c| c.pid) != Some(pid) {
             return false;
@@ -497,26 +502,37 @@ impl Server {
                 peer: g.peer.clone(),
                 age_ns: now.saturating_duration_since(g.started_at).as_nanos() as u64,
                 kill_in_ns: g.kill_at.saturating_duration_since(now).as_nanos() as u64,
-                leader_reaped: g.leader_reaped,
-                members: g.members.clone(),
+                // Held until the SIGKILL: never reaped before.
+                leader_reaped: false,
+                exited_ns: g
+                    .exited_at
+                    .map(|t| now.saturating_duration_since(t).as_nanos() as u64),
             })
             .collect()
     }
 
-    /// Set again the SIGKILLs the previous image owed; returns the
-    /// leaders among them that still run (their `max_runtime` has fired,
-    /// so it is not set again).
+    /// Set again the SIGKILLs the previous image owed; returns their
+    /// leaders (their `max_runtime` has fired, so it is not set again).
+    /// Each is still a child of this process, running or a zombie held
+    /// unreaped across the exec, so the group is still the one stopped.
     fn resume_stopping_groups(&mut self, groups: Vec<StoppingState>, now: Instant) -> Vec<i32> {
         let mut running = Vec::new();
         for g in groups {
             let pgid = Pid::from_raw(g.pgid);
+            // An older image reaped leaders in the grace: nothing holds
+            // the id since, and it may lead someone else's group by now.
+            if g.leader_reaped {
+                debug!(
+                    "{}: pid {pgid} was reaped before the upgrade; no SIGKILL to its process group",
+                    g.name
+                );
+                continue;
+            }
             let started_at = now
                 .checked_sub(Duration::from_nanos(g.age_ns))
                 .unwrap_or(now);
             let kill_at = now + Duration::from_nanos(g.kill_in_ns);
-            if !g.leader_reaped {
-                running.push(g.pgid);
-            }
+            running.push(g.pgid);
             let group = StoppingGroup {
                 started_at,
                 name: g.name.into(),
@@ -529,8 +545,9 @@ impl Server {
                         started_at,
                     },
                 ),
-                leader_reaped: g.leader_reaped,
-                members: g.members,
+                exited_at: g
+                    .exited_ns
+                    .map(|ns| now.checked_sub(Duration::from_nanos(ns)).unwrap_or(now)),
             };
             self.stopping_groups.insert(pgid, group);
         }
