@@ -651,3 +651,52 @@ fn a_mass_max_runtime_expiry_keeps_the_loop_serving_and_every_count_returns_to_z
     );
     drop(clients);
 }
+
+/// summond stopping in the grace sends the SIGKILLs `max_runtime` still
+/// owes at once (no one would send them later), and reaps the leader it
+/// held: nothing of either group is left running, and summond exits 0.
+#[test]
+fn stopping_summond_in_the_grace_sends_the_sigkills_still_owed() {
+    let (p_deaf, p_orphaning) = (free_port(), free_port());
+    let mut s = Summond::start(&format!("{}{}", deaf(p_deaf), orphaning(p_orphaning)));
+    let (_c1, deaf_pid) = first_pid(p_deaf);
+    let _g1 = KillOnDrop::new(deaf_pid);
+    let (_c2, straggler) = first_pid(p_orphaning);
+    let _g2 = KillOnDrop::new(straggler);
+    let leader = parent_pid(straggler).expect("the leader is the straggler's parent");
+    assert!(
+        wait_until(TIMEOUT, || s.log_count("SIGKILL in 5s") == 2
+            && proc_state(leader) == Some('Z')),
+        "{}",
+        s.log_text()
+    );
+    s.signal(nix::libc::SIGTERM);
+    assert!(
+        s.wait_exit(TIMEOUT).is_some_and(|st| st.success()),
+        "{}",
+        s.log_text()
+    );
+    let log = s.log_text();
+    assert!(
+        !log.contains("after SIGTERM; SIGKILL to"),
+        "the SIGKILL was due before the stop; the test proves nothing:\n{log}"
+    );
+    assert_eq!(
+        log.matches("summond is stopping: SIGKILL to its process group")
+            .count(),
+        2,
+        "{log}"
+    );
+    // The held leader was reaped and its exit logged before summond left.
+    assert!(
+        log.lines().any(
+            |l| l.contains(&format!("orphaning: pid {leader} for 127.0.0.1:"))
+                && l.contains("killed by signal 15 (SIGTERM) after")
+        ),
+        "{log}"
+    );
+    assert!(
+        wait_until(TIMEOUT, || gone(deaf_pid) && gone(straggler)),
+        "a group that ignores SIGTERM outlived summond:\n{log}"
+    );
+}
