@@ -637,6 +637,18 @@ mod tests {
     }
 
     #[test]
+    fn a_stopping_group_of_an_older_image_still_reads() {
+        // Before held leaders: no exit time; the image before that wrote
+        // the members of a reaped leader's group, read and ignored now.
+        let json = r#"{"pgid": 42, "name": "x", "peer": null, "age_ns": 5,
+            "kill_in_ns": 7, "leader_reaped": true,
+            "members": [{"pid": 43, "start": 99}]}"#;
+        let g: StoppingState = serde_json::from_str(json).unwrap();
+        assert!(g.leader_reaped);
+        assert_eq!((g.pgid, g.kill_in_ns, g.exited_ns), (42, 7, None));
+    }
+
+    #[test]
     fn a_state_of_an_image_that_carried_less_still_reads() {
         let state = State {
             format: FORMAT,
