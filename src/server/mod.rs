@@ -1424,16 +1424,22 @@ impl Server {
         crate::footprint::shed();
     }
 
+    /// A config load given up: its pipe leaves the poll set and its
+    /// timers go.
+    fn unwatch_config_load(&mut self, load: &ConfigLoad) {
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&load.raw_fd()));
+        for key in &load.timers {
+            self.timers.cancel(*key);
+        }
+    }
+
     /// Give up a config load in flight (stop, upgrade).
     fn cancel_config_load(&mut self) {
         if let Some(load) = self.config_load.take() {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&load.raw_fd()));
-            for key in &load.timers {
-                self.timers.cancel(*key);
-            }
+            self.unwatch_config_load(&load);
             load.cancel();
         }
     }
@@ -1460,13 +1466,7 @@ impl Server {
         let Some(load) = self.config_load.take_if(|l| l.pid == pid) else {
             return;
         };
-        let _ = self
-            .poll
-            .registry()
-            .deregister(&mut SourceFd(&load.raw_fd()));
-        for key in &load.timers {
-            self.timers.cancel(*key);
-        }
+        self.unwatch_config_load(&load);
         let t0 = load.started_at;
         let (_, limit) = reload::load_limits();
         self.finish_reload(Err(load.give_up(limit)), t0);

@@ -5,33 +5,9 @@
 //! reaches a new group that got the id of an emptied one.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::util::*;
-
-/// summond in `dir`, run from a copy of the binary there (so it can be
-/// upgraded in place) with a control socket there.
-fn start_upgradable(dir: TempDir, services: &str) -> (Summond, PathBuf) {
-    let bin = dir.path("summond");
-    std::fs::copy(BIN, &bin).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let control = dir.path("control.sock");
-    let config = format!("{}{services}", daemon_control(&control));
-    let s = Summond::start_in(
-        dir,
-        Start {
-            config: &config,
-            binary: Some(&bin),
-            ..Start::default()
-        },
-    );
-    (s, control)
-}
-
-fn upgrade(s: &Summond, control: &Path) {
-    let (code, out, err) = run_to_exit(&["upgrade", "--control", control.to_str().unwrap()]);
-    assert_eq!(code, 0, "upgrade: {out}{err}\n{}", s.log_text());
-}
 
 /// Is `pid` gone (or a zombie, which signals no longer matter to)?
 fn gone(pid: i32) -> bool {
@@ -114,9 +90,10 @@ const KILL_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 #[test]
 fn a_sigkill_due_from_max_runtime_is_still_sent_after_an_upgrade_in_its_grace() {
     let (p_deaf, p_orphaning) = (free_port(), free_port());
-    let (s, control) = start_upgradable(
+    let (s, _, control) = start_upgradable(
         TempDir::new("runtime-upgrade"),
         &format!("{}{}", deaf(p_deaf), orphaning(p_orphaning)),
+        Start::default(),
     );
     let (_c1, deaf_pid) = first_pid(p_deaf);
     let (_c2, straggler) = first_pid(p_orphaning);
@@ -134,7 +111,7 @@ fn a_sigkill_due_from_max_runtime_is_still_sent_after_an_upgrade_in_its_grace() 
         "{}",
         s.log_text()
     );
-    upgrade(&s, &control);
+    upgrade_ok(&s, &control);
     // The upgrade fell in the grace: both groups are still there.
     assert!(
         !gone(deaf_pid) && !gone(straggler),
@@ -239,7 +216,7 @@ fn sleeper(name: &str, port: u16, limit: &str) -> String {
 #[test]
 fn running_children_keep_their_own_max_runtime_across_an_upgrade() {
     let (p_long, p_short, p_gone) = (free_port(), free_port(), free_port());
-    let (s, control) = start_upgradable(
+    let (s, _, control) = start_upgradable(
         TempDir::new("runtime-carry"),
         &format!(
             "{}{}{}",
@@ -247,6 +224,7 @@ fn running_children_keep_their_own_max_runtime_across_an_upgrade() {
             sleeper("short", p_short, "3s"),
             sleeper("gone", p_gone, "3s")
         ),
+        Start::default(),
     );
     // `long` first: 2 s from its start comes before the others' 3 s.
     let (_c1, long) = first_pid(p_long);
@@ -259,7 +237,7 @@ fn running_children_keep_their_own_max_runtime_across_an_upgrade() {
         sleeper("long", p_long, "2s"),
         sleeper("short", p_short, "")
     ));
-    upgrade(&s, &control);
+    upgrade_ok(&s, &control);
     let stopped = |name: &str, pid: i32, limit: &str| {
         s.log_text().lines().any(|l| {
             l.contains(&format!("{name}: pid {pid} for"))

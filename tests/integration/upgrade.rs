@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,13 +21,6 @@ fn install(path: &Path, content: &[u8]) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// A fresh copy of the real binary at `dir/summond`.
-fn install_real(dir: &Path) -> PathBuf {
-    let path = dir.join("summond");
-    install(&path, &std::fs::read(BIN).unwrap());
-    path
-}
-
 /// A script at `dir/summond` that runs the real binary for `--check` and
 /// something else (`otherwise`, shell) when executed to serve.
 fn install_script(dir: &Path, check: &str, otherwise: &str) {
@@ -35,24 +28,6 @@ fn install_script(dir: &Path, check: &str, otherwise: &str) {
         "#!/bin/sh\nfor a; do [ \"$a\" = --check ] && {{ {check}; exec {BIN} \"$@\"; }}; done\n{otherwise}\n"
     );
     install(&dir.join("summond"), script.as_bytes());
-}
-
-/// summond in `dir`, run from a fresh copy of the binary there, with a
-/// control socket there; `services` is the config after `[daemon]`.
-/// Returns it with the binary's path and the control socket's.
-fn start_upgradable(dir: TempDir, services: &str, opts: Start<'_>) -> (Summond, PathBuf, PathBuf) {
-    let bin = install_real(&dir.0);
-    let control = dir.path("control.sock");
-    let config = format!("{}{services}", daemon_control(&control));
-    let s = Summond::start_in(
-        dir,
-        Start {
-            config: &config,
-            binary: Some(&bin),
-            ..opts
-        },
-    );
-    (s, bin, control)
 }
 
 /// A service answering `word` on a TCP port.

@@ -986,3 +986,44 @@ pub fn dbus_call(bus: &str, method: &str) -> (bool, String) {
         ),
     )
 }
+
+/// A fresh copy of the real binary at `dir/summond`, so an upgrade can
+/// replace it without touching the build's.
+pub fn install_real(dir: &Path) -> PathBuf {
+    let path = dir.join("summond");
+    let tmp = path.with_extension("new");
+    std::fs::copy(BIN, &tmp).unwrap();
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
+/// summond in `dir`, run from a fresh copy of the binary there (so it can
+/// be upgraded in place), with a control socket there; `services` is the
+/// config after `[daemon]`. Returns it with the binary's path and the
+/// control socket's.
+pub fn start_upgradable(
+    dir: TempDir,
+    services: &str,
+    opts: Start<'_>,
+) -> (Summond, PathBuf, PathBuf) {
+    let bin = install_real(&dir.0);
+    let control = dir.path("control.sock");
+    let config = format!("{}{services}", daemon_control(&control));
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &config,
+            binary: Some(&bin),
+            ..opts
+        },
+    );
+    (s, bin, control)
+}
+
+/// `summond upgrade` through `control`, which must return 0 once the new
+/// image serves.
+pub fn upgrade_ok(s: &Summond, control: &Path) {
+    let (code, out, err) = run_to_exit(&["upgrade", "--control", control.to_str().unwrap()]);
+    assert_eq!(code, 0, "upgrade: {out}{err}\n{}", s.log_text());
+}
