@@ -64,6 +64,11 @@ pub struct State {
     pub upgrades: u64,
     pub failures: u64,
     pub last_error: Option<String>,
+    /// A reload's config load was running when the image handed over:
+    /// an image that goes back loads the config again (a new image that
+    /// serves reads it anyway). Absent from an older image's state.
+    #[serde(default)]
+    pub reload_pending: bool,
     /// `-d`: the process is detached already.
     pub detached: bool,
     /// The RLIMIT_NOFILE summond was started with (soft, hard), which its

@@ -266,7 +266,7 @@ impl Server {
             services: self.services.iter().map(|s| s.spec.clone()).collect(),
             ..self.config.clone()
         };
-        let state = match serde_json::to_string(&running) {
+        let mut state = match serde_json::to_string(&running) {
             Ok(config) => self.handover_state(config),
             Err(e) => {
                 self.upgrade_failed(format!(
@@ -288,6 +288,7 @@ impl Server {
         // A reload loading now goes with this image (the new one reads
         // the config itself); if the exec fails, it starts again.
         let was_loading = self.config_load.is_some();
+        state.reload_pending = was_loading;
         self.cancel_config_load();
         let err = upgrade::exec_new(exe, &state);
         self.upgrade_failed(format!("cannot execute {}: {err}", exe.display()));
@@ -386,6 +387,7 @@ impl Server {
             upgrades: self.upgrades.done,
             failures: self.upgrades.failed,
             last_error: self.upgrades.last_error.clone(),
+            reload_pending: false,
             detached: self.opts.detached,
             child_nofile: self.opts.child_nofile.map(|l| (l.rlim_cur, l.rlim_max)),
             pidfile: self.opts.pidfile.clone(),
@@ -559,6 +561,7 @@ impl Server {
     pub fn resume(&mut self, incoming: upgrade::Incoming) {
         let returning = incoming.returning().map(str::to_string);
         let state = incoming.done();
+        let reload_again = returning.is_some() && state.reload_pending;
         let now = Instant::now();
         // What the state carries is measured from the hand-over, which was
         // some time ago (the exec, the config load, perhaps a new image
@@ -724,6 +727,12 @@ impl Server {
         // A child that exited during the exec: its SIGCHLD is pending and
         // the signalfd reports it, but reaping now costs nothing.
         self.reap_children();
+        // Back after a new image that could not start: the reload that
+        // was loading when this image handed over went with it.
+        if reload_again {
+            info!("loading the config again: a reload was running when the upgrade began");
+            self.reload();
+        }
     }
 
     /// A service identity for children whose service is gone.

@@ -3,7 +3,8 @@
 //! way a package manager does (a new file renamed over the path) with the
 //! real binary, a broken one, or one that cannot start.
 
-use std::io::Read;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -953,4 +954,86 @@ fn times_carried_across_an_upgrade_count_the_time_the_new_image_took_to_start() 
         .unwrap_or_else(|| panic!("no run time in {line}"));
     let seen = alive_at.duration_since(running_at).as_secs_f64();
     assert!(ran >= seen, "ran {ran}s by the log, {seen}s seen:\n{log}");
+}
+
+/// Final review of issue 15: a reload whose config load was running (a
+/// drop-in on a FIFO nobody writes) went with the image that handed over;
+/// when the new binary could not start and the old one came back, the
+/// reload was lost without a word. The image that goes back loads the
+/// config again.
+#[test]
+fn a_reload_running_at_an_upgrade_that_goes_back_is_loaded_again() {
+    let (p1, p2) = (free_port(), free_port());
+    let dir = TempDir::new("upgrade-goback-reload");
+    let dir_path = dir.0.clone();
+    let fifo = dir.path("d/a.toml");
+    std::fs::create_dir(dir.path("d")).unwrap();
+    let service = |name: &str, port: u16| {
+        format!(
+            "[[service]]\nname = \"{name}\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"/bin/echo\", \"{name}\"]\n"
+        )
+    };
+    let (s, _, control) = start_upgradable(dir, &service("one", p1), Start::default());
+    // The reload: an include whose drop-in is a FIFO holds the loader.
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let config = std::fs::read_to_string(&s.config).unwrap();
+    let with_include = config.replacen(
+        "[daemon]\n",
+        &format!(
+            "[daemon]\ninclude = [\"{}/d/*.toml\"]\n",
+            dir_path.display()
+        ),
+        1,
+    );
+    std::fs::write(&s.config, &with_include).unwrap();
+    s.signal(nix::libc::SIGHUP);
+    assert!(s.wait_log("config loader pid"), "{}", s.log_text());
+    // Passes its check (on a copy of the config without the drop-in,
+    // which would hold the check too), then cannot read its config when
+    // it runs.
+    let good = dir_path.join("good.toml");
+    std::fs::write(&good, &config).unwrap();
+    install_script(
+        &dir_path,
+        &format!("exec {BIN} --check -c {}", good.display()),
+        &format!("exec {BIN} -c /nonexistent/summond.toml"),
+    );
+    let (code, _, err) = upgrade(&control);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        s.wait_log("upgrade failed: the new binary could not start"),
+        "{}",
+        s.log_text()
+    );
+    assert!(
+        s.wait_log("loading the config again: a reload was running"),
+        "{}",
+        s.log_text()
+    );
+    // The load started again opens the drop-in: it gets a service now
+    // (a writer that does not wait for a reader, so a regression fails
+    // here instead of hanging).
+    let mut writer = None;
+    assert!(
+        wait_until(TIMEOUT, || {
+            writer = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(nix::libc::O_NONBLOCK)
+                .open(&fifo)
+                .ok();
+            writer.is_some()
+        }),
+        "no load opened the drop-in again:\n{}",
+        s.log_text()
+    );
+    let mut writer = writer.unwrap();
+    writer.write_all(service("two", p2).as_bytes()).unwrap();
+    drop(writer);
+    assert!(
+        wait_until(TIMEOUT, || s.log_text().contains("reload done")),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(tcp_port_exchange(p2, b""), "two\n");
+    assert_eq!(tcp_port_exchange(p1, b""), "one\n");
 }
