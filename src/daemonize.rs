@@ -449,8 +449,16 @@ impl Pidfile {
             path,
             dir: None,
         };
-        if let Ok(dir) = open_parent(&pidfile.path) {
-            pidfile.dir = Some(dir).filter(|(d, n)| pidfile.is_named(d, n));
+        // What an older image took (a relative path, a directory others
+        // can write) is kept locked, but removed at stop only through a
+        // directory that still names it; said once here, not at stop.
+        match open_parent(&pidfile.path) {
+            Ok(dir) if pidfile.is_named(&dir.0, &dir.1) => pidfile.dir = Some(dir),
+            Ok(_) => log::warn!(
+                "pidfile {}: that name no longer leads to the file summond holds; it is left in place at stop",
+                pidfile.path.display()
+            ),
+            Err(e) => log::warn!("{e}; the pidfile is kept but left in place at stop"),
         }
         pidfile
     }

@@ -1037,3 +1037,46 @@ fn a_reload_running_at_an_upgrade_that_goes_back_is_loaded_again() {
     assert_eq!(tcp_port_exchange(p2, b""), "two\n");
     assert_eq!(tcp_port_exchange(p1, b""), "one\n");
 }
+
+/// Final review of issue 15: an image adopting a pidfile it would not
+/// have taken itself (an older release's relative path, a directory made
+/// writable by others since) left the file at stop without a word. It
+/// keeps the lock and says at once that the file stays.
+#[test]
+fn an_adopted_pidfile_that_cannot_be_removed_safely_is_said_at_once() {
+    let test = "an_adopted_pidfile_that_cannot_be_removed_safely_is_said_at_once";
+    if !nix::unistd::geteuid().is_root() {
+        skip(
+            test,
+            "needs root (the pidfile's directory checks are root's)",
+        );
+        return;
+    }
+    let port = free_port();
+    let dir = TempDir::new("upgrade-pidfile-dir");
+    let run = dir.path("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pidfile = run.join("summond.pid");
+    let (s, _, control) = start_upgradable(
+        dir,
+        &format!(
+            "[[service]]\nname = \"e\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = [\"/bin/echo\", \"hi\"]\n"
+        ),
+        Start {
+            args: &["--pidfile", pidfile.to_str().unwrap()],
+            ..Start::default()
+        },
+    );
+    assert!(pidfile.exists());
+    // Others may write the directory now: this image would refuse it.
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o777)).unwrap();
+    upgrade_ok(&s, &control);
+    assert!(
+        s.wait_log("the pidfile is kept but left in place at stop"),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(tcp_port_exchange(port, b""), "hi\n");
+    assert!(pidfile.exists(), "kept while summond runs");
+}
