@@ -351,9 +351,35 @@ impl Host {
     }
 }
 
+/// The most a config file or drop-in may hold: 10,000 services take
+/// about 1 MB, and a drop-in that is a link to /dev/zero (or a huge file)
+/// must be an error, not all of memory.
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// A config file's text, at most `MAX_FILE_BYTES` of it.
+fn read_text(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {} MiB",
+            MAX_FILE_BYTES >> 20
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        )
+    })
+}
+
 /// Read and validate the file at `path`.
 pub fn load(path: &Path, host: &Host) -> Result<Config, ConfigErrors> {
-    match std::fs::read_to_string(path) {
+    match read_text(path) {
         Ok(text) => parse(path, &text, host),
         Err(e) => Err(ConfigErrors::one(path, ErrorKind::Read(e))),
     }
@@ -366,7 +392,7 @@ pub fn parse(path: &Path, text: &str, host: &Host) -> Result<Config, ConfigError
     // Walk order is nearly file order; cross-service checks come last.
     errors.sort_by_key(|e| e.pos.unwrap_or((usize::MAX, usize::MAX)));
     for file in include::files(path, &config.daemon.include, &mut errors) {
-        let text = match std::fs::read_to_string(&file) {
+        let text = match read_text(&file) {
             Ok(t) => t,
             Err(e) => {
                 errors.push(ConfigError::in_file(&file, ErrorKind::Read(e)));
@@ -389,8 +415,7 @@ pub fn parse(path: &Path, text: &str, host: &Host) -> Result<Config, ConfigError
 /// it must work for a user who could not load the whole config (services
 /// with `user` need root to validate).
 pub fn control_socket(path: &Path) -> Result<Option<PathBuf>, ConfigErrors> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| ConfigErrors::one(path, ErrorKind::Read(e)))?;
+    let text = read_text(path).map_err(|e| ConfigErrors::one(path, ErrorKind::Read(e)))?;
     let root = DeTable::parse(&text)
         .map_err(|e| ConfigErrors::one(path, ErrorKind::Syntax(e.message().trim().to_string())))?;
     let control = root

@@ -360,3 +360,44 @@ fn thousands_of_drop_ins_matched_twice_load_once_each() {
         "{err}"
     );
 }
+
+/// Final review of issue 15: a drop-in that is a link to /dev/zero was
+/// read whole (4 GB before running out of memory). A config file or
+/// drop-in holds at most 64 MiB; past that it is an error naming it, and
+/// a running summond keeps its config through a reload that meets one.
+#[test]
+fn a_drop_in_without_end_is_an_error_not_all_of_memory() {
+    let port = free_port();
+    let dir = TempDir::new("include-zero");
+    let confd = dir.path("conf.d");
+    std::fs::create_dir(&confd).unwrap();
+    let config = format!(
+        "[daemon]\ninclude = [\"conf.d/*.toml\"]\n{}",
+        service("main", port)
+    );
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &config,
+            ..Start::default()
+        },
+    );
+    let zero = confd.join("z.toml");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let (code, _, err) = run_to_exit(&["--check", "-c", s.config.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: cannot read config: larger than 64 MiB",
+            zero.display()
+        )),
+        "{err}"
+    );
+    s.signal(nix::libc::SIGHUP);
+    assert!(
+        wait_until(TIMEOUT, || s.log_text().contains("reload failed")),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(tcp_port_exchange(port, b"main\n"), "main\n");
+}
