@@ -155,6 +155,9 @@ impl CrashGuard {
 pub struct Backoff {
     delay: Option<Duration>,
     until: Option<Instant>,
+    /// A success cut a pause short: what the pause held back is re-armed
+    /// at the next `expire`, as if it had run out.
+    rearm: bool,
 }
 
 impl Backoff {
@@ -174,7 +177,7 @@ impl Backoff {
 
     /// Something worked: the episode is over. Returns whether one was open.
     pub fn success(&mut self) -> bool {
-        self.until = None;
+        self.rearm |= self.until.take().is_some();
         self.delay.take().is_some()
     }
 
@@ -187,9 +190,13 @@ impl Backoff {
         self.until
     }
 
-    /// True once, when the pause has run out: time to re-arm. The delay
-    /// is kept, so a fault right after doubles it; `success` resets it.
+    /// True once, when the pause has run out or a success cut it short:
+    /// time to re-arm. The delay is kept, so a fault right after doubles
+    /// it; `success` resets it.
     pub fn expire(&mut self, now: Instant) -> bool {
+        if std::mem::take(&mut self.rearm) {
+            return true;
+        }
         match self.until {
             Some(t) if t <= now => {
                 self.until = None;

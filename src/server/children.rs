@@ -64,8 +64,7 @@ pub(super) struct StoppingGroup {
     pub started_at: Instant,
     pub name: Rc<str>,
     pub peer: Option<Peer>,
-    /// When the SIGKILL is due, and its timer.
-    pub kill_at: Instant,
+    /// The SIGKILL's timer; its key says when it is due.
     pub timer: TimerKey,
     /// When the leader was seen to have exited (its zombie is held): its
     /// exit is logged and counted with its real run time when reaped.

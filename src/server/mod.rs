@@ -258,9 +258,6 @@ pub struct Server {
     /// be reused by the next.
     scratch: (Vec<crate::spawn::FdMove>, crate::env::EnvBlock),
     stopping: bool,
-    /// An accept of the control or metrics socket ended a resource
-    /// episode before its pause ran out: re-arm as the pause's end does.
-    backoff_ended: bool,
     /// A reload's config load running in a helper process.
     config_load: Option<ConfigLoad>,
     /// A SIGHUP came while a load ran: the files may have changed since
@@ -340,7 +337,6 @@ impl Server {
             spawner,
             scratch: Default::default(),
             stopping: false,
-            backoff_ended: false,
             config_load: None,
             reload_again: false,
         };
@@ -424,11 +420,12 @@ impl Server {
             if std::mem::take(&mut self.accept_more_control) {
                 self.accept_control_clients();
             }
-            self.run_timers(Instant::now());
+            let now = Instant::now();
+            self.run_timers(now);
             // Whatever held a kept connection back (the back-off, a crash
             // hold, a rate, max_instances, max_children) ends with an
             // event or a timer of this turn.
-            self.retry_pending(Instant::now());
+            self.retry_pending(now);
             self.upgrade_if_due();
         }
         self.shutdown();
@@ -457,7 +454,7 @@ impl Server {
     /// Re-arm what a timer that ran out was holding back.
     fn run_timers(&mut self, now: Instant) {
         self.close_idle_internal(now);
-        if self.resources.expire(now) | std::mem::take(&mut self.backoff_ended) {
+        if self.resources.expire(now) {
             // Their clients queued while fds ran out: no new event comes
             // for them (edge-triggered), so accept them now, before a
             // retry that fails again starts the next pause.
@@ -573,7 +570,6 @@ impl Server {
             started_at,
             name: child.name.clone(),
             peer: child.peer.clone(),
-            kill_at,
             timer: self.timers.add(kill_at, Timer::Kill { pid, started_at }),
             exited_at: None,
         };
@@ -603,13 +599,16 @@ impl Server {
     /// miss a member or reach a group that got the id later. Only then is
     /// the zombie reaped, its exit logged and counted.
     fn kill_overdue_group(&mut self, pgid: Pid, started_at: Instant) {
+        if self
+            .stopping_groups
+            .get(&pgid)
+            .is_none_or(|g| g.started_at != started_at)
+        {
+            return;
+        }
         let Some(group) = self.stopping_groups.remove(&pgid) else {
             return;
         };
-        if group.started_at != started_at {
-            self.stopping_groups.insert(pgid, group);
-            return;
-        }
         let name = &*group.name;
         let who = for_peer(group.peer.as_ref());
         let exited = group.exited_at.is_some() || signals::has_exited(pgid);
@@ -619,7 +618,7 @@ impl Server {
                 info!(event = "max_runtime", service = name, pid = pgid.as_raw();
                     "{name}: pid {pgid}{who} {} after SIGTERM; summond is stopping: SIGKILL to its process group {:.3}s before it was due",
                     if exited { "exited" } else { "is still running" },
-                    group.kill_at.saturating_duration_since(Instant::now()).as_secs_f64()
+                    group.timer.at().saturating_duration_since(Instant::now()).as_secs_f64()
                 );
             }
             // The zombie is one of the group (a signal to it is a no-op):
@@ -1193,11 +1192,9 @@ impl Server {
     /// not, so only an accept's own fault is ended here).
     pub(super) fn accepted_after_fd_fault(&mut self) {
         if std::mem::take(&mut self.accept_fd_fault) && self.resources.success() {
+            // What the pause held back is re-armed at this turn's timers
+            // (`Backoff::expire` says so after a success).
             info!("resources available again: accepting connections");
-            // The pause it ends will never run out: what its end re-arms
-            // (parked listeners, kept connections, the other stalled
-            // listener) is re-armed at the end of this turn instead.
-            self.backoff_ended = true;
         }
     }
 
@@ -1263,8 +1260,6 @@ impl Server {
         }
     }
 
-    /// A control client that has not read its whole answer by now is
-    /// dropped, so idle clients cannot keep summond's fds.
     /// A scrape or control client closed: its timeout goes with it.
     pub(super) fn cancel_client_timer(&mut self, token: Token) {
         if let Some(key) = self.client_timers.remove(&token) {
@@ -1272,6 +1267,8 @@ impl Server {
         }
     }
 
+    /// A control client that has not read its whole answer by now is
+    /// dropped, so idle clients cannot keep summond's fds.
     fn control_client_timed_out(&mut self, token: Token) {
         if self.control_clients.contains_key(&token) {
             debug!(
@@ -1372,12 +1369,10 @@ impl Server {
         if !self.config_load.as_ref().is_some_and(ConfigLoad::is_done) {
             return;
         }
-        let Some(mut load) = self.config_load.take() else {
+        let Some(load) = self.config_load.take() else {
             return;
         };
-        for key in std::mem::take(&mut load.timers) {
-            self.timers.cancel(key);
-        }
+        self.unwatch_config_load(&load);
         let t0 = load.started_at;
         let running: Vec<&ServiceSpec> = self.services.iter().map(|rt| &rt.spec).collect();
         let loaded = load.outcome(&running);

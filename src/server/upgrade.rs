@@ -503,7 +503,7 @@ impl Server {
                 name: g.name.to_string(),
                 peer: g.peer.clone(),
                 age_ns: now.saturating_duration_since(g.started_at).as_nanos() as u64,
-                kill_in_ns: g.kill_at.saturating_duration_since(now).as_nanos() as u64,
+                kill_in_ns: g.timer.at().saturating_duration_since(now).as_nanos() as u64,
                 // Held until the SIGKILL: never reaped before.
                 leader_reaped: false,
                 exited_ns: g
@@ -539,7 +539,6 @@ impl Server {
                 started_at,
                 name: g.name.into(),
                 peer: g.peer,
-                kill_at,
                 timer: self.timers.add(
                     kill_at,
                     Timer::Kill {

@@ -4,7 +4,6 @@
 //! within its limit leaves no deadline behind, and the SIGKILL never
 //! reaches a new group that got the id of an emptied one.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::util::*;
@@ -273,16 +272,10 @@ fn running_children_keep_their_own_max_runtime_across_an_upgrade() {
 /// the binary, so it can be upgraded. Returns it and its pid as the test
 /// sees it.
 fn start_in_pid_namespace(dir: TempDir, services: &str) -> (Summond, i32) {
-    let bin = dir.path("summond");
-    std::fs::copy(BIN, &bin).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let control = dir.path("control.sock");
-    let config = format!("{}{services}", daemon_control(&control));
-    let s = Summond::start_in(
+    let (s, _, _) = start_upgradable(
         dir,
+        services,
         Start {
-            config: &config,
-            binary: Some(&bin),
             wrapper: &["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"],
             ..Start::default()
         },
