@@ -265,7 +265,15 @@ fn idle_scrapers_cannot_take_the_fds_services_need() {
         nofile: Some((1100, 1100)),
         ..Start::default()
     });
-    let before = open_fds(s.pid());
+    // The loop is running (what loading left open, /proc/self/smaps
+    // while it is shed, is closed) once a client has been served: only
+    // then is summond's own fd count the one to add the scrapers to.
+    assert_eq!(tcp_port_exchange(port, b"first\n"), "first\n");
+    let mut before = open_fds(s.pid());
+    assert!(wait_until(TIMEOUT, || {
+        let now = open_fds(s.pid());
+        std::mem::replace(&mut before, now) == now
+    }));
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], mport).into();
     let idle: Vec<socket2::Socket> = (0..1200)
         .map(|_| {
