@@ -3,6 +3,7 @@
 //! active children), as a table or as JSON.
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 use crate::util::*;
 
@@ -11,7 +12,7 @@ fn status_reports_what_each_service_did() {
     let (pe, pd, pf, ph) = (free_port(), free_port(), free_port(), free_port());
     let dir = TempDir::new("status");
     let gone = dir.path("gone");
-    std::fs::copy("/bin/true", &gone).unwrap();
+    copy_executable(Path::new("/bin/true"), &gone);
     let control = dir.path("control.sock");
     let s = Summond::start_in(
         dir,

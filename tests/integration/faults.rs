@@ -5,6 +5,7 @@
 //! that keeps failing is held for 10 s instead of respawned in a loop.
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::time::Duration;
 
 use crate::util::*;
@@ -16,7 +17,7 @@ fn exec_failure_closes_the_client_logs_service_program_errno_and_serving_goes_on
     let gone = dir.path("gone-prog");
     let noexec = dir.path("noexec-prog");
     for p in [&gone, &noexec] {
-        std::fs::copy("/bin/cat", p).unwrap();
+        copy_executable(Path::new("/bin/cat"), p);
     }
     let s = Summond::start_in(
         dir,

@@ -10,6 +10,7 @@
 use std::io::Write;
 use std::net::UdpSocket;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 use crate::util::*;
 
@@ -212,7 +213,7 @@ fn identical_datagrams_to_a_child_that_turns_on_rx_timestamps_never_trip_the_res
 fn the_exec_status_pipe_never_lands_among_the_fds_handed_to_the_child() {
     let dir = TempDir::new("pipefd");
     let prog = dir.path("prog");
-    std::fs::copy("/bin/true", &prog).unwrap();
+    copy_executable(Path::new("/bin/true"), &prog);
     let ports: Vec<u16> = (0..17).map(|_| free_port()).collect();
     let listen = |ps: &[u16]| {
         let v: Vec<String> = ps

@@ -4,6 +4,8 @@
 //! chroot, supplementary groups; and a child that cannot apply a step
 //! reports the stage and never runs.
 
+use std::path::Path;
+
 use crate::util::*;
 
 fn service(port: u16, script: &str, extra: &str) -> String {
@@ -142,7 +144,7 @@ fn build_jail(root: &std::path::Path) {
     for f in files {
         let dest = root.join(f.trim_start_matches('/'));
         std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-        std::fs::copy(&f, &dest).unwrap();
+        copy_executable(Path::new(&f), &dest);
     }
     std::fs::create_dir_all(root.join("data")).unwrap();
     std::fs::write(root.join("data/inside"), "").unwrap();

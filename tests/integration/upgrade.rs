@@ -14,21 +14,13 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-/// Put `content` at `path` as a new executable file, renamed over the old.
-fn install(path: &Path, content: &[u8]) {
-    let tmp = path.with_extension("new");
-    std::fs::write(&tmp, content).unwrap();
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 /// A script at `dir/summond` that runs the real binary for `--check` and
 /// something else (`otherwise`, shell) when executed to serve.
 fn install_script(dir: &Path, check: &str, otherwise: &str) {
     let script = format!(
         "#!/bin/sh\nfor a; do [ \"$a\" = --check ] && {{ {check}; exec {BIN} \"$@\"; }}; done\n{otherwise}\n"
     );
-    install(&dir.join("summond"), script.as_bytes());
+    install_executable(&dir.join("summond"), script.as_bytes());
 }
 
 /// A service answering `word` on a TCP port.
@@ -364,7 +356,7 @@ fn a_connection_kept_through_a_back_off_is_served_after_an_upgrade() {
         "for (1..400) {{ last if -e '{}'; select(undef, undef, undef, 0.05) }} exec @ARGV",
         go.display()
     );
-    install(
+    install_executable(
         &bin,
         format!(
             "#!/bin/sh\nfor a; do [ \"$a\" = --check ] && exec perl -e \"{gate}\" {BIN} \"$@\"; done\nexec {BIN} \"$@\"\n"
@@ -421,7 +413,7 @@ fn a_binary_that_fails_its_check_is_never_executed() {
         &echo_service("hello", port, "hi"),
         Start::default(),
     );
-    install(
+    install_executable(
         &bin,
         b"#!/bin/sh\necho 'this build is broken' >&2\nexit 3\n",
     );

@@ -991,11 +991,42 @@ pub fn dbus_call(bus: &str, method: &str) -> (bool, String) {
 /// replace it without touching the build's.
 pub fn install_real(dir: &Path) -> PathBuf {
     let path = dir.join("summond");
-    let tmp = path.with_extension("new");
-    std::fs::copy(BIN, &tmp).unwrap();
-    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    std::fs::rename(&tmp, &path).unwrap();
+    copy_executable(Path::new(BIN), &path);
     path
+}
+
+/// Put a copy of the program `from` at `to` (a new file renamed over the
+/// old), copied by `cp`: see [`install_executable`] for why never by this
+/// process.
+pub fn copy_executable(from: &Path, to: &Path) {
+    let tmp = to.with_extension("new");
+    let st = Command::new("cp")
+        .arg(from)
+        .arg(&tmp)
+        .status()
+        .expect("run cp");
+    assert!(st.success(), "cp {from:?} {tmp:?}: {st}");
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, to).unwrap();
+}
+
+/// Put `content` at `path` as a new executable file renamed over the old.
+/// A child process writes it: a file this process held open for writing
+/// is held by every child another test thread forks in that moment, until
+/// the child execs, and executing the file then fails with ETXTBSY (it
+/// did in CI).
+pub fn install_executable(path: &Path, content: &[u8]) {
+    let tmp = path.with_extension("new");
+    let mut child = Command::new("sh")
+        .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+        .arg(&tmp)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("run sh");
+    child.stdin.take().unwrap().write_all(content).unwrap();
+    let st = child.wait().unwrap();
+    assert!(st.success(), "write {tmp:?}: {st}");
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// summond in `dir`, run from a fresh copy of the binary there (so it can
