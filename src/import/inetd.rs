@@ -68,7 +68,7 @@ fn entry(
         "stream" => true,
         "dgram" => false,
         other => {
-            e.unusable = Some(format!("socket type {other} is not served by summond"));
+            e.refuse(format!("socket type {other} is not served by summond"));
             return Ok(e);
         }
     };
@@ -107,7 +107,7 @@ fn entry(
         ("nowait", true) => {}
         ("wait", _) => e.set("accept", "false".into()),
         ("nowait", false) => {
-            e.unusable = Some("a datagram service in nowait mode has nothing to accept".into());
+            e.refuse("a datagram service in nowait mode has nothing to accept");
             return Ok(e);
         }
         (other, _) => return Err(format!("wait field must be wait or nowait, found {other}")),

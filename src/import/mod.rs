@@ -55,6 +55,10 @@ pub struct Entry {
     pub origin: String,
     /// `key = value` with the value already TOML.
     pub keys: Vec<(String, String)>,
+    /// The input's settings that the keys carry over, by their input
+    /// name, in input order: with `dropped`, every setting of the input is
+    /// named in the output.
+    pub carried: Vec<String>,
     /// Settings not carried over, each with why.
     pub dropped: Vec<String>,
     /// The whole entry cannot be served; written commented out.
@@ -69,6 +73,24 @@ impl Entry {
 
     pub fn drop_setting(&mut self, what: impl Into<String>) {
         self.dropped.push(what.into());
+    }
+
+    /// Say that the input setting `name` is carried over by the keys.
+    pub fn carry(&mut self, name: &str) {
+        if !self.carried.iter().any(|c| c == name) {
+            self.carried.push(name.to_string());
+        }
+    }
+
+    /// The entry cannot be served as the input meant it: it is written
+    /// commented out, with every reason found (fail closed: a service is
+    /// never written wider open than its input).
+    pub fn refuse(&mut self, why: impl Into<String>) {
+        let why = why.into();
+        self.unusable = Some(match self.unusable.take() {
+            Some(earlier) => format!("{earlier}; {why}"),
+            None => why,
+        });
     }
 }
 
@@ -319,6 +341,12 @@ fn render(paths: &[PathBuf], mut entries: Vec<Entry>) -> String {
     for e in &entries {
         out.push('\n');
         out.push_str(&format!("# {}\n", comment(&e.origin)));
+        if !e.carried.is_empty() {
+            out.push_str(&format!(
+                "# carried over: {}\n",
+                comment(&e.carried.join(", "))
+            ));
+        }
         let prefix = if let Some(why) = &e.unusable {
             out.push_str(&format!("# not imported: {}\n", comment(why)));
             "# "

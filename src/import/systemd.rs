@@ -224,7 +224,7 @@ pub fn parse_with(
         }
     }
     if listen.is_empty() {
-        e.unusable = Some("no stream or datagram address to listen on".into());
+        e.refuse("no stream or datagram address to listen on");
         return Ok(vec![e]);
     }
     let name = names.last().cloned();
@@ -319,7 +319,7 @@ pub fn parse_with(
     let svc = service.get("Service").cloned().unwrap_or_default();
     let sone = |k: &str| svc.get(k).and_then(|v| v.last().cloned());
     let Some(exec) = sone("ExecStart") else {
-        e.unusable = Some(format!("{} has no ExecStart", service_path.display()));
+        e.refuse(format!("{} has no ExecStart", service_path.display()));
         return Ok(vec![e]);
     };
     // Prefixes: - (failure ignored), @ (second word is argv[0]), +, !, !!.
@@ -349,7 +349,7 @@ pub fn parse_with(
         argv.remove(1);
     }
     if argv.is_empty() {
-        e.unusable = Some("ExecStart is empty".into());
+        e.refuse("ExecStart is empty");
         return Ok(vec![e]);
     }
     e.set("exec", list(argv.iter().map(String::as_str)));

@@ -222,7 +222,7 @@ fn entry(b: Block, defaults: &Attrs, services: &Services) -> Entry {
         .iter()
         .any(|t| t == "RPC" || t == "TCPMUX" || t == "TCPMUXPLUS")
     {
-        e.unusable = Some(format!("type {} is not supported", types.join(" ")));
+        e.refuse(format!("type {} is not supported", types.join(" ")));
         return e;
     }
     let socket_type = one("socket_type").unwrap_or_else(|| "stream".into());
@@ -230,7 +230,7 @@ fn entry(b: Block, defaults: &Attrs, services: &Services) -> Entry {
         "stream" => true,
         "dgram" => false,
         other => {
-            e.unusable = Some(format!("socket_type {other} is not served by summond"));
+            e.refuse(format!("socket_type {other} is not served by summond"));
             return e;
         }
     };
@@ -278,7 +278,7 @@ fn entry(b: Block, defaults: &Attrs, services: &Services) -> Entry {
         }
         e.set("exec", list(argv.iter().map(String::as_str)));
     } else {
-        e.unusable = Some("no `server` to run".into());
+        e.refuse("no `server` to run");
         return e;
     }
 
@@ -286,7 +286,7 @@ fn entry(b: Block, defaults: &Attrs, services: &Services) -> Entry {
         Some("yes") => e.set("accept", "false".into()),
         Some("no") | None if stream => {}
         Some("no") | None => {
-            e.unusable = Some("a datagram service with wait = no has nothing to accept".into());
+            e.refuse("a datagram service with wait = no has nothing to accept");
             return e;
         }
         Some(other) => e.drop_setting(format!("wait = {other}: not yes or no")),
