@@ -508,12 +508,12 @@ fn refusal(meta: &std::fs::Metadata) -> Option<PidfileRefusal> {
 }
 
 /// The directory that holds `path`, opened from / one component at a
-/// time without following a symlink (the path is made canonical first),
+/// time without following a symlink (`safe_dir::walk`; the path is made
+/// canonical first),
 /// each directory checked as OpenSSH's StrictModes does: owned by root or
 /// summond's uid, and writable by no one else unless sticky. Nothing on
 /// the way can then be swapped, and the fd names the directory for good.
 fn open_parent(path: &Path) -> Result<(OwnedFd, CString), PidfileError> {
-    use nix::fcntl::OFlag;
     use std::os::unix::ffi::OsStrExt;
     let open_err = |e: io::Error| PidfileError::Open(path.into(), e);
     let name = path
@@ -526,24 +526,12 @@ fn open_parent(path: &Path) -> Result<(OwnedFd, CString), PidfileError> {
         _ => Path::new("."),
     };
     let canonical = std::fs::canonicalize(parent).map_err(open_err)?;
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let open = |at: Option<&OwnedFd>, name: &CStr| {
-        match at {
-            Some(at) => nix::fcntl::openat(at, name, flags, nix::sys::stat::Mode::empty()),
-            None => nix::fcntl::open(name, flags, nix::sys::stat::Mode::empty()),
-        }
-        .map_err(|e| open_err(e.into()))
-    };
-    let mut dir = open(None, c"/")?;
-    let mut walked = PathBuf::from("/");
-    check_directory(&dir, &walked, path)?;
-    for part in canonical.iter().skip(1) {
-        walked.push(part);
-        let part = CString::new(part.as_bytes())
-            .map_err(|_| open_err(io::Error::from(io::ErrorKind::InvalidInput)))?;
-        dir = open(Some(&dir), &part)?;
-        check_directory(&dir, &walked, path)?;
-    }
+    let dir = crate::safe_dir::walk(
+        &canonical,
+        None,
+        |dir, walked| check_directory(dir, walked, path),
+        |e| open_err(e.into_io()),
+    )?;
     Ok((dir, name))
 }
 

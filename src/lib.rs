@@ -20,6 +20,7 @@ pub mod notify;
 pub mod peer;
 pub mod queue;
 pub mod refusals;
+pub mod safe_dir;
 pub mod server;
 pub mod signals;
 pub mod spawn;
