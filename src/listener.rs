@@ -43,6 +43,11 @@ pub struct ListenOptions {
     pub keepalive: bool,
     pub nodelay: bool,
     pub freebind: bool,
+    /// `socket_directory_mode`: missing parent directories of a socket
+    /// file are made with this mode before bind. Absent in the options an
+    /// older image hands over.
+    #[serde(default)]
+    pub directory_mode: Option<u32>,
 }
 
 impl Default for ListenOptions {
@@ -57,6 +62,7 @@ impl Default for ListenOptions {
             keepalive: false,
             nodelay: false,
             freebind: false,
+            directory_mode: None,
         }
     }
 }
@@ -77,6 +83,8 @@ pub enum ListenError {
     /// replaced by a symlink or another file): its mode and owner are
     /// left alone.
     Replaced(PathBuf),
+    /// `socket_directory_mode`: the socket's directory could not be made.
+    Directory(crate::safe_dir::WalkError),
 }
 
 impl fmt::Display for ListenError {
@@ -87,6 +95,7 @@ impl fmt::Display for ListenError {
             ListenError::Listen(e) => write!(f, "listen: {e}"),
             ListenError::Chmod(e) => write!(f, "chmod: {e}"),
             ListenError::Chown(e) => write!(f, "chown: {e}"),
+            ListenError::Directory(e) => write!(f, "socket directory: {e}"),
             ListenError::Live(p) => write!(
                 f,
                 "{} is in use: another process is listening on it",
@@ -378,6 +387,17 @@ pub fn adopt(addr: ListenAddr, socket: Socket) -> Result<Listener, ListenError> 
 }
 
 /// Create, bind and (for stream sockets) listen on `addr`.
+/// `socket_directory_mode`: the directory the socket file goes in, made
+/// with its missing parents (`mode`, summond's uid), never through a
+/// symbolic link: the walk from / refuses one anywhere on the path.
+fn make_parent(path: &Path, mode: u32) -> Result<(), ListenError> {
+    let Some(parent) = path.parent() else {
+        return Ok(());
+    };
+    crate::safe_dir::walk(parent, Some(mode), |_, _| Ok(()), ListenError::Directory)?;
+    Ok(())
+}
+
 pub fn open(addr: &ListenAddr, opts: ListenOptions) -> Result<Listener, ListenError> {
     let backlog = opts.backlog.unwrap_or(DEFAULT_BACKLOG);
     // socket2 creates every socket with SOCK_CLOEXEC on Linux; non-blocking
@@ -416,6 +436,9 @@ pub fn open(addr: &ListenAddr, opts: ListenOptions) -> Result<Listener, ListenEr
         ListenAddr::Unix(p) | ListenAddr::UnixGram(p) => {
             let stream = addr.is_stream();
             if let UnixPath::File(path) = p {
+                if let Some(mode) = opts.directory_mode {
+                    make_parent(path, mode)?;
+                }
                 clear_stale(path, stream)?;
             }
             let ty = if stream { Type::STREAM } else { Type::DGRAM };

@@ -19,6 +19,7 @@ mod keys;
 mod options;
 mod parse;
 pub mod raw_path;
+mod runtime_dir;
 pub mod units;
 
 use std::ffi::OsString;
@@ -274,6 +275,27 @@ pub struct Credentials {
     pub groups: Vec<u32>,
 }
 
+/// `runtime_directory`: directories made for the service when it is set
+/// up, owned by its user and group, with `mode`; left in place at stop.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RuntimeDirectory {
+    /// Where the names are made: /run, or `$XDG_RUNTIME_DIR` when summond
+    /// is not root (resolved when the config loads).
+    #[serde(with = "raw_path")]
+    pub base: PathBuf,
+    /// Relative: `[A-Za-z0-9_.-]+` segments joined by `/`, none `.` or `..`.
+    pub names: Vec<String>,
+    pub mode: u32,
+}
+
+impl RuntimeDirectory {
+    pub const DEFAULT_MODE: u32 = 0o755;
+
+    pub fn paths(&self) -> impl Iterator<Item = PathBuf> + '_ {
+        self.names.iter().map(|n| self.base.join(n))
+    }
+}
+
 /// One `[[service]]` as the file says it. Immutable and comparable, so a
 /// reload can tell an unchanged service from a changed one.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -313,6 +335,9 @@ pub struct ServiceSpec {
     pub banner_fail: Option<String>,
     /// Kept in the file, listening on nothing.
     pub disabled: bool,
+    /// Absent in the state an older image hands over.
+    #[serde(default)]
+    pub runtime_directory: Option<RuntimeDirectory>,
 }
 
 impl ServiceSpec {
@@ -340,13 +365,24 @@ impl ServiceSpec {
 pub struct Host {
     pub path_var: OsString,
     pub is_root: bool,
+    /// Where `runtime_directory` names are made: /run for root, else
+    /// `$XDG_RUNTIME_DIR` if it is set to an absolute path.
+    pub runtime_base: Option<PathBuf>,
 }
 
 impl Host {
     pub fn current() -> Host {
+        let is_root = nix::unistd::geteuid().is_root();
         Host {
             path_var: std::env::var_os("PATH").unwrap_or_else(|| FALLBACK_PATH.into()),
-            is_root: nix::unistd::geteuid().is_root(),
+            is_root,
+            runtime_base: if is_root {
+                Some(PathBuf::from("/run"))
+            } else {
+                std::env::var_os("XDG_RUNTIME_DIR")
+                    .map(PathBuf::from)
+                    .filter(|p| p.is_absolute())
+            },
         }
     }
 }

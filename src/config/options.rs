@@ -458,7 +458,12 @@ impl Checker<'_> {
     fn socket_options(&mut self, t: &Table<'_, '_>, shape: &Shape<'_>) -> ListenOptions {
         let mut o = ListenOptions::default();
         // (key, applies, what it needs)
-        let needs: [(&'static str, bool, &str); 9] = [
+        let needs: [(&'static str, bool, &str); 10] = [
+            (
+                "socket_directory_mode",
+                shape.any(|a| a.socket_file().is_some()),
+                "unix socket files",
+            ),
             (
                 "socket_mode",
                 shape.any(|a| a.socket_file().is_some()),
@@ -499,6 +504,11 @@ impl Checker<'_> {
         o.socket_mode = self.parsed(t, "socket_mode", |s| {
             units::octal(s, 0o7777)
                 .ok_or(format!("\"{s}\" is not an octal file mode like \"0660\""))
+        });
+        o.directory_mode = self.parsed(t, "socket_directory_mode", |s| {
+            units::octal(s, 0o7777).ok_or(format!(
+                "\"{s}\" is not an octal directory mode like \"0755\""
+            ))
         });
         o.owner = t
             .field("socket_user")

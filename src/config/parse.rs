@@ -552,6 +552,8 @@ impl Checker<'_> {
             );
         }
         let credentials = self.credentials(t);
+        let extra_groups = self.extra_groups(t);
+        let runtime_directory = self.runtime_directory(t);
         let env = t.field("env").map(|v| self.env(v)).unwrap_or_default();
         let max_instances = t
             .field("max_instances")
@@ -622,6 +624,7 @@ impl Checker<'_> {
             // SupplementaryGroups=.
             c.groups = vec![c.gid];
         }
+        let credentials = with_extra_groups(credentials, &extra_groups, opts.supplementary_groups);
         if self.errors.len() != errors_before {
             return None;
         }
@@ -653,6 +656,7 @@ impl Checker<'_> {
             banner: opts.banner,
             banner_fail: opts.banner_fail,
             disabled: opts.disabled,
+            runtime_directory,
         })
     }
 
@@ -858,6 +862,38 @@ impl Checker<'_> {
         out
     }
 
+    /// `extra_groups`: names resolved now (the group database is never
+    /// read after fork); setgroups needs root, as user and group do.
+    fn extra_groups(&mut self, t: &Table<'_, '_>) -> Vec<u32> {
+        let Some(v) = t.field("extra_groups") else {
+            return Vec::new();
+        };
+        let names = self.string_list("extra_groups", v).unwrap_or_default();
+        if !self.host.is_root {
+            self.at(
+                v.span(),
+                ErrorKind::NotRoot {
+                    key: "extra_groups",
+                },
+            );
+            return Vec::new();
+        }
+        let mut gids = Vec::with_capacity(names.len());
+        for (name, span) in names {
+            match nix::unistd::Group::from_name(name) {
+                Ok(Some(g)) => gids.push(g.gid.as_raw()),
+                _ => self.at(
+                    span,
+                    ErrorKind::Invalid {
+                        key: "extra_groups",
+                        reason: format!("no such group \"{name}\""),
+                    },
+                ),
+            }
+        }
+        gids
+    }
+
     fn credentials(&mut self, t: &Table<'_, '_>) -> Option<Credentials> {
         let user_v = t.field("user");
         let group_v = t.field("group");
@@ -921,6 +957,43 @@ impl Checker<'_> {
             }),
         }
     }
+}
+
+/// `extra_groups` added to the child's groups: after the user's (or only
+/// the primary group, with supplementary_groups = false). A service
+/// without user or group keeps summond's uid and gid, and its groups are
+/// summond's own (or its gid alone) with the extra ones after them.
+fn with_extra_groups(
+    credentials: Option<Credentials>,
+    extra: &[u32],
+    supplementary_groups: bool,
+) -> Option<Credentials> {
+    if extra.is_empty() {
+        return credentials;
+    }
+    let mut c = credentials.unwrap_or_else(|| {
+        let gid = nix::unistd::getegid().as_raw();
+        let groups = match supplementary_groups {
+            true => nix::unistd::getgroups()
+                .map(|gs| gs.into_iter().map(|g| g.as_raw()).collect())
+                .unwrap_or_default(),
+            false => Vec::new(),
+        };
+        Credentials {
+            uid: None,
+            gid,
+            groups,
+        }
+    });
+    if !c.groups.contains(&c.gid) {
+        c.groups.insert(0, c.gid);
+    }
+    for g in extra {
+        if !c.groups.contains(g) {
+            c.groups.push(*g);
+        }
+    }
+    Some(c)
 }
 
 /// What earlier services claimed, for the duplicate checks. A service's
@@ -1004,6 +1077,7 @@ mod tests {
         Host {
             path_var: "/usr/local/bin:/usr/bin:/bin".into(),
             is_root,
+            runtime_base: Some("/run".into()),
         }
     }
 

@@ -6,6 +6,7 @@ fn host(is_root: bool) -> Host {
     Host {
         path_var: "/usr/local/bin:/usr/bin:/bin".into(),
         is_root,
+        runtime_base: Some("/run".into()),
     }
 }
 
@@ -309,4 +310,104 @@ fn a_relative_control_socket_is_taken_from_the_files_directory() {
     let c = ok("[daemon]\ncontrol = \"/run/c.sock\"\n");
     assert_eq!(c.daemon.control.as_deref(), Some(Path::new("/run/c.sock")));
     assert_eq!(beside(Path::new("t.toml"), "c.sock"), Path::new("c.sock"));
+}
+
+const SVC: &str =
+    "[[service]]\nname = \"s\"\nlisten = \"tcp://127.0.0.1:7007\"\nexec = [\"cat\"]\n";
+
+#[test]
+fn runtime_directory_names_are_checked_with_their_positions() {
+    let c = ok(&format!(
+        "{SVC}runtime_directory = [\"sshd\", \"a/b\"]\nruntime_directory_mode = \"0700\"\n"
+    ));
+    let rd = c.services[0].runtime_directory.as_ref().unwrap();
+    assert_eq!(rd.base, Path::new("/run"));
+    assert_eq!(rd.names, ["sshd", "a/b"]);
+    assert_eq!(rd.mode, 0o700);
+    let c = ok(&format!("{SVC}runtime_directory = \"sshd\"\n"));
+    assert_eq!(
+        c.services[0].runtime_directory.as_ref().unwrap().mode,
+        0o755
+    );
+
+    assert_eq!(
+        errs(&format!("{SVC}runtime_directory = [\"ok\", \"/run/x\", \"a/../b\", \"a//b\", \"a b\"]\n"), true),
+        [
+            "t.toml:5:28: `runtime_directory`: \"/run/x\" must be relative (it is made under /run, or $XDG_RUNTIME_DIR)",
+            "t.toml:5:38: `runtime_directory`: \"a/../b\" has a \".\" or \"..\" segment",
+            "t.toml:5:48: `runtime_directory`: \"a//b\" has an empty segment",
+            "t.toml:5:56: `runtime_directory`: \"a b\" may use only letters, digits, '_', '.', '-' and '/' between names",
+        ]
+    );
+    assert_eq!(
+        errs(&format!("{SVC}runtime_directory_mode = \"0700\"\n"), true),
+        ["t.toml:5:26: `runtime_directory_mode`: has no use without runtime_directory"]
+    );
+    assert_eq!(
+        errs(&format!("{SVC}runtime_directory = \"x\"\nruntime_directory_mode = \"rwx\"\n"), true),
+        ["t.toml:6:26: `runtime_directory_mode`: \"rwx\" is not an octal file mode like \"0755\""]
+    );
+}
+
+#[test]
+fn runtime_directory_as_non_root_needs_xdg_runtime_dir() {
+    let text = format!("{SVC}runtime_directory = \"x\"\n");
+    let mut h = host(false);
+    h.runtime_base = Some("/run/user/1000".into());
+    let c = parse(Path::new("t.toml"), &text, &h).unwrap();
+    let rd = c.services[0].runtime_directory.as_ref().unwrap();
+    assert_eq!(
+        rd.paths().collect::<Vec<_>>(),
+        [Path::new("/run/user/1000/x")]
+    );
+    h.runtime_base = None;
+    let e = parse(Path::new("t.toml"), &text, &h).unwrap_err();
+    assert_eq!(
+        e.0[0].to_string(),
+        "t.toml:5:21: `runtime_directory`: summond is not root and XDG_RUNTIME_DIR is not set to an absolute path, so there is no directory to make it in"
+    );
+}
+
+#[test]
+fn socket_directory_mode_is_for_unix_socket_files_only() {
+    let unix = "[[service]]\nname = \"u\"\nlisten = \"unix:///run/x/s.sock\"\nexec = [\"cat\"]\n";
+    let c = ok(&format!("{unix}socket_directory_mode = \"0750\"\n"));
+    assert_eq!(c.services[0].socket.directory_mode, Some(0o750));
+    assert_eq!(ok(unix).services[0].socket.directory_mode, None);
+    assert_eq!(
+        errs(&format!("{SVC}socket_directory_mode = \"0755\"\n"), true),
+        ["t.toml:5:25: `socket_directory_mode`: applies to unix socket files, and this service listens on none"]
+    );
+}
+
+#[test]
+fn extra_groups_are_resolved_at_load_and_follow_the_users_groups() {
+    let root = nix::unistd::Group::from_gid(0.into())
+        .unwrap()
+        .unwrap()
+        .name;
+    let c = ok(&format!(
+        "{SVC}user = \"nobody\"\nextra_groups = [\"{root}\"]\n"
+    ));
+    let creds = c.services[0].credentials.as_ref().unwrap();
+    assert_eq!(creds.groups.last(), Some(&0), "{:?}", creds.groups);
+    let c = ok(&format!(
+        "{SVC}user = \"nobody\"\nsupplementary_groups = false\nextra_groups = [\"{root}\"]\n"
+    ));
+    let creds = c.services[0].credentials.as_ref().unwrap();
+    assert_eq!(creds.groups, [creds.gid, 0]);
+    assert_eq!(
+        errs(
+            &format!("{SVC}extra_groups = [\"{root}\", \"no-such-group-here\"]\n"),
+            true
+        ),
+        [format!(
+            "t.toml:5:{}: `extra_groups`: no such group \"no-such-group-here\"",
+            19 + root.len() + 2
+        )]
+    );
+    assert_eq!(
+        errs(&format!("{SVC}extra_groups = [\"{root}\"]\n"), false),
+        ["t.toml:5:16: `extra_groups` needs summond to run as root (it cannot change a child's identity otherwise)"]
+    );
 }

@@ -184,6 +184,9 @@ struct ServiceRuntime {
     unread_episode: bool,
     /// What `stats.last_exit` says, without the text.
     last_exit_key: Option<(i32, i32, bool)>,
+    /// A `runtime_directory` could not be made: tried again at the next
+    /// reload even if the service did not change.
+    runtime_dir_failed: bool,
 }
 
 impl ServiceRuntime {
@@ -1549,12 +1552,25 @@ impl Server {
             .filter_map(|(i, s)| Some((s.as_ref()?.name.clone(), i)))
             .collect();
         let mut services = Vec::with_capacity(new.services.len());
+        // Services whose runtime directories are made now: new ones (all
+        // of them at start and after an upgrade), those whose directories
+        // or user changed, and those whose last attempt failed.
+        let mut make_dirs = Vec::new();
         // Each spec moves into its runtime (or is dropped for the equal one
         // kept), not copied: the config keeps no second set.
         for spec in std::mem::take(&mut new.services) {
             let kept = old_index
                 .get(spec.name.as_str())
                 .and_then(|i| old[*i].take());
+            if spec.runtime_directory.is_some()
+                && kept.as_ref().is_none_or(|rt| {
+                    rt.runtime_dir_failed
+                        || rt.spec.runtime_directory != spec.runtime_directory
+                        || rt.spec.credentials != spec.credentials
+                })
+            {
+                make_dirs.push(services.len());
+            }
             services.push(match kept {
                 // Unchanged (most services in most reloads): kept whole,
                 // nothing rebuilt.
@@ -1591,12 +1607,16 @@ impl Server {
                         top_refused: TopRefused::default(),
                         unread_episode: false,
                         last_exit_key: None,
+                        runtime_dir_failed: false,
                         spec,
                     })
                 }
             });
         }
         self.services = services;
+        for idx in make_dirs {
+            self.make_runtime_dirs(idx);
+        }
         // Old images are gone with the old runtimes: so are the
         // environments only they used.
         drop(old);
@@ -1655,6 +1675,39 @@ impl Server {
         // A raised max_children may have opened the gate.
         self.unpark(now);
         Ok(())
+    }
+
+    /// Make service `idx`'s `runtime_directory` directories, owned by the
+    /// user and group its children run as. A failure is that service's
+    /// alone, logged here once: its children still start (as they would
+    /// without the key), and every other service is served.
+    fn make_runtime_dirs(&mut self, idx: usize) {
+        let rt = &mut self.services[idx];
+        let Some(dirs) = &rt.spec.runtime_directory else {
+            return;
+        };
+        let creds = rt.spec.credentials.as_ref();
+        let uid = creds
+            .and_then(|c| c.uid)
+            .unwrap_or_else(|| nix::unistd::geteuid().as_raw());
+        let gid = creds.map_or_else(|| nix::unistd::getegid().as_raw(), |c| c.gid);
+        rt.runtime_dir_failed = false;
+        for name in &dirs.names {
+            let made = crate::safe_dir::make_owned(
+                &dirs.base,
+                std::path::Path::new(name),
+                uid,
+                gid,
+                dirs.mode,
+            );
+            if let Err(e) = made {
+                rt.runtime_dir_failed = true;
+                let service = rt.spec.name.as_str();
+                error!(event = "runtime_directory_failed", service = service;
+                    "{service}: runtime_directory {}: {e}; not made (the service's children start without it; a reload tries again)",
+                    dirs.base.join(name).display());
+            }
+        }
     }
 
     /// A socket for `addr` (of `owner`: a service, the control socket,

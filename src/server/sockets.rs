@@ -298,6 +298,7 @@ mod tests {
         let host = Host {
             path_var: "/usr/bin:/bin".into(),
             is_root: false,
+            runtime_base: None,
         };
         parse(Path::new("t.toml"), text, &host).unwrap()
     }
