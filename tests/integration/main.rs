@@ -5,6 +5,7 @@ mod access;
 mod config_errors;
 mod control;
 mod daemon;
+mod directories;
 mod docs;
 mod faults;
 mod import;
