@@ -618,6 +618,15 @@ impl Checker<'_> {
             }
         }
 
+        if internal.is_some() {
+            // Made for, or given to, a child: an internal service has none.
+            for key in ["runtime_directory", "extra_groups"] {
+                if let Some(v) = t.field(key) {
+                    let reason = "has no use with an internal service (no child)".into();
+                    self.at(v.span(), ErrorKind::Invalid { key, reason });
+                }
+            }
+        }
         let mut credentials = credentials;
         if let (false, Some(c)) = (opts.supplementary_groups, credentials.as_mut()) {
             // Only the primary group, as xinetd and systemd do without

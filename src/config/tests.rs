@@ -411,3 +411,21 @@ fn extra_groups_are_resolved_at_load_and_follow_the_users_groups() {
         ["t.toml:5:16: `extra_groups` needs summond to run as root (it cannot change a child's identity otherwise)"]
     );
 }
+
+#[test]
+fn runtime_directory_and_extra_groups_have_no_use_with_an_internal_service() {
+    let root = nix::unistd::Group::from_gid(0.into())
+        .unwrap()
+        .unwrap()
+        .name;
+    let text = format!(
+        "[[service]]\nname = \"e\"\nlisten = \"tcp://127.0.0.1:7\"\nexec = [\"internal:echo\"]\nruntime_directory = \"x\"\nextra_groups = [\"{root}\"]\n"
+    );
+    assert_eq!(
+        errs(&text, true),
+        [
+            "t.toml:5:21: `runtime_directory`: has no use with an internal service (no child)",
+            "t.toml:6:16: `extra_groups`: has no use with an internal service (no child)",
+        ]
+    );
+}

@@ -1553,8 +1553,8 @@ impl Server {
             .collect();
         let mut services = Vec::with_capacity(new.services.len());
         // Services whose runtime directories are made now: new ones (all
-        // of them at start and after an upgrade), those whose directories
-        // or user changed, and those whose last attempt failed.
+        // of them at start and after an upgrade), those whose directories,
+        // user or `disabled` changed, and those whose last attempt failed.
         let mut make_dirs = Vec::new();
         // Each spec moves into its runtime (or is dropped for the equal one
         // kept), not copied: the config keeps no second set.
@@ -1562,7 +1562,9 @@ impl Server {
             let kept = old_index
                 .get(spec.name.as_str())
                 .and_then(|i| old[*i].take());
+            // A disabled service is not set up: it has no children.
             if spec.runtime_directory.is_some()
+                && !spec.disabled
                 && kept.as_ref().is_none_or(|rt| {
                     rt.runtime_dir_failed
                         || rt.spec.runtime_directory != spec.runtime_directory
