@@ -6,10 +6,9 @@
 
 use std::path::Path;
 
-use super::{list, s, Entry, ImportError, Services};
+use super::{list, s, wrappers, Entry, ImportError, Services};
 
 const INTERNAL: &[&str] = &["echo", "discard", "chargen", "daytime", "time"];
-const TCPD: &str = "/usr/sbin/tcpd";
 
 pub fn parse(path: &Path, text: &str, services: &Services) -> Result<Vec<Entry>, Vec<ImportError>> {
     let mut entries = Vec::new();
@@ -120,7 +119,14 @@ fn entry(
             _ => e.drop_setting(format!("{wait}: not a count")),
         }
         if let Some(per_source) = n.split('.').nth(1).and_then(|m| m.parse::<u32>().ok()) {
-            e.set("max_per_source", per_source.to_string());
+            if mode == "nowait" || server == "internal" {
+                e.set("max_per_source", per_source.to_string());
+            } else {
+                // The child accepts: summond never sees its clients.
+                e.drop_setting(format!(
+                    "{wait}'s {per_source} per source: with wait the server accepts its own clients, so summond cannot count them"
+                ));
+            }
         }
     }
 
@@ -134,37 +140,71 @@ fn entry(
             return Ok(e);
         }
     } else {
-        // inetd passes args as argv (args[0] is the program's name);
-        // tcpd execs its argv[0] after checking hosts.allow.
-        let mut argv: Vec<&str> = args.to_vec();
-        if server == TCPD {
-            e.drop_setting("the tcpd wrapper (hosts.allow/hosts.deny); use allow and deny instead");
-            if argv.is_empty() {
-                return Err("tcpd without a program to run".into());
-            }
-        } else {
-            if argv.is_empty() {
-                argv.push(server);
-            }
-            argv[0] = server;
+        match program(&mut e, server, args) {
+            Some(argv) => e.set("exec", list(argv.iter().map(String::as_str))),
+            None => return Err("tcpd without a program to run".into()),
         }
-        e.set("exec", list(argv));
     }
 
     let (u, g) = match user.split_once(['.', ':']) {
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
-    if u != "root" {
-        e.set("user", s(u));
-    }
-    if let Some(g) = g {
-        e.set("group", s(g));
-    }
+    credentials(&mut e, u, g);
     if disabled {
         e.set("disabled", "true".into());
     }
     Ok(e)
+}
+
+/// The argv summond runs: inetd's args are the program's argv (args[0]
+/// its name); tcpd in front is unwrapped to the program it runs, a bare
+/// name being /usr/sbin's. None: tcpd with nothing to run.
+fn program(e: &mut Entry, server: &str, args: &[&str]) -> Option<Vec<String>> {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    if wrappers::is_tcpd(server) {
+        let (argv, daemon) = wrappers::unwrap(&args)?;
+        match wrappers::refusal(&daemon, "tcpd") {
+            Some(why) => e.refuse(why),
+            None => e.drop_setting(format!(
+                "{server}: tcp_wrappers' tcpd is unwrapped to the program it runs; hosts.allow \
+                 and hosts.deny had no rule for {daemon} at import, and summond never reads \
+                 them (write such rules as allow and deny)"
+            )),
+        }
+        return Some(argv);
+    }
+    if let Some(argv0) = args.first() {
+        if wrappers::daemon_name(argv0) != wrappers::daemon_name(server) {
+            e.drop_setting(format!(
+                "argv[0] {argv0}: summond gives {server} its own path as argv[0]"
+            ));
+        }
+    }
+    let mut argv = vec![server.to_string()];
+    argv.extend(args.into_iter().skip(1));
+    Some(argv)
+}
+
+/// user and group: one unknown here refuses the service (run as root
+/// instead, it would be more than the input allowed).
+fn credentials(e: &mut Entry, user: &str, group: Option<&str>) {
+    match nix::unistd::User::from_name(user) {
+        Ok(Some(_)) if user == "root" => {}
+        Ok(Some(_)) => e.set("user", s(user)),
+        _ => e.refuse(format!(
+            "user {user} does not exist here: create it or name another user \
+             (the program is not run as root instead)"
+        )),
+    }
+    if let Some(g) = group {
+        match nix::unistd::Group::from_name(g) {
+            Ok(Some(_)) => e.set("group", s(g)),
+            _ => e.refuse(format!(
+                "group {g} does not exist here: create it or name another group"
+            )),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -216,5 +256,29 @@ mod tests {
         )
         .unwrap_err();
         assert!(err[0].message.contains("no port for service nosuch/tcp"));
+    }
+
+    #[test]
+    fn tcpd_lines_run_the_wrapped_program_and_unknown_users_refuse() {
+        let db = Services::parse("tftp 69/udp\nfinger 79/tcp\n");
+        let text = "tftp\tdgram\tudp\twait\troot\t/usr/sbin/tcpd\tin.tftpd -s /srv/tftp\n\
+                    finger stream tcp nowait no-such-user-here /usr/sbin/tcpd /usr/sbin/in.fingerd\n\
+                    tftp dgram udp wait.10.2 root /usr/sbin/in.tftpd in.tftpd\n";
+        let e = parse(Path::new("inetd.conf"), text, &db).unwrap();
+        assert!(e[0].keys.contains(&(
+            "exec".into(),
+            "[\"/usr/sbin/in.tftpd\", \"-s\", \"/srv/tftp\"]".into()
+        )));
+        let why = e[1].unusable.clone().unwrap_or_default();
+        assert!(
+            why.contains("user no-such-user-here does not exist"),
+            "{why}"
+        );
+        assert!(
+            !e[2].keys.iter().any(|(k, _)| k == "max_per_source"),
+            "{:?}",
+            e[2].keys
+        );
+        assert!(e[2].dropped.iter().any(|d| d.contains("2 per source")));
     }
 }

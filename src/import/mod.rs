@@ -12,7 +12,9 @@
 
 mod inetd;
 mod systemd;
+mod wrappers;
 mod xinetd;
+mod xinetd_entry;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -4,16 +4,12 @@
 //! skipping names with a `.` or ending in `~`, as xinetd does).
 //! Attributes become summond keys; the rest become comments saying why.
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use super::{key, list, num, readable, s, Entry, ImportError, Services};
-
-const INTERNAL: &[&str] = &["echo", "discard", "chargen", "daytime", "time"];
+use super::xinetd_entry::Attrs;
+use super::{readable, Entry, ImportError, Services};
 /// includedir inside includedir: deeper than this is a loop.
 const MAX_DEPTH: usize = 8;
-
-type Attrs = Vec<(String, String, Vec<String>)>;
 
 struct Block {
     name: String,
@@ -192,261 +188,9 @@ fn attribute(line: &str) -> Option<(String, String, Vec<String>)> {
     ))
 }
 
-/// The final value of each attribute: defaults first, then the block's
-/// own assignments in order.
-fn resolve(defaults: &Attrs, own: &Attrs) -> HashMap<String, Vec<String>> {
-    let mut values: HashMap<String, Vec<String>> = HashMap::new();
-    for (name, op, v) in defaults.iter().chain(own) {
-        let cur = values.entry(name.clone()).or_default();
-        match op.as_str() {
-            "+=" => cur.extend(v.iter().cloned()),
-            "-=" => cur.retain(|x| !v.contains(x)),
-            _ => *cur = v.clone(),
-        }
-    }
-    values
-}
-
 fn entry(b: Block, defaults: &Attrs, services: &Services) -> Entry {
-    let a = resolve(defaults, &b.attrs);
-    let get = |k: &str| a.get(k).cloned().unwrap_or_default();
-    let one = |k: &str| a.get(k).and_then(|v| v.first().cloned());
-    let mut e = Entry {
-        name: one("id").unwrap_or_else(|| b.name.clone()),
-        origin: format!("{}:{}: service {}", b.path, b.line, b.name),
-        ..Entry::default()
-    };
-    let types = get("type");
-    let internal = types.iter().any(|t| t == "INTERNAL");
-    if types
-        .iter()
-        .any(|t| t == "RPC" || t == "TCPMUX" || t == "TCPMUXPLUS")
-    {
-        e.refuse(format!("type {} is not supported", types.join(" ")));
-        return e;
-    }
-    let socket_type = one("socket_type").unwrap_or_else(|| "stream".into());
-    let stream = match socket_type.as_str() {
-        "stream" => true,
-        "dgram" => false,
-        other => {
-            e.refuse(format!("socket_type {other} is not served by summond"));
-            return e;
-        }
-    };
-    let proto = one("protocol").unwrap_or_else(|| if stream { "tcp" } else { "udp" }.into());
-    let port = one("port")
-        .and_then(|p| p.parse::<u16>().ok())
-        .or_else(|| services.port(&b.name, &proto));
-    let Some(port) = port else {
-        e.unusable = Some(format!(
-            "no port: neither `port` nor {}/{proto} in /etc/services",
-            b.name
-        ));
-        return e;
-    };
-    let flags = get("flags");
-    let bind = one("bind").or_else(|| one("interface"));
-    let host = match bind.as_deref() {
-        Some(h) if h.contains(':') => format!("[{h}]"),
-        Some(h) => h.to_string(),
-        None if flags.iter().any(|f| f == "IPv6") => "[::]".into(),
-        None => "0.0.0.0".into(),
-    };
-    e.set("listen", s(&format!("{proto}://{host}:{port}")));
-
-    if internal {
-        if INTERNAL.contains(&b.name.as_str()) {
-            e.set("exec", list([format!("internal:{}", b.name).as_str()]));
-        } else {
-            e.unusable = Some(format!(
-                "xinetd's internal `{}` has no summond equivalent",
-                b.name
-            ));
-            return e;
-        }
-    } else if let Some(server) = one("server") {
-        let mut argv = vec![server];
-        argv.extend(get("server_args"));
-        if flags.iter().any(|f| f == "NAMEINARGS") {
-            // server_args begins with argv[0]; summond's exec[0] is the
-            // program itself.
-            argv.remove(1.min(argv.len() - 1));
-            if argv.len() > 1 {
-                argv.remove(0);
-            }
-        }
-        e.set("exec", list(argv.iter().map(String::as_str)));
-    } else {
-        e.refuse("no `server` to run");
-        return e;
-    }
-
-    match one("wait").as_deref() {
-        Some("yes") => e.set("accept", "false".into()),
-        Some("no") | None if stream => {}
-        Some("no") | None => {
-            e.refuse("a datagram service with wait = no has nothing to accept");
-            return e;
-        }
-        Some(other) => e.drop_setting(format!("wait = {other}: not yes or no")),
-    }
-    if one("disable").as_deref() == Some("yes") || one("enabled").is_some_and(|v| v == "no") {
-        e.set("disabled", "true".into());
-    }
-    if let Some(u) = one("user").filter(|u| u != "root") {
-        e.set("user", s(&u));
-    }
-    if let Some(g) = one("group") {
-        e.set("group", s(&g));
-    }
-    if one("groups").as_deref() == Some("no") {
-        e.set("supplementary_groups", "false".into());
-    }
-    if let Some(n) = one("instances").filter(|n| n != "UNLIMITED") {
-        if n.parse::<u32>().is_ok_and(|n| n > 0) {
-            e.set("max_instances", num(&n));
-        }
-    }
-    if let Some(n) = one("per_source").filter(|n| n != "UNLIMITED") {
-        if n.parse::<u32>().is_ok_and(|n| n > 0) {
-            e.set("max_per_source", num(&n));
-        }
-    }
-    let cps = get("cps");
-    if let Some(n) = cps
-        .first()
-        .and_then(|n| n.parse::<u32>().ok())
-        .filter(|n| *n > 0)
-    {
-        e.set("rate", s(&format!("{n}/1s")));
-        if let Some(wait) = cps.get(1) {
-            e.drop_setting(format!(
-                "cps's {wait} s shutdown: summond's rate pauses the listener instead of disabling it"
-            ));
-        }
-    }
-    for (key, attr) in [("allow", "only_from"), ("deny", "no_access")] {
-        let v = get(attr);
-        if v.is_empty() {
-            continue;
-        }
-        let (cidrs, names): (Vec<&String>, Vec<&String>) = v
-            .iter()
-            .partition(|x| x.parse::<crate::access::Cidr>().is_ok());
-        if !cidrs.is_empty() {
-            e.set(key, list(cidrs.iter().map(|x| x.as_str())));
-        }
-        if !names.is_empty() {
-            e.drop_setting(format!(
-                "{attr} {}: host names are not resolved; give addresses or CIDR blocks",
-                names
-                    .iter()
-                    .map(|x| x.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ));
-        }
-    }
-    if let Some(n) = one("nice") {
-        if n.parse::<i32>().is_ok_and(|n| (-20..=19).contains(&n)) {
-            e.set("nice", num(&n));
-        }
-    }
-    if let Some(m) = one("umask") {
-        e.set("umask", s(&m));
-    }
-    let env = get("env");
-    if !env.is_empty() {
-        // NAME=value words; a later NAME wins, as in a shell.
-        let mut vars: Vec<(&str, &str)> = Vec::new();
-        for word in &env {
-            match word.split_once('=') {
-                Some((k, v)) if !k.is_empty() => {
-                    vars.retain(|(n, _)| *n != k);
-                    vars.push((k, v));
-                }
-                _ => e.drop_setting(format!("env word `{word}`: not NAME=value")),
-            }
-        }
-        if !vars.is_empty() {
-            let pairs: Vec<String> = vars
-                .iter()
-                .map(|(k, v)| format!("{} = {}", key(k), s(v)))
-                .collect();
-            e.set("env", format!("{{ {} }}", pairs.join(", ")));
-        }
-    }
-    let passenv = get("passenv");
-    if !passenv.is_empty() {
-        e.set("clear_env", "true".into());
-        e.set("passenv", list(passenv.iter().map(String::as_str)));
-    }
-    let mut rlimits = Vec::new();
-    for (attr, name) in [
-        ("rlimit_as", "as"),
-        ("rlimit_cpu", "cpu"),
-        ("rlimit_data", "data"),
-        ("rlimit_files", "nofile"),
-        ("rlimit_stack", "stack"),
-    ] {
-        if let Some(v) = one(attr) {
-            let v = if v == "UNLIMITED" {
-                s("infinity")
-            } else if v.parse::<u64>().is_ok() {
-                v
-            } else {
-                s(&v)
-            };
-            rlimits.push(format!("{name} = {v}"));
-        }
-    }
-    if !rlimits.is_empty() {
-        e.set("rlimits", format!("{{ {} }}", rlimits.join(", ")));
-    }
-    for f in &flags {
-        match f.as_str() {
-            "NODELAY" => e.set("nodelay", "true".into()),
-            "KEEPALIVE" => e.set("keepalive", "true".into()),
-            "REUSE" | "IPv4" | "IPv6" | "NAMEINARGS" | "NOLIBWRAP" => {}
-            other => e.drop_setting(format!("flags {other}: not supported")),
-        }
-    }
-    if let Some(v6) = one("v6only") {
-        if host.starts_with('[') {
-            e.set("v6only", if v6 == "no" { "false" } else { "true" }.into());
-        }
-    }
-    for attr in ["banner", "banner_success", "banner_fail"] {
-        if let Some(file) = one(attr) {
-            e.drop_setting(format!(
-                "{attr} = {file}: summond's banners are text in the config, not files"
-            ));
-        }
-    }
-    for attr in [
-        "redirect",
-        "access_times",
-        "max_load",
-        "deny_time",
-        "mdns",
-        "rpc_version",
-        "rpc_number",
-        "libwrap",
-    ] {
-        if let Some(v) = a.get(attr) {
-            e.drop_setting(format!("{attr} = {}: no summond equivalent", v.join(" ")));
-        }
-    }
-    for attr in ["log_type", "log_on_success", "log_on_failure"] {
-        if let Some(v) = a.get(attr) {
-            e.drop_setting(format!(
-                "{attr} = {}: summond logs every connection to one log (stderr, syslog or JSON)",
-                v.join(" ")
-            ));
-        }
-    }
-    e
+    let origin = format!("{}:{}: service {}", b.path, b.line, b.name);
+    super::xinetd_entry::entry(&b.name, origin, defaults, &b.attrs, services)
 }
 
 #[cfg(test)]
@@ -471,14 +215,15 @@ mod tests {
         ));
         assert!(has("max_instances", "60"), "defaults apply");
         assert!(
-            has("allow", "[\"10.0.0.0/8\", \"127.0.0.1\"]"),
+            has("allow", "[\"10.0.0.0/8\", \"127.0.0.1/32\"]"),
             "+= adds to the default"
         );
         assert!(has("rate", "\"25/1s\""));
         assert!(has("nodelay", "true"));
         assert!(has("user", "\"nobody\""));
+        let why = e[0].unusable.clone().unwrap_or_default();
+        assert!(why.contains("only_from host.example"), "{why}");
         let dropped = e[0].dropped.join("\n");
-        assert!(dropped.contains("host.example"), "{dropped}");
         assert!(dropped.contains("log_type"), "{dropped}");
         assert!(dropped.contains("cps's 30 s"), "{dropped}");
     }

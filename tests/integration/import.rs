@@ -219,3 +219,167 @@ fn installed_socket_units_import_check_and_the_system_bus_answers() {
         s.log_text()
     );
 }
+
+/// A TCP exchange with 127.0.0.1:`port` from the loopback address `from`
+/// (the client socket bound to it first): "" when summond closes a
+/// refused client.
+fn exchange_from(from: [u8; 4], port: u16, input: &[u8]) -> String {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    use std::io::{Read, Write};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&SockAddr::from(std::net::SocketAddr::from((from, 0))))
+        .unwrap();
+    s.connect(&SockAddr::from(std::net::SocketAddr::from((
+        [127, 0, 0, 1],
+        port,
+    ))))
+    .unwrap();
+    let mut s: std::net::TcpStream = s.into();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let _ = s.write_all(input);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// No rule of this machine's hosts.allow/hosts.deny may apply to `daemon`
+/// (else the importer refuses what tcpd would check).
+fn no_tcp_wrappers_rules() -> bool {
+    ["/etc/hosts.allow", "/etc/hosts.deny"].iter().all(|f| {
+        std::fs::read_to_string(f)
+            .unwrap_or_default()
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    })
+}
+
+fn xinetd_service(name: &str, port: u16, extra: &str) -> String {
+    format!(
+        "service {name}\n{{\n  port = {port}\n  bind = 127.0.0.1\n  socket_type = stream\n  \
+         wait = no\n  user = root\n  server = /bin/cat\n{extra}}}\n"
+    )
+}
+
+/// only_from and no_access as xinetd reads them: zero octets at the right
+/// are wildcards, `{a,b}` lists, `localhost` its two addresses, defaults
+/// that a service's `=` replaces; a host name, an unknown user, or an
+/// address list on a wait = yes server (whose child accepts) makes the
+/// service written commented out with the reason; NAMEINARGS with tcpd
+/// runs the wrapped program. The output passes --check, and served, a
+/// client from outside only_from is closed unserved.
+#[test]
+fn xinetd_access_lists_import_as_xinetd_means_them_and_outsiders_are_refused() {
+    let dir = TempDir::new("import-xinetd-access");
+    let p: Vec<u16> = (0..9).map(|_| free_port()).collect();
+    let text = [
+        "defaults\n{\n  per_source = 4\n  only_from = 127.0.0.0\n  log_type = SYSLOG daemon info\n}\n".to_string(),
+        xinetd_service("near", p[0], "  only_from = 127.0.0.2\n"),
+        xinetd_service("wide", p[1], ""),
+        xinetd_service("far", p[2], "  only_from = 10.0.0.0 192.168.1.{1,2}\n  no_access = 10.9.0.0\n"),
+        xinetd_service("local", p[3], "  only_from = localhost\n"),
+        xinetd_service("nobody", p[4], "  only_from =\n"),
+        xinetd_service("named", p[5], "  only_from = host.example\n"),
+        xinetd_service("stranger", p[6], "  user = no-such-user-here\n")
+            .replace("  user = root\n", ""),
+        xinetd_service("waiter", p[7], "").replace("wait = no", "wait = yes"),
+        xinetd_service(
+            "wrapped",
+            p[8],
+            "  flags = NAMEINARGS\n  server_args = /bin/cat -n\n  only_from += 127.0.0.1\n",
+        )
+        .replace("/bin/cat\n", "/usr/sbin/tcpd\n"),
+    ]
+    .concat();
+    let conf = dir.path("xinetd.conf");
+    std::fs::write(&conf, text).unwrap();
+    let (code, toml, err) = run_to_exit(&["import", conf.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    for want in [
+        "allow = [\"127.0.0.2/32\"]\n",
+        "max_per_source = 4\nallow = [\"127.0.0.0/8\"]\n",
+        "allow = [\"10.0.0.0/8\", \"192.168.1.1/32\", \"192.168.1.2/32\"]\ndeny = [\"10.9.0.0/16\"]\n",
+        "allow = [\"127.0.0.1/32\", \"::1/128\"]\n",
+        "allow = []\n",
+        "# not imported: only_from host.example: xinetd matches host, domain and network names",
+        "# not imported: user no-such-user-here does not exist here",
+        "# not imported: only_from: with wait = yes the server accepts its own clients",
+        "# not carried over: per_source (defaults) = 4: with wait = yes one server runs at a time",
+        "# not carried over: log_type (defaults) = SYSLOG daemon info: summond logs",
+        "# carried over: socket_type, port, bind, wait, server, user, per_source (defaults), only_from (defaults)\n",
+    ] {
+        assert!(toml.contains(want), "missing {want:?}:\n{toml}");
+    }
+    if no_tcp_wrappers_rules() {
+        assert!(
+            toml.contains("exec = [\"/bin/cat\", \"-n\"]\n")
+                && toml.contains(
+                    "# not carried over: server = /usr/sbin/tcpd: tcp_wrappers' tcpd is unwrapped"
+                ),
+            "{toml}"
+        );
+    }
+    let out = dir.path("summond.toml");
+    std::fs::write(&out, &toml).unwrap();
+    let (code, ok, err) = run_to_exit(&["--check", "-c", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}\n{toml}");
+    assert!(ok.starts_with("ok: "), "{ok}");
+
+    let s = Summond::start(&toml);
+    assert_eq!(exchange_from([127, 0, 0, 2], p[0], b"in\n"), "in\n");
+    assert_eq!(exchange_from([127, 0, 0, 1], p[0], b"out\n"), "");
+    assert!(s.wait_log("near: refused 127.0.0.1:"), "{}", s.log_text());
+    assert_eq!(exchange_from([127, 0, 0, 1], p[1], b"wide\n"), "wide\n");
+    assert_eq!(exchange_from([127, 0, 0, 1], p[2], b"far\n"), "");
+    assert_eq!(exchange_from([127, 0, 0, 3], p[3], b"not local\n"), "");
+    assert_eq!(exchange_from([127, 0, 0, 1], p[3], b"local\n"), "local\n");
+    assert_eq!(exchange_from([127, 0, 0, 1], p[4], b"nobody\n"), "");
+    if no_tcp_wrappers_rules() {
+        assert_eq!(exchange_from([127, 0, 0, 1], p[8], b"x\n"), "     1\tx\n");
+    }
+}
+
+/// inetd.conf lines with tcpd in front, as update-inetd writes them: the
+/// wrapped program runs (a bare name from /usr/sbin, as tcpd finds it),
+/// and a user unknown here makes the line written commented out.
+#[test]
+fn inetd_tcpd_lines_run_the_wrapped_program() {
+    let dir = TempDir::new("import-inetd-tcpd");
+    let conf = dir.path("inetd.conf");
+    let port = free_port();
+    std::fs::write(
+        &conf,
+        format!(
+            "127.0.0.1:{port}\tstream\ttcp\tnowait\troot\t/usr/sbin/tcpd\t/bin/cat -n\n\
+             #<off># tftp\tdgram\tudp\twait\troot\t/usr/sbin/tcpd\tin.tftpd -s /srv/tftp\n\
+             discard\tstream\ttcp\tnowait\tno-such-user-here\tinternal\n"
+        ),
+    )
+    .unwrap();
+    let (code, toml, err) = run_to_exit(&["import", conf.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        toml.contains("exec = [\"/usr/sbin/in.tftpd\", \"-s\", \"/srv/tftp\"]"),
+        "{toml}"
+    );
+    assert!(
+        toml.contains("# not imported: user no-such-user-here does not exist here"),
+        "{toml}"
+    );
+    if !no_tcp_wrappers_rules() {
+        assert!(
+            toml.contains("# not imported: tcpd checks each client"),
+            "{toml}"
+        );
+        return;
+    }
+    assert!(toml.contains("exec = [\"/bin/cat\", \"-n\"]"), "{toml}");
+    let cat_only: String = toml
+        .split("\n\n")
+        .filter(|b| !b.contains("in.tftpd"))
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    let _s = Summond::start(&cat_only);
+    assert_eq!(tcp_port_exchange(port, b"x\n"), "     1\tx\n");
+}
