@@ -332,6 +332,7 @@ fn mutate(rng: &mut Rng, text: &str) -> String {
 
 const IMPORTS: &[&str] = &[
     "daytime\tstream\ttcp\tnowait\troot\tinternal\n#<off># tftp\tdgram\tudp\twait\tnobody\t/usr/sbin/tcpd\t/usr/sbin/in.tftpd /srv/tftp\n127.0.0.1:9 stream tcp6 nowait.40.2 nobody:nogroup /bin/cat cat -u\n",
+    "defaults\n{\n  only_from = 10.0.0.0 192.168.{1,2}\n  no_access = 10.9.0.0\n  per_source = 3\n  enabled = echo tcpmux\n  disabled = time\n  server = /x\n}\nservice echo\n{\n  port = 7\n  wait = yes\n  user = 65534\n  group = nogroup\n  groups = yes\n  flags = NAMEINARGS NOLIBWRAP IDONLY\n  server = /usr/sbin/tcpd\n  server_args = in.echod -n\n  only_from -= 10.0.0.0/8\n  only_from += localhost .example.com ::1 1.2.3.4/24\n  log_on_success += USERID\n  access_times = 2:00-9:00\n  rlimit_rss = 1K\n  nice = 99\n  nice = 1\n  libwrap = echod\n}\n",
     "defaults\n{\n  instances = 60\n  only_from = 10.0.0.0/8 host\n}\nservice git\n{\n  port = 9418\n  socket_type = stream\n  wait = no\n  server = /bin/cat\n  server_args = -u\n  cps = 25 30\n  flags = NODELAY IPv6 SENSOR\n  env = A=1 B=2\n  rlimit_as = 8M\n  only_from += 127.0.0.1\n}\nservice daytime\n{\n  type = INTERNAL\n  id = daytime-dgram\n  socket_type = dgram\n  wait = yes\n}\n",
 ];
 

@@ -263,7 +263,10 @@ fn resolve(defaults: &Attrs, own: &Attrs) -> Resolved {
         if values.contains_key(&name) || (is_bind && own_binds) {
             continue;
         }
-        values.insert(name.clone(), d[&name].clone());
+        let Some(v) = d.get(&name) else {
+            continue; // every line of it was ignored
+        };
+        values.insert(name.clone(), v.clone());
         r.from_defaults.insert(name.clone());
         r.order.push(name);
     }
@@ -1285,5 +1288,28 @@ mod tests {
             all.contains("frobnicate = 1: not an xinetd attribute"),
             "{all}"
         );
+    }
+
+    #[test]
+    fn lines_xinetd_ignores_are_named_as_ignored() {
+        let e = import(
+            "instances += 5\nserver = /bin/false",
+            &format!("{CAT}nice = 1\nnice = 2"),
+        );
+        let all = e.dropped.join("\n");
+        assert!(
+            all.contains("instances += 5 in defaults: xinetd ignores it"),
+            "{all}"
+        );
+        assert!(
+            all.contains("server in defaults: xinetd ignores it there"),
+            "{all}"
+        );
+        assert!(
+            all.contains("nice = 2: xinetd ignores it (set once"),
+            "{all}"
+        );
+        assert_eq!(key_of(&e, "nice").as_deref(), Some("1"));
+        assert_eq!(key_of(&e, "max_instances"), None);
     }
 }
