@@ -697,45 +697,48 @@ fn identity(svc: &mut Svc, shape: &Shape) {
     }
 }
 
-/// A positive count, or None with UNLIMITED meaning no limit (Some(None)).
-fn count(v: Option<String>) -> Option<Option<u32>> {
-    match v.as_deref() {
-        Some("UNLIMITED") => Some(None),
-        Some(n) => n.parse::<u32>().ok().filter(|n| *n > 0).map(Some),
-        None => None,
+/// xinetd disables a service whose attribute its parser cannot read
+/// (identify_attribute: "DISABLING SERVICE").
+fn unreadable(svc: &mut Svc, attr: &str) {
+    let v = svc.r.words(attr).join(" ");
+    svc.refuse(
+        attr,
+        format!("{attr} = {v}: xinetd cannot read it and does not start the service"),
+    );
+}
+
+/// instances or per_source: a count, `UNLIMITED` (no key), 0 (xinetd
+/// serves nobody: refused) or unreadable (refused).
+fn count(svc: &mut Svc, attr: &str, key: &str, applies: bool) {
+    let Some(v) = svc.r.one(attr) else { return };
+    match v.parse::<u32>() {
+        _ if v == "UNLIMITED" => svc.carry(attr),
+        Ok(0) => svc.refuse(attr, format!("{attr} = 0: xinetd serves no client")),
+        Ok(_) if !applies => svc.drop(
+            attr,
+            "with wait = yes one server runs at a time and accepts its own clients, so there is nothing to count per source",
+        ),
+        Ok(n) => {
+            svc.e.set(key, n.to_string());
+            svc.carry(attr);
+        }
+        Err(_) => unreadable(svc, attr),
     }
 }
 
 /// instances, per_source, cps, max_load, nice, umask, rlimit_*.
 fn limits(svc: &mut Svc, shape: &Shape) {
-    match count(svc.r.one("instances")) {
-        Some(Some(n)) => {
-            svc.e.set("max_instances", n.to_string());
-            svc.carry("instances");
-        }
-        Some(None) => svc.carry("instances"),
-        None => svc.drop("instances", "not a positive number or UNLIMITED"),
-    }
-    match count(svc.r.one("per_source")) {
-        Some(Some(_)) if shape.child_accepts => svc.drop(
-            "per_source",
-            "with wait = yes one server runs at a time and accepts its own clients, so there is nothing to count per source",
-        ),
-        Some(Some(n)) => {
-            svc.e.set("max_per_source", n.to_string());
-            svc.carry("per_source");
-        }
-        Some(None) => svc.carry("per_source"),
-        None => svc.drop("per_source", "not a positive number or UNLIMITED"),
-    }
+    count(svc, "instances", "max_instances", true);
+    count(svc, "per_source", "max_per_source", !shape.child_accepts);
     cps(svc);
     svc.drop("max_load", "summond does not watch the load average; at max_instances clients wait in the listen backlog");
     match svc.r.one("nice").map(|n| n.parse::<i32>()) {
-        Some(Ok(n)) if (-20..=19).contains(&n) => {
-            svc.e.set("nice", n.to_string());
+        Some(Ok(n)) => {
+            // nice(2) clamps, as it does for xinetd.
+            svc.e.set("nice", n.clamp(-20, 19).to_string());
             svc.carry("nice");
         }
-        Some(_) => svc.drop("nice", "not a number from -20 to 19"),
+        Some(Err(_)) => unreadable(svc, "nice"),
         None => {}
     }
     match svc.r.one("umask") {
@@ -743,7 +746,7 @@ fn limits(svc: &mut Svc, shape: &Shape) {
             svc.e.set("umask", s(&m));
             svc.carry("umask");
         }
-        Some(_) => svc.drop("umask", "not an octal mode"),
+        Some(_) => unreadable(svc, "umask"),
         None => {}
     }
     rlimits(svc);
@@ -764,7 +767,9 @@ fn cps(svc: &mut Svc) {
                 ));
             }
         }
-        _ => svc.drop("cps", "not a positive number of connections per second"),
+        // cps = 0 turns xinetd's rate check off: no rate.
+        Ok(_) => svc.carry("cps"),
+        Err(_) => unreadable(svc, "cps"),
     }
 }
 
@@ -798,7 +803,7 @@ fn rlimits(svc: &mut Svc) {
                 rlimits.push(format!("{name} = {value}"));
                 svc.carry(attr);
             }
-            None => svc.drop(attr, "not a number, a size with K or M, or UNLIMITED"),
+            None => unreadable(svc, attr),
         }
     }
     if !rlimits.is_empty() {
@@ -1311,5 +1316,31 @@ mod tests {
         );
         assert_eq!(key_of(&e, "nice").as_deref(), Some("1"));
         assert_eq!(key_of(&e, "max_instances"), None);
+    }
+
+    #[test]
+    fn values_xinetd_cannot_read_or_that_serve_nobody_refuse() {
+        for (line, why) in [
+            ("instances = 0", "instances = 0: xinetd serves no client"),
+            ("per_source = 0", "per_source = 0: xinetd serves no client"),
+            (
+                "instances = many",
+                "instances = many: xinetd cannot read it",
+            ),
+            ("umask = 999", "umask = 999: xinetd cannot read it"),
+            (
+                "rlimit_as = lots",
+                "rlimit_as = lots: xinetd cannot read it",
+            ),
+        ] {
+            let e = import("", &format!("{CAT}{line}"));
+            let got = e.unusable.unwrap_or_default();
+            assert!(got.contains(why), "{line}: {got}");
+        }
+        let e = import("", &format!("{CAT}nice = 99\ncps = 0 10\nrlimit_as = 8M"));
+        assert!(e.unusable.is_none(), "{:?}", e.unusable);
+        assert_eq!(key_of(&e, "nice").as_deref(), Some("19"));
+        assert_eq!(key_of(&e, "rate"), None);
+        assert_eq!(key_of(&e, "rlimits").as_deref(), Some("{ as = 8388608 }"));
     }
 }
