@@ -461,14 +461,17 @@ fn listen(svc: &mut Svc, proto: &str, port: u16) -> Option<bool> {
     svc.carry(bind_attr);
     svc.e.set("listen", s(&format!("{proto}://{host}:{port}")));
     let v4_only = !host.starts_with('[');
-    if let Some(v6) = svc.r.one("v6only") {
-        if v4_only {
-            svc.drop("v6only", "the socket is IPv4");
-        } else {
+    match svc.r.one("v6only") {
+        Some(_) if v4_only => svc.drop("v6only", "the socket is IPv4"),
+        Some(v6) => {
             svc.e
-                .set("v6only", if v6 == "no" { "false" } else { "true" }.into());
+                .set("v6only", if v6 == "yes" { "true" } else { "false" }.into());
             svc.carry("v6only");
         }
+        // xinetd's default is v6only = no: its [::] socket serves IPv4
+        // clients too; summond's default is IPv6 only.
+        None if host == "[::]" => svc.e.set("v6only", "false".into()),
+        None => {}
     }
     Some(v4_only)
 }
@@ -1342,5 +1345,14 @@ mod tests {
         assert_eq!(key_of(&e, "nice").as_deref(), Some("19"));
         assert_eq!(key_of(&e, "rate"), None);
         assert_eq!(key_of(&e, "rlimits").as_deref(), Some("{ as = 8388608 }"));
+    }
+
+    #[test]
+    fn an_ipv6_socket_serves_ipv4_too_as_xinetd_s_does() {
+        let e = import("", &format!("{CAT}flags = IPv6"));
+        assert_eq!(key_of(&e, "listen").as_deref(), Some("\"tcp://[::]:7000\""));
+        assert_eq!(key_of(&e, "v6only").as_deref(), Some("false"));
+        let e = import("", &format!("{CAT}flags = IPv6\nv6only = yes"));
+        assert_eq!(key_of(&e, "v6only").as_deref(), Some("true"));
     }
 }

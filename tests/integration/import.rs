@@ -67,6 +67,21 @@ fn the_xinetd_packages_files_import_check_and_serve() {
         toml.contains("# not imported: xinetd's internal `servers`"),
         "{toml}"
     );
+    // Every attribute of every file is named in the output.
+    for file in std::fs::read_dir(root.join("etc/xinetd.d")).unwrap() {
+        let text = std::fs::read_to_string(file.unwrap().path()).unwrap();
+        for line in text.lines().map(str::trim) {
+            if line.starts_with('#') || !line.contains('=') {
+                continue;
+            }
+            let attr = line.split(['=', ' ', '\t']).next().unwrap();
+            let named = toml.lines().any(|l| {
+                (l.starts_with("# carried over:") && l.split([':', ',']).any(|w| w.trim() == attr))
+                    || l.starts_with(&format!("# not carried over: {attr} "))
+            });
+            assert!(named, "{attr} is not named:\n{toml}");
+        }
+    }
     let out = dir.path("summond.toml");
     std::fs::write(&out, &toml).unwrap();
     let (code, ok, err) = run_to_exit(&["--check", "-c", out.to_str().unwrap()]);
