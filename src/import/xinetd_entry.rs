@@ -311,10 +311,10 @@ impl Svc {
             self.named.insert(name.to_string());
         }
     }
+    /// The service cannot be served as `name` says: the reason, which
+    /// names it, is the `# not imported:` line.
     fn refuse(&mut self, name: &str, why: String) {
         self.named.insert(name.to_string());
-        let label = self.label(name);
-        self.e.carry(&label);
         self.e.refuse(why);
     }
     fn has(&self, name: &str) -> bool {
