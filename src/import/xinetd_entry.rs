@@ -861,7 +861,7 @@ fn access(svc: &mut Svc, shape: &Shape) {
                 );
             } else if svc.has(attr) {
                 svc.refuse(attr, format!(
-                    "{attr}: with wait = yes the server accepts its own clients, so summond never sees them to check (xinetd itself checks only the first datagram, and no stream client); restrict them in the server or a firewall and remove {attr}"
+                    "{attr}: with wait = yes the server accepts its own clients, so summond never sees them to check (xinetd checks only the datagram that starts such a server, and no stream client); restrict them in the server or a firewall and remove {attr}"
                 ));
             }
         }
