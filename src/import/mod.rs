@@ -9,6 +9,7 @@
 //! - `inetd.rs`: inetd.conf lines, including update-inetd's `#<off>#`.
 //! - `xinetd.rs`: xinetd.conf and /etc/xinetd.d files, with `defaults`,
 //!   `include` and `includedir`.
+//! - `systemd/`: a `.socket` unit with the `.service` it starts.
 
 mod inetd;
 mod systemd;
