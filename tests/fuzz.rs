@@ -338,7 +338,7 @@ const IMPORTS: &[&str] = &[
 
 const UNITS: &[&str] = &[
     "[Unit]\nDescription=x\n[Socket]\nListenStream=22\nListenStream=/run/%N.sock\nListenDatagram=127.0.0.1:53\nAccept=yes\nMaxConnections=64\nFileDescriptorName=ssh\nBindIPv6Only=both\nKeepAlive=yes\nTriggerLimitBurst=5\n[Install]\nWantedBy=sockets.target\n",
-    "[Service]\nExecStart=-@/usr/sbin/sshd sshd -i \"-o x\"\nStandardInput=socket\nUser=nobody\nEnvironment=A=1 \"B=2 3\"\nLimitNOFILE=1024:4096\nNoNewPrivileges=yes\nRuntimeMaxSec=30\nProtectSystem=strict\n",
+    "[Unit]\nConditionPathExists=|!/etc/x\n[Service]\nExecStart=-@/usr/sbin/sshd sshd -i \"-o x\" $A ${B}x $$ \\\n  '\\x41\\101 %p %t'\nStandardInput=socket\nUser=nobody\nEnvironment=A=1 \"B=2 3\"\nEnvironmentFile=-/nonexistent\nLimitNOFILE=1024:4096\nNoNewPrivileges=yes\nRuntimeMaxSec=30\nProtectSystem=strict\nRuntimeDirectory=a b/c\nRootDirectory=/\n",
 ];
 
 /// The importers: no panic, and their output parses as TOML.

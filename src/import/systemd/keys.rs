@@ -1,32 +1,7 @@
-//! What the keys of a socket unit and its service map to, as tables.
-
-/// Socket kinds summond does not serve (each is reported).
-pub const UNSERVED_LISTEN: &[&str] = &[
-    "ListenSequentialPacket",
-    "ListenFIFO",
-    "ListenSpecial",
-    "ListenNetlink",
-    "ListenMessageQueue",
-    "ListenUSBFunction",
-];
-
-pub const SANDBOX_SETTINGS: &[&str] = &[
-    "ProtectSystem",
-    "ProtectHome",
-    "PrivateTmp",
-    "PrivateDevices",
-    "PrivateUsers",
-    "PrivateNetwork",
-    "ProtectKernelTunables",
-    "ProtectKernelModules",
-    "ProtectControlGroups",
-    "MemoryDenyWriteExecute",
-    "ReadWritePaths",
-    "ReadOnlyPaths",
-    "SystemCallFilter",
-    "CapabilityBoundingSet",
-    "AmbientCapabilities",
-];
+//! What the keys of a socket unit and its service map to: the Listen*=
+//! kinds, the options with a summond key of the same meaning, and for
+//! every key summond has no home for, the reason, true for that key,
+//! written in its `# not carried over:` comment.
 
 /// `ListenStream=`/`ListenDatagram=` value → a summond address.
 pub fn address(value: &str, stream: bool) -> Option<String> {
@@ -48,33 +23,25 @@ pub fn address(value: &str, stream: bool) -> Option<String> {
     None
 }
 
+/// Every `Listen*=` key: each line is one fd, in line order
+/// (sd_listen_fds(3)); `Some(stream)` for the kinds summond serves.
+pub const LISTEN: [(&str, Option<bool>); 8] = [
+    ("ListenStream", Some(true)),
+    ("ListenDatagram", Some(false)),
+    ("ListenSequentialPacket", None),
+    ("ListenFIFO", None),
+    ("ListenSpecial", None),
+    ("ListenNetlink", None),
+    ("ListenMessageQueue", None),
+    ("ListenUSBFunction", None),
+];
+
 /// Boolean socket options with a summond key of the same meaning.
 pub const SOCKET_FLAGS: [(&str, &str); 4] = [
     ("KeepAlive", "keepalive"),
     ("NoDelay", "nodelay"),
     ("ReusePort", "reuse_port"),
     ("FreeBind", "freebind"),
-];
-
-/// The [Socket] keys `socket_options` and `listen_addresses` read.
-pub const SOCKET_KNOWN: &[&str] = &[
-    "ListenStream",
-    "ListenDatagram",
-    "Accept",
-    "MaxConnections",
-    "MaxConnectionsPerSource",
-    "SocketMode",
-    "SocketUser",
-    "SocketGroup",
-    "Backlog",
-    "BindIPv6Only",
-    "KeepAlive",
-    "NoDelay",
-    "ReusePort",
-    "FreeBind",
-    "FileDescriptorName",
-    "Service",
-    "RemoveOnStop",
 ];
 
 /// `LimitX=` → the name in summond's `rlimits`.
@@ -90,17 +57,415 @@ pub const RLIMITS: [(&str, &str); 9] = [
     ("LimitMEMLOCK", "memlock"),
 ];
 
-/// Service settings about a unit's life beyond its one program.
-pub const ONE_PROGRAM: &[&str] = &[
-    "Type",
-    "NotifyAccess",
-    "ExecReload",
-    "ExecStop",
-    "ExecStartPre",
-    "ExecStartPost",
-    "Restart",
-    "OOMScoreAdjust",
+/// Keys that restrict which peers may reach the program: not carried,
+/// they refuse the service (summond's allow/deny filter accepted
+/// connections only, not what the program itself sends or receives).
+pub const ACCESS: &[&str] = &[
+    "IPAddressAllow",
+    "IPAddressDeny",
+    "IPIngressFilterPath",
+    "IPEgressFilterPath",
 ];
+
+const SANDBOX: &str = "namespace sandboxing is systemd's and summond has no home for it: \
+     the program runs without it (use chroot, user and no_new_privs, or wrap exec in bwrap)";
+
+/// (keys, why none is carried over).
+const REASONS: &[(&[&str], &str)] = &[
+    (
+        &["Description"],
+        "summond keeps no description (the comment above names the unit)",
+    ),
+    (&["Documentation"], "summond keeps no documentation links"),
+    (
+        &[
+            "Before",
+            "After",
+            "Wants",
+            "Requires",
+            "Requisite",
+            "BindsTo",
+            "PartOf",
+            "Upholds",
+            "Conflicts",
+            "OnFailure",
+            "OnSuccess",
+            "PropagatesReloadTo",
+            "ReloadPropagatedFrom",
+            "PropagatesStopTo",
+            "StopPropagatedFrom",
+            "JoinsNamespaceOf",
+            "RequiresMountsFor",
+            "WantsMountsFor",
+            "DefaultDependencies",
+            "Slice",
+        ],
+        "an order or dependency between units: summond has no units, it sets up all its \
+         services when it starts",
+    ),
+    (
+        &[
+            "WantedBy",
+            "RequiredBy",
+            "UpheldBy",
+            "Also",
+            "Alias",
+            "DefaultInstance",
+        ],
+        "how the unit is enabled: a service in summond's config is enabled unless it says \
+         disabled = true",
+    ),
+    (
+        &[
+            "StartLimitIntervalSec",
+            "StartLimitBurst",
+            "StartLimitAction",
+            "StartLimitInterval",
+        ],
+        "summond's crash guard is fixed: 5 failing children in 10 s hold the service 10 s",
+    ),
+    (
+        &[
+            "StopWhenUnneeded",
+            "RefuseManualStart",
+            "RefuseManualStop",
+            "AllowIsolate",
+            "IgnoreOnIsolate",
+            "CollectMode",
+            "JobTimeoutSec",
+            "JobRunningTimeoutSec",
+            "JobTimeoutAction",
+            "JobTimeoutRebootArgument",
+            "SuccessAction",
+            "FailureAction",
+            "SuccessActionExitStatus",
+            "FailureActionExitStatus",
+            "RebootArgument",
+            "SourcePath",
+        ],
+        "how systemd manages the unit itself: summond has no units",
+    ),
+    (
+        &[
+            "KeepAliveTimeSec",
+            "KeepAliveIntervalSec",
+            "KeepAliveProbes",
+            "DeferAcceptSec",
+            "ReceiveBuffer",
+            "SendBuffer",
+            "IPTOS",
+            "IPTTL",
+            "Mark",
+            "Priority",
+            "Transparent",
+            "Broadcast",
+            "BindToDevice",
+            "TCPCongestion",
+            "PassCredentials",
+            "PassSecurity",
+            "PassPacketInfo",
+            "PassPIDFD",
+            "AcceptFileDescriptors",
+            "Timestamping",
+            "PipeSize",
+            "MessageQueueMaxMessages",
+            "MessageQueueMessageSize",
+            "SocketProtocol",
+            "SmackLabel",
+            "SmackLabelIPIn",
+            "SmackLabelIPOut",
+            "SELinuxContextFromNet",
+            "Writable",
+            "FlushPending",
+        ],
+        "a socket option summond does not set: the socket gets the kernel's default",
+    ),
+    (
+        &["Symlinks"],
+        "summond makes no symbolic links to its sockets: they are not made",
+    ),
+    (
+        &["RemoveOnStop"],
+        "summond removes the socket files it created when it stops, whatever this says",
+    ),
+    (
+        &[
+            "TriggerLimitIntervalSec",
+            "TriggerLimitBurst",
+            "PollLimitIntervalSec",
+            "PollLimitBurst",
+        ],
+        "summond never stops a socket for being busy: at a limit clients wait in the \
+         backlog (a rate of starts is summond's `rate`, not set from this)",
+    ),
+    (
+        &[
+            "ExecStartPre",
+            "ExecStartPost",
+            "ExecStopPre",
+            "ExecStopPost",
+            "ExecCondition",
+        ],
+        "a command systemd runs before or after the program: summond runs only `exec`, so \
+         this command is not run",
+    ),
+    (
+        &["ExecReload"],
+        "summond's reload rereads its own config and signals no child: this command is not run",
+    ),
+    (
+        &["ExecStop"],
+        "summond stops an accept = false child with SIGTERM when it stops: this command is not run",
+    ),
+    (
+        &[
+            "Restart",
+            "RestartSec",
+            "RestartSteps",
+            "RestartMaxDelaySec",
+        ],
+        "summond does not restart a program that exited: the next client starts it again",
+    ),
+    (
+        &[
+            "RestartPreventExitStatus",
+            "RestartForceExitStatus",
+            "SuccessExitStatus",
+        ],
+        "summond restarts nothing by exit status: each exit is logged and counted, and \
+         failures count toward the crash guard",
+    ),
+    (
+        &[
+            "KillMode",
+            "KillSignal",
+            "RestartKillSignal",
+            "FinalKillSignal",
+            "SendSIGKILL",
+            "SendSIGHUP",
+            "TimeoutStopSec",
+            "TimeoutSec",
+            "WatchdogSignal",
+        ],
+        "summond's way of stopping is fixed: SIGTERM to an accept = false child when summond \
+         stops, connection children left to finish, and max_runtime's SIGTERM to the \
+         child's process group with SIGKILL 5 s later",
+    ),
+    (
+        &[
+            "BusName",
+            "NotifyAccess",
+            "WatchdogSec",
+            "TimeoutStartSec",
+            "TimeoutAbortSec",
+            "PIDFile",
+            "GuessMainPID",
+            "RemainAfterExit",
+            "FileDescriptorStoreMax",
+            "FileDescriptorStorePreserve",
+            "USBFunctionDescriptors",
+            "USBFunctionStrings",
+            "OpenFile",
+            "ExitType",
+        ],
+        "summond waits for no readiness and tracks no main pid: the program counts as \
+         started once it runs, and its exit ends it",
+    ),
+    (
+        &["Sockets"],
+        "the sockets the program gets are those of the .socket imported with it",
+    ),
+    (
+        &[
+            "ProtectSystem",
+            "ProtectHome",
+            "PrivateTmp",
+            "PrivateDevices",
+            "PrivateUsers",
+            "PrivateNetwork",
+            "PrivateIPC",
+            "PrivateMounts",
+            "PrivatePIDs",
+            "ProtectKernelTunables",
+            "ProtectKernelModules",
+            "ProtectKernelLogs",
+            "ProtectControlGroups",
+            "ProtectClock",
+            "ProtectHostname",
+            "ProtectProc",
+            "ProcSubset",
+            "MemoryDenyWriteExecute",
+            "ReadWritePaths",
+            "ReadOnlyPaths",
+            "InaccessiblePaths",
+            "ExecPaths",
+            "NoExecPaths",
+            "TemporaryFileSystem",
+            "BindPaths",
+            "BindReadOnlyPaths",
+            "MountAPIVFS",
+            "SystemCallFilter",
+            "SystemCallArchitectures",
+            "SystemCallErrorNumber",
+            "SystemCallLog",
+            "CapabilityBoundingSet",
+            "AmbientCapabilities",
+            "RestrictAddressFamilies",
+            "RestrictNamespaces",
+            "RestrictRealtime",
+            "RestrictSUIDSGID",
+            "RestrictFileSystems",
+            "RestrictNetworkInterfaces",
+            "SocketBindAllow",
+            "SocketBindDeny",
+            "LockPersonality",
+            "RemoveIPC",
+            "KeyringMode",
+            "SecureBits",
+            "NetworkNamespacePath",
+            "IPCNamespacePath",
+            "DevicePolicy",
+            "DeviceAllow",
+            "ProtectProc",
+            "NoExecPaths",
+            "MountFlags",
+            "SELinuxContext",
+            "AppArmorProfile",
+            "SmackProcessLabel",
+        ],
+        SANDBOX,
+    ),
+    (
+        &[
+            "CPUQuota",
+            "CPUWeight",
+            "CPUShares",
+            "StartupCPUWeight",
+            "MemoryMax",
+            "MemoryHigh",
+            "MemoryLow",
+            "MemoryMin",
+            "MemorySwapMax",
+            "MemoryLimit",
+            "TasksMax",
+            "IOWeight",
+            "IOReadBandwidthMax",
+            "IOWriteBandwidthMax",
+            "Delegate",
+            "CPUAccounting",
+            "MemoryAccounting",
+            "TasksAccounting",
+            "IOAccounting",
+            "IPAccounting",
+            "AllowedCPUs",
+            "ManagedOOMSwap",
+            "ManagedOOMMemoryPressure",
+        ],
+        "cgroup resource control is systemd's: summond limits a child with rlimits only",
+    ),
+    (
+        &[
+            "OOMScoreAdjust",
+            "OOMPolicy",
+            "CPUSchedulingPolicy",
+            "CPUSchedulingPriority",
+            "CPUSchedulingResetOnFork",
+            "CPUAffinity",
+            "NUMAPolicy",
+            "NUMAMask",
+            "IOSchedulingClass",
+            "IOSchedulingPriority",
+            "TimerSlackNSec",
+            "Personality",
+            "CoredumpFilter",
+            "IgnoreSIGPIPE",
+        ],
+        "a process attribute summond does not set: the child gets summond's (SIGPIPE at \
+         its default)",
+    ),
+    (
+        &[
+            "SyslogIdentifier",
+            "SyslogFacility",
+            "SyslogLevel",
+            "SyslogLevelPrefix",
+            "LogLevelMax",
+            "LogExtraFields",
+            "LogRateLimitIntervalSec",
+            "LogRateLimitBurst",
+            "LogNamespace",
+            "LogFilterPatterns",
+        ],
+        "journal fields: the child's stderr goes to summond's own log",
+    ),
+    (
+        &[
+            "StateDirectory",
+            "CacheDirectory",
+            "LogsDirectory",
+            "ConfigurationDirectory",
+            "StateDirectoryMode",
+            "CacheDirectoryMode",
+            "LogsDirectoryMode",
+            "ConfigurationDirectoryMode",
+        ],
+        "summond creates no directory but runtime_directory: create it by hand, owned by \
+         the service's user",
+    ),
+    (
+        &["RuntimeDirectoryPreserve"],
+        "summond leaves runtime_directory in place when the service stops (/run is \
+         emptied at boot)",
+    ),
+    (
+        &["PassEnvironment", "UnsetEnvironment"],
+        "systemd's own environment: the child gets summond's (clear_env and passenv choose \
+         from it)",
+    ),
+    (&["PAMName"], "summond opens no PAM session"),
+    (
+        &[
+            "LimitRSS",
+            "LimitNICE",
+            "LimitRTPRIO",
+            "LimitRTTIME",
+            "LimitMSGQUEUE",
+            "LimitSIGPENDING",
+            "LimitLOCKS",
+        ],
+        "summond's rlimits has no such limit: the child gets summond's",
+    ),
+    (
+        &[
+            "TTYPath",
+            "TTYReset",
+            "TTYVHangup",
+            "TTYVTDisallocate",
+            "UtmpIdentifier",
+            "UtmpMode",
+            "StandardInputText",
+            "StandardInputData",
+        ],
+        "a terminal or utmp setting: summond's children have no terminal",
+    ),
+];
+
+/// Why `key` is not carried over; for a key the table does not know, a
+/// reason that says so.
+pub fn reason(key: &str) -> &'static str {
+    if key.starts_with("Condition") || key.starts_with("Assert") {
+        return "summond checks no condition: the service is started whatever it says \
+                (check it by hand)";
+    }
+    REASONS
+        .iter()
+        .find(|(keys, _)| keys.contains(&key))
+        .map(|(_, why)| *why)
+        .unwrap_or(
+            "not a setting the importer knows: summond does nothing for it; check by hand \
+             what it did",
+        )
+}
 
 #[cfg(test)]
 mod tests {
@@ -119,5 +484,13 @@ mod tests {
             Some("unixgram:///run/a.sock".into())
         );
         assert_eq!(address("eth0", true), None);
+    }
+
+    #[test]
+    fn reasons_are_the_keys_own() {
+        assert!(reason("ExecStartPost").contains("not run"));
+        assert!(reason("KillMode").contains("process group"));
+        assert!(reason("ConditionPathExists").contains("condition"));
+        assert!(reason("Frobnicate").contains("not a setting the importer knows"));
     }
 }
