@@ -6,12 +6,13 @@
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path};
+use std::path::Path;
 
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{fstat, Mode, SFlag};
 
 use super::exec::is_env_name;
+use crate::safe_dir::WalkError;
 
 /// A file's variables, or why it was not read.
 #[derive(Debug, PartialEq)]
@@ -54,51 +55,34 @@ enum Refusal {
     Why(String),
 }
 
-/// Open `path` walking from `/` one component at a time with
-/// O_NOFOLLOW, so no symbolic link is followed and nothing can be
-/// swapped in between the check and the read; every directory must be
-/// searchable and the file readable by others.
+/// Open `path` with no symbolic link followed on the way or at the end
+/// (each step opened relative to the directory before it, with
+/// O_NOFOLLOW, so nothing can be swapped in between the check and the
+/// read); every directory must be searchable and the file readable by
+/// others.
 fn open_world_readable(path: &Path) -> Result<OwnedFd, Refusal> {
-    let fail = |e: nix::Error, at: &Path| match e {
-        nix::Error::ENOENT => Refusal::Missing,
-        nix::Error::ELOOP => Refusal::Why(format!("{} is a symbolic link", at.display())),
-        e => Refusal::Why(format!("cannot open {}: {e}", at.display())),
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(Refusal::Why("names no file".into()));
     };
-    let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let mut dir = nix::fcntl::open("/", dir_flags, Mode::empty()).map_err(|e| fail(e, path))?;
-    let parts: Vec<Component> = path.components().skip(1).collect();
-    let mut walked = std::path::PathBuf::from("/");
-    for (n, part) in parts.iter().enumerate() {
-        let Component::Normal(name) = part else {
-            return Err(Refusal::Why("the path holds `.` or `..`".into()));
-        };
-        check_mode(&dir, &walked, true)?;
-        walked.push(name);
-        let name = CString::new(name.as_bytes())
-            .map_err(|_| Refusal::Why("the path holds a NUL byte".into()))?;
-        let last = n + 1 == parts.len();
-        let flags = if last {
-            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC
-        } else {
-            dir_flags
-        };
-        let fd = openat(&dir, name.as_c_str(), flags, Mode::empty()).map_err(|e| {
-            // O_DIRECTORY|O_NOFOLLOW on a link to a directory is ENOTDIR.
-            match e {
-                nix::Error::ENOTDIR if !last => Refusal::Why(format!(
-                    "{} is a symbolic link or not a directory",
-                    walked.display()
-                )),
-                e => fail(e, &walked),
-            }
-        })?;
-        if last {
-            check_mode(&fd, &walked, false)?;
-            return Ok(fd);
-        }
-        dir = fd;
-    }
-    Err(Refusal::Why("names no file".into()))
+    let dir = crate::safe_dir::walk(
+        parent,
+        None,
+        |dir, shown| check_mode(dir, shown, true),
+        |e| match e {
+            WalkError::Io(_, e) if e.kind() == std::io::ErrorKind::NotFound => Refusal::Missing,
+            e => Refusal::Why(e.to_string()),
+        },
+    )?;
+    let name = CString::new(name.as_bytes())
+        .map_err(|_| Refusal::Why("the path holds a NUL byte".into()))?;
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let fd = openat(&dir, name.as_c_str(), flags, Mode::empty()).map_err(|e| match e {
+        nix::Error::ENOENT => Refusal::Missing,
+        nix::Error::ELOOP => Refusal::Why(format!("{} is a symbolic link", path.display())),
+        e => Refusal::Why(format!("cannot open {}: {e}", path.display())),
+    })?;
+    check_mode(&fd, path, false)?;
+    Ok(fd)
 }
 
 /// A directory others may search, or a regular file others may read.
