@@ -517,3 +517,51 @@ fn a_condition_that_does_not_hold_writes_the_service_disabled() {
     );
     assert!(toml.contains("disabled = true"), "{toml}");
 }
+
+/// IPAddressDeny=/IPAddressAllow= on a service listening on IP restrict
+/// who may connect, which summond's allow/deny carry only for accepted
+/// connections: refused. On a service listening only on a Unix socket
+/// they are the program's own sandbox: a comment (journald's
+/// IPAddressDeny=any). Type=forking and RootImage= cannot be served as
+/// the unit means: refused.
+#[test]
+fn ip_rules_forking_and_root_images_refuse_where_they_cannot_be_carried() {
+    for (socket, lines, why) in [
+        (
+            ECHO_SOCKET,
+            "IPAddressDeny=any\nIPAddressAllow=127.0.0.0/8\n",
+            "IPAddressDeny=any",
+        ),
+        (ECHO_SOCKET, "Type=forking\n", "Type=forking"),
+        (ECHO_SOCKET, "RootImage=/srv/x.raw\n", "RootImage="),
+    ] {
+        let dir = TempDir::new("units-confine");
+        let toml = import(
+            &dir,
+            &[
+                ("echo.socket", socket),
+                ("echo@.service", &echo_service(lines)),
+            ],
+        );
+        let refusal = toml
+            .lines()
+            .find(|l| l.starts_with("# not imported: "))
+            .unwrap_or("");
+        assert!(refusal.contains(why), "{lines}: {toml}");
+    }
+    let dir = TempDir::new("units-confine-unix");
+    let socket = "[Socket]\nListenStream={dir}/s\nAccept=yes\n";
+    let toml = import(
+        &dir,
+        &[
+            ("echo.socket", socket),
+            ("echo@.service", &echo_service("IPAddressDeny=any\n")),
+        ],
+    );
+    assert!(!toml.contains("# not imported"), "{toml}");
+    assert!(
+        toml.contains("# not carried over: IPAddressDeny=any: the program's own IP sandbox"),
+        "{toml}"
+    );
+    assert_check_passes(&dir, &toml);
+}

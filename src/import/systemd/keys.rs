@@ -57,9 +57,11 @@ pub const RLIMITS: [(&str, &str); 9] = [
     ("LimitMEMLOCK", "memlock"),
 ];
 
-/// Keys that restrict which peers may reach the program: not carried,
-/// they refuse the service (summond's allow/deny filter accepted
-/// connections only, not what the program itself sends or receives).
+/// Keys that restrict which IP peers the program may talk to: on a
+/// service listening on IP they refuse it (summond's allow/deny filter
+/// accepted connections only, not what the program itself sends or
+/// receives); on one listening only on Unix sockets they are the
+/// program's own sandbox (journald's IPAddressDeny=any), a comment.
 pub const ACCESS: &[&str] = &[
     "IPAddressAllow",
     "IPAddressDeny",

@@ -46,6 +46,8 @@ enum File {
 struct Import {
     e: Entry,
     named: Vec<(File, String, String)>,
+    /// Some address is TCP or UDP (which IP access rules are about).
+    listens_on_ip: bool,
 }
 
 impl Import {
@@ -73,6 +75,29 @@ impl Import {
         self.e.drop_setting(why.clone());
         self.e.refuse(why);
         self.mark(file, section, key);
+    }
+
+    /// IPAddressAllow=/IPAddressDeny= (in [Socket] or [Service]): on a
+    /// service listening on IP they restrict who may connect, which
+    /// summond's allow/deny cannot carry as they are: refused; otherwise
+    /// the program's own sandbox: a comment.
+    fn access_keys(&mut self, file: File, section: &str, sec: &Section) {
+        for k in keys::ACCESS {
+            let Some(v) = sec.last(k) else { continue };
+            if self.listens_on_ip {
+                let why = format!(
+                    "{k}={v}: restricts which addresses may reach the program, which \
+                     summond's allow/deny do only for accepted connections: write them by hand"
+                );
+                self.refuse(file, section, k, why);
+            } else {
+                let why = format!(
+                    "{k}={v}: the program's own IP sandbox (it listens on no IP address \
+                     here); summond has no home for it: the program runs without it"
+                );
+                self.drop_key(file, section, k, why);
+            }
+        }
     }
 
     fn is_named(&self, file: File, section: &str, key: &str) -> bool {
@@ -195,9 +220,11 @@ pub fn parse_with(
             ..Entry::default()
         },
         named: Vec::new(),
+        listens_on_ip: false,
     };
     socket::listen(&mut im, &sock, &names, accept);
     socket::options(&mut im, &sock);
+    im.access_keys(File::Socket, "Socket", &sock);
     conditions::check(&mut im, File::Socket, &socket_unit);
     let service_name = match service_name(&sock, &names, accept) {
         Ok(n) => {

@@ -5,7 +5,7 @@
 
 use super::envfile::{self, EnvFile};
 use super::exec::{self, Prefixes, Specifiers, Used};
-use super::keys::{ACCESS, RLIMITS};
+use super::keys::RLIMITS;
 use super::unit::Section;
 use super::{yes, File, Import};
 use crate::import::{key, list, num, s};
@@ -42,15 +42,7 @@ pub fn apply(im: &mut Import, svc: &Section, spec: &Specifiers<'_>, accept: bool
     process(im, svc, spec, accept);
     directories(im, svc, spec);
     rlimits(im, svc);
-    for k in ACCESS {
-        if let Some(v) = svc.last(k) {
-            let why = format!(
-                "{k}={v}: restricts which addresses may reach the program, which summond's \
-                 allow/deny do only for accepted connections: write them by hand"
-            );
-            im.refuse(File::Service, SECTION, k, why);
-        }
-    }
+    im.access_keys(File::Service, SECTION, svc);
 }
 
 /// `Environment=` and `EnvironmentFile=` (in systemd's order: the files

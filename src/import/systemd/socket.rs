@@ -34,7 +34,13 @@ fn listen_lines(sock: &Section) -> Vec<(&'static str, Option<bool>, String)> {
 pub fn listen(im: &mut Import, sock: &Section, names: &Names, accept: bool) {
     let spec = names.specifiers(&names.socket_unit, false);
     let mut listen = Vec::new();
-    for (key, kind, value) in listen_lines(sock) {
+    let lines = listen_lines(sock);
+    let renumbered = if lines.len() > 1 {
+        "; the fds after it would be renumbered"
+    } else {
+        ""
+    };
+    for (key, kind, value) in lines {
         let line = format!("{key}={value}");
         let address = match (kind, spec.expand(&value)) {
             (_, Err(why)) => Err(why),
@@ -52,7 +58,7 @@ pub fn listen(im: &mut Import, sock: &Section, names: &Names, accept: bool) {
                 File::Socket,
                 SECTION,
                 key,
-                format!("{line}: {why}; the program expects its fds in the unit's order"),
+                format!("{line}: {why}{renumbered}"),
             ),
         }
     }
@@ -75,6 +81,9 @@ pub fn listen(im: &mut Import, sock: &Section, names: &Names, accept: bool) {
         })
         .collect();
     im.e.set("listen", format!("[{}]", items.join(", ")));
+    im.listens_on_ip = listen
+        .iter()
+        .any(|a| a.starts_with("tcp://") || a.starts_with("udp://"));
     v6only(im, sock, &listen);
     file_modes(im, sock, &listen);
 }
