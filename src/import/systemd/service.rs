@@ -51,9 +51,13 @@ pub fn apply(im: &mut Import, svc: &Section, spec: &Specifiers<'_>, accept: bool
 fn environment(im: &mut Import, svc: &Section, spec: &Specifiers<'_>) -> Env {
     let mut env = Env::default();
     for v in svc.all("Environment") {
-        let words = spec.expand(&v).and_then(|v| exec::split(&v, true, false));
-        let Ok(words) = words else {
-            continue;
+        let words = match spec.expand(&v).and_then(|v| exec::split(&v, true, false)) {
+            Ok(words) => words,
+            Err(why) => {
+                let text = format!("Environment={v}: {why}; systemd ignores the line");
+                im.drop_key(File::Service, SECTION, "Environment", text);
+                continue;
+            }
         };
         for w in words {
             if let Some((k, val)) = w.text.split_once('=').filter(|(k, _)| exec::is_env_name(k)) {
