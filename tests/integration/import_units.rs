@@ -139,6 +139,8 @@ fn debian_ssh_socket_gets_sshd_opts_from_its_environment_file() {
         toml.contains(r#""SSHD_OPTS" = "-o 'Banner none' -4""#),
         "{toml}"
     );
+    // systemd's MaxConnections= default for Accept=yes, written out.
+    assert!(toml.contains("max_instances = 64"), "{toml}");
     assert!(toml.contains("runtime_directory = \"sshd\""), "{toml}");
     assert!(toml.contains("runtime_directory_mode = \"0755\""), "{toml}");
     assert!(

@@ -223,7 +223,7 @@ pub fn parse_with(
         listens_on_ip: false,
     };
     socket::listen(&mut im, &sock, &names, accept);
-    socket::options(&mut im, &sock);
+    socket::options(&mut im, &sock, accept);
     im.access_keys(File::Socket, "Socket", &sock);
     conditions::check(&mut im, File::Socket, &socket_unit);
     let service_name = match service_name(&sock, &names, accept) {

@@ -121,10 +121,30 @@ fn file_modes(im: &mut Import, sock: &Section, listen: &[String]) {
     }
 }
 
+/// systemd's MaxConnections= when the unit says none (Accept=yes).
+const MAX_CONNECTIONS_DEFAULT: &str = "64";
+
+/// MaxConnections=: with Accept=yes, at most this many instances (64
+/// unless the unit says otherwise, written out since summond has no such
+/// default); with Accept=no it has no effect, in systemd as here.
+fn max_connections(im: &mut Import, sock: &Section, accept: bool) {
+    let given = sock.last("MaxConnections");
+    if accept {
+        let n = given.as_deref().unwrap_or(MAX_CONNECTIONS_DEFAULT);
+        im.e.set("max_instances", num(n));
+        if given.is_some() {
+            im.carry(File::Socket, SECTION, "MaxConnections");
+        }
+    } else if let Some(n) = given {
+        let text = format!("MaxConnections={n}: no effect with Accept=no, in systemd as here");
+        im.drop_key(File::Socket, SECTION, "MaxConnections", text);
+    }
+}
+
 /// The [Socket] options with a summond key of the same meaning.
-pub fn options(im: &mut Import, sock: &Section) {
+pub fn options(im: &mut Import, sock: &Section, accept: bool) {
+    max_connections(im, sock, accept);
     for (key, ours, number) in [
-        ("MaxConnections", "max_instances", true),
         ("MaxConnectionsPerSource", "max_per_source", true),
         ("SocketUser", "socket_user", false),
         ("SocketGroup", "socket_group", false),
