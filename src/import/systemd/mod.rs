@@ -120,7 +120,12 @@ impl Import {
                     .filter(|(k, _)| k == key)
                     .map(|(_, v)| v.as_str())
                     .collect();
-                let text = format!("{key}={}: {}", values.join(" "), keys::reason(key));
+                let why = if section.all(key).is_empty() {
+                    "an empty assignment, which resets the setting to systemd's default"
+                } else {
+                    keys::reason(key)
+                };
+                let text = format!("{key}={}: {why}", values.join(" "));
                 self.drop_key(file, name, key, text);
             }
         }
@@ -284,5 +289,82 @@ fn service_name(sock: &Section, names: &Names, accept: bool) -> Result<String, S
             "Service={name} is not the name of a service unit (NAME.service, no `/`): \
              not read"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn import(socket: &str, service: &str) -> Entry {
+        let service = service.to_string();
+        let mut entries = parse_with(Path::new("/x/t.socket"), socket, |p| {
+            assert_eq!(
+                p,
+                Path::new("/x/t.service"),
+                "only the unit beside it is read"
+            );
+            Ok(service.clone())
+        })
+        .unwrap();
+        entries.remove(0)
+    }
+
+    #[test]
+    fn service_is_a_unit_name_never_a_path() {
+        let names = Names::of(Path::new("/x/t.socket"));
+        let sock = |v: &str| {
+            parse_unit(Path::new("t.socket"), &format!("[Socket]\nService={v}\n"))
+                .unwrap()
+                .section("Socket")
+        };
+        assert_eq!(
+            service_name(&sock("a-b_c.d.service"), &names, false),
+            Ok("a-b_c.d.service".into())
+        );
+        for bad in [
+            "../../etc/shadow",
+            "/etc/x.service",
+            "a/b.service",
+            "x.socket",
+            ".service",
+            "t@.service",
+        ] {
+            assert!(service_name(&sock(bad), &names, false).is_err(), "{bad}");
+        }
+        assert!(service_name(&sock("a.service"), &names, true).is_err());
+    }
+
+    #[test]
+    fn every_key_is_named_once_with_a_reason() {
+        let e = import(
+            "[Socket]\nListenStream=127.0.0.1:1\nListenStream=\nListenStream=127.0.0.1:2\nFrob=1\n",
+            "[Service]\nExecStart=/bin/cat\nEnvironment=\nUser=root\n",
+        );
+        assert_eq!(
+            e.keys
+                .iter()
+                .find(|(k, _)| k == "listen")
+                .map(|(_, v)| v.as_str()),
+            Some("[{ address = \"tcp://127.0.0.1:2\", name = \"t.socket\" }]")
+        );
+        assert!(e.carried.contains(&"ListenStream".to_string()), "{e:?}");
+        assert!(
+            e.dropped
+                .iter()
+                .any(|d| d.starts_with("Frob=1: not a setting the importer knows")),
+            "{e:?}"
+        );
+        assert!(
+            e.dropped
+                .iter()
+                .any(|d| d.starts_with("Environment=: an empty assignment")),
+            "{e:?}"
+        );
+        assert!(
+            !e.keys.iter().any(|(k, _)| k == "user"),
+            "root is summond's own: {e:?}"
+        );
+        assert_eq!(e.unusable, None);
     }
 }
