@@ -567,3 +567,39 @@ fn ip_rules_forking_and_root_images_refuse_where_they_cannot_be_carried() {
     );
     assert_check_passes(&dir, &toml);
 }
+
+/// The imported service runs the argv systemd would: a client of the
+/// imported socket reads what `printf` printed from the words of `$OPTS`
+/// (quotes kept together) and `${WHO}` (one word, spaces and all).
+#[test]
+fn the_imported_service_runs_the_argv_systemd_would() {
+    let dir = TempDir::new("units-run");
+    let port = free_port();
+    let socket = format!("[Socket]\nListenStream=127.0.0.1:{port}\nAccept=yes\n");
+    let service = "\
+[Service]
+Environment=\"WHO=big  world\"
+EnvironmentFile={dir}/opts
+ExecStart=/usr/bin/printf %%s| $OPTS ${WHO} \\
+    \"$$HOME\"
+StandardInput=socket
+";
+    let toml = import(
+        &dir,
+        &[
+            ("hello.socket", &socket),
+            ("hello@.service", service),
+            ("opts", "OPTS=\"a 'b c'\" \n"),
+        ],
+    );
+    assert_eq!(
+        exec_line(&toml),
+        r#"exec = ["/usr/bin/printf", "%s|", "a", "b c", "big  world", "$HOME"]"#,
+        "{toml}"
+    );
+    let s = Summond::start(&toml);
+    let conn = connect_tcp(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut &conn, &mut out).unwrap();
+    assert_eq!(out, "a|b c|big  world|$HOME|", "{}", s.log_text());
+}
