@@ -69,10 +69,10 @@ impl Import {
         self.mark(file, section, key);
     }
 
-    /// `key` refuses the service: named in the comments and in the
-    /// reason the service is written commented out.
+    /// `key` refuses the service: named by the reason (`Key=value: why`)
+    /// the service is written commented out for, as the xinetd importer
+    /// names its refusing settings.
     fn refuse(&mut self, file: File, section: &str, key: &str, why: String) {
-        self.e.drop_setting(why.clone());
         self.e.refuse(why);
         self.mark(file, section, key);
     }
