@@ -261,6 +261,7 @@ fn dynamic_user_and_an_unknown_user_are_refused() {
             .find(|l| l.starts_with("# not imported: "))
             .unwrap_or("");
         assert!(refusal.contains(why), "{lines}: {toml}");
+        assert_every_key_named(&echo_service(lines), &toml);
     }
     let dir = TempDir::new("units-user-nobody");
     let toml = import(
@@ -554,6 +555,7 @@ fn ip_rules_forking_and_root_images_refuse_where_they_cannot_be_carried() {
             .find(|l| l.starts_with("# not imported: "))
             .unwrap_or("");
         assert!(refusal.contains(why), "{lines}: {toml}");
+        assert_every_key_named(&echo_service(lines), &toml);
     }
     let dir = TempDir::new("units-confine-unix");
     let socket = "[Socket]\nListenStream={dir}/s\nAccept=yes\n";
