@@ -211,7 +211,7 @@ pub fn import(paths: &[PathBuf], from: Option<Format>) -> Result<String, Vec<Imp
     let mut entries = Vec::new();
     let mut errors = Vec::new();
     for path in paths {
-        let text = match std::fs::read_to_string(path) {
+        let text = match read_input(path) {
             Ok(t) => t,
             Err(e) => {
                 errors.push(ImportError {
@@ -222,7 +222,7 @@ pub fn import(paths: &[PathBuf], from: Option<Format>) -> Result<String, Vec<Imp
                 continue;
             }
         };
-        let format = match from.or_else(|| detect_file(path, &text)) {
+        let format = match from.or_else(|| detect_file(path, &text.text)) {
             Some(f) => f,
             None => {
                 errors.push(ImportError {
@@ -236,9 +236,14 @@ pub fn import(paths: &[PathBuf], from: Option<Format>) -> Result<String, Vec<Imp
             }
         };
         let result = match format {
-            Format::Inetd => inetd::parse(path, &text, &services),
-            Format::Xinetd => xinetd::parse(path, &text, &services),
-            Format::Systemd => systemd::parse(path, &text),
+            Format::Inetd => inetd::parse(path, &text.text, &services),
+            Format::Xinetd => xinetd::parse(path, &text.text, &services),
+            Format::Systemd if !text.every_user => Err(vec![ImportError {
+                path: path.clone(),
+                line: None,
+                message: systemd::NOT_EVERY_USER.into(),
+            }]),
+            Format::Systemd => systemd::parse(path, &text.text),
         };
         match result {
             Ok(mut e) => entries.append(&mut e),
@@ -366,6 +371,64 @@ fn render(paths: &[PathBuf], mut entries: Vec<Entry>) -> String {
         }
     }
     out
+}
+
+/// The most an input file may hold: configuration files are small, and
+/// a larger one (or /dev/zero behind a link) must not fill memory.
+const MAX_INPUT: u64 = 4 << 20;
+
+/// A file read by the importer, and whether every user could read it.
+pub struct Input {
+    pub text: String,
+    /// The file is readable by others and every directory above it
+    /// searchable by others: printing it shows nothing root alone may see.
+    pub every_user: bool,
+}
+
+/// Read `path` (following links: units are often aliases) only if it is
+/// a regular file: it is looked at through an `O_PATH` handle first, so
+/// a FIFO (which would block), a device (whose open acts: a watchdog, a
+/// tape) or /dev/zero is never opened for reading; the same file is then
+/// read through that handle, at most `MAX_INPUT` bytes.
+pub fn read_input(path: &Path) -> std::io::Result<Input> {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::{fstat, Mode, SFlag};
+    use std::io::{Error, Read};
+    use std::os::fd::AsRawFd;
+    let fd = nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())?;
+    let st = fstat(&fd)?;
+    let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+    if kind == SFlag::S_IFCHR && st.st_rdev == nix::sys::stat::makedev(1, 3) {
+        return Err(Error::other(
+            "a link to /dev/null: the unit is masked, and systemd does not start it",
+        ));
+    }
+    if kind != SFlag::S_IFREG {
+        return Err(Error::other("not a regular file: not read"));
+    }
+    let handle = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let file = std::fs::File::open(&handle)?;
+    let again = fstat(&file)?;
+    if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino) {
+        return Err(Error::other("changed while it was read"));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_INPUT + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_INPUT {
+        return Err(Error::other(format!(
+            "larger than {MAX_INPUT} bytes, which no configuration file is: not read"
+        )));
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))?;
+    let real = std::fs::read_link(&handle)?;
+    let every_user = st.st_mode & 0o004 != 0
+        && real.ancestors().skip(1).all(|d| {
+            std::fs::metadata(d).is_ok_and(|m| {
+                std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o001 != 0
+            })
+        });
+    Ok(Input { text, every_user })
 }
 
 /// Does `path` exist as a file the importer could read? For includedir.

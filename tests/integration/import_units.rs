@@ -609,3 +609,72 @@ StandardInput=socket
     std::io::Read::read_to_string(&mut &conn, &mut out).unwrap();
     assert_eq!(out, "a|b c|big  world|$HOME|", "{}", s.log_text());
 }
+
+/// The units are echoed key by key, so the importer (root) reads a unit
+/// only if it is a regular file every user may read: a service beside
+/// the socket that is a link to a root-only file is not printed, a FIFO
+/// does not hang the import, /dev/zero does not fill memory.
+#[test]
+fn a_unit_only_root_may_read_or_no_regular_file_is_not_read() {
+    let dir = TempDir::new("units-secret");
+    let secret = dir.path("private/debian.cnf");
+    std::fs::create_dir_all(secret.parent().unwrap()).unwrap();
+    std::fs::set_permissions(secret.parent().unwrap(), PermissionsExt::from_mode(0o700)).unwrap();
+    std::fs::write(
+        &secret,
+        "[client]\nuser=debian-sys-maint\npassword=Hunter2SECRET\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path("s.socket"), "[Socket]\nListenStream=127.0.0.1:7\n").unwrap();
+    std::os::unix::fs::symlink(&secret, dir.path("s.service")).unwrap();
+    let (code, out, err) = import_with_env(
+        &dir,
+        &[("s.socket", "[Socket]\nListenStream=127.0.0.1:7\n")],
+        &[],
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        !out.contains("Hunter2") && !err.contains("Hunter2"),
+        "{out}{err}"
+    );
+    assert!(err.contains("every user"), "{err}");
+    // The socket itself a link to it: the same.
+    std::os::unix::fs::symlink(&secret, dir.path("t.socket")).unwrap();
+    std::fs::write(dir.path("t.service"), "[Service]\nExecStart=/bin/cat\n").unwrap();
+    let (code, out, err) = run_to_exit(&["import", dir.path("t.socket").to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        !out.contains("Hunter2") && !err.contains("Hunter2"),
+        "{out}{err}"
+    );
+    // A FIFO and /dev/zero as the service: refused at once.
+    nix::unistd::mkfifo(
+        &dir.path("f.service"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    let (code, _, err) = import_with_env(
+        &dir,
+        &[("f.socket", "[Socket]\nListenStream=127.0.0.1:7\n")],
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("not a regular file"), "{err}");
+    std::os::unix::fs::symlink("/dev/zero", dir.path("z.service")).unwrap();
+    let (code, _, err) = import_with_env(
+        &dir,
+        &[("z.socket", "[Socket]\nListenStream=127.0.0.1:7\n")],
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("not a regular file"), "{err}");
+    // A masked service (a link to /dev/null) says so.
+    std::os::unix::fs::symlink("/dev/null", dir.path("m.service")).unwrap();
+    let (code, _, err) = import_with_env(
+        &dir,
+        &[("m.socket", "[Socket]\nListenStream=127.0.0.1:7\n")],
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("masked"), "{err}");
+}

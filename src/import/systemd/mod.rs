@@ -203,8 +203,21 @@ impl Names {
     }
 }
 
+/// Why a unit file is not read: every key of a unit is printed, and the
+/// import runs as root.
+pub const NOT_EVERY_USER: &str = "not read: a unit file is printed key by key, and this one (or \
+     a directory above it) is not readable by every user; the importer runs as root and \
+     copies only what every user may read";
+
 pub fn parse(path: &Path, text: &str) -> Result<Vec<Entry>, Vec<ImportError>> {
-    parse_with(path, text, |p| std::fs::read_to_string(p))
+    parse_with(path, text, |p| {
+        let input = super::read_input(p)?;
+        if input.every_user {
+            Ok(input.text)
+        } else {
+            Err(std::io::Error::other(NOT_EVERY_USER))
+        }
+    })
 }
 
 /// `parse`, with the service unit read by `read_service` (the fuzzer
