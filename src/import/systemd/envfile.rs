@@ -4,7 +4,7 @@
 //! end up in it), parsed as systemd parses it (env-file.c).
 
 use std::ffi::CString;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -75,14 +75,24 @@ fn open_world_readable(path: &Path) -> Result<OwnedFd, Refusal> {
     )?;
     let name = CString::new(name.as_bytes())
         .map_err(|_| Refusal::Why("the path holds a NUL byte".into()))?;
-    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    // O_PATH: nothing is opened for reading until fstat has shown a
+    // regular file (opening a FIFO, or a device such as a watchdog, acts).
+    let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let fd = openat(&dir, name.as_c_str(), flags, Mode::empty()).map_err(|e| match e {
         nix::Error::ENOENT => Refusal::Missing,
-        nix::Error::ELOOP => Refusal::Why(format!("{} is a symbolic link", path.display())),
         e => Refusal::Why(format!("cannot open {}: {e}", path.display())),
     })?;
     check_mode(&fd, path, false)?;
-    Ok(fd)
+    // The same file, for reading, through the handle.
+    let handle = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let file = nix::fcntl::open(
+        handle.as_str(),
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Refusal::Why(format!("cannot open {}: {e}", path.display())))?;
+    check_mode(&file, path, false)?;
+    Ok(file)
 }
 
 /// A directory others may search, or a regular file others may read.
@@ -98,6 +108,11 @@ fn check_mode(fd: &OwnedFd, shown: &Path, is_dir: bool) -> Result<(), Refusal> {
                 shown.display()
             )));
         }
+    } else if kind == SFlag::S_IFLNK {
+        return Err(Refusal::Why(format!(
+            "{} is a symbolic link",
+            shown.display()
+        )));
     } else if kind != SFlag::S_IFREG {
         return Err(Refusal::Why(format!(
             "{} is not a regular file",
@@ -247,5 +262,42 @@ mod tests {
         assert_eq!(read("/nonexistent-summond-test/x"), EnvFile::Missing);
         assert!(matches!(read("/etc/passwd"), EnvFile::Read(_)));
         assert!(matches!(read("/etc"), EnvFile::NotRead(_)));
+    }
+
+    /// A FIFO is refused without being opened for reading: a writer
+    /// waiting in open(2) is not released (nor is a device's open run).
+    #[test]
+    fn a_fifo_is_not_opened() {
+        let dir = std::env::temp_dir().join(format!("summond-envfifo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let fifo = dir.join("opts");
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o644)).unwrap();
+        // A writer waits in open(2) until someone opens it for reading.
+        let released = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (fifo, released) = (fifo.clone(), released.clone());
+            std::thread::spawn(move || {
+                let _w = std::fs::OpenOptions::new().write(true).open(&fifo);
+                released.store(true, std::sync::atomic::Ordering::SeqCst);
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let got = read(fifo.to_str().unwrap());
+        assert!(
+            matches!(&got, EnvFile::NotRead(w) if w.contains("not a regular file")),
+            "{got:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(
+            !released.load(std::sync::atomic::Ordering::SeqCst),
+            "the import opened the FIFO"
+        );
+        // Release the writer.
+        let _r = nix::fcntl::open(&fifo, OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty());
+        writer.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
