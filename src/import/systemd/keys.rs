@@ -161,7 +161,6 @@ const REASONS: &[(&[&str], &str)] = &[
             "Priority",
             "Transparent",
             "Broadcast",
-            "BindToDevice",
             "TCPCongestion",
             "PassCredentials",
             "PassSecurity",

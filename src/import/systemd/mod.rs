@@ -380,4 +380,53 @@ mod tests {
         );
         assert_eq!(e.unusable, None);
     }
+
+    fn key<'a>(e: &'a Entry, k: &str) -> Option<&'a str> {
+        e.keys.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+    }
+
+    /// BindToDevice= lets only clients reaching the host through that
+    /// interface connect: on an IP listener it refuses the service.
+    #[test]
+    fn bind_to_device_on_ip_refuses() {
+        let svc = "[Service]\nExecStart=/bin/cat\n";
+        let e = import("[Socket]\nListenStream=0.0.0.0:1\nBindToDevice=lo\n", svc);
+        assert!(
+            e.unusable
+                .as_deref()
+                .is_some_and(|u| u.contains("BindToDevice=lo")),
+            "{e:?}"
+        );
+        let e = import("[Socket]\nListenStream=/run/t.sock\nBindToDevice=lo\n", svc);
+        assert_eq!(e.unusable, None, "{e:?}");
+        assert!(e.dropped.iter().any(|d| d.starts_with("BindToDevice=lo:")));
+    }
+
+    /// Keys that would make the output fail `summond --check`: a
+    /// per-source limit on an Accept=no socket (no effect in systemd
+    /// either), numeric User=/Group= (summond takes names).
+    #[test]
+    fn output_passes_check_for_per_source_limits_and_numeric_ids() {
+        let e = import(
+            "[Socket]\nListenStream=127.0.0.1:1\nMaxConnectionsPerSource=4\n",
+            "[Service]\nExecStart=/bin/cat\nUser=65534\nGroup=0\nSupplementaryGroups=0\n",
+        );
+        assert_eq!(key(&e, "max_per_source"), None, "{e:?}");
+        assert!(e
+            .dropped
+            .iter()
+            .any(|d| d.starts_with("MaxConnectionsPerSource=4: no effect with Accept=no")));
+        let nobody = nix::unistd::User::from_uid(65534.into())
+            .unwrap()
+            .unwrap()
+            .name;
+        assert_eq!(key(&e, "user"), Some(format!("\"{nobody}\"").as_str()));
+        assert_eq!(key(&e, "group"), Some("\"root\""));
+        assert_eq!(key(&e, "extra_groups"), Some("[\"root\"]"));
+        let e = import(
+            "[Socket]\nListenStream=127.0.0.1:1\n",
+            "[Service]\nExecStart=/bin/cat\nUser=0\n",
+        );
+        assert_eq!(key(&e, "user"), None, "uid 0 is root, summond's own: {e:?}");
+    }
 }

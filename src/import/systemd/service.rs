@@ -278,17 +278,19 @@ fn credentials(im: &mut Import, svc: &Section, spec: &Specifiers<'_>, p: &Prefix
     }
     for (k, ours) in [("User", "user"), ("Group", "group")] {
         let Some(v) = svc.last(k) else { continue };
-        let name = spec.expand(&v).unwrap_or(v.clone());
+        let given = spec.expand(&v).unwrap_or(v.clone());
         let known = if k == "User" {
-            user_exists(&name)
+            user_name(&given)
         } else {
-            group_exists(&name)
+            group_name(&given)
         };
-        if !known {
+        // A number is written as its name: summond's user and group
+        // are names.
+        let Some(name) = known else {
             let why = format!("{k}={v}: no such {} here; create it or name another", ours);
             im.refuse(File::Service, SECTION, k, why);
             continue;
-        }
+        };
         let is_root = k == "User" && name == "root";
         if !privileged && !is_root {
             im.e.set(ours, s(&name));
@@ -299,6 +301,7 @@ fn credentials(im: &mut Import, svc: &Section, spec: &Specifiers<'_>, p: &Prefix
         .all("SupplementaryGroups")
         .iter()
         .flat_map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .map(|g| group_name(&g).unwrap_or(g))
         .collect();
     if !groups.is_empty() {
         if !privileged {
@@ -309,24 +312,22 @@ fn credentials(im: &mut Import, svc: &Section, spec: &Specifiers<'_>, p: &Prefix
     root_directory(im, svc, spec);
 }
 
-fn user_exists(name: &str) -> bool {
-    match name.parse::<u32>() {
-        Ok(uid) => nix::unistd::User::from_uid(uid.into())
-            .ok()
-            .flatten()
-            .is_some(),
-        Err(_) => nix::unistd::User::from_name(name).ok().flatten().is_some(),
-    }
+/// The name of the user `name` (a name or a uid), if there is one here.
+fn user_name(name: &str) -> Option<String> {
+    let user = match name.parse::<u32>() {
+        Ok(uid) => nix::unistd::User::from_uid(uid.into()),
+        Err(_) => nix::unistd::User::from_name(name),
+    };
+    user.ok().flatten().map(|u| u.name)
 }
 
-fn group_exists(name: &str) -> bool {
-    match name.parse::<u32>() {
-        Ok(gid) => nix::unistd::Group::from_gid(gid.into())
-            .ok()
-            .flatten()
-            .is_some(),
-        Err(_) => nix::unistd::Group::from_name(name).ok().flatten().is_some(),
-    }
+/// The name of the group `name` (a name or a gid), if there is one here.
+fn group_name(name: &str) -> Option<String> {
+    let group = match name.parse::<u32>() {
+        Ok(gid) => nix::unistd::Group::from_gid(gid.into()),
+        Err(_) => nix::unistd::Group::from_name(name),
+    };
+    group.ok().flatten().map(|g| g.name)
 }
 
 /// RootDirectory= is `chroot`; RootImage= (a disk image) has no mapping.

@@ -144,8 +144,22 @@ fn max_connections(im: &mut Import, sock: &Section, accept: bool) {
 /// The [Socket] options with a summond key of the same meaning.
 pub fn options(im: &mut Import, sock: &Section, accept: bool) {
     max_connections(im, sock, accept);
+    match sock.last("MaxConnectionsPerSource") {
+        Some(n) if accept => {
+            im.e.set("max_per_source", num(&n));
+            im.carry(File::Socket, SECTION, "MaxConnectionsPerSource");
+        }
+        Some(n) => {
+            let text = format!(
+                "MaxConnectionsPerSource={n}: no effect with Accept=no (the program accepts \
+                 its clients), in systemd as here"
+            );
+            im.drop_key(File::Socket, SECTION, "MaxConnectionsPerSource", text);
+        }
+        None => {}
+    }
+    bind_to_device(im, sock);
     for (key, ours, number) in [
-        ("MaxConnectionsPerSource", "max_per_source", true),
         ("SocketUser", "socket_user", false),
         ("SocketGroup", "socket_group", false),
         ("Backlog", "backlog", true),
@@ -166,5 +180,27 @@ pub fn options(im: &mut Import, sock: &Section, accept: bool) {
     }
     if sock.last("Accept").is_some() {
         im.carry(File::Socket, SECTION, "Accept");
+    }
+}
+
+/// BindToDevice=: systemd binds the socket to one interface, so only
+/// clients reaching the host through it connect (`lo`: this host only).
+/// summond binds to the address alone: on an IP socket the service would
+/// be open to every interface, so it is refused; a Unix socket has no
+/// interface.
+fn bind_to_device(im: &mut Import, sock: &Section) {
+    let Some(dev) = sock.last("BindToDevice") else {
+        return;
+    };
+    if im.listens_on_ip {
+        let why = format!(
+            "BindToDevice={dev}: only clients reaching the host through {dev} may connect, \
+             and summond binds to the address alone: listen on {dev}'s own address instead \
+             (127.0.0.1 and ::1 for lo), or write allow/deny"
+        );
+        im.refuse(File::Socket, SECTION, "BindToDevice", why);
+    } else {
+        let text = format!("BindToDevice={dev}: no effect on a Unix socket");
+        im.drop_key(File::Socket, SECTION, "BindToDevice", text);
     }
 }
