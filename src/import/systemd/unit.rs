@@ -82,14 +82,18 @@ pub fn err(path: &Path, line: Option<usize>, message: impl Into<String>) -> Impo
 }
 
 /// The logical lines of a unit file with the number of their first line,
-/// as systemd's config parser joins them: a line ending in an unescaped
+/// as systemd's config parser joins them (a line ends at LF, CR LF, a
+/// lone CR or NUL; a leading byte order mark is skipped): a line ending in an unescaped
 /// backslash goes on with the next, the backslash becoming a space;
 /// comment lines inside the continuation are skipped; an empty line ends
 /// it.
 fn logical_lines(text: &str) -> Vec<(usize, String)> {
     let mut out = Vec::new();
     let mut pending: Option<(usize, String)> = None;
-    for (i, raw) in text.lines().enumerate() {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let text = text.replace("\r\n", "\n");
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    for (i, raw) in text.split(['\n', '\r', '\0']).enumerate() {
         let trimmed = raw.trim_start();
         if trimmed.starts_with('#') || trimmed.starts_with(';') {
             continue;
@@ -165,6 +169,22 @@ mod tests {
         // An escaped backslash at the end does not continue the line.
         let s = service("[Service]\nA=x \\\\\nB=y\n");
         assert_eq!(s.last("A").as_deref(), Some("x \\\\"));
+    }
+
+    /// systemd ends a line at LF, CR LF, a lone CR or a NUL, and skips a
+    /// UTF-8 byte order mark: a key after a lone CR is a key of its own
+    /// (an `IPAddressDeny=any` there was lost inside another's value).
+    #[test]
+    fn line_ends_and_the_bom_are_systemds() {
+        let u = parse_unit(
+            Path::new("x.socket"),
+            "\u{feff}[Socket]\r\nA=1\rIPAddressDeny=any\0B=2 \\\r\n  more\r\n",
+        )
+        .unwrap();
+        let s = u.section("Socket");
+        assert_eq!(s.last("A").as_deref(), Some("1"));
+        assert_eq!(s.last("IPAddressDeny").as_deref(), Some("any"));
+        assert_eq!(s.last("B").as_deref(), Some("2    more"));
     }
 
     #[test]
