@@ -678,3 +678,28 @@ fn a_unit_only_root_may_read_or_no_regular_file_is_not_read() {
     assert_eq!(code, 2);
     assert!(err.contains("masked"), "{err}");
 }
+
+/// A drop-in beside the unit (as `systemctl edit` writes them in
+/// /etc/systemd/system) changes what systemd runs; the importer does not
+/// read it, so the service is refused, never imported without it.
+#[test]
+fn a_unit_changed_by_a_drop_in_is_refused() {
+    let dir = TempDir::new("units-dropin");
+    let socket = "[Socket]\nListenStream=0.0.0.0:7783\n";
+    let service = "[Service]\nExecStart=/bin/cat\n";
+    let files = [
+        ("d.socket", socket),
+        ("d.service", service),
+        (
+            "d.socket.d/local.conf",
+            "[Socket]\nIPAddressAllow=127.0.0.1\nIPAddressDeny=any\n",
+        ),
+    ];
+    let toml = import(&dir, &files);
+    let line = toml
+        .lines()
+        .find(|l| l.starts_with("# not imported: "))
+        .unwrap_or_else(|| panic!("not refused:\n{toml}"));
+    assert!(line.contains("d.socket.d/local.conf"), "{toml}");
+    assert!(!toml.lines().any(|l| l == "[[service]]"), "{toml}");
+}

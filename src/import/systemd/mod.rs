@@ -21,6 +21,7 @@
 //! - here: the shape: read the pair, build the `Entry`, name every key.
 
 mod conditions;
+mod dropins;
 mod envfile;
 mod exec;
 mod keys;
@@ -229,6 +230,16 @@ pub fn parse_with(
 ) -> Result<Vec<Entry>, Vec<ImportError>> {
     let socket_unit = parse_unit(path, text)?;
     let names = Names::of(path);
+    let search: Vec<PathBuf> = if names.user_unit {
+        Vec::new()
+    } else {
+        dropins::SYSTEM_UNIT_DIRS
+            .iter()
+            .map(PathBuf::from)
+            .collect()
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut changed = dropins::changes(dir, &names.socket_unit, &search);
     let sock = socket_unit.section("Socket");
     let accept = yes(sock.last("Accept"));
     let mut im = Import {
@@ -255,6 +266,14 @@ pub fn parse_with(
             return Ok(vec![im.e]);
         }
     };
+    changed.extend(dropins::changes(dir, &service_name, &search));
+    if !changed.is_empty() {
+        im.e.refuse(format!(
+            "systemd changes the units with {}, which the importer does not read: copy the \
+             units with those changes merged into a directory and import from there",
+            changed.join(", ")
+        ));
+    }
     let service_path: PathBuf = path.with_file_name(&service_name);
     let service_text = read_service(&service_path).map_err(|x| {
         vec![err(
