@@ -404,6 +404,40 @@ mod tests {
         e.keys.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
     }
 
+    /// The variables systemd sets for the program: the directories of
+    /// StateDirectory= and the like are known at import; ones only
+    /// systemd knows at run time (CREDENTIALS_DIRECTORY, INVOCATION_ID)
+    /// refuse the service, never called "empty, as systemd makes it".
+    #[test]
+    fn variables_systemd_sets_are_its_values_or_refuse() {
+        let e = import(
+            "[Socket]\nListenStream=127.0.0.1:1\n",
+            "[Service]\nExecStart=/bin/echo --data $STATE_DIRECTORY ${CACHE_DIRECTORY}/x $LOGS_DIRECTORY $CONFIGURATION_DIRECTORY $RUNTIME_DIRECTORY\n\
+             StateDirectory=a b\nCacheDirectory=c\nLogsDirectory=l\nConfigurationDirectory=e\nRuntimeDirectory=r\n",
+        );
+        assert_eq!(e.unusable, None, "{e:?}");
+        assert_eq!(
+            key(&e, "exec"),
+            Some("[\"/bin/echo\", \"--data\", \"/var/lib/a:/var/lib/b\", \"/var/cache/c/x\", \"/var/log/l\", \"/etc/e\", \"/run/r\"]"),
+            "{e:?}"
+        );
+        for (unit, var) in [
+            ("LoadCredential=k:/etc/hostname\n", "CREDENTIALS_DIRECTORY"),
+            ("", "INVOCATION_ID"),
+        ] {
+            let e = import(
+                "[Socket]\nListenStream=127.0.0.1:1\n",
+                &format!("[Service]\nExecStart=/bin/echo ${{{var}}}/k\n{unit}"),
+            );
+            let why = e.unusable.as_deref().unwrap_or("");
+            assert!(why.contains(var) && why.contains("run time"), "{e:?}");
+            assert!(
+                !e.dropped.iter().any(|d| d.contains("as systemd makes it")),
+                "{e:?}"
+            );
+        }
+    }
+
     /// BindToDevice= lets only clients reaching the host through that
     /// interface connect: on an IP listener it refuses the service.
     #[test]

@@ -126,21 +126,64 @@ fn environment_file(im: &mut Import, env: &mut Env, value: &str, spec: &Specifie
 }
 
 /// The variables systemd gives every program, which a command line may
-/// use (systemd.exec(5), "Environment variables in spawned processes").
-fn static_var(name: &str, svc: &Section) -> Option<String> {
+/// use (systemd.exec(5), "Environment variables in spawned processes"),
+/// where the importer knows their value.
+fn static_var(name: &str, svc: &Section, spec: &Specifiers<'_>) -> Option<String> {
     let user = svc.last("User").unwrap_or_else(|| "root".into());
     let entry = || nix::unistd::User::from_name(&user).ok().flatten();
+    let dirs = |key: &str, base: &str| {
+        let dirs: Vec<String> = svc
+            .all(key)
+            .iter()
+            .flat_map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .filter_map(|d| spec.expand(&d).ok())
+            .map(|d| format!("{base}/{}", d.trim_matches('/')))
+            .collect();
+        (!dirs.is_empty()).then(|| dirs.join(":"))
+    };
     match name {
         "USER" | "LOGNAME" => Some(user.clone()),
         "HOME" => entry().map(|u| u.dir.display().to_string()),
         "SHELL" => entry().map(|u| u.shell.display().to_string()),
-        "RUNTIME_DIRECTORY" => {
-            let dirs = svc.all("RuntimeDirectory").join(" ");
-            let dirs: Vec<String> = dirs
-                .split_whitespace()
-                .map(|d| format!("/run/{d}"))
-                .collect();
-            (!dirs.is_empty()).then(|| dirs.join(":"))
+        "RUNTIME_DIRECTORY" => dirs("RuntimeDirectory", spec.runtime_dir.ok()?),
+        _ if spec.user_unit => None,
+        "STATE_DIRECTORY" => dirs("StateDirectory", "/var/lib"),
+        "CACHE_DIRECTORY" => dirs("CacheDirectory", "/var/cache"),
+        "LOGS_DIRECTORY" => dirs("LogsDirectory", "/var/log"),
+        "CONFIGURATION_DIRECTORY" => dirs("ConfigurationDirectory", "/etc"),
+        _ => None,
+    }
+}
+
+/// A variable systemd sets for the program with a value only it knows
+/// when it starts the program: why the importer cannot expand it.
+fn run_time_var(name: &str, svc: &Section, spec: &Specifiers<'_>) -> Option<&'static str> {
+    const CREDENTIALS: [&str; 5] = [
+        "LoadCredential",
+        "LoadCredentialEncrypted",
+        "SetCredential",
+        "SetCredentialEncrypted",
+        "ImportCredential",
+    ];
+    let dirs = [
+        ("STATE_DIRECTORY", "StateDirectory"),
+        ("CACHE_DIRECTORY", "CacheDirectory"),
+        ("LOGS_DIRECTORY", "LogsDirectory"),
+        ("CONFIGURATION_DIRECTORY", "ConfigurationDirectory"),
+    ];
+    match name {
+        "CREDENTIALS_DIRECTORY" if CREDENTIALS.iter().any(|k| !svc.all(k).is_empty()) => Some(
+            "systemd sets it at run time to the credentials it makes for the program, which \
+             summond does not make",
+        ),
+        "INVOCATION_ID" | "JOURNAL_STREAM" | "LISTEN_FDS" | "LISTEN_PID" | "LISTEN_FDNAMES"
+        | "SYSTEMD_EXEC_PID" | "NOTIFY_SOCKET" | "WATCHDOG_USEC" | "WATCHDOG_PID"
+        | "MEMORY_PRESSURE_WATCH" | "MEMORY_PRESSURE_WRITE" | "MANAGERPID" | "TRIGGER_UNIT"
+        | "TRIGGER_PATH" | "TRIGGER_TIMER_REALTIME_USEC" | "TRIGGER_TIMER_MONOTONIC_USEC" => {
+            Some("systemd sets it at run time, to a value the importer cannot know")
+        }
+        _ if spec.user_unit && dirs.iter().any(|(v, k)| *v == name && !svc.all(k).is_empty()) => {
+            Some("systemd sets it at run time to a directory of the user's, which the importer does not guess")
         }
         _ => None,
     }
@@ -160,12 +203,21 @@ fn exec_start(im: &mut Import, svc: &Section, spec: &Specifiers<'_>, env: &Env) 
         return Prefixes::default();
     }
     let (prefixes, command) = exec::prefixes(line);
-    let lookup = |n: &str| env.get(n).or_else(|| static_var(n, svc));
+    let lookup = |n: &str| env.get(n).or_else(|| static_var(n, svc, spec));
     let mut used = Used::default();
     match argv(command, spec, &prefixes, &lookup, &mut used) {
         Ok(argv) => {
             im.e.set("exec", list(argv.iter().map(String::as_str)));
             im.carry(File::Service, SECTION, "ExecStart");
+            let run_time: Vec<String> = used
+                .unset
+                .iter()
+                .filter_map(|n| run_time_var(n, svc, spec).map(|why| format!("${n}: {why}")))
+                .collect();
+            used.unset.retain(|n| run_time_var(n, svc, spec).is_none());
+            if !run_time.is_empty() {
+                im.e.refuse(format!("ExecStart uses {}", run_time.join("; ")));
+            }
             exec_notes(im, &prefixes, &argv, line, &used, env);
         }
         Err(why) => {
