@@ -69,8 +69,9 @@ pub const ACCESS: &[&str] = &[
     "IPEgressFilterPath",
 ];
 
-const SANDBOX: &str = "namespace sandboxing is systemd's and summond has no home for it: \
-     the program runs without it (use chroot, user and no_new_privs, or wrap exec in bwrap)";
+const SANDBOX: &str = "sandboxing systemd applies (namespaces and mounts, system call \
+     filters, capability limits, security labels) has no home in summond: the program runs \
+     without it (use chroot, user and no_new_privs, or wrap exec in bwrap)";
 
 /// (keys, why none is carried over).
 const REASONS: &[(&[&str], &str)] = &[
@@ -171,15 +172,21 @@ const REASONS: &[(&[&str], &str)] = &[
             "PipeSize",
             "MessageQueueMaxMessages",
             "MessageQueueMessageSize",
-            "SocketProtocol",
             "SmackLabel",
             "SmackLabelIPIn",
             "SmackLabelIPOut",
             "SELinuxContextFromNet",
-            "Writable",
-            "FlushPending",
         ],
         "a socket option summond does not set: the socket gets the kernel's default",
+    ),
+    (
+        &["Writable"],
+        "it is about ListenSpecial= files, which summond does not open",
+    ),
+    (
+        &["FlushPending"],
+        "summond never flushes a socket before it starts the program: the program reads \
+         what is queued (FlushPending=no, systemd's default)",
     ),
     (
         &["Symlinks"],
@@ -205,10 +212,18 @@ const REASONS: &[(&[&str], &str)] = &[
             "ExecStartPost",
             "ExecStopPre",
             "ExecStopPost",
-            "ExecCondition",
         ],
         "a command systemd runs before or after the program: summond runs only `exec`, so \
          this command is not run",
+    ),
+    (
+        &["ExecCondition"],
+        "a check systemd runs first, not starting the program when it fails: summond does \
+         not run it, and starts the program whatever it would say",
+    ),
+    (
+        &["PermissionsStartOnly"],
+        "it is about ExecStartPre= and the other commands summond does not run",
     ),
     (
         &["ExecReload"],
@@ -262,15 +277,41 @@ const REASONS: &[(&[&str], &str)] = &[
             "PIDFile",
             "GuessMainPID",
             "RemainAfterExit",
-            "FileDescriptorStoreMax",
-            "FileDescriptorStorePreserve",
-            "USBFunctionDescriptors",
-            "USBFunctionStrings",
-            "OpenFile",
             "ExitType",
+            "Type",
         ],
-        "summond waits for no readiness and tracks no main pid: the program counts as \
-         started once it runs, and its exit ends it",
+        "summond waits for no readiness (no READY=1, bus name or fork) and tracks no main \
+         pid: the program counts as started once it runs, and its exit ends it",
+    ),
+    (
+        &["FileDescriptorStoreMax", "FileDescriptorStorePreserve"],
+        "summond keeps no fd store: fds the program hands back (FDSTORE=1) are not kept \
+         for its next start",
+    ),
+    (
+        &["USBFunctionDescriptors", "USBFunctionStrings"],
+        "for ListenUSBFunction=, which summond does not serve",
+    ),
+    (
+        &["OpenFile"],
+        "systemd opens these files and passes them to the program as fds after the \
+         sockets; summond passes the sockets only: the program does not get them",
+    ),
+    (
+        &[
+            "LoadCredential",
+            "LoadCredentialEncrypted",
+            "SetCredential",
+            "SetCredentialEncrypted",
+            "ImportCredential",
+        ],
+        "credentials systemd gives the program in $CREDENTIALS_DIRECTORY: summond gives \
+         none, so the program does not find them",
+    ),
+    (
+        &["AmbientCapabilities"],
+        "capabilities systemd grants the program: summond grants none, so a program run \
+         as a user other than root lacks them",
     ),
     (
         &["Sockets"],
@@ -299,6 +340,15 @@ const REASONS: &[(&[&str], &str)] = &[
             "ReadWritePaths",
             "ReadOnlyPaths",
             "InaccessiblePaths",
+            "ReadWriteDirectories",
+            "ReadOnlyDirectories",
+            "InaccessibleDirectories",
+            "MountImages",
+            "ExtensionImages",
+            "ExtensionDirectories",
+            "RootImageOptions",
+            "RootHash",
+            "RootVerity",
             "ExecPaths",
             "NoExecPaths",
             "TemporaryFileSystem",
@@ -310,7 +360,6 @@ const REASONS: &[(&[&str], &str)] = &[
             "SystemCallErrorNumber",
             "SystemCallLog",
             "CapabilityBoundingSet",
-            "AmbientCapabilities",
             "RestrictAddressFamilies",
             "RestrictNamespaces",
             "RestrictRealtime",
@@ -327,8 +376,6 @@ const REASONS: &[(&[&str], &str)] = &[
             "IPCNamespacePath",
             "DevicePolicy",
             "DeviceAllow",
-            "ProtectProc",
-            "NoExecPaths",
             "MountFlags",
             "SELinuxContext",
             "AppArmorProfile",
@@ -379,10 +426,13 @@ const REASONS: &[(&[&str], &str)] = &[
             "TimerSlackNSec",
             "Personality",
             "CoredumpFilter",
-            "IgnoreSIGPIPE",
         ],
-        "a process attribute summond does not set: the child gets summond's (SIGPIPE at \
-         its default)",
+        "a process attribute summond does not set: the child gets summond's",
+    ),
+    (
+        &["IgnoreSIGPIPE"],
+        "summond's child gets SIGPIPE at its default: with IgnoreSIGPIPE=yes (systemd's \
+         default) a write to a closed connection fails with EPIPE, here it kills the program",
     ),
     (
         &[
@@ -419,7 +469,7 @@ const REASONS: &[(&[&str], &str)] = &[
          emptied at boot)",
     ),
     (
-        &["PassEnvironment", "UnsetEnvironment"],
+        &["PassEnvironment"],
         "systemd's own environment: the child gets summond's (clear_env and passenv choose \
          from it)",
     ),
@@ -444,10 +494,13 @@ const REASONS: &[(&[&str], &str)] = &[
             "TTYVTDisallocate",
             "UtmpIdentifier",
             "UtmpMode",
-            "StandardInputText",
-            "StandardInputData",
         ],
         "a terminal or utmp setting: summond's children have no terminal",
+    ),
+    (
+        &["StandardInputText", "StandardInputData"],
+        "text systemd gives the program as its stdin (StandardInput=data): summond gives \
+         it the connection or /dev/null",
     ),
 ];
 
@@ -493,5 +546,38 @@ mod tests {
         assert!(reason("KillMode").contains("process group"));
         assert!(reason("ConditionPathExists").contains("condition"));
         assert!(reason("Frobnicate").contains("not a setting the importer knows"));
+    }
+
+    /// Each reason says what is true of its own key.
+    #[test]
+    fn no_reason_is_anothers() {
+        let unknown = "not a setting the importer knows";
+        for k in [
+            "Type",
+            "LoadCredential",
+            "SetCredential",
+            "ImportCredential",
+            "ReadWriteDirectories",
+            "ReadOnlyDirectories",
+            "InaccessibleDirectories",
+            "PermissionsStartOnly",
+            "MountImages",
+            "ExtensionImages",
+            "RootImageOptions",
+        ] {
+            assert!(!reason(k).contains(unknown), "{k}");
+        }
+        assert!(!reason("OOMScoreAdjust").contains("SIGPIPE"));
+        assert!(!reason("CPUAffinity").contains("SIGPIPE"));
+        assert!(reason("IgnoreSIGPIPE").contains("SIGPIPE"));
+        assert!(reason("Type").contains("readiness"));
+        assert!(reason("OpenFile").contains("fd"));
+        assert!(!reason("AmbientCapabilities").contains("sandbox"));
+        assert!(reason("ExecCondition").contains("whatever"));
+        assert!(!reason("StandardInputText").contains("terminal"));
+        assert!(!reason("Writable").contains("socket option"));
+        assert!(!reason("FlushPending").contains("socket option"));
+        assert!(!reason("UnsetEnvironment").contains("systemd's own environment"));
+        assert!(!SANDBOX.contains("namespace sandboxing"));
     }
 }

@@ -257,7 +257,9 @@ pub fn parse_with(
     conditions::check(&mut im, File::Socket, &socket_unit);
     let service_name = match service_name(&sock, &names, accept) {
         Ok(n) => {
-            im.carry(File::Socket, "Socket", "Service");
+            if sock.last("Service").is_some() {
+                im.carry(File::Socket, "Socket", "Service");
+            }
             n
         }
         Err(why) => {
@@ -398,6 +400,24 @@ mod tests {
             "root is summond's own: {e:?}"
         );
         assert_eq!(e.unusable, None);
+        assert!(
+            !e.carried.contains(&"Service".to_string()),
+            "no Service= key: {e:?}"
+        );
+    }
+
+    /// With no address served, the address options are named as such,
+    /// not as keys the importer does not know.
+    #[test]
+    fn address_options_without_an_address_have_their_own_reason() {
+        let e = import(
+            "[Socket]\nListenFIFO=/run/x\nFileDescriptorName=x\nBindIPv6Only=both\nSocketMode=0600\nDirectoryMode=0700\n",
+            "[Service]\nExecStart=/bin/cat\n",
+        );
+        assert!(e.unusable.is_some());
+        for d in &e.dropped {
+            assert!(!d.contains("not a setting the importer knows"), "{d}");
+        }
     }
 
     fn key<'a>(e: &'a Entry, k: &str) -> Option<&'a str> {
@@ -438,6 +458,22 @@ mod tests {
         }
     }
 
+    /// UnsetEnvironment= removes the unit's own variable too: it is
+    /// neither in env nor in the argv.
+    #[test]
+    fn unset_environment_applies_to_the_units_variables() {
+        let e = import(
+            "[Socket]\nListenStream=127.0.0.1:1\n",
+            "[Service]\nEnvironment=A=1 B=2\nUnsetEnvironment=A\nExecStart=/bin/echo ${A} ${B} $USER\nUnsetEnvironment=USER\n",
+        );
+        assert_eq!(
+            key(&e, "exec"),
+            Some("[\"/bin/echo\", \"\", \"2\"]"),
+            "{e:?}"
+        );
+        assert_eq!(key(&e, "env"), Some("{ \"B\" = \"2\" }"), "{e:?}");
+    }
+
     /// BindToDevice= lets only clients reaching the host through that
     /// interface connect: on an IP listener it refuses the service.
     #[test]
@@ -448,6 +484,16 @@ mod tests {
             e.unusable
                 .as_deref()
                 .is_some_and(|u| u.contains("BindToDevice=lo")),
+            "{e:?}"
+        );
+        let e = import(
+            "[Socket]\nListenStream=127.0.0.1:1\nSocketProtocol=sctp\n",
+            svc,
+        );
+        assert!(
+            e.unusable
+                .as_deref()
+                .is_some_and(|u| u.contains("SocketProtocol=sctp")),
             "{e:?}"
         );
         let e = import("[Socket]\nListenStream=/run/t.sock\nBindToDevice=lo\n", svc);

@@ -18,6 +18,8 @@ struct Env {
     vars: Vec<(String, String)>,
     /// "FILE (why)" for each file the importer did not read.
     unread: Vec<String>,
+    /// Names UnsetEnvironment= removes (systemd's own variables too).
+    unset: Vec<String>,
 }
 
 impl Env {
@@ -68,6 +70,31 @@ fn environment(im: &mut Import, svc: &Section, spec: &Specifiers<'_>) -> Env {
     }
     for f in svc.all("EnvironmentFile") {
         environment_file(im, &mut env, &f, spec);
+    }
+    // UnsetEnvironment= (NAME, or NAME=VALUE for that assignment only)
+    // removes the unit's own variables too, before ExecStart is expanded.
+    let unset: Vec<String> = svc
+        .all("UnsetEnvironment")
+        .iter()
+        .flat_map(|v| exec::split(v, true, true).unwrap_or_default())
+        .map(|w| w.text)
+        .collect();
+    for u in &unset {
+        match u.split_once('=') {
+            Some((k, v)) => env.vars.retain(|(n, val)| !(n == k && val == v)),
+            None => {
+                env.vars.retain(|(n, _)| n != u);
+                env.unset.push(u.clone());
+            }
+        }
+    }
+    if !unset.is_empty() {
+        let text = format!(
+            "UnsetEnvironment={}: applied to the unit's variables (not in env, nor in exec); \
+             the child still gets summond's own variables of those names (clear_env, passenv)",
+            unset.join(" ")
+        );
+        im.drop_key(File::Service, SECTION, "UnsetEnvironment", text);
     }
     if !env.vars.is_empty() {
         let pairs: Vec<String> = env
@@ -203,7 +230,10 @@ fn exec_start(im: &mut Import, svc: &Section, spec: &Specifiers<'_>, env: &Env) 
         return Prefixes::default();
     }
     let (prefixes, command) = exec::prefixes(line);
-    let lookup = |n: &str| env.get(n).or_else(|| static_var(n, svc, spec));
+    let lookup = |n: &str| {
+        env.get(n)
+            .or_else(|| static_var(n, svc, spec).filter(|_| !env.unset.iter().any(|u| u == n)))
+    };
     let mut used = Used::default();
     match argv(command, spec, &prefixes, &lookup, &mut used) {
         Ok(argv) => {

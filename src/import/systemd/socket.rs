@@ -64,6 +64,17 @@ pub fn listen(im: &mut Import, sock: &Section, names: &Names, accept: bool) {
     }
     if listen.is_empty() {
         im.e.refuse("no stream or datagram address to listen on");
+        for k in [
+            "FileDescriptorName",
+            "BindIPv6Only",
+            "SocketMode",
+            "DirectoryMode",
+        ] {
+            if let Some(v) = sock.last(k) {
+                let text = format!("{k}={v}: no address is served to apply it to");
+                im.drop_key(File::Socket, SECTION, k, text);
+            }
+        }
         return;
     }
     let fd_name = sock.last("FileDescriptorName");
@@ -159,6 +170,13 @@ pub fn options(im: &mut Import, sock: &Section, accept: bool) {
         None => {}
     }
     bind_to_device(im, sock);
+    if let Some(p) = sock.last("SocketProtocol") {
+        let why = format!(
+            "SocketProtocol={p}: systemd makes a socket of that protocol (SCTP, UDP-Lite), \
+             summond makes TCP and UDP only: its clients could not connect"
+        );
+        im.refuse(File::Socket, SECTION, "SocketProtocol", why);
+    }
     for (key, ours, number) in [
         ("SocketUser", "socket_user", false),
         ("SocketGroup", "socket_group", false),
