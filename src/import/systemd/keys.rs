@@ -180,6 +180,11 @@ const REASONS: &[(&[&str], &str)] = &[
         "a socket option summond does not set: the socket gets the kernel's default",
     ),
     (
+        &["NonBlocking"],
+        "summond passes the sockets blocking, as systemd does without NonBlocking=yes: a \
+         program that expects O_NONBLOCK without setting it itself may block in accept or read",
+    ),
+    (
         &["Writable"],
         "it is about ListenSpecial= files, which summond does not open",
     ),
@@ -564,6 +569,7 @@ mod tests {
             "MountImages",
             "ExtensionImages",
             "RootImageOptions",
+            "NonBlocking",
         ] {
             assert!(!reason(k).contains(unknown), "{k}");
         }
