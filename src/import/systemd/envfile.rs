@@ -33,14 +33,22 @@ pub fn read(path: &str) -> EnvFile {
     if !path.is_absolute() {
         return EnvFile::NotRead("not an absolute path".into());
     }
+    if path.to_string_lossy().contains(['*', '?', '[']) {
+        return EnvFile::NotRead(
+            "a wildcard, which systemd expands and the importer does not: name the files".into(),
+        );
+    }
     match open_world_readable(path) {
         Ok(fd) => {
             let mut text = String::new();
             let file = std::fs::File::from(fd);
             match std::io::Read::read_to_string(
-                &mut std::io::Read::take(file, MAX_ENV_FILE),
+                &mut std::io::Read::take(file, MAX_ENV_FILE + 1),
                 &mut text,
             ) {
+                Ok(n) if n as u64 > MAX_ENV_FILE => EnvFile::NotRead(format!(
+                    "larger than {MAX_ENV_FILE} bytes, which the importer does not read"
+                )),
                 Ok(_) => EnvFile::Read(parse(&text)),
                 Err(e) => EnvFile::NotRead(format!("cannot read it: {e}")),
             }
@@ -262,6 +270,31 @@ mod tests {
         assert_eq!(read("/nonexistent-summond-test/x"), EnvFile::Missing);
         assert!(matches!(read("/etc/passwd"), EnvFile::Read(_)));
         assert!(matches!(read("/etc"), EnvFile::NotRead(_)));
+    }
+
+    /// A wildcard (systemd reads every match) is not taken as a missing
+    /// file; a file too large is not read cut short.
+    #[test]
+    fn wildcards_and_large_files_are_not_read() {
+        let dir = std::env::temp_dir().join(format!("summond-envglob-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        std::fs::write(dir.join("a.env"), "OPTS=-x\n").unwrap();
+        let got = read(&format!("{}/*.env", dir.display()));
+        assert!(
+            matches!(&got, EnvFile::NotRead(w) if w.contains("wildcard")),
+            "{got:?}"
+        );
+        let big = "A=1\n".repeat((MAX_ENV_FILE / 4) as usize) + "OPTS=-x\n";
+        std::fs::write(dir.join("big.env"), big).unwrap();
+        let got = read(dir.join("big.env").to_str().unwrap());
+        assert!(
+            matches!(&got, EnvFile::NotRead(w) if w.contains("larger")),
+            "{got:?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A FIFO is refused without being opened for reading: a writer
