@@ -474,6 +474,32 @@ mod tests {
         assert_eq!(key(&e, "env"), Some("{ \"B\" = \"2\" }"), "{e:?}");
     }
 
+    /// With StandardInput=socket summond's stdout is the connection too:
+    /// a unit that sends stdout elsewhere (its logs to the journal) is
+    /// refused, never imported to write them to the client.
+    #[test]
+    fn stdout_away_from_the_socket_refuses_a_stdio_service() {
+        for out in ["journal", "null", "syslog", "file:/var/log/x"] {
+            let e = import(
+                "[Socket]\nListenStream=127.0.0.1:1\n",
+                &format!(
+                    "[Service]\nExecStart=/bin/cat\nStandardInput=socket\nStandardOutput={out}\n"
+                ),
+            );
+            let why = e.unusable.as_deref().unwrap_or("");
+            assert!(why.contains(&format!("StandardOutput={out}")), "{e:?}");
+        }
+        for out in ["socket", "inherit"] {
+            let e = import(
+                "[Socket]\nListenStream=127.0.0.1:1\n",
+                &format!(
+                    "[Service]\nExecStart=/bin/cat\nStandardInput=socket\nStandardOutput={out}\n"
+                ),
+            );
+            assert_eq!(e.unusable, None, "{e:?}");
+        }
+    }
+
     /// BindToDevice= lets only clients reaching the host through that
     /// interface connect: on an IP listener it refuses the service.
     #[test]

@@ -487,6 +487,13 @@ fn standard_streams(im: &mut Import, svc: &Section, accept: bool) {
         };
         if carried {
             im.carry(File::Service, SECTION, k);
+        } else if k == "StandardOutput" && stdio {
+            let why = format!(
+                "{k}={v}: with StandardInput=socket summond gives the program's stdout the \
+                 connection too, so what the unit sends elsewhere (its log) would go to the \
+                 client; have the program write it to stderr, or write exec by hand"
+            );
+            im.refuse(File::Service, SECTION, k, why);
         } else {
             let text = format!("{k}={v}: summond gives fd 0 and 1 the connection (pass = \"stdio\") or /dev/null and its log (listen_fds), and fd 2 its log, the connection or /dev/null");
             im.drop_key(File::Service, SECTION, k, text);
