@@ -333,10 +333,10 @@ mod tests {
     fn import(socket: &str, service: &str) -> Entry {
         let service = service.to_string();
         let mut entries = parse_with(Path::new("/x/t.socket"), socket, |p| {
-            assert_eq!(
-                p,
-                Path::new("/x/t.service"),
-                "only the unit beside it is read"
+            assert!(
+                p == Path::new("/x/t.service") || p == Path::new("/x/t@.service"),
+                "only the unit beside it is read: {}",
+                p.display()
             );
             Ok(service.clone())
         })
@@ -498,6 +498,22 @@ mod tests {
             );
             assert_eq!(e.unusable, None, "{e:?}");
         }
+    }
+
+    /// systemd's time spans (LimitCPU=1h, RuntimeMaxSec=5min) are
+    /// seconds here, so the output passes --check.
+    #[test]
+    fn time_spans_become_seconds() {
+        let e = import(
+            "[Socket]\nListenStream=127.0.0.1:1\nAccept=yes\n",
+            "[Service]\nExecStart=/bin/cat\nLimitCPU=1h 30min\nRuntimeMaxSec=1.5s\n",
+        );
+        assert_eq!(key(&e, "rlimits"), Some("{ cpu = 5400 }"), "{e:?}");
+        assert_eq!(key(&e, "max_runtime"), Some("\"2s\""), "{e:?}");
+        assert_eq!(service::timespan_secs("90"), Some(90));
+        assert_eq!(service::timespan_secs("2d4h"), Some(2 * 86400 + 4 * 3600));
+        assert_eq!(service::timespan_secs("infinity"), None);
+        assert_eq!(service::timespan_secs("5 parsecs"), None);
     }
 
     /// BindToDevice= lets only clients reaching the host through that

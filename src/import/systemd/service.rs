@@ -540,8 +540,8 @@ fn process(im: &mut Import, svc: &Section, spec: &Specifiers<'_>, accept: bool) 
         im.carry(File::Service, SECTION, "NoNewPrivileges");
     }
     if let Some(t) = svc.last("RuntimeMaxSec") {
-        if accept && t.chars().all(|c| c.is_ascii_digit()) {
-            im.e.set("max_runtime", s(&format!("{t}s")));
+        if let Some(secs) = timespan_secs(&t).filter(|_| accept) {
+            im.e.set("max_runtime", s(&format!("{secs}s")));
             im.carry(File::Service, SECTION, "RuntimeMaxSec");
         } else {
             im.drop_key(File::Service, SECTION, "RuntimeMaxSec", format!("RuntimeMaxSec={t}: summond's max_runtime is for accept mode, in plain seconds here"));
@@ -603,10 +603,67 @@ fn rlimits(im: &mut Import, svc: &Section) {
             im.drop_key(File::Service, SECTION, k, format!("{k}={v}: no value"));
             continue;
         };
-        rlimits.push(format!("{ours} = {}", num(hard.trim())));
+        let hard = hard.trim();
+        let value = match timespan_secs(hard) {
+            Some(secs) if k == "LimitCPU" => secs.to_string(),
+            _ => num(hard),
+        };
+        rlimits.push(format!("{ours} = {value}"));
         im.carry(File::Service, SECTION, k);
     }
     if !rlimits.is_empty() {
         im.e.set("rlimits", format!("{{ {} }}", rlimits.join(", ")));
     }
+}
+
+/// A systemd time span (`90`, `5min`, `1h 30min`, `1.5s`) in whole
+/// seconds, rounded up as systemd rounds LimitCPU=; `None` for anything
+/// else (`infinity` included).
+pub fn timespan_secs(text: &str) -> Option<u64> {
+    const UNITS: &[(&str, f64)] = &[
+        ("usec", 1e-6),
+        ("us", 1e-6),
+        ("msec", 1e-3),
+        ("ms", 1e-3),
+        ("seconds", 1.0),
+        ("second", 1.0),
+        ("sec", 1.0),
+        ("s", 1.0),
+        ("minutes", 60.0),
+        ("minute", 60.0),
+        ("min", 60.0),
+        ("m", 60.0),
+        ("hours", 3600.0),
+        ("hour", 3600.0),
+        ("hr", 3600.0),
+        ("h", 3600.0),
+        ("days", 86400.0),
+        ("day", 86400.0),
+        ("d", 86400.0),
+        ("weeks", 604800.0),
+        ("week", 604800.0),
+        ("w", 604800.0),
+    ];
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0.0;
+    while !rest.is_empty() {
+        let end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let n: f64 = rest[..end].parse().ok()?;
+        rest = rest[end..].trim_start();
+        let unit_end = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let factor = match &rest[..unit_end] {
+            "" => 1.0,
+            u => UNITS.iter().find(|(name, _)| *name == u)?.1,
+        };
+        total += n * factor;
+        rest = rest[unit_end..].trim_start();
+    }
+    Some(total.ceil() as u64)
 }
