@@ -18,6 +18,8 @@
 //! - `socket.rs`: the [Socket] section; `service.rs`: the [Service]
 //!   section; `conditions.rs`: `Condition*=` evaluated at import.
 //! - `keys.rs`: what the keys map to, and why the others are not carried.
+//! - `dropins.rs`: the drop-ins, overrides and masks systemd would apply,
+//!   which refuse the unit (the importer reads none of them).
 //! - here: the shape: read the pair, build the `Entry`, name every key.
 
 mod conditions;
