@@ -52,9 +52,16 @@ pub struct Word {
     pub separator: bool,
 }
 
-/// A C escape after the backslash (`n`, `x41`, `101`, `u00e9` ...): the
-/// character and how many input characters it used.
-fn c_escape(rest: &[char]) -> Option<(char, usize)> {
+/// What a C escape stands for: a character (`\n`, `\u00e9`), or one
+/// byte (`\xc3`, `\303`), which systemd puts in the word as it is.
+enum Escaped {
+    Char(char),
+    Byte(u8),
+}
+
+/// A C escape after the backslash (`n`, `x41`, `101`, `u00e9` ...): what
+/// it stands for and how many input characters it used.
+fn c_escape(rest: &[char]) -> Option<(Escaped, usize)> {
     let simple = match rest.first()? {
         'a' => '\x07',
         'b' => '\x08',
@@ -67,10 +74,10 @@ fn c_escape(rest: &[char]) -> Option<(char, usize)> {
         c @ ('\\' | '"' | '\'') => *c,
         _ => return number_escape(rest),
     };
-    Some((simple, 1))
+    Some((Escaped::Char(simple), 1))
 }
 
-fn number_escape(rest: &[char]) -> Option<(char, usize)> {
+fn number_escape(rest: &[char]) -> Option<(Escaped, usize)> {
     let (radix, skip, len) = match rest.first()? {
         'x' => (16, 1, 2),
         'u' => (16, 1, 4),
@@ -81,8 +88,16 @@ fn number_escape(rest: &[char]) -> Option<(char, usize)> {
     let digits: String = rest.get(skip..skip + len)?.iter().collect();
     let n = u32::from_str_radix(&digits, radix).ok()?;
     // systemd refuses a NUL byte in a word.
-    let c = char::from_u32(n).filter(|c| *c != '\0')?;
-    Some((c, skip + len))
+    if n == 0 {
+        return None;
+    }
+    // \x and octal are one byte each (a UTF-8 character may be written
+    // as its bytes); \u and \U a character.
+    let e = match rest[0] {
+        'x' | '0'..='7' => Escaped::Byte(u8::try_from(n).ok()?),
+        _ => Escaped::Char(char::from_u32(n)?),
+    };
+    Some((e, skip + len))
 }
 
 /// The words of `line` with systemd's quoting: `"..."` and `'...'` make
@@ -118,35 +133,47 @@ fn one_word(
     cunescape: bool,
     relax: bool,
 ) -> Result<(String, usize), String> {
-    let mut text = String::new();
+    // Bytes: `\xc3\xa9` is the two bytes of `é`, as in systemd.
+    let mut text: Vec<u8> = Vec::new();
+    let push =
+        |text: &mut Vec<u8>, c: char| text.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+    let done = |text: Vec<u8>, i: usize| {
+        String::from_utf8(text).map(|t| (t, i)).map_err(|_| {
+            "an escape makes bytes that are not UTF-8, which summond's exec cannot hold".to_string()
+        })
+    };
     let mut quote: Option<char> = None;
     while i < chars.len() {
         let c = chars[i];
         i += 1;
         match (quote, c) {
-            (None, c) if c.is_whitespace() => return Ok((text, i)),
+            (None, c) if c.is_whitespace() => return done(text, i),
             (Some(q), c) if c == q => quote = None,
             (None, '"' | '\'') => quote = Some(c),
             (_, '\\') => {
                 let rest = &chars[i..];
                 if rest.first() == Some(&';') {
                     // `\;` is a literal semicolon (systemd.service(5)).
-                    text.push(';');
+                    text.push(b';');
                     i += 1;
                 } else if !cunescape {
                     match rest.first() {
-                        Some(c) => text.push(*c),
-                        None if relax => text.push('\\'),
+                        Some(c) => push(&mut text, *c),
+                        None if relax => text.push(b'\\'),
                         None => return Err("a backslash ends the line".into()),
                     }
                     i += 1;
                 } else {
                     match c_escape(rest) {
-                        Some((c, used)) => {
-                            text.push(c);
+                        Some((Escaped::Char(c), used)) => {
+                            push(&mut text, c);
                             i += used;
                         }
-                        None if relax => text.push('\\'),
+                        Some((Escaped::Byte(b), used)) => {
+                            text.push(b);
+                            i += used;
+                        }
+                        None if relax => text.push(b'\\'),
                         None => {
                             let seq: String = rest.iter().take(2).collect();
                             return Err(format!("the escape \\{seq} is not one systemd knows"));
@@ -154,12 +181,12 @@ fn one_word(
                     }
                 }
             }
-            (_, c) => text.push(c),
+            (_, c) => push(&mut text, c),
         }
     }
     match quote {
         Some(q) if !relax => Err(format!("a {q} quote is not closed")),
-        _ => Ok((text, i)),
+        _ => done(text, i),
     }
 }
 
@@ -368,6 +395,10 @@ mod tests {
         let w = split("echo one ; echo two", true, false).unwrap();
         assert!(w[2].separator);
         assert!(split(r"a \q", true, false).is_err());
+        // \x and octal escapes are bytes, as in systemd: UTF-8 written as
+        // its bytes is that character; a lone byte >= 0x80 is refused.
+        assert_eq!(texts(r"\xc3\xa9 \303\251 \u00e9"), ["é", "é", "é"]);
+        assert!(split(r"\xe9", true, false).is_err());
         assert!(split("a 'b", true, false).is_err());
         // oidentd's `sh -c` script, continuation already joined.
         assert_eq!(
