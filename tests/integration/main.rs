@@ -9,6 +9,7 @@ mod directories;
 mod docs;
 mod faults;
 mod import;
+mod import_corpus;
 mod import_units;
 mod include;
 mod inheritance;
