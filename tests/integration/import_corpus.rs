@@ -181,11 +181,22 @@ fn check(f: &mut Failures, name: &str, toml: &str, dir: &TempDir) {
                 missing.join(", ")
             )
         };
-        f.add(
-            name,
-            "--check",
-            format!("exit {code}{note}: {}", first_lines(&err, 6)),
-        );
+        let errors = check_errors(&err, &out);
+        f.add(name, "--check", format!("exit {code}{note}: {errors}"));
+    }
+}
+
+/// The error lines of `--check` on `file`, without the file's name.
+fn check_errors(stderr: &str, file: &Path) -> String {
+    let prefix = format!("{}:", file.display());
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .collect();
+    if lines.is_empty() {
+        first_lines(stderr, 4)
+    } else {
+        lines.join(" | ")
     }
 }
 
@@ -355,6 +366,7 @@ fn one_socket(f: &mut Failures, pkg: &Path, socket: &Path, user: bool) {
         }
     }
     systemd_no_wider(f, &name, chunk, &sock, &svc);
+    exec_expanded(f, &name, chunk, &svc);
     check(f, &name, &toml, &dir);
 }
 
@@ -428,6 +440,42 @@ fn systemd_no_wider(
         }
     }
     bound_addresses_kept(f, name, chunk, sock);
+}
+
+/// A live service's argv is what systemd would run: no `${VAR}`, no
+/// word that is `$VAR` alone (systemd.service(5): `$VAR` inside a longer
+/// word is left for the program, as in an `sh -c` script) and no `%x`
+/// specifier, unless the unit escaped it (`$$`, `%%`).
+fn exec_expanded(f: &mut Failures, name: &str, chunk: &Chunk, svc: &[(String, String, String)]) {
+    if chunk.refused() {
+        return;
+    }
+    let exec_start = setting(svc, "Service", "ExecStart").unwrap_or("");
+    let argv = chunk.value("exec");
+    let words = argv.as_ref().and_then(|v| v.as_array());
+    for word in words.into_iter().flatten().filter_map(|w| w.as_str()) {
+        let alone = word.strip_prefix('$').is_some_and(|v| {
+            !v.is_empty() && v.chars().all(|c| c == '_' || c.is_ascii_alphanumeric())
+        });
+        if (alone || word.contains("${")) && !exec_start.contains("$$") {
+            f.add(
+                name,
+                "ExecStart=",
+                format!("a variable is left unexpanded: {word:?}"),
+            );
+        }
+        let spec = word
+            .split('%')
+            .skip(1)
+            .any(|rest| rest.starts_with(|c: char| c.is_ascii_alphabetic()));
+        if spec && !exec_start.contains("%%") {
+            f.add(
+                name,
+                "ExecStart=",
+                format!("a specifier is left unexpanded: {word:?}"),
+            );
+        }
+    }
 }
 
 fn listens_on_inet(sock: &[(String, String, String)]) -> bool {
