@@ -223,9 +223,14 @@ fn yes(v: &str) -> bool {
 
 // ---- systemd ----------------------------------------------------------
 
-/// A unit file's settings: (section, key, value), in order, with
-/// backslash continuations joined and comments left out.
-fn unit_settings(text: &str) -> Vec<(String, String, String)> {
+/// One setting of a unit file: (section, key, value).
+type Setting = (String, String, String);
+/// A socket unit's settings and its service's.
+type Units = (Vec<Setting>, Vec<Setting>);
+
+/// A unit file's settings in order, with backslash continuations joined
+/// and comments left out.
+fn unit_settings(text: &str) -> Vec<Setting> {
     let mut out = Vec::new();
     let mut section = String::new();
     let mut pending = String::new();
@@ -260,7 +265,7 @@ fn setting<'a>(s: &'a [(String, String, String)], section: &str, key: &str) -> O
 }
 
 /// The service a socket starts (systemd.socket(5)); `@%i.` is the template.
-fn service_name(socket_file: &str, socket: &[(String, String, String)]) -> String {
+fn service_name(socket_file: &str, socket: &[Setting]) -> String {
     let base = socket_file.trim_end_matches(".socket");
     match setting(socket, "Socket", "Service") {
         Some(s) => s.replace("@%i.", "@."),
@@ -367,6 +372,7 @@ fn one_socket(f: &mut Failures, pkg: &Path, socket: &Path, user: bool) {
     }
     systemd_no_wider(f, &name, chunk, &sock, &svc);
     exec_expanded(f, &name, chunk, &svc);
+    systemd_fidelity(f, &name, chunk, &(sock.clone(), svc.clone()), user);
     check(f, &name, &toml, &dir);
 }
 
@@ -376,8 +382,8 @@ fn systemd_no_wider(
     f: &mut Failures,
     name: &str,
     chunk: &Chunk,
-    sock: &[(String, String, String)],
-    svc: &[(String, String, String)],
+    sock: &[Setting],
+    svc: &[Setting],
 ) {
     if chunk.refused() {
         return;
@@ -439,14 +445,13 @@ fn systemd_no_wider(
             );
         }
     }
-    bound_addresses_kept(f, name, chunk, sock);
 }
 
 /// A live service's argv is what systemd would run: no `${VAR}`, no
 /// word that is `$VAR` alone (systemd.service(5): `$VAR` inside a longer
 /// word is left for the program, as in an `sh -c` script) and no `%x`
 /// specifier, unless the unit escaped it (`$$`, `%%`).
-fn exec_expanded(f: &mut Failures, name: &str, chunk: &Chunk, svc: &[(String, String, String)]) {
+fn exec_expanded(f: &mut Failures, name: &str, chunk: &Chunk, svc: &[Setting]) {
     if chunk.refused() {
         return;
     }
@@ -478,7 +483,7 @@ fn exec_expanded(f: &mut Failures, name: &str, chunk: &Chunk, svc: &[(String, St
     }
 }
 
-fn listens_on_inet(sock: &[(String, String, String)]) -> bool {
+fn listens_on_inet(sock: &[Setting]) -> bool {
     sock.iter().any(|(s, k, v)| {
         s == "Socket"
             && (k == "ListenStream" || k == "ListenDatagram")
@@ -486,33 +491,114 @@ fn listens_on_inet(sock: &[(String, String, String)]) -> bool {
     })
 }
 
-/// An address the unit binds (a host, a path) is the address served.
-fn bound_addresses_kept(
-    f: &mut Failures,
-    name: &str,
-    chunk: &Chunk,
-    sock: &[(String, String, String)],
-) {
+/// What systemd does that summond must be told (the decisions of issue
+/// 16): the unit's addresses in the unit's order (sd_listen_fds(3)), `%t`
+/// as /run for a system unit and never /run for a user unit; a unix
+/// socket's mode (systemd's default 0666) and its directory's
+/// (DirectoryMode=, default 0755); RuntimeDirectory=,
+/// RuntimeDirectoryMode= and SupplementaryGroups= in their summond keys.
+fn systemd_fidelity(f: &mut Failures, name: &str, chunk: &Chunk, units: &Units, user: bool) {
+    if chunk.refused() {
+        return;
+    }
+    let (sock, svc) = units;
+    addresses_in_order(f, name, chunk, sock, user);
+    if chunk.listens().iter().any(|l| l.starts_with("unix")) {
+        let mode = setting(sock, "Socket", "SocketMode").unwrap_or("0666");
+        let dir_mode = setting(sock, "Socket", "DirectoryMode").unwrap_or("0755");
+        for (ours, want) in [("socket_mode", mode), ("socket_directory_mode", dir_mode)] {
+            let got = chunk.string(ours);
+            if got.as_deref().and_then(octal) != octal(want) {
+                f.add(
+                    name,
+                    &format!("{ours} (systemd's {want})"),
+                    format!("is {got:?}"),
+                );
+            }
+        }
+    }
+    let homes = [
+        ("RuntimeDirectory", "runtime_directory"),
+        ("SupplementaryGroups", "extra_groups"),
+    ];
+    for (input, ours) in homes {
+        let got = strings(chunk.value(ours));
+        let values = svc.iter().filter(|(s, k, _)| s == "Service" && k == input);
+        for want in values.flat_map(|(_, _, v)| v.split_whitespace()) {
+            if !want.contains('%') && !got.iter().any(|g| g == want) {
+                f.add(
+                    name,
+                    &format!("{input}={want}"),
+                    format!("{ours} is {got:?}"),
+                );
+            }
+        }
+    }
+    if let Some(want) = setting(svc, "Service", "RuntimeDirectoryMode") {
+        let got = chunk.string("runtime_directory_mode");
+        if got.as_deref().and_then(octal) != octal(want) {
+            let at = format!("RuntimeDirectoryMode={want}");
+            f.add(name, &at, format!("runtime_directory_mode is {got:?}"));
+        }
+    }
+}
+
+/// A string or an array of strings, as strings.
+fn strings(v: Option<toml::Value>) -> Vec<String> {
+    match v {
+        Some(toml::Value::String(s)) => vec![s],
+        Some(toml::Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Each address the unit binds (a host, a path) is served, in the unit's
+/// order.
+fn addresses_in_order(f: &mut Failures, name: &str, chunk: &Chunk, sock: &[Setting], user: bool) {
     let listens = chunk.listens();
+    let mut last: Option<usize> = None;
     for (_, key, v) in sock.iter().filter(|(s, _, _)| s == "Socket") {
         let (inet, unix) = match key.as_str() {
             "ListenStream" => ("tcp", "unix"),
             "ListenDatagram" => ("udp", "unixgram"),
             _ => continue,
         };
-        let want = if v.starts_with('/') && !v.contains('%') {
-            format!("{unix}://{v}")
-        } else if let Ok(addr) = v.parse::<std::net::SocketAddr>() {
-            format!("{inet}://{addr}")
-        } else {
+        if user && v.starts_with("%t/") {
+            if let Some(l) = listens
+                .iter()
+                .find(|l| l.contains("//run/") || l.contains("/%t/"))
+            {
+                let at = format!("{key}={v}");
+                f.add(
+                    name,
+                    &at,
+                    format!("a user unit's %t is $XDG_RUNTIME_DIR, not {l}"),
+                );
+            }
             continue;
+        }
+        let path = v.strip_prefix("%t/").map(|p| format!("/run/{p}"));
+        let want = match (path, v.parse::<std::net::SocketAddr>()) {
+            (Some(p), _) => format!("{unix}://{p}"),
+            (None, _) if v.starts_with('/') && !v.contains('%') => format!("{unix}://{v}"),
+            (None, Ok(addr)) => format!("{inet}://{addr}"),
+            _ => continue,
         };
-        if !listens.contains(&want) {
-            f.add(
+        match listens.iter().position(|l| *l == want) {
+            None => f.add(
                 name,
                 &format!("{key}={v}"),
                 format!("served on {listens:?}, not {want}"),
-            );
+            ),
+            Some(i) if last.is_some_and(|l| i < l) => f.add(
+                name,
+                &format!("{key}={v}"),
+                format!("out of the unit's order in {listens:?}"),
+            ),
+            Some(i) => last = Some(i),
         }
     }
 }
