@@ -16,9 +16,10 @@ cd "$(dirname "$0")/../.."
 corpus=tests/import-corpus
 work=target/import-corpus
 
-# Every Debian 12 main package known to ship a .socket unit (system or
-# user). The list is kept by hand (what `apt-file search .socket` finds on
-# a machine that has Contents indexes); a package without one adds nothing.
+# Debian 12 main packages known to ship a .socket unit (system or user),
+# kept by hand: this machine has no Contents index, so the list may miss
+# some (`apt-file search --regexp '/systemd/(system|user)/.*\.socket$'`
+# where apt-file works finds the rest). A package without one adds nothing.
 SYSTEMD_PACKAGES=(
     openssh-server tinysshd dbus dbus-system-bus-common dbus-user-session
     cups-daemon avahi-daemon pcscd uuid-runtime tang fcgiwrap sane-utils

@@ -360,7 +360,21 @@ fn one_socket(f: &mut Failures, pkg: &Path, socket: &Path, user: bool) {
         let what = format!("{} services written, not one", all.len());
         return f.add(&name, "output", what);
     };
-    for (file, unit) in [(socket_file.as_str(), &sock), (service.as_str(), &svc)] {
+    // A template's `Service=NAME@%i.service` names no file outside systemd:
+    // the importer cannot read that service, and must refuse the socket.
+    let unnamed_instance = setting(&sock, "Socket", "Service").is_some_and(|s| s.contains('%'));
+    if unnamed_instance && !chunk.refused() {
+        f.add(
+            &name,
+            "Service=",
+            "names an instance (%i) but the socket is served",
+        );
+    }
+    let inputs = [(socket_file.as_str(), &sock), (service.as_str(), &svc)];
+    for (file, unit) in inputs
+        .into_iter()
+        .take(if unnamed_instance { 1 } else { 2 })
+    {
         let keys: BTreeSet<(&str, &str)> = unit
             .iter()
             .map(|(s, k, _)| (s.as_str(), k.as_str()))
