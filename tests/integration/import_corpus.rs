@@ -507,8 +507,8 @@ fn listens_on_inet(sock: &[Setting]) -> bool {
 
 /// What systemd does that summond must be told (the decisions of issue
 /// 16): the unit's addresses in the unit's order (sd_listen_fds(3)), `%t`
-/// as /run for a system unit and never /run for a user unit; a unix
-/// socket's mode (systemd's default 0666) and its directory's
+/// as /run for a system unit and never /run for a user unit; a socket
+/// file's mode (systemd's default 0666) and its directory's
 /// (DirectoryMode=, default 0755); RuntimeDirectory=,
 /// RuntimeDirectoryMode= and SupplementaryGroups= in their summond keys.
 fn systemd_fidelity(f: &mut Failures, name: &str, chunk: &Chunk, units: &Units, user: bool) {
@@ -517,7 +517,9 @@ fn systemd_fidelity(f: &mut Failures, name: &str, chunk: &Chunk, units: &Units, 
     }
     let (sock, svc) = units;
     addresses_in_order(f, name, chunk, sock, user);
-    if chunk.listens().iter().any(|l| l.starts_with("unix")) {
+    // A socket file (an abstract name has no mode and no directory).
+    let file = |l: &String| l.starts_with("unix:///") || l.starts_with("unixgram:///");
+    if chunk.listens().iter().any(file) {
         let mode = setting(sock, "Socket", "SocketMode").unwrap_or("0666");
         let dir_mode = setting(sock, "Socket", "DirectoryMode").unwrap_or("0755");
         for (ours, want) in [("socket_mode", mode), ("socket_directory_mode", dir_mode)] {
