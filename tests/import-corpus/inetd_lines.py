@@ -2,11 +2,13 @@
 """Print the inetd.conf entries a maintainer script adds with
 `update-inetd --add ENTRY`, as update-inetd would write them.
 
-Used by fetch.sh. The script is read, not run: ENTRY is one shell word
-('...', "..." or bare, with $VAR and ${VAR} taken from the script's own
-plain assignments above the call); a variable the script does not assign
-(a debconf answer, a loop variable) is empty, and a comment above the
-entry says so. update-inetd turns each two-character `\\t` into a tab
+Used by fetch.sh: `inetd_lines.py POSTINST PACKAGE`. The script is read,
+not run: ENTRY is one shell word ('...', "..." or bare), its $VAR and
+${VAR} taken from the script's own plain assignments (the last above the
+call, else the first below it, for a function called later); a variable
+the script does not assign (a debconf answer) and a command substitution
+are empty, and a comment above the entry says so, except `$(basename $0
+...)`, which is the package's name (the script is PACKAGE.postinst). update-inetd turns each two-character `\\t` into a tab
 (DebianNet.pm's add_service) and writes the entry as it is, so an entry
 that starts with `#` is a comment in inetd.conf and `#<off>#` a disabled
 line.
