@@ -134,14 +134,22 @@ fn chunks(toml: &str) -> Vec<Chunk<'_>> {
 }
 
 /// Import `paths` (`--from FORMAT` when given); a failure is recorded
-/// and None returned.
+/// and None returned. Without XDG_RUNTIME_DIR, as in CI, so a user unit's
+/// `%t` imports the same everywhere.
 fn import(f: &mut Failures, name: &str, from: Option<&str>, paths: &[&Path]) -> Option<String> {
-    let mut args = vec!["import"];
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("import").env_remove("XDG_RUNTIME_DIR");
     if let Some(format) = from {
-        args.extend(["--from", format]);
+        cmd.args(["--from", format]);
     }
-    args.extend(paths.iter().map(|p| p.to_str().unwrap()));
-    let (code, out, err) = run_to_exit(&args);
+    let output = cmd
+        .args(paths)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run summond import");
+    let code = output.status.code().unwrap_or(-1);
+    let out = String::from_utf8_lossy(&output.stdout).into_owned();
+    let err = String::from_utf8_lossy(&output.stderr);
     if code != 0 {
         f.add(
             name,
