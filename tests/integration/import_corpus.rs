@@ -514,10 +514,11 @@ fn listens_on_inet(sock: &[Setting]) -> bool {
 }
 
 /// What systemd does that summond must be told (the decisions of issue
-/// 16): the unit's addresses in the unit's order (sd_listen_fds(3)), `%t`
-/// as /run for a system unit and never /run for a user unit; a socket
-/// file's mode (systemd's default 0666) and its directory's
-/// (DirectoryMode=, default 0755); RuntimeDirectory=,
+/// 16): the socket handed as stdio only with StandardInput=socket, else
+/// as LISTEN_FDS; the unit's addresses in the unit's order
+/// (sd_listen_fds(3)); `%t` as /run for a system unit and never /run for
+/// a user unit; a socket file's mode (systemd's default 0666) and its
+/// directory's (DirectoryMode=, default 0755); RuntimeDirectory=,
 /// RuntimeDirectoryMode= and SupplementaryGroups= in their summond keys.
 fn systemd_fidelity(f: &mut Failures, name: &str, chunk: &Chunk, units: &Units, user: bool) {
     if chunk.refused() {
@@ -540,6 +541,21 @@ fn systemd_fidelity(f: &mut Failures, name: &str, chunk: &Chunk, units: &Units, 
                 );
             }
         }
+    }
+    // StandardInput=socket: the socket is the child's stdin and stdout;
+    // otherwise it gets LISTEN_FDS (sd_listen_fds(3)).
+    let stdio = setting(svc, "Service", "StandardInput") == Some("socket");
+    let pass = chunk.string("pass");
+    if stdio == (pass.as_deref() == Some("listen_fds")) {
+        let input = format!(
+            "StandardInput={}",
+            setting(svc, "Service", "StandardInput").unwrap_or("")
+        );
+        f.add(
+            name,
+            &input,
+            format!("the socket is handed as pass = {pass:?}"),
+        );
     }
     let homes = [
         ("RuntimeDirectory", "runtime_directory"),
