@@ -33,7 +33,7 @@ use crate::access::AccessList;
 use crate::addr::ListenAddr;
 use crate::listener::ListenOptions;
 
-pub use options::DEFAULT_IDLE_TIMEOUT;
+pub use options::{rlimit_ceiling, DEFAULT_IDLE_TIMEOUT};
 pub use units::Rate;
 
 pub use error::{ConfigError, ConfigErrors, ErrorKind};

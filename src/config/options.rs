@@ -589,6 +589,15 @@ pub(super) struct RlimitCeilings {
     nr_open: Option<u64>,
 }
 
+/// The most of the `rlimits` entry `name` a child can get here, and what
+/// sets it: what --check lets through (None: nothing bounds it, or no
+/// such name). For the importer, which writes no limit --check refuses.
+pub fn rlimit_ceiling(name: &str) -> Option<(u64, String)> {
+    let kind = RlimitKind::ALL.iter().find(|(n, ..)| *n == name)?.1;
+    let (max, why) = RlimitCeilings::current(nix::unistd::geteuid().is_root()).of(kind);
+    Some((max?, why))
+}
+
 /// CAP_SYS_RESOURCE's bit in the capability sets (linux/capability.h).
 const CAP_SYS_RESOURCE: u32 = 24;
 

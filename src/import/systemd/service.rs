@@ -309,7 +309,7 @@ fn credentials(im: &mut Import, svc: &Section, spec: &Specifiers<'_>, p: &Prefix
     root_directory(im, svc, spec);
 }
 
-fn user_exists(name: &str) -> bool {
+pub(super) fn user_exists(name: &str) -> bool {
     match name.parse::<u32>() {
         Ok(uid) => nix::unistd::User::from_uid(uid.into())
             .ok()
@@ -319,7 +319,7 @@ fn user_exists(name: &str) -> bool {
     }
 }
 
-fn group_exists(name: &str) -> bool {
+pub(super) fn group_exists(name: &str) -> bool {
     match name.parse::<u32>() {
         Ok(gid) => nix::unistd::Group::from_gid(gid.into())
             .ok()
@@ -505,6 +505,8 @@ fn runtime_name_ok(name: &str) -> bool {
 
 /// `Limit*=` as `rlimits` (soft:hard: summond sets both to one value,
 /// the hard one; `infinity` is the most the kernel allows, as systemd's).
+/// A value above what a child can get here is written as that most, with
+/// a comment: lower, never refused, as `--check` would refuse it.
 fn rlimits(im: &mut Import, svc: &Section) {
     let mut rlimits = Vec::new();
     for (k, ours) in RLIMITS {
@@ -513,10 +515,30 @@ fn rlimits(im: &mut Import, svc: &Section) {
             im.drop_key(File::Service, SECTION, k, format!("{k}={v}: no value"));
             continue;
         };
-        rlimits.push(format!("{ours} = {}", num(hard.trim())));
-        im.carry(File::Service, SECTION, k);
+        let hard = hard.trim();
+        match over_ceiling(ours, hard) {
+            Some((max, why)) => {
+                rlimits.push(format!("{ours} = {max}"));
+                let text = format!(
+                    "{k}={v}: written as {ours} = {max}, the most a child can get here ({why})"
+                );
+                im.drop_key(File::Service, SECTION, k, text);
+            }
+            None => {
+                rlimits.push(format!("{ours} = {}", num(hard)));
+                im.carry(File::Service, SECTION, k);
+            }
+        }
     }
     if !rlimits.is_empty() {
         im.e.set("rlimits", format!("{{ {} }}", rlimits.join(", ")));
     }
+}
+
+/// The most a child can get of `ours` when `value` asks for more
+/// (`infinity` is not more: summond reads it as that most itself).
+fn over_ceiling(ours: &str, value: &str) -> Option<(u64, String)> {
+    let asked = crate::config::units::size(value).ok()??;
+    let (max, why) = crate::config::rlimit_ceiling(ours)?;
+    (asked > max).then_some((max, why))
 }
