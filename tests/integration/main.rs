@@ -11,6 +11,7 @@ mod faults;
 mod import;
 mod import_corpus;
 mod import_units;
+mod imported_services;
 mod include;
 mod inheritance;
 mod internal;
