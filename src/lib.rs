@@ -24,5 +24,6 @@ pub mod safe_dir;
 pub mod server;
 pub mod signals;
 pub mod spawn;
+pub mod stats;
 pub mod timefmt;
 pub mod upgrade;

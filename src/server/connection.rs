@@ -25,6 +25,7 @@ use crate::env::EnvBlock;
 use crate::peer::{Peer, SourceKey};
 use crate::queue::QueueHead;
 use crate::spawn::{self, ChildSetup, ExecImage, FdMove};
+use crate::stats::RefusalKind;
 
 /// Connections taken from one listener per wake-up before the loop turns
 /// to its other sources (signals, the control socket, other listeners);
@@ -79,12 +80,12 @@ pub(super) enum RefuseReason {
 }
 
 impl RefuseReason {
-    /// Its place in `metrics::REFUSAL_REASONS`.
-    pub(super) fn index(self) -> usize {
+    /// What it is counted as.
+    pub(super) fn kind(self) -> RefusalKind {
         match self {
-            RefuseReason::Access(_) => 0,
-            RefuseReason::MaxPerSource(_) => 1,
-            RefuseReason::PerSourceRate(_) => 2,
+            RefuseReason::Access(_) => RefusalKind::Access,
+            RefuseReason::MaxPerSource(_) => RefusalKind::MaxPerSource,
+            RefuseReason::PerSourceRate(_) => RefusalKind::PerSourceRate,
         }
     }
 }
@@ -326,7 +327,7 @@ impl Server {
         now: Instant,
     ) {
         let svc = &mut self.services[idx];
-        svc.stats.refused_by[why.index()] += 1;
+        svc.stats.refused_by[why.kind()] += 1;
         if let Some(text) = &svc.spec.banner_fail {
             send_banner(conn, text);
         }

@@ -1092,7 +1092,7 @@ impl Server {
         now: Instant,
     ) {
         let svc = &mut self.services[idx];
-        svc.stats.refused_by[why.index()] += 1;
+        svc.stats.refused_by[why.kind()] += 1;
         svc.top_refused.record(key);
         if self.refusals.record((svc.id, Some(key), why), now) {
             let name = svc.spec.name.as_str();

@@ -36,13 +36,14 @@ use crate::control::{RefusedSource, Reply, ServiceStatus, Status};
 use crate::limits::rate::{SourceBuckets, TokenBucket, TopRefused};
 use crate::limits::{Backoff, CrashGuard};
 use crate::listener::{self, ListenError, ListenOptions, Listener};
-use crate::metrics::{LazyHistogram, Scrape};
+use crate::metrics::Scrape;
 use crate::notify::Notifier;
 use crate::peer::SourceKey;
 use crate::queue::QueueHead;
 use crate::refusals::{RefusalLog, REFUSAL_INTERVAL};
 use crate::signals::{self, Signals};
 use crate::spawn::{EnvPool, ExecImage, Spawner, Stage};
+use crate::stats::{ExitOutcome, Stats};
 
 mod children;
 mod connection;
@@ -142,19 +143,6 @@ enum TokenKind {
     /// A Prometheus scraper.
     Scrape,
     ControlClient,
-}
-
-/// Counters for status, metrics and logs; each changes in exactly one place.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct Stats {
-    pub served: u64,
-    /// Refused clients by reason, in `metrics::REFUSAL_REASONS` order.
-    pub refused_by: [u64; 3],
-    pub spawn_failures: u64,
-    pub last_exit: Option<String>,
-    /// Child exits by outcome, in `metrics::EXIT_OUTCOMES` order.
-    pub exits: [u64; 4],
-    pub durations: LazyHistogram,
 }
 
 struct ServiceRuntime {
@@ -988,16 +976,7 @@ impl Server {
         let owners: FxHashSet<usize> = self.sockets.release(&held, Some(pid));
         if let Some(i) = idx {
             let svc = &mut self.services[i];
-            let outcome = if child.exec_failed {
-                3
-            } else if matches!(status, WaitStatus::Signaled(..)) {
-                2
-            } else if success {
-                0
-            } else {
-                1
-            };
-            svc.stats.exits[outcome] += 1;
+            svc.stats.exits[ExitOutcome::of(status, child.exec_failed)] += 1;
             svc.stats.durations.observe(ran.as_secs_f64());
             // The text only when it changes: most exits read like the last.
             if svc.last_exit_key != Some(exit_key(status)) {
@@ -1064,7 +1043,7 @@ impl Server {
                     mode: svc.spec.mode().to_string(),
                     active: u64::from(self.active(svc.id)),
                     served: svc.stats.served,
-                    refused: svc.stats.refused_by.iter().sum(),
+                    refused: svc.stats.refused_by.total(),
                     spawn_failures: svc.stats.spawn_failures,
                     last_exit: svc.stats.last_exit.clone(),
                     paused: self.pause_of(svc, now),
