@@ -17,14 +17,8 @@ use crate::limits::Counter;
 use crate::peer::{Peer, SourceKey};
 use crate::queue::QueueHead;
 
+use super::services::ServiceId;
 use super::timers::TimerKey;
-
-/// A service for the length of the run: kept across reloads while its
-/// name stays in the config, new when a name appears (again). Children
-/// refer to it, not to the name, so a service removed and re-added while
-/// its old children run starts with counts of its own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(super) struct ServiceId(pub u64);
 
 /// A socket lent to a pass-mode child, and what waited on it then.
 pub(super) struct HeldSocket {

@@ -14,8 +14,8 @@ use log::{debug, error, info, warn};
 use nix::libc;
 use socket2::Socket;
 
-use super::children::ServiceId;
 use super::children::{for_peer, Child, HeldSocket};
+use super::services::ServiceId;
 use super::timers::Timer;
 use super::Server;
 use crate::access::Refusal;
@@ -537,7 +537,7 @@ impl Server {
             nofile: self.opts.child_nofile,
         };
         let now = Instant::now();
-        let rt = &mut *self.services[idx];
+        let rt = &mut self.services[idx];
         let envs = &mut self.envs;
         let image = rt
             .image

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use socket2::Socket;
 
-use super::children::ServiceId;
+use super::services::ServiceId;
 use crate::config::{Internal, Rate};
 use crate::peer::{Peer, SourceKey};
 
@@ -834,7 +834,7 @@ impl Server {
 
     /// A connection the previous image was serving (live upgrade).
     pub(super) fn resume_internal(&mut self, mut conn: InternalConn) {
-        if let Some(idx) = self.service_index(conn.service) {
+        if let Some(idx) = self.services.index_of(conn.service) {
             conn.idle = self.services[idx].spec.idle_timeout;
         }
         let token = self.next_token();
@@ -877,7 +877,7 @@ impl Server {
                 .registry()
                 .deregister(&mut SourceFd(&conn.socket.as_raw_fd()));
             let now = Instant::now();
-            if let Some(idx) = self.service_index(conn.service) {
+            if let Some(idx) = self.services.index_of(conn.service) {
                 debug!(
                     "{}: internal:{} done for {}",
                     self.services[idx].spec.name,
@@ -900,7 +900,7 @@ impl Server {
             if let Some(conn) = self.internals.conns.get(&token) {
                 debug!(
                     "{}: internal:{} closing {}: idle for {:.1}s",
-                    self.service_name(conn.service),
+                    self.services.name_of(conn.service),
                     conn.kind.name(),
                     conn.peer,
                     conn.idle.as_secs_f64()
@@ -915,10 +915,9 @@ impl Server {
         let Server {
             internals,
             services,
-            by_id,
             ..
         } = self;
-        internals.retime(|id| by_id.get(&id).map(|i| services[*i].spec.idle_timeout));
+        internals.retime(|id| services.index_of(id).map(|i| services[i].spec.idle_timeout));
     }
 
     /// Close every internal connection (at stop).

@@ -1,6 +1,6 @@
 //! The event loop and the decisions across its parts: one `Server` holds
 //! the socket table (`sockets.rs`), the child table (`children.rs`), the
-//! per-service runtime state and the timers, and is the one place that
+//! service table (`services.rs`) and the timers, and is the one place that
 //! logs per-event outcomes. A client's path from a readable listener to a
 //! child is `connection.rs`; here are the loop, watching, child exits,
 //! status, reload and stop. Sockets are built by `listener.rs`, children
@@ -33,33 +33,31 @@ use socket2::Socket;
 use crate::addr::ListenAddr;
 use crate::config::{self, Config, Host, ServiceSpec};
 use crate::control::{RefusedSource, Reply, ServiceStatus, Status};
-use crate::limits::rate::{SourceBuckets, TokenBucket, TopRefused};
-use crate::limits::{Backoff, CrashGuard};
+use crate::limits::Backoff;
 use crate::listener::{self, ListenError, ListenOptions, Listener};
 use crate::metrics::Scrape;
 use crate::notify::Notifier;
-use crate::peer::SourceKey;
 use crate::queue::QueueHead;
 use crate::refusals::{RefusalLog, REFUSAL_INTERVAL};
 use crate::signals::{self, Signals};
-use crate::spawn::{EnvPool, ExecImage, Spawner, Stage};
-use crate::stats::{ExitOutcome, Stats};
+use crate::spawn::{EnvPool, Spawner, Stage};
+use crate::stats::ExitOutcome;
 
 mod children;
 mod connection;
 mod internal;
 mod reload;
 mod scrape;
+mod services;
 mod sockets;
 mod timers;
 mod upgrade;
 
-use children::{
-    exit_key, for_peer, succeeded, Child, ChildTable, ExitText, ServiceId, StoppingGroup,
-};
+use children::{exit_key, for_peer, succeeded, Child, ChildTable, ExitText, StoppingGroup};
 use connection::{PendingConnection, RefusalKey};
 use internal::{DatagramGuard, InternalConns};
 use reload::ConfigLoad;
+use services::{ServiceId, ServiceRuntime, ServiceTable};
 use sockets::SocketTable;
 use timers::{Timer, TimerKey, Timers, KILL_AFTER};
 use upgrade::Upgrades;
@@ -145,55 +143,13 @@ enum TokenKind {
     ControlClient,
 }
 
-struct ServiceRuntime {
-    id: ServiceId,
-    /// `spec.name`, shared with the service's children.
-    name: std::rc::Rc<str>,
-    spec: ServiceSpec,
-    /// Built at the service's first child, not when the config loads:
-    /// most services of a large config wait long for their first client
-    /// (or never see one), and an image is a few hundred bytes.
-    image: Option<Box<ExecImage>>,
-    crash: CrashGuard,
-    stats: Stats,
-    /// `rate`: new children service-wide.
-    rate: Option<TokenBucket>,
-    /// The rate pause of this episode was logged; cleared once the bucket
-    /// is full again.
-    rate_logged: bool,
-    /// A timer is set for the next token.
-    rate_timer: bool,
-    /// `per_source_rate`: one bucket per client (prefix); allocated at
-    /// the first client, as most services have no such rate.
-    source_rates: Option<Box<SourceBuckets<SourceKey>>>,
-    top_refused: TopRefused<SourceKey>,
-    /// Children have been leaving their socket unread; the first such exit
-    /// was logged, the rest are not until one does its work.
-    unread_episode: bool,
-    /// What `stats.last_exit` says, without the text.
-    last_exit_key: Option<(i32, i32, bool)>,
-    /// A `runtime_directory` could not be made: tried again at the next
-    /// reload even if the service did not change.
-    runtime_dir_failed: bool,
-}
-
-impl ServiceRuntime {
-    fn source_rates(&mut self) -> &mut SourceBuckets<SourceKey> {
-        self.source_rates.get_or_insert_with(Box::default)
-    }
-}
-
 pub struct Server {
     poll: Poll,
     config: Config,
-    /// Boxed: a reload moves each service once, and 10,000 runtimes of
-    /// 1.2 kB inline would be 12 MB copied into a new list.
-    #[allow(clippy::vec_box)]
-    services: Vec<Box<ServiceRuntime>>,
+    services: ServiceTable,
     sockets: SocketTable,
     tokens: FxHashMap<Token, TokenKind>,
     next_token: usize,
-    next_service_id: u64,
     children: ChildTable,
     signals: Signals,
     devnull: File,
@@ -228,8 +184,6 @@ pub struct Server {
     /// What the internal UDP services must not answer, and how many
     /// answers they may send.
     datagrams: DatagramGuard,
-    /// Service identity → index into `services`, rebuilt on reload.
-    by_id: FxHashMap<ServiceId, usize>,
     refusals: RefusalLog<RefusalKey>,
     control: Option<Listener>,
     control_clients: FxHashMap<Token, Reply>,
@@ -293,11 +247,10 @@ impl Server {
                 services: Vec::new(),
                 reloadable: config.reloadable,
             },
-            services: Vec::new(),
+            services: ServiceTable::default(),
             sockets: SocketTable::default(),
             tokens: FxHashMap::default(),
             next_token: FIRST_DYNAMIC_TOKEN,
-            next_service_id: 1,
             children: ChildTable::default(),
             signals,
             devnull,
@@ -316,7 +269,6 @@ impl Server {
             accept_more_scrapers: false,
             accept_more_control: false,
             datagrams: DatagramGuard::default(),
-            by_id: FxHashMap::default(),
             refusals: RefusalLog::default(),
             control: None,
             control_clients: FxHashMap::default(),
@@ -461,12 +413,12 @@ impl Server {
         for timer in self.timers.take_due(now) {
             match timer {
                 Timer::HoldEnds(id) => {
-                    if let Some(idx) = self.service_index(id) {
+                    if let Some(idx) = self.services.index_of(id) {
                         self.sync_service(idx, now);
                     }
                 }
                 Timer::TokenBack(id) => {
-                    if let Some(idx) = self.service_index(id) {
+                    if let Some(idx) = self.services.index_of(id) {
                         self.services[idx].rate_timer = false;
                         self.sync_service(idx, now);
                     }
@@ -491,7 +443,7 @@ impl Server {
         }
         if let Some(summary) = self.refusals.flush(now) {
             for ((id, client, why), n) in summary.repeats {
-                let name = self.service_name(id);
+                let name = self.services.name_of(id);
                 let client = client.map_or_else(|| "unknown peer".to_string(), |c| c.to_string());
                 info!(
                     "{name}: refused {client} {n} more times in the last {}s ({why})",
@@ -665,15 +617,6 @@ impl Server {
 
     // ---- watching listeners --------------------------------------------
 
-    fn service_index(&self, id: ServiceId) -> Option<usize> {
-        self.by_id.get(&id).copied()
-    }
-
-    fn service_name(&self, id: ServiceId) -> &str {
-        self.service_index(id)
-            .map_or("(removed service)", |i| self.services[i].spec.name.as_str())
-    }
-
     /// An internal service's TCP client counts as a child (SPEC).
     fn at_global_limit(&self) -> bool {
         self.children.len() + self.internals.len() >= self.config.daemon.max_children as usize
@@ -793,7 +736,7 @@ impl Server {
         let err = io::Error::from_raw_os_error(errno);
         let who = for_peer(child.peer.as_ref());
         let name = &*child.name;
-        let idx = self.service_index(child.service);
+        let idx = self.services.index_of(child.service);
         let program = idx
             .map(|i| self.services[i].spec.program.display().to_string())
             .unwrap_or_default();
@@ -935,7 +878,7 @@ impl Server {
         } else {
             (false, None)
         };
-        let idx = self.service_index(child.service);
+        let idx = self.services.index_of(child.service);
 
         // Routine accept-mode exits are debug; an exec failure was already
         // logged at error; a child leaving its socket unread is logged once
@@ -1519,95 +1462,15 @@ impl Server {
             .collect();
         // Runtime state (and with it the service's identity) follows the
         // name across reloads; a name new to this config is a new service.
-        // Each runtime is moved once, into the new list: indexed by name
-        // here, not moved into a map (10,000 of them are 11 MB).
-        let mut old: Vec<Option<Box<ServiceRuntime>>> = std::mem::take(&mut self.services)
-            .into_iter()
-            .map(Some)
-            .collect();
-        let old_index: FxHashMap<std::rc::Rc<str>, usize> = old
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| Some((s.as_ref()?.name.clone(), i)))
-            .collect();
-        let mut services = Vec::with_capacity(new.services.len());
-        // Services whose runtime directories are made now: new ones (all
-        // of them at start and after an upgrade), those whose directories,
-        // user or `disabled` changed, and those whose last attempt failed.
-        let mut make_dirs = Vec::new();
-        // Each spec moves into its runtime (or is dropped for the equal one
-        // kept), not copied: the config keeps no second set.
-        for spec in std::mem::take(&mut new.services) {
-            let kept = old_index
-                .get(spec.name.as_str())
-                .and_then(|i| old[*i].take());
-            // A disabled service is not set up: it has no children.
-            if spec.runtime_directory.is_some()
-                && !spec.disabled
-                && kept.as_ref().is_none_or(|rt| {
-                    rt.runtime_dir_failed
-                        || rt.spec.runtime_directory != spec.runtime_directory
-                        || rt.spec.credentials != spec.credentials
-                })
-            {
-                make_dirs.push(services.len());
-            }
-            services.push(match kept {
-                // Unchanged (most services in most reloads): kept whole,
-                // nothing rebuilt.
-                Some(rt) if rt.spec == spec => rt,
-                Some(mut rt) => {
-                    // A changed rate starts from a full bucket; an unchanged
-                    // one keeps its tokens across the reload.
-                    if rt.rate.map(|b| b.rate()) != spec.rate {
-                        rt.rate = spec.rate.map(|r| TokenBucket::new(r, Instant::now()));
-                    }
-                    if rt.spec.per_source_rate != spec.per_source_rate
-                        || rt.spec.per_source_prefix != spec.per_source_prefix
-                    {
-                        rt.source_rates = None;
-                    }
-                    rt.image = None;
-                    rt.spec = spec;
-                    // `rt.name` stays: the runtime was found by it.
-                    rt
-                }
-                None => {
-                    let id = ServiceId(self.next_service_id);
-                    self.next_service_id += 1;
-                    Box::new(ServiceRuntime {
-                        id,
-                        name: spec.name.as_str().into(),
-                        image: None,
-                        crash: CrashGuard::default(),
-                        stats: Stats::default(),
-                        rate: spec.rate.map(|r| TokenBucket::new(r, Instant::now())),
-                        rate_logged: false,
-                        rate_timer: false,
-                        source_rates: None,
-                        top_refused: TopRefused::default(),
-                        unread_episode: false,
-                        last_exit_key: None,
-                        runtime_dir_failed: false,
-                        spec,
-                    })
-                }
-            });
-        }
-        self.services = services;
+        let make_dirs = self
+            .services
+            .carry_over(std::mem::take(&mut new.services), Instant::now());
         for idx in make_dirs {
             self.make_runtime_dirs(idx);
         }
         // Old images are gone with the old runtimes: so are the
         // environments only they used.
-        drop(old);
         self.envs.prune();
-        self.by_id = self
-            .services
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.id, i))
-            .collect();
         for (listener, idx, blocking) in opened {
             let token = self.next_token();
             self.tokens

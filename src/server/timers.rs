@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
-use super::children::ServiceId;
+use super::services::ServiceId;
 
 /// SPEC: SIGKILL this long after a SIGTERM for `max_runtime`.
 pub(super) const KILL_AFTER: Duration = Duration::from_secs(5);

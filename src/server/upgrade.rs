@@ -23,9 +23,10 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use socket2::Socket;
 
-use super::children::{Child, ExitText, HeldSocket, ServiceId, StoppingGroup};
+use super::children::{Child, ExitText, HeldSocket, StoppingGroup};
 use super::connection::PendingConnection;
 use super::internal::InternalConn;
+use super::services::ServiceId;
 use super::timers::{Timer, TimerKey};
 use super::Server;
 use crate::addr::{ListenAddr, UnixPath};
@@ -321,7 +322,8 @@ impl Server {
             .map(|(pid, c)| ChildState {
                 pid: pid.as_raw(),
                 service: self
-                    .service_index(c.service)
+                    .services
+                    .index_of(c.service)
                     .map(|i| self.services[i].spec.name.clone()),
                 name: c.name.to_string(),
                 peer: c.peer.clone(),
@@ -368,7 +370,7 @@ impl Server {
                     // A client of a service a reload removed is carried
                     // too (under a name no service can have), as its
                     // children are: a reload keeps them, so must this.
-                    service: self.service_name(c.service).to_string(),
+                    service: self.services.name_of(c.service).to_string(),
                     kind: c.kind,
                     peer: c.peer.clone(),
                     source: c.source,
@@ -634,7 +636,8 @@ impl Server {
             let deadline = match c.runtime {
                 Some(r) => r.left_ns.map(|ns| handed + Duration::from_nanos(ns)),
                 None => self
-                    .service_index(service)
+                    .services
+                    .index_of(service)
                     .and_then(|i| self.services[i].spec.max_runtime)
                     .map(|limit| started_at + limit),
             };
@@ -736,9 +739,7 @@ impl Server {
 
     /// A service identity for children whose service is gone.
     fn orphan_service(&mut self) -> ServiceId {
-        let id = ServiceId(self.next_service_id);
-        self.next_service_id += 1;
-        id
+        self.services.new_id()
     }
 
     /// A carried socket takes the new config's options as a reload would

@@ -1,0 +1,326 @@
+//! The service table: each configured service's runtime (its spec, its
+//! identity for the run, crash guard, rate buckets and counters) in config
+//! order, found by index (a socket names its owner so) or by identity (a
+//! child, a timer or an internal connection names its service so). Across
+//! a reload a runtime follows its service's name (`carry_over`), so the
+//! counters, the crash guard and the rate tokens of a service that stays
+//! are kept, and a name new to the config is a new service. Knows nothing
+//! of sockets, children, polling or logging.
+
+use rustc_hash::FxHashMap;
+use std::ops::{Index, IndexMut};
+use std::rc::Rc;
+use std::time::Instant;
+
+use crate::config::ServiceSpec;
+use crate::limits::rate::{SourceBuckets, TokenBucket, TopRefused};
+use crate::limits::CrashGuard;
+use crate::peer::SourceKey;
+use crate::spawn::ExecImage;
+use crate::stats::Stats;
+
+/// A service for the length of the run: kept across reloads while its
+/// name stays in the config, new when a name appears (again). Children
+/// refer to it, not to the name, so a service removed and re-added while
+/// its old children run starts with counts of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct ServiceId(pub u64);
+
+/// What is happening to one service: its spec, identity, limits and
+/// counters. Boxed in the table: a reload moves each once.
+pub(super) struct ServiceRuntime {
+    pub(super) id: ServiceId,
+    /// `spec.name`, shared with the service's children.
+    pub(super) name: Rc<str>,
+    pub(super) spec: ServiceSpec,
+    /// Built at the service's first child, not when the config loads:
+    /// most services of a large config wait long for their first client
+    /// (or never see one), and an image is a few hundred bytes.
+    pub(super) image: Option<Box<ExecImage>>,
+    pub(super) crash: CrashGuard,
+    pub(super) stats: Stats,
+    /// `rate`: new children service-wide.
+    pub(super) rate: Option<TokenBucket>,
+    /// The rate pause of this episode was logged; cleared once the bucket
+    /// is full again.
+    pub(super) rate_logged: bool,
+    /// A timer is set for the next token.
+    pub(super) rate_timer: bool,
+    /// `per_source_rate`: one bucket per client (prefix); allocated at
+    /// the first client, as most services have no such rate.
+    pub(super) source_rates: Option<Box<SourceBuckets<SourceKey>>>,
+    pub(super) top_refused: TopRefused<SourceKey>,
+    /// Children have been leaving their socket unread; the first such exit
+    /// was logged, the rest are not until one does its work.
+    pub(super) unread_episode: bool,
+    /// What `stats.last_exit` says, without the text.
+    pub(super) last_exit_key: Option<(i32, i32, bool)>,
+    /// A `runtime_directory` could not be made: tried again at the next
+    /// reload even if the service did not change.
+    pub(super) runtime_dir_failed: bool,
+}
+
+impl ServiceRuntime {
+    pub(super) fn source_rates(&mut self) -> &mut SourceBuckets<SourceKey> {
+        self.source_rates.get_or_insert_with(Box::default)
+    }
+}
+
+impl ServiceRuntime {
+    fn new(id: ServiceId, spec: ServiceSpec, now: Instant) -> ServiceRuntime {
+        ServiceRuntime {
+            id,
+            name: spec.name.as_str().into(),
+            image: None,
+            crash: CrashGuard::default(),
+            stats: Stats::default(),
+            rate: spec.rate.map(|r| TokenBucket::new(r, now)),
+            rate_logged: false,
+            rate_timer: false,
+            source_rates: None,
+            top_refused: TopRefused::default(),
+            unread_episode: false,
+            last_exit_key: None,
+            runtime_dir_failed: false,
+            spec,
+        }
+    }
+
+    /// Take `spec`, changed from the one it has: what depends on a
+    /// changed key starts afresh, the rest (counters, crash guard) stays.
+    fn respec(&mut self, spec: ServiceSpec, now: Instant) {
+        // A changed rate starts from a full bucket; an unchanged
+        // one keeps its tokens across the reload.
+        if self.rate.map(|b| b.rate()) != spec.rate {
+            self.rate = spec.rate.map(|r| TokenBucket::new(r, now));
+        }
+        if self.spec.per_source_rate != spec.per_source_rate
+            || self.spec.per_source_prefix != spec.per_source_prefix
+        {
+            self.source_rates = None;
+        }
+        self.image = None;
+        self.spec = spec;
+        // `self.name` stays: the runtime was found by it.
+    }
+
+    /// Are its runtime directories to be made when it takes `spec`? New
+    /// services (all of them at start and after an upgrade), those whose
+    /// directories, user or `disabled` changed, and those whose last
+    /// attempt failed. A disabled service is not set up: it has no
+    /// children.
+    fn needs_dirs(kept: Option<&ServiceRuntime>, spec: &ServiceSpec) -> bool {
+        spec.runtime_directory.is_some()
+            && !spec.disabled
+            && kept.is_none_or(|rt| {
+                rt.runtime_dir_failed
+                    || rt.spec.runtime_directory != spec.runtime_directory
+                    || rt.spec.credentials != spec.credentials
+            })
+    }
+}
+
+/// Every service's runtime, in config order.
+pub(super) struct ServiceTable {
+    /// Boxed: a reload moves each service once, and 10,000 runtimes of
+    /// 1.2 kB inline would be 12 MB copied into a new list.
+    #[allow(clippy::vec_box)]
+    list: Vec<Box<ServiceRuntime>>,
+    /// Service identity → index into `list`, rebuilt on reload.
+    by_id: FxHashMap<ServiceId, usize>,
+    next_id: u64,
+}
+
+impl Default for ServiceTable {
+    fn default() -> Self {
+        ServiceTable {
+            list: Vec::new(),
+            by_id: FxHashMap::default(),
+            next_id: 1,
+        }
+    }
+}
+
+impl Index<usize> for ServiceTable {
+    type Output = ServiceRuntime;
+    fn index(&self, idx: usize) -> &ServiceRuntime {
+        &self.list[idx]
+    }
+}
+
+impl IndexMut<usize> for ServiceTable {
+    fn index_mut(&mut self, idx: usize) -> &mut ServiceRuntime {
+        &mut self.list[idx]
+    }
+}
+
+impl ServiceTable {
+    pub(super) fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &ServiceRuntime> {
+        self.list.iter().map(|b| &**b)
+    }
+
+    /// Where service `id` is now, if it is still configured.
+    pub(super) fn index_of(&self, id: ServiceId) -> Option<usize> {
+        self.by_id.get(&id).copied()
+    }
+
+    pub(super) fn name_of(&self, id: ServiceId) -> &str {
+        self.index_of(id)
+            .map_or("(removed service)", |i| self.list[i].spec.name.as_str())
+    }
+
+    /// A new identity, for children and connections whose service is gone
+    /// (carried by an upgrade).
+    pub(super) fn new_id(&mut self) -> ServiceId {
+        let id = ServiceId(self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    /// Move to the services `specs`: each runtime follows its service's
+    /// name, a name new to the config is a new service, and runtimes of
+    /// services no longer configured are dropped. Returns the indices of
+    /// the services whose runtime directories are to be made now.
+    pub(super) fn carry_over(&mut self, specs: Vec<ServiceSpec>, now: Instant) -> Vec<usize> {
+        // Each runtime is moved once, into the new list: indexed by name
+        // here, not moved into a map (10,000 of them are 11 MB).
+        let mut old: Vec<Option<Box<ServiceRuntime>>> = std::mem::take(&mut self.list)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let old_index: FxHashMap<Rc<str>, usize> = old
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((s.as_ref()?.name.clone(), i)))
+            .collect();
+        let mut list = Vec::with_capacity(specs.len());
+        let mut make_dirs = Vec::new();
+        // Each spec moves into its runtime (or is dropped for the equal one
+        // kept), not copied: the config keeps no second set.
+        for spec in specs {
+            let kept = old_index
+                .get(spec.name.as_str())
+                .and_then(|i| old[*i].take());
+            if ServiceRuntime::needs_dirs(kept.as_deref(), &spec) {
+                make_dirs.push(list.len());
+            }
+            list.push(match kept {
+                // Unchanged (most services in most reloads): kept whole,
+                // nothing rebuilt.
+                Some(rt) if rt.spec == spec => rt,
+                Some(mut rt) => {
+                    rt.respec(spec, now);
+                    rt
+                }
+                None => Box::new(ServiceRuntime::new(self.new_id(), spec, now)),
+            });
+        }
+        self.list = list;
+        self.by_id = self
+            .list
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id, i))
+            .collect();
+        make_dirs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse, Host};
+    use std::path::Path;
+    use std::time::Duration;
+
+    fn specs(text: &str) -> Vec<ServiceSpec> {
+        let host = Host {
+            path_var: "/usr/bin:/bin".into(),
+            is_root: false,
+            runtime_base: Some("/run".into()),
+        };
+        parse(Path::new("t.toml"), text, &host).unwrap().services
+    }
+
+    const TWO: &str = r#"
+        [[service]]
+        name = "a"
+        listen = ["tcp://127.0.0.1:7001"]
+        exec = ["true"]
+        rate = "2/1s"
+        [[service]]
+        name = "b"
+        listen = ["tcp://127.0.0.1:7002"]
+        exec = ["true"]
+        runtime_directory = ["b"]
+    "#;
+
+    #[test]
+    fn a_runtime_follows_its_name_across_a_reload() {
+        let t0 = Instant::now();
+        let mut t = ServiceTable::default();
+        assert_eq!(t.carry_over(specs(TWO), t0), vec![1], "new: dirs made");
+        let (a, b) = (t[0].id, t[1].id);
+        t[0].stats.served = 7;
+        t[1].stats.served = 9;
+        assert!(t[0].rate.as_mut().unwrap().take(t0));
+
+        // b moves first, a's rate changes, c is new.
+        let next = specs(
+            r#"
+            [[service]]
+        name = "b"
+            listen = ["tcp://127.0.0.1:7002"]
+            exec = ["true"]
+            runtime_directory = ["b"]
+            [[service]]
+        name = "a"
+            listen = ["tcp://127.0.0.1:7001"]
+            exec = ["true"]
+            rate = "3/1s"
+            [[service]]
+        name = "c"
+            listen = ["tcp://127.0.0.1:7003"]
+            exec = ["true"]
+        "#,
+        );
+        let t1 = t0 + Duration::from_millis(1);
+        assert!(t.carry_over(next, t1).is_empty(), "b's directories stand");
+        assert_eq!((t[0].id, t[0].stats.served), (b, 9));
+        assert_eq!((t[1].id, t[1].stats.served), (a, 7));
+        assert_eq!(t.index_of(a), Some(1));
+        assert_eq!(t[1].rate.unwrap().rate().to_string(), "3/1s");
+        assert!(t[1].rate.unwrap().is_full(t1), "a changed rate starts full");
+        let c = t[2].id;
+        assert!(c != a && c != b);
+
+        // a removed and added again is a new service.
+        t.carry_over(specs(TWO).into_iter().skip(1).collect(), t1);
+        assert_eq!(t.index_of(a), None);
+        assert_eq!(t.name_of(a), "(removed service)");
+        t.carry_over(specs(TWO), t1);
+        assert!(t[0].id != a && t[0].stats.served == 0);
+        assert_eq!(t.name_of(t[0].id), "a");
+    }
+
+    #[test]
+    fn runtime_directories_are_made_again_after_a_failure_or_a_change() {
+        let t0 = Instant::now();
+        let mut t = ServiceTable::default();
+        t.carry_over(specs(TWO), t0);
+        t[1].runtime_dir_failed = true;
+        assert_eq!(t.carry_over(specs(TWO), t0), vec![1], "retried");
+        t[1].runtime_dir_failed = false;
+        let changed = TWO.replace(r#"["b"]"#, r#"["b2"]"#);
+        assert_eq!(t.carry_over(specs(&changed), t0), vec![1]);
+        let disabled = changed.replace(
+            "runtime_directory",
+            "disabled = true\n        runtime_directory",
+        );
+        assert!(t.carry_over(specs(&disabled), t0).is_empty());
+    }
+}
