@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
-use crate::stats::{Exits, Histogram, Refusals, DURATION_BUCKETS};
+use crate::stats::{Exits, Histogram, Pause, Refusals, DURATION_BUCKETS};
 
 /// The longest request head accepted; scrapers send a few hundred bytes.
 pub const MAX_REQUEST: usize = 8192;
@@ -36,9 +36,8 @@ pub struct ServiceFigures<'a> {
     pub spawn_failures: u64,
     pub exits: Exits,
     pub durations: &'a Histogram,
-    /// Why it starts nothing now, if it is paused ("rate", "crash_hold",
-    /// "resources").
-    pub paused: Option<&'static str>,
+    /// Why it starts nothing now, if it is paused.
+    pub paused: Option<Pause>,
 }
 
 /// summond's own process figures, read from /proc/self.
@@ -224,8 +223,8 @@ pub fn render(services: &[ServiceFigures<'_>], process: &ProcessFigures) -> Stri
         "1 while a service starts no child, with why (rate, crash_hold, resources).",
     );
     for s in services {
-        let (v, reason) = match s.paused {
-            Some(r) => (1, r),
+        let (v, reason) = match &s.paused {
+            Some(p) => (1, p.label()),
             None => (0, "none"),
         };
         let _ = writeln!(
@@ -564,7 +563,13 @@ mod tests {
             spawn_failures: 0,
             exits: [2, 1, 0, 0].into(),
             durations: &h,
-            paused: Some("rate"),
+            paused: Some(Pause::Rate {
+                rate: crate::config::Rate {
+                    count: 1,
+                    per: Duration::from_secs(1),
+                },
+                next_token: Instant::now(),
+            }),
         }];
         let page = render(&figures, &ProcessFigures::default());
         assert!(page.contains("# TYPE summond_connections_total counter\n"));

@@ -2,12 +2,55 @@
 //! (`control.rs`), metrics (`metrics.rs`) and the upgrade state
 //! (`upgrade.rs`), with the typed reasons they are counted by: why a
 //! client was refused (`RefusalKind`), how a child ended (`ExitOutcome`),
-//! each with the label the metrics page prints for it, named once here.
-//! Pure data: nothing here logs, renders or reads the clock.
+//! each with the label the metrics page prints for it, named once here;
+//! and why a service starts no child now (`Pause`), which status and
+//! metrics both show. Pure data: nothing here logs or reads the clock.
 
 use std::ops::{Index, IndexMut};
+use std::time::Instant;
 
 use nix::sys::wait::WaitStatus;
+
+use crate::config::Rate;
+
+/// Why a service starts no child now, first of: its crash hold, its
+/// `rate`, the resource back-off over all services. (A service at its
+/// `max_instances` is busy, not paused.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pause {
+    /// Its children failed too often (`limits::CRASH_LIMIT` in
+    /// `limits::CRASH_WINDOW`): held until then.
+    CrashHold { until: Instant },
+    /// Its `rate` is used up: the next token comes then.
+    Rate { rate: Rate, next_token: Instant },
+    /// summond ran out of fds or processes: backing off until then.
+    Resources { until: Instant },
+}
+
+impl Pause {
+    /// The metrics' `reason` label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Pause::CrashHold { .. } => "crash_hold",
+            Pause::Rate { .. } => "rate",
+            Pause::Resources { .. } => "resources",
+        }
+    }
+
+    /// As status says it, with the time left at `now`.
+    pub fn describe(&self, now: Instant) -> String {
+        let left = |until: &Instant| until.saturating_duration_since(now).as_secs_f64();
+        match self {
+            Pause::CrashHold { until } => format!("crash hold, {:.1}s left", left(until)),
+            Pause::Rate { rate, next_token } => {
+                format!("rate {rate}, {:.2}s left", left(next_token))
+            }
+            Pause::Resources { until } => {
+                format!("out of fds or processes, {:.1}s left", left(until))
+            }
+        }
+    }
+}
 
 /// Why a client was refused, as the metrics' `reason` label counts it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -243,6 +286,39 @@ mod tests {
         assert!(text.contains("\"exits\":[0,0,1,0]"), "{text}");
         let back: Stats = serde_json::from_str(&text).unwrap();
         assert_eq!((back.refused_by, back.exits), (s.refused_by, s.exits));
+    }
+
+    #[test]
+    fn a_pause_reads_the_same_in_status_and_metrics() {
+        let now = Instant::now();
+        let s = std::time::Duration::from_millis;
+        let hold = Pause::CrashHold {
+            until: now + s(8000),
+        };
+        assert_eq!(
+            (hold.label(), hold.describe(now).as_str()),
+            ("crash_hold", "crash hold, 8.0s left")
+        );
+        let rate = Pause::Rate {
+            rate: Rate {
+                count: 2,
+                per: s(1000),
+            },
+            next_token: now + s(250),
+        };
+        assert_eq!(rate.label(), "rate");
+        assert!(
+            rate.describe(now).ends_with(", 0.25s left"),
+            "{}",
+            rate.describe(now)
+        );
+        let fds = Pause::Resources {
+            until: now + s(100),
+        };
+        assert_eq!(
+            (fds.label(), fds.describe(now).as_str()),
+            ("resources", "out of fds or processes, 0.1s left")
+        );
     }
 
     #[test]

@@ -41,7 +41,7 @@ use crate::queue::QueueHead;
 use crate::refusals::{RefusalLog, REFUSAL_INTERVAL};
 use crate::signals::{self, Signals};
 use crate::spawn::{EnvPool, Spawner, Stage};
-use crate::stats::ExitOutcome;
+use crate::stats::{ExitOutcome, Pause};
 
 mod children;
 mod connection;
@@ -635,8 +635,7 @@ impl Server {
         svc.spec
             .max_instances
             .is_none_or(|max| self.active(svc.id) < max)
-            && !svc.crash.is_held(now)
-            && svc.rate.is_none_or(|b| b.has_token(now))
+            && svc.may_start(now).is_ok()
     }
 
     /// What service `id` has running: children, and for an internal
@@ -989,7 +988,7 @@ impl Server {
                     refused: svc.stats.refused_by.total(),
                     spawn_failures: svc.stats.spawn_failures,
                     last_exit: svc.stats.last_exit.clone(),
-                    paused: self.pause_of(svc, now),
+                    paused: self.pause(svc, now).map(|p| p.describe(now)),
                     top_refused: svc
                         .top_refused
                         .top(3)
@@ -1004,36 +1003,14 @@ impl Server {
         }
     }
 
-    /// Why `svc` starts no child now, as the metrics' `reason` label.
-    fn pause_reason(&self, svc: &ServiceRuntime, now: Instant) -> Option<&'static str> {
-        if svc.crash.is_held(now) {
-            Some("crash_hold")
-        } else if svc.rate.as_ref().is_some_and(|b| !b.has_token(now)) {
-            Some("rate")
-        } else if self.resources.is_paused(now) {
-            Some("resources")
-        } else {
-            None
-        }
-    }
-
-    /// Why `svc` starts no child now, and for how long, for status.
-    fn pause_of(&self, svc: &ServiceRuntime, now: Instant) -> Option<String> {
-        let left = |until: Instant| until.saturating_duration_since(now).as_secs_f64();
-        if let Some(until) = svc.crash.held_until(now) {
-            return Some(format!("crash hold, {:.1}s left", left(until)));
-        }
-        if let Some(b) = svc.rate.as_ref().filter(|b| !b.has_token(now)) {
-            return Some(format!(
-                "rate {}, {:.2}s left",
-                b.rate(),
-                left(b.next_token_at(now))
-            ));
-        }
-        if let Some(until) = self.resources.paused_until(now) {
-            return Some(format!("out of fds or processes, {:.1}s left", left(until)));
-        }
-        None
+    /// Why `svc` starts no child now, for status and metrics: its own
+    /// pause, else the resource back-off over all services.
+    fn pause(&self, svc: &ServiceRuntime, now: Instant) -> Option<Pause> {
+        svc.may_start(now).err().or_else(|| {
+            self.resources
+                .paused_until(now)
+                .map(|until| Pause::Resources { until })
+        })
     }
 
     fn accept_control_clients(&mut self) {

@@ -191,7 +191,7 @@ impl Server {
                 spawn_failures: svc.stats.spawn_failures,
                 exits: svc.stats.exits,
                 durations: svc.stats.durations.get(),
-                paused: self.pause_reason(svc, now),
+                paused: self.pause(svc, now),
             })
             .collect();
         prom::render(&figures, &prom::ProcessFigures::read())

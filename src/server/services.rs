@@ -17,7 +17,7 @@ use crate::limits::rate::{SourceBuckets, TokenBucket, TopRefused};
 use crate::limits::CrashGuard;
 use crate::peer::SourceKey;
 use crate::spawn::ExecImage;
-use crate::stats::Stats;
+use crate::stats::{Pause, Stats};
 
 /// A service for the length of the run: kept across reloads while its
 /// name stays in the config, new when a name appears (again). Children
@@ -83,6 +83,22 @@ impl ServiceRuntime {
             last_exit_key: None,
             runtime_dir_failed: false,
             spec,
+        }
+    }
+
+    /// May it start a child now, as far as its own pauses go (its crash
+    /// hold, then its `rate`)? Its `max_instances` is for the caller,
+    /// who knows what it runs.
+    pub(super) fn may_start(&self, now: Instant) -> Result<(), Pause> {
+        if let Some(until) = self.crash.held_until(now) {
+            return Err(Pause::CrashHold { until });
+        }
+        match self.rate {
+            Some(b) if !b.has_token(now) => Err(Pause::Rate {
+                rate: b.rate(),
+                next_token: b.next_token_at(now),
+            }),
+            _ => Ok(()),
         }
     }
 
