@@ -6,6 +6,7 @@
 //! and why a service starts no child now (`Pause`), which status and
 //! metrics both show. Pure data: nothing here logs or reads the clock.
 
+use std::fmt;
 use std::ops::{Index, IndexMut};
 use std::time::Instant;
 
@@ -118,6 +119,39 @@ impl ExitOutcome {
             ExitOutcome::Signal => "signal",
             ExitOutcome::ExecFailed => "exec_failed",
         }
+    }
+}
+
+/// How a child ended, as status and the logs say it ("exited with status
+/// 0"): written when shown, not built for every exit.
+pub struct ExitText<'a>(pub &'a WaitStatus);
+
+impl fmt::Display for ExitText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            WaitStatus::Exited(_, code) => write!(f, "exited with status {code}"),
+            WaitStatus::Signaled(_, sig, core) => write!(
+                f,
+                "killed by signal {} ({sig}){}",
+                *sig as i32,
+                if *core { ", core dumped" } else { "" }
+            ),
+            other => write!(f, "{other:?}"),
+        }
+    }
+}
+
+/// Did the child exit with status 0?
+pub fn succeeded(status: &WaitStatus) -> bool {
+    matches!(status, WaitStatus::Exited(_, 0))
+}
+
+/// An exit without its pid: two exits with the same key read the same.
+pub fn exit_key(status: &WaitStatus) -> (i32, i32, bool) {
+    match status {
+        WaitStatus::Exited(_, code) => (0, *code, false),
+        WaitStatus::Signaled(_, sig, core) => (1, *sig as i32, *core),
+        _ => (2, 0, false),
     }
 }
 

@@ -9,7 +9,6 @@ use rustc_hash::FxHashMap;
 use std::rc::Rc;
 use std::time::Instant;
 
-use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use crate::addr::ListenAddr;
@@ -170,39 +169,6 @@ impl ChildTable {
             let expected = sources.keys().filter(|(sid, _)| sid == id).count();
             assert_eq!(listed, expected, "per-source keys of {id:?} drifted");
         }
-    }
-}
-
-/// How a child ended, as status and the logs say it ("exited with status
-/// 0"): written when shown, not built for every exit.
-pub(super) struct ExitText<'a>(pub &'a WaitStatus);
-
-impl std::fmt::Display for ExitText<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            WaitStatus::Exited(_, code) => write!(f, "exited with status {code}"),
-            WaitStatus::Signaled(_, sig, core) => write!(
-                f,
-                "killed by signal {} ({sig}){}",
-                *sig as i32,
-                if *core { ", core dumped" } else { "" }
-            ),
-            other => write!(f, "{other:?}"),
-        }
-    }
-}
-
-/// Did the child exit with status 0?
-pub(super) fn succeeded(status: &WaitStatus) -> bool {
-    matches!(status, WaitStatus::Exited(_, 0))
-}
-
-/// An exit without its pid: two exits with the same key read the same.
-pub(super) fn exit_key(status: &WaitStatus) -> (i32, i32, bool) {
-    match status {
-        WaitStatus::Exited(_, code) => (0, *code, false),
-        WaitStatus::Signaled(_, sig, core) => (1, *sig as i32, *core),
-        _ => (2, 0, false),
     }
 }
 

@@ -41,7 +41,7 @@ use crate::queue::QueueHead;
 use crate::refusals::{RefusalLog, REFUSAL_INTERVAL};
 use crate::signals::{self, Signals};
 use crate::spawn::{EnvPool, Spawner, Stage};
-use crate::stats::{ExitOutcome, Pause};
+use crate::stats::{succeeded, ExitText, Pause};
 
 mod children;
 mod connection;
@@ -53,11 +53,11 @@ mod sockets;
 mod timers;
 mod upgrade;
 
-use children::{exit_key, for_peer, succeeded, Child, ChildTable, ExitText, StoppingGroup};
+use children::{for_peer, Child, ChildTable, StoppingGroup};
 use connection::{PendingConnection, RefusalKey};
 use internal::{DatagramGuard, InternalConns};
 use reload::ConfigLoad;
-use services::{ServiceId, ServiceRuntime, ServiceTable};
+use services::{Ended, Recorded, ServiceId, ServiceRuntime, ServiceTable};
 use sockets::SocketTable;
 use timers::{Timer, TimerKey, Timers, KILL_AFTER};
 use upgrade::Upgrades;
@@ -867,8 +867,6 @@ impl Server {
         if let Some(key) = child.runtime_timer {
             self.timers.cancel(key);
         }
-        let success = succeeded(status);
-        let what = ExitText(status);
         let ran = exited_at
             .unwrap_or(now)
             .saturating_duration_since(child.started_at);
@@ -879,19 +877,35 @@ impl Server {
         };
         let idx = self.services.index_of(child.service);
 
+        // The socket table decides what is watched again: a reload may have
+        // given a held socket to another service since the child started.
+        let held: Vec<ListenAddr> = child.held_sockets.iter().map(|h| h.addr.clone()).collect();
+        // Empty (and so free) for an accept-mode child.
+        let owners: FxHashSet<usize> = self.sockets.release(&held, Some(pid));
+        let end = Ended {
+            status,
+            exec_failed: child.exec_failed,
+            ran,
+            pass_mode: child.is_pass_mode(),
+            unread,
+        };
+        let recorded = idx.map_or_else(Recorded::default, |i| {
+            self.services[i].record_exit(&end, now)
+        });
+
         // Routine accept-mode exits are debug; an exec failure was already
         // logged at error; a child leaving its socket unread is logged once
         // per episode; everything else is worth an info line.
-        let first_unread =
-            unread && success && idx.is_some_and(|i| !self.services[i].unread_episode);
+        let success = succeeded(status);
         let level = if child.exec_failed
             || (success && !child.is_pass_mode())
-            || (unread && success && !first_unread)
+            || (unread && success && !recorded.first_unread)
         {
             Level::Debug
         } else {
             Level::Info
         };
+        let what = ExitText(status);
         log!(
             level,
             event = "exit",
@@ -910,40 +924,16 @@ impl Server {
                 ""
             }
         );
-
-        // The socket table decides what is watched again: a reload may have
-        // given a held socket to another service since the child started.
-        let held: Vec<ListenAddr> = child.held_sockets.iter().map(|h| h.addr.clone()).collect();
-        // Empty (and so free) for an accept-mode child.
-        let owners: FxHashSet<usize> = self.sockets.release(&held, Some(pid));
-        if let Some(i) = idx {
-            let svc = &mut self.services[i];
-            svc.stats.exits[ExitOutcome::of(status, child.exec_failed)] += 1;
-            svc.stats.durations.observe(ran.as_secs_f64());
-            // The text only when it changes: most exits read like the last.
-            if svc.last_exit_key != Some(exit_key(status)) {
-                svc.last_exit_key = Some(exit_key(status));
-                svc.stats.last_exit = Some(what.to_string());
-            }
-            if child.is_pass_mode() {
-                if first_unread {
-                    svc.unread_episode = true;
-                } else if !unread {
-                    svc.unread_episode = false;
-                }
-            }
-            if child.is_pass_mode() && (!success || child.exec_failed || unread) {
-                if let Some(until) = svc.crash.record_failure(now) {
-                    self.timers.add(until, Timer::HoldEnds(svc.id));
-                    warn!(event = "hold", service = svc.spec.name.as_str();
-                        "{}: failed {} times in {}s; not restarting it for {}s",
-                        svc.spec.name,
-                        crate::limits::CRASH_LIMIT,
-                        crate::limits::CRASH_WINDOW.as_secs(),
-                        until.saturating_duration_since(now).as_secs()
-                    );
-                }
-            }
+        if let (Some(i), Some(until)) = (idx, recorded.held_until) {
+            let svc = &self.services[i];
+            self.timers.add(until, Timer::HoldEnds(svc.id));
+            warn!(event = "hold", service = svc.spec.name.as_str();
+                "{}: failed {} times in {}s; not restarting it for {}s",
+                svc.spec.name,
+                crate::limits::CRASH_LIMIT,
+                crate::limits::CRASH_WINDOW.as_secs(),
+                until.saturating_duration_since(now).as_secs()
+            );
         }
         if let Some((i, head)) = waiting {
             self.serve_waiting(&child.held_sockets[i].addr, head, now);

@@ -42,8 +42,8 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::{fork, ForkResult, Pid};
 
 use super::timers::TimerKey;
-use super::ExitText;
 use crate::config::{self, Config, Host, ServiceSpec};
+use crate::stats::ExitText;
 
 /// What the helper writes: the checked config (its services apart), or
 /// every error rendered as summond would log it.

@@ -10,14 +10,16 @@
 use rustc_hash::FxHashMap;
 use std::ops::{Index, IndexMut};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use nix::sys::wait::WaitStatus;
 
 use crate::config::ServiceSpec;
 use crate::limits::rate::{SourceBuckets, TokenBucket, TopRefused};
 use crate::limits::CrashGuard;
 use crate::peer::SourceKey;
 use crate::spawn::ExecImage;
-use crate::stats::{Pause, Stats};
+use crate::stats::{exit_key, succeeded, ExitOutcome, ExitText, Pause, Stats};
 
 /// A service for the length of the run: kept across reloads while its
 /// name stays in the config, new when a name appears (again). Children
@@ -102,6 +104,38 @@ impl ServiceRuntime {
         }
     }
 
+    /// Count a child's end: by outcome, its run time, the last exit's
+    /// text (written only when it reads differently from the last: most
+    /// exits read like the one before), and for a pass-mode child, which
+    /// stands for the whole service, the unread episode and the crash
+    /// guard (a failure, an exec failure or an unread exit counts).
+    pub(super) fn record_exit(&mut self, end: &Ended<'_>, now: Instant) -> Recorded {
+        let success = succeeded(end.status);
+        let first_unread = end.unread && success && !self.unread_episode;
+        self.stats.exits[ExitOutcome::of(end.status, end.exec_failed)] += 1;
+        self.stats.durations.observe(end.ran.as_secs_f64());
+        let key = exit_key(end.status);
+        if self.last_exit_key != Some(key) {
+            self.last_exit_key = Some(key);
+            self.stats.last_exit = Some(ExitText(end.status).to_string());
+        }
+        let mut held_until = None;
+        if end.pass_mode {
+            if first_unread {
+                self.unread_episode = true;
+            } else if !end.unread {
+                self.unread_episode = false;
+            }
+            if !success || end.exec_failed || end.unread {
+                held_until = self.crash.record_failure(now);
+            }
+        }
+        Recorded {
+            first_unread,
+            held_until,
+        }
+    }
+
     /// Take `spec`, changed from the one it has: what depends on a
     /// changed key starts afresh, the rest (counters, crash guard) stays.
     fn respec(&mut self, spec: ServiceSpec, now: Instant) {
@@ -134,6 +168,28 @@ impl ServiceRuntime {
                     || rt.spec.credentials != spec.credentials
             })
     }
+}
+
+/// What a service counts of one child's end.
+pub(super) struct Ended<'a> {
+    pub status: &'a WaitStatus,
+    /// It never reached its program.
+    pub exec_failed: bool,
+    pub ran: Duration,
+    /// It held the service's sockets (pass mode), and left what waited
+    /// on them as it found it (it did no work, whatever its status).
+    pub pass_mode: bool,
+    pub unread: bool,
+}
+
+/// What recording an exit found, for the caller to log and arm.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Recorded {
+    /// The first exit of an episode of children leaving their socket
+    /// unread: worth a line, the rest of the episode is not.
+    pub first_unread: bool,
+    /// The crash guard holds the service until then, from now.
+    pub held_until: Option<Instant>,
 }
 
 /// Every service's runtime, in config order.
@@ -321,6 +377,69 @@ mod tests {
         t.carry_over(specs(TWO), t1);
         assert!(t[0].id != a && t[0].stats.served == 0);
         assert_eq!(t.name_of(t[0].id), "a");
+    }
+
+    #[test]
+    fn an_exit_is_counted_and_a_pass_mode_failure_feeds_the_crash_guard() {
+        use crate::limits::{CRASH_HOLD, CRASH_LIMIT};
+        use crate::stats::ExitOutcome::*;
+        use nix::sys::signal::Signal;
+        use nix::unistd::Pid;
+
+        let t0 = Instant::now();
+        let mut t = ServiceTable::default();
+        t.carry_over(specs(TWO), t0);
+        let svc = &mut t[0];
+        let pid = Pid::from_raw(1);
+        let (ok, failed) = (WaitStatus::Exited(pid, 0), WaitStatus::Exited(pid, 1));
+        let killed = WaitStatus::Signaled(pid, Signal::SIGTERM, false);
+        let end = |status, pass_mode, unread| Ended {
+            status,
+            exec_failed: false,
+            ran: Duration::from_millis(20),
+            pass_mode,
+            unread,
+        };
+
+        // Accept mode: counted, never held.
+        for _ in 0..CRASH_LIMIT + 1 {
+            assert_eq!(
+                svc.record_exit(&end(&failed, false, false), t0),
+                Recorded::default()
+            );
+        }
+        svc.record_exit(&end(&killed, false, false), t0);
+        svc.record_exit(&end(&ok, false, false), t0);
+        let exits: Vec<u64> = svc.stats.exits.iter().map(|(_, n)| n).collect();
+        assert_eq!(exits, [1, CRASH_LIMIT as u64 + 1, 1, 0]);
+        assert_eq!(svc.stats.exits[Signal], 1);
+        assert_eq!(svc.stats.durations.get().count(), CRASH_LIMIT as u64 + 3);
+        assert_eq!(svc.stats.last_exit.as_deref(), Some("exited with status 0"));
+        assert!(svc.may_start(t0).is_ok());
+
+        // Pass mode: an unread exit starts an episode (logged once) and
+        // counts toward the guard, as failures do; a read one ends it.
+        let first = svc.record_exit(&end(&ok, true, true), t0);
+        assert!(first.first_unread && first.held_until.is_none());
+        assert!(!svc.record_exit(&end(&ok, true, true), t0).first_unread);
+        svc.record_exit(&end(&ok, true, false), t0);
+        assert!(svc.record_exit(&end(&ok, true, true), t0).first_unread);
+        let mut held = None;
+        for _ in 3..CRASH_LIMIT {
+            held = held.or(svc.record_exit(&end(&failed, true, false), t0).held_until);
+        }
+        assert_eq!(
+            held,
+            Some(t0 + CRASH_HOLD),
+            "the {CRASH_LIMIT}th failure holds it"
+        );
+        assert_eq!(
+            svc.may_start(t0),
+            Err(Pause::CrashHold {
+                until: t0 + CRASH_HOLD
+            })
+        );
+        assert!(svc.may_start(t0 + CRASH_HOLD).is_ok());
     }
 
     #[test]

@@ -23,7 +23,7 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use socket2::Socket;
 
-use super::children::{Child, ExitText, HeldSocket, StoppingGroup};
+use super::children::{Child, HeldSocket, StoppingGroup};
 use super::connection::PendingConnection;
 use super::internal::InternalConn;
 use super::services::ServiceId;
@@ -34,6 +34,7 @@ use crate::config::Config;
 use crate::limits::rate::{SourceBuckets, TokenBucket, TopRefused, TOP_TRACKED};
 use crate::limits::CrashGuard;
 use crate::listener::ListenOptions;
+use crate::stats::ExitText;
 use crate::upgrade::{
     self, ChildState, ConnState, InternalState, LimitsState, ListenerState, RuntimeLeft,
     SourcesState, State, StoppingState,
