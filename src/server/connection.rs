@@ -561,11 +561,8 @@ impl Server {
             }
         };
         let pid = spawned.pid;
-        for h in &req.held_sockets {
-            if let Some(sock) = self.sockets.get_mut(&h.addr) {
-                sock.busy = Some(pid);
-            }
-        }
+        self.sockets
+            .lend(req.held_sockets.iter().map(|h| &h.addr), pid);
         let svc = &mut self.services[idx];
         svc.stats.served += 1;
         let name = svc.spec.name.as_str();

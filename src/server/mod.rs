@@ -13,7 +13,7 @@
 //! queued clients must be re-registered to wake us again; epoll reports a
 //! ready fd at registration, which is exactly that wake-up.
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use std::fmt;
 use std::fs::File;
 use std::io;
@@ -37,7 +37,6 @@ use crate::limits::Backoff;
 use crate::listener::{self, ListenError, ListenOptions, Listener};
 use crate::metrics::Scrape;
 use crate::notify::Notifier;
-use crate::queue::QueueHead;
 use crate::refusals::{RefusalLog, REFUSAL_INTERVAL};
 use crate::signals::{self, Signals};
 use crate::spawn::{EnvPool, Spawner, Stage};
@@ -58,7 +57,7 @@ use connection::{PendingConnection, RefusalKey};
 use internal::{DatagramGuard, InternalConns};
 use reload::ConfigLoad;
 use services::{Ended, Recorded, ServiceId, ServiceRuntime, ServiceTable};
-use sockets::SocketTable;
+use sockets::{GivenBack, SocketTable};
 use timers::{Timer, TimerKey, Timers, KILL_AFTER};
 use upgrade::Upgrades;
 
@@ -826,34 +825,6 @@ impl Server {
         self.child_exited(pid, &status, now, exited_at);
     }
 
-    /// What a pass-mode child left on the sockets it held: did it leave
-    /// one exactly as it found it (the same datagram at the head, a client
-    /// still waiting after a quick exit)? Such a child did no work,
-    /// whatever its exit status. And is something waiting on one now (the
-    /// first such socket, with its head), to be served without epoll?
-    fn left_on_sockets(
-        &self,
-        pid: Pid,
-        child: &Child,
-        ran: Duration,
-    ) -> (bool, Option<(usize, QueueHead)>) {
-        let (mut unread, mut waiting) = (false, None);
-        for (i, h) in child.held_sockets.iter().enumerate() {
-            let Some(s) = self.sockets.get(&h.addr) else {
-                continue;
-            };
-            if s.busy != Some(pid) {
-                continue;
-            }
-            let now = QueueHead::of(&s.listener.socket, &h.addr);
-            unread |= h.head.untouched_by(&now, ran);
-            if now != QueueHead::Empty && waiting.is_none() {
-                waiting = Some((i, now));
-            }
-        }
-        (unread, waiting)
-    }
-
     fn child_exited(
         &mut self,
         pid: Pid,
@@ -870,18 +841,13 @@ impl Server {
         let ran = exited_at
             .unwrap_or(now)
             .saturating_duration_since(child.started_at);
-        let (unread, waiting) = if child.is_pass_mode() {
-            self.left_on_sockets(pid, &child, ran)
-        } else {
-            (false, None)
-        };
+        // Nothing (and so free) for an accept-mode child.
+        let GivenBack {
+            unread,
+            waiting,
+            owners,
+        } = self.sockets.give_back(pid, &child.held_sockets, ran);
         let idx = self.services.index_of(child.service);
-
-        // The socket table decides what is watched again: a reload may have
-        // given a held socket to another service since the child started.
-        let held: Vec<ListenAddr> = child.held_sockets.iter().map(|h| h.addr.clone()).collect();
-        // Empty (and so free) for an accept-mode child.
-        let owners: FxHashSet<usize> = self.sockets.release(&held, Some(pid));
         let end = Ended {
             status,
             exec_failed: child.exec_failed,

@@ -9,6 +9,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
@@ -18,6 +19,9 @@ use nix::unistd::Pid;
 use crate::addr::ListenAddr;
 use crate::config::Config;
 use crate::listener::Listener;
+use crate::queue::QueueHead;
+
+use super::children::HeldSocket;
 
 pub(super) struct OpenSocket {
     pub listener: Listener,
@@ -40,6 +44,19 @@ pub(super) struct OpenSocket {
     /// A copy of the listener below the fd base, made when a pass-mode
     /// child is first lent the socket and closed with it (`lent_fd`).
     low: Option<OwnedFd>,
+}
+
+/// What a pass-mode child left on the sockets it held, once given back.
+pub(super) struct GivenBack {
+    /// It left one exactly as it found it (the same datagram at the head,
+    /// a client still waiting after a quick exit): it did no work,
+    /// whatever its exit status.
+    pub unread: bool,
+    /// Something waits on one now (its place among the held sockets, and
+    /// the head), to be served without epoll.
+    pub waiting: Option<(usize, QueueHead)>,
+    /// The services that own them now.
+    pub owners: FxHashSet<usize>,
 }
 
 #[derive(Default)]
@@ -202,9 +219,24 @@ impl SocketTable {
         self.take_marked(ready, |s| &mut s.queued)
     }
 
-    /// Give sockets back after a pass-mode child (`owner`: only those it
-    /// still holds). Returns the services that own them now.
-    pub fn release(&mut self, addrs: &[ListenAddr], owner: Option<Pid>) -> FxHashSet<usize> {
+    /// Lend sockets to pass-mode child `pid`: unwatched (`sync_service`)
+    /// and untouched until it gives them back.
+    pub fn lend<'a>(&mut self, addrs: impl IntoIterator<Item = &'a ListenAddr>, pid: Pid) {
+        for a in addrs {
+            if let Some(sock) = self.sockets.get_mut(a) {
+                sock.busy = Some(pid);
+            }
+        }
+    }
+
+    /// Give sockets back (`owner`: only those it still holds; none: lent
+    /// to a child that did not start). Returns the services that own
+    /// them now.
+    pub fn release<'a>(
+        &mut self,
+        addrs: impl IntoIterator<Item = &'a ListenAddr>,
+        owner: Option<Pid>,
+    ) -> FxHashSet<usize> {
         let mut services = FxHashSet::default();
         for a in addrs {
             if let Some(sock) = self.sockets.get_mut(a) {
@@ -215,6 +247,34 @@ impl SocketTable {
             }
         }
         services
+    }
+
+    /// Pass-mode child `pid`, which ran for `ran`, has exited: what it
+    /// left on the sockets it still held (looked at before they are
+    /// released), and who owns them now.
+    pub fn give_back(&mut self, pid: Pid, held: &[HeldSocket], ran: Duration) -> GivenBack {
+        let (mut unread, mut waiting) = (false, None);
+        for (i, h) in held.iter().enumerate() {
+            let Some(s) = self.sockets.get(&h.addr) else {
+                continue;
+            };
+            if s.busy != Some(pid) {
+                continue;
+            }
+            let now = QueueHead::of(&s.listener.socket, &h.addr);
+            unread |= h.head.untouched_by(&now, ran);
+            if now != QueueHead::Empty && waiting.is_none() {
+                waiting = Some((i, now));
+            }
+        }
+        // The table decides what is watched again: a reload may have given
+        // a held socket to another service since the child started.
+        let owners = self.release(held.iter().map(|h| &h.addr), Some(pid));
+        GivenBack {
+            unread,
+            waiting,
+            owners,
+        }
     }
 
     /// Make `addr` blocking (for a pass-mode child) or not (for summond's

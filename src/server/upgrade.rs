@@ -625,9 +625,7 @@ impl Server {
                 let Ok(addr) = addr.parse::<ListenAddr>() else {
                     continue;
                 };
-                if let Some(sock) = self.sockets.get_mut(&addr) {
-                    sock.busy = Some(pid);
-                }
+                self.sockets.lend([&addr], pid);
                 held_sockets.push(HeldSocket { addr, head });
             }
             // The child's own deadline, as a reload leaves it: the new
