@@ -7,8 +7,9 @@
 
 use rustc_hash::FxHashMap;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use crate::addr::ListenAddr;
@@ -40,6 +41,15 @@ pub(super) struct Child {
     pub held_sockets: Vec<HeldSocket>,
     /// Its `max_runtime` deadline, cancelled when it exits first.
     pub runtime_timer: Option<TimerKey>,
+}
+
+/// A child that has ended, out of the table.
+pub(super) struct Exit {
+    pub pid: Pid,
+    pub child: Child,
+    pub status: WaitStatus,
+    /// From its start to its exit (or to when it was seen exited).
+    pub ran: Duration,
 }
 
 /// A child's process group that `max_runtime` sent SIGTERM, with the
@@ -115,6 +125,27 @@ impl ChildTable {
         }
         self.children.insert(pid, child);
         self.check_counts();
+    }
+
+    /// The child `status` is about, taken out of the table: `exited_at`,
+    /// when it was seen to have exited, if before `now` (a held leader).
+    pub fn exit(
+        &mut self,
+        status: WaitStatus,
+        now: Instant,
+        exited_at: Option<Instant>,
+    ) -> Option<Exit> {
+        let pid = status.pid()?;
+        let child = self.remove(&pid)?;
+        let ran = exited_at
+            .unwrap_or(now)
+            .saturating_duration_since(child.started_at);
+        Some(Exit {
+            pid,
+            child,
+            status,
+            ran,
+        })
     }
 
     pub fn remove(&mut self, pid: &Pid) -> Option<Child> {

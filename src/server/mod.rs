@@ -21,12 +21,11 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use log::{debug, error, info, log, warn, Level};
+use log::{debug, error, info, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::libc;
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use socket2::Socket;
 
@@ -40,10 +39,11 @@ use crate::notify::Notifier;
 use crate::refusals::{RefusalLog, REFUSAL_INTERVAL};
 use crate::signals::{self, Signals};
 use crate::spawn::{EnvPool, Spawner, Stage};
-use crate::stats::{succeeded, ExitText, Pause};
+use crate::stats::Pause;
 
 mod children;
 mod connection;
+mod exit;
 mod internal;
 mod reload;
 mod scrape;
@@ -56,8 +56,8 @@ use children::{for_peer, Child, ChildTable, StoppingGroup};
 use connection::{PendingConnection, RefusalKey};
 use internal::{DatagramGuard, InternalConns};
 use reload::ConfigLoad;
-use services::{Ended, Recorded, ServiceId, ServiceRuntime, ServiceTable};
-use sockets::{GivenBack, SocketTable};
+use services::{ServiceId, ServiceRuntime, ServiceTable};
+use sockets::SocketTable;
 use timers::{Timer, TimerKey, Timers, KILL_AFTER};
 use upgrade::Upgrades;
 
@@ -749,169 +749,6 @@ impl Server {
         if let Some(i) = idx {
             self.count_spawn_failure(i);
         }
-    }
-
-    /// Reap every child that has exited, except a leader `max_runtime` is
-    /// stopping (`kill_overdue_group` reaps it after the SIGKILL).
-    ///
-    /// Without such a leader, one waitpid(-1) per child. With one, each
-    /// exited child is peeked at (waitid WNOWAIT) before it is reaped;
-    /// once the one the kernel gives is held, it gives that one every
-    /// time, so the others are reaped by pid, one waitpid per child of
-    /// the table (`reap_behind_held`): a waitpid per child and SIGCHLD,
-    /// for at most `KILL_AFTER` after a SIGTERM. An exited process not in
-    /// the table (an orphan given to summond as a subreaper or pid 1)
-    /// waits behind the held one until it is reaped.
-    fn reap_children(&mut self) {
-        let now = Instant::now();
-        if self.stopping_groups.is_empty() {
-            for status in signals::reap() {
-                self.reaped(status, now, None);
-            }
-            return;
-        }
-        while let Some(pid) = signals::exited_unreaped() {
-            if self.stopping_groups.contains_key(&pid) {
-                self.reap_behind_held(now);
-                return;
-            }
-            let Some(status) = signals::reap_pid(pid) else {
-                break;
-            };
-            self.reaped(status, now, None);
-        }
-    }
-
-    /// A held leader is the first exited child: reap every other child
-    /// summond knows that has exited, and note when each held one was
-    /// first seen exited (for its run time).
-    fn reap_behind_held(&mut self, now: Instant) {
-        let pids: Vec<Pid> = self
-            .children
-            .iter()
-            .map(|(pid, _)| *pid)
-            .chain(self.config_load.as_ref().map(|l| l.pid))
-            .chain(self.upgrade_check_pid())
-            .collect();
-        for pid in pids {
-            if let Some(group) = self.stopping_groups.get_mut(&pid) {
-                if group.exited_at.is_none() && signals::has_exited(pid) {
-                    group.exited_at = Some(now);
-                    debug!(
-                        "{}: pid {pid} exited; reaped when its group's SIGKILL is sent",
-                        group.name
-                    );
-                }
-            } else if let Some(status) = signals::reap_pid(pid) {
-                self.reaped(status, now, None);
-            }
-        }
-    }
-
-    /// `exited_at`: when a held leader was seen to have exited, if before
-    /// `now`.
-    fn reaped(&mut self, status: WaitStatus, now: Instant, exited_at: Option<Instant>) {
-        let Some(pid) = status.pid() else {
-            return;
-        };
-        if self.upgrade_check_exited(pid, &status) {
-            return;
-        }
-        if let Some(load) = self.config_load.as_mut().filter(|l| l.pid == pid) {
-            load.mark_reaped(&status);
-            self.finish_reload_if_loaded();
-            return;
-        }
-        self.child_exited(pid, &status, now, exited_at);
-    }
-
-    fn child_exited(
-        &mut self,
-        pid: Pid,
-        status: &WaitStatus,
-        now: Instant,
-        exited_at: Option<Instant>,
-    ) {
-        let Some(child) = self.children.remove(&pid) else {
-            return;
-        };
-        if let Some(key) = child.runtime_timer {
-            self.timers.cancel(key);
-        }
-        let ran = exited_at
-            .unwrap_or(now)
-            .saturating_duration_since(child.started_at);
-        // Nothing (and so free) for an accept-mode child.
-        let GivenBack {
-            unread,
-            waiting,
-            owners,
-        } = self.sockets.give_back(pid, &child.held_sockets, ran);
-        let idx = self.services.index_of(child.service);
-        let end = Ended {
-            status,
-            exec_failed: child.exec_failed,
-            ran,
-            pass_mode: child.is_pass_mode(),
-            unread,
-        };
-        let recorded = idx.map_or_else(Recorded::default, |i| {
-            self.services[i].record_exit(&end, now)
-        });
-
-        // Routine accept-mode exits are debug; an exec failure was already
-        // logged at error; a child leaving its socket unread is logged once
-        // per episode; everything else is worth an info line.
-        let success = succeeded(status);
-        let level = if child.exec_failed
-            || (success && !child.is_pass_mode())
-            || (unread && success && !recorded.first_unread)
-        {
-            Level::Debug
-        } else {
-            Level::Info
-        };
-        let what = ExitText(status);
-        log!(
-            level,
-            event = "exit",
-            service = &*child.name,
-            pid = pid.as_raw(),
-            peer = child.peer.as_ref().map(|p| p.to_string()).unwrap_or_default().as_str(),
-            status:% = what,
-            duration_s = ran.as_secs_f64();
-            "{}: pid {pid}{} {what} after {:.3}s{}",
-            child.name,
-            for_peer(child.peer.as_ref()),
-            ran.as_secs_f64(),
-            if unread {
-                " leaving its socket unread; such exits count toward the restart guard"
-            } else {
-                ""
-            }
-        );
-        if let (Some(i), Some(until)) = (idx, recorded.held_until) {
-            let svc = &self.services[i];
-            self.timers.add(until, Timer::HoldEnds(svc.id));
-            warn!(event = "hold", service = svc.spec.name.as_str();
-                "{}: failed {} times in {}s; not restarting it for {}s",
-                svc.spec.name,
-                crate::limits::CRASH_LIMIT,
-                crate::limits::CRASH_WINDOW.as_secs(),
-                until.saturating_duration_since(now).as_secs()
-            );
-        }
-        if let Some((i, head)) = waiting {
-            self.serve_waiting(&child.held_sockets[i].addr, head, now);
-        }
-        if let Some(i) = idx {
-            self.sync_service(i, now);
-        }
-        for i in owners.into_iter().filter(|o| Some(*o) != idx) {
-            self.sync_service(i, now);
-        }
-        // A slot under max_children may have opened for every service.
-        self.unpark(now);
     }
 
     // ---- status -------------------------------------------------------
