@@ -1,10 +1,44 @@
 //! The event loop and the decisions across its parts: one `Server` holds
 //! the socket table (`sockets.rs`), the child table (`children.rs`), the
-//! service table (`services.rs`) and the timers, and is the one place that
-//! logs per-event outcomes. A client's path from a readable listener to a
-//! child is `connection.rs`; here are the loop, watching, child exits,
-//! status, reload and stop. Sockets are built by `listener.rs`, children
-//! by `spawn.rs`, counting rules by `limits.rs`.
+//! service table (`services.rs`) and the timers (`timers.rs`), and is the
+//! one place that decides across them and logs per-event outcomes; the
+//! tables never call back up. Here are the loop, watching, status, reload
+//! and stop; a client's way in is `connection.rs`, a child's way out
+//! `exit.rs`. Sockets are built by `listener.rs`, children by `spawn.rs`,
+//! counting rules by `limits.rs`.
+//!
+//! The path of a connection (accept mode), each step a function:
+//!
+//! 1. `run`: epoll reports the listener's token readable;
+//!    `on_listener_ready` (connection.rs) finds its socket and service.
+//! 2. The gate over all services (`gate_is_open`: `max_children`, the
+//!    resource back-off): shut, the listener is parked (`park`) and its
+//!    clients wait in the backlog until `unpark`.
+//! 3. `accept_connections`: accepts up to `ACCEPT_BUDGET` while the gate
+//!    and the service's own limits (`service_may_spawn`: `max_instances`,
+//!    `ServiceRuntime::may_start`: crash hold, `rate`) allow; clients left
+//!    over are queued for the next turn (`SocketTable::queue_ready`,
+//!    `serve_ready`).
+//! 4. `start_connection`: admission (access rules, `max_per_source`,
+//!    `per_source_rate`); a refusal is counted and logged by `refuse`.
+//! 5. `launch_connection`: the banner, the child's fds and variables into
+//!    the reused scratch buffers; an internal service is served in the
+//!    loop instead (`start_internal`, internal.rs).
+//! 6. `spawn_child`: clone and exec (`Spawner::spawn`), the child into the
+//!    child table, a `rate` token spent (`take_rate_token`), its
+//!    `max_runtime` timer set. Out of fds or processes, the client is kept
+//!    (`pending`) and `retry_pending` starts it after the back-off.
+//! 7. `sync_service`: the service's listeners watched or not as its limits
+//!    now say.
+//! 8. SIGCHLD: `handle_signals` → `reap_children` → `reaped` →
+//!    `child_exited` (exit.rs): the child table gives the `Exit`, the
+//!    socket table gives back what it held, the service table records the
+//!    outcome, the exit is logged, and the listeners are re-armed
+//!    (`sync_service`, `unpark`).
+//!
+//! In pass mode (`accept = false`) step 3 is `start_pass_child`: the
+//! listening sockets themselves are lent to the child
+//! (`SocketTable::lend`) and unwatched until it exits and gives them back.
 //!
 //! Listener watching is reconciled, not toggled: `sync_service` computes
 //! whether each socket should be in the poll set (not held by a pass-mode

@@ -1,9 +1,31 @@
 //! The socket table: every open listening socket keyed by its address,
-//! with its poll token, the service that owns it now, and whether it is
-//! watched, lent to a pass-mode child, parked at the gate or waiting for
-//! another turn of accepts; and the reload diff as a pure function of the
-//! open addresses and the new config (keep, open, close). Makes no
-//! decision about limits and never logs.
+//! with its poll token, the service that owns it now, and its state; and
+//! the reload diff as a pure function of the open addresses and the new
+//! config (keep, open, close). Makes no decision about limits and never
+//! logs.
+//!
+//! A socket's states, and what moves it between them:
+//!
+//! - watched: in the poll set. `set_watched`, called by the server's
+//!   `sync_service` when its service may start a child and it is neither
+//!   lent nor parked; a new socket starts unwatched until then.
+//! - unwatched by a limit: its service may not start a child now
+//!   (`max_instances`, a crash hold, `rate`): `sync_service` deregisters
+//!   it, and registers it again once the limit lifts (a child's exit, the
+//!   `HoldEnds` or `TokenBack` timer); its clients wait in the backlog.
+//! - parked (`parked`): readable while the gate over all services
+//!   (`max_children`, the resource back-off) was shut: the server's `park`
+//!   unwatches it and notes it here (`park`), and its `unpark` watches it
+//!   again (`take_parked`) when the gate opens.
+//! - queued (`queued`): clients were left after a turn's accept budget:
+//!   `queue_ready`, served at the next turn (`take_ready`) without waiting
+//!   for epoll, which would not report them again.
+//! - lent (`busy`): held by a pass-mode child, unwatched: `lend` at its
+//!   spawn, `give_back` at its exit (what it left there, who owns the
+//!   socket now), or `release` if it never started.
+//!
+//! A reload moves a kept socket to its new owner (`reassign`) in whatever
+//! state it is; `remove` closes one, `clear` all at stop.
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::VecDeque;
