@@ -91,7 +91,7 @@ use connection::{PendingConnection, RefusalKey};
 use internal::{DatagramGuard, InternalConns};
 use reload::ConfigLoad;
 use services::{ServiceId, ServiceRuntime, ServiceTable};
-use sockets::SocketTable;
+use sockets::{SocketPlan, SocketTable};
 use timers::{Timer, TimerKey, Timers, KILL_AFTER};
 use upgrade::Upgrades;
 
@@ -114,6 +114,16 @@ const CONTROL_CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// reach must not keep it from serving.
 const CONTROL_ACCEPT_BUDGET: usize = 16;
 const FIRST_DYNAMIC_TOKEN: usize = 16;
+/// What a config does to the metrics listener or the control socket.
+enum ListenerChange {
+    /// The same address: the listener stays.
+    Keep,
+    /// A new address, opened already: swapped in at the commit.
+    Open(Listener),
+    /// No longer configured: closed at the commit.
+    Close,
+}
+
 /// Startup failures (exit 1). Anything after startup is logged, not returned.
 #[derive(Debug)]
 pub enum ServerError {
@@ -1202,8 +1212,60 @@ impl Server {
     /// opened first, and if any fails nothing changes; removed ones are
     /// closed last. Running children are left alone.
     fn apply_config(&mut self, mut new: Config) -> Result<(), ServerError> {
+        // 1. Open all or nothing: at the first failure what was opened
+        //    drops (its files are removed) and nothing has changed.
         let plan = sockets::plan(self.sockets.addrs(), &new);
-        let mut opened: Vec<(Listener, usize, bool)> = Vec::new();
+        let opened = self.open_planned(&plan, &new)?;
+        let metrics = self.metrics_change(&new)?;
+        let control = self.control_change(&new)?;
+
+        // 2. Carry over: runtime state (and with it the service's
+        //    identity) follows the name; a name new to this config is a
+        //    new service.
+        let old_options = self.listen_options();
+        let make_dirs = self
+            .services
+            .carry_over(std::mem::take(&mut new.services), Instant::now());
+        for idx in make_dirs {
+            self.make_runtime_dirs(idx);
+        }
+        // Old images are gone with the old runtimes: so are the
+        // environments only they used.
+        self.envs.prune();
+
+        // 3. Commit: the sockets, the control and metrics listeners, then
+        //    what depends on the services.
+        self.commit_sockets(opened, &plan, &old_options);
+        match control {
+            ListenerChange::Keep => {}
+            ListenerChange::Open(l) => self.set_control(Some(l)),
+            ListenerChange::Close => self.set_control(None),
+        }
+        match metrics {
+            ListenerChange::Keep => {}
+            ListenerChange::Open(l) => self.set_metrics(Some(l)),
+            ListenerChange::Close => self.set_metrics(None),
+        }
+        self.guard_datagrams();
+        self.retime_internal();
+        crate::logging::set_format(new.daemon.log_format);
+        // Each service holds its spec; the config keeps the rest.
+        self.config = new;
+        let now = Instant::now();
+        self.sync_all(now);
+        // A raised max_children may have opened the gate.
+        self.unpark(now);
+        Ok(())
+    }
+
+    /// Open (or adopt) every address `plan` opens, each with the index of
+    /// its service in `new` and whether it is blocking.
+    fn open_planned(
+        &mut self,
+        plan: &SocketPlan,
+        new: &Config,
+    ) -> Result<Vec<(Listener, usize, bool)>, ServerError> {
+        let mut opened = Vec::new();
         for (addr, idx) in &plan.open {
             let spec = &new.services[*idx];
             // A handed socket may be blocking: one lent to a wait child
@@ -1224,18 +1286,26 @@ impl Server {
                 }
             }
         }
+        Ok(opened)
+    }
 
-        let new_metrics = match &new.daemon.metrics {
+    /// `[daemon] metrics` of `new` against the listener now.
+    fn metrics_change(&mut self, new: &Config) -> Result<ListenerChange, ServerError> {
+        Ok(match &new.daemon.metrics {
             Some(addr) if self.metrics.as_ref().map(|m| &m.addr) != Some(addr) => {
                 match self.adopt_or_open(addr, ListenOptions::default(), "metrics") {
-                    Ok(l) => Some(Some(l)),
+                    Ok(l) => ListenerChange::Open(l),
                     Err(err) => return Err(ServerError::Metrics(addr.clone(), err)),
                 }
             }
-            Some(_) => None,
-            None => Some(None),
-        };
-        let new_control = match &new.daemon.control {
+            Some(_) => ListenerChange::Keep,
+            None => ListenerChange::Close,
+        })
+    }
+
+    /// `[daemon] control` of `new` against the control socket now.
+    fn control_change(&mut self, new: &Config) -> Result<ListenerChange, ServerError> {
+        Ok(match &new.daemon.control {
             Some(path)
                 if self.control.as_ref().and_then(|c| c.addr.socket_file()) != Some(path) =>
             {
@@ -1245,17 +1315,19 @@ impl Server {
                     ..ListenOptions::default()
                 };
                 match self.adopt_or_open(&addr, opts, "control socket") {
-                    Ok(l) => Some(Some(l)),
+                    Ok(l) => ListenerChange::Open(l),
                     Err(err) => return Err(ServerError::Control(path.clone(), err)),
                 }
             }
-            Some(_) => None,
-            None => Some(None),
-        };
+            Some(_) => ListenerChange::Keep,
+            None => ListenerChange::Close,
+        })
+    }
 
-        // The options each kept address was opened or last set with.
-        let old_options: FxHashMap<ListenAddr, ListenOptions> = self
-            .services
+    /// The options each address of the running services was opened or
+    /// last set with, as their config says.
+    fn listen_options(&self) -> FxHashMap<ListenAddr, ListenOptions> {
+        self.services
             .iter()
             .flat_map(|s| {
                 s.spec
@@ -1263,18 +1335,18 @@ impl Server {
                     .iter()
                     .map(move |l| (l.addr.clone(), s.spec.socket))
             })
-            .collect();
-        // Runtime state (and with it the service's identity) follows the
-        // name across reloads; a name new to this config is a new service.
-        let make_dirs = self
-            .services
-            .carry_over(std::mem::take(&mut new.services), Instant::now());
-        for idx in make_dirs {
-            self.make_runtime_dirs(idx);
-        }
-        // Old images are gone with the old runtimes: so are the
-        // environments only they used.
-        self.envs.prune();
+            .collect()
+    }
+
+    /// Into the socket table: the sockets `opened`, the kept ones to
+    /// their owners now (with the options that can change while open),
+    /// the closed ones out. `old_options`: what the config before said.
+    fn commit_sockets(
+        &mut self,
+        opened: Vec<(Listener, usize, bool)>,
+        plan: &SocketPlan,
+        old_options: &FxHashMap<ListenAddr, ListenOptions>,
+    ) {
         for (listener, idx, blocking) in opened {
             let token = self.next_token();
             self.tokens
@@ -1307,22 +1379,6 @@ impl Server {
                 debug!("closed {addr}");
             }
         }
-        if let Some(control) = new_control {
-            self.set_control(control);
-        }
-        if let Some(metrics) = new_metrics {
-            self.set_metrics(metrics);
-        }
-        self.guard_datagrams();
-        self.retime_internal();
-        crate::logging::set_format(new.daemon.log_format);
-        // Each service holds its spec; the config keeps the rest.
-        self.config = new;
-        let now = Instant::now();
-        self.sync_all(now);
-        // A raised max_children may have opened the gate.
-        self.unpark(now);
-        Ok(())
     }
 
     /// Make service `idx`'s `runtime_directory` directories, owned by the
