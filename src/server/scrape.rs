@@ -1,6 +1,6 @@
 //! Prometheus scrapes in the event loop: the `[daemon] metrics` listener,
 //! each scraper's exchange (`metrics::Scrape`), a timeout per scrape from
-//! the timer heap, and the page rendered from the live counters. A slow
+//! the timer map, and the page rendered from the live counters. A slow
 //! or silent scraper costs its buffers until the timeout and delays
 //! nobody else.
 
