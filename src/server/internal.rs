@@ -809,7 +809,7 @@ impl Server {
         // receive queue). Fixed small buffers bound both per client.
         let _ = conn.set_send_buffer_size(KERNEL_BUF);
         let _ = conn.set_recv_buffer_size(KERNEL_BUF);
-        let token = self.next_token();
+        let token = self.tokens.next();
         let fd = conn.as_raw_fd();
         let svc = &self.services[idx];
         if let Err(e) = self.poll.registry().register(
@@ -837,7 +837,7 @@ impl Server {
         if let Some(idx) = self.services.index_of(conn.service) {
             conn.idle = self.services[idx].spec.idle_timeout;
         }
-        let token = self.next_token();
+        let token = self.tokens.next();
         if let Err(e) = self.poll.registry().register(
             &mut SourceFd(&conn.socket.as_raw_fd()),
             token,

@@ -186,13 +186,50 @@ enum TokenKind {
     ControlClient,
 }
 
+/// The dynamic poll tokens: what each stands for, and the next one to give
+/// out (from `FIRST_DYNAMIC_TOKEN`, never reused during the run).
+struct Tokens {
+    kinds: FxHashMap<Token, TokenKind>,
+    next: usize,
+}
+
+impl Default for Tokens {
+    fn default() -> Self {
+        Tokens {
+            kinds: FxHashMap::default(),
+            next: FIRST_DYNAMIC_TOKEN,
+        }
+    }
+}
+
+impl Tokens {
+    /// A token never given out before; `insert` says what it stands for
+    /// once its source is registered.
+    fn next(&mut self) -> Token {
+        let t = Token(self.next);
+        self.next += 1;
+        t
+    }
+
+    fn insert(&mut self, token: Token, kind: TokenKind) {
+        self.kinds.insert(token, kind);
+    }
+
+    fn get(&self, token: &Token) -> Option<&TokenKind> {
+        self.kinds.get(token)
+    }
+
+    fn remove(&mut self, token: &Token) {
+        self.kinds.remove(token);
+    }
+}
+
 pub struct Server {
     poll: Poll,
     config: Config,
     services: ServiceTable,
     sockets: SocketTable,
-    tokens: FxHashMap<Token, TokenKind>,
-    next_token: usize,
+    tokens: Tokens,
     children: ChildTable,
     signals: Signals,
     devnull: File,
@@ -292,8 +329,7 @@ impl Server {
             },
             services: ServiceTable::default(),
             sockets: SocketTable::default(),
-            tokens: FxHashMap::default(),
-            next_token: FIRST_DYNAMIC_TOKEN,
+            tokens: Tokens::default(),
             children: ChildTable::default(),
             signals,
             devnull,
@@ -418,15 +454,10 @@ impl Server {
         Ok(())
     }
 
-    fn next_token(&mut self) -> Token {
-        let t = Token(self.next_token);
-        self.next_token += 1;
-        t
-    }
-
-    /// The earliest timer: a crash hold, the resource back-off or the
-    /// refusal summary ending. All are short lists (holds exist only while
-    /// a service is held), so an idle loop costs nothing per socket.
+    /// The earliest deadline: the timer map's first, an internal
+    /// connection's idle timeout, the resource back-off's or the refusal
+    /// summary's end. Each owner keeps its earliest at hand (a map, a
+    /// heap, one value), so an idle loop costs nothing per socket.
     fn next_deadline(&self) -> Option<Instant> {
         self.timers
             .next_deadline()
@@ -889,7 +920,7 @@ impl Server {
                     }
                     // A big status for a slow reader: finish when writable,
                     // or drop it at the timeout.
-                    let token = self.next_token();
+                    let token = self.tokens.next();
                     let fd = client.socket().as_raw_fd();
                     if self
                         .poll
@@ -1348,7 +1379,7 @@ impl Server {
         old_options: &FxHashMap<ListenAddr, ListenOptions>,
     ) {
         for (listener, idx, blocking) in opened {
-            let token = self.next_token();
+            let token = self.tokens.next();
             self.tokens
                 .insert(token, TokenKind::Listener(listener.addr.clone()));
             self.sockets.insert(listener, token, idx, blocking);

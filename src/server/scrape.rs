@@ -75,7 +75,7 @@ impl Server {
             let Ok(scrape) = Scrape::new(socket) else {
                 continue;
             };
-            let token = self.next_token();
+            let token = self.tokens.next();
             let fd = scrape.socket.as_raw_fd();
             if self
                 .poll
