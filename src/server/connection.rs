@@ -22,6 +22,7 @@ use crate::access::Refusal;
 use crate::addr::ListenAddr;
 use crate::config::{Pass, Rate};
 use crate::env::EnvBlock;
+use crate::limits::Backoff;
 use crate::peer::{Peer, SourceKey};
 use crate::queue::QueueHead;
 use crate::spawn::{self, ChildSetup, ExecImage, FdMove};
@@ -638,13 +639,24 @@ impl Server {
     /// the back-off deadline; listeners that turn readable meanwhile are
     /// parked.
     pub(super) fn resource_fault(&mut self, what: &str, err: &dyn fmt::Display, now: Instant) {
-        let (until, first) = self.resources.fault(now);
-        if first {
-            warn!(event = "resource_fault";
-                "{what}: {err}; pausing all listeners ({} ms, doubling up to {} ms while this lasts)",
-                until.saturating_duration_since(now).as_millis(),
-                crate::limits::BACKOFF_MAX.as_millis()
-            );
-        }
+        note_resource_fault(&mut self.resources, what, err, now);
+    }
+}
+
+/// Start or extend the back-off over all listeners (`Backoff::fault`);
+/// the first fault of an episode is logged.
+pub(super) fn note_resource_fault(
+    resources: &mut Backoff,
+    what: &str,
+    err: &dyn fmt::Display,
+    now: Instant,
+) {
+    let (until, first) = resources.fault(now);
+    if first {
+        warn!(event = "resource_fault";
+            "{what}: {err}; pausing all listeners ({} ms, doubling up to {} ms while this lasts)",
+            until.saturating_duration_since(now).as_millis(),
+            crate::limits::BACKOFF_MAX.as_millis()
+        );
     }
 }

@@ -2,7 +2,9 @@
 //! the socket table (`sockets.rs`), the child table (`children.rs`), the
 //! service table (`services.rs`) and the timers (`timers.rs`), and is the
 //! one place that decides across them and logs per-event outcomes; the
-//! tables never call back up. Here are the loop, watching, status, reload
+//! tables never call back up. The control socket, the metrics listener
+//! and their clients are one more owner (`endpoints.rs`), handed a
+//! snapshot to answer with. Here are the loop, watching, status, reload
 //! and stop; a client's way in is `connection.rs`, a child's way out
 //! `exit.rs`. Sockets are built by `listener.rs`, children by `spawn.rs`,
 //! counting rules by `limits.rs`.
@@ -65,10 +67,10 @@ use socket2::Socket;
 
 use crate::addr::ListenAddr;
 use crate::config::{self, Config, Host, ServiceSpec};
-use crate::control::{RefusedSource, Reply, ServiceStatus, Status};
+use crate::control::{RefusedSource, ServiceStatus, Status};
 use crate::limits::Backoff;
 use crate::listener::{self, ListenError, ListenOptions, Listener};
-use crate::metrics::Scrape;
+use crate::metrics as prom;
 use crate::notify::Notifier;
 use crate::refusals::{RefusalLog, REFUSAL_INTERVAL};
 use crate::signals::{self, Signals};
@@ -77,10 +79,10 @@ use crate::stats::Pause;
 
 mod children;
 mod connection;
+mod endpoints;
 mod exit;
 mod internal;
 mod reload;
-mod scrape;
 mod services;
 mod sockets;
 mod timers;
@@ -88,11 +90,12 @@ mod upgrade;
 
 use children::{for_peer, Child, ChildTable, StoppingGroup};
 use connection::{PendingConnection, RefusalKey};
+use endpoints::{Accepted, Endpoints, Loop};
 use internal::{DatagramGuard, InternalConns};
 use reload::ConfigLoad;
 use services::{ServiceId, ServiceRuntime, ServiceTable};
 use sockets::{SocketPlan, SocketTable};
-use timers::{Timer, TimerKey, Timers, KILL_AFTER};
+use timers::{Timer, Timers, KILL_AFTER};
 use upgrade::Upgrades;
 
 const SIGNALS: Token = Token(0);
@@ -104,11 +107,6 @@ const CONFIG_LOAD: Token = Token(5);
 const UPGRADE_CHECK: Token = Token(3);
 /// SPEC: the control socket is for root (or summond's user) only.
 pub(super) const CONTROL_SOCKET_MODE: u32 = 0o600;
-/// Control clients answered at once; more wait in the backlog. Each
-/// costs an fd until its answer is read.
-const MAX_CONTROL_CLIENTS: usize = 16;
-/// A control client that has not read its answer by then is closed.
-const CONTROL_CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Control clients accepted (or refused) per wake-up before the loop
 /// turns to other sources: a stream of connects to a socket others can
 /// reach must not keep it from serving.
@@ -251,32 +249,12 @@ pub struct Server {
     /// Sockets handed over at startup (LISTEN_FDS), by address, until the
     /// first config takes them.
     handed: FxHashMap<ListenAddr, Socket>,
-    /// `[daemon] metrics`: the Prometheus listener and its scrapers.
-    metrics: Option<Listener>,
-    scrapes: FxHashMap<Token, Scrape>,
-    /// The timeout of each scrape and control client, cancelled when it
-    /// closes first (or status would count a timer per finished client).
-    client_timers: FxHashMap<Token, TimerKey>,
-    /// The scrape budget ran out with scrapers possibly left.
-    accept_more_scrapers: bool,
-    /// The same for the control socket.
-    accept_more_control: bool,
+    /// The control socket, the metrics listener and their clients.
+    endpoints: Endpoints,
     /// What the internal UDP services must not answer, and how many
     /// answers they may send.
     datagrams: DatagramGuard,
     refusals: RefusalLog<RefusalKey>,
-    control: Option<Listener>,
-    control_clients: FxHashMap<Token, Reply>,
-    /// Clients of other uids closed since a trusted one was last
-    /// answered: an episode of refusals, logged once.
-    control_refused: Option<u64>,
-    /// An accept on the control socket failed for want of fds: its
-    /// queued clients are accepted when the back-off ends.
-    control_stalled: bool,
-    /// The same for the metrics listener.
-    metrics_stalled: bool,
-    /// The last resource fault was an accept of one of them.
-    accept_fd_fault: bool,
     upgrades: Upgrades,
     spawner: Spawner,
     /// The fd plan and variables of the last connection's child, kept to
@@ -342,19 +320,9 @@ impl Server {
             internals: InternalConns::default(),
             notifier,
             handed: FxHashMap::default(),
-            metrics: None,
-            scrapes: FxHashMap::default(),
-            client_timers: FxHashMap::default(),
-            accept_more_scrapers: false,
-            accept_more_control: false,
+            endpoints: Endpoints::default(),
             datagrams: DatagramGuard::default(),
             refusals: RefusalLog::default(),
-            control: None,
-            control_clients: FxHashMap::default(),
-            control_refused: None,
-            control_stalled: false,
-            metrics_stalled: false,
-            accept_fd_fault: false,
             upgrades: Upgrades::new(),
             spawner,
             scratch: Default::default(),
@@ -403,8 +371,8 @@ impl Server {
             // a look at everything else, so no wait then.
             let timeout = if !self.sockets.has_ready()
                 && !self.internals.has_ready()
-                && !self.accept_more_scrapers
-                && !self.accept_more_control
+                && !self.endpoints.accept_more_scrapers
+                && !self.endpoints.accept_more_control
             {
                 self.next_deadline()
                     .map(|d| d.saturating_duration_since(Instant::now()))
@@ -426,7 +394,10 @@ impl Server {
                     UPGRADE_CHECK => self.read_check_output(),
                     token => match self.tokens.get(&token).cloned() {
                         Some(TokenKind::Listener(addr)) => self.on_listener_ready(&addr),
-                        Some(TokenKind::ControlClient) => self.write_control_reply(token),
+                        Some(TokenKind::ControlClient) => {
+                            let (endpoints, mut lp) = self.endpoints();
+                            endpoints.write_control_reply(&mut lp, token);
+                        }
                         Some(TokenKind::Internal) => self.on_internal_ready(token),
                         Some(TokenKind::Scrape) => self.on_scrape_ready(token),
                         // A source removed earlier in this batch.
@@ -436,10 +407,10 @@ impl Server {
             }
             self.serve_ready();
             self.serve_internal_ready();
-            if std::mem::take(&mut self.accept_more_scrapers) {
+            if std::mem::take(&mut self.endpoints.accept_more_scrapers) {
                 self.accept_scrapers();
             }
-            if std::mem::take(&mut self.accept_more_control) {
+            if std::mem::take(&mut self.endpoints.accept_more_control) {
                 self.accept_control_clients();
             }
             let now = Instant::now();
@@ -475,11 +446,8 @@ impl Server {
             // Their clients queued while fds ran out: no new event comes
             // for them (edge-triggered), so accept them now, before a
             // retry that fails again starts the next pause.
-            if std::mem::take(&mut self.control_stalled) {
+            if self.endpoints.backoff_ended() {
                 self.accept_control_clients();
-            }
-            if std::mem::take(&mut self.metrics_stalled) {
-                self.accept_more_scrapers = true;
             }
             self.retry_pending(now);
             self.unpark(now);
@@ -501,8 +469,14 @@ impl Server {
                     self.runtime_up(pid, started_at);
                 }
                 Timer::Kill { pid, started_at } => self.kill_overdue_group(pid, started_at),
-                Timer::ScrapeTimeout(token) => self.scrape_timed_out(token),
-                Timer::ControlTimeout(token) => self.control_client_timed_out(token),
+                Timer::ScrapeTimeout(token) => {
+                    let (endpoints, mut lp) = self.endpoints();
+                    endpoints.scrape_timed_out(&mut lp, token);
+                }
+                Timer::ControlTimeout(token) => {
+                    let (endpoints, mut lp) = self.endpoints();
+                    endpoints.control_client_timed_out(&mut lp, token);
+                }
                 Timer::UpgradeCheck(pid) => self.upgrade_check_overdue(pid),
                 Timer::ConfigLoadSlow(pid) => self.config_load_slow(pid),
                 Timer::ConfigLoadOverdue(pid) => self.config_load_overdue(pid),
@@ -881,172 +855,73 @@ impl Server {
         })
     }
 
+    /// The control and metrics endpoints, and what they are lent of the
+    /// loop.
+    fn endpoints(&mut self) -> (&mut Endpoints, Loop<'_>) {
+        (
+            &mut self.endpoints,
+            Loop {
+                registry: self.poll.registry(),
+                tokens: &mut self.tokens,
+                timers: &mut self.timers,
+                resources: &mut self.resources,
+            },
+        )
+    }
+
+    /// Answer the control socket's clients, each with a status snapshot
+    /// taken for it.
     fn accept_control_clients(&mut self) {
         for _ in 0..CONTROL_ACCEPT_BUDGET {
-            let Some(control) = &self.control else {
-                return;
-            };
-            // At the cap the rest wait in the backlog; a reply that ends
-            // accepts them (edge-triggered: nothing else would).
-            if self.control_clients.len() >= MAX_CONTROL_CLIENTS {
-                return;
-            }
-            // Its own accept ran out of fds a moment ago: wait for the
-            // back-off to end. A fork failure's back-off stalls no status
-            // query (it is the moment one is wanted).
-            if self.control_stalled && self.resources.is_paused(Instant::now()) {
-                return;
-            }
-            self.control_stalled = false;
-            match control.socket.accept() {
-                Ok((socket, _)) => {
-                    if !self.control_peer_trusted(&socket) {
-                        // One line it can show, never waited for: a
-                        // fresh socket's buffer takes it, or it is lost.
-                        let line = format!(
-                            "{}{}\n",
-                            crate::control::REFUSED,
-                            crate::control::refusal_reason()
-                        );
-                        let _ = socket.send_with_flags(line.as_bytes(), nix::libc::MSG_DONTWAIT);
-                        continue;
-                    }
-                    self.accepted_after_fd_fault();
-                    let Ok(mut client) = Reply::new(socket, &self.status()) else {
-                        continue;
-                    };
-                    if client.flush() {
-                        continue;
-                    }
-                    // A big status for a slow reader: finish when writable,
-                    // or drop it at the timeout.
-                    let token = self.tokens.next();
-                    let fd = client.socket().as_raw_fd();
-                    if self
-                        .poll
-                        .registry()
-                        .register(&mut SourceFd(&fd), token, Interest::WRITABLE)
-                        .is_ok()
-                    {
-                        self.tokens.insert(token, TokenKind::ControlClient);
-                        self.control_clients.insert(token, client);
-                        let timer = self.timers.add(
-                            Instant::now() + CONTROL_CLIENT_TIMEOUT,
-                            Timer::ControlTimeout(token),
-                        );
-                        self.client_timers.insert(token, timer);
-                    }
+            let (endpoints, mut lp) = self.endpoints();
+            match endpoints.accept_control(&mut lp) {
+                Accepted::Client(socket) => {
+                    let status = self.status();
+                    let (endpoints, mut lp) = self.endpoints();
+                    endpoints.answer_control(&mut lp, socket, &status);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if connection::is_resource_error(&e) => {
-                    // The client stays queued, and nothing would wake us
-                    // for it again: retried when the back-off ends.
-                    self.control_stalled = true;
-                    self.accept_fd_fault = true;
-                    self.resource_fault("control socket: accept", &e, Instant::now());
-                    return;
-                }
-                Err(e) => {
-                    warn!("control socket: accept: {e}");
-                    return;
-                }
+                Accepted::Skipped => {}
+                Accepted::Stop => return,
             }
         }
         // More may be queued: epoll reports them again only for new ones.
-        self.accept_more_control = true;
+        self.endpoints.accept_more_control = true;
     }
 
-    /// An accept of the control or metrics socket worked after one of
-    /// them ran out of fds: the episode is over (a fork failure's is
-    /// not, so only an accept's own fault is ended here).
-    pub(super) fn accepted_after_fd_fault(&mut self) {
-        if std::mem::take(&mut self.accept_fd_fault) && self.resources.success() {
-            // What the pause held back is re-armed at this turn's timers
-            // (`Backoff::expire` says so after a success).
-            info!("resources available again: accepting connections");
+    fn accept_scrapers(&mut self) {
+        let (endpoints, mut lp) = self.endpoints();
+        endpoints.accept_scrapers(&mut lp);
+    }
+
+    /// A scraper is ready; one that asked for the page is answered with
+    /// one rendered for it.
+    fn on_scrape_ready(&mut self, token: Token) {
+        let (endpoints, mut lp) = self.endpoints();
+        if endpoints.on_scrape_ready(&mut lp, token) {
+            let page = self.render_metrics();
+            let (endpoints, mut lp) = self.endpoints();
+            endpoints.answer_scrape(&mut lp, token, &page);
         }
     }
 
-    /// SPEC: the control socket answers root and summond's own uid only,
-    /// whatever its file mode says. Others are closed unanswered; the
-    /// first of an episode is logged, and how many followed when a
-    /// trusted client is next answered.
-    fn control_peer_trusted(&mut self, socket: &Socket) -> bool {
-        match crate::control::PeerCred::of(socket) {
-            Ok(peer) if peer.is_trusted() => {
-                if let Some(n) = self.control_refused.take().filter(|n| *n > 1) {
-                    warn!(
-                        "control socket: refused {} more clients of other uids",
-                        n - 1
-                    );
-                }
-                true
-            }
-            Ok(peer) => {
-                let n = self.control_refused.get_or_insert(0);
-                *n += 1;
-                if *n == 1 {
-                    warn!(
-                        "control socket: refused pid {} of uid {}: {}",
-                        peer.pid,
-                        peer.uid,
-                        crate::control::refusal_reason()
-                    );
-                }
-                false
-            }
-            Err(e) => {
-                debug!("control socket: SO_PEERCRED: {e}; closed");
-                false
-            }
-        }
-    }
-
-    fn write_control_reply(&mut self, token: Token) {
-        let done = match self.control_clients.get_mut(&token) {
-            Some(client) => client.flush(),
-            None => return,
-        };
-        if done {
-            self.close_control_client(token);
-        }
-    }
-
-    fn close_control_client(&mut self, token: Token) {
-        let Some(client) = self.control_clients.remove(&token) else {
-            return;
-        };
-        let _ = self
-            .poll
-            .registry()
-            .deregister(&mut SourceFd(&client.socket().as_raw_fd()));
-        self.tokens.remove(&token);
-        self.cancel_client_timer(token);
-        drop(client);
-        // Below the cap again: clients may be waiting in the backlog.
-        if self.control_clients.len() + 1 == MAX_CONTROL_CLIENTS {
-            self.accept_more_control = true;
-        }
-    }
-
-    /// A scrape or control client closed: its timeout goes with it.
-    pub(super) fn cancel_client_timer(&mut self, token: Token) {
-        if let Some(key) = self.client_timers.remove(&token) {
-            self.timers.cancel(key);
-        }
-    }
-
-    /// A control client that has not read its whole answer by now is
-    /// dropped, so idle clients cannot keep summond's fds.
-    fn control_client_timed_out(&mut self, token: Token) {
-        if self.control_clients.contains_key(&token) {
-            debug!(
-                "control socket: a client did not read its answer within {}s; closed",
-                CONTROL_CLIENT_TIMEOUT.as_secs()
-            );
-            self.close_control_client(token);
-        }
+    /// The metrics page: every service's figures now, and the process's.
+    fn render_metrics(&self) -> String {
+        let now = Instant::now();
+        let figures: Vec<prom::ServiceFigures<'_>> = self
+            .services
+            .iter()
+            .map(|svc| prom::ServiceFigures {
+                name: &svc.spec.name,
+                connections: svc.stats.served,
+                children: u64::from(self.active(svc.id)),
+                refused: svc.stats.refused_by,
+                spawn_failures: svc.stats.spawn_failures,
+                exits: svc.stats.exits,
+                durations: svc.stats.durations.get(),
+                paused: self.pause(svc, now),
+            })
+            .collect();
+        prom::render(&figures, &prom::ProcessFigures::read())
     }
 
     // ---- reload ---------------------------------------------------------
@@ -1269,13 +1144,13 @@ impl Server {
         self.commit_sockets(opened, &plan, &old_options);
         match control {
             ListenerChange::Keep => {}
-            ListenerChange::Open(l) => self.set_control(Some(l)),
-            ListenerChange::Close => self.set_control(None),
+            ListenerChange::Open(l) => self.endpoints.set_control(self.poll.registry(), Some(l)),
+            ListenerChange::Close => self.endpoints.set_control(self.poll.registry(), None),
         }
         match metrics {
             ListenerChange::Keep => {}
-            ListenerChange::Open(l) => self.set_metrics(Some(l)),
-            ListenerChange::Close => self.set_metrics(None),
+            ListenerChange::Open(l) => self.endpoints.set_metrics(self.poll.registry(), Some(l)),
+            ListenerChange::Close => self.endpoints.set_metrics(self.poll.registry(), None),
         }
         self.guard_datagrams();
         self.retime_internal();
@@ -1323,7 +1198,7 @@ impl Server {
     /// `[daemon] metrics` of `new` against the listener now.
     fn metrics_change(&mut self, new: &Config) -> Result<ListenerChange, ServerError> {
         Ok(match &new.daemon.metrics {
-            Some(addr) if self.metrics.as_ref().map(|m| &m.addr) != Some(addr) => {
+            Some(addr) if self.endpoints.metrics.as_ref().map(|m| &m.addr) != Some(addr) => {
                 match self.adopt_or_open(addr, ListenOptions::default(), "metrics") {
                     Ok(l) => ListenerChange::Open(l),
                     Err(err) => return Err(ServerError::Metrics(addr.clone(), err)),
@@ -1338,7 +1213,12 @@ impl Server {
     fn control_change(&mut self, new: &Config) -> Result<ListenerChange, ServerError> {
         Ok(match &new.daemon.control {
             Some(path)
-                if self.control.as_ref().and_then(|c| c.addr.socket_file()) != Some(path) =>
+                if self
+                    .endpoints
+                    .control
+                    .as_ref()
+                    .and_then(|c| c.addr.socket_file())
+                    != Some(path) =>
             {
                 let addr = ListenAddr::Unix(crate::addr::UnixPath::File(path.clone()));
                 let opts = ListenOptions {
@@ -1470,41 +1350,6 @@ impl Server {
         Ok(made)
     }
 
-    /// Swap the control socket (the old one's file is removed on drop).
-    fn set_control(&mut self, control: Option<Listener>) {
-        let old = std::mem::replace(&mut self.control, control);
-        self.swap_watched(old, CONTROL, "control socket");
-    }
-
-    /// Stop watching `old` (dropping it) and watch the listener now in the
-    /// slot for `token` (the control or metrics socket).
-    pub(super) fn swap_watched(&mut self, old: Option<Listener>, token: Token, what: &str) {
-        if let Some(old) = old {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&old.socket.as_raw_fd()));
-        }
-        let new = if token == CONTROL {
-            &self.control
-        } else {
-            &self.metrics
-        };
-        if let Some(new) = new {
-            // summond accepts on it itself; a handed one may be blocking.
-            if let Err(e) = new.socket.set_nonblocking(true) {
-                error!("{what} {}: {e}", new.addr);
-            }
-            if let Err(e) = self.poll.registry().register(
-                &mut SourceFd(&new.socket.as_raw_fd()),
-                token,
-                Interest::READABLE,
-            ) {
-                error!("{what} {}: {e}", new.addr);
-            }
-        }
-    }
-
     // ---- stop -------------------------------------------------------
 
     /// At stop: SIGKILL every group `max_runtime` has sent SIGTERM,
@@ -1533,8 +1378,8 @@ impl Server {
         // With no listener left, what a reaped leader frees starts nothing.
         self.kill_stopping_groups_now();
         self.close_all_internal();
-        self.set_metrics(None);
-        self.set_control(None);
+        self.endpoints.set_metrics(self.poll.registry(), None);
+        self.endpoints.set_control(self.poll.registry(), None);
         for (pid, child) in self.children.iter() {
             if child.is_pass_mode() {
                 if let Err(e) = kill(*pid, Signal::SIGTERM) {

@@ -307,8 +307,8 @@ impl Server {
             .sockets
             .iter()
             .map(|s| &s.listener)
-            .chain(self.control.iter())
-            .chain(self.metrics.iter())
+            .chain(self.endpoints.control.iter())
+            .chain(self.endpoints.metrics.iter())
             .map(|l| ListenerState {
                 fd: l.socket.as_raw_fd(),
                 addr: l.addr.to_string(),
@@ -760,9 +760,9 @@ impl Server {
         let (listener, wanted, owner) = if let Some(sock) = self.sockets.get_mut(addr) {
             let svc = &self.services[sock.service];
             (&mut sock.listener, svc.spec.socket, svc.spec.name.as_str())
-        } else if let Some(l) = self.control.as_mut().filter(|l| &l.addr == addr) {
+        } else if let Some(l) = self.endpoints.control.as_mut().filter(|l| &l.addr == addr) {
             (l, control_options, "control socket")
-        } else if let Some(l) = self.metrics.as_mut().filter(|l| &l.addr == addr) {
+        } else if let Some(l) = self.endpoints.metrics.as_mut().filter(|l| &l.addr == addr) {
             (l, ListenOptions::default(), "metrics")
         } else {
             return;
@@ -787,7 +787,12 @@ impl Server {
             sock.listener.claim_file(file);
             return;
         }
-        for l in self.control.iter_mut().chain(self.metrics.iter_mut()) {
+        for l in self
+            .endpoints
+            .control
+            .iter_mut()
+            .chain(self.endpoints.metrics.iter_mut())
+        {
             if &l.addr == addr {
                 l.claim_file(file);
                 return;
