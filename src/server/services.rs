@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 use nix::sys::wait::WaitStatus;
 
 use crate::config::ServiceSpec;
-use crate::limits::rate::{SourceBuckets, TokenBucket, TopRefused};
+use crate::limits::rate::{BucketState, SourceBuckets, TokenBucket, TopRefused, TOP_TRACKED};
 use crate::limits::CrashGuard;
 use crate::peer::SourceKey;
 use crate::spawn::ExecImage;
 use crate::stats::{exit_key, succeeded, ExitOutcome, ExitText, Pause, Stats};
+use crate::upgrade::{LimitsState, SourcesState};
 
 /// A service for the length of the run: kept across reloads while its
 /// name stays in the config, new when a name appears (again). Children
@@ -136,6 +137,76 @@ impl ServiceRuntime {
         }
     }
 
+    /// Its limits with something to remember, for the next image of an
+    /// upgrade; `answers`: an internal UDP service's budget of answers
+    /// (kept by the datagram guard), if not full.
+    pub(super) fn limits_state(
+        &self,
+        now: Instant,
+        answers: Option<BucketState>,
+    ) -> Option<LimitsState> {
+        let crash = self.crash.to_state(now);
+        let rate = self
+            .rate
+            .filter(|b| !b.is_full(now))
+            .map(|b| (b.to_state(now), self.rate_logged));
+        let sources = self
+            .source_rates
+            .as_ref()
+            .map(|t| t.to_state(now))
+            .filter(|b| !b.is_empty())
+            .map(|buckets| SourcesState {
+                rate: self.spec.per_source_rate,
+                prefix: self.spec.per_source_prefix,
+                buckets,
+            });
+        let top_refused = self.top_refused.top(TOP_TRACKED);
+        if crash.is_none()
+            && rate.is_none()
+            && sources.is_none()
+            && answers.is_none()
+            && top_refused.is_empty()
+        {
+            return None;
+        }
+        Some(LimitsState {
+            service: self.spec.name.clone(),
+            crash,
+            rate,
+            sources,
+            answers,
+            top_refused,
+        })
+    }
+
+    /// Take over what the previous image's limits remembered, as a
+    /// reload keeps it for a service of the same name: the crash guard
+    /// (a hold goes on), and the buckets of a rate that did not change (a
+    /// changed one starts full). `l.answers` is the datagram guard's.
+    pub(super) fn resume_limits(&mut self, l: LimitsState, now: Instant) -> LimitsResumed {
+        let mut resumed = LimitsResumed::default();
+        if let Some(crash) = &l.crash {
+            self.crash = CrashGuard::from_state(crash, now);
+            resumed.held_until = self.crash.held_until(now);
+        }
+        if let Some((bucket, logged)) = l.rate.filter(|(b, _)| self.spec.rate == Some(b.rate)) {
+            let bucket = TokenBucket::from_state(bucket, now);
+            self.rate_logged = logged;
+            if !bucket.has_token(now) {
+                self.rate_timer = true;
+                resumed.next_token = Some(bucket.next_token_at(now));
+            }
+            self.rate = Some(bucket);
+        }
+        if let Some(sources) = l.sources.filter(|t| {
+            t.rate == self.spec.per_source_rate && t.prefix == self.spec.per_source_prefix
+        }) {
+            self.source_rates = Some(Box::new(SourceBuckets::from_state(&sources.buckets, now)));
+        }
+        self.top_refused = TopRefused::from_counts(l.top_refused);
+        resumed
+    }
+
     /// Take `spec`, changed from the one it has: what depends on a
     /// changed key starts afresh, the rest (counters, crash guard) stays.
     fn respec(&mut self, spec: ServiceSpec, now: Instant) {
@@ -168,6 +239,16 @@ impl ServiceRuntime {
                     || rt.spec.credentials != spec.credentials
             })
     }
+}
+
+/// What resuming a service's limits from an upgrade state left running,
+/// for the caller to set timers for.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct LimitsResumed {
+    /// The crash hold goes on until then.
+    pub held_until: Option<Instant>,
+    /// The `rate` bucket is empty: a token comes back then.
+    pub next_token: Option<Instant>,
 }
 
 /// What a service counts of one child's end.
@@ -243,6 +324,35 @@ impl ServiceTable {
     pub(super) fn name_of(&self, id: ServiceId) -> &str {
         self.index_of(id)
             .map_or("(removed service)", |i| self.list[i].spec.name.as_str())
+    }
+
+    /// Each service's index by name, for what an upgrade state names by
+    /// service (10,000 children would otherwise search one by one).
+    pub(super) fn by_name(&self) -> FxHashMap<String, usize> {
+        self.iter()
+            .enumerate()
+            .map(|(i, svc)| (svc.spec.name.clone(), i))
+            .collect()
+    }
+
+    /// The counters by service name, for the next image of an upgrade.
+    pub(super) fn stats_state(&self) -> Vec<(String, Stats)> {
+        self.iter()
+            .map(|s| (s.spec.name.clone(), s.stats.clone()))
+            .collect()
+    }
+
+    /// Take over the counters of the services still configured.
+    pub(super) fn resume_stats(
+        &mut self,
+        stats: Vec<(String, Stats)>,
+        index: &FxHashMap<String, usize>,
+    ) {
+        for (name, stats) in stats {
+            if let Some(i) = index.get(&name) {
+                self.list[*i].stats = stats;
+            }
+        }
     }
 
     /// A new identity, for children and connections whose service is gone
@@ -440,6 +550,50 @@ mod tests {
             })
         );
         assert!(svc.may_start(t0 + CRASH_HOLD).is_ok());
+    }
+
+    #[test]
+    fn limits_are_carried_to_the_next_image_by_name() {
+        use crate::limits::{CRASH_HOLD, CRASH_LIMIT};
+        use nix::unistd::Pid;
+
+        let t0 = Instant::now();
+        let mut old = ServiceTable::default();
+        old.carry_over(specs(TWO), t0);
+        assert!(
+            old[0].limits_state(t0, None).is_none(),
+            "nothing to remember"
+        );
+        let failed = WaitStatus::Exited(Pid::from_raw(1), 1);
+        for _ in 0..CRASH_LIMIT {
+            old[0].record_exit(
+                &Ended {
+                    status: &failed,
+                    exec_failed: false,
+                    ran: Duration::ZERO,
+                    pass_mode: true,
+                    unread: false,
+                },
+                t0,
+            );
+        }
+        let bucket = old[0].rate.as_mut().unwrap();
+        while bucket.take(t0) {}
+        let state = old[0].limits_state(t0, None).unwrap();
+        assert_eq!(state.service, "a");
+
+        let mut new = ServiceTable::default();
+        new.carry_over(specs(TWO), t0);
+        let resumed = new[0].resume_limits(state, t0);
+        assert_eq!(resumed.held_until, Some(t0 + CRASH_HOLD));
+        assert!(resumed.next_token.is_some_and(|at| at > t0));
+        assert!(new[0].rate_timer);
+        assert!(matches!(new[0].may_start(t0), Err(Pause::CrashHold { .. })));
+
+        // Counters go by name too.
+        old[1].stats.served = 4;
+        new.resume_stats(old.stats_state(), &new.by_name());
+        assert_eq!((new[0].stats.exits.total(), new[1].stats.served), (5, 4));
     }
 
     #[test]

@@ -31,13 +31,11 @@ use super::timers::{Timer, TimerKey};
 use super::Server;
 use crate::addr::{ListenAddr, UnixPath};
 use crate::config::Config;
-use crate::limits::rate::{SourceBuckets, TokenBucket, TopRefused, TOP_TRACKED};
-use crate::limits::CrashGuard;
 use crate::listener::ListenOptions;
 use crate::stats::ExitText;
 use crate::upgrade::{
-    self, ChildState, ConnState, InternalState, LimitsState, ListenerState, RuntimeLeft,
-    SourcesState, State, StoppingState,
+    self, ChildState, ConnState, InternalState, LimitsState, ListenerState, RuntimeLeft, State,
+    StoppingState,
 };
 
 /// How long the new binary's `--check` may take.
@@ -399,11 +397,7 @@ impl Server {
             pending,
             internal,
             config: Some(config),
-            stats: self
-                .services
-                .iter()
-                .map(|s| (s.spec.name.clone(), s.stats.clone()))
-                .collect(),
+            stats: self.services.stats_state(),
             stopping_groups: self.stopping_groups_state(now),
             limits: self.limits_state(now),
             handed_over_at_ns: upgrade::monotonic_ns(now),
@@ -414,83 +408,33 @@ impl Server {
     fn limits_state(&self, now: Instant) -> Vec<LimitsState> {
         self.services
             .iter()
-            .filter_map(|svc| {
-                let crash = svc.crash.to_state(now);
-                let rate = svc
-                    .rate
-                    .filter(|b| !b.is_full(now))
-                    .map(|b| (b.to_state(now), svc.rate_logged));
-                let sources = svc
-                    .source_rates
-                    .as_ref()
-                    .map(|t| t.to_state(now))
-                    .filter(|b| !b.is_empty())
-                    .map(|buckets| SourcesState {
-                        rate: svc.spec.per_source_rate,
-                        prefix: svc.spec.per_source_prefix,
-                        buckets,
-                    });
-                let answers = self.datagrams.answers_state(svc.id, now);
-                let top_refused = svc.top_refused.top(TOP_TRACKED);
-                if crash.is_none()
-                    && rate.is_none()
-                    && sources.is_none()
-                    && answers.is_none()
-                    && top_refused.is_empty()
-                {
-                    return None;
-                }
-                Some(LimitsState {
-                    service: svc.spec.name.clone(),
-                    crash,
-                    rate,
-                    sources,
-                    answers,
-                    top_refused,
-                })
-            })
+            .filter_map(|svc| svc.limits_state(now, self.datagrams.answers_state(svc.id, now)))
             .collect()
     }
 
-    /// Take over what the previous image's limits remembered, as a
-    /// reload keeps it for a service of the same name: the crash guard
-    /// (a hold goes on), and the buckets of a rate that did not change (a
-    /// changed one starts full).
+    /// Take over what the previous image's limits remembered, for the
+    /// services still configured, and set the timers of what goes on.
     fn resume_limits(
         &mut self,
         limits: Vec<LimitsState>,
         index: &FxHashMap<String, usize>,
         now: Instant,
     ) {
-        for l in limits {
+        for mut l in limits {
             let Some(&idx) = index.get(&l.service) else {
                 continue;
             };
+            let answers = l.answers.take();
             let svc = &mut self.services[idx];
-            if let Some(crash) = &l.crash {
-                svc.crash = CrashGuard::from_state(crash, now);
-                if let Some(until) = svc.crash.held_until(now) {
-                    self.timers.add(until, Timer::HoldEnds(svc.id));
-                }
-            }
-            if let Some((bucket, logged)) = l.rate.filter(|(b, _)| svc.spec.rate == Some(b.rate)) {
-                let bucket = TokenBucket::from_state(bucket, now);
-                svc.rate_logged = logged;
-                if !bucket.has_token(now) {
-                    svc.rate_timer = true;
-                    self.timers
-                        .add(bucket.next_token_at(now), Timer::TokenBack(svc.id));
-                }
-                svc.rate = Some(bucket);
-            }
-            if let Some(sources) = l.sources.filter(|t| {
-                t.rate == svc.spec.per_source_rate && t.prefix == svc.spec.per_source_prefix
-            }) {
-                svc.source_rates = Some(Box::new(SourceBuckets::from_state(&sources.buckets, now)));
-            }
-            svc.top_refused = TopRefused::from_counts(l.top_refused);
+            let resumed = svc.resume_limits(l, now);
             let id = svc.id;
-            if let Some(answers) = l.answers {
+            if let Some(until) = resumed.held_until {
+                self.timers.add(until, Timer::HoldEnds(id));
+            }
+            if let Some(at) = resumed.next_token {
+                self.timers.add(at, Timer::TokenBack(id));
+            }
+            if let Some(answers) = answers {
                 self.datagrams.resume_answers(id, answers, now);
             }
         }
@@ -600,12 +544,7 @@ impl Server {
         }
         // Services by name, once: children, connections and counters name
         // theirs (10,000 of each would otherwise be searched one by one).
-        let index: FxHashMap<String, usize> = self
-            .services
-            .iter()
-            .enumerate()
-            .map(|(i, svc)| (svc.spec.name.clone(), i))
-            .collect();
+        let index = self.services.by_name();
         let by_name = |s: &Server, name: &str| index.get(name).map(|i| s.services[*i].id);
         let children = state.children.len();
         // Before the children: a child's start time must match its group's.
@@ -687,11 +626,7 @@ impl Server {
             }
             self.resume_internal(conn);
         }
-        for (name, stats) in state.stats {
-            if let Some(i) = index.get(&name) {
-                self.services[*i].stats = stats;
-            }
-        }
+        self.services.resume_stats(state.stats, &index);
         self.resume_limits(state.limits, &index, handed);
         if state.exe.is_some() {
             self.upgrades.exe = state.exe;
