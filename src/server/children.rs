@@ -16,6 +16,7 @@ use crate::addr::ListenAddr;
 use crate::limits::Counter;
 use crate::peer::{Peer, SourceKey};
 use crate::queue::QueueHead;
+use crate::upgrade::{ChildState, RuntimeLeft};
 
 use super::services::ServiceId;
 use super::timers::TimerKey;
@@ -78,6 +79,42 @@ impl Child {
     pub fn is_pass_mode(&self) -> bool {
         !self.held_sockets.is_empty()
     }
+
+    /// A child the previous image of an upgrade handed over, of `service`
+    /// (its own, or an identity of its own if a reload removed it), its
+    /// age measured from `handed`. Its held sockets are the caller's to
+    /// lend and its `max_runtime` timer the caller's to set, from the
+    /// deadline the state gives (none from an older image).
+    pub fn resumed(
+        c: ChildState,
+        service: ServiceId,
+        handed: Instant,
+    ) -> (Pid, Child, Option<RuntimeLeft>) {
+        let started_at = handed
+            .checked_sub(Duration::from_nanos(c.age_ns))
+            .unwrap_or(handed);
+        let held_sockets = c
+            .held
+            .into_iter()
+            .filter_map(|(addr, head)| {
+                Some(HeldSocket {
+                    addr: addr.parse().ok()?,
+                    head,
+                })
+            })
+            .collect();
+        let child = Child {
+            service,
+            name: c.name.into(),
+            peer: c.peer,
+            source: c.source,
+            started_at,
+            exec_failed: c.exec_failed,
+            held_sockets,
+            runtime_timer: None,
+        };
+        (Pid::from_raw(c.pid), child, c.runtime)
+    }
 }
 
 /// What one service has running.
@@ -125,6 +162,40 @@ impl ChildTable {
         }
         self.children.insert(pid, child);
         self.check_counts();
+    }
+
+    /// The children, for the next image of an upgrade; `service` names a
+    /// child's service now (none if a reload removed it).
+    pub fn to_state(
+        &self,
+        now: Instant,
+        service: impl Fn(ServiceId) -> Option<String>,
+    ) -> Vec<ChildState> {
+        self.children
+            .iter()
+            .map(|(pid, c)| ChildState {
+                pid: pid.as_raw(),
+                service: service(c.service),
+                name: c.name.to_string(),
+                peer: c.peer.clone(),
+                source: c.source,
+                age_ns: now.saturating_duration_since(c.started_at).as_nanos() as u64,
+                exec_failed: c.exec_failed,
+                held: c
+                    .held_sockets
+                    .iter()
+                    .map(|h| (h.addr.to_string(), h.head))
+                    .collect(),
+                runtime: Some(RuntimeLeft {
+                    // Still set: not fired, since it is cancelled at exit
+                    // and a fired one moved the child to stopping_groups
+                    // (left out again on the other side).
+                    left_ns: c
+                        .runtime_timer
+                        .map(|k| k.at().saturating_duration_since(now).as_nanos() as u64),
+                }),
+            })
+            .collect()
     }
 
     /// The child `status` is about, taken out of the table: `exited_at`,

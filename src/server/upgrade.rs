@@ -23,7 +23,7 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use socket2::Socket;
 
-use super::children::{Child, HeldSocket, StoppingGroup};
+use super::children::{Child, StoppingGroup};
 use super::connection::PendingConnection;
 use super::internal::InternalConn;
 use super::services::ServiceId;
@@ -34,8 +34,7 @@ use crate::config::Config;
 use crate::listener::ListenOptions;
 use crate::stats::ExitText;
 use crate::upgrade::{
-    self, ChildState, ConnState, InternalState, LimitsState, ListenerState, RuntimeLeft, State,
-    StoppingState,
+    self, ConnState, InternalState, LimitsState, ListenerState, State, StoppingState,
 };
 
 /// How long the new binary's `--check` may take.
@@ -315,35 +314,11 @@ impl Server {
             })
             .collect();
         let now = Instant::now();
-        let children = self
-            .children
-            .iter()
-            .map(|(pid, c)| ChildState {
-                pid: pid.as_raw(),
-                service: self
-                    .services
-                    .index_of(c.service)
-                    .map(|i| self.services[i].spec.name.clone()),
-                name: c.name.to_string(),
-                peer: c.peer.clone(),
-                source: c.source,
-                age_ns: now.saturating_duration_since(c.started_at).as_nanos() as u64,
-                exec_failed: c.exec_failed,
-                held: c
-                    .held_sockets
-                    .iter()
-                    .map(|h| (h.addr.to_string(), h.head))
-                    .collect(),
-                runtime: Some(RuntimeLeft {
-                    // Still set: not fired, since it is cancelled at exit
-                    // and a fired one moved the child to stopping_groups
-                    // (left out again on the other side).
-                    left_ns: c
-                        .runtime_timer
-                        .map(|k| k.at().saturating_duration_since(now).as_nanos() as u64),
-                }),
-            })
-            .collect();
+        let children = self.children.to_state(now, |id| {
+            self.services
+                .index_of(id)
+                .map(|i| self.services[i].spec.name.clone())
+        });
         let pending = self
             .pending
             .iter()
@@ -550,51 +525,31 @@ impl Server {
         // Before the children: a child's start time must match its group's.
         let stopping_leaders = self.resume_stopping_groups(state.stopping_groups, handed);
         for c in state.children {
-            let pid = Pid::from_raw(c.pid);
             let service = c
                 .service
                 .as_deref()
                 .and_then(|n| by_name(self, n))
                 .unwrap_or_else(|| self.orphan_service());
-            let started_at = handed
-                .checked_sub(Duration::from_nanos(c.age_ns))
-                .unwrap_or(handed);
-            let mut held_sockets = Vec::new();
-            for (addr, head) in c.held {
-                let Ok(addr) = addr.parse::<ListenAddr>() else {
-                    continue;
-                };
-                self.sockets.lend([&addr], pid);
-                held_sockets.push(HeldSocket { addr, head });
-            }
+            let (pid, mut child, runtime) = Child::resumed(c, service, handed);
+            self.sockets
+                .lend(child.held_sockets.iter().map(|h| &h.addr), pid);
             // The child's own deadline, as a reload leaves it: the new
             // config's max_runtime is for the next child, and a child of a
             // removed service keeps its own. An older image's state says
             // nothing: the service's then, as that image did.
-            let deadline = match c.runtime {
+            let deadline = match runtime {
                 Some(r) => r.left_ns.map(|ns| handed + Duration::from_nanos(ns)),
                 None => self
                     .services
                     .index_of(service)
                     .and_then(|i| self.services[i].spec.max_runtime)
-                    .map(|limit| started_at + limit),
+                    .map(|limit| child.started_at + limit),
             };
-            let runtime_timer = deadline
-                .filter(|_| !stopping_leaders.contains(&c.pid))
+            let started_at = child.started_at;
+            child.runtime_timer = deadline
+                .filter(|_| !stopping_leaders.contains(&pid.as_raw()))
                 .map(|at| self.timers.add(at, Timer::RuntimeUp { pid, started_at }));
-            self.children.insert(
-                pid,
-                Child {
-                    service,
-                    name: c.name.into(),
-                    peer: c.peer,
-                    source: c.source,
-                    started_at,
-                    exec_failed: c.exec_failed,
-                    held_sockets,
-                    runtime_timer,
-                },
-            );
+            self.children.insert(pid, child);
         }
         for p in state.pending {
             // SAFETY: named by the state, taken once.
