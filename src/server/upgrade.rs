@@ -34,7 +34,7 @@ use crate::config::Config;
 use crate::listener::ListenOptions;
 use crate::stats::ExitText;
 use crate::upgrade::{
-    self, ConnState, InternalState, LimitsState, ListenerState, State, StoppingState,
+    self, ChildState, ConnState, InternalState, LimitsState, ListenerState, State, StoppingState,
 };
 
 /// How long the new binary's `--check` may take.
@@ -493,64 +493,14 @@ impl Server {
             .handed_over_at_ns
             .and_then(upgrade::instant_of)
             .map_or(now, |t| t.min(now));
-        for l in state.listeners {
-            // SAFETY: the state names this fd, and only here is it taken.
-            drop(unsafe { OwnedFd::from_raw_fd(l.fd) });
-            let Ok(addr) = l.addr.parse::<ListenAddr>() else {
-                continue;
-            };
-            let had_file = l.file.is_some();
-            // The address is text (lossy where the path is not UTF-8, as
-            // a control socket beside such a config is); the file's path
-            // is the bytes bound.
-            let addr = match (addr, &l.file) {
-                (ListenAddr::Unix(UnixPath::File(_)), Some(file)) => {
-                    ListenAddr::Unix(UnixPath::File(file.0.clone()))
-                }
-                (ListenAddr::UnixGram(UnixPath::File(_)), Some(file)) => {
-                    ListenAddr::UnixGram(UnixPath::File(file.0.clone()))
-                }
-                (other, _) => other,
-            };
-            if let Some(file) = l.file {
-                self.claim_file(&addr, file);
-            }
-            self.apply_carried_options(&addr, l.options, had_file);
-        }
+        self.resume_listeners(state.listeners);
         // Services by name, once: children, connections and counters name
         // theirs (10,000 of each would otherwise be searched one by one).
         let index = self.services.by_name();
-        let by_name = |s: &Server, name: &str| index.get(name).map(|i| s.services[*i].id);
         let children = state.children.len();
         // Before the children: a child's start time must match its group's.
         let stopping_leaders = self.resume_stopping_groups(state.stopping_groups, handed);
-        for c in state.children {
-            let service = c
-                .service
-                .as_deref()
-                .and_then(|n| by_name(self, n))
-                .unwrap_or_else(|| self.orphan_service());
-            let (pid, mut child, runtime) = Child::resumed(c, service, handed);
-            self.sockets
-                .lend(child.held_sockets.iter().map(|h| &h.addr), pid);
-            // The child's own deadline, as a reload leaves it: the new
-            // config's max_runtime is for the next child, and a child of a
-            // removed service keeps its own. An older image's state says
-            // nothing: the service's then, as that image did.
-            let deadline = match runtime {
-                Some(r) => r.left_ns.map(|ns| handed + Duration::from_nanos(ns)),
-                None => self
-                    .services
-                    .index_of(service)
-                    .and_then(|i| self.services[i].spec.max_runtime)
-                    .map(|limit| child.started_at + limit),
-            };
-            let started_at = child.started_at;
-            child.runtime_timer = deadline
-                .filter(|_| !stopping_leaders.contains(&pid.as_raw()))
-                .map(|at| self.timers.add(at, Timer::RuntimeUp { pid, started_at }));
-            self.children.insert(pid, child);
-        }
+        self.resume_children(state.children, &index, &stopping_leaders, handed);
         for p in state.pending {
             // SAFETY: named by the state, taken once.
             let conn = Socket::from(unsafe { OwnedFd::from_raw_fd(p.fd) });
@@ -560,27 +510,7 @@ impl Server {
                 ));
             }
         }
-        for c in state.internal {
-            // SAFETY: named by the state, taken once.
-            let socket = Socket::from(unsafe { OwnedFd::from_raw_fd(c.fd) });
-            // A client of a service the new config drops stays, counted,
-            // until it leaves or is idle too long, as after a reload (and
-            // as a removed service's children do).
-            let id = by_name(self, &c.service).unwrap_or_else(|| {
-                debug!(
-                    "{}: internal service removed; keeping {} until it leaves",
-                    c.service, c.peer
-                );
-                self.orphan_service()
-            });
-            let progress = (c.unsent.as_slice(), c.line, c.one_shot);
-            let mut conn = InternalConn::resumed(c.kind, socket, id, c.source, c.peer, progress);
-            if let Some((timeout, silent)) = c.idle {
-                let ns = Duration::from_nanos;
-                conn.resume_idle_clock(ns(timeout), ns(silent), handed);
-            }
-            self.resume_internal(conn);
-        }
+        self.resume_internal_conns(state.internal, &index, handed);
         self.services.resume_stats(state.stats, &index);
         self.resume_limits(state.limits, &index, handed);
         if state.exe.is_some() {
@@ -623,6 +553,108 @@ impl Server {
         if reload_again {
             info!("loading the config again: a reload was running when the upgrade began");
             self.reload();
+        }
+    }
+
+    /// The listening sockets' fds the state names: the originals close
+    /// here (`new` adopted duplicates); each file is claimed and each
+    /// socket takes the new config's options.
+    fn resume_listeners(&mut self, listeners: Vec<ListenerState>) {
+        for l in listeners {
+            // SAFETY: the state names this fd, and only here is it taken.
+            drop(unsafe { OwnedFd::from_raw_fd(l.fd) });
+            let Ok(addr) = l.addr.parse::<ListenAddr>() else {
+                continue;
+            };
+            let had_file = l.file.is_some();
+            // The address is text (lossy where the path is not UTF-8, as
+            // a control socket beside such a config is); the file's path
+            // is the bytes bound.
+            let addr = match (addr, &l.file) {
+                (ListenAddr::Unix(UnixPath::File(_)), Some(file)) => {
+                    ListenAddr::Unix(UnixPath::File(file.0.clone()))
+                }
+                (ListenAddr::UnixGram(UnixPath::File(_)), Some(file)) => {
+                    ListenAddr::UnixGram(UnixPath::File(file.0.clone()))
+                }
+                (other, _) => other,
+            };
+            if let Some(file) = l.file {
+                self.claim_file(&addr, file);
+            }
+            self.apply_carried_options(&addr, l.options, had_file);
+        }
+    }
+
+    /// The children the previous image handed over, each under its
+    /// service by name (or an identity of its own if it is gone), its
+    /// sockets lent again, its `max_runtime` timer set unless its group
+    /// is being stopped already (`stopping_leaders`).
+    fn resume_children(
+        &mut self,
+        children: Vec<ChildState>,
+        index: &FxHashMap<String, usize>,
+        stopping_leaders: &[i32],
+        handed: Instant,
+    ) {
+        for c in children {
+            let service = c
+                .service
+                .as_deref()
+                .and_then(|n| index.get(n))
+                .map(|i| self.services[*i].id)
+                .unwrap_or_else(|| self.orphan_service());
+            let (pid, mut child, runtime) = Child::resumed(c, service, handed);
+            self.sockets
+                .lend(child.held_sockets.iter().map(|h| &h.addr), pid);
+            // The child's own deadline, as a reload leaves it: the new
+            // config's max_runtime is for the next child, and a child of a
+            // removed service keeps its own. An older image's state says
+            // nothing: the service's then, as that image did.
+            let deadline = match runtime {
+                Some(r) => r.left_ns.map(|ns| handed + Duration::from_nanos(ns)),
+                None => self
+                    .services
+                    .index_of(service)
+                    .and_then(|i| self.services[i].spec.max_runtime)
+                    .map(|limit| child.started_at + limit),
+            };
+            let started_at = child.started_at;
+            child.runtime_timer = deadline
+                .filter(|_| !stopping_leaders.contains(&pid.as_raw()))
+                .map(|at| self.timers.add(at, Timer::RuntimeUp { pid, started_at }));
+            self.children.insert(pid, child);
+        }
+    }
+
+    /// The internal services' connections, mid-conversation.
+    fn resume_internal_conns(
+        &mut self,
+        internal: Vec<InternalState>,
+        index: &FxHashMap<String, usize>,
+        handed: Instant,
+    ) {
+        for c in internal {
+            // SAFETY: named by the state, taken once.
+            let socket = Socket::from(unsafe { OwnedFd::from_raw_fd(c.fd) });
+            // A client of a service the new config drops stays, counted,
+            // until it leaves or is idle too long, as after a reload (and
+            // as a removed service's children do).
+            let id = index.get(&c.service).map(|i| self.services[*i].id);
+            let id = id.unwrap_or_else(|| {
+                debug!(
+                    "{}: internal service removed; keeping {} until it leaves",
+                    c.service, c.peer
+                );
+                self.orphan_service()
+            });
+            let progress = (c.unsent.as_slice(), c.line, c.one_shot);
+            let mut conn = InternalConn::resumed(c.kind, socket, id, c.source, c.peer, progress);
+            if let Some((timeout, silent)) = c.idle {
+                let ns = Duration::from_nanos;
+                conn.resume_idle_clock(ns(timeout), ns(silent), handed);
+            }
+            self.resume_internal(conn);
         }
     }
 
