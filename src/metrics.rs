@@ -184,8 +184,16 @@ pub fn render(services: &[ServiceFigures<'_>], process: &ProcessFigures) -> Stri
         "outcome",
         |s| s.exits.iter().map(|(k, n)| (k.label(), n)),
     );
+    durations(&mut out, services);
+    paused(&mut out, services);
+    process_figures(&mut out, process);
+    out
+}
+
+/// The run time histogram of each service, its buckets cumulative.
+fn durations(out: &mut String, services: &[ServiceFigures<'_>]) {
     header(
-        &mut out,
+        out,
         "summond_child_duration_seconds",
         "histogram",
         "How long children ran.",
@@ -216,8 +224,12 @@ pub fn render(services: &[ServiceFigures<'_>], process: &ProcessFigures) -> Stri
             s.durations.count()
         );
     }
+}
+
+/// Whether each service is paused, and why.
+fn paused(out: &mut String, services: &[ServiceFigures<'_>]) {
     header(
-        &mut out,
+        out,
         "summond_paused",
         "gauge",
         "1 while a service starts no child, with why (rate, crash_hold, resources).",
@@ -233,15 +245,19 @@ pub fn render(services: &[ServiceFigures<'_>], process: &ProcessFigures) -> Stri
             label(s.name)
         );
     }
+}
+
+/// summond's own process figures, under their standard names.
+fn process_figures(out: &mut String, process: &ProcessFigures) {
     header(
-        &mut out,
+        out,
         "process_cpu_seconds_total",
         "counter",
         "User and system CPU time spent in seconds.",
     );
     let _ = writeln!(out, "process_cpu_seconds_total {}", process.cpu_seconds);
     header(
-        &mut out,
+        out,
         "process_resident_memory_bytes",
         "gauge",
         "Resident memory size in bytes.",
@@ -252,14 +268,14 @@ pub fn render(services: &[ServiceFigures<'_>], process: &ProcessFigures) -> Stri
         process.resident_bytes
     );
     header(
-        &mut out,
+        out,
         "process_open_fds",
         "gauge",
         "Number of open file descriptors.",
     );
     let _ = writeln!(out, "process_open_fds {}", process.open_fds);
     header(
-        &mut out,
+        out,
         "process_start_time_seconds",
         "gauge",
         "Start time of the process since unix epoch in seconds.",
@@ -269,7 +285,6 @@ pub fn render(services: &[ServiceFigures<'_>], process: &ProcessFigures) -> Stri
         "process_start_time_seconds {}",
         process.start_time_seconds
     );
-    out
 }
 
 /// What a scraper asked for, once its request head is complete.
