@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 use log::{debug, error, info, warn};
@@ -27,6 +27,7 @@ use crate::peer::{Peer, SourceKey};
 use crate::queue::QueueHead;
 use crate::spawn::{self, ChildSetup, ExecImage, FdMove};
 use crate::stats::RefusalKind;
+use crate::upgrade::ConnState;
 
 /// Connections taken from one listener per wake-up before the loop turns
 /// to its other sources (signals, the control socket, other listeners);
@@ -48,27 +49,30 @@ pub(super) struct PendingConnection {
 }
 
 impl PendingConnection {
-    /// A connection the previous image kept through a back-off.
-    pub fn resumed(
-        addr: ListenAddr,
-        name: String,
-        conn: Socket,
-        peer: Peer,
-        greeted: bool,
-    ) -> Self {
-        PendingConnection {
-            addr,
-            name,
+    /// A connection the previous image kept through a back-off; none if
+    /// its address does not read (the socket closes).
+    pub fn resumed(p: ConnState) -> Option<Self> {
+        // SAFETY: named by the state, taken once.
+        let conn = Socket::from(unsafe { OwnedFd::from_raw_fd(p.fd) });
+        Some(PendingConnection {
+            addr: p.addr.parse().ok()?,
+            name: p.name,
             conn,
-            peer,
-            greeted,
-        }
+            peer: p.peer,
+            greeted: p.greeted,
+        })
     }
 
     /// What the next image needs of it: the socket, its address, the
     /// service's name, the client, whether it was greeted.
-    pub fn parts(&self) -> (&Socket, &ListenAddr, &str, &Peer, bool) {
-        (&self.conn, &self.addr, &self.name, &self.peer, self.greeted)
+    pub fn to_state(&self) -> ConnState {
+        ConnState {
+            fd: self.conn.as_raw_fd(),
+            addr: self.addr.to_string(),
+            name: self.name.clone(),
+            peer: self.peer.clone(),
+            greeted: self.greeted,
+        }
     }
 }
 

@@ -34,7 +34,7 @@ use crate::config::Config;
 use crate::listener::ListenOptions;
 use crate::stats::ExitText;
 use crate::upgrade::{
-    self, ChildState, ConnState, InternalState, LimitsState, ListenerState, State, StoppingState,
+    self, ChildState, InternalState, LimitsState, ListenerState, State, StoppingState,
 };
 
 /// How long the new binary's `--check` may take.
@@ -319,20 +319,7 @@ impl Server {
                 .index_of(id)
                 .map(|i| self.services[i].spec.name.clone())
         });
-        let pending = self
-            .pending
-            .iter()
-            .map(|p| {
-                let (conn, addr, name, peer, greeted) = p.parts();
-                ConnState {
-                    fd: conn.as_raw_fd(),
-                    addr: addr.to_string(),
-                    name: name.to_string(),
-                    peer: peer.clone(),
-                    greeted,
-                }
-            })
-            .collect();
+        let pending = self.pending.iter().map(|p| p.to_state()).collect();
         let internal = self
             .internals
             .iter()
@@ -501,15 +488,12 @@ impl Server {
         // Before the children: a child's start time must match its group's.
         let stopping_leaders = self.resume_stopping_groups(state.stopping_groups, handed);
         self.resume_children(state.children, &index, &stopping_leaders, handed);
-        for p in state.pending {
-            // SAFETY: named by the state, taken once.
-            let conn = Socket::from(unsafe { OwnedFd::from_raw_fd(p.fd) });
-            if let Ok(addr) = p.addr.parse() {
-                self.pending.push(PendingConnection::resumed(
-                    addr, p.name, conn, p.peer, p.greeted,
-                ));
-            }
-        }
+        self.pending.extend(
+            state
+                .pending
+                .into_iter()
+                .filter_map(PendingConnection::resumed),
+        );
         self.resume_internal_conns(state.internal, &index, handed);
         self.services.resume_stats(state.stats, &index);
         self.resume_limits(state.limits, &index, handed);
