@@ -21,7 +21,6 @@ use mio::Interest;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
-use socket2::Socket;
 
 use super::children::{Child, StoppingGroup};
 use super::connection::PendingConnection;
@@ -320,27 +319,13 @@ impl Server {
                 .map(|i| self.services[i].spec.name.clone())
         });
         let pending = self.pending.iter().map(|p| p.to_state()).collect();
+        // A client of a service a reload removed is carried too (under a
+        // name no service can have), as its children are: a reload keeps
+        // them, so must this.
         let internal = self
             .internals
             .iter()
-            .map(|c| {
-                let (unsent, line, one_shot) = c.progress();
-                let (timeout, silent) = c.idle_clock(now);
-                InternalState {
-                    fd: c.socket.as_raw_fd(),
-                    // A client of a service a reload removed is carried
-                    // too (under a name no service can have), as its
-                    // children are: a reload keeps them, so must this.
-                    service: self.services.name_of(c.service).to_string(),
-                    kind: c.kind,
-                    peer: c.peer.clone(),
-                    source: c.source,
-                    unsent: unsent.to_vec(),
-                    line,
-                    one_shot,
-                    idle: Some((timeout.as_nanos() as u64, silent.as_nanos() as u64)),
-                }
-            })
+            .map(|c| c.to_state(self.services.name_of(c.service).to_string(), now))
             .collect();
         State {
             format: upgrade::FORMAT,
@@ -619,8 +604,6 @@ impl Server {
         handed: Instant,
     ) {
         for c in internal {
-            // SAFETY: named by the state, taken once.
-            let socket = Socket::from(unsafe { OwnedFd::from_raw_fd(c.fd) });
             // A client of a service the new config drops stays, counted,
             // until it leaves or is idle too long, as after a reload (and
             // as a removed service's children do).
@@ -632,13 +615,7 @@ impl Server {
                 );
                 self.orphan_service()
             });
-            let progress = (c.unsent.as_slice(), c.line, c.one_shot);
-            let mut conn = InternalConn::resumed(c.kind, socket, id, c.source, c.peer, progress);
-            if let Some((timeout, silent)) = c.idle {
-                let ns = Duration::from_nanos;
-                conn.resume_idle_clock(ns(timeout), ns(silent), handed);
-            }
-            self.resume_internal(conn);
+            self.resume_internal(InternalConn::from_state(c, id, handed));
         }
     }
 
