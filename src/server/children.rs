@@ -16,10 +16,10 @@ use crate::addr::ListenAddr;
 use crate::limits::Counter;
 use crate::peer::{Peer, SourceKey};
 use crate::queue::QueueHead;
-use crate::upgrade::{ChildState, RuntimeLeft};
+use crate::upgrade::{ChildState, RuntimeLeft, StoppingState};
 
 use super::services::ServiceId;
-use super::timers::TimerKey;
+use super::timers::{Timer, TimerKey, Timers};
 
 /// A socket lent to a pass-mode child, and what waited on it then.
 pub(super) struct HeldSocket {
@@ -73,6 +73,53 @@ pub(super) struct StoppingGroup {
     /// When the leader was seen to have exited (its zombie is held): its
     /// exit is logged and counted with its real run time when reaped.
     pub exited_at: Option<Instant>,
+}
+
+impl StoppingGroup {
+    /// The SIGKILL it is owed, for the next image of an upgrade: a group
+    /// that ignores SIGTERM is not spared by an upgrade in its grace.
+    pub fn to_state(&self, pgid: Pid, now: Instant) -> StoppingState {
+        StoppingState {
+            pgid: pgid.as_raw(),
+            name: self.name.to_string(),
+            peer: self.peer.clone(),
+            age_ns: now.saturating_duration_since(self.started_at).as_nanos() as u64,
+            kill_in_ns: self.timer.at().saturating_duration_since(now).as_nanos() as u64,
+            // Held until the SIGKILL: never reaped before.
+            leader_reaped: false,
+            exited_ns: self
+                .exited_at
+                .map(|t| now.saturating_duration_since(t).as_nanos() as u64),
+        }
+    }
+
+    /// A group the previous image owed a SIGKILL, its times measured from
+    /// the hand-over (`now`), the SIGKILL's timer set again. Its leader is
+    /// still a child of this process, running or a zombie held unreaped
+    /// across the exec, so the group is still the one stopped.
+    pub fn resumed(g: StoppingState, now: Instant, timers: &mut Timers) -> (Pid, StoppingGroup) {
+        let pgid = Pid::from_raw(g.pgid);
+        let started_at = now
+            .checked_sub(Duration::from_nanos(g.age_ns))
+            .unwrap_or(now);
+        let kill_at = now + Duration::from_nanos(g.kill_in_ns);
+        let group = StoppingGroup {
+            started_at,
+            name: g.name.into(),
+            peer: g.peer,
+            timer: timers.add(
+                kill_at,
+                Timer::Kill {
+                    pid: pgid,
+                    started_at,
+                },
+            ),
+            exited_at: g
+                .exited_ns
+                .map(|ns| now.checked_sub(Duration::from_nanos(ns)).unwrap_or(now)),
+        };
+        (pgid, group)
+    }
 }
 
 impl Child {

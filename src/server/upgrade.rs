@@ -387,63 +387,30 @@ impl Server {
         }
     }
 
-    /// The SIGKILLs `max_runtime` still owes, for the next image: a group
-    /// that ignores SIGTERM is not spared by an upgrade in its grace.
+    /// The SIGKILLs `max_runtime` still owes, for the next image.
     fn stopping_groups_state(&self, now: Instant) -> Vec<StoppingState> {
         self.stopping_groups
             .iter()
-            .map(|(pgid, g)| StoppingState {
-                pgid: pgid.as_raw(),
-                name: g.name.to_string(),
-                peer: g.peer.clone(),
-                age_ns: now.saturating_duration_since(g.started_at).as_nanos() as u64,
-                kill_in_ns: g.timer.at().saturating_duration_since(now).as_nanos() as u64,
-                // Held until the SIGKILL: never reaped before.
-                leader_reaped: false,
-                exited_ns: g
-                    .exited_at
-                    .map(|t| now.saturating_duration_since(t).as_nanos() as u64),
-            })
+            .map(|(pgid, g)| g.to_state(*pgid, now))
             .collect()
     }
 
     /// Set again the SIGKILLs the previous image owed; returns their
     /// leaders (their `max_runtime` has fired, so it is not set again).
-    /// Each is still a child of this process, running or a zombie held
-    /// unreaped across the exec, so the group is still the one stopped.
     fn resume_stopping_groups(&mut self, groups: Vec<StoppingState>, now: Instant) -> Vec<i32> {
         let mut running = Vec::new();
         for g in groups {
-            let pgid = Pid::from_raw(g.pgid);
             // An older image reaped leaders in the grace: nothing holds
             // the id since, and it may lead someone else's group by now.
             if g.leader_reaped {
                 debug!(
-                    "{}: pid {pgid} was reaped before the upgrade; no SIGKILL to its process group",
-                    g.name
+                    "{}: pid {} was reaped before the upgrade; no SIGKILL to its process group",
+                    g.name, g.pgid
                 );
                 continue;
             }
-            let started_at = now
-                .checked_sub(Duration::from_nanos(g.age_ns))
-                .unwrap_or(now);
-            let kill_at = now + Duration::from_nanos(g.kill_in_ns);
             running.push(g.pgid);
-            let group = StoppingGroup {
-                started_at,
-                name: g.name.into(),
-                peer: g.peer,
-                timer: self.timers.add(
-                    kill_at,
-                    Timer::Kill {
-                        pid: pgid,
-                        started_at,
-                    },
-                ),
-                exited_at: g
-                    .exited_ns
-                    .map(|ns| now.checked_sub(Duration::from_nanos(ns)).unwrap_or(now)),
-            };
+            let (pgid, group) = StoppingGroup::resumed(g, now, &mut self.timers);
             self.stopping_groups.insert(pgid, group);
         }
         running
