@@ -10,8 +10,14 @@
 //! panics on any input.
 //!
 //! The folder: `mod.rs` the validated model and the entry points; `keys.rs`
-//! the key tables the checker (and the fuzzer) share; `error.rs` the error
-//! types; `parse.rs` the TOML walk that collects every error with its span.
+//! the key tables the checker, the man page (and the fuzzer) share;
+//! `error.rs` the error types; `parse.rs` the TOML walk that collects every
+//! error with its span, and the core keys' readers; `service.rs` one
+//! `[[service]]` table read by one handler per key, then checked as a
+//! whole; `options.rs` and `runtime_dir.rs` the handlers of the sandbox,
+//! socket, rate and banner keys and of the runtime directories;
+//! `include.rs` the drop-ins; `units.rs` durations, rates, sizes and modes;
+//! `raw_path.rs` paths in summond's own JSON (the upgrade state).
 
 mod error;
 mod include;
@@ -20,6 +26,7 @@ mod options;
 mod parse;
 pub mod raw_path;
 mod runtime_dir;
+mod service;
 pub mod units;
 
 use std::ffi::OsString;

@@ -15,17 +15,15 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::error::closest;
-use super::keys::{DAEMON_KEYS, LISTEN_TABLE_KEYS, SERVICE_KEYS, TOP_KEYS};
+use super::keys::{DAEMON_KEYS, LISTEN_TABLE_KEYS, TOP_KEYS};
 use super::{
     Config, ConfigError, Credentials, DaemonSpec, ErrorKind, Host, Internal, ListenSpec, LogFormat,
-    Pass, ServiceSpec, StderrMode,
 };
+use crate::addr::ListenAddr;
+use crate::env::is_reserved_env;
 
 /// `exec = ["internal:echo"]` names a service summond serves itself.
 const INTERNAL_PREFIX: &str = "internal:";
-use crate::access::{AccessList, Cidr};
-use crate::addr::ListenAddr;
-use crate::env::is_reserved_env;
 
 /// Walk `text` (the contents of `path`): the config as far as it is valid,
 /// and every error found. `seen` carries names and addresses across the
@@ -64,7 +62,7 @@ pub(super) struct Table<'t, 'i> {
 }
 
 impl<'t, 'i> Table<'t, 'i> {
-    fn new(t: &'t DeTable<'i>) -> Self {
+    pub(super) fn new(t: &'t DeTable<'i>) -> Self {
         Table {
             entries: t.iter().map(|(k, v)| (k.get_ref().as_ref(), v)).collect(),
         }
@@ -117,7 +115,7 @@ fn line_starts(text: &str) -> Vec<usize> {
 }
 
 impl Checker<'_> {
-    fn line_col(&self, offset: usize) -> (usize, usize) {
+    pub(super) fn line_col(&self, offset: usize) -> (usize, usize) {
         // A span from the parser should sit on a char boundary; if one ever
         // does not, report the char it falls in rather than panic.
         let mut end = offset.min(self.text.len());
@@ -415,261 +413,12 @@ impl Checker<'_> {
         None
     }
 
-    fn service(
+    pub(super) fn listen(
         &mut self,
-        table: &DeTable<'_>,
-        span: Range<usize>,
+        v: &Value<'_>,
+        service: &Rc<str>,
         seen: &mut Seen,
-    ) -> Option<ServiceSpec> {
-        let errors_before = self.errors.len();
-        self.check_keys(table, "[[service]]", SERVICE_KEYS);
-        let t = &Table::new(table);
-
-        let name = match t.field("name") {
-            Some(v) => self.string("name", v).and_then(|s| {
-                if !s.is_empty()
-                    && s.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-                {
-                    Some((s.to_string(), v.span()))
-                } else {
-                    self.at(
-                        v.span(),
-                        ErrorKind::Invalid {
-                            key: "name",
-                            reason: format!(
-                                "\"{s}\" may use only letters, digits, '_', '.' and '-'"
-                            ),
-                        },
-                    );
-                    None
-                }
-            }),
-            None => {
-                self.at(span.clone(), ErrorKind::Missing { key: "name" });
-                None
-            }
-        };
-        let label: Rc<str> = name.as_ref().map_or("(unnamed)", |n| n.0.as_str()).into();
-        if let Some((name, name_span)) = &name {
-            let line = self.line_col(name_span.start).0;
-            let file = seen.file(self.path);
-            if let Some(&(first_file, first_line)) = seen.names.get(name.as_str()) {
-                let first_file = (first_file != file).then(|| seen.files[first_file].clone());
-                self.at(
-                    name_span.clone(),
-                    ErrorKind::DuplicateName {
-                        name: name.clone(),
-                        first_line,
-                        first_file,
-                    },
-                );
-            } else {
-                seen.names.insert(label.clone(), (file, line));
-            }
-        }
-
-        let listen = match t.field("listen") {
-            Some(v) => self.listen(v, &label, seen),
-            None => {
-                self.at(span.clone(), ErrorKind::Missing { key: "listen" });
-                Vec::new()
-            }
-        };
-
-        // The program of a chrooted service lives inside the jail (the
-        // `chroot` key itself is checked with the sandbox).
-        let jail = t
-            .field("chroot")
-            .and_then(|v| v.get_ref().as_str())
-            .filter(|s| s.starts_with('/'))
-            .map(PathBuf::from);
-        let (exec, program, internal) = match t.field("exec") {
-            Some(v) => match self.exec(v, jail.as_deref()) {
-                Some((argv, program, internal)) => (Some(argv), Some(program), internal),
-                None => (None, None, None),
-            },
-            None => {
-                self.at(span.clone(), ErrorKind::Missing { key: "exec" });
-                (None, None, None)
-            }
-        };
-
-        let has_datagram = listen.iter().any(|l| !l.addr.is_stream());
-        let has_unix = listen.iter().any(|l| l.addr.is_unix());
-        let accept = match t.field("accept") {
-            Some(v) => {
-                let accept = self.boolean("accept", v);
-                if accept == Some(true) {
-                    if let Some(l) = listen.iter().find(|l| !l.addr.is_stream()) {
-                        self.at(
-                            v.span(),
-                            ErrorKind::AcceptOnDatagram {
-                                addr: l.addr.clone(),
-                            },
-                        );
-                    }
-                }
-                accept.unwrap_or(false)
-            }
-            // inetd's nowait for stream sockets; datagram sockets can only
-            // be handed over whole.
-            None => !has_datagram,
-        };
-
-        let pass = t
-            .field("pass")
-            .and_then(|v| {
-                self.choice(
-                    "pass",
-                    v,
-                    &[("stdio", Pass::Stdio), ("listen_fds", Pass::ListenFds)],
-                )
-            })
-            .unwrap_or(Pass::Stdio);
-        let stderr = t
-            .field("stderr")
-            .and_then(|v| {
-                self.choice(
-                    "stderr",
-                    v,
-                    &[
-                        ("inherit", StderrMode::Inherit),
-                        ("socket", StderrMode::Socket),
-                        ("null", StderrMode::Null),
-                    ],
-                )
-            })
-            .unwrap_or(StderrMode::Inherit);
-
-        if let (Pass::ListenFds, StderrMode::Socket, Some(v)) = (pass, stderr, t.field("stderr")) {
-            self.at(
-                v.span(),
-                ErrorKind::Invalid {
-                    key: "stderr",
-                    reason: "\"socket\" needs pass = \"stdio\" (with listen_fds the child's fds 1 and 2 are not the connection)".into(),
-                },
-            );
-        }
-        let credentials = self.credentials(t);
-        let extra_groups = self.extra_groups(t);
-        let runtime_directory = self.runtime_directory(t);
-        let env = t.field("env").map(|v| self.env(v)).unwrap_or_default();
-        let max_instances = t
-            .field("max_instances")
-            .and_then(|v| self.positive("max_instances", v));
-        let max_per_source = t
-            .field("max_per_source")
-            .and_then(|v| self.positive("max_per_source", v));
-
-        let mut access = AccessList::default();
-        for key in ["allow", "deny"] {
-            let Some(v) = t.field(key) else { continue };
-            let mut blocks = Vec::new();
-            for (text, item_span) in self.string_list(key, v).unwrap_or_default() {
-                match text.parse::<Cidr>() {
-                    Ok(c) => blocks.push(c),
-                    Err(err) => self.at(item_span, ErrorKind::Cidr { key, err }),
-                }
-            }
-            if key == "allow" {
-                access.allow = Some(blocks);
-            } else {
-                access.deny = blocks;
-            }
-            if has_unix {
-                self.at(v.span(), ErrorKind::AccessOnUnix { key });
-            }
-        }
-        // An internal service serves each TCP connection and sees every
-        // datagram itself, so its rules always apply; otherwise a child that
-        // accepts hides the clients from summond.
-        if !accept && internal.is_none() {
-            let keys: &[&'static str] = &["allow", "deny", "max_per_source"];
-            for &key in keys {
-                if let Some(v) = t.field(key) {
-                    self.at(v.span(), ErrorKind::NeedsAccept { key });
-                }
-            }
-        }
-
-        let opts = self.options(t, &listen, accept || internal.is_some(), internal.is_some());
-        if let (Some(internal), Some(v)) = (internal, t.field("exec")) {
-            let stream = listen.iter().any(|l| l.addr.is_stream());
-            let explicit_no_accept =
-                t.field("accept").and_then(|v| v.get_ref().as_bool()) == Some(false);
-            let reason = if pass == Pass::ListenFds {
-                Some("is served inside summond and takes no pass = \"listen_fds\"")
-            } else if stream && explicit_no_accept {
-                Some("over a stream socket needs accept = true (summond serves each connection)")
-            } else if listen.iter().any(|l| l.addr.is_unix()) {
-                Some("is served over TCP and UDP only")
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                self.at(
-                    v.span(),
-                    ErrorKind::Invalid {
-                        key: "exec",
-                        reason: format!("\"internal:{}\" {reason}", internal.name()),
-                    },
-                );
-            }
-        }
-
-        if internal.is_some() {
-            // Made for, or given to, a child: an internal service has none.
-            for key in ["runtime_directory", "extra_groups"] {
-                if let Some(v) = t.field(key) {
-                    let reason = "has no use with an internal service (no child)".into();
-                    self.at(v.span(), ErrorKind::Invalid { key, reason });
-                }
-            }
-        }
-        let mut credentials = credentials;
-        if let (false, Some(c)) = (opts.supplementary_groups, credentials.as_mut()) {
-            // Only the primary group, as xinetd and systemd do without
-            // SupplementaryGroups=.
-            c.groups = vec![c.gid];
-        }
-        let credentials = with_extra_groups(credentials, &extra_groups, opts.supplementary_groups);
-        if self.errors.len() != errors_before {
-            return None;
-        }
-        // Every field above reported its own error; with none, all are set.
-        let (name, _) = name?;
-        Some(ServiceSpec {
-            name,
-            listen,
-            exec: exec?,
-            program: program?,
-            accept,
-            pass,
-            stderr,
-            credentials,
-            env,
-            max_instances,
-            max_per_source,
-            access,
-            socket: opts.socket,
-            internal,
-            clear_env: opts.clear_env,
-            passenv: opts.passenv,
-            sandbox: opts.sandbox,
-            max_runtime: opts.max_runtime,
-            idle_timeout: opts.idle_timeout,
-            rate: opts.rate,
-            per_source_rate: opts.per_source_rate,
-            per_source_prefix: opts.per_source_prefix,
-            banner: opts.banner,
-            banner_fail: opts.banner_fail,
-            disabled: opts.disabled,
-            runtime_directory,
-        })
-    }
-
-    fn listen(&mut self, v: &Value<'_>, service: &Rc<str>, seen: &mut Seen) -> Vec<ListenSpec> {
+    ) -> Vec<ListenSpec> {
         let entries: Vec<&Value<'_>> = match v.get_ref() {
             DeValue::Array(items) => items.iter().collect(),
             _ => vec![v],
@@ -746,7 +495,7 @@ impl Checker<'_> {
         out
     }
 
-    fn exec(
+    pub(super) fn exec(
         &mut self,
         v: &Value<'_>,
         jail: Option<&Path>,
@@ -826,7 +575,7 @@ impl Checker<'_> {
         }
     }
 
-    fn env(&mut self, v: &Value<'_>) -> Vec<(String, String)> {
+    pub(super) fn env(&mut self, v: &Value<'_>) -> Vec<(String, String)> {
         let DeValue::Table(t) = v.get_ref() else {
             self.wrong_type("env", v, "a table of strings like { NAME = \"value\" }");
             return Vec::new();
@@ -873,10 +622,7 @@ impl Checker<'_> {
 
     /// `extra_groups`: names resolved now (the group database is never
     /// read after fork); setgroups needs root, as user and group do.
-    fn extra_groups(&mut self, t: &Table<'_, '_>) -> Vec<u32> {
-        let Some(v) = t.field("extra_groups") else {
-            return Vec::new();
-        };
+    pub(super) fn extra_groups(&mut self, v: &Value<'_>) -> Vec<u32> {
         let names = self.string_list("extra_groups", v).unwrap_or_default();
         if !self.host.is_root {
             self.at(
@@ -903,11 +649,15 @@ impl Checker<'_> {
         gids
     }
 
-    fn credentials(&mut self, t: &Table<'_, '_>) -> Option<Credentials> {
-        let user_v = t.field("user");
-        let group_v = t.field("group");
-        let user = user_v.and_then(|v| self.string("user", v));
-        let group = group_v.and_then(|v| self.string("group", v));
+    /// `user` and `group` (each its value and, when a string, the name)
+    /// resolved to ids and the user's groups.
+    pub(super) fn credentials(
+        &mut self,
+        user: Option<(&Value<'_>, Option<&str>)>,
+        group: Option<(&Value<'_>, Option<&str>)>,
+    ) -> Option<Credentials> {
+        let (user_v, user) = (user.map(|u| u.0), user.and_then(|u| u.1));
+        let (group_v, group) = (group.map(|g| g.0), group.and_then(|g| g.1));
         if user.is_none() && group.is_none() {
             return None;
         }
@@ -972,7 +722,7 @@ impl Checker<'_> {
 /// the primary group, with supplementary_groups = false). A service
 /// without user or group keeps summond's uid and gid, and its groups are
 /// summond's own (or its gid alone) with the extra ones after them.
-fn with_extra_groups(
+pub(super) fn with_extra_groups(
     credentials: Option<Credentials>,
     extra: &[u32],
     supplementary_groups: bool,
@@ -1011,15 +761,15 @@ fn with_extra_groups(
 /// allocations.
 #[derive(Default)]
 pub(super) struct Seen {
-    files: Vec<PathBuf>,
+    pub(super) files: Vec<PathBuf>,
     /// Name → the file (index into `files`) and line that first defined it.
-    names: FxHashMap<Rc<str>, (usize, usize)>,
+    pub(super) names: FxHashMap<Rc<str>, (usize, usize)>,
     addrs: FxHashMap<ListenAddr, Rc<str>>,
 }
 
 impl Seen {
     /// The index of `path` in `files`: the file being walked is the last.
-    fn file(&mut self, path: &Path) -> usize {
+    pub(super) fn file(&mut self, path: &Path) -> usize {
         if self.files.last().map(PathBuf::as_path) != Some(path) {
             self.files.push(path.to_path_buf());
         }
