@@ -24,6 +24,7 @@ pub mod safe_dir;
 pub mod server;
 pub mod signals;
 pub mod spawn;
+pub mod startup;
 pub mod stats;
 pub mod timefmt;
 pub mod upgrade;
