@@ -203,67 +203,18 @@ fn serve(
     listen_fds: (Vec<socket2::Socket>, Option<String>),
     argv: Option<Vec<Vec<u8>>>,
 ) -> Result<(), Failure> {
-    if let Err(e) = daemonize::ensure_std_fds().and_then(|()| daemonize::mark_inherited_cloexec()) {
-        return Err(Failure::Runtime(format!(
-            "cannot prepare file descriptors: {e}"
-        )));
-    }
-    let raised = match daemonize::raise_nofile() {
-        Ok(original) => Some(original),
-        Err(e) => {
-            warn!("cannot raise RLIMIT_NOFILE: {e}");
-            None
-        }
-    };
-    // After an upgrade the limit was raised by the first image already.
-    let child_nofile = match &incoming {
-        Some(i) => i.state.child_nofile.map(|(cur, max)| libc::rlimit {
-            rlim_cur: cur,
-            rlim_max: max,
-        }),
-        None => raised,
-    };
+    prepare_fds()?;
+    let child_nofile = raise_nofile(incoming.as_ref());
     // The lock first: a second instance must say "already running", not
     // fail to bind the first one's ports. An upgrade holds it already.
-    let handed_pidfile = incoming.as_ref().and_then(|i| i.state.pidfile.clone());
-    let mut pidfile = match handed_pidfile {
-        // SAFETY: the state names this fd; only the pidfile takes it.
-        Some((fd, path)) => Some(Pidfile::adopt(
-            unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) },
-            path,
-        )),
-        None => match pidfile.map(Pidfile::acquire).transpose() {
-            Ok(p) => p,
-            Err(e) => return Err(Failure::Runtime(e.to_string())),
-        },
+    let mut pidfile = lock_pidfile(pidfile, incoming.as_ref())?;
+    let handed = sockets_handed_over(incoming.as_ref(), listen_fds);
+    let detached = match (daemon, &incoming) {
+        (true, None) => Some(
+            daemonize::detach().map_err(|e| Failure::Runtime(format!("cannot daemonize: {e}")))?,
+        ),
+        _ => None,
     };
-    let handed = match &incoming {
-        Some(i) => handed_over(&i.state),
-        None => {
-            let (handed, problem) = listen_fds;
-            if let Some(p) = problem {
-                warn!("{p}");
-            }
-            handed
-        }
-    };
-    let detached = if daemon && incoming.is_none() {
-        match daemonize::detach() {
-            Ok(d) => Some(d),
-            Err(e) => return Err(Failure::Runtime(format!("cannot daemonize: {e}"))),
-        }
-    } else {
-        None
-    };
-    let (notifier, problems) = Notifier::from_env(
-        std::env::var("NOTIFY_SOCKET").ok().as_deref(),
-        std::env::var("WATCHDOG_USEC").ok().as_deref(),
-        std::env::var("WATCHDOG_PID").ok().as_deref(),
-        std::process::id(),
-    );
-    for p in problems {
-        warn!("{p}");
-    }
     let opts = RunOptions {
         child_nofile,
         detached: daemon,
@@ -274,40 +225,143 @@ fn serve(
         fd_base: daemonize::fd_base(),
         argv,
     };
-    let started = Server::new(config, opts, notifier, handed)
-        .map_err(|e| e.to_string())
-        .and_then(|server| match pidfile.as_mut().map(Pidfile::write_pid) {
-            Some(Err(e)) => Err(e.to_string()),
-            _ => Ok(server),
-        });
-    let started = match (started, incoming) {
-        (Err(e), Some(incoming)) => {
-            // The file is the previous image's again: not removed here.
-            std::mem::forget(pidfile);
-            return Err(go_back_or(Some(incoming), &e, Failure::Reported));
-        }
-        (Ok(mut server), Some(incoming)) => {
-            server.resume(incoming);
-            Ok(server)
-        }
-        (started, None) => started,
-    };
-    let mut server = match (started, detached) {
-        (Ok(server), None) => server,
-        (Ok(server), Some(d)) => match d.ready() {
-            Ok(()) => server,
-            Err(e) => return Err(log_fatal(format!("cannot detach: {e}"))),
-        },
-        (Err(e), None) => return Err(Failure::Runtime(e)),
-        (Err(e), Some(d)) => {
-            // The waiting parent prints it on the terminal.
-            d.failed(EXIT_RUNTIME, &e);
-            return Err(Failure::Reported);
-        }
+    let started = start_server(config, opts, handed, &mut pidfile);
+    let mut server = match incoming {
+        Some(incoming) => resume(started, incoming, &mut pidfile)?,
+        None => report_start(started, detached)?,
     };
     let result = server.run();
     drop(pidfile);
     result.map_err(log_fatal)
+}
+
+/// fds 0, 1 and 2 open (/dev/null where closed), every inherited fd >= 3
+/// close-on-exec.
+fn prepare_fds() -> Result<(), Failure> {
+    daemonize::ensure_std_fds()
+        .and_then(|()| daemonize::mark_inherited_cloexec())
+        .map_err(|e| Failure::Runtime(format!("cannot prepare file descriptors: {e}")))
+}
+
+/// RLIMIT_NOFILE raised as far as it goes; the limit children get back:
+/// the one summond started with, or after an upgrade the one the first
+/// image started with (it raised the limit already).
+fn raise_nofile(incoming: Option<&upgrade::Incoming>) -> Option<libc::rlimit> {
+    let raised = match daemonize::raise_nofile() {
+        Ok(original) => Some(original),
+        Err(e) => {
+            warn!("cannot raise RLIMIT_NOFILE: {e}");
+            None
+        }
+    };
+    match incoming {
+        Some(i) => i.state.child_nofile.map(|(cur, max)| libc::rlimit {
+            rlim_cur: cur,
+            rlim_max: max,
+        }),
+        None => raised,
+    }
+}
+
+/// The pidfile `--pidfile` names, created and locked, or the one a live
+/// upgrade handed over (locked already).
+fn lock_pidfile(
+    path: Option<&Path>,
+    incoming: Option<&upgrade::Incoming>,
+) -> Result<Option<Pidfile>, Failure> {
+    match incoming.and_then(|i| i.state.pidfile.clone()) {
+        // SAFETY: the state names this fd; only the pidfile takes it.
+        Some((fd, path)) => Ok(Some(Pidfile::adopt(
+            unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) },
+            path,
+        ))),
+        None => path
+            .map(Pidfile::acquire)
+            .transpose()
+            .map_err(|e| Failure::Runtime(e.to_string())),
+    }
+}
+
+/// The sockets a live upgrade, or else a service manager, handed over.
+fn sockets_handed_over(
+    incoming: Option<&upgrade::Incoming>,
+    listen_fds: (Vec<socket2::Socket>, Option<String>),
+) -> Vec<socket2::Socket> {
+    match incoming {
+        Some(i) => handed_over(&i.state),
+        None => {
+            let (handed, problem) = listen_fds;
+            if let Some(p) = problem {
+                warn!("{p}");
+            }
+            handed
+        }
+    }
+}
+
+/// The server built (its sockets bound) and then its pid written; the
+/// service manager's notify socket taken from the environment.
+fn start_server(
+    config: config::Config,
+    opts: RunOptions,
+    handed: Vec<socket2::Socket>,
+    pidfile: &mut Option<Pidfile>,
+) -> Result<Server, String> {
+    let (notifier, problems) = Notifier::from_env(
+        std::env::var("NOTIFY_SOCKET").ok().as_deref(),
+        std::env::var("WATCHDOG_USEC").ok().as_deref(),
+        std::env::var("WATCHDOG_PID").ok().as_deref(),
+        std::process::id(),
+    );
+    for p in problems {
+        warn!("{p}");
+    }
+    Server::new(config, opts, notifier, handed)
+        .map_err(|e| e.to_string())
+        .and_then(|server| match pidfile.as_mut().map(Pidfile::write_pid) {
+            Some(Err(e)) => Err(e.to_string()),
+            _ => Ok(server),
+        })
+}
+
+/// The new image of a live upgrade takes over the previous one's children
+/// and clients; one that could not start goes back to the previous image.
+fn resume(
+    started: Result<Server, String>,
+    incoming: upgrade::Incoming,
+    pidfile: &mut Option<Pidfile>,
+) -> Result<Server, Failure> {
+    match started {
+        Ok(mut server) => {
+            server.resume(incoming);
+            Ok(server)
+        }
+        Err(e) => {
+            // The file is the previous image's again: not removed here.
+            std::mem::forget(pidfile.take());
+            Err(go_back_or(Some(incoming), &e, Failure::Reported))
+        }
+    }
+}
+
+/// A fresh start told to whoever waits for it: the parent of `-d` (which
+/// exits 0, or prints the error on the terminal), or `main`.
+fn report_start(
+    started: Result<Server, String>,
+    detached: Option<daemonize::Detached>,
+) -> Result<Server, Failure> {
+    match (started, detached) {
+        (Ok(server), None) => Ok(server),
+        (Ok(server), Some(d)) => match d.ready() {
+            Ok(()) => Ok(server),
+            Err(e) => Err(log_fatal(format!("cannot detach: {e}"))),
+        },
+        (Err(e), None) => Err(Failure::Runtime(e)),
+        (Err(e), Some(d)) => {
+            d.failed(EXIT_RUNTIME, &e);
+            Err(Failure::Reported)
+        }
+    }
 }
 
 /// A fatal error once serving: stderr may be /dev/null by now, so log it.
