@@ -271,6 +271,8 @@ impl Checker<'_> {
         }
     }
 
+    /// `rlimits`: each limit named, its value read, and held under what
+    /// the kernel lets a child have.
     pub(super) fn rlimits(&mut self, v: &Value<'_>) -> Vec<Rlimit> {
         let DeValue::Table(t) = v.get_ref() else {
             self.wrong_type(
@@ -299,77 +301,101 @@ impl Checker<'_> {
                 );
                 continue;
             };
-            let parsed = match value.get_ref() {
-                DeValue::Integer(_) => self.integer("rlimits", value).and_then(|n| {
-                    if n < 0 {
-                        self.at(
-                            value.span(),
-                            invalid("rlimits", format!("{name} = {n} is negative")),
-                        );
-                        None
-                    } else {
-                        Some((Some(n as u64), None))
-                    }
-                }),
-                DeValue::String(s) => {
-                    let s: &str = s.as_ref();
-                    let result = if is_size {
-                        units::size(s)
-                    } else if s == "infinity" || s == "unlimited" {
-                        Ok(None)
-                    } else {
-                        Err(format!("\"{s}\" is not a number or \"infinity\""))
-                    };
-                    match result {
-                        Ok(x) => Some((x, Some(s))),
-                        Err(reason) => {
-                            self.at(
-                                value.span(),
-                                invalid("rlimits", format!("{name}: {reason}")),
-                            );
-                            None
-                        }
-                    }
-                }
-                _ => {
-                    self.wrong_type(name, value, "an integer or a string");
-                    None
-                }
+            let Some((limit, text)) = self.rlimit_value(name, is_size, value) else {
+                continue;
             };
-            if let Some((limit, text)) = parsed {
-                let ceilings = *self
-                    .rlimit_ceilings
-                    .get_or_insert_with(|| RlimitCeilings::current(self.host.is_root));
-                let (ceiling, why) = ceilings.of(resource);
-                let value = match (limit, ceiling) {
-                    // "infinity" is the most the kernel lets a child have,
-                    // as systemd's LimitNOFILE=infinity is fs.nr_open.
-                    (None, Some(max)) => Some(max),
-                    (Some(n), Some(max)) if n > max => {
-                        // As written, with the bytes a suffix makes: the
-                        // bound is in bytes.
-                        let written = match text {
-                            Some(s) if s.parse::<u64>().is_err() => format!("\"{s}\" ({n} bytes)"),
-                            Some(s) => format!("\"{s}\""),
-                            None => n.to_string(),
-                        };
-                        self.at(
-                            value.span(),
-                            invalid(
-                                "rlimits",
-                                format!(
-                                    "{name} = {written} is more than the kernel allows ({why})"
-                                ),
-                            ),
-                        );
-                        continue;
-                    }
-                    (v, _) => v,
-                };
+            if let Some(value) = self.rlimit_under_ceiling(name, resource, limit, text, value) {
                 out.push(Rlimit { resource, value });
             }
         }
         out
+    }
+
+    /// One limit's value: a number (None for infinity) and, when written as
+    /// a string, the string.
+    fn rlimit_value<'v>(
+        &mut self,
+        name: &str,
+        is_size: bool,
+        value: &'v Value<'_>,
+    ) -> Option<(Option<u64>, Option<&'v str>)> {
+        match value.get_ref() {
+            DeValue::Integer(_) => self.integer("rlimits", value).and_then(|n| {
+                if n < 0 {
+                    self.at(
+                        value.span(),
+                        invalid("rlimits", format!("{name} = {n} is negative")),
+                    );
+                    None
+                } else {
+                    Some((Some(n as u64), None))
+                }
+            }),
+            DeValue::String(s) => {
+                let s: &str = s.as_ref();
+                let result = if is_size {
+                    units::size(s)
+                } else if s == "infinity" || s == "unlimited" {
+                    Ok(None)
+                } else {
+                    Err(format!("\"{s}\" is not a number or \"infinity\""))
+                };
+                match result {
+                    Ok(x) => Some((x, Some(s))),
+                    Err(reason) => {
+                        self.at(
+                            value.span(),
+                            invalid("rlimits", format!("{name}: {reason}")),
+                        );
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.wrong_type(name, value, "an integer or a string");
+                None
+            }
+        }
+    }
+
+    /// `limit` (None: infinity) as the child gets it, held under the
+    /// ceiling: Some(value to set), or None when it is above the ceiling
+    /// (an error at `value`).
+    fn rlimit_under_ceiling(
+        &mut self,
+        name: &str,
+        resource: RlimitKind,
+        limit: Option<u64>,
+        text: Option<&str>,
+        value: &Value<'_>,
+    ) -> Option<Option<u64>> {
+        let ceilings = *self
+            .rlimit_ceilings
+            .get_or_insert_with(|| RlimitCeilings::current(self.host.is_root));
+        let (ceiling, why) = ceilings.of(resource);
+        match (limit, ceiling) {
+            // "infinity" is the most the kernel lets a child have,
+            // as systemd's LimitNOFILE=infinity is fs.nr_open.
+            (None, Some(max)) => Some(Some(max)),
+            (Some(n), Some(max)) if n > max => {
+                // As written, with the bytes a suffix makes: the
+                // bound is in bytes.
+                let written = match text {
+                    Some(s) if s.parse::<u64>().is_err() => format!("\"{s}\" ({n} bytes)"),
+                    Some(s) => format!("\"{s}\""),
+                    None => n.to_string(),
+                };
+                self.at(
+                    value.span(),
+                    invalid(
+                        "rlimits",
+                        format!("{name} = {written} is more than the kernel allows ({why})"),
+                    ),
+                );
+                None
+            }
+            (v, _) => Some(v),
+        }
     }
 
     pub(super) fn prefix(&mut self, v: &Value<'_>) -> Option<SourcePrefix> {
