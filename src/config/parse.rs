@@ -245,57 +245,10 @@ impl Checker<'_> {
             }
         }
         if let Some(v) = t.get("include") {
-            for (pattern, span) in self.string_list("include", v).unwrap_or_default() {
-                if pattern.is_empty() {
-                    self.at(
-                        span,
-                        ErrorKind::Invalid {
-                            key: "include",
-                            reason: "an empty pattern".into(),
-                        },
-                    );
-                } else if pattern.contains("**") {
-                    // A recursive walk at every load (and reload, in the
-                    // loop) is never what a conf.d means.
-                    self.at(
-                        span,
-                        ErrorKind::Invalid {
-                            key: "include",
-                            reason: format!(
-                                "\"{pattern}\": recursive patterns (**) are not supported; \
-                                 name a directory of drop-ins, like \"conf.d/*.toml\""
-                            ),
-                        },
-                    );
-                } else if let Err(e) = glob::Pattern::new(pattern) {
-                    self.at(
-                        span,
-                        ErrorKind::Invalid {
-                            key: "include",
-                            reason: format!("\"{pattern}\" is not a glob pattern: {}", e.msg),
-                        },
-                    );
-                } else {
-                    d.include.push(pattern.to_string());
-                }
-            }
+            d.include = self.include_patterns(v);
         }
         if let Some(v) = t.get("metrics") {
-            if let Some(s) = self.string("metrics", v) {
-                match s.parse::<ListenAddr>() {
-                    Ok(a) if a.is_stream() => d.metrics = Some(a),
-                    Ok(a) => self.at(
-                        v.span(),
-                        ErrorKind::Invalid {
-                            key: "metrics",
-                            reason: format!(
-                                "{a} is a datagram address; HTTP needs tcp:// or unix://"
-                            ),
-                        },
-                    ),
-                    Err(e) => self.at(v.span(), ErrorKind::Address(e)),
-                }
-            }
+            d.metrics = self.metrics_address(v);
         }
         if let Some(v) = t.get("log_format") {
             if let Some(f) = self.choice(
@@ -322,6 +275,68 @@ impl Checker<'_> {
             }
         }
         d
+    }
+
+    /// `include`: the glob patterns that are valid, each other one an error.
+    fn include_patterns(&mut self, v: &Value<'_>) -> Vec<String> {
+        let mut patterns = Vec::new();
+        for (pattern, span) in self.string_list("include", v).unwrap_or_default() {
+            if pattern.is_empty() {
+                self.at(
+                    span,
+                    ErrorKind::Invalid {
+                        key: "include",
+                        reason: "an empty pattern".into(),
+                    },
+                );
+            } else if pattern.contains("**") {
+                // A recursive walk at every load (and reload, in the
+                // loop) is never what a conf.d means.
+                self.at(
+                    span,
+                    ErrorKind::Invalid {
+                        key: "include",
+                        reason: format!(
+                            "\"{pattern}\": recursive patterns (**) are not supported; \
+                             name a directory of drop-ins, like \"conf.d/*.toml\""
+                        ),
+                    },
+                );
+            } else if let Err(e) = glob::Pattern::new(pattern) {
+                self.at(
+                    span,
+                    ErrorKind::Invalid {
+                        key: "include",
+                        reason: format!("\"{pattern}\" is not a glob pattern: {}", e.msg),
+                    },
+                );
+            } else {
+                patterns.push(pattern.to_string());
+            }
+        }
+        patterns
+    }
+
+    /// `metrics`: a stream address (HTTP needs a connection).
+    fn metrics_address(&mut self, v: &Value<'_>) -> Option<ListenAddr> {
+        let s = self.string("metrics", v)?;
+        match s.parse::<ListenAddr>() {
+            Ok(a) if a.is_stream() => Some(a),
+            Ok(a) => {
+                self.at(
+                    v.span(),
+                    ErrorKind::Invalid {
+                        key: "metrics",
+                        reason: format!("{a} is a datagram address; HTTP needs tcp:// or unix://"),
+                    },
+                );
+                None
+            }
+            Err(e) => {
+                self.at(v.span(), ErrorKind::Address(e));
+                None
+            }
+        }
     }
 
     pub(super) fn string<'v>(&mut self, key: &str, v: &'v Value<'_>) -> Option<&'v str> {
