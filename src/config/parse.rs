@@ -449,45 +449,8 @@ impl Checker<'_> {
         }
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
-            let (text, text_span, name) = match entry.get_ref() {
-                DeValue::String(s) => (s.as_ref(), entry.span(), None),
-                DeValue::Table(t) => {
-                    self.check_keys(t, "a `listen` entry", LISTEN_TABLE_KEYS);
-                    let name = t.get("name").and_then(|n| {
-                        let s = self.string("name", n)?;
-                        if s.is_empty() || s.len() > 255 || s.chars().any(|c| c == ':' || !c.is_ascii_graphic()) {
-                            self.at(
-                                n.span(),
-                                ErrorKind::Invalid {
-                                    key: "name",
-                                    reason: format!(
-                                        "\"{s}\" must be 1 to 255 printable ASCII characters without ':' (it goes into LISTEN_FDNAMES)"
-                                    ),
-                                },
-                            );
-                            return None;
-                        }
-                        Some(s.to_string())
-                    });
-                    match t.get("address") {
-                        Some(a) => match self.string("address", a) {
-                            Some(s) => (s, a.span(), name),
-                            None => continue,
-                        },
-                        None => {
-                            self.at(entry.span(), ErrorKind::Missing { key: "address" });
-                            continue;
-                        }
-                    }
-                }
-                _ => {
-                    self.wrong_type(
-                        "listen",
-                        entry,
-                        "an address string, a table, or an array of them",
-                    );
-                    continue;
-                }
+            let Some((text, text_span, name)) = self.listen_entry(entry) else {
+                continue;
             };
             match text.parse::<ListenAddr>() {
                 Ok(addr) => {
@@ -508,6 +471,54 @@ impl Checker<'_> {
             }
         }
         out
+    }
+
+    /// One `listen` entry, an address or a table { address, name }: the
+    /// address's text and span, and the fd's name.
+    fn listen_entry<'v>(
+        &mut self,
+        entry: &'v Value<'_>,
+    ) -> Option<(&'v str, Range<usize>, Option<String>)> {
+        match entry.get_ref() {
+            DeValue::String(s) => Some((s.as_ref(), entry.span(), None)),
+            DeValue::Table(t) => {
+                self.check_keys(t, "a `listen` entry", LISTEN_TABLE_KEYS);
+                let name = t.get("name").and_then(|n| self.fd_name(n));
+                match t.get("address") {
+                    Some(a) => Some((self.string("address", a)?, a.span(), name)),
+                    None => {
+                        self.at(entry.span(), ErrorKind::Missing { key: "address" });
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.wrong_type(
+                    "listen",
+                    entry,
+                    "an address string, a table, or an array of them",
+                );
+                None
+            }
+        }
+    }
+
+    /// A listen table's `name`, as it goes into LISTEN_FDNAMES.
+    fn fd_name(&mut self, n: &Value<'_>) -> Option<String> {
+        let s = self.string("name", n)?;
+        if s.is_empty() || s.len() > 255 || s.chars().any(|c| c == ':' || !c.is_ascii_graphic()) {
+            self.at(
+                n.span(),
+                ErrorKind::Invalid {
+                    key: "name",
+                    reason: format!(
+                        "\"{s}\" must be 1 to 255 printable ASCII characters without ':' (it goes into LISTEN_FDNAMES)"
+                    ),
+                },
+            );
+            return None;
+        }
+        Some(s.to_string())
     }
 
     pub(super) fn exec(
