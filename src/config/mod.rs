@@ -17,8 +17,10 @@
 //! whole; `options.rs` and `runtime_dir.rs` the handlers of the sandbox,
 //! socket, rate and banner keys and of the runtime directories;
 //! `include.rs` the drop-ins; `units.rs` durations, rates, sizes and modes;
-//! `raw_path.rs` paths in summond's own JSON (the upgrade state).
+//! `ceilings.rs` how high a child's rlimits can go; `raw_path.rs` paths in
+//! summond's own JSON (the upgrade state).
 
+mod ceilings;
 mod error;
 mod include;
 mod keys;
@@ -40,7 +42,8 @@ use crate::access::AccessList;
 use crate::addr::ListenAddr;
 use crate::listener::ListenOptions;
 
-pub use options::{rlimit_ceiling, DEFAULT_IDLE_TIMEOUT};
+pub use ceilings::rlimit_ceiling;
+pub use options::DEFAULT_IDLE_TIMEOUT;
 pub use units::Rate;
 
 pub use error::{ConfigError, ConfigErrors, ErrorKind};

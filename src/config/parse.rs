@@ -1,7 +1,9 @@
 //! The TOML walk: toml's spanned document tree visited by hand, every
 //! mistake recorded with its span and the walk carried on, so one load
-//! reports every error in the file. Resolves `exec` in PATH and user and
-//! group names here, at load.
+//! reports every error in the file. Here: the `Checker` and its typed
+//! readers, the document and `[daemon]`, and the core service readers the
+//! handlers in service.rs call (`listen`, `exec` resolved in PATH, `env`,
+//! `user` and `group` resolved to ids), all at load.
 
 use rustc_hash::FxHashMap;
 use std::ffi::{CString, OsString};
@@ -104,7 +106,7 @@ pub(super) struct Checker<'a> {
     /// Programs found so far, by name and jail.
     pub(super) programs: FxHashMap<(String, Option<PathBuf>), PathBuf>,
     /// How high `rlimits` can go here, read at the first that asks.
-    pub(super) rlimit_ceilings: Option<super::options::RlimitCeilings>,
+    pub(super) rlimit_ceilings: Option<super::ceilings::RlimitCeilings>,
 }
 
 /// The offset of every line's first byte.
