@@ -13,14 +13,15 @@
 //! the key tables the checker, the man page (and the fuzzer) share;
 //! `error.rs` the error types; `parse.rs` the TOML walk that collects every
 //! error with its span, and the core keys' readers; `service.rs` one
-//! `[[service]]` table read by one handler per key, then checked as a
-//! whole; `options.rs` and `runtime_dir.rs` the handlers of the sandbox,
+//! `[[service]]` table read by one handler per key into a `Draft`
+//! (`draft.rs`), then checked as a whole; `options.rs` and `runtime_dir.rs` the handlers of the sandbox,
 //! socket, rate and banner keys and of the runtime directories;
 //! `include.rs` the drop-ins; `units.rs` durations, rates, sizes and modes;
 //! `ceilings.rs` how high a child's rlimits can go; `raw_path.rs` paths in
 //! summond's own JSON (the upgrade state).
 
 mod ceilings;
+mod draft;
 mod error;
 mod include;
 mod keys;
@@ -43,7 +44,6 @@ use crate::addr::ListenAddr;
 use crate::listener::ListenOptions;
 
 pub use ceilings::rlimit_ceiling;
-pub use options::DEFAULT_IDLE_TIMEOUT;
 pub use units::Rate;
 
 pub use error::{ConfigError, ConfigErrors, ErrorKind};
@@ -51,6 +51,9 @@ pub use keys::{KeyDoc, DAEMON_KEYS, KEY_DOCS, LISTEN_TABLE_KEYS, SERVICE_KEYS, T
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/summond/summond.toml";
 pub const DEFAULT_MAX_CHILDREN: u32 = 1024;
+/// An internal service's idle TCP client is closed after this long
+/// (`idle_timeout`'s default; SPEC: five minutes).
+pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 /// Used when summond's own environment has no PATH, as execvp does.
 const FALLBACK_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use toml::de::DeValue;
 
 use super::ceilings::RlimitCeilings;
+use super::draft::Draft;
 use super::parse::{Checker, Value};
-use super::service::Draft;
 use super::units;
 use super::{ErrorKind, Rlimit, RlimitKind, SourcePrefix};
 use crate::addr::ListenAddr;
@@ -21,10 +21,6 @@ use crate::listener::ListenOptions;
 /// A banner is written with one non-blocking send to a fresh connection;
 /// a fresh socket's send buffer always has room for this much.
 pub const MAX_BANNER: usize = 4096;
-
-/// An internal service's idle TCP client is closed after this long
-/// (`idle_timeout`'s default; SPEC: five minutes).
-pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 type AddrTest = fn(&ListenAddr) -> bool;
 

@@ -3,8 +3,8 @@
 //! the config loads, so what summond later makes as root under /run is
 //! never more than plain relative names.
 
+use super::draft::Draft;
 use super::parse::{Checker, Table, Value};
-use super::service::Draft;
 use super::{units, ErrorKind};
 use toml::de::DeValue;
 

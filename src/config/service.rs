@@ -14,19 +14,16 @@
 
 use std::ops::Range;
 use std::path::PathBuf;
-use std::rc::Rc;
-use std::time::Duration;
 
+use super::draft::Draft;
 use super::error::ErrorKind;
 use super::keys::SERVICE_KEYS;
-use super::options::{self, DEFAULT_IDLE_TIMEOUT};
+use super::options;
 use super::parse::{Checker, Seen, Table, Value};
 use super::runtime_dir;
-use super::units::{self, Rate};
-use super::{Credentials, StderrMode};
-use super::{Internal, ListenSpec, Pass, RuntimeDirectory, Sandbox, ServiceSpec, SourcePrefix};
-use crate::access::{AccessList, Cidr};
-use crate::listener::ListenOptions;
+use super::units;
+use super::{Credentials, Internal, Pass, ServiceSpec, StderrMode};
+use crate::access::Cidr;
 
 /// Reads one key's value (the key is given, for its messages) into the
 /// draft, reporting every mistake in the value with its span.
@@ -131,146 +128,6 @@ const NEEDS_ACCEPT: &[&str] = &[
     "banner",
     "banner_fail",
 ];
-
-/// What the handlers have read so far; each field is its key's value, or
-/// the default while the key is absent (or after an error in its value).
-pub(super) struct Draft<'v> {
-    seen: &'v mut Seen,
-    /// `chroot` as written, for `exec` (which comes before it): the
-    /// program of a chrooted service lives inside the jail.
-    jail: Option<PathBuf>,
-    name: Option<(String, Range<usize>)>,
-    /// The name for messages about other services ("(unnamed)" without one).
-    label: Rc<str>,
-    pub(super) listen: Vec<ListenSpec>,
-    /// argv, the program resolved, and the internal service it names.
-    exec: Option<(Vec<String>, PathBuf, Option<Internal>)>,
-    /// As written; see `accepts`.
-    accept: Option<bool>,
-    pass: Pass,
-    stderr: StderrMode,
-    /// The value and, when it is a string, the name.
-    user: Option<(&'v Value<'v>, Option<&'v str>)>,
-    group: Option<(&'v Value<'v>, Option<&'v str>)>,
-    env: Vec<(String, String)>,
-    max_instances: Option<u32>,
-    max_per_source: Option<u32>,
-    access: AccessList,
-    pub(super) socket: ListenOptions,
-    pub(super) clear_env: bool,
-    pub(super) passenv: Vec<String>,
-    pub(super) sandbox: Sandbox,
-    /// Checked once `chroot` is known (`check_working_directory`).
-    working_directory: Option<&'v Value<'v>>,
-    supplementary_groups: bool,
-    extra_groups: Vec<u32>,
-    /// The names and the directory they are made under.
-    pub(super) runtime_directory: Option<(Vec<String>, PathBuf)>,
-    /// None after an error in it.
-    pub(super) runtime_directory_mode: Option<u32>,
-    max_runtime: Option<Duration>,
-    idle_timeout: Option<Duration>,
-    rate: Option<Rate>,
-    per_source_rate: Option<Rate>,
-    per_source_prefix: SourcePrefix,
-    banner: Option<String>,
-    banner_fail: Option<String>,
-    disabled: bool,
-}
-
-impl<'v> Draft<'v> {
-    fn new(seen: &'v mut Seen, jail: Option<PathBuf>) -> Self {
-        Draft {
-            seen,
-            jail,
-            name: None,
-            label: "(unnamed)".into(),
-            listen: Vec::new(),
-            exec: None,
-            accept: None,
-            pass: Pass::Stdio,
-            stderr: StderrMode::Inherit,
-            user: None,
-            group: None,
-            env: Vec::new(),
-            max_instances: None,
-            max_per_source: None,
-            access: AccessList::default(),
-            socket: ListenOptions::default(),
-            clear_env: false,
-            passenv: Vec::new(),
-            sandbox: Sandbox::default(),
-            working_directory: None,
-            supplementary_groups: true,
-            extra_groups: Vec::new(),
-            runtime_directory: None,
-            runtime_directory_mode: Some(RuntimeDirectory::DEFAULT_MODE),
-            max_runtime: None,
-            idle_timeout: None,
-            rate: None,
-            per_source_rate: None,
-            per_source_prefix: SourcePrefix::default(),
-            banner: None,
-            banner_fail: None,
-            disabled: false,
-        }
-    }
-
-    /// One child per connection: as written, else inetd's nowait for
-    /// stream sockets (datagram sockets can only be handed over whole).
-    fn accepts(&self) -> bool {
-        self.accept
-            .unwrap_or_else(|| self.listen.iter().all(|l| l.addr.is_stream()))
-    }
-
-    fn internal(&self) -> Option<Internal> {
-        self.exec.as_ref().and_then(|e| e.2)
-    }
-
-    /// The spec, once every key is known good (each one missing or wrong
-    /// reported its own error).
-    fn build(self, credentials: Option<Credentials>) -> Option<ServiceSpec> {
-        let accept = self.accepts();
-        let internal = self.internal();
-        let runtime_directory = match self.runtime_directory {
-            Some((names, base)) => Some(RuntimeDirectory {
-                base,
-                names,
-                mode: self.runtime_directory_mode?,
-            }),
-            None => None,
-        };
-        let (exec, program, _) = self.exec?;
-        Some(ServiceSpec {
-            name: self.name?.0,
-            listen: self.listen,
-            exec,
-            program,
-            accept,
-            pass: self.pass,
-            stderr: self.stderr,
-            credentials,
-            env: self.env,
-            max_instances: self.max_instances,
-            max_per_source: self.max_per_source,
-            access: self.access,
-            socket: self.socket,
-            internal,
-            clear_env: self.clear_env,
-            passenv: self.passenv,
-            sandbox: self.sandbox,
-            max_runtime: self.max_runtime,
-            idle_timeout: self.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
-            rate: self.rate,
-            per_source_rate: self.per_source_rate,
-            per_source_prefix: self.per_source_prefix,
-            banner: self.banner,
-            banner_fail: self.banner_fail,
-            disabled: self.disabled,
-            runtime_directory,
-        })
-    }
-}
 
 impl Checker<'_> {
     /// A `[[service]]` table (at `span`) read key by key, then checked as a
