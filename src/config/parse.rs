@@ -557,34 +557,8 @@ impl Checker<'_> {
         }
         let owned: Vec<String> = argv.iter().map(|(a, _)| a.to_string()).collect();
         if let Some(name) = first.strip_prefix(INTERNAL_PREFIX) {
-            let Some((_, internal)) = Internal::ALL.iter().find(|(n, _)| *n == name) else {
-                let names: Vec<String> = Internal::ALL
-                    .iter()
-                    .map(|(n, _)| format!("internal:{n}"))
-                    .collect();
-                self.at(
-                    first_span,
-                    ErrorKind::Invalid {
-                        key: "exec",
-                        reason: format!(
-                            "\"{first}\" is not an internal service (there are {})",
-                            names.join(", ")
-                        ),
-                    },
-                );
-                return None;
-            };
-            if let Some((_, span)) = argv.get(1) {
-                self.at(
-                    span.clone(),
-                    ErrorKind::Invalid {
-                        key: "exec",
-                        reason: format!("\"{first}\" takes no arguments"),
-                    },
-                );
-                return None;
-            }
-            return Some((owned, PathBuf::from(first), Some(*internal)));
+            let internal = self.internal_service(name, &argv)?;
+            return Some((owned, PathBuf::from(first), Some(internal)));
         }
         // Services running the same program look it up once.
         let key = (first.to_string(), jail.map(Path::to_path_buf));
@@ -601,6 +575,40 @@ impl Checker<'_> {
                 None
             }
         }
+    }
+
+    /// `exec = ["internal:NAME"]`: one of summond's own services, which
+    /// takes no arguments.
+    fn internal_service(&mut self, name: &str, argv: &[(&str, Range<usize>)]) -> Option<Internal> {
+        let (first, first_span) = argv.first()?.clone();
+        let Some((_, internal)) = Internal::ALL.iter().find(|(n, _)| *n == name) else {
+            let names: Vec<String> = Internal::ALL
+                .iter()
+                .map(|(n, _)| format!("internal:{n}"))
+                .collect();
+            self.at(
+                first_span,
+                ErrorKind::Invalid {
+                    key: "exec",
+                    reason: format!(
+                        "\"{first}\" is not an internal service (there are {})",
+                        names.join(", ")
+                    ),
+                },
+            );
+            return None;
+        };
+        if let Some((_, span)) = argv.get(1) {
+            self.at(
+                span.clone(),
+                ErrorKind::Invalid {
+                    key: "exec",
+                    reason: format!("\"{first}\" takes no arguments"),
+                },
+            );
+            return None;
+        }
+        Some(*internal)
     }
 
     pub(super) fn env(&mut self, v: &Value<'_>) -> Vec<(String, String)> {
