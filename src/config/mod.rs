@@ -9,16 +9,18 @@
 //! reads the filesystem or the group database. Nothing here binds, logs or
 //! panics on any input.
 //!
-//! The folder: `mod.rs` the validated model and the entry points; `keys.rs`
-//! the key tables the checker, the man page (and the fuzzer) share;
-//! `error.rs` the error types; `parse.rs` the TOML walk that collects every
-//! error with its span, and the core keys' readers; `service.rs` one
+//! The folder: `mod.rs` the validated model and the entry points;
+//! `keys.rs` the key tables the checker, the man page (and the fuzzer)
+//! share; `error.rs` the error types; `parse.rs` the TOML walk that
+//! collects every error with its span, and the core keys' readers;
+//! `program.rs` `exec` and its program found in PATH; `service.rs` one
 //! `[[service]]` table read by one handler per key into a `Draft`
-//! (`draft.rs`), then checked as a whole; `options.rs` and `runtime_dir.rs` the handlers of the sandbox,
-//! socket, rate and banner keys and of the runtime directories;
-//! `include.rs` the drop-ins; `units.rs` durations, rates, sizes and modes;
-//! `ceilings.rs` how high a child's rlimits can go; `raw_path.rs` paths in
-//! summond's own JSON (the upgrade state).
+//! (`draft.rs`), then checked as a whole; `options.rs` and
+//! `runtime_dir.rs` the handlers of the sandbox, socket, rate and banner
+//! keys and of the runtime directories; `include.rs` the drop-ins;
+//! `units.rs` durations, rates, sizes and modes; `ceilings.rs` how high a
+//! child's rlimits can go; `raw_path.rs` paths in summond's own JSON (the
+//! upgrade state).
 
 mod ceilings;
 mod draft;
@@ -27,6 +29,7 @@ mod include;
 mod keys;
 mod options;
 mod parse;
+mod program;
 pub mod raw_path;
 mod runtime_dir;
 mod service;

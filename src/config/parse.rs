@@ -2,13 +2,12 @@
 //! mistake recorded with its span and the walk carried on, so one load
 //! reports every error in the file. Here: the `Checker` and its typed
 //! readers, the document and `[daemon]`, and the core service readers the
-//! handlers in service.rs call (`listen`, `exec` resolved in PATH, `env`,
-//! `user` and `group` resolved to ids), all at load.
+//! handlers in service.rs call (`listen`, `env`, `user` and `group`
+//! resolved to ids), all at load; `exec` is program.rs's.
 
 use rustc_hash::FxHashMap;
-use std::ffi::{CString, OsString};
+use std::ffi::CString;
 use std::ops::Range;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -18,14 +17,9 @@ use toml::Spanned;
 
 use super::error::closest;
 use super::keys::{DAEMON_KEYS, LISTEN_TABLE_KEYS, TOP_KEYS};
-use super::{
-    Config, ConfigError, Credentials, DaemonSpec, ErrorKind, Host, Internal, ListenSpec, LogFormat,
-};
+use super::{Config, ConfigError, Credentials, DaemonSpec, ErrorKind, Host, ListenSpec, LogFormat};
 use crate::addr::ListenAddr;
 use crate::env::is_reserved_env;
-
-/// `exec = ["internal:echo"]` names a service summond serves itself.
-const INTERNAL_PREFIX: &str = "internal:";
 
 /// Walk `text` (the contents of `path`): the config as far as it is valid,
 /// and every error found. `seen` carries names and addresses across the
@@ -523,94 +517,6 @@ impl Checker<'_> {
         Some(s.to_string())
     }
 
-    pub(super) fn exec(
-        &mut self,
-        v: &Value<'_>,
-        jail: Option<&Path>,
-    ) -> Option<(Vec<String>, PathBuf, Option<Internal>)> {
-        let argv = match v.get_ref() {
-            DeValue::Array(_) => self.string_list("exec", v)?,
-            _ => {
-                self.wrong_type("exec", v, "an array of strings like [\"/bin/cat\"]");
-                return None;
-            }
-        };
-        let Some((first, first_span)) = argv.first().cloned() else {
-            self.at(
-                v.span(),
-                ErrorKind::Invalid {
-                    key: "exec",
-                    reason: "is empty: name the program to run".into(),
-                },
-            );
-            return None;
-        };
-        if let Some((_, span)) = argv.iter().find(|(a, _)| a.contains('\0')) {
-            self.at(
-                span.clone(),
-                ErrorKind::Invalid {
-                    key: "exec",
-                    reason: "arguments cannot contain a NUL byte".into(),
-                },
-            );
-            return None;
-        }
-        let owned: Vec<String> = argv.iter().map(|(a, _)| a.to_string()).collect();
-        if let Some(name) = first.strip_prefix(INTERNAL_PREFIX) {
-            let internal = self.internal_service(name, &argv)?;
-            return Some((owned, PathBuf::from(first), Some(internal)));
-        }
-        // Services running the same program look it up once.
-        let key = (first.to_string(), jail.map(Path::to_path_buf));
-        if let Some(program) = self.programs.get(&key) {
-            return Some((owned, program.clone(), None));
-        }
-        match resolve_program(first, &self.host.path_var, jail) {
-            Ok(program) => {
-                self.programs.insert(key, program.clone());
-                Some((owned, program, None))
-            }
-            Err(kind) => {
-                self.at(first_span, kind);
-                None
-            }
-        }
-    }
-
-    /// `exec = ["internal:NAME"]`: one of summond's own services, which
-    /// takes no arguments.
-    fn internal_service(&mut self, name: &str, argv: &[(&str, Range<usize>)]) -> Option<Internal> {
-        let (first, first_span) = argv.first()?.clone();
-        let Some((_, internal)) = Internal::ALL.iter().find(|(n, _)| *n == name) else {
-            let names: Vec<String> = Internal::ALL
-                .iter()
-                .map(|(n, _)| format!("internal:{n}"))
-                .collect();
-            self.at(
-                first_span,
-                ErrorKind::Invalid {
-                    key: "exec",
-                    reason: format!(
-                        "\"{first}\" is not an internal service (there are {})",
-                        names.join(", ")
-                    ),
-                },
-            );
-            return None;
-        };
-        if let Some((_, span)) = argv.get(1) {
-            self.at(
-                span.clone(),
-                ErrorKind::Invalid {
-                    key: "exec",
-                    reason: format!("\"{first}\" takes no arguments"),
-                },
-            );
-            return None;
-        }
-        Some(*internal)
-    }
-
     pub(super) fn env(&mut self, v: &Value<'_>) -> Vec<(String, String)> {
         let DeValue::Table(t) = v.get_ref() else {
             self.wrong_type("env", v, "a table of strings like { NAME = \"value\" }");
@@ -813,57 +719,6 @@ impl Seen {
     }
 }
 
-fn check_executable(path: &Path) -> Result<(), &'static str> {
-    let meta = std::fs::metadata(path).map_err(|_| "does not exist")?;
-    if !meta.is_file() {
-        return Err("is not a regular file");
-    }
-    if meta.permissions().mode() & 0o111 == 0
-        || nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_err()
-    {
-        return Err("is not executable");
-    }
-    Ok(())
-}
-
-/// `exec[0]`: an absolute path that must be executable, or a bare name
-/// looked up in PATH now, so a typo is a config error rather than a
-/// failure on the first connection.
-///
-/// With a `chroot` the child execs after chroot(2), so the program is
-/// looked up inside the jail and named by its path there.
-fn resolve_program(
-    name: &str,
-    path_var: &OsString,
-    jail: Option<&Path>,
-) -> Result<PathBuf, ErrorKind> {
-    let on_disk = |p: &Path| match jail {
-        Some(j) => j.join(p.strip_prefix("/").unwrap_or(p)),
-        None => p.to_path_buf(),
-    };
-    if name.contains('/') {
-        if !name.starts_with('/') {
-            return Err(ErrorKind::ProgramRelative { path: name.into() });
-        }
-        let path = PathBuf::from(name);
-        return match check_executable(&on_disk(&path)) {
-            Ok(()) => Ok(path),
-            Err(why) => Err(ErrorKind::ProgramNotExecutable {
-                path: on_disk(&path),
-                why,
-            }),
-        };
-    }
-    if name.is_empty() {
-        return Err(ErrorKind::ProgramNotFound { name: name.into() });
-    }
-    std::env::split_paths(path_var)
-        .filter(|dir| dir.is_absolute())
-        .map(|dir| dir.join(name))
-        .find(|candidate| check_executable(&on_disk(candidate)).is_ok())
-        .ok_or_else(|| ErrorKind::ProgramNotFound { name: name.into() })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -914,33 +769,5 @@ mod tests {
         // After the two-byte é: column 7 in chars.
         assert_eq!(cx.line_col(7 + 7), (3, 7));
         assert_eq!(cx.line_col(text.len()), (4, 2));
-    }
-
-    #[test]
-    fn program_resolution() {
-        let path: OsString = "/nonexistent:/usr/bin:/bin".into();
-        assert!(resolve_program("sh", &path, None).unwrap().ends_with("sh"));
-        assert!(matches!(
-            resolve_program("no-such-program-xyz", &path, None),
-            Err(ErrorKind::ProgramNotFound { .. })
-        ));
-        assert!(matches!(
-            resolve_program("bin/sh", &path, None),
-            Err(ErrorKind::ProgramRelative { .. })
-        ));
-        assert!(matches!(
-            resolve_program("/etc/passwd", &path, None),
-            Err(ErrorKind::ProgramNotExecutable {
-                why: "is not executable",
-                ..
-            })
-        ));
-        assert!(matches!(
-            resolve_program("/tmp", &path, None),
-            Err(ErrorKind::ProgramNotExecutable {
-                why: "is not a regular file",
-                ..
-            })
-        ));
     }
 }
