@@ -13,7 +13,8 @@
 //! `keys.rs` the key tables the checker, the man page (and the fuzzer)
 //! share; `error.rs` the error types; `parse.rs` the TOML walk that
 //! collects every error with its span, and the core keys' readers;
-//! `program.rs` `exec` and its program found in PATH; `service.rs` one
+//! `program.rs` `exec` and its program found in PATH; `credentials.rs`
+//! `user`, `group` and `extra_groups` as ids; `service.rs` one
 //! `[[service]]` table read by one handler per key into a `Draft`
 //! (`draft.rs`), then checked as a whole; `options.rs` and
 //! `runtime_dir.rs` the handlers of the sandbox, socket, rate and banner
@@ -23,6 +24,7 @@
 //! upgrade state).
 
 mod ceilings;
+mod credentials;
 mod draft;
 mod error;
 mod include;

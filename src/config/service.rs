@@ -262,7 +262,7 @@ impl Checker<'_> {
             // SupplementaryGroups=.
             c.groups = vec![c.gid];
         }
-        super::parse::with_extra_groups(credentials, &d.extra_groups, d.supplementary_groups)
+        super::credentials::with_extra_groups(credentials, &d.extra_groups, d.supplementary_groups)
     }
 }
 
