@@ -104,6 +104,8 @@ fn go_back_or(incoming: Option<upgrade::Incoming>, why: &str, failure: Failure) 
     failure
 }
 
+/// `summond -c FILE`: the file's config (or, back after a failed upgrade,
+/// the one this image ran before it) served until stopped.
 pub fn run(args: RunArgs) -> Result<(), Failure> {
     // Before anything marks inherited fds close-on-exec: the state names
     // fds that must survive a way back to the previous binary.
