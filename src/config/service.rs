@@ -141,7 +141,7 @@ impl Checker<'_> {
         let errors_before = self.errors.len();
         self.check_keys(table, "[[service]]", SERVICE_KEYS);
         let t = &Table::new(table);
-        // The `chroot` key itself is checked with the sandbox.
+        // `chroot` as written (its handler checks it), for `exec`.
         let jail = t
             .field("chroot")
             .and_then(|v| v.get_ref().as_str())
