@@ -357,6 +357,8 @@ struct Svc {
     r: Resolved,
     e: Entry,
     named: HashSet<String>,
+    /// Attributes a `# not imported:` reason names.
+    refused: HashSet<String>,
 }
 
 impl Svc {
@@ -368,6 +370,10 @@ impl Svc {
         }
     }
     fn carry(&mut self, name: &str) {
+        // A setting that refuses the service is named by that reason.
+        if self.refused.contains(name) {
+            return;
+        }
         if self.r.values.contains_key(name) {
             let label = self.label(name);
             self.e.carry(&label);
@@ -389,6 +395,7 @@ impl Svc {
     /// names it, is the `# not imported:` line.
     fn refuse(&mut self, name: &str, why: String) {
         self.named.insert(name.to_string());
+        self.refused.insert(name.to_string());
         self.e.refuse(why);
     }
     fn has(&self, name: &str) -> bool {
@@ -447,6 +454,7 @@ pub fn entry_at(
         },
         r,
         named: HashSet::new(),
+        refused: HashSet::new(),
     };
     for why in svc.r.ignored.clone() {
         svc.e.drop_setting(why);
@@ -1533,5 +1541,18 @@ mod tests {
             Some("{ as = \"infinity\" }")
         );
         assert!(e.unusable.is_none());
+    }
+    #[test]
+    fn an_address_list_that_refuses_the_service_is_not_also_carried_over() {
+        let e = import("", &format!("{CAT}only_from = 10.0.0.1 host.example"));
+        assert!(e
+            .unusable
+            .unwrap_or_default()
+            .contains("only_from host.example"));
+        assert!(
+            !e.carried.iter().any(|c| c.starts_with("only_from")),
+            "{:?}",
+            e.carried
+        );
     }
 }
