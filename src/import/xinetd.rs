@@ -148,7 +148,14 @@ fn read_at(path: &Path, text: &str, depth: usize, quote: bool, r: &mut Reader) {
                 r.errors.push(err(
                     path,
                     line_no,
-                    format!("expected {{ after `{}`", block.name),
+                    format!(
+                        "expected `{{` alone on the line after `{}` (xinetd does not read the block otherwise)",
+                        if block.name == "defaults" {
+                            "defaults".to_string()
+                        } else {
+                            format!("service {}", block.name)
+                        }
+                    ),
                 ));
                 return;
             }
@@ -196,25 +203,22 @@ fn read_at(path: &Path, text: &str, depth: usize, quote: bool, r: &mut Reader) {
         }
         let mut words = line.split([' ', '\t']).filter(|w| !w.is_empty());
         match (words.next(), words.next()) {
-            (Some("service"), Some(name)) | (Some("defaults"), Some(name @ "{")) => {
-                let is_defaults = line.starts_with("defaults");
-                awaiting_brace = !line.ends_with('{');
+            // xinetd reads the name and no more of the line: the `{`
+            // must stand alone on the next one (find_next_entry).
+            (Some("service"), Some(name)) => {
+                awaiting_brace = true;
                 current = Some((
                     Block {
-                        name: if is_defaults {
-                            "defaults".into()
-                        } else {
-                            name.to_string()
-                        },
+                        name: name.to_string(),
                         line: line_no,
                         path: path.display().to_string(),
                         attrs: Vec::new(),
                         defaults_seen: r.defaults.len(),
                     },
-                    is_defaults,
+                    false,
                 ));
             }
-            (Some("defaults"), None) => {
+            (Some("defaults"), _) => {
                 awaiting_brace = true;
                 current = Some((
                     Block {
@@ -487,5 +491,19 @@ mod tests {
         .unwrap_err();
         assert!(err[0].to_string().contains("secret-hash"), "{}", err[0]);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+    #[test]
+    fn the_opening_brace_stands_alone_on_the_next_line() {
+        let db = Services::parse("");
+        let text = svc("a", "").replacen("a\n{", "a {", 1);
+        let err = parse(Path::new("x"), &text, &db).unwrap_err();
+        assert!(
+            err[0].message.contains("alone on the line after"),
+            "{}",
+            err[0]
+        );
+        // `service a {` then `{`: xinetd reads the name and the brace.
+        let text = svc("a", "").replacen("a\n{", "a {\n{", 1);
+        assert_eq!(parse(Path::new("x"), &text, &db).unwrap().len(), 1);
     }
 }

@@ -515,9 +515,20 @@ fn socket(svc: &mut Svc, name: &str, services: &Services) -> Option<Shape> {
         return None;
     }
     svc.carry("protocol");
-    let port = svc
-        .r
-        .one("port")
+    let given = svc.r.one("port");
+    if given.as_ref().is_some_and(|p| p.parse::<u16>().is_err()) {
+        unreadable(svc, "port");
+        return None;
+    }
+    if given.is_none() && types.iter().any(|t| t == "UNLISTED") {
+        svc.refuse(
+            "type",
+            "type UNLISTED without `port`: xinetd does not start it (\"must have a port entry\")"
+                .into(),
+        );
+        return None;
+    }
+    let port = given
         .and_then(|p| p.parse::<u16>().ok())
         .or_else(|| services.port(name, &proto));
     let Some(port) = port.filter(|p| *p != 0) else {
@@ -590,16 +601,22 @@ fn accept_mode(svc: &mut Svc, stream: bool, internal: bool) -> Option<bool> {
             svc.carry("wait");
             !internal
         }
-        Some("no") | None if stream => {
+        None => {
+            // NECESSARY_ATTRS: "missing attribute wait - DISABLING".
+            svc.e
+                .refuse("no `wait`: xinetd requires it and does not start the service");
+            return None;
+        }
+        Some("no") if stream => {
             svc.carry("wait");
             false
         }
-        Some("no") | None if internal => {
+        Some("no") if internal => {
             svc.e.set("accept", "false".into());
             svc.carry("wait");
             false
         }
-        Some("no") | None => {
+        Some("no") => {
             svc.refuse(
                 "wait",
                 "a datagram service with wait = no has nothing to accept".into(),
@@ -1553,6 +1570,34 @@ mod tests {
             !e.carried.iter().any(|c| c.starts_with("only_from")),
             "{:?}",
             e.carried
+        );
+    }
+    #[test]
+    fn what_xinetd_does_not_start_for_want_of_wait_or_port_is_refused() {
+        let e = import(
+            "",
+            "port = 7000\nsocket_type = stream\nuser = nobody\nserver = /bin/cat",
+        );
+        assert!(e.unusable.unwrap_or_default().contains("no `wait`"));
+        let db = Services::parse("svc 7000/tcp\n");
+        let unlisted = attrs(
+            "type = UNLISTED\nsocket_type = stream\nwait = no\nuser = nobody\nserver = /bin/cat",
+        );
+        let e = entry("svc", "t".into(), &Vec::new(), &unlisted, &db);
+        assert!(
+            e.unusable.unwrap_or_default().contains("UNLISTED"),
+            "{:?}",
+            e.keys
+        );
+        let bad =
+            attrs("port = http\nsocket_type = stream\nwait = no\nuser = nobody\nserver = /bin/cat");
+        let e = entry("svc", "t".into(), &Vec::new(), &bad, &db);
+        assert!(
+            e.unusable
+                .unwrap_or_default()
+                .contains("port = http: xinetd cannot read it"),
+            "{:?}",
+            e.keys
         );
     }
 }
