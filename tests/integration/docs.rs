@@ -113,3 +113,51 @@ fn each_shell_accepts_its_completion_script() {
         );
     }
 }
+
+/// The Markdown pages build.rs writes beside the man pages
+/// (`target/<profile>/docs`), and the copies committed under `docs/` for
+/// readers on the web: each copy must be what src/cli.rs and
+/// src/config/keys.rs give now, and no page the build no longer writes
+/// may stay. `SUMMOND_WRITE_DOCS=1` rewrites the copies instead.
+#[test]
+fn committed_markdown_pages_are_what_the_definitions_give() {
+    let generated = Path::new(BIN).parent().unwrap().join("docs");
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    let write = std::env::var_os("SUMMOND_WRITE_DOCS").is_some_and(|v| v == "1");
+    let mut names = Vec::new();
+    let mut stale = Vec::new();
+    for entry in std::fs::read_dir(&generated).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        let text = std::fs::read_to_string(generated.join(&name)).unwrap();
+        if std::fs::read_to_string(committed.join(&name)).ok().as_ref() != Some(&text) {
+            if write {
+                std::fs::write(committed.join(&name), &text).unwrap();
+            } else {
+                stale.push(format!("docs/{name}"));
+            }
+        }
+        names.push(name);
+    }
+    assert!(
+        names.contains(&"summond.toml.5.md".to_string()),
+        "{names:?}"
+    );
+    for entry in std::fs::read_dir(&committed).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        let generated_page = name.ends_with(".5.md") || name.ends_with(".8.md");
+        if generated_page && !names.contains(&name) {
+            if write {
+                std::fs::remove_file(committed.join(&name)).unwrap();
+            } else {
+                stale.push(format!("docs/{name} (no longer generated)"));
+            }
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "pages not what src/cli.rs and src/config/keys.rs give now: {}; \
+         rewrite them with `SUMMOND_WRITE_DOCS=1 cargo test --test integration docs::` \
+         and commit the result",
+        stale.join(", ")
+    );
+}
