@@ -115,21 +115,55 @@ unsafe fn fail(a: &ChildArgs<'_>, stage: Stage) -> ! {
 }
 
 /// The child between `clone` and `execve`: async-signal-safe syscalls only.
+/// Each step is a plain function of the same kind: raw syscalls on memory
+/// the parent prepared, and on a failure `fail` with its stage (it never
+/// returns).
 ///
 /// SAFETY: only for the cloned child of a single-threaded parent that
 /// waits (CLONE_VFORK); every pointer in `a` points into memory the parent
 /// prepared before `clone`.
 unsafe fn child_after_clone(a: &ChildArgs<'_>) -> ! {
-    // Default dispositions for what summond changed: Rust ignores SIGPIPE
-    // and an ignored signal survives execve; legacy filters rely on dying
-    // of SIGPIPE. An all-zero kernel sigaction is SIG_DFL with no flags and
-    // an empty mask on every architecture.
+    reset_signal_dispositions(a.reset);
+    unshare_fd_table(a);
+    // Its own session and process group, so a signal to the child's group
+    // never reaches summond, and a terminal's ^C never reaches the child.
+    libc::syscall(libc::SYS_setsid);
+    place_fds(a);
+
+    // The sandbox, in the documented order: rlimits, umask, nice, chroot,
+    // chdir, credentials, no_new_privs. Every step is checked; a child
+    // that cannot apply one never runs with less isolation than asked.
+    set_rlimits(a);
+    set_umask_and_nice(a);
+    change_root_and_directory(a);
+    if let Some(c) = a.credentials {
+        drop_privileges(a, c);
+    }
+    if a.sandbox.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+        fail(a, Stage::NoNewPrivs);
+    }
+
+    exec(a)
+}
+
+/// Default dispositions for what summond changed: Rust ignores SIGPIPE
+/// and an ignored signal survives execve; legacy filters rely on dying
+/// of SIGPIPE. An all-zero kernel sigaction is SIG_DFL with no flags and
+/// an empty mask on every architecture.
+///
+/// SAFETY: only for the cloned child.
+unsafe fn reset_signal_dispositions(signals: &[c_int]) {
     let dfl = [0u64; 8];
-    for sig in a.reset {
+    for sig in signals {
         sigaction(*sig, &dfl, ptr::null_mut());
     }
-    // A table of our own, copied only below the base: summond's
-    // listeners above it are neither copied here nor closed by execve.
+}
+
+/// A table of our own, copied only below the base: summond's listeners
+/// above it are neither copied here nor closed by execve.
+///
+/// SAFETY: only for the cloned child.
+unsafe fn unshare_fd_table(a: &ChildArgs<'_>) {
     if let Some(base) = a.unshare_from {
         if libc::syscall(
             libc::SYS_close_range,
@@ -141,14 +175,15 @@ unsafe fn child_after_clone(a: &ChildArgs<'_>) -> ! {
             fail(a, Stage::Fds);
         }
     }
+}
 
-    // Its own session and process group, so a signal to the child's group
-    // never reaches summond, and a terminal's ^C never reaches the child.
-    libc::syscall(libc::SYS_setsid);
-
-    // Two passes: lift every source above the target range (CLOEXEC, so
-    // the copies vanish at exec), then dup2 down; dup2 clears CLOEXEC on
-    // the target, which `dup2(fd, fd)` would not.
+/// Every `FdMove` carried out. Two passes: lift every source above the
+/// target range (CLOEXEC, so the copies vanish at exec), then dup2 down;
+/// dup2 clears CLOEXEC on the target, which `dup2(fd, fd)` would not.
+///
+/// SAFETY: only for the cloned child; `a.temp_fds` has room for one fd
+/// per move.
+unsafe fn place_fds(a: &ChildArgs<'_>) {
     let mut i = 0;
     while i < a.fds.len() {
         let t = libc::fcntl(a.fds[i].from, libc::F_DUPFD_CLOEXEC, a.first_temp);
@@ -165,10 +200,12 @@ unsafe fn child_after_clone(a: &ChildArgs<'_>) -> ! {
         }
         i += 1;
     }
+}
 
-    // The sandbox, in the documented order: rlimits, umask, nice, chroot,
-    // chdir, credentials, no_new_privs. Every step is checked; a child
-    // that cannot apply one never runs with less isolation than asked.
+/// The RLIMIT_NOFILE summond was started with, then the service's rlimits.
+///
+/// SAFETY: only for the cloned child.
+unsafe fn set_rlimits(a: &ChildArgs<'_>) {
     if let Some(limit) = &a.nofile {
         if libc::setrlimit(libc::RLIMIT_NOFILE, limit) != 0 {
             fail(a, Stage::Rlimit);
@@ -183,6 +220,11 @@ unsafe fn child_after_clone(a: &ChildArgs<'_>) -> ! {
         }
         i += 1;
     }
+}
+
+/// SAFETY: only for the cloned child.
+unsafe fn set_umask_and_nice(a: &ChildArgs<'_>) {
+    let sb = a.sandbox;
     if let Some(mask) = sb.umask {
         libc::umask(mask);
     }
@@ -191,6 +233,11 @@ unsafe fn child_after_clone(a: &ChildArgs<'_>) -> ! {
             fail(a, Stage::Nice);
         }
     }
+}
+
+/// SAFETY: only for the cloned child.
+unsafe fn change_root_and_directory(a: &ChildArgs<'_>) {
+    let sb = a.sandbox;
     if let Some(root) = &sb.chroot {
         if libc::chroot(root.as_ptr()) != 0 {
             fail(a, Stage::Chroot);
@@ -201,39 +248,42 @@ unsafe fn child_after_clone(a: &ChildArgs<'_>) -> ! {
     if libc::chdir(sb.working_directory.as_ptr()) != 0 {
         fail(a, Stage::Chdir);
     }
+}
 
-    // setgroups → setgid → setuid: each needs the privilege the next drops.
-    // Each is checked; a child that cannot drop privileges never runs.
-    // Raw syscalls: glibc's wrappers would signal every thread glibc knows
-    // of to change theirs too, which in a CLONE_VM child are the parent's.
-    if let Some(c) = a.credentials {
-        if libc::syscall(libc::SYS_setgroups, a.groups.len(), a.groups.as_ptr()) != 0 {
-            fail(a, Stage::Setgroups);
-        }
-        if libc::syscall(libc::SYS_setresgid, c.gid, c.gid, c.gid) != 0
-            || libc::syscall(libc::SYS_getgid) != c.gid as libc::c_long
-            || libc::syscall(libc::SYS_getegid) != c.gid as libc::c_long
+/// setgroups → setgid → setuid: each needs the privilege the next drops.
+/// Each is checked; a child that cannot drop privileges never runs.
+/// Raw syscalls: glibc's wrappers would signal every thread glibc knows
+/// of to change theirs too, which in a CLONE_VM child are the parent's.
+///
+/// SAFETY: only for the cloned child.
+unsafe fn drop_privileges(a: &ChildArgs<'_>, c: &Credentials) {
+    if libc::syscall(libc::SYS_setgroups, a.groups.len(), a.groups.as_ptr()) != 0 {
+        fail(a, Stage::Setgroups);
+    }
+    if libc::syscall(libc::SYS_setresgid, c.gid, c.gid, c.gid) != 0
+        || libc::syscall(libc::SYS_getgid) != c.gid as libc::c_long
+        || libc::syscall(libc::SYS_getegid) != c.gid as libc::c_long
+    {
+        fail(a, Stage::Setgid);
+    }
+    if let Some(uid) = c.uid {
+        if libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
+            || libc::syscall(libc::SYS_getuid) != uid as libc::c_long
+            || libc::syscall(libc::SYS_geteuid) != uid as libc::c_long
         {
-            fail(a, Stage::Setgid);
-        }
-        if let Some(uid) = c.uid {
-            if libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
-                || libc::syscall(libc::SYS_getuid) != uid as libc::c_long
-                || libc::syscall(libc::SYS_geteuid) != uid as libc::c_long
-            {
-                fail(a, Stage::Setuid);
-            }
+            fail(a, Stage::Setuid);
         }
     }
+}
 
-    if sb.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-        fail(a, Stage::NoNewPrivs);
-    }
-
+/// The child's pid into its `LISTEN_PID` slot, an empty signal mask, and
+/// `execve`, which returns only when it failed.
+///
+/// SAFETY: only for the cloned child.
+unsafe fn exec(a: &ChildArgs<'_>) -> ! {
     if !a.listen_pid_digits.is_null() {
         write_decimal(a.listen_pid_digits, libc::syscall(libc::SYS_getpid) as u64);
     }
-
     // An empty mask: summond blocks the signals its signalfd reads, and a
     // blocked mask survives execve.
     set_sigmask(0, ptr::null_mut());
