@@ -16,7 +16,7 @@
 //! | `src/env.rs` | the activation and connection variable names summond sets |
 //! | `src/addr.rs`, `src/access.rs` | listen addresses; CIDRs and allow/deny |
 //! | `src/listener.rs` | addresses → bound non-blocking CLOEXEC sockets with their options, the stale-file probe, re-applying options on reload |
-//! | `src/spawn.rs` | argv/envp/fd plan and sandbox built before the spawn; `clone(CLONE_VM \| CLONE_VFORK)` on a stack of its own and the child up to `execve`, reporting a failure in shared memory; the fd base that keeps the spawn flat in the number of sockets |
+//! | `src/spawn/` | `mod.rs` the `Spawner`: `clone(CLONE_VM \| CLONE_VFORK)` on a stack of its own and the failure report read back from shared memory; `image.rs` the argv, envp, credentials and sandbox built at load, before any spawn; `fds.rs` the fd plans and the fd base that keeps the spawn flat in the number of sockets; `child.rs` the child up to `execve`, syscalls only |
 //! | `src/upgrade.rs`, `src/server/upgrade.rs` | live upgrade: the state format, the memfd, the exec and the way back; what the server hands over and rebuilds |
 //! | `src/footprint.rs` | giving back what starting up or reloading left resident (freed heap, clean code pages) |
 //! | `src/server/mod.rs` | the event loop: watching, status, reload, stop; a connection's path, step by step, in its header |
