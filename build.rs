@@ -2,7 +2,9 @@
 //! the program uses: summond(8) and the bash, zsh and fish completions from
 //! the clap command in src/cli.rs, summond.toml(5) from the key table in
 //! src/config/keys.rs. They go to OUT_DIR and, for people and packages, to
-//! `target/<profile>/man` and `target/<profile>/completions`.
+//! `target/<profile>/man` and `target/<profile>/completions`; the same
+//! pages as Markdown (build/markdown.rs) go to `target/<profile>/docs`,
+//! which tests/integration/docs.rs compares with the committed `docs/`.
 
 use std::fs;
 use std::io::Write;
@@ -24,10 +26,91 @@ mod cli;
 #[path = "src/config/keys.rs"]
 mod keys;
 
+#[path = "build/markdown.rs"]
+mod markdown;
+
+/// A term and its text, one entry of a page's section.
+type Item = (&'static str, &'static str);
+
+/// The sections summond(8) has beyond what clap gives, in both forms.
+const SUMMOND_8_SECTIONS: &[(&str, &[Item])] = &[
+    (
+        "SIGNALS",
+        &[
+            ("SIGHUP", "Re-read the config; sockets whose address stays are kept open, new ones are opened first; a config that fails to load keeps the old one."),
+            ("SIGTERM, SIGINT", "Stop listening, remove created socket files and the pidfile, SIGTERM the accept = false children, leave connection children to finish; exit 0."),
+            ("SIGCHLD", "Every child is reaped; there are never zombies."),
+        ],
+    ),
+    (
+        "EXIT STATUS",
+        &[
+            ("0", "A clean stop, or --check found the config valid."),
+            ("1", "A runtime failure: a socket that cannot be bound, a live unix socket in the way, a pidfile held by another instance."),
+            ("2", "Bad usage or a bad config (every error is printed as PATH:LINE:COL: message)."),
+        ],
+    ),
+    (
+        "ENVIRONMENT",
+        &[
+            ("NOTIFY_SOCKET, WATCHDOG_USEC", "Under systemd Type=notify: READY=1, RELOADING=1, STOPPING=1, STATUS= and watchdog pings."),
+            ("LISTEN_FDS, LISTEN_PID", "Sockets handed by a service manager are adopted for the listen addresses they match."),
+            ("JOURNAL_STREAM", "When it names stderr, lines carry <N> priorities and no timestamps."),
+            ("RUST_LOG", "The log filter when --log-level is not given."),
+        ],
+    ),
+    (
+        "FILES",
+        &[(
+            "/etc/summond/summond.toml",
+            "The services file; see summond.toml(5).",
+        )],
+    ),
+];
+
+const SUMMOND_8_SEE_ALSO: &[&str] = &[
+    "summond.toml(5)",
+    "systemd.socket(5)",
+    "inetd(8)",
+    "xinetd(8)",
+];
+
+const SUMMOND_8_DESCRIPTION: &str =
+    "One event loop holds every configured TCP, UDP and Unix socket. When a \
+     client arrives, summond starts the program mapped to that socket and hands \
+     the socket over: as stdin/stdout, the inetd way, or as LISTEN_FDS, the \
+     systemd socket-activation protocol. The services are configured in one \
+     TOML file; see summond.toml(5).";
+
+const TOML_5_DESCRIPTION: &str =
+    "A TOML file with an optional [daemon] table and one [[service]] table per service. \
+     Every mistake is reported at once as PATH:LINE:COL: message, with the source line; \
+     summond --check validates a file without binding anything.";
+
+const TOML_5_EXAMPLE: &[&str] = &[
+    "[daemon]",
+    "max_children = 64",
+    "control = \"/run/summond.sock\"",
+    "",
+    "[[service]]",
+    "name = \"echo\"",
+    "listen = \"tcp://127.0.0.1:7007\"",
+    "exec = [\"cat\"]",
+    "max_instances = 16",
+];
+
+/// The sections of `KEY_DOCS` and their titles in summond.toml(5).
+const TOML_5_SECTIONS: &[(&str, &str)] = &[
+    ("daemon", "[daemon] KEYS"),
+    ("service", "[[service]] KEYS"),
+    ("listen", "LISTEN TABLE KEYS"),
+];
+
 fn main() {
     println!("cargo:rerun-if-changed=src/cli.rs");
     println!("cargo:rerun-if-changed=src/config/keys.rs");
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=build/markdown.rs");
     link_hot_text();
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     // OUT_DIR is target/<profile>/build/summond-<hash>/out.
@@ -55,11 +138,44 @@ fn main() {
             fs::write(man.join(format!("{name}.8")), buf).expect("write a subcommand page");
         }
         write_summond_toml_5(&man.join("summond.toml.5"));
+        write_markdown(&dir.join("docs"));
         for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
             let mut cmd = cli::command();
             clap_complete::generate_to(shell, &mut cmd, "summond", &completions)
                 .expect("write completions");
         }
+    }
+}
+
+/// The pages of `man/` as Markdown, named `PAGE.SECTION.md`.
+fn write_markdown(docs: &Path) {
+    fs::create_dir_all(docs).expect("create docs dir");
+    // A page an earlier build wrote and this one does not (a subcommand
+    // renamed) must not stay for the test to hold docs/ to.
+    for entry in fs::read_dir(docs).expect("read docs dir").flatten() {
+        if entry.path().extension().is_some_and(|e| e == "md") {
+            fs::remove_file(entry.path()).expect("remove an old Markdown page");
+        }
+    }
+    let main = cli::command().long_about(SUMMOND_8_DESCRIPTION);
+    let mut pages = vec![(
+        "summond.8.md".to_string(),
+        markdown::command_page(main, "8", SUMMOND_8_SECTIONS, SUMMOND_8_SEE_ALSO),
+    )];
+    for sub in cli::command()
+        .get_subcommands()
+        .filter(|s| s.get_name() != "help")
+    {
+        let name = format!("summond-{}", sub.get_name());
+        let sub = sub.clone().name(&*Box::leak(name.clone().into_boxed_str()));
+        pages.push((
+            format!("{name}.8.md"),
+            markdown::command_page(sub, "8", &[], &[]),
+        ));
+    }
+    pages.push(("summond.toml.5.md".to_string(), markdown::toml_page()));
+    for (file, text) in pages {
+        fs::write(docs.join(file), text).expect("write a Markdown page");
     }
 }
 
@@ -85,13 +201,7 @@ fn link_hot_text() {
 }
 
 fn write_summond_8(path: &Path) {
-    let cmd = cli::command().long_about(
-        "One event loop holds every configured TCP, UDP and Unix socket. When a \
-         client arrives, summond starts the program mapped to that socket and hands \
-         the socket over: as stdin/stdout, the inetd way, or as LISTEN_FDS, the \
-         systemd socket-activation protocol. The services are configured in one \
-         TOML file; see summond.toml(5).",
-    );
+    let cmd = cli::command().long_about(SUMMOND_8_DESCRIPTION);
     let man = clap_mangen::Man::new(cmd).section("8");
     let mut buf = Vec::new();
     man.render_title(&mut buf).unwrap();
@@ -101,52 +211,17 @@ fn write_summond_8(path: &Path) {
     man.render_options_section(&mut buf).unwrap();
     man.render_subcommands_section(&mut buf).unwrap();
     let mut extra = Roff::new();
-    section(
-        &mut extra,
-        "SIGNALS",
-        &[
-            ("SIGHUP", "Re-read the config; sockets whose address stays are kept open, new ones are opened first; a config that fails to load keeps the old one."),
-            ("SIGTERM, SIGINT", "Stop listening, remove created socket files and the pidfile, SIGTERM the accept = false children, leave connection children to finish; exit 0."),
-            ("SIGCHLD", "Every child is reaped; there are never zombies."),
-        ],
-    );
-    section(
-        &mut extra,
-        "EXIT STATUS",
-        &[
-            ("0", "A clean stop, or --check found the config valid."),
-            ("1", "A runtime failure: a socket that cannot be bound, a live unix socket in the way, a pidfile held by another instance."),
-            ("2", "Bad usage or a bad config (every error is printed as PATH:LINE:COL: message)."),
-        ],
-    );
-    section(
-        &mut extra,
-        "ENVIRONMENT",
-        &[
-            ("NOTIFY_SOCKET, WATCHDOG_USEC", "Under systemd Type=notify: READY=1, RELOADING=1, STOPPING=1, STATUS= and watchdog pings."),
-            ("LISTEN_FDS, LISTEN_PID", "Sockets handed by a service manager are adopted for the listen addresses they match."),
-            ("JOURNAL_STREAM", "When it names stderr, lines carry <N> priorities and no timestamps."),
-            ("RUST_LOG", "The log filter when --log-level is not given."),
-        ],
-    );
-    section(
-        &mut extra,
-        "FILES",
-        &[(
-            "/etc/summond/summond.toml",
-            "The services file; see summond.toml(5).",
-        )],
-    );
+    for (title, items) in SUMMOND_8_SECTIONS {
+        section(&mut extra, title, items);
+    }
     extra.control("SH", ["SEE ALSO"]);
-    extra.text([roman(
-        "summond.toml(5), systemd.socket(5), inetd(8), xinetd(8)",
-    )]);
+    extra.text([roman(SUMMOND_8_SEE_ALSO.join(", "))]);
     buf.extend_from_slice(extra.render().as_bytes());
     man.render_version_section(&mut buf).unwrap();
     fs::write(path, buf).expect("write summond.8");
 }
 
-fn section(roff: &mut Roff, title: &str, items: &[(&str, &str)]) {
+fn section(roff: &mut Roff, title: &str, items: &[Item]) {
     roff.control("SH", [title]);
     for (term, text) in items {
         roff.control("TP", []);
@@ -161,34 +236,16 @@ fn write_summond_toml_5(path: &Path) {
     r.control("SH", ["NAME"]);
     r.text([roman("summond.toml - services file of summond(8)")]);
     r.control("SH", ["DESCRIPTION"]);
-    r.text([roman(
-        "A TOML file with an optional [daemon] table and one [[service]] table per service. \
-         Every mistake is reported at once as PATH:LINE:COL: message, with the source line; \
-         summond --check validates a file without binding anything.",
-    )]);
+    r.text([roman(TOML_5_DESCRIPTION)]);
     r.control("SH", ["EXAMPLE"]);
     r.control("nf", []);
-    for line in [
-        "[daemon]",
-        "max_children = 64",
-        "control = \"/run/summond.sock\"",
-        "",
-        "[[service]]",
-        "name = \"echo\"",
-        "listen = \"tcp://127.0.0.1:7007\"",
-        "exec = [\"cat\"]",
-        "max_instances = 16",
-    ] {
-        r.text([roman(line)]);
+    for line in TOML_5_EXAMPLE {
+        r.text([roman(*line)]);
     }
     r.control("fi", []);
-    for (section, title) in [
-        ("daemon", "[daemon] KEYS"),
-        ("service", "[[service]] KEYS"),
-        ("listen", "LISTEN TABLE KEYS"),
-    ] {
-        r.control("SH", [title]);
-        for d in keys::KEY_DOCS.iter().filter(|d| d.section == section) {
+    for (section, title) in TOML_5_SECTIONS {
+        r.control("SH", [*title]);
+        for d in keys::KEY_DOCS.iter().filter(|d| d.section == *section) {
             r.control("TP", []);
             r.text([bold(d.name), roman(" = "), italic(d.value)]);
             let mut text = d.text.to_string();

@@ -41,6 +41,12 @@ DOC="$PKG/usr/share/doc/summond"
 install -D -m 644 packaging/copyright "$DOC/copyright"
 install -D -m 644 README.md "$DOC/README.md"
 gzip -9n "$DOC/README.md"
+# The reference pages the README links to (Debian policy 12.3: compressed
+# when larger than 4 kB).
+for page in docs/*.md; do
+    install -D -m 644 "$page" "$DOC/docs/$(basename "$page")"
+    if [ "$(stat -c %s "$page")" -gt 4096 ]; then gzip -9n "$DOC/docs/$(basename "$page")"; fi
+done
 for ex in conf/examples/*.toml; do
     install -D -m 644 "$ex" "$DOC/examples/$(basename "$ex")"
 done

@@ -136,7 +136,7 @@ pub fn take_listen_fds(
 
 /// Where summond keeps its listening sockets: at or above this fd, so a
 /// child's copy of the fd table (only the part below) stays small however
-/// many sockets summond holds (see `spawn.rs`). Half the fd limit, at most
+/// many sockets summond holds (see `spawn/mod.rs`). Half the fd limit, at most
 /// 1024, leaving the low part for connections in flight; none when the
 /// limit is too small to split.
 pub fn fd_base() -> Option<RawFd> {

@@ -150,7 +150,7 @@ impl Listener {
     }
 
     /// Move the socket to the lowest free fd at or above `base` (see
-    /// `spawn.rs` for why); where there is none it stays where it is.
+    /// `spawn/mod.rs` for why); where there is none it stays where it is.
     pub fn lift(&mut self, base: RawFd) {
         if self.socket.as_raw_fd() >= base {
             return;

@@ -5,34 +5,26 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use log::warn;
-use nix::libc;
-
-use summond::cli::{self, Command, ImportFormat, PassArg, RunArgs, WrapArgs};
+use summond::cli::{self, Command, ImportFormat};
 use summond::config::{self, Host};
 use summond::control;
-use summond::daemonize::{self, Pidfile};
 use summond::logging;
-use summond::notify::Notifier;
-use summond::server::{RunOptions, Server};
-use summond::upgrade;
+use summond::startup::{self, stderr_is_terminal, Failure, EXIT_CONFIG, EXIT_RUNTIME};
 
-const EXIT_RUNTIME: u8 = 1;
-const EXIT_CONFIG: u8 = 2;
 /// How long `summond upgrade` waits: the new binary's check may take 30s.
 const UPGRADE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn main() -> ExitCode {
     match cli::parse() {
         Command::Check { config } => check(&config),
-        Command::Run(args) => run(args),
+        Command::Run(args) => exit_status(startup::run(args)),
         Command::Status {
             config,
             control,
             json,
         } => status(&config, control, json),
         Command::Upgrade { config, control } => upgrade(&config, control),
-        Command::Wrap(w) => wrap(w),
+        Command::Wrap(w) => exit_status(startup::wrap(w)),
         Command::Import { from, files } => import(from, &files),
     }
 }
@@ -58,67 +50,6 @@ fn import(from: Option<ImportFormat>, files: &[PathBuf]) -> ExitCode {
     }
 }
 
-/// `summond wrap`: the same server as a one-service config, in the
-/// foreground.
-fn wrap(w: WrapArgs) -> ExitCode {
-    let incoming = upgrade::take();
-    let listen_fds = listen_fds_at_exec(&incoming);
-    logging::init(w.log_level, false);
-    let incoming = match arrived(incoming) {
-        Ok(i) => i,
-        Err(code) => return code,
-    };
-    let spec = config::WrapSpec {
-        listen: w.listen,
-        accept: w.accept,
-        pass: w.pass.map(|p| match p {
-            PassArg::Stdio => "stdio",
-            PassArg::ListenFds => "listen_fds",
-        }),
-        exec: w.program,
-    };
-    let loaded = match incoming.as_ref().and_then(upgrade::Incoming::config_ran) {
-        Some(config) => Ok(config),
-        None => config::wrap(&spec, &Host::current()),
-    };
-    let config = match loaded {
-        Ok(c) => c,
-        Err(errors) => {
-            eprintln!("{}", errors.render(stderr_is_terminal()));
-            return go_back_or(incoming, "its command line is not valid", EXIT_CONFIG);
-        }
-    };
-    serve(config, false, None, incoming, listen_fds, None)
-}
-
-/// What a live upgrade handed this process, if anything; an unusable
-/// state sends it back to the previous binary at once.
-fn arrived(taken: upgrade::Taken) -> Result<Option<upgrade::Incoming>, ExitCode> {
-    match taken {
-        upgrade::Taken::Fresh => Ok(None),
-        upgrade::Taken::Ready(incoming) => Ok(Some(*incoming)),
-        upgrade::Taken::Unreadable(why, back) => {
-            let err =
-                back.map_or_else(|| std::io::Error::other("no way back"), |b| b.go_back(&why));
-            Err(fail(
-                EXIT_RUNTIME,
-                format!("upgrade: {why}; cannot go back to the previous binary: {err}"),
-            ))
-        }
-    }
-}
-
-/// This process cannot start: if it is the new image of an upgrade, the
-/// previous one takes over again (this returns only if that fails).
-fn go_back_or(incoming: Option<upgrade::Incoming>, why: &str, code: u8) -> ExitCode {
-    if let Some(incoming) = incoming {
-        log::error!("upgrade: the new binary cannot start: {why}; going back to the previous one");
-        let err = incoming.go_back(why);
-        log::error!("upgrade: cannot go back: {err}");
-    }
-    ExitCode::from(code)
-}
-
 fn check(path: &Path) -> ExitCode {
     match config::load(path, &Host::current()) {
         Ok(c) => {
@@ -132,11 +63,17 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-/// Colour in diagnostics only for a person at a terminal.
-fn stderr_is_terminal() -> bool {
-    nix::unistd::isatty(std::io::stderr()).unwrap_or(false)
+/// A run's outcome as SPEC's exit status, its message shown if not yet.
+fn exit_status(result: Result<(), Failure>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config) => ExitCode::from(EXIT_CONFIG),
+        Err(Failure::Runtime(what)) => fail(EXIT_RUNTIME, what),
+        Err(Failure::Reported) => ExitCode::from(EXIT_RUNTIME),
+    }
 }
 
+/// A failure before serving, on stderr (or as a JSON `fatal` event).
 fn fail(code: u8, what: impl std::fmt::Display) -> ExitCode {
     if logging::is_json() {
         log::error!(event = "fatal"; "{what}");
@@ -144,242 +81,6 @@ fn fail(code: u8, what: impl std::fmt::Display) -> ExitCode {
         eprintln!("summond: {what}");
     }
     ExitCode::from(code)
-}
-
-fn run(args: RunArgs) -> ExitCode {
-    // Before anything marks inherited fds close-on-exec: the state names
-    // fds that must survive a way back to the previous binary.
-    let incoming = upgrade::take();
-    let listen_fds = listen_fds_at_exec(&incoming);
-    logging::init(args.log_level, args.daemon);
-    let incoming = match arrived(incoming) {
-        Ok(i) => i,
-        Err(code) => return code,
-    };
-    // Absolute, so SIGHUP and the next image of an upgrade read the same
-    // files (and a clean stop removes the same pidfile) after `-d`
-    // chdirs to /.
-    let path = std::fs::canonicalize(&args.config).unwrap_or_else(|_| absolute(&args.config));
-    let pidfile = args.pidfile.as_deref().map(absolute);
-    let argv = upgrade_argv(&path, pidfile.as_deref(), &args);
-    let loaded = match incoming.as_ref().and_then(upgrade::Incoming::config_ran) {
-        Some(config) => Ok(config),
-        None => config::load(&path, &Host::current()),
-    };
-    let config = match loaded {
-        Ok(c) => c,
-        Err(errors) => {
-            eprintln!("{}", errors.render(stderr_is_terminal()));
-            if incoming.is_some() {
-                for e in &errors.0 {
-                    log::error!("{e}");
-                }
-            }
-            let why = match errors.0.len() {
-                1 => errors.0[0].to_string(),
-                n => format!("{} (and {} more errors)", errors.0[0], n - 1),
-            };
-            return go_back_or(incoming, &why, EXIT_CONFIG);
-        }
-    };
-    logging::set_format(config.daemon.log_format);
-    serve(
-        config,
-        args.daemon,
-        pidfile.as_deref(),
-        incoming,
-        listen_fds,
-        Some(argv),
-    )
-}
-
-/// The sockets a service manager handed over (LISTEN_PID, LISTEN_FDS),
-/// and what was wrong with them, taken before summond opens anything (a
-/// log socket, its config, its pidfile, /dev/null): the fds LISTEN_FDS
-/// names are then ones open at exec, never one summond opened itself in
-/// the place of a closed one (with fd 3 closed, `LISTEN_FDS=1` took the
-/// pidfile's fd). Before `-d` forks too: LISTEN_PID names the pid the
-/// service manager started, which the daemon no longer has. None for a
-/// live upgrade, which hands its own.
-fn listen_fds_at_exec(taken: &upgrade::Taken) -> (Vec<socket2::Socket>, Option<String>) {
-    if !matches!(taken, upgrade::Taken::Fresh) {
-        return (Vec::new(), None);
-    }
-    daemonize::take_listen_fds(
-        std::env::var("LISTEN_PID").ok().as_deref(),
-        std::env::var("LISTEN_FDS").ok().as_deref(),
-        std::process::id(),
-    )
-}
-
-/// `path` made absolute against the working directory of now.
-fn absolute(path: &Path) -> PathBuf {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
-}
-
-/// The command line the next image of an upgrade runs with: this one's,
-/// its paths absolute (it starts in / under `-d`).
-fn upgrade_argv(config: &Path, pidfile: Option<&Path>, args: &RunArgs) -> Vec<Vec<u8>> {
-    use std::os::unix::ffi::OsStrExt;
-    let mut argv: Vec<Vec<u8>> = upgrade::own_argv().into_iter().take(1).collect();
-    argv.push(b"-c".to_vec());
-    argv.push(config.as_os_str().as_bytes().to_vec());
-    if args.daemon {
-        argv.push(b"-d".to_vec());
-    }
-    if let Some(p) = pidfile {
-        argv.push(b"--pidfile".to_vec());
-        argv.push(p.as_os_str().as_bytes().to_vec());
-    }
-    if let Some(level) = args.log_level {
-        argv.push(b"--log-level".to_vec());
-        argv.push(level.as_str().to_ascii_lowercase().into_bytes());
-    }
-    argv
-}
-
-/// Start serving `config` (detached with `daemon`, holding `pidfile`) and
-/// run until stopped.
-fn serve(
-    config: config::Config,
-    daemon: bool,
-    pidfile: Option<&Path>,
-    incoming: Option<upgrade::Incoming>,
-    listen_fds: (Vec<socket2::Socket>, Option<String>),
-    argv: Option<Vec<Vec<u8>>>,
-) -> ExitCode {
-    if let Err(e) = daemonize::ensure_std_fds().and_then(|()| daemonize::mark_inherited_cloexec()) {
-        return fail(
-            EXIT_RUNTIME,
-            format!("cannot prepare file descriptors: {e}"),
-        );
-    }
-    let raised = match daemonize::raise_nofile() {
-        Ok(original) => Some(original),
-        Err(e) => {
-            warn!("cannot raise RLIMIT_NOFILE: {e}");
-            None
-        }
-    };
-    // After an upgrade the limit was raised by the first image already.
-    let child_nofile = match &incoming {
-        Some(i) => i.state.child_nofile.map(|(cur, max)| libc::rlimit {
-            rlim_cur: cur,
-            rlim_max: max,
-        }),
-        None => raised,
-    };
-    // The lock first: a second instance must say "already running", not
-    // fail to bind the first one's ports. An upgrade holds it already.
-    let handed_pidfile = incoming.as_ref().and_then(|i| i.state.pidfile.clone());
-    let mut pidfile = match handed_pidfile {
-        // SAFETY: the state names this fd; only the pidfile takes it.
-        Some((fd, path)) => Some(Pidfile::adopt(
-            unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) },
-            path,
-        )),
-        None => match pidfile.map(Pidfile::acquire).transpose() {
-            Ok(p) => p,
-            Err(e) => return fail(EXIT_RUNTIME, e),
-        },
-    };
-    let handed = match &incoming {
-        Some(i) => handed_over(&i.state),
-        None => {
-            let (handed, problem) = listen_fds;
-            if let Some(p) = problem {
-                warn!("{p}");
-            }
-            handed
-        }
-    };
-    let detached = if daemon && incoming.is_none() {
-        match daemonize::detach() {
-            Ok(d) => Some(d),
-            Err(e) => return fail(EXIT_RUNTIME, format!("cannot daemonize: {e}")),
-        }
-    } else {
-        None
-    };
-    let (notifier, problems) = Notifier::from_env(
-        std::env::var("NOTIFY_SOCKET").ok().as_deref(),
-        std::env::var("WATCHDOG_USEC").ok().as_deref(),
-        std::env::var("WATCHDOG_PID").ok().as_deref(),
-        std::process::id(),
-    );
-    for p in problems {
-        warn!("{p}");
-    }
-    let opts = RunOptions {
-        child_nofile,
-        detached: daemon,
-        pidfile: pidfile
-            .as_ref()
-            .map(|p| (p.raw_fd(), p.path().to_path_buf())),
-        resumed: incoming.is_some(),
-        fd_base: daemonize::fd_base(),
-        argv,
-    };
-    let started = Server::new(config, opts, notifier, handed)
-        .map_err(|e| e.to_string())
-        .and_then(|server| match pidfile.as_mut().map(Pidfile::write_pid) {
-            Some(Err(e)) => Err(e.to_string()),
-            _ => Ok(server),
-        });
-    let started = match (started, incoming) {
-        (Err(e), Some(incoming)) => {
-            // The file is the previous image's again: not removed here.
-            std::mem::forget(pidfile);
-            return go_back_or(Some(incoming), &e, EXIT_RUNTIME);
-        }
-        (Ok(mut server), Some(incoming)) => {
-            server.resume(incoming);
-            Ok(server)
-        }
-        (started, None) => started,
-    };
-    let mut server = match (started, detached) {
-        (Ok(server), None) => server,
-        (Ok(server), Some(d)) => match d.ready() {
-            Ok(()) => server,
-            Err(e) => return ExitCode::from(log_fatal(format!("cannot detach: {e}"))),
-        },
-        (Err(e), None) => return fail(EXIT_RUNTIME, e),
-        (Err(e), Some(d)) => {
-            // The waiting parent prints it on the terminal.
-            d.failed(EXIT_RUNTIME, &e);
-            return ExitCode::from(EXIT_RUNTIME);
-        }
-    };
-    let result = server.run();
-    drop(pidfile);
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => ExitCode::from(log_fatal(e)),
-    }
-}
-
-/// A fatal error once serving: stderr may be /dev/null by now, so log it.
-fn log_fatal(e: impl std::fmt::Display) -> u8 {
-    log::error!("{e}");
-    EXIT_RUNTIME
-}
-
-/// The sockets a live upgrade handed over, as duplicates: the originals
-/// stay as the state names them until this image serves, so the way back
-/// to the previous binary finds them all.
-fn handed_over(state: &upgrade::State) -> Vec<socket2::Socket> {
-    state
-        .listeners
-        .iter()
-        .filter_map(|l| match upgrade::dup(l.fd) {
-            Ok(fd) => Some(socket2::Socket::from(fd)),
-            Err(e) => {
-                warn!("upgrade: {} (fd {}): {e}", l.addr, l.fd);
-                None
-            }
-        })
-        .collect()
 }
 
 /// The control socket `--control` names, or the config's.

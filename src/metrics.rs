@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use socket2::Socket;
 
+use crate::stats::{Exits, Histogram, Pause, Refusals, DURATION_BUCKETS};
+
 /// The longest request head accepted; scrapers send a few hundred bytes.
 pub const MAX_REQUEST: usize = 8192;
 /// A scraper that has not sent its request and read the answer by then
@@ -25,89 +27,17 @@ pub const LINGER: Duration = Duration::from_secs(2);
 /// At most this much is read and dropped while lingering.
 const LINGER_BYTES: usize = 1 << 20;
 
-/// Upper bounds of the child run time histogram, in seconds.
-pub const DURATION_BUCKETS: [f64; 11] = [
-    0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0,
-];
-
-/// Why a client was refused, as the `reason` label says it.
-pub const REFUSAL_REASONS: [&str; 3] = ["access", "max_per_source", "per_source_rate"];
-
-/// How a child ended, as the `outcome` label says it.
-pub const EXIT_OUTCOMES: [&str; 4] = ["success", "failure", "signal", "exec_failed"];
-
-/// Child run times: counts per bucket (not cumulative), sum and count.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct Histogram {
-    buckets: [u64; DURATION_BUCKETS.len()],
-    sum: f64,
-    count: u64,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Histogram::EMPTY
-    }
-}
-
-impl Histogram {
-    const EMPTY: Histogram = Histogram {
-        buckets: [0; DURATION_BUCKETS.len()],
-        sum: 0.0,
-        count: 0,
-    };
-
-    pub fn observe(&mut self, seconds: f64) {
-        if let Some(i) = DURATION_BUCKETS.iter().position(|b| seconds <= *b) {
-            self.buckets[i] += 1;
-        }
-        self.sum += seconds;
-        self.count += 1;
-    }
-}
-
-/// A service's `Histogram`, allocated at its first child exit: most of a
-/// large config's services never start one, and 104 bytes each add up.
-/// Reads and writes (the upgrade state) as the histogram itself, zeros
-/// while unallocated, so the format is the one older images know.
-#[derive(Clone, Debug, Default)]
-pub struct LazyHistogram(Option<Box<Histogram>>);
-
-impl LazyHistogram {
-    pub fn observe(&mut self, seconds: f64) {
-        self.0.get_or_insert_with(Box::default).observe(seconds);
-    }
-
-    pub fn get(&self) -> &Histogram {
-        self.0.as_deref().unwrap_or(&Histogram::EMPTY)
-    }
-}
-
-impl serde::Serialize for LazyHistogram {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.get().serialize(s)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for LazyHistogram {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let h = Histogram::deserialize(d)?;
-        Ok(LazyHistogram((h.count > 0).then(|| Box::new(h))))
-    }
-}
-
 /// One service's figures at the moment of a scrape.
 pub struct ServiceFigures<'a> {
     pub name: &'a str,
     pub connections: u64,
     pub children: u64,
-    pub refused: [u64; REFUSAL_REASONS.len()],
+    pub refused: Refusals,
     pub spawn_failures: u64,
-    pub exits: [u64; EXIT_OUTCOMES.len()],
+    pub exits: Exits,
     pub durations: &'a Histogram,
-    /// Why it starts nothing now, if it is paused ("rate", "crash_hold",
-    /// "resources").
-    pub paused: Option<&'static str>,
+    /// Why it starts nothing now, if it is paused.
+    pub paused: Option<Pause>,
 }
 
 /// summond's own process figures, read from /proc/self.
@@ -197,18 +127,18 @@ fn series(
 }
 
 /// A counter per service and label value: `NAME{service="…",KEY="…"} V`.
-fn labelled<'a>(
+fn labelled<'a, I: Iterator<Item = (&'static str, u64)>>(
     out: &mut String,
     name: &str,
     help: &str,
     services: &'a [ServiceFigures<'a>],
-    (key, names): (&str, &[&str]),
-    values: impl Fn(&'a ServiceFigures<'a>) -> &'a [u64],
+    key: &str,
+    values: impl Fn(&'a ServiceFigures<'a>) -> I,
 ) {
     header(out, name, "counter", help);
     for s in services {
         let service = label(s.name);
-        for (v, n) in names.iter().zip(values(s)) {
+        for (v, n) in values(s) {
             let _ = writeln!(out, "{name}{{service=\"{service}\",{key}=\"{v}\"}} {n}");
         }
     }
@@ -236,8 +166,8 @@ pub fn render(services: &[ServiceFigures<'_>], process: &ProcessFigures) -> Stri
         "summond_refused_total",
         "Clients turned away, by reason.",
         services,
-        ("reason", &REFUSAL_REASONS),
-        |s| &s.refused,
+        "reason",
+        |s| s.refused.iter().map(|(k, n)| (k.label(), n)),
     );
     series(
         &mut out,
@@ -251,11 +181,19 @@ pub fn render(services: &[ServiceFigures<'_>], process: &ProcessFigures) -> Stri
         "summond_child_exits_total",
         "Children that ended, by outcome.",
         services,
-        ("outcome", &EXIT_OUTCOMES),
-        |s| &s.exits,
+        "outcome",
+        |s| s.exits.iter().map(|(k, n)| (k.label(), n)),
     );
+    durations(&mut out, services);
+    paused(&mut out, services);
+    process_figures(&mut out, process);
+    out
+}
+
+/// The run time histogram of each service, its buckets cumulative.
+fn durations(out: &mut String, services: &[ServiceFigures<'_>]) {
     header(
-        &mut out,
+        out,
         "summond_child_duration_seconds",
         "histogram",
         "How long children ran.",
@@ -263,7 +201,7 @@ pub fn render(services: &[ServiceFigures<'_>], process: &ProcessFigures) -> Stri
     for s in services {
         let name = label(s.name);
         let mut cumulative = 0;
-        for (bound, n) in DURATION_BUCKETS.iter().zip(s.durations.buckets) {
+        for (bound, n) in DURATION_BUCKETS.iter().zip(s.durations.buckets()) {
             cumulative += n;
             let _ = writeln!(
                 out,
@@ -273,28 +211,32 @@ pub fn render(services: &[ServiceFigures<'_>], process: &ProcessFigures) -> Stri
         let _ = writeln!(
             out,
             "summond_child_duration_seconds_bucket{{service=\"{name}\",le=\"+Inf\"}} {}",
-            s.durations.count
+            s.durations.count()
         );
         let _ = writeln!(
             out,
             "summond_child_duration_seconds_sum{{service=\"{name}\"}} {}",
-            s.durations.sum
+            s.durations.sum()
         );
         let _ = writeln!(
             out,
             "summond_child_duration_seconds_count{{service=\"{name}\"}} {}",
-            s.durations.count
+            s.durations.count()
         );
     }
+}
+
+/// Whether each service is paused, and why.
+fn paused(out: &mut String, services: &[ServiceFigures<'_>]) {
     header(
-        &mut out,
+        out,
         "summond_paused",
         "gauge",
         "1 while a service starts no child, with why (rate, crash_hold, resources).",
     );
     for s in services {
-        let (v, reason) = match s.paused {
-            Some(r) => (1, r),
+        let (v, reason) = match &s.paused {
+            Some(p) => (1, p.label()),
             None => (0, "none"),
         };
         let _ = writeln!(
@@ -303,15 +245,19 @@ pub fn render(services: &[ServiceFigures<'_>], process: &ProcessFigures) -> Stri
             label(s.name)
         );
     }
+}
+
+/// summond's own process figures, under their standard names.
+fn process_figures(out: &mut String, process: &ProcessFigures) {
     header(
-        &mut out,
+        out,
         "process_cpu_seconds_total",
         "counter",
         "User and system CPU time spent in seconds.",
     );
     let _ = writeln!(out, "process_cpu_seconds_total {}", process.cpu_seconds);
     header(
-        &mut out,
+        out,
         "process_resident_memory_bytes",
         "gauge",
         "Resident memory size in bytes.",
@@ -322,14 +268,14 @@ pub fn render(services: &[ServiceFigures<'_>], process: &ProcessFigures) -> Stri
         process.resident_bytes
     );
     header(
-        &mut out,
+        out,
         "process_open_fds",
         "gauge",
         "Number of open file descriptors.",
     );
     let _ = writeln!(out, "process_open_fds {}", process.open_fds);
     header(
-        &mut out,
+        out,
         "process_start_time_seconds",
         "gauge",
         "Start time of the process since unix epoch in seconds.",
@@ -339,7 +285,6 @@ pub fn render(services: &[ServiceFigures<'_>], process: &ProcessFigures) -> Stri
         "process_start_time_seconds {}",
         process.start_time_seconds
     );
-    out
 }
 
 /// What a scraper asked for, once its request head is complete.
@@ -582,29 +527,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_lazy_histogram_reads_and_writes_as_the_histogram_it_stands_for() {
-        // The upgrade state carries it: older and newer images must agree.
-        let empty = LazyHistogram::default();
-        assert!(empty.0.is_none());
-        let zeros = serde_json::to_string(&Histogram::default()).unwrap();
-        assert_eq!(serde_json::to_string(&empty).unwrap(), zeros);
-        let back: LazyHistogram = serde_json::from_str(&zeros).unwrap();
-        assert!(back.0.is_none(), "zeros stay unallocated");
-
-        let mut used = LazyHistogram::default();
-        used.observe(0.2);
-        used.observe(700.0);
-        let mut plain = Histogram::default();
-        plain.observe(0.2);
-        plain.observe(700.0);
-        let text = serde_json::to_string(&used).unwrap();
-        assert_eq!(text, serde_json::to_string(&plain).unwrap());
-        let back: LazyHistogram = serde_json::from_str(&text).unwrap();
-        assert_eq!((back.get().count, back.get().sum), (2, 700.2));
-        assert_eq!(back.get().buckets, plain.buckets);
-    }
-
-    #[test]
     fn requests_are_parsed_and_bounded() {
         assert_eq!(
             parse_request(b"GET /metrics HTTP/1.1\r\nHost: x\r\n"),
@@ -652,11 +574,17 @@ mod tests {
             name: "we\"ird",
             connections: 3,
             children: 1,
-            refused: [1, 0, 2],
+            refused: [1, 0, 2].into(),
             spawn_failures: 0,
-            exits: [2, 1, 0, 0],
+            exits: [2, 1, 0, 0].into(),
             durations: &h,
-            paused: Some("rate"),
+            paused: Some(Pause::Rate {
+                rate: crate::config::Rate {
+                    count: 1,
+                    per: Duration::from_secs(1),
+                },
+                next_token: Instant::now(),
+            }),
         }];
         let page = render(&figures, &ProcessFigures::default());
         assert!(page.contains("# TYPE summond_connections_total counter\n"));

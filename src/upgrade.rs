@@ -83,7 +83,7 @@ pub struct State {
     /// Connections of internal services, mid-conversation.
     pub internal: Vec<InternalState>,
     /// Counters by service name.
-    pub stats: Vec<(String, crate::server::Stats)>,
+    pub stats: Vec<(String, crate::stats::Stats)>,
     /// Process groups `max_runtime` sent SIGTERM whose SIGKILL is still
     /// due (absent from the state of an image that did not carry them).
     #[serde(default)]

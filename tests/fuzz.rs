@@ -3,7 +3,9 @@
 //! addresses and CIDR blocks. Runs in-process on stable Rust, so CI runs it
 //! on every change: no input may panic or take more than a second of CPU, an
 //! address that parses must print back to itself, and every config error
-//! must print as `PATH:...`.
+//! must print as `PATH:...`. The importers are fed mutants of hand-made
+//! inputs and of the import corpus (tests/import-corpus: the socket units,
+//! inetd.conf entries and xinetd files Debian 12 ships).
 //!
 //! `cargo test` runs it for SUMMOND_FUZZ_SECS seconds (default 5); `.ci/run`
 //! gives it longer in release mode. The seed is the time unless
@@ -341,12 +343,47 @@ const UNITS: &[&str] = &[
     "[Unit]\nConditionPathExists=|!/etc/x\n[Service]\nExecStart=-@/usr/sbin/sshd sshd -i \"-o x\" $A ${B}x $$ \\\n  '\\x41\\101 %p %t'\nStandardInput=socket\nUser=nobody\nEnvironment=A=1 \"B=2 3\"\nEnvironmentFile=-/nonexistent\nLimitNOFILE=1024:4096\nNoNewPrivileges=yes\nRuntimeMaxSec=30\nProtectSystem=strict\nRuntimeDirectory=a b/c\nRootDirectory=/\n",
 ];
 
-/// The importers: no panic, and their output parses as TOML.
-fn check_import(text: &str) -> Result<(), String> {
+/// The import corpus (tests/import-corpus: what Debian 12 ships) as
+/// seeds: each file's text and, for a .socket unit, its service's.
+fn corpus_seeds() -> Vec<(String, Option<String>)> {
+    fn walk(dir: &Path, out: &mut Vec<(String, Option<String>)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for p in paths {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.starts_with("copyright") {
+                continue;
+            } else if p.is_dir() {
+                walk(&p, out);
+            } else if let Ok(text) = std::fs::read_to_string(&p) {
+                let base = name.trim_end_matches(".socket");
+                let service = [format!("{base}.service"), format!("{base}@.service")]
+                    .iter()
+                    .find_map(|s| std::fs::read_to_string(p.with_file_name(s)).ok())
+                    .filter(|_| name.ends_with(".socket"));
+                out.push((text, service));
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/import-corpus");
+    let mut out = Vec::new();
+    for format in ["systemd", "inetd", "xinetd"] {
+        walk(&root.join(format), &mut out);
+    }
+    out
+}
+
+/// The importers: no panic, and their output parses as TOML. `text` is
+/// tried as a .socket unit with `service` (or a seed's) as its service,
+/// as a service, as inetd.conf and as xinetd text.
+fn check_import(text: &str, service: Option<&str>) -> Result<(), String> {
     use summond::import::{convert, convert_units, Format};
     // As a .socket unit, with the other text as its service.
     let units = catch_unwind(AssertUnwindSafe(|| {
-        convert_units(Path::new("in.socket"), text, UNITS[1])
+        convert_units(Path::new("in.socket"), text, service.unwrap_or(UNITS[1]))
             .and_then(|_| convert_units(Path::new("in.socket"), UNITS[0], text))
     }))
     .map_err(|_| "import::convert_units panicked".to_string())?;
@@ -545,6 +582,18 @@ fn no_input_panics_or_hangs() {
     let mut runs = 0u64;
     let mut corpus: Vec<String> = SEEDS.iter().map(|s| s.to_string()).collect();
     let mut depth = Depth::default();
+    // The importers' seeds: the hand-made ones and the Debian corpus.
+    let mut imports: Vec<(String, Option<String>)> = [IMPORTS, UNITS]
+        .concat()
+        .iter()
+        .map(|t| (t.to_string(), None))
+        .collect();
+    let seeded = imports.len();
+    imports.extend(corpus_seeds());
+    assert!(
+        imports.len() > seeded + 100,
+        "the import corpus was not found"
+    );
     while Instant::now() < deadline {
         let input = match rng.below(4) {
             0 | 1 => generate(&mut rng),
@@ -560,10 +609,9 @@ fn no_input_panics_or_hangs() {
         // Every eighth input also goes to the importers, as inetd.conf and
         // as xinetd text; what they write must be TOML that parses.
         if runs % 8 == 4 {
-            let all: Vec<&str> = [IMPORTS, UNITS].concat();
-            let base = all[rng.below(all.len())];
+            let (base, service) = &imports[rng.below(imports.len())];
             let text = mutate(&mut rng, base).replace("include", "xnclude");
-            if let Err(why) = check_import(&text) {
+            if let Err(why) = check_import(&text, service.as_deref()) {
                 let _ = std::panic::take_hook();
                 panic!("fuzz failure after {runs} runs (SUMMOND_FUZZ_SEED={seed}): {why}\ninput: {text:?}");
             }

@@ -1,7 +1,8 @@
 //! The keys each section of the services file accepts, and what each one
 //! means: the checker, the fuzzer's grammar and the summond.toml(5) man
-//! page (written by build.rs from `KEY_DOCS`) share them, and a test holds
-//! the lists and the documentation together, so a key cannot exist in one
+//! page (written by build.rs from `KEY_DOCS`) share them, and tests hold
+//! the lists, the documentation and the checker's handler of each
+//! `[[service]]` key (service.rs) together, so a key cannot exist in one
 //! and be missing from another. Plain data: build.rs includes this file.
 
 /// The keys each section accepts (also the fuzzer's dictionary).

@@ -9,17 +9,32 @@
 //! reads the filesystem or the group database. Nothing here binds, logs or
 //! panics on any input.
 //!
-//! The folder: `mod.rs` the validated model and the entry points; `keys.rs`
-//! the key tables the checker (and the fuzzer) share; `error.rs` the error
-//! types; `parse.rs` the TOML walk that collects every error with its span.
+//! The folder: `mod.rs` the validated model and the entry points;
+//! `keys.rs` the key tables the checker, the man page (and the fuzzer)
+//! share; `error.rs` the error types; `parse.rs` the TOML walk that
+//! collects every error with its span, and the core keys' readers;
+//! `program.rs` `exec` and its program found in PATH; `credentials.rs`
+//! `user`, `group` and `extra_groups` as ids; `service.rs` one
+//! `[[service]]` table read by one handler per key into a `Draft`
+//! (`draft.rs`), then checked as a whole; `options.rs` and
+//! `runtime_dir.rs` the handlers of the sandbox, socket, rate and banner
+//! keys and of the runtime directories; `include.rs` the drop-ins;
+//! `units.rs` durations, rates, sizes and modes; `ceilings.rs` how high a
+//! child's rlimits can go; `raw_path.rs` paths in summond's own JSON (the
+//! upgrade state).
 
+mod ceilings;
+mod credentials;
+mod draft;
 mod error;
 mod include;
 mod keys;
 mod options;
 mod parse;
+mod program;
 pub mod raw_path;
 mod runtime_dir;
+mod service;
 pub mod units;
 
 use std::ffi::OsString;
@@ -33,7 +48,7 @@ use crate::access::AccessList;
 use crate::addr::ListenAddr;
 use crate::listener::ListenOptions;
 
-pub use options::DEFAULT_IDLE_TIMEOUT;
+pub use ceilings::rlimit_ceiling;
 pub use units::Rate;
 
 pub use error::{ConfigError, ConfigErrors, ErrorKind};
@@ -41,6 +56,9 @@ pub use keys::{KeyDoc, DAEMON_KEYS, KEY_DOCS, LISTEN_TABLE_KEYS, SERVICE_KEYS, T
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/summond/summond.toml";
 pub const DEFAULT_MAX_CHILDREN: u32 = 1024;
+/// An internal service's idle TCP client is closed after this long
+/// (`idle_timeout`'s default; SPEC: five minutes).
+pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 /// Used when summond's own environment has no PATH, as execvp does.
 const FALLBACK_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 

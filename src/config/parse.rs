@@ -1,12 +1,12 @@
 //! The TOML walk: toml's spanned document tree visited by hand, every
 //! mistake recorded with its span and the walk carried on, so one load
-//! reports every error in the file. Resolves `exec` in PATH and user and
-//! group names here, at load.
+//! reports every error in the file. Here: the `Checker` and its typed
+//! readers, the document and `[daemon]`, and the core service readers the
+//! handlers in service.rs call (`listen`, `env`), all at load; `exec` is
+//! program.rs's, `user`, `group` and `extra_groups` credentials.rs's.
 
 use rustc_hash::FxHashMap;
-use std::ffi::{CString, OsString};
 use std::ops::Range;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -15,15 +15,8 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::error::closest;
-use super::keys::{DAEMON_KEYS, LISTEN_TABLE_KEYS, SERVICE_KEYS, TOP_KEYS};
-use super::{
-    Config, ConfigError, Credentials, DaemonSpec, ErrorKind, Host, Internal, ListenSpec, LogFormat,
-    Pass, ServiceSpec, StderrMode,
-};
-
-/// `exec = ["internal:echo"]` names a service summond serves itself.
-const INTERNAL_PREFIX: &str = "internal:";
-use crate::access::{AccessList, Cidr};
+use super::keys::{DAEMON_KEYS, LISTEN_TABLE_KEYS, TOP_KEYS};
+use super::{Config, ConfigError, DaemonSpec, ErrorKind, Host, ListenSpec, LogFormat};
 use crate::addr::ListenAddr;
 use crate::env::is_reserved_env;
 
@@ -64,7 +57,7 @@ pub(super) struct Table<'t, 'i> {
 }
 
 impl<'t, 'i> Table<'t, 'i> {
-    fn new(t: &'t DeTable<'i>) -> Self {
+    pub(super) fn new(t: &'t DeTable<'i>) -> Self {
         Table {
             entries: t.iter().map(|(k, v)| (k.get_ref().as_ref(), v)).collect(),
         }
@@ -106,7 +99,7 @@ pub(super) struct Checker<'a> {
     /// Programs found so far, by name and jail.
     pub(super) programs: FxHashMap<(String, Option<PathBuf>), PathBuf>,
     /// How high `rlimits` can go here, read at the first that asks.
-    pub(super) rlimit_ceilings: Option<super::options::RlimitCeilings>,
+    pub(super) rlimit_ceilings: Option<super::ceilings::RlimitCeilings>,
 }
 
 /// The offset of every line's first byte.
@@ -117,7 +110,7 @@ fn line_starts(text: &str) -> Vec<usize> {
 }
 
 impl Checker<'_> {
-    fn line_col(&self, offset: usize) -> (usize, usize) {
+    pub(super) fn line_col(&self, offset: usize) -> (usize, usize) {
         // A span from the parser should sit on a char boundary; if one ever
         // does not, report the char it falls in rather than panic.
         let mut end = offset.min(self.text.len());
@@ -247,57 +240,10 @@ impl Checker<'_> {
             }
         }
         if let Some(v) = t.get("include") {
-            for (pattern, span) in self.string_list("include", v).unwrap_or_default() {
-                if pattern.is_empty() {
-                    self.at(
-                        span,
-                        ErrorKind::Invalid {
-                            key: "include",
-                            reason: "an empty pattern".into(),
-                        },
-                    );
-                } else if pattern.contains("**") {
-                    // A recursive walk at every load (and reload, in the
-                    // loop) is never what a conf.d means.
-                    self.at(
-                        span,
-                        ErrorKind::Invalid {
-                            key: "include",
-                            reason: format!(
-                                "\"{pattern}\": recursive patterns (**) are not supported; \
-                                 name a directory of drop-ins, like \"conf.d/*.toml\""
-                            ),
-                        },
-                    );
-                } else if let Err(e) = glob::Pattern::new(pattern) {
-                    self.at(
-                        span,
-                        ErrorKind::Invalid {
-                            key: "include",
-                            reason: format!("\"{pattern}\" is not a glob pattern: {}", e.msg),
-                        },
-                    );
-                } else {
-                    d.include.push(pattern.to_string());
-                }
-            }
+            d.include = self.include_patterns(v);
         }
         if let Some(v) = t.get("metrics") {
-            if let Some(s) = self.string("metrics", v) {
-                match s.parse::<ListenAddr>() {
-                    Ok(a) if a.is_stream() => d.metrics = Some(a),
-                    Ok(a) => self.at(
-                        v.span(),
-                        ErrorKind::Invalid {
-                            key: "metrics",
-                            reason: format!(
-                                "{a} is a datagram address; HTTP needs tcp:// or unix://"
-                            ),
-                        },
-                    ),
-                    Err(e) => self.at(v.span(), ErrorKind::Address(e)),
-                }
-            }
+            d.metrics = self.metrics_address(v);
         }
         if let Some(v) = t.get("log_format") {
             if let Some(f) = self.choice(
@@ -324,6 +270,68 @@ impl Checker<'_> {
             }
         }
         d
+    }
+
+    /// `include`: the glob patterns that are valid, each other one an error.
+    fn include_patterns(&mut self, v: &Value<'_>) -> Vec<String> {
+        let mut patterns = Vec::new();
+        for (pattern, span) in self.string_list("include", v).unwrap_or_default() {
+            if pattern.is_empty() {
+                self.at(
+                    span,
+                    ErrorKind::Invalid {
+                        key: "include",
+                        reason: "an empty pattern".into(),
+                    },
+                );
+            } else if pattern.contains("**") {
+                // A recursive walk at every load (and reload, in the
+                // loop) is never what a conf.d means.
+                self.at(
+                    span,
+                    ErrorKind::Invalid {
+                        key: "include",
+                        reason: format!(
+                            "\"{pattern}\": recursive patterns (**) are not supported; \
+                             name a directory of drop-ins, like \"conf.d/*.toml\""
+                        ),
+                    },
+                );
+            } else if let Err(e) = glob::Pattern::new(pattern) {
+                self.at(
+                    span,
+                    ErrorKind::Invalid {
+                        key: "include",
+                        reason: format!("\"{pattern}\" is not a glob pattern: {}", e.msg),
+                    },
+                );
+            } else {
+                patterns.push(pattern.to_string());
+            }
+        }
+        patterns
+    }
+
+    /// `metrics`: a stream address (HTTP needs a connection).
+    fn metrics_address(&mut self, v: &Value<'_>) -> Option<ListenAddr> {
+        let s = self.string("metrics", v)?;
+        match s.parse::<ListenAddr>() {
+            Ok(a) if a.is_stream() => Some(a),
+            Ok(a) => {
+                self.at(
+                    v.span(),
+                    ErrorKind::Invalid {
+                        key: "metrics",
+                        reason: format!("{a} is a datagram address; HTTP needs tcp:// or unix://"),
+                    },
+                );
+                None
+            }
+            Err(e) => {
+                self.at(v.span(), ErrorKind::Address(e));
+                None
+            }
+        }
     }
 
     pub(super) fn string<'v>(&mut self, key: &str, v: &'v Value<'_>) -> Option<&'v str> {
@@ -415,261 +423,12 @@ impl Checker<'_> {
         None
     }
 
-    fn service(
+    pub(super) fn listen(
         &mut self,
-        table: &DeTable<'_>,
-        span: Range<usize>,
+        v: &Value<'_>,
+        service: &Rc<str>,
         seen: &mut Seen,
-    ) -> Option<ServiceSpec> {
-        let errors_before = self.errors.len();
-        self.check_keys(table, "[[service]]", SERVICE_KEYS);
-        let t = &Table::new(table);
-
-        let name = match t.field("name") {
-            Some(v) => self.string("name", v).and_then(|s| {
-                if !s.is_empty()
-                    && s.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-                {
-                    Some((s.to_string(), v.span()))
-                } else {
-                    self.at(
-                        v.span(),
-                        ErrorKind::Invalid {
-                            key: "name",
-                            reason: format!(
-                                "\"{s}\" may use only letters, digits, '_', '.' and '-'"
-                            ),
-                        },
-                    );
-                    None
-                }
-            }),
-            None => {
-                self.at(span.clone(), ErrorKind::Missing { key: "name" });
-                None
-            }
-        };
-        let label: Rc<str> = name.as_ref().map_or("(unnamed)", |n| n.0.as_str()).into();
-        if let Some((name, name_span)) = &name {
-            let line = self.line_col(name_span.start).0;
-            let file = seen.file(self.path);
-            if let Some(&(first_file, first_line)) = seen.names.get(name.as_str()) {
-                let first_file = (first_file != file).then(|| seen.files[first_file].clone());
-                self.at(
-                    name_span.clone(),
-                    ErrorKind::DuplicateName {
-                        name: name.clone(),
-                        first_line,
-                        first_file,
-                    },
-                );
-            } else {
-                seen.names.insert(label.clone(), (file, line));
-            }
-        }
-
-        let listen = match t.field("listen") {
-            Some(v) => self.listen(v, &label, seen),
-            None => {
-                self.at(span.clone(), ErrorKind::Missing { key: "listen" });
-                Vec::new()
-            }
-        };
-
-        // The program of a chrooted service lives inside the jail (the
-        // `chroot` key itself is checked with the sandbox).
-        let jail = t
-            .field("chroot")
-            .and_then(|v| v.get_ref().as_str())
-            .filter(|s| s.starts_with('/'))
-            .map(PathBuf::from);
-        let (exec, program, internal) = match t.field("exec") {
-            Some(v) => match self.exec(v, jail.as_deref()) {
-                Some((argv, program, internal)) => (Some(argv), Some(program), internal),
-                None => (None, None, None),
-            },
-            None => {
-                self.at(span.clone(), ErrorKind::Missing { key: "exec" });
-                (None, None, None)
-            }
-        };
-
-        let has_datagram = listen.iter().any(|l| !l.addr.is_stream());
-        let has_unix = listen.iter().any(|l| l.addr.is_unix());
-        let accept = match t.field("accept") {
-            Some(v) => {
-                let accept = self.boolean("accept", v);
-                if accept == Some(true) {
-                    if let Some(l) = listen.iter().find(|l| !l.addr.is_stream()) {
-                        self.at(
-                            v.span(),
-                            ErrorKind::AcceptOnDatagram {
-                                addr: l.addr.clone(),
-                            },
-                        );
-                    }
-                }
-                accept.unwrap_or(false)
-            }
-            // inetd's nowait for stream sockets; datagram sockets can only
-            // be handed over whole.
-            None => !has_datagram,
-        };
-
-        let pass = t
-            .field("pass")
-            .and_then(|v| {
-                self.choice(
-                    "pass",
-                    v,
-                    &[("stdio", Pass::Stdio), ("listen_fds", Pass::ListenFds)],
-                )
-            })
-            .unwrap_or(Pass::Stdio);
-        let stderr = t
-            .field("stderr")
-            .and_then(|v| {
-                self.choice(
-                    "stderr",
-                    v,
-                    &[
-                        ("inherit", StderrMode::Inherit),
-                        ("socket", StderrMode::Socket),
-                        ("null", StderrMode::Null),
-                    ],
-                )
-            })
-            .unwrap_or(StderrMode::Inherit);
-
-        if let (Pass::ListenFds, StderrMode::Socket, Some(v)) = (pass, stderr, t.field("stderr")) {
-            self.at(
-                v.span(),
-                ErrorKind::Invalid {
-                    key: "stderr",
-                    reason: "\"socket\" needs pass = \"stdio\" (with listen_fds the child's fds 1 and 2 are not the connection)".into(),
-                },
-            );
-        }
-        let credentials = self.credentials(t);
-        let extra_groups = self.extra_groups(t);
-        let runtime_directory = self.runtime_directory(t);
-        let env = t.field("env").map(|v| self.env(v)).unwrap_or_default();
-        let max_instances = t
-            .field("max_instances")
-            .and_then(|v| self.positive("max_instances", v));
-        let max_per_source = t
-            .field("max_per_source")
-            .and_then(|v| self.positive("max_per_source", v));
-
-        let mut access = AccessList::default();
-        for key in ["allow", "deny"] {
-            let Some(v) = t.field(key) else { continue };
-            let mut blocks = Vec::new();
-            for (text, item_span) in self.string_list(key, v).unwrap_or_default() {
-                match text.parse::<Cidr>() {
-                    Ok(c) => blocks.push(c),
-                    Err(err) => self.at(item_span, ErrorKind::Cidr { key, err }),
-                }
-            }
-            if key == "allow" {
-                access.allow = Some(blocks);
-            } else {
-                access.deny = blocks;
-            }
-            if has_unix {
-                self.at(v.span(), ErrorKind::AccessOnUnix { key });
-            }
-        }
-        // An internal service serves each TCP connection and sees every
-        // datagram itself, so its rules always apply; otherwise a child that
-        // accepts hides the clients from summond.
-        if !accept && internal.is_none() {
-            let keys: &[&'static str] = &["allow", "deny", "max_per_source"];
-            for &key in keys {
-                if let Some(v) = t.field(key) {
-                    self.at(v.span(), ErrorKind::NeedsAccept { key });
-                }
-            }
-        }
-
-        let opts = self.options(t, &listen, accept || internal.is_some(), internal.is_some());
-        if let (Some(internal), Some(v)) = (internal, t.field("exec")) {
-            let stream = listen.iter().any(|l| l.addr.is_stream());
-            let explicit_no_accept =
-                t.field("accept").and_then(|v| v.get_ref().as_bool()) == Some(false);
-            let reason = if pass == Pass::ListenFds {
-                Some("is served inside summond and takes no pass = \"listen_fds\"")
-            } else if stream && explicit_no_accept {
-                Some("over a stream socket needs accept = true (summond serves each connection)")
-            } else if listen.iter().any(|l| l.addr.is_unix()) {
-                Some("is served over TCP and UDP only")
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                self.at(
-                    v.span(),
-                    ErrorKind::Invalid {
-                        key: "exec",
-                        reason: format!("\"internal:{}\" {reason}", internal.name()),
-                    },
-                );
-            }
-        }
-
-        if internal.is_some() {
-            // Made for, or given to, a child: an internal service has none.
-            for key in ["runtime_directory", "extra_groups"] {
-                if let Some(v) = t.field(key) {
-                    let reason = "has no use with an internal service (no child)".into();
-                    self.at(v.span(), ErrorKind::Invalid { key, reason });
-                }
-            }
-        }
-        let mut credentials = credentials;
-        if let (false, Some(c)) = (opts.supplementary_groups, credentials.as_mut()) {
-            // Only the primary group, as xinetd and systemd do without
-            // SupplementaryGroups=.
-            c.groups = vec![c.gid];
-        }
-        let credentials = with_extra_groups(credentials, &extra_groups, opts.supplementary_groups);
-        if self.errors.len() != errors_before {
-            return None;
-        }
-        // Every field above reported its own error; with none, all are set.
-        let (name, _) = name?;
-        Some(ServiceSpec {
-            name,
-            listen,
-            exec: exec?,
-            program: program?,
-            accept,
-            pass,
-            stderr,
-            credentials,
-            env,
-            max_instances,
-            max_per_source,
-            access,
-            socket: opts.socket,
-            internal,
-            clear_env: opts.clear_env,
-            passenv: opts.passenv,
-            sandbox: opts.sandbox,
-            max_runtime: opts.max_runtime,
-            idle_timeout: opts.idle_timeout,
-            rate: opts.rate,
-            per_source_rate: opts.per_source_rate,
-            per_source_prefix: opts.per_source_prefix,
-            banner: opts.banner,
-            banner_fail: opts.banner_fail,
-            disabled: opts.disabled,
-            runtime_directory,
-        })
-    }
-
-    fn listen(&mut self, v: &Value<'_>, service: &Rc<str>, seen: &mut Seen) -> Vec<ListenSpec> {
+    ) -> Vec<ListenSpec> {
         let entries: Vec<&Value<'_>> = match v.get_ref() {
             DeValue::Array(items) => items.iter().collect(),
             _ => vec![v],
@@ -685,45 +444,8 @@ impl Checker<'_> {
         }
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
-            let (text, text_span, name) = match entry.get_ref() {
-                DeValue::String(s) => (s.as_ref(), entry.span(), None),
-                DeValue::Table(t) => {
-                    self.check_keys(t, "a `listen` entry", LISTEN_TABLE_KEYS);
-                    let name = t.get("name").and_then(|n| {
-                        let s = self.string("name", n)?;
-                        if s.is_empty() || s.len() > 255 || s.chars().any(|c| c == ':' || !c.is_ascii_graphic()) {
-                            self.at(
-                                n.span(),
-                                ErrorKind::Invalid {
-                                    key: "name",
-                                    reason: format!(
-                                        "\"{s}\" must be 1 to 255 printable ASCII characters without ':' (it goes into LISTEN_FDNAMES)"
-                                    ),
-                                },
-                            );
-                            return None;
-                        }
-                        Some(s.to_string())
-                    });
-                    match t.get("address") {
-                        Some(a) => match self.string("address", a) {
-                            Some(s) => (s, a.span(), name),
-                            None => continue,
-                        },
-                        None => {
-                            self.at(entry.span(), ErrorKind::Missing { key: "address" });
-                            continue;
-                        }
-                    }
-                }
-                _ => {
-                    self.wrong_type(
-                        "listen",
-                        entry,
-                        "an address string, a table, or an array of them",
-                    );
-                    continue;
-                }
+            let Some((text, text_span, name)) = self.listen_entry(entry) else {
+                continue;
             };
             match text.parse::<ListenAddr>() {
                 Ok(addr) => {
@@ -746,87 +468,55 @@ impl Checker<'_> {
         out
     }
 
-    fn exec(
+    /// One `listen` entry, an address or a table { address, name }: the
+    /// address's text and span, and the fd's name.
+    fn listen_entry<'v>(
         &mut self,
-        v: &Value<'_>,
-        jail: Option<&Path>,
-    ) -> Option<(Vec<String>, PathBuf, Option<Internal>)> {
-        let argv = match v.get_ref() {
-            DeValue::Array(_) => self.string_list("exec", v)?,
+        entry: &'v Value<'_>,
+    ) -> Option<(&'v str, Range<usize>, Option<String>)> {
+        match entry.get_ref() {
+            DeValue::String(s) => Some((s.as_ref(), entry.span(), None)),
+            DeValue::Table(t) => {
+                self.check_keys(t, "a `listen` entry", LISTEN_TABLE_KEYS);
+                let name = t.get("name").and_then(|n| self.fd_name(n));
+                match t.get("address") {
+                    Some(a) => Some((self.string("address", a)?, a.span(), name)),
+                    None => {
+                        self.at(entry.span(), ErrorKind::Missing { key: "address" });
+                        None
+                    }
+                }
+            }
             _ => {
-                self.wrong_type("exec", v, "an array of strings like [\"/bin/cat\"]");
-                return None;
-            }
-        };
-        let Some((first, first_span)) = argv.first().cloned() else {
-            self.at(
-                v.span(),
-                ErrorKind::Invalid {
-                    key: "exec",
-                    reason: "is empty: name the program to run".into(),
-                },
-            );
-            return None;
-        };
-        if let Some((_, span)) = argv.iter().find(|(a, _)| a.contains('\0')) {
-            self.at(
-                span.clone(),
-                ErrorKind::Invalid {
-                    key: "exec",
-                    reason: "arguments cannot contain a NUL byte".into(),
-                },
-            );
-            return None;
-        }
-        let owned: Vec<String> = argv.iter().map(|(a, _)| a.to_string()).collect();
-        if let Some(name) = first.strip_prefix(INTERNAL_PREFIX) {
-            let Some((_, internal)) = Internal::ALL.iter().find(|(n, _)| *n == name) else {
-                let names: Vec<String> = Internal::ALL
-                    .iter()
-                    .map(|(n, _)| format!("internal:{n}"))
-                    .collect();
-                self.at(
-                    first_span,
-                    ErrorKind::Invalid {
-                        key: "exec",
-                        reason: format!(
-                            "\"{first}\" is not an internal service (there are {})",
-                            names.join(", ")
-                        ),
-                    },
+                self.wrong_type(
+                    "listen",
+                    entry,
+                    "an address string, a table, or an array of them",
                 );
-                return None;
-            };
-            if let Some((_, span)) = argv.get(1) {
-                self.at(
-                    span.clone(),
-                    ErrorKind::Invalid {
-                        key: "exec",
-                        reason: format!("\"{first}\" takes no arguments"),
-                    },
-                );
-                return None;
-            }
-            return Some((owned, PathBuf::from(first), Some(*internal)));
-        }
-        // Services running the same program look it up once.
-        let key = (first.to_string(), jail.map(Path::to_path_buf));
-        if let Some(program) = self.programs.get(&key) {
-            return Some((owned, program.clone(), None));
-        }
-        match resolve_program(first, &self.host.path_var, jail) {
-            Ok(program) => {
-                self.programs.insert(key, program.clone());
-                Some((owned, program, None))
-            }
-            Err(kind) => {
-                self.at(first_span, kind);
                 None
             }
         }
     }
 
-    fn env(&mut self, v: &Value<'_>) -> Vec<(String, String)> {
+    /// A listen table's `name`, as it goes into LISTEN_FDNAMES.
+    fn fd_name(&mut self, n: &Value<'_>) -> Option<String> {
+        let s = self.string("name", n)?;
+        if s.is_empty() || s.len() > 255 || s.chars().any(|c| c == ':' || !c.is_ascii_graphic()) {
+            self.at(
+                n.span(),
+                ErrorKind::Invalid {
+                    key: "name",
+                    reason: format!(
+                        "\"{s}\" must be 1 to 255 printable ASCII characters without ':' (it goes into LISTEN_FDNAMES)"
+                    ),
+                },
+            );
+            return None;
+        }
+        Some(s.to_string())
+    }
+
+    pub(super) fn env(&mut self, v: &Value<'_>) -> Vec<(String, String)> {
         let DeValue::Table(t) = v.get_ref() else {
             self.wrong_type("env", v, "a table of strings like { NAME = \"value\" }");
             return Vec::new();
@@ -870,139 +560,6 @@ impl Checker<'_> {
         }
         out
     }
-
-    /// `extra_groups`: names resolved now (the group database is never
-    /// read after fork); setgroups needs root, as user and group do.
-    fn extra_groups(&mut self, t: &Table<'_, '_>) -> Vec<u32> {
-        let Some(v) = t.field("extra_groups") else {
-            return Vec::new();
-        };
-        let names = self.string_list("extra_groups", v).unwrap_or_default();
-        if !self.host.is_root {
-            self.at(
-                v.span(),
-                ErrorKind::NotRoot {
-                    key: "extra_groups",
-                },
-            );
-            return Vec::new();
-        }
-        let mut gids = Vec::with_capacity(names.len());
-        for (name, span) in names {
-            match nix::unistd::Group::from_name(name) {
-                Ok(Some(g)) => gids.push(g.gid.as_raw()),
-                _ => self.at(
-                    span,
-                    ErrorKind::Invalid {
-                        key: "extra_groups",
-                        reason: format!("no such group \"{name}\""),
-                    },
-                ),
-            }
-        }
-        gids
-    }
-
-    fn credentials(&mut self, t: &Table<'_, '_>) -> Option<Credentials> {
-        let user_v = t.field("user");
-        let group_v = t.field("group");
-        let user = user_v.and_then(|v| self.string("user", v));
-        let group = group_v.and_then(|v| self.string("group", v));
-        if user.is_none() && group.is_none() {
-            return None;
-        }
-        if !self.host.is_root {
-            for (key, v) in [("user", user_v), ("group", group_v)] {
-                if let Some(v) = v {
-                    self.at(v.span(), ErrorKind::NotRoot { key });
-                }
-            }
-            return None;
-        }
-        let mut failed = false;
-        let user_entry = user.and_then(|name| match nix::unistd::User::from_name(name) {
-            Ok(Some(u)) => Some(u),
-            _ => {
-                self.at(user_v?.span(), ErrorKind::UnknownUser(name.to_string()));
-                failed = true;
-                None
-            }
-        });
-        let group_gid = group.and_then(|name| match nix::unistd::Group::from_name(name) {
-            Ok(Some(g)) => Some(g.gid.as_raw()),
-            _ => {
-                self.at(group_v?.span(), ErrorKind::UnknownGroup(name.to_string()));
-                failed = true;
-                None
-            }
-        });
-        if failed {
-            return None;
-        }
-        match user_entry {
-            Some(u) => {
-                let gid = group_gid.unwrap_or(u.gid.as_raw());
-                // The group database is read here, never after fork.
-                let mut groups: Vec<u32> = CString::new(u.name.clone())
-                    .ok()
-                    .and_then(|c| {
-                        nix::unistd::getgrouplist(&c, nix::unistd::Gid::from_raw(gid)).ok()
-                    })
-                    .map(|gs| gs.into_iter().map(|g| g.as_raw()).collect())
-                    .unwrap_or_else(|| vec![gid]);
-                if !groups.contains(&gid) {
-                    groups.push(gid);
-                }
-                Some(Credentials {
-                    uid: Some(u.uid.as_raw()),
-                    gid,
-                    groups,
-                })
-            }
-            None => group_gid.map(|gid| Credentials {
-                uid: None,
-                gid,
-                groups: vec![gid],
-            }),
-        }
-    }
-}
-
-/// `extra_groups` added to the child's groups: after the user's (or only
-/// the primary group, with supplementary_groups = false). A service
-/// without user or group keeps summond's uid and gid, and its groups are
-/// summond's own (or its gid alone) with the extra ones after them.
-fn with_extra_groups(
-    credentials: Option<Credentials>,
-    extra: &[u32],
-    supplementary_groups: bool,
-) -> Option<Credentials> {
-    if extra.is_empty() {
-        return credentials;
-    }
-    let mut c = credentials.unwrap_or_else(|| {
-        let gid = nix::unistd::getegid().as_raw();
-        let groups = match supplementary_groups {
-            true => nix::unistd::getgroups()
-                .map(|gs| gs.into_iter().map(|g| g.as_raw()).collect())
-                .unwrap_or_default(),
-            false => Vec::new(),
-        };
-        Credentials {
-            uid: None,
-            gid,
-            groups,
-        }
-    });
-    if !c.groups.contains(&c.gid) {
-        c.groups.insert(0, c.gid);
-    }
-    for g in extra {
-        if !c.groups.contains(g) {
-            c.groups.push(*g);
-        }
-    }
-    Some(c)
 }
 
 /// What earlier services claimed, for the duplicate checks. A service's
@@ -1011,71 +568,20 @@ fn with_extra_groups(
 /// allocations.
 #[derive(Default)]
 pub(super) struct Seen {
-    files: Vec<PathBuf>,
+    pub(super) files: Vec<PathBuf>,
     /// Name → the file (index into `files`) and line that first defined it.
-    names: FxHashMap<Rc<str>, (usize, usize)>,
+    pub(super) names: FxHashMap<Rc<str>, (usize, usize)>,
     addrs: FxHashMap<ListenAddr, Rc<str>>,
 }
 
 impl Seen {
     /// The index of `path` in `files`: the file being walked is the last.
-    fn file(&mut self, path: &Path) -> usize {
+    pub(super) fn file(&mut self, path: &Path) -> usize {
         if self.files.last().map(PathBuf::as_path) != Some(path) {
             self.files.push(path.to_path_buf());
         }
         self.files.len() - 1
     }
-}
-
-fn check_executable(path: &Path) -> Result<(), &'static str> {
-    let meta = std::fs::metadata(path).map_err(|_| "does not exist")?;
-    if !meta.is_file() {
-        return Err("is not a regular file");
-    }
-    if meta.permissions().mode() & 0o111 == 0
-        || nix::unistd::access(path, nix::unistd::AccessFlags::X_OK).is_err()
-    {
-        return Err("is not executable");
-    }
-    Ok(())
-}
-
-/// `exec[0]`: an absolute path that must be executable, or a bare name
-/// looked up in PATH now, so a typo is a config error rather than a
-/// failure on the first connection.
-///
-/// With a `chroot` the child execs after chroot(2), so the program is
-/// looked up inside the jail and named by its path there.
-fn resolve_program(
-    name: &str,
-    path_var: &OsString,
-    jail: Option<&Path>,
-) -> Result<PathBuf, ErrorKind> {
-    let on_disk = |p: &Path| match jail {
-        Some(j) => j.join(p.strip_prefix("/").unwrap_or(p)),
-        None => p.to_path_buf(),
-    };
-    if name.contains('/') {
-        if !name.starts_with('/') {
-            return Err(ErrorKind::ProgramRelative { path: name.into() });
-        }
-        let path = PathBuf::from(name);
-        return match check_executable(&on_disk(&path)) {
-            Ok(()) => Ok(path),
-            Err(why) => Err(ErrorKind::ProgramNotExecutable {
-                path: on_disk(&path),
-                why,
-            }),
-        };
-    }
-    if name.is_empty() {
-        return Err(ErrorKind::ProgramNotFound { name: name.into() });
-    }
-    std::env::split_paths(path_var)
-        .filter(|dir| dir.is_absolute())
-        .map(|dir| dir.join(name))
-        .find(|candidate| check_executable(&on_disk(candidate)).is_ok())
-        .ok_or_else(|| ErrorKind::ProgramNotFound { name: name.into() })
 }
 
 #[cfg(test)]
@@ -1128,33 +634,5 @@ mod tests {
         // After the two-byte é: column 7 in chars.
         assert_eq!(cx.line_col(7 + 7), (3, 7));
         assert_eq!(cx.line_col(text.len()), (4, 2));
-    }
-
-    #[test]
-    fn program_resolution() {
-        let path: OsString = "/nonexistent:/usr/bin:/bin".into();
-        assert!(resolve_program("sh", &path, None).unwrap().ends_with("sh"));
-        assert!(matches!(
-            resolve_program("no-such-program-xyz", &path, None),
-            Err(ErrorKind::ProgramNotFound { .. })
-        ));
-        assert!(matches!(
-            resolve_program("bin/sh", &path, None),
-            Err(ErrorKind::ProgramRelative { .. })
-        ));
-        assert!(matches!(
-            resolve_program("/etc/passwd", &path, None),
-            Err(ErrorKind::ProgramNotExecutable {
-                why: "is not executable",
-                ..
-            })
-        ));
-        assert!(matches!(
-            resolve_program("/tmp", &path, None),
-            Err(ErrorKind::ProgramNotExecutable {
-                why: "is not a regular file",
-                ..
-            })
-        ));
     }
 }

@@ -3,8 +3,9 @@
 //! the config loads, so what summond later makes as root under /run is
 //! never more than plain relative names.
 
+use super::draft::Draft;
 use super::parse::{Checker, Table, Value};
-use super::{units, ErrorKind, RuntimeDirectory};
+use super::{units, ErrorKind};
 use toml::de::DeValue;
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ErrorKind {
@@ -38,42 +39,44 @@ pub(super) fn name_problem(name: &str) -> Option<String> {
     None
 }
 
-impl Checker<'_> {
-    pub(super) fn runtime_directory(&mut self, t: &Table<'_, '_>) -> Option<RuntimeDirectory> {
-        let mode = self.runtime_directory_mode(t);
-        let Some(v) = t.field("runtime_directory") else {
-            if let Some(m) = t.field("runtime_directory_mode") {
-                let why = "has no use without runtime_directory";
-                self.at(m.span(), invalid("runtime_directory_mode", why));
-            }
-            return None;
-        };
-        let names = self.runtime_names(v)?;
-        let Some(base) = self.host.runtime_base.clone() else {
-            let why = "summond is not root and XDG_RUNTIME_DIR is not set to an absolute \
-                       path, so there is no directory to make it in";
-            self.at(v.span(), invalid("runtime_directory", why));
-            return None;
-        };
-        Some(RuntimeDirectory {
-            base,
-            names,
-            mode: mode?,
-        })
-    }
+/// `runtime_directory`: the names, and where they are made.
+pub(super) fn names(cx: &mut Checker<'_>, key: &'static str, v: &Value<'_>, d: &mut Draft<'_>) {
+    let Some(names) = cx.runtime_names(v) else {
+        return;
+    };
+    let Some(base) = cx.host.runtime_base.clone() else {
+        let why = "summond is not root and XDG_RUNTIME_DIR is not set to an absolute \
+                   path, so there is no directory to make it in";
+        cx.at(v.span(), invalid(key, why));
+        return;
+    };
+    d.runtime_directory = Some((names, base));
+}
 
-    /// The mode, the default when absent; None after an error.
-    fn runtime_directory_mode(&mut self, t: &Table<'_, '_>) -> Option<u32> {
-        let Some(v) = t.field("runtime_directory_mode") else {
-            return Some(RuntimeDirectory::DEFAULT_MODE);
-        };
-        let s = self.string("runtime_directory_mode", v)?;
-        let mode = units::octal(s, 0o7777);
-        if mode.is_none() {
-            let why = format!("\"{s}\" is not an octal file mode like \"0755\"");
-            self.at(v.span(), invalid("runtime_directory_mode", why));
+/// `runtime_directory_mode`; the draft's is None after an error.
+pub(super) fn mode(cx: &mut Checker<'_>, key: &'static str, v: &Value<'_>, d: &mut Draft<'_>) {
+    let Some(s) = cx.string(key, v) else {
+        d.runtime_directory_mode = None;
+        return;
+    };
+    d.runtime_directory_mode = units::octal(s, 0o7777);
+    if d.runtime_directory_mode.is_none() {
+        let why = format!("\"{s}\" is not an octal file mode like \"0755\"");
+        cx.at(v.span(), invalid(key, why));
+    }
+}
+
+impl Checker<'_> {
+    /// `runtime_directory_mode` alone is an error (told after any in its
+    /// value).
+    pub(super) fn check_runtime_directory_mode(&mut self, t: &Table<'_, '_>) {
+        if let (None, Some(m)) = (
+            t.field("runtime_directory"),
+            t.field("runtime_directory_mode"),
+        ) {
+            let why = "has no use without runtime_directory";
+            self.at(m.span(), invalid("runtime_directory_mode", why));
         }
-        mode
     }
 
     /// A string or an array of strings, each a valid name.

@@ -1,7 +1,7 @@
 //! The small languages inside config values: durations (`"5m"`), sizes
 //! (`"512M"`, `"infinity"`), rates (`"50/1s"`) and octal modes
 //! (`"0022"`). Each parser returns a reason a user can act on; the walk
-//! in `parse.rs` adds the position.
+//! (`parse.rs` and the handlers) adds the position.
 
 use std::time::Duration;
 

@@ -56,13 +56,44 @@ pub fn rules_for(daemon: &str, files: &[(&str, &str)]) -> Vec<String> {
             let applies = daemons
                 .split(|c: char| c == ',' || c.is_whitespace())
                 .filter(|w| !w.is_empty())
-                .any(|w| w.eq_ignore_ascii_case("ALL") || w == daemon || w.contains('@'));
+                .any(|w| daemon_matches(w, daemon));
             if applies {
                 found.push(format!("{file}: {rule}"));
             }
         }
     }
     found
+}
+
+/// Whether the daemon-list pattern `pattern` may name `daemon`, as
+/// tcp_wrappers' server_match and string_match decide (case-insensitive;
+/// `ALL` and `KNOWN` name every daemon, `.x` is a suffix, `x.` a prefix,
+/// and Debian's build takes `*` and `?` as wildcards). A `daemon@host`
+/// pattern, which this reading does not settle, counts as applying.
+fn daemon_matches(pattern: &str, daemon: &str) -> bool {
+    let (tok, daemon) = (pattern.to_ascii_lowercase(), daemon.to_ascii_lowercase());
+    if tok == "all" || tok == "known" || tok.contains('@') {
+        true
+    } else if tok.contains(['*', '?']) {
+        glob(tok.as_bytes(), daemon.as_bytes())
+    } else if tok.starts_with('.') {
+        daemon.len() > tok.len() && daemon.ends_with(&tok)
+    } else if tok.ends_with('.') {
+        daemon.starts_with(&tok)
+    } else {
+        tok == daemon
+    }
+}
+
+/// `*` any run of bytes, `?` one byte.
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    match (p.first(), s.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => glob(&p[1..], s) || (!s.is_empty() && glob(p, &s[1..])),
+        (Some(b'?'), Some(_)) => glob(&p[1..], &s[1..]),
+        (Some(a), Some(b)) if a == b => glob(&p[1..], &s[1..]),
+        _ => false,
+    }
 }
 
 /// hosts_access(5) lines: `#` comments and blank lines skipped, a
@@ -165,5 +196,31 @@ mod tests {
         assert!(rules_for("in.tftpd", &comments_only).is_empty());
         let r = rules_for("portmap", &[("/etc/hosts.deny", "portmap: \\\n  ALL\n")]);
         assert_eq!(r, ["/etc/hosts.deny: portmap:   ALL"]);
+    }
+    #[test]
+    fn daemon_patterns_match_as_tcp_wrappers_matches_them() {
+        for rule in [
+            "IN.TFTPD: ALL",
+            "in.: ALL",
+            ".tftpd: ALL",
+            "KNOWN: ALL",
+            "in.tft*: ALL",
+            "in.tftp?: ALL",
+            "all: ALL",
+            "In.Tftpd@192.0.2.1: ALL",
+        ] {
+            let r = rules_for("in.tftpd", &[("/etc/hosts.deny", rule)]);
+            assert_eq!(r.len(), 1, "{rule} applies to in.tftpd");
+        }
+        for rule in [
+            "in.fingerd: ALL",
+            "tftpd: ALL",
+            ".in.tftpd: ALL",
+            "ssh*: ALL",
+            "in.x.: ALL",
+        ] {
+            let r = rules_for("in.tftpd", &[("/etc/hosts.deny", rule)]);
+            assert!(r.is_empty(), "{rule} does not apply to in.tftpd: {r:?}");
+        }
     }
 }

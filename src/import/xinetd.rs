@@ -4,29 +4,53 @@
 //! skipping names with a `.` or ending in `~`, as xinetd does).
 //! Attributes become summond keys; the rest become comments saying why.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::xinetd_entry::Attrs;
 use super::{readable, Entry, ImportError, Services};
 /// includedir inside includedir: deeper than this is a loop.
 const MAX_DEPTH: usize = 8;
+/// Files read through include and includedir, in all: more is a loop or
+/// a fan-out no configuration needs.
+const MAX_FILES: usize = 1000;
+/// An included file larger than this is not an xinetd configuration.
+const MAX_SIZE: u64 = 4 << 20;
 
 struct Block {
     name: String,
     line: usize,
     path: String,
     attrs: Attrs,
+    /// How many of the defaults' lines xinetd had read when it read this
+    /// service: it copies the defaults' lists into a service then
+    /// (parse.c get_service_entry), so later ones do not reach it.
+    defaults_seen: usize,
+}
+
+/// What reading the files gathers.
+struct Reader {
+    blocks: Vec<Block>,
+    defaults: Attrs,
+    errors: Vec<ImportError>,
+    /// The files being read, outermost first: one of them again is a loop.
+    stack: Vec<PathBuf>,
+    files: usize,
 }
 
 pub fn parse(path: &Path, text: &str, services: &Services) -> Result<Vec<Entry>, Vec<ImportError>> {
-    let mut blocks = Vec::new();
-    let mut defaults: Attrs = Vec::new();
-    let mut errors = Vec::new();
-    read_file(path, text, 0, &mut blocks, &mut defaults, &mut errors);
-    if !errors.is_empty() {
-        return Err(errors);
+    let mut r = Reader {
+        blocks: Vec::new(),
+        defaults: Vec::new(),
+        errors: Vec::new(),
+        stack: Vec::new(),
+        files: 0,
+    };
+    read_file(path, text, true, &mut r);
+    if !r.errors.is_empty() {
+        return Err(r.errors);
     }
-    Ok(blocks
+    let defaults = r.defaults;
+    Ok(r.blocks
         .into_iter()
         .map(|b| entry(b, &defaults, services))
         .collect())
@@ -40,76 +64,161 @@ fn err(path: &Path, line: usize, message: impl Into<String>) -> ImportError {
     }
 }
 
-fn read_file(
-    path: &Path,
-    text: &str,
-    depth: usize,
-    blocks: &mut Vec<Block>,
-    defaults: &mut Attrs,
-    errors: &mut Vec<ImportError>,
-) {
+/// A line in an error message: quoted when the file may be read by anyone
+/// (the importer runs as root and must not print what others cannot read).
+fn quoted(line: &str, quote: bool) -> String {
+    if quote {
+        format!("`{line}`")
+    } else {
+        "line (not quoted: the file is not world-readable)".into()
+    }
+}
+
+/// An included file's text, or why it is not read: only a regular file of
+/// sane size, not one already being read, and not too many in all.
+fn include_text(file: &Path, r: &mut Reader) -> Result<(String, bool), String> {
+    let meta =
+        std::fs::metadata(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", file.display()));
+    }
+    if meta.len() > MAX_SIZE {
+        return Err(format!(
+            "{} is larger than {MAX_SIZE} bytes",
+            file.display()
+        ));
+    }
+    let canonical = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    if r.stack.contains(&canonical) {
+        return Err(format!("{} includes itself (a loop)", file.display()));
+    }
+    r.files += 1;
+    if r.files > MAX_FILES {
+        return Err(format!("more than {MAX_FILES} files included (a loop?)"));
+    }
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    Ok((text, meta.permissions().mode() & 0o004 != 0))
+}
+
+fn read_included(file: &Path, from: &Path, line_no: usize, depth: usize, r: &mut Reader) {
+    if depth >= MAX_DEPTH {
+        r.errors
+            .push(err(from, line_no, "includes nested too deep (a loop?)"));
+        return;
+    }
+    match include_text(file, r) {
+        Ok((text, quote)) => {
+            let canonical = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+            r.stack.push(canonical);
+            read_at(file, &text, depth + 1, quote, r);
+            r.stack.pop();
+        }
+        Err(why) => r.errors.push(err(from, line_no, why)),
+    }
+}
+
+fn read_file(path: &Path, text: &str, quote: bool, r: &mut Reader) {
+    r.stack
+        .push(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));
+    read_at(path, text, 0, quote, r);
+    r.stack.pop();
+}
+
+/// One file, as xinetd's parse_conf_file reads it: only a line whose first
+/// non-blank is `#` is a comment, `{` and `}` stand alone on their lines,
+/// and only the first `defaults` block of a file counts.
+fn read_at(path: &Path, text: &str, depth: usize, quote: bool, r: &mut Reader) {
     let mut current: Option<(Block, bool)> = None; // (block, is_defaults)
     let mut awaiting_brace = false;
+    let mut found_defaults = false;
     for (i, raw) in text.lines().enumerate() {
         let line_no = i + 1;
-        let line = raw.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
+        let line = raw.trim_matches(|c: char| c.is_ascii_whitespace());
+        if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        if let Some((block, is_defaults)) = current.as_mut() {
+        if let Some((block, _)) = current.as_mut() {
             if awaiting_brace {
                 if line == "{" {
                     awaiting_brace = false;
                     continue;
                 }
-                errors.push(err(
+                r.errors.push(err(
                     path,
                     line_no,
-                    format!("expected {{ after `{}`", block.name),
+                    format!(
+                        "expected `{{` alone on the line after `{}` (xinetd does not read the block otherwise)",
+                        if block.name == "defaults" {
+                            "defaults".to_string()
+                        } else {
+                            format!("service {}", block.name)
+                        }
+                    ),
                 ));
                 return;
             }
             if line == "}" {
                 let (block, is_defaults) = current.take().expect("a block is open");
                 if is_defaults {
-                    defaults.extend(block.attrs);
+                    let ignored = found_defaults;
+                    found_defaults = true;
+                    for (name, op, values) in block.attrs {
+                        // xinetd: "only 1 defaults entry is allowed. This
+                        // entry will be ignored" (per file).
+                        let op = if ignored {
+                            IGNORED_DEFAULTS.to_string()
+                        } else {
+                            op
+                        };
+                        r.defaults.push((name, op, values));
+                    }
                 } else {
-                    blocks.push(block);
+                    r.blocks.push(block);
                 }
                 continue;
             }
-            let Some((name, op, values)) = attribute(line) else {
-                errors.push(err(
+            if line.starts_with(['{', '}']) {
+                r.errors.push(err(
                     path,
                     line_no,
-                    format!("`{line}` is not `attribute = value`"),
+                    format!(
+                        "{}: xinetd takes a brace only alone on its line (a comment starts its own line), so it does not read `{}`",
+                        quoted(line, quote),
+                        block.name
+                    ),
                 ));
-                continue;
-            };
-            let _ = is_defaults;
-            block.attrs.push((name, op, values));
+                return;
+            }
+            match attribute(line) {
+                Ok(a) => block.attrs.push(a),
+                Err(why) => r.errors.push(err(
+                    path,
+                    line_no,
+                    format!("{} is not `attribute = value`: {why}", quoted(line, quote)),
+                )),
+            }
             continue;
         }
-        let mut words = line.split_whitespace();
+        let mut words = line.split([' ', '\t']).filter(|w| !w.is_empty());
         match (words.next(), words.next()) {
-            (Some("service"), Some(name)) | (Some("defaults"), Some(name @ "{")) => {
-                let is_defaults = line.starts_with("defaults");
-                awaiting_brace = !line.ends_with('{');
+            // xinetd reads the name and no more of the line: the `{`
+            // must stand alone on the next one (find_next_entry).
+            (Some("service"), Some(name)) => {
+                awaiting_brace = true;
                 current = Some((
                     Block {
-                        name: if is_defaults {
-                            "defaults".into()
-                        } else {
-                            name.to_string()
-                        },
+                        name: name.to_string(),
                         line: line_no,
                         path: path.display().to_string(),
                         attrs: Vec::new(),
+                        defaults_seen: r.defaults.len(),
                     },
-                    is_defaults,
+                    false,
                 ));
             }
-            (Some("defaults"), None) => {
+            (Some("defaults"), _) => {
                 awaiting_brace = true;
                 current = Some((
                     Block {
@@ -117,17 +226,20 @@ fn read_file(
                         line: line_no,
                         path: path.display().to_string(),
                         attrs: Vec::new(),
+                        defaults_seen: r.defaults.len(),
                     },
                     true,
                 ));
             }
             (Some("includedir"), Some(dir)) => {
                 if depth >= MAX_DEPTH {
-                    errors.push(err(path, line_no, "includes nested too deep (a loop?)"));
+                    r.errors
+                        .push(err(path, line_no, "includes nested too deep (a loop?)"));
                     continue;
                 }
                 let Ok(read) = std::fs::read_dir(dir) else {
-                    errors.push(err(path, line_no, format!("cannot read directory {dir}")));
+                    r.errors
+                        .push(err(path, line_no, format!("cannot read directory {dir}")));
                     continue;
                 };
                 let mut files: Vec<_> = read
@@ -139,27 +251,21 @@ fn read_file(
                     .collect();
                 files.sort();
                 for f in files {
-                    match std::fs::read_to_string(&f) {
-                        Ok(t) => read_file(&f, &t, depth + 1, blocks, defaults, errors),
-                        Err(e) => errors.push(err(&f, 0, format!("cannot read it: {e}"))),
-                    }
+                    read_included(&f, path, line_no, depth, r);
                 }
             }
             (Some("include"), Some(file)) => {
-                if depth >= MAX_DEPTH {
-                    errors.push(err(path, line_no, "includes nested too deep (a loop?)"));
-                    continue;
-                }
-                match std::fs::read_to_string(file) {
-                    Ok(t) => read_file(Path::new(file), &t, depth + 1, blocks, defaults, errors),
-                    Err(e) => errors.push(err(path, line_no, format!("cannot read {file}: {e}"))),
-                }
+                read_included(Path::new(file), path, line_no, depth, r);
             }
-            _ => errors.push(err(path, line_no, format!("unexpected `{line}`"))),
+            _ => r.errors.push(err(
+                path,
+                line_no,
+                format!("unexpected {}", quoted(line, quote)),
+            )),
         }
     }
     if let Some((block, _)) = current {
-        errors.push(err(
+        r.errors.push(err(
             path,
             block.line,
             format!("`{}` is never closed with }}", block.name),
@@ -167,30 +273,54 @@ fn read_file(
     }
 }
 
-/// `name = a b c`, `name += …`, `name -= …`.
-fn attribute(line: &str) -> Option<(String, String, Vec<String>)> {
-    let (name, op, rest) = if let Some((n, r)) = line.split_once("+=") {
-        (n, "+=", r)
-    } else if let Some((n, r)) = line.split_once("-=") {
-        (n, "-=", r)
-    } else {
-        let (n, r) = line.split_once('=')?;
-        (n, "=", r)
-    };
-    let name = name.trim();
-    if name.is_empty() || name.contains(char::is_whitespace) {
-        return None;
+/// The op given to the lines of a defaults block xinetd ignores.
+pub const IGNORED_DEFAULTS: &str = "ignored";
+
+/// `name = a b c`, `name += …`, `name -= …`, as xinetd's get_attr_op
+/// reads it: the name runs to the first blank (a `=` in it is an error),
+/// then the operator; values are split on spaces and tabs only.
+fn attribute(line: &str) -> Result<(String, String, Vec<String>), &'static str> {
+    let end = line
+        .find(|c: char| c.is_ascii_whitespace() || c == '=')
+        .ok_or("nothing after the attribute")?;
+    let (name, rest) = line.split_at(end);
+    if name.is_empty() {
+        return Err("no attribute name");
     }
-    Some((
+    if rest.starts_with('=') {
+        return Err("xinetd needs a space before the operator, and does not start the service");
+    }
+    let rest = rest.trim_start_matches(|c: char| c.is_ascii_whitespace());
+    let (op, values) = if let Some(v) = rest.strip_prefix("+=") {
+        ("+=", v)
+    } else if let Some(v) = rest.strip_prefix("-=") {
+        ("-=", v)
+    } else if let Some(v) = rest.strip_prefix('=') {
+        ("=", v)
+    } else {
+        return Err("no `=`, `+=` or `-=` after the attribute name");
+    };
+    Ok((
         name.to_string(),
         op.to_string(),
-        rest.split_whitespace().map(str::to_string).collect(),
+        values
+            .split([' ', '\t'])
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect(),
     ))
 }
 
 fn entry(b: Block, defaults: &Attrs, services: &Services) -> Entry {
     let origin = format!("{}:{}: service {}", b.path, b.line, b.name);
-    super::xinetd_entry::entry(&b.name, origin, defaults, &b.attrs, services)
+    super::xinetd_entry::entry_at(
+        &b.name,
+        origin,
+        defaults,
+        b.defaults_seen,
+        &b.attrs,
+        services,
+    )
 }
 
 #[cfg(test)]
@@ -234,9 +364,146 @@ mod tests {
         let e = parse(Path::new("x"), "service a\n{\n  this is not\n}\n", &db).unwrap_err();
         assert_eq!(
             e[0].to_string(),
-            "x:3: `this is not` is not `attribute = value`"
+            "x:3: `this is not` is not `attribute = value`: no `=`, `+=` or `-=` after the attribute name"
         );
         let e = parse(Path::new("x"), "service a\n{\n  port = 1\n", &db).unwrap_err();
         assert_eq!(e[0].to_string(), "x:1: `a` is never closed with }");
+    }
+    fn svc(name: &str, extra: &str) -> String {
+        format!("service {name}\n{{\n  port = 7000\n  socket_type = stream\n  wait = no\n  user = root\n  server = /bin/cat\n{extra}}}\n")
+    }
+
+    fn key_of(e: &Entry, k: &str) -> Option<String> {
+        e.keys.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn a_second_defaults_block_of_a_file_is_ignored_as_by_xinetd() {
+        let db = Services::parse("");
+        let text = format!(
+            "defaults\n{{\n  only_from = 10.0.0.0\n}}\ndefaults\n{{\n  only_from = 0.0.0.0\n}}\n{}",
+            svc("a", "")
+        );
+        let e = parse(Path::new("x"), &text, &db).unwrap();
+        assert_eq!(key_of(&e[0], "allow").as_deref(), Some("[\"10.0.0.0/8\"]"));
+        let all = e[0].dropped.join("\n");
+        assert!(all.contains("a second defaults block"), "{all}");
+    }
+
+    #[test]
+    fn defaults_lists_reach_only_the_services_read_after_them() {
+        let db = Services::parse("");
+        let text = format!(
+            "{}defaults\n{{\n  only_from = 10.0.0.0\n  instances = 5\n}}\n{}",
+            svc("early", ""),
+            svc("late", "")
+        );
+        let e = parse(Path::new("x"), &text, &db).unwrap();
+        assert_eq!(key_of(&e[0], "allow"), None, "{:?}", e[0].keys);
+        let all = e[0].dropped.join("\n");
+        assert!(all.contains("it comes after this service"), "{all}");
+        // The other attributes xinetd fills in at the end, from them all.
+        assert_eq!(key_of(&e[0], "max_instances").as_deref(), Some("5"));
+        assert_eq!(key_of(&e[1], "allow").as_deref(), Some("[\"10.0.0.0/8\"]"));
+    }
+
+    #[test]
+    fn only_whole_lines_are_comments_and_values_split_on_blanks() {
+        let db = Services::parse("");
+        let e = parse(
+            Path::new("x"),
+            &svc("a", "  # a comment\n  server_args = -n #1 a\rb\n"),
+            &db,
+        )
+        .unwrap();
+        assert_eq!(
+            key_of(&e[0], "exec").as_deref(),
+            Some("[\"/bin/cat\", \"-n\", \"#1\", \"a\\rb\"]")
+        );
+        let text = svc("a", "").replace("}\n", "} # end\n");
+        let err = parse(Path::new("x"), &text, &db).unwrap_err();
+        assert!(
+            err[0]
+                .message
+                .contains("`} # end`: xinetd takes a brace only alone"),
+            "{}",
+            err[0]
+        );
+        let err = parse(Path::new("x"), &svc("a", "  nice=1\n"), &db).unwrap_err();
+        assert!(err[0].message.contains("space"), "{}", err[0]);
+        let e = parse(
+            Path::new("x"),
+            &svc("a", "  server_args = a+=b c-=d\n"),
+            &db,
+        )
+        .unwrap();
+        assert_eq!(
+            key_of(&e[0], "exec").as_deref(),
+            Some("[\"/bin/cat\", \"a+=b\", \"c-=d\"]")
+        );
+    }
+
+    #[test]
+    fn includes_read_regular_files_once_and_quote_only_readable_ones() {
+        let dir = std::env::temp_dir().join(format!("summond-xinetd-inc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = Services::parse("");
+        // A FIFO would block for ever: refused without opening it.
+        let fifo = dir.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let err = parse(
+            Path::new("x"),
+            &format!("include {}\n", fifo.display()),
+            &db,
+        )
+        .unwrap_err();
+        assert!(err[0].message.contains("not a regular file"), "{}", err[0]);
+        // A file including itself, many times over, is one error, at once.
+        let me = dir.join("me");
+        std::fs::write(
+            &me,
+            format!("include {0}\ninclude {0}\ninclude {0}\n", me.display()),
+        )
+        .unwrap();
+        let err = parse(&me, &std::fs::read_to_string(&me).unwrap(), &db).unwrap_err();
+        assert!(err.len() <= 3, "{}", err.len());
+        assert!(err[0].message.contains("includes itself"), "{}", err[0]);
+        // A file others may not read is not quoted into the error.
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "root:$y$secret-hash:20228:0:99999:7:::\n").unwrap();
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o640))
+            .unwrap();
+        let err = parse(
+            Path::new("x"),
+            &format!("include {}\n", secret.display()),
+            &db,
+        )
+        .unwrap_err();
+        assert!(!err[0].to_string().contains("secret-hash"), "{}", err[0]);
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        let err = parse(
+            Path::new("x"),
+            &format!("include {}\n", secret.display()),
+            &db,
+        )
+        .unwrap_err();
+        assert!(err[0].to_string().contains("secret-hash"), "{}", err[0]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    #[test]
+    fn the_opening_brace_stands_alone_on_the_next_line() {
+        let db = Services::parse("");
+        let text = svc("a", "").replacen("a\n{", "a {", 1);
+        let err = parse(Path::new("x"), &text, &db).unwrap_err();
+        assert!(
+            err[0].message.contains("alone on the line after"),
+            "{}",
+            err[0]
+        );
+        // `service a {` then `{`: xinetd reads the name and the brace.
+        let text = svc("a", "").replacen("a\n{", "a {\n{", 1);
+        assert_eq!(parse(Path::new("x"), &text, &db).unwrap().len(), 1);
     }
 }

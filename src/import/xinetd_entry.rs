@@ -60,6 +60,44 @@ const SEEDED: &[&str] = &[
 
 pub type Attrs = Vec<(String, String, Vec<String>)>;
 
+/// How many values an attribute takes, when xinetd fixes the number
+/// (parse.c's a_nvalues > 0): a line with another count is ignored.
+fn fixed_values(name: &str) -> Option<usize> {
+    match name {
+        "redirect" | "cps" => Some(2),
+        "socket_type" | "protocol" | "wait" | "user" | "group" | "server" | "instances"
+        | "rpc_version" | "rpc_number" | "id" | "port" | "nice" | "banner" | "bind"
+        | "interface" | "per_source" | "groups" | "banner_success" | "banner_fail" | "disable"
+        | "max_load" | "rlimit_as" | "rlimit_cpu" | "rlimit_data" | "rlimit_files"
+        | "rlimit_rss" | "rlimit_stack" | "v6only" | "deny_time" | "umask" | "libwrap" => Some(1),
+        _ => None,
+    }
+}
+
+/// The attribute a name sets: `interface` is xinetd's other name for
+/// `bind` (both A_BIND), so whichever comes first is the one set.
+fn slot(name: &str) -> &str {
+    if name == "interface" {
+        "bind"
+    } else {
+        name
+    }
+}
+
+/// Why xinetd ignores the line `name op v`, if it does, because of its
+/// number of values.
+fn wrong_count(name: &str, op: &str, v: &[String], place: &str) -> Option<String> {
+    let n = fixed_values(name)?;
+    (v.len() != n).then(|| {
+        format!(
+            "{name} {op} {}{place}: xinetd ignores it (it takes {n} value{})",
+            v.join(" "),
+            if n == 1 { "" } else { "s" }
+        )
+        .replace("  ", " ")
+    })
+}
+
 /// A service's attributes after xinetd's rules.
 #[derive(Default)]
 struct Resolved {
@@ -177,17 +215,32 @@ fn apply_set(cur: &mut Vec<String>, op: &str, v: Vec<String>) {
 /// assignment wins.
 fn resolve_defaults(
     defaults: &Attrs,
+    seen: usize,
     r: &mut Resolved,
 ) -> (HashMap<String, Vec<String>>, Vec<String>) {
     let mut d: HashMap<String, Vec<String>> = HashMap::new();
     let mut order = Vec::new();
-    for (name, op, v) in defaults {
+    for (i, (name, op, v)) in defaults.iter().enumerate() {
+        if op == super::xinetd::IGNORED_DEFAULTS {
+            let why = format!(
+                "{name} = {} in a second defaults block of its file: xinetd ignores that whole block",
+                v.join(" ")
+            );
+            if !r.ignored.contains(&why) {
+                r.ignored.push(why);
+            }
+            continue;
+        }
         if !DEFAULTS_ATTRS.contains(&name.as_str()) {
             let why =
                 format!("{name} in defaults: xinetd ignores it there (not a defaults attribute)");
             if !r.ignored.contains(&why) {
                 r.ignored.push(why);
             }
+            continue;
+        }
+        if let Some(why) = wrong_count(name, op, v, " in defaults") {
+            r.ignored.push(why);
             continue;
         }
         let shown = format!("{op} {}", v.join(" "));
@@ -204,6 +257,14 @@ fn resolve_defaults(
             }
             _ => {}
         }
+        if SEEDED.contains(&name.as_str()) && i >= seen {
+            // xinetd copied the defaults' lists into the service when it
+            // read it, before this line.
+            r.ignored.push(format!(
+                "{name} {shown} in defaults: it comes after this service, whose lists xinetd took from defaults when it read the service"
+            ).replace("  ", " "));
+            continue;
+        }
         if !order.contains(name) {
             order.push(name.clone());
         }
@@ -211,7 +272,7 @@ fn resolve_defaults(
         if SETS.contains(&name.as_str()) || name == "log_type" {
             let cur = d.entry(name.clone()).or_default();
             apply_set(cur, if op == "-=" { "-=" } else { "+=" }, v);
-        } else if d.contains_key(name) || op != "=" {
+        } else if d.contains_key(slot(name)) || d.contains_key(name) || op != "=" {
             r.ignored.push(format!(
                 "{name} {op} {} in defaults: xinetd ignores it (set once, with =)",
                 v.join(" ")
@@ -223,9 +284,9 @@ fn resolve_defaults(
     (d, order)
 }
 
-fn resolve(defaults: &Attrs, own: &Attrs) -> Resolved {
+fn resolve(defaults: &Attrs, seen: usize, own: &Attrs) -> Resolved {
     let mut r = Resolved::default();
-    let (d, d_order) = resolve_defaults(defaults, &mut r);
+    let (d, d_order) = resolve_defaults(defaults, seen, &mut r);
     let mut values: HashMap<String, Vec<String>> = HashMap::new();
     let mut own_written: HashMap<String, Vec<String>> = HashMap::new();
     for (name, op, v) in own {
@@ -233,6 +294,10 @@ fn resolve(defaults: &Attrs, own: &Attrs) -> Resolved {
             .entry(name.clone())
             .or_default()
             .push(format!("{op} {}", v.join(" ")));
+        if let Some(why) = wrong_count(name, op, v, "") {
+            r.ignored.push(why);
+            continue;
+        }
         let v = normalized(name, v);
         if SETS.contains(&name.as_str()) {
             let seed = || {
@@ -244,9 +309,18 @@ fn resolve(defaults: &Attrs, own: &Attrs) -> Resolved {
             };
             let cur = values.entry(name.clone()).or_insert_with(seed);
             apply_set(cur, op, v);
-        } else if values.contains_key(name) || op != "=" {
+        } else if values.contains_key(name)
+            || (slot(name) != name && values.contains_key(slot(name)))
+            || (name == "bind" && values.contains_key("interface"))
+            || op != "="
+        {
+            let alias = if slot(name) == "bind" {
+                "; bind and interface are one attribute"
+            } else {
+                ""
+            };
             r.ignored.push(format!(
-                "{name} {op} {}: xinetd ignores it (set once, with =)",
+                "{name} {op} {}: xinetd ignores it (set once, with ={alias})",
                 v.join(" ")
             ));
             continue;
@@ -283,6 +357,8 @@ struct Svc {
     r: Resolved,
     e: Entry,
     named: HashSet<String>,
+    /// Attributes a `# not imported:` reason names.
+    refused: HashSet<String>,
 }
 
 impl Svc {
@@ -294,6 +370,10 @@ impl Svc {
         }
     }
     fn carry(&mut self, name: &str) {
+        // A setting that refuses the service is named by that reason.
+        if self.refused.contains(name) {
+            return;
+        }
         if self.r.values.contains_key(name) {
             let label = self.label(name);
             self.e.carry(&label);
@@ -315,6 +395,7 @@ impl Svc {
     /// names it, is the `# not imported:` line.
     fn refuse(&mut self, name: &str, why: String) {
         self.named.insert(name.to_string());
+        self.refused.insert(name.to_string());
         self.e.refuse(why);
     }
     fn has(&self, name: &str) -> bool {
@@ -342,6 +423,7 @@ struct Shape {
     v4_only: bool,
 }
 
+#[cfg(test)]
 pub fn entry(
     name: &str,
     origin: String,
@@ -349,7 +431,21 @@ pub fn entry(
     own: &Attrs,
     services: &Services,
 ) -> Entry {
-    let r = resolve(defaults, own);
+    entry_at(name, origin, defaults, defaults.len(), own, services)
+}
+
+/// The service `name`, read by xinetd after the first `seen` lines of
+/// `defaults` (the lists it takes from them), with all of them for the
+/// rest.
+pub fn entry_at(
+    name: &str,
+    origin: String,
+    defaults: &Attrs,
+    seen: usize,
+    own: &Attrs,
+    services: &Services,
+) -> Entry {
+    let r = resolve(defaults, seen, own);
     let mut svc = Svc {
         e: Entry {
             name: r.one("id").unwrap_or_else(|| name.to_string()),
@@ -358,6 +454,7 @@ pub fn entry(
         },
         r,
         named: HashSet::new(),
+        refused: HashSet::new(),
     };
     for why in svc.r.ignored.clone() {
         svc.e.drop_setting(why);
@@ -418,9 +515,20 @@ fn socket(svc: &mut Svc, name: &str, services: &Services) -> Option<Shape> {
         return None;
     }
     svc.carry("protocol");
-    let port = svc
-        .r
-        .one("port")
+    let given = svc.r.one("port");
+    if given.as_ref().is_some_and(|p| p.parse::<u16>().is_err()) {
+        unreadable(svc, "port");
+        return None;
+    }
+    if given.is_none() && types.iter().any(|t| t == "UNLISTED") {
+        svc.refuse(
+            "type",
+            "type UNLISTED without `port`: xinetd does not start it (\"must have a port entry\")"
+                .into(),
+        );
+        return None;
+    }
+    let port = given
         .and_then(|p| p.parse::<u16>().ok())
         .or_else(|| services.port(name, &proto));
     let Some(port) = port.filter(|p| *p != 0) else {
@@ -493,16 +601,22 @@ fn accept_mode(svc: &mut Svc, stream: bool, internal: bool) -> Option<bool> {
             svc.carry("wait");
             !internal
         }
-        Some("no") | None if stream => {
+        None => {
+            // NECESSARY_ATTRS: "missing attribute wait - DISABLING".
+            svc.e
+                .refuse("no `wait`: xinetd requires it and does not start the service");
+            return None;
+        }
+        Some("no") if stream => {
             svc.carry("wait");
             false
         }
-        Some("no") | None if internal => {
+        Some("no") if internal => {
             svc.e.set("accept", "false".into());
             svc.carry("wait");
             false
         }
-        Some("no") | None => {
+        Some("no") => {
             svc.refuse(
                 "wait",
                 "a datagram service with wait = no has nothing to accept".into(),
@@ -662,6 +776,13 @@ fn identity(svc: &mut Svc, shape: &Shape) {
         return;
     }
     let mut runs_as = false;
+    if !svc.has("user") {
+        // xinetd.conf(5): user is required for a service that runs a
+        // program; confparse.c "missing attribute user - DISABLING".
+        svc.e.refuse(
+            "no `user`: xinetd requires one for a service that runs a program and does not start this one (summond would run it as root); add `user` to serve it",
+        );
+    }
     if let Some(u) = svc.r.one("user") {
         match lookup_user(&u) {
             Some(name) => {
@@ -799,7 +920,15 @@ fn rlimits(svc: &mut Svc) {
         let value = if v == "UNLIMITED" {
             Some(s("infinity"))
         } else {
-            size(&v).map(|n| n.to_string())
+            // Beyond a TOML integer is beyond any address space or count:
+            // infinity in effect.
+            size(&v).map(|n| {
+                if i64::try_from(n).is_ok() {
+                    n.to_string()
+                } else {
+                    s("infinity")
+                }
+            })
         };
         match value {
             Some(value) => {
@@ -1184,7 +1313,8 @@ mod tests {
 
     #[test]
     fn a_wait_yes_server_gets_no_accept_only_key() {
-        let wait = "port = 7000\nsocket_type = stream\nwait = yes\nserver = /bin/cat\n";
+        let wait =
+            "port = 7000\nsocket_type = stream\nwait = yes\nuser = nobody\nserver = /bin/cat\n";
         let e = import("per_source = 5", wait);
         assert_eq!(key_of(&e, "max_per_source"), None);
         assert!(
@@ -1354,5 +1484,120 @@ mod tests {
         assert_eq!(key_of(&e, "v6only").as_deref(), Some("false"));
         let e = import("", &format!("{CAT}flags = IPv6\nv6only = yes"));
         assert_eq!(key_of(&e, "v6only").as_deref(), Some("true"));
+    }
+    #[test]
+    fn a_program_without_user_is_refused_as_xinetd_refuses_it() {
+        let e = import(
+            "",
+            "port = 7000\nsocket_type = stream\nwait = no\nserver = /bin/cat",
+        );
+        let why = e.unusable.unwrap_or_default();
+        assert!(why.contains("no `user`"), "{why}");
+        // An internal service needs none.
+        let e = entry(
+            "daytime",
+            "t".into(),
+            &Vec::new(),
+            &attrs("type = INTERNAL\nsocket_type = stream\nwait = no\nport = 13"),
+            &Services::parse(""),
+        );
+        assert!(e.unusable.is_none(), "{:?}", e.unusable);
+    }
+
+    #[test]
+    fn bind_and_interface_are_one_attribute_whose_first_line_wins() {
+        let e = import("", &format!("{CAT}interface = 127.0.0.1\nbind = 0.0.0.0"));
+        assert_eq!(
+            key_of(&e, "listen").as_deref(),
+            Some("\"tcp://127.0.0.1:7000\""),
+            "{:?}",
+            e.dropped
+        );
+        assert!(
+            e.dropped
+                .iter()
+                .any(|d| d.starts_with("bind = 0.0.0.0: xinetd ignores it")),
+            "{:?}",
+            e.dropped
+        );
+        let e = import("bind = 0.0.0.0", &format!("{CAT}interface = 127.0.0.1"));
+        assert_eq!(
+            key_of(&e, "listen").as_deref(),
+            Some("\"tcp://127.0.0.1:7000\"")
+        );
+    }
+
+    #[test]
+    fn a_line_with_the_wrong_number_of_values_is_ignored_as_by_xinetd() {
+        let e = import("", &format!("{CAT}cps = 10\nnice = 1 2"));
+        assert_eq!(key_of(&e, "rate"), None);
+        assert_eq!(key_of(&e, "nice"), None);
+        let all = e.dropped.join("\n");
+        assert!(
+            all.contains("cps = 10: xinetd ignores it (it takes 2 values)"),
+            "{all}"
+        );
+        // `user = nobody # why` is three values: xinetd has no user, and
+        // does not start the program.
+        let e = import(
+            "",
+            "port = 7000\nsocket_type = stream\nwait = no\nserver = /bin/cat\nuser = nobody # why",
+        );
+        assert!(
+            e.unusable.unwrap_or_default().contains("no `user`"),
+            "{:?}",
+            e.dropped
+        );
+    }
+
+    #[test]
+    fn an_rlimit_beyond_a_toml_integer_is_infinity() {
+        let e = import("", &format!("{CAT}rlimit_as = 9999999999999999999"));
+        assert_eq!(
+            key_of(&e, "rlimits").as_deref(),
+            Some("{ as = \"infinity\" }")
+        );
+        assert!(e.unusable.is_none());
+    }
+    #[test]
+    fn an_address_list_that_refuses_the_service_is_not_also_carried_over() {
+        let e = import("", &format!("{CAT}only_from = 10.0.0.1 host.example"));
+        assert!(e
+            .unusable
+            .unwrap_or_default()
+            .contains("only_from host.example"));
+        assert!(
+            !e.carried.iter().any(|c| c.starts_with("only_from")),
+            "{:?}",
+            e.carried
+        );
+    }
+    #[test]
+    fn what_xinetd_does_not_start_for_want_of_wait_or_port_is_refused() {
+        let e = import(
+            "",
+            "port = 7000\nsocket_type = stream\nuser = nobody\nserver = /bin/cat",
+        );
+        assert!(e.unusable.unwrap_or_default().contains("no `wait`"));
+        let db = Services::parse("svc 7000/tcp\n");
+        let unlisted = attrs(
+            "type = UNLISTED\nsocket_type = stream\nwait = no\nuser = nobody\nserver = /bin/cat",
+        );
+        let e = entry("svc", "t".into(), &Vec::new(), &unlisted, &db);
+        assert!(
+            e.unusable.unwrap_or_default().contains("UNLISTED"),
+            "{:?}",
+            e.keys
+        );
+        let bad =
+            attrs("port = http\nsocket_type = stream\nwait = no\nuser = nobody\nserver = /bin/cat");
+        let e = entry("svc", "t".into(), &Vec::new(), &bad, &db);
+        assert!(
+            e.unusable
+                .unwrap_or_default()
+                .contains("port = http: xinetd cannot read it"),
+            "{:?}",
+            e.keys
+        );
     }
 }

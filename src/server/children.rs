@@ -7,7 +7,7 @@
 
 use rustc_hash::FxHashMap;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
@@ -16,15 +16,10 @@ use crate::addr::ListenAddr;
 use crate::limits::Counter;
 use crate::peer::{Peer, SourceKey};
 use crate::queue::QueueHead;
+use crate::upgrade::{ChildState, RuntimeLeft, StoppingState};
 
-use super::timers::TimerKey;
-
-/// A service for the length of the run: kept across reloads while its
-/// name stays in the config, new when a name appears (again). Children
-/// refer to it, not to the name, so a service removed and re-added while
-/// its old children run starts with counts of its own.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(super) struct ServiceId(pub u64);
+use super::services::ServiceId;
+use super::timers::{Timer, TimerKey, Timers};
 
 /// A socket lent to a pass-mode child, and what waited on it then.
 pub(super) struct HeldSocket {
@@ -49,6 +44,15 @@ pub(super) struct Child {
     pub runtime_timer: Option<TimerKey>,
 }
 
+/// A child that has ended, out of the table.
+pub(super) struct Exit {
+    pub pid: Pid,
+    pub child: Child,
+    pub status: WaitStatus,
+    /// From its start to its exit (or to when it was seen exited).
+    pub ran: Duration,
+}
+
 /// A child's process group that `max_runtime` sent SIGTERM, with the
 /// SIGKILL still due, kept by the group's id (the leader's pid) until
 /// the SIGKILL is sent, and carried by an upgrade.
@@ -71,9 +75,92 @@ pub(super) struct StoppingGroup {
     pub exited_at: Option<Instant>,
 }
 
+impl StoppingGroup {
+    /// The SIGKILL it is owed, for the next image of an upgrade: a group
+    /// that ignores SIGTERM is not spared by an upgrade in its grace.
+    pub fn to_state(&self, pgid: Pid, now: Instant) -> StoppingState {
+        StoppingState {
+            pgid: pgid.as_raw(),
+            name: self.name.to_string(),
+            peer: self.peer.clone(),
+            age_ns: now.saturating_duration_since(self.started_at).as_nanos() as u64,
+            kill_in_ns: self.timer.at().saturating_duration_since(now).as_nanos() as u64,
+            // Held until the SIGKILL: never reaped before.
+            leader_reaped: false,
+            exited_ns: self
+                .exited_at
+                .map(|t| now.saturating_duration_since(t).as_nanos() as u64),
+        }
+    }
+
+    /// A group the previous image owed a SIGKILL, its times measured from
+    /// the hand-over (`now`), the SIGKILL's timer set again. Its leader is
+    /// still a child of this process, running or a zombie held unreaped
+    /// across the exec, so the group is still the one stopped.
+    pub fn resumed(g: StoppingState, now: Instant, timers: &mut Timers) -> (Pid, StoppingGroup) {
+        let pgid = Pid::from_raw(g.pgid);
+        let started_at = now
+            .checked_sub(Duration::from_nanos(g.age_ns))
+            .unwrap_or(now);
+        let kill_at = now + Duration::from_nanos(g.kill_in_ns);
+        let group = StoppingGroup {
+            started_at,
+            name: g.name.into(),
+            peer: g.peer,
+            timer: timers.add(
+                kill_at,
+                Timer::Kill {
+                    pid: pgid,
+                    started_at,
+                },
+            ),
+            exited_at: g
+                .exited_ns
+                .map(|ns| now.checked_sub(Duration::from_nanos(ns)).unwrap_or(now)),
+        };
+        (pgid, group)
+    }
+}
+
 impl Child {
     pub fn is_pass_mode(&self) -> bool {
         !self.held_sockets.is_empty()
+    }
+
+    /// A child the previous image of an upgrade handed over, of `service`
+    /// (its own, or an identity of its own if a reload removed it), its
+    /// age measured from `handed`. Its held sockets are the caller's to
+    /// lend and its `max_runtime` timer the caller's to set, from the
+    /// deadline the state gives (none from an older image).
+    pub fn resumed(
+        c: ChildState,
+        service: ServiceId,
+        handed: Instant,
+    ) -> (Pid, Child, Option<RuntimeLeft>) {
+        let started_at = handed
+            .checked_sub(Duration::from_nanos(c.age_ns))
+            .unwrap_or(handed);
+        let held_sockets = c
+            .held
+            .into_iter()
+            .filter_map(|(addr, head)| {
+                Some(HeldSocket {
+                    addr: addr.parse().ok()?,
+                    head,
+                })
+            })
+            .collect();
+        let child = Child {
+            service,
+            name: c.name.into(),
+            peer: c.peer,
+            source: c.source,
+            started_at,
+            exec_failed: c.exec_failed,
+            held_sockets,
+            runtime_timer: None,
+        };
+        (Pid::from_raw(c.pid), child, c.runtime)
     }
 }
 
@@ -122,6 +209,61 @@ impl ChildTable {
         }
         self.children.insert(pid, child);
         self.check_counts();
+    }
+
+    /// The children, for the next image of an upgrade; `service` names a
+    /// child's service now (none if a reload removed it).
+    pub fn to_state(
+        &self,
+        now: Instant,
+        service: impl Fn(ServiceId) -> Option<String>,
+    ) -> Vec<ChildState> {
+        self.children
+            .iter()
+            .map(|(pid, c)| ChildState {
+                pid: pid.as_raw(),
+                service: service(c.service),
+                name: c.name.to_string(),
+                peer: c.peer.clone(),
+                source: c.source,
+                age_ns: now.saturating_duration_since(c.started_at).as_nanos() as u64,
+                exec_failed: c.exec_failed,
+                held: c
+                    .held_sockets
+                    .iter()
+                    .map(|h| (h.addr.to_string(), h.head))
+                    .collect(),
+                runtime: Some(RuntimeLeft {
+                    // Still set: not fired, since it is cancelled at exit
+                    // and a fired one moved the child to stopping_groups
+                    // (left out again on the other side).
+                    left_ns: c
+                        .runtime_timer
+                        .map(|k| k.at().saturating_duration_since(now).as_nanos() as u64),
+                }),
+            })
+            .collect()
+    }
+
+    /// The child `status` is about, taken out of the table: `exited_at`,
+    /// when it was seen to have exited, if before `now` (a held leader).
+    pub fn exit(
+        &mut self,
+        status: WaitStatus,
+        now: Instant,
+        exited_at: Option<Instant>,
+    ) -> Option<Exit> {
+        let pid = status.pid()?;
+        let child = self.remove(&pid)?;
+        let ran = exited_at
+            .unwrap_or(now)
+            .saturating_duration_since(child.started_at);
+        Some(Exit {
+            pid,
+            child,
+            status,
+            ran,
+        })
     }
 
     pub fn remove(&mut self, pid: &Pid) -> Option<Child> {
@@ -176,39 +318,6 @@ impl ChildTable {
             let expected = sources.keys().filter(|(sid, _)| sid == id).count();
             assert_eq!(listed, expected, "per-source keys of {id:?} drifted");
         }
-    }
-}
-
-/// How a child ended, as status and the logs say it ("exited with status
-/// 0"): written when shown, not built for every exit.
-pub(super) struct ExitText<'a>(pub &'a WaitStatus);
-
-impl std::fmt::Display for ExitText<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            WaitStatus::Exited(_, code) => write!(f, "exited with status {code}"),
-            WaitStatus::Signaled(_, sig, core) => write!(
-                f,
-                "killed by signal {} ({sig}){}",
-                *sig as i32,
-                if *core { ", core dumped" } else { "" }
-            ),
-            other => write!(f, "{other:?}"),
-        }
-    }
-}
-
-/// Did the child exit with status 0?
-pub(super) fn succeeded(status: &WaitStatus) -> bool {
-    matches!(status, WaitStatus::Exited(_, 0))
-}
-
-/// An exit without its pid: two exits with the same key read the same.
-pub(super) fn exit_key(status: &WaitStatus) -> (i32, i32, bool) {
-    match status {
-        WaitStatus::Exited(_, code) => (0, *code, false),
-        WaitStatus::Signaled(_, sig, core) => (1, *sig as i32, *core),
-        _ => (2, 0, false),
     }
 }
 

@@ -7,24 +7,27 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 use log::{debug, error, info, warn};
 use nix::libc;
 use socket2::Socket;
 
-use super::children::ServiceId;
 use super::children::{for_peer, Child, HeldSocket};
+use super::services::ServiceId;
 use super::timers::Timer;
 use super::Server;
 use crate::access::Refusal;
 use crate::addr::ListenAddr;
 use crate::config::{Pass, Rate};
 use crate::env::EnvBlock;
+use crate::limits::Backoff;
 use crate::peer::{Peer, SourceKey};
 use crate::queue::QueueHead;
 use crate::spawn::{self, ChildSetup, ExecImage, FdMove};
+use crate::stats::RefusalKind;
+use crate::upgrade::ConnState;
 
 /// Connections taken from one listener per wake-up before the loop turns
 /// to its other sources (signals, the control socket, other listeners);
@@ -46,27 +49,30 @@ pub(super) struct PendingConnection {
 }
 
 impl PendingConnection {
-    /// A connection the previous image kept through a back-off.
-    pub fn resumed(
-        addr: ListenAddr,
-        name: String,
-        conn: Socket,
-        peer: Peer,
-        greeted: bool,
-    ) -> Self {
-        PendingConnection {
-            addr,
-            name,
+    /// A connection the previous image kept through a back-off; none if
+    /// its address does not read (the socket closes).
+    pub fn resumed(p: ConnState) -> Option<Self> {
+        // SAFETY: named by the state, taken once.
+        let conn = Socket::from(unsafe { OwnedFd::from_raw_fd(p.fd) });
+        Some(PendingConnection {
+            addr: p.addr.parse().ok()?,
+            name: p.name,
             conn,
-            peer,
-            greeted,
-        }
+            peer: p.peer,
+            greeted: p.greeted,
+        })
     }
 
     /// What the next image needs of it: the socket, its address, the
     /// service's name, the client, whether it was greeted.
-    pub fn parts(&self) -> (&Socket, &ListenAddr, &str, &Peer, bool) {
-        (&self.conn, &self.addr, &self.name, &self.peer, self.greeted)
+    pub fn to_state(&self) -> ConnState {
+        ConnState {
+            fd: self.conn.as_raw_fd(),
+            addr: self.addr.to_string(),
+            name: self.name.clone(),
+            peer: self.peer.clone(),
+            greeted: self.greeted,
+        }
     }
 }
 
@@ -79,12 +85,12 @@ pub(super) enum RefuseReason {
 }
 
 impl RefuseReason {
-    /// Its place in `metrics::REFUSAL_REASONS`.
-    pub(super) fn index(self) -> usize {
+    /// What it is counted as.
+    pub(super) fn kind(self) -> RefusalKind {
         match self {
-            RefuseReason::Access(_) => 0,
-            RefuseReason::MaxPerSource(_) => 1,
-            RefuseReason::PerSourceRate(_) => 2,
+            RefuseReason::Access(_) => RefusalKind::Access,
+            RefuseReason::MaxPerSource(_) => RefusalKind::MaxPerSource,
+            RefuseReason::PerSourceRate(_) => RefusalKind::PerSourceRate,
         }
     }
 }
@@ -326,7 +332,7 @@ impl Server {
         now: Instant,
     ) {
         let svc = &mut self.services[idx];
-        svc.stats.refused_by[why.index()] += 1;
+        svc.stats.refused_by[why.kind()] += 1;
         if let Some(text) = &svc.spec.banner_fail {
             send_banner(conn, text);
         }
@@ -536,7 +542,7 @@ impl Server {
             nofile: self.opts.child_nofile,
         };
         let now = Instant::now();
-        let rt = &mut *self.services[idx];
+        let rt = &mut self.services[idx];
         let envs = &mut self.envs;
         let image = rt
             .image
@@ -560,11 +566,8 @@ impl Server {
             }
         };
         let pid = spawned.pid;
-        for h in &req.held_sockets {
-            if let Some(sock) = self.sockets.get_mut(&h.addr) {
-                sock.busy = Some(pid);
-            }
-        }
+        self.sockets
+            .lend(req.held_sockets.iter().map(|h| &h.addr), pid);
         let svc = &mut self.services[idx];
         svc.stats.served += 1;
         let name = svc.spec.name.as_str();
@@ -640,13 +643,24 @@ impl Server {
     /// the back-off deadline; listeners that turn readable meanwhile are
     /// parked.
     pub(super) fn resource_fault(&mut self, what: &str, err: &dyn fmt::Display, now: Instant) {
-        let (until, first) = self.resources.fault(now);
-        if first {
-            warn!(event = "resource_fault";
-                "{what}: {err}; pausing all listeners ({} ms, doubling up to {} ms while this lasts)",
-                until.saturating_duration_since(now).as_millis(),
-                crate::limits::BACKOFF_MAX.as_millis()
-            );
-        }
+        note_resource_fault(&mut self.resources, what, err, now);
+    }
+}
+
+/// Start or extend the back-off over all listeners (`Backoff::fault`);
+/// the first fault of an episode is logged.
+pub(super) fn note_resource_fault(
+    resources: &mut Backoff,
+    what: &str,
+    err: &dyn fmt::Display,
+    now: Instant,
+) {
+    let (until, first) = resources.fault(now);
+    if first {
+        warn!(event = "resource_fault";
+            "{what}: {err}; pausing all listeners ({} ms, doubling up to {} ms while this lasts)",
+            until.saturating_duration_since(now).as_millis(),
+            crate::limits::BACKOFF_MAX.as_millis()
+        );
     }
 }

@@ -22,13 +22,15 @@
 //! let a client that never reads pin megabytes of kernel memory).
 
 use std::io::{self, Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use socket2::Socket;
 
-use super::children::ServiceId;
+use super::services::ServiceId;
 use crate::config::{Internal, Rate};
 use crate::peer::{Peer, SourceKey};
+use crate::upgrade::InternalState;
 
 /// One TCP connection's buffer.
 pub(super) const BUF: usize = 4096;
@@ -91,9 +93,9 @@ impl InternalConn {
         conn
     }
 
-    /// A connection handed over by the previous image in a live upgrade,
-    /// with the output it had not written yet.
-    pub fn resumed(
+    /// A connection with the output it had not written yet (none for a
+    /// new one).
+    fn resumed(
         kind: Internal,
         socket: Socket,
         service: ServiceId,
@@ -121,24 +123,40 @@ impl InternalConn {
         conn
     }
 
-    /// What the next image needs to carry on: the unsent output, the
-    /// chargen line, whether the answer is all there is.
-    pub fn progress(&self) -> (&[u8], usize, bool) {
-        (&self.buf[self.start..self.end], self.line, self.one_shot)
+    /// What the next image of an upgrade needs to carry on, under its
+    /// service's name now (`service`): the socket, the unsent output, the
+    /// chargen line, whether the answer is all there is, its idle timeout
+    /// and how long it has been silent at `now`.
+    pub fn to_state(&self, service: String, now: Instant) -> InternalState {
+        let silent = now.saturating_duration_since(self.last_active);
+        InternalState {
+            fd: self.socket.as_raw_fd(),
+            service,
+            kind: self.kind,
+            peer: self.peer.clone(),
+            source: self.source,
+            unsent: self.buf[self.start..self.end].to_vec(),
+            line: self.line,
+            one_shot: self.one_shot,
+            idle: Some((self.idle.as_nanos() as u64, silent.as_nanos() as u64)),
+        }
     }
 
-    /// Its idle timeout and how long it has been silent at `now`, for the
-    /// next image of an upgrade.
-    pub fn idle_clock(&self, now: Instant) -> (Duration, Duration) {
-        (self.idle, now.saturating_duration_since(self.last_active))
-    }
-
-    /// Carry on with the idle clock of the previous image: its timeout
+    /// A connection the previous image handed over, now of service `id`,
+    /// its idle clock measured from the hand-over (`handed`): its timeout
     /// (a client of a removed service keeps it, as at a reload) and the
     /// silence so far, which does not start again.
-    pub fn resume_idle_clock(&mut self, timeout: Duration, silent: Duration, now: Instant) {
-        self.idle = timeout;
-        self.last_active = now.checked_sub(silent).unwrap_or(now);
+    pub fn from_state(c: InternalState, id: ServiceId, handed: Instant) -> InternalConn {
+        // SAFETY: named by the state, taken once.
+        let socket = Socket::from(unsafe { OwnedFd::from_raw_fd(c.fd) });
+        let progress = (c.unsent.as_slice(), c.line, c.one_shot);
+        let mut conn = InternalConn::resumed(c.kind, socket, id, c.source, c.peer, progress);
+        if let Some((timeout, silent)) = c.idle {
+            conn.idle = Duration::from_nanos(timeout);
+            let silent = Duration::from_nanos(silent);
+            conn.last_active = handed.checked_sub(silent).unwrap_or(handed);
+        }
+        conn
     }
 
     /// When the client will have been silent for its idle timeout.
@@ -809,7 +827,7 @@ impl Server {
         // receive queue). Fixed small buffers bound both per client.
         let _ = conn.set_send_buffer_size(KERNEL_BUF);
         let _ = conn.set_recv_buffer_size(KERNEL_BUF);
-        let token = self.next_token();
+        let token = self.tokens.next();
         let fd = conn.as_raw_fd();
         let svc = &self.services[idx];
         if let Err(e) = self.poll.registry().register(
@@ -834,10 +852,10 @@ impl Server {
 
     /// A connection the previous image was serving (live upgrade).
     pub(super) fn resume_internal(&mut self, mut conn: InternalConn) {
-        if let Some(idx) = self.service_index(conn.service) {
+        if let Some(idx) = self.services.index_of(conn.service) {
             conn.idle = self.services[idx].spec.idle_timeout;
         }
-        let token = self.next_token();
+        let token = self.tokens.next();
         if let Err(e) = self.poll.registry().register(
             &mut SourceFd(&conn.socket.as_raw_fd()),
             token,
@@ -877,7 +895,7 @@ impl Server {
                 .registry()
                 .deregister(&mut SourceFd(&conn.socket.as_raw_fd()));
             let now = Instant::now();
-            if let Some(idx) = self.service_index(conn.service) {
+            if let Some(idx) = self.services.index_of(conn.service) {
                 debug!(
                     "{}: internal:{} done for {}",
                     self.services[idx].spec.name,
@@ -900,7 +918,7 @@ impl Server {
             if let Some(conn) = self.internals.conns.get(&token) {
                 debug!(
                     "{}: internal:{} closing {}: idle for {:.1}s",
-                    self.service_name(conn.service),
+                    self.services.name_of(conn.service),
                     conn.kind.name(),
                     conn.peer,
                     conn.idle.as_secs_f64()
@@ -915,10 +933,9 @@ impl Server {
         let Server {
             internals,
             services,
-            by_id,
             ..
         } = self;
-        internals.retime(|id| by_id.get(&id).map(|i| services[*i].spec.idle_timeout));
+        internals.retime(|id| services.index_of(id).map(|i| services[i].spec.idle_timeout));
     }
 
     /// Close every internal connection (at stop).
@@ -1092,7 +1109,7 @@ impl Server {
         now: Instant,
     ) {
         let svc = &mut self.services[idx];
-        svc.stats.refused_by[why.index()] += 1;
+        svc.stats.refused_by[why.kind()] += 1;
         svc.top_refused.record(key);
         if self.refusals.record((svc.id, Some(key), why), now) {
             let name = svc.spec.name.as_str();

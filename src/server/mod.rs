@@ -1,10 +1,46 @@
 //! The event loop and the decisions across its parts: one `Server` holds
 //! the socket table (`sockets.rs`), the child table (`children.rs`), the
-//! per-service runtime state and the timers, and is the one place that
-//! logs per-event outcomes. A client's path from a readable listener to a
-//! child is `connection.rs`; here are the loop, watching, child exits,
-//! status, reload and stop. Sockets are built by `listener.rs`, children
-//! by `spawn.rs`, counting rules by `limits.rs`.
+//! service table (`services.rs`) and the timers (`timers.rs`), and is the
+//! one place that decides across them and logs per-event outcomes; the
+//! tables never call back up. The control socket, the metrics listener
+//! and their clients are one more owner (`endpoints.rs`), handed a
+//! snapshot to answer with. Here are the loop, watching, status, reload
+//! and stop; a client's way in is `connection.rs`, a child's way out
+//! `exit.rs`. Sockets are built by `listener.rs`, children by `spawn.rs`,
+//! counting rules by `limits.rs`.
+//!
+//! The path of a connection (accept mode), each step a function:
+//!
+//! 1. `run`: epoll reports the listener's token readable;
+//!    `on_listener_ready` (connection.rs) finds its socket and service.
+//! 2. The gate over all services (`gate_is_open`: `max_children`, the
+//!    resource back-off): shut, the listener is parked (`park`) and its
+//!    clients wait in the backlog until `unpark`.
+//! 3. `accept_connections`: accepts up to `ACCEPT_BUDGET` while the gate
+//!    and the service's own limits (`service_may_spawn`: `max_instances`,
+//!    `ServiceRuntime::may_start`: crash hold, `rate`) allow; clients left
+//!    over are queued for the next turn (`SocketTable::queue_ready`,
+//!    `serve_ready`).
+//! 4. `start_connection`: admission (access rules, `max_per_source`,
+//!    `per_source_rate`); a refusal is counted and logged by `refuse`.
+//! 5. `launch_connection`: the banner, the child's fds and variables into
+//!    the reused scratch buffers; an internal service is served in the
+//!    loop instead (`start_internal`, internal.rs).
+//! 6. `spawn_child`: clone and exec (`Spawner::spawn`), the child into the
+//!    child table, a `rate` token spent (`take_rate_token`), its
+//!    `max_runtime` timer set. Out of fds or processes, the client is kept
+//!    (`pending`) and `retry_pending` starts it after the back-off.
+//! 7. `sync_service`: the service's listeners watched or not as its limits
+//!    now say.
+//! 8. SIGCHLD: `handle_signals` → `reap_children` → `reaped` →
+//!    `child_exited` (exit.rs): the child table gives the `Exit`, the
+//!    socket table gives back what it held, the service table records the
+//!    outcome, the exit is logged, and the listeners are re-armed
+//!    (`sync_service`, `unpark`).
+//!
+//! In pass mode (`accept = false`) step 3 is `start_pass_child`: the
+//! listening sockets themselves are lent to the child
+//! (`SocketTable::lend`) and unwatched until it exits and gives them back.
 //!
 //! Listener watching is reconciled, not toggled: `sync_service` computes
 //! whether each socket should be in the poll set (not held by a pass-mode
@@ -13,7 +49,7 @@
 //! queued clients must be re-registered to wake us again; epoll reports a
 //! ready fd at registration, which is exactly that wake-up.
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use std::fmt;
 use std::fs::File;
 use std::io;
@@ -21,46 +57,45 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use log::{debug, error, info, log, warn, Level};
+use log::{debug, error, info, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::libc;
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use socket2::Socket;
 
 use crate::addr::ListenAddr;
 use crate::config::{self, Config, Host, ServiceSpec};
-use crate::control::{RefusedSource, Reply, ServiceStatus, Status};
-use crate::limits::rate::{SourceBuckets, TokenBucket, TopRefused};
-use crate::limits::{Backoff, CrashGuard};
+use crate::control::{RefusedSource, ServiceStatus, Status};
+use crate::limits::Backoff;
 use crate::listener::{self, ListenError, ListenOptions, Listener};
-use crate::metrics::{LazyHistogram, Scrape};
+use crate::metrics as prom;
 use crate::notify::Notifier;
-use crate::peer::SourceKey;
-use crate::queue::QueueHead;
 use crate::refusals::{RefusalLog, REFUSAL_INTERVAL};
 use crate::signals::{self, Signals};
-use crate::spawn::{EnvPool, ExecImage, Spawner, Stage};
+use crate::spawn::{EnvPool, Spawner, Stage};
+use crate::stats::Pause;
 
 mod children;
 mod connection;
+mod endpoints;
+mod exit;
 mod internal;
 mod reload;
-mod scrape;
+mod services;
 mod sockets;
 mod timers;
 mod upgrade;
 
-use children::{
-    exit_key, for_peer, succeeded, Child, ChildTable, ExitText, ServiceId, StoppingGroup,
-};
+use children::{for_peer, Child, ChildTable, StoppingGroup};
 use connection::{PendingConnection, RefusalKey};
+use endpoints::{Accepted, Endpoints, Loop};
 use internal::{DatagramGuard, InternalConns};
 use reload::ConfigLoad;
-use sockets::SocketTable;
-use timers::{Timer, TimerKey, Timers, KILL_AFTER};
+use services::{ServiceId, ServiceRuntime, ServiceTable};
+use sockets::{SocketPlan, SocketTable};
+use timers::{Timer, Timers, KILL_AFTER};
 use upgrade::Upgrades;
 
 const SIGNALS: Token = Token(0);
@@ -72,16 +107,21 @@ const CONFIG_LOAD: Token = Token(5);
 const UPGRADE_CHECK: Token = Token(3);
 /// SPEC: the control socket is for root (or summond's user) only.
 pub(super) const CONTROL_SOCKET_MODE: u32 = 0o600;
-/// Control clients answered at once; more wait in the backlog. Each
-/// costs an fd until its answer is read.
-const MAX_CONTROL_CLIENTS: usize = 16;
-/// A control client that has not read its answer by then is closed.
-const CONTROL_CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Control clients accepted (or refused) per wake-up before the loop
 /// turns to other sources: a stream of connects to a socket others can
 /// reach must not keep it from serving.
 const CONTROL_ACCEPT_BUDGET: usize = 16;
 const FIRST_DYNAMIC_TOKEN: usize = 16;
+/// What a config does to the metrics listener or the control socket.
+enum ListenerChange {
+    /// The same address: the listener stays.
+    Keep,
+    /// A new address, opened already: swapped in at the commit.
+    Open(Listener),
+    /// No longer configured: closed at the commit.
+    Close,
+}
+
 /// Startup failures (exit 1). Anything after startup is logged, not returned.
 #[derive(Debug)]
 pub enum ServerError {
@@ -144,68 +184,50 @@ enum TokenKind {
     ControlClient,
 }
 
-/// Counters for status, metrics and logs; each changes in exactly one place.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct Stats {
-    pub served: u64,
-    /// Refused clients by reason, in `metrics::REFUSAL_REASONS` order.
-    pub refused_by: [u64; 3],
-    pub spawn_failures: u64,
-    pub last_exit: Option<String>,
-    /// Child exits by outcome, in `metrics::EXIT_OUTCOMES` order.
-    pub exits: [u64; 4],
-    pub durations: LazyHistogram,
+/// The dynamic poll tokens: what each stands for, and the next one to give
+/// out (from `FIRST_DYNAMIC_TOKEN`, never reused during the run).
+struct Tokens {
+    kinds: FxHashMap<Token, TokenKind>,
+    next: usize,
 }
 
-struct ServiceRuntime {
-    id: ServiceId,
-    /// `spec.name`, shared with the service's children.
-    name: std::rc::Rc<str>,
-    spec: ServiceSpec,
-    /// Built at the service's first child, not when the config loads:
-    /// most services of a large config wait long for their first client
-    /// (or never see one), and an image is a few hundred bytes.
-    image: Option<Box<ExecImage>>,
-    crash: CrashGuard,
-    stats: Stats,
-    /// `rate`: new children service-wide.
-    rate: Option<TokenBucket>,
-    /// The rate pause of this episode was logged; cleared once the bucket
-    /// is full again.
-    rate_logged: bool,
-    /// A timer is set for the next token.
-    rate_timer: bool,
-    /// `per_source_rate`: one bucket per client (prefix); allocated at
-    /// the first client, as most services have no such rate.
-    source_rates: Option<Box<SourceBuckets<SourceKey>>>,
-    top_refused: TopRefused<SourceKey>,
-    /// Children have been leaving their socket unread; the first such exit
-    /// was logged, the rest are not until one does its work.
-    unread_episode: bool,
-    /// What `stats.last_exit` says, without the text.
-    last_exit_key: Option<(i32, i32, bool)>,
-    /// A `runtime_directory` could not be made: tried again at the next
-    /// reload even if the service did not change.
-    runtime_dir_failed: bool,
+impl Default for Tokens {
+    fn default() -> Self {
+        Tokens {
+            kinds: FxHashMap::default(),
+            next: FIRST_DYNAMIC_TOKEN,
+        }
+    }
 }
 
-impl ServiceRuntime {
-    fn source_rates(&mut self) -> &mut SourceBuckets<SourceKey> {
-        self.source_rates.get_or_insert_with(Box::default)
+impl Tokens {
+    /// A token never given out before; `insert` says what it stands for
+    /// once its source is registered.
+    fn next(&mut self) -> Token {
+        let t = Token(self.next);
+        self.next += 1;
+        t
+    }
+
+    fn insert(&mut self, token: Token, kind: TokenKind) {
+        self.kinds.insert(token, kind);
+    }
+
+    fn get(&self, token: &Token) -> Option<&TokenKind> {
+        self.kinds.get(token)
+    }
+
+    fn remove(&mut self, token: &Token) {
+        self.kinds.remove(token);
     }
 }
 
 pub struct Server {
     poll: Poll,
     config: Config,
-    /// Boxed: a reload moves each service once, and 10,000 runtimes of
-    /// 1.2 kB inline would be 12 MB copied into a new list.
-    #[allow(clippy::vec_box)]
-    services: Vec<Box<ServiceRuntime>>,
+    services: ServiceTable,
     sockets: SocketTable,
-    tokens: FxHashMap<Token, TokenKind>,
-    next_token: usize,
-    next_service_id: u64,
+    tokens: Tokens,
     children: ChildTable,
     signals: Signals,
     devnull: File,
@@ -227,34 +249,12 @@ pub struct Server {
     /// Sockets handed over at startup (LISTEN_FDS), by address, until the
     /// first config takes them.
     handed: FxHashMap<ListenAddr, Socket>,
-    /// `[daemon] metrics`: the Prometheus listener and its scrapers.
-    metrics: Option<Listener>,
-    scrapes: FxHashMap<Token, Scrape>,
-    /// The timeout of each scrape and control client, cancelled when it
-    /// closes first (or status would count a timer per finished client).
-    client_timers: FxHashMap<Token, TimerKey>,
-    /// The scrape budget ran out with scrapers possibly left.
-    accept_more_scrapers: bool,
-    /// The same for the control socket.
-    accept_more_control: bool,
+    /// The control socket, the metrics listener and their clients.
+    endpoints: Endpoints,
     /// What the internal UDP services must not answer, and how many
     /// answers they may send.
     datagrams: DatagramGuard,
-    /// Service identity → index into `services`, rebuilt on reload.
-    by_id: FxHashMap<ServiceId, usize>,
     refusals: RefusalLog<RefusalKey>,
-    control: Option<Listener>,
-    control_clients: FxHashMap<Token, Reply>,
-    /// Clients of other uids closed since a trusted one was last
-    /// answered: an episode of refusals, logged once.
-    control_refused: Option<u64>,
-    /// An accept on the control socket failed for want of fds: its
-    /// queued clients are accepted when the back-off ends.
-    control_stalled: bool,
-    /// The same for the metrics listener.
-    metrics_stalled: bool,
-    /// The last resource fault was an accept of one of them.
-    accept_fd_fault: bool,
     upgrades: Upgrades,
     spawner: Spawner,
     /// The fd plan and variables of the last connection's child, kept to
@@ -305,11 +305,9 @@ impl Server {
                 services: Vec::new(),
                 reloadable: config.reloadable,
             },
-            services: Vec::new(),
+            services: ServiceTable::default(),
             sockets: SocketTable::default(),
-            tokens: FxHashMap::default(),
-            next_token: FIRST_DYNAMIC_TOKEN,
-            next_service_id: 1,
+            tokens: Tokens::default(),
             children: ChildTable::default(),
             signals,
             devnull,
@@ -322,20 +320,9 @@ impl Server {
             internals: InternalConns::default(),
             notifier,
             handed: FxHashMap::default(),
-            metrics: None,
-            scrapes: FxHashMap::default(),
-            client_timers: FxHashMap::default(),
-            accept_more_scrapers: false,
-            accept_more_control: false,
+            endpoints: Endpoints::default(),
             datagrams: DatagramGuard::default(),
-            by_id: FxHashMap::default(),
             refusals: RefusalLog::default(),
-            control: None,
-            control_clients: FxHashMap::default(),
-            control_refused: None,
-            control_stalled: false,
-            metrics_stalled: false,
-            accept_fd_fault: false,
             upgrades: Upgrades::new(),
             spawner,
             scratch: Default::default(),
@@ -384,8 +371,8 @@ impl Server {
             // a look at everything else, so no wait then.
             let timeout = if !self.sockets.has_ready()
                 && !self.internals.has_ready()
-                && !self.accept_more_scrapers
-                && !self.accept_more_control
+                && !self.endpoints.accept_more_scrapers
+                && !self.endpoints.accept_more_control
             {
                 self.next_deadline()
                     .map(|d| d.saturating_duration_since(Instant::now()))
@@ -407,7 +394,10 @@ impl Server {
                     UPGRADE_CHECK => self.read_check_output(),
                     token => match self.tokens.get(&token).cloned() {
                         Some(TokenKind::Listener(addr)) => self.on_listener_ready(&addr),
-                        Some(TokenKind::ControlClient) => self.write_control_reply(token),
+                        Some(TokenKind::ControlClient) => {
+                            let (endpoints, mut lp) = self.endpoints();
+                            endpoints.write_control_reply(&mut lp, token);
+                        }
                         Some(TokenKind::Internal) => self.on_internal_ready(token),
                         Some(TokenKind::Scrape) => self.on_scrape_ready(token),
                         // A source removed earlier in this batch.
@@ -417,10 +407,10 @@ impl Server {
             }
             self.serve_ready();
             self.serve_internal_ready();
-            if std::mem::take(&mut self.accept_more_scrapers) {
+            if std::mem::take(&mut self.endpoints.accept_more_scrapers) {
                 self.accept_scrapers();
             }
-            if std::mem::take(&mut self.accept_more_control) {
+            if std::mem::take(&mut self.endpoints.accept_more_control) {
                 self.accept_control_clients();
             }
             let now = Instant::now();
@@ -435,15 +425,10 @@ impl Server {
         Ok(())
     }
 
-    fn next_token(&mut self) -> Token {
-        let t = Token(self.next_token);
-        self.next_token += 1;
-        t
-    }
-
-    /// The earliest timer: a crash hold, the resource back-off or the
-    /// refusal summary ending. All are short lists (holds exist only while
-    /// a service is held), so an idle loop costs nothing per socket.
+    /// The earliest deadline: the timer map's first, an internal
+    /// connection's idle timeout, the resource back-off's or the refusal
+    /// summary's end. Each owner keeps its earliest at hand (a map, a
+    /// heap, one value), so an idle loop costs nothing per socket.
     fn next_deadline(&self) -> Option<Instant> {
         self.timers
             .next_deadline()
@@ -461,11 +446,8 @@ impl Server {
             // Their clients queued while fds ran out: no new event comes
             // for them (edge-triggered), so accept them now, before a
             // retry that fails again starts the next pause.
-            if std::mem::take(&mut self.control_stalled) {
+            if self.endpoints.backoff_ended() {
                 self.accept_control_clients();
-            }
-            if std::mem::take(&mut self.metrics_stalled) {
-                self.accept_more_scrapers = true;
             }
             self.retry_pending(now);
             self.unpark(now);
@@ -473,12 +455,12 @@ impl Server {
         for timer in self.timers.take_due(now) {
             match timer {
                 Timer::HoldEnds(id) => {
-                    if let Some(idx) = self.service_index(id) {
+                    if let Some(idx) = self.services.index_of(id) {
                         self.sync_service(idx, now);
                     }
                 }
                 Timer::TokenBack(id) => {
-                    if let Some(idx) = self.service_index(id) {
+                    if let Some(idx) = self.services.index_of(id) {
                         self.services[idx].rate_timer = false;
                         self.sync_service(idx, now);
                     }
@@ -487,8 +469,14 @@ impl Server {
                     self.runtime_up(pid, started_at);
                 }
                 Timer::Kill { pid, started_at } => self.kill_overdue_group(pid, started_at),
-                Timer::ScrapeTimeout(token) => self.scrape_timed_out(token),
-                Timer::ControlTimeout(token) => self.control_client_timed_out(token),
+                Timer::ScrapeTimeout(token) => {
+                    let (endpoints, mut lp) = self.endpoints();
+                    endpoints.scrape_timed_out(&mut lp, token);
+                }
+                Timer::ControlTimeout(token) => {
+                    let (endpoints, mut lp) = self.endpoints();
+                    endpoints.control_client_timed_out(&mut lp, token);
+                }
                 Timer::UpgradeCheck(pid) => self.upgrade_check_overdue(pid),
                 Timer::ConfigLoadSlow(pid) => self.config_load_slow(pid),
                 Timer::ConfigLoadOverdue(pid) => self.config_load_overdue(pid),
@@ -503,7 +491,7 @@ impl Server {
         }
         if let Some(summary) = self.refusals.flush(now) {
             for ((id, client, why), n) in summary.repeats {
-                let name = self.service_name(id);
+                let name = self.services.name_of(id);
                 let client = client.map_or_else(|| "unknown peer".to_string(), |c| c.to_string());
                 info!(
                     "{name}: refused {client} {n} more times in the last {}s ({why})",
@@ -677,15 +665,6 @@ impl Server {
 
     // ---- watching listeners --------------------------------------------
 
-    fn service_index(&self, id: ServiceId) -> Option<usize> {
-        self.by_id.get(&id).copied()
-    }
-
-    fn service_name(&self, id: ServiceId) -> &str {
-        self.service_index(id)
-            .map_or("(removed service)", |i| self.services[i].spec.name.as_str())
-    }
-
     /// An internal service's TCP client counts as a child (SPEC).
     fn at_global_limit(&self) -> bool {
         self.children.len() + self.internals.len() >= self.config.daemon.max_children as usize
@@ -704,8 +683,7 @@ impl Server {
         svc.spec
             .max_instances
             .is_none_or(|max| self.active(svc.id) < max)
-            && !svc.crash.is_held(now)
-            && svc.rate.is_none_or(|b| b.has_token(now))
+            && svc.may_start(now).is_ok()
     }
 
     /// What service `id` has running: children, and for an internal
@@ -805,7 +783,7 @@ impl Server {
         let err = io::Error::from_raw_os_error(errno);
         let who = for_peer(child.peer.as_ref());
         let name = &*child.name;
-        let idx = self.service_index(child.service);
+        let idx = self.services.index_of(child.service);
         let program = idx
             .map(|i| self.services[i].spec.program.display().to_string())
             .unwrap_or_default();
@@ -820,221 +798,6 @@ impl Server {
         if let Some(i) = idx {
             self.count_spawn_failure(i);
         }
-    }
-
-    /// Reap every child that has exited, except a leader `max_runtime` is
-    /// stopping (`kill_overdue_group` reaps it after the SIGKILL).
-    ///
-    /// Without such a leader, one waitpid(-1) per child. With one, each
-    /// exited child is peeked at (waitid WNOWAIT) before it is reaped;
-    /// once the one the kernel gives is held, it gives that one every
-    /// time, so the others are reaped by pid, one waitpid per child of
-    /// the table (`reap_behind_held`): a waitpid per child and SIGCHLD,
-    /// for at most `KILL_AFTER` after a SIGTERM. An exited process not in
-    /// the table (an orphan given to summond as a subreaper or pid 1)
-    /// waits behind the held one until it is reaped.
-    fn reap_children(&mut self) {
-        let now = Instant::now();
-        if self.stopping_groups.is_empty() {
-            for status in signals::reap() {
-                self.reaped(status, now, None);
-            }
-            return;
-        }
-        while let Some(pid) = signals::exited_unreaped() {
-            if self.stopping_groups.contains_key(&pid) {
-                self.reap_behind_held(now);
-                return;
-            }
-            let Some(status) = signals::reap_pid(pid) else {
-                break;
-            };
-            self.reaped(status, now, None);
-        }
-    }
-
-    /// A held leader is the first exited child: reap every other child
-    /// summond knows that has exited, and note when each held one was
-    /// first seen exited (for its run time).
-    fn reap_behind_held(&mut self, now: Instant) {
-        let pids: Vec<Pid> = self
-            .children
-            .iter()
-            .map(|(pid, _)| *pid)
-            .chain(self.config_load.as_ref().map(|l| l.pid))
-            .chain(self.upgrade_check_pid())
-            .collect();
-        for pid in pids {
-            if let Some(group) = self.stopping_groups.get_mut(&pid) {
-                if group.exited_at.is_none() && signals::has_exited(pid) {
-                    group.exited_at = Some(now);
-                    debug!(
-                        "{}: pid {pid} exited; reaped when its group's SIGKILL is sent",
-                        group.name
-                    );
-                }
-            } else if let Some(status) = signals::reap_pid(pid) {
-                self.reaped(status, now, None);
-            }
-        }
-    }
-
-    /// `exited_at`: when a held leader was seen to have exited, if before
-    /// `now`.
-    fn reaped(&mut self, status: WaitStatus, now: Instant, exited_at: Option<Instant>) {
-        let Some(pid) = status.pid() else {
-            return;
-        };
-        if self.upgrade_check_exited(pid, &status) {
-            return;
-        }
-        if let Some(load) = self.config_load.as_mut().filter(|l| l.pid == pid) {
-            load.mark_reaped(&status);
-            self.finish_reload_if_loaded();
-            return;
-        }
-        self.child_exited(pid, &status, now, exited_at);
-    }
-
-    /// What a pass-mode child left on the sockets it held: did it leave
-    /// one exactly as it found it (the same datagram at the head, a client
-    /// still waiting after a quick exit)? Such a child did no work,
-    /// whatever its exit status. And is something waiting on one now (the
-    /// first such socket, with its head), to be served without epoll?
-    fn left_on_sockets(
-        &self,
-        pid: Pid,
-        child: &Child,
-        ran: Duration,
-    ) -> (bool, Option<(usize, QueueHead)>) {
-        let (mut unread, mut waiting) = (false, None);
-        for (i, h) in child.held_sockets.iter().enumerate() {
-            let Some(s) = self.sockets.get(&h.addr) else {
-                continue;
-            };
-            if s.busy != Some(pid) {
-                continue;
-            }
-            let now = QueueHead::of(&s.listener.socket, &h.addr);
-            unread |= h.head.untouched_by(&now, ran);
-            if now != QueueHead::Empty && waiting.is_none() {
-                waiting = Some((i, now));
-            }
-        }
-        (unread, waiting)
-    }
-
-    fn child_exited(
-        &mut self,
-        pid: Pid,
-        status: &WaitStatus,
-        now: Instant,
-        exited_at: Option<Instant>,
-    ) {
-        let Some(child) = self.children.remove(&pid) else {
-            return;
-        };
-        if let Some(key) = child.runtime_timer {
-            self.timers.cancel(key);
-        }
-        let success = succeeded(status);
-        let what = ExitText(status);
-        let ran = exited_at
-            .unwrap_or(now)
-            .saturating_duration_since(child.started_at);
-        let (unread, waiting) = if child.is_pass_mode() {
-            self.left_on_sockets(pid, &child, ran)
-        } else {
-            (false, None)
-        };
-        let idx = self.service_index(child.service);
-
-        // Routine accept-mode exits are debug; an exec failure was already
-        // logged at error; a child leaving its socket unread is logged once
-        // per episode; everything else is worth an info line.
-        let first_unread =
-            unread && success && idx.is_some_and(|i| !self.services[i].unread_episode);
-        let level = if child.exec_failed
-            || (success && !child.is_pass_mode())
-            || (unread && success && !first_unread)
-        {
-            Level::Debug
-        } else {
-            Level::Info
-        };
-        log!(
-            level,
-            event = "exit",
-            service = &*child.name,
-            pid = pid.as_raw(),
-            peer = child.peer.as_ref().map(|p| p.to_string()).unwrap_or_default().as_str(),
-            status:% = what,
-            duration_s = ran.as_secs_f64();
-            "{}: pid {pid}{} {what} after {:.3}s{}",
-            child.name,
-            for_peer(child.peer.as_ref()),
-            ran.as_secs_f64(),
-            if unread {
-                " leaving its socket unread; such exits count toward the restart guard"
-            } else {
-                ""
-            }
-        );
-
-        // The socket table decides what is watched again: a reload may have
-        // given a held socket to another service since the child started.
-        let held: Vec<ListenAddr> = child.held_sockets.iter().map(|h| h.addr.clone()).collect();
-        // Empty (and so free) for an accept-mode child.
-        let owners: FxHashSet<usize> = self.sockets.release(&held, Some(pid));
-        if let Some(i) = idx {
-            let svc = &mut self.services[i];
-            let outcome = if child.exec_failed {
-                3
-            } else if matches!(status, WaitStatus::Signaled(..)) {
-                2
-            } else if success {
-                0
-            } else {
-                1
-            };
-            svc.stats.exits[outcome] += 1;
-            svc.stats.durations.observe(ran.as_secs_f64());
-            // The text only when it changes: most exits read like the last.
-            if svc.last_exit_key != Some(exit_key(status)) {
-                svc.last_exit_key = Some(exit_key(status));
-                svc.stats.last_exit = Some(what.to_string());
-            }
-            if child.is_pass_mode() {
-                if first_unread {
-                    svc.unread_episode = true;
-                } else if !unread {
-                    svc.unread_episode = false;
-                }
-            }
-            if child.is_pass_mode() && (!success || child.exec_failed || unread) {
-                if let Some(until) = svc.crash.record_failure(now) {
-                    self.timers.add(until, Timer::HoldEnds(svc.id));
-                    warn!(event = "hold", service = svc.spec.name.as_str();
-                        "{}: failed {} times in {}s; not restarting it for {}s",
-                        svc.spec.name,
-                        crate::limits::CRASH_LIMIT,
-                        crate::limits::CRASH_WINDOW.as_secs(),
-                        until.saturating_duration_since(now).as_secs()
-                    );
-                }
-            }
-        }
-        if let Some((i, head)) = waiting {
-            self.serve_waiting(&child.held_sockets[i].addr, head, now);
-        }
-        if let Some(i) = idx {
-            self.sync_service(i, now);
-        }
-        for i in owners.into_iter().filter(|o| Some(*o) != idx) {
-            self.sync_service(i, now);
-        }
-        // A slot under max_children may have opened for every service.
-        self.unpark(now);
     }
 
     // ---- status -------------------------------------------------------
@@ -1064,10 +827,10 @@ impl Server {
                     mode: svc.spec.mode().to_string(),
                     active: u64::from(self.active(svc.id)),
                     served: svc.stats.served,
-                    refused: svc.stats.refused_by.iter().sum(),
+                    refused: svc.stats.refused_by.total(),
                     spawn_failures: svc.stats.spawn_failures,
                     last_exit: svc.stats.last_exit.clone(),
-                    paused: self.pause_of(svc, now),
+                    paused: self.pause(svc, now).map(|p| p.describe(now)),
                     top_refused: svc
                         .top_refused
                         .top(3)
@@ -1082,204 +845,83 @@ impl Server {
         }
     }
 
-    /// Why `svc` starts no child now, as the metrics' `reason` label.
-    fn pause_reason(&self, svc: &ServiceRuntime, now: Instant) -> Option<&'static str> {
-        if svc.crash.is_held(now) {
-            Some("crash_hold")
-        } else if svc.rate.as_ref().is_some_and(|b| !b.has_token(now)) {
-            Some("rate")
-        } else if self.resources.is_paused(now) {
-            Some("resources")
-        } else {
-            None
-        }
+    /// Why `svc` starts no child now, for status and metrics: its own
+    /// pause, else the resource back-off over all services.
+    fn pause(&self, svc: &ServiceRuntime, now: Instant) -> Option<Pause> {
+        svc.may_start(now).err().or_else(|| {
+            self.resources
+                .paused_until(now)
+                .map(|until| Pause::Resources { until })
+        })
     }
 
-    /// Why `svc` starts no child now, and for how long, for status.
-    fn pause_of(&self, svc: &ServiceRuntime, now: Instant) -> Option<String> {
-        let left = |until: Instant| until.saturating_duration_since(now).as_secs_f64();
-        if let Some(until) = svc.crash.held_until(now) {
-            return Some(format!("crash hold, {:.1}s left", left(until)));
-        }
-        if let Some(b) = svc.rate.as_ref().filter(|b| !b.has_token(now)) {
-            return Some(format!(
-                "rate {}, {:.2}s left",
-                b.rate(),
-                left(b.next_token_at(now))
-            ));
-        }
-        if let Some(until) = self.resources.paused_until(now) {
-            return Some(format!("out of fds or processes, {:.1}s left", left(until)));
-        }
-        None
+    /// The control and metrics endpoints, and what they are lent of the
+    /// loop.
+    fn endpoints(&mut self) -> (&mut Endpoints, Loop<'_>) {
+        (
+            &mut self.endpoints,
+            Loop {
+                registry: self.poll.registry(),
+                tokens: &mut self.tokens,
+                timers: &mut self.timers,
+                resources: &mut self.resources,
+            },
+        )
     }
 
+    /// Answer the control socket's clients, each with a status snapshot
+    /// taken for it.
     fn accept_control_clients(&mut self) {
         for _ in 0..CONTROL_ACCEPT_BUDGET {
-            let Some(control) = &self.control else {
-                return;
-            };
-            // At the cap the rest wait in the backlog; a reply that ends
-            // accepts them (edge-triggered: nothing else would).
-            if self.control_clients.len() >= MAX_CONTROL_CLIENTS {
-                return;
-            }
-            // Its own accept ran out of fds a moment ago: wait for the
-            // back-off to end. A fork failure's back-off stalls no status
-            // query (it is the moment one is wanted).
-            if self.control_stalled && self.resources.is_paused(Instant::now()) {
-                return;
-            }
-            self.control_stalled = false;
-            match control.socket.accept() {
-                Ok((socket, _)) => {
-                    if !self.control_peer_trusted(&socket) {
-                        // One line it can show, never waited for: a
-                        // fresh socket's buffer takes it, or it is lost.
-                        let line = format!(
-                            "{}{}\n",
-                            crate::control::REFUSED,
-                            crate::control::refusal_reason()
-                        );
-                        let _ = socket.send_with_flags(line.as_bytes(), nix::libc::MSG_DONTWAIT);
-                        continue;
-                    }
-                    self.accepted_after_fd_fault();
-                    let Ok(mut client) = Reply::new(socket, &self.status()) else {
-                        continue;
-                    };
-                    if client.flush() {
-                        continue;
-                    }
-                    // A big status for a slow reader: finish when writable,
-                    // or drop it at the timeout.
-                    let token = self.next_token();
-                    let fd = client.socket().as_raw_fd();
-                    if self
-                        .poll
-                        .registry()
-                        .register(&mut SourceFd(&fd), token, Interest::WRITABLE)
-                        .is_ok()
-                    {
-                        self.tokens.insert(token, TokenKind::ControlClient);
-                        self.control_clients.insert(token, client);
-                        let timer = self.timers.add(
-                            Instant::now() + CONTROL_CLIENT_TIMEOUT,
-                            Timer::ControlTimeout(token),
-                        );
-                        self.client_timers.insert(token, timer);
-                    }
+            let (endpoints, mut lp) = self.endpoints();
+            match endpoints.accept_control(&mut lp) {
+                Accepted::Client(socket) => {
+                    let status = self.status();
+                    let (endpoints, mut lp) = self.endpoints();
+                    endpoints.answer_control(&mut lp, socket, &status);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if connection::is_resource_error(&e) => {
-                    // The client stays queued, and nothing would wake us
-                    // for it again: retried when the back-off ends.
-                    self.control_stalled = true;
-                    self.accept_fd_fault = true;
-                    self.resource_fault("control socket: accept", &e, Instant::now());
-                    return;
-                }
-                Err(e) => {
-                    warn!("control socket: accept: {e}");
-                    return;
-                }
+                Accepted::Skipped => {}
+                Accepted::Stop => return,
             }
         }
         // More may be queued: epoll reports them again only for new ones.
-        self.accept_more_control = true;
+        self.endpoints.accept_more_control = true;
     }
 
-    /// An accept of the control or metrics socket worked after one of
-    /// them ran out of fds: the episode is over (a fork failure's is
-    /// not, so only an accept's own fault is ended here).
-    pub(super) fn accepted_after_fd_fault(&mut self) {
-        if std::mem::take(&mut self.accept_fd_fault) && self.resources.success() {
-            // What the pause held back is re-armed at this turn's timers
-            // (`Backoff::expire` says so after a success).
-            info!("resources available again: accepting connections");
+    fn accept_scrapers(&mut self) {
+        let (endpoints, mut lp) = self.endpoints();
+        endpoints.accept_scrapers(&mut lp);
+    }
+
+    /// A scraper is ready; one that asked for the page is answered with
+    /// one rendered for it.
+    fn on_scrape_ready(&mut self, token: Token) {
+        let (endpoints, mut lp) = self.endpoints();
+        if endpoints.on_scrape_ready(&mut lp, token) {
+            let page = self.render_metrics();
+            let (endpoints, mut lp) = self.endpoints();
+            endpoints.answer_scrape(&mut lp, token, &page);
         }
     }
 
-    /// SPEC: the control socket answers root and summond's own uid only,
-    /// whatever its file mode says. Others are closed unanswered; the
-    /// first of an episode is logged, and how many followed when a
-    /// trusted client is next answered.
-    fn control_peer_trusted(&mut self, socket: &Socket) -> bool {
-        match crate::control::PeerCred::of(socket) {
-            Ok(peer) if peer.is_trusted() => {
-                if let Some(n) = self.control_refused.take().filter(|n| *n > 1) {
-                    warn!(
-                        "control socket: refused {} more clients of other uids",
-                        n - 1
-                    );
-                }
-                true
-            }
-            Ok(peer) => {
-                let n = self.control_refused.get_or_insert(0);
-                *n += 1;
-                if *n == 1 {
-                    warn!(
-                        "control socket: refused pid {} of uid {}: {}",
-                        peer.pid,
-                        peer.uid,
-                        crate::control::refusal_reason()
-                    );
-                }
-                false
-            }
-            Err(e) => {
-                debug!("control socket: SO_PEERCRED: {e}; closed");
-                false
-            }
-        }
-    }
-
-    fn write_control_reply(&mut self, token: Token) {
-        let done = match self.control_clients.get_mut(&token) {
-            Some(client) => client.flush(),
-            None => return,
-        };
-        if done {
-            self.close_control_client(token);
-        }
-    }
-
-    fn close_control_client(&mut self, token: Token) {
-        let Some(client) = self.control_clients.remove(&token) else {
-            return;
-        };
-        let _ = self
-            .poll
-            .registry()
-            .deregister(&mut SourceFd(&client.socket().as_raw_fd()));
-        self.tokens.remove(&token);
-        self.cancel_client_timer(token);
-        drop(client);
-        // Below the cap again: clients may be waiting in the backlog.
-        if self.control_clients.len() + 1 == MAX_CONTROL_CLIENTS {
-            self.accept_more_control = true;
-        }
-    }
-
-    /// A scrape or control client closed: its timeout goes with it.
-    pub(super) fn cancel_client_timer(&mut self, token: Token) {
-        if let Some(key) = self.client_timers.remove(&token) {
-            self.timers.cancel(key);
-        }
-    }
-
-    /// A control client that has not read its whole answer by now is
-    /// dropped, so idle clients cannot keep summond's fds.
-    fn control_client_timed_out(&mut self, token: Token) {
-        if self.control_clients.contains_key(&token) {
-            debug!(
-                "control socket: a client did not read its answer within {}s; closed",
-                CONTROL_CLIENT_TIMEOUT.as_secs()
-            );
-            self.close_control_client(token);
-        }
+    /// The metrics page: every service's figures now, and the process's.
+    fn render_metrics(&self) -> String {
+        let now = Instant::now();
+        let figures: Vec<prom::ServiceFigures<'_>> = self
+            .services
+            .iter()
+            .map(|svc| prom::ServiceFigures {
+                name: &svc.spec.name,
+                connections: svc.stats.served,
+                children: u64::from(self.active(svc.id)),
+                refused: svc.stats.refused_by,
+                spawn_failures: svc.stats.spawn_failures,
+                exits: svc.stats.exits,
+                durations: svc.stats.durations.get(),
+                paused: self.pause(svc, now),
+            })
+            .collect();
+        prom::render(&figures, &prom::ProcessFigures::read())
     }
 
     // ---- reload ---------------------------------------------------------
@@ -1476,8 +1118,60 @@ impl Server {
     /// opened first, and if any fails nothing changes; removed ones are
     /// closed last. Running children are left alone.
     fn apply_config(&mut self, mut new: Config) -> Result<(), ServerError> {
+        // 1. Open all or nothing: at the first failure what was opened
+        //    drops (its files are removed) and nothing has changed.
         let plan = sockets::plan(self.sockets.addrs(), &new);
-        let mut opened: Vec<(Listener, usize, bool)> = Vec::new();
+        let opened = self.open_planned(&plan, &new)?;
+        let metrics = self.metrics_change(&new)?;
+        let control = self.control_change(&new)?;
+
+        // 2. Carry over: runtime state (and with it the service's
+        //    identity) follows the name; a name new to this config is a
+        //    new service.
+        let old_options = self.listen_options();
+        let make_dirs = self
+            .services
+            .carry_over(std::mem::take(&mut new.services), Instant::now());
+        for idx in make_dirs {
+            self.make_runtime_dirs(idx);
+        }
+        // Old images are gone with the old runtimes: so are the
+        // environments only they used.
+        self.envs.prune();
+
+        // 3. Commit: the sockets, the control and metrics listeners, then
+        //    what depends on the services.
+        self.commit_sockets(opened, &plan, &old_options);
+        match control {
+            ListenerChange::Keep => {}
+            ListenerChange::Open(l) => self.endpoints.set_control(self.poll.registry(), Some(l)),
+            ListenerChange::Close => self.endpoints.set_control(self.poll.registry(), None),
+        }
+        match metrics {
+            ListenerChange::Keep => {}
+            ListenerChange::Open(l) => self.endpoints.set_metrics(self.poll.registry(), Some(l)),
+            ListenerChange::Close => self.endpoints.set_metrics(self.poll.registry(), None),
+        }
+        self.guard_datagrams();
+        self.retime_internal();
+        crate::logging::set_format(new.daemon.log_format);
+        // Each service holds its spec; the config keeps the rest.
+        self.config = new;
+        let now = Instant::now();
+        self.sync_all(now);
+        // A raised max_children may have opened the gate.
+        self.unpark(now);
+        Ok(())
+    }
+
+    /// Open (or adopt) every address `plan` opens, each with the index of
+    /// its service in `new` and whether it is blocking.
+    fn open_planned(
+        &mut self,
+        plan: &SocketPlan,
+        new: &Config,
+    ) -> Result<Vec<(Listener, usize, bool)>, ServerError> {
+        let mut opened = Vec::new();
         for (addr, idx) in &plan.open {
             let spec = &new.services[*idx];
             // A handed socket may be blocking: one lent to a wait child
@@ -1498,20 +1192,33 @@ impl Server {
                 }
             }
         }
+        Ok(opened)
+    }
 
-        let new_metrics = match &new.daemon.metrics {
-            Some(addr) if self.metrics.as_ref().map(|m| &m.addr) != Some(addr) => {
+    /// `[daemon] metrics` of `new` against the listener now.
+    fn metrics_change(&mut self, new: &Config) -> Result<ListenerChange, ServerError> {
+        Ok(match &new.daemon.metrics {
+            Some(addr) if self.endpoints.metrics.as_ref().map(|m| &m.addr) != Some(addr) => {
                 match self.adopt_or_open(addr, ListenOptions::default(), "metrics") {
-                    Ok(l) => Some(Some(l)),
+                    Ok(l) => ListenerChange::Open(l),
                     Err(err) => return Err(ServerError::Metrics(addr.clone(), err)),
                 }
             }
-            Some(_) => None,
-            None => Some(None),
-        };
-        let new_control = match &new.daemon.control {
+            Some(_) => ListenerChange::Keep,
+            None => ListenerChange::Close,
+        })
+    }
+
+    /// `[daemon] control` of `new` against the control socket now.
+    fn control_change(&mut self, new: &Config) -> Result<ListenerChange, ServerError> {
+        Ok(match &new.daemon.control {
             Some(path)
-                if self.control.as_ref().and_then(|c| c.addr.socket_file()) != Some(path) =>
+                if self
+                    .endpoints
+                    .control
+                    .as_ref()
+                    .and_then(|c| c.addr.socket_file())
+                    != Some(path) =>
             {
                 let addr = ListenAddr::Unix(crate::addr::UnixPath::File(path.clone()));
                 let opts = ListenOptions {
@@ -1519,17 +1226,19 @@ impl Server {
                     ..ListenOptions::default()
                 };
                 match self.adopt_or_open(&addr, opts, "control socket") {
-                    Ok(l) => Some(Some(l)),
+                    Ok(l) => ListenerChange::Open(l),
                     Err(err) => return Err(ServerError::Control(path.clone(), err)),
                 }
             }
-            Some(_) => None,
-            None => Some(None),
-        };
+            Some(_) => ListenerChange::Keep,
+            None => ListenerChange::Close,
+        })
+    }
 
-        // The options each kept address was opened or last set with.
-        let old_options: FxHashMap<ListenAddr, ListenOptions> = self
-            .services
+    /// The options each address of the running services was opened or
+    /// last set with, as their config says.
+    fn listen_options(&self) -> FxHashMap<ListenAddr, ListenOptions> {
+        self.services
             .iter()
             .flat_map(|s| {
                 s.spec
@@ -1537,100 +1246,20 @@ impl Server {
                     .iter()
                     .map(move |l| (l.addr.clone(), s.spec.socket))
             })
-            .collect();
-        // Runtime state (and with it the service's identity) follows the
-        // name across reloads; a name new to this config is a new service.
-        // Each runtime is moved once, into the new list: indexed by name
-        // here, not moved into a map (10,000 of them are 11 MB).
-        let mut old: Vec<Option<Box<ServiceRuntime>>> = std::mem::take(&mut self.services)
-            .into_iter()
-            .map(Some)
-            .collect();
-        let old_index: FxHashMap<std::rc::Rc<str>, usize> = old
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| Some((s.as_ref()?.name.clone(), i)))
-            .collect();
-        let mut services = Vec::with_capacity(new.services.len());
-        // Services whose runtime directories are made now: new ones (all
-        // of them at start and after an upgrade), those whose directories,
-        // user or `disabled` changed, and those whose last attempt failed.
-        let mut make_dirs = Vec::new();
-        // Each spec moves into its runtime (or is dropped for the equal one
-        // kept), not copied: the config keeps no second set.
-        for spec in std::mem::take(&mut new.services) {
-            let kept = old_index
-                .get(spec.name.as_str())
-                .and_then(|i| old[*i].take());
-            // A disabled service is not set up: it has no children.
-            if spec.runtime_directory.is_some()
-                && !spec.disabled
-                && kept.as_ref().is_none_or(|rt| {
-                    rt.runtime_dir_failed
-                        || rt.spec.runtime_directory != spec.runtime_directory
-                        || rt.spec.credentials != spec.credentials
-                })
-            {
-                make_dirs.push(services.len());
-            }
-            services.push(match kept {
-                // Unchanged (most services in most reloads): kept whole,
-                // nothing rebuilt.
-                Some(rt) if rt.spec == spec => rt,
-                Some(mut rt) => {
-                    // A changed rate starts from a full bucket; an unchanged
-                    // one keeps its tokens across the reload.
-                    if rt.rate.map(|b| b.rate()) != spec.rate {
-                        rt.rate = spec.rate.map(|r| TokenBucket::new(r, Instant::now()));
-                    }
-                    if rt.spec.per_source_rate != spec.per_source_rate
-                        || rt.spec.per_source_prefix != spec.per_source_prefix
-                    {
-                        rt.source_rates = None;
-                    }
-                    rt.image = None;
-                    rt.spec = spec;
-                    // `rt.name` stays: the runtime was found by it.
-                    rt
-                }
-                None => {
-                    let id = ServiceId(self.next_service_id);
-                    self.next_service_id += 1;
-                    Box::new(ServiceRuntime {
-                        id,
-                        name: spec.name.as_str().into(),
-                        image: None,
-                        crash: CrashGuard::default(),
-                        stats: Stats::default(),
-                        rate: spec.rate.map(|r| TokenBucket::new(r, Instant::now())),
-                        rate_logged: false,
-                        rate_timer: false,
-                        source_rates: None,
-                        top_refused: TopRefused::default(),
-                        unread_episode: false,
-                        last_exit_key: None,
-                        runtime_dir_failed: false,
-                        spec,
-                    })
-                }
-            });
-        }
-        self.services = services;
-        for idx in make_dirs {
-            self.make_runtime_dirs(idx);
-        }
-        // Old images are gone with the old runtimes: so are the
-        // environments only they used.
-        drop(old);
-        self.envs.prune();
-        self.by_id = self
-            .services
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.id, i))
-            .collect();
+            .collect()
+    }
+
+    /// Into the socket table: the sockets `opened`, the kept ones to
+    /// their owners now (with the options that can change while open),
+    /// the closed ones out. `old_options`: what the config before said.
+    fn commit_sockets(
+        &mut self,
+        opened: Vec<(Listener, usize, bool)>,
+        plan: &SocketPlan,
+        old_options: &FxHashMap<ListenAddr, ListenOptions>,
+    ) {
         for (listener, idx, blocking) in opened {
-            let token = self.next_token();
+            let token = self.tokens.next();
             self.tokens
                 .insert(token, TokenKind::Listener(listener.addr.clone()));
             self.sockets.insert(listener, token, idx, blocking);
@@ -1661,22 +1290,6 @@ impl Server {
                 debug!("closed {addr}");
             }
         }
-        if let Some(control) = new_control {
-            self.set_control(control);
-        }
-        if let Some(metrics) = new_metrics {
-            self.set_metrics(metrics);
-        }
-        self.guard_datagrams();
-        self.retime_internal();
-        crate::logging::set_format(new.daemon.log_format);
-        // Each service holds its spec; the config keeps the rest.
-        self.config = new;
-        let now = Instant::now();
-        self.sync_all(now);
-        // A raised max_children may have opened the gate.
-        self.unpark(now);
-        Ok(())
     }
 
     /// Make service `idx`'s `runtime_directory` directories, owned by the
@@ -1737,41 +1350,6 @@ impl Server {
         Ok(made)
     }
 
-    /// Swap the control socket (the old one's file is removed on drop).
-    fn set_control(&mut self, control: Option<Listener>) {
-        let old = std::mem::replace(&mut self.control, control);
-        self.swap_watched(old, CONTROL, "control socket");
-    }
-
-    /// Stop watching `old` (dropping it) and watch the listener now in the
-    /// slot for `token` (the control or metrics socket).
-    pub(super) fn swap_watched(&mut self, old: Option<Listener>, token: Token, what: &str) {
-        if let Some(old) = old {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&old.socket.as_raw_fd()));
-        }
-        let new = if token == CONTROL {
-            &self.control
-        } else {
-            &self.metrics
-        };
-        if let Some(new) = new {
-            // summond accepts on it itself; a handed one may be blocking.
-            if let Err(e) = new.socket.set_nonblocking(true) {
-                error!("{what} {}: {e}", new.addr);
-            }
-            if let Err(e) = self.poll.registry().register(
-                &mut SourceFd(&new.socket.as_raw_fd()),
-                token,
-                Interest::READABLE,
-            ) {
-                error!("{what} {}: {e}", new.addr);
-            }
-        }
-    }
-
     // ---- stop -------------------------------------------------------
 
     /// At stop: SIGKILL every group `max_runtime` has sent SIGTERM,
@@ -1800,8 +1378,8 @@ impl Server {
         // With no listener left, what a reaped leader frees starts nothing.
         self.kill_stopping_groups_now();
         self.close_all_internal();
-        self.set_metrics(None);
-        self.set_control(None);
+        self.endpoints.set_metrics(self.poll.registry(), None);
+        self.endpoints.set_control(self.poll.registry(), None);
         for (pid, child) in self.children.iter() {
             if child.is_pass_mode() {
                 if let Err(e) = kill(*pid, Signal::SIGTERM) {

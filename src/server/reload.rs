@@ -42,8 +42,8 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::{fork, ForkResult, Pid};
 
 use super::timers::TimerKey;
-use super::ExitText;
 use crate::config::{self, Config, Host, ServiceSpec};
+use crate::stats::ExitText;
 
 /// What the helper writes: the checked config (its services apart), or
 /// every error rendered as summond would log it.
@@ -70,9 +70,9 @@ static PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 /// The fd the result is written to in the helper.
 const RESULT_FD: RawFd = 3;
 
-/// A load running this long is logged as slow (README "Reload").
+/// A load running this long is logged as slow (docs/faults.md).
 pub(super) const LOAD_WARN_AFTER: Duration = Duration::from_secs(30);
-/// A load running this long is killed and the reload fails (README).
+/// A load running this long is killed and the reload fails (docs/faults.md).
 pub(super) const LOAD_LIMIT: Duration = Duration::from_secs(300);
 
 /// The two bounds above, or for the test suite only (which cannot wait

@@ -1,14 +1,37 @@
 //! The socket table: every open listening socket keyed by its address,
-//! with its poll token, the service that owns it now, and whether it is
-//! watched, lent to a pass-mode child, parked at the gate or waiting for
-//! another turn of accepts; and the reload diff as a pure function of the
-//! open addresses and the new config (keep, open, close). Makes no
-//! decision about limits and never logs.
+//! with its poll token, the service that owns it now, and its state; and
+//! the reload diff as a pure function of the open addresses and the new
+//! config (keep, open, close). Makes no decision about limits and never
+//! logs.
+//!
+//! A socket's states, and what moves it between them:
+//!
+//! - watched: in the poll set. `set_watched`, called by the server's
+//!   `sync_service` when its service may start a child and it is neither
+//!   lent nor parked; a new socket starts unwatched until then.
+//! - unwatched by a limit: its service may not start a child now
+//!   (`max_instances`, a crash hold, `rate`): `sync_service` deregisters
+//!   it, and registers it again once the limit lifts (a child's exit, the
+//!   `HoldEnds` or `TokenBack` timer); its clients wait in the backlog.
+//! - parked (`parked`): readable while the gate over all services
+//!   (`max_children`, the resource back-off) was shut: the server's `park`
+//!   unwatches it and notes it here (`park`), and its `unpark` watches it
+//!   again (`take_parked`) when the gate opens.
+//! - queued (`queued`): clients were left after a turn's accept budget:
+//!   `queue_ready`, served at the next turn (`take_ready`) without waiting
+//!   for epoll, which would not report them again.
+//! - lent (`busy`): held by a pass-mode child, unwatched: `lend` at its
+//!   spawn, `give_back` at its exit (what it left there, who owns the
+//!   socket now), or `release` if it never started.
+//!
+//! A reload moves a kept socket to its new owner (`reassign`) in whatever
+//! state it is; `remove` closes one, `clear` all at stop.
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
@@ -18,6 +41,9 @@ use nix::unistd::Pid;
 use crate::addr::ListenAddr;
 use crate::config::Config;
 use crate::listener::Listener;
+use crate::queue::QueueHead;
+
+use super::children::HeldSocket;
 
 pub(super) struct OpenSocket {
     pub listener: Listener,
@@ -40,6 +66,19 @@ pub(super) struct OpenSocket {
     /// A copy of the listener below the fd base, made when a pass-mode
     /// child is first lent the socket and closed with it (`lent_fd`).
     low: Option<OwnedFd>,
+}
+
+/// What a pass-mode child left on the sockets it held, once given back.
+pub(super) struct GivenBack {
+    /// It left one exactly as it found it (the same datagram at the head,
+    /// a client still waiting after a quick exit): it did no work,
+    /// whatever its exit status.
+    pub unread: bool,
+    /// Something waits on one now (its place among the held sockets, and
+    /// the head), to be served without epoll.
+    pub waiting: Option<(usize, QueueHead)>,
+    /// The services that own them now.
+    pub owners: FxHashSet<usize>,
 }
 
 #[derive(Default)]
@@ -202,9 +241,24 @@ impl SocketTable {
         self.take_marked(ready, |s| &mut s.queued)
     }
 
-    /// Give sockets back after a pass-mode child (`owner`: only those it
-    /// still holds). Returns the services that own them now.
-    pub fn release(&mut self, addrs: &[ListenAddr], owner: Option<Pid>) -> FxHashSet<usize> {
+    /// Lend sockets to pass-mode child `pid`: unwatched (`sync_service`)
+    /// and untouched until it gives them back.
+    pub fn lend<'a>(&mut self, addrs: impl IntoIterator<Item = &'a ListenAddr>, pid: Pid) {
+        for a in addrs {
+            if let Some(sock) = self.sockets.get_mut(a) {
+                sock.busy = Some(pid);
+            }
+        }
+    }
+
+    /// Give sockets back (`owner`: only those it still holds; none: lent
+    /// to a child that did not start). Returns the services that own
+    /// them now.
+    pub fn release<'a>(
+        &mut self,
+        addrs: impl IntoIterator<Item = &'a ListenAddr>,
+        owner: Option<Pid>,
+    ) -> FxHashSet<usize> {
         let mut services = FxHashSet::default();
         for a in addrs {
             if let Some(sock) = self.sockets.get_mut(a) {
@@ -215,6 +269,34 @@ impl SocketTable {
             }
         }
         services
+    }
+
+    /// Pass-mode child `pid`, which ran for `ran`, has exited: what it
+    /// left on the sockets it still held (looked at before they are
+    /// released), and who owns them now.
+    pub fn give_back(&mut self, pid: Pid, held: &[HeldSocket], ran: Duration) -> GivenBack {
+        let (mut unread, mut waiting) = (false, None);
+        for (i, h) in held.iter().enumerate() {
+            let Some(s) = self.sockets.get(&h.addr) else {
+                continue;
+            };
+            if s.busy != Some(pid) {
+                continue;
+            }
+            let now = QueueHead::of(&s.listener.socket, &h.addr);
+            unread |= h.head.untouched_by(&now, ran);
+            if now != QueueHead::Empty && waiting.is_none() {
+                waiting = Some((i, now));
+            }
+        }
+        // The table decides what is watched again: a reload may have given
+        // a held socket to another service since the child started.
+        let owners = self.release(held.iter().map(|h| &h.addr), Some(pid));
+        GivenBack {
+            unread,
+            waiting,
+            owners,
+        }
     }
 
     /// Make `addr` blocking (for a pass-mode child) or not (for summond's

@@ -1,20 +1,27 @@
-//! Deadlines, in one ordered map: a crash hold ending, a child's
-//! `max_runtime` running out, the SIGKILL that follows an ignored SIGTERM.
-//! O(log n) to add, to cancel and to take the next; nothing scans the
-//! children. A timer whose reason can end first is cancelled then by the
-//! key `add` returned (a child's `max_runtime` when it exits: otherwise a
-//! service with `max_runtime = "1d"` would keep a day's worth of entries
-//! for children long gone). The others are short-lived or one at a time;
-//! each names what it is for (a child by pid and start time, so a reused
-//! pid is never hit) and the server checks that it still applies when it
-//! fires.
+//! Deadlines, in one ordered map (`Timer` names each kind): for a
+//! service, its crash hold ending and its `rate` token coming back; for a
+//! child, its `max_runtime` running out and the SIGKILL that follows an
+//! ignored SIGTERM; for a client of the control socket or the metrics
+//! listener, its time to finish; for the helpers, the upgrade check and a
+//! reload's config load running long; and the watchdog's ping. O(log n)
+//! to add, to cancel and to take the next; nothing scans the children.
+//! A timer whose reason can end first is cancelled then by the key `add`
+//! returned (a child's `max_runtime` when it exits: otherwise a service
+//! with `max_runtime = "1d"` would keep a day's worth of entries for
+//! children long gone; a scrape or control client when it closes). The
+//! others are short-lived or one at a time; each names what it is for (a
+//! child by pid and start time, so a reused pid is never hit) and the
+//! server checks that it still applies when it fires. Three deadlines
+//! are kept by their owners instead and the loop waits for the earliest
+//! of all (`Server::next_deadline`): internal connections' idle
+//! timeouts, the resource back-off, and the refusal log's interval.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
-use super::children::ServiceId;
+use super::services::ServiceId;
 
 /// SPEC: SIGKILL this long after a SIGTERM for `max_runtime`.
 pub(super) const KILL_AFTER: Duration = Duration::from_secs(5);

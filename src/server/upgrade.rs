@@ -21,21 +21,19 @@ use mio::Interest;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
-use socket2::Socket;
 
-use super::children::{Child, ExitText, HeldSocket, ServiceId, StoppingGroup};
+use super::children::{Child, StoppingGroup};
 use super::connection::PendingConnection;
 use super::internal::InternalConn;
+use super::services::ServiceId;
 use super::timers::{Timer, TimerKey};
 use super::Server;
 use crate::addr::{ListenAddr, UnixPath};
 use crate::config::Config;
-use crate::limits::rate::{SourceBuckets, TokenBucket, TopRefused, TOP_TRACKED};
-use crate::limits::CrashGuard;
 use crate::listener::ListenOptions;
+use crate::stats::ExitText;
 use crate::upgrade::{
-    self, ChildState, ConnState, InternalState, LimitsState, ListenerState, RuntimeLeft,
-    SourcesState, State, StoppingState,
+    self, ChildState, InternalState, LimitsState, ListenerState, State, StoppingState,
 };
 
 /// How long the new binary's `--check` may take.
@@ -305,8 +303,8 @@ impl Server {
             .sockets
             .iter()
             .map(|s| &s.listener)
-            .chain(self.control.iter())
-            .chain(self.metrics.iter())
+            .chain(self.endpoints.control.iter())
+            .chain(self.endpoints.metrics.iter())
             .map(|l| ListenerState {
                 fd: l.socket.as_raw_fd(),
                 addr: l.addr.to_string(),
@@ -315,69 +313,19 @@ impl Server {
             })
             .collect();
         let now = Instant::now();
-        let children = self
-            .children
-            .iter()
-            .map(|(pid, c)| ChildState {
-                pid: pid.as_raw(),
-                service: self
-                    .service_index(c.service)
-                    .map(|i| self.services[i].spec.name.clone()),
-                name: c.name.to_string(),
-                peer: c.peer.clone(),
-                source: c.source,
-                age_ns: now.saturating_duration_since(c.started_at).as_nanos() as u64,
-                exec_failed: c.exec_failed,
-                held: c
-                    .held_sockets
-                    .iter()
-                    .map(|h| (h.addr.to_string(), h.head))
-                    .collect(),
-                runtime: Some(RuntimeLeft {
-                    // Still set: not fired, since it is cancelled at exit
-                    // and a fired one moved the child to stopping_groups
-                    // (left out again on the other side).
-                    left_ns: c
-                        .runtime_timer
-                        .map(|k| k.at().saturating_duration_since(now).as_nanos() as u64),
-                }),
-            })
-            .collect();
-        let pending = self
-            .pending
-            .iter()
-            .map(|p| {
-                let (conn, addr, name, peer, greeted) = p.parts();
-                ConnState {
-                    fd: conn.as_raw_fd(),
-                    addr: addr.to_string(),
-                    name: name.to_string(),
-                    peer: peer.clone(),
-                    greeted,
-                }
-            })
-            .collect();
+        let children = self.children.to_state(now, |id| {
+            self.services
+                .index_of(id)
+                .map(|i| self.services[i].spec.name.clone())
+        });
+        let pending = self.pending.iter().map(|p| p.to_state()).collect();
+        // A client of a service a reload removed is carried too (under a
+        // name no service can have), as its children are: a reload keeps
+        // them, so must this.
         let internal = self
             .internals
             .iter()
-            .map(|c| {
-                let (unsent, line, one_shot) = c.progress();
-                let (timeout, silent) = c.idle_clock(now);
-                InternalState {
-                    fd: c.socket.as_raw_fd(),
-                    // A client of a service a reload removed is carried
-                    // too (under a name no service can have), as its
-                    // children are: a reload keeps them, so must this.
-                    service: self.service_name(c.service).to_string(),
-                    kind: c.kind,
-                    peer: c.peer.clone(),
-                    source: c.source,
-                    unsent: unsent.to_vec(),
-                    line,
-                    one_shot,
-                    idle: Some((timeout.as_nanos() as u64, silent.as_nanos() as u64)),
-                }
-            })
+            .map(|c| c.to_state(self.services.name_of(c.service).to_string(), now))
             .collect();
         State {
             format: upgrade::FORMAT,
@@ -396,11 +344,7 @@ impl Server {
             pending,
             internal,
             config: Some(config),
-            stats: self
-                .services
-                .iter()
-                .map(|s| (s.spec.name.clone(), s.stats.clone()))
-                .collect(),
+            stats: self.services.stats_state(),
             stopping_groups: self.stopping_groups_state(now),
             limits: self.limits_state(now),
             handed_over_at_ns: upgrade::monotonic_ns(now),
@@ -411,145 +355,62 @@ impl Server {
     fn limits_state(&self, now: Instant) -> Vec<LimitsState> {
         self.services
             .iter()
-            .filter_map(|svc| {
-                let crash = svc.crash.to_state(now);
-                let rate = svc
-                    .rate
-                    .filter(|b| !b.is_full(now))
-                    .map(|b| (b.to_state(now), svc.rate_logged));
-                let sources = svc
-                    .source_rates
-                    .as_ref()
-                    .map(|t| t.to_state(now))
-                    .filter(|b| !b.is_empty())
-                    .map(|buckets| SourcesState {
-                        rate: svc.spec.per_source_rate,
-                        prefix: svc.spec.per_source_prefix,
-                        buckets,
-                    });
-                let answers = self.datagrams.answers_state(svc.id, now);
-                let top_refused = svc.top_refused.top(TOP_TRACKED);
-                if crash.is_none()
-                    && rate.is_none()
-                    && sources.is_none()
-                    && answers.is_none()
-                    && top_refused.is_empty()
-                {
-                    return None;
-                }
-                Some(LimitsState {
-                    service: svc.spec.name.clone(),
-                    crash,
-                    rate,
-                    sources,
-                    answers,
-                    top_refused,
-                })
-            })
+            .filter_map(|svc| svc.limits_state(now, self.datagrams.answers_state(svc.id, now)))
             .collect()
     }
 
-    /// Take over what the previous image's limits remembered, as a
-    /// reload keeps it for a service of the same name: the crash guard
-    /// (a hold goes on), and the buckets of a rate that did not change (a
-    /// changed one starts full).
+    /// Take over what the previous image's limits remembered, for the
+    /// services still configured, and set the timers of what goes on.
     fn resume_limits(
         &mut self,
         limits: Vec<LimitsState>,
         index: &FxHashMap<String, usize>,
         now: Instant,
     ) {
-        for l in limits {
+        for mut l in limits {
             let Some(&idx) = index.get(&l.service) else {
                 continue;
             };
+            let answers = l.answers.take();
             let svc = &mut self.services[idx];
-            if let Some(crash) = &l.crash {
-                svc.crash = CrashGuard::from_state(crash, now);
-                if let Some(until) = svc.crash.held_until(now) {
-                    self.timers.add(until, Timer::HoldEnds(svc.id));
-                }
-            }
-            if let Some((bucket, logged)) = l.rate.filter(|(b, _)| svc.spec.rate == Some(b.rate)) {
-                let bucket = TokenBucket::from_state(bucket, now);
-                svc.rate_logged = logged;
-                if !bucket.has_token(now) {
-                    svc.rate_timer = true;
-                    self.timers
-                        .add(bucket.next_token_at(now), Timer::TokenBack(svc.id));
-                }
-                svc.rate = Some(bucket);
-            }
-            if let Some(sources) = l.sources.filter(|t| {
-                t.rate == svc.spec.per_source_rate && t.prefix == svc.spec.per_source_prefix
-            }) {
-                svc.source_rates = Some(Box::new(SourceBuckets::from_state(&sources.buckets, now)));
-            }
-            svc.top_refused = TopRefused::from_counts(l.top_refused);
+            let resumed = svc.resume_limits(l, now);
             let id = svc.id;
-            if let Some(answers) = l.answers {
+            if let Some(until) = resumed.held_until {
+                self.timers.add(until, Timer::HoldEnds(id));
+            }
+            if let Some(at) = resumed.next_token {
+                self.timers.add(at, Timer::TokenBack(id));
+            }
+            if let Some(answers) = answers {
                 self.datagrams.resume_answers(id, answers, now);
             }
         }
     }
 
-    /// The SIGKILLs `max_runtime` still owes, for the next image: a group
-    /// that ignores SIGTERM is not spared by an upgrade in its grace.
+    /// The SIGKILLs `max_runtime` still owes, for the next image.
     fn stopping_groups_state(&self, now: Instant) -> Vec<StoppingState> {
         self.stopping_groups
             .iter()
-            .map(|(pgid, g)| StoppingState {
-                pgid: pgid.as_raw(),
-                name: g.name.to_string(),
-                peer: g.peer.clone(),
-                age_ns: now.saturating_duration_since(g.started_at).as_nanos() as u64,
-                kill_in_ns: g.timer.at().saturating_duration_since(now).as_nanos() as u64,
-                // Held until the SIGKILL: never reaped before.
-                leader_reaped: false,
-                exited_ns: g
-                    .exited_at
-                    .map(|t| now.saturating_duration_since(t).as_nanos() as u64),
-            })
+            .map(|(pgid, g)| g.to_state(*pgid, now))
             .collect()
     }
 
     /// Set again the SIGKILLs the previous image owed; returns their
     /// leaders (their `max_runtime` has fired, so it is not set again).
-    /// Each is still a child of this process, running or a zombie held
-    /// unreaped across the exec, so the group is still the one stopped.
     fn resume_stopping_groups(&mut self, groups: Vec<StoppingState>, now: Instant) -> Vec<i32> {
         let mut running = Vec::new();
         for g in groups {
-            let pgid = Pid::from_raw(g.pgid);
             // An older image reaped leaders in the grace: nothing holds
             // the id since, and it may lead someone else's group by now.
             if g.leader_reaped {
                 debug!(
-                    "{}: pid {pgid} was reaped before the upgrade; no SIGKILL to its process group",
-                    g.name
+                    "{}: pid {} was reaped before the upgrade; no SIGKILL to its process group",
+                    g.name, g.pgid
                 );
                 continue;
             }
-            let started_at = now
-                .checked_sub(Duration::from_nanos(g.age_ns))
-                .unwrap_or(now);
-            let kill_at = now + Duration::from_nanos(g.kill_in_ns);
             running.push(g.pgid);
-            let group = StoppingGroup {
-                started_at,
-                name: g.name.into(),
-                peer: g.peer,
-                timer: self.timers.add(
-                    kill_at,
-                    Timer::Kill {
-                        pid: pgid,
-                        started_at,
-                    },
-                ),
-                exited_at: g
-                    .exited_ns
-                    .map(|ns| now.checked_sub(Duration::from_nanos(ns)).unwrap_or(now)),
-            };
+            let (pgid, group) = StoppingGroup::resumed(g, now, &mut self.timers);
             self.stopping_groups.insert(pgid, group);
         }
         running
@@ -571,125 +432,22 @@ impl Server {
             .handed_over_at_ns
             .and_then(upgrade::instant_of)
             .map_or(now, |t| t.min(now));
-        for l in state.listeners {
-            // SAFETY: the state names this fd, and only here is it taken.
-            drop(unsafe { OwnedFd::from_raw_fd(l.fd) });
-            let Ok(addr) = l.addr.parse::<ListenAddr>() else {
-                continue;
-            };
-            let had_file = l.file.is_some();
-            // The address is text (lossy where the path is not UTF-8, as
-            // a control socket beside such a config is); the file's path
-            // is the bytes bound.
-            let addr = match (addr, &l.file) {
-                (ListenAddr::Unix(UnixPath::File(_)), Some(file)) => {
-                    ListenAddr::Unix(UnixPath::File(file.0.clone()))
-                }
-                (ListenAddr::UnixGram(UnixPath::File(_)), Some(file)) => {
-                    ListenAddr::UnixGram(UnixPath::File(file.0.clone()))
-                }
-                (other, _) => other,
-            };
-            if let Some(file) = l.file {
-                self.claim_file(&addr, file);
-            }
-            self.apply_carried_options(&addr, l.options, had_file);
-        }
+        self.resume_listeners(state.listeners);
         // Services by name, once: children, connections and counters name
         // theirs (10,000 of each would otherwise be searched one by one).
-        let index: FxHashMap<String, usize> = self
-            .services
-            .iter()
-            .enumerate()
-            .map(|(i, svc)| (svc.spec.name.clone(), i))
-            .collect();
-        let by_name = |s: &Server, name: &str| index.get(name).map(|i| s.services[*i].id);
+        let index = self.services.by_name();
         let children = state.children.len();
         // Before the children: a child's start time must match its group's.
         let stopping_leaders = self.resume_stopping_groups(state.stopping_groups, handed);
-        for c in state.children {
-            let pid = Pid::from_raw(c.pid);
-            let service = c
-                .service
-                .as_deref()
-                .and_then(|n| by_name(self, n))
-                .unwrap_or_else(|| self.orphan_service());
-            let started_at = handed
-                .checked_sub(Duration::from_nanos(c.age_ns))
-                .unwrap_or(handed);
-            let mut held_sockets = Vec::new();
-            for (addr, head) in c.held {
-                let Ok(addr) = addr.parse::<ListenAddr>() else {
-                    continue;
-                };
-                if let Some(sock) = self.sockets.get_mut(&addr) {
-                    sock.busy = Some(pid);
-                }
-                held_sockets.push(HeldSocket { addr, head });
-            }
-            // The child's own deadline, as a reload leaves it: the new
-            // config's max_runtime is for the next child, and a child of a
-            // removed service keeps its own. An older image's state says
-            // nothing: the service's then, as that image did.
-            let deadline = match c.runtime {
-                Some(r) => r.left_ns.map(|ns| handed + Duration::from_nanos(ns)),
-                None => self
-                    .service_index(service)
-                    .and_then(|i| self.services[i].spec.max_runtime)
-                    .map(|limit| started_at + limit),
-            };
-            let runtime_timer = deadline
-                .filter(|_| !stopping_leaders.contains(&c.pid))
-                .map(|at| self.timers.add(at, Timer::RuntimeUp { pid, started_at }));
-            self.children.insert(
-                pid,
-                Child {
-                    service,
-                    name: c.name.into(),
-                    peer: c.peer,
-                    source: c.source,
-                    started_at,
-                    exec_failed: c.exec_failed,
-                    held_sockets,
-                    runtime_timer,
-                },
-            );
-        }
-        for p in state.pending {
-            // SAFETY: named by the state, taken once.
-            let conn = Socket::from(unsafe { OwnedFd::from_raw_fd(p.fd) });
-            if let Ok(addr) = p.addr.parse() {
-                self.pending.push(PendingConnection::resumed(
-                    addr, p.name, conn, p.peer, p.greeted,
-                ));
-            }
-        }
-        for c in state.internal {
-            // SAFETY: named by the state, taken once.
-            let socket = Socket::from(unsafe { OwnedFd::from_raw_fd(c.fd) });
-            // A client of a service the new config drops stays, counted,
-            // until it leaves or is idle too long, as after a reload (and
-            // as a removed service's children do).
-            let id = by_name(self, &c.service).unwrap_or_else(|| {
-                debug!(
-                    "{}: internal service removed; keeping {} until it leaves",
-                    c.service, c.peer
-                );
-                self.orphan_service()
-            });
-            let progress = (c.unsent.as_slice(), c.line, c.one_shot);
-            let mut conn = InternalConn::resumed(c.kind, socket, id, c.source, c.peer, progress);
-            if let Some((timeout, silent)) = c.idle {
-                let ns = Duration::from_nanos;
-                conn.resume_idle_clock(ns(timeout), ns(silent), handed);
-            }
-            self.resume_internal(conn);
-        }
-        for (name, stats) in state.stats {
-            if let Some(i) = index.get(&name) {
-                self.services[*i].stats = stats;
-            }
-        }
+        self.resume_children(state.children, &index, &stopping_leaders, handed);
+        self.pending.extend(
+            state
+                .pending
+                .into_iter()
+                .filter_map(PendingConnection::resumed),
+        );
+        self.resume_internal_conns(state.internal, &index, handed);
+        self.services.resume_stats(state.stats, &index);
         self.resume_limits(state.limits, &index, handed);
         if state.exe.is_some() {
             self.upgrades.exe = state.exe;
@@ -734,11 +492,103 @@ impl Server {
         }
     }
 
+    /// The listening sockets' fds the state names: the originals close
+    /// here (`new` adopted duplicates); each file is claimed and each
+    /// socket takes the new config's options.
+    fn resume_listeners(&mut self, listeners: Vec<ListenerState>) {
+        for l in listeners {
+            // SAFETY: the state names this fd, and only here is it taken.
+            drop(unsafe { OwnedFd::from_raw_fd(l.fd) });
+            let Ok(addr) = l.addr.parse::<ListenAddr>() else {
+                continue;
+            };
+            let had_file = l.file.is_some();
+            // The address is text (lossy where the path is not UTF-8, as
+            // a control socket beside such a config is); the file's path
+            // is the bytes bound.
+            let addr = match (addr, &l.file) {
+                (ListenAddr::Unix(UnixPath::File(_)), Some(file)) => {
+                    ListenAddr::Unix(UnixPath::File(file.0.clone()))
+                }
+                (ListenAddr::UnixGram(UnixPath::File(_)), Some(file)) => {
+                    ListenAddr::UnixGram(UnixPath::File(file.0.clone()))
+                }
+                (other, _) => other,
+            };
+            if let Some(file) = l.file {
+                self.claim_file(&addr, file);
+            }
+            self.apply_carried_options(&addr, l.options, had_file);
+        }
+    }
+
+    /// The children the previous image handed over, each under its
+    /// service by name (or an identity of its own if it is gone), its
+    /// sockets lent again, its `max_runtime` timer set unless its group
+    /// is being stopped already (`stopping_leaders`).
+    fn resume_children(
+        &mut self,
+        children: Vec<ChildState>,
+        index: &FxHashMap<String, usize>,
+        stopping_leaders: &[i32],
+        handed: Instant,
+    ) {
+        for c in children {
+            let service = c
+                .service
+                .as_deref()
+                .and_then(|n| index.get(n))
+                .map(|i| self.services[*i].id)
+                .unwrap_or_else(|| self.orphan_service());
+            let (pid, mut child, runtime) = Child::resumed(c, service, handed);
+            self.sockets
+                .lend(child.held_sockets.iter().map(|h| &h.addr), pid);
+            // The child's own deadline, as a reload leaves it: the new
+            // config's max_runtime is for the next child, and a child of a
+            // removed service keeps its own. An older image's state says
+            // nothing: the service's then, as that image did.
+            let deadline = match runtime {
+                Some(r) => r.left_ns.map(|ns| handed + Duration::from_nanos(ns)),
+                None => self
+                    .services
+                    .index_of(service)
+                    .and_then(|i| self.services[i].spec.max_runtime)
+                    .map(|limit| child.started_at + limit),
+            };
+            let started_at = child.started_at;
+            child.runtime_timer = deadline
+                .filter(|_| !stopping_leaders.contains(&pid.as_raw()))
+                .map(|at| self.timers.add(at, Timer::RuntimeUp { pid, started_at }));
+            self.children.insert(pid, child);
+        }
+    }
+
+    /// The internal services' connections, mid-conversation.
+    fn resume_internal_conns(
+        &mut self,
+        internal: Vec<InternalState>,
+        index: &FxHashMap<String, usize>,
+        handed: Instant,
+    ) {
+        for c in internal {
+            // A client of a service the new config drops stays, counted,
+            // until it leaves or is idle too long, as after a reload (and
+            // as a removed service's children do).
+            let id = index.get(&c.service).map(|i| self.services[*i].id);
+            let id = id.unwrap_or_else(|| {
+                debug!(
+                    "{}: internal service removed; keeping {} until it leaves",
+                    c.service, c.peer
+                );
+                self.orphan_service()
+            });
+            self.resume_internal(InternalConn::from_state(c, id, handed));
+        }
+    }
+
     /// A service identity for children whose service is gone.
     fn orphan_service(&mut self) -> ServiceId {
-        let id = ServiceId(self.next_service_id);
-        self.next_service_id += 1;
-        id
+        self.services.new_id()
     }
 
     /// A carried socket takes the new config's options as a reload would
@@ -760,9 +610,9 @@ impl Server {
         let (listener, wanted, owner) = if let Some(sock) = self.sockets.get_mut(addr) {
             let svc = &self.services[sock.service];
             (&mut sock.listener, svc.spec.socket, svc.spec.name.as_str())
-        } else if let Some(l) = self.control.as_mut().filter(|l| &l.addr == addr) {
+        } else if let Some(l) = self.endpoints.control.as_mut().filter(|l| &l.addr == addr) {
             (l, control_options, "control socket")
-        } else if let Some(l) = self.metrics.as_mut().filter(|l| &l.addr == addr) {
+        } else if let Some(l) = self.endpoints.metrics.as_mut().filter(|l| &l.addr == addr) {
             (l, ListenOptions::default(), "metrics")
         } else {
             return;
@@ -787,7 +637,12 @@ impl Server {
             sock.listener.claim_file(file);
             return;
         }
-        for l in self.control.iter_mut().chain(self.metrics.iter_mut()) {
+        for l in self
+            .endpoints
+            .control
+            .iter_mut()
+            .chain(self.endpoints.metrics.iter_mut())
+        {
             if &l.addr == addr {
                 l.claim_file(file);
                 return;

@@ -398,3 +398,52 @@ fn inetd_tcpd_lines_run_the_wrapped_program() {
     let _s = Summond::start(&cat_only);
     assert_eq!(tcp_port_exchange(port, b"x\n"), "     1\tx\n");
 }
+
+/// Nothing xinetd would refuse to start, or bind more narrowly, comes out
+/// live and wider: a program with no `user` (xinetd disables it; summond
+/// would run it as root) is written commented out; `interface` then
+/// `bind` binds the first, as xinetd's one A_BIND attribute does; a second
+/// `defaults` block of a file, which xinetd ignores, adds nobody to
+/// `only_from`; and `include` of a file others cannot read never quotes it.
+#[test]
+fn xinetd_import_never_serves_what_xinetd_would_not() {
+    let dir = TempDir::new("import-xinetd-closed");
+    let conf = dir.path("xinetd.conf");
+    let secret = dir.path("secret");
+    std::fs::write(&secret, "root:$y$not-for-print:20228:0:99999:7:::\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let service = |name: &str, port: u16, extra: &str| {
+        format!(
+            "service {name}\n{{\n  type = UNLISTED\n  port = {port}\n  socket_type = stream\n  \
+             wait = no\n  server = /bin/cat\n{extra}}}\n"
+        )
+    };
+    let text = [
+        "defaults\n{\n  only_from = 127.0.0.1\n}\ndefaults\n{\n  only_from = 0.0.0.0\n}\n"
+            .to_string(),
+        service("rootless", 7201, ""),
+        service(
+            "loopback",
+            7202,
+            "  user = nobody\n  interface = 127.0.0.1\n  bind = 0.0.0.0\n",
+        ),
+    ]
+    .concat();
+    std::fs::write(&conf, &text).unwrap();
+    let (code, toml, err) = run_to_exit(&["import", conf.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    for want in [
+        "# not imported: no `user`: xinetd requires one",
+        "listen = \"tcp://127.0.0.1:7202\"\n",
+        "allow = [\"127.0.0.1/32\"]\n",
+        "# not carried over: bind = 0.0.0.0: xinetd ignores it",
+        "# not carried over: only_from = 0.0.0.0 in a second defaults block of its file",
+    ] {
+        assert!(toml.contains(want), "missing {want:?}:\n{toml}");
+    }
+    assert!(!toml.contains("0.0.0.0/0"), "{toml}");
+    std::fs::write(&conf, format!("include {}\n", secret.display())).unwrap();
+    let (code, _, err) = run_to_exit(&["import", "--from", "xinetd", conf.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(!err.contains("not-for-print"), "{err}");
+}

@@ -579,6 +579,8 @@ fn kill_term_of_the_config_loader_the_log_names_ends_the_load() {
     );
     let comm = std::fs::read_to_string(format!("/proc/{loader}/comm")).unwrap();
     assert_eq!(comm, "summond-load\n");
+    // The line naming the loader is written after the fork: wait for it.
+    wait_until(TIMEOUT, || loader_pid_logged(&s.log_text()).is_some());
     assert_eq!(
         loader_pid_logged(&s.log_text()),
         Some(loader),

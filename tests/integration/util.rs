@@ -372,6 +372,14 @@ pub fn set_nofile(pid: i32, soft: u64) {
 /// set the limit above a hole that then opens: the limit is set again
 /// until a reading after it finds the same lowest free fd.
 pub fn leave_free_fds(pid: i32, spare: u64) -> u64 {
+    // Once the loop has turned, what startup or a reload does before it
+    // (footprint::shed reads /proc/self/smaps through an fd of its own)
+    // is over: a transient fd seen at both samples below would leave one
+    // fd free once closed (a status client was then accepted in CI).
+    assert!(
+        loop_turns(pid, 1),
+        "summond (pid {pid}) did not take its signals"
+    );
     for _ in 0..100 {
         let lowest = lowest_free_fd(pid);
         set_nofile(pid, lowest + spare);

@@ -10,6 +10,12 @@ pub fn address(value: &str, stream: bool) -> Option<String> {
     } else {
         ("udp", "unixgram")
     };
+    // A path below the legacy /var/run is systemd's /run (it rewrites
+    // it, with a warning): /var/run is a link, and summond follows no
+    // link on a socket's path.
+    if let Some(rest) = value.strip_prefix("/var/run/") {
+        return Some(format!("{unix}:///run/{rest}"));
+    }
     // A path (unix:///run/x) or an abstract name (unix://@x).
     if value.starts_with('/') || value.starts_with('@') {
         return Some(format!("{unix}://{value}"));
@@ -543,6 +549,11 @@ mod tests {
             Some("unixgram:///run/a.sock".into())
         );
         assert_eq!(address("eth0", true), None);
+        // systemd's rewrite of the legacy directory (a link to /run).
+        assert_eq!(
+            address("/var/run/uwsgi/a.socket", true),
+            Some("unix:///run/uwsgi/a.socket".into())
+        );
     }
 
     #[test]

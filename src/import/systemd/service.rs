@@ -412,6 +412,26 @@ fn group_name(name: &str) -> Option<String> {
     group.ok().flatten().map(|g| g.name)
 }
 
+pub(super) fn user_exists(name: &str) -> bool {
+    match name.parse::<u32>() {
+        Ok(uid) => nix::unistd::User::from_uid(uid.into())
+            .ok()
+            .flatten()
+            .is_some(),
+        Err(_) => nix::unistd::User::from_name(name).ok().flatten().is_some(),
+    }
+}
+
+pub(super) fn group_exists(name: &str) -> bool {
+    match name.parse::<u32>() {
+        Ok(gid) => nix::unistd::Group::from_gid(gid.into())
+            .ok()
+            .flatten()
+            .is_some(),
+        Err(_) => nix::unistd::Group::from_name(name).ok().flatten().is_some(),
+    }
+}
+
 /// RootDirectory= is `chroot`; RootImage= (a disk image) has no mapping.
 fn root_directory(im: &mut Import, svc: &Section, spec: &Specifiers<'_>) {
     if let Some(v) = svc.last("RootDirectory") {
@@ -595,6 +615,8 @@ fn runtime_name_ok(name: &str) -> bool {
 
 /// `Limit*=` as `rlimits` (soft:hard: summond sets both to one value,
 /// the hard one; `infinity` is the most the kernel allows, as systemd's).
+/// A value above what a child can get here is written as that most, with
+/// a comment: lower, never refused, as `--check` would refuse it.
 fn rlimits(im: &mut Import, svc: &Section) {
     let mut rlimits = Vec::new();
     for (k, ours) in RLIMITS {
@@ -604,12 +626,25 @@ fn rlimits(im: &mut Import, svc: &Section) {
             continue;
         };
         let hard = hard.trim();
-        let value = match timespan_secs(hard) {
+        // LimitCPU='s time span (1h) in seconds.
+        let hard = match timespan_secs(hard) {
             Some(secs) if k == "LimitCPU" => secs.to_string(),
-            _ => num(hard),
+            _ => hard.to_string(),
         };
-        rlimits.push(format!("{ours} = {value}"));
-        im.carry(File::Service, SECTION, k);
+        let hard = hard.as_str();
+        match over_ceiling(ours, hard) {
+            Some((max, why)) => {
+                rlimits.push(format!("{ours} = {max}"));
+                let text = format!(
+                    "{k}={v}: written as {ours} = {max}, the most a child can get here ({why})"
+                );
+                im.drop_key(File::Service, SECTION, k, text);
+            }
+            None => {
+                rlimits.push(format!("{ours} = {}", num(hard)));
+                im.carry(File::Service, SECTION, k);
+            }
+        }
     }
     if !rlimits.is_empty() {
         im.e.set("rlimits", format!("{{ {} }}", rlimits.join(", ")));
@@ -666,4 +701,12 @@ pub fn timespan_secs(text: &str) -> Option<u64> {
         rest = rest[unit_end..].trim_start();
     }
     Some(total.ceil() as u64)
+}
+
+/// The most a child can get of `ours` when `value` asks for more
+/// (`infinity` is not more: summond reads it as that most itself).
+fn over_ceiling(ours: &str, value: &str) -> Option<(u64, String)> {
+    let asked = crate::config::units::size(value).ok()??;
+    let (max, why) = crate::config::rlimit_ceiling(ours)?;
+    (asked > max).then_some((max, why))
 }

@@ -152,6 +152,16 @@ fn max_connections(im: &mut Import, sock: &Section, accept: bool) {
     }
 }
 
+/// Does the owner SocketUser=/SocketGroup= names exist here (other keys:
+/// nothing to look up)?
+fn owner_exists(key: &str, name: &str) -> bool {
+    match key {
+        "SocketUser" => super::service::user_exists(name),
+        "SocketGroup" => super::service::group_exists(name),
+        _ => true,
+    }
+}
+
 /// The [Socket] options with a summond key of the same meaning.
 pub fn options(im: &mut Import, sock: &Section, accept: bool) {
     max_connections(im, sock, accept);
@@ -182,10 +192,16 @@ pub fn options(im: &mut Import, sock: &Section, accept: bool) {
         ("SocketGroup", "socket_group", false),
         ("Backlog", "backlog", true),
     ] {
-        if let Some(v) = sock.last(key) {
-            im.e.set(ours, if number { num(&v) } else { s(&v) });
-            im.carry(File::Socket, SECTION, key);
+        let Some(v) = sock.last(key) else { continue };
+        if !owner_exists(key, &v) {
+            // The socket file would be left root's, reachable only as
+            // its mode says for others: refused as an unknown User= is.
+            let why = format!("{key}={v}: no such {ours} here: create it, or import again");
+            im.refuse(File::Socket, SECTION, key, why.replace("socket_", ""));
+            continue;
         }
+        im.e.set(ours, if number { num(&v) } else { s(&v) });
+        im.carry(File::Socket, SECTION, key);
     }
     for (key, ours) in SOCKET_FLAGS {
         let v = sock.last(key);

@@ -1,0 +1,472 @@
+//! summond's own endpoints in the event loop: the control socket and its
+//! clients (the line protocol is `control.rs`), the `[daemon] metrics`
+//! listener and its scrapers (the HTTP exchange is `metrics.rs`). Each
+//! client has a timeout in the timer map, cancelled when it closes first;
+//! a slow or silent one costs its buffers until then and delays nobody
+//! else. `Endpoints` owns the listeners and the clients and never sees
+//! the server: it is given what it needs of the loop (`Loop`: the
+//! registry, the tokens, the timers, the resource back-off) and, for an
+//! answer, a snapshot (`Status`, the metrics page) the server takes.
+
+use rustc_hash::FxHashMap;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+use socket2::Socket;
+
+use crate::control::{Reply, Status};
+use crate::limits::Backoff;
+use crate::listener::Listener;
+use crate::metrics::{self as prom, Request, Scrape, ScrapeState};
+
+use super::connection::{is_resource_error, note_resource_fault};
+use super::timers::{Timer, TimerKey, Timers};
+use super::{TokenKind, Tokens, CONTROL, METRICS};
+
+/// Control clients answered at once; more wait in the backlog. Each
+/// costs an fd until its answer is read.
+const MAX_CONTROL_CLIENTS: usize = 16;
+/// A control client that has not read its answer by then is closed.
+const CONTROL_CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Scrapers accepted per wake-up before the loop turns to other sources.
+const SCRAPE_ACCEPT_BUDGET: usize = 16;
+/// Scrapes open at once, so idle scrapers cannot take the fds services
+/// need (each is closed at `SCRAPE_TIMEOUT` anyway); at the cap a new one
+/// replaces the slowest asker. Prometheus sends one scrape at a time.
+const MAX_SCRAPES: usize = 32;
+
+/// What the endpoints are lent of the loop for one event.
+pub(super) struct Loop<'a> {
+    pub registry: &'a Registry,
+    pub tokens: &'a mut Tokens,
+    pub timers: &'a mut Timers,
+    pub resources: &'a mut Backoff,
+}
+
+/// What one accept on the control socket gave.
+pub(super) enum Accepted {
+    /// A trusted client, to be answered with a status snapshot
+    /// (`answer_control`).
+    Client(Socket),
+    /// None this time, but try again: a client of another uid (told so
+    /// and closed), one that could not be looked at, an interrupted call.
+    Skipped,
+    /// Nothing more to accept now (none queued, at the cap, stalled, an
+    /// error).
+    Stop,
+}
+
+#[derive(Default)]
+pub(super) struct Endpoints {
+    pub control: Option<Listener>,
+    control_clients: FxHashMap<Token, Reply>,
+    /// Clients of other uids closed since a trusted one was last
+    /// answered: an episode of refusals, logged once.
+    control_refused: Option<u64>,
+    /// An accept on the control socket failed for want of fds: its
+    /// queued clients are accepted when the back-off ends.
+    control_stalled: bool,
+    /// The control socket's accept budget ran out with clients possibly
+    /// left.
+    pub accept_more_control: bool,
+    /// `[daemon] metrics`: the Prometheus listener and its scrapers.
+    pub metrics: Option<Listener>,
+    scrapes: FxHashMap<Token, Scrape>,
+    /// The same stall for the metrics listener.
+    metrics_stalled: bool,
+    /// The scrape budget ran out with scrapers possibly left.
+    pub accept_more_scrapers: bool,
+    /// The timeout of each scrape and control client, cancelled when it
+    /// closes first (or status would count a timer per finished client).
+    client_timers: FxHashMap<Token, TimerKey>,
+    /// The last resource fault was an accept of one of them.
+    accept_fd_fault: bool,
+}
+
+impl Endpoints {
+    /// Swap the control socket (the old one's file is removed on drop).
+    pub fn set_control(&mut self, registry: &Registry, control: Option<Listener>) {
+        let old = std::mem::replace(&mut self.control, control);
+        swap_watched(registry, old, &self.control, CONTROL, "control socket");
+    }
+
+    /// Swap the metrics listener (the old one's file is removed on drop).
+    pub fn set_metrics(&mut self, registry: &Registry, metrics: Option<Listener>) {
+        let old = std::mem::replace(&mut self.metrics, metrics);
+        swap_watched(registry, old, &self.metrics, METRICS, "metrics");
+    }
+
+    /// The resource back-off is over: a stalled control socket is to be
+    /// accepted on now (true), a stalled metrics listener at this turn's
+    /// end.
+    pub fn backoff_ended(&mut self) -> bool {
+        if std::mem::take(&mut self.metrics_stalled) {
+            self.accept_more_scrapers = true;
+        }
+        std::mem::take(&mut self.control_stalled)
+    }
+
+    // ---- control ------------------------------------------------------
+
+    /// Accept one control client, if there is one and room for it.
+    pub fn accept_control(&mut self, lp: &mut Loop<'_>) -> Accepted {
+        let Some(control) = &self.control else {
+            return Accepted::Stop;
+        };
+        // At the cap the rest wait in the backlog; a reply that ends
+        // accepts them (edge-triggered: nothing else would).
+        if self.control_clients.len() >= MAX_CONTROL_CLIENTS {
+            return Accepted::Stop;
+        }
+        // Its own accept ran out of fds a moment ago: wait for the
+        // back-off to end. A fork failure's back-off stalls no status
+        // query (it is the moment one is wanted).
+        if self.control_stalled && lp.resources.is_paused(Instant::now()) {
+            return Accepted::Stop;
+        }
+        self.control_stalled = false;
+        match control.socket.accept() {
+            Ok((socket, _)) => {
+                if !self.control_peer_trusted(&socket) {
+                    // One line it can show, never waited for: a
+                    // fresh socket's buffer takes it, or it is lost.
+                    let line = format!(
+                        "{}{}\n",
+                        crate::control::REFUSED,
+                        crate::control::refusal_reason()
+                    );
+                    let _ = socket.send_with_flags(line.as_bytes(), nix::libc::MSG_DONTWAIT);
+                    return Accepted::Skipped;
+                }
+                self.accepted_after_fd_fault(lp.resources);
+                Accepted::Client(socket)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Accepted::Stop,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Accepted::Skipped,
+            Err(e) if is_resource_error(&e) => {
+                // The client stays queued, and nothing would wake us
+                // for it again: retried when the back-off ends.
+                self.control_stalled = true;
+                self.accept_fd_fault = true;
+                note_resource_fault(lp.resources, "control socket: accept", &e, Instant::now());
+                Accepted::Stop
+            }
+            Err(e) => {
+                warn!("control socket: accept: {e}");
+                Accepted::Stop
+            }
+        }
+    }
+
+    /// Answer an accepted client with `status`: at once if its socket
+    /// takes the answer, else when it is writable, or drop it at the
+    /// timeout (a big status for a slow reader).
+    pub fn answer_control(&mut self, lp: &mut Loop<'_>, socket: Socket, status: &Status) {
+        let Ok(mut client) = Reply::new(socket, status) else {
+            return;
+        };
+        if client.flush() {
+            return;
+        }
+        let token = lp.tokens.next();
+        let fd = client.socket().as_raw_fd();
+        if lp
+            .registry
+            .register(&mut SourceFd(&fd), token, Interest::WRITABLE)
+            .is_ok()
+        {
+            lp.tokens.insert(token, TokenKind::ControlClient);
+            self.control_clients.insert(token, client);
+            let timer = lp.timers.add(
+                Instant::now() + CONTROL_CLIENT_TIMEOUT,
+                Timer::ControlTimeout(token),
+            );
+            self.client_timers.insert(token, timer);
+        }
+    }
+
+    /// An accept of the control or metrics socket worked after one of
+    /// them ran out of fds: the episode is over (a fork failure's is
+    /// not, so only an accept's own fault is ended here).
+    fn accepted_after_fd_fault(&mut self, resources: &mut Backoff) {
+        if std::mem::take(&mut self.accept_fd_fault) && resources.success() {
+            // What the pause held back is re-armed at this turn's timers
+            // (`Backoff::expire` says so after a success).
+            info!("resources available again: accepting connections");
+        }
+    }
+
+    /// SPEC: the control socket answers root and summond's own uid only,
+    /// whatever its file mode says. Others are closed unanswered; the
+    /// first of an episode is logged, and how many followed when a
+    /// trusted client is next answered.
+    fn control_peer_trusted(&mut self, socket: &Socket) -> bool {
+        match crate::control::PeerCred::of(socket) {
+            Ok(peer) if peer.is_trusted() => {
+                if let Some(n) = self.control_refused.take().filter(|n| *n > 1) {
+                    warn!(
+                        "control socket: refused {} more clients of other uids",
+                        n - 1
+                    );
+                }
+                true
+            }
+            Ok(peer) => {
+                let n = self.control_refused.get_or_insert(0);
+                *n += 1;
+                if *n == 1 {
+                    warn!(
+                        "control socket: refused pid {} of uid {}: {}",
+                        peer.pid,
+                        peer.uid,
+                        crate::control::refusal_reason()
+                    );
+                }
+                false
+            }
+            Err(e) => {
+                debug!("control socket: SO_PEERCRED: {e}; closed");
+                false
+            }
+        }
+    }
+
+    pub fn write_control_reply(&mut self, lp: &mut Loop<'_>, token: Token) {
+        let done = match self.control_clients.get_mut(&token) {
+            Some(client) => client.flush(),
+            None => return,
+        };
+        if done {
+            self.close_control_client(lp, token);
+        }
+    }
+
+    fn close_control_client(&mut self, lp: &mut Loop<'_>, token: Token) {
+        let Some(client) = self.control_clients.remove(&token) else {
+            return;
+        };
+        let _ = lp
+            .registry
+            .deregister(&mut SourceFd(&client.socket().as_raw_fd()));
+        lp.tokens.remove(&token);
+        self.cancel_client_timer(lp.timers, token);
+        drop(client);
+        // Below the cap again: clients may be waiting in the backlog.
+        if self.control_clients.len() + 1 == MAX_CONTROL_CLIENTS {
+            self.accept_more_control = true;
+        }
+    }
+
+    /// A scrape or control client closed: its timeout goes with it.
+    fn cancel_client_timer(&mut self, timers: &mut Timers, token: Token) {
+        if let Some(key) = self.client_timers.remove(&token) {
+            timers.cancel(key);
+        }
+    }
+
+    /// A control client that has not read its whole answer by now is
+    /// dropped, so idle clients cannot keep summond's fds.
+    pub fn control_client_timed_out(&mut self, lp: &mut Loop<'_>, token: Token) {
+        if self.control_clients.contains_key(&token) {
+            debug!(
+                "control socket: a client did not read its answer within {}s; closed",
+                CONTROL_CLIENT_TIMEOUT.as_secs()
+            );
+            self.close_control_client(lp, token);
+        }
+    }
+
+    // ---- metrics ------------------------------------------------------
+
+    pub fn accept_scrapers(&mut self, lp: &mut Loop<'_>) {
+        for _ in 0..SCRAPE_ACCEPT_BUDGET {
+            let Some(listener) = &self.metrics else {
+                return;
+            };
+            // At the cap a new scraper takes the place of the one whose
+            // request has been incomplete longest (or else of one waiting
+            // to close after its answer), so clients trickling their
+            // request cannot make whole ones wait behind them. When all
+            // are being answered the rest wait in the backlog; a scrape
+            // that ends accepts them (edge-triggered: nothing else would).
+            let full = self.scrapes.len() >= MAX_SCRAPES;
+            if full && !self.scrapes.values().any(|s| s.evictable().is_some()) {
+                return;
+            }
+            // Its own accept ran out of fds a moment ago: wait for the
+            // back-off to end (a fork failure's stalls no scrape).
+            if self.metrics_stalled && lp.resources.is_paused(Instant::now()) {
+                return;
+            }
+            self.metrics_stalled = false;
+            let socket = match listener.socket.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_resource_error(&e) => {
+                    // The scraper stays queued, and nothing would wake us
+                    // for it again: retried when the back-off ends.
+                    self.metrics_stalled = true;
+                    self.accept_fd_fault = true;
+                    note_resource_fault(lp.resources, "metrics: accept", &e, Instant::now());
+                    return;
+                }
+                Err(e) => {
+                    warn!("metrics: accept: {e}");
+                    return;
+                }
+            };
+            self.accepted_after_fd_fault(lp.resources);
+            if full {
+                self.evict_a_scrape(lp);
+            }
+            let Ok(scrape) = Scrape::new(socket) else {
+                continue;
+            };
+            let token = lp.tokens.next();
+            let fd = scrape.socket.as_raw_fd();
+            if lp
+                .registry
+                .register(
+                    &mut SourceFd(&fd),
+                    token,
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .is_err()
+            {
+                continue;
+            }
+            lp.tokens.insert(token, TokenKind::Scrape);
+            self.scrapes.insert(token, scrape);
+            let timer = lp.timers.add(
+                Instant::now() + prom::SCRAPE_TIMEOUT,
+                Timer::ScrapeTimeout(token),
+            );
+            self.client_timers.insert(token, timer);
+        }
+        // More may be queued: epoll reports them again only for new ones.
+        self.accept_more_scrapers = true;
+    }
+
+    /// Close the scrape a new one may replace at the cap, if any.
+    fn evict_a_scrape(&mut self, lp: &mut Loop<'_>) {
+        let victim = self
+            .scrapes
+            .iter()
+            .filter_map(|(token, s)| Some((s.evictable()?, *token)))
+            .min();
+        if let Some((_, token)) = victim {
+            debug!("metrics: {MAX_SCRAPES} scrapes open; closed the slowest for a new one");
+            self.close_scrape(lp, token);
+        }
+    }
+
+    /// A scraper is ready: read its request, or write what is left of its
+    /// answer. True when it has asked for the page: the caller renders it
+    /// and hands it to `answer_scrape`.
+    pub fn on_scrape_ready(&mut self, lp: &mut Loop<'_>, token: Token) -> bool {
+        let Some(scrape) = self.scrapes.get_mut(&token) else {
+            return false;
+        };
+        let state = match scrape.on_ready() {
+            ScrapeState::Asked(request) => {
+                let answer = match request {
+                    Request::Metrics => return true,
+                    Request::NotFound => prom::response(404, "only /metrics is here\n"),
+                    Request::Bad(code) => prom::response(code, "bad request\n"),
+                    Request::Incomplete => return false,
+                };
+                scrape.answer(answer)
+            }
+            other => other,
+        };
+        self.scrape_went(lp, token, state);
+        false
+    }
+
+    /// Answer the scraper that asked for the page with `page`.
+    pub fn answer_scrape(&mut self, lp: &mut Loop<'_>, token: Token, page: &str) {
+        let Some(scrape) = self.scrapes.get_mut(&token) else {
+            return;
+        };
+        let state = scrape.answer(prom::response(200, page));
+        self.scrape_went(lp, token, state);
+    }
+
+    /// Where a scrape's exchange is now.
+    fn scrape_went(&mut self, lp: &mut Loop<'_>, token: Token, state: ScrapeState) {
+        match state {
+            ScrapeState::Done => self.close_scrape(lp, token),
+            // Its own short deadline to close its end, whatever was left
+            // of the scrape's.
+            ScrapeState::Lingering => {
+                self.cancel_client_timer(lp.timers, token);
+                let timer = lp
+                    .timers
+                    .add(Instant::now() + prom::LINGER, Timer::ScrapeTimeout(token));
+                self.client_timers.insert(token, timer);
+                // At the cap, a scraper in the backlog may take its place.
+                if self.scrapes.len() >= MAX_SCRAPES {
+                    self.accept_more_scrapers = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn close_scrape(&mut self, lp: &mut Loop<'_>, token: Token) {
+        lp.tokens.remove(&token);
+        self.cancel_client_timer(lp.timers, token);
+        if let Some(scrape) = self.scrapes.remove(&token) {
+            let _ = lp
+                .registry
+                .deregister(&mut SourceFd(&scrape.socket.as_raw_fd()));
+            // Below the cap again: scrapers may wait in the backlog.
+            if self.scrapes.len() + 1 == MAX_SCRAPES {
+                self.accept_more_scrapers = true;
+            }
+        }
+    }
+
+    /// A scrape that has not finished by its deadline is dropped.
+    pub fn scrape_timed_out(&mut self, lp: &mut Loop<'_>, token: Token) {
+        if self.scrapes.contains_key(&token) {
+            debug!(
+                "metrics: a scraper took longer than {:?}; closed",
+                prom::SCRAPE_TIMEOUT
+            );
+            self.close_scrape(lp, token);
+        }
+    }
+}
+
+/// Stop watching `old` (dropping it) and watch `new`, the listener now in
+/// the slot for `token` (the control or metrics socket).
+fn swap_watched(
+    registry: &Registry,
+    old: Option<Listener>,
+    new: &Option<Listener>,
+    token: Token,
+    what: &str,
+) {
+    if let Some(old) = old {
+        let _ = registry.deregister(&mut SourceFd(&old.socket.as_raw_fd()));
+    }
+    if let Some(new) = new {
+        // summond accepts on it itself; a handed one may be blocking.
+        if let Err(e) = new.socket.set_nonblocking(true) {
+            error!("{what} {}: {e}", new.addr);
+        }
+        if let Err(e) = registry.register(
+            &mut SourceFd(&new.socket.as_raw_fd()),
+            token,
+            Interest::READABLE,
+        ) {
+            error!("{what} {}: {e}", new.addr);
+        }
+    }
+}
