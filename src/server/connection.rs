@@ -25,7 +25,7 @@ use crate::env::EnvBlock;
 use crate::limits::Backoff;
 use crate::peer::{Peer, SourceKey};
 use crate::queue::QueueHead;
-use crate::spawn::{self, ChildSetup, ExecImage, FdMove};
+use crate::spawn::{self, FdMove};
 use crate::stats::RefusalKind;
 use crate::upgrade::ConnState;
 
@@ -373,13 +373,13 @@ impl Server {
         };
         // The scratch buffers of the last connection, reused: a connection
         // allocates nothing for its fd plan and variables.
-        let (mut fds, mut env) = std::mem::take(&mut self.scratch);
+        let (mut fds, mut env) = self.launcher.take_scratch();
         spawn::plan_fds_into(
             &mut fds,
             spec.pass,
             spec.stderr,
             &[conn.as_raw_fd()],
-            self.devnull.as_raw_fd(),
+            self.launcher.devnull(),
         );
         env.clear();
         peer.write_env(&mut env);
@@ -399,7 +399,7 @@ impl Server {
                 held_sockets: Vec::new(),
             },
         );
-        self.scratch = (fds, env);
+        self.launcher.put_scratch((fds, env));
         if outcome == Launch::RetryLater {
             let name = self.services[idx].spec.name.clone();
             self.pending.push(PendingConnection {
@@ -498,7 +498,7 @@ impl Server {
             }
             held_sockets.push(HeldSocket { head, addr: a });
         }
-        let fds = spawn::plan_fds(spec.pass, spec.stderr, &payload, self.devnull.as_raw_fd());
+        let fds = spawn::plan_fds(spec.pass, spec.stderr, &payload, self.launcher.devnull());
         let mut env = EnvBlock::default();
         let listen_pid = spec.pass == Pass::ListenFds;
         if listen_pid {
@@ -535,19 +535,9 @@ impl Server {
 
     /// Fork and exec for service `idx`; record the child.
     fn spawn_child(&mut self, idx: usize, req: ChildRequest<'_>) -> Launch {
-        let setup = ChildSetup {
-            fds: req.fds,
-            env: req.env,
-            listen_pid: req.listen_pid,
-            nofile: self.opts.child_nofile,
-        };
         let now = Instant::now();
         let rt = &mut self.services[idx];
-        let envs = &mut self.envs;
-        let image = rt
-            .image
-            .get_or_insert_with(|| Box::new(ExecImage::new(&rt.spec, envs)));
-        let spawned = match self.spawner.spawn(image, &setup) {
+        let spawned = match self.launcher.spawn(rt, req.fds, req.env, req.listen_pid) {
             Ok(s) => s,
             Err(e) => {
                 self.count_spawn_failure(idx);

@@ -51,7 +51,6 @@
 
 use rustc_hash::FxHashMap;
 use std::fmt;
-use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -74,7 +73,7 @@ use crate::metrics as prom;
 use crate::notify::Notifier;
 use crate::refusals::{RefusalLog, REFUSAL_INTERVAL};
 use crate::signals::{self, Signals};
-use crate::spawn::{EnvPool, Spawner, Stage};
+use crate::spawn::Stage;
 use crate::stats::Pause;
 
 mod children;
@@ -82,6 +81,7 @@ mod connection;
 mod endpoints;
 mod exit;
 mod internal;
+mod launcher;
 mod reload;
 mod services;
 mod sockets;
@@ -92,6 +92,7 @@ use children::{for_peer, Child, ChildTable, StoppingGroup};
 use connection::{PendingConnection, RefusalKey};
 use endpoints::{Accepted, Endpoints, Loop};
 use internal::{DatagramGuard, InternalConns};
+use launcher::Launcher;
 use reload::ConfigLoad;
 use services::{ServiceId, ServiceRuntime, ServiceTable};
 use sockets::{SocketPlan, SocketTable};
@@ -230,9 +231,8 @@ pub struct Server {
     tokens: Tokens,
     children: ChildTable,
     signals: Signals,
-    devnull: File,
-    /// The inherited environment and the base environments made of it.
-    envs: EnvPool,
+    /// What starting a child takes besides its image.
+    launcher: Launcher,
     opts: RunOptions,
     /// EMFILE/ENFILE/EAGAIN back-off: no listener is watched while paused.
     resources: Backoff,
@@ -256,10 +256,6 @@ pub struct Server {
     datagrams: DatagramGuard,
     refusals: RefusalLog<RefusalKey>,
     upgrades: Upgrades,
-    spawner: Spawner,
-    /// The fd plan and variables of the last connection's child, kept to
-    /// be reused by the next.
-    scratch: (Vec<crate::spawn::FdMove>, crate::env::EnvBlock),
     stopping: bool,
     /// A reload's config load running in a helper process.
     config_load: Option<ConfigLoad>,
@@ -289,14 +285,8 @@ impl Server {
                 Interest::READABLE,
             )
             .map_err(|e| ServerError::Setup("register signalfd", e))?;
-        // std opens files with O_CLOEXEC.
-        let devnull = File::options()
-            .read(true)
-            .write(true)
-            .open("/dev/null")
-            .map_err(|e| ServerError::Setup("open /dev/null", e))?;
-        let spawner =
-            Spawner::new(opts.fd_base).map_err(|e| ServerError::Setup("child stack", e))?;
+        let launcher = Launcher::new(opts.fd_base, opts.child_nofile)
+            .map_err(|(what, e)| ServerError::Setup(what, e))?;
         let mut server = Server {
             poll,
             config: Config {
@@ -310,8 +300,7 @@ impl Server {
             tokens: Tokens::default(),
             children: ChildTable::default(),
             signals,
-            devnull,
-            envs: EnvPool::new(std::env::vars_os().collect()),
+            launcher,
             opts,
             resources: Backoff::default(),
             pending: Vec::new(),
@@ -324,8 +313,6 @@ impl Server {
             datagrams: DatagramGuard::default(),
             refusals: RefusalLog::default(),
             upgrades: Upgrades::new(),
-            spawner,
-            scratch: Default::default(),
             stopping: false,
             config_load: None,
             reload_again: false,
@@ -1137,7 +1124,7 @@ impl Server {
         }
         // Old images are gone with the old runtimes: so are the
         // environments only they used.
-        self.envs.prune();
+        self.launcher.prune_envs();
 
         // 3. Commit: the sockets, the control and metrics listeners, then
         //    what depends on the services.
