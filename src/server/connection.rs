@@ -76,6 +76,15 @@ impl PendingConnection {
     }
 }
 
+/// Out of fds or processes (EMFILE, ENFILE, EAGAIN): the back-off over
+/// all listeners (none is watched while it lasts), and the clients kept
+/// through it, started when it ends (`retry_pending`).
+#[derive(Default)]
+pub(super) struct Shortage {
+    pub backoff: Backoff,
+    pub kept: Vec<PendingConnection>,
+}
+
 /// Why a client was turned away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum RefuseReason {
@@ -402,7 +411,7 @@ impl Server {
         self.launcher.put_scratch((fds, env));
         if outcome == Launch::RetryLater {
             let name = self.services[idx].spec.name.clone();
-            self.pending.push(PendingConnection {
+            self.shortage.kept.push(PendingConnection {
                 addr: addr.clone(),
                 name,
                 conn,
@@ -420,10 +429,10 @@ impl Server {
     /// the address to admits it afresh. One that cannot take a connection
     /// any more closes it with a line saying why.
     pub(super) fn retry_pending(&mut self, now: Instant) {
-        if self.pending.is_empty() || self.resources.is_paused(now) {
+        if self.shortage.kept.is_empty() || self.shortage.backoff.is_paused(now) {
             return;
         }
-        for p in std::mem::take(&mut self.pending) {
+        for p in std::mem::take(&mut self.shortage.kept) {
             let PendingConnection {
                 addr,
                 name,
@@ -452,7 +461,7 @@ impl Server {
                     let admitted = self.services[idx].spec.name == name;
                     self.start_connection(idx, &addr, conn, peer, now, greeted, admitted)
                 }
-                Some(_) => self.pending.push(PendingConnection {
+                Some(_) => self.shortage.kept.push(PendingConnection {
                     addr,
                     name,
                     conn,
@@ -588,7 +597,7 @@ impl Server {
         if let Some((stage, errno)) = spawned.failed {
             self.exec_failed(pid, stage, errno);
         }
-        if self.resources.success() {
+        if self.shortage.backoff.success() {
             info!("resources available again: accepting connections");
         }
         Launch::Started
@@ -633,7 +642,7 @@ impl Server {
     /// the back-off deadline; listeners that turn readable meanwhile are
     /// parked.
     pub(super) fn resource_fault(&mut self, what: &str, err: &dyn fmt::Display, now: Instant) {
-        note_resource_fault(&mut self.resources, what, err, now);
+        note_resource_fault(&mut self.shortage.backoff, what, err, now);
     }
 }
 

@@ -67,7 +67,6 @@ use socket2::Socket;
 use crate::addr::ListenAddr;
 use crate::config::{self, Config, Host, ServiceSpec};
 use crate::control::{RefusedSource, ServiceStatus, Status};
-use crate::limits::Backoff;
 use crate::listener::{self, ListenError, ListenOptions, Listener};
 use crate::metrics as prom;
 use crate::notify::Notifier;
@@ -89,7 +88,7 @@ mod timers;
 mod upgrade;
 
 use children::{for_peer, Child, ChildTable, StoppingGroup};
-use connection::{PendingConnection, RefusalKey};
+use connection::{RefusalKey, Shortage};
 use endpoints::{Accepted, Endpoints, Loop};
 use internal::{DatagramGuard, InternalConns};
 use launcher::Launcher;
@@ -234,9 +233,9 @@ pub struct Server {
     /// What starting a child takes besides its image.
     launcher: Launcher,
     opts: RunOptions,
-    /// EMFILE/ENFILE/EAGAIN back-off: no listener is watched while paused.
-    resources: Backoff,
-    pending: Vec<PendingConnection>,
+    /// Out of fds or processes: the back-off over all listeners, and the
+    /// clients kept through it.
+    shortage: Shortage,
     /// Services held by the crash guard, and until when.
     timers: Timers,
     /// Process groups `max_runtime` sent SIGTERM, SIGKILL still due, by
@@ -302,8 +301,7 @@ impl Server {
             signals,
             launcher,
             opts,
-            resources: Backoff::default(),
-            pending: Vec::new(),
+            shortage: Shortage::default(),
             timers: Timers::default(),
             stopping_groups: FxHashMap::default(),
             internals: InternalConns::default(),
@@ -421,7 +419,7 @@ impl Server {
             .next_deadline()
             .into_iter()
             .chain(self.internals.next_deadline())
-            .chain(self.resources.deadline())
+            .chain(self.shortage.backoff.deadline())
             .chain(self.refusals.deadline())
             .min()
     }
@@ -429,7 +427,7 @@ impl Server {
     /// Re-arm what a timer that ran out was holding back.
     fn run_timers(&mut self, now: Instant) {
         self.close_idle_internal(now);
-        if self.resources.expire(now) {
+        if self.shortage.backoff.expire(now) {
             // Their clients queued while fds ran out: no new event comes
             // for them (edge-triggered), so accept them now, before a
             // retry that fails again starts the next pause.
@@ -660,7 +658,7 @@ impl Server {
     /// The gate over all services: below max_children and not backing
     /// off after running out of fds or processes.
     fn gate_is_open(&self, now: Instant) -> bool {
-        !self.at_global_limit() && !self.resources.is_paused(now)
+        !self.at_global_limit() && !self.shortage.backoff.is_paused(now)
     }
 
     /// May service `idx` start a child as far as its own limits go? (its
@@ -836,7 +834,8 @@ impl Server {
     /// pause, else the resource back-off over all services.
     fn pause(&self, svc: &ServiceRuntime, now: Instant) -> Option<Pause> {
         svc.may_start(now).err().or_else(|| {
-            self.resources
+            self.shortage
+                .backoff
                 .paused_until(now)
                 .map(|until| Pause::Resources { until })
         })
@@ -851,7 +850,7 @@ impl Server {
                 registry: self.poll.registry(),
                 tokens: &mut self.tokens,
                 timers: &mut self.timers,
-                resources: &mut self.resources,
+                resources: &mut self.shortage.backoff,
             },
         )
     }

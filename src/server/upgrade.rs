@@ -318,7 +318,7 @@ impl Server {
                 .index_of(id)
                 .map(|i| self.services[i].spec.name.clone())
         });
-        let pending = self.pending.iter().map(|p| p.to_state()).collect();
+        let pending = self.shortage.kept.iter().map(|p| p.to_state()).collect();
         // A client of a service a reload removed is carried too (under a
         // name no service can have), as its children are: a reload keeps
         // them, so must this.
@@ -440,7 +440,7 @@ impl Server {
         // Before the children: a child's start time must match its group's.
         let stopping_leaders = self.resume_stopping_groups(state.stopping_groups, handed);
         self.resume_children(state.children, &index, &stopping_leaders, handed);
-        self.pending.extend(
+        self.shortage.kept.extend(
             state
                 .pending
                 .into_iter()
