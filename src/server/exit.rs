@@ -73,7 +73,7 @@ impl Server {
             .children
             .iter()
             .map(|(pid, _)| *pid)
-            .chain(self.config_load.as_ref().map(|l| l.pid))
+            .chain(self.reloads.load.as_ref().map(|l| l.pid))
             .chain(self.upgrade_check_pid())
             .collect();
         for pid in pids {
@@ -100,7 +100,7 @@ impl Server {
         if self.upgrade_check_exited(pid, &status) {
             return;
         }
-        if let Some(load) = self.config_load.as_mut().filter(|l| l.pid == pid) {
+        if let Some(load) = self.reloads.load.as_mut().filter(|l| l.pid == pid) {
             load.mark_reaped(&status);
             self.finish_reload_if_loaded();
             return;

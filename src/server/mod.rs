@@ -92,7 +92,7 @@ use connection::{RefusalKey, Shortage};
 use endpoints::{Accepted, Endpoints, Loop};
 use internal::{DatagramGuard, InternalConns};
 use launcher::Launcher;
-use reload::ConfigLoad;
+use reload::{ConfigLoad, Reloads};
 use services::{ServiceId, ServiceRuntime, ServiceTable};
 use sockets::{SocketPlan, SocketTable};
 use timers::{Timer, Timers, KILL_AFTER};
@@ -256,11 +256,8 @@ pub struct Server {
     refusals: RefusalLog<RefusalKey>,
     upgrades: Upgrades,
     stopping: bool,
-    /// A reload's config load running in a helper process.
-    config_load: Option<ConfigLoad>,
-    /// A SIGHUP came while a load ran: the files may have changed since
-    /// the helper read them, so load again when it is done.
-    reload_again: bool,
+    /// The config load in flight, and whether another is owed.
+    reloads: Reloads,
 }
 
 impl Server {
@@ -312,8 +309,7 @@ impl Server {
             refusals: RefusalLog::default(),
             upgrades: Upgrades::new(),
             stopping: false,
-            config_load: None,
-            reload_again: false,
+            reloads: Reloads::default(),
         };
         for socket in handed {
             let fd = socket.as_raw_fd();
@@ -926,13 +922,13 @@ impl Server {
             self.notify(&format!("READY=1\n{}", self.status_line()));
             return;
         }
-        if let Some(load) = &self.config_load {
+        if let Some(load) = &self.reloads.load {
             // READY=1 then comes when the next load is done.
             info!(event = "reload";
                 "SIGHUP received while the config is loading (pid {}); loading again after it",
                 load.pid
             );
-            self.reload_again = true;
+            self.reloads.again = true;
             return;
         }
         let running: Vec<&ServiceSpec> = self.services.iter().map(|rt| &rt.spec).collect();
@@ -965,7 +961,7 @@ impl Server {
                     self.timers
                         .add(load.started_at + limit, Timer::ConfigLoadOverdue(load.pid)),
                 ];
-                self.config_load = Some(load);
+                self.reloads.load = Some(load);
             }
             Err(e) => {
                 info!(event = "reload"; "SIGHUP received: reloading {}", self.config.path.display());
@@ -983,7 +979,7 @@ impl Server {
 
     /// The config loader's pipe is readable.
     fn on_config_load_output(&mut self) {
-        let Some(load) = self.config_load.as_mut() else {
+        let Some(load) = self.reloads.load.as_mut() else {
             return;
         };
         if load.read_output() {
@@ -997,10 +993,10 @@ impl Server {
 
     /// Apply the loaded config once the loader wrote all and was reaped.
     fn finish_reload_if_loaded(&mut self) {
-        if !self.config_load.as_ref().is_some_and(ConfigLoad::is_done) {
+        if !self.reloads.load.as_ref().is_some_and(ConfigLoad::is_done) {
             return;
         }
-        let Some(load) = self.config_load.take() else {
+        let Some(load) = self.reloads.load.take() else {
             return;
         };
         self.unwatch_config_load(&load);
@@ -1013,7 +1009,7 @@ impl Server {
 
     /// A reload ended: the next one if SIGHUP came meanwhile, else ready.
     fn after_reload(&mut self) {
-        if std::mem::take(&mut self.reload_again) && !self.stopping {
+        if std::mem::take(&mut self.reloads.again) && !self.stopping {
             self.reload();
         } else {
             self.notify(&format!("READY=1\n{}", self.status_line()));
@@ -1064,7 +1060,7 @@ impl Server {
 
     /// Give up a config load in flight (stop, upgrade).
     fn cancel_config_load(&mut self) {
-        if let Some(load) = self.config_load.take() {
+        if let Some(load) = self.reloads.load.take() {
             self.unwatch_config_load(&load);
             load.cancel();
         }
@@ -1073,7 +1069,7 @@ impl Server {
     /// The config load has run `LOAD_WARN_AFTER`: say so, with the pid
     /// and what happens next.
     fn config_load_slow(&mut self, pid: Pid) {
-        let Some(load) = self.config_load.as_ref().filter(|l| l.pid == pid) else {
+        let Some(load) = self.reloads.load.as_ref().filter(|l| l.pid == pid) else {
             return;
         };
         let (_, limit) = reload::load_limits();
@@ -1089,7 +1085,7 @@ impl Server {
     /// reload, and do not wait for the helper to go (it may sit in a
     /// filesystem call that no signal ends); a later SIGHUP loads afresh.
     fn config_load_overdue(&mut self, pid: Pid) {
-        let Some(load) = self.config_load.take_if(|l| l.pid == pid) else {
+        let Some(load) = self.reloads.load.take_if(|l| l.pid == pid) else {
             return;
         };
         self.unwatch_config_load(&load);

@@ -108,6 +108,17 @@ pub(super) struct ConfigLoad {
 }
 
 /// A finished load: the config, or the lines saying why there is none.
+/// The reloads' state in the loop: the load in flight, and whether
+/// another is owed after it.
+#[derive(Default)]
+pub(super) struct Reloads {
+    /// A reload's config load running in a helper process.
+    pub load: Option<ConfigLoad>,
+    /// A SIGHUP came while a load ran: the files may have changed since
+    /// the helper read them, so load again when it is done.
+    pub again: bool,
+}
+
 pub(super) type Loaded = Result<Config, Vec<String>>;
 
 impl ConfigLoad {

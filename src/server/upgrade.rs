@@ -285,7 +285,7 @@ impl Server {
         ));
         // A reload loading now goes with this image (the new one reads
         // the config itself); if the exec fails, it starts again.
-        let was_loading = self.config_load.is_some();
+        let was_loading = self.reloads.load.is_some();
         state.reload_pending = was_loading;
         self.cancel_config_load();
         let err = upgrade::exec_new(exe, &state);
