@@ -25,7 +25,7 @@
 //!    `per_source_rate`); a refusal is counted and logged by `refuse`.
 //! 5. `launch_connection`: the banner, the child's fds and variables into
 //!    the reused scratch buffers; an internal service is served in the
-//!    loop instead (`start_internal`, internal.rs).
+//!    loop instead (`start_internal`, `internal/`).
 //! 6. `spawn_child`: clone and exec (`Spawner::spawn`), the child into the
 //!    child table, a `rate` token spent (`take_rate_token`), its
 //!    `max_runtime` timer set. Out of fds or processes, the client is kept

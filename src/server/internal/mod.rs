@@ -1,0 +1,361 @@
+//! The internal services, answered inside the event loop without a child:
+//! echo (RFC 862), discard (863), chargen (864), daytime (867) and time
+//! (868), over TCP and UDP.
+//!
+//! Bounded by construction: a TCP connection owns one fixed buffer of
+//! `BUF` bytes; echo stops reading while its echo is unsent, so a client
+//! that writes without reading costs that buffer and nothing more, and
+//! every wake-up does at most `BUDGET` bytes of work before the loop turns
+//! to other sources. A UDP answer is one datagram of at most 512 bytes
+//! (chargen's limit in RFC 864), and echo's and chargen's are no longer
+//! than the question, so a spoofed sender gains nothing by reflection but
+//! daytime's 26 bytes. No datagram is answered that comes from a port
+//! below 1024 (where the servers live: a spoofed request from echo, DNS
+//! or NTP would start a loop or a reflection) or from a port summond
+//! listens on (its own services, or another summond's with the same
+//! config), nor from an address no real sender has (multicast,
+//! broadcast, unspecified), as OpenBSD's inetd refuses them, nor one sent
+//! to a broadcast or multicast address (IP_PKTINFO tells). A loop between
+//! two hosts on ordinary ports no rule can see: each service has a budget
+//! of answers, and the first datagram over it ends the loop.
+//! A TCP connection's socket buffers are fixed small (autotuning would
+//! let a client that never reads pin megabytes of kernel memory).
+//!
+//! `answers.rs` holds the answers, `conn.rs` a TCP connection and the
+//! table of the open ones, `datagrams.rs` what a UDP service must not
+//! answer; here is the server's side: starting, serving and closing
+//! them in the loop.
+
+use rustc_hash::FxHashSet;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::{Instant, SystemTime};
+
+use log::{debug, info, warn};
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
+
+use super::connection::RefuseReason;
+use super::{Server, TokenKind};
+use crate::addr::ListenAddr;
+use crate::peer::{Peer, SourceKey};
+use crate::refusals::REFUSAL_INTERVAL;
+
+mod answers;
+mod conn;
+mod datagrams;
+
+use answers::{datagram_answer, MAX_DATAGRAM};
+pub(super) use conn::{InternalConn, InternalConns};
+use conn::{Progress, KERNEL_BUF};
+pub(super) use datagrams::DatagramGuard;
+use datagrams::{
+    not_to_us_alone, recv_datagram, unanswerable, want_destination, Unanswered, DATAGRAM_BUDGET,
+    DEFAULT_ANSWERS,
+};
+
+impl Server {
+    /// An admitted TCP client of an internal service: served here.
+    pub(super) fn start_internal(
+        &mut self,
+        idx: usize,
+        conn: socket2::Socket,
+        peer: Peer,
+        source: Option<SourceKey>,
+    ) {
+        let Some(kind) = self.services[idx].spec.internal else {
+            return;
+        };
+        if conn.set_nonblocking(true).is_err() {
+            return;
+        }
+        // Our 4 KiB buffer bounds what summond holds; the socket's own
+        // buffers are kernel memory charged to summond's sockets, and
+        // autotuning grows them to megabytes (tcp_wmem/tcp_rmem's maximum)
+        // for a client with a zero window (chargen) or one that writes
+        // and never reads (echo stops reading, so its input waits in the
+        // receive queue). Fixed small buffers bound both per client.
+        let _ = conn.set_send_buffer_size(KERNEL_BUF);
+        let _ = conn.set_recv_buffer_size(KERNEL_BUF);
+        let token = self.tokens.next();
+        let fd = conn.as_raw_fd();
+        let svc = &self.services[idx];
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&fd),
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            info!("{}: cannot serve {peer}: {e}", svc.spec.name);
+            return;
+        }
+        debug!("{}: internal:{} for {peer}", svc.spec.name, kind.name());
+        let id = svc.id;
+        self.services[idx].stats.served += 1;
+        self.take_rate_token(idx, Instant::now());
+        let mut c = InternalConn::new(kind, conn, id, source, peer, SystemTime::now());
+        c.idle = self.services[idx].spec.idle_timeout;
+        self.tokens.insert(token, TokenKind::Internal);
+        self.internals.insert(token, c);
+        // Answer at once (daytime and time need no readiness).
+        self.on_internal_ready(token);
+    }
+
+    /// A connection the previous image was serving (live upgrade).
+    pub(super) fn resume_internal(&mut self, mut conn: InternalConn) {
+        if let Some(idx) = self.services.index_of(conn.service) {
+            conn.idle = self.services[idx].spec.idle_timeout;
+        }
+        let token = self.tokens.next();
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&conn.socket.as_raw_fd()),
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            info!("internal: cannot serve {} any more: {e}", conn.peer);
+            return;
+        }
+        self.tokens.insert(token, TokenKind::Internal);
+        self.internals.insert(token, conn);
+        self.internals.ready.push(token);
+    }
+
+    pub(super) fn on_internal_ready(&mut self, token: Token) {
+        let Some(conn) = self.internals.conns.get_mut(&token) else {
+            return;
+        };
+        match conn.on_ready(Instant::now()) {
+            Progress::Waiting => {}
+            Progress::MoreWork => self.internals.ready.push(token),
+            Progress::Done => self.close_internal(token),
+        }
+    }
+
+    /// Serve the connections whose budget ran out last turn.
+    pub(super) fn serve_internal_ready(&mut self) {
+        for token in std::mem::take(&mut self.internals.ready) {
+            self.on_internal_ready(token);
+        }
+    }
+
+    fn close_internal(&mut self, token: Token) {
+        self.tokens.remove(&token);
+        if let Some(conn) = self.internals.remove(token) {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&conn.socket.as_raw_fd()));
+            let now = Instant::now();
+            if let Some(idx) = self.services.index_of(conn.service) {
+                debug!(
+                    "{}: internal:{} done for {}",
+                    self.services[idx].spec.name,
+                    conn.kind.name(),
+                    conn.peer
+                );
+                // A slot under max_instances may have opened.
+                self.sync_service(idx, now);
+            }
+            // And one under max_children, for every service.
+            self.unpark(now);
+        }
+    }
+
+    /// Close the connections that have been silent for their service's
+    /// `idle_timeout`: an idle client must not keep a descriptor (and a
+    /// place under the limits) for ever.
+    pub(super) fn close_idle_internal(&mut self, now: Instant) {
+        for token in self.internals.take_idle(now) {
+            if let Some(conn) = self.internals.conns.get(&token) {
+                debug!(
+                    "{}: internal:{} closing {}: idle for {:.1}s",
+                    self.services.name_of(conn.service),
+                    conn.kind.name(),
+                    conn.peer,
+                    conn.idle.as_secs_f64()
+                );
+            }
+            self.close_internal(token);
+        }
+    }
+
+    /// After a reload: each connection takes its service's idle timeout.
+    pub(super) fn retime_internal(&mut self) {
+        let Server {
+            internals,
+            services,
+            ..
+        } = self;
+        internals.retime(|id| services.index_of(id).map(|i| services[i].spec.idle_timeout));
+    }
+
+    /// Close every internal connection (at stop).
+    pub(super) fn close_all_internal(&mut self) {
+        let tokens: Vec<Token> = self.internals.conns.keys().copied().collect();
+        for t in tokens {
+            self.close_internal(t);
+        }
+    }
+
+    /// After every config load (startup, reload, and so the new image of
+    /// an upgrade too): the ports summond listens on, every internal UDP
+    /// socket told to report each datagram's destination, and a budget of
+    /// answers for each internal service.
+    pub(super) fn guard_datagrams(&mut self) {
+        // Every UDP port (a wait service answers what it reads, so an
+        // internal service answering it would ping-pong for ever), and the
+        // internal services' TCP ports too: another summond with this
+        // config has its UDP echo there.
+        let mut ports: FxHashSet<u16> = self
+            .services
+            .iter()
+            .map(|rt| &rt.spec)
+            .filter(|s| s.internal.is_some() && !s.disabled)
+            .flat_map(|s| s.listen.iter())
+            .filter_map(|l| match &l.addr {
+                ListenAddr::Tcp(a) | ListenAddr::Udp(a) => Some(a.port()),
+                _ => None,
+            })
+            .collect();
+        for sock in self.sockets.iter() {
+            let ListenAddr::Udp(a) = &sock.listener.addr else {
+                continue;
+            };
+            ports.insert(a.port());
+            let internal = self.services[sock.service].spec.internal.is_some();
+            if let Err(e) = want_destination(&sock.listener.socket, a.is_ipv4(), internal) {
+                warn!(
+                    "{}: {a}: cannot learn datagrams' destinations, so broadcast and \
+                     multicast ones cannot be told apart: {e}",
+                    self.services[sock.service].spec.name
+                );
+            }
+        }
+        let rates = self
+            .services
+            .iter()
+            .filter(|rt| rt.spec.internal.is_some())
+            .map(|rt| (rt.id, rt.spec.rate.unwrap_or(DEFAULT_ANSWERS)));
+        self.datagrams.renew(ports, rates, Instant::now());
+    }
+
+    /// A readable internal UDP socket: answer up to the budget, as the
+    /// service's rules allow. What must not be answered is read and
+    /// dropped, never left queued: a datagram answered later keeps a loop
+    /// going as surely as one answered now.
+    pub(super) fn serve_datagrams(&mut self, idx: usize, addr: &ListenAddr) {
+        let Some(kind) = self.services[idx].spec.internal else {
+            return;
+        };
+        let mut question = [0u8; 2048];
+        let mut answer = [0u8; MAX_DATAGRAM];
+        let mut cmsg = nix::cmsg_space!(nix::libc::in_pktinfo, nix::libc::in6_pktinfo);
+        for _ in 0..DATAGRAM_BUDGET {
+            let now = Instant::now();
+            if !self.service_may_spawn(idx, now) {
+                return;
+            }
+            let Some(sock) = self.sockets.get(addr) else {
+                return;
+            };
+            let socket = &sock.listener.socket;
+            let (n, from, dest) = match recv_datagram(socket, &mut question, &mut cmsg) {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            let from = crate::peer::canonical_addr(from);
+            // Never answer another server (the echo/chargen loop, and
+            // reflection through spoofed sources), nor a datagram sent to
+            // many hosts at once.
+            let why = unanswerable(from, self.datagrams.own_ports())
+                .or_else(|| not_to_us_alone(dest).then_some(Unanswered::NotToUs));
+            if let Some(why) = why {
+                self.drop_datagram(idx, from, why, now);
+                continue;
+            }
+            let svc = &self.services[idx];
+            let key = SourceKey::Ip(from.ip()).grouped(svc.spec.per_source_prefix);
+            let peer = Peer::Inet {
+                remote: from,
+                local: None,
+            };
+            if let Err(why) = svc.spec.access.permits(from.ip()) {
+                self.refuse_datagram(idx, &peer, key, RefuseReason::Access(why), now);
+                continue;
+            }
+            if let Some(rate) = svc.spec.per_source_rate {
+                if !self.services[idx].source_rates().admit(key, rate, now) {
+                    self.refuse_datagram(idx, &peer, key, RefuseReason::PerSourceRate(rate), now);
+                    continue;
+                }
+            }
+            let id = self.services[idx].id;
+            let len = datagram_answer(kind, &question[..n], SystemTime::now(), &mut answer);
+            // Only an answer spends the budget (discard sends none). The
+            // service's `rate` is not spent here: it sets this budget, and
+            // its pause would leave datagrams queued.
+            if len.is_some() && !self.datagrams.take_answer(id, now) {
+                let rate = self.services[idx].spec.rate.unwrap_or(DEFAULT_ANSWERS);
+                self.drop_datagram(idx, from, Unanswered::OverBudget(rate), now);
+                continue;
+            }
+            self.services[idx].stats.served += 1;
+            if let (Some(len), Some(sock)) = (len, self.sockets.get(addr)) {
+                let _ = sock.listener.socket.send_to_with_flags(
+                    &answer[..len],
+                    &from.into(),
+                    nix::libc::MSG_DONTWAIT,
+                );
+            }
+        }
+        // Budget spent with datagrams possibly left: next turn.
+        self.sockets.queue_ready(addr);
+    }
+
+    /// A datagram read and not answered: the first of an episode (per
+    /// service and reason) is logged at info so that an operator sees a
+    /// loop or a reflection attempt, the rest at debug until
+    /// REFUSAL_INTERVAL has passed, as refusals are.
+    fn drop_datagram(
+        &mut self,
+        idx: usize,
+        from: std::net::SocketAddr,
+        why: Unanswered,
+        now: Instant,
+    ) {
+        let svc = &self.services[idx];
+        let name = svc.spec.name.as_str();
+        match self.datagrams.episode(svc.id, why, now) {
+            Some(since) => {
+                let more = if since > 0 {
+                    format!(" ({since} more since the last such line)")
+                } else {
+                    String::new()
+                };
+                info!(event = "datagram_ignored", service = name, peer:% = from;
+                    "{name}: ignored a datagram from {from}: {why}{more}; more of these for {}s are logged at debug",
+                    REFUSAL_INTERVAL.as_secs());
+            }
+            None => debug!("{name}: ignored a datagram from {from}: {why}"),
+        }
+    }
+
+    fn refuse_datagram(
+        &mut self,
+        idx: usize,
+        peer: &Peer,
+        key: SourceKey,
+        why: RefuseReason,
+        now: Instant,
+    ) {
+        let svc = &mut self.services[idx];
+        svc.stats.refused_by[why.kind()] += 1;
+        svc.top_refused.record(key);
+        if self.refusals.record((svc.id, Some(key), why), now) {
+            let name = svc.spec.name.as_str();
+            info!(event = "refused", service = name, peer:% = peer;
+                "{name}: refused {peer} ({why})");
+        }
+    }
+}
