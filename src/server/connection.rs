@@ -294,8 +294,8 @@ impl Server {
             }
         }
         if let (Some(max), Some(key), false) = (svc.spec.max_per_source, source, admitted) {
-            let running =
-                self.children.per_source(svc.id, &key) + self.internals.per_source(svc.id, &key);
+            let running = self.children.per_source(svc.id, &key)
+                + self.internal.conns.per_source(svc.id, &key);
             if running >= max {
                 self.refuse(
                     idx,

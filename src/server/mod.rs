@@ -90,7 +90,7 @@ mod upgrade;
 use children::{for_peer, Child, ChildTable, StoppingGroup};
 use connection::{RefusalKey, Shortage};
 use endpoints::{Accepted, Endpoints, Loop};
-use internal::{DatagramGuard, InternalConns};
+use internal::Internals;
 use launcher::Launcher;
 use reload::{ConfigLoad, Reloads};
 use services::{ServiceId, ServiceRuntime, ServiceTable};
@@ -241,8 +241,9 @@ pub struct Server {
     /// Process groups `max_runtime` sent SIGTERM, SIGKILL still due, by
     /// group id.
     stopping_groups: FxHashMap<Pid, StoppingGroup>,
-    /// TCP clients of internal services, served in the loop.
-    internals: InternalConns,
+    /// The internal services' TCP clients and what their UDP ones may
+    /// be answered.
+    internal: Internals,
     /// The service manager (NOTIFY_SOCKET), if summond runs under one.
     notifier: Notifier,
     /// Sockets handed over at startup (LISTEN_FDS), by address, until the
@@ -250,9 +251,6 @@ pub struct Server {
     handed: FxHashMap<ListenAddr, Socket>,
     /// The control socket, the metrics listener and their clients.
     endpoints: Endpoints,
-    /// What the internal UDP services must not answer, and how many
-    /// answers they may send.
-    datagrams: DatagramGuard,
     refusals: RefusalLog<RefusalKey>,
     upgrades: Upgrades,
     stopping: bool,
@@ -301,11 +299,10 @@ impl Server {
             shortage: Shortage::default(),
             timers: Timers::default(),
             stopping_groups: FxHashMap::default(),
-            internals: InternalConns::default(),
+            internal: Internals::default(),
             notifier,
             handed: FxHashMap::default(),
             endpoints: Endpoints::default(),
-            datagrams: DatagramGuard::default(),
             refusals: RefusalLog::default(),
             upgrades: Upgrades::new(),
             stopping: false,
@@ -351,7 +348,7 @@ impl Server {
             // Listeners with clients left over are served again right after
             // a look at everything else, so no wait then.
             let timeout = if !self.sockets.has_ready()
-                && !self.internals.has_ready()
+                && !self.internal.conns.has_ready()
                 && !self.endpoints.accept_more_scrapers
                 && !self.endpoints.accept_more_control
             {
@@ -414,7 +411,7 @@ impl Server {
         self.timers
             .next_deadline()
             .into_iter()
-            .chain(self.internals.next_deadline())
+            .chain(self.internal.conns.next_deadline())
             .chain(self.shortage.backoff.deadline())
             .chain(self.refusals.deadline())
             .min()
@@ -648,7 +645,7 @@ impl Server {
 
     /// An internal service's TCP client counts as a child (SPEC).
     fn at_global_limit(&self) -> bool {
-        self.children.len() + self.internals.len() >= self.config.daemon.max_children as usize
+        self.children.len() + self.internal.conns.len() >= self.config.daemon.max_children as usize
     }
 
     /// The gate over all services: below max_children and not backing
@@ -670,7 +667,7 @@ impl Server {
     /// What service `id` has running: children, and for an internal
     /// service its open connections.
     fn active(&self, id: ServiceId) -> u32 {
-        self.children.active(id) + self.internals.active(id)
+        self.children.active(id) + self.internal.conns.active(id)
     }
 
     fn may_spawn(&self, idx: usize, now: Instant) -> bool {
@@ -791,7 +788,7 @@ impl Server {
             pid: std::process::id(),
             config: self.config.path.display().to_string(),
             children: self.children.len() as u64,
-            internal_clients: self.internals.len() as u64,
+            internal_clients: self.internal.conns.len() as u64,
             max_children: u64::from(self.config.daemon.max_children),
             version: Some(env!("CARGO_PKG_VERSION").into()),
             upgrades: self.upgrades.done,

@@ -323,7 +323,8 @@ impl Server {
         // name no service can have), as its children are: a reload keeps
         // them, so must this.
         let internal = self
-            .internals
+            .internal
+            .conns
             .iter()
             .map(|c| c.to_state(self.services.name_of(c.service).to_string(), now))
             .collect();
@@ -355,7 +356,9 @@ impl Server {
     fn limits_state(&self, now: Instant) -> Vec<LimitsState> {
         self.services
             .iter()
-            .filter_map(|svc| svc.limits_state(now, self.datagrams.answers_state(svc.id, now)))
+            .filter_map(|svc| {
+                svc.limits_state(now, self.internal.datagrams.answers_state(svc.id, now))
+            })
             .collect()
     }
 
@@ -382,7 +385,7 @@ impl Server {
                 self.timers.add(at, Timer::TokenBack(id));
             }
             if let Some(answers) = answers {
-                self.datagrams.resume_answers(id, answers, now);
+                self.internal.datagrams.resume_answers(id, answers, now);
             }
         }
     }

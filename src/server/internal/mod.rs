@@ -46,13 +46,22 @@ mod conn;
 mod datagrams;
 
 use answers::{datagram_answer, MAX_DATAGRAM};
-pub(super) use conn::{InternalConn, InternalConns};
+pub(super) use conn::InternalConn;
+use conn::InternalConns;
 use conn::{Progress, KERNEL_BUF};
-pub(super) use datagrams::DatagramGuard;
+use datagrams::DatagramGuard;
 use datagrams::{
     not_to_us_alone, recv_datagram, unanswerable, want_destination, Unanswered, DATAGRAM_BUDGET,
     DEFAULT_ANSWERS,
 };
+
+/// The internal services' state in the loop: their open TCP connections,
+/// and what their UDP sockets may answer.
+#[derive(Default)]
+pub(super) struct Internals {
+    pub conns: InternalConns,
+    pub datagrams: DatagramGuard,
+}
 
 impl Server {
     /// An admitted TCP client of an internal service: served here.
@@ -95,7 +104,7 @@ impl Server {
         let mut c = InternalConn::new(kind, conn, id, source, peer, SystemTime::now());
         c.idle = self.services[idx].spec.idle_timeout;
         self.tokens.insert(token, TokenKind::Internal);
-        self.internals.insert(token, c);
+        self.internal.conns.insert(token, c);
         // Answer at once (daytime and time need no readiness).
         self.on_internal_ready(token);
     }
@@ -115,31 +124,31 @@ impl Server {
             return;
         }
         self.tokens.insert(token, TokenKind::Internal);
-        self.internals.insert(token, conn);
-        self.internals.ready.push(token);
+        self.internal.conns.insert(token, conn);
+        self.internal.conns.ready.push(token);
     }
 
     pub(super) fn on_internal_ready(&mut self, token: Token) {
-        let Some(conn) = self.internals.conns.get_mut(&token) else {
+        let Some(conn) = self.internal.conns.conns.get_mut(&token) else {
             return;
         };
         match conn.on_ready(Instant::now()) {
             Progress::Waiting => {}
-            Progress::MoreWork => self.internals.ready.push(token),
+            Progress::MoreWork => self.internal.conns.ready.push(token),
             Progress::Done => self.close_internal(token),
         }
     }
 
     /// Serve the connections whose budget ran out last turn.
     pub(super) fn serve_internal_ready(&mut self) {
-        for token in std::mem::take(&mut self.internals.ready) {
+        for token in std::mem::take(&mut self.internal.conns.ready) {
             self.on_internal_ready(token);
         }
     }
 
     fn close_internal(&mut self, token: Token) {
         self.tokens.remove(&token);
-        if let Some(conn) = self.internals.remove(token) {
+        if let Some(conn) = self.internal.conns.remove(token) {
             let _ = self
                 .poll
                 .registry()
@@ -164,8 +173,8 @@ impl Server {
     /// `idle_timeout`: an idle client must not keep a descriptor (and a
     /// place under the limits) for ever.
     pub(super) fn close_idle_internal(&mut self, now: Instant) {
-        for token in self.internals.take_idle(now) {
-            if let Some(conn) = self.internals.conns.get(&token) {
+        for token in self.internal.conns.take_idle(now) {
+            if let Some(conn) = self.internal.conns.conns.get(&token) {
                 debug!(
                     "{}: internal:{} closing {}: idle for {:.1}s",
                     self.services.name_of(conn.service),
@@ -181,16 +190,16 @@ impl Server {
     /// After a reload: each connection takes its service's idle timeout.
     pub(super) fn retime_internal(&mut self) {
         let Server {
-            internals,
-            services,
-            ..
+            internal, services, ..
         } = self;
-        internals.retime(|id| services.index_of(id).map(|i| services[i].spec.idle_timeout));
+        internal
+            .conns
+            .retime(|id| services.index_of(id).map(|i| services[i].spec.idle_timeout));
     }
 
     /// Close every internal connection (at stop).
     pub(super) fn close_all_internal(&mut self) {
-        let tokens: Vec<Token> = self.internals.conns.keys().copied().collect();
+        let tokens: Vec<Token> = self.internal.conns.conns.keys().copied().collect();
         for t in tokens {
             self.close_internal(t);
         }
@@ -235,7 +244,7 @@ impl Server {
             .iter()
             .filter(|rt| rt.spec.internal.is_some())
             .map(|rt| (rt.id, rt.spec.rate.unwrap_or(DEFAULT_ANSWERS)));
-        self.datagrams.renew(ports, rates, Instant::now());
+        self.internal.datagrams.renew(ports, rates, Instant::now());
     }
 
     /// A readable internal UDP socket: answer up to the budget, as the
@@ -268,7 +277,7 @@ impl Server {
             // Never answer another server (the echo/chargen loop, and
             // reflection through spoofed sources), nor a datagram sent to
             // many hosts at once.
-            let why = unanswerable(from, self.datagrams.own_ports())
+            let why = unanswerable(from, self.internal.datagrams.own_ports())
                 .or_else(|| not_to_us_alone(dest).then_some(Unanswered::NotToUs));
             if let Some(why) = why {
                 self.drop_datagram(idx, from, why, now);
@@ -295,7 +304,7 @@ impl Server {
             // Only an answer spends the budget (discard sends none). The
             // service's `rate` is not spent here: it sets this budget, and
             // its pause would leave datagrams queued.
-            if len.is_some() && !self.datagrams.take_answer(id, now) {
+            if len.is_some() && !self.internal.datagrams.take_answer(id, now) {
                 let rate = self.services[idx].spec.rate.unwrap_or(DEFAULT_ANSWERS);
                 self.drop_datagram(idx, from, Unanswered::OverBudget(rate), now);
                 continue;
@@ -326,7 +335,7 @@ impl Server {
     ) {
         let svc = &self.services[idx];
         let name = svc.spec.name.as_str();
-        match self.datagrams.episode(svc.id, why, now) {
+        match self.internal.datagrams.episode(svc.id, why, now) {
             Some(since) => {
                 let more = if since > 0 {
                     format!(" ({since} more since the last such line)")
