@@ -176,9 +176,21 @@ pub(super) struct ChildTable {
     children: FxHashMap<Pid, Child>,
     /// Only services with children have an entry.
     counts: FxHashMap<ServiceId, Counts>,
+    /// Process groups `max_runtime` sent SIGTERM, SIGKILL still due, by
+    /// group id (the leader's pid: its entry in `children` stays until it
+    /// is reaped).
+    pub stopping: FxHashMap<Pid, StoppingGroup>,
 }
 
 impl ChildTable {
+    /// The SIGKILLs `max_runtime` still owes, for the next image.
+    pub fn stopping_state(&self, now: Instant) -> Vec<StoppingState> {
+        self.stopping
+            .iter()
+            .map(|(pgid, g)| g.to_state(*pgid, now))
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.children.len()
     }
@@ -235,7 +247,7 @@ impl ChildTable {
                     .collect(),
                 runtime: Some(RuntimeLeft {
                     // Still set: not fired, since it is cancelled at exit
-                    // and a fired one moved the child to stopping_groups
+                    // and a fired one moved the child to `stopping`
                     // (left out again on the other side).
                     left_ns: c
                         .runtime_timer

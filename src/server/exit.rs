@@ -47,14 +47,14 @@ impl Server {
     /// waits behind the held one until it is reaped.
     pub(super) fn reap_children(&mut self) {
         let now = Instant::now();
-        if self.stopping_groups.is_empty() {
+        if self.children.stopping.is_empty() {
             for status in signals::reap() {
                 self.reaped(status, now, None);
             }
             return;
         }
         while let Some(pid) = signals::exited_unreaped() {
-            if self.stopping_groups.contains_key(&pid) {
+            if self.children.stopping.contains_key(&pid) {
                 self.reap_behind_held(now);
                 return;
             }
@@ -77,7 +77,7 @@ impl Server {
             .chain(self.upgrade_check_pid())
             .collect();
         for pid in pids {
-            if let Some(group) = self.stopping_groups.get_mut(&pid) {
+            if let Some(group) = self.children.stopping.get_mut(&pid) {
                 if group.exited_at.is_none() && signals::has_exited(pid) {
                     group.exited_at = Some(now);
                     debug!(

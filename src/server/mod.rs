@@ -238,9 +238,6 @@ pub struct Server {
     shortage: Shortage,
     /// Services held by the crash guard, and until when.
     timers: Timers,
-    /// Process groups `max_runtime` sent SIGTERM, SIGKILL still due, by
-    /// group id.
-    stopping_groups: FxHashMap<Pid, StoppingGroup>,
     /// The internal services' TCP clients and what their UDP ones may
     /// be answered.
     internal: Internals,
@@ -298,7 +295,6 @@ impl Server {
             opts,
             shortage: Shortage::default(),
             timers: Timers::default(),
-            stopping_groups: FxHashMap::default(),
             internal: Internals::default(),
             notifier,
             handed: FxHashMap::default(),
@@ -542,7 +538,7 @@ impl Server {
             timer: self.timers.add(kill_at, Timer::Kill { pid, started_at }),
             exited_at: None,
         };
-        if let Some(old) = self.stopping_groups.insert(pid, group) {
+        if let Some(old) = self.children.stopping.insert(pid, group) {
             self.timers.cancel(old.timer);
         }
     }
@@ -569,13 +565,14 @@ impl Server {
     /// the zombie reaped, its exit logged and counted.
     fn kill_overdue_group(&mut self, pgid: Pid, started_at: Instant) {
         if self
-            .stopping_groups
+            .children
+            .stopping
             .get(&pgid)
             .is_none_or(|g| g.started_at != started_at)
         {
             return;
         }
-        let Some(group) = self.stopping_groups.remove(&pgid) else {
+        let Some(group) = self.children.stopping.remove(&pgid) else {
             return;
         };
         let name = &*group.name;
@@ -1336,7 +1333,8 @@ impl Server {
     /// (held until now), so their exits are logged and their ids freed.
     fn kill_stopping_groups_now(&mut self) {
         let groups: Vec<(Pid, Instant)> = self
-            .stopping_groups
+            .children
+            .stopping
             .iter()
             .map(|(pgid, g)| (*pgid, g.started_at))
             .collect();

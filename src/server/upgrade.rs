@@ -346,7 +346,7 @@ impl Server {
             internal,
             config: Some(config),
             stats: self.services.stats_state(),
-            stopping_groups: self.stopping_groups_state(now),
+            stopping_groups: self.children.stopping_state(now),
             limits: self.limits_state(now),
             handed_over_at_ns: upgrade::monotonic_ns(now),
         }
@@ -390,14 +390,6 @@ impl Server {
         }
     }
 
-    /// The SIGKILLs `max_runtime` still owes, for the next image.
-    fn stopping_groups_state(&self, now: Instant) -> Vec<StoppingState> {
-        self.stopping_groups
-            .iter()
-            .map(|(pgid, g)| g.to_state(*pgid, now))
-            .collect()
-    }
-
     /// Set again the SIGKILLs the previous image owed; returns their
     /// leaders (their `max_runtime` has fired, so it is not set again).
     fn resume_stopping_groups(&mut self, groups: Vec<StoppingState>, now: Instant) -> Vec<i32> {
@@ -414,7 +406,7 @@ impl Server {
             }
             running.push(g.pgid);
             let (pgid, group) = StoppingGroup::resumed(g, now, &mut self.timers);
-            self.stopping_groups.insert(pgid, group);
+            self.children.stopping.insert(pgid, group);
         }
         running
     }
