@@ -502,7 +502,7 @@ impl Server {
                 Some(h) if a == *ready => h,
                 _ => QueueHead::of(&sock.listener.socket, &a),
             };
-            if let Some(fd) = self.sockets.lent_fd(&a, self.opts.fd_base) {
+            if let Some(fd) = self.sockets.lent_fd(&a, self.origin.opts.fd_base) {
                 payload.push(fd);
             }
             held_sockets.push(HeldSocket { head, addr: a });

@@ -52,7 +52,6 @@
 use rustc_hash::FxHashMap;
 use std::fmt;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -67,7 +66,7 @@ use socket2::Socket;
 use crate::addr::ListenAddr;
 use crate::config::{self, Config, Host, ServiceSpec};
 use crate::control::{RefusedSource, ServiceStatus, Status};
-use crate::listener::{self, ListenError, ListenOptions, Listener};
+use crate::listener::{ListenError, ListenOptions, Listener};
 use crate::metrics as prom;
 use crate::notify::Notifier;
 use crate::refusals::{RefusalLog, REFUSAL_INTERVAL};
@@ -81,6 +80,7 @@ mod endpoints;
 mod exit;
 mod internal;
 mod launcher;
+mod origin;
 mod reload;
 mod services;
 mod sockets;
@@ -92,6 +92,7 @@ use connection::{RefusalKey, Shortage};
 use endpoints::{Accepted, Endpoints, Loop};
 use internal::Internals;
 use launcher::Launcher;
+use origin::Origin;
 use reload::{ConfigLoad, Reloads};
 use services::{ServiceId, ServiceRuntime, ServiceTable};
 use sockets::{SocketPlan, SocketTable};
@@ -232,7 +233,8 @@ pub struct Server {
     signals: Signals,
     /// What starting a child takes besides its image.
     launcher: Launcher,
-    opts: RunOptions,
+    /// The options startup gave, and the sockets handed over.
+    origin: Origin,
     /// Out of fds or processes: the back-off over all listeners, and the
     /// clients kept through it.
     shortage: Shortage,
@@ -243,9 +245,6 @@ pub struct Server {
     internal: Internals,
     /// The service manager (NOTIFY_SOCKET), if summond runs under one.
     notifier: Notifier,
-    /// Sockets handed over at startup (LISTEN_FDS), by address, until the
-    /// first config takes them.
-    handed: FxHashMap<ListenAddr, Socket>,
     /// The control socket, the metrics listener and their clients.
     endpoints: Endpoints,
     refusals: RefusalLog<RefusalKey>,
@@ -292,34 +291,19 @@ impl Server {
             children: ChildTable::default(),
             signals,
             launcher,
-            opts,
+            origin: Origin::new(opts, handed),
             shortage: Shortage::default(),
             timers: Timers::default(),
             internal: Internals::default(),
             notifier,
-            handed: FxHashMap::default(),
             endpoints: Endpoints::default(),
             refusals: RefusalLog::default(),
             upgrades: Upgrades::new(),
             stopping: false,
             reloads: Reloads::default(),
         };
-        for socket in handed {
-            let fd = socket.as_raw_fd();
-            match crate::handed::address_of(&socket) {
-                Ok(addr) => {
-                    server.handed.insert(addr, socket);
-                }
-                Err(e) => warn!("passed fd {fd}: {e}; closing it"),
-            }
-        }
         server.apply_config(config)?;
-        for (addr, socket) in server.handed.drain() {
-            warn!(
-                "passed socket {addr} (fd {}) matches no configured listen; closing it",
-                socket.as_raw_fd()
-            );
-        }
+        server.origin.close_unclaimed();
         Ok(server)
     }
 
@@ -1150,13 +1134,8 @@ impl Server {
         let mut opened = Vec::new();
         for (addr, idx) in &plan.open {
             let spec = &new.services[*idx];
-            // A handed socket may be blocking: one lent to a wait child
-            // before an upgrade is, and stays so until the child exits.
-            let blocking = self
-                .handed
-                .get(addr)
-                .is_some_and(|s| matches!(s.nonblocking(), Ok(false)));
-            match self.adopt_or_open(addr, spec.socket, &spec.name) {
+            let blocking = self.origin.handed_blocking(addr);
+            match self.origin.adopt_or_open(addr, spec.socket, &spec.name) {
                 Ok(listener) => opened.push((listener, *idx, blocking)),
                 Err(err) => {
                     // `opened` drops: its files are removed.
@@ -1175,7 +1154,10 @@ impl Server {
     fn metrics_change(&mut self, new: &Config) -> Result<ListenerChange, ServerError> {
         Ok(match &new.daemon.metrics {
             Some(addr) if self.endpoints.metrics.as_ref().map(|m| &m.addr) != Some(addr) => {
-                match self.adopt_or_open(addr, ListenOptions::default(), "metrics") {
+                match self
+                    .origin
+                    .adopt_or_open(addr, ListenOptions::default(), "metrics")
+                {
                     Ok(l) => ListenerChange::Open(l),
                     Err(err) => return Err(ServerError::Metrics(addr.clone(), err)),
                 }
@@ -1201,7 +1183,7 @@ impl Server {
                     socket_mode: Some(CONTROL_SOCKET_MODE),
                     ..ListenOptions::default()
                 };
-                match self.adopt_or_open(&addr, opts, "control socket") {
+                match self.origin.adopt_or_open(&addr, opts, "control socket") {
                     Ok(l) => ListenerChange::Open(l),
                     Err(err) => return Err(ServerError::Control(path.clone(), err)),
                 }
@@ -1299,31 +1281,6 @@ impl Server {
                     dirs.base.join(name).display());
             }
         }
-    }
-
-    /// A socket for `addr` (of `owner`: a service, the control socket,
-    /// metrics): the one handed over for it, if any, or a new one; either
-    /// way kept at the fd base.
-    fn adopt_or_open(
-        &mut self,
-        addr: &ListenAddr,
-        opts: ListenOptions,
-        owner: &str,
-    ) -> Result<Listener, ListenError> {
-        let mut made = match self.handed.remove(addr) {
-            Some(socket) => {
-                // From the previous image of an upgrade it is no news.
-                if !self.opts.resumed {
-                    info!("{owner}: {addr} adopted from the service manager");
-                }
-                listener::adopt(addr.clone(), socket)
-            }
-            None => listener::open(addr, opts),
-        }?;
-        if let Some(base) = self.opts.fd_base {
-            made.lift(base);
-        }
-        Ok(made)
     }
 
     // ---- stop -------------------------------------------------------

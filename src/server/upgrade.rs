@@ -331,15 +331,24 @@ impl Server {
         State {
             format: upgrade::FORMAT,
             version: env!("CARGO_PKG_VERSION").into(),
-            argv: self.opts.argv.clone().unwrap_or_else(upgrade::own_argv),
+            argv: self
+                .origin
+                .opts
+                .argv
+                .clone()
+                .unwrap_or_else(upgrade::own_argv),
             exe: self.upgrades.exe.clone(),
             upgrades: self.upgrades.done,
             failures: self.upgrades.failed,
             last_error: self.upgrades.last_error.clone(),
             reload_pending: false,
-            detached: self.opts.detached,
-            child_nofile: self.opts.child_nofile.map(|l| (l.rlim_cur, l.rlim_max)),
-            pidfile: self.opts.pidfile.clone(),
+            detached: self.origin.opts.detached,
+            child_nofile: self
+                .origin
+                .opts
+                .child_nofile
+                .map(|l| (l.rlim_cur, l.rlim_max)),
+            pidfile: self.origin.opts.pidfile.clone(),
             listeners,
             children,
             pending,
