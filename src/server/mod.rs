@@ -11,7 +11,7 @@
 //!
 //! The path of a connection (accept mode), each step a function:
 //!
-//! 1. `run`: epoll reports the listener's token readable;
+//! 1. `run`: epoll reports the listener's token readable (`dispatch`);
 //!    `on_listener_ready` (connection.rs) finds its socket and service.
 //! 2. The gate over all services (`gate_is_open`: `max_children`, the
 //!    resource back-off): shut, the listener is parked (`park`) and its
@@ -310,6 +310,27 @@ impl Server {
     /// Serve until SIGTERM or SIGINT.
     pub fn run(&mut self) -> Result<(), ServerError> {
         let mut events = Events::with_capacity(256);
+        self.announce_start();
+        while !self.stopping {
+            if let Err(e) = self.poll.poll(&mut events, self.poll_timeout()) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(ServerError::Setup("epoll_wait", e));
+            }
+            for event in events.iter() {
+                self.dispatch(event.token());
+            }
+            self.end_turn();
+        }
+        self.shutdown();
+        Ok(())
+    }
+
+    /// Serving begins: logged, told to the service manager (with the
+    /// watchdog's first ping set), and what starting up left resident
+    /// given back.
+    fn announce_start(&mut self) {
         info!(event = "start";
             "summond {} serving {} services from {}",
             env!("CARGO_PKG_VERSION"),
@@ -324,63 +345,66 @@ impl Server {
         }
         // What starting up left resident, serving does not need.
         crate::footprint::shed();
-        while !self.stopping {
-            // Listeners with clients left over are served again right after
-            // a look at everything else, so no wait then.
-            let timeout = if !self.sockets.has_ready()
-                && !self.internal.conns.has_ready()
-                && !self.endpoints.accept_more_scrapers
-                && !self.endpoints.accept_more_control
-            {
-                self.next_deadline()
-                    .map(|d| d.saturating_duration_since(Instant::now()))
-            } else {
-                Some(Duration::ZERO)
-            };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(ServerError::Setup("epoll_wait", e));
-            }
-            for event in events.iter() {
-                match event.token() {
-                    SIGNALS => self.handle_signals(),
-                    CONTROL => self.accept_control_clients(),
-                    METRICS => self.accept_scrapers(),
-                    CONFIG_LOAD => self.on_config_load_output(),
-                    UPGRADE_CHECK => self.read_check_output(),
-                    token => match self.tokens.get(&token).cloned() {
-                        Some(TokenKind::Listener(addr)) => self.on_listener_ready(&addr),
-                        Some(TokenKind::ControlClient) => {
-                            let (endpoints, mut lp) = self.endpoints();
-                            endpoints.write_control_reply(&mut lp, token);
-                        }
-                        Some(TokenKind::Internal) => self.on_internal_ready(token),
-                        Some(TokenKind::Scrape) => self.on_scrape_ready(token),
-                        // A source removed earlier in this batch.
-                        None => {}
-                    },
-                }
-            }
-            self.serve_ready();
-            self.serve_internal_ready();
-            if std::mem::take(&mut self.endpoints.accept_more_scrapers) {
-                self.accept_scrapers();
-            }
-            if std::mem::take(&mut self.endpoints.accept_more_control) {
-                self.accept_control_clients();
-            }
-            let now = Instant::now();
-            self.run_timers(now);
-            // Whatever held a kept connection back (the back-off, a crash
-            // hold, a rate, max_instances, max_children) ends with an
-            // event or a timer of this turn.
-            self.retry_pending(now);
-            self.upgrade_if_due();
+    }
+
+    /// How long the next poll may wait: until the next deadline, or not
+    /// at all while listeners, internal connections or endpoints have
+    /// work left over from the last turn (served again right after a
+    /// look at everything else).
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.sockets.has_ready()
+            && !self.internal.conns.has_ready()
+            && !self.endpoints.accept_more_scrapers
+            && !self.endpoints.accept_more_control
+        {
+            self.next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()))
+        } else {
+            Some(Duration::ZERO)
         }
-        self.shutdown();
-        Ok(())
+    }
+
+    /// One readiness event, to the function its token names.
+    fn dispatch(&mut self, token: Token) {
+        match token {
+            SIGNALS => self.handle_signals(),
+            CONTROL => self.accept_control_clients(),
+            METRICS => self.accept_scrapers(),
+            CONFIG_LOAD => self.on_config_load_output(),
+            UPGRADE_CHECK => self.read_check_output(),
+            token => match self.tokens.get(&token).cloned() {
+                Some(TokenKind::Listener(addr)) => self.on_listener_ready(&addr),
+                Some(TokenKind::ControlClient) => {
+                    let (endpoints, mut lp) = self.endpoints();
+                    endpoints.write_control_reply(&mut lp, token);
+                }
+                Some(TokenKind::Internal) => self.on_internal_ready(token),
+                Some(TokenKind::Scrape) => self.on_scrape_ready(token),
+                // A source removed earlier in this batch.
+                None => {}
+            },
+        }
+    }
+
+    /// After the events of a turn: the work left over from the last one,
+    /// the timers due, the kept connections, an upgrade whose check
+    /// passed.
+    fn end_turn(&mut self) {
+        self.serve_ready();
+        self.serve_internal_ready();
+        if std::mem::take(&mut self.endpoints.accept_more_scrapers) {
+            self.accept_scrapers();
+        }
+        if std::mem::take(&mut self.endpoints.accept_more_control) {
+            self.accept_control_clients();
+        }
+        let now = Instant::now();
+        self.run_timers(now);
+        // Whatever held a kept connection back (the back-off, a crash
+        // hold, a rate, max_instances, max_children) ends with an
+        // event or a timer of this turn.
+        self.retry_pending(now);
+        self.upgrade_if_due();
     }
 
     /// The earliest deadline: the timer map's first, an internal
