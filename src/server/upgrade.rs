@@ -105,6 +105,16 @@ impl Upgrades {
     pub fn running(&self) -> bool {
         self.check.is_some()
     }
+
+    /// The previous image's binary and counts, taken from its state.
+    fn resume_counts(&mut self, state: &mut State) {
+        if state.exe.is_some() {
+            self.exe = state.exe.take();
+        }
+        self.done = state.upgrades;
+        self.failed = state.failures;
+        self.last_error = state.last_error.take();
+    }
 }
 
 impl Server {
@@ -424,7 +434,7 @@ impl Server {
     /// were adopted by `new` (as duplicates); the originals close here.
     pub fn resume(&mut self, incoming: upgrade::Incoming) {
         let returning = incoming.returning().map(str::to_string);
-        let state = incoming.done();
+        let mut state = incoming.done();
         let reload_again = returning.is_some() && state.reload_pending;
         let now = Instant::now();
         // What the state carries is measured from the hand-over, which was
@@ -436,11 +446,27 @@ impl Server {
             .handed_over_at_ns
             .and_then(upgrade::instant_of)
             .map_or(now, |t| t.min(now));
+        let children = state.children.len();
+        let version = std::mem::take(&mut state.version);
+        self.upgrades.resume_counts(&mut state);
+        self.resume_tables(state, handed);
+        self.count_upgrade(returning, &version, children);
+        self.serve_on_resumed(now);
+        // Back after a new image that could not start: the reload that
+        // was loading when this image handed over went with it.
+        if reload_again {
+            info!("loading the config again: a reload was running when the upgrade began");
+            self.reload();
+        }
+    }
+
+    /// Each table takes its part of `state`, its times measured from
+    /// `handed`.
+    fn resume_tables(&mut self, state: State, handed: Instant) {
         self.resume_listeners(state.listeners);
         // Services by name, once: children, connections and counters name
         // theirs (10,000 of each would otherwise be searched one by one).
         let index = self.services.by_name();
-        let children = state.children.len();
         // Before the children: a child's start time must match its group's.
         let stopping_leaders = self.resume_stopping_groups(state.stopping_groups, handed);
         self.resume_children(state.children, &index, &stopping_leaders, handed);
@@ -453,12 +479,11 @@ impl Server {
         self.resume_internal_conns(state.internal, &index, handed);
         self.services.resume_stats(state.stats, &index);
         self.resume_limits(state.limits, &index, handed);
-        if state.exe.is_some() {
-            self.upgrades.exe = state.exe;
-        }
-        self.upgrades.done = state.upgrades;
-        self.upgrades.failed = state.failures;
-        self.upgrades.last_error = state.last_error;
+    }
+
+    /// Count and log the upgrade: done, or failed with the new image's
+    /// reason (`returning`) and this one serving on.
+    fn count_upgrade(&mut self, returning: Option<String>, from: &str, children: usize) {
         match returning {
             Some(why) => {
                 self.upgrades.failed += 1;
@@ -472,13 +497,17 @@ impl Server {
             None => {
                 self.upgrades.done += 1;
                 info!(event = "upgraded";
-                    "upgraded in place from summond {} to {}: {} services, {children} children",
-                    state.version,
+                    "upgraded in place from summond {from} to {}: {} services, {children} children",
                     env!("CARGO_PKG_VERSION"),
                     self.services.len()
                 );
             }
         }
+    }
+
+    /// Watch what may be watched now, and take up what no event would
+    /// wake the loop for.
+    fn serve_on_resumed(&mut self, now: Instant) {
         self.sync_all(now);
         self.unpark(now);
         // Connections kept through a back-off: the back-off was this
@@ -488,12 +517,6 @@ impl Server {
         // A child that exited during the exec: its SIGCHLD is pending and
         // the signalfd reports it, but reaping now costs nothing.
         self.reap_children();
-        // Back after a new image that could not start: the reload that
-        // was loading when this image handed over went with it.
-        if reload_again {
-            info!("loading the config again: a reload was running when the upgrade began");
-            self.reload();
-        }
     }
 
     /// The listening sockets' fds the state names: the originals close
