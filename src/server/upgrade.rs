@@ -89,6 +89,39 @@ impl Check {
     }
 }
 
+/// Start `exe` checking `config` (`--check`, or `--version` for a run
+/// with no config file), its stdout and stderr into one non-blocking
+/// pipe: its pid and the pipe's reading end, or why not. Reaped by the
+/// loop like every child.
+fn run_check(exe: &std::path::Path, config: &Config) -> Result<(Pid, File), String> {
+    let mut cmd = Command::new(exe);
+    if config.reloadable {
+        cmd.arg("--check").arg("-c").arg(&config.path);
+    } else {
+        cmd.arg("--version");
+    }
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| format!("cannot make a pipe: {e}"))?;
+    let write2 = write
+        .try_clone()
+        .map_err(|e| format!("cannot make a pipe: {e}"))?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::from(write2));
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
+    // The handle is not needed (dropping it neither waits nor kills).
+    let pid = Pid::from_raw(child.id() as i32);
+    drop(cmd);
+    let output = File::from(read);
+    let _ = nix::fcntl::fcntl(
+        &output,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    );
+    Ok((pid, output))
+}
+
 impl Upgrades {
     pub fn new() -> Upgrades {
         // Resolved now: /proc/self/exe names the running file, which a
@@ -131,64 +164,31 @@ impl Server {
             self.upgrade_failed("the path of summond's binary is unknown".into());
             return;
         };
-        let mut cmd = Command::new(&exe);
-        if self.config.reloadable {
-            cmd.arg("--check").arg("-c").arg(&self.config.path);
-        } else {
-            cmd.arg("--version");
-        }
-        let (read, write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
-            Ok(p) => p,
-            Err(e) => {
-                self.upgrade_failed(format!("cannot make a pipe: {e}"));
-                return;
-            }
+        let (pid, output) = match run_check(&exe, &self.config) {
+            Ok(started) => started,
+            Err(why) => return self.upgrade_failed(why),
         };
-        let write2 = match write.try_clone() {
-            Ok(w) => w,
-            Err(e) => {
-                self.upgrade_failed(format!("cannot make a pipe: {e}"));
-                return;
-            }
-        };
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(write))
-            .stderr(Stdio::from(write2));
-        match cmd.spawn() {
-            Ok(child) => {
-                // Reaped by the loop like every child; the handle is not
-                // needed (dropping it neither waits nor kills).
-                let pid = Pid::from_raw(child.id() as i32);
-                drop(cmd);
-                info!(event = "upgrade";
-                    "SIGUSR2 received: upgrading; checking {} first (pid {pid})",
-                    exe.display()
-                );
-                let output = File::from(read);
-                let _ = nix::fcntl::fcntl(
-                    &output,
-                    nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-                );
-                if let Err(e) = self.poll.registry().register(
-                    &mut SourceFd(&output.as_raw_fd()),
-                    super::UPGRADE_CHECK,
-                    Interest::READABLE,
-                ) {
-                    // Read at its exit only: enough for a short report.
-                    warn!("upgrade: cannot watch the check's output: {e}");
-                }
-                let timer = self
-                    .timers
-                    .add(Instant::now() + CHECK_TIMEOUT, Timer::UpgradeCheck(pid));
-                self.upgrades.check = Some(Check {
-                    pid,
-                    output,
-                    collected: Vec::new(),
-                    timer,
-                });
-            }
-            Err(e) => self.upgrade_failed(format!("cannot run {}: {e}", exe.display())),
+        info!(event = "upgrade";
+            "SIGUSR2 received: upgrading; checking {} first (pid {pid})",
+            exe.display()
+        );
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&output.as_raw_fd()),
+            super::UPGRADE_CHECK,
+            Interest::READABLE,
+        ) {
+            // Read at its exit only: enough for a short report.
+            warn!("upgrade: cannot watch the check's output: {e}");
         }
+        let timer = self
+            .timers
+            .add(Instant::now() + CHECK_TIMEOUT, Timer::UpgradeCheck(pid));
+        self.upgrades.check = Some(Check {
+            pid,
+            output,
+            collected: Vec::new(),
+            timer,
+        });
     }
 
     /// Is `pid` the upgrade's check? Then its exit decides the upgrade.
