@@ -247,6 +247,16 @@ impl std::fmt::Display for HumanSecs {
 
 /// The helper: load, write the outcome, `_exit`. Never returns.
 fn helper_main(path: &Path, running: &[&ServiceSpec], write: OwnedFd, parent: Pid) -> ! {
+    become_helper(write, parent);
+    let code = load_and_send(path, running);
+    // SAFETY: _exit runs no destructor of the frames below (the server's).
+    unsafe { libc::_exit(code) }
+}
+
+/// The helper's own process: killed with summond (or gone if summond
+/// went already), named `summond-load`, its signals unblocked, and
+/// `write` at RESULT_FD with every fd above it closed.
+fn become_helper(write: OwnedFd, parent: Pid) {
     // SAFETY: plain syscalls on fds this process owns; the write end is
     // moved to RESULT_FD and everything above it closed, so the helper
     // holds no listener or client of summond's (a client must see EOF
@@ -283,6 +293,11 @@ fn helper_main(path: &Path, running: &[&ServiceSpec], write: OwnedFd, parent: Pi
         }
     }
     std::mem::forget(write);
+}
+
+/// Load, encode and write the outcome to RESULT_FD; the exit status:
+/// 0 when a loaded config was sent. Nothing unwinds out of it.
+fn load_and_send(path: &Path, running: &[&ServiceSpec]) -> i32 {
     // A panic's message goes into the result, not to a stderr that is
     // /dev/null under -d.
     std::panic::set_hook(Box::new(|info| {
@@ -291,7 +306,7 @@ fn helper_main(path: &Path, running: &[&ServiceSpec], write: OwnedFd, parent: Pi
         }
     }));
     // Nothing may unwind out of here (into the loop's frames).
-    let code = std::panic::catch_unwind(|| {
+    std::panic::catch_unwind(|| {
         let encoded =
             std::panic::catch_unwind(|| load_encoded(path, running)).unwrap_or_else(|_| {
                 let message = PANIC.lock().ok().and_then(|mut p| p.take());
@@ -316,9 +331,7 @@ fn helper_main(path: &Path, running: &[&ServiceSpec], write: OwnedFd, parent: Pi
             1
         }
     })
-    .unwrap_or(1);
-    // SAFETY: _exit runs no destructor of the frames below (the server's).
-    unsafe { libc::_exit(code) }
+    .unwrap_or(1)
 }
 
 /// Load the config at `path` and encode the outcome for the loop, a
