@@ -174,6 +174,21 @@ pub struct RunOptions {
     pub argv: Option<Vec<Vec<u8>>>,
 }
 
+/// The poll set, the signalfd in it. Signals first: no SIGCHLD may
+/// arrive before its signalfd exists.
+fn poll_with_signals() -> Result<(Poll, Signals), ServerError> {
+    let signals = Signals::open().map_err(|e| ServerError::Setup("signalfd", e))?;
+    let poll = Poll::new().map_err(|e| ServerError::Setup("epoll", e))?;
+    poll.registry()
+        .register(
+            &mut SourceFd(&signals.raw_fd()),
+            SIGNALS,
+            Interest::READABLE,
+        )
+        .map_err(|e| ServerError::Setup("register signalfd", e))?;
+    Ok((poll, signals))
+}
+
 /// What a poll token stands for.
 #[derive(Clone, Debug)]
 enum TokenKind {
@@ -265,16 +280,7 @@ impl Server {
         notifier: Notifier,
         handed: Vec<Socket>,
     ) -> Result<Server, ServerError> {
-        // Signals first: no SIGCHLD may arrive before its signalfd exists.
-        let signals = Signals::open().map_err(|e| ServerError::Setup("signalfd", e))?;
-        let poll = Poll::new().map_err(|e| ServerError::Setup("epoll", e))?;
-        poll.registry()
-            .register(
-                &mut SourceFd(&signals.raw_fd()),
-                SIGNALS,
-                Interest::READABLE,
-            )
-            .map_err(|e| ServerError::Setup("register signalfd", e))?;
+        let (poll, signals) = poll_with_signals()?;
         let launcher = Launcher::new(opts.fd_base, opts.child_nofile)
             .map_err(|(what, e)| ServerError::Setup(what, e))?;
         let mut server = Server {
