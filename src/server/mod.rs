@@ -238,12 +238,25 @@ impl Tokens {
     }
 }
 
-pub struct Server {
+/// The poll set and what each of its dynamic tokens stands for: a
+/// source is registered in one and named in the other.
+struct Poller {
     poll: Poll,
+    tokens: Tokens,
+}
+
+impl Poller {
+    fn registry(&self) -> &mio::Registry {
+        self.poll.registry()
+    }
+}
+
+pub struct Server {
+    /// The poll set and what each of its tokens stands for.
+    poller: Poller,
     config: Config,
     services: ServiceTable,
     sockets: SocketTable,
-    tokens: Tokens,
     children: ChildTable,
     signals: Signals,
     /// What starting a child takes besides its image.
@@ -284,7 +297,10 @@ impl Server {
         let launcher = Launcher::new(opts.fd_base, opts.child_nofile)
             .map_err(|(what, e)| ServerError::Setup(what, e))?;
         let mut server = Server {
-            poll,
+            poller: Poller {
+                poll,
+                tokens: Tokens::default(),
+            },
             config: Config {
                 path: config.path.clone(),
                 daemon: config.daemon.clone(),
@@ -293,7 +309,6 @@ impl Server {
             },
             services: ServiceTable::default(),
             sockets: SocketTable::default(),
-            tokens: Tokens::default(),
             children: ChildTable::default(),
             signals,
             launcher,
@@ -318,7 +333,7 @@ impl Server {
         let mut events = Events::with_capacity(256);
         self.announce_start();
         while !self.stopping {
-            if let Err(e) = self.poll.poll(&mut events, self.poll_timeout()) {
+            if let Err(e) = self.poller.poll.poll(&mut events, self.poll_timeout()) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -378,7 +393,7 @@ impl Server {
             METRICS => self.accept_scrapers(),
             CONFIG_LOAD => self.on_config_load_output(),
             UPGRADE_CHECK => self.read_check_output(),
-            token => match self.tokens.get(&token).cloned() {
+            token => match self.poller.tokens.get(&token).cloned() {
                 Some(TokenKind::Listener(addr)) => self.on_listener_ready(&addr),
                 Some(TokenKind::ControlClient) => {
                     let (endpoints, mut lp) = self.endpoints();
@@ -686,7 +701,7 @@ impl Server {
     }
 
     fn set_watched(&mut self, addr: &ListenAddr, want: bool) {
-        if let Err(e) = self.sockets.set_watched(self.poll.registry(), addr, want) {
+        if let Err(e) = self.sockets.set_watched(self.poller.registry(), addr, want) {
             let name = self
                 .sockets
                 .get(addr)
@@ -707,7 +722,7 @@ impl Server {
         let Server {
             services,
             sockets,
-            poll,
+            poller,
             ..
         } = self;
         let spec = &services[idx].spec;
@@ -719,7 +734,7 @@ impl Server {
             if s.watched == want {
                 continue;
             }
-            if let Err(e) = sockets.set_watched(poll.registry(), &l.addr, want) {
+            if let Err(e) = sockets.set_watched(poller.registry(), &l.addr, want) {
                 let what = if want { "watch" } else { "unwatch" };
                 error!("{}: cannot {what} {}: {e}", spec.name, l.addr);
             }
@@ -851,8 +866,8 @@ impl Server {
         (
             &mut self.endpoints,
             Loop {
-                registry: self.poll.registry(),
-                tokens: &mut self.tokens,
+                registry: self.poller.poll.registry(),
+                tokens: &mut self.poller.tokens,
                 timers: &mut self.timers,
                 resources: &mut self.shortage.backoff,
             },
@@ -948,7 +963,7 @@ impl Server {
                     self.config.path.display(),
                     load.pid
                 );
-                if let Err(e) = self.poll.registry().register(
+                if let Err(e) = self.poller.registry().register(
                     &mut SourceFd(&load.raw_fd()),
                     CONFIG_LOAD,
                     Interest::READABLE,
@@ -992,7 +1007,7 @@ impl Server {
         };
         if load.read_output() {
             let _ = self
-                .poll
+                .poller
                 .registry()
                 .deregister(&mut SourceFd(&load.raw_fd()));
             self.finish_reload_if_loaded();
@@ -1058,7 +1073,7 @@ impl Server {
     /// timers go.
     fn unwatch_config_load(&mut self, load: &ConfigLoad) {
         let _ = self
-            .poll
+            .poller
             .registry()
             .deregister(&mut SourceFd(&load.raw_fd()));
         for key in &load.timers {
@@ -1134,13 +1149,13 @@ impl Server {
         self.commit_sockets(opened, &plan, &old_options);
         match control {
             ListenerChange::Keep => {}
-            ListenerChange::Open(l) => self.endpoints.set_control(self.poll.registry(), Some(l)),
-            ListenerChange::Close => self.endpoints.set_control(self.poll.registry(), None),
+            ListenerChange::Open(l) => self.endpoints.set_control(self.poller.registry(), Some(l)),
+            ListenerChange::Close => self.endpoints.set_control(self.poller.registry(), None),
         }
         match metrics {
             ListenerChange::Keep => {}
-            ListenerChange::Open(l) => self.endpoints.set_metrics(self.poll.registry(), Some(l)),
-            ListenerChange::Close => self.endpoints.set_metrics(self.poll.registry(), None),
+            ListenerChange::Open(l) => self.endpoints.set_metrics(self.poller.registry(), Some(l)),
+            ListenerChange::Close => self.endpoints.set_metrics(self.poller.registry(), None),
         }
         self.guard_datagrams();
         self.retime_internal();
@@ -1247,8 +1262,9 @@ impl Server {
         old_options: &FxHashMap<ListenAddr, ListenOptions>,
     ) {
         for (listener, idx, blocking) in opened {
-            let token = self.tokens.next();
-            self.tokens
+            let token = self.poller.tokens.next();
+            self.poller
+                .tokens
                 .insert(token, TokenKind::Listener(listener.addr.clone()));
             self.sockets.insert(listener, token, idx, blocking);
         }
@@ -1273,8 +1289,8 @@ impl Server {
             }
         }
         for addr in &plan.close {
-            if let Some(sock) = self.sockets.remove(self.poll.registry(), addr) {
-                self.tokens.remove(&sock.token);
+            if let Some(sock) = self.sockets.remove(self.poller.registry(), addr) {
+                self.poller.tokens.remove(&sock.token);
                 debug!("closed {addr}");
             }
         }
@@ -1338,12 +1354,12 @@ impl Server {
     fn shutdown(&mut self) {
         self.notify("STOPPING=1");
         self.cancel_config_load();
-        self.sockets.clear(self.poll.registry());
+        self.sockets.clear(self.poller.registry());
         // With no listener left, what a reaped leader frees starts nothing.
         self.kill_stopping_groups_now();
         self.close_all_internal();
-        self.endpoints.set_metrics(self.poll.registry(), None);
-        self.endpoints.set_control(self.poll.registry(), None);
+        self.endpoints.set_metrics(self.poller.registry(), None);
+        self.endpoints.set_control(self.poller.registry(), None);
         for (pid, child) in self.children.iter() {
             if child.is_pass_mode() {
                 if let Err(e) = kill(*pid, Signal::SIGTERM) {

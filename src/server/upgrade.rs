@@ -172,7 +172,7 @@ impl Server {
             "SIGUSR2 received: upgrading; checking {} first (pid {pid})",
             exe.display()
         );
-        if let Err(e) = self.poll.registry().register(
+        if let Err(e) = self.poller.registry().register(
             &mut SourceFd(&output.as_raw_fd()),
             super::UPGRADE_CHECK,
             Interest::READABLE,
@@ -206,7 +206,7 @@ impl Server {
         };
         self.timers.cancel(check.timer);
         let _ = self
-            .poll
+            .poller
             .registry()
             .deregister(&mut SourceFd(&check.output.as_raw_fd()));
         let exe = self.upgrades.exe.clone().unwrap_or_default();

@@ -86,10 +86,10 @@ impl Server {
         // receive queue). Fixed small buffers bound both per client.
         let _ = conn.set_send_buffer_size(KERNEL_BUF);
         let _ = conn.set_recv_buffer_size(KERNEL_BUF);
-        let token = self.tokens.next();
+        let token = self.poller.tokens.next();
         let fd = conn.as_raw_fd();
         let svc = &self.services[idx];
-        if let Err(e) = self.poll.registry().register(
+        if let Err(e) = self.poller.registry().register(
             &mut SourceFd(&fd),
             token,
             Interest::READABLE | Interest::WRITABLE,
@@ -103,7 +103,7 @@ impl Server {
         self.take_rate_token(idx, Instant::now());
         let mut c = InternalConn::new(kind, conn, id, source, peer, SystemTime::now());
         c.idle = self.services[idx].spec.idle_timeout;
-        self.tokens.insert(token, TokenKind::Internal);
+        self.poller.tokens.insert(token, TokenKind::Internal);
         self.internal.conns.insert(token, c);
         // Answer at once (daytime and time need no readiness).
         self.on_internal_ready(token);
@@ -114,8 +114,8 @@ impl Server {
         if let Some(idx) = self.services.index_of(conn.service) {
             conn.idle = self.services[idx].spec.idle_timeout;
         }
-        let token = self.tokens.next();
-        if let Err(e) = self.poll.registry().register(
+        let token = self.poller.tokens.next();
+        if let Err(e) = self.poller.registry().register(
             &mut SourceFd(&conn.socket.as_raw_fd()),
             token,
             Interest::READABLE | Interest::WRITABLE,
@@ -123,7 +123,7 @@ impl Server {
             info!("internal: cannot serve {} any more: {e}", conn.peer);
             return;
         }
-        self.tokens.insert(token, TokenKind::Internal);
+        self.poller.tokens.insert(token, TokenKind::Internal);
         self.internal.conns.insert(token, conn);
         self.internal.conns.ready.push(token);
     }
@@ -147,10 +147,10 @@ impl Server {
     }
 
     fn close_internal(&mut self, token: Token) {
-        self.tokens.remove(&token);
+        self.poller.tokens.remove(&token);
         if let Some(conn) = self.internal.conns.remove(token) {
             let _ = self
-                .poll
+                .poller
                 .registry()
                 .deregister(&mut SourceFd(&conn.socket.as_raw_fd()));
             let now = Instant::now();
