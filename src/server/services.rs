@@ -355,6 +355,41 @@ impl ServiceTable {
         }
     }
 
+    /// The identity of the service named `name` (`index`: by name), or
+    /// a new one for children and connections whose service is gone
+    /// (carried by an upgrade).
+    pub(super) fn id_by_name(
+        &mut self,
+        name: Option<&str>,
+        index: &FxHashMap<String, usize>,
+    ) -> ServiceId {
+        match name.and_then(|n| index.get(n)) {
+            Some(&i) => self.list[i].id,
+            None => self.new_id(),
+        }
+    }
+
+    /// Take over what the previous image's limits remembered, for the
+    /// services still configured (`index`: by name): each one's id, the
+    /// timers to set again, and the datagram guard's budget of answers.
+    pub(super) fn resume_limits(
+        &mut self,
+        limits: Vec<LimitsState>,
+        index: &FxHashMap<String, usize>,
+        now: Instant,
+    ) -> Vec<(ServiceId, LimitsResumed, Option<BucketState>)> {
+        let mut resumed = Vec::new();
+        for mut l in limits {
+            let Some(&idx) = index.get(&l.service) else {
+                continue;
+            };
+            let answers = l.answers.take();
+            let svc = &mut self.list[idx];
+            resumed.push((svc.id, svc.resume_limits(l, now), answers));
+        }
+        resumed
+    }
+
     /// A new identity, for children and connections whose service is gone
     /// (carried by an upgrade).
     pub(super) fn new_id(&mut self) -> ServiceId {

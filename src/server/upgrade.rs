@@ -25,7 +25,6 @@ use nix::unistd::Pid;
 use super::children::{Child, StoppingGroup};
 use super::connection::PendingConnection;
 use super::internal::InternalConn;
-use super::services::ServiceId;
 use super::timers::{Timer, TimerKey};
 use super::Server;
 use crate::addr::{ListenAddr, UnixPath};
@@ -389,14 +388,7 @@ impl Server {
         index: &FxHashMap<String, usize>,
         now: Instant,
     ) {
-        for mut l in limits {
-            let Some(&idx) = index.get(&l.service) else {
-                continue;
-            };
-            let answers = l.answers.take();
-            let svc = &mut self.services[idx];
-            let resumed = svc.resume_limits(l, now);
-            let id = svc.id;
+        for (id, resumed, answers) in self.services.resume_limits(limits, index, now) {
             if let Some(until) = resumed.held_until {
                 self.timers.add(until, Timer::HoldEnds(id));
             }
@@ -561,12 +553,7 @@ impl Server {
         handed: Instant,
     ) {
         for c in children {
-            let service = c
-                .service
-                .as_deref()
-                .and_then(|n| index.get(n))
-                .map(|i| self.services[*i].id)
-                .unwrap_or_else(|| self.orphan_service());
+            let service = self.services.id_by_name(c.service.as_deref(), index);
             let (pid, mut child, runtime) = Child::resumed(c, service, handed);
             self.sockets
                 .lend(child.held_sockets.iter().map(|h| &h.addr), pid);
@@ -607,15 +594,10 @@ impl Server {
                     "{}: internal service removed; keeping {} until it leaves",
                     c.service, c.peer
                 );
-                self.orphan_service()
+                self.services.new_id()
             });
             self.resume_internal(InternalConn::from_state(c, id, handed));
         }
-    }
-
-    /// A service identity for children whose service is gone.
-    fn orphan_service(&mut self) -> ServiceId {
-        self.services.new_id()
     }
 
     /// A carried socket takes the new config's options as a reload would
