@@ -4,7 +4,10 @@
 //! one place that decides across them and logs per-event outcomes; the
 //! tables never call back up. The control socket, the metrics listener
 //! and their clients are one more owner (`endpoints.rs`), handed a
-//! snapshot to answer with. Here are the loop, watching, status, reload
+//! snapshot to answer with; so are what starting a child takes
+//! (`launcher.rs`), where listening sockets come from (`origin.rs`), the
+//! internal services' state (`internal/`) and a reload's load
+//! (`reload.rs`). Here are the loop, watching, status, reload
 //! and stop; a client's way in is `connection.rs`, a child's way out
 //! `exit.rs`. Sockets are built by `listener.rs`, children by `spawn.rs`,
 //! counting rules by `limits.rs`.
@@ -26,10 +29,10 @@
 //! 5. `launch_connection`: the banner, the child's fds and variables into
 //!    the reused scratch buffers; an internal service is served in the
 //!    loop instead (`start_internal`, `internal/`).
-//! 6. `spawn_child`: clone and exec (`Spawner::spawn`), the child into the
+//! 6. `spawn_child`: clone and exec (`Launcher::spawn`), the child into the
 //!    child table, a `rate` token spent (`take_rate_token`), its
 //!    `max_runtime` timer set. Out of fds or processes, the client is kept
-//!    (`pending`) and `retry_pending` starts it after the back-off.
+//!    (`Shortage`) and `retry_pending` starts it after the back-off.
 //! 7. `sync_service`: the service's listeners watched or not as its limits
 //!    now say.
 //! 8. SIGCHLD: `handle_signals` → `reap_children` → `reaped` →
