@@ -459,42 +459,53 @@ impl Server {
             self.unpark(now);
         }
         for timer in self.timers.take_due(now) {
-            match timer {
-                Timer::HoldEnds(id) => {
-                    if let Some(idx) = self.services.index_of(id) {
-                        self.sync_service(idx, now);
-                    }
+            self.on_timer(timer, now);
+        }
+        self.log_refusal_summary(now);
+    }
+
+    /// A timer that ran out, to what it was holding back.
+    fn on_timer(&mut self, timer: Timer, now: Instant) {
+        match timer {
+            Timer::HoldEnds(id) => {
+                if let Some(idx) = self.services.index_of(id) {
+                    self.sync_service(idx, now);
                 }
-                Timer::TokenBack(id) => {
-                    if let Some(idx) = self.services.index_of(id) {
-                        self.services[idx].rate_timer = false;
-                        self.sync_service(idx, now);
-                    }
+            }
+            Timer::TokenBack(id) => {
+                if let Some(idx) = self.services.index_of(id) {
+                    self.services[idx].rate_timer = false;
+                    self.sync_service(idx, now);
                 }
-                Timer::RuntimeUp { pid, started_at } => {
-                    self.runtime_up(pid, started_at);
-                }
-                Timer::Kill { pid, started_at } => self.kill_overdue_group(pid, started_at),
-                Timer::ScrapeTimeout(token) => {
-                    let (endpoints, mut lp) = self.endpoints();
-                    endpoints.scrape_timed_out(&mut lp, token);
-                }
-                Timer::ControlTimeout(token) => {
-                    let (endpoints, mut lp) = self.endpoints();
-                    endpoints.control_client_timed_out(&mut lp, token);
-                }
-                Timer::UpgradeCheck(pid) => self.upgrade_check_overdue(pid),
-                Timer::ConfigLoadSlow(pid) => self.config_load_slow(pid),
-                Timer::ConfigLoadOverdue(pid) => self.config_load_overdue(pid),
-                Timer::Watchdog => {
-                    // From the loop itself: a wedged loop stops the pings.
-                    self.notify(&format!("WATCHDOG=1\n{}", self.status_line()));
-                    if let Some(every) = self.notifier.watchdog_interval() {
-                        self.timers.add(now + every, Timer::Watchdog);
-                    }
+            }
+            Timer::RuntimeUp { pid, started_at } => {
+                self.runtime_up(pid, started_at);
+            }
+            Timer::Kill { pid, started_at } => self.kill_overdue_group(pid, started_at),
+            Timer::ScrapeTimeout(token) => {
+                let (endpoints, mut lp) = self.endpoints();
+                endpoints.scrape_timed_out(&mut lp, token);
+            }
+            Timer::ControlTimeout(token) => {
+                let (endpoints, mut lp) = self.endpoints();
+                endpoints.control_client_timed_out(&mut lp, token);
+            }
+            Timer::UpgradeCheck(pid) => self.upgrade_check_overdue(pid),
+            Timer::ConfigLoadSlow(pid) => self.config_load_slow(pid),
+            Timer::ConfigLoadOverdue(pid) => self.config_load_overdue(pid),
+            Timer::Watchdog => {
+                // From the loop itself: a wedged loop stops the pings.
+                self.notify(&format!("WATCHDOG=1\n{}", self.status_line()));
+                if let Some(every) = self.notifier.watchdog_interval() {
+                    self.timers.add(now + every, Timer::Watchdog);
                 }
             }
         }
+    }
+
+    /// The refusals not logged one by one in the interval that ended, as
+    /// one line per service and client, and one for the rest.
+    fn log_refusal_summary(&mut self, now: Instant) {
         if let Some(summary) = self.refusals.flush(now) {
             for ((id, client, why), n) in summary.repeats {
                 let name = self.services.name_of(id);
