@@ -970,48 +970,51 @@ impl Server {
         }
         let running: Vec<&ServiceSpec> = self.services.iter().map(|rt| &rt.spec).collect();
         match ConfigLoad::start(&self.config.path, &running) {
-            Ok(mut load) => {
-                // The pid, so an operator can end a load that hangs.
-                info!(event = "reload";
-                    "SIGHUP received: reloading {} (config loader pid {})",
-                    self.config.path.display(),
-                    load.pid
-                );
-                if let Err(e) = self.poller.registry().register(
-                    &mut SourceFd(&load.raw_fd()),
-                    CONFIG_LOAD,
-                    Interest::READABLE,
-                ) {
-                    error!(
-                        "reload failed, keeping the old config: watching the config loader: {e}"
-                    );
-                    load.cancel();
-                    self.notify(&format!("READY=1\n{}", self.status_line()));
-                    return;
-                }
-                let (warn_after, limit) = reload::load_limits();
-                load.timers = vec![
-                    self.timers.add(
-                        load.started_at + warn_after,
-                        Timer::ConfigLoadSlow(load.pid),
-                    ),
-                    self.timers
-                        .add(load.started_at + limit, Timer::ConfigLoadOverdue(load.pid)),
-                ];
-                self.reloads.load = Some(load);
-            }
-            Err(e) => {
-                info!(event = "reload"; "SIGHUP received: reloading {}", self.config.path.display());
-                // No process to spare (EAGAIN, ENOMEM): load here, as
-                // summond did before loads had their own process.
-                warn!("reload: cannot start the config loader ({e}); loading in the event loop");
-                let t0 = Instant::now();
-                let loaded = config::load(&self.config.path, &Host::current())
-                    .map_err(|errors| errors.0.iter().map(|e| e.to_string()).collect());
-                self.finish_reload(loaded, t0);
-                self.notify(&format!("READY=1\n{}", self.status_line()));
-            }
+            Ok(load) => self.watch_config_load(load),
+            Err(e) => self.load_in_loop(&e),
         }
+    }
+
+    /// The config loader started: watch its pipe and time it.
+    fn watch_config_load(&mut self, mut load: ConfigLoad) {
+        // The pid, so an operator can end a load that hangs.
+        info!(event = "reload";
+            "SIGHUP received: reloading {} (config loader pid {})",
+            self.config.path.display(),
+            load.pid
+        );
+        if let Err(e) = self.poller.registry().register(
+            &mut SourceFd(&load.raw_fd()),
+            CONFIG_LOAD,
+            Interest::READABLE,
+        ) {
+            error!("reload failed, keeping the old config: watching the config loader: {e}");
+            load.cancel();
+            self.notify(&format!("READY=1\n{}", self.status_line()));
+            return;
+        }
+        let (warn_after, limit) = reload::load_limits();
+        load.timers = vec![
+            self.timers.add(
+                load.started_at + warn_after,
+                Timer::ConfigLoadSlow(load.pid),
+            ),
+            self.timers
+                .add(load.started_at + limit, Timer::ConfigLoadOverdue(load.pid)),
+        ];
+        self.reloads.load = Some(load);
+    }
+
+    /// No process to spare for the loader (EAGAIN, ENOMEM, `e`): load
+    /// here, as summond did before loads had their own process.
+    fn load_in_loop(&mut self, e: &io::Error) {
+        info!(event = "reload"; "SIGHUP received: reloading {}", self.config.path.display());
+        warn!("reload: cannot start the config loader ({e}); loading in the event loop");
+        let t0 = Instant::now();
+        let loaded = config::load(&self.config.path, &Host::current())
+            .map_err(|errors| errors.0.iter().map(|e| e.to_string()).collect());
+        self.finish_reload(loaded, t0);
+        self.notify(&format!("READY=1\n{}", self.status_line()));
     }
 
     /// The config loader's pipe is readable.
