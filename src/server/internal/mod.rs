@@ -274,30 +274,8 @@ impl Server {
                 Err(_) => return,
             };
             let from = crate::peer::canonical_addr(from);
-            // Never answer another server (the echo/chargen loop, and
-            // reflection through spoofed sources), nor a datagram sent to
-            // many hosts at once.
-            let why = unanswerable(from, self.internal.datagrams.own_ports())
-                .or_else(|| not_to_us_alone(dest).then_some(Unanswered::NotToUs));
-            if let Some(why) = why {
-                self.drop_datagram(idx, from, why, now);
+            if !self.admit_datagram(idx, from, dest, now) {
                 continue;
-            }
-            let svc = &self.services[idx];
-            let key = SourceKey::Ip(from.ip()).grouped(svc.spec.per_source_prefix);
-            let peer = Peer::Inet {
-                remote: from,
-                local: None,
-            };
-            if let Err(why) = svc.spec.access.permits(from.ip()) {
-                self.refuse_datagram(idx, &peer, key, RefuseReason::Access(why), now);
-                continue;
-            }
-            if let Some(rate) = svc.spec.per_source_rate {
-                if !self.services[idx].source_rates().admit(key, rate, now) {
-                    self.refuse_datagram(idx, &peer, key, RefuseReason::PerSourceRate(rate), now);
-                    continue;
-                }
             }
             let id = self.services[idx].id;
             let len = datagram_answer(kind, &question[..n], SystemTime::now(), &mut answer);
@@ -320,6 +298,44 @@ impl Server {
         }
         // Budget spent with datagrams possibly left: next turn.
         self.sockets.queue_ready(addr);
+    }
+
+    /// May the datagram from `from` to `dest` be answered by service
+    /// `idx`? One that may not is dropped (logged by episode) or refused
+    /// (counted and logged as a refusal) here.
+    fn admit_datagram(
+        &mut self,
+        idx: usize,
+        from: std::net::SocketAddr,
+        dest: datagrams::Destination,
+        now: Instant,
+    ) -> bool {
+        // Never answer another server (the echo/chargen loop, and
+        // reflection through spoofed sources), nor a datagram sent to
+        // many hosts at once.
+        let why = unanswerable(from, self.internal.datagrams.own_ports())
+            .or_else(|| not_to_us_alone(dest).then_some(Unanswered::NotToUs));
+        if let Some(why) = why {
+            self.drop_datagram(idx, from, why, now);
+            return false;
+        }
+        let svc = &self.services[idx];
+        let key = SourceKey::Ip(from.ip()).grouped(svc.spec.per_source_prefix);
+        let peer = Peer::Inet {
+            remote: from,
+            local: None,
+        };
+        if let Err(why) = svc.spec.access.permits(from.ip()) {
+            self.refuse_datagram(idx, &peer, key, RefuseReason::Access(why), now);
+            return false;
+        }
+        if let Some(rate) = svc.spec.per_source_rate {
+            if !self.services[idx].source_rates().admit(key, rate, now) {
+                self.refuse_datagram(idx, &peer, key, RefuseReason::PerSourceRate(rate), now);
+                return false;
+            }
+        }
+        true
     }
 
     /// A datagram read and not answered: the first of an episode (per
