@@ -61,7 +61,6 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use nix::libc;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use socket2::Socket;
@@ -96,6 +95,7 @@ use endpoints::{Accepted, Endpoints, Loop};
 use internal::Internals;
 use launcher::Launcher;
 use origin::Origin;
+pub use origin::RunOptions;
 use reload::{ConfigLoad, Reloads};
 use services::{ServiceId, ServiceRuntime, ServiceTable};
 use sockets::{SocketPlan, SocketTable};
@@ -155,27 +155,6 @@ impl fmt::Display for ServerError {
 }
 
 impl std::error::Error for ServerError {}
-
-/// What the process-wide setup hands the server.
-#[derive(Clone, Debug, Default)]
-pub struct RunOptions {
-    /// The RLIMIT_NOFILE summond was started with, for its children.
-    pub child_nofile: Option<libc::rlimit>,
-    /// `-d`: detached from the terminal (the next image of an upgrade
-    /// must not detach again).
-    pub detached: bool,
-    /// The pidfile's open, locked fd and path, handed over on upgrade.
-    pub pidfile: Option<(std::os::fd::RawFd, PathBuf)>,
-    /// The sockets passed to `new` come from the previous image of a live
-    /// upgrade, not from a service manager.
-    pub resumed: bool,
-    /// Listening sockets are kept at or above this fd, so a spawn copies
-    /// only the fd table's low part (see `spawn.rs`).
-    pub fd_base: Option<std::os::fd::RawFd>,
-    /// The command line the next image of an upgrade runs with, its
-    /// paths absolute; none: this process's own.
-    pub argv: Option<Vec<Vec<u8>>>,
-}
 
 /// The poll set, the signalfd in it. Signals first: no SIGCHLD may
 /// arrive before its signalfd exists.

@@ -7,13 +7,35 @@
 
 use rustc_hash::FxHashMap;
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 
 use log::{info, warn};
+use nix::libc;
 use socket2::Socket;
 
-use super::RunOptions;
 use crate::addr::ListenAddr;
 use crate::listener::{self, ListenError, ListenOptions, Listener};
+
+/// What the process-wide setup hands the server.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// The RLIMIT_NOFILE summond was started with, for its children.
+    pub child_nofile: Option<libc::rlimit>,
+    /// `-d`: detached from the terminal (the next image of an upgrade
+    /// must not detach again).
+    pub detached: bool,
+    /// The pidfile's open, locked fd and path, handed over on upgrade.
+    pub pidfile: Option<(std::os::fd::RawFd, PathBuf)>,
+    /// The sockets passed to `new` come from the previous image of a live
+    /// upgrade, not from a service manager.
+    pub resumed: bool,
+    /// Listening sockets are kept at or above this fd, so a spawn copies
+    /// only the fd table's low part (see `spawn.rs`).
+    pub fd_base: Option<std::os::fd::RawFd>,
+    /// The command line the next image of an upgrade runs with, its
+    /// paths absolute; none: this process's own.
+    pub argv: Option<Vec<Vec<u8>>>,
+}
 
 pub(super) struct Origin {
     pub opts: RunOptions,
