@@ -324,32 +324,37 @@ impl Endpoints {
             if full {
                 self.evict_a_scrape(lp);
             }
-            let Ok(scrape) = Scrape::new(socket) else {
-                continue;
-            };
-            let token = lp.tokens.next();
-            let fd = scrape.socket.as_raw_fd();
-            if lp
-                .registry
-                .register(
-                    &mut SourceFd(&fd),
-                    token,
-                    Interest::READABLE | Interest::WRITABLE,
-                )
-                .is_err()
-            {
-                continue;
+            if let Ok(scrape) = Scrape::new(socket) {
+                self.watch_scrape(lp, scrape);
             }
-            lp.tokens.insert(token, TokenKind::Scrape);
-            self.scrapes.insert(token, scrape);
-            let timer = lp.timers.add(
-                Instant::now() + prom::SCRAPE_TIMEOUT,
-                Timer::ScrapeTimeout(token),
-            );
-            self.client_timers.insert(token, timer);
         }
         // More may be queued: epoll reports them again only for new ones.
         self.accept_more_scrapers = true;
+    }
+
+    /// A scraper accepted: into the poll set under a token of its own,
+    /// with its `SCRAPE_TIMEOUT`; one that cannot be watched is closed.
+    fn watch_scrape(&mut self, lp: &mut Loop<'_>, scrape: Scrape) {
+        let token = lp.tokens.next();
+        let fd = scrape.socket.as_raw_fd();
+        if lp
+            .registry
+            .register(
+                &mut SourceFd(&fd),
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .is_err()
+        {
+            return;
+        }
+        lp.tokens.insert(token, TokenKind::Scrape);
+        self.scrapes.insert(token, scrape);
+        let timer = lp.timers.add(
+            Instant::now() + prom::SCRAPE_TIMEOUT,
+            Timer::ScrapeTimeout(token),
+        );
+        self.client_timers.insert(token, timer);
     }
 
     /// Close the scrape a new one may replace at the cap, if any.
