@@ -18,14 +18,15 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use socket2::Socket;
 
+use crate::addr::ListenAddr;
 use crate::control::{Reply, Status};
 use crate::limits::Backoff;
-use crate::listener::Listener;
+use crate::listener::{ListenOptions, Listener};
 use crate::metrics::{self as prom, Request, Scrape, ScrapeState};
 
 use super::connection::{is_resource_error, note_resource_fault};
 use super::timers::{Timer, TimerKey, Timers};
-use super::{TokenKind, Tokens, CONTROL, METRICS};
+use super::{TokenKind, Tokens, CONTROL, CONTROL_SOCKET_MODE, METRICS};
 
 /// Control clients answered at once; more wait in the backlog. Each
 /// costs an fd until its answer is read.
@@ -87,7 +88,31 @@ pub(super) struct Endpoints {
     accept_fd_fault: bool,
 }
 
+/// The options the control socket is opened and kept with.
+pub(super) fn control_options() -> ListenOptions {
+    ListenOptions {
+        socket_mode: Some(CONTROL_SOCKET_MODE),
+        ..ListenOptions::default()
+    }
+}
+
 impl Endpoints {
+    /// The control socket or the metrics listener bound to `addr`, if
+    /// either is, with the options it is kept with and its name for log
+    /// lines.
+    pub fn listener_mut(
+        &mut self,
+        addr: &ListenAddr,
+    ) -> Option<(&mut Listener, ListenOptions, &'static str)> {
+        if let Some(l) = self.control.as_mut().filter(|l| &l.addr == addr) {
+            return Some((l, control_options(), "control socket"));
+        }
+        self.metrics
+            .as_mut()
+            .filter(|l| &l.addr == addr)
+            .map(|l| (l, ListenOptions::default(), "metrics"))
+    }
+
     /// Swap the control socket (the old one's file is removed on drop).
     pub fn set_control(&mut self, registry: &Registry, control: Option<Listener>) {
         let old = std::mem::replace(&mut self.control, control);

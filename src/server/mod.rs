@@ -1220,11 +1220,11 @@ impl Server {
                     != Some(path) =>
             {
                 let addr = ListenAddr::Unix(crate::addr::UnixPath::File(path.clone()));
-                let opts = ListenOptions {
-                    socket_mode: Some(CONTROL_SOCKET_MODE),
-                    ..ListenOptions::default()
-                };
-                match self.origin.adopt_or_open(&addr, opts, "control socket") {
+                match self.origin.adopt_or_open(
+                    &addr,
+                    endpoints::control_options(),
+                    "control socket",
+                ) {
                     Ok(l) => ListenerChange::Open(l),
                     Err(err) => return Err(ServerError::Control(path.clone(), err)),
                 }

@@ -612,17 +612,11 @@ impl Server {
         carried: Option<ListenOptions>,
         had_file: bool,
     ) {
-        let control_options = ListenOptions {
-            socket_mode: Some(super::CONTROL_SOCKET_MODE),
-            ..ListenOptions::default()
-        };
         let (listener, wanted, owner) = if let Some(sock) = self.sockets.get_mut(addr) {
             let svc = &self.services[sock.service];
             (&mut sock.listener, svc.spec.socket, svc.spec.name.as_str())
-        } else if let Some(l) = self.endpoints.control.as_mut().filter(|l| &l.addr == addr) {
-            (l, control_options, "control socket")
-        } else if let Some(l) = self.endpoints.metrics.as_mut().filter(|l| &l.addr == addr) {
-            (l, ListenOptions::default(), "metrics")
+        } else if let Some(found) = self.endpoints.listener_mut(addr) {
+            found
         } else {
             return;
         };
@@ -646,16 +640,9 @@ impl Server {
             sock.listener.claim_file(file);
             return;
         }
-        for l in self
-            .endpoints
-            .control
-            .iter_mut()
-            .chain(self.endpoints.metrics.iter_mut())
-        {
-            if &l.addr == addr {
-                l.claim_file(file);
-                return;
-            }
+        if let Some((l, _, _)) = self.endpoints.listener_mut(addr) {
+            l.claim_file(file);
+            return;
         }
         debug!("{addr}: no longer configured; removing its socket file");
         crate::listener::remove_created_file(file);
