@@ -24,16 +24,13 @@ use nix::unistd::Pid;
 
 use super::children::{Child, StoppingGroup};
 use super::connection::PendingConnection;
-use super::internal::InternalConn;
 use super::timers::{Timer, TimerKey};
 use super::Server;
 use crate::addr::{ListenAddr, UnixPath};
 use crate::config::Config;
 use crate::listener::ListenOptions;
 use crate::stats::ExitText;
-use crate::upgrade::{
-    self, ChildState, InternalState, LimitsState, ListenerState, State, StoppingState,
-};
+use crate::upgrade::{self, ChildState, LimitsState, ListenerState, State, StoppingState};
 
 /// How long the new binary's `--check` may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -328,15 +325,6 @@ impl Server {
                 .map(|i| self.services[i].spec.name.clone())
         });
         let pending = self.shortage.kept.iter().map(|p| p.to_state()).collect();
-        // A client of a service a reload removed is carried too (under a
-        // name no service can have), as its children are: a reload keeps
-        // them, so must this.
-        let internal = self
-            .internal
-            .conns
-            .iter()
-            .map(|c| c.to_state(self.services.name_of(c.service).to_string(), now))
-            .collect();
         State {
             format: upgrade::FORMAT,
             version: env!("CARGO_PKG_VERSION").into(),
@@ -361,7 +349,7 @@ impl Server {
             listeners,
             children,
             pending,
-            internal,
+            internal: self.internal_state(now),
             config: Some(config),
             stats: self.services.stats_state(),
             stopping_groups: self.children.stopping_state(now),
@@ -574,29 +562,6 @@ impl Server {
                 .filter(|_| !stopping_leaders.contains(&pid.as_raw()))
                 .map(|at| self.timers.add(at, Timer::RuntimeUp { pid, started_at }));
             self.children.insert(pid, child);
-        }
-    }
-
-    /// The internal services' connections, mid-conversation.
-    fn resume_internal_conns(
-        &mut self,
-        internal: Vec<InternalState>,
-        index: &FxHashMap<String, usize>,
-        handed: Instant,
-    ) {
-        for c in internal {
-            // A client of a service the new config drops stays, counted,
-            // until it leaves or is idle too long, as after a reload (and
-            // as a removed service's children do).
-            let id = index.get(&c.service).map(|i| self.services[*i].id);
-            let id = id.unwrap_or_else(|| {
-                debug!(
-                    "{}: internal service removed; keeping {} until it leaves",
-                    c.service, c.peer
-                );
-                self.services.new_id()
-            });
-            self.resume_internal(InternalConn::from_state(c, id, handed));
         }
     }
 

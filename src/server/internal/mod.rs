@@ -26,7 +26,7 @@
 //! answer; here is the server's side: starting, serving and closing
 //! them in the loop.
 
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::time::{Instant, SystemTime};
@@ -40,13 +40,14 @@ use super::{Server, TokenKind};
 use crate::addr::ListenAddr;
 use crate::peer::{Peer, SourceKey};
 use crate::refusals::REFUSAL_INTERVAL;
+use crate::upgrade::InternalState;
 
 mod answers;
 mod conn;
 mod datagrams;
 
 use answers::{datagram_answer, MAX_DATAGRAM};
-pub(super) use conn::InternalConn;
+use conn::InternalConn;
 use conn::InternalConns;
 use conn::{Progress, KERNEL_BUF};
 use datagrams::DatagramGuard;
@@ -110,7 +111,7 @@ impl Server {
     }
 
     /// A connection the previous image was serving (live upgrade).
-    pub(super) fn resume_internal(&mut self, mut conn: InternalConn) {
+    fn resume_internal(&mut self, mut conn: InternalConn) {
         if let Some(idx) = self.services.index_of(conn.service) {
             conn.idle = self.services[idx].spec.idle_timeout;
         }
@@ -126,6 +127,41 @@ impl Server {
         self.poller.tokens.insert(token, TokenKind::Internal);
         self.internal.conns.insert(token, conn);
         self.internal.conns.ready.push(token);
+    }
+
+    /// The open connections, mid-conversation, for the next image of an
+    /// upgrade. A client of a service a reload removed is carried too
+    /// (under a name no service can have), as its children are: a reload
+    /// keeps them, so must this.
+    pub(super) fn internal_state(&self, now: Instant) -> Vec<InternalState> {
+        self.internal
+            .conns
+            .iter()
+            .map(|c| c.to_state(self.services.name_of(c.service).to_string(), now))
+            .collect()
+    }
+
+    /// The internal services' connections, mid-conversation.
+    pub(super) fn resume_internal_conns(
+        &mut self,
+        internal: Vec<InternalState>,
+        index: &FxHashMap<String, usize>,
+        handed: Instant,
+    ) {
+        for c in internal {
+            // A client of a service the new config drops stays, counted,
+            // until it leaves or is idle too long, as after a reload (and
+            // as a removed service's children do).
+            let id = index.get(&c.service).map(|i| self.services[*i].id);
+            let id = id.unwrap_or_else(|| {
+                debug!(
+                    "{}: internal service removed; keeping {} until it leaves",
+                    c.service, c.peer
+                );
+                self.services.new_id()
+            });
+            self.resume_internal(InternalConn::from_state(c, id, handed));
+        }
     }
 
     pub(super) fn on_internal_ready(&mut self, token: Token) {
