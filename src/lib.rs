@@ -21,6 +21,8 @@
 //! | `src/footprint.rs` | giving back what starting up or reloading left resident (freed heap, clean code pages) |
 //! | `src/server/mod.rs` | the event loop: watching, status, reload, stop; a connection's path, step by step, in its header |
 //! | `src/server/connection.rs` | one client's way in: the gate, accept budget, admission, refusals, banners, spawn |
+//! | `src/server/launcher.rs` | what starting a child takes besides its image: the spawner, /dev/null, the inherited environments, the reused fd plan and variables |
+//! | `src/server/origin.rs` | what the process was started with (`RunOptions`) and the sockets handed over, where every listening socket comes from |
 //! | `src/server/reload.rs` | a reload's config load in a forked helper, off the loop, and its result read back over a pipe |
 //! | `src/server/exit.rs` | a child's way out: reaping, giving back its sockets, recording its exit, re-arming |
 //! | `src/server/sockets.rs` | the socket table (its states: watched, parked, queued, lent) and the reload diff |
@@ -29,7 +31,7 @@
 //! | `src/server/endpoints.rs` | the control socket and the metrics listener with their clients, answered from a snapshot |
 //! | `src/stats.rs` | a service's counters, the kinds they count by (refusal, exit outcome) and why a service is paused |
 //! | `src/server/timers.rs` | the deadlines, cancellable (crash holds, rate refills, `max_runtime`) |
-//! | `src/server/internal.rs` | echo, discard, chargen, daytime, time in the loop |
+//! | `src/server/internal/` | echo, discard, chargen, daytime, time in the loop: `answers.rs` the answers, `conn.rs` a TCP connection and the table of the open ones, `datagrams.rs` what a UDP service must not answer and its budget, `mod.rs` the server's side |
 //! | `src/peer.rs` | the client: address or credentials, its variables, its per-source key and prefix grouping |
 //! | `src/limits/` | counting (`mod.rs`: per source, the crash guard, the resource back-off) and rates (`rate.rs`: token buckets, the bounded per-source table, the most refused) |
 //! | `src/queue.rs` | what waits on a socket lent to a pass-mode child, seen without taking it |
