@@ -9,7 +9,7 @@
 //! internal services' state (`internal/`) and a reload's load
 //! (`reload.rs`). Here are the loop, watching, status, reload
 //! and stop; a client's way in is `connection.rs`, a child's way out
-//! `exit.rs`. Sockets are built by `listener.rs`, children by `spawn.rs`,
+//! `exit.rs`. Sockets are built by `listener.rs`, children by `spawn/`,
 //! counting rules by `limits.rs`.
 //!
 //! The path of a connection (accept mode), each step a function:

@@ -30,7 +30,7 @@ pub struct RunOptions {
     /// upgrade, not from a service manager.
     pub resumed: bool,
     /// Listening sockets are kept at or above this fd, so a spawn copies
-    /// only the fd table's low part (see `spawn.rs`).
+    /// only the fd table's low part (see `spawn/mod.rs`).
     pub fd_base: Option<std::os::fd::RawFd>,
     /// The command line the next image of an upgrade runs with, its
     /// paths absolute; none: this process's own.

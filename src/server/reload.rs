@@ -11,7 +11,7 @@
 //! changed (a 10,000-service file with one change: one spec, not 10,000).
 //!
 //! A process, not a thread: summond has one thread (STYLE), and the umask
-//! around bind(2) in `listener.rs` and the raw set*id calls in `spawn.rs`
+//! around bind(2) in `listener.rs` and the raw set*id calls in `spawn/child.rs`
 //! rely on it. After fork(2) in a one-thread process the child may
 //! allocate and run the same code as the parent; it only must never
 //! return into the loop's frames (dropping the server would remove socket

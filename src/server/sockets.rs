@@ -130,7 +130,7 @@ impl SocketTable {
 
     /// The fd to hand `addr`'s socket to a child as. A child shares
     /// summond's fd table only if everything it is handed lies below the
-    /// fd base (spawn.rs), and listeners live above it: so a socket lent
+    /// fd base (spawn/mod.rs), and listeners live above it: so a socket lent
     /// to pass-mode children is lent as a copy below the base, made once
     /// and kept with the socket (no syscall per child). If no copy can be
     /// made there (the low range is full), the listener itself: that
