@@ -400,57 +400,12 @@ fn make_parent(path: &Path, mode: u32) -> Result<(), ListenError> {
 
 pub fn open(addr: &ListenAddr, opts: ListenOptions) -> Result<Listener, ListenError> {
     let backlog = opts.backlog.unwrap_or(DEFAULT_BACKLOG);
-    // socket2 creates every socket with SOCK_CLOEXEC on Linux; non-blocking
-    // from the start too (no fcntl per socket: 10,000 add up).
     let (socket, sockaddr, unix_path) = match addr {
         ListenAddr::Tcp(sa) | ListenAddr::Udp(sa) => {
-            let stream = matches!(addr, ListenAddr::Tcp(_));
-            let ty = if stream { Type::STREAM } else { Type::DGRAM };
-            let s = Socket::new(Domain::for_address(*sa), ty.nonblocking(), None)
-                .map_err(ListenError::Socket)?;
-            s.set_reuse_address(true).map_err(ListenError::Socket)?;
-            if sa.is_ipv6() {
-                s.set_only_v6(opts.v6only).map_err(ListenError::Socket)?;
-            }
-            if opts.reuse_port {
-                s.set_reuse_port(true).map_err(ListenError::Socket)?;
-            }
-            if opts.freebind {
-                if sa.is_ipv6() {
-                    s.set_freebind_v6(true).map_err(ListenError::Socket)?;
-                } else {
-                    s.set_freebind_v4(true).map_err(ListenError::Socket)?;
-                }
-            }
-            if stream {
-                // accept() copies both to each connection.
-                if opts.keepalive {
-                    s.set_keepalive(true).map_err(ListenError::Socket)?;
-                }
-                if opts.nodelay {
-                    s.set_tcp_nodelay(true).map_err(ListenError::Socket)?;
-                }
-            }
+            let s = inet_socket(sa, matches!(addr, ListenAddr::Tcp(_)), &opts)?;
             (s, SockAddr::from(*sa), None)
         }
-        ListenAddr::Unix(p) | ListenAddr::UnixGram(p) => {
-            let stream = addr.is_stream();
-            if let UnixPath::File(path) = p {
-                if let Some(mode) = opts.directory_mode {
-                    make_parent(path, mode)?;
-                }
-                clear_stale(path, stream)?;
-            }
-            let ty = if stream { Type::STREAM } else { Type::DGRAM };
-            let s =
-                Socket::new(Domain::UNIX, ty.nonblocking(), None).map_err(ListenError::Socket)?;
-            let sockaddr = unix_sockaddr(p).map_err(ListenError::Bind)?;
-            let file = match p {
-                UnixPath::File(path) => Some(path.clone()),
-                UnixPath::Abstract(_) => None,
-            };
-            (s, sockaddr, file)
-        }
+        ListenAddr::Unix(p) | ListenAddr::UnixGram(p) => unix_socket(p, addr.is_stream(), &opts)?,
     };
     {
         // The file is born with socket_mode (see UmaskGuard); the guard
@@ -468,35 +423,7 @@ pub fn open(addr: &ListenAddr, opts: ListenOptions) -> Result<Listener, ListenEr
         applied: Some(opts),
     };
     if let Some(path) = unix_path {
-        // What the path names now must be the socket bind(2) just made:
-        // a socket file owned by summond's euid (no one else can make
-        // one of those, and protected_hardlinks forbids linking one).
-        // Something else means the path was swapped under us: refuse,
-        // and never remove or chown it.
-        let fd = nix::fcntl::open(
-            &path,
-            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| ListenError::Bind(e.into()))?;
-        let st = fstat(&fd).map_err(|e| ListenError::Bind(e.into()))?;
-        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK
-            || st.st_uid != nix::unistd::geteuid().as_raw()
-        {
-            return Err(ListenError::Replaced(path));
-        }
-        // From here on the file is ours; dropping `listener` removes it.
-        listener.created = Some(OwnedPath {
-            path,
-            dev: st.st_dev,
-            ino: st.st_ino,
-        });
-        // Bits beyond 0777 (setgid, sticky) are not made by bind(2).
-        if let Some(mode) = opts.socket_mode.filter(|m| m & !0o777 != 0) {
-            chmod_handle(&fd, mode)?;
-        }
-        // Before listen(): no client connects before the owner is right.
-        chown_handle(&fd, &opts)?;
+        own_socket_file(&mut listener, path, &opts)?;
     }
     if addr.is_stream() {
         listener
@@ -505,6 +432,105 @@ pub fn open(addr: &ListenAddr, opts: ListenOptions) -> Result<Listener, ListenEr
             .map_err(ListenError::Listen)?;
     }
     Ok(listener)
+}
+
+/// A TCP or UDP socket for `sa` with the options set that must be set
+/// before bind. socket2 creates every socket with SOCK_CLOEXEC on Linux;
+/// non-blocking from the start too (no fcntl per socket: 10,000 add up).
+fn inet_socket(
+    sa: &std::net::SocketAddr,
+    stream: bool,
+    opts: &ListenOptions,
+) -> Result<Socket, ListenError> {
+    let ty = if stream { Type::STREAM } else { Type::DGRAM };
+    let s = Socket::new(Domain::for_address(*sa), ty.nonblocking(), None)
+        .map_err(ListenError::Socket)?;
+    s.set_reuse_address(true).map_err(ListenError::Socket)?;
+    if sa.is_ipv6() {
+        s.set_only_v6(opts.v6only).map_err(ListenError::Socket)?;
+    }
+    if opts.reuse_port {
+        s.set_reuse_port(true).map_err(ListenError::Socket)?;
+    }
+    if opts.freebind {
+        if sa.is_ipv6() {
+            s.set_freebind_v6(true).map_err(ListenError::Socket)?;
+        } else {
+            s.set_freebind_v4(true).map_err(ListenError::Socket)?;
+        }
+    }
+    if stream {
+        // accept() copies both to each connection.
+        if opts.keepalive {
+            s.set_keepalive(true).map_err(ListenError::Socket)?;
+        }
+        if opts.nodelay {
+            s.set_tcp_nodelay(true).map_err(ListenError::Socket)?;
+        }
+    }
+    Ok(s)
+}
+
+/// A Unix socket for `p`, with its address and, for a file, the path
+/// bind will create: its missing directories made (socket_directory_mode)
+/// and a stale socket file cleared first.
+fn unix_socket(
+    p: &UnixPath,
+    stream: bool,
+    opts: &ListenOptions,
+) -> Result<(Socket, SockAddr, Option<PathBuf>), ListenError> {
+    if let UnixPath::File(path) = p {
+        if let Some(mode) = opts.directory_mode {
+            make_parent(path, mode)?;
+        }
+        clear_stale(path, stream)?;
+    }
+    let ty = if stream { Type::STREAM } else { Type::DGRAM };
+    let s = Socket::new(Domain::UNIX, ty.nonblocking(), None).map_err(ListenError::Socket)?;
+    let sockaddr = unix_sockaddr(p).map_err(ListenError::Bind)?;
+    let file = match p {
+        UnixPath::File(path) => Some(path.clone()),
+        UnixPath::Abstract(_) => None,
+    };
+    Ok((s, sockaddr, file))
+}
+
+/// Make the socket file bind(2) just created at `path` the listener's:
+/// what the path names now must be that socket, a socket file owned by
+/// summond's euid (no one else can make one of those, and
+/// protected_hardlinks forbids linking one). Something else means the
+/// path was swapped under us: refuse, and never remove or chown it.
+/// Then its mode bits beyond 0777 and its owner, before listen(): no
+/// client connects before the owner is right.
+fn own_socket_file(
+    listener: &mut Listener,
+    path: PathBuf,
+    opts: &ListenOptions,
+) -> Result<(), ListenError> {
+    let fd = nix::fcntl::open(
+        &path,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| ListenError::Bind(e.into()))?;
+    let st = fstat(&fd).map_err(|e| ListenError::Bind(e.into()))?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK
+        || st.st_uid != nix::unistd::geteuid().as_raw()
+    {
+        return Err(ListenError::Replaced(path));
+    }
+    // From here on the file is ours: dropping the listener (a failure
+    // below included) removes it.
+    listener.created = Some(OwnedPath {
+        path,
+        dev: st.st_dev,
+        ino: st.st_ino,
+    });
+    // Bits beyond 0777 (setgid, sticky) are not made by bind(2).
+    if let Some(mode) = opts.socket_mode.filter(|m| m & !0o777 != 0) {
+        chmod_handle(&fd, mode)?;
+    }
+    chown_handle(&fd, opts)
 }
 
 #[cfg(test)]
