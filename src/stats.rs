@@ -370,6 +370,23 @@ mod tests {
     }
 
     #[test]
+    fn a_histogram_sum_reads_back_exactly_so_an_upgrade_never_lowers_it() {
+        // Prometheus takes a `_sum` that goes down for a counter reset: the
+        // sum must come out of the upgrade state as the same f64 (seen:
+        // 0.18727590700000002 read back as 0.187275907, one ulp lower).
+        let mut h = LazyHistogram::default();
+        for s in [0.1, 0.087_275_907_000_000_02, 1e-9, 123.456_789_012_345_67] {
+            h.observe(s);
+            let text = serde_json::to_string(&h).unwrap();
+            let back: LazyHistogram = serde_json::from_str(&text).unwrap();
+            assert_eq!(back.get().sum.to_bits(), h.get().sum.to_bits(), "{text}");
+        }
+        let odd = 0.187_275_907_000_000_02_f64;
+        let back: f64 = serde_json::from_str(&serde_json::to_string(&odd).unwrap()).unwrap();
+        assert_eq!(back.to_bits(), odd.to_bits());
+    }
+
+    #[test]
     fn a_lazy_histogram_reads_and_writes_as_the_histogram_it_stands_for() {
         // The upgrade state carries it: older and newer images must agree.
         let empty = LazyHistogram::default();
