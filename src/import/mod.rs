@@ -97,13 +97,16 @@ impl Entry {
     }
 }
 
-/// A TOML string literal.
+/// A TOML string literal, always on one line: a basic string with every
+/// control character escaped. (The toml crate writes a value with a
+/// newline as a multi-line string, whose lines after the first escaped
+/// the `# ` of a service written commented out and became live TOML.)
 pub fn s(v: &str) -> String {
-    toml::Value::String(v.to_string()).to_string()
+    key(v)
 }
 
 /// A TOML key: always a basic string with every control character
-/// escaped (a value may be a multi-line literal, a key may not).
+/// escaped (a key may not be a multi-line string).
 pub fn key(k: &str) -> String {
     let mut out = String::from("\"");
     for c in k.chars() {
@@ -111,7 +114,10 @@ pub fn key(k: &str) -> String {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
             '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
             c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
             c => out.push(c),
         }
@@ -473,6 +479,24 @@ mod tests {
         assert_eq!(num("096"), "96");
         assert_eq!(num("-3"), "-3");
         assert_eq!(num("12x"), "\"12x\"");
+    }
+
+    #[test]
+    fn a_value_with_a_line_break_stays_inside_a_service_written_commented_out() {
+        let odd = "a\nb\r\u{2028}c'''\"\"\"";
+        let mut e = Entry {
+            name: "x".into(),
+            origin: "o".into(),
+            ..Entry::default()
+        };
+        e.set("exec", list(["/bin/printf", odd]));
+        e.refuse("a test");
+        let out = render(&[PathBuf::from("in")], vec![e]);
+        let doc: toml::Table = out.parse().unwrap_or_else(|err| panic!("{out}: {err}"));
+        assert!(doc.is_empty(), "{out}");
+        // Served live, the value comes back whole.
+        let t: toml::Table = format!("v = {}", s(odd)).parse().unwrap();
+        assert_eq!(t["v"].as_str(), Some(odd));
     }
 
     #[test]
