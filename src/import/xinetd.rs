@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::xinetd_entry::Attrs;
+use super::xinetd_entry::{Attrs, IGNORED_DEFAULTS};
 use super::{readable, Entry, ImportError, Services};
 /// includedir inside includedir: deeper than this is a loop.
 const MAX_DEPTH: usize = 8;
@@ -272,9 +272,6 @@ fn read_at(path: &Path, text: &str, depth: usize, quote: bool, r: &mut Reader) {
         ));
     }
 }
-
-/// The op given to the lines of a defaults block xinetd ignores.
-pub const IGNORED_DEFAULTS: &str = "ignored";
 
 /// `name = a b c`, `name += …`, `name -= …`, as xinetd's get_attr_op
 /// reads it: the name runs to the first blank (a `=` in it is an error),

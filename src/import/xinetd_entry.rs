@@ -60,6 +60,10 @@ const SEEDED: &[&str] = &[
 
 pub type Attrs = Vec<(String, String, Vec<String>)>;
 
+/// The op given to the lines of a defaults block xinetd ignores (the
+/// reader marks them, `resolve_defaults` names them).
+pub const IGNORED_DEFAULTS: &str = "ignored";
+
 /// How many values an attribute takes, when xinetd fixes the number
 /// (parse.c's a_nvalues > 0): a line with another count is ignored.
 fn fixed_values(name: &str) -> Option<usize> {
@@ -221,7 +225,7 @@ fn resolve_defaults(
     let mut d: HashMap<String, Vec<String>> = HashMap::new();
     let mut order = Vec::new();
     for (i, (name, op, v)) in defaults.iter().enumerate() {
-        if op == super::xinetd::IGNORED_DEFAULTS {
+        if op == IGNORED_DEFAULTS {
             let why = format!(
                 "{name} = {} in a second defaults block of its file: xinetd ignores that whole block",
                 v.join(" ")
