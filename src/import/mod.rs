@@ -7,15 +7,16 @@
 //! unparsable input is an `ImportError` (`PATH:LINE: message`, exit 2).
 //!
 //! - `inetd.rs`: inetd.conf lines, including update-inetd's `#<off>#`.
-//! - `xinetd.rs`: xinetd.conf and /etc/xinetd.d files, with `defaults`,
-//!   `include` and `includedir`.
+//! - `xinetd/`: xinetd.conf and /etc/xinetd.d files, with `defaults`,
+//!   `include` and `includedir`, each service block resolved as xinetd
+//!   does.
 //! - `systemd/`: a `.socket` unit with the `.service` it starts.
+//! - `wrappers.rs`: tcpd and hosts.allow/hosts.deny, for both inetds.
 
 mod inetd;
 mod systemd;
 mod wrappers;
 mod xinetd;
-mod xinetd_entry;
 
 use std::collections::HashMap;
 use std::fmt;

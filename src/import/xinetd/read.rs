@@ -1,59 +1,44 @@
-//! xinetd.conf and /etc/xinetd.d files: `service NAME { attr = value … }`
-//! blocks, a `defaults { … }` block applied to every service, `include
-//! FILE` and `includedir DIR` (whose files are read in sorted order,
-//! skipping names with a `.` or ending in `~`, as xinetd does).
-//! Attributes become summond keys; the rest become comments saying why.
+//! The files as xinetd's parse_conf_file reads them: `service NAME` and
+//! `defaults` blocks of `attribute op values` lines, `include FILE` and
+//! `includedir DIR`, with the limits that keep a loop or a FIFO from
+//! stalling the import. What it gathers is each block's attributes as
+//! written, and the defaults' lines in the order read.
 
 use std::path::{Path, PathBuf};
 
-use super::xinetd_entry::{Attrs, IGNORED_DEFAULTS};
-use super::{readable, Entry, ImportError, Services};
+use super::super::{readable, ImportError};
+use super::{Attrs, IGNORED_DEFAULTS};
+
 /// includedir inside includedir: deeper than this is a loop.
 const MAX_DEPTH: usize = 8;
+
 /// Files read through include and includedir, in all: more is a loop or
 /// a fan-out no configuration needs.
 const MAX_FILES: usize = 1000;
+
 /// An included file larger than this is not an xinetd configuration.
 const MAX_SIZE: u64 = 4 << 20;
 
-struct Block {
-    name: String,
-    line: usize,
-    path: String,
-    attrs: Attrs,
+/// A `service` block as written, and where.
+pub struct Block {
+    pub name: String,
+    pub line: usize,
+    pub path: String,
+    pub attrs: Attrs,
     /// How many of the defaults' lines xinetd had read when it read this
     /// service: it copies the defaults' lists into a service then
     /// (parse.c get_service_entry), so later ones do not reach it.
-    defaults_seen: usize,
+    pub defaults_seen: usize,
 }
 
 /// What reading the files gathers.
-struct Reader {
-    blocks: Vec<Block>,
-    defaults: Attrs,
-    errors: Vec<ImportError>,
+pub struct Reader {
+    pub blocks: Vec<Block>,
+    pub defaults: Attrs,
+    pub errors: Vec<ImportError>,
     /// The files being read, outermost first: one of them again is a loop.
-    stack: Vec<PathBuf>,
-    files: usize,
-}
-
-pub fn parse(path: &Path, text: &str, services: &Services) -> Result<Vec<Entry>, Vec<ImportError>> {
-    let mut r = Reader {
-        blocks: Vec::new(),
-        defaults: Vec::new(),
-        errors: Vec::new(),
-        stack: Vec::new(),
-        files: 0,
-    };
-    read_file(path, text, true, &mut r);
-    if !r.errors.is_empty() {
-        return Err(r.errors);
-    }
-    let defaults = r.defaults;
-    Ok(r.blocks
-        .into_iter()
-        .map(|b| entry(b, &defaults, services))
-        .collect())
+    pub stack: Vec<PathBuf>,
+    pub files: usize,
 }
 
 fn err(path: &Path, line: usize, message: impl Into<String>) -> ImportError {
@@ -119,7 +104,7 @@ fn read_included(file: &Path, from: &Path, line_no: usize, depth: usize, r: &mut
     }
 }
 
-fn read_file(path: &Path, text: &str, quote: bool, r: &mut Reader) {
+pub fn read_file(path: &Path, text: &str, quote: bool, r: &mut Reader) {
     r.stack
         .push(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));
     read_at(path, text, 0, quote, r);
@@ -308,20 +293,10 @@ fn attribute(line: &str) -> Result<(String, String, Vec<String>), &'static str> 
     ))
 }
 
-fn entry(b: Block, defaults: &Attrs, services: &Services) -> Entry {
-    let origin = format!("{}:{}: service {}", b.path, b.line, b.name);
-    super::xinetd_entry::entry_at(
-        &b.name,
-        origin,
-        defaults,
-        b.defaults_seen,
-        &b.attrs,
-        services,
-    )
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::super::{Entry, Services};
+    use super::super::parse;
     use super::*;
 
     #[test]
