@@ -130,124 +130,23 @@ fn read_at(path: &Path, text: &str, depth: usize, quote: bool, r: &mut Reader) {
                     awaiting_brace = false;
                     continue;
                 }
-                r.errors.push(err(
-                    path,
-                    line_no,
-                    format!(
-                        "expected `{{` alone on the line after `{}` (xinetd does not read the block otherwise)",
-                        if block.name == "defaults" {
-                            "defaults".to_string()
-                        } else {
-                            format!("service {}", block.name)
-                        }
-                    ),
-                ));
+                r.errors.push(err(path, line_no, no_opening_brace(block)));
                 return;
             }
             if line == "}" {
                 let (block, is_defaults) = current.take().expect("a block is open");
-                if is_defaults {
-                    let ignored = found_defaults;
-                    found_defaults = true;
-                    for (name, op, values) in block.attrs {
-                        // xinetd: "only 1 defaults entry is allowed. This
-                        // entry will be ignored" (per file).
-                        let op = if ignored {
-                            IGNORED_DEFAULTS.to_string()
-                        } else {
-                            op
-                        };
-                        r.defaults.push((name, op, values));
-                    }
-                } else {
-                    r.blocks.push(block);
-                }
+                close_block(block, is_defaults, &mut found_defaults, r);
                 continue;
             }
-            if line.starts_with(['{', '}']) {
-                r.errors.push(err(
-                    path,
-                    line_no,
-                    format!(
-                        "{}: xinetd takes a brace only alone on its line (a comment starts its own line), so it does not read `{}`",
-                        quoted(line, quote),
-                        block.name
-                    ),
-                ));
+            if !block_line(block, path, line_no, line, quote, r) {
                 return;
-            }
-            match attribute(line) {
-                Ok(a) => block.attrs.push(a),
-                Err(why) => r.errors.push(err(
-                    path,
-                    line_no,
-                    format!("{} is not `attribute = value`: {why}", quoted(line, quote)),
-                )),
             }
             continue;
         }
-        let mut words = line.split([' ', '\t']).filter(|w| !w.is_empty());
-        match (words.next(), words.next()) {
-            // xinetd reads the name and no more of the line: the `{`
-            // must stand alone on the next one (find_next_entry).
-            (Some("service"), Some(name)) => {
-                awaiting_brace = true;
-                current = Some((
-                    Block {
-                        name: name.to_string(),
-                        line: line_no,
-                        path: path.display().to_string(),
-                        attrs: Vec::new(),
-                        defaults_seen: r.defaults.len(),
-                    },
-                    false,
-                ));
-            }
-            (Some("defaults"), _) => {
-                awaiting_brace = true;
-                current = Some((
-                    Block {
-                        name: "defaults".into(),
-                        line: line_no,
-                        path: path.display().to_string(),
-                        attrs: Vec::new(),
-                        defaults_seen: r.defaults.len(),
-                    },
-                    true,
-                ));
-            }
-            (Some("includedir"), Some(dir)) => {
-                if depth >= MAX_DEPTH {
-                    r.errors
-                        .push(err(path, line_no, "includes nested too deep (a loop?)"));
-                    continue;
-                }
-                let Ok(read) = std::fs::read_dir(dir) else {
-                    r.errors
-                        .push(err(path, line_no, format!("cannot read directory {dir}")));
-                    continue;
-                };
-                let mut files: Vec<_> = read
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| {
-                        let n = p.file_name().and_then(|n| n.to_str()).unwrap_or(".");
-                        !n.contains('.') && !n.ends_with('~') && readable(p)
-                    })
-                    .collect();
-                files.sort();
-                for f in files {
-                    read_included(&f, path, line_no, depth, r);
-                }
-            }
-            (Some("include"), Some(file)) => {
-                read_included(Path::new(file), path, line_no, depth, r);
-            }
-            _ => r.errors.push(err(
-                path,
-                line_no,
-                format!("unexpected {}", quoted(line, quote)),
-            )),
-        }
+        current = outside_blocks(path, line_no, line, depth, quote, r);
+        // xinetd reads the name and no more of the line: the `{` must
+        // stand alone on the next one (find_next_entry).
+        awaiting_brace = current.is_some();
     }
     if let Some((block, _)) = current {
         r.errors.push(err(
@@ -255,6 +154,132 @@ fn read_at(path: &Path, text: &str, depth: usize, quote: bool, r: &mut Reader) {
             block.line,
             format!("`{}` is never closed with }}", block.name),
         ));
+    }
+}
+
+/// Why a block whose `{` is not on the next line is not read.
+fn no_opening_brace(block: &Block) -> String {
+    format!(
+        "expected `{{` alone on the line after `{}` (xinetd does not read the block otherwise)",
+        if block.name == "defaults" {
+            "defaults".to_string()
+        } else {
+            format!("service {}", block.name)
+        }
+    )
+}
+
+/// A block's `}`: a service is read; a defaults block's lines join the
+/// defaults, marked ignored when the file had one already.
+fn close_block(block: Block, is_defaults: bool, found_defaults: &mut bool, r: &mut Reader) {
+    if !is_defaults {
+        r.blocks.push(block);
+        return;
+    }
+    let ignored = *found_defaults;
+    *found_defaults = true;
+    for (name, op, values) in block.attrs {
+        // xinetd: "only 1 defaults entry is allowed. This
+        // entry will be ignored" (per file).
+        let op = if ignored {
+            IGNORED_DEFAULTS.to_string()
+        } else {
+            op
+        };
+        r.defaults.push((name, op, values));
+    }
+}
+
+/// A line inside a block: an attribute, or an error. False: a brace not
+/// alone on its line, after which the file is not read further.
+fn block_line(
+    block: &mut Block,
+    path: &Path,
+    line_no: usize,
+    line: &str,
+    quote: bool,
+    r: &mut Reader,
+) -> bool {
+    if line.starts_with(['{', '}']) {
+        r.errors.push(err(
+            path,
+            line_no,
+            format!(
+                "{}: xinetd takes a brace only alone on its line (a comment starts its own line), so it does not read `{}`",
+                quoted(line, quote),
+                block.name
+            ),
+        ));
+        return false;
+    }
+    match attribute(line) {
+        Ok(a) => block.attrs.push(a),
+        Err(why) => r.errors.push(err(
+            path,
+            line_no,
+            format!("{} is not `attribute = value`: {why}", quoted(line, quote)),
+        )),
+    }
+    true
+}
+
+/// A line outside the blocks: the block it opens (with whether it is
+/// `defaults`), or an include read at once, or an error.
+fn outside_blocks(
+    path: &Path,
+    line_no: usize,
+    line: &str,
+    depth: usize,
+    quote: bool,
+    r: &mut Reader,
+) -> Option<(Block, bool)> {
+    let mut words = line.split([' ', '\t']).filter(|w| !w.is_empty());
+    let opened = |name: &str, r: &Reader| Block {
+        name: name.to_string(),
+        line: line_no,
+        path: path.display().to_string(),
+        attrs: Vec::new(),
+        defaults_seen: r.defaults.len(),
+    };
+    match (words.next(), words.next()) {
+        (Some("service"), Some(name)) => return Some((opened(name, r), false)),
+        (Some("defaults"), _) => return Some((opened("defaults", r), true)),
+        (Some("includedir"), Some(dir)) => read_included_dir(dir, path, line_no, depth, r),
+        (Some("include"), Some(file)) => {
+            read_included(Path::new(file), path, line_no, depth, r);
+        }
+        _ => r.errors.push(err(
+            path,
+            line_no,
+            format!("unexpected {}", quoted(line, quote)),
+        )),
+    }
+    None
+}
+
+/// `includedir DIR`: its files in sorted order, skipping names with a `.`
+/// or ending in `~`, as xinetd does.
+fn read_included_dir(dir: &str, path: &Path, line_no: usize, depth: usize, r: &mut Reader) {
+    if depth >= MAX_DEPTH {
+        r.errors
+            .push(err(path, line_no, "includes nested too deep (a loop?)"));
+        return;
+    }
+    let Ok(read) = std::fs::read_dir(dir) else {
+        r.errors
+            .push(err(path, line_no, format!("cannot read directory {dir}")));
+        return;
+    };
+    let mut files: Vec<_> = read
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let n = p.file_name().and_then(|n| n.to_str()).unwrap_or(".");
+            !n.contains('.') && !n.ends_with('~') && readable(p)
+        })
+        .collect();
+    files.sort();
+    for f in files {
+        read_included(&f, path, line_no, depth, r);
     }
 }
 
