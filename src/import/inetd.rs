@@ -63,12 +63,43 @@ fn entry(
         Some((h, svc)) => (Some(h), svc),
         None => (None, service),
     };
+    let Some(stream) = listen(&mut e, host, service, socktype, proto, services)? else {
+        return Ok(e);
+    };
+    if !accept_mode(&mut e, wait, stream, server)? {
+        return Ok(e);
+    }
+    if !exec(&mut e, service, server, args)? {
+        return Ok(e);
+    }
+    let (u, g) = match user.split_once(['.', ':']) {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    credentials(&mut e, u, g);
+    if disabled {
+        e.set("disabled", "true".into());
+    }
+    Ok(e)
+}
+
+/// socktype, proto and the service's port (with its host, if given): the
+/// `listen` address. The result says whether the socket is a stream;
+/// None: refused.
+fn listen(
+    e: &mut Entry,
+    host: Option<&str>,
+    service: &str,
+    socktype: &str,
+    proto: &str,
+    services: &Services,
+) -> Result<Option<bool>, String> {
     let stream = match socktype {
         "stream" => true,
         "dgram" => false,
         other => {
             e.refuse(format!("socket type {other} is not served by summond"));
-            return Ok(e);
+            return Ok(None);
         }
     };
     let (family_any, base_proto) = match proto {
@@ -79,7 +110,7 @@ fn entry(
         other if other.starts_with("rpc/") => {
             e.unusable =
                 Some("ONC RPC services (portmapper registration) are not supported".into());
-            return Ok(e);
+            return Ok(None);
         }
         other => return Err(format!("unknown protocol {other}")),
     };
@@ -97,7 +128,12 @@ fn entry(
         Some(h) => h.to_string(),
     };
     e.set("listen", s(&format!("{base_proto}://{addr}:{port}")));
+    Ok(Some(stream))
+}
 
+/// The wait field, `wait` or `nowait` with inetd's `.max` counts:
+/// `accept`, `rate` and `max_per_source`. False: refused.
+fn accept_mode(e: &mut Entry, wait: &str, stream: bool, server: &str) -> Result<bool, String> {
     let (mode, max) = match wait.split_once('.') {
         Some((m, n)) => (m, Some(n)),
         None => (wait, None),
@@ -107,7 +143,7 @@ fn entry(
         ("wait", _) => e.set("accept", "false".into()),
         ("nowait", false) => {
             e.refuse("a datagram service in nowait mode has nothing to accept");
-            return Ok(e);
+            return Ok(false);
         }
         (other, _) => return Err(format!("wait field must be wait or nowait, found {other}")),
     }
@@ -129,7 +165,12 @@ fn entry(
             }
         }
     }
+    Ok(true)
+}
 
+/// server and args: `exec`, an internal service or the program's argv.
+/// False: refused.
+fn exec(e: &mut Entry, service: &str, server: &str, args: &[&str]) -> Result<bool, String> {
     if server == "internal" {
         if INTERNAL.contains(&service) {
             e.set("exec", list([format!("internal:{service}").as_str()]));
@@ -137,24 +178,15 @@ fn entry(
             e.unusable = Some(format!(
                 "inetd's internal {service} has no summond equivalent"
             ));
-            return Ok(e);
+            return Ok(false);
         }
     } else {
-        match program(&mut e, server, args) {
+        match program(e, server, args) {
             Some(argv) => e.set("exec", list(argv.iter().map(String::as_str))),
             None => return Err("tcpd without a program to run".into()),
         }
     }
-
-    let (u, g) = match user.split_once(['.', ':']) {
-        Some((u, g)) => (u, Some(g)),
-        None => (user, None),
-    };
-    credentials(&mut e, u, g);
-    if disabled {
-        e.set("disabled", "true".into());
-    }
-    Ok(e)
+    Ok(true)
 }
 
 /// The argv summond runs: inetd's args are the program's argv (args[0]
