@@ -47,22 +47,37 @@ impl Drop for TempDir {
     }
 }
 
-/// A loopback TCP port nobody in this test binary has used yet; the kernel
-/// picks it, we release it for summond to bind.
+/// A loopback port, free for TCP and UDP, that nobody in this test binary
+/// has used yet. It is taken below the kernel's ephemeral range
+/// (/proc/sys/net/ipv4/ip_local_port_range, 32768 up by default): a port
+/// the kernel picked and the test released could be picked again for a
+/// client's connect() before summond binds it (bind then failed with
+/// EADDRINUSE in CI).
 pub fn free_port() -> u16 {
     static USED: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind ephemeral port");
-        let port = tcp.local_addr().unwrap().port();
-        // the same port must be free for UDP too (udp services use it)
-        if UdpSocket::bind(("127.0.0.1", port)).is_err() {
+    const FIRST: u16 = 20_000;
+    const COUNT: u32 = 12_000;
+    // Where to start differs by process, so two test runs at once seldom
+    // try the same ports in the same order.
+    let start = std::process::id() % COUNT;
+    let mut used = USED.lock().unwrap();
+    let used = used.get_or_insert_with(HashSet::new);
+    for i in 0..COUNT {
+        let port = FIRST + ((start + i) % COUNT) as u16;
+        if used.contains(&port) {
             continue;
         }
-        let mut used = USED.lock().unwrap();
-        if used.get_or_insert_with(HashSet::new).insert(port) {
+        let free = TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            used.insert(port);
             return port;
         }
     }
+    panic!(
+        "no free loopback port in {FIRST}..{}",
+        u32::from(FIRST) + COUNT
+    );
 }
 
 pub fn ipv6_available() -> bool {
