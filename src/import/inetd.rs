@@ -6,9 +6,7 @@
 
 use std::path::Path;
 
-use super::{list, s, wrappers, Entry, ImportError, Services};
-
-const INTERNAL: &[&str] = &["echo", "discard", "chargen", "daytime", "time"];
+use super::{internal_exec, list, s, wrappers, Entry, ImportError, Services};
 
 pub fn parse(path: &Path, text: &str, services: &Services) -> Result<Vec<Entry>, Vec<ImportError>> {
     let mut entries = Vec::new();
@@ -172,8 +170,8 @@ fn accept_mode(e: &mut Entry, wait: &str, stream: bool, server: &str) -> Result<
 /// False: refused.
 fn exec(e: &mut Entry, service: &str, server: &str, args: &[&str]) -> Result<bool, String> {
     if server == "internal" {
-        if INTERNAL.contains(&service) {
-            e.set("exec", list([format!("internal:{service}").as_str()]));
+        if let Some(exec) = internal_exec(service) {
+            e.set("exec", exec);
         } else {
             e.unusable = Some(format!(
                 "inetd's internal {service} has no summond equivalent"

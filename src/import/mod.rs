@@ -142,6 +142,15 @@ pub fn list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
     format!("[{}]", v.join(", "))
 }
 
+/// `exec` for inetd's or xinetd's internal service `name`, if summond
+/// serves one by that name too.
+pub fn internal_exec(name: &str) -> Option<String> {
+    crate::config::Internal::ALL
+        .iter()
+        .any(|(n, _)| *n == name)
+        .then(|| list([format!("internal:{name}").as_str()]))
+}
+
 /// /etc/services: (name or alias, protocol) → port.
 pub struct Services(HashMap<(String, String), u16>);
 

@@ -2,10 +2,8 @@
 //! libwrap and tcpd: the `exec` argv, and the tcp_wrappers rules that
 //! may refuse the service.
 
-use super::super::{list, wrappers};
+use super::super::{internal_exec, list, wrappers};
 use super::{Shape, Svc};
-
-const INTERNAL: &[&str] = &["echo", "discard", "chargen", "daytime", "time"];
 
 /// server, server_args, flags NAMEINARGS, redirect, libwrap, and the
 /// tcp_wrappers check xinetd makes itself: `exec`. False: refused.
@@ -23,15 +21,14 @@ pub fn program(svc: &mut Svc, name: &str, shape: &Shape) -> bool {
         return false;
     }
     let daemon = if shape.internal {
-        if !INTERNAL.contains(&name) {
+        let Some(exec) = internal_exec(name) else {
             svc.refuse(
                 "type",
                 format!("xinetd's internal `{name}` has no summond equivalent"),
             );
             return false;
-        }
-        svc.e
-            .set("exec", list([format!("internal:{name}").as_str()]));
+        };
+        svc.e.set("exec", exec);
         svc.drop("server", "an internal service runs no program");
         svc.drop("server_args", "an internal service runs no program");
         name.to_string()
