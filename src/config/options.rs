@@ -70,9 +70,7 @@ pub(super) fn socket_mode(
     d: &mut Draft<'_>,
 ) {
     check_socket_key(cx, key, v, d);
-    d.socket.socket_mode = cx.parsed(key, v, |s| {
-        units::octal(s, 0o7777).ok_or(format!("\"{s}\" is not an octal file mode like \"0660\""))
-    });
+    d.socket.socket_mode = file_mode(cx, key, v, "file mode like \"0660\"");
 }
 
 /// `socket_directory_mode`: missing parents of a socket file are made.
@@ -83,11 +81,14 @@ pub(super) fn socket_directory_mode(
     d: &mut Draft<'_>,
 ) {
     check_socket_key(cx, key, v, d);
-    d.socket.directory_mode = cx.parsed(key, v, |s| {
-        units::octal(s, 0o7777).ok_or(format!(
-            "\"{s}\" is not an octal directory mode like \"0755\""
-        ))
-    });
+    d.socket.directory_mode = file_mode(cx, key, v, "directory mode like \"0755\"");
+}
+
+/// An octal mode up to 0o7777; `what` finishes "is not an octal …".
+fn file_mode(cx: &mut Checker<'_>, key: &'static str, v: &Value<'_>, what: &str) -> Option<u32> {
+    cx.parsed(key, v, |s| {
+        units::octal(s, 0o7777).ok_or(format!("\"{s}\" is not an octal {what}"))
+    })
 }
 
 /// `socket_user` and `socket_group`: the socket files' owner.
