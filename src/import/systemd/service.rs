@@ -413,23 +413,15 @@ fn group_name(name: &str) -> Option<String> {
 }
 
 pub(super) fn user_exists(name: &str) -> bool {
-    match name.parse::<u32>() {
-        Ok(uid) => nix::unistd::User::from_uid(uid.into())
-            .ok()
-            .flatten()
-            .is_some(),
-        Err(_) => nix::unistd::User::from_name(name).ok().flatten().is_some(),
-    }
+    let user = match name.parse::<u32>() {
+        Ok(uid) => nix::unistd::User::from_uid(uid.into()),
+        Err(_) => nix::unistd::User::from_name(name),
+    };
+    matches!(user, Ok(Some(_)))
 }
 
 pub(super) fn group_exists(name: &str) -> bool {
-    match name.parse::<u32>() {
-        Ok(gid) => nix::unistd::Group::from_gid(gid.into())
-            .ok()
-            .flatten()
-            .is_some(),
-        Err(_) => nix::unistd::Group::from_name(name).ok().flatten().is_some(),
-    }
+    group_name(name).is_some()
 }
 
 /// RootDirectory= is `chroot`; RootImage= (a disk image) has no mapping.
