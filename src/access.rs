@@ -1,6 +1,7 @@
 //! Who may connect: CIDR blocks and the allow/deny decision. Knows nothing
-//! of sockets or services; `server.rs` asks `AccessList::permits` per
-//! accepted client. An IPv4 client seen through an IPv6 socket
+//! of sockets or services; `server/connection.rs` asks
+//! `AccessList::permits` per accepted client (`server/internal/` per
+//! datagram). An IPv4 client seen through an IPv6 socket
 //! (`::ffff:a.b.c.d`) is matched as the IPv4 address, as SPEC requires.
 
 use std::fmt;

@@ -1,6 +1,6 @@
 //! Bringing signals into the event loop: the handled signals are blocked
 //! and read from a non-blocking, close-on-exec `signalfd` that mio watches.
-//! What a signal means is decided in `server.rs`; this module only
+//! What a signal means is decided in `server/mod.rs`; this module only
 //! delivers them and reaps children.
 
 use std::io;
