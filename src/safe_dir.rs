@@ -7,8 +7,9 @@
 //! is changed on it afterwards (`fchown`, `fchmod`) is changed on that
 //! directory, whatever its name leads to by then.
 //!
-//! Used for the pidfile's directory, `runtime_directory` and
-//! `socket_directory_mode`.
+//! Used for the pidfile's directory, `runtime_directory`,
+//! `socket_directory_mode` and the directories above a systemd
+//! EnvironmentFile= that `summond import` reads.
 
 use std::ffi::{CStr, CString};
 use std::fmt;
