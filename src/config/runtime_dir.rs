@@ -16,7 +16,7 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ErrorKind {
 }
 
 /// What is wrong with `name` as a runtime directory, if anything.
-pub(super) fn name_problem(name: &str) -> Option<String> {
+fn name_problem(name: &str) -> Option<String> {
     if name.starts_with('/') {
         return Some(format!(
             "\"{name}\" must be relative (it is made under /run, or $XDG_RUNTIME_DIR)"

@@ -45,7 +45,7 @@ pub fn daemon_name(program: &str) -> String {
 /// reading cannot settle (an `EXCEPT` is not evaluated: `ALL EXCEPT x`
 /// counts as applying, which can only refuse more). Each as
 /// `FILE: rule`.
-pub fn rules_for(daemon: &str, files: &[(&str, &str)]) -> Vec<String> {
+fn rules_for(daemon: &str, files: &[(&str, &str)]) -> Vec<String> {
     let mut found = Vec::new();
     for (file, text) in files {
         for rule in logical_lines(text) {
@@ -126,7 +126,7 @@ fn logical_lines(text: &str) -> Vec<String> {
 /// Read this system's hosts.allow and hosts.deny (a missing file has no
 /// rules) and return the rules that may apply to `daemon`, or why they
 /// could not be read.
-pub fn system_rules_for(daemon: &str) -> Result<Vec<String>, String> {
+fn system_rules_for(daemon: &str) -> Result<Vec<String>, String> {
     let mut texts = Vec::new();
     for file in [HOSTS_ALLOW, HOSTS_DENY] {
         match std::fs::read_to_string(Path::new(file)) {

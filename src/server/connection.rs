@@ -641,7 +641,7 @@ impl Server {
     /// EMFILE/ENFILE/EAGAIN: log once per episode and shut the gate until
     /// the back-off deadline; listeners that turn readable meanwhile are
     /// parked.
-    pub(super) fn resource_fault(&mut self, what: &str, err: &dyn fmt::Display, now: Instant) {
+    fn resource_fault(&mut self, what: &str, err: &dyn fmt::Display, now: Instant) {
         note_resource_fault(&mut self.shortage.backoff, what, err, now);
     }
 }

@@ -160,7 +160,7 @@ pub fn entry(
 /// The service `name`, read by xinetd after the first `seen` lines of
 /// `defaults` (the lists it takes from them), with all of them for the
 /// rest.
-pub fn entry_at(
+fn entry_at(
     name: &str,
     origin: String,
     defaults: &Attrs,
