@@ -386,7 +386,6 @@ pub fn adopt(addr: ListenAddr, socket: Socket) -> Result<Listener, ListenError> 
     })
 }
 
-/// Create, bind and (for stream sockets) listen on `addr`.
 /// `socket_directory_mode`: the directory the socket file goes in, made
 /// with its missing parents (`mode`, summond's uid), never through a
 /// symbolic link: the walk from / refuses one anywhere on the path.
@@ -398,6 +397,7 @@ fn make_parent(path: &Path, mode: u32) -> Result<(), ListenError> {
     Ok(())
 }
 
+/// Create, bind and (for stream sockets) listen on `addr`.
 pub fn open(addr: &ListenAddr, opts: ListenOptions) -> Result<Listener, ListenError> {
     let backlog = opts.backlog.unwrap_or(DEFAULT_BACKLOG);
     let (socket, sockaddr, unix_path) = match addr {
