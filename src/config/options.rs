@@ -62,33 +62,22 @@ fn check_socket_key(cx: &mut Checker<'_>, key: &'static str, v: &Value<'_>, d: &
     }
 }
 
-/// `socket_mode`: the unix socket files' mode.
-pub(super) fn socket_mode(
+/// `socket_mode`: the unix socket files' mode; `socket_directory_mode`:
+/// the mode of the missing parents of a socket file, which are made.
+pub(super) fn socket_modes(
     cx: &mut Checker<'_>,
     key: &'static str,
     v: &Value<'_>,
     d: &mut Draft<'_>,
 ) {
     check_socket_key(cx, key, v, d);
-    d.socket.socket_mode = file_mode(cx, key, v, "file mode like \"0660\"");
-}
-
-/// `socket_directory_mode`: missing parents of a socket file are made.
-pub(super) fn socket_directory_mode(
-    cx: &mut Checker<'_>,
-    key: &'static str,
-    v: &Value<'_>,
-    d: &mut Draft<'_>,
-) {
-    check_socket_key(cx, key, v, d);
-    d.socket.directory_mode = file_mode(cx, key, v, "directory mode like \"0755\"");
-}
-
-/// An octal mode up to 0o7777; `what` finishes "is not an octal …".
-fn file_mode(cx: &mut Checker<'_>, key: &'static str, v: &Value<'_>, what: &str) -> Option<u32> {
-    cx.parsed(key, v, |s| {
-        units::octal(s, 0o7777).ok_or(format!("\"{s}\" is not an octal {what}"))
-    })
+    let (field, example) = match key {
+        "socket_mode" => (&mut d.socket.socket_mode, "file mode like \"0660\""),
+        _ => (&mut d.socket.directory_mode, "directory mode like \"0755\""),
+    };
+    *field = cx.parsed(key, v, |s| {
+        units::octal(s, 0o7777).ok_or(format!("\"{s}\" is not an octal {example}"))
+    });
 }
 
 /// `socket_user` and `socket_group`: the socket files' owner.

@@ -53,10 +53,10 @@ const HANDLERS: &[(&str, Handler)] = &[
     }),
     ("allow", access),
     ("deny", access),
-    ("socket_mode", options::socket_mode),
+    ("socket_mode", options::socket_modes),
     ("socket_user", options::socket_owner),
     ("socket_group", options::socket_owner),
-    ("socket_directory_mode", options::socket_directory_mode),
+    ("socket_directory_mode", options::socket_modes),
     ("clear_env", |cx, k, v, d| {
         set_flag(cx, k, v, &mut d.clear_env)
     }),
