@@ -55,15 +55,9 @@ pub(super) fn names(cx: &mut Checker<'_>, key: &'static str, v: &Value<'_>, d: &
 
 /// `runtime_directory_mode`; the draft's is None after an error.
 pub(super) fn mode(cx: &mut Checker<'_>, key: &'static str, v: &Value<'_>, d: &mut Draft<'_>) {
-    let Some(s) = cx.string(key, v) else {
-        d.runtime_directory_mode = None;
-        return;
-    };
-    d.runtime_directory_mode = units::octal(s, 0o7777);
-    if d.runtime_directory_mode.is_none() {
-        let why = format!("\"{s}\" is not an octal file mode like \"0755\"");
-        cx.at(v.span(), invalid(key, why));
-    }
+    d.runtime_directory_mode = cx.parsed(key, v, |s| {
+        units::octal(s, 0o7777).ok_or(format!("\"{s}\" is not an octal file mode like \"0755\""))
+    });
 }
 
 impl Checker<'_> {
