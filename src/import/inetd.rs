@@ -1,8 +1,9 @@
 //! inetd.conf: `service socktype proto wait[.max] user[.group] server args…`
 //! per line, as Debian's update-inetd writes it (a line it disabled starts
 //! with `#<off>#`). `internal` servers become summond's internal services;
-//! a tcpd wrapper is unwrapped (its hosts.allow rules are not carried
-//! over, and said so).
+//! a tcpd wrapper is unwrapped, and said so, when hosts.allow and
+//! hosts.deny have no rule that may apply to its program; a service they
+//! may restrict is refused (summond does not read them).
 
 use std::path::Path;
 
