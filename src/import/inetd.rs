@@ -107,8 +107,7 @@ fn listen(
         "tcp6" => ("[::]", "tcp"),
         "udp6" => ("[::]", "udp"),
         other if other.starts_with("rpc/") => {
-            e.unusable =
-                Some("ONC RPC services (portmapper registration) are not supported".into());
+            e.refuse("ONC RPC services (portmapper registration) are not supported");
             return Ok(None);
         }
         other => return Err(format!("unknown protocol {other}")),
@@ -174,7 +173,7 @@ fn exec(e: &mut Entry, service: &str, server: &str, args: &[&str]) -> Result<boo
         if let Some(exec) = internal_exec(service) {
             e.set("exec", exec);
         } else {
-            e.unusable = Some(format!(
+            e.refuse(format!(
                 "inetd's internal {service} has no summond equivalent"
             ));
             return Ok(false);

@@ -151,6 +151,25 @@ pub fn internal_exec(name: &str) -> Option<String> {
         .then(|| list([format!("internal:{name}").as_str()]))
 }
 
+/// The name of the user `name` (a name or a uid) if there is one here:
+/// the importers refuse a service whose user is unknown.
+pub fn user_name(name: &str) -> Option<String> {
+    let user = match name.parse::<u32>() {
+        Ok(uid) => nix::unistd::User::from_uid(uid.into()),
+        Err(_) => nix::unistd::User::from_name(name),
+    };
+    user.ok().flatten().map(|u| u.name)
+}
+
+/// The name of the group `name` (a name or a gid) if there is one here.
+pub fn group_name(name: &str) -> Option<String> {
+    let group = match name.parse::<u32>() {
+        Ok(gid) => nix::unistd::Group::from_gid(gid.into()),
+        Err(_) => nix::unistd::Group::from_name(name),
+    };
+    group.ok().flatten().map(|g| g.name)
+}
+
 /// /etc/services: (name or alias, protocol) → port.
 pub struct Services(HashMap<(String, String), u16>);
 
@@ -333,12 +352,10 @@ fn one_service_per_address(entries: &mut [Entry]) {
             continue;
         };
         match owner.get(listen) {
-            Some(first) => {
-                e.unusable = Some(format!(
-                    "its address {listen} is already used by \"{first}\" above; \
+            Some(first) => e.refuse(format!(
+                "its address {listen} is already used by \"{first}\" above; \
                      enable one of the two"
-                ))
-            }
+            )),
             None => {
                 owner.insert(listen.clone(), e.name.clone());
             }

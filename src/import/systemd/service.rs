@@ -8,7 +8,7 @@ use super::exec::{self, Prefixes, Specifiers, Used};
 use super::keys::RLIMITS;
 use super::unit::Section;
 use super::{yes, File, Import};
-use crate::import::{key, list, num, s};
+use crate::import::{group_name, key, list, num, s, user_name};
 
 const SECTION: &str = "Service";
 
@@ -394,30 +394,8 @@ fn credentials(im: &mut Import, svc: &Section, spec: &Specifiers<'_>, p: &Prefix
     root_directory(im, svc, spec);
 }
 
-/// The name of the user `name` (a name or a uid), if there is one here.
-fn user_name(name: &str) -> Option<String> {
-    let user = match name.parse::<u32>() {
-        Ok(uid) => nix::unistd::User::from_uid(uid.into()),
-        Err(_) => nix::unistd::User::from_name(name),
-    };
-    user.ok().flatten().map(|u| u.name)
-}
-
-/// The name of the group `name` (a name or a gid), if there is one here.
-fn group_name(name: &str) -> Option<String> {
-    let group = match name.parse::<u32>() {
-        Ok(gid) => nix::unistd::Group::from_gid(gid.into()),
-        Err(_) => nix::unistd::Group::from_name(name),
-    };
-    group.ok().flatten().map(|g| g.name)
-}
-
 pub(super) fn user_exists(name: &str) -> bool {
-    let user = match name.parse::<u32>() {
-        Ok(uid) => nix::unistd::User::from_uid(uid.into()),
-        Err(_) => nix::unistd::User::from_name(name),
-    };
-    matches!(user, Ok(Some(_)))
+    user_name(name).is_some()
 }
 
 pub(super) fn group_exists(name: &str) -> bool {

@@ -1,24 +1,8 @@
 //! The process a service runs: user, group and groups; instances,
 //! per_source, cps, max_load, nice, umask and rlimits; env and passenv.
 
-use super::super::{key, list, s};
+use super::super::{group_name, key, list, s, user_name};
 use super::{unreadable, Shape, Svc};
-
-fn lookup_user(u: &str) -> Option<String> {
-    let found = match u.parse::<u32>() {
-        Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
-        Err(_) => nix::unistd::User::from_name(u),
-    };
-    found.ok().flatten().map(|u| u.name)
-}
-
-fn lookup_group(g: &str) -> Option<String> {
-    let found = match g.parse::<u32>() {
-        Ok(gid) => nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)),
-        Err(_) => nix::unistd::Group::from_name(g),
-    };
-    found.ok().flatten().map(|g| g.name)
-}
 
 /// user, group, groups. An unknown user or group refuses the service
 /// (run as root instead, it would be more than the input allowed).
@@ -41,7 +25,7 @@ pub fn identity(svc: &mut Svc, shape: &Shape) {
         );
     }
     if let Some(u) = svc.r.one("user") {
-        match lookup_user(&u) {
+        match user_name(&u) {
             Some(name) => {
                 if name != "root" {
                     svc.e.set("user", s(&name));
@@ -53,7 +37,7 @@ pub fn identity(svc: &mut Svc, shape: &Shape) {
         }
     }
     if let Some(g) = svc.r.one("group") {
-        match lookup_group(&g) {
+        match group_name(&g) {
             Some(name) => {
                 svc.e.set("group", s(&name));
                 runs_as = true;
