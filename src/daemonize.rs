@@ -278,33 +278,8 @@ pub enum PidfileError {
     UnsafeDirectory {
         path: PathBuf,
         dir: PathBuf,
-        why: DirectoryRefusal,
+        why: crate::safe_dir::DirectoryRefusal,
     },
-}
-
-/// Why a directory above the pidfile is refused (OpenSSH's StrictModes).
-#[derive(Debug, PartialEq, Eq)]
-pub enum DirectoryRefusal {
-    /// Owned by this uid, neither root nor summond's.
-    Owner(u32),
-    /// Writable by group or others (this mode) without the sticky bit.
-    Writable(u32),
-}
-
-impl fmt::Display for DirectoryRefusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DirectoryRefusal::Owner(uid) => write!(
-                f,
-                "is owned by uid {uid}, neither root nor summond's uid {}",
-                nix::unistd::geteuid()
-            ),
-            DirectoryRefusal::Writable(mode) => write!(
-                f,
-                "is writable by others than its owner (mode {mode:04o}, no sticky bit)"
-            ),
-        }
-    }
 }
 
 /// Why a pidfile is refused.
@@ -537,7 +512,7 @@ fn open_parent(path: &Path) -> Result<(OwnedFd, CString), PidfileError> {
 
 fn check_directory(dir: &OwnedFd, shown: &Path, path: &Path) -> Result<(), PidfileError> {
     let st = nix::sys::stat::fstat(dir).map_err(|e| PidfileError::Open(path.into(), e.into()))?;
-    let why = directory_refusal(st.st_uid, st.st_mode as u32);
+    let why = crate::safe_dir::strict_refusal(st.st_uid, st.st_mode as u32);
     match why {
         None => Ok(()),
         Some(why) => Err(PidfileError::UnsafeDirectory {
@@ -548,16 +523,6 @@ fn check_directory(dir: &OwnedFd, shown: &Path, path: &Path) -> Result<(), Pidfi
     }
 }
 
-/// What is wrong with a directory above the pidfile, if anything.
-fn directory_refusal(uid: u32, mode: u32) -> Option<DirectoryRefusal> {
-    if uid != 0 && uid != nix::unistd::geteuid().as_raw() {
-        return Some(DirectoryRefusal::Owner(uid));
-    }
-    if mode & 0o022 != 0 && mode & libc::S_ISVTX == 0 {
-        return Some(DirectoryRefusal::Writable(mode & 0o7777));
-    }
-    None
-}
 
 impl Drop for Pidfile {
     /// Remove the file from the directory it was opened in, and only if

@@ -85,6 +85,9 @@ pub enum ListenError {
     Replaced(PathBuf),
     /// `socket_directory_mode`: the socket's directory could not be made.
     Directory(crate::safe_dir::WalkError),
+    /// With socket_directory_mode: a directory on the socket's path that
+    /// another user controls.
+    UnsafeDirectory(PathBuf, crate::safe_dir::DirectoryRefusal),
 }
 
 impl fmt::Display for ListenError {
@@ -96,6 +99,11 @@ impl fmt::Display for ListenError {
             ListenError::Chmod(e) => write!(f, "chmod: {e}"),
             ListenError::Chown(e) => write!(f, "chown: {e}"),
             ListenError::Directory(e) => write!(f, "socket directory: {e}"),
+            ListenError::UnsafeDirectory(dir, why) => write!(
+                f,
+                "socket directory: {} {why}: another user could swap a directory on the path",
+                dir.display()
+            ),
             ListenError::Live(p) => write!(
                 f,
                 "{} is in use: another process is listening on it",
@@ -393,7 +401,18 @@ fn make_parent(path: &Path, mode: u32) -> Result<(), ListenError> {
     let Some(parent) = path.parent() else {
         return Ok(());
     };
-    crate::safe_dir::walk(parent, Some(mode), |_, _| Ok(()), ListenError::Directory)?;
+    // Every directory on the way held by root or summond alone (as the
+    // pidfile's): one another user may write could have a component
+    // swapped for a link between this walk and bind(2), which goes by
+    // the path again (and moved a root socket elsewhere).
+    let strict = |dir: &OwnedFd, walked: &Path| {
+        let st = fstat(dir).map_err(|e| ListenError::Bind(e.into()))?;
+        match crate::safe_dir::strict_refusal(st.st_uid, st.st_mode) {
+            None => Ok(()),
+            Some(why) => Err(ListenError::UnsafeDirectory(walked.to_path_buf(), why)),
+        }
+    };
+    crate::safe_dir::walk(parent, Some(mode), strict, ListenError::Directory)?;
     Ok(())
 }
 

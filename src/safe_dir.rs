@@ -22,6 +22,45 @@ use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{Mode, SFlag};
 
+/// Why a directory on a path root uses is refused (OpenSSH's StrictModes):
+/// another user could swap what it holds under summond.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DirectoryRefusal {
+    /// Owned by this uid, neither root nor summond's.
+    Owner(u32),
+    /// Writable by group or others (this mode) without the sticky bit.
+    Writable(u32),
+}
+
+impl fmt::Display for DirectoryRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DirectoryRefusal::Owner(uid) => write!(
+                f,
+                "is owned by uid {uid}, neither root nor summond's uid {}",
+                nix::unistd::geteuid()
+            ),
+            DirectoryRefusal::Writable(mode) => write!(
+                f,
+                "is writable by others than its owner (mode {mode:04o}, no sticky bit)"
+            ),
+        }
+    }
+}
+
+/// What is wrong with a directory (its owner and mode) on a path root
+/// uses, if anything: owned by root or summond's uid, and writable by no
+/// one else unless sticky.
+pub fn strict_refusal(uid: u32, mode: u32) -> Option<DirectoryRefusal> {
+    if uid != 0 && uid != nix::unistd::geteuid().as_raw() {
+        return Some(DirectoryRefusal::Owner(uid));
+    }
+    if mode & 0o022 != 0 && mode & nix::libc::S_ISVTX == 0 {
+        return Some(DirectoryRefusal::Writable(mode & 0o7777));
+    }
+    None
+}
+
 /// Why a directory could not be reached.
 #[derive(Debug)]
 pub enum WalkError {
