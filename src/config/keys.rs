@@ -122,7 +122,7 @@ pub const KEY_DOCS: &[KeyDoc] = &[
     key("service", "no_new_privs", "BOOL", "true", "Set PR_SET_NO_NEW_PRIVS in the child, so setuid programs gain nothing."),
     key("service", "supplementary_groups", "BOOL", "true", "Give the child the user's groups from the group database; false: only the primary group."),
     key("service", "extra_groups", "[GROUP, ...]", "", "More supplementary groups for the child, after the user's (or after its primary group alone, with supplementary_groups = false) (root only)."),
-    key("service", "runtime_directory", "NAME | [NAME, ...]", "", "Directories made under /run (as non-root: $XDG_RUNTIME_DIR) when the service is set up (start, reload, upgrade), owned by the service's user and group; relative names of letters, digits, _ . - joined by /; never made through a symbolic link; left in place at stop."),
+    key("service", "runtime_directory", "NAME | [NAME, ...]", "", "Directories made under /run (as non-root: $XDG_RUNTIME_DIR) when the service is set up (start, reload, upgrade), owned by the service's user and group; relative names of letters, digits, _ . - joined by /; never made through a symbolic link; two enabled services may share one only with the same owner and mode; left in place at stop."),
     key("service", "runtime_directory_mode", "\"OCTAL\"", "\"0755\"", "The mode of the runtime_directory directories (parents summond makes on the way get 0755)."),
     key("service", "max_runtime", "DURATION", "", "Accept mode: SIGTERM the child's process group after this long, SIGKILL 5 s later."),
     key("service", "idle_timeout", "DURATION", "\"5m\"", "Internal services over TCP: close a client after this long without a byte moved either way."),

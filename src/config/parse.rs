@@ -572,6 +572,9 @@ pub(super) struct Seen {
     /// Name → the file (index into `files`) and line that first defined it.
     pub(super) names: FxHashMap<Rc<str>, (usize, usize)>,
     addrs: FxHashMap<ListenAddr, Rc<str>>,
+    /// A `runtime_directory` path → the first enabled service naming it,
+    /// and the uid, gid and mode it gives it.
+    pub(super) runtime_dirs: FxHashMap<PathBuf, (String, (u32, u32, u32))>,
 }
 
 impl Seen {

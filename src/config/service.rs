@@ -12,6 +12,7 @@
 //! `working_directory` needs `chroot`, which comes after it, so it is
 //! checked in a step after the handlers.
 
+use std::collections::hash_map::Entry;
 use std::ops::Range;
 use std::path::PathBuf;
 
@@ -158,10 +159,60 @@ impl Checker<'_> {
         self.check_working_directory(&mut d);
         self.check_against_mode(t, &d);
         let credentials = self.service_credentials(&d);
+        self.check_shared_runtime_dirs(t, &mut d, credentials.as_ref());
         if self.errors.len() != errors_before {
             return None;
         }
         d.build(credentials)
+    }
+
+    /// A `runtime_directory` another enabled service names too must get
+    /// the same owner and mode from both: each service gives it its own
+    /// when set up, so which one it had would depend on which service a
+    /// reload touched last.
+    fn check_shared_runtime_dirs(
+        &mut self,
+        t: &Table<'_, '_>,
+        d: &mut Draft<'_>,
+        credentials: Option<&Credentials>,
+    ) {
+        let (Some((names, base)), Some(mode), Some(v), false) = (
+            &d.runtime_directory,
+            d.runtime_directory_mode,
+            t.field("runtime_directory"),
+            d.disabled,
+        ) else {
+            return;
+        };
+        let Some(label) = d.name.as_ref().map(|n| n.0.clone()) else {
+            return;
+        };
+        let uid = credentials
+            .and_then(|c| c.uid)
+            .unwrap_or_else(|| nix::unistd::geteuid().as_raw());
+        let gid = credentials.map_or_else(|| nix::unistd::getegid().as_raw(), |c| c.gid);
+        for name in names {
+            let claim = (label.clone(), (uid, gid, mode));
+            let other = match d.seen.runtime_dirs.entry(base.join(name)) {
+                Entry::Vacant(e) => {
+                    e.insert(claim);
+                    continue;
+                }
+                Entry::Occupied(e) if e.get().1 == claim.1 => continue,
+                Entry::Occupied(e) => e.get().0.clone(),
+            };
+            let reason = format!(
+                "\"{name}\" is also service \"{other}\"'s runtime directory, with another \
+                 owner or mode (it can have only one)"
+            );
+            self.at(
+                v.span(),
+                ErrorKind::Invalid {
+                    key: "runtime_directory",
+                    reason,
+                },
+            );
+        }
     }
 
     fn report_missing(&mut self, t: &Table<'_, '_>, span: Range<usize>) {

@@ -350,6 +350,30 @@ fn runtime_directory_names_are_checked_with_their_positions() {
 }
 
 #[test]
+fn a_runtime_directory_shared_by_services_must_have_one_owner_and_mode() {
+    // Each service would give it its own owner and mode, and which one
+    // wins would depend on which service a reload touched last.
+    let two = |a: &str, b: &str| {
+        format!(
+            "{SVC}runtime_directory = \"shared\"\n{a}\n[[service]]\nname = \"t\"\n\
+             listen = \"tcp://127.0.0.1:7008\"\nexec = [\"cat\"]\nruntime_directory = [\"own\", \"shared\"]\n{b}\n"
+        )
+    };
+    assert_eq!(ok(&two("", "")).services.len(), 2);
+    assert_eq!(
+        errs(&two("", "runtime_directory_mode = \"0700\""), true),
+        ["t.toml:11:21: `runtime_directory`: \"shared\" is also service \"s\"'s runtime directory, with another owner or mode (it can have only one)"]
+    );
+    // A disabled service makes none.
+    assert_eq!(
+        ok(&two("disabled = true", "runtime_directory_mode = \"0700\""))
+            .services
+            .len(),
+        2
+    );
+}
+
+#[test]
 fn runtime_directory_as_non_root_needs_xdg_runtime_dir() {
     let text = format!("{SVC}runtime_directory = \"x\"\n");
     let mut h = host(false);
