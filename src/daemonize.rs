@@ -523,7 +523,6 @@ fn check_directory(dir: &OwnedFd, shown: &Path, path: &Path) -> Result<(), Pidfi
     }
 }
 
-
 impl Drop for Pidfile {
     /// Remove the file from the directory it was opened in, and only if
     /// the name there is still our file: whatever else is there now
