@@ -23,8 +23,10 @@ use crate::control::{Reply, Status};
 use crate::limits::Backoff;
 use crate::listener::{ListenOptions, Listener};
 use crate::metrics::{self as prom, Request, Scrape, ScrapeState};
+use crate::upgrade::ListenerState;
 
 use super::connection::{is_resource_error, note_resource_fault};
+use super::sockets::listener_state;
 use super::timers::{Timer, TimerKey, Timers};
 use super::{TokenKind, Tokens, CONTROL, CONTROL_SOCKET_MODE, METRICS};
 
@@ -111,6 +113,15 @@ impl Endpoints {
             .as_mut()
             .filter(|l| &l.addr == addr)
             .map(|l| (l, ListenOptions::default(), "metrics"))
+    }
+
+    /// The control socket and the metrics listener, for the next image of
+    /// an upgrade.
+    pub fn to_state(&self) -> impl Iterator<Item = ListenerState> + '_ {
+        self.control
+            .iter()
+            .chain(self.metrics.iter())
+            .map(listener_state)
     }
 
     /// Swap the control socket (the old one's file is removed on drop).

@@ -25,12 +25,15 @@
 //!   socket now), or `release` if it never started.
 //!
 //! A reload moves a kept socket to its new owner (`reassign`) in whatever
-//! state it is; `remove` closes one, `clear` all at stop.
+//! state it is; `remove` closes one, `clear` all at stop. An upgrade hands
+//! each socket to the next image (`to_state`), which takes it back as a
+//! `Carried` socket.
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use mio::unix::SourceFd;
@@ -38,10 +41,11 @@ use mio::{Interest, Registry, Token};
 use nix::libc;
 use nix::unistd::Pid;
 
-use crate::addr::ListenAddr;
+use crate::addr::{ListenAddr, UnixPath};
 use crate::config::Config;
-use crate::listener::Listener;
+use crate::listener::{ListenError, ListenOptions, Listener};
 use crate::queue::QueueHead;
+use crate::upgrade::ListenerState;
 
 use super::children::HeldSocket;
 
@@ -326,6 +330,106 @@ impl SocketTable {
             self.remove(registry, a);
         }
     }
+
+    /// The open sockets, for the next image of an upgrade.
+    pub fn to_state(&self) -> impl Iterator<Item = ListenerState> + '_ {
+        self.sockets.values().map(|s| listener_state(&s.listener))
+    }
+}
+
+/// What the next image of an upgrade needs of a listening socket: its
+/// fd, its address, the file summond made for it, the options applied.
+pub(super) fn listener_state(l: &Listener) -> ListenerState {
+    ListenerState {
+        fd: l.socket.as_raw_fd(),
+        addr: l.addr.to_string(),
+        file: l.created_file(),
+        options: l.applied().copied(),
+    }
+}
+
+/// A listening socket the previous image of an upgrade handed over, as
+/// it comes out of the state: the listener that serves it on was adopted
+/// by `Server::new` (as a duplicate), and takes the rest over here.
+pub(super) struct Carried {
+    pub addr: ListenAddr,
+    /// The socket file that image made, to be removed by whoever has it.
+    file: Option<(PathBuf, u64, u64)>,
+    /// The options it applied (none from an older image).
+    options: Option<ListenOptions>,
+}
+
+impl Carried {
+    /// Close the state's fd (the original: `new` adopted a duplicate) and
+    /// read its address; none if that does not read.
+    pub fn take(l: ListenerState) -> Option<Carried> {
+        // SAFETY: the state names this fd, and only here is it taken.
+        drop(unsafe { OwnedFd::from_raw_fd(l.fd) });
+        let addr = carried_addr(l.addr.parse().ok()?, l.file.as_ref());
+        Some(Carried {
+            addr,
+            file: l.file,
+            options: l.options,
+        })
+    }
+
+    /// `listener`, bound at the same address, takes it over: the removal
+    /// of its file, and the options `wanted` as a reload would give a kept
+    /// socket (the mode, owner and group of its file, through
+    /// `Listener::apply` on the file bound only; the backlog and so on)
+    /// if they differ from what the previous image applied.
+    pub fn take_over(
+        self,
+        listener: &mut Listener,
+        wanted: &ListenOptions,
+    ) -> Result<(), ListenError> {
+        let due = options_due(self.options.as_ref(), wanted, self.file.is_some());
+        if let Some(file) = self.file {
+            listener.claim_file(file);
+        }
+        listener.set_applied(self.options);
+        if due {
+            listener.apply(wanted)?;
+        }
+        Ok(())
+    }
+
+    /// No listener of the new config has its address: its file, if the
+    /// previous image made one, is removed now, as a reload would have
+    /// (nobody else ever would). Whether there was one.
+    pub fn forsake(self) -> bool {
+        let had = self.file.is_some();
+        if let Some(file) = self.file {
+            crate::listener::remove_created_file(file);
+        }
+        had
+    }
+}
+
+/// The address a carried socket is bound at: the state's text (lossy
+/// where the path is not UTF-8, as a control socket beside such a config
+/// is), with the path of the file bound, which is the bytes.
+fn carried_addr(addr: ListenAddr, file: Option<&(PathBuf, u64, u64)>) -> ListenAddr {
+    match (addr, file) {
+        (ListenAddr::Unix(UnixPath::File(_)), Some(file)) => {
+            ListenAddr::Unix(UnixPath::File(file.0.clone()))
+        }
+        (ListenAddr::UnixGram(UnixPath::File(_)), Some(file)) => {
+            ListenAddr::UnixGram(UnixPath::File(file.0.clone()))
+        }
+        (other, _) => other,
+    }
+}
+
+/// Are `wanted` options to be applied to a carried socket? If they differ
+/// from those its previous image `applied`; one whose options that image
+/// did not say (an older image) is set if summond made its file
+/// (`had_file`), and one handed to summond is left as it came.
+fn options_due(applied: Option<&ListenOptions>, wanted: &ListenOptions, had_file: bool) -> bool {
+    match applied {
+        Some(before) => before != wanted,
+        None => had_file,
+    }
 }
 
 /// What a reload does to the sockets, keyed by address.
@@ -387,6 +491,32 @@ mod tests {
 
     fn addr(s: &str) -> ListenAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_carried_socket_keeps_its_file_path_and_takes_changed_options() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = PathBuf::from(OsStr::from_bytes(b"/run/s\xff.sock"));
+        let file = (bytes.clone(), 1, 2);
+        let lossy = addr(&format!("unix://{}", bytes.to_string_lossy()));
+        assert_eq!(
+            carried_addr(lossy, Some(&file)),
+            ListenAddr::Unix(UnixPath::File(bytes)),
+            "the path bound, not its text"
+        );
+        let tcp = addr("tcp://127.0.0.1:1");
+        assert_eq!(carried_addr(tcp.clone(), Some(&file)), tcp);
+
+        let plain = ListenOptions::default();
+        let moded = ListenOptions {
+            socket_mode: Some(0o600),
+            ..plain
+        };
+        assert!(!options_due(Some(&plain), &plain, true), "unchanged");
+        assert!(options_due(Some(&plain), &moded, false), "changed");
+        assert!(options_due(None, &plain, true), "an older image's own file");
+        assert!(!options_due(None, &moded, false), "a socket handed to it");
     }
 
     #[test]

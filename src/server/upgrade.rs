@@ -10,7 +10,7 @@
 use rustc_hash::FxHashMap;
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,11 +24,10 @@ use nix::unistd::Pid;
 
 use super::children::{Child, StoppingGroup};
 use super::connection::PendingConnection;
+use super::sockets::Carried;
 use super::timers::{Timer, TimerKey};
 use super::Server;
-use crate::addr::{ListenAddr, UnixPath};
 use crate::config::Config;
-use crate::listener::ListenOptions;
 use crate::stats::ExitText;
 use crate::upgrade::{self, ChildState, LimitsState, ListenerState, State, StoppingState};
 
@@ -305,18 +304,8 @@ impl Server {
     /// Everything the next image needs to serve on as this one does.
     /// `config`: the running config, as JSON.
     fn handover_state(&self, config: String) -> State {
-        let listeners: Vec<ListenerState> = self
-            .sockets
-            .iter()
-            .map(|s| &s.listener)
-            .chain(self.endpoints.control.iter())
-            .chain(self.endpoints.metrics.iter())
-            .map(|l| ListenerState {
-                fd: l.socket.as_raw_fd(),
-                addr: l.addr.to_string(),
-                file: l.created_file(),
-                options: l.applied().copied(),
-            })
+        let listeners = (self.sockets.to_state())
+            .chain(self.endpoints.to_state())
             .collect();
         let now = Instant::now();
         let children = self.children.to_state(now, |id| {
@@ -499,33 +488,28 @@ impl Server {
         self.reap_children();
     }
 
-    /// The listening sockets' fds the state names: the originals close
-    /// here (`new` adopted duplicates); each file is claimed and each
-    /// socket takes the new config's options.
+    /// The listening sockets the state names, each taken over by its
+    /// listener in the socket table or the endpoints (which `new` opened
+    /// by adopting a duplicate); the original fds close.
     fn resume_listeners(&mut self, listeners: Vec<ListenerState>) {
-        for l in listeners {
-            // SAFETY: the state names this fd, and only here is it taken.
-            drop(unsafe { OwnedFd::from_raw_fd(l.fd) });
-            let Ok(addr) = l.addr.parse::<ListenAddr>() else {
+        for carried in listeners.into_iter().filter_map(Carried::take) {
+            let addr = carried.addr.clone();
+            let found = match self.sockets.get_mut(&addr) {
+                Some(sock) => {
+                    let svc = &self.services[sock.service];
+                    Some((&mut sock.listener, svc.spec.socket, svc.spec.name.as_str()))
+                }
+                None => self.endpoints.listener_mut(&addr),
+            };
+            let Some((listener, wanted, owner)) = found else {
+                if carried.forsake() {
+                    debug!("{addr}: no longer configured; removing its socket file");
+                }
                 continue;
             };
-            let had_file = l.file.is_some();
-            // The address is text (lossy where the path is not UTF-8, as
-            // a control socket beside such a config is); the file's path
-            // is the bytes bound.
-            let addr = match (addr, &l.file) {
-                (ListenAddr::Unix(UnixPath::File(_)), Some(file)) => {
-                    ListenAddr::Unix(UnixPath::File(file.0.clone()))
-                }
-                (ListenAddr::UnixGram(UnixPath::File(_)), Some(file)) => {
-                    ListenAddr::UnixGram(UnixPath::File(file.0.clone()))
-                }
-                (other, _) => other,
-            };
-            if let Some(file) = l.file {
-                self.claim_file(&addr, file);
+            if let Err(e) = carried.take_over(listener, &wanted) {
+                error!("{owner}: {addr}: {e}");
             }
-            self.apply_carried_options(&addr, l.options, had_file);
         }
     }
 
@@ -563,53 +547,5 @@ impl Server {
                 .map(|at| self.timers.add(at, Timer::RuntimeUp { pid, started_at }));
             self.children.insert(pid, child);
         }
-    }
-
-    /// A carried socket takes the new config's options as a reload would
-    /// give a kept one: the mode, owner and group of its file (through
-    /// `Listener::apply`, on the file bound only), the backlog and so on,
-    /// if they differ from what the previous image applied. A socket
-    /// whose options that image did not say (an older image) is set if
-    /// summond made its file; one handed to summond is left as it came.
-    fn apply_carried_options(
-        &mut self,
-        addr: &ListenAddr,
-        carried: Option<ListenOptions>,
-        had_file: bool,
-    ) {
-        let (listener, wanted, owner) = if let Some(sock) = self.sockets.get_mut(addr) {
-            let svc = &self.services[sock.service];
-            (&mut sock.listener, svc.spec.socket, svc.spec.name.as_str())
-        } else if let Some(found) = self.endpoints.listener_mut(addr) {
-            found
-        } else {
-            return;
-        };
-        listener.set_applied(carried);
-        let due = match carried {
-            Some(before) => before != wanted,
-            None => had_file,
-        };
-        if due {
-            if let Err(e) = listener.apply(&wanted) {
-                error!("{owner}: {addr}: {e}");
-            }
-        }
-    }
-
-    /// Take over the removal of a socket file the previous image created;
-    /// one whose address the new config dropped is removed now, as a
-    /// reload would have (nobody else ever would).
-    fn claim_file(&mut self, addr: &ListenAddr, file: (PathBuf, u64, u64)) {
-        if let Some(sock) = self.sockets.get_mut(addr) {
-            sock.listener.claim_file(file);
-            return;
-        }
-        if let Some((l, _, _)) = self.endpoints.listener_mut(addr) {
-            l.claim_file(file);
-            return;
-        }
-        debug!("{addr}: no longer configured; removing its socket file");
-        crate::listener::remove_created_file(file);
     }
 }
