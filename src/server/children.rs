@@ -97,7 +97,7 @@ impl StoppingGroup {
     /// the hand-over (`now`), the SIGKILL's timer set again. Its leader is
     /// still a child of this process, running or a zombie held unreaped
     /// across the exec, so the group is still the one stopped.
-    pub fn resumed(g: StoppingState, now: Instant, timers: &mut Timers) -> (Pid, StoppingGroup) {
+    fn resumed(g: StoppingState, now: Instant, timers: &mut Timers) -> (Pid, StoppingGroup) {
         let pgid = Pid::from_raw(g.pgid);
         let started_at = now
             .checked_sub(Duration::from_nanos(g.age_ns))
@@ -132,7 +132,7 @@ impl Child {
     /// age measured from `handed`. Its held sockets are the caller's to
     /// lend and its `max_runtime` timer the caller's to set, from the
     /// deadline the state gives (none from an older image).
-    pub fn resumed(
+    fn resumed(
         c: ChildState,
         service: ServiceId,
         handed: Instant,
@@ -182,7 +182,65 @@ pub(super) struct ChildTable {
     pub stopping: FxHashMap<Pid, StoppingGroup>,
 }
 
+/// What the child table took back of an upgrade state, for the caller.
+#[derive(Debug, Default)]
+pub(super) struct ChildrenResumed {
+    /// Pass-mode children, whose sockets are to be lent to them again.
+    pub lending: Vec<Pid>,
+    /// Groups whose leader an older image reaped in the grace: nothing
+    /// holds the id since, and it may lead someone else's group by now,
+    /// so no SIGKILL goes to it.
+    pub reaped: Vec<StoppingState>,
+}
+
 impl ChildTable {
+    /// Take back what the previous image of an upgrade handed over, its
+    /// times measured from `handed`: first the process groups it owed a
+    /// SIGKILL, their timers set again (a child's start must match its
+    /// group's), then the children, each under the service `service`
+    /// finds by name (its identity, or a new one if it is gone, and its
+    /// `max_runtime`), with its own `max_runtime` timer set unless its
+    /// group is being stopped already (that one has fired).
+    pub fn resume(
+        &mut self,
+        children: Vec<ChildState>,
+        stopping: Vec<StoppingState>,
+        handed: Instant,
+        timers: &mut Timers,
+        mut service: impl FnMut(Option<&str>) -> (ServiceId, Option<Duration>),
+    ) -> ChildrenResumed {
+        let mut resumed = ChildrenResumed::default();
+        for g in stopping {
+            if g.leader_reaped {
+                resumed.reaped.push(g);
+                continue;
+            }
+            let (pgid, group) = StoppingGroup::resumed(g, handed, timers);
+            self.stopping.insert(pgid, group);
+        }
+        for c in children {
+            let (id, max_runtime) = service(c.service.as_deref());
+            let (pid, mut child, runtime) = Child::resumed(c, id, handed);
+            // The child's own deadline, as a reload leaves it: the new
+            // config's max_runtime is for the next child, and a child of a
+            // removed service keeps its own. An older image's state says
+            // nothing: the service's then, as that image did.
+            let deadline = match runtime {
+                Some(r) => r.left_ns.map(|ns| handed + Duration::from_nanos(ns)),
+                None => max_runtime.map(|limit| child.started_at + limit),
+            };
+            let started_at = child.started_at;
+            child.runtime_timer = deadline
+                .filter(|_| !self.stopping.contains_key(&pid))
+                .map(|at| timers.add(at, Timer::RuntimeUp { pid, started_at }));
+            if child.is_pass_mode() {
+                resumed.lending.push(pid);
+            }
+            self.insert(pid, child);
+        }
+        resumed
+    }
+
     /// The SIGKILLs `max_runtime` still owes, for the next image.
     pub fn stopping_state(&self, now: Instant) -> Vec<StoppingState> {
         self.stopping
@@ -353,6 +411,93 @@ mod tests {
             held_sockets: Vec::new(),
             runtime_timer: None,
         }
+    }
+
+    #[test]
+    fn handed_over_children_keep_their_deadlines_and_a_stopping_group_its_sigkill() {
+        let handed = Instant::now();
+        let secs = |n| Duration::from_secs(n);
+        let state = |pid, service: &str, runtime| ChildState {
+            pid,
+            service: Some(service.into()),
+            name: service.into(),
+            peer: None,
+            source: None,
+            age_ns: secs(2).as_nanos() as u64,
+            exec_failed: false,
+            held: if pid == 12 {
+                vec![("tcp://127.0.0.1:1".into(), QueueHead::Empty)]
+            } else {
+                Vec::new()
+            },
+            runtime,
+        };
+        let left = |n: u64| {
+            Some(RuntimeLeft {
+                left_ns: Some(secs(n).as_nanos() as u64),
+            })
+        };
+        let group = |pgid, leader_reaped| StoppingState {
+            pgid,
+            name: "a".into(),
+            peer: None,
+            age_ns: secs(2).as_nanos() as u64,
+            kill_in_ns: secs(3).as_nanos() as u64,
+            leader_reaped,
+            exited_ns: None,
+        };
+        let mut t = ChildTable::default();
+        let mut timers = Timers::default();
+        let resumed = t.resume(
+            vec![
+                state(10, "a", left(7)),
+                state(11, "a", left(1)),
+                state(12, "b", None),
+                state(13, "gone", None),
+            ],
+            vec![group(11, false), group(99, true)],
+            handed,
+            &mut timers,
+            |name| match name {
+                Some("a") => (ServiceId(1), None),
+                Some("b") => (ServiceId(2), Some(secs(60))),
+                _ => (ServiceId(3), None),
+            },
+        );
+        assert_eq!(resumed.lending, vec![Pid::from_raw(12)]);
+        assert_eq!(
+            resumed.reaped.len(),
+            1,
+            "a reaped leader's group is not stopped"
+        );
+        assert_eq!(
+            (t.len(), t.active(ServiceId(1)), t.active(ServiceId(3))),
+            (4, 2, 1)
+        );
+        let deadline = |pid| {
+            t.get(&Pid::from_raw(pid))
+                .unwrap()
+                .runtime_timer
+                .map(|k| k.at())
+        };
+        assert_eq!(
+            deadline(10),
+            Some(handed + secs(7)),
+            "its own, from the hand-over"
+        );
+        assert_eq!(deadline(11), None, "its group is being stopped");
+        assert_eq!(
+            deadline(12),
+            Some(handed - secs(2) + secs(60)),
+            "an older image's: the service's"
+        );
+        assert_eq!(deadline(13), None);
+        let kill = t.stopping.get(&Pid::from_raw(11)).unwrap();
+        assert_eq!(
+            (kill.timer.at(), kill.started_at),
+            (handed + secs(3), handed - secs(2))
+        );
+        assert_eq!(timers.len(), 3, "two deadlines and one SIGKILL");
     }
 
     #[test]

@@ -22,7 +22,6 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
-use super::children::{Child, StoppingGroup};
 use super::connection::PendingConnection;
 use super::sockets::Carried;
 use super::timers::{Timer, TimerKey};
@@ -378,27 +377,6 @@ impl Server {
         }
     }
 
-    /// Set again the SIGKILLs the previous image owed; returns their
-    /// leaders (their `max_runtime` has fired, so it is not set again).
-    fn resume_stopping_groups(&mut self, groups: Vec<StoppingState>, now: Instant) -> Vec<i32> {
-        let mut running = Vec::new();
-        for g in groups {
-            // An older image reaped leaders in the grace: nothing holds
-            // the id since, and it may lead someone else's group by now.
-            if g.leader_reaped {
-                debug!(
-                    "{}: pid {} was reaped before the upgrade; no SIGKILL to its process group",
-                    g.name, g.pgid
-                );
-                continue;
-            }
-            running.push(g.pgid);
-            let (pgid, group) = StoppingGroup::resumed(g, now, &mut self.timers);
-            self.children.stopping.insert(pgid, group);
-        }
-        running
-    }
-
     /// Serve on from what the previous image handed over. Its listeners
     /// were adopted by `new` (as duplicates); the originals close here.
     pub fn resume(&mut self, incoming: upgrade::Incoming) {
@@ -436,9 +414,7 @@ impl Server {
         // Services by name, once: children, connections and counters name
         // theirs (10,000 of each would otherwise be searched one by one).
         let index = self.services.by_name();
-        // Before the children: a child's start time must match its group's.
-        let stopping_leaders = self.resume_stopping_groups(state.stopping_groups, handed);
-        self.resume_children(state.children, &index, &stopping_leaders, handed);
+        self.resume_children(state.children, state.stopping_groups, &index, handed);
         self.shortage.kept.extend(
             state
                 .pending
@@ -513,39 +489,41 @@ impl Server {
         }
     }
 
-    /// The children the previous image handed over, each under its
-    /// service by name (or an identity of its own if it is gone), its
-    /// sockets lent again, its `max_runtime` timer set unless its group
-    /// is being stopped already (`stopping_leaders`).
+    /// The children and the process groups `max_runtime` is stopping,
+    /// into the child table (each child under its service by name, or an
+    /// identity of its own if it is gone); a pass-mode child's sockets
+    /// are lent to it again.
     fn resume_children(
         &mut self,
         children: Vec<ChildState>,
+        stopping: Vec<StoppingState>,
         index: &FxHashMap<String, usize>,
-        stopping_leaders: &[i32],
         handed: Instant,
     ) {
-        for c in children {
-            let service = self.services.id_by_name(c.service.as_deref(), index);
-            let (pid, mut child, runtime) = Child::resumed(c, service, handed);
-            self.sockets
-                .lend(child.held_sockets.iter().map(|h| &h.addr), pid);
-            // The child's own deadline, as a reload leaves it: the new
-            // config's max_runtime is for the next child, and a child of a
-            // removed service keeps its own. An older image's state says
-            // nothing: the service's then, as that image did.
-            let deadline = match runtime {
-                Some(r) => r.left_ns.map(|ns| handed + Duration::from_nanos(ns)),
-                None => self
-                    .services
-                    .index_of(service)
-                    .and_then(|i| self.services[i].spec.max_runtime)
-                    .map(|limit| child.started_at + limit),
-            };
-            let started_at = child.started_at;
-            child.runtime_timer = deadline
-                .filter(|_| !stopping_leaders.contains(&pid.as_raw()))
-                .map(|at| self.timers.add(at, Timer::RuntimeUp { pid, started_at }));
-            self.children.insert(pid, child);
+        let Server {
+            children: table,
+            services,
+            timers,
+            sockets,
+            ..
+        } = self;
+        let resumed = table.resume(children, stopping, handed, timers, |name| {
+            let id = services.id_by_name(name, index);
+            let max_runtime = services
+                .index_of(id)
+                .and_then(|i| services[i].spec.max_runtime);
+            (id, max_runtime)
+        });
+        for g in resumed.reaped {
+            debug!(
+                "{}: pid {} was reaped before the upgrade; no SIGKILL to its process group",
+                g.name, g.pgid
+            );
+        }
+        for pid in resumed.lending {
+            if let Some(child) = table.get(&pid) {
+                sockets.lend(child.held_sockets.iter().map(|h| &h.addr), pid);
+            }
         }
     }
 }
