@@ -31,6 +31,7 @@
 //! | `src/server/services.rs` | the service table: each service's runtime, may it start a child, recording an exit, the carry-over across a reload |
 //! | `src/server/endpoints.rs` | the control socket and the metrics listener with their clients, answered from a snapshot |
 //! | `src/stats.rs` | a service's counters, the kinds they count by (refusal, exit outcome) and why a service is paused |
+//! | `src/server/poller.rs` | the poll set, the fixed tokens and what each dynamic token stands for |
 //! | `src/server/timers.rs` | the deadlines, cancellable (crash holds, rate refills, `max_runtime`) |
 //! | `src/server/internal/` | echo, discard, chargen, daytime, time in the loop: `answers.rs` the answers, `conn.rs` a TCP connection and the table of the open ones, `datagrams.rs` what a UDP service must not answer and its budget, `mod.rs` the server's side |
 //! | `src/peer.rs` | the client: address or credentials, its variables, its per-source key and prefix grouping |

@@ -26,9 +26,10 @@ use crate::metrics::{self as prom, Request, Scrape, ScrapeState};
 use crate::upgrade::ListenerState;
 
 use super::connection::{is_resource_error, note_resource_fault};
+use super::poller::{TokenKind, Tokens, CONTROL, METRICS};
 use super::sockets::listener_state;
 use super::timers::{Timer, TimerKey, Timers};
-use super::{TokenKind, Tokens, CONTROL, CONTROL_SOCKET_MODE, METRICS};
+use super::CONTROL_SOCKET_MODE;
 
 /// Control clients answered at once; more wait in the backlog. Each
 /// costs an fd until its answer is read.

@@ -83,6 +83,7 @@ mod exit;
 mod internal;
 mod launcher;
 mod origin;
+mod poller;
 mod reload;
 mod services;
 mod sockets;
@@ -96,26 +97,19 @@ use internal::Internals;
 use launcher::Launcher;
 use origin::Origin;
 pub use origin::RunOptions;
+use poller::{Poller, TokenKind, Tokens, CONFIG_LOAD, CONTROL, METRICS, SIGNALS, UPGRADE_CHECK};
 use reload::{ConfigLoad, Reloads};
 use services::{ServiceId, ServiceRuntime, ServiceTable};
 use sockets::{SocketPlan, SocketTable};
 use timers::{Timer, Timers, KILL_AFTER};
 use upgrade::Upgrades;
 
-const SIGNALS: Token = Token(0);
-const CONTROL: Token = Token(1);
-const METRICS: Token = Token(2);
-/// The pipe a reload's config load answers on (`reload.rs`).
-const CONFIG_LOAD: Token = Token(5);
-/// The output of the new binary's check before an upgrade.
-const UPGRADE_CHECK: Token = Token(3);
 /// SPEC: the control socket is for root (or summond's user) only.
 pub(super) const CONTROL_SOCKET_MODE: u32 = 0o600;
 /// Control clients accepted (or refused) per wake-up before the loop
 /// turns to other sources: a stream of connects to a socket others can
 /// reach must not keep it from serving.
 const CONTROL_ACCEPT_BUDGET: usize = 16;
-const FIRST_DYNAMIC_TOKEN: usize = 16;
 /// What a config does to the metrics listener or the control socket.
 enum ListenerChange {
     /// The same address: the listener stays.
@@ -169,68 +163,6 @@ fn poll_with_signals() -> Result<(Poll, Signals), ServerError> {
         )
         .map_err(|e| ServerError::Setup("register signalfd", e))?;
     Ok((poll, signals))
-}
-
-/// What a poll token stands for.
-#[derive(Clone, Debug)]
-enum TokenKind {
-    Listener(ListenAddr),
-    /// A TCP client of an internal service.
-    Internal,
-    /// A Prometheus scraper.
-    Scrape,
-    ControlClient,
-}
-
-/// The dynamic poll tokens: what each stands for, and the next one to give
-/// out (from `FIRST_DYNAMIC_TOKEN`, never reused during the run).
-struct Tokens {
-    kinds: FxHashMap<Token, TokenKind>,
-    next: usize,
-}
-
-impl Default for Tokens {
-    fn default() -> Self {
-        Tokens {
-            kinds: FxHashMap::default(),
-            next: FIRST_DYNAMIC_TOKEN,
-        }
-    }
-}
-
-impl Tokens {
-    /// A token never given out before; `insert` says what it stands for
-    /// once its source is registered.
-    fn next(&mut self) -> Token {
-        let t = Token(self.next);
-        self.next += 1;
-        t
-    }
-
-    fn insert(&mut self, token: Token, kind: TokenKind) {
-        self.kinds.insert(token, kind);
-    }
-
-    fn get(&self, token: &Token) -> Option<&TokenKind> {
-        self.kinds.get(token)
-    }
-
-    fn remove(&mut self, token: &Token) {
-        self.kinds.remove(token);
-    }
-}
-
-/// The poll set and what each of its dynamic tokens stands for: a
-/// source is registered in one and named in the other.
-struct Poller {
-    poll: Poll,
-    tokens: Tokens,
-}
-
-impl Poller {
-    fn registry(&self) -> &mio::Registry {
-        self.poll.registry()
-    }
 }
 
 pub struct Server {

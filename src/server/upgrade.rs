@@ -168,7 +168,7 @@ impl Server {
         );
         if let Err(e) = self.poller.registry().register(
             &mut SourceFd(&output.as_raw_fd()),
-            super::UPGRADE_CHECK,
+            super::poller::UPGRADE_CHECK,
             Interest::READABLE,
         ) {
             // Read at its exit only: enough for a short report.

@@ -36,7 +36,8 @@ use mio::unix::SourceFd;
 use mio::{Interest, Token};
 
 use super::connection::RefuseReason;
-use super::{Server, TokenKind};
+use super::poller::TokenKind;
+use super::Server;
 use crate::addr::ListenAddr;
 use crate::peer::{Peer, SourceKey};
 use crate::refusals::REFUSAL_INTERVAL;

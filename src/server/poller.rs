@@ -1,0 +1,82 @@
+//! The poll set and what its tokens stand for: the fixed tokens of the
+//! sources there is one of, and the dynamic ones given out from
+//! `FIRST_DYNAMIC_TOKEN` (listeners, clients), each named by a
+//! `TokenKind` while its source is registered. A source is registered
+//! in the one and named in the other.
+
+use rustc_hash::FxHashMap;
+
+use mio::{Poll, Token};
+
+use crate::addr::ListenAddr;
+
+pub(super) const SIGNALS: Token = Token(0);
+pub(super) const CONTROL: Token = Token(1);
+pub(super) const METRICS: Token = Token(2);
+/// The pipe a reload's config load answers on (`reload.rs`).
+pub(super) const CONFIG_LOAD: Token = Token(5);
+/// The output of the new binary's check before an upgrade.
+pub(super) const UPGRADE_CHECK: Token = Token(3);
+const FIRST_DYNAMIC_TOKEN: usize = 16;
+
+/// What a poll token stands for.
+#[derive(Clone, Debug)]
+pub(super) enum TokenKind {
+    Listener(ListenAddr),
+    /// A TCP client of an internal service.
+    Internal,
+    /// A Prometheus scraper.
+    Scrape,
+    ControlClient,
+}
+
+/// The dynamic poll tokens: what each stands for, and the next one to give
+/// out (from `FIRST_DYNAMIC_TOKEN`, never reused during the run).
+pub(super) struct Tokens {
+    kinds: FxHashMap<Token, TokenKind>,
+    next: usize,
+}
+
+impl Default for Tokens {
+    fn default() -> Self {
+        Tokens {
+            kinds: FxHashMap::default(),
+            next: FIRST_DYNAMIC_TOKEN,
+        }
+    }
+}
+
+impl Tokens {
+    /// A token never given out before; `insert` says what it stands for
+    /// once its source is registered.
+    pub fn next(&mut self) -> Token {
+        let t = Token(self.next);
+        self.next += 1;
+        t
+    }
+
+    pub fn insert(&mut self, token: Token, kind: TokenKind) {
+        self.kinds.insert(token, kind);
+    }
+
+    pub fn get(&self, token: &Token) -> Option<&TokenKind> {
+        self.kinds.get(token)
+    }
+
+    pub fn remove(&mut self, token: &Token) {
+        self.kinds.remove(token);
+    }
+}
+
+/// The poll set and what each of its dynamic tokens stands for: a
+/// source is registered in one and named in the other.
+pub(super) struct Poller {
+    pub poll: Poll,
+    pub tokens: Tokens,
+}
+
+impl Poller {
+    pub fn registry(&self) -> &mio::Registry {
+        self.poll.registry()
+    }
+}
