@@ -51,7 +51,7 @@ pub(super) struct PendingConnection {
 impl PendingConnection {
     /// A connection the previous image kept through a back-off; none if
     /// its address does not read (the socket closes).
-    pub fn resumed(p: ConnState) -> Option<Self> {
+    fn resumed(p: ConnState) -> Option<Self> {
         // SAFETY: named by the state, taken once.
         let conn = Socket::from(unsafe { OwnedFd::from_raw_fd(p.fd) });
         Some(PendingConnection {
@@ -65,7 +65,7 @@ impl PendingConnection {
 
     /// What the next image needs of it: the socket, its address, the
     /// service's name, the client, whether it was greeted.
-    pub fn to_state(&self) -> ConnState {
+    fn to_state(&self) -> ConnState {
         ConnState {
             fd: self.conn.as_raw_fd(),
             addr: self.addr.to_string(),
@@ -83,6 +83,20 @@ impl PendingConnection {
 pub(super) struct Shortage {
     pub backoff: Backoff,
     pub kept: Vec<PendingConnection>,
+}
+
+impl Shortage {
+    /// The clients kept, for the next image of an upgrade.
+    pub fn to_state(&self) -> Vec<ConnState> {
+        self.kept.iter().map(PendingConnection::to_state).collect()
+    }
+
+    /// Keep the clients the previous image kept (one whose address does
+    /// not read is closed); its back-off was its own.
+    pub fn resume(&mut self, kept: Vec<ConnState>) {
+        self.kept
+            .extend(kept.into_iter().filter_map(PendingConnection::resumed));
+    }
 }
 
 /// Why a client was turned away.

@@ -5,8 +5,11 @@
 //! in the one and named in the other.
 
 use rustc_hash::FxHashMap;
+use std::io;
+use std::os::fd::RawFd;
 
-use mio::{Poll, Token};
+use mio::unix::SourceFd;
+use mio::{Interest, Poll, Token};
 
 use crate::addr::ListenAddr;
 
@@ -78,5 +81,14 @@ pub(super) struct Poller {
 impl Poller {
     pub fn registry(&self) -> &mio::Registry {
         self.poll.registry()
+    }
+
+    /// Watch `fd` for `interest` under a new token, which names `kind`.
+    pub fn watch(&mut self, fd: RawFd, kind: TokenKind, interest: Interest) -> io::Result<Token> {
+        let token = self.tokens.next();
+        self.registry()
+            .register(&mut SourceFd(&fd), token, interest)?;
+        self.tokens.insert(token, kind);
+        Ok(token)
     }
 }

@@ -342,6 +342,20 @@ impl ServiceTable {
             .collect()
     }
 
+    /// The crash guards, rate buckets and top refused clients with
+    /// something to remember, for the next image of an upgrade; `answers`
+    /// gives an internal UDP service's budget of answers (kept by the
+    /// datagram guard), if not full.
+    pub(super) fn limits_state(
+        &self,
+        now: Instant,
+        answers: impl Fn(ServiceId) -> Option<BucketState>,
+    ) -> Vec<LimitsState> {
+        self.iter()
+            .filter_map(|svc| svc.limits_state(now, answers(svc.id)))
+            .collect()
+    }
+
     /// Take over the counters of the services still configured.
     pub(super) fn resume_stats(
         &mut self,

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
-use super::services::ServiceId;
+use super::services::{LimitsResumed, ServiceId};
 
 /// SPEC: SIGKILL this long after a SIGTERM for `max_runtime`.
 pub(super) const KILL_AFTER: Duration = Duration::from_secs(5);
@@ -102,6 +102,18 @@ impl Timers {
         due
     }
 
+    /// Set again what a service's limits held when the previous image of
+    /// an upgrade handed them over: the crash hold's end, the `rate`
+    /// token's return.
+    pub fn resume_limits(&mut self, id: ServiceId, resumed: &LimitsResumed) {
+        if let Some(until) = resumed.held_until {
+            self.add(until, Timer::HoldEnds(id));
+        }
+        if let Some(at) = resumed.next_token {
+            self.add(at, Timer::TokenBack(id));
+        }
+    }
+
     /// Timers pending (status shows it: it must not grow with the
     /// children served).
     pub fn len(&self) -> usize {
@@ -130,6 +142,26 @@ mod tests {
         );
         assert_eq!(t.len(), 1);
         assert_eq!(t.next_deadline(), Some(t0 + Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn a_resumed_hold_and_rate_pause_are_timed_again() {
+        let t0 = Instant::now();
+        let mut t = Timers::default();
+        t.resume_limits(ServiceId(1), &LimitsResumed::default());
+        assert_eq!(t.len(), 0, "nothing held, nothing set");
+        let resumed = LimitsResumed {
+            held_until: Some(t0 + Duration::from_secs(2)),
+            next_token: Some(t0 + Duration::from_secs(1)),
+        };
+        t.resume_limits(ServiceId(1), &resumed);
+        assert_eq!(
+            t.take_due(t0 + Duration::from_secs(2)),
+            vec![
+                Timer::TokenBack(ServiceId(1)),
+                Timer::HoldEnds(ServiceId(1))
+            ]
+        );
     }
 
     #[test]

@@ -22,13 +22,12 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
-use super::connection::PendingConnection;
 use super::sockets::Carried;
 use super::timers::{Timer, TimerKey};
 use super::Server;
 use crate::config::Config;
 use crate::stats::ExitText;
-use crate::upgrade::{self, ChildState, LimitsState, ListenerState, State, StoppingState};
+use crate::upgrade::{self, ChildState, ListenerState, State, StoppingState};
 
 /// How long the new binary's `--check` may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -131,6 +130,30 @@ impl Upgrades {
 
     pub fn running(&self) -> bool {
         self.check.is_some()
+    }
+
+    /// Count and log the upgrade: done, or failed with the new image's
+    /// reason (`returning`) and this one serving on with `children`.
+    fn count(&mut self, returning: Option<String>, from: &str, children: usize, services: usize) {
+        match returning {
+            Some(why) => {
+                self.failed += 1;
+                error!(event = "upgrade_failed";
+                    "upgrade failed: the new binary could not start ({why}); \
+                     summond {} serves on with {children} children",
+                    env!("CARGO_PKG_VERSION")
+                );
+                self.last_error = Some(why);
+            }
+            None => {
+                self.done += 1;
+                info!(event = "upgraded";
+                    "upgraded in place from summond {from} to {}: {} services, {children} children",
+                    env!("CARGO_PKG_VERSION"),
+                    services
+                );
+            }
+        }
     }
 
     /// The previous image's binary and counts, taken from its state.
@@ -312,7 +335,6 @@ impl Server {
                 .index_of(id)
                 .map(|i| self.services[i].spec.name.clone())
         });
-        let pending = self.shortage.kept.iter().map(|p| p.to_state()).collect();
         State {
             format: upgrade::FORMAT,
             version: env!("CARGO_PKG_VERSION").into(),
@@ -336,44 +358,15 @@ impl Server {
             pidfile: self.origin.opts.pidfile.clone(),
             listeners,
             children,
-            pending,
-            internal: self.internal_state(now),
+            pending: self.shortage.to_state(),
+            internal: self.internal.to_state(now, |id| self.services.name_of(id)),
             config: Some(config),
             stats: self.services.stats_state(),
             stopping_groups: self.children.stopping_state(now),
-            limits: self.limits_state(now),
+            limits: self
+                .services
+                .limits_state(now, |id| self.internal.datagrams.answers_state(id, now)),
             handed_over_at_ns: upgrade::monotonic_ns(now),
-        }
-    }
-
-    /// The crash guards and rate buckets with something to remember.
-    fn limits_state(&self, now: Instant) -> Vec<LimitsState> {
-        self.services
-            .iter()
-            .filter_map(|svc| {
-                svc.limits_state(now, self.internal.datagrams.answers_state(svc.id, now))
-            })
-            .collect()
-    }
-
-    /// Take over what the previous image's limits remembered, for the
-    /// services still configured, and set the timers of what goes on.
-    fn resume_limits(
-        &mut self,
-        limits: Vec<LimitsState>,
-        index: &FxHashMap<String, usize>,
-        now: Instant,
-    ) {
-        for (id, resumed, answers) in self.services.resume_limits(limits, index, now) {
-            if let Some(until) = resumed.held_until {
-                self.timers.add(until, Timer::HoldEnds(id));
-            }
-            if let Some(at) = resumed.next_token {
-                self.timers.add(at, Timer::TokenBack(id));
-            }
-            if let Some(answers) = answers {
-                self.internal.datagrams.resume_answers(id, answers, now);
-            }
         }
     }
 
@@ -397,7 +390,8 @@ impl Server {
         let version = std::mem::take(&mut state.version);
         self.upgrades.resume_counts(&mut state);
         self.resume_tables(state, handed);
-        self.count_upgrade(returning, &version, children);
+        let services = self.services.len();
+        self.upgrades.count(returning, &version, children, services);
         self.serve_on_resumed(now);
         // Back after a new image that could not start: the reload that
         // was loading when this image handed over went with it.
@@ -408,44 +402,32 @@ impl Server {
     }
 
     /// Each table takes its part of `state`, its times measured from
-    /// `handed`.
+    /// `handed`; what a part names of another (a service by name, the
+    /// sockets a child holds, the timers a hold sets) is found here.
     fn resume_tables(&mut self, state: State, handed: Instant) {
         self.resume_listeners(state.listeners);
         // Services by name, once: children, connections and counters name
         // theirs (10,000 of each would otherwise be searched one by one).
         let index = self.services.by_name();
         self.resume_children(state.children, state.stopping_groups, &index, handed);
-        self.shortage.kept.extend(
-            state
-                .pending
-                .into_iter()
-                .filter_map(PendingConnection::resumed),
-        );
-        self.resume_internal_conns(state.internal, &index, handed);
-        self.services.resume_stats(state.stats, &index);
-        self.resume_limits(state.limits, &index, handed);
-    }
-
-    /// Count and log the upgrade: done, or failed with the new image's
-    /// reason (`returning`) and this one serving on.
-    fn count_upgrade(&mut self, returning: Option<String>, from: &str, children: usize) {
-        match returning {
-            Some(why) => {
-                self.upgrades.failed += 1;
-                error!(event = "upgrade_failed";
-                    "upgrade failed: the new binary could not start ({why}); \
-                     summond {} serves on with {children} children",
-                    env!("CARGO_PKG_VERSION")
-                );
-                self.upgrades.last_error = Some(why);
+        self.shortage.resume(state.pending);
+        let Server {
+            internal,
+            services,
+            poller,
+            ..
+        } = self;
+        internal.resume(state.internal, handed, poller, |name| {
+            match index.get(name) {
+                Some(&i) => (services[i].id, Some(services[i].spec.idle_timeout)),
+                None => (services.new_id(), None),
             }
-            None => {
-                self.upgrades.done += 1;
-                info!(event = "upgraded";
-                    "upgraded in place from summond {from} to {}: {} services, {children} children",
-                    env!("CARGO_PKG_VERSION"),
-                    self.services.len()
-                );
+        });
+        self.services.resume_stats(state.stats, &index);
+        for (id, resumed, answers) in self.services.resume_limits(state.limits, &index, handed) {
+            self.timers.resume_limits(id, &resumed);
+            if let Some(answers) = answers {
+                self.internal.datagrams.resume_answers(id, answers, handed);
             }
         }
     }

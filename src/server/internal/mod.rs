@@ -26,17 +26,18 @@
 //! answer; here is the server's side: starting, serving and closing
 //! them in the loop.
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashSet;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, info, warn};
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
 
 use super::connection::RefuseReason;
-use super::poller::TokenKind;
+use super::poller::{Poller, TokenKind};
+use super::services::ServiceId;
 use super::Server;
 use crate::addr::ListenAddr;
 use crate::peer::{Peer, SourceKey};
@@ -63,6 +64,70 @@ use datagrams::{
 pub(super) struct Internals {
     pub conns: InternalConns,
     pub datagrams: DatagramGuard,
+}
+
+impl Internals {
+    /// The open connections, mid-conversation, for the next image of an
+    /// upgrade, each under its service's name (`name_of`). A client of a
+    /// service a reload removed is carried too (under a name no service
+    /// can have), as its children are: a reload keeps them, so must this.
+    pub fn to_state<'a>(
+        &self,
+        now: Instant,
+        name_of: impl Fn(ServiceId) -> &'a str,
+    ) -> Vec<InternalState> {
+        self.conns
+            .iter()
+            .map(|c| c.to_state(name_of(c.service).to_string(), now))
+            .collect()
+    }
+
+    /// Serve on the connections the previous image was serving, their
+    /// times measured from `handed`, each under the service `service`
+    /// finds by name: its identity and idle timeout, or a new identity
+    /// and none if it is gone.
+    pub fn resume(
+        &mut self,
+        conns: Vec<InternalState>,
+        handed: Instant,
+        poller: &mut Poller,
+        mut service: impl FnMut(&str) -> (ServiceId, Option<Duration>),
+    ) {
+        for c in conns {
+            let (id, idle) = service(&c.service);
+            // A client of a service the new config drops stays, counted,
+            // until it leaves or is idle too long, as after a reload (and
+            // as a removed service's children do).
+            if idle.is_none() {
+                debug!(
+                    "{}: internal service removed; keeping {} until it leaves",
+                    c.service, c.peer
+                );
+            }
+            let mut conn = InternalConn::from_state(c, id, handed);
+            if let Some(idle) = idle {
+                conn.idle = idle;
+            }
+            self.adopt(conn, poller);
+        }
+    }
+
+    /// A connection the previous image was serving: watched, and served
+    /// at the end of this turn.
+    fn adopt(&mut self, conn: InternalConn, poller: &mut Poller) {
+        let fd = conn.socket.as_raw_fd();
+        match poller.watch(
+            fd,
+            TokenKind::Internal,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            Ok(token) => {
+                self.conns.insert(token, conn);
+                self.conns.ready.push(token);
+            }
+            Err(e) => info!("internal: cannot serve {} any more: {e}", conn.peer),
+        }
+    }
 }
 
 impl Server {
@@ -109,60 +174,6 @@ impl Server {
         self.internal.conns.insert(token, c);
         // Answer at once (daytime and time need no readiness).
         self.on_internal_ready(token);
-    }
-
-    /// A connection the previous image was serving (live upgrade).
-    fn resume_internal(&mut self, mut conn: InternalConn) {
-        if let Some(idx) = self.services.index_of(conn.service) {
-            conn.idle = self.services[idx].spec.idle_timeout;
-        }
-        let token = self.poller.tokens.next();
-        if let Err(e) = self.poller.registry().register(
-            &mut SourceFd(&conn.socket.as_raw_fd()),
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            info!("internal: cannot serve {} any more: {e}", conn.peer);
-            return;
-        }
-        self.poller.tokens.insert(token, TokenKind::Internal);
-        self.internal.conns.insert(token, conn);
-        self.internal.conns.ready.push(token);
-    }
-
-    /// The open connections, mid-conversation, for the next image of an
-    /// upgrade. A client of a service a reload removed is carried too
-    /// (under a name no service can have), as its children are: a reload
-    /// keeps them, so must this.
-    pub(super) fn internal_state(&self, now: Instant) -> Vec<InternalState> {
-        self.internal
-            .conns
-            .iter()
-            .map(|c| c.to_state(self.services.name_of(c.service).to_string(), now))
-            .collect()
-    }
-
-    /// The internal services' connections, mid-conversation.
-    pub(super) fn resume_internal_conns(
-        &mut self,
-        internal: Vec<InternalState>,
-        index: &FxHashMap<String, usize>,
-        handed: Instant,
-    ) {
-        for c in internal {
-            // A client of a service the new config drops stays, counted,
-            // until it leaves or is idle too long, as after a reload (and
-            // as a removed service's children do).
-            let id = index.get(&c.service).map(|i| self.services[*i].id);
-            let id = id.unwrap_or_else(|| {
-                debug!(
-                    "{}: internal service removed; keeping {} until it leaves",
-                    c.service, c.peer
-                );
-                self.services.new_id()
-            });
-            self.resume_internal(InternalConn::from_state(c, id, handed));
-        }
     }
 
     pub(super) fn on_internal_ready(&mut self, token: Token) {
