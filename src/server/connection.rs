@@ -369,6 +369,51 @@ impl Server {
         }
     }
 
+    /// A readable internal UDP socket: answered in the loop
+    /// (`Internals::serve_datagrams`), and served again next turn if its
+    /// budget ran out.
+    fn serve_datagrams(&mut self, idx: usize, addr: &ListenAddr) {
+        let children = self.children.active(self.services[idx].id);
+        let Server {
+            internal,
+            services,
+            sockets,
+            refusals,
+            ..
+        } = self;
+        let Some(sock) = sockets.get(addr) else {
+            return;
+        };
+        if internal.serve_datagrams(
+            &mut services[idx],
+            &sock.listener.socket,
+            children,
+            refusals,
+        ) {
+            sockets.queue_ready(addr);
+        }
+    }
+
+    /// An admitted TCP client of an internal service: served in the loop
+    /// (`internal/`), counted and its `rate` token spent as a child's
+    /// would be.
+    fn start_internal(&mut self, idx: usize, conn: Socket, peer: Peer, source: Option<SourceKey>) {
+        let svc = &self.services[idx];
+        let Some(kind) = svc.spec.internal else {
+            return;
+        };
+        let Some(token) = self
+            .internal
+            .open(&mut self.poller, svc, kind, conn, peer, source)
+        else {
+            return;
+        };
+        self.services[idx].stats.served += 1;
+        self.take_rate_token(idx, Instant::now());
+        // Answer at once (daytime and time need no readiness).
+        self.on_internal_ready(token);
+    }
+
     /// Start the child for an accepted, admitted connection. If fds or
     /// processes ran out, keep the connection for a retry after the
     /// back-off rather than dropping the client.

@@ -93,7 +93,7 @@ mod upgrade;
 use children::{for_peer, Child, ChildTable, StoppingGroup};
 use connection::{RefusalKey, Shortage};
 use endpoints::{Accepted, Endpoints, Loop};
-use internal::Internals;
+use internal::{InternalConn, Internals};
 use launcher::Launcher;
 use origin::Origin;
 pub use origin::RunOptions;
@@ -609,10 +609,7 @@ impl Server {
     /// max_instances, the crash hold)
     fn service_may_spawn(&self, idx: usize, now: Instant) -> bool {
         let svc = &self.services[idx];
-        svc.spec
-            .max_instances
-            .is_none_or(|max| self.active(svc.id) < max)
-            && svc.may_start(now).is_ok()
+        svc.may_spawn(self.active(svc.id), now)
     }
 
     /// What service `id` has running: children, and for an internal
@@ -699,6 +696,55 @@ impl Server {
         for addr in self.sockets.take_ready() {
             self.on_listener_ready(&addr);
         }
+    }
+
+    // ---- internal services --------------------------------------------
+
+    /// An internal service's TCP client is ready, or has work left.
+    fn on_internal_ready(&mut self, token: Token) {
+        if let Some(conn) = self.internal.serve(token, &mut self.poller, Instant::now()) {
+            self.internal_closed(&conn);
+        }
+    }
+
+    /// Serve the internal connections whose budget ran out last turn.
+    fn serve_internal_ready(&mut self) {
+        for token in self.internal.take_ready() {
+            self.on_internal_ready(token);
+        }
+    }
+
+    /// Close the internal connections idle for their service's
+    /// `idle_timeout`.
+    fn close_idle_internal(&mut self, now: Instant) {
+        for token in self.internal.take_idle(now) {
+            let Server {
+                internal,
+                poller,
+                services,
+                ..
+            } = self;
+            if let Some(conn) = internal.close_idle(token, poller, |id| services.name_of(id)) {
+                self.internal_closed(&conn);
+            }
+        }
+    }
+
+    /// An internal connection was closed: a slot under its service's
+    /// `max_instances` may have opened, and one under `max_children` for
+    /// every service.
+    fn internal_closed(&mut self, conn: &InternalConn) {
+        let now = Instant::now();
+        if let Some(idx) = self.services.index_of(conn.service) {
+            debug!(
+                "{}: internal:{} done for {}",
+                self.services[idx].spec.name,
+                conn.kind.name(),
+                conn.peer
+            );
+            self.sync_service(idx, now);
+        }
+        self.unpark(now);
     }
 
     // ---- children ----------------------------------------------------
@@ -1085,8 +1131,9 @@ impl Server {
             ListenerChange::Open(l) => self.endpoints.set_metrics(self.poller.registry(), Some(l)),
             ListenerChange::Close => self.endpoints.set_metrics(self.poller.registry(), None),
         }
-        self.guard_datagrams();
-        self.retime_internal();
+        self.internal
+            .guard_datagrams(&self.services, &self.sockets, Instant::now());
+        self.internal.retime(&self.services);
         crate::logging::set_format(new.daemon.log_format);
         // Each service holds its spec; the config keeps the rest.
         self.config = new;
@@ -1285,7 +1332,9 @@ impl Server {
         self.sockets.clear(self.poller.registry());
         // With no listener left, what a reaped leader frees starts nothing.
         self.kill_stopping_groups_now();
-        self.close_all_internal();
+        for conn in self.internal.close_all(&mut self.poller) {
+            self.internal_closed(&conn);
+        }
         self.endpoints.set_metrics(self.poller.registry(), None);
         self.endpoints.set_control(self.poller.registry(), None);
         for (pid, child) in self.children.iter() {

@@ -105,6 +105,13 @@ impl ServiceRuntime {
         }
     }
 
+    /// May it start a child now, with `active` running (its children and
+    /// internal connections)? Below its `max_instances`, and not paused
+    /// (`may_start`).
+    pub(super) fn may_spawn(&self, active: u32, now: Instant) -> bool {
+        self.spec.max_instances.is_none_or(|max| active < max) && self.may_start(now).is_ok()
+    }
+
     /// Count a child's end: by outcome, its run time, the last exit's
     /// text (written only when it reads differently from the last: most
     /// exits read like the one before), and for a pass-mode child, which
@@ -599,6 +606,21 @@ mod tests {
             })
         );
         assert!(svc.may_start(t0 + CRASH_HOLD).is_ok());
+    }
+
+    #[test]
+    fn a_service_may_spawn_below_max_instances_and_unpaused() {
+        let t0 = Instant::now();
+        let mut t = ServiceTable::default();
+        t.carry_over(
+            specs(&TWO.replace("rate = ", "max_instances = 2\n        rate = ")),
+            t0,
+        );
+        assert!(t[0].may_spawn(1, t0));
+        assert!(!t[0].may_spawn(2, t0), "at max_instances");
+        assert!(t[1].may_spawn(1000, t0), "no max_instances");
+        while t[0].rate.as_mut().unwrap().take(t0) {}
+        assert!(!t[0].may_spawn(0, t0), "its rate is spent");
     }
 
     #[test]

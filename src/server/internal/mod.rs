@@ -23,8 +23,11 @@
 //!
 //! `answers.rs` holds the answers, `conn.rs` a TCP connection and the
 //! table of the open ones, `datagrams.rs` what a UDP service must not
-//! answer; here is the server's side: starting, serving and closing
-//! them in the loop.
+//! answer; here is their owner in the loop, `Internals`: opening,
+//! serving, closing and retiming the connections, guarding and answering
+//! the datagrams, with what it needs of the loop handed in (the poll set,
+//! a service, the refusal log). The server re-arms what a closed
+//! connection held back.
 
 use rustc_hash::FxHashSet;
 use std::io;
@@ -35,13 +38,14 @@ use log::{debug, info, warn};
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
 
-use super::connection::RefuseReason;
+use super::connection::{RefusalKey, RefuseReason};
 use super::poller::{Poller, TokenKind};
-use super::services::ServiceId;
-use super::Server;
+use super::services::{ServiceId, ServiceRuntime, ServiceTable};
+use super::sockets::SocketTable;
 use crate::addr::ListenAddr;
+use crate::config::Internal;
 use crate::peer::{Peer, SourceKey};
-use crate::refusals::REFUSAL_INTERVAL;
+use crate::refusals::{RefusalLog, REFUSAL_INTERVAL};
 use crate::upgrade::InternalState;
 
 mod answers;
@@ -49,7 +53,7 @@ mod conn;
 mod datagrams;
 
 use answers::{datagram_answer, MAX_DATAGRAM};
-use conn::InternalConn;
+pub(super) use conn::InternalConn;
 use conn::InternalConns;
 use conn::{Progress, KERNEL_BUF};
 use datagrams::DatagramGuard;
@@ -130,21 +134,20 @@ impl Internals {
     }
 }
 
-impl Server {
-    /// An admitted TCP client of an internal service: served here.
-    pub(super) fn start_internal(
+impl Internals {
+    /// An admitted TCP client of `svc`, an internal service of `kind`:
+    /// watched and kept here, its token to be served at once; none if it
+    /// cannot be watched (the client is closed).
+    pub fn open(
         &mut self,
-        idx: usize,
+        poller: &mut Poller,
+        svc: &ServiceRuntime,
+        kind: Internal,
         conn: socket2::Socket,
         peer: Peer,
         source: Option<SourceKey>,
-    ) {
-        let Some(kind) = self.services[idx].spec.internal else {
-            return;
-        };
-        if conn.set_nonblocking(true).is_err() {
-            return;
-        }
+    ) -> Option<Token> {
+        conn.set_nonblocking(true).ok()?;
         // Our 4 KiB buffer bounds what summond holds; the socket's own
         // buffers are kernel memory charged to summond's sockets, and
         // autotuning grows them to megabytes (tcp_wmem/tcp_rmem's maximum)
@@ -153,117 +156,117 @@ impl Server {
         // receive queue). Fixed small buffers bound both per client.
         let _ = conn.set_send_buffer_size(KERNEL_BUF);
         let _ = conn.set_recv_buffer_size(KERNEL_BUF);
-        let token = self.poller.tokens.next();
         let fd = conn.as_raw_fd();
-        let svc = &self.services[idx];
-        if let Err(e) = self.poller.registry().register(
-            &mut SourceFd(&fd),
-            token,
+        let watched = poller.watch(
+            fd,
+            TokenKind::Internal,
             Interest::READABLE | Interest::WRITABLE,
-        ) {
-            info!("{}: cannot serve {peer}: {e}", svc.spec.name);
-            return;
-        }
-        debug!("{}: internal:{} for {peer}", svc.spec.name, kind.name());
-        let id = svc.id;
-        self.services[idx].stats.served += 1;
-        self.take_rate_token(idx, Instant::now());
-        let mut c = InternalConn::new(kind, conn, id, source, peer, SystemTime::now());
-        c.idle = self.services[idx].spec.idle_timeout;
-        self.poller.tokens.insert(token, TokenKind::Internal);
-        self.internal.conns.insert(token, c);
-        // Answer at once (daytime and time need no readiness).
-        self.on_internal_ready(token);
-    }
-
-    pub(super) fn on_internal_ready(&mut self, token: Token) {
-        let Some(conn) = self.internal.conns.conns.get_mut(&token) else {
-            return;
+        );
+        let token = match watched {
+            Ok(token) => token,
+            Err(e) => {
+                info!("{}: cannot serve {peer}: {e}", svc.spec.name);
+                return None;
+            }
         };
-        match conn.on_ready(Instant::now()) {
-            Progress::Waiting => {}
-            Progress::MoreWork => self.internal.conns.ready.push(token),
-            Progress::Done => self.close_internal(token),
-        }
+        debug!("{}: internal:{} for {peer}", svc.spec.name, kind.name());
+        let mut c = InternalConn::new(kind, conn, svc.id, source, peer, SystemTime::now());
+        c.idle = svc.spec.idle_timeout;
+        self.conns.insert(token, c);
+        Some(token)
     }
 
-    /// Serve the connections whose budget ran out last turn.
-    pub(super) fn serve_internal_ready(&mut self) {
-        for token in std::mem::take(&mut self.internal.conns.ready) {
-            self.on_internal_ready(token);
-        }
-    }
-
-    fn close_internal(&mut self, token: Token) {
-        self.poller.tokens.remove(&token);
-        if let Some(conn) = self.internal.conns.remove(token) {
-            let _ = self
-                .poller
-                .registry()
-                .deregister(&mut SourceFd(&conn.socket.as_raw_fd()));
-            let now = Instant::now();
-            if let Some(idx) = self.services.index_of(conn.service) {
-                debug!(
-                    "{}: internal:{} done for {}",
-                    self.services[idx].spec.name,
-                    conn.kind.name(),
-                    conn.peer
-                );
-                // A slot under max_instances may have opened.
-                self.sync_service(idx, now);
+    /// Connection `token` is ready (or has work left): serve it up to its
+    /// budget. The connection if it is done, closed, for the caller to
+    /// re-arm what it held back.
+    pub fn serve(
+        &mut self,
+        token: Token,
+        poller: &mut Poller,
+        now: Instant,
+    ) -> Option<InternalConn> {
+        match self.conns.conns.get_mut(&token)?.on_ready(now) {
+            Progress::Waiting => None,
+            Progress::MoreWork => {
+                self.conns.ready.push(token);
+                None
             }
-            // And one under max_children, for every service.
-            self.unpark(now);
+            Progress::Done => self.close(token, poller),
         }
     }
 
-    /// Close the connections that have been silent for their service's
-    /// `idle_timeout`: an idle client must not keep a descriptor (and a
-    /// place under the limits) for ever.
-    pub(super) fn close_idle_internal(&mut self, now: Instant) {
-        for token in self.internal.conns.take_idle(now) {
-            if let Some(conn) = self.internal.conns.conns.get(&token) {
-                debug!(
-                    "{}: internal:{} closing {}: idle for {:.1}s",
-                    self.services.name_of(conn.service),
-                    conn.kind.name(),
-                    conn.peer,
-                    conn.idle.as_secs_f64()
-                );
-            }
-            self.close_internal(token);
+    /// The connections whose budget ran out last turn.
+    pub fn take_ready(&mut self) -> Vec<Token> {
+        std::mem::take(&mut self.conns.ready)
+    }
+
+    /// Close connection `token`: out of the poll set and the table.
+    fn close(&mut self, token: Token, poller: &mut Poller) -> Option<InternalConn> {
+        poller.tokens.remove(&token);
+        let conn = self.conns.remove(token)?;
+        let _ = poller
+            .registry()
+            .deregister(&mut SourceFd(&conn.socket.as_raw_fd()));
+        Some(conn)
+    }
+
+    /// The connections silent for their whole idle timeout at `now`.
+    pub fn take_idle(&mut self, now: Instant) -> Vec<Token> {
+        self.conns.take_idle(now)
+    }
+
+    /// Close connection `token`, silent for its service's `idle_timeout`
+    /// (`take_idle` found it): an idle client must not keep a descriptor
+    /// (and a place under the limits) for ever. `name_of`: its service's
+    /// name, for the log line.
+    pub fn close_idle<'a>(
+        &mut self,
+        token: Token,
+        poller: &mut Poller,
+        name_of: impl Fn(ServiceId) -> &'a str,
+    ) -> Option<InternalConn> {
+        if let Some(conn) = self.conns.conns.get(&token) {
+            debug!(
+                "{}: internal:{} closing {}: idle for {:.1}s",
+                name_of(conn.service),
+                conn.kind.name(),
+                conn.peer,
+                conn.idle.as_secs_f64()
+            );
         }
+        self.close(token, poller)
+    }
+
+    /// Close every connection (at stop).
+    pub fn close_all(&mut self, poller: &mut Poller) -> Vec<InternalConn> {
+        let tokens: Vec<Token> = self.conns.conns.keys().copied().collect();
+        tokens
+            .into_iter()
+            .filter_map(|t| self.close(t, poller))
+            .collect()
     }
 
     /// After a reload: each connection takes its service's idle timeout.
-    pub(super) fn retime_internal(&mut self) {
-        let Server {
-            internal, services, ..
-        } = self;
-        internal
-            .conns
+    pub fn retime(&mut self, services: &ServiceTable) {
+        self.conns
             .retime(|id| services.index_of(id).map(|i| services[i].spec.idle_timeout));
-    }
-
-    /// Close every internal connection (at stop).
-    pub(super) fn close_all_internal(&mut self) {
-        let tokens: Vec<Token> = self.internal.conns.conns.keys().copied().collect();
-        for t in tokens {
-            self.close_internal(t);
-        }
     }
 
     /// After every config load (startup, reload, and so the new image of
     /// an upgrade too): the ports summond listens on, every internal UDP
     /// socket told to report each datagram's destination, and a budget of
     /// answers for each internal service.
-    pub(super) fn guard_datagrams(&mut self) {
+    pub fn guard_datagrams(
+        &mut self,
+        services: &ServiceTable,
+        sockets: &SocketTable,
+        now: Instant,
+    ) {
         // Every UDP port (a wait service answers what it reads, so an
         // internal service answering it would ping-pong for ever), and the
         // internal services' TCP ports too: another summond with this
         // config has its UDP echo there.
-        let mut ports: FxHashSet<u16> = self
-            .services
+        let mut ports: FxHashSet<u16> = services
             .iter()
             .map(|rt| &rt.spec)
             .filter(|s| s.internal.is_some() && !s.disabled)
@@ -273,113 +276,116 @@ impl Server {
                 _ => None,
             })
             .collect();
-        for sock in self.sockets.iter() {
+        for sock in sockets.iter() {
             let ListenAddr::Udp(a) = &sock.listener.addr else {
                 continue;
             };
             ports.insert(a.port());
-            let internal = self.services[sock.service].spec.internal.is_some();
+            let internal = services[sock.service].spec.internal.is_some();
             if let Err(e) = want_destination(&sock.listener.socket, a.is_ipv4(), internal) {
                 warn!(
                     "{}: {a}: cannot learn datagrams' destinations, so broadcast and \
                      multicast ones cannot be told apart: {e}",
-                    self.services[sock.service].spec.name
+                    services[sock.service].spec.name
                 );
             }
         }
-        let rates = self
-            .services
+        let rates = services
             .iter()
             .filter(|rt| rt.spec.internal.is_some())
             .map(|rt| (rt.id, rt.spec.rate.unwrap_or(DEFAULT_ANSWERS)));
-        self.internal.datagrams.renew(ports, rates, Instant::now());
+        self.datagrams.renew(ports, rates, now);
     }
 
-    /// A readable internal UDP socket: answer up to the budget, as the
-    /// service's rules allow. What must not be answered is read and
-    /// dropped, never left queued: a datagram answered later keeps a loop
-    /// going as surely as one answered now.
-    pub(super) fn serve_datagrams(&mut self, idx: usize, addr: &ListenAddr) {
-        let Some(kind) = self.services[idx].spec.internal else {
-            return;
+    /// `socket`, an internal UDP socket of `svc`, is readable: answer up
+    /// to the budget, as the service's rules allow, while it may serve
+    /// (`children`: what it has running besides its connections here).
+    /// What must not be answered is read and dropped, never left queued:
+    /// a datagram answered later keeps a loop going as surely as one
+    /// answered now. True if the budget ran out with datagrams possibly
+    /// left, to be served next turn.
+    pub fn serve_datagrams(
+        &mut self,
+        svc: &mut ServiceRuntime,
+        socket: &socket2::Socket,
+        children: u32,
+        refusals: &mut RefusalLog<RefusalKey>,
+    ) -> bool {
+        let Some(kind) = svc.spec.internal else {
+            return false;
         };
         let mut question = [0u8; 2048];
         let mut answer = [0u8; MAX_DATAGRAM];
         let mut cmsg = nix::cmsg_space!(nix::libc::in_pktinfo, nix::libc::in6_pktinfo);
         for _ in 0..DATAGRAM_BUDGET {
             let now = Instant::now();
-            if !self.service_may_spawn(idx, now) {
-                return;
+            if !svc.may_spawn(children + self.conns.active(svc.id), now) {
+                return false;
             }
-            let Some(sock) = self.sockets.get(addr) else {
-                return;
-            };
-            let socket = &sock.listener.socket;
             let (n, from, dest) = match recv_datagram(socket, &mut question, &mut cmsg) {
                 Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return,
+                Err(_) => return false,
             };
             let from = crate::peer::canonical_addr(from);
-            if !self.admit_datagram(idx, from, dest, now) {
+            if !self.admit_datagram(svc, from, dest, refusals, now) {
                 continue;
             }
-            let id = self.services[idx].id;
             let len = datagram_answer(kind, &question[..n], SystemTime::now(), &mut answer);
             // Only an answer spends the budget (discard sends none). The
             // service's `rate` is not spent here: it sets this budget, and
             // its pause would leave datagrams queued.
-            if len.is_some() && !self.internal.datagrams.take_answer(id, now) {
-                let rate = self.services[idx].spec.rate.unwrap_or(DEFAULT_ANSWERS);
-                self.drop_datagram(idx, from, Unanswered::OverBudget(rate), now);
+            if len.is_some() && !self.datagrams.take_answer(svc.id, now) {
+                let rate = svc.spec.rate.unwrap_or(DEFAULT_ANSWERS);
+                self.drop_datagram(svc, from, Unanswered::OverBudget(rate), now);
                 continue;
             }
-            self.services[idx].stats.served += 1;
-            if let (Some(len), Some(sock)) = (len, self.sockets.get(addr)) {
-                let _ = sock.listener.socket.send_to_with_flags(
+            svc.stats.served += 1;
+            if let Some(len) = len {
+                let _ = socket.send_to_with_flags(
                     &answer[..len],
                     &from.into(),
                     nix::libc::MSG_DONTWAIT,
                 );
             }
         }
-        // Budget spent with datagrams possibly left: next turn.
-        self.sockets.queue_ready(addr);
+        true
     }
 
-    /// May the datagram from `from` to `dest` be answered by service
-    /// `idx`? One that may not is dropped (logged by episode) or refused
-    /// (counted and logged as a refusal) here.
+    /// May the datagram from `from` to `dest` be answered by `svc`? One
+    /// that may not is dropped (logged by episode) or refused (counted
+    /// and logged as a refusal) here.
     fn admit_datagram(
         &mut self,
-        idx: usize,
+        svc: &mut ServiceRuntime,
         from: std::net::SocketAddr,
         dest: datagrams::Destination,
+        refusals: &mut RefusalLog<RefusalKey>,
         now: Instant,
     ) -> bool {
         // Never answer another server (the echo/chargen loop, and
         // reflection through spoofed sources), nor a datagram sent to
         // many hosts at once.
-        let why = unanswerable(from, self.internal.datagrams.own_ports())
+        let why = unanswerable(from, self.datagrams.own_ports())
             .or_else(|| not_to_us_alone(dest).then_some(Unanswered::NotToUs));
         if let Some(why) = why {
-            self.drop_datagram(idx, from, why, now);
+            self.drop_datagram(svc, from, why, now);
             return false;
         }
-        let svc = &self.services[idx];
         let key = SourceKey::Ip(from.ip()).grouped(svc.spec.per_source_prefix);
         let peer = Peer::Inet {
             remote: from,
             local: None,
         };
         if let Err(why) = svc.spec.access.permits(from.ip()) {
-            self.refuse_datagram(idx, &peer, key, RefuseReason::Access(why), now);
+            refuse_datagram(svc, &peer, key, RefuseReason::Access(why), refusals, now);
             return false;
         }
         if let Some(rate) = svc.spec.per_source_rate {
-            if !self.services[idx].source_rates().admit(key, rate, now) {
-                self.refuse_datagram(idx, &peer, key, RefuseReason::PerSourceRate(rate), now);
+            if !svc.source_rates().admit(key, rate, now) {
+                let why = RefuseReason::PerSourceRate(rate);
+                refuse_datagram(svc, &peer, key, why, refusals, now);
                 return false;
             }
         }
@@ -392,14 +398,13 @@ impl Server {
     /// REFUSAL_INTERVAL has passed, as refusals are.
     fn drop_datagram(
         &mut self,
-        idx: usize,
+        svc: &ServiceRuntime,
         from: std::net::SocketAddr,
         why: Unanswered,
         now: Instant,
     ) {
-        let svc = &self.services[idx];
         let name = svc.spec.name.as_str();
-        match self.internal.datagrams.episode(svc.id, why, now) {
+        match self.datagrams.episode(svc.id, why, now) {
             Some(since) => {
                 let more = if since > 0 {
                     format!(" ({since} more since the last such line)")
@@ -413,22 +418,23 @@ impl Server {
             None => debug!("{name}: ignored a datagram from {from}: {why}"),
         }
     }
+}
 
-    fn refuse_datagram(
-        &mut self,
-        idx: usize,
-        peer: &Peer,
-        key: SourceKey,
-        why: RefuseReason,
-        now: Instant,
-    ) {
-        let svc = &mut self.services[idx];
-        svc.stats.refused_by[why.kind()] += 1;
-        svc.top_refused.record(key);
-        if self.refusals.record((svc.id, Some(key), why), now) {
-            let name = svc.spec.name.as_str();
-            info!(event = "refused", service = name, peer:% = peer;
-                "{name}: refused {peer} ({why})");
-        }
+/// A datagram refused by `svc`'s rules: counted, and logged unless the
+/// refusal log summarises it.
+fn refuse_datagram(
+    svc: &mut ServiceRuntime,
+    peer: &Peer,
+    key: SourceKey,
+    why: RefuseReason,
+    refusals: &mut RefusalLog<RefusalKey>,
+    now: Instant,
+) {
+    svc.stats.refused_by[why.kind()] += 1;
+    svc.top_refused.record(key);
+    if refusals.record((svc.id, Some(key), why), now) {
+        let name = svc.spec.name.as_str();
+        info!(event = "refused", service = name, peer:% = peer;
+            "{name}: refused {peer} ({why})");
     }
 }
