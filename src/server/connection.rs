@@ -15,18 +15,16 @@ use nix::libc;
 use socket2::Socket;
 
 use super::children::{for_peer, Child, HeldSocket};
-use super::services::ServiceId;
+use super::services::RefuseReason;
 use super::timers::Timer;
 use super::Server;
-use crate::access::Refusal;
 use crate::addr::ListenAddr;
-use crate::config::{Pass, Rate};
+use crate::config::Pass;
 use crate::env::EnvBlock;
 use crate::limits::Backoff;
 use crate::peer::{Peer, SourceKey};
 use crate::queue::QueueHead;
 use crate::spawn::{self, FdMove};
-use crate::stats::RefusalKind;
 use crate::upgrade::ConnState;
 
 /// Connections taken from one listener per wake-up before the loop turns
@@ -98,38 +96,6 @@ impl Shortage {
             .extend(kept.into_iter().filter_map(PendingConnection::resumed));
     }
 }
-
-/// Why a client was turned away.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(super) enum RefuseReason {
-    Access(Refusal),
-    MaxPerSource(u32),
-    PerSourceRate(Rate),
-}
-
-impl RefuseReason {
-    /// What it is counted as.
-    pub(super) fn kind(self) -> RefusalKind {
-        match self {
-            RefuseReason::Access(_) => RefusalKind::Access,
-            RefuseReason::MaxPerSource(_) => RefusalKind::MaxPerSource,
-            RefuseReason::PerSourceRate(_) => RefusalKind::PerSourceRate,
-        }
-    }
-}
-
-impl fmt::Display for RefuseReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RefuseReason::Access(r) => write!(f, "{r}"),
-            RefuseReason::MaxPerSource(max) => write!(f, "max_per_source {max} reached"),
-            RefuseReason::PerSourceRate(rate) => write!(f, "per_source_rate {rate} reached"),
-        }
-    }
-}
-
-/// What repeated refusals are counted under: service, client, reason.
-pub(super) type RefusalKey = (ServiceId, Option<SourceKey>, RefuseReason);
 
 /// What became of an attempt to start a child.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -342,9 +308,10 @@ impl Server {
         self.launch_connection(idx, addr, conn, peer, source, greeted);
     }
 
-    /// The one place a refusal is counted and logged; the connection is
-    /// closed when the caller drops it. Repeats from the same client are
-    /// summarised once per interval instead of logged one by one.
+    /// A connection refused: counted (`ServiceTable::refuse`, as a
+    /// datagram is), told the service's `banner_fail`, and logged unless
+    /// the refusal log summarises it with its repeats; the connection is
+    /// closed when the caller drops it.
     fn refuse(
         &mut self,
         idx: usize,
@@ -354,15 +321,12 @@ impl Server {
         why: RefuseReason,
         now: Instant,
     ) {
-        let svc = &mut self.services[idx];
-        svc.stats.refused_by[why.kind()] += 1;
+        let log = self.services.refuse(idx, source, why, now);
+        let svc = &self.services[idx];
         if let Some(text) = &svc.spec.banner_fail {
             send_banner(conn, text);
         }
-        if let Some(key) = source {
-            svc.top_refused.record(key);
-        }
-        if self.refusals.record((svc.id, source, why), now) {
+        if log {
             let name = svc.spec.name.as_str();
             info!(event = "refused", service = name, peer:% = peer;
                 "{name}: refused {peer} ({why})");
@@ -378,18 +342,12 @@ impl Server {
             internal,
             services,
             sockets,
-            refusals,
             ..
         } = self;
         let Some(sock) = sockets.get(addr) else {
             return;
         };
-        if internal.serve_datagrams(
-            &mut services[idx],
-            &sock.listener.socket,
-            children,
-            refusals,
-        ) {
+        if internal.serve_datagrams(services, idx, &sock.listener.socket, children) {
             sockets.queue_ready(addr);
         }
     }

@@ -71,7 +71,7 @@ use crate::control::{RefusedSource, ServiceStatus, Status};
 use crate::listener::{ListenError, ListenOptions, Listener};
 use crate::metrics as prom;
 use crate::notify::Notifier;
-use crate::refusals::{RefusalLog, REFUSAL_INTERVAL};
+use crate::refusals::REFUSAL_INTERVAL;
 use crate::signals::{self, Signals};
 use crate::spawn::Stage;
 use crate::stats::Pause;
@@ -91,7 +91,7 @@ mod timers;
 mod upgrade;
 
 use children::{for_peer, Child, ChildTable, StoppingGroup};
-use connection::{RefusalKey, Shortage};
+use connection::Shortage;
 use endpoints::{Accepted, Endpoints, Loop};
 use internal::{InternalConn, Internals};
 use launcher::Launcher;
@@ -189,7 +189,6 @@ pub struct Server {
     notifier: Notifier,
     /// The control socket, the metrics listener and their clients.
     endpoints: Endpoints,
-    refusals: RefusalLog<RefusalKey>,
     upgrades: Upgrades,
     stopping: bool,
     /// The config load in flight, and whether another is owed.
@@ -232,7 +231,6 @@ impl Server {
             internal: Internals::default(),
             notifier,
             endpoints: Endpoints::default(),
-            refusals: RefusalLog::default(),
             upgrades: Upgrades::new(),
             stopping: false,
             reloads: Reloads::default(),
@@ -352,7 +350,7 @@ impl Server {
             .into_iter()
             .chain(self.internal.conns.next_deadline())
             .chain(self.shortage.backoff.deadline())
-            .chain(self.refusals.deadline())
+            .chain(self.services.refusal_deadline())
             .min()
     }
 
@@ -417,7 +415,7 @@ impl Server {
     /// The refusals not logged one by one in the interval that ended, as
     /// one line per service and client, and one for the rest.
     fn log_refusal_summary(&mut self, now: Instant) {
-        if let Some(summary) = self.refusals.flush(now) {
+        if let Some(summary) = self.services.flush_refusals(now) {
             for ((id, client, why), n) in summary.repeats {
                 let name = self.services.name_of(id);
                 let client = client.map_or_else(|| "unknown peer".to_string(), |c| c.to_string());

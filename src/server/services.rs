@@ -8,18 +8,21 @@
 //! of sockets, children, polling or logging.
 
 use rustc_hash::FxHashMap;
+use std::fmt;
 use std::ops::{Index, IndexMut};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use nix::sys::wait::WaitStatus;
 
-use crate::config::ServiceSpec;
+use crate::access::Refusal;
+use crate::config::{Rate, ServiceSpec};
 use crate::limits::rate::{BucketState, SourceBuckets, TokenBucket, TopRefused, TOP_TRACKED};
 use crate::limits::CrashGuard;
 use crate::peer::SourceKey;
+use crate::refusals::{RefusalLog, Summary};
 use crate::spawn::ExecImage;
-use crate::stats::{exit_key, succeeded, ExitOutcome, ExitText, Pause, Stats};
+use crate::stats::{exit_key, succeeded, ExitOutcome, ExitText, Pause, RefusalKind, Stats};
 use crate::upgrade::{LimitsState, SourcesState};
 
 /// A service for the length of the run: kept across reloads while its
@@ -280,7 +283,40 @@ pub(super) struct Recorded {
     pub held_until: Option<Instant>,
 }
 
-/// Every service's runtime, in config order.
+/// Why a client was turned away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum RefuseReason {
+    Access(Refusal),
+    MaxPerSource(u32),
+    PerSourceRate(Rate),
+}
+
+impl RefuseReason {
+    /// What it is counted as.
+    pub(super) fn kind(self) -> RefusalKind {
+        match self {
+            RefuseReason::Access(_) => RefusalKind::Access,
+            RefuseReason::MaxPerSource(_) => RefusalKind::MaxPerSource,
+            RefuseReason::PerSourceRate(_) => RefusalKind::PerSourceRate,
+        }
+    }
+}
+
+impl fmt::Display for RefuseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RefuseReason::Access(r) => write!(f, "{r}"),
+            RefuseReason::MaxPerSource(max) => write!(f, "max_per_source {max} reached"),
+            RefuseReason::PerSourceRate(rate) => write!(f, "per_source_rate {rate} reached"),
+        }
+    }
+}
+
+/// What repeated refusals are summarised under: service, client, reason.
+pub(super) type RefusalKey = (ServiceId, Option<SourceKey>, RefuseReason);
+
+/// Every service's runtime, in config order, and the refusals they made
+/// lately (the repeats not logged one by one).
 pub(super) struct ServiceTable {
     /// Boxed: a reload moves each service once, and 10,000 runtimes of
     /// 1.2 kB inline would be 12 MB copied into a new list.
@@ -289,6 +325,9 @@ pub(super) struct ServiceTable {
     /// Service identity → index into `list`, rebuilt on reload.
     by_id: FxHashMap<ServiceId, usize>,
     next_id: u64,
+    /// Refusals by service, client and reason in this interval: the first
+    /// is logged, its repeats summarised at the interval's end.
+    refusals: RefusalLog<RefusalKey>,
 }
 
 impl Default for ServiceTable {
@@ -297,6 +336,7 @@ impl Default for ServiceTable {
             list: Vec::new(),
             by_id: FxHashMap::default(),
             next_id: 1,
+            refusals: RefusalLog::default(),
         }
     }
 }
@@ -331,6 +371,38 @@ impl ServiceTable {
     pub(super) fn name_of(&self, id: ServiceId) -> &str {
         self.index_of(id)
             .map_or("(removed service)", |i| self.list[i].spec.name.as_str())
+    }
+
+    /// Count a refusal by service `idx` of client `source` for `why`: by
+    /// kind, among its most refused clients, and in the refusal log, which
+    /// says whether to log it now (true: the first of the interval for
+    /// this service, client and reason) or summarise it with its repeats
+    /// (`flush_refusals`). The one place a refusal is counted, for
+    /// connections and datagrams alike.
+    pub(super) fn refuse(
+        &mut self,
+        idx: usize,
+        source: Option<SourceKey>,
+        why: RefuseReason,
+        now: Instant,
+    ) -> bool {
+        let svc = &mut self.list[idx];
+        svc.stats.refused_by[why.kind()] += 1;
+        if let Some(key) = source {
+            svc.top_refused.record(key);
+        }
+        self.refusals.record((svc.id, source, why), now)
+    }
+
+    /// When the refusal log's interval ends, if it holds any.
+    pub(super) fn refusal_deadline(&self) -> Option<Instant> {
+        self.refusals.deadline()
+    }
+
+    /// The repeats not logged in the interval that ended at `now`, if it
+    /// has.
+    pub(super) fn flush_refusals(&mut self, now: Instant) -> Option<Summary<RefusalKey>> {
+        self.refusals.flush(now)
     }
 
     /// Each service's index by name, for what an upgrade state names by
@@ -621,6 +693,27 @@ mod tests {
         assert!(t[1].may_spawn(1000, t0), "no max_instances");
         while t[0].rate.as_mut().unwrap().take(t0) {}
         assert!(!t[0].may_spawn(0, t0), "its rate is spent");
+    }
+
+    #[test]
+    fn a_refusal_is_counted_and_its_repeats_are_summarised() {
+        use crate::refusals::REFUSAL_INTERVAL;
+        use crate::stats::RefusalKind;
+        let t0 = Instant::now();
+        let mut t = ServiceTable::default();
+        t.carry_over(specs(TWO), t0);
+        let ip = SourceKey::Ip("10.0.0.1".parse().unwrap());
+        let why = RefuseReason::MaxPerSource(1);
+        assert!(t.refuse(0, Some(ip), why, t0), "the first is logged");
+        assert!(!t.refuse(0, Some(ip), why, t0), "a repeat is not");
+        assert!(t.refuse(1, Some(ip), why, t0), "another service's is");
+        assert!(t.refuse(0, None, why, t0), "so is an unknown peer's");
+        assert_eq!(t[0].stats.refused_by[RefusalKind::MaxPerSource], 3);
+        assert_eq!(t[0].top_refused.top(3), vec![(ip, 2)]);
+        let end = t.refusal_deadline().unwrap();
+        assert!(end <= t0 + REFUSAL_INTERVAL && t.flush_refusals(t0).is_none());
+        let summary = t.flush_refusals(end).unwrap();
+        assert_eq!(summary.repeats, vec![((t[0].id, Some(ip), why), 1)]);
     }
 
     #[test]

@@ -38,14 +38,13 @@ use log::{debug, info, warn};
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
 
-use super::connection::{RefusalKey, RefuseReason};
 use super::poller::{Poller, TokenKind};
-use super::services::{ServiceId, ServiceRuntime, ServiceTable};
+use super::services::{RefuseReason, ServiceId, ServiceRuntime, ServiceTable};
 use super::sockets::SocketTable;
 use crate::addr::ListenAddr;
 use crate::config::Internal;
 use crate::peer::{Peer, SourceKey};
-use crate::refusals::{RefusalLog, REFUSAL_INTERVAL};
+use crate::refusals::REFUSAL_INTERVAL;
 use crate::upgrade::InternalState;
 
 mod answers;
@@ -297,21 +296,22 @@ impl Internals {
         self.datagrams.renew(ports, rates, now);
     }
 
-    /// `socket`, an internal UDP socket of `svc`, is readable: answer up
-    /// to the budget, as the service's rules allow, while it may serve
-    /// (`children`: what it has running besides its connections here).
+    /// `socket`, an internal UDP socket of service `idx`, is readable:
+    /// answer up to the budget, as the service's rules allow, while it may
+    /// serve (`children`: what it has running besides its connections
+    /// here).
     /// What must not be answered is read and dropped, never left queued:
     /// a datagram answered later keeps a loop going as surely as one
     /// answered now. True if the budget ran out with datagrams possibly
     /// left, to be served next turn.
     pub fn serve_datagrams(
         &mut self,
-        svc: &mut ServiceRuntime,
+        services: &mut ServiceTable,
+        idx: usize,
         socket: &socket2::Socket,
         children: u32,
-        refusals: &mut RefusalLog<RefusalKey>,
     ) -> bool {
-        let Some(kind) = svc.spec.internal else {
+        let Some(kind) = services[idx].spec.internal else {
             return false;
         };
         let mut question = [0u8; 2048];
@@ -319,6 +319,7 @@ impl Internals {
         let mut cmsg = nix::cmsg_space!(nix::libc::in_pktinfo, nix::libc::in6_pktinfo);
         for _ in 0..DATAGRAM_BUDGET {
             let now = Instant::now();
+            let svc = &services[idx];
             if !svc.may_spawn(children + self.conns.active(svc.id), now) {
                 return false;
             }
@@ -329,9 +330,10 @@ impl Internals {
                 Err(_) => return false,
             };
             let from = crate::peer::canonical_addr(from);
-            if !self.admit_datagram(svc, from, dest, refusals, now) {
+            if !self.admit_datagram(services, idx, from, dest, now) {
                 continue;
             }
+            let svc = &mut services[idx];
             let len = datagram_answer(kind, &question[..n], SystemTime::now(), &mut answer);
             // Only an answer spends the budget (discard sends none). The
             // service's `rate` is not spent here: it sets this budget, and
@@ -353,17 +355,18 @@ impl Internals {
         true
     }
 
-    /// May the datagram from `from` to `dest` be answered by `svc`? One
-    /// that may not is dropped (logged by episode) or refused (counted
-    /// and logged as a refusal) here.
+    /// May the datagram from `from` to `dest` be answered by service
+    /// `idx`? One that may not is dropped (logged by episode) or refused
+    /// (counted and logged as a refusal) here.
     fn admit_datagram(
         &mut self,
-        svc: &mut ServiceRuntime,
+        services: &mut ServiceTable,
+        idx: usize,
         from: std::net::SocketAddr,
         dest: datagrams::Destination,
-        refusals: &mut RefusalLog<RefusalKey>,
         now: Instant,
     ) -> bool {
+        let svc = &mut services[idx];
         // Never answer another server (the echo/chargen loop, and
         // reflection through spoofed sources), nor a datagram sent to
         // many hosts at once.
@@ -378,18 +381,23 @@ impl Internals {
             remote: from,
             local: None,
         };
-        if let Err(why) = svc.spec.access.permits(from.ip()) {
-            refuse_datagram(svc, &peer, key, RefuseReason::Access(why), refusals, now);
-            return false;
+        let refused = match svc.spec.access.permits(from.ip()) {
+            Err(why) => Some(RefuseReason::Access(why)),
+            Ok(()) => svc
+                .spec
+                .per_source_rate
+                .filter(|rate| !svc.source_rates().admit(key, *rate, now))
+                .map(RefuseReason::PerSourceRate),
+        };
+        let Some(why) = refused else {
+            return true;
+        };
+        if services.refuse(idx, Some(key), why, now) {
+            let name = services[idx].spec.name.as_str();
+            info!(event = "refused", service = name, peer:% = peer;
+                "{name}: refused {peer} ({why})");
         }
-        if let Some(rate) = svc.spec.per_source_rate {
-            if !svc.source_rates().admit(key, rate, now) {
-                let why = RefuseReason::PerSourceRate(rate);
-                refuse_datagram(svc, &peer, key, why, refusals, now);
-                return false;
-            }
-        }
-        true
+        false
     }
 
     /// A datagram read and not answered: the first of an episode (per
@@ -417,24 +425,5 @@ impl Internals {
             }
             None => debug!("{name}: ignored a datagram from {from}: {why}"),
         }
-    }
-}
-
-/// A datagram refused by `svc`'s rules: counted, and logged unless the
-/// refusal log summarises it.
-fn refuse_datagram(
-    svc: &mut ServiceRuntime,
-    peer: &Peer,
-    key: SourceKey,
-    why: RefuseReason,
-    refusals: &mut RefusalLog<RefusalKey>,
-    now: Instant,
-) {
-    svc.stats.refused_by[why.kind()] += 1;
-    svc.top_refused.record(key);
-    if refusals.record((svc.id, Some(key), why), now) {
-        let name = svc.spec.name.as_str();
-        info!(event = "refused", service = name, peer:% = peer;
-            "{name}: refused {peer} ({why})");
     }
 }
