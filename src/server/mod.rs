@@ -60,7 +60,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Token};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use socket2::Socket;
@@ -72,7 +72,7 @@ use crate::listener::{ListenError, ListenOptions, Listener};
 use crate::metrics as prom;
 use crate::notify::Notifier;
 use crate::refusals::REFUSAL_INTERVAL;
-use crate::signals::{self, Signals};
+use crate::signals;
 use crate::spawn::Stage;
 use crate::stats::Pause;
 
@@ -97,7 +97,7 @@ use internal::{InternalConn, Internals};
 use launcher::Launcher;
 use origin::Origin;
 pub use origin::RunOptions;
-use poller::{Poller, TokenKind, Tokens, CONFIG_LOAD, CONTROL, METRICS, SIGNALS, UPGRADE_CHECK};
+use poller::{Poller, TokenKind, CONFIG_LOAD, CONTROL, METRICS, SIGNALS, UPGRADE_CHECK};
 use reload::{ConfigLoad, Reloads};
 use services::{ServiceId, ServiceRuntime, ServiceTable};
 use sockets::{SocketPlan, SocketTable};
@@ -150,29 +150,13 @@ impl fmt::Display for ServerError {
 
 impl std::error::Error for ServerError {}
 
-/// The poll set, the signalfd in it. Signals first: no SIGCHLD may
-/// arrive before its signalfd exists.
-fn poll_with_signals() -> Result<(Poll, Signals), ServerError> {
-    let signals = Signals::open().map_err(|e| ServerError::Setup("signalfd", e))?;
-    let poll = Poll::new().map_err(|e| ServerError::Setup("epoll", e))?;
-    poll.registry()
-        .register(
-            &mut SourceFd(&signals.raw_fd()),
-            SIGNALS,
-            Interest::READABLE,
-        )
-        .map_err(|e| ServerError::Setup("register signalfd", e))?;
-    Ok((poll, signals))
-}
-
 pub struct Server {
-    /// The poll set and what each of its tokens stands for.
+    /// The poll set, the signalfd in it, and what each token stands for.
     poller: Poller,
     config: Config,
     services: ServiceTable,
     sockets: SocketTable,
     children: ChildTable,
-    signals: Signals,
     /// What starting a child takes besides its image.
     launcher: Launcher,
     /// The options startup gave, and the sockets handed over.
@@ -206,14 +190,11 @@ impl Server {
         notifier: Notifier,
         handed: Vec<Socket>,
     ) -> Result<Server, ServerError> {
-        let (poll, signals) = poll_with_signals()?;
+        let poller = Poller::open().map_err(|(what, e)| ServerError::Setup(what, e))?;
         let launcher = Launcher::new(opts.fd_base, opts.child_nofile)
             .map_err(|(what, e)| ServerError::Setup(what, e))?;
         let mut server = Server {
-            poller: Poller {
-                poll,
-                tokens: Tokens::default(),
-            },
+            poller,
             config: Config {
                 path: config.path.clone(),
                 daemon: config.daemon.clone(),
@@ -223,7 +204,6 @@ impl Server {
             services: ServiceTable::default(),
             sockets: SocketTable::default(),
             children: ChildTable::default(),
-            signals,
             launcher,
             origin: Origin::new(opts, handed),
             shortage: Shortage::default(),
@@ -576,7 +556,7 @@ impl Server {
     // ---- signals ------------------------------------------------------
 
     fn handle_signals(&mut self) {
-        for sig in self.signals.drain() {
+        for sig in self.poller.signals.drain() {
             match sig {
                 Signal::SIGCHLD => self.reap_children(),
                 Signal::SIGTERM | Signal::SIGINT => {

@@ -1,6 +1,7 @@
-//! The poll set and what its tokens stand for: the fixed tokens of the
-//! sources there is one of, and the dynamic ones given out from
-//! `FIRST_DYNAMIC_TOKEN` (listeners, clients), each named by a
+//! What the loop waits on: the poll set, the signalfd in it (the one
+//! source no table owns), and what its tokens stand for: the fixed
+//! tokens of the sources there is one of, and the dynamic ones given out
+//! from `FIRST_DYNAMIC_TOKEN` (listeners, clients), each named by a
 //! `TokenKind` while its source is registered. A source is registered
 //! in the one and named in the other.
 
@@ -12,6 +13,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Poll, Token};
 
 use crate::addr::ListenAddr;
+use crate::signals::Signals;
 
 pub(super) const SIGNALS: Token = Token(0);
 pub(super) const CONTROL: Token = Token(1);
@@ -71,14 +73,35 @@ impl Tokens {
     }
 }
 
-/// The poll set and what each of its dynamic tokens stands for: a
-/// source is registered in one and named in the other.
+/// The poll set, the signalfd in it, and what each of its dynamic tokens
+/// stands for: a source is registered in one and named in the other.
 pub(super) struct Poller {
     pub poll: Poll,
+    /// The signals summond handles (`signals.rs`), read at `SIGNALS`.
+    pub signals: Signals,
     pub tokens: Tokens,
 }
 
 impl Poller {
+    /// The poll set with the signalfd in it, or what failed. Signals
+    /// first: no SIGCHLD may arrive before its signalfd exists.
+    pub fn open() -> Result<Poller, (&'static str, io::Error)> {
+        let signals = Signals::open().map_err(|e| ("signalfd", e))?;
+        let poll = Poll::new().map_err(|e| ("epoll", e))?;
+        poll.registry()
+            .register(
+                &mut SourceFd(&signals.raw_fd()),
+                SIGNALS,
+                Interest::READABLE,
+            )
+            .map_err(|e| ("register signalfd", e))?;
+        Ok(Poller {
+            poll,
+            signals,
+            tokens: Tokens::default(),
+        })
+    }
+
     pub fn registry(&self) -> &mio::Registry {
         self.poll.registry()
     }
