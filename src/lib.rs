@@ -18,7 +18,7 @@
 //! | `src/addr.rs`, `src/access.rs` | listen addresses; CIDRs and allow/deny |
 //! | `src/listener.rs` | addresses → bound non-blocking CLOEXEC sockets with their options, the stale-file probe, re-applying options on reload |
 //! | `src/spawn/` | `mod.rs` the `Spawner`: `clone(CLONE_VM \| CLONE_VFORK)` on a stack of its own and the failure report read back from shared memory; `image.rs` the argv, envp, credentials and sandbox built at load, before any spawn; `fds.rs` the fd plans and the fd base that keeps the spawn flat in the number of sockets; `child.rs` the child up to `execve`, syscalls only |
-//! | `src/upgrade.rs`, `src/server/upgrade.rs` | live upgrade: the state format, the memfd, the exec and the way back; what the server hands over and rebuilds |
+//! | `src/upgrade.rs`, `src/server/upgrade.rs` | live upgrade: the state format, the memfd, the exec and the way back; the server's check, exec and the sequence that has each table take back its part |
 //! | `src/footprint.rs` | giving back what starting up or reloading left resident (freed heap, clean code pages) |
 //! | `src/server/mod.rs` | the event loop: watching, status, reload, stop; a connection's path, step by step, in its header |
 //! | `src/server/connection.rs` | one client's way in: the gate, accept budget, admission, refusals, banners, spawn |
@@ -28,12 +28,12 @@
 //! | `src/server/exit.rs` | a child's way out: reaping, giving back its sockets, recording its exit, re-arming |
 //! | `src/server/sockets.rs` | the socket table (its states: watched, parked, queued, lent) and the reload diff |
 //! | `src/server/children.rs` | the child table and the counts kept with it |
-//! | `src/server/services.rs` | the service table: each service's runtime, may it start a child, recording an exit, the carry-over across a reload |
+//! | `src/server/services.rs` | the service table: each service's runtime, may it start a child, recording an exit, counting a refusal, the carry-over across a reload |
 //! | `src/server/endpoints.rs` | the control socket and the metrics listener with their clients, answered from a snapshot |
 //! | `src/stats.rs` | a service's counters, the kinds they count by (refusal, exit outcome) and why a service is paused |
-//! | `src/server/poller.rs` | the poll set, the fixed tokens and what each dynamic token stands for |
-//! | `src/server/timers.rs` | the deadlines, cancellable (crash holds, rate refills, `max_runtime`) |
-//! | `src/server/internal/` | echo, discard, chargen, daytime, time in the loop: `answers.rs` the answers, `conn.rs` a TCP connection and the table of the open ones, `datagrams.rs` what a UDP service must not answer and its budget, `mod.rs` the server's side |
+//! | `src/server/poller.rs` | what the loop waits on: the poll set, the signalfd, the fixed tokens and what each dynamic token stands for |
+//! | `src/server/timers.rs` | the deadlines in one ordered map, each cancellable by its key: a service's crash hold and `rate` token, a child's `max_runtime` and SIGKILL, a control or metrics client's time, the upgrade check, a slow config load, the watchdog |
+//! | `src/server/internal/` | echo, discard, chargen, daytime, time in the loop: `answers.rs` the answers, `conn.rs` a TCP connection and the table of the open ones, `datagrams.rs` what a UDP service must not answer and its budget, `mod.rs` their owner in the loop (`Internals`: open, serve, close, guard and answer datagrams) |
 //! | `src/peer.rs` | the client: address or credentials, its variables, its per-source key and prefix grouping |
 //! | `src/limits/` | counting (`mod.rs`: per source, the crash guard, the resource back-off) and rates (`rate.rs`: token buckets, the bounded per-source table, the most refused) |
 //! | `src/queue.rs` | what waits on a socket lent to a pass-mode child, seen without taking it |

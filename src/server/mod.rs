@@ -1,16 +1,20 @@
 //! The event loop and the decisions across its parts: one `Server` holds
 //! the socket table (`sockets.rs`), the child table (`children.rs`), the
-//! service table (`services.rs`) and the timers (`timers.rs`), and is the
-//! one place that decides across them and logs per-event outcomes; the
-//! tables never call back up. The control socket, the metrics listener
-//! and their clients are one more owner (`endpoints.rs`), handed a
-//! snapshot to answer with; so are what starting a child takes
-//! (`launcher.rs`), where listening sockets come from (`origin.rs`), the
-//! internal services' state (`internal/`) and a reload's load
-//! (`reload.rs`). Here are the loop, watching, status, reload
-//! and stop; a client's way in is `connection.rs`, a child's way out
-//! `exit.rs`. Sockets are built by `listener.rs`, children by `spawn/`,
-//! counting rules by `limits.rs`.
+//! service table (`services.rs`, which also counts every refusal) and the
+//! timers (`timers.rs`), and is the one place that decides across them
+//! and logs per-event outcomes; the tables never call back up. The
+//! control socket, the metrics listener and their clients are one more
+//! owner (`endpoints.rs`), handed a snapshot to answer with; so are what
+//! the loop waits on (`poller.rs`: the poll set, the signalfd, what each
+//! token stands for), what starting a child takes (`launcher.rs`), where
+//! listening sockets come from (`origin.rs`), the internal services'
+//! connections and datagrams (`internal/`, handed the poll set and a
+//! service) and a reload's load (`reload.rs`). Here are the loop,
+//! watching, status, reload and stop; a client's way in is
+//! `connection.rs`, a child's way out `exit.rs`, and a live upgrade
+//! `upgrade.rs` (the check, the exec, and the one sequence that has each
+//! table take back its part). Sockets are built by `listener.rs`,
+//! children by `spawn/`, counting rules by `limits.rs`.
 //!
 //! The path of a connection (accept mode), each step a function:
 //!
@@ -20,15 +24,16 @@
 //!    resource back-off): shut, the listener is parked (`park`) and its
 //!    clients wait in the backlog until `unpark`.
 //! 3. `accept_connections`: accepts up to `ACCEPT_BUDGET` while the gate
-//!    and the service's own limits (`service_may_spawn`: `max_instances`,
-//!    `ServiceRuntime::may_start`: crash hold, `rate`) allow; clients left
-//!    over are queued for the next turn (`SocketTable::queue_ready`,
-//!    `serve_ready`).
+//!    and the service's own limits (`service_may_spawn` →
+//!    `ServiceRuntime::may_spawn`: `max_instances`, then `may_start`:
+//!    crash hold, `rate`) allow; clients left over are queued for the
+//!    next turn (`SocketTable::queue_ready`, `serve_ready`).
 //! 4. `start_connection`: admission (access rules, `max_per_source`,
-//!    `per_source_rate`); a refusal is counted and logged by `refuse`.
+//!    `per_source_rate`); a refusal is counted by `ServiceTable::refuse`
+//!    and logged (or left to the summary) by `refuse`.
 //! 5. `launch_connection`: the banner, the child's fds and variables into
 //!    the reused scratch buffers; an internal service is served in the
-//!    loop instead (`start_internal`, `internal/`).
+//!    loop instead (`start_internal` → `Internals::open`, `internal/`).
 //! 6. `spawn_child`: clone and exec (`Launcher::spawn`), the child into the
 //!    child table, a `rate` token spent (`take_rate_token`), its
 //!    `max_runtime` timer set. Out of fds or processes, the client is kept
@@ -153,7 +158,10 @@ impl std::error::Error for ServerError {}
 pub struct Server {
     /// The poll set, the signalfd in it, and what each token stands for.
     poller: Poller,
+    /// The running config's path and `[daemon]` keys; each service's spec
+    /// is in the service table.
     config: Config,
+    /// Each service's runtime, and the refusals lately made.
     services: ServiceTable,
     sockets: SocketTable,
     children: ChildTable,
@@ -164,7 +172,8 @@ pub struct Server {
     /// Out of fds or processes: the back-off over all listeners, and the
     /// clients kept through it.
     shortage: Shortage,
-    /// Services held by the crash guard, and until when.
+    /// The deadlines: crash holds, `rate` tokens, `max_runtime`, the
+    /// helpers' and the endpoints' clients' times.
     timers: Timers,
     /// The internal services' TCP clients and what their UDP ones may
     /// be answered.
@@ -173,7 +182,9 @@ pub struct Server {
     notifier: Notifier,
     /// The control socket, the metrics listener and their clients.
     endpoints: Endpoints,
+    /// The upgrade check under way, and the upgrades so far.
     upgrades: Upgrades,
+    /// SIGTERM or SIGINT came: the loop ends after this turn.
     stopping: bool,
     /// The config load in flight, and whether another is owed.
     reloads: Reloads,

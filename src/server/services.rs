@@ -4,8 +4,11 @@
 //! child, a timer or an internal connection names its service so). Across
 //! a reload a runtime follows its service's name (`carry_over`), so the
 //! counters, the crash guard and the rate tokens of a service that stays
-//! are kept, and a name new to the config is a new service. Knows nothing
-//! of sockets, children, polling or logging.
+//! are kept, and a name new to the config is a new service. It counts
+//! every refusal (`refuse`: by kind, by client, and in the refusal log
+//! that says which to log and summarises the repeats) and makes and takes
+//! back its part of an upgrade's state (counters and limits, by name).
+//! Knows nothing of sockets, children, polling or logging.
 
 use rustc_hash::FxHashMap;
 use std::fmt;

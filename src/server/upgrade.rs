@@ -6,6 +6,15 @@
 //! binary is executed in place. The new image (or the old one, when the
 //! new one could not start) rebuilds the same server from that state in
 //! `resume`, so no socket is ever closed and every child is still reaped.
+//!
+//! Each table makes its own part of the state (`to_state`: the socket
+//! table, the endpoints, the child table, the service table, the internal
+//! services, the kept clients) and takes it back (`resume`, or
+//! `sockets::Carried` for a listener). Here are the check-and-exec
+//! sequence, `handover_state` (the parts, listed), and `resume_tables`,
+//! the one sequence where a part names another: a child's or a
+//! connection's service by name, the sockets a pass-mode child holds, the
+//! timers a carried hold sets.
 
 use rustc_hash::FxHashMap;
 use std::fs::File;
