@@ -29,8 +29,9 @@ use super::connection::{is_resource_error, note_resource_fault};
 use super::poller::{TokenKind, Tokens, CONTROL, METRICS};
 use super::sockets::listener_state;
 use super::timers::{Timer, TimerKey, Timers};
-use super::CONTROL_SOCKET_MODE;
 
+/// SPEC: the control socket is for root (or summond's user) only.
+const CONTROL_SOCKET_MODE: u32 = 0o600;
 /// Control clients answered at once; more wait in the backlog. Each
 /// costs an fd until its answer is read.
 const MAX_CONTROL_CLIENTS: usize = 16;

@@ -109,8 +109,6 @@ use sockets::{SocketPlan, SocketTable};
 use timers::{Timer, Timers, KILL_AFTER};
 use upgrade::Upgrades;
 
-/// SPEC: the control socket is for root (or summond's user) only.
-pub(super) const CONTROL_SOCKET_MODE: u32 = 0o600;
 /// Control clients accepted (or refused) per wake-up before the loop
 /// turns to other sources: a stream of connects to a socket others can
 /// reach must not keep it from serving.
