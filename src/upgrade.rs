@@ -80,6 +80,11 @@ pub struct State {
     pub children: Vec<ChildState>,
     /// Accepted connections kept through a back-off.
     pub pending: Vec<ConnState>,
+    /// A resource back-off episode open at the hand-over, by its delay
+    /// in ms: the next image ends it with the one line that says so
+    /// (absent from an older image's state).
+    #[serde(default)]
+    pub backoff_ms: Option<u64>,
     /// Connections of internal services, mid-conversation.
     pub internal: Vec<InternalState>,
     /// Counters by service name.

@@ -209,6 +209,18 @@ impl Backoff {
     pub fn is_paused(&self, now: Instant) -> bool {
         self.paused_until(now).is_some()
     }
+
+    /// The open episode's delay, if one is open.
+    pub fn episode(&self) -> Option<Duration> {
+        self.delay
+    }
+
+    /// Go on with an episode another image opened: the next fault
+    /// doubles its delay and is not logged as a new one, the next
+    /// success ends it.
+    pub fn resume_episode(&mut self, delay: Duration) {
+        self.delay = Some(delay.clamp(BACKOFF_FIRST, BACKOFF_MAX));
+    }
 }
 
 #[cfg(test)]
@@ -304,5 +316,21 @@ mod tests {
         assert!(!b.success());
         assert!(!b.is_paused(t0));
         assert!(b.fault(t0).1, "a new episode logs again");
+    }
+
+    #[test]
+    fn an_episode_carried_to_another_image_is_not_paused_and_ends_with_its_line() {
+        let t0 = Instant::now();
+        let mut old = Backoff::default();
+        old.fault(t0);
+        old.fault(t0);
+        let mut new = Backoff::default();
+        new.resume_episode(old.episode().unwrap());
+        assert!(!new.is_paused(t0), "the kept clients are tried at once");
+        let (until, first) = new.fault(t0);
+        assert!(!first, "the same episode: not logged again");
+        assert_eq!(until - t0, Duration::from_millis(400));
+        assert!(new.success(), "its end is said");
+        assert!(!new.success());
     }
 }

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 use nix::libc;
@@ -89,11 +89,24 @@ impl Shortage {
         self.kept.iter().map(PendingConnection::to_state).collect()
     }
 
+    /// The back-off episode open now, by its delay in ms, for the next
+    /// image of an upgrade.
+    pub fn episode_ms(&self) -> Option<u64> {
+        self.backoff
+            .episode()
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
     /// Keep the clients the previous image kept (one whose address does
-    /// not read is closed); its back-off was its own.
-    pub fn resume(&mut self, kept: Vec<ConnState>) {
+    /// not read is closed), and its back-off episode: not its pause (the
+    /// kept clients are tried at once, and a shortage that lasts pauses
+    /// again), but that one is open, so that it ends with its line here.
+    pub fn resume(&mut self, kept: Vec<ConnState>, episode_ms: Option<u64>) {
         self.kept
             .extend(kept.into_iter().filter_map(PendingConnection::resumed));
+        if let Some(ms) = episode_ms {
+            self.backoff.resume_episode(Duration::from_millis(ms));
+        }
     }
 }
 

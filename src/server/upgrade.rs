@@ -324,6 +324,12 @@ impl Server {
         let was_loading = self.reloads.load.is_some();
         state.reload_pending = was_loading;
         self.cancel_config_load();
+        // Repeats of a refusal gathered in the open interval are this
+        // image's to write: the next one starts an interval of its own
+        // and would never say them.
+        if let Some(end) = self.services.refusal_deadline() {
+            self.log_refusal_summary(end);
+        }
         let err = upgrade::exec_new(exe, &state);
         self.upgrade_failed(format!("cannot execute {}: {err}", exe.display()));
         self.notify(&format!("READY=1\n{}", self.status_line()));
@@ -368,6 +374,7 @@ impl Server {
             listeners,
             children,
             pending: self.shortage.to_state(),
+            backoff_ms: self.shortage.episode_ms(),
             internal: self.internal.to_state(now, |id| self.services.name_of(id)),
             config: Some(config),
             stats: self.services.stats_state(),
@@ -419,7 +426,7 @@ impl Server {
         // theirs (10,000 of each would otherwise be searched one by one).
         let index = self.services.by_name();
         self.resume_children(state.children, state.stopping_groups, &index, handed);
-        self.shortage.resume(state.pending);
+        self.shortage.resume(state.pending, state.backoff_ms);
         let Server {
             internal,
             services,

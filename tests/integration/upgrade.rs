@@ -403,6 +403,16 @@ fn a_connection_kept_through_a_back_off_is_served_after_an_upgrade() {
         }
     }
     assert!(carried, "never started by the new image:\n{}", s.log_text());
+    // Every episode opened ends with its line, the one the old image
+    // opened and the new one served through too.
+    let paused = s.log_count("pausing all listeners");
+    assert!(paused >= 1, "{}", s.log_text());
+    assert!(
+        wait_until(TIMEOUT, || s.log_count("resources available again")
+            == paused),
+        "{}",
+        s.log_text()
+    );
 }
 
 #[test]
@@ -1071,4 +1081,37 @@ fn an_adopted_pidfile_that_cannot_be_removed_safely_is_said_at_once() {
     );
     assert_eq!(tcp_port_exchange(port, b""), "hi\n");
     assert!(pidfile.exists(), "kept while summond runs");
+}
+
+/// Repeats of a refusal gathered in the open interval (10 s) when an
+/// upgrade hands over are summarised, not lost: the next image starts an
+/// interval of its own and would never say them.
+#[test]
+fn refusals_repeated_before_an_upgrade_are_summarised() {
+    let port = free_port();
+    let (s, _, control) = start_upgradable(
+        TempDir::new("upgrade-refusals"),
+        &format!(
+            "[[service]]\nname = \"shut\"\nlisten = \"tcp://127.0.0.1:{port}\"\n\
+             exec = [\"/bin/echo\", \"no\"]\ndeny = [\"127.0.0.1\"]\n"
+        ),
+        Start::default(),
+    );
+    for _ in 0..5 {
+        assert!(closed_at_once(port));
+    }
+    assert!(
+        wait_until(TIMEOUT, || service(&status(&control), "shut")["refused"]
+            == 5),
+        "{}",
+        s.log_text()
+    );
+    let (code, _, err) = upgrade(&control);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        s.log_text()
+            .contains("shut: refused 127.0.0.1 4 more times in the last 10s (deny list)"),
+        "{}",
+        s.log_text()
+    );
 }
