@@ -71,6 +71,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod peer;
+pub mod proxy;
 pub mod queue;
 pub mod refusals;
 pub mod safe_dir;

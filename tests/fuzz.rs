@@ -1,9 +1,9 @@
 //! A bounded mutation fuzzer over everything that reads user text: the
 //! config parser (TOML → validated Config or located errors), listen
-//! addresses and CIDR blocks. Runs in-process on stable Rust, so CI runs it
-//! on every change: no input may panic or take more than a second of CPU, an
-//! address that parses must print back to itself, and every config error
-//! must print as `PATH:...`. The importers are fed mutants of hand-made
+//! addresses and CIDR blocks, and the PROXY protocol header parser. Runs
+//! in-process on stable Rust, so CI runs it on every change: no input may
+//! panic or take more than a second of CPU, an address that parses must
+//! print back to itself, and every config error must print as `PATH:...`. The importers are fed mutants of hand-made
 //! inputs and of the import corpus (tests/import-corpus: the socket units,
 //! inetd.conf entries and xinetd files Debian 12 ships).
 //!
@@ -487,6 +487,102 @@ fn check_request(bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// Headers as balancers send them, for the PROXY header parser's seeds.
+fn proxy_seeds() -> Vec<Vec<u8>> {
+    use summond::proxy::{encode_v1, encode_v2};
+    let (s4, d4) = (
+        "203.0.113.7:51000".parse().unwrap(),
+        "10.0.0.2:443".parse().unwrap(),
+    );
+    let (s6, d6) = (
+        "[2001:db8::1]:4000".parse().unwrap(),
+        "[2001:db8::2]:443".parse().unwrap(),
+    );
+    let mut seeds = vec![
+        b"PROXY UNKNOWN\r\nhello".to_vec(),
+        b"PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ::1 65535 0\r\n".to_vec(),
+    ];
+    for addrs in [Some((s4, d4)), Some((s6, d6)), None] {
+        let mut v1 = Vec::new();
+        encode_v1(addrs, &mut v1);
+        let mut v2 = Vec::new();
+        let tlvs: &[(u8, &[u8])] = &[(1, b"h2"), (2, b"example.com"), (5, b"id"), (0x20, &[1, 0])];
+        encode_v2(addrs, tlvs, &mut v2);
+        v2.extend_from_slice(b"GET /");
+        seeds.extend([v1, v2]);
+    }
+    seeds
+}
+
+/// Bytes changed, inserted, removed or repeated at random places.
+fn mutate_bytes(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
+    let mut out = base.to_vec();
+    for _ in 0..=rng.below(4) {
+        let at = rng.below(out.len() + 1);
+        match rng.below(5) {
+            0 if at < out.len() => out[at] = rng.next() as u8,
+            1 => out.insert(at, *rng.pick(b"\r\n\0 P:.0129\xff\x21\x11")),
+            2 if at < out.len() => {
+                out.remove(at);
+            }
+            3 if at < out.len() => out[at] ^= 1 << rng.below(8),
+            _ => {
+                let n = rng.below(300);
+                let byte = rng.next() as u8;
+                out.splice(at..at, std::iter::repeat_n(byte, n));
+            }
+        }
+    }
+    out
+}
+
+/// The PROXY header parser: no panic, no slowness; for every prefix of
+/// the input an answer, `Incomplete` only below the size bounds, and once
+/// a prefix is answered (done or bad) every longer one gets the same
+/// answer, a `Done` never longer than the bytes seen or the bound. That
+/// is what lets the loop read a header byte by byte, or again from the
+/// start after an upgrade, and take exactly its length.
+fn check_proxy(bytes: &[u8]) -> Result<(), String> {
+    use summond::proxy::{parse, Parsed, Version, V1_MAX, V2_MAX};
+    for version in [Version::V1, Version::V2, Version::Any] {
+        let started = thread_cpu();
+        let answers = catch_unwind(AssertUnwindSafe(|| {
+            (0..=bytes.len().min(V2_MAX + 8))
+                .map(|n| parse(&bytes[..n], version))
+                .collect::<Vec<_>>()
+        }))
+        .map_err(|_| "proxy::parse panicked".to_string())?;
+        if thread_cpu() - started > Duration::from_secs(1) {
+            return Err("proxy::parse was slow".into());
+        }
+        let mut first: Option<&Parsed> = None;
+        for (n, answer) in answers.iter().enumerate() {
+            let bound = if bytes.first() == Some(&b'P') {
+                V1_MAX
+            } else {
+                V2_MAX
+            };
+            match answer {
+                Parsed::Incomplete if n >= bound => {
+                    return Err(format!("{version:?}: Incomplete after {n} bytes"))
+                }
+                Parsed::Done(len, _) if *len > n || *len > bound || *len == 0 => {
+                    return Err(format!("{version:?}: Done({len}) after {n} bytes"))
+                }
+                _ => {}
+            }
+            match first {
+                Some(f) if f != answer => {
+                    return Err(format!("{version:?}: {f:?}, then {answer:?} at {n} bytes"))
+                }
+                None if *answer != Parsed::Incomplete => first = Some(answer),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// How deep the inputs got: a fuzzer whose mutants all die in the TOML
 /// lexer would say nothing about the validator.
 #[derive(Default, Debug)]
@@ -582,6 +678,7 @@ fn no_input_panics_or_hangs() {
     let mut runs = 0u64;
     let mut corpus: Vec<String> = SEEDS.iter().map(|s| s.to_string()).collect();
     let mut depth = Depth::default();
+    let proxy_seeds = proxy_seeds();
     // The importers' seeds: the hand-made ones and the Debian corpus.
     let mut imports: Vec<(String, Option<String>)> = [IMPORTS, UNITS]
         .concat()
@@ -624,6 +721,15 @@ fn no_input_panics_or_hangs() {
             if let Err(why) = check_request(request.as_bytes()) {
                 let _ = std::panic::take_hook();
                 panic!("fuzz failure after {runs} runs (SUMMOND_FUZZ_SEED={seed}): {why}\ninput: {request:?}");
+            }
+        }
+        // Every eighth input also goes to the PROXY header parser.
+        if runs % 8 == 2 {
+            let base = rng.pick(&proxy_seeds).clone();
+            let header = mutate_bytes(&mut rng, &base);
+            if let Err(why) = check_proxy(&header) {
+                let _ = std::panic::take_hook();
+                panic!("fuzz failure after {runs} runs (SUMMOND_FUZZ_SEED={seed}): {why}\ninput: {header:?}");
             }
         }
         if let Err(why) = check_one(&input, &host, &mut depth) {
