@@ -93,6 +93,12 @@ enum Sub {
         /// How the socket reaches the program
         #[arg(long, value_enum, value_name = "HOW")]
         pass: Option<PassArg>,
+        /// Every connection starts with a PROXY header (v1, v2 or any)
+        #[arg(long, value_name = "VERSION", requires = "proxy_from")]
+        proxy_protocol: Option<String>,
+        /// A load balancer that may send the header (CIDR, repeatable)
+        #[arg(long, value_name = "CIDR", requires = "proxy_protocol")]
+        proxy_from: Vec<String>,
         /// error, warn, info (default), debug, trace; overrides RUST_LOG
         #[arg(long, value_enum, value_name = "LEVEL")]
         log_level: Option<LogLevel>,
@@ -133,6 +139,9 @@ pub struct WrapArgs {
     pub listen: Vec<String>,
     pub accept: bool,
     pub pass: Option<PassArg>,
+    /// `proxy_protocol` and `proxy_from`, checked as the config checks them.
+    pub proxy_protocol: Option<String>,
+    pub proxy_from: Vec<String>,
     pub log_level: Option<LevelFilter>,
     pub program: Vec<String>,
 }
@@ -194,12 +203,16 @@ fn from_args(a: Args) -> Command {
             listen,
             no_accept,
             pass,
+            proxy_protocol,
+            proxy_from,
             log_level,
             program,
         }) => Command::Wrap(WrapArgs {
             listen,
             accept: !no_accept,
             pass,
+            proxy_protocol,
+            proxy_from,
             log_level: log_level.map(Into::into),
             program,
         }),
@@ -245,6 +258,8 @@ mod tests {
                 listen: vec!["tcp://127.0.0.1:9000".into(), "udp://127.0.0.1:9000".into()],
                 accept: false,
                 pass: Some(PassArg::ListenFds),
+                proxy_protocol: None,
+                proxy_from: Vec::new(),
                 log_level: None,
                 program: vec!["bc".into(), "-q".into()],
             })

@@ -53,6 +53,8 @@ pub fn wrap(w: WrapArgs) -> Result<(), Failure> {
             PassArg::ListenFds => "listen_fds",
         }),
         exec: w.program,
+        proxy_protocol: w.proxy_protocol,
+        proxy_from: w.proxy_from,
     };
     let loaded = match incoming.as_ref().and_then(upgrade::Incoming::config_ran) {
         Some(config) => Ok(config),

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use super::parse::{Seen, Value};
 use super::units::Rate;
+use super::ProxySpec;
 use super::{
     Credentials, Internal, ListenSpec, Pass, RuntimeDirectory, Sandbox, ServiceSpec, SourcePrefix,
     StderrMode, DEFAULT_IDLE_TIMEOUT,
 };
-use crate::access::AccessList;
+use crate::access::{AccessList, Cidr};
 use crate::listener::ListenOptions;
 
 /// What the handlers have read so far; each field is its key's value, or
@@ -39,6 +40,8 @@ pub(super) struct Draft<'v> {
     pub(super) max_instances: Option<u32>,
     pub(super) max_per_source: Option<u32>,
     pub(super) access: AccessList,
+    pub(super) proxy_protocol: Option<crate::proxy::Version>,
+    pub(super) proxy_from: Option<Vec<Cidr>>,
     pub(super) socket: ListenOptions,
     pub(super) clear_env: bool,
     pub(super) passenv: Vec<String>,
@@ -79,6 +82,8 @@ impl<'v> Draft<'v> {
             max_instances: None,
             max_per_source: None,
             access: AccessList::default(),
+            proxy_protocol: None,
+            proxy_from: None,
             socket: ListenOptions::default(),
             clear_env: false,
             passenv: Vec::new(),
@@ -137,6 +142,11 @@ impl<'v> Draft<'v> {
             max_instances: self.max_instances,
             max_per_source: self.max_per_source,
             access: self.access,
+            // Both or neither (`check_proxy`).
+            proxy: self
+                .proxy_protocol
+                .zip(self.proxy_from)
+                .map(|(version, from)| ProxySpec { version, from }),
             socket: self.socket,
             internal,
             clear_env: self.clear_env,

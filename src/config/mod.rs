@@ -80,6 +80,9 @@ pub struct WrapSpec {
     /// "stdio" or "listen_fds"; the service default when absent.
     pub pass: Option<&'static str>,
     pub exec: Vec<String>,
+    /// `--proxy-protocol`, `--proxy-from`: the keys' values as written.
+    pub proxy_protocol: Option<String>,
+    pub proxy_from: Vec<String>,
 }
 
 /// The label wrap's errors carry where a file name would be.
@@ -100,6 +103,11 @@ pub fn wrap(spec: &WrapSpec, host: &Host) -> Result<Config, ConfigErrors> {
     svc.insert("accept".into(), spec.accept.into());
     if let Some(pass) = spec.pass {
         svc.insert("pass".into(), pass.into());
+    }
+    if let Some(version) = &spec.proxy_protocol {
+        svc.insert("proxy_protocol".into(), version.as_str().into());
+        let from: Vec<toml::Value> = spec.proxy_from.iter().map(|c| c.as_str().into()).collect();
+        svc.insert("proxy_from".into(), from.into());
     }
     let mut root = toml::Table::new();
     root.insert("service".into(), toml::Value::Array(vec![svc.into()]));
@@ -333,6 +341,10 @@ pub struct ServiceSpec {
     pub max_instances: Option<u32>,
     pub max_per_source: Option<u32>,
     pub access: AccessList,
+    /// `proxy_protocol` with `proxy_from`: a PROXY header starts every
+    /// connection (absent in the state an older image hands over).
+    #[serde(default)]
+    pub proxy: Option<ProxySpec>,
     /// How the listening sockets are made (mode, owner, backlog, options).
     pub socket: ListenOptions,
     /// `exec = ["internal:NAME"]`: served in the loop, no child.
@@ -356,6 +368,22 @@ pub struct ServiceSpec {
     /// Absent in the state an older image hands over.
     #[serde(default)]
     pub runtime_directory: Option<RuntimeDirectory>,
+}
+
+/// A service whose clients come through a load balancer.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProxySpec {
+    /// The headers taken.
+    pub version: crate::proxy::Version,
+    /// The peers that may send one; any other is refused unread.
+    pub from: Vec<crate::access::Cidr>,
+}
+
+impl ProxySpec {
+    /// May `peer` (the connection's own peer) send a header?
+    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        self.from.iter().any(|c| c.contains(peer))
+    }
 }
 
 impl ServiceSpec {

@@ -54,6 +54,25 @@ const HANDLERS: &[(&str, Handler)] = &[
     }),
     ("allow", access),
     ("deny", access),
+    ("proxy_protocol", |cx, k, v, d| {
+        use crate::proxy::Version;
+        let versions = &[
+            ("v1", Version::V1),
+            ("v2", Version::V2),
+            ("any", Version::Any),
+        ];
+        d.proxy_protocol = cx.choice(k, v, versions);
+    }),
+    ("proxy_from", |cx, k, v, d| {
+        let mut blocks = Vec::new();
+        for (text, item_span) in cx.string_list(k, v).unwrap_or_default() {
+            match text.parse::<Cidr>() {
+                Ok(c) => blocks.push(c),
+                Err(err) => cx.at(item_span, ErrorKind::Cidr { key: k, err }),
+            }
+        }
+        d.proxy_from = Some(blocks);
+    }),
     ("socket_mode", options::socket_modes),
     ("socket_user", options::socket_owner),
     ("socket_group", options::socket_owner),
@@ -128,6 +147,8 @@ const NEEDS_ACCEPT: &[&str] = &[
     "per_source_prefix",
     "banner",
     "banner_fail",
+    "proxy_protocol",
+    "proxy_from",
 ];
 
 impl Checker<'_> {
@@ -158,6 +179,7 @@ impl Checker<'_> {
         self.check_runtime_directory_mode(t);
         self.check_working_directory(&mut d);
         self.check_against_mode(t, &d);
+        self.check_proxy(t, &d);
         let credentials = self.service_credentials(&d);
         self.check_shared_runtime_dirs(t, &mut d, credentials.as_ref());
         if self.errors.len() != errors_before {
@@ -258,6 +280,33 @@ impl Checker<'_> {
             };
             if let Some(reason) = reason {
                 self.at(v.span(), options::invalid("idle_timeout", reason));
+            }
+        }
+    }
+
+    /// `proxy_protocol` and `proxy_from` go together, on stream sockets
+    /// with an IP peer (a unix socket's peer has no address `proxy_from`
+    /// could name). Accept mode is checked with the other `NEEDS_ACCEPT`
+    /// keys; forward mode, when it comes, takes them too.
+    fn check_proxy(&mut self, t: &Table<'_, '_>, d: &Draft<'_>) {
+        let (protocol, from) = (t.field("proxy_protocol"), t.field("proxy_from"));
+        let reason = match (protocol, from) {
+            (None, None) => return,
+            (Some(_), None) => Some(("proxy_protocol", "needs proxy_from: the load balancers that may send a header")),
+            (None, Some(_)) => Some(("proxy_from", "has no use without proxy_protocol")),
+            (Some(_), Some(_)) if d.listen.iter().any(|l| !l.addr.is_stream()) => {
+                Some(("proxy_protocol", "needs stream sockets (a datagram carries no header)"))
+            }
+            (Some(_), Some(_)) if d.listen.iter().any(|l| l.addr.is_unix()) => Some((
+                "proxy_protocol",
+                "needs TCP sockets (proxy_from names the balancers by address; a unix peer has none)",
+            )),
+            (Some(_), Some(_)) => None,
+        };
+        if let Some((key, why)) = reason {
+            let v = t.field(key).or(protocol).or(from);
+            if let Some(v) = v {
+                self.at(v.span(), options::invalid(key, why));
             }
         }
     }

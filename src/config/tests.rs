@@ -453,3 +453,45 @@ fn runtime_directory_and_extra_groups_have_no_use_with_an_internal_service() {
         ]
     );
 }
+
+#[test]
+fn proxy_protocol_needs_proxy_from_tcp_and_accept() {
+    let base = "[[service]]\nname = \"p\"\nexec = [\"cat\"]\n";
+    let c = ok(&format!(
+        "{base}listen = \"tcp://127.0.0.1:1\"\nproxy_protocol = \"v2\"\nproxy_from = [\"10.0.0.0/8\"]\n"
+    ));
+    let p = c.services[0].proxy.as_ref().unwrap();
+    assert_eq!(p.version, crate::proxy::Version::V2);
+    assert!(p.trusts("10.1.2.3".parse().unwrap()) && !p.trusts("11.0.0.1".parse().unwrap()));
+    assert!(
+        ok(&format!("{base}listen = \"tcp://127.0.0.1:1\"\n")).services[0]
+            .proxy
+            .is_none()
+    );
+    let e = |rest: &str| errs(&format!("{base}{rest}"), true);
+    assert_eq!(
+        e("listen = \"tcp://127.0.0.1:1\"\nproxy_protocol = \"v2\"\n"),
+        ["t.toml:5:18: `proxy_protocol`: needs proxy_from: the load balancers that may send a header"]
+    );
+    assert_eq!(
+        e("listen = \"tcp://127.0.0.1:1\"\nproxy_from = [\"10.0.0.0/8\"]\n"),
+        ["t.toml:5:14: `proxy_from`: has no use without proxy_protocol"]
+    );
+    assert_eq!(
+        e("listen = \"tcp://127.0.0.1:1\"\nproxy_protocol = \"v3\"\nproxy_from = [\"10.0.0.0/33\"]\n"),
+        [
+            "t.toml:5:18: `proxy_protocol`: \"v3\" is not one of \"v1\", \"v2\", \"any\"; did you mean \"v1\"?",
+            "t.toml:6:15: `proxy_from`: prefix length \"33\" must be a number from 0 to 32",
+        ]
+    );
+    assert_eq!(
+        e("listen = \"unix:///run/p.sock\"\nproxy_protocol = \"v1\"\nproxy_from = [\"10.0.0.0/8\"]\n"),
+        ["t.toml:5:18: `proxy_protocol`: needs TCP sockets (proxy_from names the balancers by address; a unix peer has none)"]
+    );
+    let no_accept = e("listen = \"tcp://127.0.0.1:1\"\naccept = false\nproxy_protocol = \"v1\"\nproxy_from = [\"10.0.0.0/8\"]\n");
+    assert_eq!(no_accept.len(), 2, "{no_accept:?}");
+    assert!(
+        no_accept[0].starts_with("t.toml:6:18: `proxy_protocol`"),
+        "{no_accept:?}"
+    );
+}
