@@ -73,6 +73,44 @@ pub enum Peer {
         gid: u32,
     },
     Unknown,
+    /// A client a load balancer (`via`) connected for, as its PROXY
+    /// header says. Boxed: only services with `proxy_protocol` make one,
+    /// and the other variants stay small.
+    Proxied(Box<Proxied>),
+}
+
+/// What a PROXY header said about a client.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Proxied {
+    /// The client.
+    pub remote: SocketAddr,
+    /// The address the client connected to (the balancer's front).
+    pub local: SocketAddr,
+    /// The balancer: the connection's own peer.
+    pub via: SocketAddr,
+    /// v2 TLVs, when sent.
+    pub authority: Option<String>,
+    pub alpn: Option<String>,
+    pub unique_id: Option<String>,
+}
+
+impl Peer {
+    /// The client a header names, in place of the balancer `self`; the
+    /// balancer itself for a header naming none (LOCAL, UNSPEC, UNKNOWN,
+    /// AF_UNIX) or a balancer that is not an IP peer.
+    pub fn proxied(self, header: crate::proxy::Header) -> Peer {
+        let (Some(addrs), Peer::Inet { remote: via, .. }) = (header.addrs, &self) else {
+            return self;
+        };
+        Peer::Proxied(Box::new(Proxied {
+            remote: canonical_addr(addrs.source),
+            local: canonical_addr(addrs.destination),
+            via: *via,
+            authority: header.authority,
+            alpn: header.alpn,
+            unique_id: header.unique_id,
+        }))
+    }
 }
 
 pub fn canonical_addr(sa: SocketAddr) -> SocketAddr {
@@ -113,6 +151,7 @@ impl Peer {
     pub fn ip(&self) -> Option<IpAddr> {
         match self {
             Peer::Inet { remote, .. } => Some(remote.ip()),
+            Peer::Proxied(p) => Some(p.remote.ip()),
             _ => None,
         }
     }
@@ -121,6 +160,7 @@ impl Peer {
         match self {
             Peer::Inet { remote, .. } => Some(SourceKey::Ip(remote.ip())),
             Peer::Unix { uid, .. } => Some(SourceKey::Uid(*uid)),
+            Peer::Proxied(p) => Some(SourceKey::Ip(p.remote.ip())),
             Peer::Unknown => None,
         }
     }
@@ -128,15 +168,20 @@ impl Peer {
     /// Add the per-connection variables of SPEC "The four ways" to `env`.
     pub fn write_env(&self, env: &mut EnvBlock) {
         match self {
-            Peer::Inet { remote, local } => {
-                env.push("REMOTE_ADDR", remote.ip());
-                env.push("REMOTE_PORT", remote.port());
-                env.push("PROTO", "TCP");
-                env.push("TCPREMOTEIP", remote.ip());
-                env.push("TCPREMOTEPORT", remote.port());
-                if let Some(l) = local {
-                    env.push("TCPLOCALIP", l.ip());
-                    env.push("TCPLOCALPORT", l.port());
+            Peer::Inet { remote, local } => inet_env(env, *remote, *local),
+            Peer::Proxied(p) => {
+                inet_env(env, p.remote, Some(p.local));
+                env.push("PROXY_ADDR", p.via.ip());
+                env.push("PROXY_PORT", p.via.port());
+                let tlvs = [
+                    ("PROXY_AUTHORITY", &p.authority),
+                    ("PROXY_ALPN", &p.alpn),
+                    ("PROXY_UNIQUE_ID", &p.unique_id),
+                ];
+                for (name, value) in tlvs {
+                    if let Some(v) = value {
+                        env.push(name, v.as_str());
+                    }
                 }
             }
             Peer::Unix { pid, uid, gid } => {
@@ -149,11 +194,25 @@ impl Peer {
     }
 }
 
+/// systemd's and ucspi-tcp's variables for an IP client.
+fn inet_env(env: &mut EnvBlock, remote: SocketAddr, local: Option<SocketAddr>) {
+    env.push("REMOTE_ADDR", remote.ip());
+    env.push("REMOTE_PORT", remote.port());
+    env.push("PROTO", "TCP");
+    env.push("TCPREMOTEIP", remote.ip());
+    env.push("TCPREMOTEPORT", remote.port());
+    if let Some(l) = local {
+        env.push("TCPLOCALIP", l.ip());
+        env.push("TCPLOCALPORT", l.port());
+    }
+}
+
 impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Peer::Inet { remote, .. } => write!(f, "{remote}"),
             Peer::Unix { pid, uid, .. } => write!(f, "uid {uid} pid {pid}"),
+            Peer::Proxied(p) => write!(f, "{} via {}", p.remote, p.via.ip()),
             Peer::Unknown => f.write_str("unknown peer"),
         }
     }
@@ -196,6 +255,50 @@ mod tests {
             p.source_key(),
             Some(SourceKey::Ip("10.0.0.1".parse().unwrap()))
         );
+    }
+
+    #[test]
+    fn a_proxied_client_is_the_headers_with_the_balancer_beside() {
+        let balancer = Peer::Inet {
+            remote: "10.0.0.2:40000".parse().unwrap(),
+            local: Some("10.0.0.1:80".parse().unwrap()),
+        };
+        let header = crate::proxy::Header {
+            addrs: Some(crate::proxy::Addrs {
+                source: "[::ffff:203.0.113.7]:51000".parse().unwrap(),
+                destination: "198.51.100.1:443".parse().unwrap(),
+            }),
+            authority: Some("example.com".into()),
+            alpn: None,
+            unique_id: Some("abc".into()),
+        };
+        let p = balancer.clone().proxied(header);
+        assert_eq!(p.to_string(), "203.0.113.7:51000 via 10.0.0.2");
+        assert_eq!(
+            p.source_key(),
+            Some(SourceKey::Ip("203.0.113.7".parse().unwrap()))
+        );
+        let mut block = EnvBlock::default();
+        p.write_env(&mut block);
+        assert_eq!(
+            block.strings(),
+            [
+                "REMOTE_ADDR=203.0.113.7",
+                "REMOTE_PORT=51000",
+                "PROTO=TCP",
+                "TCPREMOTEIP=203.0.113.7",
+                "TCPREMOTEPORT=51000",
+                "TCPLOCALIP=198.51.100.1",
+                "TCPLOCALPORT=443",
+                "PROXY_ADDR=10.0.0.2",
+                "PROXY_PORT=40000",
+                "PROXY_AUTHORITY=example.com",
+                "PROXY_UNIQUE_ID=abc",
+            ]
+        );
+        // LOCAL (a health check): the balancer is the client.
+        let local = balancer.clone().proxied(crate::proxy::Header::default());
+        assert_eq!(local, balancer);
     }
 
     #[test]

@@ -60,13 +60,17 @@ pub enum RefusalKind {
     Access,
     MaxPerSource,
     PerSourceRate,
+    /// A PROXY header from a peer outside `proxy_from`, malformed,
+    /// truncated or late.
+    Proxy,
 }
 
 impl RefusalKind {
-    pub const ALL: [RefusalKind; 3] = [
+    pub const ALL: [RefusalKind; 4] = [
         RefusalKind::Access,
         RefusalKind::MaxPerSource,
         RefusalKind::PerSourceRate,
+        RefusalKind::Proxy,
     ];
 
     /// The `reason` label.
@@ -75,6 +79,7 @@ impl RefusalKind {
             RefusalKind::Access => "access",
             RefusalKind::MaxPerSource => "max_per_source",
             RefusalKind::PerSourceRate => "per_source_rate",
+            RefusalKind::Proxy => "proxy",
         }
     }
 }
@@ -156,13 +161,26 @@ pub fn exit_key(status: &WaitStatus) -> (i32, i32, bool) {
 }
 
 /// A count per kind, indexed by the kind, read and written (the upgrade
-/// state) as the plain array it wraps, in the kind's `ALL` order.
+/// state) as the plain array it wraps, in the kind's `ALL` order. A
+/// shorter array (from an image that knew fewer kinds, which are only
+/// ever added at the end) reads with zeros for the new ones.
 macro_rules! per_kind {
     ($(#[$doc:meta])* $name:ident, $kind:ident) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
         #[serde(transparent)]
         pub struct $name([u64; $kind::ALL.len()]);
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let read = Vec::<u64>::deserialize(d)?;
+                let mut counts = [0; $kind::ALL.len()];
+                for (slot, n) in counts.iter_mut().zip(read) {
+                    *slot = n;
+                }
+                Ok($name(counts))
+            }
+        }
 
         impl $name {
             /// Each kind with its count, in `ALL` order.
@@ -316,10 +334,14 @@ mod tests {
         s.exits[ExitOutcome::Signal] += 1;
         assert_eq!(s.refused_by.total(), 2);
         let text = serde_json::to_string(&s).unwrap();
-        assert!(text.contains("\"refused_by\":[0,0,2]"), "{text}");
+        assert!(text.contains("\"refused_by\":[0,0,2,0]"), "{text}");
         assert!(text.contains("\"exits\":[0,0,1,0]"), "{text}");
         let back: Stats = serde_json::from_str(&text).unwrap();
         assert_eq!((back.refused_by, back.exits), (s.refused_by, s.exits));
+        // An image that knew three reasons hands over three counts.
+        let older = text.replace("[0,0,2,0]", "[0,0,2]");
+        let back: Stats = serde_json::from_str(&older).unwrap();
+        assert_eq!(back.refused_by, s.refused_by);
     }
 
     #[test]

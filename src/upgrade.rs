@@ -87,6 +87,10 @@ pub struct State {
     pub backoff_ms: Option<u64>,
     /// Connections of internal services, mid-conversation.
     pub internal: Vec<InternalState>,
+    /// Connections whose PROXY header was awaited (absent from the state
+    /// of an image that had none).
+    #[serde(default)]
+    pub front: Vec<FrontState>,
     /// Counters by service name.
     pub stats: Vec<(String, crate::stats::Stats)>,
     /// Process groups `max_runtime` sent SIGTERM whose SIGKILL is still
@@ -212,6 +216,22 @@ pub struct ConnState {
     pub greeted: bool,
 }
 
+/// A connection whose PROXY header was awaited. Nothing of it was read
+/// (the header is peeked until complete), so the next image reads it
+/// from the start.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FrontState {
+    pub fd: RawFd,
+    /// The listener it came on.
+    pub addr: String,
+    pub service: String,
+    /// The balancer.
+    pub peer: Peer,
+    pub version: crate::proxy::Version,
+    /// What was left of its time for the header, in nanoseconds.
+    pub left_ns: u64,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct InternalState {
     pub fd: RawFd,
@@ -301,6 +321,7 @@ impl State {
         let mut fds: Vec<RawFd> = self.listeners.iter().map(|l| l.fd).collect();
         fds.extend(self.pending.iter().map(|c| c.fd));
         fds.extend(self.internal.iter().map(|c| c.fd));
+        fds.extend(self.front.iter().map(|c| c.fd));
         fds.extend(self.pidfile.as_ref().map(|p| p.0));
         fds
     }

@@ -4,6 +4,9 @@
 //! rules, per-source count; refusals summarised), the child's fds and
 //! variables, spawn, and keeping the client through a back-off. For
 //! `accept = false` the listening sockets themselves are the payload.
+//! A service with `proxy_protocol` has one more step between accept and
+//! admission: the PROXY header, read in the front table (`front.rs`), whose
+//! client is the client from then on.
 
 use std::fmt;
 use std::io;
@@ -11,10 +14,14 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
+use mio::unix::SourceFd;
+use mio::Interest;
 use nix::libc;
 use socket2::Socket;
 
 use super::children::{for_peer, Child, HeldSocket};
+use super::front::{FrontConn, ProxyRefusal, Step, HEADER_TIMEOUT};
+use super::poller::TokenKind;
 use super::services::RefuseReason;
 use super::timers::Timer;
 use super::Server;
@@ -25,7 +32,8 @@ use crate::limits::Backoff;
 use crate::peer::{Peer, SourceKey};
 use crate::queue::QueueHead;
 use crate::spawn::{self, FdMove};
-use crate::upgrade::ConnState;
+use crate::upgrade::{ConnState, FrontState};
+use rustc_hash::FxHashMap;
 
 /// Connections taken from one listener per wake-up before the loop turns
 /// to its other sources (signals, the control socket, other listeners);
@@ -233,7 +241,11 @@ impl Server {
             match sock.listener.socket.accept() {
                 Ok((conn, from)) => {
                     let peer = Peer::of(&conn, &from, listening);
-                    self.start_connection(idx, addr, conn, peer, now, false, false);
+                    if self.services[idx].spec.proxy.is_some() {
+                        self.start_front(idx, addr, conn, peer, now);
+                    } else {
+                        self.start_connection(idx, addr, conn, peer, now, false, false);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
@@ -319,6 +331,206 @@ impl Server {
         debug!(event = "connection", service = name, peer:% = peer;
             "{name}: connection from {peer} on {addr}");
         self.launch_connection(idx, addr, conn, peer, source, greeted);
+    }
+
+    /// A client of a service with `proxy_protocol`, just accepted: a peer
+    /// outside `proxy_from` is refused before a byte is read; a header
+    /// already there whole is read and the client goes on at once;
+    /// otherwise the connection waits in the front table, its timer set.
+    fn start_front(
+        &mut self,
+        idx: usize,
+        addr: &ListenAddr,
+        conn: Socket,
+        peer: Peer,
+        now: Instant,
+    ) {
+        let Some(proxy) = &self.services[idx].spec.proxy else {
+            return;
+        };
+        let version = proxy.version;
+        if !peer.ip().is_some_and(|ip| proxy.trusts(ip)) {
+            self.refuse_front(idx, &conn, &peer, ProxyRefusal::Untrusted, now);
+            return;
+        }
+        match self.front.read_now(&conn, version) {
+            Ok(Some(header)) => {
+                let client = peer.proxied(header);
+                self.start_connection(idx, addr, conn, client, now, false, false);
+                return;
+            }
+            Ok(None) => {}
+            Err(why) => {
+                self.refuse_front(idx, &conn, &peer, why, now);
+                return;
+            }
+        }
+        let token = self.poller.tokens.next();
+        let fd = conn.as_raw_fd();
+        let registry = self.poller.registry();
+        if let Err(e) = registry.register(&mut SourceFd(&fd), token, Interest::READABLE) {
+            info!(
+                "{}: cannot wait for the PROXY header of {peer}: {e}",
+                self.services[idx].spec.name
+            );
+            return;
+        }
+        self.poller.tokens.insert(token, TokenKind::Front);
+        debug!(
+            "{}: waiting for the PROXY header of {peer}",
+            self.services[idx].spec.name
+        );
+        let timer = self
+            .timers
+            .add(now + HEADER_TIMEOUT, Timer::HeaderDue(token));
+        let service = self.services[idx].id;
+        let (addr, socket) = (addr.clone(), conn);
+        self.front.insert(
+            token,
+            FrontConn {
+                socket,
+                addr,
+                service,
+                peer,
+                version,
+                timer,
+            },
+        );
+    }
+
+    /// More bytes on a connection waiting for its header.
+    pub(super) fn on_front_ready(&mut self, token: mio::Token) {
+        match self.front.advance(token) {
+            Step::Wait => {}
+            Step::Done(conn, header) => {
+                self.leave_front(token, &conn);
+                let now = Instant::now();
+                let FrontConn {
+                    socket, addr, peer, ..
+                } = conn;
+                // Its address's service now: a reload may have moved it.
+                match self.sockets.get(&addr).map(|s| s.service) {
+                    Some(idx) if self.services[idx].spec.accept => {
+                        let client = peer.proxied(header);
+                        self.start_connection(idx, &addr, socket, client, now, false, false);
+                        self.sync_service(idx, now);
+                    }
+                    _ => info!("closing {peer}: {addr} no longer accepts connections (reload)"),
+                }
+                self.unpark(now);
+            }
+            Step::Failed(conn, why) => self.front_failed(token, conn, why),
+        }
+    }
+
+    /// `HEADER_TIMEOUT` ran out for `token`'s connection.
+    pub(super) fn header_late(&mut self, token: mio::Token) {
+        if let Some(conn) = self.front.remove(token) {
+            self.front_failed(token, conn, ProxyRefusal::Late);
+        }
+    }
+
+    /// A connection that leaves the front table without a header: refused
+    /// by the service that accepted it (if a reload kept it), closed.
+    fn front_failed(&mut self, token: mio::Token, conn: FrontConn, why: ProxyRefusal) {
+        self.leave_front(token, &conn);
+        let now = Instant::now();
+        if let Some(idx) = self.services.index_of(conn.service) {
+            self.refuse_front(idx, &conn.socket, &conn.peer, why, now);
+            self.sync_service(idx, now);
+        }
+        self.unpark(now);
+    }
+
+    /// Out of the poll set (a child would keep the registration alive
+    /// with its copy of the socket), its token and timer gone.
+    fn leave_front(&mut self, token: mio::Token, conn: &FrontConn) {
+        let _ = self
+            .poller
+            .registry()
+            .deregister(&mut SourceFd(&conn.socket.as_raw_fd()));
+        self.poller.tokens.remove(&token);
+        self.timers.cancel(conn.timer);
+    }
+
+    /// The connections waiting for a header, for the next image: nothing
+    /// of them has been read, so it reads each from the start, in the
+    /// time it had left.
+    pub(super) fn front_state(&self, now: Instant) -> Vec<FrontState> {
+        self.front
+            .iter()
+            .map(|(_, c)| FrontState {
+                fd: c.socket.as_raw_fd(),
+                addr: c.addr.to_string(),
+                service: self.services.name_of(c.service).to_string(),
+                peer: c.peer.clone(),
+                version: c.version,
+                left_ns: u64::try_from(c.timer.at().saturating_duration_since(now).as_nanos())
+                    .unwrap_or(u64::MAX),
+            })
+            .collect()
+    }
+
+    /// The previous image's waiting connections, back in the table with
+    /// the time they had left from `handed`; one whose service or
+    /// address the new config dropped is closed.
+    pub(super) fn resume_front(
+        &mut self,
+        front: Vec<FrontState>,
+        index: &FxHashMap<String, usize>,
+        handed: Instant,
+    ) {
+        for c in front {
+            // SAFETY: named by the state, taken once.
+            let socket = Socket::from(unsafe { OwnedFd::from_raw_fd(c.fd) });
+            let (Some(&idx), Ok(addr)) = (index.get(&c.service), c.addr.parse::<ListenAddr>())
+            else {
+                info!(
+                    "{}: closing {} (awaiting its PROXY header): service removed",
+                    c.service, c.peer
+                );
+                continue;
+            };
+            let token = self.poller.tokens.next();
+            let fd = socket.as_raw_fd();
+            if let Err(e) =
+                self.poller
+                    .registry()
+                    .register(&mut SourceFd(&fd), token, Interest::READABLE)
+            {
+                info!("{}: closing {}: {e}", c.service, c.peer);
+                continue;
+            }
+            self.poller.tokens.insert(token, TokenKind::Front);
+            let at = handed
+                + std::time::Duration::from_nanos(c.left_ns.min(HEADER_TIMEOUT.as_nanos() as u64));
+            let timer = self.timers.add(at, Timer::HeaderDue(token));
+            let service = self.services[idx].id;
+            let conn = FrontConn {
+                socket,
+                addr,
+                service,
+                peer: c.peer,
+                version: c.version,
+                timer,
+            };
+            self.front.insert(token, conn);
+        }
+    }
+
+    /// A `proxy` refusal, counted under the balancer's address.
+    fn refuse_front(
+        &mut self,
+        idx: usize,
+        conn: &Socket,
+        peer: &Peer,
+        why: ProxyRefusal,
+        now: Instant,
+    ) {
+        let source = peer
+            .source_key()
+            .map(|k| k.grouped(self.services[idx].spec.per_source_prefix));
+        self.refuse(idx, conn, peer, source, RefuseReason::Proxy(why), now);
     }
 
     /// A connection refused: counted (`ServiceTable::refuse`, as a

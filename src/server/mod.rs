@@ -85,6 +85,7 @@ mod children;
 mod connection;
 mod endpoints;
 mod exit;
+mod front;
 mod internal;
 mod launcher;
 mod origin;
@@ -98,6 +99,7 @@ mod upgrade;
 use children::{for_peer, Child, ChildTable, StoppingGroup};
 use connection::Shortage;
 use endpoints::{Accepted, Endpoints, Loop};
+use front::FrontTable;
 use internal::{InternalConn, Internals};
 use launcher::Launcher;
 use origin::Origin;
@@ -176,6 +178,8 @@ pub struct Server {
     /// The internal services' TCP clients and what their UDP ones may
     /// be answered.
     internal: Internals,
+    /// Accepted connections whose PROXY header is awaited.
+    front: FrontTable,
     /// The service manager (NOTIFY_SOCKET), if summond runs under one.
     notifier: Notifier,
     /// The control socket, the metrics listener and their clients.
@@ -218,6 +222,7 @@ impl Server {
             shortage: Shortage::default(),
             timers: Timers::default(),
             internal: Internals::default(),
+            front: FrontTable::default(),
             notifier,
             endpoints: Endpoints::default(),
             upgrades: Upgrades::new(),
@@ -301,6 +306,7 @@ impl Server {
                     endpoints.write_control_reply(&mut lp, token);
                 }
                 Some(TokenKind::Internal) => self.on_internal_ready(token),
+                Some(TokenKind::Front) => self.on_front_ready(token),
                 Some(TokenKind::Scrape) => self.on_scrape_ready(token),
                 // A source removed earlier in this batch.
                 None => {}
@@ -380,6 +386,7 @@ impl Server {
                 self.runtime_up(pid, started_at);
             }
             Timer::Kill { pid, started_at } => self.kill_overdue_group(pid, started_at),
+            Timer::HeaderDue(token) => self.header_late(token),
             Timer::ScrapeTimeout(token) => {
                 let (endpoints, mut lp) = self.endpoints();
                 endpoints.scrape_timed_out(&mut lp, token);
@@ -581,15 +588,17 @@ impl Server {
 
     // ---- watching listeners --------------------------------------------
 
-    /// An internal service's TCP client counts as a child (SPEC).
+    /// An internal service's TCP client counts as a child (SPEC), and so
+    /// does a connection whose PROXY header is awaited (it becomes one).
     fn at_global_limit(&self) -> bool {
-        self.children.len() + self.internal.conns.len() >= self.config.daemon.max_children as usize
+        self.children.len() + self.internal.conns.len() + self.front.len()
+            >= self.config.daemon.max_children as usize
     }
 
-    /// The gate over all services: below max_children and not backing
-    /// off after running out of fds or processes.
+    /// The gate over all services: below max_children, room in the front
+    /// table, and not backing off after running out of fds or processes.
     fn gate_is_open(&self, now: Instant) -> bool {
-        !self.at_global_limit() && !self.shortage.backoff.is_paused(now)
+        !self.at_global_limit() && !self.front.is_full() && !self.shortage.backoff.is_paused(now)
     }
 
     /// May service `idx` start a child as far as its own limits go? (its
@@ -600,9 +609,10 @@ impl Server {
     }
 
     /// What service `id` has running: children, and for an internal
-    /// service its open connections.
+    /// service its open connections; connections whose PROXY header is
+    /// awaited too.
     fn active(&self, id: ServiceId) -> u32 {
-        self.children.active(id) + self.internal.conns.active(id)
+        self.children.active(id) + self.internal.conns.active(id) + self.front.active(id)
     }
 
     fn may_spawn(&self, idx: usize, now: Instant) -> bool {

@@ -30,6 +30,8 @@ pub(super) enum TokenKind {
     Listener(ListenAddr),
     /// A TCP client of an internal service.
     Internal,
+    /// A connection whose PROXY header is awaited (`front.rs`).
+    Front,
     /// A Prometheus scraper.
     Scrape,
     ControlClient,

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::wait::WaitStatus;
 
+use super::front::ProxyRefusal;
 use crate::access::Refusal;
 use crate::config::{Rate, ServiceSpec};
 use crate::limits::rate::{BucketState, SourceBuckets, TokenBucket, TopRefused, TOP_TRACKED};
@@ -292,6 +293,7 @@ pub(super) enum RefuseReason {
     Access(Refusal),
     MaxPerSource(u32),
     PerSourceRate(Rate),
+    Proxy(ProxyRefusal),
 }
 
 impl RefuseReason {
@@ -301,6 +303,7 @@ impl RefuseReason {
             RefuseReason::Access(_) => RefusalKind::Access,
             RefuseReason::MaxPerSource(_) => RefusalKind::MaxPerSource,
             RefuseReason::PerSourceRate(_) => RefusalKind::PerSourceRate,
+            RefuseReason::Proxy(_) => RefusalKind::Proxy,
         }
     }
 }
@@ -311,6 +314,7 @@ impl fmt::Display for RefuseReason {
             RefuseReason::Access(r) => write!(f, "{r}"),
             RefuseReason::MaxPerSource(max) => write!(f, "max_per_source {max} reached"),
             RefuseReason::PerSourceRate(rate) => write!(f, "per_source_rate {rate} reached"),
+            RefuseReason::Proxy(why) => write!(f, "{why}"),
         }
     }
 }

@@ -38,6 +38,8 @@ pub(super) enum Timer {
     Kill { pid: Pid, started_at: Instant },
     /// Time to tell the service manager's watchdog the loop is alive.
     Watchdog,
+    /// A connection's PROXY header is late (`front.rs`).
+    HeaderDue(mio::Token),
     /// A Prometheus scraper's time is up.
     ScrapeTimeout(mio::Token),
     /// A control client's time to read its answer is up.

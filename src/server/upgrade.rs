@@ -376,6 +376,7 @@ impl Server {
             pending: self.shortage.to_state(),
             backoff_ms: self.shortage.episode_ms(),
             internal: self.internal.to_state(now, |id| self.services.name_of(id)),
+            front: self.front_state(now),
             config: Some(config),
             stats: self.services.stats_state(),
             stopping_groups: self.children.stopping_state(now),
@@ -439,6 +440,7 @@ impl Server {
                 None => (services.new_id(), None),
             }
         });
+        self.resume_front(state.front, &index, handed);
         self.services.resume_stats(state.stats, &index);
         for (id, resumed, answers) in self.services.resume_limits(state.limits, &index, handed) {
             self.timers.resume_limits(id, &resumed);

@@ -20,6 +20,7 @@ mod limits;
 mod metrics;
 mod modes;
 mod privileges;
+mod proxy;
 mod rates;
 mod regressions;
 mod reload;
