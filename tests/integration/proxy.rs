@@ -372,3 +372,28 @@ fn ten_thousand_bad_clients_leave_nothing_behind() {
     let lines = s.log_count("app: refused");
     assert!(lines < 100, "{lines} refusal lines for 10,500 clients");
 }
+
+#[test]
+fn connections_waiting_for_a_header_count_under_max_children() {
+    let port = free_port();
+    let s = Summond::start(&format!(
+        "[daemon]\nmax_children = 2\n{}",
+        service("app", port, &trusted("v1"))
+    ));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let silent: Vec<TcpStream> = (0..2).map(|_| connect_tcp(addr)).collect();
+    assert!(wait_until(TIMEOUT, || s
+        .log_count("waiting for the PROXY header")
+        == 2));
+    // The third waits in the backlog, as at max_children.
+    let mut third = connect_tcp(addr);
+    third
+        .write_all(b"PROXY TCP4 192.0.2.3 192.0.2.1 4000 80\r\nthird\n")
+        .unwrap();
+    assert!(wait_in_backlog(port, 1), "{}", s.log_text());
+    drop(silent);
+    third.shutdown(Shutdown::Write).unwrap();
+    let mut out = String::new();
+    third.read_to_string(&mut out).unwrap();
+    assert!(out.ends_with("--\nthird\n"), "{out}");
+}

@@ -181,3 +181,44 @@ fn wrap_makes_bc_a_network_calculator() {
     let _w = Wrapped::start(&["-l", &addr, "--", "bc", "-q"]);
     assert_eq!(tcp_port_exchange(port, b"6*7\n2^10\n"), "42\n1024\n");
 }
+
+#[test]
+fn wrap_reads_proxy_headers_from_the_balancers_named() {
+    let port = free_port();
+    let addr = format!("tcp://127.0.0.1:{port}");
+    let _w = Wrapped::start(&[
+        "-l",
+        &addr,
+        "--proxy-protocol",
+        "v1",
+        "--proxy-from",
+        "10.0.0.0/8",
+        "--proxy-from",
+        "127.0.0.1",
+        "--",
+        "sh",
+        "-c",
+        "echo REMOTE_ADDR=$REMOTE_ADDR PROXY_ADDR=$PROXY_ADDR; cat",
+    ]);
+    let out = tcp_port_exchange(port, b"PROXY TCP4 192.0.2.9 192.0.2.1 4000 80\r\nhi\n");
+    assert_eq!(out, "REMOTE_ADDR=192.0.2.9 PROXY_ADDR=127.0.0.1\nhi\n");
+    // The config's checks and messages.
+    let (code, _, err) = run_to_exit(&[
+        "wrap",
+        "-l",
+        &addr,
+        "--proxy-protocol",
+        "v3",
+        "--proxy-from",
+        "10.0.0.0/8",
+        "--",
+        "cat",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("summond wrap: `proxy_protocol`: \"v3\" is not one of"),
+        "{err}"
+    );
+    let (code, _, err) = run_to_exit(&["wrap", "-l", &addr, "--proxy-protocol", "v1", "--", "cat"]);
+    assert_eq!(code, 2, "--proxy-from is required: {err}");
+}
