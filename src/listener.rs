@@ -48,6 +48,12 @@ pub struct ListenOptions {
     /// older image hands over.
     #[serde(default)]
     pub directory_mode: Option<u32>,
+    /// TCP_DEFER_ACCEPT, in seconds: a connection is accepted once its
+    /// first bytes are in (a service with `proxy_protocol`, whose clients
+    /// always speak first, gets its header at accept). Absent in the
+    /// options an older image hands over.
+    #[serde(default)]
+    pub defer_accept: Option<u32>,
 }
 
 impl Default for ListenOptions {
@@ -63,6 +69,7 @@ impl Default for ListenOptions {
             nodelay: false,
             freebind: false,
             directory_mode: None,
+            defer_accept: None,
         }
     }
 }
@@ -374,8 +381,29 @@ pub fn reapply(listener: &Listener, opts: &ListenOptions) -> Result<(), ListenEr
             .map_err(ListenError::Socket)?;
         s.set_tcp_nodelay(opts.nodelay)
             .map_err(ListenError::Socket)?;
+        set_defer_accept(s, opts.defer_accept.unwrap_or(0)).map_err(ListenError::Socket)?;
     }
     Ok(())
+}
+
+/// TCP_DEFER_ACCEPT (0 clears it); socket2 does not offer it.
+fn set_defer_accept(s: &Socket, secs: u32) -> io::Result<()> {
+    let value = nix::libc::c_int::try_from(secs).unwrap_or(nix::libc::c_int::MAX);
+    // SAFETY: setsockopt reads one c_int from `value`.
+    let rc = unsafe {
+        nix::libc::setsockopt(
+            s.as_raw_fd(),
+            nix::libc::IPPROTO_TCP,
+            nix::libc::TCP_DEFER_ACCEPT,
+            (&raw const value).cast(),
+            std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// A socket summond was handed for `addr` (LISTEN_FDS, or the previous
@@ -485,6 +513,9 @@ fn inet_socket(
         }
         if opts.nodelay {
             s.set_tcp_nodelay(true).map_err(ListenError::Socket)?;
+        }
+        if let Some(secs) = opts.defer_accept {
+            set_defer_accept(&s, secs).map_err(ListenError::Socket)?;
         }
     }
     Ok(s)

@@ -26,6 +26,9 @@ pub const V1_MAX: usize = 107;
 /// bytes plus its TLVs, and 4 KiB is what summond is willing to hold for
 /// a client before it is served.
 pub const V2_MAX: usize = 4096;
+/// SPEC: a header has this many seconds to arrive (the loop's deadline,
+/// and the listener's TCP_DEFER_ACCEPT).
+pub const HEADER_SECS: u32 = 5;
 /// The v2 signature, the first 12 bytes of every v2 header.
 pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 

@@ -37,7 +37,7 @@ use crate::peer::Peer;
 use crate::proxy::{self, Header, Malformed, Parsed, Version, V2_MAX};
 
 /// SPEC: a PROXY header has 5 s to arrive.
-pub(super) const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const HEADER_TIMEOUT: Duration = Duration::from_secs(proxy::HEADER_SECS as u64);
 /// Connections waiting for their header at once, over all services. A
 /// balancer writes the header with the connection's first segment, so a
 /// connection stays here about one round trip; 1024 is the default

@@ -381,7 +381,15 @@ fn connections_waiting_for_a_header_count_under_max_children() {
         service("app", port, &trusted("v1"))
     ));
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let silent: Vec<TcpStream> = (0..2).map(|_| connect_tcp(addr)).collect();
+    // Part of a header each: accepted (TCP_DEFER_ACCEPT waits for a
+    // first byte) and waiting for the rest.
+    let silent: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut c = connect_tcp(addr);
+            c.write_all(b"PROXY ").unwrap();
+            c
+        })
+        .collect();
     assert!(wait_until(TIMEOUT, || s
         .log_count("waiting for the PROXY header")
         == 2));
