@@ -5,9 +5,12 @@
 //!
 //!     cargo run --release --example loadgen -- 127.0.0.1:9000 16 3 hello
 //!
-//! The last argument is the expected answer's start (optional).
+//! The last argument is the expected answer's start (optional). With
+//! `LOADGEN_PROXY=v1` or `v2` in the environment each connection first
+//! sends a PROXY header naming its own addresses, as a balancer would
+//! (`benches/proxy.sh`).
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -21,12 +24,15 @@ fn main() {
     let concurrency: usize = args[1].parse().expect("CONCURRENCY is a number");
     let seconds: f64 = args[2].parse().expect("SECONDS is a number");
     let expect = args.get(3).cloned().unwrap_or_default();
+    let proxy = std::env::var("LOADGEN_PROXY")
+        .ok()
+        .filter(|v| !v.is_empty());
     let until = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let expect = expect.clone();
-            std::thread::spawn(move || run(addr, until, &expect))
+            let (expect, proxy) = (expect.clone(), proxy.clone());
+            std::thread::spawn(move || run(addr, until, &expect, proxy.as_deref()))
         })
         .collect();
     let mut latencies = Vec::new();
@@ -54,10 +60,16 @@ fn main() {
 }
 
 /// One worker: connections until `until`; latency to the first byte.
-fn run(addr: SocketAddr, until: Instant, expect: &str) -> (Vec<Duration>, u64) {
+fn run(
+    addr: SocketAddr,
+    until: Instant,
+    expect: &str,
+    proxy: Option<&str>,
+) -> (Vec<Duration>, u64) {
     let mut latencies = Vec::new();
     let mut errors = 0;
     let mut buf = Vec::with_capacity(64);
+    let mut header = Vec::with_capacity(128);
     // Bounded in count as well as time.
     for _ in 0..10_000_000u64 {
         if Instant::now() >= until {
@@ -66,6 +78,15 @@ fn run(addr: SocketAddr, until: Instant, expect: &str) -> (Vec<Duration>, u64) {
         let t = Instant::now();
         let answer = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).and_then(|mut s| {
             s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            if let Some(version) = proxy {
+                header.clear();
+                let addrs = Some((s.local_addr()?, addr));
+                match version {
+                    "v1" => summond::proxy::encode_v1(addrs, &mut header),
+                    _ => summond::proxy::encode_v2(addrs, &[], &mut header),
+                }
+                s.write_all(&header)?;
+            }
             buf.clear();
             let mut first = [0u8; 1];
             s.read_exact(&mut first)?;

@@ -1,8 +1,9 @@
 //! The client on the other end of an accepted connection: its address (an
 //! IPv4 client seen through an IPv6 socket is IPv4 everywhere), or for a
-//! Unix socket its credentials; the variables that describe it to the
-//! child (systemd's REMOTE_*, ucspi-tcp's TCP*); and the key that
-//! `max_per_source` counts it under.
+//! Unix socket its credentials, or behind a load balancer the client its
+//! PROXY header names; the variables that describe it to the child
+//! (systemd's REMOTE_*, ucspi-tcp's TCP*, summond's PROXY_*); and the key
+//! that `max_per_source` counts it under.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};

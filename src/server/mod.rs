@@ -28,6 +28,11 @@
 //!    `ServiceRuntime::may_spawn`: `max_instances`, then `may_start`:
 //!    crash hold, `rate`) allow; clients left over are queued for the
 //!    next turn (`SocketTable::queue_ready`, `serve_ready`).
+//!    A service with `proxy_protocol` goes through `start_front` first
+//!    (connection.rs): a peer outside `proxy_from` is refused unread, and
+//!    the PROXY header is read exactly, at once or from the front table
+//!    (`front.rs`: its own tokens, a 5 s timer each, `on_front_ready`);
+//!    the header's client goes on to step 4.
 //! 4. `start_connection`: admission (access rules, `max_per_source`,
 //!    `per_source_rate`); a refusal is counted by `ServiceTable::refuse`
 //!    and logged (or left to the summary) by `refuse`.
