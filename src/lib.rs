@@ -32,7 +32,7 @@
 //! | `src/server/endpoints.rs` | the control socket and the metrics listener with their clients, answered from a snapshot |
 //! | `src/stats.rs` | a service's counters, the kinds they count by (refusal, exit outcome) and why a service is paused |
 //! | `src/server/poller.rs` | what the loop waits on: the poll set, the signalfd, the fixed tokens and what each dynamic token stands for |
-//! | `src/server/timers.rs` | the deadlines in one ordered map, each cancellable by its key: a service's crash hold and `rate` token, a child's `max_runtime` and SIGKILL, a control or metrics client's time, the upgrade check, a slow config load, the watchdog |
+//! | `src/server/timers.rs` | the deadlines in one ordered map, each cancellable by its key: a service's crash hold and `rate` token, a child's `max_runtime` and SIGKILL, a control or metrics client's time, a PROXY header's 5 s, the upgrade check, a slow config load, the watchdog |
 //! | `src/server/internal/` | echo, discard, chargen, daytime, time in the loop: `answers.rs` the answers, `conn.rs` a TCP connection and the table of the open ones, `datagrams.rs` what a UDP service must not answer and its budget, `mod.rs` their owner in the loop (`Internals`: open, serve, close, guard and answer datagrams) |
 //! | `src/peer.rs` | the client: address or credentials (or the client a PROXY header names, with its balancer), its variables, its per-source key and prefix grouping |
 //! | `src/proxy/` | HAProxy's PROXY protocol v1 and v2: `parse.rs` reads a header from the bytes seen so far (incomplete, done with its length, or bad), `encode.rs` writes one for a backend |

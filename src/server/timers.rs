@@ -2,7 +2,8 @@
 //! service, its crash hold ending and its `rate` token coming back; for a
 //! child, its `max_runtime` running out and the SIGKILL that follows an
 //! ignored SIGTERM; for a client of the control socket or the metrics
-//! listener, its time to finish; for the helpers, the upgrade check and a
+//! listener, its time to finish; for a connection awaiting its PROXY
+//! header, its 5 s (cancelled when the header is read); for the helpers, the upgrade check and a
 //! reload's config load running long; and the watchdog's ping. O(log n)
 //! to add, to cancel and to take the next; nothing scans the children.
 //! A timer whose reason can end first is cancelled then by the key `add`
