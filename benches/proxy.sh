@@ -2,10 +2,12 @@
 # What a PROXY header costs summond: the same service (`/bin/echo hello`)
 # twice in one summond, one plain and one with `proxy_protocol = "v2"`,
 # loaded alternately by the same client (examples/loadgen.rs, which sends
-# a v2 header with LOADGEN_PROXY=v2) in the same minutes; summond's own
-# CPU per connection (nanoseconds on CPU from /proc/PID/schedstat, which
-# counts what clock ticks would round away) for each, the median of
-# ROUNDS rounds, and the ratio. SPEC's goal: at most 1.05.
+# a v2 header with LOADGEN_PROXY=v2) in the same minutes, which goes
+# first alternating from round to round (a machine whose load drifts
+# would otherwise favour one); summond's own CPU per connection
+# (nanoseconds on CPU from /proc/PID/schedstat, which counts what clock
+# ticks would round away) for each, and the median over ROUNDS rounds of
+# each and of the per-round ratio. SPEC's goal: at most 1.05.
 #
 #   benches/proxy.sh [SECONDS_PER_RUN] [ROUNDS] [CONCURRENCY]
 #
@@ -60,12 +62,17 @@ run() {
 }
 
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-: > "$WORK/plain"; : > "$WORK/proxied"
+: > "$WORK/plain"; : > "$WORK/proxied"; : > "$WORK/ratio"
 for r in $(seq "$ROUNDS"); do
-  a=$(run "$plain"); b=$(run "$proxied" v2)
-  echo "round $r: plain ${a%% *} us/conn, v2 header ${b%% *} us/conn (c=$CONC; ${b#* })"
-  echo "${a%% *}" >> "$WORK/plain"; echo "${b%% *}" >> "$WORK/proxied"
+  if [ $((r % 2)) = 1 ]; then
+    a=$(run "$plain"); b=$(run "$proxied" v2)
+  else
+    b=$(run "$proxied" v2); a=$(run "$plain")
+  fi
+  ratio=$(awk -v p="${a%% *}" -v q="${b%% *}" 'BEGIN { printf "%.3f", q / p }')
+  echo "round $r: plain ${a%% *} us/conn, v2 header ${b%% *} us/conn, ratio $ratio (c=$CONC; ${b#* })"
+  echo "${a%% *}" >> "$WORK/plain"; echo "${b%% *}" >> "$WORK/proxied"; echo "$ratio" >> "$WORK/ratio"
 done
 p=$(median < "$WORK/plain"); q=$(median < "$WORK/proxied")
-echo "summond CPU per connection, median of $ROUNDS: plain $p us, v2 header $q us, ratio $(awk -v p="$p" -v q="$q" 'BEGIN { printf "%.3f", q / p }')"
+echo "summond CPU per connection, median of $ROUNDS: plain $p us, v2 header $q us; ratio of the medians $(awk -v p="$p" -v q="$q" 'BEGIN { printf "%.3f", q / p }'), median of the ratios $(median < "$WORK/ratio")"
 grep -c refused "$WORK/log" >/dev/null && echo "refusals logged:" && grep refused "$WORK/log" | head -3 || true
