@@ -267,7 +267,10 @@ fn bad_and_silent_peers_are_refused_while_others_are_served() {
 #[test]
 fn access_rules_and_limits_apply_to_the_headers_client() {
     let (denying, limited) = (free_port(), free_port());
-    let deny = format!("{}deny = [\"203.0.113.0/24\"]\n", trusted("v1"));
+    let deny = format!(
+        "{}deny = [\"203.0.113.0/24\"]\nper_source_rate = \"1/1m\"\n",
+        trusted("v1")
+    );
     let one = format!(
         "[[service]]\nname = \"one\"\nlisten = \"tcp://127.0.0.1:{limited}\"\nexec = {}\n{}max_per_source = 1\n",
         sh("echo in; cat"),
@@ -279,6 +282,12 @@ fn access_rules_and_limits_apply_to_the_headers_client() {
     assert!(s.wait_log("deny: refused 203.0.113.7:5000 via 127.0.0.1 (deny list)"));
     let out = exchange(denying, &from("192.0.2.1"), 1);
     assert_eq!(field(&out, "REMOTE_ADDR"), Some("192.0.2.1"), "{out}");
+    // One new connection a minute per header client: the balancer's
+    // own address (the same for all) is not what is counted.
+    assert_eq!(exchange(denying, &from("192.0.2.1"), 1), "");
+    assert!(s.wait_log("deny: refused 192.0.2.1:5000 via 127.0.0.1 (per_source_rate 1/1m reached)"));
+    let out = exchange(denying, &from("192.0.2.2"), 1);
+    assert_eq!(field(&out, "REMOTE_ADDR"), Some("192.0.2.2"), "{out}");
     // One child per header client, whatever the balancer's own address.
     let mut first = connect_tcp(SocketAddr::from(([127, 0, 0, 1], limited)));
     first.write_all(&from("192.0.2.1")).unwrap();
