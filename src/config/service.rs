@@ -64,7 +64,7 @@ const HANDLERS: &[(&str, Handler)] = &[
         d.proxy_protocol = cx.choice(k, v, versions);
         // Its clients speak first: accepted once the header is in, it
         // is read at accept, with no wait in the loop.
-        d.socket.defer_accept = Some(crate::proxy::HEADER_SECS);
+        d.socket.defer_accept = Some(crate::proxy::DEFER_SECS);
     }),
     ("proxy_from", |cx, k, v, d| {
         let mut blocks = Vec::new();

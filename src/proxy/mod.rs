@@ -26,9 +26,15 @@ pub const V1_MAX: usize = 107;
 /// bytes plus its TLVs, and 4 KiB is what summond is willing to hold for
 /// a client before it is served.
 pub const V2_MAX: usize = 4096;
-/// SPEC: a header has this many seconds to arrive (the loop's deadline,
-/// and the listener's TCP_DEFER_ACCEPT).
+/// SPEC: a header has this many seconds to arrive once summond has the
+/// connection (the loop's deadline).
 pub const HEADER_SECS: u32 = 5;
+/// TCP_DEFER_ACCEPT on the listener of a service that takes headers: the
+/// kernel holds a connection that has sent nothing about this long (one
+/// SYN-ACK retransmission) before summond accepts it. Short: a balancer
+/// sends its header at once, and a silent peer held longer would only
+/// sit longer in the kernel's queue before its 5 s start.
+pub const DEFER_SECS: u32 = 1;
 /// The v2 signature, the first 12 bytes of every v2 header.
 pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 
