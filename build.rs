@@ -3,8 +3,10 @@
 //! the clap command in src/cli.rs, summond.toml(5) from the key table in
 //! src/config/keys.rs. They go to OUT_DIR and, for people and packages, to
 //! `target/<profile>/man` and `target/<profile>/completions`; the same
-//! pages as Markdown (build/markdown.rs) go to `target/<profile>/docs`,
-//! which tests/integration/docs.rs compares with the committed `docs/`.
+//! pages as Markdown (build/markdown.rs) and the JSON Schema of
+//! summond.toml (src/config/schema.rs, from the same key table) go to
+//! `target/<profile>/docs`, which tests/integration/docs.rs compares with
+//! the committed `docs/`.
 
 use std::fs;
 use std::io::Write;
@@ -25,6 +27,10 @@ mod cli;
 #[allow(dead_code)]
 #[path = "src/config/keys.rs"]
 mod keys;
+
+#[allow(dead_code)]
+#[path = "src/config/schema.rs"]
+mod schema;
 
 #[path = "build/markdown.rs"]
 mod markdown;
@@ -109,6 +115,7 @@ const TOML_5_SECTIONS: &[(&str, &str)] = &[
 fn main() {
     println!("cargo:rerun-if-changed=src/cli.rs");
     println!("cargo:rerun-if-changed=src/config/keys.rs");
+    println!("cargo:rerun-if-changed=src/config/schema.rs");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=build/markdown.rs");
     link_hot_text();
@@ -139,6 +146,10 @@ fn main() {
         }
         write_summond_toml_5(&man.join("summond.toml.5"));
         write_markdown(&dir.join("docs"));
+        // The JSON Schema editors check summond.toml with, beside the
+        // Markdown pages (and so held to docs/ by the same test).
+        fs::write(dir.join("docs/summond.schema.json"), schema::schema().text)
+            .expect("write summond.schema.json");
         for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
             let mut cmd = cli::command();
             clap_complete::generate_to(shell, &mut cmd, "summond", &completions)

@@ -2,7 +2,9 @@
 # Build summond_VERSION_ARCH.deb from this repository, with nothing but
 # cargo and dpkg-deb: the binary in /usr/sbin, the systemd unit, a safe
 # /etc/summond/summond.toml (a conffile: loopback only, internal services),
-# the man pages, the bash/zsh/fish completions, the example entries.
+# the man pages, the bash/zsh/fish completions, the example entries, the
+# JSON Schema editors check summond.toml with (/usr/share/summond, where
+# the `#:schema` line of the config and the examples points).
 #
 #   packaging/deb.sh [OUT_DIR]      # default: target/debian
 set -euo pipefail
@@ -47,8 +49,16 @@ for page in docs/*.md; do
     install -D -m 644 "$page" "$DOC/docs/$(basename "$page")"
     if [ "$(stat -c %s "$page")" -gt 4096 ]; then gzip -9n "$DOC/docs/$(basename "$page")"; fi
 done
+# Built from the key table as the man pages are (docs/ holds the same
+# file, for the repository's own samples).
+install -D -m 644 "$REL/docs/summond.schema.json" "$PKG/usr/share/summond/summond.schema.json"
+# The examples' `#:schema` line names the schema relative to the
+# repository; installed, they point to the installed one.
 for ex in conf/examples/*.toml; do
-    install -D -m 644 "$ex" "$DOC/examples/$(basename "$ex")"
+    install -d "$DOC/examples"
+    sed '1s|^#:schema .*|#:schema /usr/share/summond/summond.schema.json|' "$ex" \
+        > "$DOC/examples/$(basename "$ex")"
+    chmod 644 "$DOC/examples/$(basename "$ex")"
 done
 DATE="$(date -R -d "@${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}")"
 printf 'summond (%s) unstable; urgency=medium\n\n  * Built from the summond repository.\n\n -- summond maintainers <maintainers@summond.example.org>  %s\n' \

@@ -17,6 +17,16 @@ test -x /usr/sbin/summond
 test -f /lib/systemd/system/summond.service
 test -f /usr/share/man/man5/summond.toml.5.gz
 test -f /usr/share/bash-completion/completions/summond
+test -f /usr/share/summond/summond.schema.json
+# The installed config and examples name the installed schema, and taplo
+# (.ci/run installs it in target/taplo) finds them valid by it.
+if [ -n "${SUMMOND_TAPLO:-}" ]; then
+    for f in /etc/summond/summond.toml /usr/share/doc/summond/examples/*.toml; do
+        head -1 "$f" | grep -qx '#:schema /usr/share/summond/summond.schema.json'
+        "$SUMMOND_TAPLO" check "$f" 2>/dev/null || { "$SUMMOND_TAPLO" check "$f" >&2; exit 1; }
+    done
+    echo "taplo: the installed config and examples are valid by the installed schema"
+fi
 out="$(/usr/sbin/summond --check -c /etc/summond/summond.toml)"
 [ "$out" = "ok: 2 services" ] || { echo "check said: $out" >&2; exit 1; }
 man -l /usr/share/man/man8/summond.8.gz >/dev/null 2>&1 || true

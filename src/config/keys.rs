@@ -1,6 +1,8 @@
 //! The keys each section of the services file accepts, and what each one
-//! means: the checker, the fuzzer's grammar and the summond.toml(5) man
-//! page (written by build.rs from `KEY_DOCS`) share them, and tests hold
+//! means: the checker, the fuzzer's grammar, the summond.toml(5) man page
+//! and the JSON Schema editors check the file with (both written by
+//! build.rs from `KEY_DOCS`; the schema reads each key's `value` through
+//! `VALUE_WORDS`, config/schema.rs) share them, and tests hold
 //! the lists, the documentation and the checker's handler of each
 //! `[[service]]` key (service.rs) together, so a key cannot exist in one
 //! and be missing from another. Plain data: build.rs includes this file.
@@ -62,6 +64,72 @@ pub const SERVICE_KEYS: &[&str] = &[
     "disabled",
 ];
 pub const LISTEN_TABLE_KEYS: &[&str] = &["address", "name"];
+
+/// The `[[service]]` keys without which a service is an error (their
+/// documentation starts "Required", which the schema reads).
+pub const REQUIRED_SERVICE_KEYS: &[&str] = &["name", "listen", "exec"];
+
+/// One word of the notation `KeyDoc::value` is written in, and the JSON
+/// Schema of a value it stands for. The rest of the notation is read by
+/// config/schema.rs: `"a" | "b"` (one of these strings), `[X, ...]` (an
+/// array of X; items named before X are required), `{ NAME = X, ... }` (a
+/// table of X), `{ a = X, b = Y }` (a table of these keys; with `, ...`
+/// others too), `A | B` (either), `[...]` (an array of the other forms),
+/// `"WORD"` (the word, written as a string), `"text"` (a string), and
+/// `TABLE` (a table of the keys whose section is this key's name).
+pub struct ValueWord {
+    pub word: &'static str,
+    /// The JSON types a value may have ("integer", "string", "boolean").
+    pub types: &'static [&'static str],
+    /// A regular expression a string value matches whole, or "": the
+    /// fixed shape the checker reads, so an editor flags what never could
+    /// be one (the checker still has the last word: ranges, files, users).
+    pub pattern: &'static str,
+}
+
+const fn word(
+    word: &'static str,
+    types: &'static [&'static str],
+    pattern: &'static str,
+) -> ValueWord {
+    ValueWord {
+        word,
+        types,
+        pattern,
+    }
+}
+
+const STRING: &[&str] = &["string"];
+
+pub const VALUE_WORDS: &[ValueWord] = &[
+    word("INTEGER", &["integer"], ""),
+    word("BOOL", &["boolean"], ""),
+    word("STRING", STRING, ""),
+    word("NAME", STRING, ""),
+    word("GROUP", STRING, ""),
+    word("PATH", STRING, "."),
+    word("GLOB", STRING, "."),
+    word("PROGRAM", STRING, "."),
+    word("ARG", STRING, ""),
+    // units::duration: digits and an optional unit.
+    word("DURATION", STRING, "^[0-9]+(ms|s|m|h|d)?$"),
+    // units::rate.
+    word("COUNT/DURATION", STRING, "^[0-9]+/[0-9]+(ms|s|m|h|d)?$"),
+    // units::octal: at most five octal digits.
+    word("OCTAL", STRING, "^[0-7]{1,5}$"),
+    // addr.rs: a scheme, then IP:PORT ([v6]:PORT) or an absolute or
+    // abstract socket path.
+    word(
+        "ADDRESS",
+        STRING,
+        "^((tcp|udp)://([0-9.]+|\\[[0-9A-Fa-f:.]+\\]):[0-9]+|(unix|unixgram)://[/@].+)$",
+    ),
+    // access.rs: an IPv4 or IPv6 address, with or without /BITS.
+    word("CIDR", STRING, "^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$"),
+    word("BITS", &["integer"], ""),
+    // rlimits: a number, or a size like "512M" or "infinity".
+    word("VALUE", &["integer", "string"], ""),
+];
 
 /// One key as the manual describes it.
 pub struct KeyDoc {
@@ -142,7 +210,7 @@ pub const KEY_DOCS: &[KeyDoc] = &[
     key("service", "nodelay", "BOOL", "false", "Set TCP_NODELAY on TCP listeners; accepted connections inherit it."),
     key("service", "freebind", "BOOL", "false", "Set IP_FREEBIND: bind an address not (yet) on this host."),
     key("service", "disabled", "BOOL", "false", "Keep the entry, listen on nothing."),
-    key("listen", "address", "ADDRESS", "", "In a listen table: the address."),
+    key("listen", "address", "ADDRESS", "", "Required: in a listen table, the address."),
     key("listen", "name", "STRING", "the service name", "In a listen table: the name of this fd in LISTEN_FDNAMES."),
 ];
 

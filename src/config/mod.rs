@@ -34,6 +34,8 @@ mod parse;
 mod program;
 pub mod raw_path;
 mod runtime_dir;
+#[cfg(test)]
+mod schema;
 mod service;
 pub mod units;
 
@@ -52,7 +54,10 @@ pub use ceilings::rlimit_ceiling;
 pub use units::Rate;
 
 pub use error::{ConfigError, ConfigErrors, ErrorKind};
-pub use keys::{KeyDoc, DAEMON_KEYS, KEY_DOCS, LISTEN_TABLE_KEYS, SERVICE_KEYS, TOP_KEYS};
+pub use keys::{
+    KeyDoc, ValueWord, DAEMON_KEYS, KEY_DOCS, LISTEN_TABLE_KEYS, REQUIRED_SERVICE_KEYS,
+    SERVICE_KEYS, TOP_KEYS, VALUE_WORDS,
+};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/summond/summond.toml";
 pub const DEFAULT_MAX_CHILDREN: u32 = 1024;

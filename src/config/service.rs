@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 use super::draft::Draft;
 use super::error::ErrorKind;
-use super::keys::SERVICE_KEYS;
+use super::keys::{REQUIRED_SERVICE_KEYS, SERVICE_KEYS};
 use super::options;
 use super::parse::{Checker, Seen, Table, Value};
 use super::runtime_dir;
@@ -241,7 +241,7 @@ impl Checker<'_> {
     }
 
     fn report_missing(&mut self, t: &Table<'_, '_>, span: Range<usize>) {
-        for key in ["name", "listen", "exec"] {
+        for &key in REQUIRED_SERVICE_KEYS {
             if t.field(key).is_none() {
                 self.at(span.clone(), ErrorKind::Missing { key });
             }

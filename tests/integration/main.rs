@@ -26,6 +26,7 @@ mod regressions;
 mod reload;
 mod runtime;
 mod sandbox;
+mod schema;
 mod sockets;
 mod systemd;
 mod unix_sockets;
