@@ -30,12 +30,13 @@ fn taplo(test: &str) -> Option<PathBuf> {
     None
 }
 
-/// `taplo check FILE`: whether it passed, and what it printed.
-fn check(taplo: &Path, file: &Path) -> (bool, String) {
+/// `taplo check FILE...` (one run: taplo takes seconds to start): whether
+/// it passed, and what it printed.
+fn check(taplo: &Path, files: &[PathBuf]) -> (bool, String) {
     let dir = TempDir::new("taplo-cwd");
     let out = Command::new(taplo)
         .arg("check")
-        .arg(file)
+        .args(files)
         // No .taplo.toml of the repository's or anyone's: the file's own
         // `#:schema` line is all it goes by.
         .current_dir(&dir.0)
@@ -44,6 +45,17 @@ fn check(taplo: &Path, file: &Path) -> (bool, String) {
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
+}
+
+/// taplo's errors about `file`: each `error: ...` block whose position
+/// (`┌─ FILE:LINE:COL`) is in it.
+fn errors_in(out: &str, file: &Path) -> Vec<String> {
+    let at = format!("{}:", file.display());
+    out.split("\nerror: ")
+        .skip(1)
+        .filter(|block| block.lines().nth(1).is_some_and(|l| l.contains(&at)))
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -76,8 +88,6 @@ fn the_sample_and_every_example_are_valid_by_the_schema() {
             "{}",
             file.display()
         );
-        let (ok, out) = check(&taplo, file);
-        assert!(ok, "{}:\n{out}", file.display());
     }
     // The packaged config names the installed schema: checked here with
     // that line pointing to docs/ (test-deb.sh checks it installed).
@@ -87,8 +97,9 @@ fn the_sample_and_every_example_are_valid_by_the_schema() {
     let dir = TempDir::new("schema-packaged");
     let copy = dir.path("summond.toml");
     std::fs::write(&copy, packaged.replacen(installed, &directive(), 1)).unwrap();
-    let (ok, out) = check(&taplo, &copy);
-    assert!(ok, "packaging/summond.toml:\n{out}");
+    files.push(copy);
+    let (ok, out) = check(&taplo, &files);
+    assert!(ok, "{files:?}:\n{out}");
 }
 
 fn directive() -> String {
@@ -194,29 +205,39 @@ fn taplo_flags_what_the_checker_refuses_and_passes_what_it_accepts() {
         return;
     };
     let dir = TempDir::new("schema-cases");
-    let file = dir.path("summond.toml");
-    for service in GOOD {
+    let mut good = Vec::new();
+    for (i, service) in GOOD.iter().enumerate() {
+        let file = dir.path(&format!("good{i}.toml"));
         std::fs::write(&file, config("", service)).unwrap();
-        let (ok, out) = check(&taplo, &file);
-        assert!(ok, "taplo refused:\n{service}\n{out}");
         let (code, _, err) = run_to_exit(&["--check", "-c", file.to_str().unwrap()]);
         assert_eq!(code, 0, "summond refused:\n{service}\n{err}");
+        good.push(file);
     }
+    let (ok, out) = check(&taplo, &good);
+    assert!(ok, "taplo refused one of {GOOD:?}:\n{out}");
+
     let mut top = config("", "listen = \"tcp://127.0.0.1:7\"\nexec = [\"cat\"]");
     top.push_str("[services]\nname = \"t\"\n");
-    let cases = BAD
+    let cases: Vec<(String, &str)> = BAD
         .iter()
         .map(|(daemon, service, named)| (config(daemon, service), *named))
-        .chain([(top, "'services' was unexpected")]);
-    for (text, named) in cases {
-        std::fs::write(&file, &text).unwrap();
-        let (ok, out) = check(&taplo, &file);
-        assert!(!ok, "taplo passed:\n{text}");
-        assert!(
-            out.contains(named),
-            "taplo did not say {named:?}:\n{text}\n{out}"
-        );
+        .chain([(top, "'services' was unexpected")])
+        .collect();
+    let mut bad = Vec::new();
+    for (i, (text, _)) in cases.iter().enumerate() {
+        let file = dir.path(&format!("bad{i}.toml"));
+        std::fs::write(&file, text).unwrap();
         let (code, _, _) = run_to_exit(&["--check", "-c", file.to_str().unwrap()]);
         assert_eq!(code, 2, "summond accepted:\n{text}");
+        bad.push(file);
+    }
+    let (ok, out) = check(&taplo, &bad);
+    assert!(!ok, "taplo passed them all:\n{out}");
+    for ((text, named), file) in cases.iter().zip(&bad) {
+        let errors = errors_in(&out, file);
+        assert!(
+            errors.iter().any(|e| e.contains(named)),
+            "taplo did not say {named:?} of\n{text}\nbut: {errors:#?}"
+        );
     }
 }
