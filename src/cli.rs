@@ -81,6 +81,24 @@ enum Sub {
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
     },
+    /// Reload the running summond's config and print the outcome: exit 0
+    /// once it serves, 2 with the config's errors (the old one serves on)
+    Reload {
+        /// Find the control socket in this config's [daemon] control
+        #[arg(short = 'c', long = "config", value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The control socket (instead of reading the config)
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
+    },
+    /// Stop accepting on a service's sockets (clients wait in the backlog;
+    /// its children run on) until summond resume
+    Pause(ServiceArgs),
+    /// Accept on a paused service's sockets again
+    Resume(ServiceArgs),
+    /// SIGTERM a service's long-running (accept = false) children; the
+    /// next client starts them again
+    Restart(ServiceArgs),
     /// Serve one program without a config file, in the foreground
     #[command(after_help = "Example: summond wrap -l tcp://127.0.0.1:9000 -- bc -q")]
     Wrap {
@@ -116,6 +134,28 @@ enum Sub {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
+}
+
+/// A service of the running summond, and how to reach it.
+#[derive(clap::Args, Debug)]
+struct ServiceArgs {
+    /// The service's name
+    #[arg(value_name = "NAME")]
+    name: String,
+    /// Find the control socket in this config's [daemon] control
+    #[arg(short = 'c', long = "config", value_name = "PATH", default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// The control socket (instead of reading the config)
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+}
+
+/// What `summond pause|resume|restart` asks of a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceAction {
+    Pause,
+    Resume,
+    Restart,
 }
 
 /// The formats `summond import` reads.
@@ -169,6 +209,16 @@ pub enum Command {
         config: PathBuf,
         control: Option<PathBuf>,
     },
+    Reload {
+        config: PathBuf,
+        control: Option<PathBuf>,
+    },
+    Service {
+        action: ServiceAction,
+        name: String,
+        config: PathBuf,
+        control: Option<PathBuf>,
+    },
     Wrap(WrapArgs),
     Import {
         from: Option<ImportFormat>,
@@ -199,6 +249,10 @@ fn from_args(a: Args) -> Command {
             json,
         },
         Some(Sub::Upgrade { config, control }) => Command::Upgrade { config, control },
+        Some(Sub::Reload { config, control }) => Command::Reload { config, control },
+        Some(Sub::Pause(s)) => service(ServiceAction::Pause, s),
+        Some(Sub::Resume(s)) => service(ServiceAction::Resume, s),
+        Some(Sub::Restart(s)) => service(ServiceAction::Restart, s),
         Some(Sub::Wrap {
             listen,
             no_accept,
@@ -224,6 +278,15 @@ fn from_args(a: Args) -> Command {
             pidfile: a.pidfile,
             log_level: a.log_level.map(Into::into),
         }),
+    }
+}
+
+fn service(action: ServiceAction, s: ServiceArgs) -> Command {
+    Command::Service {
+        action,
+        name: s.name,
+        config: s.config,
+        control: s.control,
     }
 }
 
@@ -320,6 +383,27 @@ mod tests {
                 json: true
             }
         );
+    }
+
+    #[test]
+    fn reload_and_service_subcommands() {
+        assert_eq!(
+            parse_from(&["summond", "reload", "--control", "/run/c.sock"]).unwrap(),
+            Command::Reload {
+                config: PathBuf::from(DEFAULT_CONFIG_PATH),
+                control: Some(PathBuf::from("/run/c.sock")),
+            }
+        );
+        assert_eq!(
+            parse_from(&["summond", "pause", "web", "-c", "s.toml"]).unwrap(),
+            Command::Service {
+                action: ServiceAction::Pause,
+                name: "web".into(),
+                config: PathBuf::from("s.toml"),
+                control: None,
+            }
+        );
+        assert!(parse_from(&["summond", "restart"]).is_err(), "needs a name");
     }
 
     #[test]

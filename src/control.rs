@@ -1,11 +1,17 @@
 //! The status socket: its protocol, the `Status` snapshot, the table
 //! `summond status` prints, and the client side of it.
 //!
-//! Protocol: a client connects to the Unix socket (mode 0600); summond
-//! writes one JSON document (the `Status` below) followed by a newline and
-//! closes. Nothing is read from the client, so a client can never stall the
-//! loop; summond writes without blocking and finishes a long answer when
-//! the socket is writable again. This module only renders snapshots; the
+//! Protocol: a client connects to the Unix socket (mode 0600) and sends
+//! one request line (`Request`: `reload`, `pause NAME`, `resume NAME`,
+//! `restart NAME`, `status`), or shuts down its sending side without a
+//! word, which asks for the status; summond answers with one JSON
+//! document and a newline (the `Status` below, or an `Answer`) and
+//! closes. A client that says nothing for `REQUEST_GRACE` is one from
+//! before requests existed ("connect, read one JSON line") and gets the
+//! status. The request is read without blocking, at most
+//! `MAX_REQUEST` bytes, so a client can never stall the loop; summond
+//! writes without blocking and finishes a long answer when the socket is
+//! writable again. This module only renders snapshots and answers; the
 //! server fills them in.
 //!
 //! Who is at either end is the kernel's word (`SO_PEERCRED`, and the
@@ -29,13 +35,107 @@ use serde::{Deserialize, Serialize};
 use socket2::Socket;
 
 /// How long `summond status` waits for the whole answer.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest answer a client reads: the status of 10,000 services is
 /// about 2.5 MB. More is not a status, and must not cost unbounded memory.
 pub const MAX_ANSWER: usize = 16 << 20;
 /// How summond's one-line answer to a client it refuses starts; the
 /// reason follows.
 pub const REFUSED: &str = "refused: ";
+
+/// The longest request line summond reads (a service name is far
+/// shorter).
+pub const MAX_REQUEST: usize = 512;
+/// A client silent this long gets the status (see the protocol above).
+pub const REQUEST_GRACE: Duration = Duration::from_secs(1);
+/// How long `summond reload` waits for its answer: summond answers by
+/// the config loader's limit (300 s) at the latest.
+pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(310);
+
+/// What a control client asks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    Status,
+    Reload,
+    Pause(String),
+    Resume(String),
+    Restart(String),
+}
+
+impl Request {
+    /// The line a client sends.
+    pub fn line(&self) -> String {
+        match self {
+            Request::Status => "status\n".into(),
+            Request::Reload => "reload\n".into(),
+            Request::Pause(n) => format!("pause {n}\n"),
+            Request::Resume(n) => format!("resume {n}\n"),
+            Request::Restart(n) => format!("restart {n}\n"),
+        }
+    }
+
+    /// A request line (without its newline); Err: what is wrong with it,
+    /// bounded and printable.
+    pub fn parse(line: &[u8]) -> Result<Request, String> {
+        let text = std::str::from_utf8(line)
+            .map_err(|_| "a request is one line of UTF-8".to_string())?
+            .trim();
+        let (verb, name) = match text.split_once(' ') {
+            Some((v, n)) => (v, Some(n.trim())),
+            None => (text, None),
+        };
+        let has_name = name.is_some();
+        let name = || match name {
+            Some(n) if !n.is_empty() => Ok(n.to_string()),
+            _ => Err(format!("{verb} needs a service name")),
+        };
+        match (verb, has_name) {
+            ("status", false) | ("", false) => Ok(Request::Status),
+            ("reload", false) => Ok(Request::Reload),
+            ("pause", _) => name().map(Request::Pause),
+            ("resume", _) => name().map(Request::Resume),
+            ("restart", _) => name().map(Request::Restart),
+            _ => {
+                let shown: String = text.chars().take(64).collect();
+                Err(format!("unknown request {:?}", shown))
+            }
+        }
+    }
+}
+
+/// summond's answer to a request other than `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    /// The config was reloaded: its services, and how many were added,
+    /// removed and changed.
+    Reloaded {
+        services: u64,
+        added: u64,
+        removed: u64,
+        changed: u64,
+    },
+    /// The config has errors, as `summond --check` prints them; the old
+    /// config serves on.
+    Invalid(String),
+    /// The request could not be carried out, and why (a reload whose
+    /// sockets could not be opened, a stop, an upgrade).
+    Failed(String),
+    /// Done, as one line to print.
+    Done(String),
+    /// No service has that name.
+    Unknown(String),
+    /// The request was not understood.
+    BadRequest(String),
+}
+
+impl Answer {
+    pub fn to_json_line(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec(self).expect("an Answer always serialises");
+        out.push(b'\n');
+        out
+    }
+}
 
 /// Why summond's control socket refuses a client of another uid.
 pub fn refusal_reason() -> String {
@@ -161,13 +261,13 @@ pub struct Reply {
 }
 
 impl Reply {
-    pub fn new(socket: Socket, status: &Status) -> io::Result<Reply> {
-        socket.set_nonblocking(true)?;
-        Ok(Reply {
+    /// `bytes`, one JSON line, to be written to `socket` (non-blocking).
+    pub fn new(socket: Socket, bytes: Vec<u8>) -> Reply {
+        Reply {
             socket,
-            bytes: status.to_json_line(),
+            bytes,
             written: 0,
-        })
+        }
     }
 
     pub fn socket(&self) -> &Socket {
@@ -198,7 +298,10 @@ pub fn render_table(status: &Status) -> String {
         .map(|s| {
             [
                 s.name.clone(),
-                s.addresses.join(","),
+                match s.addresses.is_empty() {
+                    true => "-".into(),
+                    false => s.addresses.join(","),
+                },
                 s.mode.clone(),
                 s.active.to_string(),
                 s.served.to_string(),
@@ -272,6 +375,9 @@ pub enum ControlError {
     MixedWriters(PathBuf),
     /// summond refused this client, saying why.
     Refused(PathBuf, String),
+    /// The summond there answered a request with its status: a version
+    /// from before requests.
+    TooOld(PathBuf, Option<String>),
 }
 
 impl fmt::Display for ControlError {
@@ -320,6 +426,13 @@ impl fmt::Display for ControlError {
                 "{} did not finish its answer within {}s",
                 p.display(),
                 CLIENT_TIMEOUT.as_secs()
+            ),
+            ControlError::TooOld(p, version) => write!(
+                f,
+                "the summond behind {} (version {}) takes no requests; upgrade it first \
+                 (summond upgrade), or send it SIGHUP to reload",
+                p.display(),
+                version.as_deref().unwrap_or("unknown")
             ),
             ControlError::Refused(p, why) => {
                 write!(f, "{} refused this client: {why}", p.display())
@@ -478,34 +591,49 @@ pub fn query(socket: &Path) -> Result<Status, ControlError> {
 /// that counts: a socket handed by a service manager, or made before `-d`
 /// forked, was listened on by another process than the summond answering.
 fn ask(socket: &Path) -> Result<(Status, PeerCred, Writer), ControlError> {
-    use socket2::{Domain, SockAddr, Type};
-    // One bound for the connect and the answer together.
-    let deadline = Instant::now() + CLIENT_TIMEOUT;
-    let connect = || -> io::Result<(Socket, bool)> {
-        let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-        // Before connecting: summond writes its answer at once.
-        nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::PassCred, &true)
-            .map_err(io::Error::from)?;
-        // And a pidfd of the writer with each read (Linux 6.5): the
-        // process itself, which a pid reused meanwhile is not.
-        let on: libc::c_int = 1;
-        // SAFETY: setsockopt reads an int from a local.
-        let pidfds = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                SO_PASSPIDFD,
-                (&raw const on).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        } == 0;
-        // A Unix stream connect waits while the listener's backlog is
-        // full, for at most SO_SNDTIMEO (then EAGAIN).
-        s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-        s.connect(&SockAddr::unix(socket)?)?;
-        Ok((s, pidfds))
-    };
-    let (stream, pidfds) = connect().map_err(|e| match e.kind() {
+    let (text, writer, handle) = exchange(socket, &Request::Status, CLIENT_TIMEOUT)?;
+    let status =
+        serde_json::from_slice(&text).map_err(|e| ControlError::BadAnswer(socket.into(), e))?;
+    Ok((status, writer, handle))
+}
+
+/// `summond reload|pause|resume|restart`: send `request` to the summond
+/// behind `socket` and wait for its answer, at most `timeout`.
+pub fn request(
+    socket: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<Answer, ControlError> {
+    let (text, _, _) = exchange(socket, request, timeout)?;
+    match serde_json::from_slice::<Answer>(&text) {
+        Ok(answer) => Ok(answer),
+        // A summond from before requests answers every client with its
+        // status, unread request or not.
+        Err(e) => match serde_json::from_slice::<Status>(&text) {
+            Ok(status) => Err(ControlError::TooOld(socket.into(), status.version)),
+            Err(_) => Err(ControlError::BadAnswer(socket.into(), e)),
+        },
+    }
+}
+
+/// Send `request` and read the answer (at most `MAX_ANSWER` bytes by
+/// `timeout`): its text, who the kernel says wrote it, and a handle on
+/// the writer. The socket must have been made by root or our own uid
+/// (`SO_PEERCRED`), and so must every byte of the answer have been
+/// written (`SCM_CREDENTIALS`, which the kernel attaches to what a peer
+/// sends once `SO_PASSCRED` is set). The writer, not the socket's maker,
+/// is the pid that counts: a socket handed by a service manager, or made
+/// before `-d` forked, was listened on by another process than the
+/// summond answering. The status is asked by shutting down the sending
+/// side without a word, which a summond from before requests took too.
+fn exchange(
+    socket: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<(Vec<u8>, PeerCred, Writer), ControlError> {
+    // One bound for the connect, the request and the answer together.
+    let deadline = Instant::now() + timeout;
+    let (stream, pidfds) = connect(socket).map_err(|e| match e.kind() {
         io::ErrorKind::WouldBlock => ControlError::ConnectTimeout(socket.into()),
         _ => ControlError::Connect(socket.into(), e),
     })?;
@@ -513,6 +641,12 @@ fn ask(socket: &Path) -> Result<(Status, PeerCred, Writer), ControlError> {
     if !maker.is_trusted() {
         return Err(ControlError::Untrusted(socket.into(), maker));
     }
+    let sent = match request {
+        Request::Status => stream.shutdown(std::net::Shutdown::Write),
+        // The line is far below a socket buffer: the write does not wait.
+        r => stream.send(r.line().as_bytes()).map(drop),
+    };
+    sent.map_err(|e| ControlError::Read(socket.into(), e))?;
     let (text, writer, pidfd) =
         read_bounded(&stream, MAX_ANSWER, deadline).map_err(|e| match e {
             Bounded::Io(e) => ControlError::Read(socket.into(), e),
@@ -532,15 +666,41 @@ fn ask(socket: &Path) -> Result<(Status, PeerCred, Writer), ControlError> {
             return Err(ControlError::Refused(socket.into(), why));
         }
     }
-    let status =
-        serde_json::from_slice(text).map_err(|e| ControlError::BadAnswer(socket.into(), e))?;
     let handle = match (pidfds, pidfd) {
         (true, Some(fd)) => Writer::Pidfd(fd),
         // The kernel attaches none when the writer has gone by the read.
         (true, None) => Writer::Gone,
         (false, _) => Writer::PidOnly,
     };
-    Ok((status, writer, handle))
+    Ok((text.to_vec(), writer, handle))
+}
+
+/// A socket connected to `socket`, passing credentials, and whether it
+/// passes pidfds too.
+fn connect(socket: &Path) -> io::Result<(Socket, bool)> {
+    use socket2::{Domain, SockAddr, Type};
+    let s = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    // Before connecting: summond writes its answer at once.
+    nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::PassCred, &true)
+        .map_err(io::Error::from)?;
+    // And a pidfd of the writer with each read (Linux 6.5): the
+    // process itself, which a pid reused meanwhile is not.
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads an int from a local.
+    let pidfds = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PASSPIDFD,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    } == 0;
+    // A Unix stream connect waits while the listener's backlog is
+    // full, for at most SO_SNDTIMEO (then EAGAIN).
+    s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    s.connect(&SockAddr::unix(socket)?)?;
+    Ok((s, pidfds))
 }
 
 /// `SO_PASSPIDFD` and `SCM_PIDFD` (asm-generic values; the libc crate
@@ -594,7 +754,7 @@ fn kill_usr2(pid: i32) -> Result<(), nix::errno::Errno> {
 
 /// An answer's bytes, its writer by the kernel's word, and the writer's
 /// pidfd if the kernel attached one.
-type Answer = (Vec<u8>, Option<PeerCred>, Option<OwnedFd>);
+type Received = (Vec<u8>, Option<PeerCred>, Option<OwnedFd>);
 
 enum Bounded {
     Io(io::Error),
@@ -608,7 +768,7 @@ enum Bounded {
 /// at most `max` bytes, all by `deadline` (a server dripping a byte a
 /// second gets no more time than one that is silent), all from one
 /// process (a stream read never joins bytes of two writers).
-fn read_bounded(stream: &Socket, max: usize, deadline: Instant) -> Result<Answer, Bounded> {
+fn read_bounded(stream: &Socket, max: usize, deadline: Instant) -> Result<Received, Bounded> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr, UnixCredentials};
     use std::os::fd::AsRawFd;
     let mut out = Vec::new();
@@ -661,6 +821,11 @@ fn read_bounded(stream: &Socket, max: usize, deadline: Instant) -> Result<Answer
             }
             Err(nix::errno::Errno::EINTR) => continue,
             Err(nix::errno::Errno::EAGAIN) => return Err(Bounded::TooSlow),
+            // A summond from before requests closed with the request
+            // unread, after its whole answer.
+            Err(nix::errno::Errno::ECONNRESET) if !out.is_empty() => {
+                return Ok((out, writer, pidfd))
+            }
             Err(e) => return Err(Bounded::Io(e.into())),
         };
         if n == 0 {

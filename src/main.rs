@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use summond::cli::{self, Command, ImportFormat};
+use summond::cli::{self, Command, ImportFormat, ServiceAction};
 use summond::config::{self, Host};
 use summond::control;
 use summond::logging;
@@ -24,6 +24,13 @@ fn main() -> ExitCode {
             json,
         } => status(&config, control, json),
         Command::Upgrade { config, control } => upgrade(&config, control),
+        Command::Reload { config, control } => reload(&config, control),
+        Command::Service {
+            action,
+            name,
+            config,
+            control,
+        } => service(action, name, &config, control),
         Command::Wrap(w) => exit_status(startup::wrap(w)),
         Command::Import { from, files } => import(from, &files),
     }
@@ -117,6 +124,64 @@ fn upgrade(config: &Path, control_path_arg: Option<PathBuf>) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Err(e) => fail(EXIT_RUNTIME, e),
+    }
+}
+
+/// `summond reload`: the outcome of the reload it asked for.
+fn reload(config: &Path, control_path_arg: Option<PathBuf>) -> ExitCode {
+    let socket = match control_path(config, control_path_arg) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let request = control::Request::Reload;
+    answered(control::request(&socket, &request, control::RELOAD_TIMEOUT))
+}
+
+/// `summond pause|resume|restart NAME`.
+fn service(
+    action: ServiceAction,
+    name: String,
+    config: &Path,
+    control_path_arg: Option<PathBuf>,
+) -> ExitCode {
+    let socket = match control_path(config, control_path_arg) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let request = match action {
+        ServiceAction::Pause => control::Request::Pause(name),
+        ServiceAction::Resume => control::Request::Resume(name),
+        ServiceAction::Restart => control::Request::Restart(name),
+    };
+    answered(control::request(&socket, &request, control::CLIENT_TIMEOUT))
+}
+
+/// An answer printed, as its exit status: 0 done, 2 a config with
+/// errors, 1 anything else.
+fn answered(answer: Result<control::Answer, control::ControlError>) -> ExitCode {
+    use control::Answer;
+    match answer {
+        Ok(Answer::Reloaded {
+            services,
+            added,
+            removed,
+            changed,
+        }) => {
+            println!("reloaded: {services} services (+{added} -{removed} ~{changed})");
+            ExitCode::SUCCESS
+        }
+        Ok(Answer::Done(what)) => {
+            println!("{what}");
+            ExitCode::SUCCESS
+        }
+        Ok(Answer::Invalid(errors)) => {
+            eprintln!("{errors}");
+            eprintln!("summond: reload failed; the old config serves on");
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Ok(Answer::Failed(why)) => fail(EXIT_RUNTIME, why),
+        Ok(Answer::Unknown(why) | Answer::BadRequest(why)) => fail(EXIT_RUNTIME, why),
         Err(e) => fail(EXIT_RUNTIME, e),
     }
 }

@@ -232,7 +232,7 @@ fn paused(out: &mut String, services: &[ServiceFigures<'_>]) {
         out,
         "summond_paused",
         "gauge",
-        "1 while a service starts no child, with why (rate, crash_hold, resources).",
+        "1 while a service starts no child, with why (rate, crash_hold, resources, user: summond pause).",
     );
     for s in services {
         let (v, reason) = match &s.paused {

@@ -26,6 +26,8 @@ pub enum Pause {
     Rate { rate: Rate, next_token: Instant },
     /// summond ran out of fds or processes: backing off until then.
     Resources { until: Instant },
+    /// `summond pause`: until `summond resume`.
+    User,
 }
 
 impl Pause {
@@ -35,6 +37,7 @@ impl Pause {
             Pause::CrashHold { .. } => "crash_hold",
             Pause::Rate { .. } => "rate",
             Pause::Resources { .. } => "resources",
+            Pause::User => "user",
         }
     }
 
@@ -49,6 +52,7 @@ impl Pause {
             Pause::Resources { until } => {
                 format!("out of fds or processes, {:.1}s left", left(until))
             }
+            Pause::User => "until summond resume".into(),
         }
     }
 }

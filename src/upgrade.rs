@@ -93,6 +93,10 @@ pub struct State {
     pub front: Vec<FrontState>,
     /// Counters by service name.
     pub stats: Vec<(String, crate::stats::Stats)>,
+    /// The services `summond pause` holds, by name (absent from an older
+    /// image's state).
+    #[serde(default)]
+    pub paused: Vec<String>,
     /// Process groups `max_runtime` sent SIGTERM whose SIGKILL is still
     /// due (absent from the state of an image that did not carry them).
     #[serde(default)]

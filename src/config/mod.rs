@@ -399,8 +399,16 @@ impl ServiceSpec {
         self.accept || self.internal.is_some()
     }
 
-    /// The SPEC table's name for this start mode, for logs and status.
+    /// The SPEC table's name for this start mode, for logs and status;
+    /// what the service is where no child is started: `disabled` (it
+    /// listens on nothing) or `internal` (summond answers itself).
     pub fn mode(&self) -> &'static str {
+        if self.disabled {
+            return "disabled";
+        }
+        if self.internal.is_some() {
+            return "internal";
+        }
         match (self.accept, self.pass) {
             (true, Pass::Stdio) => "accept/stdio",
             (true, Pass::ListenFds) => "accept/listen_fds",

@@ -42,6 +42,9 @@ pub(super) struct Child {
     pub held_sockets: Vec<HeldSocket>,
     /// Its `max_runtime` deadline, cancelled when it exits first.
     pub runtime_timer: Option<TimerKey>,
+    /// `summond restart` sent it SIGTERM: its end is asked for, not a
+    /// failure for the restart guard.
+    pub restarting: bool,
 }
 
 /// A child that has ended, out of the table.
@@ -159,6 +162,7 @@ impl Child {
             exec_failed: c.exec_failed,
             held_sockets,
             runtime_timer: None,
+            restarting: false,
         };
         (Pid::from_raw(c.pid), child, c.runtime)
     }
@@ -251,6 +255,13 @@ impl ChildTable {
 
     pub fn len(&self) -> usize {
         self.children.len()
+    }
+
+    /// `summond restart` sent `pid` SIGTERM.
+    pub fn mark_restarting(&mut self, pid: &Pid) {
+        if let Some(c) = self.children.get_mut(pid) {
+            c.restarting = true;
+        }
     }
 
     pub fn get(&self, pid: &Pid) -> Option<&Child> {
@@ -410,6 +421,7 @@ mod tests {
             exec_failed: false,
             held_sockets: Vec::new(),
             runtime_timer: None,
+            restarting: false,
         }
     }
 

@@ -834,6 +834,7 @@ impl Server {
                     },
                 )
             }),
+            restarting: false,
         };
         self.children.insert(pid, child);
         if let Some((stage, errno)) = spawned.failed {

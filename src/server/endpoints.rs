@@ -19,7 +19,7 @@ use mio::{Interest, Registry, Token};
 use socket2::Socket;
 
 use crate::addr::ListenAddr;
-use crate::control::{Reply, Status};
+use crate::control::{self as ctl, Answer, Reply, MAX_REQUEST, REQUEST_GRACE};
 use crate::limits::Backoff;
 use crate::listener::{ListenOptions, Listener};
 use crate::metrics::{self as prom, Request, Scrape, ScrapeState};
@@ -54,9 +54,8 @@ pub(super) struct Loop<'a> {
 
 /// What one accept on the control socket gave.
 pub(super) enum Accepted {
-    /// A trusted client, to be answered with a status snapshot
-    /// (`answer_control`).
-    Client(Socket),
+    /// A trusted client, watched for its request (`read_control`).
+    Client,
     /// None this time, but try again: a client of another uid (told so
     /// and closed), one that could not be looked at, an interrupted call.
     Skipped,
@@ -65,10 +64,30 @@ pub(super) enum Accepted {
     Stop,
 }
 
+/// A control client, from its request to its answer.
+enum ControlClient {
+    /// Its request line so far (at most `MAX_REQUEST` bytes).
+    Asking { socket: Socket, line: Vec<u8> },
+    /// It asked for what takes a while (a reload): watched only to see
+    /// it go, which frees its place at once.
+    Waiting(Socket),
+    /// Being answered.
+    Answered(Reply),
+}
+
+impl ControlClient {
+    fn socket(&self) -> &Socket {
+        match self {
+            ControlClient::Asking { socket, .. } | ControlClient::Waiting(socket) => socket,
+            ControlClient::Answered(reply) => reply.socket(),
+        }
+    }
+}
+
 #[derive(Default)]
 pub(super) struct Endpoints {
     pub control: Option<Listener>,
-    control_clients: FxHashMap<Token, Reply>,
+    control_clients: FxHashMap<Token, ControlClient>,
     /// Clients of other uids closed since a trusted one was last
     /// answered: an episode of refusals, logged once.
     control_refused: Option<u64>,
@@ -181,7 +200,8 @@ impl Endpoints {
                     return Accepted::Skipped;
                 }
                 self.accepted_after_fd_fault(lp.resources);
-                Accepted::Client(socket)
+                self.watch_control_client(lp, socket);
+                Accepted::Client
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Accepted::Stop,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Accepted::Skipped,
@@ -200,31 +220,107 @@ impl Endpoints {
         }
     }
 
-    /// Answer an accepted client with `status`: at once if its socket
-    /// takes the answer, else when it is writable, or drop it at the
-    /// timeout (a big status for a slow reader).
-    pub fn answer_control(&mut self, lp: &mut Loop<'_>, socket: Socket, status: &Status) {
-        let Ok(mut client) = Reply::new(socket, status) else {
-            return;
-        };
-        if client.flush() {
+    /// Watch a trusted client for its request, for `REQUEST_GRACE`
+    /// (then it is taken for a client from before requests, and gets the
+    /// status).
+    fn watch_control_client(&mut self, lp: &mut Loop<'_>, socket: Socket) {
+        if socket.set_nonblocking(true).is_err() {
             return;
         }
         let token = lp.tokens.next();
-        let fd = client.socket().as_raw_fd();
+        let fd = socket.as_raw_fd();
+        // Registered while a request may be queued already: epoll reports
+        // it at once.
         if lp
             .registry
-            .register(&mut SourceFd(&fd), token, Interest::WRITABLE)
-            .is_ok()
+            .register(&mut SourceFd(&fd), token, Interest::READABLE)
+            .is_err()
         {
-            lp.tokens.insert(token, TokenKind::ControlClient);
-            self.control_clients.insert(token, client);
-            let timer = lp.timers.add(
-                Instant::now() + CONTROL_CLIENT_TIMEOUT,
-                Timer::ControlTimeout(token),
-            );
-            self.client_timers.insert(token, timer);
+            return;
         }
+        lp.tokens.insert(token, TokenKind::ControlClient);
+        let line = Vec::new();
+        self.control_clients
+            .insert(token, ControlClient::Asking { socket, line });
+        let timer = lp
+            .timers
+            .add(Instant::now() + REQUEST_GRACE, Timer::ControlTimeout(token));
+        self.client_timers.insert(token, timer);
+    }
+
+    /// A control client is ready: its request once it is whole (the
+    /// client then waits for `answer_control`), nothing meanwhile. A
+    /// waiting client that went is closed; an answer goes on being
+    /// written.
+    pub fn on_control_ready(&mut self, lp: &mut Loop<'_>, token: Token) -> Option<ctl::Request> {
+        let done = match self.control_clients.get_mut(&token)? {
+            ControlClient::Asking { socket, line } => match read_request(socket, line) {
+                Read::More => return None,
+                Read::Whole(request) => {
+                    let request = ctl::Request::parse(&request);
+                    self.cancel_client_timer(lp.timers, token);
+                    return match request {
+                        Ok(r) => {
+                            self.set_waiting(token);
+                            Some(r)
+                        }
+                        Err(why) => {
+                            self.answer_control(lp, token, Answer::BadRequest(why).to_json_line());
+                            None
+                        }
+                    };
+                }
+                Read::Gone => true,
+            },
+            ControlClient::Waiting(socket) => hung_up(socket),
+            ControlClient::Answered(reply) => reply.flush(),
+        };
+        if done {
+            self.close_control_client(lp, token);
+        }
+        None
+    }
+
+    fn set_waiting(&mut self, token: Token) {
+        if let Some(ControlClient::Asking { socket, .. }) = self.control_clients.remove(&token) {
+            self.control_clients
+                .insert(token, ControlClient::Waiting(socket));
+        }
+    }
+
+    /// Answer a client with `bytes` (one JSON line): at once if its
+    /// socket takes the answer, else when it is writable, or drop it at
+    /// the timeout (a big status for a slow reader). A client gone
+    /// meanwhile is not answered.
+    pub fn answer_control(&mut self, lp: &mut Loop<'_>, token: Token, bytes: Vec<u8>) {
+        let socket = match self.control_clients.remove(&token) {
+            Some(ControlClient::Asking { socket, .. } | ControlClient::Waiting(socket)) => socket,
+            Some(answered) => {
+                self.control_clients.insert(token, answered);
+                return;
+            }
+            None => return,
+        };
+        let mut reply = Reply::new(socket, bytes);
+        let done = reply.flush();
+        let fd = reply.socket().as_raw_fd();
+        self.control_clients
+            .insert(token, ControlClient::Answered(reply));
+        if done
+            || lp
+                .registry
+                .reregister(&mut SourceFd(&fd), token, Interest::WRITABLE)
+                .is_err()
+        {
+            self.close_control_client(lp, token);
+            return;
+        }
+        self.cancel_client_timer(lp.timers, token);
+        let timer = lp.timers.add(
+            Instant::now() + CONTROL_CLIENT_TIMEOUT,
+            Timer::ControlTimeout(token),
+        );
+        self.client_timers.insert(token, timer);
     }
 
     /// An accept of the control or metrics socket worked after one of
@@ -273,16 +369,6 @@ impl Endpoints {
         }
     }
 
-    pub fn write_control_reply(&mut self, lp: &mut Loop<'_>, token: Token) {
-        let done = match self.control_clients.get_mut(&token) {
-            Some(client) => client.flush(),
-            None => return,
-        };
-        if done {
-            self.close_control_client(lp, token);
-        }
-    }
-
     fn close_control_client(&mut self, lp: &mut Loop<'_>, token: Token) {
         let Some(client) = self.control_clients.remove(&token) else {
             return;
@@ -306,15 +392,32 @@ impl Endpoints {
         }
     }
 
-    /// A control client that has not read its whole answer by now is
-    /// dropped, so idle clients cannot keep summond's fds.
-    pub fn control_client_timed_out(&mut self, lp: &mut Loop<'_>, token: Token) {
-        if self.control_clients.contains_key(&token) {
-            debug!(
-                "control socket: a client did not read its answer within {}s; closed",
-                CONTROL_CLIENT_TIMEOUT.as_secs()
-            );
-            self.close_control_client(lp, token);
+    /// A control client's time is up. One that said nothing since it
+    /// connected is one from before requests: true, it gets the status.
+    /// One that has not sent a whole request, or not read its whole
+    /// answer, is dropped, so idle clients cannot keep summond's fds.
+    pub fn control_client_timed_out(&mut self, lp: &mut Loop<'_>, token: Token) -> bool {
+        self.client_timers.remove(&token);
+        match self.control_clients.get(&token) {
+            Some(ControlClient::Asking { line, .. }) if line.is_empty() => {
+                self.set_waiting(token);
+                true
+            }
+            Some(client) => {
+                match client {
+                    ControlClient::Answered(_) => debug!(
+                        "control socket: a client did not read its answer within {}s; closed",
+                        CONTROL_CLIENT_TIMEOUT.as_secs()
+                    ),
+                    _ => debug!(
+                        "control socket: a client did not send a whole request within {}s; closed",
+                        REQUEST_GRACE.as_secs()
+                    ),
+                }
+                self.close_control_client(lp, token);
+                false
+            }
+            None => false,
         }
     }
 
@@ -512,4 +615,52 @@ fn swap_watched(
             error!("{what} {}: {e}", new.addr);
         }
     }
+}
+
+/// What a read of a control client's request gave.
+enum Read {
+    /// Not the whole line yet.
+    More,
+    /// The line (without its newline), or what came before EOF (empty:
+    /// the client shut down its side without a word, asking the status).
+    Whole(Vec<u8>),
+    /// An error, or more than `MAX_REQUEST` bytes without a newline.
+    Gone,
+}
+
+/// Read what `socket` sent of its request into `line`, without blocking.
+fn read_request(socket: &Socket, line: &mut Vec<u8>) -> Read {
+    use std::io::Read as _;
+    let mut buf = [0u8; MAX_REQUEST];
+    loop {
+        match (&*socket).read(&mut buf[..MAX_REQUEST - line.len().min(MAX_REQUEST)]) {
+            Ok(0) => return Read::Whole(std::mem::take(line)),
+            Ok(n) => {
+                line.extend_from_slice(&buf[..n]);
+                if let Some(end) = line.iter().position(|b| *b == b'\n') {
+                    line.truncate(end);
+                    return Read::Whole(std::mem::take(line));
+                }
+                if line.len() >= MAX_REQUEST {
+                    return Read::Gone;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Read::More,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Read::Gone,
+        }
+    }
+}
+
+/// Has the peer of a waiting client closed its socket? (A client that
+/// only shut down its sending side still waits for its answer.)
+fn hung_up(socket: &Socket) -> bool {
+    let mut fds = [nix::libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    }];
+    // SAFETY: poll(2) on one fd we own, not waiting.
+    let n = unsafe { nix::libc::poll(fds.as_mut_ptr(), 1, 0) };
+    n > 0 && fds[0].revents & (nix::libc::POLLHUP | nix::libc::POLLERR) != 0
 }

@@ -177,7 +177,8 @@ impl Exit {
             status: &self.status,
             exec_failed: self.child.exec_failed,
             ran: self.ran,
-            pass_mode: self.child.is_pass_mode(),
+            // A restart's end stands for no fault of the service.
+            pass_mode: self.child.is_pass_mode() && !self.child.restarting,
             unread,
         }
     }

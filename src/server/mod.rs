@@ -96,6 +96,7 @@ mod launcher;
 mod origin;
 mod poller;
 mod reload;
+mod requests;
 mod services;
 mod sockets;
 mod timers;
@@ -308,7 +309,9 @@ impl Server {
                 Some(TokenKind::Listener(addr)) => self.on_listener_ready(&addr),
                 Some(TokenKind::ControlClient) => {
                     let (endpoints, mut lp) = self.endpoints();
-                    endpoints.write_control_reply(&mut lp, token);
+                    if let Some(request) = endpoints.on_control_ready(&mut lp, token) {
+                        self.handle_request(token, request);
+                    }
                 }
                 Some(TokenKind::Internal) => self.on_internal_ready(token),
                 Some(TokenKind::Front) => self.on_front_ready(token),
@@ -398,7 +401,9 @@ impl Server {
             }
             Timer::ControlTimeout(token) => {
                 let (endpoints, mut lp) = self.endpoints();
-                endpoints.control_client_timed_out(&mut lp, token);
+                if endpoints.control_client_timed_out(&mut lp, token) {
+                    self.handle_request(token, crate::control::Request::Status);
+                }
             }
             Timer::UpgradeCheck(pid) => self.upgrade_check_overdue(pid),
             Timer::ConfigLoadSlow(pid) => self.config_load_slow(pid),
@@ -584,7 +589,7 @@ impl Server {
                     info!(event = "stopping"; "{sig} received: stopping");
                     self.stopping = true;
                 }
-                Signal::SIGHUP => self.reload(),
+                Signal::SIGHUP => self.reload("SIGHUP received"),
                 Signal::SIGUSR2 => self.start_upgrade(),
                 _ => {}
             }
@@ -800,7 +805,11 @@ impl Server {
                 .iter()
                 .map(|svc| ServiceStatus {
                     name: svc.spec.name.clone(),
-                    addresses: svc.spec.listen.iter().map(|l| l.addr.to_string()).collect(),
+                    // A disabled service listens on none of its addresses.
+                    addresses: match svc.spec.disabled {
+                        true => Vec::new(),
+                        false => svc.spec.listen.iter().map(|l| l.addr.to_string()).collect(),
+                    },
                     mode: svc.spec.mode().to_string(),
                     active: u64::from(self.active(svc.id)),
                     served: svc.stats.served,
@@ -847,18 +856,13 @@ impl Server {
         )
     }
 
-    /// Answer the control socket's clients, each with a status snapshot
-    /// taken for it.
+    /// Accept the control socket's clients, each then watched for its
+    /// request (`handle_request`).
     fn accept_control_clients(&mut self) {
         for _ in 0..CONTROL_ACCEPT_BUDGET {
             let (endpoints, mut lp) = self.endpoints();
             match endpoints.accept_control(&mut lp) {
-                Accepted::Client(socket) => {
-                    let status = self.status();
-                    let (endpoints, mut lp) = self.endpoints();
-                    endpoints.answer_control(&mut lp, socket, &status);
-                }
-                Accepted::Skipped => {}
+                Accepted::Client | Accepted::Skipped => {}
                 Accepted::Stop => return,
             }
         }
@@ -904,9 +908,10 @@ impl Server {
 
     // ---- reload ---------------------------------------------------------
 
-    /// SIGHUP: load the config in a helper process (`reload.rs`) and apply
-    /// it when it is done; the loop serves on meanwhile.
-    fn reload(&mut self) {
+    /// SIGHUP or `summond reload` (`cause`, for the log): load the config
+    /// in a helper process (`reload.rs`) and apply it when it is done; the
+    /// loop serves on meanwhile.
+    fn reload(&mut self, cause: &str) {
         // Every SIGHUP is a reload to systemd (`systemctl reload` waits
         // for READY=1 after this), even one that has nothing to load.
         self.notify(&format!(
@@ -914,14 +919,14 @@ impl Server {
             crate::notify::monotonic_usec()
         ));
         if !self.config.reloadable {
-            info!(event = "reload"; "SIGHUP received: nothing to reload (summond wrap has no config file)");
+            info!(event = "reload"; "{cause}: nothing to reload (summond wrap has no config file)");
             self.notify(&format!("READY=1\n{}", self.status_line()));
             return;
         }
         if let Some(load) = &self.reloads.load {
             // READY=1 then comes when the next load is done.
             info!(event = "reload";
-                "SIGHUP received while the config is loading (pid {}); loading again after it",
+                "{cause} while the config is loading (pid {}); loading again after it",
                 load.pid
             );
             self.reloads.again = true;
@@ -929,16 +934,16 @@ impl Server {
         }
         let running: Vec<&ServiceSpec> = self.services.iter().map(|rt| &rt.spec).collect();
         match ConfigLoad::start(&self.config.path, &running) {
-            Ok(load) => self.watch_config_load(load),
-            Err(e) => self.load_in_loop(&e),
+            Ok(load) => self.watch_config_load(load, cause),
+            Err(e) => self.load_in_loop(&e, cause),
         }
     }
 
     /// The config loader started: watch its pipe and time it.
-    fn watch_config_load(&mut self, mut load: ConfigLoad) {
+    fn watch_config_load(&mut self, mut load: ConfigLoad, cause: &str) {
         // The pid, so an operator can end a load that hangs.
         info!(event = "reload";
-            "SIGHUP received: reloading {} (config loader pid {})",
+            "{cause}: reloading {} (config loader pid {})",
             self.config.path.display(),
             load.pid
         );
@@ -949,6 +954,9 @@ impl Server {
         ) {
             error!("reload failed, keeping the old config: watching the config loader: {e}");
             load.cancel();
+            self.answer_reloads(&crate::control::Answer::Failed(format!(
+                "watching the config loader: {e}"
+            )));
             self.notify(&format!("READY=1\n{}", self.status_line()));
             return;
         }
@@ -966,12 +974,16 @@ impl Server {
 
     /// No process to spare for the loader (EAGAIN, ENOMEM, `e`): load
     /// here, as summond did before loads had their own process.
-    fn load_in_loop(&mut self, e: &io::Error) {
-        info!(event = "reload"; "SIGHUP received: reloading {}", self.config.path.display());
+    fn load_in_loop(&mut self, e: &io::Error, cause: &str) {
+        info!(event = "reload"; "{cause}: reloading {}", self.config.path.display());
         warn!("reload: cannot start the config loader ({e}); loading in the event loop");
         let t0 = Instant::now();
-        let loaded = config::load(&self.config.path, &Host::current())
-            .map_err(|errors| errors.0.iter().map(|e| e.to_string()).collect());
+        let loaded = config::load(&self.config.path, &Host::current()).map_err(|errors| {
+            reload::LoadFailure {
+                lines: errors.0.iter().map(|e| e.to_string()).collect(),
+                rendered: Some(errors.render(false)),
+            }
+        });
         self.finish_reload(loaded, t0);
         self.notify(&format!("READY=1\n{}", self.status_line()));
     }
@@ -1009,39 +1021,53 @@ impl Server {
     /// A reload ended: the next one if SIGHUP came meanwhile, else ready.
     fn after_reload(&mut self) {
         if std::mem::take(&mut self.reloads.again) && !self.stopping {
-            self.reload();
+            self.reloads.waiting = std::mem::take(&mut self.reloads.waiting_next);
+            self.reload("SIGHUP or summond reload received meanwhile");
         } else {
+            self.give_up_reloads("summond is stopping");
             self.notify(&format!("READY=1\n{}", self.status_line()));
         }
     }
 
     /// Apply a loaded config (loading began at `t0`) or log why not.
     fn finish_reload(&mut self, loaded: reload::Loaded, t0: Instant) {
-        match loaded {
+        let answer = match loaded {
             Ok(new) => {
                 let n = new.services.len();
+                let changes = self.services.changes(&new.services);
                 let t1 = Instant::now();
                 match self.apply_config(new) {
                     // The two times tell an operator with a large config
                     // where a slow reload goes.
-                    Ok(()) => info!(
-                        "reload done: {n} services (config read and checked in {} ms, applied in {} ms)",
-                        (t1 - t0).as_millis(),
-                        t1.elapsed().as_millis()
-                    ),
-                    Err(e) => error!("reload failed, keeping the old config: {e}"),
+                    Ok(()) => {
+                        info!(
+                            "reload done: {n} services (config read and checked in {} ms, applied in {} ms)",
+                            (t1 - t0).as_millis(),
+                            t1.elapsed().as_millis()
+                        );
+                        requests::reloaded(n, changes)
+                    }
+                    Err(e) => {
+                        error!("reload failed, keeping the old config: {e}");
+                        crate::control::Answer::Failed(e.to_string())
+                    }
                 }
             }
-            Err(errors) => {
-                for e in &errors {
+            Err(failure) => {
+                for e in &failure.lines {
                     error!("{e}");
                 }
                 error!(
                     "reload failed with {} errors, keeping the old config",
-                    errors.len()
+                    failure.lines.len()
                 );
+                match failure.rendered {
+                    Some(text) => crate::control::Answer::Invalid(text),
+                    None => crate::control::Answer::Failed(failure.lines.join("\n")),
+                }
             }
-        }
+        };
+        self.answer_reloads(&answer);
         crate::footprint::shed();
     }
 
@@ -1063,6 +1089,7 @@ impl Server {
             self.unwatch_config_load(&load);
             load.cancel();
         }
+        self.give_up_reloads("summond is stopping or being upgraded");
     }
 
     /// The config load has run `LOAD_WARN_AFTER`: say so, with the pid

@@ -54,6 +54,12 @@ enum Outcome {
         services: Vec<Service>,
     },
     Failed(Vec<String>),
+    /// The config has errors: each as the log says it, and all as
+    /// `summond --check` prints them (for `summond reload`).
+    Invalid {
+        lines: Vec<String>,
+        rendered: String,
+    },
 }
 
 /// A service of the new config: the running one at this index (equal
@@ -108,18 +114,44 @@ pub(super) struct ConfigLoad {
 }
 
 /// A finished load: the config, or the lines saying why there is none.
-/// The reloads' state in the loop: the load in flight, and whether
-/// another is owed after it.
+/// The reloads' state in the loop: the load in flight, whether another
+/// is owed after it, and the `summond reload` clients waiting for each.
 #[derive(Default)]
 pub(super) struct Reloads {
     /// A reload's config load running in a helper process.
     pub load: Option<ConfigLoad>,
-    /// A SIGHUP came while a load ran: the files may have changed since
-    /// the helper read them, so load again when it is done.
+    /// A SIGHUP or a `summond reload` came while a load ran: the files
+    /// may have changed since the helper read them, so load again when
+    /// it is done.
     pub again: bool,
+    /// Control clients told the outcome of the load in flight.
+    pub waiting: Vec<mio::Token>,
+    /// Control clients that asked while a load ran: told the outcome of
+    /// the next one, which reads the files as they are after their
+    /// request (the one in flight may have read them before).
+    pub waiting_next: Vec<mio::Token>,
 }
 
-pub(super) type Loaded = Result<Config, Vec<String>>;
+pub(super) type Loaded = Result<Config, LoadFailure>;
+
+/// Why a load gave no config: the lines the log says, and for errors in
+/// the config, all of them as `summond --check` prints them (file, line
+/// and the text pointed at); none for a loader that failed.
+#[derive(Debug)]
+pub(super) struct LoadFailure {
+    pub lines: Vec<String>,
+    pub rendered: Option<String>,
+}
+
+impl LoadFailure {
+    /// A failure of the loading, not of the config.
+    pub fn of(why: String) -> LoadFailure {
+        LoadFailure {
+            lines: vec![why],
+            rendered: None,
+        }
+    }
+}
 
 impl ConfigLoad {
     /// Fork a helper that loads `path`; `running` are the specs of the
@@ -186,10 +218,10 @@ impl ConfigLoad {
         // a helper killed (the OOM killer, an operator) or a bug.
         let ended = self.reaped.as_deref().unwrap_or("ended");
         let no_result = |why: &str| {
-            vec![format!(
+            LoadFailure::of(format!(
                 "the config loader (pid {}) {ended} without a result: {why}",
                 self.pid
-            )]
+            ))
         };
         match serde_json::from_slice::<Outcome>(&self.output) {
             Ok(Outcome::Loaded { config, services }) => {
@@ -204,7 +236,14 @@ impl ConfigLoad {
                     .ok_or_else(|| no_result("it named a service that is not running"))?;
                 Ok(config)
             }
-            Ok(Outcome::Failed(lines)) => Err(lines),
+            Ok(Outcome::Failed(lines)) => Err(LoadFailure {
+                lines,
+                rendered: None,
+            }),
+            Ok(Outcome::Invalid { lines, rendered }) => Err(LoadFailure {
+                lines,
+                rendered: Some(rendered),
+            }),
             Err(_) if self.output.is_empty() => Err(no_result("it wrote nothing")),
             Err(e) => Err(no_result(&format!("what it wrote does not read: {e}"))),
         }
@@ -222,13 +261,13 @@ impl ConfigLoad {
     /// killed and not waited for (a process in uninterruptible sleep on a
     /// dead NFS server dies only when the server answers; its reap later
     /// matches no load and is dropped). The lines saying why.
-    pub fn give_up(self, limit: Duration) -> Vec<String> {
+    pub fn give_up(self, limit: Duration) -> LoadFailure {
         let pid = self.pid;
         self.cancel();
-        vec![format!(
+        LoadFailure::of(format!(
             "the config loader (pid {pid}) did not finish within {}; it was killed",
             HumanSecs(limit)
-        )]
+        ))
     }
 }
 
@@ -357,7 +396,10 @@ fn load_encoded(path: &Path, running: &[&ServiceSpec]) -> Result<Vec<u8>, String
                 services,
             }
         }
-        Err(errors) => Outcome::Failed(errors.0.iter().map(|e| e.to_string()).collect()),
+        Err(errors) => Outcome::Invalid {
+            lines: errors.0.iter().map(|e| e.to_string()).collect(),
+            rendered: errors.render(false),
+        },
     };
     serde_json::to_vec(&outcome)
         .map_err(|e| format!("the config loader cannot send the config it loaded: {e}"))

@@ -29,6 +29,14 @@ use crate::spawn::ExecImage;
 use crate::stats::{exit_key, succeeded, ExitOutcome, ExitText, Pause, RefusalKind, Stats};
 use crate::upgrade::{LimitsState, SourcesState};
 
+/// What a reload changed, for `summond reload`'s answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Changes {
+    pub added: u64,
+    pub removed: u64,
+    pub changed: u64,
+}
+
 /// A service for the length of the run: kept across reloads while its
 /// name stays in the config, new when a name appears (again). Children
 /// refer to it, not to the name, so a service removed and re-added while
@@ -68,6 +76,10 @@ pub(super) struct ServiceRuntime {
     /// A `runtime_directory` could not be made: tried again at the next
     /// reload even if the service did not change.
     pub(super) runtime_dir_failed: bool,
+    /// `summond pause`: no new child (its sockets unwatched, clients wait
+    /// in the backlog) until `summond resume`; kept across reloads that
+    /// keep the service, and upgrades.
+    pub(super) paused: bool,
 }
 
 impl ServiceRuntime {
@@ -92,14 +104,18 @@ impl ServiceRuntime {
             unread_episode: false,
             last_exit_key: None,
             runtime_dir_failed: false,
+            paused: false,
             spec,
         }
     }
 
-    /// May it start a child now, as far as its own pauses go (its crash
-    /// hold, then its `rate`)? Its `max_instances` is for the caller,
+    /// May it start a child now, as far as its own pauses go (`summond pause`,
+    /// its crash hold, then its `rate`)? Its `max_instances` is for the caller,
     /// who knows what it runs.
     pub(super) fn may_start(&self, now: Instant) -> Result<(), Pause> {
+        if self.paused {
+            return Err(Pause::User);
+        }
         if let Some(until) = self.crash.held_until(now) {
             return Err(Pause::CrashHold { until });
         }
@@ -496,6 +512,43 @@ impl ServiceTable {
         let id = ServiceId(self.next_id);
         self.next_id += 1;
         id
+    }
+
+    /// What moving to `new` would do: services added, removed, changed
+    /// (by name; a changed one keeps its runtime).
+    pub(super) fn changes(&self, new: &[ServiceSpec]) -> Changes {
+        let old = self.by_name();
+        let mut c = Changes::default();
+        for spec in new {
+            match old.get(spec.name.as_str()) {
+                None => c.added += 1,
+                Some(&i) if self.list[i].spec != *spec => c.changed += 1,
+                Some(_) => {}
+            }
+        }
+        let kept = new.len() as u64 - c.added;
+        c.removed = self.list.len() as u64 - kept;
+        c
+    }
+
+    /// The services `summond pause` holds, by name, for the next image
+    /// of an upgrade.
+    pub(super) fn paused_names(&self) -> Vec<String> {
+        self.list
+            .iter()
+            .filter(|s| s.paused)
+            .map(|s| s.spec.name.clone())
+            .collect()
+    }
+
+    /// Pause again the services an older image held paused.
+    pub(super) fn resume_paused(&mut self, names: &[String]) {
+        let index = self.by_name();
+        for name in names {
+            if let Some(&i) = index.get(name) {
+                self.list[i].paused = true;
+            }
+        }
     }
 
     /// Move to the services `specs`: each runtime follows its service's

@@ -334,7 +334,7 @@ impl Server {
         self.upgrade_failed(format!("cannot execute {}: {err}", exe.display()));
         self.notify(&format!("READY=1\n{}", self.status_line()));
         if was_loading {
-            self.reload();
+            self.reload("SIGHUP received before the upgrade");
         }
     }
 
@@ -379,6 +379,7 @@ impl Server {
             front: self.front_state(now),
             config: Some(config),
             stats: self.services.stats_state(),
+            paused: self.services.paused_names(),
             stopping_groups: self.children.stopping_state(now),
             limits: self
                 .services
@@ -414,7 +415,7 @@ impl Server {
         // was loading when this image handed over went with it.
         if reload_again {
             info!("loading the config again: a reload was running when the upgrade began");
-            self.reload();
+            self.reload("SIGHUP received before the upgrade");
         }
     }
 
@@ -442,6 +443,7 @@ impl Server {
         });
         self.resume_front(state.front, &index, handed);
         self.services.resume_stats(state.stats, &index);
+        self.services.resume_paused(&state.paused);
         for (id, resumed, answers) in self.services.resume_limits(state.limits, &index, handed) {
             self.timers.resume_limits(id, &resumed);
             if let Some(answers) = answers {

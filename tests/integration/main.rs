@@ -24,6 +24,7 @@ mod proxy;
 mod rates;
 mod regressions;
 mod reload;
+mod requests;
 mod runtime;
 mod sandbox;
 mod schema;
