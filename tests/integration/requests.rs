@@ -126,13 +126,22 @@ fn reload_requests_during_a_load_get_the_next_loads_outcome() {
         "{}",
         s.log_text()
     );
-    // A client that gives up meanwhile costs nothing.
+    // A client that gives up meanwhile costs nothing: its fd is closed
+    // when it goes.
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
     let mut quitter = reload();
     assert!(wait_until(TIMEOUT, || s
         .log_count("loading again after it")
         == 4));
+    assert_eq!(fds(), before + 1);
     quitter.kill().unwrap();
     quitter.wait().unwrap();
+    assert!(wait_until(TIMEOUT, || fds() == before), "{}", s.log_text());
     writer
         .write_all(echo_service("b", b, "").as_bytes())
         .unwrap();
@@ -270,4 +279,22 @@ fn status_says_internal_and_disabled() {
         "{table}"
     );
     drop(s);
+}
+
+/// A pause lasts across a live upgrade.
+#[test]
+fn a_pause_survives_an_upgrade() {
+    let a = free_port();
+    let dir = TempDir::new("pause-upgrade");
+    let (s, _, control) = start_upgradable(dir, &echo_service("a", a, ""), Start::default());
+    assert_eq!(ctl(&control, &["pause", "a"]).0, 0);
+    upgrade_ok(&s, &control);
+    let v = status_json(&control);
+    assert_eq!(v["upgrades"], 1);
+    assert_eq!(v["services"][0]["paused"], "until summond resume");
+    let waiting = connect_tcp(([127, 0, 0, 1], a).into());
+    (&waiting).write_all(b"after\n").unwrap();
+    assert!(wait_in_backlog(a, 1));
+    assert_eq!(ctl(&control, &["resume", "a"]).0, 0);
+    assert_eq!(read_line(&waiting), "after\n");
 }
