@@ -40,6 +40,10 @@ fn every_page_renders_without_warnings() {
     for page in [
         "summond.8",
         "summond-status.8",
+        "summond-reload.8",
+        "summond-pause.8",
+        "summond-resume.8",
+        "summond-restart.8",
         "summond-wrap.8",
         "summond.toml.5",
     ] {
@@ -78,6 +82,10 @@ fn summond_8_lists_the_options_and_subcommands() {
         "--pidfile",
         "--log-level",
         "summond-status(8)",
+        "summond-reload(8)",
+        "summond-pause(8)",
+        "summond-resume(8)",
+        "summond-restart(8)",
         "summond-wrap(8)",
         "SIGHUP",
         "EXIT STATUS",
@@ -90,7 +98,9 @@ fn summond_8_lists_the_options_and_subcommands() {
 fn each_shell_accepts_its_completion_script() {
     let bash = built("completions", "summond.bash");
     let script = std::fs::read_to_string(&bash).unwrap();
-    assert!(script.contains("wrap") && script.contains("--check"));
+    for word in ["wrap", "--check", "reload", "pause", "resume", "restart"] {
+        assert!(script.contains(word), "the bash completion lacks {word}");
+    }
     let out = Command::new("bash").arg("-n").arg(&bash).output().unwrap();
     assert!(
         out.status.success(),
