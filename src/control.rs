@@ -926,4 +926,46 @@ mod tests {
         let back: Status = serde_json::from_slice(&line).unwrap();
         assert_eq!(back, s);
     }
+
+    #[test]
+    fn request_lines_round_trip_and_bad_ones_say_why() {
+        for r in [
+            Request::Status,
+            Request::Reload,
+            Request::Pause("web".into()),
+            Request::Resume("web".into()),
+            Request::Restart("web".into()),
+        ] {
+            let line = r.line();
+            assert_eq!(Request::parse(line.trim_end().as_bytes()), Ok(r));
+        }
+        assert_eq!(Request::parse(b""), Ok(Request::Status));
+        assert_eq!(
+            Request::parse(b"pause").unwrap_err(),
+            "pause needs a service name"
+        );
+        assert!(Request::parse(b"reload now").is_err());
+        assert!(Request::parse(b"\xff").is_err());
+        let long = Request::parse("x".repeat(400).as_bytes()).unwrap_err();
+        assert!(long.len() < 100, "{long}");
+    }
+
+    #[test]
+    fn answers_round_trip() {
+        for a in [
+            Answer::Reloaded {
+                services: 3,
+                added: 1,
+                removed: 1,
+                changed: 1,
+            },
+            Answer::Invalid("x.toml:1:1: bad".into()),
+            Answer::Unknown("no service is named \"x\"".into()),
+        ] {
+            let line = a.to_json_line();
+            assert_eq!(serde_json::from_slice::<Answer>(&line).unwrap(), a);
+            // Never taken for a status by a client.
+            assert!(serde_json::from_slice::<Status>(&line).is_err());
+        }
+    }
 }

@@ -836,4 +836,26 @@ mod tests {
         );
         assert!(t.carry_over(specs(&disabled), t0).is_empty());
     }
+
+    #[test]
+    fn changes_count_added_removed_and_changed_services() {
+        let t0 = Instant::now();
+        let mut t = ServiceTable::default();
+        t.carry_over(specs(TWO), t0);
+        assert_eq!(t.changes(&specs(TWO)), Changes::default());
+        let mut next = specs(TWO);
+        next[0].max_instances = Some(3);
+        next.remove(1);
+        let mut third = specs(TWO).remove(1);
+        third.name = "c".into();
+        next.push(third);
+        assert_eq!(
+            t.changes(&next),
+            Changes {
+                added: 1,
+                removed: 1,
+                changed: 1
+            }
+        );
+    }
 }
