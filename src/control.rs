@@ -641,12 +641,13 @@ fn exchange(
     if !maker.is_trusted() {
         return Err(ControlError::Untrusted(socket.into(), maker));
     }
-    let sent = match request {
+    // Not sent (EPIPE) when summond closed at once: it refused this
+    // client, and the refusal line is still there to read.
+    let _ = match request {
         Request::Status => stream.shutdown(std::net::Shutdown::Write),
         // The line is far below a socket buffer: the write does not wait.
         r => stream.send(r.line().as_bytes()).map(drop),
     };
-    sent.map_err(|e| ControlError::Read(socket.into(), e))?;
     let (text, writer, pidfd) =
         read_bounded(&stream, MAX_ANSWER, deadline).map_err(|e| match e {
             Bounded::Io(e) => ControlError::Read(socket.into(), e),

@@ -352,8 +352,15 @@ fn control_sockets_of_and_clients_from_other_uids_are_refused() {
     );
     std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o666)).unwrap();
     let c = control.to_str().unwrap();
-    for _ in 0..3 {
-        let (code, err) = as_nobody(&["status", "--control", c]);
+    // Requests too: summond may refuse and close before one is sent.
+    for args in [
+        &["status"][..],
+        &["status"],
+        &["status"],
+        &["reload"],
+        &["pause", "nothing"],
+    ] {
+        let (code, err) = as_nobody(&[args, &["--control", c]].concat());
         assert_eq!(code, 1, "{err}");
         assert!(
             err.contains("refused this client: only root and uid 0 are answered"),
@@ -367,7 +374,8 @@ fn control_sockets_of_and_clients_from_other_uids_are_refused() {
         "once per episode"
     );
     assert_eq!(status_json(&control)["pid"], s.pid());
-    assert!(s.wait_log("control socket: refused 2 more clients of other uids"));
+    assert!(s.wait_log("control socket: refused 4 more clients of other uids"));
+    assert_eq!(s.log_count("reloading"), 0);
 }
 
 /// Issue 15 item 5: a control client that never read its answer (one
