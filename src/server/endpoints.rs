@@ -64,6 +64,30 @@ pub(super) enum Accepted {
     Stop,
 }
 
+/// An episode of control clients refused: logged once per uid (up to
+/// `REFUSED_UIDS` of them), the rest counted and said at its end.
+struct Refusals {
+    since: Instant,
+    count: u64,
+    uids: Vec<u32>,
+}
+
+/// An episode of refusals ends at a trusted client or this long after it
+/// began (at the next refusal): each uid is logged once per interval.
+const REFUSAL_EPISODE: Duration = Duration::from_secs(60);
+/// The uids one episode logs; later ones are only counted.
+const REFUSED_UIDS: usize = 8;
+
+impl Refusals {
+    /// Its end: how many refused clients went unlogged.
+    fn end(self) {
+        let unlogged = self.count - self.uids.len() as u64;
+        if unlogged > 0 {
+            warn!("control socket: refused {unlogged} more clients of other uids");
+        }
+    }
+}
+
 /// A control client, from its request to its answer.
 enum ControlClient {
     /// Its request line so far (at most `MAX_REQUEST` bytes).
@@ -89,8 +113,8 @@ pub(super) struct Endpoints {
     pub control: Option<Listener>,
     control_clients: FxHashMap<Token, ControlClient>,
     /// Clients of other uids closed since a trusted one was last
-    /// answered: an episode of refusals, logged once.
-    control_refused: Option<u64>,
+    /// answered, or in the last `REFUSAL_EPISODE`: each uid logged once.
+    control_refused: Option<Refusals>,
     /// An accept on the control socket failed for want of fds: its
     /// queued clients are accepted when the back-off ends.
     control_stalled: bool,
@@ -335,24 +359,34 @@ impl Endpoints {
     }
 
     /// SPEC: the control socket answers root and summond's own uid only,
-    /// whatever its file mode says. Others are closed unanswered; the
-    /// first of an episode is logged, and how many followed when a
-    /// trusted client is next answered.
+    /// whatever its file mode says. Others are told so and closed; the
+    /// first of each uid in an episode (which a trusted client, or the
+    /// first refusal a minute after it began, ends) is logged, and how
+    /// many more there were at its end.
     fn control_peer_trusted(&mut self, socket: &Socket) -> bool {
         match crate::control::PeerCred::of(socket) {
             Ok(peer) if peer.is_trusted() => {
-                if let Some(n) = self.control_refused.take().filter(|n| *n > 1) {
-                    warn!(
-                        "control socket: refused {} more clients of other uids",
-                        n - 1
-                    );
+                if let Some(episode) = self.control_refused.take() {
+                    episode.end();
                 }
                 true
             }
             Ok(peer) => {
-                let n = self.control_refused.get_or_insert(0);
-                *n += 1;
-                if *n == 1 {
+                let now = Instant::now();
+                if let Some(old) = self
+                    .control_refused
+                    .take_if(|e| now.duration_since(e.since) >= REFUSAL_EPISODE)
+                {
+                    old.end();
+                }
+                let episode = self.control_refused.get_or_insert(Refusals {
+                    since: now,
+                    count: 0,
+                    uids: Vec::new(),
+                });
+                episode.count += 1;
+                if !episode.uids.contains(&peer.uid) && episode.uids.len() < REFUSED_UIDS {
+                    episode.uids.push(peer.uid);
                     warn!(
                         "control socket: refused pid {} of uid {}: {}",
                         peer.pid,

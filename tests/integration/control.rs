@@ -288,11 +288,11 @@ fn control_sockets_of_and_clients_from_other_uids_are_refused() {
         return;
     }
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
-    let as_nobody = |args: &[&str]| {
+    let as_uid = |uid: u32, gid: u32, args: &[&str]| {
         let out = std::process::Command::new("/usr/bin/setpriv")
             .args([
-                &format!("--reuid={}", nobody.uid),
-                &format!("--regid={}", nobody.gid),
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
                 "--clear-groups",
                 BIN,
             ])
@@ -305,6 +305,7 @@ fn control_sockets_of_and_clients_from_other_uids_are_refused() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    let as_nobody = |args: &[&str]| as_uid(nobody.uid.as_raw(), nobody.gid.as_raw(), args);
     // The client side: a socket nobody made, asked by root.
     let dir = TempDir::new("other-uid");
     std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -371,10 +372,18 @@ fn control_sockets_of_and_clients_from_other_uids_are_refused() {
     assert_eq!(
         s.log_count("control socket: refused pid "),
         1,
-        "once per episode"
+        "once per uid and episode"
     );
+    // Another uid in the same episode is logged too, once.
+    for _ in 0..2 {
+        let (code, err) = as_uid(54321, 54321, &["status", "--control", c]);
+        assert_eq!(code, 1, "{err}");
+    }
+    assert!(wait_until(TIMEOUT, || s
+        .log_count("of uid 54321: only root")
+        == 1));
     assert_eq!(status_json(&control)["pid"], s.pid());
-    assert!(s.wait_log("control socket: refused 4 more clients of other uids"));
+    assert!(s.wait_log("control socket: refused 5 more clients of other uids"));
     assert_eq!(s.log_count("reloading"), 0);
 }
 
