@@ -54,7 +54,7 @@ pub(super) struct Loop<'a> {
 
 /// What one accept on the control socket gave.
 pub(super) enum Accepted {
-    /// A trusted client, watched for its request (`read_control`).
+    /// A trusted client, watched for its request (`on_control_ready`).
     Client,
     /// None this time, but try again: a client of another uid (told so
     /// and closed), one that could not be looked at, an interrupted call.
