@@ -29,7 +29,8 @@
 //! | `src/server/sockets.rs` | the socket table (its states: watched, parked, queued, lent) and the reload diff |
 //! | `src/server/children.rs` | the child table and the counts kept with it |
 //! | `src/server/services.rs` | the service table: each service's runtime, may it start a child, recording an exit, counting a refusal, the carry-over across a reload |
-//! | `src/server/endpoints.rs` | the control socket and the metrics listener with their clients, answered from a snapshot |
+//! | `src/server/endpoints.rs` | the control socket and the metrics listener with their clients (a control client's request, its wait, its answer), answered from a snapshot |
+//! | `src/server/requests.rs` | what control clients ask besides the status: `summond reload` answered with its load's outcome, `pause`, `resume`, `restart` |
 //! | `src/stats.rs` | a service's counters, the kinds they count by (refusal, exit outcome) and why a service is paused |
 //! | `src/server/poller.rs` | what the loop waits on: the poll set, the signalfd, the fixed tokens and what each dynamic token stands for |
 //! | `src/server/timers.rs` | the deadlines in one ordered map, each cancellable by its key: a service's crash hold and `rate` token, a child's `max_runtime` and SIGKILL, a control or metrics client's time, a PROXY header's 5 s, the upgrade check, a slow config load, the watchdog |
@@ -43,7 +44,7 @@
 //! | `src/safe_dir.rs` | reaching a directory as root without following a symbolic link (runtime directories, socket directories, the pidfile) |
 //! | `src/signals.rs` | signalfd and reaping |
 //! | `src/daemonize.rs` | fd hygiene, taking LISTEN_FDS sockets, `RLIMIT_NOFILE`, `-d` with its startup report, the pidfile |
-//! | `src/control.rs` | the status protocol, `Status`, the table, the reply writer, the `summond status` client |
+//! | `src/control.rs` | the control protocol (`Request`, `Answer`, `Status`), the table, the reply writer, the clients of `summond status`, `upgrade`, `reload`, `pause`, `resume`, `restart` |
 //! | `src/logging.rs` | stderr (text, JSON, journal priorities) or syslog |
 //! | `src/metrics.rs` | the Prometheus page and its HTTP exchange |
 //! | `src/notify.rs` | sd_notify's datagram protocol: ready, reloading, stopping, status, watchdog |

@@ -4,7 +4,8 @@
 //! timers (`timers.rs`), and is the one place that decides across them
 //! and logs per-event outcomes; the tables never call back up. The
 //! control socket, the metrics listener and their clients are one more
-//! owner (`endpoints.rs`), handed a snapshot to answer with; so are what
+//! owner (`endpoints.rs`), handed a snapshot or an answer to answer with
+//! (the requests other than status are `requests.rs`); so are what
 //! the loop waits on (`poller.rs`: the poll set, the signalfd, what each
 //! token stands for), what starting a child takes (`launcher.rs`), where
 //! listening sockets come from (`origin.rs`), the internal services'
