@@ -71,6 +71,21 @@ fn summond_reload_prints_the_changes_or_every_error_as_check_does() {
     assert!(err.contains("the old config serves on"), "{err}");
     assert_eq!(tcp_port_exchange(d, b"still\n"), "still\n");
     assert_eq!(tcp_port_exchange(b, b"b\n"), "b\n");
+    // A config that loads but cannot be applied: exit 1, and why.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let t = taken.local_addr().unwrap().port();
+    s.write_config(&format!(
+        "{head}{}{}",
+        echo_service("a", a, ""),
+        echo_service("t", t, "")
+    ));
+    let (code, out, err) = ctl(&control, &["reload"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains(&format!("bind tcp://127.0.0.1:{t} for service \"t\"")),
+        "{err}"
+    );
+    assert_eq!(tcp_port_exchange(d, b"on\n"), "on\n");
 }
 
 /// Clients asking while a load runs are answered by the next load, which
