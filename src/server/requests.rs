@@ -102,7 +102,8 @@ impl Server {
 
     /// `summond restart NAME`: SIGTERM its long-running (`accept =
     /// false`) children; the next client starts them again. Their ends
-    /// count toward no restart guard.
+    /// count toward no restart guard. One still running from an earlier
+    /// restart is sent SIGTERM again (no SIGKILL: as at summond's stop).
     fn restart_service(&mut self, name: &str) -> Answer {
         let Some(idx) = self.services.by_name().get(name).copied() else {
             return unknown(name);
@@ -111,7 +112,7 @@ impl Server {
         let pids: Vec<Pid> = self
             .children
             .iter()
-            .filter(|(_, c)| c.service == id && c.is_pass_mode() && !c.restarting)
+            .filter(|(_, c)| c.service == id && c.is_pass_mode())
             .map(|(pid, _)| *pid)
             .collect();
         let mut stopped = 0;
