@@ -297,6 +297,10 @@ impl Checker<'_> {
             (None, None) => return,
             (Some(_), None) => Some(("proxy_protocol", "needs proxy_from: the load balancers that may send a header")),
             (None, Some(_)) => Some(("proxy_from", "has no use without proxy_protocol")),
+            (Some(_), Some(f)) if f.get_ref().as_array().is_some_and(|a| a.is_empty()) => Some((
+                "proxy_from",
+                "is empty: no balancer could send a header, so every connection would be refused",
+            )),
             (Some(_), Some(_)) if d.listen.iter().any(|l| !l.addr.is_stream()) => {
                 Some(("proxy_protocol", "needs stream sockets (a datagram carries no header)"))
             }

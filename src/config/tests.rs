@@ -488,6 +488,10 @@ fn proxy_protocol_needs_proxy_from_tcp_and_accept() {
         e("listen = \"unix:///run/p.sock\"\nproxy_protocol = \"v1\"\nproxy_from = [\"10.0.0.0/8\"]\n"),
         ["t.toml:5:18: `proxy_protocol`: needs TCP sockets (proxy_from names the balancers by address; a unix peer has none)"]
     );
+    assert_eq!(
+        e("listen = \"tcp://127.0.0.1:1\"\nproxy_protocol = \"v1\"\nproxy_from = []\n"),
+        ["t.toml:6:14: `proxy_from`: is empty: no balancer could send a header, so every connection would be refused"]
+    );
     let no_accept = e("listen = \"tcp://127.0.0.1:1\"\naccept = false\nproxy_protocol = \"v1\"\nproxy_from = [\"10.0.0.0/8\"]\n");
     assert_eq!(no_accept.len(), 2, "{no_accept:?}");
     assert!(

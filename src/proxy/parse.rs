@@ -222,8 +222,10 @@ fn v2_tlvs(mut rest: &[u8], header: &mut Header) -> Result<(), Malformed> {
 }
 
 /// A TLV's value for the child's environment: as it is if printable
-/// ASCII, in hex otherwise (no NUL, no control character, nothing a
-/// shell script could be surprised by).
+/// ASCII, in hex otherwise (no NUL, no control character, no space or
+/// newline). Printable still means the client's own text (the end
+/// client's SNI reaches `PROXY_AUTHORITY`): `$`, `*`, `;` and a leading
+/// `-` pass, so a script quotes it as it would any input.
 fn text(value: &[u8]) -> String {
     if value.iter().all(|b| b.is_ascii_graphic()) {
         // Checked just above: ASCII.

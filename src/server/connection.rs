@@ -30,6 +30,7 @@ use crate::config::Pass;
 use crate::env::EnvBlock;
 use crate::limits::Backoff;
 use crate::peer::{Peer, SourceKey};
+use crate::proxy::Version;
 use crate::queue::QueueHead;
 use crate::spawn::{self, FdMove};
 use crate::upgrade::{ConnState, FrontState};
@@ -228,7 +229,7 @@ impl Server {
             _ => None,
         };
         for _ in 0..ACCEPT_BUDGET {
-            if !self.gate_is_open(now) {
+            if !self.gate_is_open(now) || self.front_is_full_for(idx) {
                 self.park(addr);
                 return;
             }
@@ -406,21 +407,45 @@ impl Server {
                 self.leave_front(token, &conn);
                 let now = Instant::now();
                 let FrontConn {
-                    socket, addr, peer, ..
+                    socket,
+                    addr,
+                    peer,
+                    version,
+                    ..
                 } = conn;
-                // Its address's service now: a reload may have moved it.
+                // Its address's service now: a reload (or the config of an
+                // upgrade) may have moved it, or stopped trusting this peer.
                 match self.sockets.get(&addr).map(|s| s.service) {
-                    Some(idx) if self.services[idx].spec.accept => {
+                    Some(idx) if !self.services[idx].spec.accept => {
+                        info!("closing {peer}: {addr} no longer accepts connections (reload)");
+                    }
+                    Some(idx) if !self.still_trusts(idx, &peer, version) => {
+                        self.refuse_front(idx, &socket, &peer, ProxyRefusal::Untrusted, now);
+                        self.sync_service(idx, now);
+                    }
+                    Some(idx) => {
                         let client = peer.proxied(header);
                         self.start_connection(idx, &addr, socket, client, now, false, false);
                         self.sync_service(idx, now);
                     }
-                    _ => info!("closing {peer}: {addr} no longer accepts connections (reload)"),
+                    None => info!("closing {peer}: {addr} no longer accepts connections (reload)"),
                 }
                 self.unpark(now);
             }
             Step::Failed(conn, why) => self.front_failed(token, conn, why),
         }
+    }
+
+    /// Does service `idx`, as configured now, still read a header of
+    /// `version` from `peer`? A connection accepted under a config that
+    /// trusted its peer is judged again when its header completes: a
+    /// reload that drops a balancer from `proxy_from` (or turns
+    /// `proxy_protocol` off or to another version) leaves it no window.
+    fn still_trusts(&self, idx: usize, peer: &Peer, version: Version) -> bool {
+        self.services[idx].spec.proxy.as_ref().is_some_and(|p| {
+            (p.version == version || p.version == Version::Any)
+                && peer.ip().is_some_and(|ip| p.trusts(ip))
+        })
     }
 
     /// `HEADER_TIMEOUT` ran out for `token`'s connection.

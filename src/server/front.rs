@@ -17,8 +17,9 @@
 //! Bounded: `FRONT_MAX` connections at once over all services. The loop
 //! counts them as children for `max_children` and `max_instances` (a
 //! header read becomes a child at once, so the place is held for it),
-//! and when the table is full the listeners wait, their clients in the
-//! kernel backlog, as at `max_children`.
+//! and when the table is full the listeners of services with
+//! `proxy_protocol` wait, their clients in the kernel backlog; other
+//! services' listeners are not held back by it.
 
 use rustc_hash::FxHashMap;
 use std::fmt;
@@ -43,8 +44,8 @@ pub(super) const HEADER_TIMEOUT: Duration = Duration::from_secs(proxy::HEADER_SE
 /// connection stays here about one round trip; 1024 is the default
 /// `max_children`, many times what a busy balancer has in flight, and
 /// costs at most 1024 fds and ~200 KB. A balancer that holds more
-/// silent than that makes its own clients wait in the backlog, not
-/// anyone else's memory grow.
+/// silent than that makes the PROXY services' clients wait in the
+/// backlog, not anyone else's memory grow or other services wait.
 pub(super) const FRONT_MAX: usize = 1024;
 
 /// Why a connection leaves the table without a header.
@@ -213,13 +214,15 @@ fn peek_header(
     }
 }
 
-/// Has the peer sent its FIN (TCP state CLOSE_WAIT)? Asked only of a
-/// header still incomplete: a peer that closed after part of one would
-/// otherwise wait for its deadline.
+/// Is the peer done sending: any TCP state but ESTABLISHED (CLOSE_WAIT
+/// after its FIN, CLOSE after a reset, whose queued bytes a peek still
+/// sees)? Asked only of a header still incomplete: a peer that closed or
+/// reset after part of one would otherwise hold its place until the
+/// deadline, and epoll reports such a socket once.
 fn peer_closed(socket: &Socket) -> bool {
     use std::os::fd::AsRawFd;
-    /// `TCP_CLOSE_WAIT` in the kernel's `enum tcp_state`.
-    const TCP_CLOSE_WAIT: u8 = 8;
+    /// `TCP_ESTABLISHED` in the kernel's `enum tcp_state`.
+    const TCP_ESTABLISHED: u8 = 1;
     // `struct tcp_info` begins with `__u8 tcpi_state`; the kernel copies
     // as much of the struct as asked for.
     let mut info = [0u8; 8];
@@ -234,5 +237,5 @@ fn peer_closed(socket: &Socket) -> bool {
             &mut len,
         )
     };
-    rc == 0 && len >= 1 && info[0] == TCP_CLOSE_WAIT
+    rc == 0 && len >= 1 && info[0] != TCP_ESTABLISHED
 }

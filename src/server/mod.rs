@@ -606,10 +606,17 @@ impl Server {
             >= self.config.daemon.max_children as usize
     }
 
-    /// The gate over all services: below max_children, room in the front
-    /// table, and not backing off after running out of fds or processes.
+    /// The gate over all services: below max_children, and not backing
+    /// off after running out of fds or processes.
     fn gate_is_open(&self, now: Instant) -> bool {
-        !self.at_global_limit() && !self.front.is_full() && !self.shortage.backoff.is_paused(now)
+        !self.at_global_limit() && !self.shortage.backoff.is_paused(now)
+    }
+
+    /// Service `idx` reads PROXY headers and the front table has no room:
+    /// its listeners wait (only theirs: a balancer that fills the table
+    /// must not hold back services that read no header).
+    fn front_is_full_for(&self, idx: usize) -> bool {
+        self.services[idx].spec.proxy.is_some() && self.front.is_full()
     }
 
     /// May service `idx` start a child as far as its own limits go? (its
@@ -694,6 +701,12 @@ impl Server {
             let Some(sock) = self.sockets.get(&addr) else {
                 continue;
             };
+            if self.front_is_full_for(sock.service) {
+                // Parked on until a place in the front table is freed
+                // (each freed place unparks).
+                self.sockets.park(&addr);
+                continue;
+            }
             let want = sock.busy.is_none() && self.service_may_spawn(sock.service, now);
             self.set_watched(&addr, want);
         }

@@ -414,3 +414,105 @@ fn connections_waiting_for_a_header_count_under_max_children() {
     third.read_to_string(&mut out).unwrap();
     assert!(out.ends_with("--\nthird\n"), "{out}");
 }
+
+/// A connection that sends part of a header and then a reset leaves the
+/// front table at once, refused as cut short: after a reset a peek still
+/// sees the queued bytes, and epoll reports the socket only once, so it
+/// used to hold its place until the 5 s deadline and be logged as late.
+#[test]
+fn a_reset_in_the_middle_of_a_header_frees_its_place_at_once() {
+    let port = free_port();
+    let s = Summond::start(&service("app", port, &trusted("v1")));
+    let c = connect_tcp(SocketAddr::from(([127, 0, 0, 1], port)));
+    (&c).write_all(b"PROXY TCP4 203.0.113.7 ").unwrap();
+    assert!(s.wait_log("app: waiting for the PROXY header of 127.0.0.1:"));
+    // SO_LINGER 0: close sends a reset.
+    socket2::SockRef::from(&c)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(c);
+    assert!(
+        s.wait_log("(closed before the end of its PROXY header)"),
+        "{}",
+        s.log_text()
+    );
+    assert!(
+        !s.log_text().contains("no PROXY header within"),
+        "{}",
+        s.log_text()
+    );
+}
+
+/// A balancer dropped from `proxy_from` by a reload gets no window: a
+/// header it completes after the reload is refused, not served with the
+/// address it claims.
+#[test]
+fn a_reload_that_stops_trusting_a_balancer_refuses_its_waiting_headers() {
+    let port = free_port();
+    let s = Summond::start(&service("app", port, &trusted("v1")));
+    let mut c = connect_tcp(SocketAddr::from(([127, 0, 0, 1], port)));
+    c.write_all(b"PROXY TCP4 192.0.2.99 ").unwrap();
+    assert!(s.wait_log("app: waiting for the PROXY header of 127.0.0.1:"));
+    assert!(s.reload(&service(
+        "app",
+        port,
+        "proxy_protocol = \"v1\"\nproxy_from = [\"10.0.0.0/8\"]\n"
+    )));
+    let _ = c.write_all(b"198.51.100.1 5000 80\r\nhello\n");
+    let _ = c.shutdown(Shutdown::Write);
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    assert_eq!(out, "", "served after the reload");
+    assert!(s.wait_log("(not in proxy_from)"), "{}", s.log_text());
+    assert!(
+        !s.log_text().contains("app: started pid"),
+        "{}",
+        s.log_text()
+    );
+}
+
+/// The front table full (1024 connections from a trusted balancer, each
+/// with part of a header) holds back the listeners of PROXY services
+/// only: another service is watched and served meanwhile.
+#[test]
+fn a_balancer_that_fills_the_front_table_holds_back_no_other_service() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if hard < 4096 {
+        return skip(
+            "a_balancer_that_fills_the_front_table_holds_back_no_other_service",
+            "needs 1100 fds",
+        );
+    }
+    // This test's own clients: 1030 sockets at once.
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    let (port, other) = (free_port(), free_port());
+    let s = Summond::start(&format!(
+        "[daemon]\nmax_children = 5000\n{}[[service]]\nname = \"plain\"\n\
+         listen = \"tcp://127.0.0.1:{other}\"\nexec = [\"/bin/echo\", \"plain\"]\n",
+        service("app", port, &trusted("v2"))
+    ));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let held: Vec<TcpStream> = (0..1030)
+        .map(|_| {
+            let mut c = connect_tcp(addr);
+            c.write_all(b"\r").unwrap();
+            c
+        })
+        .collect();
+    // 1024 wait in the table; the rest in the backlog.
+    assert!(wait_in_backlog(port, 6), "{}", s.log_text());
+    assert!(
+        !epoll_watches_listener(s.pid(), port),
+        "the PROXY listener waits"
+    );
+    assert!(epoll_watches_listener(s.pid(), other), "the other does not");
+    assert_eq!(tcp_port_exchange(other, b""), "plain\n");
+    // Served while the table was full, not once its places were freed
+    // by the held connections' deadline (the first "late" line).
+    let log = s.log_text();
+    let started = log.find("plain: started pid").expect("plain started");
+    let freed = log.find("no PROXY header within").unwrap_or(usize::MAX);
+    assert!(started < freed, "{log}");
+    drop(held);
+}
