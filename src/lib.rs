@@ -40,6 +40,7 @@
 //! | `src/server/front.rs` | the front table: accepted connections the loop works on before admission (a PROXY header awaited), their tokens, deadlines and bound |
 //! | `src/limits/` | counting (`mod.rs`: per source, the crash guard, the resource back-off) and rates (`rate.rs`: token buckets, the bounded per-source table, the most refused) |
 //! | `src/queue.rs` | what waits on a socket lent to a pass-mode child, seen without taking it |
+//! | `src/relay/` | bytes both ways between two sockets for every relayed connection, in one table with its own tokens: `side.rs` an end (a socket spliced, or one through a buffer), `flow.rs` one direction (splice through a pipe pair or a 64 KiB buffer, half-close passed on, backpressure), `mod.rs` the table, its events and why a connection ended |
 //! | `src/refusals.rs` | repeated refusals gathered into one line per client and interval |
 //! | `src/safe_dir.rs` | reaching a directory as root without following a symbolic link (runtime directories, socket directories, the pidfile) |
 //! | `src/signals.rs` | signalfd and reaping |
@@ -77,6 +78,7 @@ pub mod peer;
 pub mod proxy;
 pub mod queue;
 pub mod refusals;
+pub mod relay;
 pub mod safe_dir;
 pub mod server;
 pub mod signals;

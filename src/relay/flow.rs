@@ -1,0 +1,235 @@
+//! One direction of a relayed connection: bytes read from one side are
+//! held (in a pipe, or a buffer) until the other side takes them all,
+//! and only then is the first side read again. So at most `HOLD` bytes
+//! are in summond per direction, and a side that does not take bytes
+//! stops the reading of the other: backpressure, per connection.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::ptr;
+
+use nix::libc;
+
+use super::side::{result, Side};
+
+/// The most bytes held per direction (SPEC: at most 64 KiB), and what
+/// one read or splice asks for.
+pub const HOLD: usize = 64 * 1024;
+
+/// Where a flow's bytes wait between the read and the write.
+#[derive(Debug)]
+enum Hold {
+    /// A pipe pair: splice(2) in, splice(2) out, the bytes never copied
+    /// to user space.
+    Pipe { read: OwnedFd, write: OwnedFd },
+    /// A buffer, allocated while it holds bytes and given back when
+    /// drained: an idle connection holds no buffer.
+    Buffer {
+        buf: Option<Box<[u8]>>,
+        start: usize,
+    },
+}
+
+/// Why a flow stopped moving bytes for now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// The source has nothing more until its next event.
+    Drained,
+    /// The destination takes nothing more until its next event.
+    Blocked,
+    /// The source ended and the end was passed on: nothing more, ever.
+    Finished,
+    /// The turn's share was used: come back after the other sources.
+    Budget,
+}
+
+/// Which end failed, and how.
+#[derive(Debug)]
+pub enum FlowError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// One direction: src → dst.
+#[derive(Debug)]
+pub struct Flow {
+    hold: Hold,
+    /// Bytes read and not yet written.
+    pending: usize,
+    /// The source gave EOF.
+    eof: bool,
+    /// The EOF was passed on (shutdown(SHUT_WR) of the destination).
+    shut: bool,
+    /// Bytes delivered to the destination.
+    pub bytes: u64,
+}
+
+impl Flow {
+    /// A flow between `src` and `dst`: through a pipe when both splice
+    /// and a pipe can be had, through a buffer otherwise.
+    pub fn new(src: &Side, dst: &Side) -> io::Result<Flow> {
+        let hold = if src.splices() && dst.splices() {
+            let (read, write) = pipe()?;
+            Hold::Pipe { read, write }
+        } else {
+            Hold::Buffer {
+                buf: None,
+                start: 0,
+            }
+        };
+        Ok(Flow {
+            hold,
+            pending: 0,
+            eof: false,
+            shut: false,
+            bytes: 0,
+        })
+    }
+
+    /// Bytes held now (never more than `HOLD`).
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// Whether this flow holds memory of summond's own (a buffer).
+    pub fn buffered(&self) -> bool {
+        matches!(self.hold, Hold::Buffer { buf: Some(_), .. })
+    }
+
+    /// Move bytes until the source is drained, the destination blocks,
+    /// the end is passed on, or `budget` bytes were read this call.
+    pub fn pump(
+        &mut self,
+        src: &mut Side,
+        dst: &mut Side,
+        budget: usize,
+    ) -> Result<Stop, FlowError> {
+        let mut read = 0;
+        loop {
+            if self.pending > 0 {
+                if !dst.writable || dst.connecting {
+                    return Ok(Stop::Blocked);
+                }
+                match self.drain(dst) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        dst.writable = false;
+                        return Ok(Stop::Blocked);
+                    }
+                    Err(e) => return Err(FlowError::Write(e)),
+                }
+                continue;
+            }
+            if self.eof {
+                return self.pass_on_end(dst);
+            }
+            if !src.readable {
+                return Ok(Stop::Drained);
+            }
+            if read >= budget {
+                return Ok(Stop::Budget);
+            }
+            match self.fill(src) {
+                Ok(0) => self.eof = true,
+                Ok(n) => read += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    src.readable = false;
+                    return Ok(Stop::Drained);
+                }
+                Err(e) => return Err(FlowError::Read(e)),
+            }
+        }
+    }
+
+    /// Pass the source's EOF on, once everything before it was written.
+    fn pass_on_end(&mut self, dst: &mut Side) -> Result<Stop, FlowError> {
+        if !self.shut {
+            if dst.connecting {
+                return Ok(Stop::Blocked);
+            }
+            // The destination's peer may be gone already (ENOTCONN):
+            // there is nobody to tell, and nothing lost.
+            match dst.shutdown_write() {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
+                Err(e) => return Err(FlowError::Write(e)),
+            }
+            self.shut = true;
+        }
+        Ok(Stop::Finished)
+    }
+
+    /// Read once into the hold (empty when called).
+    fn fill(&mut self, src: &mut Side) -> io::Result<usize> {
+        let n = match &mut self.hold {
+            Hold::Pipe { write, .. } => splice(src.fd(), write.as_raw_fd(), HOLD)?,
+            Hold::Buffer { buf, start } => {
+                let b = buf.get_or_insert_with(|| vec![0; HOLD].into_boxed_slice());
+                *start = 0;
+                src.read(b)?
+            }
+        };
+        self.pending = n;
+        if n == 0 {
+            self.release();
+        }
+        Ok(n)
+    }
+
+    /// Write what is held until it is all written or the write fails.
+    fn drain(&mut self, dst: &mut Side) -> io::Result<()> {
+        while self.pending > 0 {
+            let n = match &mut self.hold {
+                Hold::Pipe { read, .. } => splice(read.as_raw_fd(), dst.fd(), self.pending)?,
+                Hold::Buffer { buf, start } => {
+                    let b = buf.as_deref().unwrap_or(&[]);
+                    let n = dst.write(&b[*start..*start + self.pending])?;
+                    *start += n;
+                    n
+                }
+            };
+            if n == 0 {
+                // A stream socket takes at least a byte or says why not.
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.pending -= n;
+            self.bytes += n as u64;
+        }
+        self.release();
+        Ok(())
+    }
+
+    /// An empty buffer is given back.
+    fn release(&mut self) {
+        if let Hold::Buffer { buf, .. } = &mut self.hold {
+            *buf = None;
+        }
+    }
+}
+
+/// A pipe pair, non-blocking and close-on-exec: (read end, write end).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: fds is valid for pipe2's two writes.
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    result(r as isize)?;
+    // SAFETY: pipe2 succeeded: both are open fds nobody else owns.
+    unsafe { Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))) }
+}
+
+/// splice(2) up to `len` bytes, without blocking on the pipe (the
+/// socket is non-blocking by itself).
+fn splice(from: libc::c_int, to: libc::c_int, len: usize) -> io::Result<usize> {
+    // SAFETY: plain syscall on fds the caller owns; null offsets.
+    let n = unsafe {
+        libc::splice(
+            from,
+            ptr::null_mut(),
+            to,
+            ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    result(n)
+}

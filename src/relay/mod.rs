@@ -1,0 +1,339 @@
+//! The relay: bytes both ways between two non-blocking stream sockets,
+//! for every relayed connection summond holds, in one table with its own
+//! poll tokens. It knows nothing of services or of `Server`: the caller
+//! hands it two sides and a tag of its own, passes it the events of its
+//! tokens, and gets back each connection that ended, with its tag, its
+//! byte counts and why it ended.
+//!
+//! - Each direction is a `Flow` (`flow.rs`): splice(2) through a pipe
+//!   pair where both sides are sockets the kernel splices, a buffer
+//!   otherwise; at most `flow::HOLD` (64 KiB) held per direction, and
+//!   a source is read again only when all it gave was written, so a side
+//!   that does not take bytes stops the reading of the other.
+//! - An EOF is passed on (shutdown(SHUT_WR)) once all before it was
+//!   written; the other direction goes on. Both ended: the connection is
+//!   closed (`End::Done`). A read or write error on either side (a
+//!   reset) closes both at once (`End::Failed`).
+//! - Both sockets are registered once, readable and writable, edge-
+//!   triggered; each `Side` keeps what its events said until an
+//!   operation would block. A side that cannot progress is not touched
+//!   again until the kernel reports a new edge on it, so a blocked
+//!   connection costs no syscall and no wake-up beyond its peers' own
+//!   segments (bounded by the socket buffers): it never spins.
+//! - Fairness: a flow moves at most `BUDGET` bytes per turn; one with
+//!   more is served again at the turn's end (`serve_again`), after the
+//!   other sources.
+
+use std::fmt;
+use std::io;
+
+use mio::event::Event;
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+use rustc_hash::FxHashMap;
+
+mod flow;
+mod side;
+#[cfg(test)]
+mod tests;
+
+pub use flow::HOLD;
+use flow::{Flow, FlowError, Stop};
+pub use side::{Io, Side};
+
+/// The relay's poll tokens are `TOKEN_BASE` and above: two per
+/// connection (front, back), never reused during the run. The server's
+/// own tokens count up from small numbers and never get here.
+pub const TOKEN_BASE: usize = 1 << (usize::BITS - 2);
+
+/// Bytes one flow moves per turn before others are served.
+const BUDGET: usize = 4 * HOLD;
+
+/// A relayed connection's name in the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelayId(u64);
+
+/// The two sides: the client's (front) and what it is relayed to (back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Which {
+    Front,
+    Back,
+}
+
+impl fmt::Display for Which {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Which::Front => "client",
+            Which::Back => "backend",
+        })
+    }
+}
+
+/// Why a relayed connection ended.
+#[derive(Debug)]
+pub enum End {
+    /// Both directions reached EOF and were passed on.
+    Done,
+    /// A side failed (reset, or gone while bytes were still for it);
+    /// both were closed.
+    Failed {
+        side: Which,
+        reading: bool,
+        err: io::Error,
+    },
+    /// The back side's connect(2) failed.
+    Connect(io::Error),
+    /// The caller closed it (`Relays::close`).
+    Cut,
+}
+
+impl fmt::Display for End {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            End::Done => f.write_str("closed by both"),
+            End::Failed { side, reading, err } => {
+                let op = if *reading {
+                    "reading from"
+                } else {
+                    "writing to"
+                };
+                write!(f, "{op} {side}: {err}")
+            }
+            End::Connect(e) => write!(f, "connecting to backend: {e}"),
+            End::Cut => f.write_str("cut"),
+        }
+    }
+}
+
+/// A relayed connection that ended, given back to the caller.
+#[derive(Debug)]
+pub struct Closed<T> {
+    pub id: RelayId,
+    pub tag: T,
+    /// Bytes delivered front → back, and back → front.
+    pub up: u64,
+    pub down: u64,
+    pub end: End,
+}
+
+/// One relayed connection.
+struct Relay<T> {
+    /// Front, back.
+    sides: [Side; 2],
+    /// Front → back, back → front.
+    flows: [Flow; 2],
+    /// In `again`: a flow used its budget with bytes left.
+    queued: bool,
+    tag: T,
+}
+
+/// Every relayed connection.
+pub struct Relays<T> {
+    conns: FxHashMap<u64, Relay<T>>,
+    next: u64,
+    /// Connections to serve again at the turn's end.
+    again: Vec<u64>,
+}
+
+impl<T> Default for Relays<T> {
+    fn default() -> Self {
+        Relays {
+            conns: FxHashMap::default(),
+            next: 0,
+            again: Vec::new(),
+        }
+    }
+}
+
+/// Whether a poll token is one of the relay's.
+pub fn owns(token: Token) -> bool {
+    token.0 >= TOKEN_BASE
+}
+
+fn token(id: u64, which: Which) -> Token {
+    Token(TOKEN_BASE + 2 * id as usize + (which == Which::Back) as usize)
+}
+
+fn from_token(token: Token) -> (u64, usize) {
+    let n = token.0 - TOKEN_BASE;
+    ((n / 2) as u64, n % 2)
+}
+
+impl<T> Relays<T> {
+    /// Relay `front` ↔ `back` from now on. The sockets are registered
+    /// (an event reports what is already waiting on them); on failure
+    /// both are closed.
+    pub fn add(
+        &mut self,
+        registry: &Registry,
+        front: Side,
+        back: Side,
+        tag: T,
+    ) -> io::Result<RelayId> {
+        let flows = [Flow::new(&front, &back)?, Flow::new(&back, &front)?];
+        let id = self.next;
+        let both = Interest::READABLE | Interest::WRITABLE;
+        registry.register(&mut SourceFd(&front.fd()), token(id, Which::Front), both)?;
+        if let Err(e) = registry.register(&mut SourceFd(&back.fd()), token(id, Which::Back), both) {
+            let _ = registry.deregister(&mut SourceFd(&front.fd()));
+            return Err(e);
+        }
+        self.next += 1;
+        let relay = Relay {
+            sides: [front, back],
+            flows,
+            queued: false,
+            tag,
+        };
+        self.conns.insert(id, relay);
+        Ok(RelayId(id))
+    }
+
+    /// An event on one of the relay's tokens: what it says is recorded
+    /// and the connection moves what it can. Returns it if it ended.
+    pub fn ready(&mut self, registry: &Registry, token: Token, event: &Event) -> Option<Closed<T>> {
+        let (id, i) = from_token(token);
+        let relay = self.conns.get_mut(&id)?;
+        let side = &mut relay.sides[i];
+        side.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
+        side.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
+        if event.is_error() || side.connecting {
+            if let Some(end) = settle(side, i, event) {
+                return self.finish(registry, id, end);
+            }
+        }
+        self.step(registry, id)
+    }
+
+    /// Serve the connections that used their budget last turn.
+    pub fn serve_again(&mut self, registry: &Registry) -> Vec<Closed<T>> {
+        let mut closed = Vec::new();
+        for id in std::mem::take(&mut self.again) {
+            if let Some(relay) = self.conns.get_mut(&id) {
+                relay.queued = false;
+                closed.extend(self.step(registry, id));
+            }
+        }
+        closed
+    }
+
+    /// Whether connections wait for `serve_again` (poll without waiting).
+    pub fn has_ready(&self) -> bool {
+        !self.again.is_empty()
+    }
+
+    /// Close a connection now (its backend died, its time ran out).
+    pub fn close(&mut self, registry: &Registry, id: RelayId) -> Option<Closed<T>> {
+        self.finish(registry, id.0, End::Cut)
+    }
+
+    /// The open connections: id, tag, bytes up and down so far.
+    pub fn iter(&self) -> impl Iterator<Item = (RelayId, &T, u64, u64)> {
+        self.conns
+            .iter()
+            .map(|(id, r)| (RelayId(*id), &r.tag, r.flows[0].bytes, r.flows[1].bytes))
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Bytes held for a connection, front → back and back → front (for
+    /// status and tests: never more than `HOLD` each).
+    pub fn held(&self, id: RelayId) -> Option<(usize, usize)> {
+        let r = self.conns.get(&id.0)?;
+        Some((r.flows[0].pending(), r.flows[1].pending()))
+    }
+
+    /// How many connections hold a buffer of summond's memory now.
+    pub fn buffers(&self) -> usize {
+        let flows = self.conns.values().flat_map(|r| r.flows.iter());
+        flows.filter(|f| f.buffered()).count()
+    }
+
+    /// Move what can be moved both ways; end the connection when both
+    /// directions are finished or either failed.
+    fn step(&mut self, registry: &Registry, id: u64) -> Option<Closed<T>> {
+        let relay = self.conns.get_mut(&id)?;
+        let [front, back] = &mut relay.sides;
+        let [up, down] = &mut relay.flows;
+        let stops = (
+            up.pump(front, back, BUDGET)
+                .map_err(|e| failed(e, Which::Front)),
+            down.pump(back, front, BUDGET)
+                .map_err(|e| failed(e, Which::Back)),
+        );
+        match stops {
+            (Err(end), _) | (_, Err(end)) => self.finish(registry, id, end),
+            (Ok(Stop::Finished), Ok(Stop::Finished)) => self.finish(registry, id, End::Done),
+            (Ok(a), Ok(b)) => {
+                if (a == Stop::Budget || b == Stop::Budget) && !relay.queued {
+                    relay.queued = true;
+                    self.again.push(id);
+                }
+                None
+            }
+        }
+    }
+
+    /// Take a connection out of the table and the poll set; its sockets
+    /// and pipes close when the value drops.
+    fn finish(&mut self, registry: &Registry, id: u64, end: End) -> Option<Closed<T>> {
+        let relay = self.conns.remove(&id)?;
+        for side in &relay.sides {
+            let _ = registry.deregister(&mut SourceFd(&side.fd()));
+        }
+        Some(Closed {
+            id: RelayId(id),
+            tag: relay.tag,
+            up: relay.flows[0].bytes,
+            down: relay.flows[1].bytes,
+            end,
+        })
+    }
+}
+
+/// A flow's error, as the end of its connection: a read fails on the
+/// flow's source, a write on its destination.
+fn failed(e: FlowError, src: Which) -> End {
+    let dst = match src {
+        Which::Front => Which::Back,
+        Which::Back => Which::Front,
+    };
+    match e {
+        FlowError::Read(err) => End::Failed {
+            side: src,
+            reading: true,
+            err,
+        },
+        FlowError::Write(err) => End::Failed {
+            side: dst,
+            reading: false,
+            err,
+        },
+    }
+}
+
+/// A connect that ended, or an error the event reported: the end of the
+/// connection if the socket holds an error. An error event on a side
+/// no flow would touch again (its EOF passed on, nothing for it) would
+/// otherwise go unseen.
+fn settle(side: &mut Side, i: usize, event: &Event) -> Option<End> {
+    let which = if i == 0 { Which::Front } else { Which::Back };
+    if side.connecting {
+        if !(event.is_writable() || event.is_error() || event.is_write_closed()) {
+            return None;
+        }
+        side.connecting = false;
+        return side.take_error().err().map(End::Connect);
+    }
+    side.take_error().err().map(|err| End::Failed {
+        side: which,
+        reading: true,
+        err,
+    })
+}

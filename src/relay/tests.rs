@@ -1,0 +1,322 @@
+//! The relay over real sockets (loopback TCP, Unix socket pairs), driven
+//! by a real poll loop here while threads play the client and the server.
+
+use super::*;
+use mio::{Events, Poll};
+use socket2::Socket;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The relay's end and the peer's end of a loopback TCP connection.
+fn tcp_pair() -> (OwnedFd, Socket) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (ours, _) = l.accept().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    (ours.into(), Socket::from(OwnedFd::from(peer)))
+}
+
+fn unix_pair() -> (OwnedFd, Socket) {
+    let (ours, peer) = UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    (ours.into(), Socket::from(OwnedFd::from(peer)))
+}
+
+/// Poll and feed the relay until `done` says so (at most 60 s: a relay
+/// that stalls fails the test instead of hanging it). Returns the
+/// connections that ended and the number of events seen.
+fn drive<T>(
+    poll: &mut Poll,
+    relays: &mut Relays<T>,
+    mut done: impl FnMut(&Relays<T>, &[Closed<T>]) -> bool,
+) -> (Vec<Closed<T>>, usize) {
+    let mut events = Events::with_capacity(64);
+    let mut closed = Vec::new();
+    let mut seen = 0;
+    let until = Instant::now() + Duration::from_secs(60);
+    while !done(relays, &closed) {
+        assert!(Instant::now() < until, "the relay stalled");
+        let wait = if relays.has_ready() {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(20)
+        };
+        poll.poll(&mut events, Some(wait)).unwrap();
+        for e in events.iter() {
+            seen += 1;
+            closed.extend(relays.ready(poll.registry(), e.token(), e));
+        }
+        closed.extend(relays.serve_again(poll.registry()));
+    }
+    (closed, seen)
+}
+
+/// `len` bytes no two runs of which repeat at a short period.
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2654435761) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// A peer that writes `out` then shuts its write half, while reading
+/// everything until EOF; the thread returns what it read.
+fn talk(stream: Socket, out: Vec<u8>) -> thread::JoinHandle<Vec<u8>> {
+    let mut writer = stream.try_clone().unwrap();
+    thread::spawn(move || {
+        let w = thread::spawn(move || {
+            writer.write_all(&out).unwrap();
+            writer.shutdown(Shutdown::Write).unwrap();
+        });
+        let mut got = Vec::new();
+        let mut stream = stream;
+        stream.read_to_end(&mut got).unwrap();
+        w.join().unwrap();
+        got
+    })
+}
+
+fn one_ended<T>(_: &Relays<T>, closed: &[Closed<T>]) -> bool {
+    !closed.is_empty()
+}
+
+/// Megabytes both ways at once, each way a different pattern: every
+/// byte arrives, in order, and both EOFs are passed on.
+fn both_ways(front: (OwnedFd, Socket), back: (OwnedFd, Socket), buffered: bool) {
+    let (up, down) = (pattern(6 << 20, 1), pattern(5 << 20, 2));
+    let mut poll = Poll::new().unwrap();
+    let mut relays = Relays::default();
+    let side = |fd| {
+        if buffered {
+            Side::buffered(fd)
+        } else {
+            Side::stream(fd)
+        }
+    };
+    relays
+        .add(poll.registry(), side(front.0), side(back.0), "c")
+        .unwrap();
+    let client = talk(front.1, up.clone());
+    let server = talk(back.1, down.clone());
+    let (closed, _) = drive(&mut poll, &mut relays, one_ended);
+    assert!(matches!(closed[0].end, End::Done), "{}", closed[0].end);
+    assert_eq!(
+        (closed[0].up, closed[0].down),
+        (up.len() as u64, down.len() as u64)
+    );
+    assert!(server.join().unwrap() == up, "front → back bytes differ");
+    assert!(client.join().unwrap() == down, "back → front bytes differ");
+    assert!(relays.is_empty());
+}
+
+#[test]
+fn megabytes_both_ways_over_tcp_are_exact() {
+    both_ways(tcp_pair(), tcp_pair(), false);
+}
+
+#[test]
+fn megabytes_both_ways_over_unix_sockets_are_exact() {
+    both_ways(unix_pair(), unix_pair(), false);
+}
+
+#[test]
+fn megabytes_both_ways_through_the_buffer_are_exact() {
+    both_ways(tcp_pair(), unix_pair(), true);
+}
+
+/// One side says EOF and then still reads: the other gets the EOF and
+/// its answer still arrives, then its own EOF ends the connection.
+fn half_close(first: Which) {
+    let (front, mut client) = tcp_pair();
+    let (back, mut server) = tcp_pair();
+    let mut poll = Poll::new().unwrap();
+    let mut relays = Relays::default();
+    relays
+        .add(poll.registry(), Side::stream(front), Side::stream(back), ())
+        .unwrap();
+    let (a, b) = match first {
+        Which::Front => (&mut client, &mut server),
+        Which::Back => (&mut server, &mut client),
+    };
+    a.write_all(b"question").unwrap();
+    a.shutdown(Shutdown::Write).unwrap();
+    let mut b2 = b.try_clone().unwrap();
+    let reader = thread::spawn(move || {
+        let mut got = Vec::new();
+        b2.read_to_end(&mut got).unwrap();
+        b2.write_all(b"answer after your EOF").unwrap();
+        b2.shutdown(Shutdown::Write).unwrap();
+        got
+    });
+    let (closed, _) = drive(&mut poll, &mut relays, one_ended);
+    assert_eq!(reader.join().unwrap(), b"question");
+    let mut got = Vec::new();
+    a.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"answer after your EOF");
+    assert!(matches!(closed[0].end, End::Done), "{}", closed[0].end);
+}
+
+#[test]
+fn the_clients_eof_is_passed_on_and_the_answer_still_comes_back() {
+    half_close(Which::Front);
+}
+
+#[test]
+fn the_backends_eof_is_passed_on_and_the_client_may_still_send() {
+    half_close(Which::Back);
+}
+
+/// A backend that never reads: the client's bytes stop being read once
+/// the relay holds its bound, the client's writes block, and the
+/// stalled connection wakes the loop no more.
+#[test]
+fn a_side_that_never_reads_stops_the_other_from_being_read() {
+    let (front, mut client) = tcp_pair();
+    let (back, _server) = tcp_pair();
+    let mut poll = Poll::new().unwrap();
+    let mut relays = Relays::default();
+    let id = relays
+        .add(poll.registry(), Side::stream(front), Side::stream(back), ())
+        .unwrap();
+    client.set_nonblocking(true).unwrap();
+    let chunk = vec![7u8; 64 * 1024];
+    let mut written = 0u64;
+    let mut blocked_turns = 0;
+    // Write until the client's writes have blocked for 50 turns in a row
+    // while the relay kept being polled (bounded: 64 MiB at most).
+    while blocked_turns < 50 && written < 64 << 20 {
+        match client.write(&chunk) {
+            Ok(n) => {
+                written += n as u64;
+                blocked_turns = 0;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => blocked_turns += 1,
+            Err(e) => panic!("{e}"),
+        }
+        let mut turns = 0;
+        drive(&mut poll, &mut relays, |_, _| {
+            turns += 1;
+            turns > 2
+        });
+    }
+    assert!(written < 64 << 20, "the client was never held back");
+    let (up, _) = relays.held(id).unwrap();
+    assert!(up <= HOLD, "{up} bytes held");
+    // Stalled: no further wake-ups while nobody moves.
+    let mut turns = 0;
+    let (_, seen) = drive(&mut poll, &mut relays, |_, _| {
+        turns += 1;
+        turns > 10
+    });
+    assert!(seen <= 2, "{seen} wake-ups while stalled");
+}
+
+/// A reset on one side closes both and says which and why.
+#[test]
+fn a_reset_closes_both_sides_and_says_which() {
+    let (front, mut client) = tcp_pair();
+    let (back, server) = tcp_pair();
+    let mut poll = Poll::new().unwrap();
+    let mut relays = Relays::default();
+    relays
+        .add(poll.registry(), Side::stream(front), Side::stream(back), ())
+        .unwrap();
+    server.set_linger(Some(Duration::ZERO)).unwrap();
+    drop(server);
+    let (closed, _) = drive(&mut poll, &mut relays, one_ended);
+    match &closed[0].end {
+        End::Failed {
+            side: Which::Back,
+            err,
+            ..
+        } => {
+            assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}")
+        }
+        other => panic!("ended: {other}"),
+    }
+    // The client's side was closed with it.
+    let mut buf = [0u8; 8];
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(client.read(&mut buf).unwrap_or(0), 0);
+}
+
+/// A back side whose connect is refused ends the relay with that reason,
+/// and the client's side is closed.
+#[test]
+fn a_refused_connect_ends_the_relay() {
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (front, _client) = tcp_pair();
+    let sock = Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_nonblocking(true).unwrap();
+    match sock.connect(&port.into()) {
+        Err(e) if e.raw_os_error() == Some(nix::libc::EINPROGRESS) => {}
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return,
+        other => panic!("{other:?}"),
+    }
+    let mut poll = Poll::new().unwrap();
+    let mut relays = Relays::default();
+    relays
+        .add(
+            poll.registry(),
+            Side::stream(front),
+            Side::connecting(sock.into()),
+            (),
+        )
+        .unwrap();
+    let (closed, _) = drive(&mut poll, &mut relays, one_ended);
+    match &closed[0].end {
+        End::Connect(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused),
+        other => panic!("ended: {other}"),
+    }
+}
+
+/// A connect in progress: bytes the client sent before it ended are
+/// held and delivered after.
+#[test]
+fn bytes_wait_for_a_connect_in_progress() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (front, mut client) = tcp_pair();
+    client.write_all(b"early").unwrap();
+    let sock = Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_nonblocking(true).unwrap();
+    let _ = sock.connect(&l.local_addr().unwrap().into());
+    let mut poll = Poll::new().unwrap();
+    let mut relays = Relays::default();
+    relays
+        .add(
+            poll.registry(),
+            Side::stream(front),
+            Side::connecting(sock.into()),
+            (),
+        )
+        .unwrap();
+    let (mut server, _) = l.accept().unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let reader = thread::spawn(move || {
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).unwrap();
+        got
+    });
+    let mut got = None;
+    let _ = drive(&mut poll, &mut relays, |_, _| {
+        if reader.is_finished() && got.is_none() {
+            got = Some(());
+        }
+        got.is_some()
+    });
+    assert_eq!(reader.join().unwrap(), b"early");
+}
