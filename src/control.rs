@@ -189,6 +189,42 @@ pub struct ServiceStatus {
     /// The clients refused most (by limits and access rules), most first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub top_refused: Vec<RefusedSource>,
+    /// Forward mode: the backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<BackendStatus>,
+}
+
+/// A forward service's backend, as status shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    /// "stopped", "starting", "ready" or "stopping".
+    pub state: String,
+    pub pid: Option<u32>,
+    /// How long its last start took to become ready.
+    pub ready_us: Option<u64>,
+    /// Relayed connections open now, and ever.
+    pub open: u64,
+    pub relayed: u64,
+    /// Bytes relayed client → backend and back, open connections included.
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+impl std::fmt::Display for BackendStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "backend {}", self.state)?;
+        if let Some(pid) = self.pid {
+            write!(f, ", pid {pid}")?;
+        }
+        if let Some(us) = self.ready_us {
+            write!(f, ", ready in {:.1} ms", us as f64 / 1e3)?;
+        }
+        write!(
+            f,
+            ", {} open, {} relayed, {} bytes up, {} down",
+            self.open, self.relayed, self.bytes_up, self.bytes_down
+        )
+    }
 }
 
 /// One client (or client prefix) and how often it was refused.
@@ -337,6 +373,9 @@ pub fn render_table(status: &Status) -> String {
     }
     // Pauses and the most refused clients, under the table where any.
     for svc in &status.services {
+        if let Some(b) = &svc.backend {
+            out.push_str(&format!("{}: {b}\n", svc.name));
+        }
         if let Some(p) = &svc.paused {
             out.push_str(&format!("{}: paused ({p})\n", svc.name));
         }
@@ -867,6 +906,7 @@ mod tests {
                     last_exit: Some("exited with status 0".into()),
                     paused: None,
                     top_refused: Vec::new(),
+                    backend: None,
                 },
                 ServiceStatus {
                     name: "tftp".into(),
@@ -882,6 +922,7 @@ mod tests {
                         source: "10.1.2.0".into(),
                         refused: 12,
                     }],
+                    backend: None,
                 },
             ],
             version: Some("1.0.0".into()),

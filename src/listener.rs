@@ -274,7 +274,7 @@ fn probe(path: &Path, stream: bool) -> io::Result<()> {
     s.connect(&SockAddr::unix(path)?)
 }
 
-fn unix_sockaddr(path: &UnixPath) -> io::Result<SockAddr> {
+pub(crate) fn unix_sockaddr(path: &UnixPath) -> io::Result<SockAddr> {
     match path {
         UnixPath::File(p) => SockAddr::unix(p),
         UnixPath::Abstract(name) => {

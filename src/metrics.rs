@@ -38,6 +38,8 @@ pub struct ServiceFigures<'a> {
     pub durations: &'a Histogram,
     /// Why it starts nothing now, if it is paused.
     pub paused: Option<Pause>,
+    /// Forward mode: its backend.
+    pub backend: Option<crate::control::BackendStatus>,
 }
 
 /// summond's own process figures, read from /proc/self.
@@ -186,6 +188,7 @@ pub fn render(services: &[ServiceFigures<'_>], process: &ProcessFigures) -> Stri
     );
     durations(&mut out, services);
     paused(&mut out, services);
+    backends(&mut out, services);
     process_figures(&mut out, process);
     out
 }
@@ -243,6 +246,76 @@ fn paused(out: &mut String, services: &[ServiceFigures<'_>]) {
             out,
             "summond_paused{{service=\"{}\",reason=\"{reason}\"}} {v}",
             label(s.name)
+        );
+    }
+}
+
+/// Forward mode's backends: state, readiness time, relayed connections
+/// and bytes (only services in forward mode have these series).
+fn backends(out: &mut String, services: &[ServiceFigures<'_>]) {
+    let with: Vec<(String, &crate::control::BackendStatus)> = services
+        .iter()
+        .filter_map(|s| Some((label(s.name), s.backend.as_ref()?)))
+        .collect();
+    header(
+        out,
+        "summond_backend_state",
+        "gauge",
+        "Forward mode: 1 for the backend's state now.",
+    );
+    for (name, b) in &with {
+        for state in ["stopped", "starting", "ready", "stopping"] {
+            let v = u8::from(b.state == state);
+            let _ = writeln!(
+                out,
+                "summond_backend_state{{service=\"{name}\",state=\"{state}\"}} {v}"
+            );
+        }
+    }
+    header(
+        out,
+        "summond_backend_ready_seconds",
+        "gauge",
+        "Forward mode: how long the backend's last start took to become ready.",
+    );
+    for (name, b) in &with {
+        if let Some(us) = b.ready_us {
+            let _ = writeln!(
+                out,
+                "summond_backend_ready_seconds{{service=\"{name}\"}} {}",
+                us as f64 / 1e6
+            );
+        }
+    }
+    header(
+        out,
+        "summond_relayed_connections_total",
+        "counter",
+        "Forward mode: connections relayed to the backend.",
+    );
+    for (name, b) in &with {
+        let _ = writeln!(
+            out,
+            "summond_relayed_connections_total{{service=\"{name}\"}} {}",
+            b.relayed
+        );
+    }
+    header(
+        out,
+        "summond_relayed_bytes_total",
+        "counter",
+        "Forward mode: bytes relayed, up (client to backend) and down.",
+    );
+    for (name, b) in &with {
+        let _ = writeln!(
+            out,
+            "summond_relayed_bytes_total{{service=\"{name}\",direction=\"up\"}} {}",
+            b.bytes_up
+        );
+        let _ = writeln!(
+            out,
+            "summond_relayed_bytes_total{{service=\"{name}\",direction=\"down\"}} {}",
+            b.bytes_down
         );
     }
 }
@@ -585,6 +658,7 @@ mod tests {
                 },
                 next_token: Instant::now(),
             }),
+            backend: None,
         }];
         let page = render(&figures, &ProcessFigures::default());
         assert!(page.contains("# TYPE summond_connections_total counter\n"));

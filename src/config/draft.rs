@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
+use super::forward::ForwardDraft;
 use super::parse::{Seen, Value};
 use super::units::Rate;
 use super::ProxySpec;
@@ -62,6 +63,7 @@ pub(super) struct Draft<'v> {
     pub(super) banner: Option<String>,
     pub(super) banner_fail: Option<String>,
     pub(super) disabled: bool,
+    pub(super) forward: ForwardDraft,
 }
 
 impl<'v> Draft<'v> {
@@ -101,6 +103,7 @@ impl<'v> Draft<'v> {
             banner: None,
             banner_fail: None,
             disabled: false,
+            forward: ForwardDraft::default(),
         }
     }
 
@@ -161,6 +164,7 @@ impl<'v> Draft<'v> {
             banner_fail: self.banner_fail,
             disabled: self.disabled,
             runtime_directory,
+            forward: self.forward.build(),
         })
     }
 }

@@ -27,6 +27,7 @@ mod ceilings;
 mod credentials;
 mod draft;
 mod error;
+mod forward;
 mod include;
 mod keys;
 mod options;
@@ -373,6 +374,33 @@ pub struct ServiceSpec {
     /// Absent in the state an older image hands over.
     #[serde(default)]
     pub runtime_directory: Option<RuntimeDirectory>,
+    /// Forward mode: a backend started on demand, clients relayed to it.
+    #[serde(default)]
+    pub forward: Option<Forward>,
+}
+
+/// Forward mode (`forward` and its keys): `exec` is a backend that binds
+/// `to` itself; summond starts it at the first client, waits until it is
+/// ready, relays each client to its own connection to `to`, and stops it
+/// after `idle_stop` without a relayed connection.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Forward {
+    /// Where the backend listens: tcp:// or unix://.
+    pub to: ListenAddr,
+    pub ready: Ready,
+    /// Not ready by then: its waiting clients are closed, a failed start.
+    pub start_timeout: Duration,
+    /// No relayed connection for this long: the backend is stopped.
+    pub idle_stop: Option<Duration>,
+    /// SIGTERM to the backend's group, SIGKILL after this.
+    pub stop_timeout: Duration,
+}
+
+/// How summond learns that a backend is ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Ready {
+    /// When `forward` accepts a connection.
+    Connect,
 }
 
 /// A service whose clients come through a load balancer.
@@ -408,6 +436,9 @@ impl ServiceSpec {
         }
         if self.internal.is_some() {
             return "internal";
+        }
+        if self.forward.is_some() {
+            return "forward";
         }
         match (self.accept, self.pass) {
             (true, Pass::Stdio) => "accept/stdio",

@@ -18,6 +18,7 @@ use std::path::PathBuf;
 
 use super::draft::Draft;
 use super::error::ErrorKind;
+use super::forward;
 use super::keys::{REQUIRED_SERVICE_KEYS, SERVICE_KEYS};
 use super::options;
 use super::parse::{Checker, Seen, Table, Value};
@@ -136,6 +137,11 @@ const HANDLERS: &[(&str, Handler)] = &[
     ("disabled", |cx, k, v, d| {
         set_flag(cx, k, v, &mut d.disabled)
     }),
+    ("forward", forward::to),
+    ("ready", forward::ready),
+    ("start_timeout", forward::start_timeout),
+    ("idle_stop", forward::idle_stop),
+    ("stop_timeout", forward::stop_timeout),
 ];
 
 /// Keys that act on the clients summond accepts or sees: with
@@ -183,6 +189,7 @@ impl Checker<'_> {
         self.check_working_directory(&mut d);
         self.check_against_mode(t, &d);
         self.check_proxy(t, &d);
+        self.check_forward(t, &d);
         let credentials = self.service_credentials(&d);
         self.check_shared_runtime_dirs(t, &mut d, credentials.as_ref());
         if self.errors.len() != errors_before {

@@ -234,6 +234,11 @@ impl<T> Relays<T> {
             .map(|(id, r)| (RelayId(*id), &r.tag, r.flows[0].bytes, r.flows[1].bytes))
     }
 
+    /// The caller's tag of an open connection.
+    pub fn tag_mut(&mut self, id: RelayId) -> Option<&mut T> {
+        self.conns.get_mut(&id.0).map(|r| &mut r.tag)
+    }
+
     pub fn len(&self) -> usize {
         self.conns.len()
     }

@@ -301,7 +301,8 @@ impl Server {
         }
         if let (Some(max), Some(key), false) = (svc.spec.max_per_source, source, admitted) {
             let running = self.children.per_source(svc.id, &key)
-                + self.internal.conns.per_source(svc.id, &key);
+                + self.internal.conns.per_source(svc.id, &key)
+                + self.forward.per_source(svc.id, &key);
             if running >= max {
                 self.refuse(
                     idx,
@@ -647,6 +648,11 @@ impl Server {
             }
             _ => greeted,
         };
+        if spec.forward.is_some() {
+            // Relayed to the backend, which is started if it is not.
+            self.forward_client(idx, conn, peer, source);
+            return;
+        }
         // The scratch buffers of the last connection, reused: a connection
         // allocates nothing for its fd plan and variables.
         let (mut fds, mut env) = self.launcher.take_scratch();

@@ -105,6 +105,9 @@ impl Server {
             self.finish_reload_if_loaded();
             return;
         }
+        if self.backend_exited(&status, now) {
+            return;
+        }
         if let Some(exit) = self.children.exit(status, now, exited_at) {
             self.child_exited(exit, now);
         }
@@ -131,7 +134,7 @@ impl Server {
 
     /// The crash guard holds service `idx` until `until`: its listeners
     /// are watched again when the timer fires.
-    fn hold(&mut self, idx: usize, until: Instant, now: Instant) {
+    pub(super) fn hold(&mut self, idx: usize, until: Instant, now: Instant) {
         let svc = &self.services[idx];
         self.timers.add(until, Timer::HoldEnds(svc.id));
         warn!(event = "hold", service = svc.spec.name.as_str();

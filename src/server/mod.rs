@@ -91,6 +91,7 @@ mod children;
 mod connection;
 mod endpoints;
 mod exit;
+mod forward;
 mod front;
 mod internal;
 mod launcher;
@@ -106,6 +107,7 @@ mod upgrade;
 use children::{for_peer, Child, ChildTable, StoppingGroup};
 use connection::Shortage;
 use endpoints::{Accepted, Endpoints, Loop};
+use forward::Forwarding;
 use front::FrontTable;
 use internal::{InternalConn, Internals};
 use launcher::Launcher;
@@ -197,6 +199,8 @@ pub struct Server {
     stopping: bool,
     /// The config load in flight, and whether another is owed.
     reloads: Reloads,
+    /// Forward mode: the backends and the relayed connections.
+    forward: Forwarding,
 }
 
 impl Server {
@@ -235,6 +239,7 @@ impl Server {
             upgrades: Upgrades::new(),
             stopping: false,
             reloads: Reloads::default(),
+            forward: Forwarding::default(),
         };
         server.apply_config(config)?;
         server.origin.close_unclaimed();
@@ -253,7 +258,7 @@ impl Server {
                 return Err(ServerError::Setup("epoll_wait", e));
             }
             for event in events.iter() {
-                self.dispatch(event.token());
+                self.dispatch(event);
             }
             self.end_turn();
         }
@@ -288,6 +293,7 @@ impl Server {
     fn poll_timeout(&self) -> Option<Duration> {
         if !self.sockets.has_ready()
             && !self.internal.conns.has_ready()
+            && !self.forward.relays.has_ready()
             && !self.endpoints.accept_more_scrapers
             && !self.endpoints.accept_more_control
         {
@@ -299,7 +305,11 @@ impl Server {
     }
 
     /// One readiness event, to the function its token names.
-    fn dispatch(&mut self, token: Token) {
+    fn dispatch(&mut self, event: &mio::event::Event) {
+        let token = event.token();
+        if crate::relay::owns(token) {
+            return self.on_relay_event(event);
+        }
         match token {
             SIGNALS => self.handle_signals(),
             CONTROL => self.accept_control_clients(),
@@ -317,6 +327,7 @@ impl Server {
                 Some(TokenKind::Internal) => self.on_internal_ready(token),
                 Some(TokenKind::Front) => self.on_front_ready(token),
                 Some(TokenKind::Scrape) => self.on_scrape_ready(token),
+                Some(TokenKind::Probe(id)) => self.on_probe_ready(token, id),
                 // A source removed earlier in this batch.
                 None => {}
             },
@@ -329,6 +340,7 @@ impl Server {
     fn end_turn(&mut self) {
         self.serve_ready();
         self.serve_internal_ready();
+        self.serve_relays_again();
         if std::mem::take(&mut self.endpoints.accept_more_scrapers) {
             self.accept_scrapers();
         }
@@ -409,6 +421,11 @@ impl Server {
             Timer::UpgradeCheck(pid) => self.upgrade_check_overdue(pid),
             Timer::ConfigLoadSlow(pid) => self.config_load_slow(pid),
             Timer::ConfigLoadOverdue(pid) => self.config_load_overdue(pid),
+            Timer::Probe { service, pid } => self.probe_due(service, pid),
+            Timer::StartTimeout { service, pid } => self.start_timed_out(service, pid),
+            Timer::IdleStop { service, pid } => self.idle_due(service, pid),
+            Timer::BackendKill { service, pid } => self.backend_kill_due(service, pid),
+            Timer::RelayRuntime(id) => self.relay_runtime_up(id),
             Timer::Watchdog => {
                 // From the loop itself: a wedged loop stops the pings.
                 self.notify(&format!("WATCHDOG=1\n{}", self.status_line()));
@@ -623,14 +640,17 @@ impl Server {
     /// max_instances, the crash hold)
     fn service_may_spawn(&self, idx: usize, now: Instant) -> bool {
         let svc = &self.services[idx];
-        svc.may_spawn(self.active(svc.id), now)
+        svc.may_spawn(self.active(svc.id), now) && self.forward.may_take(svc.id)
     }
 
     /// What service `id` has running: children, and for an internal
     /// service its open connections; connections whose PROXY header is
     /// awaited too.
     fn active(&self, id: ServiceId) -> u32 {
-        self.children.active(id) + self.internal.conns.active(id) + self.front.active(id)
+        self.children.active(id)
+            + self.internal.conns.active(id)
+            + self.front.active(id)
+            + self.forward.active(id)
     }
 
     fn may_spawn(&self, idx: usize, now: Instant) -> bool {
@@ -840,6 +860,7 @@ impl Server {
                             refused: n,
                         })
                         .collect(),
+                    backend: self.backend_status(svc),
                 })
                 .collect(),
         }
@@ -915,6 +936,7 @@ impl Server {
                 exits: svc.stats.exits,
                 durations: svc.stats.durations.get(),
                 paused: self.pause(svc, now),
+                backend: self.backend_status(svc),
             })
             .collect();
         prom::render(&figures, &prom::ProcessFigures::read())
@@ -1378,6 +1400,7 @@ impl Server {
         for conn in self.internal.close_all(&mut self.poller) {
             self.internal_closed(&conn);
         }
+        self.stop_all_backends();
         self.endpoints.set_metrics(self.poller.registry(), None);
         self.endpoints.set_control(self.poller.registry(), None);
         for (pid, child) in self.children.iter() {

@@ -35,6 +35,8 @@ pub(super) enum TokenKind {
     /// A Prometheus scraper.
     Scrape,
     ControlClient,
+    /// A connect to a starting forward backend.
+    Probe(super::services::ServiceId),
 }
 
 /// The dynamic poll tokens: what each stands for, and the next one to give

@@ -51,6 +51,16 @@ pub(super) enum Timer {
     ConfigLoadSlow(Pid),
     /// A reload's config load ran out of time: give it up.
     ConfigLoadOverdue(Pid),
+    /// Forward mode: connect to a starting backend again.
+    Probe { service: ServiceId, pid: Pid },
+    /// Forward mode: a backend's start_timeout.
+    StartTimeout { service: ServiceId, pid: Pid },
+    /// Forward mode: a backend's idle_stop.
+    IdleStop { service: ServiceId, pid: Pid },
+    /// Forward mode: a backend's stop_timeout after its SIGTERM.
+    BackendKill { service: ServiceId, pid: Pid },
+    /// A relayed connection's max_runtime.
+    RelayRuntime(crate::relay::RelayId),
 }
 
 /// A timer's place in the map: its deadline, then the order it was added

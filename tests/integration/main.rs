@@ -8,6 +8,7 @@ mod daemon;
 mod directories;
 mod docs;
 mod faults;
+mod forward;
 mod import;
 mod import_corpus;
 mod import_units;

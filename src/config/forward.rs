@@ -1,0 +1,150 @@
+//! Forward mode's keys (`forward`, `ready`, `start_timeout`, `idle_stop`,
+//! `stop_timeout`): their handlers, and the step that checks them against
+//! the rest of the service. Forward mode accepts every client itself and
+//! relays it to a backend the service's `exec` starts, so the keys that
+//! hand a socket to a child (`accept = false`, `pass`, `stderr =
+//! "socket"`) or serve it in summond (`internal:`) cannot go with it.
+
+use std::time::Duration;
+
+use super::draft::Draft;
+use super::options::invalid;
+use super::parse::{Checker, Table, Value};
+use super::units;
+use super::{Forward, Ready, StderrMode};
+use crate::addr::ListenAddr;
+
+/// SPEC defaults.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The keys that mean nothing without `forward`.
+const NEEDS_FORWARD: &[&str] = &["ready", "start_timeout", "idle_stop", "stop_timeout"];
+
+/// What the handlers read; built into a `Forward` once `forward` is known.
+#[derive(Default)]
+pub(super) struct ForwardDraft {
+    pub to: Option<ListenAddr>,
+    pub ready: Option<Ready>,
+    pub start_timeout: Option<Duration>,
+    pub idle_stop: Option<Duration>,
+    pub stop_timeout: Option<Duration>,
+}
+
+impl ForwardDraft {
+    pub(super) fn build(&self) -> Option<Forward> {
+        Some(Forward {
+            to: self.to.clone()?,
+            ready: self.ready.unwrap_or(Ready::Connect),
+            start_timeout: self.start_timeout.unwrap_or(DEFAULT_START_TIMEOUT),
+            idle_stop: self.idle_stop,
+            stop_timeout: self.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT),
+        })
+    }
+}
+
+/// `forward`: where the backend listens, a stream address.
+pub(super) fn to<'v>(cx: &mut Checker<'_>, key: &'static str, v: &'v Value<'v>, d: &mut Draft<'v>) {
+    let Some(text) = cx.string(key, v) else {
+        return;
+    };
+    match text.parse::<ListenAddr>() {
+        Ok(addr) if addr.is_stream() => d.forward.to = Some(addr),
+        Ok(addr) => cx.at(
+            v.span(),
+            invalid(
+                key,
+                format!("{addr} is a datagram address; forward relays tcp:// or unix:// streams"),
+            ),
+        ),
+        Err(e) => cx.at(v.span(), invalid(key, e.to_string())),
+    }
+}
+
+pub(super) fn ready<'v>(
+    cx: &mut Checker<'_>,
+    key: &'static str,
+    v: &'v Value<'v>,
+    d: &mut Draft<'v>,
+) {
+    if cx.string(key, v) == Some("notify") {
+        let why = "\"notify\" is not supported yet: use \"connect\" (ready when `forward` accepts)";
+        cx.at(v.span(), invalid(key, why));
+        return;
+    }
+    d.forward.ready = cx.choice(key, v, &[("connect", Ready::Connect)]);
+}
+
+pub(super) fn start_timeout<'v>(
+    cx: &mut Checker<'_>,
+    key: &'static str,
+    v: &'v Value<'v>,
+    d: &mut Draft<'v>,
+) {
+    d.forward.start_timeout = cx.parsed(key, v, units::duration);
+}
+
+pub(super) fn idle_stop<'v>(
+    cx: &mut Checker<'_>,
+    key: &'static str,
+    v: &'v Value<'v>,
+    d: &mut Draft<'v>,
+) {
+    d.forward.idle_stop = cx.parsed(key, v, units::duration);
+}
+
+pub(super) fn stop_timeout<'v>(
+    cx: &mut Checker<'_>,
+    key: &'static str,
+    v: &'v Value<'v>,
+    d: &mut Draft<'v>,
+) {
+    d.forward.stop_timeout = cx.parsed(key, v, units::duration);
+}
+
+impl Checker<'_> {
+    /// The forward keys against the rest: each mistake at its key.
+    pub(super) fn check_forward(&mut self, t: &Table<'_, '_>, d: &Draft<'_>) {
+        let Some(forward) = t.field("forward") else {
+            for &key in NEEDS_FORWARD {
+                if let Some(v) = t.field(key) {
+                    self.at(
+                        v.span(),
+                        invalid(key, "needs `forward` (it sets up forward mode)"),
+                    );
+                }
+            }
+            return;
+        };
+        if let Some(l) = d.listen.iter().find(|l| !l.addr.is_stream()) {
+            let why = format!(
+                "relays stream connections, and {} is a datagram address",
+                l.addr
+            );
+            self.at(forward.span(), invalid("forward", why));
+        }
+        if let Some(v) = t
+            .field("accept")
+            .filter(|v| v.get_ref().as_bool() == Some(false))
+        {
+            let why = "must be true with `forward` (summond accepts each client and relays it)";
+            self.at(v.span(), invalid("accept", why));
+        }
+        if let Some(v) = t.field("pass") {
+            let why =
+                "has no use with `forward` (the backend gets no socket: it listens on its own)";
+            self.at(v.span(), invalid("pass", why));
+        }
+        if let (Some(v), StderrMode::Socket) = (t.field("stderr"), d.stderr) {
+            let why = "\"socket\" cannot go with `forward` (the backend serves many clients)";
+            self.at(v.span(), invalid("stderr", why));
+        }
+        if let (Some(v), Some(internal)) = (t.field("exec"), d.internal()) {
+            let why = format!(
+                "\"internal:{}\" is served inside summond: there is no backend to forward to",
+                internal.name()
+            );
+            self.at(v.span(), invalid("exec", why));
+        }
+    }
+}

@@ -1,0 +1,844 @@
+//! Forward mode: a backend started on demand, each client relayed to it.
+//!
+//! A service with `forward` owns one backend process (its `exec`, in a
+//! process group of its own), kept here by service with its state:
+//!
+//!     stopped ──first client──▶ starting ──`forward` accepts──▶ ready
+//!        ▲                        │ start_timeout, exit            │ idle_stop
+//!        └──────── reaped ◀──── stopping ◀───────────────────────┘
+//!
+//! 1. A client accepted (connection.rs, after the access rules, limits
+//!    and banner) comes to `forward_client`. Ready: it gets its own
+//!    connection to `forward` and goes to the relay (`relay/`). Otherwise
+//!    it waits in its backend's queue, its bytes left in the kernel, and
+//!    the first one starts the backend (`start_backend`).
+//! 2. While it starts, `probe` connects to `forward` with a short
+//!    back-off (`PROBE_DELAYS`, then every `PROBE_EVERY`) until it
+//!    accepts (`backend_ready`: the waiting clients go to the relay, the
+//!    first one over the probe's own connection) or `start_timeout` ends
+//!    (`start_timed_out`: the waiting clients are closed, the backend is
+//!    stopped, a failure for the restart guard).
+//! 3. A relayed connection that ends (`relay_closed`) adds its bytes to
+//!    the backend's counts; the last one arms `idle_stop`.
+//! 4. The backend's exit (`backend_exited`, from the reaper) closes the
+//!    connections relayed to it, each logged; an exit summond did not ask
+//!    for counts toward the restart guard, and clients that came meanwhile
+//!    start it again.
+//!
+//! Clients count toward `max_instances` and `max_per_source` (waiting or
+//! relayed), so at a limit the listener is unwatched and new clients wait
+//! in the kernel backlog: none is refused because the backend is cold.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use mio::event::Event;
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
+use nix::libc;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+use rustc_hash::FxHashMap;
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use super::services::{Ended, ServiceId};
+use super::timers::{Timer, TimerKey};
+use super::{Server, TokenKind};
+use crate::addr::ListenAddr;
+use crate::config::{Forward, Pass};
+use crate::peer::{Peer, SourceKey};
+use crate::relay::{Closed, End, RelayId, Relays, Side};
+use crate::spawn;
+use crate::stats::ExitText;
+
+/// The first connect attempts after a start, then one every
+/// `PROBE_EVERY`: a backend that binds in 30 ms is found ready within a
+/// few ms of it, for about 200 connects a second while one starts.
+const PROBE_DELAYS: [Duration; 3] = [
+    Duration::from_millis(1),
+    Duration::from_millis(2),
+    Duration::from_millis(4),
+];
+const PROBE_EVERY: Duration = Duration::from_millis(5);
+
+/// Clients held per backend while it starts; beyond it the service's
+/// listeners are unwatched and clients wait in the kernel backlog.
+pub(super) const MAX_WAITING: usize = 1024;
+
+/// Where a backend is in its life.
+#[derive(Debug)]
+pub(super) enum State {
+    Stopped,
+    Starting {
+        pid: Pid,
+        since: Instant,
+        /// A connect in flight to `forward`, and its poll token.
+        probe: Option<(Socket, Token)>,
+        tries: usize,
+        timeout: TimerKey,
+    },
+    Ready {
+        pid: Pid,
+    },
+    Stopping {
+        pid: Pid,
+        kill: TimerKey,
+    },
+}
+
+impl State {
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            State::Stopped => "stopped",
+            State::Starting { .. } => "starting",
+            State::Ready { .. } => "ready",
+            State::Stopping { .. } => "stopping",
+        }
+    }
+
+    pub(super) fn pid(&self) -> Option<Pid> {
+        match self {
+            State::Stopped => None,
+            State::Starting { pid, .. } | State::Ready { pid } | State::Stopping { pid, .. } => {
+                Some(*pid)
+            }
+        }
+    }
+}
+
+/// A client held while its backend starts.
+struct Waiting {
+    conn: Socket,
+    peer: Peer,
+    source: Option<SourceKey>,
+}
+
+/// One service's backend.
+pub(super) struct Backend {
+    pub state: State,
+    waiting: VecDeque<Waiting>,
+    /// Relayed connections open now.
+    pub open: u32,
+    /// Relayed connections, ever.
+    pub relayed: u64,
+    /// Bytes of the connections that ended, client → backend and back.
+    pub up: u64,
+    pub down: u64,
+    /// How long its last start took to become ready.
+    pub ready_in: Option<Duration>,
+    idle_timer: Option<TimerKey>,
+    /// Per client (prefix): its waiting and relayed connections.
+    per_source: FxHashMap<SourceKey, u32>,
+}
+
+impl Default for Backend {
+    fn default() -> Self {
+        Backend {
+            state: State::Stopped,
+            waiting: VecDeque::new(),
+            open: 0,
+            relayed: 0,
+            up: 0,
+            down: 0,
+            ready_in: None,
+            idle_timer: None,
+            per_source: FxHashMap::default(),
+        }
+    }
+}
+
+impl Backend {
+    /// Clients it has now, waiting or relayed (for max_instances).
+    pub fn active(&self) -> u32 {
+        self.open + self.waiting.len() as u32
+    }
+
+    fn add_source(&mut self, key: Option<SourceKey>) {
+        if let Some(k) = key {
+            *self.per_source.entry(k).or_default() += 1;
+        }
+    }
+
+    fn remove_source(&mut self, key: Option<SourceKey>) {
+        if let Some(k) = key {
+            if let Some(n) = self.per_source.get_mut(&k) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_source.remove(&k);
+                }
+            }
+        }
+    }
+}
+
+/// What a relayed connection is, for its log lines and counts.
+pub(super) struct Relayed {
+    pub service: ServiceId,
+    pub name: std::rc::Rc<str>,
+    /// The backend it was relayed to.
+    pub pid: Pid,
+    pub peer: Peer,
+    pub source: Option<SourceKey>,
+    pub runtime_timer: Option<TimerKey>,
+}
+
+/// Every backend, and the relay of every forwarded connection.
+#[derive(Default)]
+pub(super) struct Forwarding {
+    pub backends: FxHashMap<ServiceId, Backend>,
+    pub relays: Relays<Relayed>,
+}
+
+impl Forwarding {
+    /// Clients of service `id` waiting or relayed now.
+    pub fn active(&self, id: ServiceId) -> u32 {
+        self.backends.get(&id).map_or(0, Backend::active)
+    }
+
+    pub fn per_source(&self, id: ServiceId, key: &SourceKey) -> u32 {
+        let b = self.backends.get(&id);
+        b.and_then(|b| b.per_source.get(key).copied()).unwrap_or(0)
+    }
+
+    /// May service `id` take one more client now (its queue bound)?
+    pub fn may_take(&self, id: ServiceId) -> bool {
+        self.backends
+            .get(&id)
+            .is_none_or(|b| b.waiting.len() < MAX_WAITING)
+    }
+}
+
+/// A non-blocking connect to `to`: the socket, and whether the connect
+/// is still in progress.
+fn connect(to: &ListenAddr) -> io::Result<(Socket, bool)> {
+    let (domain, addr) = match to {
+        ListenAddr::Tcp(sa) => (Domain::for_address(*sa), SockAddr::from(*sa)),
+        ListenAddr::Unix(path) => (Domain::UNIX, crate::listener::unix_sockaddr(path)?),
+        _ => return Err(io::ErrorKind::Unsupported.into()),
+    };
+    let s = Socket::new(domain, Type::STREAM, None)?;
+    s.set_nonblocking(true)?;
+    if matches!(to, ListenAddr::Tcp(_)) {
+        // Small replies go out at once: the client's own segments
+        // decide, not Nagle on the relay's leg.
+        let _ = s.set_tcp_nodelay(true);
+    }
+    match s.connect(&addr) {
+        Ok(()) => Ok((s, false)),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok((s, true)),
+        Err(e) => Err(e),
+    }
+}
+
+impl Server {
+    /// Step 1: an admitted client of a forward service.
+    pub(super) fn forward_client(
+        &mut self,
+        idx: usize,
+        conn: Socket,
+        peer: Peer,
+        source: Option<SourceKey>,
+    ) {
+        let id = self.services[idx].id;
+        self.services[idx].stats.served += 1;
+        self.take_rate_token(idx, Instant::now());
+        let backend = self.forward.backends.entry(id).or_default();
+        backend.add_source(source);
+        if let Some(t) = backend.idle_timer.take() {
+            self.timers.cancel(t);
+        }
+        if let State::Ready { pid } = backend.state {
+            self.relay_client(idx, pid, conn, peer, source, None);
+            return;
+        }
+        let stopped = matches!(backend.state, State::Stopped);
+        backend.waiting.push_back(Waiting { conn, peer, source });
+        if stopped {
+            self.start_backend(idx);
+        }
+    }
+
+    /// Start service `idx`'s backend: in its own process group, stdin
+    /// /dev/null, stdout and stderr as `stderr` says.
+    fn start_backend(&mut self, idx: usize) {
+        let now = Instant::now();
+        let fds = spawn::plan_fds(
+            Pass::ListenFds,
+            self.services[idx].spec.stderr,
+            &[],
+            self.launcher.devnull(),
+        );
+        let env = crate::env::EnvBlock::default();
+        let spawned = self
+            .launcher
+            .spawn(&mut self.services[idx], &fds, &env, false);
+        let name = self.services[idx].name.clone();
+        let spawned = match spawned {
+            Ok(s) if s.failed.is_none() => s,
+            Ok(s) => {
+                let (stage, errno) = s.failed.unwrap_or((spawn::Stage::Exec, 0));
+                error!(event = "spawn_failed", service = &*name;
+                    "{name}: cannot start the backend: {stage:?}: {}", nix::errno::Errno::from_raw(errno));
+                return self.failed_start(idx, now);
+            }
+            Err(e) => {
+                error!(event = "spawn_failed", service = &*name; "{name}: cannot start the backend: {e}");
+                return self.failed_start(idx, now);
+            }
+        };
+        let pid = spawned.pid;
+        let svc = &self.services[idx];
+        let fwd = svc.spec.forward.as_ref().expect("a forward service");
+        info!(event = "backend_start", service = &*name, pid = pid.as_raw();
+            "{name}: starting the backend (pid {pid}), waiting for {}", fwd.to);
+        let timeout = self.timers.add(
+            now + fwd.start_timeout,
+            Timer::StartTimeout {
+                service: svc.id,
+                pid,
+            },
+        );
+        let id = svc.id;
+        let backend = self.forward.backends.entry(id).or_default();
+        backend.state = State::Starting {
+            pid,
+            since: now,
+            probe: None,
+            tries: 0,
+            timeout,
+        };
+        self.probe(idx);
+    }
+
+    /// A start that failed before the backend ran, or never became ready:
+    /// a failure for the restart guard, and the waiting clients closed.
+    fn failed_start(&mut self, idx: usize, now: Instant) {
+        self.count_spawn_failure(idx);
+        if let Some(until) = self.services[idx].crash.record_failure(now) {
+            self.hold(idx, until, now);
+        }
+        self.close_waiting(idx, "the backend did not start");
+        self.sync_service(idx, now);
+    }
+
+    /// Close every client waiting for service `idx`'s backend.
+    fn close_waiting(&mut self, idx: usize, why: &str) {
+        let name = self.services[idx].name.clone();
+        let Some(backend) = self.forward.backends.get_mut(&self.services[idx].id) else {
+            return;
+        };
+        for w in std::mem::take(&mut backend.waiting) {
+            backend.remove_source(w.source);
+            info!(event = "forward_closed", service = &*name, peer:% = w.peer;
+                "{name}: closing {}: {why}", w.peer);
+        }
+    }
+
+    /// Step 2: try to connect to the starting backend.
+    fn probe(&mut self, idx: usize) {
+        let id = self.services[idx].id;
+        let to = match &self.services[idx].spec.forward {
+            Some(f) => f.to.clone(),
+            None => return,
+        };
+        match connect(&to) {
+            Ok((sock, false)) => self.backend_ready(idx, Some(sock)),
+            Ok((sock, true)) => {
+                let token = self.poller.tokens.next();
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+                if self
+                    .poller
+                    .registry()
+                    .register(&mut SourceFd(&fd), token, Interest::WRITABLE)
+                    .is_err()
+                {
+                    return self.probe_later(id);
+                }
+                self.poller.tokens.insert(token, TokenKind::Probe(id));
+                if let Some(Backend {
+                    state: State::Starting { probe, .. },
+                    ..
+                }) = self.forward.backends.get_mut(&id)
+                {
+                    *probe = Some((sock, token));
+                }
+            }
+            Err(_) => self.probe_later(id),
+        }
+    }
+
+    /// The next connect attempt, after the back-off.
+    fn probe_later(&mut self, id: ServiceId) {
+        let Some(Backend {
+            state: State::Starting { tries, pid, .. },
+            ..
+        }) = self.forward.backends.get_mut(&id)
+        else {
+            return;
+        };
+        let delay = PROBE_DELAYS.get(*tries).copied().unwrap_or(PROBE_EVERY);
+        *tries += 1;
+        let pid = *pid;
+        self.timers
+            .add(Instant::now() + delay, Timer::Probe { service: id, pid });
+    }
+
+    /// The probe's timer: connect again if the backend still starts.
+    pub(super) fn probe_due(&mut self, id: ServiceId, pid: Pid) {
+        let Some(idx) = self.services.index_of(id) else {
+            return;
+        };
+        match self.forward.backends.get(&id).map(|b| &b.state) {
+            Some(State::Starting {
+                pid: p,
+                probe: None,
+                ..
+            }) if *p == pid => self.probe(idx),
+            _ => {}
+        }
+    }
+
+    /// The probe's connect ended: ready, or try again later.
+    pub(super) fn on_probe_ready(&mut self, token: Token, id: ServiceId) {
+        self.poller.tokens.remove(&token);
+        let Some(Backend {
+            state: State::Starting { probe, .. },
+            ..
+        }) = self.forward.backends.get_mut(&id)
+        else {
+            return;
+        };
+        let Some((sock, _)) = probe.take() else {
+            return;
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+        let _ = self.poller.registry().deregister(&mut SourceFd(&fd));
+        match (sock.take_error(), self.services.index_of(id)) {
+            (Ok(None), Some(idx)) => self.backend_ready(idx, Some(sock)),
+            _ => self.probe_later(id),
+        }
+    }
+
+    /// The backend accepted: every waiting client to the relay, the first
+    /// over the probe's connection.
+    fn backend_ready(&mut self, idx: usize, mut probe: Option<Socket>) {
+        let now = Instant::now();
+        let id = self.services[idx].id;
+        let Some(backend) = self.forward.backends.get_mut(&id) else {
+            return;
+        };
+        let State::Starting {
+            pid,
+            since,
+            timeout,
+            ..
+        } = backend.state
+        else {
+            return;
+        };
+        self.timers.cancel(timeout);
+        backend.state = State::Ready { pid };
+        let took = now.saturating_duration_since(since);
+        backend.ready_in = Some(took);
+        let waiting = std::mem::take(&mut backend.waiting);
+        let name = &self.services[idx].name;
+        info!(event = "backend_ready", service = &**name, pid = pid.as_raw();
+            "{name}: backend pid {pid} ready after {:.1} ms; relaying {} waiting clients",
+            took.as_secs_f64() * 1e3, waiting.len());
+        for w in waiting {
+            self.relay_client(idx, pid, w.conn, w.peer, w.source, probe.take());
+        }
+        self.arm_idle(idx, now);
+        self.sync_service(idx, now);
+    }
+
+    /// A client to the relay, over `back` or a new connection to the
+    /// backend. Its source is counted already; a failure uncounts it.
+    fn relay_client(
+        &mut self,
+        idx: usize,
+        pid: Pid,
+        conn: Socket,
+        peer: Peer,
+        source: Option<SourceKey>,
+        back: Option<Socket>,
+    ) {
+        let id = self.services[idx].id;
+        let name = self.services[idx].name.clone();
+        let back = match back {
+            Some(s) => Ok(Side::stream(OwnedFd::from(s))),
+            None => match &self.services[idx].spec.forward {
+                Some(Forward { to, .. }) => connect(to).map(|(s, busy)| {
+                    if busy {
+                        Side::connecting(OwnedFd::from(s))
+                    } else {
+                        Side::stream(OwnedFd::from(s))
+                    }
+                }),
+                None => Err(io::ErrorKind::Unsupported.into()),
+            },
+        };
+        let relayed = back.and_then(|back| {
+            conn.set_nonblocking(true)?;
+            let tag = Relayed {
+                service: id,
+                name: name.clone(),
+                pid,
+                peer: peer.clone(),
+                source,
+                runtime_timer: None,
+            };
+            self.forward.relays.add(
+                self.poller.registry(),
+                Side::stream(OwnedFd::from(conn)),
+                back,
+                tag,
+            )
+        });
+        let backend = self.forward.backends.entry(id).or_default();
+        match relayed {
+            Ok(rid) => {
+                backend.open += 1;
+                backend.relayed += 1;
+                debug!(event = "relay", service = &*name, peer:% = peer; "{name}: relaying {peer} to pid {pid}");
+                if let Some(limit) = self.services[idx].spec.max_runtime {
+                    let key = self
+                        .timers
+                        .add(Instant::now() + limit, Timer::RelayRuntime(rid));
+                    if let Some(tag) = self.forward.relays.tag_mut(rid) {
+                        tag.runtime_timer = Some(key);
+                    }
+                }
+            }
+            Err(e) => {
+                backend.remove_source(source);
+                warn!(event = "forward_closed", service = &*name, peer:% = peer;
+                    "{name}: closing {peer}: cannot connect to the backend: {e}");
+            }
+        }
+    }
+
+    /// An event on one of the relay's tokens.
+    pub(super) fn on_relay_event(&mut self, event: &Event) {
+        if let Some(closed) =
+            self.forward
+                .relays
+                .ready(self.poller.registry(), event.token(), event)
+        {
+            self.relay_closed(closed);
+        }
+    }
+
+    /// Connections that used their share last turn.
+    pub(super) fn serve_relays_again(&mut self) {
+        if !self.forward.relays.has_ready() {
+            return;
+        }
+        for closed in self.forward.relays.serve_again(self.poller.registry()) {
+            self.relay_closed(closed);
+        }
+    }
+
+    /// Step 3: a relayed connection ended.
+    fn relay_closed(&mut self, c: Closed<Relayed>) {
+        let t = &c.tag;
+        if let Some(key) = t.runtime_timer {
+            self.timers.cancel(key);
+        }
+        let line = format!(
+            "{}: relayed {} ({} bytes up, {} down): {}",
+            t.name, t.peer, c.up, c.down, c.end
+        );
+        match &c.end {
+            End::Done => debug!(event = "relay_end", service = &*t.name; "{line}"),
+            _ => info!(event = "relay_end", service = &*t.name; "{line}"),
+        }
+        let Some(backend) = self.forward.backends.get_mut(&t.service) else {
+            return;
+        };
+        backend.open -= 1;
+        backend.up += c.up;
+        backend.down += c.down;
+        backend.remove_source(t.source);
+        if let Some(idx) = self.services.index_of(t.service) {
+            let now = Instant::now();
+            self.arm_idle(idx, now);
+            self.sync_service(idx, now);
+        }
+    }
+
+    /// With nothing relayed and nobody waiting, `idle_stop` starts.
+    fn arm_idle(&mut self, idx: usize, now: Instant) {
+        let svc = &self.services[idx];
+        let Some(after) = svc.spec.forward.as_ref().and_then(|f| f.idle_stop) else {
+            return;
+        };
+        let Some(backend) = self.forward.backends.get_mut(&svc.id) else {
+            return;
+        };
+        if let (State::Ready { pid }, 0, None) =
+            (&backend.state, backend.active(), backend.idle_timer)
+        {
+            let timer = Timer::IdleStop {
+                service: svc.id,
+                pid: *pid,
+            };
+            backend.idle_timer = Some(self.timers.add(now + after, timer));
+        }
+    }
+
+    /// `idle_stop` ran out: stop the backend if it is still idle.
+    pub(super) fn idle_due(&mut self, id: ServiceId, pid: Pid) {
+        let Some(backend) = self.forward.backends.get_mut(&id) else {
+            return;
+        };
+        backend.idle_timer = None;
+        let idle =
+            matches!(backend.state, State::Ready { pid: p } if p == pid) && backend.active() == 0;
+        if let (true, Some(idx)) = (idle, self.services.index_of(id)) {
+            let name = &self.services[idx].name;
+            info!(event = "backend_idle", service = &**name, pid = pid.as_raw();
+                "{name}: backend pid {pid} idle: stopping it");
+            self.stop_backend(idx);
+        }
+    }
+
+    /// start_timeout ran out: the backend never became ready.
+    pub(super) fn start_timed_out(&mut self, id: ServiceId, pid: Pid) {
+        let Some(idx) = self.services.index_of(id) else {
+            return;
+        };
+        let starting = matches!(self.forward.backends.get(&id).map(|b| &b.state),
+            Some(State::Starting { pid: p, .. }) if *p == pid);
+        if !starting {
+            return;
+        }
+        let name = &self.services[idx].name;
+        warn!(event = "backend_timeout", service = &**name, pid = pid.as_raw();
+            "{name}: backend pid {pid} not ready within start_timeout: stopping it");
+        self.stop_backend(idx);
+        self.failed_start(idx, Instant::now());
+    }
+
+    /// SIGTERM to the backend's group; SIGKILL after `stop_timeout`.
+    pub(super) fn stop_backend(&mut self, idx: usize) {
+        let svc = &self.services[idx];
+        let stop_timeout = svc
+            .spec
+            .forward
+            .as_ref()
+            .map_or(Duration::from_secs(10), |f| f.stop_timeout);
+        let Some(backend) = self.forward.backends.get_mut(&svc.id) else {
+            return;
+        };
+        let Some(pid) = backend.state.pid() else {
+            return;
+        };
+        if matches!(backend.state, State::Stopping { .. }) {
+            return;
+        }
+        if let State::Starting {
+            probe: Some((sock, token)),
+            timeout,
+            ..
+        } = &backend.state
+        {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(sock);
+            let _ = self.poller.registry().deregister(&mut SourceFd(&fd));
+            self.poller.tokens.remove(token);
+            self.timers.cancel(*timeout);
+        }
+        if let Err(e) = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGTERM) {
+            warn!(
+                "{}: cannot SIGTERM the backend's group {pid}: {e}",
+                svc.name
+            );
+        }
+        let kill_at = Instant::now() + stop_timeout;
+        let timer = self.timers.add(
+            kill_at,
+            Timer::BackendKill {
+                service: svc.id,
+                pid,
+            },
+        );
+        backend.state = State::Stopping { pid, kill: timer };
+    }
+
+    /// stop_timeout ran out and the backend is still there.
+    pub(super) fn backend_kill_due(&mut self, id: ServiceId, pid: Pid) {
+        let stopping = matches!(self.forward.backends.get(&id).map(|b| &b.state),
+            Some(State::Stopping { pid: p, .. }) if *p == pid);
+        if !stopping {
+            return;
+        }
+        // The leader is not reaped yet (its state would say): the group's
+        // id is still its own.
+        let name = self.services.name_of(id).to_string();
+        warn!(event = "backend_kill", service = name.as_str(), pid = pid.as_raw();
+            "{name}: backend pid {pid} still running after stop_timeout: SIGKILL to its group");
+        let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
+    }
+
+    /// Step 4: a reaped pid that was a backend. Returns false if it was not.
+    pub(super) fn backend_exited(&mut self, status: &WaitStatus, now: Instant) -> bool {
+        let Some(pid) = status.pid() else {
+            return false;
+        };
+        let Some((&id, backend)) = self
+            .forward
+            .backends
+            .iter_mut()
+            .find(|(_, b)| b.state.pid() == Some(pid))
+        else {
+            return false;
+        };
+        let old = std::mem::replace(&mut backend.state, State::Stopped);
+        if let Some(t) = backend.idle_timer.take() {
+            self.timers.cancel(t);
+        }
+        let name = self.services.name_of(id).to_string();
+        let asked = match old {
+            State::Stopping { kill, .. } => {
+                self.timers.cancel(kill);
+                true
+            }
+            State::Starting { timeout, probe, .. } => {
+                self.timers.cancel(timeout);
+                if let Some((sock, token)) = probe {
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+                    let _ = self.poller.registry().deregister(&mut SourceFd(&fd));
+                    self.poller.tokens.remove(&token);
+                }
+                false
+            }
+            _ => false,
+        };
+        let cut = self.cut_relays_of(pid);
+        let what = ExitText(status);
+        if asked {
+            info!(event = "backend_exit", service = name.as_str(), pid = pid.as_raw();
+                "{name}: backend pid {pid} stopped ({what}){}", cut_text(cut));
+        } else {
+            warn!(event = "backend_exit", service = name.as_str(), pid = pid.as_raw();
+                "{name}: backend pid {pid} {what}{}", cut_text(cut));
+        }
+        let Some(idx) = self.services.index_of(id) else {
+            return true;
+        };
+        if !asked {
+            let ended = Ended {
+                status,
+                exec_failed: false,
+                ran: Duration::ZERO,
+                pass_mode: true,
+                unread: false,
+            };
+            if let Some(until) = self.services[idx].record_exit(&ended, now).held_until {
+                self.hold(idx, until, now);
+            }
+        }
+        self.restart_for_waiting(idx, now);
+        true
+    }
+
+    /// Clients came while the backend stopped or died: start it again,
+    /// unless the restart guard holds it (then they are closed).
+    fn restart_for_waiting(&mut self, idx: usize, now: Instant) {
+        let id = self.services[idx].id;
+        let waiting = self
+            .forward
+            .backends
+            .get(&id)
+            .is_some_and(|b| !b.waiting.is_empty());
+        if waiting && self.services[idx].spec.forward.is_some() {
+            if self.services[idx].crash.held_until(now).is_none() {
+                self.start_backend(idx);
+            } else {
+                self.close_waiting(idx, "the backend is held by the restart guard");
+            }
+        }
+        self.sync_service(idx, now);
+    }
+
+    /// Close every connection relayed to backend `pid`, each logged.
+    fn cut_relays_of(&mut self, pid: Pid) -> usize {
+        let ids: Vec<RelayId> = self
+            .forward
+            .relays
+            .iter()
+            .filter(|(_, t, _, _)| t.pid == pid)
+            .map(|(id, ..)| id)
+            .collect();
+        for id in &ids {
+            if let Some(closed) = self.forward.relays.close(self.poller.registry(), *id) {
+                self.relay_closed(closed);
+            }
+        }
+        ids.len()
+    }
+
+    /// max_runtime of a relayed connection ran out: it is closed.
+    pub(super) fn relay_runtime_up(&mut self, id: RelayId) {
+        if let Some(mut closed) = self.forward.relays.close(self.poller.registry(), id) {
+            closed.tag.runtime_timer = None;
+            let t = &closed.tag;
+            info!(event = "max_runtime", service = &*t.name; "{}: relayed {} ran past max_runtime: closed", t.name, t.peer);
+            self.relay_closed(closed);
+        }
+    }
+
+    /// At stop (and before an upgrade): every backend gets SIGTERM; the
+    /// relayed connections close with summond.
+    pub(super) fn stop_all_backends(&mut self) {
+        let n = self.forward.relays.len();
+        if n > 0 {
+            warn!("closing {n} relayed connections");
+        }
+        for (id, b) in &self.forward.backends {
+            if let Some(pid) = b.state.pid() {
+                let name = self.services.name_of(*id);
+                info!("{name}: SIGTERM to backend pid {pid}'s group");
+                let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGTERM);
+            }
+        }
+    }
+}
+
+impl Server {
+    /// A forward service's backend as status and metrics show it.
+    pub(super) fn backend_status(
+        &self,
+        svc: &super::ServiceRuntime,
+    ) -> Option<crate::control::BackendStatus> {
+        svc.spec.forward.as_ref()?;
+        let b = self.forward.backends.get(&svc.id);
+        let (mut up, mut down) = b.map_or((0, 0), |b| (b.up, b.down));
+        for (_, tag, u, d) in self.forward.relays.iter() {
+            if tag.service == svc.id {
+                up += u;
+                down += d;
+            }
+        }
+        Some(crate::control::BackendStatus {
+            state: b.map_or("stopped", |b| b.state.name()).to_string(),
+            pid: b.and_then(|b| b.state.pid()).map(|p| p.as_raw() as u32),
+            ready_us: b.and_then(|b| b.ready_in).map(|d| d.as_micros() as u64),
+            open: b.map_or(0, |b| u64::from(b.open)),
+            relayed: b.map_or(0, |b| b.relayed),
+            bytes_up: up,
+            bytes_down: down,
+        })
+    }
+}
+
+fn cut_text(cut: usize) -> String {
+    match cut {
+        0 => String::new(),
+        n => format!("; its {n} relayed connections were closed"),
+    }
+}

@@ -1,0 +1,367 @@
+//! Forward mode with real backends: `python3 -m http.server` (binds its
+//! own port) started at the first client, and `socat` echoing through
+//! `cat`. Clients are real sockets; bytes are compared whole.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::thread;
+use std::time::Duration;
+
+use crate::util::*;
+
+fn have(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `len` bytes that do not repeat at a short period.
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2654435761) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// The pid in the log's "starting the backend (pid N)" line, the `nth`
+/// one (from 0).
+fn backend_pid(s: &Summond, nth: usize) -> i32 {
+    let log = s.log_text();
+    let line = log
+        .lines()
+        .filter(|l| l.contains("starting the backend (pid "))
+        .nth(nth)
+        .unwrap_or_else(|| panic!("no backend start #{nth}:\n{log}"));
+    let rest = line.split("(pid ").nth(1).unwrap();
+    rest.split(')').next().unwrap().parse().unwrap()
+}
+
+/// An http.server service in forward mode serving `{dir}/www`.
+fn http_service(port: u16, backend: u16, extra: &str) -> String {
+    format!(
+        r#"
+[[service]]
+name = "web"
+listen = "tcp://127.0.0.1:{port}"
+exec = ["python3", "-m", "http.server", "--bind", "127.0.0.1", "--directory", "{{dir}}/www", "{backend}"]
+forward = "tcp://127.0.0.1:{backend}"
+stderr = "null"
+{extra}
+"#
+    )
+}
+
+/// GET `path` over HTTP/1.0; the body, if the whole response came.
+fn get(port: u16, path: &str) -> Option<Vec<u8>> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).ok()?;
+    let at = all.windows(4).position(|w| w == b"\r\n\r\n")?;
+    Some(all.split_off(at + 4))
+}
+
+fn with_www(file: &[u8]) -> TempDir {
+    let dir = TempDir::new("fwd");
+    std::fs::create_dir(dir.path("www")).unwrap();
+    std::fs::write(dir.path("www/file"), file).unwrap();
+    dir
+}
+
+/// 20 clients at a cold start are all served by one backend process;
+/// idle_stop stops it, and the next client starts it again.
+#[test]
+fn twenty_clients_at_a_cold_start_share_one_backend_which_stops_when_idle() {
+    if !have("python3") {
+        return skip("forward cold start", "python3 is not installed");
+    }
+    let body = pattern(1 << 20, 7);
+    let (port, backend, mport) = (free_port(), free_port(), free_port());
+    let config = format!(
+        "[daemon]\ncontrol = \"{{dir}}/ctl\"\nmetrics = \"tcp://127.0.0.1:{mport}\"\n{}",
+        http_service(port, backend, "idle_stop = \"1s\"")
+    );
+    let s = Summond::start_in(
+        with_www(&body),
+        Start {
+            config: &config,
+            ..Start::default()
+        },
+    );
+    let _guard = KillOnDropLater(&s);
+    let clients: Vec<_> = (0..20)
+        .map(|_| thread::spawn(move || get(port, "/file")))
+        .collect();
+    for c in clients {
+        assert!(
+            c.join().unwrap().as_deref() == Some(&body[..]),
+            "a client was not served whole:\n{}",
+            s.log_text()
+        );
+    }
+    assert_eq!(s.log_count("starting the backend"), 1, "{}", s.log_text());
+    let pid = backend_pid(&s, 0);
+    let ctl = s.dir.path("ctl");
+    let (_, table, _) = run_to_exit(&["status", "--control", ctl.to_str().unwrap()]);
+    assert!(
+        table.contains(&format!("web: backend ready, pid {pid}, ready in ")),
+        "{table}"
+    );
+    assert!(table.contains("0 open, 20 relayed, "), "{table}");
+    let page = tcp_exchange(([127, 0, 0, 1], mport), b"GET /metrics HTTP/1.0\r\n\r\n");
+    assert!(
+        page.contains("summond_backend_state{service=\"web\",state=\"ready\"} 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains("summond_relayed_connections_total{service=\"web\"} 20"),
+        "{page}"
+    );
+    let down = "summond_relayed_bytes_total{service=\"web\",direction=\"down\"} ";
+    let bytes: u64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix(down))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(bytes > 20 * body.len() as u64, "{page}");
+    assert!(s.wait_log("idle: stopping it"), "{}", s.log_text());
+    assert!(
+        wait_until(TIMEOUT, || s.log_count(" stopped (") == 1),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(get(port, "/file").as_deref(), Some(&body[..]));
+    assert_eq!(s.log_count("starting the backend"), 2, "{}", s.log_text());
+}
+
+/// Kills the backends the log names when dropped, if still running (a
+/// failed test must not leave python3 behind).
+struct KillOnDropLater<'a>(&'a Summond);
+
+impl Drop for KillOnDropLater<'_> {
+    fn drop(&mut self) {
+        for line in self
+            .0
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("starting the backend (pid "))
+        {
+            if let Some(pid) = line
+                .split("(pid ")
+                .nth(1)
+                .and_then(|r| r.split(')').next()?.parse().ok())
+            {
+                drop(KillOnDrop::new(pid));
+            }
+        }
+    }
+}
+
+/// The backend killed while a client downloads: that client's connection
+/// is closed (not hung), the log says so, and the next client starts a
+/// new backend.
+#[test]
+fn a_backend_killed_mid_transfer_closes_its_clients_and_the_next_one_restarts_it() {
+    if !have("python3") {
+        return skip("forward backend killed", "python3 is not installed");
+    }
+    let body = pattern(64 << 20, 3);
+    let (port, backend) = (free_port(), free_port());
+    let s = Summond::start_in(
+        with_www(&body),
+        Start {
+            config: &http_service(port, backend, ""),
+            ..Start::default()
+        },
+    );
+    let _guard = KillOnDropLater(&s);
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(c, "GET /file HTTP/1.0\r\n\r\n").unwrap();
+    // Some bytes came: the transfer is under way, held back by us.
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = c.read(&mut buf).unwrap();
+    assert!(got > 0);
+    let pid = backend_pid(&s, 0);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the client was not closed: {e}\n{}", s.log_text()),
+        }
+    }
+    assert!(
+        got < body.len(),
+        "the whole file came through a killed backend"
+    );
+    assert!(
+        s.wait_log("its 1 relayed connections were closed"),
+        "{}",
+        s.log_text()
+    );
+    assert!(s.wait_log("relayed 127.0.0.1:"), "{}", s.log_text());
+    let small = &body[..1000];
+    std::fs::write(s.dir.path("www/small"), small).unwrap();
+    assert_eq!(get(port, "/small").as_deref(), Some(small));
+    assert_eq!(s.log_count("starting the backend"), 2);
+}
+
+/// socat with `cat` behind it echoes: 24 MiB up while reading 24 MiB
+/// down, each byte in order, and the client's EOF comes back as EOF.
+#[test]
+fn large_transfers_both_ways_are_byte_exact_and_eof_is_passed_on() {
+    if !have("socat") {
+        return skip("forward echo", "socat is not installed");
+    }
+    let (port, backend) = (free_port(), free_port());
+    let config = format!(
+        r#"
+[[service]]
+name = "echo"
+listen = "tcp://127.0.0.1:{port}"
+exec = ["socat", "TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork", "EXEC:cat"]
+forward = "tcp://127.0.0.1:{backend}"
+"#
+    );
+    let s = Summond::start(&config);
+    let _guard = KillOnDropLater(&s);
+    let data = pattern(24 << 20, 9);
+    for _ in 0..2 {
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut w = c.try_clone().unwrap();
+        let up = data.clone();
+        let writer = thread::spawn(move || {
+            w.write_all(&up).unwrap();
+            w.shutdown(Shutdown::Write).unwrap();
+        });
+        let mut back = Vec::new();
+        (&c).read_to_end(&mut back).unwrap();
+        writer.join().unwrap();
+        assert!(back == data, "{} bytes back of {}", back.len(), data.len());
+    }
+    assert_eq!(s.log_count("starting the backend"), 1);
+}
+
+/// A client that asks for a large file and never reads holds its own
+/// connection back, no one else's: another client downloads it whole
+/// meanwhile.
+#[test]
+fn a_client_that_never_reads_does_not_slow_another() {
+    if !have("python3") {
+        return skip("forward slow client", "python3 is not installed");
+    }
+    let body = pattern(32 << 20, 5);
+    let (port, backend) = (free_port(), free_port());
+    let s = Summond::start_in(
+        with_www(&body),
+        Start {
+            config: &http_service(port, backend, ""),
+            ..Start::default()
+        },
+    );
+    let _guard = KillOnDropLater(&s);
+    let mut stuck = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(stuck, "GET /file HTTP/1.0\r\n\r\n").unwrap();
+    assert!(s.wait_log("relaying 127.0.0.1:"), "{}", s.log_text());
+    for _ in 0..3 {
+        assert_eq!(
+            get(port, "/file").as_deref().map(<[u8]>::len),
+            Some(body.len())
+        );
+    }
+    // Still open, still not read: summond holds it without closing it.
+    stuck.set_nonblocking(true).unwrap();
+    let mut one = [0u8; 1];
+    assert!(stuck.peek(&mut one).is_ok_and(|n| n == 1));
+}
+
+/// Many relayed connections leave nothing open behind them in summond.
+#[test]
+fn many_relayed_connections_leak_no_fds() {
+    if !have("socat") {
+        return skip("forward fd leak", "socat is not installed");
+    }
+    let (port, backend) = (free_port(), free_port());
+    let config = format!(
+        r#"
+[[service]]
+name = "echo"
+listen = "tcp://127.0.0.1:{port}"
+exec = ["socat", "TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork", "EXEC:cat"]
+forward = "tcp://127.0.0.1:{backend}"
+"#
+    );
+    let s = Summond::start(&config);
+    let _guard = KillOnDropLater(&s);
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(tcp_port_exchange(port, b"warm\n"), "warm\n");
+    assert!(wait_until(TIMEOUT, || s.log_count("(0 bytes up")
+        + s.log_count("(5 bytes up")
+        >= 1));
+    let before = fds();
+    for i in 0..300 {
+        let line = format!("hello {i}\n");
+        assert_eq!(tcp_port_exchange(port, line.as_bytes()), line);
+    }
+    // Half of them reset by the client instead of closed.
+    for _ in 0..100 {
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        (&c).write_all(b"x").unwrap();
+        socket2::SockRef::from(&c)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+    }
+    assert!(
+        wait_until(TIMEOUT, || fds() <= before),
+        "{} fds open, {before} before",
+        fds()
+    );
+}
+
+#[test]
+fn forward_config_mistakes_are_named() {
+    let (port, backend) = (free_port(), free_port());
+    let bad = [
+        (format!("listen = \"udp://127.0.0.1:{port}\"\nforward = \"tcp://127.0.0.1:{backend}\""), "relays stream connections"),
+        (format!("listen = \"tcp://127.0.0.1:{port}\"\nforward = \"udp://127.0.0.1:{backend}\""), "is a datagram address"),
+        (format!("listen = \"tcp://127.0.0.1:{port}\"\nforward = \"tcp://127.0.0.1:{backend}\"\naccept = false"), "must be true with `forward`"),
+        (format!("listen = \"tcp://127.0.0.1:{port}\"\nforward = \"tcp://127.0.0.1:{backend}\"\npass = \"listen_fds\""), "has no use with `forward`"),
+        (format!("listen = \"tcp://127.0.0.1:{port}\"\nidle_stop = \"1m\""), "`idle_stop`: needs `forward`"),
+        (format!("listen = \"tcp://127.0.0.1:{port}\"\nforward = \"tcp://127.0.0.1:{backend}\"\nstart_timeout = \"soon\""), "not a duration"),
+    ];
+    let dir = TempDir::new("fwdcfg");
+    for (keys, expect) in bad {
+        let path = dir.path("bad.toml");
+        std::fs::write(
+            &path,
+            format!("[[service]]\nname = \"x\"\nexec = [\"/bin/cat\"]\n{keys}\n"),
+        )
+        .unwrap();
+        let (code, _, err) = run_to_exit(&["--check", "-c", path.to_str().unwrap()]);
+        assert_eq!(code, 2, "{keys}: {err}");
+        assert!(
+            err.contains(expect) && err.contains("bad.toml:"),
+            "{keys}: wanted {expect:?} in:\n{err}"
+        );
+    }
+}
