@@ -133,6 +133,9 @@ pub(super) struct Backend {
     idle_timer: Option<TimerKey>,
     /// Per client (prefix): its waiting and relayed connections.
     per_source: FxHashMap<SourceKey, u32>,
+    /// The service as it was when the running backend started: a reload
+    /// that changes it retires the backend.
+    started_with: Option<Box<crate::config::ServiceSpec>>,
 }
 
 impl Default for Backend {
@@ -147,6 +150,7 @@ impl Default for Backend {
             ready_in: None,
             idle_timer: None,
             per_source: FxHashMap::default(),
+            started_with: None,
         }
     }
 }
@@ -186,10 +190,28 @@ pub(super) struct Relayed {
     pub runtime_timer: Option<TimerKey>,
 }
 
+/// A backend a reload retired (its service changed or went): it
+/// finishes its open connections, then it is stopped. Its service's
+/// counts stay with the service's `Backend`.
+pub(super) struct Retired {
+    service: ServiceId,
+    name: std::rc::Rc<str>,
+    pid: Pid,
+    /// Its address: a new backend of the service on the same one waits
+    /// until this one is gone (both cannot bind it).
+    to: ListenAddr,
+    /// Its relayed connections still open.
+    open: u32,
+    stop_timeout: Duration,
+    /// Set once SIGTERM went.
+    kill: Option<TimerKey>,
+}
+
 /// Every backend, and the relay of every forwarded connection.
 #[derive(Default)]
 pub(super) struct Forwarding {
     pub backends: FxHashMap<ServiceId, Backend>,
+    pub retired: Vec<Retired>,
     pub relays: Relays<Relayed>,
 }
 
@@ -257,9 +279,16 @@ impl Server {
         }
         let stopped = matches!(backend.state, State::Stopped);
         backend.waiting.push_back(Waiting { conn, peer, source });
-        if stopped {
+        if stopped && !self.address_held(idx) {
             self.start_backend(idx);
         }
+    }
+
+    /// A retired backend still holds service `idx`'s `forward` address:
+    /// its new backend starts when that one is gone.
+    fn address_held(&self, idx: usize) -> bool {
+        let to = self.services[idx].spec.forward.as_ref().map(|f| &f.to);
+        self.forward.retired.iter().any(|r| Some(&r.to) == to)
     }
 
     /// Start service `idx`'s backend: in its own process group, stdin
@@ -303,7 +332,9 @@ impl Server {
             },
         );
         let id = svc.id;
+        let started_with = Some(Box::new(svc.spec.clone()));
         let backend = self.forward.backends.entry(id).or_default();
+        backend.started_with = started_with;
         backend.state = State::Starting {
             pid,
             since: now,
@@ -557,6 +588,13 @@ impl Server {
             End::Done => debug!(event = "relay_end", service = &*t.name; "{line}"),
             _ => info!(event = "relay_end", service = &*t.name; "{line}"),
         }
+        if let Some(r) = self.forward.retired.iter_mut().find(|r| r.pid == t.pid) {
+            r.open -= 1;
+            if r.open == 0 && r.kill.is_none() {
+                let pid = r.pid;
+                self.stop_retired(pid);
+            }
+        }
         let Some(backend) = self.forward.backends.get_mut(&t.service) else {
             return;
         };
@@ -672,7 +710,12 @@ impl Server {
     /// stop_timeout ran out and the backend is still there.
     pub(super) fn backend_kill_due(&mut self, id: ServiceId, pid: Pid) {
         let stopping = matches!(self.forward.backends.get(&id).map(|b| &b.state),
-            Some(State::Stopping { pid: p, .. }) if *p == pid);
+            Some(State::Stopping { pid: p, .. }) if *p == pid)
+            || self
+                .forward
+                .retired
+                .iter()
+                .any(|r| r.pid == pid && r.kill.is_some());
         if !stopping {
             return;
         }
@@ -689,6 +732,17 @@ impl Server {
         let Some(pid) = status.pid() else {
             return false;
         };
+        if let Some(at) = self.forward.retired.iter().position(|r| r.pid == pid) {
+            let r = self.forward.retired.swap_remove(at);
+            if let Some(kill) = r.kill {
+                self.timers.cancel(kill);
+            }
+            let cut = self.cut_relays_of(pid);
+            info!(event = "backend_exit", service = &*r.name, pid = pid.as_raw();
+                "{}: retired backend pid {pid} {}{}", r.name, ExitText(status), cut_text(cut));
+            self.start_held_back(now);
+            return true;
+        }
         let Some((&id, backend)) = self
             .forward
             .backends
@@ -792,6 +846,52 @@ impl Server {
         }
     }
 
+    /// Before an upgrade's exec: relayed connections and backends are not
+    /// handed over to the next image (yet), so each relayed connection is
+    /// closed and each backend stopped here, with a line saying so,
+    /// rather than cut by the exec or left running unmanaged.
+    pub(super) fn end_forwarding_for_upgrade(&mut self) {
+        let ids: Vec<RelayId> = self.forward.relays.iter().map(|(id, ..)| id).collect();
+        if !ids.is_empty() {
+            warn!(event = "upgrade";
+                "upgrade: closing {} relayed connections (forward mode hands none over)", ids.len());
+        }
+        // As an idle stop would, so an image whose exec failed goes on
+        // with each backend stopping (SIGKILL after stop_timeout).
+        let running: Vec<usize> = self
+            .forward
+            .backends
+            .iter()
+            .filter(|(_, b)| b.state.pid().is_some())
+            .filter_map(|(id, _)| self.services.index_of(*id))
+            .collect();
+        for idx in running {
+            let name = &self.services[idx].name;
+            warn!(event = "upgrade"; "upgrade: stopping {name}'s backend (forward mode hands none over)");
+            self.stop_backend(idx);
+        }
+        let retired: Vec<Pid> = self
+            .forward
+            .retired
+            .iter()
+            .filter(|r| r.kill.is_none())
+            .map(|r| r.pid)
+            .collect();
+        for pid in retired {
+            self.stop_retired(pid);
+        }
+        for id in ids {
+            if let Some(c) = self.forward.relays.close(self.poller.registry(), id) {
+                self.relay_closed(c);
+            }
+        }
+        for b in self.forward.backends.values_mut() {
+            for w in std::mem::take(&mut b.waiting) {
+                info!("upgrade: closing {}, waiting for its backend", w.peer);
+            }
+        }
+    }
+
     /// At stop (and before an upgrade): every backend gets SIGTERM; the
     /// relayed connections close with summond.
     pub(super) fn stop_all_backends(&mut self) {
@@ -799,12 +899,15 @@ impl Server {
         if n > 0 {
             warn!("closing {n} relayed connections");
         }
-        for (id, b) in &self.forward.backends {
-            if let Some(pid) = b.state.pid() {
-                let name = self.services.name_of(*id);
-                info!("{name}: SIGTERM to backend pid {pid}'s group");
-                let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGTERM);
-            }
+        let running = self
+            .forward
+            .backends
+            .iter()
+            .filter_map(|(id, b)| Some((self.services.name_of(*id), b.state.pid()?)));
+        let retired = self.forward.retired.iter().map(|r| (&*r.name, r.pid));
+        for (name, pid) in running.chain(retired) {
+            info!("{name}: SIGTERM to backend pid {pid}'s group");
+            let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGTERM);
         }
     }
 }
@@ -833,6 +936,126 @@ impl Server {
             bytes_up: up,
             bytes_down: down,
         })
+    }
+}
+
+impl Server {
+    /// After a reload: each running backend whose service changed or
+    /// went is retired. It finishes its open connections and is then
+    /// stopped (at once if it has none); new clients go to a new backend,
+    /// started when the old one is gone if both use one address.
+    pub(super) fn retire_changed_backends(&mut self) {
+        let ids: Vec<ServiceId> = self.forward.backends.keys().copied().collect();
+        for id in ids {
+            let current = self.services.index_of(id).map(|i| &self.services[i].spec);
+            let Some(b) = self.forward.backends.get_mut(&id) else {
+                continue;
+            };
+            let changed = match (&b.started_with, current) {
+                (Some(old), Some(new)) => **old != *new,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            let Some(pid) = b.state.pid().filter(|_| changed) else {
+                continue;
+            };
+            let Some(old) = b.started_with.take() else {
+                continue;
+            };
+            if let Some(t) = b.idle_timer.take() {
+                self.timers.cancel(t);
+            }
+            let kill = match std::mem::replace(&mut b.state, State::Stopped) {
+                State::Starting { probe, timeout, .. } => {
+                    self.timers.cancel(timeout);
+                    if let Some((sock, token)) = probe {
+                        let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+                        let _ = self.poller.registry().deregister(&mut SourceFd(&fd));
+                        self.poller.tokens.remove(&token);
+                    }
+                    None
+                }
+                State::Stopping { kill, .. } => Some(kill),
+                _ => None,
+            };
+            let open = self
+                .forward
+                .relays
+                .iter()
+                .filter(|(_, t, ..)| t.pid == pid)
+                .count() as u32;
+            let fwd = old.forward.as_ref().expect("a forward service");
+            info!(event = "backend_retired", service = old.name.as_str(), pid = pid.as_raw();
+                "{}: the service changed: backend pid {pid} finishes its {open} open connections, then stops",
+                old.name);
+            self.forward.retired.push(Retired {
+                service: id,
+                name: old.name.as_str().into(),
+                pid,
+                to: fwd.to.clone(),
+                open,
+                stop_timeout: fwd.stop_timeout,
+                kill,
+            });
+            if open == 0 && kill.is_none() {
+                self.stop_retired(pid);
+            }
+        }
+        self.start_held_back(Instant::now());
+    }
+
+    /// SIGTERM to a retired backend's group; SIGKILL after its stop_timeout.
+    fn stop_retired(&mut self, pid: Pid) {
+        let Some(r) = self.forward.retired.iter_mut().find(|r| r.pid == pid) else {
+            return;
+        };
+        if let Err(e) = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGTERM) {
+            warn!(
+                "{}: cannot SIGTERM the retired backend's group {pid}: {e}",
+                r.name
+            );
+        }
+        let at = Instant::now() + r.stop_timeout;
+        r.kill = Some(self.timers.add(
+            at,
+            Timer::BackendKill {
+                service: r.service,
+                pid,
+            },
+        ));
+    }
+
+    /// Clients waiting for a stopped backend (held back by a retired one
+    /// on the same address, or come while it stopped): start it.
+    fn start_held_back(&mut self, now: Instant) {
+        let ids: Vec<ServiceId> = self
+            .forward
+            .backends
+            .iter()
+            .filter(|(_, b)| matches!(b.state, State::Stopped) && !b.waiting.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            match self.services.index_of(id) {
+                Some(idx) if self.services[idx].spec.forward.is_some() => {
+                    if !self.address_held(idx) {
+                        self.restart_for_waiting(idx, now);
+                    }
+                }
+                // The service went, or is no longer in forward mode.
+                _ => {
+                    if let Some(b) = self.forward.backends.get_mut(&id) {
+                        for w in std::mem::take(&mut b.waiting) {
+                            b.remove_source(w.source);
+                            info!(
+                                "closing {}: its forward service was removed by a reload",
+                                w.peer
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -1199,6 +1199,7 @@ impl Server {
         self.internal
             .guard_datagrams(&self.services, &self.sockets, Instant::now());
         self.internal.retime(&self.services);
+        self.retire_changed_backends();
         crate::logging::set_format(new.daemon.log_format);
         // Each service holds its spec; the config keeps the rest.
         self.config = new;

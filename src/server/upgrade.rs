@@ -330,6 +330,8 @@ impl Server {
         if let Some(end) = self.services.refusal_deadline() {
             self.log_refusal_summary(end);
         }
+        // Not handed over yet: said, not left to the exec's CLOEXEC.
+        self.end_forwarding_for_upgrade();
         let err = upgrade::exec_new(exe, &state);
         self.upgrade_failed(format!("cannot execute {}: {err}", exe.display()));
         self.notify(&format!("READY=1\n{}", self.status_line()));

@@ -365,3 +365,101 @@ fn forward_config_mistakes_are_named() {
         );
     }
 }
+
+/// A reload that changes the service: the old backend finishes its open
+/// connection, then stops; a client that came meanwhile is served by a
+/// new backend (on the same address, so started once the old is gone).
+#[test]
+fn a_reload_that_changes_the_service_drains_the_old_backend_then_starts_a_new_one() {
+    if !have("socat") {
+        return skip("forward reload", "socat is not installed");
+    }
+    let (port, backend) = (free_port(), free_port());
+    let config = |tag: &str| {
+        format!(
+            r#"
+[[service]]
+name = "echo"
+listen = "tcp://127.0.0.1:{port}"
+exec = ["socat", "TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork", "EXEC:cat"]
+env = {{ TAG = "{tag}" }}
+forward = "tcp://127.0.0.1:{backend}"
+"#
+        )
+    };
+    let s = Summond::start(&config("one"));
+    let _guard = KillOnDropLater(&s);
+    let old = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    old.set_read_timeout(Some(TIMEOUT)).unwrap();
+    (&old).write_all(b"a\n").unwrap();
+    assert_eq!(read_line(&old), "a\n");
+    assert!(s.reload(&config("two")), "{}", s.log_text());
+    assert!(
+        s.wait_log("finishes its 1 open connections"),
+        "{}",
+        s.log_text()
+    );
+    let new = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    new.set_read_timeout(Some(TIMEOUT)).unwrap();
+    (&new).write_all(b"b\n").unwrap();
+    // The old connection still works, on the old backend.
+    (&old).write_all(b"c\n").unwrap();
+    assert_eq!(read_line(&old), "c\n");
+    assert_eq!(s.log_count("starting the backend"), 1);
+    drop(old);
+    assert_eq!(read_line(&new), "b\n", "{}", s.log_text());
+    assert!(
+        s.log_text().contains("retired backend pid"),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(s.log_count("starting the backend"), 2);
+}
+
+/// An upgrade hands no relayed connection over (yet): each is closed and
+/// the backend stopped, both logged; the new image serves the next
+/// client with a new backend.
+#[test]
+fn an_upgrade_closes_relayed_connections_and_stops_the_backend_saying_so() {
+    if !have("socat") {
+        return skip("forward upgrade", "socat is not installed");
+    }
+    let (port, backend) = (free_port(), free_port());
+    let config = format!(
+        r#"
+[[service]]
+name = "echo"
+listen = "tcp://127.0.0.1:{port}"
+exec = ["socat", "TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork", "EXEC:cat"]
+forward = "tcp://127.0.0.1:{backend}"
+"#
+    );
+    let s = Summond::start(&config);
+    let _guard = KillOnDropLater(&s);
+    let open = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    open.set_read_timeout(Some(TIMEOUT)).unwrap();
+    (&open).write_all(b"a\n").unwrap();
+    assert_eq!(read_line(&open), "a\n");
+    s.signal(nix::libc::SIGUSR2);
+    assert!(
+        s.wait_log("upgrade: closing 1 relayed connections"),
+        "{}",
+        s.log_text()
+    );
+    assert!(
+        s.wait_log("upgrade: stopping echo's backend"),
+        "{}",
+        s.log_text()
+    );
+    let mut rest = Vec::new();
+    assert!((&open)
+        .read_to_end(&mut rest)
+        .is_ok_and(|_| rest.is_empty()));
+    assert!(
+        wait_until(TIMEOUT, || s.log_count(" serving ") == 2),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(tcp_port_exchange(port, b"b\n"), "b\n", "{}", s.log_text());
+    assert_eq!(s.log_count("starting the backend"), 2);
+}
