@@ -16,6 +16,9 @@ use super::side::{result, Side};
 /// one read or splice asks for.
 pub const HOLD: usize = 64 * 1024;
 
+/// A pipe pair: (read end, write end).
+pub type Pipe = (OwnedFd, OwnedFd);
+
 /// Where a flow's bytes wait between the read and the write.
 #[derive(Debug)]
 enum Hold {
@@ -65,11 +68,15 @@ pub struct Flow {
 }
 
 impl Flow {
-    /// A flow between `src` and `dst`: through a pipe when both splice
-    /// and a pipe can be had, through a buffer otherwise.
-    pub fn new(src: &Side, dst: &Side) -> io::Result<Flow> {
+    /// A flow between `src` and `dst`: through a pipe (an empty one
+    /// from `spare`, else a new one) when both splice, through a buffer
+    /// otherwise.
+    pub fn new(src: &Side, dst: &Side, spare: &mut Vec<Pipe>) -> io::Result<Flow> {
         let hold = if src.splices() && dst.splices() {
-            let (read, write) = pipe()?;
+            let (read, write) = match spare.pop() {
+                Some(p) => p,
+                None => pipe()?,
+            };
             Hold::Pipe { read, write }
         } else {
             Hold::Buffer {
@@ -89,6 +96,14 @@ impl Flow {
     /// Bytes held now (never more than `HOLD`).
     pub fn pending(&self) -> usize {
         self.pending
+    }
+
+    /// Its pipe, if it has one and the pipe is empty (to be used again).
+    pub fn into_pipe(self) -> Option<Pipe> {
+        match self.hold {
+            Hold::Pipe { read, write } if self.pending == 0 => Some((read, write)),
+            _ => None,
+        }
     }
 
     /// Whether this flow holds memory of summond's own (a buffer).
@@ -207,8 +222,8 @@ impl Flow {
     }
 }
 
-/// A pipe pair, non-blocking and close-on-exec: (read end, write end).
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+/// A pipe pair, non-blocking and close-on-exec.
+fn pipe() -> io::Result<Pipe> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: fds is valid for pipe2's two writes.
     let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
