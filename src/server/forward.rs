@@ -245,8 +245,8 @@ fn connect(to: &ListenAddr) -> io::Result<(Socket, bool)> {
     let s = Socket::new(domain, Type::STREAM, None)?;
     s.set_nonblocking(true)?;
     if matches!(to, ListenAddr::Tcp(_)) {
-        // Small replies go out at once: the client's own segments
-        // decide, not Nagle on the relay's leg.
+        // Small replies go out at once, and a 64 KiB splice's tail does
+        // not wait for the ACK of the segment before it (Nagle).
         let _ = s.set_tcp_nodelay(true);
     }
     match s.connect(&addr) {
@@ -515,6 +515,10 @@ impl Server {
         };
         let relayed = back.and_then(|back| {
             conn.set_nonblocking(true)?;
+            // A 64 KiB splice is a full segment and a tail on loopback's
+            // MTU: Nagle would hold the tail until the segment's ACK.
+            // (Fails harmlessly on a Unix socket.)
+            let _ = conn.set_tcp_nodelay(true);
             let tag = Relayed {
                 service: id,
                 name: name.clone(),
@@ -580,14 +584,12 @@ impl Server {
         if let Some(key) = t.runtime_timer {
             self.timers.cancel(key);
         }
-        let line = format!(
-            "{}: relayed {} ({} bytes up, {} down): {}",
-            t.name, t.peer, c.up, c.down, c.end
-        );
-        match &c.end {
-            End::Done => debug!(event = "relay_end", service = &*t.name; "{line}"),
-            _ => info!(event = "relay_end", service = &*t.name; "{line}"),
-        }
+        let level = match &c.end {
+            End::Done => log::Level::Debug,
+            _ => log::Level::Info,
+        };
+        log::log!(level, event = "relay_end", service = &*t.name;
+            "{}: relayed {} ({} bytes up, {} down): {}", t.name, t.peer, c.up, c.down, c.end);
         if let Some(r) = self.forward.retired.iter_mut().find(|r| r.pid == t.pid) {
             r.open -= 1;
             if r.open == 0 && r.kill.is_none() {
