@@ -117,6 +117,12 @@ enum Sub {
         /// A load balancer that may send the header (CIDR, repeatable)
         #[arg(long, value_name = "CIDR", requires = "proxy_protocol")]
         proxy_from: Vec<String>,
+        /// Forward mode: PROGRAM listens on ADDR itself (tcp:// or unix://); it is started at the first client and each client is relayed to it
+        #[arg(long, value_name = "ADDR")]
+        forward: Option<String>,
+        /// With --forward: stop the program after this long without a client (e.g. 10m)
+        #[arg(long, value_name = "DURATION", requires = "forward")]
+        idle_stop: Option<String>,
         /// error, warn, info (default), debug, trace; overrides RUST_LOG
         #[arg(long, value_enum, value_name = "LEVEL")]
         log_level: Option<LogLevel>,
@@ -184,6 +190,9 @@ pub struct WrapArgs {
     pub proxy_from: Vec<String>,
     pub log_level: Option<LevelFilter>,
     pub program: Vec<String>,
+    /// Forward mode: where the program listens, and its idle_stop.
+    pub forward: Option<String>,
+    pub idle_stop: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -259,6 +268,8 @@ fn from_args(a: Args) -> Command {
             pass,
             proxy_protocol,
             proxy_from,
+            forward,
+            idle_stop,
             log_level,
             program,
         }) => Command::Wrap(WrapArgs {
@@ -269,6 +280,8 @@ fn from_args(a: Args) -> Command {
             proxy_from,
             log_level: log_level.map(Into::into),
             program,
+            forward,
+            idle_stop,
         }),
         Some(Sub::Import { from, files }) => Command::Import { from, files },
         None if a.check => Command::Check { config: a.config },
@@ -325,6 +338,8 @@ mod tests {
                 proxy_from: Vec::new(),
                 log_level: None,
                 program: vec!["bc".into(), "-q".into()],
+                forward: None,
+                idle_stop: None,
             })
         );
         assert!(

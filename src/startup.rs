@@ -55,6 +55,8 @@ pub fn wrap(w: WrapArgs) -> Result<(), Failure> {
         exec: w.program,
         proxy_protocol: w.proxy_protocol,
         proxy_from: w.proxy_from,
+        forward: w.forward,
+        idle_stop: w.idle_stop,
     };
     let loaded = match incoming.as_ref().and_then(upgrade::Incoming::config_ran) {
         Some(config) => Ok(config),

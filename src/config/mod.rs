@@ -89,6 +89,9 @@ pub struct WrapSpec {
     /// `--proxy-protocol`, `--proxy-from`: the keys' values as written.
     pub proxy_protocol: Option<String>,
     pub proxy_from: Vec<String>,
+    /// Forward mode: `forward` and `idle_stop`.
+    pub forward: Option<String>,
+    pub idle_stop: Option<String>,
 }
 
 /// The label wrap's errors carry where a file name would be.
@@ -114,6 +117,12 @@ pub fn wrap(spec: &WrapSpec, host: &Host) -> Result<Config, ConfigErrors> {
         svc.insert("proxy_protocol".into(), version.as_str().into());
         let from: Vec<toml::Value> = spec.proxy_from.iter().map(|c| c.as_str().into()).collect();
         svc.insert("proxy_from".into(), from.into());
+    }
+    if let Some(to) = &spec.forward {
+        svc.insert("forward".into(), to.as_str().into());
+    }
+    if let Some(idle) = &spec.idle_stop {
+        svc.insert("idle_stop".into(), idle.as_str().into());
     }
     let mut root = toml::Table::new();
     root.insert("service".into(), toml::Value::Array(vec![svc.into()]));

@@ -463,3 +463,74 @@ forward = "tcp://127.0.0.1:{backend}"
     assert_eq!(tcp_port_exchange(port, b"b\n"), "b\n", "{}", s.log_text());
     assert_eq!(s.log_count("starting the backend"), 2);
 }
+
+/// `summond wrap --forward`: one program in forward mode without a file.
+#[test]
+fn wrap_forward_starts_the_program_at_the_first_client_and_relays_to_it() {
+    if !have("socat") {
+        return skip("wrap --forward", "socat is not installed");
+    }
+    let (port, backend) = (free_port(), free_port());
+    let dir = TempDir::new("wrapfwd");
+    let log = std::fs::File::create(dir.path("log")).unwrap();
+    let listen = format!("tcp://127.0.0.1:{port}");
+    let to = format!("tcp://127.0.0.1:{backend}");
+    let socat_listen = format!("TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork");
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "wrap",
+            "-l",
+            &listen,
+            "--forward",
+            &to,
+            "--idle-stop",
+            "1m",
+            "--",
+        ])
+        .args(["socat", &socat_listen, "EXEC:cat"])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop::new(child.id() as i32);
+    let text = || std::fs::read_to_string(dir.path("log")).unwrap_or_default();
+    assert!(
+        wait_until(TIMEOUT, || text().contains(" serving ")),
+        "{}",
+        text()
+    );
+    assert_eq!(
+        tcp_port_exchange(port, b"through\n"),
+        "through\n",
+        "{}",
+        text()
+    );
+    assert!(
+        text().contains("wrap: starting the backend (pid "),
+        "{}",
+        text()
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(wait_until(TIMEOUT, || matches!(
+        child.try_wait(),
+        Ok(Some(_))
+    )));
+    // The backend was told to stop with summond.
+    assert!(text().contains("SIGTERM to backend pid"), "{}", text());
+    let (code, _, err) = run_to_exit(&[
+        "wrap",
+        "-l",
+        &listen,
+        "--forward",
+        &to,
+        "--no-accept",
+        "--",
+        "cat",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("must be true with `forward`"), "{err}");
+}
