@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Relays side by side in one run: summond's forward mode beside haproxy
+# (tcp mode, splice), systemd-socket-proxyd and socat, and a direct
+# connection, all between the same client and the same backend
+# (examples/relaybench.rs; the backend is the one summond starts on
+# demand). Per relay, the median of ROUNDS rounds of:
+#   MB/s up and down for one long transfer (BYTES each way),
+#   the relay's CPU s per GiB moved (both directions' bytes),
+#   p50/p99 of 64-byte request/reply round trips, and what the relay adds
+#   to the direct p99,
+#   the relay's CPU µs per new connection (CONNS connections, 4 at a time).
+# The relay's CPU is utime+stime+cutime+cstime of its process
+# (/proc/PID/stat; socat's forked children are in cutime once reaped).
+#
+#   benches/relay.sh [ROUNDS] [BYTES] [CONNS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. benches/lib.sh
+
+ROUNDS=${1:-3}
+BYTES=${2:-$((2 << 30))}
+CONNS=${3:-4000}
+RTTS=20000
+
+cargo build --release --quiet --bin summond --example relaybench
+BIN=$PWD/target/release/summond
+RB=$PWD/target/release/examples/relaybench
+HZ=$(getconf CLK_TCK)
+PROXYD=$(command -v systemd-socket-proxyd || echo /lib/systemd/systemd-socket-proxyd)
+
+read -r BACK SUMMOND HAPROXY PROXYD_PORT SOCAT < <(free_ports 5)
+WORK=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+cat >"$WORK/summond.toml" <<EOF
+[[service]]
+name = "relay"
+listen = "tcp://127.0.0.1:$SUMMOND"
+exec = ["$RB", "serve", "$BACK"]
+forward = "tcp://127.0.0.1:$BACK"
+EOF
+"$BIN" -c "$WORK/summond.toml" --log-level warn 2>"$WORK/summond.log" &
+pids+=($!)
+SUMMOND_PID=$!
+
+cat >"$WORK/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode tcp
+  option splice-auto
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+listen relay
+  bind 127.0.0.1:$HAPROXY
+  server backend 127.0.0.1:$BACK
+EOF
+haproxy -f "$WORK/haproxy.cfg" -db 2>"$WORK/haproxy.log" &
+pids+=($!)
+HAPROXY_PID=$!
+
+# systemd-socket-proxyd takes its listening socket by socket activation;
+# systemd-socket-activate execs it in place (same pid).
+systemd-socket-activate -l "127.0.0.1:$PROXYD_PORT" "$PROXYD" "127.0.0.1:$BACK" 2>"$WORK/proxyd.log" &
+pids+=($!)
+PROXYD_PID=$!
+
+socat "TCP-LISTEN:$SOCAT,bind=127.0.0.1,reuseaddr,fork,backlog=4096" "TCP:127.0.0.1:$BACK" 2>"$WORK/socat.log" &
+pids+=($!)
+SOCAT_PID=$!
+
+# The first client starts the backend through summond; the others find it.
+for _ in $(seq 100); do
+  "$RB" conns "127.0.0.1:$SUMMOND" 1 1 >/dev/null 2>&1 && break
+  sleep 0.05
+done
+
+cpu_ticks() { # utime stime cutime cstime of $1
+  [ -z "$1" ] && { echo 0; return; }
+  awk '{ s = $0; sub(/.*\) /, "", s); split(s, f, " "); print f[12] + f[13] + f[14] + f[15] }' "/proc/$1/stat"
+}
+
+median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+
+declare -A port=([direct]=$BACK [summond]=$SUMMOND [haproxy]=$HAPROXY [socket-proxyd]=$PROXYD_PORT [socat]=$SOCAT)
+declare -A pid=([direct]= [summond]=$SUMMOND_PID [haproxy]=$HAPROXY_PID [socket-proxyd]=$PROXYD_PID [socat]=$SOCAT_PID)
+order=(${ONLY:-direct summond haproxy socket-proxyd socat})
+
+for r in $(seq "$ROUNDS"); do
+  for name in "${order[@]}"; do
+    addr=127.0.0.1:${port[$name]}
+    p=${pid[$name]}
+    c0=$(cpu_ticks "$p")
+    up=$("$RB" up "$addr" "$BYTES")
+    down=$("$RB" down "$addr" "$BYTES")
+    c1=$(cpu_ticks "$p")
+    rtt=$("$RB" rtt "$addr" "$RTTS")
+    c2=$(cpu_ticks "$p")
+    cps=$("$RB" conns "$addr" "$CONNS" 4)
+    c3=$(cpu_ticks "$p")
+    sgib=$(awk -v t=$((c1 - c0)) -v hz="$HZ" -v b="$BYTES" 'BEGIN { printf "%.3f", t / hz / (2 * b / 2^30) }')
+    uspc=$(awk -v t=$((c3 - c2)) -v hz="$HZ" -v n="$CONNS" 'BEGIN { printf "%.0f", t / hz / n * 1e6 }')
+    echo "$name $up $down $sgib $rtt $cps $uspc" >>"$WORK/rounds"
+    echo "round $r $name: up $up MB/s, down $down MB/s, $sgib CPU s/GiB, rtt p50/p99 $rtt µs, $cps conns/s, $uspc CPU µs/conn" >&2
+  done
+done
+
+direct_p99=$(awk '$1 == "direct" { print $6 }' "$WORK/rounds" | median)
+printf '\n%-14s %9s %9s %9s %9s %9s %10s %9s %11s\n' relay "up MB/s" "down MB/s" "CPU s/GiB" "p50 µs" "p99 µs" "+p99 µs" "conns/s" "CPU µs/conn"
+for name in "${order[@]}"; do
+  col() { awk -v n="$name" -v c="$1" '$1 == n { print $c }' "$WORK/rounds" | median; }
+  p99=$(col 6)
+  added=$(awk -v a="$p99" -v d="$direct_p99" 'BEGIN { printf "%.1f", a - d }')
+  printf '%-14s %9s %9s %9s %9s %9s %10s %9s %11s\n' "$name" "$(col 2)" "$(col 3)" "$(col 4)" "$(col 5)" "$p99" "$added" "$(col 7)" "$(col 8)"
+done
+echo "(median of $ROUNDS rounds; $BYTES bytes each way, $RTTS round trips, $CONNS connections 4 at a time; CPU of 'direct' is not measured)"
