@@ -540,3 +540,110 @@ fn wrap_forward_starts_the_program_at_the_first_client_and_relays_to_it() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("must be true with `forward`"), "{err}");
 }
+
+/// A backend that never listens: after start_timeout its waiting client
+/// is closed, the backend stopped, and the failed start counted.
+#[test]
+fn a_backend_never_ready_within_start_timeout_is_stopped_and_its_clients_closed() {
+    let (port, backend) = (free_port(), free_port());
+    let config = format!(
+        r#"
+[daemon]
+control = "{{dir}}/ctl"
+
+[[service]]
+name = "slow"
+listen = "tcp://127.0.0.1:{port}"
+exec = ["sleep", "60"]
+forward = "tcp://127.0.0.1:{backend}"
+start_timeout = "300ms"
+stop_timeout = "1s"
+"#
+    );
+    let s = Summond::start(&config);
+    let _guard = KillOnDropLater(&s);
+    let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        (&c).read(&mut buf).unwrap_or(0),
+        0,
+        "the client was not closed"
+    );
+    assert!(
+        s.wait_log("not ready within start_timeout: stopping it"),
+        "{}",
+        s.log_text()
+    );
+    assert!(s.wait_log("closing 127.0.0.1:"), "{}", s.log_text());
+    assert!(
+        s.wait_log(" stopped (killed by signal 15"),
+        "{}",
+        s.log_text()
+    );
+    let ctl = s.dir.path("ctl");
+    let (_, json, _) = run_to_exit(&["status", "--control", ctl.to_str().unwrap(), "--json"]);
+    assert!(json.contains("\"spawn_failures\":1"), "{json}");
+    assert!(json.contains("\"state\":\"stopped\""), "{json}");
+}
+
+/// A backend that exits at once: each exit counts toward the restart
+/// guard, which holds the service (clients then wait in the backlog)
+/// instead of restarting it for ever.
+#[test]
+fn a_backend_that_keeps_exiting_is_held_by_the_restart_guard() {
+    let (port, backend) = (free_port(), free_port());
+    let config = format!(
+        r#"
+[[service]]
+name = "dies"
+listen = "tcp://127.0.0.1:{port}"
+exec = ["false"]
+forward = "tcp://127.0.0.1:{backend}"
+"#
+    );
+    let s = Summond::start(&config);
+    let _guard = KillOnDropLater(&s);
+    let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        (&c).read(&mut buf).unwrap_or(0),
+        0,
+        "the client was not closed"
+    );
+    assert!(s.wait_log("not restarting it for"), "{}", s.log_text());
+    assert!(s.wait_log("held by the restart guard"), "{}", s.log_text());
+    assert!(s.log_count("starting the backend") <= 5, "{}", s.log_text());
+}
+
+/// A backend on a Unix socket.
+#[test]
+fn a_backend_on_a_unix_socket_is_relayed_to() {
+    if !have("socat") {
+        return skip("forward unix", "socat is not installed");
+    }
+    let port = free_port();
+    let dir = TempDir::new("fwdunix");
+    let path = dir.path("backend.sock");
+    let config = format!(
+        r#"
+[[service]]
+name = "unix"
+listen = "tcp://127.0.0.1:{port}"
+exec = ["socat", "UNIX-LISTEN:{p},fork", "EXEC:cat"]
+forward = "unix://{p}"
+"#,
+        p = path.display()
+    );
+    let s = Summond::start(&config);
+    let _guard = KillOnDropLater(&s);
+    assert_eq!(
+        tcp_port_exchange(port, b"over unix\n"),
+        "over unix\n",
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(tcp_port_exchange(port, b"again\n"), "again\n");
+    assert_eq!(s.log_count("starting the backend"), 1);
+}
