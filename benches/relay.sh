@@ -8,7 +8,10 @@
 #   the relay's CPU s per GiB moved (both directions' bytes),
 #   p50/p99 of 64-byte request/reply round trips, and what the relay adds
 #   to the direct p99,
-#   the relay's CPU µs per new connection (CONNS connections, 4 at a time).
+#   the relay's CPU µs per new connection (CONNS connections, 4 at a time);
+# and summond's cold start: the first client's wait (connect to first
+# byte, the backend stopped by idle_stop) minus the backend's own start
+# time (started directly, connected to every 50 µs until it accepts).
 # The relay's CPU is utime+stime+cutime+cstime of its process
 # (/proc/PID/stat; socat's forked children are in cutime once reaped).
 #
@@ -28,7 +31,7 @@ RB=$PWD/target/release/examples/relaybench
 HZ=$(getconf CLK_TCK)
 PROXYD=$(command -v systemd-socket-proxyd || echo /lib/systemd/systemd-socket-proxyd)
 
-read -r BACK SUMMOND HAPROXY PROXYD_PORT SOCAT < <(free_ports 5)
+read -r BACK SUMMOND HAPROXY PROXYD_PORT SOCAT COLD COLD_BACK OWN_BACK < <(free_ports 8)
 WORK=$(mktemp -d)
 pids=()
 cleanup() {
@@ -44,6 +47,13 @@ name = "relay"
 listen = "tcp://127.0.0.1:$SUMMOND"
 exec = ["$RB", "serve", "$BACK"]
 forward = "tcp://127.0.0.1:$BACK"
+
+[[service]]
+name = "cold"
+listen = "tcp://127.0.0.1:$COLD"
+exec = ["$RB", "serve", "$COLD_BACK"]
+forward = "tcp://127.0.0.1:$COLD_BACK"
+idle_stop = "200ms"
 EOF
 "$BIN" -c "$WORK/summond.toml" --log-level warn 2>"$WORK/summond.log" &
 pids+=($!)
@@ -121,4 +131,14 @@ for name in "${order[@]}"; do
   added=$(awk -v a="$p99" -v d="$direct_p99" 'BEGIN { printf "%.1f", a - d }')
   printf '%-14s %9s %9s %9s %9s %9s %10s %9s %11s\n' "$name" "$(col 2)" "$(col 3)" "$(col 4)" "$(col 5)" "$p99" "$added" "$(col 7)" "$(col 8)"
 done
+for r in $(seq "$ROUNDS"); do
+  sleep 0.6 # idle_stop has stopped the cold backend
+  wait_ms=$("$RB" first "127.0.0.1:$COLD")
+  own_ms=$("$RB" startup "$OWN_BACK" "$RB" serve "$OWN_BACK")
+  echo "$wait_ms $own_ms" >>"$WORK/cold"
+  echo "cold start $r: first client's wait $wait_ms ms, the backend's own start $own_ms ms" >&2
+done
+cold_wait=$(awk '{ print $1 }' "$WORK/cold" | median)
+cold_own=$(awk '{ print $2 }' "$WORK/cold" | median)
+echo "cold start: first client's wait $cold_wait ms - backend's own start $cold_own ms = $(awk -v a="$cold_wait" -v b="$cold_own" 'BEGIN { printf "%.2f", a - b }') ms"
 echo "(median of $ROUNDS rounds; $BYTES bytes each way, $RTTS round trips, $CONNS connections 4 at a time; CPU of 'direct' is not measured)"

@@ -12,6 +12,9 @@
 //!     relaybench down ADDR BYTES     receive BYTES; prints MB/s
 //!     relaybench rtt ADDR N          N 64-byte round trips; prints p50 and p99 in µs
 //!     relaybench conns ADDR N C      N connections ('c'), C at a time; prints conns/s
+//!     relaybench first ADDR          one connection ('c') to its first byte; prints ms
+//!     relaybench startup PORT PROG…  start PROG, connect to PORT every 50 µs until it
+//!                                    accepts; prints ms (the backend's own start time)
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -28,6 +31,8 @@ fn main() {
         "down" => down(arg(2), num(arg(3))),
         "rtt" => rtt(arg(2), num(arg(3)) as usize),
         "conns" => conns(arg(2), num(arg(3)) as usize, num(arg(4)) as usize),
+        "first" => first(arg(2)),
+        "startup" => startup(num(arg(2)) as u16, &args[3..]),
         _ => usage(),
     }
 }
@@ -175,4 +180,29 @@ fn conns(addr: &str, n: usize, c: usize) {
         t.join().unwrap();
     }
     println!("{:.0}", n as f64 / start.elapsed().as_secs_f64());
+}
+
+fn first(addr: &str) {
+    let start = Instant::now();
+    let mut s = connect(addr);
+    s.write_all(b"c").unwrap();
+    let mut one = [0u8; 1];
+    s.read_exact(&mut one).unwrap();
+    println!("{:.2}", start.elapsed().as_secs_f64() * 1e3);
+}
+
+fn startup(port: u16, argv: &[String]) {
+    let (prog, rest) = argv.split_first().unwrap_or_else(|| usage());
+    let start = Instant::now();
+    let mut child = std::process::Command::new(prog)
+        .args(rest)
+        .spawn()
+        .expect("spawn");
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed().as_secs() < 30, "never listened");
+        std::thread::sleep(std::time::Duration::from_micros(50));
+    }
+    println!("{:.2}", start.elapsed().as_secs_f64() * 1e3);
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -216,7 +216,7 @@ pub const KEY_DOCS: &[KeyDoc] = &[
     key("service", "freebind", "BOOL", "false", "Set IP_FREEBIND: bind an address not (yet) on this host."),
     key("service", "disabled", "BOOL", "false", "Keep the entry, listen on nothing."),
     key("service", "forward", "ADDRESS", "", "Forward mode: tcp://IP:PORT or unix:///path where the backend (exec) listens on its own. summond accepts each client, starts the backend at the first one, holds clients while it starts, relays each to its own connection to this address (splice where the kernel allows, half-close passed on, at most 64 KiB held per direction), and stops the backend after idle_stop. Stream addresses only; not with accept = false, pass, stderr = \"socket\" or an internal service."),
-    key("service", "ready", "\"connect\"", "\"connect\"", "With forward: the backend is ready when forward accepts a connection (tried 1, 2, 4 ms apart, then every 5 ms)."),
+    key("service", "ready", "\"connect\"", "\"connect\"", "With forward: the backend is ready when forward accepts a connection (tried at once, 0.5, 1, 1 and 1 ms apart, then every 2 ms)."),
     key("service", "start_timeout", "DURATION", "\"60s\"", "With forward: a backend not ready by then is stopped, its waiting clients closed, and the start counted as a failure toward the restart guard."),
     key("service", "idle_stop", "DURATION", "never", "With forward: stop the backend after this long without a relayed connection; the next client starts it again."),
     key("service", "stop_timeout", "DURATION", "\"10s\"", "With forward: stopping the backend sends SIGTERM to its process group, SIGKILL after this."),
