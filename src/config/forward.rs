@@ -67,12 +67,8 @@ pub(super) fn ready<'v>(
     v: &'v Value<'v>,
     d: &mut Draft<'v>,
 ) {
-    if cx.string(key, v) == Some("notify") {
-        let why = "\"notify\" is not supported yet: use \"connect\" (ready when `forward` accepts)";
-        cx.at(v.span(), invalid(key, why));
-        return;
-    }
-    d.forward.ready = cx.choice(key, v, &[("connect", Ready::Connect)]);
+    let choices = &[("connect", Ready::Connect), ("notify", Ready::Notify)];
+    d.forward.ready = cx.choice(key, v, choices);
 }
 
 pub(super) fn start_timeout<'v>(

@@ -410,6 +410,9 @@ pub struct Forward {
 pub enum Ready {
     /// When `forward` accepts a connection.
     Connect,
+    /// When the backend (or a process of its group) sends `READY=1` to
+    /// the `NOTIFY_SOCKET` summond gives it.
+    Notify,
 }
 
 /// A service whose clients come through a load balancer.

@@ -328,6 +328,7 @@ impl Server {
                 Some(TokenKind::Front) => self.on_front_ready(token),
                 Some(TokenKind::Scrape) => self.on_scrape_ready(token),
                 Some(TokenKind::Probe(id)) => self.on_probe_ready(token, id),
+                Some(TokenKind::Notify(id)) => self.on_notify_ready(id),
                 // A source removed earlier in this batch.
                 None => {}
             },

@@ -37,6 +37,8 @@ pub(super) enum TokenKind {
     ControlClient,
     /// A connect to a starting forward backend.
     Probe(super::services::ServiceId),
+    /// A starting forward backend's NOTIFY_SOCKET.
+    Notify(super::services::ServiceId),
 }
 
 /// The dynamic poll tokens: what each stands for, and the next one to give

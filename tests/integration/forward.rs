@@ -647,3 +647,68 @@ forward = "unix://{p}"
     assert_eq!(tcp_port_exchange(port, b"again\n"), "again\n");
     assert_eq!(s.log_count("starting the backend"), 1);
 }
+
+/// `ready = "notify"`: the backend listens at once but is ready only when
+/// it says READY=1 on its NOTIFY_SOCKET; a READY=1 from a process outside
+/// its group is ignored.
+#[test]
+fn a_backend_that_says_ready_late_is_relayed_to_only_then() {
+    if !have("socat") || !have("python3") {
+        return skip("forward notify", "socat or python3 is not installed");
+    }
+    let (port, backend) = (free_port(), free_port());
+    let dir = TempDir::new("fwdnotify");
+    let flag = dir.path("go");
+    let send =
+        "import os,socket; a=os.environ['NOTIFY_SOCKET']; a='\\0'+a[1:] if a[0]=='@' else a; \
+                socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'STATUS=up\\nREADY=1', a)";
+    let script = format!(
+        "socat TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork EXEC:cat & \
+         i=0; while [ ! -e {f} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; \
+         python3 -c \"{send}\"; wait",
+        f = flag.display()
+    );
+    let config = format!(
+        r#"
+[[service]]
+name = "late"
+listen = "tcp://127.0.0.1:{port}"
+exec = {exec}
+forward = "tcp://127.0.0.1:{backend}"
+ready = "notify"
+"#,
+        exec = sh(&script)
+    );
+    let s = Summond::start(&config);
+    let _guard = KillOnDropLater(&s);
+    let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    (&c).write_all(b"early\n").unwrap();
+    assert!(s.wait_log("starting the backend"), "{}", s.log_text());
+    let pid = backend_pid(&s, 0);
+    // A READY=1 from the test itself (not the backend's group).
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let name = environ
+        .split(|b| *b == 0)
+        .find_map(|v| v.strip_prefix(b"NOTIFY_SOCKET=@"))
+        .expect("NOTIFY_SOCKET");
+    let mut abs = vec![0u8];
+    abs.extend_from_slice(name);
+    let forged = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::DGRAM, None).unwrap();
+    let to = socket2::SockAddr::unix(
+        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&abs),
+    )
+    .unwrap();
+    forged.send_to(b"READY=1", &to).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert!(
+        (&c).read(&mut buf).is_err(),
+        "relayed before the backend said READY=1"
+    );
+    assert!(!s.log_text().contains("ready after"), "{}", s.log_text());
+    std::fs::write(&flag, b"").unwrap();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert_eq!(read_line(&c), "early\n", "{}", s.log_text());
+    assert!(s.log_text().contains("ready after"), "{}", s.log_text());
+}

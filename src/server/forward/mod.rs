@@ -14,8 +14,10 @@
 //!    the first one starts the backend (`start_backend`).
 //! 2. While it starts, `probe` connects to `forward` with a short
 //!    back-off (`PROBE_DELAYS`, then every `PROBE_EVERY`) until it
-//!    accepts (`backend_ready`: the waiting clients go to the relay, the
-//!    first one over the probe's own connection) or `start_timeout` ends
+//!    accepts, or with `ready = "notify"` its NOTIFY_SOCKET (`notify.rs`)
+//!    is watched until it says READY=1 (`backend_ready`: the waiting
+//!    clients go to the relay, the first one over the probe's own
+//!    connection), or `start_timeout` ends
 //!    (`start_timed_out`: the waiting clients are closed, the backend is
 //!    stopped, a failure for the restart guard).
 //! 3. A relayed connection that ends (`relay_closed`) adds its bytes to
@@ -49,11 +51,14 @@ use super::services::{Ended, ServiceId};
 use super::timers::{Timer, TimerKey};
 use super::{Server, TokenKind};
 use crate::addr::ListenAddr;
+use crate::config::Ready;
 use crate::config::{Forward, Pass};
 use crate::peer::{Peer, SourceKey};
 use crate::relay::{Closed, End, RelayId, Relays, Side};
 use crate::spawn;
 use crate::stats::ExitText;
+
+mod notify;
 
 /// The waits between connect attempts after a start (the first attempt
 /// is at once), then one every `PROBE_EVERY`: a backend is found ready
@@ -304,7 +309,21 @@ impl Server {
             &[],
             self.launcher.devnull(),
         );
-        let env = crate::env::EnvBlock::default();
+        let mut env = crate::env::EnvBlock::default();
+        let notify = match self.services[idx].spec.forward.as_ref().map(|f| f.ready) {
+            Some(Ready::Notify) => match notify::open() {
+                Ok((sock, name)) => {
+                    env.push("NOTIFY_SOCKET", name.as_str());
+                    Some(sock)
+                }
+                Err(e) => {
+                    let name = &self.services[idx].name;
+                    error!("{name}: cannot make the backend's NOTIFY_SOCKET: {e}");
+                    return self.failed_start(idx, now);
+                }
+            },
+            _ => None,
+        };
         let spawned = self
             .launcher
             .spawn(&mut self.services[idx], &fds, &env, false);
@@ -345,7 +364,62 @@ impl Server {
             tries: 0,
             timeout,
         };
-        self.probe(idx);
+        match notify {
+            Some(sock) => self.watch_notify(id, sock),
+            None => self.probe(idx),
+        }
+    }
+
+    /// `ready = "notify"`: watch the backend's NOTIFY_SOCKET (in the
+    /// place of a probe) until it says READY=1 or start_timeout ends.
+    fn watch_notify(&mut self, id: ServiceId, sock: Socket) {
+        let token = self.poller.tokens.next();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+        if let Err(e) =
+            self.poller
+                .registry()
+                .register(&mut SourceFd(&fd), token, Interest::READABLE)
+        {
+            warn!(
+                "{}: cannot watch the backend's NOTIFY_SOCKET: {e}",
+                self.services.name_of(id)
+            );
+            return;
+        }
+        self.poller.tokens.insert(token, TokenKind::Notify(id));
+        if let Some(Backend {
+            state: State::Starting { probe, .. },
+            ..
+        }) = self.forward.backends.get_mut(&id)
+        {
+            *probe = Some((sock, token));
+        }
+    }
+
+    /// Datagrams on a starting backend's NOTIFY_SOCKET.
+    pub(super) fn on_notify_ready(&mut self, id: ServiceId) {
+        let Some(Backend {
+            state:
+                State::Starting {
+                    probe: Some((sock, _)),
+                    pid,
+                    ..
+                },
+            ..
+        }) = self.forward.backends.get(&id)
+        else {
+            return;
+        };
+        let (ready, foreign) = notify::read(sock, *pid);
+        if foreign > 0 {
+            debug!(
+                "{}: ignored {foreign} NOTIFY_SOCKET datagrams not from the backend's group",
+                self.services.name_of(id)
+            );
+        }
+        if let (true, Some(idx)) = (ready, self.services.index_of(id)) {
+            self.backend_ready(idx, None);
+        }
     }
 
     /// A start that failed before the backend ran, or never became ready:
@@ -475,7 +549,15 @@ impl Server {
             return;
         };
         self.timers.cancel(timeout);
-        backend.state = State::Ready { pid };
+        // A NOTIFY_SOCKET (a probe's connection was taken by the caller)
+        // closes with the state it was watched in.
+        if let State::Starting {
+            probe: Some((_, token)),
+            ..
+        } = std::mem::replace(&mut backend.state, State::Ready { pid })
+        {
+            self.poller.tokens.remove(&token);
+        }
         let took = now.saturating_duration_since(since);
         backend.ready_in = Some(took);
         let waiting = std::mem::take(&mut backend.waiting);
