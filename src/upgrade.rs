@@ -113,12 +113,45 @@ pub struct State {
     /// an older image's state: measured from the reader's start, as then.
     #[serde(default)]
     pub handed_over_at_ns: Option<u64>,
+    /// Forward mode's ready backends and the connections relayed to them,
+    /// bytes in flight included (absent from an older image's state).
+    #[serde(default)]
+    pub backends: Vec<BackendState>,
+    #[serde(default)]
+    pub relays: Vec<RelayState>,
     /// The config the writing image ran, in its own format: if the next
     /// image cannot start, the old one serves on with it, whatever the
     /// file says by then (a key only the new binary knows, an address that
     /// cannot be bound). Only the image that wrote it reads it, so it is
     /// kept as JSON text, never parsed by the next image.
     pub config: Option<String>,
+}
+
+/// A forward service's ready backend.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BackendState {
+    pub service: String,
+    pub pid: i32,
+    /// Where it listens: it is adopted only by a service forwarding there
+    /// with the same program.
+    pub to: String,
+    pub exec: Vec<String>,
+    pub ready_in_us: Option<u64>,
+    pub relayed: u64,
+    pub up: u64,
+    pub down: u64,
+}
+
+/// A relayed connection: its sockets and its flows (pipes or bytes).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RelayState {
+    pub service: String,
+    /// Its backend's pid.
+    pub pid: i32,
+    pub peer: Peer,
+    pub source: Option<SourceKey>,
+    pub sides: [crate::relay::SideState; 2],
+    pub flows: [crate::relay::FlowState; 2],
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -326,6 +359,15 @@ impl State {
         fds.extend(self.pending.iter().map(|c| c.fd));
         fds.extend(self.internal.iter().map(|c| c.fd));
         fds.extend(self.front.iter().map(|c| c.fd));
+        for r in &self.relays {
+            fds.extend(r.sides.iter().map(|s| s.fd));
+            fds.extend(
+                r.flows
+                    .iter()
+                    .filter_map(|f| f.pipe)
+                    .flat_map(|(a, b)| [a, b]),
+            );
+        }
         fds.extend(self.pidfile.as_ref().map(|p| p.0));
         fds
     }

@@ -33,6 +33,20 @@ enum Hold {
     },
 }
 
+/// A flow as an upgrade hands it to the next image: its pipe's fds (the
+/// bytes in flight stay in the pipe) or its buffer's bytes, and where it
+/// is in its stream.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct FlowState {
+    pub pipe: Option<(i32, i32)>,
+    pub pending: usize,
+    /// A buffer's bytes not yet written.
+    pub held: Vec<u8>,
+    pub eof: bool,
+    pub shut: bool,
+    pub bytes: u64,
+}
+
 /// Why a flow stopped moving bytes for now.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Stop {
@@ -96,6 +110,57 @@ impl Flow {
     /// Bytes held now (never more than `HOLD`).
     pub fn pending(&self) -> usize {
         self.pending
+    }
+
+    /// What the next image of an upgrade needs of it; the pipe's fds stay
+    /// this flow's (and open) until the exec.
+    pub fn to_state(&self) -> FlowState {
+        let (pipe, held) = match &self.hold {
+            Hold::Pipe { read, write } => (Some((read.as_raw_fd(), write.as_raw_fd())), Vec::new()),
+            Hold::Buffer { buf, start } => {
+                let held = buf
+                    .as_deref()
+                    .map(|b| b[*start..*start + self.pending].to_vec());
+                (None, held.unwrap_or_default())
+            }
+        };
+        FlowState {
+            pipe,
+            pending: self.pending,
+            held,
+            eof: self.eof,
+            shut: self.shut,
+            bytes: self.bytes,
+        }
+    }
+
+    /// A flow the previous image handed over. Its pipe's fds are taken
+    /// (the state names each once); a buffer is at most `HOLD`.
+    pub fn from_state(st: FlowState) -> Flow {
+        let (hold, pending) = match st.pipe {
+            // SAFETY: open fds the state names once, taken here.
+            Some((r, w)) => unsafe {
+                let (read, write) = (OwnedFd::from_raw_fd(r), OwnedFd::from_raw_fd(w));
+                (Hold::Pipe { read, write }, st.pending)
+            },
+            None => {
+                let mut held = st.held;
+                held.truncate(HOLD);
+                let pending = held.len();
+                let buf = (pending > 0).then(|| {
+                    held.resize(HOLD, 0);
+                    held.into_boxed_slice()
+                });
+                (Hold::Buffer { buf, start: 0 }, pending)
+            }
+        };
+        Flow {
+            hold,
+            pending,
+            eof: st.eof,
+            shut: st.shut,
+            bytes: st.bytes,
+        }
     }
 
     /// Its pipe, if it has one and the pipe is empty (to be used again).

@@ -37,8 +37,8 @@ mod side;
 #[cfg(test)]
 mod tests;
 
-pub use flow::HOLD;
 use flow::{Flow, FlowError, Pipe, Stop};
+pub use flow::{FlowState, HOLD};
 pub use side::{Io, Side};
 
 /// The relay's poll tokens are `TOKEN_BASE` and above: two per
@@ -57,6 +57,27 @@ const SPARE_PIPES: usize = 64;
 /// A relayed connection's name in the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RelayId(u64);
+
+/// A side as an upgrade hands it over.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+pub struct SideState {
+    pub fd: i32,
+    pub connecting: bool,
+    pub spliced: bool,
+}
+
+impl SideState {
+    /// The side again, its fd taken (the state names it once).
+    pub fn into_side(self) -> Side {
+        // SAFETY: an open fd the state names once, taken here.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(self.fd) };
+        match (self.spliced, self.connecting) {
+            (true, true) => Side::connecting(fd),
+            (true, false) => Side::stream(fd),
+            (false, _) => Side::buffered(fd),
+        }
+    }
+}
 
 /// The two sides: the client's (front) and what it is relayed to (back).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,6 +264,53 @@ impl<T> Relays<T> {
         self.conns
             .iter()
             .map(|(id, r)| (RelayId(*id), &r.tag, r.flows[0].bytes, r.flows[1].bytes))
+    }
+
+    /// Every open connection as an upgrade hands it over: its tag, its
+    /// two sides (fd, connecting, spliced) and its two flows. The fds
+    /// stay open and this table's until the exec.
+    pub fn to_state(&self) -> Vec<(&T, [SideState; 2], [FlowState; 2])> {
+        self.conns
+            .values()
+            .map(|r| {
+                let side = |s: &Side| SideState {
+                    fd: s.fd(),
+                    connecting: s.is_connecting(),
+                    spliced: s.splices(),
+                };
+                (
+                    &r.tag,
+                    [side(&r.sides[0]), side(&r.sides[1])],
+                    [r.flows[0].to_state(), r.flows[1].to_state()],
+                )
+            })
+            .collect()
+    }
+
+    /// A connection the previous image relayed: registered, and moved on
+    /// by the events its registration reports.
+    pub fn adopt(
+        &mut self,
+        registry: &Registry,
+        sides: [Side; 2],
+        flows: [FlowState; 2],
+        tag: T,
+    ) -> io::Result<RelayId> {
+        let [up, down] = flows;
+        let flows = [Flow::from_state(up), Flow::from_state(down)];
+        let id = self.next;
+        let both = Interest::READABLE | Interest::WRITABLE;
+        registry.register(&mut SourceFd(&sides[0].fd()), token(id, Which::Front), both)?;
+        registry.register(&mut SourceFd(&sides[1].fd()), token(id, Which::Back), both)?;
+        self.next += 1;
+        let relay = Relay {
+            sides,
+            flows,
+            queued: false,
+            tag,
+        };
+        self.conns.insert(id, relay);
+        Ok(RelayId(id))
     }
 
     /// The caller's tag of an open connection.

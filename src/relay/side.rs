@@ -61,6 +61,11 @@ impl Side {
         }
     }
 
+    /// Whether its connect(2) is still in progress.
+    pub fn is_connecting(&self) -> bool {
+        self.connecting
+    }
+
     /// The fd the loop watches for this side.
     pub fn fd(&self) -> RawFd {
         match &self.io {
@@ -69,7 +74,7 @@ impl Side {
     }
 
     /// Whether bytes may go to or from this side by splice(2).
-    pub(super) fn splices(&self) -> bool {
+    pub fn splices(&self) -> bool {
         matches!(self.io, Io::Stream(_))
     }
 

@@ -293,6 +293,8 @@ impl Server {
         // Exits that happened since the signal was read: a child reaped
         // here is not handed over, one exiting later is the next image's.
         self.reap_children();
+        // What forward mode does not hand over ends here, said.
+        self.end_forwarding_for_upgrade();
         // Without the running config in the state, a new image that cannot
         // start would send the old one back to a file that may fail too,
         // leaving no summond: no upgrade then.
@@ -330,8 +332,6 @@ impl Server {
         if let Some(end) = self.services.refusal_deadline() {
             self.log_refusal_summary(end);
         }
-        // Not handed over yet: said, not left to the exec's CLOEXEC.
-        self.end_forwarding_for_upgrade();
         let err = upgrade::exec_new(exe, &state);
         self.upgrade_failed(format!("cannot execute {}: {err}", exe.display()));
         self.notify(&format!("READY=1\n{}", self.status_line()));
@@ -347,6 +347,7 @@ impl Server {
             .chain(self.endpoints.to_state())
             .collect();
         let now = Instant::now();
+        let (backends, relays) = self.forward_state();
         let children = self.children.to_state(now, |id| {
             self.services
                 .index_of(id)
@@ -387,6 +388,8 @@ impl Server {
                 .services
                 .limits_state(now, |id| self.internal.datagrams.answers_state(id, now)),
             handed_over_at_ns: upgrade::monotonic_ns(now),
+            backends,
+            relays,
         }
     }
 
@@ -444,6 +447,7 @@ impl Server {
             }
         });
         self.resume_front(state.front, &index, handed);
+        self.resume_forwarding(state.backends, state.relays, &index);
         self.services.resume_stats(state.stats, &index);
         self.services.resume_paused(&state.paused);
         for (id, resumed, answers) in self.services.resume_limits(state.limits, &index, handed) {

@@ -3,9 +3,11 @@
 //! A service with `forward` owns one backend process (its `exec`, in a
 //! process group of its own), kept here by service with its state:
 //!
-//!     stopped ──first client──▶ starting ──`forward` accepts──▶ ready
-//!        ▲                        │ start_timeout, exit            │ idle_stop
-//!        └──────── reaped ◀──── stopping ◀───────────────────────┘
+//! ```text
+//! stopped ──first client──▶ starting ──`forward` accepts──▶ ready
+//!    ▲                        │ start_timeout, exit            │ idle_stop
+//!    └──────── reaped ◀──── stopping ◀───────────────────────┘
+//! ```
 //!
 //! 1. A client accepted (connection.rs, after the access rules, limits
 //!    and banner) comes to `forward_client`. Ready: it gets its own
@@ -57,6 +59,7 @@ use crate::peer::{Peer, SourceKey};
 use crate::relay::{Closed, End, RelayId, Relays, Side};
 use crate::spawn;
 use crate::stats::ExitText;
+use crate::upgrade::{BackendState, RelayState};
 
 mod notify;
 
@@ -933,34 +936,42 @@ impl Server {
         }
     }
 
-    /// Before an upgrade's exec: relayed connections and backends are not
-    /// handed over to the next image (yet), so each relayed connection is
-    /// closed and each backend stopped here, with a line saying so,
-    /// rather than cut by the exec or left running unmanaged.
+    /// Before an upgrade's exec: ready backends and the connections
+    /// relayed to them are handed over (`forward_state`); what is not
+    /// (a backend starting or stopping, one a reload retired, their
+    /// connections, clients waiting for a start) is stopped or closed
+    /// here, each with a line, rather than cut by the exec or left
+    /// running unmanaged.
     pub(super) fn end_forwarding_for_upgrade(&mut self) {
-        let ids: Vec<RelayId> = self.forward.relays.iter().map(|(id, ..)| id).collect();
+        let ready: Vec<Pid> = self
+            .forward
+            .backends
+            .values()
+            .filter_map(|b| match b.state {
+                State::Ready { pid } => Some(pid),
+                _ => None,
+            })
+            .collect();
+        let ids: Vec<RelayId> = (self.forward.relays.iter())
+            .filter(|(_, t, ..)| !ready.contains(&t.pid))
+            .map(|(id, ..)| id)
+            .collect();
         if !ids.is_empty() {
             warn!(event = "upgrade";
-                "upgrade: closing {} relayed connections (forward mode hands none over)", ids.len());
+                "upgrade: closing {} relayed connections to backends not ready", ids.len());
         }
         // As an idle stop would, so an image whose exec failed goes on
         // with each backend stopping (SIGKILL after stop_timeout).
-        let running: Vec<usize> = self
-            .forward
-            .backends
-            .iter()
-            .filter(|(_, b)| b.state.pid().is_some())
+        let starting: Vec<usize> = (self.forward.backends.iter())
+            .filter(|(_, b)| matches!(b.state, State::Starting { .. }))
             .filter_map(|(id, _)| self.services.index_of(*id))
             .collect();
-        for idx in running {
+        for idx in starting {
             let name = &self.services[idx].name;
-            warn!(event = "upgrade"; "upgrade: stopping {name}'s backend (forward mode hands none over)");
+            warn!(event = "upgrade"; "upgrade: stopping {name}'s backend, not ready yet");
             self.stop_backend(idx);
         }
-        let retired: Vec<Pid> = self
-            .forward
-            .retired
-            .iter()
+        let retired: Vec<Pid> = (self.forward.retired.iter())
             .filter(|r| r.kill.is_none())
             .map(|r| r.pid)
             .collect();
@@ -974,8 +985,140 @@ impl Server {
         }
         for b in self.forward.backends.values_mut() {
             for w in std::mem::take(&mut b.waiting) {
+                b.remove_source(w.source);
                 info!("upgrade: closing {}, waiting for its backend", w.peer);
             }
+        }
+    }
+
+    /// The ready backends and the connections relayed to them, for the
+    /// next image: the sockets and pipes stay open across the exec, so
+    /// the bytes in flight go on where they were.
+    pub(super) fn forward_state(&self) -> (Vec<BackendState>, Vec<RelayState>) {
+        let mut backends = Vec::new();
+        for b in self.forward.backends.values() {
+            let (State::Ready { pid }, Some(spec)) = (&b.state, &b.started_with) else {
+                continue;
+            };
+            let Some(f) = &spec.forward else {
+                continue;
+            };
+            backends.push(BackendState {
+                service: spec.name.clone(),
+                pid: pid.as_raw(),
+                to: f.to.to_string(),
+                exec: spec.exec.clone(),
+                ready_in_us: b.ready_in.map(|d| d.as_micros() as u64),
+                relayed: b.relayed,
+                up: b.up,
+                down: b.down,
+            });
+        }
+        let relays = (self.forward.relays.to_state().into_iter())
+            .map(|(t, sides, flows)| RelayState {
+                service: t.name.to_string(),
+                pid: t.pid.as_raw(),
+                peer: t.peer.clone(),
+                source: t.source,
+                sides,
+                flows,
+            })
+            .collect();
+        (backends, relays)
+    }
+
+    /// What the previous image handed over: each backend is adopted by
+    /// the service of its name if that still forwards to the same address
+    /// with the same program (else it is retired: it finishes its
+    /// connections, then stops), and each relayed connection goes on.
+    pub(super) fn resume_forwarding(
+        &mut self,
+        backends: Vec<BackendState>,
+        relays: Vec<RelayState>,
+        index: &FxHashMap<String, usize>,
+    ) {
+        let now = Instant::now();
+        for b in backends {
+            let pid = Pid::from_raw(b.pid);
+            let same = |i: &usize| {
+                let spec = &self.services[*i].spec;
+                spec.exec == b.exec
+                    && spec
+                        .forward
+                        .as_ref()
+                        .is_some_and(|f| f.to.to_string() == b.to)
+            };
+            match index.get(&b.service).copied().filter(same) {
+                Some(idx) => {
+                    let svc = &self.services[idx];
+                    let backend = self.forward.backends.entry(svc.id).or_default();
+                    backend.state = State::Ready { pid };
+                    backend.started_with = Some(Box::new(svc.spec.clone()));
+                    backend.ready_in = b.ready_in_us.map(Duration::from_micros);
+                    (backend.relayed, backend.up, backend.down) = (b.relayed, b.up, b.down);
+                }
+                None => {
+                    let Ok(to) = b.to.parse::<ListenAddr>() else {
+                        continue;
+                    };
+                    info!(
+                        "{}: backend pid {pid} handed over, its service changed: retired",
+                        b.service
+                    );
+                    let service = self.services.id_by_name(Some(&b.service), index);
+                    self.forward.retired.push(Retired {
+                        service,
+                        name: b.service.as_str().into(),
+                        pid,
+                        to,
+                        open: 0,
+                        stop_timeout: crate::config::DEFAULT_STOP_TIMEOUT,
+                        kill: None,
+                    });
+                }
+            }
+        }
+        for r in relays {
+            self.resume_relay(r, index);
+        }
+        let idle: Vec<Pid> = (self.forward.retired.iter())
+            .filter(|r| r.open == 0 && r.kill.is_none())
+            .map(|r| r.pid)
+            .collect();
+        for pid in idle {
+            self.stop_retired(pid);
+        }
+        for idx in 0..self.services.len() {
+            self.arm_idle(idx, now);
+        }
+    }
+
+    /// One relayed connection the previous image handed over.
+    fn resume_relay(&mut self, r: RelayState, index: &FxHashMap<String, usize>) {
+        let id = self.services.id_by_name(Some(&r.service), index);
+        let pid = Pid::from_raw(r.pid);
+        let tag = Relayed {
+            service: id,
+            name: r.service.as_str().into(),
+            pid,
+            peer: r.peer.clone(),
+            source: r.source,
+            runtime_timer: None,
+        };
+        let sides = r.sides.map(crate::relay::SideState::into_side);
+        if let Err(e) = self
+            .forward
+            .relays
+            .adopt(self.poller.registry(), sides, r.flows, tag)
+        {
+            info!("{}: cannot relay {} any more: {e}", r.service, r.peer);
+            return;
+        }
+        let backend = self.forward.backends.entry(id).or_default();
+        backend.open += 1;
+        backend.add_source(r.source);
+        if let Some(retired) = self.forward.retired.iter_mut().find(|x| x.pid == pid) {
+            retired.open += 1;
         }
     }
 
