@@ -726,3 +726,53 @@ ready = "notify"
     assert_eq!(read_line(&c), "early\n", "{}", s.log_text());
     assert!(s.log_text().contains("ready after"), "{}", s.log_text());
 }
+
+/// Clients that leave while the backend starts (closed or reset) cost
+/// nothing once it is ready: each is relayed, ends, and leaves no fd.
+#[test]
+fn clients_that_leave_while_the_backend_starts_leave_nothing_behind() {
+    if !have("socat") {
+        return skip("forward departed clients", "socat is not installed");
+    }
+    let (port, backend) = (free_port(), free_port());
+    let script = format!(
+        "sleep 0.5; exec socat TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork,backlog=1024 EXEC:cat"
+    );
+    let config = format!(
+        r#"
+[[service]]
+name = "slowstart"
+listen = "tcp://127.0.0.1:{port}"
+exec = {exec}
+forward = "tcp://127.0.0.1:{backend}"
+"#,
+        exec = sh(&script)
+    );
+    let s = Summond::start(&config);
+    let _guard = KillOnDropLater(&s);
+    let sockets = || {
+        std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|l| l.display().to_string().starts_with("socket:"))
+            .count()
+    };
+    let before = sockets();
+    for i in 0..500 {
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        (&c).write_all(b"bye").unwrap();
+        if i % 2 == 0 {
+            socket2::SockRef::from(&c)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+        }
+    }
+    assert!(s.wait_log("ready after"), "{}", s.log_text());
+    assert_eq!(tcp_port_exchange(port, b"still here\n"), "still here\n");
+    assert!(
+        wait_until(Duration::from_secs(30), || sockets() <= before),
+        "{} sockets open, {before} before",
+        sockets()
+    );
+    assert_eq!(s.log_count("starting the backend"), 1);
+}
