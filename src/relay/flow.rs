@@ -23,8 +23,9 @@ pub type Pipe = (OwnedFd, OwnedFd);
 #[derive(Debug)]
 enum Hold {
     /// A pipe pair: splice(2) in, splice(2) out, the bytes never copied
-    /// to user space.
-    Pipe { read: OwnedFd, write: OwnedFd },
+    /// to user space. Taken from `Pipes` for a read and given back once
+    /// drained: an idle connection holds no pipe.
+    Pipe(Option<Pipe>),
     /// A buffer, allocated while it holds bytes and given back when
     /// drained: an idle connection holds no buffer.
     Buffer {
@@ -33,11 +34,38 @@ enum Hold {
     },
 }
 
+/// Empty pipes, kept for the flows' next reads: a busy flow takes and
+/// gives one back per read without a syscall, an idle one holds none.
+#[derive(Debug, Default)]
+pub struct Pipes {
+    spare: Vec<Pipe>,
+}
+
+/// Empty pipes kept at most (two fds each).
+const SPARE_PIPES: usize = 64;
+
+impl Pipes {
+    fn take(&mut self) -> io::Result<Pipe> {
+        match self.spare.pop() {
+            Some(p) => Ok(p),
+            None => pipe(),
+        }
+    }
+
+    /// An empty pipe, kept if there is room (else closed).
+    pub fn give(&mut self, p: Pipe) {
+        if self.spare.len() < SPARE_PIPES {
+            self.spare.push(p);
+        }
+    }
+}
+
 /// A flow as an upgrade hands it to the next image: its pipe's fds (the
 /// bytes in flight stay in the pipe) or its buffer's bytes, and where it
 /// is in its stream.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct FlowState {
+    pub spliced: bool,
     pub pipe: Option<(i32, i32)>,
     pub pending: usize,
     /// A buffer's bytes not yet written.
@@ -82,29 +110,24 @@ pub struct Flow {
 }
 
 impl Flow {
-    /// A flow between `src` and `dst`: through a pipe (an empty one
-    /// from `spare`, else a new one) when both splice, through a buffer
-    /// otherwise.
-    pub fn new(src: &Side, dst: &Side, spare: &mut Vec<Pipe>) -> io::Result<Flow> {
+    /// A flow between `src` and `dst`: through pipes when both splice,
+    /// through a buffer otherwise.
+    pub fn new(src: &Side, dst: &Side) -> Flow {
         let hold = if src.splices() && dst.splices() {
-            let (read, write) = match spare.pop() {
-                Some(p) => p,
-                None => pipe()?,
-            };
-            Hold::Pipe { read, write }
+            Hold::Pipe(None)
         } else {
             Hold::Buffer {
                 buf: None,
                 start: 0,
             }
         };
-        Ok(Flow {
+        Flow {
             hold,
             pending: 0,
             eof: false,
             shut: false,
             bytes: 0,
-        })
+        }
     }
 
     /// Bytes held now (never more than `HOLD`).
@@ -116,7 +139,10 @@ impl Flow {
     /// this flow's (and open) until the exec.
     pub fn to_state(&self) -> FlowState {
         let (pipe, held) = match &self.hold {
-            Hold::Pipe { read, write } => (Some((read.as_raw_fd(), write.as_raw_fd())), Vec::new()),
+            Hold::Pipe(p) => (
+                p.as_ref().map(|(r, w)| (r.as_raw_fd(), w.as_raw_fd())),
+                Vec::new(),
+            ),
             Hold::Buffer { buf, start } => {
                 let held = buf
                     .as_deref()
@@ -125,6 +151,7 @@ impl Flow {
             }
         };
         FlowState {
+            spliced: matches!(self.hold, Hold::Pipe(_)),
             pipe,
             pending: self.pending,
             held,
@@ -137,13 +164,14 @@ impl Flow {
     /// A flow the previous image handed over. Its pipe's fds are taken
     /// (the state names each once); a buffer is at most `HOLD`.
     pub fn from_state(st: FlowState) -> Flow {
-        let (hold, pending) = match st.pipe {
+        let (hold, pending) = match (st.spliced, st.pipe) {
             // SAFETY: open fds the state names once, taken here.
-            Some((r, w)) => unsafe {
-                let (read, write) = (OwnedFd::from_raw_fd(r), OwnedFd::from_raw_fd(w));
-                (Hold::Pipe { read, write }, st.pending)
+            (true, Some((r, w))) => unsafe {
+                let pipe = (OwnedFd::from_raw_fd(r), OwnedFd::from_raw_fd(w));
+                (Hold::Pipe(Some(pipe)), st.pending)
             },
-            None => {
+            (true, None) => (Hold::Pipe(None), 0),
+            (false, _) => {
                 let mut held = st.held;
                 held.truncate(HOLD);
                 let pending = held.len();
@@ -166,23 +194,42 @@ impl Flow {
     /// Its pipe, if it has one and the pipe is empty (to be used again).
     pub fn into_pipe(self) -> Option<Pipe> {
         match self.hold {
-            Hold::Pipe { read, write } if self.pending == 0 => Some((read, write)),
+            Hold::Pipe(p) if self.pending == 0 => p,
             _ => None,
         }
     }
 
-    /// Whether this flow holds memory of summond's own (a buffer).
-    pub fn buffered(&self) -> bool {
-        matches!(self.hold, Hold::Buffer { buf: Some(_), .. })
+    /// Whether this flow holds a buffer or a pipe now.
+    pub fn holding(&self) -> bool {
+        matches!(
+            self.hold,
+            Hold::Buffer { buf: Some(_), .. } | Hold::Pipe(Some(_))
+        )
     }
 
     /// Move bytes until the source is drained, the destination blocks,
-    /// the end is passed on, or `budget` bytes were read this call.
+    /// the end is passed on, or `budget` bytes were read this call; a
+    /// pipe or buffer emptied is given back.
     pub fn pump(
         &mut self,
         src: &mut Side,
         dst: &mut Side,
         budget: usize,
+        pipes: &mut Pipes,
+    ) -> Result<Stop, FlowError> {
+        let stop = self.moved(src, dst, budget, pipes);
+        if self.pending == 0 {
+            self.release(pipes);
+        }
+        stop
+    }
+
+    fn moved(
+        &mut self,
+        src: &mut Side,
+        dst: &mut Side,
+        budget: usize,
+        pipes: &mut Pipes,
     ) -> Result<Stop, FlowError> {
         let mut read = 0;
         loop {
@@ -209,7 +256,7 @@ impl Flow {
             if read >= budget {
                 return Ok(Stop::Budget);
             }
-            match self.fill(src) {
+            match self.fill(src, pipes) {
                 Ok(0) => self.eof = true,
                 Ok(n) => read += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -240,9 +287,15 @@ impl Flow {
     }
 
     /// Read once into the hold (empty when called).
-    fn fill(&mut self, src: &mut Side) -> io::Result<usize> {
+    fn fill(&mut self, src: &mut Side, pipes: &mut Pipes) -> io::Result<usize> {
         let n = match &mut self.hold {
-            Hold::Pipe { write, .. } => splice(src.fd(), write.as_raw_fd(), HOLD)?,
+            Hold::Pipe(slot) => {
+                let write = match slot {
+                    Some((_, w)) => w,
+                    None => &slot.insert(pipes.take()?).1,
+                };
+                splice(src.fd(), write.as_raw_fd(), HOLD)?
+            }
             Hold::Buffer { buf, start } => {
                 let b = buf.get_or_insert_with(|| vec![0; HOLD].into_boxed_slice());
                 *start = 0;
@@ -250,9 +303,6 @@ impl Flow {
             }
         };
         self.pending = n;
-        if n == 0 {
-            self.release();
-        }
         Ok(n)
     }
 
@@ -260,7 +310,9 @@ impl Flow {
     fn drain(&mut self, dst: &mut Side) -> io::Result<()> {
         while self.pending > 0 {
             let n = match &mut self.hold {
-                Hold::Pipe { read, .. } => splice(read.as_raw_fd(), dst.fd(), self.pending)?,
+                Hold::Pipe(Some((read, _))) => splice(read.as_raw_fd(), dst.fd(), self.pending)?,
+                // Bytes are pending only in a pipe it holds.
+                Hold::Pipe(None) => return Err(io::ErrorKind::InvalidData.into()),
                 Hold::Buffer { buf, start } => {
                     let b = buf.as_deref().unwrap_or(&[]);
                     let n = dst.write(&b[*start..*start + self.pending])?;
@@ -275,14 +327,18 @@ impl Flow {
             self.pending -= n;
             self.bytes += n as u64;
         }
-        self.release();
         Ok(())
     }
 
-    /// An empty buffer is given back.
-    fn release(&mut self) {
-        if let Hold::Buffer { buf, .. } = &mut self.hold {
-            *buf = None;
+    /// Emptied: the buffer is freed, the pipe kept for the next read.
+    fn release(&mut self, pipes: &mut Pipes) {
+        match &mut self.hold {
+            Hold::Buffer { buf, .. } => *buf = None,
+            Hold::Pipe(slot) => {
+                if let Some(p) = slot.take() {
+                    pipes.give(p);
+                }
+            }
         }
     }
 }

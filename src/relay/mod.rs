@@ -37,7 +37,7 @@ mod side;
 #[cfg(test)]
 mod tests;
 
-use flow::{Flow, FlowError, Pipe, Stop};
+use flow::{Flow, FlowError, Pipes, Stop};
 pub use flow::{FlowState, HOLD};
 pub use side::{Io, Side};
 
@@ -48,11 +48,6 @@ pub const TOKEN_BASE: usize = 1 << (usize::BITS - 2);
 
 /// Bytes one flow moves per turn before others are served.
 const BUDGET: usize = 16 * HOLD;
-
-/// Empty pipes kept from ended connections for the next ones: a new
-/// connection then costs no pipe2(2) and an ended one no close(2) of
-/// its pipes (4 fds at most per connection kept, 256 fds in all).
-const SPARE_PIPES: usize = 64;
 
 /// A relayed connection's name in the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -159,8 +154,8 @@ pub struct Relays<T> {
     next: u64,
     /// Connections to serve again at the turn's end.
     again: Vec<u64>,
-    /// Empty pipes to use again (at most `SPARE_PIPES`).
-    spare: Vec<Pipe>,
+    /// Empty pipes for the flows' reads.
+    pipes: Pipes,
 }
 
 impl<T> Default for Relays<T> {
@@ -169,7 +164,7 @@ impl<T> Default for Relays<T> {
             conns: FxHashMap::default(),
             next: 0,
             again: Vec::new(),
-            spare: Vec::new(),
+            pipes: Pipes::default(),
         }
     }
 }
@@ -199,10 +194,7 @@ impl<T> Relays<T> {
         back: Side,
         tag: T,
     ) -> io::Result<RelayId> {
-        let flows = [
-            Flow::new(&front, &back, &mut self.spare)?,
-            Flow::new(&back, &front, &mut self.spare)?,
-        ];
+        let flows = [Flow::new(&front, &back), Flow::new(&back, &front)];
         let id = self.next;
         let both = Interest::READABLE | Interest::WRITABLE;
         registry.register(&mut SourceFd(&front.fd()), token(id, Which::Front), both)?;
@@ -333,22 +325,24 @@ impl<T> Relays<T> {
         Some((r.flows[0].pending(), r.flows[1].pending()))
     }
 
-    /// How many connections hold a buffer of summond's memory now.
-    pub fn buffers(&self) -> usize {
+    /// How many flows hold a buffer or a pipe now (an idle one holds
+    /// neither).
+    pub fn holding(&self) -> usize {
         let flows = self.conns.values().flat_map(|r| r.flows.iter());
-        flows.filter(|f| f.buffered()).count()
+        flows.filter(|f| f.holding()).count()
     }
 
     /// Move what can be moved both ways; end the connection when both
     /// directions are finished or either failed.
     fn step(&mut self, registry: &Registry, id: u64) -> Option<Closed<T>> {
         let relay = self.conns.get_mut(&id)?;
+        let pipes = &mut self.pipes;
         let [front, back] = &mut relay.sides;
         let [up, down] = &mut relay.flows;
         let stops = (
-            up.pump(front, back, BUDGET)
+            up.pump(front, back, BUDGET, pipes)
                 .map_err(|e| failed(e, Which::Front)),
-            down.pump(back, front, BUDGET)
+            down.pump(back, front, BUDGET, pipes)
                 .map_err(|e| failed(e, Which::Back)),
         );
         match stops {
@@ -374,10 +368,8 @@ impl<T> Relays<T> {
         } = self.conns.remove(&id)?;
         drop(sides);
         let (up, down) = (flows[0].bytes, flows[1].bytes);
-        for flow in flows {
-            if self.spare.len() < SPARE_PIPES {
-                self.spare.extend(flow.into_pipe());
-            }
+        for p in flows.into_iter().filter_map(Flow::into_pipe) {
+            self.pipes.give(p);
         }
         Some(Closed {
             id: RelayId(id),
