@@ -267,6 +267,26 @@ fn connect(to: &ListenAddr) -> io::Result<(Socket, bool)> {
     }
 }
 
+/// A TCP connect to a port nobody listens on can meet itself: the
+/// kernel may pick the target port as the socket's own (a port in the
+/// ephemeral range, which readiness probes walk through), and the
+/// simultaneous open succeeds. Such a probe is not the backend, and
+/// holding it would keep the backend from binding its port.
+fn self_connected(s: &Socket) -> bool {
+    match (s.local_addr(), s.peer_addr()) {
+        (Ok(local), Ok(peer)) => {
+            local.as_socket().is_some() && local.as_socket() == peer.as_socket()
+        }
+        _ => false,
+    }
+}
+
+/// Close a probe's socket with a reset: no TIME_WAIT left on the port
+/// the backend is about to bind.
+fn discard(s: Socket) {
+    let _ = s.set_linger(Some(Duration::ZERO));
+}
+
 impl Server {
     /// Step 1: an admitted client of a forward service.
     pub(super) fn forward_client(
@@ -457,7 +477,11 @@ impl Server {
             None => return,
         };
         match connect(&to) {
-            Ok((sock, false)) => self.backend_ready(idx, Some(sock)),
+            Ok((sock, false)) if !self_connected(&sock) => self.backend_ready(idx, Some(sock)),
+            Ok((sock, false)) => {
+                discard(sock);
+                self.probe_later(id);
+            }
             Ok((sock, true)) => {
                 let token = self.poller.tokens.next();
                 let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
@@ -529,8 +553,11 @@ impl Server {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
         let _ = self.poller.registry().deregister(&mut SourceFd(&fd));
         match (sock.take_error(), self.services.index_of(id)) {
-            (Ok(None), Some(idx)) => self.backend_ready(idx, Some(sock)),
-            _ => self.probe_later(id),
+            (Ok(None), Some(idx)) if !self_connected(&sock) => self.backend_ready(idx, Some(sock)),
+            _ => {
+                discard(sock);
+                self.probe_later(id);
+            }
         }
     }
 
@@ -1293,5 +1320,29 @@ fn cut_text(cut: usize) -> String {
     match cut {
         0 => String::new(),
         n => format!("; its {n} relayed connections were closed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket bound to a port and connected to that same port meets
+    /// itself (a simultaneous open), as a probe can; a real connection
+    /// does not count as one.
+    #[test]
+    fn a_connection_to_itself_is_seen() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.bind(&port.into()).unwrap();
+        s.connect(&port.into()).unwrap();
+        assert!(self_connected(&s));
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (c, _) = connect(&ListenAddr::Tcp(l.local_addr().unwrap())).unwrap();
+        let _ = l.accept().unwrap();
+        assert!(!self_connected(&c));
     }
 }
