@@ -253,8 +253,8 @@ fn connect(to: &ListenAddr) -> io::Result<(Socket, bool)> {
         ListenAddr::Unix(path) => (Domain::UNIX, crate::listener::unix_sockaddr(path)?),
         _ => return Err(io::ErrorKind::Unsupported.into()),
     };
-    let s = Socket::new(domain, Type::STREAM, None)?;
-    s.set_nonblocking(true)?;
+    // Non-blocking from socket(2) on: no fcntl pair per connection.
+    let s = Socket::new(domain, Type::STREAM.nonblocking(), None)?;
     if matches!(to, ListenAddr::Tcp(_)) {
         // Small replies go out at once, and a 64 KiB splice's tail does
         // not wait for the ACK of the segment before it (Nagle).
@@ -279,6 +279,18 @@ fn self_connected(s: &Socket) -> bool {
         }
         _ => false,
     }
+}
+
+/// O_NONBLOCK with one ioctl(FIONBIO) (socket2 reads the flags first
+/// with fcntl, then sets them: two syscalls per relayed client).
+fn set_nonblocking(s: &Socket) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: FIONBIO reads an int from a local.
+    let r = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(s), libc::FIONBIO, &on) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Close a probe's socket with a reset: no TIME_WAIT left on the port
@@ -629,7 +641,7 @@ impl Server {
             },
         };
         let relayed = back.and_then(|back| {
-            conn.set_nonblocking(true)?;
+            set_nonblocking(&conn)?;
             // A 64 KiB splice is a full segment and a tail on loopback's
             // MTU: Nagle would hold the tail until the segment's ACK.
             // (Fails harmlessly on a Unix socket.)
