@@ -776,3 +776,52 @@ forward = "tcp://127.0.0.1:{backend}"
     );
     assert_eq!(s.log_count("starting the backend"), 1);
 }
+
+/// Out of fds when connecting to the backend: one line for the episode
+/// (not one per client), the listeners rest, and clients are relayed
+/// again once fds are back.
+#[test]
+fn out_of_fds_for_the_backend_is_one_episode_and_clients_are_served_after() {
+    if !have("socat") {
+        return skip("forward out of fds", "socat is not installed");
+    }
+    let (port, backend) = (free_port(), free_port());
+    let config = format!(
+        r#"
+[[service]]
+name = "echo"
+listen = "tcp://127.0.0.1:{port}"
+exec = ["socat", "TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork", "EXEC:cat"]
+forward = "tcp://127.0.0.1:{backend}"
+"#
+    );
+    let s = Summond::start(&config);
+    let _guard = KillOnDropLater(&s);
+    assert_eq!(tcp_port_exchange(port, b"warm\n"), "warm\n");
+    leave_free_fds(s.pid(), 1);
+    // Accepted with the one fd left, then no fd for the backend: closed.
+    let first = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    first.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut buf = [0u8; 8];
+    assert_eq!((&first).read(&mut buf).unwrap_or(0), 0);
+    assert!(s.wait_log("pausing all listeners"), "{}", s.log_text());
+    let waiting: Vec<TcpStream> = (0..5)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    for c in &waiting {
+        (&*c).write_all(b"later\n").unwrap();
+    }
+    set_nofile(s.pid(), 4096);
+    for c in &waiting {
+        c.set_read_timeout(Some(TIMEOUT)).unwrap();
+        assert_eq!(read_line(c), "later\n", "{}", s.log_text());
+    }
+    assert_eq!(s.log_count("pausing all listeners"), 1, "{}", s.log_text());
+    // The clients closed meanwhile are debug lines, not a warning each.
+    let warned = s
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("cannot connect to the backend"))
+        .count();
+    assert_eq!(warned, 0, "{}", s.log_text());
+}

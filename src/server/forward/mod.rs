@@ -666,6 +666,9 @@ impl Server {
             Ok(rid) => {
                 backend.open += 1;
                 backend.relayed += 1;
+                if self.shortage.backoff.success() {
+                    info!("resources available again: accepting connections");
+                }
                 debug!(event = "relay", service = &*name, peer:% = peer; "{name}: relaying {peer} to pid {pid}");
                 if let Some(limit) = self.services[idx].spec.max_runtime {
                     let key = self
@@ -675,6 +678,19 @@ impl Server {
                         tag.runtime_timer = Some(key);
                     }
                 }
+            }
+            Err(e) if super::connection::is_resource_error(&e) => {
+                // Out of fds or memory: one line per episode, and the
+                // listeners rest for the back-off (as for accept).
+                backend.remove_source(source);
+                debug!("{name}: closing {peer}: cannot connect to the backend: {e}");
+                let what = format!("{name}: relaying {peer}");
+                super::connection::note_resource_fault(
+                    &mut self.shortage.backoff,
+                    &what,
+                    &e,
+                    Instant::now(),
+                );
             }
             Err(e) => {
                 backend.remove_source(source);
