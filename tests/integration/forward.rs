@@ -825,3 +825,51 @@ forward = "tcp://127.0.0.1:{backend}"
         .count();
     assert_eq!(warned, 0, "{}", s.log_text());
 }
+
+/// A backend whose leader dies leaves nothing of its group behind (here
+/// the server its shell started, which would hold the port): the next
+/// client starts a new backend that can bind it.
+#[test]
+fn a_backends_group_is_killed_with_its_leader_so_the_next_one_can_bind() {
+    if !have("socat") {
+        return skip("forward group", "socat is not installed");
+    }
+    let (port, backend) = (free_port(), free_port());
+    let script =
+        format!("socat TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork EXEC:cat & wait");
+    let config = format!(
+        r#"
+[[service]]
+name = "group"
+listen = "tcp://127.0.0.1:{port}"
+exec = {exec}
+forward = "tcp://127.0.0.1:{backend}"
+"#,
+        exec = sh(&script)
+    );
+    let s = Summond::start(&config);
+    let _guard = KillOnDropLater(&s);
+    assert_eq!(tcp_port_exchange(port, b"one\n"), "one\n");
+    let leader = backend_pid(&s, 0);
+    let members = children_of(leader);
+    assert!(!members.is_empty(), "the shell started no server");
+    let _members: Vec<KillOnDrop> = members.iter().map(|p| KillOnDrop::new(*p)).collect();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(leader),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(
+        wait_until(TIMEOUT, || members
+            .iter()
+            .all(|p| !matches!(proc_state(*p), Some(s) if s != 'Z'))),
+        "the backend's server outlived its leader"
+    );
+    assert_eq!(
+        tcp_port_exchange(port, b"two\n"),
+        "two\n",
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(s.log_count("starting the backend"), 2);
+}

@@ -882,6 +882,7 @@ impl Server {
             if let Some(kill) = r.kill {
                 self.timers.cancel(kill);
             }
+            kill_leftovers(pid);
             let cut = self.cut_relays_of(pid);
             info!(event = "backend_exit", service = &*r.name, pid = pid.as_raw();
                 "{}: retired backend pid {pid} {}{}", r.name, ExitText(status), cut_text(cut));
@@ -917,6 +918,7 @@ impl Server {
             }
             _ => false,
         };
+        kill_leftovers(pid);
         let cut = self.cut_relays_of(pid);
         let what = ExitText(status);
         if asked {
@@ -1342,6 +1344,16 @@ impl Server {
             }
         }
     }
+}
+
+/// The backend's leader is gone: what is left of its process group (a
+/// server its shell started, workers) is killed too, as a service
+/// manager ends a unit's cgroup; left running it could hold the port the
+/// next backend binds. The group's id stays the leader's pid, unused by
+/// any new process, while a member is left; this runs in the same turn
+/// as the reap.
+fn kill_leftovers(leader: Pid) {
+    let _ = kill(Pid::from_raw(-leader.as_raw()), Signal::SIGKILL);
 }
 
 fn cut_text(cut: usize) -> String {
