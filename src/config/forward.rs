@@ -11,7 +11,7 @@ use super::draft::Draft;
 use super::options::invalid;
 use super::parse::{Checker, Table, Value};
 use super::units;
-use super::{Forward, Ready, StderrMode};
+use super::{Forward, ProxyHeader, Ready, StderrMode};
 use crate::addr::ListenAddr;
 
 /// SPEC defaults.
@@ -19,7 +19,13 @@ pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The keys that mean nothing without `forward`.
-const NEEDS_FORWARD: &[&str] = &["ready", "start_timeout", "idle_stop", "stop_timeout"];
+const NEEDS_FORWARD: &[&str] = &[
+    "ready",
+    "start_timeout",
+    "idle_stop",
+    "stop_timeout",
+    "forward_proxy_protocol",
+];
 
 /// What the handlers read; built into a `Forward` once `forward` is known.
 #[derive(Default)]
@@ -29,6 +35,7 @@ pub(super) struct ForwardDraft {
     pub start_timeout: Option<Duration>,
     pub idle_stop: Option<Duration>,
     pub stop_timeout: Option<Duration>,
+    pub proxy: Option<ProxyHeader>,
 }
 
 impl ForwardDraft {
@@ -39,6 +46,7 @@ impl ForwardDraft {
             start_timeout: self.start_timeout.unwrap_or(DEFAULT_START_TIMEOUT),
             idle_stop: self.idle_stop,
             stop_timeout: self.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT),
+            proxy: self.proxy,
         })
     }
 }
@@ -96,6 +104,16 @@ pub(super) fn stop_timeout<'v>(
     d: &mut Draft<'v>,
 ) {
     d.forward.stop_timeout = cx.parsed(key, v, units::duration);
+}
+
+pub(super) fn proxy<'v>(
+    cx: &mut Checker<'_>,
+    key: &'static str,
+    v: &'v Value<'v>,
+    d: &mut Draft<'v>,
+) {
+    let choices = &[("v1", ProxyHeader::V1), ("v2", ProxyHeader::V2)];
+    d.forward.proxy = cx.choice(key, v, choices);
 }
 
 impl Checker<'_> {

@@ -67,6 +67,7 @@ pub const SERVICE_KEYS: &[&str] = &[
     "start_timeout",
     "idle_stop",
     "stop_timeout",
+    "forward_proxy_protocol",
 ];
 pub const LISTEN_TABLE_KEYS: &[&str] = &["address", "name"];
 
@@ -220,6 +221,7 @@ pub const KEY_DOCS: &[KeyDoc] = &[
     key("service", "start_timeout", "DURATION", "\"60s\"", "With forward: a backend not ready by then is stopped, its waiting clients closed, and the start counted as a failure toward the restart guard."),
     key("service", "idle_stop", "DURATION", "never", "With forward: stop the backend after this long without a relayed connection; the next client starts it again."),
     key("service", "stop_timeout", "DURATION", "\"10s\"", "With forward: stopping the backend sends SIGTERM to its process group, SIGKILL after this."),
+    key("service", "forward_proxy_protocol", "\"v1\" | \"v2\"", "", "With forward: each backend connection starts with a PROXY header (HAProxy's protocol) naming the client and the address it reached, so a backend that reads one (nginx listen ... proxy_protocol) sees the real client; PROXY UNKNOWN (v1) or LOCAL (v2) for a client that is not an IP client."),
     key("listen", "address", "ADDRESS", "", "Required: in a listen table, the address."),
     key("listen", "name", "STRING", "the service name", "In a listen table: the name of this fd in LISTEN_FDNAMES."),
 ];

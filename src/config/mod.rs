@@ -404,6 +404,17 @@ pub struct Forward {
     pub idle_stop: Option<Duration>,
     /// SIGTERM to the backend's group, SIGKILL after this.
     pub stop_timeout: Duration,
+    /// `forward_proxy_protocol`: a PROXY header sent to the backend
+    /// first, with the client's address.
+    #[serde(default)]
+    pub proxy: Option<ProxyHeader>,
+}
+
+/// The PROXY header version forward mode sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ProxyHeader {
+    V1,
+    V2,
 }
 
 /// How summond learns that a backend is ready.

@@ -142,6 +142,7 @@ const HANDLERS: &[(&str, Handler)] = &[
     ("start_timeout", forward::start_timeout),
     ("idle_stop", forward::idle_stop),
     ("stop_timeout", forward::stop_timeout),
+    ("forward_proxy_protocol", forward::proxy),
 ];
 
 /// Keys that act on the clients summond accepts or sees: with

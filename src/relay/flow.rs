@@ -135,6 +135,32 @@ impl Flow {
         self.pending
     }
 
+    /// Bytes to send before any of the source's (a PROXY header), held
+    /// as if read: written first when the destination takes bytes. At
+    /// most `PIPE_BUF` (4096) bytes: one write into an empty pipe.
+    pub fn preface(&mut self, bytes: &[u8], pipes: &mut Pipes) -> io::Result<()> {
+        if bytes.is_empty() || bytes.len() > libc::PIPE_BUF {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        match &mut self.hold {
+            Hold::Pipe(slot) => {
+                let (_, w) = slot.insert(pipes.take()?);
+                // SAFETY: bytes is valid for reads of its length.
+                let n = unsafe { libc::write(w.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+                if result(n)? != bytes.len() {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+            }
+            Hold::Buffer { buf, start } => {
+                let b = buf.get_or_insert_with(|| vec![0; HOLD].into_boxed_slice());
+                b[..bytes.len()].copy_from_slice(bytes);
+                *start = 0;
+            }
+        }
+        self.pending = bytes.len();
+        Ok(())
+    }
+
     /// What the next image of an upgrade needs of it; the pipe's fds stay
     /// this flow's (and open) until the exec.
     pub fn to_state(&self) -> FlowState {

@@ -194,7 +194,23 @@ impl<T> Relays<T> {
         back: Side,
         tag: T,
     ) -> io::Result<RelayId> {
-        let flows = [Flow::new(&front, &back), Flow::new(&back, &front)];
+        self.add_with_preface(registry, front, back, tag, &[])
+    }
+
+    /// `add`, with `preface` (a PROXY header, at most 4096 bytes) sent to
+    /// the back side before any of the front's bytes.
+    pub fn add_with_preface(
+        &mut self,
+        registry: &Registry,
+        front: Side,
+        back: Side,
+        tag: T,
+        preface: &[u8],
+    ) -> io::Result<RelayId> {
+        let mut flows = [Flow::new(&front, &back), Flow::new(&back, &front)];
+        if !preface.is_empty() {
+            flows[0].preface(preface, &mut self.pipes)?;
+        }
         let id = self.next;
         let both = Interest::READABLE | Interest::WRITABLE;
         registry.register(&mut SourceFd(&front.fd()), token(id, Which::Front), both)?;

@@ -873,3 +873,51 @@ forward = "tcp://127.0.0.1:{backend}"
     );
     assert_eq!(s.log_count("starting the backend"), 2);
 }
+
+/// `forward_proxy_protocol`: each backend connection starts with a PROXY
+/// header naming the client; an echo backend sends it back ahead of the
+/// client's own bytes.
+#[test]
+fn forward_proxy_protocol_sends_the_client_to_the_backend_first() {
+    if !have("socat") {
+        return skip("forward_proxy_protocol", "socat is not installed");
+    }
+    for version in ["v1", "v2"] {
+        let (port, backend) = (free_port(), free_port());
+        let config = format!(
+            r#"
+[[service]]
+name = "pp"
+listen = "tcp://127.0.0.1:{port}"
+exec = ["socat", "TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork", "EXEC:cat"]
+forward = "tcp://127.0.0.1:{backend}"
+forward_proxy_protocol = "{version}"
+"#
+        );
+        let s = Summond::start(&config);
+        let _guard = KillOnDropLater(&s);
+        for _ in 0..2 {
+            let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let client_port = c.local_addr().unwrap().port();
+            c.set_read_timeout(Some(TIMEOUT)).unwrap();
+            (&c).write_all(b"hi\n").unwrap();
+            c.shutdown(Shutdown::Write).unwrap();
+            let mut back = Vec::new();
+            (&c).read_to_end(&mut back).unwrap();
+            assert!(back.ends_with(b"hi\n"), "{back:?}");
+            let header = &back[..back.len() - 3];
+            if version == "v1" {
+                let want = format!("PROXY TCP4 127.0.0.1 127.0.0.1 {client_port} {port}\r\n");
+                assert_eq!(String::from_utf8_lossy(header), want);
+            } else {
+                // Signature, v2 PROXY, TCP over IPv4, 12 bytes of addresses.
+                assert_eq!(&header[..12], b"\r\n\r\n\0\r\nQUIT\n");
+                assert_eq!(&header[12..16], &[0x21, 0x11, 0, 12]);
+                assert_eq!(&header[16..24], &[127, 0, 0, 1, 127, 0, 0, 1]);
+                assert_eq!(u16::from_be_bytes([header[24], header[25]]), client_port);
+                assert_eq!(u16::from_be_bytes([header[26], header[27]]), port);
+                assert_eq!(header.len(), 28);
+            }
+        }
+    }
+}

@@ -281,6 +281,29 @@ fn self_connected(s: &Socket) -> bool {
     }
 }
 
+/// `forward_proxy_protocol`: the header naming the client and the
+/// address it reached (the balancer's client, if a PROXY header came in);
+/// empty without the key (nothing allocated).
+fn proxy_header(version: Option<crate::config::ProxyHeader>, peer: &Peer) -> Vec<u8> {
+    let Some(version) = version else {
+        return Vec::new();
+    };
+    let addrs = match peer {
+        Peer::Inet {
+            remote,
+            local: Some(local),
+        } => Some((*remote, *local)),
+        Peer::Proxied(p) => Some((p.remote, p.local)),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(64);
+    match version {
+        crate::config::ProxyHeader::V1 => crate::proxy::encode_v1(addrs, &mut out),
+        crate::config::ProxyHeader::V2 => crate::proxy::encode_v2(addrs, &[], &mut out),
+    }
+    out
+}
+
 /// O_NONBLOCK with one ioctl(FIONBIO) (socket2 reads the flags first
 /// with fcntl, then sets them: two syscalls per relayed client).
 fn set_nonblocking(s: &Socket) -> io::Result<()> {
@@ -627,6 +650,11 @@ impl Server {
     ) {
         let id = self.services[idx].id;
         let name = self.services[idx].name.clone();
+        let fwd_proxy = self.services[idx]
+            .spec
+            .forward
+            .as_ref()
+            .and_then(|f| f.proxy);
         let back = match back {
             Some(s) => Ok(Side::stream(OwnedFd::from(s))),
             None => match &self.services[idx].spec.forward {
@@ -654,11 +682,13 @@ impl Server {
                 source,
                 runtime_timer: None,
             };
-            self.forward.relays.add(
+            let header = proxy_header(fwd_proxy, &peer);
+            self.forward.relays.add_with_preface(
                 self.poller.registry(),
                 Side::stream(OwnedFd::from(conn)),
                 back,
                 tag,
+                &header,
             )
         });
         let backend = self.forward.backends.entry(id).or_default();
