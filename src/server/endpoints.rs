@@ -35,6 +35,10 @@ const CONTROL_SOCKET_MODE: u32 = 0o600;
 /// Control clients answered at once; more wait in the backlog. Each
 /// costs an fd until its answer is read.
 const MAX_CONTROL_CLIENTS: usize = 16;
+/// `summond reload` clients waiting for a load's outcome, counted apart
+/// from the above: however many wait (a load can take up to 300 s), root
+/// still gets its status, pause and resume answered.
+const MAX_WAITING_CLIENTS: usize = 64;
 /// A control client that has not read its answer by then is closed.
 const CONTROL_CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Scrapers accepted per wake-up before the loop turns to other sources.
@@ -200,7 +204,7 @@ impl Endpoints {
         };
         // At the cap the rest wait in the backlog; a reply that ends
         // accepts them (edge-triggered: nothing else would).
-        if self.control_clients.len() >= MAX_CONTROL_CLIENTS {
+        if self.asking_clients() >= MAX_CONTROL_CLIENTS {
             return Accepted::Stop;
         }
         // Its own accept ran out of fds a moment ago: wait for the
@@ -281,11 +285,19 @@ impl Endpoints {
             ControlClient::Asking { socket, line } => match read_request(socket, line) {
                 Read::More => return None,
                 Read::Whole(request) => {
+                    // One that sent its request and closed at once: its
+                    // hang-up came with the request, and no event will
+                    // say it again. Carried out all the same, answered to
+                    // nobody.
+                    let gone = hung_up(socket);
                     let request = ctl::Request::parse(&request);
                     self.cancel_client_timer(lp.timers, token);
                     return match request {
                         Ok(r) => {
                             self.set_waiting(token);
+                            if gone {
+                                self.close_control_client(lp, token);
+                            }
                             Some(r)
                         }
                         Err(why) => {
@@ -305,11 +317,29 @@ impl Endpoints {
         None
     }
 
+    /// A client's request is whole: it waits for its answer (at once, or
+    /// a reload's outcome), out of `MAX_CONTROL_CLIENTS`.
     fn set_waiting(&mut self, token: Token) {
         if let Some(ControlClient::Asking { socket, .. }) = self.control_clients.remove(&token) {
             self.control_clients
                 .insert(token, ControlClient::Waiting(socket));
+            self.accept_more_control = true;
         }
+    }
+
+    /// Clients that count toward `MAX_CONTROL_CLIENTS`: all but those
+    /// waiting for a reload's outcome.
+    fn asking_clients(&self) -> usize {
+        self.control_clients
+            .values()
+            .filter(|c| !matches!(c, ControlClient::Waiting(_)))
+            .count()
+    }
+
+    /// Within the bound of clients waiting for a reload, the one that
+    /// just asked counted?
+    pub fn may_wait(&self) -> bool {
+        self.control_clients.len() - self.asking_clients() <= MAX_WAITING_CLIENTS
     }
 
     /// Answer a client with `bytes` (one JSON line): at once if its
@@ -414,7 +444,7 @@ impl Endpoints {
         self.cancel_client_timer(lp.timers, token);
         drop(client);
         // Below the cap again: clients may be waiting in the backlog.
-        if self.control_clients.len() + 1 == MAX_CONTROL_CLIENTS {
+        if self.asking_clients() < MAX_CONTROL_CLIENTS {
             self.accept_more_control = true;
         }
     }

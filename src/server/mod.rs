@@ -408,6 +408,7 @@ impl Server {
                 self.runtime_up(pid, started_at);
             }
             Timer::Kill { pid, started_at } => self.kill_overdue_group(pid, started_at),
+            Timer::RestartKill { pid, started_at } => self.restart_overdue(pid, started_at),
             Timer::HeaderDue(token) => self.header_late(token),
             Timer::ScrapeTimeout(token) => {
                 let (endpoints, mut lp) = self.endpoints();

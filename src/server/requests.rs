@@ -18,6 +18,7 @@ use nix::unistd::Pid;
 use std::time::Instant;
 
 use super::services::Changes;
+use super::timers::{Timer, KILL_AFTER};
 use super::Server;
 use crate::control::{Answer, Request};
 
@@ -47,6 +48,10 @@ impl Server {
     fn request_reload(&mut self, token: Token) {
         if !self.config.reloadable {
             let why = "summond wrap has no config file to reload".to_string();
+            return self.answer(token, Answer::Failed(why).to_json_line());
+        }
+        if !self.endpoints.may_wait() {
+            let why = "too many summond reload clients are waiting already".to_string();
             return self.answer(token, Answer::Failed(why).to_json_line());
         }
         if let Some(load) = &self.reloads.load {
@@ -101,9 +106,11 @@ impl Server {
     }
 
     /// `summond restart NAME`: SIGTERM its long-running (`accept =
-    /// false`) children; the next client starts them again. Their ends
-    /// count toward no restart guard. One still running from an earlier
-    /// restart is sent SIGTERM again (no SIGKILL: as at summond's stop).
+    /// false`) children, and SIGKILL to the group of one still running
+    /// `KILL_AFTER` later (as `max_runtime`, but nothing is held: one
+    /// that ends at the SIGTERM is reaped at once, its sockets free for
+    /// the next); the next client starts them again. Their ends count
+    /// toward no restart guard.
     fn restart_service(&mut self, name: &str) -> Answer {
         let Some(idx) = self.services.by_name().get(name).copied() else {
             return unknown(name);
@@ -120,6 +127,11 @@ impl Server {
             match kill(*pid, Signal::SIGTERM) {
                 Ok(()) => {
                     self.children.mark_restarting(pid);
+                    if let Some(c) = self.children.get(pid) {
+                        let (pid, started_at) = (*pid, c.started_at);
+                        let at = Instant::now() + KILL_AFTER;
+                        self.timers.add(at, Timer::RestartKill { pid, started_at });
+                    }
                     stopped += 1;
                 }
                 Err(e) => warn!("{name}: cannot SIGTERM pid {pid}: {e}"),
@@ -129,8 +141,31 @@ impl Server {
             "{name}: summond restart: SIGTERM to {stopped} long-running children");
         Answer::Done(match stopped {
             0 => format!("{name}: no long-running child to restart; the next client starts one"),
-            n => format!("{name}: SIGTERM sent to {n} long-running children; the next client starts them again"),
+            n => format!(
+                "{name}: SIGTERM sent to {n} long-running children (SIGKILL in {}s to one still running); the next client starts them again",
+                KILL_AFTER.as_secs()
+            ),
         })
+    }
+
+    /// `KILL_AFTER` past a restart's SIGTERM: the child still running
+    /// (the same one: a pid reused by a later child has another start)
+    /// gets SIGKILL, its group with it.
+    pub(super) fn restart_overdue(&mut self, pid: Pid, started_at: Instant) {
+        let Some(child) = self.children.get(&pid) else {
+            return;
+        };
+        if child.started_at != started_at || crate::signals::has_exited(pid) {
+            return;
+        }
+        warn!(event = "restart", service = &*child.name, pid = pid.as_raw();
+            "{}: pid {pid} is still running {}s after summond restart's SIGTERM; SIGKILL to its process group",
+            child.name,
+            KILL_AFTER.as_secs()
+        );
+        if let Err(e) = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL) {
+            warn!("{}: cannot SIGKILL process group {pid}: {e}", child.name);
+        }
     }
 }
 

@@ -37,6 +37,9 @@ pub(super) enum Timer {
     RuntimeUp { pid: Pid, started_at: Instant },
     /// The SIGTERM was not enough: SIGKILL the group.
     Kill { pid: Pid, started_at: Instant },
+    /// `summond restart`'s SIGTERM was not enough: SIGKILL the child's
+    /// group if it still runs (nothing is held for it meanwhile).
+    RestartKill { pid: Pid, started_at: Instant },
     /// Time to tell the service manager's watchdog the loop is alive.
     Watchdog,
     /// A connection's PROXY header is late (`front.rs`).

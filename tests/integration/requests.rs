@@ -313,3 +313,123 @@ fn a_pause_survives_an_upgrade() {
     assert_eq!(ctl(&control, &["resume", "a"]).0, 0);
     assert_eq!(read_line(&waiting), "after\n");
 }
+
+/// `summond restart` of a child that ignores SIGTERM: SIGKILL to its
+/// group 5 s later, and the next client gets a new one.
+#[test]
+fn restart_kills_a_child_that_ignores_sigterm() {
+    let p = free_port();
+    let dir = TempDir::new("restart-stubborn");
+    let control = dir.path("control.sock");
+    let config = format!(
+        "{}[[service]]\nname = \"stubborn\"\nlisten = \"tcp://127.0.0.1:{p}\"\naccept = false\npass = \"listen_fds\"\nexec = [\"python3\", \"-c\", {}]\n",
+        daemon_control(&control),
+        toml_str(
+            "import os, signal, socket\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ns = socket.socket(fileno=3)\nwhile True:\n    c, _ = s.accept()\n    c.sendall(b'pid %d\\n' % os.getpid())\n    c.close()\n"
+        )
+    );
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &config,
+            ..Start::default()
+        },
+    );
+    let pid_of = || read_line(&connect_tcp(([127, 0, 0, 1], p).into()));
+    let before = pid_of();
+    let (code, out, err) = ctl(&control, &["restart", "stubborn"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("SIGKILL in 5s"), "{out}");
+    assert!(
+        s.wait_log("still running 5s after summond restart's SIGTERM; SIGKILL"),
+        "{}",
+        s.log_text()
+    );
+    assert!(
+        s.wait_log("killed by signal 9 (SIGKILL)"),
+        "{}",
+        s.log_text()
+    );
+    assert_ne!(pid_of(), before);
+}
+
+/// Clients waiting for a hung load's outcome leave room for status; ones
+/// that sent `reload` and closed at once are closed too, not kept until
+/// the load ends.
+#[test]
+fn waiting_reload_clients_leave_room_for_status_and_gone_ones_are_closed() {
+    let a = free_port();
+    let dir = TempDir::new("reload-waiting");
+    let control = dir.path("control.sock");
+    let confd = dir.path("conf.d");
+    std::fs::create_dir(&confd).unwrap();
+    let config = format!(
+        "{}include = [\"conf.d/*.toml\"]\n{}",
+        daemon_control(&control),
+        echo_service("a", a, "")
+    );
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &config,
+            ..Start::default()
+        },
+    );
+    let fifo = confd.join("slow.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let mut writer = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    let reloads: Vec<_> = (0..20)
+        .map(|_| {
+            Command::new(BIN)
+                .args(["reload", "--control", control.to_str().unwrap()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        wait_until(TIMEOUT, || s.log_count("loading again after it") == 19),
+        "{}",
+        s.log_text()
+    );
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    for _ in 0..20 {
+        let mut c = std::os::unix::net::UnixStream::connect(&control).unwrap();
+        c.write_all(b"reload\n").unwrap();
+    }
+    assert!(
+        wait_until(TIMEOUT, || s.log_count("loading again after it") == 39),
+        "{}",
+        s.log_text()
+    );
+    assert!(wait_until(TIMEOUT, || fds() == before), "{}", s.log_text());
+    // 20 wait for the load, more than MAX_CONTROL_CLIENTS: status answers.
+    assert_eq!(
+        status_json(&control)["services"].as_array().map(Vec::len),
+        Some(1)
+    );
+    // The next load reads a plain file (the fifo would wait for a writer).
+    let real = confd.join("real.tmp");
+    std::fs::write(&real, "# nothing\n").unwrap();
+    std::fs::rename(&real, &fifo).unwrap();
+    writer.write_all(b"# nothing\n").unwrap();
+    drop(writer);
+    for client in reloads {
+        let out = client.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
