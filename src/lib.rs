@@ -86,5 +86,6 @@ pub mod signals;
 pub mod spawn;
 pub mod startup;
 pub mod stats;
+pub mod status_page;
 pub mod timefmt;
 pub mod upgrade;

@@ -5,7 +5,8 @@
 //! answered with `Connection: close`, never blocking (a slow or silent
 //! scraper costs this buffer and is dropped at `SCRAPE_TIMEOUT`), then
 //! a lingering close (shut down, drop what still comes, until EOF).
-//! `GET /metrics` is the page; any other path is 404.
+//! `GET /metrics` is the page, `GET /` the status page (`status_page.rs`,
+//! from the same figures); any other path is 404.
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
@@ -30,6 +31,8 @@ const LINGER_BYTES: usize = 1 << 20;
 /// One service's figures at the moment of a scrape.
 pub struct ServiceFigures<'a> {
     pub name: &'a str,
+    /// `ServiceSpec::mode`: "accept/stdio", "internal", "disabled", …
+    pub mode: &'static str,
     pub connections: u64,
     pub children: u64,
     pub refused: Refusals,
@@ -40,6 +43,8 @@ pub struct ServiceFigures<'a> {
     pub paused: Option<Pause>,
     /// Forward mode: its backend.
     pub backend: Option<crate::control::BackendStatus>,
+    /// How the last child ended, as status says it.
+    pub last_exit: Option<&'a str>,
 }
 
 /// summond's own process figures, read from /proc/self.
@@ -366,6 +371,8 @@ pub enum Request {
     /// More bytes needed.
     Incomplete,
     Metrics,
+    /// `/`: the status page.
+    StatusPage,
     NotFound,
     /// Not a GET, or not HTTP, or too long: answered with this status.
     Bad(u16),
@@ -400,10 +407,10 @@ pub fn parse_request(buf: &[u8]) -> Request {
         return Request::Bad(405);
     }
     let path = target.split('?').next().unwrap_or("");
-    if path == "/metrics" {
-        Request::Metrics
-    } else {
-        Request::NotFound
+    match path {
+        "/metrics" => Request::Metrics,
+        "/" => Request::StatusPage,
+        _ => Request::NotFound,
     }
 }
 
@@ -418,6 +425,17 @@ fn skip_empty_lines(buf: &[u8]) -> &[u8] {
 
 /// A full HTTP/1.1 response with `Connection: close`.
 pub fn response(status: u16, body: &str) -> Vec<u8> {
+    let kind = if status == 200 {
+        "text/plain; version=0.0.4; charset=utf-8"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    response_with(status, kind, "", body)
+}
+
+/// The same with a Content-Type of its own and `headers` (each line
+/// ending in CRLF).
+pub fn response_with(status: u16, kind: &str, headers: &str, body: &str) -> Vec<u8> {
     let reason = match status {
         200 => "OK",
         404 => "Not Found",
@@ -425,13 +443,8 @@ pub fn response(status: u16, body: &str) -> Vec<u8> {
         431 => "Request Header Fields Too Large",
         _ => "Bad Request",
     };
-    let kind = if status == 200 {
-        "text/plain; version=0.0.4; charset=utf-8"
-    } else {
-        "text/plain; charset=utf-8"
-    };
     format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()
@@ -613,7 +626,22 @@ mod tests {
             parse_request(b"GET /metrics?x=1 HTTP/1.0\n\n"),
             Request::Metrics
         );
-        assert_eq!(parse_request(b"GET / HTTP/1.1\r\n\r\n"), Request::NotFound);
+        assert_eq!(
+            parse_request(b"GET / HTTP/1.1\r\n\r\n"),
+            Request::StatusPage
+        );
+        assert_eq!(
+            parse_request(b"GET /?x HTTP/1.1\r\n\r\n"),
+            Request::StatusPage
+        );
+        assert_eq!(
+            parse_request(b"GET /index.html HTTP/1.1\r\n\r\n"),
+            Request::NotFound
+        );
+        assert_eq!(
+            parse_request(b"DELETE / HTTP/1.1\r\n\r\n"),
+            Request::Bad(405)
+        );
         assert_eq!(
             parse_request(b"POST /metrics HTTP/1.1\r\n\r\n"),
             Request::Bad(405)
@@ -645,6 +673,7 @@ mod tests {
         }
         let figures = [ServiceFigures {
             name: "we\"ird",
+            mode: "accept/stdio",
             connections: 3,
             children: 1,
             refused: [1, 0, 2, 5].into(),
@@ -659,6 +688,7 @@ mod tests {
                 next_token: Instant::now(),
             }),
             backend: None,
+            last_exit: None,
         }];
         let page = render(&figures, &ProcessFigures::default());
         assert!(page.contains("# TYPE summond_connections_total counter\n"));

@@ -1,6 +1,7 @@
 //! summond's own endpoints in the event loop: the control socket and its
 //! clients (the line protocol is `control.rs`), the `[daemon] metrics`
-//! listener and its scrapers (the HTTP exchange is `metrics.rs`). Each
+//! listener and its scrapers (the HTTP exchange is `metrics.rs`; the
+//! pages `metrics.rs` and `status_page.rs`). Each
 //! client has a timeout in the timer map, cancelled when it closes first;
 //! a slow or silent one costs its buffers until then and delays nobody
 //! else. `Endpoints` owns the listeners and the clients and never sees
@@ -576,34 +577,39 @@ impl Endpoints {
     }
 
     /// A scraper is ready: read its request, or write what is left of its
-    /// answer. True when it has asked for the page: the caller renders it
-    /// and hands it to `answer_scrape`.
-    pub fn on_scrape_ready(&mut self, lp: &mut Loop<'_>, token: Token) -> bool {
-        let Some(scrape) = self.scrapes.get_mut(&token) else {
-            return false;
-        };
+    /// answer. The page it asked for (`Metrics` or `StatusPage`), if it
+    /// did: the caller renders it and hands it to `answer_scrape`.
+    pub fn on_scrape_ready(&mut self, lp: &mut Loop<'_>, token: Token) -> Option<Request> {
+        let scrape = self.scrapes.get_mut(&token)?;
         let state = match scrape.on_ready() {
             ScrapeState::Asked(request) => {
                 let answer = match request {
-                    Request::Metrics => return true,
-                    Request::NotFound => prom::response(404, "only /metrics is here\n"),
+                    Request::Metrics | Request::StatusPage => return Some(request),
+                    Request::NotFound => prom::response(404, "only / and /metrics are here\n"),
+                    Request::Bad(405) => prom::response_with(
+                        405,
+                        "text/plain; charset=utf-8",
+                        "Allow: GET, HEAD\r\n",
+                        "only GET and HEAD\n",
+                    ),
                     Request::Bad(code) => prom::response(code, "bad request\n"),
-                    Request::Incomplete => return false,
+                    Request::Incomplete => return None,
                 };
                 scrape.answer(answer)
             }
             other => other,
         };
         self.scrape_went(lp, token, state);
-        false
+        None
     }
 
-    /// Answer the scraper that asked for the page with `page`.
-    pub fn answer_scrape(&mut self, lp: &mut Loop<'_>, token: Token, page: &str) {
+    /// Answer the scraper that asked for a page with `response`, a whole
+    /// HTTP response.
+    pub fn answer_scrape(&mut self, lp: &mut Loop<'_>, token: Token, response: Vec<u8>) {
         let Some(scrape) = self.scrapes.get_mut(&token) else {
             return;
         };
-        let state = scrape.answer(prom::response(200, page));
+        let state = scrape.answer(response);
         self.scrape_went(lp, token, state);
     }
 

@@ -86,6 +86,7 @@ use crate::refusals::REFUSAL_INTERVAL;
 use crate::signals;
 use crate::spawn::Stage;
 use crate::stats::Pause;
+use crate::status_page;
 
 mod children;
 mod connection;
@@ -912,25 +913,37 @@ impl Server {
         endpoints.accept_scrapers(&mut lp);
     }
 
-    /// A scraper is ready; one that asked for the page is answered with
-    /// one rendered for it.
+    /// A scraper is ready; one that asked for a page (the metrics or the
+    /// status page) is answered with one rendered for it.
     fn on_scrape_ready(&mut self, token: Token) {
         let (endpoints, mut lp) = self.endpoints();
-        if endpoints.on_scrape_ready(&mut lp, token) {
-            let page = self.render_metrics();
-            let (endpoints, mut lp) = self.endpoints();
-            endpoints.answer_scrape(&mut lp, token, &page);
-        }
+        let response = match endpoints.on_scrape_ready(&mut lp, token) {
+            Some(prom::Request::StatusPage) => {
+                let now = Instant::now();
+                let page = status_page::render(&self.service_figures(now), now);
+                prom::response_with(200, status_page::CONTENT_TYPE, status_page::HEADERS, &page)
+            }
+            Some(_) => {
+                let page = prom::render(
+                    &self.service_figures(Instant::now()),
+                    &prom::ProcessFigures::read(),
+                );
+                prom::response(200, &page)
+            }
+            None => return,
+        };
+        let (endpoints, mut lp) = self.endpoints();
+        endpoints.answer_scrape(&mut lp, token, response);
     }
 
-    /// The metrics page: every service's figures now, and the process's.
-    fn render_metrics(&self) -> String {
-        let now = Instant::now();
-        let figures: Vec<prom::ServiceFigures<'_>> = self
-            .services
+    /// Every service's figures now: what the metrics and the status page
+    /// are rendered from.
+    fn service_figures(&self, now: Instant) -> Vec<prom::ServiceFigures<'_>> {
+        self.services
             .iter()
             .map(|svc| prom::ServiceFigures {
                 name: &svc.spec.name,
+                mode: svc.spec.mode(),
                 connections: svc.stats.served,
                 children: u64::from(self.active(svc.id)),
                 refused: svc.stats.refused_by,
@@ -939,9 +952,9 @@ impl Server {
                 durations: svc.stats.durations.get(),
                 paused: self.pause(svc, now),
                 backend: self.backend_status(svc),
+                last_exit: svc.stats.last_exit.as_deref(),
             })
-            .collect();
-        prom::render(&figures, &prom::ProcessFigures::read())
+            .collect()
     }
 
     // ---- reload ---------------------------------------------------------

@@ -30,6 +30,7 @@ mod runtime;
 mod sandbox;
 mod schema;
 mod sockets;
+mod status_page;
 mod systemd;
 mod unix_sockets;
 mod upgrade;
