@@ -170,7 +170,7 @@ pub const KEY_DOCS: &[KeyDoc] = &[
     key("daemon", "control", "PATH", "", "The control socket (mode 0600) that summond status asks; a relative path is taken from this file's directory."),
     key("daemon", "include", "[GLOB, ...]", "", "Drop-in files of [[service]] entries, merged in sorted order; relative patterns are taken from the main file's directory; a pattern matching nothing is fine; ** is refused."),
     key("daemon", "log_format", "\"text\" | \"json\"", "\"text\"", "json: one JSON object per line on stderr (ts, level, event, service, peer, pid, status, duration_s, msg)."),
-    key("daemon", "metrics", "ADDRESS", "", "tcp://IP:PORT or unix:///path: Prometheus metrics at GET /metrics, served from the event loop."),
+    key("daemon", "metrics", "ADDRESS", "", "tcp://IP:PORT or unix:///path: Prometheus metrics at GET /metrics and a status page at GET /, served from the event loop."),
     key("service", "name", "STRING", "", "Required, unique: letters, digits, _ . and -."),
     key("service", "listen", "ADDRESS | TABLE | [...]", "", "Required: tcp://IP:PORT, udp://IP:PORT, unix:///path, unixgram:///path, unix://@abstract; a table { address, name } names the fd in LISTEN_FDNAMES."),
     key("service", "exec", "[PROGRAM, ARG, ...]", "", "Required: the argv; PROGRAM absolute or found in PATH when the config loads; internal:echo, internal:discard, internal:chargen, internal:daytime and internal:time are served inside summond."),
