@@ -88,4 +88,5 @@ pub mod startup;
 pub mod stats;
 pub mod status_page;
 pub mod timefmt;
+pub mod tls;
 pub mod upgrade;

@@ -676,7 +676,7 @@ mod tests {
             mode: "accept/stdio",
             connections: 3,
             children: 1,
-            refused: [1, 0, 2, 5].into(),
+            refused: [1, 0, 2, 5, 7].into(),
             spawn_failures: 0,
             exits: [2, 1, 0, 0].into(),
             durations: &h,
@@ -697,6 +697,7 @@ mod tests {
             "summond_refused_total{service=\"we\\\"ird\",reason=\"per_source_rate\"} 2\n"
         ));
         assert!(page.contains("summond_refused_total{service=\"we\\\"ird\",reason=\"proxy\"} 5\n"));
+        assert!(page.contains("summond_refused_total{service=\"we\\\"ird\",reason=\"tls\"} 7\n"));
         assert!(page.contains("le=\"0.005\"} 1\n"));
         assert!(page.contains("le=\"0.5\"} 3\n"), "{page}");
         assert!(page.contains("le=\"1800\"} 3\n"));

@@ -67,14 +67,17 @@ pub enum RefusalKind {
     /// A PROXY header from a peer outside `proxy_from`, malformed,
     /// truncated or late.
     Proxy,
+    /// A failed or timed-out TLS handshake.
+    Tls,
 }
 
 impl RefusalKind {
-    pub const ALL: [RefusalKind; 4] = [
+    pub const ALL: [RefusalKind; 5] = [
         RefusalKind::Access,
         RefusalKind::MaxPerSource,
         RefusalKind::PerSourceRate,
         RefusalKind::Proxy,
+        RefusalKind::Tls,
     ];
 
     /// The `reason` label.
@@ -84,6 +87,7 @@ impl RefusalKind {
             RefusalKind::MaxPerSource => "max_per_source",
             RefusalKind::PerSourceRate => "per_source_rate",
             RefusalKind::Proxy => "proxy",
+            RefusalKind::Tls => "tls",
         }
     }
 }
@@ -338,12 +342,16 @@ mod tests {
         s.exits[ExitOutcome::Signal] += 1;
         assert_eq!(s.refused_by.total(), 2);
         let text = serde_json::to_string(&s).unwrap();
-        assert!(text.contains("\"refused_by\":[0,0,2,0]"), "{text}");
+        assert!(text.contains("\"refused_by\":[0,0,2,0,0]"), "{text}");
         assert!(text.contains("\"exits\":[0,0,1,0]"), "{text}");
         let back: Stats = serde_json::from_str(&text).unwrap();
         assert_eq!((back.refused_by, back.exits), (s.refused_by, s.exits));
         // An image that knew three reasons hands over three counts.
-        let older = text.replace("[0,0,2,0]", "[0,0,2]");
+        let older = text.replace("[0,0,2,0,0]", "[0,0,2]");
+        let back: Stats = serde_json::from_str(&older).unwrap();
+        assert_eq!(back.refused_by, s.refused_by);
+        // One that knew four (before `tls`) hands over four.
+        let older = text.replace("[0,0,2,0,0]", "[0,0,2,0]");
         let back: Stats = serde_json::from_str(&older).unwrap();
         assert_eq!(back.refused_by, s.refused_by);
     }

@@ -64,6 +64,7 @@ pub(super) struct Draft<'v> {
     pub(super) banner_fail: Option<String>,
     pub(super) disabled: bool,
     pub(super) forward: ForwardDraft,
+    pub(super) tls: Option<Box<crate::tls::TlsSpec>>,
 }
 
 impl<'v> Draft<'v> {
@@ -104,6 +105,7 @@ impl<'v> Draft<'v> {
             banner_fail: None,
             disabled: false,
             forward: ForwardDraft::default(),
+            tls: None,
         }
     }
 
@@ -165,6 +167,7 @@ impl<'v> Draft<'v> {
             disabled: self.disabled,
             runtime_directory,
             forward: self.forward.build(),
+            tls: self.tls,
         })
     }
 }

@@ -68,6 +68,7 @@ pub const SERVICE_KEYS: &[&str] = &[
     "idle_stop",
     "stop_timeout",
     "forward_proxy_protocol",
+    "tls",
 ];
 pub const LISTEN_TABLE_KEYS: &[&str] = &["address", "name"];
 
@@ -222,6 +223,7 @@ pub const KEY_DOCS: &[KeyDoc] = &[
     key("service", "idle_stop", "DURATION", "never", "With forward: stop the backend after this long without a relayed connection; the next client starts it again."),
     key("service", "stop_timeout", "DURATION", "\"10s\"", "With forward: stopping the backend sends SIGTERM to its process group, SIGKILL after this."),
     key("service", "forward_proxy_protocol", "\"v1\" | \"v2\"", "", "With forward: each backend connection starts with a PROXY header (HAProxy's protocol) naming the client and the address it reached, so a backend that reads one (nginx listen ... proxy_protocol) sees the real client; PROXY UNKNOWN (v1) or LOCAL (v2) for a client that is not an IP client."),
+    key("service", "tls", "{ cert = PATH, key = PATH, ... }", "", "Accept mode: summond does the TLS handshake (rustls, in the loop, 10 s at most) and the child gets the plaintext over a socket pair, with SSL_PROTOCOL, SSL_CIPHER, SSL_TLS_SNI, SSL_CLIENT_VERIFY and SSL_CLIENT_S_DN. Also in the table: client_ca = PATH (require client certificates it signed), alpn = [\"h2\", ...], min_version = \"1.2\" (default) or \"1.3\", sni = { \"host\" = { cert, key } }. The files are read at load and on SIGHUP, as root, from directories only root or summond can write; the key must not be readable by every user, and never reaches a child."),
     key("listen", "address", "ADDRESS", "", "Required: in a listen table, the address."),
     key("listen", "name", "STRING", "the service name", "In a listen table: the name of this fd in LISTEN_FDNAMES."),
 ];

@@ -38,6 +38,7 @@ mod runtime_dir;
 #[cfg(test)]
 mod schema;
 mod service;
+mod tls;
 pub mod units;
 
 use std::ffi::OsString;
@@ -387,6 +388,9 @@ pub struct ServiceSpec {
     /// Forward mode: a backend started on demand, clients relayed to it.
     #[serde(default)]
     pub forward: Option<Forward>,
+    /// `tls`: the handshake is summond's, the child gets the plaintext.
+    #[serde(default)]
+    pub tls: Option<Box<crate::tls::TlsSpec>>,
 }
 
 /// Forward mode (`forward` and its keys): `exec` is a backend that binds

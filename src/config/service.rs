@@ -143,6 +143,7 @@ const HANDLERS: &[(&str, Handler)] = &[
     ("idle_stop", forward::idle_stop),
     ("stop_timeout", forward::stop_timeout),
     ("forward_proxy_protocol", forward::proxy),
+    ("tls", super::tls::tls),
 ];
 
 /// Keys that act on the clients summond accepts or sees: with
@@ -159,6 +160,7 @@ const NEEDS_ACCEPT: &[&str] = &[
     "banner_fail",
     "proxy_protocol",
     "proxy_from",
+    "tls",
 ];
 
 impl Checker<'_> {
@@ -280,6 +282,10 @@ impl Checker<'_> {
         if let Some(internal) = d.internal() {
             self.check_internal(t, d, internal);
         }
+        if let (Some(v), Some(_)) = (t.field("banner_fail"), t.field("tls")) {
+            let why = "cannot be sent to a TLS client before its handshake; leave it out with tls";
+            self.at(v.span(), options::invalid("banner_fail", why));
+        }
         if let Some(v) = t.field("idle_timeout") {
             // Only summond's own TCP clients idle in summond.
             let reason = if d.internal().is_none() {
@@ -353,7 +359,7 @@ impl Checker<'_> {
                 );
             }
         }
-        for key in ["banner", "banner_fail", "max_runtime"] {
+        for key in ["banner", "banner_fail", "max_runtime", "tls"] {
             if let Some(v) = t.field(key) {
                 let why = "has no use with an internal service (no child, a fixed protocol)";
                 self.at(v.span(), options::invalid(key, why));

@@ -33,6 +33,7 @@ use crate::peer::{Peer, SourceKey};
 use crate::proxy::Version;
 use crate::queue::QueueHead;
 use crate::spawn::{self, FdMove};
+use crate::tls::SslVars;
 use crate::upgrade::{ConnState, FrontState};
 use rustc_hash::FxHashMap;
 
@@ -121,7 +122,7 @@ impl Shortage {
 
 /// What became of an attempt to start a child.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Launch {
+pub(super) enum Launch {
     Started,
     /// Out of fds or processes: try again after the back-off.
     RetryLater,
@@ -563,7 +564,7 @@ impl Server {
     /// datagram is), told the service's `banner_fail`, and logged unless
     /// the refusal log summarises it with its repeats; the connection is
     /// closed when the caller drops it.
-    fn refuse(
+    pub(super) fn refuse(
         &mut self,
         idx: usize,
         conn: &Socket,
@@ -641,6 +642,11 @@ impl Server {
             self.start_internal(idx, conn, peer, source);
             return;
         }
+        if spec.tls.is_some() {
+            // The handshake first, in the loop; the child comes after it.
+            self.start_tls(idx, addr, conn, peer, source);
+            return;
+        }
         let greeted = match (&spec.banner, greeted) {
             (Some(text), false) => {
                 send_banner(&conn, text);
@@ -653,6 +659,32 @@ impl Server {
             self.forward_client(idx, conn, peer, source);
             return;
         }
+        let outcome = self.spawn_for_client(idx, conn.as_raw_fd(), &peer, source, None);
+        if outcome == Launch::RetryLater {
+            let name = self.services[idx].spec.name.clone();
+            self.shortage.kept.push(PendingConnection {
+                addr: addr.clone(),
+                name,
+                conn,
+                peer,
+                greeted,
+            });
+        }
+        // Otherwise `conn` drops here: the child has its own copy.
+    }
+
+    /// Start the child of an accepted client whose connection (or, behind
+    /// TLS, the child's end of the socket pair) is `fd`, with the client's
+    /// variables and, behind TLS, the `SSL_*` ones.
+    pub(super) fn spawn_for_client(
+        &mut self,
+        idx: usize,
+        fd: RawFd,
+        peer: &Peer,
+        source: Option<SourceKey>,
+        ssl: Option<&SslVars>,
+    ) -> Launch {
+        let spec = &self.services[idx].spec;
         // The scratch buffers of the last connection, reused: a connection
         // allocates nothing for its fd plan and variables.
         let (mut fds, mut env) = self.launcher.take_scratch();
@@ -660,11 +692,14 @@ impl Server {
             &mut fds,
             spec.pass,
             spec.stderr,
-            &[conn.as_raw_fd()],
+            &[fd],
             self.launcher.devnull(),
         );
         env.clear();
         peer.write_env(&mut env);
+        if let Some(ssl) = ssl {
+            ssl.write_env(&mut env);
+        }
         let listen_pid = spec.pass == Pass::ListenFds;
         if listen_pid {
             env.push("LISTEN_FDS", 1);
@@ -682,17 +717,7 @@ impl Server {
             },
         );
         self.launcher.put_scratch((fds, env));
-        if outcome == Launch::RetryLater {
-            let name = self.services[idx].spec.name.clone();
-            self.shortage.kept.push(PendingConnection {
-                addr: addr.clone(),
-                name,
-                conn,
-                peer,
-                greeted,
-            });
-        }
-        // Otherwise `conn` drops here: the child has its own copy.
+        outcome
     }
 
     /// Start children for connections kept through a back-off, as soon as

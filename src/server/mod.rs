@@ -103,6 +103,7 @@ mod requests;
 mod services;
 mod sockets;
 mod timers;
+mod tls;
 mod upgrade;
 
 use children::{for_peer, Child, ChildTable, StoppingGroup};
@@ -190,6 +191,8 @@ pub struct Server {
     internal: Internals,
     /// Accepted connections whose PROXY header is awaited.
     front: FrontTable,
+    /// TLS clients: handshaking, or pumping to their child.
+    tls: tls::TlsTable,
     /// The service manager (NOTIFY_SOCKET), if summond runs under one.
     notifier: Notifier,
     /// The control socket, the metrics listener and their clients.
@@ -235,6 +238,7 @@ impl Server {
             timers: Timers::default(),
             internal: Internals::default(),
             front: FrontTable::default(),
+            tls: Default::default(),
             notifier,
             endpoints: Endpoints::default(),
             upgrades: Upgrades::new(),
@@ -327,6 +331,7 @@ impl Server {
                 }
                 Some(TokenKind::Internal) => self.on_internal_ready(token),
                 Some(TokenKind::Front) => self.on_front_ready(token),
+                Some(TokenKind::Tls) => self.on_tls_ready(token),
                 Some(TokenKind::Scrape) => self.on_scrape_ready(token),
                 Some(TokenKind::Probe(id)) => self.on_probe_ready(token, id),
                 Some(TokenKind::Notify(id)) => self.on_notify_ready(id),
@@ -343,6 +348,7 @@ impl Server {
         self.serve_ready();
         self.serve_internal_ready();
         self.serve_relays_again();
+        self.serve_tls_ready();
         if std::mem::take(&mut self.endpoints.accept_more_scrapers) {
             self.accept_scrapers();
         }
@@ -367,6 +373,7 @@ impl Server {
             .next_deadline()
             .into_iter()
             .chain(self.internal.conns.next_deadline())
+            .chain(self.tls.next_deadline())
             .chain(self.shortage.backoff.deadline())
             .chain(self.services.refusal_deadline())
             .min()
@@ -375,6 +382,7 @@ impl Server {
     /// Re-arm what a timer that ran out was holding back.
     fn run_timers(&mut self, now: Instant) {
         self.close_idle_internal(now);
+        self.expire_handshakes(now);
         if self.shortage.backoff.expire(now) {
             // Their clients queued while fds ran out: no new event comes
             // for them (edge-triggered), so accept them now, before a
@@ -643,7 +651,10 @@ impl Server {
     /// max_instances, the crash hold)
     fn service_may_spawn(&self, idx: usize, now: Instant) -> bool {
         let svc = &self.services[idx];
-        svc.may_spawn(self.active(svc.id), now) && self.forward.may_take(svc.id)
+        svc.may_spawn(self.active(svc.id), now)
+            && self.forward.may_take(svc.id)
+            // At the bound on handshakes, TLS clients wait in the backlog.
+            && (svc.spec.tls.is_none() || !self.tls.is_full())
     }
 
     /// What service `id` has running: children, and for an internal

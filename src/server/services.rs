@@ -71,6 +71,10 @@ pub(super) struct ServiceRuntime {
     /// Children have been leaving their socket unread; the first such exit
     /// was logged, the rest are not until one does its work.
     pub(super) unread_episode: bool,
+    /// `tls`: the rustls configuration, built from the spec's DER at the
+    /// first TLS client after a start or a change (not at load: most
+    /// services wait long for their first client).
+    tls: Option<crate::tls::TlsConfig>,
     /// What `stats.last_exit` says, without the text.
     pub(super) last_exit_key: Option<(i32, i32, bool)>,
     /// A `runtime_directory` could not be made: tried again at the next
@@ -105,8 +109,20 @@ impl ServiceRuntime {
             last_exit_key: None,
             runtime_dir_failed: false,
             paused: false,
+            tls: None,
             spec,
         }
+    }
+
+    /// The TLS configuration, built at the first ask; None without `tls`
+    /// (or if the files that loaded cannot be used, which `tls::load`
+    /// rules out).
+    pub(super) fn tls_config(&mut self) -> Option<crate::tls::TlsConfig> {
+        if self.tls.is_none() {
+            let spec = self.spec.tls.as_deref()?;
+            self.tls = crate::tls::server_config(spec).ok();
+        }
+        self.tls.clone()
     }
 
     /// May it start a child now, as far as its own pauses go (`summond pause`,
@@ -251,6 +267,8 @@ impl ServiceRuntime {
             self.source_rates = None;
         }
         self.image = None;
+        // A renewed certificate: the next handshake uses it.
+        self.tls = None;
         self.spec = spec;
         // `self.name` stays: the runtime was found by it.
     }
@@ -310,6 +328,7 @@ pub(super) enum RefuseReason {
     MaxPerSource(u32),
     PerSourceRate(Rate),
     Proxy(ProxyRefusal),
+    Tls(crate::tls::Failure),
 }
 
 impl RefuseReason {
@@ -320,6 +339,7 @@ impl RefuseReason {
             RefuseReason::MaxPerSource(_) => RefusalKind::MaxPerSource,
             RefuseReason::PerSourceRate(_) => RefusalKind::PerSourceRate,
             RefuseReason::Proxy(_) => RefusalKind::Proxy,
+            RefuseReason::Tls(_) => RefusalKind::Tls,
         }
     }
 }
@@ -331,6 +351,7 @@ impl fmt::Display for RefuseReason {
             RefuseReason::MaxPerSource(max) => write!(f, "max_per_source {max} reached"),
             RefuseReason::PerSourceRate(rate) => write!(f, "per_source_rate {rate} reached"),
             RefuseReason::Proxy(why) => write!(f, "{why}"),
+            RefuseReason::Tls(why) => write!(f, "tls: {why}"),
         }
     }
 }

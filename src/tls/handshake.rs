@@ -1,0 +1,141 @@
+//! The server handshake as a state machine the loop drives: each
+//! readiness event of the client's socket calls `drive`, which writes
+//! what rustls has to send and reads what the socket has, until the
+//! handshake is done, fails, or the socket would block (then the next
+//! event continues). It never waits; its time bound is the table's
+//! deadline (`table.rs`).
+
+use std::fmt;
+use std::io::{self, Read, Write};
+
+use rustls::ServerConnection;
+
+use super::TlsConfig;
+
+/// Reads and writes per `drive` before the loop turns to other sources.
+/// A handshake is a handful of flights; a peer that keeps one busy past
+/// this is served again at its next event.
+const ROUNDS: usize = 32;
+
+/// Why a handshake failed, coarse enough to count refusals by (the log
+/// keys repeated refusals on it) and to say in a line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Failure {
+    /// Not done within `HANDSHAKE_TIMEOUT`.
+    Timeout,
+    /// The client closed before it was done.
+    Closed,
+    /// What the client sent is not TLS (a plaintext client on a TLS port).
+    NotTls,
+    /// With `client_ca`: no certificate, or one that does not verify.
+    ClientCertificate,
+    /// No protocol version, suite, group or ALPN protocol in common.
+    NoOverlap,
+    /// The client sent an alert, or TLS that rustls refuses.
+    Protocol,
+    /// The socket failed (reset).
+    Io,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Failure::Timeout => "TLS handshake not done in time",
+            Failure::Closed => "closed during the TLS handshake",
+            Failure::NotTls => "not TLS",
+            Failure::ClientCertificate => "no valid client certificate",
+            Failure::NoOverlap => "no TLS version, cipher or ALPN protocol in common",
+            Failure::Protocol => "TLS handshake failed",
+            Failure::Io => "connection failed during the TLS handshake",
+        })
+    }
+}
+
+impl Failure {
+    fn of(e: &rustls::Error) -> Failure {
+        use rustls::Error as E;
+        match e {
+            E::InvalidMessage(_) | E::InappropriateMessage { .. } => Failure::NotTls,
+            E::NoCertificatesPresented | E::InvalidCertificate(_) => Failure::ClientCertificate,
+            E::PeerIncompatible(_) | E::NoApplicationProtocol => Failure::NoOverlap,
+            _ => Failure::Protocol,
+        }
+    }
+}
+
+/// Where a handshake is after a `drive`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Waiting for the socket.
+    Pending,
+    /// Done: the connection may carry data (what rustls still has to send,
+    /// session tickets, is the pump's to flush).
+    Done,
+    Failed(Failure),
+}
+
+/// One client's handshake.
+pub struct Handshake {
+    conn: ServerConnection,
+}
+
+impl Handshake {
+    pub fn new(config: &TlsConfig) -> Result<Handshake, rustls::Error> {
+        Ok(Handshake {
+            conn: ServerConnection::new(config.clone())?,
+        })
+    }
+
+    /// Move the handshake on as far as `sock` allows now.
+    pub fn drive<S: Read + Write>(&mut self, sock: &mut S) -> Step {
+        for _ in 0..ROUNDS {
+            let mut blocked = false;
+            while self.conn.wants_write() {
+                match self.conn.write_tls(sock) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        blocked = true;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return Step::Failed(Failure::Io),
+                }
+            }
+            if !self.conn.is_handshaking() {
+                return Step::Done;
+            }
+            if !self.conn.wants_read() {
+                // Everything sent that could be; the socket will say
+                // when it takes more.
+                return Step::Pending;
+            }
+            match self.conn.read_tls(sock) {
+                Ok(0) => return Step::Failed(Failure::Closed),
+                Ok(_) => {
+                    if let Err(e) = self.conn.process_new_packets() {
+                        // The alert rustls queued, if the socket takes it.
+                        let _ = self.conn.write_tls(sock);
+                        return Step::Failed(Failure::of(&e));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if blocked || !self.conn.wants_write() {
+                        return Step::Pending;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Step::Failed(Failure::Io),
+            }
+        }
+        Step::Pending
+    }
+
+    /// The connection, for the pump, once `drive` said `Done`.
+    pub fn into_conn(self) -> ServerConnection {
+        self.conn
+    }
+
+    pub fn conn(&self) -> &ServerConnection {
+        &self.conn
+    }
+}

@@ -1,0 +1,97 @@
+//! TLS in front of a program that does not speak it (SPEC "TLS for
+//! programs that do not speak it"): the `tls = { ... }` key's model and
+//! the files it names, read at load (`files.rs`: as root, never through a
+//! directory another user could write); the rustls configuration built
+//! from them (`config.rs`); the server handshake as a state machine the
+//! loop drives on readiness (`handshake.rs`); the pump that moves bytes
+//! between the TLS connection and the plaintext socket pair a child gets
+//! (`pump.rs`); the table of TLS connections the loop holds, with their
+//! deadlines and the bound on handshakes at once (`table.rs`); and the
+//! `SSL_*` variables in mod_ssl's formats (`vars.rs`, `dn.rs`).
+//!
+//! Nothing here knows `Server`: the loop owns the table and decides.
+//!
+//! The crypto provider is ring: it builds with the C compiler alone
+//! (aws-lc-rs compiles a whole libcrypto, minutes on this 2-core host, and
+//! some setups need cmake), and its P-256, X25519 and AES-GCM are
+//! BoringSSL's assembly, the costs of a server handshake.
+
+mod config;
+mod dn;
+mod files;
+mod handshake;
+mod pump;
+mod table;
+mod vars;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::config::raw_path;
+
+pub use config::{server_config, TlsConfig};
+pub use files::{load, LoadError, Named, Which};
+pub use handshake::{Failure, Handshake, Step};
+pub use pump::{PumpStep, TlsPump};
+pub use table::{Stage, TlsConn, TlsConns, HANDSHAKE_LIMIT, HANDSHAKE_TIMEOUT};
+pub use vars::SslVars;
+
+/// The lowest protocol version offered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MinVersion {
+    Tls12,
+    Tls13,
+}
+
+/// A certificate chain and its key, as DER, read from the files at load.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CertPair {
+    pub chain: Vec<Vec<u8>>,
+    /// PKCS#8, PKCS#1 or SEC1 (`key_kind`).
+    key: Vec<u8>,
+    key_kind: KeyKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+enum KeyKind {
+    Pkcs8,
+    Pkcs1,
+    Sec1,
+}
+
+impl fmt::Debug for CertPair {
+    /// Never the key, not even in a debug line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CertPair({} certificates, key)", self.chain.len())
+    }
+}
+
+/// One `sni` entry: a host name and its own pair.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SniEntry {
+    pub name: String,
+    #[serde(with = "raw_path")]
+    pub cert: PathBuf,
+    #[serde(with = "raw_path")]
+    pub key: PathBuf,
+    pub pair: CertPair,
+}
+
+/// The `tls` key as the file says it, with the files' contents read at
+/// load: a renewed certificate makes the spec differ, so a reload takes
+/// it (and a broken one fails the reload, the old pair staying).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TlsSpec {
+    #[serde(with = "raw_path")]
+    pub cert: PathBuf,
+    #[serde(with = "raw_path")]
+    pub key: PathBuf,
+    pub pair: CertPair,
+    #[serde(with = "raw_path::option")]
+    pub client_ca: Option<PathBuf>,
+    /// The client CA file's certificates (DER).
+    pub client_roots: Vec<Vec<u8>>,
+    pub alpn: Vec<String>,
+    pub min_version: MinVersion,
+    pub sni: Vec<SniEntry>,
+}
