@@ -32,6 +32,7 @@ mod schema;
 mod sockets;
 mod status_page;
 mod systemd;
+mod tls;
 mod unix_sockets;
 mod upgrade;
 mod util;

@@ -1,0 +1,583 @@
+//! `tls`: summond does the handshake (rustls) and the child gets the
+//! plaintext over a socket pair. Real clients (openssl s_client, curl),
+//! real certificates made here with `openssl req` / `openssl x509`: a CA,
+//! a server certificate for localhost and 127.0.0.1, a client one.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::util::*;
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn run(dir: &Path, args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .current_dir(dir)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and what it signed, in `dir`.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Pki {
+        run(
+            dir,
+            &[
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=summond test CA",
+            ],
+        );
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .unwrap();
+        let pki = Pki { dir: dir.into() };
+        pki.issue("server", "/CN=localhost", Some("server.ext"));
+        std::fs::write(
+            dir.join("client.ext"),
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+        )
+        .unwrap();
+        pki.issue(
+            "client",
+            "/C=DE/O=Acme, Inc/CN=client one",
+            Some("client.ext"),
+        );
+        pki
+    }
+
+    /// NAME.key and NAME.pem, signed by the CA.
+    fn issue(&self, name: &str, subject: &str, ext: Option<&str>) {
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        run(
+            &self.dir,
+            &[
+                "openssl",
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                subject,
+            ],
+        );
+        let mut args = vec![
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+        ];
+        if let Some(e) = ext {
+            args.extend(["-extfile", e]);
+        }
+        run(&self.dir, &args);
+        std::fs::set_permissions(
+            self.dir.join(&key),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+/// `openssl s_client` to `port` with `extra` arguments, `input` on its
+/// stdin: its exit status and what it printed (stdout and stderr).
+fn s_client(pki: &Pki, port: u16, extra: &[&str], input: &[u8]) -> (bool, String) {
+    let mut args = vec!["-quiet"];
+    args.extend(extra);
+    s_client_with(pki, port, &args, input)
+}
+
+/// `s_client` without `-quiet`: it prints the certificates and the
+/// session.
+fn s_client_with(pki: &Pki, port: u16, extra: &[&str], input: &[u8]) -> (bool, String) {
+    let connect = format!("127.0.0.1:{port}");
+    let ca = pki.path("ca.pem");
+    let mut child = Command::new("timeout")
+        .args([
+            "20", "openssl", "s_client", "-connect", &connect, "-CAfile", &ca,
+        ])
+        .args(["-servername", "localhost", "-verify_return_error"])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl s_client");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn tls_service(port: u16, exec: &str, pki: &Pki, more: &str) -> String {
+    format!(
+        "[[service]]\nname = \"t\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {exec}\n\
+         tls = {{ cert = \"{}\", key = \"{}\"{more} }}\n",
+        pki.path("server.pem"),
+        pki.path("server.key"),
+    )
+}
+
+fn tools_or_skip(test: &str, tools: &[&str]) -> bool {
+    for t in tools {
+        if !have(t) {
+            skip(test, &format!("{t} is not installed"));
+            return false;
+        }
+    }
+    true
+}
+
+/// The child's variables, and one line echoed back from the client.
+const SHOW_ENV: &str = "env | grep -E '^(SSL_|REMOTE_ADDR|TCPLOCALPORT)' | sort; head -n1";
+
+#[test]
+fn s_client_over_tls_1_2_and_1_3_reaches_a_child_that_sees_the_client_and_ssl_variables() {
+    if !tools_or_skip("tls_1_2_and_1_3", &["openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let port = free_port();
+    let s = Summond::start(&tls_service(port, &sh(SHOW_ENV), &pki, ""));
+    for (flag, protocol) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
+        let (ok, out) = s_client(&pki, port, &[flag], b"ping over tls\n");
+        assert!(ok, "{flag}: {out}\n{}", s.log_text());
+        assert!(out.contains(&format!("SSL_PROTOCOL={protocol}\n")), "{out}");
+        assert!(out.contains("SSL_TLS_SNI=localhost\n"), "{out}");
+        assert!(out.contains("SSL_CLIENT_VERIFY=NONE\n"), "{out}");
+        assert!(out.contains("REMOTE_ADDR=127.0.0.1\n"), "{out}");
+        assert!(out.contains(&format!("TCPLOCALPORT={port}\n")), "{out}");
+        assert!(out.contains("ping over tls\n"), "the child's echo: {out}");
+        let cipher = if protocol == "TLSv1.3" {
+            "SSL_CIPHER=TLS_"
+        } else {
+            "SSL_CIPHER=ECDHE-ECDSA-"
+        };
+        assert!(out.contains(cipher), "{out}");
+    }
+}
+
+#[test]
+fn with_client_ca_a_client_certificate_is_required_and_its_subject_reaches_the_child() {
+    if !tools_or_skip("client_ca", &["openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let port = free_port();
+    let more = format!(", client_ca = \"{}\"", pki.path("ca.pem"));
+    let s = Summond::start(&tls_service(port, &sh(SHOW_ENV), &pki, &more));
+    for flag in ["-tls1_2", "-tls1_3"] {
+        let (cert, key) = (pki.path("client.pem"), pki.path("client.key"));
+        let args = [flag, "-cert", &cert, "-key", &key];
+        let (ok, out) = s_client(&pki, port, &args, b"hi\n");
+        assert!(ok, "{flag}: {out}\n{}", s.log_text());
+        assert!(out.contains("SSL_CLIENT_VERIFY=SUCCESS\n"), "{out}");
+        assert!(
+            out.contains("SSL_CLIENT_S_DN=CN=client one,O=Acme\\, Inc,C=DE\n"),
+            "{out}"
+        );
+        let (_, out) = s_client(&pki, port, &[flag], b"hi\n");
+        assert!(
+            !out.contains("SSL_PROTOCOL"),
+            "no child without a certificate: {out}"
+        );
+    }
+    assert!(
+        s.wait_log("(tls: no valid client certificate)"),
+        "{}",
+        s.log_text()
+    );
+}
+
+#[test]
+fn curl_fetches_5_mb_byte_exact_from_busybox_httpd_behind_tls() {
+    if !tools_or_skip("curl_busybox", &["openssl", "curl", "busybox"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let www = TempDir::new("www");
+    let body: Vec<u8> = (0..5 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(www.path("big.bin"), &body).unwrap();
+    let port = free_port();
+    let exec = format!(
+        "[\"busybox\", \"httpd\", \"-i\", \"-h\", \"{}\"]",
+        www.0.display()
+    );
+    let s = Summond::start(&tls_service(port, &exec, &pki, ""));
+    let got = www.path("got.bin");
+    let url = format!("https://127.0.0.1:{port}/big.bin");
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "60",
+            "--cacert",
+            &pki.path("ca.pem"),
+            "-o",
+        ])
+        .arg(&got)
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.log_text()
+    );
+    assert!(std::fs::read(&got).unwrap() == body, "not byte-exact");
+}
+
+/// The serial number of the certificate summond serves now.
+fn served_serial(pki: &Pki, port: u16) -> String {
+    let (_, out) = s_client_with(pki, port, &[], b"");
+    let start = out
+        .find("-----BEGIN CERTIFICATE-----")
+        .expect("a certificate");
+    let end = out.find("-----END CERTIFICATE-----").expect("its end") + 25;
+    let mut x509 = Command::new("openssl")
+        .args(["x509", "-noout", "-serial"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    x509.stdin
+        .take()
+        .unwrap()
+        .write_all(out[start..end].as_bytes())
+        .unwrap();
+    String::from_utf8(x509.wait_with_output().unwrap().stdout).unwrap()
+}
+
+#[test]
+fn a_renewed_certificate_is_served_after_sighup_and_a_broken_one_keeps_the_old() {
+    if !tools_or_skip("renewal", &["openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let port = free_port();
+    let config = tls_service(port, "[\"true\"]", &pki, "");
+    let s = Summond::start(&config);
+    let first = served_serial(&pki, port);
+    pki.issue("server", "/CN=localhost", Some("server.ext"));
+    assert!(s.reload(&config), "{}", s.log_text());
+    let renewed = served_serial(&pki, port);
+    assert_ne!(first, renewed, "the renewed certificate is served");
+    std::fs::write(certs.path("server.pem"), "not a certificate\n").unwrap();
+    assert!(!s.reload(&config), "a broken file fails the reload");
+    assert!(
+        s.log_text().contains("holds no PEM certificate"),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(served_serial(&pki, port), renewed, "the old pair stays");
+}
+
+#[test]
+fn a_plaintext_client_on_a_tls_port_is_refused_as_tls_and_starts_no_child() {
+    if !tools_or_skip("plaintext", &["openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let port = free_port();
+    let s = Summond::start(&tls_service(port, "[\"true\"]", &pki, ""));
+    let mut c = connect_tcp(([127, 0, 0, 1], port).into());
+    c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut reply = Vec::new();
+    let _ = c.read_to_end(&mut reply);
+    assert!(!reply.starts_with(b"HTTP"), "no plaintext answer");
+    assert!(s.wait_log("(tls: not TLS)"), "{}", s.log_text());
+    assert!(!s.log_text().contains("started pid"), "{}", s.log_text());
+}
+
+#[test]
+fn a_stalled_handshake_is_closed_at_its_deadline_while_others_are_served() {
+    if !tools_or_skip("stalled", &["openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let port = free_port();
+    let s = Summond::start(&tls_service(port, &sh("echo served"), &pki, ""));
+    let mut silent = connect_tcp(([127, 0, 0, 1], port).into());
+    // A hello cut short: summond waits for the rest.
+    silent
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .unwrap();
+    for _ in 0..3 {
+        let (ok, out) = s_client(&pki, port, &[], b"");
+        assert!(ok && out.contains("served"), "{out}");
+    }
+    silent
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = silent.read(&mut buf).expect("closed, not left hanging");
+    assert!(n < buf.len());
+    assert!(
+        s.wait_log("(tls: TLS handshake not done in time)"),
+        "{}",
+        s.log_text()
+    );
+}
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn ten_thousand_failed_handshakes_leave_no_fd_or_memory_behind() {
+    if !tools_or_skip("failed_handshakes", &["openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let (port, mport) = (free_port(), free_port());
+    let config = format!(
+        "[daemon]\nmetrics = \"tcp://127.0.0.1:{mport}\"\n{}",
+        tls_service(port, "[\"true\"]", &pki, "")
+    );
+    let s = Summond::start_with(Start {
+        config: &config,
+        args: &["--log-level", "info"],
+        ..Start::default()
+    });
+    // Refusals counted so far: each client has been dealt with.
+    let refused = || {
+        let page = tcp_port_exchange(mport, b"GET /metrics HTTP/1.0\r\n\r\n");
+        page.lines()
+            .find_map(|l| l.strip_prefix("summond_refused_total{service=\"t\",reason=\"tls\"} "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let bad = |n: usize| {
+        for i in 0..n {
+            let mut c = connect_tcp(([127, 0, 0, 1], port).into());
+            // Garbage, a hello cut short, or nothing at all.
+            let _ = match i % 3 {
+                0 => c.write_all(b"GET / HTTP/1.0\r\n\r\n"),
+                1 => c.write_all(&[0x16, 0x03, 0x01, 0x00, 0x40, 0x01, 0x00]),
+                _ => Ok(()),
+            };
+            if i % 3 == 0 {
+                let mut sink = Vec::new();
+                c.set_read_timeout(Some(TIMEOUT)).unwrap();
+                let _ = c.read_to_end(&mut sink);
+            }
+        }
+    };
+    let fds = fd_count(s.pid());
+    let settled = |n: u64| {
+        wait_until(Duration::from_secs(30), || {
+            refused() >= n && fd_count(s.pid()) <= fds
+        })
+    };
+    bad(1000);
+    assert!(
+        settled(1000),
+        "fds {fds} -> {}, {} refused",
+        fd_count(s.pid()),
+        refused()
+    );
+    let rss = rss_kib(s.pid());
+    bad(9000);
+    assert!(
+        settled(10_000),
+        "fds {fds} -> {}, {} refused",
+        fd_count(s.pid()),
+        refused()
+    );
+    let grown = rss_kib(s.pid()).saturating_sub(rss);
+    assert!(
+        grown < 1024,
+        "RSS grew {grown} KiB over 9000 failed handshakes"
+    );
+    // And a real client is still served.
+    let (ok, out) = s_client(&pki, port, &[], b"");
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn the_key_never_reaches_the_child_neither_as_an_fd_nor_in_its_environment() {
+    if !tools_or_skip("key_in_child", &["openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let port = free_port();
+    // What the child holds: its fds, whether fd 0 is a Unix socket (the
+    // pair) or a TCP one, its environment.
+    let script = "for f in /proc/$$/fd/*; do echo \"fd $f $(readlink $f)\"; done; \
+                  ino=$(readlink /proc/$$/fd/0 | tr -dc 0-9); \
+                  echo \"unix $(awk -v i=$ino '$7==i' /proc/net/unix | wc -l)\"; \
+                  echo \"tcp $(awk -v i=$ino '$10==i' /proc/net/tcp | wc -l)\"; \
+                  tr '\\0' '\\n' < /proc/$$/environ";
+    let s = Summond::start(&tls_service(port, &sh(script), &pki, ""));
+    let (ok, out) = s_client(&pki, port, &[], b"");
+    assert!(ok, "{out}\n{}", s.log_text());
+    let key = std::fs::read_to_string(certs.path("server.key")).unwrap();
+    let key_line = key.lines().nth(1).unwrap();
+    assert!(!out.contains(key_line), "key material in the child: {out}");
+    assert!(!out.contains("PRIVATE KEY"), "{out}");
+    assert!(
+        !out.contains("server.key"),
+        "the key file open in the child: {out}"
+    );
+    let fds: Vec<&str> = out.lines().filter(|l| l.starts_with("fd ")).collect();
+    // 0 and 1 the pair's end, 2 summond's stderr, and the one ls-free
+    // glob of the shell's own.
+    for l in &fds {
+        assert!(!l.contains(&pki.path("")), "a certificate file open: {l}");
+    }
+    assert!(out.contains("\nunix 1\n"), "fd 0 is the pair's end: {out}");
+    assert!(
+        out.contains("\ntcp 0\n"),
+        "fd 0 is not the connection: {out}"
+    );
+}
+
+#[test]
+fn tls_files_that_cannot_be_used_are_config_errors_naming_the_file_and_line() {
+    if !tools_or_skip("tls_config_errors", &["openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let dir = TempDir::new("cfg");
+    let check = |tls: &str| {
+        let config = format!(
+            "[[service]]\nname = \"t\"\nlisten = \"tcp://127.0.0.1:1\"\nexec = [\"true\"]\ntls = {tls}\n"
+        );
+        let path = dir.path("c.toml");
+        std::fs::write(&path, config).unwrap();
+        let (code, out, err) = run_to_exit(&["--check", "-c", path.to_str().unwrap()]);
+        (code, out + &err)
+    };
+    let (srv, key, cli_key) = (
+        pki.path("server.pem"),
+        pki.path("server.key"),
+        pki.path("client.key"),
+    );
+    let cases: Vec<(String, &str)> = vec![
+        (
+            format!("{{ cert = \"{srv}\", key = \"{cli_key}\" }}"),
+            "client.key does not fit its certificate",
+        ),
+        (
+            format!("{{ cert = \"{key}\", key = \"{key}\" }}"),
+            "server.key holds no PEM certificate",
+        ),
+        (
+            format!("{{ cert = \"/nonexistent/x.pem\", key = \"{key}\" }}"),
+            "cannot read /nonexistent/x.pem",
+        ),
+        (
+            format!("{{ cert = \"{srv}\", key = \"{key}\", min_version = \"1.1\" }}"),
+            "\"1.1\" is not one of \"1.2\", \"1.3\"",
+        ),
+        (format!("{{ cert = \"{srv}\" }}"), "needs key = \"PATH\""),
+    ];
+    for (tls, want) in &cases {
+        let (code, out) = check(tls);
+        assert_eq!(code, 2, "{tls}: {out}");
+        assert!(out.contains(want), "{tls}: wanted {want:?} in {out}");
+        assert!(out.contains("c.toml:5:"), "the line of tls: {out}");
+    }
+    // A key every user may read, and one in a directory another user can
+    // write (a swap there would go unseen).
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let (_, out) = check(&format!("{{ cert = \"{srv}\", key = \"{key}\" }}"));
+    assert!(out.contains("readable by every user"), "{out}");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        &certs.0,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let (_, out) = check(&format!("{{ cert = \"{srv}\", key = \"{key}\" }}"));
+    assert!(out.contains("another user could swap the file"), "{out}");
+    std::fs::set_permissions(
+        &certs.0,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (code, out) = check(&format!("{{ cert = \"{srv}\", key = \"{key}\" }}"));
+    assert_eq!(code, 0, "{out}");
+}
