@@ -307,7 +307,7 @@ fn served_serial(pki: &Pki, port: u16) -> String {
     x509.stdin
         .take()
         .unwrap()
-        .write_all(out[start..end].as_bytes())
+        .write_all(&out.as_bytes()[start..end])
         .unwrap();
     String::from_utf8(x509.wait_with_output().unwrap().stdout).unwrap()
 }
