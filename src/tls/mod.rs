@@ -95,3 +95,6 @@ pub struct TlsSpec {
     pub min_version: MinVersion,
     pub sni: Vec<SniEntry>,
 }
+
+#[cfg(test)]
+mod tests;
