@@ -21,8 +21,9 @@ use super::services::RefuseReason;
 use super::services::ServiceId;
 use super::{Server, TokenKind};
 use crate::addr::ListenAddr;
+use crate::limits::Counter;
 use crate::peer::{Peer, SourceKey};
-use crate::tls::{Failure, Handshake, PumpStep, SslVars, Stage, Step, TlsConn, TlsPump};
+use crate::tls::{Failure, Handshake, PumpStep, SslVars, Stage, Step, TlsConn, TlsConns, TlsPump};
 
 /// What the loop keeps with a TLS connection.
 pub(super) struct TlsClient {
@@ -31,7 +32,47 @@ pub(super) struct TlsClient {
     source: Option<SourceKey>,
 }
 
-pub(super) type TlsTable = crate::tls::TlsConns<TlsClient>;
+/// Handshakes at once from one client (its per-source key): past this
+/// its next connection is refused (`tls`), so one client cannot hold the
+/// `HANDSHAKE_LIMIT` slots every TLS service shares.
+const HANDSHAKES_PER_SOURCE: u32 = 16;
+
+/// The TLS connections, and the handshakes in flight per client.
+#[derive(Default)]
+pub(super) struct TlsTable {
+    conns: TlsConns<TlsClient>,
+    handshakes_from: Counter<SourceKey>,
+}
+
+impl TlsTable {
+    fn start(&mut self, token: Token, net: Socket, hs: Handshake, client: TlsClient) {
+        if let Some(key) = client.source {
+            self.handshakes_from.add(key);
+        }
+        self.conns.start(token, net, hs, client, Instant::now());
+    }
+
+    fn remove(&mut self, token: Token) -> Option<TlsConn<TlsClient>> {
+        let c = self.conns.remove(token)?;
+        if let (Stage::Handshake(_), Some(key)) = (&c.stage, &c.meta.source) {
+            self.handshakes_from.remove(key);
+        }
+        Some(c)
+    }
+}
+
+impl std::ops::Deref for TlsTable {
+    type Target = TlsConns<TlsClient>;
+    fn deref(&self) -> &Self::Target {
+        &self.conns
+    }
+}
+
+impl std::ops::DerefMut for TlsTable {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conns
+    }
+}
 
 impl Server {
     /// An admitted client of a TLS service: its handshake starts here.
@@ -43,6 +84,13 @@ impl Server {
         peer: Peer,
         source: Option<SourceKey>,
     ) {
+        if let Some(key) = source {
+            if self.tls.handshakes_from.get(&key) >= HANDSHAKES_PER_SOURCE {
+                let why = RefuseReason::Tls(Failure::TooMany);
+                self.refuse(idx, &conn, &peer, source, why, Instant::now());
+                return;
+            }
+        }
         let name = self.services[idx].spec.name.clone();
         let Some(config) = self.services[idx].tls_config() else {
             warn!("{name}: no TLS configuration; closing {peer}");
@@ -73,7 +121,7 @@ impl Server {
             peer,
             source,
         };
-        self.tls.start(token, conn, hs, client, Instant::now());
+        self.tls.start(token, conn, hs, client);
         // The client's hello is likely there already.
         self.on_tls_ready(token);
     }

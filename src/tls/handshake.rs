@@ -35,6 +35,9 @@ pub enum Failure {
     Protocol,
     /// The socket failed (reset).
     Io,
+    /// Refused before it started: this client has too many handshakes
+    /// running already.
+    TooMany,
 }
 
 impl fmt::Display for Failure {
@@ -47,6 +50,7 @@ impl fmt::Display for Failure {
             Failure::NoOverlap => "no TLS version, cipher or ALPN protocol in common",
             Failure::Protocol => "TLS handshake failed",
             Failure::Io => "connection failed during the TLS handshake",
+            Failure::TooMany => "too many TLS handshakes at once from this client",
         })
     }
 }

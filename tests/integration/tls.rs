@@ -365,20 +365,30 @@ fn a_stalled_handshake_is_closed_at_its_deadline_while_others_are_served() {
     let pki = Pki::new(&certs.0);
     let port = free_port();
     let s = Summond::start(&tls_service(port, &sh("echo served"), &pki, ""));
-    let mut silent = connect_tcp(([127, 0, 0, 1], port).into());
-    // A hello cut short: summond waits for the rest.
-    silent
-        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
-        .unwrap();
+    // From 127.0.0.2, hellos cut short: summond waits for the rest. Past
+    // 16 at once that client's next ones are refused; 127.0.0.1 is served.
+    let silent: Vec<_> = (0..20)
+        .map(|_| {
+            let mut c = connect_from([127, 0, 0, 2], port);
+            c.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).unwrap();
+            c
+        })
+        .collect();
     for _ in 0..3 {
         let (ok, out) = s_client(&pki, port, &[], b"");
         assert!(ok && out.contains("served"), "{out}");
     }
-    silent
+    assert!(
+        s.wait_log("(tls: too many TLS handshakes at once from this client)"),
+        "{}",
+        s.log_text()
+    );
+    let mut first = &silent[0];
+    first
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let mut buf = [0u8; 64];
-    let n = silent.read(&mut buf).expect("closed, not left hanging");
+    let n = first.read(&mut buf).expect("closed, not left hanging");
     assert!(n < buf.len());
     assert!(
         s.wait_log("(tls: TLS handshake not done in time)"),
