@@ -140,13 +140,20 @@ impl Server {
                 Step::Done => self.handshake_done(owner),
                 Step::Failed(why) => self.handshake_failed(owner, why),
             },
-            Stage::Pump { pump, plain, .. } => match pump.pump(&c.net, plain) {
-                PumpStep::Waiting => {}
-                PumpStep::MoreWork => self.tls.ready.push(owner),
-                PumpStep::Done => {
-                    self.close_tls(owner);
+            Stage::Pump { pump, plain, .. } => {
+                if token == owner {
+                    pump.net_ready();
+                } else {
+                    pump.plain_ready();
                 }
-            },
+                match pump.pump(&c.net, plain) {
+                    PumpStep::Waiting => {}
+                    PumpStep::MoreWork => self.tls.ready.push(owner),
+                    PumpStep::Done => {
+                        self.close_tls(owner);
+                    }
+                }
+            }
         }
     }
 

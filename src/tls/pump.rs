@@ -51,6 +51,12 @@ pub struct TlsPump {
     child_closed: bool,
     /// `net` was shut for writing after the `close_notify` went out.
     net_shut: bool,
+    /// Either socket may have bytes to read: set by its readiness event,
+    /// cleared when a read finds none. Edge-triggered readiness reports
+    /// every new arrival, so no read is skipped that could find bytes,
+    /// and a bulk transfer one way costs no failed read the other way.
+    net_readable: bool,
+    plain_readable: bool,
 }
 
 /// What one pass of the loop did: bytes moved, or a reason to stop.
@@ -63,7 +69,19 @@ impl TlsPump {
             client_closed: false,
             child_closed: false,
             net_shut: false,
+            net_readable: true,
+            plain_readable: true,
         }
+    }
+
+    /// A readiness event of the client's socket.
+    pub fn net_ready(&mut self) {
+        self.net_readable = true;
+    }
+
+    /// A readiness event of summond's end of the pair.
+    pub fn plain_ready(&mut self) {
+        self.plain_readable = true;
     }
 
     /// `banner`: the first bytes the client reads, sent inside TLS.
@@ -120,10 +138,10 @@ impl TlsPump {
             return Ok(0);
         }
         let mut moved = 0;
-        if self.conn.wants_read() {
+        if self.net_readable && self.conn.wants_read() {
             match self.conn.read_tls(&mut &*net) {
                 Ok(n) => moved += n.max(1),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.net_readable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Err(()),
             }
@@ -163,7 +181,7 @@ impl TlsPump {
     /// Child → client: two records' worth from `plain`, once rustls sent
     /// what it had.
     fn child_to_client(&mut self, plain: &Socket) -> Pass {
-        if self.child_closed || self.conn.wants_write() {
+        if self.child_closed || !self.plain_readable || self.conn.wants_write() {
             return Ok(0);
         }
         let mut buf = [0u8; CHUNK];
@@ -179,7 +197,10 @@ impl TlsPump {
                 self.conn.writer().write_all(&buf[..n]).map_err(|_| ())?;
                 Ok(n)
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.plain_readable = false;
+                Ok(0)
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
             Err(_) => {
                 self.child_closed = true;
