@@ -93,6 +93,14 @@ impl Handshake {
     /// Move the handshake on as far as `sock` allows now.
     pub fn drive<S: Read + Write>(&mut self, sock: &mut S) -> Step {
         for _ in 0..ROUNDS {
+            // Done once the client's last flight is in: what rustls still
+            // has to send (TLS 1.3 session tickets, TLS 1.2's Finished) is
+            // the pump's, and a client that closed right after its
+            // Finished (openssl s_time) has a finished handshake, not a
+            // failed one.
+            if !self.conn.is_handshaking() {
+                return Step::Done;
+            }
             let mut blocked = false;
             while self.conn.wants_write() {
                 match self.conn.write_tls(sock) {
@@ -104,9 +112,6 @@ impl Handshake {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(_) => return Step::Failed(Failure::Io),
                 }
-            }
-            if !self.conn.is_handshaking() {
-                return Step::Done;
             }
             if !self.conn.wants_read() {
                 // Everything sent that could be; the socket will say

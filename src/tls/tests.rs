@@ -228,3 +228,25 @@ fn the_vars_of_a_handshake_are_mod_ssls() {
         "{got:?}"
     );
 }
+
+#[test]
+fn a_client_that_closes_right_after_its_finished_has_a_finished_handshake() {
+    // openssl s_time -new: the client is done at its Finished and closes
+    // before summond reads it; the session tickets summond then owes it
+    // cannot be written. That is a finished handshake, not refusal `tls`.
+    let config = server_config(&spec(MinVersion::Tls13)).unwrap();
+    let mut hs = Handshake::new(&config).unwrap();
+    let mut c = client();
+    let (net, wire) = pair();
+    for _ in 0..20 {
+        client_io(&mut c, &wire);
+        if !c.is_handshaking() {
+            break;
+        }
+        assert_eq!(hs.drive(&mut &net), Step::Pending);
+    }
+    assert!(!c.is_handshaking(), "the client is done");
+    client_io(&mut c, &wire);
+    drop(wire);
+    assert_eq!(hs.drive(&mut &net), Step::Done);
+}
