@@ -109,6 +109,10 @@ def program(mode, size):
     """What a program per connection runs for `mode`."""
     if mode == "down":
         return ["/usr/bin/head", "-c", str(size), "/dev/zero"]
+    if mode == "hold":
+        # The handshake clients send nothing: cat reads to their EOF and
+        # exits, one exec per connection.
+        return ["/bin/cat"]
     return ["/bin/sh", "-c", "cat > /dev/null"]
 
 
@@ -151,6 +155,8 @@ class Server:
         # stunnel splits execArgs at spaces: the same programs, written so.
         if mode == "down":
             target = "exec = /usr/bin/head\nexecArgs = head -c %d /dev/zero\n" % size
+        elif mode == "hold":
+            target = "exec = /bin/cat\nexecArgs = cat\n"
         else:
             target = "exec = /bin/sh\nexecArgs = sh -c cat>/dev/null\n"
         return self.stunnel(target)
