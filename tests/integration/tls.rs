@@ -591,3 +591,22 @@ fn tls_files_that_cannot_be_used_are_config_errors_naming_the_file_and_line() {
     let (code, out) = check(&format!("{{ cert = \"{srv}\", key = \"{key}\" }}"));
     assert_eq!(code, 0, "{out}");
 }
+
+#[test]
+fn with_pass_listen_fds_the_child_gets_the_plaintext_as_fd_3() {
+    if !tools_or_skip("tls_listen_fds", &["openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let port = free_port();
+    let script = "echo \"fds=$LISTEN_FDS names=$LISTEN_FDNAMES $SSL_PROTOCOL\" >&3; \
+                  head -n1 <&3 >&3";
+    let config = tls_service(port, &sh(script), &pki, "")
+        .replace("tls = {", "pass = \"listen_fds\"\ntls = {");
+    let s = Summond::start(&config);
+    let (ok, out) = s_client(&pki, port, &[], b"through fd 3\n");
+    assert!(ok, "{out}\n{}", s.log_text());
+    assert!(out.contains("fds=1 names=connection TLSv1.3\n"), "{out}");
+    assert!(out.contains("through fd 3\n"), "{out}");
+}
