@@ -23,7 +23,9 @@ use super::{Server, TokenKind};
 use crate::addr::ListenAddr;
 use crate::limits::Counter;
 use crate::peer::{Peer, SourceKey};
-use crate::tls::{Failure, Handshake, PumpStep, SslVars, Stage, Step, TlsConn, TlsConns, TlsPump};
+use crate::tls::{
+    Failure, Handshake, PumpStep, SslVars, Stage, Step, TlsConn, TlsConns, TlsPump, LINGER,
+};
 
 /// What the loop keeps with a TLS connection.
 pub(super) struct TlsClient {
@@ -149,7 +151,11 @@ impl Server {
                 } else {
                     pump.plain_ready();
                 }
-                match pump.pump(&c.net, plain) {
+                let step = pump.pump(&c.net, plain);
+                if step != PumpStep::Done && pump.rearm_linger() {
+                    self.tls.linger(owner, Instant::now() + LINGER);
+                }
+                match step {
                     PumpStep::Waiting => {}
                     PumpStep::MoreWork => self.tls.ready.push(owner),
                     PumpStep::Done => {
@@ -167,10 +173,22 @@ impl Server {
         }
     }
 
-    /// Handshakes past their deadline: refused.
+    /// Handshakes past their deadline: refused. Pumps past theirs (the
+    /// child ended, the client did not take the rest): closed.
     pub(super) fn expire_handshakes(&mut self, now: Instant) {
         for token in self.tls.expired(now) {
-            self.handshake_failed(token, Failure::Timeout);
+            let handshaking = self
+                .tls
+                .get_mut(token)
+                .is_some_and(|c| matches!(c.stage, Stage::Handshake(_)));
+            if handshaking {
+                self.handshake_failed(token, Failure::Timeout);
+            } else if let Some(c) = self.close_tls(token) {
+                debug!(
+                    "closing {}: its child ended and it did not read the rest",
+                    c.meta.peer
+                );
+            }
         }
     }
 
@@ -218,10 +236,7 @@ impl Server {
     /// other (registered); None when either could not be.
     fn start_pump(&mut self, c: TlsConn<TlsClient>) -> Option<TlsConn<TlsClient>> {
         let TlsConn {
-            net,
-            stage,
-            meta,
-            deadline,
+            net, stage, meta, ..
         } = c;
         let Stage::Handshake(hs) = stage else {
             return None;
@@ -273,7 +288,8 @@ impl Server {
                 plain_token,
             },
             meta,
-            deadline,
+            // The handshake's deadline no longer applies.
+            deadline: None,
         })
     }
 

@@ -33,7 +33,7 @@ pub use config::{server_config, TlsConfig};
 pub use files::{load, LoadError, Named, Which};
 pub use handshake::{Failure, Handshake, Step};
 pub use pump::{PumpStep, TlsPump};
-pub use table::{Stage, TlsConn, TlsConns, HANDSHAKE_LIMIT, HANDSHAKE_TIMEOUT};
+pub use table::{Stage, TlsConn, TlsConns, HANDSHAKE_LIMIT, HANDSHAKE_TIMEOUT, LINGER};
 pub use vars::SslVars;
 
 /// The lowest protocol version offered.

@@ -57,6 +57,10 @@ pub struct TlsPump {
     /// and a bulk transfer one way costs no failed read the other way.
     net_readable: bool,
     plain_readable: bool,
+    /// `rearm_linger` saw the child's end already.
+    ended_seen: bool,
+    /// Bytes went to the client since `rearm_linger` last asked.
+    sent: bool,
 }
 
 /// What one pass of the loop did: bytes moved, or a reason to stop.
@@ -71,7 +75,20 @@ impl TlsPump {
             net_shut: false,
             net_readable: true,
             plain_readable: true,
+            ended_seen: false,
+            sent: false,
         }
+    }
+
+    /// The child's side has ended, and since the last ask that happened
+    /// or bytes went to the client: the table's `linger` deadline starts
+    /// (again). What is left goes to the client as long as it takes some
+    /// within each `LINGER`.
+    pub fn rearm_linger(&mut self) -> bool {
+        let rearm = self.child_closed && (!self.ended_seen || self.sent);
+        self.ended_seen |= self.child_closed;
+        self.sent = false;
+        rearm
     }
 
     /// A readiness event of the client's socket.
@@ -117,7 +134,10 @@ impl TlsPump {
         let mut sent = 0;
         while self.conn.wants_write() {
             match self.conn.write_tls(&mut &*net) {
-                Ok(n) => sent += n.max(1),
+                Ok(n) => {
+                    sent += n.max(1);
+                    self.sent = true;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(sent),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Err(()),

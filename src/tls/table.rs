@@ -17,6 +17,9 @@ use super::{Handshake, TlsPump};
 
 /// SPEC: a handshake is bounded in time.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a pump whose child has ended may go without handing the
+/// client any of the rest, or without the client closing (`linger`).
+pub const LINGER: Duration = Duration::from_secs(10);
 /// Handshakes at once over all services. Each holds rustls's state (a few
 /// KiB) and costs a key exchange and a signature; at the bound the TLS
 /// services' listeners are not watched, so new clients wait in the kernel
@@ -38,7 +41,8 @@ pub struct TlsConn<M> {
     pub net: Socket,
     pub stage: Stage,
     pub meta: M,
-    pub deadline: Instant,
+    /// A handshake's; a pump has none until its child ends (`linger`).
+    pub deadline: Option<Instant>,
 }
 
 pub struct TlsConns<M> {
@@ -93,7 +97,7 @@ impl<M> TlsConns<M> {
                 net,
                 stage: Stage::Handshake(hs),
                 meta,
-                deadline,
+                deadline: Some(deadline),
             },
         );
     }
@@ -136,7 +140,19 @@ impl<M> TlsConns<M> {
         self.deadlines.peek().map(|Reverse((at, _))| *at)
     }
 
-    /// The handshakes whose deadline passed at `now`.
+    /// Once its child's side ended, a pump has until `at` to hand the
+    /// client more of the rest (`TlsPump::rearm_linger`): a client that
+    /// stops reading, or never closes, would otherwise hold summond's
+    /// socket and rustls's state with no child counted for it.
+    pub fn linger(&mut self, token: Token, at: Instant) {
+        if let Some(c) = self.conns.get_mut(&token) {
+            c.deadline = Some(at);
+            self.deadlines.push(Reverse((at, token)));
+        }
+    }
+
+    /// The connections whose deadline (a handshake's, or a pump's
+    /// `linger`) passed at `now`.
     pub fn expired(&mut self, now: Instant) -> Vec<Token> {
         let mut out = Vec::new();
         while let Some(Reverse((at, token))) = self.deadlines.peek().copied() {
@@ -147,7 +163,7 @@ impl<M> TlsConns<M> {
             let pending = self
                 .conns
                 .get(&token)
-                .is_some_and(|c| matches!(c.stage, Stage::Handshake(_)) && c.deadline == at);
+                .is_some_and(|c| c.deadline == Some(at));
             if pending {
                 out.push(token);
             }

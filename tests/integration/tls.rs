@@ -610,3 +610,68 @@ fn with_pass_listen_fds_the_child_gets_the_plaintext_as_fd_3() {
     assert!(out.contains("fds=1 names=connection TLSv1.3\n"), "{out}");
     assert!(out.contains("through fd 3\n"), "{out}");
 }
+
+#[test]
+fn a_client_that_never_closes_after_its_child_ended_is_let_go_within_the_linger() {
+    if !tools_or_skip("tls_linger", &["openssl", "python3"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let port = free_port();
+    let s = Summond::start(&tls_service(port, &sh("echo bye"), &pki, ""));
+    let base = fd_count(s.pid());
+    // Handshake, then neither read nor close: the child's answer and the
+    // close_notify wait in its socket.
+    let client = "import socket, ssl, sys\n\
+                  ctx = ssl.create_default_context(cafile=sys.argv[2])\n\
+                  s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', int(sys.argv[1]))), \
+                  server_hostname='localhost')\n\
+                  print('ready', flush=True)\n\
+                  sys.stdin.read()\n";
+    let mut py = Command::new("python3")
+        .args(["-c", client, &port.to_string(), &pki.path("ca.pem")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop::new(py.id() as i32);
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(py.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "ready\n");
+    assert!(
+        wait_until(TIMEOUT, || s.log_count("exited") == 1),
+        "{}",
+        s.log_text()
+    );
+    assert!(fd_count(s.pid()) > base, "held while the child ran");
+    assert!(
+        wait_until(Duration::from_secs(30), || fd_count(s.pid()) <= base),
+        "summond still holds the client: {} fds, {base} before",
+        fd_count(s.pid())
+    );
+    assert!(
+        py.try_wait().unwrap().is_none(),
+        "the client is still there"
+    );
+    drop(py.stdin.take());
+    let _ = py.wait();
+}
+
+#[test]
+fn a_tls_connection_outlives_the_handshake_deadline() {
+    if !tools_or_skip("tls_long_lived", &["openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let port = free_port();
+    // Past the 10 s a handshake has: the deadline is the handshake's only.
+    let s = Summond::start(&tls_service(port, &sh("sleep 12; echo late"), &pki, ""));
+    let (ok, out) = s_client(&pki, port, &[], b"");
+    assert!(ok && out.contains("late\n"), "{out}\n{}", s.log_text());
+}
