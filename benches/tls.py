@@ -119,17 +119,27 @@ def program(mode, size):
 class Server:
     def __init__(self, kind, d, mode, size):
         self.kind, self.d = kind, d
-        self.port = free_port()
         self.backend = None
-        self.proc = getattr(self, "start_" + kind.replace("-", "_"))(mode, size)
+        # A port picked free can be taken again before the server binds it
+        # (the clients' own ephemeral ports are in the same range): a
+        # server that exits at once is started again on another.
+        for _ in range(5):
+            self.port = free_port()
+            self.proc = getattr(self, "start_" + kind.replace("-", "_"))(mode, size)
+            if self.wait_listening():
+                break
+            self.stop()
+        time.sleep(0.2)
+
+    def wait_listening(self):
         deadline = time.time() + 10
-        while time.time() < deadline:
+        while time.time() < deadline and self.proc.poll() is None:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
+                return True
             except OSError:
                 time.sleep(0.05)
-        time.sleep(0.2)
+        return False
 
     def start_summond(self, mode, size):
         exec_ = ", ".join('"%s"' % a for a in program(mode, size))
@@ -189,7 +199,8 @@ class Server:
         return 0
 
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
@@ -197,6 +208,7 @@ class Server:
             self.proc.wait()
         if self.backend:
             self.backend.close()
+            self.backend = None
 
 
 def handshakes(srv, d, seconds):
