@@ -59,7 +59,7 @@ fn exchange(port: u16, bytes: &[u8], pieces: usize) -> String {
 }
 
 /// haproxy in the foreground with `config`, until dropped.
-struct Haproxy {
+pub(crate) struct Haproxy {
     child: std::process::Child,
     _dir: TempDir,
 }
@@ -71,7 +71,7 @@ impl Drop for Haproxy {
     }
 }
 
-fn haproxy(config: &str, port: u16) -> Option<Haproxy> {
+pub(crate) fn haproxy(config: &str, port: u16) -> Option<Haproxy> {
     let bin = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())?;

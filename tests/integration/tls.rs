@@ -675,3 +675,68 @@ fn a_tls_connection_outlives_the_handshake_deadline() {
     let (ok, out) = s_client(&pki, port, &[], b"");
     assert!(ok && out.contains("late\n"), "{out}\n{}", s.log_text());
 }
+
+/// SPEC: "With PROXY protocol, the header comes first, then TLS". haproxy
+/// (tcp mode, `send-proxy-v2` and `send-proxy`) in front of a TLS
+/// service: the client's TLS passes through it untouched, summond reads
+/// the header, then does the handshake, and the child sees the header's
+/// client in REMOTE_* beside the SSL_* variables.
+#[test]
+fn behind_haproxy_send_proxy_the_header_comes_first_then_tls() {
+    if !tools_or_skip("proxy_then_tls", &["openssl", "curl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let (v2_front, v1_front, port) = (free_port(), free_port(), free_port());
+    let show = "read line; printf 'HTTP/1.0 200 OK\\r\\n\\r\\n'; \
+                env | grep -E '^(SSL_PROTOCOL|REMOTE_ADDR|PROXY_ADDR|TCPLOCALPORT)=' | sort";
+    let config = tls_service(port, &sh(show), &pki, "")
+        + "proxy_protocol = \"any\"\nproxy_from = [\"127.0.0.1/32\"]\n";
+    let s = Summond::start(&config);
+    let haproxy_config = format!(
+        "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 10s\n  timeout server 10s\n\
+         frontend f2\n  bind 127.0.0.1:{v2_front}\n  default_backend b2\n\
+         frontend f1\n  bind 127.0.0.1:{v1_front}\n  default_backend b1\n\
+         backend b2\n  server s 127.0.0.1:{port} send-proxy-v2\n\
+         backend b1\n  server s 127.0.0.1:{port} send-proxy\n"
+    );
+    let Some(_h) = crate::proxy::haproxy(&haproxy_config, v1_front) else {
+        skip("proxy_then_tls", "no haproxy");
+        return;
+    };
+    for front in [v2_front, v1_front] {
+        // From 127.0.0.2: haproxy's own address is 127.0.0.1.
+        let url = format!("https://127.0.0.1:{front}/");
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "20", "--interface", "127.0.0.2"])
+            .args(["--cacert", &pki.path("ca.pem"), &url])
+            .output()
+            .unwrap();
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            s.log_text()
+        );
+        assert_eq!(field(&body, "REMOTE_ADDR"), Some("127.0.0.2"), "{body}");
+        assert_eq!(field(&body, "PROXY_ADDR"), Some("127.0.0.1"), "{body}");
+        let local = front.to_string();
+        assert_eq!(field(&body, "TCPLOCALPORT"), Some(local.as_str()), "{body}");
+        assert!(body.contains("SSL_PROTOCOL=TLSv1."), "{body}");
+        // s_client through haproxy: the child's echo comes back over TLS.
+        let (ok, out) = s_client(&pki, front, &["-tls1_2"], b"GET / HTTP/1.0\r\n\r\n");
+        assert!(ok && out.contains("SSL_PROTOCOL=TLSv1.2\n"), "{out}");
+    }
+    // A client that skips haproxy sends TLS where a header is due: proxy.
+    let (ok, _) = s_client(&pki, port, &[], b"x\n");
+    assert!(!ok);
+    let refused = "t: refused 127.0.0.1";
+    let said = || {
+        s.log_text()
+            .lines()
+            .any(|l| l.contains(refused) && l.contains("no PROXY header"))
+    };
+    assert!(wait_until(TIMEOUT, said), "{}", s.log_text());
+}
