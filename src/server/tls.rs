@@ -8,6 +8,7 @@
 //! An upgrade does not hand TLS connections over (rustls's state does not
 //! cross an exec): they close with the old image, their children see EOF.
 
+use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
@@ -55,6 +56,7 @@ impl TlsTable {
             self.handshakes_from.add(key);
         }
         self.conns.start(token, net, hs, client, Instant::now());
+        self.check_counts();
     }
 
     fn remove(&mut self, token: Token) -> Option<TlsConn<TlsClient>> {
@@ -62,7 +64,37 @@ impl TlsTable {
         if let (Stage::Handshake(_), Some(key)) = (&c.stage, &c.meta.source) {
             self.handshakes_from.remove(key);
         }
+        self.check_counts();
         Some(c)
+    }
+
+    /// Handshakes in flight from `key`.
+    fn handshakes_of(&self, key: &SourceKey) -> u32 {
+        self.handshakes_from.get(key)
+    }
+
+    /// Debug builds (the tests) check after every change that each
+    /// client's count of handshakes is what the table holds: a path out
+    /// of a handshake that did not give its count back would refuse that
+    /// client for good once it reached `HANDSHAKES_PER_SOURCE`.
+    fn check_counts(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        let mut held: Counter<SourceKey> = Counter::default();
+        let mut handshaking = 0;
+        for c in self.conns.iter() {
+            if let Stage::Handshake(_) = c.stage {
+                handshaking += 1;
+                if let Some(key) = c.meta.source {
+                    held.add(key);
+                }
+            }
+        }
+        assert_eq!(handshaking, self.conns.handshaking(), "handshakes counted");
+        let counted: HashMap<_, _> = self.handshakes_from.iter().collect();
+        let table: HashMap<_, _> = held.iter().collect();
+        assert_eq!(counted, table, "handshakes per client");
     }
 }
 
@@ -90,7 +122,7 @@ impl Server {
         source: Option<SourceKey>,
     ) {
         if let Some(key) = source {
-            if self.tls.handshakes_from.get(&key) >= HANDSHAKES_PER_SOURCE {
+            if self.tls.handshakes_of(&key) >= HANDSHAKES_PER_SOURCE {
                 let why = RefuseReason::Tls(Failure::TooMany);
                 self.refuse(idx, &conn, &peer, source, why, Instant::now());
                 return;

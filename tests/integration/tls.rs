@@ -740,3 +740,88 @@ fn behind_haproxy_send_proxy_the_header_comes_first_then_tls() {
     };
     assert!(wait_until(TIMEOUT, said), "{}", s.log_text());
 }
+
+/// A hello cut short: summond waits for the rest of it.
+fn cut_hello(port: u16) -> std::net::TcpStream {
+    let mut c = connect_from([127, 0, 0, 1], port);
+    c.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).unwrap();
+    c
+}
+
+/// Read until summond closes `c` (bounded).
+fn until_closed(mut c: std::net::TcpStream) {
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = [0u8; 256];
+    while let Ok(n) = c.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// Handshakes `openssl s_time -new` completed in one second.
+fn s_time(pki: &Pki, port: u16) -> u32 {
+    let connect = format!("127.0.0.1:{port}");
+    let out = Command::new("timeout")
+        .args(["20", "openssl", "s_time", "-connect", &connect, "-new"])
+        .args(["-time", "1", "-CAfile", &pki.path("ca.pem")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.split_once(" connections in ").map(|(n, _)| n.trim()))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Every way out of a handshake gives its client's count back: more than
+/// HANDSHAKES_PER_SOURCE (64) of each (done, not TLS, closed midway), some
+/// timed out, some whose service a reload removed; then the client holds
+/// 63 handshakes and its 64th is still served, which it would not be had
+/// one path left even one counted. Debug builds also check the counts
+/// against the table at every change (summond would die on a mismatch).
+#[test]
+fn every_way_out_of_a_handshake_gives_its_clients_count_back() {
+    if !tools_or_skip("handshake_counts", &["openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let (port, other) = (free_port(), free_port());
+    let u = tls_service(other, &sh("echo served"), &pki, "").replace("\"t\"", "\"u\"");
+    let s = Summond::start(&(tls_service(port, &sh("true"), &pki, "") + &u));
+    let mut done = 0;
+    for _ in 0..20 {
+        if done > 70 {
+            break;
+        }
+        done += s_time(&pki, port);
+    }
+    assert!(done > 70, "{done} handshakes done\n{}", s.log_text());
+    for _ in 0..70 {
+        let mut c = connect_from([127, 0, 0, 1], port);
+        c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        until_closed(c);
+        let c = cut_hello(port);
+        c.shutdown(std::net::Shutdown::Both).unwrap();
+        until_closed(c);
+    }
+    // Three left to time out (10 s), three whose service goes away.
+    let late: Vec<_> = (0..3).map(|_| cut_hello(other)).collect();
+    let orphans: Vec<_> = (0..3).map(|_| cut_hello(port)).collect();
+    assert!(s.wait_log("(tls: closed during the TLS handshake)"));
+    assert!(s.reload(&u), "{}", s.log_text());
+    drop(orphans);
+    late.into_iter().for_each(until_closed);
+    assert!(s.wait_log("(tls: TLS handshake not done in time)"));
+    let held: Vec<_> = (0..63).map(|_| cut_hello(other)).collect();
+    let (ok, out) = s_client(&pki, other, &[], b"");
+    assert!(ok && out.contains("served"), "{out}\n{}", s.log_text());
+    assert_eq!(
+        s.log_count("too many TLS handshakes"),
+        0,
+        "{}",
+        s.log_text()
+    );
+    drop(held);
+}
