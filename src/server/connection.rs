@@ -20,7 +20,7 @@ use nix::libc;
 use socket2::Socket;
 
 use super::children::{for_peer, Child, HeldSocket};
-use super::front::{FrontConn, ProxyRefusal, Step, HEADER_TIMEOUT};
+use super::front::{FrontConn, FrontFailure, ProxyRefusal, Step, Work, HEADER_TIMEOUT};
 use super::poller::TokenKind;
 use super::services::RefuseReason;
 use super::timers::Timer;
@@ -33,7 +33,7 @@ use crate::peer::{Peer, SourceKey};
 use crate::proxy::Version;
 use crate::queue::QueueHead;
 use crate::spawn::{self, FdMove};
-use crate::tls::SslVars;
+use crate::tls::{SslVars, HANDSHAKE_LIMIT};
 use crate::upgrade::{ConnState, FrontState};
 use rustc_hash::FxHashMap;
 
@@ -385,7 +385,7 @@ impl Server {
         );
         let timer = self
             .timers
-            .add(now + HEADER_TIMEOUT, Timer::HeaderDue(token));
+            .add(now + HEADER_TIMEOUT, Timer::FrontDue(token));
         let service = self.services[idx].id;
         let (addr, socket) = (addr.clone(), conn);
         self.front.insert(
@@ -395,25 +395,23 @@ impl Server {
                 addr,
                 service,
                 peer,
-                version,
+                source: None,
+                work: Work::Header(version),
                 timer,
             },
         );
     }
 
-    /// More bytes on a connection waiting for its header.
+    /// More bytes (or room) on a connection waiting for its header or
+    /// its handshake.
     pub(super) fn on_front_ready(&mut self, token: mio::Token) {
         match self.front.advance(token) {
             Step::Wait => {}
-            Step::Done(conn, header) => {
+            Step::Done(conn, header, version) => {
                 self.leave_front(token, &conn);
                 let now = Instant::now();
                 let FrontConn {
-                    socket,
-                    addr,
-                    peer,
-                    version,
-                    ..
+                    socket, addr, peer, ..
                 } = conn;
                 // Its address's service now: a reload (or the config of an
                 // upgrade) may have moved it, or stopped trusting this peer.
@@ -434,6 +432,10 @@ impl Server {
                 }
                 self.unpark(now);
             }
+            Step::Handshaken(conn) => {
+                self.leave_front(token, &conn);
+                self.handshake_done(conn);
+            }
             Step::Failed(conn, why) => self.front_failed(token, conn, why),
         }
     }
@@ -450,20 +452,30 @@ impl Server {
         })
     }
 
-    /// `HEADER_TIMEOUT` ran out for `token`'s connection.
-    pub(super) fn header_late(&mut self, token: mio::Token) {
-        if let Some(conn) = self.front.remove(token) {
-            self.front_failed(token, conn, ProxyRefusal::Late);
+    /// `HEADER_TIMEOUT` or `HANDSHAKE_TIMEOUT` ran out for `token`'s
+    /// connection.
+    pub(super) fn front_late(&mut self, token: mio::Token) {
+        if let Some((conn, why)) = self.front.late(token) {
+            self.front_failed(token, conn, why);
         }
     }
 
-    /// A connection that leaves the front table without a header: refused
-    /// by the service that accepted it (if a reload kept it), closed.
-    fn front_failed(&mut self, token: mio::Token, conn: FrontConn, why: ProxyRefusal) {
+    /// A connection that leaves the front table without its header or
+    /// handshake: refused by the service that accepted it (if a reload
+    /// kept it), closed.
+    fn front_failed(&mut self, token: mio::Token, conn: FrontConn, why: FrontFailure) {
         self.leave_front(token, &conn);
         let now = Instant::now();
         if let Some(idx) = self.services.index_of(conn.service) {
-            self.refuse_front(idx, &conn.socket, &conn.peer, why, now);
+            match why {
+                FrontFailure::Proxy(why) => {
+                    self.refuse_front(idx, &conn.socket, &conn.peer, why, now);
+                }
+                FrontFailure::Tls(why) => {
+                    let (peer, source) = (&conn.peer, conn.source);
+                    self.refuse(idx, &conn.socket, peer, source, RefuseReason::Tls(why), now);
+                }
+            }
             self.sync_service(idx, now);
         }
         self.unpark(now);
@@ -478,20 +490,30 @@ impl Server {
             .deregister(&mut SourceFd(&conn.socket.as_raw_fd()));
         self.poller.tokens.remove(&token);
         self.timers.cancel(conn.timer);
+        let handshake = matches!(conn.work, Work::Handshake(_));
+        if handshake && self.front.handshakes() + 1 == HANDSHAKE_LIMIT {
+            // The TLS services' listeners were unwatched at the bound.
+            self.sync_all(Instant::now());
+        }
     }
 
     /// The connections waiting for a header, for the next image: nothing
     /// of them has been read, so it reads each from the start, in the
-    /// time it had left.
+    /// time it had left. Handshakes are not handed over (rustls's state
+    /// does not cross an exec): they close with this image.
     pub(super) fn front_state(&self, now: Instant) -> Vec<FrontState> {
         self.front
             .iter()
-            .map(|(_, c)| FrontState {
+            .filter_map(|(_, c)| match c.work {
+                Work::Header(version) => Some((c, version)),
+                Work::Handshake(_) => None,
+            })
+            .map(|(c, version)| FrontState {
                 fd: c.socket.as_raw_fd(),
                 addr: c.addr.to_string(),
                 service: self.services.name_of(c.service).to_string(),
                 peer: c.peer.clone(),
-                version: c.version,
+                version,
                 left_ns: u64::try_from(c.timer.at().saturating_duration_since(now).as_nanos())
                     .unwrap_or(u64::MAX),
             })
@@ -531,14 +553,15 @@ impl Server {
             self.poller.tokens.insert(token, TokenKind::Front);
             let at = handed
                 + std::time::Duration::from_nanos(c.left_ns.min(HEADER_TIMEOUT.as_nanos() as u64));
-            let timer = self.timers.add(at, Timer::HeaderDue(token));
+            let timer = self.timers.add(at, Timer::FrontDue(token));
             let service = self.services[idx].id;
             let conn = FrontConn {
                 socket,
                 addr,
                 service,
                 peer: c.peer,
-                version: c.version,
+                source: None,
+                work: Work::Header(c.version),
                 timer,
             };
             self.front.insert(token, conn);

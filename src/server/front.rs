@@ -1,9 +1,11 @@
 //! The front table: accepted connections the loop still works on before
 //! they go the usual way (admission, then a child or an internal
-//! service). Today that is reading a PROXY header (`proxy_protocol`); a
-//! TLS handshake will be one more kind of work here. Each connection has
-//! its own poll token and a deadline (the caller sets the timer); the
-//! table does its sockets' reads and knows nothing of `Server`.
+//! service). The work is one of two steps (`Work`): reading a PROXY
+//! header (`proxy_protocol`), then, for a `tls` service, its TLS
+//! handshake (SPEC: "the header comes first, then TLS"). Each connection
+//! has its own poll token and a deadline (the caller sets the timer); the
+//! table does its sockets' reads and writes and knows nothing of
+//! `Server`.
 //!
 //! Not one byte of the client's own is consumed: the header is read with
 //! `MSG_PEEK` into one buffer the table owns (at most `V2_MAX` bytes, for
@@ -17,9 +19,12 @@
 //! Bounded: `FRONT_MAX` connections at once over all services. The loop
 //! counts them as children for `max_children` and `max_instances` (a
 //! header read becomes a child at once, so the place is held for it),
-//! and when the table is full the listeners of services with
-//! `proxy_protocol` wait, their clients in the kernel backlog; other
-//! services' listeners are not held back by it.
+//! and when the table is full the listeners of services that read a
+//! header or do a handshake (`proxy_protocol`, `tls`) wait, their
+//! clients in the kernel backlog; other services' listeners are not held
+//! back by it. Handshakes are bounded as well by `HANDSHAKE_LIMIT` over
+//! all services and `HANDSHAKES_PER_SOURCE` per client, which the table
+//! counts.
 
 use rustc_hash::FxHashMap;
 use std::fmt;
@@ -34,8 +39,10 @@ use socket2::Socket;
 use super::services::ServiceId;
 use super::timers::TimerKey;
 use crate::addr::ListenAddr;
-use crate::peer::Peer;
+use crate::limits::Counter;
+use crate::peer::{Peer, SourceKey};
 use crate::proxy::{self, Header, Malformed, Parsed, Version, V2_MAX};
+use crate::tls::{self, Failure, Handshake, HANDSHAKE_LIMIT};
 
 /// SPEC: a PROXY header has 5 s to arrive.
 pub(super) const HEADER_TIMEOUT: Duration = Duration::from_secs(proxy::HEADER_SECS as u64);
@@ -71,27 +78,58 @@ impl fmt::Display for ProxyRefusal {
     }
 }
 
-/// A connection waiting for its header.
+/// Handshakes at once from one client (its per-source key): past this
+/// its next connection is refused (`tls`), so one client cannot hold the
+/// `HANDSHAKE_LIMIT` slots every TLS service shares. A quarter of them:
+/// a busy client's handshakes overlap more than its own concurrency says
+/// (8 `openssl s_time` had 17 in the table at times: each had moved on
+/// to its next connection before summond read its last Finished).
+pub(super) const HANDSHAKES_PER_SOURCE: u32 = 64;
+
+/// What the loop waits for on a connection before dispatch.
+pub(super) enum Work {
+    /// Its PROXY header, of this version; `peer` is the balancer.
+    Header(Version),
+    /// Its TLS handshake (after the header, if there was one); `peer` is
+    /// the client. Boxed: rustls's state is large, a header's is not.
+    Handshake(Box<Handshake>),
+}
+
+/// A connection the loop works on before dispatch.
 pub(super) struct FrontConn {
     pub socket: Socket,
     /// The listener it came on: at the end, its service now (a reload
     /// may have changed or removed it) takes the client.
     pub addr: ListenAddr,
     pub service: ServiceId,
-    /// The connection's own peer: the balancer.
+    /// The connection's own peer (the balancer), or with a handshake the
+    /// client (the header's, if there was one).
     pub peer: Peer,
-    pub version: Version,
-    /// Its `HEADER_TIMEOUT` timer, cancelled when it leaves.
+    /// The client's per-source key, with a handshake.
+    pub source: Option<SourceKey>,
+    pub work: Work,
+    /// Its `HEADER_TIMEOUT` or `HANDSHAKE_TIMEOUT` timer, cancelled when
+    /// it leaves.
     pub timer: TimerKey,
 }
 
-/// What reading a connection's header came to.
+/// Why a connection leaves the table before dispatch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum FrontFailure {
+    Proxy(ProxyRefusal),
+    Tls(Failure),
+}
+
+/// What the work on a connection came to.
 pub(super) enum Step {
     /// Not complete yet (or the token is not ours): wait for more bytes.
     Wait,
-    /// The header is read, and nothing after it.
-    Done(FrontConn, Header),
-    Failed(FrontConn, ProxyRefusal),
+    /// The header (of the version it was read as) is read, and nothing
+    /// after it.
+    Done(FrontConn, Header, Version),
+    /// The handshake is done (its `Work::Handshake` holds the connection).
+    Handshaken(FrontConn),
+    Failed(FrontConn, FrontFailure),
 }
 
 #[derive(Default)]
@@ -99,6 +137,9 @@ pub(super) struct FrontTable {
     conns: FxHashMap<Token, FrontConn>,
     /// Per service, for `max_instances`.
     per_service: FxHashMap<ServiceId, u32>,
+    /// Handshakes in the table, over all and per client.
+    handshakes: usize,
+    handshakes_from: Counter<SourceKey>,
     /// Where headers are peeked into and read: one for all, allocated at
     /// the first connection of a service with `proxy_protocol`.
     buf: Vec<MaybeUninit<u8>>,
@@ -121,12 +162,34 @@ impl FrontTable {
         self.per_service.get(&id).copied().unwrap_or(0)
     }
 
+    /// `HANDSHAKE_LIMIT` handshakes are running: TLS clients wait.
+    pub fn handshakes_full(&self) -> bool {
+        self.handshakes >= HANDSHAKE_LIMIT
+    }
+
+    pub fn handshakes(&self) -> usize {
+        self.handshakes
+    }
+
+    /// May one more handshake from `key` start (`HANDSHAKES_PER_SOURCE`)?
+    pub fn may_handshake(&self, key: Option<&SourceKey>) -> bool {
+        key.is_none_or(|k| self.handshakes_from.get(k) < HANDSHAKES_PER_SOURCE)
+    }
+
     /// A connection registered under `token`, with its timer set.
     pub fn insert(&mut self, token: Token, conn: FrontConn) {
         *self.per_service.entry(conn.service).or_default() += 1;
+        if let Work::Handshake(_) = conn.work {
+            self.handshakes += 1;
+            if let Some(key) = conn.source {
+                self.handshakes_from.add(key);
+            }
+        }
         self.conns.insert(token, conn);
+        self.check_counts();
     }
 
+    /// Out of the table, every count given back: the one way out.
     pub fn remove(&mut self, token: Token) -> Option<FrontConn> {
         let conn = self.conns.remove(&token)?;
         if let Some(n) = self.per_service.get_mut(&conn.service) {
@@ -135,7 +198,38 @@ impl FrontTable {
                 self.per_service.remove(&conn.service);
             }
         }
+        if let Work::Handshake(_) = conn.work {
+            self.handshakes -= 1;
+            if let Some(key) = &conn.source {
+                self.handshakes_from.remove(key);
+            }
+        }
+        self.check_counts();
         Some(conn)
+    }
+
+    /// Debug builds (the tests) check after every change that the
+    /// handshake counts are what the table holds: a way out of a
+    /// handshake that did not give its client's count back would refuse
+    /// that client for good once it reached `HANDSHAKES_PER_SOURCE`.
+    fn check_counts(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        let mut held: Counter<SourceKey> = Counter::default();
+        let mut handshakes = 0;
+        for c in self.conns.values() {
+            if let Work::Handshake(_) = c.work {
+                handshakes += 1;
+                if let Some(key) = c.source {
+                    held.add(key);
+                }
+            }
+        }
+        assert_eq!(handshakes, self.handshakes, "handshakes counted");
+        let counted: std::collections::HashMap<_, _> = self.handshakes_from.iter().collect();
+        let table: std::collections::HashMap<_, _> = held.iter().collect();
+        assert_eq!(counted, table, "handshakes per client");
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&Token, &FrontConn)> {
@@ -156,27 +250,48 @@ impl FrontTable {
         peek_header(socket, version, &mut self.buf)
     }
 
-    /// Read what arrived on `token`'s connection: the header whole and
-    /// exactly (it leaves the table), a refusal (it leaves), or not yet.
+    /// Work on `token`'s connection as far as its socket allows: the
+    /// header read whole and exactly, or the handshake done (either way
+    /// it leaves the table), a failure (it leaves), or not yet.
     pub fn advance(&mut self, token: Token) -> Step {
-        if self.buf.is_empty() {
-            self.buf = vec![MaybeUninit::uninit(); V2_MAX];
-        }
-        let Some(conn) = self.conns.get(&token) else {
+        let Some(conn) = self.conns.get_mut(&token) else {
             return Step::Wait;
         };
-        let outcome = peek_header(&conn.socket, conn.version, &mut self.buf);
+        let outcome = match &mut conn.work {
+            Work::Header(version) => {
+                if self.buf.is_empty() {
+                    self.buf = vec![MaybeUninit::uninit(); V2_MAX];
+                }
+                match peek_header(&conn.socket, *version, &mut self.buf) {
+                    Ok(None) => return Step::Wait,
+                    Ok(Some(header)) => Ok(Some((header, *version))),
+                    Err(why) => Err(FrontFailure::Proxy(why)),
+                }
+            }
+            Work::Handshake(hs) => match hs.drive(&mut &conn.socket) {
+                tls::Step::Pending => return Step::Wait,
+                tls::Step::Done => Ok(None),
+                tls::Step::Failed(why) => Err(FrontFailure::Tls(why)),
+            },
+        };
+        let Some(conn) = self.remove(token) else {
+            return Step::Wait;
+        };
         match outcome {
-            Ok(None) => Step::Wait,
-            Ok(Some(header)) => match self.remove(token) {
-                Some(conn) => Step::Done(conn, header),
-                None => Step::Wait,
-            },
-            Err(why) => match self.remove(token) {
-                Some(conn) => Step::Failed(conn, why),
-                None => Step::Wait,
-            },
+            Ok(Some((header, version))) => Step::Done(conn, header, version),
+            Ok(None) => Step::Handshaken(conn),
+            Err(why) => Step::Failed(conn, why),
         }
+    }
+
+    /// The failure of `token`'s connection at its deadline (it leaves).
+    pub fn late(&mut self, token: Token) -> Option<(FrontConn, FrontFailure)> {
+        let conn = self.remove(token)?;
+        let why = match conn.work {
+            Work::Header(_) => FrontFailure::Proxy(ProxyRefusal::Late),
+            Work::Handshake(_) => FrontFailure::Tls(Failure::Timeout),
+        };
+        Some((conn, why))
     }
 }
 

@@ -192,9 +192,10 @@ pub struct Server {
     /// The internal services' TCP clients and what their UDP ones may
     /// be answered.
     internal: Internals,
-    /// Accepted connections whose PROXY header is awaited.
+    /// Accepted connections whose PROXY header or TLS handshake is
+    /// awaited.
     front: FrontTable,
-    /// TLS clients: handshaking, or pumping to their child.
+    /// TLS clients past their handshake, pumping to their child.
     tls: tls::TlsTable,
     /// The service manager (NOTIFY_SOCKET), if summond runs under one.
     notifier: Notifier,
@@ -385,7 +386,7 @@ impl Server {
     /// Re-arm what a timer that ran out was holding back.
     fn run_timers(&mut self, now: Instant) {
         self.close_idle_internal(now);
-        self.expire_handshakes(now);
+        self.expire_tls(now);
         if self.shortage.backoff.expire(now) {
             // Their clients queued while fds ran out: no new event comes
             // for them (edge-triggered), so accept them now, before a
@@ -421,7 +422,7 @@ impl Server {
             }
             Timer::Kill { pid, started_at } => self.kill_overdue_group(pid, started_at),
             Timer::RestartKill { pid, started_at } => self.restart_overdue(pid, started_at),
-            Timer::HeaderDue(token) => self.header_late(token),
+            Timer::FrontDue(token) => self.front_late(token),
             Timer::ScrapeTimeout(token) => {
                 let (endpoints, mut lp) = self.endpoints();
                 endpoints.scrape_timed_out(&mut lp, token);
@@ -643,11 +644,13 @@ impl Server {
         !self.at_global_limit() && !self.shortage.backoff.is_paused(now)
     }
 
-    /// Service `idx` reads PROXY headers and the front table has no room:
+    /// Service `idx` reads PROXY headers or does TLS handshakes, and the
+    /// front table has no room:
     /// its listeners wait (only theirs: a balancer that fills the table
     /// must not hold back services that read no header).
     fn front_is_full_for(&self, idx: usize) -> bool {
-        self.services[idx].spec.proxy.is_some() && self.front.is_full()
+        let spec = &self.services[idx].spec;
+        (spec.proxy.is_some() || spec.tls.is_some()) && self.front.is_full()
     }
 
     /// May service `idx` start a child as far as its own limits go? (its
@@ -657,7 +660,7 @@ impl Server {
         svc.may_spawn(self.active(svc.id), now)
             && self.forward.may_take(svc.id)
             // At the bound on handshakes, TLS clients wait in the backlog.
-            && (svc.spec.tls.is_none() || !self.tls.is_full())
+            && (svc.spec.tls.is_none() || !self.front.handshakes_full())
     }
 
     /// What service `id` has running: children, and for an internal

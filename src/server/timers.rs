@@ -42,8 +42,8 @@ pub(super) enum Timer {
     RestartKill { pid: Pid, started_at: Instant },
     /// Time to tell the service manager's watchdog the loop is alive.
     Watchdog,
-    /// A connection's PROXY header is late (`front.rs`).
-    HeaderDue(mio::Token),
+    /// A connection's PROXY header or TLS handshake is late (`front.rs`).
+    FrontDue(mio::Token),
     /// A Prometheus scraper's time is up.
     ScrapeTimeout(mio::Token),
     /// A control client's time to read its answer is up.

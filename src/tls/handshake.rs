@@ -7,10 +7,20 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
+use std::time::Duration;
 
 use rustls::ServerConnection;
 
 use super::TlsConfig;
+
+/// SPEC: a handshake is bounded in time.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes at once over all services. Each holds rustls's state (a few
+/// KiB) and costs a key exchange and a signature; at the bound the TLS
+/// services' listeners are not watched, so new clients wait in the kernel
+/// backlog (as at `max_instances`) until a handshake ends, at the latest
+/// by its timeout.
+pub const HANDSHAKE_LIMIT: usize = 256;
 
 /// Reads and writes per `drive` before the loop turns to other sources.
 /// A handshake is a handful of flights; a peer that keeps one busy past

@@ -5,8 +5,10 @@
 //! from them (`config.rs`); the server handshake as a state machine the
 //! loop drives on readiness (`handshake.rs`); the pump that moves bytes
 //! between the TLS connection and the plaintext socket pair a child gets
-//! (`pump.rs`); the table of TLS connections the loop holds, with their
-//! deadlines and the bound on handshakes at once (`table.rs`); and the
+//! (`pump.rs`); the table of pumping TLS connections the loop holds, with
+//! their `linger` deadlines (`table.rs`; a handshake is a step of the
+//! server's front table, bounded by `HANDSHAKE_TIMEOUT` and
+//! `HANDSHAKE_LIMIT`); and the
 //! `SSL_*` variables in mod_ssl's formats (`vars.rs`, `dn.rs`).
 //!
 //! Nothing here knows `Server`: the loop owns the table and decides.
@@ -31,9 +33,9 @@ use crate::config::raw_path;
 
 pub use config::{server_config, TlsConfig};
 pub use files::{load, LoadError, Named, Which};
-pub use handshake::{Failure, Handshake, Step};
+pub use handshake::{Failure, Handshake, Step, HANDSHAKE_LIMIT, HANDSHAKE_TIMEOUT};
 pub use pump::{PumpStep, TlsPump};
-pub use table::{Stage, TlsConn, TlsConns, HANDSHAKE_LIMIT, HANDSHAKE_TIMEOUT, LINGER};
+pub use table::{TlsConn, TlsConns, LINGER};
 pub use vars::SslVars;
 
 /// The lowest protocol version offered.

@@ -1,9 +1,9 @@
-//! The TLS connections the loop holds, by token: handshaking (with a
-//! deadline, `HANDSHAKE_TIMEOUT`, and at most `HANDSHAKE_LIMIT` at once)
-//! or pumping between the client and its child's socket pair (two
-//! tokens: the client's socket and summond's end of the pair). `M` is
-//! what the loop keeps with each (its service, client, address): the
-//! table knows nothing of it.
+//! The TLS connections the loop holds once their handshake is done (the
+//! handshake itself is a step of the server's front table, with the PROXY
+//! header, before dispatch), by token: each pumps between the client and
+//! its child's socket pair (two tokens: the client's socket and
+//! summond's end of the pair). `M` is what the loop keeps with each (its
+//! service, client, address): the table knows nothing of it.
 
 use rustc_hash::FxHashMap;
 use std::cmp::Reverse;
@@ -13,35 +13,19 @@ use std::time::{Duration, Instant};
 use mio::Token;
 use socket2::Socket;
 
-use super::{Handshake, TlsPump};
+use super::TlsPump;
 
-/// SPEC: a handshake is bounded in time.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a pump whose child has ended may go without handing the
 /// client any of the rest, or without the client closing (`linger`).
 pub const LINGER: Duration = Duration::from_secs(10);
-/// Handshakes at once over all services. Each holds rustls's state (a few
-/// KiB) and costs a key exchange and a signature; at the bound the TLS
-/// services' listeners are not watched, so new clients wait in the kernel
-/// backlog (as at `max_instances`) until a handshake ends, at the latest
-/// by its timeout.
-pub const HANDSHAKE_LIMIT: usize = 256;
-
-pub enum Stage {
-    Handshake(Handshake),
-    /// The pump and summond's end of the pair, with its token.
-    Pump {
-        pump: TlsPump,
-        plain: Socket,
-        plain_token: Token,
-    },
-}
-
 pub struct TlsConn<M> {
     pub net: Socket,
-    pub stage: Stage,
+    pub pump: TlsPump,
+    /// summond's end of the child's socket pair, and its token.
+    pub plain: Socket,
+    pub plain_token: Token,
     pub meta: M,
-    /// A handshake's; a pump has none until its child ends (`linger`).
+    /// None until its child ends (`linger`).
     pub deadline: Option<Instant>,
 }
 
@@ -49,9 +33,8 @@ pub struct TlsConns<M> {
     conns: FxHashMap<Token, TlsConn<M>>,
     /// A pair's token → its connection's.
     plain: FxHashMap<Token, Token>,
-    handshaking: usize,
-    /// Handshake deadlines as pushed; one whose connection went on to
-    /// pump (or left) is skipped when it comes up.
+    /// Linger deadlines as pushed; one whose connection left, or was
+    /// given a later one, is skipped when it comes up.
     deadlines: BinaryHeap<Reverse<(Instant, Token)>>,
     /// Pumps whose budget ran out: served again next turn.
     pub ready: Vec<Token>,
@@ -62,7 +45,6 @@ impl<M> Default for TlsConns<M> {
         TlsConns {
             conns: FxHashMap::default(),
             plain: FxHashMap::default(),
-            handshaking: 0,
             deadlines: BinaryHeap::new(),
             ready: Vec::new(),
         }
@@ -70,36 +52,12 @@ impl<M> Default for TlsConns<M> {
 }
 
 impl<M> TlsConns<M> {
-    pub fn is_full(&self) -> bool {
-        self.handshaking >= HANDSHAKE_LIMIT
-    }
-
-    pub fn handshaking(&self) -> usize {
-        self.handshaking
-    }
-
     pub fn len(&self) -> usize {
         self.conns.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.conns.is_empty()
-    }
-
-    /// A new handshake on `net`, registered by the caller under `token`.
-    pub fn start(&mut self, token: Token, net: Socket, hs: Handshake, meta: M, now: Instant) {
-        let deadline = now + HANDSHAKE_TIMEOUT;
-        self.deadlines.push(Reverse((deadline, token)));
-        self.handshaking += 1;
-        self.conns.insert(
-            token,
-            TlsConn {
-                net,
-                stage: Stage::Handshake(hs),
-                meta,
-                deadline: Some(deadline),
-            },
-        );
     }
 
     /// The connection a token (its own or its pair's) belongs to.
@@ -114,28 +72,21 @@ impl<M> TlsConns<M> {
         self.conns.get_mut(&token)
     }
 
-    /// A connection whose handshake was done (taken out with `remove`):
-    /// it pumps to `plain` from now on.
-    pub fn insert_pump(&mut self, token: Token, conn: TlsConn<M>) {
-        if let Stage::Pump { plain_token, .. } = &conn.stage {
-            self.plain.insert(*plain_token, token);
-            self.conns.insert(token, conn);
-        }
+    /// A connection whose handshake is done, registered by the caller
+    /// under `token` and its `plain_token`.
+    pub fn insert(&mut self, token: Token, conn: TlsConn<M>) {
+        self.plain.insert(conn.plain_token, token);
+        self.conns.insert(token, conn);
     }
 
     pub fn remove(&mut self, token: Token) -> Option<TlsConn<M>> {
         let c = self.conns.remove(&token)?;
-        match &c.stage {
-            Stage::Handshake(_) => self.handshaking -= 1,
-            Stage::Pump { plain_token, .. } => {
-                self.plain.remove(plain_token);
-            }
-        }
+        self.plain.remove(&c.plain_token);
         Some(c)
     }
 
-    /// The earliest handshake deadline, or one that was (its handshake
-    /// ended since): waking for it costs one turn, and `expired` drops it.
+    /// The earliest linger deadline, or one that was (its connection left
+    /// since): waking for it costs one turn, and `expired` drops it.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.deadlines.peek().map(|Reverse((at, _))| *at)
     }
@@ -151,8 +102,7 @@ impl<M> TlsConns<M> {
         }
     }
 
-    /// The connections whose deadline (a handshake's, or a pump's
-    /// `linger`) passed at `now`.
+    /// The connections whose `linger` passed at `now`.
     pub fn expired(&mut self, now: Instant) -> Vec<Token> {
         let mut out = Vec::new();
         while let Some(Reverse((at, token))) = self.deadlines.peek().copied() {

@@ -825,3 +825,31 @@ fn every_way_out_of_a_handshake_gives_its_clients_count_back() {
     );
     drop(held);
 }
+
+/// A handshake holds a place under max_instances, as a connection waiting
+/// for its PROXY header does (both are steps of one table before
+/// dispatch): with two stalled hellos at max_instances = 2, a third client
+/// waits in the backlog and is served once one of them goes.
+#[test]
+fn handshakes_hold_a_place_under_max_instances() {
+    if !tools_or_skip("handshakes_max_instances", &["openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let port = free_port();
+    let config = tls_service(port, &sh("echo served"), &pki, "") + "max_instances = 2\n";
+    let s = Summond::start(&config);
+    let stalled: Vec<_> = (0..2).map(|_| cut_hello(port)).collect();
+    let third = std::thread::spawn({
+        let pki_dir = certs.0.clone();
+        move || {
+            let pki = Pki { dir: pki_dir };
+            s_client(&pki, port, &[], b"")
+        }
+    });
+    assert!(wait_in_backlog(port, 1), "{}", s.log_text());
+    drop(stalled);
+    let (ok, out) = third.join().unwrap();
+    assert!(ok && out.contains("served"), "{out}\n{}", s.log_text());
+}
