@@ -40,9 +40,11 @@
 //! 5. `launch_connection`: the banner, the child's fds and variables into
 //!    the reused scratch buffers (`spawn_for_client`); an internal service
 //!    is served in the loop instead (`start_internal` → `Internals::open`,
-//!    `internal/`); a `tls` service's client has its handshake in the loop
-//!    first (`start_tls`, tls.rs), and its child, started when that is
-//!    done, gets a socket pair's end that summond pumps to the client.
+//!    `internal/`); a `tls` service's client has its handshake in the
+//!    front table first (`start_tls`, tls.rs; `front.rs`'s `Work`, after
+//!    the PROXY header if there was one), and its child, started when
+//!    that is done (`handshake_done`), gets a socket pair's end that
+//!    summond pumps to the client.
 //! 6. `spawn_child`: clone and exec (`Launcher::spawn`), the child into the
 //!    child table, a `rate` token spent (`take_rate_token`), its
 //!    `max_runtime` timer set. Out of fds or processes, the client is kept
