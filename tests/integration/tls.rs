@@ -853,3 +853,58 @@ fn handshakes_hold_a_place_under_max_instances() {
     let (ok, out) = third.join().unwrap();
     assert!(ok && out.contains("served"), "{out}\n{}", s.log_text());
 }
+
+/// An upgrade carries a connection waiting for its PROXY header (the new
+/// image reads the header, then does the handshake) and closes one in
+/// its handshake (rustls's state does not cross an exec): it is not left
+/// to its deadline.
+#[test]
+fn an_upgrade_carries_a_waiting_header_and_closes_a_handshake() {
+    if !tools_or_skip("upgrade_front", &["openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let port = free_port();
+    let config = tls_service(port, &sh("echo served"), &pki, "")
+        + "proxy_protocol = \"v1\"\nproxy_from = [\"127.0.0.1/32\"]\n";
+    let s = Summond::start(&config);
+    let mut waiting = connect_from([127, 0, 0, 1], port);
+    waiting.write_all(b"PROXY TCP4 203.0.113.7 ").unwrap();
+    let mut handshaking = connect_from([127, 0, 0, 1], port);
+    handshaking
+        .write_all(b"PROXY TCP4 203.0.113.8 198.51.100.1 5000 443\r\n")
+        .unwrap();
+    handshaking
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .unwrap();
+    assert!(s.wait_log("t: waiting for the PROXY header of 127.0.0.1:"));
+    assert!(wait_until(TIMEOUT, || s.log_text().contains("203.0.113.8")));
+    s.signal(nix::libc::SIGUSR2);
+    assert!(s.wait_log("upgraded in place"), "{}", s.log_text());
+    handshaking
+        .set_read_timeout(Some(Duration::from_secs(8)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    match handshaking.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the handshake was not closed at the upgrade: {other:?}"),
+    }
+    // The new image reads the header from its start, then the handshake:
+    // plaintext where TLS is due is refused as not TLS, for the header's
+    // client.
+    waiting
+        .write_all(b"198.51.100.1 5000 443\r\nplain text\n")
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = waiting.read_to_end(&mut out);
+    let said = || {
+        s.log_text()
+            .lines()
+            .any(|l| l.contains("refused 203.0.113.7:5000") && l.contains("tls: not TLS"))
+    };
+    assert!(wait_until(TIMEOUT, said), "{}", s.log_text());
+    let (ok, _) = s_client(&pki, port, &[], b"");
+    assert!(!ok, "a client without a header is refused");
+}
