@@ -563,6 +563,10 @@ fn tls_files_that_cannot_be_used_are_config_errors_naming_the_file_and_line() {
             "\"1.1\" is not one of \"1.2\", \"1.3\"",
         ),
         (format!("{{ cert = \"{srv}\" }}"), "needs key = \"PATH\""),
+        (
+            format!("{{ cert = \"{srv}\", key = \"{key}\" }}\nforward = \"tcp://127.0.0.1:2\""),
+            "`tls`: cannot go with `forward` yet",
+        ),
     ];
     for (tls, want) in &cases {
         let (code, out) = check(tls);
