@@ -340,9 +340,10 @@ fn code_only_starting_up_or_reloading_used_does_not_stay_resident() {
     // Measured on the debug binary: 1.6-1.7 MB after start, 2.7-3.1 MB
     // after a reload (the kernel maps 64 kB of code around each page the
     // loop touches afterwards, so the figure moves with the layout of
-    // each build), 5.3 MB after a reload when nothing is shed. The limit
-    // sits between the last two.
-    let limit = 4 * 1024;
+    // each build); with TLS and forward mode in the binary, 4.1-4.4 MB
+    // after a reload, and 10.5-10.7 MB at idle when nothing is shed. The
+    // limit sits between the two.
+    let limit = 6 * 1024;
     assert!(
         wait_until(TIMEOUT, || rss_file_kb(s.pid()) < limit),
         "{} kB of file pages resident at idle",
