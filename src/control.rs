@@ -192,6 +192,32 @@ pub struct ServiceStatus {
     /// Forward mode: the backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<BackendStatus>,
+    /// `accept = false`: each long-running child, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceStatus>,
+}
+
+/// A long-running child as status shows it: what it said on its
+/// NOTIFY_SOCKET.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub pid: u32,
+    /// It sent READY=1.
+    pub ready: bool,
+    /// Its last STATUS= (at most 200 bytes, no control characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
+impl std::fmt::Display for InstanceStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ready = if self.ready { "ready" } else { "not ready" };
+        write!(f, "pid {}, {ready}", self.pid)?;
+        if let Some(s) = &self.status {
+            write!(f, ", {s:?}")?;
+        }
+        Ok(())
+    }
 }
 
 /// A forward service's backend, as status shows it.
@@ -375,6 +401,9 @@ pub fn render_table(status: &Status) -> String {
     for svc in &status.services {
         if let Some(b) = &svc.backend {
             out.push_str(&format!("{}: {b}\n", svc.name));
+        }
+        for i in &svc.instances {
+            out.push_str(&format!("{}: {i}\n", svc.name));
         }
         if let Some(p) = &svc.paused {
             out.push_str(&format!("{}: paused ({p})\n", svc.name));
@@ -907,6 +936,7 @@ mod tests {
                     paused: None,
                     top_refused: Vec::new(),
                     backend: None,
+                    instances: Vec::new(),
                 },
                 ServiceStatus {
                     name: "tftp".into(),
@@ -923,6 +953,7 @@ mod tests {
                         refused: 12,
                     }],
                     backend: None,
+                    instances: Vec::new(),
                 },
             ],
             version: Some("1.0.0".into()),

@@ -25,7 +25,8 @@
 //! | `src/server/launcher.rs` | what starting a child takes besides its image: the spawner, /dev/null, the inherited environments, the reused fd plan and variables |
 //! | `src/server/origin.rs` | what the process was started with (`RunOptions`) and the sockets handed over, where every listening socket comes from |
 //! | `src/server/reload.rs` | a reload's config load in a forked helper, off the loop, and its result read back over a pipe |
-//! | `src/server/forward/` | forward mode: `mod.rs` each service's backend (stopped, starting, ready, stopping), the clients held while it starts, readiness by connect, relaying each client (`relay/`), idle stop, death, a reload's retiring; `notify.rs` the NOTIFY_SOCKET of `ready = "notify"` and whose datagrams count |
+//! | `src/server/forward/` | forward mode: `mod.rs` each service's backend (stopped, starting, ready, stopping), the clients held while it starts, readiness by connect, relaying each client (`relay/`), idle stop, death, a reload's retiring |
+//! | `src/server/notify.rs`, `ready.rs` | the NOTIFY_SOCKET a long-running child or a `ready = "notify"` backend gets, whose datagrams count (`SCM_CREDENTIALS`: its process group) and what they say; `ready.rs` each `accept = false` child's READY=1 and STATUS= and its `ready_timeout` |
 //! | `src/server/exit.rs` | a child's way out: reaping, giving back its sockets, recording its exit, re-arming |
 //! | `src/server/sockets.rs` | the socket table (its states: watched, parked, queued, lent) and the reload diff |
 //! | `src/server/children.rs` | the child table and the counts kept with it |

@@ -45,6 +45,8 @@ pub struct ServiceFigures<'a> {
     pub backend: Option<crate::control::BackendStatus>,
     /// How the last child ended, as status says it.
     pub last_exit: Option<&'a str>,
+    /// `accept = false`: its children that sent READY=1.
+    pub ready_children: Option<u64>,
 }
 
 /// summond's own process figures, read from /proc/self.
@@ -194,6 +196,7 @@ pub fn render(services: &[ServiceFigures<'_>], process: &ProcessFigures) -> Stri
     durations(&mut out, services);
     paused(&mut out, services);
     backends(&mut out, services);
+    ready_children(&mut out, services);
     process_figures(&mut out, process);
     out
 }
@@ -252,6 +255,25 @@ fn paused(out: &mut String, services: &[ServiceFigures<'_>]) {
             "summond_paused{{service=\"{}\",reason=\"{reason}\"}} {v}",
             label(s.name)
         );
+    }
+}
+
+/// `accept = false` services: their children that said READY=1.
+fn ready_children(out: &mut String, services: &[ServiceFigures<'_>]) {
+    header(
+        out,
+        "summond_children_ready",
+        "gauge",
+        "accept = false: children that sent READY=1 to their NOTIFY_SOCKET.",
+    );
+    for s in services {
+        if let Some(n) = s.ready_children {
+            let _ = writeln!(
+                out,
+                "summond_children_ready{{service=\"{}\"}} {n}",
+                label(s.name)
+            );
+        }
     }
 }
 
@@ -689,6 +711,7 @@ mod tests {
             }),
             backend: None,
             last_exit: None,
+            ready_children: None,
         }];
         let page = render(&figures, &ProcessFigures::default());
         assert!(page.contains("# TYPE summond_connections_total counter\n"));

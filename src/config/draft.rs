@@ -56,6 +56,7 @@ pub(super) struct Draft<'v> {
     /// None after an error in it.
     pub(super) runtime_directory_mode: Option<u32>,
     pub(super) max_runtime: Option<Duration>,
+    pub(super) ready_timeout: Option<Duration>,
     pub(super) idle_timeout: Option<Duration>,
     pub(super) rate: Option<Rate>,
     pub(super) per_source_rate: Option<Rate>,
@@ -97,6 +98,7 @@ impl<'v> Draft<'v> {
             runtime_directory: None,
             runtime_directory_mode: Some(RuntimeDirectory::DEFAULT_MODE),
             max_runtime: None,
+            ready_timeout: None,
             idle_timeout: None,
             rate: None,
             per_source_rate: None,
@@ -158,6 +160,7 @@ impl<'v> Draft<'v> {
             passenv: self.passenv,
             sandbox: self.sandbox,
             max_runtime: self.max_runtime,
+            ready_timeout: self.ready_timeout,
             idle_timeout: self.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
             rate: self.rate,
             per_source_rate: self.per_source_rate,

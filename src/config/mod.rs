@@ -372,6 +372,9 @@ pub struct ServiceSpec {
     pub sandbox: Sandbox,
     /// Accept mode: SIGTERM the child's group after this, SIGKILL 5 s later.
     pub max_runtime: Option<Duration>,
+    /// `accept = false`: a child that has not sent READY=1 to its
+    /// NOTIFY_SOCKET by then is stopped, a failed start.
+    pub ready_timeout: Option<Duration>,
     /// An internal service's TCP client is closed after this long without
     /// a byte moved (SPEC: "its own timeout, default 5 minutes").
     pub idle_timeout: Duration,

@@ -106,6 +106,9 @@ const HANDLERS: &[(&str, Handler)] = &[
     ("max_runtime", |cx, k, v, d| {
         d.max_runtime = cx.parsed(k, v, units::duration)
     }),
+    ("ready_timeout", |cx, k, v, d| {
+        d.ready_timeout = cx.parsed(k, v, units::duration)
+    }),
     ("idle_timeout", |cx, k, v, d| {
         d.idle_timeout = cx.parsed(k, v, units::duration)
     }),
@@ -285,6 +288,15 @@ impl Checker<'_> {
         if let (Some(v), Some(_)) = (t.field("banner_fail"), t.field("tls")) {
             let why = "cannot be sent to a TLS client before its handshake; leave it out with tls";
             self.at(v.span(), options::invalid("banner_fail", why));
+        }
+        if let Some(v) = t.field("ready_timeout") {
+            // Only a long-running child has a NOTIFY_SOCKET to say READY=1
+            // on (a forward backend's is start_timeout).
+            if d.accepts() || d.internal().is_some() {
+                let why =
+                    "needs accept = false (a long-running child; forward mode has start_timeout)";
+                self.at(v.span(), options::invalid("ready_timeout", why));
+            }
         }
         if let Some(v) = t.field("idle_timeout") {
             // Only summond's own TCP clients idle in summond.

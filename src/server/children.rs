@@ -45,6 +45,8 @@ pub(super) struct Child {
     /// `summond restart` sent it SIGTERM: its end is asked for, not a
     /// failure for the restart guard.
     pub restarting: bool,
+    /// A long-running child's NOTIFY_SOCKET and what it said there.
+    pub notify: Option<Box<super::notify::Watch>>,
 }
 
 /// A child that has ended, out of the table.
@@ -163,6 +165,9 @@ impl Child {
             held_sockets,
             runtime_timer: None,
             restarting: false,
+            // Its socket was this image's own (close-on-exec): the next
+            // one does not hear it.
+            notify: None,
         };
         (Pid::from_raw(c.pid), child, c.runtime)
     }
@@ -261,6 +266,18 @@ impl ChildTable {
     pub fn mark_restarting(&mut self, pid: &Pid) {
         if let Some(c) = self.children.get_mut(pid) {
             c.restarting = true;
+        }
+    }
+
+    /// For what a child said on its NOTIFY_SOCKET (never its service or
+    /// source: the counts are kept by `insert` and `remove`).
+    pub fn notify_mut(&mut self, pid: &Pid) -> Option<&mut super::notify::Watch> {
+        self.children.get_mut(pid)?.notify.as_deref_mut()
+    }
+
+    pub fn set_notify(&mut self, pid: &Pid, watch: Box<super::notify::Watch>) {
+        if let Some(c) = self.children.get_mut(pid) {
+            c.notify = Some(watch);
         }
     }
 
@@ -422,6 +439,7 @@ mod tests {
             held_sockets: Vec::new(),
             runtime_timer: None,
             restarting: false,
+            notify: None,
         }
     }
 

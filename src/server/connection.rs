@@ -142,6 +142,8 @@ struct ChildRequest<'a> {
     source: Option<SourceKey>,
     /// The sockets, in pass mode.
     held_sockets: Vec<HeldSocket>,
+    /// Its NOTIFY_SOCKET, in pass mode.
+    notify: Option<Socket>,
 }
 
 /// Write `text` to a freshly accepted client without ever waiting: one
@@ -737,6 +739,7 @@ impl Server {
                 peer: Some(peer.clone()),
                 source,
                 held_sockets: Vec::new(),
+                notify: None,
             },
         );
         self.launcher.put_scratch((fds, env));
@@ -841,6 +844,7 @@ impl Server {
             env.push("LISTEN_FDS", payload.len());
             env.push("LISTEN_FDNAMES", names.join(":"));
         }
+        let notify = self.child_notify_socket(idx, &mut env);
         let addrs: Vec<ListenAddr> = held_sockets.iter().map(|h| h.addr.clone()).collect();
         let request = ChildRequest {
             fds: &fds,
@@ -849,6 +853,7 @@ impl Server {
             peer: None,
             source: None,
             held_sockets,
+            notify,
         };
         let outcome = self.spawn_child(idx, request);
         if outcome != Launch::Started {
@@ -914,8 +919,12 @@ impl Server {
                 )
             }),
             restarting: false,
+            notify: None,
         };
         self.children.insert(pid, child);
+        if let Some(sock) = req.notify {
+            self.watch_child_notify(idx, pid, sock, now);
+        }
         if let Some((stage, errno)) = spawned.failed {
             self.exec_failed(pid, stage, errno);
         }

@@ -113,9 +113,13 @@ impl Server {
         }
     }
 
-    fn child_exited(&mut self, exit: Exit, now: Instant) {
+    fn child_exited(&mut self, mut exit: Exit, now: Instant) {
         if let Some(key) = exit.child.runtime_timer {
             self.timers.cancel(key);
+        }
+        let not_ready = exit.child.notify.as_ref().is_some_and(|w| w.timed_out);
+        if let Some(watch) = exit.child.notify.take() {
+            self.forget_child_notify(&watch);
         }
         // Nothing (and so free) for an accept-mode child.
         let given_back = self
@@ -123,7 +127,10 @@ impl Server {
             .give_back(exit.pid, &exit.child.held_sockets, exit.ran);
         let idx = self.services.index_of(exit.child.service);
         let recorded = idx.map_or_else(Recorded::default, |i| {
-            self.services[i].record_exit(&exit.ended(given_back.unread), now)
+            if not_ready {
+                self.count_spawn_failure(i);
+            }
+            self.services[i].record_exit(&exit.ended(given_back.unread, not_ready), now)
         });
         log_exit(&exit, given_back.unread, recorded.first_unread);
         if let (Some(i), Some(until)) = (idx, recorded.held_until) {
@@ -175,7 +182,7 @@ impl Server {
 impl Exit {
     /// What its service counts of it; `unread`: it left a socket it held
     /// as it found it.
-    fn ended(&self, unread: bool) -> Ended<'_> {
+    fn ended(&self, unread: bool, not_ready: bool) -> Ended<'_> {
         Ended {
             status: &self.status,
             exec_failed: self.child.exec_failed,
@@ -183,6 +190,7 @@ impl Exit {
             // A restart's end stands for no fault of the service.
             pass_mode: self.child.is_pass_mode() && !self.child.restarting,
             unread,
+            not_ready,
         }
     }
 }

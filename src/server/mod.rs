@@ -101,8 +101,10 @@ mod forward;
 mod front;
 mod internal;
 mod launcher;
+mod notify;
 mod origin;
 mod poller;
+mod ready;
 mod reload;
 mod requests;
 mod services;
@@ -341,6 +343,7 @@ impl Server {
                 Some(TokenKind::Scrape) => self.on_scrape_ready(token),
                 Some(TokenKind::Probe(id)) => self.on_probe_ready(token, id),
                 Some(TokenKind::Notify(id)) => self.on_notify_ready(id),
+                Some(TokenKind::ChildNotify(pid)) => self.on_child_notify(pid),
                 // A source removed earlier in this batch.
                 None => {}
             },
@@ -425,6 +428,7 @@ impl Server {
             Timer::Kill { pid, started_at } => self.kill_overdue_group(pid, started_at),
             Timer::RestartKill { pid, started_at } => self.restart_overdue(pid, started_at),
             Timer::FrontDue(token) => self.front_late(token),
+            Timer::ReadyTimeout { pid, started_at } => self.ready_timed_out(pid, started_at),
             Timer::ScrapeTimeout(token) => {
                 let (endpoints, mut lp) = self.endpoints();
                 endpoints.scrape_timed_out(&mut lp, token);
@@ -517,6 +521,16 @@ impl Server {
             self.runtime_limit(child),
             KILL_AFTER.as_secs()
         );
+        self.term_group(pid);
+    }
+
+    /// SIGTERM the process group of child `pid` (in the table) and keep
+    /// the group to SIGKILL `KILL_AFTER` later.
+    fn term_group(&mut self, pid: Pid) {
+        let Some(child) = self.children.get(&pid) else {
+            return;
+        };
+        let started_at = child.started_at;
         if let Err(e) = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGTERM) {
             warn!("{}: cannot SIGTERM process group {pid}: {e}", child.name);
             return;
@@ -844,6 +858,7 @@ impl Server {
     /// table, whose counts change only with its entries.
     pub fn status(&self) -> Status {
         let now = Instant::now();
+        let mut instances = self.instances();
         Status {
             pid: std::process::id(),
             config: self.config.path.display().to_string(),
@@ -883,6 +898,7 @@ impl Server {
                         })
                         .collect(),
                     backend: self.backend_status(svc),
+                    instances: instances.remove(&svc.id).unwrap_or_default(),
                 })
                 .collect(),
         }
@@ -958,6 +974,12 @@ impl Server {
     /// Every service's figures now: what the metrics and the status page
     /// are rendered from.
     fn service_figures(&self, now: Instant) -> Vec<prom::ServiceFigures<'_>> {
+        let mut ready: rustc_hash::FxHashMap<ServiceId, u64> = Default::default();
+        for (_, c) in self.children.iter() {
+            if c.notify.as_ref().is_some_and(|w| w.ready) {
+                *ready.entry(c.service).or_default() += 1;
+            }
+        }
         self.services
             .iter()
             .map(|svc| prom::ServiceFigures {
@@ -972,6 +994,8 @@ impl Server {
                 paused: self.pause(svc, now),
                 backend: self.backend_status(svc),
                 last_exit: svc.stats.last_exit.as_deref(),
+                ready_children: (!svc.spec.accept && svc.spec.internal.is_none())
+                    .then(|| ready.get(&svc.id).copied().unwrap_or(0)),
             })
             .collect()
     }

@@ -41,6 +41,8 @@ pub(super) enum TokenKind {
     Probe(super::services::ServiceId),
     /// A starting forward backend's NOTIFY_SOCKET.
     Notify(super::services::ServiceId),
+    /// A long-running child's NOTIFY_SOCKET (`ready.rs`).
+    ChildNotify(nix::unistd::Pid),
 }
 
 /// The dynamic poll tokens: what each stands for, and the next one to give

@@ -173,7 +173,7 @@ impl ServiceRuntime {
             } else if !end.unread {
                 self.unread_episode = false;
             }
-            if !success || end.exec_failed || end.unread {
+            if !success || end.exec_failed || end.unread || end.not_ready {
                 held_until = self.crash.record_failure(now);
             }
         }
@@ -309,6 +309,8 @@ pub(super) struct Ended<'a> {
     /// on them as it found it (it did no work, whatever its status).
     pub pass_mode: bool,
     pub unread: bool,
+    /// `ready_timeout` stopped it before READY=1: a failed start.
+    pub not_ready: bool,
 }
 
 /// What recording an exit found, for the caller to log and arm.
@@ -718,6 +720,7 @@ mod tests {
             ran: Duration::from_millis(20),
             pass_mode,
             unread,
+            not_ready: false,
         };
 
         // Accept mode: counted, never held.
@@ -818,6 +821,7 @@ mod tests {
                     ran: Duration::ZERO,
                     pass_mode: true,
                     unread: false,
+                    not_ready: false,
                 },
                 t0,
             );

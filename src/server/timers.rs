@@ -35,6 +35,8 @@ pub(super) enum Timer {
     TokenBack(ServiceId),
     /// A child reached its service's `max_runtime`: SIGTERM its group.
     RuntimeUp { pid: Pid, started_at: Instant },
+    /// A long-running child's `ready_timeout`: stop it if not ready.
+    ReadyTimeout { pid: Pid, started_at: Instant },
     /// The SIGTERM was not enough: SIGKILL the group.
     Kill { pid: Pid, started_at: Instant },
     /// `summond restart`'s SIGTERM was not enough: SIGKILL the child's

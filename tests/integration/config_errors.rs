@@ -63,6 +63,8 @@ fn table() -> Vec<(String, String)> {
         // the keys beyond the core (#6)
         (svc("max_runtime = \"5x\"\n"), "5:15: `max_runtime`: \"5x\" is not a duration like \"30s\""),
         (svc("max_runtime = \"0s\"\n"), "5:15: `max_runtime`: \"0s\" is zero"),
+        (svc("ready_timeout = \"0s\"\n"), "5:17: `ready_timeout`: \"0s\" is zero"),
+        (svc("ready_timeout = \"30s\"\n"), "5:17: `ready_timeout`: needs accept = false (a long-running child; forward mode has start_timeout)"),
         (svc("rate = \"0/1s\"\n"), "5:8: `rate`: \"0/1s\" allows nothing"),
         (svc("rate = \"10/0s\"\n"), "5:8: `rate`: \"10/0s\": \"0s\" is zero"),
         (svc("per_source_rate = \"ten\"\n"), "5:19: `per_source_rate`: \"ten\" is not a rate like \"50/1s\""),

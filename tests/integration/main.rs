@@ -23,6 +23,7 @@ mod modes;
 mod privileges;
 mod proxy;
 mod rates;
+mod readiness;
 mod regressions;
 mod reload;
 mod requests;

@@ -49,6 +49,7 @@ use nix::unistd::Pid;
 use rustc_hash::FxHashMap;
 use socket2::{Domain, SockAddr, Socket, Type};
 
+use super::notify;
 use super::services::{Ended, ServiceId};
 use super::timers::{Timer, TimerKey};
 use super::{Server, TokenKind};
@@ -60,8 +61,6 @@ use crate::relay::{Closed, End, RelayId, Relays, Side};
 use crate::spawn;
 use crate::stats::ExitText;
 use crate::upgrade::{BackendState, RelayState};
-
-mod notify;
 
 /// The waits between connect attempts after a start (the first attempt
 /// is at once), then one every `PROBE_EVERY`: a backend is found ready
@@ -468,7 +467,7 @@ impl Server {
         else {
             return;
         };
-        let (ready, foreign) = notify::read(sock, *pid);
+        let notify::Said { ready, foreign, .. } = notify::read(sock, *pid);
         if foreign > 0 {
             debug!(
                 "{}: ignored {foreign} NOTIFY_SOCKET datagrams not from the backend's group",
@@ -968,6 +967,7 @@ impl Server {
                 ran: Duration::ZERO,
                 pass_mode: true,
                 unread: false,
+                not_ready: false,
             };
             if let Some(until) = self.services[idx].record_exit(&ended, now).held_until {
                 self.hold(idx, until, now);

@@ -1,0 +1,153 @@
+//! The datagram socket a long-running child (`accept = false`, or a
+//! forward backend with `ready = "notify"`) is given as `NOTIFY_SOCKET`
+//! (sd_notify(3)'s protocol), one per start, never summond's own. An
+//! abstract name (no file to clean up), so anyone on the host may send to
+//! it: a datagram counts only if the kernel says (`SCM_CREDENTIALS`) it
+//! came from the child or a process of its group. Knows nothing of
+//! `Server`.
+
+use std::io::{self, IoSliceMut};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, UnixAddr};
+use nix::unistd::{getpgid, Pid};
+use socket2::{Domain, SockAddr, Socket, Type};
+
+/// sd_notify messages are short; a longer datagram is cut, and one is
+/// read at most this many times per wake-up (the rest wait, bounded by
+/// the socket's buffer).
+const MAX_DATAGRAM: usize = 4096;
+const PER_WAKE: usize = 16;
+
+/// A long-running child's NOTIFY_SOCKET as the loop watches it, and what
+/// the child said on it.
+pub(super) struct Watch {
+    pub sock: Socket,
+    pub token: mio::Token,
+    pub ready: bool,
+    pub status: Option<String>,
+    /// Its `ready_timeout`, cancelled at READY=1 or its exit.
+    pub timer: Option<super::timers::TimerKey>,
+    /// `ready_timeout` stopped it: its end is a failed start.
+    pub timed_out: bool,
+}
+
+/// Names never reused during the run.
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+/// A bound, non-blocking notify socket and the `NOTIFY_SOCKET` value that
+/// names it (`@summond/PID/notify/N`).
+pub(super) fn open() -> io::Result<(Socket, String)> {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let name = format!("summond/{}/notify/{n}", std::process::id());
+    let s = Socket::new(Domain::UNIX, Type::DGRAM, None)?;
+    s.set_nonblocking(true)?;
+    setsockopt(&s, sockopt::PassCred, &true).map_err(io::Error::from)?;
+    let mut raw = vec![0u8];
+    raw.extend_from_slice(name.as_bytes());
+    s.bind(&SockAddr::unix(std::ffi::OsStr::from_bytes(&raw))?)?;
+    Ok((s, format!("@{name}")))
+}
+
+use std::os::unix::ffi::OsStrExt;
+
+/// `STATUS=` is shown in status and metrics: kept this short.
+const MAX_STATUS: usize = 200;
+
+/// What the datagrams read at one wake-up said.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Said {
+    /// One said `READY=1`.
+    pub ready: bool,
+    /// The last `STATUS=`, cut to `MAX_STATUS` bytes (at a char boundary).
+    pub status: Option<String>,
+    /// Datagrams dropped for coming from outside the child's group.
+    pub foreign: usize,
+}
+
+/// What the datagrams waiting on `s` said, as far as `leader` (a process
+/// group leader) or its group sent them.
+pub(super) fn read(s: &Socket, leader: Pid) -> Said {
+    let mut buf = [0u8; MAX_DATAGRAM];
+    let mut said = Said::default();
+    for _ in 0..PER_WAKE {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let mut cmsg = nix::cmsg_space!(nix::libc::ucred);
+        let Ok(msg) = recvmsg::<UnixAddr>(
+            s.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_DONTWAIT,
+        ) else {
+            break;
+        };
+        let sender = msg
+            .cmsgs()
+            .ok()
+            .into_iter()
+            .flatten()
+            .find_map(|c| match c {
+                ControlMessageOwned::ScmCredentials(cred) => Some(Pid::from_raw(cred.pid())),
+                _ => None,
+            });
+        let len = msg.bytes;
+        let from_group =
+            sender.is_some_and(|p| p == leader || getpgid(Some(p)).ok() == Some(leader));
+        if !from_group {
+            said.foreign += 1;
+            continue;
+        }
+        said.take(&buf[..len.min(MAX_DATAGRAM)]);
+    }
+    said
+}
+
+impl Said {
+    /// One datagram's lines (sd_notify: `KEY=VALUE`, newline-separated).
+    fn take(&mut self, text: &[u8]) {
+        for line in text.split(|b| *b == b'\n') {
+            if line == b"READY=1" {
+                self.ready = true;
+            } else if let Some(v) = line.strip_prefix(b"STATUS=") {
+                self.status = Some(status_text(v));
+            }
+        }
+    }
+}
+
+/// A `STATUS=` value as shown: lossy UTF-8, control characters dropped,
+/// at most `MAX_STATUS` bytes.
+fn status_text(v: &[u8]) -> String {
+    let mut out = String::new();
+    for c in String::from_utf8_lossy(v)
+        .chars()
+        .filter(|c| !c.is_control())
+    {
+        if out.len() + c.len_utf8() > MAX_STATUS {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_and_the_last_status_are_read_and_status_is_bounded_and_clean() {
+        let mut said = Said::default();
+        said.take(b"STATUS=starting\nMAINPID=1");
+        said.take(b"STATUS=serving \x1b[31mred\nREADY=1\n");
+        assert!(said.ready);
+        assert_eq!(said.status.as_deref(), Some("serving [31mred"));
+        let mut said = Said::default();
+        said.take(b"READY=10\nSTATUS=");
+        assert!(!said.ready);
+        let long = [b"STATUS=".as_slice(), "\u{e9}".repeat(300).as_bytes()].concat();
+        said.take(&long);
+        assert_eq!(said.status.as_ref().map(|s| s.len()), Some(MAX_STATUS));
+    }
+}
