@@ -370,6 +370,9 @@ fn a_wait_child_gets_the_listening_socket_itself_and_summond_holds_no_more_fds_p
         v
     };
     let got = String::from_utf8(udp_exchange(port, b"x").expect("first reply")).unwrap();
+    // Counted with no child running: each holds a NOTIFY_SOCKET of
+    // summond's while it runs.
+    assert!(wait_until(TIMEOUT, || s.children().0.is_empty()));
     let before = summond_fds();
     assert!(got.starts_with("socket:["), "{got}");
     assert!(
