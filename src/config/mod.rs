@@ -339,6 +339,9 @@ impl RuntimeDirectory {
     }
 }
 
+/// `instances` at most: a pool is a few processes per core, not a fork bomb.
+pub const MAX_INSTANCES: u32 = 256;
+
 /// One `[[service]]` as the file says it. Immutable and comparable, so a
 /// reload can tell an unchanged service from a changed one.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -375,6 +378,12 @@ pub struct ServiceSpec {
     /// `accept = false`: a child that has not sent READY=1 to its
     /// NOTIFY_SOCKET by then is stopped, a failed start.
     pub ready_timeout: Option<Duration>,
+    /// `accept = false`: the children kept running, each with every
+    /// listening socket (a pool); 1 without `instances`.
+    pub instances: u32,
+    /// `start = "eager"`: started with summond (and at a reload that adds
+    /// it), not at the first client.
+    pub eager: bool,
     /// An internal service's TCP client is closed after this long without
     /// a byte moved (SPEC: "its own timeout, default 5 minutes").
     pub idle_timeout: Duration,

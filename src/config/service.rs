@@ -24,7 +24,7 @@ use super::options;
 use super::parse::{Checker, Seen, Table, Value};
 use super::runtime_dir;
 use super::units;
-use super::{Credentials, Internal, Pass, ServiceSpec, StderrMode};
+use super::{Credentials, Internal, Pass, ServiceSpec, StderrMode, MAX_INSTANCES};
 use crate::access::Cidr;
 
 /// Reads one key's value (the key is given, for its messages) into the
@@ -105,6 +105,23 @@ const HANDLERS: &[(&str, Handler)] = &[
     ("runtime_directory_mode", runtime_dir::mode),
     ("max_runtime", |cx, k, v, d| {
         d.max_runtime = cx.parsed(k, v, units::duration)
+    }),
+    ("instances", |cx, k, v, d| {
+        // 0 and a huge count are one mistake: a pool's size out of range.
+        let n = match v.get_ref() {
+            toml::de::DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix()).ok(),
+            _ => return d.instances = cx.positive(k, v),
+        };
+        match n {
+            Some(n) if (1..=i64::from(MAX_INSTANCES)).contains(&n) => d.instances = Some(n as u32),
+            _ => {
+                let why = format!("must be from 1 to {MAX_INSTANCES}");
+                cx.at(v.span(), options::invalid(k, why));
+            }
+        }
+    }),
+    ("start", |cx, k, v, d| {
+        d.eager = cx.choice(k, v, &[("demand", false), ("eager", true)])
     }),
     ("ready_timeout", |cx, k, v, d| {
         d.ready_timeout = cx.parsed(k, v, units::duration)
@@ -289,13 +306,12 @@ impl Checker<'_> {
             let why = "cannot be sent to a TLS client before its handshake; leave it out with tls";
             self.at(v.span(), options::invalid("banner_fail", why));
         }
-        if let Some(v) = t.field("ready_timeout") {
-            // Only a long-running child has a NOTIFY_SOCKET to say READY=1
-            // on (a forward backend's is start_timeout).
-            if d.accepts() || d.internal().is_some() {
-                let why =
-                    "needs accept = false (a long-running child; forward mode has start_timeout)";
-                self.at(v.span(), options::invalid("ready_timeout", why));
+        // Long-running children only: a pool of them, started eagerly, or
+        // saying READY=1 (a forward backend's wait is start_timeout).
+        for key in ["instances", "start", "ready_timeout"] {
+            if let (Some(v), true) = (t.field(key), d.accepts() || d.internal().is_some()) {
+                let why = "needs accept = false (long-running children)";
+                self.at(v.span(), options::invalid(key, why));
             }
         }
         if let Some(v) = t.field("idle_timeout") {

@@ -170,7 +170,7 @@ impl Server {
             return;
         };
         let (idx, blocking) = (sock.service, sock.blocking);
-        if sock.busy.is_some() || !sock.watched {
+        if sock.lent_out(self.services[idx].spec.instances) || !sock.watched {
             return;
         }
         let now = Instant::now();
@@ -191,8 +191,8 @@ impl Server {
         } else if reads_itself {
             self.retry_pending(now);
             self.accept_connections(idx, addr, now);
-        } else if self.service_may_spawn(idx, now) {
-            self.start_pass_child(idx, addr, None);
+        } else {
+            self.start_pass_children(idx, addr, None, now);
         }
         self.sync_service(idx, Instant::now());
     }
@@ -209,15 +209,15 @@ impl Server {
             return;
         };
         let idx = sock.service;
-        if sock.busy.is_some() || sock.watched || sock.parked {
+        if sock.lent_out(self.services[idx].spec.instances) || sock.watched || sock.parked {
             return;
         }
         if self.services[idx].spec.reads_itself() {
             // A reload gave the address to a service that reads it itself.
             return;
         }
-        if self.gate_is_open(now) && self.service_may_spawn(idx, now) {
-            self.start_pass_child(idx, addr, Some(head));
+        if self.gate_is_open(now) {
+            self.start_pass_children(idx, addr, Some(head), now);
         }
     }
 
@@ -801,7 +801,57 @@ impl Server {
     /// can tell whether the child took anything.
     /// `ready_head`: what waits on `ready`, if it was just seen (not looked
     /// at again).
-    fn start_pass_child(&mut self, idx: usize, ready: &ListenAddr, ready_head: Option<QueueHead>) {
+    /// `accept = false`: start the children service `idx` is missing (one,
+    /// or up to `instances`), as far as its limits allow; `ready` woke
+    /// us, with `ready_head` waiting on it if just seen.
+    pub(super) fn start_pass_children(
+        &mut self,
+        idx: usize,
+        ready: &ListenAddr,
+        ready_head: Option<QueueHead>,
+        now: Instant,
+    ) {
+        let (id, want) = (
+            self.services[idx].id,
+            self.services[idx].spec.instances.max(1),
+        );
+        let mut head = ready_head;
+        while self.children.active(id) < want && self.service_may_spawn(idx, now) {
+            if !self.start_pass_child(idx, ready, head.take()) {
+                return;
+            }
+        }
+    }
+
+    /// `start = "eager"`: start what service `idx` is missing without
+    /// waiting for a client (at startup, a reload, after a restart).
+    pub(super) fn start_eager(&mut self, idx: usize, now: Instant) {
+        let spec = &self.services[idx].spec;
+        if !spec.eager || spec.accept || spec.disabled || spec.internal.is_some() {
+            return;
+        }
+        let Some(addr) = spec
+            .listen
+            .iter()
+            .map(|l| &l.addr)
+            .find(|a| self.sockets.contains(a))
+            .cloned()
+        else {
+            return;
+        };
+        if self.gate_is_open(now) {
+            self.start_pass_children(idx, &addr, None, now);
+        }
+        self.sync_service(idx, now);
+    }
+
+    /// Start one of them; false if it did not start.
+    fn start_pass_child(
+        &mut self,
+        idx: usize,
+        ready: &ListenAddr,
+        ready_head: Option<QueueHead>,
+    ) -> bool {
         let spec = &self.services[idx].spec;
         let addrs: Vec<ListenAddr> = match spec.pass {
             Pass::Stdio => vec![ready.clone()],
@@ -866,6 +916,7 @@ impl Server {
             // client at that registration, as for a kept connection.
             self.park(ready);
         }
+        outcome == Launch::Started
     }
 
     /// Fork and exec for service `idx`; record the child.

@@ -137,6 +137,12 @@ impl Server {
             self.hold(i, until, now);
         }
         self.rearm_after_exit(&exit, idx, given_back, now);
+        // `summond restart`: an eager service starts again at once (any
+        // other end waits for a client, so a child that exits at once
+        // cannot make a loop of it).
+        if let (Some(i), true) = (idx, exit.child.restarting) {
+            self.start_eager(i, now);
+        }
     }
 
     /// The crash guard holds service `idx` until `until`: its listeners

@@ -262,6 +262,8 @@ impl Server {
     /// Serve until SIGTERM or SIGINT.
     pub fn run(&mut self) -> Result<(), ServerError> {
         let mut events = Events::with_capacity(256);
+        // After an upgrade's hand-over too: only what is missing starts.
+        self.start_all_eager();
         self.announce_start();
         while !self.stopping {
             if let Err(e) = self.poller.poll.poll(&mut events, self.poll_timeout()) {
@@ -723,7 +725,7 @@ impl Server {
             let Some(s) = sockets.get(&l.addr) else {
                 continue;
             };
-            let want = may && s.busy.is_none() && !s.parked;
+            let want = may && !s.lent_out(spec.instances) && !s.parked;
             if s.watched == want {
                 continue;
             }
@@ -731,6 +733,14 @@ impl Server {
                 let what = if want { "watch" } else { "unwatch" };
                 error!("{}: cannot {what} {}: {e}", spec.name, l.addr);
             }
+        }
+    }
+
+    /// `start = "eager"` services: start what each is missing.
+    fn start_all_eager(&mut self) {
+        let now = Instant::now();
+        for idx in 0..self.services.len() {
+            self.start_eager(idx, now);
         }
     }
 
@@ -763,7 +773,8 @@ impl Server {
                 self.sockets.park(&addr);
                 continue;
             }
-            let want = sock.busy.is_none() && self.service_may_spawn(sock.service, now);
+            let instances = self.services[sock.service].spec.instances;
+            let want = !sock.lent_out(instances) && self.service_may_spawn(sock.service, now);
             self.set_watched(&addr, want);
         }
     }
@@ -1134,6 +1145,7 @@ impl Server {
                     // The two times tell an operator with a large config
                     // where a slow reload goes.
                     Ok(()) => {
+                        self.start_all_eager();
                         info!(
                             "reload done: {n} services (config read and checked in {} ms, applied in {} ms)",
                             (t1 - t0).as_millis(),

@@ -20,9 +20,11 @@
 //! - queued (`queued`): clients were left after a turn's accept budget:
 //!   `queue_ready`, served at the next turn (`take_ready`) without waiting
 //!   for epoll, which would not report them again.
-//! - lent (`busy`): held by a pass-mode child, unwatched: `lend` at its
-//!   spawn, `give_back` at its exit (what it left there, who owns the
-//!   socket now), or `release` if it never started.
+//! - lent (`holders`): held by pass-mode children, unwatched while as many
+//!   hold it as its service keeps (`instances`, 1 without): `lend` at each
+//!   spawn, `give_back` at each exit (what it left there, who owns the
+//!   socket now). With fewer holders than that it is watched again, so
+//!   the next client starts the missing ones while the others serve.
 //!
 //! A reload moves a kept socket to its new owner (`reassign`) in whatever
 //! state it is; `remove` closes one, `clear` all at stop. An upgrade hands
@@ -55,8 +57,9 @@ pub(super) struct OpenSocket {
     /// Index into `Server::services`: the service owning the address now.
     pub service: usize,
     pub watched: bool,
-    /// A pass-mode child owns this socket until it exits.
-    pub busy: Option<Pid>,
+    /// The pass-mode children holding this socket, each until it exits
+    /// (more than one in a pool: `instances`).
+    pub holders: Vec<Pid>,
     /// Unwatched because it became readable while the gate over all
     /// services (max_children, the resource back-off) was shut; watched
     /// again when the gate opens.
@@ -92,6 +95,14 @@ pub(super) struct SocketTable {
     ready: VecDeque<ListenAddr>,
 }
 
+impl OpenSocket {
+    /// Held by as many children as its service keeps (`instances`): not
+    /// watched, nothing to start.
+    pub fn lent_out(&self, instances: u32) -> bool {
+        self.holders.len() >= instances.max(1) as usize
+    }
+}
+
 impl SocketTable {
     pub fn get(&self, addr: &ListenAddr) -> Option<&OpenSocket> {
         self.sockets.get(addr)
@@ -123,7 +134,7 @@ impl SocketTable {
                 token,
                 service,
                 watched: false,
-                busy: None,
+                holders: Vec::new(),
                 parked: false,
                 queued: false,
                 blocking,
@@ -245,19 +256,22 @@ impl SocketTable {
         self.take_marked(ready, |s| &mut s.queued)
     }
 
-    /// Lend sockets to pass-mode child `pid`: unwatched (`sync_service`)
-    /// and untouched until it gives them back.
+    /// Lend sockets to pass-mode child `pid`: untouched until it gives
+    /// them back, unwatched (`sync_service`) once its service's pool is
+    /// full.
     pub fn lend<'a>(&mut self, addrs: impl IntoIterator<Item = &'a ListenAddr>, pid: Pid) {
         for a in addrs {
             if let Some(sock) = self.sockets.get_mut(a) {
-                sock.busy = Some(pid);
+                if !sock.holders.contains(&pid) {
+                    sock.holders.push(pid);
+                }
             }
         }
     }
 
-    /// Give sockets back (`owner`: only those it still holds; none: lent
-    /// to a child that did not start). Returns the services that own
-    /// them now.
+    /// Give sockets back (`owner`: those it still holds; none: meant for
+    /// a child that did not start, so never lent: the other holders keep
+    /// them). Returns the services that own them now.
     pub fn release<'a>(
         &mut self,
         addrs: impl IntoIterator<Item = &'a ListenAddr>,
@@ -266,10 +280,10 @@ impl SocketTable {
         let mut services = FxHashSet::default();
         for a in addrs {
             if let Some(sock) = self.sockets.get_mut(a) {
-                if owner.is_none() || sock.busy == owner {
-                    sock.busy = None;
-                    services.insert(sock.service);
+                if let Some(pid) = owner {
+                    sock.holders.retain(|h| *h != pid);
                 }
+                services.insert(sock.service);
             }
         }
         services
@@ -284,7 +298,7 @@ impl SocketTable {
             let Some(s) = self.sockets.get(&h.addr) else {
                 continue;
             };
-            if s.busy != Some(pid) {
+            if !s.holders.contains(&pid) {
                 continue;
             }
             let now = QueueHead::of(&s.listener.socket, &h.addr);

@@ -20,6 +20,7 @@ mod lifecycle;
 mod limits;
 mod metrics;
 mod modes;
+mod pools;
 mod privileges;
 mod proxy;
 mod rates;
