@@ -145,18 +145,22 @@ impl Server {
         self.term_group(pid);
     }
 
-    /// Each service's long-running children with a NOTIFY_SOCKET, oldest
-    /// first, for status.
+    /// Each service's long-running children, oldest first, for status
+    /// (one handed over by an upgrade has no NOTIFY_SOCKET here: shown
+    /// not ready).
     pub(super) fn instances(&self) -> FxHashMap<ServiceId, Vec<InstanceStatus>> {
         let mut all: FxHashMap<ServiceId, Vec<(Instant, InstanceStatus)>> = Default::default();
         for (pid, c) in self.children.iter() {
-            let Some(w) = &c.notify else { continue };
+            if !c.is_pass_mode() {
+                continue;
+            }
+            let w = c.notify.as_deref();
             all.entry(c.service).or_default().push((
                 c.started_at,
                 InstanceStatus {
                     pid: pid.as_raw() as u32,
-                    ready: w.ready,
-                    status: w.status.clone(),
+                    ready: w.is_some_and(|w| w.ready),
+                    status: w.and_then(|w| w.status.clone()),
                 },
             ));
         }
