@@ -168,6 +168,7 @@ mod tests {
             paused: None,
             backend: None,
             last_exit: Some("exited with status 0"),
+            ready_children: None,
         }
     }
 
