@@ -229,6 +229,85 @@ fn refusal(dir: &OwnedFd, name: &CStr, shown: &Path, err: Errno) -> WalkError {
     }
 }
 
+/// Why root may not connect to a unix socket path (forward mode's
+/// `unix://` backend): another user could point it somewhere else.
+#[derive(Debug)]
+pub enum SocketPathRefusal {
+    /// A component is a link, not a directory, or the path is not clean.
+    Walk(WalkError),
+    /// This directory on the way fails `strict_refusal`.
+    Directory(PathBuf, DirectoryRefusal),
+    /// This directory on the way does not exist (yet).
+    Missing(PathBuf),
+    /// The last component is not a socket (a link, a file, nothing).
+    NotSocket(PathBuf),
+}
+
+impl fmt::Display for SocketPathRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SocketPathRefusal::Walk(e) => e.fmt(f),
+            SocketPathRefusal::Directory(p, why) => write!(f, "directory {} {why}", p.display()),
+            SocketPathRefusal::Missing(p) => write!(f, "directory {} does not exist", p.display()),
+            SocketPathRefusal::NotSocket(p) => write!(
+                f,
+                "{} is not a socket (a symbolic link is not followed)",
+                p.display()
+            ),
+        }
+    }
+}
+
+/// The directories above the socket `path`, `/` first, each as
+/// `strict_refusal` wants it, none a link: then only root or summond can
+/// change what the path names (a sticky directory's other users cannot
+/// replace an entry they do not own), so a later `lstat` and `connect` see
+/// the same file. Checked with `lstat` per component, top down: each step
+/// sits in a directory already found safe.
+pub fn socket_parents(path: &Path) -> Result<(), SocketPathRefusal> {
+    let bad = || SocketPathRefusal::Walk(WalkError::BadPath(path.into()));
+    let parent = path.parent().ok_or_else(bad)?;
+    if !path.is_absolute() {
+        return Err(bad());
+    }
+    let mut walked = PathBuf::from("/");
+    let check = |dir: &Path| -> Result<(), SocketPathRefusal> {
+        let st = match nix::sys::stat::lstat(dir) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => return Err(SocketPathRefusal::Missing(dir.into())),
+            Err(e) => return Err(SocketPathRefusal::Walk(WalkError::Io(dir.into(), e.into()))),
+        };
+        match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
+            SFlag::S_IFDIR => {}
+            SFlag::S_IFLNK => return Err(SocketPathRefusal::Walk(WalkError::Symlink(dir.into()))),
+            _ => return Err(SocketPathRefusal::Walk(WalkError::NotDirectory(dir.into()))),
+        }
+        match strict_refusal(st.st_uid, st.st_mode as u32) {
+            Some(why) => Err(SocketPathRefusal::Directory(dir.into(), why)),
+            None => Ok(()),
+        }
+    };
+    check(&walked)?;
+    for c in parent.components() {
+        match c {
+            Component::RootDir => continue,
+            Component::Normal(name) => walked.push(name),
+            _ => return Err(bad()),
+        }
+        check(&walked)?;
+    }
+    Ok(())
+}
+
+/// `socket_parents`, and the path itself a socket (not a link to one).
+pub fn connectable_socket(path: &Path) -> Result<(), SocketPathRefusal> {
+    socket_parents(path)?;
+    match nix::sys::stat::lstat(path) {
+        Ok(st) if st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFSOCK.bits() => Ok(()),
+        _ => Err(SocketPathRefusal::NotSocket(path.into())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

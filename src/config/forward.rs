@@ -57,7 +57,12 @@ pub(super) fn to<'v>(cx: &mut Checker<'_>, key: &'static str, v: &'v Value<'v>, 
         return;
     };
     match text.parse::<ListenAddr>() {
-        Ok(addr) if addr.is_stream() => d.forward.to = Some(addr),
+        Ok(addr) if addr.is_stream() => {
+            if let Some(why) = unsafe_socket_path(&addr) {
+                cx.at(v.span(), invalid(key, why));
+            }
+            d.forward.to = Some(addr)
+        }
         Ok(addr) => cx.at(
             v.span(),
             invalid(
@@ -166,5 +171,23 @@ impl Checker<'_> {
             );
             self.at(v.span(), invalid("exec", why));
         }
+    }
+}
+
+/// A `unix://` forward path that root would connect to through a
+/// directory another user can change (the rule of `listen` paths with
+/// `socket_directory_mode`). A directory not there yet is checked again
+/// at each readiness probe, with the socket itself.
+fn unsafe_socket_path(addr: &ListenAddr) -> Option<String> {
+    use crate::safe_dir::SocketPathRefusal;
+    let ListenAddr::Unix(crate::addr::UnixPath::File(path)) = addr else {
+        return None;
+    };
+    match crate::safe_dir::socket_parents(path) {
+        Ok(()) | Err(SocketPathRefusal::Missing(_)) => None,
+        Err(why) => Some(format!(
+            "summond will not connect to {}: {why}",
+            path.display()
+        )),
     }
 }

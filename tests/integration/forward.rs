@@ -921,3 +921,158 @@ forward_proxy_protocol = "{version}"
         }
     }
 }
+
+/// Another local user who binds `forward` before the backend (here it
+/// never does) is not taken as the backend: its listener's uid is not
+/// the backend's, so the client is never relayed to it, the start times
+/// out, and the log names the uid.
+#[test]
+fn a_forward_port_held_by_another_user_is_not_taken_as_the_backend() {
+    if !nix::unistd::geteuid().is_root() || !have("setpriv") || !have("/usr/bin/python3") {
+        return skip(
+            "forward port held by nobody",
+            "needs root, setpriv and /usr/bin/python3 (a pyenv shim under /root is not nobody's to run)",
+        );
+    }
+    let (port, backend) = (free_port(), free_port());
+    let thief = format!(
+        "import socket,sys\n\
+         l=socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         l.bind(('127.0.0.1',{backend})); l.listen(16); print('listening', flush=True)\n\
+         while True:\n try:\n  c,_=l.accept(); d=c.recv(100)\n  print('got', d, flush=True); c.sendall(b'STOLEN')\n except OSError: pass\n"
+    );
+    let mut child = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+        ])
+        .arg(&thief)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _kill = KillOnDrop::new(child.id() as i32);
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "listening\n");
+    let config = format!(
+        r#"
+[[service]]
+name = "held"
+listen = "tcp://127.0.0.1:{port}"
+exec = ["sh", "-c", "sleep 60"]
+forward = "tcp://127.0.0.1:{backend}"
+start_timeout = "1s"
+stop_timeout = "1s"
+"#
+    );
+    let s = Summond::start(&config);
+    let _guard = KillOnDropLater(&s);
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    c.write_all(b"Authorization: secret\r\n").unwrap();
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    assert!(
+        got.is_empty(),
+        "the client reached uid nobody's listener: {got:?}"
+    );
+    assert!(
+        s.wait_log("is held by uid 65534, not the backend's"),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(s.log_count("is held by uid"), 1, "{}", s.log_text());
+    assert!(
+        s.wait_log("not ready within start_timeout"),
+        "{}",
+        s.log_text()
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut rest = String::new();
+    let _ = out.read_to_string(&mut rest);
+    assert!(!rest.contains("got"), "nobody's listener was sent: {rest}");
+}
+
+/// A `unix://` forward in a directory others may write (no sticky bit)
+/// is a config error at its line.
+#[test]
+fn a_unix_forward_in_a_world_writable_directory_is_a_config_error() {
+    let dir = TempDir::new("fwdwr");
+    let open = dir.path("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let path = dir.path("bad.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[service]]\nname = \"x\"\nexec = [\"/bin/cat\"]\nlisten = \"tcp://127.0.0.1:{}\"\nforward = \"unix://{}/b.sock\"\n",
+            free_port(),
+            open.display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run_to_exit(&["--check", "-c", path.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("bad.toml:5:") && err.contains("is writable by others"),
+        "{err}"
+    );
+}
+
+/// The socket `forward` names is a symbolic link (in a safe directory):
+/// not followed, so the client never reaches the link's target; the
+/// start times out with one warning.
+#[test]
+fn a_unix_forward_that_is_a_symlink_is_not_followed() {
+    if !have("socat") {
+        return skip("forward unix symlink", "socat is not installed");
+    }
+    let port = free_port();
+    let dir = TempDir::new("fwdlink");
+    let target = dir.path("target.sock");
+    let link = dir.path("backend.sock");
+    let got = dir.path("got");
+    let mut sink = std::process::Command::new("socat")
+        .arg(format!("UNIX-LISTEN:{},fork", target.display()))
+        .arg(format!("CREATE:{}", got.display()))
+        .spawn()
+        .unwrap();
+    let _kill = KillOnDrop::new(sink.id() as i32);
+    assert!(wait_until(TIMEOUT, || target.exists()));
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let config = format!(
+        r#"
+[[service]]
+name = "link"
+listen = "tcp://127.0.0.1:{port}"
+exec = ["sh", "-c", "sleep 60"]
+forward = "unix://{p}"
+start_timeout = "1s"
+stop_timeout = "1s"
+"#,
+        p = link.display()
+    );
+    let s = Summond::start(&config);
+    let _guard = KillOnDropLater(&s);
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    c.write_all(b"for the target\n").unwrap();
+    let mut buf = Vec::new();
+    let _ = c.read_to_end(&mut buf);
+    assert!(s.wait_log("is not a socket"), "{}", s.log_text());
+    assert_eq!(s.log_count("is not a socket"), 1, "{}", s.log_text());
+    assert!(
+        s.wait_log("not ready within start_timeout"),
+        "{}",
+        s.log_text()
+    );
+    let _ = sink.kill();
+    let _ = sink.wait();
+    let sent = std::fs::read(&got).unwrap_or_default();
+    assert!(sent.is_empty(), "the link's target was sent {sent:?}");
+}

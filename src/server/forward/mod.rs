@@ -62,6 +62,8 @@ use crate::spawn;
 use crate::stats::ExitText;
 use crate::upgrade::{BackendState, RelayState};
 
+mod held;
+
 /// The waits between connect attempts after a start (the first attempt
 /// is at once), then one every `PROBE_EVERY`: a backend is found ready
 /// within 2 ms of binding (SPEC: the first client waits the backend's own
@@ -146,6 +148,9 @@ pub(super) struct Backend {
     /// The service as it was when the running backend started: a reload
     /// that changes it retires the backend.
     started_with: Option<Box<crate::config::ServiceSpec>>,
+    /// This start's probes found `forward` held by someone else, and
+    /// said so once (a warning per probe would flood the log).
+    warned: bool,
 }
 
 impl Default for Backend {
@@ -161,6 +166,7 @@ impl Default for Backend {
             idle_timer: None,
             per_source: FxHashMap::default(),
             started_with: None,
+            warned: false,
         }
     }
 }
@@ -414,6 +420,7 @@ impl Server {
         let started_with = Some(Box::new(svc.spec.clone()));
         let backend = self.forward.backends.entry(id).or_default();
         backend.started_with = started_with;
+        backend.warned = false;
         backend.state = State::Starting {
             pid,
             since: now,
@@ -510,8 +517,18 @@ impl Server {
             Some(f) => f.to.clone(),
             None => return,
         };
+        // An abstract name has no directories: the uid check below is
+        // what guards it.
+        if let ListenAddr::Unix(crate::addr::UnixPath::File(path)) = &to {
+            if let Err(why) = crate::safe_dir::connectable_socket(path) {
+                self.warn_once(id, format_args!("will not connect to {to}: {why}"));
+                return self.probe_later(id);
+            }
+        }
         match connect(&to) {
-            Ok((sock, false)) if !self_connected(&sock) => self.backend_ready(idx, Some(sock)),
+            Ok((sock, false)) if !self_connected(&sock) && self.held_by_backend(idx, &sock) => {
+                self.backend_ready(idx, Some(sock))
+            }
             Ok((sock, false)) => {
                 discard(sock);
                 self.probe_later(id);
@@ -537,6 +554,52 @@ impl Server {
                 }
             }
             Err(_) => self.probe_later(id),
+        }
+    }
+
+    /// Does the socket that accepted `probe` belong to the uid service
+    /// `idx`'s backend runs as (its `user`, or summond's own)? Another
+    /// user's listener on `forward` is not the backend (`held.rs`).
+    fn held_by_backend(&mut self, idx: usize, probe: &Socket) -> bool {
+        let spec = &self.services[idx].spec;
+        let want = spec
+            .credentials
+            .as_ref()
+            .and_then(|c| c.uid)
+            .unwrap_or_else(|| nix::unistd::geteuid().as_raw());
+        let to = spec
+            .forward
+            .as_ref()
+            .map(|f| f.to.to_string())
+            .unwrap_or_default();
+        let id = self.services[idx].id;
+        match held::listener_uid(probe) {
+            Ok(uid) if uid == want => true,
+            Ok(uid) => {
+                self.warn_once(
+                    id,
+                    format_args!("forward {to} is held by uid {uid}, not the backend's (uid {want}); not relaying to it"),
+                );
+                false
+            }
+            Err(e) => {
+                self.warn_once(
+                    id,
+                    format_args!("cannot tell who holds forward {to}: {e}; not relaying to it"),
+                );
+                false
+            }
+        }
+    }
+
+    /// A warning about this start's probes, the first time only.
+    fn warn_once(&mut self, id: ServiceId, what: std::fmt::Arguments<'_>) {
+        let Some(b) = self.forward.backends.get_mut(&id) else {
+            return;
+        };
+        if !std::mem::replace(&mut b.warned, true) {
+            let name = self.services.name_of(id);
+            warn!(event = "forward_refused", service = name; "{name}: {what}");
         }
     }
 
@@ -587,7 +650,9 @@ impl Server {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
         let _ = self.poller.registry().deregister(&mut SourceFd(&fd));
         match (sock.take_error(), self.services.index_of(id)) {
-            (Ok(None), Some(idx)) if !self_connected(&sock) => self.backend_ready(idx, Some(sock)),
+            (Ok(None), Some(idx)) if !self_connected(&sock) && self.held_by_backend(idx, &sock) => {
+                self.backend_ready(idx, Some(sock))
+            }
             _ => {
                 discard(sock);
                 self.probe_later(id);
