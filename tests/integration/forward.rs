@@ -664,7 +664,10 @@ forward = "unix://{p}"
 
 /// `ready = "notify"`: the backend listens at once but is ready only when
 /// it says READY=1 on its NOTIFY_SOCKET; a READY=1 from a process outside
-/// its group is ignored.
+/// its group is ignored. The backend's own process (the shell, exec'd
+/// into python3, which then waits for socat) sends it: a sender that has
+/// exited before summond reads its datagram can no longer be placed in a
+/// group, so a short-lived sender would be ignored under load.
 #[test]
 fn a_backend_that_says_ready_late_is_relayed_to_only_then() {
     if !have("socat") || !have("python3") {
@@ -675,11 +678,12 @@ fn a_backend_that_says_ready_late_is_relayed_to_only_then() {
     let flag = dir.path("go");
     let send =
         "import os,socket; a=os.environ['NOTIFY_SOCKET']; a='\\0'+a[1:] if a[0]=='@' else a; \
-                socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'STATUS=up\\nREADY=1', a)";
+                socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'STATUS=up\\nREADY=1', a); \
+                os.wait()";
     let script = format!(
         "socat TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork EXEC:cat & \
          i=0; while [ ! -e {f} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; \
-         python3 -c \"{send}\"; wait",
+         exec python3 -c \"{send}\"",
         f = flag.display()
     );
     let config = format!(
