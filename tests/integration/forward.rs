@@ -43,6 +43,15 @@ fn backend_pid(s: &Summond, nth: usize) -> i32 {
     rest.split(')').next().unwrap().parse().unwrap()
 }
 
+/// `python3 -m http.server` with a listen backlog of 64, not its 5: 20
+/// connects at once to a backlog of 5 overflow the kernel's accept queue,
+/// and each dropped SYN or handshake ACK waits for the kernel's
+/// retransmit (1, 3, 7, 15, 31 s): under load a client then waited past
+/// `get`'s 30 s read timeout, a test of the machine, not of summond.
+const BACKLOG_64: &str =
+    "import runpy, socketserver; socketserver.TCPServer.request_queue_size = 64; \
+    runpy.run_module('http.server', run_name='__main__')";
+
 /// An http.server service in forward mode serving `{dir}/www`.
 fn http_service(port: u16, backend: u16, extra: &str) -> String {
     format!(
@@ -50,7 +59,7 @@ fn http_service(port: u16, backend: u16, extra: &str) -> String {
 [[service]]
 name = "web"
 listen = "tcp://127.0.0.1:{port}"
-exec = ["python3", "-m", "http.server", "--bind", "127.0.0.1", "--directory", "{{dir}}/www", "{backend}"]
+exec = ["python3", "-c", "{BACKLOG_64}", "--bind", "127.0.0.1", "--directory", "{{dir}}/www", "{backend}"]
 forward = "tcp://127.0.0.1:{backend}"
 stderr = "null"
 {extra}
