@@ -305,7 +305,8 @@ impl Server {
         if let (Some(max), Some(key), false) = (svc.spec.max_per_source, source, admitted) {
             let running = self.children.per_source(svc.id, &key)
                 + self.internal.conns.per_source(svc.id, &key)
-                + self.forward.per_source(svc.id, &key);
+                + self.forward.per_source(svc.id, &key)
+                + self.front.handshakes_of(svc.id, &key);
             if running >= max {
                 self.refuse(
                     idx,

@@ -171,6 +171,23 @@ impl FrontTable {
         self.handshakes
     }
 
+    /// Handshakes of service `id` running for client `key`: they hold
+    /// places under its `max_per_source` as children do (a handshake
+    /// becomes one). Only asked with `max_per_source` set; the table is
+    /// small (at most `FRONT_MAX`).
+    pub fn handshakes_of(&self, id: ServiceId, key: &SourceKey) -> u32 {
+        if self.handshakes == 0 {
+            return 0;
+        }
+        let n = self
+            .conns
+            .values()
+            .filter(|c| c.service == id && matches!(c.work, Work::Handshake(_)))
+            .filter(|c| c.source.as_ref() == Some(key))
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
     /// May one more handshake from `key` start (`HANDSHAKES_PER_SOURCE`)?
     pub fn may_handshake(&self, key: Option<&SourceKey>) -> bool {
         key.is_none_or(|k| self.handshakes_from.get(k) < HANDSHAKES_PER_SOURCE)

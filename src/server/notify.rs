@@ -14,11 +14,13 @@ use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFla
 use nix::unistd::{getpgid, Pid};
 use socket2::{Domain, SockAddr, Socket, Type};
 
-/// sd_notify messages are short; a longer datagram is cut, and one is
-/// read at most this many times per wake-up (the rest wait, bounded by
-/// the socket's buffer).
+/// sd_notify messages are short; a longer datagram is cut. At most
+/// `PER_WAKE` are read per loop turn; the fd is edge-triggered, so when
+/// that budget ends before the queue is empty the caller re-arms it
+/// (`Said::more`): anyone may send here, and a burst of junk left unread
+/// with no new edge would hide the child's READY=1 for good.
 const MAX_DATAGRAM: usize = 4096;
-const PER_WAKE: usize = 16;
+const PER_WAKE: usize = 64;
 
 /// A long-running child's NOTIFY_SOCKET as the loop watches it, and what
 /// the child said on it.
@@ -64,14 +66,23 @@ pub(super) struct Said {
     pub status: Option<String>,
     /// Datagrams dropped for coming from outside the child's group.
     pub foreign: usize,
+    /// The turn's budget ended before the queue did: re-arm the fd.
+    pub more: bool,
 }
 
 /// What the datagrams waiting on `s` said, as far as `leader` (a process
 /// group leader) or its group sent them.
 pub(super) fn read(s: &Socket, leader: Pid) -> Said {
+    read_at_most(s, leader, PER_WAKE)
+}
+
+fn read_at_most(s: &Socket, leader: Pid, budget: usize) -> Said {
     let mut buf = [0u8; MAX_DATAGRAM];
-    let mut said = Said::default();
-    for _ in 0..PER_WAKE {
+    let mut said = Said {
+        more: true,
+        ..Said::default()
+    };
+    for _ in 0..budget {
         let mut iov = [IoSliceMut::new(&mut buf)];
         let mut cmsg = nix::cmsg_space!(nix::libc::ucred);
         let Ok(msg) = recvmsg::<UnixAddr>(
@@ -80,6 +91,8 @@ pub(super) fn read(s: &Socket, leader: Pid) -> Said {
             Some(&mut cmsg),
             MsgFlags::MSG_DONTWAIT,
         ) else {
+            // EAGAIN (or an error): nothing left for this edge.
+            said.more = false;
             break;
         };
         let sender = msg
@@ -135,6 +148,28 @@ fn status_text(v: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// More datagrams than one turn's budget: the caller is told to
+    /// re-arm, and the READY=1 behind them is read on a later turn.
+    #[test]
+    fn a_burst_beyond_the_budget_asks_for_another_turn() {
+        use std::os::linux::net::SocketAddrExt;
+        let (s, name) = open().unwrap();
+        let to = std::os::unix::net::SocketAddr::from_abstract_name(&name.as_bytes()[1..]).unwrap();
+        let tx = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        for _ in 0..4 {
+            tx.send_to_addr(b"STATUS=junk", &to).unwrap();
+        }
+        tx.send_to_addr(b"READY=1", &to).unwrap();
+        let me = nix::unistd::getpgrp();
+        let turn = |s: &Socket| read_at_most(s, me, 2);
+        let first = turn(&s);
+        assert!(!first.ready && first.more, "{first:?}");
+        assert!(turn(&s).more);
+        let last = turn(&s);
+        assert!(last.ready && !last.more, "{last:?}");
+        assert!(!turn(&s).more, "empty: nothing more");
+    }
 
     #[test]
     fn ready_and_the_last_status_are_read_and_status_is_bounded_and_clean() {

@@ -92,6 +92,9 @@ impl Server {
             return;
         };
         let said = notify::read(&watch.sock, pid);
+        if said.more {
+            rearm(self.poller.registry(), &watch.sock, watch.token);
+        }
         if let Some(status) = said.status {
             watch.status = Some(status);
         }
@@ -181,4 +184,16 @@ impl Server {
             self.timers.cancel(key);
         }
     }
+}
+
+/// Ask for another wake-up of a notify socket whose turn's budget ran
+/// out: EPOLL_CTL_MOD on a readable fd queues a new edge.
+pub(super) fn rearm(registry: &mio::Registry, sock: &socket2::Socket, token: mio::Token) {
+    use std::os::fd::AsRawFd;
+    let fd = sock.as_raw_fd();
+    let _ = registry.reregister(
+        &mut mio::unix::SourceFd(&fd),
+        token,
+        mio::Interest::READABLE,
+    );
 }

@@ -912,3 +912,35 @@ fn an_upgrade_carries_a_waiting_header_and_closes_a_handshake() {
     let (ok, _) = s_client(&pki, port, &[], b"");
     assert!(!ok, "a client without a header is refused");
 }
+
+/// A handshake in progress holds a place under `max_per_source`, as the
+/// child it becomes will: a client with one silent handshake open has
+/// its next connection refused, and cannot take every instance place.
+#[test]
+fn a_handshake_in_progress_counts_under_max_per_source() {
+    if !tools_or_skip("handshake max_per_source", &["openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let port = free_port();
+    let s = Summond::start(&format!(
+        "{}max_instances = 8\nmax_per_source = 1\n",
+        tls_service(port, &sh("echo served"), &pki, "")
+    ));
+    // The first bytes of a ClientHello, and no more: the handshake waits.
+    let mut silent = connect_from([127, 0, 0, 2], port);
+    silent.write_all(&[0x16, 0x03, 0x01]).unwrap();
+    assert!(loop_turns(s.pid(), 3), "{}", s.log_text());
+    let mut second = connect_from([127, 0, 0, 2], port);
+    let _ = second.write_all(&[0x16, 0x03, 0x01]);
+    assert!(
+        s.wait_log("refused 127.0.0.2:"),
+        "the second is refused:\n{}",
+        s.log_text()
+    );
+    assert!(s.log_text().contains("max_per_source"), "{}", s.log_text());
+    // Another client is served meanwhile.
+    let (ok, out) = s_client(&pki, port, &[], b"");
+    assert!(ok && out.contains("served"), "{out}\n{}", s.log_text());
+}

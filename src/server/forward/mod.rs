@@ -465,7 +465,7 @@ impl Server {
         let Some(Backend {
             state:
                 State::Starting {
-                    probe: Some((sock, _)),
+                    probe: Some((sock, token)),
                     pid,
                     ..
                 },
@@ -474,7 +474,15 @@ impl Server {
         else {
             return;
         };
-        let notify::Said { ready, foreign, .. } = notify::read(sock, *pid);
+        let notify::Said {
+            ready,
+            foreign,
+            more,
+            ..
+        } = notify::read(sock, *pid);
+        if more {
+            super::ready::rearm(self.poller.registry(), sock, *token);
+        }
         if foreign > 0 {
             debug!(
                 "{}: ignored {foreign} NOTIFY_SOCKET datagrams not from the backend's group",
