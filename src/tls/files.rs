@@ -202,6 +202,7 @@ fn read_certs(path: &Path, which: Which) -> Result<Vec<Vec<u8>>, LoadError> {
 
 /// The contents of `path`, read as the header says; `secret`: a key.
 fn read_strict(path: &Path, secret: bool) -> Result<Vec<u8>, Why> {
+    check_written(path)?;
     let resolved = std::fs::canonicalize(path).map_err(Why::Read)?;
     let parent = resolved.parent().unwrap_or(Path::new("/"));
     let name = resolved.file_name().ok_or(Why::NotRegular)?;
@@ -220,6 +221,28 @@ fn read_strict(path: &Path, secret: bool) -> Result<Vec<u8>, Why> {
         return Err(Why::TooLarge);
     }
     Ok(out)
+}
+
+/// Every directory on the path as written is held by root or summond
+/// alone (`strict_refusal`), as every directory of the resolved path is
+/// below: a link in a directory another user can write could point
+/// root's read at any file (another site's key), and the resolved path
+/// never shows the directory that held the link. Let's Encrypt's `live/`
+/// links sit in root's directories and pass.
+fn check_written(path: &Path) -> Result<(), Why> {
+    let mut dirs: Vec<&Path> = path
+        .ancestors()
+        .skip(1)
+        .filter(|d| !d.as_os_str().is_empty())
+        .collect();
+    dirs.reverse();
+    for dir in dirs {
+        let st = nix::sys::stat::stat(dir).map_err(|e| Why::Read(e.into()))?;
+        if let Some(why) = strict_refusal(st.st_uid, st.st_mode) {
+            return Err(Why::Directory(dir.to_path_buf(), why));
+        }
+    }
+    Ok(())
 }
 
 fn check_dir(dir: &OwnedFd, walked: &Path) -> Result<(), Why> {

@@ -594,6 +594,26 @@ fn tls_files_that_cannot_be_used_are_config_errors_naming_the_file_and_line() {
     .unwrap();
     let (code, out) = check(&format!("{{ cert = \"{srv}\", key = \"{key}\" }}"));
     assert_eq!(code, 0, "{out}");
+    // Links in a directory another user holds, pointing at root's own
+    // key: the resolved path is root's, the directory of the links is
+    // not, and it is the one refused (root would have served the key).
+    if !nix::unistd::geteuid().is_root() {
+        return skip(
+            "tls links in another user's directory",
+            "needs root (chown)",
+        );
+    }
+    let theirs = TempDir::new("theirs");
+    std::os::unix::fs::symlink(&srv, theirs.path("cert.pem")).unwrap();
+    std::os::unix::fs::symlink(&key, theirs.path("key.pem")).unwrap();
+    nix::unistd::chown(&theirs.0, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let (code, out) = check(&format!(
+        "{{ cert = \"{}\", key = \"{}\" }}",
+        theirs.path("cert.pem").display(),
+        theirs.path("key.pem").display()
+    ));
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains(&theirs.0.display().to_string()), "{out}");
 }
 
 #[test]
