@@ -88,35 +88,65 @@ fn summond_reload_prints_the_changes_or_every_error_as_check_does() {
     assert_eq!(tcp_port_exchange(d, b"on\n"), "on\n");
 }
 
+/// summond serving `echo_service("a", port)` with a control socket and a
+/// drop-in directory whose `slow.toml` is a fifo: a load reads it until
+/// `writer` writes and closes, so the test holds a reload in flight.
+struct HungLoad {
+    s: Summond,
+    control: std::path::PathBuf,
+    confd: std::path::PathBuf,
+    fifo: std::path::PathBuf,
+    writer: std::fs::File,
+}
+
+impl HungLoad {
+    fn start(tag: &str, a: u16) -> HungLoad {
+        let dir = TempDir::new(tag);
+        let control = dir.path("control.sock");
+        let confd = dir.path("conf.d");
+        std::fs::create_dir(&confd).unwrap();
+        let config = format!(
+            "{}include = [\"conf.d/*.toml\"]\n{}",
+            daemon_control(&control),
+            echo_service("a", a, "")
+        );
+        let s = Summond::start_in(
+            dir,
+            Start {
+                config: &config,
+                ..Start::default()
+            },
+        );
+        let fifo = confd.join("slow.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let writer = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&fifo)
+            .unwrap();
+        HungLoad {
+            s,
+            control,
+            confd,
+            fifo,
+            writer,
+        }
+    }
+}
+
 /// Clients asking while a load runs are answered by the next load, which
 /// reads the files after their request; the one who started the load
 /// gets its own outcome.
 #[test]
 fn reload_requests_during_a_load_get_the_next_loads_outcome() {
     let (a, b, c) = (free_port(), free_port(), free_port());
-    let dir = TempDir::new("reload-concurrent");
-    let control = dir.path("control.sock");
-    let confd = dir.path("conf.d");
-    std::fs::create_dir(&confd).unwrap();
-    let config = format!(
-        "{}include = [\"conf.d/*.toml\"]\n{}",
-        daemon_control(&control),
-        echo_service("a", a, "")
-    );
-    let s = Summond::start_in(
-        dir,
-        Start {
-            config: &config,
-            ..Start::default()
-        },
-    );
-    let fifo = confd.join("slow.toml");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let mut writer = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&fifo)
-        .unwrap();
+    let HungLoad {
+        s,
+        control,
+        confd,
+        fifo,
+        mut writer,
+    } = HungLoad::start("reload-concurrent", a);
     let reload = || {
         Command::new(BIN)
             .args(["reload", "--control", control.to_str().unwrap()])
@@ -359,29 +389,13 @@ fn restart_kills_a_child_that_ignores_sigterm() {
 #[test]
 fn waiting_reload_clients_leave_room_for_status_and_gone_ones_are_closed() {
     let a = free_port();
-    let dir = TempDir::new("reload-waiting");
-    let control = dir.path("control.sock");
-    let confd = dir.path("conf.d");
-    std::fs::create_dir(&confd).unwrap();
-    let config = format!(
-        "{}include = [\"conf.d/*.toml\"]\n{}",
-        daemon_control(&control),
-        echo_service("a", a, "")
-    );
-    let s = Summond::start_in(
-        dir,
-        Start {
-            config: &config,
-            ..Start::default()
-        },
-    );
-    let fifo = confd.join("slow.toml");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let mut writer = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&fifo)
-        .unwrap();
+    let HungLoad {
+        s,
+        control,
+        confd,
+        fifo,
+        mut writer,
+    } = HungLoad::start("reload-waiting", a);
     let reloads: Vec<_> = (0..20)
         .map(|_| {
             Command::new(BIN)
