@@ -119,6 +119,16 @@ pub struct State {
     pub backends: Vec<BackendState>,
     #[serde(default)]
     pub relays: Vec<RelayState>,
+    /// Forward backends starting, stopping or retired by a reload, each
+    /// with its deadline (absent from an older image's state, which
+    /// stopped them before its exec; kept out of `backends` so such an
+    /// image, reading this one's, does not take them for ready).
+    #[serde(default)]
+    pub unready_backends: Vec<BackendState>,
+    /// Clients held while their backend starts (absent from an older
+    /// image's state, which closed them).
+    #[serde(default)]
+    pub waiting: Vec<WaitingState>,
     /// The config the writing image ran, in its own format: if the next
     /// image cannot start, the old one serves on with it, whatever the
     /// file says by then (a key only the new binary knows, an address that
@@ -140,6 +150,44 @@ pub struct BackendState {
     pub relayed: u64,
     pub up: u64,
     pub down: u64,
+    /// Where it is in its life (ready in an older image's state).
+    #[serde(default)]
+    pub phase: BackendPhase,
+    /// Its NOTIFY_SOCKET (`ready = "notify"`), still read for STATUS=.
+    #[serde(default)]
+    pub notify_fd: Option<RawFd>,
+    /// The last STATUS= it sent.
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+/// A backend's phase at the hand-over; times in nanoseconds from it.
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
+pub enum BackendPhase {
+    #[default]
+    Ready,
+    /// Not ready yet: started `age_ns` before, its start_timeout due in
+    /// `timeout_in_ns`.
+    Starting { age_ns: u64, timeout_in_ns: u64 },
+    /// SIGTERM sent; the SIGKILL to its group due in `kill_in_ns`.
+    Stopping { kill_in_ns: u64 },
+    /// A reload retired it: it finishes its relayed connections, then
+    /// gets SIGTERM and, `stop_timeout_ns` later, SIGKILL (due in
+    /// `kill_in_ns` once SIGTERM went).
+    Retired {
+        stop_timeout_ns: u64,
+        kill_in_ns: Option<u64>,
+    },
+}
+
+/// A client held while its service's backend starts: nothing of it was
+/// read, so the next image relays it from its first byte.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WaitingState {
+    pub service: String,
+    pub fd: RawFd,
+    pub peer: Peer,
+    pub source: Option<SourceKey>,
 }
 
 /// A relayed connection: its sockets and its flows (pipes or bytes).
@@ -359,6 +407,9 @@ impl State {
         fds.extend(self.pending.iter().map(|c| c.fd));
         fds.extend(self.internal.iter().map(|c| c.fd));
         fds.extend(self.front.iter().map(|c| c.fd));
+        fds.extend(self.waiting.iter().map(|c| c.fd));
+        let backends = self.backends.iter().chain(&self.unready_backends);
+        fds.extend(backends.filter_map(|b| b.notify_fd));
         for r in &self.relays {
             fds.extend(r.sides.iter().map(|s| s.fd));
             fds.extend(

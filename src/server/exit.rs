@@ -75,6 +75,7 @@ impl Server {
             .map(|(pid, _)| *pid)
             .chain(self.reloads.load.as_ref().map(|l| l.pid))
             .chain(self.upgrade_check_pid())
+            .chain(self.forward.pids())
             .collect();
         for pid in pids {
             if let Some(group) = self.children.stopping.get_mut(&pid) {

@@ -293,8 +293,6 @@ impl Server {
         // Exits that happened since the signal was read: a child reaped
         // here is not handed over, one exiting later is the next image's.
         self.reap_children();
-        // What forward mode does not hand over ends here, said.
-        self.end_forwarding_for_upgrade();
         // Without the running config in the state, a new image that cannot
         // start would send the old one back to a file that may fail too,
         // leaving no summond: no upgrade then.
@@ -347,7 +345,7 @@ impl Server {
             .chain(self.endpoints.to_state())
             .collect();
         let now = Instant::now();
-        let (backends, relays) = self.forward_state();
+        let forward = self.forward_state(now);
         let children = self.children.to_state(now, |id| {
             self.services
                 .index_of(id)
@@ -388,8 +386,10 @@ impl Server {
                 .services
                 .limits_state(now, |id| self.internal.datagrams.answers_state(id, now)),
             handed_over_at_ns: upgrade::monotonic_ns(now),
-            backends,
-            relays,
+            backends: forward.backends,
+            relays: forward.relays,
+            unready_backends: forward.unready,
+            waiting: forward.waiting,
         }
     }
 
@@ -447,7 +447,13 @@ impl Server {
             }
         });
         self.resume_front(state.front, &index, handed);
-        self.resume_forwarding(state.backends, state.relays, &index);
+        let forward = super::forward::Handed {
+            backends: state.backends,
+            unready: state.unready_backends,
+            relays: state.relays,
+            waiting: state.waiting,
+        };
+        self.resume_forwarding(forward, &index, handed);
         self.services.resume_stats(state.stats, &index);
         self.services.resume_paused(&state.paused);
         for (id, resumed, answers) in self.services.resume_limits(state.limits, &index, handed) {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::util::*;
 
-fn have(tool: &str) -> bool {
+pub(crate) fn have(tool: &str) -> bool {
     std::process::Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .stdout(std::process::Stdio::null())
@@ -32,7 +32,7 @@ fn pattern(len: usize, seed: u32) -> Vec<u8> {
 
 /// The pid in the log's "starting the backend (pid N)" line, the `nth`
 /// one (from 0).
-fn backend_pid(s: &Summond, nth: usize) -> i32 {
+pub(crate) fn backend_pid(s: &Summond, nth: usize) -> i32 {
     let log = s.log_text();
     let line = log
         .lines()
@@ -154,7 +154,7 @@ fn twenty_clients_at_a_cold_start_share_one_backend_which_stops_when_idle() {
 
 /// Kills the backends the log names when dropped, if still running (a
 /// failed test must not leave python3 behind).
-struct KillOnDropLater<'a>(&'a Summond);
+pub(crate) struct KillOnDropLater<'a>(pub(crate) &'a Summond);
 
 impl Drop for KillOnDropLater<'_> {
     fn drop(&mut self) {

@@ -9,6 +9,7 @@ mod directories;
 mod docs;
 mod faults;
 mod forward;
+mod forward_upgrade;
 mod import;
 mod import_corpus;
 mod import_units;

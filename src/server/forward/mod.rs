@@ -60,8 +60,9 @@ use crate::peer::{Peer, SourceKey};
 use crate::relay::{Closed, End, RelayId, Relays, Side};
 use crate::spawn;
 use crate::stats::ExitText;
-use crate::upgrade::{BackendState, RelayState};
 
+mod handover;
+pub(super) use handover::Handed;
 mod held;
 
 /// The waits between connect attempts after a start (the first attempt
@@ -151,6 +152,11 @@ pub(super) struct Backend {
     /// This start's probes found `forward` held by someone else, and
     /// said so once (a warning per probe would flood the log).
     warned: bool,
+    /// `ready = "notify"`: the running backend's NOTIFY_SOCKET and its
+    /// token, watched from its start to its exit (READY=1, then STATUS=).
+    notify: Option<(Socket, Token)>,
+    /// The last STATUS= the running backend sent, for status.
+    pub status: Option<String>,
 }
 
 impl Default for Backend {
@@ -167,6 +173,8 @@ impl Default for Backend {
             per_source: FxHashMap::default(),
             started_with: None,
             warned: false,
+            notify: None,
+            status: None,
         }
     }
 }
@@ -240,6 +248,13 @@ impl Forwarding {
     pub fn per_source(&self, id: ServiceId, key: &SourceKey) -> u32 {
         let b = self.backends.get(&id);
         b.and_then(|b| b.per_source.get(key).copied()).unwrap_or(0)
+    }
+
+    /// Every backend's pid, retired ones included: children of summond
+    /// as much as those of the child table.
+    pub fn pids(&self) -> impl Iterator<Item = Pid> + '_ {
+        let running = self.backends.values().filter_map(|b| b.state.pid());
+        running.chain(self.retired.iter().map(|r| r.pid))
     }
 
     /// May service `id` take one more client now (its queue bound)?
@@ -421,6 +436,7 @@ impl Server {
         let backend = self.forward.backends.entry(id).or_default();
         backend.started_with = started_with;
         backend.warned = false;
+        backend.status = None;
         backend.state = State::Starting {
             pid,
             since: now,
@@ -435,7 +451,8 @@ impl Server {
     }
 
     /// `ready = "notify"`: watch the backend's NOTIFY_SOCKET (in the
-    /// place of a probe) until it says READY=1 or start_timeout ends.
+    /// place of a probe) until it says READY=1 or start_timeout ends, and
+    /// then for STATUS= until it exits.
     fn watch_notify(&mut self, id: ServiceId, sock: Socket) {
         let token = self.poller.tokens.next();
         let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
@@ -451,38 +468,47 @@ impl Server {
             return;
         }
         self.poller.tokens.insert(token, TokenKind::Notify(id));
-        if let Some(Backend {
-            state: State::Starting { probe, .. },
-            ..
-        }) = self.forward.backends.get_mut(&id)
-        {
-            *probe = Some((sock, token));
+        if let Some(b) = self.forward.backends.get_mut(&id) {
+            b.notify = Some((sock, token));
         }
     }
 
-    /// Datagrams on a starting backend's NOTIFY_SOCKET.
+    /// The backend left its state (exited, retired): its NOTIFY_SOCKET
+    /// closes, unwatched, and what it said goes with it.
+    fn forget_notify(&mut self, id: ServiceId) {
+        let Some(b) = self.forward.backends.get_mut(&id) else {
+            return;
+        };
+        b.status = None;
+        if let Some((sock, token)) = b.notify.take() {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+            let _ = self.poller.registry().deregister(&mut SourceFd(&fd));
+            self.poller.tokens.remove(&token);
+        }
+    }
+
+    /// Datagrams on a backend's NOTIFY_SOCKET: READY=1 while it starts,
+    /// STATUS= at any time.
     pub(super) fn on_notify_ready(&mut self, id: ServiceId) {
-        let Some(Backend {
-            state:
-                State::Starting {
-                    probe: Some((sock, token)),
-                    pid,
-                    ..
-                },
-            ..
-        }) = self.forward.backends.get(&id)
-        else {
+        let Some(b) = self.forward.backends.get_mut(&id) else {
+            return;
+        };
+        let (Some((sock, token)), Some(pid)) = (&b.notify, b.state.pid()) else {
             return;
         };
         let notify::Said {
             ready,
             foreign,
             more,
-            ..
-        } = notify::read(sock, *pid);
+            status,
+        } = notify::read(sock, pid);
         if more {
             super::ready::rearm(self.poller.registry(), sock, *token);
         }
+        if status.is_some() {
+            b.status = status;
+        }
+        let ready = ready && matches!(b.state, State::Starting { .. });
         if foreign > 0 {
             debug!(
                 "{}: ignored {foreign} NOTIFY_SOCKET datagrams not from the backend's group",
@@ -686,15 +712,9 @@ impl Server {
             return;
         };
         self.timers.cancel(timeout);
-        // A NOTIFY_SOCKET (a probe's connection was taken by the caller)
-        // closes with the state it was watched in.
-        if let State::Starting {
-            probe: Some((_, token)),
-            ..
-        } = std::mem::replace(&mut backend.state, State::Ready { pid })
-        {
-            self.poller.tokens.remove(&token);
-        }
+        // The probe's connection was taken by the caller; the
+        // NOTIFY_SOCKET stays watched for STATUS=.
+        backend.state = State::Ready { pid };
         let took = now.saturating_duration_since(since);
         backend.ready_in = Some(took);
         let waiting = std::mem::take(&mut backend.waiting);
@@ -1020,6 +1040,7 @@ impl Server {
             }
             _ => false,
         };
+        self.forget_notify(id);
         kill_leftovers(pid);
         let cut = self.cut_relays_of(pid);
         let what = ExitText(status);
@@ -1093,192 +1114,6 @@ impl Server {
             let t = &closed.tag;
             info!(event = "max_runtime", service = &*t.name; "{}: relayed {} ran past max_runtime: closed", t.name, t.peer);
             self.relay_closed(closed);
-        }
-    }
-
-    /// Before an upgrade's exec: ready backends and the connections
-    /// relayed to them are handed over (`forward_state`); what is not
-    /// (a backend starting or stopping, one a reload retired, their
-    /// connections, clients waiting for a start) is stopped or closed
-    /// here, each with a line, rather than cut by the exec or left
-    /// running unmanaged.
-    pub(super) fn end_forwarding_for_upgrade(&mut self) {
-        let ready: Vec<Pid> = self
-            .forward
-            .backends
-            .values()
-            .filter_map(|b| match b.state {
-                State::Ready { pid } => Some(pid),
-                _ => None,
-            })
-            .collect();
-        let ids: Vec<RelayId> = (self.forward.relays.iter())
-            .filter(|(_, t, ..)| !ready.contains(&t.pid))
-            .map(|(id, ..)| id)
-            .collect();
-        if !ids.is_empty() {
-            warn!(event = "upgrade";
-                "upgrade: closing {} relayed connections to backends not ready", ids.len());
-        }
-        // As an idle stop would, so an image whose exec failed goes on
-        // with each backend stopping (SIGKILL after stop_timeout).
-        let starting: Vec<usize> = (self.forward.backends.iter())
-            .filter(|(_, b)| matches!(b.state, State::Starting { .. }))
-            .filter_map(|(id, _)| self.services.index_of(*id))
-            .collect();
-        for idx in starting {
-            let name = &self.services[idx].name;
-            warn!(event = "upgrade"; "upgrade: stopping {name}'s backend, not ready yet");
-            self.stop_backend(idx);
-        }
-        let retired: Vec<Pid> = (self.forward.retired.iter())
-            .filter(|r| r.kill.is_none())
-            .map(|r| r.pid)
-            .collect();
-        for pid in retired {
-            self.stop_retired(pid);
-        }
-        for id in ids {
-            if let Some(c) = self.forward.relays.close(self.poller.registry(), id) {
-                self.relay_closed(c);
-            }
-        }
-        for b in self.forward.backends.values_mut() {
-            for w in std::mem::take(&mut b.waiting) {
-                b.remove_source(w.source);
-                info!("upgrade: closing {}, waiting for its backend", w.peer);
-            }
-        }
-    }
-
-    /// The ready backends and the connections relayed to them, for the
-    /// next image: the sockets and pipes stay open across the exec, so
-    /// the bytes in flight go on where they were.
-    pub(super) fn forward_state(&self) -> (Vec<BackendState>, Vec<RelayState>) {
-        let mut backends = Vec::new();
-        for b in self.forward.backends.values() {
-            let (State::Ready { pid }, Some(spec)) = (&b.state, &b.started_with) else {
-                continue;
-            };
-            let Some(f) = &spec.forward else {
-                continue;
-            };
-            backends.push(BackendState {
-                service: spec.name.clone(),
-                pid: pid.as_raw(),
-                to: f.to.to_string(),
-                exec: spec.exec.clone(),
-                ready_in_us: b.ready_in.map(|d| d.as_micros() as u64),
-                relayed: b.relayed,
-                up: b.up,
-                down: b.down,
-            });
-        }
-        let relays = (self.forward.relays.to_state().into_iter())
-            .map(|(t, sides, flows)| RelayState {
-                service: t.name.to_string(),
-                pid: t.pid.as_raw(),
-                peer: t.peer.clone(),
-                source: t.source,
-                sides,
-                flows,
-            })
-            .collect();
-        (backends, relays)
-    }
-
-    /// What the previous image handed over: each backend is adopted by
-    /// the service of its name if that still forwards to the same address
-    /// with the same program (else it is retired: it finishes its
-    /// connections, then stops), and each relayed connection goes on.
-    pub(super) fn resume_forwarding(
-        &mut self,
-        backends: Vec<BackendState>,
-        relays: Vec<RelayState>,
-        index: &FxHashMap<String, usize>,
-    ) {
-        let now = Instant::now();
-        for b in backends {
-            let pid = Pid::from_raw(b.pid);
-            let same = |i: &usize| {
-                let spec = &self.services[*i].spec;
-                spec.exec == b.exec
-                    && spec
-                        .forward
-                        .as_ref()
-                        .is_some_and(|f| f.to.to_string() == b.to)
-            };
-            match index.get(&b.service).copied().filter(same) {
-                Some(idx) => {
-                    let svc = &self.services[idx];
-                    let backend = self.forward.backends.entry(svc.id).or_default();
-                    backend.state = State::Ready { pid };
-                    backend.started_with = Some(Box::new(svc.spec.clone()));
-                    backend.ready_in = b.ready_in_us.map(Duration::from_micros);
-                    (backend.relayed, backend.up, backend.down) = (b.relayed, b.up, b.down);
-                }
-                None => {
-                    let Ok(to) = b.to.parse::<ListenAddr>() else {
-                        continue;
-                    };
-                    info!(
-                        "{}: backend pid {pid} handed over, its service changed: retired",
-                        b.service
-                    );
-                    let service = self.services.id_by_name(Some(&b.service), index);
-                    self.forward.retired.push(Retired {
-                        service,
-                        name: b.service.as_str().into(),
-                        pid,
-                        to,
-                        open: 0,
-                        stop_timeout: crate::config::DEFAULT_STOP_TIMEOUT,
-                        kill: None,
-                    });
-                }
-            }
-        }
-        for r in relays {
-            self.resume_relay(r, index);
-        }
-        let idle: Vec<Pid> = (self.forward.retired.iter())
-            .filter(|r| r.open == 0 && r.kill.is_none())
-            .map(|r| r.pid)
-            .collect();
-        for pid in idle {
-            self.stop_retired(pid);
-        }
-        for idx in 0..self.services.len() {
-            self.arm_idle(idx, now);
-        }
-    }
-
-    /// One relayed connection the previous image handed over.
-    fn resume_relay(&mut self, r: RelayState, index: &FxHashMap<String, usize>) {
-        let id = self.services.id_by_name(Some(&r.service), index);
-        let pid = Pid::from_raw(r.pid);
-        let tag = Relayed {
-            service: id,
-            name: r.service.as_str().into(),
-            pid,
-            peer: r.peer.clone(),
-            source: r.source,
-            runtime_timer: None,
-        };
-        let sides = r.sides.map(crate::relay::SideState::into_side);
-        if let Err(e) = self
-            .forward
-            .relays
-            .adopt(self.poller.registry(), sides, r.flows, tag)
-        {
-            info!("{}: cannot relay {} any more: {e}", r.service, r.peer);
-            return;
-        }
-        let backend = self.forward.backends.entry(id).or_default();
-        backend.open += 1;
-        backend.add_source(r.source);
-        if let Some(retired) = self.forward.retired.iter_mut().find(|x| x.pid == pid) {
-            retired.open += 1;
         }
     }
 
@@ -1387,6 +1222,7 @@ impl Server {
                 stop_timeout: fwd.stop_timeout,
                 kill,
             });
+            self.forget_notify(id);
             if open == 0 && kill.is_none() {
                 self.stop_retired(pid);
             }

@@ -1,0 +1,223 @@
+//! Forward mode across a live upgrade, in every state a backend can be
+//! in: starting (its clients held, its readiness and start_timeout),
+//! stopping (its SIGKILL), retired by a reload (its connections).
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::Path;
+
+use crate::forward::{backend_pid, have, KillOnDropLater};
+use crate::util::*;
+
+/// SIGUSR2, and wait for the new image to serve.
+fn upgrade(s: &Summond) {
+    let before = s.log_count(" serving ");
+    s.signal(nix::libc::SIGUSR2);
+    assert!(
+        wait_until(TIMEOUT, || s.log_count(" serving ") > before),
+        "{}",
+        s.log_text()
+    );
+}
+
+fn running(pid: i32) -> bool {
+    matches!(proc_state(pid), Some(s) if s != 'Z')
+}
+
+/// A backend that ignores SIGTERM, stopping (idle_stop) when summond
+/// upgrades: the next image sends its SIGKILL at stop_timeout, so it
+/// does not live on, orphaned, on the port the next backend binds.
+#[test]
+fn an_upgrade_while_a_backend_stops_keeps_its_sigkill() {
+    if !have("python3") {
+        return skip("forward upgrade stopping", "python3 is not installed");
+    }
+    let (port, backend) = (free_port(), free_port());
+    // An echo of one line per connection that ignores SIGTERM.
+    let script = format!(
+        "import signal, socket\n\
+         signal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
+         s = socket.create_server(('127.0.0.1', {backend}))\n\
+         while True:\n    c, _ = s.accept(); c.sendall(c.recv(100)); c.close()\n"
+    );
+    let config = format!(
+        r#"
+[[service]]
+name = "stubborn"
+listen = "tcp://127.0.0.1:{port}"
+exec = ["python3", "-c", {exec}]
+forward = "tcp://127.0.0.1:{backend}"
+idle_stop = "100ms"
+stop_timeout = "3s"
+"#,
+        exec = toml_str(&script)
+    );
+    let s = Summond::start(&config);
+    let _guard = KillOnDropLater(&s);
+    assert_eq!(tcp_port_exchange(port, b"one\n"), "one\n");
+    let pid = backend_pid(&s, 0);
+    assert!(s.wait_log("idle: stopping it"), "{}", s.log_text());
+    upgrade(&s);
+    assert!(running(pid), "the backend did not ignore SIGTERM");
+    assert!(
+        wait_until(TIMEOUT, || !running(pid)),
+        "the stopping backend outlived the upgrade\n{}",
+        s.log_text()
+    );
+    assert!(
+        s.log_text()
+            .contains("still running after stop_timeout: SIGKILL"),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(tcp_port_exchange(port, b"two\n"), "two\n");
+    assert_eq!(s.log_count("starting the backend"), 2, "{}", s.log_text());
+}
+
+/// Backends starting when summond upgrades: their held clients are
+/// relayed once each is ready (one by READY=1 on its NOTIFY_SOCKET, one
+/// by accepting a connect), and a third's start_timeout still ends it.
+#[test]
+fn an_upgrade_while_backends_start_keeps_their_clients_and_deadlines() {
+    if !have("socat") || !have("python3") {
+        return skip(
+            "forward upgrade starting",
+            "socat or python3 is not installed",
+        );
+    }
+    let (p1, b1, p2, b2, p3, b3) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let dir = TempDir::new("fwdup");
+    let flag = dir.path("go");
+    let wait_flag = |f: &Path| {
+        format!(
+            "i=0; while [ ! -e {f} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; ",
+            f = f.display()
+        )
+    };
+    let send =
+        "import os,socket; a=os.environ['NOTIFY_SOCKET']; a='\\0'+a[1:] if a[0]=='@' else a; \
+         socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'READY=1', a); os.wait()";
+    let notify = format!(
+        "socat TCP-LISTEN:{b1},bind=127.0.0.1,reuseaddr,fork EXEC:cat & {} exec python3 -c \"{send}\"",
+        wait_flag(&flag)
+    );
+    let late = format!(
+        "{} exec socat TCP-LISTEN:{b2},bind=127.0.0.1,reuseaddr,fork EXEC:cat",
+        wait_flag(&flag)
+    );
+    let config = format!(
+        r#"
+[[service]]
+name = "notify"
+listen = "tcp://127.0.0.1:{p1}"
+exec = {notify}
+forward = "tcp://127.0.0.1:{b1}"
+ready = "notify"
+start_timeout = "60s"
+
+[[service]]
+name = "late"
+listen = "tcp://127.0.0.1:{p2}"
+exec = {late}
+forward = "tcp://127.0.0.1:{b2}"
+start_timeout = "60s"
+
+[[service]]
+name = "never"
+listen = "tcp://127.0.0.1:{p3}"
+exec = ["sleep", "60"]
+forward = "tcp://127.0.0.1:{b3}"
+start_timeout = "5s"
+stop_timeout = "1s"
+"#,
+        notify = sh(&notify),
+        late = sh(&late),
+    );
+    let s = Summond::start(&config);
+    let _guard = KillOnDropLater(&s);
+    let clients: Vec<TcpStream> = [p1, p2, p3]
+        .iter()
+        .map(|p| {
+            let c = TcpStream::connect(("127.0.0.1", *p)).unwrap();
+            c.set_read_timeout(Some(TIMEOUT)).unwrap();
+            (&c).write_all(b"early\n").unwrap();
+            c
+        })
+        .collect();
+    assert!(
+        wait_until(TIMEOUT, || s.log_count("starting the backend") == 3),
+        "{}",
+        s.log_text()
+    );
+    upgrade(&s);
+    std::fs::write(&flag, b"").unwrap();
+    assert_eq!(read_line(&clients[0]), "early\n", "{}", s.log_text());
+    assert_eq!(read_line(&clients[1]), "early\n", "{}", s.log_text());
+    assert!(
+        s.wait_log("never: backend pid"),
+        "start_timeout was lost\n{}",
+        s.log_text()
+    );
+    assert!(
+        s.log_text().contains("not ready within start_timeout"),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(s.log_count("starting the backend"), 3, "{}", s.log_text());
+}
+
+/// A backend a reload retired, still finishing a connection, when
+/// summond upgrades: that connection goes on, and the backend stops when
+/// it ends, which lets the new backend start on the same address.
+#[test]
+fn an_upgrade_while_a_retired_backend_drains_keeps_its_connection() {
+    if !have("socat") {
+        return skip("forward upgrade retired", "socat is not installed");
+    }
+    let (port, backend) = (free_port(), free_port());
+    let config = |tag: &str| {
+        format!(
+            r#"
+[[service]]
+name = "echo"
+listen = "tcp://127.0.0.1:{port}"
+exec = ["socat", "TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork", "EXEC:cat"]
+env = {{ TAG = "{tag}" }}
+forward = "tcp://127.0.0.1:{backend}"
+"#
+        )
+    };
+    let s = Summond::start(&config("one"));
+    let _guard = KillOnDropLater(&s);
+    let old = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    old.set_read_timeout(Some(TIMEOUT)).unwrap();
+    (&old).write_all(b"a\n").unwrap();
+    assert_eq!(read_line(&old), "a\n");
+    assert!(s.reload(&config("two")), "{}", s.log_text());
+    assert!(
+        s.wait_log("finishes its 1 open connections"),
+        "{}",
+        s.log_text()
+    );
+    let new = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    new.set_read_timeout(Some(TIMEOUT)).unwrap();
+    (&new).write_all(b"b\n").unwrap();
+    upgrade(&s);
+    (&old).write_all(b"c\n").unwrap();
+    assert_eq!(read_line(&old), "c\n", "{}", s.log_text());
+    drop(old);
+    assert_eq!(read_line(&new), "b\n", "{}", s.log_text());
+    assert!(
+        s.log_text().contains("retired backend pid"),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(s.log_count("starting the backend"), 2, "{}", s.log_text());
+}
