@@ -26,6 +26,8 @@ pub const V1_MAX: usize = 107;
 /// bytes plus its TLVs, and 4 KiB is what summond is willing to hold for
 /// a client before it is served.
 pub const V2_MAX: usize = 4096;
+/// The spec's bound on a `PP2_TYPE_UNIQUE_ID` value ("up to 128 bytes").
+pub const UNIQUE_ID_MAX: usize = 128;
 /// SPEC: a header has this many seconds to arrive once summond has the
 /// connection (the loop's deadline).
 pub const HEADER_SECS: u32 = 5;
@@ -111,6 +113,11 @@ pub enum Malformed {
     V2Short,
     /// A TLV running past the header's end.
     V2Tlv,
+    /// A PROXY command for a datagram transport (0x12, 0x22, 0x32) on
+    /// a stream service: no UDP client is behind this connection.
+    V2Datagram,
+    /// A `PP2_TYPE_UNIQUE_ID` over the spec's 128 bytes.
+    V2UniqueId,
 }
 
 impl fmt::Display for Malformed {
@@ -124,6 +131,8 @@ impl fmt::Display for Malformed {
             Malformed::V2Family => f.write_str("PROXY v2 header with an unknown address family"),
             Malformed::V2Short => f.write_str("PROXY v2 address block too short"),
             Malformed::V2Tlv => f.write_str("PROXY v2 TLV past the header's end"),
+            Malformed::V2Datagram => f.write_str("PROXY v2 header for a datagram transport"),
+            Malformed::V2UniqueId => write!(f, "PROXY v2 UNIQUE_ID over {UNIQUE_ID_MAX} bytes"),
         }
     }
 }
@@ -313,6 +322,25 @@ mod tests {
             ),
             Parsed::Bad(Malformed::V2Tlv)
         );
+        // A UDP client's addresses on a stream connection; LOCAL's block
+        // is discarded whatever its transport.
+        for fam in [0x12, 0x22, 0x32, 0x02] {
+            assert_eq!(with(0x21, fam, 0, &[]), Parsed::Bad(Malformed::V2Datagram));
+        }
+        assert_eq!(
+            with(0x20, 0x12, 0, &[]),
+            Parsed::Done(16, Header::default())
+        );
+        // UNIQUE_ID: up to 128 bytes (the spec's bound), not one more.
+        let unique = |n: usize| {
+            let mut buf = Vec::new();
+            let id = vec![b'u'; n];
+            let (s, d) = (sa("192.0.2.1:1"), sa("192.0.2.2:2"));
+            encode_v2(Some((s, d)), &[(0x05, &id)], &mut buf);
+            parse(&buf, Version::V2)
+        };
+        assert!(matches!(unique(128), Parsed::Done(..)));
+        assert_eq!(unique(129), Parsed::Bad(Malformed::V2UniqueId));
         assert_eq!(with(0x21, 0x11, 4081, &[]), Parsed::Bad(Malformed::TooLong));
         assert_eq!(with(0x21, 0x11, 4080, &[]), Parsed::Incomplete);
         let mut wrong = V2_SIGNATURE.to_vec();

@@ -5,7 +5,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use super::{Addrs, Header, Malformed, Parsed, Version, V1_MAX, V2_MAX, V2_SIGNATURE};
+use super::{
+    Addrs, Header, Malformed, Parsed, Version, UNIQUE_ID_MAX, V1_MAX, V2_MAX, V2_SIGNATURE,
+};
 
 /// The header at the start of `buf`, as far as `buf` goes, for a service
 /// that takes `version`.
@@ -118,6 +120,7 @@ fn port(s: &str, what: &'static str) -> Result<u16, Malformed> {
 
 const LOCAL: u8 = 0x0;
 const PROXY: u8 = 0x1;
+const DGRAM: u8 = 0x2;
 const TLV_ALPN: u8 = 0x01;
 const TLV_AUTHORITY: u8 = 0x02;
 const TLV_UNIQUE_ID: u8 = 0x05;
@@ -139,8 +142,14 @@ fn v2(buf: &[u8]) -> Parsed {
     }
     if let Some(&fam) = buf.get(13) {
         // AF_UNSPEC, AF_INET, AF_INET6, AF_UNIX; UNSPEC, STREAM, DGRAM.
-        if fam >> 4 > 3 || fam & 0xf > 2 {
+        if fam >> 4 > 3 || fam & 0xf > DGRAM {
             return Parsed::Bad(Malformed::V2Family);
+        }
+        // Every service that reads headers is a stream service: a PROXY
+        // command for a UDP client describes some other connection. LOCAL
+        // discards the block, family and transport included.
+        if fam & 0xf == DGRAM && buf[12] & 0xf == PROXY {
+            return Parsed::Bad(Malformed::V2Datagram);
         }
     }
     let (Some(&hi), Some(&lo)) = (buf.get(14), buf.get(15)) else {
@@ -174,7 +183,7 @@ fn v2_body(command: u8, fam: u8, body: &[u8]) -> Result<Header, Malformed> {
     let (block, tlvs) = body.split_at_checked(need).ok_or(Malformed::V2Short)?;
     // UNSPEC transport with an address family means nothing either.
     let addrs = match (fam >> 4, fam & 0xf) {
-        (1 | 2, 1 | 2) => Some(v2_addrs(block)),
+        (1 | 2, 1) => Some(v2_addrs(block)),
         _ => None,
     };
     let mut header = Header {
@@ -213,6 +222,7 @@ fn v2_tlvs(mut rest: &[u8], header: &mut Header) -> Result<(), Malformed> {
         match kind {
             TLV_ALPN => header.alpn = Some(text(value)),
             TLV_AUTHORITY => header.authority = Some(text(value)),
+            TLV_UNIQUE_ID if len > UNIQUE_ID_MAX => return Err(Malformed::V2UniqueId),
             TLV_UNIQUE_ID => header.unique_id = Some(text(value)),
             _ => {}
         }
