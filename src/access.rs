@@ -73,6 +73,25 @@ fn mask_v6(a: Ipv6Addr, prefix: u8) -> Ipv6Addr {
 }
 
 impl Cidr {
+    /// Every address of both families (`proxy_from = ["any"]`).
+    pub const ANY: [Cidr; 2] = [
+        Cidr {
+            net: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            prefix: 0,
+        },
+        Cidr {
+            net: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            prefix: 0,
+        },
+    ];
+
+    /// Wider than the widest private block of its family (10.0.0.0/8,
+    /// fc00::/7): public addresses by the million, the whole Internet
+    /// at /0. No set of load balancers needs such a block.
+    pub fn is_wide(&self) -> bool {
+        self.prefix < if self.net.is_ipv4() { 8 } else { 7 }
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.net, canonical_ip(ip)) {
             (IpAddr::V4(net), IpAddr::V4(a)) => mask_v4(a, self.prefix) == net,

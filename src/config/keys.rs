@@ -189,7 +189,7 @@ pub const KEY_DOCS: &[KeyDoc] = &[
     key("service", "allow", "[CIDR, ...]", "", "Accept mode: only these clients are served."),
     key("service", "deny", "[CIDR, ...]", "", "Accept mode: these clients are refused; deny wins over allow."),
     key("service", "proxy_protocol", "\"v1\" | \"v2\" | \"any\"", "", "Every connection starts with HAProxy's PROXY header (text v1, binary v2, or either), read by summond before anything else and never passed on; the header's client is the client everywhere (variables, allow/deny, per-source limits, logs). Needs proxy_from; TCP sockets and accept mode only."),
-    key("service", "proxy_from", "[CIDR, ...]", "", "With proxy_protocol: the peers (the load balancers) that may send a header; any other peer is refused (reason proxy) before a byte is read."),
+    key("service", "proxy_from", "[CIDR, ...]", "", "With proxy_protocol: the peers (the load balancers) that may send a header; any other peer is refused (reason proxy) before a byte is read. A block wider than /8 (IPv4) or /7 (IPv6) is an error: write \"any\" to trust every peer (a port only balancers can reach)."),
     key("service", "socket_mode", "\"OCTAL\"", "", "File mode of the service's unix socket files."),
     key("service", "socket_user", "NAME", "", "Owner of the service's unix socket files (root only)."),
     key("service", "socket_group", "NAME", "", "Group of the service's unix socket files (root only)."),

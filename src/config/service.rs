@@ -71,7 +71,13 @@ const HANDLERS: &[(&str, Handler)] = &[
         let mut blocks = Vec::new();
         for (text, item_span) in cx.string_list(k, v).unwrap_or_default() {
             match text.parse::<Cidr>() {
-                Ok(c) => blocks.push(c),
+                Ok(c) => {
+                    if c.is_wide() {
+                        cx.at(item_span, wide_proxy_from(k, &text));
+                    }
+                    blocks.push(c);
+                }
+                Err(_) if text == "any" => blocks.extend(Cidr::ANY),
                 Err(err) => cx.at(item_span, ErrorKind::Cidr { key: k, err }),
             }
         }
@@ -507,5 +513,20 @@ mod tests {
     fn every_service_key_has_one_handler_in_the_key_tables_order() {
         let handled: Vec<&str> = HANDLERS.iter().map(|(k, _)| *k).collect();
         assert_eq!(handled, SERVICE_KEYS);
+    }
+}
+
+/// A `proxy_from` block wider than any set of balancers needs: every
+/// peer in it may name any client, and allow, deny and the per-source
+/// limits then mean nothing. An error, not a warning (a line at startup
+/// nobody reads): a mistake unless said in so many words, "any".
+fn wide_proxy_from(key: &'static str, text: &str) -> ErrorKind {
+    ErrorKind::Invalid {
+        key,
+        reason: format!(
+            "\"{text}\" lets most of the Internet send a PROXY header and name any client, \
+             which defeats allow, deny and the per-source limits: list the balancers' \
+             addresses, or write \"any\" if only balancers can reach this port"
+        ),
     }
 }

@@ -492,6 +492,30 @@ fn proxy_protocol_needs_proxy_from_tcp_and_accept() {
         e("listen = \"tcp://127.0.0.1:1\"\nproxy_protocol = \"v1\"\nproxy_from = []\n"),
         ["t.toml:6:14: `proxy_from`: is empty: no balancer could send a header, so every connection would be refused"]
     );
+    // Wider than any private block: the whole Internet may lie about
+    // its address, unless that is said in so many words.
+    let wide = "t.toml:6:15: `proxy_from`: \"0.0.0.0/0\" lets most of the Internet send a PROXY header and name any client";
+    let got = e(
+        "listen = \"tcp://127.0.0.1:1\"\nproxy_protocol = \"v1\"\nproxy_from = [\"0.0.0.0/0\"]\n",
+    );
+    assert!(got.len() == 1 && got[0].starts_with(wide), "{got:?}");
+    for block in ["::/0", "0.0.0.0/7", "2000::/3", "::ffff:0.0.0.0/96"] {
+        let got = e(&format!("listen = \"tcp://127.0.0.1:1\"\nproxy_protocol = \"v1\"\nproxy_from = [\"10.0.0.0/8\", \"{block}\"]\n"));
+        assert!(
+            got.len() == 1 && got[0].contains(&format!("`proxy_from`: \"{block}\" lets")),
+            "{got:?}"
+        );
+    }
+    for narrow in ["10.0.0.0/8", "fc00::/7", "192.168.0.0/16"] {
+        ok(&format!("{base}listen = \"tcp://127.0.0.1:1\"\nproxy_protocol = \"v1\"\nproxy_from = [\"{narrow}\"]\n"));
+    }
+    let any = ok(&format!(
+        "{base}listen = \"tcp://127.0.0.1:1\"\nproxy_protocol = \"v1\"\nproxy_from = [\"any\"]\n"
+    ));
+    let p = any.services[0].proxy.as_ref().unwrap();
+    for peer in ["203.0.113.9", "2001:db8::1", "::ffff:198.51.100.1"] {
+        assert!(p.trusts(peer.parse().unwrap()), "{peer}");
+    }
     let no_accept = e("listen = \"tcp://127.0.0.1:1\"\naccept = false\nproxy_protocol = \"v1\"\nproxy_from = [\"10.0.0.0/8\"]\n");
     assert_eq!(no_accept.len(), 2, "{no_accept:?}");
     assert!(

@@ -96,6 +96,7 @@ fn table() -> Vec<(String, String)> {
         (OK.replace("[\"cat\"]", "[\"internal:echo\"]") + "accept = false\n", "4:8: `exec`: \"internal:echo\" over a stream socket needs accept = true"),
         (OK.replace("tcp://127.0.0.1:7007", "unix:///tmp/i.sock").replace("[\"cat\"]", "[\"internal:echo\"]"), "4:8: `exec`: \"internal:echo\" is served over TCP and UDP only"),
         ("[daemon]\nmetrics = \"udp://127.0.0.1:9\"\n".into(), "2:11: `metrics`: udp://127.0.0.1:9 is a datagram address; HTTP needs tcp:// or unix://"),
+        (svc("proxy_protocol = \"v2\"\nproxy_from = [\"10.0.0.0/8\", \"0.0.0.0/0\"]\n"), "6:29: `proxy_from`: \"0.0.0.0/0\" lets most of the Internet send a PROXY header and name any client, which defeats allow, deny and the per-source limits: list the balancers' addresses, or write \"any\" if only balancers can reach this port"),
         ("[daemon]\nlog_format = \"xml\"\n".into(), "2:14: `log_format`: \"xml\" is not one of \"text\", \"json\""),
     ];
     if is_root {
