@@ -73,7 +73,7 @@ const HANDLERS: &[(&str, Handler)] = &[
             match text.parse::<Cidr>() {
                 Ok(c) => {
                     if c.is_wide() {
-                        cx.at(item_span, wide_proxy_from(k, &text));
+                        cx.at(item_span, wide_proxy_from(k, text));
                     }
                     blocks.push(c);
                 }
@@ -505,17 +505,6 @@ fn access<'v>(cx: &mut Checker<'_>, key: &'static str, v: &'v Value<'v>, d: &mut
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_service_key_has_one_handler_in_the_key_tables_order() {
-        let handled: Vec<&str> = HANDLERS.iter().map(|(k, _)| *k).collect();
-        assert_eq!(handled, SERVICE_KEYS);
-    }
-}
-
 /// A `proxy_from` block wider than any set of balancers needs: every
 /// peer in it may name any client, and allow, deny and the per-source
 /// limits then mean nothing. An error, not a warning (a line at startup
@@ -528,5 +517,16 @@ fn wide_proxy_from(key: &'static str, text: &str) -> ErrorKind {
              which defeats allow, deny and the per-source limits: list the balancers' \
              addresses, or write \"any\" if only balancers can reach this port"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_service_key_has_one_handler_in_the_key_tables_order() {
+        let handled: Vec<&str> = HANDLERS.iter().map(|(k, _)| *k).collect();
+        assert_eq!(handled, SERVICE_KEYS);
     }
 }
