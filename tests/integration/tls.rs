@@ -964,3 +964,47 @@ fn a_handshake_in_progress_counts_under_max_per_source() {
     let (ok, out) = s_client(&pki, port, &[], b"");
     assert!(ok && out.contains("served"), "{out}\n{}", s.log_text());
 }
+
+/// summond started with mod_ssl's and PROXY's variables in its own
+/// environment (a hostile or careless start script): a plain child and a
+/// TLS child without `client_ca` must not believe a client certificate
+/// was verified, nor see any other forged client variable; summond's own
+/// `SSL_*` for the TLS child are set afresh.
+#[test]
+fn ssl_and_proxy_variables_summond_was_started_with_reach_no_child() {
+    if !tools_or_skip("inherited_ssl_env", &["openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let (tls, plain) = (free_port(), free_port());
+    // OpenSSL's SSL_CERT_FILE and SSL_CERT_DIR describe the host: they pass.
+    let env = "env | grep -E '^(SSL_|PROXY_)' | grep -v '^SSL_CERT_' | sort; echo end";
+    let config = format!(
+        "{}[[service]]\nname = \"plain\"\nlisten = \"tcp://127.0.0.1:{plain}\"\nexec = {}\n",
+        tls_service(tls, &sh(env), &pki, ""),
+        sh(env)
+    );
+    let forged: &[(&str, &str)] = &[
+        ("SSL_CLIENT_VERIFY", "SUCCESS"),
+        ("SSL_CLIENT_S_DN", "CN=root"),
+        ("SSL_PROTOCOL", "forged"),
+        ("SSL_TLS_SNI", "forged"),
+        ("PROXY_ADDR", "forged"),
+        ("PROXY_UNIQUE_ID", "forged"),
+    ];
+    let s = Summond::start_with(Start {
+        config: &config,
+        env: forged,
+        ..Start::default()
+    });
+    let out = tcp_port_exchange(plain, b"");
+    assert_eq!(out, "end\n", "a plain child's SSL_/PROXY_ variables");
+    let (ok, out) = s_client(&pki, tls, &[], b"");
+    assert!(ok, "{out}\n{}", s.log_text());
+    assert!(out.contains("SSL_CLIENT_VERIFY=NONE\n"), "{out}");
+    assert!(out.contains("SSL_TLS_SNI=localhost\n"), "{out}");
+    for bad in ["SUCCESS", "CN=root", "forged"] {
+        assert!(!out.contains(bad), "{bad} reached the TLS child: {out}");
+    }
+}
