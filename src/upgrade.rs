@@ -235,6 +235,25 @@ pub struct ChildState {
     /// state of an image that did not carry it (the service's applies).
     #[serde(default)]
     pub runtime: Option<RuntimeLeft>,
+    /// A long-running child's NOTIFY_SOCKET (left open across the exec,
+    /// so what it says after the upgrade is heard) and what it said
+    /// there. Absent from an older image's state, or for a child without
+    /// one: shown not ready then.
+    #[serde(default)]
+    pub notify: Option<NotifyState>,
+}
+
+/// A child's NOTIFY_SOCKET and its readiness across an upgrade.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NotifyState {
+    pub fd: RawFd,
+    pub ready: bool,
+    pub status: Option<String>,
+    /// How long after the hand-over its `ready_timeout` is due, in
+    /// nanoseconds; none once ready, or without a `ready_timeout`.
+    pub ready_in_ns: Option<u64>,
+    /// `ready_timeout` stopped it already: its end is a failed start.
+    pub timed_out: bool,
 }
 
 /// A child's `max_runtime` deadline across an upgrade.
@@ -410,6 +429,11 @@ impl State {
         fds.extend(self.waiting.iter().map(|c| c.fd));
         let backends = self.backends.iter().chain(&self.unready_backends);
         fds.extend(backends.filter_map(|b| b.notify_fd));
+        fds.extend(
+            self.children
+                .iter()
+                .filter_map(|c| Some(c.notify.as_ref()?.fd)),
+        );
         for r in &self.relays {
             fds.extend(r.sides.iter().map(|s| s.fd));
             fds.extend(
@@ -755,13 +779,22 @@ mod tests {
                 exec_failed: false,
                 held: vec![("udp://127.0.0.1:9".into(), QueueHead::Empty)],
                 runtime: Some(RuntimeLeft { left_ns: None }),
+                notify: Some(NotifyState {
+                    fd: 6,
+                    ready: true,
+                    status: Some("up".into()),
+                    ready_in_ns: None,
+                    timed_out: false,
+                }),
             }],
             ..State::default()
         };
         let f = write_state(&state).unwrap();
         let back = read_state(&OwnedFd::from(f)).unwrap();
         assert_eq!(back.children[0].held[0].0, "udp://127.0.0.1:9");
-        assert_eq!(back.fds(), vec![5, 9]);
+        let notify = back.children[0].notify.as_ref().unwrap();
+        assert_eq!((notify.ready, notify.status.as_deref()), (true, Some("up")));
+        assert_eq!(back.fds(), vec![5, 6, 9]);
     }
 
     #[test]
@@ -796,6 +829,7 @@ mod tests {
                 exec_failed: false,
                 held: Vec::new(),
                 runtime: Some(RuntimeLeft { left_ns: Some(7) }),
+                notify: None,
             }],
             ..State::default()
         };
@@ -810,10 +844,15 @@ mod tests {
             .as_object_mut()
             .unwrap()
             .remove("runtime");
+        json["children"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("notify");
         let old: State = serde_json::from_value(json).unwrap();
         assert!(old.limits.is_empty());
         assert_eq!(old.listeners[0].options, None);
         assert!(old.children[0].runtime.is_none(), "the service's applies");
+        assert!(old.children[0].notify.is_none(), "shown not ready");
     }
 
     /// Paths are bytes (fs review findings 3, 7): a binary, pidfile or

@@ -16,7 +16,7 @@ use crate::addr::ListenAddr;
 use crate::limits::Counter;
 use crate::peer::{Peer, SourceKey};
 use crate::queue::QueueHead;
-use crate::upgrade::{ChildState, RuntimeLeft, StoppingState};
+use crate::upgrade::{ChildState, NotifyState, RuntimeLeft, StoppingState};
 
 use super::services::ServiceId;
 use super::timers::{Timer, TimerKey, Timers};
@@ -136,12 +136,14 @@ impl Child {
     /// (its own, or an identity of its own if a reload removed it), its
     /// age measured from `handed`. Its held sockets are the caller's to
     /// lend and its `max_runtime` timer the caller's to set, from the
-    /// deadline the state gives (none from an older image).
+    /// deadline the state gives (none from an older image), as is its
+    /// NOTIFY_SOCKET the caller's to watch again.
     fn resumed(
-        c: ChildState,
+        mut c: ChildState,
         service: ServiceId,
         handed: Instant,
-    ) -> (Pid, Child, Option<RuntimeLeft>) {
+    ) -> (Pid, Child, Option<RuntimeLeft>, Option<NotifyState>) {
+        let notify = c.notify.take();
         let started_at = handed
             .checked_sub(Duration::from_nanos(c.age_ns))
             .unwrap_or(handed);
@@ -165,11 +167,10 @@ impl Child {
             held_sockets,
             runtime_timer: None,
             restarting: false,
-            // Its socket was this image's own (close-on-exec): the next
-            // one does not hear it.
+            // Set by the caller, which watches the socket again.
             notify: None,
         };
-        (Pid::from_raw(c.pid), child, c.runtime)
+        (Pid::from_raw(c.pid), child, c.runtime, notify)
     }
 }
 
@@ -196,6 +197,8 @@ pub(super) struct ChildTable {
 pub(super) struct ChildrenResumed {
     /// Pass-mode children, whose sockets are to be lent to them again.
     pub lending: Vec<Pid>,
+    /// Children's NOTIFY_SOCKETs and what they said, to watch again.
+    pub notify: Vec<(Pid, NotifyState)>,
     /// Groups whose leader an older image reaped in the grace: nothing
     /// holds the id since, and it may lead someone else's group by now,
     /// so no SIGKILL goes to it.
@@ -229,7 +232,8 @@ impl ChildTable {
         }
         for c in children {
             let (id, max_runtime) = service(c.service.as_deref());
-            let (pid, mut child, runtime) = Child::resumed(c, id, handed);
+            let (pid, mut child, runtime, notify) = Child::resumed(c, id, handed);
+            resumed.notify.extend(notify.map(|n| (pid, n)));
             // The child's own deadline, as a reload leaves it: the new
             // config's max_runtime is for the next child, and a child of a
             // removed service keeps its own. An older image's state says
@@ -339,6 +343,7 @@ impl ChildTable {
                         .runtime_timer
                         .map(|k| k.at().saturating_duration_since(now).as_nanos() as u64),
                 }),
+                notify: c.notify.as_ref().map(|w| w.to_state(now)),
             })
             .collect()
     }
@@ -461,6 +466,7 @@ mod tests {
                 Vec::new()
             },
             runtime,
+            notify: None,
         };
         let left = |n: u64| {
             Some(RuntimeLeft {

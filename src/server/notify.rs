@@ -35,6 +35,22 @@ pub(super) struct Watch {
     pub timed_out: bool,
 }
 
+impl Watch {
+    /// What the next image of an upgrade needs: the socket (its fd left
+    /// open across the exec) and what the child said.
+    pub fn to_state(&self, now: std::time::Instant) -> crate::upgrade::NotifyState {
+        crate::upgrade::NotifyState {
+            fd: self.sock.as_raw_fd(),
+            ready: self.ready,
+            status: self.status.clone(),
+            ready_in_ns: self
+                .timer
+                .map(|k| k.at().saturating_duration_since(now).as_nanos() as u64),
+            timed_out: self.timed_out,
+        }
+    }
+}
+
 /// Names never reused during the run.
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
@@ -131,7 +147,7 @@ impl Said {
 
 /// A `STATUS=` value as shown: lossy UTF-8, control characters dropped,
 /// at most `MAX_STATUS` bytes.
-fn status_text(v: &[u8]) -> String {
+pub(super) fn status_text(v: &[u8]) -> String {
     let mut out = String::new();
     for c in String::from_utf8_lossy(v)
         .chars()

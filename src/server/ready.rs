@@ -4,8 +4,8 @@
 //! child table for status and metrics, and `ready_timeout` stops one that
 //! never says READY=1, its end then a failed start for the restart guard.
 
-use std::os::fd::AsRawFd;
-use std::time::Instant;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use mio::unix::SourceFd;
@@ -16,10 +16,11 @@ use socket2::Socket;
 use super::notify::{self, Watch};
 use super::poller::TokenKind;
 use super::services::ServiceId;
-use super::timers::{Timer, KILL_AFTER};
+use super::timers::{Timer, TimerKey, KILL_AFTER};
 use super::Server;
 use crate::control::InstanceStatus;
 use crate::env::EnvBlock;
+use crate::upgrade::NotifyState;
 use rustc_hash::FxHashMap;
 
 impl Server {
@@ -45,31 +46,15 @@ impl Server {
     /// Watch the NOTIFY_SOCKET of child `pid` (just put in the table) of
     /// service `idx`, and arm its `ready_timeout`.
     pub(super) fn watch_child_notify(&mut self, idx: usize, pid: Pid, sock: Socket, now: Instant) {
-        let token = self.poller.tokens.next();
-        let fd = sock.as_raw_fd();
-        if let Err(e) =
-            self.poller
-                .registry()
-                .register(&mut SourceFd(&fd), token, Interest::READABLE)
-        {
-            warn!(
-                "{}: cannot watch pid {pid}'s NOTIFY_SOCKET: {e}",
-                self.services[idx].spec.name
-            );
+        // A long-running child's start: one copy of the name is nothing.
+        let name = self.services[idx].spec.name.clone();
+        let Some(token) = self.register_notify(&name, pid, &sock) else {
             return;
-        }
-        self.poller
-            .tokens
-            .insert(token, TokenKind::ChildNotify(pid));
-        let timer = self.services[idx].spec.ready_timeout.map(|limit| {
-            self.timers.add(
-                now + limit,
-                Timer::ReadyTimeout {
-                    pid,
-                    started_at: now,
-                },
-            )
-        });
+        };
+        let timer = self.services[idx]
+            .spec
+            .ready_timeout
+            .map(|limit| self.ready_timer(pid, now, now + limit));
         let Some(child) = self.children.get(&pid) else {
             return;
         };
@@ -83,6 +68,61 @@ impl Server {
             timed_out: false,
         });
         self.children.set_notify(&pid, watch);
+    }
+
+    /// The NOTIFY_SOCKET the previous image of an upgrade handed over
+    /// with child `pid` (in the table by now): watched again, with what
+    /// the child said before and its `ready_timeout` due when it was due
+    /// (from `handed`). Datagrams sent during the exec wait in the
+    /// socket: registering a readable fd reports it at once.
+    pub(super) fn resume_child_notify(&mut self, pid: Pid, n: NotifyState, handed: Instant) {
+        // SAFETY: named by the state, taken once.
+        let sock = Socket::from(unsafe { OwnedFd::from_raw_fd(n.fd) });
+        let Some(child) = self.children.get(&pid) else {
+            return;
+        };
+        let (name, started_at) = (child.name.clone(), child.started_at);
+        let Some(token) = self.register_notify(&name, pid, &sock) else {
+            return;
+        };
+        let timer = n
+            .ready_in_ns
+            .filter(|_| !n.ready)
+            .map(|ns| self.ready_timer(pid, started_at, handed + Duration::from_nanos(ns)));
+        let watch = Box::new(Watch {
+            sock,
+            token,
+            ready: n.ready,
+            // Cleaned again: an older image may have kept more.
+            status: n.status.map(|s| notify::status_text(s.as_bytes())),
+            timer,
+            timed_out: n.timed_out,
+        });
+        self.children.set_notify(&pid, watch);
+    }
+
+    /// Register child `pid`'s NOTIFY_SOCKET with the loop: its token, or
+    /// none (said) if it cannot be watched.
+    fn register_notify(&mut self, name: &str, pid: Pid, sock: &Socket) -> Option<mio::Token> {
+        let token = self.poller.tokens.next();
+        let fd = sock.as_raw_fd();
+        if let Err(e) =
+            self.poller
+                .registry()
+                .register(&mut SourceFd(&fd), token, Interest::READABLE)
+        {
+            warn!("{name}: cannot watch pid {pid}'s NOTIFY_SOCKET: {e}");
+            return None;
+        }
+        self.poller
+            .tokens
+            .insert(token, TokenKind::ChildNotify(pid));
+        Some(token)
+    }
+
+    /// The `ready_timeout` of child `pid` started at `started_at`, due `at`.
+    fn ready_timer(&mut self, pid: Pid, started_at: Instant, at: Instant) -> TimerKey {
+        self.timers.add(at, Timer::ReadyTimeout { pid, started_at })
     }
 
     /// Datagrams on child `pid`'s NOTIFY_SOCKET: only its own process
@@ -149,8 +189,8 @@ impl Server {
     }
 
     /// Each service's long-running children, oldest first, for status
-    /// (one handed over by an upgrade has no NOTIFY_SOCKET here: shown
-    /// not ready).
+    /// (one handed over by an image that did not carry its NOTIFY_SOCKET
+    /// has none here: shown not ready).
     pub(super) fn instances(&self) -> FxHashMap<ServiceId, Vec<InstanceStatus>> {
         let mut all: FxHashMap<ServiceId, Vec<(Instant, InstanceStatus)>> = Default::default();
         for (pid, c) in self.children.iter() {

@@ -539,5 +539,8 @@ impl Server {
                 sockets.lend(child.held_sockets.iter().map(|h| &h.addr), pid);
             }
         }
+        for (pid, notify) in resumed.notify {
+            self.resume_child_notify(pid, notify, handed);
+        }
     }
 }

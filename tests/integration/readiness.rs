@@ -197,3 +197,93 @@ fn a_child_that_never_says_ready_is_stopped_as_a_failed_start() {
         "exited with status 0"
     );
 }
+
+/// The status of the one instance of service `name`.
+fn instance_of(control: &Path, name: &str) -> serde_json::Value {
+    let status = status_json(control);
+    let services = status["services"].as_array().cloned().unwrap_or_default();
+    services
+        .into_iter()
+        .find(|s| s["name"] == name)
+        .map(|s| s["instances"][0].clone())
+        .unwrap_or_default()
+}
+
+/// A live upgrade carries each long-running child's readiness: one that
+/// said READY=1 and STATUS= (python3-systemd's `notify`) is still ready
+/// with its text after it, what it says after the upgrade is heard (its
+/// NOTIFY_SOCKET was handed over), and a `ready_timeout` under way still
+/// stops the child that never gets ready.
+#[test]
+fn readiness_status_and_ready_timeout_survive_an_upgrade() {
+    if !have_python_systemd() {
+        return skip("readiness upgrade", "python3-systemd is not installed");
+    }
+    let (port, mute_port) = (free_port(), free_port());
+    let dir = TempDir::new("readyup");
+    let flag = dir.path("go");
+    let script = format!(
+        "import os, socket, time\n\
+         from systemd.daemon import notify\n\
+         notify('READY=1\\nSTATUS=before')\n\
+         for _ in range(600):\n    \
+             if os.path.exists({flag:?}): break\n    \
+             time.sleep(0.05)\n\
+         notify('STATUS=after')\n\
+         s = socket.socket(fileno=3)\n\
+         while True:\n    \
+             c, _ = s.accept(); c.sendall(b'hi\\n'); c.close()\n",
+        flag = flag.display().to_string()
+    );
+    let services = format!(
+        "[[service]]\nname = \"n\"\nlisten = \"tcp://127.0.0.1:{port}\"\naccept = false\n\
+         start = \"eager\"\npass = \"listen_fds\"\nready_timeout = \"30s\"\n\
+         exec = [{PYTHON:?}, \"-c\", {}]\n\
+         [[service]]\nname = \"mute\"\nlisten = \"tcp://127.0.0.1:{mute_port}\"\naccept = false\n\
+         start = \"eager\"\npass = \"listen_fds\"\nready_timeout = \"6s\"\nexec = {}\n",
+        toml_str(&script),
+        sh("trap 'exit 0' TERM; sleep 60 & wait")
+    );
+    let (s, _bin, control) = start_upgradable(dir, &services, Start::default());
+    assert!(
+        wait_until(TIMEOUT, || instance_of(&control, "n")["status"] == "before"),
+        "{}\n{}",
+        status_json(&control),
+        s.log_text()
+    );
+    let pid = instance_of(&control, "n")["pid"].as_i64().unwrap() as i32;
+    let _kill = KillOnDrop::new(pid);
+    let mute = instance_of(&control, "mute")["pid"].as_i64().unwrap() as i32;
+    let _kill_mute = KillOnDrop::new(mute);
+    assert_eq!(instance_of(&control, "n")["ready"], true);
+    upgrade_ok(&s, &control);
+    // Not yet due (6 s from its start): the timeout must come from the
+    // new image.
+    assert!(
+        !s.log_text().contains("did not send READY=1"),
+        "{}",
+        s.log_text()
+    );
+    let i = instance_of(&control, "n");
+    assert_eq!(
+        (i["pid"].as_i64(), &i["ready"]),
+        (Some(pid as i64), &true.into()),
+        "{i}"
+    );
+    assert_eq!(i["status"], "before", "{i}");
+    std::fs::write(&flag, b"").unwrap();
+    assert!(
+        wait_until(TIMEOUT, || instance_of(&control, "n")["status"] == "after"),
+        "a STATUS= sent after the upgrade: {}\n{}",
+        status_json(&control),
+        s.log_text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || s
+            .log_text()
+            .contains(&format!("mute: pid {mute} did not send READY=1"))),
+        "the ready_timeout of a child handed over: {}",
+        s.log_text()
+    );
+    assert_eq!(tcp_port_exchange(port, b""), "hi\n");
+}
