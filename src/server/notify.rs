@@ -145,13 +145,16 @@ impl Said {
     }
 }
 
-/// A `STATUS=` value as shown: lossy UTF-8, control characters dropped,
-/// at most `MAX_STATUS` bytes.
+/// A `STATUS=` value as shown: lossy UTF-8, control characters and
+/// bidi formatting characters dropped, at most `MAX_STATUS` bytes. The
+/// text reaches the status JSON, the table, the status page and logs:
+/// cleaned here, once, no reader of it can be made to show a line in a
+/// different order than it was written (a U+202E turns the rest round).
 pub(super) fn status_text(v: &[u8]) -> String {
     let mut out = String::new();
     for c in String::from_utf8_lossy(v)
         .chars()
-        .filter(|c| !c.is_control())
+        .filter(|c| !c.is_control() && !is_bidi(*c))
     {
         if out.len() + c.len_utf8() > MAX_STATUS {
             break;
@@ -159,6 +162,13 @@ pub(super) fn status_text(v: &[u8]) -> String {
         out.push(c);
     }
     out
+}
+
+/// Unicode's bidi formatting characters: the embeddings and overrides
+/// (U+202A–U+202E), the isolates (U+2066–U+2069) and the marks (U+200E,
+/// U+200F, U+061C).
+fn is_bidi(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
 }
 
 #[cfg(test)]
@@ -200,5 +210,19 @@ mod tests {
         let long = [b"STATUS=".as_slice(), "\u{e9}".repeat(300).as_bytes()].concat();
         said.take(&long);
         assert_eq!(said.status.as_ref().map(|s| s.len()), Some(MAX_STATUS));
+    }
+
+    #[test]
+    fn bidi_formatting_characters_are_dropped_from_status() {
+        let mut said = Said::default();
+        let text = "STATUS=a\u{202E}b\u{202A}c\u{2066}d\u{2069}e\u{200E}f\u{200F}g\u{61C}h\u{2067}\u{2068}\u{202B}\u{202C}\u{202D}";
+        said.take(text.as_bytes());
+        assert_eq!(said.status.as_deref(), Some("abcdefgh"));
+        // Letters of right-to-left scripts are text, kept.
+        said.take("STATUS=\u{5e9}\u{5dc}\u{5d5}\u{5dd} \u{627}".as_bytes());
+        assert_eq!(
+            said.status.as_deref(),
+            Some("\u{5e9}\u{5dc}\u{5d5}\u{5dd} \u{627}")
+        );
     }
 }
