@@ -320,6 +320,16 @@ impl Checker<'_> {
                 self.at(v.span(), options::invalid(key, why));
             }
         }
+        // A pool the limit could never let whole: it would stay short
+        // for ever, the missing instance retried at every client.
+        if let (Some(v), Some(n), Some(max)) = (t.field("instances"), d.instances, d.max_instances)
+        {
+            if n > max {
+                let why =
+                    format!("is {n}, above max_instances = {max}: the pool could never be whole");
+                self.at(v.span(), options::invalid("instances", why));
+            }
+        }
         if let Some(v) = t.field("idle_timeout") {
             // Only summond's own TCP clients idle in summond.
             let reason = if d.internal().is_none() {
