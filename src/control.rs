@@ -8,8 +8,9 @@
 //! document and a newline (the `Status` below, or an `Answer`) and
 //! closes. A client that says nothing for `REQUEST_GRACE` is one from
 //! before requests existed ("connect, read one JSON line") and gets the
-//! status. The request is read without blocking, at most
-//! `MAX_REQUEST` bytes, so a client can never stall the loop; summond
+//! status (a client whose request came later asks again). The request is
+//! read without blocking, at most `MAX_REQUEST` bytes (a longer one is
+//! answered `BadRequest`), so a client can never stall the loop; summond
 //! writes without blocking and finishes a long answer when the socket is
 //! writable again. This module only renders snapshots and answers; the
 //! server fills them in.
@@ -47,7 +48,14 @@ pub const REFUSED: &str = "refused: ";
 /// shorter).
 pub const MAX_REQUEST: usize = 512;
 /// A client silent this long gets the status (see the protocol above).
-pub const REQUEST_GRACE: Duration = Duration::from_secs(1);
+/// Short, so such a client is answered promptly; a request that comes
+/// later (its client was not scheduled in time) was not read, only
+/// answered with the status, so the client asks again
+/// (`REQUEST_ATTEMPTS`).
+pub const REQUEST_GRACE: Duration = Duration::from_millis(100);
+/// How often a client asks again when a request is answered with the
+/// status; a summond from before requests answers every one so.
+const REQUEST_ATTEMPTS: usize = 5;
 /// How long `summond reload` waits for its answer: summond answers by
 /// the config loader's limit (300 s) at the latest.
 pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(310);
@@ -63,6 +71,17 @@ pub enum Request {
 }
 
 impl Request {
+    /// Its first word.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::Reload => "reload",
+            Request::Pause(_) => "pause",
+            Request::Resume(_) => "resume",
+            Request::Restart(_) => "restart",
+        }
+    }
+
     /// The line a client sends.
     pub fn line(&self) -> String {
         match self {
@@ -130,6 +149,31 @@ pub enum Answer {
 }
 
 impl Answer {
+    /// Is this an answer to `request`? `Failed` and `BadRequest` answer
+    /// any; the rest one kind each.
+    pub fn answers(&self, request: &Request) -> bool {
+        match self {
+            Answer::Failed(_) | Answer::BadRequest(_) => true,
+            Answer::Reloaded { .. } | Answer::Invalid(_) => *request == Request::Reload,
+            Answer::Done(_) | Answer::Unknown(_) => matches!(
+                request,
+                Request::Pause(_) | Request::Resume(_) | Request::Restart(_)
+            ),
+        }
+    }
+
+    /// Its kind, as the JSON names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Answer::Reloaded { .. } => "reloaded",
+            Answer::Invalid(_) => "invalid",
+            Answer::Failed(_) => "failed",
+            Answer::Done(_) => "done",
+            Answer::Unknown(_) => "unknown",
+            Answer::BadRequest(_) => "bad_request",
+        }
+    }
+
     pub fn to_json_line(&self) -> Vec<u8> {
         let mut out = serde_json::to_vec(self).expect("an Answer always serialises");
         out.push(b'\n');
@@ -446,6 +490,9 @@ pub enum ControlError {
     /// The summond there answered a request with its status: a version
     /// from before requests.
     TooOld(PathBuf, Option<String>),
+    /// The answer is not one to the request sent: the request, and the
+    /// answer's kind.
+    Mismatch(PathBuf, &'static str, &'static str),
 }
 
 impl fmt::Display for ControlError {
@@ -501,6 +548,12 @@ impl fmt::Display for ControlError {
                  (summond upgrade), or send it SIGHUP to reload",
                 p.display(),
                 version.as_deref().unwrap_or("unknown")
+            ),
+            ControlError::Mismatch(p, request, kind) => write!(
+                f,
+                "{} answered `{request}` with a `{kind}` answer, which is not one to it; \
+                 not taking it for the outcome",
+                p.display()
             ),
             ControlError::Refused(p, why) => {
                 write!(f, "{} refused this client: {why}", p.display())
@@ -666,21 +719,38 @@ fn ask(socket: &Path) -> Result<(Status, PeerCred, Writer), ControlError> {
 }
 
 /// `summond reload|pause|resume|restart`: send `request` to the summond
-/// behind `socket` and wait for its answer, at most `timeout`.
+/// behind `socket` and wait for its answer, at most `timeout` in all.
+/// Answered with the status, the request was not read (it came after
+/// `REQUEST_GRACE`, or this summond is from before requests): asked
+/// again, `REQUEST_ATTEMPTS` times at most. An answer that is not one
+/// to this request is an error, never taken for its outcome.
 pub fn request(
     socket: &Path,
     request: &Request,
     timeout: Duration,
 ) -> Result<Answer, ControlError> {
-    let (text, _, _) = exchange(socket, request, timeout)?;
-    match serde_json::from_slice::<Answer>(&text) {
-        Ok(answer) => Ok(answer),
-        // A summond from before requests answers every client with its
-        // status, unread request or not.
-        Err(e) => match serde_json::from_slice::<Status>(&text) {
-            Ok(status) => Err(ControlError::TooOld(socket.into(), status.version)),
-            Err(_) => Err(ControlError::BadAnswer(socket.into(), e)),
-        },
+    let deadline = Instant::now() + timeout;
+    let mut attempts = 0;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (text, _, _) = exchange(socket, request, left)?;
+        attempts += 1;
+        let e = match serde_json::from_slice::<Answer>(&text) {
+            Ok(answer) if answer.answers(request) => return Ok(answer),
+            Ok(answer) => {
+                return Err(ControlError::Mismatch(
+                    socket.into(),
+                    request.verb(),
+                    answer.kind(),
+                ))
+            }
+            Err(e) => e,
+        };
+        match serde_json::from_slice::<Status>(&text) {
+            Ok(_) if attempts < REQUEST_ATTEMPTS => continue,
+            Ok(status) => return Err(ControlError::TooOld(socket.into(), status.version)),
+            Err(_) => return Err(ControlError::BadAnswer(socket.into(), e)),
+        }
     }
 }
 
@@ -1040,5 +1110,93 @@ mod tests {
             // Never taken for a status by a client.
             assert!(serde_json::from_slice::<Status>(&line).is_err());
         }
+    }
+}
+
+#[cfg(test)]
+mod client_tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+
+    /// A one-thread server on a fresh socket: `answers[i]` is written to
+    /// the i-th client after reading what it sent (its line, or until it
+    /// shut down its side). Returns the path and what each client sent.
+    fn serve(answers: Vec<String>) -> (PathBuf, std::thread::JoinHandle<Vec<String>>) {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("summond-ctl-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("s");
+        let listener = UnixListener::bind(&path).unwrap();
+        let handle = std::thread::spawn(move || {
+            let mut heard = Vec::new();
+            for answer in answers {
+                let (mut c, _) = listener.accept().unwrap();
+                let mut line = Vec::new();
+                let mut b = [0u8; 1];
+                while c.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
+                    line.push(b[0]);
+                }
+                heard.push(String::from_utf8(line).unwrap());
+                c.write_all(answer.as_bytes()).unwrap();
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            heard
+        });
+        (path, handle)
+    }
+
+    const STATUS: &str = "{\"version\":\"9.9\",\"pid\":1,\"config\":\"c\",\"children\":0,\"max_children\":1,\"services\":[]}\n";
+
+    /// A request answered with the status was not read (it came after
+    /// the grace): asked again, and the answer to it taken.
+    #[test]
+    fn a_request_answered_with_the_status_is_asked_again() {
+        let done = String::from_utf8(Answer::Done("a: paused".into()).to_json_line()).unwrap();
+        let (path, server) = serve(vec![STATUS.into(), done]);
+        let answer = request(&path, &Request::Pause("a".into()), CLIENT_TIMEOUT).unwrap();
+        assert_eq!(answer, Answer::Done("a: paused".into()));
+        assert_eq!(server.join().unwrap(), vec!["pause a", "pause a"]);
+    }
+
+    /// Only the status, however often asked: a summond from before
+    /// requests.
+    #[test]
+    fn a_summond_that_only_answers_the_status_is_too_old() {
+        let (path, server) = serve(vec![STATUS.into(); REQUEST_ATTEMPTS]);
+        let err = request(&path, &Request::Reload, CLIENT_TIMEOUT).unwrap_err();
+        assert!(
+            matches!(err, ControlError::TooOld(_, Some(ref v)) if v == "9.9"),
+            "{err}"
+        );
+        assert_eq!(server.join().unwrap().len(), REQUEST_ATTEMPTS);
+    }
+
+    /// An answer of another request's kind is an error, not an outcome.
+    #[test]
+    fn an_answer_to_another_request_is_an_error() {
+        let done = String::from_utf8(Answer::Done("x: restarted".into()).to_json_line()).unwrap();
+        let (path, server) = serve(vec![done]);
+        let err = request(&path, &Request::Reload, CLIENT_TIMEOUT).unwrap_err();
+        assert!(
+            matches!(err, ControlError::Mismatch(_, "reload", "done")),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("answered `reload` with a `done` answer"),
+            "{err}"
+        );
+        server.join().unwrap();
+        let reloaded = Answer::Reloaded {
+            services: 1,
+            added: 0,
+            removed: 0,
+            changed: 0,
+        };
+        assert!(!reloaded.answers(&Request::Pause("a".into())));
+        assert!(Answer::Failed("x".into()).answers(&Request::Restart("a".into())));
     }
 }

@@ -307,6 +307,12 @@ impl Endpoints {
                         }
                     };
                 }
+                Read::TooLong => {
+                    self.cancel_client_timer(lp.timers, token);
+                    let why = format!("a request is one line of at most {MAX_REQUEST} bytes");
+                    self.answer_control(lp, token, Answer::BadRequest(why).to_json_line());
+                    return None;
+                }
                 Read::Gone => true,
             },
             ControlClient::Waiting(socket) => hung_up(socket),
@@ -694,7 +700,9 @@ enum Read {
     /// The line (without its newline), or what came before EOF (empty:
     /// the client shut down its side without a word, asking the status).
     Whole(Vec<u8>),
-    /// An error, or more than `MAX_REQUEST` bytes without a newline.
+    /// More than `MAX_REQUEST` bytes without a newline: told so.
+    TooLong,
+    /// An error.
     Gone,
 }
 
@@ -712,12 +720,29 @@ fn read_request(socket: &Socket, line: &mut Vec<u8>) -> Read {
                     return Read::Whole(std::mem::take(line));
                 }
                 if line.len() >= MAX_REQUEST {
-                    return Read::Gone;
+                    line.clear();
+                    discard_input(socket);
+                    return Read::TooLong;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Read::More,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return Read::Gone,
+        }
+    }
+}
+
+/// Read and drop what a client sent past its request, as far as it is
+/// there now and up to 64 KiB: a Unix socket closed with unread input
+/// resets its peer, whose read of the answer then fails.
+fn discard_input(socket: &Socket) {
+    use std::io::Read as _;
+    let mut buf = [0u8; 4096];
+    for _ in 0..16 {
+        match (&*socket).read(&mut buf) {
+            Ok(n) if n > 0 => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            _ => return,
         }
     }
 }

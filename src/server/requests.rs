@@ -91,9 +91,13 @@ impl Server {
         let was = std::mem::replace(&mut self.services[idx].paused, pause);
         let now = Instant::now();
         self.sync_service(idx, now);
+        let paused_now;
         let what = match (was, pause) {
             (true, true) => "was paused already",
-            (false, true) => "paused: clients wait in its sockets' backlog until summond resume",
+            (false, true) => {
+                paused_now = self.paused_text(idx);
+                &paused_now
+            }
             (false, false) => "was not paused",
             (true, false) => "resumed",
         };
@@ -103,6 +107,26 @@ impl Server {
             self.retry_pending(now);
         }
         Answer::Done(format!("{name}: {what}"))
+    }
+
+    /// What a pause of service `idx` does: clients wait in the backlog,
+    /// unless long-running children hold its sockets and accept by
+    /// themselves (a pause only keeps new ones from starting).
+    fn paused_text(&self, idx: usize) -> String {
+        let id = self.services[idx].id;
+        let holding = self
+            .children
+            .iter()
+            .filter(|(_, c)| c.service == id && c.is_pass_mode())
+            .count();
+        match holding {
+            0 => "paused: clients wait in its sockets' backlog until summond resume".into(),
+            n => format!(
+                "paused: its {n} long-running {} on accepting from its sockets; \
+                 none is started until summond resume",
+                if n == 1 { "child goes" } else { "children go" }
+            ),
+        }
     }
 
     /// `summond restart NAME`: SIGTERM its long-running (`accept =

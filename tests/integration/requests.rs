@@ -285,6 +285,46 @@ fn a_paused_service_keeps_its_clients_waiting_until_resumed() {
     let after = pid_of();
     assert_ne!(before, after);
     assert_eq!(s.log_count("crash"), 0, "{}", s.log_text());
+    // A pause of a service whose long-running child holds its sockets
+    // says what happens: that child serves on.
+    let (code, out, err) = ctl(&control, &["pause", "held"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("held: paused: its 1 long-running child goes on accepting"),
+        "{out}"
+    );
+    assert_eq!(pid_of(), after, "served on while paused");
+    assert_eq!(ctl(&control, &["resume", "held"]).0, 0);
+}
+
+/// A request line longer than summond reads gets an answer saying so,
+/// not a close without a word.
+#[test]
+fn a_request_over_512_bytes_is_answered_with_an_error() {
+    use std::io::Read;
+    let dir = TempDir::new("longreq");
+    let control = dir.path("control.sock");
+    let _s = Summond::start_in(
+        dir,
+        Start {
+            config: &format!(
+                "{}{}",
+                daemon_control(&control),
+                echo_service("a", free_port(), "")
+            ),
+            ..Start::default()
+        },
+    );
+    let mut c = std::os::unix::net::UnixStream::connect(&control).unwrap();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    c.write_all(&[b'x'; 600]).unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    let v: serde_json::Value = serde_json::from_str(answer.trim()).unwrap_or_default();
+    assert_eq!(
+        v["bad_request"], "a request is one line of at most 512 bytes",
+        "{answer:?}"
+    );
 }
 
 #[test]
