@@ -483,6 +483,8 @@ pub struct Scrape {
     /// Answered and shut down for writing: bytes dropped so far while
     /// waiting for the client's EOF.
     lingering: Option<usize>,
+    /// When its answer last went out further (set when it is given one).
+    progress: Instant,
 }
 
 /// Which scrape a new one may replace at the cap, best first.
@@ -492,6 +494,10 @@ pub enum Evictable {
     Asking(Instant),
     /// Answered, waiting for its EOF (since then).
     Lingering(Instant),
+    /// Its answer is being written, and last went out further then: a
+    /// client that does not read is the one stalled longest. A reading
+    /// one is never that, unless every place is a reading client.
+    Writing(Instant),
 }
 
 /// The head of an HTTP response: a HEAD request gets it alone (RFC 9110
@@ -526,16 +532,20 @@ impl Scrape {
             answer: None,
             since: Instant::now(),
             lingering: None,
+            progress: Instant::now(),
         })
     }
 
-    /// Whether a new scraper may take this one's place at the cap, and
-    /// how: an answer being written is never cut short.
-    pub fn evictable(&self) -> Option<Evictable> {
+    /// How a new scraper may take this one's place at the cap. An answer
+    /// being written comes last: when all 32 places hold clients that
+    /// asked for a page bigger than the socket buffers and never read it
+    /// (a few thousand services), a new scrape would otherwise wait in
+    /// the backlog until their `SCRAPE_TIMEOUT`, again and again.
+    pub fn evictable(&self) -> Evictable {
         match (&self.answer, self.lingering) {
-            (None, _) => Some(Evictable::Asking(self.since)),
-            (Some(_), Some(_)) => Some(Evictable::Lingering(self.since)),
-            (Some(_), None) => None,
+            (None, _) => Evictable::Asking(self.since),
+            (Some(_), Some(_)) => Evictable::Lingering(self.since),
+            (Some(_), None) => Evictable::Writing(self.progress),
         }
     }
 
@@ -580,6 +590,7 @@ impl Scrape {
             bytes
         };
         self.answer = Some((bytes, 0));
+        self.progress = Instant::now();
         self.write()
     }
 
@@ -587,11 +598,17 @@ impl Scrape {
         let Some((bytes, sent)) = self.answer.as_mut() else {
             return ScrapeState::Done;
         };
+        let before = *sent;
         while *sent < bytes.len() {
             match (&self.socket).write(&bytes[*sent..]) {
                 Ok(0) => return ScrapeState::Done,
                 Ok(n) => *sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ScrapeState::Waiting,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if *sent > before {
+                        self.progress = Instant::now();
+                    }
+                    return ScrapeState::Waiting;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return ScrapeState::Done,
             }

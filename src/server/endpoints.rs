@@ -46,7 +46,8 @@ const CONTROL_CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 const SCRAPE_ACCEPT_BUDGET: usize = 16;
 /// Scrapes open at once, so idle scrapers cannot take the fds services
 /// need (each is closed at `SCRAPE_TIMEOUT` anyway); at the cap a new one
-/// replaces the slowest asker. Prometheus sends one scrape at a time.
+/// replaces the slowest (`metrics::Evictable`). Prometheus sends one
+/// scrape at a time.
 const MAX_SCRAPES: usize = 32;
 
 /// What the endpoints are lent of the loop for one event.
@@ -501,14 +502,11 @@ impl Endpoints {
             };
             // At the cap a new scraper takes the place of the one whose
             // request has been incomplete longest (or else of one waiting
-            // to close after its answer), so clients trickling their
-            // request cannot make whole ones wait behind them. When all
-            // are being answered the rest wait in the backlog; a scrape
-            // that ends accepts them (edge-triggered: nothing else would).
+            // to close after its answer, or else of the answer stalled
+            // longest: `Evictable`), so clients trickling their request,
+            // or never reading a big page, cannot make whole ones wait
+            // behind them.
             let full = self.scrapes.len() >= MAX_SCRAPES;
-            if full && !self.scrapes.values().any(|s| s.evictable().is_some()) {
-                return;
-            }
             // Its own accept ran out of fds a moment ago: wait for the
             // back-off to end (a fork failure's stalls no scrape).
             if self.metrics_stalled && lp.resources.is_paused(Instant::now()) {
@@ -574,7 +572,7 @@ impl Endpoints {
         let victim = self
             .scrapes
             .iter()
-            .filter_map(|(token, s)| Some((s.evictable()?, *token)))
+            .map(|(token, s)| (s.evictable(), *token))
             .min();
         if let Some((_, token)) = victim {
             debug!("metrics: {MAX_SCRAPES} scrapes open; closed the slowest for a new one");
