@@ -1,7 +1,7 @@
 """Load for benches/pool.sh: CONC processes each doing HTTP/1.0 GETs (a new
 connection each) for SECONDS; prints `SIDE req/s failed spread` where
-spread is max/min requests per server process group's leader (the
-instance: a gunicorn worker's parent), 1.0 for a single server.
+spread is max/min requests per server process: for the pool per
+instance (a gunicorn worker's parent), for gunicorn's own per worker.
 
     python3 benches/pool_client.py PORT SECONDS CONC SIDE
 """
@@ -50,7 +50,7 @@ def main():
     per = collections.Counter()
     for _, _, counts in results:
         for pid, k in counts.items():
-            per[parent(pid) if side == "pool" else 0] += k
+            per[parent(pid) if side == "pool" else pid] += k
     spread = max(per.values()) / min(per.values()) if per else 0
     print(f"{side} {total / elapsed:.1f} {failed} {spread:.3f} instances={len(per)}")
 
