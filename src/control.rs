@@ -239,6 +239,14 @@ pub struct ServiceStatus {
     /// `accept = false`: each long-running child, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub instances: Vec<InstanceStatus>,
+    /// With `proxy_protocol`: balancers' health checks closed without
+    /// a child (neither served nor refused).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub health_checks: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A long-running child as status shows it: what it said on its
@@ -1007,6 +1015,7 @@ mod tests {
                     top_refused: Vec::new(),
                     backend: None,
                     instances: Vec::new(),
+                    health_checks: 0,
                 },
                 ServiceStatus {
                     name: "tftp".into(),
@@ -1024,6 +1033,7 @@ mod tests {
                     }],
                     backend: None,
                     instances: Vec::new(),
+                    health_checks: 0,
                 },
             ],
             version: Some("1.0.0".into()),

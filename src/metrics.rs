@@ -47,6 +47,9 @@ pub struct ServiceFigures<'a> {
     pub last_exit: Option<&'a str>,
     /// `accept = false`: its children that sent READY=1.
     pub ready_children: Option<u64>,
+    /// With `proxy_protocol`: balancers' health checks closed without a
+    /// child.
+    pub health_checks: Option<u64>,
 }
 
 /// summond's own process figures, read from /proc/self.
@@ -197,6 +200,7 @@ pub fn render(services: &[ServiceFigures<'_>], process: &ProcessFigures) -> Stri
     paused(&mut out, services);
     backends(&mut out, services);
     ready_children(&mut out, services);
+    health_checks(&mut out, services);
     process_figures(&mut out, process);
     out
 }
@@ -273,6 +277,24 @@ fn ready_children(out: &mut String, services: &[ServiceFigures<'_>]) {
                 "summond_children_ready{{service=\"{}\"}} {n}",
                 label(s.name)
             );
+        }
+    }
+}
+
+/// Services with `proxy_protocol`: the balancers' health checks (a LOCAL
+/// or UNKNOWN header, then a close) answered by closing: neither a
+/// connection served nor a client refused.
+fn health_checks(out: &mut String, services: &[ServiceFigures<'_>]) {
+    header(
+        out,
+        "summond_health_checks_total",
+        "counter",
+        "proxy_protocol: balancers' health checks (LOCAL or UNKNOWN header, then close), closed without a child.",
+    );
+    for s in services {
+        if let Some(n) = s.health_checks {
+            let name = label(s.name);
+            let _ = writeln!(out, "summond_health_checks_total{{service=\"{name}\"}} {n}");
         }
     }
 }
@@ -729,6 +751,7 @@ mod tests {
             backend: None,
             last_exit: None,
             ready_children: None,
+            health_checks: Some(4),
         }];
         let page = render(&figures, &ProcessFigures::default());
         assert!(page.contains("# TYPE summond_connections_total counter\n"));
@@ -738,6 +761,8 @@ mod tests {
         ));
         assert!(page.contains("summond_refused_total{service=\"we\\\"ird\",reason=\"proxy\"} 5\n"));
         assert!(page.contains("summond_refused_total{service=\"we\\\"ird\",reason=\"tls\"} 7\n"));
+        assert!(page.contains("# TYPE summond_health_checks_total counter\n"));
+        assert!(page.contains("summond_health_checks_total{service=\"we\\\"ird\"} 4\n"));
         assert!(page.contains("le=\"0.005\"} 1\n"));
         assert!(page.contains("le=\"0.5\"} 3\n"), "{page}");
         assert!(page.contains("le=\"1800\"} 3\n"));

@@ -272,6 +272,7 @@ mod tests {
             authority: Some("example.com".into()),
             alpn: None,
             unique_id: Some("abc".into()),
+            local: false,
         };
         let p = balancer.clone().proxied(header);
         assert_eq!(p.to_string(), "203.0.113.7:51000 via 10.0.0.2");

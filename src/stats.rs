@@ -239,6 +239,11 @@ pub struct Stats {
     pub served: u64,
     pub refused_by: Refusals,
     pub spawn_failures: u64,
+    /// Balancers' health checks (a LOCAL or UNKNOWN PROXY header, then
+    /// a close) answered by closing, no child started. Absent from an
+    /// older image's upgrade state.
+    #[serde(default)]
+    pub health_checks: u64,
     pub last_exit: Option<String>,
     pub exits: Exits,
     pub durations: LazyHistogram,

@@ -169,6 +169,7 @@ mod tests {
             backend: None,
             last_exit: Some("exited with status 0"),
             ready_children: None,
+            health_checks: None,
         }
     }
 

@@ -76,6 +76,9 @@ pub struct Header {
     /// over TCP or UDP; None for LOCAL (a health check), UNSPEC, UNKNOWN
     /// and AF_UNIX: the connection's own peer is the client.
     pub addrs: Option<Addrs>,
+    /// A v2 LOCAL or a v1 UNKNOWN header: the balancer speaks for
+    /// itself, not for a client (what haproxy's health checks send).
+    pub local: bool,
     /// v2 `PP2_TYPE_AUTHORITY` (the SNI the balancer saw).
     pub authority: Option<String>,
     /// v2 `PP2_TYPE_ALPN`.
@@ -143,6 +146,15 @@ impl std::error::Error for Malformed {}
 mod tests {
     use super::*;
 
+    /// A LOCAL or UNKNOWN header: no addresses, no TLVs.
+    const LOCAL: Header = Header {
+        local: true,
+        addrs: None,
+        authority: None,
+        alpn: None,
+        unique_id: None,
+    };
+
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
     }
@@ -183,7 +195,7 @@ mod tests {
         assert_eq!(n, 104);
         assert_eq!(h.addrs.unwrap().source.port(), 65535);
         let unknown = b"PROXY UNKNOWN\r\n";
-        assert_eq!(done(unknown, Version::V1), (15, Header::default()));
+        assert_eq!(done(unknown, Version::V1), (15, LOCAL));
         let longest = b"PROXY UNKNOWN ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n";
         assert_eq!(longest.len(), V1_MAX);
         assert_eq!(done(longest, Version::V1).0, V1_MAX);
@@ -281,7 +293,7 @@ mod tests {
         // LOCAL (a health check): the block is discarded, family and all.
         let mut local = V2_SIGNATURE.to_vec();
         local.extend_from_slice(&[0x20, 0x11, 0, 3, 9, 9, 9]);
-        assert_eq!(done(&local, Version::V2), (19, Header::default()));
+        assert_eq!(done(&local, Version::V2), (19, LOCAL));
         // UNSPEC and AF_UNIX under PROXY: the real peer is the client.
         let mut unspec = V2_SIGNATURE.to_vec();
         unspec.extend_from_slice(&[0x21, 0x00, 0, 0]);
@@ -327,10 +339,7 @@ mod tests {
         for fam in [0x12, 0x22, 0x32, 0x02] {
             assert_eq!(with(0x21, fam, 0, &[]), Parsed::Bad(Malformed::V2Datagram));
         }
-        assert_eq!(
-            with(0x20, 0x12, 0, &[]),
-            Parsed::Done(16, Header::default())
-        );
+        assert_eq!(with(0x20, 0x12, 0, &[]), Parsed::Done(16, LOCAL));
         // UNIQUE_ID: up to 128 bytes (the spec's bound), not one more.
         let unique = |n: usize| {
             let mut buf = Vec::new();
@@ -372,7 +381,7 @@ mod tests {
         );
         let mut unknown = Vec::new();
         encode_v1(None, &mut unknown);
-        assert_eq!(done(&unknown, Version::V1), (15, Header::default()));
+        assert_eq!(done(&unknown, Version::V1), (15, LOCAL));
         let mut v2 = Vec::new();
         encode_v2(Some((s4, d4)), &[], &mut v2);
         assert_eq!(v2.len(), 28);
@@ -382,6 +391,6 @@ mod tests {
         );
         let mut local = Vec::new();
         encode_v2(None, &[], &mut local);
-        assert_eq!(done(&local, Version::V2), (16, Header::default()));
+        assert_eq!(done(&local, Version::V2), (16, LOCAL));
     }
 }

@@ -53,6 +53,8 @@ fn v1(buf: &[u8]) -> Parsed {
             Ok(addrs) => Parsed::Done(
                 cr + 2,
                 Header {
+                    // UNKNOWN: what haproxy's checks send over v1.
+                    local: addrs.is_none(),
                     addrs,
                     ..Header::default()
                 },
@@ -172,7 +174,10 @@ fn v2(buf: &[u8]) -> Parsed {
 /// discarded whole, family included, as the spec asks.
 fn v2_body(command: u8, fam: u8, body: &[u8]) -> Result<Header, Malformed> {
     if command == LOCAL {
-        return Ok(Header::default());
+        return Ok(Header {
+            local: true,
+            ..Header::default()
+        });
     }
     let need = match fam >> 4 {
         0 => 0,

@@ -20,7 +20,9 @@ use nix::libc;
 use socket2::Socket;
 
 use super::children::{for_peer, Child, HeldSocket};
-use super::front::{FrontConn, FrontFailure, ProxyRefusal, Step, Work, HEADER_TIMEOUT};
+use super::front::{
+    self, After, FrontConn, FrontFailure, ProxyRefusal, Step, Work, HEADER_TIMEOUT, LOCAL_WAIT,
+};
 use super::poller::TokenKind;
 use super::services::RefuseReason;
 use super::timers::Timer;
@@ -29,8 +31,8 @@ use crate::addr::ListenAddr;
 use crate::config::Pass;
 use crate::env::EnvBlock;
 use crate::limits::Backoff;
-use crate::peer::{Peer, SourceKey};
-use crate::proxy::Version;
+use crate::peer::{canonical_addr, Peer, SourceKey};
+use crate::proxy::{Header, Version};
 use crate::queue::QueueHead;
 use crate::spawn::{self, FdMove};
 use crate::tls::{SslVars, HANDSHAKE_LIMIT};
@@ -359,18 +361,68 @@ impl Server {
             self.refuse_front(idx, &conn, &peer, ProxyRefusal::Untrusted, now);
             return;
         }
-        match self.front.read_now(&conn, version) {
-            Ok(Some(header)) => {
-                let client = peer.proxied(header);
-                self.start_connection(idx, addr, conn, client, now, false, false);
+        let header = match self.front.read_now(&conn, version) {
+            Ok(Some(header)) => header,
+            Ok(None) => {
+                debug!(
+                    "{}: waiting for the PROXY header of {peer}",
+                    self.services[idx].spec.name
+                );
+                let work = Work::Header(version);
+                self.enter_front(idx, addr, conn, peer, work, now + HEADER_TIMEOUT);
                 return;
             }
-            Ok(None) => {}
             Err(why) => {
                 self.refuse_front(idx, &conn, &peer, why, now);
                 return;
             }
+        };
+        self.after_header(idx, addr, conn, peer, Some(header), version, now);
+    }
+
+    /// Its header read (`None`: the `Work::Local` wait for what follows
+    /// one ended): a health check is counted and closed, one with
+    /// nothing after its header yet waits (`LOCAL_WAIT`), and any other
+    /// client goes on to admission.
+    #[allow(clippy::too_many_arguments)]
+    fn after_header(
+        &mut self,
+        idx: usize,
+        addr: &ListenAddr,
+        conn: Socket,
+        peer: Peer,
+        header: Option<Header>,
+        version: Version,
+        now: Instant,
+    ) {
+        if header.as_ref().is_none_or(|h| for_itself(h, &peer)) {
+            match front::after_header(&conn) {
+                After::Closed => return self.health_check(idx),
+                After::Nothing if header.is_some() => {
+                    let work = Work::Local(version);
+                    self.enter_front(idx, addr, conn, peer, work, now + LOCAL_WAIT);
+                    return;
+                }
+                After::Nothing | After::Data => {}
+            }
         }
+        let client = match header {
+            Some(header) => peer.proxied(header),
+            None => peer,
+        };
+        self.start_connection(idx, addr, conn, client, now, false, false);
+    }
+
+    /// Into the front table until `deadline`, its socket registered.
+    fn enter_front(
+        &mut self,
+        idx: usize,
+        addr: &ListenAddr,
+        conn: Socket,
+        peer: Peer,
+        work: Work,
+        deadline: Instant,
+    ) {
         let token = self.poller.tokens.next();
         let fd = conn.as_raw_fd();
         let registry = self.poller.registry();
@@ -382,13 +434,7 @@ impl Server {
             return;
         }
         self.poller.tokens.insert(token, TokenKind::Front);
-        debug!(
-            "{}: waiting for the PROXY header of {peer}",
-            self.services[idx].spec.name
-        );
-        let timer = self
-            .timers
-            .add(now + HEADER_TIMEOUT, Timer::FrontDue(token));
+        let timer = self.timers.add(deadline, Timer::FrontDue(token));
         let service = self.services[idx].id;
         let (addr, socket) = (addr.clone(), conn);
         self.front.insert(
@@ -399,7 +445,7 @@ impl Server {
                 service,
                 peer,
                 source: None,
-                work: Work::Header(version),
+                work,
                 timer,
             },
         );
@@ -408,39 +454,68 @@ impl Server {
     /// More bytes (or room) on a connection waiting for its header or
     /// its handshake.
     pub(super) fn on_front_ready(&mut self, token: mio::Token) {
-        match self.front.advance(token) {
+        let step = self.front.advance(token);
+        self.front_step(token, step);
+    }
+
+    /// Where the work on `token`'s connection went.
+    fn front_step(&mut self, token: mio::Token, step: Step) {
+        match step {
             Step::Wait => {}
             Step::Done(conn, header, version) => {
-                self.leave_front(token, &conn);
-                let now = Instant::now();
-                let FrontConn {
-                    socket, addr, peer, ..
-                } = conn;
-                // Its address's service now: a reload (or the config of an
-                // upgrade) may have moved it, or stopped trusting this peer.
-                match self.sockets.get(&addr).map(|s| s.service) {
-                    Some(idx) if !self.services[idx].spec.accept => {
-                        info!("closing {peer}: {addr} no longer accepts connections (reload)");
-                    }
-                    Some(idx) if !self.still_trusts(idx, &peer, version) => {
-                        self.refuse_front(idx, &socket, &peer, ProxyRefusal::Untrusted, now);
-                        self.sync_service(idx, now);
-                    }
-                    Some(idx) => {
-                        let client = peer.proxied(header);
-                        self.start_connection(idx, &addr, socket, client, now, false, false);
-                        self.sync_service(idx, now);
-                    }
-                    None => info!("closing {peer}: {addr} no longer accepts connections (reload)"),
-                }
-                self.unpark(now);
+                self.header_done(token, conn, Some(header), version)
             }
+            Step::Waited(conn, version) => self.header_done(token, conn, None, version),
             Step::Handshaken(conn) => {
                 self.leave_front(token, &conn);
                 self.handshake_done(conn);
             }
             Step::Failed(conn, why) => self.front_failed(token, conn, why),
         }
+    }
+
+    /// A connection's header is read (`None`: what follows one the
+    /// balancer sent for itself is known, or its wait is over): it leaves
+    /// the table for its address's service now. A reload (or the config
+    /// of an upgrade) may have moved it, or stopped trusting this peer.
+    fn header_done(
+        &mut self,
+        token: mio::Token,
+        conn: FrontConn,
+        header: Option<Header>,
+        version: Version,
+    ) {
+        self.leave_front(token, &conn);
+        let now = Instant::now();
+        let FrontConn {
+            socket, addr, peer, ..
+        } = conn;
+        match self.sockets.get(&addr).map(|s| s.service) {
+            Some(idx) if !self.services[idx].spec.accept => {
+                info!("closing {peer}: {addr} no longer accepts connections (reload)");
+            }
+            Some(idx) if !self.still_trusts(idx, &peer, version) => {
+                self.refuse_front(idx, &socket, &peer, ProxyRefusal::Untrusted, now);
+                self.sync_service(idx, now);
+            }
+            Some(idx) => {
+                self.after_header(idx, &addr, socket, peer, header, version, now);
+                self.sync_service(idx, now);
+            }
+            None => info!("closing {peer}: {addr} no longer accepts connections (reload)"),
+        }
+        self.unpark(now);
+    }
+
+    /// A balancer's health check: a header it sent for itself
+    /// (`for_itself`) and a close without a byte more (haproxy's `check`
+    /// with `send-proxy-v2` or `check-send-proxy`, every 2 s by
+    /// default). Counted (`health_checks`), not logged, and closed by the
+    /// caller: a child per check would fork, log and spend a
+    /// `max_instances` place for nobody. One that sends data, or waits
+    /// past `LOCAL_WAIT` (for a banner), is served as any connection.
+    fn health_check(&mut self, idx: usize) {
+        self.services[idx].stats.health_checks += 1;
     }
 
     /// Does service `idx`, as configured now, still read a header of
@@ -458,8 +533,8 @@ impl Server {
     /// `HEADER_TIMEOUT` or `HANDSHAKE_TIMEOUT` ran out for `token`'s
     /// connection.
     pub(super) fn front_late(&mut self, token: mio::Token) {
-        if let Some((conn, why)) = self.front.late(token) {
-            self.front_failed(token, conn, why);
+        if let Some(step) = self.front.late(token) {
+            self.front_step(token, step);
         }
     }
 
@@ -509,7 +584,9 @@ impl Server {
             .iter()
             .filter_map(|(_, c)| match c.work {
                 Work::Header(version) => Some((c, version)),
-                Work::Handshake(_) => None,
+                // Neither a handshake's rustls state nor a header
+                // already taken off the socket crosses an exec.
+                Work::Handshake(_) | Work::Local(_) => None,
             })
             .map(|(c, version)| FrontState {
                 fd: c.socket.as_raw_fd(),
@@ -1045,4 +1122,17 @@ pub(super) fn note_resource_fault(
             crate::limits::BACKOFF_MAX.as_millis()
         );
     }
+}
+
+/// Did the balancer send `header` for itself, not for a client: a v2
+/// LOCAL or a v1 UNKNOWN, or a v1 header naming the connection's own two
+/// ends (haproxy's v1 checks send `PROXY TCP4` with the check
+/// connection's addresses; no client has the balancer's address and
+/// port)?
+fn for_itself(header: &Header, peer: &Peer) -> bool {
+    let (Some(addrs), Peer::Inet { remote, local }) = (&header.addrs, peer) else {
+        return header.local;
+    };
+    canonical_addr(addrs.source) == *remote
+        && local.is_some_and(|l| canonical_addr(l) == canonical_addr(addrs.destination))
 }

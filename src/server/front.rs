@@ -78,6 +78,14 @@ impl fmt::Display for ProxyRefusal {
     }
 }
 
+/// How long a connection whose header the balancer sent for itself
+/// waits for its first byte or its close before it is served. haproxy
+/// resets a check's connection right after the header, microseconds
+/// later, but often after summond has read the header; a check that
+/// waits for a banner gets it this much later (haproxy's `timeout check`
+/// defaults to 2 s).
+pub(super) const LOCAL_WAIT: Duration = Duration::from_millis(200);
+
 /// Handshakes at once from one client (its per-source key): past this
 /// its next connection is refused (`tls`), so one client cannot hold the
 /// `HANDSHAKE_LIMIT` slots every TLS service shares. A quarter of them:
@@ -93,6 +101,11 @@ pub(super) enum Work {
     /// Its TLS handshake (after the header, if there was one); `peer` is
     /// the client. Boxed: rustls's state is large, a header's is not.
     Handshake(Box<Handshake>),
+    /// A header the balancer sent for itself (a health check's) was read
+    /// and nothing follows yet: its first byte (served), its close (a
+    /// check, counted) or `LOCAL_WAIT` (served: a check that waits for
+    /// the service's banner).
+    Local(Version),
 }
 
 /// A connection the loop works on before dispatch.
@@ -129,6 +142,9 @@ pub(super) enum Step {
     Done(FrontConn, Header, Version),
     /// The handshake is done (its `Work::Handshake` holds the connection).
     Handshaken(FrontConn),
+    /// A `Work::Local` connection's first byte or close came, or its
+    /// `LOCAL_WAIT` is over.
+    Waited(FrontConn, Version),
     Failed(FrontConn, FrontFailure),
 }
 
@@ -290,6 +306,15 @@ impl FrontTable {
                 tls::Step::Done => Ok(None),
                 tls::Step::Failed(why) => Err(FrontFailure::Tls(why)),
             },
+            Work::Local(version) => {
+                if after_header(&conn.socket) == After::Nothing {
+                    return Step::Wait;
+                }
+                let version = *version;
+                return self
+                    .remove(token)
+                    .map_or(Step::Wait, |conn| Step::Waited(conn, version));
+            }
         };
         let Some(conn) = self.remove(token) else {
             return Step::Wait;
@@ -301,14 +326,16 @@ impl FrontTable {
         }
     }
 
-    /// The failure of `token`'s connection at its deadline (it leaves).
-    pub fn late(&mut self, token: Token) -> Option<(FrontConn, FrontFailure)> {
+    /// What `token`'s connection comes to at its deadline (it leaves):
+    /// a failure, or for a `Work::Local` one, its service.
+    pub fn late(&mut self, token: Token) -> Option<Step> {
         let conn = self.remove(token)?;
         let why = match conn.work {
             Work::Header(_) => FrontFailure::Proxy(ProxyRefusal::Late),
             Work::Handshake(_) => FrontFailure::Tls(Failure::Timeout),
+            Work::Local(version) => return Some(Step::Waited(conn, version)),
         };
-        Some((conn, why))
+        Some(Step::Failed(conn, why))
     }
 }
 
@@ -343,6 +370,31 @@ fn peek_header(
                 _ => Err(ProxyRefusal::Truncated),
             }
         }
+    }
+}
+
+/// What follows a header the balancer sent for itself (a health check's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum After {
+    /// A byte at least: someone to serve.
+    Data,
+    /// The peer closed or reset it without a byte more: a health check
+    /// done (haproxy resets its checks' connections once connected).
+    Closed,
+    /// Nothing yet.
+    Nothing,
+}
+
+/// What follows the header just read off `socket`, peeked at.
+pub(super) fn after_header(socket: &Socket) -> After {
+    let mut byte = [MaybeUninit::uninit()];
+    match socket.recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+        Ok(0) => After::Closed,
+        Ok(_) => After::Data,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && peer_closed(socket) => After::Closed,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => After::Nothing,
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => After::Nothing,
+        Err(_) => After::Closed,
     }
 }
 

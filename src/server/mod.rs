@@ -910,6 +910,7 @@ impl Server {
                         .collect(),
                     backend: self.backend_status(svc),
                     instances: instances.remove(&svc.id).unwrap_or_default(),
+                    health_checks: svc.stats.health_checks,
                 })
                 .collect(),
         }
@@ -1005,6 +1006,7 @@ impl Server {
                 paused: self.pause(svc, now),
                 backend: self.backend_status(svc),
                 last_exit: svc.stats.last_exit.as_deref(),
+                health_checks: svc.spec.proxy.is_some().then_some(svc.stats.health_checks),
                 ready_children: (!svc.spec.accept && svc.spec.internal.is_none())
                     .then(|| ready.get(&svc.id).copied().unwrap_or(0)),
             })

@@ -516,3 +516,63 @@ fn a_balancer_that_fills_the_front_table_holds_back_no_other_service() {
     assert!(started < freed, "{log}");
     drop(held);
 }
+
+/// haproxy's health checks with the PROXY protocol: a plain `check`
+/// (connect, LOCAL or UNKNOWN header, close) starts no child, logs
+/// nothing and is counted as a health check, neither served nor refused;
+/// an `option tcp-check` that sends a request after its header reaches
+/// a child, as any client.
+#[test]
+fn haproxy_health_checks_start_no_child_but_a_check_that_sends_data_is_served() {
+    let (plain, talking, metrics, front) = (free_port(), free_port(), free_port(), free_port());
+    let reply = "read l; echo \"pong $REMOTE_ADDR\"";
+    let s = Summond::start(&format!(
+        "[daemon]\nmetrics = \"tcp://127.0.0.1:{metrics}\"\n{}\
+         [[service]]\nname = \"talk\"\nlisten = \"tcp://127.0.0.1:{talking}\"\nexec = {}\n{}",
+        service("app", plain, &trusted("any")),
+        sh(reply),
+        trusted("v2"),
+    ));
+    // Checks every 50 ms: v2 LOCAL, v1 with the check connection's own
+    // addresses, and a tcp-check that talks; a frontend so that haproxy
+    // has something to listen on (its probe goes to the talking one).
+    let config = format!(
+        "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 10s\n  timeout server 10s\n  timeout check 5s\n\
+         frontend f\n  bind 127.0.0.1:{front}\n  default_backend bt\n\
+         backend b2\n  server s 127.0.0.1:{plain} check send-proxy-v2 inter 50\n\
+         backend b1\n  server s 127.0.0.1:{plain} check check-send-proxy inter 50\n\
+         backend bt\n  option tcp-check\n  tcp-check send ping\\n\n  tcp-check expect string pong\n\
+         \x20 server s 127.0.0.1:{talking} check send-proxy-v2 inter 50\n"
+    );
+    let Some(_h) = haproxy(&config, front) else {
+        skip("haproxy_health_checks_start_no_child", "no haproxy");
+        return;
+    };
+    let count = |name: &str, metric: &str| -> u64 {
+        let page = exchange(metrics, b"GET /metrics HTTP/1.0\r\n\r\n", 1);
+        let prefix = format!("{metric}{{service=\"{name}\"}} ");
+        page.lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || count(
+            "app",
+            "summond_health_checks_total"
+        ) >= 100),
+        "{}",
+        s.log_text()
+    );
+    assert!(
+        wait_until(TIMEOUT, || count("talk", "summond_connections_total") >= 3),
+        "{}",
+        s.log_text()
+    );
+    // Both kinds of header: the log says which service checks came to,
+    // not one line per check.
+    let log = s.log_text();
+    assert_eq!(s.log_count("app: started pid"), 0, "{log}");
+    assert_eq!(count("app", "summond_connections_total"), 0, "{log}");
+    assert!(!log.contains("app: refused"), "{log}");
+    assert_eq!(count("talk", "summond_health_checks_total"), 0, "{log}");
+}

@@ -178,6 +178,7 @@ fn a_hostile_name_stays_text_in_a_real_browser() {
         backend: None,
         last_exit: Some("<img src=x onerror=alert(1)>'"),
         ready_children: None,
+        health_checks: None,
     }];
     let page = summond::status_page::render(&figures, std::time::Instant::now());
     let dir = TempDir::new("status-page-hostile");
