@@ -572,6 +572,11 @@ impl Server {
         if handshake && self.front.handshakes() + 1 == HANDSHAKE_LIMIT {
             // The TLS services' listeners were unwatched at the bound.
             self.sync_all(Instant::now());
+        } else if handshake && self.front.was_at_share(conn.service) {
+            // Its service's were, at its share.
+            if let Some(idx) = self.services.index_of(conn.service) {
+                self.sync_service(idx, Instant::now());
+            }
         }
     }
 

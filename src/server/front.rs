@@ -94,6 +94,11 @@ pub(super) const LOCAL_WAIT: Duration = Duration::from_millis(200);
 /// to its next connection before summond read its last Finished).
 pub(super) const HANDSHAKES_PER_SOURCE: u32 = 64;
 
+/// The smallest share of the handshake places a TLS service gets, however
+/// many there are: with more than 32 TLS services the shares add up to
+/// more than `HANDSHAKE_LIMIT`, which still bounds them all.
+const MIN_SHARE: usize = 8;
+
 /// What the loop waits for on a connection before dispatch.
 pub(super) enum Work {
     /// Its PROXY header, of this version; `peer` is the balancer.
@@ -153,9 +158,14 @@ pub(super) struct FrontTable {
     conns: FxHashMap<Token, FrontConn>,
     /// Per service, for `max_instances`.
     per_service: FxHashMap<ServiceId, u32>,
-    /// Handshakes in the table, over all and per client.
+    /// Handshakes in the table, over all, per service and per client.
     handshakes: usize,
+    handshakes_in: Counter<ServiceId>,
     handshakes_from: Counter<SourceKey>,
+    /// How many handshakes one service may hold (`HANDSHAKE_LIMIT` over
+    /// the number of TLS services, at least `MIN_SHARE`); 0 until the
+    /// first config says.
+    share: u32,
     /// Where headers are peeked into and read: one for all, allocated at
     /// the first connection of a service with `proxy_protocol`.
     buf: Vec<MaybeUninit<u8>>,
@@ -181,6 +191,28 @@ impl FrontTable {
     /// `HANDSHAKE_LIMIT` handshakes are running: TLS clients wait.
     pub fn handshakes_full(&self) -> bool {
         self.handshakes >= HANDSHAKE_LIMIT
+    }
+
+    /// A config with `tls_services` TLS services is in force: each may
+    /// hold an equal share of the handshake places, so that the silent
+    /// clients of one (which the per-client bound does not stop when
+    /// they come from a few addresses) cannot take every place and
+    /// park the others.
+    pub fn set_tls_services(&mut self, tls_services: usize) {
+        let share = HANDSHAKE_LIMIT / tls_services.max(1);
+        self.share = u32::try_from(share.max(MIN_SHARE)).unwrap_or(u32::MAX);
+    }
+
+    /// Service `id` holds its share of the handshake places, or all of
+    /// them are taken: its clients wait in the backlog.
+    pub fn handshakes_full_for(&self, id: ServiceId) -> bool {
+        self.handshakes_full() || (self.handshakes > 0 && self.handshakes_in.get(&id) >= self.share)
+    }
+
+    /// Service `id` held its share until one of its handshakes just left
+    /// the table: its listeners may be watched again.
+    pub fn was_at_share(&self, id: ServiceId) -> bool {
+        self.handshakes_in.get(&id) + 1 == self.share
     }
 
     pub fn handshakes(&self) -> usize {
@@ -214,6 +246,7 @@ impl FrontTable {
         *self.per_service.entry(conn.service).or_default() += 1;
         if let Work::Handshake(_) = conn.work {
             self.handshakes += 1;
+            self.handshakes_in.add(conn.service);
             if let Some(key) = conn.source {
                 self.handshakes_from.add(key);
             }
@@ -233,6 +266,7 @@ impl FrontTable {
         }
         if let Work::Handshake(_) = conn.work {
             self.handshakes -= 1;
+            self.handshakes_in.remove(&conn.service);
             if let Some(key) = &conn.source {
                 self.handshakes_from.remove(key);
             }
@@ -250,16 +284,21 @@ impl FrontTable {
             return;
         }
         let mut held: Counter<SourceKey> = Counter::default();
+        let mut per_service: Counter<ServiceId> = Counter::default();
         let mut handshakes = 0;
         for c in self.conns.values() {
             if let Work::Handshake(_) = c.work {
                 handshakes += 1;
+                per_service.add(c.service);
                 if let Some(key) = c.source {
                     held.add(key);
                 }
             }
         }
         assert_eq!(handshakes, self.handshakes, "handshakes counted");
+        let counted: std::collections::HashMap<_, _> = self.handshakes_in.iter().collect();
+        let table: std::collections::HashMap<_, _> = per_service.iter().collect();
+        assert_eq!(counted, table, "handshakes per service");
         let counted: std::collections::HashMap<_, _> = self.handshakes_from.iter().collect();
         let table: std::collections::HashMap<_, _> = held.iter().collect();
         assert_eq!(counted, table, "handshakes per client");

@@ -1008,3 +1008,47 @@ fn ssl_and_proxy_variables_summond_was_started_with_reach_no_child() {
         assert!(!out.contains(bad), "{bad} reached the TLS child: {out}");
     }
 }
+
+/// Is `c` still open from summond's side (no EOF, no reset, nothing sent)?
+fn still_held(c: &std::net::TcpStream) -> bool {
+    c.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let held = matches!(c.peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    c.set_nonblocking(false).unwrap();
+    held
+}
+
+/// Four addresses × 64 silent handshakes (each address at its
+/// per-client bound) on one TLS service fill no more than that
+/// service's share of the 256 handshake places: another TLS service is
+/// served while every silent connection is still held, not once they
+/// time out.
+#[test]
+fn silent_handshakes_on_one_tls_service_do_not_park_another() {
+    if !tools_or_skip("handshake_share", &["openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let (flooded, other) = (free_port(), free_port());
+    let u = tls_service(other, &sh("echo served"), &pki, "").replace("\"t\"", "\"u\"");
+    let s = Summond::start(&(tls_service(flooded, &sh("cat"), &pki, "") + &u));
+    let before = fd_count(s.pid());
+    let silent: Vec<_> = (2..6)
+        .flat_map(|last| (0..64).map(move |_| connect_from([127, 0, 0, last], flooded)))
+        .collect();
+    // Half the places at least are taken (its share, or all of them).
+    assert!(
+        wait_until(TIMEOUT, || fd_count(s.pid()) >= before + 128),
+        "{} fds",
+        fd_count(s.pid())
+    );
+    let (ok, out) = s_client(&pki, other, &[], b"");
+    assert!(ok && out.contains("served"), "{out}\n{}", s.log_text());
+    let held = silent.iter().filter(|c| still_held(c)).count();
+    assert_eq!(
+        held,
+        silent.len(),
+        "served only once silent ones were let go"
+    );
+}
