@@ -1052,3 +1052,111 @@ fn silent_handshakes_on_one_tls_service_do_not_park_another() {
         "served only once silent ones were let go"
     );
 }
+
+/// `openssl s_client` over TLS 1.3 taking commands on stdin (not
+/// `-quiet`: its `k` and `K` lines send a KeyUpdate, `K` asking summond
+/// for one back); its output gathered by a thread.
+struct Interactive {
+    child: std::process::Child,
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Interactive {
+    fn start(pki: &Pki, port: u16) -> Interactive {
+        let mut child = Command::new("timeout")
+            .args(["60", "openssl", "s_client", "-tls1_3"])
+            .args(["-connect", &format!("127.0.0.1:{port}")])
+            .args(["-CAfile", &pki.path("ca.pem"), "-servername", "localhost"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("openssl s_client");
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        // stdout has the child's bytes, stderr s_client's KEYUPDATE lines.
+        let stdout: Box<dyn Read + Send> = Box::new(child.stdout.take().unwrap());
+        let stderr: Box<dyn Read + Send> = Box::new(child.stderr.take().unwrap());
+        for mut from in [stdout, stderr] {
+            let sink = out.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = from.read(&mut buf) {
+                    sink.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        Interactive { child, out }
+    }
+
+    /// One command or line, read by s_client on its own; false once it
+    /// is gone.
+    fn send(&mut self, line: &str) -> bool {
+        std::thread::sleep(Duration::from_millis(3));
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(line.as_bytes()).is_ok() && stdin.flush().is_ok()
+    }
+
+    fn output(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Interactive {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TLS 1.3 client sending KeyUpdate after KeyUpdate: with no data
+/// between them, rustls ends the connection at its bound (32, as
+/// BoringSSL), and summond closes it; with a line of data between each
+/// (which resets that bound) every line is served, and summond's CPU for
+/// the whole storm stays within a generous bound (no spin on a record
+/// that carries no data).
+#[test]
+fn a_key_update_storm_is_closed_or_served_without_spinning() {
+    if !tools_or_skip("key_update_storm", &["openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let port = free_port();
+    let s = Summond::start(&tls_service(port, "[\"cat\"]", &pki, ""));
+    let mut storm = Interactive::start(&pki, port);
+    assert!(storm.send("hello\n"));
+    assert!(wait_until(TIMEOUT, || storm.output().contains("hello\n")));
+    let sent = (0..500).take_while(|_| storm.send("k\n")).count();
+    assert!(
+        sent < 500,
+        "500 KeyUpdates in a row were taken\n{}",
+        s.log_text()
+    );
+    assert!(s.wait_log("exited with status 0"), "{}", s.log_text());
+    // The same with data between: served, bounded.
+    let before = cpu_ticks(s.pid());
+    let mut talk = Interactive::start(&pki, port);
+    for i in 0..300 {
+        assert!(talk.send("K\n") && talk.send(&format!("line {i}\n")), "{i}");
+    }
+    assert!(
+        wait_until(TIMEOUT, || talk.output().contains("line 299\n")),
+        "{}\n{}",
+        talk.output(),
+        s.log_text()
+    );
+    let ticks = cpu_ticks(s.pid()) - before;
+    // 300 KeyUpdates each way and 300 lines cost microseconds each; a
+    // second of CPU (100 ticks) would be a loop spinning.
+    assert!(ticks < 100, "{ticks} ticks for the storm");
+    // s_client says KEYUPDATE on stderr for each `K` it read on its own
+    // (a few may share a read with their line, and are not commands).
+    let updates = || talk.output().matches("KEYUPDATE").count();
+    assert!(
+        wait_until(TIMEOUT, || updates() >= 250),
+        "{}",
+        talk.output()
+    );
+}
