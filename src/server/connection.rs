@@ -533,6 +533,14 @@ impl Server {
     /// `HEADER_TIMEOUT` or `HANDSHAKE_TIMEOUT` ran out for `token`'s
     /// connection.
     pub(super) fn front_late(&mut self, token: mio::Token) {
+        if self.front.extend(token) {
+            let rest = crate::tls::HANDSHAKE_TIMEOUT - crate::tls::HELLO_TIMEOUT;
+            let timer = self
+                .timers
+                .add(Instant::now() + rest, Timer::FrontDue(token));
+            self.front.set_timer(token, timer);
+            return;
+        }
         if let Some(step) = self.front.late(token) {
             self.front_step(token, step);
         }

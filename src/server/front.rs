@@ -365,6 +365,22 @@ impl FrontTable {
         }
     }
 
+    /// A handshake at its `HELLO_TIMEOUT` whose hello is in: it stays,
+    /// under `timer` (the rest of its `HANDSHAKE_TIMEOUT`).
+    pub fn extend(&mut self, token: Token) -> bool {
+        match self.conns.get_mut(&token).map(|c| &mut c.work) {
+            Some(Work::Handshake(hs)) => hs.extend(),
+            _ => false,
+        }
+    }
+
+    /// The new deadline timer of `token`'s connection.
+    pub fn set_timer(&mut self, token: Token, timer: TimerKey) {
+        if let Some(c) = self.conns.get_mut(&token) {
+            c.timer = timer;
+        }
+    }
+
     /// What `token`'s connection comes to at its deadline (it leaves):
     /// a failure, or for a `Work::Local` one, its service.
     pub fn late(&mut self, token: Token) -> Option<Step> {

@@ -25,7 +25,7 @@ use super::{Server, TokenKind};
 use crate::addr::ListenAddr;
 use crate::peer::{Peer, SourceKey};
 use crate::tls::{
-    Failure, Handshake, PumpStep, SslVars, TlsConn, TlsConns, TlsPump, HANDSHAKE_TIMEOUT, LINGER,
+    Failure, Handshake, PumpStep, SslVars, TlsConn, TlsConns, TlsPump, HELLO_TIMEOUT, LINGER,
 };
 
 /// What the loop keeps with a TLS connection.
@@ -79,9 +79,7 @@ impl Server {
             return;
         }
         self.poller.tokens.insert(token, TokenKind::Front);
-        let timer = self
-            .timers
-            .add(now + HANDSHAKE_TIMEOUT, Timer::FrontDue(token));
+        let timer = self.timers.add(now + HELLO_TIMEOUT, Timer::FrontDue(token));
         let conn = FrontConn {
             socket: conn,
             addr: addr.clone(),

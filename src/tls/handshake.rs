@@ -15,6 +15,14 @@ use super::TlsConfig;
 
 /// SPEC: a handshake is bounded in time.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The client's whole ClientHello must be in this soon: a real client
+/// sends it with its first segment, so a connection that has said
+/// nothing (or a hello's first bytes only) by then is let go, its
+/// handshake place with it, instead of holding the place the full
+/// `HANDSHAKE_TIMEOUT` (as haproxy's `tcp-request inspect-delay` bounds
+/// the wait for a client's first bytes). One that has is given the rest
+/// of `HANDSHAKE_TIMEOUT` for its certificate and Finished.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
 /// Handshakes at once over all services. Each holds rustls's state (a few
 /// KiB) and costs a key exchange and a signature; at the bound the TLS
 /// services' listeners are not watched, so new clients wait in the kernel
@@ -91,13 +99,27 @@ pub enum Step {
 /// One client's handshake.
 pub struct Handshake {
     conn: ServerConnection,
+    /// rustls had an answer to send: the client's hello was whole.
+    answered: bool,
+    /// The deadline was moved from `HELLO_TIMEOUT` on (once).
+    extended: bool,
 }
 
 impl Handshake {
     pub fn new(config: &TlsConfig) -> Result<Handshake, rustls::Error> {
         Ok(Handshake {
             conn: ServerConnection::new(config.clone())?,
+            answered: false,
+            extended: false,
         })
+    }
+
+    /// At its `HELLO_TIMEOUT`: is the hello in, so that the handshake
+    /// gets the rest of `HANDSHAKE_TIMEOUT`? True once at most.
+    pub fn extend(&mut self) -> bool {
+        let extend = self.answered && !self.extended;
+        self.extended = true;
+        extend
     }
 
     /// Move the handshake on as far as `sock` allows now.
@@ -112,6 +134,7 @@ impl Handshake {
                 return Step::Done;
             }
             let mut blocked = false;
+            self.answered |= self.conn.wants_write();
             while self.conn.wants_write() {
                 match self.conn.write_tls(sock) {
                     Ok(_) => {}

@@ -33,7 +33,7 @@ use crate::config::raw_path;
 
 pub use config::{server_config, TlsConfig};
 pub use files::{load, LoadError, Named, Which};
-pub use handshake::{Failure, Handshake, Step, HANDSHAKE_LIMIT, HANDSHAKE_TIMEOUT};
+pub use handshake::{Failure, Handshake, Step, HANDSHAKE_LIMIT, HANDSHAKE_TIMEOUT, HELLO_TIMEOUT};
 pub use pump::{PumpStep, TlsPump};
 pub use table::{TlsConn, TlsConns, LINGER};
 pub use vars::SslVars;

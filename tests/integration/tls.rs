@@ -1160,3 +1160,69 @@ fn a_key_update_storm_is_closed_or_served_without_spinning() {
         talk.output()
     );
 }
+
+/// A TLS 1.3 ClientHello as rustls's client writes it (with ring, as
+/// summond's own provider: deprecated only for want of post-quantum).
+#[allow(deprecated)]
+fn client_hello() -> Vec<u8> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = "localhost".try_into().unwrap();
+    let mut c = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    c.write_tls(&mut hello).unwrap();
+    hello
+}
+
+/// Is `c` still open from summond's side, whatever it sent (read and
+/// dropped)?
+fn open_after_reading(mut c: &std::net::TcpStream) -> bool {
+    c.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    let open = loop {
+        match c.read(&mut buf) {
+            Ok(0) => break false,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break true,
+            Err(_) => break false,
+        }
+    };
+    c.set_nonblocking(false).unwrap();
+    open
+}
+
+/// A connection that sends no ClientHello is let go before one that sent
+/// its hello and stalled after it (its certificate and Finished are given
+/// the rest of the 10 s): a silent client holds a handshake place a
+/// short while only.
+#[test]
+fn a_client_silent_before_its_hello_goes_before_one_stalled_after_it() {
+    if !tools_or_skip("hello_deadline", &["openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let port = free_port();
+    let s = Summond::start(&tls_service(port, &sh("echo served"), &pki, ""));
+    // Two addresses: each refusal has its own log line.
+    let mut stalled = connect_from([127, 0, 0, 2], port);
+    stalled.write_all(&client_hello()).unwrap();
+    let silent = connect_from([127, 0, 0, 3], port);
+    until_closed(silent);
+    assert!(
+        open_after_reading(&stalled),
+        "the stalled handshake went first\n{}",
+        s.log_text()
+    );
+    until_closed(stalled);
+    assert_eq!(
+        s.log_count("(tls: TLS handshake not done in time)"),
+        2,
+        "{}",
+        s.log_text()
+    );
+}
