@@ -286,6 +286,10 @@ pub struct BackendStatus {
     /// Bytes relayed client → backend and back, open connections included.
     pub bytes_up: u64,
     pub bytes_down: u64,
+    /// Its last STATUS= (`ready = "notify"`; at most 200 bytes, no
+    /// control characters), as an `accept = false` child's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }
 
 impl std::fmt::Display for BackendStatus {
@@ -301,7 +305,11 @@ impl std::fmt::Display for BackendStatus {
             f,
             ", {} open, {} relayed, {} bytes up, {} down",
             self.open, self.relayed, self.bytes_up, self.bytes_down
-        )
+        )?;
+        if let Some(s) = &self.status {
+            write!(f, ", {s:?}")?;
+        }
+        Ok(())
     }
 }
 

@@ -211,6 +211,7 @@ mod tests {
             state: "ready".into(),
             pid: Some(42),
             ready_us: Some(1500),
+            status: Some("<b>up</b>".into()),
             ..Default::default()
         });
         let page = render(&[held, user, off, fwd], now);
@@ -219,6 +220,7 @@ mod tests {
         assert!(page.contains("<tr class=\"disabled\" data-service=\"off\">"));
         assert!(page.contains("<td class=\"refused\">access 1, proxy 3</td>"));
         assert!(page.contains("backend ready, pid 42, ready in 1.5 ms"));
+        assert!(page.contains("down, &quot;&lt;b&gt;up&lt;/b&gt;&quot;</td>"));
         assert!(page.contains("<p id=\"summary\">4 services, 8 children</p>"));
         assert!(page.contains("<meta http-equiv=\"refresh\" content=\"5\">"));
     }

@@ -221,3 +221,74 @@ forward = "tcp://127.0.0.1:{backend}"
     );
     assert_eq!(s.log_count("starting the backend"), 2, "{}", s.log_text());
 }
+
+/// A backend with `ready = "notify"` that says STATUS= after READY=1:
+/// `summond status` (text and JSON) and the status page show it, and it
+/// is still read after an upgrade (the NOTIFY_SOCKET is handed over).
+#[test]
+fn a_backends_status_shows_in_status_and_on_the_page_across_an_upgrade() {
+    if !have("python3") {
+        return skip("forward STATUS=", "python3 is not installed");
+    }
+    let (port, backend, mport) = (free_port(), free_port(), free_port());
+    let dir = TempDir::new("fwdstatus");
+    let control = dir.path("control.sock");
+    // An echo of one line per connection that counts them in STATUS=.
+    let script = format!(
+        "import os, socket\n\
+         a = os.environ['NOTIFY_SOCKET']; a = '\\0' + a[1:]\n\
+         n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
+         s = socket.create_server(('127.0.0.1', {backend}))\n\
+         n.sendto(b'READY=1\\nSTATUS=served 0', a)\n\
+         i = 0\n\
+         while True:\n    \
+             c, _ = s.accept(); c.sendall(c.recv(100)); c.close(); i += 1\n    \
+             n.sendto(b'STATUS=served %d' % i, a)\n"
+    );
+    let config = format!(
+        "{}metrics = \"tcp://127.0.0.1:{mport}\"\n\
+         [[service]]\nname = \"web\"\nlisten = \"tcp://127.0.0.1:{port}\"\n\
+         exec = [\"python3\", \"-c\", {}]\nforward = \"tcp://127.0.0.1:{backend}\"\n\
+         ready = \"notify\"\n",
+        daemon_control(&control),
+        toml_str(&script)
+    );
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &config,
+            ..Start::default()
+        },
+    );
+    let _guard = KillOnDropLater(&s);
+    let said = |n: u32| {
+        let want = format!("served {n}");
+        wait_until(TIMEOUT, || {
+            status_json(&control)["services"][0]["backend"]["status"] == want.as_str()
+        })
+    };
+    assert_eq!(tcp_port_exchange(port, b"one\n"), "one\n");
+    assert!(said(1), "{}\n{}", status_json(&control), s.log_text());
+    let (code, table, _) = run_to_exit(&["status", "--control", control.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let pid = backend_pid(&s, 0);
+    assert!(
+        table.contains(&format!("web: backend ready, pid {pid}, "))
+            && table.contains(", \"served 1\"\n"),
+        "{table}"
+    );
+    let mut page = String::new();
+    let mut c = TcpStream::connect(("127.0.0.1", mport)).unwrap();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    std::io::Read::read_to_string(&mut c, &mut page).unwrap();
+    assert!(page.contains("&quot;served 1&quot;"), "{page}");
+    upgrade(&s);
+    assert_eq!(
+        status_json(&control)["services"][0]["backend"]["status"],
+        "served 1"
+    );
+    assert_eq!(tcp_port_exchange(port, b"two\n"), "two\n");
+    assert!(said(2), "{}\n{}", status_json(&control), s.log_text());
+    assert_eq!(s.log_count("starting the backend"), 1, "{}", s.log_text());
+}

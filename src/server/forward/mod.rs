@@ -1160,6 +1160,7 @@ impl Server {
             relayed: b.map_or(0, |b| b.relayed),
             bytes_up: up,
             bytes_down: down,
+            status: b.and_then(|b| b.status.clone()),
         })
     }
 }
