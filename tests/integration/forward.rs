@@ -1,6 +1,7 @@
 //! Forward mode with real backends: `python3 -m http.server` (binds its
-//! own port) started at the first client, and `socat` echoing through
-//! `cat`. Clients are real sockets; bytes are compared whole.
+//! own port) started at the first client, `socat` echoing through
+//! `cat`, and nginx reading `forward_proxy_protocol`. Clients are real
+//! sockets; bytes are compared whole.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -932,6 +933,64 @@ forward_proxy_protocol = "{version}"
                 assert_eq!(header.len(), 28);
             }
         }
+    }
+}
+
+/// Debian's nginx as the backend, `listen … proxy_protocol`, started at
+/// the first client: with `forward_proxy_protocol` v1 and v2 it sees
+/// each client's own address and port (`$proxy_protocol_addr`), which
+/// it sends back; everything of it (pid, logs, temp paths) in a temp dir.
+#[test]
+fn nginx_behind_forward_proxy_protocol_sees_the_clients_own_address() {
+    let nginx = "/usr/sbin/nginx";
+    if !std::path::Path::new(nginx).exists() {
+        return skip("forward nginx", "nginx is not installed");
+    }
+    for version in ["v1", "v2"] {
+        let (port, backend) = (free_port(), free_port());
+        let dir = TempDir::new("fwdnginx");
+        let d = dir.path("").display().to_string();
+        let temps: String = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
+            .iter()
+            .map(|t| format!("{t}_temp_path {d}/{t};\n"))
+            .collect();
+        let conf = format!(
+            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\naccess_log off;\n{temps}\
+             server {{\nlisten 127.0.0.1:{backend} proxy_protocol;\n\
+             location / {{ return 200 \"$proxy_protocol_addr:$proxy_protocol_port\\n\"; }}\n}}\n}}\n"
+        );
+        std::fs::write(dir.path("nginx.conf"), conf).unwrap();
+        let config = format!(
+            r#"
+[[service]]
+name = "nginx"
+listen = "tcp://127.0.0.1:{port}"
+exec = ["{nginx}", "-e", "{d}/error.log", "-p", "{d}", "-c", "{d}/nginx.conf"]
+forward = "tcp://127.0.0.1:{backend}"
+forward_proxy_protocol = "{version}"
+"#
+        );
+        let s = Summond::start(&config);
+        let _guard = KillOnDropLater(&s);
+        assert_eq!(s.log_count("starting the backend"), 0);
+        for _ in 0..2 {
+            let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let client_port = c.local_addr().unwrap().port();
+            c.set_read_timeout(Some(TIMEOUT)).unwrap();
+            (&c).write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+            let mut back = String::new();
+            (&c).read_to_string(&mut back).unwrap();
+            let errors = std::fs::read_to_string(dir.path("error.log")).unwrap_or_default();
+            assert!(
+                back.starts_with("HTTP/1.1 200")
+                    && back.ends_with(&format!("\r\n\r\n127.0.0.1:{client_port}\n")),
+                "{version}: {back}\n{errors}\n{}",
+                s.log_text()
+            );
+        }
+        assert_eq!(s.log_count("starting the backend"), 1, "{}", s.log_text());
     }
 }
 
