@@ -78,6 +78,8 @@ impl Launcher {
             env,
             listen_pid,
             nofile: self.child_nofile,
+            // A forward backend's tree is stopped whole (forward/tree.rs).
+            subreaper: rt.spec.forward.is_some(),
         };
         let envs = &mut self.envs;
         let image = rt

@@ -89,6 +89,7 @@ pub(super) struct ChildArgs<'a> {
     pub(super) first_temp: RawFd,
     pub(super) listen_pid_digits: *mut u8,
     pub(super) nofile: Option<libc::rlimit>,
+    pub(super) subreaper: bool,
     pub(super) credentials: Option<&'a Credentials>,
     pub(super) groups: &'a [libc::gid_t],
     pub(super) sandbox: &'a SandboxImage,
@@ -128,6 +129,11 @@ unsafe fn child_after_clone(a: &ChildArgs<'_>) -> ! {
     // Its own session and process group, so a signal to the child's group
     // never reaches summond, and a terminal's ^C never reaches the child.
     libc::syscall(libc::SYS_setsid);
+    // Best effort (Linux 3.4 on): without it a daemonizing backend's
+    // orphans go to init, as before.
+    if a.subreaper {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
     place_fds(a);
 
     // The sandbox, in the documented order: rlimits, umask, nice, chroot,

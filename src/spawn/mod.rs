@@ -59,6 +59,10 @@ pub struct ChildSetup<'a> {
     pub listen_pid: bool,
     /// The RLIMIT_NOFILE summond was started with, restored in the child.
     pub nofile: Option<libc::rlimit>,
+    /// Make the child a subreaper (PR_SET_CHILD_SUBREAPER, kept across
+    /// execve): what its processes orphan is reparented to it, not to
+    /// init, so a daemon's double fork stays in its tree.
+    pub subreaper: bool,
 }
 
 #[derive(Debug)]
@@ -224,6 +228,7 @@ impl Spawner {
                 ptr::null_mut()
             },
             nofile: setup.nofile,
+            subreaper: setup.subreaper,
             credentials: image.credentials.as_ref(),
             groups: &image.groups,
             sandbox: &image.sandbox,

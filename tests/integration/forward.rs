@@ -1148,3 +1148,75 @@ stop_timeout = "1s"
     let sent = std::fs::read(&got).unwrap_or_default();
     assert!(sent.is_empty(), "the link's target was sent {sent:?}");
 }
+
+/// A backend whose server daemonizes (fork, setsid, fork: out of the
+/// backend's process group and session) while its shell lives on: its
+/// idle stop ends the daemon too, so it does not keep the port, and the
+/// next client is served by a new daemon of a new backend.
+#[test]
+fn a_daemon_a_backend_starts_does_not_outlive_its_stop() {
+    if !have("python3") {
+        return skip("forward daemonizing backend", "python3 is not installed");
+    }
+    let (port, backend) = (free_port(), free_port());
+    let dir = TempDir::new("fwddaemon");
+    let pidfile = dir.path("daemon.pid");
+    let daemon = format!(
+        "import os, socket, sys\n\
+         if os.fork(): sys.exit(0)\n\
+         os.setsid()\n\
+         if os.fork(): os._exit(0)\n\
+         s = socket.create_server(('127.0.0.1', {backend}))\n\
+         open({pidfile:?}, 'w').write(str(os.getpid()))\n\
+         while True:\n    \
+             c, _ = s.accept(); c.sendall(c.recv(100)); c.close()\n",
+        pidfile = pidfile.display().to_string()
+    );
+    std::fs::write(dir.path("daemon.py"), daemon).unwrap();
+    let script = format!(
+        "python3 {} && exec sleep 600",
+        dir.path("daemon.py").display()
+    );
+    let config = format!(
+        r#"
+[[service]]
+name = "daemon"
+listen = "tcp://127.0.0.1:{port}"
+exec = {exec}
+forward = "tcp://127.0.0.1:{backend}"
+idle_stop = "200ms"
+stop_timeout = "5s"
+"#,
+        exec = sh(&script)
+    );
+    let s = Summond::start(&config);
+    let _guard = KillOnDropLater(&s);
+    let daemon_pid = || -> Option<i32> { std::fs::read_to_string(&pidfile).ok()?.parse().ok() };
+    assert_eq!(tcp_port_exchange(port, b"one\n"), "one\n");
+    let first = daemon_pid().expect("the daemon wrote its pid");
+    let _kill = KillOnDrop::new(first);
+    assert!(s.wait_log("idle: stopping it"), "{}", s.log_text());
+    assert!(
+        wait_until(
+            TIMEOUT,
+            || !matches!(proc_state(first), Some(c) if c != 'Z')
+        ),
+        "the daemon outlived its backend's stop\n{}",
+        s.log_text()
+    );
+    std::fs::remove_file(&pidfile).unwrap();
+    assert_eq!(
+        tcp_port_exchange(port, b"two\n"),
+        "two\n",
+        "{}",
+        s.log_text()
+    );
+    let second = daemon_pid().expect("a new daemon served");
+    let _kill2 = KillOnDrop::new(second);
+    assert_ne!(first, second);
+    assert!(
+        s.log_text().contains("left backend pid"),
+        "{}",
+        s.log_text()
+    );
+}

@@ -222,6 +222,7 @@ impl Server {
             open: 0,
             stop_timeout,
             kill,
+            tree: Vec::new(),
         });
     }
 

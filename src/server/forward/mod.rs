@@ -64,6 +64,7 @@ use crate::stats::ExitText;
 mod handover;
 pub(super) use handover::Handed;
 mod held;
+mod tree;
 
 /// The waits between connect attempts after a start (the first attempt
 /// is at once), then one every `PROBE_EVERY`: a backend is found ready
@@ -157,6 +158,9 @@ pub(super) struct Backend {
     notify: Option<(Socket, Token)>,
     /// The last STATUS= the running backend sent, for status.
     pub status: Option<String>,
+    /// Its tree as its stop found it (`tree.rs`): the SIGKILL reaches
+    /// the daemons among it, once the backend is gone too.
+    tree: Vec<tree::Member>,
 }
 
 impl Default for Backend {
@@ -175,6 +179,7 @@ impl Default for Backend {
             warned: false,
             notify: None,
             status: None,
+            tree: Vec::new(),
         }
     }
 }
@@ -229,6 +234,8 @@ pub(super) struct Retired {
     stop_timeout: Duration,
     /// Set once SIGTERM went.
     kill: Option<TimerKey>,
+    /// Its tree as its stop found it.
+    tree: Vec<tree::Member>,
 }
 
 /// Every backend, and the relay of every forwarded connection.
@@ -963,6 +970,7 @@ impl Server {
                 svc.name
             );
         }
+        backend.tree = stop_tree(&svc.name, pid);
         let kill_at = Instant::now() + stop_timeout;
         let timer = self.timers.add(
             kill_at,
@@ -992,6 +1000,14 @@ impl Server {
         warn!(event = "backend_kill", service = name.as_str(), pid = pid.as_raw();
             "{name}: backend pid {pid} still running after stop_timeout: SIGKILL to its group");
         let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
+        let kept = match self.forward.retired.iter_mut().find(|r| r.pid == pid) {
+            Some(r) => Some(&mut r.tree),
+            None => self.forward.backends.get_mut(&id).map(|b| &mut b.tree),
+        };
+        if let Some(kept) = kept {
+            tree::merge(kept, tree::descendants(pid));
+            tree::signal(kept, pid, Signal::SIGKILL);
+        }
     }
 
     /// Step 4: a reaped pid that was a backend. Returns false if it was not.
@@ -1004,7 +1020,7 @@ impl Server {
             if let Some(kill) = r.kill {
                 self.timers.cancel(kill);
             }
-            kill_leftovers(pid);
+            kill_leftovers(pid, &r.tree);
             let cut = self.cut_relays_of(pid);
             info!(event = "backend_exit", service = &*r.name, pid = pid.as_raw();
                 "{}: retired backend pid {pid} {}{}", r.name, ExitText(status), cut_text(cut));
@@ -1020,6 +1036,7 @@ impl Server {
             return false;
         };
         let old = std::mem::replace(&mut backend.state, State::Stopped);
+        let kept = std::mem::take(&mut backend.tree);
         if let Some(t) = backend.idle_timer.take() {
             self.timers.cancel(t);
         }
@@ -1041,7 +1058,7 @@ impl Server {
             _ => false,
         };
         self.forget_notify(id);
-        kill_leftovers(pid);
+        kill_leftovers(pid, &kept);
         let cut = self.cut_relays_of(pid);
         let what = ExitText(status);
         if asked {
@@ -1133,6 +1150,7 @@ impl Server {
         for (name, pid) in running.chain(retired) {
             info!("{name}: SIGTERM to backend pid {pid}'s group");
             let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGTERM);
+            stop_tree(name, pid);
         }
     }
 }
@@ -1222,6 +1240,7 @@ impl Server {
                 open,
                 stop_timeout: fwd.stop_timeout,
                 kill,
+                tree: std::mem::take(&mut b.tree),
             });
             self.forget_notify(id);
             if open == 0 && kill.is_none() {
@@ -1242,6 +1261,7 @@ impl Server {
                 r.name
             );
         }
+        r.tree = stop_tree(&r.name, pid);
         let at = Instant::now() + r.stop_timeout;
         r.kill = Some(self.timers.add(
             at,
@@ -1292,8 +1312,25 @@ impl Server {
 /// next backend binds. The group's id stays the leader's pid, unused by
 /// any new process, while a member is left; this runs in the same turn
 /// as the reap.
-fn kill_leftovers(leader: Pid) {
+/// The members of its tree its stop found (daemons that left the group)
+/// get it too.
+fn kill_leftovers(leader: Pid, tree: &[tree::Member]) {
     let _ = kill(Pid::from_raw(-leader.as_raw()), Signal::SIGKILL);
+    tree::signal(tree, leader, Signal::SIGKILL);
+}
+
+/// A stop's SIGTERM to backend `pid`'s tree outside its group (the
+/// group has had its own), each one logged; the tree, for the SIGKILL.
+fn stop_tree(name: &str, pid: Pid) -> Vec<tree::Member> {
+    let members = tree::descendants(pid);
+    for m in members.iter().filter(|m| m.pgid != pid.as_raw()) {
+        info!(
+            "{name}: pid {} left backend pid {pid}'s process group (a daemon): SIGTERM to it too",
+            m.pid
+        );
+    }
+    tree::signal(&members, pid, Signal::SIGTERM);
+    members
 }
 
 fn cut_text(cut: usize) -> String {
