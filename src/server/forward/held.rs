@@ -4,10 +4,14 @@
 //! the socket file) while the backend is stopped would get the clients.
 //!
 //! - unix: `SO_PEERCRED` on the probe names who called listen(2).
-//! - tcp: the server side of the probe's connection (accepted or still
-//!   in the listener's queue) is the line in /proc/net/tcp (tcp6) whose
-//!   local address is the probe's peer and remote address the probe's
-//!   own; its uid is the listener's (the kernel copies it to the child).
+//! - tcp: the listening socket the probe reached is the LISTEN line in
+//!   /proc/net/tcp (tcp6) on the probe's peer address, or on the
+//!   wildcard address and the same port; its uid is whoever made it. Not
+//!   the accepted socket's: the kernel gives that the uid of whoever
+//!   accepted it, so a server whose workers drop privileges (nginx: a
+//!   root master, workers as nobody) would read as another user once a
+//!   worker took the probe. Two listeners on one port need SO_REUSEPORT,
+//!   which the kernel allows only to the same uid.
 //!
 //! Knows nothing of `Server`.
 
@@ -20,41 +24,54 @@ use socket2::Socket;
 pub(super) fn listener_uid(probe: &Socket) -> io::Result<u32> {
     let peer = probe.peer_addr()?;
     if let Some(peer) = peer.as_socket() {
-        let local = probe
-            .local_addr()?
-            .as_socket()
-            .ok_or(io::ErrorKind::InvalidData)?;
-        return tcp_uid(peer, local);
+        return tcp_listener_uid(peer);
     }
     let cred = nix::sys::socket::getsockopt(probe, nix::sys::socket::sockopt::PeerCredentials)
         .map_err(io::Error::from)?;
     Ok(cred.uid())
 }
 
-/// The uid of the socket with local address `server` and remote address
-/// `client`, read line by line (no bound needed on the file's size).
-fn tcp_uid(server: SocketAddr, client: SocketAddr) -> io::Result<u32> {
-    let table = match server {
-        SocketAddr::V4(_) => "/proc/net/tcp",
-        SocketAddr::V6(_) => "/proc/net/tcp6",
-    };
-    let file = BufReader::new(std::fs::File::open(table)?);
-    for line in file.lines().skip(1) {
-        if let Some(uid) = uid_if_pair(&line?, server, client) {
-            return Ok(uid);
+/// The uid of the socket listening on `server` (its address, or the
+/// wildcard address of its family on its port; an IPv4 address may be
+/// reached through an IPv6 wildcard), read line by line (no bound needed
+/// on the file's size). An exact listener wins over a wildcard one.
+fn tcp_listener_uid(server: SocketAddr) -> io::Result<u32> {
+    let mut tables = vec!["/proc/net/tcp6"];
+    if server.is_ipv4() {
+        tables.insert(0, "/proc/net/tcp");
+    }
+    let mut wildcard = None;
+    for table in tables {
+        let Ok(file) = std::fs::File::open(table) else {
+            continue;
+        };
+        for line in BufReader::new(file).lines().skip(1) {
+            match listening_on(&line?, server) {
+                Some((uid, true)) => return Ok(uid),
+                Some((uid, false)) => wildcard = wildcard.or(Some(uid)),
+                None => {}
+            }
         }
     }
-    Err(io::ErrorKind::NotFound.into())
+    wildcard.ok_or_else(|| io::ErrorKind::NotFound.into())
 }
 
 /// One /proc/net/tcp line: `sl local remote st tx:rx tr:when retr uid ...`.
-fn uid_if_pair(line: &str, server: SocketAddr, client: SocketAddr) -> Option<u32> {
+/// If it is a listener (state 0A) that `server` reaches: its uid, and
+/// whether it is bound to `server`'s own address (not the wildcard).
+fn listening_on(line: &str, server: SocketAddr) -> Option<(u32, bool)> {
     let mut f = line.split_whitespace();
-    let (local, remote) = (f.nth(1)?, f.next()?);
-    if parse_addr(local)? != server || parse_addr(remote)? != client {
+    let local = parse_addr(f.nth(1)?)?;
+    if f.nth(1)? != "0A" || local.port() != server.port() {
         return None;
     }
-    f.nth(4)?.parse().ok()
+    let exact = local.ip() == server.ip()
+        || matches!((local.ip(), server.ip()), (IpAddr::V6(l), IpAddr::V4(s)) if l == s.to_ipv6_mapped());
+    if !exact && !local.ip().is_unspecified() {
+        return None;
+    }
+    let uid = f.nth(3)?.parse().ok()?;
+    Some((uid, exact))
 }
 
 /// `0100007F:1F90` (IPv4) or four 32-bit words (IPv6), each word the
@@ -87,12 +104,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_proc_net_tcp_line_gives_the_uid_of_its_pair_only() {
-        let line = "   3: 0100007F:1F90 0100007F:A2C4 01 00000000:00000000 00:00000000 00000000    65534        0 123 1 0 20 4 30 10 -1";
+    fn a_proc_net_tcp_line_gives_the_uid_of_a_listener_on_the_address_only() {
+        let line = |local: &str, st: &str| {
+            format!("   3: {local} 00000000:0000 {st} 00000000:00000000 00:00000000 00000000    65534        0 123 1 0 20 4 30 10 -1")
+        };
         let server: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        let client: SocketAddr = "127.0.0.1:41668".parse().unwrap();
-        assert_eq!(uid_if_pair(line, server, client), Some(65534));
-        assert_eq!(uid_if_pair(line, client, server), None);
+        assert_eq!(
+            listening_on(&line("0100007F:1F90", "0A"), server),
+            Some((65534, true))
+        );
+        assert_eq!(
+            listening_on(&line("00000000:1F90", "0A"), server),
+            Some((65534, false))
+        );
+        // An accepted connection, another port, another address.
+        assert_eq!(listening_on(&line("0100007F:1F90", "01"), server), None);
+        assert_eq!(listening_on(&line("0100007F:1F91", "0A"), server), None);
+        assert_eq!(listening_on(&line("0200007F:1F90", "0A"), server), None);
+        let v6any = "00000000000000000000000000000000:1F90";
+        assert_eq!(
+            listening_on(&line(v6any, "0A"), server),
+            Some((65534, false))
+        );
     }
 
     #[test]
