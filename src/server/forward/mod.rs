@@ -344,9 +344,21 @@ fn set_nonblocking(s: &Socket) -> io::Result<()> {
 }
 
 /// Close a probe's socket with a reset: no TIME_WAIT left on the port
-/// the backend is about to bind.
+/// the backend is about to bind, and nothing (not even an EOF) for a
+/// listener that turned out not to be the backend.
 fn discard(s: Socket) {
     let _ = s.set_linger(Some(Duration::ZERO));
+}
+
+/// A connect in flight that no longer matters (its backend stops,
+/// exits or is retired): unwatched and reset.
+fn drop_probe(poller: &mut super::poller::Poller, probe: Option<(Socket, Token)>) {
+    if let Some((sock, token)) = probe {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+        let _ = poller.registry().deregister(&mut SourceFd(&fd));
+        poller.tokens.remove(&token);
+        discard(sock);
+    }
 }
 
 impl Server {
@@ -953,16 +965,9 @@ impl Server {
         if matches!(backend.state, State::Stopping { .. }) {
             return;
         }
-        if let State::Starting {
-            probe: Some((sock, token)),
-            timeout,
-            ..
-        } = &backend.state
-        {
-            let fd = std::os::fd::AsRawFd::as_raw_fd(sock);
-            let _ = self.poller.registry().deregister(&mut SourceFd(&fd));
-            self.poller.tokens.remove(token);
+        if let State::Starting { probe, timeout, .. } = &mut backend.state {
             self.timers.cancel(*timeout);
+            drop_probe(&mut self.poller, probe.take());
         }
         if let Err(e) = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGTERM) {
             warn!(
@@ -1048,11 +1053,7 @@ impl Server {
             }
             State::Starting { timeout, probe, .. } => {
                 self.timers.cancel(timeout);
-                if let Some((sock, token)) = probe {
-                    let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
-                    let _ = self.poller.registry().deregister(&mut SourceFd(&fd));
-                    self.poller.tokens.remove(&token);
-                }
+                drop_probe(&mut self.poller, probe);
                 false
             }
             _ => false,
@@ -1212,11 +1213,7 @@ impl Server {
             let kill = match std::mem::replace(&mut b.state, State::Stopped) {
                 State::Starting { probe, timeout, .. } => {
                     self.timers.cancel(timeout);
-                    if let Some((sock, token)) = probe {
-                        let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
-                        let _ = self.poller.registry().deregister(&mut SourceFd(&fd));
-                        self.poller.tokens.remove(&token);
-                    }
+                    drop_probe(&mut self.poller, probe);
                     None
                 }
                 State::Stopping { kill, .. } => Some(kill),
