@@ -53,18 +53,10 @@ const BACKLOG_64: &str =
     "import runpy, socketserver; socketserver.TCPServer.request_queue_size = 64; \
     runpy.run_module('http.server', run_name='__main__')";
 
-/// An http.server service in forward mode serving `{dir}/www`.
-fn http_service(port: u16, backend: u16, extra: &str) -> String {
+/// http.server serving `{dir}/www` on `backend`, as `exec`.
+fn http(backend: u16) -> String {
     format!(
-        r#"
-[[service]]
-name = "web"
-listen = "tcp://127.0.0.1:{port}"
-exec = ["python3", "-c", "{BACKLOG_64}", "--bind", "127.0.0.1", "--directory", "{{dir}}/www", "{backend}"]
-forward = "tcp://127.0.0.1:{backend}"
-stderr = "null"
-{extra}
-"#
+        "[\"python3\", \"-c\", \"{BACKLOG_64}\", \"--bind\", \"127.0.0.1\", \"--directory\", \"{{dir}}/www\", \"{backend}\"]"
     )
 }
 
@@ -94,19 +86,15 @@ fn twenty_clients_at_a_cold_start_share_one_backend_which_stops_when_idle() {
         return skip("forward cold start", "python3 is not installed");
     }
     let body = pattern(1 << 20, 7);
-    let (port, backend, mport) = (free_port(), free_port(), free_port());
-    let config = format!(
-        "[daemon]\ncontrol = \"{{dir}}/ctl\"\nmetrics = \"tcp://127.0.0.1:{mport}\"\n{}",
-        http_service(port, backend, "idle_stop = \"1s\"")
-    );
-    let s = Summond::start_in(
+    let mport = free_port();
+    let f = Fwd::start_in(
         with_www(&body),
-        Start {
-            config: &config,
-            ..Start::default()
-        },
+        &format!("[daemon]\ncontrol = \"{{dir}}/ctl\"\nmetrics = \"tcp://127.0.0.1:{mport}\"\n"),
+        "web",
+        http,
+        "stderr = \"null\"\nidle_stop = \"1s\"",
     );
-    let _guard = KillOnDropLater(&s);
+    let (s, port) = (&f.s, f.port);
     let clients: Vec<_> = (0..20)
         .map(|_| thread::spawn(move || get(port, "/file")))
         .collect();
@@ -118,7 +106,7 @@ fn twenty_clients_at_a_cold_start_share_one_backend_which_stops_when_idle() {
         );
     }
     assert_eq!(s.log_count("starting the backend"), 1, "{}", s.log_text());
-    let pid = backend_pid(&s, 0);
+    let pid = backend_pid(s, 0);
     let ctl = s.dir.path("ctl");
     let (_, table, _) = run_to_exit(&["status", "--control", ctl.to_str().unwrap()]);
     assert!(
@@ -153,6 +141,86 @@ fn twenty_clients_at_a_cold_start_share_one_backend_which_stops_when_idle() {
     assert_eq!(s.log_count("starting the backend"), 2, "{}", s.log_text());
 }
 
+/// A forward service under a summond of its own, on ports picked now:
+/// the setup these tests share. Dropped, it kills the backends its log
+/// names that still run (a failed test must not leave python3 behind),
+/// then stops summond.
+pub(crate) struct Fwd {
+    pub s: Summond,
+    pub port: u16,
+    pub backend: u16,
+    name: String,
+    exec: String,
+}
+
+impl Fwd {
+    /// Service `name` on `port`, running `exec` (a TOML array made from
+    /// the backend's port) and forwarding to it, then the `extra` keys.
+    pub(crate) fn start(name: &str, exec: impl FnOnce(u16) -> String, extra: &str) -> Fwd {
+        Fwd::start_with(name, exec, extra, Summond::start)
+    }
+
+    /// The same in `dir`, after the `daemon` lines.
+    pub(crate) fn start_in(
+        dir: TempDir,
+        daemon: &str,
+        name: &str,
+        exec: impl FnOnce(u16) -> String,
+        extra: &str,
+    ) -> Fwd {
+        Fwd::start_with(name, exec, extra, |config| {
+            Summond::start_in(
+                dir,
+                Start {
+                    config: &format!("{daemon}{config}"),
+                    ..Start::default()
+                },
+            )
+        })
+    }
+
+    fn start_with(
+        name: &str,
+        exec: impl FnOnce(u16) -> String,
+        extra: &str,
+        start: impl FnOnce(&str) -> Summond,
+    ) -> Fwd {
+        let (port, backend) = (free_port(), free_port());
+        let exec = exec(backend);
+        let config = service(name, port, &exec, backend, extra);
+        Fwd {
+            s: start(&config),
+            port,
+            backend,
+            name: name.to_string(),
+            exec,
+        }
+    }
+
+    /// The service again with other `extra` keys, for a reload.
+    pub(crate) fn config(&self, extra: &str) -> String {
+        service(&self.name, self.port, &self.exec, self.backend, extra)
+    }
+}
+
+impl Drop for Fwd {
+    fn drop(&mut self) {
+        drop(KillOnDropLater(&self.s));
+    }
+}
+
+fn service(name: &str, port: u16, exec: &str, backend: u16, extra: &str) -> String {
+    format!(
+        "\n[[service]]\nname = \"{name}\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {exec}\n\
+         forward = \"tcp://127.0.0.1:{backend}\"\n{extra}\n"
+    )
+}
+
+/// A TCP echo through `cat` on `backend`, as `exec`.
+pub(crate) fn echo(backend: u16) -> String {
+    format!("[\"socat\", \"TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork\", \"EXEC:cat\"]")
+}
+
 /// Kills the backends the log names when dropped, if still running (a
 /// failed test must not leave python3 behind).
 pub(crate) struct KillOnDropLater<'a>(pub(crate) &'a Summond);
@@ -185,15 +253,8 @@ fn a_backend_killed_mid_transfer_closes_its_clients_and_the_next_one_restarts_it
         return skip("forward backend killed", "python3 is not installed");
     }
     let body = pattern(64 << 20, 3);
-    let (port, backend) = (free_port(), free_port());
-    let s = Summond::start_in(
-        with_www(&body),
-        Start {
-            config: &http_service(port, backend, ""),
-            ..Start::default()
-        },
-    );
-    let _guard = KillOnDropLater(&s);
+    let f = Fwd::start_in(with_www(&body), "", "web", http, "stderr = \"null\"");
+    let (s, port) = (&f.s, f.port);
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     write!(c, "GET /file HTTP/1.0\r\n\r\n").unwrap();
@@ -201,7 +262,7 @@ fn a_backend_killed_mid_transfer_closes_its_clients_and_the_next_one_restarts_it
     let mut buf = vec![0u8; 64 * 1024];
     let mut got = c.read(&mut buf).unwrap();
     assert!(got > 0);
-    let pid = backend_pid(&s, 0);
+    let pid = backend_pid(s, 0);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -238,18 +299,8 @@ fn large_transfers_both_ways_are_byte_exact_and_eof_is_passed_on() {
     if !have("socat") {
         return skip("forward echo", "socat is not installed");
     }
-    let (port, backend) = (free_port(), free_port());
-    let config = format!(
-        r#"
-[[service]]
-name = "echo"
-listen = "tcp://127.0.0.1:{port}"
-exec = ["socat", "TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork", "EXEC:cat"]
-forward = "tcp://127.0.0.1:{backend}"
-"#
-    );
-    let s = Summond::start(&config);
-    let _guard = KillOnDropLater(&s);
+    let f = Fwd::start("echo", echo, "");
+    let (s, port) = (&f.s, f.port);
     let data = pattern(24 << 20, 9);
     for _ in 0..2 {
         let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -277,15 +328,8 @@ fn a_client_that_never_reads_does_not_slow_another() {
         return skip("forward slow client", "python3 is not installed");
     }
     let body = pattern(32 << 20, 5);
-    let (port, backend) = (free_port(), free_port());
-    let s = Summond::start_in(
-        with_www(&body),
-        Start {
-            config: &http_service(port, backend, ""),
-            ..Start::default()
-        },
-    );
-    let _guard = KillOnDropLater(&s);
+    let f = Fwd::start_in(with_www(&body), "", "web", http, "stderr = \"null\"");
+    let (s, port) = (&f.s, f.port);
     let mut stuck = TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(stuck, "GET /file HTTP/1.0\r\n\r\n").unwrap();
     assert!(s.wait_log("relaying 127.0.0.1:"), "{}", s.log_text());
@@ -307,18 +351,8 @@ fn many_relayed_connections_leak_no_fds() {
     if !have("socat") {
         return skip("forward fd leak", "socat is not installed");
     }
-    let (port, backend) = (free_port(), free_port());
-    let config = format!(
-        r#"
-[[service]]
-name = "echo"
-listen = "tcp://127.0.0.1:{port}"
-exec = ["socat", "TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork", "EXEC:cat"]
-forward = "tcp://127.0.0.1:{backend}"
-"#
-    );
-    let s = Summond::start(&config);
-    let _guard = KillOnDropLater(&s);
+    let f = Fwd::start("echo", echo, "");
+    let (s, port) = (&f.s, f.port);
     // (sockets, pipes) open in summond.
     let fds = || {
         let links: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
@@ -390,26 +424,14 @@ fn a_reload_that_changes_the_service_drains_the_old_backend_then_starts_a_new_on
     if !have("socat") {
         return skip("forward reload", "socat is not installed");
     }
-    let (port, backend) = (free_port(), free_port());
-    let config = |tag: &str| {
-        format!(
-            r#"
-[[service]]
-name = "echo"
-listen = "tcp://127.0.0.1:{port}"
-exec = ["socat", "TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork", "EXEC:cat"]
-env = {{ TAG = "{tag}" }}
-forward = "tcp://127.0.0.1:{backend}"
-"#
-        )
-    };
-    let s = Summond::start(&config("one"));
-    let _guard = KillOnDropLater(&s);
+    let tag = |tag: &str| format!("env = {{ TAG = \"{tag}\" }}");
+    let f = Fwd::start("echo", echo, &tag("one"));
+    let (s, port) = (&f.s, f.port);
     let old = TcpStream::connect(("127.0.0.1", port)).unwrap();
     old.set_read_timeout(Some(TIMEOUT)).unwrap();
     (&old).write_all(b"a\n").unwrap();
     assert_eq!(read_line(&old), "a\n");
-    assert!(s.reload(&config("two")), "{}", s.log_text());
+    assert!(s.reload(&f.config(&tag("two"))), "{}", s.log_text());
     assert!(
         s.wait_log("finishes its 1 open connections"),
         "{}",
@@ -440,18 +462,8 @@ fn an_upgrade_hands_relayed_connections_over_with_bytes_in_flight() {
     if !have("socat") {
         return skip("forward upgrade", "socat is not installed");
     }
-    let (port, backend) = (free_port(), free_port());
-    let config = format!(
-        r#"
-[[service]]
-name = "echo"
-listen = "tcp://127.0.0.1:{port}"
-exec = ["socat", "TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork", "EXEC:cat"]
-forward = "tcp://127.0.0.1:{backend}"
-"#
-    );
-    let s = Summond::start(&config);
-    let _guard = KillOnDropLater(&s);
+    let f = Fwd::start("echo", echo, "");
+    let (s, port) = (&f.s, f.port);
     let data = pattern(16 << 20, 11);
     let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -569,23 +581,14 @@ fn wrap_forward_starts_the_program_at_the_first_client_and_relays_to_it() {
 /// is closed, the backend stopped, and the failed start counted.
 #[test]
 fn a_backend_never_ready_within_start_timeout_is_stopped_and_its_clients_closed() {
-    let (port, backend) = (free_port(), free_port());
-    let config = format!(
-        r#"
-[daemon]
-control = "{{dir}}/ctl"
-
-[[service]]
-name = "slow"
-listen = "tcp://127.0.0.1:{port}"
-exec = ["sleep", "60"]
-forward = "tcp://127.0.0.1:{backend}"
-start_timeout = "300ms"
-stop_timeout = "1s"
-"#
+    let f = Fwd::start_in(
+        TempDir::new("fwdslow"),
+        "[daemon]\ncontrol = \"{dir}/ctl\"\n",
+        "slow",
+        |_| "[\"sleep\", \"60\"]".into(),
+        "start_timeout = \"300ms\"\nstop_timeout = \"1s\"",
     );
-    let s = Summond::start(&config);
-    let _guard = KillOnDropLater(&s);
+    let (s, port) = (&f.s, f.port);
     let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.set_read_timeout(Some(TIMEOUT)).unwrap();
     let mut buf = [0u8; 16];
@@ -616,18 +619,8 @@ stop_timeout = "1s"
 /// instead of restarting it for ever.
 #[test]
 fn a_backend_that_keeps_exiting_is_held_by_the_restart_guard() {
-    let (port, backend) = (free_port(), free_port());
-    let config = format!(
-        r#"
-[[service]]
-name = "dies"
-listen = "tcp://127.0.0.1:{port}"
-exec = ["false"]
-forward = "tcp://127.0.0.1:{backend}"
-"#
-    );
-    let s = Summond::start(&config);
-    let _guard = KillOnDropLater(&s);
+    let f = Fwd::start("dies", |_| "[\"false\"]".into(), "");
+    let (s, port) = (&f.s, f.port);
     let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.set_read_timeout(Some(TIMEOUT)).unwrap();
     let mut buf = [0u8; 16];
@@ -683,36 +676,26 @@ fn a_backend_that_says_ready_late_is_relayed_to_only_then() {
     if !have("socat") || !have("python3") {
         return skip("forward notify", "socat or python3 is not installed");
     }
-    let (port, backend) = (free_port(), free_port());
     let dir = TempDir::new("fwdnotify");
     let flag = dir.path("go");
     let send =
         "import os,socket; a=os.environ['NOTIFY_SOCKET']; a='\\0'+a[1:] if a[0]=='@' else a; \
                 socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'STATUS=up\\nREADY=1', a); \
                 os.wait()";
-    let script = format!(
-        "socat TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork EXEC:cat & \
-         i=0; while [ ! -e {f} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; \
-         exec python3 -c \"{send}\"",
-        f = flag.display()
-    );
-    let config = format!(
-        r#"
-[[service]]
-name = "late"
-listen = "tcp://127.0.0.1:{port}"
-exec = {exec}
-forward = "tcp://127.0.0.1:{backend}"
-ready = "notify"
-"#,
-        exec = sh(&script)
-    );
-    let s = Summond::start(&config);
-    let _guard = KillOnDropLater(&s);
+    let script = |backend: u16| {
+        sh(&format!(
+            "socat TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork EXEC:cat & \
+             i=0; while [ ! -e {f} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; \
+             exec python3 -c \"{send}\"",
+            f = flag.display()
+        ))
+    };
+    let f = Fwd::start("late", script, "ready = \"notify\"");
+    let (s, port) = (&f.s, f.port);
     let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
     (&c).write_all(b"early\n").unwrap();
     assert!(s.wait_log("starting the backend"), "{}", s.log_text());
-    let pid = backend_pid(&s, 0);
+    let pid = backend_pid(s, 0);
     // A READY=1 from the test itself (not the backend's group).
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     let name = environ
@@ -748,22 +731,13 @@ fn clients_that_leave_while_the_backend_starts_leave_nothing_behind() {
     if !have("socat") {
         return skip("forward departed clients", "socat is not installed");
     }
-    let (port, backend) = (free_port(), free_port());
-    let script = format!(
-        "sleep 0.5; exec socat TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork,backlog=1024 EXEC:cat"
-    );
-    let config = format!(
-        r#"
-[[service]]
-name = "slowstart"
-listen = "tcp://127.0.0.1:{port}"
-exec = {exec}
-forward = "tcp://127.0.0.1:{backend}"
-"#,
-        exec = sh(&script)
-    );
-    let s = Summond::start(&config);
-    let _guard = KillOnDropLater(&s);
+    let script = |backend: u16| {
+        sh(&format!(
+            "sleep 0.5; exec socat TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork,backlog=1024 EXEC:cat"
+        ))
+    };
+    let f = Fwd::start("slowstart", script, "");
+    let (s, port) = (&f.s, f.port);
     let sockets = || {
         std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
             .unwrap()
@@ -799,18 +773,8 @@ fn out_of_fds_for_the_backend_is_one_episode_and_clients_are_served_after() {
     if !have("socat") {
         return skip("forward out of fds", "socat is not installed");
     }
-    let (port, backend) = (free_port(), free_port());
-    let config = format!(
-        r#"
-[[service]]
-name = "echo"
-listen = "tcp://127.0.0.1:{port}"
-exec = ["socat", "TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork", "EXEC:cat"]
-forward = "tcp://127.0.0.1:{backend}"
-"#
-    );
-    let s = Summond::start(&config);
-    let _guard = KillOnDropLater(&s);
+    let f = Fwd::start("echo", echo, "");
+    let (s, port) = (&f.s, f.port);
     assert_eq!(tcp_port_exchange(port, b"warm\n"), "warm\n");
     leave_free_fds(s.pid(), 1);
     // Accepted with the one fd left, then no fd for the backend: closed.
@@ -848,23 +812,15 @@ fn a_backends_group_is_killed_with_its_leader_so_the_next_one_can_bind() {
     if !have("socat") {
         return skip("forward group", "socat is not installed");
     }
-    let (port, backend) = (free_port(), free_port());
-    let script =
-        format!("socat TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork EXEC:cat & wait");
-    let config = format!(
-        r#"
-[[service]]
-name = "group"
-listen = "tcp://127.0.0.1:{port}"
-exec = {exec}
-forward = "tcp://127.0.0.1:{backend}"
-"#,
-        exec = sh(&script)
-    );
-    let s = Summond::start(&config);
-    let _guard = KillOnDropLater(&s);
+    let script = |backend: u16| {
+        sh(&format!(
+            "socat TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork EXEC:cat & wait"
+        ))
+    };
+    let f = Fwd::start("group", script, "");
+    let (s, port) = (&f.s, f.port);
     assert_eq!(tcp_port_exchange(port, b"one\n"), "one\n");
-    let leader = backend_pid(&s, 0);
+    let leader = backend_pid(s, 0);
     let members = children_of(leader);
     assert!(!members.is_empty(), "the shell started no server");
     let _members: Vec<KillOnDrop> = members.iter().map(|p| KillOnDrop::new(*p)).collect();
@@ -897,19 +853,12 @@ fn forward_proxy_protocol_sends_the_client_to_the_backend_first() {
         return skip("forward_proxy_protocol", "socat is not installed");
     }
     for version in ["v1", "v2"] {
-        let (port, backend) = (free_port(), free_port());
-        let config = format!(
-            r#"
-[[service]]
-name = "pp"
-listen = "tcp://127.0.0.1:{port}"
-exec = ["socat", "TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork", "EXEC:cat"]
-forward = "tcp://127.0.0.1:{backend}"
-forward_proxy_protocol = "{version}"
-"#
+        let f = Fwd::start(
+            "pp",
+            echo,
+            &format!("forward_proxy_protocol = \"{version}\""),
         );
-        let s = Summond::start(&config);
-        let _guard = KillOnDropLater(&s);
+        let port = f.port;
         for _ in 0..2 {
             let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
             let client_port = c.local_addr().unwrap().port();
@@ -947,33 +896,31 @@ fn nginx_behind_forward_proxy_protocol_sees_the_clients_own_address() {
         return skip("forward nginx", "nginx is not installed");
     }
     for version in ["v1", "v2"] {
-        let (port, backend) = (free_port(), free_port());
         let dir = TempDir::new("fwdnginx");
         let d = dir.path("").display().to_string();
         let temps: String = ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
             .iter()
             .map(|t| format!("{t}_temp_path {d}/{t};\n"))
             .collect();
-        let conf = format!(
+        let conf = |backend: u16| {
+            format!(
             "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
              events {{ worker_connections 64; }}\n\
              http {{\naccess_log off;\n{temps}\
              server {{\nlisten 127.0.0.1:{backend} proxy_protocol;\n\
              location / {{ return 200 \"$proxy_protocol_addr:$proxy_protocol_port\\n\"; }}\n}}\n}}\n"
+        )
+        };
+        let exec = |backend: u16| {
+            std::fs::write(dir.path("nginx.conf"), conf(backend)).unwrap();
+            format!("[\"{nginx}\", \"-e\", \"{d}/error.log\", \"-p\", \"{d}\", \"-c\", \"{d}/nginx.conf\"]")
+        };
+        let f = Fwd::start(
+            "nginx",
+            exec,
+            &format!("forward_proxy_protocol = \"{version}\""),
         );
-        std::fs::write(dir.path("nginx.conf"), conf).unwrap();
-        let config = format!(
-            r#"
-[[service]]
-name = "nginx"
-listen = "tcp://127.0.0.1:{port}"
-exec = ["{nginx}", "-e", "{d}/error.log", "-p", "{d}", "-c", "{d}/nginx.conf"]
-forward = "tcp://127.0.0.1:{backend}"
-forward_proxy_protocol = "{version}"
-"#
-        );
-        let s = Summond::start(&config);
-        let _guard = KillOnDropLater(&s);
+        let (s, port) = (&f.s, f.port);
         assert_eq!(s.log_count("starting the backend"), 0);
         for _ in 0..2 {
             let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -1158,11 +1105,11 @@ fn a_daemon_a_backend_starts_does_not_outlive_its_stop() {
     if !have("python3") {
         return skip("forward daemonizing backend", "python3 is not installed");
     }
-    let (port, backend) = (free_port(), free_port());
     let dir = TempDir::new("fwddaemon");
     let pidfile = dir.path("daemon.pid");
-    let daemon = format!(
-        "import os, socket, sys\n\
+    let daemon = |backend: u16| {
+        format!(
+            "import os, socket, sys\n\
          if os.fork(): sys.exit(0)\n\
          os.setsid()\n\
          if os.fork(): os._exit(0)\n\
@@ -1170,27 +1117,22 @@ fn a_daemon_a_backend_starts_does_not_outlive_its_stop() {
          open({pidfile:?}, 'w').write(str(os.getpid()))\n\
          while True:\n    \
              c, _ = s.accept(); c.sendall(c.recv(100)); c.close()\n",
-        pidfile = pidfile.display().to_string()
+            pidfile = pidfile.display().to_string()
+        )
+    };
+    let exec = |backend: u16| {
+        std::fs::write(dir.path("daemon.py"), daemon(backend)).unwrap();
+        sh(&format!(
+            "python3 {} && exec sleep 600",
+            dir.path("daemon.py").display()
+        ))
+    };
+    let f = Fwd::start(
+        "daemon",
+        exec,
+        "idle_stop = \"200ms\"\nstop_timeout = \"5s\"",
     );
-    std::fs::write(dir.path("daemon.py"), daemon).unwrap();
-    let script = format!(
-        "python3 {} && exec sleep 600",
-        dir.path("daemon.py").display()
-    );
-    let config = format!(
-        r#"
-[[service]]
-name = "daemon"
-listen = "tcp://127.0.0.1:{port}"
-exec = {exec}
-forward = "tcp://127.0.0.1:{backend}"
-idle_stop = "200ms"
-stop_timeout = "5s"
-"#,
-        exec = sh(&script)
-    );
-    let s = Summond::start(&config);
-    let _guard = KillOnDropLater(&s);
+    let (s, port) = (&f.s, f.port);
     let daemon_pid = || -> Option<i32> { std::fs::read_to_string(&pidfile).ok()?.parse().ok() };
     assert_eq!(tcp_port_exchange(port, b"one\n"), "one\n");
     let first = daemon_pid().expect("the daemon wrote its pid");

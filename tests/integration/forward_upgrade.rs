@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
 
-use crate::forward::{backend_pid, have, KillOnDropLater};
+use crate::forward::{backend_pid, echo, have, Fwd, KillOnDropLater};
 use crate::util::*;
 
 /// SIGUSR2, and wait for the new image to serve.
@@ -32,32 +32,26 @@ fn an_upgrade_while_a_backend_stops_keeps_its_sigkill() {
     if !have("python3") {
         return skip("forward upgrade stopping", "python3 is not installed");
     }
-    let (port, backend) = (free_port(), free_port());
     // An echo of one line per connection that ignores SIGTERM.
-    let script = format!(
-        "import signal, socket\n\
+    let script = |backend: u16| {
+        let py = format!(
+            "import signal, socket\n\
          signal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
          s = socket.create_server(('127.0.0.1', {backend}))\n\
          while True:\n    c, _ = s.accept(); c.sendall(c.recv(100)); c.close()\n"
+        );
+        format!("[\"python3\", \"-c\", {}]", toml_str(&py))
+    };
+    let f = Fwd::start(
+        "stubborn",
+        script,
+        "idle_stop = \"100ms\"\nstop_timeout = \"3s\"",
     );
-    let config = format!(
-        r#"
-[[service]]
-name = "stubborn"
-listen = "tcp://127.0.0.1:{port}"
-exec = ["python3", "-c", {exec}]
-forward = "tcp://127.0.0.1:{backend}"
-idle_stop = "100ms"
-stop_timeout = "3s"
-"#,
-        exec = toml_str(&script)
-    );
-    let s = Summond::start(&config);
-    let _guard = KillOnDropLater(&s);
+    let (s, port) = (&f.s, f.port);
     assert_eq!(tcp_port_exchange(port, b"one\n"), "one\n");
-    let pid = backend_pid(&s, 0);
+    let pid = backend_pid(s, 0);
     assert!(s.wait_log("idle: stopping it"), "{}", s.log_text());
-    upgrade(&s);
+    upgrade(s);
     assert!(running(pid), "the backend did not ignore SIGTERM");
     assert!(
         wait_until(TIMEOUT, || !running(pid)),
@@ -181,26 +175,14 @@ fn an_upgrade_while_a_retired_backend_drains_keeps_its_connection() {
     if !have("socat") {
         return skip("forward upgrade retired", "socat is not installed");
     }
-    let (port, backend) = (free_port(), free_port());
-    let config = |tag: &str| {
-        format!(
-            r#"
-[[service]]
-name = "echo"
-listen = "tcp://127.0.0.1:{port}"
-exec = ["socat", "TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork", "EXEC:cat"]
-env = {{ TAG = "{tag}" }}
-forward = "tcp://127.0.0.1:{backend}"
-"#
-        )
-    };
-    let s = Summond::start(&config("one"));
-    let _guard = KillOnDropLater(&s);
+    let tag = |tag: &str| format!("env = {{ TAG = \"{tag}\" }}");
+    let f = Fwd::start("echo", echo, &tag("one"));
+    let (s, port) = (&f.s, f.port);
     let old = TcpStream::connect(("127.0.0.1", port)).unwrap();
     old.set_read_timeout(Some(TIMEOUT)).unwrap();
     (&old).write_all(b"a\n").unwrap();
     assert_eq!(read_line(&old), "a\n");
-    assert!(s.reload(&config("two")), "{}", s.log_text());
+    assert!(s.reload(&f.config(&tag("two"))), "{}", s.log_text());
     assert!(
         s.wait_log("finishes its 1 open connections"),
         "{}",
@@ -209,7 +191,7 @@ forward = "tcp://127.0.0.1:{backend}"
     let new = TcpStream::connect(("127.0.0.1", port)).unwrap();
     new.set_read_timeout(Some(TIMEOUT)).unwrap();
     (&new).write_all(b"b\n").unwrap();
-    upgrade(&s);
+    upgrade(s);
     (&old).write_all(b"c\n").unwrap();
     assert_eq!(read_line(&old), "c\n", "{}", s.log_text());
     drop(old);
@@ -230,12 +212,13 @@ fn a_backends_status_shows_in_status_and_on_the_page_across_an_upgrade() {
     if !have("python3") {
         return skip("forward STATUS=", "python3 is not installed");
     }
-    let (port, backend, mport) = (free_port(), free_port(), free_port());
+    let mport = free_port();
     let dir = TempDir::new("fwdstatus");
     let control = dir.path("control.sock");
     // An echo of one line per connection that counts them in STATUS=.
-    let script = format!(
-        "import os, socket\n\
+    let script = |backend: u16| {
+        let py = format!(
+            "import os, socket\n\
          a = os.environ['NOTIFY_SOCKET']; a = '\\0' + a[1:]\n\
          n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
          s = socket.create_server(('127.0.0.1', {backend}))\n\
@@ -244,23 +227,20 @@ fn a_backends_status_shows_in_status_and_on_the_page_across_an_upgrade() {
          while True:\n    \
              c, _ = s.accept(); c.sendall(c.recv(100)); c.close(); i += 1\n    \
              n.sendto(b'STATUS=served %d' % i, a)\n"
-    );
-    let config = format!(
-        "{}metrics = \"tcp://127.0.0.1:{mport}\"\n\
-         [[service]]\nname = \"web\"\nlisten = \"tcp://127.0.0.1:{port}\"\n\
-         exec = [\"python3\", \"-c\", {}]\nforward = \"tcp://127.0.0.1:{backend}\"\n\
-         ready = \"notify\"\n",
-        daemon_control(&control),
-        toml_str(&script)
-    );
-    let s = Summond::start_in(
+        );
+        format!("[\"python3\", \"-c\", {}]", toml_str(&py))
+    };
+    let f = Fwd::start_in(
         dir,
-        Start {
-            config: &config,
-            ..Start::default()
-        },
+        &format!(
+            "{}metrics = \"tcp://127.0.0.1:{mport}\"\n",
+            daemon_control(&control)
+        ),
+        "web",
+        script,
+        "ready = \"notify\"",
     );
-    let _guard = KillOnDropLater(&s);
+    let (s, port) = (&f.s, f.port);
     let said = |n: u32| {
         let want = format!("served {n}");
         wait_until(TIMEOUT, || {
@@ -271,7 +251,7 @@ fn a_backends_status_shows_in_status_and_on_the_page_across_an_upgrade() {
     assert!(said(1), "{}\n{}", status_json(&control), s.log_text());
     let (code, table, _) = run_to_exit(&["status", "--control", control.to_str().unwrap()]);
     assert_eq!(code, 0);
-    let pid = backend_pid(&s, 0);
+    let pid = backend_pid(s, 0);
     assert!(
         table.contains(&format!("web: backend ready, pid {pid}, "))
             && table.contains(", \"served 1\"\n"),
@@ -283,7 +263,7 @@ fn a_backends_status_shows_in_status_and_on_the_page_across_an_upgrade() {
     c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
     std::io::Read::read_to_string(&mut c, &mut page).unwrap();
     assert!(page.contains("&quot;served 1&quot;"), "{page}");
-    upgrade(&s);
+    upgrade(s);
     assert_eq!(
         status_json(&control)["services"][0]["backend"]["status"],
         "served 1"
