@@ -377,13 +377,13 @@ impl Server {
                 return;
             }
         };
-        self.after_header(idx, addr, conn, peer, Some(header), version, now);
+        self.after_header(idx, addr, conn, peer, header, version, false, now);
     }
 
-    /// Its header read (`None`: the `Work::Local` wait for what follows
-    /// one ended): a health check is counted and closed, one with
-    /// nothing after its header yet waits (`LOCAL_WAIT`), and any other
-    /// client goes on to admission.
+    /// Its header read (`waited`: and the `Work::Local` wait for what
+    /// follows one the balancer sent for itself is over): a health check
+    /// is counted and closed, one with nothing after its header yet
+    /// waits (`LOCAL_WAIT`), and any other client goes on to admission.
     #[allow(clippy::too_many_arguments)]
     fn after_header(
         &mut self,
@@ -391,25 +391,23 @@ impl Server {
         addr: &ListenAddr,
         conn: Socket,
         peer: Peer,
-        header: Option<Header>,
+        header: Header,
         version: Version,
+        waited: bool,
         now: Instant,
     ) {
-        if header.as_ref().is_none_or(|h| for_itself(h, &peer)) {
+        if for_itself(&header, &peer) {
             match front::after_header(&conn) {
                 After::Closed => return self.health_check(idx),
-                After::Nothing if header.is_some() => {
-                    let work = Work::Local(version);
+                After::Nothing if !waited => {
+                    let work = Work::Local(Box::new(header), version);
                     self.enter_front(idx, addr, conn, peer, work, now + LOCAL_WAIT);
                     return;
                 }
                 After::Nothing | After::Data => {}
             }
         }
-        let client = match header {
-            Some(header) => peer.proxied(header),
-            None => peer,
-        };
+        let client = peer.proxied(header);
         self.start_connection(idx, addr, conn, client, now, false, false);
     }
 
@@ -463,9 +461,11 @@ impl Server {
         match step {
             Step::Wait => {}
             Step::Done(conn, header, version) => {
-                self.header_done(token, conn, Some(header), version)
+                self.header_done(token, conn, header, version, false);
             }
-            Step::Waited(conn, version) => self.header_done(token, conn, None, version),
+            Step::Waited(conn, header, version) => {
+                self.header_done(token, conn, header, version, true);
+            }
             Step::Handshaken(conn) => {
                 self.leave_front(token, &conn);
                 self.handshake_done(conn);
@@ -474,7 +474,7 @@ impl Server {
         }
     }
 
-    /// A connection's header is read (`None`: what follows one the
+    /// A connection's header is read (`waited`: and what follows one the
     /// balancer sent for itself is known, or its wait is over): it leaves
     /// the table for its address's service now. A reload (or the config
     /// of an upgrade) may have moved it, or stopped trusting this peer.
@@ -482,8 +482,9 @@ impl Server {
         &mut self,
         token: mio::Token,
         conn: FrontConn,
-        header: Option<Header>,
+        header: Header,
         version: Version,
+        waited: bool,
     ) {
         self.leave_front(token, &conn);
         let now = Instant::now();
@@ -499,7 +500,7 @@ impl Server {
                 self.sync_service(idx, now);
             }
             Some(idx) => {
-                self.after_header(idx, &addr, socket, peer, header, version, now);
+                self.after_header(idx, &addr, socket, peer, header, version, waited, now);
                 self.sync_service(idx, now);
             }
             None => info!("closing {peer}: {addr} no longer accepts connections (reload)"),
@@ -599,7 +600,7 @@ impl Server {
                 Work::Header(version) => Some((c, version)),
                 // Neither a handshake's rustls state nor a header
                 // already taken off the socket crosses an exec.
-                Work::Handshake(_) | Work::Local(_) => None,
+                Work::Handshake(_) | Work::Local(..) => None,
             })
             .map(|(c, version)| FrontState {
                 fd: c.socket.as_raw_fd(),

@@ -110,7 +110,7 @@ pub(super) enum Work {
     /// and nothing follows yet: its first byte (served), its close (a
     /// check, counted) or `LOCAL_WAIT` (served: a check that waits for
     /// the service's banner).
-    Local(Version),
+    Local(Box<Header>, Version),
 }
 
 /// A connection the loop works on before dispatch.
@@ -148,8 +148,8 @@ pub(super) enum Step {
     /// The handshake is done (its `Work::Handshake` holds the connection).
     Handshaken(FrontConn),
     /// A `Work::Local` connection's first byte or close came, or its
-    /// `LOCAL_WAIT` is over.
-    Waited(FrontConn, Version),
+    /// `LOCAL_WAIT` is over: its header, of the version it was read as.
+    Waited(FrontConn, Header, Version),
     Failed(FrontConn, FrontFailure),
 }
 
@@ -345,14 +345,11 @@ impl FrontTable {
                 tls::Step::Done => Ok(None),
                 tls::Step::Failed(why) => Err(FrontFailure::Tls(why)),
             },
-            Work::Local(version) => {
+            Work::Local(..) => {
                 if after_header(&conn.socket) == After::Nothing {
                     return Step::Wait;
                 }
-                let version = *version;
-                return self
-                    .remove(token)
-                    .map_or(Step::Wait, |conn| Step::Waited(conn, version));
+                return self.remove(token).map_or(Step::Wait, waited);
             }
         };
         let Some(conn) = self.remove(token) else {
@@ -388,9 +385,20 @@ impl FrontTable {
         let why = match conn.work {
             Work::Header(_) => FrontFailure::Proxy(ProxyRefusal::Late),
             Work::Handshake(_) => FrontFailure::Tls(Failure::Timeout),
-            Work::Local(version) => return Some(Step::Waited(conn, version)),
+            Work::Local(..) => return Some(waited(conn)),
         };
         Some(Step::Failed(conn, why))
+    }
+}
+
+/// A `Work::Local` connection out of the table, its header taken out.
+fn waited(mut conn: FrontConn) -> Step {
+    match std::mem::replace(&mut conn.work, Work::Header(Version::Any)) {
+        Work::Local(header, version) => Step::Waited(conn, *header, version),
+        other => {
+            conn.work = other;
+            Step::Wait
+        }
     }
 }
 

@@ -203,6 +203,25 @@ fn headers_split_joined_or_local_give_the_child_exactly_its_bytes() {
     assert_eq!(field(&out, "REMOTE_ADDR"), Some("127.0.0.1"), "{out}");
     assert_eq!(field(&out, "PROXY_ADDR"), Some("unset"), "{out}");
     assert!(out.ends_with("--\nhc"), "{out}");
+    // A v1 header naming the connection's own ends (curl
+    // --haproxy-protocol's, haproxy's v1 checks'), its data a moment
+    // later: served as its header says, not as a health check.
+    let mut c = connect_tcp(SocketAddr::from(([127, 0, 0, 1], port)));
+    let own = c.local_addr().unwrap().port();
+    let line = format!("PROXY TCP4 127.0.0.1 127.0.0.1 {own} {port}\r\n");
+    c.write_all(line.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    c.write_all(b"late\n").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    assert_eq!(field(&out, "PROXY_ADDR"), Some("127.0.0.1"), "{out}");
+    assert_eq!(
+        field(&out, "REMOTE_PORT"),
+        Some(own.to_string().as_str()),
+        "{out}"
+    );
+    assert!(out.ends_with("--\nlate\n"), "{out}");
 }
 
 #[test]
