@@ -46,8 +46,11 @@ impl Server {
     /// Watch the NOTIFY_SOCKET of child `pid` (just put in the table) of
     /// service `idx`, and arm its `ready_timeout`.
     pub(super) fn watch_child_notify(&mut self, idx: usize, pid: Pid, sock: Socket, now: Instant) {
-        // A long-running child's start: one copy of the name is nothing.
-        let name = self.services[idx].spec.name.clone();
+        let Some(child) = self.children.get(&pid) else {
+            return;
+        };
+        debug_assert!(child.notify.is_none());
+        let name = child.name.clone();
         let Some(token) = self.register_notify(&name, pid, &sock) else {
             return;
         };
@@ -55,10 +58,6 @@ impl Server {
             .spec
             .ready_timeout
             .map(|limit| self.ready_timer(pid, now, now + limit));
-        let Some(child) = self.children.get(&pid) else {
-            return;
-        };
-        debug_assert!(child.notify.is_none());
         let watch = Box::new(Watch {
             sock,
             token,
