@@ -161,10 +161,15 @@ impl Server {
                 Err(e) => warn!("{name}: cannot SIGTERM pid {pid}: {e}"),
             }
         }
+        let children = if stopped == 1 { "child" } else { "children" };
         info!(event = "restart", service = name;
-            "{name}: summond restart: SIGTERM to {stopped} long-running children");
+            "{name}: summond restart: SIGTERM to {stopped} long-running {children}");
         Answer::Done(match stopped {
             0 => format!("{name}: no long-running child to restart; the next client starts one"),
+            1 => format!(
+                "{name}: SIGTERM sent to 1 long-running child (SIGKILL in {}s if still running); the next client starts it again",
+                KILL_AFTER.as_secs()
+            ),
             n => format!(
                 "{name}: SIGTERM sent to {n} long-running children (SIGKILL in {}s to one still running); the next client starts them again",
                 KILL_AFTER.as_secs()

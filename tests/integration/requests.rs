@@ -274,7 +274,7 @@ fn a_paused_service_keeps_its_clients_waiting_until_resumed() {
     let (code, out, err) = ctl(&control, &["restart", "held"]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("SIGTERM sent to 1 long-running children"),
+        out.contains("SIGTERM sent to 1 long-running child ("),
         "{out}"
     );
     assert!(
