@@ -10,7 +10,7 @@ use std::ptr;
 
 use nix::libc;
 
-use super::side::{result, Side};
+use super::side::{is_reset, result, Side};
 
 /// The most bytes held per direction (SPEC: at most 64 KiB), and what
 /// one read or splice asks for.
@@ -128,6 +128,11 @@ impl Flow {
             shut: false,
             bytes: 0,
         }
+    }
+
+    /// The source gave its end.
+    pub fn ended(&self) -> bool {
+        self.eof
     }
 
     /// Bytes held now (never more than `HOLD`).
@@ -269,6 +274,7 @@ impl Flow {
                         dst.writable = false;
                         return Ok(Stop::Blocked);
                     }
+                    Err(e) if dst.resets_end && is_reset(&e) => return Ok(self.drop_rest()),
                     Err(e) => return Err(FlowError::Write(e)),
                 }
                 continue;
@@ -289,9 +295,25 @@ impl Flow {
                     src.readable = false;
                     return Ok(Stop::Drained);
                 }
+                // A TLS side busy with records that carry no data: its
+                // turn is over, and it is served again at the turn's end.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Stop::Budget),
                 Err(e) => return Err(FlowError::Read(e)),
             }
         }
+    }
+
+    /// The destination takes nothing more (`Side::child`): what is held
+    /// is dropped and the source is not read again; the other direction
+    /// goes on.
+    fn drop_rest(&mut self) -> Stop {
+        if let Hold::Pipe(slot) = &mut self.hold {
+            // Not empty: closed, not kept for others.
+            *slot = None;
+        }
+        self.pending = 0;
+        (self.eof, self.shut) = (true, true);
+        Stop::Finished
     }
 
     /// Pass the source's EOF on, once everything before it was written.

@@ -23,9 +23,20 @@
 //! - Fairness: a flow moves at most `BUDGET` bytes per turn; one with
 //!   more is served again at the turn's end (`serve_again`), after the
 //!   other sources.
+//! - A side is a socket, or a TLS session over one (`Side::tls`,
+//!   `tls.rs`): the flows move its plaintext through a buffer, and the
+//!   connection flushes its records at every step; it is done only when
+//!   they are all sent (`close_notify` last).
+//! - `linger` (`Relays::linger`): once the back side has ended, the front
+//!   has that long, again after each byte it takes, to take the rest and
+//!   close; then the connection is closed (`End::Linger`). Used for TLS
+//!   clients, whose session summond holds with no child counted for it.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::fmt;
 use std::io;
+use std::time::{Duration, Instant};
 
 use mio::event::Event;
 use mio::unix::SourceFd;
@@ -36,10 +47,12 @@ mod flow;
 mod side;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use flow::{Flow, FlowError, Pipes, Stop};
 pub use flow::{FlowState, HOLD};
 pub use side::{Io, Side};
+pub use tls::TlsIo;
 
 /// The relay's poll tokens are `TOKEN_BASE` and above: two per
 /// connection (front, back), never reused during the run. The server's
@@ -106,6 +119,9 @@ pub enum End {
     Connect(io::Error),
     /// The caller closed it (`Relays::close`).
     Cut,
+    /// The back side ended and the front did not take the rest, or did
+    /// not close, within its `linger`.
+    Linger,
 }
 
 impl fmt::Display for End {
@@ -122,6 +138,7 @@ impl fmt::Display for End {
             }
             End::Connect(e) => write!(f, "connecting to backend: {e}"),
             End::Cut => f.write_str("cut"),
+            End::Linger => f.write_str("the client did not take the rest in time"),
         }
     }
 }
@@ -145,7 +162,16 @@ struct Relay<T> {
     flows: [Flow; 2],
     /// In `again`: a flow used its budget with bytes left.
     queued: bool,
+    linger: Option<Box<Linger>>,
     tag: T,
+}
+
+/// A connection's `linger`: how long, its deadline once the back ended,
+/// and the front's progress when it was last set.
+struct Linger {
+    after: Duration,
+    deadline: Option<Instant>,
+    seen: u64,
 }
 
 /// Every relayed connection.
@@ -156,6 +182,9 @@ pub struct Relays<T> {
     again: Vec<u64>,
     /// Empty pipes for the flows' reads.
     pipes: Pipes,
+    /// `linger` deadlines as set; one whose connection left or was given
+    /// a later one is skipped when it comes up.
+    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
 }
 
 impl<T> Default for Relays<T> {
@@ -165,6 +194,7 @@ impl<T> Default for Relays<T> {
             next: 0,
             again: Vec::new(),
             pipes: Pipes::default(),
+            deadlines: BinaryHeap::new(),
         }
     }
 }
@@ -223,6 +253,7 @@ impl<T> Relays<T> {
             sides: [front, back],
             flows,
             queued: false,
+            linger: None,
             tag,
         };
         self.conns.insert(id, relay);
@@ -237,6 +268,7 @@ impl<T> Relays<T> {
         let side = &mut relay.sides[i];
         side.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
         side.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
+        side.read_closed |= event.is_read_closed();
         if event.is_error() || side.connecting {
             if let Some(end) = settle(side, i, event) {
                 return self.finish(registry, id, end);
@@ -276,10 +308,12 @@ impl<T> Relays<T> {
 
     /// Every open connection as an upgrade hands it over: its tag, its
     /// two sides (fd, connecting, spliced) and its two flows. The fds
-    /// stay open and this table's until the exec.
+    /// stay open and this table's until the exec. A connection with a
+    /// TLS side is left out (rustls's state does not cross an exec).
     pub fn to_state(&self) -> Vec<(&T, [SideState; 2], [FlowState; 2])> {
         self.conns
             .values()
+            .filter(|r| !r.sides.iter().any(Side::is_tls))
             .map(|r| {
                 let side = |s: &Side| SideState {
                     fd: s.fd(),
@@ -315,10 +349,54 @@ impl<T> Relays<T> {
             sides,
             flows,
             queued: false,
+            linger: None,
             tag,
         };
         self.conns.insert(id, relay);
         Ok(RelayId(id))
+    }
+
+    /// From now on, once the back side of `id` has ended, its front has
+    /// `after` (again after each byte it takes) to take the rest and
+    /// close; then it is closed (`expire`).
+    pub fn linger(&mut self, id: RelayId, after: Duration) {
+        if let Some(r) = self.conns.get_mut(&id.0) {
+            r.linger = Some(Box::new(Linger {
+                after,
+                deadline: None,
+                seen: 0,
+            }));
+        }
+    }
+
+    /// The earliest `linger` deadline, or one that was (waking for it
+    /// costs one turn, and `expire` drops it).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Close the connections whose `linger` passed at `now`.
+    pub fn expire(&mut self, registry: &Registry, now: Instant) -> Vec<Closed<T>> {
+        let mut out = Vec::new();
+        while let Some(Reverse((at, id))) = self.deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            let due = (self.conns.get(&id))
+                .and_then(|r| r.linger.as_ref())
+                .is_some_and(|l| l.deadline == Some(at));
+            if due {
+                out.extend(self.finish(registry, id, End::Linger));
+            }
+        }
+        out
+    }
+
+    /// Whether a side of `id` is a TLS session (not handed over by an
+    /// upgrade: `to_state` leaves it out).
+    pub fn is_tls(&self, id: RelayId) -> bool {
+        (self.conns.get(&id.0)).is_some_and(|r| r.sides.iter().any(Side::is_tls))
     }
 
     /// The caller's tag of an open connection.
@@ -349,21 +427,39 @@ impl<T> Relays<T> {
     }
 
     /// Move what can be moved both ways; end the connection when both
-    /// directions are finished or either failed.
+    /// directions are finished (and a TLS side's records sent) or either
+    /// failed.
     fn step(&mut self, registry: &Registry, id: u64) -> Option<Closed<T>> {
         let relay = self.conns.get_mut(&id)?;
         let pipes = &mut self.pipes;
-        let [front, back] = &mut relay.sides;
-        let [up, down] = &mut relay.flows;
-        let stops = (
-            up.pump(front, back, BUDGET, pipes)
-                .map_err(|e| failed(e, Which::Front)),
-            down.pump(back, front, BUDGET, pipes)
-                .map_err(|e| failed(e, Which::Back)),
-        );
+        let stops = match flush(&mut relay.sides) {
+            Err(end) => (Err(end), Ok(Stop::Drained)),
+            Ok(()) => {
+                let [front, back] = &mut relay.sides;
+                let [up, down] = &mut relay.flows;
+                (
+                    up.pump(front, back, BUDGET, pipes)
+                        .map_err(|e| failed(e, Which::Front)),
+                    down.pump(back, front, BUDGET, pipes)
+                        .map_err(|e| failed(e, Which::Back)),
+                )
+            }
+        };
+        // What reading a TLS side made it send (a key update, tickets).
+        let stops = match (stops, flush(&mut relay.sides)) {
+            ((Ok(_), Ok(_)), Err(end)) => (Err(end), Ok(Stop::Drained)),
+            (stops, _) => stops,
+        };
+        if relay.linger.is_some() {
+            self.watch_linger(id);
+        }
+        let relay = self.conns.get_mut(&id)?;
+        let flushed = relay.sides.iter().all(Side::flushed);
         match stops {
             (Err(end), _) | (_, Err(end)) => self.finish(registry, id, end),
-            (Ok(Stop::Finished), Ok(Stop::Finished)) => self.finish(registry, id, End::Done),
+            (Ok(Stop::Finished), Ok(Stop::Finished)) if flushed => {
+                self.finish(registry, id, End::Done)
+            }
             (Ok(a), Ok(b)) => {
                 if (a == Stop::Budget || b == Stop::Budget) && !relay.queued {
                     relay.queued = true;
@@ -371,6 +467,31 @@ impl<T> Relays<T> {
                 }
                 None
             }
+        }
+    }
+
+    /// Once the back side ended (its EOF read, or its peer gone with
+    /// bytes still to take: a front that reads none would never let the
+    /// EOF be reached): the `linger` deadline set, and set
+    /// again when the front took bytes since (at most once a second, so
+    /// a busy connection does not fill the heap).
+    fn watch_linger(&mut self, id: u64) {
+        let Some(r) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let progress = r.flows[1].bytes + r.sides[0].sent();
+        let ended = r.flows[1].ended() || r.sides[1].read_closed;
+        let (Some(l), true) = (r.linger.as_deref_mut(), ended) else {
+            return;
+        };
+        if l.deadline.is_some() && l.seen == progress {
+            return;
+        }
+        let at = Instant::now() + l.after;
+        l.seen = progress;
+        if l.deadline.is_none_or(|d| at >= d + Duration::from_secs(1)) {
+            l.deadline = Some(at);
+            self.deadlines.push(Reverse((at, id)));
         }
     }
 
@@ -418,6 +539,18 @@ fn failed(e: FlowError, src: Which) -> End {
     }
 }
 
+/// Send what the TLS sides hold, as far as their sockets take it.
+fn flush(sides: &mut [Side; 2]) -> Result<(), End> {
+    for (side, which) in sides.iter_mut().zip([Which::Front, Which::Back]) {
+        side.flush().map_err(|err| End::Failed {
+            side: which,
+            reading: false,
+            err,
+        })?;
+    }
+    Ok(())
+}
+
 /// A connect that ended, or an error the event reported: the end of the
 /// connection if the socket holds an error. An error event on a side
 /// no flow would touch again (its EOF passed on, nothing for it) would
@@ -431,9 +564,13 @@ fn settle(side: &mut Side, i: usize, event: &Event) -> Option<End> {
         side.connecting = false;
         return side.take_error().err().map(End::Connect);
     }
-    side.take_error().err().map(|err| End::Failed {
-        side: which,
-        reading: true,
-        err,
-    })
+    // A child's reset is its end (`Side::child`): the reads and writes
+    // that follow see it as such.
+    let err = side.take_error().err();
+    err.filter(|e| !(side.resets_end && side::is_reset(e)))
+        .map(|err| End::Failed {
+            side: which,
+            reading: true,
+            err,
+        })
 }

@@ -1,5 +1,5 @@
 //! One end of a relayed connection: what it is (a socket the kernel can
-//! splice from and to, or later a TLS session over one, which cannot),
+//! splice from and to, or a TLS session over one, which cannot),
 //! and what the loop last learned of it (readable, writable). The flows
 //! (`flow.rs`) ask a side for bytes and give it bytes through here, so a
 //! kind of side that is not a bare fd is one more variant of `Io`.
@@ -9,6 +9,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::libc;
 
+use super::tls::TlsIo;
+
 /// What a side is.
 #[derive(Debug)]
 pub enum Io {
@@ -17,9 +19,11 @@ pub enum Io {
     Stream(OwnedFd),
     /// A non-blocking stream socket splice(2) must not be used on (a
     /// socket type the kernel cannot splice, or one whose bytes must be
-    /// seen): bytes go through a buffer. A TLS session is the next of
-    /// this kind.
+    /// seen): bytes go through a buffer.
     Buffered(OwnedFd),
+    /// A TLS session over a stream socket (`tls.rs`): plaintext goes
+    /// through a buffer to and from rustls.
+    Tls(Box<TlsIo>),
 }
 
 /// One end of a relayed connection and its readiness as last reported:
@@ -32,6 +36,12 @@ pub struct Side {
     pub(super) writable: bool,
     /// A connect(2) still in progress: nothing is written before it ends.
     pub(super) connecting: bool,
+    /// A child's end of a socket pair is its peer (`Side::child`): a
+    /// reset is its end, not a failure.
+    pub(super) resets_end: bool,
+    /// Its peer has shut its writing (an event said read-closed): no
+    /// more bytes come after those in the socket.
+    pub(super) read_closed: bool,
 }
 
 impl Side {
@@ -47,9 +57,42 @@ impl Side {
         Side::new(Io::Stream(fd), true)
     }
 
+    /// Summond's end of a Unix socket pair whose other end a child holds
+    /// as its connection. A child that exits with input unread resets
+    /// the pair: reading, that is its EOF (what it wrote is passed on
+    /// whole); writing, it takes nothing more (the rest for it is
+    /// dropped, the other way goes on), as a pipe's reader that left.
+    pub fn child(fd: OwnedFd) -> Side {
+        let mut side = Side::new(Io::Stream(fd), false);
+        side.resets_end = true;
+        side
+    }
+
     /// A socket relayed through a buffer, never spliced.
     pub fn buffered(fd: OwnedFd) -> Side {
         Side::new(Io::Buffered(fd), false)
+    }
+
+    /// A TLS session whose handshake is done: plaintext in and out.
+    /// Readable and writable from the start: rustls may hold the client's
+    /// first bytes, read with its last flight, and records to send.
+    pub fn tls(fd: OwnedFd, conn: rustls::ServerConnection) -> Side {
+        let mut side = Side::new(Io::Tls(Box::new(TlsIo::new(fd, conn))), false);
+        (side.readable, side.writable) = (true, true);
+        side
+    }
+
+    /// The TLS session, if this side is one.
+    pub fn tls_io(&mut self) -> Option<&mut TlsIo> {
+        match &mut self.io {
+            Io::Tls(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Whether it is a TLS session (which an upgrade cannot hand over).
+    pub fn is_tls(&self) -> bool {
+        matches!(self.io, Io::Tls(_))
     }
 
     fn new(io: Io, connecting: bool) -> Side {
@@ -58,6 +101,8 @@ impl Side {
             readable: false,
             writable: false,
             connecting,
+            resets_end: false,
+            read_closed: false,
         }
     }
 
@@ -70,6 +115,7 @@ impl Side {
     pub fn fd(&self) -> RawFd {
         match &self.io {
             Io::Stream(fd) | Io::Buffered(fd) => fd.as_raw_fd(),
+            Io::Tls(t) => t.fd().as_raw_fd(),
         }
     }
 
@@ -79,12 +125,24 @@ impl Side {
     }
 
     pub(super) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Io::Tls(t) = &mut self.io {
+            let mut drained = false;
+            let n = t.read(buf, &mut drained);
+            self.readable &= !drained;
+            return n;
+        }
         // SAFETY: buf is valid for writes of buf.len() bytes.
         let n = unsafe { libc::read(self.fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        result(n)
+        match result(n) {
+            Err(e) if self.resets_end && is_reset(&e) => Ok(0),
+            r => r,
+        }
     }
 
     pub(super) fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Io::Tls(t) = &mut self.io {
+            return t.write(buf);
+        }
         // MSG_NOSIGNAL: a peer gone is an error to report, not a signal.
         // SAFETY: buf is valid for reads of buf.len() bytes.
         let n = unsafe {
@@ -100,9 +158,47 @@ impl Side {
 
     /// Pass on an end of stream: the peer reads EOF, and may still send.
     pub(super) fn shutdown_write(&mut self) -> io::Result<()> {
+        if let Io::Tls(t) = &mut self.io {
+            return t.shutdown_write();
+        }
         // SAFETY: plain syscall on an fd we own.
         let r = unsafe { libc::shutdown(self.fd(), libc::SHUT_WR) };
         result(r as isize).map(drop)
+    }
+
+    /// Send what a TLS side holds (nothing to do for a socket): on
+    /// WouldBlock it waits for its socket's next writable edge.
+    pub(super) fn flush(&mut self) -> io::Result<()> {
+        let Io::Tls(t) = &mut self.io else {
+            return Ok(());
+        };
+        if !self.writable {
+            return Ok(());
+        }
+        match t.flush() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.writable = false;
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    /// Nothing held to send (always, for a socket).
+    pub(super) fn flushed(&self) -> bool {
+        match &self.io {
+            Io::Tls(t) => t.flushed(),
+            _ => true,
+        }
+    }
+
+    /// Bytes this side put on its socket beyond what the flows wrote (a
+    /// TLS side's records): progress for `linger`.
+    pub(super) fn sent(&self) -> u64 {
+        match &self.io {
+            Io::Tls(t) => t.sent(),
+            _ => 0,
+        }
     }
 
     /// The error a socket holds (SO_ERROR), taken: how a connect ended,
@@ -128,6 +224,11 @@ impl Side {
             e => Err(io::Error::from_raw_os_error(e)),
         }
     }
+}
+
+/// The peer closed with bytes unread (ECONNRESET), or is gone (EPIPE).
+pub(super) fn is_reset(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ECONNRESET | libc::EPIPE))
 }
 
 /// A syscall's return as a `Result`: negative is errno.

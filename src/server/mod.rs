@@ -44,7 +44,7 @@
 //!    front table first (`start_tls`, tls.rs; `front.rs`'s `Work`, after
 //!    the PROXY header if there was one), and its child, started when
 //!    that is done (`handshake_done`), gets a socket pair's end that
-//!    summond pumps to the client.
+//!    the relay table (`relays.rs`) joins to the client's TLS session.
 //! 6. `spawn_child`: clone and exec (`Launcher::spawn`), the child into the
 //!    child table, a `rate` token spent (`take_rate_token`), its
 //!    `max_runtime` timer set. Out of fds or processes, the client is kept
@@ -105,6 +105,7 @@ mod notify;
 mod origin;
 mod poller;
 mod ready;
+mod relays;
 mod reload;
 mod requests;
 mod services;
@@ -199,8 +200,9 @@ pub struct Server {
     /// Accepted connections whose PROXY header or TLS handshake is
     /// awaited.
     front: FrontTable,
-    /// TLS clients past their handshake, pumping to their child.
-    tls: tls::TlsTable,
+    /// Every relayed connection: forward mode's, and TLS clients past
+    /// their handshake (`relays.rs`).
+    relays: crate::relay::Relays<relays::Relayed>,
     /// The service manager (NOTIFY_SOCKET), if summond runs under one.
     notifier: Notifier,
     /// The control socket, the metrics listener and their clients.
@@ -246,7 +248,7 @@ impl Server {
             timers: Timers::default(),
             internal: Internals::default(),
             front: FrontTable::default(),
-            tls: Default::default(),
+            relays: Default::default(),
             notifier,
             endpoints: Endpoints::default(),
             upgrades: Upgrades::new(),
@@ -308,7 +310,7 @@ impl Server {
     fn poll_timeout(&self) -> Option<Duration> {
         if !self.sockets.has_ready()
             && !self.internal.conns.has_ready()
-            && !self.forward.relays.has_ready()
+            && !self.relays.has_ready()
             && !self.endpoints.accept_more_scrapers
             && !self.endpoints.accept_more_control
         {
@@ -341,7 +343,6 @@ impl Server {
                 }
                 Some(TokenKind::Internal) => self.on_internal_ready(token),
                 Some(TokenKind::Front) => self.on_front_ready(token),
-                Some(TokenKind::Tls) => self.on_tls_ready(token),
                 Some(TokenKind::Scrape) => self.on_scrape_ready(token),
                 Some(TokenKind::Probe(id)) => self.on_probe_ready(token, id),
                 Some(TokenKind::Notify(id)) => self.on_notify_ready(id),
@@ -359,7 +360,6 @@ impl Server {
         self.serve_ready();
         self.serve_internal_ready();
         self.serve_relays_again();
-        self.serve_tls_ready();
         if std::mem::take(&mut self.endpoints.accept_more_scrapers) {
             self.accept_scrapers();
         }
@@ -384,7 +384,7 @@ impl Server {
             .next_deadline()
             .into_iter()
             .chain(self.internal.conns.next_deadline())
-            .chain(self.tls.next_deadline())
+            .chain(self.relays.next_deadline())
             .chain(self.shortage.backoff.deadline())
             .chain(self.services.refusal_deadline())
             .min()
@@ -393,7 +393,7 @@ impl Server {
     /// Re-arm what a timer that ran out was holding back.
     fn run_timers(&mut self, now: Instant) {
         self.close_idle_internal(now);
-        self.expire_tls(now);
+        self.expire_relays(now);
         if self.shortage.backoff.expire(now) {
             // Their clients queued while fds ran out: no new event comes
             // for them (edge-triggered), so accept them now, before a

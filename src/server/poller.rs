@@ -32,8 +32,6 @@ pub(super) enum TokenKind {
     Internal,
     /// A connection whose PROXY header is awaited (`front.rs`).
     Front,
-    /// A TLS client, or summond's end of its child's socket pair.
-    Tls,
     /// A Prometheus scraper.
     Scrape,
     ControlClient,

@@ -91,7 +91,7 @@ pub enum Step {
     /// Waiting for the socket.
     Pending,
     /// Done: the connection may carry data (what rustls still has to send,
-    /// session tickets, is the pump's to flush).
+    /// session tickets, is the relay's to flush).
     Done,
     Failed(Failure),
 }
@@ -127,7 +127,7 @@ impl Handshake {
         for _ in 0..ROUNDS {
             // Done once the client's last flight is in: what rustls still
             // has to send (TLS 1.3 session tickets, TLS 1.2's Finished) is
-            // the pump's, and a client that closed right after its
+            // the relay's, and a client that closed right after its
             // Finished (openssl s_time) has a finished handshake, not a
             // failed one.
             if !self.conn.is_handshaking() {
@@ -172,7 +172,7 @@ impl Handshake {
         Step::Pending
     }
 
-    /// The connection, for the pump, once `drive` said `Done`.
+    /// The connection, for the relay, once `drive` said `Done`.
     pub fn into_conn(self) -> ServerConnection {
         self.conn
     }

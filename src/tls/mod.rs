@@ -3,13 +3,11 @@
 //! the files it names, read at load (`files.rs`: as root, never through a
 //! directory another user could write); the rustls configuration built
 //! from them (`config.rs`); the server handshake as a state machine the
-//! loop drives on readiness (`handshake.rs`); the pump that moves bytes
-//! between the TLS connection and the plaintext socket pair a child gets
-//! (`pump.rs`); the table of pumping TLS connections the loop holds, with
-//! their `linger` deadlines (`table.rs`; a handshake is a step of the
-//! server's front table, bounded by `HANDSHAKE_TIMEOUT` and
-//! `HANDSHAKE_LIMIT`); and the
-//! `SSL_*` variables in mod_ssl's formats (`vars.rs`, `dn.rs`).
+//! loop drives on readiness (`handshake.rs`; a step of the server's front
+//! table, bounded by `HANDSHAKE_TIMEOUT` and `HANDSHAKE_LIMIT`); and the
+//! `SSL_*` variables in mod_ssl's formats (`vars.rs`, `dn.rs`). Once the
+//! handshake is done, the session is one side of a relayed connection
+//! (`crate::relay`, its TLS side in `relay/tls.rs`).
 //!
 //! Nothing here knows `Server`: the loop owns the table and decides.
 //!
@@ -22,8 +20,6 @@ mod config;
 mod dn;
 mod files;
 mod handshake;
-mod pump;
-mod table;
 mod vars;
 
 use std::fmt;
@@ -34,8 +30,12 @@ use crate::config::raw_path;
 pub use config::{server_config, TlsConfig};
 pub use files::{load, LoadError, Named, Which};
 pub use handshake::{Failure, Handshake, Step, HANDSHAKE_LIMIT, HANDSHAKE_TIMEOUT, HELLO_TIMEOUT};
-pub use pump::{PumpStep, TlsPump};
-pub use table::{TlsConn, TlsConns, LINGER};
+
+/// How long a TLS client whose child (or backend) has ended may go
+/// without taking any of the rest, or without closing (the relay's
+/// `linger`): it would otherwise hold summond's socket and rustls's
+/// state with no child counted for it.
+pub const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
 pub use vars::SslVars;
 
 /// The lowest protocol version offered.

@@ -1,4 +1,4 @@
-//! The handshake and the pump against a rustls client in the same thread,
+//! The handshake, and the relay's TLS side, against a rustls client in the same thread,
 //! over socket pairs (non-blocking, as in the loop). `testdata/`: a CA
 //! and a server certificate for localhost (P-256, valid to 2126).
 
@@ -102,74 +102,249 @@ fn handshaken(min: MinVersion) -> (ServerConnection, ClientConnection, (Socket, 
 
 use rustls::ServerConnection;
 
-/// Both sockets reported ready, as their events would, then a pump.
-fn pumped(pump: &mut TlsPump, net: &Socket, plain: &Socket) -> PumpStep {
-    pump.net_ready();
-    pump.plain_ready();
-    pump.pump(net, plain)
+use crate::relay::{Closed, End, Relays, Side, HOLD};
+use mio::{Events, Poll};
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+/// A TLS session relayed to a child's socket pair: the relay, its poll
+/// set, the client's connection and wire, and the child's end.
+struct Relayed {
+    poll: Poll,
+    relays: Relays<()>,
+    id: crate::relay::RelayId,
+    c: ClientConnection,
+    wire: Socket,
+    child: Socket,
+    closed: Vec<Closed<()>>,
+    /// Events seen, over all turns.
+    seen: usize,
 }
 
-#[test]
-fn the_pump_carries_bytes_both_ways_and_each_eof_is_the_other_sides_close_notify() {
-    for min in [MinVersion::Tls12, MinVersion::Tls13] {
-        let (conn, mut c, (net, wire)) = handshaken(min);
-        let (plain, child) = pair();
-        let mut pump = TlsPump::new(conn);
-        c.writer().write_all(b"hello child").unwrap();
-        client_io(&mut c, &wire);
-        assert_eq!(pumped(&mut pump, &net, &plain), PumpStep::Waiting);
-        let mut buf = [0u8; 64];
-        let n = (&child).read(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"hello child");
-        (&child).write_all(b"hello client").unwrap();
-        pumped(&mut pump, &net, &plain);
-        client_io(&mut c, &wire);
-        let n = c.reader().read(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"hello client");
-        // The client's close_notify: the child reads EOF.
-        c.send_close_notify();
-        client_io(&mut c, &wire);
-        assert_eq!(pumped(&mut pump, &net, &plain), PumpStep::Waiting);
-        assert_eq!((&child).read(&mut buf).unwrap(), 0, "EOF for the child");
-        // The child's EOF: close_notify to the client, and done.
-        child.shutdown(std::net::Shutdown::Write).unwrap();
-        assert_eq!(pumped(&mut pump, &net, &plain), PumpStep::Done);
-        client_io(&mut c, &wire);
-        assert_eq!(
-            c.reader().read(&mut buf).unwrap(),
-            0,
-            "close_notify received"
-        );
+fn relayed(min: MinVersion) -> Relayed {
+    let (conn, c, (net, wire)) = handshaken(min);
+    let (plain, child) = pair();
+    let poll = Poll::new().unwrap();
+    let mut relays = Relays::default();
+    let front = Side::tls(OwnedFd::from(net), conn);
+    let back = Side::child(OwnedFd::from(plain));
+    let id = relays.add(poll.registry(), front, back, ()).unwrap();
+    Relayed {
+        poll,
+        relays,
+        id,
+        c,
+        wire,
+        child,
+        closed: Vec::new(),
+        seen: 0,
+    }
+}
+
+impl Relayed {
+    /// Client I/O and one poll of the relay (10 ms at most), until `done`
+    /// (at most 20 s: a relay that stalls fails the test).
+    fn until(&mut self, mut done: impl FnMut(&mut Self) -> bool) {
+        let end = Instant::now() + Duration::from_secs(20);
+        let mut events = Events::with_capacity(16);
+        while !done(self) {
+            assert!(Instant::now() < end, "stalled");
+            client_io(&mut self.c, &self.wire);
+            let wait = Duration::from_millis(if self.relays.has_ready() { 0 } else { 10 });
+            self.poll.poll(&mut events, Some(wait)).unwrap();
+            for e in events.iter() {
+                self.seen += 1;
+                let r = self.relays.ready(self.poll.registry(), e.token(), e);
+                self.closed.extend(r);
+            }
+            let again = self.relays.serve_again(self.poll.registry());
+            self.closed.extend(again);
+        }
+    }
+}
+
+/// Bytes into `got` from a non-blocking socket; true at its EOF.
+fn take(sock: &Socket, got: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match (&*sock).read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// Plaintext the client has into `got`; true at its close_notify.
+fn client_take(c: &mut ClientConnection, got: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match c.reader().read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) => panic!("{e}"),
+        }
     }
 }
 
 #[test]
-fn a_child_that_does_not_read_stops_the_pump_reading_the_client() {
-    let (conn, mut c, (net, wire)) = handshaken(MinVersion::Tls13);
-    let (plain, _child) = pair();
-    let mut pump = TlsPump::new(conn);
+fn the_relay_carries_tls_both_ways_and_each_eof_is_the_other_sides_close_notify() {
+    for min in [MinVersion::Tls12, MinVersion::Tls13] {
+        let mut r = relayed(min);
+        r.c.writer().write_all(b"hello child").unwrap();
+        let mut got = Vec::new();
+        r.until(|r| {
+            take(&r.child, &mut got);
+            got == b"hello child"
+        });
+        (&r.child).write_all(b"hello client").unwrap();
+        let mut got = Vec::new();
+        r.until(|r| {
+            client_take(&mut r.c, &mut got);
+            got == b"hello client"
+        });
+        // The client's close_notify: the child reads EOF.
+        r.c.send_close_notify();
+        r.until(|r| take(&r.child, &mut Vec::new()));
+        assert!(r.closed.is_empty());
+        // The child's EOF: close_notify to the client, and done.
+        r.child.shutdown(std::net::Shutdown::Write).unwrap();
+        r.until(|r| client_take(&mut r.c, &mut Vec::new()) && !r.closed.is_empty());
+        assert!(matches!(r.closed[0].end, End::Done), "{}", r.closed[0].end);
+        assert_eq!((r.closed[0].up, r.closed[0].down), (11, 12));
+    }
+}
+
+/// Megabytes both ways at once through TLS, each way its own pattern:
+/// exact, with the records flushed before the connection ends.
+#[test]
+fn megabytes_both_ways_through_a_tls_side_are_exact() {
+    let mut r = relayed(MinVersion::Tls13);
+    let up: Vec<u8> = (0..3u32 << 20).map(|i| (i * 7 + i / 251) as u8).collect();
+    let down: Vec<u8> = (0..5u32 << 20).map(|i| (i * 13 + i / 241) as u8).collect();
+    let (mut sent_up, mut sent_down) = (0, 0);
+    let (mut got_up, mut got_down) = (Vec::new(), Vec::new());
+    let (mut child_eof, mut client_eof) = (false, false);
+    r.until(|r| {
+        if sent_up < up.len() && !r.c.wants_write() {
+            sent_up += r.c.writer().write(&up[sent_up..]).unwrap();
+            if sent_up == up.len() {
+                r.c.send_close_notify();
+            }
+        }
+        while sent_down < down.len() {
+            match (&r.child).write(&down[sent_down..]) {
+                Ok(n) => sent_down += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+            if sent_down == down.len() {
+                r.child.shutdown(std::net::Shutdown::Write).unwrap();
+            }
+        }
+        child_eof |= take(&r.child, &mut got_up);
+        client_eof |= client_take(&mut r.c, &mut got_down);
+        let held = r.relays.held(r.id).unwrap_or((0, 0));
+        assert!(held.0 <= HOLD && held.1 <= HOLD, "{held:?}");
+        child_eof && client_eof && !r.closed.is_empty()
+    });
+    assert!(matches!(r.closed[0].end, End::Done), "{}", r.closed[0].end);
+    assert!(got_up == up, "client → child bytes differ");
+    assert!(got_down == down, "child → client bytes differ");
+}
+
+#[test]
+fn a_child_that_does_not_read_stops_the_relay_reading_the_client() {
+    let mut r = relayed(MinVersion::Tls13);
     let chunk = [7u8; 16 * 1024];
     let mut sent = 0usize;
-    let mut stuck = false;
-    for _ in 0..10_000 {
-        if !c.wants_write() {
-            sent += c.writer().write(&chunk).unwrap();
+    let mut stuck = 0;
+    // Until the client's records have not moved for 20 turns (bounded).
+    r.until(|r| {
+        if !r.c.wants_write() {
+            sent += r.c.writer().write(&chunk).unwrap();
+            stuck = 0;
+        } else {
+            stuck += 1;
         }
-        let before = c.wants_write();
-        client_io(&mut c, &wire);
-        pumped(&mut pump, &net, &plain);
-        if before && c.wants_write() {
-            // The wire is full: the pump took no more from it.
-            stuck = true;
-            break;
-        }
-    }
-    assert!(stuck, "the client could write without end ({sent} bytes)");
-    // What is in flight is the sockets' buffers and a record or two.
+        stuck > 20 || sent > 64 << 20
+    });
     assert!(
         sent < 8 << 20,
         "{sent} bytes taken for a child that reads none"
     );
+    let (up, _) = r.relays.held(r.id).unwrap();
+    assert!(up <= HOLD, "{up} bytes held");
+    // Stalled: no further wake-ups while nobody moves.
+    let seen = r.seen;
+    let mut turns = 0;
+    r.until(|_| {
+        turns += 1;
+        turns > 10
+    });
+    assert!(
+        r.seen - seen <= 2,
+        "{} wake-ups while stalled",
+        r.seen - seen
+    );
+}
+
+/// A client that does not read while its child writes: the records wait
+/// for the socket's EPOLLOUT, not a busy loop; once the child ended, the
+/// client has `linger` to take the rest, then it is closed.
+#[test]
+fn a_client_that_does_not_read_is_waited_for_without_spinning_then_let_go() {
+    let mut r = relayed(MinVersion::Tls13);
+    r.relays.linger(r.id, Duration::from_millis(300));
+    // The client's I/O in `until` reads: it gets a wire of its own.
+    let (dummy, _other) = pair();
+    let wire = std::mem::replace(&mut r.wire, dummy);
+    let chunk = [9u8; 64 * 1024];
+    let mut turns = 0;
+    let mut written = 0;
+    r.until(|r| {
+        match (&r.child).write(&chunk) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => turns += 1,
+            Err(e) => panic!("{e}"),
+        }
+        turns > 20
+    });
+    assert!(written < 32 << 20, "{written} bytes taken");
+    let seen = r.seen;
+    let mut idle = 0;
+    r.until(|_| {
+        idle += 1;
+        idle > 10
+    });
+    assert!(
+        r.seen - seen <= 2,
+        "{} wake-ups while stalled",
+        r.seen - seen
+    );
+    r.child.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut events = Events::with_capacity(16);
+    let end = Instant::now() + Duration::from_secs(20);
+    while r.closed.is_empty() {
+        assert!(Instant::now() < end, "never let go");
+        r.poll
+            .poll(&mut events, Some(Duration::from_millis(50)))
+            .unwrap();
+        for e in events.iter() {
+            r.closed
+                .extend(r.relays.ready(r.poll.registry(), e.token(), e));
+        }
+        let now = Instant::now();
+        r.closed.extend(r.relays.expire(r.poll.registry(), now));
+    }
+    assert!(
+        matches!(r.closed[0].end, End::Linger),
+        "{}",
+        r.closed[0].end
+    );
+    drop(wire);
 }
 
 #[test]

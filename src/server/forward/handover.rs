@@ -24,8 +24,9 @@ use nix::unistd::Pid;
 use rustc_hash::FxHashMap;
 use socket2::Socket;
 
-use super::{Backend, Relayed, Retired, State, Waiting};
+use super::{Backend, Retired, State, Waiting};
 use crate::addr::ListenAddr;
+use crate::server::relays::{Kind, Relayed};
 use crate::server::timers::Timer;
 use crate::server::Server;
 use crate::upgrade::{BackendPhase, BackendState, RelayState, WaitingState};
@@ -77,7 +78,10 @@ impl Server {
         }
         out.unready
             .extend(self.forward.retired.iter().map(|r| retired_state(r, now)));
-        out.relays = (self.forward.relays.to_state().into_iter())
+        // A TLS client's session does not cross the exec: to_state leaves
+        // it out, and it closes with the old image.
+        out.relays = (self.relays.to_state().into_iter())
+            .filter(|(t, ..)| t.kind == Kind::Forward)
             .map(|(t, sides, flows)| RelayState {
                 service: t.name.to_string(),
                 pid: t.pid.as_raw(),
@@ -252,10 +256,10 @@ impl Server {
             peer: r.peer.clone(),
             source: r.source,
             runtime_timer: None,
+            kind: Kind::Forward,
         };
         let sides = r.sides.map(crate::relay::SideState::into_side);
         if let Err(e) = self
-            .forward
             .relays
             .adopt(self.poller.registry(), sides, r.flows, tag)
         {

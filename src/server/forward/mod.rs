@@ -39,7 +39,6 @@ use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
-use mio::event::Event;
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
 use nix::libc;
@@ -50,6 +49,7 @@ use rustc_hash::FxHashMap;
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::notify;
+use super::relays::{Kind, Relayed};
 use super::services::{Ended, ServiceId};
 use super::timers::{Timer, TimerKey};
 use super::{Server, TokenKind};
@@ -57,7 +57,7 @@ use crate::addr::ListenAddr;
 use crate::config::Ready;
 use crate::config::{Forward, Pass};
 use crate::peer::{Peer, SourceKey};
-use crate::relay::{Closed, End, RelayId, Relays, Side};
+use crate::relay::{Closed, End, RelayId, Side};
 use crate::spawn;
 use crate::stats::ExitText;
 
@@ -208,17 +208,6 @@ impl Backend {
     }
 }
 
-/// What a relayed connection is, for its log lines and counts.
-pub(super) struct Relayed {
-    pub service: ServiceId,
-    pub name: std::rc::Rc<str>,
-    /// The backend it was relayed to.
-    pub pid: Pid,
-    pub peer: Peer,
-    pub source: Option<SourceKey>,
-    pub runtime_timer: Option<TimerKey>,
-}
-
 /// A backend a reload retired (its service changed or went): it
 /// finishes its open connections, then it is stopped. Its service's
 /// counts stay with the service's `Backend`.
@@ -238,12 +227,12 @@ pub(super) struct Retired {
     tree: Vec<tree::Member>,
 }
 
-/// Every backend, and the relay of every forwarded connection.
+/// Every backend (their connections are in the server's relay table,
+/// `relays.rs`).
 #[derive(Default)]
 pub(super) struct Forwarding {
     pub backends: FxHashMap<ServiceId, Backend>,
     pub retired: Vec<Retired>,
-    pub relays: Relays<Relayed>,
 }
 
 impl Forwarding {
@@ -792,9 +781,10 @@ impl Server {
                 peer: peer.clone(),
                 source,
                 runtime_timer: None,
+                kind: Kind::Forward,
             };
             let header = proxy_header(fwd_proxy, &peer);
-            self.forward.relays.add_with_preface(
+            self.relays.add_with_preface(
                 self.poller.registry(),
                 Side::stream(OwnedFd::from(conn)),
                 back,
@@ -815,7 +805,7 @@ impl Server {
                     let key = self
                         .timers
                         .add(Instant::now() + limit, Timer::RelayRuntime(rid));
-                    if let Some(tag) = self.forward.relays.tag_mut(rid) {
+                    if let Some(tag) = self.relays.tag_mut(rid) {
                         tag.runtime_timer = Some(key);
                     }
                 }
@@ -841,29 +831,8 @@ impl Server {
         }
     }
 
-    /// An event on one of the relay's tokens.
-    pub(super) fn on_relay_event(&mut self, event: &Event) {
-        if let Some(closed) =
-            self.forward
-                .relays
-                .ready(self.poller.registry(), event.token(), event)
-        {
-            self.relay_closed(closed);
-        }
-    }
-
-    /// Connections that used their share last turn.
-    pub(super) fn serve_relays_again(&mut self) {
-        if !self.forward.relays.has_ready() {
-            return;
-        }
-        for closed in self.forward.relays.serve_again(self.poller.registry()) {
-            self.relay_closed(closed);
-        }
-    }
-
     /// Step 3: a relayed connection ended.
-    fn relay_closed(&mut self, c: Closed<Relayed>) {
+    pub(super) fn relay_closed(&mut self, c: Closed<Relayed>) {
         let t = &c.tag;
         if let Some(key) = t.runtime_timer {
             self.timers.cancel(key);
@@ -1111,14 +1080,13 @@ impl Server {
     /// Close every connection relayed to backend `pid`, each logged.
     fn cut_relays_of(&mut self, pid: Pid) -> usize {
         let ids: Vec<RelayId> = self
-            .forward
             .relays
             .iter()
-            .filter(|(_, t, _, _)| t.pid == pid)
+            .filter(|(_, t, _, _)| t.kind == Kind::Forward && t.pid == pid)
             .map(|(id, ..)| id)
             .collect();
         for id in &ids {
-            if let Some(closed) = self.forward.relays.close(self.poller.registry(), *id) {
+            if let Some(closed) = self.relays.close(self.poller.registry(), *id) {
                 self.relay_closed(closed);
             }
         }
@@ -1127,7 +1095,7 @@ impl Server {
 
     /// max_runtime of a relayed connection ran out: it is closed.
     pub(super) fn relay_runtime_up(&mut self, id: RelayId) {
-        if let Some(mut closed) = self.forward.relays.close(self.poller.registry(), id) {
+        if let Some(mut closed) = self.relays.close(self.poller.registry(), id) {
             closed.tag.runtime_timer = None;
             let t = &closed.tag;
             info!(event = "max_runtime", service = &*t.name; "{}: relayed {} ran past max_runtime: closed", t.name, t.peer);
@@ -1138,7 +1106,7 @@ impl Server {
     /// At stop (and before an upgrade): every backend gets SIGTERM; the
     /// relayed connections close with summond.
     pub(super) fn stop_all_backends(&mut self) {
-        let n = self.forward.relays.len();
+        let n = self.relays.len();
         if n > 0 {
             warn!("closing {n} relayed connections");
         }
@@ -1165,8 +1133,8 @@ impl Server {
         svc.spec.forward.as_ref()?;
         let b = self.forward.backends.get(&svc.id);
         let (mut up, mut down) = b.map_or((0, 0), |b| (b.up, b.down));
-        for (_, tag, u, d) in self.forward.relays.iter() {
-            if tag.service == svc.id {
+        for (_, tag, u, d) in self.relays.iter() {
+            if tag.service == svc.id && tag.kind == Kind::Forward {
                 up += u;
                 down += d;
             }
@@ -1220,10 +1188,9 @@ impl Server {
                 _ => None,
             };
             let open = self
-                .forward
                 .relays
                 .iter()
-                .filter(|(_, t, ..)| t.pid == pid)
+                .filter(|(_, t, ..)| t.kind == Kind::Forward && t.pid == pid)
                 .count() as u32;
             let fwd = old.forward.as_ref().expect("a forward service");
             info!(event = "backend_retired", service = old.name.as_str(), pid = pid.as_raw();
