@@ -149,12 +149,6 @@ impl Checker<'_> {
             let why = "must be true with `forward` (summond accepts each client and relays it)";
             self.at(v.span(), invalid("accept", why));
         }
-        if let Some(v) = t.field("tls") {
-            // Accept mode only for now: the handshake's end would start a
-            // child per connection, not reach the backend.
-            let why = "cannot go with `forward` yet (TLS is for accept-mode children)";
-            self.at(v.span(), invalid("tls", why));
-        }
         if let Some(v) = t.field("pass") {
             let why =
                 "has no use with `forward` (the backend gets no socket: it listens on its own)";

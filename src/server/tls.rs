@@ -93,11 +93,38 @@ impl Server {
     pub(super) fn handshake_done(&mut self, conn: FrontConn) {
         let now = Instant::now();
         let idx = self.services.index_of(conn.service);
-        self.start_relay(conn);
+        let forward = idx.is_some_and(|i| self.services[i].spec.forward.is_some());
+        if let (true, Some(i)) = (forward, idx) {
+            self.forward_tls(i, conn);
+        } else {
+            self.start_relay(conn);
+        }
         if let Some(idx) = idx {
             self.sync_service(idx, now);
         }
         self.unpark(now);
+    }
+
+    /// With `forward`: the session goes to the backend's queue or relay
+    /// as a plain client's connection would (forward/).
+    fn forward_tls(&mut self, idx: usize, conn: FrontConn) {
+        let FrontConn {
+            socket,
+            work,
+            peer,
+            source,
+            ..
+        } = conn;
+        let Work::Handshake(hs) = work else {
+            return;
+        };
+        let name = &self.services[idx].name;
+        debug!("{name}: {} for {peer}", SslVars::of(hs.conn()).protocol);
+        let mut tls = hs.into_conn();
+        if let Some(text) = &self.services[idx].spec.banner {
+            let _ = tls.writer().write_all(text.as_bytes());
+        }
+        self.forward_tls_client(idx, socket, tls, peer, source);
     }
 
     /// The child started on a socket pair's end, and the relay of the

@@ -19,7 +19,7 @@ pub(crate) fn have(tool: &str) -> bool {
 }
 
 /// `len` bytes that do not repeat at a short period.
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
+pub(crate) fn pattern(len: usize, seed: u32) -> Vec<u8> {
     let mut x = seed.wrapping_mul(2654435761) | 1;
     (0..len)
         .map(|_| {
@@ -49,7 +49,7 @@ pub(crate) fn backend_pid(s: &Summond, nth: usize) -> i32 {
 /// and each dropped SYN or handshake ACK waits for the kernel's
 /// retransmit (1, 3, 7, 15, 31 s): under load a client then waited past
 /// `get`'s 30 s read timeout, a test of the machine, not of summond.
-const BACKLOG_64: &str =
+pub(crate) const BACKLOG_64: &str =
     "import runpy, socketserver; socketserver.TCPServer.request_queue_size = 64; \
     runpy.run_module('http.server', run_name='__main__')";
 
@@ -71,7 +71,7 @@ fn get(port: u16, path: &str) -> Option<Vec<u8>> {
     Some(all.split_off(at + 4))
 }
 
-fn with_www(file: &[u8]) -> TempDir {
+pub(crate) fn with_www(file: &[u8]) -> TempDir {
     let dir = TempDir::new("fwd");
     std::fs::create_dir(dir.path("www")).unwrap();
     std::fs::write(dir.path("www/file"), file).unwrap();

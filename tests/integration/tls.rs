@@ -32,12 +32,12 @@ fn run(dir: &Path, args: &[&str]) {
 }
 
 /// A CA and what it signed, in `dir`.
-struct Pki {
+pub(crate) struct Pki {
     dir: PathBuf,
 }
 
 impl Pki {
-    fn new(dir: &Path) -> Pki {
+    pub(crate) fn new(dir: &Path) -> Pki {
         run(
             dir,
             &[
@@ -131,14 +131,14 @@ impl Pki {
         .unwrap();
     }
 
-    fn path(&self, name: &str) -> String {
+    pub(crate) fn path(&self, name: &str) -> String {
         self.dir.join(name).display().to_string()
     }
 }
 
 /// `openssl s_client` to `port` with `extra` arguments, `input` on its
 /// stdin: its exit status and what it printed (stdout and stderr).
-fn s_client(pki: &Pki, port: u16, extra: &[&str], input: &[u8]) -> (bool, String) {
+pub(crate) fn s_client(pki: &Pki, port: u16, extra: &[&str], input: &[u8]) -> (bool, String) {
     let mut args = vec!["-quiet"];
     args.extend(extra);
     s_client_with(pki, port, &args, input)
@@ -563,10 +563,6 @@ fn tls_files_that_cannot_be_used_are_config_errors_naming_the_file_and_line() {
             "\"1.1\" is not one of \"1.2\", \"1.3\"",
         ),
         (format!("{{ cert = \"{srv}\" }}"), "needs key = \"PATH\""),
-        (
-            format!("{{ cert = \"{srv}\", key = \"{key}\" }}\nforward = \"tcp://127.0.0.1:2\""),
-            "`tls`: cannot go with `forward` yet",
-        ),
     ];
     for (tls, want) in &cases {
         let (code, out) = check(tls);

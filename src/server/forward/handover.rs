@@ -61,7 +61,9 @@ impl Server {
         };
         for (id, b) in &self.forward.backends {
             let name = self.services.name_of(*id);
-            out.waiting.extend(b.waiting.iter().map(|w| WaitingState {
+            // A TLS client's session does not cross the exec (it closes).
+            let plain = b.waiting.iter().filter(|w| w.tls.is_none());
+            out.waiting.extend(plain.map(|w| WaitingState {
                 service: name.to_string(),
                 fd: w.conn.as_raw_fd(),
                 peer: w.peer.clone(),
@@ -242,6 +244,7 @@ impl Server {
             conn,
             peer: w.peer,
             source: w.source,
+            tls: None,
         });
     }
 

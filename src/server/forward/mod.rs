@@ -46,6 +46,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 use rustc_hash::FxHashMap;
+use rustls::ServerConnection;
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::notify;
@@ -125,10 +126,13 @@ impl State {
 }
 
 /// A client held while its backend starts.
-struct Waiting {
+pub(super) struct Waiting {
     conn: Socket,
     peer: Peer,
     source: Option<SourceKey>,
+    /// A `tls` service's client: its session, handshake done (the
+    /// relay's front side is then TLS; an upgrade cannot hand it over).
+    tls: Option<Box<ServerConnection>>,
 }
 
 /// One service's backend.
@@ -300,7 +304,15 @@ fn self_connected(s: &Socket) -> bool {
 /// `forward_proxy_protocol`: the header naming the client and the
 /// address it reached (the balancer's client, if a PROXY header came in);
 /// empty without the key (nothing allocated).
-fn proxy_header(version: Option<crate::config::ProxyHeader>, peer: &Peer) -> Vec<u8> {
+///
+/// Behind TLS, a v2 header also names what the client asked for: its
+/// ALPN protocol (PP2_TYPE_ALPN) and server name (PP2_TYPE_AUTHORITY),
+/// as haproxy sends them; nothing else of the session.
+fn proxy_header(
+    version: Option<crate::config::ProxyHeader>,
+    peer: &Peer,
+    tls: Option<&ServerConnection>,
+) -> Vec<u8> {
     let Some(version) = version else {
         return Vec::new();
     };
@@ -315,10 +327,23 @@ fn proxy_header(version: Option<crate::config::ProxyHeader>, peer: &Peer) -> Vec
     let mut out = Vec::with_capacity(64);
     match version {
         crate::config::ProxyHeader::V1 => crate::proxy::encode_v1(addrs, &mut out),
-        crate::config::ProxyHeader::V2 => crate::proxy::encode_v2(addrs, &[], &mut out),
+        crate::config::ProxyHeader::V2 => {
+            let mut tlvs: Vec<(u8, &[u8])> = Vec::new();
+            if let Some(alpn) = tls.and_then(|t| t.alpn_protocol()) {
+                tlvs.push((PP2_TYPE_ALPN, alpn));
+            }
+            if let Some(sni) = tls.and_then(|t| t.server_name()) {
+                tlvs.push((PP2_TYPE_AUTHORITY, sni.as_bytes()));
+            }
+            crate::proxy::encode_v2(addrs, &tlvs, &mut out)
+        }
     }
     out
 }
+
+/// PROXY v2's TLV types for the ALPN protocol and the server name.
+const PP2_TYPE_ALPN: u8 = 0x01;
+const PP2_TYPE_AUTHORITY: u8 = 0x02;
 
 /// O_NONBLOCK with one ioctl(FIONBIO) (socket2 reads the flags first
 /// with fcntl, then sets them: two syscalls per relayed client).
@@ -359,6 +384,35 @@ impl Server {
         peer: Peer,
         source: Option<SourceKey>,
     ) {
+        let w = Waiting {
+            conn,
+            peer,
+            source,
+            tls: None,
+        };
+        self.forward_waiting(idx, w);
+    }
+
+    /// Step 1 for a `tls` service's client, its handshake done.
+    pub(super) fn forward_tls_client(
+        &mut self,
+        idx: usize,
+        conn: Socket,
+        tls: ServerConnection,
+        peer: Peer,
+        source: Option<SourceKey>,
+    ) {
+        let w = Waiting {
+            conn,
+            peer,
+            source,
+            tls: Some(Box::new(tls)),
+        };
+        self.forward_waiting(idx, w);
+    }
+
+    fn forward_waiting(&mut self, idx: usize, w: Waiting) {
+        let source = w.source;
         let id = self.services[idx].id;
         self.services[idx].stats.served += 1;
         self.take_rate_token(idx, Instant::now());
@@ -368,11 +422,11 @@ impl Server {
             self.timers.cancel(t);
         }
         if let State::Ready { pid } = backend.state {
-            self.relay_client(idx, pid, conn, peer, source, None);
+            self.relay_client(idx, pid, w, None);
             return;
         }
         let stopped = matches!(backend.state, State::Stopped);
-        backend.waiting.push_back(Waiting { conn, peer, source });
+        backend.waiting.push_back(w);
         if stopped && !self.address_held(idx) {
             self.start_backend(idx);
         }
@@ -731,7 +785,7 @@ impl Server {
             "{name}: backend pid {pid} ready after {:.1} ms; relaying {} waiting clients",
             took.as_secs_f64() * 1e3, waiting.len());
         for w in waiting {
-            self.relay_client(idx, pid, w.conn, w.peer, w.source, probe.take());
+            self.relay_client(idx, pid, w, probe.take());
         }
         self.arm_idle(idx, now);
         self.sync_service(idx, now);
@@ -739,15 +793,13 @@ impl Server {
 
     /// A client to the relay, over `back` or a new connection to the
     /// backend. Its source is counted already; a failure uncounts it.
-    fn relay_client(
-        &mut self,
-        idx: usize,
-        pid: Pid,
-        conn: Socket,
-        peer: Peer,
-        source: Option<SourceKey>,
-        back: Option<Socket>,
-    ) {
+    fn relay_client(&mut self, idx: usize, pid: Pid, w: Waiting, back: Option<Socket>) {
+        let Waiting {
+            conn,
+            peer,
+            source,
+            tls,
+        } = w;
         let id = self.services[idx].id;
         let name = self.services[idx].name.clone();
         let fwd_proxy = self.services[idx]
@@ -783,14 +835,22 @@ impl Server {
                 runtime_timer: None,
                 kind: Kind::Forward,
             };
-            let header = proxy_header(fwd_proxy, &peer);
-            self.relays.add_with_preface(
+            let header = proxy_header(fwd_proxy, &peer, tls.as_deref());
+            let front = match tls {
+                Some(tls) => Side::tls(OwnedFd::from(conn), *tls),
+                None => Side::stream(OwnedFd::from(conn)),
+            };
+            let rid = (self.relays).add_with_preface(
                 self.poller.registry(),
-                Side::stream(OwnedFd::from(conn)),
+                front,
                 back,
                 tag,
                 &header,
-            )
+            )?;
+            if self.relays.is_tls(rid) {
+                self.relays.linger(rid, crate::tls::LINGER);
+            }
+            Ok(rid)
         });
         let backend = self.forward.backends.entry(id).or_default();
         match relayed {

@@ -1,0 +1,294 @@
+//! `tls` with `forward`: summond does the handshake, starts the backend
+//! at the first client and relays the plaintext to it. Real clients
+//! (curl, openssl s_client, a rustls client for close_notify), real
+//! backends (`python3 -m http.server`, socat echoing through `cat`).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+use crate::forward::{backend_pid, have, pattern, with_www, KillOnDropLater, BACKLOG_64};
+use crate::tls::{s_client, Pki};
+use crate::util::*;
+
+fn tools_or_skip(test: &str, tools: &[&str]) -> bool {
+    match tools.iter().find(|t| !have(t)) {
+        Some(t) => {
+            skip(test, &format!("{t} is not installed"));
+            false
+        }
+        None => true,
+    }
+}
+
+/// The `tls` line for `pki`'s server pair, with `more` inside the table.
+fn tls_line(pki: &Pki, more: &str) -> String {
+    format!(
+        "tls = {{ cert = \"{}\", key = \"{}\"{more} }}\n",
+        pki.path("server.pem"),
+        pki.path("server.key")
+    )
+}
+
+/// http.server in forward mode behind TLS, serving `{dir}/www`.
+fn https_service(port: u16, backend: u16, pki: &Pki) -> String {
+    format!(
+        r#"
+[[service]]
+name = "web"
+listen = "tcp://127.0.0.1:{port}"
+exec = ["python3", "-c", "{BACKLOG_64}", "--bind", "127.0.0.1", "--directory", "{{dir}}/www", "{backend}"]
+forward = "tcp://127.0.0.1:{backend}"
+stderr = "null"
+{}"#,
+        tls_line(pki, "")
+    )
+}
+
+/// curl --cacert fetching `path` into `out`: whether it succeeded.
+fn curl(pki: &Pki, port: u16, path: &str, out: &std::path::Path) -> bool {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "60", "--cacert", &pki.path("ca.pem")])
+        .arg(format!("https://localhost:{port}{path}"))
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .arg("-o")
+        .arg(out)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Eight curl clients at a cold start, each 5 MB byte-exact through
+/// TLS from one http.server started for them; then s_client over TLS
+/// 1.2 and 1.3 to the same backend.
+#[test]
+fn curl_and_s_client_reach_an_http_server_started_on_demand_behind_tls() {
+    if !tools_or_skip("tls forward", &["python3", "curl", "openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let body = pattern(5 << 20, 11);
+    let (port, backend) = (free_port(), free_port());
+    let s = Summond::start_in(
+        with_www(&body),
+        Start {
+            config: &https_service(port, backend, &pki),
+            ..Start::default()
+        },
+    );
+    let _guard = KillOnDropLater(&s);
+    let pki = Arc::new(pki);
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let (pki, out) = (pki.clone(), s.dir.path(&format!("got{i}")));
+            thread::spawn(move || curl(&pki, port, "/file", &out).then(|| std::fs::read(out)))
+        })
+        .collect();
+    for c in clients {
+        let got = c.join().unwrap().and_then(Result::ok);
+        assert!(
+            got.as_deref() == Some(&body[..]),
+            "a client was not served whole:\n{}",
+            s.log_text()
+        );
+    }
+    assert_eq!(s.log_count("starting the backend"), 1, "{}", s.log_text());
+    std::fs::write(s.dir.path("www/small"), b"small file\n").unwrap();
+    for v in ["-tls1_2", "-tls1_3"] {
+        let (ok, out) = s_client(&pki, port, &[v], b"GET /small HTTP/1.0\r\n\r\n");
+        assert!(ok && out.contains("small file"), "{v}: {out}");
+    }
+    assert_eq!(s.log_count("starting the backend"), 1, "{}", s.log_text());
+}
+
+/// The backend killed while a TLS client downloads: the client's
+/// connection is closed (not hung), and the next client starts a new
+/// backend.
+#[test]
+fn a_backend_killed_mid_transfer_closes_its_tls_client() {
+    if !tools_or_skip("tls forward killed", &["python3", "curl", "openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let body = pattern(64 << 20, 5);
+    let (port, backend) = (free_port(), free_port());
+    let s = Summond::start_in(
+        with_www(&body),
+        Start {
+            config: &https_service(port, backend, &pki),
+            ..Start::default()
+        },
+    );
+    let _guard = KillOnDropLater(&s);
+    let mut c = rustls_client(&pki, port);
+    c.write_all(b"GET /file HTTP/1.0\r\n\r\n").unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = c.read(&mut buf).unwrap();
+    assert!(got > 0);
+    let pid = backend_pid(&s, 0);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            // Closed without close_notify (a reset, or TCP's EOF alone).
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("the client was not closed: {e}\n{}", s.log_text()),
+        }
+    }
+    assert!(
+        got < body.len(),
+        "the whole file came through a killed backend"
+    );
+    assert!(
+        s.wait_log("its 1 relayed connections were closed"),
+        "{}",
+        s.log_text()
+    );
+    std::fs::write(s.dir.path("www/small"), b"again\n").unwrap();
+    let out = s.dir.path("small");
+    assert!(curl(&pki, port, "/small", &out), "{}", s.log_text());
+    assert_eq!(std::fs::read(&out).unwrap(), b"again\n");
+    assert_eq!(s.log_count("starting the backend"), 2);
+}
+
+/// A rustls client connected to `port` (SNI localhost, ALPN http/1.1),
+/// its handshake done.
+#[allow(deprecated)] // ring: no post-quantum groups, as summond itself
+fn rustls_client(pki: &Pki, port: u16) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(pki.path("ca.pem")).unwrap();
+    for c in CertificateDer::pem_slice_iter(&ca) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut stream = rustls::StreamOwned::new(conn, sock);
+    stream.flush().unwrap();
+    stream
+}
+
+/// Echo through `cat` behind TLS, with forward_proxy_protocol v2: the
+/// client's close_notify is the backend's EOF, the backend's EOF comes
+/// back as close_notify (a clean end, not a truncation), every byte in
+/// between is exact, and the header names the client's ALPN protocol
+/// and server name.
+#[test]
+fn close_notify_and_the_backends_eof_pass_each_way_with_alpn_and_sni_in_the_header() {
+    if !tools_or_skip("tls forward echo", &["socat", "openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let (port, backend) = (free_port(), free_port());
+    let config = format!(
+        r#"
+[[service]]
+name = "echo"
+listen = "tcp://127.0.0.1:{port}"
+exec = ["socat", "-t", "30", "TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork", "EXEC:cat"]
+forward = "tcp://127.0.0.1:{backend}"
+forward_proxy_protocol = "v2"
+{}"#,
+        tls_line(&pki, ", alpn = [\"http/1.1\"]")
+    );
+    let s = Summond::start(&config);
+    let _guard = KillOnDropLater(&s);
+    let data = pattern(3 << 20, 2);
+    for _ in 0..2 {
+        let c = rustls_client(&pki, port);
+        let client_port = c.sock.local_addr().unwrap().port();
+        let back = echo(c, &data).unwrap_or_else(|e| panic!("{e}\n{}", s.log_text()));
+        assert!(back.len() > data.len(), "{} bytes back", back.len());
+        let (header, echo) = back.split_at(back.len() - data.len());
+        assert!(echo == data, "the echo differs\n{}", s.log_text());
+        assert_eq!(&header[..12], b"\r\n\r\n\0\r\nQUIT\n");
+        assert_eq!(&header[12..14], &[0x21, 0x11]);
+        assert_eq!(u16::from_be_bytes([header[24], header[25]]), client_port);
+        let tlvs = &header[28..];
+        let want_alpn = [&[0x01, 0, 8][..], b"http/1.1"].concat();
+        let want_sni = [&[0x02, 0, 9][..], b"localhost"].concat();
+        assert_eq!(tlvs, [want_alpn, want_sni].concat(), "{header:?}");
+        let len = u16::from_be_bytes([header[14], header[15]]) as usize;
+        assert_eq!(header.len(), 16 + len);
+    }
+    assert_eq!(s.log_count("starting the backend"), 1);
+}
+
+/// Send `data` and close_notify over `c` while reading what comes back,
+/// until the peer's close_notify (30 s at most): what came back, or why
+/// it did not end cleanly.
+fn echo(
+    c: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    data: &[u8],
+) -> Result<Vec<u8>, String> {
+    use std::io::ErrorKind::WouldBlock;
+    let (mut conn, mut sock) = (c.conn, c.sock);
+    sock.set_nonblocking(true).unwrap();
+    let (mut sent, mut back) = (0, Vec::new());
+    let mut buf = vec![0u8; 1 << 16];
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < end {
+        if sent < data.len() && !conn.wants_write() {
+            sent += conn.writer().write(&data[sent..]).unwrap();
+            if sent == data.len() {
+                conn.send_close_notify();
+            }
+        }
+        let mut idle = true;
+        while conn.wants_write() {
+            match conn.write_tls(&mut sock) {
+                Ok(_) => idle = false,
+                Err(e) if e.kind() == WouldBlock => break,
+                Err(e) => return Err(format!("write: {e}")),
+            }
+        }
+        match conn.read_tls(&mut sock) {
+            Ok(0) => idle = false,
+            Ok(_) => {
+                idle = false;
+                conn.process_new_packets().map_err(|e| e.to_string())?;
+            }
+            Err(e) if e.kind() == WouldBlock => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+        loop {
+            match conn.reader().read(&mut buf) {
+                // Ok(0) only at the peer's close_notify; a TCP EOF
+                // without one is UnexpectedEof.
+                Ok(0) => return Ok(back),
+                Ok(n) => back.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == WouldBlock => break,
+                Err(e) => return Err(format!("no clean end: {e}")),
+            }
+        }
+        if idle {
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+    Err(format!(
+        "no end within 30 s ({sent} sent, {} back)",
+        back.len()
+    ))
+}
