@@ -1,10 +1,16 @@
 #!/usr/bin/env python3
 """TLS termination side by side, in one run: summond (`tls`, a program per
 connection), stunnel4 with `exec=` (a program per connection), stunnel4
-with `connect=` and haproxy (both to a backend server in this script).
-TLS 1.3, an ECDSA P-256 certificate, loopback.
+with `connect=` and haproxy (both to a backend server in this script),
+and summond-fwd (`tls` with `forward`, to the same backend: its `exec`
+is a `sleep` that stays, the script's server being the one that
+accepts). TLS 1.3, an ECDSA P-256 certificate, loopback.
 
     benches/tls.py [--rounds 3] [--seconds 5] [--idle 400] [--bulk-mib 1024]
+                   [--servers summond,...] [--main PATH]
+
+--main PATH adds summond-main: `summond` run from another binary (a
+build of main, for an A/B of the same service in the same run).
 
 Per server, the median of the rounds (servers interleaved in each round):
 
@@ -37,6 +43,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUMMOND = os.path.join(ROOT, "target", "release", "summond")
 TICK = os.sysconf("SC_CLK_TCK")
+MAIN = None
 
 
 def free_port():
@@ -141,16 +148,27 @@ class Server:
                 time.sleep(0.05)
         return False
 
-    def start_summond(self, mode, size):
+    def start_summond(self, mode, size, binary=None, forward=None):
         exec_ = ", ".join('"%s"' % a for a in program(mode, size))
+        more = ""
+        if forward:
+            exec_ = '"/bin/sleep", "infinity"'
+            more = 'forward = "tcp://127.0.0.1:%d"\nmax_instances = 4096\n' % forward
         conf = os.path.join(self.d, "summond.toml")
         with open(conf, "w") as f:
             f.write('[daemon]\nmax_children = 4096\n[[service]]\nname = "t"\n'
-                    'listen = "tcp://127.0.0.1:%d"\nexec = [%s]\n'
+                    'listen = "tcp://127.0.0.1:%d"\nexec = [%s]\n%s'
                     'tls = { cert = "%s/server.pem", key = "%s/server.key" }\n'
-                    % (self.port, exec_, self.d, self.d))
-        return subprocess.Popen([SUMMOND, "-c", conf, "--log-level", "warn"],
+                    % (self.port, exec_, more, self.d, self.d))
+        return subprocess.Popen([binary or SUMMOND, "-c", conf, "--log-level", "warn"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start_summond_main(self, mode, size):
+        return self.start_summond(mode, size, binary=MAIN)
+
+    def start_summond_fwd(self, mode, size):
+        self.backend = Backend(mode, size)
+        return self.start_summond(mode, size, forward=self.backend.port)
 
     def stunnel(self, target):
         conf = os.path.join(self.d, "stunnel.conf")
@@ -281,8 +299,14 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--idle", type=int, default=400)
     ap.add_argument("--bulk-mib", type=int, default=1024)
-    ap.add_argument("--servers", default="summond,stunnel-exec,stunnel-connect,haproxy")
+    ap.add_argument("--servers",
+                    default="summond,summond-fwd,stunnel-exec,stunnel-connect,haproxy")
+    ap.add_argument("--main", help="another summond binary, run as summond-main")
     a = ap.parse_args()
+    global MAIN
+    MAIN = a.main
+    if MAIN and "summond-main" not in a.servers:
+        a.servers = "summond-main," + a.servers
     for tool in ("openssl", "socat", "haproxy", "stunnel4"):
         if not shutil.which(tool):
             sys.exit("needs " + tool)
