@@ -350,6 +350,11 @@ pub struct Status {
     /// SIGKILLs due): they follow what runs now, never what was served.
     #[serde(default)]
     pub pending_timers: u64,
+    /// Drainers: processes forked at a live upgrade that relay the TLS
+    /// connections open then (rustls's state cannot cross the exec)
+    /// until the last ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drainers: Vec<u32>,
 }
 
 impl Status {
@@ -456,6 +461,11 @@ pub fn render_table(status: &Status) -> String {
             .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
+    }
+    for pid in &status.drainers {
+        out.push_str(&format!(
+            "drainer pid {pid}: TLS connections from before an upgrade\n"
+        ));
     }
     // Pauses and the most refused clients, under the table where any.
     for svc in &status.services {
@@ -1050,6 +1060,7 @@ mod tests {
             last_upgrade_error: None,
             upgrading: false,
             pending_timers: 0,
+            drainers: Vec::new(),
         }
     }
 

@@ -18,7 +18,7 @@
 //! | `src/addr.rs`, `src/access.rs` | listen addresses; CIDRs and allow/deny |
 //! | `src/listener.rs` | addresses → bound non-blocking CLOEXEC sockets with their options, the stale-file probe, re-applying options on reload |
 //! | `src/spawn/` | `mod.rs` the `Spawner`: `clone(CLONE_VM \| CLONE_VFORK)` on a stack of its own and the failure report read back from shared memory; `image.rs` the argv, envp, credentials and sandbox built at load, before any spawn; `fds.rs` the fd plans and the fd base that keeps the spawn flat in the number of sockets; `child.rs` the child up to `execve`, syscalls only |
-//! | `src/upgrade.rs`, `src/server/upgrade.rs` | live upgrade: the state format, the memfd, the exec and the way back; the server's check, exec and the sequence that has each table take back its part |
+//! | `src/upgrade.rs`, `src/server/upgrade.rs` | live upgrade: the state format, the memfd, the exec and the way back; the server's check, exec and the sequence that has each table take back its part; `src/server/drainer.rs` the TLS connections' drainer process forked before the exec |
 //! | `src/footprint.rs` | giving back what starting up or reloading left resident (freed heap, clean code pages) |
 //! | `src/server/mod.rs` | the event loop: watching, status, reload, stop; a connection's path, step by step, in its header |
 //! | `src/server/connection.rs` | one client's way in: the gate, accept budget, admission, refusals, banners, spawn |
@@ -44,7 +44,7 @@
 //! | `src/server/front.rs` | the front table: accepted connections the loop works on before dispatch (a PROXY header awaited, then a TLS handshake), their tokens, deadlines and bounds (with the handshakes' over all and per client) |
 //! | `src/limits/` | counting (`mod.rs`: per source, the crash guard, the resource back-off) and rates (`rate.rs`: token buckets, the bounded per-source table, the most refused) |
 //! | `src/queue.rs` | what waits on a socket lent to a pass-mode child, seen without taking it |
-//! | `src/relay/` | bytes both ways between two sockets, or a TLS session and a socket, for every relayed connection (forward mode's, TLS clients'), in one table with its own tokens: `side.rs` an end (a socket spliced, one through a buffer, a child's socket pair, a TLS session), `tls.rs` the TLS side (rustls's records in and out, close_notify), `flow.rs` one direction (splice through a pipe pair or a 64 KiB buffer, half-close passed on, backpressure), `mod.rs` the table, its events, `linger` deadlines and why a connection ended |
+//! | `src/relay/` | bytes both ways between two sockets, or a TLS session and a socket, for every relayed connection (forward mode's, TLS clients'), in one table with its own tokens (`drain.rs`: a table served alone, in a drainer): `side.rs` an end (a socket spliced, one through a buffer, a child's socket pair, a TLS session), `tls.rs` the TLS side (rustls's records in and out, close_notify), `flow.rs` one direction (splice through a pipe pair or a 64 KiB buffer, half-close passed on, backpressure), `mod.rs` the table, its events, `linger` deadlines and why a connection ended |
 //! | `src/refusals.rs` | repeated refusals gathered into one line per client and interval |
 //! | `src/safe_dir.rs` | reaching a directory as root without following a symbolic link (runtime directories, socket directories, the pidfile) |
 //! | `src/signals.rs` | signalfd and reaping |

@@ -129,6 +129,10 @@ pub struct State {
     /// image's state, which closed them).
     #[serde(default)]
     pub waiting: Vec<WaitingState>,
+    /// Drainers (TLS connections of earlier images, each in a process
+    /// of its own) still running: reaped and stopped by the next image.
+    #[serde(default)]
+    pub drainers: Vec<DrainerState>,
     /// The config the writing image ran, in its own format: if the next
     /// image cannot start, the old one serves on with it, whatever the
     /// file says by then (a key only the new binary knows, an address that
@@ -188,6 +192,15 @@ pub struct WaitingState {
     pub fd: RawFd,
     pub peer: Peer,
     pub source: Option<SourceKey>,
+}
+
+/// A drainer an image forked at a live upgrade (`server/drainer.rs`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DrainerState {
+    pub pid: i32,
+    /// Its forward-mode connections: service, backend pid, source (the
+    /// backend counts them open until the drainer has ended).
+    pub relays: Vec<(String, i32, Option<crate::peer::SourceKey>)>,
 }
 
 /// A relayed connection: its sockets and its flows (pipes or bytes).

@@ -43,6 +43,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use rustc_hash::FxHashMap;
 
+mod drain;
 mod flow;
 mod side;
 #[cfg(test)]
@@ -397,6 +398,48 @@ impl<T> Relays<T> {
     /// upgrade: `to_state` leaves it out).
     pub fn is_tls(&self, id: RelayId) -> bool {
         (self.conns.get(&id.0)).is_some_and(|r| r.sides.iter().any(Side::is_tls))
+    }
+
+    /// The connections with a TLS side, moved to a table of their own
+    /// (for a drainer, `drain.rs`): out of this one and of `registry`.
+    /// Their ids and tokens stay theirs.
+    pub fn split_off_tls(&mut self, registry: &Registry) -> Relays<T> {
+        let ids: Vec<u64> = (self.conns.iter())
+            .filter(|(_, r)| r.sides.iter().any(Side::is_tls))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut out = Relays {
+            next: self.next,
+            ..Relays::default()
+        };
+        for id in ids {
+            if let Some(mut r) = self.conns.remove(&id) {
+                for side in &r.sides {
+                    let _ = registry.deregister(&mut SourceFd(&side.fd()));
+                }
+                // Served at once in the drainer: what it holds moves.
+                r.queued = true;
+                out.again.push(id);
+                if let Some(l) = r.linger.as_deref_mut() {
+                    l.deadline = None;
+                }
+                out.conns.insert(id, r);
+            }
+        }
+        out
+    }
+
+    /// The fds every connection holds (sides and pipes).
+    pub fn fds(&self) -> Vec<i32> {
+        let mut fds = Vec::new();
+        for r in self.conns.values() {
+            fds.extend(r.sides.iter().map(Side::fd));
+            for f in &r.flows {
+                let st = f.to_state();
+                fds.extend(st.pipe.into_iter().flat_map(|(a, b)| [a, b]));
+            }
+        }
+        fds
     }
 
     /// The caller's tag of an open connection.

@@ -76,6 +76,7 @@ impl Server {
             .chain(self.reloads.load.as_ref().map(|l| l.pid))
             .chain(self.upgrade_check_pid())
             .chain(self.forward.pids())
+            .chain(self.drainer_pids())
             .collect();
         for pid in pids {
             if let Some(group) = self.children.stopping.get_mut(&pid) {
@@ -106,7 +107,7 @@ impl Server {
             self.finish_reload_if_loaded();
             return;
         }
-        if self.backend_exited(&status, now) {
+        if self.backend_exited(&status, now) || self.drainer_exited(pid) {
             return;
         }
         if let Some(exit) = self.children.exit(status, now, exited_at) {

@@ -95,6 +95,7 @@ use crate::status_page;
 
 mod children;
 mod connection;
+mod drainer;
 mod endpoints;
 mod exit;
 mod forward;
@@ -203,6 +204,8 @@ pub struct Server {
     /// Every relayed connection: forward mode's, and TLS clients past
     /// their handshake (`relays.rs`).
     relays: crate::relay::Relays<relays::Relayed>,
+    /// Processes serving the TLS connections of before an upgrade.
+    drainers: Vec<drainer::Drainer>,
     /// The service manager (NOTIFY_SOCKET), if summond runs under one.
     notifier: Notifier,
     /// The control socket, the metrics listener and their clients.
@@ -249,6 +252,7 @@ impl Server {
             internal: Internals::default(),
             front: FrontTable::default(),
             relays: Default::default(),
+            drainers: Vec::new(),
             notifier,
             endpoints: Endpoints::default(),
             upgrades: Upgrades::new(),
@@ -883,6 +887,7 @@ impl Server {
             last_upgrade_error: self.upgrades.last_error.clone(),
             upgrading: self.upgrades.running(),
             pending_timers: self.timers.len() as u64,
+            drainers: self.drainer_pids().map(|p| p.as_raw() as u32).collect(),
             services: self
                 .services
                 .iter()
@@ -1481,6 +1486,7 @@ impl Server {
             self.internal_closed(&conn);
         }
         self.stop_all_backends();
+        self.stop_drainers();
         self.endpoints.set_metrics(self.poller.registry(), None);
         self.endpoints.set_control(self.poller.registry(), None);
         for (pid, child) in self.children.iter() {

@@ -7,7 +7,8 @@
 //! until both ways are closed (and `LINGER` after the child's end).
 //!
 //! An upgrade does not hand TLS connections over (rustls's state does not
-//! cross an exec): they close with the old image, their children see EOF.
+//! cross an exec): a drainer process relays them to their end
+//! (`drainer.rs`).
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};

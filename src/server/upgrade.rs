@@ -300,6 +300,8 @@ impl Server {
             services: self.services.iter().map(|s| s.spec.clone()).collect(),
             ..self.config.clone()
         };
+        // The TLS connections cannot cross the exec: a drainer keeps them.
+        self.fork_drainer();
         let mut state = match serde_json::to_string(&running) {
             Ok(config) => self.handover_state(config),
             Err(e) => {
@@ -390,6 +392,7 @@ impl Server {
             relays: forward.relays,
             unready_backends: forward.unready,
             waiting: forward.waiting,
+            drainers: self.drainers_state(),
         }
     }
 
@@ -454,6 +457,7 @@ impl Server {
             waiting: state.waiting,
         };
         self.resume_forwarding(forward, &index, handed);
+        self.resume_drainers(state.drainers);
         self.services.resume_stats(state.stats, &index);
         self.services.resume_paused(&state.paused);
         for (id, resumed, answers) in self.services.resume_limits(state.limits, &index, handed) {

@@ -292,3 +292,93 @@ fn echo(
         back.len()
     ))
 }
+
+/// Read from `c` until at least `n` bytes came (or its end).
+fn read_at_least(c: &mut impl Read, got: &mut Vec<u8>, n: usize) {
+    let mut buf = vec![0u8; 1 << 16];
+    while got.len() < n {
+        match c.read(&mut buf) {
+            Ok(0) => return,
+            Ok(k) => got.extend_from_slice(&buf[..k]),
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+/// A live upgrade while a TLS child streams 16 MiB and while a TLS
+/// forward client downloads 16 MiB from http.server: rustls's state
+/// cannot cross the exec, so a drainer forked before it relays both to
+/// their end, every byte in order and a clean close_notify; status
+/// shows it meanwhile; the new image reaps it after their last byte, and
+/// serves new TLS clients itself.
+#[test]
+fn an_upgrade_mid_transfer_leaves_tls_connections_to_a_drainer_that_loses_nothing() {
+    if !tools_or_skip("tls upgrade", &["python3", "openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let data = pattern(16 << 20, 21);
+    let (acc, fwd, backend) = (free_port(), free_port(), free_port());
+    let config = format!(
+        "[daemon]\ncontrol = \"{{dir}}/ctl\"\n{}\n[[service]]\nname = \"acc\"\n\
+         listen = \"tcp://127.0.0.1:{acc}\"\nexec = [\"cat\", \"{{dir}}/www/file\"]\n{}",
+        https_service(fwd, backend, &pki),
+        tls_line(&pki, "")
+    );
+    let s = Summond::start_in(
+        with_www(&data),
+        Start {
+            config: &config,
+            ..Start::default()
+        },
+    );
+    let _guard = KillOnDropLater(&s);
+    let mut c1 = rustls_client(&pki, acc);
+    let mut c2 = rustls_client(&pki, fwd);
+    c2.write_all(b"GET /file HTTP/1.0\r\n\r\n").unwrap();
+    let (mut got1, mut got2) = (Vec::new(), Vec::new());
+    read_at_least(&mut c1, &mut got1, 1 << 20);
+    read_at_least(&mut c2, &mut got2, 1 << 20);
+    s.signal(nix::libc::SIGUSR2);
+    assert!(
+        wait_until(TIMEOUT, || s.log_count(" serving ") == 2),
+        "{}",
+        s.log_text()
+    );
+    assert!(
+        s.log_text()
+            .contains("2 TLS connections go on in drainer pid"),
+        "{}",
+        s.log_text()
+    );
+    let ctl = s.dir.path("ctl");
+    let (_, table, _) = run_to_exit(&["status", "--control", ctl.to_str().unwrap()]);
+    assert!(table.contains("drainer pid "), "{table}");
+    // To the end: Ok(0) is the peer's close_notify, a truncation an error.
+    c1.read_to_end(&mut got1).unwrap();
+    c2.read_to_end(&mut got2).unwrap();
+    assert!(
+        got1 == data,
+        "{} bytes of {} (accept mode)\n{}",
+        got1.len(),
+        data.len(),
+        s.log_text()
+    );
+    let at = got2.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    assert!(
+        got2[at + 4..] == data[..],
+        "forward mode's bytes differ\n{}",
+        s.log_text()
+    );
+    assert!(
+        s.wait_log("TLS connections from before an upgrade)"),
+        "the drainer was not reaped\n{}",
+        s.log_text()
+    );
+    let (_, table, _) = run_to_exit(&["status", "--control", ctl.to_str().unwrap()]);
+    assert!(!table.contains("drainer pid "), "{table}");
+    std::fs::write(s.dir.path("www/small"), b"after\n").unwrap();
+    let (ok, out) = s_client(&pki, fwd, &[], b"GET /small HTTP/1.0\r\n\r\n");
+    assert!(ok && out.contains("after"), "{out}\n{}", s.log_text());
+}

@@ -61,7 +61,8 @@ impl Server {
         };
         for (id, b) in &self.forward.backends {
             let name = self.services.name_of(*id);
-            // A TLS client's session does not cross the exec (it closes).
+            // A TLS client's session does not cross the exec: held for a
+            // start, it closes (relayed, it went to a drainer).
             let plain = b.waiting.iter().filter(|w| w.tls.is_none());
             out.waiting.extend(plain.map(|w| WaitingState {
                 service: name.to_string(),
@@ -80,8 +81,8 @@ impl Server {
         }
         out.unready
             .extend(self.forward.retired.iter().map(|r| retired_state(r, now)));
-        // A TLS client's session does not cross the exec: to_state leaves
-        // it out, and it closes with the old image.
+        // A TLS client's session does not cross the exec: its relay went
+        // to a drainer (drainer.rs), and to_state leaves any out.
         out.relays = (self.relays.to_state().into_iter())
             .filter(|(t, ..)| t.kind == Kind::Forward)
             .map(|(t, sides, flows)| RelayState {

@@ -1274,6 +1274,40 @@ impl Server {
         self.start_held_back(Instant::now());
     }
 
+    /// A forward connection a drainer holds (`drainer.rs`), to backend
+    /// `pid` of service `name`: counted open (`open`), or no longer.
+    pub(super) fn count_drained(
+        &mut self,
+        name: &str,
+        pid: Pid,
+        source: Option<SourceKey>,
+        open: bool,
+    ) {
+        let Some(idx) = (0..self.services.len()).find(|i| &*self.services[*i].name == name) else {
+            return;
+        };
+        let id = self.services[idx].id;
+        if let Some(r) = self.forward.retired.iter_mut().find(|r| r.pid == pid) {
+            r.open = if open {
+                r.open + 1
+            } else {
+                r.open.saturating_sub(1)
+            };
+            if r.open == 0 && r.kill.is_none() {
+                self.stop_retired(pid);
+            }
+        }
+        let backend = self.forward.backends.entry(id).or_default();
+        if open {
+            backend.open += 1;
+            backend.add_source(source);
+        } else {
+            backend.open = backend.open.saturating_sub(1);
+            backend.remove_source(source);
+            self.arm_idle(idx, Instant::now());
+        }
+    }
+
     /// SIGTERM to a retired backend's group; SIGKILL after its stop_timeout.
     fn stop_retired(&mut self, pid: Pid) {
         let Some(r) = self.forward.retired.iter_mut().find(|r| r.pid == pid) else {
