@@ -100,19 +100,24 @@ impl Server {
     }
 
     /// The drainers an earlier image forked: this image's to reap.
-    pub(super) fn resume_drainers(&mut self, handed: Vec<DrainerState>) {
+    /// Returns their forward connections, for forward mode to count open
+    /// (`resume_forwarding`, before it stops idle backends).
+    pub(super) fn resume_drainers(
+        &mut self,
+        handed: Vec<DrainerState>,
+    ) -> Vec<(String, Pid, Option<SourceKey>)> {
+        let mut all = Vec::new();
         for d in handed {
             let relays: Vec<_> = (d.relays.into_iter())
                 .map(|(n, p, s)| (n, Pid::from_raw(p), s))
                 .collect();
-            for (name, backend, source) in &relays {
-                self.count_drained(name, *backend, *source, true);
-            }
+            all.extend(relays.iter().cloned());
             self.drainers.push(Drainer {
                 pid: Pid::from_raw(d.pid),
                 relays,
             });
         }
+        all
     }
 
     /// At summond's stop: SIGTERM to each drainer (its connections close).

@@ -455,9 +455,9 @@ impl Server {
             unready: state.unready_backends,
             relays: state.relays,
             waiting: state.waiting,
+            drained: self.resume_drainers(state.drainers),
         };
         self.resume_forwarding(forward, &index, handed);
-        self.resume_drainers(state.drainers);
         self.services.resume_stats(state.stats, &index);
         self.services.resume_paused(&state.paused);
         for (id, resumed, answers) in self.services.resume_limits(state.limits, &index, handed) {

@@ -37,6 +37,9 @@ pub(in crate::server) struct Handed {
     pub unready: Vec<BackendState>,
     pub relays: Vec<RelayState>,
     pub waiting: Vec<WaitingState>,
+    /// The forward connections drainers hold (`drainer.rs`): service,
+    /// backend pid, source; counted open before idle backends stop.
+    pub drained: Vec<(String, Pid, Option<crate::peer::SourceKey>)>,
 }
 
 fn ns(d: Duration) -> u64 {
@@ -58,6 +61,7 @@ impl Server {
             unready: Vec::new(),
             relays: Vec::new(),
             waiting: Vec::new(),
+            drained: Vec::new(),
         };
         for (id, b) in &self.forward.backends {
             let name = self.services.name_of(*id);
@@ -114,6 +118,9 @@ impl Server {
         }
         for r in handed.relays {
             self.resume_relay(r, index);
+        }
+        for (name, pid, source) in handed.drained {
+            self.count_drained(&name, pid, source, true);
         }
         let idle: Vec<Pid> = (self.forward.retired.iter())
             .filter(|r| r.open == 0 && r.kill.is_none())
