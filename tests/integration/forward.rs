@@ -1162,3 +1162,42 @@ fn a_daemon_a_backend_starts_does_not_outlive_its_stop() {
         s.log_text()
     );
 }
+
+/// At summond's own stop a backend that ignores SIGTERM gets SIGKILL at
+/// its stop_timeout, before summond exits: it does not run on, holding
+/// its port, unmanaged.
+#[test]
+fn summonds_stop_kills_a_backend_that_ignores_sigterm_at_its_stop_timeout() {
+    if !have("python3") {
+        return skip("forward stop", "python3 is not installed");
+    }
+    let script = |backend: u16| {
+        let py = format!(
+            "import signal, socket\n\
+             signal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
+             s = socket.create_server(('127.0.0.1', {backend}))\n\
+             while True:\n    c, _ = s.accept(); c.sendall(c.recv(100)); c.close()\n"
+        );
+        format!("[\"python3\", \"-c\", {}]", toml_str(&py))
+    };
+    let mut f = Fwd::start("stubborn", script, "stop_timeout = \"1s\"");
+    assert_eq!(tcp_port_exchange(f.port, b"one\n"), "one\n");
+    let pid = backend_pid(&f.s, 0);
+    f.s.signal(nix::libc::SIGTERM);
+    assert!(
+        f.s.wait_exit(TIMEOUT).is_some(),
+        "summond did not exit\n{}",
+        f.s.log_text()
+    );
+    assert!(
+        !matches!(proc_state(pid), Some(c) if c != 'Z'),
+        "the backend outlived summond\n{}",
+        f.s.log_text()
+    );
+    let log = f.s.log_text();
+    assert!(
+        log.contains("still running after stop_timeout: SIGKILL"),
+        "{log}"
+    );
+    assert!(log.contains(" stopped (killed by signal 9"), "{log}");
+}

@@ -65,6 +65,7 @@ use crate::stats::ExitText;
 mod handover;
 pub(super) use handover::Handed;
 mod held;
+mod shutdown;
 mod tree;
 
 /// The waits between connect attempts after a start (the first attempt
@@ -998,13 +999,14 @@ impl Server {
             self.timers.cancel(*timeout);
             drop_probe(&mut self.poller, probe.take());
         }
-        if let Err(e) = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGTERM) {
+        let (sent, tree) = stop_tree(&svc.name, pid);
+        if let Err(e) = sent {
             warn!(
                 "{}: cannot SIGTERM the backend's group {pid}: {e}",
                 svc.name
             );
         }
-        backend.tree = stop_tree(&svc.name, pid);
+        backend.tree = tree;
         let kill_at = Instant::now() + stop_timeout;
         let timer = self.timers.add(
             kill_at,
@@ -1033,13 +1035,15 @@ impl Server {
         let name = self.services.name_of(id).to_string();
         warn!(event = "backend_kill", service = name.as_str(), pid = pid.as_raw();
             "{name}: backend pid {pid} still running after stop_timeout: SIGKILL to its group");
+        // Read before the kill: once the backend dies its children move.
+        let now = tree::descendants(pid);
         let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
         let kept = match self.forward.retired.iter_mut().find(|r| r.pid == pid) {
             Some(r) => Some(&mut r.tree),
             None => self.forward.backends.get_mut(&id).map(|b| &mut b.tree),
         };
         if let Some(kept) = kept {
-            tree::merge(kept, tree::descendants(pid));
+            tree::merge(kept, now);
             tree::signal(kept, pid, Signal::SIGKILL);
         }
     }
@@ -1163,24 +1167,58 @@ impl Server {
         }
     }
 
-    /// At stop (and before an upgrade): every backend gets SIGTERM; the
-    /// relayed connections close with summond.
+    /// At summond's stop: every backend gets SIGTERM, and SIGKILL if it
+    /// is still there at its stop_timeout (`shutdown.rs`); the relayed
+    /// connections close with summond.
     pub(super) fn stop_all_backends(&mut self) {
         let n = self.relays.len();
         if n > 0 {
             warn!("closing {n} relayed connections");
         }
-        let running = self
-            .forward
-            .backends
-            .iter()
-            .filter_map(|(id, b)| Some((self.services.name_of(*id), b.state.pid()?)));
-        let retired = self.forward.retired.iter().map(|r| (&*r.name, r.pid));
-        for (name, pid) in running.chain(retired) {
-            info!("{name}: SIGTERM to backend pid {pid}'s group");
-            let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGTERM);
-            stop_tree(name, pid);
+        let now = Instant::now();
+        // Each with its SIGKILL deadline, and whether SIGTERM went already.
+        let mut left = Vec::new();
+        for (id, b) in &self.forward.backends {
+            let Some(pid) = b.state.pid() else { continue };
+            let name = self.services.name_of(*id).to_string();
+            let tree = b.tree.clone();
+            let (kill_at, sent) = match &b.state {
+                State::Stopping { kill, .. } => (kill.at(), true),
+                _ => {
+                    let f = b.started_with.as_deref().and_then(|s| s.forward.as_ref());
+                    let after = f.map_or(crate::config::DEFAULT_STOP_TIMEOUT, |f| f.stop_timeout);
+                    (now + after, false)
+                }
+            };
+            left.push((
+                shutdown::Stopping {
+                    name,
+                    pid,
+                    tree,
+                    kill_at,
+                },
+                sent,
+            ));
         }
+        for r in &self.forward.retired {
+            let kill_at = r.kill.map_or(now + r.stop_timeout, |k| k.at());
+            let (name, pid, tree) = (r.name.to_string(), r.pid, r.tree.clone());
+            left.push((
+                shutdown::Stopping {
+                    name,
+                    pid,
+                    tree,
+                    kill_at,
+                },
+                r.kill.is_some(),
+            ));
+        }
+        for (b, _) in left.iter_mut().filter(|(_, sent)| !sent) {
+            info!("{}: SIGTERM to backend pid {}'s group", b.name, b.pid);
+            b.tree = stop_tree(&b.name, b.pid).1;
+        }
+        let left = left.into_iter().map(|(b, _)| b).collect();
+        shutdown::wait_then_kill(left);
     }
 }
 
@@ -1313,13 +1351,14 @@ impl Server {
         let Some(r) = self.forward.retired.iter_mut().find(|r| r.pid == pid) else {
             return;
         };
-        if let Err(e) = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGTERM) {
+        let (sent, tree) = stop_tree(&r.name, pid);
+        if let Err(e) = sent {
             warn!(
                 "{}: cannot SIGTERM the retired backend's group {pid}: {e}",
                 r.name
             );
         }
-        r.tree = stop_tree(&r.name, pid);
+        r.tree = tree;
         let at = Instant::now() + r.stop_timeout;
         r.kill = Some(self.timers.add(
             at,
@@ -1377,10 +1416,13 @@ fn kill_leftovers(leader: Pid, tree: &[tree::Member]) {
     tree::signal(tree, leader, Signal::SIGKILL);
 }
 
-/// A stop's SIGTERM to backend `pid`'s tree outside its group (the
-/// group has had its own), each one logged; the tree, for the SIGKILL.
-fn stop_tree(name: &str, pid: Pid) -> Vec<tree::Member> {
+/// A stop's SIGTERM to backend `pid`'s group and to the members of its
+/// tree outside it (each logged): whether the group's went, and the
+/// tree, for the SIGKILL. The tree is read first: a backend that dies
+/// at SIGTERM hands its children on to init at once.
+fn stop_tree(name: &str, pid: Pid) -> (nix::Result<()>, Vec<tree::Member>) {
     let members = tree::descendants(pid);
+    let sent = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGTERM);
     for m in members.iter().filter(|m| m.pgid != pid.as_raw()) {
         info!(
             "{name}: pid {} left backend pid {pid}'s process group (a daemon): SIGTERM to it too",
@@ -1388,7 +1430,7 @@ fn stop_tree(name: &str, pid: Pid) -> Vec<tree::Member> {
         );
     }
     tree::signal(&members, pid, Signal::SIGTERM);
-    members
+    (sent, members)
 }
 
 fn cut_text(cut: usize) -> String {
