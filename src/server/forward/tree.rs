@@ -3,8 +3,8 @@
 //! signal; but a process that daemonizes (fork, setsid, fork) leaves the
 //! group. The backend is a subreaper (`spawn::ChildSetup::subreaper`),
 //! so such a daemon is reparented to it, not to init, and stays in its
-//! tree: at a stop the tree is read from /proc (parent links from the
-//! backend's pid) and each member outside the group gets the signal too.
+//! tree: at a stop the tree is read from /proc (each process's
+//! children, from the backend's pid down) and each member outside the group gets the signal too.
 //! The members are kept, each with its start time, so the SIGKILL after
 //! `stop_timeout`, or after the backend's own exit, reaches them even
 //! once the backend (their parent) is gone, and never a later process
@@ -19,6 +19,9 @@
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rustc_hash::FxHashMap;
+
+/// The most members a stop reads of a tree.
+const MAX_TREE: usize = 4096;
 
 /// A process of a backend's tree, as /proc showed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,8 +50,55 @@ fn stat_of(pid: i32) -> Option<(i32, i32, i32, u64)> {
 }
 
 /// Every process descending from `leader` (not itself), read from /proc
-/// now: one read per process on the host, at a stop only.
+/// now, at a stop only: through each thread's `children` file, a read per
+/// process of the tree; where the kernel has none (CONFIG_PROC_CHILDREN),
+/// every process's stat, a read per process on the host.
 pub(super) fn descendants(leader: Pid) -> Vec<Member> {
+    let mut out = Vec::new();
+    let mut next = vec![leader.as_raw()];
+    // Bounded: a fork bomb in the tree does not hold the loop.
+    while let Some(parent) = next.pop().filter(|_| out.len() < MAX_TREE) {
+        let Some(kids) = children(parent) else {
+            return scan_all(leader);
+        };
+        for pid in kids {
+            if let Some((pid, _, pgid, start)) = stat_of(pid) {
+                out.push(Member {
+                    pid: Pid::from_raw(pid),
+                    start,
+                    pgid,
+                });
+                next.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// The children of `pid` (of each of its threads); none if the kernel
+/// has no `children` files (a process gone meanwhile has no children).
+fn children(pid: i32) -> Option<Vec<i32>> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Some(Vec::new());
+    };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        match std::fs::read_to_string(task.path().join("children")) {
+            Ok(text) => out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && task.path().exists() => {
+                return None
+            }
+            Err(_) => {}
+        }
+    }
+    Some(out)
+}
+
+/// `descendants` from every process's stat.
+fn scan_all(leader: Pid) -> Vec<Member> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -111,14 +161,16 @@ mod tests {
     }
 
     /// This test's own process is a descendant of its parent, with the
-    /// start time /proc gives for it.
+    /// start time /proc gives for it, read either way.
     #[test]
     fn the_tree_of_a_parent_holds_its_child() {
         let me = std::process::id() as i32;
         let (_, parent, _, start) = stat_of(me).unwrap();
-        let tree = descendants(Pid::from_raw(parent));
-        assert!(tree
-            .iter()
-            .any(|m| m.pid.as_raw() == me && m.start == start));
+        let parent = Pid::from_raw(parent);
+        for tree in [descendants(parent), scan_all(parent)] {
+            assert!(tree
+                .iter()
+                .any(|m| m.pid.as_raw() == me && m.start == start));
+        }
     }
 }
