@@ -424,6 +424,12 @@ fn a_reload_that_changes_the_service_drains_the_old_backend_then_starts_a_new_on
     if !have("socat") {
         return skip("forward reload", "socat is not installed");
     }
+    drain_after_reload(|_| {});
+}
+
+/// The reload test's steps, with `between` (an upgrade) once the new
+/// client waits and before the old connection is used again.
+pub(crate) fn drain_after_reload(between: impl FnOnce(&Summond)) {
     let tag = |tag: &str| format!("env = {{ TAG = \"{tag}\" }}");
     let f = Fwd::start("echo", echo, &tag("one"));
     let (s, port) = (&f.s, f.port);
@@ -440,9 +446,10 @@ fn a_reload_that_changes_the_service_drains_the_old_backend_then_starts_a_new_on
     let new = TcpStream::connect(("127.0.0.1", port)).unwrap();
     new.set_read_timeout(Some(TIMEOUT)).unwrap();
     (&new).write_all(b"b\n").unwrap();
+    between(s);
     // The old connection still works, on the old backend.
     (&old).write_all(b"c\n").unwrap();
-    assert_eq!(read_line(&old), "c\n");
+    assert_eq!(read_line(&old), "c\n", "{}", s.log_text());
     assert_eq!(s.log_count("starting the backend"), 1);
     drop(old);
     assert_eq!(read_line(&new), "b\n", "{}", s.log_text());
@@ -451,7 +458,7 @@ fn a_reload_that_changes_the_service_drains_the_old_backend_then_starts_a_new_on
         "{}",
         s.log_text()
     );
-    assert_eq!(s.log_count("starting the backend"), 2);
+    assert_eq!(s.log_count("starting the backend"), 2, "{}", s.log_text());
 }
 
 /// An upgrade hands the backend and its relayed connections over with

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
 
-use crate::forward::{backend_pid, echo, have, Fwd, KillOnDropLater};
+use crate::forward::{backend_pid, have, Fwd, KillOnDropLater};
 use crate::util::*;
 
 /// SIGUSR2, and wait for the new image to serve.
@@ -175,33 +175,7 @@ fn an_upgrade_while_a_retired_backend_drains_keeps_its_connection() {
     if !have("socat") {
         return skip("forward upgrade retired", "socat is not installed");
     }
-    let tag = |tag: &str| format!("env = {{ TAG = \"{tag}\" }}");
-    let f = Fwd::start("echo", echo, &tag("one"));
-    let (s, port) = (&f.s, f.port);
-    let old = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    old.set_read_timeout(Some(TIMEOUT)).unwrap();
-    (&old).write_all(b"a\n").unwrap();
-    assert_eq!(read_line(&old), "a\n");
-    assert!(s.reload(&f.config(&tag("two"))), "{}", s.log_text());
-    assert!(
-        s.wait_log("finishes its 1 open connections"),
-        "{}",
-        s.log_text()
-    );
-    let new = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    new.set_read_timeout(Some(TIMEOUT)).unwrap();
-    (&new).write_all(b"b\n").unwrap();
-    upgrade(s);
-    (&old).write_all(b"c\n").unwrap();
-    assert_eq!(read_line(&old), "c\n", "{}", s.log_text());
-    drop(old);
-    assert_eq!(read_line(&new), "b\n", "{}", s.log_text());
-    assert!(
-        s.log_text().contains("retired backend pid"),
-        "{}",
-        s.log_text()
-    );
-    assert_eq!(s.log_count("starting the backend"), 2, "{}", s.log_text());
+    crate::forward::drain_after_reload(upgrade);
 }
 
 /// A backend with `ready = "notify"` that says STATUS= after READY=1:
