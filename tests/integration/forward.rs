@@ -1170,6 +1170,18 @@ fn a_daemon_a_backend_starts_does_not_outlive_its_stop() {
     );
 }
 
+/// An echo of one line per connection on `backend` that ignores
+/// SIGTERM, as `exec`.
+pub(crate) fn stubborn(backend: u16) -> String {
+    let py = format!(
+        "import signal, socket\n\
+         signal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
+         s = socket.create_server(('127.0.0.1', {backend}))\n\
+         while True:\n    c, _ = s.accept(); c.sendall(c.recv(100)); c.close()\n"
+    );
+    format!("[\"python3\", \"-c\", {}]", toml_str(&py))
+}
+
 /// At summond's own stop a backend that ignores SIGTERM gets SIGKILL at
 /// its stop_timeout, before summond exits: it does not run on, holding
 /// its port, unmanaged.
@@ -1178,16 +1190,7 @@ fn summonds_stop_kills_a_backend_that_ignores_sigterm_at_its_stop_timeout() {
     if !have("python3") {
         return skip("forward stop", "python3 is not installed");
     }
-    let script = |backend: u16| {
-        let py = format!(
-            "import signal, socket\n\
-             signal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
-             s = socket.create_server(('127.0.0.1', {backend}))\n\
-             while True:\n    c, _ = s.accept(); c.sendall(c.recv(100)); c.close()\n"
-        );
-        format!("[\"python3\", \"-c\", {}]", toml_str(&py))
-    };
-    let mut f = Fwd::start("stubborn", script, "stop_timeout = \"1s\"");
+    let mut f = Fwd::start("stubborn", stubborn, "stop_timeout = \"1s\"");
     assert_eq!(tcp_port_exchange(f.port, b"one\n"), "one\n");
     let pid = backend_pid(&f.s, 0);
     f.s.signal(nix::libc::SIGTERM);

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
 
-use crate::forward::{backend_pid, have, Fwd, KillOnDropLater};
+use crate::forward::{backend_pid, have, stubborn, Fwd, KillOnDropLater};
 use crate::util::*;
 
 /// SIGUSR2, and wait for the new image to serve.
@@ -32,19 +32,9 @@ fn an_upgrade_while_a_backend_stops_keeps_its_sigkill() {
     if !have("python3") {
         return skip("forward upgrade stopping", "python3 is not installed");
     }
-    // An echo of one line per connection that ignores SIGTERM.
-    let script = |backend: u16| {
-        let py = format!(
-            "import signal, socket\n\
-         signal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
-         s = socket.create_server(('127.0.0.1', {backend}))\n\
-         while True:\n    c, _ = s.accept(); c.sendall(c.recv(100)); c.close()\n"
-        );
-        format!("[\"python3\", \"-c\", {}]", toml_str(&py))
-    };
     let f = Fwd::start(
         "stubborn",
-        script,
+        stubborn,
         "idle_stop = \"100ms\"\nstop_timeout = \"3s\"",
     );
     let (s, port) = (&f.s, f.port);
