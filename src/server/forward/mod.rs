@@ -1176,13 +1176,10 @@ impl Server {
             warn!("closing {n} relayed connections");
         }
         let now = Instant::now();
-        // Each with its SIGKILL deadline, and whether SIGTERM went already.
         let mut left = Vec::new();
         for (id, b) in &self.forward.backends {
             let Some(pid) = b.state.pid() else { continue };
-            let name = self.services.name_of(*id).to_string();
-            let tree = b.tree.clone();
-            let (kill_at, sent) = match &b.state {
+            let (kill_at, termed) = match &b.state {
                 State::Stopping { kill, .. } => (kill.at(), true),
                 _ => {
                     let f = b.started_with.as_deref().and_then(|s| s.forward.as_ref());
@@ -1190,34 +1187,32 @@ impl Server {
                     (now + after, false)
                 }
             };
-            left.push((
-                shutdown::Stopping {
-                    name,
-                    pid,
-                    tree,
-                    kill_at,
-                },
-                sent,
-            ));
+            let name = self.services.name_of(*id).to_string();
+            let tree = b.tree.clone();
+            left.push(shutdown::Stopping {
+                name,
+                pid,
+                tree,
+                kill_at,
+                termed,
+            });
         }
         for r in &self.forward.retired {
             let kill_at = r.kill.map_or(now + r.stop_timeout, |k| k.at());
-            let (name, pid, tree) = (r.name.to_string(), r.pid, r.tree.clone());
-            left.push((
-                shutdown::Stopping {
-                    name,
-                    pid,
-                    tree,
-                    kill_at,
-                },
-                r.kill.is_some(),
-            ));
+            let (name, pid, tree, termed) =
+                (r.name.to_string(), r.pid, r.tree.clone(), r.kill.is_some());
+            left.push(shutdown::Stopping {
+                name,
+                pid,
+                tree,
+                kill_at,
+                termed,
+            });
         }
-        for (b, _) in left.iter_mut().filter(|(_, sent)| !sent) {
+        for b in left.iter_mut().filter(|b| !b.termed) {
             info!("{}: SIGTERM to backend pid {}'s group", b.name, b.pid);
             b.tree = stop_tree(&b.name, b.pid).1;
         }
-        let left = left.into_iter().map(|(b, _)| b).collect();
         shutdown::wait_then_kill(left);
     }
 }

@@ -27,6 +27,8 @@ pub(super) struct Stopping {
     pub pid: Pid,
     pub tree: Vec<Member>,
     pub kill_at: Instant,
+    /// Its SIGTERM went already (an idle stop, a retired backend's).
+    pub termed: bool,
 }
 
 /// Wait for each backend to exit, SIGKILL those still there at their

@@ -113,7 +113,7 @@ fn scan_all(leader: Pid) -> Vec<Member> {
     }
     let mut out = Vec::new();
     let mut next = vec![leader.as_raw()];
-    while let Some(parent) = next.pop() {
+    while let Some(parent) = next.pop().filter(|_| out.len() < MAX_TREE) {
         for &(pid, pgid, start) in children.get(&parent).into_iter().flatten() {
             out.push(Member {
                 pid: Pid::from_raw(pid),
