@@ -425,3 +425,42 @@ fn a_client_that_closes_right_after_its_finished_has_a_finished_handshake() {
     drop(wire);
     assert_eq!(hs.drive(&mut &net), Step::Done);
 }
+
+/// A drainer's table: `split_off_tls` takes the TLS connections only
+/// (out of the poll set they were in), and `drain_alone` serves them in
+/// a poll set of its own until the last has ended.
+#[test]
+fn split_off_tls_takes_only_tls_connections_and_drain_alone_serves_them_to_their_end() {
+    let mut r = relayed(MinVersion::Tls13);
+    let ((a, _a_peer), (b, _b_peer)) = (pair(), pair());
+    (r.relays)
+        .add(
+            r.poll.registry(),
+            Side::stream(OwnedFd::from(a)),
+            Side::stream(OwnedFd::from(b)),
+            (),
+        )
+        .unwrap();
+    r.c.writer().write_all(b"hi").unwrap();
+    r.c.send_close_notify();
+    let drained = r.relays.split_off_tls(r.poll.registry());
+    assert_eq!((r.relays.len(), drained.len()), (1, 1));
+    let server = std::thread::spawn(move || drained.drain_alone().unwrap());
+    let (mut got, mut child_eof) = (Vec::new(), false);
+    let (mut back, mut client_end) = (Vec::new(), false);
+    let end = Instant::now() + Duration::from_secs(20);
+    while !(child_eof && client_end) {
+        assert!(Instant::now() < end, "stalled");
+        client_io(&mut r.c, &r.wire);
+        if !child_eof && take(&r.child, &mut got) {
+            child_eof = true;
+            assert_eq!(got, b"hi");
+            (&r.child).write_all(b"bye").unwrap();
+            r.child.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        client_end = client_take(&mut r.c, &mut back);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(back, b"bye");
+    assert_eq!(server.join().unwrap(), 1, "one connection, ended");
+}
