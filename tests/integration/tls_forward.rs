@@ -51,6 +51,23 @@ stderr = "null"
     )
 }
 
+/// http.server behind TLS serving `body` as /file, started under a
+/// summond of its own: the certificates' directory (kept while the
+/// test runs), the certificates, summond and its port.
+fn https_with_file(body: &[u8]) -> (TempDir, Pki, Summond, u16) {
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let (port, backend) = (free_port(), free_port());
+    let s = Summond::start_in(
+        with_www(body),
+        Start {
+            config: &https_service(port, backend, &pki),
+            ..Start::default()
+        },
+    );
+    (certs, pki, s, port)
+}
+
 /// curl --cacert fetching `path` into `out`: whether it succeeded.
 fn curl(pki: &Pki, port: u16, path: &str, out: &std::path::Path) -> bool {
     Command::new("curl")
@@ -71,17 +88,8 @@ fn curl_and_s_client_reach_an_http_server_started_on_demand_behind_tls() {
     if !tools_or_skip("tls forward", &["python3", "curl", "openssl"]) {
         return;
     }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
     let body = pattern(5 << 20, 11);
-    let (port, backend) = (free_port(), free_port());
-    let s = Summond::start_in(
-        with_www(&body),
-        Start {
-            config: &https_service(port, backend, &pki),
-            ..Start::default()
-        },
-    );
+    let (_certs, pki, s, port) = https_with_file(&body);
     let _guard = KillOnDropLater(&s);
     let pki = Arc::new(pki);
     let clients: Vec<_> = (0..8)
@@ -115,17 +123,8 @@ fn a_backend_killed_mid_transfer_closes_its_tls_client() {
     if !tools_or_skip("tls forward killed", &["python3", "curl", "openssl"]) {
         return;
     }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
     let body = pattern(64 << 20, 5);
-    let (port, backend) = (free_port(), free_port());
-    let s = Summond::start_in(
-        with_www(&body),
-        Start {
-            config: &https_service(port, backend, &pki),
-            ..Start::default()
-        },
-    );
+    let (_certs, pki, s, port) = https_with_file(&body);
     let _guard = KillOnDropLater(&s);
     let mut c = rustls_client(&pki, port);
     c.write_all(b"GET /file HTTP/1.0\r\n\r\n").unwrap();
