@@ -8,11 +8,12 @@
 
 use std::io::{self, IoSliceMut};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, UnixAddr};
+use nix::sys::socket::{
+    bind, getsockname, recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, UnixAddr,
+};
 use nix::unistd::{getpgid, Pid};
-use socket2::{Domain, SockAddr, Socket, Type};
+use socket2::{Domain, Socket, Type};
 
 /// sd_notify messages are short; a longer datagram is cut. At most
 /// `PER_WAKE` are read per loop turn; the fd is edge-triggered, so when
@@ -51,24 +52,31 @@ impl Watch {
     }
 }
 
-/// Names never reused during the run.
-static NEXT: AtomicU64 = AtomicU64::new(0);
-
 /// A bound, non-blocking notify socket and the `NOTIFY_SOCKET` value that
-/// names it (`@summond/PID/notify/N`).
+/// names it (`@` and the abstract name the kernel chose).
+///
+/// The kernel picks the name (unix(7) autobind: an address of
+/// `sa_family_t` alone), among names free at the moment: names of our
+/// own (`summond/PID/notify/N`) were squatted by any local user reading
+/// /proc/net/unix, and collided after a live upgrade, whose new image
+/// counted N from 0 again while the handed-over sockets held those names.
 pub(super) fn open() -> io::Result<(Socket, String)> {
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let name = format!("summond/{}/notify/{n}", std::process::id());
     let s = Socket::new(Domain::UNIX, Type::DGRAM, None)?;
     s.set_nonblocking(true)?;
     setsockopt(&s, sockopt::PassCred, &true).map_err(io::Error::from)?;
-    let mut raw = vec![0u8];
-    raw.extend_from_slice(name.as_bytes());
-    s.bind(&SockAddr::unix(std::ffi::OsStr::from_bytes(&raw))?)?;
+    bind(s.as_raw_fd(), &UnixAddr::new_unnamed()).map_err(io::Error::from)?;
+    let bound: UnixAddr = getsockname(s.as_raw_fd()).map_err(io::Error::from)?;
+    let name = bound
+        .as_abstract()
+        .ok_or_else(|| io::Error::other("the kernel gave the notify socket no abstract name"))?;
+    // Five hex digits (unix(7)); checked, as the name goes into a
+    // child's environment.
+    let name = std::str::from_utf8(name)
+        .ok()
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .ok_or_else(|| io::Error::other("the notify socket's name is not plain text"))?;
     Ok((s, format!("@{name}")))
 }
-
-use std::os::unix::ffi::OsStrExt;
 
 /// `STATUS=` is shown in status and metrics: kept this short.
 const MAX_STATUS: usize = 200;
@@ -195,6 +203,34 @@ mod tests {
         let last = turn(&s);
         assert!(last.ready && !last.more, "{last:?}");
         assert!(!turn(&s).more, "empty: nothing more");
+    }
+
+    /// Names squatted by another socket (any local user can bind
+    /// abstract names, and read the bound ones in /proc/net/unix) do not
+    /// stop a notify socket being made: the kernel picks a free one, and
+    /// each socket gets its own.
+    #[test]
+    fn notify_sockets_get_free_names_of_the_kernels_choosing() {
+        use std::os::linux::net::SocketAddrExt;
+        let mut names = std::collections::HashSet::new();
+        let mut squatters = Vec::new();
+        for _ in 0..64 {
+            let (_s, name) = open().unwrap();
+            assert!(name.starts_with('@') && name.len() > 1, "{name}");
+            // Someone takes the name once it is free again.
+            drop(_s);
+            let at =
+                std::os::unix::net::SocketAddr::from_abstract_name(&name.as_bytes()[1..]).unwrap();
+            squatters.push(std::os::unix::net::UnixDatagram::bind_addr(&at).unwrap());
+            names.insert(name);
+        }
+        let mut kept = Vec::new();
+        for _ in 0..64 {
+            let (s, name) = open().expect("a squatted name blocked a notify socket");
+            assert!(!names.contains(&name), "{name} is another socket's");
+            assert!(names.insert(name));
+            kept.push(s);
+        }
     }
 
     #[test]

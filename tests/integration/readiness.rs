@@ -213,13 +213,16 @@ fn instance_of(control: &Path, name: &str) -> serde_json::Value {
 /// said READY=1 and STATUS= (python3-systemd's `notify`) is still ready
 /// with its text after it, what it says after the upgrade is heard (its
 /// NOTIFY_SOCKET was handed over), and a `ready_timeout` under way still
-/// stops the child that never gets ready.
+/// stops the child that never gets ready. A child started after the
+/// upgrade gets a NOTIFY_SOCKET of its own too (the new image once
+/// named its sockets from 0 again, and the names the handed-over ones
+/// held made its bind fail: no readiness for it).
 #[test]
 fn readiness_status_and_ready_timeout_survive_an_upgrade() {
     if !have_python_systemd() {
         return skip("readiness upgrade", "python3-systemd is not installed");
     }
-    let (port, mute_port) = (free_port(), free_port());
+    let (port, mute_port, late_port) = (free_port(), free_port(), free_port());
     let dir = TempDir::new("readyup");
     let flag = dir.path("go");
     let script = format!(
@@ -240,9 +243,12 @@ fn readiness_status_and_ready_timeout_survive_an_upgrade() {
          start = \"eager\"\npass = \"listen_fds\"\nready_timeout = \"30s\"\n\
          exec = [{PYTHON:?}, \"-c\", {}]\n\
          [[service]]\nname = \"mute\"\nlisten = \"tcp://127.0.0.1:{mute_port}\"\naccept = false\n\
-         start = \"eager\"\npass = \"listen_fds\"\nready_timeout = \"6s\"\nexec = {}\n",
+         start = \"eager\"\npass = \"listen_fds\"\nready_timeout = \"6s\"\nexec = {}\n\
+         [[service]]\nname = \"late\"\nlisten = \"tcp://127.0.0.1:{late_port}\"\naccept = false\n\
+         pass = \"listen_fds\"\nexec = [{PYTHON:?}, \"-c\", {}]\n",
         toml_str(&script),
-        sh("trap 'exit 0' TERM; sleep 60 & wait")
+        sh("trap 'exit 0' TERM; sleep 60 & wait"),
+        toml_str(&script),
     );
     let (s, _bin, control) = start_upgradable(dir, &services, Start::default());
     assert!(
@@ -286,4 +292,14 @@ fn readiness_status_and_ready_timeout_survive_an_upgrade() {
         s.log_text()
     );
     assert_eq!(tcp_port_exchange(port, b""), "hi\n");
+    // A child the new image starts: its READY=1 is heard.
+    assert_eq!(tcp_port_exchange(late_port, b""), "hi\n");
+    assert!(
+        wait_until(TIMEOUT, || instance_of(&control, "late")["ready"] == true),
+        "a child started after the upgrade: {}\n{}",
+        status_json(&control),
+        s.log_text()
+    );
+    let late = instance_of(&control, "late")["pid"].as_i64().unwrap() as i32;
+    let _kill_late = KillOnDrop::new(late);
 }
