@@ -8,7 +8,8 @@
 //! document and a newline (the `Status` below, or an `Answer`) and
 //! closes. A client that says nothing for `REQUEST_GRACE` is one from
 //! before requests existed ("connect, read one JSON line") and gets the
-//! status (a client whose request came later asks again). The request is
+//! status (a client whose request came later asks again); one that began
+//! its line has the client timeout to end it. The request is
 //! read without blocking, at most `MAX_REQUEST` bytes (a longer one is
 //! answered `BadRequest`), so a client can never stall the loop; summond
 //! writes without blocking and finishes a long answer when the socket is

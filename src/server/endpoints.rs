@@ -284,38 +284,54 @@ impl Endpoints {
     /// written.
     pub fn on_control_ready(&mut self, lp: &mut Loop<'_>, token: Token) -> Option<ctl::Request> {
         let done = match self.control_clients.get_mut(&token)? {
-            ControlClient::Asking { socket, line } => match read_request(socket, line) {
-                Read::More => return None,
-                Read::Whole(request) => {
-                    // One that sent its request and closed at once: its
-                    // hang-up came with the request, and no event will
-                    // say it again. Carried out all the same, answered to
-                    // nobody.
-                    let gone = hung_up(socket);
-                    let request = ctl::Request::parse(&request);
-                    self.cancel_client_timer(lp.timers, token);
-                    return match request {
-                        Ok(r) => {
-                            self.set_waiting(token);
-                            if gone {
-                                self.close_control_client(lp, token);
+            ControlClient::Asking { socket, line } => {
+                let was_silent = line.is_empty();
+                match read_request(socket, line) {
+                    Read::More => {
+                        // A request begun is no silent client from before
+                        // requests: it has the client's whole time to end
+                        // its line (a slow writer, a person at socat), not
+                        // `REQUEST_GRACE`; given once, at its first bytes.
+                        if was_silent && !line.is_empty() {
+                            self.give_request_time(lp.timers, token);
+                        }
+                        return None;
+                    }
+                    Read::Whole(request) => {
+                        // One that sent its request and closed at once: its
+                        // hang-up came with the request, and no event will
+                        // say it again. Carried out all the same, answered to
+                        // nobody.
+                        let gone = hung_up(socket);
+                        let request = ctl::Request::parse(&request);
+                        self.cancel_client_timer(lp.timers, token);
+                        return match request {
+                            Ok(r) => {
+                                self.set_waiting(token);
+                                if gone {
+                                    self.close_control_client(lp, token);
+                                }
+                                Some(r)
                             }
-                            Some(r)
-                        }
-                        Err(why) => {
-                            self.answer_control(lp, token, Answer::BadRequest(why).to_json_line());
-                            None
-                        }
-                    };
+                            Err(why) => {
+                                self.answer_control(
+                                    lp,
+                                    token,
+                                    Answer::BadRequest(why).to_json_line(),
+                                );
+                                None
+                            }
+                        };
+                    }
+                    Read::TooLong => {
+                        self.cancel_client_timer(lp.timers, token);
+                        let why = format!("a request is one line of at most {MAX_REQUEST} bytes");
+                        self.answer_control(lp, token, Answer::BadRequest(why).to_json_line());
+                        return None;
+                    }
+                    Read::Gone => true,
                 }
-                Read::TooLong => {
-                    self.cancel_client_timer(lp.timers, token);
-                    let why = format!("a request is one line of at most {MAX_REQUEST} bytes");
-                    self.answer_control(lp, token, Answer::BadRequest(why).to_json_line());
-                    return None;
-                }
-                Read::Gone => true,
-            },
+            }
             ControlClient::Waiting(socket) => hung_up(socket),
             ControlClient::Answered(reply) => reply.flush(),
         };
@@ -457,6 +473,15 @@ impl Endpoints {
         }
     }
 
+    /// A control client that began its request: its deadline becomes
+    /// `CONTROL_CLIENT_TIMEOUT` from now.
+    fn give_request_time(&mut self, timers: &mut Timers, token: Token) {
+        self.cancel_client_timer(timers, token);
+        let at = Instant::now() + CONTROL_CLIENT_TIMEOUT;
+        let key = timers.add(at, Timer::ControlTimeout(token));
+        self.client_timers.insert(token, key);
+    }
+
     /// A scrape or control client closed: its timeout goes with it.
     fn cancel_client_timer(&mut self, timers: &mut Timers, token: Token) {
         if let Some(key) = self.client_timers.remove(&token) {
@@ -483,7 +508,7 @@ impl Endpoints {
                     ),
                     _ => debug!(
                         "control socket: a client did not send a whole request within {}s; closed",
-                        REQUEST_GRACE.as_secs()
+                        CONTROL_CLIENT_TIMEOUT.as_secs()
                     ),
                 }
                 self.close_control_client(lp, token);

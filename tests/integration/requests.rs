@@ -327,6 +327,35 @@ fn a_request_over_512_bytes_is_answered_with_an_error() {
     );
 }
 
+/// A request written in two parts, the second well after the grace in
+/// which a silent client is taken for one from before requests, is
+/// answered as a request (it was closed without a word).
+#[test]
+fn a_request_written_slowly_is_answered() {
+    use std::io::Read;
+    let dir = TempDir::new("slowreq");
+    let control = dir.path("control.sock");
+    let _s = Summond::start_in(
+        dir,
+        Start {
+            config: &format!(
+                "{}{}",
+                daemon_control(&control),
+                echo_service("a", free_port(), "")
+            ),
+            ..Start::default()
+        },
+    );
+    let mut c = std::os::unix::net::UnixStream::connect(&control).unwrap();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    c.write_all(b"pau").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    c.write_all(b"se a\n").unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    assert!(answer.contains("a: paused"), "{answer:?}");
+}
+
 #[test]
 fn status_says_internal_and_disabled() {
     let (a, i, d) = (free_port(), free_port(), free_port());
