@@ -98,12 +98,26 @@ impl EnvBlock {
     }
 
     /// Add `name=value`. Names are summond's own and values are numbers,
-    /// addresses and config strings, none holding a NUL.
-    pub fn push(&mut self, name: &str, value: impl EnvValue) {
+    /// addresses and config strings, none holding a NUL. Returns where
+    /// the value lies, for `push_again`.
+    pub fn push(&mut self, name: &str, value: impl EnvValue) -> Written {
         self.starts.push(self.bytes.len());
         self.bytes.extend_from_slice(name.as_bytes());
         self.bytes.push(b'=');
+        let start = self.bytes.len();
         value.write_to(&mut self.bytes);
+        let written = Written(start, self.bytes.len());
+        self.bytes.push(0);
+        written
+    }
+
+    /// Add `name=` with the value of an earlier variable (systemd's and
+    /// ucspi-tcp's names for one address): copied, not written again.
+    pub fn push_again(&mut self, name: &str, value: Written) {
+        self.starts.push(self.bytes.len());
+        self.bytes.extend_from_slice(name.as_bytes());
+        self.bytes.push(b'=');
+        self.bytes.extend_from_within(value.0..value.1);
         self.bytes.push(0);
     }
 
@@ -125,6 +139,11 @@ impl EnvBlock {
     }
 }
 
+/// Where `EnvBlock::push` wrote a value (a range of its bytes, valid
+/// until the block is cleared).
+#[derive(Clone, Copy, Debug)]
+pub struct Written(usize, usize);
+
 /// A variable's value as the child sees it. A connection's variables are
 /// numbers and addresses written for every child, so they are written
 /// digit by digit here rather than through `fmt` (its machinery was
@@ -145,6 +164,9 @@ impl EnvValue for String {
     }
 }
 
+/// Digits pushed one by one: a call to memcpy for each of a
+/// connection's fifteen or so numbers (octets, ports) cost more than the
+/// digits themselves.
 fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
@@ -156,7 +178,10 @@ fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[i..]);
+    out.reserve(digits.len() - i);
+    for d in &digits[i..] {
+        out.push(*d);
+    }
 }
 
 macro_rules! unsigned_env_value {
@@ -168,7 +193,22 @@ macro_rules! unsigned_env_value {
         }
     )*};
 }
-unsigned_env_value!(u8, u16, u32, u64);
+unsigned_env_value!(u16, u32, u64);
+
+/// An address's octets, four per address and three per connection: at
+/// most three digits, without the general loop.
+impl EnvValue for u8 {
+    fn write_to(&self, out: &mut Vec<u8>) {
+        let n = *self;
+        if n >= 100 {
+            out.push(b'0' + n / 100);
+        }
+        if n >= 10 {
+            out.push(b'0' + n / 10 % 10);
+        }
+        out.push(b'0' + n % 10);
+    }
+}
 
 impl EnvValue for usize {
     fn write_to(&self, out: &mut Vec<u8>) {
@@ -288,5 +328,20 @@ mod tests {
         // Each string ends in its NUL where the next begins.
         let ptrs: Vec<_> = env.pointers().collect();
         assert_eq!(ptrs.len(), want.len());
+    }
+
+    #[test]
+    fn every_octet_and_a_copied_value_read_as_display_would() {
+        let mut env = EnvBlock::default();
+        for n in 0..=u8::MAX {
+            env.push("N", n);
+        }
+        let first = env.push("A", "x");
+        let port = env.push("B", 8080u16);
+        env.push_again("C", port);
+        env.push_again("D", first);
+        let mut want: Vec<String> = (0..=u8::MAX).map(|n| format!("N={n}")).collect();
+        want.extend(["A=x", "B=8080", "C=8080", "D=x"].map(String::from));
+        assert_eq!(env.strings(), want);
     }
 }

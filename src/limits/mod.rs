@@ -49,11 +49,13 @@ impl<K: Eq + Hash + Clone> Counter<K> {
         self.counts.iter().map(|(k, n)| (k, *n))
     }
 
+    /// One count of `k` less; its entry goes at zero. Through the entry,
+    /// so the key is hashed once (this runs at every child's exit).
     pub fn remove(&mut self, k: &K) {
-        if let Some(n) = self.counts.get_mut(k) {
-            *n -= 1;
-            if *n == 0 {
-                self.counts.remove(k);
+        if let std::collections::hash_map::Entry::Occupied(mut e) = self.counts.entry(k.clone()) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
             }
         }
     }
