@@ -11,7 +11,8 @@
 #   the relay's CPU µs per new connection (CONNS connections, 4 at a time);
 # and summond's cold start: the first client's wait (connect to first
 # byte, the backend stopped by idle_stop) minus the backend's own start
-# time (started directly, connected to every 50 µs until it accepts).
+# time (started directly, connected to every 50 µs until it answers a
+# first byte as it does through the relay).
 # The relay's CPU is utime+stime+cutime+cstime of its process
 # (/proc/PID/stat; socat's forked children are in cutime once reaped).
 #
