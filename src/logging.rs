@@ -5,9 +5,10 @@
 //! format their messages.
 
 use std::io::Write;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 
 use std::sync::atomic::AtomicBool;
 use std::time::SystemTime;
@@ -52,17 +53,14 @@ pub fn init(level: Option<LevelFilter>, to_syslog: bool) {
         builder
             .filter_level(filter.filter())
             .format(move |buf, record| {
+                let from = Drainer(DRAINER.load(Ordering::Relaxed));
                 if journal {
                     // journald reads the priority and adds its own time.
-                    writeln!(buf, "<{}>{}", severity(record.level()), record.args())
+                    let level = severity(record.level());
+                    writeln!(buf, "<{level}>{from}{}", record.args())
                 } else {
-                    writeln!(
-                        buf,
-                        "{} {:<5} {}",
-                        buf.timestamp_millis(),
-                        record.level(),
-                        record.args()
-                    )
+                    let (ts, level) = (buf.timestamp_millis(), record.level());
+                    writeln!(buf, "{ts} {level:<5} {from}{}", record.args())
                 }
             });
         if level.is_none() {
@@ -90,6 +88,36 @@ pub fn stderr_is_journal(journal_stream: Option<&str>) -> bool {
     match nix::sys::stat::fstat(std::io::stderr()) {
         Ok(st) => st.st_dev == dev && st.st_ino == ino,
         Err(_) => false,
+    }
+}
+
+/// The fd of the syslog socket, if summond logs there: a process forked
+/// to go on alone (a drainer) closes every other fd but must keep it, or
+/// its lines are lost.
+static SYSLOG_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// The fds the logger writes to, besides stdio.
+pub fn fds() -> Option<RawFd> {
+    Some(SYSLOG_FD.load(Ordering::Relaxed)).filter(|fd| *fd >= 0)
+}
+
+/// Set in a drainer (its pid): every line it logs says it comes from
+/// it, not from summond (whose pid syslog lines also carry).
+static DRAINER: AtomicU32 = AtomicU32::new(0);
+
+pub fn set_drainer(pid: u32) {
+    DRAINER.store(pid, Ordering::Relaxed);
+}
+
+/// `drainer pid N: ` before a drainer's lines, nothing before summond's.
+struct Drainer(u32);
+
+impl std::fmt::Display for Drainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            0 => Ok(()),
+            pid => write!(f, "drainer pid {pid}: "),
+        }
     }
 }
 
@@ -174,7 +202,8 @@ pub fn json_line(record: &Record<'_>, now: SystemTime) -> String {
         }
     }
     let _ = record.key_values().visit(&mut Fields(&mut obj));
-    obj.insert("msg".into(), record.args().to_string().into());
+    let from = Drainer(DRAINER.load(Ordering::Relaxed));
+    obj.insert("msg".into(), format!("{from}{}", record.args()).into());
     serde_json::Value::Object(obj).to_string()
 }
 
@@ -199,6 +228,9 @@ impl Syslog {
         let socket = UnixDatagram::unbound()
             .and_then(|s| s.set_nonblocking(true).map(|()| s))
             .ok();
+        if let Some(s) = &socket {
+            SYSLOG_FD.store(s.as_raw_fd(), Ordering::Relaxed);
+        }
         Syslog {
             filter,
             socket,
@@ -241,8 +273,9 @@ impl Log for Syslog {
             }
         }
         let line = format!(
-            "<{}>summond[{pid}]: {}",
+            "<{}>summond[{pid}]: {}{}",
             LOG_DAEMON | severity(record.level()),
+            Drainer(DRAINER.load(Ordering::Relaxed)),
             record.args()
         );
         if let Err(e) = socket.send_to(line.as_bytes(), &self.path) {

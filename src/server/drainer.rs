@@ -43,7 +43,10 @@ impl Server {
             .filter(|(_, t, ..)| t.kind == Kind::Forward)
             .map(|(_, t, ..)| (t.name.to_string(), t.pid, t.source))
             .collect();
-        let keep = drained.fds();
+        let mut keep = drained.fds();
+        // The syslog socket, if summond logs there: the drainer's lines
+        // (its end, its errors) go where summond's go.
+        keep.extend(crate::logging::fds());
         // SAFETY: summond is one thread; the child runs only the relay
         // and exits with _exit.
         match unsafe { fork() } {
@@ -140,18 +143,16 @@ fn drain(drained: Relays<Relayed>, keep: &[RawFd]) -> ! {
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     // SAFETY: plain prctl.
     unsafe { nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGTERM) };
+    crate::logging::set_drainer(std::process::id());
     close_all_but(keep);
     let n = drained.len();
     let code = match drained.drain_alone() {
         Ok(_) => {
-            info!(
-                "drainer pid {}: its {n} TLS connections ended",
-                std::process::id()
-            );
+            info!("its {n} TLS connections ended");
             0
         }
         Err(e) => {
-            warn!("drainer pid {}: {e}", std::process::id());
+            warn!("{e}");
             1
         }
     };

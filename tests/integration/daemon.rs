@@ -648,3 +648,67 @@ fn a_pidfile_in_a_directory_others_can_change_is_refused() {
         "{err}"
     );
 }
+
+/// A drainer's lines go where summond's go. With `-d` summond logs to
+/// the syslog socket, an fd the drainer closed with every other one it
+/// does not relay, so its end line was lost; now it keeps that socket,
+/// and its lines say they come from it.
+#[test]
+fn a_drainers_lines_reach_syslog_in_daemon_mode() {
+    use std::io::{Read, Write};
+    if !crate::forward::have("openssl") {
+        skip("drainer syslog", "openssl is not installed");
+        return;
+    }
+    let d = Daemon::new("daemon-drainer");
+    let pki = crate::tls::Pki::new(d._dir.0.as_path());
+    std::fs::write(
+        &d.config,
+        format!(
+            "[[service]]\nname = \"d\"\nlisten = \"tcp://127.0.0.1:{}\"\nexec = [\"cat\"]\n\
+             tls = {{ cert = \"{}\", key = \"{}\" }}\n",
+            d.port,
+            pki.path("server.pem"),
+            pki.path("server.key")
+        ),
+    )
+    .unwrap();
+    d.syslog.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let (code, err) = d.run(&d.args(&[]));
+    assert_eq!(code, 0, "{err}");
+    let pid = d.pid();
+    let _reaper = KillOnDrop::new(pid);
+    let mut c = crate::tls_forward::rustls_client(&pki, d.port);
+    c.write_all(b"before\n").unwrap();
+    let mut got = [0u8; 7];
+    c.read_exact(&mut got).unwrap();
+    let mut seen = Vec::new();
+    let mut wait_for = |what: &str| {
+        let mut buf = [0u8; 512];
+        while !seen.iter().any(|l: &String| l.contains(what)) {
+            let n = (d.syslog.recv(&mut buf)).unwrap_or_else(|e| panic!("{e}: {what}: {seen:?}"));
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        seen.iter().find(|l| l.contains(what)).unwrap().clone()
+    };
+    let pid_ = nix::unistd::Pid::from_raw(pid);
+    nix::sys::signal::kill(pid_, nix::sys::signal::Signal::SIGUSR2).unwrap();
+    let forked = wait_for("TLS connections go on in drainer pid ");
+    let drainer = forked.rsplit(' ').next().unwrap().trim().to_string();
+    wait_for("upgraded in place");
+    // Still relayed, by the drainer; its end is the client's close.
+    c.write_all(b"during\n").unwrap();
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"during\n");
+    c.conn.send_close_notify();
+    c.flush().unwrap();
+    let end = wait_for("TLS connections ended");
+    assert!(
+        end.contains(&format!(
+            "summond[{drainer}]: drainer pid {drainer}: its 1 TLS"
+        )),
+        "{end}"
+    );
+    nix::sys::signal::kill(pid_, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(wait_until(TIMEOUT, || !d.pidfile.exists()));
+}

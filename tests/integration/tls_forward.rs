@@ -165,7 +165,10 @@ fn a_backend_killed_mid_transfer_closes_its_tls_client() {
 /// A rustls client connected to `port` (SNI localhost, ALPN http/1.1),
 /// its handshake done.
 #[allow(deprecated)] // ring: no post-quantum groups, as summond itself
-fn rustls_client(pki: &Pki, port: u16) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+pub(crate) fn rustls_client(
+    pki: &Pki,
+    port: u16,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     let ca = std::fs::read(pki.path("ca.pem")).unwrap();
     for c in CertificateDer::pem_slice_iter(&ca) {
