@@ -2,20 +2,29 @@
 //! (a drainer, forked before a live upgrade's exec for the TLS
 //! connections, whose rustls state cannot cross it): its own poll set,
 //! the same steps and `linger` deadlines, until the last connection has
-//! ended.
+//! ended; a connection with a `max_runtime` deadline (`cutoffs`) is
+//! closed at it, as the image would have.
 
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll};
 
-use super::{token, Relays, Which};
+use super::{token, RelayId, Relays, Which};
 
 impl<T> Relays<T> {
     /// Serve every connection until none is left. Each is registered
     /// afresh in a poll set of its own (what it already holds is served
-    /// at once: `split_off_tls` queued it). Returns how many ended.
-    pub fn drain_alone(mut self) -> std::io::Result<usize> {
+    /// at once: `split_off_tls` queued it); each in `cutoffs` is closed
+    /// at its deadline if still open, and given to `cut` (for its log
+    /// line). Returns how many ended.
+    pub fn drain_alone(
+        mut self,
+        mut cutoffs: Vec<(Instant, RelayId)>,
+        mut cut: impl FnMut(&T),
+    ) -> std::io::Result<usize> {
+        // Latest first: the next one due is popped from the end.
+        cutoffs.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
         let mut poll = Poll::new()?;
         let both = Interest::READABLE | Interest::WRITABLE;
         for (id, r) in &self.conns {
@@ -30,8 +39,12 @@ impl<T> Relays<T> {
             let wait = if self.has_ready() {
                 Some(Duration::ZERO)
             } else {
-                self.next_deadline()
-                    .map(|d| d.saturating_duration_since(Instant::now()))
+                let cut = cutoffs.last().map(|c| c.0);
+                let next = match (self.next_deadline(), cut) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                next.map(|d| d.saturating_duration_since(Instant::now()))
             };
             if let Err(e) = poll.poll(&mut events, wait) {
                 if e.kind() == std::io::ErrorKind::Interrupted {
@@ -43,7 +56,15 @@ impl<T> Relays<T> {
                 ended += self.ready(poll.registry(), e.token(), e).is_some() as usize;
             }
             ended += self.serve_again(poll.registry()).len();
-            ended += self.expire(poll.registry(), Instant::now()).len();
+            let now = Instant::now();
+            ended += self.expire(poll.registry(), now).len();
+            while let Some(&(_, id)) = cutoffs.last().filter(|c| c.0 <= now) {
+                cutoffs.pop();
+                if let Some(closed) = self.close(poll.registry(), id) {
+                    cut(&closed.tag);
+                    ended += 1;
+                }
+            }
         }
         Ok(ended)
     }

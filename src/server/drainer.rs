@@ -7,7 +7,9 @@
 //! image (and every next one: the state carries it) knows its pid,
 //! reaps it, counts its forward-mode connections as open to their
 //! backend until then (so `idle_stop` and a retired backend wait), shows
-//! it in status, and sends it SIGTERM at its own stop. An accept-mode
+//! it in status, and sends it SIGTERM at its own stop. A forward
+//! connection's `max_runtime` deadline goes with it into the drainer,
+//! which closes it then. An accept-mode
 //! TLS child keeps its end of the socket pair, and stays the image's
 //! child as any other; plaintext relays are handed over as before.
 
@@ -21,7 +23,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 use super::relays::{Kind, Relayed};
 use super::Server;
 use crate::peer::SourceKey;
-use crate::relay::Relays;
+use crate::relay::{RelayId, Relays};
 use crate::upgrade::DrainerState;
 
 /// A drainer running, and the forward-mode connections it holds:
@@ -43,6 +45,11 @@ impl Server {
             .filter(|(_, t, ..)| t.kind == Kind::Forward)
             .map(|(_, t, ..)| (t.name.to_string(), t.pid, t.source))
             .collect();
+        // Their max_runtime deadlines go with them (the timers here do
+        // not cross the exec, and the next image does not know them).
+        let cutoffs: Vec<_> = (drained.iter())
+            .filter_map(|(id, t, ..)| Some((t.runtime_timer?.at(), id)))
+            .collect();
         let mut keep = drained.fds();
         // The syslog socket, if summond logs there: the drainer's lines
         // (its end, its errors) go where summond's go.
@@ -50,7 +57,7 @@ impl Server {
         // SAFETY: summond is one thread; the child runs only the relay
         // and exits with _exit.
         match unsafe { fork() } {
-            Ok(ForkResult::Child) => drain(drained, &keep),
+            Ok(ForkResult::Child) => drain(drained, cutoffs, &keep),
             Ok(ForkResult::Parent { child }) => {
                 info!(event = "upgrade";
                     "upgrade: {} TLS connections go on in drainer pid {child}", drained.len());
@@ -139,14 +146,18 @@ impl Server {
 /// The drainer's life: default signals (SIGTERM ends it), SIGTERM if
 /// summond itself dies, only the connections' fds (and stdio) kept, the
 /// relay until the last connection ends.
-fn drain(drained: Relays<Relayed>, keep: &[RawFd]) -> ! {
+fn drain(drained: Relays<Relayed>, cutoffs: Vec<(Instant, RelayId)>, keep: &[RawFd]) -> ! {
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     // SAFETY: plain prctl.
     unsafe { nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGTERM) };
     crate::logging::set_drainer(std::process::id());
     close_all_but(keep);
     let n = drained.len();
-    let code = match drained.drain_alone() {
+    let cut = |t: &Relayed| {
+        info!(event = "max_runtime", service = &*t.name;
+            "{}: relayed {} ran past max_runtime: closed", t.name, t.peer);
+    };
+    let code = match drained.drain_alone(cutoffs, cut) {
         Ok(_) => {
             info!("its {n} TLS connections ended");
             0

@@ -445,7 +445,7 @@ fn split_off_tls_takes_only_tls_connections_and_drain_alone_serves_them_to_their
     r.c.send_close_notify();
     let drained = r.relays.split_off_tls(r.poll.registry());
     assert_eq!((r.relays.len(), drained.len()), (1, 1));
-    let server = std::thread::spawn(move || drained.drain_alone().unwrap());
+    let server = std::thread::spawn(move || drained.drain_alone(Vec::new(), |_| ()).unwrap());
     let (mut got, mut child_eof) = (Vec::new(), false);
     let (mut back, mut client_end) = (Vec::new(), false);
     let end = Instant::now() + Duration::from_secs(20);
@@ -463,4 +463,27 @@ fn split_off_tls_takes_only_tls_connections_and_drain_alone_serves_them_to_their
     }
     assert_eq!(back, b"bye");
     assert_eq!(server.join().unwrap(), 1, "one connection, ended");
+}
+
+/// A drainer closes a connection at its `max_runtime` deadline (a
+/// cutoff) though neither side ends it.
+#[test]
+fn drain_alone_closes_a_connection_at_its_cutoff() {
+    let mut r = relayed(MinVersion::Tls13);
+    let drained = r.relays.split_off_tls(r.poll.registry());
+    let cutoff = vec![(Instant::now() + Duration::from_millis(300), r.id)];
+    let server = std::thread::spawn(move || {
+        let mut cut = 0;
+        let ended = drained.drain_alone(cutoff, |_| cut += 1).unwrap();
+        (ended, cut)
+    });
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut got = Vec::new();
+    // The child's end sees EOF once the drainer closed the connection.
+    while !take(&r.child, &mut got) {
+        assert!(Instant::now() < end, "not cut");
+        client_io(&mut r.c, &r.wire);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(server.join().unwrap(), (1, 1), "ended, of which cut");
 }

@@ -384,3 +384,96 @@ fn an_upgrade_mid_transfer_leaves_tls_connections_to_a_drainer_that_loses_nothin
     let (ok, out) = s_client(&pki, fwd, &[], b"GET /small HTTP/1.0\r\n\r\n");
     assert!(ok && out.contains("after"), "{out}\n{}", s.log_text());
 }
+
+/// Whether `c`'s connection ends (its close, clean or not) within 20 s.
+fn ends_soon(c: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>) -> bool {
+    use std::io::ErrorKind::{TimedOut, WouldBlock};
+    c.sock
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut rest = Vec::new();
+    !matches!(c.read_to_end(&mut rest), Err(e) if matches!(e.kind(), WouldBlock | TimedOut))
+}
+
+/// `max_runtime` follows a TLS connection into the drainer: a forward
+/// one with `max_runtime = "3s"`, relayed by the drainer after an
+/// upgrade, is closed at its deadline as the old image would have (on
+/// main it stayed open), while one of a service without it stays open;
+/// an accept-mode TLS child's `max_runtime` is the new image's (the
+/// child is handed over), and its end closes its client's connection.
+#[test]
+fn max_runtime_closes_a_tls_connection_the_drainer_relays() {
+    if !tools_or_skip("tls max_runtime drainer", &["socat", "openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let tls = tls_line(&pki, "");
+    let echo = |name: &str, port: u16, backend: u16, more: &str| {
+        format!(
+            "[[service]]\nname = \"{name}\"\nlisten = \"tcp://127.0.0.1:{port}\"\n\
+             exec = [\"socat\", \"TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork\", \"EXEC:cat\"]\n\
+             forward = \"tcp://127.0.0.1:{backend}\"\n{more}{tls}"
+        )
+    };
+    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    let config = format!(
+        "{}{}[[service]]\nname = \"acc\"\nlisten = \"tcp://127.0.0.1:{}\"\n\
+         exec = [\"cat\"]\nmax_runtime = \"3s\"\n{tls}",
+        echo("cut", ports[0], ports[1], "max_runtime = \"3s\"\n"),
+        echo("keep", ports[2], ports[3], ""),
+        ports[4]
+    );
+    let s = Summond::start(&config);
+    let _guard = KillOnDropLater(&s);
+    let mut clients: Vec<_> = [ports[0], ports[2], ports[4]]
+        .iter()
+        .map(|p| {
+            let mut c = rustls_client(&pki, *p);
+            c.write_all(b"hello\n").unwrap();
+            let mut got = [0u8; 6];
+            c.read_exact(&mut got).unwrap();
+            c
+        })
+        .collect();
+    s.signal(nix::libc::SIGUSR2);
+    assert!(
+        wait_until(TIMEOUT, || s.log_count(" serving ") == 2),
+        "{}",
+        s.log_text()
+    );
+    assert!(
+        s.log_text()
+            .contains("3 TLS connections go on in drainer pid"),
+        "{}",
+        s.log_text()
+    );
+    let [cut, keep, acc] = &mut clients[..] else {
+        unreachable!()
+    };
+    assert!(
+        ends_soon(cut),
+        "not closed at its max_runtime\n{}",
+        s.log_text()
+    );
+    assert!(
+        ends_soon(acc),
+        "the child's end did not close it\n{}",
+        s.log_text()
+    );
+    // The drainer's line for the one it cut, the new image's for the child.
+    assert!(
+        wait_until(TIMEOUT, || s.log_count("ran past max_runtime") == 2),
+        "{}",
+        s.log_text()
+    );
+    assert!(
+        s.log_text().contains(": cut: relayed 127.0.0.1:"),
+        "{}",
+        s.log_text()
+    );
+    keep.write_all(b"still\n").unwrap();
+    let mut got = [0u8; 6];
+    keep.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"still\n");
+}
