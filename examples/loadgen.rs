@@ -7,8 +7,8 @@
 //!
 //! The last argument is the expected answer's start (optional). With
 //! `LOADGEN_PROXY=v1` or `v2` in the environment each connection first
-//! sends a PROXY header naming its own addresses, as a balancer would
-//! (`benches/proxy.sh`).
+//! sends a PROXY header naming a client of the balancer's (192.0.2.1),
+//! as a balancer would (`benches/proxy.sh`).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -80,7 +80,13 @@ fn run(
             s.set_read_timeout(Some(Duration::from_secs(5)))?;
             if let Some(version) = proxy {
                 header.clear();
-                let addrs = Some((s.local_addr()?, addr));
+                // A client of the balancer's (TEST-NET-1, the port of
+                // this connection): a header naming the connection's
+                // own two ends is a health check's, which summond
+                // holds for its next byte rather than serving at once.
+                let port = s.local_addr()?.port();
+                let client = SocketAddr::from(([192, 0, 2, 1], port));
+                let addrs = Some((client, addr));
                 match version {
                     "v1" => summond::proxy::encode_v1(addrs, &mut header),
                     _ => summond::proxy::encode_v2(addrs, &[], &mut header),
