@@ -23,8 +23,9 @@
 //! header or do a handshake (`proxy_protocol`, `tls`) wait, their
 //! clients in the kernel backlog; other services' listeners are not held
 //! back by it. Handshakes are bounded as well by `HANDSHAKE_LIMIT` over
-//! all services and `HANDSHAKES_PER_SOURCE` per client, which the table
-//! counts.
+//! all services, a share of it per TLS service, and per client (a
+//! quarter of a service's share there, `HANDSHAKES_PER_SOURCE` over
+//! all), which the table counts.
 
 use rustc_hash::FxHashMap;
 use std::fmt;
@@ -86,9 +87,11 @@ impl fmt::Display for ProxyRefusal {
 /// defaults to 2 s).
 pub(super) const LOCAL_WAIT: Duration = Duration::from_millis(200);
 
-/// Handshakes at once from one client (its per-source key): past this
-/// its next connection is refused (`tls`), so one client cannot hold the
-/// `HANDSHAKE_LIMIT` slots every TLS service shares. A quarter of them:
+/// Handshakes at once from one client (its per-source key) over all
+/// services: past this its next connection is refused (`tls`), so one
+/// client cannot hold the `HANDSHAKE_LIMIT` slots every TLS service
+/// shares (within one service it holds less: `FrontTable::per_client`).
+/// A quarter of them:
 /// a busy client's handshakes overlap more than its own concurrency says
 /// (8 `openssl s_time` had 17 in the table at times: each had moved on
 /// to its next connection before summond read its last Finished).
@@ -98,6 +101,15 @@ pub(super) const HANDSHAKES_PER_SOURCE: u32 = 64;
 /// many there are: with more than 32 TLS services the shares add up to
 /// more than `HANDSHAKE_LIMIT`, which still bounds them all.
 const MIN_SHARE: usize = 8;
+
+/// One client holds at most a `SHARE_PARTS`th of a service's share (and
+/// at least `MIN_PER_CLIENT`): at a share's bound the service's listener
+/// is not watched, so a client that could fill the share alone would
+/// park the service for everyone (4 TLS services: 64 places each, which
+/// one client at `HANDSHAKES_PER_SOURCE` filled with silent connections;
+/// real clients waited 8-9 s in the backlog behind them).
+const SHARE_PARTS: u32 = 4;
+const MIN_PER_CLIENT: u32 = 2;
 
 /// What the loop waits for on a connection before dispatch.
 pub(super) enum Work {
@@ -162,6 +174,7 @@ pub(super) struct FrontTable {
     handshakes: usize,
     handshakes_in: Counter<ServiceId>,
     handshakes_from: Counter<SourceKey>,
+    handshakes_from_in: Counter<(ServiceId, SourceKey)>,
     /// How many handshakes one service may hold (`HANDSHAKE_LIMIT` over
     /// the number of TLS services, at least `MIN_SHARE`); 0 until the
     /// first config says.
@@ -236,9 +249,21 @@ impl FrontTable {
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
-    /// May one more handshake from `key` start (`HANDSHAKES_PER_SOURCE`)?
-    pub fn may_handshake(&self, key: Option<&SourceKey>) -> bool {
-        key.is_none_or(|k| self.handshakes_from.get(k) < HANDSHAKES_PER_SOURCE)
+    /// How many handshakes one client may hold in one service: a
+    /// quarter of the share (at least `MIN_PER_CLIENT`, at most
+    /// `HANDSHAKES_PER_SOURCE`), so no one address fills a share.
+    pub fn per_client(&self) -> u32 {
+        (self.share / SHARE_PARTS).clamp(MIN_PER_CLIENT, HANDSHAKES_PER_SOURCE)
+    }
+
+    /// May one more handshake of service `id` from `key` start: under
+    /// its bound in the service (`per_client`) and over all
+    /// (`HANDSHAKES_PER_SOURCE`)?
+    pub fn may_handshake(&self, id: ServiceId, key: Option<&SourceKey>) -> bool {
+        key.is_none_or(|k| {
+            self.handshakes_from.get(k) < HANDSHAKES_PER_SOURCE
+                && self.handshakes_from_in.get(&(id, *k)) < self.per_client()
+        })
     }
 
     /// A connection registered under `token`, with its timer set.
@@ -249,6 +274,7 @@ impl FrontTable {
             self.handshakes_in.add(conn.service);
             if let Some(key) = conn.source {
                 self.handshakes_from.add(key);
+                self.handshakes_from_in.add((conn.service, key));
             }
         }
         self.conns.insert(token, conn);
@@ -267,8 +293,9 @@ impl FrontTable {
         if let Work::Handshake(_) = conn.work {
             self.handshakes -= 1;
             self.handshakes_in.remove(&conn.service);
-            if let Some(key) = &conn.source {
-                self.handshakes_from.remove(key);
+            if let Some(key) = conn.source {
+                self.handshakes_from.remove(&key);
+                self.handshakes_from_in.remove(&(conn.service, key));
             }
         }
         self.check_counts();
@@ -284,6 +311,7 @@ impl FrontTable {
             return;
         }
         let mut held: Counter<SourceKey> = Counter::default();
+        let mut held_in: Counter<(ServiceId, SourceKey)> = Counter::default();
         let mut per_service: Counter<ServiceId> = Counter::default();
         let mut handshakes = 0;
         for c in self.conns.values() {
@@ -292,6 +320,7 @@ impl FrontTable {
                 per_service.add(c.service);
                 if let Some(key) = c.source {
                     held.add(key);
+                    held_in.add((c.service, key));
                 }
             }
         }
@@ -302,6 +331,9 @@ impl FrontTable {
         let counted: std::collections::HashMap<_, _> = self.handshakes_from.iter().collect();
         let table: std::collections::HashMap<_, _> = held.iter().collect();
         assert_eq!(counted, table, "handshakes per client");
+        let counted: std::collections::HashMap<_, _> = self.handshakes_from_in.iter().collect();
+        let table: std::collections::HashMap<_, _> = held_in.iter().collect();
+        assert_eq!(counted, table, "handshakes per client and service");
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&Token, &FrontConn)> {
@@ -485,4 +517,20 @@ fn peer_closed(socket: &Socket) -> bool {
         )
     };
     rc == 0 && len >= 1 && info[0] != TCP_ESTABLISHED
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_client_holds_a_quarter_of_its_services_share_never_all_of_it() {
+        let mut table = FrontTable::default();
+        for (services, share, per_client) in [(1, 256, 64), (4, 64, 16), (32, 8, 2), (100, 8, 2)] {
+            table.set_tls_services(services);
+            assert_eq!(table.share, share, "{services} services");
+            assert_eq!(table.per_client(), per_client, "{services} services");
+            assert!(table.per_client() < table.share);
+        }
+    }
 }

@@ -43,7 +43,8 @@ impl Server {
         source: Option<SourceKey>,
     ) {
         let now = Instant::now();
-        if !self.front.may_handshake(source.as_ref()) {
+        let id = self.services[idx].id;
+        if !self.front.may_handshake(id, source.as_ref()) {
             let why = RefuseReason::Tls(Failure::TooMany);
             self.refuse(idx, &conn, &peer, source, why, now);
             return;

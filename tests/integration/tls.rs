@@ -1014,11 +1014,11 @@ fn still_held(c: &std::net::TcpStream) -> bool {
     held
 }
 
-/// Four addresses × 64 silent handshakes (each address at its
-/// per-client bound) on one TLS service fill no more than that
-/// service's share of the 256 handshake places: another TLS service is
-/// served while every silent connection is still held, not once they
-/// time out.
+/// Four addresses × 32 silent handshakes (each address at its
+/// per-client bound in a service: a quarter of the share) on one TLS
+/// service fill no more than that service's share of the 256 handshake
+/// places: another TLS service is served while every silent connection
+/// is still held, not once they time out.
 #[test]
 fn silent_handshakes_on_one_tls_service_do_not_park_another() {
     if !tools_or_skip("handshake_share", &["openssl"]) {
@@ -1031,7 +1031,7 @@ fn silent_handshakes_on_one_tls_service_do_not_park_another() {
     let s = Summond::start(&(tls_service(flooded, &sh("cat"), &pki, "") + &u));
     let before = fd_count(s.pid());
     let silent: Vec<_> = (2..6)
-        .flat_map(|last| (0..64).map(move |_| connect_from([127, 0, 0, last], flooded)))
+        .flat_map(|last| (0..32).map(move |_| connect_from([127, 0, 0, last], flooded)))
         .collect();
     // Half the places at least are taken (its share, or all of them).
     assert!(
@@ -1046,6 +1046,49 @@ fn silent_handshakes_on_one_tls_service_do_not_park_another() {
         held,
         silent.len(),
         "served only once silent ones were let go"
+    );
+}
+
+/// With four TLS services each has 64 handshake places, and one address
+/// may hold 16 of them (a quarter): its silent connections past that are
+/// refused (`tls`) at once, so it cannot fill the share and stop the
+/// listener being watched; another address is served on the same service
+/// while the attacker's 16 are still held (before, its 64 parked the
+/// service until they timed out).
+#[test]
+fn one_address_cannot_fill_its_services_handshake_share() {
+    if !tools_or_skip("handshake_share_per_client", &["openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let config: String = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            tls_service(*p, &sh("echo served"), &pki, "").replace("\"t\"", &format!("\"t{i}\""))
+        })
+        .collect();
+    let s = Summond::start(&config);
+    let silent: Vec<_> = (0..64)
+        .map(|_| connect_from([127, 0, 0, 2], ports[0]))
+        .collect();
+    // 16 held, 48 refused (closed by summond).
+    assert!(
+        wait_until(TIMEOUT, || silent.iter().filter(|c| !still_held(c)).count()
+            >= 48),
+        "{}",
+        s.log_text()
+    );
+    let (ok, out) = s_client(&pki, ports[0], &[], b"");
+    assert!(ok && out.contains("served"), "{out}\n{}", s.log_text());
+    let held = silent.iter().filter(|c| still_held(c)).count();
+    assert_eq!(held, 16, "served only once silent ones were let go");
+    assert!(
+        s.log_text().contains("refused 127.0.0.2"),
+        "{}",
+        s.log_text()
     );
 }
 
