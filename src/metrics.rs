@@ -289,7 +289,7 @@ fn health_checks(out: &mut String, services: &[ServiceFigures<'_>]) {
         out,
         "summond_health_checks_total",
         "counter",
-        "proxy_protocol: balancers' health checks (LOCAL or UNKNOWN header, then close), closed without a child.",
+        "proxy_protocol: balancers' health checks (LOCAL or UNKNOWN header, then reset), closed without a child.",
     );
     for s in services {
         if let Some(n) = s.health_checks {

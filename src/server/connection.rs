@@ -398,13 +398,13 @@ impl Server {
     ) {
         if for_itself(&header, &peer) {
             match front::after_header(&conn) {
-                After::Closed => return self.health_check(idx),
+                After::Reset => return self.health_check(idx),
                 After::Nothing if !waited => {
                     let work = Work::Local(Box::new(header), version);
                     self.enter_front(idx, addr, conn, peer, work, now + LOCAL_WAIT);
                     return;
                 }
-                After::Nothing | After::Data => {}
+                After::Nothing | After::Client => {}
             }
         }
         let client = peer.proxied(header);
@@ -509,12 +509,14 @@ impl Server {
     }
 
     /// A balancer's health check: a header it sent for itself
-    /// (`for_itself`) and a close without a byte more (haproxy's `check`
+    /// (`for_itself`) and a reset without a byte more (haproxy's `check`
     /// with `send-proxy-v2` or `check-send-proxy`, every 2 s by
     /// default). Counted (`health_checks`), not logged, and closed by the
     /// caller: a child per check would fork, log and spend a
-    /// `max_instances` place for nobody. One that sends data, or waits
-    /// past `LOCAL_WAIT` (for a banner), is served as any connection.
+    /// `max_instances` place for nobody. One that sends data, shuts its
+    /// side (a FIN: haproxy's real client from a `unix@` frontend that
+    /// sends nothing), or waits past `LOCAL_WAIT` (for a banner), is
+    /// served as any connection.
     fn health_check(&mut self, idx: usize) {
         self.services[idx].stats.health_checks += 1;
     }

@@ -119,9 +119,9 @@ pub(super) enum Work {
     /// the client. Boxed: rustls's state is large, a header's is not.
     Handshake(Box<Handshake>),
     /// A header the balancer sent for itself (a health check's) was read
-    /// and nothing follows yet: its first byte (served), its close (a
-    /// check, counted) or `LOCAL_WAIT` (served: a check that waits for
-    /// the service's banner).
+    /// and nothing follows yet: its first byte or FIN (served), its
+    /// reset (a check, counted) or `LOCAL_WAIT` (served: a check that
+    /// waits for the service's banner).
     Local(Box<Header>, Version),
 }
 
@@ -468,28 +468,36 @@ fn peek_header(
     }
 }
 
-/// What follows a header the balancer sent for itself (a health check's).
+/// What follows a header the balancer sent for itself (a health check's,
+/// or, from haproxy, a real client's that came on a `bind unix@` or
+/// other non-TCP frontend: v1 `UNKNOWN`, v2 `LOCAL`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum After {
-    /// A byte at least: someone to serve.
-    Data,
-    /// The peer closed or reset it without a byte more: a health check
-    /// done (haproxy resets its checks' connections once connected).
-    Closed,
+    /// A byte at least, or the peer's FIN: a client to serve (one that
+    /// sends nothing and shuts its side still wants the child's output).
+    Client,
+    /// The peer reset it without a byte more (or it failed): a health
+    /// check done (haproxy resets its checks' connections once
+    /// connected; a real client's close is a FIN).
+    Reset,
     /// Nothing yet.
     Nothing,
 }
 
 /// What follows the header just read off `socket`, peeked at.
 pub(super) fn after_header(socket: &Socket) -> After {
+    /// `TCP_CLOSE` in the kernel's `enum tcp_state`: where a reset
+    /// leaves the socket (a FIN leaves it in CLOSE_WAIT until we close).
+    const TCP_CLOSE: u8 = 7;
     let mut byte = [MaybeUninit::uninit()];
     match socket.recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
-        Ok(0) => After::Closed,
-        Ok(_) => After::Data,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock && peer_closed(socket) => After::Closed,
+        // End of stream: after a FIN, or after a reset whose error an
+        // earlier read took; the state tells which.
+        Ok(0) if tcp_state(socket) == Some(TCP_CLOSE) => After::Reset,
+        Ok(_) => After::Client,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => After::Nothing,
         Err(e) if e.kind() == io::ErrorKind::Interrupted => After::Nothing,
-        Err(_) => After::Closed,
+        Err(_) => After::Reset,
     }
 }
 
@@ -499,9 +507,14 @@ pub(super) fn after_header(socket: &Socket) -> After {
 /// reset after part of one would otherwise hold its place until the
 /// deadline, and epoll reports such a socket once.
 fn peer_closed(socket: &Socket) -> bool {
-    use std::os::fd::AsRawFd;
     /// `TCP_ESTABLISHED` in the kernel's `enum tcp_state`.
     const TCP_ESTABLISHED: u8 = 1;
+    tcp_state(socket).is_some_and(|state| state != TCP_ESTABLISHED)
+}
+
+/// The TCP state of `socket` (`tcpi_state`), if it is a TCP socket.
+fn tcp_state(socket: &Socket) -> Option<u8> {
+    use std::os::fd::AsRawFd;
     // `struct tcp_info` begins with `__u8 tcpi_state`; the kernel copies
     // as much of the struct as asked for.
     let mut info = [0u8; 8];
@@ -516,7 +529,7 @@ fn peer_closed(socket: &Socket) -> bool {
             &mut len,
         )
     };
-    rc == 0 && len >= 1 && info[0] != TCP_ESTABLISHED
+    (rc == 0 && len >= 1).then_some(info[0])
 }
 
 #[cfg(test)]
@@ -532,5 +545,45 @@ mod tests {
             assert_eq!(table.per_client(), per_client, "{services} services");
             assert!(table.per_client() < table.share);
         }
+    }
+
+    /// A pair over loopback: summond's accepted end and the client.
+    fn pair() -> (Socket, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        (Socket::from(accepted), client)
+    }
+
+    /// Wait (bounded) until `socket` is no longer established.
+    fn until_closed(socket: &Socket) {
+        for _ in 0..1000 {
+            if peer_closed(socket) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        panic!("the peer's close never came");
+    }
+
+    #[test]
+    fn after_a_header_only_a_reset_is_a_check_a_fin_is_a_client() {
+        let (silent, _client) = pair();
+        assert_eq!(after_header(&silent), After::Nothing);
+
+        let (shut, client) = pair();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        until_closed(&shut);
+        assert_eq!(after_header(&shut), After::Client);
+        assert_eq!(after_header(&shut), After::Client, "asked again");
+
+        let (reset, client) = pair();
+        Socket::from(client)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        until_closed(&reset);
+        assert_eq!(after_header(&reset), After::Reset);
+        // The reset's error is taken by the first read: the state says.
+        assert_eq!(after_header(&reset), After::Reset, "asked again");
     }
 }

@@ -536,6 +536,49 @@ fn a_balancer_that_fills_the_front_table_holds_back_no_other_service() {
     drop(held);
 }
 
+/// haproxy in front of a `bind unix@` frontend sends a real client's
+/// header as v1 `PROXY UNKNOWN` or v2 LOCAL, as a check's: a client that
+/// sends nothing and shuts its side (a FIN, where haproxy's checks
+/// reset) is served, and gets the output of a service that speaks first.
+#[test]
+fn behind_haproxy_a_unix_frontend_client_that_sends_nothing_gets_the_childs_output() {
+    let (backend, metrics, front) = (free_port(), free_port(), free_port());
+    let s = Summond::start(&format!(
+        "[daemon]\nmetrics = \"tcp://127.0.0.1:{metrics}\"\n\
+         [[service]]\nname = \"app\"\nlisten = \"tcp://127.0.0.1:{backend}\"\nexec = {}\n{}",
+        sh("echo speaks first"),
+        trusted("any"),
+    ));
+    let dir = TempDir::new("hap-unix");
+    let (v1, v2) = (dir.path("v1.sock"), dir.path("v2.sock"));
+    let (v1, v2) = (v1.display(), v2.display());
+    let config = format!(
+        "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 10s\n  timeout server 10s\n\
+         frontend f\n  bind 127.0.0.1:{front}\n  default_backend b2\n\
+         frontend u1\n  bind unix@{v1}\n  default_backend b1\n\
+         frontend u2\n  bind unix@{v2}\n  default_backend b2\n\
+         backend b1\n  server s 127.0.0.1:{backend} send-proxy\n\
+         backend b2\n  server s 127.0.0.1:{backend} send-proxy-v2\n"
+    );
+    let Some(_h) = haproxy(&config, front) else {
+        skip("haproxy_unix_frontend", "no haproxy");
+        return;
+    };
+    for path in [&v1, &v2] {
+        let mut c = std::os::unix::net::UnixStream::connect(path.to_string()).unwrap();
+        c.set_read_timeout(Some(TIMEOUT)).unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        assert_eq!(out, "speaks first\n", "{path}: {}", s.log_text());
+    }
+    let page = exchange(metrics, b"GET /metrics HTTP/1.0\r\n\r\n", 1);
+    assert!(
+        page.contains("summond_health_checks_total{service=\"app\"} 0\n"),
+        "{page}"
+    );
+}
+
 /// haproxy's health checks with the PROXY protocol: a plain `check`
 /// (connect, LOCAL or UNKNOWN header, close) starts no child, logs
 /// nothing and is counted as a health check, neither served nor refused;
