@@ -297,24 +297,32 @@ fn a_paused_service_keeps_its_clients_waiting_until_resumed() {
     assert_eq!(ctl(&control, &["resume", "held"]).0, 0);
 }
 
+/// summond with a control socket and one echo service `a`: it and its
+/// control socket's path.
+fn with_control(name: &str) -> (Summond, std::path::PathBuf) {
+    let dir = TempDir::new(name);
+    let control = dir.path("control.sock");
+    let config = format!(
+        "{}{}",
+        daemon_control(&control),
+        echo_service("a", free_port(), "")
+    );
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &config,
+            ..Start::default()
+        },
+    );
+    (s, control)
+}
+
 /// A request line longer than summond reads gets an answer saying so,
 /// not a close without a word.
 #[test]
 fn a_request_over_512_bytes_is_answered_with_an_error() {
     use std::io::Read;
-    let dir = TempDir::new("longreq");
-    let control = dir.path("control.sock");
-    let _s = Summond::start_in(
-        dir,
-        Start {
-            config: &format!(
-                "{}{}",
-                daemon_control(&control),
-                echo_service("a", free_port(), "")
-            ),
-            ..Start::default()
-        },
-    );
+    let (_s, control) = with_control("longreq");
     let mut c = std::os::unix::net::UnixStream::connect(&control).unwrap();
     c.set_read_timeout(Some(TIMEOUT)).unwrap();
     c.write_all(&[b'x'; 600]).unwrap();
@@ -333,19 +341,7 @@ fn a_request_over_512_bytes_is_answered_with_an_error() {
 #[test]
 fn a_request_written_slowly_is_answered() {
     use std::io::Read;
-    let dir = TempDir::new("slowreq");
-    let control = dir.path("control.sock");
-    let _s = Summond::start_in(
-        dir,
-        Start {
-            config: &format!(
-                "{}{}",
-                daemon_control(&control),
-                echo_service("a", free_port(), "")
-            ),
-            ..Start::default()
-        },
-    );
+    let (_s, control) = with_control("slowreq");
     let mut c = std::os::unix::net::UnixStream::connect(&control).unwrap();
     c.set_read_timeout(Some(TIMEOUT)).unwrap();
     c.write_all(b"pau").unwrap();
