@@ -345,8 +345,14 @@ pub struct FrontState {
     /// The balancer.
     pub peer: Peer,
     pub version: crate::proxy::Version,
-    /// What was left of its time for the header, in nanoseconds.
+    /// What was left of its time for the header, in nanoseconds (or of
+    /// its `LOCAL_WAIT`, with `local`).
     pub left_ns: u64,
+    /// A header its balancer sent for itself, already read off the
+    /// socket: it waits for its first byte or close (`Work::Local`).
+    /// Absent from an older image's state.
+    #[serde(default)]
+    pub local: Option<crate::proxy::Header>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

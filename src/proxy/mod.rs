@@ -69,8 +69,9 @@ pub enum Parsed {
     Bad(Malformed),
 }
 
-/// One header's meaning.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// One header's meaning. Serialized: a connection that waits after a
+/// header its balancer sent for itself crosses an upgrade with it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Header {
     /// The client and the address it connected to, for a PROXY command
     /// over TCP or UDP; None for LOCAL (a health check), UNSPEC, UNKNOWN
@@ -88,7 +89,7 @@ pub struct Header {
 }
 
 /// The addresses of a PROXY command.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Addrs {
     /// The client.
     pub source: SocketAddr,

@@ -21,7 +21,7 @@ use socket2::Socket;
 
 use super::children::{for_peer, Child, HeldSocket};
 use super::front::{
-    self, After, FrontConn, FrontFailure, ProxyRefusal, Step, Work, HEADER_TIMEOUT, LOCAL_WAIT,
+    self, After, FrontConn, FrontFailure, ProxyRefusal, Step, Work, HEADER_TIMEOUT,
 };
 use super::poller::TokenKind;
 use super::services::RefuseReason;
@@ -401,7 +401,7 @@ impl Server {
                 After::Reset => return self.health_check(idx),
                 After::Nothing if !waited => {
                     let work = Work::Local(Box::new(header), version);
-                    self.enter_front(idx, addr, conn, peer, work, now + LOCAL_WAIT);
+                    self.enter_front(idx, addr, conn, peer, work, now + front::local_wait());
                     return;
                 }
                 After::Nothing | After::Client => {}
@@ -598,13 +598,14 @@ impl Server {
     pub(super) fn front_state(&self, now: Instant) -> Vec<FrontState> {
         self.front
             .iter()
-            .filter_map(|(_, c)| match c.work {
-                Work::Header(version) => Some((c, version)),
-                // Neither a handshake's rustls state nor a header
-                // already taken off the socket crosses an exec.
-                Work::Handshake(_) | Work::Local(..) => None,
+            .filter_map(|(_, c)| match &c.work {
+                Work::Header(version) => Some((c, *version, None)),
+                // A header already taken off the socket goes in the
+                // state; a handshake's rustls state cannot cross an exec.
+                Work::Local(header, version) => Some((c, *version, Some((**header).clone()))),
+                Work::Handshake(_) => None,
             })
-            .map(|(c, version)| FrontState {
+            .map(|(c, version, local)| FrontState {
                 fd: c.socket.as_raw_fd(),
                 addr: c.addr.to_string(),
                 service: self.services.name_of(c.service).to_string(),
@@ -612,6 +613,7 @@ impl Server {
                 version,
                 left_ns: u64::try_from(c.timer.at().saturating_duration_since(now).as_nanos())
                     .unwrap_or(u64::MAX),
+                local,
             })
             .collect()
     }
@@ -647,8 +649,12 @@ impl Server {
                 continue;
             }
             self.poller.tokens.insert(token, TokenKind::Front);
-            let at = handed
-                + std::time::Duration::from_nanos(c.left_ns.min(HEADER_TIMEOUT.as_nanos() as u64));
+            let most = match c.local {
+                Some(_) => front::local_wait(),
+                None => HEADER_TIMEOUT,
+            };
+            let at =
+                handed + std::time::Duration::from_nanos(c.left_ns.min(most.as_nanos() as u64));
             let timer = self.timers.add(at, Timer::FrontDue(token));
             let service = self.services[idx].id;
             let conn = FrontConn {
@@ -657,7 +663,10 @@ impl Server {
                 service,
                 peer: c.peer,
                 source: None,
-                work: Work::Header(c.version),
+                work: match c.local {
+                    Some(header) => Work::Local(Box::new(header), c.version),
+                    None => Work::Header(c.version),
+                },
                 timer,
             };
             self.front.insert(token, conn);

@@ -87,6 +87,19 @@ impl fmt::Display for ProxyRefusal {
 /// defaults to 2 s).
 pub(super) const LOCAL_WAIT: Duration = Duration::from_millis(200);
 
+/// `LOCAL_WAIT`, or for the test suite only (which must catch such a
+/// connection at an upgrade, in no race) what
+/// `SUMMOND_TEST_LOCAL_WAIT_MS` says, at most a minute. Read once.
+pub(super) fn local_wait() -> Duration {
+    static WAIT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *WAIT.get_or_init(|| {
+        std::env::var("SUMMOND_TEST_LOCAL_WAIT_MS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .map_or(LOCAL_WAIT, |ms: u64| Duration::from_millis(ms.min(60_000)))
+    })
+}
+
 /// Handshakes at once from one client (its per-source key) over all
 /// services: past this its next connection is refused (`tls`), so one
 /// client cannot hold the `HANDSHAKE_LIMIT` slots every TLS service
