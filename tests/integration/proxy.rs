@@ -658,7 +658,7 @@ fn read_off(port: u16, client: u16) -> bool {
 /// sent for itself (haproxy's check-send-proxy: v1 naming the check's
 /// own ends), its header already read, crosses an upgrade with that
 /// header: the new image serves it as its header says when its data
-/// comes, or counts it as a health check when it closes. (On main the
+/// comes, or counts it as a health check when it is reset. (On main the
 /// exec closed both.) The wait is stretched for the test so that the
 /// upgrade comes inside it, in no race.
 #[test]
@@ -707,6 +707,10 @@ fn a_connection_waiting_after_a_self_naming_header_crosses_an_upgrade() {
         "{out}"
     );
     assert!(out.ends_with("--\nafter\n"), "{out}");
+    // A check ends with a reset (haproxy's do); a FIN is a client's.
+    socket2::SockRef::from(&closed)
+        .set_linger(Some(std::time::Duration::ZERO))
+        .unwrap();
     drop(closed);
     let checks = || {
         let page = exchange(metrics, b"GET /metrics HTTP/1.0\r\n\r\n", 1);
