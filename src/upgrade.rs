@@ -213,6 +213,10 @@ pub struct RelayState {
     pub source: Option<SourceKey>,
     pub sides: [crate::relay::SideState; 2],
     pub flows: [crate::relay::FlowState; 2],
+    /// Its `max_runtime` deadline, in nanoseconds after the hand-over
+    /// (absent from an older image's state, or without one).
+    #[serde(default)]
+    pub runtime_left_ns: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -236,3 +236,37 @@ fn a_backends_status_shows_in_status_and_on_the_page_across_an_upgrade() {
     assert!(said(2), "{}\n{}", status_json(&control), s.log_text());
     assert_eq!(s.log_count("starting the backend"), 1, "{}", s.log_text());
 }
+
+/// A relayed connection's `max_runtime` goes on across an upgrade: the
+/// new image closes it at the deadline it started with (it was handed
+/// over with no deadline, and ran on for good).
+#[test]
+fn a_relayed_connections_max_runtime_crosses_an_upgrade() {
+    use std::io::Read;
+    if !have("socat") {
+        return skip("forward upgrade max_runtime", "socat is not installed");
+    }
+    let f = Fwd::start("echo", crate::forward::echo, "max_runtime = \"4s\"");
+    let (s, port) = (&f.s, f.port);
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    c.write_all(b"before\n").unwrap();
+    let mut buf = [0u8; 64];
+    let n = c.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"before\n");
+    upgrade(s);
+    c.write_all(b"after\n").unwrap();
+    let n = c.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"after\n", "{}", s.log_text());
+    // Closed by the new image at the deadline (the read ends, well
+    // before the 30 s read timeout would).
+    let mut rest = Vec::new();
+    let end = c.read_to_end(&mut rest);
+    assert!(end.is_ok(), "not closed: {end:?}\n{}", s.log_text());
+    assert!(
+        s.wait_log("ran past max_runtime: closed"),
+        "{}",
+        s.log_text()
+    );
+}

@@ -96,6 +96,7 @@ impl Server {
                 source: t.source,
                 sides,
                 flows,
+                runtime_left_ns: t.runtime_timer.map(|k| left(k.at(), now)),
             })
             .collect();
         out
@@ -117,7 +118,7 @@ impl Server {
             self.resume_waiting(w, index);
         }
         for r in handed.relays {
-            self.resume_relay(r, index);
+            self.resume_relay(r, index, at);
         }
         for (name, pid, source) in handed.drained {
             self.count_drained(&name, pid, source, true);
@@ -257,7 +258,8 @@ impl Server {
     }
 
     /// One relayed connection the previous image handed over.
-    fn resume_relay(&mut self, r: RelayState, index: &FxHashMap<String, usize>) {
+    /// Its `max_runtime` deadline goes on from `handed`, as it was.
+    fn resume_relay(&mut self, r: RelayState, index: &FxHashMap<String, usize>, handed: Instant) {
         let id = self.services.id_by_name(Some(&r.service), index);
         let pid = Pid::from_raw(r.pid);
         let tag = Relayed {
@@ -270,12 +272,22 @@ impl Server {
             kind: Kind::Forward,
         };
         let sides = r.sides.map(crate::relay::SideState::into_side);
-        if let Err(e) = self
+        let rid = match self
             .relays
             .adopt(self.poller.registry(), sides, r.flows, tag)
         {
-            info!("{}: cannot relay {} any more: {e}", r.service, r.peer);
-            return;
+            Ok(rid) => rid,
+            Err(e) => {
+                info!("{}: cannot relay {} any more: {e}", r.service, r.peer);
+                return;
+            }
+        };
+        if let Some(ns) = r.runtime_left_ns {
+            let at = handed + Duration::from_nanos(ns);
+            let key = self.timers.add(at, Timer::RelayRuntime(rid));
+            if let Some(tag) = self.relays.tag_mut(rid) {
+                tag.runtime_timer = Some(key);
+            }
         }
         let backend = self.forward.backends.entry(id).or_default();
         backend.open += 1;
