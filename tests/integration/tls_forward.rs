@@ -477,3 +477,66 @@ fn max_runtime_closes_a_tls_connection_the_drainer_relays() {
     keep.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"still\n");
 }
+
+/// Reproducer (attack review atk2): after a live upgrade, the forward
+/// connections a drainer took stay counted open (max_instances,
+/// max_per_source, idle_stop) until the drainer ends, i.e. until its
+/// *last* connection ends, whatever service that one belongs to. One
+/// idle TLS connection to an accept-mode service keeps the count of a
+/// forward service whose drained connections have all ended, so with
+/// max_instances = 1 no new client of it is served.
+#[test]
+fn a_forward_connection_that_ended_in_a_drainer_no_longer_counts_toward_max_instances() {
+    if !tools_or_skip("tls drainer counts", &["python3", "curl", "openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let data = pattern(4 << 20, 7);
+    let (acc, fwd, backend) = (free_port(), free_port(), free_port());
+    let config = format!(
+        "[daemon]\ncontrol = \"{{dir}}/ctl\"\n{}max_instances = 1\n[[service]]\nname = \"acc\"\n\
+         listen = \"tcp://127.0.0.1:{acc}\"\nexec = [\"cat\"]\n{}",
+        https_service(fwd, backend, &pki),
+        tls_line(&pki, "")
+    );
+    let s = Summond::start_in(
+        with_www(&data),
+        Start {
+            config: &config,
+            ..Start::default()
+        },
+    );
+    let _guard = KillOnDropLater(&s);
+    // Held open across the upgrade (an idle client of another service).
+    let mut idle = rustls_client(&pki, acc);
+    idle.write_all(b"x").unwrap();
+    let mut one = [0u8; 1];
+    idle.read_exact(&mut one).unwrap();
+    // A download under way at the upgrade, finished in the drainer.
+    let mut c = rustls_client(&pki, fwd);
+    c.write_all(b"GET /file HTTP/1.0\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    read_at_least(&mut c, &mut got, 1 << 20);
+    s.signal(nix::libc::SIGUSR2);
+    assert!(
+        wait_until(TIMEOUT, || s.log_count(" serving ") == 2),
+        "{}",
+        s.log_text()
+    );
+    c.read_to_end(&mut got).unwrap();
+    drop(c);
+    // The only forward connection has ended: a new client is served.
+    let ok = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert", &pki.path("ca.pem")])
+        .arg(format!("https://localhost:{fwd}/file"))
+        .args(["--resolve", &format!("localhost:{fwd}:127.0.0.1")])
+        .arg("-o")
+        .arg(s.dir.path("after"))
+        .status()
+        .is_ok_and(|st| st.success());
+    let ctl = s.dir.path("ctl");
+    let (_, table, _) = run_to_exit(&["status", "--control", ctl.to_str().unwrap()]);
+    drop(idle);
+    assert!(ok, "a new client waited: the ended drained connection still counts\n{table}\n{}", s.log_text());
+}
