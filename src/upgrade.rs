@@ -198,9 +198,17 @@ pub struct WaitingState {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct DrainerState {
     pub pid: i32,
-    /// Its forward-mode connections: service, backend pid, source (the
-    /// backend counts them open until the drainer has ended).
+    /// Its forward-mode connections still open: service, backend pid,
+    /// source (the backend counts each open until the drainer says it
+    /// ended, or has ended).
     pub relays: Vec<(String, i32, Option<crate::peer::SourceKey>)>,
+    /// The number the drainer names each of `relays` by at its end (absent
+    /// from an older state: their places).
+    #[serde(default)]
+    pub numbers: Vec<u32>,
+    /// The read end of the pipe it writes those numbers on.
+    #[serde(default)]
+    pub ends: Option<i32>,
 }
 
 /// A relayed connection: its sockets and its flows (pipes or bytes).
@@ -467,6 +475,7 @@ impl State {
             );
         }
         fds.extend(self.pidfile.as_ref().map(|p| p.0));
+        fds.extend(self.drainers.iter().filter_map(|d| d.ends));
         fds
     }
 }

@@ -10,18 +10,20 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll};
 
-use super::{token, RelayId, Relays, Which};
+use super::{token, Closed, RelayId, Relays, Which};
 
 impl<T> Relays<T> {
     /// Serve every connection until none is left. Each is registered
     /// afresh in a poll set of its own (what it already holds is served
     /// at once: `split_off_tls` queued it); each in `cutoffs` is closed
-    /// at its deadline if still open, and given to `cut` (for its log
-    /// line). Returns how many ended.
+    /// at its deadline if still open. Each that ends is given to `end`,
+    /// with whether its `max_runtime` cut it (for its log line, and for
+    /// the image, which counts it open until then). Returns how many
+    /// ended.
     pub fn drain_alone(
         mut self,
         mut cutoffs: Vec<(Instant, RelayId)>,
-        mut cut: impl FnMut(&T),
+        mut end: impl FnMut(&Closed<T>, bool),
     ) -> std::io::Result<usize> {
         // Latest first: the next one due is popped from the end.
         cutoffs.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
@@ -52,16 +54,19 @@ impl<T> Relays<T> {
                 }
                 return Err(e);
             }
+            let mut closed: Vec<Closed<T>> = Vec::new();
             for e in events.iter() {
-                ended += self.ready(poll.registry(), e.token(), e).is_some() as usize;
+                closed.extend(self.ready(poll.registry(), e.token(), e));
             }
-            ended += self.serve_again(poll.registry()).len();
+            closed.extend(self.serve_again(poll.registry()));
             let now = Instant::now();
-            ended += self.expire(poll.registry(), now).len();
+            closed.extend(self.expire(poll.registry(), now));
+            ended += closed.len();
+            closed.iter().for_each(|c| end(c, false));
             while let Some(&(_, id)) = cutoffs.last().filter(|c| c.0 <= now) {
                 cutoffs.pop();
                 if let Some(closed) = self.close(poll.registry(), id) {
-                    cut(&closed.tag);
+                    end(&closed, true);
                     ended += 1;
                 }
             }

@@ -107,7 +107,7 @@ impl Server {
             self.finish_reload_if_loaded();
             return;
         }
-        if self.backend_exited(&status, now) || self.drainer_exited(pid) {
+        if self.backend_exited(&status, now) || self.drainer_exited(&status) {
             return;
         }
         if let Some(exit) = self.children.exit(status, now, exited_at) {

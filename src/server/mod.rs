@@ -351,6 +351,7 @@ impl Server {
                 Some(TokenKind::Probe(id)) => self.on_probe_ready(token, id),
                 Some(TokenKind::Notify(id)) => self.on_notify_ready(id),
                 Some(TokenKind::ChildNotify(pid)) => self.on_child_notify(pid),
+                Some(TokenKind::DrainerEnds(pid)) => self.on_drainer_ends(pid),
                 // A source removed earlier in this batch.
                 None => {}
             },
@@ -364,6 +365,7 @@ impl Server {
         self.serve_ready();
         self.serve_internal_ready();
         self.serve_relays_again();
+        self.read_drainer_ends_again();
         if std::mem::take(&mut self.endpoints.accept_more_scrapers) {
             self.accept_scrapers();
         }

@@ -41,6 +41,8 @@ pub(super) enum TokenKind {
     Notify(super::services::ServiceId),
     /// A long-running child's NOTIFY_SOCKET (`ready.rs`).
     ChildNotify(nix::unistd::Pid),
+    /// A drainer's pipe of ended connections (`drainer.rs`).
+    DrainerEnds(nix::unistd::Pid),
 }
 
 /// The dynamic poll tokens: what each stands for, and the next one to give

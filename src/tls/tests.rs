@@ -445,7 +445,7 @@ fn split_off_tls_takes_only_tls_connections_and_drain_alone_serves_them_to_their
     r.c.send_close_notify();
     let drained = r.relays.split_off_tls(r.poll.registry());
     assert_eq!((r.relays.len(), drained.len()), (1, 1));
-    let server = std::thread::spawn(move || drained.drain_alone(Vec::new(), |_| ()).unwrap());
+    let server = std::thread::spawn(move || drained.drain_alone(Vec::new(), |_, _| ()).unwrap());
     let (mut got, mut child_eof) = (Vec::new(), false);
     let (mut back, mut client_end) = (Vec::new(), false);
     let end = Instant::now() + Duration::from_secs(20);
@@ -474,7 +474,9 @@ fn drain_alone_closes_a_connection_at_its_cutoff() {
     let cutoff = vec![(Instant::now() + Duration::from_millis(300), r.id)];
     let server = std::thread::spawn(move || {
         let mut cut = 0;
-        let ended = drained.drain_alone(cutoff, |_| cut += 1).unwrap();
+        let ended = drained
+            .drain_alone(cutoff, |_, was_cut| cut += was_cut as usize)
+            .unwrap();
         (ended, cut)
     });
     let end = Instant::now() + Duration::from_secs(20);
