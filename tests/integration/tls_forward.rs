@@ -487,6 +487,20 @@ fn max_runtime_closes_a_tls_connection_the_drainer_relays() {
 /// max_instances = 1 no new client of it is served.
 #[test]
 fn a_forward_connection_that_ended_in_a_drainer_no_longer_counts_toward_max_instances() {
+    ended_drained_connection_is_uncounted(1);
+}
+
+/// The same after a second upgrade while the drainer runs: the pipe its
+/// ends come on is handed to the next image, which uncounts them.
+#[test]
+fn a_drained_connections_end_is_uncounted_by_a_later_image() {
+    ended_drained_connection_is_uncounted(2);
+}
+
+/// A forward connection relayed by a drainer after `upgrades` upgrades
+/// ends while an idle one keeps the drainer: with max_instances = 1, a
+/// new client of the forward service is served.
+fn ended_drained_connection_is_uncounted(upgrades: usize) {
     if !tools_or_skip("tls drainer counts", &["python3", "curl", "openssl"]) {
         return;
     }
@@ -518,12 +532,14 @@ fn a_forward_connection_that_ended_in_a_drainer_no_longer_counts_toward_max_inst
     c.write_all(b"GET /file HTTP/1.0\r\n\r\n").unwrap();
     let mut got = Vec::new();
     read_at_least(&mut c, &mut got, 1 << 20);
-    s.signal(nix::libc::SIGUSR2);
-    assert!(
-        wait_until(TIMEOUT, || s.log_count(" serving ") == 2),
-        "{}",
-        s.log_text()
-    );
+    for n in 0..upgrades {
+        s.signal(nix::libc::SIGUSR2);
+        assert!(
+            wait_until(TIMEOUT, || s.log_count(" serving ") == n + 2),
+            "{}",
+            s.log_text()
+        );
+    }
     c.read_to_end(&mut got).unwrap();
     drop(c);
     // The only forward connection has ended: a new client is served.
@@ -538,5 +554,79 @@ fn a_forward_connection_that_ended_in_a_drainer_no_longer_counts_toward_max_inst
     let ctl = s.dir.path("ctl");
     let (_, table, _) = run_to_exit(&["status", "--control", ctl.to_str().unwrap()]);
     drop(idle);
-    assert!(ok, "a new client waited: the ended drained connection still counts\n{table}\n{}", s.log_text());
+    assert!(
+        ok,
+        "a new client waited: the ended drained connection still counts\n{table}\n{}",
+        s.log_text()
+    );
+}
+
+/// The drainer is told apart from summond (comm `summond-drain`) and
+/// the signals summond takes for its own (`pkill -HUP summond` reaches
+/// it too) do not end it: a transfer it relays goes on to its
+/// close_notify through SIGHUP, SIGUSR1, SIGUSR2 and SIGINT (on main,
+/// SIGHUP killed it and the client saw EOF without close_notify).
+/// SIGTERM still ends it, and the image says how it ended.
+#[test]
+fn a_drainer_is_named_apart_and_outlives_summonds_signals_but_not_sigterm() {
+    if !tools_or_skip("tls drainer signals", &["openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let data = pattern(8 << 20, 5);
+    let (acc, idle_port) = (free_port(), free_port());
+    let tls = tls_line(&pki, "");
+    let config = format!(
+        "[[service]]\nname = \"acc\"\nlisten = \"tcp://127.0.0.1:{acc}\"\n\
+         exec = [\"cat\", \"{{dir}}/www/file\"]\n{tls}[[service]]\nname = \"echo\"\n\
+         listen = \"tcp://127.0.0.1:{idle_port}\"\nexec = [\"cat\"]\n{tls}"
+    );
+    let s = Summond::start_in(
+        with_www(&data),
+        Start {
+            config: &config,
+            ..Start::default()
+        },
+    );
+    let _guard = KillOnDropLater(&s);
+    // Keeps the drainer alive after the transfer, for SIGTERM.
+    let mut idle = rustls_client(&pki, idle_port);
+    idle.write_all(b"x").unwrap();
+    let mut one = [0u8; 1];
+    idle.read_exact(&mut one).unwrap();
+    let mut c = rustls_client(&pki, acc);
+    let mut got = Vec::new();
+    read_at_least(&mut c, &mut got, 1 << 20);
+    s.signal(nix::libc::SIGUSR2);
+    assert!(
+        wait_until(TIMEOUT, || s.log_count(" serving ") == 2),
+        "{}",
+        s.log_text()
+    );
+    let log = s.log_text();
+    let pid: i32 = (log.split("go on in drainer pid ").nth(1))
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no drainer pid\n{log}"));
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm.trim(), "summond-drain");
+    let drainer = nix::unistd::Pid::from_raw(pid);
+    for sig in [
+        nix::sys::signal::Signal::SIGHUP,
+        nix::sys::signal::Signal::SIGUSR1,
+        nix::sys::signal::Signal::SIGUSR2,
+        nix::sys::signal::Signal::SIGINT,
+    ] {
+        nix::sys::signal::kill(drainer, sig).unwrap();
+    }
+    // Ok: the drainer's close_notify came after the last byte.
+    c.read_to_end(&mut got)
+        .unwrap_or_else(|e| panic!("{e} after {} bytes\n{}", got.len(), s.log_text()));
+    assert!(got == data, "{} bytes of {}", got.len(), data.len());
+    nix::sys::signal::kill(drainer, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(
+        s.wait_log(&format!("drainer pid {pid} was killed by SIGTERM")),
+        "{}",
+        s.log_text()
+    );
 }
