@@ -565,6 +565,13 @@ fn behind_haproxy_a_unix_frontend_client_that_sends_nothing_gets_the_childs_outp
         return;
     };
     for path in [&v1, &v2] {
+        // haproxy binds its unix frontends after the TCP one the start
+        // waits for (a temporary name renamed into place once listening).
+        let path_s = path.to_string();
+        assert!(
+            wait_until(TIMEOUT, || std::path::Path::new(&path_s).exists()),
+            "haproxy made no {path}"
+        );
         // haproxy itself now and then closes a client that shut its side
         // before the server's answer came (the child was started and
         // wrote: summond's log says so); a few tries, and never a check.
