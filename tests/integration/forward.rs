@@ -1211,3 +1211,66 @@ fn summonds_stop_kills_a_backend_that_ignores_sigterm_at_its_stop_timeout() {
     );
     assert!(log.contains(" stopped (killed by signal 9"), "{log}");
 }
+
+/// Attack review (atk3): the uid check is made on the readiness probe
+/// only. A ready backend whose listener goes away while its leader lives
+/// (a restart loop, a dev server's reloader, socat without fork) leaves
+/// `forward` free; every later client is connected to whoever binds it,
+/// with no check and no warning. Fails on main: nobody's listener gets
+/// the second client's bytes.
+#[test]
+fn a_ready_backends_port_taken_by_another_user_gets_no_client() {
+    if !nix::unistd::geteuid().is_root() || !have("setpriv") || !have("/usr/bin/python3") || !have("socat") {
+        return skip("ready backend's port taken", "needs root, setpriv, socat and /usr/bin/python3");
+    }
+    let (port, backend) = (free_port(), free_port());
+    let config = format!(
+        r#"
+[[service]]
+name = "oneshot"
+listen = "tcp://127.0.0.1:{port}"
+exec = ["sh", "-c", "socat TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr EXEC:cat; sleep 60"]
+forward = "tcp://127.0.0.1:{backend}"
+stderr = "null"
+"#
+    );
+    let s = Summond::start(&config);
+    let _guard = KillOnDropLater(&s);
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    c.write_all(b"first").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    assert_eq!(got, b"first", "{}", s.log_text());
+    // socat served its one client and exited: the backend (sh) lives on,
+    // its port is free. nobody takes it.
+    let thief = format!(
+        "import socket\n\
+         l=socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         l.bind(('127.0.0.1',{backend})); l.listen(16); print('listening', flush=True)\n\
+         c,_=l.accept(); c.sendall(b'STOLEN:'+c.recv(100))\n"
+    );
+    let mut child = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3", "-c"])
+        .arg(&thief)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _kill = KillOnDrop::new(child.id() as i32);
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "listening\n");
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    c.write_all(b"secret").unwrap();
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    assert!(
+        !got.starts_with(b"STOLEN"),
+        "the client reached uid nobody's listener: {:?}\n{}",
+        String::from_utf8_lossy(&got),
+        s.log_text()
+    );
+}
