@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
+use std::time::Duration;
 
 use crate::forward::{backend_pid, have, stubborn, Fwd, KillOnDropLater};
 use crate::util::*;
@@ -269,4 +270,41 @@ fn a_relayed_connections_max_runtime_crosses_an_upgrade() {
         "{}",
         s.log_text()
     );
+}
+
+/// Attack review (atk3): the tree a stop read (the daemons that left the
+/// backend's group) is not handed over: after an upgrade while the
+/// backend stops, its exit kills its group but not the daemon, which goes
+/// to init and runs on (holding whatever it holds: the forward port, as
+/// the backend's uid). Without the upgrade the daemon is SIGKILLed at the
+/// backend's exit. Fails on main: the daemon outlives the stop.
+#[test]
+fn an_upgrade_while_a_backend_stops_keeps_the_daemons_its_stop_found() {
+    if !have("socat") {
+        return skip("forward upgrade tree", "socat is not installed");
+    }
+    let f = Fwd::start(
+        "daemonish",
+        |b| {
+            format!(
+                r#"["sh", "-c", "setsid sh -c 'trap \"\" TERM; while :; do sleep 1; done' & trap 'sleep 1.5; exit 0' TERM; socat TCP-LISTEN:{b},bind=127.0.0.1,reuseaddr,fork EXEC:cat & wait"]"#
+            )
+        },
+        "idle_stop = \"100ms\"\nstop_timeout = \"20s\"",
+    );
+    let (s, port) = (&f.s, f.port);
+    assert_eq!(tcp_port_exchange(port, b"one\n"), "one\n");
+    assert!(s.wait_log("a daemon): SIGTERM to it too"), "{}", s.log_text());
+    upgrade(s);
+    assert!(s.wait_log("stopped (exited"), "{}", s.log_text());
+    let daemons: Vec<i32> = s
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("left backend pid"))
+        .filter_map(|l| l.split(": pid ").nth(1)?.split(' ').next()?.parse().ok())
+        .collect();
+    assert!(!daemons.is_empty(), "{}", s.log_text());
+    let _kill: Vec<KillOnDrop> = daemons.iter().map(|p| KillOnDrop::new(*p)).collect();
+    let gone = wait_until(Duration::from_secs(3), || daemons.iter().all(|p| !running(*p)));
+    assert!(gone, "daemons {daemons:?} outlived their backend's stop across an upgrade\n{}", s.log_text());
 }
