@@ -163,6 +163,21 @@ pub struct BackendState {
     /// The last STATUS= it sent.
     #[serde(default)]
     pub status: Option<String>,
+    /// The processes of its tree its stop read (stopping or retired):
+    /// the SIGKILL at its exit reaches the daemons among them (none in
+    /// an older image's state).
+    #[serde(default)]
+    pub tree: Vec<ProcessState>,
+}
+
+/// A process of a backend's tree: with its start time, one process (a
+/// pid reused later is not it).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ProcessState {
+    pub pid: i32,
+    /// Clock ticks since boot, as /proc/PID/stat gives it.
+    pub start: u64,
+    pub pgid: i32,
 }
 
 /// A backend's phase at the hand-over; times in nanoseconds from it.

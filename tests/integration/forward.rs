@@ -1220,8 +1220,15 @@ fn summonds_stop_kills_a_backend_that_ignores_sigterm_at_its_stop_timeout() {
 /// the second client's bytes.
 #[test]
 fn a_ready_backends_port_taken_by_another_user_gets_no_client() {
-    if !nix::unistd::geteuid().is_root() || !have("setpriv") || !have("/usr/bin/python3") || !have("socat") {
-        return skip("ready backend's port taken", "needs root, setpriv, socat and /usr/bin/python3");
+    if !nix::unistd::geteuid().is_root()
+        || !have("setpriv")
+        || !have("/usr/bin/python3")
+        || !have("socat")
+    {
+        return skip(
+            "ready backend's port taken",
+            "needs root, setpriv, socat and /usr/bin/python3",
+        );
     }
     let (port, backend) = (free_port(), free_port());
     let config = format!(
@@ -1252,7 +1259,13 @@ stderr = "null"
          c,_=l.accept(); c.sendall(b'STOLEN:'+c.recv(100))\n"
     );
     let mut child = std::process::Command::new("setpriv")
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3", "-c"])
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+        ])
         .arg(&thief)
         .stdout(std::process::Stdio::piped())
         .spawn()

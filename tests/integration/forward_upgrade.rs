@@ -294,7 +294,11 @@ fn an_upgrade_while_a_backend_stops_keeps_the_daemons_its_stop_found() {
     );
     let (s, port) = (&f.s, f.port);
     assert_eq!(tcp_port_exchange(port, b"one\n"), "one\n");
-    assert!(s.wait_log("a daemon): SIGTERM to it too"), "{}", s.log_text());
+    assert!(
+        s.wait_log("a daemon): SIGTERM to it too"),
+        "{}",
+        s.log_text()
+    );
     upgrade(s);
     assert!(s.wait_log("stopped (exited"), "{}", s.log_text());
     let daemons: Vec<i32> = s
@@ -305,6 +309,12 @@ fn an_upgrade_while_a_backend_stops_keeps_the_daemons_its_stop_found() {
         .collect();
     assert!(!daemons.is_empty(), "{}", s.log_text());
     let _kill: Vec<KillOnDrop> = daemons.iter().map(|p| KillOnDrop::new(*p)).collect();
-    let gone = wait_until(Duration::from_secs(3), || daemons.iter().all(|p| !running(*p)));
-    assert!(gone, "daemons {daemons:?} outlived their backend's stop across an upgrade\n{}", s.log_text());
+    let gone = wait_until(Duration::from_secs(3), || {
+        daemons.iter().all(|p| !running(*p))
+    });
+    assert!(
+        gone,
+        "daemons {daemons:?} outlived their backend's stop across an upgrade\n{}",
+        s.log_text()
+    );
 }

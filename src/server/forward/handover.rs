@@ -6,7 +6,8 @@
 //! - starting: its start_timeout deadline, and its NOTIFY_SOCKET or
 //!   (connect readiness) a probe again at once (a connect in flight
 //!   closes with the exec);
-//! - stopping: the SIGKILL to its group at the same deadline;
+//! - stopping: the SIGKILL to its group at the same deadline, and to
+//!   the daemons of its tree its stop read (`tree.rs`);
 //! - retired by a reload: it finishes its relayed connections, then
 //!   stops (or its SIGKILL stays due);
 //! - clients held while a backend starts: their sockets, nothing read.
@@ -24,12 +25,13 @@ use nix::unistd::Pid;
 use rustc_hash::FxHashMap;
 use socket2::Socket;
 
+use super::tree::Member;
 use super::{Backend, Retired, State, Waiting};
 use crate::addr::ListenAddr;
 use crate::server::relays::{Kind, Relayed};
 use crate::server::timers::Timer;
 use crate::server::Server;
-use crate::upgrade::{BackendPhase, BackendState, RelayState, WaitingState};
+use crate::upgrade::{BackendPhase, BackendState, ProcessState, RelayState, WaitingState};
 
 /// Forward mode's part of the upgrade state.
 pub(in crate::server) struct Handed {
@@ -195,6 +197,7 @@ impl Server {
         backend.started_with = Some(spec);
         backend.ready_in = b.ready_in_us.map(Duration::from_micros);
         backend.status = b.status;
+        backend.tree = tree_of(&b.tree);
         (backend.relayed, backend.up, backend.down) = (b.relayed, b.up, b.down);
         if let Some(sock) = notify {
             self.watch_notify(id, sock);
@@ -237,7 +240,7 @@ impl Server {
             open: 0,
             stop_timeout,
             kill,
-            tree: Vec::new(),
+            tree: tree_of(&b.tree),
         });
     }
 
@@ -316,6 +319,7 @@ fn backend_state(b: &Backend) -> Option<BackendState> {
         phase: BackendPhase::Ready,
         notify_fd: b.notify.as_ref().map(|(s, _)| s.as_raw_fd()),
         status: b.status.clone(),
+        tree: tree_state(&b.tree),
     })
 }
 
@@ -349,5 +353,24 @@ fn retired_state(r: &Retired, now: Instant) -> BackendState {
         },
         notify_fd: None,
         status: None,
+        tree: tree_state(&r.tree),
     }
+}
+
+fn tree_state(tree: &[Member]) -> Vec<ProcessState> {
+    let state = |m: &Member| ProcessState {
+        pid: m.pid.as_raw(),
+        start: m.start,
+        pgid: m.pgid,
+    };
+    tree.iter().map(state).collect()
+}
+
+fn tree_of(tree: &[ProcessState]) -> Vec<Member> {
+    let member = |p: &ProcessState| Member {
+        pid: Pid::from_raw(p.pid),
+        start: p.start,
+        pgid: p.pgid,
+    };
+    tree.iter().map(member).collect()
 }
