@@ -1286,4 +1286,6 @@ stderr = "null"
         String::from_utf8_lossy(&got),
         s.log_text()
     );
+    drop(_kill);
+    let _ = child.wait();
 }
