@@ -1170,6 +1170,58 @@ fn a_daemon_a_backend_starts_does_not_outlive_its_stop() {
     );
 }
 
+/// A backend's child that leaves its group once the stop's tree was
+/// read (setsid() in its SIGTERM handler, which it otherwise ignores):
+/// the SIGKILL at the backend's exit reaches it all the same, its group
+/// read again then, long before its `stop_timeout`. Before, the kill
+/// looked at the group the stop had read, and it ran on under init,
+/// holding the port.
+#[test]
+fn a_child_leaving_the_group_at_its_sigterm_does_not_outlive_the_stop() {
+    if !have("python3") {
+        return skip("forward setsid at SIGTERM", "python3 is not installed");
+    }
+    let dir = TempDir::new("fwdsetsid");
+    let pidfile = dir.path("child.pid");
+    let child = |backend: u16| {
+        format!(
+            "import os, signal, socket\n\
+             def term(*_):\n    \
+                 try: os.setsid()\n    \
+                 except OSError: pass\n\
+             signal.signal(signal.SIGTERM, term)\n\
+             s = socket.create_server(('127.0.0.1', {backend}))\n\
+             open({pidfile:?}, 'w').write(str(os.getpid()))\n\
+             while True:\n    \
+                 c, _ = s.accept(); c.sendall(c.recv(100)); c.close()\n",
+            pidfile = pidfile.display().to_string()
+        )
+    };
+    let exec = |backend: u16| {
+        std::fs::write(dir.path("child.py"), child(backend)).unwrap();
+        // The shell (the leader) dies at SIGTERM; its child lives on.
+        sh(&format!(
+            "python3 {} & wait",
+            dir.path("child.py").display()
+        ))
+    };
+    let f = Fwd::start(
+        "setsid",
+        exec,
+        "idle_stop = \"200ms\"\nstop_timeout = \"1h\"",
+    );
+    let (s, port) = (&f.s, f.port);
+    assert_eq!(tcp_port_exchange(port, b"one\n"), "one\n");
+    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().parse().unwrap();
+    let _kill = KillOnDrop::new(pid);
+    assert!(s.wait_log("stopped ("), "{}", s.log_text());
+    assert!(
+        wait_until(TIMEOUT, || !matches!(proc_state(pid), Some(c) if c != 'Z')),
+        "pid {pid} left the group at SIGTERM and outlived its backend\n{}",
+        s.log_text()
+    );
+}
+
 /// An echo of one line per connection on `backend` that ignores
 /// SIGTERM, as `exec`.
 pub(crate) fn stubborn(backend: u16) -> String {

@@ -1057,7 +1057,7 @@ impl Server {
         };
         if let Some(kept) = kept {
             tree::merge(kept, now);
-            tree::signal(kept, pid, Signal::SIGKILL);
+            signal_daemons(&name, pid, kept, Signal::SIGKILL);
         }
     }
 
@@ -1071,7 +1071,7 @@ impl Server {
             if let Some(kill) = r.kill {
                 self.timers.cancel(kill);
             }
-            kill_leftovers(pid, &r.tree);
+            kill_leftovers(&r.name, pid, &r.tree);
             let cut = self.cut_relays_of(pid);
             info!(event = "backend_exit", service = &*r.name, pid = pid.as_raw();
                 "{}: retired backend pid {pid} {}{}", r.name, ExitText(status), cut_text(cut));
@@ -1105,7 +1105,7 @@ impl Server {
             _ => false,
         };
         self.forget_notify(id);
-        kill_leftovers(pid, &kept);
+        kill_leftovers(&name, pid, &kept);
         let cut = self.cut_relays_of(pid);
         let what = ExitText(status);
         if asked {
@@ -1419,25 +1419,28 @@ impl Server {
 /// as the reap.
 /// The members of its tree its stop found (daemons that left the group)
 /// get it too.
-fn kill_leftovers(leader: Pid, tree: &[tree::Member]) {
+fn kill_leftovers(name: &str, leader: Pid, tree: &[tree::Member]) {
     let _ = kill(Pid::from_raw(-leader.as_raw()), Signal::SIGKILL);
-    tree::signal(tree, leader, Signal::SIGKILL);
+    signal_daemons(name, leader, tree, Signal::SIGKILL);
+}
+
+/// `sig` to the members of `leader`'s tree outside its group now, and
+/// one line saying how many (each at debug: a wide tree is thousands).
+fn signal_daemons(name: &str, leader: Pid, tree: &[tree::Member], sig: Signal) {
+    let n = tree::signal(name, tree, leader, sig);
+    if n > 0 {
+        info!("{name}: {n} processes left backend pid {leader}'s process group (daemons): {sig} to them too");
+    }
 }
 
 /// A stop's SIGTERM to backend `pid`'s group and to the members of its
-/// tree outside it (each logged): whether the group's went, and the
+/// tree outside it (one line for them): whether the group's went, and the
 /// tree, for the SIGKILL. The tree is read first: a backend that dies
 /// at SIGTERM hands its children on to init at once.
 fn stop_tree(name: &str, pid: Pid) -> (nix::Result<()>, Vec<tree::Member>) {
     let members = tree::descendants(pid);
     let sent = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGTERM);
-    for m in members.iter().filter(|m| m.pgid != pid.as_raw()) {
-        info!(
-            "{name}: pid {} left backend pid {pid}'s process group (a daemon): SIGTERM to it too",
-            m.pid
-        );
-    }
-    tree::signal(&members, pid, Signal::SIGTERM);
+    signal_daemons(name, pid, &members, Signal::SIGTERM);
     (sent, members)
 }
 

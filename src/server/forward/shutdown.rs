@@ -46,7 +46,7 @@ pub(super) fn wait_then_kill(mut left: Vec<Stopping>) {
             warn!(event = "backend_kill", service = b.name.as_str(), pid = b.pid.as_raw();
                 "{}: backend pid {} still running after stop_timeout: SIGKILL to its group", b.name, b.pid);
             let _ = kill(Pid::from_raw(-b.pid.as_raw()), Signal::SIGKILL);
-            super::tree::signal(&b.tree, b.pid, Signal::SIGKILL);
+            super::signal_daemons(&b.name, b.pid, &b.tree, Signal::SIGKILL);
             b.kill_at = end;
             killed = true;
         }
@@ -69,7 +69,7 @@ fn exited(b: &Stopping) -> bool {
         Ok(status) => {
             info!(event = "backend_exit", service = b.name.as_str(), pid = b.pid.as_raw();
                 "{}: backend pid {} stopped ({})", b.name, b.pid, crate::stats::ExitText(&status));
-            super::kill_leftovers(b.pid, &b.tree);
+            super::kill_leftovers(&b.name, b.pid, &b.tree);
             true
         }
         // Not a child (any more): nothing to wait for.

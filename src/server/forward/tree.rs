@@ -4,7 +4,9 @@
 //! group. The backend is a subreaper (`spawn::ChildSetup::subreaper`),
 //! so such a daemon is reparented to it, not to init, and stays in its
 //! tree: at a stop the tree is read from /proc (each process's
-//! children, from the backend's pid down) and each member outside the group gets the signal too.
+//! children, from the backend's pid down) and each member outside the
+//! group gets the signal too (its group read again at each signal: a
+//! member may leave the group after the read).
 //! The members are kept, each with its start time, so the SIGKILL after
 //! `stop_timeout`, or after the backend's own exit, reaches them even
 //! once the backend (their parent) is gone, and never a later process
@@ -16,6 +18,7 @@
 //! whose own process daemonizes and exits is seen as exited: run it in
 //! the foreground (nginx `daemon off;`).
 
+use log::debug;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rustc_hash::FxHashMap;
@@ -52,17 +55,27 @@ fn stat_of(pid: i32) -> Option<(i32, i32, i32, u64)> {
 /// Every process descending from `leader` (not itself), read from /proc
 /// now, at a stop only: through each thread's `children` file, a read per
 /// process of the tree; where the kernel has none (CONFIG_PROC_CHILDREN),
-/// every process's stat, a read per process on the host.
+/// every process's stat, a read per process on the host. At most
+/// `MAX_TREE` members, counted as each is read: a parent of 10,000
+/// children costs `MAX_TREE` reads, not 10,000. A child whose stat names
+/// another parent is not taken: its pid was reused between the two reads.
 pub(super) fn descendants(leader: Pid) -> Vec<Member> {
+    descendants_upto(leader, MAX_TREE)
+}
+
+fn descendants_upto(leader: Pid, cap: usize) -> Vec<Member> {
     let mut out = Vec::new();
     let mut next = vec![leader.as_raw()];
-    // Bounded: a fork bomb in the tree does not hold the loop.
-    while let Some(parent) = next.pop().filter(|_| out.len() < MAX_TREE) {
+    while let Some(parent) = next.pop() {
         let Some(kids) = children(parent) else {
-            return scan_all(leader);
+            return scan_all(leader, cap);
         };
         for pid in kids {
-            if let Some((pid, _, pgid, start)) = stat_of(pid) {
+            // Bounded: a fork bomb in the tree does not hold the loop.
+            if out.len() >= cap {
+                return out;
+            }
+            if let Some((pid, _, pgid, start)) = stat_of(pid).filter(|s| s.1 == parent) {
                 out.push(Member {
                     pid: Pid::from_raw(pid),
                     start,
@@ -98,7 +111,7 @@ fn children(pid: i32) -> Option<Vec<i32>> {
 }
 
 /// `descendants` from every process's stat.
-fn scan_all(leader: Pid) -> Vec<Member> {
+fn scan_all(leader: Pid, cap: usize) -> Vec<Member> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -113,8 +126,11 @@ fn scan_all(leader: Pid) -> Vec<Member> {
     }
     let mut out = Vec::new();
     let mut next = vec![leader.as_raw()];
-    while let Some(parent) = next.pop().filter(|_| out.len() < MAX_TREE) {
+    while let Some(parent) = next.pop() {
         for &(pid, pgid, start) in children.get(&parent).into_iter().flatten() {
+            if out.len() >= cap {
+                return out;
+            }
             out.push(Member {
                 pid: Pid::from_raw(pid),
                 start,
@@ -126,24 +142,34 @@ fn scan_all(leader: Pid) -> Vec<Member> {
     out
 }
 
-/// `sig` to each member that left `leader`'s group (the group gets its
-/// own) and is still the process it was. How many were signalled.
-pub(super) fn signal(members: &[Member], leader: Pid, sig: Signal) -> usize {
+/// `sig` to each member that is still the process it was (its start
+/// time) and is outside `leader`'s group now (the group gets its own):
+/// its group is read again, since a member may have left it after the
+/// tree was read (a child calling setsid() in its SIGTERM handler). Each
+/// logged at debug only (a wide tree is thousands). How many were
+/// signalled.
+pub(super) fn signal(name: &str, members: &[Member], leader: Pid, sig: Signal) -> usize {
     let mut n = 0;
-    for m in members.iter().filter(|m| m.pgid != leader.as_raw()) {
-        if stat_of(m.pid.as_raw()).is_some_and(|(_, _, _, start)| start == m.start)
-            && kill(m.pid, sig).is_ok()
-        {
+    for m in members {
+        let Some((_, _, pgid, start)) = stat_of(m.pid.as_raw()) else {
+            continue;
+        };
+        if start == m.start && pgid != leader.as_raw() && kill(m.pid, sig).is_ok() {
+            debug!(
+                "{name}: pid {} left backend pid {leader}'s process group (a daemon): {sig} to it too",
+                m.pid
+            );
             n += 1;
         }
     }
     n
 }
 
-/// The members kept from before and those there now, once each.
+/// The members kept from before and those there now, once each (one
+/// process is its pid and start time; its group may have changed).
 pub(super) fn merge(kept: &mut Vec<Member>, now: Vec<Member>) {
     for m in now {
-        if !kept.contains(&m) {
+        if !kept.iter().any(|k| k.pid == m.pid && k.start == m.start) {
             kept.push(m);
         }
     }
@@ -167,10 +193,33 @@ mod tests {
         let me = std::process::id() as i32;
         let (_, parent, _, start) = stat_of(me).unwrap();
         let parent = Pid::from_raw(parent);
-        for tree in [descendants(parent), scan_all(parent)] {
+        for tree in [descendants(parent), scan_all(parent, MAX_TREE)] {
             assert!(tree
                 .iter()
                 .any(|m| m.pid.as_raw() == me && m.start == start));
         }
+    }
+
+    /// The cap counts members, not parents walked: of a parent's three
+    /// children, a cap of two reads two (it read all three before, the
+    /// cap being checked once per parent).
+    #[test]
+    fn the_cap_bounds_the_children_of_one_parent() {
+        let mut kids: Vec<_> = (0..3)
+            .map(|_| {
+                std::process::Command::new("sleep")
+                    .arg("30")
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let me = Pid::from_raw(std::process::id() as i32);
+        let (walked, scanned) = (descendants_upto(me, 2), scan_all(me, 2));
+        for k in &mut kids {
+            let _ = k.kill();
+            let _ = k.wait();
+        }
+        assert_eq!(walked.len(), 2);
+        assert_eq!(scanned.len(), 2);
     }
 }
