@@ -1283,15 +1283,25 @@ fn a_ready_backends_port_taken_by_another_user_gets_no_client() {
         );
     }
     let (port, backend) = (free_port(), free_port());
+    // One client served, then the listener closed (not at its accept, as
+    // socat without fork does: the readiness probe finds it listening).
+    let oneshot = format!(
+        "import socket, time\n\
+         s = socket.create_server(('127.0.0.1', {backend}))\n\
+         c, _ = s.accept()\n\
+         while (d := c.recv(100)): c.sendall(d)\n\
+         c.close(); s.close(); time.sleep(60)\n"
+    );
     let config = format!(
         r#"
 [[service]]
 name = "oneshot"
 listen = "tcp://127.0.0.1:{port}"
-exec = ["sh", "-c", "socat TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr EXEC:cat; sleep 60"]
+exec = ["/usr/bin/python3", "-c", {}]
 forward = "tcp://127.0.0.1:{backend}"
 stderr = "null"
-"#
+"#,
+        toml_str(&oneshot)
     );
     let s = Summond::start(&config);
     let _guard = KillOnDropLater(&s);
@@ -1302,8 +1312,8 @@ stderr = "null"
     let mut got = Vec::new();
     let _ = c.read_to_end(&mut got);
     assert_eq!(got, b"first", "{}", s.log_text());
-    // socat served its one client and exited: the backend (sh) lives on,
-    // its port is free. nobody takes it.
+    // The backend served its one client and closed its listener: it
+    // lives on, its port free. nobody takes it.
     let thief = format!(
         "import socket\n\
          l=socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\

@@ -1,12 +1,15 @@
 //! Who holds `forward`: a readiness probe's connection is taken as the
 //! backend only if the socket that accepted it belongs to the uid the
-//! backend runs as. Otherwise any local user who binds the port (or makes
-//! the socket file) while the backend is stopped would get the clients.
+//! backend runs as, and so is each client's connection to a ready
+//! backend. Otherwise any local user who binds the port (or makes the
+//! socket file) while the backend is stopped, or once its listener went
+//! while it runs on, would get the clients.
 //!
 //! - unix: `SO_PEERCRED` on the probe names who called listen(2).
-//! - tcp: the listening socket the probe reached is the LISTEN line in
-//!   /proc/net/tcp (tcp6) on the probe's peer address, or on the
-//!   wildcard address and the same port; its uid is whoever made it. Not
+//! - tcp: the listening socket the probe reached is the listener
+//!   sock_diag (`diag.rs`; else the LISTEN line in /proc/net/tcp, tcp6)
+//!   gives on the probe's peer address, or on the wildcard address and
+//!   the same port; its uid is whoever made it. Not
 //!   the accepted socket's: the kernel gives that the uid of whoever
 //!   accepted it, so a server whose workers drop privileges (nginx: a
 //!   root master, workers as nobody) would read as another user once a
@@ -20,15 +23,48 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use socket2::Socket;
 
+use crate::addr::ListenAddr;
+
 /// The uid of the listener that holds the other end of `probe`.
 pub(super) fn listener_uid(probe: &Socket) -> io::Result<u32> {
     let peer = probe.peer_addr()?;
     if let Some(peer) = peer.as_socket() {
-        return tcp_listener_uid(peer);
+        return tcp_uid(peer);
     }
-    let cred = nix::sys::socket::getsockopt(probe, nix::sys::socket::sockopt::PeerCredentials)
+    peer_uid(probe)
+}
+
+/// The uid of the listener a new connection `sock` to `to` reached,
+/// before it is relayed (its connect may be in progress: for TCP the
+/// listener is the one on `to` now, which is where the SYN went).
+pub(super) fn owner_uid(sock: &Socket, to: &ListenAddr) -> io::Result<u32> {
+    match to {
+        ListenAddr::Tcp(sa) => {
+            let ip = match sa.ip() {
+                IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                ip => ip,
+            };
+            tcp_uid(SocketAddr::new(ip, sa.port()))
+        }
+        _ => peer_uid(sock),
+    }
+}
+
+/// `SO_PEERCRED` of a connected Unix socket: who called listen(2).
+fn peer_uid(sock: &Socket) -> io::Result<u32> {
+    let cred = nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::PeerCredentials)
         .map_err(io::Error::from)?;
     Ok(cred.uid())
+}
+
+/// The uid of the TCP listener on `server`: from sock_diag (`diag.rs`),
+/// or where the kernel has none (no inet_diag), /proc/net/tcp.
+fn tcp_uid(server: SocketAddr) -> io::Result<u32> {
+    match super::diag::listener_uid(server) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => tcp_listener_uid(server),
+        got => got,
+    }
 }
 
 /// The uid of the socket listening on `server` (its address, or the

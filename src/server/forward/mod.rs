@@ -65,6 +65,7 @@ use crate::stats::ExitText;
 
 mod handover;
 pub(super) use handover::Handed;
+mod diag;
 mod held;
 mod shutdown;
 mod tree;
@@ -632,7 +633,10 @@ impl Server {
             }
         }
         match connect(&to) {
-            Ok((sock, false)) if !self_connected(&sock) && self.held_by_backend(idx, &sock) => {
+            Ok((sock, false))
+                if !self_connected(&sock)
+                    && self.held_by_backend(idx, held::listener_uid(&sock)) =>
+            {
                 self.backend_ready(idx, Some(sock))
             }
             Ok((sock, false)) => {
@@ -663,10 +667,33 @@ impl Server {
         }
     }
 
-    /// Does the socket that accepted `probe` belong to the uid service
-    /// `idx`'s backend runs as (its `user`, or summond's own)? Another
-    /// user's listener on `forward` is not the backend (`held.rs`).
-    fn held_by_backend(&mut self, idx: usize, probe: &Socket) -> bool {
+    /// A new connection to service `idx`'s ready backend, if the
+    /// listener it reached is the backend's uid's (checked at every
+    /// connection, not at readiness only: the backend's listener may go
+    /// while it runs on, and another user bind `forward`).
+    fn connect_backend(&mut self, idx: usize) -> io::Result<Side> {
+        let Some(Forward { to, .. }) = &self.services[idx].spec.forward else {
+            return Err(io::ErrorKind::Unsupported.into());
+        };
+        let (s, busy) = connect(to)?;
+        let uid = held::owner_uid(&s, to);
+        if !self.held_by_backend(idx, uid) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "forward is not held by the backend's uid",
+            ));
+        }
+        Ok(match busy {
+            true => Side::connecting(OwnedFd::from(s)),
+            false => Side::stream(OwnedFd::from(s)),
+        })
+    }
+
+    /// Does the socket that accepted a connection (`uid`, as `held.rs`
+    /// read it) belong to the uid service `idx`'s backend runs as (its
+    /// `user`, or summond's own)? Another user's listener on `forward`
+    /// is not the backend (`held.rs`).
+    fn held_by_backend(&mut self, idx: usize, uid: io::Result<u32>) -> bool {
         let spec = &self.services[idx].spec;
         let want = spec
             .credentials
@@ -679,7 +706,7 @@ impl Server {
             .map(|f| f.to.to_string())
             .unwrap_or_default();
         let id = self.services[idx].id;
-        match held::listener_uid(probe) {
+        match uid {
             Ok(uid) if uid == want => true,
             Ok(uid) => {
                 self.warn_once(
@@ -760,7 +787,10 @@ impl Server {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
         let _ = self.poller.registry().deregister(&mut SourceFd(&fd));
         match (sock.take_error(), self.services.index_of(id)) {
-            (Ok(None), Some(idx)) if !self_connected(&sock) && self.held_by_backend(idx, &sock) => {
+            (Ok(None), Some(idx))
+                if !self_connected(&sock)
+                    && self.held_by_backend(idx, held::listener_uid(&sock)) =>
+            {
                 self.backend_ready(idx, Some(sock))
             }
             _ => {
@@ -823,16 +853,7 @@ impl Server {
             .and_then(|f| f.proxy);
         let back = match back {
             Some(s) => Ok(Side::stream(OwnedFd::from(s))),
-            None => match &self.services[idx].spec.forward {
-                Some(Forward { to, .. }) => connect(to).map(|(s, busy)| {
-                    if busy {
-                        Side::connecting(OwnedFd::from(s))
-                    } else {
-                        Side::stream(OwnedFd::from(s))
-                    }
-                }),
-                None => Err(io::ErrorKind::Unsupported.into()),
-            },
+            None => self.connect_backend(idx),
         };
         let relayed = back.and_then(|back| {
             set_nonblocking(&conn)?;

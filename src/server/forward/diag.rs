@@ -1,0 +1,207 @@
+//! The uid of a TCP listener, asked of the kernel over sock_diag netlink
+//! (NETLINK_SOCK_DIAG, inet_diag; what `ss -ltn sport = :P` asks): one
+//! dump of the listeners of one family in the LISTEN state on one port.
+//! The kernel filters on the state and port as it walks its table of
+//! listeners (never the established ones), so the cost does not grow
+//! with the host's connections, unlike reading /proc/net/tcp, which
+//! prints every socket. Checked at every connection to a backend, so
+//! another user's listener on `forward` gets no client (`held.rs`).
+//!
+//! A netlink socket per question (close-on-exec, closed after it): no fd
+//! kept, no half-read dump ever taken for the next one's.
+//! Knows nothing of `Server`.
+
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use nix::libc;
+
+const NETLINK_SOCK_DIAG: i32 = 4;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const TCP_LISTEN: u8 = 10;
+/// nlmsghdr, inet_diag_req_v2, and where inet_diag_msg keeps its uid.
+const HDR: usize = 16;
+const REQ: usize = 56;
+const MSG_UID: usize = 64;
+/// Reads of one dump at most (a port's listeners are few: SO_REUSEPORT
+/// ones are one per worker, ~100 bytes each).
+const MAX_READS: usize = 64;
+
+/// The uid of the socket listening on `server`: one bound to its address,
+/// else one on the wildcard address of its family (an IPv4 address may
+/// be reached through an IPv6 wildcard), on its port.
+pub(super) fn listener_uid(server: SocketAddr) -> io::Result<u32> {
+    let families: &[i32] = match server {
+        SocketAddr::V4(_) => &[libc::AF_INET, libc::AF_INET6],
+        SocketAddr::V6(_) => &[libc::AF_INET6],
+    };
+    let mut wildcard = None;
+    for &family in families {
+        for (ip, uid) in listeners(family, server.port())? {
+            let exact = ip == server.ip()
+                || matches!((ip, server.ip()), (IpAddr::V6(l), IpAddr::V4(s)) if l == s.to_ipv6_mapped());
+            if exact {
+                return Ok(uid);
+            }
+            if ip.is_unspecified() {
+                wildcard = wildcard.or(Some(uid));
+            }
+        }
+    }
+    wildcard.ok_or_else(|| io::ErrorKind::NotFound.into())
+}
+
+/// Every listener of `family` on `port`: its address and uid.
+fn listeners(family: i32, port: u16) -> io::Result<Vec<(IpAddr, u32)>> {
+    dump(&open()?, family, port)
+}
+
+fn open() -> io::Result<OwnedFd> {
+    // SAFETY: a plain socket(2); the fd is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            NETLINK_SOCK_DIAG,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: just made, owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The request: nlmsghdr, then inet_diag_req_v2 asking TCP listeners of
+/// `family` on source port `port`.
+fn request(seq: u32, family: i32, port: u16) -> [u8; HDR + REQ] {
+    let mut b = [0u8; HDR + REQ];
+    b[0..4].copy_from_slice(&((HDR + REQ) as u32).to_ne_bytes());
+    b[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    b[6..8].copy_from_slice(&flags.to_ne_bytes());
+    b[8..12].copy_from_slice(&seq.to_ne_bytes());
+    let r = &mut b[HDR..];
+    r[0] = family as u8;
+    r[1] = libc::IPPROTO_TCP as u8;
+    r[4..8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+    // inet_diag_sockid: the source port, big-endian; the rest zero but
+    // the cookie (none).
+    r[8..10].copy_from_slice(&port.to_be_bytes());
+    r[48..56].fill(0xff);
+    b
+}
+
+fn dump(fd: &OwnedFd, family: i32, port: u16) -> io::Result<Vec<(IpAddr, u32)>> {
+    let seq = 1;
+    let req = request(seq, family, port);
+    // SAFETY: a zeroed sockaddr_nl is the kernel's address (pid 0).
+    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    kernel.nl_family = libc::AF_NETLINK as u16;
+    // SAFETY: `req` and `kernel` outlive the call, lengths are theirs.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            req.as_ptr().cast(),
+            req.len(),
+            0,
+            (&kernel as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    for _ in 0..MAX_READS {
+        // The kernel fills the dump as it is read: never waits.
+        // SAFETY: `buf` outlives the call, its length is its own.
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if parse(&buf[..n as usize], seq, port, &mut out)? {
+            return Ok(out);
+        }
+    }
+    Err(io::Error::other("sock_diag dump too long"))
+}
+
+/// The messages of one read, each listener added to `out`: whether the
+/// dump ended.
+fn parse(mut b: &[u8], seq: u32, port: u16, out: &mut Vec<(IpAddr, u32)>) -> io::Result<bool> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "sock_diag reply");
+    while b.len() >= HDR {
+        let len = u32::from_ne_bytes(b[0..4].try_into().unwrap()) as usize;
+        let kind = u16::from_ne_bytes(b[4..6].try_into().unwrap());
+        let their_seq = u32::from_ne_bytes(b[8..12].try_into().unwrap());
+        if len < HDR || len > b.len() || their_seq != seq {
+            return Err(bad());
+        }
+        let body = &b[HDR..len];
+        match kind {
+            NLMSG_DONE => return Ok(true),
+            NLMSG_ERROR => {
+                let errno = body.get(0..4).ok_or_else(bad)?;
+                let errno = -i32::from_ne_bytes(errno.try_into().unwrap());
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+            SOCK_DIAG_BY_FAMILY => {
+                if let Some(l) = listener(body, port) {
+                    out.push(l);
+                }
+            }
+            _ => {}
+        }
+        // Messages are 4-byte aligned.
+        b = b.get((len + 3) & !3..).unwrap_or(&[]);
+    }
+    Ok(false)
+}
+
+/// One inet_diag_msg: a listener on `port`'s address and uid.
+fn listener(m: &[u8], port: u16) -> Option<(IpAddr, u32)> {
+    let uid = u32::from_ne_bytes(m.get(MSG_UID..MSG_UID + 4)?.try_into().ok()?);
+    if m[1] != TCP_LISTEN || m[4..6] != port.to_be_bytes() {
+        return None;
+    }
+    let src: [u8; 16] = m[8..24].try_into().ok()?;
+    let ip = match i32::from(m[0]) {
+        libc::AF_INET => IpAddr::from([src[0], src[1], src[2], src[3]]),
+        libc::AF_INET6 => IpAddr::V6(Ipv6Addr::from(src)),
+        _ => return None,
+    };
+    Some((ip, uid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener of this process is found with its uid, through the
+    /// IPv4 address and a wildcard; a port nobody listens on is not.
+    #[test]
+    fn a_listener_is_found_with_its_uid() {
+        let me = nix::unistd::geteuid().as_raw();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_eq!(listener_uid(l.local_addr().unwrap()).unwrap(), me);
+        let any = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = any.local_addr().unwrap().port();
+        let at = SocketAddr::from(([127, 0, 0, 1], port));
+        assert_eq!(listener_uid(at).unwrap(), me);
+        drop(any);
+        let gone = listener_uid(at);
+        assert_eq!(gone.unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
+}
