@@ -1268,29 +1268,48 @@ fn summonds_stop_kills_a_backend_that_ignores_sigterm_at_its_stop_timeout() {
 /// only. A ready backend whose listener goes away while its leader lives
 /// (a restart loop, a dev server's reloader, socat without fork) leaves
 /// `forward` free; every later client is connected to whoever binds it,
-/// with no check and no warning. Fails on main: nobody's listener gets
+/// with no check and no warning. Failed before: nobody's listener got
 /// the second client's bytes.
 #[test]
 fn a_ready_backends_port_taken_by_another_user_gets_no_client() {
-    if !nix::unistd::geteuid().is_root()
-        || !have("setpriv")
-        || !have("/usr/bin/python3")
-        || !have("socat")
-    {
+    let backend = free_port();
+    port_taken_by_nobody(
+        &format!("tcp://127.0.0.1:{backend}"),
+        &format!("socket.create_server(('127.0.0.1', {backend}))"),
+    );
+}
+
+/// The same through an abstract Unix name, which no directory guards:
+/// `SO_PEERCRED` of each client's connection names nobody, not the
+/// backend's uid.
+#[test]
+fn a_ready_backends_abstract_socket_taken_by_another_user_gets_no_client() {
+    let name = format!("summond-it-taken-{}", free_port());
+    port_taken_by_nobody(
+        &format!("unix://@{name}"),
+        &format!("socket.socket(socket.AF_UNIX); l.bind('\\0{name}'); l.listen(16)"),
+    );
+}
+
+/// A backend on `forward` (`listen`: Python making its listener `l`)
+/// that serves one client, then closes its listener and runs on; uid
+/// nobody then listens there: the next client must not reach it.
+fn port_taken_by_nobody(forward: &str, listen: &str) {
+    if !nix::unistd::geteuid().is_root() || !have("setpriv") || !have("/usr/bin/python3") {
         return skip(
-            "ready backend's port taken",
-            "needs root, setpriv, socat and /usr/bin/python3",
+            "ready backend's forward taken",
+            "needs root, setpriv and /usr/bin/python3",
         );
     }
-    let (port, backend) = (free_port(), free_port());
+    let port = free_port();
     // One client served, then the listener closed (not at its accept, as
     // socat without fork does: the readiness probe finds it listening).
     let oneshot = format!(
         "import socket, time\n\
-         s = socket.create_server(('127.0.0.1', {backend}))\n\
-         c, _ = s.accept()\n\
+         l = {listen}\n\
+         c, _ = l.accept()\n\
          while (d := c.recv(100)): c.sendall(d)\n\
-         c.close(); s.close(); time.sleep(60)\n"
+         c.close(); l.close(); time.sleep(60)\n"
     );
     let config = format!(
         r#"
@@ -1298,7 +1317,7 @@ fn a_ready_backends_port_taken_by_another_user_gets_no_client() {
 name = "oneshot"
 listen = "tcp://127.0.0.1:{port}"
 exec = ["/usr/bin/python3", "-c", {}]
-forward = "tcp://127.0.0.1:{backend}"
+forward = "{forward}"
 stderr = "null"
 "#,
         toml_str(&oneshot)
@@ -1316,8 +1335,7 @@ stderr = "null"
     // lives on, its port free. nobody takes it.
     let thief = format!(
         "import socket\n\
-         l=socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-         l.bind(('127.0.0.1',{backend})); l.listen(16); print('listening', flush=True)\n\
+         l = {listen}; print('listening', flush=True)\n\
          c,_=l.accept(); c.sendall(b'STOLEN:'+c.recv(100))\n"
     );
     let mut child = std::process::Command::new("setpriv")
