@@ -4,8 +4,11 @@
 //! The kernel filters on the state and port as it walks its table of
 //! listeners (never the established ones), so the cost does not grow
 //! with the host's connections, unlike reading /proc/net/tcp, which
-//! prints every socket. Checked at every connection to a backend, so
-//! another user's listener on `forward` gets no client (`held.rs`).
+//! walks every socket (3 ms on a host with a few dozen). Still a walk of
+//! the listeners' table (~14 µs; twice that for an IPv4 address that
+//! may reach an IPv6 wildcard): at each client's connection a lookup of
+//! that one connection's server side comes first (~4 µs), whose uid is
+//! the listener's until a process accepts it (`connection_uid`).
 //!
 //! A netlink socket per question (close-on-exec, closed after it): no fd
 //! kept, no half-read dump ever taken for the next one's.
@@ -21,11 +24,17 @@ const NETLINK_SOCK_DIAG: i32 = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_CLOSE_WAIT: u8 = 8;
 const TCP_LISTEN: u8 = 10;
+const SEQ: u32 = 1;
 /// nlmsghdr, inet_diag_req_v2, and where inet_diag_msg keeps its uid.
 const HDR: usize = 16;
 const REQ: usize = 56;
 const MSG_UID: usize = 64;
+/// A socket of a reply: its address, source port, state and uid.
+type Socket = (IpAddr, u16, u8, u32);
+
 /// Reads of one dump at most (a port's listeners are few: SO_REUSEPORT
 /// ones are one per worker, ~100 bytes each).
 const MAX_READS: usize = 64;
@@ -56,7 +65,52 @@ pub(super) fn listener_uid(server: SocketAddr) -> io::Result<u32> {
 
 /// Every listener of `family` on `port`: its address and uid.
 fn listeners(family: i32, port: u16) -> io::Result<Vec<(IpAddr, u32)>> {
-    dump(&open()?, family, port)
+    let mut req = request(family, true);
+    req[HDR + 4..HDR + 8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+    req[HDR + 8..HDR + 10].copy_from_slice(&port.to_be_bytes());
+    let got = ask(&open()?, &req, true)?;
+    let on_port =
+        |(_, sport, state, _): &(IpAddr, u16, u8, u32)| *sport == port && *state == TCP_LISTEN;
+    Ok(got
+        .into_iter()
+        .filter(on_port)
+        .map(|(ip, _, _, uid)| (ip, uid))
+        .collect())
+}
+
+/// The uid of the server's side of the TCP connection `local` (ours) to
+/// `server`: one lookup of one socket (a hash lookup, no walk). The
+/// listener's uid while the connection waits to be accepted, the
+/// accepter's once accepted (so only a match is taken as an answer).
+pub(super) fn connection_uid(local: SocketAddr, server: SocketAddr) -> io::Result<u32> {
+    let family = match server {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    let mut req = request(family, false);
+    req[HDR + 4..HDR + 8].copy_from_slice(&u32::MAX.to_ne_bytes());
+    let id = &mut req[HDR + 8..];
+    id[0..2].copy_from_slice(&server.port().to_be_bytes());
+    id[2..4].copy_from_slice(&local.port().to_be_bytes());
+    id[4..20].copy_from_slice(&ip_bytes(server.ip()));
+    id[20..36].copy_from_slice(&ip_bytes(local.ip()));
+    let got = ask(&open()?, &req, false)?;
+    // A full socket only: one still a request (its handshake's last ACK
+    // not in) or in TIME_WAIT reads as uid 0, whoever listens.
+    let full = |m: &&Socket| matches!(m.2, TCP_ESTABLISHED | TCP_CLOSE_WAIT | TCP_LISTEN);
+    (got.iter().find(full).map(|m| m.3)).ok_or_else(|| io::ErrorKind::NotFound.into())
+}
+
+/// An address as inet_diag_sockid holds it: IPv4 in the first word.
+fn ip_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&v4.octets());
+            b
+        }
+        IpAddr::V6(v6) => v6.octets(),
+    }
 }
 
 fn open() -> io::Result<OwnedFd> {
@@ -75,29 +129,26 @@ fn open() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// The request: nlmsghdr, then inet_diag_req_v2 asking TCP listeners of
-/// `family` on source port `port`.
-fn request(seq: u32, family: i32, port: u16) -> [u8; HDR + REQ] {
+/// A request: nlmsghdr, then inet_diag_req_v2 for TCP sockets of
+/// `family` (a dump, or one socket); states and id set by the caller.
+fn request(family: i32, dump: bool) -> [u8; HDR + REQ] {
     let mut b = [0u8; HDR + REQ];
     b[0..4].copy_from_slice(&((HDR + REQ) as u32).to_ne_bytes());
     b[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-    b[6..8].copy_from_slice(&flags.to_ne_bytes());
-    b[8..12].copy_from_slice(&seq.to_ne_bytes());
+    let flags = libc::NLM_F_REQUEST | if dump { libc::NLM_F_DUMP } else { 0 };
+    b[6..8].copy_from_slice(&(flags as u16).to_ne_bytes());
+    b[8..12].copy_from_slice(&SEQ.to_ne_bytes());
     let r = &mut b[HDR..];
     r[0] = family as u8;
     r[1] = libc::IPPROTO_TCP as u8;
-    r[4..8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
-    // inet_diag_sockid: the source port, big-endian; the rest zero but
-    // the cookie (none).
-    r[8..10].copy_from_slice(&port.to_be_bytes());
+    // inet_diag_sockid's cookie: none.
     r[48..56].fill(0xff);
     b
 }
 
-fn dump(fd: &OwnedFd, family: i32, port: u16) -> io::Result<Vec<(IpAddr, u32)>> {
-    let seq = 1;
-    let req = request(seq, family, port);
+/// Sends `req`, reads the reply: each socket's address, source port,
+/// state and uid (a dump's until its end, else one message's).
+fn ask(fd: &OwnedFd, req: &[u8], dump: bool) -> io::Result<Vec<Socket>> {
     // SAFETY: a zeroed sockaddr_nl is the kernel's address (pid 0).
     let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     kernel.nl_family = libc::AF_NETLINK as u16;
@@ -118,7 +169,7 @@ fn dump(fd: &OwnedFd, family: i32, port: u16) -> io::Result<Vec<(IpAddr, u32)>> 
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
     for _ in 0..MAX_READS {
-        // The kernel fills the dump as it is read: never waits.
+        // The kernel fills the reply as it is read: never waits.
         // SAFETY: `buf` outlives the call, its length is its own.
         let n = unsafe {
             libc::recv(
@@ -131,7 +182,7 @@ fn dump(fd: &OwnedFd, family: i32, port: u16) -> io::Result<Vec<(IpAddr, u32)>> 
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        if parse(&buf[..n as usize], seq, port, &mut out)? {
+        if parse(&buf[..n as usize], &mut out)? || !dump {
             return Ok(out);
         }
     }
@@ -140,13 +191,13 @@ fn dump(fd: &OwnedFd, family: i32, port: u16) -> io::Result<Vec<(IpAddr, u32)>> 
 
 /// The messages of one read, each listener added to `out`: whether the
 /// dump ended.
-fn parse(mut b: &[u8], seq: u32, port: u16, out: &mut Vec<(IpAddr, u32)>) -> io::Result<bool> {
+fn parse(mut b: &[u8], out: &mut Vec<Socket>) -> io::Result<bool> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "sock_diag reply");
     while b.len() >= HDR {
         let len = u32::from_ne_bytes(b[0..4].try_into().unwrap()) as usize;
         let kind = u16::from_ne_bytes(b[4..6].try_into().unwrap());
         let their_seq = u32::from_ne_bytes(b[8..12].try_into().unwrap());
-        if len < HDR || len > b.len() || their_seq != seq {
+        if len < HDR || len > b.len() || their_seq != SEQ {
             return Err(bad());
         }
         let body = &b[HDR..len];
@@ -158,9 +209,7 @@ fn parse(mut b: &[u8], seq: u32, port: u16, out: &mut Vec<(IpAddr, u32)>) -> io:
                 return Err(io::Error::from_raw_os_error(errno));
             }
             SOCK_DIAG_BY_FAMILY => {
-                if let Some(l) = listener(body, port) {
-                    out.push(l);
-                }
+                out.extend(socket(body));
             }
             _ => {}
         }
@@ -170,19 +219,16 @@ fn parse(mut b: &[u8], seq: u32, port: u16, out: &mut Vec<(IpAddr, u32)>) -> io:
     Ok(false)
 }
 
-/// One inet_diag_msg: a listener on `port`'s address and uid.
-fn listener(m: &[u8], port: u16) -> Option<(IpAddr, u32)> {
+/// One inet_diag_msg: the socket's address, port, state and uid.
+fn socket(m: &[u8]) -> Option<Socket> {
     let uid = u32::from_ne_bytes(m.get(MSG_UID..MSG_UID + 4)?.try_into().ok()?);
-    if m[1] != TCP_LISTEN || m[4..6] != port.to_be_bytes() {
-        return None;
-    }
     let src: [u8; 16] = m[8..24].try_into().ok()?;
     let ip = match i32::from(m[0]) {
         libc::AF_INET => IpAddr::from([src[0], src[1], src[2], src[3]]),
         libc::AF_INET6 => IpAddr::V6(Ipv6Addr::from(src)),
         _ => return None,
     };
-    Some((ip, uid))
+    Some((ip, u16::from_be_bytes([m[4], m[5]]), m[1], uid))
 }
 
 #[cfg(test)]
@@ -203,5 +249,19 @@ mod tests {
         drop(any);
         let gone = listener_uid(at);
         assert_eq!(gone.unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
+
+    /// A connection's server side is found by its four numbers, with
+    /// the listener's uid before it is accepted.
+    #[test]
+    fn a_connections_server_side_is_found_with_its_uid() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (local, server) = (c.local_addr().unwrap(), c.peer_addr().unwrap());
+        let me = nix::unistd::geteuid().as_raw();
+        assert_eq!(connection_uid(local, server).unwrap(), me);
+        drop(c);
+        drop(l);
+        assert!(connection_uid(local, server).is_err());
     }
 }

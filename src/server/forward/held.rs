@@ -35,19 +35,25 @@ pub(super) fn listener_uid(probe: &Socket) -> io::Result<u32> {
 }
 
 /// The uid of the listener a new connection `sock` to `to` reached,
-/// before it is relayed (its connect may be in progress: for TCP the
-/// listener is the one on `to` now, which is where the SYN went).
-pub(super) fn owner_uid(sock: &Socket, to: &ListenAddr) -> io::Result<u32> {
-    match to {
-        ListenAddr::Tcp(sa) => {
-            let ip = match sa.ip() {
-                IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-                ip => ip,
-            };
-            tcp_uid(SocketAddr::new(ip, sa.port()))
-        }
-        _ => peer_uid(sock),
+/// before it is relayed, or `want` if that is the uid of the
+/// connection's server side (the listener's until accepted; a process
+/// of uid `want` accepted it otherwise): one lookup, no walk of the
+/// listeners. Its connect may be in progress: for TCP the listener is
+/// the one on `to` now, which is where the SYN went.
+pub(super) fn owner_uid(sock: &Socket, to: &ListenAddr, want: u32) -> io::Result<u32> {
+    let ListenAddr::Tcp(sa) = to else {
+        return peer_uid(sock);
+    };
+    let ip = match sa.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let server = SocketAddr::new(ip, sa.port());
+    let local = sock.local_addr().ok().and_then(|a| a.as_socket());
+    match local.map(|l| super::diag::connection_uid(l, server)) {
+        Some(Ok(uid)) if uid == want => Ok(uid),
+        _ => tcp_uid(server),
     }
 }
 

@@ -676,7 +676,7 @@ impl Server {
             return Err(io::ErrorKind::Unsupported.into());
         };
         let (s, busy) = connect(to)?;
-        let uid = held::owner_uid(&s, to);
+        let uid = held::owner_uid(&s, to, self.backend_uid(idx));
         if !self.held_by_backend(idx, uid) {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
@@ -694,12 +694,8 @@ impl Server {
     /// `user`, or summond's own)? Another user's listener on `forward`
     /// is not the backend (`held.rs`).
     fn held_by_backend(&mut self, idx: usize, uid: io::Result<u32>) -> bool {
+        let want = self.backend_uid(idx);
         let spec = &self.services[idx].spec;
-        let want = spec
-            .credentials
-            .as_ref()
-            .and_then(|c| c.uid)
-            .unwrap_or_else(|| nix::unistd::geteuid().as_raw());
         let to = spec
             .forward
             .as_ref()
@@ -723,6 +719,13 @@ impl Server {
                 false
             }
         }
+    }
+
+    /// The uid service `idx`'s backend runs as: its `user`, or summond's.
+    fn backend_uid(&self, idx: usize) -> u32 {
+        (self.services[idx].spec.credentials.as_ref())
+            .and_then(|c| c.uid)
+            .unwrap_or_else(|| nix::unistd::geteuid().as_raw())
     }
 
     /// A warning about this start's probes, the first time only.
