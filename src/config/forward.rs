@@ -56,7 +56,7 @@ pub(super) fn to<'v>(cx: &mut Checker<'_>, key: &'static str, v: &'v Value<'v>, 
     let Some(text) = cx.string(key, v) else {
         return;
     };
-    match text.parse::<ListenAddr>() {
+    match text.parse::<ListenAddr>().map(unmapped) {
         Ok(addr) if addr.is_stream() => {
             if let Some(why) = unsafe_socket_path(&addr) {
                 cx.at(v.span(), invalid(key, why));
@@ -172,6 +172,21 @@ impl Checker<'_> {
 /// directory another user can change (the rule of `listen` paths with
 /// `socket_directory_mode`). A directory not there yet is checked again
 /// at each readiness probe, with the socket itself.
+/// An IPv4-mapped IPv6 address (`[::ffff:127.0.0.1]`) as the IPv4 one
+/// it names: a connect reaches the same listener either way, but the
+/// checks of who holds `forward` look among listeners of the address's
+/// own family, where an AF_INET listener is never found (the backend
+/// was never taken as ready, and probed 400 times a second until
+/// start_timeout).
+fn unmapped(addr: ListenAddr) -> ListenAddr {
+    match addr {
+        ListenAddr::Tcp(sa) => {
+            ListenAddr::Tcp(std::net::SocketAddr::new(sa.ip().to_canonical(), sa.port()))
+        }
+        other => other,
+    }
+}
+
 fn unsafe_socket_path(addr: &ListenAddr) -> Option<String> {
     use crate::safe_dir::SocketPathRefusal;
     let ListenAddr::Unix(crate::addr::UnixPath::File(path)) = addr else {

@@ -21,6 +21,24 @@ fn errs(text: &str, is_root: bool) -> Vec<String> {
     }
 }
 
+/// `forward` written as an IPv4-mapped IPv6 address is the IPv4 address
+/// (whose listeners the checks of who holds it search).
+#[test]
+fn a_mapped_forward_address_is_its_ipv4_address() {
+    let c = ok(
+        "[[service]]\nname = \"f\"\nlisten = \"tcp://127.0.0.1:7007\"\nexec = [\"cat\"]\n\
+                forward = \"tcp://[::ffff:127.0.0.1]:7008\"\n",
+    );
+    let to = &c.services[0].forward.as_ref().unwrap().to;
+    assert_eq!(to.to_string(), "tcp://127.0.0.1:7008");
+    let c = ok(
+        "[[service]]\nname = \"f\"\nlisten = \"tcp://127.0.0.1:7007\"\nexec = [\"cat\"]\n\
+                forward = \"tcp://[::1]:7008\"\n",
+    );
+    let to = &c.services[0].forward.as_ref().unwrap().to;
+    assert_eq!(to.to_string(), "tcp://[::1]:7008");
+}
+
 #[test]
 fn minimal_service_gets_the_defaults() {
     let c =
