@@ -1115,16 +1115,13 @@ fn a_daemon_a_backend_starts_does_not_outlive_its_stop() {
     let dir = TempDir::new("fwddaemon");
     let pidfile = dir.path("daemon.pid");
     let daemon = |backend: u16| {
-        format!(
-            "import os, socket, sys\n\
-         if os.fork(): sys.exit(0)\n\
-         os.setsid()\n\
-         if os.fork(): os._exit(0)\n\
-         s = socket.create_server(('127.0.0.1', {backend}))\n\
-         open({pidfile:?}, 'w').write(str(os.getpid()))\n\
-         while True:\n    \
-             c, _ = s.accept(); c.sendall(c.recv(100)); c.close()\n",
-            pidfile = pidfile.display().to_string()
+        py_echo(
+            "import os, sys\n\
+             if os.fork(): sys.exit(0)\n\
+             os.setsid()\n\
+             if os.fork(): os._exit(0)\n",
+            backend,
+            Some(&pidfile),
         )
     };
     let exec = |backend: u16| {
@@ -1184,17 +1181,14 @@ fn a_child_leaving_the_group_at_its_sigterm_does_not_outlive_the_stop() {
     let dir = TempDir::new("fwdsetsid");
     let pidfile = dir.path("child.pid");
     let child = |backend: u16| {
-        format!(
-            "import os, signal, socket\n\
+        py_echo(
+            "import os, signal\n\
              def term(*_):\n    \
                  try: os.setsid()\n    \
                  except OSError: pass\n\
-             signal.signal(signal.SIGTERM, term)\n\
-             s = socket.create_server(('127.0.0.1', {backend}))\n\
-             open({pidfile:?}, 'w').write(str(os.getpid()))\n\
-             while True:\n    \
-                 c, _ = s.accept(); c.sendall(c.recv(100)); c.close()\n",
-            pidfile = pidfile.display().to_string()
+             signal.signal(signal.SIGTERM, term)\n",
+            backend,
+            Some(&pidfile),
         )
     };
     let exec = |backend: u16| {
@@ -1225,13 +1219,30 @@ fn a_child_leaving_the_group_at_its_sigterm_does_not_outlive_the_stop() {
 /// An echo of one line per connection on `backend` that ignores
 /// SIGTERM, as `exec`.
 pub(crate) fn stubborn(backend: u16) -> String {
-    let py = format!(
-        "import signal, socket\n\
-         signal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
-         s = socket.create_server(('127.0.0.1', {backend}))\n\
-         while True:\n    c, _ = s.accept(); c.sendall(c.recv(100)); c.close()\n"
+    let py = py_echo(
+        "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n",
+        backend,
+        None,
     );
     format!("[\"python3\", \"-c\", {}]", toml_str(&py))
+}
+
+/// A Python backend: `prelude` (its own lines), then an echo of one
+/// read per connection on 127.0.0.1:`backend`, writing its pid to
+/// `pidfile` once it listens.
+fn py_echo(prelude: &str, backend: u16, pidfile: Option<&std::path::Path>) -> String {
+    let pid = pidfile.map_or(String::new(), |p| {
+        format!(
+            "open({:?}, 'w').write(str(os.getpid()))\n",
+            p.display().to_string()
+        )
+    });
+    format!(
+        "{prelude}import os, socket\n\
+         s = socket.create_server(('127.0.0.1', {backend}))\n\
+         {pid}\
+         while True:\n    c, _ = s.accept(); c.sendall(c.recv(100)); c.close()\n"
+    )
 }
 
 /// At summond's own stop a backend that ignores SIGTERM gets SIGKILL at

@@ -68,6 +68,30 @@ fn https_with_file(body: &[u8]) -> (TempDir, Pki, Summond, u16) {
     (certs, pki, s, port)
 }
 
+/// summond on `config`, its `{dir}/www/file` holding `file`.
+fn start_serving(file: &[u8], config: &str) -> Summond {
+    Summond::start_in(
+        with_www(file),
+        Start {
+            config,
+            ..Start::default()
+        },
+    )
+}
+
+/// A TLS client of the `cat` service on `port` whose byte came back: its
+/// connection is open and relayed (kept open to hold a drainer).
+fn echoing_client(
+    pki: &Pki,
+    port: u16,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let mut c = rustls_client(pki, port);
+    c.write_all(b"x").unwrap();
+    let mut one = [0u8; 1];
+    c.read_exact(&mut one).unwrap();
+    c
+}
+
 /// curl --cacert fetching `path` into `out`: whether it succeeded.
 fn curl(pki: &Pki, port: u16, path: &str, out: &std::path::Path) -> bool {
     Command::new("curl")
@@ -328,13 +352,7 @@ fn an_upgrade_mid_transfer_leaves_tls_connections_to_a_drainer_that_loses_nothin
         https_service(fwd, backend, &pki),
         tls_line(&pki, "")
     );
-    let s = Summond::start_in(
-        with_www(&data),
-        Start {
-            config: &config,
-            ..Start::default()
-        },
-    );
+    let s = start_serving(&data, &config);
     let _guard = KillOnDropLater(&s);
     let mut c1 = rustls_client(&pki, acc);
     let mut c2 = rustls_client(&pki, fwd);
@@ -514,19 +532,10 @@ fn ended_drained_connection_is_uncounted(upgrades: usize) {
         https_service(fwd, backend, &pki),
         tls_line(&pki, "")
     );
-    let s = Summond::start_in(
-        with_www(&data),
-        Start {
-            config: &config,
-            ..Start::default()
-        },
-    );
+    let s = start_serving(&data, &config);
     let _guard = KillOnDropLater(&s);
     // Held open across the upgrade (an idle client of another service).
-    let mut idle = rustls_client(&pki, acc);
-    idle.write_all(b"x").unwrap();
-    let mut one = [0u8; 1];
-    idle.read_exact(&mut one).unwrap();
+    let idle = echoing_client(&pki, acc);
     // A download under way at the upgrade, finished in the drainer.
     let mut c = rustls_client(&pki, fwd);
     c.write_all(b"GET /file HTTP/1.0\r\n\r\n").unwrap();
@@ -582,19 +591,10 @@ fn a_drainer_is_named_apart_and_outlives_summonds_signals_but_not_sigterm() {
          exec = [\"cat\", \"{{dir}}/www/file\"]\n{tls}[[service]]\nname = \"echo\"\n\
          listen = \"tcp://127.0.0.1:{idle_port}\"\nexec = [\"cat\"]\n{tls}"
     );
-    let s = Summond::start_in(
-        with_www(&data),
-        Start {
-            config: &config,
-            ..Start::default()
-        },
-    );
+    let s = start_serving(&data, &config);
     let _guard = KillOnDropLater(&s);
     // Keeps the drainer alive after the transfer, for SIGTERM.
-    let mut idle = rustls_client(&pki, idle_port);
-    idle.write_all(b"x").unwrap();
-    let mut one = [0u8; 1];
-    idle.read_exact(&mut one).unwrap();
+    let _idle = echoing_client(&pki, idle_port);
     let mut c = rustls_client(&pki, acc);
     let mut got = Vec::new();
     read_at_least(&mut c, &mut got, 1 << 20);
