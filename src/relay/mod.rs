@@ -242,16 +242,30 @@ impl<T> Relays<T> {
         if !preface.is_empty() {
             flows[0].preface(preface, &mut self.pipes)?;
         }
+        self.insert(registry, [front, back], flows, tag)
+    }
+
+    /// Both sides watched under the next relay's tokens, then the relay
+    /// in the table; on a failure neither stays registered (a token left
+    /// behind would name a relay that is not there).
+    fn insert(
+        &mut self,
+        registry: &Registry,
+        sides: [Side; 2],
+        flows: [Flow; 2],
+        tag: T,
+    ) -> io::Result<RelayId> {
         let id = self.next;
         let both = Interest::READABLE | Interest::WRITABLE;
-        registry.register(&mut SourceFd(&front.fd()), token(id, Which::Front), both)?;
-        if let Err(e) = registry.register(&mut SourceFd(&back.fd()), token(id, Which::Back), both) {
-            let _ = registry.deregister(&mut SourceFd(&front.fd()));
+        let [front, back] = [sides[0].fd(), sides[1].fd()];
+        registry.register(&mut SourceFd(&front), token(id, Which::Front), both)?;
+        if let Err(e) = registry.register(&mut SourceFd(&back), token(id, Which::Back), both) {
+            let _ = registry.deregister(&mut SourceFd(&front));
             return Err(e);
         }
         self.next += 1;
         let relay = Relay {
-            sides: [front, back],
+            sides,
             flows,
             queued: false,
             linger: None,
@@ -341,20 +355,7 @@ impl<T> Relays<T> {
     ) -> io::Result<RelayId> {
         let [up, down] = flows;
         let flows = [Flow::from_state(up), Flow::from_state(down)];
-        let id = self.next;
-        let both = Interest::READABLE | Interest::WRITABLE;
-        registry.register(&mut SourceFd(&sides[0].fd()), token(id, Which::Front), both)?;
-        registry.register(&mut SourceFd(&sides[1].fd()), token(id, Which::Back), both)?;
-        self.next += 1;
-        let relay = Relay {
-            sides,
-            flows,
-            queued: false,
-            linger: None,
-            tag,
-        };
-        self.conns.insert(id, relay);
-        Ok(RelayId(id))
+        self.insert(registry, sides, flows, tag)
     }
 
     /// From now on, once the back side of `id` has ended, its front has
