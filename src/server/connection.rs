@@ -35,7 +35,7 @@ use crate::peer::{canonical_addr, Peer, SourceKey};
 use crate::proxy::{Header, Version};
 use crate::queue::QueueHead;
 use crate::spawn::{self, FdMove};
-use crate::tls::{SslVars, HANDSHAKE_LIMIT};
+use crate::tls::{Failure, SslVars};
 use crate::upgrade::{ConnState, FrontState};
 use rustc_hash::FxHashMap;
 
@@ -43,6 +43,18 @@ use rustc_hash::FxHashMap;
 /// to its other sources (signals, the control socket, other listeners);
 /// a listener with clients left is served again on the next turn.
 const ACCEPT_BUDGET: usize = 64;
+
+/// What one accept of a `tls` service costs of `ACCEPT_BUDGET`: its
+/// ClientHello is answered at once (a key exchange and a signature,
+/// ~200 µs), and its handshake ends only when the loop reads the client's
+/// Finished, at a later poll. Accepting 64 such clients (twice: the
+/// budget again at the turn's end) before that poll let a few busy
+/// clients of one address, each on to its next connection before its
+/// last Finished was read, reach `HANDSHAKES_PER_SOURCE` (8 `openssl
+/// s_time` from 127.0.0.1 were refused so): 8 a turn keep the Finished
+/// messages read between bursts, and cost the loop what 64 plain
+/// accepts do.
+const TLS_ACCEPT_COST: usize = 8;
 
 /// An accepted client whose child could not be started for lack of fds or
 /// processes; it is started when the back-off ends instead of being
@@ -233,7 +245,12 @@ impl Server {
             ListenAddr::Tcp(sa) => Some(*sa),
             _ => None,
         };
-        for _ in 0..ACCEPT_BUDGET {
+        let cost = if self.services[idx].spec.tls.is_some() {
+            TLS_ACCEPT_COST
+        } else {
+            1
+        };
+        for _ in 0..ACCEPT_BUDGET / cost {
             if !self.gate_is_open(now) || self.front_is_full_for(idx) {
                 self.park(addr);
                 return;
@@ -579,15 +596,13 @@ impl Server {
             .deregister(&mut SourceFd(&conn.socket.as_raw_fd()));
         self.poller.tokens.remove(&token);
         self.timers.cancel(conn.timer);
-        let handshake = matches!(conn.work, Work::Handshake(_));
-        if handshake && self.front.handshakes() + 1 == HANDSHAKE_LIMIT {
-            // The TLS services' listeners were unwatched at the bound.
-            self.sync_all(Instant::now());
-        } else if handshake && self.front.was_at_share(conn.service) {
-            // Its service's were, at its share.
-            if let Some(idx) = self.services.index_of(conn.service) {
-                self.sync_service(idx, Instant::now());
-            }
+    }
+
+    /// At `HANDSHAKE_LIMIT`, `token`'s handshake gives its place to a
+    /// newcomer (`FrontTable::victim`): refused as `tls`, closed.
+    pub(super) fn evict_handshake(&mut self, token: mio::Token) {
+        if let Some(conn) = self.front.remove(token) {
+            self.front_failed(token, conn, FrontFailure::Tls(Failure::Evicted));
         }
     }
 

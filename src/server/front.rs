@@ -23,9 +23,12 @@
 //! header or do a handshake (`proxy_protocol`, `tls`) wait, their
 //! clients in the kernel backlog; other services' listeners are not held
 //! back by it. Handshakes are bounded as well by `HANDSHAKE_LIMIT` over
-//! all services, a share of it per TLS service, and per client (a
-//! quarter of a service's share there, `HANDSHAKES_PER_SOURCE` over
-//! all), which the table counts.
+//! all services and `HANDSHAKES_PER_SOURCE` per client, which the table
+//! counts; at `HANDSHAKE_LIMIT` a newcomer takes the place of a
+//! handshake of the service, and in it the client, holding the most
+//! (`victim`), so that no one (a service's silent clients, one address)
+//! can park the others, while a burst that contends with no one is
+//! served whole.
 
 use rustc_hash::FxHashMap;
 use std::fmt;
@@ -101,28 +104,14 @@ pub(super) fn local_wait() -> Duration {
 }
 
 /// Handshakes at once from one client (its per-source key) over all
-/// services: past this its next connection is refused (`tls`), so one
-/// client cannot hold the `HANDSHAKE_LIMIT` slots every TLS service
-/// shares (within one service it holds less: `FrontTable::per_client`).
-/// A quarter of them:
-/// a busy client's handshakes overlap more than its own concurrency says
-/// (8 `openssl s_time` had 17 in the table at times: each had moved on
-/// to its next connection before summond read its last Finished).
+/// services: past this its next connection is refused (`tls`), so that
+/// one address alone cannot fill the `HANDSHAKE_LIMIT` places (it takes
+/// four, and then newcomers take their places: `FrontTable::victim`).
+/// A quarter of them: a busy client's handshakes overlap more than its
+/// own concurrency says (8 `openssl s_time` had 17 in the table at
+/// times: each had moved on to its next connection before summond read
+/// its last Finished).
 pub(super) const HANDSHAKES_PER_SOURCE: u32 = 64;
-
-/// The smallest share of the handshake places a TLS service gets, however
-/// many there are: with more than 32 TLS services the shares add up to
-/// more than `HANDSHAKE_LIMIT`, which still bounds them all.
-const MIN_SHARE: usize = 8;
-
-/// One client holds at most a `SHARE_PARTS`th of a service's share (and
-/// at least `MIN_PER_CLIENT`): at a share's bound the service's listener
-/// is not watched, so a client that could fill the share alone would
-/// park the service for everyone (4 TLS services: 64 places each, which
-/// one client at `HANDSHAKES_PER_SOURCE` filled with silent connections;
-/// real clients waited 8-9 s in the backlog behind them).
-const SHARE_PARTS: u32 = 4;
-const MIN_PER_CLIENT: u32 = 2;
 
 /// What the loop waits for on a connection before dispatch.
 pub(super) enum Work {
@@ -188,10 +177,6 @@ pub(super) struct FrontTable {
     handshakes_in: Counter<ServiceId>,
     handshakes_from: Counter<SourceKey>,
     handshakes_from_in: Counter<(ServiceId, SourceKey)>,
-    /// How many handshakes one service may hold (`HANDSHAKE_LIMIT` over
-    /// the number of TLS services, at least `MIN_SHARE`); 0 until the
-    /// first config says.
-    share: u32,
     /// Where headers are peeked into and read: one for all, allocated at
     /// the first connection of a service with `proxy_protocol`.
     buf: Vec<MaybeUninit<u8>>,
@@ -214,35 +199,10 @@ impl FrontTable {
         self.per_service.get(&id).copied().unwrap_or(0)
     }
 
-    /// `HANDSHAKE_LIMIT` handshakes are running: TLS clients wait.
+    /// `HANDSHAKE_LIMIT` handshakes are running: a newcomer takes the
+    /// place of one (`victim`) or is refused.
     pub fn handshakes_full(&self) -> bool {
         self.handshakes >= HANDSHAKE_LIMIT
-    }
-
-    /// A config with `tls_services` TLS services is in force: each may
-    /// hold an equal share of the handshake places, so that the silent
-    /// clients of one (which the per-client bound does not stop when
-    /// they come from a few addresses) cannot take every place and
-    /// park the others.
-    pub fn set_tls_services(&mut self, tls_services: usize) {
-        let share = HANDSHAKE_LIMIT / tls_services.max(1);
-        self.share = u32::try_from(share.max(MIN_SHARE)).unwrap_or(u32::MAX);
-    }
-
-    /// Service `id` holds its share of the handshake places, or all of
-    /// them are taken: its clients wait in the backlog.
-    pub fn handshakes_full_for(&self, id: ServiceId) -> bool {
-        self.handshakes_full() || (self.handshakes > 0 && self.handshakes_in.get(&id) >= self.share)
-    }
-
-    /// Service `id` held its share until one of its handshakes just left
-    /// the table: its listeners may be watched again.
-    pub fn was_at_share(&self, id: ServiceId) -> bool {
-        self.handshakes_in.get(&id) + 1 == self.share
-    }
-
-    pub fn handshakes(&self) -> usize {
-        self.handshakes
     }
 
     /// Handshakes of service `id` running for client `key`: they hold
@@ -262,21 +222,38 @@ impl FrontTable {
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
-    /// How many handshakes one client may hold in one service: a
-    /// quarter of the share (at least `MIN_PER_CLIENT`, at most
-    /// `HANDSHAKES_PER_SOURCE`), so no one address fills a share.
-    pub fn per_client(&self) -> u32 {
-        (self.share / SHARE_PARTS).clamp(MIN_PER_CLIENT, HANDSHAKES_PER_SOURCE)
+    /// May one more handshake from `key` start: under
+    /// `HANDSHAKES_PER_SOURCE` over all services?
+    pub fn may_handshake(&self, key: Option<&SourceKey>) -> bool {
+        key.is_none_or(|k| self.handshakes_from.get(k) < HANDSHAKES_PER_SOURCE)
     }
 
-    /// May one more handshake of service `id` from `key` start: under
-    /// its bound in the service (`per_client`) and over all
-    /// (`HANDSHAKES_PER_SOURCE`)?
-    pub fn may_handshake(&self, id: ServiceId, key: Option<&SourceKey>) -> bool {
-        key.is_none_or(|k| {
-            self.handshakes_from.get(k) < HANDSHAKES_PER_SOURCE
-                && self.handshakes_from_in.get(&(id, *k)) < self.per_client()
-        })
+    /// At `HANDSHAKE_LIMIT`, the handshake a newcomer of service `id`
+    /// from `key` takes the place of: in the service holding the most
+    /// (another only if it holds more than `id`: under contention each
+    /// service keeps at least an equal share, and a busy one lends what
+    /// it does not use), of the client holding the most there, the one
+    /// nearest its deadline (a silent one before one whose hello is in,
+    /// then the oldest). None when the newcomer's own client holds as
+    /// many as any there: it is the one refused (`tls`). A scan of the
+    /// table (at most `FRONT_MAX`), only at the bound.
+    pub fn victim(&self, id: ServiceId, key: Option<&SourceKey>) -> Option<Token> {
+        let mine = self.handshakes_in.get(&id);
+        let (top, most) = self.handshakes_in.iter().max_by_key(|(_, n)| *n)?;
+        let from = if most > mine { *top } else { id };
+        let handshakes = || {
+            self.conns
+                .iter()
+                .filter(move |(_, c)| c.service == from && matches!(c.work, Work::Handshake(_)))
+        };
+        // Clients without a per-source key (a Unix socket's) are one.
+        let unkeyed = u32::try_from(handshakes().filter(|(_, c)| c.source.is_none()).count())
+            .unwrap_or(u32::MAX);
+        let held =
+            |k: Option<&SourceKey>| k.map_or(unkeyed, |k| self.handshakes_from_in.get(&(from, *k)));
+        let newcomer = if from == id { held(key) } else { 0 };
+        let candidates = handshakes().map(|(t, c)| (held(c.source.as_ref()), c.timer.at(), *t));
+        pick(candidates, newcomer)
     }
 
     /// A connection registered under `token`, with its timer set.
@@ -436,6 +413,19 @@ impl FrontTable {
     }
 }
 
+/// Of `(held by its client, deadline, token)`, the token of a handshake
+/// whose client holds the most (more than `newcomer`, what the
+/// newcomer's client holds), the nearest its deadline among them.
+fn pick(
+    candidates: impl Iterator<Item = (u32, std::time::Instant, Token)>,
+    newcomer: u32,
+) -> Option<Token> {
+    candidates
+        .max_by_key(|(held, at, token)| (*held, std::cmp::Reverse(*at), *token))
+        .filter(|(held, ..)| *held > newcomer)
+        .map(|(.., token)| token)
+}
+
 /// A `Work::Local` connection out of the table, its header taken out.
 fn waited(mut conn: FrontConn) -> Step {
     match std::mem::replace(&mut conn.work, Work::Header(Version::Any)) {
@@ -550,14 +540,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_client_holds_a_quarter_of_its_services_share_never_all_of_it() {
-        let mut table = FrontTable::default();
-        for (services, share, per_client) in [(1, 256, 64), (4, 64, 16), (32, 8, 2), (100, 8, 2)] {
-            table.set_tls_services(services);
-            assert_eq!(table.share, share, "{services} services");
-            assert_eq!(table.per_client(), per_client, "{services} services");
-            assert!(table.per_client() < table.share);
-        }
+    fn a_newcomer_takes_the_place_nearest_its_deadline_of_the_client_holding_most() {
+        let now = std::time::Instant::now();
+        let at = |ms| now + Duration::from_millis(ms);
+        // Client A holds 3, B 1: A's nearest its deadline goes.
+        let held = [
+            (3, at(30), Token(1)),
+            (3, at(10), Token(2)),
+            (1, at(5), Token(3)),
+        ];
+        assert_eq!(pick(held.iter().copied(), 0), Some(Token(2)));
+        assert_eq!(pick(held.iter().copied(), 2), Some(Token(2)));
+        // The newcomer's client holds as many as the most: it is refused.
+        assert_eq!(pick(held.iter().copied(), 3), None);
+        // Clients holding one each: the nearest its deadline.
+        let ones = [(1, at(30), Token(1)), (1, at(10), Token(2))];
+        assert_eq!(pick(ones.iter().copied(), 0), Some(Token(2)));
+        assert_eq!(pick(std::iter::empty(), 0), None);
     }
 
     /// A pair over loopback: summond's accepted end and the client.

@@ -681,11 +681,7 @@ impl Server {
     /// max_instances, the crash hold)
     fn service_may_spawn(&self, idx: usize, now: Instant) -> bool {
         let svc = &self.services[idx];
-        svc.may_spawn(self.active(svc.id), now)
-            && self.forward.may_take(svc.id)
-            // At the bound on handshakes, or this service's share of
-            // them, its TLS clients wait in the backlog.
-            && (svc.spec.tls.is_none() || !self.front.handshakes_full_for(svc.id))
+        svc.may_spawn(self.active(svc.id), now) && self.forward.may_take(svc.id)
     }
 
     /// What service `id` has running: children, and for an internal
@@ -1280,12 +1276,6 @@ impl Server {
             .guard_datagrams(&self.services, &self.sockets, Instant::now());
         self.internal.retime(&self.services);
         self.retire_changed_backends();
-        let tls = self
-            .services
-            .iter()
-            .filter(|s| s.spec.tls.is_some())
-            .count();
-        self.front.set_tls_services(tls);
         crate::logging::set_format(new.daemon.log_format);
         // Each service holds its spec; the config keeps the rest.
         self.config = new;

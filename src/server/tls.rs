@@ -44,10 +44,22 @@ impl Server {
     ) {
         let now = Instant::now();
         let id = self.services[idx].id;
-        if !self.front.may_handshake(id, source.as_ref()) {
+        if !self.front.may_handshake(source.as_ref()) {
             let why = RefuseReason::Tls(Failure::TooMany);
             self.refuse(idx, &conn, &peer, source, why, now);
             return;
+        }
+        if self.front.handshakes_full() {
+            // Every place is taken: this client takes one of the service
+            // and client holding the most, unless it is that client.
+            match self.front.victim(id, source.as_ref()) {
+                Some(token) => self.evict_handshake(token),
+                None => {
+                    let why = RefuseReason::Tls(Failure::TooMany);
+                    self.refuse(idx, &conn, &peer, source, why, now);
+                    return;
+                }
+            }
         }
         let name = self.services[idx].spec.name.clone();
         let Some(config) = self.services[idx].tls_config() else {

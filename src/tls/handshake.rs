@@ -24,10 +24,11 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// of `HANDSHAKE_TIMEOUT` for its certificate and Finished.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
 /// Handshakes at once over all services. Each holds rustls's state (a few
-/// KiB) and costs a key exchange and a signature; at the bound the TLS
-/// services' listeners are not watched, so new clients wait in the kernel
-/// backlog (as at `max_instances`) until a handshake ends, at the latest
-/// by its timeout.
+/// KiB) and costs a key exchange and a signature; at the bound a new
+/// client takes the place of one of the service and client holding the
+/// most, or is refused if its own client holds the most (the loop's
+/// `FrontTable::victim`), so that those holding places cannot park
+/// everyone else's in the backlog.
 pub const HANDSHAKE_LIMIT: usize = 256;
 
 /// Reads and writes per `drive` before the loop turns to other sources.
@@ -56,6 +57,9 @@ pub enum Failure {
     /// Refused before it started: this client has too many handshakes
     /// running already.
     TooMany,
+    /// Let go at `HANDSHAKE_LIMIT` for a newcomer: its client held the
+    /// most handshakes of the service holding the most.
+    Evicted,
 }
 
 impl fmt::Display for Failure {
@@ -69,6 +73,7 @@ impl fmt::Display for Failure {
             Failure::Protocol => "TLS handshake failed",
             Failure::Io => "connection failed during the TLS handshake",
             Failure::TooMany => "too many TLS handshakes at once from this client",
+            Failure::Evicted => "TLS handshake let go for another client's (all places taken)",
         })
     }
 }

@@ -36,6 +36,7 @@ mod sockets;
 mod status_page;
 mod systemd;
 mod tls;
+mod tls_burst;
 mod tls_forward;
 mod unix_sockets;
 mod upgrade;
