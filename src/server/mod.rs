@@ -24,7 +24,8 @@
 //! 2. The gate over all services (`gate_is_open`: `max_children`, the
 //!    resource back-off): shut, the listener is parked (`park`) and its
 //!    clients wait in the backlog until `unpark`.
-//! 3. `accept_connections`: accepts up to `ACCEPT_BUDGET` while the gate
+//! 3. `accept_connections`: accepts up to `ACCEPT_BUDGET` (a `tls`
+//!    service's cost `TLS_ACCEPT_COST` each) while the gate
 //!    and the service's own limits (`service_may_spawn` →
 //!    `ServiceRuntime::may_spawn`: `max_instances`, then `may_start`:
 //!    crash hold, `rate`) allow; clients left over are queued for the

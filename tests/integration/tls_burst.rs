@@ -82,10 +82,10 @@ fn a_burst_from_one_address_is_served_whole_on_one_of_forty_tls_services() {
 /// handshake: none is ever refused. Before, the loop accepted and
 /// answered up to 128 hellos before it read any Finished, so the
 /// handshakes of the one address piled past its bound (64) and summond
-/// refused some ("too many TLS handshakes at once from this client");
-/// how often depends on scheduling (seen on a quiet machine in the
-/// third of three 4 s rounds), so this test cannot fail every time
-/// without the fix.
+/// refused some ("too many TLS handshakes at once from this client"):
+/// this test failed so in 3 runs of 3 (debug build, within its first
+/// round), but it hangs on scheduling and cannot be made to fail every
+/// time without the fix.
 #[test]
 fn eight_clients_doing_handshake_after_handshake_are_never_refused() {
     if !tools_or_skip("tls_sequential", &["openssl", "timeout"]) {
