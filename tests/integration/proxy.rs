@@ -564,6 +564,7 @@ fn behind_haproxy_a_unix_frontend_client_that_sends_nothing_gets_the_childs_outp
         skip("haproxy_unix_frontend", "no haproxy");
         return;
     };
+    let mut missed = 0;
     for path in [&v1, &v2] {
         // haproxy binds its unix frontends after the TCP one the start
         // waits for (a temporary name renamed into place once listening).
@@ -574,7 +575,10 @@ fn behind_haproxy_a_unix_frontend_client_that_sends_nothing_gets_the_childs_outp
         );
         // haproxy itself now and then closes a client that shut its side
         // before the server's answer came (the child was started and
-        // wrote: summond's log says so); a few tries, and never a check.
+        // wrote: summond's log says so), or resets its server connection
+        // before the 200 ms wait ended, which is a check's way out (a
+        // header, then a reset): a few tries, and at most one check per
+        // try that got nothing.
         let attempt = || {
             let mut c = std::os::unix::net::UnixStream::connect(path.to_string()).unwrap();
             c.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -589,11 +593,16 @@ fn behind_haproxy_a_unix_frontend_client_that_sends_nothing_gets_the_childs_outp
             "{path}: {got:?}\n{}",
             s.log_text()
         );
+        missed += got.iter().filter(|o| o.is_empty()).count();
     }
     let page = exchange(metrics, b"GET /metrics HTTP/1.0\r\n\r\n", 1);
+    let checks = page
+        .lines()
+        .find_map(|l| l.strip_prefix("summond_health_checks_total{service=\"app\"} "))
+        .and_then(|n| n.trim().parse::<usize>().ok());
     assert!(
-        page.contains("summond_health_checks_total{service=\"app\"} 0\n"),
-        "{page}"
+        checks.is_some_and(|n| n <= missed),
+        "{missed} tries got nothing\n{page}"
     );
 }
 
