@@ -207,6 +207,10 @@ pub struct WaitingState {
     pub fd: RawFd,
     pub peer: Peer,
     pub source: Option<SourceKey>,
+    /// A socket pair's end whose other end a drainer relays a TLS
+    /// session to, the PROXY header (if any) written by it: none to add.
+    #[serde(default)]
+    pub framed: bool,
 }
 
 /// A drainer an image forked at a live upgrade (`server/drainer.rs`).
@@ -380,6 +384,13 @@ pub struct FrontState {
     /// Absent from an older image's state.
     #[serde(default)]
     pub local: Option<crate::proxy::Header>,
+    /// A socket pair's end whose other end a drainer finishes a forward
+    /// service's TLS handshake on (`Work::Drained`); `source` is then the
+    /// client's per-source key. Absent from an older image's state.
+    #[serde(default)]
+    pub drained: bool,
+    #[serde(default)]
+    pub source: Option<SourceKey>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

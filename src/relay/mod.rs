@@ -45,6 +45,7 @@ use rustc_hash::FxHashMap;
 
 mod drain;
 mod flow;
+mod pending;
 mod side;
 #[cfg(test)]
 mod tests;
@@ -52,6 +53,7 @@ mod tls;
 
 use flow::{Flow, FlowError, Pipes, Stop};
 pub use flow::{FlowState, HOLD};
+pub use pending::{Pending, Preface, Session};
 pub use side::{Io, Side};
 pub use tls::TlsIo;
 

@@ -59,7 +59,7 @@ pub struct TlsIo {
 }
 
 /// Borrowing an fd as a `Read + Write` for rustls.
-struct Fd<'a>(&'a OwnedFd);
+pub(super) struct Fd<'a>(pub &'a OwnedFd);
 
 impl Read for Fd<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {

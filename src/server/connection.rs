@@ -589,7 +589,7 @@ impl Server {
 
     /// Out of the poll set (a child would keep the registration alive
     /// with its copy of the socket), its token and timer gone.
-    fn leave_front(&mut self, token: mio::Token, conn: &FrontConn) {
+    pub(super) fn leave_front(&mut self, token: mio::Token, conn: &FrontConn) {
         let _ = self
             .poller
             .registry()
@@ -616,11 +616,15 @@ impl Server {
             .filter_map(|(_, c)| match &c.work {
                 Work::Header(version) => Some((c, *version, None)),
                 // A header already taken off the socket goes in the
-                // state; a handshake's rustls state cannot cross an exec.
+                // state; a handshake's rustls state cannot cross an exec
+                // (a forward one's is a drainer's by now: `Drained`).
                 Work::Local(header, version) => Some((c, *version, Some((**header).clone()))),
+                Work::Drained => Some((c, Version::Any, None)),
                 Work::Handshake(_) => None,
             })
             .map(|(c, version, local)| FrontState {
+                drained: matches!(c.work, Work::Drained),
+                source: c.source,
                 fd: c.socket.as_raw_fd(),
                 addr: c.addr.to_string(),
                 service: self.services.name_of(c.service).to_string(),
@@ -664,9 +668,10 @@ impl Server {
                 continue;
             }
             self.poller.tokens.insert(token, TokenKind::Front);
-            let most = match c.local {
-                Some(_) => front::local_wait(),
-                None => HEADER_TIMEOUT,
+            let most = match (c.local.is_some(), c.drained) {
+                (true, _) => front::local_wait(),
+                (_, true) => super::drained::DRAINED_WAIT,
+                _ => HEADER_TIMEOUT,
             };
             let at =
                 handed + std::time::Duration::from_nanos(c.left_ns.min(most.as_nanos() as u64));
@@ -677,10 +682,11 @@ impl Server {
                 addr,
                 service,
                 peer: c.peer,
-                source: None,
-                work: match c.local {
-                    Some(header) => Work::Local(Box::new(header), c.version),
-                    None => Work::Header(c.version),
+                source: c.source.filter(|_| c.drained),
+                work: match (c.local, c.drained) {
+                    (Some(header), _) => Work::Local(Box::new(header), c.version),
+                    (None, true) => Work::Drained,
+                    (None, false) => Work::Header(c.version),
                 },
                 timer,
             };

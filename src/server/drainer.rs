@@ -67,7 +67,9 @@ impl Server {
     /// If the fork fails they stay here, and close with the exec.
     pub(super) fn fork_drainer(&mut self) {
         let drained = self.relays.split_off_tls(self.poller.registry());
-        if drained.is_empty() {
+        // And the forward-mode TLS clients not relayed yet (drained.rs).
+        let pairs = self.pair_tls_pending();
+        if drained.is_empty() && pairs.is_empty() {
             return;
         }
         let forward = || (drained.iter()).filter(|(_, t, ..)| t.kind == Kind::Forward);
@@ -89,6 +91,7 @@ impl Server {
                 .ok();
         let mut keep = drained.fds();
         keep.extend(pipe.as_ref().map(|(_, w)| w.as_raw_fd()));
+        keep.extend(&pairs.keep);
         // The syslog socket, if summond logs there: the drainer's lines
         // (its end, its errors) go where summond's go.
         keep.extend(crate::logging::fds());
@@ -97,13 +100,16 @@ impl Server {
         match unsafe { fork() } {
             Ok(ForkResult::Child) => {
                 let tell = pipe.map(|(_, w)| (w, numbers));
-                drain(drained, cutoffs, tell, &keep)
+                let pending = self.take_tls_pending(pairs);
+                drain(drained, cutoffs, pending, tell, &keep)
             }
             Ok(ForkResult::Parent { child }) => {
                 info!(event = "upgrade";
-                    "upgrade: {} TLS connections go on in drainer pid {child}", drained.len());
+                    "upgrade: {} TLS connections go on in drainer pid {child}",
+                    drained.len() + pairs.len());
                 // Its copies of the fds close here; they are the drainer's.
                 drop(drained);
+                self.hand_tls_pending(pairs);
                 let ends = pipe.and_then(|(r, _)| self.watch_ends(child, r));
                 self.drainers.push(Drainer {
                     pid: child,
@@ -305,12 +311,13 @@ impl Server {
 fn drain(
     drained: Relays<Relayed>,
     cutoffs: Vec<(Instant, RelayId)>,
+    pending: Vec<crate::relay::Pending<Relayed>>,
     tell: Option<(OwnedFd, FxHashMap<RelayId, u32>)>,
     keep: &[RawFd],
 ) -> ! {
     become_drainer();
     close_all_but(keep);
-    let n = drained.len();
+    let n = drained.len() + pending.len();
     let end = |c: &crate::relay::Closed<Relayed>, cut: bool| {
         if cut {
             let t = &c.tag;
@@ -323,7 +330,7 @@ fn drain(
             let _ = nix::unistd::write(pipe, &n.to_ne_bytes());
         }
     };
-    let code = match drained.drain_alone(cutoffs, end) {
+    let code = match drained.drain_alone(cutoffs, pending, end) {
         Ok(_) => {
             info!("its {n} TLS connections ended");
             0

@@ -125,6 +125,10 @@ pub(super) enum Work {
     /// reset (a check, counted) or `LOCAL_WAIT` (served: a check that
     /// waits for the service's banner).
     Local(Box<Header>, Version),
+    /// A socket pair's end whose other end a drainer finishes a TLS
+    /// handshake on (`drained.rs`): its one byte when done (the session
+    /// and its PROXY header follow), its EOF when it failed.
+    Drained,
 }
 
 /// A connection the loop works on before dispatch.
@@ -373,6 +377,11 @@ impl FrontTable {
                 }
                 return self.remove(token).map_or(Step::Wait, waited);
             }
+            Work::Drained => match drained_mark(&conn.socket) {
+                None => return Step::Wait,
+                Some(true) => Ok(None),
+                Some(false) => Err(FrontFailure::Tls(Failure::Closed)),
+            },
         };
         let Some(conn) = self.remove(token) else {
             return Step::Wait;
@@ -406,7 +415,7 @@ impl FrontTable {
         let conn = self.remove(token)?;
         let why = match conn.work {
             Work::Header(_) => FrontFailure::Proxy(ProxyRefusal::Late),
-            Work::Handshake(_) => FrontFailure::Tls(Failure::Timeout),
+            Work::Handshake(_) | Work::Drained => FrontFailure::Tls(Failure::Timeout),
             Work::Local(..) => return Some(waited(conn)),
         };
         Some(Step::Failed(conn, why))
@@ -424,6 +433,18 @@ fn pick(
         .max_by_key(|(held, at, token)| (*held, std::cmp::Reverse(*at), *token))
         .filter(|(held, ..)| *held > newcomer)
         .map(|(.., token)| token)
+}
+
+/// What a drainer's end says: its one byte (the handshake is done),
+/// `Some(false)` at EOF or an error (it failed), `None` for nothing yet.
+fn drained_mark(socket: &Socket) -> Option<bool> {
+    let mut mark = [MaybeUninit::uninit(); 1];
+    match socket.recv_with_flags(&mut mark, libc::MSG_DONTWAIT) {
+        Ok(1) => Some(true),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => None,
+        _ => Some(false),
+    }
 }
 
 /// A `Work::Local` connection out of the table, its header taken out.

@@ -96,6 +96,7 @@ use crate::status_page;
 
 mod children;
 mod connection;
+mod drained;
 mod drainer;
 mod endpoints;
 mod exit;

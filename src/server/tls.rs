@@ -108,7 +108,10 @@ impl Server {
         let now = Instant::now();
         let idx = self.services.index_of(conn.service);
         let forward = idx.is_some_and(|i| self.services[i].spec.forward.is_some());
-        if let (true, Some(i)) = (forward, idx) {
+        let drained = matches!(conn.work, Work::Drained);
+        if let (true, true, Some(i)) = (forward, drained, idx) {
+            self.forward_framed_client(i, conn.socket, conn.peer, conn.source);
+        } else if let (true, Some(i)) = (forward, idx) {
             self.forward_tls(i, conn);
         } else {
             self.start_relay(conn);

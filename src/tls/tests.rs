@@ -445,7 +445,11 @@ fn split_off_tls_takes_only_tls_connections_and_drain_alone_serves_them_to_their
     r.c.send_close_notify();
     let drained = r.relays.split_off_tls(r.poll.registry());
     assert_eq!((r.relays.len(), drained.len()), (1, 1));
-    let server = std::thread::spawn(move || drained.drain_alone(Vec::new(), |_, _| ()).unwrap());
+    let server = std::thread::spawn(move || {
+        drained
+            .drain_alone(Vec::new(), Vec::new(), |_, _| ())
+            .unwrap()
+    });
     let (mut got, mut child_eof) = (Vec::new(), false);
     let (mut back, mut client_end) = (Vec::new(), false);
     let end = Instant::now() + Duration::from_secs(20);
@@ -475,7 +479,7 @@ fn drain_alone_closes_a_connection_at_its_cutoff() {
     let server = std::thread::spawn(move || {
         let mut cut = 0;
         let ended = drained
-            .drain_alone(cutoff, |_, was_cut| cut += was_cut as usize)
+            .drain_alone(cutoff, Vec::new(), |_, was_cut| cut += was_cut as usize)
             .unwrap();
         (ended, cut)
     });

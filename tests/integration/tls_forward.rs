@@ -188,11 +188,19 @@ fn a_backend_killed_mid_transfer_closes_its_tls_client() {
 
 /// A rustls client connected to `port` (SNI localhost, ALPN http/1.1),
 /// its handshake done.
-#[allow(deprecated)] // ring: no post-quantum groups, as summond itself
 pub(crate) fn rustls_client(
     pki: &Pki,
     port: u16,
 ) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let mut stream = hello_only(pki, port);
+    stream.flush().unwrap();
+    stream
+}
+
+/// A client of `port` that has sent its ClientHello and nothing more:
+/// its handshake is in progress at summond.
+#[allow(deprecated)] // ring: no post-quantum groups, as summond itself
+fn hello_only(pki: &Pki, port: u16) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     let ca = std::fs::read(pki.path("ca.pem")).unwrap();
     for c in CertificateDer::pem_slice_iter(&ca) {
@@ -211,7 +219,7 @@ pub(crate) fn rustls_client(
     sock.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let mut stream = rustls::StreamOwned::new(conn, sock);
-    stream.flush().unwrap();
+    stream.conn.write_tls(&mut stream.sock).unwrap();
     stream
 }
 
@@ -627,6 +635,88 @@ fn a_drainer_is_named_apart_and_outlives_summonds_signals_but_not_sigterm() {
     assert!(
         s.wait_log(&format!("drainer pid {pid} was killed by SIGTERM")),
         "{}",
+        s.log_text()
+    );
+}
+
+/// The socat echo behind TLS with a v2 header and ALPN, its backend
+/// started after `delay` seconds, `max_instances = 2`.
+fn echo_service(pki: &Pki, port: u16, backend: u16, delay: &str) -> String {
+    format!(
+        r#"
+[daemon]
+control = "{{dir}}/ctl"
+[[service]]
+name = "echo"
+listen = "tcp://127.0.0.1:{port}"
+exec = ["sh", "-c", "sleep {delay}; exec socat -t 30 TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork EXEC:cat"]
+forward = "tcp://127.0.0.1:{backend}"
+forward_proxy_protocol = "v2"
+max_instances = 2
+{}"#,
+        tls_line(pki, ", alpn = [\"http/1.1\"]")
+    )
+}
+
+/// `c`'s echo of 1 MiB after its v2 header (with ALPN and SNI) is exact.
+fn echoes_exactly(s: &Summond, c: rustls::StreamOwned<rustls::ClientConnection, TcpStream>) {
+    let data = pattern(1 << 20, 5);
+    let back = echo(c, &data).unwrap_or_else(|e| panic!("{e}\n{}", s.log_text()));
+    assert!(
+        back.len() > data.len(),
+        "{} bytes back\n{}",
+        back.len(),
+        s.log_text()
+    );
+    let (header, echo) = back.split_at(back.len() - data.len());
+    assert!(echo == data, "the echo differs\n{}", s.log_text());
+    assert_eq!(&header[..12], b"\r\n\r\n\0\r\nQUIT\n");
+    let want = [&[0x01, 0, 8][..], b"http/1.1", &[0x02, 0, 9], b"localhost"].concat();
+    assert_eq!(&header[28..], want, "{header:?}");
+}
+
+/// Upgrade `s` (its `n`th) and wait for the new image.
+fn upgrade(s: &Summond, n: usize) {
+    s.signal(nix::libc::SIGUSR2);
+    assert!(
+        wait_until(TIMEOUT, || s.log_count(" serving ") == n + 1),
+        "{}",
+        s.log_text()
+    );
+}
+
+/// A TLS client held while its backend starts (it listens after 2 s) at
+/// an upgrade: the new image starts relaying it once the backend is
+/// ready (the drainer carries its session to a socket pair the image
+/// holds as a plaintext client), byte-exact with its header; then two
+/// clients at once are served under max_instances = 2 (nothing left
+/// counted). On main it was cut at the exec.
+#[test]
+fn a_tls_client_held_for_a_starting_backend_is_served_after_an_upgrade() {
+    if !tools_or_skip("tls held across upgrade", &["socat"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let (port, backend) = (free_port(), free_port());
+    let s = Summond::start(&echo_service(&pki, port, backend, "2"));
+    let _guard = KillOnDropLater(&s);
+    let c = rustls_client(&pki, port);
+    assert!(s.wait_log("starting the backend"), "{}", s.log_text());
+    upgrade(&s, 1);
+    assert!(
+        s.log_text()
+            .contains("1 TLS connections go on in drainer pid"),
+        "{}",
+        s.log_text()
+    );
+    echoes_exactly(&s, c);
+    let held = echoing_client(&pki, port);
+    echoes_exactly(&s, rustls_client(&pki, port));
+    drop(held);
+    assert!(
+        s.wait_log("TLS connections from before an upgrade)"),
+        "the drainer was not reaped\n{}",
         s.log_text()
     );
 }

@@ -75,6 +75,7 @@ impl Server {
                 fd: w.conn.as_raw_fd(),
                 peer: w.peer.clone(),
                 source: w.source,
+                framed: w.framed,
             }));
             let (Some(state), Some(phase)) = (backend_state(b), phase_of(&b.state, now)) else {
                 continue;
@@ -257,7 +258,49 @@ impl Server {
             peer: w.peer,
             source: w.source,
             tls: None,
+            framed: w.framed,
         });
+    }
+
+    /// The TLS clients held for a backend, in an order the image and its
+    /// drainer share after the fork (the same memory): their sockets.
+    pub(in crate::server) fn held_tls(&self) -> Vec<std::os::fd::RawFd> {
+        (self.forward.backends.values())
+            .flat_map(|b| b.waiting.iter().filter(|w| w.tls.is_some()))
+            .map(|w| w.conn.as_raw_fd())
+            .collect()
+    }
+
+    /// In the drainer: the first `n` of `held_tls`, out of its copy of
+    /// the queues, with their service's `forward_proxy_protocol`.
+    pub(in crate::server) fn take_held_tls(&mut self, n: usize) -> Vec<(usize, Waiting)> {
+        let mut out = Vec::new();
+        for (id, b) in &mut self.forward.backends {
+            let idx = self.services.index_of(*id);
+            let mut rest = std::collections::VecDeque::new();
+            for w in std::mem::take(&mut b.waiting) {
+                match (w.tls.is_some() && out.len() < n, idx) {
+                    (true, Some(idx)) => out.push((idx, w)),
+                    _ => rest.push_back(w),
+                }
+            }
+            b.waiting = rest;
+        }
+        out
+    }
+
+    /// In the image: the first of `held_tls` are now plaintext clients
+    /// on `ends` (a drainer relays their sessions to the other ends,
+    /// their PROXY header first): they cross the exec as any held client.
+    pub(in crate::server) fn frame_held_tls(&mut self, ends: Vec<Socket>) {
+        let mut ends = ends.into_iter();
+        let held = (self.forward.backends.values_mut())
+            .flat_map(|b| b.waiting.iter_mut().filter(|w| w.tls.is_some()));
+        for (w, end) in held.zip(&mut ends) {
+            w.conn = end;
+            w.tls = None;
+            w.framed = true;
+        }
     }
 
     /// One relayed connection the previous image handed over.

@@ -138,12 +138,16 @@ impl State {
 
 /// A client held while its backend starts.
 pub(super) struct Waiting {
-    conn: Socket,
-    peer: Peer,
-    source: Option<SourceKey>,
+    pub(super) conn: Socket,
+    pub(super) peer: Peer,
+    pub(super) source: Option<SourceKey>,
     /// A `tls` service's client: its session, handshake done (the
-    /// relay's front side is then TLS; an upgrade cannot hand it over).
-    tls: Option<Box<ServerConnection>>,
+    /// relay's front side is then TLS; an upgrade hands it to a drainer,
+    /// `drained.rs`).
+    pub(super) tls: Option<Box<ServerConnection>>,
+    /// Its PROXY header (if any) is in its stream already: a TLS client
+    /// a drainer serves at the other end of this socket pair wrote it.
+    framed: bool,
 }
 
 /// One service's backend.
@@ -319,7 +323,7 @@ fn self_connected(s: &Socket) -> bool {
 /// Behind TLS, a v2 header also names what the client asked for: its
 /// ALPN protocol (PP2_TYPE_ALPN) and server name (PP2_TYPE_AUTHORITY),
 /// as haproxy sends them; nothing else of the session.
-fn proxy_header(
+pub(in crate::server) fn proxy_header(
     version: Option<crate::config::ProxyHeader>,
     peer: &Peer,
     tls: Option<&ServerConnection>,
@@ -400,6 +404,27 @@ impl Server {
             peer,
             source,
             tls: None,
+            framed: false,
+        };
+        self.forward_waiting(idx, w);
+    }
+
+    /// Step 1 for a `tls` service's client whose handshake a drainer
+    /// finished (`drained.rs`): `conn` is a socket pair's end, its
+    /// PROXY header (if any) in the stream.
+    pub(super) fn forward_framed_client(
+        &mut self,
+        idx: usize,
+        conn: Socket,
+        peer: Peer,
+        source: Option<SourceKey>,
+    ) {
+        let w = Waiting {
+            conn,
+            peer,
+            source,
+            tls: None,
+            framed: true,
         };
         self.forward_waiting(idx, w);
     }
@@ -418,6 +443,7 @@ impl Server {
             peer,
             source,
             tls: Some(Box::new(tls)),
+            framed: false,
         };
         self.forward_waiting(idx, w);
     }
@@ -846,6 +872,7 @@ impl Server {
             peer,
             source,
             tls,
+            framed,
         } = w;
         let id = self.services[idx].id;
         let name = self.services[idx].name.clone();
@@ -873,7 +900,10 @@ impl Server {
                 runtime_timer: None,
                 kind: Kind::Forward,
             };
-            let header = proxy_header(fwd_proxy, &peer, tls.as_deref());
+            let header = match framed {
+                true => Vec::new(),
+                false => proxy_header(fwd_proxy, &peer, tls.as_deref()),
+            };
             let front = match tls {
                 Some(tls) => Side::tls(OwnedFd::from(conn), *tls),
                 None => Side::stream(OwnedFd::from(conn)),

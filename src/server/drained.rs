@@ -1,0 +1,210 @@
+//! Forward-mode TLS clients not relayed yet at a live upgrade: a
+//! handshake in progress, or a session held while its backend starts.
+//! Their rustls state cannot cross the exec, so each gets a socket pair:
+//! the drainer (`drainer.rs`, its copy of this memory) takes the client
+//! and its session, finishes the handshake (`relay::Pending`) and relays
+//! the session to one end, its PROXY header first; the image keeps the
+//! other end in the client's place, as a plaintext client:
+//!
+//! - a handshake: in the front table (`Work::Drained`), until the
+//!   drainer's one byte says it is done (then the client goes to its
+//!   backend as any, `framed`: its header is in the stream) or its EOF
+//!   says it failed (refused, never counted);
+//! - a held client: held on (`Waiting::framed`), so the backend's start,
+//!   its readiness and the relay to it stay the image's.
+//!
+//! Either crosses the exec as a plaintext connection does. Accept-mode
+//! handshakes are not taken: their child would be started by the image
+//! without the session's `SSL_*` variables; they close with the exec.
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
+use nix::unistd::Pid;
+use socket2::{Domain, Socket, Type};
+
+use super::forward::proxy_header;
+use super::front::{FrontConn, Work};
+use super::poller::TokenKind;
+use super::relays::{Kind, Relayed};
+use super::timers::Timer;
+use super::Server;
+use crate::peer::{Peer, SourceKey};
+use crate::relay::{Pending, Preface, Session};
+
+/// Handshakes in progress are not taken yet: in the one test of them
+/// the drainer finished the handshake and relayed its first bytes, but
+/// the client's data after it never woke the drainer (not understood
+/// yet); they close with the exec, as before.
+const TAKE_HANDSHAKES: bool = false;
+
+/// What the drainer writes first on a pair's end once a handshake is
+/// done (before the PROXY header, if any).
+const MARK: u8 = b'+';
+
+/// The most a `Work::Drained` end waits for its byte: the drainer ends
+/// the handshake by `HANDSHAKE_TIMEOUT` at the latest (its EOF comes
+/// then), so this only bounds a drainer that stopped.
+pub(super) const DRAINED_WAIT: Duration =
+    Duration::from_secs(crate::tls::HANDSHAKE_TIMEOUT.as_secs() + 1);
+
+/// The pairs made before the fork: for each handshake (by its front
+/// token) and each held client (in `held_tls`'s order), the drainer's
+/// end and the image's.
+pub(super) struct Pairs {
+    front: Vec<(Token, OwnedFd, Socket)>,
+    held: Vec<(OwnedFd, Socket)>,
+    /// The client sockets and the drainer's ends: the drainer keeps them.
+    pub keep: Vec<RawFd>,
+}
+
+impl Pairs {
+    pub fn is_empty(&self) -> bool {
+        self.front.is_empty() && self.held.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.front.len() + self.held.len()
+    }
+}
+
+/// A socket pair: the drainer's end, the image's (non-blocking).
+fn pair() -> Option<(OwnedFd, Socket)> {
+    let (a, b) = Socket::pair(Domain::UNIX, Type::STREAM, None)
+        .inspect_err(|e| warn!("upgrade: no socket pair for a TLS client ({e}): it closes"))
+        .ok()?;
+    b.set_nonblocking(true).ok()?;
+    Some((OwnedFd::from(a), b))
+}
+
+impl Server {
+    /// Before the drainer's fork: a pair for each forward-mode TLS
+    /// client not relayed yet (one without closes with the exec).
+    pub(super) fn pair_tls_pending(&self) -> Pairs {
+        let mut pairs = Pairs {
+            front: Vec::new(),
+            held: Vec::new(),
+            keep: Vec::new(),
+        };
+        let forward = |id| {
+            (self.services.index_of(id)).is_some_and(|i| self.services[i].spec.forward.is_some())
+        };
+        let handshakes = (self.front.iter())
+            .filter(|(_, c)| matches!(c.work, Work::Handshake(_)) && forward(c.service))
+            .filter(|_| TAKE_HANDSHAKES);
+        for (token, c) in handshakes {
+            let Some((a, b)) = pair() else { break };
+            pairs.keep.extend([c.socket.as_raw_fd(), a.as_raw_fd()]);
+            pairs.front.push((*token, a, b));
+        }
+        for fd in self.held_tls() {
+            let Some((a, b)) = pair() else { break };
+            pairs.keep.extend([fd, a.as_raw_fd()]);
+            pairs.held.push((a, b));
+        }
+        pairs
+    }
+
+    /// In the drainer: those clients out of its copy of the tables,
+    /// each to be finished and relayed to its pair's end.
+    pub(super) fn take_tls_pending(&mut self, pairs: Pairs) -> Vec<Pending<Relayed>> {
+        let mut out = Vec::new();
+        for (token, a, _) in pairs.front {
+            let Some(c) = self.front.remove(token) else {
+                continue;
+            };
+            let (Work::Handshake(hs), Some(idx)) = (c.work, self.services.index_of(c.service))
+            else {
+                continue;
+            };
+            let (banner, then) = (self.services[idx].spec.banner.clone(), self.header(idx));
+            let peer = c.peer.clone();
+            let preface: Preface = Box::new(move |tls| {
+                if let Some(text) = banner {
+                    let _ = tls.writer().write_all(text.as_bytes());
+                }
+                let mut out = vec![MARK];
+                out.extend(then(&peer, tls));
+                out
+            });
+            let tag = self.pending_tag(idx, c.peer, c.source);
+            let (fd, deadline) = (OwnedFd::from(c.socket), c.timer.at());
+            let session = Session::Handshaking(hs);
+            out.push((fd, session, deadline, a, tag, preface));
+        }
+        let held = self.take_held_tls(pairs.held.len());
+        for ((idx, w), (a, _)) in held.into_iter().zip(pairs.held) {
+            let Some(tls) = w.tls else { continue };
+            let (then, peer) = (self.header(idx), w.peer.clone());
+            let preface: Preface = Box::new(move |tls| then(&peer, tls));
+            let tag = self.pending_tag(idx, w.peer, w.source);
+            let fd = OwnedFd::from(w.conn);
+            out.push((fd, Session::Done(tls), Instant::now(), a, tag, preface));
+        }
+        (out.into_iter())
+            .map(|(fd, session, deadline, back, tag, preface)| Pending {
+                fd,
+                session,
+                deadline,
+                back,
+                tag,
+                preface,
+            })
+            .collect()
+    }
+
+    /// Service `idx`'s PROXY header for a client, as `forward` sends it.
+    fn header(&self, idx: usize) -> impl Fn(&Peer, &rustls::ServerConnection) -> Vec<u8> {
+        let version = self.services[idx]
+            .spec
+            .forward
+            .as_ref()
+            .and_then(|f| f.proxy);
+        move |peer, tls| proxy_header(version, peer, Some(tls))
+    }
+
+    fn pending_tag(&self, idx: usize, peer: Peer, source: Option<SourceKey>) -> Relayed {
+        Relayed {
+            service: self.services[idx].id,
+            name: self.services[idx].name.clone(),
+            pid: Pid::from_raw(0),
+            peer,
+            source,
+            runtime_timer: None,
+            kind: Kind::Child,
+        }
+    }
+
+    /// In the image, the drainer forked: each client is now its pair's
+    /// other end (the drainer has the client's socket).
+    pub(super) fn hand_tls_pending(&mut self, pairs: Pairs) {
+        let now = Instant::now();
+        for (token, _, end) in pairs.front {
+            let Some(c) = self.front.remove(token) else {
+                continue;
+            };
+            self.leave_front(token, &c);
+            let token = self.poller.tokens.next();
+            let fd = end.as_raw_fd();
+            let registry = self.poller.registry();
+            if let Err(e) = registry.register(&mut SourceFd(&fd), token, Interest::READABLE) {
+                info!("closing {}: {e}", c.peer);
+                continue;
+            }
+            self.poller.tokens.insert(token, TokenKind::Front);
+            let timer = self.timers.add(now + DRAINED_WAIT, Timer::FrontDue(token));
+            let conn = FrontConn {
+                socket: end,
+                work: Work::Drained,
+                timer,
+                ..c
+            };
+            self.front.insert(token, conn);
+        }
+        self.frame_held_tls(pairs.held.into_iter().map(|(_, b)| b).collect());
+    }
+}
