@@ -36,12 +36,6 @@ use super::Server;
 use crate::peer::{Peer, SourceKey};
 use crate::relay::{Pending, Preface, Session};
 
-/// Handshakes in progress are not taken yet: in the one test of them
-/// the drainer finished the handshake and relayed its first bytes, but
-/// the client's data after it never woke the drainer (not understood
-/// yet); they close with the exec, as before.
-const TAKE_HANDSHAKES: bool = false;
-
 /// What the drainer writes first on a pair's end once a handshake is
 /// done (before the PROXY header, if any).
 const MARK: u8 = b'+';
@@ -72,11 +66,13 @@ impl Pairs {
     }
 }
 
-/// A socket pair: the drainer's end, the image's (non-blocking).
+/// A socket pair: the drainer's end, the image's (both non-blocking:
+/// the relay's, each side).
 fn pair() -> Option<(OwnedFd, Socket)> {
     let (a, b) = Socket::pair(Domain::UNIX, Type::STREAM, None)
         .inspect_err(|e| warn!("upgrade: no socket pair for a TLS client ({e}): it closes"))
         .ok()?;
+    a.set_nonblocking(true).ok()?;
     b.set_nonblocking(true).ok()?;
     Some((OwnedFd::from(a), b))
 }
@@ -94,8 +90,7 @@ impl Server {
             (self.services.index_of(id)).is_some_and(|i| self.services[i].spec.forward.is_some())
         };
         let handshakes = (self.front.iter())
-            .filter(|(_, c)| matches!(c.work, Work::Handshake(_)) && forward(c.service))
-            .filter(|_| TAKE_HANDSHAKES);
+            .filter(|(_, c)| matches!(c.work, Work::Handshake(_)) && forward(c.service));
         for (token, c) in handshakes {
             let Some((a, b)) = pair() else { break };
             pairs.keep.extend([c.socket.as_raw_fd(), a.as_raw_fd()]);

@@ -16,6 +16,9 @@
 //! which closes it then. An accept-mode
 //! TLS child keeps its end of the socket pair, and stays the image's
 //! child as any other; plaintext relays are handed over as before.
+//! Forward-mode TLS clients not relayed yet (a handshake, a client held
+//! for a starting backend) go to it too, each over a socket pair whose
+//! other end the image keeps (`drained.rs`).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Instant;

@@ -675,6 +675,30 @@ fn echoes_exactly(s: &Summond, c: rustls::StreamOwned<rustls::ClientConnection, 
     assert_eq!(&header[28..], want, "{header:?}");
 }
 
+/// What summond's fds are, but the relay's spare pipes (a pool, kept).
+fn open_fds(s: &Summond) -> Vec<String> {
+    let dir = std::fs::read_dir(format!("/proc/{}/fd", s.pid())).unwrap();
+    let links = dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok());
+    (links.map(|l| l.display().to_string()))
+        .filter(|l| !l.starts_with("pipe:"))
+        .collect()
+}
+
+/// Once the drainer was reaped, summond holds `base`'s fds again.
+fn drainer_gone_and_no_fd_left(s: &Summond, base: &[String]) {
+    assert!(
+        s.wait_log("TLS connections from before an upgrade)"),
+        "the drainer was not reaped\n{}",
+        s.log_text()
+    );
+    assert!(
+        wait_until(TIMEOUT, || open_fds(s).len() == base.len()),
+        "{:?} open, {base:?} before\n{}",
+        open_fds(s),
+        s.log_text()
+    );
+}
+
 /// Upgrade `s` (its `n`th) and wait for the new image.
 fn upgrade(s: &Summond, n: usize) {
     s.signal(nix::libc::SIGUSR2);
@@ -685,12 +709,55 @@ fn upgrade(s: &Summond, n: usize) {
     );
 }
 
-/// A TLS client held while its backend starts (it listens after 2 s) at
-/// an upgrade: the new image starts relaying it once the backend is
-/// ready (the drainer carries its session to a socket pair the image
-/// holds as a plaintext client), byte-exact with its header; then two
-/// clients at once are served under max_instances = 2 (nothing left
-/// counted). On main it was cut at the exec.
+/// Two clients stalled after their ClientHello at an upgrade (backend
+/// ready): the drainer finishes both handshakes. One then sends junk:
+/// its handshake fails there and the new image never counts it; the
+/// other's echo comes back byte-exact with its header (ALPN, SNI), and
+/// while it is open a new client is served under max_instances = 2 (the
+/// failed one is not counted). On main both handshakes were cut.
+#[test]
+fn a_handshake_in_progress_at_an_upgrade_is_finished_by_the_drainer() {
+    if !tools_or_skip("tls handshake across upgrade", &["socat"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let (port, backend) = (free_port(), free_port());
+    let s = Summond::start(&echo_service(&pki, port, backend, "0"));
+    let _guard = KillOnDropLater(&s);
+    echoes_exactly(&s, rustls_client(&pki, port));
+    // What an upgrade with nothing to drain leaves open.
+    upgrade(&s, 1);
+    let base = open_fds(&s);
+    let good = hello_only(&pki, port);
+    let mut bad = hello_only(&pki, port);
+    upgrade(&s, 2);
+    assert!(
+        s.log_text()
+            .contains("2 TLS connections go on in drainer pid"),
+        "{}",
+        s.log_text()
+    );
+    // Not TLS: the drainer's handshake fails, the client is closed.
+    bad.sock.write_all(&[0x17; 64]).unwrap();
+    let mut rest = Vec::new();
+    let _ = bad.sock.read_to_end(&mut rest);
+    let mut good = good;
+    good.flush().unwrap();
+    let held = echoing_client(&pki, port);
+    echoes_exactly(&s, good);
+    echoes_exactly(&s, rustls_client(&pki, port));
+    drop(held);
+    drainer_gone_and_no_fd_left(&s, &base);
+}
+
+/// A TLS client held while its backend starts (it listens after 2 s),
+/// and one stalled after its ClientHello, at an upgrade: the new image
+/// relays both once the backend is ready (the drainer carries their
+/// sessions to socket pairs the image holds as plaintext clients),
+/// byte-exact with their header; then two clients at once are served
+/// under max_instances = 2 (nothing left counted), and no fd is left.
+/// On main both were cut at the exec.
 #[test]
 fn a_tls_client_held_for_a_starting_backend_is_served_after_an_upgrade() {
     if !tools_or_skip("tls held across upgrade", &["socat"]) {
@@ -701,22 +768,24 @@ fn a_tls_client_held_for_a_starting_backend_is_served_after_an_upgrade() {
     let (port, backend) = (free_port(), free_port());
     let s = Summond::start(&echo_service(&pki, port, backend, "2"));
     let _guard = KillOnDropLater(&s);
+    // What an upgrade with nothing to drain leaves open.
+    upgrade(&s, 1);
+    let base = open_fds(&s);
     let c = rustls_client(&pki, port);
     assert!(s.wait_log("starting the backend"), "{}", s.log_text());
-    upgrade(&s, 1);
+    let mut stalled = hello_only(&pki, port);
+    upgrade(&s, 2);
     assert!(
         s.log_text()
-            .contains("1 TLS connections go on in drainer pid"),
+            .contains("2 TLS connections go on in drainer pid"),
         "{}",
         s.log_text()
     );
+    stalled.flush().unwrap();
     echoes_exactly(&s, c);
+    echoes_exactly(&s, stalled);
     let held = echoing_client(&pki, port);
     echoes_exactly(&s, rustls_client(&pki, port));
     drop(held);
-    assert!(
-        s.wait_log("TLS connections from before an upgrade)"),
-        "the drainer was not reaped\n{}",
-        s.log_text()
-    );
+    drainer_gone_and_no_fd_left(&s, &base);
 }
