@@ -710,7 +710,8 @@ fn upgrade(s: &Summond, n: usize) {
 }
 
 /// Two clients stalled after their ClientHello at an upgrade (backend
-/// ready): the drainer finishes both handshakes. One then sends junk:
+/// ready): the drainer finishes both handshakes (the good one's after
+/// one more upgrade). One then sends junk:
 /// its handshake fails there and the new image never counts it; the
 /// other's echo comes back byte-exact with its header (ALPN, SNI), and
 /// while it is open a new client is served under max_instances = 2 (the
@@ -742,6 +743,8 @@ fn a_handshake_in_progress_at_an_upgrade_is_finished_by_the_drainer() {
     bad.sock.write_all(&[0x17; 64]).unwrap();
     let mut rest = Vec::new();
     let _ = bad.sock.read_to_end(&mut rest);
+    // The image's end of `good`'s pair crosses one more upgrade.
+    upgrade(&s, 3);
     let mut good = good;
     good.flush().unwrap();
     let held = echoing_client(&pki, port);
@@ -775,6 +778,8 @@ fn a_tls_client_held_for_a_starting_backend_is_served_after_an_upgrade() {
     assert!(s.wait_log("starting the backend"), "{}", s.log_text());
     let mut stalled = hello_only(&pki, port);
     upgrade(&s, 2);
+    // Held (plaintext now) across one more, the backend still starting.
+    upgrade(&s, 3);
     assert!(
         s.log_text()
             .contains("2 TLS connections go on in drainer pid"),
