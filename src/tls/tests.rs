@@ -493,3 +493,58 @@ fn drain_alone_closes_a_connection_at_its_cutoff() {
     }
     assert_eq!(server.join().unwrap(), (1, 1), "ended, of which cut");
 }
+
+/// A drainer's pending handshakes (an upgrade's, `relay::Pending`): one
+/// driven to its end is relayed to its pair's end, its preface first
+/// and the session's SNI given to it; one whose hello never came closes
+/// at its deadline (its pair's end sees EOF, nothing before). The
+/// drainer ends with them, its table empty from the start.
+#[test]
+fn drain_alone_finishes_a_pending_handshake_and_closes_one_past_its_deadline() {
+    use crate::relay::{Pending, Session};
+    let ((net, wire), (back, end)) = (pair(), pair());
+    let ((silent_net, _silent), (silent_back, silent_end)) = (pair(), pair());
+    let far = Instant::now() + Duration::from_secs(20);
+    let soon = Instant::now() + Duration::from_millis(200);
+    // Built in the drainer's thread: a preface is not Send.
+    let server = std::thread::spawn(move || {
+        let config = server_config(&spec(MinVersion::Tls13)).unwrap();
+        let pending = |net: Socket, back: Socket, deadline| Pending {
+            fd: OwnedFd::from(net),
+            session: Session::Handshaking(Box::new(Handshake::new(&config).unwrap())),
+            deadline,
+            back: OwnedFd::from(back),
+            tag: (),
+            preface: Box::new(|tls: &mut rustls::ServerConnection| {
+                format!("+{}\n", tls.server_name().unwrap_or("-")).into_bytes()
+            }),
+        };
+        let both = vec![
+            pending(net, back, far),
+            pending(silent_net, silent_back, soon),
+        ];
+        let drained: Relays<()> = Relays::default();
+        drained.drain_alone(Vec::new(), both, |_, _| ()).unwrap()
+    });
+    let mut c = client();
+    let (mut got, mut silent_got) = (Vec::new(), Vec::new());
+    let (mut eof, mut silent_eof, mut said) = (false, false, false);
+    while !(eof && silent_eof) {
+        assert!(Instant::now() < far, "stalled");
+        if !c.is_handshaking() && !said {
+            said = true;
+            c.writer().write_all(b"hi").unwrap();
+            c.send_close_notify();
+        }
+        client_io(&mut c, &wire);
+        eof = eof || take(&end, &mut got);
+        if eof {
+            end.shutdown(std::net::Shutdown::Write).ok();
+        }
+        silent_eof = silent_eof || take(&silent_end, &mut silent_got);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(got, b"+localhost\nhi");
+    assert!(silent_got.is_empty(), "{silent_got:?}");
+    assert_eq!(server.join().unwrap(), 1, "one relayed, ended");
+}
