@@ -386,6 +386,19 @@ pub fn reapply(listener: &Listener, opts: &ListenOptions) -> Result<(), ListenEr
     Ok(())
 }
 
+/// A handed socket (LISTEN_FDS) keeps the options its service manager
+/// gave it, but one whose clients speak first (`defer_accept`: PROXY
+/// headers, TLS) gets TCP_DEFER_ACCEPT as summond's own would: accepted
+/// with its first bytes in, not parked in the loop. TCP only.
+pub fn defer_handed(listener: &Listener, opts: &ListenOptions) -> Result<(), ListenError> {
+    match (opts.defer_accept, &listener.addr) {
+        (Some(secs), ListenAddr::Tcp(_)) => {
+            set_defer_accept(&listener.socket, secs).map_err(ListenError::Socket)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// TCP_DEFER_ACCEPT (0 clears it); socket2 does not offer it.
 fn set_defer_accept(s: &Socket, secs: u32) -> io::Result<()> {
     let value = nix::libc::c_int::try_from(secs).unwrap_or(nix::libc::c_int::MAX);

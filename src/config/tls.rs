@@ -43,6 +43,10 @@ pub(super) fn tls<'v>(cx: &mut Checker<'_>, k: &'static str, v: &'v Value<'v>, d
         return;
     };
     cx.check_keys(table, "tls", TLS_KEYS);
+    // A TLS client speaks first (its ClientHello): accepted once that is
+    // in, its handshake starts at accept, and a silent peer waits in the
+    // kernel's queue, not in a handshake place.
+    d.socket.defer_accept = Some(crate::proxy::DEFER_SECS);
     let cert = cx.tls_file(v, field(table, "cert"), "cert");
     let key = cx.tls_file(v, field(table, "key"), "key");
     let client_ca = field(table, "client_ca").map(|c| cx.tls_file(v, Some(c), "client_ca"));

@@ -31,7 +31,8 @@ pub const UNIQUE_ID_MAX: usize = 128;
 /// SPEC: a header has this many seconds to arrive once summond has the
 /// connection (the loop's deadline).
 pub const HEADER_SECS: u32 = 5;
-/// TCP_DEFER_ACCEPT on the listener of a service that takes headers: the
+/// TCP_DEFER_ACCEPT on the listener of a service that takes headers (and
+/// of a TLS service, whose client also speaks first): the
 /// kernel holds a connection that has sent nothing about this long (one
 /// SYN-ACK retransmission) before summond accepts it. Short: a balancer
 /// sends its header at once, and a silent peer held longer would only

@@ -83,10 +83,13 @@ impl Origin {
         let mut made = match self.handed.remove(addr) {
             Some(socket) => {
                 // From the previous image of an upgrade it is no news.
+                let adopted = listener::adopt(addr.clone(), socket)?;
+                // An upgrade's socket takes its options at take_over.
                 if !self.opts.resumed {
                     info!("{owner}: {addr} adopted from the service manager");
+                    listener::defer_handed(&adopted, &opts)?;
                 }
-                listener::adopt(addr.clone(), socket)
+                Ok(adopted)
             }
             None => listener::open(addr, opts),
         }?;

@@ -332,3 +332,41 @@ fn listen_fds_naming_a_closed_fd_never_take_one_summond_opened() {
         s.pid().to_string()
     );
 }
+
+/// A socket handed by the service manager keeps its own options, but the
+/// listener of a service whose clients speak first (`proxy_protocol`)
+/// gets TCP_DEFER_ACCEPT as a socket summond binds would; a plain one is
+/// left as it came.
+#[test]
+fn a_handed_listener_of_a_proxy_service_gets_defer_accept() {
+    let activate = std::path::Path::new("/usr/bin/systemd-socket-activate");
+    if !activate.exists() {
+        skip(
+            "a_handed_listener_of_a_proxy_service_gets_defer_accept",
+            "systemd-socket-activate is not installed",
+        );
+        return;
+    }
+    let (plain, proxied) = (free_port(), free_port());
+    let (a, b) = (format!("127.0.0.1:{plain}"), format!("127.0.0.1:{proxied}"));
+    let s = Summond::start_with(Start {
+        config: &format!(
+            "[[service]]\nname = \"plain\"\nlisten = \"tcp://{a}\"\nexec = {}\n\
+             [[service]]\nname = \"proxied\"\nlisten = \"tcp://{b}\"\nexec = {}\n\
+             proxy_protocol = \"v1\"\nproxy_from = [\"127.0.0.0/8\"]\n",
+            sh("echo plain"),
+            sh("echo proxied $REMOTE_ADDR")
+        ),
+        wrapper: &[activate.to_str().unwrap(), "-l", &a, "-l", &b, "--"],
+        wait_ready: false,
+        ..Start::default()
+    });
+    assert!(wait_until(TIMEOUT, || listening_inode(plain).is_some()));
+    // This client starts summond, and is served by it.
+    assert_eq!(tcp_port_exchange(plain, b""), "plain\n");
+    assert!(s.wait_log(" serving 2 services"), "{}", s.log_text());
+    assert_eq!(listener_defer_accept(s.pid(), proxied), Some(1));
+    assert_eq!(listener_defer_accept(s.pid(), plain), Some(0));
+    let header = b"PROXY TCP4 192.0.2.1 127.0.0.1 1234 80\r\n";
+    assert_eq!(tcp_port_exchange(proxied, header), "proxied 192.0.2.1\n");
+}

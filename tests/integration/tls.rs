@@ -1266,3 +1266,82 @@ fn a_client_silent_before_its_hello_goes_before_one_stalled_after_it() {
         s.log_text()
     );
 }
+
+/// The clients of a TLS service and of one with `proxy_protocol` speak
+/// first: their listeners have TCP_DEFER_ACCEPT (a silent peer waits in
+/// the kernel, not in a handshake place or the header table), a plain
+/// one has none, and a reload that turns `tls` off and `proxy_protocol`
+/// on moves it from one listener to the other.
+#[test]
+fn tls_and_proxy_listeners_defer_accept_and_a_reload_moves_it() {
+    if !tools_or_skip("defer_accept", &["openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let (tls, plain) = (free_port(), free_port());
+    let plain_service = |more: &str| {
+        format!(
+            "[[service]]\nname = \"p\"\nlisten = \"tcp://127.0.0.1:{plain}\"\nexec = {}\n{more}",
+            sh("echo plain")
+        )
+    };
+    let s = Summond::start(&(tls_service(tls, &sh("echo served"), &pki, "") + &plain_service("")));
+    assert_eq!(listener_defer_accept(s.pid(), tls), Some(1));
+    assert_eq!(listener_defer_accept(s.pid(), plain), Some(0));
+    let (ok, out) = s_client(&pki, tls, &[], b"");
+    assert!(ok && out.contains("served"), "{out}\n{}", s.log_text());
+
+    let untls = format!(
+        "[[service]]\nname = \"t\"\nlisten = \"tcp://127.0.0.1:{tls}\"\nexec = {}\n",
+        sh("echo served")
+    );
+    let proxied = "proxy_protocol = \"v1\"\nproxy_from = [\"127.0.0.0/8\"]\n";
+    assert!(
+        s.reload(&(untls + &plain_service(proxied))),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(listener_defer_accept(s.pid(), tls), Some(0));
+    assert_eq!(listener_defer_accept(s.pid(), plain), Some(1));
+    assert_eq!(tcp_port_exchange(tls, b""), "served\n");
+    let header = b"PROXY TCP4 192.0.2.1 127.0.0.1 1234 80\r\n";
+    assert_eq!(tcp_port_exchange(plain, header), "plain\n");
+}
+
+/// A client that connects and stays silent past the listener's
+/// TCP_DEFER_ACCEPT second is still served (Linux accepts it once the
+/// second is over, it is not dropped): a TLS client whose ClientHello
+/// comes 1.5 s late gets its ServerHello, and a PROXY header that comes
+/// as late starts its child.
+#[test]
+fn clients_that_speak_after_the_defer_second_are_served() {
+    if !tools_or_skip("defer_accept_late", &["openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let (tls, proxied) = (free_port(), free_port());
+    let proxy_service = format!(
+        "[[service]]\nname = \"p\"\nlisten = \"tcp://127.0.0.1:{proxied}\"\nexec = {}\n\
+         proxy_protocol = \"v1\"\nproxy_from = [\"127.0.0.0/8\"]\n",
+        sh("echo plain")
+    );
+    let s = Summond::start(&(tls_service(tls, &sh("cat"), &pki, "") + &proxy_service));
+    let mut late_tls = std::net::TcpStream::connect(("127.0.0.1", tls)).unwrap();
+    let mut late_header = std::net::TcpStream::connect(("127.0.0.1", proxied)).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    late_tls.write_all(&client_hello()).unwrap();
+    late_header
+        .write_all(b"PROXY TCP4 192.0.2.1 127.0.0.1 1234 80\r\n")
+        .unwrap();
+    late_tls.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut record = [0u8; 5];
+    late_tls.read_exact(&mut record).unwrap();
+    // A handshake record: the ServerHello.
+    assert_eq!(record[0], 0x16, "{record:?}\n{}", s.log_text());
+    late_header.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut out = String::new();
+    late_header.read_to_string(&mut out).unwrap();
+    assert_eq!(out, "plain\n", "{}", s.log_text());
+}

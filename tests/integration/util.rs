@@ -1081,3 +1081,29 @@ pub fn upgrade_ok(s: &Summond, control: &Path) {
     let (code, out, err) = run_to_exit(&["upgrade", "--control", control.to_str().unwrap()]);
     assert_eq!(code, 0, "upgrade: {out}{err}\n{}", s.log_text());
 }
+
+/// TCP_DEFER_ACCEPT of the loopback TCP listener on `port` as process
+/// `pid` holds it (seconds, as the kernel reports them; 0 when unset),
+/// read on a copy of its fd (pidfd_getfd: the test's own child, or root).
+pub fn listener_defer_accept(pid: i32, port: u16) -> Option<i32> {
+    use nix::libc;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let fd = fd_of_socket(pid, &listening_inode(port)?)?;
+    let own = |fd: libc::c_long| (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    // SAFETY: plain syscalls; each fd returned is owned at once.
+    let pidfd = own(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    let copy = own(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) })?;
+    let mut secs: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `secs`.
+    let rc = unsafe {
+        libc::getsockopt(
+            copy.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&raw mut secs).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(secs)
+}
