@@ -17,6 +17,10 @@
 # (/proc/PID/stat; socat's forked children are in cutime once reaped).
 #
 #   benches/relay.sh [ROUNDS] [BYTES] [CONNS]
+#
+# BASE=/path/to/summond adds that build as "summond-base" (its own
+# backend, same config) beside this tree's, for an A/B in one run;
+# ONLY="summond summond-base" runs just those.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/lib.sh
@@ -32,7 +36,7 @@ RB=$PWD/target/release/examples/relaybench
 HZ=$(getconf CLK_TCK)
 PROXYD=$(command -v systemd-socket-proxyd || echo /lib/systemd/systemd-socket-proxyd)
 
-read -r BACK SUMMOND HAPROXY PROXYD_PORT SOCAT COLD COLD_BACK OWN_BACK < <(free_ports 8)
+read -r BACK SUMMOND HAPROXY PROXYD_PORT SOCAT COLD COLD_BACK OWN_BACK BASE_PORT BASE_BACK < <(free_ports 10)
 WORK=$(mktemp -d)
 pids=()
 cleanup() {
@@ -59,6 +63,19 @@ EOF
 "$BIN" -c "$WORK/summond.toml" --log-level warn 2>"$WORK/summond.log" &
 pids+=($!)
 SUMMOND_PID=$!
+BASE_PID=
+if [ -n "${BASE:-}" ]; then
+  cat >"$WORK/base.toml" <<EOF
+[[service]]
+name = "relay"
+listen = "tcp://127.0.0.1:$BASE_PORT"
+exec = ["$RB", "serve", "$BASE_BACK"]
+forward = "tcp://127.0.0.1:$BASE_BACK"
+EOF
+  "$BASE" -c "$WORK/base.toml" --log-level warn 2>"$WORK/base.log" &
+  pids+=($!)
+  BASE_PID=$!
+fi
 
 cat >"$WORK/haproxy.cfg" <<EOF
 global
@@ -93,6 +110,11 @@ for _ in $(seq 100); do
   "$RB" conns "127.0.0.1:$SUMMOND" 1 1 >/dev/null 2>&1 && break
   sleep 0.05
 done
+for _ in $(seq 100); do
+  [ -z "$BASE_PID" ] && break
+  "$RB" conns "127.0.0.1:$BASE_PORT" 1 1 >/dev/null 2>&1 && break
+  sleep 0.05
+done
 
 cpu_ticks() { # utime stime cutime cstime of $1
   [ -z "$1" ] && { echo 0; return; }
@@ -101,9 +123,10 @@ cpu_ticks() { # utime stime cutime cstime of $1
 
 median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
-declare -A port=([direct]=$BACK [summond]=$SUMMOND [haproxy]=$HAPROXY [socket-proxyd]=$PROXYD_PORT [socat]=$SOCAT)
-declare -A pid=([direct]= [summond]=$SUMMOND_PID [haproxy]=$HAPROXY_PID [socket-proxyd]=$PROXYD_PID [socat]=$SOCAT_PID)
-order=(${ONLY:-direct summond haproxy socket-proxyd socat})
+declare -A port=([direct]=$BACK [summond]=$SUMMOND [summond-base]=$BASE_PORT [haproxy]=$HAPROXY [socket-proxyd]=$PROXYD_PORT [socat]=$SOCAT)
+declare -A pid=([direct]= [summond]=$SUMMOND_PID [summond-base]=$BASE_PID [haproxy]=$HAPROXY_PID [socket-proxyd]=$PROXYD_PID [socat]=$SOCAT_PID)
+default_order="direct summond${BASE:+ summond-base} haproxy socket-proxyd socat"
+order=(${ONLY:-$default_order})
 
 for r in $(seq "$ROUNDS"); do
   for name in "${order[@]}"; do

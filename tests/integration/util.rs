@@ -1107,3 +1107,20 @@ pub fn listener_defer_accept(pid: i32, port: u16) -> Option<i32> {
     };
     (rc == 0).then_some(secs)
 }
+
+/// Is the fd link `link` (`socket:[INODE]`) a netlink socket? summond
+/// keeps one for forward mode's uid lookups (sock_diag) once its first
+/// relayed client is checked: not a client's, so leak counts leave it out.
+pub fn is_netlink(link: &str) -> bool {
+    let Some(inode) = link
+        .strip_prefix("socket:[")
+        .and_then(|r| r.strip_suffix(']'))
+    else {
+        return false;
+    };
+    std::fs::read_to_string("/proc/net/netlink").is_ok_and(|t| {
+        t.lines()
+            .skip(1)
+            .any(|l| l.split_whitespace().last() == Some(inode))
+    })
+}

@@ -10,10 +10,16 @@
 //! that one connection's server side comes first (~4 µs), whose uid is
 //! the listener's until a process accepts it (`connection_uid`).
 //!
-//! A netlink socket per question (close-on-exec, closed after it): no fd
-//! kept, no half-read dump ever taken for the next one's.
+//! A dump gets a netlink socket of its own (close-on-exec, closed after
+//! it): no half-read dump is ever taken for the next one's. The lookup of
+//! one connection, asked at every client's connection, keeps one socket
+//! from one question to the next (opening and closing one cost ~7 µs of
+//! the ~9): its reply is one datagram, read whole; each question has its
+//! own sequence number, and after anything but a whole reply with that
+//! number the socket is closed and the next question opens a new one.
 //! Knows nothing of `Server`.
 
+use std::cell::Cell;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -27,6 +33,7 @@ const NLMSG_DONE: u16 = 3;
 const TCP_ESTABLISHED: u8 = 1;
 const TCP_CLOSE_WAIT: u8 = 8;
 const TCP_LISTEN: u8 = 10;
+/// The sequence number of a dump (on a socket of its own).
 const SEQ: u32 = 1;
 /// nlmsghdr, inet_diag_req_v2, and where inet_diag_msg keeps its uid.
 const HDR: usize = 16;
@@ -34,6 +41,13 @@ const REQ: usize = 56;
 const MSG_UID: usize = 64;
 /// A socket of a reply: its address, source port, state and uid.
 type Socket = (IpAddr, u16, u8, u32);
+
+thread_local! {
+    /// `connection_uid`'s socket, between questions, and the sequence
+    /// number of its last question.
+    static KEPT: Cell<Option<OwnedFd>> = const { Cell::new(None) };
+    static ASKED: Cell<u32> = const { Cell::new(SEQ) };
+}
 
 /// Reads of one dump at most (a port's listeners are few: SO_REUSEPORT
 /// ones are one per worker, ~100 bytes each).
@@ -68,7 +82,7 @@ fn listeners(family: i32, port: u16) -> io::Result<Vec<(IpAddr, u32)>> {
     let mut req = request(family, true);
     req[HDR + 4..HDR + 8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
     req[HDR + 8..HDR + 10].copy_from_slice(&port.to_be_bytes());
-    let got = ask(&open()?, &req, true)?;
+    let got = ask(&open()?, &req, SEQ, true)?;
     let on_port =
         |(_, sport, state, _): &(IpAddr, u16, u8, u32)| *sport == port && *state == TCP_LISTEN;
     Ok(got
@@ -94,7 +108,23 @@ pub(super) fn connection_uid(local: SocketAddr, server: SocketAddr) -> io::Resul
     id[2..4].copy_from_slice(&local.port().to_be_bytes());
     id[4..20].copy_from_slice(&ip_bytes(server.ip()));
     id[20..36].copy_from_slice(&ip_bytes(local.ip()));
-    let got = ask(&open()?, &req, false)?;
+    let seq = ASKED.get().wrapping_add(1);
+    ASKED.set(seq);
+    req[8..12].copy_from_slice(&seq.to_ne_bytes());
+    let fd = match KEPT.take() {
+        Some(fd) => fd,
+        None => open()?,
+    };
+    let got = ask(&fd, &req, seq, false);
+    // A whole reply (the kernel's "no such socket", ENOENT, is one too):
+    // the socket holds nothing more, and serves the next question.
+    if got
+        .as_ref()
+        .map_or_else(|e| e.kind() == io::ErrorKind::NotFound, |_| true)
+    {
+        KEPT.set(Some(fd));
+    }
+    let got = got?;
     // A full socket only: one still a request (its handshake's last ACK
     // not in) or in TIME_WAIT reads as uid 0, whoever listens.
     let full = |m: &&Socket| matches!(m.2, TCP_ESTABLISHED | TCP_CLOSE_WAIT | TCP_LISTEN);
@@ -148,7 +178,7 @@ fn request(family: i32, dump: bool) -> [u8; HDR + REQ] {
 
 /// Sends `req`, reads the reply: each socket's address, source port,
 /// state and uid (a dump's until its end, else one message's).
-fn ask(fd: &OwnedFd, req: &[u8], dump: bool) -> io::Result<Vec<Socket>> {
+fn ask(fd: &OwnedFd, req: &[u8], seq: u32, dump: bool) -> io::Result<Vec<Socket>> {
     // SAFETY: a zeroed sockaddr_nl is the kernel's address (pid 0).
     let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     kernel.nl_family = libc::AF_NETLINK as u16;
@@ -182,7 +212,7 @@ fn ask(fd: &OwnedFd, req: &[u8], dump: bool) -> io::Result<Vec<Socket>> {
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        if parse(&buf[..n as usize], &mut out)? || !dump {
+        if parse(&buf[..n as usize], seq, &mut out)? || !dump {
             return Ok(out);
         }
     }
@@ -191,13 +221,13 @@ fn ask(fd: &OwnedFd, req: &[u8], dump: bool) -> io::Result<Vec<Socket>> {
 
 /// The messages of one read, each listener added to `out`: whether the
 /// dump ended.
-fn parse(mut b: &[u8], out: &mut Vec<Socket>) -> io::Result<bool> {
+fn parse(mut b: &[u8], seq: u32, out: &mut Vec<Socket>) -> io::Result<bool> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "sock_diag reply");
     while b.len() >= HDR {
         let len = u32::from_ne_bytes(b[0..4].try_into().unwrap()) as usize;
         let kind = u16::from_ne_bytes(b[4..6].try_into().unwrap());
         let their_seq = u32::from_ne_bytes(b[8..12].try_into().unwrap());
-        if len < HDR || len > b.len() || their_seq != SEQ {
+        if len < HDR || len > b.len() || their_seq != seq {
             return Err(bad());
         }
         let body = &b[HDR..len];
@@ -263,5 +293,26 @@ mod tests {
         drop(c);
         drop(l);
         assert!(connection_uid(local, server).is_err());
+    }
+
+    /// The kept socket answers question after question, each by its own
+    /// number, a "no such socket" among them; it stays one socket.
+    #[test]
+    fn the_connection_lookups_socket_is_kept_across_questions() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (local, server) = (c.local_addr().unwrap(), c.peer_addr().unwrap());
+        let me = nix::unistd::geteuid().as_raw();
+        let gone = SocketAddr::from(([127, 0, 0, 1], 1));
+        for _ in 0..3 {
+            assert_eq!(connection_uid(local, server).unwrap(), me);
+            assert!(connection_uid(local, gone).is_err());
+        }
+        let kept = KEPT.take().expect("a socket kept");
+        let fd = kept.as_raw_fd();
+        KEPT.set(Some(kept));
+        assert_eq!(connection_uid(local, server).unwrap(), me);
+        let again = KEPT.take().unwrap();
+        assert_eq!(again.as_raw_fd(), fd);
     }
 }

@@ -721,6 +721,10 @@ impl Server {
     /// is not the backend (`held.rs`).
     fn held_by_backend(&mut self, idx: usize, uid: io::Result<u32>) -> bool {
         let want = self.backend_uid(idx);
+        if uid.as_ref().is_ok_and(|&uid| uid == want) {
+            return true;
+        }
+        // Its name for the warning only: no String per relayed client.
         let spec = &self.services[idx].spec;
         let to = spec
             .forward
@@ -747,11 +751,14 @@ impl Server {
         }
     }
 
-    /// The uid service `idx`'s backend runs as: its `user`, or summond's.
+    /// The uid service `idx`'s backend runs as: its `user`, or summond's
+    /// (which never changes: asked of the kernel once, not twice per
+    /// relayed client).
     fn backend_uid(&self, idx: usize) -> u32 {
+        static OWN: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
         (self.services[idx].spec.credentials.as_ref())
             .and_then(|c| c.uid)
-            .unwrap_or_else(|| nix::unistd::geteuid().as_raw())
+            .unwrap_or_else(|| *OWN.get_or_init(|| nix::unistd::geteuid().as_raw()))
     }
 
     /// A warning about this start's probes, the first time only.
