@@ -675,12 +675,14 @@ fn echoes_exactly(s: &Summond, c: rustls::StreamOwned<rustls::ClientConnection, 
     assert_eq!(&header[28..], want, "{header:?}");
 }
 
-/// What summond's fds are, but the relay's spare pipes (a pool, kept).
+/// What summond's fds are, but the relay's spare pipes (a pool, kept)
+/// and the uid lookup's netlink socket (opened at the first relayed
+/// connection, kept).
 fn open_fds(s: &Summond) -> Vec<String> {
     let dir = std::fs::read_dir(format!("/proc/{}/fd", s.pid())).unwrap();
     let links = dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok());
     (links.map(|l| l.display().to_string()))
-        .filter(|l| !l.starts_with("pipe:"))
+        .filter(|l| !l.starts_with("pipe:") && !is_netlink(l))
         .collect()
 }
 
