@@ -86,6 +86,9 @@ pub enum Stop {
     Finished,
     /// The turn's share was used: come back after the other sources.
     Budget,
+    /// The source ended, all before it was written, and its end waits
+    /// for the caller's word (`Relays::hold_end`).
+    Held,
 }
 
 /// Which end failed, and how.
@@ -105,6 +108,8 @@ pub struct Flow {
     eof: bool,
     /// The EOF was passed on (shutdown(SHUT_WR) of the destination).
     shut: bool,
+    /// The EOF is not passed on until this is cleared (`Stop::Held`).
+    pub hold_end: bool,
     /// Bytes delivered to the destination.
     pub bytes: u64,
 }
@@ -126,6 +131,7 @@ impl Flow {
             pending: 0,
             eof: false,
             shut: false,
+            hold_end: false,
             bytes: 0,
         }
     }
@@ -218,6 +224,7 @@ impl Flow {
             pending,
             eof: st.eof,
             shut: st.shut,
+            hold_end: false,
             bytes: st.bytes,
         }
     }
@@ -278,6 +285,9 @@ impl Flow {
                     Err(e) => return Err(FlowError::Write(e)),
                 }
                 continue;
+            }
+            if self.eof && self.hold_end && !self.shut {
+                return Ok(Stop::Held);
             }
             if self.eof {
                 return self.pass_on_end(dst);

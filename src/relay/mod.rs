@@ -31,6 +31,12 @@
 //!   has that long, again after each byte it takes, to take the rest and
 //!   close; then the connection is closed (`End::Linger`). Used for TLS
 //!   clients, whose session summond holds with no child counted for it.
+//! - A held end (`Relays::hold_end`): the back side's EOF, once all before
+//!   it was written, waits for the caller's word on how the back ended
+//!   (`settle_end`): whole, it is passed on; cut, the front is closed
+//!   without it (for a TLS client, no `close_notify`: a truncation). Not
+//!   said within its bound, it is passed on. A TLS child's exit status
+//!   comes after its EOF (it closes its files before it is a zombie).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -51,6 +57,7 @@ mod side;
 mod tests;
 mod tls;
 
+pub use drain::Words;
 use flow::{Flow, FlowError, Pipes, Stop};
 pub use flow::{FlowState, HOLD};
 pub use pending::{Pending, Preface, Session};
@@ -125,6 +132,9 @@ pub enum End {
     /// The back side ended and the front did not take the rest, or did
     /// not close, within its `linger`.
     Linger,
+    /// The back side's end was held and said to be cut (`settle_end`):
+    /// once all before it was sent, the front was closed without it.
+    Truncated,
 }
 
 impl fmt::Display for End {
@@ -142,6 +152,9 @@ impl fmt::Display for End {
             End::Connect(e) => write!(f, "connecting to backend: {e}"),
             End::Cut => f.write_str("cut"),
             End::Linger => f.write_str("the client did not take the rest in time"),
+            End::Truncated => {
+                f.write_str("the backend's end was cut: closed without passing it on")
+            }
         }
     }
 }
@@ -166,7 +179,23 @@ struct Relay<T> {
     /// In `again`: a flow used its budget with bytes left.
     queued: bool,
     linger: Option<Box<Linger>>,
+    /// The back side's end, held for the caller's word (`hold_end`).
+    held: Option<Held>,
     tag: T,
+}
+
+/// What a held end waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Held {
+    /// No word yet: once the end is reached (all before it written), it
+    /// is passed on at `due`, `after` from then.
+    Waiting {
+        after: Duration,
+        due: Option<Instant>,
+    },
+    /// Cut (final): the front is closed without the end once all before
+    /// it was sent.
+    Cut,
 }
 
 /// A connection's `linger`: how long, its deadline once the back ended,
@@ -271,6 +300,7 @@ impl<T> Relays<T> {
             flows,
             queued: false,
             linger: None,
+            held: None,
             tag,
         };
         self.conns.insert(id, relay);
@@ -373,13 +403,50 @@ impl<T> Relays<T> {
         }
     }
 
+    /// From now on, the back side's end (its EOF) of `id` waits for the
+    /// caller's word on how the back ended (`settle_end`); reached with
+    /// no word, it is passed on `at_most` later.
+    pub fn hold_end(&mut self, id: RelayId, at_most: Duration) {
+        if let Some(r) = self.conns.get_mut(&id.0) {
+            r.held = Some(Held::Waiting {
+                after: at_most,
+                due: None,
+            });
+            r.flows[1].hold_end = true;
+        }
+    }
+
+    /// How the back side of `id` ended: `whole`, its end is passed on
+    /// (as without a hold); cut, the front is closed without it once all
+    /// before it was sent. A cut is final; an end already passed on
+    /// stays so. Returns the connection if this ended it.
+    pub fn settle_end(
+        &mut self,
+        registry: &Registry,
+        id: RelayId,
+        whole: bool,
+    ) -> Option<Closed<T>> {
+        let r = self.conns.get_mut(&id.0)?;
+        let Some(Held::Waiting { .. }) = r.held else {
+            return None;
+        };
+        if whole {
+            r.held = None;
+            r.flows[1].hold_end = false;
+        } else {
+            r.held = Some(Held::Cut);
+        }
+        self.step(registry, id.0)
+    }
+
     /// The earliest `linger` deadline, or one that was (waking for it
     /// costs one turn, and `expire` drops it).
     pub fn next_deadline(&self) -> Option<Instant> {
         self.deadlines.peek().map(|Reverse((at, _))| *at)
     }
 
-    /// Close the connections whose `linger` passed at `now`.
+    /// Close the connections whose `linger` passed at `now`; pass on the
+    /// held ends whose bound passed.
     pub fn expire(&mut self, registry: &Registry, now: Instant) -> Vec<Closed<T>> {
         let mut out = Vec::new();
         while let Some(Reverse((at, id))) = self.deadlines.peek().copied() {
@@ -392,6 +459,8 @@ impl<T> Relays<T> {
                 .is_some_and(|l| l.deadline == Some(at));
             if due {
                 out.extend(self.finish(registry, id, End::Linger));
+            } else if (self.conns.get(&id)).is_some_and(|r| r.held_due() == Some(at)) {
+                out.extend(self.settle_end(registry, RelayId(id), true));
             }
         }
         out
@@ -425,6 +494,10 @@ impl<T> Relays<T> {
                 out.again.push(id);
                 if let Some(l) = r.linger.as_deref_mut() {
                     l.deadline = None;
+                }
+                // Its bound starts again there (this heap stays here).
+                if let Some(Held::Waiting { due, .. }) = r.held.as_mut() {
+                    *due = None;
                 }
                 out.conns.insert(id, r);
             }
@@ -507,12 +580,35 @@ impl<T> Relays<T> {
                 self.finish(registry, id, End::Done)
             }
             (Ok(a), Ok(b)) => {
+                if b == Stop::Held {
+                    if let Some(end) = self.at_held_end(id) {
+                        return self.finish(registry, id, end);
+                    }
+                }
+                let relay = self.conns.get_mut(&id)?;
                 if (a == Stop::Budget || b == Stop::Budget) && !relay.queued {
                     relay.queued = true;
                     self.again.push(id);
                 }
                 None
             }
+        }
+    }
+
+    /// The back side's held end is reached (all before it written): a
+    /// cut ends the connection once the front sent all it holds; with no
+    /// word yet, its bound starts.
+    fn at_held_end(&mut self, id: u64) -> Option<End> {
+        let r = self.conns.get_mut(&id)?;
+        match &mut r.held {
+            Some(Held::Cut) => r.sides[0].flushed().then_some(End::Truncated),
+            Some(Held::Waiting { after, due }) if due.is_none() => {
+                let at = Instant::now() + *after;
+                *due = Some(at);
+                self.deadlines.push(Reverse((at, id)));
+                None
+            }
+            _ => None,
         }
     }
 
@@ -561,6 +657,16 @@ impl<T> Relays<T> {
             down,
             end,
         })
+    }
+}
+
+impl<T> Relay<T> {
+    /// When a held end with no word is passed on, if it was reached.
+    fn held_due(&self) -> Option<Instant> {
+        match self.held {
+            Some(Held::Waiting { due, .. }) => due,
+            _ => None,
+        }
     }
 }
 

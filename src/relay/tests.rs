@@ -362,3 +362,75 @@ fn an_idle_connection_holds_no_pipe_and_no_buffer() {
     assert_eq!(relays.len(), 2);
     assert_eq!(relays.holding(), 0, "an idle flow holds a pipe or a buffer");
 }
+
+/// A relay of a client to a child's socket pair whose end is held
+/// (`hold_end`, `at_most`): the child wrote `abc` and closed; the relay
+/// is driven until the client has the bytes, and a while more.
+fn held_after_abc(at_most: Duration) -> (Poll, Relays<()>, RelayId, Socket) {
+    let (front, client) = unix_pair();
+    let (back, mut child) = unix_pair();
+    let mut poll = Poll::new().unwrap();
+    let mut relays = Relays::default();
+    let id = relays
+        .add(poll.registry(), Side::stream(front), Side::child(back), ())
+        .unwrap();
+    relays.hold_end(id, at_most);
+    child.write_all(b"abc").unwrap();
+    drop(child);
+    let mut turns = 0;
+    let (closed, _) = drive(&mut poll, &mut relays, |_, _| {
+        turns += 1;
+        turns > 20
+    });
+    assert!(closed.is_empty());
+    client.set_nonblocking(true).unwrap();
+    (poll, relays, id, client)
+}
+
+/// What the client can read now: bytes, then `Some(0)` at EOF, `None`
+/// when nothing (more) is there yet.
+fn read_now(mut c: &Socket) -> (Vec<u8>, bool) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (got, false),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[test]
+fn a_held_end_waits_for_its_word_and_a_whole_one_is_passed_on() {
+    let (mut poll, mut relays, id, client) = held_after_abc(Duration::from_secs(60));
+    assert_eq!(read_now(&client), (b"abc".to_vec(), false), "held");
+    assert!(relays.settle_end(poll.registry(), id, true).is_none());
+    let (closed, _) = drive(&mut poll, &mut relays, |_, _| true);
+    assert!(closed.is_empty(), "the client may still send");
+    assert_eq!(read_now(&client), (Vec::new(), true), "passed on");
+    // A later cut does not undo it.
+    assert!(relays.settle_end(poll.registry(), id, false).is_none());
+    assert_eq!(relays.len(), 1);
+}
+
+#[test]
+fn a_cut_end_closes_the_front_without_passing_it_on() {
+    let (poll, mut relays, id, client) = held_after_abc(Duration::from_secs(60));
+    let closed = relays.settle_end(poll.registry(), id, false).unwrap();
+    assert!(matches!(closed.end, End::Truncated), "{}", closed.end);
+    assert_eq!((closed.up, closed.down), (0, 3));
+    assert_eq!(read_now(&client), (b"abc".to_vec(), true));
+    assert!(relays.is_empty());
+}
+
+#[test]
+fn a_held_end_with_no_word_is_passed_on_at_its_bound() {
+    let (poll, mut relays, id, client) = held_after_abc(Duration::ZERO);
+    assert_eq!(read_now(&client), (b"abc".to_vec(), false), "held");
+    let due = relays.next_deadline().unwrap();
+    assert!(relays.expire(poll.registry(), due).is_empty());
+    assert_eq!(read_now(&client), (Vec::new(), true), "passed on");
+    assert!(relays.settle_end(poll.registry(), id, false).is_none());
+}

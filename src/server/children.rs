@@ -16,6 +16,7 @@ use crate::addr::ListenAddr;
 use crate::limits::Counter;
 use crate::peer::{Peer, SourceKey};
 use crate::queue::QueueHead;
+use crate::relay::RelayId;
 use crate::upgrade::{ChildState, NotifyState, RuntimeLeft, StoppingState};
 
 use super::services::ServiceId;
@@ -47,6 +48,9 @@ pub(super) struct Child {
     pub restarting: bool,
     /// A long-running child's NOTIFY_SOCKET and what it said there.
     pub notify: Option<Box<super::notify::Watch>>,
+    /// An accept-mode TLS child's relay (`tls.rs`), whose end waits for
+    /// how the child ended (`relays.rs`).
+    pub relay: Option<RelayId>,
 }
 
 /// A child that has ended, out of the table.
@@ -169,6 +173,8 @@ impl Child {
             restarting: false,
             // Set by the caller, which watches the socket again.
             notify: None,
+            // Its TLS connection is the drainer's, which passes its end on.
+            relay: None,
         };
         (Pid::from_raw(c.pid), child, c.runtime, notify)
     }
@@ -277,6 +283,13 @@ impl ChildTable {
     /// source: the counts are kept by `insert` and `remove`).
     pub fn notify_mut(&mut self, pid: &Pid) -> Option<&mut super::notify::Watch> {
         self.children.get_mut(pid)?.notify.as_deref_mut()
+    }
+
+    /// Child `pid`'s relay is `id` (an accept-mode TLS child).
+    pub fn set_relay(&mut self, pid: &Pid, id: RelayId) {
+        if let Some(c) = self.children.get_mut(pid) {
+            c.relay = Some(id);
+        }
     }
 
     pub fn set_notify(&mut self, pid: &Pid, watch: Box<super::notify::Watch>) {
@@ -445,6 +458,7 @@ mod tests {
             runtime_timer: None,
             restarting: false,
             notify: None,
+            relay: None,
         }
     }
 

@@ -137,7 +137,8 @@ impl Shortage {
 /// What became of an attempt to start a child.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Launch {
-    Started,
+    /// Its pid.
+    Started(nix::unistd::Pid),
     /// Out of fds or processes: try again after the back-off.
     RetryLater,
     Failed,
@@ -1030,7 +1031,7 @@ impl Server {
             notify,
         };
         let outcome = self.spawn_child(idx, request);
-        if outcome != Launch::Started {
+        if !matches!(outcome, Launch::Started(_)) {
             self.sockets.release(&addrs, None);
         }
         if outcome == Launch::RetryLater {
@@ -1040,7 +1041,7 @@ impl Server {
             // client at that registration, as for a kept connection.
             self.park(ready);
         }
-        outcome == Launch::Started
+        matches!(outcome, Launch::Started(_))
     }
 
     /// Fork and exec for service `idx`; record the child.
@@ -1095,6 +1096,7 @@ impl Server {
             }),
             restarting: false,
             notify: None,
+            relay: None,
         };
         self.children.insert(pid, child);
         if let Some(sock) = req.notify {
@@ -1106,7 +1108,7 @@ impl Server {
         if self.shortage.backoff.success() {
             info!("resources available again: accepting connections");
         }
-        Launch::Started
+        Launch::Started(pid)
     }
 
     /// A child started: spend a `rate` token. With the bucket empty the

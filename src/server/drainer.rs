@@ -18,7 +18,12 @@
 //! child as any other; plaintext relays are handed over as before.
 //! Forward-mode TLS clients not relayed yet (a handshake, a client held
 //! for a starting backend) go to it too, each over a socket pair whose
-//! other end the image keeps (`drained.rs`).
+//! other end the image keeps (`drained.rs`). The drainer learns how an
+//! accept-mode TLS child ended (its client's `close_notify` waits for
+//! that, `relays.rs`) through a pidfd opened here before the fork: it
+//! hangs up once the image reaped the child, and then gives its exit
+//! status (PIDFD_GET_INFO, Linux 6.15); without that, the held end is
+//! passed on at its bound.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Instant;
@@ -36,7 +41,7 @@ use super::poller::TokenKind;
 use super::relays::{Kind, Relayed};
 use super::Server;
 use crate::peer::SourceKey;
-use crate::relay::{RelayId, Relays};
+use crate::relay::{RelayId, Relays, Words};
 use crate::upgrade::DrainerState;
 
 /// A forward connection a drainer holds: service, backend pid, source.
@@ -92,8 +97,10 @@ impl Server {
             (nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK))
                 .inspect_err(|e| warn!("upgrade: no pipe for the drainer's ends ({e})"))
                 .ok();
+        let words = self.child_pidfds(&drained);
         let mut keep = drained.fds();
         keep.extend(pipe.as_ref().map(|(_, w)| w.as_raw_fd()));
+        keep.extend(words.fds.iter().map(|(fd, _)| fd.as_raw_fd()));
         keep.extend(&pairs.keep);
         // The syslog socket, if summond logs there: the drainer's lines
         // (its end, its errors) go where summond's go.
@@ -104,14 +111,14 @@ impl Server {
             Ok(ForkResult::Child) => {
                 let tell = pipe.map(|(_, w)| (w, numbers));
                 let pending = self.take_tls_pending(pairs);
-                drain(drained, cutoffs, pending, tell, &keep)
+                drain(drained, cutoffs, pending, words, tell, &keep)
             }
             Ok(ForkResult::Parent { child }) => {
                 info!(event = "upgrade";
                     "upgrade: {} TLS connections go on in drainer pid {child}",
                     drained.len() + pairs.len());
                 // Its copies of the fds close here; they are the drainer's.
-                drop(drained);
+                drop((drained, words));
                 self.hand_tls_pending(pairs);
                 let ends = pipe.and_then(|(r, _)| self.watch_ends(child, r));
                 self.drainers.push(Drainer {
@@ -131,6 +138,21 @@ impl Server {
                     }
                 }
             }
+        }
+    }
+
+    /// A pidfd of each accept-mode TLS child whose connection goes to the
+    /// drainer and that is not reaped yet (so the pid is surely that
+    /// child's): the drainer's word on how it ended.
+    fn child_pidfds(&self, drained: &Relays<Relayed>) -> Words {
+        let children = (drained.iter())
+            .filter(|(_, t, ..)| t.kind == Kind::Child && self.children.get(&t.pid).is_some());
+        let fds = children
+            .filter_map(|(id, t, ..)| Some((pidfd_open(t.pid)?, id)))
+            .collect();
+        Words {
+            fds,
+            read: killed_or_not,
         }
     }
 
@@ -315,6 +337,7 @@ fn drain(
     drained: Relays<Relayed>,
     cutoffs: Vec<(Instant, RelayId)>,
     pending: Vec<crate::relay::Pending<Relayed>>,
+    words: Words,
     tell: Option<(OwnedFd, FxHashMap<RelayId, u32>)>,
     keep: &[RawFd],
 ) -> ! {
@@ -333,7 +356,7 @@ fn drain(
             let _ = nix::unistd::write(pipe, &n.to_ne_bytes());
         }
     };
-    let code = match drained.drain_alone(cutoffs, pending, end) {
+    let code = match drained.drain_alone_with(cutoffs, pending, words, end) {
         Ok(_) => {
             info!("its {n} TLS connections ended");
             0
@@ -345,6 +368,50 @@ fn drain(
     };
     // SAFETY: no destructor or atexit handler of summond's must run here.
     unsafe { nix::libc::_exit(code) }
+}
+
+/// A pidfd of `pid` (close-on-exec), or none (logged: that child's end
+/// is passed on at its bound).
+fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
+    // SAFETY: plain syscall; a non-negative result is a new fd we own.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        warn!("upgrade: no pidfd for pid {pid} ({e}): its TLS client gets close_notify however it ends");
+        return None;
+    }
+    // SAFETY: a new fd nobody else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// The kernel's `struct pidfd_info` (PIDFD_INFO_SIZE_VER0, 64 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct PidfdInfo {
+    mask: u64,
+    cgroupid: u64,
+    /// pid, tgid, ppid, ruid, rgid, euid, egid, suid, sgid, fsuid, fsgid.
+    ids: [u32; 11],
+    exit_code: i32,
+}
+
+/// `PIDFD_GET_INFO`: _IOWR(0xFF, 11, struct pidfd_info).
+const PIDFD_GET_INFO: nix::libc::Ioctl = (3 << 30) | (64 << 16) | (0xFF << 8) | 11;
+const PIDFD_INFO_EXIT: u64 = 1 << 3;
+
+/// A reaped child's word, from its pidfd: whole unless a signal killed
+/// it; none if the kernel does not say (before Linux 6.15).
+fn killed_or_not(fd: &OwnedFd) -> Option<bool> {
+    let mut info = PidfdInfo {
+        mask: PIDFD_INFO_EXIT,
+        ..PidfdInfo::default()
+    };
+    // SAFETY: info is a valid pidfd_info of the size the request names.
+    let r = unsafe { nix::libc::ioctl(fd.as_raw_fd(), PIDFD_GET_INFO, &mut info) };
+    if r < 0 || info.mask & PIDFD_INFO_EXIT == 0 {
+        return None;
+    }
+    Some(!nix::libc::WIFSIGNALED(info.exit_code))
 }
 
 /// Named apart from summond (comm "summond-drain": `ps`, `pgrep -x

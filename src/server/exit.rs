@@ -119,6 +119,10 @@ impl Server {
         if let Some(key) = exit.child.runtime_timer {
             self.timers.cancel(key);
         }
+        if let Some(id) = exit.child.relay {
+            let killed = matches!(exit.status, WaitStatus::Signaled(..));
+            self.child_ended(id, !killed);
+        }
         let not_ready = exit.child.notify.as_ref().is_some_and(|w| w.timed_out);
         if let Some(watch) = exit.child.notify.take() {
             self.forget_child_notify(&watch);

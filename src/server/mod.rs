@@ -531,6 +531,11 @@ impl Server {
             self.runtime_limit(child),
             KILL_AFTER.as_secs()
         );
+        // Whatever it does now, it was cut: its TLS client gets no
+        // close_notify (not waiting for its reap, `KILL_AFTER` off).
+        if let Some(id) = child.relay {
+            self.child_ended(id, false);
+        }
         self.term_group(pid);
     }
 

@@ -15,7 +15,7 @@ use super::services::ServiceId;
 use super::timers::TimerKey;
 use super::Server;
 use crate::peer::{Peer, SourceKey};
-use crate::relay::{Closed, End};
+use crate::relay::{Closed, End, RelayId};
 
 /// What the back side of a relayed connection is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,7 +23,10 @@ pub(super) enum Kind {
     /// A connection to a forward service's backend (`pid`).
     Forward,
     /// Summond's end of a socket pair whose other end an accept-mode TLS
-    /// service's child holds (the child is in the child table; `pid` is 0).
+    /// service's child (`pid`, in the child table) holds. The child's EOF
+    /// is held (`Relays::hold_end`) until the child is reaped: passed on
+    /// as `close_notify` if it exited, the client's connection closed
+    /// without one if a signal killed it or `max_runtime` stopped it.
     Child,
 }
 
@@ -31,7 +34,7 @@ pub(super) enum Kind {
 pub(super) struct Relayed {
     pub service: ServiceId,
     pub name: std::rc::Rc<str>,
-    /// The backend it was relayed to (0 for `Kind::Child`).
+    /// The backend it was relayed to, or the child on its socket pair.
     pub pid: Pid,
     pub peer: Peer,
     pub source: Option<SourceKey>,
@@ -61,6 +64,18 @@ impl Server {
     /// Connections past their `linger`: closed.
     pub(super) fn expire_relays(&mut self, now: Instant) {
         for closed in self.relays.expire(self.poller.registry(), now) {
+            self.relay_ended(closed);
+        }
+    }
+
+    /// An accept-mode TLS child's relay learns how the child ended:
+    /// `whole` (it exited, with any code: the program chose its end) or
+    /// cut (a signal killed it, or `max_runtime` is stopping it). A cut
+    /// closes the client's connection without `close_notify` once all the
+    /// child wrote was sent.
+    pub(super) fn child_ended(&mut self, id: RelayId, whole: bool) {
+        let registry = self.poller.registry();
+        if let Some(closed) = self.relays.settle_end(registry, id, whole) {
             self.relay_ended(closed);
         }
     }

@@ -4,7 +4,10 @@
 //! socket pair whose one end the child gets in place of the connection
 //! (with the `SSL_*` variables) and whose other end goes to the relay
 //! table (`relays.rs`) with the client's TLS session as its front side,
-//! until both ways are closed (and `LINGER` after the child's end).
+//! until both ways are closed (and `LINGER` after the child's end). The
+//! child's EOF becomes `close_notify` only once it is known how the
+//! child ended (`relays.rs`): killed by a signal, the client's connection
+//! closes without one.
 //!
 //! An upgrade does not hand TLS connections over (rustls's state does not
 //! cross an exec): a drainer process relays them to their end
@@ -17,7 +20,6 @@ use std::time::Instant;
 use log::{debug, info, warn};
 use mio::unix::SourceFd;
 use mio::Interest;
-use nix::unistd::Pid;
 use socket2::{Domain, Socket, Type};
 
 use super::connection::Launch;
@@ -29,7 +31,7 @@ use super::{Server, TokenKind};
 use crate::addr::ListenAddr;
 use crate::peer::{Peer, SourceKey};
 use crate::relay::Side;
-use crate::tls::{Failure, Handshake, SslVars, HELLO_TIMEOUT, LINGER};
+use crate::tls::{Failure, Handshake, SslVars, END_WAIT, HELLO_TIMEOUT, LINGER};
 
 impl Server {
     /// An admitted client of a TLS service: its handshake starts here, a
@@ -177,14 +179,14 @@ impl Server {
         let launch = self.spawn_for_client(idx, fd, &peer, source, Some(&ssl));
         // The child has its own copy of its end.
         drop(child_end);
-        match launch {
-            Launch::Started => {}
+        let pid = match launch {
+            Launch::Started(pid) => pid,
             Launch::RetryLater => {
                 info!("{name}: closing {peer} (no child could be started)");
                 return false;
             }
             Launch::Failed => return false,
-        }
+        };
         let mut tls = hs.into_conn();
         if let Some(text) = &self.services[idx].spec.banner {
             let _ = tls.writer().write_all(text.as_bytes());
@@ -195,7 +197,7 @@ impl Server {
         let tag = Relayed {
             service,
             name,
-            pid: Pid::from_raw(0),
+            pid,
             peer,
             source: None,
             runtime_timer: None,
@@ -206,6 +208,9 @@ impl Server {
         match self.relays.add(self.poller.registry(), front, back, tag) {
             Ok(id) => {
                 self.relays.linger(id, LINGER);
+                // Its close_notify waits for how the child ended.
+                self.relays.hold_end(id, END_WAIT);
+                self.children.set_relay(&pid, id);
                 true
             }
             Err(e) => {

@@ -36,6 +36,13 @@ pub use handshake::{Failure, Handshake, Step, HANDSHAKE_LIMIT, HANDSHAKE_TIMEOUT
 /// `linger`): it would otherwise hold summond's socket and rustls's
 /// state with no child counted for it.
 pub const LINGER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long an accept-mode TLS child's EOF (all it wrote sent) waits for
+/// its exit status before `close_notify` goes anyway. A dying process
+/// closes its files just before it becomes a zombie, and summond reaps it
+/// in the same turn or the next, so only a child that closed its output
+/// and runs on waits this long; its client gets `close_notify` then.
+pub const END_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 pub use vars::SslVars;
 
 /// The lowest protocol version offered.

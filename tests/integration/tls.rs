@@ -1345,3 +1345,149 @@ fn clients_that_speak_after_the_defer_second_are_served() {
     late_header.read_to_string(&mut out).unwrap();
     assert_eq!(out, "plain\n", "{}", s.log_text());
 }
+
+/// A python `ssl` client that reads `port` to its end (suppress_ragged_eofs
+/// off: a TCP close without `close_notify` raises SSLEOFError, "EOF
+/// occurred in violation of protocol"), with `send` sent first: the
+/// bytes it read, and `clean` (close_notify) or `truncated ...`.
+fn read_to_end_py(pki: &Pki, port: u16, send: &str) -> (Vec<u8>, String) {
+    let out = py_reader(pki, port, send).wait_with_output().unwrap();
+    let end = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.stdout, end)
+}
+
+pub(crate) fn py_reader(pki: &Pki, port: u16, send: &str) -> std::process::Child {
+    let client = "import socket, ssl, sys\n\
+                  ctx = ssl.create_default_context(cafile=sys.argv[2])\n\
+                  raw = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=60)\n\
+                  s = ctx.wrap_socket(raw, server_hostname='localhost', suppress_ragged_eofs=False)\n\
+                  s.sendall(sys.argv[3].encode())\n\
+                  out = sys.stdout.buffer\n\
+                  try:\n\
+                  \x20   while True:\n\
+                  \x20       b = s.recv(65536)\n\
+                  \x20       if not b:\n\
+                  \x20           sys.stderr.write('clean'); break\n\
+                  \x20       out.write(b); out.flush()\n\
+                  except ssl.SSLEOFError as e:\n\
+                  \x20   sys.stderr.write('truncated: %s' % e)\n";
+    Command::new("python3")
+        .args(["-c", client, &port.to_string(), &pki.path("ca.pem"), send])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// A child that writes 300,000 bytes (past every socket buffer on the
+/// way) and then dies by SIGKILL: its client reads every byte, then a
+/// truncation (no close_notify), from python's ssl and from openssl
+/// s_client alike; on main both took it as a clean end.
+#[test]
+fn a_tls_child_killed_by_a_signal_gives_its_client_every_byte_then_a_truncation() {
+    if !tools_or_skip("tls_killed_child", &["openssl", "python3"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let port = free_port();
+    let script = "yes 0123456789abcdef | head -c 300000; kill -9 $$";
+    let s = Summond::start(&tls_service(port, &sh(script), &pki, ""));
+    let want = b"0123456789abcdef\n".repeat(300000 / 17 + 1)[..300000].to_vec();
+    let (got, end) = read_to_end_py(&pki, port, "");
+    assert!(
+        got == want,
+        "{} bytes of {}\n{}",
+        got.len(),
+        want.len(),
+        s.log_text()
+    );
+    assert!(end.starts_with("truncated: "), "{end}\n{}", s.log_text());
+    assert!(
+        end.contains("EOF occurred in violation of protocol"),
+        "{end}"
+    );
+    let (ok, out) = s_client(&pki, port, &[], b"");
+    assert!(!ok && out.contains("unexpected eof while reading"), "{out}");
+}
+
+/// Today's ends, pinned: a child that exits, 0 or with a code of its
+/// own (the program chose its end, as after an error page), gives its
+/// client every byte and a clean close_notify.
+#[test]
+fn a_tls_child_that_exits_with_any_code_ends_with_close_notify() {
+    if !tools_or_skip("tls_exit_code", &["openssl", "python3"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let port = free_port();
+    let script = "read line; printf 'got %s\\n' \"$line\"; [ \"$line\" = ok ] || exit 3";
+    let s = Summond::start(&tls_service(port, &sh(script), &pki, ""));
+    for (send, code) in [
+        ("ok\n", "exited with status 0"),
+        ("bad\n", "exited with status 3"),
+    ] {
+        let (got, end) = read_to_end_py(&pki, port, send);
+        let want = format!("got {}", send);
+        assert_eq!(String::from_utf8_lossy(&got), want);
+        assert_eq!(end, "clean", "{}", s.log_text());
+        assert!(s.wait_log(code), "{}", s.log_text());
+    }
+}
+
+/// `max_runtime` cuts a TLS child: its client gets what it wrote, then
+/// no close_notify, also when the child takes the SIGTERM and exits 0
+/// (what it wrote then is delivered too); on main both ended clean.
+#[test]
+fn max_runtime_gives_a_tls_childs_client_a_truncation_even_after_a_clean_exit() {
+    if !tools_or_skip("tls_max_runtime_cut", &["openssl", "python3"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let (dies, exits) = (free_port(), free_port());
+    let config = format!(
+        "{}max_runtime = \"1s\"\n{}max_runtime = \"1s\"\n",
+        tls_service(dies, &sh("printf start; sleep 60"), &pki, ""),
+        tls_service(
+            exits,
+            &sh("trap 'printf bye; exit 0' TERM; printf start; sleep 60 & wait"),
+            &pki,
+            ""
+        )
+        .replace("name = \"t\"", "name = \"t2\"")
+    );
+    let s = Summond::start(&config);
+    for (port, want) in [(dies, "start"), (exits, "startbye")] {
+        let (got, end) = read_to_end_py(&pki, port, "");
+        assert_eq!(String::from_utf8_lossy(&got), want, "{}", s.log_text());
+        assert!(end.starts_with("truncated: "), "{end}\n{}", s.log_text());
+    }
+    assert!(
+        wait_until(TIMEOUT, || s.log_count("ran past max_runtime") == 2),
+        "{}",
+        s.log_text()
+    );
+}
+
+/// A child that closes its output and runs on holds its client's end
+/// no longer than `END_WAIT` (1 s): the client gets every byte and a
+/// clean close_notify while the child still runs (its exit status
+/// cannot be known yet, and it ended its output itself).
+#[test]
+fn a_tls_child_that_closes_its_output_and_runs_on_gives_close_notify_within_the_bound() {
+    if !tools_or_skip("tls_closed_output", &["openssl", "python3"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let port = free_port();
+    let script = "printf done; exec >&- <&-; sleep 60";
+    let s = Summond::start(&tls_service(port, &sh(script), &pki, ""));
+    let (got, end) = read_to_end_py(&pki, port, "");
+    assert_eq!(String::from_utf8_lossy(&got), "done", "{}", s.log_text());
+    assert_eq!(end, "clean", "{}", s.log_text());
+    assert!(s.wait_log("closed by both"), "{}", s.log_text());
+    assert_eq!(s.log_count("exited"), 0, "{}", s.log_text());
+}
