@@ -532,7 +532,7 @@ impl Server {
             KILL_AFTER.as_secs()
         );
         // Whatever it does now, it was cut: its TLS client gets no
-        // close_notify (not waiting for its reap, `KILL_AFTER` off).
+        // close_notify (said now: its reap may wait for the SIGKILL).
         if let Some(id) = child.relay {
             self.child_ended(id, false);
         }
