@@ -399,6 +399,9 @@ fn an_upgrade_mid_transfer_leaves_tls_connections_to_a_drainer_that_loses_nothin
         "forward mode's bytes differ\n{}",
         s.log_text()
     );
+    // Closed: their connections end now, not at the drainer's linger
+    // (10 s after their last byte, as long as this wait).
+    drop((c1, c2));
     assert!(
         s.wait_log("TLS connections from before an upgrade)"),
         "the drainer was not reaped\n{}",
