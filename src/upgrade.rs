@@ -34,10 +34,28 @@ pub const STATE_ENV: &str = "SUMMOND_UPGRADE_STATE";
 pub const OLD_EXE_ENV: &str = "SUMMOND_UPGRADE_OLD_EXE";
 /// Set when a new image could not start and the old one comes back: why.
 pub const RETURNING_ENV: &str = "SUMMOND_UPGRADE_RETURNING";
-const OWN_ENV: &[&str] = &[STATE_ENV, OLD_EXE_ENV, RETURNING_ENV];
-/// Bumped when a field changes meaning; an image reading a format it does
-/// not know goes back.
-pub const FORMAT: u32 = 1;
+const OWN_ENV: &[&str] = &[STATE_ENV, OLD_EXE_ENV, RETURNING_ENV, TEST_READS_ENV];
+/// The newest format of the state. A format is bumped when a field
+/// changes meaning, or when the state gains parts an image reading only
+/// the formats before would drop without a word (serde skips the fields
+/// it does not know: forward backends orphaned, held clients' fds left
+/// open and never served). An image reading a format it does not know
+/// goes back to the image that wrote the state, which serves on with all
+/// of it and says why at ERROR. So that an upgrade to an older image still
+/// works while there is nothing such an image would lose, a state is
+/// written in the lowest format that carries all it holds
+/// (`State::lowest_format`).
+///
+/// 1: everything up to forward mode.
+/// 2: forward mode's backends (ready or not), relayed connections and
+///    clients held for a starting backend; TLS drainers.
+pub const FORMAT: u32 = 2;
+/// The oldest format this image reads (a state without fields it has
+/// added since reads as empty parts: `#[serde(default)]`).
+const OLDEST_FORMAT: u32 = 1;
+/// The newest format an image reads when the test suite says so (only
+/// tests set it): an image standing for an older one.
+const TEST_READS_ENV: &str = "SUMMOND_TEST_READS_FORMAT";
 
 /// The variables a service manager hands sockets with: consumed by the
 /// first image, so never seen again by the next.
@@ -139,6 +157,44 @@ pub struct State {
     /// cannot be bound). Only the image that wrote it reads it, so it is
     /// kept as JSON text, never parsed by the next image.
     pub config: Option<String>,
+}
+
+impl State {
+    /// The parts of this state an image reading format 1 only would drop,
+    /// in words ("2 forward backends, 1 relayed connection"), or None.
+    pub fn beyond_format_1(&self) -> Option<String> {
+        let parts = [
+            (
+                self.backends.len() + self.unready_backends.len(),
+                "forward backend",
+            ),
+            (self.relays.len(), "relayed connection"),
+            (self.waiting.len(), "client held for a starting backend"),
+            (self.drainers.len(), "TLS drainer"),
+        ];
+        let said: Vec<String> = (parts.iter())
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, what)| format!("{n} {what}{}", if *n == 1 { "" } else { "s" }))
+            .collect();
+        (!said.is_empty()).then(|| said.join(", "))
+    }
+
+    /// The lowest format that carries everything this state holds.
+    pub fn lowest_format(&self) -> u32 {
+        if self.beyond_format_1().is_some() {
+            2
+        } else {
+            1
+        }
+    }
+}
+
+/// The newest format this image reads: `FORMAT`, or less when the test
+/// suite stands this image for an older one.
+fn newest_readable() -> u32 {
+    let test = std::env::var(TEST_READS_ENV).ok();
+    test.and_then(|v| v.parse().ok())
+        .map_or(FORMAT, |n: u32| n.min(FORMAT))
 }
 
 /// A forward service's ready backend.
@@ -552,10 +608,11 @@ pub fn take() -> Taken {
     };
     let exe_var = std::env::var_os(OLD_EXE_ENV);
     let returning = std::env::var(RETURNING_ENV).ok();
+    let readable = newest_readable();
     // Consumed here, so no child (or later image) sees them.
-    std::env::remove_var(STATE_ENV);
-    std::env::remove_var(OLD_EXE_ENV);
-    std::env::remove_var(RETURNING_ENV);
+    for var in OWN_ENV {
+        std::env::remove_var(var);
+    }
     let memfd = match claim_fd(&state_var) {
         Ok(fd) => fd,
         // Without the state nothing can be served, by this image or the
@@ -568,10 +625,13 @@ pub fn take() -> Taken {
         returning,
     };
     match read_state(&handover.memfd) {
-        Ok(state) if state.format == FORMAT => Taken::Ready(Box::new(Incoming { state, handover })),
+        Ok(state) if (OLDEST_FORMAT..=readable).contains(&state.format) => {
+            Taken::Ready(Box::new(Incoming { state, handover }))
+        }
         Ok(state) => Taken::Unreadable(
             format!(
-                "the state from summond {} has format {}; this binary reads format {FORMAT}",
+                "the state from summond {} has format {}; this binary reads formats \
+                 {OLDEST_FORMAT} to {readable}",
                 state.version, state.format
             ),
             Some(GoBack(handover)),
@@ -911,6 +971,32 @@ mod tests {
         assert_eq!(old.listeners[0].options, None);
         assert!(old.children[0].runtime.is_none(), "the service's applies");
         assert!(old.children[0].notify.is_none(), "shown not ready");
+    }
+
+    /// Format 1 unless the state holds what an image reading format 1
+    /// only would drop (it refuses format 2 and goes back instead).
+    #[test]
+    fn a_state_is_written_in_the_lowest_format_that_carries_it() {
+        let mut state = State::default();
+        assert_eq!((state.lowest_format(), state.beyond_format_1()), (1, None));
+        let backend = |pid| BackendState {
+            service: "web".into(),
+            pid,
+            to: "tcp://127.0.0.1:8080".into(),
+            exec: vec!["web".into()],
+            ready_in_us: None,
+            relayed: 0,
+            up: 0,
+            down: 0,
+            phase: BackendPhase::Ready,
+            notify_fd: None,
+            status: None,
+            tree: Vec::new(),
+        };
+        state.backends.push(backend(7));
+        state.unready_backends.push(backend(8));
+        assert_eq!(state.lowest_format(), 2);
+        assert_eq!(state.beyond_format_1().unwrap(), "2 forward backends");
     }
 
     /// Paths are bytes (fs review findings 3, 7): a binary, pidfile or

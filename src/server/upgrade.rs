@@ -303,7 +303,11 @@ impl Server {
         // The TLS connections cannot cross the exec: a drainer keeps them.
         self.fork_drainer();
         let mut state = match serde_json::to_string(&running) {
-            Ok(config) => self.handover_state(config),
+            Ok(config) => {
+                let mut state = self.handover_state(config);
+                state.format = state.lowest_format();
+                state
+            }
             Err(e) => {
                 self.upgrade_failed(format!(
                     "cannot write the running config into the upgrade state: {e}"
@@ -312,10 +316,11 @@ impl Server {
             }
         };
         info!(event = "upgrade";
-            "upgrade: executing {} in place ({} sockets, {} children handed over)",
+            "upgrade: executing {} in place ({} sockets, {} children handed over; state format {})",
             exe.display(),
             state.listeners.len(),
-            state.children.len()
+            state.children.len(),
+            state.format
         );
         self.notify(&format!(
             "RELOADING=1\nMONOTONIC_USEC={}",
@@ -354,6 +359,7 @@ impl Server {
                 .map(|i| self.services[i].spec.name.clone())
         });
         State {
+            // Lowered by the caller to what the state needs.
             format: upgrade::FORMAT,
             version: env!("CARGO_PKG_VERSION").into(),
             argv: self
@@ -413,6 +419,16 @@ impl Server {
             .and_then(upgrade::instant_of)
             .map_or(now, |t| t.min(now));
         let children = state.children.len();
+        if returning.is_some() {
+            if let Some(parts) = state.beyond_format_1() {
+                // What an older image would have dropped: still here.
+                error!(event = "upgrade_failed";
+                    "upgrade: the new binary was handed state format {} ({parts}); \
+                     this image keeps them",
+                    state.format
+                );
+            }
+        }
         let version = std::mem::take(&mut state.version);
         self.upgrades.resume_counts(&mut state);
         self.resume_tables(state, handed);

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::forward::{backend_pid, have, stubborn, Fwd, KillOnDropLater};
+use crate::forward::{backend_pid, echo, have, stubborn, Fwd, KillOnDropLater};
 use crate::util::*;
 
 /// SIGUSR2, and wait for the new image to serve.
@@ -317,4 +317,64 @@ fn an_upgrade_while_a_backend_stops_keeps_the_daemons_its_stop_found() {
         "daemons {daemons:?} outlived their backend's stop across an upgrade\n{}",
         s.log_text()
     );
+}
+
+/// An upgrade to an image that reads only format 1 of the upgrade state
+/// (as an older summond, which would drop forward state without a word:
+/// its backends orphaned, its relayed clients' fds never served) while a
+/// backend serves a relayed connection: that image refuses the state and
+/// goes back; the old one serves on with the backend and the connection,
+/// and says at ERROR what the state held. An image that reads format 2
+/// then takes it all.
+#[test]
+fn an_upgrade_to_an_image_that_cannot_read_forward_state_goes_back_with_it() {
+    if !have("socat") {
+        return skip("forward upgrade format", "socat is not installed");
+    }
+    let (port, backend) = (free_port(), free_port());
+    let (s, bin, control) = start_upgradable(
+        TempDir::new("fwdformat"),
+        &format!(
+            "[[service]]\nname = \"echo\"\nlisten = \"tcp://127.0.0.1:{port}\"\nexec = {}\n\
+             forward = \"tcp://127.0.0.1:{backend}\"\n",
+            echo(backend)
+        ),
+        Start::default(),
+    );
+    let _guard = KillOnDropLater(&s);
+    let client = connect_tcp(([127, 0, 0, 1], port).into());
+    (&client).write_all(b"one\n").unwrap();
+    assert_eq!(read_line(&client), "one\n", "{}", s.log_text());
+    let pid = backend_pid(&s, 0);
+    // The same binary, standing for one that reads format 1 only.
+    install_executable(
+        &bin,
+        format!("#!/bin/sh\nSUMMOND_TEST_READS_FORMAT=1 exec {BIN} \"$@\"\n").as_bytes(),
+    );
+    let (code, _, err) = upgrade_with(&control);
+    assert_eq!(code, 1, "{err}\n{}", s.log_text());
+    assert!(
+        err.contains("has format 2; this binary reads formats 1 to 1"),
+        "{err}"
+    );
+    assert!(
+        s.wait_log("handed state format 2 (1 forward backend, 1 relayed connection)"),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(status_json(&control)["pid"], s.pid());
+    (&client).write_all(b"two\n").unwrap();
+    assert_eq!(read_line(&client), "two\n", "{}", s.log_text());
+    assert!(running(pid));
+
+    copy_executable(Path::new(BIN), &bin);
+    upgrade_ok(&s, &control);
+    (&client).write_all(b"three\n").unwrap();
+    assert_eq!(read_line(&client), "three\n", "{}", s.log_text());
+    assert_eq!(tcp_port_exchange(port, b"four\n"), "four\n");
+    assert_eq!(s.log_count("starting the backend"), 1, "{}", s.log_text());
+}
+
+fn upgrade_with(control: &Path) -> (i32, String, String) {
+    run_to_exit(&["upgrade", "--control", control.to_str().unwrap()])
 }
