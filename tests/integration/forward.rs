@@ -1107,6 +1107,59 @@ stop_timeout = "1s"
     assert!(sent.is_empty(), "the link's target was sent {sent:?}");
 }
 
+/// The socket `forward` names is swapped for a symbolic link to another
+/// socket of the same uid after the backend is ready (as another user
+/// could in a sticky directory once the backend removed its socket):
+/// `SO_PEERCRED` names the same uid, so only the walk at each client's
+/// connection keeps the client from the link's target.
+#[test]
+fn a_unix_forward_swapped_for_a_symlink_after_readiness_is_not_followed() {
+    if !have("socat") {
+        return skip("forward unix swapped", "socat is not installed");
+    }
+    let port = free_port();
+    let dir = TempDir::new("fwdswap");
+    let (sock, target, got) = (
+        dir.path("backend.sock"),
+        dir.path("target.sock"),
+        dir.path("got"),
+    );
+    let mut sink = std::process::Command::new("socat")
+        .arg(format!("UNIX-LISTEN:{},fork", target.display()))
+        .arg(format!("CREATE:{}", got.display()))
+        .spawn()
+        .unwrap();
+    let _kill = KillOnDrop::new(sink.id() as i32);
+    assert!(wait_until(TIMEOUT, || target.exists()));
+    let config = format!(
+        "[[service]]\nname = \"swap\"\nlisten = \"tcp://127.0.0.1:{port}\"\n\
+         exec = [\"socat\", \"UNIX-LISTEN:{p},fork\", \"EXEC:cat\"]\nforward = \"unix://{p}\"\n",
+        p = sock.display()
+    );
+    let s = Summond::start(&config);
+    let _guard = KillOnDropLater(&s);
+    assert_eq!(
+        tcp_port_exchange(port, b"one\n"),
+        "one\n",
+        "{}",
+        s.log_text()
+    );
+    let link = dir.path("link.new");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    std::fs::rename(&link, &sock).unwrap();
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let _ = c.write_all(b"for the target\n");
+    let mut buf = Vec::new();
+    let _ = c.read_to_end(&mut buf);
+    assert!(buf.is_empty(), "{buf:?}");
+    assert!(s.wait_log("is not a socket"), "{}", s.log_text());
+    let _ = sink.kill();
+    let _ = sink.wait();
+    let sent = std::fs::read(&got).unwrap_or_default();
+    assert!(sent.is_empty(), "the link's target was sent {sent:?}");
+}
+
 /// A backend whose server daemonizes (fork, setsid, fork: out of the
 /// backend's process group and session) while its shell lives on: its
 /// idle stop ends the daemon too, so it does not keep the port, and the
