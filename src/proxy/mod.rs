@@ -306,6 +306,22 @@ mod tests {
         assert_eq!(done(&unix, Version::V2), (232, Header::default()));
     }
 
+    /// haproxy's LOCAL for a client of a `bind unix@` frontend (UNSPEC,
+    /// then the TLVs its server line asks for): the unique ID marks it a
+    /// client's. TLVs that do not parse leave a plain LOCAL.
+    #[test]
+    fn v2_local_unspec_keeps_its_unique_id() {
+        let mut buf = Vec::new();
+        encode_v2(None, &[(0x05, b"abc"), (0x04, b"\0\0\0\0")], &mut buf);
+        let (n, h) = done(&buf, Version::V2);
+        assert_eq!(n, buf.len());
+        assert!(h.local && h.addrs.is_none());
+        assert_eq!(h.unique_id.as_deref(), Some("abc"));
+        let mut broken = V2_SIGNATURE.to_vec();
+        broken.extend_from_slice(&[0x20, 0x00, 0, 8, 0x05, 0, 3, b'a', b'b', b'c', 0x01, 9]);
+        assert_eq!(done(&broken, Version::V2), (24, LOCAL));
+    }
+
     #[test]
     fn v2_mistakes_are_bad() {
         let with = |b12: u8, b13: u8, len: u16, body: &[u8]| {

@@ -174,10 +174,20 @@ fn v2(buf: &[u8]) -> Parsed {
 /// discarded whole, family included, as the spec asks.
 fn v2_body(command: u8, fam: u8, body: &[u8]) -> Result<Header, Malformed> {
     if command == LOCAL {
-        return Ok(Header {
+        let mut header = Header {
             local: true,
             ..Header::default()
-        });
+        };
+        // With no address block (UNSPEC), what follows is TLVs: haproxy's
+        // LOCAL for a client of a `bind unix@` frontend carries those its
+        // server line asks for, a unique ID among them, which its health
+        // checks never have. Another block is discarded whole, family
+        // included, as the spec asks; TLVs that do not parse are ignored
+        // (LOCAL takes nothing else from them).
+        if fam >> 4 == 0 && v2_tlvs(body, &mut header).is_err() {
+            header.unique_id = None;
+        }
+        return Ok(header);
     }
     let need = match fam >> 4 {
         0 => 0,

@@ -1176,10 +1176,13 @@ pub(super) fn note_resource_fault(
 /// LOCAL or a v1 UNKNOWN, or a v1 header naming the connection's own two
 /// ends (haproxy's v1 checks send `PROXY TCP4` with the check
 /// connection's addresses; no client has the balancer's address and
-/// port)?
+/// port)? A LOCAL with a unique ID (`PP2_TYPE_UNIQUE_ID`) is a client's:
+/// haproxy sends one only for a stream (`proxy-v2-options unique-id` on
+/// its server line), never for a check, so it is served at once, with no
+/// `LOCAL_WAIT`.
 fn for_itself(header: &Header, peer: &Peer) -> bool {
     let (Some(addrs), Peer::Inet { remote, local }) = (&header.addrs, peer) else {
-        return header.local;
+        return header.local && header.unique_id.is_none();
     };
     canonical_addr(addrs.source) == *remote
         && local.is_some_and(|l| canonical_addr(l) == canonical_addr(addrs.destination))

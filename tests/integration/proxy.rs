@@ -749,3 +749,48 @@ fn a_connection_waiting_after_a_self_naming_header_crosses_an_upgrade() {
     assert!(wait_until(TIMEOUT, || checks() == 1), "{}", s.log_text());
     assert_eq!(s.log_count("app: started pid"), 1, "{}", s.log_text());
 }
+
+/// haproxy's clients of a `bind unix@` frontend reach a server-speaks-
+/// first service through a v2 LOCAL header, as its health checks do;
+/// with `proxy-v2-options unique-id` on the server line that header
+/// carries a unique ID, which checks never have: such a client is served
+/// at once, not after the wait for a check's reset. The wait is
+/// stretched to a minute here, so a client made to wait gets nothing
+/// within the test's timeout.
+#[test]
+fn a_local_header_with_a_unique_id_is_a_client_served_without_the_wait() {
+    let (port, front) = (free_port(), free_port());
+    let dir = TempDir::new("proxy-unix-front");
+    let sock = dir.path("front.sock");
+    let s = Summond::start_in(
+        dir,
+        Start {
+            config: &service("app", port, &trusted("v2")),
+            env: &[("SUMMOND_TEST_LOCAL_WAIT_MS", "60000")],
+            ..Start::default()
+        },
+    );
+    let config = format!(
+        "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 10s\n  timeout server 10s\n\
+         frontend f\n  bind 127.0.0.1:{front}\n  bind unix@{}\n  unique-id-format u%rt\n  default_backend b\n\
+         backend b\n  server s 127.0.0.1:{port} send-proxy-v2 proxy-v2-options unique-id\n",
+        sock.display()
+    );
+    let Some(_h) = haproxy(&config, front) else {
+        skip("a_local_header_with_a_unique_id", "no haproxy");
+        return;
+    };
+    let c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut banner = String::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(&c)) {
+        let Ok(line) = line else { break };
+        banner.push_str(&line);
+        banner.push('\n');
+        if line == "--" {
+            break;
+        }
+    }
+    assert!(banner.ends_with("--\n"), "{banner:?}\n{}", s.log_text());
+    assert_eq!(field(&banner, "PROXY_ADDR"), Some("unset"), "{banner}");
+}
