@@ -210,6 +210,9 @@ impl Checker<'_> {
                 _ => self.wrong_type("daemon", daemon, "a table [daemon]"),
             }
         }
+        if !dropin {
+            seen.max_children = Some(config.daemon.max_children);
+        }
         if let Some(services) = root.get("service") {
             match services.get_ref() {
                 DeValue::Array(items) => {
@@ -575,6 +578,9 @@ pub(super) struct Seen {
     /// A `runtime_directory` path → the first enabled service naming it,
     /// and the uid, gid and mode it gives it.
     pub(super) runtime_dirs: FxHashMap<PathBuf, (String, (u32, u32, u32))>,
+    /// `[daemon] max_children`, once the main file's `[daemon]` is walked
+    /// (before its services and every drop-in's): no pool may need more.
+    pub(super) max_children: Option<u32>,
 }
 
 impl Seen {

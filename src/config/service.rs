@@ -330,6 +330,17 @@ impl Checker<'_> {
                 self.at(v.span(), options::invalid("instances", why));
             }
         }
+        // Every instance is a child: nor can a pool above the daemon's
+        // limit on children ever be whole.
+        if let (Some(v), Some(max)) = (t.field("instances"), d.seen.max_children) {
+            if d.instances.is_some_and(|n| n > max) {
+                let why = format!(
+                    "is {}, above [daemon] max_children = {max}: the pool could never be whole",
+                    d.instances.unwrap_or_default()
+                );
+                self.at(v.span(), options::invalid("instances", why));
+            }
+        }
         if let Some(v) = t.field("idle_timeout") {
             // Only summond's own TCP clients idle in summond.
             let reason = if d.internal().is_none() {

@@ -70,6 +70,9 @@ fn table() -> Vec<(String, String)> {
         (svc("accept = false\ninstances = 0\n"), "6:13: `instances`: must be from 1 to 256"),
         (svc("accept = false\ninstances = 1000\n"), "6:13: `instances`: must be from 1 to 256"),
         (svc("accept = false\nmax_instances = 2\ninstances = 3\n"), "7:13: `instances`: is 3, above max_instances = 2: the pool could never be whole"),
+        (format!("[daemon]\nmax_children = 2\n{}", svc("accept = false\ninstances = 3\n")), "8:13: `instances`: is 3, above [daemon] max_children = 2: the pool could never be whole"),
+        // [daemon] after the services is read first all the same.
+        (svc("accept = false\ninstances = 3\n\n[daemon]\nmax_children = 2\n"), "6:13: `instances`: is 3, above [daemon] max_children = 2: the pool could never be whole"),
         (svc("accept = false\nstart = \"lazy\"\n"), "6:9: `start`: \"lazy\" is not one of \"demand\", \"eager\""),
         (svc("rate = \"0/1s\"\n"), "5:8: `rate`: \"0/1s\" allows nothing"),
         (svc("rate = \"10/0s\"\n"), "5:8: `rate`: \"10/0s\": \"0s\" is zero"),

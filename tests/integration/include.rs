@@ -105,6 +105,35 @@ fn an_error_in_a_drop_in_names_that_file_and_line() {
     }
 }
 
+/// Issue 19: a pool in a drop-in larger than the main file's `[daemon]
+/// max_children` could never be whole: an error at its `instances` line
+/// in the drop-in.
+#[test]
+fn a_pool_in_a_drop_in_above_max_children_names_that_file_and_line() {
+    let dir = TempDir::new("include-pool");
+    let confd = dir.path("conf.d");
+    std::fs::create_dir(&confd).unwrap();
+    let main = dir.path("summond.toml");
+    std::fs::write(
+        &main,
+        "[daemon]\ninclude = [\"conf.d/*.toml\"]\nmax_children = 2\n",
+    )
+    .unwrap();
+    let pool = confd.join("pool.toml");
+    std::fs::write(
+        &pool,
+        format!("{}accept = false\ninstances = 3\n", service("pool", 7131)),
+    )
+    .unwrap();
+    let (code, _, err) = run_to_exit(&["--check", "-c", main.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    let expected = format!(
+        "{}:6:13: `instances`: is 3, above [daemon] max_children = 2",
+        pool.display()
+    );
+    assert!(err.contains(&expected), "missing {expected:?} in:\n{err}");
+}
+
 /// Issue 15 item 16: an editor's lock (`.#a.toml`, a dangling symlink
 /// emacs leaves) or a hidden backup (`.old-a.toml`) beside the drop-ins
 /// broke --check and every reload; names starting with a dot are skipped,
