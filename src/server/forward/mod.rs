@@ -1092,22 +1092,15 @@ impl Server {
             self.timers.cancel(*timeout);
             drop_probe(&mut self.poller, probe.take());
         }
-        let (sent, tree) = stop_tree(&svc.name, pid);
-        if let Err(e) = sent {
-            warn!(
-                "{}: cannot SIGTERM the backend's group {pid}: {e}",
-                svc.name
-            );
-        }
-        backend.tree = tree;
-        let kill_at = Instant::now() + stop_timeout;
-        let timer = self.timers.add(
-            kill_at,
-            Timer::BackendKill {
-                service: svc.id,
-                pid,
-            },
+        let (tree, timer) = terminate(
+            &mut self.timers,
+            &svc.name,
+            "backend's",
+            svc.id,
+            pid,
+            stop_timeout,
         );
+        backend.tree = tree;
         backend.state = State::Stopping { pid, kill: timer };
     }
 
@@ -1439,22 +1432,17 @@ impl Server {
         let Some(r) = self.forward.retired.iter_mut().find(|r| r.pid == pid) else {
             return;
         };
-        let (sent, tree) = stop_tree(&r.name, pid);
-        if let Err(e) = sent {
-            warn!(
-                "{}: cannot SIGTERM the retired backend's group {pid}: {e}",
-                r.name
-            );
-        }
+        let whose = "retired backend's";
+        let (tree, timer) = terminate(
+            &mut self.timers,
+            &r.name,
+            whose,
+            r.service,
+            pid,
+            r.stop_timeout,
+        );
         r.tree = tree;
-        let at = Instant::now() + r.stop_timeout;
-        r.kill = Some(self.timers.add(
-            at,
-            Timer::BackendKill {
-                service: r.service,
-                pid,
-            },
-        ));
+        r.kill = Some(timer);
     }
 
     /// Clients waiting for a stopped backend (held back by a retired one
@@ -1522,6 +1510,28 @@ fn stop_tree(name: &str, pid: Pid) -> (nix::Result<()>, Vec<tree::Member>) {
     let sent = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGTERM);
     signal_daemons(name, pid, &members, Signal::SIGTERM);
     (sent, members)
+}
+
+/// A stop: `stop_tree`, a warning if the group's SIGTERM could not go
+/// (`whose`: "backend's", "retired backend's"), and the SIGKILL's timer,
+/// `stop_timeout` from now. The tree and that timer.
+fn terminate(
+    timers: &mut super::timers::Timers,
+    name: &str,
+    whose: &str,
+    service: ServiceId,
+    pid: Pid,
+    stop_timeout: Duration,
+) -> (Vec<tree::Member>, TimerKey) {
+    let (sent, tree) = stop_tree(name, pid);
+    if let Err(e) = sent {
+        warn!("{name}: cannot SIGTERM the {whose} group {pid}: {e}");
+    }
+    let kill = timers.add(
+        Instant::now() + stop_timeout,
+        Timer::BackendKill { service, pid },
+    );
+    (tree, kill)
 }
 
 fn cut_text(cut: usize) -> String {
