@@ -64,28 +64,42 @@ pub(super) fn descendants(leader: Pid) -> Vec<Member> {
 }
 
 fn descendants_upto(leader: Pid, cap: usize) -> Vec<Member> {
+    let kids = |parent| {
+        let kids = children(parent)?.into_iter();
+        Some(kids.filter_map(move |pid| {
+            let (pid, _, pgid, start) = stat_of(pid).filter(|s| s.1 == parent)?;
+            Some((pid, pgid, start))
+        }))
+    };
+    walk(leader, cap, kids).unwrap_or_else(|| scan_all(leader, cap))
+}
+
+/// The tree under `leader`, depth first, at most `cap` members: `kids`
+/// gives a parent's children (pid, pgid, start time) one at a time, read
+/// only as the walk takes them, or None if it cannot tell (the walk then
+/// gives None too). Bounded: a fork bomb in the tree does not hold the
+/// loop.
+fn walk<I: Iterator<Item = (i32, i32, u64)>>(
+    leader: Pid,
+    cap: usize,
+    mut kids: impl FnMut(i32) -> Option<I>,
+) -> Option<Vec<Member>> {
     let mut out = Vec::new();
     let mut next = vec![leader.as_raw()];
     while let Some(parent) = next.pop() {
-        let Some(kids) = children(parent) else {
-            return scan_all(leader, cap);
-        };
-        for pid in kids {
-            // Bounded: a fork bomb in the tree does not hold the loop.
+        for (pid, pgid, start) in kids(parent)? {
             if out.len() >= cap {
-                return out;
+                return Some(out);
             }
-            if let Some((pid, _, pgid, start)) = stat_of(pid).filter(|s| s.1 == parent) {
-                out.push(Member {
-                    pid: Pid::from_raw(pid),
-                    start,
-                    pgid,
-                });
-                next.push(pid);
-            }
+            out.push(Member {
+                pid: Pid::from_raw(pid),
+                start,
+                pgid,
+            });
+            next.push(pid);
         }
     }
-    out
+    Some(out)
 }
 
 /// The children of `pid` (of each of its threads); none if the kernel
@@ -124,22 +138,8 @@ fn scan_all(leader: Pid, cap: usize) -> Vec<Member> {
             children.entry(ppid).or_default().push((pid, pgid, start));
         }
     }
-    let mut out = Vec::new();
-    let mut next = vec![leader.as_raw()];
-    while let Some(parent) = next.pop() {
-        for &(pid, pgid, start) in children.get(&parent).into_iter().flatten() {
-            if out.len() >= cap {
-                return out;
-            }
-            out.push(Member {
-                pid: Pid::from_raw(pid),
-                start,
-                pgid,
-            });
-            next.push(pid);
-        }
-    }
-    out
+    let kids = |parent| Some(children.get(&parent).into_iter().flatten().copied());
+    walk(leader, cap, kids).unwrap_or_default()
 }
 
 /// `sig` to each member that is still the process it was (its start
