@@ -806,7 +806,7 @@ impl Server {
         };
         if spec.forward.is_some() {
             // Relayed to the backend, which is started if it is not.
-            self.forward_client(idx, conn, peer, source);
+            self.forward_client(idx, conn, None, peer, source);
             return;
         }
         let outcome = self.spawn_for_client(idx, conn.as_raw_fd(), &peer, source, None);

@@ -143,7 +143,7 @@ impl Server {
         if let Some(text) = &self.services[idx].spec.banner {
             let _ = tls.writer().write_all(text.as_bytes());
         }
-        self.forward_tls_client(idx, socket, tls, peer, source);
+        self.forward_client(idx, socket, Some(tls), peer, source);
     }
 
     /// The child started on a socket pair's end, and the relay of the

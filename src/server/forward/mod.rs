@@ -409,11 +409,13 @@ fn connectable(to: &ListenAddr) -> Result<(), crate::safe_dir::SocketPathRefusal
 }
 
 impl Server {
-    /// Step 1: an admitted client of a forward service.
+    /// Step 1: an admitted client of a forward service (of a `tls` one,
+    /// with its handshake done: `tls`).
     pub(super) fn forward_client(
         &mut self,
         idx: usize,
         conn: Socket,
+        tls: Option<ServerConnection>,
         peer: Peer,
         source: Option<SourceKey>,
     ) {
@@ -421,7 +423,7 @@ impl Server {
             conn,
             peer,
             source,
-            tls: None,
+            tls: tls.map(Box::new),
             framed: false,
         };
         self.forward_waiting(idx, w);
@@ -443,25 +445,6 @@ impl Server {
             source,
             tls: None,
             framed: true,
-        };
-        self.forward_waiting(idx, w);
-    }
-
-    /// Step 1 for a `tls` service's client, its handshake done.
-    pub(super) fn forward_tls_client(
-        &mut self,
-        idx: usize,
-        conn: Socket,
-        tls: ServerConnection,
-        peer: Peer,
-        source: Option<SourceKey>,
-    ) {
-        let w = Waiting {
-            conn,
-            peer,
-            source,
-            tls: Some(Box::new(tls)),
-            framed: false,
         };
         self.forward_waiting(idx, w);
     }
