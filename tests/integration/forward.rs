@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::path::Path;
 use std::thread;
 use std::time::Duration;
 
@@ -644,6 +645,29 @@ fn a_backend_that_keeps_exiting_is_held_by_the_restart_guard() {
     assert!(s.log_count("starting the backend") <= 5, "{}", s.log_text());
 }
 
+/// summond with service `name` on `port`, forwarding to a socat echo
+/// backend listening on the Unix socket `path`.
+fn unix_echo(name: &str, port: u16, path: &Path) -> Summond {
+    Summond::start(&format!(
+        "[[service]]\nname = \"{name}\"\nlisten = \"tcp://127.0.0.1:{port}\"\n\
+         exec = [\"socat\", \"UNIX-LISTEN:{p},fork\", \"EXEC:cat\"]\nforward = \"unix://{p}\"\n",
+        p = path.display()
+    ))
+}
+
+/// A socat listening on the Unix socket `target` that writes what it is
+/// sent into `got`, killed when the guard drops; once it listens.
+fn unix_sink(target: &Path, got: &Path) -> (std::process::Child, KillOnDrop) {
+    let sink = std::process::Command::new("socat")
+        .arg(format!("UNIX-LISTEN:{},fork", target.display()))
+        .arg(format!("CREATE:{}", got.display()))
+        .spawn()
+        .unwrap();
+    let kill = KillOnDrop::new(sink.id() as i32);
+    assert!(wait_until(TIMEOUT, || target.exists()));
+    (sink, kill)
+}
+
 /// A backend on a Unix socket.
 #[test]
 fn a_backend_on_a_unix_socket_is_relayed_to() {
@@ -652,18 +676,7 @@ fn a_backend_on_a_unix_socket_is_relayed_to() {
     }
     let port = free_port();
     let dir = TempDir::new("fwdunix");
-    let path = dir.path("backend.sock");
-    let config = format!(
-        r#"
-[[service]]
-name = "unix"
-listen = "tcp://127.0.0.1:{port}"
-exec = ["socat", "UNIX-LISTEN:{p},fork", "EXEC:cat"]
-forward = "unix://{p}"
-"#,
-        p = path.display()
-    );
-    let s = Summond::start(&config);
+    let s = unix_echo("unix", port, &dir.path("backend.sock"));
     let _guard = KillOnDropLater(&s);
     assert_eq!(
         tcp_port_exchange(port, b"over unix\n"),
@@ -1067,13 +1080,7 @@ fn a_unix_forward_that_is_a_symlink_is_not_followed() {
     let target = dir.path("target.sock");
     let link = dir.path("backend.sock");
     let got = dir.path("got");
-    let mut sink = std::process::Command::new("socat")
-        .arg(format!("UNIX-LISTEN:{},fork", target.display()))
-        .arg(format!("CREATE:{}", got.display()))
-        .spawn()
-        .unwrap();
-    let _kill = KillOnDrop::new(sink.id() as i32);
-    assert!(wait_until(TIMEOUT, || target.exists()));
+    let (mut sink, _kill) = unix_sink(&target, &got);
     std::os::unix::fs::symlink(&target, &link).unwrap();
     let config = format!(
         r#"
@@ -1124,19 +1131,8 @@ fn a_unix_forward_swapped_for_a_symlink_after_readiness_is_not_followed() {
         dir.path("target.sock"),
         dir.path("got"),
     );
-    let mut sink = std::process::Command::new("socat")
-        .arg(format!("UNIX-LISTEN:{},fork", target.display()))
-        .arg(format!("CREATE:{}", got.display()))
-        .spawn()
-        .unwrap();
-    let _kill = KillOnDrop::new(sink.id() as i32);
-    assert!(wait_until(TIMEOUT, || target.exists()));
-    let config = format!(
-        "[[service]]\nname = \"swap\"\nlisten = \"tcp://127.0.0.1:{port}\"\n\
-         exec = [\"socat\", \"UNIX-LISTEN:{p},fork\", \"EXEC:cat\"]\nforward = \"unix://{p}\"\n",
-        p = sock.display()
-    );
-    let s = Summond::start(&config);
+    let (mut sink, _kill) = unix_sink(&target, &got);
+    let s = unix_echo("swap", port, &sock);
     let _guard = KillOnDropLater(&s);
     assert_eq!(
         tcp_port_exchange(port, b"one\n"),
