@@ -186,18 +186,42 @@ pub(crate) fn tools_or_skip(test: &str, tools: &[&str]) -> bool {
     true
 }
 
+/// A fresh PKI in a directory of its own, or None (the test skipped,
+/// saying so) if one of `tools` is missing.
+fn pki_or_skip(test: &str, tools: &[&str]) -> Option<(TempDir, Pki)> {
+    if !tools_or_skip(test, tools) {
+        return None;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    Some((certs, pki))
+}
+
+/// A TLS service `t` on a port picked now, running `exec`, with a fresh
+/// PKI: the setup most tests here share. summond, the PKI, the port, and
+/// the PKI's directory (removed when dropped).
+struct Tls(Summond, Pki, u16, TempDir);
+
+impl Tls {
+    /// None (the test skipped, saying so) if one of `tools` is missing.
+    fn start(test: &str, tools: &[&str], exec: &str, more: &str) -> Option<Tls> {
+        let (certs, pki) = pki_or_skip(test, tools)?;
+        let port = free_port();
+        let s = Summond::start(&tls_service(port, exec, &pki, more));
+        Some(Tls(s, pki, port, certs))
+    }
+}
+
 /// The child's variables, and one line echoed back from the client.
 const SHOW_ENV: &str = "env | grep -E '^(SSL_|REMOTE_ADDR|TCPLOCALPORT)' | sort; head -n1";
 
 #[test]
 fn s_client_over_tls_1_2_and_1_3_reaches_a_child_that_sees_the_client_and_ssl_variables() {
-    if !tools_or_skip("tls_1_2_and_1_3", &["openssl"]) {
+    let Some(Tls(s, pki, port, _certs)) =
+        Tls::start("tls_1_2_and_1_3", &["openssl"], &sh(SHOW_ENV), "")
+    else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
-    let port = free_port();
-    let s = Summond::start(&tls_service(port, &sh(SHOW_ENV), &pki, ""));
+    };
     for (flag, protocol) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
         let (ok, out) = s_client(&pki, port, &[flag], b"ping over tls\n");
         assert!(ok, "{flag}: {out}\n{}", s.log_text());
@@ -218,11 +242,9 @@ fn s_client_over_tls_1_2_and_1_3_reaches_a_child_that_sees_the_client_and_ssl_va
 
 #[test]
 fn with_client_ca_a_client_certificate_is_required_and_its_subject_reaches_the_child() {
-    if !tools_or_skip("client_ca", &["openssl"]) {
+    let Some((_certs, pki)) = pki_or_skip("client_ca", &["openssl"]) else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
+    };
     let port = free_port();
     let more = format!(", client_ca = \"{}\"", pki.path("ca.pem"));
     let s = Summond::start(&tls_service(port, &sh(SHOW_ENV), &pki, &more));
@@ -251,11 +273,9 @@ fn with_client_ca_a_client_certificate_is_required_and_its_subject_reaches_the_c
 
 #[test]
 fn curl_fetches_5_mb_byte_exact_from_busybox_httpd_behind_tls() {
-    if !tools_or_skip("curl_busybox", &["openssl", "curl", "busybox"]) {
+    let Some((_certs, pki)) = pki_or_skip("curl_busybox", &["openssl", "curl", "busybox"]) else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
+    };
     let www = TempDir::new("www");
     let body: Vec<u8> = (0..5 * 1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -314,11 +334,9 @@ fn served_serial(pki: &Pki, port: u16) -> String {
 
 #[test]
 fn a_renewed_certificate_is_served_after_sighup_and_a_broken_one_keeps_the_old() {
-    if !tools_or_skip("renewal", &["openssl"]) {
+    let Some((certs, pki)) = pki_or_skip("renewal", &["openssl"]) else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
+    };
     let port = free_port();
     let config = tls_service(port, "[\"true\"]", &pki, "");
     let s = Summond::start(&config);
@@ -339,13 +357,10 @@ fn a_renewed_certificate_is_served_after_sighup_and_a_broken_one_keeps_the_old()
 
 #[test]
 fn a_plaintext_client_on_a_tls_port_is_refused_as_tls_and_starts_no_child() {
-    if !tools_or_skip("plaintext", &["openssl"]) {
+    let Some(Tls(s, _, port, _certs)) = Tls::start("plaintext", &["openssl"], "[\"true\"]", "")
+    else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
-    let port = free_port();
-    let s = Summond::start(&tls_service(port, "[\"true\"]", &pki, ""));
+    };
     let mut c = connect_tcp(([127, 0, 0, 1], port).into());
     c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
     c.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -358,13 +373,11 @@ fn a_plaintext_client_on_a_tls_port_is_refused_as_tls_and_starts_no_child() {
 
 #[test]
 fn a_stalled_handshake_is_closed_at_its_deadline_while_others_are_served() {
-    if !tools_or_skip("stalled", &["openssl"]) {
+    let Some(Tls(s, pki, port, _certs)) =
+        Tls::start("stalled", &["openssl"], &sh("echo served"), "")
+    else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
-    let port = free_port();
-    let s = Summond::start(&tls_service(port, &sh("echo served"), &pki, ""));
+    };
     // From 127.0.0.2, hellos cut short: summond waits for the rest. Past
     // 64 at once that client's next ones are refused; 127.0.0.1 is served.
     let silent: Vec<_> = (0..70)
@@ -414,11 +427,9 @@ fn rss_kib(pid: i32) -> u64 {
 
 #[test]
 fn ten_thousand_failed_handshakes_leave_no_fd_or_memory_behind() {
-    if !tools_or_skip("failed_handshakes", &["openssl"]) {
+    let Some((_certs, pki)) = pki_or_skip("failed_handshakes", &["openssl"]) else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
+    };
     let (port, mport) = (free_port(), free_port());
     let config = format!(
         "[daemon]\nmetrics = \"tcp://127.0.0.1:{mport}\"\n{}",
@@ -486,11 +497,9 @@ fn ten_thousand_failed_handshakes_leave_no_fd_or_memory_behind() {
 
 #[test]
 fn the_key_never_reaches_the_child_neither_as_an_fd_nor_in_its_environment() {
-    if !tools_or_skip("key_in_child", &["openssl"]) {
+    let Some((certs, pki)) = pki_or_skip("key_in_child", &["openssl"]) else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
+    };
     let port = free_port();
     // What the child holds: its fds, whether fd 0 is a Unix socket (the
     // pair) or a TCP one, its environment.
@@ -525,11 +534,9 @@ fn the_key_never_reaches_the_child_neither_as_an_fd_nor_in_its_environment() {
 
 #[test]
 fn tls_files_that_cannot_be_used_are_config_errors_naming_the_file_and_line() {
-    if !tools_or_skip("tls_config_errors", &["openssl"]) {
+    let Some((certs, pki)) = pki_or_skip("tls_config_errors", &["openssl"]) else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
+    };
     let dir = TempDir::new("cfg");
     let check = |tls: &str| {
         let config = format!(
@@ -614,11 +621,9 @@ fn tls_files_that_cannot_be_used_are_config_errors_naming_the_file_and_line() {
 
 #[test]
 fn with_pass_listen_fds_the_child_gets_the_plaintext_as_fd_3() {
-    if !tools_or_skip("tls_listen_fds", &["openssl"]) {
+    let Some((_certs, pki)) = pki_or_skip("tls_listen_fds", &["openssl"]) else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
+    };
     let port = free_port();
     let script = "echo \"fds=$LISTEN_FDS names=$LISTEN_FDNAMES $SSL_PROTOCOL\" >&3; \
                   head -n1 <&3 >&3";
@@ -633,13 +638,11 @@ fn with_pass_listen_fds_the_child_gets_the_plaintext_as_fd_3() {
 
 #[test]
 fn a_client_that_never_closes_after_its_child_ended_is_let_go_within_the_linger() {
-    if !tools_or_skip("tls_linger", &["openssl", "python3"]) {
+    let Some(Tls(s, pki, port, _certs)) =
+        Tls::start("tls_linger", &["openssl", "python3"], &sh("echo bye"), "")
+    else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
-    let port = free_port();
-    let s = Summond::start(&tls_service(port, &sh("echo bye"), &pki, ""));
+    };
     let base = fd_count(s.pid());
     // Handshake, then neither read nor close: the child's answer and the
     // close_notify wait in its socket.
@@ -684,11 +687,9 @@ fn a_client_that_never_closes_after_its_child_ended_is_let_go_within_the_linger(
 
 #[test]
 fn a_tls_connection_outlives_the_handshake_deadline() {
-    if !tools_or_skip("tls_long_lived", &["openssl"]) {
+    let Some((_certs, pki)) = pki_or_skip("tls_long_lived", &["openssl"]) else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
+    };
     let port = free_port();
     // Past the 10 s a handshake has: the deadline is the handshake's only.
     let s = Summond::start(&tls_service(port, &sh("sleep 12; echo late"), &pki, ""));
@@ -703,11 +704,9 @@ fn a_tls_connection_outlives_the_handshake_deadline() {
 /// client in REMOTE_* beside the SSL_* variables.
 #[test]
 fn behind_haproxy_send_proxy_the_header_comes_first_then_tls() {
-    if !tools_or_skip("proxy_then_tls", &["openssl", "curl"]) {
+    let Some((_certs, pki)) = pki_or_skip("proxy_then_tls", &["openssl", "curl"]) else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
+    };
     let (v2_front, v1_front, port) = (free_port(), free_port(), free_port());
     let show = "read line; printf 'HTTP/1.0 200 OK\\r\\n\\r\\n'; \
                 env | grep -E '^(SSL_PROTOCOL|REMOTE_ADDR|PROXY_ADDR|TCPLOCALPORT)=' | sort";
@@ -802,11 +801,9 @@ fn s_time(pki: &Pki, port: u16) -> u32 {
 /// against the table at every change (summond would die on a mismatch).
 #[test]
 fn every_way_out_of_a_handshake_gives_its_clients_count_back() {
-    if !tools_or_skip("handshake_counts", &["openssl"]) {
+    let Some((_certs, pki)) = pki_or_skip("handshake_counts", &["openssl"]) else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
+    };
     let (port, other) = (free_port(), free_port());
     let u = tls_service(other, &sh("echo served"), &pki, "").replace("\"t\"", "\"u\"");
     let s = Summond::start(&(tls_service(port, &sh("true"), &pki, "") + &u));
@@ -852,11 +849,9 @@ fn every_way_out_of_a_handshake_gives_its_clients_count_back() {
 /// waits in the backlog and is served once one of them goes.
 #[test]
 fn handshakes_hold_a_place_under_max_instances() {
-    if !tools_or_skip("handshakes_max_instances", &["openssl"]) {
+    let Some((certs, pki)) = pki_or_skip("handshakes_max_instances", &["openssl"]) else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
+    };
     let port = free_port();
     let config = tls_service(port, &sh("echo served"), &pki, "") + "max_instances = 2\n";
     let s = Summond::start(&config);
@@ -880,11 +875,9 @@ fn handshakes_hold_a_place_under_max_instances() {
 /// to its deadline.
 #[test]
 fn an_upgrade_carries_a_waiting_header_and_closes_a_handshake() {
-    if !tools_or_skip("upgrade_front", &["openssl"]) {
+    let Some((_certs, pki)) = pki_or_skip("upgrade_front", &["openssl"]) else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
+    };
     let port = free_port();
     let config = tls_service(port, &sh("echo served"), &pki, "")
         + "proxy_protocol = \"v1\"\nproxy_from = [\"127.0.0.1/32\"]\n";
@@ -934,11 +927,9 @@ fn an_upgrade_carries_a_waiting_header_and_closes_a_handshake() {
 /// its next connection refused, and cannot take every instance place.
 #[test]
 fn a_handshake_in_progress_counts_under_max_per_source() {
-    if !tools_or_skip("handshake max_per_source", &["openssl"]) {
+    let Some((_certs, pki)) = pki_or_skip("handshake max_per_source", &["openssl"]) else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
+    };
     let port = free_port();
     let s = Summond::start(&format!(
         "{}max_instances = 8\nmax_per_source = 1\n",
@@ -968,11 +959,9 @@ fn a_handshake_in_progress_counts_under_max_per_source() {
 /// `SSL_*` for the TLS child are set afresh.
 #[test]
 fn ssl_and_proxy_variables_summond_was_started_with_reach_no_child() {
-    if !tools_or_skip("inherited_ssl_env", &["openssl"]) {
+    let Some((_certs, pki)) = pki_or_skip("inherited_ssl_env", &["openssl"]) else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
+    };
     let (tls, plain) = (free_port(), free_port());
     // OpenSSL's SSL_CERT_FILE and SSL_CERT_DIR describe the host: they pass.
     let env = "env | grep -E '^(SSL_|PROXY_)' | grep -v '^SSL_CERT_' | sort; echo end";
@@ -1020,11 +1009,9 @@ pub(crate) fn still_held(c: &std::net::TcpStream) -> bool {
 /// time out.
 #[test]
 fn silent_handshakes_on_one_tls_service_do_not_park_another() {
-    if !tools_or_skip("handshake_share", &["openssl"]) {
+    let Some((_certs, pki)) = pki_or_skip("handshake_share", &["openssl"]) else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
+    };
     let (flooded, other) = (free_port(), free_port());
     let u = tls_service(other, &sh("echo served"), &pki, "").replace("\"t\"", "\"u\"");
     let s = Summond::start(&(tls_service(flooded, &sh("cat"), &pki, "") + &u));
@@ -1058,11 +1045,9 @@ fn silent_handshakes_on_one_tls_service_do_not_park_another() {
 /// quarter of an equal share).
 #[test]
 fn one_address_cannot_fill_its_services_handshake_share() {
-    if !tools_or_skip("handshake_share_per_client", &["openssl"]) {
+    let Some((_certs, pki)) = pki_or_skip("handshake_share_per_client", &["openssl"]) else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
+    };
     let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
     let config: String = ports
         .iter()
@@ -1158,13 +1143,11 @@ impl Drop for Interactive {
 /// that carries no data).
 #[test]
 fn a_key_update_storm_is_closed_or_served_without_spinning() {
-    if !tools_or_skip("key_update_storm", &["openssl"]) {
+    let Some(Tls(s, pki, port, _certs)) =
+        Tls::start("key_update_storm", &["openssl"], "[\"cat\"]", "")
+    else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
-    let port = free_port();
-    let s = Summond::start(&tls_service(port, "[\"cat\"]", &pki, ""));
+    };
     let mut storm = Interactive::start(&pki, port);
     assert!(storm.send("hello\n"));
     assert!(wait_until(TIMEOUT, || storm.output().contains("hello\n")));
@@ -1241,13 +1224,11 @@ pub(crate) fn open_after_reading(mut c: &std::net::TcpStream) -> bool {
 /// short while only.
 #[test]
 fn a_client_silent_before_its_hello_goes_before_one_stalled_after_it() {
-    if !tools_or_skip("hello_deadline", &["openssl"]) {
+    let Some(Tls(s, _, port, _certs)) =
+        Tls::start("hello_deadline", &["openssl"], &sh("echo served"), "")
+    else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
-    let port = free_port();
-    let s = Summond::start(&tls_service(port, &sh("echo served"), &pki, ""));
+    };
     // Two addresses: each refusal has its own log line.
     let mut stalled = connect_from([127, 0, 0, 2], port);
     stalled.write_all(&client_hello()).unwrap();
