@@ -48,7 +48,9 @@ const OWN_ENV: &[&str] = &[STATE_ENV, OLD_EXE_ENV, RETURNING_ENV, TEST_READS_ENV
 ///
 /// 1: everything up to forward mode.
 /// 2: forward mode's backends (ready or not), relayed connections and
-///    clients held for a starting backend; TLS drainers.
+///    clients held for a starting backend; TLS drainers, and the
+///    handshakes they finish for forward services (a front entry an
+///    older image would take for a client's own connection).
 pub const FORMAT: u32 = 2;
 /// The oldest format this image reads (a state without fields it has
 /// added since reads as empty parts: `#[serde(default)]`).
@@ -169,8 +171,12 @@ impl State {
                 "forward backend",
             ),
             (self.relays.len(), "relayed connection"),
-            (self.waiting.len(), "client held for a starting backend"),
+            (self.waiting.len(), "held client"),
             (self.drainers.len(), "TLS drainer"),
+            (
+                self.front.iter().filter(|f| f.drained).count(),
+                "drained TLS handshake",
+            ),
         ];
         let said: Vec<String> = (parts.iter())
             .filter(|(n, _)| *n > 0)
