@@ -182,3 +182,39 @@ fn at_the_handshake_bound_a_newcomer_takes_a_place_from_whoever_holds_most() {
         assert!(evicted, "{from}\n{}", s.log_text());
     }
 }
+
+/// Reproducer (atk1): a client whose ClientHello is in and answered
+/// holds its place against silent connections from many addresses (one
+/// each): the docs say a silent handshake is let go "before one whose
+/// hello is in". But every handshake's deadline is its accept plus
+/// `HELLO_TIMEOUT` until that runs out, so `victim` goes by accept order
+/// alone: the 257th silent newcomer (300 addresses, each holding 1, as
+/// the real client does) takes the real client's place, the oldest.
+/// Over the network a silent flood of R connections/s lets go every
+/// handshake older than 256/R s (1,000/s: any client with an RTT over
+/// ~250 ms never finishes).
+#[test]
+fn a_handshake_whose_hello_is_in_outlives_silent_connections_from_many_addresses() {
+    if !tools_or_skip("tls_silent_many", &["openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let (ports, config) = services(1, &sh("echo served"), &pki);
+    let s = Summond::start(&config);
+    let (conn, sock) = hello_sent(&pki, ports[0]);
+    // Its hello read and answered before the flood.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let silent: Vec<_> = (0..300u16)
+        .map(|i| connect_from([127, 0, 2 + (i / 250) as u8, 1 + (i % 250) as u8], ports[0]))
+        .collect();
+    assert!(
+        wait_until(TIMEOUT, || s.log_count("let go for another client's") >= 44),
+        "{}",
+        s.log_text()
+    );
+    let mut out = String::new();
+    let _ = rustls::StreamOwned::new(conn, sock).read_to_string(&mut out);
+    drop(silent);
+    assert_eq!(out, "served\n", "{}", s.log_text());
+}
