@@ -218,3 +218,38 @@ fn a_handshake_whose_hello_is_in_outlives_silent_connections_from_many_addresses
     drop(silent);
     assert_eq!(out, "served\n", "{}", s.log_text());
 }
+
+/// Reproducer (atk1): with the 256 places held by silent connections
+/// from 256 addresses (one each), a client that has one handshake under
+/// way (a browser's second parallel connection; `openssl s_time`'s next
+/// connection before summond read its last Finished) is refused outright
+/// for its next: `victim` finds no client holding more than its 1, and
+/// the refusal is logged as "too many TLS handshakes at once from this
+/// client" (`Failure::TooMany`), a client holding 1 of its 64.
+#[test]
+fn a_client_with_one_handshake_under_way_is_not_refused_its_second_by_a_many_address_flood() {
+    if !tools_or_skip("tls_second_refused", &["openssl"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let (ports, config) = services(1, &sh("echo served"), &pki);
+    let s = Summond::start(&config);
+    let before = fd_count(s.pid());
+    let silent: Vec<_> = (0..256u16)
+        .map(|i| connect_from([127, 0, 2 + (i / 250) as u8, 1 + (i % 250) as u8], ports[0]))
+        .collect();
+    assert!(
+        wait_until(TIMEOUT, || fd_count(s.pid()) >= before + 256),
+        "{}",
+        s.log_text()
+    );
+    // Its first takes a silent one's place (it holds 0 then).
+    let (first, sock) = hello_sent(&pki, ports[0]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (second, sock2) = hello_sent(&pki, ports[0]);
+    let mut out = String::new();
+    let _ = rustls::StreamOwned::new(second, sock2).read_to_string(&mut out);
+    drop((first, sock, silent));
+    assert_eq!(out, "served\n", "{}", s.log_text());
+}
