@@ -233,15 +233,42 @@ impl FrontTable {
     }
 
     /// At `HANDSHAKE_LIMIT`, the handshake a newcomer of service `id`
-    /// from `key` takes the place of: in the service holding the most
-    /// (another only if it holds more than `id`: under contention each
-    /// service keeps at least an equal share, and a busy one lends what
-    /// it does not use), of the client holding the most there, the one
-    /// nearest its deadline (a silent one before one whose hello is in,
-    /// then the oldest). None when the newcomer's own client holds as
-    /// many as any there: it is the one refused (`tls`). A scan of the
-    /// table (at most `FRONT_MAX`), only at the bound.
+    /// from `key` takes the place of. First a silent one (no whole
+    /// ClientHello yet: a real client's comes with its connection, and
+    /// the table reads it at once), of any service: of the client holding
+    /// the most, the oldest; whoever the newcomer is. With none silent:
+    /// in the service holding the most (another only if it holds more
+    /// than `id`: under contention each service keeps at least an equal
+    /// share, and a busy one lends what it does not use), of the client
+    /// holding the most there, the one nearest its deadline (the oldest).
+    /// None when the newcomer's own client then holds as many as any
+    /// there: it is the one refused (`Failure::Full`). Scans of the table
+    /// (at most `FRONT_MAX`), only at the bound.
     pub fn victim(&self, id: ServiceId, key: Option<&SourceKey>) -> Option<Token> {
+        self.silent_victim().or_else(|| self.heard_victim(id, key))
+    }
+
+    /// Of the handshakes whose hello is not in, over all services, the
+    /// oldest of the client holding the most handshakes.
+    fn silent_victim(&self) -> Option<Token> {
+        let silent = || {
+            self.conns.iter().filter(|(_, c)| match &c.work {
+                Work::Handshake(hs) => !hs.hello_in(),
+                _ => false,
+            })
+        };
+        // Clients without a per-source key (a Unix socket's) are one.
+        let unkeyed =
+            u32::try_from(silent().filter(|(_, c)| c.source.is_none()).count()).unwrap_or(u32::MAX);
+        let held = |k: Option<&SourceKey>| k.map_or(unkeyed, |k| self.handshakes_from.get(k));
+        pick(
+            silent().map(|(t, c)| (held(c.source.as_ref()), c.timer.at(), *t)),
+            0,
+        )
+    }
+
+    /// `victim` when every handshake's hello is in.
+    fn heard_victim(&self, id: ServiceId, key: Option<&SourceKey>) -> Option<Token> {
         let mine = self.handshakes_in.get(&id);
         let (top, most) = self.handshakes_in.iter().max_by_key(|(_, n)| *n)?;
         let from = if most > mine { *top } else { id };
@@ -250,7 +277,6 @@ impl FrontTable {
                 .iter()
                 .filter(move |(_, c)| c.service == from && matches!(c.work, Work::Handshake(_)))
         };
-        // Clients without a per-source key (a Unix socket's) are one.
         let unkeyed = u32::try_from(handshakes().filter(|(_, c)| c.source.is_none()).count())
             .unwrap_or(u32::MAX);
         let held =

@@ -51,18 +51,21 @@ impl Server {
             self.refuse(idx, &conn, &peer, source, why, now);
             return;
         }
-        if self.front.handshakes_full() {
-            // Every place is taken: this client takes one of the service
-            // and client holding the most, unless it is that client.
+        // Every place is taken: this client takes one (`victim`), unless
+        // no one holds more than its client. Let go only once this one is
+        // sure to start (below), not for a client that then fails.
+        let victim = if self.front.handshakes_full() {
             match self.front.victim(id, source.as_ref()) {
-                Some(token) => self.evict_handshake(token),
+                Some(token) => Some(token),
                 None => {
-                    let why = RefuseReason::Tls(Failure::TooMany);
+                    let why = RefuseReason::Tls(Failure::Full);
                     self.refuse(idx, &conn, &peer, source, why, now);
                     return;
                 }
             }
-        }
+        } else {
+            None
+        };
         let name = self.services[idx].spec.name.clone();
         let Some(config) = self.services[idx].tls_config() else {
             warn!("{name}: no TLS configuration; closing {peer}");
@@ -88,6 +91,9 @@ impl Server {
             return;
         }
         self.poller.tokens.insert(token, TokenKind::Front);
+        if let Some(victim) = victim {
+            self.evict_handshake(victim);
+        }
         let timer = self.timers.add(now + HELLO_TIMEOUT, Timer::FrontDue(token));
         let conn = FrontConn {
             socket: conn,

@@ -57,9 +57,14 @@ pub enum Failure {
     /// Refused before it started: this client has too many handshakes
     /// running already.
     TooMany,
-    /// Let go at `HANDSHAKE_LIMIT` for a newcomer: its client held the
-    /// most handshakes of the service holding the most.
+    /// Let go at `HANDSHAKE_LIMIT` for a newcomer: it was silent, or
+    /// (none being silent) its client held the most handshakes of the
+    /// service holding the most.
     Evicted,
+    /// Refused before it started: every place under `HANDSHAKE_LIMIT` is
+    /// taken by a handshake whose hello is in, and no client there holds
+    /// more than this one's.
+    Full,
 }
 
 impl fmt::Display for Failure {
@@ -74,6 +79,9 @@ impl fmt::Display for Failure {
             Failure::Io => "connection failed during the TLS handshake",
             Failure::TooMany => "too many TLS handshakes at once from this client",
             Failure::Evicted => "TLS handshake let go for another client's (all places taken)",
+            Failure::Full => {
+                "all TLS handshake places taken by clients holding as many as this one"
+            }
         })
     }
 }
@@ -125,6 +133,12 @@ impl Handshake {
         let extend = self.answered && !self.extended;
         self.extended = true;
         extend
+    }
+
+    /// The client's whole ClientHello is in (rustls answered it): not a
+    /// silent connection, nor one that sent part of a hello.
+    pub fn hello_in(&self) -> bool {
+        self.answered
     }
 
     /// Move the handshake on as far as `sock` allows now.
