@@ -56,6 +56,15 @@ const ACCEPT_BUDGET: usize = 64;
 /// accepts do.
 const TLS_ACCEPT_COST: usize = 8;
 
+/// TLS clients accepted per turn over all listeners (a listener's own
+/// share is `ACCEPT_BUDGET / TLS_ACCEPT_COST`): with many TLS services
+/// a per-listener budget alone answered 8 hellos for each (320 for 40,
+/// more than `HANDSHAKE_LIMIT`) before one Finished was read. What one
+/// listener alone gets in a turn (its wake and the turn's end); a
+/// listener left without is queued, and the queue is served first the
+/// next turn (`Server::end_turn`), so the listeners take it in turn.
+pub(super) const TLS_TURN_ACCEPTS: usize = 2 * ACCEPT_BUDGET / TLS_ACCEPT_COST;
+
 /// An accepted client whose child could not be started for lack of fds or
 /// processes; it is started when the back-off ends instead of being
 /// dropped; a service a reload gave its address to admits it afresh, the
@@ -246,12 +255,12 @@ impl Server {
             ListenAddr::Tcp(sa) => Some(*sa),
             _ => None,
         };
-        let cost = if self.services[idx].spec.tls.is_some() {
-            TLS_ACCEPT_COST
-        } else {
-            1
-        };
+        let tls = self.services[idx].spec.tls.is_some();
+        let cost = if tls { TLS_ACCEPT_COST } else { 1 };
         for _ in 0..ACCEPT_BUDGET / cost {
+            if tls && self.tls_accepts_left == 0 {
+                break;
+            }
             if !self.gate_is_open(now) || self.front_is_full_for(idx) {
                 self.park(addr);
                 return;
@@ -264,6 +273,9 @@ impl Server {
             };
             match sock.listener.socket.accept() {
                 Ok((conn, from)) => {
+                    if tls {
+                        self.tls_accepts_left -= 1;
+                    }
                     let peer = Peer::of(&conn, &from, listening);
                     if self.services[idx].spec.proxy.is_some() {
                         self.start_front(idx, addr, conn, peer, now);

@@ -25,7 +25,8 @@
 //!    resource back-off): shut, the listener is parked (`park`) and its
 //!    clients wait in the backlog until `unpark`.
 //! 3. `accept_connections`: accepts up to `ACCEPT_BUDGET` (a `tls`
-//!    service's cost `TLS_ACCEPT_COST` each) while the gate
+//!    service's cost `TLS_ACCEPT_COST` each, and `TLS_TURN_ACCEPTS`
+//!    of them a turn over all listeners) while the gate
 //!    and the service's own limits (`service_may_spawn` →
 //!    `ServiceRuntime::may_spawn`: `max_instances`, then `may_start`:
 //!    crash hold, `rate`) allow; clients left over are queued for the
@@ -220,6 +221,8 @@ pub struct Server {
     reloads: Reloads,
     /// Forward mode: the backends and the relayed connections.
     forward: Forwarding,
+    /// What is left this turn of `TLS_TURN_ACCEPTS`.
+    tls_accepts_left: usize,
 }
 
 impl Server {
@@ -261,6 +264,7 @@ impl Server {
             stopping: false,
             reloads: Reloads::default(),
             forward: Forwarding::default(),
+            tls_accepts_left: connection::TLS_TURN_ACCEPTS,
         };
         server.apply_config(config)?;
         server.origin.close_unclaimed();
@@ -364,6 +368,9 @@ impl Server {
     /// the timers due, the kept connections, an upgrade whose check
     /// passed.
     fn end_turn(&mut self) {
+        // The listeners left over are served first with the next turn's
+        // TLS accepts, before the next poll's.
+        self.tls_accepts_left = connection::TLS_TURN_ACCEPTS;
         self.serve_ready();
         self.serve_internal_ready();
         self.serve_relays_again();
