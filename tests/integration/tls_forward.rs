@@ -905,3 +905,35 @@ fn a_tls_child_killed_after_an_upgrade_ends_truncated_in_the_drainer() {
     );
     assert_eq!(lived, ("startbye".to_string(), "clean".to_string()));
 }
+
+/// REVIEW atk2 (finding): a handshake stalled at an upgrade, then a
+/// reload that turns `forward_proxy_protocol` on. The drainer wrote the
+/// old config's header (none); the image takes the framed stream's
+/// header as "already in it" and sends none, so the client's own first
+/// bytes are the backend's PROXY header: the client names any source.
+/// Expected: the backend sees summond's header (or the client closed).
+#[test]
+fn a_reload_after_an_upgrade_never_lets_a_drained_client_write_its_own_proxy_header() {
+    if !tools_or_skip("tls drained header across reload", &["socat"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let (port, backend) = (free_port(), free_port());
+    let with = echo_service(&pki, port, backend, "0").replace("\"v2\"", "\"v1\"");
+    let without = with.replace("forward_proxy_protocol = \"v1\"", "");
+    let s = Summond::start(&without);
+    let _guard = KillOnDropLater(&s);
+    let mut stalled = hello_only(&pki, port);
+    upgrade(&s, 1);
+    assert!(s.reload(&with), "{}", s.log_text());
+    stalled.flush().unwrap();
+    let forged = b"PROXY TCP4 6.6.6.6 127.0.0.1 4444 443\r\n".to_vec();
+    let back = echo(stalled, &forged).unwrap_or_default();
+    assert!(
+        !back.starts_with(b"PROXY TCP4 6.6.6.6"),
+        "the backend's header is the client's own: {:?}\n{}",
+        String::from_utf8_lossy(&back),
+        s.log_text()
+    );
+}
