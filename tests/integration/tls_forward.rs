@@ -937,3 +937,34 @@ fn a_reload_after_an_upgrade_never_lets_a_drained_client_write_its_own_proxy_hea
         s.log_text()
     );
 }
+
+/// REVIEW atk2 (finding, held variant): a TLS client held while its
+/// backend starts (no stall needed: any first client of a cold backend)
+/// at an upgrade whose config file now turns `forward_proxy_protocol`
+/// on (the new image reads the file; no reload): its own first bytes
+/// are the backend's PROXY header.
+#[test]
+fn an_upgrade_that_turns_the_forward_header_on_never_lets_a_held_client_write_it() {
+    if !tools_or_skip("tls held header across upgrade", &["socat"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let (port, backend) = (free_port(), free_port());
+    let with = echo_service(&pki, port, backend, "2").replace("\"v2\"", "\"v1\"");
+    let without = with.replace("forward_proxy_protocol = \"v1\"", "");
+    let s = Summond::start(&without);
+    let _guard = KillOnDropLater(&s);
+    let c = rustls_client(&pki, port);
+    assert!(s.wait_log("starting the backend"), "{}", s.log_text());
+    s.write_config(&with);
+    upgrade(&s, 1);
+    let forged = b"PROXY TCP4 6.6.6.6 127.0.0.1 4444 443\r\n".to_vec();
+    let back = echo(c, &forged).unwrap_or_default();
+    assert!(
+        !back.starts_with(b"PROXY TCP4 6.6.6.6"),
+        "the backend's header is the client's own: {:?}\n{}",
+        String::from_utf8_lossy(&back),
+        s.log_text()
+    );
+}
