@@ -270,9 +270,12 @@ pub struct WaitingState {
     pub peer: Peer,
     pub source: Option<SourceKey>,
     /// A socket pair's end whose other end a drainer relays a TLS
-    /// session to, the PROXY header (if any) written by it: none to add.
+    /// session to: its PROXY header (if any) is built with `names`.
     #[serde(default)]
     pub framed: bool,
+    /// The ALPN protocol and server name its client asked for.
+    #[serde(default)]
+    pub names: crate::relay::preamble::Names,
 }
 
 /// A drainer an image forked at a live upgrade (`server/drainer.rs`).

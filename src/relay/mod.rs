@@ -52,6 +52,7 @@ use rustc_hash::FxHashMap;
 mod drain;
 mod flow;
 mod pending;
+pub mod preamble;
 mod side;
 #[cfg(test)]
 mod tests;

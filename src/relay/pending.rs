@@ -5,8 +5,8 @@
 //! while its forward backend starts). Once done the session is relayed
 //! to its pair's end as an accept-mode child's is, `preface` first (the
 //! next image, on the other end, takes it from there as a plaintext
-//! client); a handshake that fails or runs out closes both, which is all
-//! the next image hears of it.
+//! client); a handshake that fails or runs out closes both, its pair's
+//! end told how first (`preamble::failed`).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Instant;
@@ -16,7 +16,7 @@ use mio::{Interest, Registry, Token};
 use rustls::ServerConnection;
 
 use super::{Relays, Side};
-use crate::tls::{Handshake, Step, HANDSHAKE_TIMEOUT, HELLO_TIMEOUT, LINGER};
+use crate::tls::{Failure, Handshake, Step, HANDSHAKE_TIMEOUT, HELLO_TIMEOUT, LINGER};
 
 /// Where a pending client's TLS session is.
 pub enum Session {
@@ -96,11 +96,15 @@ impl<T> Handshakes<T> {
             return;
         };
         let _ = registry.deregister(&mut SourceFd(&p.fd.as_raw_fd()));
-        if step == Step::Done {
-            if let Session::Handshaking(hs) = p.session {
-                p.session = Session::Done(Box::new(hs.into_conn()));
+        match step {
+            Step::Done => {
+                if let Session::Handshaking(hs) = p.session {
+                    p.session = Session::Done(Box::new(hs.into_conn()));
+                }
+                relay(p, relays, registry);
             }
-            relay(p, relays, registry);
+            Step::Failed(why) => tell_failed(&p.back, why),
+            Step::Pending => {}
         }
     }
 
@@ -118,9 +122,16 @@ impl<T> Handshakes<T> {
                 }
             }
             let _ = registry.deregister(&mut SourceFd(&p.fd.as_raw_fd()));
+            tell_failed(&p.back, Failure::Timeout);
             *slot = None;
         }
     }
+}
+
+/// The image's end learns how the handshake failed (its one byte goes
+/// into an empty pair's buffer; if not, the EOF says "closed").
+fn tell_failed(back: &OwnedFd, why: Failure) {
+    let _ = nix::unistd::write(back, &[super::preamble::failed(why)]);
 }
 
 /// A session done: relayed to its pair's end, its preface first, with

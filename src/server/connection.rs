@@ -632,11 +632,11 @@ impl Server {
                 // state; a handshake's rustls state cannot cross an exec
                 // (a forward one's is a drainer's by now: `Drained`).
                 Work::Local(header, version) => Some((c, *version, Some((**header).clone()))),
-                Work::Drained => Some((c, Version::Any, None)),
+                Work::Drained(_) => Some((c, Version::Any, None)),
                 Work::Handshake(_) => None,
             })
             .map(|(c, version, local)| FrontState {
-                drained: matches!(c.work, Work::Drained),
+                drained: matches!(c.work, Work::Drained(_)),
                 source: c.source,
                 fd: c.socket.as_raw_fd(),
                 addr: c.addr.to_string(),
@@ -698,7 +698,7 @@ impl Server {
                 source: c.source.filter(|_| c.drained),
                 work: match (c.local, c.drained) {
                     (Some(header), _) => Work::Local(Box::new(header), c.version),
-                    (None, true) => Work::Drained,
+                    (None, true) => Work::Drained(None),
                     (None, false) => Work::Header(c.version),
                 },
                 timer,

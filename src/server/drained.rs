@@ -3,15 +3,20 @@
 //! Their rustls state cannot cross the exec, so each gets a socket pair:
 //! the drainer (`drainer.rs`, its copy of this memory) takes the client
 //! and its session, finishes the handshake (`relay::Pending`) and relays
-//! the session to one end, its PROXY header first; the image keeps the
-//! other end in the client's place, as a plaintext client:
+//! the session to one end; the image keeps the other end in the
+//! client's place, as a plaintext client whose PROXY header (if any) it
+//! builds itself, from its config then (a reload, or the config the
+//! upgrade's image read, may differ from the drainer's copy):
 //!
 //! - a handshake: in the front table (`Work::Drained`), until the
-//!   drainer's one byte says it is done (then the client goes to its
-//!   backend as any, `framed`: its header is in the stream) or its EOF
-//!   says it failed (refused, never counted);
-//! - a held client: held on (`Waiting::framed`), so the backend's start,
-//!   its readiness and the relay to it stay the image's.
+//!   drainer's preamble (`relay::preamble`: done, with the session's
+//!   ALPN protocol and server name for the header) sends the client to
+//!   its backend as any, or its failure byte or EOF says it failed
+//!   (refused as `tls`);
+//! - a held client: held on (`Waiting::drained`, the names taken from
+//!   the session here before it goes), so the backend's start, its
+//!   readiness and the relay to it stay the image's. The drainer writes
+//!   nothing before the client's bytes.
 //!
 //! Either crosses the exec as a plaintext connection does. Accept-mode
 //! handshakes are not taken: their child would be started by the image
@@ -25,20 +30,17 @@ use log::{info, warn};
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
 use nix::unistd::Pid;
+use rustc_hash::FxHashMap;
 use socket2::{Domain, Socket, Type};
 
-use super::forward::proxy_header;
 use super::front::{FrontConn, Work};
 use super::poller::TokenKind;
 use super::relays::{Kind, Relayed};
 use super::timers::Timer;
 use super::Server;
 use crate::peer::{Peer, SourceKey};
+use crate::relay::preamble::Names;
 use crate::relay::{Pending, Preface, Session};
-
-/// What the drainer writes first on a pair's end once a handshake is
-/// done (before the PROXY header, if any).
-const MARK: u8 = b'+';
 
 /// The most a `Work::Drained` end waits for its byte: the drainer ends
 /// the handshake by `HANDSHAKE_TIMEOUT` at the latest (its EOF comes
@@ -47,11 +49,11 @@ pub(super) const DRAINED_WAIT: Duration =
     Duration::from_secs(crate::tls::HANDSHAKE_TIMEOUT.as_secs() + 1);
 
 /// The pairs made before the fork: for each handshake (by its front
-/// token) and each held client (in `held_tls`'s order), the drainer's
-/// end and the image's.
+/// token) and each held client (by its socket's fd: `held_tls`), the
+/// drainer's end and the image's.
 pub(super) struct Pairs {
     front: Vec<(Token, OwnedFd, Socket)>,
-    held: Vec<(OwnedFd, Socket)>,
+    held: Vec<(RawFd, OwnedFd, Socket)>,
     /// The client sockets and the drainer's ends: the drainer keeps them.
     pub keep: Vec<RawFd>,
 }
@@ -99,7 +101,7 @@ impl Server {
         for fd in self.held_tls() {
             let Some((a, b)) = pair() else { break };
             pairs.keep.extend([fd, a.as_raw_fd()]);
-            pairs.held.push((a, b));
+            pairs.held.push((fd, a, b));
         }
         pairs
     }
@@ -116,26 +118,26 @@ impl Server {
             else {
                 continue;
             };
-            let (banner, then) = (self.services[idx].spec.banner.clone(), self.header(idx));
-            let peer = c.peer.clone();
+            let banner = self.services[idx].spec.banner.clone();
             let preface: Preface = Box::new(move |tls| {
                 if let Some(text) = banner {
                     let _ = tls.writer().write_all(text.as_bytes());
                 }
-                let mut out = vec![MARK];
-                out.extend(then(&peer, tls));
-                out
+                Names::of(tls).preamble()
             });
             let tag = self.pending_tag(idx, c.peer, c.source);
             let (fd, deadline) = (OwnedFd::from(c.socket), c.timer.at());
             let session = Session::Handshaking(hs);
             out.push((fd, session, deadline, a, tag, preface));
         }
-        let held = self.take_held_tls(pairs.held.len());
-        for ((idx, w), (a, _)) in held.into_iter().zip(pairs.held) {
-            let Some(tls) = w.tls else { continue };
-            let (then, peer) = (self.header(idx), w.peer.clone());
-            let preface: Preface = Box::new(move |tls| then(&peer, tls));
+        let mut ends: FxHashMap<RawFd, OwnedFd> =
+            (pairs.held.into_iter()).map(|(fd, a, _)| (fd, a)).collect();
+        for (idx, w) in self.take_held_tls(&ends) {
+            let (Some(tls), Some(a)) = (w.tls, ends.remove(&w.conn.as_raw_fd())) else {
+                continue;
+            };
+            // The image has its names, and builds its header.
+            let preface: Preface = Box::new(|_| Vec::new());
             let tag = self.pending_tag(idx, w.peer, w.source);
             let fd = OwnedFd::from(w.conn);
             out.push((fd, Session::Done(tls), Instant::now(), a, tag, preface));
@@ -150,16 +152,6 @@ impl Server {
                 preface,
             })
             .collect()
-    }
-
-    /// Service `idx`'s PROXY header for a client, as `forward` sends it.
-    fn header(&self, idx: usize) -> impl Fn(&Peer, &rustls::ServerConnection) -> Vec<u8> {
-        let version = self.services[idx]
-            .spec
-            .forward
-            .as_ref()
-            .and_then(|f| f.proxy);
-        move |peer, tls| proxy_header(version, peer, Some(tls))
     }
 
     fn pending_tag(&self, idx: usize, peer: Peer, source: Option<SourceKey>) -> Relayed {
@@ -194,12 +186,13 @@ impl Server {
             let timer = self.timers.add(now + DRAINED_WAIT, Timer::FrontDue(token));
             let conn = FrontConn {
                 socket: end,
-                work: Work::Drained,
+                work: Work::Drained(None),
                 timer,
                 ..c
             };
             self.front.insert(token, conn);
         }
-        self.frame_held_tls(pairs.held.into_iter().map(|(_, b)| b).collect());
+        let ends = pairs.held.into_iter().map(|(fd, _, b)| (fd, b)).collect();
+        self.frame_held_tls(ends);
     }
 }

@@ -36,6 +36,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::time::Duration;
 
+use log::warn;
 use mio::Token;
 use nix::libc;
 use socket2::Socket;
@@ -46,6 +47,7 @@ use crate::addr::ListenAddr;
 use crate::limits::Counter;
 use crate::peer::{Peer, SourceKey};
 use crate::proxy::{self, Header, Malformed, Parsed, Version, V2_MAX};
+use crate::relay::preamble::{self, Names, Preamble, PREAMBLE_MAX};
 use crate::tls::{self, Failure, Handshake, HANDSHAKE_LIMIT};
 
 /// SPEC: a PROXY header has 5 s to arrive.
@@ -126,9 +128,10 @@ pub(super) enum Work {
     /// waits for the service's banner).
     Local(Box<Header>, Version),
     /// A socket pair's end whose other end a drainer finishes a TLS
-    /// handshake on (`drained.rs`): its one byte when done (the session
-    /// and its PROXY header follow), its EOF when it failed.
-    Drained,
+    /// handshake on (`drained.rs`): its preamble when done (then the
+    /// names it carries, and the client's bytes follow), its failure
+    /// byte or EOF when it failed.
+    Drained(Option<Box<Names>>),
 }
 
 /// A connection the loop works on before dispatch.
@@ -403,10 +406,13 @@ impl FrontTable {
                 }
                 return self.remove(token).map_or(Step::Wait, waited);
             }
-            Work::Drained => match drained_mark(&conn.socket) {
+            Work::Drained(names) => match read_preamble(&conn.socket) {
                 None => return Step::Wait,
-                Some(true) => Ok(None),
-                Some(false) => Err(FrontFailure::Tls(Failure::Closed)),
+                Some(Ok(read)) => {
+                    *names = Some(Box::new(read));
+                    Ok(None)
+                }
+                Some(Err(why)) => Err(FrontFailure::Tls(why)),
             },
         };
         let Some(conn) = self.remove(token) else {
@@ -441,7 +447,7 @@ impl FrontTable {
         let conn = self.remove(token)?;
         let why = match conn.work {
             Work::Header(_) => FrontFailure::Proxy(ProxyRefusal::Late),
-            Work::Handshake(_) | Work::Drained => FrontFailure::Tls(Failure::Timeout),
+            Work::Handshake(_) | Work::Drained(_) => FrontFailure::Tls(Failure::Timeout),
             Work::Local(..) => return Some(waited(conn)),
         };
         Some(Step::Failed(conn, why))
@@ -461,15 +467,37 @@ fn pick(
         .map(|(.., token)| token)
 }
 
-/// What a drainer's end says: its one byte (the handshake is done),
-/// `Some(false)` at EOF or an error (it failed), `None` for nothing yet.
-fn drained_mark(socket: &Socket) -> Option<bool> {
-    let mut mark = [MaybeUninit::uninit(); 1];
-    match socket.recv_with_flags(&mut mark, libc::MSG_DONTWAIT) {
-        Ok(1) => Some(true),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
-        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => None,
-        _ => Some(false),
+/// What a drainer's end says: its preamble, read off (the handshake is
+/// done: the client's bytes are next), how it failed (its failure byte,
+/// or its EOF or an error: closed; a malformed preamble is logged),
+/// `None` for not all of it yet. The preamble is peeked at whole first
+/// (bounded, `PREAMBLE_MAX`), then exactly it is read.
+fn read_preamble(socket: &Socket) -> Option<Result<Names, Failure>> {
+    let mut buf = [MaybeUninit::uninit(); PREAMBLE_MAX];
+    let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
+    let seen = match socket.recv_with_flags(&mut buf, flags) {
+        Ok(0) => return Some(Err(Failure::Closed)),
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return None,
+        Err(_) => return Some(Err(Failure::Closed)),
+    };
+    // SAFETY: recv wrote the first `seen` bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), seen) };
+    let (names, len) = match preamble::parse(bytes) {
+        // A preamble is at most PREAMBLE_MAX: one cut short waits for its
+        // rest (the drainer writes it at once; `DRAINED_WAIT` bounds it).
+        Preamble::Incomplete => return None,
+        Preamble::Done(names, len) => (names, len),
+        Preamble::Failed(why) => return Some(Err(why)),
+        Preamble::Malformed => {
+            warn!("an upgrade's drainer sent a malformed preamble ({seen} bytes seen): its client closes");
+            return Some(Err(Failure::Drainer));
+        }
+    };
+    match socket.recv_with_flags(&mut buf[..len], libc::MSG_DONTWAIT) {
+        Ok(n) if n == len => Some(Ok(names)),
+        _ => Some(Err(Failure::Closed)),
     }
 }
 

@@ -30,6 +30,7 @@ use super::timers::Timer;
 use super::{Server, TokenKind};
 use crate::addr::ListenAddr;
 use crate::peer::{Peer, SourceKey};
+use crate::relay::preamble::Names;
 use crate::relay::Side;
 use crate::tls::{Failure, Handshake, SslVars, END_WAIT, HELLO_TIMEOUT, LINGER};
 
@@ -116,9 +117,9 @@ impl Server {
         let now = Instant::now();
         let idx = self.services.index_of(conn.service);
         let forward = idx.is_some_and(|i| self.services[i].spec.forward.is_some());
-        let drained = matches!(conn.work, Work::Drained);
-        if let (true, true, Some(i)) = (forward, drained, idx) {
-            self.forward_framed_client(i, conn.socket, conn.peer, conn.source);
+        if let Work::Drained(names) = &conn.work {
+            let names = names.clone().unwrap_or_default();
+            self.drained_done(idx.filter(|_| forward), idx, conn, names, now);
         } else if let (true, Some(i)) = (forward, idx) {
             self.forward_tls(i, conn);
         } else {
@@ -128,6 +129,38 @@ impl Server {
             self.sync_service(idx, now);
         }
         self.unpark(now);
+    }
+
+    /// A handshake an upgrade's drainer finished (`drained.rs`): to the
+    /// backend of its service (`forward`, by index), its PROXY header to
+    /// be built here with `names`. If a reload meanwhile made the
+    /// service accept-mode, it is refused (said, counted: its session is
+    /// the drainer's, no child can have it); removed, it is closed, said.
+    fn drained_done(
+        &mut self,
+        forward: Option<usize>,
+        idx: Option<usize>,
+        conn: FrontConn,
+        names: Box<Names>,
+        now: Instant,
+    ) {
+        let FrontConn {
+            socket,
+            peer,
+            source,
+            ..
+        } = conn;
+        match (forward, idx) {
+            (Some(i), _) => self.forward_drained_client(i, socket, peer, source, names),
+            (None, Some(i)) => {
+                let why = RefuseReason::Tls(Failure::NotForward);
+                self.refuse(i, &socket, &peer, source, why, now);
+            }
+            (None, None) => info!(
+                "closing {peer}: its TLS handshake, finished by an upgrade's drainer, \
+                 is for a service a reload removed"
+            ),
+        }
     }
 
     /// With `forward`: the session goes to the backend's queue or relay

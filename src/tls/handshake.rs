@@ -65,6 +65,12 @@ pub enum Failure {
     /// taken by a handshake whose hello is in, and no client there holds
     /// more than this one's.
     Full,
+    /// Finished by an upgrade's drainer, which sent what this image
+    /// cannot read (`relay::preamble`).
+    Drainer,
+    /// Finished by an upgrade's drainer after a reload made its service
+    /// accept-mode: the session has no backend to go to.
+    NotForward,
 }
 
 impl fmt::Display for Failure {
@@ -81,6 +87,10 @@ impl fmt::Display for Failure {
             Failure::Evicted => "TLS handshake let go for another client's (all places taken)",
             Failure::Full => {
                 "all TLS handshake places taken by clients holding as many as this one"
+            }
+            Failure::Drainer => "the upgrade's drainer sent a malformed preamble",
+            Failure::NotForward => {
+                "TLS handshake finished by the upgrade's drainer after a reload ended forward mode"
             }
         })
     }

@@ -17,7 +17,7 @@
 //! for it wait for the service's new backend, which starts once the
 //! retired one has left the address.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use log::info;
@@ -28,6 +28,7 @@ use socket2::Socket;
 use super::tree::Member;
 use super::{Backend, Retired, State, Waiting};
 use crate::addr::ListenAddr;
+use crate::relay::preamble::Names;
 use crate::server::relays::{Kind, Relayed};
 use crate::server::timers::Timer;
 use crate::server::Server;
@@ -75,7 +76,8 @@ impl Server {
                 fd: w.conn.as_raw_fd(),
                 peer: w.peer.clone(),
                 source: w.source,
-                framed: w.framed,
+                framed: w.drained.is_some(),
+                names: w.drained.as_deref().cloned().unwrap_or_default(),
             }));
             let (Some(state), Some(phase)) = (backend_state(b), phase_of(&b.state, now)) else {
                 continue;
@@ -258,48 +260,55 @@ impl Server {
             peer: w.peer,
             source: w.source,
             tls: None,
-            framed: w.framed,
+            drained: w.framed.then(|| Box::new(w.names)),
         });
     }
 
-    /// The TLS clients held for a backend, in an order the image and its
-    /// drainer share after the fork (the same memory): their sockets.
-    pub(in crate::server) fn held_tls(&self) -> Vec<std::os::fd::RawFd> {
-        (self.forward.backends.values())
-            .flat_map(|b| b.waiting.iter().filter(|w| w.tls.is_some()))
+    /// The TLS clients held for a backend of a service still there: their
+    /// sockets, which name them to the image and its drainer after the
+    /// fork (the same memory). `take_held_tls` and `frame_held_tls` take
+    /// these same clients by those fds.
+    pub(in crate::server) fn held_tls(&self) -> Vec<RawFd> {
+        (self.forward.backends.iter())
+            .filter(|(id, _)| self.services.index_of(**id).is_some())
+            .flat_map(|(_, b)| b.waiting.iter().filter(|w| w.tls.is_some()))
             .map(|w| w.conn.as_raw_fd())
             .collect()
     }
 
-    /// In the drainer: the first `n` of `held_tls`, out of its copy of
-    /// the queues, with their service's `forward_proxy_protocol`.
-    pub(in crate::server) fn take_held_tls(&mut self, n: usize) -> Vec<(usize, Waiting)> {
+    /// In the drainer: the held TLS clients named in `fds`, out of its
+    /// copy of the queues, with their service's index.
+    pub(in crate::server) fn take_held_tls<V>(
+        &mut self,
+        fds: &FxHashMap<RawFd, V>,
+    ) -> Vec<(usize, Waiting)> {
         let mut out = Vec::new();
         for (id, b) in &mut self.forward.backends {
-            let idx = self.services.index_of(*id);
-            let mut rest = std::collections::VecDeque::new();
-            for w in std::mem::take(&mut b.waiting) {
-                match (w.tls.is_some() && out.len() < n, idx) {
-                    (true, Some(idx)) => out.push((idx, w)),
-                    _ => rest.push_back(w),
-                }
-            }
+            let Some(idx) = self.services.index_of(*id) else {
+                continue;
+            };
+            let (taken, rest) = (std::mem::take(&mut b.waiting).into_iter())
+                .partition(|w| w.tls.is_some() && fds.contains_key(&w.conn.as_raw_fd()));
             b.waiting = rest;
+            out.extend(taken.into_iter().map(|w: Waiting| (idx, w)));
         }
         out
     }
 
-    /// In the image: the first of `held_tls` are now plaintext clients
-    /// on `ends` (a drainer relays their sessions to the other ends,
-    /// their PROXY header first): they cross the exec as any held client.
-    pub(in crate::server) fn frame_held_tls(&mut self, ends: Vec<Socket>) {
-        let mut ends = ends.into_iter();
+    /// In the image: the held TLS clients named in `ends` (by their
+    /// sockets' fds) are now plaintext clients on those ends (a drainer
+    /// relays their sessions to the other ends); the names their PROXY
+    /// header needs are taken from the session first. They cross the
+    /// exec as any held client.
+    pub(in crate::server) fn frame_held_tls(&mut self, mut ends: FxHashMap<RawFd, Socket>) {
         let held = (self.forward.backends.values_mut())
             .flat_map(|b| b.waiting.iter_mut().filter(|w| w.tls.is_some()));
-        for (w, end) in held.zip(&mut ends) {
+        for w in held {
+            let Some(end) = ends.remove(&w.conn.as_raw_fd()) else {
+                continue;
+            };
+            w.drained = w.tls.take().map(|tls| Box::new(Names::of(&tls)));
             w.conn = end;
-            w.tls = None;
-            w.framed = true;
         }
     }
 

@@ -59,6 +59,7 @@ use crate::addr::ListenAddr;
 use crate::config::Ready;
 use crate::config::{Forward, Pass};
 use crate::peer::{Peer, SourceKey};
+use crate::relay::preamble::Names;
 use crate::relay::{Closed, End, RelayId, Side};
 use crate::spawn;
 use crate::stats::ExitText;
@@ -145,9 +146,10 @@ pub(super) struct Waiting {
     /// relay's front side is then TLS; an upgrade hands it to a drainer,
     /// `drained.rs`).
     pub(super) tls: Option<Box<ServerConnection>>,
-    /// Its PROXY header (if any) is in its stream already: a TLS client
-    /// a drainer serves at the other end of this socket pair wrote it.
-    framed: bool,
+    /// A TLS client a drainer serves at the other end of this socket
+    /// pair (`drained.rs`): what it asked for in its handshake, for its
+    /// PROXY header (built here, as any client's).
+    drained: Option<Box<Names>>,
 }
 
 /// One service's backend.
@@ -326,7 +328,8 @@ fn self_connected(s: &Socket) -> bool {
 pub(in crate::server) fn proxy_header(
     version: Option<crate::config::ProxyHeader>,
     peer: &Peer,
-    tls: Option<&ServerConnection>,
+    alpn: Option<&[u8]>,
+    sni: Option<&str>,
 ) -> Vec<u8> {
     let Some(version) = version else {
         return Vec::new();
@@ -344,10 +347,10 @@ pub(in crate::server) fn proxy_header(
         crate::config::ProxyHeader::V1 => crate::proxy::encode_v1(addrs, &mut out),
         crate::config::ProxyHeader::V2 => {
             let mut tlvs: Vec<(u8, &[u8])> = Vec::new();
-            if let Some(alpn) = tls.and_then(|t| t.alpn_protocol()) {
+            if let Some(alpn) = alpn {
                 tlvs.push((PP2_TYPE_ALPN, alpn));
             }
-            if let Some(sni) = tls.and_then(|t| t.server_name()) {
+            if let Some(sni) = sni {
                 tlvs.push((PP2_TYPE_AUTHORITY, sni.as_bytes()));
             }
             crate::proxy::encode_v2(addrs, &tlvs, &mut out)
@@ -424,27 +427,28 @@ impl Server {
             peer,
             source,
             tls: tls.map(Box::new),
-            framed: false,
+            drained: None,
         };
         self.forward_waiting(idx, w);
     }
 
     /// Step 1 for a `tls` service's client whose handshake a drainer
-    /// finished (`drained.rs`): `conn` is a socket pair's end, its
-    /// PROXY header (if any) in the stream.
-    pub(super) fn forward_framed_client(
+    /// finished (`drained.rs`): `conn` is a socket pair's end, the
+    /// client's bytes next on it; `names` what it asked for.
+    pub(super) fn forward_drained_client(
         &mut self,
         idx: usize,
         conn: Socket,
         peer: Peer,
         source: Option<SourceKey>,
+        names: Box<Names>,
     ) {
         let w = Waiting {
             conn,
             peer,
             source,
             tls: None,
-            framed: true,
+            drained: Some(names),
         };
         self.forward_waiting(idx, w);
     }
@@ -881,7 +885,7 @@ impl Server {
             peer,
             source,
             tls,
-            framed,
+            drained,
         } = w;
         let id = self.services[idx].id;
         let name = self.services[idx].name.clone();
@@ -909,10 +913,16 @@ impl Server {
                 runtime_timer: None,
                 kind: Kind::Forward,
             };
-            let header = match framed {
-                true => Vec::new(),
-                false => proxy_header(fwd_proxy, &peer, tls.as_deref()),
+            // A drained client's names came with it; a TLS client's are
+            // its session's (borrowed: nothing allocated).
+            let (alpn, sni) = match (&drained, tls.as_deref()) {
+                (Some(n), _) => (n.alpn.as_deref(), n.sni.as_deref()),
+                (None, t) => (
+                    t.and_then(|t| t.alpn_protocol()),
+                    t.and_then(|t| t.server_name()),
+                ),
             };
+            let header = proxy_header(fwd_proxy, &peer, alpn, sni);
             let front = match tls {
                 Some(tls) => Side::tls(OwnedFd::from(conn), *tls),
                 None => Side::stream(OwnedFd::from(conn)),
