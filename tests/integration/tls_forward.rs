@@ -936,6 +936,7 @@ fn a_reload_after_an_upgrade_never_lets_a_drained_client_write_its_own_proxy_hea
         String::from_utf8_lossy(&back),
         s.log_text()
     );
+    summonds_header_then(&s, &back, &forged);
 }
 
 /// REVIEW atk2 (finding, held variant): a TLS client held while its
@@ -965,6 +966,76 @@ fn an_upgrade_that_turns_the_forward_header_on_never_lets_a_held_client_write_it
         !back.starts_with(b"PROXY TCP4 6.6.6.6"),
         "the backend's header is the client's own: {:?}\n{}",
         String::from_utf8_lossy(&back),
+        s.log_text()
+    );
+    summonds_header_then(&s, &back, &forged);
+}
+
+/// The backend got summond's v1 header naming the real client, then
+/// the client's bytes as they were.
+fn summonds_header_then(s: &Summond, back: &[u8], sent: &[u8]) {
+    let text = String::from_utf8_lossy(back);
+    assert!(
+        text.starts_with("PROXY TCP4 127.0.0.1 127.0.0.1 ") && back.ends_with(sent),
+        "{text:?}\n{}",
+        s.log_text()
+    );
+    assert_eq!(back.len(), text.find("\r\n").unwrap() + 2 + sent.len());
+}
+
+/// A handshake stalled at an upgrade, then a reload that makes its
+/// service accept-mode (no `forward`): the session the drainer finishes
+/// has no child to go to (it is the drainer's). It is refused with that
+/// reason, said and counted; before, it closed without a word.
+#[test]
+fn a_drained_handshake_done_after_a_reload_ended_forward_mode_is_refused_said() {
+    if !tools_or_skip("tls drained handshake, accept mode", &["socat"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let (port, backend) = (free_port(), free_port());
+    let forward = echo_service(&pki, port, backend, "0");
+    let accept = (forward.replace(&format!("forward = \"tcp://127.0.0.1:{backend}\""), ""))
+        .replace("forward_proxy_protocol = \"v2\"", "");
+    let s = Summond::start(&forward);
+    let _guard = KillOnDropLater(&s);
+    let mut stalled = hello_only(&pki, port);
+    upgrade(&s, 1);
+    assert!(s.reload(&accept), "{}", s.log_text());
+    stalled.flush().unwrap();
+    let back = echo(stalled, b"hello\n").unwrap_or_default();
+    assert!(back.is_empty(), "{:?}", String::from_utf8_lossy(&back));
+    assert!(
+        s.wait_log("(tls: TLS handshake finished by the upgrade's drainer after a reload ended forward mode)"),
+        "{}",
+        s.log_text()
+    );
+}
+
+/// A handshake stalled at an upgrade that never ends: the drainer's
+/// deadline closes it, and the image says so (its failure byte), not
+/// "closed during the TLS handshake" as before.
+#[test]
+fn a_drained_handshake_that_runs_out_is_refused_as_late() {
+    if !tools_or_skip("tls drained handshake timeout", &["socat"]) {
+        return;
+    }
+    let certs = TempDir::new("pki");
+    let pki = Pki::new(&certs.0);
+    let (port, backend) = (free_port(), free_port());
+    let s = Summond::start(&echo_service(&pki, port, backend, "0"));
+    let _guard = KillOnDropLater(&s);
+    let _stalled = hello_only(&pki, port);
+    upgrade(&s, 1);
+    assert!(
+        s.wait_log("(tls: TLS handshake not done in time)"),
+        "{}",
+        s.log_text()
+    );
+    assert!(
+        !s.log_text().contains("closed during the TLS handshake"),
+        "{}",
         s.log_text()
     );
 }
