@@ -370,3 +370,74 @@ fn a_handed_listener_of_a_proxy_service_gets_defer_accept() {
     let header = b"PROXY TCP4 192.0.2.1 127.0.0.1 1234 80\r\n";
     assert_eq!(tcp_port_exchange(proxied, header), "proxied 192.0.2.1\n");
 }
+
+/// atk3: a socket handed by the service manager keeps TCP_DEFER_ACCEPT
+/// in step with its service across a live upgrade, as across a reload
+/// (docs/tls.md: "a reload or upgrade that turns `tls` off clears it";
+/// docs/proxy.md: a handed socket "gets it too"): an upgrade that turns
+/// `proxy_protocol` off clears it, one that turns it on sets it.
+#[test]
+fn a_handed_listener_follows_defer_accept_across_an_upgrade() {
+    let activate = std::path::Path::new("/usr/bin/systemd-socket-activate");
+    if !activate.exists() {
+        skip(
+            "a_handed_listener_follows_defer_accept_across_an_upgrade",
+            "systemd-socket-activate is not installed",
+        );
+        return;
+    }
+    let (plain, proxied) = (free_port(), free_port());
+    let (a, b) = (format!("127.0.0.1:{plain}"), format!("127.0.0.1:{proxied}"));
+    let proxy = "proxy_protocol = \"v1\"\nproxy_from = [\"127.0.0.0/8\"]\n";
+    let services = |on_a: &str, on_b: &str| {
+        format!(
+            "[[service]]\nname = \"plain\"\nlisten = \"tcp://{a}\"\nexec = {}\n{on_a}\
+             [[service]]\nname = \"proxied\"\nlisten = \"tcp://{b}\"\nexec = {}\n{on_b}",
+            sh("echo plain"),
+            sh("echo proxied")
+        )
+    };
+    let dir = TempDir::new("handed-defer-upgrade");
+    let (s, _bin, control) = start_upgradable(
+        dir,
+        &services("", proxy),
+        Start {
+            wrapper: &[activate.to_str().unwrap(), "-l", &a, "-l", &b, "--"],
+            wait_ready: false,
+            ..Start::default()
+        },
+    );
+    assert!(wait_until(TIMEOUT, || listening_inode(plain).is_some()));
+    assert_eq!(tcp_port_exchange(plain, b""), "plain\n");
+    assert!(s.wait_log(" serving 2 services"), "{}", s.log_text());
+    assert_eq!(listener_defer_accept(s.pid(), proxied), Some(1));
+    assert_eq!(listener_defer_accept(s.pid(), plain), Some(0));
+
+    // Upgrade with proxy_protocol moved from `proxied` to `plain`.
+    s.write_config(&format!(
+        "{}{}",
+        daemon_control(&control),
+        services(proxy, "")
+    ));
+    upgrade_ok(&s, &control);
+    assert!(wait_until(TIMEOUT, || listening_inode(plain).is_some()));
+    // What a client sees: `proxied` now speaks first, and its client,
+    // which waits for it, waits for the kernel's deferred second first.
+    let t = std::time::Instant::now();
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", proxied)).unwrap();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut c, &mut out).unwrap();
+    assert_eq!(out, "proxied\n");
+    let waited = t.elapsed();
+    let pid = s.pid();
+    assert_eq!(
+        (
+            listener_defer_accept(pid, proxied),
+            listener_defer_accept(pid, plain)
+        ),
+        (Some(0), Some(1)),
+        "(proxied, plain) after the upgrade; a client of `proxied` waited {waited:?}\n{}",
+        s.log_text()
+    );
+}
