@@ -1433,3 +1433,102 @@ stderr = "null"
     drop(_kill);
     let _ = child.wait();
 }
+
+/// atk3: a backend whose listener comes and goes (a reloader, a restart
+/// loop: docs/forward.md says such a backend "leaves no port for another
+/// user to take its clients") and uid nobody, which binds the port
+/// whenever it is free, accepts one connection and closes its listener
+/// at once. When nobody's accepted socket fails the connection lookup,
+/// `held::owner_uid` falls back to the listener on `forward` *now*: the
+/// backend's again, so the client is relayed to nobody's socket. Bounded:
+/// 15 s of clients, or the first stolen one.
+#[test]
+fn a_user_who_accepts_and_lets_go_between_connect_and_lookup_gets_no_client() {
+    if !nix::unistd::geteuid().is_root() || !have("setpriv") || !have("/usr/bin/python3") {
+        return skip(
+            "accepts and lets go",
+            "needs root, setpriv and /usr/bin/python3",
+        );
+    }
+    let (port, backend) = (free_port(), free_port());
+    // Binds, serves for 2 ms, closes, binds again (as summond's uid).
+    let reloader = format!(
+        "import socket, select, time\n\
+         end = time.time() + 60\n\
+         while time.time() < end:\n\
+         \x20   l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         \x20   try: l.bind(('127.0.0.1', {backend})); l.listen(64)\n\
+         \x20   except OSError: l.close(); continue\n\
+         \x20   t = time.time() + 0.002\n\
+         \x20   while time.time() < t:\n\
+         \x20       if select.select([l], [], [], 0.001)[0]:\n\
+         \x20           c, _ = l.accept(); c.settimeout(0.5)\n\
+         \x20           try: c.sendall(b'backend:' + c.recv(100))\n\
+         \x20           except OSError: pass\n\
+         \x20           c.close()\n\
+         \x20   l.close()\n"
+    );
+    let config = format!(
+        r#"
+[[service]]
+name = "reloader"
+listen = "tcp://127.0.0.1:{port}"
+exec = ["/usr/bin/python3", "-c", {}]
+forward = "tcp://127.0.0.1:{backend}"
+stderr = "null"
+"#,
+        toml_str(&reloader)
+    );
+    let s = Summond::start(&config);
+    let _guard = KillOnDropLater(&s);
+    let thief = format!(
+        "import socket, select, time\n\
+         end = time.time() + 20\n\
+         while time.time() < end:\n\
+         \x20   l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         \x20   try: l.bind(('127.0.0.1', {backend})); l.listen(64)\n\
+         \x20   except OSError: l.close(); continue\n\
+         \x20   if select.select([l], [], [], 0.002)[0]:\n\
+         \x20       c, _ = l.accept(); l.close(); c.settimeout(0.3)\n\
+         \x20       try: d = c.recv(100)\n\
+         \x20       except OSError: d = b''\n\
+         \x20       if d: print('STOLEN', d, flush=True); break\n\
+         \x20       c.close()\n\
+         \x20   else: l.close()\n"
+    );
+    let mut child = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .args(["/usr/bin/python3", "-c"])
+        .arg(&thief)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _kill = KillOnDrop::new(child.id() as i32);
+    let stolen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (stolen, out) = (stolen.clone(), child.stdout.take().unwrap());
+        thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
+            *stolen.lock().unwrap() = line;
+        })
+    };
+    let end = std::time::Instant::now() + Duration::from_secs(15);
+    let mut clients = 0;
+    while std::time::Instant::now() < end && stolen.lock().unwrap().is_empty() {
+        clients += 1;
+        if let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = c.write_all(b"secret");
+            let _ = c.read(&mut [0u8; 64]);
+        }
+    }
+    drop(_kill);
+    let _ = child.wait();
+    let _ = reader.join();
+    let stolen = stolen.lock().unwrap().clone();
+    assert!(
+        stolen.is_empty(),
+        "uid nobody got a client's bytes after {clients} clients: {stolen}"
+    );
+}
