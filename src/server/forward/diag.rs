@@ -39,8 +39,13 @@ const SEQ: u32 = 1;
 const HDR: usize = 16;
 const REQ: usize = 56;
 const MSG_UID: usize = 64;
-/// A socket of a reply: its address, source port, state and uid.
-type Socket = (IpAddr, u16, u8, u32);
+/// Where inet_diag_msg keeps its socket's cookie (inet_diag_sockid's,
+/// two native words, low first).
+const MSG_COOKIE: usize = 44;
+/// A socket of a reply: its address, source port, state, uid and
+/// cookie (the kernel's 64-bit number for that socket, never reused
+/// while it runs: tells a listener from a later one on the same port).
+type Socket = (IpAddr, u16, u8, u32, u64);
 
 thread_local! {
     /// `connection_uid`'s socket, between questions, and the sequence
@@ -53,10 +58,10 @@ thread_local! {
 /// ones are one per worker, ~100 bytes each).
 const MAX_READS: usize = 64;
 
-/// The uid of the socket listening on `server`: one bound to its address,
-/// else one on the wildcard address of its family (an IPv4 address may
-/// be reached through an IPv6 wildcard), on its port.
-pub(super) fn listener_uid(server: SocketAddr) -> io::Result<u32> {
+/// The uid and cookie of the socket listening on `server`: one bound to
+/// its address, else one on the wildcard address of its family (an IPv4
+/// address may be reached through an IPv6 wildcard), on its port.
+pub(super) fn listener(server: SocketAddr) -> io::Result<(u32, u64)> {
     let families: &[i32] = match server {
         SocketAddr::V4(_) => &[libc::AF_INET, libc::AF_INET6],
         SocketAddr::V6(_) => &[libc::AF_INET6],
@@ -77,18 +82,18 @@ pub(super) fn listener_uid(server: SocketAddr) -> io::Result<u32> {
     wildcard.ok_or_else(|| io::ErrorKind::NotFound.into())
 }
 
-/// Every listener of `family` on `port`: its address and uid.
-fn listeners(family: i32, port: u16) -> io::Result<Vec<(IpAddr, u32)>> {
+/// Every listener of `family` on `port`: its address, and its uid and
+/// cookie.
+fn listeners(family: i32, port: u16) -> io::Result<Vec<(IpAddr, (u32, u64))>> {
     let mut req = request(family, true);
     req[HDR + 4..HDR + 8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
     req[HDR + 8..HDR + 10].copy_from_slice(&port.to_be_bytes());
     let got = ask(&open()?, &req, SEQ, true)?;
-    let on_port =
-        |(_, sport, state, _): &(IpAddr, u16, u8, u32)| *sport == port && *state == TCP_LISTEN;
+    let on_port = |(_, sport, state, ..): &Socket| *sport == port && *state == TCP_LISTEN;
     Ok(got
         .into_iter()
         .filter(on_port)
-        .map(|(ip, _, _, uid)| (ip, uid))
+        .map(|(ip, _, _, uid, cookie)| (ip, (uid, cookie)))
         .collect())
 }
 
@@ -249,35 +254,42 @@ fn parse(mut b: &[u8], seq: u32, out: &mut Vec<Socket>) -> io::Result<bool> {
     Ok(false)
 }
 
-/// One inet_diag_msg: the socket's address, port, state and uid.
+/// One inet_diag_msg: the socket's address, port, state, uid and cookie.
 fn socket(m: &[u8]) -> Option<Socket> {
-    let uid = u32::from_ne_bytes(m.get(MSG_UID..MSG_UID + 4)?.try_into().ok()?);
+    let word = |at: usize| Some(u32::from_ne_bytes(m.get(at..at + 4)?.try_into().ok()?));
+    let uid = word(MSG_UID)?;
+    let cookie = u64::from(word(MSG_COOKIE)?) | u64::from(word(MSG_COOKIE + 4)?) << 32;
     let src: [u8; 16] = m[8..24].try_into().ok()?;
     let ip = match i32::from(m[0]) {
         libc::AF_INET => IpAddr::from([src[0], src[1], src[2], src[3]]),
         libc::AF_INET6 => IpAddr::V6(Ipv6Addr::from(src)),
         _ => return None,
     };
-    Some((ip, u16::from_be_bytes([m[4], m[5]]), m[1], uid))
+    Some((ip, u16::from_be_bytes([m[4], m[5]]), m[1], uid, cookie))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A listener of this process is found with its uid, through the
-    /// IPv4 address and a wildcard; a port nobody listens on is not.
+    /// A listener of this process is found with its uid and the same
+    /// cookie each time, through the IPv4 address and a wildcard (another
+    /// listener: another cookie); a port nobody listens on is not.
     #[test]
     fn a_listener_is_found_with_its_uid() {
         let me = nix::unistd::geteuid().as_raw();
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        assert_eq!(listener_uid(l.local_addr().unwrap()).unwrap(), me);
+        let (uid, cookie) = listener(l.local_addr().unwrap()).unwrap();
+        assert_eq!(uid, me);
+        assert_eq!(listener(l.local_addr().unwrap()).unwrap().1, cookie);
         let any = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
         let port = any.local_addr().unwrap().port();
         let at = SocketAddr::from(([127, 0, 0, 1], port));
-        assert_eq!(listener_uid(at).unwrap(), me);
+        let (uid, other) = listener(at).unwrap();
+        assert_eq!(uid, me);
+        assert_ne!(other, cookie, "another listener, another cookie");
         drop(any);
-        let gone = listener_uid(at);
+        let gone = listener(at);
         assert_eq!(gone.unwrap_err().kind(), io::ErrorKind::NotFound);
     }
 

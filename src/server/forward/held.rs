@@ -14,7 +14,10 @@
 //!   accepted it, so a server whose workers drop privileges (nginx: a
 //!   root master, workers as nobody) would read as another user once a
 //!   worker took the probe. Two listeners on one port need SO_REUSEPORT,
-//!   which the kernel allows only to the same uid.
+//!   which the kernel allows only to the same uid. A listener read after
+//!   the connect is taken only if it is the one seen before it (the
+//!   same socket, listening all along, so where the SYN went): another
+//!   user's may have taken the connection and let the port go between.
 //!
 //! Knows nothing of `Server`.
 
@@ -25,35 +28,86 @@ use socket2::Socket;
 
 use crate::addr::ListenAddr;
 
-/// The uid of the listener that holds the other end of `probe`.
-pub(super) fn listener_uid(probe: &Socket) -> io::Result<u32> {
-    let peer = probe.peer_addr()?;
-    if let Some(peer) = peer.as_socket() {
-        return tcp_uid(peer);
-    }
-    peer_uid(probe)
+/// A TCP listener on `forward` as seen once: its uid, and what tells it
+/// from a later listener on the same port (sock_diag's cookie, or the
+/// inode /proc/net/tcp gives).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) struct Listener {
+    pub uid: u32,
+    id: u64,
 }
 
-/// The uid of the listener a new connection `sock` to `to` reached,
-/// before it is relayed, or `want` if that is the uid of the
-/// connection's server side (the listener's until accepted; a process
-/// of uid `want` accepted it otherwise): one lookup, no walk of the
-/// listeners. Its connect may be in progress: for TCP the listener is
-/// the one on `to` now, which is where the SYN went.
-pub(super) fn owner_uid(sock: &Socket, to: &ListenAddr, want: u32) -> io::Result<u32> {
-    let ListenAddr::Tcp(sa) = to else {
-        return peer_uid(sock);
-    };
+/// The listener on `forward` was not the one seen before the connect: the
+/// connection may have reached another user's listener in between.
+#[derive(Debug)]
+pub(super) struct Rebound;
+
+impl std::fmt::Display for Rebound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "its listener is not the one seen before this connection (closed and bound again)",
+        )
+    }
+}
+
+impl std::error::Error for Rebound {}
+
+/// Is `e` owner_uid's "the listener was rebound"?
+pub(super) fn rebound(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|e| e.is::<Rebound>())
+}
+
+/// The TCP listener on `to` now; none for a Unix socket, or if none is
+/// found.
+pub(super) fn listener_on(to: &ListenAddr) -> Option<Listener> {
+    match to {
+        ListenAddr::Tcp(sa) => tcp_listener(server_of(*sa)).ok(),
+        _ => None,
+    }
+}
+
+/// The address a connection to `sa` reaches (a wildcard: loopback).
+fn server_of(sa: SocketAddr) -> SocketAddr {
     let ip = match sa.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         ip => ip,
     };
-    let server = SocketAddr::new(ip, sa.port());
+    SocketAddr::new(ip, sa.port())
+}
+
+/// The uid of the listener a new connection `sock` to `to` reached (a
+/// probe's, or a client's before it is relayed), or `want` if that is
+/// the uid of the connection's server side (the listener's until
+/// accepted; a process of uid `want` accepted it otherwise): one lookup,
+/// no walk of the listeners.
+///
+/// Accepted by another uid (a server whose workers drop privileges, or
+/// another user who bound the port, accepted and let go in between):
+/// the listener on `to` now is taken only if it is `seen`, a listener
+/// seen before this connect (so listening since, and where the SYN
+/// went). Another one is `Rebound`, and becomes `seen` for the next
+/// connections.
+pub(super) fn owner_uid(
+    sock: &Socket,
+    to: &ListenAddr,
+    want: u32,
+    seen: &mut Option<Listener>,
+) -> io::Result<u32> {
+    let ListenAddr::Tcp(sa) = to else {
+        return peer_uid(sock);
+    };
+    let server = server_of(*sa);
     let local = sock.local_addr().ok().and_then(|a| a.as_socket());
-    match local.map(|l| super::diag::connection_uid(l, server)) {
-        Some(Ok(uid)) if uid == want => Ok(uid),
-        _ => tcp_uid(server),
+    if let Some(Ok(uid)) = local.map(|l| super::diag::connection_uid(l, server)) {
+        if uid == want {
+            return Ok(uid);
+        }
+    }
+    let now = tcp_listener(server)?;
+    match seen.replace(now) {
+        Some(was) if was == now => Ok(now.uid),
+        _ => Err(io::Error::other(Rebound)),
     }
 }
 
@@ -64,20 +118,20 @@ fn peer_uid(sock: &Socket) -> io::Result<u32> {
     Ok(cred.uid())
 }
 
-/// The uid of the TCP listener on `server`: from sock_diag (`diag.rs`),
-/// or where the kernel has none (no inet_diag), /proc/net/tcp.
-fn tcp_uid(server: SocketAddr) -> io::Result<u32> {
-    match super::diag::listener_uid(server) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => tcp_listener_uid(server),
-        got => got,
+/// The TCP listener on `server`: from sock_diag (`diag.rs`), or where
+/// the kernel has none (no inet_diag), /proc/net/tcp.
+fn tcp_listener(server: SocketAddr) -> io::Result<Listener> {
+    match super::diag::listener(server) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => proc_listener(server),
+        got => got.map(|(uid, id)| Listener { uid, id }),
     }
 }
 
-/// The uid of the socket listening on `server` (its address, or the
-/// wildcard address of its family on its port; an IPv4 address may be
-/// reached through an IPv6 wildcard), read line by line (no bound needed
-/// on the file's size). An exact listener wins over a wildcard one.
-fn tcp_listener_uid(server: SocketAddr) -> io::Result<u32> {
+/// The socket listening on `server` (its address, or the wildcard
+/// address of its family on its port; an IPv4 address may be reached
+/// through an IPv6 wildcard), read line by line (no bound needed on the
+/// file's size). An exact listener wins over a wildcard one.
+fn proc_listener(server: SocketAddr) -> io::Result<Listener> {
     let mut tables = vec!["/proc/net/tcp6"];
     if server.is_ipv4() {
         tables.insert(0, "/proc/net/tcp");
@@ -89,8 +143,8 @@ fn tcp_listener_uid(server: SocketAddr) -> io::Result<u32> {
         };
         for line in BufReader::new(file).lines().skip(1) {
             match listening_on(&line?, server) {
-                Some((uid, true)) => return Ok(uid),
-                Some((uid, false)) => wildcard = wildcard.or(Some(uid)),
+                Some((l, true)) => return Ok(l),
+                Some((l, false)) => wildcard = wildcard.or(Some(l)),
                 None => {}
             }
         }
@@ -98,10 +152,11 @@ fn tcp_listener_uid(server: SocketAddr) -> io::Result<u32> {
     wildcard.ok_or_else(|| io::ErrorKind::NotFound.into())
 }
 
-/// One /proc/net/tcp line: `sl local remote st tx:rx tr:when retr uid ...`.
-/// If it is a listener (state 0A) that `server` reaches: its uid, and
-/// whether it is bound to `server`'s own address (not the wildcard).
-fn listening_on(line: &str, server: SocketAddr) -> Option<(u32, bool)> {
+/// One /proc/net/tcp line: `sl local remote st tx:rx tr:when retr uid
+/// timeout inode ...`. If it is a listener (state 0A) that `server`
+/// reaches: its uid and inode, and whether it is bound to `server`'s own
+/// address (not the wildcard).
+fn listening_on(line: &str, server: SocketAddr) -> Option<(Listener, bool)> {
     let mut f = line.split_whitespace();
     let local = parse_addr(f.nth(1)?)?;
     if f.nth(1)? != "0A" || local.port() != server.port() {
@@ -113,7 +168,8 @@ fn listening_on(line: &str, server: SocketAddr) -> Option<(u32, bool)> {
         return None;
     }
     let uid = f.nth(3)?.parse().ok()?;
-    Some((uid, exact))
+    let id = f.nth(1)?.parse().ok()?;
+    Some((Listener { uid, id }, exact))
 }
 
 /// `0100007F:1F90` (IPv4) or four 32-bit words (IPv6), each word the
@@ -153,11 +209,23 @@ mod tests {
         let server: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         assert_eq!(
             listening_on(&line("0100007F:1F90", "0A"), server),
-            Some((65534, true))
+            Some((
+                Listener {
+                    uid: 65534,
+                    id: 123
+                },
+                true
+            ))
         );
         assert_eq!(
             listening_on(&line("00000000:1F90", "0A"), server),
-            Some((65534, false))
+            Some((
+                Listener {
+                    uid: 65534,
+                    id: 123
+                },
+                false
+            ))
         );
         // An accepted connection, another port, another address.
         assert_eq!(listening_on(&line("0100007F:1F90", "01"), server), None);
@@ -166,7 +234,13 @@ mod tests {
         let v6any = "00000000000000000000000000000000:1F90";
         assert_eq!(
             listening_on(&line(v6any, "0A"), server),
-            Some((65534, false))
+            Some((
+                Listener {
+                    uid: 65534,
+                    id: 123
+                },
+                false
+            ))
         );
     }
 
@@ -176,10 +250,31 @@ mod tests {
         assert_eq!(parse_addr(text), "[::1]:80".parse().ok());
     }
 
+    /// A connection not yet accepted is its listener's; once accepted,
+    /// the listener now is taken if it is the one seen before, and a
+    /// listener bound again is not.
     #[test]
-    fn a_real_connection_is_found_with_its_listeners_uid() {
+    fn a_connection_is_its_listeners_only_if_that_listener_was_there_before() {
+        let me = nix::unistd::geteuid().as_raw();
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = ListenAddr::Tcp(l.local_addr().unwrap());
+        let mut seen = listener_on(&to);
+        assert_eq!(seen.map(|s| s.uid), Some(me));
         let c = Socket::from(std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap());
-        assert_eq!(listener_uid(&c).unwrap(), nix::unistd::geteuid().as_raw());
+        assert_eq!(owner_uid(&c, &to, me, &mut seen).unwrap(), me);
+        // Another uid wanted: the connection's own uid is not it, the
+        // listener now is the one seen.
+        assert_eq!(owner_uid(&c, &to, me + 1, &mut seen).unwrap(), me);
+        let sa = l.local_addr().unwrap();
+        drop(l);
+        let again =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        again.set_reuse_address(true).unwrap();
+        again.bind(&sa.into()).unwrap();
+        again.listen(1).unwrap();
+        let e = owner_uid(&c, &to, me + 1, &mut seen).unwrap_err();
+        assert!(rebound(&e), "{e}");
+        // Seen now, for the next connections.
+        assert_eq!(owner_uid(&c, &to, me + 1, &mut seen).unwrap(), me);
     }
 }

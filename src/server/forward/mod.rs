@@ -174,6 +174,10 @@ pub(super) struct Backend {
     /// This start's probes found `forward` held by someone else, and
     /// said so once (a warning per probe would flood the log).
     warned: bool,
+    /// The TCP listener on `forward` seen before the last probe's connect,
+    /// or since (`held::owner_uid`): a connection another uid accepted is
+    /// the backend's only if it went through this one.
+    listener: Option<held::Listener>,
     /// `ready = "notify"`: the running backend's NOTIFY_SOCKET and its
     /// token, watched from its start to its exit (READY=1, then STATUS=).
     notify: Option<(Socket, Token)>,
@@ -198,6 +202,7 @@ impl Default for Backend {
             per_source: FxHashMap::default(),
             started_with: None,
             warned: false,
+            listener: None,
             notify: None,
             status: None,
             tree: Vec::new(),
@@ -299,9 +304,32 @@ fn connect(to: &ListenAddr) -> io::Result<(Socket, bool)> {
     }
     match s.connect(&addr) {
         Ok(()) => Ok((s, false)),
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok((s, true)),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => match connected_now(&s) {
+            Some(Err(e)) => Err(e),
+            done => Ok((s, done.is_none())),
+        },
         Err(e) => Err(e),
     }
+}
+
+/// A non-blocking TCP connect to a local address returns EINPROGRESS,
+/// but its handshake is done by then unless the kernel put its SYN off:
+/// whether it is done (its result) or not yet. Only a done one has
+/// reached a listener, to be checked (`held::owner_uid`).
+fn connected_now(s: &Socket) -> Option<io::Result<()>> {
+    let mut fd = [libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(s),
+        events: libc::POLLOUT,
+        revents: 0,
+    }];
+    // SAFETY: one pollfd, ours, for the call; a zero timeout: no wait.
+    if unsafe { libc::poll(fd.as_mut_ptr(), 1, 0) } != 1 {
+        return None;
+    }
+    Some(match s.take_error() {
+        Ok(None) => Ok(()),
+        Ok(Some(e)) | Err(e) => Err(e),
+    })
 }
 
 /// A TCP connect to a port nobody listens on can meet itself: the
@@ -659,11 +687,14 @@ impl Server {
             self.warn_once(id, format_args!("will not connect to {to}: {why}"));
             return self.probe_later(id);
         }
+        // Seen before the connect: a probe another uid accepts is the
+        // backend's only if the listener it reached is this one.
+        let seen = held::listener_on(&to);
+        if let Some(b) = self.forward.backends.get_mut(&id) {
+            b.listener = seen;
+        }
         match connect(&to) {
-            Ok((sock, false))
-                if !self_connected(&sock)
-                    && self.held_by_backend(idx, held::listener_uid(&sock)) =>
-            {
+            Ok((sock, false)) if !self_connected(&sock) && self.probe_held(idx, &sock, &to) => {
                 self.backend_ready(idx, Some(sock))
             }
             Ok((sock, false)) => {
@@ -707,8 +738,36 @@ impl Server {
             self.warn_once(self.services[idx].id, format_args!("{what}"));
             return Err(io::Error::new(io::ErrorKind::PermissionDenied, what));
         }
-        let (s, busy) = connect(to)?;
-        let uid = held::owner_uid(&s, to, self.backend_uid(idx));
+        let to = to.clone();
+        let want = self.backend_uid(idx);
+        let id = self.services[idx].id;
+        let Some(backend) = self.forward.backends.get_mut(&id) else {
+            return Err(io::ErrorKind::NotFound.into());
+        };
+        if backend.listener.is_none() {
+            // None seen yet (ready by notify, resumed by an upgrade):
+            // the one there before this connect.
+            backend.listener = held::listener_on(&to);
+        }
+        let (s, busy) = connect(&to)?;
+        if busy && matches!(to, ListenAddr::Tcp(_)) {
+            // Its SYN not answered yet: the listener it will reach is
+            // not known, and could be another user's by then.
+            let name = self.services.name_of(id);
+            info!(event = "forward_refused", service = name;
+                "{name}: not relaying a client to forward {to}: its connect is still in progress (the kernel put it off), so whose listener it reaches cannot be checked");
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "connect to forward still in progress",
+            ));
+        }
+        let uid = held::owner_uid(&s, &to, want, &mut backend.listener);
+        if uid.as_ref().is_err_and(held::rebound) {
+            let name = self.services.name_of(id);
+            info!(event = "forward_refused", service = name;
+                "{name}: not relaying a client to forward {to}: {}; the next clients go to the listener there now",
+                held::Rebound);
+        }
         if !self.held_by_backend(idx, uid) {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
@@ -719,6 +778,18 @@ impl Server {
             true => Side::connecting(OwnedFd::from(s)),
             false => Side::stream(OwnedFd::from(s)),
         })
+    }
+
+    /// Is the probe `sock`'s other end service `idx`'s backend's
+    /// (`held::owner_uid`, against the listener seen before its connect)?
+    fn probe_held(&mut self, idx: usize, sock: &Socket, to: &ListenAddr) -> bool {
+        let want = self.backend_uid(idx);
+        let id = self.services[idx].id;
+        let Some(backend) = self.forward.backends.get_mut(&id) else {
+            return false;
+        };
+        let uid = held::owner_uid(sock, to, want, &mut backend.listener);
+        self.held_by_backend(idx, uid)
     }
 
     /// Does the socket that accepted a connection (`uid`, as `held.rs`
@@ -828,10 +899,11 @@ impl Server {
         };
         let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
         let _ = self.poller.registry().deregister(&mut SourceFd(&fd));
-        match (sock.take_error(), self.services.index_of(id)) {
-            (Ok(None), Some(idx))
-                if !self_connected(&sock)
-                    && self.held_by_backend(idx, held::listener_uid(&sock)) =>
+        let idx = self.services.index_of(id);
+        let to = idx.and_then(|i| self.services[i].spec.forward.as_ref().map(|f| f.to.clone()));
+        match (sock.take_error(), idx, to) {
+            (Ok(None), Some(idx), Some(to))
+                if !self_connected(&sock) && self.probe_held(idx, &sock, &to) =>
             {
                 self.backend_ready(idx, Some(sock))
             }
