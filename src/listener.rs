@@ -154,6 +154,11 @@ pub struct Listener {
     /// The options the socket (and its file) were opened or last set
     /// with; none for one handed over, until some are applied.
     applied: Option<ListenOptions>,
+    /// A socket the service manager handed (LISTEN_FDS): the
+    /// TCP_DEFER_ACCEPT it came with (seconds as the kernel reads it
+    /// back; 0 for other sockets), the only option summond sets on it,
+    /// and puts back when it lets the socket go (`give_back`).
+    handed: Option<u32>,
 }
 
 impl Listener {
@@ -187,6 +192,28 @@ impl Listener {
     /// What the previous image of an upgrade says it applied.
     pub fn set_applied(&mut self, opts: Option<ListenOptions>) {
         self.applied = opts;
+    }
+
+    /// The TCP_DEFER_ACCEPT a socket the service manager handed came
+    /// with; none for another socket.
+    pub fn handed(&self) -> Option<u32> {
+        self.handed
+    }
+
+    /// A socket handed by the service manager, which came with `came`
+    /// (the previous image's word, across an upgrade): its defer follows
+    /// `opts` from now on (`defer_handed`).
+    pub fn set_handed(&mut self, came: u32) {
+        self.handed = Some(came);
+    }
+
+    /// summond lets a handed socket go (its stop, or a reload that drops
+    /// it; not an upgrade): the service manager's copy gets back the
+    /// TCP_DEFER_ACCEPT it came with.
+    pub fn give_back(&self) {
+        if let (Some(came), ListenAddr::Tcp(_)) = (self.handed, &self.addr) {
+            let _ = set_defer_accept(&self.socket, came);
+        }
     }
 
     /// `reapply` `opts`, and remember them only if that worked: a change
@@ -387,16 +414,48 @@ pub fn reapply(listener: &Listener, opts: &ListenOptions) -> Result<(), ListenEr
 }
 
 /// A handed socket (LISTEN_FDS) keeps the options its service manager
-/// gave it, but one whose clients speak first (`defer_accept`: PROXY
-/// headers, TLS) gets TCP_DEFER_ACCEPT as summond's own would: accepted
-/// with its first bytes in, not parked in the loop. TCP only.
-pub fn defer_handed(listener: &Listener, opts: &ListenOptions) -> Result<(), ListenError> {
-    match (opts.defer_accept, &listener.addr) {
-        (Some(secs), ListenAddr::Tcp(_)) => {
-            set_defer_accept(&listener.socket, secs).map_err(ListenError::Socket)
-        }
-        _ => Ok(()),
+/// gave it, at adoption, reload and upgrade alike, but one whose clients
+/// speak first (`defer_accept`: PROXY headers, TLS) gets TCP_DEFER_ACCEPT
+/// as summond's own would: accepted with its first bytes in, not parked
+/// in the loop. A non-zero value it came with (`DeferAcceptSec=`) is the
+/// admin's and stays; a service whose clients need not speak first gets
+/// back what it came with. TCP only; the first call reads what it came
+/// with.
+pub fn defer_handed(listener: &mut Listener, opts: &ListenOptions) -> Result<(), ListenError> {
+    if !matches!(listener.addr, ListenAddr::Tcp(_)) {
+        listener.handed.get_or_insert(0);
+        return Ok(());
     }
+    let came = match listener.handed {
+        Some(came) => came,
+        None => get_defer_accept(&listener.socket).map_err(ListenError::Socket)?,
+    };
+    listener.handed = Some(came);
+    let secs = match opts.defer_accept {
+        Some(secs) if came == 0 => secs,
+        _ => came,
+    };
+    set_defer_accept(&listener.socket, secs).map_err(ListenError::Socket)
+}
+
+/// TCP_DEFER_ACCEPT now, in seconds (as the kernel rounds it).
+fn get_defer_accept(s: &Socket) -> io::Result<u32> {
+    let mut value: nix::libc::c_int = 0;
+    let mut len = std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `value`.
+    let rc = unsafe {
+        nix::libc::getsockopt(
+            s.as_raw_fd(),
+            nix::libc::IPPROTO_TCP,
+            nix::libc::TCP_DEFER_ACCEPT,
+            (&raw mut value).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u32::try_from(value).unwrap_or(0))
 }
 
 /// TCP_DEFER_ACCEPT (0 clears it); socket2 does not offer it.
@@ -432,6 +491,7 @@ pub fn adopt(addr: ListenAddr, socket: Socket) -> Result<Listener, ListenError> 
         socket,
         created: None,
         applied: None,
+        handed: None,
     })
 }
 
@@ -481,6 +541,7 @@ pub fn open(addr: &ListenAddr, opts: ListenOptions) -> Result<Listener, ListenEr
         socket,
         created: None,
         applied: Some(opts),
+        handed: None,
     };
     if let Some(path) = unix_path {
         own_socket_file(&mut listener, path, &opts)?;

@@ -323,6 +323,10 @@ pub struct ListenerState {
     /// image's state; none for a socket handed to summond and never set).
     #[serde(default)]
     pub options: Option<ListenOptions>,
+    /// A socket the service manager handed: the TCP_DEFER_ACCEPT it came
+    /// with (absent from an older image's state, and for other sockets).
+    #[serde(default)]
+    pub handed: Option<u32>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -895,6 +899,7 @@ mod tests {
                 addr: "tcp://127.0.0.1:7".into(),
                 file: None,
                 options: None,
+                handed: Some(0),
             }],
             children: vec![ChildState {
                 pid: 42,
@@ -945,6 +950,7 @@ mod tests {
                 addr: "unix:///run/x.sock".into(),
                 file: Some(("/run/x.sock".into(), 1, 2)),
                 options: Some(ListenOptions::default()),
+                handed: Some(1),
             }],
             children: vec![ChildState {
                 pid: 42,
@@ -967,6 +973,10 @@ mod tests {
             .as_object_mut()
             .unwrap()
             .remove("options");
+        json["listeners"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("handed");
         json["children"][0]
             .as_object_mut()
             .unwrap()
@@ -978,6 +988,7 @@ mod tests {
         let old: State = serde_json::from_value(json).unwrap();
         assert!(old.limits.is_empty());
         assert_eq!(old.listeners[0].options, None);
+        assert_eq!(old.listeners[0].handed, None);
         assert!(old.children[0].runtime.is_none(), "the service's applies");
         assert!(old.children[0].notify.is_none(), "shown not ready");
     }
@@ -1026,6 +1037,7 @@ mod tests {
                 addr: "unix:///run/c.sock".into(),
                 file: Some((odd("/run/c.sock"), 1, 2)),
                 options: None,
+                handed: None,
             }],
             ..State::default()
         };

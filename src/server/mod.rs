@@ -1407,6 +1407,13 @@ impl Server {
             let Some(sock) = self.sockets.get_mut(addr) else {
                 continue;
             };
+            if sock.listener.handed().is_some() {
+                // The service manager's options stay; its defer follows.
+                if let Err(e) = crate::listener::defer_handed(&mut sock.listener, new_options) {
+                    error!("{}: {addr}: {e}", self.services[*idx].spec.name);
+                }
+                continue;
+            }
             // What was applied last, not what the old config said: a
             // change refused then (the file was not the one bound) is
             // tried again now, and an upgrade's carried socket compares

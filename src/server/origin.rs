@@ -83,11 +83,11 @@ impl Origin {
         let mut made = match self.handed.remove(addr) {
             Some(socket) => {
                 // From the previous image of an upgrade it is no news.
-                let adopted = listener::adopt(addr.clone(), socket)?;
+                let mut adopted = listener::adopt(addr.clone(), socket)?;
                 // An upgrade's socket takes its options at take_over.
                 if !self.opts.resumed {
                     info!("{owner}: {addr} adopted from the service manager");
-                    listener::defer_handed(&adopted, &opts)?;
+                    listener::defer_handed(&mut adopted, &opts)?;
                 }
                 Ok(adopted)
             }

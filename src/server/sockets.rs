@@ -170,10 +170,13 @@ impl SocketTable {
         Some(sock.low.as_ref().map_or(fd, |l| l.as_raw_fd()))
     }
 
-    /// Close `addr` (the listener's file is removed when it drops).
+    /// Close `addr` (the listener's file is removed when it drops; one
+    /// the service manager handed goes back as it came).
     pub fn remove(&mut self, registry: &Registry, addr: &ListenAddr) -> Option<OpenSocket> {
         let _ = self.set_watched(registry, addr, false);
-        self.sockets.remove(addr)
+        let sock = self.sockets.remove(addr)?;
+        sock.listener.give_back();
+        Some(sock)
     }
 
     /// Register or deregister `addr` so its watching matches `want`.
@@ -359,6 +362,7 @@ pub(super) fn listener_state(l: &Listener) -> ListenerState {
         addr: l.addr.to_string(),
         file: l.created_file(),
         options: l.applied().copied(),
+        handed: l.handed(),
     }
 }
 
@@ -371,6 +375,8 @@ pub(super) struct Carried {
     file: Option<(PathBuf, u64, u64)>,
     /// The options it applied (none from an older image).
     options: Option<ListenOptions>,
+    /// Handed by the service manager, with this TCP_DEFER_ACCEPT.
+    handed: Option<u32>,
 }
 
 impl Carried {
@@ -384,6 +390,7 @@ impl Carried {
             addr,
             file: l.file,
             options: l.options,
+            handed: l.handed,
         })
     }
 
@@ -397,6 +404,11 @@ impl Carried {
         listener: &mut Listener,
         wanted: &ListenOptions,
     ) -> Result<(), ListenError> {
+        if let Some(came) = self.handed {
+            // The service manager's: only its defer follows the service.
+            listener.set_handed(came);
+            return crate::listener::defer_handed(listener, wanted);
+        }
         let due = options_due(self.options.as_ref(), wanted, self.file.is_some());
         if let Some(file) = self.file {
             listener.claim_file(file);

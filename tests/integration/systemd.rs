@@ -441,3 +441,87 @@ fn a_handed_listener_follows_defer_accept_across_an_upgrade() {
         s.log_text()
     );
 }
+
+/// Sockets a service manager hands (LISTEN_FDS) keep its options: a
+/// reload that turns `proxy_protocol` on or off changes only the defer
+/// (not SO_KEEPALIVE, which a full re-apply of summond's options would
+/// clear); a `DeferAcceptSec=` it set stays; and at summond's stop the
+/// service manager's copy gets back the defer it handed. The wrapper is
+/// the service manager: it makes two listeners (one with defer 5 s, both
+/// SO_KEEPALIVE), keeps a copy in a child of its own, and execs summond.
+#[test]
+fn handed_listeners_keep_the_service_managers_options_and_get_them_back() {
+    use nix::libc;
+    if !std::path::Path::new("/usr/bin/python3").exists() {
+        return skip("handed options", "needs /usr/bin/python3");
+    }
+    let (admin, plain) = (free_port(), free_port());
+    let dir = TempDir::new("handed-options");
+    let copy = dir.path("copy");
+    let manager = "import os, socket, sys, time\n\
+        ports, out = [int(p) for p in sys.argv[1:3]], sys.argv[3]\n\
+        socks = []\n\
+        for i, port in enumerate(ports):\n\
+        \x20   s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+        \x20   s.bind(('127.0.0.1', port)); s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)\n\
+        \x20   if i == 0: s.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 5)\n\
+        \x20   s.listen(17); socks.append(s)\n\
+        came = socks[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT)\n\
+        if os.fork() == 0:\n\
+        \x20   open(out + '.tmp', 'w').write(f'{os.getpid()} {came}'); os.rename(out + '.tmp', out)\n\
+        \x20   time.sleep(60); os._exit(0)\n\
+        for i, s in enumerate(socks):\n\
+        \x20   os.dup2(s.fileno(), 3 + i); os.set_inheritable(3 + i, True)\n\
+        os.environ['LISTEN_FDS'] = '2'; os.environ['LISTEN_PID'] = str(os.getpid())\n\
+        os.execv(sys.argv[4], sys.argv[4:])\n";
+    let (a, b) = (admin.to_string(), plain.to_string());
+    let proxy = "proxy_protocol = \"v1\"\nproxy_from = [\"127.0.0.0/8\"]\n";
+    let config = |on: &str| {
+        format!(
+            "[[service]]\nname = \"admin\"\nlisten = \"tcp://127.0.0.1:{admin}\"\nexec = {}\n{on}\
+             [[service]]\nname = \"plain\"\nlisten = \"tcp://127.0.0.1:{plain}\"\nexec = {}\n{on}",
+            sh("echo admin"),
+            sh("echo plain")
+        )
+    };
+    let mut s = Summond::start_in(
+        dir,
+        Start {
+            config: &config(proxy),
+            wrapper: &[
+                "/usr/bin/python3",
+                "-c",
+                manager,
+                &a,
+                &b,
+                copy.to_str().unwrap(),
+            ],
+            ..Start::default()
+        },
+    );
+    assert!(wait_until(TIMEOUT, || copy.exists()));
+    let text = std::fs::read_to_string(&copy).unwrap();
+    let (holder, came) = text.split_once(' ').unwrap();
+    let (holder, came): (i32, i32) = (holder.parse().unwrap(), came.parse().unwrap());
+    let _holder = KillOnDrop::new(holder);
+    assert!(s.wait_log(" serving 2 services"), "{}", s.log_text());
+    let keepalive = |port| listener_sockopt(holder, port, libc::SOL_SOCKET, libc::SO_KEEPALIVE);
+    let state = |pid| {
+        (
+            listener_defer_accept(pid, admin),
+            listener_defer_accept(pid, plain),
+            keepalive(admin),
+            keepalive(plain),
+        )
+    };
+    let with_proxy = (Some(came), Some(1), Some(1), Some(1));
+    assert_eq!(state(s.pid()), with_proxy, "{}", s.log_text());
+    assert!(s.reload(&config("")), "{}", s.log_text());
+    let without = (Some(came), Some(0), Some(1), Some(1));
+    assert_eq!(state(s.pid()), without, "proxy off\n{}", s.log_text());
+    assert!(s.reload(&config(proxy)), "{}", s.log_text());
+    assert_eq!(state(s.pid()), with_proxy, "proxy on\n{}", s.log_text());
+    s.signal(libc::SIGTERM);
+    assert!(s.wait_exit(TIMEOUT).is_some(), "{}", s.log_text());
+    assert_eq!(state(holder), without, "after the stop");
+}

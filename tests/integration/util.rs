@@ -1086,6 +1086,17 @@ pub fn upgrade_ok(s: &Summond, control: &Path) {
 /// `pid` holds it (seconds, as the kernel reports them; 0 when unset),
 /// read on a copy of its fd (pidfd_getfd: the test's own child, or root).
 pub fn listener_defer_accept(pid: i32, port: u16) -> Option<i32> {
+    listener_sockopt(
+        pid,
+        port,
+        nix::libc::IPPROTO_TCP,
+        nix::libc::TCP_DEFER_ACCEPT,
+    )
+}
+
+/// An int socket option (`level`, `name`) of the loopback TCP listener on
+/// `port` as process `pid` holds it, read as `listener_defer_accept` does.
+pub fn listener_sockopt(pid: i32, port: u16, level: i32, name: i32) -> Option<i32> {
     use nix::libc;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let fd = fd_of_socket(pid, &listening_inode(port)?)?;
@@ -1093,19 +1104,19 @@ pub fn listener_defer_accept(pid: i32, port: u16) -> Option<i32> {
     // SAFETY: plain syscalls; each fd returned is owned at once.
     let pidfd = own(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
     let copy = own(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) })?;
-    let mut secs: libc::c_int = -1;
+    let mut value: libc::c_int = -1;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `secs`.
+    // SAFETY: getsockopt writes at most `len` bytes into `value`.
     let rc = unsafe {
         libc::getsockopt(
             copy.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
-            (&raw mut secs).cast(),
+            level,
+            name,
+            (&raw mut value).cast(),
             &mut len,
         )
     };
-    (rc == 0).then_some(secs)
+    (rc == 0).then_some(value)
 }
 
 /// Is the fd link `link` (`socket:[INODE]`) a netlink socket? summond
