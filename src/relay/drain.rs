@@ -108,6 +108,13 @@ impl<T> Relays<T> {
                     closed.extend(self.word(poll.registry(), word, words.read));
                 }
             }
+            // A backend connect in progress at the fork that needs its
+            // check (`Side::connecting_checked`): the drainer has no
+            // backend to check it against, so it is not relayed.
+            for id in self.take_checks() {
+                let why = std::io::Error::other("its connect could not be checked in the drainer");
+                closed.extend(self.checked(poll.registry(), id, Err(why)));
+            }
             closed.extend(self.serve_again(poll.registry()));
             let now = Instant::now();
             closed.extend(self.expire(poll.registry(), now));

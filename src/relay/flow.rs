@@ -292,7 +292,9 @@ impl Flow {
             if self.eof {
                 return self.pass_on_end(dst);
             }
-            if !src.readable {
+            // A side still connecting (or waiting for its connect to be
+            // checked) gives nothing yet.
+            if !src.readable || src.connecting {
                 return Ok(Stop::Drained);
             }
             if read >= budget {

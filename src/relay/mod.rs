@@ -83,6 +83,9 @@ pub struct SideState {
     pub fd: i32,
     pub connecting: bool,
     pub spliced: bool,
+    /// Connecting, and its connect's end to be checked (`Side::connecting_checked`).
+    #[serde(default)]
+    pub check: bool,
 }
 
 impl SideState {
@@ -91,6 +94,7 @@ impl SideState {
         // SAFETY: an open fd the state names once, taken here.
         let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(self.fd) };
         match (self.spliced, self.connecting) {
+            (true, true) if self.check => Side::connecting_checked(fd),
             (true, true) => Side::connecting(fd),
             (true, false) => Side::stream(fd),
             (false, _) => Side::buffered(fd),
@@ -218,6 +222,8 @@ pub struct Relays<T> {
     /// `linger` deadlines as set; one whose connection left or was given
     /// a later one is skipped when it comes up.
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Connections whose checked connect ended (`take_checks`).
+    checks: Vec<RelayId>,
 }
 
 impl<T> Default for Relays<T> {
@@ -228,6 +234,7 @@ impl<T> Default for Relays<T> {
             again: Vec::new(),
             pipes: Pipes::default(),
             deadlines: BinaryHeap::new(),
+            checks: Vec::new(),
         }
     }
 }
@@ -318,11 +325,46 @@ impl<T> Relays<T> {
         side.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
         side.read_closed |= event.is_read_closed();
         if event.is_error() || side.connecting {
+            let checked = side.check_at_connect;
             if let Some(end) = settle(side, i, event) {
                 return self.finish(registry, id, end);
             }
+            if checked && !side.check_at_connect {
+                // Connected: nothing moves until the owner's word.
+                self.checks.push(RelayId(id));
+                return None;
+            }
         }
         self.step(registry, id)
+    }
+
+    /// Connections whose checked connect ended since the last call
+    /// (`Side::connecting_checked`): each waits for `checked`.
+    pub fn take_checks(&mut self) -> Vec<RelayId> {
+        std::mem::take(&mut self.checks)
+    }
+
+    /// The fd of `id`'s back side (whose connect is checked).
+    pub fn back_fd(&self, id: RelayId) -> Option<std::os::fd::RawFd> {
+        self.conns.get(&id.0).map(|r| r.sides[1].fd())
+    }
+
+    /// The owner's word on `id`'s checked connect: `ok`, bytes move;
+    /// else the connection ends (`End::Connect`, `why`).
+    pub fn checked(
+        &mut self,
+        registry: &Registry,
+        id: RelayId,
+        ok: Result<(), io::Error>,
+    ) -> Option<Closed<T>> {
+        let relay = self.conns.get_mut(&id.0)?;
+        match ok {
+            Ok(()) => {
+                relay.sides[1].connecting = false;
+                self.step(registry, id.0)
+            }
+            Err(why) => self.finish(registry, id.0, End::Connect(why)),
+        }
     }
 
     /// Serve the connections that used their budget last turn.
@@ -367,6 +409,7 @@ impl<T> Relays<T> {
                     fd: s.fd(),
                     connecting: s.is_connecting(),
                     spliced: s.splices(),
+                    check: s.is_checked_at_connect(),
                 };
                 (
                     &r.tag,
@@ -715,7 +758,12 @@ fn settle(side: &mut Side, i: usize, event: &Event) -> Option<End> {
             return None;
         }
         side.connecting = false;
-        return side.take_error().err().map(End::Connect);
+        let end = side.take_error().err().map(End::Connect);
+        if end.is_none() && side.check_at_connect {
+            // Connected, to be checked: still closed to bytes.
+            (side.connecting, side.check_at_connect) = (true, false);
+        }
+        return end;
     }
     // A child's reset is its end (`Side::child`): the reads and writes
     // that follow see it as such.

@@ -36,6 +36,10 @@ pub struct Side {
     pub(super) writable: bool,
     /// A connect(2) still in progress: nothing is written before it ends.
     pub(super) connecting: bool,
+    /// Its connect's end waits for the owner's word on whom it reached
+    /// (`Relays::checked`): until then it stays `connecting`, and no
+    /// byte moves either way.
+    pub(super) check_at_connect: bool,
     /// A child's end of a socket pair is its peer (`Side::child`): a
     /// reset is its end, not a failure.
     pub(super) resets_end: bool,
@@ -55,6 +59,16 @@ impl Side {
     /// reads its SO_ERROR before moving a byte.
     pub fn connecting(fd: OwnedFd) -> Side {
         Side::new(Io::Stream(fd), true)
+    }
+
+    /// As `connecting`, and once connected it stays so until the owner
+    /// says whom the connect reached is fine (`Relays::take_checks`,
+    /// `Relays::checked`): a listener that can change hands while the
+    /// SYN waits is checked only once the SYN has reached one.
+    pub fn connecting_checked(fd: OwnedFd) -> Side {
+        let mut side = Side::new(Io::Stream(fd), true);
+        side.check_at_connect = true;
+        side
     }
 
     /// Summond's end of a Unix socket pair whose other end a child holds
@@ -101,6 +115,7 @@ impl Side {
             readable: false,
             writable: false,
             connecting,
+            check_at_connect: false,
             resets_end: false,
             read_closed: false,
         }
@@ -109,6 +124,11 @@ impl Side {
     /// Whether its connect(2) is still in progress.
     pub fn is_connecting(&self) -> bool {
         self.connecting
+    }
+
+    /// Whether its connect's end still needs the owner's word.
+    pub fn is_checked_at_connect(&self) -> bool {
+        self.check_at_connect
     }
 
     /// The fd the loop watches for this side.

@@ -49,6 +49,9 @@ impl Server {
         if let Some(closed) = self.relays.ready(registry, event.token(), event) {
             self.relay_ended(closed);
         }
+        for id in self.relays.take_checks() {
+            self.check_connect(id);
+        }
     }
 
     /// Connections that used their share last turn.
@@ -81,7 +84,7 @@ impl Server {
     }
 
     /// A relayed connection ended: to its owner.
-    fn relay_ended(&mut self, c: Closed<Relayed>) {
+    pub(super) fn relay_ended(&mut self, c: Closed<Relayed>) {
         match c.tag.kind {
             Kind::Forward => self.relay_closed(c),
             Kind::Child => {

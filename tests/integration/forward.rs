@@ -1532,3 +1532,39 @@ stderr = "null"
         "uid nobody got a client's bytes after {clients} clients: {stolen}"
     );
 }
+
+/// A backend whose accept queue is full when the first clients connect
+/// (backlog 0, the readiness probe's connection in it, nothing accepted
+/// for 2 s): the kernel drops their SYNs, so each connect is still in
+/// progress when summond would check whose listener it reached. It is
+/// checked once connected (at the SYN's retransmit, after the backend
+/// made room), not refused; a refusal there turned every client of a
+/// busy backend with a full queue away.
+#[test]
+fn clients_whose_connect_waits_for_a_full_accept_queue_are_served() {
+    if !have("python3") {
+        return skip("forward full queue", "python3 is not installed");
+    }
+    let f = Fwd::start(
+        "queue",
+        |backend| {
+            let py = format!(
+                "import socket, time\n\
+                 s = socket.socket()\n\
+                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                 s.bind(('127.0.0.1', {backend})); s.listen(0)\n\
+                 time.sleep(2); s.listen(64)\n\
+                 while True:\n    c, _ = s.accept(); c.sendall(c.recv(100)); c.close()\n"
+            );
+            format!("[\"python3\", \"-c\", {}]", toml_str(&py))
+        },
+        "",
+    );
+    let port = f.port;
+    let clients: Vec<_> = (0..3)
+        .map(|i| thread::spawn(move || tcp_port_exchange(port, format!("c{i}\n").as_bytes())))
+        .collect();
+    for (i, c) in clients.into_iter().enumerate() {
+        assert_eq!(c.join().unwrap(), format!("c{i}\n"), "{}", f.s.log_text());
+    }
+}

@@ -739,7 +739,6 @@ impl Server {
             return Err(io::Error::new(io::ErrorKind::PermissionDenied, what));
         }
         let to = to.clone();
-        let want = self.backend_uid(idx);
         let id = self.services[idx].id;
         let Some(backend) = self.forward.backends.get_mut(&id) else {
             return Err(io::ErrorKind::NotFound.into());
@@ -751,17 +750,33 @@ impl Server {
         }
         let (s, busy) = connect(&to)?;
         if busy && matches!(to, ListenAddr::Tcp(_)) {
-            // Its SYN not answered yet: the listener it will reach is
-            // not known, and could be another user's by then.
-            let name = self.services.name_of(id);
-            info!(event = "forward_refused", service = name;
-                "{name}: not relaying a client to forward {to}: its connect is still in progress (the kernel put it off), so whose listener it reaches cannot be checked");
-            return Err(io::Error::new(
-                io::ErrorKind::WouldBlock,
-                "connect to forward still in progress",
-            ));
+            // Its SYN not answered yet (the kernel put it off, or the
+            // backend's accept queue is full): the listener it will reach
+            // is not known, and could be another user's by then. Checked
+            // once connected (`check_connect`), before a byte moves.
+            return Ok(Side::connecting_checked(OwnedFd::from(s)));
         }
-        let uid = held::owner_uid(&s, &to, want, &mut backend.listener);
+        self.reached_backend(idx, &s)?;
+        Ok(match busy {
+            true => Side::connecting(OwnedFd::from(s)),
+            false => Side::stream(OwnedFd::from(s)),
+        })
+    }
+
+    /// Is the listener connection `s` reached service `idx`'s backend's
+    /// (`held::owner_uid`, against the listener seen before its connect)?
+    /// An error if not, said.
+    fn reached_backend(&mut self, idx: usize, s: &Socket) -> io::Result<()> {
+        let Some(Forward { to, .. }) = &self.services[idx].spec.forward else {
+            return Err(io::ErrorKind::Unsupported.into());
+        };
+        let to = to.clone();
+        let want = self.backend_uid(idx);
+        let id = self.services[idx].id;
+        let Some(backend) = self.forward.backends.get_mut(&id) else {
+            return Err(io::ErrorKind::NotFound.into());
+        };
+        let uid = held::owner_uid(s, &to, want, &mut backend.listener);
         if uid.as_ref().is_err_and(held::rebound) {
             let name = self.services.name_of(id);
             info!(event = "forward_refused", service = name;
@@ -774,10 +789,27 @@ impl Server {
                 "forward is not held by the backend's uid",
             ));
         }
-        Ok(match busy {
-            true => Side::connecting(OwnedFd::from(s)),
-            false => Side::stream(OwnedFd::from(s)),
-        })
+        Ok(())
+    }
+
+    /// A relayed client's connect to its backend that was still in
+    /// progress has ended: whom it reached is checked now, before a byte
+    /// moves; not the backend's, the connection ends.
+    pub(in crate::server) fn check_connect(&mut self, id: crate::relay::RelayId) {
+        let service = self.relays.tag_mut(id).map(|t| t.service);
+        let idx = service.and_then(|s| self.services.index_of(s));
+        let fd = self.relays.back_fd(id);
+        let word = match (idx, fd) {
+            (Some(idx), Some(fd)) => {
+                // SAFETY: the relay's open back side, borrowed for the call.
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                self.reached_backend(idx, &socket2::SockRef::from(&fd))
+            }
+            _ => Err(io::ErrorKind::NotFound.into()),
+        };
+        if let Some(closed) = self.relays.checked(self.poller.registry(), id, word) {
+            self.relay_ended(closed);
+        }
     }
 
     /// Is the probe `sock`'s other end service `idx`'s backend's
