@@ -88,21 +88,38 @@ fn server_of(sa: SocketAddr) -> SocketAddr {
 /// seen before this connect (so listening since, and where the SYN
 /// went). Another one is `Rebound`, and becomes `seen` for the next
 /// connections.
+///
+/// `strict`, for a connect that was still in progress when connect(2)
+/// returned: only the connection's own uid counts, no listener. Its SYN
+/// waited, and meanwhile another user's socket bound to `to`'s port
+/// (SO_REUSEADDR, no listen) could connect to ours from it: a
+/// simultaneous open, no listener involved, which the listener on `to`
+/// cannot reveal. Until accepted, the connection's uid is its
+/// listener's; a backend whose workers drop privileges and accept such
+/// a connection before this check loses that client.
 pub(super) fn owner_uid(
     sock: &Socket,
     to: &ListenAddr,
     want: u32,
     seen: &mut Option<Listener>,
+    strict: bool,
 ) -> io::Result<u32> {
     let ListenAddr::Tcp(sa) = to else {
         return peer_uid(sock);
     };
     let server = server_of(*sa);
     let local = sock.local_addr().ok().and_then(|a| a.as_socket());
-    if let Some(Ok(uid)) = local.map(|l| super::diag::connection_uid(l, server)) {
-        if uid == want {
+    let found = local.map(|l| super::diag::connection_uid(l, server));
+    if let Some(Ok(uid)) = found {
+        if uid == want || strict {
             return Ok(uid);
         }
+    }
+    if strict {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the connection's server side was not found",
+        ));
     }
     let now = tcp_listener(server)?;
     match seen.replace(now) {
@@ -261,10 +278,10 @@ mod tests {
         let mut seen = listener_on(&to);
         assert_eq!(seen.map(|s| s.uid), Some(me));
         let c = Socket::from(std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap());
-        assert_eq!(owner_uid(&c, &to, me, &mut seen).unwrap(), me);
+        assert_eq!(owner_uid(&c, &to, me, &mut seen, false).unwrap(), me);
         // Another uid wanted: the connection's own uid is not it, the
         // listener now is the one seen.
-        assert_eq!(owner_uid(&c, &to, me + 1, &mut seen).unwrap(), me);
+        assert_eq!(owner_uid(&c, &to, me + 1, &mut seen, false).unwrap(), me);
         let sa = l.local_addr().unwrap();
         drop(l);
         let again =
@@ -272,9 +289,9 @@ mod tests {
         again.set_reuse_address(true).unwrap();
         again.bind(&sa.into()).unwrap();
         again.listen(1).unwrap();
-        let e = owner_uid(&c, &to, me + 1, &mut seen).unwrap_err();
+        let e = owner_uid(&c, &to, me + 1, &mut seen, false).unwrap_err();
         assert!(rebound(&e), "{e}");
         // Seen now, for the next connections.
-        assert_eq!(owner_uid(&c, &to, me + 1, &mut seen).unwrap(), me);
+        assert_eq!(owner_uid(&c, &to, me + 1, &mut seen, false).unwrap(), me);
     }
 }

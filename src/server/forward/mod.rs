@@ -694,7 +694,9 @@ impl Server {
             b.listener = seen;
         }
         match connect(&to) {
-            Ok((sock, false)) if !self_connected(&sock) && self.probe_held(idx, &sock, &to) => {
+            Ok((sock, false))
+                if !self_connected(&sock) && self.probe_held(idx, &sock, &to, false) =>
+            {
                 self.backend_ready(idx, Some(sock))
             }
             Ok((sock, false)) => {
@@ -756,7 +758,7 @@ impl Server {
             // once connected (`check_connect`), before a byte moves.
             return Ok(Side::connecting_checked(OwnedFd::from(s)));
         }
-        self.reached_backend(idx, &s)?;
+        self.reached_backend(idx, &s, false)?;
         Ok(match busy {
             true => Side::connecting(OwnedFd::from(s)),
             false => Side::stream(OwnedFd::from(s)),
@@ -764,9 +766,10 @@ impl Server {
     }
 
     /// Is the listener connection `s` reached service `idx`'s backend's
-    /// (`held::owner_uid`, against the listener seen before its connect)?
+    /// (`held::owner_uid`, against the listener seen before its connect;
+    /// `strict` for a connect that was in progress: its own uid only)?
     /// An error if not, said.
-    fn reached_backend(&mut self, idx: usize, s: &Socket) -> io::Result<()> {
+    fn reached_backend(&mut self, idx: usize, s: &Socket, strict: bool) -> io::Result<()> {
         let Some(Forward { to, .. }) = &self.services[idx].spec.forward else {
             return Err(io::ErrorKind::Unsupported.into());
         };
@@ -776,7 +779,7 @@ impl Server {
         let Some(backend) = self.forward.backends.get_mut(&id) else {
             return Err(io::ErrorKind::NotFound.into());
         };
-        let uid = held::owner_uid(s, &to, want, &mut backend.listener);
+        let uid = held::owner_uid(s, &to, want, &mut backend.listener, strict);
         if uid.as_ref().is_err_and(held::rebound) {
             let name = self.services.name_of(id);
             info!(event = "forward_refused", service = name;
@@ -803,7 +806,7 @@ impl Server {
             (Some(idx), Some(fd)) => {
                 // SAFETY: the relay's open back side, borrowed for the call.
                 let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-                self.reached_backend(idx, &socket2::SockRef::from(&fd))
+                self.reached_backend(idx, &socket2::SockRef::from(&fd), true)
             }
             _ => Err(io::ErrorKind::NotFound.into()),
         };
@@ -814,13 +817,13 @@ impl Server {
 
     /// Is the probe `sock`'s other end service `idx`'s backend's
     /// (`held::owner_uid`, against the listener seen before its connect)?
-    fn probe_held(&mut self, idx: usize, sock: &Socket, to: &ListenAddr) -> bool {
+    fn probe_held(&mut self, idx: usize, sock: &Socket, to: &ListenAddr, strict: bool) -> bool {
         let want = self.backend_uid(idx);
         let id = self.services[idx].id;
         let Some(backend) = self.forward.backends.get_mut(&id) else {
             return false;
         };
-        let uid = held::owner_uid(sock, to, want, &mut backend.listener);
+        let uid = held::owner_uid(sock, to, want, &mut backend.listener, strict);
         self.held_by_backend(idx, uid)
     }
 
@@ -935,7 +938,7 @@ impl Server {
         let to = idx.and_then(|i| self.services[i].spec.forward.as_ref().map(|f| f.to.clone()));
         match (sock.take_error(), idx, to) {
             (Ok(None), Some(idx), Some(to))
-                if !self_connected(&sock) && self.probe_held(idx, &sock, &to) =>
+                if !self_connected(&sock) && self.probe_held(idx, &sock, &to, true) =>
             {
                 self.backend_ready(idx, Some(sock))
             }
