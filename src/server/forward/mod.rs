@@ -758,7 +758,7 @@ impl Server {
             // once connected (`check_connect`), before a byte moves.
             return Ok(Side::connecting_checked(OwnedFd::from(s)));
         }
-        self.reached_backend(idx, &s, false)?;
+        self.reached_backend(idx, &to, &s, false)?;
         Ok(match busy {
             true => Side::connecting(OwnedFd::from(s)),
             false => Side::stream(OwnedFd::from(s)),
@@ -768,18 +768,20 @@ impl Server {
     /// Is the listener connection `s` reached service `idx`'s backend's
     /// (`held::owner_uid`, against the listener seen before its connect;
     /// `strict` for a connect that was in progress: its own uid only)?
-    /// An error if not, said.
-    fn reached_backend(&mut self, idx: usize, s: &Socket, strict: bool) -> io::Result<()> {
-        let Some(Forward { to, .. }) = &self.services[idx].spec.forward else {
-            return Err(io::ErrorKind::Unsupported.into());
-        };
-        let to = to.clone();
+    /// An error if not, said. `to` is its `forward`, as the caller has it.
+    fn reached_backend(
+        &mut self,
+        idx: usize,
+        to: &ListenAddr,
+        s: &Socket,
+        strict: bool,
+    ) -> io::Result<()> {
         let want = self.backend_uid(idx);
         let id = self.services[idx].id;
         let Some(backend) = self.forward.backends.get_mut(&id) else {
             return Err(io::ErrorKind::NotFound.into());
         };
-        let uid = held::owner_uid(s, &to, want, &mut backend.listener, strict);
+        let uid = held::owner_uid(s, to, want, &mut backend.listener, strict);
         if uid.as_ref().is_err_and(held::rebound) {
             let name = self.services.name_of(id);
             info!(event = "forward_refused", service = name;
@@ -802,11 +804,12 @@ impl Server {
         let service = self.relays.tag_mut(id).map(|t| t.service);
         let idx = service.and_then(|s| self.services.index_of(s));
         let fd = self.relays.back_fd(id);
-        let word = match (idx, fd) {
-            (Some(idx), Some(fd)) => {
+        let to = idx.and_then(|i| self.services[i].spec.forward.as_ref().map(|f| f.to.clone()));
+        let word = match (idx, to, fd) {
+            (Some(idx), Some(to), Some(fd)) => {
                 // SAFETY: the relay's open back side, borrowed for the call.
                 let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-                self.reached_backend(idx, &socket2::SockRef::from(&fd), true)
+                self.reached_backend(idx, &to, &socket2::SockRef::from(&fd), true)
             }
             _ => Err(io::ErrorKind::NotFound.into()),
         };
