@@ -188,7 +188,7 @@ pub(crate) fn tools_or_skip(test: &str, tools: &[&str]) -> bool {
 
 /// A fresh PKI in a directory of its own, or None (the test skipped,
 /// saying so) if one of `tools` is missing.
-fn pki_or_skip(test: &str, tools: &[&str]) -> Option<(TempDir, Pki)> {
+pub(crate) fn pki_or_skip(test: &str, tools: &[&str]) -> Option<(TempDir, Pki)> {
     if !tools_or_skip(test, tools) {
         return None;
     }

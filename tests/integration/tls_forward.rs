@@ -13,17 +13,56 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
-use crate::forward::{backend_pid, have, pattern, with_www, KillOnDropLater, BACKLOG_64};
-use crate::tls::{s_client, Pki};
+use crate::forward::{backend_pid, pattern, with_www, KillOnDropLater, BACKLOG_64};
+use crate::tls::{pki_or_skip, s_client, Pki};
 use crate::util::*;
 
-fn tools_or_skip(test: &str, tools: &[&str]) -> bool {
-    match tools.iter().find(|t| !have(t)) {
-        Some(t) => {
-            skip(test, &format!("{t} is not installed"));
-            false
-        }
-        None => true,
+/// summond on a config made with a fresh PKI: the setup these tests
+/// share. Dropped, it kills the backends its log names that still run (a
+/// failed test must not leave python3 behind), then stops summond, then
+/// removes the PKI's directory.
+struct TlsFwd {
+    s: Summond,
+    pki: Pki,
+    _certs: TempDir,
+}
+
+impl TlsFwd {
+    /// summond on what `config` makes of the PKI; None (the test skipped,
+    /// saying so) if one of `tools` is missing.
+    fn start(test: &str, tools: &[&str], config: impl FnOnce(&Pki) -> String) -> Option<TlsFwd> {
+        TlsFwd::start_with(test, tools, config, Summond::start)
+    }
+
+    /// The same, its `{dir}/www/file` holding `file`.
+    fn serving(
+        test: &str,
+        tools: &[&str],
+        file: &[u8],
+        config: impl FnOnce(&Pki) -> String,
+    ) -> Option<TlsFwd> {
+        TlsFwd::start_with(test, tools, config, |config| start_serving(file, config))
+    }
+
+    fn start_with(
+        test: &str,
+        tools: &[&str],
+        config: impl FnOnce(&Pki) -> String,
+        start: impl FnOnce(&str) -> Summond,
+    ) -> Option<TlsFwd> {
+        let (certs, pki) = pki_or_skip(test, tools)?;
+        let s = start(&config(&pki));
+        Some(TlsFwd {
+            s,
+            pki,
+            _certs: certs,
+        })
+    }
+}
+
+impl Drop for TlsFwd {
+    fn drop(&mut self) {
+        drop(KillOnDropLater(&self.s));
     }
 }
 
@@ -52,20 +91,11 @@ stderr = "null"
 }
 
 /// http.server behind TLS serving `body` as /file, started under a
-/// summond of its own: the certificates' directory (kept while the
-/// test runs), the certificates, summond and its port.
-fn https_with_file(body: &[u8]) -> (TempDir, Pki, Summond, u16) {
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
+/// summond of its own, and its port; None if skipped (`TlsFwd::start`).
+fn https_with_file(test: &str, tools: &[&str], body: &[u8]) -> Option<(TlsFwd, u16)> {
     let (port, backend) = (free_port(), free_port());
-    let s = Summond::start_in(
-        with_www(body),
-        Start {
-            config: &https_service(port, backend, &pki),
-            ..Start::default()
-        },
-    );
-    (certs, pki, s, port)
+    let t = TlsFwd::serving(test, tools, body, |pki| https_service(port, backend, pki))?;
+    Some((t, port))
 }
 
 /// summond on `config`, its `{dir}/www/file` holding `file`.
@@ -109,31 +139,32 @@ fn curl(pki: &Pki, port: u16, path: &str, out: &std::path::Path) -> bool {
 /// 1.2 and 1.3 to the same backend.
 #[test]
 fn curl_and_s_client_reach_an_http_server_started_on_demand_behind_tls() {
-    if !tools_or_skip("tls forward", &["python3", "curl", "openssl"]) {
-        return;
-    }
     let body = pattern(5 << 20, 11);
-    let (_certs, pki, s, port) = https_with_file(&body);
-    let _guard = KillOnDropLater(&s);
-    let pki = Arc::new(pki);
-    let clients: Vec<_> = (0..8)
-        .map(|i| {
-            let (pki, out) = (pki.clone(), s.dir.path(&format!("got{i}")));
-            thread::spawn(move || curl(&pki, port, "/file", &out).then(|| std::fs::read(out)))
-        })
-        .collect();
-    for c in clients {
-        let got = c.join().unwrap().and_then(Result::ok);
-        assert!(
-            got.as_deref() == Some(&body[..]),
-            "a client was not served whole:\n{}",
-            s.log_text()
-        );
-    }
+    let tools = ["python3", "curl", "openssl"];
+    let Some((t, port)) = https_with_file("tls forward", &tools, &body) else {
+        return;
+    };
+    let (s, pki) = (&t.s, &t.pki);
+    thread::scope(|scope| {
+        let clients: Vec<_> = (0..8)
+            .map(|i| {
+                let out = s.dir.path(&format!("got{i}"));
+                scope.spawn(move || curl(pki, port, "/file", &out).then(|| std::fs::read(out)))
+            })
+            .collect();
+        for c in clients {
+            let got = c.join().unwrap().and_then(Result::ok);
+            assert!(
+                got.as_deref() == Some(&body[..]),
+                "a client was not served whole:\n{}",
+                s.log_text()
+            );
+        }
+    });
     assert_eq!(s.log_count("starting the backend"), 1, "{}", s.log_text());
     std::fs::write(s.dir.path("www/small"), b"small file\n").unwrap();
     for v in ["-tls1_2", "-tls1_3"] {
-        let (ok, out) = s_client(&pki, port, &[v], b"GET /small HTTP/1.0\r\n\r\n");
+        let (ok, out) = s_client(pki, port, &[v], b"GET /small HTTP/1.0\r\n\r\n");
         assert!(ok && out.contains("small file"), "{v}: {out}");
     }
     assert_eq!(s.log_count("starting the backend"), 1, "{}", s.log_text());
@@ -144,18 +175,18 @@ fn curl_and_s_client_reach_an_http_server_started_on_demand_behind_tls() {
 /// backend.
 #[test]
 fn a_backend_killed_mid_transfer_closes_its_tls_client() {
-    if !tools_or_skip("tls forward killed", &["python3", "curl", "openssl"]) {
-        return;
-    }
     let body = pattern(64 << 20, 5);
-    let (_certs, pki, s, port) = https_with_file(&body);
-    let _guard = KillOnDropLater(&s);
-    let mut c = rustls_client(&pki, port);
+    let tools = ["python3", "curl", "openssl"];
+    let Some((t, port)) = https_with_file("tls forward killed", &tools, &body) else {
+        return;
+    };
+    let (s, pki) = (&t.s, &t.pki);
+    let mut c = rustls_client(pki, port);
     c.write_all(b"GET /file HTTP/1.0\r\n\r\n").unwrap();
     let mut buf = vec![0u8; 64 * 1024];
     let mut got = c.read(&mut buf).unwrap();
     assert!(got > 0);
-    let pid = backend_pid(&s, 0);
+    let pid = backend_pid(s, 0);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -181,7 +212,7 @@ fn a_backend_killed_mid_transfer_closes_its_tls_client() {
     );
     std::fs::write(s.dir.path("www/small"), b"again\n").unwrap();
     let out = s.dir.path("small");
-    assert!(curl(&pki, port, "/small", &out), "{}", s.log_text());
+    assert!(curl(pki, port, "/small", &out), "{}", s.log_text());
     assert_eq!(std::fs::read(&out).unwrap(), b"again\n");
     assert_eq!(s.log_count("starting the backend"), 2);
 }
@@ -230,14 +261,10 @@ fn hello_only(pki: &Pki, port: u16) -> rustls::StreamOwned<rustls::ClientConnect
 /// and server name.
 #[test]
 fn close_notify_and_the_backends_eof_pass_each_way_with_alpn_and_sni_in_the_header() {
-    if !tools_or_skip("tls forward echo", &["socat", "openssl"]) {
-        return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
     let (port, backend) = (free_port(), free_port());
-    let config = format!(
-        r#"
+    let config = |pki: &Pki| {
+        format!(
+            r#"
 [[service]]
 name = "echo"
 listen = "tcp://127.0.0.1:{port}"
@@ -245,13 +272,16 @@ exec = ["socat", "-t", "30", "TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork
 forward = "tcp://127.0.0.1:{backend}"
 forward_proxy_protocol = "v2"
 {}"#,
-        tls_line(&pki, ", alpn = [\"http/1.1\"]")
-    );
-    let s = Summond::start(&config);
-    let _guard = KillOnDropLater(&s);
+            tls_line(pki, ", alpn = [\"http/1.1\"]")
+        )
+    };
+    let Some(t) = TlsFwd::start("tls forward echo", &["socat", "openssl"], config) else {
+        return;
+    };
+    let (s, pki) = (&t.s, &t.pki);
     let data = pattern(3 << 20, 2);
     for _ in 0..2 {
-        let c = rustls_client(&pki, port);
+        let c = rustls_client(pki, port);
         let client_port = c.sock.local_addr().unwrap().port();
         let back = echo(c, &data).unwrap_or_else(|e| panic!("{e}\n{}", s.log_text()));
         assert!(back.len() > data.len(), "{} bytes back", back.len());
@@ -347,39 +377,28 @@ fn read_at_least(c: &mut impl Read, got: &mut Vec<u8>, n: usize) {
 /// serves new TLS clients itself.
 #[test]
 fn an_upgrade_mid_transfer_leaves_tls_connections_to_a_drainer_that_loses_nothing() {
-    if !tools_or_skip("tls upgrade", &["python3", "openssl"]) {
-        return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
     let data = pattern(16 << 20, 21);
     let (acc, fwd, backend) = (free_port(), free_port(), free_port());
-    let config = format!(
-        "[daemon]\ncontrol = \"{{dir}}/ctl\"\n{}\n[[service]]\nname = \"acc\"\n\
-         listen = \"tcp://127.0.0.1:{acc}\"\nexec = [\"cat\", \"{{dir}}/www/file\"]\n{}",
-        https_service(fwd, backend, &pki),
-        tls_line(&pki, "")
-    );
-    let s = start_serving(&data, &config);
-    let _guard = KillOnDropLater(&s);
-    let mut c1 = rustls_client(&pki, acc);
-    let mut c2 = rustls_client(&pki, fwd);
+    let config = |pki: &Pki| {
+        format!(
+            "[daemon]\ncontrol = \"{{dir}}/ctl\"\n{}\n[[service]]\nname = \"acc\"\n\
+             listen = \"tcp://127.0.0.1:{acc}\"\nexec = [\"cat\", \"{{dir}}/www/file\"]\n{}",
+            https_service(fwd, backend, pki),
+            tls_line(pki, "")
+        )
+    };
+    let Some(t) = TlsFwd::serving("tls upgrade", &["python3", "openssl"], &data, config) else {
+        return;
+    };
+    let (s, pki) = (&t.s, &t.pki);
+    let mut c1 = rustls_client(pki, acc);
+    let mut c2 = rustls_client(pki, fwd);
     c2.write_all(b"GET /file HTTP/1.0\r\n\r\n").unwrap();
     let (mut got1, mut got2) = (Vec::new(), Vec::new());
     read_at_least(&mut c1, &mut got1, 1 << 20);
     read_at_least(&mut c2, &mut got2, 1 << 20);
-    s.signal(nix::libc::SIGUSR2);
-    assert!(
-        wait_until(TIMEOUT, || s.log_count(" serving ") == 2),
-        "{}",
-        s.log_text()
-    );
-    assert!(
-        s.log_text()
-            .contains("2 TLS connections go on in drainer pid"),
-        "{}",
-        s.log_text()
-    );
+    upgrade(s, 1);
+    drained(s, 2);
     let ctl = s.dir.path("ctl");
     let (_, table, _) = run_to_exit(&["status", "--control", ctl.to_str().unwrap()]);
     assert!(table.contains("drainer pid "), "{table}");
@@ -410,7 +429,7 @@ fn an_upgrade_mid_transfer_leaves_tls_connections_to_a_drainer_that_loses_nothin
     let (_, table, _) = run_to_exit(&["status", "--control", ctl.to_str().unwrap()]);
     assert!(!table.contains("drainer pid "), "{table}");
     std::fs::write(s.dir.path("www/small"), b"after\n").unwrap();
-    let (ok, out) = s_client(&pki, fwd, &[], b"GET /small HTTP/1.0\r\n\r\n");
+    let (ok, out) = s_client(pki, fwd, &[], b"GET /small HTTP/1.0\r\n\r\n");
     assert!(ok && out.contains("after"), "{out}\n{}", s.log_text());
 }
 
@@ -432,51 +451,41 @@ fn ends_soon(c: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>) -
 /// child is handed over), and its end closes its client's connection.
 #[test]
 fn max_runtime_closes_a_tls_connection_the_drainer_relays() {
-    if !tools_or_skip("tls max_runtime drainer", &["socat", "openssl"]) {
-        return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
-    let tls = tls_line(&pki, "");
-    let echo = |name: &str, port: u16, backend: u16, more: &str| {
+    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    let config = |pki: &Pki| {
+        let tls = tls_line(pki, "");
+        let echo = |name: &str, port: u16, backend: u16, more: &str| {
+            format!(
+                "[[service]]\nname = \"{name}\"\nlisten = \"tcp://127.0.0.1:{port}\"\n\
+                 exec = [\"socat\", \"TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork\", \"EXEC:cat\"]\n\
+                 forward = \"tcp://127.0.0.1:{backend}\"\n{more}{tls}"
+            )
+        };
         format!(
-            "[[service]]\nname = \"{name}\"\nlisten = \"tcp://127.0.0.1:{port}\"\n\
-             exec = [\"socat\", \"TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork\", \"EXEC:cat\"]\n\
-             forward = \"tcp://127.0.0.1:{backend}\"\n{more}{tls}"
+            "{}{}[[service]]\nname = \"acc\"\nlisten = \"tcp://127.0.0.1:{}\"\n\
+             exec = [\"cat\"]\nmax_runtime = \"3s\"\n{tls}",
+            echo("cut", ports[0], ports[1], "max_runtime = \"3s\"\n"),
+            echo("keep", ports[2], ports[3], ""),
+            ports[4]
         )
     };
-    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
-    let config = format!(
-        "{}{}[[service]]\nname = \"acc\"\nlisten = \"tcp://127.0.0.1:{}\"\n\
-         exec = [\"cat\"]\nmax_runtime = \"3s\"\n{tls}",
-        echo("cut", ports[0], ports[1], "max_runtime = \"3s\"\n"),
-        echo("keep", ports[2], ports[3], ""),
-        ports[4]
-    );
-    let s = Summond::start(&config);
-    let _guard = KillOnDropLater(&s);
+    let tools = ["socat", "openssl"];
+    let Some(t) = TlsFwd::start("tls max_runtime drainer", &tools, config) else {
+        return;
+    };
+    let (s, pki) = (&t.s, &t.pki);
     let mut clients: Vec<_> = [ports[0], ports[2], ports[4]]
         .iter()
         .map(|p| {
-            let mut c = rustls_client(&pki, *p);
+            let mut c = rustls_client(pki, *p);
             c.write_all(b"hello\n").unwrap();
             let mut got = [0u8; 6];
             c.read_exact(&mut got).unwrap();
             c
         })
         .collect();
-    s.signal(nix::libc::SIGUSR2);
-    assert!(
-        wait_until(TIMEOUT, || s.log_count(" serving ") == 2),
-        "{}",
-        s.log_text()
-    );
-    assert!(
-        s.log_text()
-            .contains("3 TLS connections go on in drainer pid"),
-        "{}",
-        s.log_text()
-    );
+    upgrade(s, 1);
+    drained(s, 3);
     let [cut, keep, acc] = &mut clients[..] else {
         unreachable!()
     };
@@ -530,35 +539,30 @@ fn a_drained_connections_end_is_uncounted_by_a_later_image() {
 /// ends while an idle one keeps the drainer: with max_instances = 1, a
 /// new client of the forward service is served.
 fn ended_drained_connection_is_uncounted(upgrades: usize) {
-    if !tools_or_skip("tls drainer counts", &["python3", "curl", "openssl"]) {
-        return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
     let data = pattern(4 << 20, 7);
     let (acc, fwd, backend) = (free_port(), free_port(), free_port());
-    let config = format!(
-        "[daemon]\ncontrol = \"{{dir}}/ctl\"\n{}max_instances = 1\n[[service]]\nname = \"acc\"\n\
-         listen = \"tcp://127.0.0.1:{acc}\"\nexec = [\"cat\"]\n{}",
-        https_service(fwd, backend, &pki),
-        tls_line(&pki, "")
-    );
-    let s = start_serving(&data, &config);
-    let _guard = KillOnDropLater(&s);
+    let config = |pki: &Pki| {
+        format!(
+            "[daemon]\ncontrol = \"{{dir}}/ctl\"\n{}max_instances = 1\n[[service]]\nname = \"acc\"\n\
+             listen = \"tcp://127.0.0.1:{acc}\"\nexec = [\"cat\"]\n{}",
+            https_service(fwd, backend, pki),
+            tls_line(pki, "")
+        )
+    };
+    let tools = ["python3", "curl", "openssl"];
+    let Some(t) = TlsFwd::serving("tls drainer counts", &tools, &data, config) else {
+        return;
+    };
+    let (s, pki) = (&t.s, &t.pki);
     // Held open across the upgrade (an idle client of another service).
-    let idle = echoing_client(&pki, acc);
+    let idle = echoing_client(pki, acc);
     // A download under way at the upgrade, finished in the drainer.
-    let mut c = rustls_client(&pki, fwd);
+    let mut c = rustls_client(pki, fwd);
     c.write_all(b"GET /file HTTP/1.0\r\n\r\n").unwrap();
     let mut got = Vec::new();
     read_at_least(&mut c, &mut got, 1 << 20);
-    for n in 0..upgrades {
-        s.signal(nix::libc::SIGUSR2);
-        assert!(
-            wait_until(TIMEOUT, || s.log_count(" serving ") == n + 2),
-            "{}",
-            s.log_text()
-        );
+    for n in 1..=upgrades {
+        upgrade(s, n);
     }
     c.read_to_end(&mut got).unwrap();
     drop(c);
@@ -589,32 +593,26 @@ fn ended_drained_connection_is_uncounted(upgrades: usize) {
 /// SIGTERM still ends it, and the image says how it ended.
 #[test]
 fn a_drainer_is_named_apart_and_outlives_summonds_signals_but_not_sigterm() {
-    if !tools_or_skip("tls drainer signals", &["openssl"]) {
-        return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
     let data = pattern(8 << 20, 5);
     let (acc, idle_port) = (free_port(), free_port());
-    let tls = tls_line(&pki, "");
-    let config = format!(
-        "[[service]]\nname = \"acc\"\nlisten = \"tcp://127.0.0.1:{acc}\"\n\
-         exec = [\"cat\", \"{{dir}}/www/file\"]\n{tls}[[service]]\nname = \"echo\"\n\
-         listen = \"tcp://127.0.0.1:{idle_port}\"\nexec = [\"cat\"]\n{tls}"
-    );
-    let s = start_serving(&data, &config);
-    let _guard = KillOnDropLater(&s);
+    let config = |pki: &Pki| {
+        let tls = tls_line(pki, "");
+        format!(
+            "[[service]]\nname = \"acc\"\nlisten = \"tcp://127.0.0.1:{acc}\"\n\
+             exec = [\"cat\", \"{{dir}}/www/file\"]\n{tls}[[service]]\nname = \"echo\"\n\
+             listen = \"tcp://127.0.0.1:{idle_port}\"\nexec = [\"cat\"]\n{tls}"
+        )
+    };
+    let Some(t) = TlsFwd::serving("tls drainer signals", &["openssl"], &data, config) else {
+        return;
+    };
+    let (s, pki) = (&t.s, &t.pki);
     // Keeps the drainer alive after the transfer, for SIGTERM.
-    let _idle = echoing_client(&pki, idle_port);
-    let mut c = rustls_client(&pki, acc);
+    let _idle = echoing_client(pki, idle_port);
+    let mut c = rustls_client(pki, acc);
     let mut got = Vec::new();
     read_at_least(&mut c, &mut got, 1 << 20);
-    s.signal(nix::libc::SIGUSR2);
-    assert!(
-        wait_until(TIMEOUT, || s.log_count(" serving ") == 2),
-        "{}",
-        s.log_text()
-    );
+    upgrade(s, 1);
     let log = s.log_text();
     let pid: i32 = (log.split("go on in drainer pid ").nth(1))
         .and_then(|r| r.split_whitespace().next()?.parse().ok())
@@ -659,6 +657,16 @@ max_instances = 2
 {}"#,
         tls_line(pki, ", alpn = [\"http/1.1\"]")
     )
+}
+
+/// `echo_service` (its backend started after `delay` seconds) under a
+/// summond of its own: it, its port and its backend's; None if skipped.
+fn start_echo(test: &str, delay: &str) -> Option<(TlsFwd, u16, u16)> {
+    let (port, backend) = (free_port(), free_port());
+    let t = TlsFwd::start(test, &["socat"], |pki| {
+        echo_service(pki, port, backend, delay)
+    })?;
+    Some((t, port, backend))
 }
 
 /// `c`'s echo of 1 MiB after its v2 header (with ALPN and SNI) is exact.
@@ -714,6 +722,16 @@ fn upgrade(s: &Summond, n: usize) {
     );
 }
 
+/// The log says `n` TLS connections went on in a drainer.
+fn drained(s: &Summond, n: usize) {
+    assert!(
+        s.log_text()
+            .contains(&format!("{n} TLS connections go on in drainer pid")),
+        "{}",
+        s.log_text()
+    );
+}
+
 /// Two clients stalled after their ClientHello at an upgrade (backend
 /// ready): the drainer finishes both handshakes (the good one's after
 /// one more upgrade). One then sends junk:
@@ -723,40 +741,31 @@ fn upgrade(s: &Summond, n: usize) {
 /// failed one is not counted). On main both handshakes were cut.
 #[test]
 fn a_handshake_in_progress_at_an_upgrade_is_finished_by_the_drainer() {
-    if !tools_or_skip("tls handshake across upgrade", &["socat"]) {
+    let Some((t, port, _)) = start_echo("tls handshake across upgrade", "0") else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
-    let (port, backend) = (free_port(), free_port());
-    let s = Summond::start(&echo_service(&pki, port, backend, "0"));
-    let _guard = KillOnDropLater(&s);
-    echoes_exactly(&s, rustls_client(&pki, port));
+    };
+    let (s, pki) = (&t.s, &t.pki);
+    echoes_exactly(s, rustls_client(pki, port));
     // What an upgrade with nothing to drain leaves open.
-    upgrade(&s, 1);
-    let base = open_fds(&s);
-    let good = hello_only(&pki, port);
-    let mut bad = hello_only(&pki, port);
-    upgrade(&s, 2);
-    assert!(
-        s.log_text()
-            .contains("2 TLS connections go on in drainer pid"),
-        "{}",
-        s.log_text()
-    );
+    upgrade(s, 1);
+    let base = open_fds(s);
+    let good = hello_only(pki, port);
+    let mut bad = hello_only(pki, port);
+    upgrade(s, 2);
+    drained(s, 2);
     // Not TLS: the drainer's handshake fails, the client is closed.
     bad.sock.write_all(&[0x17; 64]).unwrap();
     let mut rest = Vec::new();
     let _ = bad.sock.read_to_end(&mut rest);
     // The image's end of `good`'s pair crosses one more upgrade.
-    upgrade(&s, 3);
+    upgrade(s, 3);
     let mut good = good;
     good.flush().unwrap();
-    let held = echoing_client(&pki, port);
-    echoes_exactly(&s, good);
-    echoes_exactly(&s, rustls_client(&pki, port));
+    let held = echoing_client(pki, port);
+    echoes_exactly(s, good);
+    echoes_exactly(s, rustls_client(pki, port));
     drop(held);
-    drainer_gone_and_no_fd_left(&s, &base);
+    drainer_gone_and_no_fd_left(s, &base);
 }
 
 /// A TLS client held while its backend starts (it listens after 2 s),
@@ -768,36 +777,27 @@ fn a_handshake_in_progress_at_an_upgrade_is_finished_by_the_drainer() {
 /// On main both were cut at the exec.
 #[test]
 fn a_tls_client_held_for_a_starting_backend_is_served_after_an_upgrade() {
-    if !tools_or_skip("tls held across upgrade", &["socat"]) {
+    let Some((t, port, _)) = start_echo("tls held across upgrade", "2") else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
-    let (port, backend) = (free_port(), free_port());
-    let s = Summond::start(&echo_service(&pki, port, backend, "2"));
-    let _guard = KillOnDropLater(&s);
+    };
+    let (s, pki) = (&t.s, &t.pki);
     // What an upgrade with nothing to drain leaves open.
-    upgrade(&s, 1);
-    let base = open_fds(&s);
-    let c = rustls_client(&pki, port);
+    upgrade(s, 1);
+    let base = open_fds(s);
+    let c = rustls_client(pki, port);
     assert!(s.wait_log("starting the backend"), "{}", s.log_text());
-    let mut stalled = hello_only(&pki, port);
-    upgrade(&s, 2);
+    let mut stalled = hello_only(pki, port);
+    upgrade(s, 2);
     // Held (plaintext now) across one more, the backend still starting.
-    upgrade(&s, 3);
-    assert!(
-        s.log_text()
-            .contains("2 TLS connections go on in drainer pid"),
-        "{}",
-        s.log_text()
-    );
+    upgrade(s, 3);
+    drained(s, 2);
     stalled.flush().unwrap();
-    echoes_exactly(&s, c);
-    echoes_exactly(&s, stalled);
-    let held = echoing_client(&pki, port);
-    echoes_exactly(&s, rustls_client(&pki, port));
+    echoes_exactly(s, c);
+    echoes_exactly(s, stalled);
+    let held = echoing_client(pki, port);
+    echoes_exactly(s, rustls_client(pki, port));
     drop(held);
-    drainer_gone_and_no_fd_left(&s, &base);
+    drainer_gone_and_no_fd_left(s, &base);
 }
 
 /// A TLS child `max_runtime` cut before an upgrade (it ignores the
@@ -808,34 +808,23 @@ fn a_tls_client_held_for_a_starting_backend_is_served_after_an_upgrade() {
 /// learn how it ended; docs/tls.md.) On main it ended clean.
 #[test]
 fn a_tls_child_cut_by_max_runtime_before_an_upgrade_ends_truncated_in_the_drainer() {
-    if !tools_or_skip("tls cut drainer", &["python3", "openssl"]) {
-        return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
     let port = free_port();
-    let config = format!(
-        "[[service]]\nname = \"acc\"\nlisten = \"tcp://127.0.0.1:{port}\"\n\
-         exec = [\"sh\", \"-c\", \"trap '' TERM; printf start; sleep 60\"]\n\
-         max_runtime = \"1s\"\n{}",
-        tls_line(&pki, "")
-    );
-    let s = Summond::start(&config);
-    let _guard = KillOnDropLater(&s);
-    let client = crate::tls::py_reader(&pki, port, "");
+    let config = |pki: &Pki| {
+        format!(
+            "[[service]]\nname = \"acc\"\nlisten = \"tcp://127.0.0.1:{port}\"\n\
+             exec = [\"sh\", \"-c\", \"trap '' TERM; printf start; sleep 60\"]\n\
+             max_runtime = \"1s\"\n{}",
+            tls_line(pki, "")
+        )
+    };
+    let Some(t) = TlsFwd::start("tls cut drainer", &["python3", "openssl"], config) else {
+        return;
+    };
+    let (s, pki) = (&t.s, &t.pki);
+    let client = crate::tls::py_reader(pki, port, "");
     assert!(s.wait_log("ran past max_runtime"), "{}", s.log_text());
-    s.signal(nix::libc::SIGUSR2);
-    assert!(
-        wait_until(TIMEOUT, || s.log_count(" serving ") == 2),
-        "{}",
-        s.log_text()
-    );
-    assert!(
-        s.log_text()
-            .contains("1 TLS connections go on in drainer pid"),
-        "{}",
-        s.log_text()
-    );
+    upgrade(s, 1);
+    drained(s, 1);
     let out = client.wait_with_output().unwrap();
     let end = String::from_utf8_lossy(&out.stderr);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "start");
@@ -854,42 +843,30 @@ fn a_tls_child_cut_by_max_runtime_before_an_upgrade_ends_truncated_in_the_draine
 /// opened before the fork (on main both ended clean).
 #[test]
 fn a_tls_child_killed_after_an_upgrade_ends_truncated_in_the_drainer() {
-    if !tools_or_skip("tls killed drainer", &["python3", "openssl"]) {
-        return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
     let (die, live) = (free_port(), free_port());
-    let service = |name: &str, port: u16, last: &str| {
-        format!(
-            "[[service]]\nname = \"{name}\"\nlisten = \"tcp://127.0.0.1:{port}\"\n\
-             exec = [\"sh\", \"-c\", \"printf start; for i in $(seq 600); do \
-             [ -e {{dir}}/go ] && break; sleep 0.1; done; {last}\"]\n{}",
-            tls_line(&pki, "")
-        )
+    let config = |pki: &Pki| {
+        let service = |name: &str, port: u16, last: &str| {
+            format!(
+                "[[service]]\nname = \"{name}\"\nlisten = \"tcp://127.0.0.1:{port}\"\n\
+                 exec = [\"sh\", \"-c\", \"printf start; for i in $(seq 600); do \
+                 [ -e {{dir}}/go ] && break; sleep 0.1; done; {last}\"]\n{}",
+                tls_line(pki, "")
+            )
+        };
+        service("die", die, "printf bye; kill -9 $$") + &service("live", live, "printf bye; exit 0")
     };
-    let config = service("die", die, "printf bye; kill -9 $$")
-        + &service("live", live, "printf bye; exit 0");
-    let s = Summond::start(&config);
-    let _guard = KillOnDropLater(&s);
-    let clients = [die, live].map(|p| crate::tls::py_reader(&pki, p, ""));
+    let Some(t) = TlsFwd::start("tls killed drainer", &["python3", "openssl"], config) else {
+        return;
+    };
+    let (s, pki) = (&t.s, &t.pki);
+    let clients = [die, live].map(|p| crate::tls::py_reader(pki, p, ""));
     assert!(
         wait_until(TIMEOUT, || s.log_count("started pid") == 2),
         "{}",
         s.log_text()
     );
-    s.signal(nix::libc::SIGUSR2);
-    assert!(
-        wait_until(TIMEOUT, || s.log_count(" serving ") == 2),
-        "{}",
-        s.log_text()
-    );
-    assert!(
-        s.log_text()
-            .contains("2 TLS connections go on in drainer pid"),
-        "{}",
-        s.log_text()
-    );
+    upgrade(s, 1);
+    drained(s, 2);
     std::fs::write(s.dir.path("go"), b"").unwrap();
     let [died, lived] = clients.map(|c| {
         let out = c.wait_with_output().unwrap();
@@ -914,18 +891,13 @@ fn a_tls_child_killed_after_an_upgrade_ends_truncated_in_the_drainer() {
 /// Expected: the backend sees summond's header (or the client closed).
 #[test]
 fn a_reload_after_an_upgrade_never_lets_a_drained_client_write_its_own_proxy_header() {
-    if !tools_or_skip("tls drained header across reload", &["socat"]) {
+    let Some((t, port, with)) = start_echo_without_header("tls drained header across reload", "0")
+    else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
-    let (port, backend) = (free_port(), free_port());
-    let with = echo_service(&pki, port, backend, "0").replace("\"v2\"", "\"v1\"");
-    let without = with.replace("forward_proxy_protocol = \"v1\"", "");
-    let s = Summond::start(&without);
-    let _guard = KillOnDropLater(&s);
-    let mut stalled = hello_only(&pki, port);
-    upgrade(&s, 1);
+    };
+    let (s, pki) = (&t.s, &t.pki);
+    let mut stalled = hello_only(pki, port);
+    upgrade(s, 1);
     assert!(s.reload(&with), "{}", s.log_text());
     stalled.flush().unwrap();
     let forged = b"PROXY TCP4 6.6.6.6 127.0.0.1 4444 443\r\n".to_vec();
@@ -936,7 +908,7 @@ fn a_reload_after_an_upgrade_never_lets_a_drained_client_write_its_own_proxy_hea
         String::from_utf8_lossy(&back),
         s.log_text()
     );
-    summonds_header_then(&s, &back, &forged);
+    summonds_header_then(s, &back, &forged);
 }
 
 /// REVIEW atk2 (finding, held variant): a TLS client held while its
@@ -946,20 +918,15 @@ fn a_reload_after_an_upgrade_never_lets_a_drained_client_write_its_own_proxy_hea
 /// are the backend's PROXY header.
 #[test]
 fn an_upgrade_that_turns_the_forward_header_on_never_lets_a_held_client_write_it() {
-    if !tools_or_skip("tls held header across upgrade", &["socat"]) {
+    let Some((t, port, with)) = start_echo_without_header("tls held header across upgrade", "2")
+    else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
-    let (port, backend) = (free_port(), free_port());
-    let with = echo_service(&pki, port, backend, "2").replace("\"v2\"", "\"v1\"");
-    let without = with.replace("forward_proxy_protocol = \"v1\"", "");
-    let s = Summond::start(&without);
-    let _guard = KillOnDropLater(&s);
-    let c = rustls_client(&pki, port);
+    };
+    let (s, pki) = (&t.s, &t.pki);
+    let c = rustls_client(pki, port);
     assert!(s.wait_log("starting the backend"), "{}", s.log_text());
     s.write_config(&with);
-    upgrade(&s, 1);
+    upgrade(s, 1);
     let forged = b"PROXY TCP4 6.6.6.6 127.0.0.1 4444 443\r\n".to_vec();
     let back = echo(c, &forged).unwrap_or_default();
     assert!(
@@ -968,7 +935,18 @@ fn an_upgrade_that_turns_the_forward_header_on_never_lets_a_held_client_write_it
         String::from_utf8_lossy(&back),
         s.log_text()
     );
-    summonds_header_then(&s, &back, &forged);
+    summonds_header_then(s, &back, &forged);
+}
+
+/// `start_echo` without the forward header, and its config with a v1
+/// one (for a reload or an upgrade that turns it on).
+fn start_echo_without_header(test: &str, delay: &str) -> Option<(TlsFwd, u16, String)> {
+    let (port, backend) = (free_port(), free_port());
+    let with = |pki: &Pki| echo_service(pki, port, backend, delay).replace("\"v2\"", "\"v1\"");
+    let without = |pki: &Pki| with(pki).replace("forward_proxy_protocol = \"v1\"", "");
+    let t = TlsFwd::start(test, &["socat"], without)?;
+    let with = with(&t.pki);
+    Some((t, port, with))
 }
 
 /// The backend got summond's v1 header naming the real client, then
@@ -989,19 +967,16 @@ fn summonds_header_then(s: &Summond, back: &[u8], sent: &[u8]) {
 /// reason, said and counted; before, it closed without a word.
 #[test]
 fn a_drained_handshake_done_after_a_reload_ended_forward_mode_is_refused_said() {
-    if !tools_or_skip("tls drained handshake, accept mode", &["socat"]) {
+    let test = "tls drained handshake, accept mode";
+    let Some((t, port, backend)) = start_echo(test, "0") else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
-    let (port, backend) = (free_port(), free_port());
-    let forward = echo_service(&pki, port, backend, "0");
+    };
+    let (s, pki) = (&t.s, &t.pki);
+    let forward = echo_service(pki, port, backend, "0");
     let accept = (forward.replace(&format!("forward = \"tcp://127.0.0.1:{backend}\""), ""))
         .replace("forward_proxy_protocol = \"v2\"", "");
-    let s = Summond::start(&forward);
-    let _guard = KillOnDropLater(&s);
-    let mut stalled = hello_only(&pki, port);
-    upgrade(&s, 1);
+    let mut stalled = hello_only(pki, port);
+    upgrade(s, 1);
     assert!(s.reload(&accept), "{}", s.log_text());
     stalled.flush().unwrap();
     let back = echo(stalled, b"hello\n").unwrap_or_default();
@@ -1018,16 +993,12 @@ fn a_drained_handshake_done_after_a_reload_ended_forward_mode_is_refused_said() 
 /// "closed during the TLS handshake" as before.
 #[test]
 fn a_drained_handshake_that_runs_out_is_refused_as_late() {
-    if !tools_or_skip("tls drained handshake timeout", &["socat"]) {
+    let Some((t, port, _)) = start_echo("tls drained handshake timeout", "0") else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
-    let (port, backend) = (free_port(), free_port());
-    let s = Summond::start(&echo_service(&pki, port, backend, "0"));
-    let _guard = KillOnDropLater(&s);
-    let _stalled = hello_only(&pki, port);
-    upgrade(&s, 1);
+    };
+    let (s, pki) = (&t.s, &t.pki);
+    let _stalled = hello_only(pki, port);
+    upgrade(s, 1);
     // The handshake's deadline is 10 s (HANDSHAKE_TIMEOUT), as long as
     // TIMEOUT itself: wait for it with room (CI once saw it at 10.005 s).
     assert!(
