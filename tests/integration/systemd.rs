@@ -224,23 +224,16 @@ fn the_systemd_unit_passes_systemd_analyze_verify_without_warnings() {
 /// summond (same pid) on the first connection, with LISTEN_FDS.
 #[test]
 fn sockets_handed_by_systemd_socket_activate_are_adopted_not_bound_again() {
-    let activate = std::path::Path::new("/usr/bin/systemd-socket-activate");
-    if !activate.exists() {
-        skip(
-            "sockets_handed_by_systemd_socket_activate_are_adopted_not_bound_again",
-            "systemd-socket-activate is not installed",
-        );
+    let test = "sockets_handed_by_systemd_socket_activate_are_adopted_not_bound_again";
+    let Some(activate) = activate_or_skip(test) else {
         return;
-    }
+    };
     let (port, stray) = (free_port(), free_port());
     let a = format!("127.0.0.1:{port}");
     let b = format!("127.0.0.1:{stray}");
     let s = Summond::start_with(Start {
-        config: &format!(
-            "[[service]]\nname = \"sa\"\nlisten = \"tcp://{a}\"\nexec = {}\n",
-            sh("echo served $REMOTE_ADDR")
-        ),
-        wrapper: &[activate.to_str().unwrap(), "-l", &a, "-l", &b, "--"],
+        config: &says("sa", &a, "served $REMOTE_ADDR", ""),
+        wrapper: &[activate, "-l", &a, "-l", &b, "--"],
         wait_ready: false,
         ..Start::default()
     });
@@ -333,42 +326,104 @@ fn listen_fds_naming_a_closed_fd_never_take_one_summond_opened() {
     );
 }
 
+/// systemd-socket-activate's path, or None (the test skipped, saying so).
+fn activate_or_skip(test: &str) -> Option<&'static str> {
+    let activate = "/usr/bin/systemd-socket-activate";
+    if !std::path::Path::new(activate).exists() {
+        skip(test, "systemd-socket-activate is not installed");
+        return None;
+    }
+    Some(activate)
+}
+
+/// Service `name` on `tcp://{addr}`, its child echoing `what`, then the
+/// `more` keys.
+fn says(name: &str, addr: &str, what: &str, more: &str) -> String {
+    format!(
+        "[[service]]\nname = \"{name}\"\nlisten = \"tcp://{addr}\"\nexec = {}\n{more}",
+        sh(&format!("echo {what}"))
+    )
+}
+
+/// The keys of a service whose clients speak first.
+const PROXY: &str = "proxy_protocol = \"v1\"\nproxy_from = [\"127.0.0.0/8\"]\n";
+
+/// Services `plain` and `proxied` on two ports picked now, whose sockets
+/// systemd-socket-activate makes and hands to summond at the first
+/// client: the setup the handed-listener tests share.
+struct Handed {
+    activate: &'static str,
+    plain: u16,
+    proxied: u16,
+    a: String,
+    b: String,
+}
+
+impl Handed {
+    /// None (the test skipped, saying so) without systemd-socket-activate.
+    fn new(test: &str) -> Option<Handed> {
+        let activate = activate_or_skip(test)?;
+        let (plain, proxied) = (free_port(), free_port());
+        let (a, b) = (format!("127.0.0.1:{plain}"), format!("127.0.0.1:{proxied}"));
+        Some(Handed {
+            activate,
+            plain,
+            proxied,
+            a,
+            b,
+        })
+    }
+
+    /// `plain` echoing "plain", `proxied` echoing `proxied`; `on_a` and
+    /// `on_b` their further keys.
+    fn services(&self, proxied: &str, on_a: &str, on_b: &str) -> String {
+        says("plain", &self.a, "plain", on_a) + &says("proxied", &self.b, proxied, on_b)
+    }
+
+    /// `start` (summond's start) given the options that make
+    /// systemd-socket-activate hold both sockets and exec summond at the
+    /// first client.
+    fn start<R>(&self, start: impl FnOnce(Start<'_>) -> R) -> R {
+        let wrapper = [self.activate, "-l", &self.a, "-l", &self.b, "--"];
+        start(Start {
+            wrapper: &wrapper,
+            wait_ready: false,
+            ..Start::default()
+        })
+    }
+
+    /// The first client of `plain` (it starts summond) served, both
+    /// services up, and `proxied`'s socket (not `plain`'s) defers accept.
+    fn first_client(&self, s: &Summond) {
+        let (plain, proxied) = (self.plain, self.proxied);
+        assert!(wait_until(TIMEOUT, || listening_inode(plain).is_some()));
+        // This client starts summond, and is served by it.
+        assert_eq!(tcp_port_exchange(plain, b""), "plain\n");
+        assert!(s.wait_log(" serving 2 services"), "{}", s.log_text());
+        assert_eq!(listener_defer_accept(s.pid(), proxied), Some(1));
+        assert_eq!(listener_defer_accept(s.pid(), plain), Some(0));
+    }
+}
+
 /// A socket handed by the service manager keeps its own options, but the
 /// listener of a service whose clients speak first (`proxy_protocol`)
 /// gets TCP_DEFER_ACCEPT as a socket summond binds would; a plain one is
 /// left as it came.
 #[test]
 fn a_handed_listener_of_a_proxy_service_gets_defer_accept() {
-    let activate = std::path::Path::new("/usr/bin/systemd-socket-activate");
-    if !activate.exists() {
-        skip(
-            "a_handed_listener_of_a_proxy_service_gets_defer_accept",
-            "systemd-socket-activate is not installed",
-        );
+    let Some(h) = Handed::new("a_handed_listener_of_a_proxy_service_gets_defer_accept") else {
         return;
-    }
-    let (plain, proxied) = (free_port(), free_port());
-    let (a, b) = (format!("127.0.0.1:{plain}"), format!("127.0.0.1:{proxied}"));
-    let s = Summond::start_with(Start {
-        config: &format!(
-            "[[service]]\nname = \"plain\"\nlisten = \"tcp://{a}\"\nexec = {}\n\
-             [[service]]\nname = \"proxied\"\nlisten = \"tcp://{b}\"\nexec = {}\n\
-             proxy_protocol = \"v1\"\nproxy_from = [\"127.0.0.0/8\"]\n",
-            sh("echo plain"),
-            sh("echo proxied $REMOTE_ADDR")
-        ),
-        wrapper: &[activate.to_str().unwrap(), "-l", &a, "-l", &b, "--"],
-        wait_ready: false,
-        ..Start::default()
+    };
+    let config = h.services("proxied $REMOTE_ADDR", "", PROXY);
+    let s = h.start(|opts| {
+        Summond::start_with(Start {
+            config: &config,
+            ..opts
+        })
     });
-    assert!(wait_until(TIMEOUT, || listening_inode(plain).is_some()));
-    // This client starts summond, and is served by it.
-    assert_eq!(tcp_port_exchange(plain, b""), "plain\n");
-    assert!(s.wait_log(" serving 2 services"), "{}", s.log_text());
-    assert_eq!(listener_defer_accept(s.pid(), proxied), Some(1));
-    assert_eq!(listener_defer_accept(s.pid(), plain), Some(0));
+    h.first_client(&s);
     let header = b"PROXY TCP4 192.0.2.1 127.0.0.1 1234 80\r\n";
-    assert_eq!(tcp_port_exchange(proxied, header), "proxied 192.0.2.1\n");
+    assert_eq!(tcp_port_exchange(h.proxied, header), "proxied 192.0.2.1\n");
 }
 
 /// atk3: a socket handed by the service manager keeps TCP_DEFER_ACCEPT
@@ -378,46 +433,20 @@ fn a_handed_listener_of_a_proxy_service_gets_defer_accept() {
 /// `proxy_protocol` off clears it, one that turns it on sets it.
 #[test]
 fn a_handed_listener_follows_defer_accept_across_an_upgrade() {
-    let activate = std::path::Path::new("/usr/bin/systemd-socket-activate");
-    if !activate.exists() {
-        skip(
-            "a_handed_listener_follows_defer_accept_across_an_upgrade",
-            "systemd-socket-activate is not installed",
-        );
+    let Some(h) = Handed::new("a_handed_listener_follows_defer_accept_across_an_upgrade") else {
         return;
-    }
-    let (plain, proxied) = (free_port(), free_port());
-    let (a, b) = (format!("127.0.0.1:{plain}"), format!("127.0.0.1:{proxied}"));
-    let proxy = "proxy_protocol = \"v1\"\nproxy_from = [\"127.0.0.0/8\"]\n";
-    let services = |on_a: &str, on_b: &str| {
-        format!(
-            "[[service]]\nname = \"plain\"\nlisten = \"tcp://{a}\"\nexec = {}\n{on_a}\
-             [[service]]\nname = \"proxied\"\nlisten = \"tcp://{b}\"\nexec = {}\n{on_b}",
-            sh("echo plain"),
-            sh("echo proxied")
-        )
     };
+    let (plain, proxied) = (h.plain, h.proxied);
     let dir = TempDir::new("handed-defer-upgrade");
-    let (s, _bin, control) = start_upgradable(
-        dir,
-        &services("", proxy),
-        Start {
-            wrapper: &[activate.to_str().unwrap(), "-l", &a, "-l", &b, "--"],
-            wait_ready: false,
-            ..Start::default()
-        },
-    );
-    assert!(wait_until(TIMEOUT, || listening_inode(plain).is_some()));
-    assert_eq!(tcp_port_exchange(plain, b""), "plain\n");
-    assert!(s.wait_log(" serving 2 services"), "{}", s.log_text());
-    assert_eq!(listener_defer_accept(s.pid(), proxied), Some(1));
-    assert_eq!(listener_defer_accept(s.pid(), plain), Some(0));
+    let services = h.services("proxied", "", PROXY);
+    let (s, _bin, control) = h.start(|opts| start_upgradable(dir, &services, opts));
+    h.first_client(&s);
 
     // Upgrade with proxy_protocol moved from `proxied` to `plain`.
     s.write_config(&format!(
         "{}{}",
         daemon_control(&control),
-        services(proxy, "")
+        h.services("proxied", PROXY, "")
     ));
     upgrade_ok(&s, &control);
     assert!(wait_until(TIMEOUT, || listening_inode(plain).is_some()));
@@ -475,19 +504,14 @@ fn handed_listeners_keep_the_service_managers_options_and_get_them_back() {
         os.environ['LISTEN_FDS'] = '2'; os.environ['LISTEN_PID'] = str(os.getpid())\n\
         os.execv(sys.argv[4], sys.argv[4:])\n";
     let (a, b) = (admin.to_string(), plain.to_string());
-    let proxy = "proxy_protocol = \"v1\"\nproxy_from = [\"127.0.0.0/8\"]\n";
     let config = |on: &str| {
-        format!(
-            "[[service]]\nname = \"admin\"\nlisten = \"tcp://127.0.0.1:{admin}\"\nexec = {}\n{on}\
-             [[service]]\nname = \"plain\"\nlisten = \"tcp://127.0.0.1:{plain}\"\nexec = {}\n{on}",
-            sh("echo admin"),
-            sh("echo plain")
-        )
+        says("admin", &format!("127.0.0.1:{admin}"), "admin", on)
+            + &says("plain", &format!("127.0.0.1:{plain}"), "plain", on)
     };
     let mut s = Summond::start_in(
         dir,
         Start {
-            config: &config(proxy),
+            config: &config(PROXY),
             wrapper: &[
                 "/usr/bin/python3",
                 "-c",
@@ -519,7 +543,7 @@ fn handed_listeners_keep_the_service_managers_options_and_get_them_back() {
     assert!(s.reload(&config("")), "{}", s.log_text());
     let without = (Some(came), Some(0), Some(1), Some(1));
     assert_eq!(state(s.pid()), without, "proxy off\n{}", s.log_text());
-    assert!(s.reload(&config(proxy)), "{}", s.log_text());
+    assert!(s.reload(&config(PROXY)), "{}", s.log_text());
     assert_eq!(state(s.pid()), with_proxy, "proxy on\n{}", s.log_text());
     s.signal(libc::SIGTERM);
     assert!(s.wait_exit(TIMEOUT).is_some(), "{}", s.log_text());
