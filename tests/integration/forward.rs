@@ -645,27 +645,85 @@ fn a_backend_that_keeps_exiting_is_held_by_the_restart_guard() {
     assert!(s.log_count("starting the backend") <= 5, "{}", s.log_text());
 }
 
-/// summond with service `name` on `port`, forwarding to a socat echo
-/// backend listening on the Unix socket `path`.
-fn unix_echo(name: &str, port: u16, path: &Path) -> Summond {
-    Summond::start(&format!(
-        "[[service]]\nname = \"{name}\"\nlisten = \"tcp://127.0.0.1:{port}\"\n\
-         exec = [\"socat\", \"UNIX-LISTEN:{p},fork\", \"EXEC:cat\"]\nforward = \"unix://{p}\"\n",
-        p = path.display()
-    ))
+/// `forwarding` to a socat echo backend listening on the Unix socket
+/// `path`.
+fn unix_echo(name: &str, path: &Path) -> (Summond, u16) {
+    let p = path.display();
+    let exec = format!("[\"socat\", \"UNIX-LISTEN:{p},fork\", \"EXEC:cat\"]");
+    forwarding(name, &exec, &format!("unix://{p}"), "")
 }
 
-/// A socat listening on the Unix socket `target` that writes what it is
-/// sent into `got`, killed when the guard drops; once it listens.
-fn unix_sink(target: &Path, got: &Path) -> (std::process::Child, KillOnDrop) {
-    let sink = std::process::Command::new("socat")
-        .arg(format!("UNIX-LISTEN:{},fork", target.display()))
-        .arg(format!("CREATE:{}", got.display()))
-        .spawn()
-        .unwrap();
-    let kill = KillOnDrop::new(sink.id() as i32);
-    assert!(wait_until(TIMEOUT, || target.exists()));
-    (sink, kill)
+/// A socat listening on the Unix socket `{dir}/target.sock` (a listener
+/// of summond's uid that is not the backend) that writes what it is sent
+/// into `{dir}/got`, killed when dropped.
+struct Sink {
+    child: std::process::Child,
+    _kill: KillOnDrop,
+    target: std::path::PathBuf,
+    dir: TempDir,
+}
+
+impl Sink {
+    /// Once it listens.
+    fn start(dir: TempDir) -> Sink {
+        let (target, got) = (dir.path("target.sock"), dir.path("got"));
+        let child = std::process::Command::new("socat")
+            .arg(format!("UNIX-LISTEN:{},fork", target.display()))
+            .arg(format!("CREATE:{}", got.display()))
+            .spawn()
+            .unwrap();
+        let _kill = KillOnDrop::new(child.id() as i32);
+        assert!(wait_until(TIMEOUT, || target.exists()));
+        Sink {
+            child,
+            _kill,
+            target,
+            dir,
+        }
+    }
+
+    /// Stopped, it was sent nothing.
+    fn sent_nothing(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let sent = std::fs::read(self.dir.path("got")).unwrap_or_default();
+        assert!(sent.is_empty(), "the link's target was sent {sent:?}");
+    }
+}
+
+/// summond with service `name` on a port picked now (and that port),
+/// running `exec` and forwarding to `forward`, then the `more` keys.
+fn forwarding(name: &str, exec: &str, forward: &str, more: &str) -> (Summond, u16) {
+    let port = free_port();
+    let config = format!(
+        "\n[[service]]\nname = \"{name}\"\nlisten = \"tcp://127.0.0.1:{port}\"\n\
+         exec = {exec}\nforward = \"{forward}\"\n{more}"
+    );
+    (Summond::start(&config), port)
+}
+
+/// `forwarding` to a backend that never listens there: its start times
+/// out after 1 s.
+fn never_ready(name: &str, forward: &str) -> (Summond, u16) {
+    let more = "start_timeout = \"1s\"\nstop_timeout = \"1s\"\n";
+    forwarding(name, "[\"sh\", \"-c\", \"sleep 60\"]", forward, more)
+}
+
+/// `forwarding` to the Python `script` run as summond's uid, its stderr
+/// to /dev/null.
+fn python_forwarding(name: &str, script: &str, forward: &str) -> (Summond, u16) {
+    let exec = format!("[\"/usr/bin/python3\", \"-c\", {}]", toml_str(script));
+    forwarding(name, &exec, forward, "stderr = \"null\"\n")
+}
+
+/// A client of `port` that sends `bytes`: what came back until the end.
+fn sent_to_end(port: u16, bytes: &[u8]) -> Vec<u8> {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    c.write_all(bytes).unwrap();
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    got
 }
 
 /// A backend on a Unix socket.
@@ -674,9 +732,8 @@ fn a_backend_on_a_unix_socket_is_relayed_to() {
     if !have("socat") {
         return skip("forward unix", "socat is not installed");
     }
-    let port = free_port();
     let dir = TempDir::new("fwdunix");
-    let s = unix_echo("unix", port, &dir.path("backend.sock"));
+    let (s, port) = unix_echo("unix", &dir.path("backend.sock"));
     let _guard = KillOnDropLater(&s);
     assert_eq!(
         tcp_port_exchange(port, b"over unix\n"),
@@ -854,9 +911,7 @@ fn a_backends_group_is_killed_with_its_leader_so_the_next_one_can_bind() {
     )
     .unwrap();
     assert!(
-        wait_until(TIMEOUT, || members
-            .iter()
-            .all(|p| !matches!(proc_state(*p), Some(s) if s != 'Z'))),
+        wait_until(TIMEOUT, || members.iter().all(|p| gone(*p))),
         "the backend's server outlived its leader"
     );
     assert_eq!(
@@ -971,54 +1026,20 @@ fn nginx_behind_forward_proxy_protocol_sees_the_clients_own_address() {
 /// out, and the log names the uid.
 #[test]
 fn a_forward_port_held_by_another_user_is_not_taken_as_the_backend() {
-    if !nix::unistd::geteuid().is_root() || !have("setpriv") || !have("/usr/bin/python3") {
-        return skip(
-            "forward port held by nobody",
-            "needs root, setpriv and /usr/bin/python3 (a pyenv shim under /root is not nobody's to run)",
-        );
+    if !nobody_or_skip("forward port held by nobody") {
+        return;
     }
-    let (port, backend) = (free_port(), free_port());
+    let backend = free_port();
     let thief = format!(
         "import socket,sys\n\
          l=socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
          l.bind(('127.0.0.1',{backend})); l.listen(16); print('listening', flush=True)\n\
          while True:\n try:\n  c,_=l.accept(); d=c.recv(100)\n  print('got', d, flush=True); c.sendall(b'STOLEN')\n except OSError: pass\n"
     );
-    let mut child = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            "/usr/bin/python3",
-            "-c",
-        ])
-        .arg(&thief)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _kill = KillOnDrop::new(child.id() as i32);
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line, "listening\n");
-    let config = format!(
-        r#"
-[[service]]
-name = "held"
-listen = "tcp://127.0.0.1:{port}"
-exec = ["sh", "-c", "sleep 60"]
-forward = "tcp://127.0.0.1:{backend}"
-start_timeout = "1s"
-stop_timeout = "1s"
-"#
-    );
-    let s = Summond::start(&config);
+    let (mut child, _kill, mut out) = listening_as_nobody(&thief);
+    let (s, port) = never_ready("held", &format!("tcp://127.0.0.1:{backend}"));
     let _guard = KillOnDropLater(&s);
-    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    c.set_read_timeout(Some(TIMEOUT)).unwrap();
-    c.write_all(b"Authorization: secret\r\n").unwrap();
-    let mut got = Vec::new();
-    let _ = c.read_to_end(&mut got);
+    let got = sent_to_end(port, b"Authorization: secret\r\n");
     assert!(
         got.is_empty(),
         "the client reached uid nobody's listener: {got:?}"
@@ -1075,32 +1096,12 @@ fn a_unix_forward_that_is_a_symlink_is_not_followed() {
     if !have("socat") {
         return skip("forward unix symlink", "socat is not installed");
     }
-    let port = free_port();
-    let dir = TempDir::new("fwdlink");
-    let target = dir.path("target.sock");
-    let link = dir.path("backend.sock");
-    let got = dir.path("got");
-    let (mut sink, _kill) = unix_sink(&target, &got);
-    std::os::unix::fs::symlink(&target, &link).unwrap();
-    let config = format!(
-        r#"
-[[service]]
-name = "link"
-listen = "tcp://127.0.0.1:{port}"
-exec = ["sh", "-c", "sleep 60"]
-forward = "unix://{p}"
-start_timeout = "1s"
-stop_timeout = "1s"
-"#,
-        p = link.display()
-    );
-    let s = Summond::start(&config);
+    let mut sink = Sink::start(TempDir::new("fwdlink"));
+    let link = sink.dir.path("backend.sock");
+    std::os::unix::fs::symlink(&sink.target, &link).unwrap();
+    let (s, port) = never_ready("link", &format!("unix://{}", link.display()));
     let _guard = KillOnDropLater(&s);
-    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    c.set_read_timeout(Some(TIMEOUT)).unwrap();
-    c.write_all(b"for the target\n").unwrap();
-    let mut buf = Vec::new();
-    let _ = c.read_to_end(&mut buf);
+    sent_to_end(port, b"for the target\n");
     assert!(s.wait_log("is not a socket"), "{}", s.log_text());
     assert_eq!(s.log_count("is not a socket"), 1, "{}", s.log_text());
     assert!(
@@ -1108,10 +1109,7 @@ stop_timeout = "1s"
         "{}",
         s.log_text()
     );
-    let _ = sink.kill();
-    let _ = sink.wait();
-    let sent = std::fs::read(&got).unwrap_or_default();
-    assert!(sent.is_empty(), "the link's target was sent {sent:?}");
+    sink.sent_nothing();
 }
 
 /// The socket `forward` names is swapped for a symbolic link to another
@@ -1124,15 +1122,9 @@ fn a_unix_forward_swapped_for_a_symlink_after_readiness_is_not_followed() {
     if !have("socat") {
         return skip("forward unix swapped", "socat is not installed");
     }
-    let port = free_port();
-    let dir = TempDir::new("fwdswap");
-    let (sock, target, got) = (
-        dir.path("backend.sock"),
-        dir.path("target.sock"),
-        dir.path("got"),
-    );
-    let (mut sink, _kill) = unix_sink(&target, &got);
-    let s = unix_echo("swap", port, &sock);
+    let mut sink = Sink::start(TempDir::new("fwdswap"));
+    let sock = sink.dir.path("backend.sock");
+    let (s, port) = unix_echo("swap", &sock);
     let _guard = KillOnDropLater(&s);
     assert_eq!(
         tcp_port_exchange(port, b"one\n"),
@@ -1140,8 +1132,8 @@ fn a_unix_forward_swapped_for_a_symlink_after_readiness_is_not_followed() {
         "{}",
         s.log_text()
     );
-    let link = dir.path("link.new");
-    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let link = sink.dir.path("link.new");
+    std::os::unix::fs::symlink(&sink.target, &link).unwrap();
     std::fs::rename(&link, &sock).unwrap();
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -1150,10 +1142,7 @@ fn a_unix_forward_swapped_for_a_symlink_after_readiness_is_not_followed() {
     let _ = c.read_to_end(&mut buf);
     assert!(buf.is_empty(), "{buf:?}");
     assert!(s.wait_log("is not a socket"), "{}", s.log_text());
-    let _ = sink.kill();
-    let _ = sink.wait();
-    let sent = std::fs::read(&got).unwrap_or_default();
-    assert!(sent.is_empty(), "the link's target was sent {sent:?}");
+    sink.sent_nothing();
 }
 
 /// A backend whose server daemonizes (fork, setsid, fork: out of the
@@ -1165,52 +1154,27 @@ fn a_daemon_a_backend_starts_does_not_outlive_its_stop() {
     if !have("python3") {
         return skip("forward daemonizing backend", "python3 is not installed");
     }
-    let dir = TempDir::new("fwddaemon");
-    let pidfile = dir.path("daemon.pid");
-    let daemon = |backend: u16| {
-        py_echo(
-            "import os, sys\n\
-             if os.fork(): sys.exit(0)\n\
-             os.setsid()\n\
-             if os.fork(): os._exit(0)\n",
-            backend,
-            Some(&pidfile),
-        )
-    };
-    let exec = |backend: u16| {
-        std::fs::write(dir.path("daemon.py"), daemon(backend)).unwrap();
-        sh(&format!(
-            "python3 {} && exec sleep 600",
-            dir.path("daemon.py").display()
-        ))
-    };
-    let f = Fwd::start(
-        "daemon",
-        exec,
-        "idle_stop = \"200ms\"\nstop_timeout = \"5s\"",
-    );
-    let (s, port) = (&f.s, f.port);
-    let daemon_pid = || -> Option<i32> { std::fs::read_to_string(&pidfile).ok()?.parse().ok() };
-    assert_eq!(tcp_port_exchange(port, b"one\n"), "one\n");
-    let first = daemon_pid().expect("the daemon wrote its pid");
-    let _kill = KillOnDrop::new(first);
+    let daemonize = "import os, sys\n\
+                     if os.fork(): sys.exit(0)\n\
+                     os.setsid()\n\
+                     if os.fork(): os._exit(0)\n";
+    let p = PyBackend::start("daemon", daemonize, "&& exec sleep 600", "5s");
+    let (s, port) = (&p.f.s, p.f.port);
+    let (first, _kill) = p.first_client();
     assert!(s.wait_log("idle: stopping it"), "{}", s.log_text());
     assert!(
-        wait_until(
-            TIMEOUT,
-            || !matches!(proc_state(first), Some(c) if c != 'Z')
-        ),
+        wait_until(TIMEOUT, || gone(first)),
         "the daemon outlived its backend's stop\n{}",
         s.log_text()
     );
-    std::fs::remove_file(&pidfile).unwrap();
+    std::fs::remove_file(&p.pidfile).unwrap();
     assert_eq!(
         tcp_port_exchange(port, b"two\n"),
         "two\n",
         "{}",
         s.log_text()
     );
-    let second = daemon_pid().expect("a new daemon served");
+    let second = p.pid().expect("a new daemon served");
     let _kill2 = KillOnDrop::new(second);
     assert_ne!(first, second);
     assert!(
@@ -1231,42 +1195,67 @@ fn a_child_leaving_the_group_at_its_sigterm_does_not_outlive_the_stop() {
     if !have("python3") {
         return skip("forward setsid at SIGTERM", "python3 is not installed");
     }
-    let dir = TempDir::new("fwdsetsid");
-    let pidfile = dir.path("child.pid");
-    let child = |backend: u16| {
-        py_echo(
-            "import os, signal\n\
-             def term(*_):\n    \
-                 try: os.setsid()\n    \
-                 except OSError: pass\n\
-             signal.signal(signal.SIGTERM, term)\n",
-            backend,
-            Some(&pidfile),
-        )
-    };
-    let exec = |backend: u16| {
-        std::fs::write(dir.path("child.py"), child(backend)).unwrap();
-        // The shell (the leader) dies at SIGTERM; its child lives on.
-        sh(&format!(
-            "python3 {} & wait",
-            dir.path("child.py").display()
-        ))
-    };
-    let f = Fwd::start(
-        "setsid",
-        exec,
-        "idle_stop = \"200ms\"\nstop_timeout = \"1h\"",
-    );
-    let (s, port) = (&f.s, f.port);
-    assert_eq!(tcp_port_exchange(port, b"one\n"), "one\n");
-    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().parse().unwrap();
-    let _kill = KillOnDrop::new(pid);
+    let setsid_at_term = "import os, signal\n\
+                          def term(*_):\n    \
+                              try: os.setsid()\n    \
+                              except OSError: pass\n\
+                          signal.signal(signal.SIGTERM, term)\n";
+    // The shell (the leader) dies at SIGTERM; its child lives on.
+    let p = PyBackend::start("setsid", setsid_at_term, "& wait", "1h");
+    let s = &p.f.s;
+    let (pid, _kill) = p.first_client();
     assert!(s.wait_log("stopped ("), "{}", s.log_text());
     assert!(
-        wait_until(TIMEOUT, || !matches!(proc_state(pid), Some(c) if c != 'Z')),
+        wait_until(TIMEOUT, || gone(pid)),
         "pid {pid} left the group at SIGTERM and outlived its backend\n{}",
         s.log_text()
     );
+}
+
+/// A backend whose shell runs `python3 FILE {shell}`, FILE holding
+/// `prelude` then `py_echo`'s echo; `idle_stop = "200ms"` and
+/// `stop_timeout`. The shape of the tests of what a backend's processes
+/// do at its stop.
+struct PyBackend {
+    f: Fwd,
+    pidfile: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+impl PyBackend {
+    fn start(name: &str, prelude: &str, shell: &str, stop_timeout: &str) -> PyBackend {
+        let dir = TempDir::new("fwdpy");
+        let (file, pidfile) = (dir.path("backend.py"), dir.path("backend.pid"));
+        let exec = |backend: u16| {
+            std::fs::write(&file, py_echo(prelude, backend, Some(&pidfile))).unwrap();
+            sh(&format!("python3 {} {shell}", file.display()))
+        };
+        let extra = format!("idle_stop = \"200ms\"\nstop_timeout = \"{stop_timeout}\"");
+        let f = Fwd::start(name, exec, &extra);
+        PyBackend {
+            f,
+            pidfile,
+            _dir: dir,
+        }
+    }
+
+    /// The pid the Python wrote once it listened, if it did.
+    fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(&self.pidfile).ok()?.parse().ok()
+    }
+
+    /// A first client served, and the Python's pid, killed when the
+    /// guard drops.
+    fn first_client(&self) -> (i32, KillOnDrop) {
+        assert_eq!(tcp_port_exchange(self.f.port, b"one\n"), "one\n");
+        let pid = self.pid().expect("the backend's Python wrote its pid");
+        (pid, KillOnDrop::new(pid))
+    }
+}
+
+/// Whether `pid` is gone (or a zombie).
+fn gone(pid: i32) -> bool {
+    !matches!(proc_state(pid), Some(c) if c != 'Z')
 }
 
 /// An echo of one line per connection on `backend` that ignores
@@ -1316,7 +1305,7 @@ fn summonds_stop_kills_a_backend_that_ignores_sigterm_at_its_stop_timeout() {
         f.s.log_text()
     );
     assert!(
-        !matches!(proc_state(pid), Some(c) if c != 'Z'),
+        gone(pid),
         "the backend outlived summond\n{}",
         f.s.log_text()
     );
@@ -1326,6 +1315,46 @@ fn summonds_stop_kills_a_backend_that_ignores_sigterm_at_its_stop_timeout() {
         "{log}"
     );
     assert!(log.contains(" stopped (killed by signal 9"), "{log}");
+}
+
+/// Whether this test can run Python as uid nobody: root, setpriv and
+/// /usr/bin/python3 (a pyenv shim under /root is not nobody's to run);
+/// if not, the test is skipped, saying so.
+fn nobody_or_skip(test: &str) -> bool {
+    if !nix::unistd::geteuid().is_root() || !have("setpriv") || !have("/usr/bin/python3") {
+        skip(test, "needs root, setpriv and /usr/bin/python3");
+        return false;
+    }
+    true
+}
+
+/// Python `script` run as uid nobody, its stdout piped; killed when the
+/// guard drops.
+fn as_nobody(script: &str) -> (std::process::Child, KillOnDrop) {
+    let child = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .args(["/usr/bin/python3", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let kill = KillOnDrop::new(child.id() as i32);
+    (child, kill)
+}
+
+/// The same, once it said "listening": its stdout after that line.
+fn listening_as_nobody(
+    script: &str,
+) -> (
+    std::process::Child,
+    KillOnDrop,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    let (mut child, kill) = as_nobody(script);
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "listening\n");
+    (child, kill, out)
 }
 
 /// Attack review (atk3): the uid check is made on the readiness probe
@@ -1359,13 +1388,9 @@ fn a_ready_backends_abstract_socket_taken_by_another_user_gets_no_client() {
 /// that serves one client, then closes its listener and runs on; uid
 /// nobody then listens there: the next client must not reach it.
 fn port_taken_by_nobody(forward: &str, listen: &str) {
-    if !nix::unistd::geteuid().is_root() || !have("setpriv") || !have("/usr/bin/python3") {
-        return skip(
-            "ready backend's forward taken",
-            "needs root, setpriv and /usr/bin/python3",
-        );
+    if !nobody_or_skip("ready backend's forward taken") {
+        return;
     }
-    let port = free_port();
     // One client served, then the listener closed (not at its accept, as
     // socat without fork does: the readiness probe finds it listening).
     let oneshot = format!(
@@ -1375,18 +1400,7 @@ fn port_taken_by_nobody(forward: &str, listen: &str) {
          while (d := c.recv(100)): c.sendall(d)\n\
          c.close(); l.close(); time.sleep(60)\n"
     );
-    let config = format!(
-        r#"
-[[service]]
-name = "oneshot"
-listen = "tcp://127.0.0.1:{port}"
-exec = ["/usr/bin/python3", "-c", {}]
-forward = "{forward}"
-stderr = "null"
-"#,
-        toml_str(&oneshot)
-    );
-    let s = Summond::start(&config);
+    let (s, port) = python_forwarding("oneshot", &oneshot, forward);
     let _guard = KillOnDropLater(&s);
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -1402,28 +1416,8 @@ stderr = "null"
          l = {listen}; print('listening', flush=True)\n\
          c,_=l.accept(); c.sendall(b'STOLEN:'+c.recv(100))\n"
     );
-    let mut child = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            "/usr/bin/python3",
-            "-c",
-        ])
-        .arg(&thief)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _kill = KillOnDrop::new(child.id() as i32);
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line, "listening\n");
-    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    c.set_read_timeout(Some(TIMEOUT)).unwrap();
-    c.write_all(b"secret").unwrap();
-    let mut got = Vec::new();
-    let _ = c.read_to_end(&mut got);
+    let (mut child, _kill, _out) = listening_as_nobody(&thief);
+    let got = sent_to_end(port, b"secret");
     assert!(
         !got.starts_with(b"STOLEN"),
         "the client reached uid nobody's listener: {:?}\n{}",
@@ -1444,13 +1438,10 @@ stderr = "null"
 /// 15 s of clients, or the first stolen one.
 #[test]
 fn a_user_who_accepts_and_lets_go_between_connect_and_lookup_gets_no_client() {
-    if !nix::unistd::geteuid().is_root() || !have("setpriv") || !have("/usr/bin/python3") {
-        return skip(
-            "accepts and lets go",
-            "needs root, setpriv and /usr/bin/python3",
-        );
+    if !nobody_or_skip("accepts and lets go") {
+        return;
     }
-    let (port, backend) = (free_port(), free_port());
+    let backend = free_port();
     // Binds, serves for 2 ms, closes, binds again (as summond's uid).
     let reloader = format!(
         "import socket, select, time\n\
@@ -1468,18 +1459,8 @@ fn a_user_who_accepts_and_lets_go_between_connect_and_lookup_gets_no_client() {
          \x20           c.close()\n\
          \x20   l.close()\n"
     );
-    let config = format!(
-        r#"
-[[service]]
-name = "reloader"
-listen = "tcp://127.0.0.1:{port}"
-exec = ["/usr/bin/python3", "-c", {}]
-forward = "tcp://127.0.0.1:{backend}"
-stderr = "null"
-"#,
-        toml_str(&reloader)
-    );
-    let s = Summond::start(&config);
+    let forward = format!("tcp://127.0.0.1:{backend}");
+    let (s, port) = python_forwarding("reloader", &reloader, &forward);
     let _guard = KillOnDropLater(&s);
     let thief = format!(
         "import socket, select, time\n\
@@ -1496,14 +1477,7 @@ stderr = "null"
          \x20       c.close()\n\
          \x20   else: l.close()\n"
     );
-    let mut child = std::process::Command::new("setpriv")
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
-        .args(["/usr/bin/python3", "-c"])
-        .arg(&thief)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _kill = KillOnDrop::new(child.id() as i32);
+    let (mut child, _kill) = as_nobody(&thief);
     let stolen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let reader = {
         let (stolen, out) = (stolen.clone(), child.stdout.take().unwrap());
