@@ -1393,12 +1393,15 @@ fn port_taken_by_nobody(forward: &str, listen: &str) {
     }
     // One client served, then the listener closed (not at its accept, as
     // socat without fork does: the readiness probe finds it listening).
+    // Closed before the echo goes back: the client's echo is the event
+    // that says the address is free. Closed after it, nobody's bind could
+    // come first under load (EADDRINUSE: no thief, the test failed).
     let oneshot = format!(
         "import socket, time\n\
          l = {listen}\n\
-         c, _ = l.accept()\n\
-         while (d := c.recv(100)): c.sendall(d)\n\
-         c.close(); l.close(); time.sleep(60)\n"
+         c, _ = l.accept(); got = b''\n\
+         while (d := c.recv(100)): got += d\n\
+         l.close(); c.sendall(got); c.close(); time.sleep(60)\n"
     );
     let (s, port) = python_forwarding("oneshot", &oneshot, forward);
     let _guard = KillOnDropLater(&s);
