@@ -134,6 +134,22 @@ impl HungLoad {
     }
 }
 
+/// A child of summond (its config loader) has `fifo` open: the load it
+/// runs reads the fifo, whatever is renamed over its name from now on.
+fn loader_holds(s: &Summond, fifo: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(want) = std::fs::metadata(fifo) else {
+        return false;
+    };
+    children_of(s.pid()).into_iter().any(|pid| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
+            .any(|m| (m.dev(), m.ino()) == (want.dev(), want.ino()))
+    })
+}
+
 /// Clients asking while a load runs are answered by the next load, which
 /// reads the files after their request; the one who started the load
 /// gets its own outcome.
@@ -156,8 +172,11 @@ fn reload_requests_during_a_load_get_the_next_loads_outcome() {
             .unwrap()
     };
     let first = reload();
+    // Logged when the loader is forked, before it opens the drop-ins: the
+    // rename below must wait until it holds the fifo (once, under load,
+    // it found the plain file and its load was not held).
     assert!(
-        s.wait_log("summond reload asked: reloading"),
+        wait_until(TIMEOUT, || loader_holds(&s, &fifo)),
         "{}",
         s.log_text()
     );
