@@ -1,68 +1,70 @@
 //! One direction of a relayed connection: bytes read from one side are
-//! held (in a pipe, or a buffer) until the other side takes them all,
-//! and only then is the first side read again. So at most `HOLD` bytes
-//! are in summond per direction, and a side that does not take bytes
-//! stops the reading of the other: backpressure, per connection.
+//! held in a buffer until the other side takes them all, and only then
+//! is the first side read again. So at most `HOLD` bytes are in summond
+//! per direction, and a side that does not take bytes stops the reading
+//! of the other: backpressure, per connection.
+//!
+//! Why a buffer and not splice(2) through a pipe: measured on loopback
+//! (Linux 6.18, 2 vCPUs, benches/relay.sh), reads and writes of 60 KiB
+//! moved 1.4–1.9× the bytes per second of 64 KiB splices through a pipe,
+//! at 0.6–0.7× the CPU per GiB. A forward backend is on this host, so
+//! one side of every relayed connection is loopback or a Unix socket,
+//! where a spliced page is copied by the receiver anyway and the
+//! splice's page-by-page bookkeeping costs more than the copy it saves
+//! (benches/README.md, "2026-12-06, third session").
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::ptr;
 
 use nix::libc;
 
-use super::side::{is_reset, result, Side};
+use super::side::{is_reset, Side};
 
 /// The most bytes held per direction (SPEC: at most 64 KiB), and what
-/// one read or splice asks for.
-pub const HOLD: usize = 64 * 1024;
+/// one read asks for. Not 64 KiB: a 64 KiB write on loopback leaves a
+/// tail segment of a few dozen bytes past two full ones (the MSS there
+/// is 32,741), and reads of 64 KiB measured at about half the
+/// throughput of reads of 32–63 KiB.
+pub const HOLD: usize = 60 * 1024;
 
-/// A pipe pair: (read end, write end).
-pub type Pipe = (OwnedFd, OwnedFd);
+/// A flow's buffer: `HOLD` bytes (more only for what an older image
+/// handed over, at most `HANDED_MAX`).
+type Buf = Box<[u8]>;
 
-/// Where a flow's bytes wait between the read and the write.
-#[derive(Debug)]
-enum Hold {
-    /// A pipe pair: splice(2) in, splice(2) out, the bytes never copied
-    /// to user space. Taken from `Pipes` for a read and given back once
-    /// drained: an idle connection holds no pipe.
-    Pipe(Option<Pipe>),
-    /// A buffer, allocated while it holds bytes and given back when
-    /// drained: an idle connection holds no buffer.
-    Buffer {
-        buf: Option<Box<[u8]>>,
-        start: usize,
-    },
-}
-
-/// Empty pipes, kept for the flows' next reads: a busy flow takes and
-/// gives one back per read without a syscall, an idle one holds none.
+/// Empty buffers, kept for the flows' next reads: a busy flow takes and
+/// gives one back per read without an allocation, an idle one holds none.
 #[derive(Debug, Default)]
-pub struct Pipes {
-    spare: Vec<Pipe>,
+pub struct Buffers {
+    spare: Vec<Buf>,
 }
 
-/// Empty pipes kept at most (two fds each).
-const SPARE_PIPES: usize = 64;
+/// Empty buffers kept at most: 960 KiB.
+const SPARE_BUFFERS: usize = 16;
 
-impl Pipes {
-    fn take(&mut self) -> io::Result<Pipe> {
-        match self.spare.pop() {
-            Some(p) => Ok(p),
-            None => pipe(),
-        }
+/// The most bytes a flow from an older image may hold (its pipe's or its
+/// buffer's): SPEC's bound, which every image kept.
+const HANDED_MAX: usize = 64 * 1024;
+
+impl Buffers {
+    fn take(&mut self) -> Buf {
+        self.spare
+            .pop()
+            .unwrap_or_else(|| vec![0; HOLD].into_boxed_slice())
     }
 
-    /// An empty pipe, kept if there is room (else closed).
-    pub fn give(&mut self, p: Pipe) {
-        if self.spare.len() < SPARE_PIPES {
-            self.spare.push(p);
+    /// A buffer emptied, kept if there is room (else freed).
+    fn give(&mut self, b: Buf) {
+        if b.len() == HOLD && self.spare.len() < SPARE_BUFFERS {
+            self.spare.push(b);
         }
     }
 }
 
-/// A flow as an upgrade hands it to the next image: its pipe's fds (the
-/// bytes in flight stay in the pipe) or its buffer's bytes, and where it
-/// is in its stream.
+/// A flow as an upgrade hands it to the next image: its buffer's bytes
+/// not yet written, and where it is in its stream. `spliced` and `pipe`
+/// are how images before 2026-12-06 handed a flow that went through a
+/// pipe (the bytes in flight stayed in the pipe, whose fds crossed the
+/// exec); this image reads them and writes neither.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct FlowState {
     pub spliced: bool,
@@ -99,9 +101,12 @@ pub enum FlowError {
 }
 
 /// One direction: src → dst.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Flow {
-    hold: Hold,
+    /// Taken from `Buffers` for a read, given back once drained.
+    buf: Option<Buf>,
+    /// Where the bytes not yet written start in `buf`.
+    start: usize,
     /// Bytes read and not yet written.
     pending: usize,
     /// The source gave EOF.
@@ -115,112 +120,62 @@ pub struct Flow {
 }
 
 impl Flow {
-    /// A flow between `src` and `dst`: through pipes when both splice,
-    /// through a buffer otherwise.
-    pub fn new(src: &Side, dst: &Side) -> Flow {
-        let hold = if src.splices() && dst.splices() {
-            Hold::Pipe(None)
-        } else {
-            Hold::Buffer {
-                buf: None,
-                start: 0,
-            }
-        };
-        Flow {
-            hold,
-            pending: 0,
-            eof: false,
-            shut: false,
-            hold_end: false,
-            bytes: 0,
-        }
-    }
-
     /// The source gave its end.
     pub fn ended(&self) -> bool {
         self.eof
     }
 
-    /// Bytes held now (never more than `HOLD`).
+    /// Bytes held now (never more than `HOLD`, but for an older image's).
     pub fn pending(&self) -> usize {
         self.pending
     }
 
     /// Bytes to send before any of the source's (a PROXY header), held
-    /// as if read: written first when the destination takes bytes. At
-    /// most `PIPE_BUF` (4096) bytes: one write into an empty pipe.
-    pub fn preface(&mut self, bytes: &[u8], pipes: &mut Pipes) -> io::Result<()> {
-        if bytes.is_empty() || bytes.len() > libc::PIPE_BUF {
+    /// as if read: written first when the destination takes bytes.
+    pub fn preface(&mut self, bytes: &[u8], bufs: &mut Buffers) -> io::Result<()> {
+        if bytes.is_empty() || bytes.len() > HOLD || self.pending > 0 {
             return Err(io::ErrorKind::InvalidInput.into());
         }
-        match &mut self.hold {
-            Hold::Pipe(slot) => {
-                let (_, w) = slot.insert(pipes.take()?);
-                // SAFETY: bytes is valid for reads of its length.
-                let n = unsafe { libc::write(w.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
-                if result(n)? != bytes.len() {
-                    return Err(io::ErrorKind::WriteZero.into());
-                }
-            }
-            Hold::Buffer { buf, start } => {
-                let b = buf.get_or_insert_with(|| vec![0; HOLD].into_boxed_slice());
-                b[..bytes.len()].copy_from_slice(bytes);
-                *start = 0;
-            }
-        }
-        self.pending = bytes.len();
+        let b = self.buf.get_or_insert_with(|| bufs.take());
+        b[..bytes.len()].copy_from_slice(bytes);
+        (self.start, self.pending) = (0, bytes.len());
         Ok(())
     }
 
-    /// What the next image of an upgrade needs of it; the pipe's fds stay
-    /// this flow's (and open) until the exec.
+    /// What the next image of an upgrade needs of it.
     pub fn to_state(&self) -> FlowState {
-        let (pipe, held) = match &self.hold {
-            Hold::Pipe(p) => (
-                p.as_ref().map(|(r, w)| (r.as_raw_fd(), w.as_raw_fd())),
-                Vec::new(),
-            ),
-            Hold::Buffer { buf, start } => {
-                let held = buf
-                    .as_deref()
-                    .map(|b| b[*start..*start + self.pending].to_vec());
-                (None, held.unwrap_or_default())
-            }
-        };
         FlowState {
-            spliced: matches!(self.hold, Hold::Pipe(_)),
-            pipe,
+            spliced: false,
+            pipe: None,
             pending: self.pending,
-            held,
+            held: self.held().to_vec(),
             eof: self.eof,
             shut: self.shut,
             bytes: self.bytes,
         }
     }
 
-    /// A flow the previous image handed over. Its pipe's fds are taken
-    /// (the state names each once); a buffer is at most `HOLD`.
+    /// A flow the previous image handed over. An older image's pipe (its
+    /// fds named once by the state) is read into a buffer and closed.
     pub fn from_state(st: FlowState) -> Flow {
-        let (hold, pending) = match (st.spliced, st.pipe) {
+        let mut held = match (st.spliced, st.pipe) {
             // SAFETY: open fds the state names once, taken here.
             (true, Some((r, w))) => unsafe {
-                let pipe = (OwnedFd::from_raw_fd(r), OwnedFd::from_raw_fd(w));
-                (Hold::Pipe(Some(pipe)), st.pending)
+                drop(OwnedFd::from_raw_fd(w));
+                read_pipe(OwnedFd::from_raw_fd(r), st.pending)
             },
-            (true, None) => (Hold::Pipe(None), 0),
-            (false, _) => {
-                let mut held = st.held;
-                held.truncate(HOLD);
-                let pending = held.len();
-                let buf = (pending > 0).then(|| {
-                    held.resize(HOLD, 0);
-                    held.into_boxed_slice()
-                });
-                (Hold::Buffer { buf, start: 0 }, pending)
-            }
+            (true, None) => Vec::new(),
+            (false, _) => st.held,
         };
+        held.truncate(HANDED_MAX);
+        let pending = held.len();
+        let buf = (pending > 0).then(|| {
+            held.resize(HOLD.max(pending), 0);
+            held.into_boxed_slice()
+        });
         Flow {
-            hold,
+            buf,
+            start: 0,
             pending,
             eof: st.eof,
             shut: st.shut,
@@ -229,35 +184,34 @@ impl Flow {
         }
     }
 
-    /// Its pipe, if it has one and the pipe is empty (to be used again).
-    pub fn into_pipe(self) -> Option<Pipe> {
-        match self.hold {
-            Hold::Pipe(p) if self.pending == 0 => p,
-            _ => None,
-        }
+    /// Whether this flow holds a buffer now.
+    pub fn holding(&self) -> bool {
+        self.buf.is_some()
     }
 
-    /// Whether this flow holds a buffer or a pipe now.
-    pub fn holding(&self) -> bool {
-        matches!(
-            self.hold,
-            Hold::Buffer { buf: Some(_), .. } | Hold::Pipe(Some(_))
-        )
+    /// The bytes read and not yet written.
+    fn held(&self) -> &[u8] {
+        match &self.buf {
+            Some(b) => &b[self.start..self.start + self.pending],
+            None => &[],
+        }
     }
 
     /// Move bytes until the source is drained, the destination blocks,
     /// the end is passed on, or `budget` bytes were read this call; a
-    /// pipe or buffer emptied is given back.
+    /// buffer emptied is given back.
     pub fn pump(
         &mut self,
         src: &mut Side,
         dst: &mut Side,
         budget: usize,
-        pipes: &mut Pipes,
+        bufs: &mut Buffers,
     ) -> Result<Stop, FlowError> {
-        let stop = self.moved(src, dst, budget, pipes);
+        let stop = self.moved(src, dst, budget, bufs);
         if self.pending == 0 {
-            self.release(pipes);
+            if let Some(b) = self.buf.take() {
+                bufs.give(b);
+            }
         }
         stop
     }
@@ -267,7 +221,7 @@ impl Flow {
         src: &mut Side,
         dst: &mut Side,
         budget: usize,
-        pipes: &mut Pipes,
+        bufs: &mut Buffers,
     ) -> Result<Stop, FlowError> {
         let mut read = 0;
         loop {
@@ -300,7 +254,7 @@ impl Flow {
             if read >= budget {
                 return Ok(Stop::Budget);
             }
-            match self.fill(src, pipes) {
+            match self.fill(src, bufs) {
                 Ok(0) => self.eof = true,
                 Ok(n) => read += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -319,10 +273,6 @@ impl Flow {
     /// is dropped and the source is not read again; the other direction
     /// goes on.
     fn drop_rest(&mut self) -> Stop {
-        if let Hold::Pipe(slot) = &mut self.hold {
-            // Not empty: closed, not kept for others.
-            *slot = None;
-        }
         self.pending = 0;
         (self.eof, self.shut) = (true, true);
         Stop::Finished
@@ -346,22 +296,11 @@ impl Flow {
         Ok(Stop::Finished)
     }
 
-    /// Read once into the hold (empty when called).
-    fn fill(&mut self, src: &mut Side, pipes: &mut Pipes) -> io::Result<usize> {
-        let n = match &mut self.hold {
-            Hold::Pipe(slot) => {
-                let write = match slot {
-                    Some((_, w)) => w,
-                    None => &slot.insert(pipes.take()?).1,
-                };
-                splice(src.fd(), write.as_raw_fd(), HOLD)?
-            }
-            Hold::Buffer { buf, start } => {
-                let b = buf.get_or_insert_with(|| vec![0; HOLD].into_boxed_slice());
-                *start = 0;
-                src.read(b)?
-            }
-        };
+    /// Read once into the buffer (empty when called).
+    fn fill(&mut self, src: &mut Side, bufs: &mut Buffers) -> io::Result<usize> {
+        let b = self.buf.get_or_insert_with(|| bufs.take());
+        self.start = 0;
+        let n = src.read(&mut b[..HOLD])?;
         self.pending = n;
         Ok(n)
     }
@@ -369,63 +308,33 @@ impl Flow {
     /// Write what is held until it is all written or the write fails.
     fn drain(&mut self, dst: &mut Side) -> io::Result<()> {
         while self.pending > 0 {
-            let n = match &mut self.hold {
-                Hold::Pipe(Some((read, _))) => splice(read.as_raw_fd(), dst.fd(), self.pending)?,
-                // Bytes are pending only in a pipe it holds.
-                Hold::Pipe(None) => return Err(io::ErrorKind::InvalidData.into()),
-                Hold::Buffer { buf, start } => {
-                    let b = buf.as_deref().unwrap_or(&[]);
-                    let n = dst.write(&b[*start..*start + self.pending])?;
-                    *start += n;
-                    n
-                }
-            };
+            let n = dst.write(self.held())?;
             if n == 0 {
                 // A stream socket takes at least a byte or says why not.
                 return Err(io::ErrorKind::WriteZero.into());
             }
+            self.start += n;
             self.pending -= n;
             self.bytes += n as u64;
         }
         Ok(())
     }
+}
 
-    /// Emptied: the buffer is freed, the pipe kept for the next read.
-    fn release(&mut self, pipes: &mut Pipes) {
-        match &mut self.hold {
-            Hold::Buffer { buf, .. } => *buf = None,
-            Hold::Pipe(slot) => {
-                if let Some(p) = slot.take() {
-                    pipes.give(p);
-                }
-            }
+/// What an older image's pipe holds, `pending` bytes at most (it is
+/// non-blocking: what is not there is not waited for).
+fn read_pipe(pipe: OwnedFd, pending: usize) -> Vec<u8> {
+    let mut held = vec![0; pending.min(HANDED_MAX)];
+    let mut got = 0;
+    while got < held.len() {
+        let rest = &mut held[got..];
+        // SAFETY: rest is valid for writes of its length.
+        let n = unsafe { libc::read(pipe.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len()) };
+        if n <= 0 {
+            break;
         }
+        got += n as usize;
     }
-}
-
-/// A pipe pair, non-blocking and close-on-exec.
-fn pipe() -> io::Result<Pipe> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: fds is valid for pipe2's two writes.
-    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
-    result(r as isize)?;
-    // SAFETY: pipe2 succeeded: both are open fds nobody else owns.
-    unsafe { Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))) }
-}
-
-/// splice(2) up to `len` bytes, without blocking on the pipe (the
-/// socket is non-blocking by itself).
-fn splice(from: libc::c_int, to: libc::c_int, len: usize) -> io::Result<usize> {
-    // SAFETY: plain syscall on fds the caller owns; null offsets.
-    let n = unsafe {
-        libc::splice(
-            from,
-            ptr::null_mut(),
-            to,
-            ptr::null_mut(),
-            len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    result(n)
+    held.truncate(got);
+    held
 }

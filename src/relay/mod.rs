@@ -5,11 +5,11 @@
 //! tokens, and gets back each connection that ended, with its tag, its
 //! byte counts and why it ended.
 //!
-//! - Each direction is a `Flow` (`flow.rs`): splice(2) through a pipe
-//!   pair where both sides are sockets the kernel splices, a buffer
-//!   otherwise; at most `flow::HOLD` (64 KiB) held per direction, and
-//!   a source is read again only when all it gave was written, so a side
-//!   that does not take bytes stops the reading of the other.
+//! - Each direction is a `Flow` (`flow.rs`): read into a buffer, written
+//!   from it (why not splice(2): `flow.rs`); at most `flow::HOLD`
+//!   (60 KiB) held per direction, and a source is read again only when
+//!   all it gave was written, so a side that does not take bytes stops
+//!   the reading of the other.
 //! - An EOF is passed on (shutdown(SHUT_WR)) once all before it was
 //!   written; the other direction goes on. Both ended: the connection is
 //!   closed (`End::Done`). A read or write error on either side (a
@@ -59,7 +59,7 @@ mod tests;
 mod tls;
 
 pub use drain::Words;
-use flow::{Flow, FlowError, Pipes, Stop};
+use flow::{Buffers, Flow, FlowError, Stop};
 pub use flow::{FlowState, HOLD};
 pub use pending::{Pending, Preface, Session};
 pub use side::{Io, Side};
@@ -82,6 +82,9 @@ pub struct RelayId(u64);
 pub struct SideState {
     pub fd: i32,
     pub connecting: bool,
+    /// Always true now: images before 2026-12-06 read false as a side
+    /// relayed through a buffer, never connecting, and true as a socket
+    /// (spliced or connecting); every side is the latter since.
     pub spliced: bool,
     /// Connecting, and its connect's end to be checked (`Side::connecting_checked`).
     #[serde(default)]
@@ -93,11 +96,10 @@ impl SideState {
     pub fn into_side(self) -> Side {
         // SAFETY: an open fd the state names once, taken here.
         let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(self.fd) };
-        match (self.spliced, self.connecting) {
-            (true, true) if self.check => Side::connecting_checked(fd),
-            (true, true) => Side::connecting(fd),
-            (true, false) => Side::stream(fd),
-            (false, _) => Side::buffered(fd),
+        match (self.connecting, self.check) {
+            (true, true) => Side::connecting_checked(fd),
+            (true, false) => Side::connecting(fd),
+            (false, _) => Side::stream(fd),
         }
     }
 }
@@ -217,8 +219,8 @@ pub struct Relays<T> {
     next: u64,
     /// Connections to serve again at the turn's end.
     again: Vec<u64>,
-    /// Empty pipes for the flows' reads.
-    pipes: Pipes,
+    /// Empty buffers for the flows' reads.
+    buffers: Buffers,
     /// `linger` deadlines as set; one whose connection left or was given
     /// a later one is skipped when it comes up.
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
@@ -232,7 +234,7 @@ impl<T> Default for Relays<T> {
             conns: FxHashMap::default(),
             next: 0,
             again: Vec::new(),
-            pipes: Pipes::default(),
+            buffers: Buffers::default(),
             deadlines: BinaryHeap::new(),
             checks: Vec::new(),
         }
@@ -277,9 +279,9 @@ impl<T> Relays<T> {
         tag: T,
         preface: &[u8],
     ) -> io::Result<RelayId> {
-        let mut flows = [Flow::new(&front, &back), Flow::new(&back, &front)];
+        let mut flows = [Flow::default(), Flow::default()];
         if !preface.is_empty() {
-            flows[0].preface(preface, &mut self.pipes)?;
+            flows[0].preface(preface, &mut self.buffers)?;
         }
         self.insert(registry, [front, back], flows, tag)
     }
@@ -397,7 +399,7 @@ impl<T> Relays<T> {
     }
 
     /// Every open connection as an upgrade hands it over: its tag, its
-    /// two sides (fd, connecting, spliced) and its two flows. The fds
+    /// two sides (fd, connecting) and its two flows. The fds
     /// stay open and this table's until the exec. A connection with a
     /// TLS side is left out (rustls's state does not cross an exec).
     pub fn to_state(&self) -> Vec<(&T, [SideState; 2], [FlowState; 2])> {
@@ -408,7 +410,7 @@ impl<T> Relays<T> {
                 let side = |s: &Side| SideState {
                     fd: s.fd(),
                     connecting: s.is_connecting(),
-                    spliced: s.splices(),
+                    spliced: true,
                     check: s.is_checked_at_connect(),
                 };
                 (
@@ -549,17 +551,10 @@ impl<T> Relays<T> {
         out
     }
 
-    /// The fds every connection holds (sides and pipes).
+    /// The fds every connection holds (its sides').
     pub fn fds(&self) -> Vec<i32> {
-        let mut fds = Vec::new();
-        for r in self.conns.values() {
-            fds.extend(r.sides.iter().map(Side::fd));
-            for f in &r.flows {
-                let st = f.to_state();
-                fds.extend(st.pipe.into_iter().flat_map(|(a, b)| [a, b]));
-            }
-        }
-        fds
+        let sides = self.conns.values().flat_map(|r| r.sides.iter());
+        sides.map(Side::fd).collect()
     }
 
     /// The caller's tag of an open connection.
@@ -594,16 +589,16 @@ impl<T> Relays<T> {
     /// failed.
     fn step(&mut self, registry: &Registry, id: u64) -> Option<Closed<T>> {
         let relay = self.conns.get_mut(&id)?;
-        let pipes = &mut self.pipes;
+        let buffers = &mut self.buffers;
         let stops = match flush(&mut relay.sides) {
             Err(end) => (Err(end), Ok(Stop::Drained)),
             Ok(()) => {
                 let [front, back] = &mut relay.sides;
                 let [up, down] = &mut relay.flows;
                 (
-                    up.pump(front, back, BUDGET, pipes)
+                    up.pump(front, back, BUDGET, buffers)
                         .map_err(|e| failed(e, Which::Front)),
-                    down.pump(back, front, BUDGET, pipes)
+                    down.pump(back, front, BUDGET, buffers)
                         .map_err(|e| failed(e, Which::Back)),
                 )
             }
@@ -683,17 +678,13 @@ impl<T> Relays<T> {
 
     /// Take a connection out of the table; its sockets close when the
     /// value drops, which takes them out of the poll set (the sides' fds
-    /// are the only ones open on their sockets: no epoll_ctl needed), and
-    /// its pipes, if empty, are kept for the next connections.
+    /// are the only ones open on their sockets: no epoll_ctl needed).
     fn finish(&mut self, _registry: &Registry, id: u64, end: End) -> Option<Closed<T>> {
         let Relay {
             flows, tag, sides, ..
         } = self.conns.remove(&id)?;
         drop(sides);
         let (up, down) = (flows[0].bytes, flows[1].bytes);
-        for p in flows.into_iter().filter_map(Flow::into_pipe) {
-            self.pipes.give(p);
-        }
         Some(Closed {
             id: RelayId(id),
             tag,

@@ -1,6 +1,6 @@
-//! One end of a relayed connection: what it is (a socket the kernel can
-//! splice from and to, or a TLS session over one, which cannot),
-//! and what the loop last learned of it (readable, writable). The flows
+//! One end of a relayed connection: what it is (a socket, or a TLS
+//! session over one), and what the loop last learned of it (readable,
+//! writable). The flows
 //! (`flow.rs`) ask a side for bytes and give it bytes through here, so a
 //! kind of side that is not a bare fd is one more variant of `Io`.
 
@@ -14,13 +14,8 @@ use super::tls::TlsIo;
 /// What a side is.
 #[derive(Debug)]
 pub enum Io {
-    /// A connected TCP or Unix stream socket, non-blocking: bytes may go
-    /// through a pipe with splice(2).
+    /// A connected TCP or Unix stream socket, non-blocking.
     Stream(OwnedFd),
-    /// A non-blocking stream socket splice(2) must not be used on (a
-    /// socket type the kernel cannot splice, or one whose bytes must be
-    /// seen): bytes go through a buffer.
-    Buffered(OwnedFd),
     /// A TLS session over a stream socket (`tls.rs`): plaintext goes
     /// through a buffer to and from rustls.
     Tls(Box<TlsIo>),
@@ -49,7 +44,7 @@ pub struct Side {
 }
 
 impl Side {
-    /// A connected socket, spliced.
+    /// A connected socket.
     pub fn stream(fd: OwnedFd) -> Side {
         Side::new(Io::Stream(fd), false)
     }
@@ -80,11 +75,6 @@ impl Side {
         let mut side = Side::new(Io::Stream(fd), false);
         side.resets_end = true;
         side
-    }
-
-    /// A socket relayed through a buffer, never spliced.
-    pub fn buffered(fd: OwnedFd) -> Side {
-        Side::new(Io::Buffered(fd), false)
     }
 
     /// A TLS session whose handshake is done: plaintext in and out.
@@ -134,14 +124,9 @@ impl Side {
     /// The fd the loop watches for this side.
     pub fn fd(&self) -> RawFd {
         match &self.io {
-            Io::Stream(fd) | Io::Buffered(fd) => fd.as_raw_fd(),
+            Io::Stream(fd) => fd.as_raw_fd(),
             Io::Tls(t) => t.fd().as_raw_fd(),
         }
-    }
-
-    /// Whether bytes may go to or from this side by splice(2).
-    pub fn splices(&self) -> bool {
-        matches!(self.io, Io::Stream(_))
     }
 
     pub(super) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {

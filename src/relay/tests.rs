@@ -3,10 +3,11 @@
 
 use super::*;
 use mio::{Events, Poll};
+use nix::libc;
 use socket2::Socket;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::OwnedFd;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -91,19 +92,13 @@ fn one_ended<T>(_: &Relays<T>, closed: &[Closed<T>]) -> bool {
 
 /// Megabytes both ways at once, each way a different pattern: every
 /// byte arrives, in order, and both EOFs are passed on.
-fn both_ways(front: (OwnedFd, Socket), back: (OwnedFd, Socket), buffered: bool) {
+fn both_ways(front: (OwnedFd, Socket), back: (OwnedFd, Socket)) {
     let (up, down) = (pattern(6 << 20, 1), pattern(5 << 20, 2));
     let mut poll = Poll::new().unwrap();
     let mut relays = Relays::default();
-    let side = |fd| {
-        if buffered {
-            Side::buffered(fd)
-        } else {
-            Side::stream(fd)
-        }
-    };
+    let (front_side, back_side) = (Side::stream(front.0), Side::stream(back.0));
     relays
-        .add(poll.registry(), side(front.0), side(back.0), "c")
+        .add(poll.registry(), front_side, back_side, "c")
         .unwrap();
     let client = talk(front.1, up.clone());
     let server = talk(back.1, down.clone());
@@ -120,17 +115,17 @@ fn both_ways(front: (OwnedFd, Socket), back: (OwnedFd, Socket), buffered: bool) 
 
 #[test]
 fn megabytes_both_ways_over_tcp_are_exact() {
-    both_ways(tcp_pair(), tcp_pair(), false);
+    both_ways(tcp_pair(), tcp_pair());
 }
 
 #[test]
 fn megabytes_both_ways_over_unix_sockets_are_exact() {
-    both_ways(unix_pair(), unix_pair(), false);
+    both_ways(unix_pair(), unix_pair());
 }
 
 #[test]
-fn megabytes_both_ways_through_the_buffer_are_exact() {
-    both_ways(tcp_pair(), unix_pair(), true);
+fn megabytes_both_ways_between_tcp_and_a_unix_socket_are_exact() {
+    both_ways(tcp_pair(), unix_pair());
 }
 
 /// One side says EOF and then still reads: the other gets the EOF and
@@ -321,25 +316,18 @@ fn bytes_wait_for_a_connect_in_progress() {
     assert_eq!(reader.join().unwrap(), b"early");
 }
 
-/// Idle connections hold no pipe and no buffer: both are taken for a
-/// read and given back once drained.
+/// Idle connections hold no buffer: one is taken for a read and given
+/// back once drained.
 #[test]
-fn an_idle_connection_holds_no_pipe_and_no_buffer() {
+fn an_idle_connection_holds_no_buffer() {
     let mut poll = Poll::new().unwrap();
     let mut relays = Relays::default();
     let mut peers = Vec::new();
-    for buffered in [false, true] {
+    for unix in [false, true] {
         let (front, client) = tcp_pair();
-        let (back, server) = tcp_pair();
-        let side = |fd| {
-            if buffered {
-                Side::buffered(fd)
-            } else {
-                Side::stream(fd)
-            }
-        };
+        let (back, server) = if unix { unix_pair() } else { tcp_pair() };
         relays
-            .add(poll.registry(), side(front), side(back), ())
+            .add(poll.registry(), Side::stream(front), Side::stream(back), ())
             .unwrap();
         (&client).write_all(b"ping").unwrap();
         (&server).write_all(b"pong").unwrap();
@@ -360,7 +348,7 @@ fn an_idle_connection_holds_no_pipe_and_no_buffer() {
         assert_eq!(&got, b"pong");
     }
     assert_eq!(relays.len(), 2);
-    assert_eq!(relays.holding(), 0, "an idle flow holds a pipe or a buffer");
+    assert_eq!(relays.holding(), 0, "an idle flow holds a buffer");
 }
 
 /// A relay of a client to a child's socket pair whose end is held
@@ -433,4 +421,56 @@ fn a_held_end_with_no_word_is_passed_on_at_its_bound() {
     assert!(relays.expire(poll.registry(), due).is_empty());
     assert_eq!(read_now(&client), (Vec::new(), true), "passed on");
     assert!(relays.settle_end(poll.registry(), id, false).is_none());
+}
+
+/// An older image handed a flow whose bytes in flight were in a pipe
+/// (its fds crossed the exec): they are read into a buffer, the pipe is
+/// closed, and the next image is handed them as bytes.
+#[test]
+fn an_older_images_pipe_is_read_into_a_buffer_and_closed() {
+    let held = pattern(50_000, 7);
+    let mut fds = [0; 2];
+    // SAFETY: fds is valid for pipe2's two writes.
+    assert_eq!(
+        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) },
+        0
+    );
+    let w = unsafe { OwnedFd::from_raw_fd(fds[1]) };
+    assert_eq!(nix::unistd::write(&w, &held).unwrap(), held.len());
+    let st = FlowState {
+        spliced: true,
+        pipe: Some((fds[0], w.into_raw_fd())),
+        pending: held.len(),
+        bytes: 9,
+        ..FlowState::default()
+    };
+    let flow = Flow::from_state(st);
+    assert_eq!(flow.pending(), held.len());
+    for fd in fds {
+        // SAFETY: fcntl on a number only asks.
+        assert_eq!(
+            unsafe { libc::fcntl(fd, libc::F_GETFD) },
+            -1,
+            "fd {fd} left open"
+        );
+    }
+    let again = flow.to_state();
+    assert!(!again.spliced && again.pipe.is_none());
+    assert!(again.held == held, "the pipe's bytes differ");
+    assert_eq!((again.pending, again.bytes), (held.len(), 9));
+}
+
+/// An older image held up to 64 KiB, more than `HOLD`: nothing of it is
+/// cut.
+#[test]
+fn an_older_images_full_buffer_is_handed_on_whole() {
+    let held = pattern(64 * 1024, 3);
+    let st = FlowState {
+        pending: held.len(),
+        held: held.clone(),
+        ..FlowState::default()
+    };
+    let again = Flow::from_state(st).to_state();
+    assert!(again.held == held);
+    assert_eq!(again.pending, 64 * 1024);
 }

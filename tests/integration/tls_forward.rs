@@ -686,9 +686,9 @@ fn echoes_exactly(s: &Summond, c: rustls::StreamOwned<rustls::ClientConnection, 
     assert_eq!(&header[28..], want, "{header:?}");
 }
 
-/// What summond's fds are, but the relay's spare pipes (a pool, kept)
-/// and the uid lookup's netlink socket (opened at the first relayed
-/// connection, kept).
+/// What summond's fds are, but pipes (a drainer's come and go) and the
+/// uid lookup's netlink socket (opened at the first relayed connection,
+/// kept).
 fn open_fds(s: &Summond) -> Vec<String> {
     let dir = std::fs::read_dir(format!("/proc/{}/fd", s.pid())).unwrap();
     let links = dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok());

@@ -298,8 +298,9 @@ fn connect(to: &ListenAddr) -> io::Result<(Socket, bool)> {
     // Non-blocking from socket(2) on: no fcntl pair per connection.
     let s = Socket::new(domain, Type::STREAM.nonblocking(), None)?;
     if matches!(to, ListenAddr::Tcp(_)) {
-        // Small replies go out at once, and a 64 KiB splice's tail does
-        // not wait for the ACK of the segment before it (Nagle).
+        // Small replies go out at once, and a write's tail (a 60 KiB
+        // write is one segment and a part on loopback) does not wait for
+        // the ACK of the segment before it (Nagle).
         let _ = s.set_tcp_nodelay(true);
     }
     match s.connect(&addr) {
@@ -1010,9 +1011,9 @@ impl Server {
         };
         let relayed = back.and_then(|back| {
             set_nonblocking(&conn)?;
-            // A 64 KiB splice is a full segment and a tail on loopback's
-            // MTU: Nagle would hold the tail until the segment's ACK.
-            // (Fails harmlessly on a Unix socket.)
+            // A relay's write is a full segment and a tail on loopback:
+            // Nagle would hold the tail until the segment's ACK. (Fails
+            // harmlessly on a Unix socket.)
             let _ = conn.set_tcp_nodelay(true);
             let tag = Relayed {
                 service: id,
