@@ -15,6 +15,10 @@
 # first byte as it does through the relay).
 # The relay's CPU is utime+stime+cutime+cstime of its process
 # (/proc/PID/stat; socat's forked children are in cutime once reaped).
+# "box CPU s/GiB" is the whole machine's busy time (/proc/stat) per GiB
+# over the same transfers: for `direct`, what the client and the backend
+# cost, so the last line can say what CPU per GiB a relay may use at most
+# to reach 0.9x direct on this machine's CPUs if they are saturated.
 #
 #   benches/relay.sh [ROUNDS] [BYTES] [CONNS]
 #
@@ -121,6 +125,11 @@ cpu_ticks() { # utime stime cutime cstime of $1
   awk '{ s = $0; sub(/.*\) /, "", s); split(s, f, " "); print f[12] + f[13] + f[14] + f[15] }' "/proc/$1/stat"
 }
 
+box_ticks() { # busy jiffies of the whole machine (all but idle and iowait)
+  awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
+}
+NCPU=$(nproc)
+
 median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
 declare -A port=([direct]=$BACK [summond]=$SUMMOND [summond-base]=$BASE_PORT [haproxy]=$HAPROXY [socket-proxyd]=$PROXYD_PORT [socat]=$SOCAT)
@@ -133,28 +142,40 @@ for r in $(seq "$ROUNDS"); do
     addr=127.0.0.1:${port[$name]}
     p=${pid[$name]}
     c0=$(cpu_ticks "$p")
+    b0=$(box_ticks)
     up=$("$RB" up "$addr" "$BYTES")
     down=$("$RB" down "$addr" "$BYTES")
     c1=$(cpu_ticks "$p")
+    b1=$(box_ticks)
     rtt=$("$RB" rtt "$addr" "$RTTS")
     c2=$(cpu_ticks "$p")
     cps=$("$RB" conns "$addr" "$CONNS" 4)
     c3=$(cpu_ticks "$p")
     sgib=$(awk -v t=$((c1 - c0)) -v hz="$HZ" -v b="$BYTES" 'BEGIN { printf "%.3f", t / hz / (2 * b / 2^30) }')
     uspc=$(awk -v t=$((c3 - c2)) -v hz="$HZ" -v n="$CONNS" 'BEGIN { printf "%.0f", t / hz / n * 1e6 }')
-    echo "$name $up $down $sgib $rtt $cps $uspc" >>"$WORK/rounds"
-    echo "round $r $name: up $up MB/s, down $down MB/s, $sgib CPU s/GiB, rtt p50/p99 $rtt µs, $cps conns/s, $uspc CPU µs/conn" >&2
+    bgib=$(awk -v t=$((b1 - b0)) -v hz="$HZ" -v b="$BYTES" 'BEGIN { printf "%.3f", t / hz / (2 * b / 2^30) }')
+    echo "$name $up $down $sgib $rtt $cps $uspc $bgib" >>"$WORK/rounds"
+    echo "round $r $name: up $up MB/s, down $down MB/s, $sgib CPU s/GiB (box $bgib), rtt p50/p99 $rtt µs, $cps conns/s, $uspc CPU µs/conn" >&2
   done
 done
 
 direct_p99=$(awk '$1 == "direct" { print $6 }' "$WORK/rounds" | median)
-printf '\n%-14s %9s %9s %9s %9s %9s %10s %9s %11s\n' relay "up MB/s" "down MB/s" "CPU s/GiB" "p50 µs" "p99 µs" "+p99 µs" "conns/s" "CPU µs/conn"
+printf '\n%-14s %9s %9s %9s %9s %9s %10s %9s %11s %9s\n' relay "up MB/s" "down MB/s" "CPU s/GiB" "p50 µs" "p99 µs" "+p99 µs" "conns/s" "CPU µs/conn" "box s/GiB"
 for name in "${order[@]}"; do
   col() { awk -v n="$name" -v c="$1" '$1 == n { print $c }' "$WORK/rounds" | median; }
   p99=$(col 6)
   added=$(awk -v a="$p99" -v d="$direct_p99" 'BEGIN { printf "%.1f", a - d }')
-  printf '%-14s %9s %9s %9s %9s %9s %10s %9s %11s\n' "$name" "$(col 2)" "$(col 3)" "$(col 4)" "$(col 5)" "$p99" "$added" "$(col 7)" "$(col 8)"
+  printf '%-14s %9s %9s %9s %9s %9s %10s %9s %11s %9s\n' "$name" "$(col 2)" "$(col 3)" "$(col 4)" "$(col 5)" "$p99" "$added" "$(col 7)" "$(col 8)" "$(col 9)"
 done
+# At 0.9x direct's rate, a transfer may take NCPU/(0.9 * rate) CPU s per
+# GiB in all; the client and the backend take direct's box figure of it.
+if grep -q '^direct ' "$WORK/rounds"; then
+  dcol() { awk -v c="$1" '$1 == "direct" { print $c }' "$WORK/rounds" | median; }
+  awk -v n="$NCPU" -v u="$(dcol 2)" -v d="$(dcol 3)" -v box="$(dcol 9)" 'BEGIN {
+    rate = (u + d) / 2 * 1e6 / 2^30
+    printf "direct: %.2f GiB/s on %d CPUs at %.3f box CPU s/GiB (%.0f%% of the CPUs busy); at 0.9x that rate a relay may use at most %.3f CPU s/GiB\n", rate, n, box, box * rate / n * 100, n / (0.9 * rate) - box
+  }'
+fi
 for r in $(seq "$ROUNDS"); do
   sleep 0.6 # idle_stop has stopped the cold backend
   wait_ms=$("$RB" first "127.0.0.1:$COLD")
