@@ -51,7 +51,12 @@ const OWN_ENV: &[&str] = &[STATE_ENV, OLD_EXE_ENV, RETURNING_ENV, TEST_READS_ENV
 ///    clients held for a starting backend; TLS drainers, and the
 ///    handshakes they finish for forward services (a front entry an
 ///    older image would take for a client's own connection).
-pub const FORMAT: u32 = 2;
+/// 3: a relayed connection's bytes in flight as a base64 string
+///    (`held_bytes`). Images of format 2 kept them in pipes whose fds
+///    crossed the exec, or wrote them as an array of numbers (3.6 times
+///    their size: seconds to write and read, the loop stopped, when
+///    thousands of stalled connections each held 60 KiB).
+pub const FORMAT: u32 = 3;
 /// The oldest format this image reads (a state without fields it has
 /// added since reads as empty parts: `#[serde(default)]`).
 const OLDEST_FORMAT: u32 = 1;
@@ -187,7 +192,10 @@ impl State {
 
     /// The lowest format that carries everything this state holds.
     pub fn lowest_format(&self) -> u32 {
-        if self.beyond_format_1().is_some() {
+        let flows = self.relays.iter().flat_map(|r| r.flows.iter());
+        if flows.into_iter().any(|f| !f.held.is_empty()) {
+            3
+        } else if self.beyond_format_1().is_some() {
             2
         } else {
             1
@@ -515,6 +523,102 @@ mod file_json {
         d: D,
     ) -> Result<Option<(PathBuf, u64, u64)>, D::Error> {
         Ok(Option::<(Raw, u64, u64)>::deserialize(d)?.map(|(p, dev, ino)| (p.0, dev, ino)))
+    }
+}
+
+/// A relayed flow's bytes in flight (`FlowState::held`): written as a
+/// base64 string (format 3); read from that or from format 2's array of
+/// numbers.
+pub mod held_bytes {
+    use serde::de::{self, SeqAccess, Visitor};
+    use std::fmt;
+
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    /// Each byte's value in `ALPHABET`, 255 for one not in it.
+    const VALUE: [u8; 256] = {
+        let mut t = [255u8; 256];
+        let mut i = 0;
+        while i < 64 {
+            t[ALPHABET[i] as usize] = i as u8;
+            i += 1;
+        }
+        t
+    };
+
+    pub fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&encode(v))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_any(Held)
+    }
+
+    struct Held;
+
+    impl<'de> Visitor<'de> for Held {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("base64 text or an array of bytes")
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
+            decode(v).ok_or_else(|| E::custom("held bytes: not base64"))
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64 * 1024));
+            while let Some(b) = seq.next_element::<u8>()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+
+    pub fn encode(bytes: &[u8]) -> String {
+        let mut out = Vec::with_capacity(bytes.len().div_ceil(3) * 4);
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = u32::from_be_bytes([0, b[0], b[1], b[2]]);
+            for i in 0..4 {
+                out.push(match i <= chunk.len() {
+                    true => ALPHABET[(n >> (18 - 6 * i) & 63) as usize],
+                    false => b'=',
+                });
+            }
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// None for text that is not padded base64 of this alphabet.
+    pub fn decode(text: &str) -> Option<Vec<u8>> {
+        let text = text.as_bytes();
+        if text.len() % 4 != 0 {
+            return None;
+        }
+        let mut out = Vec::with_capacity(text.len() / 4 * 3);
+        for (i, quad) in text.chunks(4).enumerate() {
+            let last = i + 1 == text.len() / 4;
+            let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
+            if pad > 2 || (pad > 0 && !last) {
+                return None;
+            }
+            let mut n = 0u32;
+            for &c in &quad[..4 - pad] {
+                let v = VALUE[c as usize];
+                if v == 255 {
+                    return None;
+                }
+                n = n << 6 | v as u32;
+            }
+            n <<= 6 * pad as u32;
+            out.extend_from_slice(&n.to_be_bytes()[1..4 - pad]);
+        }
+        Some(out)
     }
 }
 
@@ -1017,6 +1121,73 @@ mod tests {
         state.unready_backends.push(backend(8));
         assert_eq!(state.lowest_format(), 2);
         assert_eq!(state.beyond_format_1().unwrap(), "2 forward backends");
+    }
+
+    /// A flow's held bytes go as base64 (format 3), every length and byte
+    /// back as it was; format 2's array of numbers still reads; text
+    /// that is not base64 is refused.
+    #[test]
+    fn held_bytes_go_as_base64_and_format_2s_arrays_still_read() {
+        use crate::relay::FlowState;
+        for len in [0, 1, 2, 3, 4, 5, 61_440, 65_536] {
+            let held: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            let st = FlowState {
+                pending: len,
+                held: held.clone(),
+                ..FlowState::default()
+            };
+            let json = serde_json::to_string(&st).unwrap();
+            assert!(
+                json.len() < 200 + len * 4 / 3 + 4,
+                "{len}: {} bytes",
+                json.len()
+            );
+            let back: FlowState = serde_json::from_str(&json).unwrap();
+            assert!(back.held == held, "{len} bytes differ");
+        }
+        assert_eq!(held_bytes::encode(b"summond"), "c3VtbW9uZA==");
+        let old = r#"{"spliced":false,"pipe":null,"pending":3,"held":[1,2,255],"eof":false,"shut":false,"bytes":0}"#;
+        assert_eq!(
+            serde_json::from_str::<FlowState>(old).unwrap().held,
+            [1, 2, 255]
+        );
+        for bad in ["c3VtbW9uZA=", "c3Vt!W9u", "c3==bW9u", "c==="] {
+            assert_eq!(held_bytes::decode(bad), None, "{bad}");
+        }
+    }
+
+    /// A relayed connection's bytes in flight make the state format 3:
+    /// an image of format 2 refuses it and goes back, keeping them.
+    #[test]
+    fn bytes_in_flight_make_the_state_format_3() {
+        use crate::relay::{FlowState, SideState};
+        let side = SideState {
+            fd: 3,
+            connecting: false,
+            spliced: true,
+            check: false,
+        };
+        let relay = |held: Vec<u8>| RelayState {
+            service: "web".into(),
+            pid: 7,
+            peer: Peer::Unknown,
+            source: None,
+            sides: [side, side],
+            flows: [
+                FlowState {
+                    pending: held.len(),
+                    held,
+                    ..FlowState::default()
+                },
+                FlowState::default(),
+            ],
+            runtime_left_ns: None,
+        };
+        let mut state = State::default();
+        state.relays.push(relay(Vec::new()));
+        assert_eq!(state.lowest_format(), 2);
+        state.relays.push(relay(b"in flight".to_vec()));
+        assert_eq!(state.lowest_format(), 3);
     }
 
     /// Paths are bytes (fs review findings 3, 7): a binary, pidfile or

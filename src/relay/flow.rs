@@ -28,11 +28,63 @@ use super::side::{is_reset, Side};
 pub const HOLD: usize = 60 * 1024;
 
 /// A flow's buffer: `HOLD` bytes (more only for what an older image
-/// handed over, at most `HANDED_MAX`).
-type Buf = Box<[u8]>;
+/// handed over, at most `HANDED_MAX`), pages of its own (mmap(2)), given
+/// back to the kernel the moment it is dropped: thousands of stalled
+/// connections' buffers, freed, leave no heap behind that fragmentation
+/// would keep resident.
+#[derive(Debug)]
+struct Buf {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the pages are this value's alone.
+unsafe impl Send for Buf {}
+
+impl Buf {
+    fn new(len: usize) -> io::Result<Buf> {
+        // SAFETY: a fresh anonymous private mapping, nobody else's.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        match std::ptr::NonNull::new(p.cast::<u8>()) {
+            Some(ptr) if p != libc::MAP_FAILED => Ok(Buf { ptr, len }),
+            _ => Err(io::Error::last_os_error()),
+        }
+    }
+}
+
+impl std::ops::Deref for Buf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: len bytes mapped readable (and zeroed at first).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for Buf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: len bytes mapped writable, borrowed mutably through self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
 
 /// Empty buffers, kept for the flows' next reads: a busy flow takes and
-/// gives one back per read without an allocation, an idle one holds none.
+/// gives one back per read without a syscall, an idle one holds none.
 #[derive(Debug, Default)]
 pub struct Buffers {
     spare: Vec<Buf>,
@@ -46,15 +98,16 @@ const SPARE_BUFFERS: usize = 16;
 const HANDED_MAX: usize = 64 * 1024;
 
 impl Buffers {
-    fn take(&mut self) -> Buf {
-        self.spare
-            .pop()
-            .unwrap_or_else(|| vec![0; HOLD].into_boxed_slice())
+    fn take(&mut self) -> io::Result<Buf> {
+        match self.spare.pop() {
+            Some(b) => Ok(b),
+            None => Buf::new(HOLD),
+        }
     }
 
-    /// A buffer emptied, kept if there is room (else freed).
+    /// A buffer emptied, kept if there is room (else unmapped).
     fn give(&mut self, b: Buf) {
-        if b.len() == HOLD && self.spare.len() < SPARE_BUFFERS {
+        if b.len == HOLD && self.spare.len() < SPARE_BUFFERS {
             self.spare.push(b);
         }
     }
@@ -71,6 +124,7 @@ pub struct FlowState {
     pub pipe: Option<(i32, i32)>,
     pub pending: usize,
     /// A buffer's bytes not yet written.
+    #[serde(default, with = "crate::upgrade::held_bytes")]
     pub held: Vec<u8>,
     pub eof: bool,
     pub shut: bool,
@@ -136,7 +190,10 @@ impl Flow {
         if bytes.is_empty() || bytes.len() > HOLD || self.pending > 0 {
             return Err(io::ErrorKind::InvalidInput.into());
         }
-        let b = self.buf.get_or_insert_with(|| bufs.take());
+        let b = match &mut self.buf {
+            Some(b) => b,
+            None => self.buf.insert(bufs.take()?),
+        };
         b[..bytes.len()].copy_from_slice(bytes);
         (self.start, self.pending) = (0, bytes.len());
         Ok(())
@@ -156,9 +213,11 @@ impl Flow {
     }
 
     /// A flow the previous image handed over. An older image's pipe (its
-    /// fds named once by the state) is read into a buffer and closed.
-    pub fn from_state(st: FlowState) -> Flow {
-        let mut held = match (st.spliced, st.pipe) {
+    /// fds named once by the state) is read into a buffer and closed. No
+    /// memory for its bytes: an error (the connection cannot go on
+    /// without them).
+    pub fn from_state(st: FlowState) -> io::Result<Flow> {
+        let mut held: Vec<u8> = match (st.spliced, st.pipe) {
             // SAFETY: open fds the state names once, taken here.
             (true, Some((r, w))) => unsafe {
                 drop(OwnedFd::from_raw_fd(w));
@@ -168,20 +227,23 @@ impl Flow {
             (false, _) => st.held,
         };
         held.truncate(HANDED_MAX);
-        let pending = held.len();
-        let buf = (pending > 0).then(|| {
-            held.resize(HOLD.max(pending), 0);
-            held.into_boxed_slice()
-        });
-        Flow {
+        let buf = match held.len() {
+            0 => None,
+            n => {
+                let mut b = Buf::new(HOLD.max(n))?;
+                b[..n].copy_from_slice(&held);
+                Some(b)
+            }
+        };
+        Ok(Flow {
             buf,
             start: 0,
-            pending,
+            pending: held.len(),
             eof: st.eof,
             shut: st.shut,
             hold_end: false,
             bytes: st.bytes,
-        }
+        })
     }
 
     /// Whether this flow holds a buffer now.
@@ -298,7 +360,10 @@ impl Flow {
 
     /// Read once into the buffer (empty when called).
     fn fill(&mut self, src: &mut Side, bufs: &mut Buffers) -> io::Result<usize> {
-        let b = self.buf.get_or_insert_with(|| bufs.take());
+        let b = match &mut self.buf {
+            Some(b) => b,
+            None => self.buf.insert(bufs.take()?),
+        };
         self.start = 0;
         let n = src.read(&mut b[..HOLD])?;
         self.pending = n;

@@ -432,7 +432,9 @@ impl<T> Relays<T> {
         tag: T,
     ) -> io::Result<RelayId> {
         let [up, down] = flows;
-        let flows = [Flow::from_state(up), Flow::from_state(down)];
+        // Both taken before either fails: each names fds of its own.
+        let (up, down) = (Flow::from_state(up), Flow::from_state(down));
+        let flows = [up?, down?];
         self.insert(registry, sides, flows, tag)
     }
 

@@ -444,7 +444,7 @@ fn an_older_images_pipe_is_read_into_a_buffer_and_closed() {
         bytes: 9,
         ..FlowState::default()
     };
-    let flow = Flow::from_state(st);
+    let flow = Flow::from_state(st).unwrap();
     assert_eq!(flow.pending(), held.len());
     for fd in fds {
         // SAFETY: fcntl on a number only asks.
@@ -470,7 +470,7 @@ fn an_older_images_full_buffer_is_handed_on_whole() {
         held: held.clone(),
         ..FlowState::default()
     };
-    let again = Flow::from_state(st).to_state();
+    let again = Flow::from_state(st).unwrap().to_state();
     assert!(again.held == held);
     assert_eq!(again.pending, 64 * 1024);
 }
