@@ -169,6 +169,9 @@ pub struct Flow {
     shut: bool,
     /// The EOF is not passed on until this is cleared (`Stop::Held`).
     pub hold_end: bool,
+    /// The destination is gone (`drop_rest`): the source is still read,
+    /// to its end, and what it gives is dropped.
+    discard: bool,
     /// Bytes delivered to the destination.
     pub bytes: u64,
 }
@@ -242,6 +245,9 @@ impl Flow {
             eof: st.eof,
             shut: st.shut,
             hold_end: false,
+            // Its end passed on before its source's: only a flow whose
+            // destination was gone (`drop_rest`).
+            discard: st.shut && !st.eof,
             bytes: st.bytes,
         })
     }
@@ -297,7 +303,7 @@ impl Flow {
                         dst.writable = false;
                         return Ok(Stop::Blocked);
                     }
-                    Err(e) if dst.resets_end && is_reset(&e) => return Ok(self.drop_rest()),
+                    Err(e) if dst.resets_end && is_reset(&e) => self.drop_rest(),
                     Err(e) => return Err(FlowError::Write(e)),
                 }
                 continue;
@@ -318,6 +324,7 @@ impl Flow {
             }
             match self.fill(src, bufs) {
                 Ok(0) => self.eof = true,
+                Ok(n) if self.discard => (read, self.pending) = (read + n, 0),
                 Ok(n) => read += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     src.readable = false;
@@ -332,12 +339,13 @@ impl Flow {
     }
 
     /// The destination takes nothing more (`Side::child`): what is held
-    /// is dropped and the source is not read again; the other direction
-    /// goes on.
-    fn drop_rest(&mut self) -> Stop {
-        self.pending = 0;
-        (self.eof, self.shut) = (true, true);
-        Stop::Finished
+    /// is dropped, and so is what the source gives from now on, read to
+    /// its end; the other direction goes on. Read, not left: a socket
+    /// closed with bytes unread sends a RST, and the kernel throws away
+    /// what is still in its send queue (the child's last bytes on their
+    /// way to the client).
+    fn drop_rest(&mut self) {
+        (self.pending, self.shut, self.discard) = (0, true, true);
     }
 
     /// Pass the source's EOF on, once everything before it was written.
