@@ -423,41 +423,59 @@ fn a_held_end_with_no_word_is_passed_on_at_its_bound() {
     assert!(relays.settle_end(poll.registry(), id, false).is_none());
 }
 
-/// An older image handed a flow whose bytes in flight were in a pipe
-/// (its fds crossed the exec): they are read into a buffer, the pipe is
-/// closed, and the next image is handed them as bytes.
-#[test]
-fn an_older_images_pipe_is_read_into_a_buffer_and_closed() {
+/// A flow an older image handed with its bytes in a pipe (50,000 of
+/// them, 9 delivered before), taken by `from_state`, and a dup of the
+/// pipe's read end (`read_end`) or write end, kept to see the pipe from
+/// outside: fds are not checked by number, which a test running beside
+/// this one may reuse.
+fn handed_in_a_pipe(read_end: bool) -> (Flow, OwnedFd, Vec<u8>) {
     let held = pattern(50_000, 7);
     let mut fds = [0; 2];
     // SAFETY: fds is valid for pipe2's two writes.
-    assert_eq!(
-        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK) },
-        0
-    );
-    let w = unsafe { OwnedFd::from_raw_fd(fds[1]) };
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    assert_eq!(r, 0);
+    // SAFETY: pipe2 made both; each is taken once (the state, then
+    // `from_state`, own them).
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     assert_eq!(nix::unistd::write(&w, &held).unwrap(), held.len());
+    let kept = if read_end {
+        r.try_clone()
+    } else {
+        w.try_clone()
+    }
+    .unwrap();
     let st = FlowState {
         spliced: true,
-        pipe: Some((fds[0], w.into_raw_fd())),
+        pipe: Some((r.into_raw_fd(), w.into_raw_fd())),
         pending: held.len(),
         bytes: 9,
         ..FlowState::default()
     };
-    let flow = Flow::from_state(st).unwrap();
+    (Flow::from_state(st).unwrap(), kept, held)
+}
+
+/// An older image handed a flow whose bytes in flight were in a pipe
+/// (its fds crossed the exec): they are read into a buffer, both of the
+/// pipe's fds are closed, and the next image is handed them as bytes.
+#[test]
+fn an_older_images_pipe_is_read_into_a_buffer_and_closed() {
+    let (flow, read_end, held) = handed_in_a_pipe(true);
     assert_eq!(flow.pending(), held.len());
-    for fd in fds {
-        // SAFETY: fcntl on a number only asks.
-        assert_eq!(
-            unsafe { libc::fcntl(fd, libc::F_GETFD) },
-            -1,
-            "fd {fd} left open"
-        );
-    }
+    // No writer left: EOF, not EAGAIN.
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        nix::unistd::read(&read_end, &mut byte),
+        Ok(0),
+        "the write end is open"
+    );
     let again = flow.to_state();
     assert!(!again.spliced && again.pipe.is_none());
     assert!(again.held == held, "the pipe's bytes differ");
     assert_eq!((again.pending, again.bytes), (held.len(), 9));
+    // No reader left: EPIPE.
+    let (_, write_end, _) = handed_in_a_pipe(false);
+    let wrote = nix::unistd::write(&write_end, b"x");
+    assert_eq!(wrote, Err(nix::errno::Errno::EPIPE), "the read end is open");
 }
 
 /// An older image held up to 64 KiB, more than `HOLD`: nothing of it is
