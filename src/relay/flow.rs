@@ -6,8 +6,8 @@
 //!
 //! Why a buffer and not splice(2) through a pipe: measured on loopback
 //! (Linux 6.18, 2 vCPUs, benches/relay.sh), reads and writes of 60 KiB
-//! moved 1.4–1.9× the bytes per second of 64 KiB splices through a pipe,
-//! at 0.6–0.7× the CPU per GiB. A forward backend is on this host, so
+//! moved 1.8–2.2× the bytes per second of 64 KiB splices through a pipe,
+//! at about half the CPU per GiB. A forward backend is on this host, so
 //! one side of every relayed connection is loopback or a Unix socket,
 //! where a spliced page is copied by the receiver anyway and the
 //! splice's page-by-page bookkeeping costs more than the copy it saves
