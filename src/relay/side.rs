@@ -138,15 +138,11 @@ impl Side {
         }
         // SAFETY: buf is valid for writes of buf.len() bytes.
         let n = unsafe { libc::read(self.fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        // A read shorter than asked does not say the socket is empty: a
+        // Unix socket's read stops where a message carrying fds begins,
+        // a TCP read at urgent data (atk8), with bytes queued behind and
+        // no new edge to come. Only EAGAIN says it.
         match result(n) {
-            // A short read emptied the socket: its next bytes are a new
-            // edge, so the read that would say EAGAIN is not made (one
-            // syscall per wake-up). Not once its peer's FIN is known: the
-            // FIN came with the edge already seen, and only a read says it.
-            Ok(got) if got > 0 && got < buf.len() && !self.read_closed => {
-                self.readable = false;
-                Ok(got)
-            }
             Err(e) if self.resets_end && is_reset(&e) => Ok(0),
             r => r,
         }

@@ -346,6 +346,38 @@ fn a_client_that_never_reads_does_not_slow_another() {
     assert!(stuck.peek(&mut one).is_ok_and(|n| n == 1));
 }
 
+/// A client's urgent byte (telnet's Synch, FTP's ABOR send one) does not
+/// hold back what follows it: a TCP read stops at the urgent mark, short
+/// of what is queued behind, and a relay that took a short read for an
+/// empty socket waited for an edge that never came (atk8: 0 of 20
+/// clients got their bytes after the mark, until they sent again).
+#[test]
+fn bytes_after_a_clients_urgent_byte_are_relayed_at_once() {
+    if !have("socat") {
+        return skip("forward urgent data", "socat is not installed");
+    }
+    let f = Fwd::start("echo", echo, "");
+    let port = f.port;
+    assert_eq!(tcp_port_exchange(port, b"warm\n"), "warm\n");
+    for round in 0..5 {
+        let c = socket2::Socket::from(TcpStream::connect(("127.0.0.1", port)).unwrap());
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.send(b"AAAA").unwrap();
+        c.send_out_of_band(b"X").unwrap();
+        c.send(b"CCCC").unwrap();
+        let mut got = Vec::new();
+        let mut buf = [std::mem::MaybeUninit::new(0u8); 16];
+        while got.len() < 8 {
+            match c.recv(&mut buf) {
+                // SAFETY: recv wrote the first n bytes.
+                Ok(n) if n > 0 => got.extend(buf[..n].iter().map(|b| unsafe { b.assume_init() })),
+                other => panic!("round {round}: {other:?} after {got:?}\n{}", f.s.log_text()),
+            }
+        }
+        assert_eq!(got, b"AAAACCCC", "round {round}");
+    }
+}
+
 /// Many relayed connections leave nothing open behind them in summond.
 #[test]
 fn many_relayed_connections_leak_no_fds() {
