@@ -193,11 +193,7 @@ impl Flow {
         if bytes.is_empty() || bytes.len() > HOLD || self.pending > 0 {
             return Err(io::ErrorKind::InvalidInput.into());
         }
-        let b = match &mut self.buf {
-            Some(b) => b,
-            None => self.buf.insert(bufs.take()?),
-        };
-        b[..bytes.len()].copy_from_slice(bytes);
+        self.buffer(bufs)?[..bytes.len()].copy_from_slice(bytes);
         (self.start, self.pending) = (0, bytes.len());
         Ok(())
     }
@@ -255,6 +251,15 @@ impl Flow {
     /// Whether this flow holds a buffer now.
     pub fn holding(&self) -> bool {
         self.buf.is_some()
+    }
+
+    /// Its buffer, taken from `bufs` if it holds none.
+    fn buffer(&mut self, bufs: &mut Buffers) -> io::Result<&mut Buf> {
+        let b = match self.buf.take() {
+            Some(b) => b,
+            None => bufs.take()?,
+        };
+        Ok(self.buf.insert(b))
     }
 
     /// The bytes read and not yet written.
@@ -368,11 +373,8 @@ impl Flow {
 
     /// Read once into the buffer (empty when called).
     fn fill(&mut self, src: &mut Side, bufs: &mut Buffers) -> io::Result<usize> {
-        let b = match &mut self.buf {
-            Some(b) => b,
-            None => self.buf.insert(bufs.take()?),
-        };
         self.start = 0;
+        let b = self.buffer(bufs)?;
         let n = src.read(&mut b[..HOLD])?;
         self.pending = n;
         Ok(n)

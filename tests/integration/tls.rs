@@ -1260,11 +1260,9 @@ fn a_client_silent_before_its_hello_goes_before_one_stalled_after_it() {
 /// on moves it from one listener to the other.
 #[test]
 fn tls_and_proxy_listeners_defer_accept_and_a_reload_moves_it() {
-    if !tools_or_skip("defer_accept", &["openssl"]) {
+    let Some((_certs, pki)) = pki_or_skip("defer_accept", &["openssl"]) else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
+    };
     let (tls, plain) = (free_port(), free_port());
     let plain_service = |more: &str| {
         format!(
@@ -1302,11 +1300,9 @@ fn tls_and_proxy_listeners_defer_accept_and_a_reload_moves_it() {
 /// as late starts its child.
 #[test]
 fn clients_that_speak_after_the_defer_second_are_served() {
-    if !tools_or_skip("defer_accept_late", &["openssl"]) {
+    let Some((_certs, pki)) = pki_or_skip("defer_accept_late", &["openssl"]) else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
+    };
     let (tls, proxied) = (free_port(), free_port());
     let proxy_service = format!(
         "[[service]]\nname = \"p\"\nlisten = \"tcp://127.0.0.1:{proxied}\"\nexec = {}\n\
@@ -1371,14 +1367,12 @@ pub(crate) fn py_reader(pki: &Pki, port: u16, send: &str) -> std::process::Child
 /// s_client alike; on main both took it as a clean end.
 #[test]
 fn a_tls_child_killed_by_a_signal_gives_its_client_every_byte_then_a_truncation() {
-    if !tools_or_skip("tls_killed_child", &["openssl", "python3"]) {
-        return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
-    let port = free_port();
     let script = "yes 0123456789abcdef | head -c 300000; kill -9 $$";
-    let s = Summond::start(&tls_service(port, &sh(script), &pki, ""));
+    let Some(Tls(s, pki, port, _certs)) =
+        Tls::start("tls_killed_child", &["openssl", "python3"], &sh(script), "")
+    else {
+        return;
+    };
     let want = b"0123456789abcdef\n".repeat(300000 / 17 + 1)[..300000].to_vec();
     let (got, end) = read_to_end_py(&pki, port, "");
     assert!(
@@ -1405,14 +1399,12 @@ fn a_tls_child_killed_by_a_signal_gives_its_client_every_byte_then_a_truncation(
 /// queue (on 08d73fb: 0.1-0.9 MB of 1 MB in about 1 run of 7).
 #[test]
 fn a_tls_child_that_exits_with_input_unread_still_gives_its_whole_answer() {
-    if !tools_or_skip("tls_unread_input", &["openssl", "python3"]) {
-        return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
-    let port = free_port();
     let script = "read line; yes 0123456789abcdef | head -c 1000000";
-    let s = Summond::start(&tls_service(port, &sh(script), &pki, ""));
+    let Some(Tls(s, pki, port, _certs)) =
+        Tls::start("tls_unread_input", &["openssl", "python3"], &sh(script), "")
+    else {
+        return;
+    };
     // One thread, non-blocking: python's ssl is not to be read and
     // written from two threads at once. It sends for a second before it
     // reads, so that the answer's tail is still in summond's send queue
@@ -1468,14 +1460,12 @@ fn a_tls_child_that_exits_with_input_unread_still_gives_its_whole_answer() {
 /// client every byte and a clean close_notify.
 #[test]
 fn a_tls_child_that_exits_with_any_code_ends_with_close_notify() {
-    if !tools_or_skip("tls_exit_code", &["openssl", "python3"]) {
-        return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
-    let port = free_port();
     let script = "read line; printf 'got %s\\n' \"$line\"; [ \"$line\" = ok ] || exit 3";
-    let s = Summond::start(&tls_service(port, &sh(script), &pki, ""));
+    let Some(Tls(s, pki, port, _certs)) =
+        Tls::start("tls_exit_code", &["openssl", "python3"], &sh(script), "")
+    else {
+        return;
+    };
     for (send, code) in [
         ("ok\n", "exited with status 0"),
         ("bad\n", "exited with status 3"),
@@ -1493,11 +1483,9 @@ fn a_tls_child_that_exits_with_any_code_ends_with_close_notify() {
 /// (what it wrote then is delivered too); on main both ended clean.
 #[test]
 fn max_runtime_gives_a_tls_childs_client_a_truncation_even_after_a_clean_exit() {
-    if !tools_or_skip("tls_max_runtime_cut", &["openssl", "python3"]) {
+    let Some((_certs, pki)) = pki_or_skip("tls_max_runtime_cut", &["openssl", "python3"]) else {
         return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
+    };
     let (dies, exits) = (free_port(), free_port());
     let config = format!(
         "{}max_runtime = \"1s\"\n{}max_runtime = \"1s\"\n",
@@ -1529,14 +1517,15 @@ fn max_runtime_gives_a_tls_childs_client_a_truncation_even_after_a_clean_exit() 
 /// cannot be known yet, and it ended its output itself).
 #[test]
 fn a_tls_child_that_closes_its_output_and_runs_on_gives_close_notify_within_the_bound() {
-    if !tools_or_skip("tls_closed_output", &["openssl", "python3"]) {
-        return;
-    }
-    let certs = TempDir::new("pki");
-    let pki = Pki::new(&certs.0);
-    let port = free_port();
     let script = "printf done; exec >&- <&-; sleep 60";
-    let s = Summond::start(&tls_service(port, &sh(script), &pki, ""));
+    let Some(Tls(s, pki, port, _certs)) = Tls::start(
+        "tls_closed_output",
+        &["openssl", "python3"],
+        &sh(script),
+        "",
+    ) else {
+        return;
+    };
     let (got, end) = read_to_end_py(&pki, port, "");
     assert_eq!(String::from_utf8_lossy(&got), "done", "{}", s.log_text());
     assert_eq!(end, "clean", "{}", s.log_text());
