@@ -17,6 +17,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 
 use super::pending::{Handshakes, Pending};
+use super::side::WATCH;
 use super::{owns, token, Closed, RelayId, Relays, Which, TOKEN_BASE};
 
 /// Where held ends get their word in a drainer: for each fd, the
@@ -63,11 +64,10 @@ impl<T> Relays<T> {
         // Latest first: the next one due is popped from the end.
         cutoffs.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
         let mut poll = Poll::new()?;
-        let both = Interest::READABLE | Interest::WRITABLE;
         for (id, r) in &self.conns {
             for (side, which) in r.sides.iter().zip([Which::Front, Which::Back]) {
                 poll.registry()
-                    .register(&mut SourceFd(&side.fd()), token(*id, which), both)?;
+                    .register(&mut SourceFd(&side.fd()), token(*id, which), WATCH)?;
             }
         }
         let mut hs = Handshakes::start(pending, &mut self, poll.registry());

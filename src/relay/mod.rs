@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use mio::event::Event;
 use mio::unix::SourceFd;
-use mio::{Interest, Registry, Token};
+use mio::{Registry, Token};
 use rustc_hash::FxHashMap;
 
 mod drain;
@@ -62,6 +62,7 @@ pub use drain::Words;
 use flow::{Buffers, Flow, FlowError, Stop};
 pub use flow::{FlowState, HOLD};
 pub use pending::{Pending, Preface, Session};
+use side::WATCH;
 pub use side::{Io, Side};
 pub use tls::TlsIo;
 
@@ -297,10 +298,9 @@ impl<T> Relays<T> {
         tag: T,
     ) -> io::Result<RelayId> {
         let id = self.next;
-        let both = Interest::READABLE | Interest::WRITABLE;
         let [front, back] = [sides[0].fd(), sides[1].fd()];
-        registry.register(&mut SourceFd(&front), token(id, Which::Front), both)?;
-        if let Err(e) = registry.register(&mut SourceFd(&back), token(id, Which::Back), both) {
+        registry.register(&mut SourceFd(&front), token(id, Which::Front), WATCH)?;
+        if let Err(e) = registry.register(&mut SourceFd(&back), token(id, Which::Back), WATCH) {
             let _ = registry.deregister(&mut SourceFd(&front));
             return Err(e);
         }
@@ -326,6 +326,7 @@ impl<T> Relays<T> {
         side.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
         side.writable |= event.is_writable() || event.is_write_closed() || event.is_error();
         side.read_closed |= event.is_read_closed();
+        side.urgent |= event.is_priority();
         if event.is_error() || side.connecting {
             let checked = side.check_at_connect;
             if let Some(end) = settle(side, i, event) {

@@ -7,9 +7,17 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
+use mio::Interest;
 use nix::libc;
 
 use super::tls::TlsIo;
+
+/// What a side's socket is watched for. PRIORITY: a TCP peer's urgent
+/// data, which is what makes a short read on TCP not mean empty
+/// (`Side::read`); no other socket reports it.
+pub(super) const WATCH: Interest = Interest::READABLE
+    .add(Interest::WRITABLE)
+    .add(Interest::PRIORITY);
 
 /// What a side is.
 #[derive(Debug)]
@@ -41,6 +49,11 @@ pub struct Side {
     /// Its peer has shut its writing (an event said read-closed): no
     /// more bytes come after those in the socket.
     pub(super) read_closed: bool,
+    /// An event said urgent data (EPOLLPRI) since a read last said
+    /// EAGAIN: a TCP read stops at its mark, short, with bytes behind.
+    pub(super) urgent: bool,
+    /// Whether the socket is TCP, learned at its first short read.
+    tcp: Option<bool>,
 }
 
 impl Side {
@@ -108,6 +121,8 @@ impl Side {
             check_at_connect: false,
             resets_end: false,
             read_closed: false,
+            urgent: false,
+            tcp: None,
         }
     }
 
@@ -138,14 +153,50 @@ impl Side {
         }
         // SAFETY: buf is valid for writes of buf.len() bytes.
         let n = unsafe { libc::read(self.fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        // A read shorter than asked does not say the socket is empty: a
-        // Unix socket's read stops where a message carrying fds begins,
-        // a TCP read at urgent data (atk8), with bytes queued behind and
-        // no new edge to come. Only EAGAIN says it.
         match result(n) {
+            // A short TCP read emptied the socket: bytes that arrive from
+            // now on are a new edge, so the read that would say EAGAIN is
+            // not made (one syscall fewer per wake-up, a fifth of the
+            // relay's CPU in bulk). Only TCP, and not when urgent data or
+            // the peer's FIN came with an edge already seen: a TCP read
+            // stops short at the urgent mark, a Unix one where a message
+            // carrying fds begins, with bytes queued behind (atk8), and a
+            // FIN is said only by a read.
+            Ok(got) if got > 0 && got < buf.len() && !self.read_closed && !self.urgent => {
+                if self.is_tcp() {
+                    self.readable = false;
+                }
+                Ok(got)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Empty: past any urgent mark. Urgent data from now on
+                // comes with an edge of its own, which says so.
+                self.urgent = false;
+                Err(e)
+            }
             Err(e) if self.resets_end && is_reset(&e) => Ok(0),
             r => r,
         }
+    }
+
+    /// Whether its socket is TCP (asked once: SO_PROTOCOL).
+    fn is_tcp(&mut self) -> bool {
+        let fd = self.fd();
+        *self.tcp.get_or_insert_with(|| {
+            let mut proto: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: proto and len are valid for getsockopt's writes.
+            let r = unsafe {
+                libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_PROTOCOL,
+                    (&mut proto as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            r == 0 && proto == libc::IPPROTO_TCP
+        })
     }
 
     pub(super) fn write(&mut self, buf: &[u8]) -> io::Result<usize> {

@@ -378,6 +378,47 @@ fn bytes_after_a_clients_urgent_byte_are_relayed_at_once() {
     }
 }
 
+/// A relayed request and its reply cost summond one read each: a short
+/// TCP read is taken for an emptied socket, so the read that would say
+/// EAGAIN is not made (counted in /proc/PID/io's `syscr`, which every
+/// read(2) adds to, EAGAIN or not). The urgent-data test above is the
+/// case where a short read is not the end.
+#[test]
+fn a_relayed_round_trip_costs_one_read_each_way() {
+    if !have("socat") {
+        return skip("forward reads per message", "socat is not installed");
+    }
+    let f = Fwd::start("echo", echo, "");
+    let syscr = || {
+        let io = std::fs::read_to_string(format!("/proc/{}/io", f.s.pid())).unwrap();
+        let line = io
+            .lines()
+            .find(|l| l.starts_with("syscr:"))
+            .unwrap()
+            .to_owned();
+        line[6..].trim().parse::<u64>().unwrap()
+    };
+    let mut c = TcpStream::connect(("127.0.0.1", f.port)).unwrap();
+    c.set_nodelay(true).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 64];
+    let mut round_trip = |c: &mut TcpStream| {
+        c.write_all(&[b'x'; 64]).unwrap();
+        c.read_exact(&mut buf).unwrap();
+    };
+    // The backend started and connected before counting.
+    round_trip(&mut c);
+    const N: u64 = 500;
+    let before = syscr();
+    for _ in 0..N {
+        round_trip(&mut c);
+    }
+    let reads = syscr() - before;
+    // Two reads per round trip (the request, the reply); four with the
+    // read that says EAGAIN after each. A little room for the loop's own.
+    assert!(reads < N * 5 / 2, "{reads} reads for {N} round trips");
+}
+
 /// Many relayed connections leave nothing open behind them in summond.
 #[test]
 fn many_relayed_connections_leak_no_fds() {
