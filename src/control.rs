@@ -240,8 +240,8 @@ pub struct ServiceStatus {
     /// `accept = false`: each long-running child, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub instances: Vec<InstanceStatus>,
-    /// With `proxy_protocol`: balancers' health checks closed without
-    /// a child (neither served nor refused).
+    /// With `proxy_protocol` or `tls`: balancers' health checks closed
+    /// without a child (neither served nor refused).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub health_checks: u64,
 }

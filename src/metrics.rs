@@ -281,15 +281,15 @@ fn ready_children(out: &mut String, services: &[ServiceFigures<'_>]) {
     }
 }
 
-/// Services with `proxy_protocol`: the balancers' health checks (a LOCAL
-/// or UNKNOWN header, then a close) answered by closing: neither a
-/// connection served nor a client refused.
+/// Services with `proxy_protocol` or `tls`: the balancers' health checks
+/// (a LOCAL or UNKNOWN header, or a TLS handshake, then a reset)
+/// answered by closing: neither a connection served nor a client refused.
 fn health_checks(out: &mut String, services: &[ServiceFigures<'_>]) {
     header(
         out,
         "summond_health_checks_total",
         "counter",
-        "proxy_protocol: balancers' health checks (LOCAL or UNKNOWN header, then reset), closed without a child.",
+        "proxy_protocol or tls: balancers' health checks (a LOCAL or UNKNOWN header, or a TLS handshake, then a reset before a byte), closed without a child.",
     );
     for s in services {
         if let Some(n) = s.health_checks {

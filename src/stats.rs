@@ -239,9 +239,10 @@ pub struct Stats {
     pub served: u64,
     pub refused_by: Refusals,
     pub spawn_failures: u64,
-    /// Balancers' health checks (a LOCAL or UNKNOWN PROXY header, then
-    /// a close) answered by closing, no child started. Absent from an
-    /// older image's upgrade state.
+    /// Balancers' health checks answered by closing, no child started: a
+    /// LOCAL or UNKNOWN PROXY header then a reset, or a TLS handshake
+    /// then a reset before a byte. Absent from an older image's upgrade
+    /// state.
     #[serde(default)]
     pub health_checks: u64,
     pub last_exit: Option<String>,

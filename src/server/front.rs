@@ -564,19 +564,25 @@ pub(super) enum After {
 
 /// What follows the header just read off `socket`, peeked at.
 pub(super) fn after_header(socket: &Socket) -> After {
-    /// `TCP_CLOSE` in the kernel's `enum tcp_state`: where a reset
-    /// leaves the socket (a FIN leaves it in CLOSE_WAIT until we close).
-    const TCP_CLOSE: u8 = 7;
     let mut byte = [MaybeUninit::uninit()];
     match socket.recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
         // End of stream: after a FIN, or after a reset whose error an
         // earlier read took; the state tells which.
-        Ok(0) if tcp_state(socket) == Some(TCP_CLOSE) => After::Reset,
+        Ok(0) if was_reset(socket) => After::Reset,
         Ok(_) => After::Client,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => After::Nothing,
         Err(e) if e.kind() == io::ErrorKind::Interrupted => After::Nothing,
         Err(_) => After::Reset,
     }
+}
+
+/// Was the connection reset (or otherwise closed both ways: the TCP
+/// state is CLOSE)? After a FIN the state is CLOSE_WAIT: that peer may
+/// still be reading.
+pub(super) fn was_reset(socket: &Socket) -> bool {
+    /// `TCP_CLOSE` in the kernel's `enum tcp_state`.
+    const TCP_CLOSE: u8 = 7;
+    tcp_state(socket) == Some(TCP_CLOSE)
 }
 
 /// Is the peer done sending: any TCP state but ESTABLISHED (CLOSE_WAIT

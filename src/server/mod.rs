@@ -1024,7 +1024,8 @@ impl Server {
                 paused: self.pause(svc, now),
                 backend: self.backend_status(svc),
                 last_exit: svc.stats.last_exit.as_deref(),
-                health_checks: svc.spec.proxy.is_some().then_some(svc.stats.health_checks),
+                health_checks: (svc.spec.proxy.is_some() || svc.spec.tls.is_some())
+                    .then_some(svc.stats.health_checks),
                 ready_children: (!svc.spec.accept && svc.spec.internal.is_none())
                     .then(|| ready.get(&svc.id).copied().unwrap_or(0)),
             })

@@ -113,13 +113,22 @@ impl Server {
     /// The handshake is done (the connection is out of the front table
     /// and the poll set): a socket pair, the child on one end, the
     /// relay on the other; if that cannot be, the client is closed.
-    pub(super) fn handshake_done(&mut self, conn: FrontConn) {
+    pub(super) fn handshake_done(&mut self, mut conn: FrontConn) {
         let now = Instant::now();
         let idx = self.services.index_of(conn.service);
         let forward = idx.is_some_and(|i| self.services[i].spec.forward.is_some());
         if let Work::Drained(names) = &conn.work {
             let names = names.clone().unwrap_or_default();
             self.drained_done(idx.filter(|_| forward), idx, conn, names, now);
+        } else if reset_before_a_byte(&mut conn) {
+            if let Some(i) = idx {
+                self.services[i].stats.health_checks += 1;
+                debug!(
+                    "{}: {} reset its connection after its TLS handshake, before a byte: \
+                     closed, no child started (a health check)",
+                    self.services[i].name, conn.peer
+                );
+            }
         } else if let (true, Some(i)) = (forward, idx) {
             self.forward_tls(i, conn);
         } else {
@@ -261,4 +270,19 @@ impl Server {
             }
         }
     }
+}
+
+/// A client that reset its connection once its handshake was done,
+/// without a byte of data (a balancer's `check-ssl`, `openssl s_time`):
+/// nobody is left to serve, so no child is started and no backend
+/// connected, as for a PROXY health check. Only a reset says so: a
+/// client that shut its side (a FIN, or close_notify alone) may still
+/// be reading. One getsockopt per handshake; a reset connection's last
+/// bytes are read into the session first, and data among them is served
+/// as before.
+fn reset_before_a_byte(conn: &mut FrontConn) -> bool {
+    let Work::Handshake(hs) = &mut conn.work else {
+        return false;
+    };
+    super::front::was_reset(&conn.socket) && hs.nothing_more(&mut &conn.socket)
 }

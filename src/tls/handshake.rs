@@ -201,6 +201,29 @@ impl Handshake {
         Step::Pending
     }
 
+    /// Once the handshake is done and the client's connection is known
+    /// reset: its last bytes, read into the session, held no data (only
+    /// alerts such as close_notify, or nothing). Any data, or bytes
+    /// rustls cannot read, say no: the connection goes on as any other.
+    pub fn nothing_more<S: Read>(&mut self, sock: &mut S) -> bool {
+        for _ in 0..ROUNDS {
+            match self.conn.read_tls(sock) {
+                Ok(0) => break,
+                Ok(_) => {
+                    if self.conn.process_new_packets().is_err() {
+                        return false;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The reset's error, once the bytes before it are read.
+                Err(_) => break,
+            }
+        }
+        self.conn
+            .process_new_packets()
+            .is_ok_and(|state| state.plaintext_bytes_to_read() == 0)
+    }
+
     /// The connection, for the relay, once `drive` said `Done`.
     pub fn into_conn(self) -> ServerConnection {
         self.conn

@@ -1532,3 +1532,148 @@ fn a_tls_child_that_closes_its_output_and_runs_on_gives_close_notify_within_the_
     assert!(s.wait_log("closed by both"), "{}", s.log_text());
     assert_eq!(s.log_count("exited"), 0, "{}", s.log_text());
 }
+
+/// `summond_health_checks_total` of service `t`, from the metrics on `port`.
+pub(crate) fn tls_health_checks(port: u16) -> u64 {
+    let page = tcp_port_exchange(port, b"GET /metrics HTTP/1.0\r\n\r\n");
+    page.lines()
+        .find_map(|l| l.strip_prefix("summond_health_checks_total{service=\"t\"} "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A python TLS client of `port` (trusting `ca`) that, once its
+/// handshake is done, does `how`: "reset" (SO_LINGER 0, close: a reset
+/// before a byte), "data-reset" (a line, then a reset), or "fin" (shuts
+/// its side without close_notify, then prints what comes). For the
+/// resets, summond (`pid`) is stopped while the client's Finished and
+/// what follows it go out, so that it reads them all at once, as it
+/// does from a client faster than its loop (openssl s_time).
+pub(crate) fn tls_client_then(port: u16, ca: &str, how: &str, pid: i32) -> String {
+    let client = "import os, signal, socket, ssl, struct, sys\n\
+                  ctx = ssl.create_default_context(cafile=sys.argv[2])\n\
+                  c = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
+                  c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n\
+                  how, pid = sys.argv[3], int(sys.argv[4])\n\
+                  if how == 'fin':\n\
+                  \x20   s = ctx.wrap_socket(c, server_hostname='localhost')\n\
+                  \x20   socket.socket(fileno=socket.dup(s.fileno())).shutdown(socket.SHUT_WR)\n\
+                  \x20   out = b''\n\
+                  \x20   while True:\n\
+                  \x20       b = s.recv(100)\n\
+                  \x20       if not b: break\n\
+                  \x20       out += b\n\
+                  \x20   print(out.decode(), end='')\n\
+                  \x20   sys.exit(0)\n\
+                  inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()\n\
+                  t = ctx.wrap_bio(inc, out, server_hostname='localhost')\n\
+                  while True:\n\
+                  \x20   try:\n\
+                  \x20       t.do_handshake()\n\
+                  \x20       break\n\
+                  \x20   except ssl.SSLWantReadError:\n\
+                  \x20       c.sendall(out.read())\n\
+                  \x20       inc.write(c.recv(65536))\n\
+                  if how == 'data-reset':\n\
+                  \x20   t.write(b'sent before the reset\\n')\n\
+                  os.kill(pid, signal.SIGSTOP)\n\
+                  try:\n\
+                  \x20   c.sendall(out.read())\n\
+                  \x20   c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\n\
+                  \x20   c.close()\n\
+                  finally:\n\
+                  \x20   os.kill(pid, signal.SIGCONT)\n";
+    let out = Command::new("python3")
+        .args(["-c", client, &port.to_string(), ca, how, &pid.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{how}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A client that resets its connection once its handshake is done,
+/// before a byte (a balancer's `check-ssl`, `openssl s_time`), is no one
+/// to serve: no child is started, and it is counted as a health check.
+/// Only a reset says so: a client that shuts its side (a FIN) may still
+/// read, and gets the child's answer; one that sends data and then
+/// resets gets a child.
+#[test]
+fn a_client_reset_right_after_its_handshake_starts_no_child_and_is_a_health_check() {
+    let Some((certs, pki)) = pki_or_skip("tls_reset_after_handshake", &["openssl", "python3"])
+    else {
+        return;
+    };
+    let (port, metrics) = (free_port(), free_port());
+    let runs = certs.path("runs");
+    let script = format!(
+        "echo run >> {}; head -c 100 >/dev/null; echo hello",
+        runs.display()
+    );
+    let s = Summond::start(&format!(
+        "{}[daemon]\nmetrics = \"tcp://127.0.0.1:{metrics}\"\n",
+        tls_service(port, &sh(&script), &pki, "")
+    ));
+    let (ca, pid) = (pki.path("ca.pem"), s.pid());
+    let started = || {
+        std::fs::read_to_string(&runs)
+            .map(|t| t.lines().count() as u64)
+            .unwrap_or(0)
+    };
+    const N: u64 = 10;
+    for _ in 0..N {
+        tls_client_then(port, &ca, "reset", pid);
+    }
+    assert!(
+        wait_until(TIMEOUT, || tls_health_checks(metrics) == N),
+        "{} health checks, {} children\n{}",
+        tls_health_checks(metrics),
+        started(),
+        s.log_text()
+    );
+    assert_eq!(tls_client_then(port, &ca, "fin", pid), "hello\n");
+    tls_client_then(port, &ca, "data-reset", pid);
+    assert!(
+        wait_until(TIMEOUT, || started() == 2),
+        "{} children\n{}",
+        started(),
+        s.log_text()
+    );
+    assert_eq!(tls_health_checks(metrics), N);
+    assert!(!s.log_text().contains("refused"), "{}", s.log_text());
+}
+
+/// haproxy's `check-ssl` (a TLS handshake, then a reset) against a TLS
+/// service: counted as health checks, not refused.
+#[test]
+fn haproxy_tls_health_checks_start_no_child() {
+    let Some((certs, pki)) = pki_or_skip("haproxy_tls_checks", &["openssl", "haproxy"]) else {
+        return;
+    };
+    let (port, metrics, front) = (free_port(), free_port(), free_port());
+    let runs = certs.path("runs");
+    let s = Summond::start(&format!(
+        "{}[daemon]\nmetrics = \"tcp://127.0.0.1:{metrics}\"\n",
+        tls_service(
+            port,
+            &sh(&format!("echo run >> {}", runs.display())),
+            &pki,
+            ""
+        )
+    ));
+    let config = format!(
+        "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 10s\n  timeout server 10s\n  timeout check 5s\n\
+         frontend f\n  bind 127.0.0.1:{front}\n  default_backend b\n\
+         backend b\n  server s 127.0.0.1:{port} check check-ssl verify none inter 50\n"
+    );
+    let Some(_h) = crate::proxy::haproxy(&config, front) else {
+        return skip("haproxy_tls_checks", "haproxy did not start");
+    };
+    // Most: a check whose reset comes after summond read its Finished
+    // gets a child, as any client would.
+    assert!(
+        wait_until(Duration::from_secs(30), || tls_health_checks(metrics) >= 20),
+        "{} health checks\n{}",
+        tls_health_checks(metrics),
+        s.log_text()
+    );
+}

@@ -14,7 +14,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
 use crate::forward::{backend_pid, pattern, with_www, KillOnDropLater, BACKLOG_64};
-use crate::tls::{pki_or_skip, s_client, Pki};
+use crate::tls::{pki_or_skip, s_client, tls_client_then, tls_health_checks, Pki};
 use crate::util::*;
 
 /// summond on a config made with a fresh PKI: the setup these tests
@@ -1013,4 +1013,48 @@ fn a_drained_handshake_that_runs_out_is_refused_as_late() {
         "{}",
         s.log_text()
     );
+}
+
+/// With `forward`, a client that resets its connection once its
+/// handshake is done, before a byte (a balancer's `check-ssl`), is a
+/// health check: no backend is started or connected for it. One that
+/// shuts its side (it may still read) is relayed.
+#[test]
+fn a_client_reset_right_after_its_handshake_starts_no_backend() {
+    let (port, backend, metrics) = (free_port(), free_port(), free_port());
+    let config = |pki: &Pki| {
+        format!(
+            r#"
+[daemon]
+metrics = "tcp://127.0.0.1:{metrics}"
+
+[[service]]
+name = "t"
+listen = "tcp://127.0.0.1:{port}"
+exec = ["socat", "TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork", "SYSTEM:echo hello"]
+forward = "tcp://127.0.0.1:{backend}"
+{}"#,
+            tls_line(pki, "")
+        )
+    };
+    let Some(t) = TlsFwd::start(
+        "tls forward reset",
+        &["socat", "openssl", "python3"],
+        config,
+    ) else {
+        return;
+    };
+    let (s, ca) = (&t.s, t.pki.path("ca.pem"));
+    for _ in 0..5 {
+        tls_client_then(port, &ca, "reset", s.pid());
+    }
+    assert!(
+        wait_until(TIMEOUT, || tls_health_checks(metrics) == 5),
+        "{}",
+        s.log_text()
+    );
+    assert_eq!(s.log_count("starting the backend"), 0, "{}", s.log_text());
+    assert_eq!(tls_client_then(port, &ca, "fin", s.pid()), "hello\n");
+    assert_eq!(s.log_count("starting the backend"), 1, "{}", s.log_text());
+    assert_eq!(tls_health_checks(metrics), 5);
 }
