@@ -737,7 +737,7 @@ mod tests {
             mode: "accept/stdio",
             connections: 3,
             children: 1,
-            refused: [1, 0, 2, 5, 7].into(),
+            refused: [1, 0, 2, 5, 7, 4].into(),
             spawn_failures: 0,
             exits: [2, 1, 0, 0].into(),
             durations: &h,
@@ -761,6 +761,8 @@ mod tests {
         ));
         assert!(page.contains("summond_refused_total{service=\"we\\\"ird\",reason=\"proxy\"} 5\n"));
         assert!(page.contains("summond_refused_total{service=\"we\\\"ird\",reason=\"tls\"} 7\n"));
+        assert!(page
+            .contains("summond_refused_total{service=\"we\\\"ird\",reason=\"backend_busy\"} 4\n"));
         assert!(page.contains("# TYPE summond_health_checks_total counter\n"));
         assert!(page.contains("summond_health_checks_total{service=\"we\\\"ird\"} 4\n"));
         assert!(page.contains("le=\"0.005\"} 1\n"));

@@ -69,15 +69,19 @@ pub enum RefusalKind {
     Proxy,
     /// A failed or timed-out TLS handshake.
     Tls,
+    /// Held for a `unix://` forward backend whose listen backlog stayed
+    /// full until `start_timeout` (`server/forward/busy.rs`).
+    BackendBusy,
 }
 
 impl RefusalKind {
-    pub const ALL: [RefusalKind; 5] = [
+    pub const ALL: [RefusalKind; 6] = [
         RefusalKind::Access,
         RefusalKind::MaxPerSource,
         RefusalKind::PerSourceRate,
         RefusalKind::Proxy,
         RefusalKind::Tls,
+        RefusalKind::BackendBusy,
     ];
 
     /// The `reason` label.
@@ -88,6 +92,7 @@ impl RefusalKind {
             RefusalKind::PerSourceRate => "per_source_rate",
             RefusalKind::Proxy => "proxy",
             RefusalKind::Tls => "tls",
+            RefusalKind::BackendBusy => "backend_busy",
         }
     }
 }
@@ -348,16 +353,20 @@ mod tests {
         s.exits[ExitOutcome::Signal] += 1;
         assert_eq!(s.refused_by.total(), 2);
         let text = serde_json::to_string(&s).unwrap();
-        assert!(text.contains("\"refused_by\":[0,0,2,0,0]"), "{text}");
+        assert!(text.contains("\"refused_by\":[0,0,2,0,0,0]"), "{text}");
         assert!(text.contains("\"exits\":[0,0,1,0]"), "{text}");
         let back: Stats = serde_json::from_str(&text).unwrap();
         assert_eq!((back.refused_by, back.exits), (s.refused_by, s.exits));
         // An image that knew three reasons hands over three counts.
-        let older = text.replace("[0,0,2,0,0]", "[0,0,2]");
+        let older = text.replace("[0,0,2,0,0,0]", "[0,0,2]");
         let back: Stats = serde_json::from_str(&older).unwrap();
         assert_eq!(back.refused_by, s.refused_by);
         // One that knew four (before `tls`) hands over four.
-        let older = text.replace("[0,0,2,0,0]", "[0,0,2,0]");
+        let older = text.replace("[0,0,2,0,0,0]", "[0,0,2,0]");
+        let back: Stats = serde_json::from_str(&older).unwrap();
+        assert_eq!(back.refused_by, s.refused_by);
+        // One that knew five (before `backend_busy`) hands over five.
+        let older = text.replace("[0,0,2,0,0,0]", "[0,0,2,0,0]");
         let back: Stats = serde_json::from_str(&older).unwrap();
         assert_eq!(back.refused_by, s.refused_by);
     }

@@ -161,7 +161,7 @@ mod tests {
             mode: "accept/stdio",
             connections: 7,
             children: 2,
-            refused: [1, 0, 0, 3, 0].into(),
+            refused: [1, 0, 0, 3, 0, 0].into(),
             spawn_failures: 0,
             exits: Default::default(),
             durations: h,

@@ -53,7 +53,7 @@ use crate::addr::ListenAddr;
 use crate::listener::ListenOptions;
 
 pub use ceilings::rlimit_ceiling;
-pub use forward::DEFAULT_STOP_TIMEOUT;
+pub use forward::{DEFAULT_START_TIMEOUT, DEFAULT_STOP_TIMEOUT};
 pub use units::Rate;
 
 pub use error::{ConfigError, ConfigErrors, ErrorKind};

@@ -181,6 +181,10 @@ fn send_banner(conn: &Socket, text: &str) {
     }
 }
 
+/// Out of fds, memory or processes. EAGAIN is fork's (clone's) process
+/// limit here: an accept's EAGAIN is WouldBlock, matched before this by
+/// every accept, and a `unix://` forward connect's (a full listen
+/// backlog) is matched before it too (`forward/busy.rs`).
 pub(super) fn is_resource_error(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),

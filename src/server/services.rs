@@ -331,6 +331,9 @@ pub(super) enum RefuseReason {
     PerSourceRate(Rate),
     Proxy(ProxyRefusal),
     Tls(crate::tls::Failure),
+    /// Held this long (its `start_timeout`) for a `unix://` forward
+    /// backend whose listen backlog stayed full (`forward/busy.rs`).
+    BackendBusy(std::time::Duration),
 }
 
 impl RefuseReason {
@@ -342,6 +345,7 @@ impl RefuseReason {
             RefuseReason::PerSourceRate(_) => RefusalKind::PerSourceRate,
             RefuseReason::Proxy(_) => RefusalKind::Proxy,
             RefuseReason::Tls(_) => RefusalKind::Tls,
+            RefuseReason::BackendBusy(_) => RefusalKind::BackendBusy,
         }
     }
 }
@@ -354,6 +358,10 @@ impl fmt::Display for RefuseReason {
             RefuseReason::PerSourceRate(rate) => write!(f, "per_source_rate {rate} reached"),
             RefuseReason::Proxy(why) => write!(f, "{why}"),
             RefuseReason::Tls(why) => write!(f, "tls: {why}"),
+            RefuseReason::BackendBusy(held) => write!(
+                f,
+                "the backend's listen backlog stayed full for {held:?}, its start_timeout"
+            ),
         }
     }
 }

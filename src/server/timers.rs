@@ -58,6 +58,9 @@ pub(super) enum Timer {
     ConfigLoadOverdue(Pid),
     /// Forward mode: connect to a starting backend again.
     Probe { service: ServiceId, pid: Pid },
+    /// Forward mode: connect the clients held for a `unix://` backend's
+    /// full listen backlog again (`forward/busy.rs`).
+    BacklogRetry { service: ServiceId, pid: Pid },
     /// Forward mode: a backend's start_timeout.
     StartTimeout { service: ServiceId, pid: Pid },
     /// Forward mode: a backend's idle_stop.

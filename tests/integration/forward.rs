@@ -1618,3 +1618,147 @@ fn clients_whose_connect_waits_for_a_full_accept_queue_are_served() {
         assert_eq!(c.join().unwrap(), format!("c{i}\n"), "{}", f.s.log_text());
     }
 }
+
+/// A `unix://` backend (python3) with a listen backlog of 0 (room for
+/// one connection not yet accepted): it takes its first connection,
+/// then accepts no more until `{dir}/go` exists, then echoes each
+/// connection's first read and closes it.
+const SLOW_UNIX_BACKEND: &str = "import os, socket, time\n\
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n\
+    s.bind('{dir}/b.sock'); s.listen(0)\n\
+    def serve():\n    c, _ = s.accept(); c.sendall(c.recv(100)); c.close()\n\
+    serve()\n\
+    while not os.path.exists('{dir}/go'):\n    time.sleep(0.02)\n\
+    while True:\n    serve()\n";
+
+/// summond with service "busy" forwarding to `SLOW_UNIX_BACKEND` (then
+/// the `more` keys), "other" (`cat` per connection) beside it, and the
+/// control socket `{dir}/control`; the ports of both, its first client
+/// served (the backend's one connection before `go`).
+fn slow_unix_backend(more: &str) -> (Summond, u16, u16) {
+    let (port, other) = (free_port(), free_port());
+    let config = format!(
+        "[daemon]\ncontrol = \"{{dir}}/control\"\n\
+         [[service]]\nname = \"busy\"\nlisten = \"tcp://127.0.0.1:{port}\"\n\
+         exec = [\"python3\", \"-c\", {}]\nforward = \"unix://{{dir}}/b.sock\"\n\
+         stderr = \"null\"\n{more}\n\
+         [[service]]\nname = \"other\"\nlisten = \"tcp://127.0.0.1:{other}\"\n\
+         exec = [\"/bin/cat\"]\n",
+        toml_str(SLOW_UNIX_BACKEND)
+    );
+    let s = Summond::start(&config);
+    assert_eq!(
+        tcp_port_exchange(port, b"warm\n"),
+        "warm\n",
+        "{}",
+        s.log_text()
+    );
+    (s, port, other)
+}
+
+/// `n` clients of `port` that each sent "cI\n", I from 0.
+fn clients_that_sent(port: u16, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|i| {
+            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            c.write_all(format!("c{i}\n").as_bytes()).unwrap();
+            c.set_read_timeout(Some(TIMEOUT)).unwrap();
+            c
+        })
+        .collect()
+}
+
+/// Sockets summond has open.
+fn sockets_open(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.display().to_string().starts_with("socket:"))
+        .count()
+}
+
+/// A `unix://` backend whose listen backlog is full makes connect(2)
+/// say EAGAIN: that is the backend busy, not summond out of fds. Its
+/// clients are held (not dropped) and relayed once it accepts, and no
+/// listener is paused meanwhile: another service goes on serving.
+/// summond does not spin while it holds them, and keeps no socket after.
+/// (Before, each EAGAIN closed its client and paused every listener.)
+#[test]
+fn clients_of_a_unix_backend_with_a_full_backlog_are_held_until_it_accepts() {
+    let test = "clients_of_a_unix_backend_with_a_full_backlog_are_held_until_it_accepts";
+    if !have("python3") {
+        return skip(test, "python3 is not installed");
+    }
+    let (s, port, other) = slow_unix_backend("");
+    let _guard = KillOnDropLater(&s);
+    assert!(wait_until(TIMEOUT, || s.log_text().contains("(5 bytes up")));
+    let before = sockets_open(s.pid());
+    let clients = clients_that_sent(port, 20);
+    // All accepted (none left in the kernel's queue), and two more turns
+    // of the loop: each held client met EAGAIN by then.
+    let paused = || s.log_text().contains("pausing all listeners");
+    assert!(wait_until(TIMEOUT, || accept_queue(port) == Some(0) || paused()));
+    assert!(loop_turns(s.pid(), 2));
+    assert!(
+        !paused(),
+        "a busy backend paused every listener:\n{}",
+        s.log_text()
+    );
+    assert!(s.wait_log("listen backlog is full"), "{}", s.log_text());
+    // The other service serves meanwhile.
+    assert_eq!(tcp_port_exchange(other, b"meanwhile\n"), "meanwhile\n");
+    // "Never spins" is a rate: this sleep measures CPU while clients are
+    // held, it waits for nothing. A busy loop burns ~100 ticks a second.
+    let cpu_before = cpu_ticks(s.pid());
+    thread::sleep(Duration::from_secs(1));
+    let cpu_used = cpu_ticks(s.pid()) - cpu_before;
+    eprintln!("summond CPU while holding 19 clients: {cpu_used} ticks in 1 s");
+    assert!(cpu_used <= 10, "{cpu_used} ticks in 1 s");
+    std::fs::write(s.dir.path("go"), b"").unwrap();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let mut got = String::new();
+        let _ = c.read_to_string(&mut got);
+        assert_eq!(got, format!("c{i}\n"), "client {i}\n{}", s.log_text());
+    }
+    let log = s.log_text();
+    assert!(!log.contains("pausing all listeners"), "{log}");
+    assert!(!log.contains("refused"), "{log}");
+    assert!(
+        wait_until(TIMEOUT, || sockets_open(s.pid()) <= before),
+        "{} sockets open, {before} before\n{}",
+        sockets_open(s.pid()),
+        s.log_text()
+    );
+}
+
+/// A client held for a full backlog is held at most `start_timeout`:
+/// then it is refused (closed, counted, and logged saying why), and
+/// still nothing else is paused.
+#[test]
+fn a_client_held_for_a_full_backlog_past_start_timeout_is_refused() {
+    let test = "a_client_held_for_a_full_backlog_past_start_timeout_is_refused";
+    if !have("python3") {
+        return skip(test, "python3 is not installed");
+    }
+    let (s, port, other) = slow_unix_backend("start_timeout = \"1s\"\n");
+    let _guard = KillOnDropLater(&s);
+    // The first takes the backlog's one place (relayed, never accepted);
+    // the others are held, then refused.
+    let clients = clients_that_sent(port, 5);
+    let why = "(the backend's listen backlog stayed full for 1s, its start_timeout)";
+    assert!(s.wait_log(why), "{}", s.log_text());
+    for (i, mut c) in clients.into_iter().enumerate().skip(1) {
+        let mut got = Vec::new();
+        let _ = c.read_to_end(&mut got);
+        assert!(got.is_empty(), "client {i} got {got:?}");
+    }
+    let control = s.dir.path("control");
+    let busy = &status_json(&control)["services"][0];
+    assert_eq!(busy["refused"], 4, "{busy}");
+    assert_eq!(tcp_port_exchange(other, b"still\n"), "still\n");
+    assert!(
+        !s.log_text().contains("pausing all listeners"),
+        "{}",
+        s.log_text()
+    );
+}

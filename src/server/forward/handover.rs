@@ -10,7 +10,10 @@
 //!   the daemons of its tree its stop read (`tree.rs`);
 //! - retired by a reload: it finishes its relayed connections, then
 //!   stops (or its SIGKILL stays due);
-//! - clients held while a backend starts: their sockets, nothing read.
+//! - clients held while a backend starts, or for a ready one's full
+//!   `unix://` backlog (`busy.rs`): their sockets, nothing read; the
+//!   latter are connected again at once, and the deadline a full
+//!   backlog gives them runs from the new image's first EAGAIN.
 //!
 //! A backend whose service the new image no longer runs the same way
 //! (another program or address, or gone) is retired there; clients held
@@ -138,6 +141,7 @@ impl Server {
         for idx in 0..self.services.len() {
             self.arm_idle(idx, now);
         }
+        self.retry_held_at(now);
         self.start_held_back(now);
     }
 
@@ -261,6 +265,7 @@ impl Server {
             source: w.source,
             tls: None,
             drained: w.framed.then(|| Box::new(w.names)),
+            held_until: None,
         });
     }
 

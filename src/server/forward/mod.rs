@@ -11,9 +11,11 @@
 //!
 //! 1. A client accepted (connection.rs, after the access rules, limits
 //!    and banner) comes to `forward_client`. Ready: it gets its own
-//!    connection to `forward` and goes to the relay (`relay/`). Otherwise
-//!    it waits in its backend's queue, its bytes left in the kernel, and
-//!    the first one starts the backend (`start_backend`).
+//!    connection to `forward` and goes to the relay (`relay/`); a
+//!    `unix://` backend whose listen backlog is full has it wait in the
+//!    queue until it makes room (`busy.rs`). Otherwise it waits in its
+//!    backend's queue, its bytes left in the kernel, and the first one
+//!    starts the backend (`start_backend`).
 //! 2. While it starts, `probe` connects to `forward` with a short
 //!    back-off (`PROBE_DELAYS`, every millisecond up to
 //!    `PROBE_FAST_TRIES`, then every `PROBE_EVERY`) until it
@@ -64,6 +66,7 @@ use crate::relay::{Closed, End, RelayId, Side};
 use crate::spawn;
 use crate::stats::ExitText;
 
+mod busy;
 mod handover;
 pub(super) use handover::Handed;
 mod diag;
@@ -150,6 +153,8 @@ pub(super) struct Waiting {
     /// pair (`drained.rs`): what it asked for in its handshake, for its
     /// PROXY header (built here, as any client's).
     drained: Option<Box<Names>>,
+    /// Held for a full backlog (`busy.rs`): refused if still held then.
+    held_until: Option<Instant>,
 }
 
 /// One service's backend.
@@ -186,6 +191,9 @@ pub(super) struct Backend {
     /// Its tree as its stop found it (`tree.rs`): the SIGKILL reaches
     /// the daemons among it, once the backend is gone too.
     tree: Vec<tree::Member>,
+    /// Ready, its `unix://` listen backlog full: the retry of the clients
+    /// held meanwhile (`busy.rs`).
+    busy: Option<busy::Busy>,
 }
 
 impl Default for Backend {
@@ -206,6 +214,7 @@ impl Default for Backend {
             notify: None,
             status: None,
             tree: Vec::new(),
+            busy: None,
         }
     }
 }
@@ -457,6 +466,7 @@ impl Server {
             source,
             tls: tls.map(Box::new),
             drained: None,
+            held_until: None,
         };
         self.forward_waiting(idx, w);
     }
@@ -478,6 +488,7 @@ impl Server {
             source,
             tls: None,
             drained: Some(names),
+            held_until: None,
         };
         self.forward_waiting(idx, w);
     }
@@ -492,9 +503,18 @@ impl Server {
         if let Some(t) = backend.idle_timer.take() {
             self.timers.cancel(t);
         }
-        if let State::Ready { pid } = backend.state {
-            self.relay_client(idx, pid, w, None);
-            return;
+        match backend.state {
+            // Behind the clients held for a full backlog (`busy.rs`).
+            State::Ready { .. } if !backend.waiting.is_empty() => {
+                return self.hold_behind(idx, w);
+            }
+            State::Ready { pid } => {
+                if let Err(w) = self.relay_client(idx, pid, w, None) {
+                    self.hold_for_backlog(idx, pid, w);
+                }
+                return;
+            }
+            _ => {}
         }
         let stopped = matches!(backend.state, State::Stopped);
         backend.waiting.push_back(w);
@@ -955,7 +975,7 @@ impl Server {
 
     /// The backend accepted: every waiting client to the relay, the first
     /// over the probe's connection.
-    fn backend_ready(&mut self, idx: usize, mut probe: Option<Socket>) {
+    fn backend_ready(&mut self, idx: usize, probe: Option<Socket>) {
         let now = Instant::now();
         let id = self.services[idx].id;
         let Some(backend) = self.forward.backends.get_mut(&id) else {
@@ -976,27 +996,43 @@ impl Server {
         backend.state = State::Ready { pid };
         let took = now.saturating_duration_since(since);
         backend.ready_in = Some(took);
-        let waiting = std::mem::take(&mut backend.waiting);
         let name = &self.services[idx].name;
         info!(event = "backend_ready", service = &**name, pid = pid.as_raw();
             "{name}: backend pid {pid} ready after {:.1} ms; relaying {} waiting clients",
-            took.as_secs_f64() * 1e3, waiting.len());
-        for w in waiting {
-            self.relay_client(idx, pid, w, probe.take());
-        }
+            took.as_secs_f64() * 1e3, backend.waiting.len());
+        self.relay_held(idx, probe);
         self.arm_idle(idx, now);
         self.sync_service(idx, now);
     }
 
     /// A client to the relay, over `back` or a new connection to the
-    /// backend. Its source is counted already; a failure uncounts it.
-    fn relay_client(&mut self, idx: usize, pid: Pid, w: Waiting, back: Option<Socket>) {
+    /// backend. Its source is counted already; a failure uncounts it. A
+    /// `unix://` backend's full listen backlog gives the client back, to
+    /// be held (`busy.rs`).
+    fn relay_client(
+        &mut self,
+        idx: usize,
+        pid: Pid,
+        w: Waiting,
+        back: Option<Socket>,
+    ) -> Result<(), Waiting> {
+        let back = match back {
+            Some(s) => Ok(Side::stream(OwnedFd::from(s))),
+            None => self.connect_backend(idx),
+        };
+        let to = self.services[idx].spec.forward.as_ref().map(|f| &f.to);
+        if let (Err(e), Some(to)) = (&back, to) {
+            if busy::backlog_full(to, e) {
+                return Err(w);
+            }
+        }
         let Waiting {
             conn,
             peer,
             source,
             tls,
             drained,
+            ..
         } = w;
         let id = self.services[idx].id;
         let name = self.services[idx].name.clone();
@@ -1005,10 +1041,6 @@ impl Server {
             .forward
             .as_ref()
             .and_then(|f| f.proxy);
-        let back = match back {
-            Some(s) => Ok(Side::stream(OwnedFd::from(s))),
-            None => self.connect_backend(idx),
-        };
         let relayed = back.and_then(|back| {
             set_nonblocking(&conn)?;
             // A relay's write is a full segment and a tail on loopback:
@@ -1087,6 +1119,7 @@ impl Server {
                     "{name}: closing {peer}: cannot connect to the backend: {e}");
             }
         }
+        Ok(())
     }
 
     /// Step 3: a relayed connection ended.
@@ -1268,6 +1301,7 @@ impl Server {
         if let Some(t) = backend.idle_timer.take() {
             self.timers.cancel(t);
         }
+        busy::end_episode(&mut self.timers, backend.busy.take());
         let name = self.services.name_of(id).to_string();
         let asked = match old {
             State::Stopping { kill, .. } => {
@@ -1461,6 +1495,7 @@ impl Server {
             if let Some(t) = b.idle_timer.take() {
                 self.timers.cancel(t);
             }
+            busy::end_episode(&mut self.timers, b.busy.take());
             let kill = match std::mem::replace(&mut b.state, State::Stopped) {
                 State::Starting { probe, timeout, .. } => {
                     self.timers.cancel(timeout);

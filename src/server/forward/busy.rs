@@ -1,0 +1,252 @@
+//! A ready `unix://` backend whose listen backlog is full.
+//!
+//! A non-blocking connect(2) to a Unix stream socket whose accept queue
+//! is full fails at once with EAGAIN (TCP says EINPROGRESS and lets the
+//! SYN wait for its retransmit): the backend is busy, summond is not
+//! short of fds or memory, so nothing else is paused (EAGAIN meant the
+//! resource back-off over every listener before) and the client is not
+//! dropped. It is held in its backend's queue, the one clients wait in
+//! while it starts (so it counts toward `max_instances`,
+//! `max_per_source` and `MAX_WAITING`, past which the service's
+//! listeners are unwatched), and clients that come meanwhile queue
+//! behind it without a connect each: first come, first relayed.
+//!
+//! Nothing tells summond when a Unix listener makes room (an unconnected
+//! socket polls as hung up, and only a blocking connect waits on the
+//! listener), so the head of the queue is connected again on a timer:
+//! `RETRY_FIRST` after the backlog was found full, doubling to
+//! `RETRY_MAX` while no held client gets through, `RETRY_FIRST` again
+//! once one does. At most one failed connect (a socket, a connect, a
+//! close: ~10 µs) per backend and tick, ~60 a second once the wait is
+//! long; the loop never blocks or spins.
+//!
+//! A client still held `start_timeout` after the backlog was first found
+//! full for it is refused (closed, counted as `backend_busy`, logged
+//! once per client and interval as every refusal is). The backend's
+//! exit ends the episode: its held clients wait for the next start as
+//! any client that came while it was down (or are closed with it by the
+//! restart guard), and keep their deadline.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use log::{debug, info};
+use nix::libc;
+use nix::unistd::Pid;
+use socket2::Socket;
+
+use super::{State, Waiting};
+use crate::addr::ListenAddr;
+use crate::server::services::{RefuseReason, ServiceId};
+use crate::server::timers::{Timer, TimerKey, Timers};
+use crate::server::Server;
+
+/// The first wait before connecting again to a full backlog.
+const RETRY_FIRST: Duration = Duration::from_millis(1);
+/// The longest: a held client waits at most this long after the backend
+/// made room.
+const RETRY_MAX: Duration = Duration::from_millis(16);
+
+/// An episode of a full backlog: the retry's timer and its wait.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Busy {
+    timer: TimerKey,
+    delay: Duration,
+}
+
+/// Did the connect to `to` fail because its listen backlog is full (a
+/// Unix stream socket's EAGAIN)? A TCP connect's EAGAIN is not that
+/// (the kernel short of something), and stays a resource fault.
+pub(super) fn backlog_full(to: &ListenAddr, e: &io::Error) -> bool {
+    matches!(to, ListenAddr::Unix(_)) && e.raw_os_error() == Some(libc::EAGAIN)
+}
+
+/// The wait before the next retry, after one that waited `last` (none:
+/// the episode begins) and got a held client through (`progressed`) or
+/// not.
+fn retry_delay(last: Option<Duration>, progressed: bool) -> Duration {
+    match last {
+        Some(d) if !progressed => (d * 2).min(RETRY_MAX),
+        _ => RETRY_FIRST,
+    }
+}
+
+/// The episode of a full backlog is over (its queue went through, or
+/// the backend left `Ready`): its retry is cancelled.
+pub(super) fn end_episode(timers: &mut Timers, busy: Option<Busy>) {
+    if let Some(busy) = busy {
+        timers.cancel(busy.timer);
+    }
+}
+
+impl Server {
+    /// How long service `idx` holds a client for a full backlog: its
+    /// `start_timeout`.
+    fn backlog_hold(&self, idx: usize) -> Duration {
+        let fwd = self.services[idx].spec.forward.as_ref();
+        fwd.map_or(crate::config::DEFAULT_START_TIMEOUT, |f| f.start_timeout)
+    }
+
+    /// A client of service `idx`'s ready backend that has clients held
+    /// already: behind them, its deadline from now (the retry timer is
+    /// armed).
+    pub(super) fn hold_behind(&mut self, idx: usize, mut w: Waiting) {
+        w.held_until = Some(Instant::now() + self.backlog_hold(idx));
+        if let Some(b) = self.forward.backends.get_mut(&self.services[idx].id) {
+            b.waiting.push_back(w);
+        }
+    }
+
+    /// Relay service `idx`'s queued clients in order, the first over
+    /// `probe` (the readiness probe's connection), until the queue is
+    /// empty (the episode of a full backlog, if any, ends) or the
+    /// backlog is full (the client goes back to the head, and the retry
+    /// is armed).
+    pub(super) fn relay_held(&mut self, idx: usize, mut probe: Option<Socket>) {
+        let id = self.services[idx].id;
+        let mut progressed = false;
+        loop {
+            let Some(b) = self.forward.backends.get_mut(&id) else {
+                return;
+            };
+            let State::Ready { pid } = b.state else {
+                return;
+            };
+            let Some(w) = b.waiting.pop_front() else {
+                break;
+            };
+            if let Err(w) = self.relay_client(idx, pid, w, probe.take()) {
+                if let Some(b) = self.forward.backends.get_mut(&id) {
+                    b.waiting.push_front(w);
+                }
+                return self.retry_backlog(idx, pid, progressed);
+            }
+            progressed = true;
+        }
+        if let Some(b) = self.forward.backends.get_mut(&id) {
+            end_episode(&mut self.timers, b.busy.take());
+        }
+    }
+
+    /// Service `idx`'s client `w` found backend `pid`'s backlog full,
+    /// nobody held before it: held, and the retry armed.
+    pub(super) fn hold_for_backlog(&mut self, idx: usize, pid: Pid, w: Waiting) {
+        if let Some(b) = self.forward.backends.get_mut(&self.services[idx].id) {
+            b.waiting.push_back(w);
+            self.retry_backlog(idx, pid, false);
+        }
+    }
+
+    /// Connect the held clients again after the back-off. An episode's
+    /// first: every client queued without a deadline gets one (those
+    /// held through an earlier episode keep theirs).
+    fn retry_backlog(&mut self, idx: usize, pid: Pid, progressed: bool) {
+        let now = Instant::now();
+        let hold = self.backlog_hold(idx);
+        let id = self.services[idx].id;
+        let Some(b) = self.forward.backends.get_mut(&id) else {
+            return;
+        };
+        let last = b.busy.take();
+        match last {
+            Some(old) => {
+                self.timers.cancel(old.timer);
+            }
+            None => {
+                for w in b.waiting.iter_mut().filter(|w| w.held_until.is_none()) {
+                    w.held_until = Some(now + hold);
+                }
+                let name = self.services.name_of(id);
+                debug!(event = "backend_busy", service = name;
+                    "{name}: backend pid {pid}'s listen backlog is full: holding {} clients until it takes them (at most {hold:?} each)",
+                    b.waiting.len());
+            }
+        }
+        let delay = retry_delay(last.map(|l| l.delay), progressed);
+        let timer = (self.timers).add(now + delay, Timer::BacklogRetry { service: id, pid });
+        b.busy = Some(Busy { timer, delay });
+    }
+
+    /// After an upgrade: a ready backend's held clients (its backlog
+    /// was full) are connected again at once.
+    pub(super) fn retry_held_at(&mut self, now: Instant) {
+        for (id, b) in &self.forward.backends {
+            if let (State::Ready { pid }, false) = (&b.state, b.waiting.is_empty()) {
+                let service = *id;
+                self.timers
+                    .add(now, Timer::BacklogRetry { service, pid: *pid });
+            }
+        }
+    }
+
+    /// The retry's timer: refuse the clients held too long, connect the
+    /// others again.
+    pub(in crate::server) fn backlog_retry_due(&mut self, id: ServiceId, pid: Pid) {
+        let ready = matches!(self.forward.backends.get(&id).map(|b| &b.state),
+            Some(State::Ready { pid: p }) if *p == pid);
+        let Some(idx) = self.services.index_of(id).filter(|_| ready) else {
+            return;
+        };
+        let now = Instant::now();
+        self.refuse_overdue(idx, now);
+        self.relay_held(idx, None);
+        self.sync_service(idx, now);
+    }
+
+    /// Close the clients at the head of service `idx`'s queue held past
+    /// their deadline: refused, counted and logged as any refusal.
+    fn refuse_overdue(&mut self, idx: usize, now: Instant) {
+        let why = RefuseReason::BackendBusy(self.backlog_hold(idx));
+        let id = self.services[idx].id;
+        let overdue = |w: &Waiting| w.held_until.is_some_and(|t| t <= now);
+        while let Some(b) = self.forward.backends.get_mut(&id) {
+            if !b.waiting.front().is_some_and(overdue) {
+                return;
+            }
+            let Some(w) = b.waiting.pop_front() else {
+                return;
+            };
+            b.remove_source(w.source);
+            if self.services.refuse(idx, w.source, why, now) {
+                let name = self.services[idx].spec.name.as_str();
+                info!(event = "refused", service = name, peer:% = w.peer;
+                    "{name}: refused {} ({why})", w.peer);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_unix_connects_eagain_is_a_full_backlog() {
+        let eagain = io::Error::from_raw_os_error(libc::EAGAIN);
+        let unix: ListenAddr = "unix:///run/app/b.sock".parse().unwrap();
+        let abstract_: ListenAddr = "unix://@app".parse().unwrap();
+        let tcp: ListenAddr = "tcp://127.0.0.1:8081".parse().unwrap();
+        assert!(backlog_full(&unix, &eagain));
+        assert!(backlog_full(&abstract_, &eagain));
+        assert!(!backlog_full(&tcp, &eagain), "TCP's EAGAIN: no such case");
+        for other in [libc::EMFILE, libc::ENFILE, libc::ECONNREFUSED, libc::ENOENT] {
+            let e = io::Error::from_raw_os_error(other);
+            assert!(!backlog_full(&unix, &e), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_retry_backs_off_while_nobody_gets_through_and_starts_over_when_one_does() {
+        assert_eq!(retry_delay(None, false), RETRY_FIRST);
+        let mut d = None;
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            let next = retry_delay(d, false);
+            waits.push(next.as_millis());
+            d = Some(next);
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 16, 16, 16]);
+        assert_eq!(retry_delay(d, true), RETRY_FIRST);
+        assert_eq!(retry_delay(None, true), RETRY_FIRST);
+    }
+}
