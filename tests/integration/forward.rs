@@ -1635,7 +1635,7 @@ const SLOW_UNIX_BACKEND: &str = "import os, socket, time\n\
 /// the `more` keys), "other" (`cat` per connection) beside it, and the
 /// control socket `{dir}/control`; the ports of both, its first client
 /// served (the backend's one connection before `go`).
-fn slow_unix_backend(more: &str) -> (Summond, u16, u16) {
+pub(crate) fn slow_unix_backend(more: &str) -> (Summond, u16, u16) {
     let (port, other) = (free_port(), free_port());
     let config = format!(
         "[daemon]\ncontrol = \"{{dir}}/control\"\n\
@@ -1657,7 +1657,7 @@ fn slow_unix_backend(more: &str) -> (Summond, u16, u16) {
 }
 
 /// `n` clients of `port` that each sent "cI\n", I from 0.
-fn clients_that_sent(port: u16, n: usize) -> Vec<TcpStream> {
+pub(crate) fn clients_that_sent(port: u16, n: usize) -> Vec<TcpStream> {
     (0..n)
         .map(|i| {
             let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -1668,12 +1668,13 @@ fn clients_that_sent(port: u16, n: usize) -> Vec<TcpStream> {
         .collect()
 }
 
-/// Sockets summond has open.
+/// Sockets summond has open (not its netlink ones, which come and go).
 fn sockets_open(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|l| l.display().to_string().starts_with("socket:"))
+        .map(|l| l.display().to_string())
+        .filter(|l| l.starts_with("socket:") && !is_netlink(l))
         .count()
 }
 

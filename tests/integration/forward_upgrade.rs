@@ -2,12 +2,14 @@
 //! in: starting (its clients held, its readiness and start_timeout),
 //! stopping (its SIGKILL), retired by a reload (its connections).
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::forward::{backend_pid, echo, have, stubborn, Fwd, KillOnDropLater};
+use crate::forward::{
+    backend_pid, clients_that_sent, echo, have, slow_unix_backend, stubborn, Fwd, KillOnDropLater,
+};
 use crate::util::*;
 
 /// SIGUSR2, and wait for the new image to serve.
@@ -377,4 +379,30 @@ fn an_upgrade_to_an_image_that_cannot_read_forward_state_goes_back_with_it() {
 
 fn upgrade_with(control: &Path) -> (i32, String, String) {
     run_to_exit(&["upgrade", "--control", control.to_str().unwrap()])
+}
+
+/// Clients held for a ready `unix://` backend's full listen backlog
+/// cross an upgrade (their sockets, nothing read from them): the new
+/// image connects them again and relays each once the backend accepts.
+#[test]
+fn an_upgrade_while_clients_wait_for_a_full_backlog_keeps_them() {
+    if !have("python3") {
+        return skip("forward upgrade full backlog", "python3 is not installed");
+    }
+    let (s, port, _) = slow_unix_backend("");
+    let _guard = KillOnDropLater(&s);
+    let clients = clients_that_sent(port, 5);
+    assert!(s.wait_log("listen backlog is full"), "{}", s.log_text());
+    upgrade(&s);
+    std::fs::write(s.dir.path("go"), b"").unwrap();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let mut got = String::new();
+        let _ = c.read_to_string(&mut got);
+        assert_eq!(got, format!("c{i}\n"), "client {i}\n{}", s.log_text());
+    }
+    let log = s.log_text();
+    assert!(
+        !log.contains("refused") && !log.contains("pausing all"),
+        "{log}"
+    );
 }
