@@ -14,7 +14,14 @@ build of main, for an A/B of the same service in the same run).
 
 Per server, the median of the rounds (servers interleaved in each round):
 
-- handshakes/s at c=8: 8 `openssl s_time -new -tls1_3` at once, summed;
+- handshakes/s at c=8: 8 `openssl s_time -new -tls1_3` at once, summed
+  (s_time resets each connection once its handshake is done: summond
+  takes that for a health check and starts no program or backend for it,
+  as haproxy connects no server for it);
+- requests/s at c=8: the same with `-www /`, one request line per
+  connection, which the program per connection (`head -n 1`) or the
+  backend sends back before closing: a program or a backend connection
+  for every client;
 - CPU µs per handshake: the server process's own user+system time over
   that run (/proc/PID/stat; children not counted) per handshake;
 - bulk MB/s down and up: one socat TLS client reading (down) or writing
@@ -94,7 +101,15 @@ class Backend:
 
     def one(self, c):
         try:
-            if self.mode == "down":
+            if self.mode == "req":
+                line = b""
+                while b"\n" not in line:
+                    got = c.recv(4096)
+                    if not got:
+                        break
+                    line += got
+                c.sendall(line.split(b"\n")[0] + b"\n")
+            elif self.mode == "down":
                 block = bytes(1 << 20)
                 left = self.size
                 while left > 0:
@@ -116,6 +131,8 @@ def program(mode, size):
     """What a program per connection runs for `mode`."""
     if mode == "down":
         return ["/usr/bin/head", "-c", str(size), "/dev/zero"]
+    if mode == "req":
+        return ["/usr/bin/head", "-n", "1"]
     if mode == "hold":
         # The handshake clients send nothing: cat reads to their EOF and
         # exits, one exec per connection.
@@ -183,6 +200,8 @@ class Server:
         # stunnel splits execArgs at spaces: the same programs, written so.
         if mode == "down":
             target = "exec = /usr/bin/head\nexecArgs = head -c %d /dev/zero\n" % size
+        elif mode == "req":
+            target = "exec = /usr/bin/head\nexecArgs = head -n 1\n"
         elif mode == "hold":
             target = "exec = /bin/cat\nexecArgs = cat\n"
         else:
@@ -229,11 +248,11 @@ class Server:
             self.backend = None
 
 
-def handshakes(srv, d, seconds):
+def handshakes(srv, d, seconds, www=()):
     before = srv.cpu_ticks()
     procs = [subprocess.Popen(["openssl", "s_time", "-connect", "127.0.0.1:%d" % srv.port,
                                "-new", "-tls1_3", "-time", str(seconds), "-CAfile",
-                               os.path.join(d, "ca.pem")],
+                               os.path.join(d, "ca.pem"), *www],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
              for _ in range(8)]
     total = 0
@@ -317,7 +336,8 @@ def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     servers = a.servers.split(",")
     size = a.bulk_mib << 20
-    results = {s: {k: [] for k in ("hs", "cpu", "down", "up", "idle")} for s in servers}
+    results = {s: {k: [] for k in ("hs", "cpu", "req", "down", "up", "idle")}
+               for s in servers}
     d = tempfile.mkdtemp(prefix="summond-tls-bench.")
     os.chmod(d, 0o755)
     try:
@@ -331,22 +351,27 @@ def main():
                 res["cpu"].append(cpu)
                 res["idle"].append(idle(srv, d, a.idle))
                 srv.stop()
+                srv = Server(s, d, "req", 0)
+                res["req"].append(handshakes(srv, d, a.seconds, ("-www", "/"))[0])
+                srv.stop()
                 for mode in ("down", "up"):
                     srv = Server(s, d, mode, size)
                     res[mode].append(bulk(srv, mode, size))
                     srv.stop()
-                print("round %d %-16s hs/s %7.0f  cpu us/hs %6.0f  MB/s down %6.0f up %6.0f  "
-                      "KiB/idle %6.1f" % (r + 1, s, hs, cpu, res["down"][-1], res["up"][-1],
-                                          res["idle"][-1]), flush=True)
+                print("round %d %-16s hs/s %7.0f  cpu us/hs %6.0f  req/s %7.0f  MB/s down %6.0f "
+                      "up %6.0f  KiB/idle %6.1f" % (r + 1, s, hs, cpu, res["req"][-1],
+                                                    res["down"][-1], res["up"][-1],
+                                                    res["idle"][-1]), flush=True)
     finally:
         shutil.rmtree(d, ignore_errors=True)
     print("\nmedians of %d rounds" % a.rounds)
-    print("| server | handshakes/s (c=8) | CPU µs per handshake | MB/s down / up | KiB per idle connection |")
-    print("|---|---|---|---|---|")
+    print("| server | handshakes/s (c=8) | CPU µs per handshake | requests/s (c=8) "
+          "| MB/s down / up | KiB per idle connection |")
+    print("|---|---|---|---|---|---|")
     for s in servers:
         m = {k: statistics.median(v) for k, v in results[s].items()}
-        print("| %s | %.0f | %.0f | %.0f / %.0f | %.1f |"
-              % (s, m["hs"], m["cpu"], m["down"], m["up"], m["idle"]))
+        print("| %s | %.0f | %.0f | %.0f | %.0f / %.0f | %.1f |"
+              % (s, m["hs"], m["cpu"], m["req"], m["down"], m["up"], m["idle"]))
 
 
 if __name__ == "__main__":
