@@ -778,11 +778,15 @@ pub fn closed_at_once(port: u16) -> bool {
 /// port is the client's names the socket inode; `pid` has it as an fd.)
 pub fn holds_connection(pid: i32, client: &TcpStream) -> bool {
     let client_port = client.local_addr().unwrap().port();
+    let server_port = client.peer_addr().unwrap().port();
     let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    // Both ports: another test's connection may have this client's port
+    // at its far end (a server on a port that is ephemeral here).
+    let port = |field: Option<&&str>| u16::from_str_radix(field?.rsplit(':').next()?, 16).ok();
     let inode = text.lines().skip(1).find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
-        let rem_port = u16::from_str_radix(f.get(2)?.rsplit(':').next()?, 16).ok()?;
-        (rem_port == client_port && *f.get(3)? == "01").then(|| f.get(9).map(|s| s.to_string()))?
+        let ours = port(f.get(1)) == Some(server_port) && port(f.get(2)) == Some(client_port);
+        (ours && *f.get(3)? == "01").then(|| f.get(9).map(|s| s.to_string()))?
     });
     let Some(inode) = inode else {
         return false;
