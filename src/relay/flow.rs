@@ -298,6 +298,9 @@ impl Flow {
     ) -> Result<Stop, FlowError> {
         let mut read = 0;
         loop {
+            if self.pending > 0 && dst.gone() && !self.discard {
+                self.drop_rest();
+            }
             if self.pending > 0 {
                 if !dst.writable || dst.connecting {
                     return Ok(Stop::Blocked);
@@ -308,7 +311,13 @@ impl Flow {
                         dst.writable = false;
                         return Ok(Stop::Blocked);
                     }
-                    Err(e) if dst.resets_end && is_reset(&e) => self.drop_rest(),
+                    // The destination is gone (a child that exited with
+                    // input unread, a peer that reset): the rest for it
+                    // is dropped, the other way goes on.
+                    Err(e) if is_reset(&e) => {
+                        dst.note_reset(false, e);
+                        self.drop_rest();
+                    }
                     Err(e) => return Err(FlowError::Write(e)),
                 }
                 continue;
@@ -355,6 +364,8 @@ impl Flow {
 
     /// Pass the source's EOF on, once everything before it was written.
     fn pass_on_end(&mut self, dst: &mut Side) -> Result<Stop, FlowError> {
+        // A peer that reset is told nothing more.
+        self.shut |= dst.gone();
         if !self.shut {
             if dst.connecting {
                 return Ok(Stop::Blocked);

@@ -189,8 +189,17 @@ struct Relay<T> {
     linger: Option<Box<Linger>>,
     /// The back side's end, held for the caller's word (`hold_end`).
     held: Option<Held>,
+    /// Once a side's peer reset (`Side::reset`): the connection ends by
+    /// then, whether or not the other side has closed.
+    after_reset: Option<Instant>,
     tag: T,
 }
+
+/// Once a side's peer reset, what the other side has to take the bytes
+/// sent before the reset and to close: what that side sends meanwhile
+/// is read and dropped (closed unread, its socket would reset and lose
+/// what it still has to receive).
+const AFTER_RESET: Duration = Duration::from_secs(10);
 
 /// What a held end waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -311,6 +320,7 @@ impl<T> Relays<T> {
             queued: false,
             linger: None,
             held: None,
+            after_reset: None,
             tag,
         };
         self.conns.insert(id, relay);
@@ -508,6 +518,8 @@ impl<T> Relays<T> {
                 .is_some_and(|l| l.deadline == Some(at));
             if due {
                 out.extend(self.finish(registry, id, End::Linger));
+            } else if (self.conns.get(&id)).is_some_and(|r| r.after_reset == Some(at)) {
+                out.extend(self.finish(registry, id, End::Done));
             } else if (self.conns.get(&id)).is_some_and(|r| r.held_due() == Some(at)) {
                 out.extend(self.settle_end(registry, RelayId(id), true));
             }
@@ -615,6 +627,11 @@ impl<T> Relays<T> {
             self.watch_linger(id);
         }
         let relay = self.conns.get_mut(&id)?;
+        if relay.after_reset.is_none() && relay.sides.iter().any(Side::gone) {
+            let at = Instant::now() + AFTER_RESET;
+            relay.after_reset = Some(at);
+            self.deadlines.push(Reverse((at, id)));
+        }
         let flushed = relay.sides.iter().all(Side::flushed);
         match stops {
             (Err(end), _) | (_, Err(end)) => self.finish(registry, id, end),
@@ -684,8 +701,23 @@ impl<T> Relays<T> {
     /// are the only ones open on their sockets: no epoll_ctl needed).
     fn finish(&mut self, _registry: &Registry, id: u64, end: End) -> Option<Closed<T>> {
         let Relay {
-            flows, tag, sides, ..
+            flows,
+            tag,
+            mut sides,
+            ..
         } = self.conns.remove(&id)?;
+        // Ended by both, or past its bound, after a peer's reset: that
+        // reset is how it ended.
+        let mut reset = || {
+            let i = sides.iter().position(Side::gone)?;
+            let (reading, err) = *sides[i].reset.take()?;
+            let side = [Which::Front, Which::Back][i];
+            Some(End::Failed { side, reading, err })
+        };
+        let end = match end {
+            End::Done => reset().unwrap_or(End::Done),
+            end => end,
+        };
         drop(sides);
         let (up, down) = (flows[0].bytes, flows[1].bytes);
         Some(Closed {
@@ -759,13 +791,18 @@ fn settle(side: &mut Side, i: usize, event: &Event) -> Option<End> {
         }
         return end;
     }
-    // A child's reset is its end (`Side::child`): the reads and writes
-    // that follow see it as such.
-    let err = side.take_error().err();
-    err.filter(|e| !(side.resets_end && side::is_reset(e)))
-        .map(|err| End::Failed {
+    // A reset is not the end yet: what the peer sent before it is still
+    // read and passed on (`Side::reset`); a child's is its plain end.
+    match side.take_error() {
+        Err(e) if side::is_reset(&e) => {
+            side.note_reset(true, e);
+            None
+        }
+        Err(err) => Some(End::Failed {
             side: which,
             reading: true,
             err,
-        })
+        }),
+        Ok(()) => None,
+    }
 }

@@ -54,6 +54,12 @@ pub struct Side {
     pub(super) urgent: bool,
     /// Whether the socket is TCP, learned at its first short read.
     tcp: Option<bool>,
+    /// Its peer reset the connection (ECONNRESET or EPIPE, said by an
+    /// event's error, a read or a write; whether reading, and the
+    /// error): what it sent before is still read and passed on, then its
+    /// end; it takes nothing more. Not for a child's end, whose reset is
+    /// its plain end (`resets_end`).
+    pub(super) reset: Option<Box<(bool, io::Error)>>,
 }
 
 impl Side {
@@ -123,6 +129,7 @@ impl Side {
             read_closed: false,
             urgent: false,
             tcp: None,
+            reset: None,
         }
     }
 
@@ -149,7 +156,10 @@ impl Side {
             let mut drained = false;
             let n = t.read(buf, &mut drained);
             self.readable &= !drained;
-            return n;
+            return match n {
+                Err(e) if is_reset(&e) => self.reset_end(true, e),
+                n => n,
+            };
         }
         // SAFETY: buf is valid for writes of buf.len() bytes.
         let n = unsafe { libc::read(self.fd(), buf.as_mut_ptr().cast(), buf.len()) };
@@ -174,9 +184,29 @@ impl Side {
                 self.urgent = false;
                 Err(e)
             }
-            Err(e) if self.resets_end && is_reset(&e) => Ok(0),
+            Err(e) if is_reset(&e) => self.reset_end(true, e),
             r => r,
         }
+    }
+
+    /// A reset read: the end of what this side sends (the bytes before
+    /// it were read), noted unless it is a child's plain end.
+    fn reset_end(&mut self, reading: bool, e: io::Error) -> io::Result<usize> {
+        self.note_reset(reading, e);
+        Ok(0)
+    }
+
+    /// Its peer reset the connection (`reset`); the first error kept.
+    pub(super) fn note_reset(&mut self, reading: bool, e: io::Error) {
+        if !self.resets_end && self.reset.is_none() {
+            self.reset = Some(Box::new((reading, e)));
+        }
+    }
+
+    /// It takes nothing more: its peer reset, or it is a child's end that
+    /// reset.
+    pub(super) fn gone(&self) -> bool {
+        self.reset.is_some()
     }
 
     /// Whether its socket is TCP (asked once: SO_PROTOCOL).
@@ -232,12 +262,17 @@ impl Side {
         let Io::Tls(t) = &mut self.io else {
             return Ok(());
         };
-        if !self.writable {
+        if !self.writable || self.reset.is_some() {
             return Ok(());
         }
         match t.flush() {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.writable = false;
+                Ok(())
+            }
+            // Gone: what it holds goes nowhere, what it sent is still read.
+            Err(e) if is_reset(&e) => {
+                self.note_reset(false, e);
                 Ok(())
             }
             r => r,
@@ -247,7 +282,7 @@ impl Side {
     /// Nothing held to send (always, for a socket).
     pub(super) fn flushed(&self) -> bool {
         match &self.io {
-            Io::Tls(t) => t.flushed(),
+            Io::Tls(t) => t.flushed() || self.reset.is_some(),
             _ => true,
         }
     }

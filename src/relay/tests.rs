@@ -215,19 +215,40 @@ fn a_side_that_never_reads_stops_the_other_from_being_read() {
     assert!(seen <= 2, "{seen} wake-ups while stalled");
 }
 
-/// A reset on one side closes both and says which and why.
+/// A side that resets has what it sent before passed on, then its end;
+/// the relay ends when the other side closes, and says which reset and
+/// why.
 #[test]
-fn a_reset_closes_both_sides_and_says_which() {
+fn a_reset_passes_on_what_came_before_it_and_says_which() {
     let (front, mut client) = tcp_pair();
-    let (back, server) = tcp_pair();
+    let (back, mut server) = tcp_pair();
     let mut poll = Poll::new().unwrap();
     let mut relays = Relays::default();
     relays
         .add(poll.registry(), Side::stream(front), Side::stream(back), ())
         .unwrap();
+    // An early answer, the request unread: the server's close resets.
+    client
+        .write_all(b"a request the server never reads")
+        .unwrap();
+    server.write_all(b"answer before the reset").unwrap();
     server.set_linger(Some(Duration::ZERO)).unwrap();
     drop(server);
-    let (closed, _) = drive(&mut poll, &mut relays, one_ended);
+    client.set_nonblocking(true).unwrap();
+    let mut got = Vec::new();
+    let (closed, _) = drive(&mut poll, &mut relays, |_, closed| {
+        let mut buf = [0u8; 64];
+        match client.read(&mut buf) {
+            Ok(0) => {
+                // The answer and its end are in: the client closes.
+                let _ = client.shutdown(Shutdown::Write);
+            }
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        !closed.is_empty()
+    });
+    assert_eq!(got, b"answer before the reset");
     match &closed[0].end {
         End::Failed {
             side: Which::Back,
@@ -238,12 +259,42 @@ fn a_reset_closes_both_sides_and_says_which() {
         }
         other => panic!("ended: {other}"),
     }
-    // The client's side was closed with it.
-    let mut buf = [0u8; 8];
+}
+
+/// After a side's reset, the other side has `AFTER_RESET` to close:
+/// then the relay ends anyway.
+#[test]
+fn after_a_reset_the_other_side_that_stays_is_closed_in_time() {
+    let (front, mut client) = tcp_pair();
+    let (back, server) = tcp_pair();
+    let mut poll = Poll::new().unwrap();
+    let mut relays = Relays::default();
+    relays
+        .add(poll.registry(), Side::stream(front), Side::stream(back), ())
+        .unwrap();
+    server.set_linger(Some(Duration::ZERO)).unwrap();
+    drop(server);
+    // The server's end reaches the client; the client stays.
     client
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    assert_eq!(client.read(&mut buf).unwrap_or(0), 0);
+    let mut seen = 0;
+    drive(&mut poll, &mut relays, |_, _| {
+        seen += 1;
+        seen > 50
+    });
+    assert_eq!(client.read(&mut [0u8; 8]).unwrap(), 0, "the server's end");
+    assert_eq!(relays.len(), 1, "kept while the client may still close");
+    let later = Instant::now() + AFTER_RESET + Duration::from_millis(10);
+    let closed = relays.expire(poll.registry(), later);
+    assert_eq!(closed.len(), 1);
+    assert!(matches!(
+        closed[0].end,
+        End::Failed {
+            side: Which::Back,
+            ..
+        }
+    ));
 }
 
 /// A back side whose connect is refused ends the relay with that reason,

@@ -56,6 +56,9 @@ pub struct TlsIo {
     inbox: Option<Box<[u8]>>,
     taken: usize,
     held: usize,
+    /// An error the socket said after plaintext was taken: the next
+    /// read's, so that the plaintext is passed on first.
+    error: Option<io::Error>,
 }
 
 /// Borrowing an fd as a `Read + Write` for rustls.
@@ -113,6 +116,7 @@ impl TlsIo {
             inbox: None,
             taken: 0,
             held: 0,
+            error: None,
         }
     }
 
@@ -128,6 +132,9 @@ impl TlsIo {
     /// set when the socket had nothing more (the side is not readable
     /// until its next edge) although bytes are returned.
     pub fn read(&mut self, buf: &mut [u8], drained: &mut bool) -> io::Result<usize> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
         let mut got = 0;
         for _ in 0..ROUNDS {
             match self.conn.reader().read(&mut buf[got..]) {
@@ -149,6 +156,12 @@ impl TlsIo {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => {
                     *drained = true;
+                    return Ok(got);
+                }
+                // The plaintext taken goes first; the error (a reset
+                // behind the client's last record) is the next read's.
+                Err(e) if got > 0 => {
+                    self.error = Some(e);
                     return Ok(got);
                 }
                 Err(e) => return Err(e),

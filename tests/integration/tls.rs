@@ -1677,3 +1677,67 @@ fn haproxy_tls_health_checks_start_no_child() {
         s.log_text()
     );
 }
+
+/// A client whose last data record and reset are both in the socket
+/// when the relay reads it (a one-way sender that closes with the
+/// server's session tickets unread, so its close is a reset) has that
+/// data reach the child: the plaintext goes first, the reset is the
+/// next read's (it was lost: the read that found the reset returned only
+/// the error).
+#[test]
+fn data_with_a_reset_behind_it_reaches_the_child() {
+    let Some((certs, pki)) = pki_or_skip("tls_data_then_reset", &["openssl", "python3"]) else {
+        return;
+    };
+    let port = free_port();
+    let got = certs.path("got");
+    let s = Summond::start(&tls_service(
+        port,
+        &sh(&format!(
+            "cat > {}.$$; mv {}.$$ {}",
+            got.display(),
+            got.display(),
+            got.display()
+        )),
+        &pki,
+        "",
+    ));
+    let client = "import os, signal, socket, ssl, struct, sys, time\n\
+                  ctx = ssl.create_default_context(cafile=sys.argv[2])\n\
+                  c = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n\
+                  c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n\
+                  t = ctx.wrap_socket(c, server_hostname='localhost')\n\
+                  time.sleep(0.5)\n\
+                  pid = int(sys.argv[3])\n\
+                  os.kill(pid, signal.SIGSTOP)\n\
+                  try:\n\
+                  \x20   t.sendall(b'sent before the reset\\n')\n\
+                  \x20   time.sleep(0.1)\n\
+                  \x20   t.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\n\
+                  \x20   t.close()\n\
+                  \x20   time.sleep(0.1)\n\
+                  finally:\n\
+                  \x20   os.kill(pid, signal.SIGCONT)\n";
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            client,
+            &port.to_string(),
+            &pki.path("ca.pem"),
+            &s.pid().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        wait_until(TIMEOUT, || got.exists()),
+        "no child finished\n{}",
+        s.log_text()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&got).unwrap(),
+        "sent before the reset\n",
+        "{}",
+        s.log_text()
+    );
+}
