@@ -1166,6 +1166,7 @@ mod tests {
             connecting: false,
             spliced: true,
             check: false,
+            reset: false,
         };
         let relay = |held: Vec<u8>| RelayState {
             service: "web".into(),

@@ -90,6 +90,11 @@ pub struct SideState {
     /// Connecting, and its connect's end to be checked (`Side::connecting_checked`).
     #[serde(default)]
     pub check: bool,
+    /// Its peer reset the connection (`Side::reset`): the new image ends
+    /// the relay within `AFTER_RESET` too. An older image ignores it and
+    /// relays on until the other side closes.
+    #[serde(default)]
+    pub reset: bool,
 }
 
 impl SideState {
@@ -97,11 +102,15 @@ impl SideState {
     pub fn into_side(self) -> Side {
         // SAFETY: an open fd the state names once, taken here.
         let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(self.fd) };
-        match (self.connecting, self.check) {
+        let mut side = match (self.connecting, self.check) {
             (true, true) => Side::connecting_checked(fd),
             (true, false) => Side::connecting(fd),
             (false, _) => Side::stream(fd),
+        };
+        if self.reset {
+            side.note_reset(true, io::Error::from_raw_os_error(nix::libc::ECONNRESET));
         }
+        side
     }
 }
 
@@ -324,6 +333,8 @@ impl<T> Relays<T> {
             tag,
         };
         self.conns.insert(id, relay);
+        // A side handed over by an upgrade after its peer's reset.
+        self.watch_reset(id);
         Ok(RelayId(id))
     }
 
@@ -423,6 +434,7 @@ impl<T> Relays<T> {
                     connecting: s.is_connecting(),
                     spliced: true,
                     check: s.is_checked_at_connect(),
+                    reset: s.gone(),
                 };
                 (
                     &r.tag,
@@ -626,12 +638,8 @@ impl<T> Relays<T> {
         if relay.linger.is_some() {
             self.watch_linger(id);
         }
+        self.watch_reset(id);
         let relay = self.conns.get_mut(&id)?;
-        if relay.after_reset.is_none() && relay.sides.iter().any(Side::gone) {
-            let at = Instant::now() + AFTER_RESET;
-            relay.after_reset = Some(at);
-            self.deadlines.push(Reverse((at, id)));
-        }
         let flushed = relay.sides.iter().all(Side::flushed);
         match stops {
             (Err(end), _) | (_, Err(end)) => self.finish(registry, id, end),
@@ -692,6 +700,19 @@ impl<T> Relays<T> {
         l.seen = progress;
         if l.deadline.is_none_or(|d| at >= d + Duration::from_secs(1)) {
             l.deadline = Some(at);
+            self.deadlines.push(Reverse((at, id)));
+        }
+    }
+
+    /// Once a side's peer reset: the connection's bound (`AFTER_RESET`),
+    /// set once.
+    fn watch_reset(&mut self, id: u64) {
+        let Some(r) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if r.after_reset.is_none() && r.sides.iter().any(Side::gone) {
+            let at = Instant::now() + AFTER_RESET;
+            r.after_reset = Some(at);
             self.deadlines.push(Reverse((at, id)));
         }
     }

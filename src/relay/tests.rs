@@ -597,3 +597,39 @@ fn bytes_after_a_message_carrying_fds_are_relayed() {
     drop(relays);
     assert_eq!(reader.join().unwrap() as u64, pairs * 200);
 }
+
+/// A side handed over by an upgrade after its peer's reset keeps the
+/// bound: the relay is closed `AFTER_RESET` after it is taken in, even
+/// if the other side never closes.
+#[test]
+fn a_side_handed_over_after_its_reset_keeps_the_bound() {
+    let (front, _client) = tcp_pair();
+    let (back, _server) = tcp_pair();
+    let state = |fd: OwnedFd, reset| SideState {
+        fd: fd.into_raw_fd(),
+        connecting: false,
+        spliced: true,
+        check: false,
+        reset,
+    };
+    let mut poll = Poll::new().unwrap();
+    let mut relays = Relays::default();
+    let sides = [
+        state(front, false).into_side(),
+        state(back, true).into_side(),
+    ];
+    relays
+        .adopt(poll.registry(), sides, Default::default(), ())
+        .unwrap();
+    assert!(relays.expire(poll.registry(), Instant::now()).is_empty());
+    let later = Instant::now() + AFTER_RESET + Duration::from_millis(10);
+    let closed = relays.expire(poll.registry(), later);
+    assert_eq!(closed.len(), 1);
+    assert!(matches!(
+        closed[0].end,
+        End::Failed {
+            side: Which::Back,
+            ..
+        }
+    ));
+}
