@@ -612,7 +612,7 @@ fn a_side_handed_over_after_its_reset_keeps_the_bound() {
         check: false,
         reset,
     };
-    let mut poll = Poll::new().unwrap();
+    let poll = Poll::new().unwrap();
     let mut relays = Relays::default();
     let sides = [
         state(front, false).into_side(),
