@@ -217,9 +217,10 @@ fn service(name: &str, port: u16, exec: &str, backend: u16, extra: &str) -> Stri
     )
 }
 
-/// A TCP echo through `cat` on `backend`, as `exec`.
+/// A TCP echo through `cat` on `backend`, as `exec`. A backlog of 64
+/// (socat's own is 5): a burst of clients is not left to SYN retries.
 pub(crate) fn echo(backend: u16) -> String {
-    format!("[\"socat\", \"TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork\", \"EXEC:cat\"]")
+    format!("[\"socat\", \"TCP-LISTEN:{backend},bind=127.0.0.1,reuseaddr,fork,backlog=64\", \"EXEC:cat\"]")
 }
 
 /// Kills the backends the log names when dropped, if still running (a
