@@ -2,6 +2,7 @@
 //! test, real sockets on loopback ports picked at run time.
 
 mod access;
+mod atk10;
 mod config_errors;
 mod control;
 mod daemon;
