@@ -461,6 +461,7 @@ impl Server {
             Timer::ConfigLoadOverdue(pid) => self.config_load_overdue(pid),
             Timer::Probe { service, pid } => self.probe_due(service, pid),
             Timer::BacklogRetry { service, pid } => self.backlog_retry_due(service, pid),
+            Timer::HeldDeadline(service) => self.held_deadline_due(service),
             Timer::StartTimeout { service, pid } => self.start_timed_out(service, pid),
             Timer::IdleStop { service, pid } => self.idle_due(service, pid),
             Timer::BackendKill { service, pid } => self.backend_kill_due(service, pid),

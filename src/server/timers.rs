@@ -61,6 +61,9 @@ pub(super) enum Timer {
     /// Forward mode: connect the clients held for a `unix://` backend's
     /// full listen backlog again (`forward/busy.rs`).
     BacklogRetry { service: ServiceId, pid: Pid },
+    /// Forward mode: the first deadline of the clients a full backlog
+    /// held, their backend no longer ready (`forward/busy.rs`).
+    HeldDeadline(ServiceId),
     /// Forward mode: a backend's start_timeout.
     StartTimeout { service: ServiceId, pid: Pid },
     /// Forward mode: a backend's idle_stop.

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::Path;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::util::*;
 
@@ -1623,22 +1623,25 @@ fn clients_whose_connect_waits_for_a_full_accept_queue_are_served() {
 /// A `unix://` backend (python3) with a listen backlog of 0 (room for
 /// one connection not yet accepted): it takes its first connection,
 /// then accepts no more until `{dir}/go` exists, then echoes each
-/// connection's first read and closes it.
+/// connection's first read and closes it. At `{dir}/quit` (removed) it
+/// closes its listener and exits (status 3) 300 ms later, as a daemon's
+/// graceful stop does.
 const SLOW_UNIX_BACKEND: &str = "import os, socket, time\n\
+    p = '{dir}/b.sock'\n\
+    try:\n    os.unlink(p)\nexcept OSError:\n    pass\n\
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n\
-    s.bind('{dir}/b.sock'); s.listen(0)\n\
+    s.bind(p); s.listen(0)\n\
     def serve():\n    c, _ = s.accept(); c.sendall(c.recv(100)); c.close()\n\
     serve()\n\
-    while not os.path.exists('{dir}/go'):\n    time.sleep(0.02)\n\
+    while not os.path.exists('{dir}/go'):\n\
+    \x20   if os.path.exists('{dir}/quit'):\n\
+    \x20       os.unlink('{dir}/quit'); s.close(); time.sleep(0.3); os._exit(3)\n\
+    \x20   time.sleep(0.02)\n\
     while True:\n    serve()\n";
 
-/// summond with service "busy" forwarding to `SLOW_UNIX_BACKEND` (then
-/// the `more` keys), "other" (`cat` per connection) beside it, and the
-/// control socket `{dir}/control`; the ports of both, its first client
-/// served (the backend's one connection before `go`).
-pub(crate) fn slow_unix_backend(more: &str) -> (Summond, u16, u16) {
-    let (port, other) = (free_port(), free_port());
-    let config = format!(
+/// The config of `slow_unix_backend`.
+fn slow_unix_config(port: u16, other: u16, more: &str) -> String {
+    format!(
         "[daemon]\ncontrol = \"{{dir}}/control\"\n\
          [[service]]\nname = \"busy\"\nlisten = \"tcp://127.0.0.1:{port}\"\n\
          exec = [\"python3\", \"-c\", {}]\nforward = \"unix://{{dir}}/b.sock\"\n\
@@ -1646,8 +1649,16 @@ pub(crate) fn slow_unix_backend(more: &str) -> (Summond, u16, u16) {
          [[service]]\nname = \"other\"\nlisten = \"tcp://127.0.0.1:{other}\"\n\
          exec = [\"/bin/cat\"]\n",
         toml_str(SLOW_UNIX_BACKEND)
-    );
-    let s = Summond::start(&config);
+    )
+}
+
+/// summond with service "busy" forwarding to `SLOW_UNIX_BACKEND` (then
+/// the `more` keys), "other" (`cat` per connection) beside it, and the
+/// control socket `{dir}/control`; the ports of both, its first client
+/// served (the backend's one connection before `go`).
+pub(crate) fn slow_unix_backend(more: &str) -> (Summond, u16, u16) {
+    let (port, other) = (free_port(), free_port());
+    let s = Summond::start(&slow_unix_config(port, other, more));
     assert_eq!(
         tcp_port_exchange(port, b"warm\n"),
         "warm\n",
@@ -1860,4 +1871,83 @@ fn a_backends_answer_sent_before_its_reset_reaches_the_client() {
         answered += usize::from(got == b"REPLY\n");
     }
     assert_eq!(answered, N, "{}", f.s.log_text());
+}
+
+/// Read `c` until it ends or `within`: what came, and whether it ended
+/// (EOF, or a reset: a client closed with its bytes unread gets one).
+fn read_for(c: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
+    c.set_read_timeout(Some(within)).unwrap();
+    let mut got = Vec::new();
+    let ended = match c.read_to_end(&mut got) {
+        Ok(_) => true,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    };
+    (got, ended)
+}
+
+/// A client held for a full backlog is refused at its deadline whatever
+/// its backend does meanwhile. A reload that changes the service retires
+/// the backend; the one connection relayed to it (in its backlog, never
+/// accepted) keeps it running, so the new backend waits for the address:
+/// nothing retried the held clients then, and they were held for ever
+/// (atk10; once 1024 wait, the service accepts nobody).
+#[test]
+fn clients_held_for_a_full_backlog_are_refused_at_start_timeout_after_a_reload() {
+    let test = "clients_held_for_a_full_backlog_are_refused_at_start_timeout_after_a_reload";
+    if !have("python3") {
+        return skip(test, "python3 is not installed");
+    }
+    let (s, port, other) = slow_unix_backend("start_timeout = \"1s\"\n");
+    let _guard = KillOnDropLater(&s);
+    let clients = clients_that_sent(port, 5);
+    assert!(s.wait_log("listen backlog is full"), "{}", s.log_text());
+    let more = "start_timeout = \"1s\"\nenv = { X = \"1\" }\n";
+    assert!(s.reload(&slow_unix_config(port, other, more)));
+    let t0 = Instant::now();
+    for (i, mut c) in clients.into_iter().enumerate().skip(1) {
+        let left = Duration::from_secs(4).saturating_sub(t0.elapsed());
+        let (got, eof) = read_for(&mut c, left.max(Duration::from_millis(10)));
+        assert!(
+            eof && got.is_empty(),
+            "client {i} still held {:?} after a reload, start_timeout 1s\n{}",
+            t0.elapsed(),
+            s.log_text()
+        );
+    }
+}
+
+/// A backend that closes its listener before it exits (a graceful stop)
+/// leaves its held clients waiting for its next start: the retry's
+/// "Connection refused" closed every one of them (a WARN line each), and
+/// the next backend got none (atk10).
+#[test]
+fn clients_held_for_a_full_backlog_wait_for_the_next_start_when_the_backend_exits_gracefully() {
+    let test =
+        "clients_held_for_a_full_backlog_wait_for_the_next_start_when_the_backend_exits_gracefully";
+    if !have("python3") {
+        return skip(test, "python3 is not installed");
+    }
+    let (s, port, _) = slow_unix_backend("start_timeout = \"20s\"\n");
+    let _guard = KillOnDropLater(&s);
+    let clients = clients_that_sent(port, 6);
+    assert!(s.wait_log("listen backlog is full"), "{}", s.log_text());
+    std::fs::write(s.dir.path("quit"), b"").unwrap();
+    assert!(s.wait_log("exited with status 3"), "{}", s.log_text());
+    std::fs::write(s.dir.path("go"), b"").unwrap();
+    // The first was relayed into the old backlog (lost with it); the
+    // held ones reach the next backend.
+    for (i, mut c) in clients.into_iter().enumerate().skip(1) {
+        let (got, _) = read_for(&mut c, Duration::from_secs(10));
+        assert_eq!(
+            got,
+            format!("c{i}\n").into_bytes(),
+            "client {i}\n{}",
+            s.log_text()
+        );
+    }
+    let log = s.log_text();
+    assert!(!log.contains("closing 127.0.0.1"), "{log}");
 }

@@ -2,7 +2,6 @@
 //! test, real sockets on loopback ports picked at run time.
 
 mod access;
-mod atk10;
 mod config_errors;
 mod control;
 mod daemon;

@@ -23,9 +23,14 @@
 //! A client still held `start_timeout` after the backlog was first found
 //! full for it is refused (closed, counted as `backend_busy`, logged
 //! once per client and interval as every refusal is). The backend's
-//! exit ends the episode: its held clients wait for the next start as
-//! any client that came while it was down (or are closed with it by the
-//! restart guard), and keep their deadline.
+//! exit, or a reload that retires it, ends the episode: its held clients
+//! wait for the next start as any client that came while it was down
+//! (or are closed with it by the restart guard), and keep their
+//! deadline, which a timer of its own (`deadline`) enforces while the
+//! backend is not ready (stopped, waiting for a retired backend to free
+//! the address, starting). A retry that finds the listener gone
+//! (ECONNREFUSED, ENOENT: the backend closed it to exit) keeps them
+//! held too, said once per episode.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -52,6 +57,8 @@ const RETRY_MAX: Duration = Duration::from_millis(16);
 pub(super) struct Busy {
     timer: TimerKey,
     delay: Duration,
+    /// A retry found the listener gone (said once per episode).
+    gone: bool,
 }
 
 /// Did the connect to `to` fail because its listen backlog is full (a
@@ -59,6 +66,27 @@ pub(super) struct Busy {
 /// (the kernel short of something), and stays a resource fault.
 pub(super) fn backlog_full(to: &ListenAddr, e: &io::Error) -> bool {
     matches!(to, ListenAddr::Unix(_)) && e.raw_os_error() == Some(libc::EAGAIN)
+}
+
+/// Why a client was given back to the queue instead of relayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unreached {
+    /// The listen backlog is full (EAGAIN).
+    Full,
+    /// The listener is gone (ECONNREFUSED, ENOENT): the backend closed it
+    /// to exit, and its next start takes the held clients.
+    Gone,
+}
+
+/// Is the connect to `to` that failed with `e` one that holds its
+/// client: a full backlog, or (for a client `held` already) the listener
+/// gone? A client that was never held is closed then, as before.
+pub(super) fn unreached(to: &ListenAddr, e: &io::Error, held: bool) -> Option<Unreached> {
+    if backlog_full(to, e) {
+        return Some(Unreached::Full);
+    }
+    let gone = matches!(e.raw_os_error(), Some(libc::ECONNREFUSED | libc::ENOENT));
+    (held && gone && matches!(to, ListenAddr::Unix(_))).then_some(Unreached::Gone)
 }
 
 /// The wait before the next retry, after one that waited `last` (none:
@@ -115,11 +143,15 @@ impl Server {
             let Some(w) = b.waiting.pop_front() else {
                 break;
             };
-            if let Err(w) = self.relay_client(idx, pid, w, probe.take()) {
+            if let Err((w, why)) = self.relay_client(idx, pid, w, probe.take()) {
                 if let Some(b) = self.forward.backends.get_mut(&id) {
                     b.waiting.push_front(w);
                 }
-                return self.retry_backlog(idx, pid, progressed);
+                self.retry_backlog(idx, pid, progressed);
+                if why == Unreached::Gone {
+                    self.note_gone(idx, pid);
+                }
+                return;
             }
             progressed = true;
         }
@@ -164,7 +196,25 @@ impl Server {
         }
         let delay = retry_delay(last.map(|l| l.delay), progressed);
         let timer = (self.timers).add(now + delay, Timer::BacklogRetry { service: id, pid });
-        b.busy = Some(Busy { timer, delay });
+        let gone = last.is_some_and(|l| l.gone);
+        b.busy = Some(Busy { timer, delay, gone });
+    }
+
+    /// A retry found backend `pid`'s listener gone: one line per episode
+    /// (not one per held client); they stay held, for its next start.
+    fn note_gone(&mut self, idx: usize, pid: Pid) {
+        let id = self.services[idx].id;
+        let Some(b) = self.forward.backends.get_mut(&id) else {
+            return;
+        };
+        let Some(busy) = b.busy.as_mut().filter(|busy| !busy.gone) else {
+            return;
+        };
+        busy.gone = true;
+        let name = self.services.name_of(id);
+        info!(event = "backend_busy", service = name;
+            "{name}: backend pid {pid} closed its listener: holding {} clients for its next start",
+            b.waiting.len());
     }
 
     /// After an upgrade: a ready backend's held clients (its backlog
@@ -180,17 +230,68 @@ impl Server {
     }
 
     /// The retry's timer: refuse the clients held too long, connect the
-    /// others again.
+    /// others again. A backend no longer ready (it exited, or a reload
+    /// retired it, with no exit seen yet) ends the episode: its held
+    /// clients' deadlines go on without the retry.
     pub(in crate::server) fn backlog_retry_due(&mut self, id: ServiceId, pid: Pid) {
-        let ready = matches!(self.forward.backends.get(&id).map(|b| &b.state),
-            Some(State::Ready { pid: p }) if *p == pid);
-        let Some(idx) = self.services.index_of(id).filter(|_| ready) else {
+        let Some(idx) = self.services.index_of(id) else {
+            return;
+        };
+        let Some(b) = self.forward.backends.get_mut(&id) else {
+            return;
+        };
+        let now = Instant::now();
+        match b.state {
+            State::Ready { pid: p } if p == pid => {
+                self.refuse_overdue(idx, now);
+                self.relay_held(idx, None);
+            }
+            // A retry of an earlier backend: the ready one has its own.
+            State::Ready { .. } => return,
+            _ => {
+                end_episode(&mut self.timers, b.busy.take());
+                self.refuse_overdue(idx, now);
+                self.arm_deadline(id);
+            }
+        }
+        self.sync_service(idx, now);
+    }
+
+    /// The first deadline of the clients a full backlog held came, their
+    /// backend not ready: those due are refused, and the next one's
+    /// timer is armed.
+    pub(in crate::server) fn held_deadline_due(&mut self, id: ServiceId) {
+        let Some(b) = self.forward.backends.get_mut(&id) else {
+            return;
+        };
+        b.deadline = None;
+        let Some(idx) = self.services.index_of(id) else {
             return;
         };
         let now = Instant::now();
         self.refuse_overdue(idx, now);
-        self.relay_held(idx, None);
+        self.arm_deadline(id);
         self.sync_service(idx, now);
+    }
+
+    /// Service `id`'s backend left `Ready` (or a retry found it so): the
+    /// first of its clients a full backlog held is refused at its
+    /// deadline whatever the backend does meanwhile (stopped, waiting for
+    /// a retired one to free the address, starting). Deadlines run in
+    /// queue order (each is given at the back of the queue, or to the
+    /// whole queue), so the first is the earliest. A timer already armed
+    /// is as early (the queue's first only leaves), and a ready backend's
+    /// retry checks them itself.
+    pub(super) fn arm_deadline(&mut self, id: ServiceId) {
+        let Some(b) = self.forward.backends.get_mut(&id) else {
+            return;
+        };
+        if b.deadline.is_some() || b.busy.is_some() {
+            return;
+        }
+        if let Some(at) = b.waiting.front().and_then(|w| w.held_until) {
+            b.deadline = Some(self.timers.add(at, Timer::HeldDeadline(id)));
+        }
     }
 
     /// Close the clients at the head of service `idx`'s queue held past
@@ -233,6 +334,26 @@ mod tests {
             let e = io::Error::from_raw_os_error(other);
             assert!(!backlog_full(&unix, &e), "{e}");
         }
+    }
+
+    /// A held client stays held when the listener is gone (the backend
+    /// exits: its next start takes it); one never held is closed, as
+    /// any client whose connect is refused; TCP's refusal is not this.
+    #[test]
+    fn a_gone_listener_holds_only_clients_held_already() {
+        let unix: ListenAddr = "unix:///run/app/b.sock".parse().unwrap();
+        let tcp: ListenAddr = "tcp://127.0.0.1:8081".parse().unwrap();
+        let e = io::Error::from_raw_os_error;
+        for held in [false, true] {
+            let full = unreached(&unix, &e(libc::EAGAIN), held);
+            assert_eq!(full, Some(Unreached::Full));
+        }
+        for gone in [libc::ECONNREFUSED, libc::ENOENT] {
+            assert_eq!(unreached(&unix, &e(gone), true), Some(Unreached::Gone));
+            assert_eq!(unreached(&unix, &e(gone), false), None);
+            assert_eq!(unreached(&tcp, &e(gone), true), None);
+        }
+        assert_eq!(unreached(&unix, &e(libc::EMFILE), true), None);
     }
 
     #[test]

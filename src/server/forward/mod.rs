@@ -194,6 +194,10 @@ pub(super) struct Backend {
     /// Ready, its `unix://` listen backlog full: the retry of the clients
     /// held meanwhile (`busy.rs`).
     busy: Option<busy::Busy>,
+    /// Not ready (stopped, starting, stopping) with clients a full
+    /// backlog held: the timer that refuses the first at its deadline
+    /// (`busy.rs`), as the retry does while it is ready.
+    deadline: Option<TimerKey>,
 }
 
 impl Default for Backend {
@@ -215,6 +219,7 @@ impl Default for Backend {
             status: None,
             tree: Vec::new(),
             busy: None,
+            deadline: None,
         }
     }
 }
@@ -509,7 +514,7 @@ impl Server {
                 return self.hold_behind(idx, w);
             }
             State::Ready { pid } => {
-                if let Err(w) = self.relay_client(idx, pid, w, None) {
+                if let Err((w, _)) = self.relay_client(idx, pid, w, None) {
                     self.hold_for_backlog(idx, pid, w);
                 }
                 return;
@@ -684,16 +689,22 @@ impl Server {
         self.sync_service(idx, now);
     }
 
-    /// Close every client waiting for service `idx`'s backend.
+    /// Close every client waiting for service `idx`'s backend: one line
+    /// for them all (up to 1024 wait), each client's at debug.
     fn close_waiting(&mut self, idx: usize, why: &str) {
         let name = self.services[idx].name.clone();
         let Some(backend) = self.forward.backends.get_mut(&self.services[idx].id) else {
             return;
         };
-        for w in std::mem::take(&mut backend.waiting) {
+        let waiting = std::mem::take(&mut backend.waiting);
+        for w in &waiting {
             backend.remove_source(w.source);
-            info!(event = "forward_closed", service = &*name, peer:% = w.peer;
+            debug!(event = "forward_closed", service = &*name, peer:% = w.peer;
                 "{name}: closing {}: {why}", w.peer);
+        }
+        if let Some(first) = waiting.front() {
+            info!(event = "forward_closed", service = &*name, peer:% = first.peer;
+                "{name}: closing {} waiting clients ({} first): {why}", waiting.len(), first.peer);
         }
     }
 
@@ -1008,22 +1019,26 @@ impl Server {
     /// A client to the relay, over `back` or a new connection to the
     /// backend. Its source is counted already; a failure uncounts it. A
     /// `unix://` backend's full listen backlog gives the client back, to
-    /// be held (`busy.rs`).
+    /// be held (`busy.rs`), and so does its listener gone when the client
+    /// is held already (the backend is exiting: its next start takes it).
+    /// (The client comes back by value, to its queue: a box would be an
+    /// allocation per retry.)
+    #[allow(clippy::result_large_err)]
     fn relay_client(
         &mut self,
         idx: usize,
         pid: Pid,
         w: Waiting,
         back: Option<Socket>,
-    ) -> Result<(), Waiting> {
+    ) -> Result<(), (Waiting, busy::Unreached)> {
         let back = match back {
             Some(s) => Ok(Side::stream(OwnedFd::from(s))),
             None => self.connect_backend(idx),
         };
         let to = self.services[idx].spec.forward.as_ref().map(|f| &f.to);
         if let (Err(e), Some(to)) = (&back, to) {
-            if busy::backlog_full(to, e) {
-                return Err(w);
+            if let Some(why) = busy::unreached(to, e, w.held_until.is_some()) {
+                return Err((w, why));
             }
         }
         let Waiting {
@@ -1302,6 +1317,7 @@ impl Server {
             self.timers.cancel(t);
         }
         busy::end_episode(&mut self.timers, backend.busy.take());
+        self.arm_deadline(id);
         let name = self.services.name_of(id).to_string();
         let asked = match old {
             State::Stopping { kill, .. } => {
@@ -1525,6 +1541,7 @@ impl Server {
                 tree: std::mem::take(&mut b.tree),
             });
             self.forget_notify(id);
+            self.arm_deadline(id);
             if open == 0 && kill.is_none() {
                 self.stop_retired(pid);
             }
