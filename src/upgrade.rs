@@ -56,7 +56,11 @@ const OWN_ENV: &[&str] = &[STATE_ENV, OLD_EXE_ENV, RETURNING_ENV, TEST_READS_ENV
 ///    crossed the exec, or wrote them as an array of numbers (3.6 times
 ///    their size: seconds to write and read, the loop stopped, when
 ///    thousands of stalled connections each held 60 KiB).
-pub const FORMAT: u32 = 3;
+/// 4: clients held for a ready backend (its `unix://` listen backlog
+///    full, `server/forward/busy.rs`). Images of format 3 or less hold
+///    clients only while a backend starts: handed a ready backend's,
+///    they would neither relay nor refuse them.
+pub const FORMAT: u32 = 4;
 /// The oldest format this image reads (a state without fields it has
 /// added since reads as empty parts: `#[serde(default)]`).
 const OLDEST_FORMAT: u32 = 1;
@@ -193,13 +197,23 @@ impl State {
     /// The lowest format that carries everything this state holds.
     pub fn lowest_format(&self) -> u32 {
         let flows = self.relays.iter().flat_map(|r| r.flows.iter());
-        if flows.into_iter().any(|f| !f.held.is_empty()) {
+        if self.held_for_a_ready_backend() {
+            4
+        } else if flows.into_iter().any(|f| !f.held.is_empty()) {
             3
         } else if self.beyond_format_1().is_some() {
             2
         } else {
             1
         }
+    }
+}
+
+impl State {
+    /// Does a client wait for a backend that is ready (`backends` holds
+    /// only those): held for its full backlog?
+    fn held_for_a_ready_backend(&self) -> bool {
+        (self.waiting.iter()).any(|w| self.backends.iter().any(|b| b.service == w.service))
     }
 }
 
@@ -1121,6 +1135,44 @@ mod tests {
         state.unready_backends.push(backend(8));
         assert_eq!(state.lowest_format(), 2);
         assert_eq!(state.beyond_format_1().unwrap(), "2 forward backends");
+    }
+
+    /// A client held for a ready backend (its full backlog) makes the
+    /// state format 4: an image of format 3 would neither relay nor
+    /// refuse it. Held for a starting one, or another service's, it is
+    /// format 2 as before.
+    #[test]
+    fn a_client_held_for_a_ready_backend_makes_the_state_format_4() {
+        let backend = |service: &str| BackendState {
+            service: service.into(),
+            pid: 7,
+            to: "unix:///run/app/b.sock".into(),
+            exec: vec!["app".into()],
+            ready_in_us: None,
+            relayed: 0,
+            up: 0,
+            down: 0,
+            phase: BackendPhase::Ready,
+            notify_fd: None,
+            status: None,
+            tree: Vec::new(),
+        };
+        let held = WaitingState {
+            service: "app".into(),
+            fd: 9,
+            peer: Peer::Unknown,
+            source: None,
+            framed: false,
+            names: Default::default(),
+        };
+        let mut state = State::default();
+        state.waiting.push(held);
+        state.unready_backends.push(backend("app"));
+        state.backends.push(backend("web"));
+        assert_eq!(state.lowest_format(), 2, "held for a start");
+        state.backends.push(backend("app"));
+        assert_eq!(state.lowest_format(), 4);
+        assert_eq!(FORMAT, 4);
     }
 
     /// A flow's held bytes go as base64 (format 3), every length and byte
