@@ -241,6 +241,9 @@ per_kind!(
 /// Counters for status, metrics and logs; each changes in exactly one place.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
+    /// Clients admitted (children started, forward clients relayed or
+    /// queued); one refused after its admission is taken back out
+    /// (`Services::refuse_admitted`).
     pub served: u64,
     pub refused_by: Refusals,
     pub spawn_failures: u64,

@@ -448,6 +448,21 @@ impl ServiceTable {
         self.refusals.record((svc.id, source, why), now)
     }
 
+    /// Refuse a client counted served at its admission: a forward
+    /// client held for a full backlog (`forward/busy.rs`) is refused,
+    /// not served, so served and refused add up to the clients admitted.
+    pub(super) fn refuse_admitted(
+        &mut self,
+        idx: usize,
+        source: Option<SourceKey>,
+        why: RefuseReason,
+        now: Instant,
+    ) -> bool {
+        let served = &mut self.list[idx].stats.served;
+        *served = served.saturating_sub(1);
+        self.refuse(idx, source, why, now)
+    }
+
     /// When the refusal log's interval ends, if it holds any.
     pub(super) fn refusal_deadline(&self) -> Option<Instant> {
         self.refusals.deadline()

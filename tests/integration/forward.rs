@@ -1768,6 +1768,10 @@ fn a_client_held_for_a_full_backlog_past_start_timeout_is_refused() {
     let control = s.dir.path("control");
     let busy = &status_json(&control)["services"][0];
     assert_eq!(busy["refused"], 4, "{busy}");
+    // Served (and summond_connections_total, the same count): the first
+    // client and the one relayed into the backlog; the refused ones are
+    // not counted served as well (they were: 6 served, 4 refused).
+    assert_eq!(busy["served"], 2, "{busy}");
     assert_eq!(tcp_port_exchange(other, b"still\n"), "still\n");
     assert!(
         !s.log_text().contains("pausing all listeners"),

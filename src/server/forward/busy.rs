@@ -308,7 +308,7 @@ impl Server {
                 return;
             };
             b.remove_source(w.source);
-            if self.services.refuse(idx, w.source, why, now) {
+            if self.services.refuse_admitted(idx, w.source, why, now) {
                 let name = self.services[idx].spec.name.as_str();
                 info!(event = "refused", service = name, peer:% = w.peer;
                     "{name}: refused {} ({why})", w.peer);
