@@ -1955,3 +1955,49 @@ fn clients_held_for_a_full_backlog_wait_for_the_next_start_when_the_backend_exit
     let log = s.log_text();
     assert!(!log.contains("closing 127.0.0.1"), "{log}");
 }
+
+/// Held clients that reset give their places back (`max_instances`,
+/// `max_per_source`, the queue's bound) and are not connected to the
+/// backend once it makes room: they kept their places until their
+/// deadline, and were connected first, ahead of live ones (atk10).
+#[test]
+fn held_clients_that_reset_give_their_places_back_and_reach_no_backend() {
+    let test = "held_clients_that_reset_give_their_places_back_and_reach_no_backend";
+    if !have("python3") {
+        return skip(test, "python3 is not installed");
+    }
+    let (s, port, _) = slow_unix_backend("start_timeout = \"30s\"\n");
+    let _guard = KillOnDropLater(&s);
+    let mut clients = clients_that_sent(port, 6);
+    assert!(s.wait_log("listen backlog is full"), "{}", s.log_text());
+    let control = s.dir.path("control");
+    let busy = || status_json(&control)["services"][0].clone();
+    assert!(wait_until(TIMEOUT, || busy()["active"] == 6), "{}", busy());
+    // Four held clients reset behind a live one (the head of the queue,
+    // which each retry connects: those behind it are looked at by the
+    // retry's sweep); c0 (relayed into the backlog) and c1 are left.
+    for c in clients.drain(2..) {
+        socket2::SockRef::from(&c)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+    }
+    assert!(
+        wait_until(TIMEOUT, || busy()["active"] == 2),
+        "{}\n{}",
+        busy(),
+        s.log_text()
+    );
+    std::fs::write(s.dir.path("go"), b"").unwrap();
+    assert_eq!(
+        tcp_port_exchange(port, b"live\n"),
+        "live\n",
+        "{}",
+        s.log_text()
+    );
+    let mut got = String::new();
+    let _ = clients[1].read_to_string(&mut got);
+    assert_eq!(got, "c1\n", "{}", s.log_text());
+    // Relayed: the first client, c0, c1 and the live one; none of the
+    // four.
+    assert_eq!(busy()["backend"]["relayed"], 4, "{}", busy());
+}

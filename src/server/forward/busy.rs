@@ -18,7 +18,10 @@
 //! `RETRY_MAX` while no held client gets through, `RETRY_FIRST` again
 //! once one does. At most one failed connect (a socket, a connect, a
 //! close: ~10 µs) per backend and tick, ~60 a second once the wait is
-//! long; the loop never blocks or spins.
+//! long; the loop never blocks or spins. Held clients are not in the
+//! poller: one that resets is found by its TCP state (CLOSE), at the
+//! head before its connect, and by a sweep of the queue every
+//! `SWEEP_EVERY` (a getsockopt per client), and gives its place back.
 //!
 //! A client still held `start_timeout` after the backlog was first found
 //! full for it is refused (closed, counted as `backend_busy`, logged
@@ -51,6 +54,9 @@ const RETRY_FIRST: Duration = Duration::from_millis(1);
 /// The longest: a held client waits at most this long after the backend
 /// made room.
 const RETRY_MAX: Duration = Duration::from_millis(16);
+/// How often a retry looks for held clients that reset (one getsockopt
+/// each, at most 1024): they give their places back.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// An episode of a full backlog: the retry's timer and its wait.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +65,8 @@ pub(super) struct Busy {
     delay: Duration,
     /// A retry found the listener gone (said once per episode).
     gone: bool,
+    /// When a retry next looks for held clients that reset.
+    sweep_at: Instant,
 }
 
 /// Did the connect to `to` fail because its listen backlog is full (a
@@ -97,6 +105,26 @@ fn retry_delay(last: Option<Duration>, progressed: bool) -> Duration {
         Some(d) if !progressed => (d * 2).min(RETRY_MAX),
         _ => RETRY_FIRST,
     }
+}
+
+impl Busy {
+    /// Is it time to look for held clients that reset? (Then the next
+    /// is a `SWEEP_EVERY` on.)
+    fn sweep_due(&mut self, now: Instant) -> bool {
+        let due = self.sweep_at <= now;
+        if due {
+            self.sweep_at = now + SWEEP_EVERY;
+        }
+        due
+    }
+}
+
+/// A held client that reset (its TCP state CLOSE): its place is given
+/// back and it is not connected to the backend. One that only shut its
+/// side (a FIN, CLOSE_WAIT) may be reading still, and stays. Clients
+/// held for a start are not asked (they are relayed and end at once).
+fn departed(w: &Waiting) -> bool {
+    w.held_until.is_some() && crate::server::front::was_reset(&w.conn)
 }
 
 /// The episode of a full backlog is over (its queue went through, or
@@ -143,6 +171,10 @@ impl Server {
             let Some(w) = b.waiting.pop_front() else {
                 break;
             };
+            if departed(&w) {
+                b.remove_source(w.source);
+                continue;
+            }
             if let Err((w, why)) = self.relay_client(idx, pid, w, probe.take()) {
                 if let Some(b) = self.forward.backends.get_mut(&id) {
                     b.waiting.push_front(w);
@@ -197,7 +229,13 @@ impl Server {
         let delay = retry_delay(last.map(|l| l.delay), progressed);
         let timer = (self.timers).add(now + delay, Timer::BacklogRetry { service: id, pid });
         let gone = last.is_some_and(|l| l.gone);
-        b.busy = Some(Busy { timer, delay, gone });
+        let sweep_at = last.map_or(now + SWEEP_EVERY, |l| l.sweep_at);
+        b.busy = Some(Busy {
+            timer,
+            delay,
+            gone,
+            sweep_at,
+        });
     }
 
     /// A retry found backend `pid`'s listener gone: one line per episode
@@ -243,6 +281,9 @@ impl Server {
         let now = Instant::now();
         match b.state {
             State::Ready { pid: p } if p == pid => {
+                if b.busy.as_mut().is_some_and(|busy| busy.sweep_due(now)) {
+                    self.drop_departed(idx);
+                }
                 self.refuse_overdue(idx, now);
                 self.relay_held(idx, None);
             }
@@ -291,6 +332,33 @@ impl Server {
         }
         if let Some(at) = b.waiting.front().and_then(|w| w.held_until) {
             b.deadline = Some(self.timers.add(at, Timer::HeldDeadline(id)));
+        }
+    }
+
+    /// Close service `idx`'s held clients that reset meanwhile (one
+    /// getsockopt each): their places (`max_instances`, `max_per_source`,
+    /// the queue's bound) are free again.
+    fn drop_departed(&mut self, idx: usize) {
+        let id = self.services[idx].id;
+        let Some(b) = self.forward.backends.get_mut(&id) else {
+            return;
+        };
+        let before = b.waiting.len();
+        let mut sources = Vec::new();
+        b.waiting.retain(|w| {
+            let gone = departed(w);
+            if gone {
+                sources.push(w.source);
+            }
+            !gone
+        });
+        for source in sources {
+            b.remove_source(source);
+        }
+        let left = before - b.waiting.len();
+        if left > 0 {
+            let name = self.services.name_of(id);
+            debug!("{name}: {left} held clients reset: their places are free");
         }
     }
 
