@@ -298,6 +298,11 @@ pub struct WaitingState {
     /// The ALPN protocol and server name its client asked for.
     #[serde(default)]
     pub names: crate::relay::preamble::Names,
+    /// Held for a full `unix://` backlog: the time left until it is
+    /// refused (absent from an older image's state: its hold starts
+    /// again).
+    #[serde(default)]
+    pub held_left_ns: Option<u64>,
 }
 
 /// A drainer an image forked at a live upgrade (`server/drainer.rs`).
@@ -1164,6 +1169,7 @@ mod tests {
             source: None,
             framed: false,
             names: Default::default(),
+            held_left_ns: None,
         };
         let mut state = State::default();
         state.waiting.push(held);

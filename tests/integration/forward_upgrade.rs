@@ -406,3 +406,38 @@ fn an_upgrade_while_clients_wait_for_a_full_backlog_keeps_them() {
         "{log}"
     );
 }
+
+/// A client held for a full backlog keeps its deadline across upgrades:
+/// each upgrade started its `start_timeout` again, so upgrades more
+/// often than that held it for ever (atk10: 22 s with 6 s). Upgrades
+/// go on here, one each 100 ms or so, until the held clients are
+/// refused, for 10 s at most: five times their `start_timeout`.
+#[test]
+fn clients_held_for_a_full_backlog_keep_their_deadline_across_upgrades() {
+    if !have("python3") {
+        return skip("forward upgrade held deadline", "python3 is not installed");
+    }
+    let (s, port, _) = slow_unix_backend("start_timeout = \"2s\"\n");
+    let _guard = KillOnDropLater(&s);
+    let clients = clients_that_sent(port, 3);
+    assert!(s.wait_log("listen backlog is full"), "{}", s.log_text());
+    let why = "listen backlog stayed full for 2s";
+    let mut upgrades = 0;
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !s.log_text().contains(why) && std::time::Instant::now() < until {
+        upgrade(&s);
+        upgrades += 1;
+        // Pacing only: an upgrade takes some 30 ms here.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        s.log_text().contains(why),
+        "held through {upgrades} upgrades\n{}",
+        s.log_text()
+    );
+    for (i, mut c) in clients.into_iter().enumerate().skip(1) {
+        let mut got = Vec::new();
+        let _ = c.read_to_end(&mut got);
+        assert!(got.is_empty(), "client {i} got {got:?}");
+    }
+}

@@ -322,12 +322,13 @@ impl Server {
     /// queue order (each is given at the back of the queue, or to the
     /// whole queue), so the first is the earliest. A timer already armed
     /// is as early (the queue's first only leaves), and a ready backend's
-    /// retry checks them itself.
+    /// retry checks them itself (after an upgrade too: `retry_held_at`).
     pub(super) fn arm_deadline(&mut self, id: ServiceId) {
         let Some(b) = self.forward.backends.get_mut(&id) else {
             return;
         };
-        if b.deadline.is_some() || b.busy.is_some() {
+        let ready = matches!(b.state, State::Ready { .. });
+        if ready || b.deadline.is_some() || b.busy.is_some() {
             return;
         }
         if let Some(at) = b.waiting.front().and_then(|w| w.held_until) {

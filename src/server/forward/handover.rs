@@ -12,8 +12,8 @@
 //!   stops (or its SIGKILL stays due);
 //! - clients held while a backend starts, or for a ready one's full
 //!   `unix://` backlog (`busy.rs`): their sockets, nothing read; the
-//!   latter are connected again at once, and the deadline a full
-//!   backlog gives them runs from the new image's first EAGAIN.
+//!   latter are connected again at once, and keep the deadline a full
+//!   backlog gave them (`held_left_ns`).
 //!
 //! A backend whose service the new image no longer runs the same way
 //! (another program or address, or gone) is retired there; clients held
@@ -33,6 +33,7 @@ use super::{Backend, Retired, State, Waiting};
 use crate::addr::ListenAddr;
 use crate::relay::preamble::Names;
 use crate::server::relays::{Kind, Relayed};
+use crate::server::services::ServiceId;
 use crate::server::timers::Timer;
 use crate::server::Server;
 use crate::upgrade::{BackendPhase, BackendState, ProcessState, RelayState, WaitingState};
@@ -81,6 +82,7 @@ impl Server {
                 source: w.source,
                 framed: w.drained.is_some(),
                 names: w.drained.as_deref().cloned().unwrap_or_default(),
+                held_left_ns: w.held_until.map(|t| left(t, now)),
             }));
             let (Some(state), Some(phase)) = (backend_state(b), phase_of(&b.state, now)) else {
                 continue;
@@ -123,7 +125,11 @@ impl Server {
             self.resume_backend(b, index, at);
         }
         for w in handed.waiting {
-            self.resume_waiting(w, index);
+            self.resume_waiting(w, index, at);
+        }
+        let ids: Vec<ServiceId> = self.forward.backends.keys().copied().collect();
+        for id in ids {
+            self.arm_deadline(id);
         }
         for r in handed.relays {
             self.resume_relay(r, index, at);
@@ -253,7 +259,7 @@ impl Server {
 
     /// A client held for its backend: back in its service's queue (one
     /// whose service went is closed by `start_held_back`).
-    fn resume_waiting(&mut self, w: WaitingState, index: &FxHashMap<String, usize>) {
+    fn resume_waiting(&mut self, w: WaitingState, index: &FxHashMap<String, usize>, at: Instant) {
         // SAFETY: named by the state, taken once.
         let conn = Socket::from(unsafe { OwnedFd::from_raw_fd(w.fd) });
         let id = self.services.id_by_name(Some(&w.service), index);
@@ -265,7 +271,7 @@ impl Server {
             source: w.source,
             tls: None,
             drained: w.framed.then(|| Box::new(w.names)),
-            held_until: None,
+            held_until: w.held_left_ns.map(|ns| at + Duration::from_nanos(ns)),
         });
     }
 
