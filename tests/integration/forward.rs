@@ -1641,9 +1641,14 @@ const SLOW_UNIX_BACKEND: &str = "import os, socket, time\n\
 
 /// The config of `slow_unix_backend`.
 fn slow_unix_config(port: u16, other: u16, more: &str) -> String {
+    let services = slow_unix_services(port, other, more);
+    format!("[daemon]\ncontrol = \"{{dir}}/control\"\n{services}")
+}
+
+/// Its services.
+pub(crate) fn slow_unix_services(port: u16, other: u16, more: &str) -> String {
     format!(
-        "[daemon]\ncontrol = \"{{dir}}/control\"\n\
-         [[service]]\nname = \"busy\"\nlisten = \"tcp://127.0.0.1:{port}\"\n\
+        "[[service]]\nname = \"busy\"\nlisten = \"tcp://127.0.0.1:{port}\"\n\
          exec = [\"python3\", \"-c\", {}]\nforward = \"unix://{{dir}}/b.sock\"\n\
          stderr = \"null\"\n{more}\n\
          [[service]]\nname = \"other\"\nlisten = \"tcp://127.0.0.1:{other}\"\n\

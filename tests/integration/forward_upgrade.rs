@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::forward::{
-    backend_pid, clients_that_sent, echo, have, slow_unix_backend, stubborn, Fwd, KillOnDropLater,
+    backend_pid, clients_that_sent, echo, have, slow_unix_backend, slow_unix_services, stubborn,
+    Fwd, KillOnDropLater,
 };
 use crate::util::*;
 
@@ -439,5 +440,47 @@ fn clients_held_for_a_full_backlog_keep_their_deadline_across_upgrades() {
         let mut got = Vec::new();
         let _ = c.read_to_end(&mut got);
         assert!(got.is_empty(), "client {i} got {got:?}");
+    }
+}
+
+/// Clients held for a ready backend's full backlog make the state
+/// format 4: an image that reads format 3 (standing for a binary older
+/// than the hold, which would neither relay nor refuse them) refuses it
+/// and goes back; the running one keeps them and relays them once the
+/// backend accepts (atk10: they were orphaned).
+#[test]
+fn an_upgrade_to_an_image_older_than_the_hold_goes_back_with_the_held_clients() {
+    if !have("python3") {
+        return skip("forward upgrade format 4", "python3 is not installed");
+    }
+    let (port, other) = (free_port(), free_port());
+    let services = slow_unix_services(port, other, "");
+    let dir = TempDir::new("fwdformat4");
+    let (s, bin, control) = start_upgradable(dir, &services, Start::default());
+    let _guard = KillOnDropLater(&s);
+    assert_eq!(
+        tcp_port_exchange(port, b"warm\n"),
+        "warm\n",
+        "{}",
+        s.log_text()
+    );
+    let clients = clients_that_sent(port, 4);
+    assert!(s.wait_log("listen backlog is full"), "{}", s.log_text());
+    install_executable(
+        &bin,
+        format!("#!/bin/sh\nSUMMOND_TEST_READS_FORMAT=3 exec {BIN} \"$@\"\n").as_bytes(),
+    );
+    let (code, _, err) = upgrade_with(&control);
+    assert_eq!(code, 1, "{err}\n{}", s.log_text());
+    assert!(
+        err.contains("has format 4; this binary reads formats 1 to 3"),
+        "{err}"
+    );
+    assert_eq!(status_json(&control)["pid"], s.pid());
+    std::fs::write(s.dir.path("go"), b"").unwrap();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let mut got = String::new();
+        let _ = c.read_to_string(&mut got);
+        assert_eq!(got, format!("c{i}\n"), "client {i}\n{}", s.log_text());
     }
 }
