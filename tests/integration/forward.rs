@@ -1685,6 +1685,17 @@ pub(crate) fn clients_that_sent(port: u16, n: usize) -> Vec<TcpStream> {
         .collect()
 }
 
+/// The slow backend told to accept (its `go` file): each of `clients`
+/// (`clients_that_sent`) gets its own line back.
+pub(crate) fn let_the_backend_accept_and_each_get_its_line(s: &Summond, clients: Vec<TcpStream>) {
+    std::fs::write(s.dir.path("go"), b"").unwrap();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let mut got = String::new();
+        let _ = c.read_to_string(&mut got);
+        assert_eq!(got, format!("c{i}\n"), "client {i}\n{}", s.log_text());
+    }
+}
+
 /// Sockets summond has open (not its netlink ones, which come and go).
 fn sockets_open(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -1732,12 +1743,7 @@ fn clients_of_a_unix_backend_with_a_full_backlog_are_held_until_it_accepts() {
     let cpu_used = cpu_ticks(s.pid()) - cpu_before;
     eprintln!("summond CPU while holding 19 clients: {cpu_used} ticks in 1 s");
     assert!(cpu_used <= 10, "{cpu_used} ticks in 1 s");
-    std::fs::write(s.dir.path("go"), b"").unwrap();
-    for (i, mut c) in clients.into_iter().enumerate() {
-        let mut got = String::new();
-        let _ = c.read_to_string(&mut got);
-        assert_eq!(got, format!("c{i}\n"), "client {i}\n{}", s.log_text());
-    }
+    let_the_backend_accept_and_each_get_its_line(&s, clients);
     let log = s.log_text();
     assert!(!log.contains("pausing all listeners"), "{log}");
     assert!(!log.contains("refused"), "{log}");

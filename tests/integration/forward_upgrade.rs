@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::forward::{
-    backend_pid, clients_that_sent, echo, have, slow_unix_backend, slow_unix_services, stubborn,
-    Fwd, KillOnDropLater,
+    backend_pid, clients_that_sent, echo, have, let_the_backend_accept_and_each_get_its_line,
+    slow_unix_backend, slow_unix_services, stubborn, Fwd, KillOnDropLater,
 };
 use crate::util::*;
 
@@ -395,12 +395,7 @@ fn an_upgrade_while_clients_wait_for_a_full_backlog_keeps_them() {
     let clients = clients_that_sent(port, 5);
     assert!(s.wait_log("listen backlog is full"), "{}", s.log_text());
     upgrade(&s);
-    std::fs::write(s.dir.path("go"), b"").unwrap();
-    for (i, mut c) in clients.into_iter().enumerate() {
-        let mut got = String::new();
-        let _ = c.read_to_string(&mut got);
-        assert_eq!(got, format!("c{i}\n"), "client {i}\n{}", s.log_text());
-    }
+    let_the_backend_accept_and_each_get_its_line(&s, clients);
     let log = s.log_text();
     assert!(
         !log.contains("refused") && !log.contains("pausing all"),
@@ -477,10 +472,5 @@ fn an_upgrade_to_an_image_older_than_the_hold_goes_back_with_the_held_clients() 
         "{err}"
     );
     assert_eq!(status_json(&control)["pid"], s.pid());
-    std::fs::write(s.dir.path("go"), b"").unwrap();
-    for (i, mut c) in clients.into_iter().enumerate() {
-        let mut got = String::new();
-        let _ = c.read_to_string(&mut got);
-        assert_eq!(got, format!("c{i}\n"), "client {i}\n{}", s.log_text());
-    }
+    let_the_backend_accept_and_each_get_its_line(&s, clients);
 }
