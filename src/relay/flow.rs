@@ -298,8 +298,12 @@ impl Flow {
     ) -> Result<Stop, FlowError> {
         let mut read = 0;
         loop {
-            if self.pending > 0 && dst.gone() && !self.discard {
-                self.drop_rest();
+            if dst.gone() {
+                // Its peer reset: nothing more goes to it, and its source
+                // is not read (what it sends stays in its socket, which
+                // closes once nothing more is owed the other way).
+                (self.pending, self.shut, self.eof) = (0, true, true);
+                return Ok(Stop::Finished);
             }
             if self.pending > 0 {
                 if !dst.writable || dst.connecting {
@@ -316,7 +320,9 @@ impl Flow {
                     // is dropped, the other way goes on.
                     Err(e) if is_reset(&e) => {
                         dst.note_reset(false, e);
-                        self.drop_rest();
+                        if !dst.gone() {
+                            self.drop_rest();
+                        }
                     }
                     Err(e) => return Err(FlowError::Write(e)),
                 }

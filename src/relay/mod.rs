@@ -199,16 +199,24 @@ struct Relay<T> {
     /// The back side's end, held for the caller's word (`hold_end`).
     held: Option<Held>,
     /// Once a side's peer reset (`Side::reset`): the connection ends by
-    /// then, whether or not the other side has closed.
+    /// then, whether or not the other side took what it was owed.
     after_reset: Option<Instant>,
+    /// After a reset, both ways done: when to look again whether the
+    /// other side took what it was owed (`RECHECK`).
+    recheck: Option<Instant>,
     tag: T,
 }
 
 /// Once a side's peer reset, what the other side has to take the bytes
-/// sent before the reset and to close: what that side sends meanwhile
-/// is read and dropped (closed unread, its socket would reset and lose
-/// what it still has to receive).
+/// sent before the reset and their end. What that side sends meanwhile
+/// is not read; its socket is closed once it acknowledged all it was
+/// sent (closed with bytes unread, it resets, and the kernel would throw
+/// away what was still on its way there), or at this bound.
 const AFTER_RESET: Duration = Duration::from_secs(10);
+
+/// How often a connection whose side reset is looked at again, until
+/// the other side acknowledged all it was sent.
+const RECHECK: Duration = Duration::from_millis(100);
 
 /// What a held end waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -330,6 +338,7 @@ impl<T> Relays<T> {
             linger: None,
             held: None,
             after_reset: None,
+            recheck: None,
             tag,
         };
         self.conns.insert(id, relay);
@@ -532,6 +541,9 @@ impl<T> Relays<T> {
                 out.extend(self.finish(registry, id, End::Linger));
             } else if (self.conns.get(&id)).is_some_and(|r| r.after_reset == Some(at)) {
                 out.extend(self.finish(registry, id, End::Done));
+            } else if let Some(r) = self.conns.get_mut(&id).filter(|r| r.recheck == Some(at)) {
+                r.recheck = None;
+                out.extend(self.step(registry, id));
             } else if (self.conns.get(&id)).is_some_and(|r| r.held_due() == Some(at)) {
                 out.extend(self.settle_end(registry, RelayId(id), true));
             }
@@ -571,6 +583,10 @@ impl<T> Relays<T> {
                 // Its bound starts again there (this heap stays here).
                 if let Some(Held::Waiting { due, .. }) = r.held.as_mut() {
                     *due = None;
+                }
+                // A reset's bound and recheck go with it.
+                for at in [r.after_reset, r.recheck].into_iter().flatten() {
+                    out.deadlines.push(Reverse((at, id)));
                 }
                 out.conns.insert(id, r);
             }
@@ -644,6 +660,9 @@ impl<T> Relays<T> {
         match stops {
             (Err(end), _) | (_, Err(end)) => self.finish(registry, id, end),
             (Ok(Stop::Finished), Ok(Stop::Finished)) if flushed => {
+                if self.owes(id) {
+                    return None;
+                }
                 self.finish(registry, id, End::Done)
             }
             (Ok(a), Ok(b)) => {
@@ -702,6 +721,29 @@ impl<T> Relays<T> {
             l.deadline = Some(at);
             self.deadlines.push(Reverse((at, id)));
         }
+    }
+
+    /// After a side's peer reset: whether the other side has not yet
+    /// taken all it was sent; if so it is looked at again `RECHECK` later.
+    fn owes(&mut self, id: u64) -> bool {
+        let Some(r) = self.conns.get_mut(&id) else {
+            return false;
+        };
+        let gone = r.sides.iter().any(Side::gone);
+        if !gone
+            || r.sides
+                .iter()
+                .filter(|s| !s.gone())
+                .all(|s| s.unsent() == 0)
+        {
+            return false;
+        }
+        if r.recheck.is_none() {
+            let at = Instant::now() + RECHECK;
+            r.recheck = Some(at);
+            self.deadlines.push(Reverse((at, id)));
+        }
+        true
     }
 
     /// Once a side's peer reset: the connection's bound (`AFTER_RESET`),

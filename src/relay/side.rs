@@ -203,10 +203,24 @@ impl Side {
         }
     }
 
-    /// It takes nothing more: its peer reset, or it is a child's end that
-    /// reset.
+    /// Its peer reset: it takes nothing more.
     pub(super) fn gone(&self) -> bool {
         self.reset.is_some()
+    }
+
+    /// Bytes written to it its peer has not yet acknowledged (or, on a
+    /// Unix socket, read), a TLS side's held records counted as one:
+    /// closed with bytes of its own unread, a socket resets, and the
+    /// kernel throws those away.
+    pub(super) fn unsent(&self) -> usize {
+        let mut n: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int.
+        let r = unsafe { libc::ioctl(self.fd(), libc::TIOCOUTQ, &mut n) };
+        let held = usize::from(!self.flushed());
+        if r < 0 {
+            return held;
+        }
+        n.max(0) as usize + held
     }
 
     /// Whether its socket is TCP (asked once: SO_PROTOCOL).

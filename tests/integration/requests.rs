@@ -464,7 +464,12 @@ fn restart_kills_a_child_that_ignores_sigterm() {
         "{}",
         s.log_text()
     );
-    assert_ne!(pid_of(), before);
+    let after = pid_of();
+    assert_ne!(after, before);
+    // It ignores SIGTERM: summond's stop would leave it to its SIGKILL
+    // 5 s later, after the test is gone.
+    let pid = after.trim().trim_start_matches("pid ").parse().unwrap();
+    drop(KillOnDrop::new(pid));
 }
 
 /// Clients waiting for a hung load's outcome leave room for status; ones
