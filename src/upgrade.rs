@@ -1122,11 +1122,20 @@ mod tests {
     fn a_state_is_written_in_the_lowest_format_that_carries_it() {
         let mut state = State::default();
         assert_eq!((state.lowest_format(), state.beyond_format_1()), (1, None));
-        let backend = |pid| BackendState {
-            service: "web".into(),
+        let backend = |pid| ready_backend("web", pid, "tcp://127.0.0.1:8080");
+        state.backends.push(backend(7));
+        state.unready_backends.push(backend(8));
+        assert_eq!(state.lowest_format(), 2);
+        assert_eq!(state.beyond_format_1().unwrap(), "2 forward backends");
+    }
+
+    /// A ready backend of `service`, for the tests of the state's format.
+    fn ready_backend(service: &str, pid: i32, to: &str) -> BackendState {
+        BackendState {
+            service: service.into(),
             pid,
-            to: "tcp://127.0.0.1:8080".into(),
-            exec: vec!["web".into()],
+            to: to.into(),
+            exec: vec![service.into()],
             ready_in_us: None,
             relayed: 0,
             up: 0,
@@ -1135,11 +1144,7 @@ mod tests {
             notify_fd: None,
             status: None,
             tree: Vec::new(),
-        };
-        state.backends.push(backend(7));
-        state.unready_backends.push(backend(8));
-        assert_eq!(state.lowest_format(), 2);
-        assert_eq!(state.beyond_format_1().unwrap(), "2 forward backends");
+        }
     }
 
     /// A client held for a ready backend (its full backlog) makes the
@@ -1148,20 +1153,7 @@ mod tests {
     /// format 2 as before.
     #[test]
     fn a_client_held_for_a_ready_backend_makes_the_state_format_4() {
-        let backend = |service: &str| BackendState {
-            service: service.into(),
-            pid: 7,
-            to: "unix:///run/app/b.sock".into(),
-            exec: vec!["app".into()],
-            ready_in_us: None,
-            relayed: 0,
-            up: 0,
-            down: 0,
-            phase: BackendPhase::Ready,
-            notify_fd: None,
-            status: None,
-            tree: Vec::new(),
-        };
+        let backend = |service: &str| ready_backend(service, 7, "unix:///run/app/b.sock");
         let held = WaitingState {
             service: "app".into(),
             fd: 9,

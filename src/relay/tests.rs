@@ -27,6 +27,19 @@ fn unix_pair() -> (OwnedFd, Socket) {
     (ours.into(), Socket::from(OwnedFd::from(peer)))
 }
 
+/// A relay between two TCP connections: its poll, the table, and the
+/// client's and the server's ends.
+fn tcp_relay() -> (Poll, Relays<()>, Socket, Socket) {
+    let (front, client) = tcp_pair();
+    let (back, server) = tcp_pair();
+    let poll = Poll::new().unwrap();
+    let mut relays = Relays::default();
+    relays
+        .add(poll.registry(), Side::stream(front), Side::stream(back), ())
+        .unwrap();
+    (poll, relays, client, server)
+}
+
 /// Poll and feed the relay until `done` says so (at most 60 s: a relay
 /// that stalls fails the test instead of hanging it). Returns the
 /// connections that ended and the number of events seen.
@@ -145,13 +158,7 @@ fn megabytes_both_ways_between_tcp_and_a_unix_socket_are_exact() {
 /// One side says EOF and then still reads: the other gets the EOF and
 /// its answer still arrives, then its own EOF ends the connection.
 fn half_close(first: Which) {
-    let (front, mut client) = tcp_pair();
-    let (back, mut server) = tcp_pair();
-    let mut poll = Poll::new().unwrap();
-    let mut relays = Relays::default();
-    relays
-        .add(poll.registry(), Side::stream(front), Side::stream(back), ())
-        .unwrap();
+    let (mut poll, mut relays, mut client, mut server) = tcp_relay();
     let (a, b) = match first {
         Which::Front => (&mut client, &mut server),
         Which::Back => (&mut server, &mut client),
@@ -234,13 +241,7 @@ fn a_side_that_never_reads_stops_the_other_from_being_read() {
 /// why.
 #[test]
 fn a_reset_passes_on_what_came_before_it_and_says_which() {
-    let (front, mut client) = tcp_pair();
-    let (back, mut server) = tcp_pair();
-    let mut poll = Poll::new().unwrap();
-    let mut relays = Relays::default();
-    relays
-        .add(poll.registry(), Side::stream(front), Side::stream(back), ())
-        .unwrap();
+    let (mut poll, mut relays, mut client, mut server) = tcp_relay();
     // An early answer, the request unread: the server's close resets.
     client
         .write_all(b"a request the server never reads")
@@ -320,13 +321,7 @@ fn after_a_reset_a_side_that_takes_nothing_is_closed_at_the_bound() {
 /// read and dropped (a core's worth for the bound, atk11).
 #[test]
 fn a_reset_beside_a_side_that_keeps_sending_ends_at_once() {
-    let (front, client) = tcp_pair();
-    let (back, server) = tcp_pair();
-    let mut poll = Poll::new().unwrap();
-    let mut relays = Relays::default();
-    relays
-        .add(poll.registry(), Side::stream(front), Side::stream(back), ())
-        .unwrap();
+    let (mut poll, mut relays, client, server) = tcp_relay();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sending = {
         let stop = stop.clone();

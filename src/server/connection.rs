@@ -551,7 +551,7 @@ impl Server {
     /// side (a FIN: haproxy's real client from a `unix@` frontend that
     /// sends nothing), or waits past `LOCAL_WAIT` (for a banner), is
     /// served as any connection.
-    fn health_check(&mut self, idx: usize) {
+    pub(super) fn health_check(&mut self, idx: usize) {
         self.services[idx].stats.health_checks += 1;
     }
 

@@ -122,7 +122,7 @@ impl Server {
             self.drained_done(idx.filter(|_| forward), idx, conn, names, now);
         } else if reset_before_a_byte(&mut conn) {
             if let Some(i) = idx {
-                self.services[i].stats.health_checks += 1;
+                self.health_check(i);
                 debug!(
                     "{}: {} reset its connection after its TLS handshake, before a byte: \
                      closed, no child started (a health check)",
